@@ -1,0 +1,40 @@
+"""hf_adaprune: adaptive structured pruning of attention heads and FFN neurons for transformers.
+
+Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
+:mod:`selection`) -> compaction (:mod:`surgery`) -> Hub-format save (:mod:`hub`).
+"""
+
+from .adapters import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
+from .flops import compare_profiles, count_flops, format_comparison, model_profile
+from .hub import AutoPrunedModel, save_pruned
+from .importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance
+from .masks import PruningMasks, attach_masks, detach_masks, get_masks
+from .selection import select_masks
+from .surgery import compact, kept_structure
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoPrunedModel",
+    "MagnitudeImportance",
+    "PruningMasks",
+    "RandomImportance",
+    "TaylorImportance",
+    "UnsupportedModelError",
+    "attach_masks",
+    "compact",
+    "compare_profiles",
+    "count_flops",
+    "detach_masks",
+    "find_groups",
+    "format_comparison",
+    "get_adapter",
+    "get_masks",
+    "kept_structure",
+    "make_importance",
+    "model_profile",
+    "register_family",
+    "save_pruned",
+    "select_masks",
+    "supported_model_types",
+]

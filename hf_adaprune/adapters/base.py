@@ -1,0 +1,75 @@
+"""What an adapter describes: the prunable groups of one model family.
+
+A *group* is one attention block (its structures are heads) or one FFN block
+(its structures are neurons). Module paths are relative to ``model.base_model``
+so the same description serves every head class (``...Model``,
+``...ForSequenceClassification``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """One multi-head attention block.
+
+    ``query``/``key``/``value`` are linears whose output rows are grouped by head,
+    ``output`` is the linear whose input columns are grouped by head. ``core`` is
+    the module that is swapped for an :class:`EmptyAttention` when no head is
+    left; ``output_in_core`` says whether ``output`` is a child of ``core``.
+    """
+
+    name: str
+    query: str
+    key: str
+    value: str
+    output: str
+    head_dim: int
+    core: str
+    output_in_core: bool = False
+    # "path.attr" set to the number of kept heads / to kept heads * head_dim
+    head_count_attrs: tuple[str, ...] = ()
+    width_attrs: tuple[str, ...] = ()
+    # (parameter path, dim) of tensors with one slice per head, e.g. a relative position bias
+    per_head_params: tuple[tuple[str, int], ...] = ()
+    role: str = "encoder_self"  # encoder_self | decoder_self | cross
+    # extra items the core returns after (output, weights), e.g. T5's position bias
+    empty_extra_outputs: int = 0
+
+    kind = "heads"
+
+    @property
+    def row_linears(self) -> tuple[str, ...]:
+        return (self.query, self.key, self.value)
+
+
+@dataclass(frozen=True)
+class NeuronGroup:
+    """One feed-forward block: ``inputs`` produce the neurons (rows), ``output`` reads them (columns)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    width_attrs: tuple[str, ...] = ()
+    role: str = "encoder"  # encoder | decoder
+
+    kind = "neurons"
+
+    @property
+    def row_linears(self) -> tuple[str, ...]:
+        return self.inputs
+
+
+Group = HeadGroup | NeuronGroup
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """How one model family lays out its layers."""
+
+    model_types: tuple[str, ...]
+    find_groups: object  # callable(base_model, config) -> list[Group]
+    notes: str = ""
+    extras: dict = field(default_factory=dict)

@@ -1,0 +1,203 @@
+"""Parameter and FLOP counts, measured on the real forward pass.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``. Its table has no
+entry for the CPU fused attention kernel, so attention would silently count as
+zero on CPU; :func:`register_cpu_attention_flops` adds the same formula torch
+uses for the CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+from .masks import get_masks
+from .surgery import kept_structure
+
+_aten = torch.ops.aten
+
+
+def register_cpu_attention_flops() -> None:
+    """Teach FlopCounterMode the CPU flash-attention kernel (forward and backward); idempotent."""
+    forward = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    registry = flop_counter.flop_registry
+    if forward is not None and forward not in registry and forward.default not in registry:
+        @flop_counter.register_flop_formula(forward)
+        def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    if backward is not None and backward not in registry and backward.default not in registry:
+        @flop_counter.register_flop_formula(backward)
+        def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+register_cpu_attention_flops()
+
+
+def example_inputs(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> dict[str, torch.Tensor]:
+    """Dummy inputs of the right kind for ``model`` (text ids, audio samples or mel features)."""
+    config = model.config
+    device = next(model.parameters()).device
+    name = getattr(model, "main_input_name", "input_ids")
+    if name == "input_values":  # raw audio; seq_len counts samples
+        inputs = {"input_values": torch.randn(batch_size, seq_len, device=device)}
+    elif name == "input_features":
+        mels = getattr(config, "num_mel_bins", 80)
+        frames = 2 * getattr(config, "max_source_positions", seq_len // 2)
+        inputs = {"input_features": torch.randn(batch_size, mels, frames, device=device)}
+    else:
+        vocab = getattr(config, "vocab_size", 1000)
+        inputs = {
+            "input_ids": torch.randint(3, vocab, (batch_size, seq_len), device=device),
+            "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+        }
+    if getattr(config, "is_encoder_decoder", False):
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        inputs["decoder_input_ids"] = torch.full((batch_size, seq_len), start, dtype=torch.long, device=device)
+    return inputs
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _base_prefix(model: nn.Module) -> str:
+    root = type(model).__name__
+    for name, module in model.named_modules():
+        if module is model.base_model:
+            return f"{root}.{name}" if name else root
+    return root
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:
+    """Total forward FLOPs and FLOPs per module path (relative to ``model.base_model``)."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    model.train(was_training)
+    prefix = _base_prefix(model)
+    per_module = {}
+    for name, ops in counter.get_flop_counts().items():
+        if name == prefix:
+            per_module[""] = sum(ops.values())
+        elif name.startswith(prefix + "."):
+            per_module[name[len(prefix) + 1:]] = sum(ops.values())
+    return counter.get_total_flops(), per_module
+
+
+def layer_of(group_name: str) -> str:
+    """``encoder.layer.3.attention`` -> ``encoder.layer.3``: the row a group belongs to in reports."""
+    return group_name.rpartition(".")[0]
+
+
+def _structure_by_layer(model) -> dict[str, dict[str, list]]:
+    rows: dict[str, dict[str, list]] = {}
+    for name, info in kept_structure(model).items():
+        key = "heads" if info["kind"] == "heads" else "ffn"
+        rows.setdefault(layer_of(name), {}).setdefault(key, []).append((info["original"], info["kept"]))
+    return rows
+
+
+def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> dict:
+    """Params and FLOPs of the whole model and of each layer holding prunable groups.
+
+    A model that still has masks is profiled as is (masks do not save FLOPs);
+    compact it first to see the saving.
+    """
+    from .adapters import find_groups
+
+    inputs = example_inputs(model, seq_len, batch_size)
+    total, per_module = count_flops(model, inputs)
+    layers = sorted({layer_of(g.name) for g in find_groups(model)} | set(_structure_by_layer(model)),
+                    key=_natural_key)
+    structure = _structure_by_layer(model)
+    base = model.base_model
+    rows = []
+    for layer in layers:
+        info = structure.get(layer, {})
+        rows.append({
+            "layer": layer,
+            "params": count_params(base.get_submodule(layer)),
+            "flops": per_module.get(layer, 0),
+            "heads": [k for _, k in info.get("heads", [])],
+            "ffn": [k for _, k in info.get("ffn", [])],
+        })
+    return {
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "params": count_params(model),
+        "flops": total,
+        "layer_params": sum(r["params"] for r in rows),
+        "layer_flops": sum(r["flops"] for r in rows),
+        "layers": rows,
+        "masked": get_masks(model) is not None,
+    }
+
+
+def _natural_key(text: str):
+    return [int(part) if part.isdigit() else part for part in text.split(".")]
+
+
+def compare_profiles(before: dict, after: dict) -> dict:
+    """Before/after figures with the fractions removed."""
+    def removed(key):
+        return 1.0 - after[key] / before[key] if before[key] else 0.0
+
+    after_rows = {r["layer"]: r for r in after["layers"]}
+    layers = []
+    for row in before["layers"]:
+        new = after_rows.get(row["layer"], row)
+        layers.append({
+            "layer": row["layer"],
+            "heads_before": sum(row["heads"]) if row["heads"] else None,
+            "heads_after": sum(new["heads"]) if new["heads"] else None,
+            "ffn_before": sum(row["ffn"]) if row["ffn"] else None,
+            "ffn_after": sum(new["ffn"]) if new["ffn"] else None,
+            "params_before": row["params"], "params_after": new["params"],
+            "flops_before": row["flops"], "flops_after": new["flops"],
+        })
+    return {
+        "seq_len": before["seq_len"],
+        "params_before": before["params"], "params_after": after["params"], "params_removed": removed("params"),
+        "flops_before": before["flops"], "flops_after": after["flops"], "flops_removed": removed("flops"),
+        "layer_flops_before": before["layer_flops"], "layer_flops_after": after["layer_flops"],
+        "layer_flops_removed": removed("layer_flops"),
+        "layers": layers,
+    }
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_comparison(report: dict) -> str:
+    """A plain-text table of :func:`compare_profiles`' result."""
+    def arrow(a, b):
+        return "-" if a is None else f"{a}->{b}"
+
+    header = f"{'layer':<28} {'heads':>9} {'ffn':>11} {'params':>17} {'FLOPs':>17}"
+    lines = [header, "-" * len(header)]
+    for r in report["layers"]:
+        lines.append(
+            f"{r['layer']:<28} {arrow(r['heads_before'], r['heads_after']):>9} "
+            f"{arrow(r['ffn_before'], r['ffn_after']):>11} "
+            f"{_fmt(r['params_before']) + '->' + _fmt(r['params_after']):>17} "
+            f"{_fmt(r['flops_before']) + '->' + _fmt(r['flops_after']):>17}"
+        )
+    lines.append("-" * len(header))
+    lines.append(
+        f"model: params {_fmt(report['params_before'])} -> {_fmt(report['params_after'])} "
+        f"(-{100 * report['params_removed']:.1f}%), FLOPs@seq{report['seq_len']} "
+        f"{_fmt(report['flops_before'])} -> {_fmt(report['flops_after'])} (-{100 * report['flops_removed']:.1f}%), "
+        f"layer FLOPs -{100 * report['layer_flops_removed']:.1f}%"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Importance criteria: one score per head and per FFN neuron.
+
+* :class:`TaylorImportance` – first-order Taylor, ``|sum(grad * weight)|`` over a
+  structure's parameters, read from ``.grad`` after an ordinary backward pass.
+  Scores are the **mean over batches of the per-batch absolute value** (not the
+  absolute value of a mean), so batches whose gradients point in opposite
+  directions do not cancel.
+* :class:`MagnitudeImportance` – ``sum |weight|``, the classic baseline.
+* :class:`RandomImportance` – seeded random scores, a floor for comparisons.
+
+All share ``update(model)`` / ``scores()`` / ``state_dict()``, so the trainer can
+swap them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .adapters import Group, HeadGroup
+from .masks import structure_count
+
+
+def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Sum ``value(param)`` over each head's (or neuron's) parameters; ``None`` if any value is missing.
+
+    A head owns its rows of Q, K, V (weights and biases), its columns of the output
+    projection and its slice of per-head tensors; a neuron its row(s) of the input
+    projection(s) and its column of the output projection.
+    """
+    n = structure_count(base_model, group)
+    total = torch.zeros(n, dtype=torch.float32, device=_device(base_model))
+    if n == 0:
+        return total
+    for path in group.row_linears:
+        linear = base_model.get_submodule(path)
+        for param in (linear.weight, linear.bias):
+            if param is None:
+                continue
+            v = value(param)
+            if v is None:
+                return None
+            total += v.float().reshape(n, -1).sum(1)
+    out = base_model.get_submodule(group.output).weight
+    v = value(out)
+    if v is None:
+        return None
+    total += v.float().reshape(v.shape[0], n, -1).sum((0, 2))
+    for path, dim in getattr(group, "per_head_params", ()):
+        param = base_model.get_parameter(path)
+        v = value(param)
+        if v is None:
+            return None
+        total += v.float().movedim(dim, 0).reshape(n, -1).sum(1)
+    return total
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _grad_times_weight(param: torch.Tensor):
+    return None if param.grad is None else param.grad.detach() * param.detach()
+
+
+class Importance:
+    """Base class: subclasses fill ``self._scores`` (name -> float32 tensor)."""
+
+    name = "base"
+
+    def __init__(self):
+        self._scores: dict[str, torch.Tensor] = {}
+        self.num_updates = 0
+
+    def update(self, model: nn.Module, groups: list[Group]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def scores(self, model: nn.Module | None = None, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
+        return dict(self._scores)
+
+    def reset(self) -> None:
+        self._scores, self.num_updates = {}, 0
+
+    def state_dict(self) -> dict:
+        return {"scores": {k: v.cpu() for k, v in self._scores.items()}, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._scores = {k: v.clone() for k, v in state["scores"].items()}
+        self.num_updates = int(state["num_updates"])
+
+    def set_scores(self, scores: dict[str, torch.Tensor], num_updates: int) -> None:
+        """Replace the accumulated scores (e.g. with the average over processes)."""
+        self._scores, self.num_updates = dict(scores), num_updates
+
+
+class TaylorImportance(Importance):
+    """Running mean over batches of ``|sum(grad * weight)|`` per structure."""
+
+    name = "taylor"
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, groups: list[Group]) -> bool:
+        base = model.base_model
+        batch = {}
+        for group in groups:
+            sums = structure_sums(base, group, _grad_times_weight)
+            if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
+                return False
+            batch[group.name] = sums.abs()
+        self.num_updates += 1
+        for name, value in batch.items():
+            previous = self._scores.get(name)
+            if previous is None or previous.shape != value.shape:
+                self._scores[name] = value
+            else:
+                previous += (value - previous) / self.num_updates
+        return True
+
+
+class MagnitudeImportance(Importance):
+    """``sum |weight|`` per structure, computed from the current weights."""
+
+    name = "magnitude"
+
+    def update(self, model: nn.Module, groups: list[Group]) -> bool:
+        self.num_updates += 1
+        return True
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module | None = None, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
+        if model is None or groups is None:
+            raise ValueError("MagnitudeImportance.scores needs the model and its groups")
+        base = model.base_model
+        return {g.name: structure_sums(base, g, lambda p: p.detach().abs()) for g in groups}
+
+
+class RandomImportance(Importance):
+    """Uniform random scores from a fixed seed: the no-information baseline."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
+    def update(self, model: nn.Module, groups: list[Group]) -> bool:
+        self.num_updates += 1
+        return True
+
+    def scores(self, model: nn.Module | None = None, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed)
+        base = model.base_model
+        return {g.name: torch.rand(structure_count(base, g), generator=generator) for g in groups}
+
+
+IMPORTANCE_CRITERIA = {cls.name: cls for cls in (TaylorImportance, MagnitudeImportance, RandomImportance)}
+
+
+def make_importance(name: str) -> Importance:
+    if name not in IMPORTANCE_CRITERIA:
+        raise ValueError(f"unknown importance criterion {name!r}; choose one of {sorted(IMPORTANCE_CRITERIA)}")
+    return IMPORTANCE_CRITERIA[name]()

@@ -1,0 +1,90 @@
+"""Which heads / neurons to prune, given scores and the masks pruned so far.
+
+Pruning is monotone: a structure pruned in the current masks stays pruned. The
+fraction ``ratio`` counts against the structures the masks started with.
+``scope="layer"`` prunes the same fraction in every group; ``scope="global"``
+ranks all groups of a kind together after dividing each group's scores by
+their L2 norm (over the structures still alive), so that layers whose scores
+are larger overall do not keep everything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCOPES = ("layer", "global")
+
+
+def _floor_for(count: int, floor: int) -> int:
+    return min(max(floor, 0), count)
+
+
+def select_masks(
+    scores: dict[str, torch.Tensor],
+    current: dict[str, torch.Tensor],
+    ratio: float,
+    scope: str = "layer",
+    floor: int = 1,
+    costs: dict[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """New masks for the groups in ``current`` that prune ``ratio`` of their structures.
+
+    ``costs`` (per group: cost of one structure, e.g. FLOPs) makes the global
+    ratio a fraction of total cost instead of count. ``floor`` is the minimum
+    number of structures kept per group (0 lets a whole sub-layer go).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    missing = set(current) - set(scores)
+    if missing:
+        raise KeyError(f"no scores for groups {sorted(missing)}")
+    if scope == "layer":
+        return {name: _select_in_group(scores[name], mask, ratio, floor) for name, mask in current.items()}
+    return _select_global(scores, current, ratio, floor, costs)
+
+
+def _select_in_group(score: torch.Tensor, mask: torch.Tensor, ratio: float, floor: int) -> torch.Tensor:
+    n = mask.numel()
+    already = int((mask < 0.5).sum())
+    target = max(already, min(round(ratio * n), n - _floor_for(n, floor)))
+    ranked = score.detach().float().cpu().clone()
+    ranked[mask.cpu() < 0.5] = -math.inf  # pruned ones first, so they stay pruned
+    order = torch.argsort(ranked, stable=True)
+    new = torch.ones_like(mask)
+    new[order[:target].to(mask.device)] = 0
+    return new
+
+
+def _select_global(scores, current, ratio, floor, costs):
+    entries = []  # (normalised score, group, index)
+    budget_total, pruned_cost = 0.0, 0.0
+    alive_count = {}
+    for name, mask in current.items():
+        alive = mask.cpu() >= 0.5
+        unit = 1.0 if costs is None else float(costs[name])
+        budget_total += unit * mask.numel()
+        pruned_cost += unit * int((~alive).sum())
+        alive_count[name] = int(alive.sum())
+        score = scores[name].detach().float().cpu()
+        norm = score[alive].norm()
+        normalised = score / norm if norm > 0 else score
+        entries += [(float(normalised[i]), name, i) for i in torch.nonzero(alive).flatten().tolist()]
+    new = {name: mask.clone() for name, mask in current.items()}
+    target_cost = ratio * budget_total
+    for _, name, index in sorted(entries, key=lambda e: e[0]):
+        if pruned_cost >= target_cost - 1e-9:
+            break
+        n = current[name].numel()
+        if alive_count[name] <= _floor_for(n, floor):
+            continue
+        unit = 1.0 if costs is None else float(costs[name])
+        if costs is not None and pruned_cost + unit > target_cost + 0.5 * unit:
+            continue  # this one would overshoot by more than half its cost: try cheaper structures
+        new[name][index] = 0
+        alive_count[name] -= 1
+        pruned_cost += unit
+    return new

@@ -1,0 +1,48 @@
+"""Tiny models of every supported family, built from configs (no network)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64, type_vocab_size=2)
+
+
+def tiny_config(model_type: str, **overrides):
+    if model_type == "distilbert":
+        cfg = dict(vocab_size=99, dim=32, n_layers=3, n_heads=4, hidden_dim=37, max_position_embeddings=64)
+    elif model_type == "electra":
+        cfg = dict(TINY, embedding_size=24)
+    else:
+        cfg = dict(TINY)
+    cfg.update(overrides)
+    return transformers.AutoConfig.for_model(model_type, **cfg)
+
+
+ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+
+
+def tiny_model(model_type: str, head: str = "AutoModelForSequenceClassification", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, **overrides)
+    if head == "AutoModelForSequenceClassification":
+        config.num_labels = 3
+    model = getattr(transformers, head).from_config(config)
+    return model.eval()
+
+
+def text_batch(vocab_size: int = 99, batch: int = 3, seq: int = 11, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (batch, seq), generator=generator)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    attention_mask[1, 7:] = 0  # padding
+    attention_mask[2, 4:] = 0
+    input_ids[attention_mask == 0] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.fixture(params=ENCODER_FAMILIES)
+def family(request):
+    return request.param

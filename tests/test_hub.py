@@ -1,0 +1,155 @@
+"""Hub format: save, load with hf_adaprune, load with stock transformers where hf_adaprune is absent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification, BertTokenizerFast, pipeline
+
+from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
+
+from conftest import text_batch, tiny_model
+from test_surgery import outputs, random_masks
+
+
+def pruned_tiny(family="bert", head="AutoModelForSequenceClassification"):
+    model = tiny_model(family, head)
+    random_masks(model)
+    return model
+
+
+def tiny_tokenizer(tmp_path, vocab_size=99):
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab_size - 5)]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab))
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "electra"])
+def test_round_trip_with_hf_adaprune(family, tmp_path):
+    model = pruned_tiny(family)
+    batch = text_batch()
+    masked = outputs(model, batch)
+    save_pruned(model, tmp_path / "out")
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_adaprune.py"} <= files
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    groups = config["adaprune"]["groups"]
+    assert groups[next(iter(groups))]["kind"] in {"heads", "neurons"}
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_adaprune.Pruned")
+    loaded = AutoPrunedModel.from_pretrained(tmp_path / "out").eval()
+    assert (outputs(loaded, batch) - masked).abs().max() <= 1e-5
+    assert (outputs(loaded, batch) - outputs(model, batch)).abs().max() <= 1e-6
+
+
+def test_saved_record_lists_kept_heads_and_widths(tmp_path):
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    masks.set("encoder.layer.1.attention", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    width = torch.ones(37)
+    width[:10] = 0
+    masks.set("encoder.layer.0.ffn", width)
+    save_pruned(model, tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())["adaprune"]
+    assert record["groups"]["encoder.layer.1.attention"]["kept"] == [1, 3]
+    assert len(record["groups"]["encoder.layer.0.ffn"]["kept"]) == 27
+    weights = load_file(tmp_path / "model.safetensors")
+    assert weights["bert.encoder.layer.1.attention.self.query.weight"].shape == (16, 32)
+    assert weights["bert.encoder.layer.0.intermediate.dense.weight"].shape == (27, 32)
+
+
+def test_other_head_class_loads_base_model(tmp_path):
+    from transformers import AutoModel
+
+    model = pruned_tiny("roberta")
+    compact(model)
+    save_pruned(model, tmp_path)
+    base = AutoPrunedModel.from_pretrained(tmp_path, auto_class=AutoModel).eval()
+    batch = text_batch()
+    with torch.no_grad():
+        expected = model.base_model(**batch).last_hidden_state
+        got = base(**batch).last_hidden_state
+    assert (expected - got).abs().max() <= 1e-6
+
+
+def test_stock_transformers_loads_without_hf_adaprune(tmp_path):
+    model = pruned_tiny("bert")
+    batch = text_batch()
+    expected = outputs(model, batch)
+    save_pruned(model, tmp_path / "model")
+    torch.save({"batch": batch, "expected": expected}, tmp_path / "io.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hf_adaprune"] = None  # make the package unimportable
+        try:
+            import hf_adaprune
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("hf_adaprune should not be importable here")
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        io = torch.load({str(tmp_path / 'io.pt')!r})
+        model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True)
+        model.eval()
+        with torch.no_grad():
+            got = model(**io["batch"]).logits
+        diff = (got - io["expected"]).abs().max().item()
+        print("maxdiff", diff)
+        assert diff <= 1e-6, diff
+        assert "hf_adaprune" not in type(model).__module__
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "maxdiff" in result.stdout
+
+
+def test_pipeline_with_tokenizer(tmp_path):
+    model = pruned_tiny("bert")
+    tokenizer = tiny_tokenizer(tmp_path)
+    save_pruned(model, tmp_path / "model", tokenizer=tokenizer)
+    assert (tmp_path / "model" / "tokenizer.json").exists() or (tmp_path / "model" / "vocab.txt").exists()
+    classify = pipeline("text-classification", model=str(tmp_path / "model"), trust_remote_code=True)
+    result = classify("w1 w2 w3")
+    assert result[0]["label"].startswith("LABEL_") and 0.0 <= result[0]["score"] <= 1.0
+
+
+def test_mismatched_weights_fail_loudly(tmp_path):
+    model = pruned_tiny("bert")
+    save_pruned(model, tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    key = "bert.encoder.layer.2.attention.self.query.weight"
+    weights[key] = torch.zeros(weights[key].shape[0] + 8, weights[key].shape[1])
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(Exception, match="(?i)mismatch|size"):
+        AutoPrunedModel.from_pretrained(tmp_path)
+
+
+def test_missing_weights_fail_loudly(tmp_path):
+    model = pruned_tiny("bert")
+    save_pruned(model, tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["bert.encoder.layer.2.intermediate.dense.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="do not match the pruned structure"):
+        AutoPrunedModel.from_pretrained(tmp_path)
+
+
+def test_folder_without_record(tmp_path):
+    tiny_model("bert").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no hf_adaprune record"):
+        AutoPrunedModel.from_pretrained(tmp_path)
+
+
+def test_dense_stock_loader_rejects_pruned_folder(tmp_path):
+    save_pruned(pruned_tiny("bert"), tmp_path)
+    with pytest.raises(Exception, match="(?i)size|mismatch|shape"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=False)

@@ -1,0 +1,115 @@
+"""Importance scores against a brute-force element-by-element computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_adaprune import MagnitudeImportance, TaylorImportance, find_groups, make_importance
+from hf_adaprune.adapters import HeadGroup
+
+from conftest import text_batch, tiny_model
+
+
+def loss_backward(model, seed=1):
+    model.zero_grad()
+    batch = text_batch(seed=seed)
+    labels = torch.tensor([0, 1, 2])
+    model(**batch, labels=labels).loss.backward()
+
+
+def brute_force_taylor(model, group):
+    """Sum grad*weight element by element over the entries a structure owns, then |.|."""
+    base = model.base_model
+    if isinstance(group, HeadGroup):
+        d = group.head_dim
+        n = base.get_submodule(group.query).out_features // d
+        owned = lambda h: [(p, slice(h * d, (h + 1) * d), "rows") for p in group.row_linears] + [
+            (group.output, slice(h * d, (h + 1) * d), "cols")
+        ]
+    else:
+        n = base.get_submodule(group.inputs[0]).out_features
+        owned = lambda j: [(p, slice(j, j + 1), "rows") for p in group.inputs] + [(group.output, slice(j, j + 1), "cols")]
+    scores = []
+    for s in range(n):
+        total = 0.0
+        for path, sl, axis in owned(s):
+            lin = base.get_submodule(path)
+            w, g = lin.weight.detach().double(), lin.weight.grad.double()
+            if axis == "rows":
+                total += float((w[sl] * g[sl]).sum())
+                if lin.bias is not None:
+                    total += float((lin.bias.detach().double()[sl] * lin.bias.grad.double()[sl]).sum())
+            else:
+                total += float((w[:, sl] * g[:, sl]).sum())
+        scores.append(abs(total))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_taylor_equals_brute_force(model_type):
+    model = tiny_model(model_type).train()
+    groups = find_groups(model)
+    loss_backward(model)
+    importance = TaylorImportance()
+    assert importance.update(model, groups)
+    scores = importance.scores()
+    for group in groups:
+        expected = brute_force_taylor(model, group)
+        torch.testing.assert_close(scores[group.name].double(), expected, rtol=1e-4, atol=1e-9)
+
+
+def test_taylor_is_mean_of_per_batch_absolute_values():
+    model = tiny_model("bert").train()
+    groups = find_groups(model)
+    importance = TaylorImportance()
+    per_batch = []
+    for seed in (1, 2, 3):
+        loss_backward(model, seed)
+        importance.update(model, groups)
+        per_batch.append({g.name: brute_force_taylor(model, g) for g in groups})
+    for group in groups:
+        expected = torch.stack([b[group.name] for b in per_batch]).mean(0)
+        torch.testing.assert_close(importance.scores()[group.name].double(), expected, rtol=1e-4, atol=1e-9)
+    assert importance.num_updates == 3
+
+
+def test_taylor_skips_when_no_gradient():
+    model = tiny_model("bert")
+    model.zero_grad(set_to_none=True)
+    importance = TaylorImportance()
+    assert importance.update(model, find_groups(model)) is False
+    assert importance.scores() == {}
+
+
+def test_magnitude_scores_sum_of_absolute_weights():
+    model = tiny_model("bert")
+    groups = find_groups(model)
+    scores = MagnitudeImportance().scores(model, groups)
+    attn = model.bert.encoder.layer[0].attention
+    torch.set_grad_enabled(False)
+    d = 8
+    head1 = sum(
+        float(lin.weight[d:2 * d].abs().sum() + lin.bias[d:2 * d].abs().sum())
+        for lin in (attn.self.query, attn.self.key, attn.self.value)
+    ) + float(attn.output.dense.weight[:, d:2 * d].abs().sum())
+    torch.set_grad_enabled(True)
+    assert scores["encoder.layer.0.attention"][1].item() == pytest.approx(head1, rel=1e-5)
+
+
+def test_state_dict_round_trip():
+    model = tiny_model("bert").train()
+    groups = find_groups(model)
+    a = TaylorImportance()
+    loss_backward(model)
+    a.update(model, groups)
+    b = TaylorImportance()
+    b.load_state_dict(a.state_dict())
+    assert b.num_updates == 1
+    for name, value in a.scores().items():
+        assert torch.equal(b.scores()[name], value)
+
+
+def test_unknown_criterion():
+    with pytest.raises(ValueError, match="unknown importance criterion 'fisher'"):
+        make_importance("fisher")

@@ -1,0 +1,75 @@
+"""Selection rules: per layer, global with normalisation, floors, monotone masks, cost budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_adaprune import select_masks
+
+
+def ones(*sizes):
+    return {f"g{i}": torch.ones(n) for i, n in enumerate(sizes)}
+
+
+def test_per_layer_prunes_lowest_in_each_group():
+    scores = {"g0": torch.tensor([4.0, 1.0, 3.0, 2.0]), "g1": torch.tensor([0.1, 0.4, 0.3, 0.2])}
+    masks = select_masks(scores, ones(4, 4), ratio=0.5, scope="layer")
+    assert masks["g0"].tolist() == [1, 0, 1, 0]
+    assert masks["g1"].tolist() == [0, 1, 1, 0]
+
+
+def test_per_layer_floor_keeps_minimum():
+    scores = {"g0": torch.tensor([4.0, 1.0, 3.0, 2.0])}
+    assert select_masks(scores, ones(4), ratio=1.0, floor=1)["g0"].tolist() == [1, 0, 0, 0]
+    assert select_masks(scores, ones(4), ratio=1.0, floor=2)["g0"].tolist() == [1, 0, 1, 0]
+    assert select_masks(scores, ones(4), ratio=1.0, floor=0)["g0"].tolist() == [0, 0, 0, 0]
+
+
+def test_pruned_structures_stay_pruned():
+    scores = {"g0": torch.tensor([0.0, 5.0, 3.0, 4.0])}
+    current = {"g0": torch.tensor([1.0, 0.0, 1.0, 1.0])}  # the *best* one was pruned earlier
+    new = select_masks(scores, current, ratio=0.5)
+    assert new["g0"].tolist() == [0, 0, 1, 1]
+    # a smaller ratio than already pruned never revives anything
+    assert select_masks(scores, current, ratio=0.0)["g0"].tolist() == [1, 0, 1, 1]
+
+
+def test_global_normalises_per_group():
+    # g1's raw scores are 100x larger; after L2 normalisation its weakest entry is weaker than g0's.
+    scores = {"g0": torch.tensor([1.0, 2.0, 3.0, 4.0]), "g1": torch.tensor([100.0, 1000.0, 1000.0, 1000.0])}
+    masks = select_masks(scores, ones(4, 4), ratio=0.25, scope="global")
+    assert masks["g1"].tolist() == [0, 1, 1, 1]
+    assert masks["g0"].tolist() == [0, 1, 1, 1]
+
+
+def test_global_is_uneven_across_groups():
+    scores = {"g0": torch.tensor([1.0, 1.0, 1.0, 1.0]), "g1": torch.tensor([0.01, 0.02, 1.0, 1.0])}
+    masks = select_masks(scores, ones(4, 4), ratio=0.25, scope="global")
+    assert masks["g0"].tolist() == [1, 1, 1, 1]
+    assert masks["g1"].tolist() == [0, 0, 1, 1]
+
+
+def test_global_respects_floor():
+    scores = {"g0": torch.tensor([0.01, 0.011, 0.012, 10.0]), "g1": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    masks = select_masks(scores, ones(4, 4), ratio=0.75, scope="global", floor=2)
+    # g0's three weak entries come first, but the floor stops at two pruned per group
+    assert masks["g0"].tolist() == [0, 0, 1, 1]
+    assert masks["g1"].tolist() == [0, 0, 1, 1]
+
+
+def test_global_cost_budget():
+    scores = {"g0": torch.tensor([1.0, 2.0]), "g1": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    costs = {"g0": 10.0, "g1": 1.0}  # total 24; half is 12
+    masks = select_masks(scores, ones(2, 4), ratio=0.5, scope="global", floor=0, costs=costs)
+    pruned_cost = sum(costs[n] * float((m == 0).sum()) for n, m in masks.items())
+    assert 10 <= pruned_cost <= 14
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="scope must be one of"):
+        select_masks({"g0": torch.ones(2)}, ones(2), 0.5, scope="block")
+    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\]"):
+        select_masks({"g0": torch.ones(2)}, ones(2), 1.5)
+    with pytest.raises(KeyError, match="no scores"):
+        select_masks({}, ones(2), 0.5)

@@ -1,0 +1,123 @@
+"""Compaction removes exactly what the masks hide: outputs equal within 1e-5 (float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_adaprune import attach_masks, compact, find_groups, get_masks
+from hf_adaprune.masks import structure_count
+
+from conftest import text_batch, tiny_model
+
+TOL = 1e-5
+
+
+def random_masks(model, seed=0):
+    """Random masks, with one group of each kind fully pruned and one left whole."""
+    masks = attach_masks(model)
+    generator = torch.Generator().manual_seed(seed)
+    names = list(masks.masks)
+    heads = masks.of_kind("heads")
+    ffns = masks.of_kind("neurons")
+    for name in names:
+        masks.set(name, (torch.rand(masks.masks[name].shape, generator=generator) > 0.5).float())
+    masks.set(heads[0], torch.zeros_like(masks.masks[heads[0]]))
+    masks.set(heads[-1], torch.ones_like(masks.masks[heads[-1]]))
+    masks.set(ffns[1], torch.zeros_like(masks.masks[ffns[1]]))
+    masks.set(ffns[0], torch.ones_like(masks.masks[ffns[0]]))
+    return masks
+
+
+def outputs(model, batch):
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize(
+    "head",
+    ["AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoModel"],
+)
+def test_compacted_equals_masked(family, head):
+    model = tiny_model(family, head)
+    batch = text_batch()
+    dense = outputs(model, batch)
+    random_masks(model)
+    masked = outputs(model, batch)
+    assert (masked - dense).abs().max() > 1e-4, "masks should change the output"
+    compact(model)
+    compacted = outputs(model, batch)
+    assert compacted.shape == masked.shape
+    assert (compacted - masked).abs().max() <= TOL
+
+
+def test_question_answering_head(family):
+    model = tiny_model(family, "AutoModelForQuestionAnswering")
+    batch = text_batch()
+    random_masks(model, seed=3)
+    with torch.no_grad():
+        before = model(**batch)
+    compact(model)
+    with torch.no_grad():
+        after = model(**batch)
+    assert (before.start_logits - after.start_logits).abs().max() <= TOL
+    assert (before.end_logits - after.end_logits).abs().max() <= TOL
+
+
+def test_shapes_and_record_after_compaction():
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    masks.set("encoder.layer.1.attention", torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    ffn = torch.zeros(37)
+    ffn[[3, 5, 30]] = 1
+    masks.set("encoder.layer.2.ffn", ffn)
+    masks.set("encoder.layer.0.attention", torch.zeros(4))
+    record = compact(model)
+    layer1 = model.bert.encoder.layer[1].attention.self
+    assert layer1.query.weight.shape == (2 * 8, 32)
+    assert layer1.num_attention_heads == 2
+    assert model.bert.encoder.layer[1].attention.output.dense.weight.shape == (32, 16)
+    assert model.bert.encoder.layer[2].intermediate.dense.weight.shape == (3, 32)
+    assert model.bert.encoder.layer[2].output.dense.weight.shape == (32, 3)
+    assert getattr(model.bert.encoder.layer[0].attention.self, "is_empty_attention", False)
+    assert record["groups"]["encoder.layer.1.attention"]["kept"] == [0, 2]
+    assert record["groups"]["encoder.layer.2.ffn"]["kept"] == [3, 5, 30]
+    assert record["groups"]["encoder.layer.0.attention"]["kept"] == []
+    assert get_masks(model) is None
+    # fully pruned attention no longer counts as a prunable group
+    assert "encoder.layer.0.attention" not in {g.name for g in find_groups(model)}
+
+
+def test_second_compaction_composes_original_indices():
+    model = tiny_model("bert")
+    batch = text_batch()
+    masks = attach_masks(model)
+    masks.set("encoder.layer.1.attention", torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    compact(model)
+    masks = attach_masks(model)
+    assert masks.masks["encoder.layer.1.attention"].numel() == 3
+    masks.set("encoder.layer.1.attention", torch.tensor([0.0, 1.0, 1.0]))
+    masked = outputs(model, batch)
+    record = compact(model)
+    assert record["groups"]["encoder.layer.1.attention"]["kept"] == [2, 3]
+    assert record["groups"]["encoder.layer.1.attention"]["original"] == 4
+    assert (outputs(model, batch) - masked).abs().max() <= TOL
+
+
+def test_masks_leave_weights_untouched():
+    model = tiny_model("roberta")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    random_masks(model)
+    text_out = outputs(model, text_batch())
+    assert torch.isfinite(text_out).all()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_structure_counts_follow_shapes():
+    model = tiny_model("distilbert")
+    groups = find_groups(model)
+    base = model.base_model
+    assert [structure_count(base, g) for g in groups[:2]] == [4, 37]
+    assert len(groups) == 6
