@@ -4,6 +4,8 @@ Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
 :mod:`selection`) -> compaction (:mod:`surgery`) -> Hub-format save (:mod:`hub`).
 """
 
+from .arguments import PruningArguments, Seq2SeqPruningArguments
+from .controller import AdaptiveController
 from .adapters import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
 from .flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
@@ -11,10 +13,16 @@ from .importance import MagnitudeImportance, RandomImportance, TaylorImportance,
 from .masks import PruningMasks, attach_masks, detach_masks, get_masks
 from .selection import select_masks
 from .surgery import compact, kept_structure
+from .trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveController",
+    "AdaptivePruningSeq2SeqTrainer",
+    "AdaptivePruningTrainer",
+    "PruningArguments",
+    "Seq2SeqPruningArguments",
     "AutoPrunedModel",
     "MagnitudeImportance",
     "PruningMasks",

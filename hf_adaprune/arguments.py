@@ -1,0 +1,116 @@
+"""``PruningArguments``: ``TrainingArguments`` plus what to prune, how far and how carefully.
+
+Every field parses with ``HfArgumentParser`` from the command line or a JSON/YAML
+file, like the rest of the training arguments. Bad values fail here, before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from .importance import IMPORTANCE_CRITERIA
+from .selection import SCOPES
+
+STRUCTURES = ("heads", "ffn", "both")
+TARGET_TYPES = ("structures", "flops")
+ROLES = ("encoder_self", "decoder_self", "cross", "encoder", "decoder")
+
+
+@dataclass
+class PruningArguments(TrainingArguments):
+    prune: str = field(default="both", metadata={"help": "What to prune: 'heads', 'ffn' or 'both'."})
+    pruning_roles: str = field(
+        default="all",
+        metadata={"help": "Comma-separated roles to prune (encoder_self, decoder_self, cross for heads; encoder, "
+                          "decoder for FFN) or 'all'. Encoder-only models have encoder_self and encoder."},
+    )
+    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'magnitude' or 'random'."})
+    pruning_target: float = field(
+        default=0.5, metadata={"help": "Target sparsity in (0, 1): fraction of heads/neurons or of layer FLOPs."}
+    )
+    pruning_target_type: str = field(
+        default="flops",
+        metadata={"help": "'flops': the target is a fraction of the prunable layers' FLOPs; 'structures': a fraction "
+                          "of heads and of neurons."},
+    )
+    pruning_metric: str = field(
+        default="loss",
+        metadata={"help": "Metric steering the ratio: an `evaluate` metric name (accuracy, f1, sacrebleu, wer, ...) or "
+                          "a key returned by compute_metrics; 'loss' uses the eval loss."},
+    )
+    pruning_tolerance: float = field(default=0.01, metadata={"help": "Largest allowed metric drop vs the dense model."})
+    pruning_tolerance_type: str = field(default="absolute", metadata={"help": "'absolute' or 'relative' drop."})
+    pruning_warmup_steps: int = field(
+        default=100, metadata={"help": "Fine-tuning steps before the reference metric and the first pruning step."}
+    )
+    pruning_interval: int = field(
+        default=50, metadata={"help": "Fine-tuning steps between a pruning step and its evaluation."}
+    )
+    pruning_initial_step: float = field(default=0.1, metadata={"help": "Sparsity added by the first pruning step."})
+    pruning_min_step: float = field(
+        default=0.0125, metadata={"help": "Stop once roll-backs halve the step below this."}
+    )
+    pruning_step_growth: float = field(
+        default=1.5, metadata={"help": "Factor applied to the step after a kept step (1 keeps it constant)."}
+    )
+    pruning_scope: str = field(
+        default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
+    )
+    min_heads_per_layer: int = field(default=1, metadata={"help": "Heads kept per attention block at least (0 allowed)."})
+    min_neurons_per_layer: int = field(default=1, metadata={"help": "FFN neurons kept per layer at least (0 allowed)."})
+    pruning_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate each pruning decision on the first N eval examples (default: all)."}
+    )
+    pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
+    compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        validate_pruning_arguments(self)
+
+    def selected_roles(self) -> set[str]:
+        if self.pruning_roles.strip() == "all":
+            return set(ROLES)
+        return {r.strip() for r in self.pruning_roles.split(",") if r.strip()}
+
+
+@dataclass
+class Seq2SeqPruningArguments(Seq2SeqTrainingArguments, PruningArguments):
+    """:class:`PruningArguments` with the generation options of ``Seq2SeqTrainingArguments``."""
+
+    def __post_init__(self):
+        super().__post_init__()
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate_pruning_arguments(args) -> None:
+    _choice("prune", args.prune, STRUCTURES)
+    _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
+    _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
+    _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
+    _choice("pruning_scope", args.pruning_scope, SCOPES)
+    if not 0.0 < args.pruning_target < 1.0:
+        raise ValueError(f"--pruning_target must be in (0, 1); got {args.pruning_target}")
+    if args.pruning_tolerance < 0:
+        raise ValueError(f"--pruning_tolerance must be >= 0; got {args.pruning_tolerance}")
+    if not 0.0 < args.pruning_min_step <= args.pruning_initial_step <= 1.0:
+        raise ValueError(
+            "need 0 < --pruning_min_step <= --pruning_initial_step <= 1; "
+            f"got {args.pruning_min_step} and {args.pruning_initial_step}"
+        )
+    if args.pruning_step_growth < 1.0:
+        raise ValueError(f"--pruning_step_growth must be >= 1; got {args.pruning_step_growth}")
+    if args.pruning_warmup_steps < 0 or args.pruning_interval < 1:
+        raise ValueError("--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1")
+    if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
+        raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
+    unknown = args.selected_roles() - set(ROLES)
+    if unknown:
+        raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")

@@ -1,0 +1,107 @@
+"""The adaptive ratio: grow sparsity while the metric stays within tolerance.
+
+Pure bookkeeping, no model: the trainer asks :meth:`AdaptiveController.propose`
+for the next ratio, prunes to it, fine-tunes, evaluates and reports the metric to
+:meth:`AdaptiveController.decide`. Within tolerance of the reference the step is
+kept (and the step size grows by ``growth``); beyond it the step is rolled back
+and the step size halves. It stops when the target is reached, when the step
+size falls below ``min_step``, or when the trainer says training ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+KEEP, ROLLBACK = "keep", "rollback"
+
+
+@dataclass
+class ControllerState:
+    reference: float | None = None
+    ratio: float = 0.0  # last accepted sparsity
+    step: float = 0.0
+    pending: float | None = None  # ratio being tried
+    done: bool = False
+    stop_reason: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class AdaptiveController:
+    target: float
+    initial_step: float = 0.1
+    min_step: float = 0.0125
+    tolerance: float = 0.01
+    tolerance_type: str = "absolute"  # absolute | relative
+    greater_is_better: bool = True
+    growth: float = 1.0
+    state: ControllerState = field(default_factory=ControllerState)
+
+    def __post_init__(self):
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"target must be in (0, 1), got {self.target}")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.tolerance_type not in ("absolute", "relative"):
+            raise ValueError(f"tolerance_type must be 'absolute' or 'relative', got {self.tolerance_type!r}")
+        if not 0.0 < self.min_step <= self.initial_step:
+            raise ValueError(f"need 0 < min_step <= initial_step, got {self.min_step} and {self.initial_step}")
+        if self.growth < 1.0:
+            raise ValueError(f"growth must be >= 1, got {self.growth}")
+
+    # -- metric arithmetic -----------------------------------------------------------------------
+    def allowed_drop(self) -> float:
+        ref = self.state.reference
+        return self.tolerance * abs(ref) if self.tolerance_type == "relative" else self.tolerance
+
+    def drop(self, metric: float) -> float:
+        """How much worse ``metric`` is than the reference (negative when better)."""
+        delta = self.state.reference - metric
+        return delta if self.greater_is_better else -delta
+
+    def within_tolerance(self, metric: float) -> bool:
+        return self.drop(metric) <= self.allowed_drop() + 1e-12
+
+    # -- protocol --------------------------------------------------------------------------------
+    def start(self, reference: float) -> float:
+        """Record the dense reference metric; returns the first ratio to try."""
+        self.state = ControllerState(reference=float(reference), step=self.initial_step)
+        self.state.history.append({"event": "reference", "ratio": 0.0, "metric": float(reference)})
+        return self.propose()
+
+    def propose(self) -> float:
+        s = self.state
+        s.pending = min(self.target, s.ratio + s.step)
+        return s.pending
+
+    def decide(self, metric: float) -> str:
+        """Judge the pending ratio by ``metric``; returns ``"keep"`` or ``"rollback"``."""
+        s = self.state
+        if s.pending is None or s.done:
+            raise RuntimeError("decide() called with no pending pruning step")
+        tried = s.pending
+        decision = KEEP if self.within_tolerance(metric) else ROLLBACK
+        s.history.append({"event": decision, "ratio": tried, "metric": float(metric), "step": s.step,
+                          "drop": self.drop(metric)})
+        s.pending = None
+        if decision == KEEP:
+            s.ratio = tried
+            s.step *= self.growth
+            if s.ratio >= self.target - 1e-9:
+                self.stop("target reached")
+        else:
+            s.step /= 2
+            if s.step < self.min_step - 1e-12:
+                self.stop("step below minimum")
+        return decision
+
+    def stop(self, reason: str) -> None:
+        if not self.state.done:
+            self.state.done, self.state.stop_reason, self.state.pending = True, reason, None
+            self.state.history.append({"event": "stop", "ratio": self.state.ratio, "reason": reason})
+
+    def state_dict(self) -> dict:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = ControllerState(**state)

@@ -1,0 +1,293 @@
+"""Tests for hf_adaprune.metrics (offline; no Hugging Face Hub access needed)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import threading
+import time
+
+import huggingface_hub.constants
+
+import evaluate
+import pytest
+import sacrebleu
+
+from hf_adaprune import metrics
+from hf_adaprune.metrics import (
+    BUILTIN_METRICS,
+    headline_value,
+    load_metric,
+    metric_greater_is_better,
+    metric_key,
+)
+
+PREDS, REFS = [0, 1, 1, 0], [0, 1, 0, 0]
+# Binary (positive class 1): TP=1 (i=1), FP=1 (i=2), FN=0, TN=2 (i=0,3).
+#   precision = 1/2, recall = 1/1, f1 = 2*0.5*1/1.5 = 2/3
+# Class 0 as positive: TP=2, FP=0, FN=1 -> precision 1, recall 2/3, f1 = 0.8
+#   macro precision = (1 + 1/2)/2 = 3/4, macro recall = (2/3 + 1)/2 = 5/6,
+#   macro f1 = (0.8 + 2/3)/2 = 11/15
+# MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = 2/sqrt(2*1*3*2) = 1/sqrt(3)
+HYP, REF = "the cat sat on the mat", "the cat sat on a mat"
+# n-gram precisions of HYP vs REF: 5/6, 3/5, 2/4, 1/3; equal lengths so BP = 1;
+# BLEU = (5/6 * 3/5 * 2/4 * 1/3) ** (1/4) = (1/12) ** (1/4)
+
+
+def compute(name: str, **inputs):
+    return BUILTIN_METRICS[name](keep_in_memory=True).compute(**inputs)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Offline mode requested via the environment; any socket use fails the test."""
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    metrics._hub_reachable.cache_clear()
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in test")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    yield attempts
+    assert attempts == []
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_METRICS))
+def test_builtins_are_evaluate_metrics(name):
+    metric = BUILTIN_METRICS[name](keep_in_memory=True)
+    assert isinstance(metric, evaluate.Metric)
+    assert metric.name == name
+    assert isinstance(metric.info, evaluate.MetricInfo) and metric.info.features is not None
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("accuracy", {}, 0.75),
+        ("accuracy", {"normalize": False}, 3.0),
+        ("f1", {}, 2 / 3),
+        ("f1", {"average": "macro"}, 11 / 15),
+        ("precision", {}, 0.5),
+        ("precision", {"average": "macro"}, 0.75),
+        ("recall", {}, 1.0),
+        ("recall", {"average": "macro"}, 5 / 6),
+        ("matthews_correlation", {}, 1 / math.sqrt(3)),
+    ],
+)
+def test_classification_values(name, kwargs, expected):
+    result = compute(name, predictions=PREDS, references=REFS, **kwargs)
+    assert list(result) == [name]
+    assert isinstance(result[name], float)
+    assert result[name] == pytest.approx(expected)
+
+
+def test_f1_per_class_array():
+    result = compute("f1", predictions=PREDS, references=REFS, average=None)
+    assert list(result["f1"]) == pytest.approx([0.8, 2 / 3])
+
+
+def test_sacrebleu_matches_corpus_bleu():
+    hyps, refs = [HYP, "a dog ran"], ["the cat sat on a mat", "the dog ran away"]
+    expected = sacrebleu.corpus_bleu(hyps, [refs])
+    result = compute("sacrebleu", predictions=hyps, references=[[r] for r in refs])
+    assert result["score"] == pytest.approx(expected.score)
+    assert result["bp"] == pytest.approx(expected.bp) and result["bp"] < 1
+    assert (result["sys_len"], result["ref_len"]) == (expected.sys_len, expected.ref_len)
+    assert result["counts"] == expected.counts
+    # A plain string per prediction is one reference.
+    assert compute("sacrebleu", predictions=hyps, references=refs)["score"] == pytest.approx(expected.score)
+
+
+def test_sacrebleu_perfect_multi_reference_and_kwargs():
+    result = compute("sacrebleu", predictions=[HYP], references=[["something else", HYP]])
+    assert result["score"] == pytest.approx(100.0)
+    lower = compute("sacrebleu", predictions=[HYP.upper()], references=[[HYP]], lowercase=True)
+    assert lower["score"] == pytest.approx(100.0)
+
+
+def test_sacrebleu_rejects_ragged_references():
+    with pytest.raises(ValueError, match="same number of references"):
+        compute("sacrebleu", predictions=["a", "b"], references=[["a"], ["b", "c"]])
+
+
+def test_bleu_is_zero_to_one():
+    result = compute("bleu", predictions=[HYP], references=[[REF]])
+    assert result["bleu"] == pytest.approx((1 / 12) ** 0.25)
+    assert result["precisions"] == pytest.approx([5 / 6, 3 / 5, 2 / 4, 1 / 3])
+    assert result["brevity_penalty"] == 1.0 and result["length_ratio"] == 1.0
+    assert compute("bleu", predictions=[HYP], references=[[HYP]])["bleu"] == pytest.approx(1.0)
+    short = compute("bleu", predictions=["the cat sat on"], references=[[REF]])
+    assert short["brevity_penalty"] == pytest.approx(math.exp(1 - 6 / 4))
+    assert short["bleu"] == pytest.approx(math.exp(1 - 6 / 4))  # all n-grams match
+
+
+def test_chrf_matches_sacrebleu():
+    expected = sacrebleu.corpus_chrf([HYP], [[REF]]).score
+    result = compute("chrf", predictions=[HYP], references=[[REF]])
+    assert result["score"] == pytest.approx(expected) and 0 < result["score"] < 100
+    assert (result["char_order"], result["word_order"], result["beta"]) == (6, 0, 2)
+    assert compute("chrf", predictions=[HYP], references=[[HYP]])["score"] == pytest.approx(100.0)
+    plus = compute("chrf", predictions=[HYP], references=[[REF]], word_order=2)
+    assert plus["word_order"] == 2
+    assert plus["score"] == pytest.approx(sacrebleu.corpus_chrf([HYP], [[REF]], word_order=2).score)
+
+
+def test_wer_and_cer_return_floats():
+    wer = compute("wer", predictions=["the cat sit"], references=["the cat sat"])
+    assert isinstance(wer, float) and wer == pytest.approx(1 / 3)
+    # Corpus level: 1 error over 6 reference words, not the mean of per-sentence rates (0.25).
+    assert compute("wer", predictions=["a x", "c d e f"], references=["a b", "c d e f"]) == pytest.approx(1 / 6)
+    cer = compute("cer", predictions=["abcd", "xyz"], references=["abce", "xyz"])
+    assert isinstance(cer, float) and cer == pytest.approx(1 / 7)
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jiwer", None)
+    with pytest.raises(ImportError, match=r"hf-adaprune\[audio\]"):
+        compute("wer", predictions=["a"], references=["a"])
+
+
+def test_load_metric_accuracy_offline():
+    metric = load_metric("accuracy", keep_in_memory=True)
+    assert isinstance(metric, evaluate.Metric)
+    assert metric.compute(predictions=PREDS, references=REFS) == {"accuracy": pytest.approx(0.75)}
+
+
+def test_load_metric_falls_back_without_network(offline):
+    metric = load_metric("evaluate-metric/wer", keep_in_memory=True, download_mode="reuse_dataset_if_exists")
+    assert isinstance(metric, metrics.Wer)
+    assert metric.keep_in_memory
+
+
+def test_load_metric_tries_evaluate_first_in_offline_mode(monkeypatch):
+    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(metrics, "_hub_offline", lambda: False)
+    monkeypatch.setattr(metrics, "_hub_reachable", lambda: False)
+    seen = []
+    sentinel = object()
+
+    def fake_load(name, **kwargs):
+        seen.append((name, kwargs, evaluate.config.HF_EVALUATE_OFFLINE))
+        return sentinel
+
+    before = evaluate.config.HF_EVALUATE_OFFLINE
+    monkeypatch.setattr(evaluate, "load", fake_load)
+    assert load_metric("rouge", cache_dir="/tmp/x") is sentinel
+    assert seen == [("rouge", {"cache_dir": "/tmp/x"}, True)]
+    assert evaluate.config.HF_EVALUATE_OFFLINE == before
+
+    monkeypatch.setattr(metrics, "_hub_reachable", lambda: True)
+    load_metric("rouge")
+    assert seen[-1] == ("rouge", {}, before)
+
+
+def test_offline_flags(monkeypatch):
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for var in ("HF_EVALUATE_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    assert not metrics._hub_offline()
+    for var in ("HF_EVALUATE_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+        assert metrics._hub_offline()
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert metrics._hub_offline()
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(metrics, "HUB_PROBE_TIMEOUT", 0.2)
+    metrics._hub_reachable.cache_clear()
+    yield lambda: (metrics._hub_reachable.cache_clear(), metrics._hub_reachable())[1]
+    metrics._hub_reachable.cache_clear()
+
+
+def test_hub_probe(monkeypatch, probe):
+    class Conn:
+        def close(self):
+            pass
+
+    release = threading.Event()
+
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError()
+
+    def hang(*args, **kwargs):
+        release.wait(5)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Conn())
+    assert probe() is True
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    assert probe() is False
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.monotonic()
+    assert probe() is False  # a stalled DNS lookup or connect cannot block past the timeout
+    assert time.monotonic() - start < 1.0
+    release.set()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert probe() is True
+
+
+def test_unknown_metric_raises(offline):
+    with pytest.raises(ValueError) as info:
+        load_metric("no_such_metric_xyz")
+    message = str(info.value)
+    assert "no_such_metric_xyz" in message and "could not be reached" in message
+    assert all(name in message for name in BUILTIN_METRICS)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("accuracy", True),
+        ("eval_f1", True),
+        ("sacrebleu", True),
+        ("wer", False),
+        ("CER", False),
+        ("eval_wer", False),
+        ("loss", False),
+        ("eval_loss", False),
+        ("distill_loss", False),
+    ],
+)
+def test_metric_greater_is_better(name, expected):
+    assert metric_greater_is_better(name) is expected
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("accuracy", "accuracy"),
+        ("f1", "f1"),
+        ("matthews_correlation", "matthews_correlation"),
+        ("sacrebleu", "score"),
+        ("chrf", "score"),
+        ("bleu", "bleu"),
+        ("wer", None),
+        ("cer", None),
+        ("rouge1", "rouge1"),
+    ],
+)
+def test_metric_key(name, key):
+    assert metric_key(name) == key
+
+
+def test_headline_value():
+    assert headline_value("sacrebleu", {"score": 42.0, "bp": 1.0}) == 42.0
+    assert headline_value("accuracy", {"accuracy": 0.75}) == 0.75
+    assert headline_value("wer", 0.25) == 0.25
+    with pytest.raises(KeyError, match="accuracy"):
+        headline_value("accuracy", {"f1": 0.5})
+    for name in BUILTIN_METRICS:
+        labels = issubclass(BUILTIN_METRICS[name], metrics._SklearnMetric)
+        preds, refs = (PREDS, REFS) if labels else ([HYP], [REF])
+        assert isinstance(headline_value(name, compute(name, predictions=preds, references=refs)), float)
