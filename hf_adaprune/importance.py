@@ -2,9 +2,12 @@
 
 * :class:`TaylorImportance` – first-order Taylor, ``|sum(grad * weight)|`` over a
   structure's parameters, read from ``.grad`` after an ordinary backward pass.
-  Scores are the **mean over batches of the per-batch absolute value** (not the
-  absolute value of a mean), so batches whose gradients point in opposite
-  directions do not cancel.
+  Scores are the **mean over optimizer steps of the per-step absolute value**
+  (not the absolute value of a mean), so steps whose gradients point in opposite
+  directions do not cancel. Each step's values are divided by their sum over all
+  structures first: every step then weighs the same, and the scores do not
+  depend on how the loss was scaled (e.g. summed rather than averaged over
+  gradient-accumulation micro-batches, as some Trainer/model pairs do).
 * :class:`MagnitudeImportance` – ``sum |weight|``, the classic baseline.
 * :class:`RandomImportance` – seeded random scores, a floor for comparisons.
 
@@ -96,7 +99,7 @@ class Importance:
 
 
 class TaylorImportance(Importance):
-    """Running mean over batches of ``|sum(grad * weight)|`` per structure."""
+    """Running mean over optimizer steps of ``|sum(grad * weight)|`` per structure, normalised per step."""
 
     name = "taylor"
 
@@ -109,6 +112,10 @@ class TaylorImportance(Importance):
             if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
                 return False
             batch[group.name] = sums.abs()
+        total = sum(float(v.sum()) for v in batch.values())
+        if total <= 0:  # all gradients zero: nothing to learn from this step
+            return False
+        batch = {name: value / total for name, value in batch.items()}
         self.num_updates += 1
         for name, value in batch.items():
             previous = self._scores.get(name)

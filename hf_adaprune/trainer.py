@@ -257,10 +257,10 @@ class PruningTrainerMixin:
 
     def _finish_pruning(self) -> None:
         c = self.controller
-        if c.state.pending is not None and not c.state.done:
+        if c.state.pending is not None and self.state.global_step > self._last_prune_step:
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
-            if c.state.pending is not None:  # a new step was proposed but there is no training left for it
-                get_masks(self.model).load_state_dict(self._accepted_masks)
+        if c.state.pending is not None:  # proposed, but no training is left to recover from it
+            get_masks(self.model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
         if self.args.compact_at_end and get_masks(self.model) is not None:
             compact(self.model)

@@ -1,0 +1,101 @@
+"""The adaptive controller driven by scripted metric sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_adaprune import AdaptiveController
+
+
+def run(controller, reference, metrics):
+    """Feed metrics until the controller stops or they run out; returns (ratios tried, decisions)."""
+    tried, decisions = [controller.start(reference)], []
+    for metric in metrics:
+        decisions.append(controller.decide(metric))
+        if controller.state.done:
+            break
+        tried.append(controller.propose())
+    return tried, decisions
+
+
+def test_keeps_until_target():
+    c = AdaptiveController(target=0.5, initial_step=0.2, min_step=0.05, tolerance=0.01)
+    tried, decisions = run(c, 0.90, [0.90, 0.895, 0.891])
+    assert tried == pytest.approx([0.2, 0.4, 0.5])
+    assert decisions == ["keep"] * 3
+    assert c.state.done and c.state.stop_reason == "target reached"
+    assert c.state.ratio == pytest.approx(0.5)
+
+
+def test_rollback_halves_step_and_retries_from_last_kept():
+    c = AdaptiveController(target=0.9, initial_step=0.4, min_step=0.05, tolerance=0.01)
+    tried, decisions = run(c, 0.90, [0.90, 0.80, 0.895])
+    assert tried == pytest.approx([0.4, 0.8, 0.6, 0.8])
+    assert decisions == ["keep", "rollback", "keep"]
+    assert c.state.ratio == pytest.approx(0.6)
+    assert c.state.step == pytest.approx(0.2)
+
+
+def test_stops_when_step_below_minimum():
+    c = AdaptiveController(target=0.9, initial_step=0.2, min_step=0.05, tolerance=0.0)
+    tried, decisions = run(c, 1.0, [0.5, 0.5, 0.5, 0.5])
+    assert decisions == ["rollback", "rollback", "rollback"]
+    assert tried == pytest.approx([0.2, 0.1, 0.05])
+    assert c.state.done and c.state.stop_reason == "step below minimum"
+    assert c.state.ratio == 0.0
+
+
+def test_step_grows_after_keeps():
+    c = AdaptiveController(target=0.9, initial_step=0.1, min_step=0.01, tolerance=0.1, growth=2.0)
+    tried, _ = run(c, 1.0, [1.0, 1.0, 1.0])
+    assert tried == pytest.approx([0.1, 0.3, 0.7, 0.9])
+
+
+def test_lower_is_better_metric():
+    c = AdaptiveController(target=0.8, initial_step=0.4, min_step=0.1, tolerance=0.02, greater_is_better=False)
+    c.start(0.10)  # a WER of 10%
+    assert c.decide(0.11) == "keep"  # 1 point worse: within 2 points
+    c.propose()
+    assert c.decide(0.13) == "rollback"  # 3 points worse
+    c.propose()
+    assert c.decide(0.05) == "keep"  # better is always fine
+
+
+def test_relative_tolerance():
+    c = AdaptiveController(target=0.8, initial_step=0.2, min_step=0.1, tolerance=0.05, tolerance_type="relative")
+    c.start(40.0)  # BLEU 40: 5% relative = 2 points
+    assert c.decide(38.1) == "keep"
+    c.propose()
+    assert c.decide(37.9) == "rollback"
+
+
+def test_state_round_trip_continues_identically():
+    a = AdaptiveController(target=0.9, initial_step=0.3, min_step=0.05, tolerance=0.01)
+    a.start(0.9)
+    a.decide(0.7)
+    a.propose()
+    b = AdaptiveController(target=0.9, initial_step=0.3, min_step=0.05, tolerance=0.01)
+    b.load_state_dict(a.state_dict())
+    assert b.decide(0.9) == a.decide(0.9)
+    assert b.propose() == a.propose()
+    assert b.state_dict() == a.state_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(target=1.0), r"target must be in \(0, 1\)"),
+        (dict(target=0.5, tolerance=-0.1), "tolerance must be >= 0"),
+        (dict(target=0.5, tolerance_type="percent"), "tolerance_type must be"),
+        (dict(target=0.5, initial_step=0.1, min_step=0.2), "min_step <= initial_step"),
+    ],
+)
+def test_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptiveController(**kwargs)
+
+
+def test_decide_without_pending_step():
+    c = AdaptiveController(target=0.5)
+    with pytest.raises(RuntimeError, match="no pending pruning step"):
+        c.decide(1.0)

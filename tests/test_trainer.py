@@ -1,0 +1,224 @@
+"""AdaptivePruningTrainer end to end on a tiny BERT and a learnable synthetic task."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import datasets
+import pytest
+import torch
+import transformers
+from transformers import HfArgumentParser, Trainer
+
+from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, PruningArguments, get_masks
+from hf_adaprune.trainer import PRUNING_STATE_FILE
+
+from conftest import tiny_model
+
+
+def toy_dataset(n=192, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 99, (n, 10), generator=generator)
+    labels = (ids[:, 1] > 52).long() + (ids[:, 2] > 70).long()
+    return datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+
+
+def make_args(output_dir, **overrides):
+    defaults = dict(
+        max_steps=30, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
+        pruning_metric="accuracy", pruning_warmup_steps=6, pruning_interval=6, pruning_target=0.5,
+        pruning_tolerance=0.3, pruning_initial_step=0.2, pruning_seq_len=10, save_strategy="no",
+        report_to="none", disable_tqdm=True, logging_steps=5, seed=0, use_cpu=True,
+    )
+    defaults.update(overrides)
+    return PruningArguments(str(output_dir), **defaults)
+
+
+def make_trainer(output_dir, model=None, **overrides):
+    data = toy_dataset()
+    return AdaptivePruningTrainer(
+        model=model or tiny_model("bert"), args=make_args(output_dir, **overrides),
+        train_dataset=data, eval_dataset=data.select(range(48)),
+    )
+
+
+def test_train_prunes_saves_and_reloads(tmp_path):
+    trainer = make_trainer(tmp_path)
+    logged = []
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_log": lambda self, args, state, control, logs=None, **kw: logged.append(dict(logs or {}))}))
+    trainer.train()
+    assert get_masks(trainer.model) is None, "compacted at the end"
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    events = [d["event"] for d in report["decisions"]]
+    assert events[0] == "reference" and events[-1] == "stop"
+    assert report["final_sparsity"] > 0
+    assert report["comparison"]["layer_flops_removed"] == pytest.approx(report["final_sparsity"], abs=0.12)
+    assert (tmp_path / "pruning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "pruning_layers.png").stat().st_size > 1000
+    assert any("pruning/metric" in entry for entry in logged), "decisions go through Trainer.log"
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    assert "hf_adaprune" in card and "Kept structure per layer" in card and "FLOPs" in card
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    batch = {"input_ids": torch.tensor(toy_dataset()["input_ids"][:4])}
+    with torch.no_grad():
+        assert (loaded(**batch).logits - trainer.model.eval()(**batch).logits).abs().max() <= 1e-6
+
+
+def test_rollback_restores_previous_masks(tmp_path):
+    # the real model, scheduling and masks, with a scripted metric: keep, roll back, keep
+    trainer = make_trainer(tmp_path, pruning_tolerance=0.01, pruning_target=0.9, pruning_initial_step=0.2,
+                           pruning_step_growth=1.0, compact_at_end=False, max_steps=24)
+    metrics = iter([0.9, 0.9, 0.5, 0.9])
+    snapshots = []
+
+    def scripted_metric():
+        masks = get_masks(trainer.model)
+        snapshots.append((masks.pruned_fraction("heads"), masks.state_dict()))
+        return next(metrics)
+
+    trainer._decision_metric = scripted_metric
+    trainer.train()
+    events = [h["event"] for h in trainer.controller.state.history]
+    assert events == ["reference", "keep", "rollback", "keep", "stop"]
+    tried = [h["ratio"] for h in trainer.controller.state.history if h["event"] in ("keep", "rollback")]
+    assert tried == pytest.approx([0.2, 0.4, 0.3])
+    # snapshots: masks at each evaluation (reference, 0.2, 0.4 rolled back, 0.3)
+    accepted_02, rolled_back_04, final_03 = snapshots[1][1], snapshots[2][1], snapshots[3][1]
+    final = get_masks(trainer.model).state_dict()
+    for name, mask in final.items():
+        assert torch.equal(mask, final_03[name]), "the step proposed at the last step is undone"
+        assert torch.all(mask <= accepted_02[name]), "the 0.3 step starts from the masks kept at 0.2"
+    assert any(not torch.equal(final[n], rolled_back_04[n]) for n in final)
+    assert trainer.controller.state.ratio == pytest.approx(0.3)
+
+
+def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
+    full = make_trainer(tmp_path / "full", save_strategy="steps", save_steps=12, max_steps=30)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-12"
+    assert (checkpoint / PRUNING_STATE_FILE).exists()
+    state = torch.load(checkpoint / PRUNING_STATE_FILE, weights_only=False)
+    assert state["controller"]["reference"] is not None, "checkpoint is mid-pruning"
+
+    resumed = make_trainer(tmp_path / "full", max_steps=30, save_strategy="no")
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())
+    assert a["groups"] == b["groups"]
+    assert [d["event"] for d in a["decisions"]] == [d["event"] for d in b["decisions"]]
+    assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
+
+
+def test_push_to_hub_uploads_pruned_model(tmp_path, monkeypatch):
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            files = {name: open(os.path.join(folder_path, name), "rb").read() if os.path.isfile(
+                os.path.join(folder_path, name)) else None for name in os.listdir(folder_path)}
+            uploads.append((repo_id, files, kwargs))
+            return "https://hub.invalid/commit"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    trainer = make_trainer(tmp_path / "pushme", hub_model_id="pruned-tiny")
+    trainer.train()
+    trainer.push_to_hub(dataset="toy")
+    (repo_id, files, kwargs), = uploads
+    assert repo_id == "user/pruned-tiny"
+    assert {"model.safetensors", "config.json", "modeling_adaprune.py", "README.md"} <= set(files)
+    config = json.loads(files["config.json"])
+    assert config["adaprune"]["groups"] and "AutoModelForSequenceClassification" in config["auto_map"]
+    assert "datasets:\n- toy" in files["README.md"].decode()
+    kept_heads = sum(len(g["kept"]) for g in config["adaprune"]["groups"].values() if g["kind"] == "heads")
+    assert kept_heads < 12
+
+
+def test_parses_from_command_line_and_yaml(tmp_path):
+    parser = HfArgumentParser(PruningArguments)
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--prune", "heads", "--pruning_target", "0.3", "--pruning_scope", "layer"]
+    )
+    assert (args.prune, args.pruning_target, args.pruning_scope) == ("heads", 0.3, "layer")
+    config = tmp_path / "args.yaml"
+    config.write_text(f"output_dir: {tmp_path}\npruning_metric: f1\npruning_tolerance: 0.02\nmin_heads_per_layer: 0\n")
+    (args,) = parser.parse_yaml_file(str(config))
+    assert (args.pruning_metric, args.pruning_tolerance, args.min_heads_per_layer) == ("f1", 0.02, 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(pruning_tolerance=-1.0), "--pruning_tolerance must be >= 0"),
+        (dict(pruning_target=0.0), r"--pruning_target must be in \(0, 1\)"),
+        (dict(pruning_target=1.2), r"--pruning_target must be in \(0, 1\)"),
+        (dict(prune="layers"), "--prune must be one of heads, ffn, both"),
+        (dict(pruning_criterion="fisher"), "--pruning_criterion must be one of"),
+        (dict(pruning_roles="encoder,ears"), "unknown roles"),
+    ],
+)
+def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_trainer_fails_fast(tmp_path):
+    data = toy_dataset(32)
+    with pytest.raises(ValueError, match="needs an eval_dataset"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=data)
+    with pytest.raises(ValueError, match="Cannot load metric 'no_such_metric'"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="no_such_metric"),
+                               train_dataset=data, eval_dataset=data)
+    with pytest.raises(TypeError, match="needs PruningArguments"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=transformers.TrainingArguments(str(tmp_path)),
+                               train_dataset=data, eval_dataset=data)
+    albert = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
+        vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=37, embedding_size=16))
+    with pytest.raises(ValueError, match="cannot prune model_type 'albert'"):
+        AdaptivePruningTrainer(model=albert, args=make_args(tmp_path), train_dataset=data, eval_dataset=data)
+
+
+def test_metric_key_missing_from_compute_metrics_fails_before_training(tmp_path):
+    data = toy_dataset(32)
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="f1"), train_dataset=data,
+        eval_dataset=data, compute_metrics=lambda p: {"accuracy": 1.0},
+    )
+    with pytest.raises(KeyError, match="evaluation returns no 'eval_f1'"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_scoring_overhead_reads_gradients_once_per_optimizer_step(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=8, gradient_accumulation_steps=2, pruning_warmup_steps=100)
+    trainer.train()
+    assert trainer.importance.num_updates == 8
+
+
+def test_gradient_accumulation_gives_same_scores(tmp_path):
+    def scores(**overrides):
+        model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # same noise
+        trainer = make_trainer(tmp_path / str(overrides), model=model, max_steps=3, pruning_warmup_steps=100,
+                               learning_rate=0.0, max_grad_norm=0.0, **overrides)
+        trainer.train()
+        return trainer.importance.scores()
+
+    plain = scores(per_device_train_batch_size=16)
+    accumulated = scores(per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    for name, value in plain.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-7)
+
+
+def test_plain_trainer_unaffected(tmp_path):
+    # hf_adaprune must not change the stock Trainer: same loss for a plain run
+    data = toy_dataset(64)
+    args = transformers.TrainingArguments(str(tmp_path), max_steps=3, per_device_train_batch_size=16, report_to="none",
+                                          use_cpu=True, disable_tqdm=True, save_strategy="no")
+    out = Trainer(model=tiny_model("bert"), args=args, train_dataset=data).train()
+    assert out.training_loss > 0
