@@ -1,0 +1,72 @@
+"""Run by tests/test_distributed.py under torchrun (or alone): a tiny pruning run, masks written per rank.
+
+Usage: python tests/distributed_worker.py OUTPUT_DIR PER_DEVICE_BATCH [--break-rank R] [--crash-after STEP]
+       [--resume CHECKPOINT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import transformers
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from conftest import tiny_model  # noqa: E402
+from test_trainer import make_args, toy_dataset  # noqa: E402
+
+from hf_adaprune import AdaptivePruningTrainer, get_masks  # noqa: E402
+
+
+class CrashAfter(transformers.TrainerCallback):
+    """Simulates a killed job: exits hard right after the checkpoint of ``step`` is written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            os._exit(17)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("batch", type=int)
+    parser.add_argument("--break-rank", type=int, default=None)
+    parser.add_argument("--crash-after", type=int, default=None)
+    parser.add_argument("--resume", default=None)
+    opts = parser.parse_args()
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    distributed = dict(ddp_backend="gloo") if "WORLD_SIZE" in os.environ else {}
+    # transformers scales the loss by the number of processes for models that accept loss kwargs (BERT
+    # then ignores num_items_in_batch), so 2-process gradients are 2x the 1-process ones. Adam does not
+    # mind a constant factor, gradient clipping does: switch it off so both runs train identically.
+    # A sequential sampler gives both runs the same global batches (the random samplers of one and
+    # of several processes are seeded differently).
+    args = make_args(opts.output_dir, per_device_train_batch_size=opts.batch, save_strategy="steps", save_steps=12,
+                     max_steps=30, compact_at_end=False, max_grad_norm=0.0,
+                     train_sampling_strategy="sequential", **distributed)
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))
+    rank = trainer.args.process_index
+    if opts.break_rank is not None and rank == opts.break_rank:
+        original = trainer._reduced_scores
+
+        def corrupted():  # a rank whose scores were never reduced: different selection
+            scores = original()
+            return {name: torch.rand_like(value) for name, value in scores.items()}
+
+        trainer._reduced_scores = corrupted
+    if opts.crash_after is not None:
+        trainer.add_callback(CrashAfter(opts.crash_after))
+    trainer.train(resume_from_checkpoint=opts.resume)
+    torch.save(get_masks(trainer.model).state_dict(), os.path.join(opts.output_dir, f"masks_rank{rank}.pt"))
+    torch.save(trainer.controller.state_dict(), os.path.join(opts.output_dir, f"controller_rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    main()
