@@ -67,6 +67,10 @@ class _PruningCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
+        # and accelerate would then skip wrapping it in DistributedDataParallel.
+        if state.global_step == 0 and self.trainer.pruning_metric != "loss":
+            self.trainer._check_metric_available()
         if args.pruning_warmup_steps == 0 and self.trainer.controller.state.reference is None:
             self.trainer._pruning_tick(state.global_step)
 
@@ -341,8 +345,6 @@ class PruningTrainerMixin:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{resume_from_checkpoint} has no {PRUNING_STATE_FILE}: not a pruning checkpoint")
             self.load_pruning_state_dict(torch.load(path, weights_only=False))
-        elif self.pruning_metric != "loss":
-            self._check_metric_available()
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _check_metric_available(self) -> None:

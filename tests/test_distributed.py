@@ -31,7 +31,7 @@ def masks_of(out, rank):
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
-def test_two_processes_select_the_same_structures(tmp_path):
+def test_two_processes_select_the_same_structures_as_one(tmp_path):
     two, result = run_worker(tmp_path, "two", batch=8, nproc=2)
     assert result.returncode == 0, result.stderr[-4000:]
     one, result = run_worker(tmp_path, "one", batch=16, nproc=1)
@@ -40,9 +40,10 @@ def test_two_processes_select_the_same_structures(tmp_path):
     assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
-    # The single-process run with the same global batch is not compared: its training already differs
-    # after a few steps (losses differ by ~0.3%), so its masks need not match; see the README.
-    assert any(float(m.sum()) < m.numel() for m in single.values())
+    # Same global batches (sequential sampler, sharded by accelerate), gradients averaged by DDP:
+    # the selected sets agree with the single-process run.
+    for name in rank0:
+        assert torch.equal(rank0[name], single[name]), f"2-process and 1-process runs disagree on {name}"
     # only the main process writes the report
     assert (two / "pruning_report.json").exists()
 
