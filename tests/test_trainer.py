@@ -222,3 +222,11 @@ def test_plain_trainer_unaffected(tmp_path):
                                           use_cpu=True, disable_tqdm=True, save_strategy="no")
     out = Trainer(model=tiny_model("bert"), args=args, train_dataset=data).train()
     assert out.training_loss > 0
+
+
+def test_bf16_autocast_scores_accumulate_in_float32(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=100, bf16=True)
+    trainer.train()
+    scores = trainer.importance.scores()
+    assert scores and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in scores.values())
+    assert trainer.importance.num_updates == 4
