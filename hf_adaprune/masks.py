@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .adapters import Group, HeadGroup, find_groups
+from .modeling_adaprune import SHARED_BIAS_WRAPPERS, install_shared_bias
 
 _ATTR = "_adaprune_masks"
 
@@ -20,6 +21,17 @@ def structure_count(base_model: nn.Module, group: Group) -> int:
     """Number of heads (or neurons) the group has now."""
     rows = base_model.get_submodule(group.row_linears[0]).out_features
     return rows // group.head_dim if isinstance(group, HeadGroup) else rows
+
+
+def _prepare_core(base_model: nn.Module, group: Group) -> None:
+    """Give an attention core whose stock forward bypasses its output projection a forward that calls it."""
+    if not isinstance(group, HeadGroup) or not group.shared_bias:
+        return
+    wrapper = SHARED_BIAS_WRAPPERS[group.shared_bias]
+    core = base_model.get_submodule(group.core)
+    if wrapper.gates_need_wrapper and not isinstance(core, wrapper):
+        count = structure_count(base_model, group)
+        install_shared_bias(core, group.shared_bias, range(count), count)
 
 
 class _Gate:
@@ -50,6 +62,8 @@ class PruningMasks:
             name: torch.ones(structure_count(base, g), device=device) for name, g in self.groups.items()
         }
         self._handles = []
+        for g in self.groups.values():
+            _prepare_core(base, g)
         for name, g in self.groups.items():
             repeat = g.head_dim if isinstance(g, HeadGroup) else 1
             out = base.get_submodule(g.output)

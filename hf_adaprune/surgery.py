@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .adapters import Group, HeadGroup
-from .modeling_adaprune import LAYOUT_VERSION, EmptyAttention
+from .modeling_adaprune import EmptyAttention, install_shared_bias
 from .masks import detach_masks, get_masks, structure_count
 
 
@@ -70,27 +70,44 @@ class _LayoutWriter:
             setattr(module, attr, value)
             self.layout["attributes"][path] = value
 
+    def table(self, name: str) -> dict:
+        """A table added in layout version 2 (``parameters``, ``shared_bias``); marks the layout as needing it."""
+        self.needs_version(2)
+        return self.layout.setdefault(name, {})
+
+    def needs_version(self, version: int) -> None:
+        self.layout["version"] = max(self.layout.get("version", 1), version)
+
     def forget_under(self, prefix: str) -> None:
-        for table in (self.layout["modules"], self.layout["attributes"]):
-            for key in [k for k in table if k.startswith(prefix + ".")]:
+        for name in ("modules", "attributes", "parameters", "shared_bias"):
+            table = self.layout.get(name, {})
+            for key in [k for k in table if k.startswith(prefix + ".") or k == prefix]:
                 del table[key]
 
 
-def _compact_heads(writer: _LayoutWriter, group: HeadGroup, kept: torch.Tensor) -> None:
+def _compact_heads(writer: _LayoutWriter, group: HeadGroup, kept: torch.Tensor, original: dict) -> None:
+    """``kept``: indices among the group's current heads; ``original``: its record (original indices and count)."""
     base = writer.base
     output = base.get_submodule(group.output)
-    if kept.numel() == 0:
+    if kept.numel() == 0 and not group.shared_bias:
         bias_only = _sliced_linear(output, cols=kept)  # zero-input linear: the output bias alone
+        # decoder attentions keep their KV cache entries consistent (see EmptyAttention)
+        cache_layer, cross = None, group.role == "cross"
+        if group.role in ("decoder_self", "cross"):
+            cache_layer = getattr(base.get_submodule(group.core), "layer_idx", None)
         writer.forget_under(group.core)
         if group.output_in_core:
             name = group.output[len(group.core) + 1:]
-            empty = EmptyAttention(name, bias_only, group.empty_extra_outputs)
+            empty = EmptyAttention(name, bias_only, group.empty_extra_outputs, cache_layer, cross)
             spec = {"type": "EmptyAttention", "output_name": name, "output": _linear_spec(bias_only),
                     "extra_outputs": group.empty_extra_outputs}
         else:
-            empty = EmptyAttention(None, None, group.empty_extra_outputs)
+            empty = EmptyAttention(None, None, group.empty_extra_outputs, cache_layer, cross)
             spec = {"type": "EmptyAttention", "output_name": None, "extra_outputs": group.empty_extra_outputs}
             writer.replace(group.output, bias_only, _linear_spec(bias_only))
+        if cache_layer is not None:
+            spec.update(cache_layer=int(cache_layer), cross_attention=cross)
+            writer.needs_version(2)
         writer.replace(group.core, empty, spec)
         return
     rows = _expand_heads(kept, group.head_dim)
@@ -105,6 +122,10 @@ def _compact_heads(writer: _LayoutWriter, group: HeadGroup, kept: torch.Tensor) 
         writer.set_attr(path, int(kept.numel()))
     for path in group.width_attrs:
         writer.set_attr(path, int(kept.numel()) * group.head_dim)
+    if group.shared_bias:
+        spec = {"kind": group.shared_bias, "kept_heads": list(original["kept"]), "num_heads": original["original"]}
+        install_shared_bias(base.get_submodule(group.core), spec["kind"], spec["kept_heads"], spec["num_heads"])
+        writer.table("shared_bias")[group.core] = spec
 
 
 def _slice_parameter(writer: _LayoutWriter, path: str, dim: int, kept: torch.Tensor) -> None:
@@ -118,6 +139,9 @@ def _slice_parameter(writer: _LayoutWriter, path: str, dim: int, kept: torch.Ten
             new.weight.copy_(sliced)
         writer.replace(module_path, new, {"type": "Embedding", "num_embeddings": sliced.shape[0],
                                           "embedding_dim": sliced.shape[1]})
+    elif param_name in module._parameters:  # a plain parameter of the module, e.g. WavLM's gru_rel_pos_const
+        setattr(module, param_name, nn.Parameter(sliced, requires_grad=param.requires_grad))
+        writer.table("parameters")[path] = list(sliced.shape)
     else:
         raise NotImplementedError(f"per-head parameter {path!r} lives in a {type(module).__name__}")
 
@@ -136,7 +160,8 @@ def _compact_neurons(writer: _LayoutWriter, group, kept: torch.Tensor) -> None:
 
 
 def empty_record() -> dict:
-    return {"version": LAYOUT_VERSION, "groups": {}, "layout": {"version": LAYOUT_VERSION, "modules": {}, "attributes": {}}}
+    # version 1 unless something needs the version-2 loader (see _LayoutWriter.needs_version)
+    return {"version": 1, "groups": {}, "layout": {"version": 1, "modules": {}, "attributes": {}}}
 
 
 def compact(model: nn.Module) -> dict:
@@ -166,9 +191,10 @@ def compact(model: nn.Module) -> dict:
         if kept.numel() == count:
             continue
         if isinstance(group, HeadGroup):
-            _compact_heads(writer, group, kept)
+            _compact_heads(writer, group, kept, record["groups"][name])
         else:
             _compact_neurons(writer, group, kept)
+    record["version"] = max(record.get("version", 1), record["layout"].get("version", 1))
     detach_masks(model)
     model.config.adaprune = record
     return record

@@ -9,7 +9,14 @@ import importlib
 import pkgutil
 
 from .base import Group, HeadGroup, NeuronGroup
-from .registry import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
+from .registry import (
+    UnsupportedModelError,
+    filter_groups,
+    find_groups,
+    get_adapter,
+    register_family,
+    supported_model_types,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in {"base", "registry"}:
@@ -20,6 +27,7 @@ __all__ = [
     "HeadGroup",
     "NeuronGroup",
     "UnsupportedModelError",
+    "filter_groups",
     "find_groups",
     "get_adapter",
     "register_family",

@@ -35,8 +35,12 @@ class HeadGroup:
     # (parameter path, dim) of tensors with one slice per head, e.g. a relative position bias
     per_head_params: tuple[tuple[str, int], ...] = ()
     role: str = "encoder_self"  # encoder_self | decoder_self | cross
-    # extra items the core returns after (output, weights), e.g. T5's position bias
+    # extra items the core returns after (output, weights)
     empty_extra_outputs: int = 0
+    # the core reads a position bias shared across layers (one slice per original head): name of its
+    # wrapper in modeling_adaprune.SHARED_BIAS_WRAPPERS ("t5", "wavlm"). Such a core keeps its module when
+    # pruned (also with no head left) and slices the bias for its kept heads.
+    shared_bias: str = ""
 
     kind = "heads"
 

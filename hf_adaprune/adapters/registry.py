@@ -6,6 +6,9 @@ from collections.abc import Callable, Iterable
 
 from .base import FamilyAdapter, Group, HeadGroup
 
+HEAD_ROLES = ("encoder_self", "decoder_self", "cross")
+NEURON_ROLES = ("encoder", "decoder")
+
 _FAMILIES: dict[str, FamilyAdapter] = {}
 
 
@@ -52,3 +55,23 @@ def skip_empty(base_model, groups: list[Group]) -> list[Group]:
             continue
         kept.append(group)
     return kept
+
+
+def filter_groups(
+    groups: Iterable[Group], roles: Iterable[str] | str | None = None, kind: str | None = None
+) -> list[Group]:
+    """The groups with a role in ``roles`` (and of ``kind`` "heads"/"neurons" if given), in their order.
+
+    E.g. ``filter_groups(find_groups(model), roles="cross")`` for the decoder cross-attentions only, or
+    ``roles=("decoder_self", "cross", "decoder")`` for the whole decoder. Pass the result to
+    ``PruningMasks(model, groups)`` / importance / selection to work on those groups alone.
+    """
+    if isinstance(roles, str):
+        roles = (roles,)
+    roles = None if roles is None else set(roles)
+    unknown = (roles or set()) - set(HEAD_ROLES + NEURON_ROLES)
+    if unknown:
+        raise ValueError(f"unknown group roles {sorted(unknown)}; roles are {HEAD_ROLES + NEURON_ROLES}")
+    if kind not in (None, "heads", "neurons"):
+        raise ValueError(f"kind must be 'heads' or 'neurons', got {kind!r}")
+    return [g for g in groups if (roles is None or g.role in roles) and (kind is None or g.kind == kind)]

@@ -1,0 +1,47 @@
+"""BART and its seq2seq look-alikes: Marian, mBART, M2M100.
+
+All four lay out their layers the same way (``encoder.layers.N`` /
+``decoder.layers.N`` with ``self_attn``, ``encoder_attn``, ``fc1``/``fc2``).
+Their attention reshapes with ``view(..., -1, head_dim)``, so ``num_heads`` is
+informational; it is kept in step anyway. The same adapter serves the decoder
+alone (``...ForCausalLM``, whose base model has only ``decoder``).
+"""
+
+from __future__ import annotations
+
+from .base import HeadGroup, NeuronGroup
+from .registry import register_family, skip_empty
+
+
+def _attention(base_model, path: str, role: str) -> HeadGroup:
+    return HeadGroup(
+        name=path,
+        query=f"{path}.q_proj",
+        key=f"{path}.k_proj",
+        value=f"{path}.v_proj",
+        output=f"{path}.out_proj",
+        head_dim=base_model.get_submodule(path).head_dim,
+        core=path,
+        output_in_core=True,
+        head_count_attrs=(f"{path}.num_heads",),
+        role=role,
+    )
+
+
+def bart_groups(base_model, config):
+    groups = []
+    for stack, self_role, ffn_role in (("encoder", "encoder_self", "encoder"), ("decoder", "decoder_self", "decoder")):
+        module = getattr(base_model, stack, None)
+        if module is None:
+            continue
+        for i, layer_module in enumerate(module.layers):
+            layer = f"{stack}.layers.{i}"
+            groups.append(_attention(base_model, f"{layer}.self_attn", self_role))
+            if hasattr(layer_module, "encoder_attn"):
+                groups.append(_attention(base_model, f"{layer}.encoder_attn", "cross"))
+            groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.fc1",), output=f"{layer}.fc2",
+                                      role=ffn_role))
+    return skip_empty(base_model, groups)
+
+
+register_family(("bart", "marian", "mbart", "m2m_100"), bart_groups)

@@ -1,0 +1,52 @@
+"""Wav2Vec2 and HuBERT: encoder self-attention heads and feed-forward neurons.
+
+Both families share one layout (``encoder.layers.<i>.attention`` with
+``q_proj``/``k_proj``/``v_proj``/``out_proj`` and ``encoder.layers.<i>.feed_forward``
+with ``intermediate_dense``/``output_dense``), with and without
+``do_stable_layer_norm``; the layer classes differ only in where the layer norms
+sit, which pruning does not touch. The convolutional feature encoder, the
+positional convolution and the optional adapters are left whole.
+
+The attention forward reshapes with ``-1`` heads and reads only ``head_dim``
+(and ``scaling``), which stay the same; ``num_heads`` is updated anyway so that
+the module describes itself truthfully. ``embed_dim`` is the hidden size the
+block reads and writes, not its inner width, so it is left alone.
+"""
+
+from __future__ import annotations
+
+from .base import HeadGroup, NeuronGroup
+from .registry import register_family, skip_empty
+
+
+def wav2vec2_groups(base_model, config):
+    head_dim = config.hidden_size // config.num_attention_heads
+    groups = []
+    for i, _ in enumerate(base_model.encoder.layers):
+        layer = f"encoder.layers.{i}"
+        attn = f"{layer}.attention"
+        groups.append(
+            HeadGroup(
+                name=attn,
+                query=f"{attn}.q_proj",
+                key=f"{attn}.k_proj",
+                value=f"{attn}.v_proj",
+                output=f"{attn}.out_proj",
+                head_dim=head_dim,
+                core=attn,
+                output_in_core=True,
+                head_count_attrs=(f"{attn}.num_heads",),
+            )
+        )
+        ffn = f"{layer}.feed_forward"
+        groups.append(
+            NeuronGroup(name=f"{layer}.ffn", inputs=(f"{ffn}.intermediate_dense",), output=f"{ffn}.output_dense")
+        )
+    return skip_empty(base_model, groups)
+
+
+register_family(
+    ("wav2vec2", "hubert"),
+    wav2vec2_groups,
+    notes="encoder self-attention heads and FFN neurons; the conv feature encoder is not pruned",
+)

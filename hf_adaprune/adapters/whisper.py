@@ -1,0 +1,69 @@
+"""Whisper: encoder self-attention, decoder self-attention and cross-attention heads, FFN neurons.
+
+Every attention is a ``WhisperAttention`` whose q/k/v/out projections live in
+the block itself. Its forward reshapes keys and values with the stored
+``num_heads`` (``view(batch, -1, self.num_heads, self.head_dim)``), so that
+attribute must follow pruning per layer; ``head_dim`` and ``scaling`` are per
+head and ``embed_dim`` is the model width the block reads and writes, so they
+stay. ``k_proj`` has no bias, which the slicing handles.
+
+Works on every Whisper head class: ``WhisperModel`` /
+``WhisperForConditionalGeneration`` (encoder and decoder),
+``WhisperForAudioClassification`` (encoder only; its base model is the model
+itself) and ``WhisperForCausalLM`` (decoder only, under ``decoder``).
+
+Group names: ``encoder.layers.<i>.self_attn``, ``encoder.layers.<i>.ffn``,
+``decoder.layers.<i>.self_attn``, ``decoder.layers.<i>.encoder_attn`` and
+``decoder.layers.<i>.ffn``.
+"""
+
+from __future__ import annotations
+
+from .base import HeadGroup, NeuronGroup
+from .registry import register_family, skip_empty
+
+
+def _attention(attn: str, head_dim: int, role: str) -> HeadGroup:
+    return HeadGroup(
+        name=attn,
+        query=f"{attn}.q_proj",
+        key=f"{attn}.k_proj",
+        value=f"{attn}.v_proj",
+        output=f"{attn}.out_proj",
+        head_dim=head_dim,
+        core=attn,
+        output_in_core=True,
+        head_count_attrs=(f"{attn}.num_heads",),
+        role=role,
+    )
+
+
+def _ffn(layer: str, role: str) -> NeuronGroup:
+    return NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.fc1",), output=f"{layer}.fc2", role=role)
+
+
+def whisper_groups(base_model, config):
+    groups = []
+    encoder = getattr(base_model, "encoder", None)
+    if encoder is not None:
+        head_dim = config.d_model // config.encoder_attention_heads
+        for i, _ in enumerate(encoder.layers):
+            layer = f"encoder.layers.{i}"
+            groups.append(_attention(f"{layer}.self_attn", head_dim, "encoder_self"))
+            groups.append(_ffn(layer, "encoder"))
+    decoder = getattr(base_model, "decoder", None)
+    if decoder is not None:
+        head_dim = config.d_model // config.decoder_attention_heads
+        for i, _ in enumerate(decoder.layers):
+            layer = f"decoder.layers.{i}"
+            groups.append(_attention(f"{layer}.self_attn", head_dim, "decoder_self"))
+            groups.append(_attention(f"{layer}.encoder_attn", head_dim, "cross"))
+            groups.append(_ffn(layer, "decoder"))
+    return skip_empty(base_model, groups)
+
+
+register_family(
+    ("whisper",),
+    whisper_groups,
+    notes="encoder/decoder self-attention and cross-attention heads, encoder/decoder FFN neurons",
+)
