@@ -1,0 +1,771 @@
+#!/usr/bin/env python
+"""Fine-tune and prune a translation model in one run (in the shape of transformers' ``run_translation.py``).
+
+The model is fine-tuned with :class:`hf_adaprune.AdaptivePruningSeq2SeqTrainer`, which
+prunes attention heads (encoder self-, decoder self- and cross-attention) and FFN
+neurons while it trains, steered by BLEU (or chrF) of greedy/beam translations of the
+validation set; the pruned model is saved in the Hub format, scored on the test set
+and compared with the dense model (BLEU, chrF, parameters, FLOPs, generate latency).
+
+Run it from the repository root, with a config file (YAML or JSON) or with flags::
+
+    python recipes/translation.py recipes/configs/translation_marian_multi30k.yaml \\
+        --model_name_or_path outputs/marian_multi30k/dense
+    python recipes/translation.py --model_name_or_path Helsinki-NLP/opus-mt-en-de \\
+        --dataset_name wmt16 --dataset_config_name de-en --source_lang en --target_lang de \\
+        --output_dir out --max_steps 2000 --pruning_eval_samples 500
+    python recipes/translation.py --config_name my_marian_config/ --tokenizer_name my_tokenizer/ \\
+        --train_source_file train.en.gz --train_target_file train.de.gz \\
+        --validation_source_file val.en.gz --validation_target_file val.de.gz --output_dir out
+
+Arguments are those of ``ModelArguments``, ``DataTrainingArguments`` (below) and
+:class:`hf_adaprune.Seq2SeqPruningArguments` (``Seq2SeqTrainingArguments`` plus the
+``--pruning_*`` options). A config file may be followed by flags, which override its
+values. The recipe's own defaults differ from the library's in three places:
+``--pruning_metric sacrebleu``, ``--pruning_tolerance 1.0`` (BLEU points, absolute)
+and ``--predict_with_generate true`` (always switched on: every evaluation, test
+included, scores generated translations).
+
+Data: ``--dataset_name`` (anything ``datasets.load_dataset`` loads with a
+``translation`` column of ``{lang: text}`` dicts, as WMT; splits "train",
+"validation", "test"), with ``--source_lang`` / ``--target_lang``; or line-aligned
+parallel text files, one sentence a line, plain or compressed (.gz, .bz2, .xz):
+``--train_source_file`` / ``--train_target_file``, ``--validation_*`` and ``--test_*``.
+Files are checked before any model is loaded: a source file and its target file
+must have the same number of lines, and at most ``--max_empty_fraction`` of the pairs
+may have an empty side (those pairs are dropped; more means misaligned or broken
+files, and the run stops).
+
+T5 needs a task prefix on every source sentence (``--source_prefix "translate
+English to German: "``); the recipe warns when a T5 model gets none.
+
+Outputs in ``--output_dir``: the pruned model (``model.safetensors``, ``config.json``
+with the ``adaprune`` record, tokenizer, model card), ``pruning_report.json`` and
+plots from the trainer, ``results.json`` with the dense/pruned comparison.
+
+The dense test BLEU is measured right before the first pruning step (after
+``--pruning_warmup_steps`` of fine-tuning, when the controller records its
+reference); the pruned one after training. Latency: ``generate`` on one test (else
+validation) sentence at batch size 1, dense model as loaded vs the pruned model,
+timed alternately in one process.
+"""
+
+from __future__ import annotations
+
+import bz2
+import copy
+import gzip
+import json
+import logging
+import lzma
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import transformers
+import yaml
+from datasets import Dataset, DatasetDict, load_dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    HfArgumentParser,
+    TrainerCallback,
+    set_seed,
+)
+
+from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
+from hf_adaprune.latency import compare_latency, format_latency
+from hf_adaprune.metrics import headline_value, load_metric
+from hf_adaprune.report import write_json
+from hf_adaprune.task_metrics import decode_ids, generation_metrics
+
+logger = logging.getLogger("hf_adaprune.recipes.translation")
+
+RESULTS_FILE = "results.json"
+SPLITS = ("train", "validation", "test")
+OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# always computed (besides the steering metric): both are cheap next to generation
+REPORTED_METRICS = ("sacrebleu", "chrf")
+CLASSIFICATION_METRICS = {"accuracy", "f1", "precision", "recall", "matthews_correlation"}
+# the recipe's defaults where they differ from Seq2SeqPruningArguments'; a config file or flags override them
+RECIPE_DEFAULTS = ["--pruning_metric", "sacrebleu", "--pruning_tolerance", "1.0"]
+T5_TYPES = ("t5", "mt5", "umt5", "longt5")
+
+
+class RecipeError(ValueError):
+    """A bad argument or bad data, reported before training starts."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained model: Hub id (e.g. Helsinki-NLP/opus-mt-en-de) or local folder. Leave it out "
+                          "and give --config_name and --tokenizer_name to train a model from scratch."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config (name, folder or config.json) if not the model's own."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer (name or folder) if not the model's own."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id written as base_model in the model card. Default: --model_name_or_path."},
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Dataset for datasets.load_dataset with a 'translation' column (as WMT)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name, e.g. de-en."})
+    source_lang: str | None = field(
+        default=None, metadata={"help": "Source language key of the translation dicts (needed with --dataset_name)."}
+    )
+    target_lang: str | None = field(
+        default=None, metadata={"help": "Target language key of the translation dicts (needed with --dataset_name)."}
+    )
+    train_source_file: str | None = field(default=None, metadata={"help": "Training sources, one a line (.gz ok)."})
+    train_target_file: str | None = field(default=None, metadata={"help": "Training targets, line-aligned."})
+    validation_source_file: str | None = field(
+        default=None, metadata={"help": "Validation sources; the pruning metric is measured on this set."}
+    )
+    validation_target_file: str | None = field(default=None, metadata={"help": "Validation targets, line-aligned."})
+    test_source_file: str | None = field(default=None, metadata={"help": "Test sources: dense and pruned are scored."})
+    test_target_file: str | None = field(default=None, metadata={"help": "Test targets, line-aligned."})
+    source_prefix: str | None = field(
+        default=None, metadata={"help": "Prepended to every source sentence (T5: 'translate English to German: ')."}
+    )
+    max_source_length: int = field(
+        default=128, metadata={"help": "Source sentences are truncated to this many tokens."}
+    )
+    max_target_length: int = field(
+        default=128,
+        metadata={"help": "Targets are truncated to this many tokens; also the generation length limit unless "
+                          "--generation_max_length is given."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use a random subset of the training pairs."}
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use a random subset of the validation pairs (see also --pruning_eval_samples)."},
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "Use the first N test pairs."})
+    num_beams: int | None = field(
+        default=None,
+        metadata={"help": "Beams for every evaluation's generate (default: --generation_num_beams, else the model's "
+                          "generation config, usually 1 = greedy)."},
+    )
+    max_empty_fraction: float = field(
+        default=0.01,
+        metadata={"help": "Pairs with an empty source or target are dropped; if more than this fraction of a split "
+                          "is such pairs, the run stops (the files are probably misaligned or broken)."},
+    )
+    dataset_card_name: str | None = field(
+        default=None, metadata={"help": "Dataset (Hub id) named in the model card. Default: --dataset_name."}
+    )
+    latency_repeats: int = field(
+        default=10, metadata={"help": "Alternating repeats for the batch-1 generate latency comparison (0 skips it)."}
+    )
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+def _config_to_argv(values: dict) -> list[str]:
+    """A config file's mapping as command-line flags, so that argparse converts the types."""
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag = f"--{key}"
+        if isinstance(value, bool):
+            argv += [flag, str(value).lower()]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise RecipeError(f"config file {path!r} does not exist (relative paths start at {os.getcwd()})")
+    text = Path(path).read_text(encoding="utf-8")
+    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise RecipeError(f"config file {path} must hold a mapping of argument names to values")
+    return values
+
+
+def parse_args(argv: list[str] | None = None):
+    """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        argv = _config_to_argv(_read_config_file(argv[0])) + argv[1:]
+    # recipe defaults first: argparse keeps the last value of a repeated flag
+    argv = RECIPE_DEFAULTS + argv + ["--predict_with_generate", "true"]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args
+
+
+def _file_pairs():
+    return [(split, f"{split}_source_file", f"{split}_target_file") for split in SPLITS]
+
+
+def check_metric(name: str) -> None:
+    """Unknown or unsuitable metric names fail here, before any data or model is loaded."""
+    if name == "loss":
+        return
+    if name.lower() in CLASSIFICATION_METRICS:
+        raise RecipeError(f"--pruning_metric {name!r} is a classification metric; translations are scored with "
+                          f"{', '.join(REPORTED_METRICS)} or bleu (or 'loss')")
+    load_metric(name)  # ValueError "Cannot load metric ..." for unknown names
+
+
+def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
+    """Checks that need no data and no model; returns the data files given."""
+    if not model_args.model_name_or_path and not model_args.config_name:
+        raise RecipeError("give --model_name_or_path (a pretrained model) or --config_name (train from scratch)")
+    if not (model_args.tokenizer_name or model_args.model_name_or_path):
+        raise RecipeError("a model built from --config_name needs --tokenizer_name")
+    if model_args.base_model_id is None and model_args.model_name_or_path:
+        model_args.base_model_id = model_args.model_name_or_path
+
+    files = {}
+    for split, source, target in _file_pairs():
+        src, tgt = getattr(data_args, source), getattr(data_args, target)
+        if (src is None) != (tgt is None):
+            given, missing = (source, target) if src is not None else (target, source)
+            raise RecipeError(f"--{given} needs --{missing}: parallel data comes as a line-aligned pair of files")
+        for name, path in ((source, src), (target, tgt)):
+            if path is not None:
+                if not os.path.isfile(path):
+                    raise RecipeError(f"--{name} {path!r} does not exist (relative paths start at {os.getcwd()})")
+                files[name] = path
+    if data_args.dataset_name is None and data_args.train_source_file is None:
+        raise RecipeError("no training data: give --dataset_name or --train_source_file and --train_target_file")
+    if data_args.dataset_name is not None and files:
+        raise RecipeError("give --dataset_name or parallel text files (--train_source_file, ...), not both")
+    if data_args.dataset_name is not None and not (data_args.source_lang and data_args.target_lang):
+        raise RecipeError("--dataset_name needs --source_lang and --target_lang: the keys of its translation dicts, "
+                          "e.g. --source_lang en --target_lang de")
+    if data_args.train_source_file is not None and data_args.validation_source_file is None:
+        raise RecipeError(_no_validation_message(training_args))
+    if data_args.source_lang and data_args.source_lang == data_args.target_lang:
+        raise RecipeError(f"--source_lang and --target_lang are both {data_args.source_lang!r}")
+    if data_args.dataset_card_name is None:
+        data_args.dataset_card_name = data_args.dataset_name
+    for name in ("max_source_length", "max_target_length"):
+        if getattr(data_args, name) < 1:
+            raise RecipeError(f"--{name} must be >= 1; got {getattr(data_args, name)}")
+    if not 0.0 <= data_args.max_empty_fraction < 1.0:
+        raise RecipeError(f"--max_empty_fraction must be in [0, 1); got {data_args.max_empty_fraction}")
+    if data_args.num_beams is not None and data_args.num_beams < 1:
+        raise RecipeError(f"--num_beams must be >= 1; got {data_args.num_beams}")
+    if data_args.latency_repeats < 0:
+        raise RecipeError(f"--latency_repeats must be >= 0; got {data_args.latency_repeats}")
+    for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise RecipeError(f"--{name} must be >= 1; got {value}")
+    check_metric(training_args.pruning_metric)
+    return files
+
+
+def _no_validation_message(training_args) -> str:
+    return (f"no validation data: the pruning controller measures --pruning_metric {training_args.pruning_metric} "
+            f"on it to decide how far to prune; give --validation_source_file and --validation_target_file")
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def read_lines(path: str) -> list[str]:
+    """Lines of a plain or compressed (.gz, .bz2, .xz) UTF-8 text file, without line endings.
+
+    Lines end at "\\n" only (as ``wc -l`` counts them), so a stray carriage return or
+    Unicode line separator inside a sentence does not shift the alignment.
+    """
+    opener = OPENERS.get(os.path.splitext(path)[1].lower(), open)
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
+            return [line.removesuffix("\n").removesuffix("\r") for line in f]
+    except (OSError, EOFError, UnicodeDecodeError, lzma.LZMAError) as err:
+        raise RecipeError(f"cannot read {path!r} as UTF-8 text ({type(err).__name__}: {err})") from err
+
+
+def check_empty_pairs(empty_source, empty_target, split: str, max_fraction: float, where: tuple[str, str],
+                      unit: str = "line") -> np.ndarray | None:
+    """Indices of the pairs to keep when some have an empty side (None: all are kept).
+
+    Fails if more than ``max_fraction`` of the pairs have an empty (or blank) side:
+    that many means misaligned or broken data rather than a few stray blank lines.
+    """
+    empty_source, empty_target = np.asarray(empty_source, dtype=bool), np.asarray(empty_target, dtype=bool)
+    empty = empty_source | empty_target
+    count, n = int(empty.sum()), len(empty)
+    if count == 0:
+        return None
+    fraction = count / n
+    if fraction > max_fraction:
+        first = int(np.argmax(empty))
+        side = where[0] if empty_source[first] else where[1]
+        raise RecipeError(
+            f"{split}: {count} of {n} pairs ({fraction:.1%}) have an empty side ({int(empty_source.sum())} empty in "
+            f"{where[0]}, {int(empty_target.sum())} in {where[1]}; first at {unit} {first + 1} of {side}), more "
+            f"than --max_empty_fraction {max_fraction}: the data is probably misaligned or broken "
+            f"(raise --max_empty_fraction to drop those pairs and go on)"
+        )
+    logger.warning("%s: dropped %d of %d pairs with an empty side (%d empty in %s, %d in %s)", split, count, n,
+                   int(empty_source.sum()), where[0], int(empty_target.sum()), where[1])
+    return np.flatnonzero(~empty)
+
+
+def _blank(texts) -> list[bool]:
+    return [not t.strip() for t in texts]
+
+
+def read_parallel(source_file: str, target_file: str, split: str, max_empty_fraction: float):
+    sources, targets = read_lines(source_file), read_lines(target_file)
+    if len(sources) != len(targets):
+        raise RecipeError(
+            f"{split}: the source and target files must be line-aligned, but {source_file} has {len(sources):,} "
+            f"lines and {target_file} has {len(targets):,}"
+        )
+    if not sources:
+        raise RecipeError(f"{split}: {source_file} and {target_file} are empty")
+    keep = check_empty_pairs(_blank(sources), _blank(targets), split, max_empty_fraction, (source_file, target_file))
+    if keep is not None:
+        sources, targets = [sources[i] for i in keep], [targets[i] for i in keep]
+    return sources, targets
+
+
+def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
+    """Splits "train", "validation" and, where given, "test", each with columns "source" and "target"."""
+    raw = DatasetDict()
+    if data_args.dataset_name is not None:
+        loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        for required in ("train", "validation"):
+            if required not in loaded:
+                raise RecipeError(f"--dataset_name {data_args.dataset_name}: no {required!r} split; splits: "
+                                  f"{sorted(loaded)}")
+        src, tgt = data_args.source_lang, data_args.target_lang
+        for split in SPLITS:
+            if split not in loaded:
+                continue
+            dataset = loaded[split]
+            if "translation" not in dataset.column_names:
+                raise RecipeError(f"--dataset_name {data_args.dataset_name}: the {split} split has no 'translation' "
+                                  f"column; columns: {', '.join(dataset.column_names)}")
+            languages = sorted(dataset[0]["translation"] or {}) if len(dataset) else []
+            for option, lang in (("source_lang", src), ("target_lang", tgt)):
+                if lang not in languages:
+                    raise RecipeError(f"--{option} {lang!r} is not a language of {data_args.dataset_name} "
+                                      f"({split}); languages: {', '.join(languages)}")
+
+            def to_pairs(batch):
+                pairs = [p or {} for p in batch["translation"]]
+                return {"source": [p.get(src) or "" for p in pairs], "target": [p.get(tgt) or "" for p in pairs]}
+
+            dataset = dataset.map(to_pairs, batched=True, remove_columns=dataset.column_names,
+                                  desc=f"reading {split}")
+            flags = dataset.map(lambda b: {"s": _blank(b["source"]), "t": _blank(b["target"])}, batched=True,
+                                remove_columns=dataset.column_names).with_format("numpy")
+            keep = check_empty_pairs(flags["s"], flags["t"], split, data_args.max_empty_fraction,
+                                     (f"{src} ({data_args.dataset_name})", f"{tgt} ({data_args.dataset_name})"),
+                                     unit="row")
+            raw[split] = dataset if keep is None else dataset.select(keep)
+    else:
+        for split, source, target in _file_pairs():
+            src_file, tgt_file = getattr(data_args, source), getattr(data_args, target)
+            if src_file is not None:
+                sources, targets = read_parallel(src_file, tgt_file, split, data_args.max_empty_fraction)
+                raw[split] = Dataset.from_dict({"source": sources, "target": targets})
+    return raw
+
+
+def subsample(dataset, n: int | None, seed: int, shuffle: bool = True):
+    if n is None or n >= len(dataset):
+        return dataset
+    return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
+
+
+def source_prefix_warning(config, data_args: DataTrainingArguments) -> str | None:
+    """A warning for T5-family models without --source_prefix (they were pre-trained with task prefixes)."""
+    if getattr(config, "model_type", None) in T5_TYPES and not data_args.source_prefix:
+        src, tgt = data_args.source_lang or "English", data_args.target_lang or "German"
+        return (f"a {config.model_type} model without --source_prefix: T5 was trained with task prefixes, e.g. "
+                f"--source_prefix 'translate {src} to {tgt}: ' (for en->de: 'translate English to German: ')")
+    return None
+
+
+def tokenize(raw: DatasetDict, tokenizer, data_args: DataTrainingArguments) -> DatasetDict:
+    prefix = data_args.source_prefix or ""
+
+    def preprocess(batch):
+        encoded = tokenizer([prefix + s for s in batch["source"]], max_length=data_args.max_source_length,
+                            truncation=True)
+        labels = tokenizer(text_target=batch["target"], max_length=data_args.max_target_length, truncation=True)
+        encoded["labels"] = labels["input_ids"]
+        return encoded
+
+    return DatasetDict({
+        split: dataset.map(preprocess, batched=True, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
+        for split, dataset in raw.items()
+    })
+
+
+# -- model -----------------------------------------------------------------------------------------------
+def align_config_with_tokenizer(config, tokenizer) -> list[str]:
+    """For a model built from a config: vocabulary size and special token ids as the tokenizer has them.
+
+    Returns what changed. The decoder start token follows the pad token (Marian, T5)
+    or the eos token (BART) as it did in the config.
+    """
+    changes = []
+    size = len(tokenizer)
+    if getattr(config, "vocab_size", size) != size:
+        changes.append(f"vocab_size {config.vocab_size} -> {size}")
+        config.vocab_size = size
+        if getattr(config, "decoder_vocab_size", None) is not None:
+            config.decoder_vocab_size = size
+    old_pad, old_eos = config.pad_token_id, config.eos_token_id
+    for name in ("pad_token_id", "eos_token_id"):
+        new = getattr(tokenizer, name)
+        if new is not None and getattr(config, name) != new:
+            changes.append(f"{name} {getattr(config, name)} -> {new}")
+            setattr(config, name, new)
+    start = getattr(config, "decoder_start_token_id", None)
+    new_start = {old_pad: config.pad_token_id, old_eos: config.eos_token_id}.get(start, start)
+    if new_start != start:
+        changes.append(f"decoder_start_token_id {start} -> {new_start}")
+        config.decoder_start_token_id = new_start
+    if getattr(config, "forced_eos_token_id", None) not in (None, config.eos_token_id):
+        changes.append(f"forced_eos_token_id {config.forced_eos_token_id} -> {config.eos_token_id}")
+        config.forced_eos_token_id = config.eos_token_id
+    return changes
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTrainingArguments):
+    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
+                                        cache_dir=model_args.cache_dir)
+    if not getattr(config, "is_encoder_decoder", False):
+        raise RecipeError(f"{model_args.config_name or model_args.model_name_or_path} is a {config.model_type} "
+                          f"model, not an encoder-decoder (Marian, BART, mBART, M2M100, T5, ...)")
+    warning = source_prefix_warning(config, data_args)
+    if warning:
+        logger.warning(warning)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
+                                              cache_dir=model_args.cache_dir)
+    if tokenizer.pad_token_id is None:
+        raise RecipeError(f"the tokenizer {model_args.tokenizer_name or model_args.model_name_or_path} has no pad "
+                          f"token; seq2seq batches need one")
+    if model_args.model_name_or_path:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, config=config,
+                                                      cache_dir=model_args.cache_dir)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > vocab:
+            raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {vocab}: "
+                              f"use the model's own tokenizer")
+    else:
+        changes = align_config_with_tokenizer(config, tokenizer)
+        if changes:
+            logger.warning("model from --config_name: config set to match the tokenizer: %s", "; ".join(changes))
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    generation = model.generation_config
+    if getattr(generation, "decoder_start_token_id", None) is None:
+        generation.decoder_start_token_id = config.decoder_start_token_id
+    return model, tokenizer
+
+
+# -- metrics -----------------------------------------------------------------------------------------------
+def build_compute_metrics(pruning_metric: str, tokenizer):
+    """sacrebleu and chrF of the decoded translations, the steering metric if it is another one, and gen_len."""
+    names = list(REPORTED_METRICS) + ([pruning_metric] if pruning_metric not in (*REPORTED_METRICS, "loss") else [])
+    functions = [generation_metrics(name, tokenizer) for name in names]
+
+    def compute_metrics(eval_pred):
+        out = {}
+        for function in functions:
+            out.update(function(eval_pred))
+        predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        predictions = np.asarray(predictions)
+        generated = (predictions != tokenizer.pad_token_id) & (predictions >= 0)
+        out["gen_len"] = float(generated.sum(-1).mean()) if predictions.size else 0.0
+        return out
+
+    return compute_metrics
+
+
+def score_translations(predictions, references: list[str], tokenizer) -> dict[str, float]:
+    """sacrebleu and chrF of generated ids against the raw reference sentences.
+
+    The trainer's metrics compare with the references as the tokenizer gives them
+    back (decoded label ids: normalised, unknown characters dropped, truncated to
+    --max_target_length); this scores against the text of the target file, the
+    number to report.
+    """
+    if isinstance(predictions, tuple):
+        predictions = predictions[0]
+    hypotheses = decode_ids(predictions, tokenizer)
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} translations for {len(references)} references")
+    out = {}
+    for name in REPORTED_METRICS:
+        result = load_metric(name).compute(predictions=hypotheses, references=[[r] for r in references])
+        out[name] = headline_value(name, result)
+    return out
+
+
+class DenseTestSnapshot(TrainerCallback):
+    """Scores the test set right before the first pruning step, when the model is still dense.
+
+    Passed to the trainer's constructor, so it runs before the trainer's own pruning
+    callback at each event: at the step where the controller takes its reference, the
+    masks are still all ones.
+    """
+
+    def __init__(self, test_dataset):
+        self.test_dataset = test_dataset
+        self.trainer = None
+        self.predictions = None
+        self.metrics = None
+        self.step = None
+
+    def _maybe_snapshot(self, args, state):
+        trainer = self.trainer
+        if self.metrics is not None or self.test_dataset is None or trainer is None:
+            return
+        if trainer.controller.state.reference is None and state.global_step >= args.pruning_warmup_steps:
+            output = trainer.predict(self.test_dataset, metric_key_prefix="test")
+            self.predictions, self.metrics = output.predictions, output.metrics
+            self.step = state.global_step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.pruning_warmup_steps == 0:
+            self._maybe_snapshot(args, state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._maybe_snapshot(args, state)
+
+
+class GenerateModule(torch.nn.Module):
+    """``model.generate(**inputs, **generate_kwargs)`` as a module, so :func:`compare_latency` can time it."""
+
+    def __init__(self, model, **generate_kwargs):
+        super().__init__()
+        self.model = model
+        self.generate_kwargs = generate_kwargs
+
+    def forward(self, **inputs):
+        return self.model.generate(**inputs, **self.generate_kwargs)
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+def _setup_logging(training_args) -> None:
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.getLogger("hf_adaprune").setLevel(level)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    datasets.utils.logging.set_verbosity(logging.WARNING)
+
+
+def _fmt_count(n) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def _fmt_metric(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_results(results: dict) -> str:
+    """The short before/after table printed at the end of a run."""
+    test, val, cmp, lat = results["test"], results["validation"], results["comparison"], results["latency"]
+    metric = val["metric"]
+    rows = [("", "dense", "pruned", "")]
+    if test is not None:
+        note = f"dense: step {test['dense_step']}, before pruning" if test["dense_step"] is not None else ""
+        for name in REPORTED_METRICS:
+            rows.append((f"test {name} (n={test['samples']})", _fmt_metric(test[f"dense_{name}"]),
+                         _fmt_metric(test[f"pruned_{name}"]), note))
+    rows.append((f"validation {metric} (steering, n={val['samples']})", _fmt_metric(val["dense_reference"]),
+                 _fmt_metric(val["pruned_final"]), f"tolerance {val['tolerance']} {val['tolerance_type']}"))
+    if cmp is not None:
+        rows.append(("params", _fmt_count(cmp["params_before"]), _fmt_count(cmp["params_after"]),
+                     f"-{100 * cmp['params_removed']:.1f}%"))
+        rows.append((f"FLOPs @ seq {cmp['seq_len']}", _fmt_count(cmp["flops_before"]), _fmt_count(cmp["flops_after"]),
+                     f"-{100 * cmp['flops_removed']:.1f}% (layers -{100 * cmp['layer_flops_removed']:.1f}%)"))
+    if lat is not None:
+        dense, pruned = lat["results"]["dense"], lat["results"]["pruned"]
+        rows.append((f"generate latency b{lat['batch_size']} (median)", f"{1000 * dense['median_s']:.1f} ms",
+                     f"{1000 * pruned['median_s']:.1f} ms", f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 3) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    pruning = results["pruning"]
+    lines.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} "
+                 f"(target {pruning['target']}), stopped: {pruning['stop_reason']}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def measure_generate_latency(dense, pruned, tokenizer, sentences: list[str], data_args, generate_kwargs: dict,
+                             repeats: int, warmup: int = 2) -> dict:
+    """Median ``generate`` time of ``dense`` and ``pruned`` on ``sentences`` (one batch), timed alternately."""
+    prefix = data_args.source_prefix or ""
+    device = next(pruned.parameters()).device
+    inputs = tokenizer([prefix + s for s in sentences], max_length=data_args.max_source_length, truncation=True,
+                       padding=True, return_tensors="pt").to(device)
+    dense.to(device)
+    models = {"dense": GenerateModule(dense, **generate_kwargs), "pruned": GenerateModule(pruned, **generate_kwargs)}
+    with torch.inference_mode():
+        lengths = {name: int(m(**inputs).shape[-1]) for name, m in models.items()}
+    timings = compare_latency(models, dict(inputs), repeats=repeats, warmup=warmup)
+    return {"batch_size": len(sentences), "source_tokens": int(inputs["attention_mask"].sum()),
+            "output_length": lengths, "generate_kwargs": generate_kwargs,
+            "threads": timings["dense"]["threads"], "results": timings}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
+    started = time.time()
+    model_args, data_args, training_args = parse_args(argv)
+    _setup_logging(training_args)
+    data_files = validate_args(model_args, data_args, training_args)
+    seed = training_args.seed
+    if training_args.generation_max_length is None:
+        training_args.generation_max_length = data_args.max_target_length
+    if data_args.num_beams is not None:
+        training_args.generation_num_beams = data_args.num_beams
+
+    # data: read and check before any model is loaded
+    raw = load_raw_datasets(data_args, model_args)
+    if "validation" not in raw:
+        raise RecipeError(_no_validation_message(training_args))
+    raw["train"] = subsample(raw["train"], data_args.max_train_samples, seed)
+    raw["validation"] = subsample(raw["validation"], data_args.max_eval_samples, seed)
+    if "test" in raw:
+        raw["test"] = subsample(raw["test"], data_args.max_test_samples, seed, shuffle=False)
+    logger.info("data: %s pairs", {k: len(v) for k, v in raw.items()})
+
+    # model
+    set_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(model_args, data_args)
+    base_model = model_args.base_model_id  # None for a model built from a config
+    model.config._name_or_path = base_model or ""
+    dense_for_latency = copy.deepcopy(model) if data_args.latency_repeats else None
+    compute_metrics = build_compute_metrics(training_args.pruning_metric, tokenizer)
+
+    tokenized = tokenize(raw, tokenizer, data_args)
+    test_dataset = tokenized.get("test")
+    snapshot = DenseTestSnapshot(test_dataset)
+    trainer = AdaptivePruningSeq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=compute_metrics,
+        callbacks=[snapshot],
+        dataset_name=data_args.dataset_card_name,
+    )
+    snapshot.trainer = trainer
+
+    # train and prune, save
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    train_metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    summary = trainer.pruning_summary()
+
+    # evaluate the pruned model: the validation slice the controller decided on, and test
+    n = training_args.pruning_eval_samples
+    decision_set = tokenized["validation"]
+    if n is not None and n < len(decision_set):
+        decision_set = decision_set.select(range(n))
+    final_val = trainer.evaluate(eval_dataset=decision_set)
+    test = None
+    if test_dataset is not None:
+        output = trainer.predict(test_dataset, metric_key_prefix="test")
+        trainer.save_metrics("test", output.metrics)
+        references = raw["test"]["target"]
+        pruned_scores = score_translations(output.predictions, references, tokenizer)
+        dense_scores = (score_translations(snapshot.predictions, references, tokenizer)
+                        if snapshot.predictions is not None else {})
+        test = {"samples": len(test_dataset), "dense_step": snapshot.step, "references": "raw target text",
+                "dense": snapshot.metrics, "pruned": output.metrics}
+        for name in REPORTED_METRICS:
+            test[f"dense_{name}"] = dense_scores.get(name)
+            test[f"pruned_{name}"] = pruned_scores[name]
+
+    latency = None
+    if dense_for_latency is not None:
+        sentences = raw["test" if "test" in raw else "validation"]["source"][:1]
+        generate_kwargs = {"max_length": training_args.generation_max_length,
+                           "num_beams": training_args.generation_num_beams or model.generation_config.num_beams or 1}
+        latency = measure_generate_latency(dense_for_latency, trainer.model, tokenizer, sentences, data_args,
+                                           generate_kwargs, repeats=data_args.latency_repeats)
+        logger.info("latency:\n%s", format_latency(latency["results"], title="generate, batch 1"))
+
+    results = {
+        "base_model": base_model,
+        "dataset": data_args.dataset_name,
+        "languages": {"source": data_args.source_lang, "target": data_args.target_lang},
+        "data_files": data_files,
+        "output_dir": training_args.output_dir,
+        "samples": {k: len(v) for k, v in raw.items()},
+        "generation": {"max_length": training_args.generation_max_length,
+                       "num_beams": training_args.generation_num_beams},
+        "test": test,
+        "validation": {
+            "metric": summary["metric_name"],
+            "samples": len(decision_set),
+            "dense_reference": summary["metric_before"],
+            "pruned_last_decision": summary["metric_after"],
+            "pruned_final": final_val.get(summary["metric_key"]),
+            "pruned": final_val,
+            "tolerance": summary["tolerance"],
+            "tolerance_type": summary["tolerance_type"],
+        },
+        "pruning": {k: summary[k] for k in ("criterion", "target", "target_type", "final_sparsity", "stop_reason")},
+        "comparison": summary["comparison"] and {k: v for k, v in summary["comparison"].items() if k != "layers"},
+        "latency": latency,
+        "train": train_metrics,
+        "wall_time_s": time.time() - started,
+    }
+    table = format_results(results)
+    if training_args.should_save:
+        write_json(os.path.join(training_args.output_dir, RESULTS_FILE), results)
+        print(f"\n{table}\n\nwrote {os.path.join(training_args.output_dir, RESULTS_FILE)}")
+    return results
+
+
+def cli() -> None:
+    try:
+        main()
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

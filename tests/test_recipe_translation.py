@@ -1,0 +1,309 @@
+"""recipes/translation.py: a smoke run on real Multi30k pairs with a tiny Marian, and its fail-fast errors."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, MarianConfig, PreTrainedTokenizerFast, T5Config
+
+from hf_adaprune import AutoPrunedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+SIZES = {"train": 50, "val": 16, "test_2016_flickr": 16}
+
+
+def _load_recipe():
+    path = ROOT / "recipes" / "translation.py"
+    spec = importlib.util.spec_from_file_location("recipe_translation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread. On shared, busy CPUs two threads make each op far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _head(name: str, n: int) -> list[str]:
+    path = MULTI30K / name
+    if not path.exists():
+        pytest.skip(f"Multi30k data not found at {path}")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(n)]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    text = "\n".join(lines) + "\n"
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """~50 Multi30k pairs (train gzipped, val and test plain), a tiny shared BPE and a tiny Marian config."""
+    tmp = tmp_path_factory.mktemp("translation")
+    texts = []
+    for split, n in SIZES.items():
+        for lang in ("en", "de"):
+            lines = _head(f"{split}.{lang}.gz", n)
+            texts += lines
+            _write(tmp / (f"{split}.{lang}.gz" if split == "train" else f"{split}.{lang}"), lines)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.NFKC()
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.decoder = decoders.Metaspace()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                       show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                            model_max_length=128).save_pretrained(tmp / "tokenizer")
+    vocab = bpe.get_vocab_size()
+    MarianConfig(vocab_size=vocab, decoder_vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+                 max_position_embeddings=128, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                 forced_eos_token_id=1, scale_embedding=True).save_pretrained(tmp / "config")
+    return tmp
+
+
+def base_args(ws: Path, out: Path) -> list[str]:
+    return [
+        "--config_name", str(ws / "config"), "--tokenizer_name", str(ws / "tokenizer"),
+        "--train_source_file", str(ws / "train.en.gz"), "--train_target_file", str(ws / "train.de.gz"),
+        "--validation_source_file", str(ws / "val.en"), "--validation_target_file", str(ws / "val.de"),
+        "--output_dir", str(out), "--report_to", "none",
+    ]
+
+
+SMOKE_CONFIG = """\
+# what a config file for the recipe looks like; paths are filled in by the test
+config_name: {ws}/config
+tokenizer_name: {ws}/tokenizer
+source_lang: en
+target_lang: de
+train_source_file: {ws}/train.en.gz
+train_target_file: {ws}/train.de.gz
+validation_source_file: {ws}/val.en
+validation_target_file: {ws}/val.de
+test_source_file: {ws}/test_2016_flickr.en
+test_target_file: {ws}/test_2016_flickr.de
+max_source_length: 32
+max_target_length: 32
+num_beams: 1
+output_dir: {ws}/not_used
+max_steps: 8
+learning_rate: 3e-3
+per_device_train_batch_size: 8
+per_device_eval_batch_size: 16
+pruning_target: 0.5
+pruning_tolerance: 100.0
+pruning_warmup_steps: 2
+pruning_interval: 2
+pruning_initial_step: 0.25
+pruning_seq_len: 32
+save_strategy: "no"
+dataloader_pin_memory: false
+disable_tqdm: true
+report_to: none
+latency_repeats: 2
+"""
+
+
+def test_smoke_run_from_yaml_config(workspace, tmp_path):
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE_CONFIG.format(ws=workspace))
+    out = tmp_path / "out"
+    results = recipe.main([str(config), "--output_dir", str(out)])  # flags after the file override it
+
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "pruning_report.json",
+            "results.json", "README.md", "modeling_adaprune.py"} <= files
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["adaprune"]["groups"] and saved["model_type"] == "marian"
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["metric_name"] == "sacrebleu" and report["target_type"] == "flops"
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+
+    assert results["samples"] == {"train": 50, "validation": 16, "test": 16}
+    assert results["validation"]["metric"] == "sacrebleu"  # the recipe's default metric
+    assert results["validation"]["tolerance"] == 100.0
+    assert results["pruning"]["final_sparsity"] == pytest.approx(0.5)
+    assert results["comparison"]["layer_flops_removed"] > 0.3
+    test = results["test"]
+    assert test["samples"] == 16 and test["dense_step"] == 2
+    for key in ("dense_sacrebleu", "pruned_sacrebleu", "dense_chrf", "pruned_chrf"):
+        assert 0.0 <= test[key] <= 100.0
+    assert set(results["latency"]["results"]) == {"dense", "pruned"}
+    assert results["latency"]["batch_size"] == 1
+
+    # the folder loads with AutoPrunedModel and its tokenizer, generates, and reproduces the recipe's test chrF
+    model = AutoPrunedModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    sources = (workspace / "test_2016_flickr.en").read_text().splitlines()
+    references = (workspace / "test_2016_flickr.de").read_text().splitlines()
+    hypotheses = []
+    for start in range(0, len(sources), 16):  # the recipe's eval batches
+        batch = tokenizer(sources[start:start + 16], max_length=32, truncation=True, padding=True,
+                          return_tensors="pt")
+        with torch.no_grad():
+            generated = model.generate(**batch, max_length=32, num_beams=1)
+        assert generated.shape[0] == len(sources[start:start + 16]) and generated.shape[1] > 1
+        hypotheses += [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    assert chrf == pytest.approx(test["pruned_chrf"], abs=1e-6)
+
+
+def _mismatched(ws: Path, tmp: Path) -> list[str]:
+    short = _write(tmp / "train_short.de.gz", _head("train.de.gz", 47))
+    args = base_args(ws, tmp / "out")
+    args[args.index("--train_target_file") + 1] = str(short)
+    return args
+
+
+def _too_many_empty(ws: Path, tmp: Path) -> list[str]:
+    lines = _head("train.de.gz", 50)
+    for i in (3, 10, 11):
+        lines[i] = "   " if i == 10 else ""
+    broken = _write(tmp / "train_holes.de", lines)
+    args = base_args(ws, tmp / "out")
+    args[args.index("--train_target_file") + 1] = str(broken)
+    return args
+
+
+@pytest.mark.parametrize(
+    "make_args, error, message",
+    [
+        (_mismatched, recipe.RecipeError,
+         r"train: the source and target files must be line-aligned, but \S*train\.en\.gz has 50 lines and "
+         r"\S*train_short\.de\.gz has 47"),
+        (_too_many_empty, recipe.RecipeError,
+         r"train: 3 of 50 pairs \(6\.0%\) have an empty side \(0 empty in \S*train\.en\.gz, 3 in "
+         r"\S*train_holes\.de; first at line 4 of \S*train_holes\.de\), more than --max_empty_fraction 0\.01"),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--pruning_metric", "no_such_metric_xyz"], ValueError,
+         re.escape("Cannot load metric 'no_such_metric_xyz'")),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--pruning_metric", "accuracy"], recipe.RecipeError,
+         re.escape("--pruning_metric 'accuracy' is a classification metric")),
+        (lambda ws, tmp: base_args(ws, tmp / "out")[:-8] + ["--output_dir", str(tmp / "out")], recipe.RecipeError,
+         "no validation data: the pruning controller measures --pruning_metric sacrebleu on it"),
+        (lambda ws, tmp: base_args(ws, tmp / "out")[:-6] + ["--output_dir", str(tmp / "out")], recipe.RecipeError,
+         "--validation_source_file needs --validation_target_file"),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--test_source_file", str(tmp / "nope.en"),
+                                                       "--test_target_file", str(ws / "val.de")],
+         recipe.RecipeError, r"--test_source_file '\S*nope\.en' does not exist"),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--dataset_name", "wmt16"], recipe.RecipeError,
+         "give --dataset_name or parallel text files"),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--max_empty_fraction", "1.5"], recipe.RecipeError,
+         re.escape("--max_empty_fraction must be in [0, 1); got 1.5")),
+    ],
+    ids=["mismatched_lines", "too_many_empty", "unknown_metric", "classification_metric", "no_validation",
+         "half_a_pair", "missing_file", "dataset_and_files", "bad_fraction"],
+)
+def test_fails_fast(workspace, tmp_path, make_args, error, message):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=message):
+        recipe.main(make_args(workspace, tmp_path))
+    assert not (out / "model.safetensors").exists()
+
+
+def test_few_empty_lines_are_dropped(workspace, tmp_path):
+    args = _too_many_empty(workspace, tmp_path) + ["--max_empty_fraction", "0.1"]
+    model_args, data_args, training_args = recipe.parse_args(args)
+    recipe.validate_args(model_args, data_args, training_args)
+    raw = recipe.load_raw_datasets(data_args, model_args)
+    assert len(raw["train"]) == 47 and len(raw["validation"]) == 16 and "test" not in raw
+    assert all(t.strip() for t in raw["train"]["target"])
+    assert raw["train"]["source"][3] == _head("train.en.gz", 5)[4]  # pair 4 (line 4) is gone, alignment kept
+
+
+def test_dataset_with_translation_column(workspace, tmp_path):
+    """--dataset_name: a dataset with a WMT-style translation column (here a local folder of JSON lines)."""
+    folder = tmp_path / "wmt_like"
+    folder.mkdir()
+    for split, name in (("train", "train"), ("validation", "val"), ("test", "test_2016_flickr")):
+        en, de = _head(f"{name}.en.gz", 10), _head(f"{name}.de.gz", 10)
+        if split == "train":
+            de[2] = ""
+        rows = [json.dumps({"translation": {"de": d, "en": e}}) for e, d in zip(en, de)]
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    common = ["--dataset_name", str(folder), "--cache_dir", str(tmp_path / "cache"), "--config_name", "x",
+              "--tokenizer_name", "x", "--output_dir", str(tmp_path / "out")]
+
+    def load(*extra):
+        model_args, data_args, training_args = recipe.parse_args(common + list(extra))
+        recipe.validate_args(model_args, data_args, training_args)
+        return recipe.load_raw_datasets(data_args, model_args)
+
+    raw = load("--source_lang", "en", "--target_lang", "de", "--max_empty_fraction", "0.2")
+    assert {k: len(v) for k, v in raw.items()} == {"train": 9, "validation": 10, "test": 10}
+    assert raw["validation"][0] == {"source": _head("val.en.gz", 1)[0], "target": _head("val.de.gz", 1)[0]}
+    with pytest.raises(recipe.RecipeError, match=r"train: 1 of 10 pairs \(10\.0%\) have an empty side .*first at "
+                                                 r"row 3 of de"):
+        load("--source_lang", "en", "--target_lang", "de")
+    with pytest.raises(recipe.RecipeError, match="--target_lang 'fr' is not a language of .*languages: de, en"):
+        load("--source_lang", "en", "--target_lang", "fr")
+    with pytest.raises(recipe.RecipeError, match="--dataset_name needs --source_lang and --target_lang"):
+        load()
+
+
+def test_reader_splits_on_newline_only(tmp_path):
+    path = tmp_path / "odd.txt.gz"
+    with gzip.open(path, "wb") as f:
+        f.write("one\r\ntwo \u2028 still two\rthree? no, two\nlast line without newline".encode())
+    assert recipe.read_lines(str(path)) == ["one", "two \u2028 still two\rthree? no, two", "last line without newline"]
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(recipe.RecipeError, match="cannot read .*latin1.txt' as UTF-8 text"):
+        recipe.read_lines(str(tmp_path / "latin1.txt"))
+
+
+def test_t5_without_prefix_warns():
+    data_args = recipe.DataTrainingArguments(source_lang="en", target_lang="de")
+    message = recipe.source_prefix_warning(T5Config(), data_args)
+    assert message and "--source_prefix 'translate en to de: '" in message
+    data_args.source_prefix = "translate English to German: "
+    assert recipe.source_prefix_warning(T5Config(), data_args) is None
+    assert recipe.source_prefix_warning(MarianConfig(), recipe.DataTrainingArguments()) is None
+
+
+def test_recipe_defaults_and_overrides(workspace, tmp_path):
+    _, _, training_args = recipe.parse_args(base_args(workspace, tmp_path / "out"))
+    assert training_args.pruning_metric == "sacrebleu" and training_args.pruning_tolerance == 1.0
+    assert training_args.predict_with_generate
+    _, _, training_args = recipe.parse_args(base_args(workspace, tmp_path / "out") +
+                                            ["--pruning_metric", "chrf", "--pruning_tolerance", "2"])
+    assert training_args.pruning_metric == "chrf" and training_args.pruning_tolerance == 2.0
+
+
+def test_shipped_config_parses(monkeypatch):
+    monkeypatch.chdir(ROOT)  # its relative paths start at the repository root
+    model_args, data_args, training_args = recipe.parse_args(["recipes/configs/translation_marian_multi30k.yaml"])
+    assert training_args.pruning_metric == "sacrebleu" and training_args.predict_with_generate
+    assert training_args.pruning_target_type == "flops" and training_args.pruning_target >= 0.4
+    assert training_args.pruning_tolerance == 1.0 and training_args.pruning_eval_samples == 200
+    assert isinstance(training_args.learning_rate, float)
+    if not MULTI30K.exists():
+        pytest.skip(f"Multi30k data not found at {MULTI30K}")
+    files = recipe.validate_args(model_args, data_args, training_args)
+    assert len(files) == 6 and all(os.path.isfile(p) for p in files.values())
