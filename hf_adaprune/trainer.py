@@ -95,6 +95,11 @@ class PruningTrainerMixin:
     def _setup_pruning(self) -> None:
         args, model = self.args, self.model
         get_adapter(model)  # unsupported families fail here, before any training
+        max_positions = getattr(model.config, "max_position_embeddings", None)
+        if getattr(model, "main_input_name", "input_ids") == "input_ids" and max_positions \
+                and args.pruning_seq_len > max_positions:
+            raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
+                             f"max_position_embeddings ({max_positions})")
         masks = attach_masks(model)
         kinds = _KIND_OF_OPTION[args.prune]
         roles = args.selected_roles()
@@ -264,6 +269,7 @@ class PruningTrainerMixin:
         if c.state.pending is not None and self.state.global_step > self._last_prune_step:
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
+            c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             get_masks(self.model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
         if self.args.compact_at_end and get_masks(self.model) is not None:

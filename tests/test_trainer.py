@@ -82,7 +82,7 @@ def test_rollback_restores_previous_masks(tmp_path):
     trainer._decision_metric = scripted_metric
     trainer.train()
     events = [h["event"] for h in trainer.controller.state.history]
-    assert events == ["reference", "keep", "rollback", "keep", "stop"]
+    assert events == ["reference", "keep", "rollback", "keep", "discard", "stop"]
     tried = [h["ratio"] for h in trainer.controller.state.history if h["event"] in ("keep", "rollback")]
     assert tried == pytest.approx([0.2, 0.4, 0.3])
     # snapshots: masks at each evaluation (reference, 0.2, 0.4 rolled back, 0.3)
@@ -170,6 +170,9 @@ def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):
 
 def test_trainer_fails_fast(tmp_path):
     data = toy_dataset(32)
+    with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_seq_len=100),
+                               train_dataset=data, eval_dataset=data)
     with pytest.raises(ValueError, match="needs an eval_dataset"):
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=data)
     with pytest.raises(ValueError, match="Cannot load metric 'no_such_metric'"):
