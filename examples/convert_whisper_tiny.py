@@ -41,7 +41,7 @@ from hf_adaprune.converters.ctranslate2_whisper import (  # noqa: E402
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEFAULT_OUT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_adaprune" / "whisper-tiny.en"
-DEFAULT_RECORDINGS = Path("/work/shared/data/fsdd/recordings")
+DEFAULT_RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
 DIGIT_PROMPT = "zero, one, two, three, four, five, six, seven, eight, nine."
 
 

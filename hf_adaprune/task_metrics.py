@@ -33,7 +33,8 @@ def classification_metrics(name: str):
 
 def decode_ids(ids, tokenizer) -> list[str]:
     ids = np.asarray(ids)
-    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids = np.where(ids < 0, pad, ids)
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 

