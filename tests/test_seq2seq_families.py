@@ -8,7 +8,6 @@ keeping different heads in each layer, whole and empty groups.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,24 +22,12 @@ from hf_adaprune.adapters import filter_groups
 from hf_adaprune.masks import PruningMasks, structure_count
 from hf_adaprune.modeling_adaprune import T5SharedBias
 
+from conftest import one_thread_env
+
 FAMILIES = ["marian", "bart", "mbart", "m2m_100", "t5", "mt5"]
 T5_LIKE = {"t5", "mt5"}
 TOL = 1e-5
 VOCAB = 99
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread. On shared, busy CPUs two threads make each op ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def one_thread_env():
-    return dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def tiny_seq2seq_config(model_type: str, **overrides):

@@ -8,7 +8,6 @@ still hand on the full bias) and keep heads of layer 1 that layer 0 lost.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,22 +20,10 @@ from hf_adaprune import AutoPrunedModel, TaylorImportance, attach_masks, compact
 from hf_adaprune.masks import structure_count
 from hf_adaprune.modeling_adaprune import WavLMSharedBias
 
+from conftest import one_thread_env
+
 TOL = 1e-5
 HEADS = {"cls": transformers.WavLMForSequenceClassification, "ctc": transformers.WavLMForCTC}
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread. On shared, busy CPUs two threads make each op ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def one_thread_env():
-    return dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def tiny_wavlm_config(**overrides):
