@@ -1,0 +1,44 @@
+"""FLOP and parameter counts come from the real forward pass, attention included."""
+
+from __future__ import annotations
+
+import torch
+
+from hf_adaprune import attach_masks, compact, compare_profiles, count_flops, format_comparison, model_profile
+from hf_adaprune.flops import example_inputs
+
+from conftest import tiny_model
+
+
+def test_cpu_fused_attention_is_counted():
+    # The eager implementation is plain matmuls, which FlopCounterMode always knew; the fused CPU
+    # kernel (sdpa) is counted through the formula hf_adaprune registers. Both must agree.
+    eager = tiny_model("bert", attn_implementation="eager")
+    fused = tiny_model("bert", attn_implementation="sdpa")
+    inputs = example_inputs(eager, seq_len=16)
+    eager_total, _ = count_flops(eager, inputs)
+    fused_total, per_module = count_flops(fused, inputs)
+    assert fused_total == eager_total
+    # attention scores and weighted sum: 2 matmuls of 2*b*s*s*head_dim*heads FLOPs each, per layer
+    linear_flops = 2 * 16 * (3 * 32 * 32) + 2 * 16 * 32 * 32
+    assert per_module["encoder.layer.0.attention.self"] == linear_flops - 2 * 16 * 32 * 32 + 2 * 2 * 16 * 16 * 32
+
+
+def test_profile_before_and_after_compaction():
+    model = tiny_model("bert")
+    before = model_profile(model, seq_len=16)
+    assert before["params"] == sum(p.numel() for p in model.parameters())
+    masks = attach_masks(model)
+    masks.set("encoder.layer.0.attention", torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    masks.set("encoder.layer.2.ffn", torch.zeros(37))
+    compact(model)
+    after = model_profile(model, seq_len=16)
+    report = compare_profiles(before, after)
+    layer0, layer2 = report["layers"][0], report["layers"][2]
+    assert (layer0["heads_before"], layer0["heads_after"]) == (4, 1)
+    assert (layer2["ffn_before"], layer2["ffn_after"]) == (37, 0)
+    assert layer0["flops_after"] < layer0["flops_before"] and layer2["params_after"] < layer2["params_before"]
+    assert report["layers"][1]["flops_after"] == report["layers"][1]["flops_before"]
+    assert 0 < report["flops_removed"] < report["layer_flops_removed"] < 1
+    table = format_comparison(report)
+    assert "encoder.layer.0" in table and "4->1" in table and "37->0" in table
