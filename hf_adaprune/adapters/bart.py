@@ -9,23 +9,12 @@ alone (``...ForCausalLM``, whose base model has only ``decoder``).
 
 from __future__ import annotations
 
-from .base import HeadGroup, NeuronGroup
+from .base import NeuronGroup, proj_attention
 from .registry import register_family, skip_empty
 
 
-def _attention(base_model, path: str, role: str) -> HeadGroup:
-    return HeadGroup(
-        name=path,
-        query=f"{path}.q_proj",
-        key=f"{path}.k_proj",
-        value=f"{path}.v_proj",
-        output=f"{path}.out_proj",
-        head_dim=base_model.get_submodule(path).head_dim,
-        core=path,
-        output_in_core=True,
-        head_count_attrs=(f"{path}.num_heads",),
-        role=role,
-    )
+def _attention(base_model, path: str, role: str):
+    return proj_attention(path, base_model.get_submodule(path).head_dim, role)
 
 
 def bart_groups(base_model, config):

@@ -69,6 +69,24 @@ class NeuronGroup:
 Group = HeadGroup | NeuronGroup
 
 
+def proj_attention(path: str, head_dim: int, role: str = "encoder_self", **extra) -> HeadGroup:
+    """The common layout: ``q_proj``/``k_proj``/``v_proj``/``out_proj`` inside one attention module
+    whose forward reads ``num_heads`` (BART family, Whisper, Wav2Vec2, HuBERT, WavLM)."""
+    return HeadGroup(
+        name=path,
+        query=f"{path}.q_proj",
+        key=f"{path}.k_proj",
+        value=f"{path}.v_proj",
+        output=f"{path}.out_proj",
+        head_dim=head_dim,
+        core=path,
+        output_in_core=True,
+        head_count_attrs=(f"{path}.num_heads",),
+        role=role,
+        **extra,
+    )
+
+
 @dataclass(frozen=True)
 class FamilyAdapter:
     """How one model family lays out its layers."""

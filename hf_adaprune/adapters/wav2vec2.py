@@ -15,7 +15,7 @@ block reads and writes, not its inner width, so it is left alone.
 
 from __future__ import annotations
 
-from .base import HeadGroup, NeuronGroup
+from .base import NeuronGroup, proj_attention
 from .registry import register_family, skip_empty
 
 
@@ -24,20 +24,7 @@ def wav2vec2_groups(base_model, config):
     groups = []
     for i, _ in enumerate(base_model.encoder.layers):
         layer = f"encoder.layers.{i}"
-        attn = f"{layer}.attention"
-        groups.append(
-            HeadGroup(
-                name=attn,
-                query=f"{attn}.q_proj",
-                key=f"{attn}.k_proj",
-                value=f"{attn}.v_proj",
-                output=f"{attn}.out_proj",
-                head_dim=head_dim,
-                core=attn,
-                output_in_core=True,
-                head_count_attrs=(f"{attn}.num_heads",),
-            )
-        )
+        groups.append(proj_attention(f"{layer}.attention", head_dim))
         ffn = f"{layer}.feed_forward"
         groups.append(
             NeuronGroup(name=f"{layer}.ffn", inputs=(f"{ffn}.intermediate_dense",), output=f"{ffn}.output_dense")

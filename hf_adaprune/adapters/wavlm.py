@@ -11,7 +11,7 @@ masks are attached; it takes each kept head's slice of the full-size shared bias
 
 from __future__ import annotations
 
-from .base import HeadGroup, NeuronGroup
+from .base import NeuronGroup, proj_attention
 from .registry import register_family, skip_empty
 
 
@@ -20,21 +20,10 @@ def wavlm_groups(base_model, config):
     for i, _ in enumerate(base_model.encoder.layers):
         layer = f"encoder.layers.{i}"
         attn = f"{layer}.attention"
-        groups.append(
-            HeadGroup(
-                name=attn,
-                query=f"{attn}.q_proj",
-                key=f"{attn}.k_proj",
-                value=f"{attn}.v_proj",
-                output=f"{attn}.out_proj",
-                head_dim=base_model.get_submodule(attn).head_dim,
-                core=attn,
-                output_in_core=True,
-                head_count_attrs=(f"{attn}.num_heads",),
-                per_head_params=((f"{attn}.gru_rel_pos_const", 1),),
-                shared_bias="wavlm",
-            )
-        )
+        groups.append(proj_attention(
+            attn, base_model.get_submodule(attn).head_dim,
+            per_head_params=((f"{attn}.gru_rel_pos_const", 1),), shared_bias="wavlm",
+        ))
         ff = f"{layer}.feed_forward"
         groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=(f"{ff}.intermediate_dense",),
                                   output=f"{ff}.output_dense"))

@@ -19,23 +19,8 @@ Group names: ``encoder.layers.<i>.self_attn``, ``encoder.layers.<i>.ffn``,
 
 from __future__ import annotations
 
-from .base import HeadGroup, NeuronGroup
+from .base import NeuronGroup, proj_attention
 from .registry import register_family, skip_empty
-
-
-def _attention(attn: str, head_dim: int, role: str) -> HeadGroup:
-    return HeadGroup(
-        name=attn,
-        query=f"{attn}.q_proj",
-        key=f"{attn}.k_proj",
-        value=f"{attn}.v_proj",
-        output=f"{attn}.out_proj",
-        head_dim=head_dim,
-        core=attn,
-        output_in_core=True,
-        head_count_attrs=(f"{attn}.num_heads",),
-        role=role,
-    )
 
 
 def _ffn(layer: str, role: str) -> NeuronGroup:
@@ -49,15 +34,15 @@ def whisper_groups(base_model, config):
         head_dim = config.d_model // config.encoder_attention_heads
         for i, _ in enumerate(encoder.layers):
             layer = f"encoder.layers.{i}"
-            groups.append(_attention(f"{layer}.self_attn", head_dim, "encoder_self"))
+            groups.append(proj_attention(f"{layer}.self_attn", head_dim, "encoder_self"))
             groups.append(_ffn(layer, "encoder"))
     decoder = getattr(base_model, "decoder", None)
     if decoder is not None:
         head_dim = config.d_model // config.decoder_attention_heads
         for i, _ in enumerate(decoder.layers):
             layer = f"decoder.layers.{i}"
-            groups.append(_attention(f"{layer}.self_attn", head_dim, "decoder_self"))
-            groups.append(_attention(f"{layer}.encoder_attn", head_dim, "cross"))
+            groups.append(proj_attention(f"{layer}.self_attn", head_dim, "decoder_self"))
+            groups.append(proj_attention(f"{layer}.encoder_attn", head_dim, "cross"))
             groups.append(_ffn(layer, "decoder"))
     return skip_empty(base_model, groups)
 
