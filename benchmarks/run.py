@@ -59,13 +59,12 @@ from hf_adaprune import (
     compare_profiles,
     find_groups,
     model_profile,
-    select_masks,
+    select_masks_by_kind,
 )
-from hf_adaprune.flops import example_inputs
+from hf_adaprune.flops import example_inputs, structure_costs
 from hf_adaprune.latency import compare_latency
 from hf_adaprune.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
-from hf_adaprune.trainer import structure_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the recipe's data helpers; this script's own folder is on the path already
@@ -260,10 +259,8 @@ def one_shot_models(bench: Bench, targets) -> dict[float, torch.nn.Module]:
     for target in targets:
         model = copy.deepcopy(bench.dense)
         masks = attach_masks(model)
-        for kind in ("heads", "neurons"):  # as the trainer does: each kind loses `target` of its FLOPs
-            names = [g.name for g in groups if g.kind == kind]
-            masks.update(select_masks({n: scores[n] for n in names}, {n: masks.masks[n] for n in names}, target,
-                                      scope="global", floor=1, costs={n: costs[n] for n in names}))
+        # as the trainer does: each kind loses `target` of its FLOPs
+        masks.update(select_masks_by_kind(groups, scores, masks.masks, target, scope="global", costs=costs))
         compact(model)
         models[target] = model
     return models

@@ -11,7 +11,7 @@ from .flops import compare_profiles, count_flops, format_comparison, model_profi
 from .hub import AutoPrunedModel, save_pruned
 from .importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance
 from .masks import PruningMasks, attach_masks, detach_masks, get_masks
-from .selection import select_masks
+from .selection import select_masks, select_masks_by_kind
 from .surgery import compact, kept_structure
 from .trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
 
@@ -44,5 +44,6 @@ __all__ = [
     "register_family",
     "save_pruned",
     "select_masks",
+    "select_masks_by_kind",
     "supported_model_types",
 ]

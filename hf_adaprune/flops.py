@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from .masks import get_masks
+from .masks import get_masks, structure_count
 from .surgery import kept_structure
 
 _aten = torch.ops.aten
@@ -89,6 +89,25 @@ def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[int,
         elif name.startswith(prefix + "."):
             per_module[name[len(prefix) + 1:]] = sum(ops.values())
     return counter.get_total_flops(), per_module
+
+
+def structure_costs(model, groups, seq_len: int) -> dict[str, float]:
+    """Forward FLOPs of one head / one neuron in each group, read off a FlopCounterMode run.
+
+    Attention and FFN FLOPs are linear in the number of heads / neurons, so a
+    group's measured FLOPs divided by its count is the cost of one structure.
+    """
+    _, per_module = count_flops(model, example_inputs(model, seq_len=seq_len))
+    base = model.base_model
+    costs = {}
+    for group in groups:
+        if group.kind == "heads":
+            paths = [group.core] + ([] if group.output_in_core else [group.output])
+        else:
+            paths = list(group.inputs) + [group.output]
+        count = max(structure_count(base, group), 1)
+        costs[group.name] = sum(per_module.get(p, 0) for p in paths) / count
+    return costs
 
 
 def layer_of(group_name: str) -> str:

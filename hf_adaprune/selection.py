@@ -47,6 +47,36 @@ def select_masks(
     return _select_global(scores, current, ratio, floor, costs)
 
 
+def select_masks_by_kind(
+    groups,
+    scores: dict[str, torch.Tensor],
+    current: dict[str, torch.Tensor],
+    ratio: float,
+    kinds=("heads", "neurons"),
+    scope: str = "layer",
+    floors: dict[str, int] | None = None,
+    costs: dict[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`select_masks` run for each kind of structure apart, so heads and neurons each lose ``ratio``.
+
+    ``groups`` are the groups to prune; ``floors`` maps a kind to its per-group floor (default 1).
+    """
+    new = {}
+    for kind in kinds:
+        names = [g.name for g in groups if g.kind == kind]
+        if not names:
+            continue
+        new.update(select_masks(
+            {n: scores[n] for n in names},
+            {n: current[n] for n in names},
+            ratio,
+            scope=scope,
+            floor=(floors or {}).get(kind, 1),
+            costs=None if costs is None else {n: costs[n] for n in names},
+        ))
+    return new
+
+
 def _select_in_group(score: torch.Tensor, mask: torch.Tensor, ratio: float, floor: int) -> torch.Tensor:
     n = mask.numel()
     already = int((mask < 0.5).sum())

@@ -23,13 +23,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .adapters import get_adapter
 from .arguments import PruningArguments, Seq2SeqPruningArguments
 from .controller import ROLLBACK, AdaptiveController
-from .flops import compare_profiles, count_flops, example_inputs, model_profile
+from .flops import compare_profiles, model_profile, structure_costs
 from .hub import save_pruned
 from .importance import make_importance
 from .masks import attach_masks, get_masks
 from .metrics import metric_greater_is_better
 from .report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from .selection import select_masks
+from .selection import select_masks_by_kind
 from .surgery import compact, kept_structure
 from .task_metrics import classification_metrics, generation_metrics
 
@@ -37,27 +37,6 @@ logger = logging.getLogger(__name__)
 
 PRUNING_STATE_FILE = "pruning_state.pt"
 _KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("neurons",), "both": ("heads", "neurons")}
-
-
-def structure_costs(model, groups, seq_len: int) -> dict[str, float]:
-    """Forward FLOPs of one head / one neuron in each group, read off a FlopCounterMode run.
-
-    Attention and FFN FLOPs are linear in the number of heads / neurons, so a
-    group's measured FLOPs divided by its count is the cost of one structure.
-    """
-    from .masks import structure_count
-
-    _, per_module = count_flops(model, example_inputs(model, seq_len=seq_len))
-    base = model.base_model
-    costs = {}
-    for group in groups:
-        if group.kind == "heads":
-            paths = [group.core] + ([] if group.output_in_core else [group.output])
-        else:
-            paths = list(group.inputs) + [group.output]
-        count = max(structure_count(base, group), 1)
-        costs[group.name] = sum(per_module.get(p, 0) for p in paths) / count
-    return costs
 
 
 class _PruningCallback(TrainerCallback):
@@ -223,20 +202,13 @@ class PruningTrainerMixin:
         args = self.args
         masks = get_masks(self.model)
         scores = self._reduced_scores()
-        for kind in _KIND_OF_OPTION[args.prune]:
-            names = [g.name for g in self.pruning_groups if g.kind == kind]
-            if not names:
-                continue
-            floor = args.min_heads_per_layer if kind == "heads" else args.min_neurons_per_layer
-            new = select_masks(
-                {n: scores[n] for n in names},
-                {n: self._accepted_masks[n] for n in names},
-                ratio,
-                scope=args.pruning_scope,
-                floor=floor,
-                costs=None if self.costs is None else {n: self.costs[n] for n in names},
-            )
-            masks.update(new)
+        masks.update(select_masks_by_kind(
+            self.pruning_groups, scores, self._accepted_masks, ratio,
+            kinds=_KIND_OF_OPTION[args.prune],
+            scope=args.pruning_scope,
+            floors={"heads": args.min_heads_per_layer, "neurons": args.min_neurons_per_layer},
+            costs=self.costs,
+        ))
         self._check_masks_agree()
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
