@@ -7,8 +7,11 @@ model is loaded.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from .importance import IMPORTANCE_CRITERIA
@@ -17,6 +20,18 @@ from .selection import SCOPES
 STRUCTURES = ("heads", "ffn", "both")
 TARGET_TYPES = ("structures", "flops")
 ROLES = ("encoder_self", "decoder_self", "cross", "encoder", "decoder")
+
+logger = logging.getLogger(__name__)
+
+
+def launched_processes() -> int:
+    """How many processes ``torchrun`` / ``accelerate launch`` started (``WORLD_SIZE``; 1 when run plainly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 @dataclass
@@ -68,8 +83,19 @@ class PruningArguments(TrainingArguments):
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
 
     def __post_init__(self):
+        if launched_processes() > 1 and not self.use_cpu and not has_accelerator():
+            # Without this, transformers runs every process as a separate single-process job on a
+            # machine without GPUs: each rank would train and prune its own replica.
+            logger.info("%d processes launched on a machine without an accelerator: using the CPU (gloo)",
+                        launched_processes())
+            self.use_cpu = True
         super().__post_init__()
         validate_pruning_arguments(self)
+        if launched_processes() > 1 and self.world_size != launched_processes():
+            raise ValueError(
+                f"{launched_processes()} processes were launched but the Trainer sees a world size of "
+                f"{self.world_size}: every process would train and prune its own copy of the model. "
+                "Check the device and --ddp_backend settings (on CPU: --use_cpu, --ddp_backend gloo).")
 
     def selected_roles(self) -> set[str]:
         if self.pruning_roles.strip() == "all":

@@ -41,7 +41,11 @@ def main():
     parser.add_argument("--resume", default=None)
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    distributed = dict(ddp_backend="gloo") if "WORLD_SIZE" in os.environ else {}
+    distributed = {}
+    if "WORLD_SIZE" in os.environ:
+        # As a user launches it on a CPU-only machine: no --use_cpu, no --ddp_backend (PruningArguments
+        # switches to the CPU and accelerate picks gloo). With GPUs, stay on the CPU with gloo.
+        distributed = dict(use_cpu=False) if not torch.cuda.is_available() else dict(ddp_backend="gloo")
     # transformers scales the loss by the number of processes for models that accept loss kwargs (BERT
     # then ignores num_items_in_batch), so 2-process gradients are 2x the 1-process ones. Adam does not
     # mind a constant factor, gradient clipping does: switch it off so both runs train identically.

@@ -12,15 +12,26 @@ import torch
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 TORCHRUN = shutil.which("torchrun")
+ACCELERATE = shutil.which("accelerate")
 
 
-def run_worker(tmp_path, name, batch, nproc=1, extra=()):
+def launch_command(launcher, nproc):
+    """The command line a user types to start ``nproc`` processes."""
+    port = str(29500 + os.getpid() % 1000)
+    if launcher == "torchrun":
+        return [TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", port]
+    # accelerate's multi-process launcher (torch.distributed.run underneath); on a machine without
+    # GPUs each process runs on CPU and the Trainer's Accelerator picks the gloo backend.
+    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
+
+
+def run_worker(tmp_path, name, batch, nproc=1, extra=(), launcher="torchrun"):
     out = tmp_path / name
     if nproc == 1:
         cmd = [sys.executable, WORKER, str(out), str(batch), *extra]
     else:
-        cmd = [TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", str(29500 + os.getpid() % 1000), WORKER,
-               str(out), str(batch), *extra]
+        cmd = [*launch_command(launcher, nproc), WORKER, str(out), str(batch), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     return out, result
@@ -30,9 +41,12 @@ def masks_of(out, rank):
     return torch.load(out / f"masks_rank{rank}.pt")
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
-def test_two_processes_select_the_same_structures_as_one(tmp_path):
-    two, result = run_worker(tmp_path, "two", batch=8, nproc=2)
+@pytest.mark.parametrize("launcher", [
+    pytest.param("torchrun", marks=pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")),
+    pytest.param("accelerate", marks=pytest.mark.skipif(ACCELERATE is None, reason="accelerate not on PATH")),
+])
+def test_two_processes_select_the_same_structures_as_one(tmp_path, launcher):
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, launcher=launcher)
     assert result.returncode == 0, result.stderr[-4000:]
     one, result = run_worker(tmp_path, "one", batch=16, nproc=1)
     assert result.returncode == 0, result.stderr[-4000:]

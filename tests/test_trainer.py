@@ -168,6 +168,14 @@ def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
 
 
+def test_processes_that_would_train_separately_fail_at_parse_time(tmp_path, monkeypatch):
+    # A launcher started 2 processes, but this one is not part of a process group (world size 1):
+    # it would prune its own replica, so the arguments refuse it.
+    monkeypatch.setattr("hf_adaprune.arguments.launched_processes", lambda: 2)
+    with pytest.raises(ValueError, match="2 processes were launched but the Trainer sees a world size of 1"):
+        make_args(tmp_path)
+
+
 def test_trainer_fails_fast(tmp_path):
     data = toy_dataset(32)
     with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings"):
