@@ -99,6 +99,7 @@ from hf_adaprune.flops import model_profile
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from recipe_utils import (  # noqa: E402
+    DataArguments,
     DenseTestSnapshot,
     RecipeError,
     check_minimum,
@@ -174,9 +175,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Dataset for datasets.load_dataset."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
+class DataTrainingArguments(DataArguments):
     train_split_name: str = field(default="train", metadata={"help": "--dataset_name split to train on."})
     eval_split_name: str = field(
         default="validation", metadata={"help": "--dataset_name split the pruning metric is measured on."}
@@ -203,7 +202,6 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Audio column: 'audio' for --dataset_name, 'path' for manifests."}
     )
     text_column_name: str = field(default="text", metadata={"help": "Transcript column."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use a random subset of the training data."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use a random subset of the validation data (kept in order)."}
     )
@@ -225,9 +223,6 @@ class DataTrainingArguments:
     test_before_pruning: bool = field(
         default=True,
         metadata={"help": "Score the test set once more right before the first pruning step (dense reference)."},
-    )
-    dataset_card_name: str | None = field(
-        default=None, metadata={"help": "Dataset (Hub id) named in the model card. Default: --dataset_name."}
     )
 
 

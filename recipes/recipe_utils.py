@@ -8,8 +8,10 @@ for all recipes).
 
 What is here:
 
-* arguments: a YAML / JSON config file as the first argument, turned into flags that
-  later flags override (:func:`expand_config_file`); ``package:NAME/path`` references
+* arguments: the argument dataclasses the recipes' ``ModelArguments`` and
+  ``DataTrainingArguments`` build on (:class:`ModelSourceArguments`, :class:`DataArguments`);
+  a YAML / JSON config file as the first argument, turned into flags that later flags
+  override (:func:`expand_config_file`); ``package:NAME/path`` references
   into installed Python packages (:func:`resolve_package_path`); small checks that
   raise :class:`RecipeError`;
 * the run: logging setup, :class:`DenseTestSnapshot` (test scores of the still dense
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
@@ -55,6 +58,31 @@ class RecipeError(ValueError):
 
 
 # -- arguments -------------------------------------------------------------------------------------
+@dataclass
+class ModelSourceArguments:
+    """Where a model's config, tokenizer and downloads come from, besides ``--model_name_or_path``."""
+
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config (name, folder or config.json) if not the model's own."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer (name or folder) if not the model's own."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+
+
+@dataclass
+class DataArguments:
+    """A dataset from ``datasets.load_dataset``, a training subset, and the dataset named in the model card."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset for datasets.load_dataset."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use a random subset of the training data."})
+    dataset_card_name: str | None = field(
+        default=None, metadata={"help": "Dataset (Hub id) named in the model card. Default: --dataset_name."}
+    )
+
+
 def config_to_argv(values: dict) -> list[str]:
     """A config file's mapping as command-line flags, so that argparse converts the types.
 

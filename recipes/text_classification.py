@@ -82,7 +82,9 @@ from hf_adaprune.task_metrics import classification_metrics
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from recipe_utils import (  # noqa: E402
+    DataArguments,
     DenseTestSnapshot,
+    ModelSourceArguments,
     RecipeError,
     check_minimum,
     check_model_source,
@@ -112,19 +114,12 @@ DEFAULT_TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(ModelSourceArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Pretrained model: Hub id, local folder or package:NAME/path. Leave it out and give "
                           "--config_name to train a model from scratch."},
     )
-    config_name: str | None = field(
-        default=None, metadata={"help": "Config (name, folder or config.json) if not the model's own."}
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer (name or folder) if not the model's own."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
     base_model_id: str | None = field(
         default=None,
         metadata={"help": "Hub id written as base_model in the model card (e.g. when the model is loaded from a "
@@ -133,9 +128,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Dataset for datasets.load_dataset."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
+class DataTrainingArguments(DataArguments):
     train_file: str | None = field(default=None, metadata={"help": "Training data: csv, tsv, json or jsonl."})
     validation_file: str | None = field(
         default=None, metadata={"help": "Validation data, on which the pruning metric is measured."}
@@ -165,12 +158,8 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Comma-separated label values whose rows are removed, e.g. 'plot'."}
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated (padding is dynamic)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use a random subset of the training data."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use a random subset of the validation data."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use a random subset of the test data."})
-    dataset_card_name: str | None = field(
-        default=None, metadata={"help": "Dataset (Hub id) named in the model card. Default: --dataset_name."}
-    )
     latency_repeats: int = field(
         default=20, metadata={"help": "Alternating repeats for the batch-1 latency comparison (0 skips it)."}
     )

@@ -83,6 +83,8 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from it
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recipe_utils  # noqa: E402
 from recipe_utils import (  # noqa: E402
+    DataArguments,
+    ModelSourceArguments,
     RecipeError,
     check_minimum,
     check_model_source,
@@ -115,19 +117,12 @@ T5_TYPES = ("t5", "mt5", "umt5", "longt5")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(ModelSourceArguments):
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Pretrained model: Hub id (e.g. Helsinki-NLP/opus-mt-en-de) or local folder. Leave it out "
                           "and give --config_name and --tokenizer_name to train a model from scratch."},
     )
-    config_name: str | None = field(
-        default=None, metadata={"help": "Config (name, folder or config.json) if not the model's own."}
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer (name or folder) if not the model's own."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
     base_model_id: str | None = field(
         default=None,
         metadata={"help": "Hub id written as base_model in the model card. Default: --model_name_or_path."},
@@ -135,7 +130,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(DataArguments):
     dataset_name: str | None = field(
         default=None, metadata={"help": "Dataset for datasets.load_dataset with a 'translation' column (as WMT)."}
     )
@@ -182,9 +177,6 @@ class DataTrainingArguments:
         default=0.01,
         metadata={"help": "Pairs with an empty source or target are dropped; if more than this fraction of a split "
                           "is such pairs, the run stops (the files are probably misaligned or broken)."},
-    )
-    dataset_card_name: str | None = field(
-        default=None, metadata={"help": "Dataset (Hub id) named in the model card. Default: --dataset_name."}
     )
     latency_repeats: int = field(
         default=10, metadata={"help": "Alternating repeats for the batch-1 generate latency comparison (0 skips it)."}

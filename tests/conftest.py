@@ -15,6 +15,9 @@ import transformers
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # real data sets, next to the repository
+
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2)
 
@@ -59,7 +62,7 @@ def one_thread_env() -> dict[str, str]:
 
 def load_recipe(name: str):
     """``recipes/NAME.py`` loaded from its path as module ``recipe_NAME`` (the recipes are scripts, not a package)."""
-    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    path = ROOT / "recipes" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

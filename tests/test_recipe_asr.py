@@ -23,13 +23,12 @@ import pytest
 import torch
 import transformers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-import asr  # noqa: E402
+from hf_adaprune import AutoPrunedModel
 
-from hf_adaprune import AutoPrunedModel  # noqa: E402
+from conftest import SHARED_DATA, load_recipe
 
-FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+asr = load_recipe("asr")
+FSDD = SHARED_DATA / "fsdd" / "recordings"
 pytestmark = pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD recordings not found at {FSDD}")
 
 # (digit, speaker, take): 12 train, 4 validation, 4 test clips over all digits and several speakers

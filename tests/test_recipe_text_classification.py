@@ -13,10 +13,9 @@ from transformers import AutoTokenizer, BertConfig, BertTokenizerFast
 
 from hf_adaprune import AutoPrunedModel
 
-from conftest import load_recipe
+from conftest import ROOT, SHARED_DATA, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
+SST2 = SHARED_DATA / "sst2"
 recipe = load_recipe("text_classification")
 
 

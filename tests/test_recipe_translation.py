@@ -16,10 +16,9 @@ from transformers import AutoTokenizer, MarianConfig, PreTrainedTokenizerFast, T
 
 from hf_adaprune import AutoPrunedModel
 
-from conftest import load_recipe
+from conftest import ROOT, SHARED_DATA, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
+MULTI30K = SHARED_DATA / "multi30k"
 SIZES = {"train": 50, "val": 16, "test_2016_flickr": 16}
 recipe = load_recipe("translation")
 
