@@ -9,6 +9,9 @@
    compacts the model. Score it on test.tsv.
 3. Compare parameters and FLOPs (seq 128) and CPU latency at batch 1 and 32, seq 128,
    timing dense and pruned alternately in one process (medians).
+4. With ``--dense_control``, also fine-tune the dense model for as many more steps on the
+   pruning run's data without pruning, and score it: the pruned model's extra training
+   is then no longer part of the comparison.
 
 Writes ``results.json`` and ``results.md`` (a Markdown table) to ``--output_dir``, and
 the two models to ``dense/`` and ``pruned/`` in it. Run from the repository root::
@@ -90,6 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup_steps", type=int, default=30, help="pruning warm-up: steps before the reference")
     p.add_argument("--interval", type=int, default=50, help="steps between a pruning step and its evaluation")
     p.add_argument("--initial_step", type=float, default=0.125, help="sparsity added by the first pruning step")
+    p.add_argument("--dense_control", action="store_true",
+                   help="also fine-tune the dense model for the pruning run's steps on its data, without pruning")
     p.add_argument("--latency_repeats", type=int, default=None,
                    help="alternating repeats per batch size (default: 50 at batch 1, 10 at batch 32)")
     p.add_argument("--seed", type=int, default=42)
@@ -147,8 +152,13 @@ def markdown(results: dict) -> str:
         (f"dev-slice accuracy, steers pruning ({s['eval_samples']} phrases)",
          f"{100 * p['dev_reference']:.2f}% (reference)", f"{100 * p['dev_accuracy']:.2f}%",
          f"{100 * (p['dev_accuracy'] - p['dev_reference']):+.2f} pt (tolerance {100 * s['tolerance']:.1f} pt)"),
-        *markdown_size_rows(c, "encoder layers"),
     ]
+    if results.get("dense_control"):
+        ctl = results["dense_control"]
+        rows.append((f"SST-2 test accuracy, dense + {ctl['steps']} more steps (control)",
+                     f"{100 * ctl['test_accuracy']:.2f}%", f"{100 * p['test_accuracy']:.2f}%",
+                     f"{100 * (p['test_accuracy'] - ctl['test_accuracy']):+.2f} pt"))
+    rows += markdown_size_rows(c, "encoder layers")
     for key, timing in lat.items():
         rows.append((f"CPU latency, {key.replace('_', ' ')} (median)", format_ms(timing["dense"]["median_s"]),
                      format_ms(timing["pruned"]["median_s"]), f"{timing['pruned']['speedup']:.2f}x speed-up"))
@@ -235,6 +245,19 @@ def main(argv=None) -> dict:
     prune_time = time.time() - t0
     print(f"pruned test accuracy {pruned_test:.4f} ({prune_time / 60:.1f} min)", flush=True)
 
+    control = None
+    if args.dense_control:  # the same extra training without pruning: what pruning itself costs
+        t0 = time.time()
+        steps = trainer.state.global_step
+        control_args = TrainingArguments(output_dir=str(out / "dense_control"), learning_rate=args.prune_lr,
+                                         **(common | dict(max_steps=steps)))
+        control_trainer = Trainer(model=copy.deepcopy(dense), args=control_args, train_dataset=data["prune_train"],
+                                  data_collator=collator, processing_class=tokenizer, compute_metrics=accuracy)
+        control_trainer.train()
+        control = {"steps": steps, "minutes": (time.time() - t0) / 60,
+                   "test_accuracy": control_trainer.evaluate(data["test"], metric_key_prefix="test")["test_accuracy"]}
+        print(f"dense control (+{steps} steps, no pruning): test accuracy {control['test_accuracy']:.4f}", flush=True)
+
     # 3. size, FLOPs and latency
     comparison = compare_profiles(model_profile(dense, seq_len=128), model_profile(pruned, seq_len=128))
     print(format_comparison(comparison), flush=True)
@@ -263,6 +286,7 @@ def main(argv=None) -> dict:
             "final_sparsity": summary["final_sparsity"], "stop_reason": summary["stop_reason"],
             "decisions": summary["decisions"],
         },
+        "dense_control": control,
         "comparison": comparison,
         "latency": latency,
         "wall_minutes": (time.time() - started) / 60,
