@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import nn
 
-from .adapters import Group, HeadGroup
+from .adapters import HeadGroup
 from .modeling_adaprune import EmptyAttention, install_shared_bias
 from .masks import detach_masks, get_masks, structure_count
 

@@ -11,7 +11,7 @@ import transformers
 from hf_adaprune import UnsupportedModelError, attach_masks, compact, find_groups, supported_model_types
 from hf_adaprune.masks import structure_count
 
-from conftest import ENCODER_FAMILIES, text_batch, tiny_model
+from conftest import ENCODER_FAMILIES, tiny_model
 
 
 def test_every_listed_family_is_registered():
