@@ -68,7 +68,7 @@ from transformers import (
     TrainerCallback,
 )
 
-from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
+from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Seq2SeqPruningArguments
 from hf_adaprune.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.latency import format_latency
 
@@ -193,6 +193,10 @@ def marian_config(args, tokenizer) -> MarianConfig:
     )
 
 
+class OrderedSeq2SeqTrainer(DatasetOrderEvalMixin, Seq2SeqTrainer):
+    """The dense trainers: training batches grouped by length, predict() in dataset order (scored by position)."""
+
+
 class TimeBudget(TrainerCallback):
     """Stops training once ``minutes`` of wall-clock time have passed."""
 
@@ -311,7 +315,7 @@ def main(argv=None) -> dict:
     if args.dense_model:
         dense = MarianMTModel.from_pretrained(args.dense_model)
         dense_args = Seq2SeqTrainingArguments(output_dir=str(out / "dense_eval"), **common)
-        dense_trainer = Seq2SeqTrainer(model=dense, args=dense_args, data_collator=DataCollatorForSeq2Seq(
+        dense_trainer = OrderedSeq2SeqTrainer(model=dense, args=dense_args, data_collator=DataCollatorForSeq2Seq(
             tokenizer, model=dense), processing_class=tokenizer, compute_metrics=compute_metrics)
         dense_steps = None
     else:
@@ -321,10 +325,10 @@ def main(argv=None) -> dict:
         dense_args = Seq2SeqTrainingArguments(
             output_dir=str(out / "dense"), learning_rate=args.dense_lr, lr_scheduler_type="inverse_sqrt",
             warmup_steps=args.dense_warmup, max_steps=args.dense_max_steps, weight_decay=0.0, **common)
-        dense_trainer = Seq2SeqTrainer(model=dense, args=dense_args, train_dataset=train,
-                                       data_collator=DataCollatorForSeq2Seq(tokenizer, model=dense),
-                                       processing_class=tokenizer, compute_metrics=compute_metrics,
-                                       callbacks=[budget])
+        dense_trainer = OrderedSeq2SeqTrainer(model=dense, args=dense_args, train_dataset=train,
+                                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=dense),
+                                              processing_class=tokenizer, compute_metrics=compute_metrics,
+                                              callbacks=[budget])
         print(f"dense: {sum(p.numel() for p in dense.parameters()) / 1e6:.2f}M parameters; training for at most "
               f"{args.dense_minutes:g} min or {args.dense_max_steps} steps", flush=True)
         dense_trainer.train()
@@ -371,9 +375,9 @@ def main(argv=None) -> dict:
         control_model = copy.deepcopy(dense)
         control_args = Seq2SeqTrainingArguments(output_dir=str(out / "dense_control"), learning_rate=args.prune_lr,
                                                 max_steps=steps, warmup_steps=0, **prune_common)
-        control_trainer = Seq2SeqTrainer(model=control_model, args=control_args, train_dataset=train,
-                                         data_collator=DataCollatorForSeq2Seq(tokenizer, model=control_model),
-                                         processing_class=tokenizer, compute_metrics=compute_metrics)
+        control_trainer = OrderedSeq2SeqTrainer(model=control_model, args=control_args, train_dataset=train,
+                                                data_collator=DataCollatorForSeq2Seq(tokenizer, model=control_model),
+                                                processing_class=tokenizer, compute_metrics=compute_metrics)
         control_trainer.train()
         control = {"steps": steps, "test": translate_and_score(control_trainer, test, test_order, test_refs,
                                                                tokenizer), "minutes": (time.time() - t0) / 60}

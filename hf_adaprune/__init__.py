@@ -6,6 +6,7 @@ Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
 
 from .arguments import PruningArguments, Seq2SeqPruningArguments
 from .controller import AdaptiveController
+from .eval_order import DatasetOrderEvalMixin
 from .adapters import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
 from .flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
@@ -24,6 +25,7 @@ __all__ = [
     "PruningArguments",
     "Seq2SeqPruningArguments",
     "AutoPrunedModel",
+    "DatasetOrderEvalMixin",
     "MagnitudeImportance",
     "PruningMasks",
     "RandomImportance",

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .adapters import get_adapter
 from .arguments import PruningArguments, Seq2SeqPruningArguments
 from .controller import ROLLBACK, AdaptiveController
+from .eval_order import DatasetOrderEvalMixin
 from .flops import compare_profiles, model_profile, structure_costs
 from .hub import save_pruned
 from .importance import make_importance
@@ -60,8 +61,11 @@ class _PruningCallback(TrainerCallback):
         self.trainer._finish_pruning()
 
 
-class PruningTrainerMixin:
-    """Everything pruning adds to a Trainer; mixed into ``Trainer`` and ``Seq2SeqTrainer``."""
+class PruningTrainerMixin(DatasetOrderEvalMixin):
+    """Everything pruning adds to a Trainer; mixed into ``Trainer`` and ``Seq2SeqTrainer``.
+
+    Evaluation and ``predict()`` keep the dataset's order (:class:`DatasetOrderEvalMixin`).
+    """
 
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -168,6 +168,38 @@ def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
 
 
+def varied_length_dataset(n=96):
+    lengths = [3 + (7 * i) % 11 for i in range(n)]
+    ids = [[5 + (i + j) % 90 for j in range(length)] for i, length in enumerate(lengths)]
+    return datasets.Dataset.from_dict({"input_ids": ids, "labels": [i % 3 for i in range(n)]})
+
+
+def pad_batch(features):
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.zeros(len(features), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, f in enumerate(features):
+        ids[row, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        mask[row, :len(f["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
+
+
+def test_predict_keeps_dataset_order_with_length_grouped_training(tmp_path):
+    # transformers 5 samples evaluation length-grouped too; the pruning trainers read the dataset in order
+    data = varied_length_dataset()
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    trainer = AdaptivePruningTrainer(
+        model=model, args=make_args(tmp_path, train_sampling_strategy="group_by_length", per_device_eval_batch_size=8),
+        train_dataset=data, eval_dataset=data, data_collator=pad_batch)
+    output = trainer.predict(data)
+    assert output.label_ids.tolist() == data["labels"]
+    model.eval()
+    with torch.no_grad():
+        for i in (0, 1, 50):
+            alone = model(**{k: v for k, v in pad_batch([data[i]]).items() if k != "labels"}).logits[0]
+            torch.testing.assert_close(torch.as_tensor(output.predictions[i]), alone, atol=1e-5, rtol=1e-4)
+
+
 def test_processes_that_would_train_separately_fail_at_parse_time(tmp_path, monkeypatch):
     # A launcher started 2 processes, but this one is not part of a process group (world size 1):
     # it would prune its own replica, so the arguments refuse it.

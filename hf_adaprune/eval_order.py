@@ -1,0 +1,22 @@
+"""Evaluation and ``predict()`` in dataset order, also with ``train_sampling_strategy="group_by_length"``.
+
+transformers 5 uses its length-grouped sampler, which shuffles, for evaluation as well as
+for training. Metrics computed from the label ids gathered with the predictions do not
+notice; anything matched to the dataset by position does: raw reference texts scored
+against ``predict()`` output, saved predictions. Mix this in before the ``Trainer``
+class to keep training length-grouped and evaluation in order.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import SequentialSampler
+from transformers.trainer_utils import has_length
+
+
+class DatasetOrderEvalMixin:
+    """``evaluate()`` / ``predict()`` read the dataset front to back (sharded across processes in order)."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
