@@ -4,7 +4,7 @@ Pure bookkeeping, no model: the trainer asks :meth:`AdaptiveController.propose`
 for the next ratio, prunes to it, fine-tunes, evaluates and reports the metric to
 :meth:`AdaptiveController.decide`. Within tolerance of the reference the step is
 kept (and the step size grows by ``growth``); beyond it the step is rolled back
-and the step size halves. It stops when the target is reached, when the step
+and the next step is half the one just tried. It stops when the target is reached, when the step
 size falls below ``min_step``, or when the trainer says training ended.
 """
 
@@ -90,7 +90,8 @@ class AdaptiveController:
             if s.ratio >= self.target - 1e-9:
                 self.stop("target reached")
         else:
-            s.step /= 2
+            # half the step actually taken: a step cut short by the target is not retried at full length
+            s.step = min(s.step, tried - s.ratio) / 2
             if s.step < self.min_step - 1e-12:
                 self.stop("step below minimum")
         return decision

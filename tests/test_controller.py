@@ -36,6 +36,16 @@ def test_rollback_halves_step_and_retries_from_last_kept():
     assert c.state.step == pytest.approx(0.2)
 
 
+def test_rollback_of_a_step_cut_short_by_the_target_tries_a_smaller_ratio():
+    # kept 0.45 with a step of 0.45: the next step is cut to 0.05 by the target; rolled back, the next
+    # try lies halfway (0.475), not at the target again as half of the nominal step (0.225) would have it
+    c = AdaptiveController(target=0.5, initial_step=0.45, min_step=0.01, tolerance=0.01, growth=1.0)
+    tried, decisions = run(c, 0.90, [0.90, 0.80])
+    assert tried == pytest.approx([0.45, 0.5, 0.475])
+    assert decisions == ["keep", "rollback"]
+    assert c.state.step == pytest.approx(0.025)
+
+
 def test_stops_when_step_below_minimum():
     c = AdaptiveController(target=0.9, initial_step=0.2, min_step=0.05, tolerance=0.0)
     tried, decisions = run(c, 1.0, [0.5, 0.5, 0.5, 0.5])
