@@ -1,0 +1,56 @@
+"""benchmarks/generate_latency.py: dense and pruned generate exactly the same number of tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import torch
+from conftest import ROOT
+from transformers import MarianConfig, MarianMTModel
+
+from hf_adaprune import attach_masks, compact, save_pruned
+
+SENTENCES = ["a dog runs on the grass", "two men play music", "a girl in a red coat", "people walk in the snow",
+             "a man rides a bike down a hill", "children play football"]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dense_and_pruned_generate_the_same_length(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    from train_prune_marian_multi30k import train_tokenizer
+
+    tokenizer = train_tokenizer(SENTENCES * 4, vocab_size=120, max_length=32)
+    config = MarianConfig(vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=16, encoder_layers=1,
+                          decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
+                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = MarianMTModel(config).eval()
+    model.save_pretrained(tmp_path / "dense")
+    tokenizer.save_pretrained(tmp_path / "dense")
+    masks = attach_masks(model)
+    for name, mask in masks.masks.items():  # the first half of every group's heads and neurons goes
+        keep = torch.ones_like(mask)
+        keep[: mask.numel() // 2] = 0
+        masks.set(name, keep)
+    compact(model)
+    save_pruned(model, tmp_path / "pruned", tokenizer=tokenizer)
+    source = tmp_path / "source.txt"
+    source.write_text("\n".join(SENTENCES) + "\n")
+
+    results = load_script("generate_latency").main([
+        "--dense", str(tmp_path / "dense"), "--pruned", str(tmp_path / "pruned"), "--source_file", str(source),
+        "--batch_sizes", "1", "4", "--new_tokens", "7", "--repeats", "1", "1", "--output", str(tmp_path / "lat.json")])
+    for batch in ("1", "4"):
+        lengths = results["batches"][batch]["output_length"]
+        assert lengths["dense"] == lengths["pruned"] == 8  # decoder start token + 7 new ones
+        assert results["batches"][batch]["batch_size"] == int(batch)
+    assert (tmp_path / "lat.json").exists()
