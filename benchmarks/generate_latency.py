@@ -16,7 +16,6 @@ repository root::
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -30,16 +29,7 @@ from hf_adaprune.latency import format_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
-import translation as recipe  # noqa: E402  (recipes/translation.py: GenerateModule, measure_generate_latency)
-
-
-def read_lines(path: str, limit: int) -> list[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line.strip() for line in f if line.strip()]
-    if not lines:
-        sys.exit(f"{path} has no non-empty lines")
-    return lines[:limit]
+import translation as recipe  # noqa: E402  (recipes/translation.py: reading files, timing generate)
 
 
 def main(argv=None) -> dict:
@@ -63,9 +53,11 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.dense)
     dense = AutoModelForSeq2SeqLM.from_pretrained(args.dense).eval()
     pruned = AutoPrunedModel.from_pretrained(args.pruned).eval()
-    sources = read_lines(args.source_file, max(args.batch_sizes + [1000]))
-    lengths = [len(ids) for ids in tokenizer(sources, max_length=args.max_source_length, truncation=True)["input_ids"]]
-    median_sentence = sources[sorted(range(len(sources)), key=lengths.__getitem__)[len(sources) // 2]]
+    sources = [line.strip() for line in recipe.read_lines(args.source_file) if line.strip()]
+    if not sources:
+        sys.exit(f"{args.source_file} has no non-empty lines")
+    sources = sources[:max(args.batch_sizes + [1000])]
+    median_sentence = recipe.median_length_sentence(sources, tokenizer, args.max_source_length)
     data_args = recipe.DataTrainingArguments(max_source_length=args.max_source_length, source_prefix=args.source_prefix)
     generate_kwargs = {"min_new_tokens": args.new_tokens, "max_new_tokens": args.new_tokens, "num_beams": 1,
                        "do_sample": False}

@@ -388,10 +388,9 @@ def main(argv=None) -> dict:
                                   model_profile(pruned, seq_len=args.seq_len))
     print(format_comparison(comparison), flush=True)
     sources = data[args.test_split][0]
-    lengths = [len(ids) for ids in tokenizer(sources, max_length=args.max_length, truncation=True)["input_ids"]]
-    median_index = sorted(range(len(sources)), key=lengths.__getitem__)[len(sources) // 2]
     latency = {}
-    settings = ((1, [sources[median_index]], 20, 3), (32, sources[:32], 5, 1))
+    median_sentence = recipe.median_length_sentence(sources, tokenizer, args.max_length)
+    settings = ((1, [median_sentence], 20, 3), (32, sources[:32], 5, 1))
     data_args = recipe.DataTrainingArguments(max_source_length=args.max_length)
     generate_kwargs = {"max_length": args.max_length, "num_beams": args.num_beams}
     for batch, batch_sources, repeats, warmup in settings:

@@ -528,6 +528,12 @@ def format_results(results: dict) -> str:
     return format_table(rows, results["pruning"])
 
 
+def median_length_sentence(sentences: list[str], tokenizer, max_length: int) -> str:
+    """The sentence of median token length: a typical input for batch-1 latency."""
+    lengths = [len(ids) for ids in tokenizer(sentences, max_length=max_length, truncation=True)["input_ids"]]
+    return sentences[sorted(range(len(sentences)), key=lengths.__getitem__)[len(sentences) // 2]]
+
+
 def measure_generate_latency(dense, pruned, tokenizer, sentences: list[str], data_args, generate_kwargs: dict,
                              repeats: int, warmup: int = 2) -> dict:
     """Median ``generate`` time of ``dense`` and ``pruned`` on ``sentences`` (one batch), timed alternately."""
