@@ -83,17 +83,17 @@ class PruningArguments(TrainingArguments):
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
 
     def __post_init__(self):
-        if launched_processes() > 1 and not self.use_cpu and not has_accelerator():
+        processes = launched_processes()
+        if processes > 1 and not self.use_cpu and not has_accelerator():
             # Without this, transformers runs every process as a separate single-process job on a
             # machine without GPUs: each rank would train and prune its own replica.
-            logger.info("%d processes launched on a machine without an accelerator: using the CPU (gloo)",
-                        launched_processes())
+            logger.info("%d processes launched on a machine without an accelerator: using the CPU (gloo)", processes)
             self.use_cpu = True
         super().__post_init__()
         validate_pruning_arguments(self)
-        if launched_processes() > 1 and self.world_size != launched_processes():
+        if processes > 1 and self.world_size != processes:
             raise ValueError(
-                f"{launched_processes()} processes were launched but the Trainer sees a world size of "
+                f"{processes} processes were launched but the Trainer sees a world size of "
                 f"{self.world_size}: every process would train and prune its own copy of the model. "
                 "Check the device and --ddp_backend settings (on CPU: --use_cpu, --ddp_backend gloo).")
 

@@ -4,8 +4,8 @@ Pure bookkeeping, no model: the trainer asks :meth:`AdaptiveController.propose`
 for the next ratio, prunes to it, fine-tunes, evaluates and reports the metric to
 :meth:`AdaptiveController.decide`. Within tolerance of the reference the step is
 kept (and the step size grows by ``growth``); beyond it the step is rolled back
-and the next step is half the one just tried. It stops when the target is reached, when the step
-size falls below ``min_step``, or when the trainer says training ended.
+and the next step is half the one just tried. It stops when the target is reached,
+when the step size falls below ``min_step``, or when the trainer says training ended.
 """
 
 from __future__ import annotations
