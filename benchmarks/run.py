@@ -570,6 +570,25 @@ def report(r: dict) -> str:
     return "\n".join(line for part in parts for line in part(r))
 
 
+SECTIONS = ("quality", "latency", "overhead", "controller")
+
+
+def load_results(out: Path) -> dict:
+    missing = [name for name in ("run", *SECTIONS) if not (out / f"{name}.json").exists()]
+    if missing:
+        sys.exit(f"{out} has no {', '.join(n + '.json' for n in missing)}: run the benchmark first")
+    results = json.loads((out / "run.json").read_text())
+    return results | {name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS}
+
+
+def write_report(out: Path, results: dict) -> None:
+    mode = results["budget"]["mode"]
+    plot_quality(results["quality"]["runs"], results["controller"]["adaptive"],
+                 results["quality"]["dense_test_accuracy"], results["data"]["test"], mode, out / "quality.png")
+    plot_controller(results["controller"], mode, out / "controller.png")
+    (out / "report.md").write_text(report(results))
+
+
 # -- main -------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -652,25 +671,6 @@ def main(argv=None) -> dict:
     write_report(out, results)
     log(f"wrote {out / 'report.md'} ({results['wall_minutes']:.1f} min)")
     return results
-
-
-SECTIONS = ("quality", "latency", "overhead", "controller")
-
-
-def load_results(out: Path) -> dict:
-    missing = [name for name in ("run", *SECTIONS) if not (out / f"{name}.json").exists()]
-    if missing:
-        sys.exit(f"{out} has no {', '.join(n + '.json' for n in missing)}: run the benchmark first")
-    results = json.loads((out / "run.json").read_text())
-    return results | {name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS}
-
-
-def write_report(out: Path, results: dict) -> None:
-    mode = results["budget"]["mode"]
-    plot_quality(results["quality"]["runs"], results["controller"]["adaptive"],
-                 results["quality"]["dense_test_accuracy"], results["data"]["test"], mode, out / "quality.png")
-    plot_controller(results["controller"], mode, out / "controller.png")
-    (out / "report.md").write_text(report(results))
 
 
 if __name__ == "__main__":
