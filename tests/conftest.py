@@ -60,14 +60,18 @@ def one_thread_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def load_recipe(name: str):
-    """``recipes/NAME.py`` loaded from its path as module ``recipe_NAME`` (the recipes are scripts, not a package)."""
-    path = ROOT / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+def load_script(folder: str, name: str):
+    """``FOLDER/NAME.py`` loaded from its path as module ``FOLDER_NAME`` (recipes and benchmarks are scripts,
+    not packages)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def load_recipe(name: str):
+    return load_script("recipes", name)
 
 
 @pytest.fixture(params=ENCODER_FAMILIES)

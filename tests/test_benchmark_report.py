@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 RESULTS = ROOT / "benchmarks" / "results" / "quick"
 
 
 def load_benchmark():
     sys.path.insert(0, str(ROOT / "benchmarks"))  # run.py imports its neighbour training_overhead.py
-    spec = importlib.util.spec_from_file_location("benchmarks_run", ROOT / "benchmarks" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "run")
 
 
 def test_report_only_rebuilds_the_report_from_json(tmp_path):

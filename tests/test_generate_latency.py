@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import torch
-from conftest import ROOT
+from conftest import ROOT, load_script
 from transformers import MarianConfig, MarianMTModel
 
 from hf_adaprune import attach_masks, compact, save_pruned
 
 SENTENCES = ["a dog runs on the grass", "two men play music", "a girl in a red coat", "people walk in the snow",
              "a man rides a bike down a hill", "children play football"]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_dense_and_pruned_generate_the_same_length(tmp_path):
@@ -46,7 +37,7 @@ def test_dense_and_pruned_generate_the_same_length(tmp_path):
     source = tmp_path / "source.txt"
     source.write_text("\n".join(SENTENCES) + "\n")
 
-    results = load_script("generate_latency").main([
+    results = load_script("benchmarks", "generate_latency").main([
         "--dense", str(tmp_path / "dense"), "--pruned", str(tmp_path / "pruned"), "--source_file", str(source),
         "--batch_sizes", "1", "4", "--new_tokens", "7", "--repeats", "1", "1", "--output", str(tmp_path / "lat.json")])
     for batch in ("1", "4"):
