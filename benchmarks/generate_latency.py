@@ -25,7 +25,7 @@ import transformers
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from hf_adaprune import AutoPrunedModel
-from hf_adaprune.latency import format_latency
+from hf_adaprune.reporting.latency import format_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

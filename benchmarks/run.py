@@ -61,9 +61,9 @@ from hf_adaprune import (
     model_profile,
     select_masks_by_kind,
 )
-from hf_adaprune.flops import example_inputs, structure_costs
-from hf_adaprune.latency import compare_latency
-from hf_adaprune.report import write_json
+from hf_adaprune.reporting.flops import example_inputs, structure_costs
+from hf_adaprune.reporting.latency import compare_latency
+from hf_adaprune.reporting.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

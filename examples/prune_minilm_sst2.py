@@ -52,8 +52,8 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
-from hf_adaprune.flops import compare_profiles, example_inputs, format_comparison, model_profile
-from hf_adaprune.latency import compare_latency, format_latency
+from hf_adaprune.reporting.flops import compare_profiles, example_inputs, format_comparison, model_profile
+from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

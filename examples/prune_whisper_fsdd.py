@@ -69,8 +69,8 @@ from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
 )
 
 from hf_adaprune import AutoPrunedModel  # noqa: E402
-from hf_adaprune.flops import compare_profiles, format_comparison, model_profile  # noqa: E402
-from hf_adaprune.latency import compare_latency, format_latency  # noqa: E402
+from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile  # noqa: E402
+from hf_adaprune.reporting.latency import compare_latency, format_latency  # noqa: E402
 
 DIGIT_PROMPT = "zero, one, two, three, four, five, six, seven, eight, nine."
 NORMALIZATION = "lowercase,punctuation,digits"

@@ -69,8 +69,8 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Seq2SeqPruningArguments
-from hf_adaprune.flops import compare_profiles, format_comparison, model_profile
-from hf_adaprune.latency import format_latency
+from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile
+from hf_adaprune.reporting.latency import format_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "recipes") not in sys.path:

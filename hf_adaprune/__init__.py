@@ -4,17 +4,17 @@ Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
 :mod:`selection`) -> compaction (:mod:`surgery`) -> Hub-format save (:mod:`hub`).
 """
 
-from .arguments import PruningArguments, Seq2SeqPruningArguments
-from .controller import AdaptiveController
-from .eval_order import DatasetOrderEvalMixin
-from .adapters import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
-from .flops import compare_profiles, count_flops, format_comparison, model_profile
+from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
+from .engine.controller import AdaptiveController
+from .trainer.eval_order import DatasetOrderEvalMixin
+from .families import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
+from .reporting.flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
-from .importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance
-from .masks import PruningMasks, attach_masks, detach_masks, get_masks
-from .selection import select_masks, select_masks_by_kind
+from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance
+from .engine.masks import PruningMasks, attach_masks, detach_masks, get_masks
+from .engine.selection import select_masks, select_masks_by_kind
 from .surgery import compact, kept_structure
-from .trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
+from .trainer.trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
 
 __version__ = "0.1.0"
 

@@ -14,9 +14,9 @@ import warnings
 import torch
 from torch import nn
 
-from .adapters import HeadGroup
+from .families import HeadGroup
 from .modeling_adaprune import EmptyAttention, install_shared_bias
-from .masks import detach_masks, get_masks, structure_count
+from .engine.masks import detach_masks, get_masks, structure_count
 
 
 def _parent_and_name(root: nn.Module, path: str):
@@ -202,7 +202,7 @@ def compact(model: nn.Module) -> dict:
 
 def kept_structure(model: nn.Module) -> dict[str, dict]:
     """Per group: kind, original count and kept count (from the record, live masks or the shapes)."""
-    from .adapters import find_groups
+    from .families import find_groups
 
     record = getattr(model.config, "adaprune", None) or empty_record()
     result = {name: {"kind": g["kind"], "original": g["original"], "kept": len(g["kept"])}

@@ -94,7 +94,7 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, Seq2SeqPruningArguments
-from hf_adaprune.flops import model_profile
+from hf_adaprune.reporting.flops import model_profile
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -1054,7 +1054,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         pruning = pruning_record(summary)
     else:
-        from hf_adaprune.flops import compare_profiles
+        from hf_adaprune.reporting.flops import compare_profiles
 
         comparison = without_layers(compare_profiles(dense_profile, dense_profile))
         validation = {"metric": metric, "samples": len(decision_set), "dense_reference": None,

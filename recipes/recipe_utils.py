@@ -37,7 +37,7 @@ import transformers
 import yaml
 from transformers import TrainerCallback
 
-from hf_adaprune.report import write_json
+from hf_adaprune.reporting.report import write_json
 
 RESULTS_FILE = "results.json"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -315,7 +315,7 @@ def pruning_record(summary: dict) -> dict:
 
 
 def without_layers(comparison: dict | None) -> dict | None:
-    """A :func:`hf_adaprune.flops.compare_profiles` result without its per-layer rows (None stays None)."""
+    """A :func:`hf_adaprune.reporting.flops.compare_profiles` result without its per-layer rows (None stays None)."""
     return comparison and {k: v for k, v in comparison.items() if k != "layers"}
 
 

@@ -75,8 +75,8 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
-from hf_adaprune.flops import example_inputs
-from hf_adaprune.latency import compare_latency, format_latency
+from hf_adaprune.reporting.flops import example_inputs
+from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import classification_metrics
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils

@@ -75,7 +75,7 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
-from hf_adaprune.latency import compare_latency, format_latency
+from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.metrics import headline_value, load_metric
 from hf_adaprune.task_metrics import decode_ids, generation_metrics
 

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from hf_adaprune import UnsupportedModelError, attach_masks, compact, find_groups, supported_model_types
-from hf_adaprune.masks import structure_count
+from hf_adaprune.engine.masks import structure_count
 
 from conftest import ENCODER_FAMILIES, tiny_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hf_adaprune import attach_masks, compact, compare_profiles, count_flops, format_comparison, model_profile
-from hf_adaprune.flops import example_inputs
+from hf_adaprune.reporting.flops import example_inputs
 
 from conftest import tiny_model
 

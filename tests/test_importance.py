@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_adaprune import MagnitudeImportance, TaylorImportance, find_groups, make_importance
-from hf_adaprune.adapters import HeadGroup
+from hf_adaprune.families import HeadGroup
 
 from conftest import text_batch, tiny_model
 

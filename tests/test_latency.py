@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from hf_adaprune import attach_masks, compact
-from hf_adaprune.flops import example_inputs
-from hf_adaprune.latency import compare_latency, format_latency
+from hf_adaprune.reporting.flops import example_inputs
+from hf_adaprune.reporting.latency import compare_latency, format_latency
 
 from conftest import tiny_model
 

@@ -186,8 +186,8 @@ def test_config_file_values_are_typed_and_flags_override_them(tmp_path):
 
 
 def test_package_references():
-    path = recipe.resolve_package_path("package:hf_adaprune/flops.py", "--train_file")
-    assert Path(path) == ROOT / "hf_adaprune" / "flops.py"
+    path = recipe.resolve_package_path("package:hf_adaprune/reporting/flops.py", "--train_file")
+    assert Path(path) == ROOT / "hf_adaprune" / "reporting" / "flops.py"
     assert recipe.resolve_package_path("some/file.csv", "--train_file") == "some/file.csv"
     with pytest.raises(recipe.RecipeError, match=r"package 'no_such_package_xyz' is not installed \(pip install"):
         recipe.resolve_package_path("package:no_such_package_xyz/data.csv", "--train_file")

@@ -18,8 +18,8 @@ import transformers
 from test_importance import brute_force_taylor
 
 from hf_adaprune import AutoPrunedModel, TaylorImportance, attach_masks, compact, find_groups, get_masks, save_pruned
-from hf_adaprune.adapters import filter_groups
-from hf_adaprune.masks import PruningMasks, structure_count
+from hf_adaprune.families import filter_groups
+from hf_adaprune.engine.masks import PruningMasks, structure_count
 from hf_adaprune.modeling_adaprune import T5SharedBias
 
 from conftest import one_thread_env

@@ -21,7 +21,7 @@ import transformers
 from transformers import GenerationConfig, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, find_groups, get_adapter, save_pruned
-from hf_adaprune.masks import structure_count
+from hf_adaprune.engine.masks import structure_count
 from hf_adaprune.modeling_adaprune import EmptyAttention
 
 TOL = 1e-5

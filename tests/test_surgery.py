@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_adaprune import attach_masks, compact, find_groups, get_masks
-from hf_adaprune.masks import structure_count
+from hf_adaprune.engine.masks import structure_count
 
 from conftest import text_batch, tiny_model
 

@@ -12,7 +12,7 @@ import transformers
 from transformers import HfArgumentParser, Trainer
 
 from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, PruningArguments, get_masks
-from hf_adaprune.trainer import PRUNING_STATE_FILE
+from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE
 
 from conftest import tiny_model
 
@@ -203,7 +203,7 @@ def test_predict_keeps_dataset_order_with_length_grouped_training(tmp_path):
 def test_processes_that_would_train_separately_fail_at_parse_time(tmp_path, monkeypatch):
     # A launcher started 2 processes, but this one is not part of a process group (world size 1):
     # it would prune its own replica, so the arguments refuse it.
-    monkeypatch.setattr("hf_adaprune.arguments.launched_processes", lambda: 2)
+    monkeypatch.setattr("hf_adaprune.trainer.arguments.launched_processes", lambda: 2)
     with pytest.raises(ValueError, match="2 processes were launched but the Trainer sees a world size of 1"):
         make_args(tmp_path)
 

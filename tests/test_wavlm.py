@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from hf_adaprune import AutoPrunedModel, TaylorImportance, attach_masks, compact, find_groups, save_pruned
-from hf_adaprune.masks import structure_count
+from hf_adaprune.engine.masks import structure_count
 from hf_adaprune.modeling_adaprune import WavLMSharedBias
 
 from conftest import one_thread_env

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .adapters import Group
+from ..families import Group
 from .masks import structure_count
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from .importance import IMPORTANCE_CRITERIA
-from .selection import SCOPES
+from ..engine.importance import IMPORTANCE_CRITERIA
+from ..engine.selection import SCOPES
 
 STRUCTURES = ("heads", "ffn", "both")
 TARGET_TYPES = ("structures", "flops")

@@ -20,19 +20,19 @@ from torch.utils.data import Subset
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .adapters import get_adapter
+from ..families import get_adapter
 from .arguments import PruningArguments, Seq2SeqPruningArguments
-from .controller import ROLLBACK, AdaptiveController
+from ..engine.controller import ROLLBACK, AdaptiveController
 from .eval_order import DatasetOrderEvalMixin
-from .flops import compare_profiles, model_profile, structure_costs
-from .hub import save_pruned
-from .importance import make_importance
-from .masks import attach_masks, get_masks
-from .metrics import metric_greater_is_better
-from .report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from .selection import select_masks_by_kind
-from .surgery import compact, kept_structure
-from .task_metrics import classification_metrics, generation_metrics
+from ..reporting.flops import compare_profiles, model_profile, structure_costs
+from ..hub import save_pruned
+from ..engine.importance import make_importance
+from ..engine.masks import attach_masks, get_masks
+from ..metrics import metric_greater_is_better
+from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
+from ..engine.selection import select_masks_by_kind
+from ..surgery import compact, kept_structure
+from ..task_metrics import classification_metrics, generation_metrics
 
 logger = logging.getLogger(__name__)
 

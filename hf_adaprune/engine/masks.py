@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters import Group, HeadGroup, find_groups
-from .modeling_adaprune import SHARED_BIAS_WRAPPERS, install_shared_bias
+from ..families import Group, HeadGroup, find_groups
+from ..modeling_adaprune import SHARED_BIAS_WRAPPERS, install_shared_bias
 
 _ATTR = "_adaprune_masks"
 

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from .masks import get_masks, structure_count
-from .surgery import kept_structure
+from ..engine.masks import get_masks, structure_count
+from ..surgery import kept_structure
 
 _aten = torch.ops.aten
 
@@ -129,7 +129,7 @@ def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> 
     A model that still has masks is profiled as is (masks do not save FLOPs);
     compact it first to see the saving.
     """
-    from .adapters import find_groups
+    from ..families import find_groups
 
     inputs = example_inputs(model, seq_len, batch_size)
     total, per_module = count_flops(model, inputs)

@@ -1,0 +1,1 @@
+"""The pruning engine: scores (``importance``) -> masks (``masks``, ``selection``) -> the adaptive ratio (``controller``)."""

@@ -1,0 +1,1 @@
+"""Counting (``flops``), timing (``latency``) and writing up (``report``) what pruning did."""
