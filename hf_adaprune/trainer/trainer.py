@@ -74,9 +74,23 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self.dataset_name = dataset_name
         self._setup_pruning()
 
+    # -- the model being pruned ------------------------------------------------------------------
+    @property
+    def pruned_model(self):
+        """The transformers model whose heads and FFN neurons are pruned, masked, scored and compacted.
+
+        ``self.model`` here; a trainer whose ``self.model`` wraps a transformers model (a
+        ``SentenceTransformer``) returns the wrapped one.
+        """
+        return self.model
+
+    def _has_decision_data(self) -> bool:
+        """Whether pruning decisions have data to be measured on (a sentence-transformers evaluator counts)."""
+        return self.eval_dataset is not None
+
     # -- set-up ---------------------------------------------------------------------------------
     def _setup_pruning(self) -> None:
-        args, model = self.args, self.model
+        args, model = self.args, self.pruned_model
         get_adapter(model)  # unsupported families fail here, before any training
         max_positions = getattr(model.config, "max_position_embeddings", None)
         if getattr(model, "main_input_name", "input_ids") == "input_ids" and max_positions \
@@ -89,7 +103,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self.pruning_groups = [g for g in masks.groups.values() if g.kind in kinds and g.role in roles]
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
-        if self.eval_dataset is None:
+        if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
         if args.pruning_criterion == "taylor" and args.pruning_warmup_steps < 1:
             raise ValueError("Taylor importance needs gradients: set --pruning_warmup_steps >= 1")
@@ -137,12 +151,12 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         # .grad now holds the sum over this optimizer step's micro-batches (already averaged
         # across processes by DDP on the last one): score once per optimizer step, before clipping.
         if self.accelerator.sync_gradients and not self.controller.state.done:
-            self.importance.update(self.model, self.pruning_groups)
+            self.importance.update(self.pruned_model, self.pruning_groups)
         return loss
 
     def _reduced_scores(self) -> dict[str, torch.Tensor]:
         """Scores averaged over all processes, so that every rank selects the same structures."""
-        scores = self.importance.scores(self.model, self.pruning_groups)
+        scores = self.importance.scores(self.pruned_model, self.pruning_groups)
         missing = [g.name for g in self.pruning_groups if g.name not in scores]
         if missing:
             raise RuntimeError(f"no importance scores yet for {missing[:3]}...: did any gradient reach them?")
@@ -161,7 +175,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         """All ranks must hold the same masks; a mismatch would silently corrupt the model."""
         if self.accelerator.num_processes == 1:
             return
-        masks = get_masks(self.model)
+        masks = get_masks(self.pruned_model)
         flat = torch.cat([masks.masks[g.name].float().flatten() for g in self.pruning_groups]).to(self.args.device)
         weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
         checksum = torch.stack([(flat.double() * weights).sum(), flat.double().sum()]).unsqueeze(0)
@@ -191,7 +205,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         tried = c.state.pending
         metric = self._decision_metric()
         decision = c.decide(metric)
-        masks = get_masks(self.model)
+        masks = get_masks(self.pruned_model)
         if decision == ROLLBACK:
             masks.load_state_dict(self._accepted_masks)
         else:
@@ -204,7 +218,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
 
     def _apply_ratio(self, ratio: float, step: int) -> None:
         args = self.args
-        masks = get_masks(self.model)
+        masks = get_masks(self.pruned_model)
         scores = self._reduced_scores()
         masks.update(select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
@@ -227,7 +241,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         return float(metrics[self.metric_key])
 
     def _log_decision(self, event: str, step: int, ratio: float, metric: float) -> None:
-        masks = get_masks(self.model)
+        masks = get_masks(self.pruned_model)
         record = {
             "pruning/sparsity_tried": ratio,
             "pruning/sparsity_kept": self.controller.state.ratio,
@@ -246,12 +260,12 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
-            get_masks(self.model).load_state_dict(self._accepted_masks)
+            get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
-        if self.args.compact_at_end and get_masks(self.model) is not None:
-            compact(self.model)
+        if self.args.compact_at_end and get_masks(self.pruned_model) is not None:
+            compact(self.pruned_model)
             self.pruned_comparison = compare_profiles(
-                self.dense_profile, model_profile(self.model, seq_len=self.args.pruning_seq_len)
+                self.dense_profile, model_profile(self.pruned_model, seq_len=self.args.pruning_seq_len)
             )
         if self.args.should_save:
             self._write_report()
@@ -261,7 +275,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         history = self.controller.state.history
         metrics = [h for h in history if "metric" in h and h["event"] in ("reference", "keep")]
         return {
-            "base_model": getattr(self.model.config, "_name_or_path", None) or None,
+            "base_model": getattr(self.pruned_model.config, "_name_or_path", None) or None,
             "dataset": self.dataset_name,
             "model_name": os.path.basename(os.path.abspath(self.args.output_dir)),
             "criterion": self.args.pruning_criterion,
@@ -277,7 +291,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "final_sparsity": self.controller.state.ratio,
             "stop_reason": self.controller.state.stop_reason,
             "decisions": history,
-            "groups": kept_structure(self.model),
+            "groups": kept_structure(self.pruned_model),
             "comparison": self.pruned_comparison,
         }
 
@@ -291,7 +305,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
 
     def pruning_state_dict(self) -> dict:
         return {
-            "masks": get_masks(self.model).state_dict() if get_masks(self.model) is not None else None,
+            "masks": get_masks(self.pruned_model).state_dict() if get_masks(self.pruned_model) is not None else None,
             "accepted_masks": self._accepted_masks,
             "importance": self.importance.state_dict(),
             "controller": self.controller.state_dict(),
@@ -299,7 +313,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         }
 
     def load_pruning_state_dict(self, state: dict) -> None:
-        get_masks(self.model).load_state_dict(state["masks"])
+        get_masks(self.pruned_model).load_state_dict(state["masks"])
         self._accepted_masks = state["accepted_masks"]
         self.importance.load_state_dict(state["importance"])
         self.controller.load_state_dict(state["controller"])
@@ -311,7 +325,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             super()._save_checkpoint(model, trial)
         finally:
             self._saving_checkpoint = False
-        if self.args.should_save and get_masks(self.model) is not None:
+        if self.args.should_save and get_masks(self.pruned_model) is not None:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             tmp = os.path.join(folder, f".{PRUNING_STATE_FILE}.tmp")
             torch.save(self.pruning_state_dict(), tmp)

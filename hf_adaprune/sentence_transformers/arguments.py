@@ -1,0 +1,30 @@
+"""``SentenceTransformerPruningArguments``: ``SentenceTransformerTrainingArguments`` + :class:`PruningArguments`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sentence_transformers import SentenceTransformerTrainingArguments
+
+from ..trainer.arguments import PruningArguments
+
+EVALUATOR_METRIC = "evaluator"
+
+
+@dataclass
+class SentenceTransformerPruningArguments(SentenceTransformerTrainingArguments, PruningArguments):
+    """Every sentence-transformers training argument and every pruning argument.
+
+    ``pruning_metric`` defaults to ``"evaluator"``: the primary metric of the trainer's evaluator (the
+    teacher-agreement evaluator when none is given), in the direction the evaluator declares. Any other
+    key the evaluator returns (e.g. ``sts-dev_pearson_cosine``) or ``"loss"`` (needs an ``eval_dataset``)
+    can be named instead.
+    """
+
+    pruning_metric: str = field(
+        default=EVALUATOR_METRIC,
+        metadata={"help": "'evaluator' (the evaluator's primary metric), a key the evaluator returns, or 'loss'."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()

@@ -1,0 +1,59 @@
+"""Teacher agreement: how close a pruned model's embeddings stay to the dense model's, on any sentences.
+
+The steering metric when no sentence-transformers evaluator is given: it needs no labels, only text,
+and the dense embeddings are computed once, before any pruning.
+"""
+
+from __future__ import annotations
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+
+class TeacherAgreementEvaluator(SentenceEvaluator):
+    """Mean cosine similarity between the model's embeddings and fixed teacher embeddings of ``sentences``.
+
+    ``teacher_embeddings``: one row per sentence; or pass ``teacher`` (a model, typically the dense
+    model before pruning) to compute them now. Returns ``{name}_mean_cosine`` (primary, higher is
+    better) and ``{name}_min_cosine``.
+    """
+
+    def __init__(self, sentences: list[str], teacher_embeddings: torch.Tensor | None = None,
+                 teacher: SentenceTransformer | None = None, name: str = "teacher", batch_size: int = 64):
+        super().__init__()
+        if (teacher_embeddings is None) == (teacher is None):
+            raise ValueError("pass exactly one of teacher_embeddings and teacher")
+        self.sentences = list(sentences)
+        if not self.sentences:
+            raise ValueError("TeacherAgreementEvaluator needs at least one sentence")
+        self.name = name
+        self.batch_size = batch_size
+        if teacher is not None:
+            teacher_embeddings = encode(teacher, self.sentences, batch_size)
+        if len(teacher_embeddings) != len(self.sentences):
+            raise ValueError(f"{len(teacher_embeddings)} teacher embeddings for {len(self.sentences)} sentences")
+        self.teacher_embeddings = torch.as_tensor(teacher_embeddings).float().cpu()
+        self.greater_is_better = True
+        self.primary_metric = "mean_cosine"
+
+    def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        embeddings = encode(model, self.sentences, self.batch_size)
+        cosine = torch.nn.functional.cosine_similarity(embeddings, self.teacher_embeddings, dim=-1)
+        metrics = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min())}
+        metrics = self.prefix_name_to_metrics(metrics, self.name)
+        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        return metrics
+
+    def get_config_dict(self) -> dict:
+        return {"sentences": len(self.sentences)}
+
+
+def encode(model: SentenceTransformer, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Embeddings of ``sentences`` as a float32 CPU tensor, in eval mode (no dropout), training mode restored."""
+    was_training = model.training
+    try:
+        embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    finally:
+        model.train(was_training)
+    return embeddings.float().cpu()

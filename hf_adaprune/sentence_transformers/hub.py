@@ -1,0 +1,106 @@
+"""Save a pruned ``SentenceTransformer`` as a complete sentence-transformers folder, and load it back.
+
+The folder is what ``SentenceTransformer.save`` writes (``modules.json``, ``sentence_bert_config.json``,
+``config_sentence_transformers.json`` with the prompts and similarity function, ``1_Pooling/``,
+``2_Normalize/``, ...) with the transformer module's ``config.json`` carrying the pruned layout and an
+``auto_map`` to the shipped ``modeling_adaprune.py``: stock sentence-transformers loads it with
+``trust_remote_code=True``, :func:`load_pruned_sentence_transformer` without remote code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Transformer
+from transformers import AutoModel
+
+from ..hub.load import AutoPrunedModel
+from ..hub.save import REMOTE_CODE_FILE, auto_classes_for, pruned_class_name, remote_code_source
+from ..reporting.report import model_card
+from ..surgery import compact
+from .modules import transformer_module
+
+# How modules.json names the Transformer module (older and newer sentence-transformers releases).
+TRANSFORMER_TYPES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.sentence_transformer.modules.Transformer",
+    "sentence_transformers.base.modules.transformer.Transformer",
+    "sentence_transformers.models.Transformer.Transformer",
+)
+
+
+def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.PathLike,
+                                     card: str | None = None) -> Path:
+    """Compact the transformer module (if it still has masks) and save ``model`` as a sentence-transformers folder.
+
+    ``card``: the README.md to write (default: the one sentence-transformers generates).
+    """
+    transformer = transformer_module(model)
+    inner = transformer.auto_model
+    compact(inner)
+    auto = auto_classes_for(inner)
+    inner.config.auto_map = {k: f"modeling_adaprune.{pruned_class_name(v)}" for k, v in auto.items()}
+    path = Path(path)
+    model.save(str(path), create_model_card=card is None)
+    (path / REMOTE_CODE_FILE).write_text(remote_code_source(set(auto.values())))
+    if card is not None:
+        (path / "README.md").write_text(card)
+    return path
+
+
+class _PrunedTransformer(Transformer):
+    """Loads the transformers model with hf_adaprune's own pruned classes instead of the shipped remote code."""
+
+    def _load_model(self, model_name_or_path, transformer_task, config, backend, is_peft_model, **model_kwargs):
+        if backend != "torch" or transformer_task != "feature-extraction":
+            raise ValueError(f"pruned sentence-transformers folders load with the torch backend for "
+                             f"feature-extraction; got backend={backend!r}, transformer_task={transformer_task!r}")
+        model_kwargs.pop("trust_remote_code", None)
+        return AutoPrunedModel.from_pretrained(model_name_or_path, auto_class=AutoModel, config=config, **model_kwargs)
+
+
+def load_pruned_sentence_transformer(path: str | os.PathLike, **kwargs) -> SentenceTransformer:
+    """The saved folder as a ``SentenceTransformer``, built by hf_adaprune's classes (no ``trust_remote_code``).
+
+    ``kwargs`` go to ``SentenceTransformer`` (``device``, ``truncate_dim``, ...).
+    """
+    model = SentenceTransformer._load_with_module_classes(
+        str(path), {name: _PrunedTransformer for name in TRANSFORMER_TYPES}, **kwargs)
+    first = model[0]
+    if type(first) is not _PrunedTransformer:
+        raise ValueError(f"{path}: the first module is {type(first).__name__}, not a pruned transformer module")
+    # Only the loading differs: as a plain Transformer it saves (modules.json) like any other.
+    first.__class__ = Transformer
+    return model
+
+
+def sentence_transformer_card(summary: dict) -> str:
+    """hf_adaprune's model card of the run, with sentence-transformers front matter and usage."""
+    card = model_card(summary)
+    card = card.replace("library_name: transformers\n",
+                        "library_name: sentence-transformers\npipeline_tag: sentence-similarity\n", 1)
+    card = card.replace("tags:\n", "tags:\n- sentence-transformers\n- sentence-similarity\n", 1)
+    loading = card.index("## Loading")
+    return card[:loading] + "\n".join([
+        "## Usage (sentence-transformers)",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        "model = SentenceTransformer(path, trust_remote_code=True)  # modeling_adaprune.py rebuilds the pruned shapes",
+        'embeddings = model.encode(["This is an example sentence", "Each sentence is converted"])',
+        "similarities = model.similarity(embeddings, embeddings)",
+        "```",
+        "",
+        "With `hf_adaprune` installed, no remote code is needed:",
+        "",
+        "```python",
+        "from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer",
+        "model = load_pruned_sentence_transformer(path)",
+        "```",
+        "",
+        "The transformer alone: `transformers.AutoModel.from_pretrained(path, trust_remote_code=True)`.",
+        "",
+    ])
