@@ -35,7 +35,7 @@ class TeacherAgreementEvaluator(SentenceEvaluator):
             raise ValueError(f"{len(teacher_embeddings)} teacher embeddings for {len(self.sentences)} sentences")
         self.teacher_embeddings = torch.as_tensor(teacher_embeddings).float().cpu()
         self.greater_is_better = True
-        self.primary_metric = "mean_cosine"
+        self.primary_metric = f"{name}_mean_cosine" if name else "mean_cosine"
 
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         embeddings = encode(model, self.sentences, self.batch_size)
@@ -56,4 +56,4 @@ def encode(model: SentenceTransformer, sentences: list[str], batch_size: int = 6
         embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
     finally:
         model.train(was_training)
-    return embeddings.float().cpu()
+    return embeddings.float().cpu().clone()  # a clone is a normal tensor, usable in autograd (encode's is not)

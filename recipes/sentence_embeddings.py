@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Prune a sentence-embedding model (sentence-transformers in, a sentence-transformers folder out).
+
+Two objectives:
+
+- ``--objective cosent``: ``CoSENTLoss`` on the scored pairs of STS Benchmark ``sts-train.csv``;
+- ``--objective distillation``: label-free, the model distils its own dense embeddings (MSE + cosine)
+  on unlabeled sentences (``--sentence_files``: .tsv with a ``sentence`` column, or plain text, one
+  sentence a line, optionally .gz).
+
+Pruning is steered by Spearman (cosine) on the first ``--max_dev_pairs`` pairs of ``sts-dev.csv``
+(``--steer sts``) or, without labels, by agreement with the dense embeddings of the first
+``--max_dev_pairs`` dev sentence pairs (``--steer teacher``); ``sts-test.csv`` only reports. With
+``--layer_drop_baseline`` the run also trains sentence-transformers' usual route to a smaller model: a
+copy of the dense model keeping the layers ``--keep_layers`` (3 of 6: 50% of the layer FLOPs), distilled
+to the dense embeddings with the same loss, steps, batch size and learning rate on the same sentences.
+
+Reported (``results.json``, printed table): STS-B test Spearman (cosine), and on the ``--max_dev_pairs``
+dev pairs, of the dense, pruned and layer-dropped models; parameters; FLOPs of the encoder layers at ``--pruning_seq_len`` tokens;
+encode throughput (sentences/s at batch 1 and ``--throughput_batch``, real test sentences, tokenized
+once; the models are timed alternately in one process).
+
+    python recipes/sentence_embeddings.py recipes/configs/sts_minilm.yaml
+    python recipes/sentence_embeddings.py recipes/configs/sts_minilm_distillation.yaml --max_steps 20
+
+Imports from ``recipe_utils``: ``expand_config_file`` (a YAML/JSON config file as flags),
+``resolve_package_path`` (``package:NAME/path`` values) and ``run_cli``; everything else is here.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import gzip
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+from transformers import HfArgumentParser
+
+from hf_adaprune.reporting.flops import model_profile
+from hf_adaprune.reporting.latency import compare_latency
+from hf_adaprune.sentence_transformers import (
+    AdaptivePruningSentenceTransformerTrainer,
+    SentenceTransformerPruningArguments,
+    TeacherAgreementEvaluator,
+    embedding_distillation_loss,
+    with_teacher_embeddings,
+)
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_utils import RecipeError, expand_config_file, resolve_package_path, run_cli  # noqa: E402
+
+logger = logging.getLogger(__name__)
+OBJECTIVES = ("cosent", "distillation")
+STEERS = ("sts", "teacher")
+
+
+@dataclass
+class SentenceEmbeddingArguments:
+    model_name_or_path: str = field(metadata={"help": "A sentence-transformers folder (or package:NAME/path)."})
+    stsb_dir: str = field(default="../shared/data/stsb", metadata={"help": "Folder with sts-{train,dev,test}.csv."})
+    objective: str = field(default="cosent", metadata={"help": "cosent (STS-B train pairs) or distillation."})
+    sentence_files: list[str] = field(default_factory=list,
+                                      metadata={"help": "Unlabeled sentences for --objective distillation."})
+    distillation_distance: str = field(default="mse+cosine", metadata={"help": "mse, cosine or mse+cosine."})
+    steer: str = field(default="sts", metadata={"help": "sts: dev Spearman; teacher: agreement with the dense model."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Training pairs / sentences used."})
+    max_dev_pairs: int | None = field(default=500, metadata={"help": "Dev pairs that steer pruning."})
+    max_seq_length: int = field(default=128)
+    layer_drop_baseline: bool = field(default=False, metadata={"help": "Also train the layer-dropped model."})
+    keep_layers: str = field(default="0,2,4", metadata={"help": "Layers the layer-dropped model keeps."})
+    throughput_batch: int = field(default=64)
+    throughput_repeats: int = field(default=10)
+
+
+def read_sts(path: str, limit: int | None = None) -> Dataset:
+    """STS Benchmark file: tab-separated, no header, no quoting; score in column 5, sentences in 6 and 7."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"{path} not found (--stsb_dir; relative paths start at {os.getcwd()})")
+    rows = {"sentence1": [], "sentence2": [], "score": []}
+    with open(path, encoding="utf-8") as f:
+        for parts in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            rows["sentence1"].append(parts[5])
+            rows["sentence2"].append(parts[6])
+            rows["score"].append(float(parts[4]) / 5.0)
+            if limit and len(rows["score"]) >= limit:
+                break
+    return Dataset.from_dict(rows)
+
+
+def read_sentences(paths: list[str], limit: int | None) -> list[str]:
+    """Unique non-empty sentences, an equal share of ``limit`` from each file in its order.
+
+    A .tsv file is read by its ``sentence`` column, anything else one sentence a line (.gz too).
+    """
+    share = -(-limit // len(paths)) if limit else None
+    sentences: dict[str, None] = {}
+    for path in paths:
+        path = resolve_package_path(path, "--sentence_files")
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            if ".tsv" in path:
+                lines = (row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            else:
+                lines = f
+            taken = 0
+            for line in lines:
+                if line.strip() and line.strip() not in sentences:
+                    sentences[line.strip()] = None
+                    taken += 1
+                    if share and taken >= share:
+                        break
+    out = list(sentences)
+    return out[:limit] if limit else out
+
+
+def sts_evaluator(pairs: Dataset, name: str) -> EmbeddingSimilarityEvaluator:
+    return EmbeddingSimilarityEvaluator(pairs["sentence1"], pairs["sentence2"], pairs["score"],
+                                        main_similarity="cosine", similarity_fn_names=["cosine"], name=name)
+
+
+def spearman(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvaluator) -> float:
+    return float(evaluator(model)[evaluator.primary_metric])
+
+
+def layer_dropped(model: SentenceTransformer, keep: list[int]) -> SentenceTransformer:
+    """A copy of ``model`` keeping only the encoder layers ``keep`` (sentence-transformers' distillation example)."""
+    student = copy.deepcopy(model)
+    inner = student[0].auto_model
+    inner.encoder.layer = torch.nn.ModuleList([inner.encoder.layer[i] for i in keep])
+    inner.config.num_hidden_layers = len(keep)
+    return student
+
+
+def throughput(models: dict[str, SentenceTransformer], sentences: list[str], batch: int, repeats: int) -> dict:
+    """Sentences/s of each model's forward on one tokenized batch (tokenization excluded), timed alternately."""
+    features = next(iter(models.values())).tokenize(sentences[:batch])
+    timings = compare_latency(models, {"input": features}, repeats=repeats, warmup=2)
+    return {name: {"sentences_per_s": batch / t["median_s"], "median_ms": 1000 * t["median_s"],
+                   "speedup": t["speedup"]} for name, t in timings.items()}
+
+
+def profile(model: SentenceTransformer, seq_len: int) -> dict:
+    p = model_profile(model[0].auto_model, seq_len=seq_len)
+    return {"params": p["params"], "layer_flops": p["layer_flops"], "flops": p["flops"]}
+
+
+def training_data(opts):
+    """(train dataset, its sentences) of the objective: STS-B train pairs, or unlabeled sentences."""
+    if opts.objective == "cosent":
+        train = read_sts(os.path.join(opts.stsb_dir, "sts-train.csv"), opts.max_train_samples)
+        return train, list(dict.fromkeys(list(train["sentence1"]) + list(train["sentence2"])))
+    if not opts.sentence_files:
+        raise RecipeError("--objective distillation needs --sentence_files (unlabeled sentences)")
+    sentences = read_sentences(opts.sentence_files, opts.max_train_samples)
+    return Dataset.from_dict({"sentence": sentences}), sentences
+
+
+def main(argv=None):
+    parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
+    opts, args = parser.parse_args_into_dataclasses(args=expand_config_file(argv))
+    if opts.objective not in OBJECTIVES or opts.steer not in STEERS:
+        raise RecipeError(f"--objective must be one of {OBJECTIVES}, --steer one of {STEERS}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(args.seed)
+    path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
+    model = SentenceTransformer(path, device="cpu" if args.use_cpu else None)
+    model.max_seq_length = opts.max_seq_length
+    dense = copy.deepcopy(model).eval()
+    dev = read_sts(os.path.join(opts.stsb_dir, "sts-dev.csv"))
+    test = read_sts(os.path.join(opts.stsb_dir, "sts-test.csv"))
+    steer_pairs = dev.select(range(min(len(dev), opts.max_dev_pairs or len(dev))))
+    dev_eval, test_eval = sts_evaluator(steer_pairs, "sts-dev"), sts_evaluator(test, "sts-test")
+    if opts.steer == "sts":
+        evaluator = sts_evaluator(steer_pairs, "sts-dev-steer")
+    else:
+        steer_sentences = list(dict.fromkeys(list(steer_pairs["sentence1"]) + list(steer_pairs["sentence2"])))
+        evaluator = TeacherAgreementEvaluator(steer_sentences, teacher=dense, batch_size=args.per_device_eval_batch_size)
+    train, train_sentences = training_data(opts)
+    loss = CoSENTLoss(model) if opts.objective == "cosent" else embedding_distillation_loss(model, opts.distillation_distance)
+    if opts.objective == "distillation":
+        train = with_teacher_embeddings(train, dense, args.per_device_eval_batch_size)
+
+    results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
+                         **profile(dense, args.pruning_seq_len)}}
+    logger.info("dense: %s", results["dense"])
+    trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                                                         evaluator=evaluator)
+    trainer.train()
+    trainer.save_model()
+    pruned = trainer.model.eval()
+    results["pruned"] = {"sts_test": spearman(pruned, test_eval), "sts_dev": spearman(pruned, dev_eval),
+                         **profile(pruned, args.pruning_seq_len)}
+    summary = trainer.pruning_summary()
+    results["pruning"] = {k: summary[k] for k in ("metric_name", "metric_before", "metric_after", "final_sparsity",
+                                                  "stop_reason", "decisions")}
+    models = {"dense": dense, "pruned": pruned}
+
+    if opts.layer_drop_baseline:
+        keep = [int(i) for i in opts.keep_layers.split(",")]
+        student = layer_dropped(dense, keep)
+        student.max_seq_length = opts.max_seq_length
+        # the sentences the budget reaches (max_steps batches), shuffled like the pruning run's data
+        needed = min(len(train_sentences), args.max_steps * args.per_device_train_batch_size)
+        distil = Dataset.from_dict({"sentence": train_sentences}).shuffle(seed=args.seed).select(range(needed))
+        distil = with_teacher_embeddings(distil, dense, args.per_device_eval_batch_size)
+        base_args = SentenceTransformerTrainingArguments(
+            output_dir=os.path.join(args.output_dir, "layer_drop"), max_steps=args.max_steps,
+            per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
+            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, seed=args.seed, use_cpu=args.use_cpu,
+            save_strategy="no", report_to="none", logging_steps=args.logging_steps)
+        SentenceTransformerTrainer(model=student, args=base_args, train_dataset=distil,
+                                   loss=embedding_distillation_loss(student, opts.distillation_distance)).train()
+        student.eval().save(os.path.join(args.output_dir, "layer_drop"))
+        results["layer_drop"] = {"kept_layers": keep, "sts_test": spearman(student, test_eval),
+                                 "sts_dev": spearman(student, dev_eval), **profile(student, args.pruning_seq_len)}
+        models["layer_drop"] = student
+
+    test_sentences = list(dict.fromkeys(list(test["sentence1"]) + list(test["sentence2"])))
+    results["throughput"] = {
+        "batch_1": throughput(models, test_sentences[:1], 1, opts.throughput_repeats * 5),
+        f"batch_{opts.throughput_batch}": throughput(models, test_sentences, opts.throughput_batch,
+                                                     opts.throughput_repeats),
+        "threads": torch.get_num_threads(),
+    }
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    print(format_results(results, opts.throughput_batch))
+    return results
+
+
+def format_results(results: dict, batch: int) -> str:
+    names = [n for n in ("dense", "pruned", "layer_drop") if n in results]
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    dense = results["dense"]
+    rows = [("STS-B test Spearman (cosine)", "sts_test", lambda v: f"{100 * v:.2f}"),
+            ("STS-B dev Spearman (cosine), steering pairs", "sts_dev", lambda v: f"{100 * v:.2f}"),
+            ("parameters", "params", lambda v: f"{v / 1e6:.2f}M"),
+            ("encoder layer FLOPs", "layer_flops", lambda v: f"{v / 1e9:.2f}G ({100 * (1 - v / dense['layer_flops']):.1f}% removed)")]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(results[n][key]) for n in names) + " |")
+    for batch_key in ("batch_1", f"batch_{batch}"):
+        t = results["throughput"][batch_key]
+        lines.append(f"| encode sentences/s, {batch_key.replace('_', ' ')} | " + " | ".join(
+            f"{t[n]['sentences_per_s']:.1f} ({t[n]['speedup']:.2f}x)" for n in names) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,253 @@
+"""Pruning SentenceTransformer models: trainer, label-free distillation, steering, complete ST folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("sentence_transformers")
+from datasets import Dataset  # noqa: E402
+from sentence_transformers import SentenceTransformer  # noqa: E402
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator  # noqa: E402
+from sentence_transformers.sentence_transformer.losses import CoSENTLoss  # noqa: E402
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer  # noqa: E402
+from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+
+from hf_adaprune import AutoPrunedModel, UnsupportedModelError, get_masks  # noqa: E402
+from hf_adaprune.sentence_transformers import (  # noqa: E402
+    AdaptivePruningSentenceTransformerTrainer,
+    SentenceTransformerPruningArguments,
+    TeacherAgreementEvaluator,
+    embedding_distillation_loss,
+    load_pruned_sentence_transformer,
+    transformer_module,
+)
+
+WORDS = ("the a cat dog sat on mat ran fast slow red blue green big small man woman child plays reads sings "
+         "house tree car road river walks jumps sleeps eats").split()
+WORKER = os.path.join(os.path.dirname(__file__), "sentence_transformers_worker.py")
+
+
+def save_tiny_encoder(folder, model_class=BertModel, config_class=BertConfig, seed=0) -> str:
+    """A tiny transformers encoder with a WordPiece tokenizer over WORDS, saved to ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab_file = os.path.join(folder, "vocab.txt")
+    with open(vocab_file, "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    torch.manual_seed(seed)
+    config = config_class(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=64)
+    model_class(config).save_pretrained(folder)
+    BertTokenizerFast(vocab_file=vocab_file).save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_sentence_transformer(folder) -> SentenceTransformer:
+    """Tiny BERT + mean Pooling + Normalize, like all-MiniLM-L6-v2's three modules."""
+    transformer = Transformer(folder, max_seq_length=32)
+    return SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"),
+                                        Normalize()], device="cpu")
+
+
+def sentences(n, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 10))) for _ in range(n)]
+
+
+def make_args(output_dir, **overrides):
+    values = dict(output_dir=str(output_dir), max_steps=12, per_device_train_batch_size=8,
+                  per_device_eval_batch_size=16, learning_rate=1e-3, pruning_warmup_steps=2, pruning_interval=3,
+                  pruning_initial_step=0.3, pruning_tolerance=0.5, pruning_seq_len=32, use_cpu=True,
+                  save_strategy="no", report_to="none", logging_steps=100, disable_tqdm=True, seed=0)
+    values.update(overrides)
+    return SentenceTransformerPruningArguments(**values)
+
+
+@pytest.fixture(scope="module")
+def encoder_folder(tmp_path_factory):
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def test_prune_save_and_reload_give_the_same_embeddings(encoder_folder, tmp_path):
+    model = tiny_sentence_transformer(encoder_folder)
+    model.prompts = {"query": "query: "}
+    model.similarity_fn_name = "dot"
+    corpus = sentences(64)
+    # no loss, no evaluator: label-free distillation to the dense embeddings, teacher agreement steers
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "out"), train_dataset=Dataset.from_dict({"sentence": corpus}),
+        eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
+    assert "label" in trainer.train_dataset.column_names and trainer.evaluator.primary_metric == "teacher_mean_cosine"
+    trainer.train()
+    assert trainer.controller.state.ratio > 0
+    inner = model[0].auto_model
+    assert inner.config.adaprune, "compacted at the end: the layout is recorded"
+    heads = [layer.attention.self.num_attention_heads for layer in inner.encoder.layer]
+    widths = [layer.intermediate.dense.out_features for layer in inner.encoder.layer]
+    assert sum(heads) < 8 or sum(widths) < 74, "something was removed"
+    trainer.save_model()
+    out = tmp_path / "out"
+
+    probe = sentences(6, seed=3)
+    expected = model.encode(probe, convert_to_tensor=True)
+    expected_query = model.encode(probe, prompt_name="query", convert_to_tensor=True)
+    stock = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    ours = load_pruned_sentence_transformer(out, device="cpu")
+    for loaded in (stock, ours):
+        assert [type(m).__name__ for m in loaded] == ["Transformer", "Pooling", "Normalize"]
+        assert torch.allclose(loaded.encode(probe, convert_to_tensor=True), expected, atol=1e-5, rtol=0)
+        assert torch.allclose(loaded.encode(probe, prompt_name="query", convert_to_tensor=True), expected_query,
+                              atol=1e-5, rtol=0)
+        assert loaded.prompts["query"] == "query: " and loaded.similarity_fn_name == "dot"
+    assert torch.allclose(expected.norm(dim=-1), torch.ones(len(probe)), atol=1e-5), "Normalize carried over"
+    # hf_adaprune's loader builds its own class, not the shipped remote code
+    assert type(ours[0].auto_model).__module__.startswith("hf_adaprune")
+    assert not type(stock[0].auto_model).__module__.startswith("hf_adaprune")
+    # the transformer alone, with AutoPrunedModel
+    features = model.tokenize(probe)
+    alone = AutoPrunedModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(alone(**features).last_hidden_state, inner.eval()(**features).last_hidden_state,
+                              atol=1e-5, rtol=0)
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
+    card = (out / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "SentenceTransformer(path, trust_remote_code=True)" in card
+    # a reloaded folder saves again as a plain sentence-transformers folder
+    ours.save(str(tmp_path / "again"))
+    assert "hf_adaprune" not in (tmp_path / "again" / "modules.json").read_text()
+
+
+class ScriptedEvaluator(SentenceEvaluator):
+    """Returns the scripted values in turn: a decision's outcome depends only on the direction."""
+
+    def __init__(self, values, greater_is_better):
+        super().__init__()
+        self.values = list(values)
+        self.greater_is_better = greater_is_better
+        self.primary_metric = "score"
+        self.name = "scripted"
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return self.prefix_name_to_metrics({"score": self.values.pop(0)}, self.name)
+
+
+@pytest.mark.parametrize("greater_is_better, first_decision", [(True, "keep"), (False, "rollback")])
+def test_evaluator_direction_is_respected(encoder_folder, tmp_path, greater_is_better, first_decision):
+    model = tiny_sentence_transformer(encoder_folder)
+    pairs = sentences(48)
+    train = Dataset.from_dict({"sentence1": pairs[:24], "sentence2": pairs[24:],
+                               "score": [random.Random(i).random() for i in range(24)]})
+    evaluator = ScriptedEvaluator([0.50, 0.70, 0.70, 0.70, 0.70, 0.70], greater_is_better)  # +0.2 after each step
+    args = make_args(tmp_path / "out", max_steps=6, pruning_tolerance=0.1, compact_at_end=False)
+    trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train,
+                                                        loss=CoSENTLoss(model), evaluator=evaluator)
+    assert trainer.controller.greater_is_better is greater_is_better
+    trainer.train()
+    events = [h["event"] for h in trainer.controller.state.history]
+    assert events[:2] == ["reference", first_decision]
+    assert trainer.pruning_metric == "scripted_score"
+
+
+def test_first_module_must_be_a_supported_transformer(encoder_folder, tmp_path):
+    albert = Transformer(save_tiny_encoder(tmp_path / "albert", AlbertModel, AlbertConfig), max_seq_length=32)
+    model = SentenceTransformer(modules=[albert, Pooling(32, "mean")], device="cpu")
+    corpus = Dataset.from_dict({"sentence": sentences(8)})
+    with pytest.raises(UnsupportedModelError, match="Supported model types: .*bert"):
+        AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path / "a"), train_dataset=corpus,
+                                                  eval_dataset=corpus)
+    bert = tiny_sentence_transformer(encoder_folder)
+    not_first = SentenceTransformer(modules=[Normalize(), *list(bert)], device="cpu")
+    with pytest.raises(UnsupportedModelError, match=r"first module is Normalize\. Supported model types: .*bert"):
+        transformer_module(not_first)
+
+
+def test_distillation_loss_and_teacher_agreement(encoder_folder):
+    model = tiny_sentence_transformer(encoder_folder).eval()
+    corpus = sentences(10)
+    teacher = model.encode(corpus, convert_to_tensor=True).clone()  # clone: a normal tensor, not an inference one
+    features = [model.tokenize(corpus)]
+    torch.set_grad_enabled(False)  # restored at the end
+    student = model(features[0])["sentence_embedding"]
+    shifted = teacher.roll(1, dims=0)
+    cos = torch.nn.functional.cosine_similarity(student, shifted, dim=-1)
+    expected = torch.nn.functional.mse_loss(student, shifted) + (1 - cos).mean()
+    loss = embedding_distillation_loss(model, "mse+cosine")
+    assert float(loss(features, shifted)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss(features, teacher)) == pytest.approx(0.0, abs=1e-5)
+    assert float(embedding_distillation_loss(model, "cosine")(features, shifted)) == pytest.approx(
+        float((1 - cos).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="mse, cosine or mse\\+cosine"):
+        embedding_distillation_loss(model, "l1")
+    agreement = TeacherAgreementEvaluator(corpus, teacher=model)
+    assert agreement(model)["teacher_mean_cosine"] == pytest.approx(1.0, abs=1e-5)
+    shuffled = TeacherAgreementEvaluator(corpus, teacher_embeddings=shifted)
+    assert shuffled(model)["teacher_mean_cosine"] == pytest.approx(float(
+        torch.nn.functional.cosine_similarity(teacher, shifted, dim=-1).mean()), abs=1e-5)
+    torch.set_grad_enabled(True)
+
+
+def test_unlabeled_corpus_needs_one_text_column(encoder_folder, tmp_path):
+    model = tiny_sentence_transformer(encoder_folder)
+    two = Dataset.from_dict({"a": sentences(4), "b": sentences(4, seed=1)})
+    with pytest.raises(ValueError, match="label-free distillation reads one text column"):
+        AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path / "o"), train_dataset=two,
+                                                  eval_dataset=Dataset.from_dict({"sentence": sentences(4)}))
+    with pytest.raises(ValueError, match="needs an evaluator or an eval_dataset"):
+        AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path / "o"),
+                                                  train_dataset=Dataset.from_dict({"sentence": sentences(4)}))
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_processes_agree_on_masks(encoder_folder, tmp_path):
+    port = str(29600 + os.getpid() % 1000)
+    cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
+           str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"masks_rank{r}.pt") for r in (0, 1))
+    assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+
+def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir = tmp_path / "st"
+    tiny_sentence_transformer(encoder_folder).save(str(model_dir))
+    stsb = tmp_path / "stsb"
+    stsb.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 40), ("dev", 12), ("test", 12)):
+        pairs = sentences(2 * n, seed=len(split))
+        rows = [f"genre\tfile\t2012\t{i}\t{5 * rng.random():.2f}\t{pairs[i]}\t{pairs[n + i]}" for i in range(n)]
+        (stsb / f"sts-{split}.csv").write_text("\n".join(rows) + "\n")
+    results = recipe.main([
+        "--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
+        "--objective", "cosent", "--max_steps", "8", "--per_device_train_batch_size", "8", "--pruning_warmup_steps",
+        "2", "--pruning_interval", "2", "--pruning_initial_step", "0.3", "--pruning_tolerance", "1.0",
+        "--pruning_seq_len", "32", "--max_seq_length", "32", "--use_cpu", "true", "--report_to", "none",
+        "--save_strategy", "no", "--layer_drop_baseline", "true", "--keep_layers", "0", "--throughput_batch", "8",
+        "--throughput_repeats", "2", "--disable_tqdm", "true"])
+    assert set(results) >= {"dense", "pruned", "layer_drop", "throughput", "pruning"}
+    assert results["pruned"]["layer_flops"] < results["dense"]["layer_flops"]
+    assert results["layer_drop"]["layer_flops"] == pytest.approx(results["dense"]["layer_flops"] / 2, rel=0.01)
+    assert -1 <= results["pruned"]["sts_test"] <= 1
+    reloaded = SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu")
+    assert reloaded.encode(["the cat sat"]).shape == (1, 32)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput"]["batch_8"]["pruned"]["speedup"] > 0
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
