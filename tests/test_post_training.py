@@ -159,6 +159,20 @@ def test_post_training_prune_leaves_the_dense_model_alone_and_creates_no_optimiz
     assert (tmp_path / "pruned" / "post_training_report.json").exists()
 
 
+def test_scores_of_an_earlier_call_give_the_same_selection_without_a_scoring_pass():
+    model = tiny_model("bert")
+    rows = labelled_examples(48)
+    first = post_training_prune(model, rows, 0.5, data_collator=pad_collator, seq_len=16, progress=False,
+                                refit_samples=16)
+    again = post_training_prune(model, rows, 0.5, scores=first.scores, data_collator=pad_collator, seq_len=16,
+                                progress=False, refit_samples=16)
+    assert "scores" in first.timings and "scores" not in again.timings
+    assert again.model.config.adaprune["groups"] == first.model.config.adaprune["groups"]
+    batch = pad_collator(labelled_examples(4, seed=8))
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(**batch).logits, first.model(**batch).logits)
+
+
 def test_inplace_prunes_the_model_given():
     model = tiny_model("bert")
     result = post_training_prune(model, labelled_examples(32), 0.4, data_collator=pad_collator, seq_len=16,
@@ -192,6 +206,7 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     ({"scores": "hessian"}, "scores must be one of"),
     ({"target": None}, "needs an eval_dataset"),
     ({"tolerance": -0.1}, "tolerance must be >= 0"),
+    ({"scores": {"encoder.layer.0.ffn": torch.ones(37)}}, "the scores given have no entry"),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class PostTrainingResult:
     reference: float | None  # the dense model's metric on eval_dataset
     metric: float | None  # the pruned model's
     within_tolerance: bool | None
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # per group, as used by the selection
     history: list[dict] = field(default_factory=list)  # the controller's decisions
     refit_errors: dict[str, float] = field(default_factory=dict)  # relative output error per re-fitted group
     comparison: dict | None = None  # compare_profiles(dense, pruned)
@@ -57,7 +58,9 @@ class PostTrainingResult:
     output_dir: Path | None = None
 
     def summary(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "model"} | {"output_dir": str(self.output_dir or "")}
+        skip = ("model", "scores")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip} | {
+            "output_dir": str(self.output_dir or "")}
 
 
 def post_training_prune(
@@ -69,9 +72,10 @@ def post_training_prune(
     eval_dataset=None,
     *,
     tolerance_type: str = "absolute",
-    scores: str = DEFAULT_SCORES,
+    scores: str | dict[str, torch.Tensor] = DEFAULT_SCORES,
     refit: bool = True,
     ridge: float = DEFAULT_RIDGE,
+    refit_samples: int | None = None,
     search: bool = False,
     kinds: tuple[str, ...] = ("heads", "neurons"),
     min_heads_per_layer: int = 1,
@@ -91,8 +95,10 @@ def post_training_prune(
     neurons) layer FLOPs at ``seq_len`` tokens to remove, in (0, 1); ``None`` (or ``search=True``) lets
     :class:`AdaptiveController` search the largest ratio (up to ``target``, or 0.9) whose ``metric`` on
     ``eval_dataset`` stays within ``tolerance`` of the dense model's. ``scores``: ``"fisher"`` (default,
-    ``mean (dL/dm)^2`` per example) or ``"taylor"`` (``mean |dL/dm|``). ``refit``: re-fit each pruned
-    group's output projection by ridge least squares (``ridge`` relative to the activations' scale).
+    ``mean (dL/dm)^2`` per example) or ``"taylor"`` (``mean |dL/dm|``), or the per-group scores of an
+    earlier call (``result.scores``) to prune the same model to another target without a scoring pass. ``refit``: re-fit each pruned
+    group's output projection by ridge least squares (``ridge`` relative to the activations' scale), on the
+    first ``refit_samples`` calibration examples (None: all; the re-fit's cost grows with them).
 
     The model given is not modified unless ``inplace=True`` (a deep copy is pruned); its parameters
     are never updated by an optimizer. Returns a :class:`PostTrainingResult` whose ``model`` is
@@ -108,11 +114,16 @@ def post_training_prune(
     accepted = model_input_names(model)
     groups = find_groups(model)
     batches = calibration_batches(calibration_dataset, collator, batch_size, accepted)
+    refit_batches = batches if refit_samples is None else calibration_batches(
+        _first(calibration_dataset, refit_samples), collator, batch_size, accepted)
     eval_batches = None if eval_dataset is None else calibration_batches(eval_dataset, collator, batch_size, accepted)
     dense_profile = model_profile(model, seq_len=seq_len)
     costs = structure_costs(model, groups, seq_len)
 
-    all_scores = _timed(timings, "scores", mask_gradient_scores, model, groups, batches, progress)[scores]
+    if isinstance(scores, str):
+        all_scores = _timed(timings, "scores", mask_gradient_scores, model, groups, batches, progress)[scores]
+    else:
+        all_scores = scores
 
     controller = AdaptiveController(
         target=SEARCH_CEILING if target is None else target,
@@ -133,7 +144,7 @@ def post_training_prune(
             floors={"heads": min_heads_per_layer, "neurons": min_neurons_per_layer}, costs=costs))
         if not refit:
             return {}
-        return _timed(timings, "refit", refit_groups, model, masks, groups, batches, ridge, progress)
+        return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress)
 
     def check() -> float:
         return _timed(timings, "check", evaluate, model, eval_batches, metric, progress)
@@ -153,7 +164,7 @@ def post_training_prune(
 
     compact(model)
     result = PostTrainingResult(
-        model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within,
+        model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within, scores=all_scores,
         history=controller.state.history, refit_errors=errors,
         comparison=compare_profiles(dense_profile, model_profile(model, seq_len=seq_len)), timings=timings)
     timings["total"] = time.time() - started
@@ -161,6 +172,12 @@ def post_training_prune(
         result.output_dir = save_pruned(model, output_dir, tokenizer=tokenizer)
         (result.output_dir / "post_training_report.json").write_text(json.dumps(result.summary(), indent=1))
     return result
+
+
+def _first(dataset, count: int):
+    if count >= len(dataset):
+        return dataset
+    return dataset.select(range(count)) if hasattr(dataset, "select") else dataset[:count]
 
 
 def _timed(timings: dict[str, float], key: str, function, *args):
@@ -262,8 +279,13 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     if not any(key in first for key in LABEL_KEYS):
         raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
                          f"the loss; the first example has {sorted(first)}")
-    if scores not in SCORE_KINDS:
-        raise ValueError(f"scores must be one of {SCORE_KINDS}, got {scores!r}")
+    if isinstance(scores, dict):
+        missing = {g.name for g in find_groups(model)} - set(scores)
+        if missing:
+            raise ValueError(f"the scores given have no entry for groups {sorted(missing)[:3]}: pass the scores of "
+                             f"an earlier call on the same dense model, or 'fisher' / 'taylor'")
+    elif scores not in SCORE_KINDS:
+        raise ValueError(f"scores must be one of {SCORE_KINDS} or a dict of per-group scores, got {scores!r}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if tolerance_type not in ("absolute", "relative"):
