@@ -7,8 +7,8 @@ import functools
 import transformers
 from transformers import AutoConfig
 
-from ..modeling_adaprune import PrunedModelMixin
-from .save import pruned_class_name
+from ..layout import PrunedModelMixin, read_record
+from .remote_code import pruned_class_name
 
 
 @functools.cache

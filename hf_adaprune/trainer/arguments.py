@@ -15,11 +15,11 @@ import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from ..engine.importance import IMPORTANCE_CRITERIA
+from ..families import ROLES
 from ..engine.selection import SCOPES
 
 STRUCTURES = ("heads", "ffn", "both")
 TARGET_TYPES = ("structures", "flops")
-ROLES = ("encoder_self", "decoder_self", "cross", "encoder", "decoder")
 
 logger = logging.getLogger(__name__)
 

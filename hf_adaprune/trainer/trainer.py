@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..families import get_adapter
+from ..families import filter_groups, get_adapter
 from .arguments import PruningArguments, Seq2SeqPruningArguments
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .eval_order import DatasetOrderEvalMixin
@@ -37,7 +37,7 @@ from ..task_metrics import classification_metrics, generation_metrics
 logger = logging.getLogger(__name__)
 
 PRUNING_STATE_FILE = "pruning_state.pt"
-_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("neurons",), "both": ("heads", "neurons")}
+_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("ffn",), "both": ("heads", "ffn")}
 
 
 class _PruningCallback(TrainerCallback):
@@ -86,18 +86,18 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         masks = attach_masks(model)
         kinds = _KIND_OF_OPTION[args.prune]
         roles = args.selected_roles()
-        self.pruning_groups = [g for g in masks.groups.values() if g.kind in kinds and g.role in roles]
+        self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if self.eval_dataset is None:
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
-        if args.pruning_criterion == "taylor" and args.pruning_warmup_steps < 1:
-            raise ValueError("Taylor importance needs gradients: set --pruning_warmup_steps >= 1")
+        self.importance = make_importance(args.pruning_criterion)
+        if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
+            raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
         self.pruning_metric = args.pruning_metric
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
-        self.importance = make_importance(args.pruning_criterion)
         self.controller = AdaptiveController(
             target=args.pruning_target,
             initial_step=min(args.pruning_initial_step, args.pruning_target),
@@ -210,7 +210,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=_KIND_OF_OPTION[args.prune],
             scope=args.pruning_scope,
-            floors={"heads": args.min_heads_per_layer, "neurons": args.min_neurons_per_layer},
+            floors={"heads": args.min_heads_per_layer, "ffn": args.min_neurons_per_layer},
             costs=self.costs,
         ))
         self._check_masks_agree()
@@ -235,7 +235,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "pruning/kept_decision": {"reference": 1.0, "keep": 1.0, ROLLBACK: 0.0}[event],
             "pruning/step_size": self.controller.state.step,
             "pruning/heads_pruned": masks.pruned_fraction("heads"),
-            "pruning/ffn_pruned": masks.pruned_fraction("neurons"),
+            "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
         }
         logger.info("pruning %s at step %d: sparsity %.3f, %s %.4f", event, step, ratio, self.pruning_metric, metric)
         self.log(record)
