@@ -194,7 +194,7 @@ def empty_record() -> dict:
     return {"version": 1, "groups": {}, "layout": {name: {} for name in TABLES}}
 
 
-def read_record(config, where: str = "config.json") -> dict | None:
+def read_record(config, where: str | None = None) -> dict | None:
     """``config.adaprune`` in the current vocabulary, or None when the config has none.
 
     Records saved by earlier versions load too (FFN groups of kind ``"neurons"``,
@@ -204,6 +204,9 @@ def read_record(config, where: str = "config.json") -> dict | None:
     record = getattr(config, "adaprune", None)
     if not record:
         return None
+    if where is None:
+        folder = getattr(config, "_name_or_path", "")
+        where = f"{folder}/config.json" if folder else "config.json"
     if not isinstance(record, dict) or not isinstance(record.get("layout"), dict) \
             or not isinstance(record.get("groups"), dict):
         missing = [k for k in ("layout", "groups") if not isinstance(record, dict) or k not in record]

@@ -179,3 +179,16 @@ def test_remote_code_is_the_layout_codec_plus_the_family_forward():
     exec(compile(source, "modeling_adaprune.py", "exec"), namespace)
     assert namespace["SHARED_BIAS_WRAPPERS"]["t5"] is namespace["T5SharedBias"]
     assert issubclass(namespace["PrunedT5ForConditionalGeneration"], namespace["PrunedModelMixin"])
+
+
+@pytest.mark.parametrize("lost", ["layout", "groups"])
+def test_config_that_lost_its_layout_record_is_refused_clearly(tmp_path, lost):
+    save_pruned(pruned_tiny("bert"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["adaprune"][lost]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    message = rf"record \(adaprune\) in {tmp_path}/config.json is incomplete \(missing: {lost};.*restore config.json"
+    with pytest.raises(ValueError, match=message):
+        AutoPrunedModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):  # the shipped loader says the same
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
