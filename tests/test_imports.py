@@ -8,7 +8,8 @@ import sys
 
 from conftest import one_thread_env
 
-HEAVY = ("sklearn", "evaluate", "datasets", "matplotlib", "sacrebleu", "jiwer", "soundfile")
+# soundfile is left out: transformers itself imports it (processing_utils) once peft is installed.
+HEAVY = ("sklearn", "evaluate", "datasets", "matplotlib", "sacrebleu", "jiwer")
 
 
 def test_import_leaves_heavy_libraries_unloaded():
