@@ -192,3 +192,24 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool) -> None:
     if os.path.isdir(out) and holds_model(out) and not overwrite:
         raise RecipeError(f"--output_dir {output_dir} already holds a saved model; choose another folder, or pass "
                           f"--overwrite_output_dir true to replace it")
+
+
+def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = False) -> None:
+    """Unknown or unsuitable ``--pruning_metric`` names fail here, before any data or model is loaded.
+
+    ``usable`` are the metrics that fit ``task`` (named in messages); ``refused`` names
+    that never fit it; with ``only_usable`` any other name is refused too.
+    """
+    from hf_adaprune.metrics import load_metric
+
+    if name == "loss":
+        return
+    steered = f"{task} is steered by {', '.join(usable)} or loss"
+    if name.lower() in refused:
+        raise RecipeError(f"--pruning_metric {name!r} is a classification metric; {steered}")
+    if only_usable and name not in usable:
+        raise RecipeError(f"unknown metric {name!r} for --pruning_metric: {steered}")
+    try:
+        load_metric(name)
+    except (ValueError, ImportError) as err:
+        raise RecipeError(str(err)) from err

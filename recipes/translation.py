@@ -77,6 +77,7 @@ from recipes.arguments import (
     DataArguments,
     ModelSourceArguments,
     RecipeError,
+    check_metric,
     check_minimum,
     check_model_source,
     expand_config_file,
@@ -179,16 +180,6 @@ def _file_pairs():
     return [(split, f"{split}_source_file", f"{split}_target_file") for split in SPLITS]
 
 
-def check_metric(name: str) -> None:
-    """Unknown or unsuitable metric names fail here, before any data or model is loaded."""
-    if name == "loss":
-        return
-    if name.lower() in CLASSIFICATION_METRICS:
-        raise RecipeError(f"--pruning_metric {name!r} is a classification metric; translations are scored with "
-                          f"{', '.join(REPORTED_METRICS)} or bleu (or 'loss')")
-    load_metric(name)  # ValueError "Cannot load metric ..." for unknown names
-
-
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need no data and no model; returns the data files given."""
     check_model_source(model_args)
@@ -222,7 +213,7 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     check_minimum(data_args, ("num_beams",), 1)
     check_minimum(data_args, ("latency_repeats",), 0)
     check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
-    check_metric(training_args.pruning_metric)
+    check_metric(training_args.pruning_metric, "translation", (*REPORTED_METRICS, "bleu"), CLASSIFICATION_METRICS)
     return files
 
 
