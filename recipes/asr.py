@@ -84,7 +84,7 @@ from recipes.arguments import (
     resolve_package_path,
 )
 from recipes.results import format_metric, format_rate
-from recipes.skeleton import Run, Task, run_cli, run_task
+from recipes.skeleton import Run, Task, run_cli
 from recipes.speech.data import (
     DEFAULT_FSDD_RECORDINGS,
     DIGIT_WORDS,
@@ -412,9 +412,7 @@ TASK = Task(
 )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
-    return run_task(TASK, argv)
+main = TASK.main  # main(argv) runs the recipe and returns what it writes to results.json
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -106,6 +106,14 @@ class Task:
     after_save: Callable | None = None
     quiet_datasets: bool = True
 
+    def main(self, argv: list[str] | None = None) -> dict:
+        """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
+        return run_task(self, argv)
+
+    def cli(self, argv: list[str] | None = None) -> None:
+        """The command line: ``main``, with a RecipeError as one ``error:`` line and exit status 2."""
+        run_cli(self.main, argv)
+
     def score_test(self, trainer, dataset, run: Run) -> dict:
         if self.score is not None:
             return self.score(trainer, dataset, run)
@@ -269,8 +277,9 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         if test_dataset is not None and data_args.test_before_pruning else None
 
     pruning_class = AdaptivePruningSeq2SeqTrainer if run.seq2seq else AdaptivePruningTrainer
-    trainer = pruning_class(**run.trainer_kwargs(run.model, training_args), callbacks=[snapshot] if snapshot else None,
-                            dataset_name=data_args.dataset_card_name)
+    trainer = _as_recipe_error(  # model / argument mismatches the trainer finds (e.g. --pruning_seq_len)
+        lambda: pruning_class(**run.trainer_kwargs(run.model, training_args),
+                              callbacks=[snapshot] if snapshot else None, dataset_name=data_args.dataset_card_name))
     train_metrics = train_and_save(trainer, training_args, resume_from)
     if task.after_save is not None and training_args.should_save:
         task.after_save(run, training_args.output_dir)

@@ -85,7 +85,7 @@ from recipes.arguments import (
     require_file,
 )
 from recipes.results import format_metric
-from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, run_task, subsample
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
 from recipes.tables import read_text
 
 logger = logging.getLogger("hf_adaprune.recipes.translation")
@@ -553,14 +553,8 @@ TASK = Task(
 )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
-    return run_task(TASK, argv)
-
-
-def cli() -> None:
-    run_cli(main)
-
+main = TASK.main  # main(argv) runs the recipe and returns what it writes to results.json
+cli = TASK.cli
 
 if __name__ == "__main__":
     cli()
