@@ -255,17 +255,23 @@ def _as_recipe_error(step, *args):
 
 
 # -- the run -----------------------------------------------------------------------------------------
+def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | None]:
+    """The steps before any model is built: parse, validate, check the output folder and the checkpoint to resume
+    from, load and check the data. Returns the run and the checkpoint folder (or None)."""
+    run = Run(*_as_recipe_error(task.parse_args, argv))
+    setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
+    _as_recipe_error(task.validate, run)
+    check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir)
+    resume_from = resolve_resume(run.training_args)
+    task.load_data(run)
+    return run, resume_from
+
+
 def run_task(task: Task, argv: list[str] | None = None) -> dict:
     """Run ``task`` with ``argv`` (default: the command line); returns what it writes to results.json."""
     started = time.time()
-    run = Run(*_as_recipe_error(task.parse_args, argv))
+    run, resume_from = prepare_run(task, argv)
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
-    setup_logging(training_args, quiet_datasets=task.quiet_datasets)
-    _as_recipe_error(task.validate, run)
-    check_output_dir(training_args.output_dir, run.model_paths, data_args.overwrite_output_dir)
-    resume_from = resolve_resume(training_args)
-
-    task.load_data(run)
     set_seed(training_args.seed)
     task.build(run)
     run.model.config._name_or_path = model_args.base_model_id or ""  # None for a model built from a config

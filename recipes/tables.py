@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import io
 import json
 import lzma
 import os
@@ -86,7 +87,8 @@ def read_table(path: str, what: str) -> Table:
 
 def _read_delimited(path: str, what: str, text: str, tab: bool) -> Table:
     # .tsv as GLUE writes it: tab-separated, no quoting; .csv with the usual double quotes
-    reader = csv.reader(text.splitlines(keepends=True), delimiter="\t" if tab else ",",
+    # lines end at \n, \r or \r\n only: not at the Unicode line breaks str.splitlines() knows (\x85, \u2028)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",",
                         quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL, strict=not tab)
     header, rows, lines = None, [], []
     try:
@@ -132,7 +134,7 @@ def _read_json(path: str, what: str, text: str, lines: bool) -> Table:
             records = [(i + 1, record, "item") for i, record in enumerate(data)]
     if records is None:
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     records.append((number, json.loads(line), "line"))
