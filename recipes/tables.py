@@ -90,9 +90,10 @@ def _read_delimited(path: str, what: str, text: str, tab: bool) -> Table:
     # lines end at \n, \r or \r\n only: not at the Unicode line breaks str.splitlines() knows (\x85, \u2028)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",",
                         quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL, strict=not tab)
-    header, rows, lines = None, [], []
+    header, rows, lines, start = None, [], [], 1
     try:
         for record in reader:
+            start = reader.line_num + 1  # where the next record starts
             if not record or (len(record) == 1 and not record[0].strip() and header is not None):
                 continue  # blank line
             if header is None:
@@ -108,6 +109,9 @@ def _read_delimited(path: str, what: str, text: str, tab: bool) -> Table:
             rows.append(dict(zip(header, record)))
             lines.append(reader.line_num)
     except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise RecipeError(f"{what} {path}, line {start}: a quoted field starts on this line and never ends") \
+                from err
         raise RecipeError(f"{what} {path}, line {reader.line_num}: {err}") from err
     if header is None:
         raise RecipeError(f"{what} {path} is empty")
