@@ -192,3 +192,23 @@ def test_config_that_lost_its_layout_record_is_refused_clearly(tmp_path, lost):
         AutoPrunedModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match=message):  # the shipped loader says the same
         AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_model_pruned_twice_loads(tmp_path):
+    """Load a pruned folder, prune it again, save it: both loaders read the second folder."""
+    save_pruned(pruned_tiny("bert"), tmp_path / "once")
+    model = AutoPrunedModel.from_pretrained(tmp_path / "once").eval()
+    masks = attach_masks(model)
+    heads = torch.zeros_like(masks.masks["encoder.layer.1.attention"])
+    heads[0] = 1
+    masks.set("encoder.layer.1.attention", heads)
+    ffn = torch.ones_like(masks.masks["encoder.layer.2.ffn"])
+    ffn[::2] = 0
+    masks.set("encoder.layer.2.ffn", ffn)
+    batch = text_batch()
+    expected = outputs(model, batch)
+    save_pruned(model, tmp_path / "twice")
+    loaded = AutoPrunedModel.from_pretrained(tmp_path / "twice").eval()
+    assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "twice", trust_remote_code=True).eval()
+    assert (outputs(stock, batch) - expected).abs().max() <= 1e-5

@@ -29,8 +29,10 @@ class AutoPrunedModel:
         if auto_class is not None:
             base_class = auto_class._model_mapping[type(config)]
         else:
-            architecture = (config.architectures or [None])[0]
-            base_class = getattr(transformers, architecture or "", None)
+            architecture = (config.architectures or [""])[0] or ""
+            # a pruned model saved again records its own class (PrunedBert...): build from the transformers class
+            base_class = getattr(transformers, architecture, None) or getattr(
+                transformers, architecture.removeprefix(pruned_class_name("")), None)
             if base_class is None:
                 raise ValueError(f"cannot tell which model class to build from architectures={config.architectures}")
         return pruned_class(base_class).from_pretrained(path, config=config, **kwargs)
