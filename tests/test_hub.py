@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, BertTokenizerFast, pipeline
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
+from hf_adaprune.layout import decode_kept
 
 from conftest import text_batch, tiny_model
 from test_surgery import outputs, random_masks
@@ -57,8 +58,8 @@ def test_saved_record_lists_kept_heads_and_widths(tmp_path):
     masks.set("encoder.layer.0.ffn", width)
     save_pruned(model, tmp_path)
     record = json.loads((tmp_path / "config.json").read_text())["adaprune"]
-    assert record["groups"]["encoder.layer.1.attention"]["kept"] == [1, 3]
-    assert len(record["groups"]["encoder.layer.0.ffn"]["kept"]) == 27
+    assert decode_kept(record["groups"]["encoder.layer.1.attention"]) == [1, 3]
+    assert decode_kept(record["groups"]["encoder.layer.0.ffn"]) == list(range(10, 37))
     weights = load_file(tmp_path / "model.safetensors")
     assert weights["bert.encoder.layer.1.attention.self.query.weight"].shape == (16, 32)
     assert weights["bert.encoder.layer.0.intermediate.dense.weight"].shape == (27, 32)
@@ -212,3 +213,21 @@ def test_model_pruned_twice_loads(tmp_path):
     assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
     stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "twice", trust_remote_code=True).eval()
     assert (outputs(stock, batch) - expected).abs().max() <= 1e-5
+
+
+def test_config_stays_small_with_wide_ffn_layers(tmp_path):
+    """Loading needs only widths: kept indices are stored as one bitmap per group, not one line per index."""
+    model = tiny_model("bert", intermediate_size=3072)
+    masks = attach_masks(model)
+    generator = torch.Generator().manual_seed(0)
+    for name in masks.of_kind("ffn"):
+        masks.set(name, (torch.rand(3072, generator=generator) > 0.5).float())
+    kept = {name: masks.kept_indices(name) for name in masks.of_kind("ffn")}
+    batch = text_batch()
+    expected = outputs(model, batch)
+    save_pruned(model, tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    assert len(text) < 6000, len(text)  # 3 x 3072 indices were ~40 KB, one per line
+    record = json.loads(text)["adaprune"]
+    assert {name: decode_kept(record["groups"][name]) for name in kept} == kept
+    assert (outputs(AutoPrunedModel.from_pretrained(tmp_path).eval(), batch) - expected).abs().max() <= 1e-5
