@@ -142,14 +142,23 @@ def compact(model: nn.Module) -> dict:
     the saved form).
 
     The masks are detached afterwards (the model has no pruned structure left to
-    gate). A model without masks is returned unchanged apart from the record.
+    gate). A model without masks keeps its shapes. Either way the model gets its
+    pruned class (a subclass of its own), whose ``save_pretrained`` writes a
+    folder stock transformers loads with ``trust_remote_code=True``.
     """
+    from .hub.load import as_pruned  # here: hub saves through this module
+
     masks = get_masks(model)
     record = read_record(model.config) or empty_record()
-    if masks is None:
-        write_record(model.config, record)
-        return record
-    base = model.base_model
+    if masks is not None:
+        _compact_masked(model.base_model, masks, record)
+        detach_masks(model)
+    write_record(model.config, record)
+    as_pruned(model)
+    return record
+
+
+def _compact_masked(base: nn.Module, masks, record: dict) -> None:
     plan = _Plan(base)
     for name, group in masks.groups.items():
         kept = torch.tensor(masks.kept_indices(name), dtype=torch.long)
@@ -169,9 +178,6 @@ def compact(model: nn.Module) -> dict:
         else:
             _plan_neurons(plan, group, kept)
     plan.apply(record["layout"])
-    detach_masks(model)
-    write_record(model.config, record)
-    return record
 
 
 def kept_structure(model: nn.Module) -> dict[str, dict]:

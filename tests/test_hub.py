@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+import transformers
 from transformers import AutoModelForSequenceClassification, BertTokenizerFast, pipeline
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
@@ -231,3 +234,23 @@ def test_config_stays_small_with_wide_ffn_layers(tmp_path):
     record = json.loads(text)["adaprune"]
     assert {name: decode_kept(record["groups"][name]) for name in kept} == kept
     assert (outputs(AutoPrunedModel.from_pretrained(tmp_path).eval(), batch) - expected).abs().max() <= 1e-5
+
+
+def test_save_pretrained_after_compaction_writes_a_remote_code_folder(tmp_path):
+    """model.save_pretrained (what push_to_hub and Trainer.save_model call) gives the save_pruned folder."""
+    model = pruned_tiny("bert")
+    batch = text_batch()
+    expected = outputs(model, batch)
+    compact(model)
+    assert isinstance(model, transformers.BertForSequenceClassification)
+    model.save_pretrained(tmp_path / "plain")
+    assert (tmp_path / "plain" / "modeling_adaprune.py").exists()
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_adaprune.")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain", trust_remote_code=True).eval()
+    assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
+    loaded.save_pretrained(tmp_path / "again")  # a remote-code model saves its own file again
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "again", trust_remote_code=True).eval()
+    assert (outputs(again, batch) - expected).abs().max() <= 1e-5
+    assert copy.deepcopy(model).config.adaprune == model.config.adaprune
+    pickle.loads(pickle.dumps(model))  # the pruned class is importable by name
