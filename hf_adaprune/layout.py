@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 # 1: modules + attributes. 2: adds ``parameters``, ``shared_bias`` and EmptyAttention's cache placeholders.
-FORMAT_VERSION = 2
+# 3: a group's kept structures as one hex bitmap (``kept_mask``) instead of a list of indices (``kept``).
+FORMAT_VERSION = 3
 
 
 # -- one copy of each module helper --------------------------------------------------------------------
@@ -191,7 +192,36 @@ TABLES = ("modules", "attributes", "parameters", "shared_bias")
 
 
 def empty_record() -> dict:
-    return {"version": 1, "groups": {}, "layout": {name: {} for name in TABLES}}
+    return {"version": FORMAT_VERSION, "groups": {}, "layout": {name: {} for name in TABLES}}
+
+
+def encode_kept(kept, original: int) -> str:
+    """The kept original indices as a hex bitmap: bit ``i`` set = structure ``i`` kept ("a" = 1010: 1 and 3).
+
+    A list of 3,072 neuron indices is 3,072 lines of config.json; the bitmap is 768 characters.
+    """
+    return format(sum(1 << int(i) for i in kept), f"0{max(1, (original + 3) // 4)}x")
+
+
+def decode_kept(group: dict) -> list[int]:
+    """A saved group's kept original indices (``kept_mask`` of version 3, ``kept`` before)."""
+    if "kept_mask" not in group:
+        return [int(i) for i in group["kept"]]
+    bits = int(group["kept_mask"], 16)
+    return [i for i in range(int(group["original"])) if bits >> i & 1]
+
+
+def write_record(config, record: dict) -> dict:
+    """Store ``record`` (as :func:`read_record` returns it) on ``config`` in the saved form; returns that form."""
+    saved = {
+        "version": FORMAT_VERSION,
+        "groups": {name: {"kind": g["kind"], "role": g["role"], "original": g["original"],
+                          "kept_mask": encode_kept(g["kept"], g["original"])}
+                   for name, g in record["groups"].items()},
+        "layout": {name: table for name, table in record["layout"].items() if table},
+    }
+    config.adaprune = saved
+    return saved
 
 
 def read_record(config, where: str | None = None) -> dict | None:
@@ -221,7 +251,8 @@ def read_record(config, where: str | None = None) -> dict | None:
     if version > FORMAT_VERSION:
         raise ValueError(f"pruned layout version {version} in {where} is newer than this loader ({FORMAT_VERSION}); "
                          "upgrade hf_adaprune (or load with trust_remote_code=True)")
-    groups = {name: dict(g, kind="ffn" if g.get("kind") == "neurons" else g.get("kind"))
+    groups = {name: {"kind": "ffn" if g.get("kind") == "neurons" else g.get("kind"), "role": g.get("role"),
+                     "original": g["original"], "kept": decode_kept(g)}
               for name, g in record["groups"].items()}
     tables = {name: dict(layout.get(name, {})) for name in TABLES}
     return {"version": version, "groups": groups, "layout": tables}

@@ -15,7 +15,7 @@ from torch import nn
 
 from .engine.masks import detach_masks, get_masks, structure_count
 from .families import HeadGroup, find_groups
-from .layout import TABLES, apply_layout, empty_record, linear_spec, read_record
+from .layout import TABLES, apply_layout, empty_record, linear_spec, read_record, write_record
 
 
 def _expand_heads(kept: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -31,7 +31,6 @@ class _Plan:
         self.weights: dict[str, torch.Tensor] = {}  # parameter path (under base_model) -> sliced tensor
         self.frozen: set[str] = set()  # parameter paths that did not require grad
         self.forgotten: list[str] = []  # module paths whose earlier layout entries no longer apply
-        self.version = 1
 
     def _weight(self, path: str, value: torch.Tensor, requires_grad: bool) -> None:
         self.weights[path] = value.detach()
@@ -61,7 +60,6 @@ class _Plan:
                                                    "embedding_dim": sliced.shape[1]}
         elif name in module._parameters:  # a plain parameter of the module, e.g. WavLM's gru_rel_pos_const
             self.layout["parameters"][path] = list(sliced.shape)
-            self.version = max(self.version, 2)
         else:
             raise NotImplementedError(f"per-head parameter {path!r} lives in a {type(module).__name__}")
         self._weight(path, sliced, param.requires_grad)
@@ -79,8 +77,7 @@ class _Plan:
             cache_layer = getattr(self.base.get_submodule(group.core), "layer_idx", None)
             if cache_layer is not None:
                 spec.update(cache_layer=int(cache_layer), cross_attention=group.role == "cross")
-                self.version = max(self.version, 2)
-        self.forgotten.append(group.core)
+            self.forgotten.append(group.core)
         no_inputs = torch.zeros(0, dtype=torch.long)
         if group.output_in_core:
             name = group.output[len(group.core) + 1:]
@@ -129,7 +126,6 @@ def _plan_heads(plan: _Plan, group: HeadGroup, kept: torch.Tensor, original: dic
             "kind": group.shared_bias.adaprune_kind, "kept_heads": list(original["kept"]),
             "num_heads": original["original"],
         }
-        plan.version = max(plan.version, 2)
 
 
 def _plan_neurons(plan: _Plan, group, kept: torch.Tensor) -> None:
@@ -141,17 +137,28 @@ def _plan_neurons(plan: _Plan, group, kept: torch.Tensor) -> None:
 
 
 def compact(model: nn.Module) -> dict:
-    """Remove the masked heads and neurons of ``model`` in place; returns ``model.config.adaprune``.
+    """Remove the masked heads and neurons of ``model`` in place; returns the record as
+    :func:`~hf_adaprune.layout.read_record` reads it (kept indices as lists; ``model.config.adaprune`` holds
+    the saved form).
 
     The masks are detached afterwards (the model has no pruned structure left to
-    gate). A model without masks is returned unchanged apart from the record.
+    gate). A model without masks keeps its shapes. Either way the model gets its
+    pruned class (a subclass of its own), whose ``save_pretrained`` writes a
+    folder stock transformers loads with ``trust_remote_code=True``.
     """
+    from .hub.load import as_pruned  # here: hub saves through this module
+
     masks = get_masks(model)
     record = read_record(model.config) or empty_record()
-    if masks is None:
-        model.config.adaprune = record
-        return record
-    base = model.base_model
+    if masks is not None:
+        _compact_masked(model.base_model, masks, record)
+        detach_masks(model)
+    write_record(model.config, record)
+    as_pruned(model)
+    return record
+
+
+def _compact_masked(base: nn.Module, masks, record: dict) -> None:
     plan = _Plan(base)
     for name, group in masks.groups.items():
         kept = torch.tensor(masks.kept_indices(name), dtype=torch.long)
@@ -171,10 +178,6 @@ def compact(model: nn.Module) -> dict:
         else:
             _plan_neurons(plan, group, kept)
     plan.apply(record["layout"])
-    record["version"] = max(record["version"], plan.version)
-    detach_masks(model)
-    model.config.adaprune = record
-    return record
 
 
 def kept_structure(model: nn.Module) -> dict[str, dict]:

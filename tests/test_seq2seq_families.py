@@ -21,6 +21,7 @@ from hf_adaprune import AutoPrunedModel, TaylorImportance, attach_masks, compact
 from hf_adaprune.families import filter_groups
 from hf_adaprune.engine.masks import PruningMasks, structure_count
 from hf_adaprune.families.t5 import T5SharedBias
+from hf_adaprune.layout import FORMAT_VERSION
 
 from conftest import one_thread_env
 
@@ -216,7 +217,7 @@ def test_compacted_shapes_and_record_t5():
     assert layer1.adaprune_kept_heads == [1, 3] and layer1.n_heads == 2 and layer1.q.weight.shape == (16, 32)
     assert record["layout"]["shared_bias"]["encoder.block.1.layer.0.SelfAttention"] == {
         "kind": "t5", "kept_heads": [1, 3], "num_heads": 4}
-    assert record["version"] == 2 and "version" not in record["layout"]  # one version number
+    assert record["version"] == FORMAT_VERSION and "version" not in record["layout"]  # one version number
     assert record["groups"]["decoder.block.0.cross_attn"]["kept"] == [1]
     assert "encoder.block.0.self_attn" not in {g.name for g in find_groups(model)}  # no head left to prune
 

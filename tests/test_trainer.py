@@ -12,6 +12,7 @@ import transformers
 from transformers import HfArgumentParser, Trainer
 
 from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, PruningArguments, get_masks
+from hf_adaprune.layout import decode_kept
 from hf_adaprune.reporting.summary import PruningSummary
 from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE, PruningTrainerMixin
 from huggingface_hub import ModelCard
@@ -159,7 +160,7 @@ def test_push_to_hub_uploads_pruned_model(tmp_path, monkeypatch):
     config = json.loads(files["config.json"])
     assert config["adaprune"]["groups"] and "AutoModelForSequenceClassification" in config["auto_map"]
     assert "datasets:\n- toy" in files["README.md"].decode()
-    kept_heads = sum(len(g["kept"]) for g in config["adaprune"]["groups"].values() if g["kind"] == "heads")
+    kept_heads = sum(len(decode_kept(g)) for g in config["adaprune"]["groups"].values() if g["kind"] == "heads")
     assert kept_heads < 12
 
 

@@ -10,8 +10,13 @@ pruned shapes with torch and transformers alone.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
+
+import transformers
+from transformers.models.auto import modeling_auto
 
 from .. import layout
+from ..families import get_adapter
 
 REMOTE_CODE_FILE = "modeling_adaprune.py"
 
@@ -37,3 +42,48 @@ def remote_code_source(class_names: set[str], attention_forward: type | None = N
         parts.append(f"class {pruned_class_name(name)}(PrunedModelMixin, transformers.{name}):\n"
                      f'    """{name} with the pruned layout of ``config.adaprune``."""')
     return "\n\n\n".join(parts) + "\n"
+
+
+# auto class name -> the name mapping transformers uses to resolve it
+_AUTO_MAPPINGS = {
+    "AutoModel": "MODEL_MAPPING_NAMES",
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForSpeechSeq2Seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    "AutoModelForCTC": "MODEL_FOR_CTC_MAPPING_NAMES",
+    "AutoModelForAudioClassification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
+}
+
+
+def auto_classes_for(model) -> dict[str, str]:
+    """Auto class name -> transformers class name for the model's own class and its base model."""
+    model_type = model.config.model_type
+    own = type(model).__name__
+    for cls in type(model).__mro__:  # a loaded pruned model is a subclass: use the transformers class
+        if getattr(transformers, cls.__name__, None) is cls:
+            own = cls.__name__
+            break
+    found = {}
+    for auto_name, mapping_name in _AUTO_MAPPINGS.items():
+        mapping = getattr(modeling_auto, mapping_name, {})
+        class_name = mapping.get(model_type)
+        if isinstance(class_name, (tuple, list)):
+            class_name = class_name[0]
+        if class_name == own or (auto_name == "AutoModel" and class_name):
+            found[auto_name] = class_name
+    return found
+
+
+def set_auto_map(model) -> set[str]:
+    """Point ``model.config.auto_map`` at the remote-code classes; returns the transformers classes they extend."""
+    auto = auto_classes_for(model)
+    model.config.auto_map = {k: f"{REMOTE_CODE_FILE[:-3]}.{pruned_class_name(v)}" for k, v in auto.items()}
+    return set(auto.values())
+
+
+def write_remote_code(model, folder, class_names: set[str]) -> None:
+    source = remote_code_source(class_names, get_adapter(model).attention_forward)
+    (Path(folder) / REMOTE_CODE_FILE).write_text(source)
