@@ -8,7 +8,7 @@ import sys
 
 from conftest import one_thread_env
 
-HEAVY = ("sklearn", "evaluate", "datasets", "matplotlib", "sacrebleu", "jiwer", "soundfile")
+HEAVY = ("sklearn", "evaluate", "datasets", "matplotlib", "sacrebleu", "jiwer")
 
 
 def test_import_leaves_heavy_libraries_unloaded():
