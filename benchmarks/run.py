@@ -66,9 +66,7 @@ from hf_adaprune.reporting.latency import compare_latency
 from hf_adaprune.reporting.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the recipe's data helpers; this script's own folder is on the path already
-import training_overhead
+import training_overhead  # this script's neighbour: its folder is on sys.path when it runs
 
 from recipes.text_classification import (
     DataTrainingArguments,
@@ -78,6 +76,8 @@ from recipes.text_classification import (
     subsample,
     tokenize,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEED, SEQ_LEN, DENSE_LR, PRUNE_LR = 42, 128, 1e-4, 5e-5
 VARIANTS = {  # name -> plot label

@@ -72,18 +72,17 @@ from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Se
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.reporting.latency import format_latency
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "recipes") not in sys.path:
-    sys.path.insert(0, str(ROOT / "recipes"))
-import translation as recipe  # noqa: E402  (recipes/translation.py: file reading and checks, metrics, latency)
-from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
+import recipes.translation as recipe  # file reading and checks, metrics, latency
+from recipes.example_utils import (
     example_parser,
-    format_ms,
     markdown_size_rows,
     markdown_table,
     setup_example_logging,
     write_outputs,
 )
+from recipes.results import format_ms
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "multi30k"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2

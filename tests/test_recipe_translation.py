@@ -253,7 +253,7 @@ def test_reader_splits_on_newline_only(tmp_path):
         f.write("one\r\ntwo \u2028 still two\rthree? no, two\nlast line without newline".encode())
     assert recipe.read_lines(str(path)) == ["one", "two \u2028 still two\rthree? no, two", "last line without newline"]
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(recipe.RecipeError, match="cannot read .*latin1.txt' as UTF-8 text"):
+    with pytest.raises(recipe.RecipeError, match=r"latin1\.txt, line 1: byte 0xe9 is not UTF-8 text"):
         recipe.read_lines(str(tmp_path / "latin1.txt"))
 
 

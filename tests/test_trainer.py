@@ -278,7 +278,7 @@ def test_gradient_accumulation_gives_same_scores(tmp_path):
         trainer = make_trainer(tmp_path / str(overrides), model=model, max_steps=3, pruning_warmup_steps=100,
                                learning_rate=0.0, max_grad_norm=0.0, **overrides)
         trainer.train()
-        return trainer.importance.scores()
+        return trainer.importance.scores(trainer.model, trainer.pruning_groups)
 
     plain = scores(per_device_train_batch_size=16)
     accumulated = scores(per_device_train_batch_size=8, gradient_accumulation_steps=2)
@@ -298,6 +298,6 @@ def test_plain_trainer_unaffected(tmp_path):
 def test_bf16_autocast_scores_accumulate_in_float32(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=100, bf16=True)
     trainer.train()
-    scores = trainer.importance.scores()
+    scores = trainer.importance.scores(trainer.model, trainer.pruning_groups)
     assert scores and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in scores.values())
     assert trainer.importance.num_updates == 4

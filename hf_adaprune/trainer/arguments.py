@@ -17,12 +17,12 @@ from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from transformers.trainer_utils import HubStrategy
 
 from ..engine.importance import IMPORTANCE_CRITERIA
+from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 
 STRUCTURES = ("heads", "ffn", "both")
 TARGET_TYPES = ("structures", "flops")
-ROLES = ("encoder_self", "decoder_self", "cross", "encoder", "decoder")
 
 logger = logging.getLogger(__name__)
 

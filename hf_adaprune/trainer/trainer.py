@@ -20,7 +20,7 @@ from transformers import Seq2SeqTrainer, Trainer
 from transformers.modelcard import TrainingSummary
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..families import get_adapter
+from ..families import filter_groups, get_adapter
 from .arguments import PruningArguments, Seq2SeqPruningArguments, pruning_arguments, pruning_metric_direction
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
@@ -39,7 +39,7 @@ from ..surgery import compact, kept_structure
 
 logger = logging.getLogger(__name__)
 
-_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("neurons",), "both": ("heads", "neurons")}
+_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("ffn",), "both": ("heads", "ffn")}
 # Decision evaluations are logged as pruning_eval_*: not eval_* curves, and never seen by on_evaluate
 # callbacks (early stopping, best-model tracking), which belong to the user's evaluations.
 DECISION_PREFIX = "pruning_eval"
@@ -84,19 +84,19 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         masks = attach_masks(model)
         kinds = _KIND_OF_OPTION[args.prune]
         roles = args.selected_roles()
-        self.pruning_groups = [g for g in masks.groups.values() if g.kind in kinds and g.role in roles]
+        self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if self.eval_dataset is None:
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
-        if args.pruning_criterion == "taylor" and args.pruning_warmup_steps < 1:
-            raise ValueError("Taylor importance needs gradients: set --pruning_warmup_steps >= 1")
+        self.importance = make_importance(args.pruning_criterion)
+        if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
+            raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
         self.pruning_metric = args.pruning_metric
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
         self.decision_key = f"{DECISION_PREFIX}_{self.pruning_metric}"
-        self.importance = make_importance(args.pruning_criterion)
         self.controller = AdaptiveController(
             target=args.pruning_target,
             initial_step=min(args.pruning_initial_step, args.pruning_target),
@@ -195,7 +195,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=_KIND_OF_OPTION[args.prune],
             scope=args.pruning_scope,
-            floors={"heads": args.min_heads_per_layer, "neurons": args.min_neurons_per_layer},
+            floors={"heads": args.min_heads_per_layer, "ffn": args.min_neurons_per_layer},
             costs=self.costs,
         ))
         check_masks_agree(self.accelerator, get_masks(self.model), self.pruning_groups, self.args.device)
@@ -237,7 +237,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "pruning/kept_decision": {"reference": 1.0, "keep": 1.0, ROLLBACK: 0.0}[event],
             "pruning/step_size": self.controller.state.step,
             "pruning/heads_pruned": masks.pruned_fraction("heads"),
-            "pruning/ffn_pruned": masks.pruned_fraction("neurons"),
+            "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
         }
         logger.info("pruning %s at step %d: sparsity %.3f, %s %.4f", event, step, ratio, self.pruning_metric, metric)
         self.log({**evaluation, **record})
