@@ -16,21 +16,18 @@ from .surgery import compact, kept_structure
 
 __version__ = "0.1.0"
 
-# transformers.Trainer imports datasets (and pandas): the trainers load on first use, so that
-# `import hf_adaprune` (for loading a pruned model, say) stays light.
-_LAZY = {
-    "AdaptivePruningTrainer": ".trainer.trainer",
-    "AdaptivePruningSeq2SeqTrainer": ".trainer.trainer",
-    "DatasetOrderEvalMixin": ".trainer.eval_order",
-}
+# transformers.Trainer imports datasets (and pandas): the trainers load on first use (hf_adaprune.trainer),
+# so that `import hf_adaprune` (for loading a pruned model, say) stays light.
+_FROM_TRAINER = {"AdaptivePruningTrainer", "AdaptivePruningSeq2SeqTrainer", "DatasetOrderEvalMixin"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name not in _FROM_TRAINER:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import trainer
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(trainer, name)
+
 
 __all__ = [
     "AdaptiveController",

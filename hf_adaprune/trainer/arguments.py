@@ -18,6 +18,7 @@ from transformers.trainer_utils import HubStrategy
 
 from ..engine.importance import IMPORTANCE_CRITERIA
 from ..families import ROLES
+from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 
 STRUCTURES = ("heads", "ffn", "both")
@@ -179,3 +180,17 @@ def validate_pruning_arguments(args) -> None:
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")
+
+
+def pruning_metric_direction(args) -> bool:
+    """--pruning_greater_is_better, else --greater_is_better for the same metric, else the metric's known way."""
+    if args.pruning_greater_is_better is not None:
+        return bool(args.pruning_greater_is_better)
+    best = (args.metric_for_best_model or "").removeprefix("eval_")
+    if best == args.pruning_metric and args.greater_is_better is not None:
+        return bool(args.greater_is_better)
+    direction = known_greater_is_better(args.pruning_metric)
+    if direction is None:
+        raise ValueError(f"cannot tell whether a higher --pruning_metric {args.pruning_metric!r} is better: "
+                         "set --pruning_greater_is_better true or false")
+    return direction

@@ -83,7 +83,7 @@ def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
         found = checkpoints(output_dir)
         complete = [(step, folder) for step, folder, ok in found if ok]
         if not complete:
-            raise ValueError(f"resume_from_checkpoint=True: no complete pruning checkpoint to resume from"
+            raise ValueError("resume_from_checkpoint=True: no complete pruning checkpoint to resume from"
                              + _existing_note(output_dir))
         step, folder = complete[0]
         if found[0][0] != step:
@@ -91,3 +91,29 @@ def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
                            found[0][1], PRUNING_STATE_FILE, folder)
         return folder
     return str(value)
+
+
+def check_resume_arguments(saved: dict, current: dict, allow_new: bool) -> None:
+    """Refuse to resume under pruning arguments other than the checkpoint's, naming them (unless ``allow_new``)."""
+    changed = {k: (saved[k], current.get(k)) for k in saved if current.get(k) != saved[k]}
+    if not changed:
+        return
+    listed = "; ".join(f"--{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in sorted(changed.items()))
+    if not allow_new:
+        raise ValueError(f"the checkpoint was written with other pruning arguments ({listed}). Resume with the "
+                         "checkpoint's values, or set --pruning_resume_with_new_arguments to continue with these.")
+    logger.warning("resuming with pruning arguments that differ from the checkpoint's: %s", listed)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Fail now, not after training, when the report, checkpoints and model could not be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".hf_adaprune_write_check")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(f"--output_dir {folder} is not writable ({type(err).__name__}: {err}); the report, "
+                              "checkpoints and model would be lost after training. Choose a folder you can "
+                              "write to.") from err

@@ -21,17 +21,18 @@ from transformers.modelcard import TrainingSummary
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..families import filter_groups, get_adapter
-from .arguments import PruningArguments, Seq2SeqPruningArguments, pruning_arguments
+from .arguments import PruningArguments, Seq2SeqPruningArguments, pruning_arguments, pruning_metric_direction
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
-from .checkpoint import PRUNING_STATE_FILE, read_pruning_state, resolve_resume_checkpoint, write_pruning_state
+from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
+                         resolve_resume_checkpoint, write_pruning_state)
+from .distributed import check_masks_agree, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.summary import PruningSummary
 from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
-from ..metrics import known_greater_is_better
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
 from ..engine.selection import select_masks_by_kind
 from ..surgery import compact, kept_structure
@@ -102,7 +103,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             min_step=min(args.pruning_min_step, args.pruning_initial_step, args.pruning_target),
             tolerance=args.pruning_tolerance,
             tolerance_type=args.pruning_tolerance_type,
-            greater_is_better=self._metric_direction(),
+            greater_is_better=pruning_metric_direction(args),
             growth=args.pruning_step_growth,
         )
         self.costs = (
@@ -113,20 +114,6 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
         self.pruned_comparison = None
-
-    def _metric_direction(self) -> bool:
-        """--pruning_greater_is_better, else --greater_is_better for the same metric, else the metric's known way."""
-        args = self.args
-        if args.pruning_greater_is_better is not None:
-            return bool(args.pruning_greater_is_better)
-        best = (args.metric_for_best_model or "").removeprefix("eval_")
-        if best == self.pruning_metric and args.greater_is_better is not None:
-            return bool(args.greater_is_better)
-        direction = known_greater_is_better(self.pruning_metric)
-        if direction is None:
-            raise ValueError(f"cannot tell whether a higher --pruning_metric {self.pruning_metric!r} is better: "
-                             "set --pruning_greater_is_better true or false")
-        return direction
 
     def _default_compute_metrics(self, name: str):
         from ..task_metrics import classification_metrics, generation_metrics
@@ -146,37 +133,6 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         if self.accelerator.sync_gradients and not self.controller.state.done:
             self.importance.update(self.model, self.pruning_groups)
         return loss
-
-    def _reduced_scores(self) -> dict[str, torch.Tensor]:
-        """Scores averaged over all processes, so that every rank selects the same structures."""
-        scores = self.importance.scores(self.model, self.pruning_groups)
-        missing = [g.name for g in self.pruning_groups if g.name not in scores]
-        if missing:
-            raise RuntimeError(f"no importance scores yet for {missing[:3]}...: did any gradient reach them?")
-        names = [g.name for g in self.pruning_groups]
-        flat = torch.cat([scores[n].float().to(self.args.device) for n in names])
-        if self.accelerator.num_processes > 1:
-            flat = self.accelerator.reduce(flat, reduction="mean")
-        out, offset = {}, 0
-        for n in names:
-            size = scores[n].numel()
-            out[n] = flat[offset:offset + size].cpu()
-            offset += size
-        return out
-
-    def _check_masks_agree(self) -> None:
-        """All ranks must hold the same masks; a mismatch would silently corrupt the model."""
-        if self.accelerator.num_processes == 1:
-            return
-        masks = get_masks(self.model)
-        flat = torch.cat([masks.masks[g.name].float().flatten() for g in self.pruning_groups]).to(self.args.device)
-        weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
-        checksum = torch.stack([(flat.double() * weights).sum(), flat.double().sum()]).unsqueeze(0)
-        gathered = self.accelerator.gather(checksum)
-        if not torch.allclose(gathered, gathered[:1].expand_as(gathered)):
-            raise RuntimeError(
-                f"pruning masks differ across processes (checksums {gathered.tolist()}); refusing to train on"
-            )
 
     # -- schedule: the public steps PruningCallback calls ---------------------------------------------
     def begin_pruning(self) -> None:
@@ -233,7 +189,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
     def _apply_ratio(self, ratio: float, step: int) -> None:
         args = self.args
         masks = get_masks(self.model)
-        scores = self._reduced_scores()
+        scores = reduced_scores(self.accelerator, self.importance.scores(self.model, self.pruning_groups),
+                                [g.name for g in self.pruning_groups], self.args.device)
         masks.update(select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=_KIND_OF_OPTION[args.prune],
@@ -241,7 +198,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             floors={"heads": args.min_heads_per_layer, "ffn": args.min_neurons_per_layer},
             costs=self.costs,
         ))
-        self._check_masks_agree()
+        check_masks_agree(self.accelerator, get_masks(self.model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
 
@@ -290,7 +247,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         c, args = self.controller, self.args
         if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
-            self.load_pruning_state_dict(read_pruning_state(self.state.best_model_checkpoint), check_arguments=False)
+            self.load_pruning_state_dict(read_pruning_state(self.state.best_model_checkpoint))
             logger.info("pruning state of the best checkpoint %s restored with its weights",
                         self.state.best_model_checkpoint)
         if c.state.pending is not None and self.state.global_step > self._last_prune_step:
@@ -352,51 +309,26 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "last_prune_step": self._last_prune_step,
         }
 
-    def load_pruning_state_dict(self, state: dict, check_arguments: bool = True) -> None:
-        if check_arguments:
-            self._check_resume_arguments(state.get("arguments") or {})
+    def load_pruning_state_dict(self, state: dict) -> None:
         get_masks(self.model).load_state_dict(state["masks"])
         self._accepted_masks = state["accepted_masks"]
         self.importance.load_state_dict(state["importance"])
         self.controller.load_state_dict(state["controller"])
         self._last_prune_step = state["last_prune_step"]
 
-    def _check_resume_arguments(self, saved: dict) -> None:
-        current = pruning_arguments(self.args)
-        changed = {k: (saved[k], current.get(k)) for k in saved if current.get(k) != saved[k]}
-        if not changed:
-            return
-        listed = "; ".join(f"--{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in sorted(changed.items()))
-        if not self.args.pruning_resume_with_new_arguments:
-            raise ValueError(f"the checkpoint was written with other pruning arguments ({listed}). Resume with the "
-                             "checkpoint's values, or set --pruning_resume_with_new_arguments to continue with these.")
-        logger.warning("resuming with pruning arguments that differ from the checkpoint's: %s", listed)
-
     def save_pruning_state(self, folder: str) -> None:
         """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""
         if get_masks(self.model) is not None:
             write_pruning_state(folder, self.pruning_state_dict())
 
-    def _check_output_writable(self) -> None:
-        out = self.args.output_dir
-        try:
-            os.makedirs(out, exist_ok=True)
-            probe = os.path.join(out, ".hf_adaprune_write_check")
-            with open(probe, "w") as f:
-                f.write("")
-            os.remove(probe)
-        except OSError as err:
-            raise PermissionError(f"--output_dir {out} is not writable ({type(err).__name__}: {err}); the report, "
-                                  "checkpoints and model would be lost after training. Choose a folder you can "
-                                  "write to.") from err
-
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.args.should_save:
-            self._check_output_writable()
+            check_writable(self.args.output_dir)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint:
             state = read_pruning_state(resume_from_checkpoint)
-            self._check_resume_arguments(state.get("arguments") or {})
+            check_resume_arguments(state.get("arguments") or {}, pruning_arguments(self.args),
+                                   self.args.pruning_resume_with_new_arguments)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
