@@ -6,7 +6,6 @@ Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
 
 from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
 from .engine.controller import AdaptiveController
-from .trainer.eval_order import DatasetOrderEvalMixin
 from .families import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
 from .reporting.flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
@@ -14,9 +13,24 @@ from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImpo
 from .engine.masks import PruningMasks, attach_masks, detach_masks, get_masks
 from .engine.selection import select_masks, select_masks_by_kind
 from .surgery import compact, kept_structure
-from .trainer.trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
 
 __version__ = "0.1.0"
+
+# transformers.Trainer imports datasets (and pandas): the trainers load on first use, so that
+# `import hf_adaprune` (for loading a pruned model, say) stays light.
+_LAZY = {
+    "AdaptivePruningTrainer": ".trainer.trainer",
+    "AdaptivePruningSeq2SeqTrainer": ".trainer.trainer",
+    "DatasetOrderEvalMixin": ".trainer.eval_order",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AdaptiveController",

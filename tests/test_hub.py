@@ -41,7 +41,7 @@ def test_round_trip_with_hf_adaprune(family, tmp_path):
     assert {"model.safetensors", "config.json", "modeling_adaprune.py"} <= files
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     groups = config["adaprune"]["groups"]
-    assert groups[next(iter(groups))]["kind"] in {"heads", "neurons"}
+    assert groups[next(iter(groups))]["kind"] in {"heads", "ffn"}
     assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_adaprune.Pruned")
     loaded = AutoPrunedModel.from_pretrained(tmp_path / "out").eval()
     assert (outputs(loaded, batch) - masked).abs().max() <= 1e-5
@@ -153,3 +153,42 @@ def test_dense_stock_loader_rejects_pruned_folder(tmp_path):
     save_pruned(pruned_tiny("bert"), tmp_path)
     with pytest.raises(Exception, match="(?i)size|mismatch|shape"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=False)
+
+
+def test_remote_code_is_the_layout_codec_plus_the_family_forward():
+    """The shipped file is generated from hf_adaprune/layout.py and the family's own attention forward."""
+    import ast
+    import inspect
+
+    from hf_adaprune import layout
+    from hf_adaprune.families.t5 import T5SharedBias
+    from hf_adaprune.hub.remote_code import remote_code_source
+
+    source = remote_code_source({"T5ForConditionalGeneration"}, T5SharedBias)
+    assert inspect.getsource(layout).strip() in source
+    assert "@register_shared_bias\nclass T5SharedBias(SharedBiasMixin):" in source
+    assert "WavLMSharedBias" not in source
+    tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert imported <= {"__future__", "functools", "sys", "warnings", "torch", "transformers"}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
+    namespace = {"__name__": "modeling_adaprune_check"}
+    exec(compile(source, "modeling_adaprune.py", "exec"), namespace)
+    assert namespace["SHARED_BIAS_WRAPPERS"]["t5"] is namespace["T5SharedBias"]
+    assert issubclass(namespace["PrunedT5ForConditionalGeneration"], namespace["PrunedModelMixin"])
+
+
+@pytest.mark.parametrize("lost", ["layout", "groups"])
+def test_config_that_lost_its_layout_record_is_refused_clearly(tmp_path, lost):
+    save_pruned(pruned_tiny("bert"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["adaprune"][lost]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    message = rf"record \(adaprune\) in {tmp_path}/config.json is incomplete \(missing: {lost};.*restore config.json"
+    with pytest.raises(ValueError, match=message):
+        AutoPrunedModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):  # the shipped loader says the same
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)

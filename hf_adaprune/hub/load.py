@@ -7,8 +7,8 @@ import functools
 import transformers
 from transformers import AutoConfig
 
-from ..modeling_adaprune import PrunedModelMixin
-from .save import pruned_class_name
+from ..layout import PrunedModelMixin, read_record
+from .remote_code import pruned_class_name
 
 
 @functools.cache
@@ -24,7 +24,7 @@ class AutoPrunedModel:
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
         config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
-        if not getattr(config, "adaprune", None):
+        if not read_record(config, f"{path}/config.json"):
             raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
         if auto_class is not None:
             base_class = auto_class._model_mapping[type(config)]

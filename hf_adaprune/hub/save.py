@@ -7,7 +7,6 @@ here, self-contained), plus tokenizer / processor files when given.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -16,10 +15,9 @@ from pathlib import Path
 import transformers
 from transformers.models.auto import modeling_auto
 
+from ..families import get_adapter
 from ..surgery import compact
-from .. import modeling_adaprune
-
-REMOTE_CODE_FILE = "modeling_adaprune.py"
+from .remote_code import REMOTE_CODE_FILE, pruned_class_name, remote_code_source
 
 # auto class name -> the name mapping transformers uses to resolve it
 _AUTO_MAPPINGS = {
@@ -33,10 +31,6 @@ _AUTO_MAPPINGS = {
     "AutoModelForCTC": "MODEL_FOR_CTC_MAPPING_NAMES",
     "AutoModelForAudioClassification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
 }
-
-
-def pruned_class_name(base_class_name: str) -> str:
-    return f"Pruned{base_class_name}"
 
 
 def auto_classes_for(model) -> dict[str, str]:
@@ -58,19 +52,6 @@ def auto_classes_for(model) -> dict[str, str]:
     return found
 
 
-def remote_code_source(class_names: set[str]) -> str:
-    lines = [inspect.getsource(modeling_adaprune).rstrip(), "", ""]
-    for name in sorted(class_names):
-        lines += [
-            f"class {pruned_class_name(name)}(PrunedModelMixin, transformers.{name}):",
-            f'    """{name} with the pruned layout of ``config.adaprune``."""',
-            "",
-            "",
-        ]
-    source = "\n".join(lines).rstrip() + "\n"
-    return source.replace("import torch\n", "import torch\nimport transformers\n", 1)
-
-
 def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, processor=None, **kwargs) -> Path:
     """Compact ``model`` (if it still has masks) and save it in the Hub format.
 
@@ -84,7 +65,8 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     model.config.auto_map = {k: f"modeling_adaprune.{pruned_class_name(v)}" for k, v in auto.items()}
     with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-save-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **kwargs)
-        (Path(tmp) / REMOTE_CODE_FILE).write_text(remote_code_source(set(auto.values())))
+        source = remote_code_source(set(auto.values()), get_adapter(model).attention_forward)
+        (Path(tmp) / REMOTE_CODE_FILE).write_text(source)
         for extra in (tokenizer, processor):
             if extra is not None:
                 extra.save_pretrained(tmp)
