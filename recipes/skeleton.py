@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import transformers
-from torch.utils.data import Subset
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
+from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from .arguments import RecipeError, check_output_dir
 from .results import pruning_record, results_table, save_results, test_results, validation_results, without_layers
@@ -139,13 +139,6 @@ def subsample(dataset, n: int | None, seed: int, shuffle: bool = True):
     if n is None or n >= len(dataset):
         return dataset
     return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
-
-
-def first_rows(dataset, n: int | None):
-    """The first ``n`` rows (all if ``n`` is None or too large): the validation slice each pruning decision uses."""
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.select(range(n)) if hasattr(dataset, "select") else Subset(dataset, range(n))
 
 
 def map_splits(raw, preprocess, desc: str = "tokenizing") -> dict:
