@@ -30,7 +30,15 @@ from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, D
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from .arguments import RecipeError, check_output_dir
-from .results import pruning_record, results_table, save_results, test_results, validation_results, without_layers
+from .results import (
+    pruning_record,
+    results_table,
+    save_results,
+    test_results,
+    validation_results,
+    without_layers,
+    write_text,
+)
 
 logger = logging.getLogger("hf_adaprune.recipes")
 
@@ -324,7 +332,30 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         "wall_time_s": time.time() - started,
     }
     save_results(results, results_table(results, task.format_value), training_args)
+    if control is not None and results["test"] is not None and training_args.should_save:
+        add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
+
+
+def add_control_to_card(folder: str, results: dict, format_value) -> None:
+    """Append the test comparison with the dense control to the model card (``README.md``) in ``folder``: the
+    card is written when the model is saved, before the control exists."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return
+    test, steps = results["test"], results["dense_control"]["steps"]
+    lines = ["", "## Compared with an equally trained dense model", "",
+             f"The dense control is the same model fine-tuned for the same {steps} steps on the same data, in the "
+             f"same order, without pruning. Test set: {test['samples']} examples.", "",
+             "| metric | dense control | pruned | change |", "|---|---|---|---|"]
+    for name in test["metrics"]:
+        control, pruned = test[f"control_{name}"], test[f"pruned_{name}"]
+        change = "" if control is None or pruned is None else \
+            ("+" if pruned >= control else "") + format_value(name, pruned - control)
+        lines.append(f"| {name} | {format_value(name, control)} | {format_value(name, pruned)} | {change} |")
+    with open(path, encoding="utf-8") as f:
+        card = f.read()
+    write_text(path, card.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 def _plain_trainer(run: Run, model, args):
