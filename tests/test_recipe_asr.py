@@ -316,6 +316,8 @@ def test_resampling_and_normalization(monkeypatch):
     normalize = asr.make_normalizer(asr.parse_normalization("lowercase,punctuation,digits"))
     assert normalize("  Seven. ") == "seven" and normalize("7!") == "seven" and normalize("It's 42") == "it's four two"
     assert asr.make_normalizer(())("Seven.") == "Seven."
+    whisper = asr.make_normalizer(asr.parse_normalization("whisper,digits"))  # transformers' normaliser first
+    assert whisper("Hello, [noise] World! Take 7") == "hello world take seven"
     with pytest.raises(asr.RecipeError, match="unknown step"):
         asr.parse_normalization("lowercase,stemming")
 
