@@ -80,7 +80,7 @@ from recipes.example_utils import (
     setup_example_logging,
     write_outputs,
 )
-from recipes.results import format_ms
+from recipes.results import format_count, format_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -328,7 +328,7 @@ def main(argv=None) -> dict:
                                               data_collator=DataCollatorForSeq2Seq(tokenizer, model=dense),
                                               processing_class=tokenizer, compute_metrics=compute_metrics,
                                               callbacks=[budget])
-        print(f"dense: {sum(p.numel() for p in dense.parameters()) / 1e6:.2f}M parameters; training for at most "
+        print(f"dense: {format_count(sum(p.numel() for p in dense.parameters()))} parameters; training for at most "
               f"{args.dense_minutes:g} min or {args.dense_max_steps} steps", flush=True)
         dense_trainer.train()
         dense_steps = dense_trainer.state.global_step

@@ -46,8 +46,8 @@ resampled and unknown metric names stop the run at once (:class:`RecipeError`, e
 status 2 on the command line) with the file or row named.
 
 WER / CER are computed on normalised text (``--text_normalization``: ``lowercase``,
-``punctuation`` (removed), ``digits`` (spelled out, "7" -> "seven"), comma-separated,
-or ``none``).
+``punctuation`` (removed), ``digits`` (spelled out, "7" -> "seven"), ``whisper``
+(transformers' ``BasicTextNormalizer``, applied first), comma-separated, or ``none``).
 
 Whisper options: ``--whisper_window_seconds N`` shortens the encoder's input window
 from 30 s to N whole seconds (the positional table is cut to its first N*50 rows and
@@ -204,7 +204,8 @@ class DataTrainingArguments(DataArguments):
     text_normalization: str = field(
         default="lowercase,punctuation",
         metadata={"help": "How transcripts are normalised for WER/CER: comma-separated steps among lowercase, "
-                          "punctuation, digits (spell out 0-9), or 'none'."},
+                          "punctuation, digits (spell out 0-9), whisper (transformers' BasicTextNormalizer), "
+                          "or 'none'."},
     )
 
 

@@ -24,13 +24,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import transformers
-from torch.utils.data import Subset
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
+from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from .arguments import RecipeError, check_output_dir
-from .results import pruning_record, results_table, save_results, test_results, validation_results, without_layers
+from .results import (
+    pruning_record,
+    results_table,
+    save_results,
+    test_results,
+    validation_results,
+    without_layers,
+    write_text,
+)
 
 logger = logging.getLogger("hf_adaprune.recipes")
 
@@ -139,13 +147,6 @@ def subsample(dataset, n: int | None, seed: int, shuffle: bool = True):
     if n is None or n >= len(dataset):
         return dataset
     return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
-
-
-def first_rows(dataset, n: int | None):
-    """The first ``n`` rows (all if ``n`` is None or too large): the validation slice each pruning decision uses."""
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.select(range(n)) if hasattr(dataset, "select") else Subset(dataset, range(n))
 
 
 def map_splits(raw, preprocess, desc: str = "tokenizing") -> dict:
@@ -331,7 +332,30 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         "wall_time_s": time.time() - started,
     }
     save_results(results, results_table(results, task.format_value), training_args)
+    if control is not None and results["test"] is not None and training_args.should_save:
+        add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
+
+
+def add_control_to_card(folder: str, results: dict, format_value) -> None:
+    """Append the test comparison with the dense control to the model card (``README.md``) in ``folder``: the
+    card is written when the model is saved, before the control exists."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return
+    test, steps = results["test"], results["dense_control"]["steps"]
+    lines = ["", "## Compared with an equally trained dense model", "",
+             f"The dense control is the same model fine-tuned for the same {steps} steps on the same data, in the "
+             f"same order, without pruning. Test set: {test['samples']} examples.", "",
+             "| metric | dense control | pruned | change |", "|---|---|---|---|"]
+    for name in test["metrics"]:
+        control, pruned = test[f"control_{name}"], test[f"pruned_{name}"]
+        change = "" if control is None or pruned is None else \
+            ("+" if pruned >= control else "") + format_value(name, pruned - control)
+        lines.append(f"| {name} | {format_value(name, control)} | {format_value(name, pruned)} | {change} |")
+    with open(path, encoding="utf-8") as f:
+        card = f.read()
+    write_text(path, card.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 def _plain_trainer(run: Run, model, args):

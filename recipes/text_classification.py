@@ -235,7 +235,8 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
 def _sources(data_args: DataTrainingArguments) -> dict[str, str]:
     """Where each split comes from, as error messages name it."""
     if data_args.dataset_name is not None:
-        return {split: f"--dataset_name {data_args.dataset_name} ({split})" for split in ("train", "validation", "test")}
+        return {split: f"--dataset_name {data_args.dataset_name} ({split})"
+                for split in ("train", "validation", "test")}
     return {split: getattr(data_args, f"{split}_file") or f"the {split} rows held out of {data_args.train_file}"
             for split in ("train", "validation", "test")}
 
@@ -344,15 +345,17 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
         unlisted = sorted(values - set(order))
         if unlisted:
             split = next(s for s, d in raw.items() if unlisted[0] in {str(v) for v in d.unique(label_column)})
+            where = _where(raw[split], label_column, unlisted[0], sources[split])
             raise RecipeError(f"label values {unlisted} of column {label_column!r} are not in --label_mapping "
-                              f"{label_mapping!r} (first at {_where(raw[split], label_column, unlisted[0], sources[split])}; "
+                              f"{label_mapping!r} (first at {where}; "
                               f"drop them with --drop_labels)")
     else:
         numbers = sorted(v for v in counts if INTEGER.match(v))
         words = sorted(v for v in counts if not INTEGER.match(v))
         if numbers and words:
+            where = _where(raw["train"], label_column, words[0], sources["train"])
             raise RecipeError(f"column {label_column!r} of {sources['train']} mixes numbers {numbers[:5]} and words "
-                              f"{words[:5]} (first word at {_where(raw['train'], label_column, words[0], sources['train'])}); "
+                              f"{words[:5]} (first word at {where}); "
                               f"fix the rows, or list every label with --label_mapping")
         order = sorted(counts, key=int) if numbers else sorted(counts)
         single = [v for v in order if counts[v] == 1]

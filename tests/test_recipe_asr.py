@@ -201,7 +201,7 @@ def test_whisper_recipe_from_config_file(tmp_path, manifests, tiny_whisper_dir):
     )
     out = tmp_path / "whisper"
     results = asr.main([str(config_file), *PRUNING, "--output_dir", str(out), "--generation_max_length", "6",
-                        "--pruning_seq_len", "8"])
+                        "--pruning_seq_len", "8", "--dense_control", "true"])
     results_file, model = check_output_folder(out, transformers.WhisperProcessor)
     assert results_file["task"]["kind"] == "seq2seq" and results["task"]["kind"] == "seq2seq"
     assert results["samples"] == {"train": 12, "validation": 4, "test": 4}
@@ -210,6 +210,11 @@ def test_whisper_recipe_from_config_file(tmp_path, manifests, tiny_whisper_dir):
     assert json.loads((out / "preprocessor_config.json").read_text())["chunk_length"] == 1
     test = results["test"]
     assert test["dense_step"] == 1 and test["dense_wer"] is not None and test["pruned_wer"] is not None
+    # the dense control: as many steps, scored, saved with its processor (a Whisper the stock classes load)
+    assert results["dense_control"]["steps"] == results["train"]["global_step"] == test["control_steps"]
+    assert test["control_wer"] is not None and test["control_cer"] is not None
+    control = transformers.AutoModelForSpeechSeq2Seq.from_pretrained(out / "dense_control")
+    assert control.config.max_source_positions == 50 and (out / "dense_control" / "preprocessor_config.json").exists()
     assert results["pruning"]["final_sparsity"] > 0  # tolerance 100: every step is kept
     assert results["comparison"]["layer_flops_removed"] > 0.2
     report = json.loads((out / "pruning_report.json").read_text())
@@ -311,6 +316,8 @@ def test_resampling_and_normalization(monkeypatch):
     normalize = asr.make_normalizer(asr.parse_normalization("lowercase,punctuation,digits"))
     assert normalize("  Seven. ") == "seven" and normalize("7!") == "seven" and normalize("It's 42") == "it's four two"
     assert asr.make_normalizer(())("Seven.") == "Seven."
+    whisper = asr.make_normalizer(asr.parse_normalization("whisper,digits"))  # transformers' normaliser first
+    assert whisper("Hello, [noise] World! Take 7") == "hello world take seven"
     with pytest.raises(asr.RecipeError, match="unknown step"):
         asr.parse_normalization("lowercase,stemming")
 

@@ -105,6 +105,10 @@ def test_control_has_the_pruning_runs_steps_and_batches(workspace, tmp_path, mon
     accuracy = (predictions == torch.tensor([int(r[1]) for r in rows])).float().mean().item()
     assert accuracy == pytest.approx(test["control_accuracy"])
 
+    card = (out / "README.md").read_text()
+    assert "## Compared with an equally trained dense model" in card
+    assert f"| accuracy | {test['control_accuracy']:.4f} | {test['pruned_accuracy']:.4f} |" in card
+
     table = capsys.readouterr().out
     assert "control (6 steps)" in table and "change vs control" in table
     assert "note: the dense column" not in table

@@ -30,7 +30,9 @@ logger = logging.getLogger("hf_adaprune.recipes.asr")
 DEFAULT_FSDD_RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fsdd" / "recordings"
 MANIFEST_TYPES = (".csv", ".tsv", ".jsonl", ".json")
 
-NORMALIZATION_STEPS = ("lowercase", "punctuation", "digits")
+# "whisper": transformers' BasicTextNormalizer (Whisper's normaliser for any language: lower case, bracketed
+# text dropped, symbols and punctuation, apostrophes included, become spaces)
+NORMALIZATION_STEPS = ("lowercase", "punctuation", "digits", "whisper")
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -56,7 +58,15 @@ def make_normalizer(steps):
     """A function normalising transcripts for WER: the given steps, then whitespace collapsed."""
     steps = tuple(steps)
 
+    whisper = None
+    if "whisper" in steps:
+        from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+        whisper = BasicTextNormalizer()
+
     def normalize(text: str) -> str:
+        if whisper is not None:
+            text = whisper(text)
         if "lowercase" in steps:
             text = text.lower()
         if "punctuation" in steps:
@@ -341,7 +351,8 @@ def filter_durations(rows: list[dict], rate: int, data_args) -> list[dict]:
     return kept
 
 def write_fsdd_manifests_cli(argv: list[str]) -> None:
-    """``python -m recipes.asr --make_fsdd_manifests DIR [--fsdd_dir RECORDINGS] [--fsdd_validation_takes N]``: only the manifests."""
+    """Only the FSDD manifests: ``python -m recipes.asr --make_fsdd_manifests DIR [--fsdd_dir RECORDINGS]
+    [--fsdd_validation_takes N]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m recipes.asr --make_fsdd_manifests")
