@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass, field, fields
@@ -28,6 +27,8 @@ from ..families import UnsupportedModelError, find_groups, get_adapter
 from ..hub import save_pruned
 from ..metrics import metric_greater_is_better
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
+from ..reporting.report import write_json
+from ..reporting.summary import ProfileComparison
 from ..surgery import compact
 from ..task_metrics import classification_metrics
 from .calibration import LABEL_KEYS, SCORE_KINDS, calibration_batches, device_batch, mask_gradient_scores, model_input_names
@@ -53,13 +54,14 @@ class PostTrainingResult:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # per group, as used by the selection
     history: list[dict] = field(default_factory=list)  # the controller's decisions
     refit_errors: dict[str, float] = field(default_factory=dict)  # relative output error per re-fitted group
-    comparison: dict | None = None  # compare_profiles(dense, pruned)
+    comparison: ProfileComparison | None = None  # compare_profiles(dense, pruned)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     output_dir: Path | None = None
 
     def summary(self) -> dict:
-        skip = ("model", "scores")
+        skip = ("model", "scores", "comparison", "output_dir")
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip} | {
+            "comparison": None if self.comparison is None else self.comparison.to_dict(),
             "output_dir": str(self.output_dir or "")}
 
 
@@ -77,7 +79,7 @@ def post_training_prune(
     ridge: float = DEFAULT_RIDGE,
     refit_samples: int | None = None,
     search: bool = False,
-    kinds: tuple[str, ...] = ("heads", "neurons"),
+    kinds: tuple[str, ...] = ("heads", "ffn"),
     min_heads_per_layer: int = 1,
     min_neurons_per_layer: int = 1,
     seq_len: int = 128,
@@ -141,7 +143,7 @@ def post_training_prune(
         masks.update({name: torch.ones_like(mask) for name, mask in masks.masks.items()})
         masks.update(select_masks_by_kind(
             groups, all_scores, masks.masks, ratio, kinds=kinds, scope="global",
-            floors={"heads": min_heads_per_layer, "neurons": min_neurons_per_layer}, costs=costs))
+            floors={"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}, costs=costs))
         if not refit:
             return {}
         return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress)
@@ -170,7 +172,7 @@ def post_training_prune(
     timings["total"] = time.time() - started
     if output_dir is not None:
         result.output_dir = save_pruned(model, output_dir, tokenizer=tokenizer)
-        (result.output_dir / "post_training_report.json").write_text(json.dumps(result.summary(), indent=1))
+        write_json(result.output_dir / "post_training_report.json", result.summary())
     return result
 
 
