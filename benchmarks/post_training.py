@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
     parser.add_argument("--refit_samples", type=int, default=1024, help="calibration examples the re-fit reads")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.65])
-    parser.add_argument("--scores", nargs="+", default=["fisher", "taylor"],
+    parser.add_argument("--scores", nargs="+", default=["taylor", "fisher"],
                         help="score kinds; the first at every target, the others at the first target without re-fit")
     parser.add_argument("--tolerance", type=float, default=0.015)
     parser.add_argument("--threads", type=int, default=1)

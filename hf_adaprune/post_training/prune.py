@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # model types whose calibration batches and token masks this module knows (encoder-only families)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert")
-DEFAULT_SCORES = "fisher"
+DEFAULT_SCORES = "taylor"  # kept more accuracy than Fisher in benchmarks/post_training.py (README)
 SEARCH_CEILING = 0.9  # target=None: the controller searches up to this fraction
 
 
@@ -96,8 +96,8 @@ def post_training_prune(
     structures, their activations drive the re-fit). ``target``: fraction of each kind's (heads, FFN
     neurons) layer FLOPs at ``seq_len`` tokens to remove, in (0, 1); ``None`` (or ``search=True``) lets
     :class:`AdaptiveController` search the largest ratio (up to ``target``, or 0.9) whose ``metric`` on
-    ``eval_dataset`` stays within ``tolerance`` of the dense model's. ``scores``: ``"fisher"`` (default,
-    ``mean (dL/dm)^2`` per example) or ``"taylor"`` (``mean |dL/dm|``), or the per-group scores of an
+    ``eval_dataset`` stays within ``tolerance`` of the dense model's. ``scores``: ``"taylor"`` (default,
+    ``mean |dL/dm|`` per example) or ``"fisher"`` (``mean (dL/dm)^2``), or the per-group scores of an
     earlier call (``result.scores``) to prune the same model to another target without a scoring pass. ``refit``: re-fit each pruned
     group's output projection by ridge least squares (``ridge`` relative to the activations' scale), on the
     first ``refit_samples`` calibration examples (None: all; the re-fit's cost grows with them).
