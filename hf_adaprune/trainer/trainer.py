@@ -30,7 +30,7 @@ from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..metrics import metric_greater_is_better
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from ..engine.selection import select_masks_by_kind
+from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact, kept_structure
 from ..task_metrics import classification_metrics, generation_metrics
 
@@ -111,6 +111,10 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
             if args.pruning_target_type == "flops" else None
         )
+        blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
+                                     args.pruning_target, kinds, self._floors(), self.costs)
+        if blocked:
+            logger.warning(blocked)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
@@ -190,7 +194,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         c = self.controller
         tried = c.state.pending
         metric = self._decision_metric()
-        decision = c.decide(metric)
+        decision = c.decide(metric, selected=selected_fraction_by_kind(
+            self.pruning_groups, get_masks(self.model).masks, _KIND_OF_OPTION[self.args.prune], self.costs))
         masks = get_masks(self.model)
         if decision == ROLLBACK:
             masks.load_state_dict(self._accepted_masks)
@@ -210,12 +215,15 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=_KIND_OF_OPTION[args.prune],
             scope=args.pruning_scope,
-            floors={"heads": args.min_heads_per_layer, "ffn": args.min_neurons_per_layer},
+            floors=self._floors(),
             costs=self.costs,
         ))
         self._check_masks_agree()
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
+
+    def _floors(self) -> dict[str, int]:
+        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer}
 
     def _decision_metric(self) -> float:
         metrics = self.evaluate(eval_dataset=self._decision_dataset())
