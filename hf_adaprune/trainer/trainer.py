@@ -255,9 +255,13 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         c, args = self.controller, self.args
         if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
-            self.load_pruning_state_dict(read_pruning_state(self.state.best_model_checkpoint))
-            logger.info("pruning state of the best checkpoint %s restored with its weights",
-                        self.state.best_model_checkpoint)
+            best = self.state.best_model_checkpoint
+            if os.path.isfile(os.path.join(best, PRUNING_STATE_FILE)):
+                self.load_pruning_state_dict(read_pruning_state(best))
+                logger.info("pruning state of the best checkpoint %s restored with its weights", best)
+            else:
+                logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
+                               PRUNING_STATE_FILE)
         if c.state.pending is not None and self.state.global_step > self._last_prune_step:
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
