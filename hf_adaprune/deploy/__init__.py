@@ -1,0 +1,9 @@
+"""From a pruned model to a deployed one: smaller vocabulary, int8, ONNX, CTranslate2.
+
+Optional packages (onnx, onnxruntime, torchao, ctranslate2) are imported by the
+functions that need them, never here, so ``import hf_adaprune`` does not need them.
+"""
+
+from .vocabulary import prune_vocabulary, slice_vocabulary, token_ids_in
+
+__all__ = ["prune_vocabulary", "slice_vocabulary", "token_ids_in"]
