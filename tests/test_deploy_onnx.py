@@ -104,7 +104,7 @@ def test_whisper_greedy_tokens_identical(tmp_path):
 
 
 def test_onnxruntime_int8_close_to_float(tmp_path):
-    model = tiny_model("bert", vocab_size=500)
+    model = tiny_model("bert")
     random_masks(model)
     compact(model)
     export_onnx(model, tmp_path)
@@ -112,7 +112,11 @@ def test_onnxruntime_int8_close_to_float(tmp_path):
     batch = text_batch()
     float_logits, int8_logits = run_encoder(tmp_path, batch), run_encoder(tmp_path, batch, "model.int8.onnx")
     assert 0 < np.abs(float_logits - int8_logits).max() <= 0.05
-    assert (tmp_path / "model.int8.onnx").stat().st_size < 0.6 * (tmp_path / "model.onnx").stat().st_size
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(int8_weights) >= 6  # the linears of the tiny model's kept layers
 
 
 def test_export_refuses_a_half_precision_model(tmp_path):
