@@ -6,7 +6,6 @@ Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
 
 from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
 from .engine.controller import AdaptiveController
-from .trainer.eval_order import DatasetOrderEvalMixin
 from .families import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
 from .reporting.flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
@@ -14,9 +13,21 @@ from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImpo
 from .engine.masks import PruningMasks, attach_masks, detach_masks, get_masks
 from .engine.selection import select_masks, select_masks_by_kind
 from .surgery import compact, kept_structure
-from .trainer.trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
 
 __version__ = "0.1.0"
+
+# transformers.Trainer imports datasets (and pandas): the trainers load on first use (hf_adaprune.trainer),
+# so that `import hf_adaprune` (for loading a pruned model, say) stays light.
+_FROM_TRAINER = {"AdaptivePruningTrainer", "AdaptivePruningSeq2SeqTrainer", "DatasetOrderEvalMixin"}
+
+
+def __getattr__(name: str):
+    if name not in _FROM_TRAINER:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import trainer
+
+    return getattr(trainer, name)
+
 
 __all__ = [
     "AdaptiveController",

@@ -58,13 +58,15 @@ def main():
     trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))
     rank = trainer.args.process_index
     if opts.break_rank is not None and rank == opts.break_rank:
-        original = trainer._reduced_scores
+        import hf_adaprune.trainer.trainer as trainer_module
 
-        def corrupted():  # a rank whose scores were never reduced: different selection
-            scores = original()
+        original = trainer_module.reduced_scores
+
+        def corrupted(*args, **kwargs):  # a rank whose scores were never reduced: different selection
+            scores = original(*args, **kwargs)
             return {name: torch.rand_like(value) for name, value in scores.items()}
 
-        trainer._reduced_scores = corrupted
+        trainer_module.reduced_scores = corrupted
     if opts.crash_after is not None:
         trainer.add_callback(CrashAfter(opts.crash_after))
     trainer.train(resume_from_checkpoint=opts.resume)

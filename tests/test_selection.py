@@ -80,10 +80,10 @@ def test_by_kind_prunes_each_kind_apart():
         def __init__(self, name, kind):
             self.name, self.kind = name, kind
 
-    groups = [G("h0", "heads"), G("n0", "neurons")]
+    groups = [G("h0", "heads"), G("n0", "ffn")]
     scores = {"h0": torch.tensor([3.0, 1.0, 2.0, 4.0]), "n0": torch.tensor([0.1, 0.4, 0.3, 0.2])}
     current = {"h0": torch.ones(4), "n0": torch.ones(4)}
-    both = select_masks_by_kind(groups, scores, current, 0.5, floors={"heads": 1, "neurons": 1})
+    both = select_masks_by_kind(groups, scores, current, 0.5, floors={"heads": 1, "ffn": 1})
     assert both["h0"].tolist() == [1, 0, 0, 1] and both["n0"].tolist() == [0, 1, 1, 0]
     heads_only = select_masks_by_kind(groups, scores, current, 0.5, kinds=("heads",))
     assert set(heads_only) == {"h0"}

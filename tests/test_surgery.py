@@ -19,7 +19,7 @@ def random_masks(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     names = list(masks.masks)
     heads = masks.of_kind("heads")
-    ffns = masks.of_kind("neurons")
+    ffns = masks.of_kind("ffn")
     for name in names:
         masks.set(name, (torch.rand(masks.masks[name].shape, generator=generator) > 0.5).float())
     masks.set(heads[0], torch.zeros_like(masks.masks[heads[0]]))

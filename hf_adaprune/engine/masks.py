@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..families import Group, HeadGroup, find_groups
-from ..modeling_adaprune import SHARED_BIAS_WRAPPERS, install_shared_bias
+from ..layout import install_shared_bias
 
 _ATTR = "_adaprune_masks"
 
@@ -24,14 +24,14 @@ def structure_count(base_model: nn.Module, group: Group) -> int:
 
 
 def _prepare_core(base_model: nn.Module, group: Group) -> None:
-    """Give an attention core whose stock forward bypasses its output projection a forward that calls it."""
-    if not isinstance(group, HeadGroup) or not group.shared_bias:
+    """Give an attention core whose stock forward bypasses its output projection the family's forward."""
+    forward = getattr(group, "shared_bias", None)
+    if forward is None or not forward.gates_need_wrapper:
         return
-    wrapper = SHARED_BIAS_WRAPPERS[group.shared_bias]
     core = base_model.get_submodule(group.core)
-    if wrapper.gates_need_wrapper and not isinstance(core, wrapper):
+    if not isinstance(core, forward):
         count = structure_count(base_model, group)
-        install_shared_bias(core, group.shared_bias, range(count), count)
+        install_shared_bias(core, forward, range(count), count)
 
 
 class _Gate:

@@ -52,7 +52,7 @@ def select_masks_by_kind(
     scores: dict[str, torch.Tensor],
     current: dict[str, torch.Tensor],
     ratio: float,
-    kinds=("heads", "neurons"),
+    kinds=("heads", "ffn"),
     scope: str = "layer",
     floors: dict[str, int] | None = None,
     costs: dict[str, float] | None = None,
