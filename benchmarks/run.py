@@ -255,7 +255,7 @@ def one_shot_models(bench: Bench, targets) -> dict[float, torch.nn.Module]:
         scorer(**batch).loss.backward()
         importance.update(scorer, groups)
         scorer.zero_grad()
-    scores, costs = importance.scores(), structure_costs(scorer, groups, SEQ_LEN)
+    scores, costs = importance.scores(scorer, groups), structure_costs(scorer, groups, SEQ_LEN)
     models = {}
     for target in targets:
         model = copy.deepcopy(bench.dense)

@@ -1,8 +1,8 @@
 """Metric names: how to load them, which way is better, which number is the headline.
 
 :func:`load_metric` keeps ``evaluate`` as the front door: ``evaluate.load(name)``
-(Hub, cache or a local script; offline when ``HF_HUB_OFFLINE`` /
-``HF_EVALUATE_OFFLINE`` say so). When that fails, or ``evaluate`` is not
+(Hub, cache or a local script; only local files and the cache when
+``HF_HUB_OFFLINE`` / ``HF_EVALUATE_OFFLINE`` say so, passed per call). When that fails, or ``evaluate`` is not
 installed, names in :data:`hf_adaprune.task_metrics.LOCAL_METRICS` are computed
 in-process with scikit-learn, sacrebleu or jiwer, with the inputs, keyword
 arguments and result keys of the Hub metric of the same name.
@@ -14,6 +14,7 @@ import: ``import hf_adaprune`` stays light.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,25 @@ HIGHER_IS_BETTER = frozenset({
 _HEADLINE_KEYS: dict[str, str | None] = {"sacrebleu": "score", "chrf": "score", "wer": None, "cer": None}
 
 
+def _evaluate_has_locally(name: str) -> bool:
+    """A local metric script or folder, or a Hub metric evaluate has cached before."""
+    import evaluate.config
+
+    if os.path.exists(name):
+        return True
+    repo = name if "/" in name else f"evaluate-metric/{name}"
+    cached = os.path.join(evaluate.config.HF_MODULES_CACHE, "evaluate_modules", "metrics", repo.replace("/", "--"))
+    return os.path.isdir(cached)
+
+
+def _hub_offline() -> bool:
+    """Offline as the user asked: ``HF_HUB_OFFLINE`` (which evaluate's own downloads ignore) or ``HF_EVALUATE_OFFLINE``."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_EVALUATE_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE) or flag
+
+
 def load_metric(name: str, **kwargs: Any):
     """``evaluate.load(name, **kwargs)``, or the in-process metric of that name if that fails.
 
@@ -56,10 +76,15 @@ def load_metric(name: str, **kwargs: Any):
     except ImportError as err:
         evaluate_error: Exception = err
     else:
-        try:
-            return evaluate.load(name, **kwargs)
-        except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ValueError, ...
-            evaluate_error = err
+        if _hub_offline() and not _evaluate_has_locally(name):
+            # evaluate's downloader ignores HF_HUB_OFFLINE: it would try the Hub, with retries
+            evaluate_error = FileNotFoundError(f"offline (HF_HUB_OFFLINE) and {name!r} is neither a local "
+                                               "script nor in evaluate's module cache")
+        else:
+            try:
+                return evaluate.load(name, **kwargs)
+            except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ValueError, ...
+                evaluate_error = err
     base = name.removeprefix("evaluate-metric/")
     if base not in LOCAL_METRICS:
         raise ValueError(

@@ -254,3 +254,25 @@ def test_save_pretrained_after_compaction_writes_a_remote_code_folder(tmp_path):
     assert (outputs(again, batch) - expected).abs().max() <= 1e-5
     assert copy.deepcopy(model).config.adaprune == model.config.adaprune
     pickle.loads(pickle.dumps(model))  # the pruned class is importable by name
+
+
+@pytest.mark.parametrize("forward", [None, "t5", "wavlm"])
+def test_remote_code_reads_nothing_itself(forward):
+    """The shipped file opens no file, loads no pickle, runs no other code and reaches no network: transformers
+    hands it config.json's record and the folder's weights (safetensors), nothing else."""
+    import ast
+
+    from hf_adaprune.families.t5 import T5SharedBias
+    from hf_adaprune.families.wavlm import WavLMSharedBias
+    from hf_adaprune.hub.remote_code import remote_code_source
+
+    source = remote_code_source({"BertModel"}, {None: None, "t5": T5SharedBias, "wavlm": WavLMSharedBias}[forward])
+    tree = ast.parse(source)
+    called = {node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+              for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and isinstance(node.func, (ast.Name, ast.Attribute))}
+    assert not called & {"open", "exec", "eval", "compile", "__import__", "import_module", "load", "loads",
+                         "urlopen", "system", "popen", "run", "read_text", "read_bytes"}
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert modules <= {"__future__", "functools", "sys", "warnings", "torch", "transformers"}

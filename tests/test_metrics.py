@@ -41,10 +41,11 @@ def compute(name: str, **inputs):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Offline mode as the environment requests it; any socket use fails the test."""
+    """HF_HUB_OFFLINE alone (evaluate's own downloader ignores it); any socket use fails the test."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
     attempts = []
 
     def no_network(*args, **kwargs):
@@ -165,7 +166,7 @@ def test_load_metric_falls_back_offline_without_network(offline):
     assert load_metric("accuracy").compute(predictions=PREDS, references=REFS) == {"accuracy": pytest.approx(0.75)}
 
 
-def test_load_metric_tries_evaluate_first_and_leaves_its_settings_alone(monkeypatch):
+def test_load_metric_tries_evaluate_first_and_leaves_its_settings_alone(monkeypatch, tmp_path):
     seen, sentinel = [], object()
     before = evaluate.config.HF_EVALUATE_OFFLINE
 
@@ -174,8 +175,15 @@ def test_load_metric_tries_evaluate_first_and_leaves_its_settings_alone(monkeypa
         return sentinel
 
     monkeypatch.setattr(evaluate, "load", fake_load)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
     assert load_metric("rouge", cache_dir="/tmp/x") is sentinel
     assert seen == [("rouge", {"cache_dir": "/tmp/x"}, before)]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # offline: only what is local or cached
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", str(tmp_path))
+    assert isinstance(load_metric("accuracy"), LocalMetric) and len(seen) == 1
+    (tmp_path / "evaluate_modules" / "metrics" / "evaluate-metric--accuracy").mkdir(parents=True)
+    assert load_metric("accuracy") is sentinel and evaluate.config.HF_EVALUATE_OFFLINE == before
 
 
 def test_load_metric_without_evaluate_installed(monkeypatch):

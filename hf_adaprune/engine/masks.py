@@ -35,17 +35,20 @@ def _prepare_core(base_model: nn.Module, group: Group) -> None:
 
 
 class _Gate:
-    """Forward pre-hook multiplying the projection input by the group's mask."""
+    """Forward pre-hook multiplying the projection input by the group's mask.
+
+    It always multiplies (by ones while nothing is pruned): a branch on the mask's
+    values would break a ``torch.compile`` graph at every hook. The mask tensor is
+    updated in place (:meth:`PruningMasks.set`), so a compiled graph sees new
+    values without recompiling.
+    """
 
     def __init__(self, masks: "PruningMasks", name: str, repeat: int):
         self.masks, self.name, self.repeat = masks, name, repeat
 
     def __call__(self, module, args):
-        mask = self.masks.masks[self.name]
-        if bool(mask.all()):
-            return None
         x = args[0]
-        gate = mask.to(device=x.device, dtype=x.dtype)
+        gate = self.masks.masks[self.name].to(dtype=x.dtype)
         if self.repeat > 1:
             gate = gate.repeat_interleave(self.repeat)
         return (x * gate,) + tuple(args[1:])
@@ -90,13 +93,15 @@ class PruningMasks:
         current = self.masks[name]
         if mask.shape != current.shape:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, expected {tuple(current.shape)}")
-        self.masks[name] = mask.to(device=current.device, dtype=current.dtype)
+        with torch.no_grad():
+            current.copy_(mask)  # in place: compiled graphs read the same tensor
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
         for name, mask in masks.items():
             self.set(name, mask)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the masks (later updates do not change them)."""
         return {name: mask.detach().cpu().clone() for name, mask in self.masks.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -34,7 +34,7 @@ from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from ..engine.selection import select_masks_by_kind
+from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact, kept_structure
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,10 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
             if args.pruning_target_type == "flops" else None
         )
+        blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
+                                     args.pruning_target, kinds, self._floors(), self.costs)
+        if blocked:
+            logger.warning(blocked)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
@@ -174,7 +178,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         c = self.controller
         tried = c.state.pending
         metric, evaluation = self._decision_metric()
-        decision = c.decide(metric)
+        decision = c.decide(metric, selected=selected_fraction_by_kind(
+            self.pruning_groups, get_masks(self.model).masks, _KIND_OF_OPTION[self.args.prune], self.costs))
         masks = get_masks(self.model)
         if decision == ROLLBACK:
             masks.load_state_dict(self._accepted_masks)
@@ -195,12 +200,15 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=_KIND_OF_OPTION[args.prune],
             scope=args.pruning_scope,
-            floors={"heads": args.min_heads_per_layer, "ffn": args.min_neurons_per_layer},
+            floors=self._floors(),
             costs=self.costs,
         ))
         check_masks_agree(self.accelerator, get_masks(self.model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
+
+    def _floors(self) -> dict[str, int]:
+        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer}
 
     def _evaluate_rows(self, rows: int | None) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
@@ -247,9 +255,13 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         c, args = self.controller, self.args
         if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
-            self.load_pruning_state_dict(read_pruning_state(self.state.best_model_checkpoint))
-            logger.info("pruning state of the best checkpoint %s restored with its weights",
-                        self.state.best_model_checkpoint)
+            best = self.state.best_model_checkpoint
+            if os.path.isfile(os.path.join(best, PRUNING_STATE_FILE)):
+                self.load_pruning_state_dict(read_pruning_state(best))
+                logger.info("pruning state of the best checkpoint %s restored with its weights", best)
+            else:
+                logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
+                               PRUNING_STATE_FILE)
         if c.state.pending is not None and self.state.global_step > self._last_prune_step:
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
