@@ -184,7 +184,7 @@ def test_inplace_prunes_the_model_given():
 def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     model = tiny_model("bert", initializer_range=0.3)  # large weights: pruning moves the loss
     eval_rows = labelled_examples(32, seed=5)
-    result = post_training_prune(model, labelled_examples(64), None, metric="loss", tolerance=0.05,
+    result = post_training_prune(model, labelled_examples(64), None, metric="loss", tolerance=0.05, scores="fisher",
                                  eval_dataset=eval_rows, data_collator=pad_collator, seq_len=16, progress=False)
     events = [h["event"] for h in result.history]
     # the last try was rolled back after a kept one: the model must have been rebuilt at the kept ratio
