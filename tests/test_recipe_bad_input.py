@@ -185,11 +185,13 @@ def _csv(rows) -> bytes:
     return ("sentence,label\n" + "".join(f"{s},{y}\n" for s, y in rows)).encode()
 
 
-def test_fuzz_corrupted_files_end_in_success_or_one_error_line(tmp_path):
+def test_fuzz_corrupted_files_end_in_success_or_one_error_line(tmp_path, monkeypatch):
+    # the data steps are under test: building the metric (an evaluate.load attempt each time) is not
+    monkeypatch.setattr(recipe, "build_compute_metrics", lambda name: None)
     rng = random.Random(1234)
     clean_train, clean_validation = ROWS * 2, ROWS[:4]
     outcomes = {"ok": 0, "error": 0}
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: bounded whatever else the machine runs
     for case in range(300):
         ext, dump = (".csv", _csv) if case % 2 == 0 else (".jsonl", _jsonl)
         folder = tmp_path / f"case{case}"
@@ -213,4 +215,4 @@ def test_fuzz_corrupted_files_end_in_success_or_one_error_line(tmp_path):
             assert len(run.splits["train"]) > 0 and len(run.splits["validation"]) > 0
             outcomes["ok"] += 1
     assert outcomes["ok"] > 30 and outcomes["error"] > 30, outcomes  # both outcomes were exercised
-    assert time.perf_counter() - started < 240
+    assert time.process_time() - started < 120
