@@ -18,7 +18,8 @@ KEEP, ROLLBACK = "keep", "rollback"
 @dataclass
 class ControllerState:
     reference: float | None = None
-    ratio: float = 0.0  # last accepted sparsity
+    ratio: float = 0.0  # last accepted ratio (the schedule steps from it)
+    selected: float = 0.0  # the sparsity the accepted masks actually reach (floors, whole structures)
     step: float = 0.0
     pending: float | None = None  # ratio being tried
     done: bool = False
@@ -91,7 +92,7 @@ class AdaptiveController:
                           "step": s.step, "drop": self.drop(metric)})
         s.pending = None
         if decision == KEEP:
-            s.ratio = selected
+            s.ratio, s.selected = tried, selected
             s.step *= self.growth
             # the masks for the target itself were kept: what they reach (rounding to whole structures) is final
             if tried >= self.target - 1e-9:

@@ -24,9 +24,9 @@ class SavesRemoteCode:
 
 
 @functools.cache
-def pruned_class(base_class: type) -> type:
-    """``base_class`` with :class:`PrunedModelMixin` mixed in (one class per base class)."""
-    name = pruned_class_name(base_class.__name__)
+def pruned_class(base_class: type, name: str | None = None) -> type:
+    """``base_class`` with :class:`PrunedModelMixin` mixed in (one class per base class and name)."""
+    name = name or pruned_class_name(base_class.__name__)
     cls = type(name, (SavesRemoteCode, PrunedModelMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], name, cls)  # picklable by reference
     return cls
@@ -35,7 +35,8 @@ def pruned_class(base_class: type) -> type:
 def as_pruned(model):
     """Give a compacted ``model`` its pruned class (same object, same weights), so that it saves as one."""
     if not isinstance(model, SavesRemoteCode):
-        model.__class__ = pruned_class(type(model))
+        # keeps its class name: transformers infers the task (model card, pipeline) from it
+        model.__class__ = pruned_class(type(model), type(model).__name__)
     return model
 
 
