@@ -1,7 +1,8 @@
 """hf_adaprune: adaptive structured pruning of attention heads and FFN neurons for transformers.
 
-Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
-:mod:`selection`) -> compaction (:mod:`surgery`) -> Hub-format save (:mod:`hub`).
+Data flows gradients -> scores (:mod:`engine.importance`) -> masks (:mod:`engine.masks`,
+:mod:`engine.selection`, steered by :mod:`engine.controller`) -> compaction (:mod:`surgery`, through the
+layout codec :mod:`layout`) -> Hub-format save (:mod:`hub`) -> deployment (:mod:`deploy`).
 """
 
 from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
@@ -16,17 +17,27 @@ from .surgery import compact, kept_structure
 
 __version__ = "0.1.0"
 
-# transformers.Trainer imports datasets (and pandas): the trainers load on first use (hf_adaprune.trainer),
-# so that `import hf_adaprune` (for loading a pruned model, say) stays light.
-_FROM_TRAINER = {"AdaptivePruningTrainer", "AdaptivePruningSeq2SeqTrainer", "DatasetOrderEvalMixin"}
+# Loaded on first use, so that `import hf_adaprune` (for loading a pruned model, say) stays light:
+# transformers.Trainer imports datasets (and pandas); the deployment helpers reach for onnx/onnxruntime.
+_LAZY = {
+    "AdaptivePruningTrainer": "trainer",
+    "AdaptivePruningSeq2SeqTrainer": "trainer",
+    "DatasetOrderEvalMixin": "trainer",
+    "post_training_prune": "post_training",
+    "prune_vocabulary": "deploy",
+    "quantize_int8": "deploy",
+    "save_int8": "deploy",
+    "load_int8": "deploy",
+    "export_onnx": "deploy",
+}
 
 
 def __getattr__(name: str):
-    if name not in _FROM_TRAINER:
+    if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import trainer
+    import importlib
 
-    return getattr(trainer, name)
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
 
 __all__ = [
@@ -47,14 +58,20 @@ __all__ = [
     "compare_profiles",
     "count_flops",
     "detach_masks",
+    "export_onnx",
     "find_groups",
     "format_comparison",
     "get_adapter",
     "get_masks",
     "kept_structure",
+    "load_int8",
     "make_importance",
     "model_profile",
+    "post_training_prune",
+    "prune_vocabulary",
+    "quantize_int8",
     "register_family",
+    "save_int8",
     "save_pruned",
     "select_masks",
     "select_masks_by_kind",

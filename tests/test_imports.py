@@ -9,7 +9,7 @@ import sys
 from conftest import one_thread_env
 
 # soundfile is left out: transformers itself imports it (processing_utils) once peft is installed.
-HEAVY = ("sklearn", "evaluate", "datasets", "matplotlib", "sacrebleu", "jiwer")
+HEAVY = ("sklearn", "evaluate", "datasets", "matplotlib", "sacrebleu", "jiwer", "onnx", "onnxruntime")
 
 
 def test_import_leaves_heavy_libraries_unloaded():
