@@ -43,11 +43,9 @@ from transformers import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the recipe's data helpers
-
-from hf_adaprune.post_training import post_training_prune  # noqa: E402
-from hf_adaprune.reporting.flops import model_profile  # noqa: E402
-from recipes.text_classification import (  # noqa: E402
+from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.reporting.flops import model_profile
+from recipes.text_classification import (
     DataTrainingArguments,
     ModelArguments,
     label_mapping,

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 import transformers
 
-sys.path.insert(0, os.path.dirname(__file__))
+# run as a script, so its own folder (tests/) is on sys.path
+from conftest import tiny_model
+from test_trainer import make_args, toy_dataset
 
-from conftest import tiny_model  # noqa: E402
-from test_trainer import make_args, toy_dataset  # noqa: E402
-
-from hf_adaprune import AdaptivePruningTrainer, get_masks  # noqa: E402
+from hf_adaprune import AdaptivePruningTrainer, get_masks
 
 
 class CrashAfter(transformers.TrainerCallback):
