@@ -27,9 +27,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from hf_adaprune import AutoPrunedModel
 from hf_adaprune.reporting.latency import format_latency
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-import translation as recipe  # noqa: E402  (recipes/translation.py: reading files, timing generate)
+import recipes.translation as recipe  # reading files, timing generate
 
 
 def main(argv=None) -> dict:

@@ -66,10 +66,9 @@ from hf_adaprune.reporting.latency import compare_latency
 from hf_adaprune.reporting.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the recipe's data helpers; this script's own folder is on the path already
-import training_overhead
+import training_overhead  # this script's neighbour: its folder is on sys.path when it runs
 
+from recipes.results import format_ms
 from recipes.text_classification import (
     DataTrainingArguments,
     ModelArguments,
@@ -78,6 +77,8 @@ from recipes.text_classification import (
     subsample,
     tokenize,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEED, SEQ_LEN, DENSE_LR, PRUNE_LR = 42, 128, 1e-4, 5e-5
 VARIANTS = {  # name -> plot label
@@ -254,7 +255,7 @@ def one_shot_models(bench: Bench, targets) -> dict[float, torch.nn.Module]:
         scorer(**batch).loss.backward()
         importance.update(scorer, groups)
         scorer.zero_grad()
-    scores, costs = importance.scores(), structure_costs(scorer, groups, SEQ_LEN)
+    scores, costs = importance.scores(scorer, groups), structure_costs(scorer, groups, SEQ_LEN)
     models = {}
     for target in targets:
         model = copy.deepcopy(bench.dense)
@@ -485,7 +486,7 @@ def report_latency(r: dict) -> list[str]:
         row = [name, f"{ideal:.2f}x"]
         for bs in batches:
             t = lat["timings"][bs][name]
-            row += [f"{1000 * t['median_s']:.1f} ms", f"{t['speedup']:.2f}x", f"{t['speedup'] / ideal:.2f}"]
+            row += [format_ms(t["median_s"]), f"{t['speedup']:.2f}x", f"{t['speedup'] / ideal:.2f}"]
         rows.append(row)
     header = ["model", "ideal"] + [h.format(bs) for bs in batches for h in ("b{} median", "b{} speed-up", "b{} eff.")]
     out = [
@@ -499,7 +500,7 @@ def report_latency(r: dict) -> list[str]:
     if compiled and "error" in compiled:
         out += [f"torch.compile row ({compiled['model']}): failed: {compiled['error']}", ""]
     elif compiled:
-        rows = [[n, f"{1000 * v['median_s']:.1f} ms", f"{v['speedup']:.2f}x", f"{lat['ideal_speedup'][n]:.2f}x",
+        rows = [[n, format_ms(v["median_s"]), f"{v['speedup']:.2f}x", f"{lat['ideal_speedup'][n]:.2f}x",
                  f"{v['speedup'] / lat['ideal_speedup'][n]:.2f}"] for n, v in compiled["timings"].items()]
         out += [f"torch.compile (default inductor), batch 1: compiled dense vs compiled {compiled['model']}.", "",
                 table(["model", "median", "speed-up", "ideal", "eff."], rows), ""]
@@ -511,9 +512,9 @@ def report_overhead(r: dict) -> list[str]:
     plain, pruning = o["memory"]["plain"], o["memory"]["pruning"]
     met = "met" if o["step_time_ratio"] <= o["target_step_time_ratio"] else "NOT met"
     rows = [
-        ["median step", f"{1000 * o['median_step_s']['plain']:.1f} ms", f"{1000 * o['median_step_s']['pruning']:.1f} ms",
+        ["median step", format_ms(o["median_step_s"]["plain"]), format_ms(o["median_step_s"]["pruning"]),
          f"{o['step_time_ratio']:.3f} (target <= {o['target_step_time_ratio']}: {met})"],
-        ["scoring (`importance.update`) per step, timed alone", "-", f"{1000 * o['median_scoring_s']:.1f} ms",
+        ["scoring (`importance.update`) per step, timed alone", "-", format_ms(o["median_scoring_s"]),
          f"{1 + o['scoring_share']:.3f} (1 + scoring / plain step)"],
         ["peak RSS while training", f"{plain['training_peak_mb']:.0f} MB", f"{pruning['training_peak_mb']:.0f} MB",
          f"{o['training_peak_ratio']:.3f}"],

@@ -30,11 +30,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from hf_adaprune.converters.ctranslate2_whisper import (  # noqa: E402
+from recipes.ctranslate2_whisper import (  # noqa: E402  (installed with the project: pip install -e .)
     convert_ctranslate2_whisper,
     default_whisper_tiny_en_dir,
 )

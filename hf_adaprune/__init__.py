@@ -1,12 +1,12 @@
 """hf_adaprune: adaptive structured pruning of attention heads and FFN neurons for transformers.
 
-Data flows gradients -> scores (:mod:`importance`) -> masks (:mod:`masks`,
-:mod:`selection`) -> compaction (:mod:`surgery`) -> Hub-format save (:mod:`hub`).
+Data flows gradients -> scores (:mod:`engine.importance`) -> masks (:mod:`engine.masks`,
+:mod:`engine.selection`, steered by :mod:`engine.controller`) -> compaction (:mod:`surgery`, through the
+layout codec :mod:`layout`) -> Hub-format save (:mod:`hub`) -> deployment (:mod:`deploy`).
 """
 
 from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
 from .engine.controller import AdaptiveController
-from .trainer.eval_order import DatasetOrderEvalMixin
 from .families import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
 from .reporting.flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
@@ -14,9 +14,31 @@ from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImpo
 from .engine.masks import PruningMasks, attach_masks, detach_masks, get_masks
 from .engine.selection import select_masks, select_masks_by_kind
 from .surgery import compact, kept_structure
-from .trainer.trainer import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer
 
 __version__ = "0.1.0"
+
+# Loaded on first use, so that `import hf_adaprune` (for loading a pruned model, say) stays light:
+# transformers.Trainer imports datasets (and pandas); the deployment helpers reach for onnx/onnxruntime.
+_LAZY = {
+    "AdaptivePruningTrainer": "trainer",
+    "AdaptivePruningSeq2SeqTrainer": "trainer",
+    "DatasetOrderEvalMixin": "trainer",
+    "post_training_prune": "post_training",
+    "prune_vocabulary": "deploy",
+    "quantize_int8": "deploy",
+    "save_int8": "deploy",
+    "load_int8": "deploy",
+    "export_onnx": "deploy",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+
 
 __all__ = [
     "AdaptiveController",
@@ -36,14 +58,20 @@ __all__ = [
     "compare_profiles",
     "count_flops",
     "detach_masks",
+    "export_onnx",
     "find_groups",
     "format_comparison",
     "get_adapter",
     "get_masks",
     "kept_structure",
+    "load_int8",
     "make_importance",
     "model_profile",
+    "post_training_prune",
+    "prune_vocabulary",
+    "quantize_int8",
     "register_family",
+    "save_int8",
     "save_pruned",
     "select_masks",
     "select_masks_by_kind",

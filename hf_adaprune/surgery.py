@@ -1,182 +1,165 @@
 """Physical removal: slice pruned heads and neurons out of the weight matrices.
 
-``compact(model)`` turns the masks into smaller ``nn.Linear`` modules, updates the
-attributes the forward pass reads (head counts), swaps fully pruned attention
-blocks for :class:`EmptyAttention`, and records the result in
-``model.config.adaprune`` (kept original indices per group and the module layout
-the Hub loader rebuilds).
+``compact(model)`` works in three steps: it records the pruned layout (new module
+shapes, head counts, sliced per-head parameters, kept heads of shared-bias
+attentions) together with the sliced weights, applies that layout with
+:func:`hf_adaprune.layout.apply_layout` (the function that also rebuilds a saved
+model) and loads the sliced weights into it. The record ends up in
+``model.config.adaprune``.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
-from .families import HeadGroup
-from .modeling_adaprune import EmptyAttention, install_shared_bias
 from .engine.masks import detach_masks, get_masks, structure_count
-
-
-def _parent_and_name(root: nn.Module, path: str):
-    parent_path, _, name = path.rpartition(".")
-    return (root.get_submodule(parent_path) if parent_path else root), name
-
-
-def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    weight = linear.weight.detach()
-    bias = None if linear.bias is None else linear.bias.detach()
-    if rows is not None:
-        weight = weight.index_select(0, rows)
-        bias = None if bias is None else bias.index_select(0, rows)
-    if cols is not None:
-        weight = weight.index_select(1, cols)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zero-element init warns; the values are overwritten anyway
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.weight.requires_grad_(linear.weight.requires_grad)
-    return new
-
-
-def _linear_spec(linear: nn.Linear) -> dict:
-    return {"type": "Linear", "in_features": linear.in_features, "out_features": linear.out_features,
-            "bias": linear.bias is not None}
+from .families import HeadGroup, find_groups
+from .layout import TABLES, apply_layout, empty_record, linear_spec, read_record, write_record
 
 
 def _expand_heads(kept: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (kept[:, None] * head_dim + torch.arange(head_dim, device=kept.device)[None, :]).flatten()
 
 
-class _LayoutWriter:
-    """Applies module swaps to the base model and records them for the Hub loader."""
+class _Plan:
+    """The layout changes of one compaction and the weights that go into the new shapes."""
 
-    def __init__(self, base_model: nn.Module, layout: dict):
-        self.base, self.layout = base_model, layout
+    def __init__(self, base_model: nn.Module):
+        self.base = base_model
+        self.layout = {name: {} for name in TABLES}
+        self.weights: dict[str, torch.Tensor] = {}  # parameter path (under base_model) -> sliced tensor
+        self.frozen: set[str] = set()  # parameter paths that did not require grad
+        self.forgotten: list[str] = []  # module paths whose earlier layout entries no longer apply
 
-    def replace(self, path: str, module: nn.Module, spec: dict) -> None:
-        parent, name = _parent_and_name(self.base, path)
-        setattr(parent, name, module)
-        self.layout["modules"][path] = spec
+    def _weight(self, path: str, value: torch.Tensor, requires_grad: bool) -> None:
+        self.weights[path] = value.detach()
+        if not requires_grad:
+            self.frozen.add(path)
 
-    def set_attr(self, path: str, value) -> None:
-        parent_path, _, attr = path.rpartition(".")
-        module = self.base.get_submodule(parent_path)
-        if hasattr(module, attr):
-            setattr(module, attr, value)
+    def linear(self, path: str, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
+        """Record ``path`` (a Linear) keeping ``rows`` of its outputs and ``cols`` of its inputs."""
+        linear = self.base.get_submodule(path)
+        weight, bias = linear.weight, linear.bias
+        new_weight = weight if rows is None else weight.index_select(0, rows.to(weight.device))
+        new_weight = new_weight if cols is None else new_weight.index_select(1, cols.to(weight.device))
+        self.layout["modules"][path] = {"type": "Linear", "in_features": new_weight.shape[1],
+                                        "out_features": new_weight.shape[0], "bias": bias is not None}
+        self._weight(f"{path}.weight", new_weight, weight.requires_grad)
+        if bias is not None:
+            new_bias = bias if rows is None else bias.index_select(0, rows.to(bias.device))
+            self._weight(f"{path}.bias", new_bias, bias.requires_grad)
+
+    def per_head_parameter(self, path: str, dim: int, kept: torch.Tensor) -> None:
+        module_path, _, name = path.rpartition(".")
+        module = self.base.get_submodule(module_path)
+        param = getattr(module, name)
+        sliced = param.index_select(dim, kept.to(param.device))
+        if isinstance(module, nn.Embedding):
+            self.layout["modules"][module_path] = {"type": "Embedding", "num_embeddings": sliced.shape[0],
+                                                   "embedding_dim": sliced.shape[1]}
+        elif name in module._parameters:  # a plain parameter of the module, e.g. WavLM's gru_rel_pos_const
+            self.layout["parameters"][path] = list(sliced.shape)
+        else:
+            raise NotImplementedError(f"per-head parameter {path!r} lives in a {type(module).__name__}")
+        self._weight(path, sliced, param.requires_grad)
+
+    def attribute(self, path: str, value) -> None:
+        module_path, _, name = path.rpartition(".")
+        if hasattr(self.base.get_submodule(module_path), name):
             self.layout["attributes"][path] = value
 
-    def table(self, name: str) -> dict:
-        """A table added in layout version 2 (``parameters``, ``shared_bias``); marks the layout as needing it."""
-        self.needs_version(2)
-        return self.layout.setdefault(name, {})
-
-    def needs_version(self, version: int) -> None:
-        self.layout["version"] = max(self.layout.get("version", 1), version)
-
-    def forget_under(self, prefix: str) -> None:
-        for name in ("modules", "attributes", "parameters", "shared_bias"):
-            table = self.layout.get(name, {})
-            for key in [k for k in table if k.startswith(prefix + ".") or k == prefix]:
-                del table[key]
-
-
-def _compact_heads(writer: _LayoutWriter, group: HeadGroup, kept: torch.Tensor, original: dict) -> None:
-    """``kept``: indices among the group's current heads; ``original``: its record (original indices and count)."""
-    base = writer.base
-    output = base.get_submodule(group.output)
-    if kept.numel() == 0 and not group.shared_bias:
-        bias_only = _sliced_linear(output, cols=kept)  # zero-input linear: the output bias alone
+    def empty_attention(self, group: HeadGroup) -> None:
+        """Record ``group.core`` as an :class:`~hf_adaprune.layout.EmptyAttention` keeping its output bias."""
+        spec = {"type": "EmptyAttention", "output_name": None}
         # decoder attentions keep their KV cache entries consistent (see EmptyAttention)
-        cache_layer, cross = None, group.role == "cross"
         if group.role in ("decoder_self", "cross"):
-            cache_layer = getattr(base.get_submodule(group.core), "layer_idx", None)
-        writer.forget_under(group.core)
+            cache_layer = getattr(self.base.get_submodule(group.core), "layer_idx", None)
+            if cache_layer is not None:
+                spec.update(cache_layer=int(cache_layer), cross_attention=group.role == "cross")
+            self.forgotten.append(group.core)
+        no_inputs = torch.zeros(0, dtype=torch.long)
         if group.output_in_core:
             name = group.output[len(group.core) + 1:]
-            empty = EmptyAttention(name, bias_only, group.empty_extra_outputs, cache_layer, cross)
-            spec = {"type": "EmptyAttention", "output_name": name, "output": _linear_spec(bias_only),
-                    "extra_outputs": group.empty_extra_outputs}
+            output = self.base.get_submodule(group.output)
+            spec.update(output_name=name, output=dict(linear_spec(output), in_features=0))
+            self._weight(f"{group.output}.weight", output.weight[:, :0], output.weight.requires_grad)
+            if output.bias is not None:
+                self._weight(f"{group.output}.bias", output.bias, output.bias.requires_grad)
         else:
-            empty = EmptyAttention(None, None, group.empty_extra_outputs, cache_layer, cross)
-            spec = {"type": "EmptyAttention", "output_name": None, "extra_outputs": group.empty_extra_outputs}
-            writer.replace(group.output, bias_only, _linear_spec(bias_only))
-        if cache_layer is not None:
-            spec.update(cache_layer=int(cache_layer), cross_attention=cross)
-            writer.needs_version(2)
-        writer.replace(group.core, empty, spec)
+            self.linear(group.output, cols=no_inputs)  # zero-input linear: the output bias alone
+        self.layout["modules"][group.core] = spec
+
+    def apply(self, layout: dict) -> None:
+        """Apply the recorded changes to the model, load the sliced weights, merge into ``layout``."""
+        for prefix in self.forgotten:
+            for table in layout.values():
+                for key in [k for k in table if k == prefix or k.startswith(prefix + ".")]:
+                    del table[key]
+        apply_layout(self.base, self.layout)
+        with torch.no_grad():
+            for path, value in self.weights.items():
+                target = self.base.get_parameter(path)
+                target.copy_(value)
+                target.requires_grad_(path not in self.frozen)
+        for name, table in self.layout.items():
+            layout[name].update(table)
+
+
+def _plan_heads(plan: _Plan, group: HeadGroup, kept: torch.Tensor, original: dict) -> None:
+    """``kept``: indices among the group's current heads; ``original``: its record (original indices and count)."""
+    if kept.numel() == 0 and group.shared_bias is None:
+        plan.empty_attention(group)
         return
     rows = _expand_heads(kept, group.head_dim)
     for path in group.row_linears:
-        new = _sliced_linear(base.get_submodule(path), rows=rows.to(base.get_submodule(path).weight.device))
-        writer.replace(path, new, _linear_spec(new))
-    new_out = _sliced_linear(output, cols=rows.to(output.weight.device))
-    writer.replace(group.output, new_out, _linear_spec(new_out))
+        plan.linear(path, rows=rows)
+    plan.linear(group.output, cols=rows)
     for path, dim in group.per_head_params:
-        _slice_parameter(writer, path, dim, kept)
+        plan.per_head_parameter(path, dim, kept)
     for path in group.head_count_attrs:
-        writer.set_attr(path, int(kept.numel()))
+        plan.attribute(path, int(kept.numel()))
     for path in group.width_attrs:
-        writer.set_attr(path, int(kept.numel()) * group.head_dim)
-    if group.shared_bias:
-        spec = {"kind": group.shared_bias, "kept_heads": list(original["kept"]), "num_heads": original["original"]}
-        install_shared_bias(base.get_submodule(group.core), spec["kind"], spec["kept_heads"], spec["num_heads"])
-        writer.table("shared_bias")[group.core] = spec
+        plan.attribute(path, int(kept.numel()) * group.head_dim)
+    if group.shared_bias is not None:
+        plan.layout["shared_bias"][group.core] = {
+            "kind": group.shared_bias.adaprune_kind, "kept_heads": list(original["kept"]),
+            "num_heads": original["original"],
+        }
 
 
-def _slice_parameter(writer: _LayoutWriter, path: str, dim: int, kept: torch.Tensor) -> None:
-    module_path, _, param_name = path.rpartition(".")
-    module = writer.base.get_submodule(module_path)
-    param = getattr(module, param_name)
-    sliced = param.detach().index_select(dim, kept.to(param.device)).clone()
-    if isinstance(module, nn.Embedding):
-        new = nn.Embedding(sliced.shape[0], sliced.shape[1], device=sliced.device, dtype=sliced.dtype)
-        with torch.no_grad():
-            new.weight.copy_(sliced)
-        writer.replace(module_path, new, {"type": "Embedding", "num_embeddings": sliced.shape[0],
-                                          "embedding_dim": sliced.shape[1]})
-    elif param_name in module._parameters:  # a plain parameter of the module, e.g. WavLM's gru_rel_pos_const
-        setattr(module, param_name, nn.Parameter(sliced, requires_grad=param.requires_grad))
-        writer.table("parameters")[path] = list(sliced.shape)
-    else:
-        raise NotImplementedError(f"per-head parameter {path!r} lives in a {type(module).__name__}")
-
-
-def _compact_neurons(writer: _LayoutWriter, group, kept: torch.Tensor) -> None:
-    base = writer.base
+def _plan_neurons(plan: _Plan, group, kept: torch.Tensor) -> None:
     for path in group.inputs:
-        linear = base.get_submodule(path)
-        new = _sliced_linear(linear, rows=kept.to(linear.weight.device))
-        writer.replace(path, new, _linear_spec(new))
-    output = base.get_submodule(group.output)
-    new_out = _sliced_linear(output, cols=kept.to(output.weight.device))
-    writer.replace(group.output, new_out, _linear_spec(new_out))
+        plan.linear(path, rows=kept)
+    plan.linear(group.output, cols=kept)
     for path in group.width_attrs:
-        writer.set_attr(path, int(kept.numel()))
-
-
-def empty_record() -> dict:
-    # version 1 unless something needs the version-2 loader (see _LayoutWriter.needs_version)
-    return {"version": 1, "groups": {}, "layout": {"version": 1, "modules": {}, "attributes": {}}}
+        plan.attribute(path, int(kept.numel()))
 
 
 def compact(model: nn.Module) -> dict:
-    """Remove the masked heads and neurons of ``model`` in place; returns ``model.config.adaprune``.
+    """Remove the masked heads and neurons of ``model`` in place; returns the record as
+    :func:`~hf_adaprune.layout.read_record` reads it (kept indices as lists; ``model.config.adaprune`` holds
+    the saved form).
 
     The masks are detached afterwards (the model has no pruned structure left to
-    gate). A model without masks is returned unchanged apart from the record.
+    gate). A model without masks keeps its shapes. Either way the model gets its
+    pruned class (a subclass of its own), whose ``save_pretrained`` writes a
+    folder stock transformers loads with ``trust_remote_code=True``.
     """
+    from .hub.load import as_pruned  # here: hub saves through this module
+
     masks = get_masks(model)
-    record = getattr(model.config, "adaprune", None) or empty_record()
-    if masks is None:
-        model.config.adaprune = record
-        return record
-    base = model.base_model
-    writer = _LayoutWriter(base, record["layout"])
+    record = read_record(model.config) or empty_record()
+    if masks is not None:
+        _compact_masked(model.base_model, masks, record)
+        detach_masks(model)
+    write_record(model.config, record)
+    as_pruned(model)
+    return record
+
+
+def _compact_masked(base: nn.Module, masks, record: dict) -> None:
+    plan = _Plan(base)
     for name, group in masks.groups.items():
         kept = torch.tensor(masks.kept_indices(name), dtype=torch.long)
         count = structure_count(base, group)
@@ -191,20 +174,15 @@ def compact(model: nn.Module) -> dict:
         if kept.numel() == count:
             continue
         if isinstance(group, HeadGroup):
-            _compact_heads(writer, group, kept, record["groups"][name])
+            _plan_heads(plan, group, kept, record["groups"][name])
         else:
-            _compact_neurons(writer, group, kept)
-    record["version"] = max(record.get("version", 1), record["layout"].get("version", 1))
-    detach_masks(model)
-    model.config.adaprune = record
-    return record
+            _plan_neurons(plan, group, kept)
+    plan.apply(record["layout"])
 
 
 def kept_structure(model: nn.Module) -> dict[str, dict]:
     """Per group: kind, original count and kept count (from the record, live masks or the shapes)."""
-    from .families import find_groups
-
-    record = getattr(model.config, "adaprune", None) or empty_record()
+    record = read_record(model.config) or empty_record()
     result = {name: {"kind": g["kind"], "original": g["original"], "kept": len(g["kept"])}
               for name, g in record["groups"].items()}
     masks = get_masks(model)

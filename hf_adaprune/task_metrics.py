@@ -1,21 +1,154 @@
-"""``compute_metrics`` functions for the Trainer, built from a metric name.
+"""Metrics computed in-process, and ``compute_metrics`` functions for the Trainer built from a metric name.
 
-Used when a user names ``--pruning_metric`` but passes no ``compute_metrics``.
-Each returns ``{metric_name: value}``, so the Trainer logs ``eval_<metric_name>``.
+:data:`LOCAL_METRICS` computes what the Hub metrics of the same names compute, with
+the same inputs, keyword arguments and result keys, from scikit-learn (labels),
+sacrebleu (``sacrebleu``, ``bleu``, ``chrf``) and jiwer (``wer``, ``cer``), imported
+when a metric is computed. ``bleu`` is the Hub ``bleu`` algorithm (clipped n-gram
+precisions over 13a tokens, Hub smoothing), not sacrebleu's BLEU.
+
+:func:`classification_metrics` / :func:`generation_metrics` are used when a user
+names ``--pruning_metric`` but passes no ``compute_metrics``. Each returns
+``{metric_name: value}``, so the Trainer logs ``eval_<metric_name>``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import collections
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from .metrics import headline_value, load_metric
+import numpy as np
 
 # metrics whose references are lists of strings (several references per prediction)
 _MULTI_REFERENCE = {"sacrebleu", "bleu", "chrf"}
 
 
+def _optional(module: str, extra: str) -> Any:
+    """Import an optional dependency (sacrebleu, jiwer), naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"This metric needs {module!r}: pip install 'hf-adaprune[{extra}]'") from err
+
+
+def _sklearn(score_name: str, key: str) -> Callable[..., dict]:
+    def compute(predictions, references, **kwargs):
+        from sklearn import metrics as sklearn_metrics  # a dependency, imported when a label metric runs
+
+        score_fn = getattr(sklearn_metrics, score_name)
+        score = score_fn(references, predictions, **kwargs)
+        return {key: float(score) if np.size(score) == 1 else score}
+
+    return compute
+
+
+def _reference_streams(references: Sequence[str | Sequence[str]]) -> list[list[str]]:
+    """Per-prediction references (a string or a list each) as sacrebleu's per-reference streams."""
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    if len({len(r) for r in refs}) > 1:
+        raise ValueError("Every prediction needs the same number of references.")
+    return [list(stream) for stream in zip(*refs)]
+
+
+def _sacrebleu(predictions, references, **kwargs) -> dict:
+    out = _optional("sacrebleu", "translation").corpus_bleu(list(predictions), _reference_streams(references), **kwargs)
+    return {"score": out.score, "counts": out.counts, "totals": out.totals, "precisions": out.precisions,
+            "bp": out.bp, "sys_len": out.sys_len, "ref_len": out.ref_len}
+
+
+def _chrf(predictions, references, **kwargs) -> dict:
+    chrf = _optional("sacrebleu", "translation").CHRF(**kwargs)
+    out = chrf.corpus_score(list(predictions), _reference_streams(references))
+    return {"score": out.score, "char_order": chrf.char_order, "word_order": chrf.word_order, "beta": chrf.beta}
+
+
+def _ngrams(tokens: list[str], max_order: int) -> collections.Counter:
+    return collections.Counter(tuple(tokens[i:i + n]) for n in range(1, max_order + 1)
+                               for i in range(len(tokens) - n + 1))
+
+
+def _bleu(predictions, references, tokenizer=None, max_order: int = 4, smooth: bool = False) -> dict:
+    """The Hub ``bleu`` metric (tensorflow/nmt ``compute_bleu``): 0..1, add-one smoothing on every order."""
+    if tokenizer is None:
+        split_13a = _optional("sacrebleu.tokenizers.tokenizer_13a", "translation").Tokenizer13a()
+
+        def tokenizer(text):
+            return split_13a(text).split()
+
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    matches, possible = [0] * max_order, [0] * max_order
+    reference_length = translation_length = 0
+    for candidates, prediction in zip(refs, predictions):
+        translation = tokenizer(prediction)
+        tokenized = [tokenizer(r) for r in candidates]
+        reference_length += min(len(r) for r in tokenized)
+        translation_length += len(translation)
+        merged = collections.Counter()
+        for reference in tokenized:
+            merged |= _ngrams(reference, max_order)
+        for ngram, count in (_ngrams(translation, max_order) & merged).items():
+            matches[len(ngram) - 1] += count
+        for order in range(1, max_order + 1):
+            possible[order - 1] += max(len(translation) - order + 1, 0)
+    if smooth:
+        precisions = [(m + 1.0) / (p + 1.0) for m, p in zip(matches, possible)]
+    else:
+        precisions = [m / p if p > 0 else 0.0 for m, p in zip(matches, possible)]
+    geo_mean = math.exp(sum(math.log(p) / max_order for p in precisions)) if min(precisions) > 0 else 0.0
+    ratio = translation_length / reference_length if reference_length else 0.0
+    bp = 1.0 if ratio > 1.0 else (math.exp(1 - 1 / ratio) if ratio > 0 else 0.0)
+    return {"bleu": geo_mean * bp, "precisions": precisions, "brevity_penalty": bp, "length_ratio": ratio,
+            "translation_length": translation_length, "reference_length": reference_length}
+
+
+def _error_rate(measure: str) -> Callable[..., float]:
+    def compute(predictions, references, concatenate_texts: bool = False) -> float:
+        # Total edits over total reference length, so concatenate_texts (kept for Hub
+        # compatibility) gives the same value either way.
+        jiwer = _optional("jiwer", "audio")
+        return float(getattr(jiwer, measure)(reference=list(references), hypothesis=list(predictions)))
+
+    return compute
+
+
+LOCAL_METRICS: dict[str, Callable[..., Any]] = {
+    "accuracy": _sklearn("accuracy_score", "accuracy"),
+    "f1": _sklearn("f1_score", "f1"),
+    "precision": _sklearn("precision_score", "precision"),
+    "recall": _sklearn("recall_score", "recall"),
+    "matthews_correlation": _sklearn("matthews_corrcoef", "matthews_correlation"),
+    "sacrebleu": _sacrebleu,
+    "bleu": _bleu,
+    "chrf": _chrf,
+    "wer": _error_rate("wer"),
+    "cer": _error_rate("cer"),
+}
+
+
+@dataclass(frozen=True)
+class LocalMetric:
+    """A metric of :data:`LOCAL_METRICS` with the ``compute`` call of an ``evaluate`` module."""
+
+    name: str
+    init_kwargs: dict = field(default_factory=dict)
+
+    def compute(self, *, predictions, references, **kwargs):
+        return LOCAL_METRICS[self.name](list(predictions), list(references), **{**self.init_kwargs, **kwargs})
+
+
+def local_metric(name: str, **kwargs) -> LocalMetric:
+    if name not in LOCAL_METRICS:
+        raise ValueError(f"no in-process metric {name!r}; known: {', '.join(sorted(LOCAL_METRICS))}")
+    return LocalMetric(name, kwargs)
+
+
 def classification_metrics(name: str):
     """Argmax over logits, then ``name`` against the labels."""
+    from .metrics import headline_value, load_metric
+
     metric = load_metric(name)
 
     def compute_metrics(eval_pred):
@@ -40,6 +173,8 @@ def decode_ids(ids, tokenizer) -> list[str]:
 
 def generation_metrics(name: str, tokenizer, normalize=None):
     """Decode generated ids and labels with ``tokenizer``, then ``name`` (BLEU, chrF, WER, CER, ...)."""
+    from .metrics import headline_value, load_metric
+
     metric = load_metric(name)
 
     def compute_metrics(eval_pred):

@@ -9,6 +9,7 @@ set and compared with the dense model (accuracy, parameters, FLOPs, latency).
 Run it from the repository root, with a config file (YAML or JSON) or with flags::
 
     python recipes/text_classification.py recipes/configs/quickstart_rotten_tomatoes.yaml
+    python -m recipes.text_classification recipes/configs/quickstart_rotten_tomatoes.yaml
     python recipes/text_classification.py recipes/configs/sst2_minilm.yaml --max_steps 50 --output_dir /tmp/x
     python recipes/text_classification.py --model_name_or_path bert-base-uncased --train_file train.csv \\
         --validation_file dev.csv --test_file test.csv --output_dir out --pruning_metric accuracy
@@ -23,7 +24,8 @@ string "5e-5", which PyYAML produces for exponents without a dot).
 Data: ``--dataset_name`` (anything ``datasets.load_dataset`` loads; splits "train",
 "validation", "test") or ``--train_file`` / ``--validation_file`` / ``--test_file`` in
 .csv, .tsv (tab-separated, no quoting, as GLUE's files), .json or .jsonl (JSON lines),
-optionally compressed (.gz, .bz2, .xz). Without a validation (test) file,
+optionally compressed (.gz, .bz2, .xz), read as text in every split (see
+:mod:`recipes.tables`: a broken file stops the run with the file and line named). Without a validation (test) file,
 ``--validation_split_percentage`` (``--test_split_percentage``) carves one out of the
 training data, shuffled with ``--seed``. Relative paths are relative to the current
 directory.
@@ -42,75 +44,63 @@ and the mapping is stored in the model config (``id2label`` / ``label2id``).
 (``--label_names`` is taken: it is the ``TrainingArguments`` option naming the label
 keys of a batch);
 ``--drop_labels plot`` removes the rows of a label value before anything else.
+Without ``--label_mapping`` the classes are the label values of the training data: a
+validation or test label never seen in training, a class with a single training row
+(a typo?) and a column mixing numbers and words stop the run, naming value, file and line.
 
 Outputs in ``--output_dir``: the pruned model (``model.safetensors``, ``config.json``
 with the ``adaprune`` record, tokenizer, model card), ``pruning_report.json`` and
 plots from the trainer, ``results.json`` with the dense/pruned comparison.
 
-The dense test accuracy is measured right before the first pruning step (after
-``--pruning_warmup_steps`` of fine-tuning, when the controller records its
-reference); the pruned one after training. Latency is measured at batch size 1 and
-``--max_seq_length`` tokens on the dense model as loaded and on the pruned model,
-timed alternately in one process.
+The dense test accuracy is that of the model at the pruning reference (after
+``--pruning_warmup_steps`` of fine-tuning); the pruned one after training. With
+``--dense_control true`` the dense model is also fine-tuned for the same steps without
+pruning (saved in ``OUTPUT_DIR/dense_control``): the table then compares the pruned
+model with it. Latency is measured at batch size 1 and ``--max_seq_length`` tokens on
+the dense control (else the dense model as loaded) and the pruned model, timed
+alternately in one process.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
-import sys
-import time
+import re
 from dataclasses import dataclass, field
 
-from datasets import ClassLabel, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    set_seed,
 )
 
-from hf_adaprune import AdaptivePruningTrainer, PruningArguments
+from hf_adaprune import PruningArguments
 from hf_adaprune.reporting.flops import example_inputs
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import classification_metrics
-
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipe_utils import (  # noqa: E402
+from recipes.arguments import (
     DataArguments,
-    DenseTestSnapshot,
     ModelSourceArguments,
     RecipeError,
     check_minimum,
     check_model_source,
-    combine_metrics,
-    comparison_rows,
     expand_config_file,
-    first_rows,
-    format_table,
-    map_splits,
     no_validation_message,
-    pruning_results,
     require_file,
     resolve_package_path,
-    run_cli,
-    save_results,
-    setup_logging,
-    subsample,
-    train_and_save,
 )
+from recipes.results import format_metric
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
+from recipes.tables import LINE_COLUMN, file_type, read_table
 
 logger = logging.getLogger("hf_adaprune.recipes.text_classification")
 
-COMPRESSIONS = (".gz", ".bz2", ".xz")
-FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 DEFAULT_TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("question", "sentence"),
                         ("premise", "hypothesis"))
+INTEGER = re.compile(r"^[+-]?\d+$")
 
 
 @dataclass
@@ -173,20 +163,6 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def _file_kind(path: str, what: str) -> tuple[str, str]:
-    """(builder, extension) of a data file; the extension without compression suffix."""
-    name = path.lower()
-    for suffix in COMPRESSIONS:
-        name = name.removesuffix(suffix)
-    ext = os.path.splitext(name)[1]
-    if ext not in FILE_BUILDERS:
-        raise RecipeError(
-            f"{what} {path!r}: cannot read files of type {ext or '(no extension)'!r}; use "
-            f"{', '.join(FILE_BUILDERS)} (optionally compressed: {', '.join(COMPRESSIONS)})"
-        )
-    return FILE_BUILDERS[ext], ext
-
-
 def _check_percentage(name: str, value: float | None) -> None:
     if value is not None and not 0 < value < 100:
         raise RecipeError(f"--{name} must be in (0, 100); got {value}")
@@ -210,7 +186,7 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
         given[name] = getattr(data_args, name)
         path = resolve_package_path(getattr(data_args, name), f"--{name}")
         if path is not None:
-            _file_kind(path, f"--{name}")
+            file_type(path, f"--{name}")
             require_file(path, f"--{name}")
         setattr(data_args, name, path)
     _check_percentage("validation_split_percentage", data_args.validation_split_percentage)
@@ -241,30 +217,28 @@ def _split_list(value) -> list[str]:
 
 
 # -- data --------------------------------------------------------------------------------------------
-def _load_file(path: str, split: str, cache_dir: str | None):
-    builder, ext = _file_kind(path, f"--{split}_file")
-    kwargs = {}
-    if builder == "csv":
-        kwargs["keep_default_na"] = False  # the text "NA" / "null" stays text; empty fields become ""
-        if ext == ".tsv":
-            kwargs.update(delimiter="\t", quoting=3)  # csv.QUOTE_NONE, as GLUE's .tsv files need
-    return load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
-
-
 def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
     """Splits "train" and, where there are, "validation" and "test"."""
     if data_args.dataset_name is not None:
         loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
         if "train" not in loaded:
             raise RecipeError(f"--dataset_name {data_args.dataset_name}: no 'train' split; splits: {sorted(loaded)}")
-        raw = DatasetDict({k: loaded[k] for k in ("train", "validation", "test") if k in loaded})
-    else:
-        raw = DatasetDict()
-        for split in ("train", "validation", "test"):
-            path = getattr(data_args, f"{split}_file")
-            if path is not None:
-                raw[split] = _load_file(path, split, model_args.cache_dir)
+        return DatasetDict({k: loaded[k] for k in ("train", "validation", "test") if k in loaded})
+    raw = DatasetDict()
+    for split in ("train", "validation", "test"):
+        path = getattr(data_args, f"{split}_file")
+        if path is not None:
+            raw[split] = Dataset.from_dict(read_table(path, f"--{split}_file").as_columns())
     return raw
+
+
+def _sources(data_args: DataTrainingArguments) -> dict[str, str]:
+    """Where each split comes from, as error messages name it."""
+    if data_args.dataset_name is not None:
+        return {split: f"--dataset_name {data_args.dataset_name} ({split})"
+                for split in ("train", "validation", "test")}
+    return {split: getattr(data_args, f"{split}_file") or f"the {split} rows held out of {data_args.train_file}"
+            for split in ("train", "validation", "test")}
 
 
 def hold_out(raw: DatasetDict, data_args: DataTrainingArguments, seed: int) -> DatasetDict:
@@ -283,9 +257,13 @@ def hold_out(raw: DatasetDict, data_args: DataTrainingArguments, seed: int) -> D
     return raw
 
 
+def _columns(dataset) -> list[str]:
+    return [c for c in dataset.column_names if c != LINE_COLUMN]
+
+
 def find_columns(raw: DatasetDict, data_args: DataTrainingArguments) -> tuple[list[str], str]:
     """Text column(s) and label column, checked in every split."""
-    train_columns = raw["train"].column_names
+    train_columns = _columns(raw["train"])
     if data_args.text_column_name is not None:
         text_columns = _split_list(data_args.text_column_name)
     else:
@@ -296,9 +274,9 @@ def find_columns(raw: DatasetDict, data_args: DataTrainingArguments) -> tuple[li
     label_column = data_args.label_column_name
     for split, dataset in raw.items():
         for option, column in [("text_column_name", c) for c in text_columns] + [("label_column_name", label_column)]:
-            if column not in dataset.column_names:
+            if column not in dataset.column_names or column == LINE_COLUMN:
                 raise RecipeError(f"--{option} {column!r} is not a column of the {split} data; columns: "
-                                  f"{', '.join(dataset.column_names)}")
+                                  f"{', '.join(_columns(dataset))}")
     return text_columns, label_column
 
 
@@ -330,29 +308,69 @@ def clean_rows(raw: DatasetDict, text_columns: list[str], label_column: str, dro
     return cleaned
 
 
-def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None) -> tuple[dict[str, int], list[str]]:
-    """(label value as string -> class id, class names in id order)."""
+def _where(dataset, label_column: str, value: str, source: str) -> str:
+    """``source, line N`` of the first row whose label is ``value`` (the line where the data file gives it)."""
+    if LINE_COLUMN not in dataset.column_names:
+        return source
+    for label, line in zip(dataset[label_column], dataset[LINE_COLUMN]):
+        if str(label) == value:
+            return f"{source}, line {line}"
+    return source
+
+
+def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None,
+                  sources: dict[str, str] | None = None) -> tuple[dict[str, int], list[str]]:
+    """(label value as string -> class id, class names in id order).
+
+    The classes are the values of the training rows (or ``label_mapping``'s); a label
+    of another split that is not one of them, a class with one training row and a
+    column mixing numbers and words are errors naming value, file and line.
+    """
+    sources = sources or {split: f"the {split} data" for split in raw}
     feature = raw["train"].features[label_column]
     if isinstance(feature, ClassLabel) and label_mapping is None:
         return {str(i): i for i in range(feature.num_classes)}, list(feature.names)
-    values = set()
-    for dataset in raw.values():
-        values.update(dataset.unique(label_column))
+    counts: dict[str, int] = {}
+    for value in raw["train"][label_column]:
+        counts[str(value)] = counts.get(str(value), 0) + 1
     if label_mapping is not None:
         entries = [entry.partition(":") for entry in _split_list(label_mapping)]
         order = [value.strip() for value, _, _ in entries]
         names = [(name.strip() or value.strip()) for value, _, name in entries]
         if len(set(order)) != len(order):
             raise RecipeError(f"--label_mapping lists a value twice: {label_mapping!r}")
-        unlisted = sorted({str(v) for v in values} - set(order))
+        values = set(counts)
+        for dataset in raw.values():
+            values.update(str(v) for v in dataset.unique(label_column))
+        unlisted = sorted(values - set(order))
         if unlisted:
+            split = next(s for s, d in raw.items() if unlisted[0] in {str(v) for v in d.unique(label_column)})
+            where = _where(raw[split], label_column, unlisted[0], sources[split])
             raise RecipeError(f"label values {unlisted} of column {label_column!r} are not in --label_mapping "
-                              f"{label_mapping!r} (drop them with --drop_labels)")
+                              f"{label_mapping!r} (first at {where}; "
+                              f"drop them with --drop_labels)")
     else:
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            order = [str(v) for v in sorted(values)]
-        else:
-            order = sorted(str(v) for v in values)
+        numbers = sorted(v for v in counts if INTEGER.match(v))
+        words = sorted(v for v in counts if not INTEGER.match(v))
+        if numbers and words:
+            where = _where(raw["train"], label_column, words[0], sources["train"])
+            raise RecipeError(f"column {label_column!r} of {sources['train']} mixes numbers {numbers[:5]} and words "
+                              f"{words[:5]} (first word at {where}); "
+                              f"fix the rows, or list every label with --label_mapping")
+        order = sorted(counts, key=int) if numbers else sorted(counts)
+        single = [v for v in order if counts[v] == 1]
+        if single and len(order) > 2:
+            raise RecipeError(f"label {single[0]!r} of column {label_column!r} occurs in one training row only "
+                              f"({_where(raw['train'], label_column, single[0], sources['train'])}): a typo? fix the "
+                              f"row, drop it with --drop_labels, or list every label with --label_mapping")
+        known = set(order)
+        for split, dataset in raw.items():
+            unseen = sorted({str(v) for v in dataset.unique(label_column)} - known)
+            if unseen:
+                raise RecipeError(f"label {unseen[0]!r} of column {label_column!r} "
+                                  f"({_where(dataset, label_column, unseen[0], sources[split])}) never occurs in the "
+                                  f"training data ({sources['train']}; labels {order}); fix the row, or drop it with "
+                                  f"--drop_labels")
         names = list(order)
     if len(order) < 2:
         raise RecipeError(f"column {label_column!r} has {len(order)} label value(s) {order}: a classifier needs two "
@@ -361,7 +379,7 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
 
 
 def tokenize(raw: DatasetDict, tokenizer, text_columns: list[str], label_column: str, label2id: dict[str, int],
-             max_seq_length: int) -> DatasetDict:
+             max_seq_length: int) -> dict:
     max_length = min(max_seq_length, tokenizer.model_max_length or max_seq_length)
 
     def preprocess(batch):
@@ -380,58 +398,38 @@ def build_compute_metrics(pruning_metric: str):
     return combine_metrics([classification_metrics(name) for name in names])
 
 
-# -- main ------------------------------------------------------------------------------------------
-def _fmt_metric(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+# -- the task --------------------------------------------------------------------------------------
+def validate(run: Run) -> None:
+    run.data_files = validate_args(run.model_args, run.data_args, run.training_args)
+    run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric)  # unknown metrics fail here
+    run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
 
 
-def format_results(results: dict) -> str:
-    """The short before/after table printed at the end of a run."""
-    test, val, cmp, lat = results["test"], results["validation"], results["comparison"], results["latency"]
-    metric = val["metric"]
-    rows = [("", "dense", "pruned", "")]
-    if test is not None:
-        note = f"dense: step {test['dense_step']}, before pruning" if test["dense_step"] is not None else ""
-        rows.append((f"test accuracy (n={test['samples']})", _fmt_metric(test["dense_accuracy"]),
-                     _fmt_metric(test["pruned_accuracy"]), note))
-    rows.append((f"validation {metric} (steering)", _fmt_metric(val["dense_reference"]),
-                 _fmt_metric(val["pruned_final"]), f"tolerance {val['tolerance']} {val['tolerance_type']}"))
-    if cmp is not None:
-        rows += comparison_rows(cmp, f"FLOPs @ seq {cmp['seq_len']}")
-    if lat is not None:
-        dense, pruned = lat["results"]["dense"], lat["results"]["pruned"]
-        rows.append((f"latency b{lat['batch_size']} seq {lat['seq_len']} (median)",
-                     f"{1000 * dense['median_s']:.2f} ms", f"{1000 * pruned['median_s']:.2f} ms",
-                     f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
-    return format_table(rows, results["pruning"])
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
-    started = time.time()
-    model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    data_files = validate_args(model_args, data_args, training_args)
-    compute_metrics = build_compute_metrics(training_args.pruning_metric)  # unknown metrics fail here
-    seed = training_args.seed
-
-    # data: load, check columns, clean, hold out, map labels, subsample
-    raw = load_raw_datasets(data_args, model_args)
+def load_data(run: Run) -> None:
+    """Read, check, clean, map labels, hold out and subsample; everything that can be wrong with the data fails
+    here, before any model is built."""
+    data_args, seed = run.data_args, run.training_args.seed
+    raw = load_raw_datasets(data_args, run.model_args)
     if "validation" not in raw and not data_args.validation_split_percentage:
-        raise RecipeError(_no_validation_message(training_args))
+        raise RecipeError(_no_validation_message(run.training_args))
     text_columns, label_column = find_columns(raw, data_args)
     raw = clean_rows(raw, text_columns, label_column, _split_list(data_args.drop_labels))
+    label2id, names = label_mapping(raw, label_column, data_args.label_mapping, _sources(data_args))
     raw = hold_out(raw, data_args, seed)  # percentages of the rows left after cleaning
-    label2id, names = label_mapping(raw, label_column, data_args.label_mapping)
     raw["train"] = subsample(raw["train"], data_args.max_train_samples, seed)
     raw["validation"] = subsample(raw["validation"], data_args.max_eval_samples, seed)
     if "test" in raw:
         raw["test"] = subsample(raw["test"], data_args.max_test_samples, seed)
     logger.info("data: %s; text %s, labels %s", {k: len(v) for k, v in raw.items()}, text_columns,
                 dict(zip(names, range(len(names)))))
+    run.splits = raw
+    run.task_results = {"labels": names, "label_values": list(label2id), "text_columns": text_columns,
+                        "label_column": label_column}
 
-    # model
-    set_seed(seed)
+
+def build(run: Run) -> None:
+    model_args, data_args, info = run.model_args, run.data_args, run.task_results
+    names = info["labels"]
     config = AutoConfig.from_pretrained(
         model_args.config_name or model_args.model_name_or_path,
         num_labels=len(names),
@@ -443,84 +441,45 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
                                               cache_dir=model_args.cache_dir)
     if model_args.model_name_or_path:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        run.model = AutoModelForSequenceClassification.from_pretrained(
             model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir
         )
     else:
-        model = AutoModelForSequenceClassification.from_config(config)
-    base_model = model_args.base_model_id  # None for a model built from a config
-    model.config._name_or_path = base_model or ""
-    dense_for_latency = copy.deepcopy(model) if data_args.latency_repeats else None
-
-    tokenized = tokenize(raw, tokenizer, text_columns, label_column, label2id, data_args.max_seq_length)
-    test_dataset = tokenized.get("test")
-    snapshot = DenseTestSnapshot(test_dataset)
-    trainer = AdaptivePruningTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        callbacks=[snapshot],
-        dataset_name=data_args.dataset_card_name,
-    )
-    snapshot.trainer = trainer
-
-    # train and prune, save
-    train_metrics = train_and_save(trainer, training_args)
-    summary = trainer.pruning_summary()
-
-    # evaluate the pruned model: validation slice the controller decided on, and test
-    decision_set = first_rows(tokenized["validation"], training_args.pruning_eval_samples)
-    final_val = trainer.evaluate(eval_dataset=decision_set)
-    test = None
-    if test_dataset is not None:
-        pruned_test = trainer.evaluate(eval_dataset=test_dataset, metric_key_prefix="test")
-        trainer.save_metrics("test", pruned_test)
-        dense_test = snapshot.metrics or {}
-        test = {
-            "samples": len(test_dataset),
-            "dense_accuracy": dense_test.get("test_accuracy"),
-            "dense_step": snapshot.step,
-            "pruned_accuracy": pruned_test.get("test_accuracy"),
-            "dense": dense_test or None,
-            "pruned": pruned_test,
-        }
-
-    latency = None
-    if dense_for_latency is not None:
-        pruned_model = trainer.model
-        inputs = example_inputs(dense_for_latency, seq_len=data_args.max_seq_length, batch_size=1)
-        inputs = {k: v.to(next(pruned_model.parameters()).device) for k, v in inputs.items()}
-        dense_for_latency.to(inputs["input_ids"].device)
-        timings = compare_latency({"dense": dense_for_latency, "pruned": pruned_model}, inputs,
-                                  repeats=data_args.latency_repeats, warmup=3)
-        latency = {"batch_size": 1, "seq_len": data_args.max_seq_length, "threads": timings["dense"]["threads"],
-                   "results": timings}
-        logger.info("latency:\n%s", format_latency(timings, title=f"batch 1, seq {data_args.max_seq_length}"))
-
-    results = {
-        "base_model": base_model,
-        "dataset": data_args.dataset_name,
-        "data_files": data_files,
-        "output_dir": training_args.output_dir,
-        "labels": names,
-        "samples": {k: len(v) for k, v in raw.items()},
-        "test": test,
-        **pruning_results(summary, len(decision_set), final_val),
-        "latency": latency,
-        "train": train_metrics,
-        "wall_time_s": time.time() - started,
-    }
-    save_results(results, format_results(results), training_args)
-    return results
+        run.model = AutoModelForSequenceClassification.from_config(config)
+    label2id = {value: i for i, value in enumerate(info["label_values"])}
+    run.datasets = tokenize(run.splits, tokenizer, info["text_columns"], info["label_column"], label2id,
+                            data_args.max_seq_length)
+    run.processing_class = tokenizer
+    run.data_collator = DataCollatorWithPadding(tokenizer)
 
 
-def cli() -> None:
-    run_cli(main)
+def measure_latency(dense, pruned, run: Run) -> dict:
+    """Batch-1 latency at --max_seq_length tokens, dense and pruned timed alternately."""
+    seq_len = run.data_args.max_seq_length
+    inputs = example_inputs(dense, seq_len=seq_len, batch_size=1)
+    inputs = {k: v.to(next(pruned.parameters()).device) for k, v in inputs.items()}
+    dense.to(inputs["input_ids"].device)
+    timings = compare_latency({"dense": dense, "pruned": pruned}, inputs, repeats=run.data_args.latency_repeats,
+                              warmup=3)
+    logger.info("latency:\n%s", format_latency(timings, title=f"batch 1, seq {seq_len}"))
+    return {"label": f"latency b1 seq {seq_len}", "batch_size": 1, "seq_len": seq_len,
+            "threads": timings["dense"]["threads"], "results": timings}
 
+
+TASK = Task(
+    name="text_classification",
+    parse_args=parse_args,
+    validate=validate,
+    load_data=load_data,
+    build=build,
+    test_metrics=("accuracy",),
+    format_value=lambda name, value: format_metric(value, 4),
+    latency=measure_latency,
+)
+
+
+main = TASK.main  # main(argv) runs the recipe and returns what it writes to results.json
+cli = TASK.cli
 
 if __name__ == "__main__":
     cli()

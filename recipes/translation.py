@@ -11,6 +11,7 @@ Run it from the repository root, with a config file (YAML or JSON) or with flags
 
     python recipes/translation.py recipes/configs/translation_marian_multi30k.yaml \\
         --model_name_or_path outputs/marian_multi30k/dense
+    python -m recipes.translation recipes/configs/translation_marian_multi30k.yaml --model_name_or_path DENSE
     python recipes/translation.py --model_name_or_path Helsinki-NLP/opus-mt-en-de \\
         --dataset_name wmt16 --dataset_config_name de-en --source_lang en --target_lang de \\
         --output_dir out --max_steps 2000 --pruning_eval_samples 500
@@ -43,23 +44,18 @@ Outputs in ``--output_dir``: the pruned model (``model.safetensors``, ``config.j
 with the ``adaprune`` record, tokenizer, model card), ``pruning_report.json`` and
 plots from the trainer, ``results.json`` with the dense/pruned comparison.
 
-The dense test BLEU is measured right before the first pruning step (after
-``--pruning_warmup_steps`` of fine-tuning, when the controller records its
-reference); the pruned one after training. Latency: ``generate`` on one test (else
-validation) sentence at batch size 1, dense model as loaded vs the pruned model,
-timed alternately in one process.
+The dense test BLEU is that of the model at the pruning reference (after
+``--pruning_warmup_steps`` of fine-tuning); the pruned one after training. With
+``--dense_control true`` the dense model is also fine-tuned for the same steps without
+pruning (``OUTPUT_DIR/dense_control``) and the table compares the pruned model with it.
+Latency: ``generate`` on one test (else validation) sentence at batch size 1, the dense
+control (else the dense model as loaded) vs the pruned model, timed alternately in one
+process.
 """
 
 from __future__ import annotations
 
-import bz2
-import copy
-import gzip
 import logging
-import lzma
-import os
-import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,43 +67,30 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
-    set_seed,
 )
 
-from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
-from hf_adaprune.reporting.latency import compare_latency, format_latency
+from hf_adaprune import Seq2SeqPruningArguments
 from hf_adaprune.metrics import headline_value, load_metric
+from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import decode_ids, generation_metrics
-
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import recipe_utils  # noqa: E402
-from recipe_utils import (  # noqa: E402
+from recipes.arguments import (
     DataArguments,
     ModelSourceArguments,
     RecipeError,
+    check_metric,
     check_minimum,
     check_model_source,
-    combine_metrics,
-    comparison_rows,
     expand_config_file,
-    first_rows,
-    format_table,
-    map_splits,
     no_validation_message,
-    pruning_results,
     require_file,
-    run_cli,
-    save_results,
-    setup_logging,
-    subsample,
-    train_and_save,
 )
+from recipes.results import format_metric
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
+from recipes.tables import read_text
 
 logger = logging.getLogger("hf_adaprune.recipes.translation")
 
 SPLITS = ("train", "validation", "test")
-OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # always computed (besides the steering metric): both are cheap next to generation
 REPORTED_METRICS = ("sacrebleu", "chrf")
 CLASSIFICATION_METRICS = {"accuracy", "f1", "precision", "recall", "matthews_correlation"}
@@ -197,16 +180,6 @@ def _file_pairs():
     return [(split, f"{split}_source_file", f"{split}_target_file") for split in SPLITS]
 
 
-def check_metric(name: str) -> None:
-    """Unknown or unsuitable metric names fail here, before any data or model is loaded."""
-    if name == "loss":
-        return
-    if name.lower() in CLASSIFICATION_METRICS:
-        raise RecipeError(f"--pruning_metric {name!r} is a classification metric; translations are scored with "
-                          f"{', '.join(REPORTED_METRICS)} or bleu (or 'loss')")
-    load_metric(name)  # ValueError "Cannot load metric ..." for unknown names
-
-
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need no data and no model; returns the data files given."""
     check_model_source(model_args)
@@ -240,7 +213,7 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     check_minimum(data_args, ("num_beams",), 1)
     check_minimum(data_args, ("latency_repeats",), 0)
     check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
-    check_metric(training_args.pruning_metric)
+    check_metric(training_args.pruning_metric, "translation", (*REPORTED_METRICS, "bleu"), CLASSIFICATION_METRICS)
     return files
 
 
@@ -249,18 +222,16 @@ def _no_validation_message(training_args) -> str:
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def read_lines(path: str) -> list[str]:
+def read_lines(path: str, what: str = "file") -> list[str]:
     """Lines of a plain or compressed (.gz, .bz2, .xz) UTF-8 text file, without line endings.
 
     Lines end at "\\n" only (as ``wc -l`` counts them), so a stray carriage return or
     Unicode line separator inside a sentence does not shift the alignment.
     """
-    opener = OPENERS.get(os.path.splitext(path)[1].lower(), open)
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-            return [line.removesuffix("\n").removesuffix("\r") for line in f]
-    except (OSError, EOFError, UnicodeDecodeError, lzma.LZMAError) as err:
-        raise RecipeError(f"cannot read {path!r} as UTF-8 text ({type(err).__name__}: {err})") from err
+    lines = read_text(path, what).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's last line break
+    return [line.removesuffix("\r") for line in lines]
 
 
 def check_empty_pairs(empty_source, empty_target, split: str, max_fraction: float, where: tuple[str, str],
@@ -295,7 +266,8 @@ def _blank(texts) -> list[bool]:
 
 
 def read_parallel(source_file: str, target_file: str, split: str, max_empty_fraction: float):
-    sources, targets = read_lines(source_file), read_lines(target_file)
+    sources = read_lines(source_file, f"--{split}_source_file")
+    targets = read_lines(target_file, f"--{split}_target_file")
     if len(sources) != len(targets):
         raise RecipeError(
             f"{split}: the source and target files must be line-aligned, but {source_file} has {len(sources):,} "
@@ -475,21 +447,6 @@ def score_translations(predictions, references: list[str], tokenizer) -> dict[st
     return out
 
 
-class DenseTestSnapshot(recipe_utils.DenseTestSnapshot):
-    """Scores the test set right before the first pruning step, when the model is still dense.
-
-    As the shared snapshot, but with ``trainer.predict``: the generated ids are kept in
-    ``predictions``, to be scored against the raw reference text.
-    """
-
-    predictions = None
-
-    def score(self, trainer) -> dict:
-        output = trainer.predict(self.test_dataset, metric_key_prefix="test")
-        self.predictions = output.predictions
-        return output.metrics
-
-
 class GenerateModule(torch.nn.Module):
     """``model.generate(**inputs, **generate_kwargs)`` as a module, so :func:`compare_latency` can time it."""
 
@@ -502,32 +459,7 @@ class GenerateModule(torch.nn.Module):
         return self.model.generate(**inputs, **self.generate_kwargs)
 
 
-# -- main ---------------------------------------------------------------------------------------------------
-def _fmt_metric(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def format_results(results: dict) -> str:
-    """The short before/after table printed at the end of a run."""
-    test, val, cmp, lat = results["test"], results["validation"], results["comparison"], results["latency"]
-    metric = val["metric"]
-    rows = [("", "dense", "pruned", "")]
-    if test is not None:
-        note = f"dense: step {test['dense_step']}, before pruning" if test["dense_step"] is not None else ""
-        for name in REPORTED_METRICS:
-            rows.append((f"test {name} (n={test['samples']})", _fmt_metric(test[f"dense_{name}"]),
-                         _fmt_metric(test[f"pruned_{name}"]), note))
-    rows.append((f"validation {metric} (steering, n={val['samples']})", _fmt_metric(val["dense_reference"]),
-                 _fmt_metric(val["pruned_final"]), f"tolerance {val['tolerance']} {val['tolerance_type']}"))
-    if cmp is not None:
-        rows += comparison_rows(cmp, f"FLOPs @ seq {cmp['seq_len']}")
-    if lat is not None:
-        dense, pruned = lat["results"]["dense"], lat["results"]["pruned"]
-        rows.append((f"generate latency b{lat['batch_size']} (median)", f"{1000 * dense['median_s']:.1f} ms",
-                     f"{1000 * pruned['median_s']:.1f} ms", f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
-    return format_table(rows, results["pruning"])
-
-
+# -- latency -----------------------------------------------------------------------------------------------
 def median_length_sentence(sentences: list[str], tokenizer, max_length: int) -> str:
     """The sentence of median token length: a typical input for batch-1 latency."""
     lengths = [len(ids) for ids in tokenizer(sentences, max_length=max_length, truncation=True)["input_ids"]]
@@ -551,104 +483,78 @@ def measure_generate_latency(dense, pruned, tokenizer, sentences: list[str], dat
             "threads": timings["dense"]["threads"], "results": timings}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
-    started = time.time()
-    model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    data_files = validate_args(model_args, data_args, training_args)
-    seed = training_args.seed
+# -- the task ---------------------------------------------------------------------------------------------
+def validate(run: Run) -> None:
+    data_args, training_args = run.data_args, run.training_args
+    run.data_files = validate_args(run.model_args, data_args, training_args)
+    run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_target_length
     if data_args.num_beams is not None:
         training_args.generation_num_beams = data_args.num_beams
 
-    # data: read and check before any model is loaded
-    raw = load_raw_datasets(data_args, model_args)
+
+def load_data(run: Run) -> None:
+    """Read and check the parallel data before any model is loaded; subsample."""
+    data_args, seed = run.data_args, run.training_args.seed
+    raw = load_raw_datasets(data_args, run.model_args)
     if "validation" not in raw:
-        raise RecipeError(_no_validation_message(training_args))
+        raise RecipeError(_no_validation_message(run.training_args))
     raw["train"] = subsample(raw["train"], data_args.max_train_samples, seed)
     raw["validation"] = subsample(raw["validation"], data_args.max_eval_samples, seed)
     if "test" in raw:
         raw["test"] = subsample(raw["test"], data_args.max_test_samples, seed, shuffle=False)
     logger.info("data: %s pairs", {k: len(v) for k, v in raw.items()})
-
-    # model
-    set_seed(seed)
-    model, tokenizer = load_model_and_tokenizer(model_args, data_args)
-    base_model = model_args.base_model_id  # None for a model built from a config
-    model.config._name_or_path = base_model or ""
-    dense_for_latency = copy.deepcopy(model) if data_args.latency_repeats else None
-    compute_metrics = build_compute_metrics(training_args.pruning_metric, tokenizer)
-
-    tokenized = tokenize(raw, tokenizer, data_args)
-    test_dataset = tokenized.get("test")
-    snapshot = DenseTestSnapshot(test_dataset)
-    trainer = AdaptivePruningSeq2SeqTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
-        processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        compute_metrics=compute_metrics,
-        callbacks=[snapshot],
-        dataset_name=data_args.dataset_card_name,
-    )
-    snapshot.trainer = trainer
-
-    # train and prune, save
-    train_metrics = train_and_save(trainer, training_args)
-    summary = trainer.pruning_summary()
-
-    # evaluate the pruned model: the validation slice the controller decided on, and test
-    decision_set = first_rows(tokenized["validation"], training_args.pruning_eval_samples)
-    final_val = trainer.evaluate(eval_dataset=decision_set)
-    test = None
-    if test_dataset is not None:
-        output = trainer.predict(test_dataset, metric_key_prefix="test")
-        trainer.save_metrics("test", output.metrics)
-        references = raw["test"]["target"]
-        pruned_scores = score_translations(output.predictions, references, tokenizer)
-        dense_scores = (score_translations(snapshot.predictions, references, tokenizer)
-                        if snapshot.predictions is not None else {})
-        test = {"samples": len(test_dataset), "dense_step": snapshot.step, "references": "raw target text",
-                "dense": snapshot.metrics, "pruned": output.metrics}
-        for name in REPORTED_METRICS:
-            test[f"dense_{name}"] = dense_scores.get(name)
-            test[f"pruned_{name}"] = pruned_scores[name]
-
-    latency = None
-    if dense_for_latency is not None:
-        sentences = raw["test" if "test" in raw else "validation"]["source"][:1]
-        generate_kwargs = {"max_length": training_args.generation_max_length,
-                           "num_beams": training_args.generation_num_beams or model.generation_config.num_beams or 1}
-        latency = measure_generate_latency(dense_for_latency, trainer.model, tokenizer, sentences, data_args,
-                                           generate_kwargs, repeats=data_args.latency_repeats)
-        logger.info("latency:\n%s", format_latency(latency["results"], title="generate, batch 1"))
-
-    results = {
-        "base_model": base_model,
-        "dataset": data_args.dataset_name,
+    run.splits = raw
+    run.task_results = {
         "languages": {"source": data_args.source_lang, "target": data_args.target_lang},
-        "data_files": data_files,
-        "output_dir": training_args.output_dir,
-        "samples": {k: len(v) for k, v in raw.items()},
-        "generation": {"max_length": training_args.generation_max_length,
-                       "num_beams": training_args.generation_num_beams},
-        "test": test,
-        **pruning_results(summary, len(decision_set), final_val, keep_final_metrics=True),
-        "latency": latency,
-        "train": train_metrics,
-        "wall_time_s": time.time() - started,
+        "generation": {"max_length": run.training_args.generation_max_length,
+                       "num_beams": run.training_args.generation_num_beams},
+        "test_references": "raw target text",
     }
-    save_results(results, format_results(results), training_args)
-    return results
 
 
-def cli() -> None:
-    run_cli(main)
+def build(run: Run) -> None:
+    model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
+    run.model, run.processing_class, run.seq2seq = model, tokenizer, True
+    run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
+    run.datasets = tokenize(run.splits, tokenizer, run.data_args)
+    run.data_collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
+
+def score_test(trainer, dataset, run: Run) -> dict:
+    """sacreBLEU and chrF of ``trainer``'s model's translations against the raw reference sentences."""
+    output = trainer.predict(dataset, metric_key_prefix="test")
+    values = score_translations(output.predictions, run.splits["test"]["target"], run.processing_class)
+    return {"values": values, "metrics": output.metrics}
+
+
+def latency(dense, pruned, run: Run) -> dict:
+    training_args = run.training_args
+    sentences = run.splits["test" if "test" in run.splits else "validation"]["source"][:1]
+    generate_kwargs = {"max_length": training_args.generation_max_length,
+                       "num_beams": training_args.generation_num_beams or pruned.generation_config.num_beams or 1}
+    result = measure_generate_latency(dense, pruned, run.processing_class, sentences, run.data_args, generate_kwargs,
+                                      repeats=run.data_args.latency_repeats)
+    logger.info("latency:\n%s", format_latency(result["results"], title="generate, batch 1"))
+    return {"label": f"generate latency b{result['batch_size']}", **result}
+
+
+TASK = Task(
+    name="translation",
+    parse_args=parse_args,
+    validate=validate,
+    load_data=load_data,
+    build=build,
+    test_metrics=REPORTED_METRICS,
+    format_value=lambda name, value: format_metric(value, 2),
+    score=score_test,
+    latency=latency,
+)
+
+
+main = TASK.main  # main(argv) runs the recipe and returns what it writes to results.json
+cli = TASK.cli
 
 if __name__ == "__main__":
     cli()

@@ -1,4 +1,4 @@
-"""Tiny models of every supported family, built from configs (no network); the recipes loaded as modules."""
+"""Tiny models of every supported family, built from configs (no network); recipe and benchmark modules."""
 
 from __future__ import annotations
 
@@ -61,8 +61,11 @@ def one_thread_env() -> dict[str, str]:
 
 
 def load_script(folder: str, name: str):
-    """``FOLDER/NAME.py`` loaded from its path as module ``FOLDER_NAME`` (recipes and benchmarks are scripts,
-    not packages)."""
+    """``FOLDER/NAME.py`` loaded from its path as module ``FOLDER_NAME`` (benchmarks and examples are scripts,
+    not packages); FOLDER goes on ``sys.path`` first, as running the script puts it there, so that the script's
+    imports of its neighbours work."""
+    if str(ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(ROOT / folder))
     spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -71,7 +74,8 @@ def load_script(folder: str, name: str):
 
 
 def load_recipe(name: str):
-    return load_script("recipes", name)
+    """The recipe module ``recipes.NAME`` (recipes are a package installed with the project)."""
+    return importlib.import_module(f"recipes.{name}")
 
 
 @pytest.fixture(params=ENCODER_FAMILIES)

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 import transformers
 
-sys.path.insert(0, os.path.dirname(__file__))
+# run as a script, so its own folder (tests/) is on sys.path
+from conftest import tiny_model
+from test_trainer import make_args, toy_dataset
 
-from conftest import tiny_model  # noqa: E402
-from test_trainer import make_args, toy_dataset  # noqa: E402
-
-from hf_adaprune import AdaptivePruningTrainer, get_masks  # noqa: E402
+from hf_adaprune import AdaptivePruningTrainer, get_masks
 
 
 class CrashAfter(transformers.TrainerCallback):
@@ -58,13 +56,15 @@ def main():
     trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))
     rank = trainer.args.process_index
     if opts.break_rank is not None and rank == opts.break_rank:
-        original = trainer._reduced_scores
+        import hf_adaprune.trainer.trainer as trainer_module
 
-        def corrupted():  # a rank whose scores were never reduced: different selection
-            scores = original()
+        original = trainer_module.reduced_scores
+
+        def corrupted(*args, **kwargs):  # a rank whose scores were never reduced: different selection
+            scores = original(*args, **kwargs)
             return {name: torch.rand_like(value) for name, value in scores.items()}
 
-        trainer._reduced_scores = corrupted
+        trainer_module.reduced_scores = corrupted
     if opts.crash_after is not None:
         trainer.add_callback(CrashAfter(opts.crash_after))
     trainer.train(resume_from_checkpoint=opts.resume)

@@ -23,7 +23,7 @@ def test_every_listed_family_is_registered():
 def test_groups_alternate_heads_and_ffn(family):
     model = tiny_model(family, "AutoModel")
     groups = find_groups(model)
-    assert [g.kind for g in groups] == ["heads", "neurons"] * 3
+    assert [g.kind for g in groups] == ["heads", "ffn"] * 3
     base = model.base_model
     assert [structure_count(base, g) for g in groups] == [4, 37] * 3
 

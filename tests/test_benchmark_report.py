@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 from conftest import ROOT, load_script
@@ -13,7 +12,6 @@ RESULTS = ROOT / "benchmarks" / "results" / "quick"
 
 
 def load_benchmark():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # run.py imports its neighbour training_overhead.py
     return load_script("benchmarks", "run")
 
 

@@ -109,3 +109,12 @@ def test_decide_without_pending_step():
     c = AdaptiveController(target=0.5)
     with pytest.raises(RuntimeError, match="no pending pruning step"):
         c.decide(1.0)
+
+
+def test_records_the_sparsity_actually_selected():
+    """Selection can fall short of the tried ratio (floors, whole structures): the kept sparsity is what it reached."""
+    c = AdaptiveController(target=0.5, initial_step=0.5, min_step=0.1, tolerance=0.05)
+    assert c.start(0.9) == 0.5
+    assert c.decide(0.9, selected=0.25) == "keep"
+    assert c.state.selected == 0.25 and c.state.done and c.state.stop_reason == "target reached"
+    assert c.state.history[1]["ratio"] == 0.5 and c.state.history[1]["selected"] == 0.25

@@ -28,8 +28,8 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-from hf_adaprune.converters import ctranslate2_whisper as cw
-from hf_adaprune.converters import (
+from recipes import ctranslate2_whisper as cw
+from recipes.ctranslate2_whisper import (
     CTranslate2FormatError,
     convert_ctranslate2_whisper,
     default_whisper_tiny_en_dir,

@@ -78,7 +78,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     checkpoint = crashed / "checkpoint-12"
     assert (checkpoint / "pruning_state.pt").exists() and (checkpoint / "model.safetensors").exists()
     assert not list(checkpoint.glob(".*.tmp")), "no half-written files"
-    state = torch.load(checkpoint / "pruning_state.pt", weights_only=False)
+    state = torch.load(checkpoint / "pruning_state.pt", weights_only=True)
     assert state["controller"]["reference"] is not None and not state["controller"]["done"], "killed mid-pruning"
     resumed, result = run_worker(tmp_path, "crashed", batch=16, extra=("--resume", str(checkpoint)))
     assert result.returncode == 0, result.stderr[-4000:]

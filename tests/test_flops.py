@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from hf_adaprune import attach_masks, compact, compare_profiles, count_flops, format_comparison, model_profile
@@ -42,3 +44,24 @@ def test_profile_before_and_after_compaction():
     assert 0 < report["flops_removed"] < report["layer_flops_removed"] < 1
     table = format_comparison(report)
     assert "encoder.layer.0" in table and "4->1" in table and "37->0" in table
+
+
+def test_comparison_is_typed_and_keeps_its_json_keys():
+    from hf_adaprune.reporting.summary import LayerComparison, ProfileComparison
+
+    model = tiny_model("bert")
+    before = model_profile(model, seq_len=16)
+    attach_masks(model).set("encoder.layer.1.ffn", torch.zeros(37))
+    compact(model)
+    report = compare_profiles(before, model_profile(model, seq_len=16))
+    assert isinstance(report, ProfileComparison) and isinstance(report.layers[1], LayerComparison)
+    assert (report.layers[1].ffn_before, report.layers[1].ffn_after) == (37, 0)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert list(data) == ["seq_len", "params_before", "params_after", "params_removed", "flops_before",
+                          "flops_after", "flops_removed", "layer_flops_before", "layer_flops_after",
+                          "layer_flops_removed", "layers"]
+    assert list(data["layers"][0]) == ["layer", "heads_before", "heads_after", "ffn_before", "ffn_after",
+                                       "params_before", "params_after", "flops_before", "flops_after"]
+    assert ProfileComparison.from_dict(data) == report
+    assert report["flops_removed"] == report.flops_removed and dict(report)["layers"] == data["layers"]
+    assert format_comparison(data) == format_comparison(report)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 
 import torch
-from conftest import ROOT, load_script
+from conftest import load_script
 from transformers import MarianConfig, MarianMTModel
 
 from hf_adaprune import attach_masks, compact, save_pruned
@@ -15,8 +14,7 @@ SENTENCES = ["a dog runs on the grass", "two men play music", "a girl in a red c
 
 
 def test_dense_and_pruned_generate_the_same_length(tmp_path):
-    sys.path.insert(0, str(ROOT / "examples"))
-    from train_prune_marian_multi30k import train_tokenizer
+    train_tokenizer = load_script("examples", "train_prune_marian_multi30k").train_tokenizer
 
     tokenizer = train_tokenizer(SENTENCES * 4, vocab_size=120, max_length=32)
     config = MarianConfig(vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=16, encoder_layers=1,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -10,9 +12,11 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+import transformers
 from transformers import AutoModelForSequenceClassification, BertTokenizerFast, pipeline
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
+from hf_adaprune.layout import decode_kept
 
 from conftest import text_batch, tiny_model
 from test_surgery import outputs, random_masks
@@ -41,7 +45,7 @@ def test_round_trip_with_hf_adaprune(family, tmp_path):
     assert {"model.safetensors", "config.json", "modeling_adaprune.py"} <= files
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     groups = config["adaprune"]["groups"]
-    assert groups[next(iter(groups))]["kind"] in {"heads", "neurons"}
+    assert groups[next(iter(groups))]["kind"] in {"heads", "ffn"}
     assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_adaprune.Pruned")
     loaded = AutoPrunedModel.from_pretrained(tmp_path / "out").eval()
     assert (outputs(loaded, batch) - masked).abs().max() <= 1e-5
@@ -57,8 +61,8 @@ def test_saved_record_lists_kept_heads_and_widths(tmp_path):
     masks.set("encoder.layer.0.ffn", width)
     save_pruned(model, tmp_path)
     record = json.loads((tmp_path / "config.json").read_text())["adaprune"]
-    assert record["groups"]["encoder.layer.1.attention"]["kept"] == [1, 3]
-    assert len(record["groups"]["encoder.layer.0.ffn"]["kept"]) == 27
+    assert decode_kept(record["groups"]["encoder.layer.1.attention"]) == [1, 3]
+    assert decode_kept(record["groups"]["encoder.layer.0.ffn"]) == list(range(10, 37))
     weights = load_file(tmp_path / "model.safetensors")
     assert weights["bert.encoder.layer.1.attention.self.query.weight"].shape == (16, 32)
     assert weights["bert.encoder.layer.0.intermediate.dense.weight"].shape == (27, 32)
@@ -153,3 +157,122 @@ def test_dense_stock_loader_rejects_pruned_folder(tmp_path):
     save_pruned(pruned_tiny("bert"), tmp_path)
     with pytest.raises(Exception, match="(?i)size|mismatch|shape"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=False)
+
+
+def test_remote_code_is_the_layout_codec_plus_the_family_forward():
+    """The shipped file is generated from hf_adaprune/layout.py and the family's own attention forward."""
+    import ast
+    import inspect
+
+    from hf_adaprune import layout
+    from hf_adaprune.families.t5 import T5SharedBias
+    from hf_adaprune.hub.remote_code import remote_code_source
+
+    source = remote_code_source({"T5ForConditionalGeneration"}, T5SharedBias)
+    assert inspect.getsource(layout).strip() in source
+    assert "@register_shared_bias\nclass T5SharedBias(SharedBiasMixin):" in source
+    assert "WavLMSharedBias" not in source
+    tree = ast.parse(source)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert imported <= {"__future__", "functools", "sys", "warnings", "torch", "transformers"}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
+    namespace = {"__name__": "modeling_adaprune_check"}
+    exec(compile(source, "modeling_adaprune.py", "exec"), namespace)
+    assert namespace["SHARED_BIAS_WRAPPERS"]["t5"] is namespace["T5SharedBias"]
+    assert issubclass(namespace["PrunedT5ForConditionalGeneration"], namespace["PrunedModelMixin"])
+
+
+@pytest.mark.parametrize("lost", ["layout", "groups"])
+def test_config_that_lost_its_layout_record_is_refused_clearly(tmp_path, lost):
+    save_pruned(pruned_tiny("bert"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["adaprune"][lost]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    message = rf"record \(adaprune\) in {tmp_path}/config.json is incomplete \(missing: {lost};.*restore config.json"
+    with pytest.raises(ValueError, match=message):
+        AutoPrunedModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):  # the shipped loader says the same
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
+
+
+def test_model_pruned_twice_loads(tmp_path):
+    """Load a pruned folder, prune it again, save it: both loaders read the second folder."""
+    save_pruned(pruned_tiny("bert"), tmp_path / "once")
+    model = AutoPrunedModel.from_pretrained(tmp_path / "once").eval()
+    masks = attach_masks(model)
+    heads = torch.zeros_like(masks.masks["encoder.layer.1.attention"])
+    heads[0] = 1
+    masks.set("encoder.layer.1.attention", heads)
+    ffn = torch.ones_like(masks.masks["encoder.layer.2.ffn"])
+    ffn[::2] = 0
+    masks.set("encoder.layer.2.ffn", ffn)
+    batch = text_batch()
+    expected = outputs(model, batch)
+    save_pruned(model, tmp_path / "twice")
+    loaded = AutoPrunedModel.from_pretrained(tmp_path / "twice").eval()
+    assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "twice", trust_remote_code=True).eval()
+    assert (outputs(stock, batch) - expected).abs().max() <= 1e-5
+
+
+def test_config_stays_small_with_wide_ffn_layers(tmp_path):
+    """Loading needs only widths: kept indices are stored as one bitmap per group, not one line per index."""
+    model = tiny_model("bert", intermediate_size=3072)
+    masks = attach_masks(model)
+    generator = torch.Generator().manual_seed(0)
+    for name in masks.of_kind("ffn"):
+        masks.set(name, (torch.rand(3072, generator=generator) > 0.5).float())
+    kept = {name: masks.kept_indices(name) for name in masks.of_kind("ffn")}
+    batch = text_batch()
+    expected = outputs(model, batch)
+    save_pruned(model, tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    assert len(text) < 6000, len(text)  # 3 x 3072 indices were ~40 KB, one per line
+    record = json.loads(text)["adaprune"]
+    assert {name: decode_kept(record["groups"][name]) for name in kept} == kept
+    assert (outputs(AutoPrunedModel.from_pretrained(tmp_path).eval(), batch) - expected).abs().max() <= 1e-5
+
+
+def test_save_pretrained_after_compaction_writes_a_remote_code_folder(tmp_path):
+    """model.save_pretrained (what push_to_hub and Trainer.save_model call) gives the save_pruned folder."""
+    model = pruned_tiny("bert")
+    batch = text_batch()
+    expected = outputs(model, batch)
+    compact(model)
+    assert isinstance(model, transformers.BertForSequenceClassification)
+    model.save_pretrained(tmp_path / "plain")
+    assert (tmp_path / "plain" / "modeling_adaprune.py").exists()
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_adaprune.")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain", trust_remote_code=True).eval()
+    assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
+    loaded.save_pretrained(tmp_path / "again")  # a remote-code model saves its own file again
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "again", trust_remote_code=True).eval()
+    assert (outputs(again, batch) - expected).abs().max() <= 1e-5
+    assert copy.deepcopy(model).config.adaprune == model.config.adaprune
+    pickle.loads(pickle.dumps(model))  # the pruned class is importable by name
+
+
+@pytest.mark.parametrize("forward", [None, "t5", "wavlm"])
+def test_remote_code_reads_nothing_itself(forward):
+    """The shipped file opens no file, loads no pickle, runs no other code and reaches no network: transformers
+    hands it config.json's record and the folder's weights (safetensors), nothing else."""
+    import ast
+
+    from hf_adaprune.families.t5 import T5SharedBias
+    from hf_adaprune.families.wavlm import WavLMSharedBias
+    from hf_adaprune.hub.remote_code import remote_code_source
+
+    source = remote_code_source({"BertModel"}, {None: None, "t5": T5SharedBias, "wavlm": WavLMSharedBias}[forward])
+    tree = ast.parse(source)
+    called = {node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+              for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and isinstance(node.func, (ast.Name, ast.Attribute))}
+    assert not called & {"open", "exec", "eval", "compile", "__import__", "import_module", "load", "loads",
+                         "urlopen", "system", "popen", "run", "read_text", "read_bytes"}
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert modules <= {"__future__", "functools", "sys", "warnings", "torch", "transformers"}

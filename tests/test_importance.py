@@ -53,7 +53,7 @@ def test_taylor_equals_brute_force(model_type):
     loss_backward(model)
     importance = TaylorImportance()
     assert importance.update(model, groups)
-    scores = importance.scores()
+    scores = importance.scores(model, groups)
     expected = {group.name: brute_force_taylor(model, group) for group in groups}
     total = sum(float(v.sum()) for v in expected.values())  # each step's scores are normalised to sum to 1
     for group in groups:
@@ -73,7 +73,7 @@ def test_taylor_is_mean_of_normalised_per_batch_absolute_values():
         per_batch.append({name: value / total for name, value in raw.items()})
     for group in groups:
         expected = torch.stack([b[group.name] for b in per_batch]).mean(0)
-        torch.testing.assert_close(importance.scores()[group.name].double(), expected, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(importance.scores(model, groups)[group.name].double(), expected, rtol=1e-4, atol=1e-9)
     assert importance.num_updates == 3
 
 
@@ -82,7 +82,7 @@ def test_taylor_skips_when_no_gradient():
     model.zero_grad(set_to_none=True)
     importance = TaylorImportance()
     assert importance.update(model, find_groups(model)) is False
-    assert importance.scores() == {}
+    assert importance.scores(model, find_groups(model)) == {}
 
 
 def test_magnitude_scores_sum_of_absolute_weights():
@@ -109,10 +109,37 @@ def test_state_dict_round_trip():
     b = TaylorImportance()
     b.load_state_dict(a.state_dict())
     assert b.num_updates == 1
-    for name, value in a.scores().items():
-        assert torch.equal(b.scores()[name], value)
+    assert set(a.scores(model, groups)) == {g.name for g in groups}
+    for name, value in a.scores(model, groups).items():
+        assert torch.equal(b.scores(model, groups)[name], value)
 
 
 def test_unknown_criterion():
     with pytest.raises(ValueError, match="unknown importance criterion 'fisher'"):
         make_importance("fisher")
+
+
+def test_a_criterion_is_one_class():
+    """A subclass with a name is a --pruning_criterion value, scored through the same interface as the others."""
+    from hf_adaprune.engine.importance import IMPORTANCE_CRITERIA, Importance
+
+    class FirstWeightImportance(Importance):
+        name = "test-first-weight"
+
+        def scores(self, model, groups):
+            return {g.name: MagnitudeImportance().scores(model, [g])[g.name] * 0 + 1 for g in groups}
+
+    try:
+        model = tiny_model("bert")
+        groups = find_groups(model)
+        criterion = make_importance("test-first-weight")
+        assert isinstance(criterion, FirstWeightImportance) and not criterion.needs_gradients
+        assert criterion.update(model, groups) and criterion.num_updates == 1
+        assert {name: v.tolist() for name, v in criterion.scores(model, groups).items()} == {
+            g.name: [1.0] * (4 if g.kind == "heads" else 37) for g in groups}
+        assert TaylorImportance.needs_gradients and not MagnitudeImportance.needs_gradients
+        for name in ("taylor", "magnitude", "random"):  # one interface: every criterion scores given groups
+            scores = make_importance(name).scores(model, groups[:2])
+            assert name == "taylor" or set(scores) == {g.name for g in groups[:2]}
+    finally:
+        IMPORTANCE_CRITERIA.pop("test-first-weight", None)

@@ -1,27 +1,26 @@
-"""Tests for hf_adaprune.metrics (offline; no Hugging Face Hub access needed)."""
+"""Tests for hf_adaprune.metrics and the in-process metrics of hf_adaprune.task_metrics (no Hub access)."""
 
 from __future__ import annotations
 
 import math
 import socket
 import sys
-import threading
-import time
 
 import huggingface_hub.constants
 
 import evaluate
+import evaluate.config
 import pytest
 import sacrebleu
 
-from hf_adaprune import metrics
 from hf_adaprune.metrics import (
-    BUILTIN_METRICS,
     headline_value,
+    known_greater_is_better,
     load_metric,
     metric_greater_is_better,
     metric_key,
 )
+from hf_adaprune.task_metrics import LOCAL_METRICS, LocalMetric, local_metric
 
 PREDS, REFS = [0, 1, 1, 0], [0, 1, 0, 0]
 # Binary (positive class 1): TP=1 (i=1), FP=1 (i=2), FN=0, TN=2 (i=0,3).
@@ -33,17 +32,20 @@ PREDS, REFS = [0, 1, 1, 0], [0, 1, 0, 0]
 HYP, REF = "the cat sat on the mat", "the cat sat on a mat"
 # n-gram precisions of HYP vs REF: 5/6, 3/5, 2/4, 1/3; equal lengths so BP = 1;
 # BLEU = (5/6 * 3/5 * 2/4 * 1/3) ** (1/4) = (1/12) ** (1/4)
+LABEL_METRICS = {"accuracy", "f1", "precision", "recall", "matthews_correlation"}
 
 
 def compute(name: str, **inputs):
-    return BUILTIN_METRICS[name](keep_in_memory=True).compute(**inputs)
+    return local_metric(name).compute(**inputs)
 
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Offline mode requested via the environment; any socket use fails the test."""
-    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
-    metrics._hub_reachable.cache_clear()
+    """HF_HUB_OFFLINE alone (evaluate's own downloader ignores it); any socket use fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
     attempts = []
 
     def no_network(*args, **kwargs):
@@ -54,14 +56,6 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     yield attempts
     assert attempts == []
-
-
-@pytest.mark.parametrize("name", sorted(BUILTIN_METRICS))
-def test_builtins_are_evaluate_metrics(name):
-    metric = BUILTIN_METRICS[name](keep_in_memory=True)
-    assert isinstance(metric, evaluate.Metric)
-    assert metric.name == name
-    assert isinstance(metric.info, evaluate.MetricInfo) and metric.info.features is not None
 
 
 @pytest.mark.parametrize(
@@ -125,6 +119,20 @@ def test_bleu_is_zero_to_one():
     assert short["bleu"] == pytest.approx(math.exp(1 - 6 / 4))  # all n-grams match
 
 
+def test_bleu_smoothing_and_reference_length_follow_the_hub_metric():
+    # Hub ``bleu`` smoothing adds one to matches and candidates of every order (sacrebleu's add-k leaves unigrams)
+    smooth = compute("bleu", predictions=[HYP], references=[[REF]], smooth=True)
+    assert smooth["precisions"] == pytest.approx([6 / 7, 4 / 6, 3 / 5, 2 / 4])
+    assert smooth["bleu"] == pytest.approx((6 / 7 * 4 / 6 * 3 / 5 * 2 / 4) ** 0.25)
+    # Hub ``bleu`` counts the shortest reference (sacrebleu the closest one: 6 words here, so BP < 1)
+    multi = compute("bleu", predictions=["a b c d e"], references=[["a b c", "a b c d e f"]])
+    assert multi["reference_length"] == 3 and multi["brevity_penalty"] == 1.0
+    assert sacrebleu.corpus_bleu(["a b c d e"], [["a b c"], ["a b c d e f"]]).bp < 1.0
+    # a tokenizer callable, as the Hub metric accepts
+    chars = compute("bleu", predictions=["abcd"], references=[["abcd"]], tokenizer=list)
+    assert chars["bleu"] == pytest.approx(1.0) and chars["translation_length"] == 4
+
+
 def test_chrf_matches_sacrebleu():
     expected = sacrebleu.corpus_chrf([HYP], [[REF]]).score
     result = compute("chrf", predictions=[HYP], references=[[REF]])
@@ -151,90 +159,38 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
         compute("wer", predictions=["a"], references=["a"])
 
 
-def test_load_metric_accuracy_offline():
-    metric = load_metric("accuracy", keep_in_memory=True)
-    assert isinstance(metric, evaluate.Metric)
-    assert metric.compute(predictions=PREDS, references=REFS) == {"accuracy": pytest.approx(0.75)}
-
-
-def test_load_metric_falls_back_without_network(offline):
+def test_load_metric_falls_back_offline_without_network(offline):
     metric = load_metric("evaluate-metric/wer", keep_in_memory=True, download_mode="reuse_dataset_if_exists")
-    assert isinstance(metric, metrics.Wer)
-    assert metric.keep_in_memory
+    assert isinstance(metric, LocalMetric) and metric.name == "wer"
+    assert metric.compute(predictions=["the cat sit"], references=["the cat sat"]) == pytest.approx(1 / 3)
+    assert load_metric("accuracy").compute(predictions=PREDS, references=REFS) == {"accuracy": pytest.approx(0.75)}
 
 
-def test_load_metric_tries_evaluate_first_in_offline_mode(monkeypatch):
-    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(metrics, "_hub_offline", lambda: False)
-    monkeypatch.setattr(metrics, "_hub_reachable", lambda: False)
-    seen = []
-    sentinel = object()
+def test_load_metric_tries_evaluate_first_and_leaves_its_settings_alone(monkeypatch, tmp_path):
+    seen, sentinel = [], object()
+    before = evaluate.config.HF_EVALUATE_OFFLINE
 
     def fake_load(name, **kwargs):
         seen.append((name, kwargs, evaluate.config.HF_EVALUATE_OFFLINE))
         return sentinel
 
-    before = evaluate.config.HF_EVALUATE_OFFLINE
     monkeypatch.setattr(evaluate, "load", fake_load)
-    assert load_metric("rouge", cache_dir="/tmp/x") is sentinel
-    assert seen == [("rouge", {"cache_dir": "/tmp/x"}, True)]
-    assert evaluate.config.HF_EVALUATE_OFFLINE == before
-
-    monkeypatch.setattr(metrics, "_hub_reachable", lambda: True)
-    load_metric("rouge")
-    assert seen[-1] == ("rouge", {}, before)
-
-
-def test_offline_flags(monkeypatch):
-    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    for var in ("HF_EVALUATE_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    assert not metrics._hub_offline()
-    for var in ("HF_EVALUATE_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(var, "1")
-        assert metrics._hub_offline()
-        monkeypatch.delenv(var)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert metrics._hub_offline()
+    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
+    assert load_metric("rouge", cache_dir="/tmp/x") is sentinel
+    assert seen == [("rouge", {"cache_dir": "/tmp/x"}, before)]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # offline: only what is local or cached
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", str(tmp_path))
+    assert isinstance(load_metric("accuracy"), LocalMetric) and len(seen) == 1
+    (tmp_path / "evaluate_modules" / "metrics" / "evaluate-metric--accuracy").mkdir(parents=True)
+    assert load_metric("accuracy") is sentinel and evaluate.config.HF_EVALUATE_OFFLINE == before
 
 
-@pytest.fixture
-def probe(monkeypatch):
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(metrics, "HUB_PROBE_TIMEOUT", 0.2)
-    metrics._hub_reachable.cache_clear()
-    yield lambda: (metrics._hub_reachable.cache_clear(), metrics._hub_reachable())[1]
-    metrics._hub_reachable.cache_clear()
-
-
-def test_hub_probe(monkeypatch, probe):
-    class Conn:
-        def close(self):
-            pass
-
-    release = threading.Event()
-
-    def refuse(*args, **kwargs):
-        raise ConnectionRefusedError()
-
-    def hang(*args, **kwargs):
-        release.wait(5)
-        raise OSError("timed out")
-
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Conn())
-    assert probe() is True
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    assert probe() is False
-    monkeypatch.setattr(socket, "create_connection", hang)
-    start = time.monotonic()
-    assert probe() is False  # a stalled DNS lookup or connect cannot block past the timeout
-    assert time.monotonic() - start < 1.0
-    release.set()
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
-    assert probe() is True
+def test_load_metric_without_evaluate_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "evaluate", None)
+    metric = load_metric("f1", average="macro")
+    assert isinstance(metric, LocalMetric)
+    assert metric.compute(predictions=PREDS, references=REFS)["f1"] == pytest.approx(11 / 15)
 
 
 def test_unknown_metric_raises(offline):
@@ -242,7 +198,7 @@ def test_unknown_metric_raises(offline):
         load_metric("no_such_metric_xyz")
     message = str(info.value)
     assert "no_such_metric_xyz" in message and "could not be reached" in message
-    assert all(name in message for name in BUILTIN_METRICS)
+    assert all(name in message for name in LOCAL_METRICS)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +217,17 @@ def test_unknown_metric_raises(offline):
 )
 def test_metric_greater_is_better(name, expected):
     assert metric_greater_is_better(name) is expected
+
+
+@pytest.mark.parametrize("name", ["mse", "rmse", "mae", "ter", "perplexity", "eval_mse"])
+def test_error_metrics_are_lower_is_better(name):
+    assert metric_greater_is_better(name) is False
+
+
+def test_unknown_direction_asks_for_the_option():
+    assert known_greater_is_better("my_score") is None
+    with pytest.raises(ValueError, match="--pruning_greater_is_better"):
+        metric_greater_is_better("my_score")
 
 
 @pytest.mark.parametrize(
@@ -287,7 +254,6 @@ def test_headline_value():
     assert headline_value("wer", 0.25) == 0.25
     with pytest.raises(KeyError, match="accuracy"):
         headline_value("accuracy", {"f1": 0.5})
-    for name in BUILTIN_METRICS:
-        labels = issubclass(BUILTIN_METRICS[name], metrics._SklearnMetric)
-        preds, refs = (PREDS, REFS) if labels else ([HYP], [REF])
+    for name in LOCAL_METRICS:
+        preds, refs = (PREDS, REFS) if name in LABEL_METRICS else ([HYP], [REF])
         assert isinstance(headline_value(name, compute(name, predictions=preds, references=refs)), float)

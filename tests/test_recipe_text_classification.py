@@ -40,7 +40,7 @@ def workspace(tmp_path_factory):
             words.update(row.split("\t")[0].lower().split())
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
     (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(tmp / "vocab.txt")).save_pretrained(tmp / "tokenizer")
+    BertTokenizerFast(vocab=str(tmp / "vocab.txt")).save_pretrained(tmp / "tokenizer")
     BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=48, max_position_embeddings=128).save_pretrained(tmp / "config")
     return tmp

@@ -108,6 +108,7 @@ dataloader_pin_memory: false
 disable_tqdm: true
 report_to: none
 latency_repeats: 2
+dense_control: true
 """
 
 
@@ -136,7 +137,10 @@ def test_smoke_run_from_yaml_config(workspace, tmp_path):
     for key in ("dense_sacrebleu", "pruned_sacrebleu", "dense_chrf", "pruned_chrf"):
         assert 0.0 <= test[key] <= 100.0
     assert set(results["latency"]["results"]) == {"dense", "pruned"}
-    assert results["latency"]["batch_size"] == 1
+    assert results["latency"]["batch_size"] == 1 and results["latency"]["dense_model"] == "dense control"
+    assert results["dense_control"]["steps"] == results["train"]["global_step"] == test["control_steps"]
+    for key in ("control_sacrebleu", "control_chrf"):
+        assert 0.0 <= test[key] <= 100.0
 
     # the folder loads with AutoPrunedModel and its tokenizer, generates, and reproduces the recipe's test chrF
     model = AutoPrunedModel.from_pretrained(out).eval()
@@ -253,7 +257,7 @@ def test_reader_splits_on_newline_only(tmp_path):
         f.write("one\r\ntwo \u2028 still two\rthree? no, two\nlast line without newline".encode())
     assert recipe.read_lines(str(path)) == ["one", "two \u2028 still two\rthree? no, two", "last line without newline"]
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(recipe.RecipeError, match="cannot read .*latin1.txt' as UTF-8 text"):
+    with pytest.raises(recipe.RecipeError, match=r"latin1\.txt, line 1: byte 0xe9 is not UTF-8 text"):
         recipe.read_lines(str(tmp_path / "latin1.txt"))
 
 

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from hf_adaprune import select_masks, select_masks_by_kind
+from hf_adaprune.engine.selection import (
+    unreachable_target,
+    reachable_fraction,
+    selected_fraction,
+    selected_fraction_by_kind,
+)
+
+
+class G:  # the two attributes select_masks_by_kind reads
+    def __init__(self, name, kind):
+        self.name, self.kind = name, kind
 
 
 def ones(*sizes):
@@ -76,14 +89,33 @@ def test_bad_arguments():
 
 
 def test_by_kind_prunes_each_kind_apart():
-    class G:  # the two attributes select_masks_by_kind reads
-        def __init__(self, name, kind):
-            self.name, self.kind = name, kind
-
-    groups = [G("h0", "heads"), G("n0", "neurons")]
+    groups = [G("h0", "heads"), G("n0", "ffn")]
     scores = {"h0": torch.tensor([3.0, 1.0, 2.0, 4.0]), "n0": torch.tensor([0.1, 0.4, 0.3, 0.2])}
     current = {"h0": torch.ones(4), "n0": torch.ones(4)}
-    both = select_masks_by_kind(groups, scores, current, 0.5, floors={"heads": 1, "neurons": 1})
+    both = select_masks_by_kind(groups, scores, current, 0.5, floors={"heads": 1, "ffn": 1})
     assert both["h0"].tolist() == [1, 0, 0, 1] and both["n0"].tolist() == [0, 1, 1, 0]
     heads_only = select_masks_by_kind(groups, scores, current, 0.5, kinds=("heads",))
     assert set(heads_only) == {"h0"}
+
+
+def test_floors_that_block_the_target_are_reported_with_the_reachable_maximum():
+    groups = [G(f"h{i}", "heads") for i in range(2)] + [G("n0", "ffn")]
+    sizes = {"h0": 4, "h1": 4, "n0": 10}
+    floors = {"heads": 3, "ffn": 1}
+    assert reachable_fraction({"h0": 4, "h1": 4}, 3) == 0.25
+    assert unreachable_target(groups, sizes, 0.25, floors=floors) is None
+    assert re.search(r"target 0.5 cannot be reached.*min_heads_per_layer=3.*at most 0.2500",
+                     unreachable_target(groups, sizes, 0.5, floors=floors))
+    # a floor above the head count: nothing can go
+    assert "at most 0.0000" in unreachable_target(groups, sizes, 0.5, floors={"heads": 5})
+    assert unreachable_target(groups, sizes, 0.5, kinds=("ffn",), floors=floors) is None  # heads not pruned
+
+
+def test_selected_fraction_is_what_the_masks_prune():
+    groups = [G("h0", "heads"), G("h1", "heads"), G("n0", "ffn")]
+    scores = {"h0": torch.arange(4.0), "h1": torch.arange(4.0), "n0": torch.arange(10.0)}
+    current = {"h0": torch.ones(4), "h1": torch.ones(4), "n0": torch.ones(10)}
+    new = select_masks_by_kind(groups, scores, current, 0.5, floors={"heads": 3, "ffn": 1})
+    assert selected_fraction({n: new[n] for n in ("h0", "h1")}) == 0.25  # the floor kept 3 of 4 heads
+    assert selected_fraction({"n0": new["n0"]}) == 0.5
+    assert selected_fraction_by_kind(groups, new) == 0.25

@@ -22,7 +22,7 @@ from transformers import GenerationConfig, Wav2Vec2FeatureExtractor, WhisperFeat
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, find_groups, get_adapter, save_pruned
 from hf_adaprune.engine.masks import structure_count
-from hf_adaprune.modeling_adaprune import EmptyAttention
+from hf_adaprune.layout import EmptyAttention, read_record
 
 TOL = 1e-5
 
@@ -121,7 +121,7 @@ def test_wav2vec2_groups(model_type, stable):
     assert [structure_count(base, g) for g in groups] == [4, 37, 4, 37]
     for group in groups:
         base.get_submodule(group.name.rpartition(".")[0])  # reports group by the layer path
-        assert group.role == {"heads": "encoder_self", "neurons": "encoder"}[group.kind]
+        assert group.role == {"heads": "encoder_self", "ffn": "encoder"}[group.kind]
     assert get_adapter(model).model_types == ("wav2vec2", "hubert")
 
 
@@ -142,7 +142,7 @@ def test_whisper_groups(head):
     assert roles["encoder.layers.0.ffn"] == "encoder" and roles["decoder.layers.0.ffn"] == "decoder"
     for name, group in groups.items():
         base.get_submodule(name.rpartition(".")[0])
-        assert structure_count(base, group) == {"heads": 4, "neurons": 37 if name.startswith("enc") else 29}[group.kind]
+        assert structure_count(base, group) == {"heads": 4, "ffn": 37 if name.startswith("enc") else 29}[group.kind]
 
 
 def test_whisper_encoder_only_head():
@@ -184,7 +184,7 @@ def test_ctc_and_classification_compaction_exact(model_type, stable, head):
     assert attn.num_heads == len(partial)
     assert attn.q_proj.out_features == attn.out_proj.in_features == len(partial) * 8
     assert encoder.layers[1].feed_forward.intermediate_dense.out_features == 0
-    assert model.config.adaprune["groups"]["encoder.layers.1.attention"]["kept"] == partial
+    assert read_record(model.config)["groups"]["encoder.layers.1.attention"]["kept"] == partial
 
 
 # -- exactness: Whisper ----------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_whisper_compaction_exact(pattern):
         else:
             assert module.in_features == len(kept[group.name])
     for name, indices in kept.items():
-        assert model.config.adaprune["groups"][name]["kept"] == indices
+        assert read_record(model.config)["groups"][name]["kept"] == indices
         if not indices and name.endswith("attn"):
             assert getattr(base.get_submodule(name), "is_empty_attention", False)
 

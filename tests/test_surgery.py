@@ -19,7 +19,7 @@ def random_masks(model, seed=0):
     generator = torch.Generator().manual_seed(seed)
     names = list(masks.masks)
     heads = masks.of_kind("heads")
-    ffns = masks.of_kind("neurons")
+    ffns = masks.of_kind("ffn")
     for name in names:
         masks.set(name, (torch.rand(masks.masks[name].shape, generator=generator) > 0.5).float())
     masks.set(heads[0], torch.zeros_like(masks.masks[heads[0]]))
@@ -121,3 +121,29 @@ def test_structure_counts_follow_shapes():
     base = model.base_model
     assert [structure_count(base, g) for g in groups[:2]] == [4, 37]
     assert len(groups) == 6
+
+
+def test_mask_gates_compile_without_graph_breaks_or_recompiles():
+    """torch.compile: the gates add no graph break, and new mask values reuse the compiled graph."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("bert", num_hidden_layers=1)
+    masks = attach_masks(model)
+    batch = text_batch()
+    dynamo.reset()
+    assert dynamo.explain(model)(**batch).graph_break_count == 0
+    dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="eager")
+    graphs = []
+    for step in range(3):
+        ffn = torch.ones(37)
+        ffn[: 5 * step] = 0
+        masks.set("encoder.layer.0.ffn", ffn)
+        with torch.no_grad():
+            got = compiled(**batch).logits
+        assert (got - outputs(model, batch)).abs().max() <= TOL
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[-1] == graphs[0]
+    dynamo.reset()

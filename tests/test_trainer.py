@@ -12,7 +12,10 @@ import transformers
 from transformers import HfArgumentParser, Trainer
 
 from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, PruningArguments, get_masks
-from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE
+from hf_adaprune.layout import decode_kept
+from hf_adaprune.reporting.summary import PruningSummary
+from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE, PruningTrainerMixin
+from huggingface_hub import ModelCard
 
 from conftest import tiny_model
 
@@ -58,9 +61,26 @@ def test_train_prunes_saves_and_reloads(tmp_path):
     assert (tmp_path / "pruning_curve.png").stat().st_size > 1000
     assert (tmp_path / "pruning_layers.png").stat().st_size > 1000
     assert any("pruning/metric" in entry for entry in logged), "decisions go through Trainer.log"
+    summary = trainer.pruning_summary()
+    assert isinstance(summary, PruningSummary) and summary.to_dict() == report
+    assert PruningSummary.from_dict(report) == summary and summary["final_sparsity"] == summary.final_sparsity
+    trainer.model.config._name_or_path = str(tmp_path)  # a local path never becomes base_model
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
     assert "hf_adaprune" in card and "Kept structure per layer" in card and "FLOPs" in card
+    assert ModelCard.load(tmp_path / "README.md").data.to_dict().get("base_model") is None
+    trainer.create_model_card(finetuned_from="google-bert/bert-base-uncased", dataset="glue: sst2",
+                              dataset_tags="glue", license="mit", language="en", tags=["sentiment"])
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == "google-bert/bert-base-uncased" and data["datasets"] == ["glue"]
+    assert (data["license"], data["language"], data["pipeline_tag"]) == ("mit", "en", "text-classification")
+    assert "sentiment" in data["tags"] and "hf_adaprune" in data["tags"]
+    (results,) = data["model-index"]
+    metrics = results["results"][0]["metrics"]
+    assert [m["name"] for m in metrics] == ["accuracy (dense)", "accuracy (pruned)"]
+    assert metrics[0]["value"] == pytest.approx(report["metric_before"])
+    assert "learning_rate: 0.002" in card.text and "- transformers: " in card.text
     loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
     batch = {"input_ids": torch.tensor(toy_dataset()["input_ids"][:4])}
     with torch.no_grad():
@@ -77,7 +97,7 @@ def test_rollback_restores_previous_masks(tmp_path):
     def scripted_metric():
         masks = get_masks(trainer.model)
         snapshots.append((masks.pruned_fraction("heads"), masks.state_dict()))
-        return next(metrics)
+        return next(metrics), {}
 
     trainer._decision_metric = scripted_metric
     trainer.train()
@@ -100,7 +120,7 @@ def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-12"
     assert (checkpoint / PRUNING_STATE_FILE).exists()
-    state = torch.load(checkpoint / PRUNING_STATE_FILE, weights_only=False)
+    state = torch.load(checkpoint / PRUNING_STATE_FILE, weights_only=True)
     assert state["controller"]["reference"] is not None, "checkpoint is mid-pruning"
 
     resumed = make_trainer(tmp_path / "full", max_steps=30, save_strategy="no")
@@ -129,15 +149,24 @@ def test_push_to_hub_uploads_pruned_model(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
     trainer = make_trainer(tmp_path / "pushme", hub_model_id="pruned-tiny")
     trainer.train()
+    cards_written = []
+    save_card = ModelCard.save
+    monkeypatch.setattr(ModelCard, "save", lambda card, path: (cards_written.append(path), save_card(card, path)))
     trainer.push_to_hub(dataset="toy")
+    assert len(cards_written) == 1, "the card is written once per push"
     (repo_id, files, kwargs), = uploads
     assert repo_id == "user/pruned-tiny"
     assert {"model.safetensors", "config.json", "modeling_adaprune.py", "README.md"} <= set(files)
     config = json.loads(files["config.json"])
     assert config["adaprune"]["groups"] and "AutoModelForSequenceClassification" in config["auto_map"]
     assert "datasets:\n- toy" in files["README.md"].decode()
-    kept_heads = sum(len(g["kept"]) for g in config["adaprune"]["groups"].values() if g["kind"] == "heads")
+    kept_heads = sum(len(decode_kept(g)) for g in config["adaprune"]["groups"].values() if g["kind"] == "heads")
     assert kept_heads < 12
+
+
+def test_checkpoints_get_their_pruning_state_from_a_callback():
+    # pruning_state.pt is written by PruningCallback.on_save, not by overriding Trainer internals
+    assert not any(name.startswith("_save") for name in vars(PruningTrainerMixin))
 
 
 def test_parses_from_command_line_and_yaml(tmp_path):
@@ -250,7 +279,7 @@ def test_gradient_accumulation_gives_same_scores(tmp_path):
         trainer = make_trainer(tmp_path / str(overrides), model=model, max_steps=3, pruning_warmup_steps=100,
                                learning_rate=0.0, max_grad_norm=0.0, **overrides)
         trainer.train()
-        return trainer.importance.scores()
+        return trainer.importance.scores(trainer.model, trainer.pruning_groups)
 
     plain = scores(per_device_train_batch_size=16)
     accumulated = scores(per_device_train_batch_size=8, gradient_accumulation_steps=2)
@@ -270,6 +299,6 @@ def test_plain_trainer_unaffected(tmp_path):
 def test_bf16_autocast_scores_accumulate_in_float32(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=100, bf16=True)
     trainer.train()
-    scores = trainer.importance.scores()
+    scores = trainer.importance.scores(trainer.model, trainer.pruning_groups)
     assert scores and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in scores.values())
     assert trainer.importance.num_updates == 4

@@ -18,7 +18,8 @@ KEEP, ROLLBACK = "keep", "rollback"
 @dataclass
 class ControllerState:
     reference: float | None = None
-    ratio: float = 0.0  # last accepted sparsity
+    ratio: float = 0.0  # last accepted ratio (the schedule steps from it)
+    selected: float = 0.0  # the sparsity the accepted masks actually reach (floors, whole structures)
     step: float = 0.0
     pending: float | None = None  # ratio being tried
     done: bool = False
@@ -74,20 +75,27 @@ class AdaptiveController:
         s.pending = min(self.target, s.ratio + s.step)
         return s.pending
 
-    def decide(self, metric: float) -> str:
-        """Judge the pending ratio by ``metric``; returns ``"keep"`` or ``"rollback"``."""
+    def decide(self, metric: float, selected: float | None = None) -> str:
+        """Judge the pending ratio by ``metric``; returns ``"keep"`` or ``"rollback"``.
+
+        ``selected`` is the sparsity the masks actually reached for the pending ratio
+        (selection can fall short of it: whole structures, per-layer floors); a kept
+        step records that as the accepted sparsity, so reports give what was pruned.
+        """
         s = self.state
         if s.pending is None or s.done:
             raise RuntimeError("decide() called with no pending pruning step")
         tried = s.pending
+        selected = tried if selected is None else float(selected)
         decision = KEEP if self.within_tolerance(metric) else ROLLBACK
-        s.history.append({"event": decision, "ratio": tried, "metric": float(metric), "step": s.step,
-                          "drop": self.drop(metric)})
+        s.history.append({"event": decision, "ratio": tried, "selected": selected, "metric": float(metric),
+                          "step": s.step, "drop": self.drop(metric)})
         s.pending = None
         if decision == KEEP:
-            s.ratio = tried
+            s.ratio, s.selected = tried, selected
             s.step *= self.growth
-            if s.ratio >= self.target - 1e-9:
+            # the masks for the target itself were kept: what they reach (rounding to whole structures) is final
+            if tried >= self.target - 1e-9:
                 self.stop("target reached")
         else:
             # half the step actually taken: a step cut short by the target is not retried at full length

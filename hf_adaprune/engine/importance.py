@@ -11,8 +11,10 @@
 * :class:`MagnitudeImportance` – ``sum |weight|``, the classic baseline.
 * :class:`RandomImportance` – seeded random scores, a floor for comparisons.
 
-All share ``update(model)`` / ``scores()`` / ``state_dict()``, so the trainer can
-swap them.
+All share ``update(model, groups)`` / ``scores(model, groups)`` / ``state_dict()``,
+so the trainer can swap them. Adding a criterion is one subclass of
+:class:`Importance` with a ``name``: it registers itself for
+``--pruning_criterion``; ``needs_gradients`` says whether it reads ``.grad``.
 """
 
 from __future__ import annotations
@@ -68,20 +70,36 @@ def _grad_times_weight(param: torch.Tensor):
     return None if param.grad is None else param.grad.detach() * param.detach()
 
 
-class Importance:
-    """Base class: subclasses fill ``self._scores`` (name -> float32 tensor)."""
+IMPORTANCE_CRITERIA: dict[str, type["Importance"]] = {}
 
-    name = "base"
+
+class Importance:
+    """Base class: a criterion scores every structure of the groups it is given.
+
+    Subclasses either accumulate scores in ``update`` (kept in ``self._scores``,
+    saved with ``state_dict``) or compute them in ``scores``.
+    """
+
+    name = ""  # the --pruning_criterion value; a subclass with a name registers itself
+    needs_gradients = False  # reads .grad in update(): the trainer must run optimizer steps before pruning
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            IMPORTANCE_CRITERIA[cls.name] = cls
 
     def __init__(self):
         self._scores: dict[str, torch.Tensor] = {}
         self.num_updates = 0
 
-    def update(self, model: nn.Module, groups: list[Group]) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def update(self, model: nn.Module, groups: list[Group]) -> bool:
+        """Called once per optimizer step (after backward); returns whether the step counted."""
+        self.num_updates += 1
+        return True
 
-    def scores(self, model: nn.Module | None = None, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
-        return dict(self._scores)
+    def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
+        """Group name -> one float score per structure, for the ``groups`` that have scores."""
+        return {g.name: self._scores[g.name] for g in groups if g.name in self._scores}
 
     def reset(self) -> None:
         self._scores, self.num_updates = {}, 0
@@ -102,6 +120,7 @@ class TaylorImportance(Importance):
     """Running mean over optimizer steps of ``|sum(grad * weight)|`` per structure, normalised per step."""
 
     name = "taylor"
+    needs_gradients = True
 
     @torch.no_grad()
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
@@ -131,14 +150,8 @@ class MagnitudeImportance(Importance):
 
     name = "magnitude"
 
-    def update(self, model: nn.Module, groups: list[Group]) -> bool:
-        self.num_updates += 1
-        return True
-
     @torch.no_grad()
-    def scores(self, model: nn.Module | None = None, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
-        if model is None or groups is None:
-            raise ValueError("MagnitudeImportance.scores needs the model and its groups")
+    def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
         base = model.base_model
         return {g.name: structure_sums(base, g, lambda p: p.detach().abs()) for g in groups}
 
@@ -152,20 +165,13 @@ class RandomImportance(Importance):
         super().__init__()
         self.seed = seed
 
-    def update(self, model: nn.Module, groups: list[Group]) -> bool:
-        self.num_updates += 1
-        return True
-
-    def scores(self, model: nn.Module | None = None, groups: list[Group] | None = None) -> dict[str, torch.Tensor]:
+    def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
         base = model.base_model
         return {g.name: torch.rand(structure_count(base, g), generator=generator) for g in groups}
 
 
-IMPORTANCE_CRITERIA = {cls.name: cls for cls in (TaylorImportance, MagnitudeImportance, RandomImportance)}
-
-
-def make_importance(name: str) -> Importance:
+def make_importance(name: str, **kwargs) -> Importance:
     if name not in IMPORTANCE_CRITERIA:
         raise ValueError(f"unknown importance criterion {name!r}; choose one of {sorted(IMPORTANCE_CRITERIA)}")
-    return IMPORTANCE_CRITERIA[name]()
+    return IMPORTANCE_CRITERIA[name](**kwargs)

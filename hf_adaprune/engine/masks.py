@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..families import Group, HeadGroup, find_groups
-from ..modeling_adaprune import SHARED_BIAS_WRAPPERS, install_shared_bias
+from ..layout import install_shared_bias
 
 _ATTR = "_adaprune_masks"
 
@@ -24,28 +24,31 @@ def structure_count(base_model: nn.Module, group: Group) -> int:
 
 
 def _prepare_core(base_model: nn.Module, group: Group) -> None:
-    """Give an attention core whose stock forward bypasses its output projection a forward that calls it."""
-    if not isinstance(group, HeadGroup) or not group.shared_bias:
+    """Give an attention core whose stock forward bypasses its output projection the family's forward."""
+    forward = getattr(group, "shared_bias", None)
+    if forward is None or not forward.gates_need_wrapper:
         return
-    wrapper = SHARED_BIAS_WRAPPERS[group.shared_bias]
     core = base_model.get_submodule(group.core)
-    if wrapper.gates_need_wrapper and not isinstance(core, wrapper):
+    if not isinstance(core, forward):
         count = structure_count(base_model, group)
-        install_shared_bias(core, group.shared_bias, range(count), count)
+        install_shared_bias(core, forward, range(count), count)
 
 
 class _Gate:
-    """Forward pre-hook multiplying the projection input by the group's mask."""
+    """Forward pre-hook multiplying the projection input by the group's mask.
+
+    It always multiplies (by ones while nothing is pruned): a branch on the mask's
+    values would break a ``torch.compile`` graph at every hook. The mask tensor is
+    updated in place (:meth:`PruningMasks.set`), so a compiled graph sees new
+    values without recompiling.
+    """
 
     def __init__(self, masks: "PruningMasks", name: str, repeat: int):
         self.masks, self.name, self.repeat = masks, name, repeat
 
     def __call__(self, module, args):
-        mask = self.masks.masks[self.name]
-        if bool(mask.all()):
-            return None
         x = args[0]
-        gate = mask.to(device=x.device, dtype=x.dtype)
+        gate = self.masks.masks[self.name].to(dtype=x.dtype)
         if self.repeat > 1:
             gate = gate.repeat_interleave(self.repeat)
         return (x * gate,) + tuple(args[1:])
@@ -90,13 +93,15 @@ class PruningMasks:
         current = self.masks[name]
         if mask.shape != current.shape:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, expected {tuple(current.shape)}")
-        self.masks[name] = mask.to(device=current.device, dtype=current.dtype)
+        with torch.no_grad():
+            current.copy_(mask)  # in place: compiled graphs read the same tensor
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
         for name, mask in masks.items():
             self.set(name, mask)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the masks (later updates do not change them)."""
         return {name: mask.detach().cpu().clone() for name, mask in self.masks.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -52,7 +52,7 @@ def select_masks_by_kind(
     scores: dict[str, torch.Tensor],
     current: dict[str, torch.Tensor],
     ratio: float,
-    kinds=("heads", "neurons"),
+    kinds=("heads", "ffn"),
     scope: str = "layer",
     floors: dict[str, int] | None = None,
     costs: dict[str, float] | None = None,
@@ -75,6 +75,53 @@ def select_masks_by_kind(
             costs=None if costs is None else {n: costs[n] for n in names},
         ))
     return new
+
+
+def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | None = None) -> float:
+    """The fraction of the structures (of their cost, with ``costs``) that ``masks`` prune."""
+    total = sum(m.numel() * (1.0 if costs is None else float(costs[n])) for n, m in masks.items())
+    pruned = sum(int((m < 0.5).sum()) * (1.0 if costs is None else float(costs[n])) for n, m in masks.items())
+    return 0.0 if total == 0 else pruned / total
+
+
+def selected_fraction_by_kind(groups, masks: dict[str, torch.Tensor], kinds=("heads", "ffn"),
+                              costs: dict[str, float] | None = None) -> float:
+    """What :func:`select_masks_by_kind` actually reached: the smallest fraction pruned over ``kinds``."""
+    fractions = []
+    for kind in kinds:
+        names = [g.name for g in groups if g.kind == kind]
+        if names:
+            fractions.append(selected_fraction({n: masks[n] for n in names},
+                                               None if costs is None else {n: costs[n] for n in names}))
+    return min(fractions, default=0.0)
+
+
+def reachable_fraction(sizes: dict[str, int], floor: int, costs: dict[str, float] | None = None) -> float:
+    """The largest fraction of the structures (of their cost) that a per-group ``floor`` leaves prunable."""
+    unit = {n: 1.0 if costs is None else float(costs[n]) for n in sizes}
+    total = sum(unit[n] * count for n, count in sizes.items())
+    prunable = sum(unit[n] * (count - _floor_for(count, floor)) for n, count in sizes.items())
+    return 0.0 if total == 0 else prunable / total
+
+
+def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("heads", "ffn"),
+                       floors: dict[str, int] | None = None, costs: dict[str, float] | None = None) -> str | None:
+    """Why the per-group floors make ``target`` unreachable for some kind (with the reachable maximum), or None."""
+    floor_options = {"heads": "min_heads_per_layer", "ffn": "min_neurons_per_layer"}
+    for kind in kinds:
+        names = [g.name for g in groups if g.kind == kind]
+        if not names:
+            continue
+        floor = (floors or {}).get(kind, 1)
+        reachable = reachable_fraction({n: sizes[n] for n in names}, floor,
+                                       None if costs is None else {n: costs[n] for n in names})
+        if target > reachable + 1e-9:
+            option = floor_options.get(kind, "the floor")
+            return (f"pruning target {target} cannot be reached: keeping at least {floor} of the {kind} in each "
+                    f"layer ({option}={floor}) leaves at most {reachable:.4f} of them prunable. Pruning stops "
+                    f"there and the report gives the sparsity reached; lower the target to <= {reachable:.4f} "
+                    f"or lower {option} to reach it.")
+    return None
 
 
 def _select_in_group(score: torch.Tensor, mask: torch.Tensor, ratio: float, floor: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Per-family descriptions of where attention heads and FFN neurons live.
 
-Adding a family is one small module in this folder that calls
-:func:`register_family`; every module here is imported (and so registered) on
-package import.
+Adding a family is one module in this folder that calls :func:`register_family`
+(with its attention forward, if its attention reads a position bias shared
+across layers, as T5 and WavLM do); every module here is imported (and so
+registered) on package import.
 """
 
 import importlib
@@ -10,6 +11,10 @@ import pkgutil
 
 from .base import Group, HeadGroup, NeuronGroup
 from .registry import (
+    HEAD_ROLES,
+    KINDS,
+    NEURON_ROLES,
+    ROLES,
     UnsupportedModelError,
     filter_groups,
     find_groups,
@@ -23,6 +28,10 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "HEAD_ROLES",
+    "KINDS",
+    "NEURON_ROLES",
+    "ROLES",
     "Group",
     "HeadGroup",
     "NeuronGroup",

@@ -10,7 +10,7 @@ alone (``...ForCausalLM``, whose base model has only ``decoder``).
 from __future__ import annotations
 
 from .base import NeuronGroup, proj_attention
-from .registry import register_family, skip_empty
+from .registry import register_family
 
 
 def _attention(base_model, path: str, role: str):
@@ -30,7 +30,7 @@ def bart_groups(base_model, config):
                 groups.append(_attention(base_model, f"{layer}.encoder_attn", "cross"))
             groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.fc1",), output=f"{layer}.fc2",
                                       role=ffn_role))
-    return skip_empty(base_model, groups)
+    return groups
 
 
 register_family(("bart", "marian", "mbart", "m2m_100"), bart_groups)

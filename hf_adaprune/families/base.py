@@ -1,14 +1,14 @@
 """What an adapter describes: the prunable groups of one model family.
 
-A *group* is one attention block (its structures are heads) or one FFN block
-(its structures are neurons). Module paths are relative to ``model.base_model``
+A *group* is one attention block (kind ``"heads"``, its structures are heads) or
+one FFN block (kind ``"ffn"``, its structures are neurons). Module paths are relative to ``model.base_model``
 so the same description serves every head class (``...Model``,
 ``...ForSequenceClassification``, ...).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,10 @@ class HeadGroup:
     # (parameter path, dim) of tensors with one slice per head, e.g. a relative position bias
     per_head_params: tuple[tuple[str, int], ...] = ()
     role: str = "encoder_self"  # encoder_self | decoder_self | cross
-    # extra items the core returns after (output, weights)
-    empty_extra_outputs: int = 0
-    # the core reads a position bias shared across layers (one slice per original head): name of its
-    # wrapper in modeling_adaprune.SHARED_BIAS_WRAPPERS ("t5", "wavlm"). Such a core keeps its module when
-    # pruned (also with no head left) and slices the bias for its kept heads.
-    shared_bias: str = ""
+    # the core reads a position bias shared across layers (one slice per original head): the family's
+    # attention forward for that (a ``layout.SharedBiasMixin`` subclass in the family's file). Such a core
+    # keeps its module when pruned (also with no head left) and slices the bias for its kept heads.
+    shared_bias: type | None = None
 
     kind = "heads"
 
@@ -59,7 +57,7 @@ class NeuronGroup:
     width_attrs: tuple[str, ...] = ()
     role: str = "encoder"  # encoder | decoder
 
-    kind = "neurons"
+    kind = "ffn"
 
     @property
     def row_linears(self) -> tuple[str, ...]:
@@ -89,9 +87,9 @@ def proj_attention(path: str, head_dim: int, role: str = "encoder_self", **extra
 
 @dataclass(frozen=True)
 class FamilyAdapter:
-    """How one model family lays out its layers."""
+    """How one model family lays out its layers, and what its pruned models need to run."""
 
     model_types: tuple[str, ...]
-    find_groups: object  # callable(base_model, config) -> list[Group]
-    notes: str = ""
-    extras: dict = field(default_factory=dict)
+    find_groups: object  # callable(base_model, config) -> list[Group], empty attentions included
+    # the family's shared-bias attention forward, copied into the remote-code file of its saved models
+    attention_forward: type | None = None

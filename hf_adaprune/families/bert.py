@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import HeadGroup, NeuronGroup
-from .registry import register_family, skip_empty
+from .registry import register_family
 
 
 def bert_groups(base_model, config):
@@ -28,7 +28,7 @@ def bert_groups(base_model, config):
         groups.append(
             NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.intermediate.dense",), output=f"{layer}.output.dense")
         )
-    return skip_empty(base_model, groups)
+    return groups
 
 
 register_family(("bert", "roberta", "xlm-roberta", "electra", "camembert"), bert_groups)

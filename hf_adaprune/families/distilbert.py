@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import HeadGroup, NeuronGroup
-from .registry import register_family, skip_empty
+from .registry import register_family
 
 
 def distilbert_groups(base_model, config):
@@ -26,7 +26,7 @@ def distilbert_groups(base_model, config):
             )
         )
         groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.ffn.lin1",), output=f"{layer}.ffn.lin2"))
-    return skip_empty(base_model, groups)
+    return groups
 
 
 register_family(("distilbert",), distilbert_groups)

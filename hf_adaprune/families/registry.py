@@ -1,4 +1,5 @@
-"""Maps a ``config.model_type`` to the function that lists its prunable groups."""
+"""Maps a ``config.model_type`` to its family: the function listing its prunable groups and the attention
+forward (if any) its pruned models need. The role and kind vocabularies are defined here, once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from .base import FamilyAdapter, Group, HeadGroup
 
 HEAD_ROLES = ("encoder_self", "decoder_self", "cross")
 NEURON_ROLES = ("encoder", "decoder")
+ROLES = HEAD_ROLES + NEURON_ROLES
+KINDS = ("heads", "ffn")
 
 _FAMILIES: dict[str, FamilyAdapter] = {}
 
@@ -16,8 +19,13 @@ class UnsupportedModelError(ValueError):
     """Raised before any work when a model family has no adapter."""
 
 
-def register_family(model_types: Iterable[str], find_groups: Callable, notes: str = "") -> FamilyAdapter:
-    adapter = FamilyAdapter(model_types=tuple(model_types), find_groups=find_groups, notes=notes)
+def register_family(model_types: Iterable[str], find_groups: Callable,
+                    attention_forward: type | None = None) -> FamilyAdapter:
+    """Register a family. ``find_groups(base_model, config)`` lists every group, including attentions emptied
+    by an earlier compaction (they are skipped here). ``attention_forward``: the family's shared-bias forward
+    (decorated with ``layout.register_shared_bias``), when its groups set ``shared_bias``."""
+    adapter = FamilyAdapter(model_types=tuple(model_types), find_groups=find_groups,
+                            attention_forward=attention_forward)
     for model_type in adapter.model_types:
         _FAMILIES[model_type] = adapter
     return adapter
@@ -42,36 +50,32 @@ def get_adapter(model_or_config) -> FamilyAdapter:
 
 
 def find_groups(model) -> list[Group]:
-    """All prunable groups of ``model`` (any head class of a supported family), in layer order."""
-    adapter = get_adapter(model)
-    return list(adapter.find_groups(model.base_model, model.config))
+    """All prunable groups of ``model`` (any head class of a supported family), in layer order.
+
+    Attention groups whose heads were all removed by an earlier compaction are left out.
+    """
+    base = model.base_model
+    return [g for g in get_adapter(model).find_groups(base, model.config) if not _emptied(base, g)]
 
 
-def skip_empty(base_model, groups: list[Group]) -> list[Group]:
-    """Drop attention groups whose heads were all removed by an earlier compaction."""
-    kept = []
-    for group in groups:
-        if isinstance(group, HeadGroup) and getattr(base_model.get_submodule(group.core), "is_empty_attention", False):
-            continue
-        kept.append(group)
-    return kept
+def _emptied(base_model, group: Group) -> bool:
+    return isinstance(group, HeadGroup) and getattr(base_model.get_submodule(group.core), "is_empty_attention", False)
 
 
 def filter_groups(
-    groups: Iterable[Group], roles: Iterable[str] | str | None = None, kind: str | None = None
+    groups: Iterable[Group], roles: Iterable[str] | str | None = None, kind: Iterable[str] | str | None = None
 ) -> list[Group]:
-    """The groups with a role in ``roles`` (and of ``kind`` "heads"/"neurons" if given), in their order.
+    """The groups with a role in ``roles`` and a kind in ``kind`` ("heads", "ffn"; all if None), in their order.
 
     E.g. ``filter_groups(find_groups(model), roles="cross")`` for the decoder cross-attentions only, or
     ``roles=("decoder_self", "cross", "decoder")`` for the whole decoder. Pass the result to
     ``PruningMasks(model, groups)`` / importance / selection to work on those groups alone.
     """
-    if isinstance(roles, str):
-        roles = (roles,)
-    roles = None if roles is None else set(roles)
-    unknown = (roles or set()) - set(HEAD_ROLES + NEURON_ROLES)
+    roles = None if roles is None else {roles} if isinstance(roles, str) else set(roles)
+    kinds = None if kind is None else {kind} if isinstance(kind, str) else set(kind)
+    unknown = (roles or set()) - set(ROLES)
     if unknown:
-        raise ValueError(f"unknown group roles {sorted(unknown)}; roles are {HEAD_ROLES + NEURON_ROLES}")
-    if kind not in (None, "heads", "neurons"):
-        raise ValueError(f"kind must be 'heads' or 'neurons', got {kind!r}")
-    return [g for g in groups if (roles is None or g.role in roles) and (kind is None or g.kind == kind)]
+        raise ValueError(f"unknown group roles {sorted(unknown)}; roles are {ROLES}")
+    if (kinds or set()) - set(KINDS):
+        raise ValueError(f"kind must be among {KINDS}, got {kind!r}")
+    return [g for g in groups if (roles is None or g.role in roles) and (kinds is None or g.kind in kinds)]

@@ -2,19 +2,88 @@
 
 The first block of each stack computes the relative position bias and hands it
 to the later blocks; the decoder's first cross-attention likewise hands on an
-all-zero bias. Every T5 attention group is therefore a ``shared_bias="t5"``
-group: pruned, its module keeps the full-size bias embedding and slices the bias
-for its own heads (see ``modeling_adaprune.T5SharedBias``), also when no head is
-left. ``relative_attention_bias`` serves every block of its stack, so it belongs
-to no single group's heads (not a ``per_head_params`` entry, never sliced, not
-in Taylor scores). Groups are named after the block (``encoder.block.0.self_attn``,
-``decoder.block.0.cross_attn``, ``decoder.block.0.ffn``).
+all-zero bias. Every T5 attention group therefore uses :class:`T5SharedBias`:
+pruned, its module keeps the full-size bias embedding and slices the bias for
+its own heads, also when no head is left. ``relative_attention_bias`` serves
+every block of its stack, so it belongs to no single group's heads (not a
+``per_head_params`` entry, never sliced, not in Taylor scores). Groups are named
+after the block (``encoder.block.0.self_attn``, ``decoder.block.0.cross_attn``,
+``decoder.block.0.ffn``).
+
+:class:`T5SharedBias` is also copied into the ``modeling_adaprune.py`` of every
+saved T5 model, so it uses only torch and the names of ``hf_adaprune.layout``.
 """
 
 from __future__ import annotations
 
+from ..layout import (
+    SharedBiasMixin,
+    cache_placeholder,
+    cross_cache_placeholder,
+    kept_heads_index,
+    register_shared_bias,
+)
 from .base import HeadGroup, NeuronGroup
-from .registry import register_family, skip_empty
+from .registry import register_family
+
+
+@register_shared_bias
+class T5SharedBias(SharedBiasMixin):
+    """T5 / mT5 attention keeping a subset of heads; the position bias in and out has all heads.
+
+    Returns ``(output, full position bias, weights)`` like ``T5Attention``. With no
+    head left, the block still computes (first block) or passes on the bias, and
+    a decoder self-attention still advances the KV cache.
+    """
+
+    adaprune_kind = "t5"
+
+    def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kwargs):
+        if cache is None and "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        if not self.adaprune_kept_heads:
+            return self._adaprune_empty_forward(hidden_states, key_value_states, position_bias, cache)
+        full = position_bias
+        if full is not None:
+            position_bias = full.index_select(1, kept_heads_index(self, full.device))
+        self.__dict__["_adaprune_computed"] = None
+        try:
+            out = super().forward(hidden_states, mask=mask, key_value_states=key_value_states,
+                                  position_bias=position_bias, cache=cache, **kwargs)
+            if full is None:
+                full = self.__dict__["_adaprune_computed"]
+        finally:
+            self.__dict__["_adaprune_computed"] = None
+        if full is None:  # no relative bias here: the block made an all-zero one for its own heads
+            shape = list(out[1].shape)
+            shape[1] = self.adaprune_num_heads
+            full = out[1].new_zeros(shape)
+        return (out[0], full) + tuple(out[2:])
+
+    def compute_bias(self, *args, **kwargs):
+        full = super().compute_bias(*args, **kwargs)
+        self.__dict__["_adaprune_computed"] = full
+        return full.index_select(1, kept_heads_index(self, full.device))
+
+    def _adaprune_empty_forward(self, hidden_states, key_value_states, position_bias, cache):
+        batch, query_length = hidden_states.shape[:2]
+        past = 0
+        if key_value_states is None:
+            if cache is not None:
+                past = cache.get_seq_length(self.layer_idx)
+            keys = cache_placeholder(cache, self.layer_idx, hidden_states)
+            key_length = query_length if keys is None else keys.shape[-2]
+        else:
+            key_length = key_value_states.shape[1]
+            cross_cache_placeholder(cache, self.layer_idx, key_value_states)
+        if position_bias is None:
+            if self.has_relative_attention_bias:
+                position_bias = super().compute_bias(query_length, key_length, device=hidden_states.device,
+                                                     past_seen_tokens=past)
+            else:
+                position_bias = hidden_states.new_zeros(1, self.adaprune_num_heads, query_length, key_length)
+        out = self.o(hidden_states.new_zeros(batch, query_length, 0))
+        return out, position_bias, None
 
 
 def _attention(base_model, name: str, path: str, role: str) -> HeadGroup:
@@ -30,7 +99,7 @@ def _attention(base_model, name: str, path: str, role: str) -> HeadGroup:
         head_count_attrs=(f"{path}.n_heads",),
         width_attrs=(f"{path}.inner_dim",),
         role=role,
-        shared_bias="t5",
+        shared_bias=T5SharedBias,
     )
 
 
@@ -50,7 +119,7 @@ def t5_groups(base_model, config):
             dense = base_model.get_submodule(ff)
             inputs = (f"{ff}.wi_0", f"{ff}.wi_1") if hasattr(dense, "wi_0") else (f"{ff}.wi",)
             groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=inputs, output=f"{ff}.wo", role=ffn_role))
-    return skip_empty(base_model, groups)
+    return groups
 
 
-register_family(("t5", "mt5"), t5_groups)
+register_family(("t5", "mt5"), t5_groups, attention_forward=T5SharedBias)

@@ -16,7 +16,7 @@ block reads and writes, not its inner width, so it is left alone.
 from __future__ import annotations
 
 from .base import NeuronGroup, proj_attention
-from .registry import register_family, skip_empty
+from .registry import register_family
 
 
 def wav2vec2_groups(base_model, config):
@@ -29,11 +29,7 @@ def wav2vec2_groups(base_model, config):
         groups.append(
             NeuronGroup(name=f"{layer}.ffn", inputs=(f"{ffn}.intermediate_dense",), output=f"{ffn}.output_dense")
         )
-    return skip_empty(base_model, groups)
+    return groups
 
 
-register_family(
-    ("wav2vec2", "hubert"),
-    wav2vec2_groups,
-    notes="encoder self-attention heads and FFN neurons; the conv feature encoder is not pruned",
-)
+register_family(("wav2vec2", "hubert"), wav2vec2_groups)

@@ -20,7 +20,7 @@ Group names: ``encoder.layers.<i>.self_attn``, ``encoder.layers.<i>.ffn``,
 from __future__ import annotations
 
 from .base import NeuronGroup, proj_attention
-from .registry import register_family, skip_empty
+from .registry import register_family
 
 
 def _ffn(layer: str, role: str) -> NeuronGroup:
@@ -44,11 +44,7 @@ def whisper_groups(base_model, config):
             groups.append(proj_attention(f"{layer}.self_attn", head_dim, "decoder_self"))
             groups.append(proj_attention(f"{layer}.encoder_attn", head_dim, "cross"))
             groups.append(_ffn(layer, "decoder"))
-    return skip_empty(base_model, groups)
+    return groups
 
 
-register_family(
-    ("whisper",),
-    whisper_groups,
-    notes="encoder/decoder self-attention and cross-attention heads, encoder/decoder FFN neurons",
-)
+register_family(("whisper",), whisper_groups)

@@ -7,69 +7,12 @@ here, self-contained), plus tokenizer / processor files when given.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import transformers
-from transformers.models.auto import modeling_auto
-
 from ..surgery import compact
-from .. import modeling_adaprune
-
-REMOTE_CODE_FILE = "modeling_adaprune.py"
-
-# auto class name -> the name mapping transformers uses to resolve it
-_AUTO_MAPPINGS = {
-    "AutoModel": "MODEL_MAPPING_NAMES",
-    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
-    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
-    "AutoModelForSpeechSeq2Seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
-    "AutoModelForCTC": "MODEL_FOR_CTC_MAPPING_NAMES",
-    "AutoModelForAudioClassification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
-}
-
-
-def pruned_class_name(base_class_name: str) -> str:
-    return f"Pruned{base_class_name}"
-
-
-def auto_classes_for(model) -> dict[str, str]:
-    """Auto class name -> transformers class name for the model's own class and its base model."""
-    model_type = model.config.model_type
-    own = type(model).__name__
-    for cls in type(model).__mro__:  # a loaded pruned model is a subclass: use the transformers class
-        if getattr(transformers, cls.__name__, None) is cls:
-            own = cls.__name__
-            break
-    found = {}
-    for auto_name, mapping_name in _AUTO_MAPPINGS.items():
-        mapping = getattr(modeling_auto, mapping_name, {})
-        class_name = mapping.get(model_type)
-        if isinstance(class_name, (tuple, list)):
-            class_name = class_name[0]
-        if class_name == own or (auto_name == "AutoModel" and class_name):
-            found[auto_name] = class_name
-    return found
-
-
-def remote_code_source(class_names: set[str]) -> str:
-    lines = [inspect.getsource(modeling_adaprune).rstrip(), "", ""]
-    for name in sorted(class_names):
-        lines += [
-            f"class {pruned_class_name(name)}(PrunedModelMixin, transformers.{name}):",
-            f'    """{name} with the pruned layout of ``config.adaprune``."""',
-            "",
-            "",
-        ]
-    source = "\n".join(lines).rstrip() + "\n"
-    return source.replace("import torch\n", "import torch\nimport transformers\n", 1)
-
 
 def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, processor=None, **kwargs) -> Path:
     """Compact ``model`` (if it still has masks) and save it in the Hub format.
@@ -77,14 +20,11 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     Files are written to a temporary folder first and then moved into place one by
     one, so an interrupted save never leaves a half-written weights file behind.
     """
-    compact(model)
+    compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
-    auto = auto_classes_for(model)
-    model.config.auto_map = {k: f"modeling_adaprune.{pruned_class_name(v)}" for k, v in auto.items()}
     with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-save-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **kwargs)
-        (Path(tmp) / REMOTE_CODE_FILE).write_text(remote_code_source(set(auto.values())))
         for extra in (tokenizer, processor):
             if extra is not None:
                 extra.save_pretrained(tmp)

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..engine.masks import get_masks, structure_count
 from ..surgery import kept_structure
+from .summary import LayerComparison, ProfileComparison
 
 _aten = torch.ops.aten
 
@@ -163,32 +164,32 @@ def _natural_key(text: str):
     return [int(part) if part.isdigit() else part for part in text.split(".")]
 
 
-def compare_profiles(before: dict, after: dict) -> dict:
-    """Before/after figures with the fractions removed."""
+def compare_profiles(before: dict, after: dict) -> ProfileComparison:
+    """Before/after figures of two :func:`model_profile` results, with the fractions removed."""
     def removed(key):
         return 1.0 - after[key] / before[key] if before[key] else 0.0
+
+    def width(counts):
+        return sum(counts) if counts else None
 
     after_rows = {r["layer"]: r for r in after["layers"]}
     layers = []
     for row in before["layers"]:
         new = after_rows.get(row["layer"], row)
-        layers.append({
-            "layer": row["layer"],
-            "heads_before": sum(row["heads"]) if row["heads"] else None,
-            "heads_after": sum(new["heads"]) if new["heads"] else None,
-            "ffn_before": sum(row["ffn"]) if row["ffn"] else None,
-            "ffn_after": sum(new["ffn"]) if new["ffn"] else None,
-            "params_before": row["params"], "params_after": new["params"],
-            "flops_before": row["flops"], "flops_after": new["flops"],
-        })
-    return {
-        "seq_len": before["seq_len"],
-        "params_before": before["params"], "params_after": after["params"], "params_removed": removed("params"),
-        "flops_before": before["flops"], "flops_after": after["flops"], "flops_removed": removed("flops"),
-        "layer_flops_before": before["layer_flops"], "layer_flops_after": after["layer_flops"],
-        "layer_flops_removed": removed("layer_flops"),
-        "layers": layers,
-    }
+        layers.append(LayerComparison(
+            layer=row["layer"], heads_before=width(row["heads"]), heads_after=width(new["heads"]),
+            ffn_before=width(row["ffn"]), ffn_after=width(new["ffn"]),
+            params_before=row["params"], params_after=new["params"],
+            flops_before=row["flops"], flops_after=new["flops"],
+        ))
+    return ProfileComparison(
+        seq_len=before["seq_len"],
+        params_before=before["params"], params_after=after["params"], params_removed=removed("params"),
+        flops_before=before["flops"], flops_after=after["flops"], flops_removed=removed("flops"),
+        layer_flops_before=before["layer_flops"], layer_flops_after=after["layer_flops"],
+        layer_flops_removed=removed("layer_flops"),
+        layers=layers,
+    )
 
 
 def _fmt(n: float) -> str:
@@ -198,25 +199,27 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-def format_comparison(report: dict) -> str:
-    """A plain-text table of :func:`compare_profiles`' result."""
+def format_comparison(report: ProfileComparison | dict) -> str:
+    """A plain-text table of :func:`compare_profiles`' result (or of its ``to_dict()``)."""
+    if not isinstance(report, ProfileComparison):
+        report = ProfileComparison.from_dict(report)
+
     def arrow(a, b):
         return "-" if a is None else f"{a}->{b}"
 
     header = f"{'layer':<28} {'heads':>9} {'ffn':>11} {'params':>17} {'FLOPs':>17}"
     lines = [header, "-" * len(header)]
-    for r in report["layers"]:
+    for r in report.layers:
         lines.append(
-            f"{r['layer']:<28} {arrow(r['heads_before'], r['heads_after']):>9} "
-            f"{arrow(r['ffn_before'], r['ffn_after']):>11} "
-            f"{_fmt(r['params_before']) + '->' + _fmt(r['params_after']):>17} "
-            f"{_fmt(r['flops_before']) + '->' + _fmt(r['flops_after']):>17}"
+            f"{r.layer:<28} {arrow(r.heads_before, r.heads_after):>9} {arrow(r.ffn_before, r.ffn_after):>11} "
+            f"{_fmt(r.params_before) + '->' + _fmt(r.params_after):>17} "
+            f"{_fmt(r.flops_before) + '->' + _fmt(r.flops_after):>17}"
         )
     lines.append("-" * len(header))
     lines.append(
-        f"model: params {_fmt(report['params_before'])} -> {_fmt(report['params_after'])} "
-        f"(-{100 * report['params_removed']:.1f}%), FLOPs@seq{report['seq_len']} "
-        f"{_fmt(report['flops_before'])} -> {_fmt(report['flops_after'])} (-{100 * report['flops_removed']:.1f}%), "
-        f"layer FLOPs -{100 * report['layer_flops_removed']:.1f}%"
+        f"model: params {_fmt(report.params_before)} -> {_fmt(report.params_after)} "
+        f"(-{100 * report.params_removed:.1f}%), FLOPs@seq{report.seq_len} "
+        f"{_fmt(report.flops_before)} -> {_fmt(report.flops_after)} (-{100 * report.flops_removed:.1f}%), "
+        f"layer FLOPs -{100 * report.layer_flops_removed:.1f}%"
     )
     return "\n".join(lines)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+from .summary import PruningSummary
+
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "pruning_report.json"
 CURVE_FILE = "pruning_curve.png"
@@ -19,12 +26,24 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def plot_pruning_curve(history: list[dict], metric_name: str, path: str | os.PathLike) -> None:
-    """Metric vs sparsity for every decision: kept steps in green, roll-backs in red."""
-    import matplotlib
-
+def _pyplot(path):
+    """``matplotlib.pyplot`` on the Agg backend, or None (logged) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("%s not written: matplotlib is not installed (pip install 'hf-adaprune[plots]')", path)
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pruning_curve(history: list[dict], metric_name: str, path: str | os.PathLike) -> None:
+    """Metric vs sparsity for every decision: kept steps in green, roll-backs in red (skipped without matplotlib)."""
+    plt = _pyplot(path)
+    if plt is None:
+        return
 
     fig, ax = plt.subplots(figsize=(6, 4))
     points = [h for h in history if "metric" in h]
@@ -45,11 +64,10 @@ def plot_pruning_curve(history: list[dict], metric_name: str, path: str | os.Pat
 
 
 def plot_layer_structure(groups: dict[str, dict], path: str | os.PathLike) -> None:
-    """Kept fraction of heads and FFN width per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Kept fraction of heads and FFN width per layer (skipped without matplotlib)."""
+    plt = _pyplot(path)
+    if plt is None:
+        return
 
     heads = {k: v for k, v in groups.items() if v["kind"] == "heads"}
     ffn = {k: v for k, v in groups.items() if v["kind"] != "heads"}
@@ -69,36 +87,103 @@ def plot_layer_structure(groups: dict[str, dict], path: str | os.PathLike) -> No
     plt.close(fig)
 
 
-def model_card(summary: dict) -> str:
-    """Markdown model card of a pruned model from the run summary (see the trainer's ``pruning_summary``)."""
-    base = summary.get("base_model") or "unknown"
-    dataset = summary.get("dataset")
-    lines = ["---", "library_name: transformers", "tags:", "- hf_adaprune", "- pruning", "- structured-pruning"]
-    if base != "unknown":
-        lines.append(f"base_model: {base}")
-    if dataset:
-        lines += ["datasets:", f"- {dataset}"]
-    lines += ["---", "", f"# {summary.get('model_name') or 'Pruned model'}", ""]
-    lines.append(
-        f"Pruned from `{base}` by adaptive structured pruning (attention heads and FFN neurons, "
-        f"{summary.get('criterion', 'taylor')} importance) while fine-tuning"
-        + (f" on `{dataset}`." if dataset else ".")
+def hub_id_or_none(name: str | None) -> str | None:
+    """``name`` if it reads as a Hub repo id and is not a local path; None otherwise."""
+    if not name or os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")):
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [v for v in value if v is not None]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | None, dataset_name: str):
+    """The model-index entries: the steering metric of the dense reference and of the pruned model."""
+    from huggingface_hub import EvalResult
+
+    if task is None:
+        return None
+    results = []
+    for label, value in (("dense", summary.metric_before), ("pruned", summary.metric_after)):
+        if value is not None:
+            results.append(EvalResult(
+                task_type=task, dataset_type=dataset_id or "custom", dataset_name=dataset_name,
+                metric_type=summary.metric_name, metric_value=float(value),
+                metric_name=f"{summary.metric_name} ({label})"))
+    return results or None
+
+
+def model_card(summary: PruningSummary, *, language=None, license=None, tags: Iterable[str] | None = None,
+               tasks=None, datasets=None, hyperparameters: dict | None = None):
+    """A ``huggingface_hub.ModelCard`` for a pruned model, from the run summary and the Trainer's card arguments.
+
+    ``base_model`` goes into the metadata only when it is a Hub id (never a local path); so do
+    ``datasets`` entries; other dataset names appear in the text only.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = hub_id_or_none(summary.base_model)
+    dataset_names = _as_list(datasets) or _as_list(summary.dataset)
+    dataset_ids = [d for d in map(hub_id_or_none, dataset_names) if d]
+    task = (_as_list(tasks) or [None])[0]
+    shown_dataset = ", ".join(dataset_names) if dataset_names else "evaluation set"
+    data = ModelCardData(
+        base_model=base, datasets=dataset_ids or None, language=language, license=license,
+        library_name="transformers", pipeline_tag=task, model_name=summary.model_name,
+        tags=["hf_adaprune", "pruning", "structured-pruning"] + [t for t in _as_list(tags) if t],
+        eval_results=_eval_results(summary, task, dataset_ids[0] if dataset_ids else None, shown_dataset),
     )
+    card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}",
+                                   body=_card_body(summary, base, dataset_names, hyperparameters))
+    return card
+
+
+def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], hyperparameters) -> str:
+    origin = f"`{base}`" if base else "its base model"
+    lines = [f"# {summary.model_name or 'Pruned model'}", ""]
+    lines.append(
+        f"Pruned from {origin} by adaptive structured pruning (attention heads and FFN neurons, "
+        f"{summary.criterion} importance) while fine-tuning" + (f" on `{', '.join(datasets)}`." if datasets else "."))
     lines += ["", "| | dense | pruned |", "|---|---|---|"]
-    metric = summary.get("metric_name", "metric")
-    if summary.get("metric_before") is not None:
-        after = summary.get("metric_after")
-        lines.append(f"| {metric} (eval) | {summary['metric_before']:.4f} | "
+    if summary.metric_before is not None:
+        after = summary.metric_after
+        lines.append(f"| {summary.metric_name} (eval) | {summary.metric_before:.4f} | "
                      f"{'n/a' if after is None else f'{after:.4f}'} |")
-    profile = summary.get("comparison")
+    profile = summary.comparison
     if profile:
-        lines.append(f"| parameters | {profile['params_before']:,} | {profile['params_after']:,} "
-                     f"(-{100 * profile['params_removed']:.1f}%) |")
-        lines.append(f"| FLOPs (seq {profile['seq_len']}) | {profile['flops_before']:,} | {profile['flops_after']:,} "
-                     f"(-{100 * profile['flops_removed']:.1f}%) |")
-    lines += ["", "## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
-    for name, g in summary.get("groups", {}).items():
+        lines.append(f"| parameters | {profile.params_before:,} | {profile.params_after:,} "
+                     f"(-{100 * profile.params_removed:.1f}%) |")
+        lines.append(f"| FLOPs (seq {profile.seq_len}) | {profile.flops_before:,} | {profile.flops_after:,} "
+                     f"(-{100 * profile.flops_removed:.1f}%) |")
+    lines += ["", f"Target: {summary.target} of the {summary.target_type}; reached sparsity "
+              f"{summary.final_sparsity:.3f} (stopped: {summary.stop_reason}).", ""]
+    lines += ["## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
+    for name, g in summary.groups.items():
         lines.append(f"| {name} | {g['kind']} | {g['kept']} / {g['original']} |")
+    if hyperparameters:
+        lines += ["", "## Training hyperparameters", ""]
+        lines += [f"- {key}: {value}" for key, value in hyperparameters.items()]
+    lines += ["", "## Framework versions", ""]
+    for package in ("hf-adaprune", "transformers", "torch", "datasets", "tokenizers"):
+        version = _version(package)
+        if version:
+            lines.append(f"- {package}: {version}")
     lines += [
         "",
         "## Loading",

@@ -8,18 +8,21 @@ model is loaded.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
+from transformers.trainer_utils import HubStrategy
 
 from ..engine.importance import IMPORTANCE_CRITERIA
+from ..families import ROLES
+from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 
 STRUCTURES = ("heads", "ffn", "both")
 TARGET_TYPES = ("structures", "flops")
-ROLES = ("encoder_self", "decoder_self", "cross", "encoder", "decoder")
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,12 @@ class PruningArguments(TrainingArguments):
         metadata={"help": "Metric steering the ratio: an `evaluate` metric name (accuracy, f1, sacrebleu, wer, ...) or "
                           "a key returned by compute_metrics; 'loss' uses the eval loss."},
     )
+    pruning_greater_is_better: bool | None = field(
+        default=None,
+        metadata={"help": "Whether a higher --pruning_metric is better. Default: --greater_is_better when "
+                          "--pruning_metric is --metric_for_best_model, else the known direction of the metric "
+                          "(losses, wer, cer, mse, ... lower; accuracy, f1, bleu, ... higher); other names must set it."},
+    )
     pruning_tolerance: float = field(default=0.01, metadata={"help": "Largest allowed metric drop vs the dense model."})
     pruning_tolerance_type: str = field(default="absolute", metadata={"help": "'absolute' or 'relative' drop."})
     pruning_warmup_steps: int = field(
@@ -81,6 +90,11 @@ class PruningArguments(TrainingArguments):
     )
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
+    pruning_resume_with_new_arguments: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint whose pruning arguments differ from these, continuing with these "
+                          "(by default such a resume is refused, naming the differences)."},
+    )
 
     def __post_init__(self):
         processes = launched_processes()
@@ -91,6 +105,12 @@ class PruningArguments(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
         validate_pruning_arguments(self)
+        if self.push_to_hub and self.hub_strategy != HubStrategy.END:
+            # A mid-training push copies the checkpoint's dense, unmasked weights to the Hub without
+            # their pruning record; the pruned model is pushed by save_model() / push_to_hub().
+            logger.warning("--hub_strategy %s: checkpoints hold dense weights under masks, so hf_adaprune pushes "
+                           "only the pruned model at the end (hub_strategy 'end')", self.hub_strategy.value)
+            self.hub_strategy = HubStrategy.END
         if processes > 1 and self.world_size != processes:
             raise ValueError(
                 f"{processes} processes were launched but the Trainer sees a world size of "
@@ -116,7 +136,21 @@ def _choice(name, value, choices):
         raise ValueError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+# Arguments that change what a resumed run would decide; compared against the checkpoint's on resume.
+_NOT_COMPARED_ON_RESUME = {"compact_at_end", "pruning_resume_with_new_arguments"}
+
+
+def pruning_arguments(args) -> dict:
+    """The pruning fields of ``args`` (those :class:`PruningArguments` adds), as plain values."""
+    own = {f.name for f in fields(PruningArguments)} - {f.name for f in fields(TrainingArguments)}
+    return {name: getattr(args, name) for name in sorted(own - _NOT_COMPARED_ON_RESUME)}
+
+
 def validate_pruning_arguments(args) -> None:
+    for name in ("pruning_target", "pruning_tolerance", "pruning_initial_step", "pruning_min_step",
+                 "pruning_step_growth"):
+        if not math.isfinite(getattr(args, name)):
+            raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
     _choice("prune", args.prune, STRUCTURES)
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
@@ -135,8 +169,28 @@ def validate_pruning_arguments(args) -> None:
         raise ValueError(f"--pruning_step_growth must be >= 1; got {args.pruning_step_growth}")
     if args.pruning_warmup_steps < 0 or args.pruning_interval < 1:
         raise ValueError("--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1")
+    if args.pruning_eval_samples is not None and args.pruning_eval_samples < 1:
+        raise ValueError(f"--pruning_eval_samples must be >= 1 (or unset for the whole eval set); "
+                         f"got {args.pruning_eval_samples}")
+    if args.pruning_seq_len < 1:
+        raise ValueError(f"--pruning_seq_len must be >= 1 (the sequence length FLOPs are counted at); "
+                         f"got {args.pruning_seq_len}")
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
         raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")
+
+
+def pruning_metric_direction(args) -> bool:
+    """--pruning_greater_is_better, else --greater_is_better for the same metric, else the metric's known way."""
+    if args.pruning_greater_is_better is not None:
+        return bool(args.pruning_greater_is_better)
+    best = (args.metric_for_best_model or "").removeprefix("eval_")
+    if best == args.pruning_metric and args.greater_is_better is not None:
+        return bool(args.greater_is_better)
+    direction = known_greater_is_better(args.pruning_metric)
+    if direction is None:
+        raise ValueError(f"cannot tell whether a higher --pruning_metric {args.pruning_metric!r} is better: "
+                         "set --pruning_greater_is_better true or false")
+    return direction

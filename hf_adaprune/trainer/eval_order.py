@@ -20,3 +20,17 @@ class DatasetOrderEvalMixin:
         if eval_dataset is None or not has_length(eval_dataset):
             return None
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
+def first_rows(dataset, n: int | None):
+    """The first ``n`` rows of ``dataset`` (all of it if ``n`` is None or not smaller than its length).
+
+    The one way the eval set is sliced: for each pruning decision and for the metric check before training.
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    if hasattr(dataset, "select"):
+        return dataset.select(range(n))
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(n))

@@ -16,49 +16,40 @@ import logging
 import os
 
 import torch
-from torch.utils.data import Subset
-from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers import Seq2SeqTrainer, Trainer
+from transformers.modelcard import TrainingSummary
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..families import get_adapter
-from .arguments import PruningArguments, Seq2SeqPruningArguments
+from ..families import filter_groups, get_adapter
+from .arguments import PruningArguments, Seq2SeqPruningArguments, pruning_arguments, pruning_metric_direction
 from ..engine.controller import ROLLBACK, AdaptiveController
-from .eval_order import DatasetOrderEvalMixin
+from .callback import PruningCallback
+from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
+                         resolve_resume_checkpoint, write_pruning_state)
+from .distributed import check_masks_agree, reduced_scores
+from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
+from ..reporting.summary import PruningSummary
 from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
-from ..metrics import metric_greater_is_better
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from ..engine.selection import select_masks_by_kind
+from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact, kept_structure
-from ..task_metrics import classification_metrics, generation_metrics
 
 logger = logging.getLogger(__name__)
 
-PRUNING_STATE_FILE = "pruning_state.pt"
-_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("neurons",), "both": ("heads", "neurons")}
+_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("ffn",), "both": ("heads", "ffn")}
+# Decision evaluations are logged as pruning_eval_*: not eval_* curves, and never seen by on_evaluate
+# callbacks (early stopping, best-model tracking), which belong to the user's evaluations.
+DECISION_PREFIX = "pruning_eval"
+STATE_VERSION = 1
 
 
-class _PruningCallback(TrainerCallback):
-    """Drives the pruning schedule from the training loop."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
-        # and accelerate would then skip wrapping it in DistributedDataParallel.
-        if state.global_step == 0 and self.trainer.pruning_metric != "loss":
-            self.trainer._check_metric_available()
-        if args.pruning_warmup_steps == 0 and self.trainer.controller.state.reference is None:
-            self.trainer._pruning_tick(state.global_step)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._pruning_tick(state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.trainer._finish_pruning()
+def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
+    """Whether ``save_model`` is writing a ``checkpoint-<step>`` folder (dense weights), not the final model."""
+    return internal_call and output_dir is not None and \
+        os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
 class PruningTrainerMixin(DatasetOrderEvalMixin):
@@ -72,25 +63,42 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         if not isinstance(self.args, PruningArguments):
             raise TypeError(f"{type(self).__name__} needs PruningArguments, got {type(self.args).__name__}")
         self.dataset_name = dataset_name
-        self._setup_pruning()
+        self._resume_state = None
+        self._setup_pruning(self.model)
+        self.add_callback(PruningCallback(self))
 
-    # -- the model being pruned ------------------------------------------------------------------
+    def call_model_init(self, trial=None):
+        """With ``model_init`` (and ``hyperparameter_search``) ``train()`` builds a fresh model: prune that one."""
+        model = super().call_model_init(trial)
+        if hasattr(self, "controller"):  # not during __init__, which sets pruning up itself
+            self._setup_pruning(model)
+        return model
+
+    # -- the model being pruned: the hook for trainers whose self.model wraps a transformers model ----------
     @property
     def pruned_model(self):
-        """The transformers model whose heads and FFN neurons are pruned, masked, scored and compacted.
+        """The transformers model whose heads and FFN neurons are scored, masked and compacted.
 
-        ``self.model`` here; a trainer whose ``self.model`` wraps a transformers model (a
-        ``SentenceTransformer``) returns the wrapped one.
+        ``self.model`` here; a trainer whose ``self.model`` wraps one (a ``SentenceTransformer``) returns the
+        wrapped model, and passes it to :meth:`_setup_pruning`.
         """
         return self.model
 
     def _has_decision_data(self) -> bool:
-        """Whether pruning decisions have data to be measured on (a sentence-transformers evaluator counts)."""
+        """Whether decisions have data to be measured on (a sentence-transformers evaluator counts too)."""
         return self.eval_dataset is not None
 
+    def _metric_direction(self) -> bool:
+        """Whether a higher decision metric is better (a sentence-transformers evaluator declares its own)."""
+        return pruning_metric_direction(self.args)
+
     # -- set-up ---------------------------------------------------------------------------------
-    def _setup_pruning(self) -> None:
-        args, model = self.args, self.pruned_model
+    def _setup_pruning(self, model) -> None:
+        args = self.args
+        if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
+            raise TypeError(
+                f"{type(model).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge the "
+                "adapters first (model = model.merge_and_unload()) and fine-tune and prune the merged model.")
         get_adapter(model)  # unsupported families fail here, before any training
         max_positions = getattr(model.config, "max_position_embeddings", None)
         if getattr(model, "main_input_name", "input_ids") == "input_ids" and max_positions \
@@ -100,50 +108,50 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         masks = attach_masks(model)
         kinds = _KIND_OF_OPTION[args.prune]
         roles = args.selected_roles()
-        self.pruning_groups = [g for g in masks.groups.values() if g.kind in kinds and g.role in roles]
+        self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
-        if args.pruning_criterion == "taylor" and args.pruning_warmup_steps < 1:
-            raise ValueError("Taylor importance needs gradients: set --pruning_warmup_steps >= 1")
+        self.importance = make_importance(args.pruning_criterion)
+        if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
+            raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
         self.pruning_metric = args.pruning_metric
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
-        self.importance = make_importance(args.pruning_criterion)
+        self.decision_key = f"{DECISION_PREFIX}_{self.pruning_metric}"
         self.controller = AdaptiveController(
             target=args.pruning_target,
             initial_step=min(args.pruning_initial_step, args.pruning_target),
             min_step=min(args.pruning_min_step, args.pruning_initial_step, args.pruning_target),
             tolerance=args.pruning_tolerance,
             tolerance_type=args.pruning_tolerance_type,
-            greater_is_better=metric_greater_is_better(self.pruning_metric),
+            greater_is_better=self._metric_direction(),
             growth=args.pruning_step_growth,
         )
         self.costs = (
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
             if args.pruning_target_type == "flops" else None
         )
+        blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
+                                     args.pruning_target, kinds, self._floors(), self.costs)
+        if blocked:
+            logger.warning(blocked)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
         self.pruned_comparison = None
-        self.add_callback(_PruningCallback(self))
 
     def _default_compute_metrics(self, name: str):
+        from ..task_metrics import classification_metrics, generation_metrics
+
         if getattr(self.args, "predict_with_generate", False):
             tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
             if tokenizer is None:
                 raise ValueError(f"--pruning_metric {name} on generated text needs the tokenizer (processing_class)")
             return generation_metrics(name, tokenizer)
         return classification_metrics(name)
-
-    def _decision_dataset(self):
-        dataset, n = self.eval_dataset, self.args.pruning_eval_samples
-        if n is None or n >= len(dataset):
-            return dataset
-        return dataset.select(range(n)) if hasattr(dataset, "select") else Subset(dataset, range(n))
 
     # -- scores -----------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -154,47 +162,37 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self.importance.update(self.pruned_model, self.pruning_groups)
         return loss
 
-    def _reduced_scores(self) -> dict[str, torch.Tensor]:
-        """Scores averaged over all processes, so that every rank selects the same structures."""
-        scores = self.importance.scores(self.pruned_model, self.pruning_groups)
-        missing = [g.name for g in self.pruning_groups if g.name not in scores]
-        if missing:
-            raise RuntimeError(f"no importance scores yet for {missing[:3]}...: did any gradient reach them?")
-        names = [g.name for g in self.pruning_groups]
-        flat = torch.cat([scores[n].float().to(self.args.device) for n in names])
-        if self.accelerator.num_processes > 1:
-            flat = self.accelerator.reduce(flat, reduction="mean")
-        out, offset = {}, 0
-        for n in names:
-            size = scores[n].numel()
-            out[n] = flat[offset:offset + size].cpu()
-            offset += size
-        return out
+    # -- schedule: the public steps PruningCallback calls ---------------------------------------------
+    def begin_pruning(self) -> None:
+        """At ``on_train_begin``: restore a resumed state, check the schedule and the metric, maybe start."""
+        args, state = self.args, self.state
+        if self._resume_state is not None:
+            self.load_pruning_state_dict(self._resume_state)
+            self._resume_state = None
+        if self.controller.state.reference is None and 0 < state.max_steps:
+            room = state.max_steps - args.pruning_warmup_steps
+            if room < args.pruning_interval:
+                logger.warning(
+                    "no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d leaves %d "
+                    "steps, fewer than pruning_interval %d; the model will not be pruned", state.max_steps,
+                    args.pruning_warmup_steps, room, args.pruning_interval)
+        # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
+        # and accelerate would then skip wrapping it in DistributedDataParallel.
+        if state.global_step == 0 and self.pruning_metric != "loss":
+            self._check_metric_available()
+        if args.pruning_warmup_steps == 0 and self.controller.state.reference is None:
+            self.pruning_step(state.global_step)
 
-    def _check_masks_agree(self) -> None:
-        """All ranks must hold the same masks; a mismatch would silently corrupt the model."""
-        if self.accelerator.num_processes == 1:
-            return
-        masks = get_masks(self.pruned_model)
-        flat = torch.cat([masks.masks[g.name].float().flatten() for g in self.pruning_groups]).to(self.args.device)
-        weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
-        checksum = torch.stack([(flat.double() * weights).sum(), flat.double().sum()]).unsqueeze(0)
-        gathered = self.accelerator.gather(checksum)
-        if not torch.allclose(gathered, gathered[:1].expand_as(gathered)):
-            raise RuntimeError(
-                f"pruning masks differ across processes (checksums {gathered.tolist()}); refusing to train on"
-            )
-
-    # -- schedule ---------------------------------------------------------------------------------
-    def _pruning_tick(self, step: int) -> None:
+    def pruning_step(self, step: int) -> None:
+        """At ``on_step_end``: take the reference after the warm-up, then judge each step after its interval."""
         c, args = self.controller, self.args
         if c.state.done:
             return
         if c.state.reference is None:
             if step >= args.pruning_warmup_steps:
-                reference = self._decision_metric()
+                reference, evaluation = self._decision_metric()
                 ratio = c.start(reference)
-                self._log_decision("reference", step, 0.0, reference)
+                self._log_decision("reference", step, 0.0, reference, evaluation)
                 self._apply_ratio(ratio, step)
             return
         if c.state.pending is not None and step - self._last_prune_step >= args.pruning_interval:
@@ -203,14 +201,15 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
     def _decide(self, step: int) -> None:
         c = self.controller
         tried = c.state.pending
-        metric = self._decision_metric()
-        decision = c.decide(metric)
+        metric, evaluation = self._decision_metric()
+        decision = c.decide(metric, selected=selected_fraction_by_kind(
+            self.pruning_groups, get_masks(self.pruned_model).masks, _KIND_OF_OPTION[self.args.prune], self.costs))
         masks = get_masks(self.pruned_model)
         if decision == ROLLBACK:
             masks.load_state_dict(self._accepted_masks)
         else:
             self._accepted_masks = masks.state_dict()
-        self._log_decision(decision, step, tried, metric)
+        self._log_decision(decision, step, tried, metric, evaluation)
         if not c.state.done:
             self._apply_ratio(c.propose(), step)
         else:
@@ -219,28 +218,49 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
     def _apply_ratio(self, ratio: float, step: int) -> None:
         args = self.args
         masks = get_masks(self.pruned_model)
-        scores = self._reduced_scores()
+        scores = reduced_scores(self.accelerator, self.importance.scores(self.pruned_model, self.pruning_groups),
+                                [g.name for g in self.pruning_groups], self.args.device)
         masks.update(select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=_KIND_OF_OPTION[args.prune],
             scope=args.pruning_scope,
-            floors={"heads": args.min_heads_per_layer, "neurons": args.min_neurons_per_layer},
+            floors=self._floors(),
             costs=self.costs,
         ))
-        self._check_masks_agree()
+        check_masks_agree(self.accelerator, get_masks(self.pruned_model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
 
-    def _decision_metric(self) -> float:
-        metrics = self.evaluate(eval_dataset=self._decision_dataset())
-        if self.metric_key not in metrics:
-            raise KeyError(
-                f"--pruning_metric {self.pruning_metric!r}: evaluation returned no {self.metric_key!r}; "
-                f"available: {sorted(k for k in metrics if k.startswith('eval_'))}"
-            )
-        return float(metrics[self.metric_key])
+    def _floors(self) -> dict[str, int]:
+        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer}
 
-    def _log_decision(self, event: str, step: int, ratio: float, metric: float) -> None:
+    def _evaluate_rows(self, rows: int | None) -> dict:
+        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
+        dataset = first_rows(self.eval_dataset, rows)
+        if self.pruning_metric == "loss":  # no predictions to gather, no generation
+            return self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
+                                        prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+        return self.predict(dataset, metric_key_prefix=DECISION_PREFIX).metrics
+
+    def _decision_metric(self) -> tuple[float, dict]:
+        metrics = self._evaluate_rows(self.args.pruning_eval_samples)
+        if self.decision_key not in metrics:
+            raise KeyError(
+                f"--pruning_metric {self.pruning_metric!r}: evaluation returned no {self.pruning_metric!r}; "
+                f"available: {sorted(k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}"
+            )
+        return float(metrics[self.decision_key]), metrics
+
+    def _check_metric_available(self) -> None:
+        """Evaluate a couple of examples now so a wrong metric name fails before hours of training."""
+        metrics = self._evaluate_rows(2)
+        if self.decision_key not in metrics:
+            raise KeyError(
+                f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
+                f"available: {sorted('eval_' + k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}"
+            )
+
+    def _log_decision(self, event: str, step: int, ratio: float, metric: float, evaluation: dict) -> None:
         masks = get_masks(self.pruned_model)
         record = {
             "pruning/sparsity_tried": ratio,
@@ -249,62 +269,75 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "pruning/kept_decision": {"reference": 1.0, "keep": 1.0, ROLLBACK: 0.0}[event],
             "pruning/step_size": self.controller.state.step,
             "pruning/heads_pruned": masks.pruned_fraction("heads"),
-            "pruning/ffn_pruned": masks.pruned_fraction("neurons"),
+            "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
         }
         logger.info("pruning %s at step %d: sparsity %.3f, %s %.4f", event, step, ratio, self.pruning_metric, metric)
-        self.log(record)
+        self.log({**evaluation, **record})
 
-    def _finish_pruning(self) -> None:
-        c = self.controller
+    def finish_pruning(self) -> None:
+        """At ``on_train_end``: judge the last step, compact, write the report."""
+        c, args = self.controller, self.args
+        if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
+            # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
+            best = self.state.best_model_checkpoint
+            if os.path.isfile(os.path.join(best, PRUNING_STATE_FILE)):
+                self.load_pruning_state_dict(read_pruning_state(best))
+                logger.info("pruning state of the best checkpoint %s restored with its weights", best)
+            else:
+                logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
+                               PRUNING_STATE_FILE)
         if c.state.pending is not None and self.state.global_step > self._last_prune_step:
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
-        if self.args.compact_at_end and get_masks(self.pruned_model) is not None:
+        if args.compact_at_end and get_masks(self.pruned_model) is not None:
             compact(self.pruned_model)
             self.pruned_comparison = compare_profiles(
-                self.dense_profile, model_profile(self.pruned_model, seq_len=self.args.pruning_seq_len)
+                self.dense_profile, model_profile(self.pruned_model, seq_len=args.pruning_seq_len)
             )
-        if self.args.should_save:
+        if args.should_save:
             self._write_report()
 
     # -- reports, checkpoints, saving -------------------------------------------------------------
-    def pruning_summary(self) -> dict:
+    def pruning_summary(self) -> PruningSummary:
         history = self.controller.state.history
         metrics = [h for h in history if "metric" in h and h["event"] in ("reference", "keep")]
-        return {
-            "base_model": getattr(self.pruned_model.config, "_name_or_path", None) or None,
-            "dataset": self.dataset_name,
-            "model_name": os.path.basename(os.path.abspath(self.args.output_dir)),
-            "criterion": self.args.pruning_criterion,
-            "metric_name": self.pruning_metric,
-            "metric_key": self.metric_key,
-            "greater_is_better": self.controller.greater_is_better,
-            "metric_before": self.controller.state.reference,
-            "metric_after": metrics[-1]["metric"] if metrics else None,
-            "tolerance": self.args.pruning_tolerance,
-            "tolerance_type": self.args.pruning_tolerance_type,
-            "target": self.args.pruning_target,
-            "target_type": self.args.pruning_target_type,
-            "final_sparsity": self.controller.state.ratio,
-            "stop_reason": self.controller.state.stop_reason,
-            "decisions": history,
-            "groups": kept_structure(self.pruned_model),
-            "comparison": self.pruned_comparison,
-        }
+        return PruningSummary(
+            base_model=getattr(self.pruned_model.config, "_name_or_path", None) or None,
+            dataset=self.dataset_name,
+            model_name=os.path.basename(os.path.abspath(self.args.output_dir)),
+            criterion=self.args.pruning_criterion,
+            metric_name=self.pruning_metric,
+            metric_key=self.metric_key,
+            greater_is_better=self.controller.greater_is_better,
+            metric_before=self.controller.state.reference,
+            metric_after=metrics[-1]["metric"] if metrics else None,
+            tolerance=self.args.pruning_tolerance,
+            tolerance_type=self.args.pruning_tolerance_type,
+            target=self.args.pruning_target,
+            target_type=self.args.pruning_target_type,
+            final_sparsity=self.controller.state.ratio,
+            stop_reason=self.controller.state.stop_reason,
+            decisions=history,
+            groups=kept_structure(self.pruned_model),
+            comparison=self.pruned_comparison,
+        )
 
     def _write_report(self) -> None:
         out = self.args.output_dir
         os.makedirs(out, exist_ok=True)
         summary = self.pruning_summary()
-        write_json(os.path.join(out, REPORT_FILE), summary)
-        plot_pruning_curve(summary["decisions"], self.pruning_metric, os.path.join(out, CURVE_FILE))
-        plot_layer_structure(summary["groups"], os.path.join(out, LAYERS_FILE))
+        write_json(os.path.join(out, REPORT_FILE), summary.to_dict())
+        plot_pruning_curve(summary.decisions, self.pruning_metric, os.path.join(out, CURVE_FILE))
+        plot_layer_structure(summary.groups, os.path.join(out, LAYERS_FILE))
 
     def pruning_state_dict(self) -> dict:
+        """Tensors, numbers, strings, lists and dicts only: read back with ``torch.load(weights_only=True)``."""
         return {
+            "version": STATE_VERSION,
+            "arguments": pruning_arguments(self.args),
             "masks": get_masks(self.pruned_model).state_dict() if get_masks(self.pruned_model) is not None else None,
             "accepted_masks": self._accepted_masks,
             "importance": self.importance.state_dict(),
@@ -319,66 +352,57 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self.controller.load_state_dict(state["controller"])
         self._last_prune_step = state["last_prune_step"]
 
-    def _save_checkpoint(self, model, trial):
-        self._saving_checkpoint = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._saving_checkpoint = False
-        if self.args.should_save and get_masks(self.pruned_model) is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            tmp = os.path.join(folder, f".{PRUNING_STATE_FILE}.tmp")
-            torch.save(self.pruning_state_dict(), tmp)
-            os.replace(tmp, os.path.join(folder, PRUNING_STATE_FILE))
+    def save_pruning_state(self, folder: str) -> None:
+        """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""
+        if get_masks(self.pruned_model) is not None:
+            write_pruning_state(folder, self.pruning_state_dict())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint found in {self.args.output_dir} to resume from")
+        if self.args.should_save:
+            check_writable(self.args.output_dir)
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint:
-            path = os.path.join(resume_from_checkpoint, PRUNING_STATE_FILE)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{resume_from_checkpoint} has no {PRUNING_STATE_FILE}: not a pruning checkpoint")
-            self.load_pruning_state_dict(torch.load(path, weights_only=False))
+            state = read_pruning_state(resume_from_checkpoint)
+            check_resume_arguments(state.get("arguments") or {}, pruning_arguments(self.args),
+                                   self.args.pruning_resume_with_new_arguments)
+            self._resume_state = state  # loaded at on_train_begin, into the model train() trains
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def _check_metric_available(self) -> None:
-        """Evaluate a couple of examples now so a wrong metric name fails before hours of training."""
-        n = min(2, len(self.eval_dataset))
-        dataset = self.eval_dataset
-        sample = dataset.select(range(n)) if hasattr(dataset, "select") else Subset(dataset, range(n))
-        metrics = self.evaluate(eval_dataset=sample, metric_key_prefix="eval")
-        if self.metric_key not in metrics:
-            raise KeyError(
-                f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
-                f"available: {sorted(k for k in metrics if k.startswith('eval_'))}"
-            )
-
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints keep the dense weights (masks live in pruning_state.pt); the final save is pruned."""
-        if getattr(self, "_saving_checkpoint", False):
+        """Checkpoints keep the dense weights (masks live in pruning_state.pt); any other save is pruned."""
+        if is_checkpoint_save(output_dir, _internal_call):
             return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
-        if not self.args.should_save:
-            return
-        model = self.model
-        if get_masks(model) is not None:  # keep the in-memory model trainable: compact a copy
-            model = copy.deepcopy(model)
-        save_pruned(model, output_dir, tokenizer=self.processing_class)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        with open(os.path.join(output_dir, "README.md"), "w") as f:
-            f.write(model_card(self.pruning_summary()))
+        if self.args.should_save:
+            model = self.model
+            if get_masks(model) is not None:  # keep the in-memory model trainable: compact a copy
+                model = copy.deepcopy(model)
+            save_pruned(model, output_dir, tokenizer=self.processing_class)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
+        elif not _internal_call and self.args.should_save:
+            self._write_card(output_dir)
 
-    def create_model_card(self, *args, **kwargs) -> None:
-        if not self.is_world_process_zero():
-            return
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """The pruned model's card, with what ``Trainer.create_model_card`` accepts passed through."""
+        if self.is_world_process_zero():
+            self._write_card(self.args.output_dir, language=language, license=license, tags=tags,
+                             model_name=model_name, finetuned_from=finetuned_from, tasks=tasks,
+                             dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
+
+    def _write_card(self, output_dir: str, **card_args) -> None:
+        # The stock summary infers the task, the Hub dataset ids and the hyperparameters as the stock card does.
+        info = TrainingSummary.from_trainer(self, **card_args)
         summary = self.pruning_summary()
-        summary["base_model"] = kwargs.get("finetuned_from") or summary["base_model"]
-        summary["dataset"] = kwargs.get("dataset") or summary["dataset"]
-        summary["model_name"] = kwargs.get("model_name") or summary["model_name"]
-        with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
-            f.write(model_card(summary))
+        summary.model_name = card_args.get("model_name") or summary.model_name
+        summary.base_model = card_args.get("finetuned_from") or summary.base_model
+        summary.dataset = card_args.get("dataset") or summary.dataset
+        card = model_card(summary, language=info.language, license=info.license,
+                          tags=[t for t in (info.tags or []) if t != "generated_from_trainer"], tasks=info.tasks,
+                          datasets=info.dataset_tags, hyperparameters=info.hyperparameters)
+        card.save(os.path.join(output_dir, "README.md"))
 
 
 class AdaptivePruningTrainer(PruningTrainerMixin, Trainer):
@@ -396,4 +420,5 @@ class AdaptivePruningSeq2SeqTrainer(PruningTrainerMixin, Seq2SeqTrainer):
             )
 
 
-__all__ = ["AdaptivePruningSeq2SeqTrainer", "AdaptivePruningTrainer", "PruningArguments", "Seq2SeqPruningArguments"]
+__all__ = ["AdaptivePruningSeq2SeqTrainer", "AdaptivePruningTrainer", "PRUNING_STATE_FILE", "PruningArguments",
+           "PruningTrainerMixin", "Seq2SeqPruningArguments"]

@@ -37,7 +37,7 @@ CTranslate2 -> transformers names (``{s}`` = ``encoder``/``decoder``, ``i`` = la
 
 CLI::
 
-    python -m hf_adaprune.converters.ctranslate2_whisper SRC DST
+    python -m recipes.ctranslate2_whisper SRC DST
 """
 
 from __future__ import annotations
@@ -897,7 +897,7 @@ def verify_converted(dst: str | os.PathLike) -> dict:
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hf_adaprune.converters.ctranslate2_whisper",
+        prog="python -m recipes.ctranslate2_whisper",
         description="Convert a CTranslate2 Whisper model folder into a transformers Whisper folder.",
     )
     parser.add_argument("src", nargs="?", help="CTranslate2 folder (model.bin, config.json, vocabulary/tokenizer); "

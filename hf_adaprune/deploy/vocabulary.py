@@ -1,0 +1,165 @@
+"""Vocabulary pruning: keep the tokens a task uses, slice the embeddings to them.
+
+A fine-tuned classifier reads a few thousand of its 30,522 WordPiece tokens; the
+rest of the input embedding is dead weight (11.7M of all-MiniLM-L6-v2's 22.7M
+parameters). :func:`prune_vocabulary` keeps the tokens that occur in the given
+texts plus every special token and every id the config or generation config
+names, renumbers them in their old order, slices the input embeddings (and the
+tied output embeddings and ``final_logits_bias`` of seq2seq models) and returns
+a tokenizer that maps text straight to the new ids (see :mod:`.tokenizer_vocab`
+for what happens to text outside the kept vocabulary).
+
+Save the two with ``save_pruned(model, path, tokenizer=new_tokenizer)``: the
+config records the new ``vocab_size``, so ``AutoPrunedModel``, stock
+``AutoModel...(trust_remote_code=True)`` and ``AutoTokenizer`` load the folder.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .tokenizer_vocab import tokenizer_family
+
+# config / generation-config fields that hold token ids; the tokens they name always stay
+ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
+             "cls_token_id", "mask_token_id", "unk_token_id", "forced_bos_token_id", "forced_eos_token_id")
+ID_LIST_FIELDS = ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
+UNSUPPORTED_MODEL_TYPES = {
+    "whisper": "Whisper's generate() computes timestamp and language token ids from fixed offsets in its "
+               "51,864-token vocabulary, so its ids cannot be renumbered; prune its heads and FFNs only",
+}
+
+
+def _flat_ids(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [i for item in value for i in _flat_ids(item)]
+
+
+def _remap_ids(value, old_to_new: dict[int, int]):
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return old_to_new[value]
+    return [_remap_ids(item, old_to_new) for item in value]
+
+
+def _configs(model):
+    configs = [model.config]
+    if getattr(model, "generation_config", None) is not None:
+        configs.append(model.generation_config)
+    return configs
+
+
+def _ids_named_by_configs(model) -> set[int]:
+    return {i for config in _configs(model) for field in ID_FIELDS + ID_LIST_FIELDS
+            for i in _flat_ids(getattr(config, field, None))}
+
+
+def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | None = None,
+                 batch_size: int = 1000) -> set[int]:
+    """Every id ``tokenizer`` produces for ``texts`` (and, as targets, ``target_texts``)."""
+    used: set[int] = set()
+    for source, as_target in ((texts, False), (target_texts, True)):
+        if source is None:
+            continue
+        source = list(source)
+        for start in range(0, len(source), batch_size):
+            chunk = source[start:start + batch_size]
+            encoded = tokenizer(text_target=chunk) if as_target else tokenizer(chunk)
+            for ids in encoded["input_ids"]:
+                used.update(ids)
+    return used
+
+
+def _check_model(model):
+    reason = UNSUPPORTED_MODEL_TYPES.get(model.config.model_type)
+    if reason:
+        raise ValueError(f"vocabulary pruning is not supported for {model.config.model_type}: {reason}")
+    if model.get_input_embeddings() is None:
+        raise ValueError(f"{type(model).__name__} has no input embeddings to prune")
+
+
+def slice_vocabulary(model, kept_ids: list[int]) -> None:
+    """Keep rows ``kept_ids`` (old ids, ascending) of every vocabulary-sized embedding, output projection
+    and ``final_logits_bias`` of ``model``, in place; tied weights stay tied."""
+    old_size = model.get_input_embeddings().num_embeddings
+    index = torch.tensor(kept_ids, dtype=torch.long)
+    new_size = len(kept_ids)
+    sliced: set[int] = set()
+
+    def take_rows(param, dim=0):
+        if id(param) not in sliced:  # a tied parameter appears in several modules: slice it once
+            param.data = param.data.index_select(dim, index.to(param.device)).contiguous()
+            sliced.add(id(param))
+
+    old_to_new = {old: new for new, old in enumerate(kept_ids)}
+    output = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.num_embeddings == old_size:
+            take_rows(module.weight)
+            module.num_embeddings = new_size
+            if module.padding_idx is not None:
+                module.padding_idx = old_to_new[module.padding_idx]
+        elif isinstance(module, nn.Linear) and module is output and module.out_features == old_size:
+            take_rows(module.weight)
+            if module.bias is not None:
+                take_rows(module.bias)
+            module.out_features = new_size
+    for name, param in list(model.named_parameters()) + list(model.named_buffers()):
+        # BERT's MLM head keeps its output bias as a parameter of its own; Marian/BART a final_logits_bias buffer
+        if name.endswith(("final_logits_bias", "predictions.bias")) and param.shape[-1] == old_size:
+            take_rows(param, dim=param.dim() - 1)
+    for name, buffer in list(model.named_buffers()):
+        if name.endswith("final_logits_bias") and buffer.shape[-1] != new_size:
+            raise RuntimeError(f"{name} was not sliced")
+
+
+def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
+    new_size = len(old_to_new)
+    config = model.config
+    config.vocab_size = new_size
+    if getattr(config, "decoder_vocab_size", None) == old_size:  # Marian keeps a second copy
+        config.decoder_vocab_size = new_size
+    for cfg in _configs(model):
+        for field in ID_FIELDS + ID_LIST_FIELDS:
+            if getattr(cfg, field, None) is not None:
+                setattr(cfg, field, _remap_ids(getattr(cfg, field), old_to_new))
+
+
+def prune_vocabulary(model, tokenizer, texts: Iterable[str], *, target_texts: Iterable[str] | None = None,
+                     keep_tokens: Iterable[str] = ()):
+    """Shrink ``model``'s vocabulary (in place) to the tokens of ``texts``; return the matching tokenizer.
+
+    ``texts``: the task's training inputs (for seq2seq, ``target_texts``: its training targets, tokenized
+    as targets). ``keep_tokens``: token strings to keep as well. Special tokens, added tokens and ids
+    named by the config or generation config always stay. Unsupported models or tokenizers are refused
+    before any work. Logits on text whose tokens are all kept equal the unpruned model's.
+    """
+    _check_model(model)
+    family, spec = tokenizer_family(tokenizer)
+    old_size = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > old_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {old_size} rows; "
+                         "they do not belong together")
+    kept = token_ids_in(tokenizer, texts, target_texts)
+    kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    kept |= _ids_named_by_configs(model)
+    for token in keep_tokens:
+        kept.add(tokenizer.convert_tokens_to_ids(token))
+    kept |= family.required(tokenizer, spec, kept)
+    kept_ids = sorted(i for i in kept if 0 <= i < old_size)
+    old_to_new = {old: new for new, old in enumerate(kept_ids)}
+    slice_vocabulary(model, kept_ids)
+    _update_configs(model, old_size, old_to_new)
+    with tempfile.TemporaryDirectory(prefix="adaprune-vocab-") as folder:
+        tokenizer.save_pretrained(folder)
+        family.rewrite(Path(folder), old_to_new)
+        return type(tokenizer).from_pretrained(folder)

@@ -1,0 +1,332 @@
+"""The saved layout of a pruned model: one codec used by compaction and by loading.
+
+``config.adaprune`` (the *record*) holds ``version``, ``groups`` (per group: kind,
+role, original count, kept original indices) and ``layout``: every module whose
+shape differs from the dense architecture (``modules``), every attribute the
+forward pass reads (``attributes``, e.g. head counts), plain per-head parameters
+that were sliced (``parameters``) and the attention modules that keep a subset
+of heads of a position bias shared across layers (``shared_bias``).
+:func:`apply_layout` turns a dense base model into that shape; compaction
+(``hf_adaprune.surgery``) records a layout, applies it with the same function and
+then loads the sliced weights, so a compacted model and a reloaded one are built
+by the same code.
+
+This file is also the first part of the ``modeling_adaprune.py`` shipped next to
+every saved model (followed by the attention forwards of the model's family and
+one class per saved head class), so it imports nothing but torch and
+transformers.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+
+import torch
+from torch import nn
+
+# 1: modules + attributes. 2: adds ``parameters``, ``shared_bias`` and EmptyAttention's cache placeholders.
+# 3: a group's kept structures as one hex bitmap (``kept_mask``) instead of a list of indices (``kept``).
+FORMAT_VERSION = 3
+
+
+# -- one copy of each module helper --------------------------------------------------------------------
+
+
+def parent_and_name(root: nn.Module, path: str):
+    parent_path, _, name = path.rpartition(".")
+    return (root.get_submodule(parent_path) if parent_path else root), name
+
+
+def set_attribute(root: nn.Module, path: str, value) -> None:
+    parent, name = parent_and_name(root, path)
+    setattr(parent, name, value)
+
+
+def _placement(like: nn.Module | torch.Tensor | None) -> dict:
+    ref = getattr(like, "weight", like)
+    return {} if not isinstance(ref, torch.Tensor) else {"device": ref.device, "dtype": ref.dtype}
+
+
+def new_linear(in_features: int, out_features: int, bias: bool, like=None) -> nn.Linear:
+    """An uninitialised-looking ``nn.Linear`` on the device/dtype of ``like`` (a module or tensor)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a zero-width linear warns that its init is a no-op
+        return nn.Linear(in_features, out_features, bias=bias, **_placement(like))
+
+
+def new_embedding(num_embeddings: int, embedding_dim: int, like=None) -> nn.Embedding:
+    return nn.Embedding(num_embeddings, embedding_dim, **_placement(like))
+
+
+# -- attention blocks with no head left ----------------------------------------------------------------
+
+
+class EmptyAttention(nn.Module):
+    """Stands in for an attention block whose heads were all pruned.
+
+    The attention then contributes a constant: the bias of its output projection
+    (kept as a zero-input linear under its original name when it lives inside the
+    block) or nothing (a zero-width tensor, when the projection follows the block).
+
+    ``cache_layer`` (the layer index of a decoder self- or, with
+    ``cross_attention``, cross-attention) keeps the KV cache consistent: the
+    decoder reads the number of cached tokens from layer 0, and some callers
+    (Whisper's generate) read every layer's entries, so an empty layer still
+    stores one placeholder entry per token (of the decoder, or of the encoder
+    output it would attend to). ``extra_outputs`` is read from records that set it.
+    """
+
+    is_empty_attention = True
+
+    def __init__(self, output_name: str | None = None, output: nn.Module | None = None, extra_outputs: int = 0,
+                 cache_layer: int | None = None, cross_attention: bool = False):
+        super().__init__()
+        self.output_name = output_name
+        self.extra_outputs = extra_outputs
+        self.cache_layer = cache_layer
+        self.cross_attention = cross_attention
+        if output_name is not None:
+            self.add_module(output_name, output)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.cache_layer is not None:
+            cache = kwargs.get("cache")
+            cache = kwargs.get("past_key_values") if cache is None else cache
+            if self.cross_attention:
+                cross_cache_placeholder(cache, self.cache_layer, kwargs.get("key_value_states"))
+            else:
+                cache_placeholder(cache, self.cache_layer, hidden_states)
+        out = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        if self.output_name is not None:
+            out = getattr(self, self.output_name)(out)
+        return (out, None) + (None,) * self.extra_outputs
+
+
+def cache_placeholder(cache, layer_idx: int, hidden_states: torch.Tensor):
+    """Append one (1-head, width-1) zero entry per token to a self-attention cache; returns the cached keys.
+
+    A zero-width entry would not do: the cache reports an empty tensor as length 0.
+    """
+    if cache is None:
+        return None
+    cache = getattr(cache, "self_attention_cache", cache)
+    placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+    keys, _ = cache.update(placeholder, placeholder, layer_idx)
+    return keys
+
+
+def cross_cache_placeholder(cache, layer_idx: int, key_value_states: torch.Tensor | None) -> None:
+    """Fill an empty cross-attention's entry of an encoder-decoder cache once, as its attention would."""
+    if cache is None or key_value_states is None or not hasattr(cache, "cross_attention_cache"):
+        return
+    if cache.is_updated.get(layer_idx):
+        return
+    placeholder = key_value_states.new_zeros(key_value_states.shape[0], 1, key_value_states.shape[1], 1)
+    cache.cross_attention_cache.update(placeholder, placeholder, layer_idx)
+    cache.is_updated[layer_idx] = True
+
+
+# -- attention blocks sharing a position bias across layers ------------------------------------------
+#
+# T5 computes its relative position bias in the first block of a stack and hands it
+# to the later ones; WavLM does the same with its (gated) relative bias. The bias
+# has one slice per *original* head. A pruned attention module keeps the bias
+# tensors at full size (the embedding producing it stays untouched), knows which
+# original heads it kept (``adaprune_kept_heads``) and slices the bias for its own
+# use inside its forward, while handing the full bias on to the next layer. The
+# module's class is swapped for a subclass with the family's forward (a
+# :class:`SharedBiasMixin` subclass in the family's file, registered with
+# :func:`register_shared_bias`), so parameter names (and so the checkpoint) stay
+# those of the dense model.
+
+SHARED_BIAS_WRAPPERS: dict[str, type] = {}
+
+
+def register_shared_bias(cls: type) -> type:
+    """Class decorator: make ``cls`` the shared-bias forward saved layouts call ``cls.adaprune_kind``."""
+    SHARED_BIAS_WRAPPERS[cls.adaprune_kind] = cls
+    return cls
+
+
+def kept_heads_index(module: nn.Module, device) -> torch.Tensor:
+    return torch.tensor(module.adaprune_kept_heads, dtype=torch.long, device=device)
+
+
+class SharedBiasMixin:
+    """Common part of the shared-bias forwards."""
+
+    adaprune_kind = None
+    # the stock forward bypasses the output projection module, so mask gates need this forward from the start
+    gates_need_wrapper = False
+
+    @property
+    def is_empty_attention(self) -> bool:
+        return len(self.adaprune_kept_heads) == 0
+
+
+@functools.cache
+def _shared_bias_class(mixin: type, base: type) -> type:
+    cls = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {"__module__": __name__})
+    module = sys.modules.get(__name__)
+    if module is not None:
+        setattr(module, cls.__name__, cls)  # picklable by reference
+    return cls
+
+
+def install_shared_bias(module: nn.Module, kind, kept_heads, num_heads: int) -> nn.Module:
+    """Make ``module`` use ``kept_heads`` of its ``num_heads`` original heads with the forward ``kind``
+    (a registered :class:`SharedBiasMixin` subclass or its ``adaprune_kind``)."""
+    mixin = SHARED_BIAS_WRAPPERS[kind] if isinstance(kind, str) else kind
+    if not isinstance(module, mixin):
+        module.__class__ = _shared_bias_class(mixin, type(module))
+    module.adaprune_kept_heads = [int(h) for h in kept_heads]
+    module.adaprune_num_heads = int(num_heads)
+    return module
+
+
+# -- the record --------------------------------------------------------------------------------------
+
+TABLES = ("modules", "attributes", "parameters", "shared_bias")
+
+
+def empty_record() -> dict:
+    return {"version": FORMAT_VERSION, "groups": {}, "layout": {name: {} for name in TABLES}}
+
+
+def encode_kept(kept, original: int) -> str:
+    """The kept original indices as a hex bitmap: bit ``i`` set = structure ``i`` kept ("a" = 1010: 1 and 3).
+
+    A list of 3,072 neuron indices is 3,072 lines of config.json; the bitmap is 768 characters.
+    """
+    return format(sum(1 << int(i) for i in kept), f"0{max(1, (original + 3) // 4)}x")
+
+
+def decode_kept(group: dict) -> list[int]:
+    """A saved group's kept original indices (``kept_mask`` of version 3, ``kept`` before)."""
+    if "kept_mask" not in group:
+        return [int(i) for i in group["kept"]]
+    bits = int(group["kept_mask"], 16)
+    return [i for i in range(int(group["original"])) if bits >> i & 1]
+
+
+def write_record(config, record: dict) -> dict:
+    """Store ``record`` (as :func:`read_record` returns it) on ``config`` in the saved form; returns that form."""
+    saved = {
+        "version": FORMAT_VERSION,
+        "groups": {name: {"kind": g["kind"], "role": g["role"], "original": g["original"],
+                          "kept_mask": encode_kept(g["kept"], g["original"])}
+                   for name, g in record["groups"].items()},
+        "layout": {name: table for name, table in record["layout"].items() if table},
+    }
+    config.adaprune = saved
+    return saved
+
+
+def read_record(config, where: str | None = None) -> dict | None:
+    """``config.adaprune`` in the current vocabulary, or None when the config has none.
+
+    Records saved by earlier versions load too (FFN groups of kind ``"neurons"``,
+    a second version number inside ``layout``); a record this code cannot read is
+    refused with what to do.
+    """
+    record = getattr(config, "adaprune", None)
+    if not record:
+        return None
+    if where is None:
+        folder = getattr(config, "_name_or_path", "")
+        where = f"{folder}/config.json" if folder else "config.json"
+    if not isinstance(record, dict) or not isinstance(record.get("layout"), dict) \
+            or not isinstance(record.get("groups"), dict):
+        missing = [k for k in ("layout", "groups") if not isinstance(record, dict) or k not in record]
+        raise ValueError(
+            f"the hf_adaprune record (adaprune) in {where} is incomplete (missing: {', '.join(missing) or 'none'}; "
+            "found: " + (", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__)
+            + "). It says which modules were pruned to what shape and cannot be rebuilt from the weights alone: "
+            "restore config.json from the saved folder or the Hub repository."
+        )
+    layout = record["layout"]
+    version = max(int(record.get("version", 1)), int(layout.get("version", 1)))
+    if version > FORMAT_VERSION:
+        raise ValueError(f"pruned layout version {version} in {where} is newer than this loader ({FORMAT_VERSION}); "
+                         "upgrade hf_adaprune (or load with trust_remote_code=True)")
+    groups = {name: {"kind": "ffn" if g.get("kind") == "neurons" else g.get("kind"), "role": g.get("role"),
+                     "original": g["original"], "kept": decode_kept(g)}
+              for name, g in record["groups"].items()}
+    tables = {name: dict(layout.get(name, {})) for name in TABLES}
+    return {"version": version, "groups": groups, "layout": tables}
+
+
+# -- applying a layout -------------------------------------------------------------------------------
+
+
+def module_from_spec(spec: dict, old: nn.Module | None, path: str = "?") -> nn.Module:
+    """The (uninitialised) module a layout entry describes, on ``old``'s device and dtype."""
+    kind = spec["type"]
+    if kind == "Linear":
+        return new_linear(spec["in_features"], spec["out_features"], spec["bias"], like=old)
+    if kind == "Embedding":
+        return new_embedding(spec["num_embeddings"], spec["embedding_dim"], like=old)
+    if kind == "EmptyAttention":
+        name, output = spec.get("output_name"), None
+        if name is not None:
+            out = spec["output"]
+            output = new_linear(0, out["out_features"], out["bias"], like=getattr(old, name, None))
+        return EmptyAttention(name, output, spec.get("extra_outputs", 0), spec.get("cache_layer"),
+                              spec.get("cross_attention", False))
+    raise ValueError(f"unknown module type {kind!r} in pruned layout at {path!r}")
+
+
+def linear_spec(linear: nn.Linear) -> dict:
+    return {"type": "Linear", "in_features": linear.in_features, "out_features": linear.out_features,
+            "bias": linear.bias is not None}
+
+
+def apply_layout(base_model: nn.Module, layout: dict) -> None:
+    """Reshape ``base_model`` in place to ``layout`` (new modules and parameters are left uninitialised)."""
+    for path, spec in layout.get("modules", {}).items():
+        parent, name = parent_and_name(base_model, path)
+        setattr(parent, name, module_from_spec(spec, getattr(parent, name, None), path))
+    for path, shape in layout.get("parameters", {}).items():
+        parent, name = parent_and_name(base_model, path)
+        old = getattr(parent, name)
+        setattr(parent, name, nn.Parameter(torch.empty(shape, device=old.device, dtype=old.dtype),
+                                           requires_grad=old.requires_grad))
+    for path, value in layout.get("attributes", {}).items():
+        set_attribute(base_model, path, value)
+    for path, spec in layout.get("shared_bias", {}).items():
+        install_shared_bias(base_model.get_submodule(path), spec["kind"], spec["kept_heads"], spec["num_heads"])
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+class PrunedModelMixin:
+    """Mixed into a transformers model class: builds the pruned shapes, refuses partial loads."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        record = read_record(config)
+        if record:
+            apply_layout(self.base_model, record["layout"])
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        record = read_record(model.config) or empty_record()
+        layers = {name.rpartition(".")[0] + "." for name in record["groups"]}
+        prefix = model.base_model_prefix + "."
+        missing = [
+            key for key in info.get("missing_keys", [])
+            if any((key[len(prefix):] if key.startswith(prefix) else key).startswith(layer) for layer in layers)
+        ]
+        mismatched = info.get("mismatched_keys", [])
+        if missing or mismatched:
+            raise ValueError(
+                "The weights do not match the pruned structure recorded in config.json "
+                f"(missing: {sorted(missing)[:8]}, shape mismatches: {list(mismatched)[:8]}). "
+                "The folder is inconsistent; refusing to re-initialise those layers."
+            )
+        return (model, info) if wants_info else model

@@ -1,0 +1,136 @@
+"""Calibration data and importance scores for pruning without training.
+
+Scores come from per-example *mask gradients*: a probe multiplies the input of
+every group's output projection by a mask variable of ones, one per example and
+structure, and one backward pass of the summed loss gives ``dL_n/dm_i`` for every
+example ``n`` and structure ``i``. At ``m = 1`` this equals ``sum(grad * w)``
+over the structure's columns of the output projection for that example alone
+(Kwon et al. 2022), so per-example statistics cost one forward and one backward
+pass per batch, with no weight gradients:
+
+* ``taylor``: ``mean_n |dL_n/dm_i|`` — the first-order estimate of the loss change;
+* ``fisher``: ``mean_n (dL_n/dm_i)^2`` — the diagonal Fisher information of the mask,
+  the second-order estimate Kwon et al. use.
+
+The model's weights are never changed and no optimizer is involved.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..families import Group, HeadGroup
+from ..engine.masks import structure_count
+
+SCORE_KINDS = ("fisher", "taylor")
+LABEL_KEYS = ("labels", "label", "label_ids")
+
+
+def model_input_names(model: nn.Module) -> set[str]:
+    """The keyword arguments ``model.forward`` accepts, plus the label keys a collator produces."""
+    return set(inspect.signature(model.forward).parameters) | set(LABEL_KEYS)
+
+
+def calibration_batches(dataset, collator, batch_size: int, accepted: set[str]) -> list[dict]:
+    """``dataset`` cut into collated batches, shortest examples together (less padding, same statistics).
+
+    Columns the model does not take (raw text, ids) are dropped before collation.
+    """
+    lengths = [len(example["input_ids"]) if "input_ids" in example else 0 for example in _examples(dataset)]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = [dataset[i] for i in order[start:start + batch_size]]
+        batches.append(collator([{k: v for k, v in row.items() if k in accepted} for row in rows]))
+    return batches
+
+
+def _examples(dataset) -> Iterator[dict]:
+    for i in range(len(dataset)):
+        yield dataset[i]
+
+
+def device_batch(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def token_mask(batch: dict, group: Group) -> torch.Tensor | None:
+    """Which positions of the group's input are real tokens (None: all are).
+
+    Encoder groups read the encoder's ``attention_mask``; decoder groups (decoder
+    self-attention, cross-attention, decoder FFN) the positions with a label.
+    """
+    if group.role in ("encoder_self", "encoder"):
+        mask = batch.get("attention_mask")
+    else:
+        mask = batch.get("decoder_attention_mask")
+        if mask is None and batch.get("labels") is not None:
+            mask = batch["labels"] != -100
+    return None if mask is None else mask.bool()
+
+
+class _MaskProbe:
+    """Forward pre-hook: gates the projection input with per-example mask variables of ones."""
+
+    def __init__(self, count: int, repeat: int):
+        self.count, self.repeat = count, repeat
+        self.variable: torch.Tensor | None = None
+
+    def __call__(self, module, args):
+        x = args[0]
+        self.variable = torch.ones(x.shape[0], self.count, device=x.device, dtype=x.dtype, requires_grad=True)
+        gate = self.variable.repeat_interleave(self.repeat, dim=1)
+        gate = gate.reshape(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
+        return (x * gate,) + tuple(args[1:])
+
+
+def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterable[dict],
+                         progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"taylor": {group: scores}, "fisher": {group: scores}}`` from per-example mask gradients.
+
+    The model runs in eval mode (no dropout), its parameters are not asked for
+    gradients and are left as they were.
+    """
+    base = model.base_model
+    device = next(model.parameters()).device
+    probes, handles = {}, []
+    for group in groups:
+        repeat = group.head_dim if isinstance(group, HeadGroup) else 1
+        probes[group.name] = _MaskProbe(structure_count(base, group), repeat)
+        handles.append(base.get_submodule(group.output).register_forward_pre_hook(probes[group.name]))
+    was_training = model.training
+    requires = [(p, p.requires_grad) for p in model.parameters()]
+    sums = {kind: {g.name: torch.zeros(probes[g.name].count, dtype=torch.float64) for g in groups}
+            for kind in SCORE_KINDS}
+    seen = 0
+    try:
+        model.eval()
+        for p, _ in requires:
+            p.requires_grad_(False)
+        for batch in tqdm(list(batches), desc="calibration: scores", disable=not progress):
+            batch = device_batch(batch, device)
+            outputs = model(**batch)
+            if outputs.loss is None:
+                raise ValueError("the model returned no loss on a calibration batch: the examples need labels")
+            size = next(iter(probes.values())).variable.shape[0]
+            # the models' losses are means over the batch: times its size, each example's gradient is its own
+            names = [g.name for g in groups]
+            grads = torch.autograd.grad(outputs.loss * size, [probes[n].variable for n in names])
+            for name, grad in zip(names, grads):
+                grad = grad.detach().double().cpu()
+                sums["taylor"][name] += grad.abs().sum(0)
+                sums["fisher"][name] += grad.square().sum(0)
+            seen += size
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in requires:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return {kind: {name: (total / max(seen, 1)).float() for name, total in per_group.items()}
+            for kind, per_group in sums.items()}

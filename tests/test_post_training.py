@@ -1,0 +1,244 @@
+"""Pruning without training: scores, the least-squares re-fit, exact compaction, the driver and its errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from hf_adaprune import AutoPrunedModel, UnsupportedModelError, attach_masks, compact, find_groups, select_masks_by_kind
+from hf_adaprune.post_training import mask_gradient_scores, post_training_prune, refit_groups, solve_refit
+from hf_adaprune.post_training.calibration import calibration_batches, model_input_names
+
+
+def labelled_examples(count: int, seed: int = 3, classes: int = 3) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(count):
+        length = int(torch.randint(4, 14, (1,), generator=generator))
+        rows.append({"input_ids": torch.randint(5, 99, (length,), generator=generator).tolist(),
+                     "labels": int(torch.randint(0, classes, (1,), generator=generator)), "text": "unused"})
+    return rows
+
+
+def pad_collator(rows: list[dict]) -> dict:
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])
+    mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in rows])}
+
+
+def batches_for(model, rows, size=8):
+    return calibration_batches(rows, pad_collator, size, model_input_names(model))
+
+
+def masked_at(model, rows, ratio=0.5):
+    """``model`` with masks at ``ratio`` of the layer FLOPs per kind, chosen by Fisher scores on ``rows``."""
+    groups = find_groups(model)
+    scores = mask_gradient_scores(model, groups, batches_for(model, rows), progress=False)["fisher"]
+    masks = attach_masks(model)
+    masks.update(select_masks_by_kind(groups, scores, masks.masks, ratio, scope="global"))
+    return masks, groups
+
+
+def capture_inputs(model, path, batches):
+    """The (ungated) inputs of ``model.base_model.<path>`` on the real tokens of ``batches``."""
+    seen = []
+
+    def hook(module, args):
+        seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+
+    handle = model.base_model.get_submodule(path).register_forward_pre_hook(hook, prepend=True)
+    rows = []
+    with torch.no_grad():
+        for batch in batches:
+            seen.clear()
+            model(**batch)
+            rows.append(seen[0][batch["attention_mask"].reshape(-1).bool()])
+    handle.remove()
+    return torch.cat(rows)
+
+
+def relative_error(approx, exact):
+    return float((approx - exact).norm() / (exact - exact.mean(0)).norm())
+
+
+def test_mask_gradient_scores_equal_per_example_grad_times_weight():
+    """Taylor = |sum(grad * w)| over the structure's output-projection columns, one example at a time."""
+    model = tiny_model("bert")
+    rows = labelled_examples(3)
+    groups = find_groups(model)
+    scores = mask_gradient_scores(model, groups, batches_for(model, rows, size=3), progress=False)
+    expected = {g.name: [] for g in groups}
+    for row in rows:
+        model.zero_grad()
+        model(**pad_collator([row])).loss.backward()
+        for g in groups:
+            out = model.base_model.get_submodule(g.output).weight
+            per_column = (out.grad * out).sum(0)
+            expected[g.name].append(per_column.reshape(-1, g.head_dim if g.kind == "heads" else 1).sum(1))
+    for g in groups:
+        per_example = torch.stack(expected[g.name])
+        torch.testing.assert_close(scores["taylor"][g.name], per_example.abs().mean(0), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(scores["fisher"][g.name], per_example.square().mean(0), rtol=1e-4, atol=1e-9)
+
+
+def test_solve_refit_recovers_a_removed_column_that_the_kept_ones_explain():
+    generator = torch.Generator().manual_seed(0)
+    kept_x = torch.randn(500, 3, generator=generator)
+    x = torch.cat([kept_x, kept_x @ torch.tensor([[0.5], [-2.0], [1.0]]) + 0.3], 1)  # column 3 = mix + constant
+    weight, bias = torch.randn(4, 4, generator=generator), torch.randn(4, generator=generator)
+    augmented = torch.cat([x, torch.ones(500, 1)], 1).double()
+    new_weight, new_bias = solve_refit(weight, bias, augmented.T @ augmented, torch.tensor([0, 1, 2]), ridge=0.0)
+    torch.testing.assert_close(kept_x @ new_weight.T + new_bias, x @ weight.T + bias, rtol=1e-4, atol=1e-4)
+    independent = torch.cat([torch.randn(500, 4, generator=generator), torch.ones(500, 1)], 1).double()
+    same_weight, same_bias = solve_refit(weight, bias, independent.T @ independent, torch.arange(4), ridge=0.0)
+    torch.testing.assert_close(same_weight, weight, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(same_bias, bias, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_refit_lowers_layer_output_error_against_plain_slicing(model_type):
+    model = tiny_model(model_type)
+    rows = labelled_examples(96)
+    masks, groups = masked_at(model, rows)
+    batches = batches_for(model, rows)
+    held_out = batches_for(model, labelled_examples(48, seed=11))
+    first = groups[0]  # the first group's input does not depend on any re-fit
+    projection = model.base_model.get_submodule(first.output)
+    weight, bias = projection.weight.detach().clone(), projection.bias.detach().clone()
+    kept = masks.masks[first.name].repeat_interleave(first.head_dim if first.kind == "heads" else 1)
+    inputs = {"calibration": capture_inputs(model, first.output, batches),
+              "held out": capture_inputs(model, first.output, held_out)}
+    errors = refit_groups(model, masks, groups, batches, progress=False)
+    for split, x in inputs.items():
+        dense = x @ weight.T + bias
+        with torch.no_grad():
+            sliced_error = relative_error((x * kept) @ weight.T + bias, dense)
+            refit_error = relative_error((x * kept) @ projection.weight.T + projection.bias, dense)
+        assert refit_error < 0.9 * sliced_error, split
+        if split == "calibration":
+            assert errors[first.name] == pytest.approx(refit_error, rel=1e-3)
+
+
+def test_compaction_after_refit_equals_the_masked_model():
+    model = tiny_model("bert")
+    rows = labelled_examples(64)
+    masks, groups = masked_at(model, rows, ratio=0.6)
+    refit_groups(model, masks, groups, batches_for(model, rows), progress=False)
+    batch = pad_collator(labelled_examples(5, seed=9))
+    with torch.no_grad():
+        masked = model(**batch).logits
+        compact(model)
+        compacted = model(**batch).logits
+    assert (masked - compacted).abs().max() <= 1e-5
+
+
+def test_post_training_prune_leaves_the_dense_model_alone_and_creates_no_optimizer(monkeypatch, tmp_path):
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("post-training pruning created an optimizer")
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", no_optimizer)
+    model = tiny_model("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = labelled_examples(64)
+    result = post_training_prune(model, rows, 0.5, eval_dataset=labelled_examples(24, seed=5),
+                                 data_collator=pad_collator, batch_size=8, seq_len=16, progress=False,
+                                 output_dir=tmp_path / "pruned")
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not hasattr(model, "_adaprune_masks") and "adaprune" not in model.config.to_dict()
+    assert result.model is not model
+    assert result.comparison["layer_flops_removed"] == pytest.approx(0.5, abs=0.08)
+    assert result.reference is not None and result.metric is not None
+    loaded = AutoPrunedModel.from_pretrained(tmp_path / "pruned")
+    batch = pad_collator(labelled_examples(4, seed=8))
+    with torch.no_grad():
+        assert (loaded(**batch).logits - result.model(**batch).logits).abs().max() <= 1e-5
+    assert (tmp_path / "pruned" / "post_training_report.json").exists()
+
+
+def test_scores_of_an_earlier_call_give_the_same_selection_without_a_scoring_pass():
+    model = tiny_model("bert")
+    rows = labelled_examples(48)
+    first = post_training_prune(model, rows, 0.5, data_collator=pad_collator, seq_len=16, progress=False,
+                                refit_samples=16)
+    again = post_training_prune(model, rows, 0.5, scores=first.scores, data_collator=pad_collator, seq_len=16,
+                                progress=False, refit_samples=16)
+    assert "scores" in first.timings and "scores" not in again.timings
+    assert again.model.config.adaprune["groups"] == first.model.config.adaprune["groups"]
+    batch = pad_collator(labelled_examples(4, seed=8))
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(**batch).logits, first.model(**batch).logits)
+
+
+def test_inplace_prunes_the_model_given():
+    model = tiny_model("bert")
+    result = post_training_prune(model, labelled_examples(32), 0.4, data_collator=pad_collator, seq_len=16,
+                                 progress=False, inplace=True)
+    assert result.model is model and result.metric is None
+    assert model.config.adaprune["groups"]
+
+
+def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
+    model = tiny_model("bert", initializer_range=0.3)  # large weights: pruning moves the loss
+    eval_rows = labelled_examples(32, seed=5)
+    result = post_training_prune(model, labelled_examples(64), None, metric="loss", tolerance=0.05, scores="fisher",
+                                 eval_dataset=eval_rows, data_collator=pad_collator, seq_len=16, progress=False)
+    events = [h["event"] for h in result.history]
+    # the last try was rolled back after a kept one: the model must have been rebuilt at the kept ratio
+    assert events[0] == "reference" and "keep" in events and events[-2] == "rollback"
+    kept = [h["ratio"] for h in result.history if h["event"] == "keep"]
+    assert result.ratio == kept[-1] and result.within_tolerance
+    assert result.metric - result.reference <= 0.05 + 1e-9
+    from hf_adaprune.post_training import evaluate
+    check = evaluate(result.model, batches_for(result.model, eval_rows, size=32), "loss", progress=False)
+    assert check == pytest.approx(result.metric, abs=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"calibration_dataset": []}, "calibration_dataset is empty"),
+    ({"target": 0.0}, "target must be a fraction"),
+    ({"target": 1.0}, "target must be a fraction"),
+    ({"target": 1.5}, "target must be a fraction"),
+    ({"calibration_dataset": [{"input_ids": [5, 6, 7]}]}, "calibration examples need labels"),
+    ({"scores": "hessian"}, "scores must be one of"),
+    ({"target": None}, "needs an eval_dataset"),
+    ({"tolerance": -0.1}, "tolerance must be >= 0"),
+    ({"scores": {"encoder.layer.0.ffn": torch.ones(37)}}, "the scores given have no entry"),
+])
+def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
+    model = tiny_model("bert")
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    arguments = dict(calibration_dataset=labelled_examples(8), target=0.5, data_collator=pad_collator, seq_len=16,
+                     progress=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        post_training_prune(model, **arguments)
+    assert calls == []
+
+
+@pytest.mark.parametrize("model_type, message", [("albert", "cannot prune model_type 'albert'"),
+                                                 ("bart", "post-training pruning supports the encoder families")])
+def test_unsupported_family_is_refused_before_any_work(model_type, message):
+    if model_type == "albert":
+        model = tiny_model("albert", embedding_size=16)
+    else:
+        import transformers
+        config = transformers.BartConfig(vocab_size=99, d_model=32, encoder_layers=1, decoder_layers=1,
+                                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
+                                         decoder_ffn_dim=37, max_position_embeddings=64)
+        model = transformers.BartForSequenceClassification(config)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(UnsupportedModelError, match=message):
+        post_training_prune(model, labelled_examples(8), 0.5, data_collator=pad_collator, progress=False)
+    assert calls == []
+
+
+def test_a_model_with_masks_is_refused():
+    model = tiny_model("bert")
+    attach_masks(model)
+    with pytest.raises(ValueError, match="already has pruning masks"):
+        post_training_prune(model, labelled_examples(8), 0.5, data_collator=pad_collator)

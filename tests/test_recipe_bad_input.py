@@ -1,0 +1,218 @@
+"""Bad input to the text-classification recipe: one clear error before any model is built, nothing overwritten.
+
+Labels are read with one type in every split; a label the training data never had, a
+one-row class and numbers mixed with words are errors naming value, file and line; broken
+data files (empty, header only, non-UTF-8, ragged, bad JSON) give the recipe's own one-line
+error; the output folder is never the loaded model's and never another model's without
+--overwrite_output_dir; --resume_from_checkpoint true finds the newest complete checkpoint.
+A fuzz test feeds a few hundred corrupted small files through the data steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, load_recipe, one_thread_env
+
+recipe = load_recipe("text_classification")
+skeleton = load_recipe("skeleton")
+RecipeError = recipe.RecipeError
+
+ROWS = [("a fine film", 1), ("a dull film", 0), ("great acting", 1), ("poor plot", 0), ("lovely story", 1),
+        ("weak ending", 0), ("superb cast", 1), ("boring scenes", 0)]
+
+
+def write_csv(path, rows, header="sentence,label") -> str:
+    path.write_text("\n".join([header] + [f"{s},{y}" for s, y in rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def data_args(tmp_path, train, validation, *extra) -> list[str]:
+    return ["--config_name", "unused", "--tokenizer_name", "unused", "--train_file", train,
+            "--validation_file", validation, "--output_dir", str(tmp_path / "out"), *extra]
+
+
+def prepare(argv):
+    run, _ = skeleton.prepare_run(recipe.TASK, argv)
+    return run
+
+
+# -- labels ------------------------------------------------------------------------------------------
+def test_blank_label_in_validation_keeps_two_classes(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    validation = tmp_path / "dev.csv"
+    validation.write_text("sentence,label\nfine film,1\nbad film,\ndull film,0\n")
+    run = prepare(data_args(tmp_path, train, str(validation)))
+    assert run.task_results["labels"] == ["0", "1"]
+    assert len(run.splits["validation"]) == 2  # the row without a label is dropped, not a class of its own
+    assert set(run.splits["validation"]["label"]) == {"0", "1"}
+
+
+def test_unseen_validation_label_names_value_file_and_line(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    validation = write_csv(tmp_path / "dev.csv", [("fine", 1), ("odd", 2), ("bad", 0)])
+    with pytest.raises(RecipeError, match=re.escape(f"label '2' of column 'label' ({validation}, line 3) never "
+                                                    f"occurs in the training data")):
+        prepare(data_args(tmp_path, train, validation))
+
+
+def test_one_row_class_and_mixed_labels_are_refused(tmp_path):
+    validation = write_csv(tmp_path / "dev.csv", ROWS[:2])
+    typo = write_csv(tmp_path / "typo.csv", ROWS + [("nice", 7)])
+    with pytest.raises(RecipeError, match=re.escape(f"label '7' of column 'label' occurs in one training row only "
+                                                    f"({typo}, line 10)")):
+        prepare(data_args(tmp_path, typo, validation))
+    mixed = write_csv(tmp_path / "mixed.csv", ROWS + [("nice", "yes"), ("fine", "yes")])
+    with pytest.raises(RecipeError, match=r"mixes numbers \['0', '1'\] and words \['yes'\] \(first word at "
+                                          r"\S*mixed\.csv, line 10\)"):
+        prepare(data_args(tmp_path, mixed, validation))
+
+
+# -- data files --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.csv", b"", "is empty"),
+    ("header.csv", b"sentence,label\n", "has a header (sentence, label) but no data rows"),
+    ("latin1.csv", "sentence,label\ncaf\xe9,1\n".encode("latin-1"), "line 2: byte 0xe9 is not UTF-8 text"),
+    ("ragged.csv", b"sentence,label\na,1\nb,0,extra\n", "line 3: 3 field(s) where the header has 2"),
+    ("short.csv", b"sentence,label\na,1\nb\n", "line 3: 1 field(s) where the header has 2"),
+    ("quote.csv", b'sentence,label\n"a,1\nb,0\n', "line 2: a quoted field starts on this line and never ends"),
+    ("broken.jsonl", b'{"sentence": "a", "label": 1}\n{"sentence": "b", "label": \n', "line 2: not valid JSON"),
+    ("list.jsonl", b'{"sentence": "a", "label": 1}\n[1, 2]\n', "line 2: a list, not an object"),
+    ("nul.csv", b"sentence,label\na\x00,1\n", "line 2: a NUL byte"),
+])
+def test_broken_validation_file_gets_one_line_naming_file_and_line(tmp_path, name, content, message):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(RecipeError) as error:
+        prepare(data_args(tmp_path, train, str(tmp_path / name)))
+    text = str(error.value)
+    assert text.startswith(f"--validation_file {tmp_path / name}") and message in text and "\n" not in text
+
+
+def test_command_line_prints_one_error_line_without_traceback(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    (tmp_path / "dev.csv").write_bytes(b"sentence,label\na,1\nb,0,extra\n")
+    done = subprocess.run([sys.executable, "recipes/text_classification.py", *data_args(tmp_path, train,
+                           str(tmp_path / "dev.csv"))], cwd=ROOT, capture_output=True, text=True,
+                          env=one_thread_env(), timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"error: --validation_file {tmp_path / 'dev.csv'}, line 3: 3 "
+                                                    f"field(s) where the header has 2 (sentence, label); a stray "
+                                                    f"delimiter, quote or line break?")
+
+
+# -- output folder -----------------------------------------------------------------------------------
+def test_output_dir_is_never_the_loaded_model_nor_another_model_without_overwrite(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    args = ["--model_name_or_path", str(model), "--train_file", train, "--validation_file", train]
+    for extra in ([], ["--overwrite_output_dir", "true"]):
+        with pytest.raises(RecipeError, match="is the folder the model is loaded from"):
+            prepare(args + ["--output_dir", str(model) + "/", *extra])
+    other = tmp_path / "earlier_run"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"")
+    with pytest.raises(RecipeError, match="already holds a saved model; choose another folder, or pass "
+                                          "--overwrite_output_dir true"):
+        prepare(args + ["--output_dir", str(other)])
+    assert prepare(args + ["--output_dir", str(other), "--overwrite_output_dir", "true"]).splits["train"]
+    assert (other / "model.safetensors").read_bytes() == b""  # nothing was written before the check
+
+
+# -- resuming ----------------------------------------------------------------------------------------
+def test_resume_true_takes_the_newest_complete_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    args = data_args(tmp_path, train, train, "--resume_from_checkpoint", "true")
+    with pytest.raises(RecipeError, match=r"--resume_from_checkpoint true: no checkpoint-N folder in --output_dir"):
+        skeleton.prepare_run(recipe.TASK, args)
+    for step in (2, 4, 10):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    with pytest.raises(RecipeError, match=r"none of the checkpoints in \S+ \(checkpoint-2, checkpoint-4, "
+                                          r"checkpoint-10\) holds pruning_state\.pt"):
+        skeleton.prepare_run(recipe.TASK, args)
+    for step in (2, 4):
+        (out / f"checkpoint-{step}" / "pruning_state.pt").write_bytes(b"")
+    _, resume_from = skeleton.prepare_run(recipe.TASK, args)
+    assert resume_from == str(out / "checkpoint-4")  # checkpoint-10 lacks its pruning state
+    _, resume_from = skeleton.prepare_run(recipe.TASK, args[:-1] + ["false"])
+    assert resume_from is None
+    with pytest.raises(RecipeError, match="not a pruning checkpoint folder"):
+        skeleton.prepare_run(recipe.TASK, args[:-1] + [str(out / "checkpoint-10")])
+
+
+# -- fuzz --------------------------------------------------------------------------------------------
+def _corrupt(data: bytes, rng: random.Random) -> bytes:
+    """One random corruption of a small data file."""
+    i = rng.randrange(len(data) + 1)
+    kind = rng.randrange(9)
+    if kind == 0:  # flip a byte
+        return data[:i] + bytes([rng.randrange(256)]) + data[i + 1:]
+    if kind == 1:  # insert random bytes (often not UTF-8)
+        return data[:i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 4))) + data[i:]
+    if kind == 2:  # cut a piece out
+        return data[:i] + data[i + rng.randint(1, 12):]
+    if kind == 3:  # truncate
+        return data[:i]
+    if kind == 4:  # a stray delimiter, quote, brace or line break
+        return data[:i] + rng.choice([b",", b'"', b"\t", b"\n", b"{", b"}", b":", b"\r"]) + data[i:]
+    lines = data.split(b"\n")
+    j = rng.randrange(len(lines))
+    if kind == 5:  # a line duplicated
+        return b"\n".join(lines[:j + 1] + lines[j:])
+    if kind == 6:  # a line dropped
+        return b"\n".join(lines[:j] + lines[j + 1:])
+    if kind == 7:  # a label changed to another value
+        return data.replace(b"1", rng.choice([b"2", b"", b"x", b"1.0", b"-1"]), 1)
+    return b""  # emptied
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps({"sentence": s, "label": y}) + "\n" for s, y in rows).encode()
+
+
+def _csv(rows) -> bytes:
+    return ("sentence,label\n" + "".join(f"{s},{y}\n" for s, y in rows)).encode()
+
+
+def test_fuzz_corrupted_files_end_in_success_or_one_error_line(tmp_path, monkeypatch):
+    # the data steps are under test: building the metric (an evaluate.load attempt each time) is not
+    monkeypatch.setattr(recipe, "build_compute_metrics", lambda name: None)
+    rng = random.Random(1234)
+    clean_train, clean_validation = ROWS * 2, ROWS[:4]
+    outcomes = {"ok": 0, "error": 0}
+    started = time.process_time()  # CPU time: bounded whatever else the machine runs
+    for case in range(300):
+        ext, dump = (".csv", _csv) if case % 2 == 0 else (".jsonl", _jsonl)
+        folder = tmp_path / f"case{case}"
+        folder.mkdir()
+        files = {"train": dump(clean_train), "dev": dump(clean_validation)}
+        target = rng.choice(["train", "dev"])
+        files[target] = _corrupt(files[target], rng)
+        for name, content in files.items():
+            (folder / f"{name}{ext}").write_bytes(content)
+        argv = data_args(folder, str(folder / f"train{ext}"), str(folder / f"dev{ext}"))
+        try:
+            run = prepare(argv)
+        except RecipeError as err:
+            assert "\n" not in str(err), (case, files[target], str(err))
+            outcomes["error"] += 1
+        except Exception as err:  # noqa: BLE001 - any other exception is a traceback for the user
+            pytest.fail(f"case {case}: {type(err).__name__}: {err}\n{target}{ext}: {files[target]!r}")
+        else:
+            # success never changes the classes: the two labels of the clean files, in order
+            assert run.task_results["labels"] == ["0", "1"], (case, files[target], run.task_results["labels"])
+            assert len(run.splits["train"]) > 0 and len(run.splits["validation"]) > 0
+            outcomes["ok"] += 1
+    assert outcomes["ok"] > 30 and outcomes["error"] > 30, outcomes  # both outcomes were exercised
+    assert time.process_time() - started < 120

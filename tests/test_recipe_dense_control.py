@@ -1,0 +1,155 @@
+"""The run skeleton's dense model for the comparison: the snapshot at the pruning reference and --dense_control.
+
+On a tiny BERT and a small synthetic sentiment set: the control is trained for exactly the
+pruning run's steps on the same batches in the same order, saved, and scored on the test
+set; without it the printed table says that the dense column had fewer training steps.
+The snapshot's weights do not depend on where its callback sits among the trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertTokenizerFast,
+    DataCollatorWithPadding,
+)
+
+from hf_adaprune import AdaptivePruningTrainer, get_masks
+
+from conftest import load_recipe
+
+recipe = load_recipe("text_classification")
+skeleton = load_recipe("skeleton")
+GOOD, BAD = ["good", "great", "fine", "nice", "superb"], ["bad", "awful", "poor", "dull", "weak"]
+FILLER = ["the", "a", "movie", "plot", "actors", "was", "very", "and", "story", "film"]
+TRAIN_BATCH = 5  # no evaluation batch has this size: the collator tells training batches by it
+
+
+def _sentences(n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, 4) + [rng.choice(GOOD if label else BAD)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("control")
+    for name, n, seed in (("train", 40, 0), ("dev", 16, 1), ("test", 16, 2)):
+        lines = ["sentence,label"] + [f"{s},{y}" for s, y in _sentences(n, seed)]
+        (tmp / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(GOOD + BAD + FILLER)
+    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(tmp / "vocab.txt")).save_pretrained(tmp / "tokenizer")
+    BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=48, max_position_embeddings=128).save_pretrained(tmp / "config")
+    return tmp
+
+
+def run_args(ws, out, *extra) -> list[str]:
+    return [
+        "--config_name", str(ws / "config"), "--tokenizer_name", str(ws / "tokenizer"),
+        "--train_file", str(ws / "train.csv"), "--validation_file", str(ws / "dev.csv"),
+        "--test_file", str(ws / "test.csv"), "--output_dir", str(out), "--max_seq_length", "16",
+        "--max_steps", "6", "--learning_rate", "5e-3", "--per_device_train_batch_size", str(TRAIN_BATCH),
+        "--per_device_eval_batch_size", "16", "--pruning_metric", "accuracy", "--pruning_target", "0.5",
+        "--pruning_tolerance", "1.0", "--pruning_warmup_steps", "2", "--pruning_interval", "2",
+        "--pruning_initial_step", "0.25", "--save_strategy", "no", "--report_to", "none",
+        "--disable_tqdm", "true", "--latency_repeats", "1", *extra,
+    ]
+
+
+def test_control_has_the_pruning_runs_steps_and_batches(workspace, tmp_path, monkeypatch, capsys):
+    batches = []
+
+    class RecordingCollator(DataCollatorWithPadding):
+        def __call__(self, features):
+            if len(features) == TRAIN_BATCH:
+                batches.append([list(f["input_ids"]) for f in features])
+            return super().__call__(features)
+
+    monkeypatch.setattr(recipe, "DataCollatorWithPadding", RecordingCollator)
+    out = tmp_path / "out"
+    results = recipe.main(run_args(workspace, out, "--dense_control", "true"))
+
+    control = results["dense_control"]
+    assert control["steps"] == results["train"]["global_step"] == 6
+    # pruning run, then control: the same batches in the same order (each loader may fetch one batch ahead)
+    assert len(batches) % 2 == 0 and len(batches) >= 12 and batches[:6] == batches[len(batches) // 2:][:6]
+    assert batches[0] != batches[1] and any(token > 4 for row in batches[0] for token in row)
+    test = results["test"]
+    assert test["control_steps"] == 6 and test["dense_step"] == 2
+    assert all(test[f"{side}_accuracy"] is not None for side in ("dense", "control", "pruned"))
+    assert results["latency"]["dense_model"] == "dense control"
+    assert json.loads((out / "results.json").read_text())["test"]["control_accuracy"] == test["control_accuracy"]
+
+    # the saved control reproduces its test accuracy
+    model = AutoModelForSequenceClassification.from_pretrained(control["output_dir"]).eval()
+    assert get_masks(model) is None and model.config.num_attention_heads == 4
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    rows = [line.split(",") for line in (workspace / "test.csv").read_text().splitlines()[1:]]
+    batch = tokenizer([r[0] for r in rows], truncation=True, max_length=16, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1)
+    accuracy = (predictions == torch.tensor([int(r[1]) for r in rows])).float().mean().item()
+    assert accuracy == pytest.approx(test["control_accuracy"])
+
+    card = (out / "README.md").read_text()
+    assert "## Compared with an equally trained dense model" in card
+    assert f"| accuracy | {test['control_accuracy']:.4f} | {test['pruned_accuracy']:.4f} |" in card
+
+    table = capsys.readouterr().out
+    assert "control (6 steps)" in table and "change vs control" in table
+    assert "note: the dense column" not in table
+
+
+def test_without_control_the_table_says_the_dense_column_trained_less(workspace, tmp_path, capsys):
+    results = recipe.main(run_args(workspace, tmp_path / "out", "--latency_repeats", "0"))
+    assert results["dense_control"] is None and results["test"]["control_accuracy"] is None
+    assert results["test"]["dense_accuracy"] is not None
+    table = capsys.readouterr().out
+    assert ("note: the dense column is the model at step 2 (the pruning reference); the pruned model trained to "
+            "step 6, so it had more training") in table
+    assert "--dense_control true" in table
+
+
+def _trained_snapshot(workspace, out, before_pruning_callback: bool):
+    """A tiny pruning run with the snapshot callback given before, or added after, the trainer's own callback."""
+    model_args, data_args, training_args = recipe.parse_args(run_args(workspace, out))
+    run = skeleton.Run(model_args, data_args, training_args)
+    recipe.TASK.validate(run)
+    recipe.TASK.load_data(run)
+    skeleton.set_seed(training_args.seed)
+    recipe.TASK.build(run)
+    snapshot = skeleton.DenseSnapshot(AutoModelForSequenceClassification.from_config(run.model.config))
+    trainer = AdaptivePruningTrainer(**run.trainer_kwargs(run.model, training_args),
+                                     callbacks=[snapshot] if before_pruning_callback else None)
+    if not before_pruning_callback:
+        trainer.add_callback(snapshot)
+    skeleton.set_seed(training_args.seed)
+    trainer.train()
+    assert trainer.pruning_summary()["final_sparsity"] > 0  # masks changed after the snapshot was taken
+    return snapshot
+
+
+def test_snapshot_does_not_depend_on_callback_order(workspace, tmp_path):
+    first = _trained_snapshot(workspace, tmp_path / "a", before_pruning_callback=True)
+    second = _trained_snapshot(workspace, tmp_path / "b", before_pruning_callback=False)
+    assert first.step == second.step == 2
+    assert get_masks(first.model) is None and get_masks(second.model) is None
+    state_a, state_b = first.model.state_dict(), second.model.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0)
+

@@ -1,0 +1,128 @@
+"""Trainer features combined with pruning: best-model loading, early stopping, metric direction, Hub pushes,
+model_init, PEFT models (tiny BERT, CPU)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+import transformers
+from transformers import EarlyStoppingCallback
+
+from hf_adaprune import AdaptivePruningTrainer, get_masks
+from hf_adaprune.trainer.checkpoint import read_pruning_state
+
+from conftest import tiny_model
+from test_trainer import make_args, make_trainer, toy_dataset
+
+
+def test_best_model_at_end_comes_back_with_its_own_masks(tmp_path):
+    # "score" peaks at step 12: the best checkpoint is checkpoint-12, pruned less than the last step
+    accuracy = transformers.EvalPrediction
+    trainer = None
+
+    def compute_metrics(p: accuracy):
+        step = trainer.state.global_step
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean()), "score": -abs(step - 12)}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
+        compute_metrics=compute_metrics,
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=6, save_strategy="steps", save_steps=6,
+                       load_best_model_at_end=True, metric_for_best_model="score", pruning_tolerance=1.0,
+                       pruning_target=0.9, compact_at_end=False))
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-12")
+    best = read_pruning_state(trainer.state.best_model_checkpoint)
+    final = get_masks(trainer.model).state_dict()
+    assert any(not torch.equal(best["masks"][n], read_pruning_state(tmp_path / "checkpoint-30")["masks"][n])
+               for n in final), "the last checkpoint is pruned further than the best one"
+    for name, mask in final.items():  # tolerance 1.0 keeps the best checkpoint's step when it is judged
+        assert torch.equal(mask, best["masks"][name])
+
+
+def test_decision_evaluations_stay_out_of_on_evaluate_and_eval_curves(tmp_path):
+    seen, logged = [], []
+    trainer = make_trainer(tmp_path, max_steps=24)
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_evaluate": lambda self, args, state, control, metrics=None, **kw: seen.append(metrics),
+        "on_log": lambda self, args, state, control, logs=None, **kw: logged.append(dict(logs or {}))}))
+    trainer.train()
+    assert len([h for h in trainer.controller.state.history if "metric" in h]) >= 3
+    assert seen == [], "no user evaluation was asked for"
+    assert not any(k.startswith("eval_") for entry in logged for k in entry)
+    assert any("pruning_eval_accuracy" in entry for entry in logged)
+
+
+def test_early_stopping_waits_for_the_users_evaluations(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=30, eval_strategy="steps", eval_steps=10, save_strategy="steps",
+                           save_steps=10, load_best_model_at_end=True, metric_for_best_model="accuracy")
+    trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=5))
+    trainer.train()
+    assert trainer.state.global_step == 30
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(pruning_metric="mse"), False),
+    (dict(pruning_metric="perplexity"), False),
+    (dict(pruning_metric="my_score", pruning_greater_is_better=False), False),
+    (dict(pruning_metric="my_score", metric_for_best_model="my_score", greater_is_better=False), False),
+    (dict(pruning_metric="my_score", metric_for_best_model="my_score", greater_is_better=True), True),
+])
+def test_metric_direction(tmp_path, overrides, expected):
+    data = toy_dataset(32)
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, **overrides),
+                                     train_dataset=data, eval_dataset=data,
+                                     compute_metrics=lambda p: {overrides["pruning_metric"]: 0.0})
+    assert trainer.controller.greater_is_better is expected
+
+
+def test_unknown_metric_direction_is_asked_for(tmp_path):
+    data = toy_dataset(32)
+    with pytest.raises(ValueError, match="set --pruning_greater_is_better true or false"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="my_score"),
+                               train_dataset=data, eval_dataset=data, compute_metrics=lambda p: {"my_score": 0.0})
+
+
+def test_no_dense_checkpoint_reaches_the_hub_during_training(tmp_path, monkeypatch, caplog):
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append(sorted(os.listdir(folder_path)))
+            return "https://hub.invalid/commit"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer = make_trainer(tmp_path, push_to_hub=True, hub_model_id="pruned-tiny", save_strategy="steps",
+                               save_steps=6)
+    assert "pushes only the pruned model at the end" in caplog.text
+    trainer.train()
+    assert uploads == [], "checkpoints hold dense weights: nothing is pushed mid-training"
+    trainer.save_model()  # with push_to_hub, a user's save pushes the pruned model
+    assert len(uploads) == 1 and "modeling_adaprune.py" in uploads[0]
+
+
+def test_model_init_model_is_the_one_pruned(tmp_path):
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model_init=lambda: tiny_model("bert"), args=make_args(tmp_path),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    first = trainer.model
+    trainer.train()
+    assert trainer.model is not first
+    assert trainer.controller.state.ratio > 0
+    assert get_masks(trainer.model) is None and trainer.pruned_comparison.flops_removed > 0
+
+
+def test_peft_model_is_refused_with_the_merge_route(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(target_modules=["query", "value"], r=2))
+    data = toy_dataset(32)
+    with pytest.raises(TypeError, match=r"merge_and_unload\(\)"):
+        AdaptivePruningTrainer(model=model, args=make_args(tmp_path), train_dataset=data, eval_dataset=data)

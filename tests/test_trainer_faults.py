@@ -1,0 +1,119 @@
+"""Bad arguments, interrupted or damaged checkpoints and unwritable folders: a clear error before training."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state
+
+from test_trainer import make_args, make_trainer
+
+
+@pytest.fixture(scope="module")
+def run_with_checkpoints(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    make_trainer(out, save_strategy="steps", save_steps=12, max_steps=30).train()
+    return out
+
+
+def copy_run(source, target, *drop_states):
+    shutil.copytree(source, target)
+    for step in drop_states:
+        (target / f"checkpoint-{step}" / PRUNING_STATE_FILE).unlink()
+    return target
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(pruning_tolerance=float("nan")), "--pruning_tolerance must be a finite number; got nan"),
+    (dict(pruning_target=float("inf")), "--pruning_target must be a finite number; got inf"),
+    (dict(pruning_step_growth=float("nan")), "--pruning_step_growth must be a finite number"),
+    (dict(pruning_eval_samples=0), "--pruning_eval_samples must be >= 1"),
+    (dict(pruning_eval_samples=-3), "--pruning_eval_samples must be >= 1"),
+    (dict(pruning_seq_len=0), "--pruning_seq_len must be >= 1"),
+])
+def test_bad_numbers_fail_at_parse_time(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_schedule_without_room_for_a_decision_warns_with_the_numbers(tmp_path, caplog):
+    trainer = make_trainer(tmp_path, max_steps=8, pruning_warmup_steps=6, pruning_interval=6)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert "max_steps 8 - pruning_warmup_steps 6 leaves 2 steps, fewer than pruning_interval 6" in caplog.text
+
+
+def test_unwritable_output_dir_fails_before_the_first_step(tmp_path):
+    # (tests run as root, for whom permissions do not block writes: a file where the folder should be does)
+    out = tmp_path / "out"
+    trainer = make_trainer(out)
+    out.rmdir()
+    out.write_text("not a folder")
+    with pytest.raises(PermissionError, match="is not writable"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_resume_with_other_pruning_arguments_is_refused(run_with_checkpoints, tmp_path):
+    trainer = make_trainer(run_with_checkpoints, pruning_metric="loss", pruning_target=0.3)
+    with pytest.raises(ValueError) as info:
+        trainer.train(resume_from_checkpoint=str(run_with_checkpoints / "checkpoint-12"))
+    message = str(info.value)
+    assert "--pruning_metric: checkpoint 'accuracy', now 'loss'" in message
+    assert "--pruning_target: checkpoint 0.5, now 0.3" in message and "--pruning_resume_with_new_arguments" in message
+    assert trainer.state.global_step == 0
+
+
+def test_resume_with_other_arguments_when_asked(run_with_checkpoints, tmp_path, caplog):
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    trainer = make_trainer(out, pruning_tolerance=0.25, pruning_resume_with_new_arguments=True)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
+    assert "--pruning_tolerance: checkpoint 0.3, now 0.25" in caplog.text
+    assert trainer.state.global_step == 30
+
+
+@pytest.mark.parametrize("flag", [True, "true", "True"])
+def test_resume_true_falls_back_to_the_newest_complete_checkpoint(run_with_checkpoints, tmp_path, caplog, flag):
+    assert sorted(p.name for p in run_with_checkpoints.glob("checkpoint-*")) == [
+        "checkpoint-12", "checkpoint-24", "checkpoint-30"]
+    out = copy_run(run_with_checkpoints, tmp_path / "run", 24, 30)
+    trainer = make_trainer(out)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train(resume_from_checkpoint=flag)
+    assert "resuming from" in caplog.text and "checkpoint-12" in caplog.text
+    assert trainer.state.global_step == 30
+
+
+def test_resume_true_without_a_complete_checkpoint_names_those_that_exist(run_with_checkpoints, tmp_path):
+    out = copy_run(run_with_checkpoints, tmp_path / "run", 12, 24, 30)
+    with pytest.raises(ValueError, match=r"complete pruning checkpoints in \S+: none; without pruning_state.pt: "
+                                         r"checkpoint-30, checkpoint-24, checkpoint-12"):
+        make_trainer(out).train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random", "pickled object"])
+def test_damaged_pruning_state_names_the_file(run_with_checkpoints, tmp_path, damage):
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    path = out / "checkpoint-12" / PRUNING_STATE_FILE
+    good = path.read_bytes()
+    payload = {"empty": b"", "truncated": good[: len(good) // 2], "random": bytes(range(256)) * 8}.get(damage)
+    if payload is None:  # a pickle that would run code under weights_only=False
+        torch.save({"controller": {}, "evil": pickle.loads(pickle.dumps(ValueError("x")))}, path)
+    else:
+        path.write_bytes(payload)
+    trainer = make_trainer(out)
+    with pytest.raises(ValueError, match=f"cannot read the pruning state {path}"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+    assert trainer.state.global_step == 0
+
+
+def test_pruning_state_loads_weights_only(run_with_checkpoints):
+    state = torch.load(run_with_checkpoints / "checkpoint-24" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["arguments"]["pruning_metric"] == "accuracy" and state["controller"]["history"]
+    assert read_pruning_state(run_with_checkpoints / "checkpoint-24")["last_prune_step"] == state["last_prune_step"]
