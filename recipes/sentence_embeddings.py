@@ -23,8 +23,9 @@ once; the models are timed alternately in one process).
     python recipes/sentence_embeddings.py recipes/configs/sts_minilm.yaml
     python recipes/sentence_embeddings.py recipes/configs/sts_minilm_distillation.yaml --max_steps 20
 
-Imports from ``recipe_utils``: ``expand_config_file`` (a YAML/JSON config file as flags),
-``resolve_package_path`` (``package:NAME/path`` values) and ``run_cli``; everything else is here.
+Uses :mod:`recipes.arguments` (``expand_config_file``: a YAML/JSON config file as flags;
+``resolve_package_path``: ``package:NAME/path`` values) and :func:`recipes.skeleton.run_cli`; it trains a
+``SentenceTransformer``, not a transformers model, so it does not run through the skeleton's ``Task``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import gzip
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -55,9 +55,8 @@ from hf_adaprune.sentence_transformers import (
     with_teacher_embeddings,
 )
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded from its path (tests): find recipe_utils
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recipe_utils import RecipeError, expand_config_file, resolve_package_path, run_cli  # noqa: E402
+from recipes.arguments import RecipeError, expand_config_file, resolve_package_path
+from recipes.skeleton import run_cli
 
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")

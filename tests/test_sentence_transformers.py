@@ -18,7 +18,14 @@ from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator  # noqa: E402
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss  # noqa: E402
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer  # noqa: E402
-from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+from transformers import (  # noqa: E402
+    AlbertConfig,
+    AlbertModel,
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    TrainerCallback,
+)
 
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, get_masks  # noqa: E402
 from hf_adaprune.sentence_transformers import (  # noqa: E402
@@ -124,6 +131,34 @@ def test_prune_save_and_reload_give_the_same_embeddings(encoder_folder, tmp_path
     # a reloaded folder saves again as a plain sentence-transformers folder
     ours.save(str(tmp_path / "again"))
     assert "hf_adaprune" not in (tmp_path / "again" / "modules.json").read_text()
+
+
+class EvaluationRecorder(TrainerCallback):
+    def __init__(self):
+        self.seen = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.seen.append(dict(metrics))
+
+
+def test_checkpoints_carry_pruning_state_and_decisions_stay_out_of_on_evaluate(encoder_folder, tmp_path):
+    model = tiny_sentence_transformer(encoder_folder)
+    corpus = sentences(64)
+    recorder = EvaluationRecorder()
+    args = make_args(tmp_path / "out", save_strategy="steps", save_steps=6, eval_strategy="steps", eval_steps=6)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"sentence": corpus}),
+        eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}), callbacks=[recorder])
+    trainer.train()
+    # the user's evaluations reach on_evaluate; the decisions' (pruning_eval_*) only the log
+    assert len(recorder.seen) == 2 and all("eval_teacher_mean_cosine" in m for m in recorder.seen)
+    assert not any(k.startswith("pruning_eval") for m in recorder.seen for k in m)
+    assert any("pruning_eval_teacher_mean_cosine" in entry for entry in trainer.state.log_history)
+    for step in (6, 12):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        assert (folder / "modules.json").is_file(), "a checkpoint is a sentence-transformers folder"
+        state = torch.load(folder / "pruning_state.pt", weights_only=True)
+        assert state["masks"] is not None and state["controller"]["history"][0]["event"] == "reference"
 
 
 class ScriptedEvaluator(SentenceEvaluator):

@@ -17,8 +17,8 @@ from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers import AutoModel
 
 from ..hub.load import AutoPrunedModel
-from ..hub.save import REMOTE_CODE_FILE, auto_classes_for, pruned_class_name, remote_code_source
 from ..reporting.report import model_card
+from ..reporting.summary import PruningSummary
 from ..surgery import compact
 from .modules import transformer_module
 
@@ -37,14 +37,11 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
 
     ``card``: the README.md to write (default: the one sentence-transformers generates).
     """
-    transformer = transformer_module(model)
-    inner = transformer.auto_model
-    compact(inner)
-    auto = auto_classes_for(inner)
-    inner.config.auto_map = {k: f"modeling_adaprune.{pruned_class_name(v)}" for k, v in auto.items()}
+    # The compacted model's class writes its config's auto_map and modeling_adaprune.py in save_pretrained,
+    # which the Transformer module's save calls.
+    compact(transformer_module(model).auto_model)
     path = Path(path)
     model.save(str(path), create_model_card=card is None)
-    (path / REMOTE_CODE_FILE).write_text(remote_code_source(set(auto.values())))
     if card is not None:
         (path / "README.md").write_text(card)
     return path
@@ -76,12 +73,11 @@ def load_pruned_sentence_transformer(path: str | os.PathLike, **kwargs) -> Sente
     return model
 
 
-def sentence_transformer_card(summary: dict) -> str:
+def sentence_transformer_card(summary: PruningSummary) -> str:
     """hf_adaprune's model card of the run, with sentence-transformers front matter and usage."""
-    card = model_card(summary)
+    card = str(model_card(summary, tags=["sentence-transformers", "sentence-similarity"]))
     card = card.replace("library_name: transformers\n",
                         "library_name: sentence-transformers\npipeline_tag: sentence-similarity\n", 1)
-    card = card.replace("tags:\n", "tags:\n- sentence-transformers\n- sentence-similarity\n", 1)
     loading = card.index("## Loading")
     return card[:loading] + "\n".join([
         "## Usage (sentence-transformers)",

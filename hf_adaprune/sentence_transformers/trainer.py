@@ -16,8 +16,8 @@ import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
-from ..metrics import metric_greater_is_better
-from ..trainer.trainer import PruningTrainerMixin
+from ..trainer.eval_order import first_rows
+from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
 from .evaluation import TeacherAgreementEvaluator
 from .hub import save_pruned_sentence_transformer, sentence_transformer_card
@@ -58,56 +58,61 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     # -- what is pruned and what measures it --------------------------------------------------------------
     @property
     def pruned_model(self):
-        return self.model[0].auto_model
+        return transformer_module(self.model).auto_model
 
     def _has_decision_data(self) -> bool:
         return self.eval_dataset is not None or self.evaluator is not None
 
-    def _setup_pruning(self) -> None:
+    def _setup_pruning(self, model) -> None:
+        """``model`` is the ``SentenceTransformer`` (also the one ``model_init`` builds): prune its transformer."""
         self._steer_by_evaluator = self.args.pruning_metric == EVALUATOR_METRIC
         if self._steer_by_evaluator and self.evaluator is None:
             raise ValueError("--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences "
                              "(teacher agreement); or set --pruning_metric loss with a labelled eval_dataset")
-        super()._setup_pruning()
-        if self._steer_by_evaluator:
-            self.controller.greater_is_better = bool(getattr(self.evaluator, "greater_is_better", True))
-        else:
-            self.controller.greater_is_better = metric_greater_is_better(self.pruning_metric)
+        super()._setup_pruning(transformer_module(model).auto_model)
+
+    def _metric_direction(self) -> bool:
+        if self._steer_by_evaluator and self.args.pruning_greater_is_better is None:
+            return bool(getattr(self.evaluator, "greater_is_better", True))
+        return super()._metric_direction()
 
     def _default_compute_metrics(self, name: str):
         return None  # sentence-transformers measures through evaluators, not compute_metrics
 
-    def _decision_dataset(self):
-        return None if self.eval_dataset is None else super()._decision_dataset()
+    def _evaluate_rows(self, rows: int | None) -> dict:
+        """Eval loss on the first ``rows`` examples (if any) and the evaluator's metrics, keys ``pruning_eval_*``.
 
-    def _decision_metric(self) -> float:
+        ``evaluation_loop``, not ``evaluate()``: the evaluator runs inside it, and on_evaluate callbacks
+        never see a decision evaluation.
+        """
+        dataset = None if self.eval_dataset is None else self.preprocess_dataset(
+            first_rows(self.eval_dataset, rows), dataset_name="eval")
+        return self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
+                                    prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+
+    def _decision_metric(self) -> tuple[float, dict]:
         if not self._steer_by_evaluator:
             return super()._decision_metric()
-        metrics = self.evaluate(eval_dataset=self._decision_dataset())
+        metrics = self._evaluate_rows(self.args.pruning_eval_samples)
         # Some evaluators (information retrieval, sequential) name their primary metric only once they
         # have run, and every evaluator prefixes it with its name then: read it after the call.
         primary = getattr(self.evaluator, "primary_metric", None)
-        if not primary or f"eval_{primary}" not in metrics:
+        if not primary or f"{DECISION_PREFIX}_{primary}" not in metrics:
             raise KeyError(f"{type(self.evaluator).__name__} returned no primary metric ({primary!r}); name the key "
                            f"that steers with --pruning_metric; available: "
-                           f"{sorted(k[len('eval_'):] for k in metrics if k.startswith('eval_'))}")
+                           f"{sorted(k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}")
         self.pruning_metric, self.metric_key = primary, f"eval_{primary}"
-        return float(metrics[self.metric_key])
+        self.decision_key = f"{DECISION_PREFIX}_{primary}"
+        return float(metrics[self.decision_key]), metrics
 
     def _check_metric_available(self) -> None:
-        if self._steer_by_evaluator:
-            return  # the evaluator's own primary metric, checked at the reference measurement
-        if self.eval_dataset is not None and self.pruning_metric == "loss":
-            return super()._check_metric_available()
-        metrics = self.evaluate(eval_dataset=self._decision_dataset())
-        if self.metric_key not in metrics:
-            raise KeyError(f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
-                           f"available: {sorted(k for k in metrics if k.startswith('eval_'))}")
+        if not self._steer_by_evaluator:  # the evaluator's own primary metric is checked at the reference
+            super()._check_metric_available()
 
     # -- saving -----------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints keep dense weights (masks in pruning_state.pt); the final save is a pruned ST folder."""
-        if getattr(self, "_saving_checkpoint", False):
+        """Checkpoints keep dense weights (masks in pruning_state.pt); any other save is a pruned ST folder."""
+        if is_checkpoint_save(output_dir, _internal_call):
             return SentenceTransformerTrainer.save_model(self, output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
@@ -120,8 +125,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if not self.is_world_process_zero():
             return
         summary = self.pruning_summary()
-        summary["dataset"] = kwargs.get("dataset") or summary["dataset"]
-        summary["model_name"] = kwargs.get("model_name") or summary["model_name"]
+        summary.dataset = kwargs.get("dataset") or summary.dataset
+        summary.model_name = kwargs.get("model_name") or summary.model_name
         with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
             f.write(sentence_transformer_card(summary))
 
