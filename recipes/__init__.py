@@ -1,7 +1,8 @@
 """Recipes: command-line fine-tune-and-prune runs built on hf_adaprune, in the shape of transformers' examples.
 
 Each recipe (``text_classification``, ``translation``, ``asr``) is one task definition
-over the shared run skeleton in :mod:`recipes.skeleton`; run one as a script or a module::
+over the shared run skeleton in :mod:`recipes.skeleton` (``sentence_embeddings`` prunes a
+sentence-transformers model with its own trainer); run one as a script or a module::
 
     python recipes/text_classification.py recipes/configs/quickstart_rotten_tomatoes.yaml
     python -m recipes.text_classification recipes/configs/quickstart_rotten_tomatoes.yaml

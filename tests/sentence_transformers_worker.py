@@ -5,18 +5,16 @@ Usage: torchrun --nproc_per_node 2 tests/sentence_transformers_worker.py ENCODER
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
 from datasets import Dataset
 
-sys.path.insert(0, os.path.dirname(__file__))
+# run as a script, so its own folder (tests/) is on sys.path
+from test_sentence_transformers import make_args, sentences, tiny_sentence_transformer
 
-from test_sentence_transformers import make_args, sentences, tiny_sentence_transformer  # noqa: E402
-
-from hf_adaprune import get_masks  # noqa: E402
-from hf_adaprune.sentence_transformers import AdaptivePruningSentenceTransformerTrainer  # noqa: E402
+from hf_adaprune import get_masks
+from hf_adaprune.sentence_transformers import AdaptivePruningSentenceTransformerTrainer
 
 
 def main():
