@@ -5,6 +5,7 @@ Usage: torchrun --nproc_per_node 2 tests/sentence_transformers_worker.py ENCODER
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
