@@ -7,16 +7,17 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-import transformers
+# Tests are offline by design (tiny models from configs, metrics in-process): never wait on the Hub, in this
+# process or in the subprocesses tests start. Set before huggingface_hub reads it on import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 # Tiny models are dominated by per-op overhead, which extra threads only add to (and CI machines are small).
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Tests are offline by design (tiny models from configs, metrics in-process): never wait on the Hub,
-# in this process or in the subprocesses tests start.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # real data sets, next to the repository
