@@ -318,7 +318,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             tolerance_type=self.args.pruning_tolerance_type,
             target=self.args.pruning_target,
             target_type=self.args.pruning_target_type,
-            final_sparsity=self.controller.state.ratio,
+            final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,
             decisions=history,
             groups=kept_structure(self.pruned_model),
