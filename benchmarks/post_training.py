@@ -42,7 +42,6 @@ from transformers import (
     TrainingArguments,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile
 from recipes.text_classification import (
@@ -53,6 +52,7 @@ from recipes.text_classification import (
     tokenize,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 SEED, SEQ_LEN, DENSE_LR, BATCH = 42, 128, 1e-4, 32
 
 
