@@ -121,18 +121,6 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
     return quantized
 
 
-def _base_architectures(config_path: Path) -> None:
-    """A model that was itself loaded pruned saves its class as ``Pruned<Base>``; name the transformers class."""
-    import transformers
-
-    config = json.loads(config_path.read_text())
-    names = config.get("architectures") or []
-    fixed = [n[len("Pruned"):] if n.startswith("Pruned") and hasattr(transformers, n[len("Pruned"):]) else n
-             for n in names]
-    if fixed != names:
-        config_path.write_text(json.dumps(config | {"architectures": fixed}, indent=2))
-
-
 def load_int8(path, auto_class=None):
     """The quantized model saved by :func:`save_int8` (``auto_class`` as in ``AutoPrunedModel``)."""
     from safetensors.torch import load_file
@@ -161,7 +149,6 @@ def load_int8(path, auto_class=None):
             if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
                 shutil.copy(item, folder)
         save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
-        _base_architectures(Path(folder) / "config.json")
         model = AutoPrunedModel.from_pretrained(folder, auto_class=auto_class).eval()
     quantized = _quantize_linears(model, record["linears"])
     for name, weight in packed.items():
