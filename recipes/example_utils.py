@@ -9,9 +9,9 @@ from pathlib import Path
 
 import transformers
 
-from hf_adaprune.reporting.report import write_json
+from hf_adaprune.reporting.report import write_json, write_text
 
-from .results import RESULTS_FILE, format_count, write_text
+from .results import RESULTS_FILE, format_count
 
 EXAMPLE_LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from hf_adaprune.reporting.report import write_json
 
@@ -101,14 +100,6 @@ def save_results(results: dict, table: str, training_args) -> None:
         path = os.path.join(training_args.output_dir, RESULTS_FILE)
         write_json(path, results)
         print(f"\n{table}\n\nwrote {path}")
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder, so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # -- the table printed at the end of a run -----------------------------------------------------------

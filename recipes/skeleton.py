@@ -27,6 +27,7 @@ import transformers
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
+from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from .arguments import RecipeError, check_output_dir
@@ -37,7 +38,6 @@ from .results import (
     test_results,
     validation_results,
     without_layers,
-    write_text,
 )
 
 logger = logging.getLogger("hf_adaprune.recipes")

@@ -18,12 +18,16 @@ CURVE_FILE = "pruning_curve.png"
 LAYERS_FILE = "pruning_layers.png"
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Write through a temporary file so a crash never leaves half a report."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` through a temporary file in the same folder, so a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, default=float))
 
 
 def _pyplot(path):

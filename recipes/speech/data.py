@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from recipes.arguments import RecipeError, require_file
-from recipes.results import write_text
+from hf_adaprune.reporting.report import write_text
 
 logger = logging.getLogger("hf_adaprune.recipes.asr")
 
