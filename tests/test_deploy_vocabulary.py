@@ -23,6 +23,8 @@ SST2 = SHARED_DATA / "sst2"
 
 
 def sst2_sentences(split="train", n=400, skip=0):
+    if not SST2.is_dir():
+        pytest.skip(f"SST-2 not found at {SST2} (the shared data folder beside the repository)")
     lines = (SST2 / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1 + skip:1 + skip + n]
     return [line.split("\t")[0] for line in lines]
 
