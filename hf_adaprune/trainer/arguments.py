@@ -22,6 +22,7 @@ from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 
 STRUCTURES = ("heads", "ffn", "both")
+SCHEDULES = ("gradual", "search_then_recover")
 TARGET_TYPES = ("structures", "flops")
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,18 @@ class PruningArguments(TrainingArguments):
     )
     pruning_step_growth: float = field(
         default=1.5, metadata={"help": "Factor applied to the step after a kept step (1 keeps it constant)."}
+    )
+    pruning_schedule: str = field(
+        default="gradual",
+        metadata={"help": "'gradual': prune a step, fine-tune --pruning_interval steps, decide, repeat (the ratio grows "
+                          "while training goes on). 'search_then_recover': after the warm-up, try the target at once "
+                          "and bisect towards the largest ratio within tolerance, each candidate judged after "
+                          "--pruning_search_steps steps; the rest of the budget fine-tunes at that shape."},
+    )
+    pruning_search_steps: int = field(
+        default=0,
+        metadata={"help": "search_then_recover: fine-tuning steps between masking a candidate ratio and judging it "
+                          "(0: judged right after masking, the whole search within one step)."},
     )
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
@@ -156,6 +169,9 @@ def validate_pruning_arguments(args) -> None:
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
     _choice("pruning_scope", args.pruning_scope, SCOPES)
+    _choice("pruning_schedule", args.pruning_schedule, SCHEDULES)
+    if args.pruning_search_steps < 0:
+        raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
     if not 0.0 < args.pruning_target < 1.0:
         raise ValueError(f"--pruning_target must be in (0, 1); got {args.pruning_target}")
     if args.pruning_tolerance < 0:
