@@ -59,7 +59,8 @@ def load_data(data_dir: Path, tokenizer, opts) -> DatasetDict:
     splits = DatasetDict(dense=train.select(range(n)), calibration=train.select(range(n, n + c)),
                          pool=train.select(range(n + c, n + c + p)),
                          check=dev.select(range(opts.check_samples)),
-                         dev=dev.select(range(opts.check_samples, len(dev))), test=raw["test"])
+                         dev=dev.select(range(opts.check_samples, min(len(dev), opts.check_samples + opts.dev_samples))),
+                         test=raw["test"])
     data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
     for split in ("check", "dev", "test"):  # order does not change accuracy; sorted by length, batches pad less
         lengths = [len(ids) for ids in data[split]["input_ids"]]
@@ -108,6 +109,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dense_samples", type=int, default=7000)
     parser.add_argument("--calibration_samples", type=int, default=2048)
     parser.add_argument("--check_samples", type=int, default=500, help="dev.tsv rows that steer decisions")
+    parser.add_argument("--dev_samples", type=int, default=3000, help="other dev.tsv rows, never used to decide")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps every variant gets")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[SEED])

@@ -14,6 +14,7 @@ from hf_adaprune.reporting.summary import PruningSummary
 from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE
 
 from test_controller import run
+from test_distributed import TORCHRUN, masks_of, run_worker
 from test_trainer import make_args, make_trainer
 
 
@@ -173,3 +174,21 @@ def test_search_steps_leave_room_warning_names_the_right_option(tmp_path, caplog
 def test_bad_schedule_arguments_fail_when_parsed(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **overrides)
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_search_to_the_same_masks_as_one(tmp_path):
+    # candidates judged 3 steps after masking: the search spans several decisions, each on gathered metrics
+    extra = ("--schedule", "search_then_recover", "--search-steps", "3")
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=extra)
+    assert result.returncode == 0, result.stderr[-4000:]
+    one, result = run_worker(tmp_path, "one", batch=16, nproc=1, extra=extra)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1, single = masks_of(two, 0), masks_of(two, 1), masks_of(one, 0)
+    assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], single[name]), name
+    histories = [torch.load(folder / f"controller_rank{rank}.pt")["history"] for folder, rank in
+                 ((two, 0), (two, 1), (one, 0))]
+    assert histories[0] == histories[1], "every rank took the same decisions"
+    assert [h["event"] for h in histories[0]] == [h["event"] for h in histories[2]]

@@ -46,7 +46,12 @@ class PruningArguments(TrainingArguments):
         metadata={"help": "Comma-separated roles to prune (encoder_self, decoder_self, cross for heads; encoder, "
                           "decoder for FFN) or 'all'. Encoder-only models have encoder_self and encoder."},
     )
-    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'magnitude' or 'random'."})
+    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'fisher' (squared Taylor), 'magnitude' or 'random'."})
+    pruning_score_ema: float = field(
+        default=0.0,
+        metadata={"help": "taylor / fisher: 0 averages the per-step scores since the start; a value in (0, 1) keeps "
+                          "an exponential moving average with this weight on the previous scores (e.g. 0.85)."},
+    )
     pruning_target: float = field(
         default=0.5, metadata={"help": "Target sparsity in (0, 1): fraction of heads/neurons or of layer FLOPs."}
     )
@@ -170,6 +175,11 @@ def validate_pruning_arguments(args) -> None:
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
     _choice("pruning_scope", args.pruning_scope, SCOPES)
     _choice("pruning_schedule", args.pruning_schedule, SCHEDULES)
+    if not 0.0 <= args.pruning_score_ema < 1.0:
+        raise ValueError(f"--pruning_score_ema must be in [0, 1) (0: running mean); got {args.pruning_score_ema}")
+    if args.pruning_score_ema and not getattr(IMPORTANCE_CRITERIA[args.pruning_criterion], "needs_gradients", False):
+        raise ValueError(f"--pruning_score_ema averages scores gathered over steps; --pruning_criterion "
+                         f"{args.pruning_criterion} computes them from the weights at once: leave it at 0")
     if args.pruning_search_steps < 0:
         raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
     if not 0.0 < args.pruning_target < 1.0:

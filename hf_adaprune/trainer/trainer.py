@@ -119,7 +119,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
-        self.importance = make_importance(args.pruning_criterion)
+        self.importance = make_importance(args.pruning_criterion, **(
+            {"ema": args.pruning_score_ema} if args.pruning_score_ema else {}))
         if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
             raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
         self.pruning_metric = args.pruning_metric
