@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-from datasets import DatasetDict
 from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
@@ -41,31 +40,10 @@ from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile
 
 # this script's neighbour (its folder is on sys.path when it runs): the dense model, the data, accuracy
-from post_training import SEED, SEQ_LEN, accuracy, dense_model, log, minilm_path
-from recipes.text_classification import DataTrainingArguments, ModelArguments, label_mapping, load_raw_datasets, tokenize
+from post_training import SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 32, 5e-5
-
-
-def load_data(data_dir: Path, tokenizer, opts) -> DatasetDict:
-    """The dense slice as ``post_training.py`` draws it (same cached model), then disjoint slices after it."""
-    raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv"),
-                                                  validation_file=str(data_dir / "dev.tsv"),
-                                                  test_file=str(data_dir / "test.tsv")), ModelArguments())
-    label2id, _ = label_mapping(raw, "label", "0:negative,1:positive")
-    train, dev = raw["train"].shuffle(seed=SEED), raw["validation"].shuffle(seed=SEED)
-    n, c, p = opts.dense_samples, opts.calibration_samples, opts.steps * BATCH
-    splits = DatasetDict(dense=train.select(range(n)), calibration=train.select(range(n, n + c)),
-                         pool=train.select(range(n + c, n + c + p)),
-                         check=dev.select(range(opts.check_samples)),
-                         dev=dev.select(range(opts.check_samples, min(len(dev), opts.check_samples + opts.dev_samples))),
-                         test=raw["test"])
-    data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
-    for split in ("check", "dev", "test"):  # order does not change accuracy; sorted by length, batches pad less
-        lengths = [len(ids) for ids in data[split]["input_ids"]]
-        data[split] = data[split].select(sorted(range(len(lengths)), key=lengths.__getitem__))
-    return data
 
 
 def common_arguments(output_dir: str, steps: int, seed: int) -> dict:
@@ -102,14 +80,8 @@ def prune_while_training(model, data, collator, tokenizer, opts, seed: int, targ
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
-    parser.add_argument("--cache_dir", default=str(ROOT / "outputs" / "post_training_benchmark"),
-                        help="the dense model is cached here (shared with post_training.py; git-ignored)")
+    add_data_arguments(parser)  # the dense model and data slices of post_training.py (the model is shared)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "schedule.json"))
-    parser.add_argument("--dense_samples", type=int, default=7000)
-    parser.add_argument("--calibration_samples", type=int, default=2048)
-    parser.add_argument("--check_samples", type=int, default=500, help="dev.tsv rows that steer decisions")
-    parser.add_argument("--dev_samples", type=int, default=3000, help="other dev.tsv rows, never used to decide")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps every variant gets")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[SEED])
@@ -125,7 +97,7 @@ def main(argv=None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     collator = DataCollatorWithPadding(tokenizer)
-    data = load_data(Path(opts.data_dir), tokenizer, opts)
+    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
     dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
