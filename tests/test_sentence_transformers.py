@@ -203,6 +203,9 @@ def test_first_module_must_be_a_supported_transformer(encoder_folder, tmp_path):
     not_first = SentenceTransformer(modules=[Normalize(), *list(bert)], device="cpu")
     with pytest.raises(UnsupportedModelError, match=r"first module is Normalize\. Supported model types: .*bert"):
         transformer_module(not_first)
+    with pytest.raises(ValueError, match="leave the loss unset instead: the default loss distils"):
+        AdaptivePruningSentenceTransformerTrainer(model=bert, args=make_args(tmp_path / "d", distillation=True),
+                                                  train_dataset=corpus, eval_dataset=corpus)
 
 
 def test_distillation_loss_and_teacher_agreement(encoder_folder):

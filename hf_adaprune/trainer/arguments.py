@@ -20,6 +20,7 @@ from ..engine.importance import IMPORTANCE_CRITERIA
 from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
+from .distillation import validate_distillation_arguments
 
 STRUCTURES = ("heads", "ffn", "both")
 TARGET_TYPES = ("structures", "flops")
@@ -90,6 +91,22 @@ class PruningArguments(TrainingArguments):
     )
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
+    distillation: bool = field(
+        default=False,
+        metadata={"help": "Distil from a frozen dense teacher while pruning (logit KL, and layer outputs with "
+                          "--distillation_hidden_weight)."},
+    )
+    distillation_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the task loss; the logit distillation loss gets 1 - alpha."})
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the logit KL."})
+    distillation_hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the layer-output MSE (layer i of the student vs layer i of the "
+                                       "teacher; 0: off)."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The teacher (same architecture and outputs). Default: a frozen copy of the model as it "
+                          "stands when the dense reference is taken, saved to <output_dir>/distillation_teacher."},
+    )
     pruning_resume_with_new_arguments: bool = field(
         default=False,
         metadata={"help": "Resume from a checkpoint whose pruning arguments differ from these, continuing with these "
@@ -177,6 +194,7 @@ def validate_pruning_arguments(args) -> None:
                          f"got {args.pruning_seq_len}")
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
         raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
+    validate_distillation_arguments(args)
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")
