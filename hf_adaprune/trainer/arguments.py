@@ -88,6 +88,11 @@ class PruningArguments(TrainingArguments):
     pruning_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate each pruning decision on the first N eval examples (default: all)."}
     )
+    pruning_multiple_of: int = field(
+        default=1,
+        metadata={"help": "Round each pruned FFN's kept width, and each attention's kept heads x head_dim, to a "
+                          "multiple of this (e.g. 8 or 16, widths GEMM kernels like); 1 turns rounding off."},
+    )
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
     pruning_resume_with_new_arguments: bool = field(
@@ -175,6 +180,8 @@ def validate_pruning_arguments(args) -> None:
     if args.pruning_seq_len < 1:
         raise ValueError(f"--pruning_seq_len must be >= 1 (the sequence length FLOPs are counted at); "
                          f"got {args.pruning_seq_len}")
+    if args.pruning_multiple_of < 1:
+        raise ValueError(f"--pruning_multiple_of must be >= 1 (1 turns rounding off); got {args.pruning_multiple_of}")
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
         raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
     unknown = args.selected_roles() - set(ROLES)

@@ -34,7 +34,7 @@ from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
+from ..engine.selection import multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact, kept_structure
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,10 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
             if args.pruning_target_type == "flops" else None
         )
+        sizes = {n: m.numel() for n, m in masks.masks.items()}
+        unfit = multiple_problem(self.pruning_groups, sizes, args.pruning_multiple_of)
+        if unfit:
+            raise ValueError(unfit)
         blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
                                      args.pruning_target, kinds, self._floors(), self.costs)
         if blocked:
@@ -226,6 +230,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             scope=args.pruning_scope,
             floors=self._floors(),
             costs=self.costs,
+            multiple_of=args.pruning_multiple_of,
         ))
         check_masks_agree(self.accelerator, get_masks(self.pruned_model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
