@@ -21,7 +21,7 @@ from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 
-STRUCTURES = ("heads", "ffn", "both")
+STRUCTURES = ("heads", "ffn", "layers")
 TARGET_TYPES = ("structures", "flops")
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,11 @@ def has_accelerator() -> bool:
 
 @dataclass
 class PruningArguments(TrainingArguments):
-    prune: str = field(default="both", metadata={"help": "What to prune: 'heads', 'ffn' or 'both'."})
+    prune: str = field(
+        default="both",
+        metadata={"help": "What to prune: 'heads', 'ffn', 'layers' (whole transformer layers) or a comma list of "
+                          "them; 'both' = 'heads,ffn'."},
+    )
     pruning_roles: str = field(
         default="all",
         metadata={"help": "Comma-separated roles to prune (encoder_self, decoder_self, cross for heads; encoder, "
@@ -156,7 +160,7 @@ def validate_pruning_arguments(args) -> None:
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
             raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
-    _choice("prune", args.prune, STRUCTURES)
+    prune_kinds(args.prune)
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
@@ -187,6 +191,16 @@ def validate_pruning_arguments(args) -> None:
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")
+
+
+def prune_kinds(value: str) -> tuple[str, ...]:
+    """The structure kinds ``--prune`` names, in the order heads, ffn, layers ('both' = heads and ffn)."""
+    named = {part.strip() for part in value.replace("both", "heads,ffn").split(",") if part.strip()}
+    unknown = named - set(STRUCTURES)
+    if unknown or not named:
+        raise ValueError(f"--prune must be one of {', '.join(STRUCTURES)}, 'both' or a comma list of them; "
+                         f"got {value!r}")
+    return tuple(kind for kind in STRUCTURES if kind in named)
 
 
 def pruning_metric_direction(args) -> bool:
