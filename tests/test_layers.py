@@ -254,3 +254,21 @@ def test_layer_score_is_the_gate_derivative():
         derivative = (loss_at(index, 1 + eps) - loss_at(index, 1 - eps)) / (2 * eps)
         assert float(scores[index]) == pytest.approx(derivative, rel=1e-3)
         assert abs(derivative) > 1e-7
+
+
+def test_pipeline_runs_a_model_with_layers_removed(tmp_path):
+    from test_hub import tiny_tokenizer
+
+    model = tiny_model("bert")
+    mask_layers(model, {"encoder.layer": [2]})
+    compact(model)
+    tokenizer = tiny_tokenizer(tmp_path)
+    save_pruned(model, tmp_path / "model", tokenizer=tokenizer)
+    classify = transformers.pipeline("text-classification", model=str(tmp_path / "model"), trust_remote_code=True,
+                                     top_k=None)
+    rows = classify("w1 w2 w3")
+    rows = rows[0] if isinstance(rows[0], list) else rows
+    scores = {row["label"]: row["score"] for row in rows}
+    with torch.no_grad():
+        expected = model(**tokenizer("w1 w2 w3", return_tensors="pt")).logits.softmax(-1)[0]
+    assert [scores[f"LABEL_{i}"] for i in range(3)] == pytest.approx(expected.tolist(), abs=1e-5)
