@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--crash-after", type=int, default=None)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--distill", action="store_true")
+    parser.add_argument("--prune", default="both")
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     distributed = {}
@@ -52,7 +53,7 @@ def main():
     # of several processes are seeded differently).
     args = make_args(opts.output_dir, per_device_train_batch_size=opts.batch, save_strategy="steps", save_steps=12,
                      max_steps=30, compact_at_end=False, max_grad_norm=0.0,
-                     train_sampling_strategy="sequential", **distributed,
+                     train_sampling_strategy="sequential", prune=opts.prune, **distributed,
                      **(dict(distillation=True, distillation_hidden_weight=0.5) if opts.distill else {}))
     data = toy_dataset()
     trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))

@@ -21,7 +21,8 @@ from transformers.modelcard import TrainingSummary
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..families import filter_groups, get_adapter
-from .arguments import PruningArguments, Seq2SeqPruningArguments, pruning_arguments, pruning_metric_direction
+from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
+                        pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
@@ -35,12 +36,11 @@ from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
+from ..engine.selection import layer_target_problem, multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact, kept_structure
 
 logger = logging.getLogger(__name__)
 
-_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("ffn",), "both": ("heads", "ffn")}
 # Decision evaluations are logged as pruning_eval_*: not eval_* curves, and never seen by on_evaluate
 # callbacks (early stopping, best-model tracking), which belong to the user's evaluations.
 DECISION_PREFIX = "pruning_eval"
@@ -106,8 +106,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
                 and args.pruning_seq_len > max_positions:
             raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
                              f"max_position_embeddings ({max_positions})")
-        masks = attach_masks(model)
-        kinds = _KIND_OF_OPTION[args.prune]
+        kinds = prune_kinds(args.prune)
+        masks = attach_masks(model, layers="layers" in kinds)
         roles = args.selected_roles()
         self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
@@ -135,6 +135,11 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
             if args.pruning_target_type == "flops" else None
         )
+        sizes = {n: m.numel() for n, m in masks.masks.items()}
+        unfit = multiple_problem(self.pruning_groups, sizes, args.pruning_multiple_of)
+        unfit = unfit or layer_target_problem(self.pruning_groups, sizes, args.pruning_target, kinds, self.costs)
+        if unfit:
+            raise ValueError(unfit)
         blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
                                      args.pruning_target, kinds, self._floors(), self.costs)
         if blocked:
@@ -242,7 +247,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         tried = c.state.pending
         metric, evaluation = self._decision_metric()
         decision = c.decide(metric, selected=selected_fraction_by_kind(
-            self.pruning_groups, get_masks(self.pruned_model).masks, _KIND_OF_OPTION[self.args.prune], self.costs))
+            self.pruning_groups, get_masks(self.pruned_model).masks, prune_kinds(self.args.prune), self.costs))
         masks = get_masks(self.pruned_model)
         if decision == ROLLBACK:
             masks.load_state_dict(self._accepted_masks)
@@ -261,17 +266,18 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
                                 [g.name for g in self.pruning_groups], self.args.device)
         masks.update(select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
-            kinds=_KIND_OF_OPTION[args.prune],
+            kinds=prune_kinds(args.prune),
             scope=args.pruning_scope,
             floors=self._floors(),
             costs=self.costs,
+            multiple_of=args.pruning_multiple_of,
         ))
         check_masks_agree(self.accelerator, get_masks(self.pruned_model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
 
     def _floors(self) -> dict[str, int]:
-        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer}
+        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer, "layers": 1}
 
     def _evaluate_rows(self, rows: int | None) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
