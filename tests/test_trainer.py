@@ -68,6 +68,7 @@ def test_train_prunes_saves_and_reloads(tmp_path):
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
     assert "hf_adaprune" in card and "Kept structure per layer" in card and "FLOPs" in card
+    assert "without `trust_remote_code=True` transformers refuses the folder" in card
     assert ModelCard.load(tmp_path / "README.md").data.to_dict().get("base_model") is None
     trainer.create_model_card(finetuned_from="google-bert/bert-base-uncased", dataset="glue: sst2",
                               dataset_tags="glue", license="mit", language="en", tags=["sentiment"])

@@ -8,6 +8,10 @@
   structures first: every step then weighs the same, and the scores do not
   depend on how the loss was scaled (e.g. summed rather than averaged over
   gradient-accumulation micro-batches, as some Trainer/model pairs do).
+  A whole layer's score is ``|dL/dg|`` of its output gate (see ``engine.masks``), normalised per step
+  among the layers apart from the heads and neurons: it estimates the loss change of removing the layer
+  the way a head's score estimates that of removing the head, and costs one product per layer in the
+  backward pass already running.
   With ``ema`` in (0, 1) the scores are an exponential moving average instead
   (``ema * previous + (1 - ema) * step``, as AdaLoRA/PLATON), so they follow the
   model as it changes rather than weighing the first steps as much as the last.
@@ -30,8 +34,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..families import Group
-from .masks import structure_count
+from ..families import Group, LayerGroup
+from .masks import get_masks, structure_count
 
 
 def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor | None]):
@@ -44,6 +48,14 @@ def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.T
     n = structure_count(base_model, group)
     total = torch.zeros(n, dtype=torch.float32, device=_device(base_model))
     if n == 0:
+        return total
+    if isinstance(group, LayerGroup):  # a layer owns all its parameters
+        for index, layer in enumerate(base_model.get_submodule(group.name)):
+            for param in layer.parameters():
+                v = value(param)
+                if v is None:
+                    return None
+                total[index] += v.float().sum()
         return total
     for path in group.row_linears:
         linear = base_model.get_submodule(path)
@@ -143,14 +155,21 @@ class TaylorImportance(Importance):
         base = model.base_model
         batch = {}
         for group in groups:
-            sums = structure_sums(base, group, _grad_times_weight)
+            if isinstance(group, LayerGroup):  # dL/dg read by the layer gates during backward
+                sums = get_masks(model).take_layer_taylor(group.name)
+            else:
+                sums = structure_sums(base, group, _grad_times_weight)
             if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
                 return False
             batch[group.name] = self.step_value(sums)
-        total = sum(float(v.sum()) for v in batch.values())
-        if total <= 0:  # all gradients zero: nothing to learn from this step
+        # layers apart from heads and neurons: a layer's score is on another scale than one head's
+        totals = {}
+        for group in groups:
+            key = group.kind == "layers"
+            totals[key] = totals.get(key, 0.0) + float(batch[group.name].sum())
+        if any(total <= 0 for total in totals.values()):  # all gradients zero: nothing to learn from this step
             return False
-        batch = {name: value / total for name, value in batch.items()}
+        batch = {g.name: batch[g.name] / totals[g.kind == "layers"] for g in groups}
         self.num_updates += 1
         for name, value in batch.items():
             previous = self._scores.get(name)

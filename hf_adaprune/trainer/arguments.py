@@ -20,8 +20,9 @@ from ..engine.importance import IMPORTANCE_CRITERIA
 from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
+from .distillation import validate_distillation_arguments
 
-STRUCTURES = ("heads", "ffn", "both")
+STRUCTURES = ("heads", "ffn", "layers")
 SCHEDULES = ("gradual", "search_then_recover")
 TARGET_TYPES = ("structures", "flops")
 
@@ -40,7 +41,11 @@ def has_accelerator() -> bool:
 
 @dataclass
 class PruningArguments(TrainingArguments):
-    prune: str = field(default="both", metadata={"help": "What to prune: 'heads', 'ffn' or 'both'."})
+    prune: str = field(
+        default="both",
+        metadata={"help": "What to prune: 'heads', 'ffn', 'layers' (whole transformer layers) or a comma list of "
+                          "them; 'both' = 'heads,ffn'."},
+    )
     pruning_roles: str = field(
         default="all",
         metadata={"help": "Comma-separated roles to prune (encoder_self, decoder_self, cross for heads; encoder, "
@@ -106,8 +111,29 @@ class PruningArguments(TrainingArguments):
     pruning_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate each pruning decision on the first N eval examples (default: all)."}
     )
+    pruning_multiple_of: int = field(
+        default=1,
+        metadata={"help": "Round each pruned FFN's kept width, and each attention's kept heads x head_dim, to a "
+                          "multiple of this (e.g. 8 or 16, widths GEMM kernels like); 1 turns rounding off."},
+    )
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
+    distillation: bool = field(
+        default=False,
+        metadata={"help": "Distil from a frozen dense teacher while pruning (logit KL, and layer outputs with "
+                          "--distillation_hidden_weight)."},
+    )
+    distillation_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the task loss; the logit distillation loss gets 1 - alpha."})
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the logit KL."})
+    distillation_hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the layer-output MSE (layer i of the student vs layer i of the "
+                                       "teacher; 0: off)."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The teacher (same architecture and outputs). Default: a frozen copy of the model as it "
+                          "stands when the dense reference is taken, saved to <output_dir>/distillation_teacher."},
+    )
     pruning_resume_with_new_arguments: bool = field(
         default=False,
         metadata={"help": "Resume from a checkpoint whose pruning arguments differ from these, continuing with these "
@@ -169,7 +195,7 @@ def validate_pruning_arguments(args) -> None:
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
             raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
-    _choice("prune", args.prune, STRUCTURES)
+    prune_kinds(args.prune)
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
@@ -201,11 +227,24 @@ def validate_pruning_arguments(args) -> None:
     if args.pruning_seq_len < 1:
         raise ValueError(f"--pruning_seq_len must be >= 1 (the sequence length FLOPs are counted at); "
                          f"got {args.pruning_seq_len}")
+    if args.pruning_multiple_of < 1:
+        raise ValueError(f"--pruning_multiple_of must be >= 1 (1 turns rounding off); got {args.pruning_multiple_of}")
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
         raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
+    validate_distillation_arguments(args)
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")
+
+
+def prune_kinds(value: str) -> tuple[str, ...]:
+    """The structure kinds ``--prune`` names, in the order heads, ffn, layers ('both' = heads and ffn)."""
+    named = {part.strip() for part in value.replace("both", "heads,ffn").split(",") if part.strip()}
+    unknown = named - set(STRUCTURES)
+    if unknown or not named:
+        raise ValueError(f"--prune must be one of {', '.join(STRUCTURES)}, 'both' or a comma list of them; "
+                         f"got {value!r}")
+    return tuple(kind for kind in STRUCTURES if kind in named)
 
 
 def pruning_metric_direction(args) -> bool:
