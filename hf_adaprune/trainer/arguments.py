@@ -21,9 +21,9 @@ from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 from .distillation import validate_distillation_arguments
+from .schedule import SCHEDULES
 
 STRUCTURES = ("heads", "ffn", "layers")
-SCHEDULES = ("gradual", "search_then_recover")
 TARGET_TYPES = ("structures", "flops")
 
 logger = logging.getLogger(__name__)

@@ -7,12 +7,8 @@ and the first pruning step is applied as masks. Every ``pruning_interval`` steps
 the metric decides: keep (prune further) or roll back to the previous masks and
 take half the step. Masks stay masks until training ends, so the optimizer and
 a DDP-wrapped model never see a shape change; then the model is compacted once.
-
-``pruning_schedule="search_then_recover"`` spends little training on the search: after the
-warm-up the target is tried at once and the controller bisects (judging each candidate
-``pruning_search_steps`` steps after masking it, 0 = at once), then the rest of the budget
-fine-tunes at the chosen shape. Under every schedule the final model is measured once more
-at the end (``final_check`` in the report): the decision is re-checked after the recovery.
+``pruning_schedule`` chooses how the ratio is searched (:mod:`.schedule`); under every schedule
+the final model is measured once more at the end (``final_check`` in the report).
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, 
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
+from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
 from .distillation import TEACHER_FOLDER, copy_teacher, distillation_loss, freeze, load_teacher
@@ -137,7 +134,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             tolerance_type=args.pruning_tolerance_type,
             greater_is_better=self._metric_direction(),
             growth=args.pruning_step_growth,
-            search="bisect" if args.pruning_schedule == "search_then_recover" else "grow",
+            search=controller_search(args),
         )
         self.costs = (
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
@@ -223,13 +220,11 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self._resume_state = None
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
-            if room < self._decision_interval():
+            if room < decision_interval(args):
                 logger.warning(
                     "no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d leaves %d "
                     "steps, fewer than %s %d; the model will not be pruned", state.max_steps,
-                    args.pruning_warmup_steps, room,
-                    "pruning_search_steps" if args.pruning_schedule == "search_then_recover" else "pruning_interval",
-                    self._decision_interval())
+                    args.pruning_warmup_steps, room, interval_option(args), decision_interval(args))
         # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
         # and accelerate would then skip wrapping it in DistributedDataParallel.
         if state.global_step == 0 and self.pruning_metric != "loss":
@@ -250,17 +245,12 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             ratio = c.start(reference)
             self._log_decision("reference", step, 0.0, reference, evaluation)
             self._apply_ratio(ratio, step)
-        elif c.state.pending is not None and step - self._last_prune_step >= self._decision_interval():
+        elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
             self._decide(step)
         # no steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole
         # search runs now, on the scores gathered so far; training resumes at the chosen shape
-        while self._decision_interval() == 0 and c.state.pending is not None:
+        while decision_interval(args) == 0 and c.state.pending is not None:
             self._decide(step)
-
-    def _decision_interval(self) -> int:
-        """Training steps between applying a ratio and judging it."""
-        args = self.args
-        return args.pruning_search_steps if args.pruning_schedule == "search_then_recover" else args.pruning_interval
 
     def _decide(self, step: int) -> None:
         c = self.controller
@@ -357,7 +347,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
-        self.final_check = self._final_check()
+        if c.state.reference is not None:  # measured after all training, exactly what compaction keeps
+            self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
         if args.compact_at_end and get_masks(self.pruned_model) is not None:
             compact(self.pruned_model)
             self.pruned_comparison = compare_profiles(
@@ -365,24 +356,6 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             )
         if args.should_save:
             self._write_report()
-
-    def _final_check(self) -> dict | None:
-        """The final (still masked, so exactly the compacted) model's metric against the tolerance.
-
-        The last decision was measured when its masks were applied or shortly after; this one follows
-        the whole recovery, so the report says whether the shape handed back is within tolerance now.
-        """
-        c = self.controller
-        if c.state.reference is None:  # training ended before the reference: nothing was pruned or decided
-            return None
-        metric, _ = self._decision_metric()
-        check = {"step": self.state.global_step, "metric": metric, "reference": c.state.reference,
-                 "drop": c.drop(metric), "allowed_drop": c.allowed_drop(),
-                 "within_tolerance": c.within_tolerance(metric)}
-        if not check["within_tolerance"]:
-            logger.warning("the final model's %s %.4f is %.4f below the reference %.4f, beyond the tolerance %.4f",
-                           self.pruning_metric, metric, check["drop"], c.state.reference, check["allowed_drop"])
-        return check
 
     # -- reports, checkpoints, saving -------------------------------------------------------------
     def pruning_summary(self) -> PruningSummary:
