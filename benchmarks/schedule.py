@@ -92,6 +92,8 @@ def main(argv=None) -> dict:
                         help="search_then_recover: one row per value")
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--append", action="store_true",
+                        help="add the runs to those of --output (same dense model and data) instead of starting anew")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
 
@@ -100,13 +102,18 @@ def main(argv=None) -> dict:
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
     dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
-    results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
-                         "dev_accuracy": accuracy(dense, data["dev"], collator),
-                         "check_accuracy": accuracy(dense, data["check"], collator)}, "runs": []}
+    if opts.append and Path(opts.output).exists():
+        results = json.loads(Path(opts.output).read_text())
+        results["settings_of_earlier_runs"] = results.pop("settings")
+    else:
+        results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
+                             "dev_accuracy": accuracy(dense, data["dev"], collator),
+                             "check_accuracy": accuracy(dense, data["check"], collator)}, "runs": []}
     log(f"dense: test {results['dense']['test_accuracy']:.4f}, unseen dev {results['dense']['dev_accuracy']:.4f}")
 
     def record(variant, seed, target, model, started, **extra):
         run = {"variant": variant, "seed": seed, "target": target, "seconds": time.time() - started,
+               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg(),
                "layer_flops_removed": 1 - model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops,
                "test_accuracy": accuracy(model, data["test"], collator),
                "dev_accuracy": accuracy(model, data["dev"], collator),
@@ -165,11 +172,14 @@ def format_table(results: dict) -> str:
     control = {r["seed"]: r for r in results["runs"] if r["variant"] == "dense control"}
     lines = [f"{s['date']}, {s['threads']} threads, load average {tuple(round(x, 1) for x in s['load_average'])}; "
              f"{s['steps']} steps of batch {BATCH} for every variant; decisions on {s['check_samples']} dev rows, "
-             f"tolerance {s['tolerance']}", "",
-             f"dense start: test {100 * dense['test_accuracy']:.2f}%, unseen dev {100 * dense['dev_accuracy']:.2f}%",
-             "", "| variant | seed | target | layer FLOPs removed | steps at final shape | test acc. (vs control) "
-             "| unseen dev acc. (vs control) | final check (steering rows) | decisions | wall time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"tolerance {s['tolerance']}", ""]
+    earlier = results.get("settings_of_earlier_runs")
+    if earlier:
+        lines += [f"(rows before {s['date']}: {earlier['date']}, {earlier['threads']} threads, same budget and data)", ""]
+    lines += [f"dense start: test {100 * dense['test_accuracy']:.2f}%, unseen dev {100 * dense['dev_accuracy']:.2f}%",
+              "", "| variant | seed | target | layer FLOPs removed | steps at final shape | test acc. (vs control) "
+              "| unseen dev acc. (vs control) | final check (steering rows) | decisions | wall time |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         c = control.get(r["seed"])
         test, dev = 100 * r["test_accuracy"], 100 * r["dev_accuracy"]
