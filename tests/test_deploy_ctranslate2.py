@@ -29,30 +29,37 @@ DIGIT_PROMPT = "zero, one, two, three, four, five, six, seven, eight, nine."
 # -- Marian: a SentencePiece vocabulary laid out as OPUS-MT's (</s> 0, <unk> 1, <pad> last) ---------------------
 
 
-@pytest.fixture(scope="module")
-def marian_tokenizer(tmp_path_factory):
+def spm_tokenizer(folder, pad_last: bool = True):
     spm = pytest.importorskip("sentencepiece", reason="MarianTokenizer needs sentencepiece")
-    folder = tmp_path_factory.mktemp("spm")
     spm.SentencePieceTrainer.train(sentence_iterator=iter(sst2_sentences(n=2000)), model_prefix=str(folder / "spm"),
                                    vocab_size=400, model_type="unigram", eos_id=0, unk_id=1, bos_id=-1, pad_id=-1,
                                    minloglevel=2)
     processor = spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
-    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
-    vocab["<pad>"] = len(vocab)
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    pieces = pieces + ["<pad>"] if pad_last else ["<pad>"] + pieces
+    vocab = {piece: i for i, piece in enumerate(pieces)}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     return transformers.MarianTokenizer(source_spm=str(folder / "spm.model"), target_spm=str(folder / "spm.model"),
                                         vocab=str(folder / "vocab.json"))
 
 
-def tiny_marian(vocab_size: int, seed: int = 0):
-    """A tiny Marian whose decoder starts from the pad token with a zero embedding row, as trained Marians do."""
+@pytest.fixture(scope="module")
+def marian_tokenizer(tmp_path_factory):
+    """A SentencePiece vocabulary laid out as OPUS-MT's: </s> 0, <unk> 1, <pad> last."""
+    return spm_tokenizer(tmp_path_factory.mktemp("spm"))
+
+
+def tiny_marian(vocab_size: int, seed: int = 0, pad: int | None = None):
+    """A tiny Marian whose decoder starts from the pad token (default: the last) with a zero embedding row, as
+    trained Marians do."""
     torch.manual_seed(seed)
-    pad = vocab_size - 1
+    pad = vocab_size - 1 if pad is None else pad
+    eos = 0 if pad != 0 else 1
     config = transformers.MarianConfig(
         vocab_size=vocab_size, decoder_vocab_size=vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
-        max_position_embeddings=128, pad_token_id=pad, eos_token_id=0, decoder_start_token_id=pad,
-        forced_eos_token_id=0, scale_embedding=True)
+        max_position_embeddings=128, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
+        forced_eos_token_id=eos, scale_embedding=True)
     model = transformers.MarianMTModel(config).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # weights large enough that greedy decoding does not repeat one token
@@ -67,7 +74,7 @@ def tiny_marian(vocab_size: int, seed: int = 0):
     return model
 
 
-def greedy_marian(model, tokenizer, translator, texts, max_new_tokens=16):
+def greedy_marian(model, tokenizer, translator, texts, max_new_tokens=16, **options):
     """(transformers tokens, CTranslate2 tokens) per text, end token and padding left out."""
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -76,7 +83,7 @@ def greedy_marian(model, tokenizer, translator, texts, max_new_tokens=16):
     special = {model.config.pad_token_id, model.config.eos_token_id}
     expected = [[t for t in row[1:].tolist() if t not in special] for row in out]
     results = translator.translate_batch([tokenizer.convert_ids_to_tokens(tokenizer(t)["input_ids"]) for t in texts],
-                                         beam_size=1, max_decoding_length=max_new_tokens)
+                                         beam_size=1, max_decoding_length=max_new_tokens, **options)
     return expected, [tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
 
 
@@ -94,6 +101,43 @@ def test_marian_uneven_heads_greedy_tokens_identical(marian_tokenizer, tmp_path)
     expected, got = greedy_marian(model, marian_tokenizer, translator, texts)
     assert len({t for row in expected for t in row}) > 5, "the tiny model should not repeat one token"
     assert got == expected
+
+
+def test_marian_pad_first_vocabulary_is_reordered(tmp_path):
+    """<pad> at id 0 (where CTranslate2 expects it last): the rows are reordered, the tokens come out the same."""
+    (tmp_path / "spm").mkdir()
+    tokenizer = spm_tokenizer(tmp_path / "spm", pad_last=False)
+    assert tokenizer.pad_token_id == 0
+    model = tiny_marian(len(tokenizer), seed=3, pad=0)
+    random_masks(model)
+    compact(model)
+    export_ctranslate2(model, tmp_path / "ct2", tokenizer=tokenizer)
+    assert model.model.shared.weight.shape[0] == len(tokenizer)  # the model in memory keeps its order
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"))
+    expected, got = greedy_marian(model, tokenizer, translator, sst2_sentences("dev", n=4, skip=20))
+    assert len({t for row in expected for t in row}) > 3
+    assert got == expected
+
+
+def test_marian_nonzero_start_embedding_keeps_pad(marian_tokenizer, tmp_path):
+    """A start embedding that is not zero (a Marian trained from scratch): <pad> stays, the decoder starts from it."""
+    model = tiny_marian(len(marian_tokenizer), seed=4)
+    with torch.no_grad():
+        model.model.shared.weight[model.config.pad_token_id].normal_()
+    random_masks(model)
+    compact(model)
+    result = export_ctranslate2(model, tmp_path / "ct2", tokenizer=marian_tokenizer)
+    assert result.pad_kept
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"))
+    expected, got = greedy_marian(model, marian_tokenizer, translator, sst2_sentences("dev", n=4, skip=30),
+                                  suppress_sequences=[["<pad>"]])  # transformers' bad_words_ids
+    assert got == expected
+    with torch.no_grad():  # and the start embedding matters: zeroing it changes the translations
+        model.model.shared.weight[model.config.pad_token_id] = 0
+    export_ctranslate2(model, tmp_path / "zero", tokenizer=marian_tokenizer)
+    _, zero_start = greedy_marian(model, marian_tokenizer, ctranslate2.Translator(str(tmp_path / "zero")),
+                                  sst2_sentences("dev", n=4, skip=30))
+    assert zero_start != got
 
 
 def keep_first_heads(model, counts: dict[str, int]):
@@ -151,10 +195,6 @@ def test_refuses_other_families_and_bad_requests(marian_tokenizer, tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match="force=True"):
         export_ctranslate2(tmp_path / "dense", tmp_path / "taken")
-    with torch.no_grad():
-        model.model.shared.weight[model.config.pad_token_id] = 1.0
-    with pytest.raises(ValueError, match="starts a Marian decoder from a zero embedding"):
-        export_ctranslate2(model, tmp_path / "start", tokenizer=marian_tokenizer)
 
 
 # -- Whisper ------------------------------------------------------------------------------------------------------

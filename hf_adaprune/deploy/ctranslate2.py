@@ -20,6 +20,15 @@ What CTranslate2's model spec (4.x) can hold, and how a pruned model is fitted i
 Whisper's alignment heads (word timestamps) are mapped to the kept heads'
 new positions; pruned ones are dropped.
 
+Marian: CTranslate2's layout (OPUS-MT's) drops ``<pad>``, the last token, and
+starts the decoder from a zero embedding, which is what a trained OPUS-MT model
+does (its pad row is the embedding's zero ``padding_idx``). A model whose pad
+token is elsewhere has its rows reordered (CTranslate2 takes token strings, so
+users see no difference); one whose start embedding is not zero (trained from
+scratch with weight decay, say) keeps ``<pad>`` and starts from its embedding,
+as transformers does (``pad_kept`` in the returned record; suppress ``<pad>``
+with ``suppress_sequences=[["<pad>"]]`` if transformers' ``bad_words_ids`` did).
+
 The conversion itself is CTranslate2's own loader for the family
 (``WhisperLoader``, ``MarianMTLoader``), run on a padded copy of the model.
 """
@@ -72,12 +81,9 @@ def _check_quantization(quantization: str | None) -> None:
         raise ValueError(f"CTranslate2 quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
 
 
-def check_ctranslate2_request(model_type: str, quantization: str | None = None) -> None:
+def check_ctranslate2_request(model, quantization: str | None = None) -> None:
     """Refuse, before any work, a family or quantization this exporter cannot convert, or a missing ctranslate2."""
-    families = sorted(family for _, family in LOADERS.values())
-    if model_type not in families:
-        raise ValueError(f"CTranslate2 export supports model_type {' and '.join(families)}; got {model_type!r}. "
-                         "Export this model with ONNX instead")
+    _family(model)
     _check_quantization(quantization)
     _require_ctranslate2()
 
@@ -149,7 +155,8 @@ def _pad_ffn(layer: nn.Module) -> None:
 
 @dataclass
 class CTranslate2Export:
-    """What :func:`export_ctranslate2` wrote: the folder, each stack's head count and the zero heads added."""
+    """What :func:`export_ctranslate2` wrote: the folder, each stack's head count, the zero heads added, and for
+    Marian whether ``<pad>`` stayed in the vocabulary (a decoder start embedding that is not zero)."""
 
     path: str
     family: str
@@ -157,6 +164,7 @@ class CTranslate2Export:
     kept_heads: int
     zero_heads: int
     quantization: str | None
+    pad_kept: bool = False
 
 
 def _pad_to_stack_heads(model, family: str) -> dict:
@@ -212,15 +220,71 @@ def _set_head_counts(spec, num_heads: dict[str, int], head_dim: int) -> None:
                 object.__setattr__(getattr(layer, name), "head_dim", np.dtype("int32").type(head_dim))
 
 
-def _check_marian_start(model) -> None:
-    # CTranslate2 starts Marian's decoder from a zero embedding instead of the pad token's row (which a
-    # trained Marian keeps at zero: it is the embedding's padding_idx)
+def _starts_from_zero(model) -> bool:
+    """Whether the decoder starts from the pad token and its embedding row is zero (a trained OPUS-MT Marian:
+    the row is the embedding's padding_idx), which CTranslate2's Marian layout expresses as a zero start."""
     start = model.generation_config.decoder_start_token_id
     row = model.get_decoder().embed_tokens.weight[start]
-    if start != model.config.pad_token_id or bool(row.abs().max() > 0):
-        raise ValueError(f"CTranslate2 starts a Marian decoder from a zero embedding; this model starts from token "
-                         f"{start} (pad {model.config.pad_token_id}) whose embedding row is not zero, so the "
-                         "converted model would decode differently")
+    return start == model.config.pad_token_id and not bool(row.abs().max() > 0)
+
+
+def _marian_keeping_pad(ct2_transformers):
+    """CTranslate2's Marian loader without its zero-start convention: <pad> stays in the vocabulary and the
+    decoder starts from the start token's embedding, as transformers' Marian does (used when that embedding is
+    not zero, e.g. a Marian trained from scratch with weight decay)."""
+    base = ct2_transformers.BartLoader
+
+    class MarianKeepingPad(ct2_transformers.MarianMTLoader):
+        def get_model_spec(self, model):
+            model.config.normalize_before = False
+            model.config.normalize_embedding = False
+            return base.get_model_spec(self, model)  # the pad row stays
+
+        def get_vocabulary(self, model, tokenizer):
+            return base.get_vocabulary(self, model, tokenizer)  # <pad> stays
+
+        def set_config(self, config, model, tokenizer):
+            super().set_config(config, model, tokenizer)
+            config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.generation_config.decoder_start_token_id)
+
+        def set_decoder(self, spec, decoder):
+            base.set_decoder(self, spec, decoder)  # no start_from_zero_embedding
+
+    return MarianKeepingPad()
+
+
+class _MarianVocabulary:
+    """The tokenizer as CTranslate2's Marian loader reads it (``get_vocab`` and the special tokens), with ids
+    renumbered so that the pad token comes last, under the name ``<pad>`` the loader looks for there."""
+
+    def __init__(self, tokenizer, order: list[int], pad: int):
+        self._tokenizer = tokenizer
+        self._new_id = {old: new for new, old in enumerate(order)}
+        self._pad = pad
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = {token: self._new_id[i] for token, i in self._tokenizer.get_vocab().items()
+                 if i in self._new_id and i != self._pad}
+        return vocab | {"<pad>": self._new_id[self._pad]}
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def _marian_vocabulary(model, tokenizer) -> _MarianVocabulary:
+    """CTranslate2's Marian layout (OPUS-MT's) has ``<pad>`` as the last token, which it drops: its decoder starts
+    from a zero embedding instead. A model with the pad token elsewhere gets its vocabulary rows reordered (of
+    its private copy); CTranslate2 speaks in token strings, so the order is invisible to its users."""
+    from .vocabulary import slice_vocabulary
+
+    size, pad = model.get_input_embeddings().num_embeddings, model.config.pad_token_id
+    if "<pad>" in tokenizer.get_vocab() and tokenizer.get_vocab()["<pad>"] != pad:
+        raise ValueError("the tokenizer has a '<pad>' token that is not its pad token; CTranslate2's Marian layout "
+                         "reserves that name for the padding token")
+    order = [i for i in range(size) if i != pad] + [pad]
+    if pad != size - 1:
+        slice_vocabulary(model, order)
+    return _MarianVocabulary(tokenizer, order, pad)
 
 
 def _load(model_or_folder, tokenizer):
@@ -265,10 +329,12 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
     loader_name, family = _family(model)
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.float()
-    if family == "marian":
-        _check_marian_start(model)
+    loader, pad_kept = getattr(ct2_transformers, loader_name)(), False
+    if family == "marian" and _starts_from_zero(model):
+        tokenizer = _marian_vocabulary(model, tokenizer)
+    elif family == "marian":
+        loader, pad_kept = _marian_keeping_pad(ct2_transformers), True
     padding = _pad_to_stack_heads(model, family)
-    loader = getattr(ct2_transformers, loader_name)()
     if family == "whisper":
         model.generation_config.alignment_heads = _alignment_heads(model, padding["num_heads"]["decoder"])
         if model.generation_config.alignment_heads is None:
@@ -282,7 +348,7 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
                 spec.register_file(str(folder / name))
     result = CTranslate2Export(path=str(output_dir), family=family, num_heads=padding["num_heads"],
                                kept_heads=padding["kept_heads"], zero_heads=padding["zero_heads"],
-                               quantization=quantization)
+                               quantization=quantization, pad_kept=pad_kept)
     _save(spec, output_dir, quantization, force)
     (output_dir / EXPORT_RECORD).write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
