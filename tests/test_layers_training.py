@@ -123,3 +123,19 @@ def test_seq2seq_trainer_removes_decoder_layers(tmp_path):
         a = loaded.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
         b = trainer.model.eval().generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_layers_and_widths_reach_the_ratio_in_both_scopes(scope):
+    from hf_adaprune import attach_masks
+    from hf_adaprune.engine.selection import select_masks_by_kind, selected_fraction_by_kind
+
+    model = tiny_model("bert", num_hidden_layers=4, intermediate_size=40)
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    torch.manual_seed(0)
+    scores = {name: torch.rand(mask.numel()) for name, mask in masks.masks.items()}
+    new = select_masks_by_kind(groups, scores, masks.state_dict(), 0.75, kinds=("heads", "ffn", "layers"),
+                               scope=scope)
+    assert int(new["encoder.layer"].sum()) == 2
+    assert selected_fraction_by_kind(groups, new, ("heads", "ffn", "layers")) == pytest.approx(0.75, abs=0.02)
