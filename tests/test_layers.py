@@ -272,3 +272,24 @@ def test_pipeline_runs_a_model_with_layers_removed(tmp_path):
     with torch.no_grad():
         expected = model(**tokenizer("w1 w2 w3", return_tensors="pt")).logits.softmax(-1)[0]
     assert [scores[f"LABEL_{i}"] for i in range(3)] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["whisper", "bart"])
+def test_empty_decoder_attention_after_a_removed_layer_keeps_its_cache_slot(family, tmp_path):
+    model = build_seq2seq(family)
+    batch = whisper_inputs() if family == "whisper" else seq2seq_batch()
+    masks = mask_layers(model, {"decoder.layers": [0, 2]})
+    masks.set("decoder.layers.2.self_attn", torch.zeros(4))  # no head left: an EmptyAttention with a cache slot
+    masks.set("decoder.layers.2.encoder_attn", torch.zeros(4))
+    masked = outputs(model, batch)
+    tokens = greedy(model, batch, True)
+    record = compact(model)
+    empty = model.base_model.decoder.layers[1].self_attn
+    assert getattr(empty, "is_empty_attention", False) and empty.cache_layer == 1
+    assert record["layout"]["modules"]["decoder.layers.1.self_attn"]["cache_layer"] == 1
+    assert (outputs(model, batch) - masked).abs().max() <= TOL
+    for cache in (True, False):
+        assert torch.equal(greedy(model, batch, cache), tokens)
+    save_pruned(model, tmp_path)
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(greedy(loaded, batch, True), tokens)

@@ -101,3 +101,41 @@ def test_two_processes_remove_the_same_layers(tmp_path):
     assert rank0["encoder.layer"].sum() < 3, "a layer was removed"
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+
+def test_seq2seq_trainer_removes_decoder_layers(tmp_path):
+    data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:6]})
+    args = Seq2SeqPruningArguments(
+        str(tmp_path), prune="layers", pruning_roles="decoder", max_steps=12, per_device_train_batch_size=16,
+        learning_rate=1e-3, pruning_warmup_steps=4, pruning_interval=4, pruning_target=0.5, pruning_initial_step=0.5,
+        pruning_tolerance=100.0, pruning_seq_len=10, report_to="none", use_cpu=True, save_strategy="no",
+        disable_tqdm=True)
+    model = build_seq2seq("marian")
+    trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
+                                            eval_dataset=data.select(range(32)))
+    trainer.train()
+    assert len(trainer.model.model.decoder.layers) < 3 and len(trainer.model.model.encoder.layers) == 3
+    assert trainer.model.config.decoder_layers == len(trainer.model.model.decoder.layers)
+    trainer.save_model()
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    ids = torch.tensor(data["input_ids"][:2])
+    with torch.no_grad():
+        a = loaded.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
+        b = trainer.model.eval().generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_layers_and_widths_reach_the_ratio_in_both_scopes(scope):
+    from hf_adaprune import attach_masks
+    from hf_adaprune.engine.selection import select_masks_by_kind, selected_fraction_by_kind
+
+    model = tiny_model("bert", num_hidden_layers=4, intermediate_size=40)
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    torch.manual_seed(0)
+    scores = {name: torch.rand(mask.numel()) for name, mask in masks.masks.items()}
+    new = select_masks_by_kind(groups, scores, masks.state_dict(), 0.75, kinds=("heads", "ffn", "layers"),
+                               scope=scope)
+    assert int(new["encoder.layer"].sum()) == 2
+    assert selected_fraction_by_kind(groups, new, ("heads", "ffn", "layers")) == pytest.approx(0.75, abs=0.02)

@@ -17,7 +17,9 @@ Whole layers (kind ``"layers"``, one group per layer stack) are selected like an
 other kind, at least one layer kept per stack. Pruned together with heads and/or
 neurons, layers take ``1 - sqrt(1 - ratio)`` of the layer cost, so that layers and
 widths each keep the square root of what is kept overall; the heads and neurons
-of removed layers then count as pruned, and widths are selected up to ``ratio``.
+of removed layers then count as pruned, and widths are selected up to ``ratio``
+(with ``scope="layer"``: every surviving group loses the share that brings the
+whole to ``ratio``).
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ def select_masks_by_kind(
             where = None if group.kind == "layers" else layer_of_group(layer_groups, group.name)
             if where is not None and new[where[0]][where[1]] < 0.5:  # in a removed layer: pruned with it
                 current[group.name] = torch.zeros_like(current[group.name])
+        if scope == "layer":  # each surviving group loses what the removed layers leave to reach ratio
+            removed = selected_fraction({n: new[n] for n in names},
+                                        None if costs is None else {n: costs[n] for n in names})
+            ratio = min(1.0, max(0.0, 1.0 - (1.0 - ratio) / max(1.0 - removed, 1e-9)))
     for kind in (k for k in kinds if k != "layers"):
         kind_groups = [g for g in groups if g.kind == kind]
         names = [g.name for g in kind_groups]

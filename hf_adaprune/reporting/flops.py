@@ -102,17 +102,18 @@ def structure_costs(model, groups, seq_len: int) -> dict[str, float]:
     """
     _, per_module = count_flops(model, example_inputs(model, seq_len=seq_len))
     base = model.base_model
-    costs = {}
-    for group in groups:
-        if group.kind == "layers":  # a whole layer, attention and FFN and all
-            paths = [group.layer_path(i) for i in range(structure_count(base, group))]
-        elif group.kind == "heads":
-            paths = [group.core] + ([] if group.output_in_core else [group.output])
-        else:
-            paths = list(group.inputs) + [group.output]
-        count = max(structure_count(base, group), 1)
-        costs[group.name] = sum(per_module.get(p, 0) for p in paths) / count
-    return costs
+    return {group.name: sum(per_module.get(p, 0) for p in structure_modules(base, group))
+            / max(structure_count(base, group), 1) for group in groups}
+
+
+def structure_modules(base_model: nn.Module, group) -> list[str]:
+    """The modules (paths under ``base_model``) whose cost a group's structures share: the attention block (and an
+    output projection outside it), the FFN linears, or each whole layer of a stack."""
+    if group.kind == "layers":
+        return [group.layer_path(i) for i in range(structure_count(base_model, group))]
+    if group.kind == "heads":
+        return [group.core] + ([] if group.output_in_core else [group.output])
+    return list(group.inputs) + [group.output]
 
 
 def layer_of(group_name: str) -> str:

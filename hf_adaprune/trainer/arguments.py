@@ -24,7 +24,7 @@ from .distillation import validate_distillation_arguments
 from .schedule import SCHEDULES
 
 STRUCTURES = ("heads", "ffn", "layers")
-TARGET_TYPES = ("structures", "flops")
+TARGET_TYPES = ("structures", "flops", "latency")
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class PruningArguments(TrainingArguments):
     pruning_target_type: str = field(
         default="flops",
         metadata={"help": "'flops': the target is a fraction of the prunable layers' FLOPs; 'structures': a fraction "
-                          "of heads and of neurons."},
+                          "of heads and of neurons; 'latency': a fraction of their time measured at start on this "
+                          "device (forward, or generate for encoder-decoders)."},
     )
     pruning_metric: str = field(
         default="loss",
@@ -116,6 +117,12 @@ class PruningArguments(TrainingArguments):
         metadata={"help": "Round each pruned FFN's kept width, and each attention's kept heads x head_dim, to a "
                           "multiple of this (e.g. 8 or 16, widths GEMM kernels like); 1 turns rounding off."},
     )
+    pruning_latency_batch_size: int = field(
+        default=1, metadata={"help": "Batch size at which --pruning_target_type latency measures the model."})
+    pruning_latency_seq_len: int | None = field(
+        default=None, metadata={"help": "Sequence length for the latency table (default: --pruning_seq_len)."})
+    pruning_generation_tokens: int = field(
+        default=16, metadata={"help": "Tokens generated per measurement of an encoder-decoder's latency table."})
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
     distillation: bool = field(
@@ -227,6 +234,11 @@ def validate_pruning_arguments(args) -> None:
     if args.pruning_seq_len < 1:
         raise ValueError(f"--pruning_seq_len must be >= 1 (the sequence length FLOPs are counted at); "
                          f"got {args.pruning_seq_len}")
+    for name in ("pruning_latency_batch_size", "pruning_generation_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.pruning_latency_seq_len is not None and args.pruning_latency_seq_len < 1:
+        raise ValueError(f"--pruning_latency_seq_len must be >= 1; got {args.pruning_latency_seq_len}")
     if args.pruning_multiple_of < 1:
         raise ValueError(f"--pruning_multiple_of must be >= 1 (1 turns rounding off); got {args.pruning_multiple_of}")
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:

@@ -34,6 +34,7 @@ from .distillation import TEACHER_FOLDER, copy_teacher, distillation_loss, freez
 from .distributed import check_masks_agree, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
+from ..reporting.latency_costs import latency_costs
 from ..reporting.summary import PruningSummary
 from ..hub import save_pruned
 from ..engine.importance import make_importance
@@ -138,7 +139,10 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         )
         self.costs = (
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
-            if args.pruning_target_type == "flops" else None
+            if args.pruning_target_type == "flops" else
+            latency_costs(model, self.pruning_groups, args.pruning_latency_batch_size,
+                          args.pruning_latency_seq_len or args.pruning_seq_len, args.pruning_generation_tokens)
+            if args.pruning_target_type == "latency" else None
         )
         sizes = {n: m.numel() for n, m in masks.masks.items()}
         unfit = multiple_problem(self.pruning_groups, sizes, args.pruning_multiple_of)
