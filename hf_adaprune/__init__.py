@@ -29,6 +29,7 @@ _LAZY = {
     "save_int8": "deploy",
     "load_int8": "deploy",
     "export_onnx": "deploy",
+    "export_ctranslate2": "deploy",
 }
 
 
@@ -58,6 +59,7 @@ __all__ = [
     "compare_profiles",
     "count_flops",
     "detach_masks",
+    "export_ctranslate2",
     "export_onnx",
     "find_groups",
     "format_comparison",

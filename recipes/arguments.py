@@ -67,6 +67,21 @@ class DataArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Write into an --output_dir that already holds a saved model."}
     )
+    # deployed copies of the pruned model, written to OUTPUT_DIR/deploy/ after training (recipes/deploy.py)
+    prune_vocabulary: bool = field(
+        default=False,
+        metadata={"help": "Also save the pruned model keeping only the tokens of the training data "
+                          "(OUTPUT_DIR/deploy/vocabulary); the other deploy options then start from it."},
+    )
+    quantize: str | None = field(
+        default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with "
+                                        "--export_ctranslate2 the CTranslate2 model is int8 too)."}
+    )
+    export_onnx: bool = field(default=False, metadata={"help": "Also export ONNX graphs (OUTPUT_DIR/deploy/onnx)."})
+    export_ctranslate2: bool = field(
+        default=False,
+        metadata={"help": "Also convert to CTranslate2 (Whisper, Marian; OUTPUT_DIR/deploy/ctranslate2)."},
+    )
 
 
 def config_to_argv(values: dict) -> list[str]:

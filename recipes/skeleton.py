@@ -6,7 +6,7 @@
     subsample) -> build (model, processing class, datasets, collator, metrics) -> copies for the dense
     snapshot, the control and latency -> pruning trainer -> train and save -> decision-set evaluation ->
     test evaluation (pruned, dense at the reference, control) -> dense control (with --dense_control) ->
-    latency -> results.json and the table
+    latency -> deployed copies (--prune_vocabulary, --quantize, --export_*) -> results.json and the table
 
 Everything a task can get wrong from the user's input fails before the model is built,
 as a :class:`~recipes.arguments.RecipeError`.
@@ -30,6 +30,7 @@ from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, D
 from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
+from . import deploy
 from .arguments import RecipeError, check_output_dir
 from .results import (
     pruning_record,
@@ -263,6 +264,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
     _as_recipe_error(task.validate, run)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir)
+    deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     resume_from = resolve_resume(run.training_args)
     task.load_data(run)
     return run, resume_from
@@ -275,6 +277,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     set_seed(training_args.seed)
     task.build(run)
+    deploy.check_request(run)  # e.g. --export_ctranslate2 of a family it cannot convert: before training
     run.model.config._name_or_path = model_args.base_model_id or ""  # None for a model built from a config
     test_dataset = run.datasets.get("test")
     repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
@@ -311,6 +314,8 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     if repeats:
         latency = task.latency(control_model if control_model is not None else dense_for_latency, trainer.model, run)
         latency["dense_model"] = "dense control" if control_model is not None else "dense, as loaded"
+    deployed = deploy.deploy(run, trainer.model) \
+        if deploy.requested(data_args) and training_args.should_save else None
 
     results = {
         "recipe": task.name,
@@ -329,6 +334,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         "latency": latency,
         "train": train_metrics,
         "dense_control": control,
+        "deploy": deployed,
         "wall_time_s": time.time() - started,
     }
     save_results(results, results_table(results, task.format_value), training_args)

@@ -93,9 +93,17 @@ def _example_inputs(model) -> dict[str, torch.Tensor]:
     return {"inputs": ids, "attention_mask": mask}
 
 
+def check_onnx_request(model) -> None:
+    """Refuse, before any work, a model :func:`export_onnx` cannot export, or a missing onnx package."""
+    _require("onnx")
+    if model.main_input_name not in ("input_ids", "input_features"):
+        raise ValueError(f"ONNX export handles text models (input_ids) and Whisper (input_features); "
+                         f"{type(model).__name__} takes {model.main_input_name}")
+
+
 def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[Path]:
     """Export ``model`` (compacted, float, CPU) to ONNX graphs in ``save_directory``; returns their paths."""
-    _require("onnx")
+    check_onnx_request(model)
     model = model.eval().cpu()
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "

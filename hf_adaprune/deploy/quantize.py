@@ -32,14 +32,20 @@ INT8_RECORD = "int8.json"
 FORMAT = 1
 
 
+def check_int8_request() -> None:
+    """Refuse, before any work, int8 on a torch build without the CPU int8 kernels (the model's device and dtype
+    are checked when it is quantized: a model trained elsewhere is copied to the CPU in float32 first)."""
+    engines = torch.backends.quantized.supported_engines
+    if not {"x86", "fbgemm"} & set(engines):
+        raise ValueError(f"int8 quantization needs the x86 or fbgemm quantized engine; this torch build has {engines}")
+
+
 def _check_backend(model):
     devices = {p.device.type for p in model.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"int8 quantization runs on the CPU (fbgemm/x86 kernels); the model is on {sorted(devices)}: "
                          "move it with model.cpu() first")
-    engines = torch.backends.quantized.supported_engines
-    if not {"x86", "fbgemm"} & set(engines):
-        raise ValueError(f"int8 quantization needs the x86 or fbgemm quantized engine; this torch build has {engines}")
+    check_int8_request()
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("int8 quantization starts from float32 weights; call model.float() first")
 

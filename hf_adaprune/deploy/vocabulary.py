@@ -87,9 +87,19 @@ def _check_model(model):
         raise ValueError(f"{type(model).__name__} has no input embeddings to prune")
 
 
+def check_vocabulary_request(model, tokenizer) -> None:
+    """Refuse, before any work, a model or tokenizer that :func:`prune_vocabulary` cannot handle."""
+    _check_model(model)
+    tokenizer_family(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+                         f"{model.get_input_embeddings().num_embeddings} rows; they do not belong together")
+
+
 def slice_vocabulary(model, kept_ids: list[int]) -> None:
-    """Keep rows ``kept_ids`` (old ids, ascending) of every vocabulary-sized embedding, output projection
-    and ``final_logits_bias`` of ``model``, in place; tied weights stay tied."""
+    """Keep rows ``kept_ids`` (old ids, in their new order: ascending when slicing, any permutation to reorder)
+    of every vocabulary-sized embedding, output projection and ``final_logits_bias`` of ``model``, in place;
+    tied weights stay tied."""
     old_size = model.get_input_embeddings().num_embeddings
     index = torch.tensor(kept_ids, dtype=torch.long)
     new_size = len(kept_ids)
@@ -135,25 +145,24 @@ def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
 
 
 def prune_vocabulary(model, tokenizer, texts: Iterable[str], *, target_texts: Iterable[str] | None = None,
-                     keep_tokens: Iterable[str] = ()):
+                     keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()):
     """Shrink ``model``'s vocabulary (in place) to the tokens of ``texts``; return the matching tokenizer.
 
     ``texts``: the task's training inputs (for seq2seq, ``target_texts``: its training targets, tokenized
-    as targets). ``keep_tokens``: token strings to keep as well. Special tokens, added tokens and ids
+    as targets). ``keep_tokens``: token strings to keep as well; ``keep_ids``: token ids to keep as well (the ids
+    of an already tokenized training set, say). Special tokens, added tokens and ids
     named by the config or generation config always stay. Unsupported models or tokenizers are refused
     before any work. Logits on text whose tokens are all kept equal the unpruned model's.
     """
-    _check_model(model)
+    check_vocabulary_request(model, tokenizer)
     family, spec = tokenizer_family(tokenizer)
     old_size = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > old_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {old_size} rows; "
-                         "they do not belong together")
     kept = token_ids_in(tokenizer, texts, target_texts)
     kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     kept |= _ids_named_by_configs(model)
     for token in keep_tokens:
         kept.add(tokenizer.convert_tokens_to_ids(token))
+    kept |= {int(i) for i in keep_ids}
     kept |= family.required(tokenizer, spec, kept)
     kept_ids = sorted(i for i in kept if 0 <= i < old_size)
     old_to_new = {old: new for new, old in enumerate(kept_ids)}

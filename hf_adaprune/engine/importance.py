@@ -12,6 +12,12 @@
   among the layers apart from the heads and neurons: it estimates the loss change of removing the layer
   the way a head's score estimates that of removing the head, and costs one product per layer in the
   backward pass already running.
+  With ``ema`` in (0, 1) the scores are an exponential moving average instead
+  (``ema * previous + (1 - ema) * step``, as AdaLoRA/PLATON), so they follow the
+  model as it changes rather than weighing the first steps as much as the last.
+* :class:`FisherImportance` – the same accumulation of ``(sum(grad * weight))**2``
+  per optimizer step (the squared, Fisher-like variant of Kwon et al. 2022, here
+  per optimizer step rather than per example).
 * :class:`MagnitudeImportance` – ``sum |weight|``, the classic baseline.
 * :class:`RandomImportance` – seeded random scores, a floor for comparisons.
 
@@ -134,6 +140,16 @@ class TaylorImportance(Importance):
     name = "taylor"
     needs_gradients = True
 
+    def __init__(self, ema: float = 0.0):
+        super().__init__()
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0: running mean); got {ema}")
+        self.ema = ema
+
+    def step_value(self, sums: torch.Tensor) -> torch.Tensor:
+        """One optimizer step's score per structure from its ``sum(grad * weight)``."""
+        return sums.abs()
+
     @torch.no_grad()
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
         base = model.base_model
@@ -145,7 +161,7 @@ class TaylorImportance(Importance):
                 sums = structure_sums(base, group, _grad_times_weight)
             if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
                 return False
-            batch[group.name] = sums.abs()
+            batch[group.name] = self.step_value(sums)
         # layers apart from heads and neurons: a layer's score is on another scale than one head's
         totals = {}
         for group in groups:
@@ -159,9 +175,18 @@ class TaylorImportance(Importance):
             previous = self._scores.get(name)
             if previous is None or previous.shape != value.shape:
                 self._scores[name] = value
-            else:
-                previous += (value - previous) / self.num_updates
+            else:  # running mean, or the moving average's share of the newest step
+                previous += (value - previous) * ((1.0 - self.ema) if self.ema else 1.0 / self.num_updates)
         return True
+
+
+class FisherImportance(TaylorImportance):
+    """:class:`TaylorImportance` accumulating ``(sum(grad * weight))**2`` per structure and optimizer step."""
+
+    name = "fisher"
+
+    def step_value(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums.square()
 
 
 class MagnitudeImportance(Importance):

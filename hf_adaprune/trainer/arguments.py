@@ -21,6 +21,7 @@ from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 from .distillation import validate_distillation_arguments
+from .schedule import SCHEDULES
 
 STRUCTURES = ("heads", "ffn", "layers")
 TARGET_TYPES = ("structures", "flops", "latency")
@@ -50,7 +51,12 @@ class PruningArguments(TrainingArguments):
         metadata={"help": "Comma-separated roles to prune (encoder_self, decoder_self, cross for heads; encoder, "
                           "decoder for FFN) or 'all'. Encoder-only models have encoder_self and encoder."},
     )
-    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'magnitude' or 'random'."})
+    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'fisher' (squared Taylor), 'magnitude' or 'random'."})
+    pruning_score_ema: float = field(
+        default=0.0,
+        metadata={"help": "taylor / fisher: 0 averages the per-step scores since the start; a value in (0, 1) keeps "
+                          "an exponential moving average with this weight on the previous scores (e.g. 0.85)."},
+    )
     pruning_target: float = field(
         default=0.5, metadata={"help": "Target sparsity in (0, 1): fraction of heads/neurons or of layer FLOPs."}
     )
@@ -85,6 +91,18 @@ class PruningArguments(TrainingArguments):
     )
     pruning_step_growth: float = field(
         default=1.5, metadata={"help": "Factor applied to the step after a kept step (1 keeps it constant)."}
+    )
+    pruning_schedule: str = field(
+        default="gradual",
+        metadata={"help": "'gradual': prune a step, fine-tune --pruning_interval steps, decide, repeat (the ratio grows "
+                          "while training goes on). 'search_then_recover': after the warm-up, try the target at once "
+                          "and bisect towards the largest ratio within tolerance, each candidate judged after "
+                          "--pruning_search_steps steps; the rest of the budget fine-tunes at that shape."},
+    )
+    pruning_search_steps: int = field(
+        default=0,
+        metadata={"help": "search_then_recover: fine-tuning steps between masking a candidate ratio and judging it "
+                          "(0: judged right after masking, the whole search within one step)."},
     )
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
@@ -189,6 +207,14 @@ def validate_pruning_arguments(args) -> None:
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
     _choice("pruning_scope", args.pruning_scope, SCOPES)
+    _choice("pruning_schedule", args.pruning_schedule, SCHEDULES)
+    if not 0.0 <= args.pruning_score_ema < 1.0:
+        raise ValueError(f"--pruning_score_ema must be in [0, 1) (0: running mean); got {args.pruning_score_ema}")
+    if args.pruning_score_ema and not getattr(IMPORTANCE_CRITERIA[args.pruning_criterion], "needs_gradients", False):
+        raise ValueError(f"--pruning_score_ema averages scores gathered over steps; --pruning_criterion "
+                         f"{args.pruning_criterion} computes them from the weights at once: leave it at 0")
+    if args.pruning_search_steps < 0:
+        raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
     if not 0.0 < args.pruning_target < 1.0:
         raise ValueError(f"--pruning_target must be in (0, 1); got {args.pruning_target}")
     if args.pruning_tolerance < 0:

@@ -7,6 +7,8 @@ and the first pruning step is applied as masks. Every ``pruning_interval`` steps
 the metric decides: keep (prune further) or roll back to the previous masks and
 take half the step. Masks stay masks until training ends, so the optimizer and
 a DDP-wrapped model never see a shape change; then the model is compacted once.
+``pruning_schedule`` chooses how the ratio is searched (:mod:`.schedule`); under every schedule
+the final model is measured once more at the end (``final_check`` in the report).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, 
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
+from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
 from .distillation import TEACHER_FOLDER, copy_teacher, distillation_loss, freeze, load_teacher
@@ -115,7 +118,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
-        self.importance = make_importance(args.pruning_criterion)
+        self.importance = make_importance(args.pruning_criterion, **(
+            {"ema": args.pruning_score_ema} if args.pruning_score_ema else {}))
         if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
             raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
         self.pruning_metric = args.pruning_metric
@@ -131,6 +135,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             tolerance_type=args.pruning_tolerance_type,
             greater_is_better=self._metric_direction(),
             growth=args.pruning_step_growth,
+            search=controller_search(args),
         )
         self.costs = (
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
@@ -157,6 +162,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
         self.pruned_comparison = None
+        self.final_check = None
 
     def _default_compute_metrics(self, name: str):
         from ..task_metrics import classification_metrics, generation_metrics
@@ -218,11 +224,11 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self._resume_state = None
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
-            if room < args.pruning_interval:
+            if room < decision_interval(args):
                 logger.warning(
                     "no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d leaves %d "
-                    "steps, fewer than pruning_interval %d; the model will not be pruned", state.max_steps,
-                    args.pruning_warmup_steps, room, args.pruning_interval)
+                    "steps, fewer than %s %d; the model will not be pruned", state.max_steps,
+                    args.pruning_warmup_steps, room, interval_option(args), decision_interval(args))
         # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
         # and accelerate would then skip wrapping it in DistributedDataParallel.
         if state.global_step == 0 and self.pruning_metric != "loss":
@@ -236,14 +242,18 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         if c.state.done:
             return
         if c.state.reference is None:
-            if step >= args.pruning_warmup_steps:
-                reference, evaluation = self._decision_metric()
-                self._take_teacher()
-                ratio = c.start(reference)
-                self._log_decision("reference", step, 0.0, reference, evaluation)
-                self._apply_ratio(ratio, step)
-            return
-        if c.state.pending is not None and step - self._last_prune_step >= args.pruning_interval:
+            if step < args.pruning_warmup_steps:
+                return
+            reference, evaluation = self._decision_metric()
+            self._take_teacher()
+            ratio = c.start(reference)
+            self._log_decision("reference", step, 0.0, reference, evaluation)
+            self._apply_ratio(ratio, step)
+        elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
+            self._decide(step)
+        # no steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole
+        # search runs now, on the scores gathered so far; training resumes at the chosen shape
+        while decision_interval(args) == 0 and c.state.pending is not None:
             self._decide(step)
 
     def _decide(self, step: int) -> None:
@@ -341,6 +351,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
+        if c.state.reference is not None:  # measured after all training, exactly what compaction keeps
+            self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
         if args.compact_at_end and get_masks(self.pruned_model) is not None:
             compact(self.pruned_model)
             self.pruned_comparison = compare_profiles(
@@ -367,6 +379,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             tolerance_type=self.args.pruning_tolerance_type,
             target=self.args.pruning_target,
             target_type=self.args.pruning_target_type,
+            schedule=self.args.pruning_schedule,
+            final_check=self.final_check,
             final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,
             decisions=history,

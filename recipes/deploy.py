@@ -1,0 +1,132 @@
+"""The recipes' deployment options: deployed copies of the pruned model, written next to it.
+
+``--prune_vocabulary``, ``--quantize int8``, ``--export_onnx`` and ``--export_ctranslate2`` write, after
+training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself is left as saved)::
+
+    vocabulary/    the pruned model keeping only the tokens of the training data (Hub format, tokenizer inside)
+    int8/          int8 weights (``save_int8``; reload with ``hf_adaprune.load_int8``)
+    onnx/          ONNX graphs (``export_onnx``)
+    ctranslate2/   a CTranslate2 model (``export_ctranslate2``; Whisper and Marian)
+
+With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. What was written
+(folders, bytes, vocabulary sizes) goes into results.json under ``deploy``. A request the backend cannot
+serve (vocabulary pruning of Whisper or of a tokenizer type it does not know, ONNX of an audio-frame model,
+CTranslate2 of a family other than Whisper and Marian, a missing package) fails before training.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+from .arguments import RecipeError
+
+logger = logging.getLogger("hf_adaprune.recipes")
+
+DEPLOY_DIR = "deploy"
+QUANTIZE_CHOICES = ("int8",)
+IGNORED_LABEL = -100  # padding of label sequences, not a token
+
+
+def requested(data_args) -> bool:
+    return bool(data_args.prune_vocabulary or data_args.quantize or data_args.export_onnx
+                or data_args.export_ctranslate2)
+
+
+def check_arguments(data_args, training_args, model_paths) -> None:
+    """The options alone (before data and model): known values; the deploy folder is no model folder."""
+    if data_args.quantize is not None and data_args.quantize not in QUANTIZE_CHOICES:
+        raise RecipeError(f"--quantize {data_args.quantize!r}: the recipes quantize to {', '.join(QUANTIZE_CHOICES)} "
+                          "(CTranslate2 int8 comes with --export_ctranslate2 --quantize int8)")
+    if not requested(data_args):
+        return
+    folder = os.path.realpath(os.path.join(training_args.output_dir, DEPLOY_DIR))
+    for path in model_paths:
+        if path and os.path.isdir(path) and os.path.realpath(path).startswith(folder):
+            raise RecipeError(f"the deployed copies go to {folder}, which holds the model the run loads ({path}); "
+                              "choose another --output_dir")
+
+
+def _tokenizer(processing_class):
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def check_request(run) -> None:
+    """What the built model and tokenizer allow, before training: every refusal says what is supported."""
+    from hf_adaprune.deploy import (
+        check_ctranslate2_request,
+        check_int8_request,
+        check_onnx_request,
+        check_vocabulary_request,
+    )
+
+    data_args, model = run.data_args, run.model
+    checks = []
+    if data_args.prune_vocabulary:
+        checks.append(("--prune_vocabulary", lambda: check_vocabulary_request(model, _tokenizer(run.processing_class))))
+    if data_args.quantize:
+        checks.append(("--quantize int8", check_int8_request))
+    if data_args.export_onnx:
+        checks.append(("--export_onnx", lambda: check_onnx_request(model)))
+    if data_args.export_ctranslate2:
+        checks.append(("--export_ctranslate2", lambda: check_ctranslate2_request(model, data_args.quantize)))
+    for flag, check in checks:
+        try:
+            check()
+        except (ValueError, ImportError) as err:
+            raise RecipeError(f"{flag}: {err}") from err
+
+
+def training_token_ids(dataset) -> set[int]:
+    """Every token id of the training inputs (and of the targets of seq2seq and Whisper data)."""
+    ids: set[int] = set()
+    for column in ("input_ids", "labels"):
+        if column in dataset.column_names:
+            for row in dataset[column]:
+                ids.update(row if isinstance(row, list) else [row])
+    ids.discard(IGNORED_LABEL)
+    return ids
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def deploy(run, model) -> dict:
+    """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``."""
+    from hf_adaprune import save_pruned
+    from hf_adaprune.deploy import export_ctranslate2, export_onnx, prune_vocabulary, save_int8
+
+    data_args = run.data_args
+    root = Path(run.training_args.output_dir) / DEPLOY_DIR
+    model = copy.deepcopy(model).cpu().float().eval()
+    processing_class = run.processing_class
+    tokenizer = _tokenizer(processing_class)
+    processor = processing_class if processing_class is not tokenizer else None
+    record: dict = {"folder": str(root), "written": {}}
+    source = Path(run.training_args.output_dir)  # the folder CTranslate2 converts (tokenizer files inside)
+
+    def written(name: str, folder: Path, **extra) -> None:
+        record["written"][name] = {"path": str(folder), "bytes": _folder_bytes(folder), **extra}
+        logger.info("deploy: %s -> %s", name, folder)
+
+    if data_args.prune_vocabulary:
+        before = model.get_input_embeddings().num_embeddings
+        tokenizer = prune_vocabulary(model, tokenizer, [], keep_ids=training_token_ids(run.datasets["train"]))
+        source = root / "vocabulary"
+        save_pruned(model, source, tokenizer=tokenizer)
+        written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer))
+        processor = None  # the smaller vocabulary's tokenizer replaces the processor's (text models only)
+    if data_args.quantize == "int8":
+        save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
+        written("int8", root / "int8")
+    if data_args.export_onnx:
+        export_onnx(model, root / "onnx", tokenizer=None if processor else tokenizer, processor=processor)
+        written("onnx", root / "onnx")
+    if data_args.export_ctranslate2:
+        result = export_ctranslate2(source, root / "ctranslate2", quantization=data_args.quantize, force=True)
+        written("ctranslate2", root / "ctranslate2", num_heads=result.num_heads, zero_heads=result.zero_heads,
+                quantization=result.quantization, pad_kept=result.pad_kept)
+    return record

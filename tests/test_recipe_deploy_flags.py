@@ -1,0 +1,122 @@
+"""The recipes' deploy options (--prune_vocabulary, --quantize int8, --export_onnx, --export_ctranslate2) on tiny
+models: what they write under OUTPUT_DIR/deploy and that it computes what the pruned model computes; requests the
+backend cannot serve fail before training, naming the flag and what is supported."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from hf_adaprune import AutoPrunedModel
+from hf_adaprune.deploy import load_int8, onnx_session
+
+from conftest import load_recipe
+from test_recipe_text_classification import base_args as classification_args
+from test_recipe_text_classification import workspace  # noqa: F401 - the fixture
+from test_recipe_translation import base_args as translation_args
+from test_recipe_translation import workspace as translation_workspace  # noqa: F401 - the fixture
+
+classification = load_recipe("text_classification")
+translation = load_recipe("translation")
+RecipeError = classification.RecipeError
+
+SHORT_RUN = ["--max_steps", "6", "--learning_rate", "5e-4", "--per_device_train_batch_size", "8",
+             "--pruning_target", "0.5", "--pruning_tolerance", "1.0", "--pruning_warmup_steps", "2",
+             "--pruning_interval", "2", "--pruning_initial_step", "0.25", "--save_strategy", "no",
+             "--dataloader_pin_memory", "false", "--disable_tqdm", "true", "--report_to", "none",
+             "--latency_repeats", "0"]
+
+
+def logits(model, tokenizer, texts):
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "out"
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
+        "--prune_vocabulary", "true", "--quantize", "int8", "--export_onnx", "true", "--max_seq_length", "32"])
+    deploy = out / "deploy"
+    record = results["deploy"]
+    assert set(record["written"]) == {"vocabulary", "int8", "onnx"}
+    assert json.loads((out / "results.json").read_text())["deploy"] == json.loads(json.dumps(record))
+    for entry in record["written"].values():
+        assert entry["bytes"] > 0 and entry["path"].startswith(str(deploy))
+    vocabulary = record["written"]["vocabulary"]
+    assert vocabulary["vocab_size"] < vocabulary["vocab_size_before"]  # dev/test words are gone
+
+    # the pruned model in OUTPUT_DIR is left as saved: full vocabulary
+    pruned, tokenizer = AutoPrunedModel.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    assert pruned.get_input_embeddings().num_embeddings == vocabulary["vocab_size_before"]
+    small = AutoPrunedModel.from_pretrained(deploy / "vocabulary").eval()
+    small_tokenizer = AutoTokenizer.from_pretrained(deploy / "vocabulary")
+    assert small.get_input_embeddings().num_embeddings == len(small_tokenizer) == vocabulary["vocab_size"]
+    texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:9]]
+    expected = logits(pruned, tokenizer, texts)  # training text: every token kept
+    assert torch.allclose(logits(small, small_tokenizer, texts), expected, atol=1e-5)
+
+    int8 = load_int8(deploy / "int8")
+    assert torch.allclose(logits(int8, AutoTokenizer.from_pretrained(deploy / "int8"), texts), expected, atol=0.05)
+    batch = small_tokenizer(texts, padding=True, return_tensors="np")
+    onnx_logits = onnx_session(deploy / "onnx").run(None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
+    assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
+
+
+def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path):  # noqa: F811 - the fixture
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
+    out = tmp_path / "out"
+    results = translation.main(translation_args(translation_workspace, out) + SHORT_RUN + [
+        "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
+        "--pruning_tolerance", "100", "--prune_vocabulary", "true", "--export_ctranslate2", "true"])
+    written = results["deploy"]["written"]
+    assert set(written) == {"vocabulary", "ctranslate2"}
+    assert written["ctranslate2"]["quantization"] is None and set(written["ctranslate2"]["num_heads"]) == \
+        {"encoder", "decoder"}
+    folder = out / "deploy" / "ctranslate2"
+    assert (folder / "model.bin").is_file()
+    # the CTranslate2 model uses the smaller vocabulary: its tokens are those of the vocabulary folder's tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(out / "deploy" / "vocabulary")
+    vocabulary = json.loads((folder / "shared_vocabulary.json").read_text())
+    assert written["vocabulary"]["vocab_size"] < written["vocabulary"]["vocab_size_before"]
+    # a Marian trained from scratch has a start (<pad>) embedding that is not zero: <pad> stays in the vocabulary
+    assert written["ctranslate2"]["pad_kept"]
+    assert set(vocabulary) == set(tokenizer.get_vocab())
+    source = (translation_workspace / "val.en").read_text().splitlines()[0]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(source)["input_ids"])
+    output = ctranslate2.Translator(str(folder)).translate_batch([tokens], beam_size=1, max_decoding_length=8)
+    assert set(output[0].hypotheses[0]) <= set(vocabulary)
+
+
+# -- requests the backend cannot serve: refused before training --------------------------------------------------
+
+
+def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
+    words = sorted({w for line in (workspace / "train.tsv").read_text().splitlines()[1:]
+                    for w in line.split("\t")[0].lower().split()})
+    level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[PAD]", "[UNK]"] + words)}, unk_token="[UNK]"))
+    level.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=level, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--export_ctranslate2", "true"], "--export_ctranslate2: CTranslate2 export converts "
+                                       "WhisperForConditionalGeneration, MarianMTModel models; got BertFor"),
+    (["--quantize", "int4"], "--quantize 'int4': the recipes quantize to int8"),
+    (["--prune_vocabulary", "true", "--tokenizer_name", "WORDLEVEL"],
+     "--prune_vocabulary: vocabulary pruning does not support a tokenizers WordLevel model; supported: "),
+])
+def test_bad_requests_fail_before_training(workspace, tmp_path, extra, message):  # noqa: F811 - the fixture
+    if "WORDLEVEL" in extra:
+        extra = [str(wordlevel_tokenizer(workspace, tmp_path / "wordlevel")) if x == "WORDLEVEL" else x for x in extra]
+    out = tmp_path / "out"
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        classification.main(classification_args(workspace, out) + SHORT_RUN + extra)
+    assert not (out / "model.safetensors").exists() and not (out / "deploy").exists()
