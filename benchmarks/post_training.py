@@ -67,8 +67,22 @@ def minilm_path() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
-def load_data(data_dir: Path, tokenizer, opts) -> DatasetDict:
-    """Disjoint slices: dense training and calibration from train.tsv; check and unseen rows from dev.tsv."""
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data options :func:`load_data` reads (shared with ``schedule.py``, which uses the same dense model)."""
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    parser.add_argument("--cache_dir", default=str(ROOT / "outputs" / "post_training_benchmark"),
+                        help="the dense model is cached here (git-ignored)")
+    parser.add_argument("--dense_samples", type=int, default=7000)
+    parser.add_argument("--calibration_samples", type=int, default=2048)
+    parser.add_argument("--check_samples", type=int, default=500, help="dev.tsv rows of the metric check")
+    parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
+
+
+def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0) -> DatasetDict:
+    """Disjoint slices: dense training and calibration from train.tsv; check and unseen rows from dev.tsv.
+
+    ``pool_samples`` > 0 adds ``pool``: that many further train.tsv rows, after the calibration ones.
+    """
     raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv"),
                                                   validation_file=str(data_dir / "dev.tsv"),
                                                   test_file=str(data_dir / "test.tsv")), ModelArguments())
@@ -79,6 +93,8 @@ def load_data(data_dir: Path, tokenizer, opts) -> DatasetDict:
                          check=dev.select(range(opts.check_samples)),
                          dev=dev.select(range(opts.check_samples, min(len(dev), opts.check_samples + opts.dev_samples))),
                          test=raw["test"])
+    if pool_samples:
+        splits["pool"] = train.select(range(n + c, n + c + pool_samples))
     data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
     for split in ("check", "dev", "test"):  # order does not change accuracy; sorted by length, batches pad less
         lengths = [len(ids) for ids in data[split]["input_ids"]]
@@ -123,14 +139,8 @@ def accuracy(model, dataset, collator) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
-    parser.add_argument("--cache_dir", default=str(ROOT / "outputs" / "post_training_benchmark"),
-                        help="the dense model is cached here (git-ignored)")
+    add_data_arguments(parser)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "post_training.json"))
-    parser.add_argument("--dense_samples", type=int, default=7000)
-    parser.add_argument("--calibration_samples", type=int, default=2048)
-    parser.add_argument("--check_samples", type=int, default=500, help="dev.tsv rows of the metric check")
-    parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
     parser.add_argument("--refit_samples", type=int, default=1024, help="calibration examples the re-fit reads")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.65])
     parser.add_argument("--scores", nargs="+", default=["taylor", "fisher"],

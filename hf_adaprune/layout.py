@@ -1,7 +1,9 @@
 """The saved layout of a pruned model: one codec used by compaction and by loading.
 
 ``config.adaprune`` (the *record*) holds ``version``, ``groups`` (per group: kind,
-role, original count, kept original indices) and ``layout``: every module whose
+role, original count, kept original indices; named by the layers the model has now),
+``layers`` (per layer stack that lost whole layers: role, original count, kept
+original layer indices; the config's layer count says how many it has) and ``layout``: every module whose
 shape differs from the dense architecture (``modules``), every attribute the
 forward pass reads (``attributes``, e.g. head counts), plain per-head parameters
 that were sliced (``parameters``) and the attention modules that keep a subset
@@ -28,7 +30,8 @@ from torch import nn
 
 # 1: modules + attributes. 2: adds ``parameters``, ``shared_bias`` and EmptyAttention's cache placeholders.
 # 3: a group's kept structures as one hex bitmap (``kept_mask``) instead of a list of indices (``kept``).
-FORMAT_VERSION = 3
+# 4: adds ``layers`` (stacks that lost whole layers; paths elsewhere name the layers as renumbered).
+FORMAT_VERSION = 4
 
 
 # -- one copy of each module helper --------------------------------------------------------------------
@@ -192,7 +195,7 @@ TABLES = ("modules", "attributes", "parameters", "shared_bias")
 
 
 def empty_record() -> dict:
-    return {"version": FORMAT_VERSION, "groups": {}, "layout": {name: {} for name in TABLES}}
+    return {"version": FORMAT_VERSION, "groups": {}, "layers": {}, "layout": {name: {} for name in TABLES}}
 
 
 def encode_kept(kept, original: int) -> str:
@@ -220,6 +223,9 @@ def write_record(config, record: dict) -> dict:
                    for name, g in record["groups"].items()},
         "layout": {name: table for name, table in record["layout"].items() if table},
     }
+    if record.get("layers"):
+        saved["layers"] = {name: {"role": s["role"], "original": s["original"], "kept": list(s["kept"])}
+                           for name, s in record["layers"].items()}
     config.adaprune = saved
     return saved
 
@@ -255,7 +261,9 @@ def read_record(config, where: str | None = None) -> dict | None:
                      "original": g["original"], "kept": decode_kept(g)}
               for name, g in record["groups"].items()}
     tables = {name: dict(layout.get(name, {})) for name in TABLES}
-    return {"version": version, "groups": groups, "layout": tables}
+    layers = {name: {"role": s["role"], "original": int(s["original"]), "kept": [int(i) for i in s["kept"]]}
+              for name, s in (record.get("layers") or {}).items()}
+    return {"version": version, "groups": groups, "layers": layers, "layout": tables}
 
 
 # -- applying a layout -------------------------------------------------------------------------------

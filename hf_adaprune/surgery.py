@@ -6,6 +6,11 @@ attentions) together with the sliced weights, applies that layout with
 :func:`hf_adaprune.layout.apply_layout` (the function that also rebuilds a saved
 model) and loads the sliced weights into it. The record ends up in
 ``model.config.adaprune``.
+
+Masked whole layers are then deleted from their ``ModuleList`` (:func:`remove_layers`): the
+config's layer count, the KV-cache layer indices and every path in the record follow the
+renumbering, and a removed first layer hands on what the later ones read from it (T5's and
+WavLM's relative position bias), so stock transformers builds the smaller model from the config.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import torch
 from torch import nn
 
 from .engine.masks import detach_masks, get_masks, structure_count
-from .families import HeadGroup, find_groups
-from .layout import TABLES, apply_layout, empty_record, linear_spec, read_record, write_record
+from .families import HeadGroup, LayerGroup, find_groups, layer_of_group
+from .layout import (TABLES, apply_layout, empty_record, linear_spec, parent_and_name, read_record, set_attribute,
+                     write_record)
 
 
 def _expand_heads(kept: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -151,16 +157,22 @@ def compact(model: nn.Module) -> dict:
     masks = get_masks(model)
     record = read_record(model.config) or empty_record()
     if masks is not None:
-        _compact_masked(model.base_model, masks, record)
+        _compact_masked(model, masks, record)
         detach_masks(model)
     write_record(model.config, record)
     as_pruned(model)
     return record
 
 
-def _compact_masked(base: nn.Module, masks, record: dict) -> None:
+def _compact_masked(model: nn.Module, masks, record: dict) -> None:
+    base = model.base_model
+    stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)]
+    kept_layers = {g.name: masks.kept_indices(g.name) for g in stacks}
     plan = _Plan(base)
     for name, group in masks.groups.items():
+        where = None if isinstance(group, LayerGroup) else layer_of_group(stacks, name)
+        if isinstance(group, LayerGroup) or (where is not None and where[1] not in kept_layers[where[0]]):
+            continue  # layers go below; a removed layer's heads and neurons go with it
         kept = torch.tensor(masks.kept_indices(name), dtype=torch.long)
         count = structure_count(base, group)
         previous = record["groups"].get(name)
@@ -178,10 +190,82 @@ def _compact_masked(base: nn.Module, masks, record: dict) -> None:
         else:
             _plan_neurons(plan, group, kept)
     plan.apply(record["layout"])
+    for stack in stacks:
+        remove_layers(model, stack, kept_layers[stack.name], record)
+
+
+def remove_layers(model: nn.Module, stack: LayerGroup, kept: list[int], record: dict) -> None:
+    """Keep only the layers ``kept`` (current indices) of ``stack``; renumber the model and ``record``."""
+    base = model.base_model
+    layers = base.get_submodule(stack.name)
+    if len(kept) == len(layers):
+        return
+    if not kept:
+        raise ValueError(f"cannot remove every layer of {stack.name}: a stack keeps at least one layer")
+    if stack.refuse:
+        raise ValueError(stack.refuse)
+    if kept[0] != 0:
+        for module_path, flag in stack.hand_on:
+            owner, name = parent_and_name(layers[0], module_path)
+            module = getattr(owner, name, None)
+            if module is not None:
+                set_attribute(layers[kept[0]], module_path, module)
+                set_attribute(layers[kept[0]], flag, True)
+    set_attribute(base, stack.name, nn.ModuleList([layers[i] for i in kept]))
+    for index, layer in enumerate(base.get_submodule(stack.name)):
+        for module in layer.modules():  # the KV cache is indexed by position in the stack
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = index
+            if getattr(module, "is_empty_attention", False) and getattr(module, "cache_layer", None) is not None:
+                module.cache_layer = index
+    setattr(model.config, stack.count_attr, len(kept))
+    _renumber_record(record, stack.name, kept)
+    previous = record["layers"].get(stack.name)
+    original = previous["kept"] if previous else list(range(len(layers)))
+    record["layers"][stack.name] = {"role": stack.role, "original": previous["original"] if previous else len(layers),
+                                    "kept": [original[i] for i in kept]}
+
+
+def _layer_path_renamer(stack: str, new_index: dict[int, int]):
+    """``stack.<old>.rest`` -> ``stack.<new>.rest``; None for a path inside a removed layer; others unchanged."""
+    prefix = stack + "."
+
+    def rename(path: str) -> str | None:
+        index, _, rest = path[len(prefix):].partition(".") if path.startswith(prefix) else ("", "", "")
+        if not index.isdigit():
+            return path
+        if int(index) not in new_index:
+            return None
+        return f"{prefix}{new_index[int(index)]}" + (f".{rest}" if rest else "")
+
+    return rename
+
+
+def _renumber_record(record: dict, stack: str, kept: list[int]) -> None:
+    rename = _layer_path_renamer(stack, {old: new for new, old in enumerate(kept)})
+
+    def renamed(table: dict) -> dict:
+        return {rename(key): value for key, value in table.items() if rename(key) is not None}
+
+    record["groups"] = renamed(record["groups"])
+    record["layout"] = {name: renamed(table) for name, table in record["layout"].items()}
+    for path, spec in record["layout"]["modules"].items():
+        if spec.get("type") == "EmptyAttention" and spec.get("cache_layer") is not None and \
+                path.startswith(stack + "."):
+            spec["cache_layer"] = int(path[len(stack) + 1:].partition(".")[0])
+
+
+def original_path(record: dict | None, path: str) -> str:
+    """``path`` (a module of the model as it is now) named by the layer index it had before layers were removed."""
+    for stack, info in (record or {}).get("layers", {}).items():
+        rename = _layer_path_renamer(stack, dict(enumerate(info["kept"])))
+        path = rename(path) or path
+    return path
 
 
 def kept_structure(model: nn.Module) -> dict[str, dict]:
-    """Per group: kind, original count and kept count (from the record, live masks or the shapes)."""
+    """Per group: kind, original count and kept count (from the record, live masks or the shapes), named by the
+    layers of the dense model (a group of a removed layer is absent)."""
     record = read_record(model.config) or empty_record()
     result = {name: {"kind": g["kind"], "original": g["original"], "kept": len(g["kept"])}
               for name, g in record["groups"].items()}
@@ -192,4 +276,4 @@ def kept_structure(model: nn.Module) -> dict[str, dict]:
         kept = int(masks.masks[group.name].sum()) if masks is not None and group.name in masks.masks else count
         original = result.get(group.name, {}).get("original", count)
         result[group.name] = {"kind": group.kind, "original": original, "kept": kept}
-    return result
+    return {original_path(record, name): info for name, info in result.items()}

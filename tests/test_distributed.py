@@ -63,6 +63,21 @@ def test_two_processes_select_the_same_structures_as_one(tmp_path, launcher):
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_distilling_agree(tmp_path):
+    """Each rank builds its own teacher (never DDP-wrapped); both end with the same teacher and masks."""
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=("--distill",))
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = masks_of(two, 0), masks_of(two, 1)
+    assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+    teachers = [torch.load(two / f"teacher_rank{rank}.pt") for rank in (0, 1)]
+    for name in teachers[0]:
+        assert torch.equal(teachers[0][name], teachers[1][name]), name
+    assert (two / "distillation_teacher" / "model.safetensors").exists()  # written once, by the main process
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 def test_rank_with_different_masks_raises(tmp_path):
     _, result = run_worker(tmp_path, "broken", batch=8, nproc=2, extra=("--break-rank", "1"))
     assert result.returncode != 0

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 import transformers
 from transformers import AutoModelForSequenceClassification, BertTokenizerFast, pipeline
+from transformers.testing_utils import CaptureLogger
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
 from hf_adaprune.layout import decode_kept
@@ -46,7 +47,10 @@ def test_round_trip_with_hf_adaprune(family, tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     groups = config["adaprune"]["groups"]
     assert groups[next(iter(groups))]["kind"] in {"heads", "ffn"}
-    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_adaprune.Pruned")
+    assert config["model_type"] == f"adaprune_{model.config.model_type}"
+    stock_name = type(model).__name__
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == f"modeling_adaprune.{stock_name}"
+    assert config["auto_map"]["AutoConfig"] == f"modeling_adaprune.{type(model.config).__name__}"
     loaded = AutoPrunedModel.from_pretrained(tmp_path / "out").eval()
     assert (outputs(loaded, batch) - masked).abs().max() <= 1e-5
     assert (outputs(loaded, batch) - outputs(model, batch)).abs().max() <= 1e-6
@@ -121,7 +125,11 @@ def test_pipeline_with_tokenizer(tmp_path):
     tokenizer = tiny_tokenizer(tmp_path)
     save_pruned(model, tmp_path / "model", tokenizer=tokenizer)
     assert (tmp_path / "model" / "tokenizer.json").exists() or (tmp_path / "model" / "vocab.txt").exists()
-    classify = pipeline("text-classification", model=str(tmp_path / "model"), trust_remote_code=True)
+    logger = transformers.utils.logging.get_logger("transformers.pipelines.base")
+    with CaptureLogger(logger) as captured:
+        classify = pipeline("text-classification", model=str(tmp_path / "model"), trust_remote_code=True)
+    assert "is not supported" not in captured.out  # the shipped class keeps the transformers name
+    assert type(classify.model).__name__ == "BertForSequenceClassification"
     result = classify("w1 w2 w3")
     assert result[0]["label"].startswith("LABEL_") and 0.0 <= result[0]["score"] <= 1.0
 
@@ -153,10 +161,19 @@ def test_folder_without_record(tmp_path):
         AutoPrunedModel.from_pretrained(tmp_path)
 
 
-def test_dense_stock_loader_rejects_pruned_folder(tmp_path):
+def test_stock_loader_without_remote_code_asks_for_it(tmp_path):
+    """model_type adaprune_<family> makes stock transformers ask for trust_remote_code instead of building a
+    dense model and failing on a weight's size; once loaded, the config is the family's own."""
     save_pruned(pruned_tiny("bert"), tmp_path)
-    with pytest.raises(Exception, match="(?i)size|mismatch|shape"):
-        AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=False)
+    for trust in (False, None):
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=trust)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        transformers.AutoConfig.from_pretrained(tmp_path)
+    config = transformers.AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)
+    assert isinstance(config, transformers.BertConfig) and config.model_type == "bert"
+    assert type(config).__name__ == "BertConfig"  # what the tokenizer / feature-extractor mappings look up
+    assert AutoPrunedModel.from_pretrained(tmp_path).config.model_type == "bert"
 
 
 def test_remote_code_is_the_layout_codec_plus_the_family_forward():
@@ -168,7 +185,7 @@ def test_remote_code_is_the_layout_codec_plus_the_family_forward():
     from hf_adaprune.families.t5 import T5SharedBias
     from hf_adaprune.hub.remote_code import remote_code_source
 
-    source = remote_code_source({"T5ForConditionalGeneration"}, T5SharedBias)
+    source = remote_code_source({"T5ForConditionalGeneration"}, "T5Config", T5SharedBias)
     assert inspect.getsource(layout).strip() in source
     assert "@register_shared_bias\nclass T5SharedBias(SharedBiasMixin):" in source
     assert "WavLMSharedBias" not in source
@@ -177,12 +194,15 @@ def test_remote_code_is_the_layout_codec_plus_the_family_forward():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.level == 0}
-    assert imported <= {"__future__", "functools", "sys", "warnings", "torch", "transformers"}
+    assert imported <= {"__future__", "functools", "json", "sys", "warnings", "torch", "transformers"}
     assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
     namespace = {"__name__": "modeling_adaprune_check"}
     exec(compile(source, "modeling_adaprune.py", "exec"), namespace)
     assert namespace["SHARED_BIAS_WRAPPERS"]["t5"] is namespace["T5SharedBias"]
-    assert issubclass(namespace["PrunedT5ForConditionalGeneration"], namespace["PrunedModelMixin"])
+    assert issubclass(namespace["T5ForConditionalGeneration"], namespace["PrunedModelMixin"])
+    assert issubclass(namespace["T5ForConditionalGeneration"], transformers.T5ForConditionalGeneration)
+    assert namespace["T5ForConditionalGeneration"].config_class is namespace["T5Config"]
+    assert issubclass(namespace["T5Config"], transformers.T5Config)
 
 
 @pytest.mark.parametrize("lost", ["layout", "groups"])
@@ -266,7 +286,8 @@ def test_remote_code_reads_nothing_itself(forward):
     from hf_adaprune.families.wavlm import WavLMSharedBias
     from hf_adaprune.hub.remote_code import remote_code_source
 
-    source = remote_code_source({"BertModel"}, {None: None, "t5": T5SharedBias, "wavlm": WavLMSharedBias}[forward])
+    source = remote_code_source({"BertModel"}, "BertConfig",
+                                {None: None, "t5": T5SharedBias, "wavlm": WavLMSharedBias}[forward])
     tree = ast.parse(source)
     called = {node.func.id if isinstance(node.func, ast.Name) else node.func.attr
               for node in ast.walk(tree) if isinstance(node, ast.Call)
@@ -275,4 +296,4 @@ def test_remote_code_reads_nothing_itself(forward):
                          "urlopen", "system", "popen", "run", "read_text", "read_bytes"}
     modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert modules <= {"__future__", "functools", "sys", "warnings", "torch", "transformers"}
+    assert modules <= {"__future__", "functools", "json", "sys", "warnings", "torch", "transformers"}

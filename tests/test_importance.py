@@ -115,8 +115,8 @@ def test_state_dict_round_trip():
 
 
 def test_unknown_criterion():
-    with pytest.raises(ValueError, match="unknown importance criterion 'fisher'"):
-        make_importance("fisher")
+    with pytest.raises(ValueError, match="unknown importance criterion 'hessian'"):
+        make_importance("hessian")
 
 
 def test_a_criterion_is_one_class():

@@ -161,6 +161,29 @@ def test_checkpoints_carry_pruning_state_and_decisions_stay_out_of_on_evaluate(e
         assert state["masks"] is not None and state["controller"]["history"][0]["event"] == "reference"
 
 
+def test_resume_mid_pruning_matches_uninterrupted_run(encoder_folder, tmp_path):
+    """A sentence-transformers checkpoint resumes to the same decisions and masks as the run that wrote it."""
+    corpus = Dataset.from_dict({"sentence": sentences(64)})
+
+    def trainer_for(output_dir, **overrides):
+        return AdaptivePruningSentenceTransformerTrainer(
+            model=tiny_sentence_transformer(encoder_folder), train_dataset=corpus, eval_dataset=corpus.select(range(16)),
+            args=make_args(output_dir, compact_at_end=False, train_sampling_strategy="sequential", **overrides))
+
+    full = trainer_for(tmp_path / "full", save_strategy="steps", save_steps=6)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-6"
+    state = torch.load(checkpoint / "pruning_state.pt", weights_only=True)
+    assert state["controller"]["reference"] is not None and not state["controller"]["done"], "mid-pruning"
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    a, b = full.controller.state_dict(), resumed.controller.state_dict()
+    assert [h["event"] for h in a["history"]] == [h["event"] for h in b["history"]]
+    assert [h.get("metric") for h in a["history"]] == pytest.approx([h.get("metric") for h in b["history"]], abs=1e-5)
+    masks_a, masks_b = get_masks(full.pruned_model).state_dict(), get_masks(resumed.pruned_model).state_dict()
+    assert all(torch.equal(masks_a[name], masks_b[name]) for name in masks_a)
+
+
 class ScriptedEvaluator(SentenceEvaluator):
     """Returns the scripted values in turn: a decision's outcome depends only on the direction."""
 
@@ -203,6 +226,9 @@ def test_first_module_must_be_a_supported_transformer(encoder_folder, tmp_path):
     not_first = SentenceTransformer(modules=[Normalize(), *list(bert)], device="cpu")
     with pytest.raises(UnsupportedModelError, match=r"first module is Normalize\. Supported model types: .*bert"):
         transformer_module(not_first)
+    with pytest.raises(ValueError, match="leave the loss unset instead: the default loss distils"):
+        AdaptivePruningSentenceTransformerTrainer(model=bert, args=make_args(tmp_path / "d", distillation=True),
+                                                  train_dataset=corpus, eval_dataset=corpus)
 
 
 def test_distillation_loss_and_teacher_agreement(encoder_folder):

@@ -68,6 +68,7 @@ def test_train_prunes_saves_and_reloads(tmp_path):
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
     assert "hf_adaprune" in card and "Kept structure per layer" in card and "FLOPs" in card
+    assert "without `trust_remote_code=True` transformers refuses the folder" in card
     assert ModelCard.load(tmp_path / "README.md").data.to_dict().get("base_model") is None
     trainer.create_model_card(finetuned_from="google-bert/bert-base-uncased", dataset="glue: sst2",
                               dataset_tags="glue", license="mit", language="en", tags=["sentiment"])
@@ -91,7 +92,7 @@ def test_rollback_restores_previous_masks(tmp_path):
     # the real model, scheduling and masks, with a scripted metric: keep, roll back, keep
     trainer = make_trainer(tmp_path, pruning_tolerance=0.01, pruning_target=0.9, pruning_initial_step=0.2,
                            pruning_step_growth=1.0, compact_at_end=False, max_steps=24)
-    metrics = iter([0.9, 0.9, 0.5, 0.9])
+    metrics = iter([0.9, 0.9, 0.5, 0.9, 0.9])  # the last: the final re-check after training
     snapshots = []
 
     def scripted_metric():
@@ -188,7 +189,7 @@ def test_parses_from_command_line_and_yaml(tmp_path):
         (dict(pruning_target=0.0), r"--pruning_target must be in \(0, 1\)"),
         (dict(pruning_target=1.2), r"--pruning_target must be in \(0, 1\)"),
         (dict(prune="layers"), "--prune must be one of heads, ffn, both"),
-        (dict(pruning_criterion="fisher"), "--pruning_criterion must be one of"),
+        (dict(pruning_criterion="hessian"), "--pruning_criterion must be one of"),
         (dict(pruning_roles="encoder,ears"), "unknown roles"),
     ],
 )

@@ -6,6 +6,16 @@ for the next ratio, prunes to it, fine-tunes, evaluates and reports the metric t
 kept (and the step size grows by ``growth``); beyond it the step is rolled back
 and the next step is half the one just tried. It stops when the target is reached,
 when the step size falls below ``min_step``, or when the trainer says training ended.
+
+Two ways to walk towards the target (``search``):
+
+* ``"grow"`` (the gradual schedule): steps from the last kept ratio, growing after each
+  keep; a ratio rolled back may be tried again later, after more training has let the
+  model recover.
+* ``"bisect"`` (the search-then-recover schedule, whose candidates get little or no
+  training): the target first; after a roll-back, the midpoint between the last kept ratio
+  and the smallest rolled-back one (the ``ceiling``), so no ratio beyond a failed one is
+  tried again and the search ends after about ``log2(target / min_step)`` evaluations.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 KEEP, ROLLBACK = "keep", "rollback"
+SEARCHES = ("grow", "bisect")
 
 
 @dataclass
@@ -22,6 +33,7 @@ class ControllerState:
     selected: float = 0.0  # the sparsity the accepted masks actually reach (floors, whole structures)
     step: float = 0.0
     pending: float | None = None  # ratio being tried
+    ceiling: float | None = None  # bisect: the smallest ratio rolled back so far
     done: bool = False
     stop_reason: str | None = None
     history: list[dict] = field(default_factory=list)
@@ -36,6 +48,7 @@ class AdaptiveController:
     tolerance_type: str = "absolute"  # absolute | relative
     greater_is_better: bool = True
     growth: float = 1.0
+    search: str = "grow"  # grow | bisect (see the module docstring)
     state: ControllerState = field(default_factory=ControllerState)
 
     def __post_init__(self):
@@ -49,6 +62,8 @@ class AdaptiveController:
             raise ValueError(f"need 0 < min_step <= initial_step, got {self.min_step} and {self.initial_step}")
         if self.growth < 1.0:
             raise ValueError(f"growth must be >= 1, got {self.growth}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
 
     # -- metric arithmetic -----------------------------------------------------------------------
     def allowed_drop(self) -> float:
@@ -66,7 +81,8 @@ class AdaptiveController:
     # -- protocol --------------------------------------------------------------------------------
     def start(self, reference: float) -> float:
         """Record the dense reference metric; returns the first ratio to try."""
-        self.state = ControllerState(reference=float(reference), step=self.initial_step)
+        first_step = self.target if self.search == "bisect" else self.initial_step
+        self.state = ControllerState(reference=float(reference), step=first_step)
         self.state.history.append({"event": "reference", "ratio": 0.0, "metric": float(reference)})
         return self.propose()
 
@@ -97,11 +113,15 @@ class AdaptiveController:
             # the masks for the target itself were kept: what they reach (rounding to whole structures) is final
             if tried >= self.target - 1e-9:
                 self.stop("target reached")
+                return decision
         else:
             # half the step actually taken: a step cut short by the target is not retried at full length
             s.step = min(s.step, tried - s.ratio) / 2
-            if s.step < self.min_step - 1e-12:
-                self.stop("step below minimum")
+            s.ceiling = tried if s.ceiling is None else min(s.ceiling, tried)
+        if self.search == "bisect" and s.ceiling is not None:
+            s.step = (s.ceiling - s.ratio) / 2  # the midpoint of what is known to keep and what is known to fail
+        if s.step < self.min_step - 1e-12:
+            self.stop("step below minimum")
         return decision
 
     def stop(self, reason: str) -> None:

@@ -8,6 +8,16 @@
   structures first: every step then weighs the same, and the scores do not
   depend on how the loss was scaled (e.g. summed rather than averaged over
   gradient-accumulation micro-batches, as some Trainer/model pairs do).
+  A whole layer's score is ``|dL/dg|`` of its output gate (see ``engine.masks``), normalised per step
+  among the layers apart from the heads and neurons: it estimates the loss change of removing the layer
+  the way a head's score estimates that of removing the head, and costs one product per layer in the
+  backward pass already running.
+  With ``ema`` in (0, 1) the scores are an exponential moving average instead
+  (``ema * previous + (1 - ema) * step``, as AdaLoRA/PLATON), so they follow the
+  model as it changes rather than weighing the first steps as much as the last.
+* :class:`FisherImportance` – the same accumulation of ``(sum(grad * weight))**2``
+  per optimizer step (the squared, Fisher-like variant of Kwon et al. 2022, here
+  per optimizer step rather than per example).
 * :class:`MagnitudeImportance` – ``sum |weight|``, the classic baseline.
 * :class:`RandomImportance` – seeded random scores, a floor for comparisons.
 
@@ -24,8 +34,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..families import Group
-from .masks import structure_count
+from ..families import Group, LayerGroup
+from .masks import get_masks, structure_count
 
 
 def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor | None]):
@@ -38,6 +48,14 @@ def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.T
     n = structure_count(base_model, group)
     total = torch.zeros(n, dtype=torch.float32, device=_device(base_model))
     if n == 0:
+        return total
+    if isinstance(group, LayerGroup):  # a layer owns all its parameters
+        for index, layer in enumerate(base_model.get_submodule(group.name)):
+            for param in layer.parameters():
+                v = value(param)
+                if v is None:
+                    return None
+                total[index] += v.float().sum()
         return total
     for path in group.row_linears:
         linear = base_model.get_submodule(path)
@@ -122,27 +140,53 @@ class TaylorImportance(Importance):
     name = "taylor"
     needs_gradients = True
 
+    def __init__(self, ema: float = 0.0):
+        super().__init__()
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0: running mean); got {ema}")
+        self.ema = ema
+
+    def step_value(self, sums: torch.Tensor) -> torch.Tensor:
+        """One optimizer step's score per structure from its ``sum(grad * weight)``."""
+        return sums.abs()
+
     @torch.no_grad()
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
         base = model.base_model
         batch = {}
         for group in groups:
-            sums = structure_sums(base, group, _grad_times_weight)
+            if isinstance(group, LayerGroup):  # dL/dg read by the layer gates during backward
+                sums = get_masks(model).take_layer_taylor(group.name)
+            else:
+                sums = structure_sums(base, group, _grad_times_weight)
             if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
                 return False
-            batch[group.name] = sums.abs()
-        total = sum(float(v.sum()) for v in batch.values())
-        if total <= 0:  # all gradients zero: nothing to learn from this step
+            batch[group.name] = self.step_value(sums)
+        # layers apart from heads and neurons: a layer's score is on another scale than one head's
+        totals = {}
+        for group in groups:
+            key = group.kind == "layers"
+            totals[key] = totals.get(key, 0.0) + float(batch[group.name].sum())
+        if any(total <= 0 for total in totals.values()):  # all gradients zero: nothing to learn from this step
             return False
-        batch = {name: value / total for name, value in batch.items()}
+        batch = {g.name: batch[g.name] / totals[g.kind == "layers"] for g in groups}
         self.num_updates += 1
         for name, value in batch.items():
             previous = self._scores.get(name)
             if previous is None or previous.shape != value.shape:
                 self._scores[name] = value
-            else:
-                previous += (value - previous) / self.num_updates
+            else:  # running mean, or the moving average's share of the newest step
+                previous += (value - previous) * ((1.0 - self.ema) if self.ema else 1.0 / self.num_updates)
         return True
+
+
+class FisherImportance(TaylorImportance):
+    """:class:`TaylorImportance` accumulating ``(sum(grad * weight))**2`` per structure and optimizer step."""
+
+    name = "fisher"
+
+    def step_value(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums.square()
 
 
 class MagnitudeImportance(Importance):

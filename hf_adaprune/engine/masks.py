@@ -4,6 +4,12 @@ Masking leaves every trainable weight untouched: a gate zeroes the pruned heads'
 slice of the attention output (or the pruned neurons of the FFN) right before
 the projection that mixes them back into the hidden size. Compaction later
 removes exactly those slices, so masked and compacted models agree.
+
+A whole layer's gate ``g`` sits on its output: ``g * layer(x) + (1 - g) * x``, so
+a layer masked to 0 passes its input through unchanged, as the model without the
+layer does. Its importance is the first-order Taylor estimate of the loss change
+when ``g`` goes from 1 to 0, ``dL/dg = <dL/d output, layer(x) - x>``, read in the
+ordinary backward pass by a hook on the gated output (no extra pass).
 """
 
 from __future__ import annotations
@@ -11,14 +17,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..families import Group, HeadGroup, find_groups
+from ..families import Group, HeadGroup, LayerGroup, find_groups, find_layer_groups
 from ..layout import install_shared_bias
 
 _ATTR = "_adaprune_masks"
 
 
 def structure_count(base_model: nn.Module, group: Group) -> int:
-    """Number of heads (or neurons) the group has now."""
+    """Number of heads (or neurons, or layers) the group has now."""
+    if isinstance(group, LayerGroup):
+        return len(base_model.get_submodule(group.name))
     rows = base_model.get_submodule(group.row_linears[0]).out_features
     return rows // group.head_dim if isinstance(group, HeadGroup) else rows
 
@@ -54,6 +62,33 @@ class _Gate:
         return (x * gate,) + tuple(args[1:])
 
 
+class _LayerGate:
+    """Forward hook on one layer: its output becomes ``g * output + (1 - g) * input`` (exact at g = 0 and 1).
+
+    While gradients flow, a hook on the gated output adds ``<dL/d output, output - input>`` (dL/dg) to the
+    masks' per-layer Taylor accumulator.
+    """
+
+    def __init__(self, masks: "PruningMasks", name: str, index: int):
+        self.masks, self.name, self.index = masks, name, index
+
+    def __call__(self, module, args, kwargs, output):
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        hidden_out = output[0] if isinstance(output, tuple) else output
+        gate = self.masks.masks[self.name][self.index].to(dtype=hidden_out.dtype)
+        gated = hidden_out * gate + hidden_in * (1 - gate)
+        if gated.requires_grad:
+            change = (hidden_out - hidden_in).detach()
+            accumulator, index = self.masks.layer_taylor[self.name], self.index
+
+            def accumulate(grad):
+                with torch.no_grad():
+                    accumulator[index] += (grad.float() * change.float()).sum().to(accumulator.device)
+
+            gated.register_hook(accumulate)
+        return (gated,) + tuple(output[1:]) if isinstance(output, tuple) else gated
+
+
 class PruningMasks:
     """The masks of one model: a 0/1 float tensor per group, 1 = kept."""
 
@@ -64,13 +99,40 @@ class PruningMasks:
         self.masks: dict[str, torch.Tensor] = {
             name: torch.ones(structure_count(base, g), device=device) for name, g in self.groups.items()
         }
+        # per layer stack: sum of dL/dg over the micro-batches since the importance last read it
+        self.layer_taylor: dict[str, torch.Tensor] = {}
         self._handles = []
         for g in self.groups.values():
-            _prepare_core(base, g)
-        for name, g in self.groups.items():
-            repeat = g.head_dim if isinstance(g, HeadGroup) else 1
-            out = base.get_submodule(g.output)
-            self._handles.append(out.register_forward_pre_hook(_Gate(self, name, repeat)))
+            self._install(base, g, device)
+
+    def _install(self, base: nn.Module, group: Group, device) -> None:
+        name = group.name
+        if isinstance(group, LayerGroup):
+            self.layer_taylor[name] = torch.zeros(len(self.masks[name]), device=device)
+            for index, layer in enumerate(base.get_submodule(name)):
+                self._handles.append(layer.register_forward_hook(_LayerGate(self, name, index), with_kwargs=True))
+            return
+        _prepare_core(base, group)
+        repeat = group.head_dim if isinstance(group, HeadGroup) else 1
+        out = base.get_submodule(group.output)
+        self._handles.append(out.register_forward_pre_hook(_Gate(self, name, repeat)))
+
+    def add_groups(self, model: nn.Module, groups: list[Group]) -> None:
+        """Gate further groups (all kept), e.g. the layer stacks of masks attached without them."""
+        base = model.base_model
+        device = next(model.parameters()).device
+        for group in groups:
+            if group.name not in self.groups:
+                self.groups[group.name] = group
+                self.masks[group.name] = torch.ones(structure_count(base, group), device=device)
+                self._install(base, group, device)
+
+    def take_layer_taylor(self, name: str) -> torch.Tensor:
+        """The stack's accumulated dL/dg per layer since the last call (then reset to zero)."""
+        accumulator = self.layer_taylor[name]
+        value = accumulator.clone()
+        accumulator.zero_()
+        return value
 
     # -- reading -------------------------------------------------------------------------------
     def kept_indices(self, name: str) -> list[int]:
@@ -116,12 +178,15 @@ class PruningMasks:
         self._handles = []
 
 
-def attach_masks(model: nn.Module) -> PruningMasks:
-    """Gate ``model``'s heads and neurons (all kept); returns the existing masks if already attached."""
+def attach_masks(model: nn.Module, layers: bool = False) -> PruningMasks:
+    """Gate ``model``'s heads and neurons (all kept), and with ``layers`` its whole layers; returns the existing
+    masks if already attached (adding the layer gates they lack)."""
     masks = getattr(model, _ATTR, None)
     if masks is None:
-        masks = PruningMasks(model)
+        masks = PruningMasks(model, find_groups(model) + (find_layer_groups(model) if layers else []))
         model.__dict__[_ATTR] = masks
+    elif layers:
+        masks.add_groups(model, find_layer_groups(model))
     return masks
 
 

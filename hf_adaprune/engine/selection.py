@@ -6,6 +6,20 @@ fraction ``ratio`` counts against the structures the masks started with.
 ranks all groups of a kind together after dividing each group's scores by
 their L2 norm (over the structures still alive), so that layers whose scores
 are larger overall do not keep everything.
+
+``multiple_of`` rounds each pruned group's kept width to a multiple (GEMM kernels
+run fastest on widths that are multiples of 8 or 16): an FFN keeps a multiple of
+neurons, an attention a number of heads whose width (heads x head_dim) is a
+multiple. The kept count goes to the nearest such multiple the group still has
+alive, and the best-scored structures fill it.
+
+Whole layers (kind ``"layers"``, one group per layer stack) are selected like any
+other kind, at least one layer kept per stack. Pruned together with heads and/or
+neurons, layers take ``1 - sqrt(1 - ratio)`` of the layer cost, so that layers and
+widths each keep the square root of what is kept overall; the heads and neurons
+of removed layers then count as pruned, and widths are selected up to ``ratio``
+(with ``scope="layer"``: every surviving group loses the share that brings the
+whole to ``ratio``).
 """
 
 from __future__ import annotations
@@ -13,6 +27,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from ..families import layer_of_group
 
 SCOPES = ("layer", "global")
 
@@ -56,25 +72,119 @@ def select_masks_by_kind(
     scope: str = "layer",
     floors: dict[str, int] | None = None,
     costs: dict[str, float] | None = None,
+    multiple_of: int = 1,
 ) -> dict[str, torch.Tensor]:
     """:func:`select_masks` run for each kind of structure apart, so heads and neurons each lose ``ratio``.
 
-    ``groups`` are the groups to prune; ``floors`` maps a kind to its per-group floor (default 1).
+    ``groups`` are the groups to prune; ``floors`` maps a kind to its per-group floor (default 1);
+    ``multiple_of`` rounds kept widths (see the module docstring).
     """
     new = {}
-    for kind in kinds:
-        names = [g.name for g in groups if g.kind == kind]
+    kinds = tuple(kinds)
+    layer_groups = [g for g in groups if g.kind == "layers"] if "layers" in kinds else []
+    if layer_groups:
+        names = [g.name for g in layer_groups]
+        new.update(select_masks({n: scores[n] for n in names}, {n: current[n] for n in names},
+                                layer_ratio(ratio, kinds), scope=scope, floor=(floors or {}).get("layers", 1),
+                                costs=None if costs is None else {n: costs[n] for n in names}))
+        current = dict(current)
+        for group in groups:
+            where = None if group.kind == "layers" else layer_of_group(layer_groups, group.name)
+            if where is not None and new[where[0]][where[1]] < 0.5:  # in a removed layer: pruned with it
+                current[group.name] = torch.zeros_like(current[group.name])
+        if scope == "layer":  # each surviving group loses what the removed layers leave to reach ratio
+            removed = selected_fraction({n: new[n] for n in names},
+                                        None if costs is None else {n: costs[n] for n in names})
+            ratio = min(1.0, max(0.0, 1.0 - (1.0 - ratio) / max(1.0 - removed, 1e-9)))
+    for kind in (k for k in kinds if k != "layers"):
+        kind_groups = [g for g in groups if g.kind == kind]
+        names = [g.name for g in kind_groups]
         if not names:
             continue
-        new.update(select_masks(
+        floor = (floors or {}).get(kind, 1)
+        selected = select_masks(
             {n: scores[n] for n in names},
             {n: current[n] for n in names},
             ratio,
             scope=scope,
-            floor=(floors or {}).get(kind, 1),
+            floor=floor,
             costs=None if costs is None else {n: costs[n] for n in names},
-        ))
+        )
+        for group in kind_groups if multiple_of > 1 else ():
+            multiple = structure_multiple(group, multiple_of)
+            if multiple > 1:
+                selected[group.name] = round_kept(scores[group.name], current[group.name], selected[group.name],
+                                                  multiple, floor)
+        new.update(selected)
     return new
+
+
+def layer_ratio(ratio: float, kinds) -> float:
+    """The fraction of the layer cost that whole layers take when ``kinds`` are pruned to ``ratio``."""
+    return ratio if set(kinds) <= {"layers"} else 1.0 - math.sqrt(1.0 - ratio)
+
+
+def layer_target_problem(groups, sizes: dict[str, int], target: float, kinds,
+                         costs: dict[str, float] | None = None) -> str | None:
+    """Why ``target`` would need a stack to lose every layer (each keeps one), or None."""
+    stacks = [g for g in groups if g.kind == "layers"] if "layers" in kinds else []
+    refused = [g.refuse for g in stacks if getattr(g, "refuse", "")]
+    if refused:
+        return refused[0]
+    if not stacks:
+        return None
+    needed = layer_ratio(target, kinds)
+    reachable = reachable_fraction({g.name: sizes[g.name] for g in stacks}, 1,
+                                   None if costs is None else {g.name: costs[g.name] for g in stacks})
+    if needed <= reachable + 1e-9:
+        return None
+    counts = ", ".join(f"{g.name}: {sizes[g.name]}" for g in stacks)
+    return (f"pruning target {target} needs {needed:.4f} of the layers removed, but every stack keeps at least one "
+            f"layer ({counts} layers), so at most {reachable:.4f} can go. Lower --pruning_target, prune heads and "
+            "FFN neurons as well (--prune heads,ffn,layers), or include more stacks in --pruning_roles.")
+
+
+def structure_multiple(group, multiple_of: int) -> int:
+    """How many structures of ``group`` make a width that is a multiple of ``multiple_of``: the multiple itself
+    for FFN neurons, ``multiple_of / gcd(multiple_of, head_dim)`` heads for an attention (1 when head_dim is
+    already a multiple, as 64 is of 8 and 16)."""
+    if group.kind == "ffn":
+        return multiple_of
+    if group.kind == "heads":
+        return multiple_of // math.gcd(multiple_of, group.head_dim)
+    return 1
+
+
+def round_kept(score: torch.Tensor, current: torch.Tensor, selected: torch.Tensor, multiple: int,
+               floor: int) -> torch.Tensor:
+    """``selected`` with its kept count rounded to the nearest multiple of ``multiple`` that the structures alive
+    in ``current`` allow (and at least the floor, rounded up); the best-scored alive structures are kept.
+    A group the selection left whole stays whole."""
+    alive = current >= 0.5
+    alive_count, kept = int(alive.sum()), int((selected >= 0.5).sum())
+    if kept == alive_count:
+        return selected
+    rounded = min(int(math.floor(kept / multiple + 0.5)) * multiple, alive_count // multiple * multiple)
+    least = -(-_floor_for(selected.numel(), floor) // multiple) * multiple
+    rounded = max(rounded, min(least, alive_count // multiple * multiple))
+    ranked = score.detach().float().cpu().clone()
+    ranked[~alive.cpu()] = -math.inf
+    order = torch.argsort(ranked, descending=True, stable=True)
+    new = torch.zeros_like(selected)
+    new[order[:rounded].to(selected.device)] = 1
+    return new
+
+
+def multiple_problem(groups, sizes: dict[str, int], multiple_of: int) -> str | None:
+    """Why ``multiple_of`` cannot be honoured by some group (a width smaller than the multiple), or None."""
+    for group in groups:
+        multiple = structure_multiple(group, multiple_of)
+        if multiple > 1 and sizes[group.name] < multiple:
+            unit = "neurons" if group.kind == "ffn" else f"heads of {group.head_dim} dimensions"
+            return (f"--pruning_multiple_of {multiple_of} cannot be honoured by {group.name}: it has "
+                    f"{sizes[group.name]} {unit}, fewer than the {multiple} a multiple of {multiple_of} needs. "
+                    "Use a smaller multiple (1 turns rounding off) or leave that group out of --pruning_roles.")
+    return None
 
 
 def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | None = None) -> float:
@@ -86,9 +196,11 @@ def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | 
 
 def selected_fraction_by_kind(groups, masks: dict[str, torch.Tensor], kinds=("heads", "ffn"),
                               costs: dict[str, float] | None = None) -> float:
-    """What :func:`select_masks_by_kind` actually reached: the smallest fraction pruned over ``kinds``."""
+    """What :func:`select_masks_by_kind` actually reached: the smallest fraction pruned over ``kinds`` (with layers
+    and widths together, the widths' fraction, which counts the structures of removed layers)."""
     fractions = []
-    for kind in kinds:
+    kinds = tuple(kinds)
+    for kind in (k for k in kinds if k != "layers") if set(kinds) - {"layers"} else kinds:
         names = [g.name for g in groups if g.kind == kind]
         if names:
             fractions.append(selected_fraction({n: masks[n] for n in names},

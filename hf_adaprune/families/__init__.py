@@ -9,7 +9,7 @@ registered) on package import.
 import importlib
 import pkgutil
 
-from .base import Group, HeadGroup, NeuronGroup
+from .base import Group, HeadGroup, LayerGroup, NeuronGroup
 from .registry import (
     HEAD_ROLES,
     KINDS,
@@ -18,7 +18,9 @@ from .registry import (
     UnsupportedModelError,
     filter_groups,
     find_groups,
+    find_layer_groups,
     get_adapter,
+    layer_of_group,
     register_family,
     supported_model_types,
 )
@@ -34,11 +36,14 @@ __all__ = [
     "ROLES",
     "Group",
     "HeadGroup",
+    "LayerGroup",
     "NeuronGroup",
     "UnsupportedModelError",
     "filter_groups",
     "find_groups",
+    "find_layer_groups",
     "get_adapter",
+    "layer_of_group",
     "register_family",
     "supported_model_types",
 ]

@@ -9,7 +9,7 @@ alone (``...ForCausalLM``, whose base model has only ``decoder``).
 
 from __future__ import annotations
 
-from .base import NeuronGroup, proj_attention
+from .base import NeuronGroup, layer_stacks, proj_attention
 from .registry import register_family
 
 
@@ -33,4 +33,9 @@ def bart_groups(base_model, config):
     return groups
 
 
-register_family(("bart", "marian", "mbart", "m2m_100"), bart_groups)
+def bart_stacks(base_model, config):
+    return layer_stacks(base_model, [("encoder.layers", "encoder_layers", "encoder"),
+                                     ("decoder.layers", "decoder_layers", "decoder")])
+
+
+register_family(("bart", "marian", "mbart", "m2m_100"), bart_groups, layer_stacks=bart_stacks)

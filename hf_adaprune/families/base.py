@@ -64,7 +64,30 @@ class NeuronGroup:
         return self.inputs
 
 
-Group = HeadGroup | NeuronGroup
+@dataclass(frozen=True)
+class LayerGroup:
+    """One stack of transformer layers (a ``ModuleList``): its structures are whole layers.
+
+    ``count_attr`` is the config attribute holding the stack's layer count (updated when layers are removed, so
+    that stock transformers builds the smaller model). ``hand_on``: ``(module, flag)`` paths inside a layer for
+    what only the first layer of the stack owns (T5's and WavLM's relative position bias): a removed first layer
+    hands them to the first kept one.
+    """
+
+    name: str  # path of the ModuleList
+    count_attr: str
+    role: str = "encoder"  # encoder | decoder
+    hand_on: tuple[tuple[str, str], ...] = ()
+    # why this stack's layers cannot be removed in this model ("" when they can)
+    refuse: str = ""
+
+    kind = "layers"
+
+    def layer_path(self, index: int) -> str:
+        return f"{self.name}.{index}"
+
+
+Group = HeadGroup | NeuronGroup | LayerGroup
 
 
 def proj_attention(path: str, head_dim: int, role: str = "encoder_self", **extra) -> HeadGroup:
@@ -93,3 +116,18 @@ class FamilyAdapter:
     find_groups: object  # callable(base_model, config) -> list[Group], empty attentions included
     # the family's shared-bias attention forward, copied into the remote-code file of its saved models
     attention_forward: type | None = None
+    # callable(base_model, config) -> list[LayerGroup]: the layer stacks whole layers can be removed from
+    layer_stacks: object = None
+
+
+def layer_stacks(base_model, stacks) -> list[LayerGroup]:
+    """The :class:`LayerGroup` of each ``(path, config attribute, role, hand_on)`` whose stack this model has
+    (an encoder-only or decoder-only head class has one of the two)."""
+    groups = []
+    for path, count_attr, role, *hand_on in stacks:
+        try:
+            base_model.get_submodule(path)
+        except AttributeError:
+            continue
+        groups.append(LayerGroup(name=path, count_attr=count_attr, role=role, hand_on=tuple(hand_on)))
+    return groups

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import HeadGroup, NeuronGroup
+from .base import HeadGroup, NeuronGroup, layer_stacks
 from .registry import register_family
 
 
@@ -31,4 +31,5 @@ def bert_groups(base_model, config):
     return groups
 
 
-register_family(("bert", "roberta", "xlm-roberta", "electra", "camembert"), bert_groups)
+register_family(("bert", "roberta", "xlm-roberta", "electra", "camembert"), bert_groups,
+                layer_stacks=lambda base, config: layer_stacks(base, [("encoder.layer", "num_hidden_layers", "encoder")]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import HeadGroup, NeuronGroup
+from .base import HeadGroup, NeuronGroup, layer_stacks
 from .registry import register_family
 
 
@@ -29,4 +29,5 @@ def distilbert_groups(base_model, config):
     return groups
 
 
-register_family(("distilbert",), distilbert_groups)
+register_family(("distilbert",), distilbert_groups,
+                layer_stacks=lambda base, config: layer_stacks(base, [("transformer.layer", "n_layers", "encoder")]))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .base import FamilyAdapter, Group, HeadGroup
+from .base import FamilyAdapter, Group, HeadGroup, LayerGroup
 
 HEAD_ROLES = ("encoder_self", "decoder_self", "cross")
 NEURON_ROLES = ("encoder", "decoder")
 ROLES = HEAD_ROLES + NEURON_ROLES
-KINDS = ("heads", "ffn")
+KINDS = ("heads", "ffn", "layers")
 
 _FAMILIES: dict[str, FamilyAdapter] = {}
 
@@ -20,12 +20,13 @@ class UnsupportedModelError(ValueError):
 
 
 def register_family(model_types: Iterable[str], find_groups: Callable,
-                    attention_forward: type | None = None) -> FamilyAdapter:
+                    attention_forward: type | None = None, layer_stacks: Callable | None = None) -> FamilyAdapter:
     """Register a family. ``find_groups(base_model, config)`` lists every group, including attentions emptied
     by an earlier compaction (they are skipped here). ``attention_forward``: the family's shared-bias forward
-    (decorated with ``layout.register_shared_bias``), when its groups set ``shared_bias``."""
+    (decorated with ``layout.register_shared_bias``), when its groups set ``shared_bias``. ``layer_stacks(base_model,
+    config)`` lists its :class:`~.base.LayerGroup` stacks, for removing whole layers."""
     adapter = FamilyAdapter(model_types=tuple(model_types), find_groups=find_groups,
-                            attention_forward=attention_forward)
+                            attention_forward=attention_forward, layer_stacks=layer_stacks)
     for model_type in adapter.model_types:
         _FAMILIES[model_type] = adapter
     return adapter
@@ -58,6 +59,22 @@ def find_groups(model) -> list[Group]:
     return [g for g in get_adapter(model).find_groups(base, model.config) if not _emptied(base, g)]
 
 
+def find_layer_groups(model) -> list[LayerGroup]:
+    """The layer stacks of ``model`` whose whole layers can be pruned (``[]`` for a family that lists none)."""
+    adapter = get_adapter(model)
+    return [] if adapter.layer_stacks is None else adapter.layer_stacks(model.base_model, model.config)
+
+
+def layer_of_group(layer_groups: Iterable[LayerGroup], group_name: str) -> tuple[str, int] | None:
+    """``(stack name, layer index)`` of the layer holding the head / FFN group ``group_name``, or None."""
+    for stack in layer_groups:
+        head, _, rest = group_name.partition(stack.name + ".")
+        index = rest.partition(".")[0]
+        if head == "" and rest and index.isdigit():
+            return stack.name, int(index)
+    return None
+
+
 def _emptied(base_model, group: Group) -> bool:
     return isinstance(group, HeadGroup) and getattr(base_model.get_submodule(group.core), "is_empty_attention", False)
 
@@ -65,10 +82,11 @@ def _emptied(base_model, group: Group) -> bool:
 def filter_groups(
     groups: Iterable[Group], roles: Iterable[str] | str | None = None, kind: Iterable[str] | str | None = None
 ) -> list[Group]:
-    """The groups with a role in ``roles`` and a kind in ``kind`` ("heads", "ffn"; all if None), in their order.
+    """The groups with a role in ``roles`` and a kind in ``kind`` ("heads", "ffn", "layers"; all if None), in order.
 
     E.g. ``filter_groups(find_groups(model), roles="cross")`` for the decoder cross-attentions only, or
-    ``roles=("decoder_self", "cross", "decoder")`` for the whole decoder. Pass the result to
+    ``roles=("decoder_self", "cross", "decoder")`` for the whole decoder (layer stacks have role "encoder" or
+    "decoder", like FFNs). Pass the result to
     ``PruningMasks(model, groups)`` / importance / selection to work on those groups alone.
     """
     roles = None if roles is None else {roles} if isinstance(roles, str) else set(roles)

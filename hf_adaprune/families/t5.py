@@ -16,6 +16,8 @@ saved T5 model, so it uses only torch and the names of ``hf_adaprune.layout``.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..layout import (
     SharedBiasMixin,
     cache_placeholder,
@@ -23,7 +25,7 @@ from ..layout import (
     kept_heads_index,
     register_shared_bias,
 )
-from .base import HeadGroup, NeuronGroup
+from .base import HeadGroup, NeuronGroup, layer_stacks
 from .registry import register_family
 
 
@@ -122,4 +124,20 @@ def t5_groups(base_model, config):
     return groups
 
 
-register_family(("t5", "mt5"), t5_groups, attention_forward=T5SharedBias)
+_FIRST_BLOCK_BIAS = ("layer.0.SelfAttention.relative_attention_bias", "layer.0.SelfAttention.has_relative_attention_bias")
+
+
+def t5_stacks(base_model, config):
+    # the first block of each stack owns the relative position bias the later blocks read
+    stacks = layer_stacks(base_model, [("encoder.block", "num_layers", "encoder", _FIRST_BLOCK_BIAS),
+                                       ("decoder.block", "num_decoder_layers", "decoder", _FIRST_BLOCK_BIAS)])
+    if len(stacks) == 2:
+        # transformers sizes the KV cache by num_hidden_layers, which T5 maps to the encoder's num_layers
+        stacks[0] = dataclasses.replace(stacks[0], refuse=(
+            "T5's encoder layers cannot be removed while the model has a decoder: transformers sizes T5's KV "
+            "cache by the encoder's layer count (num_layers), so generate() with the cache fails once the decoder "
+            "has more layers. Prune T5 layers with --pruning_roles decoder (T5EncoderModel's layers can go)."))
+    return stacks
+
+
+register_family(("t5", "mt5"), t5_groups, attention_forward=T5SharedBias, layer_stacks=t5_stacks)

@@ -15,7 +15,7 @@ block reads and writes, not its inner width, so it is left alone.
 
 from __future__ import annotations
 
-from .base import NeuronGroup, proj_attention
+from .base import NeuronGroup, layer_stacks, proj_attention
 from .registry import register_family
 
 
@@ -32,4 +32,5 @@ def wav2vec2_groups(base_model, config):
     return groups
 
 
-register_family(("wav2vec2", "hubert"), wav2vec2_groups)
+register_family(("wav2vec2", "hubert"), wav2vec2_groups,
+                layer_stacks=lambda base, config: layer_stacks(base, [("encoder.layers", "num_hidden_layers", "encoder")]))

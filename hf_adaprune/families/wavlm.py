@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..layout import SharedBiasMixin, kept_heads_index, register_shared_bias
-from .base import NeuronGroup, proj_attention
+from .base import NeuronGroup, layer_stacks, proj_attention
 from .registry import register_family
 
 
@@ -85,4 +85,10 @@ def wavlm_groups(base_model, config):
     return groups
 
 
-register_family(("wavlm",), wavlm_groups, attention_forward=WavLMSharedBias)
+def wavlm_stacks(base_model, config):
+    # the first layer's attention owns the relative position bias every layer reads
+    return layer_stacks(base_model, [("encoder.layers", "num_hidden_layers", "encoder",
+                                      ("attention.rel_attn_embed", "attention.has_relative_position_bias"))])
+
+
+register_family(("wavlm",), wavlm_groups, attention_forward=WavLMSharedBias, layer_stacks=wavlm_stacks)

@@ -19,7 +19,7 @@ Group names: ``encoder.layers.<i>.self_attn``, ``encoder.layers.<i>.ffn``,
 
 from __future__ import annotations
 
-from .base import NeuronGroup, proj_attention
+from .base import NeuronGroup, layer_stacks, proj_attention
 from .registry import register_family
 
 
@@ -47,4 +47,9 @@ def whisper_groups(base_model, config):
     return groups
 
 
-register_family(("whisper",), whisper_groups)
+def whisper_stacks(base_model, config):
+    return layer_stacks(base_model, [("encoder.layers", "encoder_layers", "encoder"),
+                                     ("decoder.layers", "decoder_layers", "decoder")])
+
+
+register_family(("whisper",), whisper_groups, layer_stacks=whisper_stacks)

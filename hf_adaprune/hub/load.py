@@ -6,10 +6,11 @@ import functools
 import sys
 
 import transformers
-from transformers import AutoConfig
+from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from ..layout import PrunedModelMixin, read_record
-from .remote_code import pruned_class_name, set_auto_map, write_remote_code
+from .config_marker import base_model_type, mark_config, pruned_config_class
+from .remote_code import set_auto_map, write_remote_code
 
 
 class SavesRemoteCode:
@@ -17,6 +18,7 @@ class SavesRemoteCode:
     remote-code model has: ``auto_map`` in config.json and ``modeling_adaprune.py`` next to the weights."""
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        mark_config(self.config)  # model_type adaprune_<family> in config.json
         class_names = set_auto_map(self)
         super().save_pretrained(save_directory, *args, **kwargs)
         if (args[0] if args else kwargs.get("is_main_process", True)):
@@ -24,9 +26,12 @@ class SavesRemoteCode:
 
 
 @functools.cache
-def pruned_class(base_class: type, name: str | None = None) -> type:
-    """``base_class`` with :class:`PrunedModelMixin` mixed in (one class per base class and name)."""
-    name = name or pruned_class_name(base_class.__name__)
+def pruned_class(base_class: type) -> type:
+    """``base_class`` with :class:`PrunedModelMixin` mixed in, under its own name: transformers infers the
+    task (model card, ``pipeline``) from the class name."""
+    if issubclass(base_class, SavesRemoteCode):
+        return base_class
+    name = base_class.__name__
     cls = type(name, (SavesRemoteCode, PrunedModelMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], name, cls)  # picklable by reference
     return cls
@@ -34,10 +39,17 @@ def pruned_class(base_class: type, name: str | None = None) -> type:
 
 def as_pruned(model):
     """Give a compacted ``model`` its pruned class (same object, same weights), so that it saves as one."""
-    if not isinstance(model, SavesRemoteCode):
-        # keeps its class name: transformers infers the task (model card, pipeline) from it
-        model.__class__ = pruned_class(type(model), type(model).__name__)
+    model.__class__ = pruned_class(type(model))
     return model
+
+
+def load_pruned_config(path, **kwargs):
+    """The config of a pruned folder as its family's (marked) config class; no remote code runs."""
+    config_dict, _ = PretrainedConfig.get_config_dict(path, **kwargs)
+    model_type = base_model_type(str(config_dict.get("model_type", "")))
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"{path}: unknown model_type {config_dict.get('model_type')!r} in config.json")
+    return pruned_config_class(CONFIG_MAPPING[model_type]).from_pretrained(path, **kwargs)
 
 
 class AutoPrunedModel:
@@ -46,16 +58,16 @@ class AutoPrunedModel:
 
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
+        config = kwargs.pop("config", None) or load_pruned_config(path)
         if not read_record(config, f"{path}/config.json"):
             raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
         if auto_class is not None:
             base_class = auto_class._model_mapping[type(config)]
         else:
             architecture = (config.architectures or [""])[0] or ""
-            # a pruned model saved again records its own class (PrunedBert...): build from the transformers class
+            # folders saved before classes kept their names say PrunedBert...: build from the transformers class
             base_class = getattr(transformers, architecture, None) or getattr(
-                transformers, architecture.removeprefix(pruned_class_name("")), None)
+                transformers, architecture.removeprefix("Pruned"), None)
             if base_class is None:
                 raise ValueError(f"cannot tell which model class to build from architectures={config.architectures}")
         return pruned_class(base_class).from_pretrained(path, config=config, **kwargs)

@@ -2,9 +2,14 @@
 
 It is generated, never edited by hand: the source of :mod:`hf_adaprune.layout`
 (the layout codec compaction uses too), then the model family's attention forward
-when it has one (T5, WavLM), then one class per saved head class. So
-``AutoModel...from_pretrained(folder, trust_remote_code=True)`` rebuilds the
-pruned shapes with torch and transformers alone.
+when it has one (T5, WavLM), then the config class that reads the folder's
+``adaprune_<family>`` model type (:mod:`.config_marker`), then one class per saved
+head class. So ``AutoModel...from_pretrained(folder, trust_remote_code=True)``
+rebuilds the pruned shapes with torch and transformers alone.
+
+The classes keep the transformers names (``BertForSequenceClassification``,
+``BertConfig``): ``pipeline()`` checks a model's support by class name, and the
+auto mappings find a config's tokenizer and feature extractor by class name.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from transformers.models.auto import modeling_auto
 
 from .. import layout
 from ..families import get_adapter
+from .config_marker import PrunedConfigMixin
 
 REMOTE_CODE_FILE = "modeling_adaprune.py"
 
@@ -28,19 +34,19 @@ _HEADER = """\
 """
 
 
-def pruned_class_name(base_class_name: str) -> str:
-    return f"Pruned{base_class_name}"
-
-
-def remote_code_source(class_names: set[str], attention_forward: type | None = None) -> str:
+def remote_code_source(class_names: set[str], config_class_name: str, attention_forward: type | None = None) -> str:
     forward = "" if attention_forward is None else f" and {inspect.getsourcefile(attention_forward).rpartition('hf_adaprune/')[2]}"
     parts = [_HEADER.format(forward=forward) + inspect.getsource(layout).rstrip()]
     if attention_forward is not None:
         parts.append(inspect.getsource(attention_forward).rstrip())  # with its @register_shared_bias line
+    parts.append(inspect.getsource(PrunedConfigMixin).rstrip())
     parts.append("import transformers  # noqa: E402  (the base classes below)")
+    parts.append(f"class {config_class_name}(PrunedConfigMixin, transformers.{config_class_name}):\n"
+                 f'    """{config_class_name}, saved with model_type ``adaprune_<family>``."""')
     for name in sorted(class_names):
-        parts.append(f"class {pruned_class_name(name)}(PrunedModelMixin, transformers.{name}):\n"
-                     f'    """{name} with the pruned layout of ``config.adaprune``."""')
+        parts.append(f"class {name}(PrunedModelMixin, transformers.{name}):\n"
+                     f'    """{name} with the pruned layout of ``config.adaprune``."""\n\n'
+                     f"    config_class = {config_class_name}")
     return "\n\n\n".join(parts) + "\n"
 
 
@@ -77,13 +83,23 @@ def auto_classes_for(model) -> dict[str, str]:
     return found
 
 
+def stock_config_class_name(config) -> str:
+    """The transformers config class ``config`` is (or extends, once marked)."""
+    for cls in type(config).__mro__:
+        if getattr(transformers, cls.__name__, None) is cls:
+            return cls.__name__
+    raise ValueError(f"{type(config).__name__} is not a transformers config class")
+
+
 def set_auto_map(model) -> set[str]:
     """Point ``model.config.auto_map`` at the remote-code classes; returns the transformers classes they extend."""
     auto = auto_classes_for(model)
-    model.config.auto_map = {k: f"{REMOTE_CODE_FILE[:-3]}.{pruned_class_name(v)}" for k, v in auto.items()}
+    module = REMOTE_CODE_FILE[:-3]
+    model.config.auto_map = {"AutoConfig": f"{module}.{stock_config_class_name(model.config)}",
+                             **{k: f"{module}.{v}" for k, v in auto.items()}}
     return set(auto.values())
 
 
 def write_remote_code(model, folder, class_names: set[str]) -> None:
-    source = remote_code_source(class_names, get_adapter(model).attention_forward)
+    source = remote_code_source(class_names, stock_config_class_name(model.config), get_adapter(model).attention_forward)
     (Path(folder) / REMOTE_CODE_FILE).write_text(source)

@@ -14,7 +14,8 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..engine.masks import get_masks, structure_count
-from ..surgery import kept_structure
+from ..layout import read_record
+from ..surgery import kept_structure, original_path
 from .summary import LayerComparison, ProfileComparison
 
 _aten = torch.ops.aten
@@ -96,19 +97,23 @@ def structure_costs(model, groups, seq_len: int) -> dict[str, float]:
     """Forward FLOPs of one head / one neuron in each group, read off a FlopCounterMode run.
 
     Attention and FFN FLOPs are linear in the number of heads / neurons, so a
-    group's measured FLOPs divided by its count is the cost of one structure.
+    group's measured FLOPs divided by its count is the cost of one structure; a
+    layer stack's cost is that of its average layer.
     """
     _, per_module = count_flops(model, example_inputs(model, seq_len=seq_len))
     base = model.base_model
-    costs = {}
-    for group in groups:
-        if group.kind == "heads":
-            paths = [group.core] + ([] if group.output_in_core else [group.output])
-        else:
-            paths = list(group.inputs) + [group.output]
-        count = max(structure_count(base, group), 1)
-        costs[group.name] = sum(per_module.get(p, 0) for p in paths) / count
-    return costs
+    return {group.name: sum(per_module.get(p, 0) for p in structure_modules(base, group))
+            / max(structure_count(base, group), 1) for group in groups}
+
+
+def structure_modules(base_model: nn.Module, group) -> list[str]:
+    """The modules (paths under ``base_model``) whose cost a group's structures share: the attention block (and an
+    output projection outside it), the FFN linears, or each whole layer of a stack."""
+    if group.kind == "layers":
+        return [group.layer_path(i) for i in range(structure_count(base_model, group))]
+    if group.kind == "heads":
+        return [group.core] + ([] if group.output_in_core else [group.output])
+    return list(group.inputs) + [group.output]
 
 
 def layer_of(group_name: str) -> str:
@@ -134,17 +139,20 @@ def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> 
 
     inputs = example_inputs(model, seq_len, batch_size)
     total, per_module = count_flops(model, inputs)
-    layers = sorted({layer_of(g.name) for g in find_groups(model)} | set(_structure_by_layer(model)),
-                    key=_natural_key)
+    record = read_record(model.config)
+    # rows are named by the dense model's layers (after layers were removed, path != name)
+    paths = {original_path(record, layer_of(g.name)): layer_of(g.name) for g in find_groups(model)}
     structure = _structure_by_layer(model)
+    layers = sorted(set(paths) | set(structure), key=_natural_key)
     base = model.base_model
     rows = []
     for layer in layers:
         info = structure.get(layer, {})
+        path = paths.get(layer, layer)
         rows.append({
             "layer": layer,
-            "params": count_params(base.get_submodule(layer)),
-            "flops": per_module.get(layer, 0),
+            "params": count_params(base.get_submodule(path)),
+            "flops": per_module.get(path, 0),
             "heads": [k for _, k in info.get("heads", [])],
             "ffn": [k for _, k in info.get("ffn", [])],
         })
@@ -175,7 +183,9 @@ def compare_profiles(before: dict, after: dict) -> ProfileComparison:
     after_rows = {r["layer"]: r for r in after["layers"]}
     layers = []
     for row in before["layers"]:
-        new = after_rows.get(row["layer"], row)
+        # a layer missing after pruning was removed whole
+        new = after_rows.get(row["layer"], {"heads": [0] * len(row["heads"]), "ffn": [0] * len(row["ffn"]),
+                                            "params": 0, "flops": 0})
         layers.append(LayerComparison(
             layer=row["layer"], heads_before=width(row["heads"]), heads_after=width(new["heads"]),
             ffn_before=width(row["ffn"]), ffn_after=width(new["ffn"]),

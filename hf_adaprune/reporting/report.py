@@ -197,6 +197,9 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
         "model = AutoModel.from_pretrained(path, trust_remote_code=True)  # modeling_adaprune.py rebuilds the shapes",
         "```",
         "",
+        "The pruned shapes need the shipped `modeling_adaprune.py`: without `trust_remote_code=True` transformers "
+        "refuses the folder (`config.json` says `model_type: adaprune_<family>`). Pass it to `pipeline(...)`, "
+        "`AutoTokenizer` and `AutoProcessor` too.",
         "With `hf_adaprune` installed, `hf_adaprune.AutoPrunedModel.from_pretrained(path)` needs no remote code.",
         "",
     ]

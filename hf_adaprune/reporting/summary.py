@@ -94,9 +94,12 @@ class PruningSummary(_ReadsLikeADict):
     decisions: list[dict] = field(default_factory=list)
     groups: dict[str, dict] = field(default_factory=dict)
     comparison: ProfileComparison | None = None
+    schedule: str = "gradual"
+    final_check: dict | None = None  # the final model's metric vs the tolerance, measured after training
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:
-        values = {k: data[k] for k in cls._field_names() if k != "comparison"}
+        # reports written before schedule / final_check existed read with their defaults
+        values = {k: data[k] for k in cls._field_names() if k != "comparison" and k in data}
         comparison = data.get("comparison")
         return cls(**values, comparison=None if comparison is None else ProfileComparison.from_dict(comparison))

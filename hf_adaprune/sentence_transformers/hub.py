@@ -16,7 +16,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers import AutoModel
 
-from ..hub.load import AutoPrunedModel
+from ..hub.load import AutoPrunedModel, load_pruned_config
 from ..reporting.report import model_card
 from ..reporting.summary import PruningSummary
 from ..surgery import compact
@@ -49,6 +49,11 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
 
 class _PrunedTransformer(Transformer):
     """Loads the transformers model with hf_adaprune's own pruned classes instead of the shipped remote code."""
+
+    def _load_config(self, model_name_or_path, backend, config_kwargs):
+        # config.json says model_type adaprune_<family>: AutoConfig would ask for trust_remote_code
+        config_kwargs = {k: v for k, v in config_kwargs.items() if k != "trust_remote_code"}
+        return load_pruned_config(model_name_or_path, **config_kwargs), False
 
     def _load_model(self, model_name_or_path, transformer_task, config, backend, is_peft_model, **model_kwargs):
         if backend != "torch" or transformer_task != "feature-extraction":

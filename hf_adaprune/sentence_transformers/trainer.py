@@ -44,6 +44,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if not isinstance(args, SentenceTransformerPruningArguments):
             raise TypeError(f"{type(self).__name__} needs SentenceTransformerPruningArguments, got {type(args).__name__}")
         transformer_module(model)  # an unsupported first module fails before the dense embeddings are computed
+        if args.distillation:
+            raise ValueError("--distillation distils a task head's logits; for a SentenceTransformer leave the loss "
+                             "unset instead: the default loss distils the dense model's embeddings")
         if loss is None:
             loss = embedding_distillation_loss(model)
             if isinstance(train_dataset, Dataset) and "label" not in train_dataset.column_names:

@@ -20,9 +20,11 @@ from ..engine.importance import IMPORTANCE_CRITERIA
 from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
+from .distillation import validate_distillation_arguments
+from .schedule import SCHEDULES
 
-STRUCTURES = ("heads", "ffn", "both")
-TARGET_TYPES = ("structures", "flops")
+STRUCTURES = ("heads", "ffn", "layers")
+TARGET_TYPES = ("structures", "flops", "latency")
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +41,30 @@ def has_accelerator() -> bool:
 
 @dataclass
 class PruningArguments(TrainingArguments):
-    prune: str = field(default="both", metadata={"help": "What to prune: 'heads', 'ffn' or 'both'."})
+    prune: str = field(
+        default="both",
+        metadata={"help": "What to prune: 'heads', 'ffn', 'layers' (whole transformer layers) or a comma list of "
+                          "them; 'both' = 'heads,ffn'."},
+    )
     pruning_roles: str = field(
         default="all",
         metadata={"help": "Comma-separated roles to prune (encoder_self, decoder_self, cross for heads; encoder, "
                           "decoder for FFN) or 'all'. Encoder-only models have encoder_self and encoder."},
     )
-    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'magnitude' or 'random'."})
+    pruning_criterion: str = field(default="taylor", metadata={"help": "Importance: 'taylor', 'fisher' (squared Taylor), 'magnitude' or 'random'."})
+    pruning_score_ema: float = field(
+        default=0.0,
+        metadata={"help": "taylor / fisher: 0 averages the per-step scores since the start; a value in (0, 1) keeps "
+                          "an exponential moving average with this weight on the previous scores (e.g. 0.85)."},
+    )
     pruning_target: float = field(
         default=0.5, metadata={"help": "Target sparsity in (0, 1): fraction of heads/neurons or of layer FLOPs."}
     )
     pruning_target_type: str = field(
         default="flops",
         metadata={"help": "'flops': the target is a fraction of the prunable layers' FLOPs; 'structures': a fraction "
-                          "of heads and of neurons."},
+                          "of heads and of neurons; 'latency': a fraction of their time measured at start on this "
+                          "device (forward, or generate for encoder-decoders)."},
     )
     pruning_metric: str = field(
         default="loss",
@@ -80,6 +92,18 @@ class PruningArguments(TrainingArguments):
     pruning_step_growth: float = field(
         default=1.5, metadata={"help": "Factor applied to the step after a kept step (1 keeps it constant)."}
     )
+    pruning_schedule: str = field(
+        default="gradual",
+        metadata={"help": "'gradual': prune a step, fine-tune --pruning_interval steps, decide, repeat (the ratio grows "
+                          "while training goes on). 'search_then_recover': after the warm-up, try the target at once "
+                          "and bisect towards the largest ratio within tolerance, each candidate judged after "
+                          "--pruning_search_steps steps; the rest of the budget fine-tunes at that shape."},
+    )
+    pruning_search_steps: int = field(
+        default=0,
+        metadata={"help": "search_then_recover: fine-tuning steps between masking a candidate ratio and judging it "
+                          "(0: judged right after masking, the whole search within one step)."},
+    )
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
     )
@@ -88,8 +112,35 @@ class PruningArguments(TrainingArguments):
     pruning_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate each pruning decision on the first N eval examples (default: all)."}
     )
+    pruning_multiple_of: int = field(
+        default=1,
+        metadata={"help": "Round each pruned FFN's kept width, and each attention's kept heads x head_dim, to a "
+                          "multiple of this (e.g. 8 or 16, widths GEMM kernels like); 1 turns rounding off."},
+    )
+    pruning_latency_batch_size: int = field(
+        default=1, metadata={"help": "Batch size at which --pruning_target_type latency measures the model."})
+    pruning_latency_seq_len: int | None = field(
+        default=None, metadata={"help": "Sequence length for the latency table (default: --pruning_seq_len)."})
+    pruning_generation_tokens: int = field(
+        default=16, metadata={"help": "Tokens generated per measurement of an encoder-decoder's latency table."})
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
+    distillation: bool = field(
+        default=False,
+        metadata={"help": "Distil from a frozen dense teacher while pruning (logit KL, and layer outputs with "
+                          "--distillation_hidden_weight)."},
+    )
+    distillation_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the task loss; the logit distillation loss gets 1 - alpha."})
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the logit KL."})
+    distillation_hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the layer-output MSE (layer i of the student vs layer i of the "
+                                       "teacher; 0: off)."})
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The teacher (same architecture and outputs). Default: a frozen copy of the model as it "
+                          "stands when the dense reference is taken, saved to <output_dir>/distillation_teacher."},
+    )
     pruning_resume_with_new_arguments: bool = field(
         default=False,
         metadata={"help": "Resume from a checkpoint whose pruning arguments differ from these, continuing with these "
@@ -151,11 +202,19 @@ def validate_pruning_arguments(args) -> None:
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
             raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
-    _choice("prune", args.prune, STRUCTURES)
+    prune_kinds(args.prune)
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))
     _choice("pruning_scope", args.pruning_scope, SCOPES)
+    _choice("pruning_schedule", args.pruning_schedule, SCHEDULES)
+    if not 0.0 <= args.pruning_score_ema < 1.0:
+        raise ValueError(f"--pruning_score_ema must be in [0, 1) (0: running mean); got {args.pruning_score_ema}")
+    if args.pruning_score_ema and not getattr(IMPORTANCE_CRITERIA[args.pruning_criterion], "needs_gradients", False):
+        raise ValueError(f"--pruning_score_ema averages scores gathered over steps; --pruning_criterion "
+                         f"{args.pruning_criterion} computes them from the weights at once: leave it at 0")
+    if args.pruning_search_steps < 0:
+        raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
     if not 0.0 < args.pruning_target < 1.0:
         raise ValueError(f"--pruning_target must be in (0, 1); got {args.pruning_target}")
     if args.pruning_tolerance < 0:
@@ -175,11 +234,29 @@ def validate_pruning_arguments(args) -> None:
     if args.pruning_seq_len < 1:
         raise ValueError(f"--pruning_seq_len must be >= 1 (the sequence length FLOPs are counted at); "
                          f"got {args.pruning_seq_len}")
+    for name in ("pruning_latency_batch_size", "pruning_generation_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.pruning_latency_seq_len is not None and args.pruning_latency_seq_len < 1:
+        raise ValueError(f"--pruning_latency_seq_len must be >= 1; got {args.pruning_latency_seq_len}")
+    if args.pruning_multiple_of < 1:
+        raise ValueError(f"--pruning_multiple_of must be >= 1 (1 turns rounding off); got {args.pruning_multiple_of}")
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
         raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
+    validate_distillation_arguments(args)
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")
+
+
+def prune_kinds(value: str) -> tuple[str, ...]:
+    """The structure kinds ``--prune`` names, in the order heads, ffn, layers ('both' = heads and ffn)."""
+    named = {part.strip() for part in value.replace("both", "heads,ffn").split(",") if part.strip()}
+    unknown = named - set(STRUCTURES)
+    if unknown or not named:
+        raise ValueError(f"--prune must be one of {', '.join(STRUCTURES)}, 'both' or a comma list of them; "
+                         f"got {value!r}")
+    return tuple(kind for kind in STRUCTURES if kind in named)
 
 
 def pruning_metric_direction(args) -> bool:

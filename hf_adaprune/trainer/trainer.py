@@ -7,6 +7,8 @@ and the first pruning step is applied as masks. Every ``pruning_interval`` steps
 the metric decides: keep (prune further) or roll back to the previous masks and
 take half the step. Masks stay masks until training ends, so the optimizer and
 a DDP-wrapped model never see a shape change; then the model is compacted once.
+``pruning_schedule`` chooses how the ratio is searched (:mod:`.schedule`); under every schedule
+the final model is measured once more at the end (``final_check`` in the report).
 """
 
 from __future__ import annotations
@@ -21,25 +23,28 @@ from transformers.modelcard import TrainingSummary
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..families import filter_groups, get_adapter
-from .arguments import PruningArguments, Seq2SeqPruningArguments, pruning_arguments, pruning_metric_direction
+from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
+                        pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
+from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
+from .distillation import TEACHER_FOLDER, copy_teacher, distillation_loss, freeze, load_teacher
 from .distributed import check_masks_agree, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
+from ..reporting.latency_costs import latency_costs
 from ..reporting.summary import PruningSummary
 from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
-from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
+from ..engine.selection import layer_target_problem, multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact, kept_structure
 
 logger = logging.getLogger(__name__)
 
-_KIND_OF_OPTION = {"heads": ("heads",), "ffn": ("ffn",), "both": ("heads", "ffn")}
 # Decision evaluations are logged as pruning_eval_*: not eval_* curves, and never seen by on_evaluate
 # callbacks (early stopping, best-model tracking), which belong to the user's evaluations.
 DECISION_PREFIX = "pruning_eval"
@@ -105,15 +110,16 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
                 and args.pruning_seq_len > max_positions:
             raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
                              f"max_position_embeddings ({max_positions})")
-        masks = attach_masks(model)
-        kinds = _KIND_OF_OPTION[args.prune]
+        kinds = prune_kinds(args.prune)
+        masks = attach_masks(model, layers="layers" in kinds)
         roles = args.selected_roles()
         self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
-        self.importance = make_importance(args.pruning_criterion)
+        self.importance = make_importance(args.pruning_criterion, **(
+            {"ema": args.pruning_score_ema} if args.pruning_score_ema else {}))
         if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
             raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
         self.pruning_metric = args.pruning_metric
@@ -129,19 +135,34 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             tolerance_type=args.pruning_tolerance_type,
             greater_is_better=self._metric_direction(),
             growth=args.pruning_step_growth,
+            search=controller_search(args),
         )
         self.costs = (
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
-            if args.pruning_target_type == "flops" else None
+            if args.pruning_target_type == "flops" else
+            latency_costs(model, self.pruning_groups, args.pruning_latency_batch_size,
+                          args.pruning_latency_seq_len or args.pruning_seq_len, args.pruning_generation_tokens)
+            if args.pruning_target_type == "latency" else None
         )
+        sizes = {n: m.numel() for n, m in masks.masks.items()}
+        unfit = multiple_problem(self.pruning_groups, sizes, args.pruning_multiple_of)
+        unfit = unfit or layer_target_problem(self.pruning_groups, sizes, args.pruning_target, kinds, self.costs)
+        if unfit:
+            raise ValueError(unfit)
         blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
                                      args.pruning_target, kinds, self._floors(), self.costs)
         if blocked:
             logger.warning(blocked)
+        self.distillation_teacher = None
+        self._teacher_path = args.teacher_model_name_or_path
+        if args.distillation and args.teacher_model_name_or_path:  # a bad teacher fails here, before training
+            self.distillation_teacher = load_teacher(args.teacher_model_name_or_path, model,
+                                                     args.distillation_hidden_weight)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
         self.pruned_comparison = None
+        self.final_check = None
 
     def _default_compute_metrics(self, name: str):
         from ..task_metrics import classification_metrics, generation_metrics
@@ -162,6 +183,38 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self.importance.update(self.pruned_model, self.pruning_groups)
         return loss
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The task loss, plus distillation from the dense teacher once it exists (training only)."""
+        teacher, args = self.distillation_teacher, self.args
+        if teacher is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        if args.distillation_hidden_weight > 0:
+            inputs = {**inputs, "output_hidden_states": True}
+        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch)
+        freeze(teacher, self.pruned_model)  # follows the student's device and dtype; cheap when unchanged
+        with torch.no_grad():
+            teacher_outputs = teacher(**inputs)
+        # Trainer divides the loss by the accumulation steps unless the task loss came normalised by the
+        # batch's item count: then the (per-batch mean) distillation terms are divided here instead.
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        kd_scale = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
+        loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
+                                 alpha=args.distillation_alpha, temperature=args.distillation_temperature,
+                                 hidden_weight=args.distillation_hidden_weight, kd_scale=kd_scale)
+        return (loss, outputs) if return_outputs else loss
+
+    def _take_teacher(self) -> None:
+        """At the reference: the model as it stands becomes the teacher, saved once for a resumed run."""
+        if not self.args.distillation or self.distillation_teacher is not None:
+            return
+        self.distillation_teacher = copy_teacher(self.pruned_model)
+        self._teacher_path = os.path.join(self.args.output_dir, TEACHER_FOLDER)
+        if self.args.should_save:
+            self.distillation_teacher.save_pretrained(self._teacher_path)
+
     # -- schedule: the public steps PruningCallback calls ---------------------------------------------
     def begin_pruning(self) -> None:
         """At ``on_train_begin``: restore a resumed state, check the schedule and the metric, maybe start."""
@@ -171,11 +224,11 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             self._resume_state = None
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
-            if room < args.pruning_interval:
+            if room < decision_interval(args):
                 logger.warning(
                     "no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d leaves %d "
-                    "steps, fewer than pruning_interval %d; the model will not be pruned", state.max_steps,
-                    args.pruning_warmup_steps, room, args.pruning_interval)
+                    "steps, fewer than %s %d; the model will not be pruned", state.max_steps,
+                    args.pruning_warmup_steps, room, interval_option(args), decision_interval(args))
         # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
         # and accelerate would then skip wrapping it in DistributedDataParallel.
         if state.global_step == 0 and self.pruning_metric != "loss":
@@ -189,13 +242,18 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         if c.state.done:
             return
         if c.state.reference is None:
-            if step >= args.pruning_warmup_steps:
-                reference, evaluation = self._decision_metric()
-                ratio = c.start(reference)
-                self._log_decision("reference", step, 0.0, reference, evaluation)
-                self._apply_ratio(ratio, step)
-            return
-        if c.state.pending is not None and step - self._last_prune_step >= args.pruning_interval:
+            if step < args.pruning_warmup_steps:
+                return
+            reference, evaluation = self._decision_metric()
+            self._take_teacher()
+            ratio = c.start(reference)
+            self._log_decision("reference", step, 0.0, reference, evaluation)
+            self._apply_ratio(ratio, step)
+        elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
+            self._decide(step)
+        # no steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole
+        # search runs now, on the scores gathered so far; training resumes at the chosen shape
+        while decision_interval(args) == 0 and c.state.pending is not None:
             self._decide(step)
 
     def _decide(self, step: int) -> None:
@@ -203,7 +261,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         tried = c.state.pending
         metric, evaluation = self._decision_metric()
         decision = c.decide(metric, selected=selected_fraction_by_kind(
-            self.pruning_groups, get_masks(self.pruned_model).masks, _KIND_OF_OPTION[self.args.prune], self.costs))
+            self.pruning_groups, get_masks(self.pruned_model).masks, prune_kinds(self.args.prune), self.costs))
         masks = get_masks(self.pruned_model)
         if decision == ROLLBACK:
             masks.load_state_dict(self._accepted_masks)
@@ -222,17 +280,18 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
                                 [g.name for g in self.pruning_groups], self.args.device)
         masks.update(select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
-            kinds=_KIND_OF_OPTION[args.prune],
+            kinds=prune_kinds(args.prune),
             scope=args.pruning_scope,
             floors=self._floors(),
             costs=self.costs,
+            multiple_of=args.pruning_multiple_of,
         ))
         check_masks_agree(self.accelerator, get_masks(self.pruned_model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
 
     def _floors(self) -> dict[str, int]:
-        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer}
+        return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer, "layers": 1}
 
     def _evaluate_rows(self, rows: int | None) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
@@ -292,6 +351,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
         c.stop("training ended")
+        if c.state.reference is not None:  # measured after all training, exactly what compaction keeps
+            self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
         if args.compact_at_end and get_masks(self.pruned_model) is not None:
             compact(self.pruned_model)
             self.pruned_comparison = compare_profiles(
@@ -318,6 +379,8 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             tolerance_type=self.args.pruning_tolerance_type,
             target=self.args.pruning_target,
             target_type=self.args.pruning_target_type,
+            schedule=self.args.pruning_schedule,
+            final_check=self.final_check,
             final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,
             decisions=history,
@@ -343,6 +406,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "importance": self.importance.state_dict(),
             "controller": self.controller.state_dict(),
             "last_prune_step": self._last_prune_step,
+            "teacher": self._teacher_path if self.distillation_teacher is not None else None,
         }
 
     def load_pruning_state_dict(self, state: dict) -> None:
@@ -351,6 +415,14 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self.importance.load_state_dict(state["importance"])
         self.controller.load_state_dict(state["controller"])
         self._last_prune_step = state["last_prune_step"]
+        if self.args.distillation and state.get("teacher") and self.distillation_teacher is None:
+            if not os.path.isdir(state["teacher"]):
+                raise FileNotFoundError(
+                    f"this checkpoint distils from the teacher saved at {state['teacher']}, which is gone; restore "
+                    "it or pass --teacher_model_name_or_path")
+            self._teacher_path = state["teacher"]
+            self.distillation_teacher = load_teacher(state["teacher"], self.pruned_model,
+                                                     self.args.distillation_hidden_weight)
 
     def save_pruning_state(self, folder: str) -> None:
         """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""

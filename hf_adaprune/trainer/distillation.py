@@ -1,0 +1,177 @@
+"""Distillation from the dense model while pruning.
+
+The student (the model being pruned) learns from its task loss and from a frozen
+teacher: the dense model as it stood when the reference metric was taken, or a
+model the user names (``--teacher_model_name_or_path``). The loss is
+
+    alpha * task_loss
+    + (1 - alpha) * T**2 * KL(softmax(teacher / T) || softmax(student / T))
+    + hidden_weight * mean over layers of MSE(student layer i, teacher layer i)
+
+The KL term is averaged over the positions that carry a prediction: one per
+example for a classification head, each labelled target token (``labels !=
+-100``) for seq2seq and Whisper (the teacher is teacher-forced on the same
+labels), each audio frame for CTC. A single-output head (regression) uses the
+MSE between the outputs instead. Pruning never changes the hidden size, so
+layer i of the student is compared with layer i of the teacher (CoFi's layer
+distillation); the embedding output is left out.
+
+The teacher runs under ``no_grad`` in eval mode on the student's device and
+dtype. It is never wrapped for DDP, never in the optimizer and never in a
+checkpoint: the default teacher is saved once, dense, to
+``<output_dir>/distillation_teacher`` when the reference is taken, and a
+resumed run loads it from there.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from ..engine.masks import detach_masks
+
+TEACHER_FOLDER = "distillation_teacher"
+
+
+def validate_distillation_arguments(args) -> None:
+    if not 0.0 <= args.distillation_alpha <= 1.0:
+        raise ValueError(f"--distillation_alpha (the weight of the task loss) must be in [0, 1]; "
+                         f"got {args.distillation_alpha}")
+    if not (math.isfinite(args.distillation_temperature) and args.distillation_temperature > 0):
+        raise ValueError(f"--distillation_temperature must be > 0; got {args.distillation_temperature}")
+    if not (math.isfinite(args.distillation_hidden_weight) and args.distillation_hidden_weight >= 0):
+        raise ValueError(f"--distillation_hidden_weight must be >= 0; got {args.distillation_hidden_weight}")
+    if args.teacher_model_name_or_path and not args.distillation:
+        raise ValueError("--teacher_model_name_or_path is given but --distillation is off: set --distillation")
+
+
+def stock_class(model) -> type:
+    """The transformers class ``model`` is (or extends, once pruned)."""
+    for cls in type(model).__mro__:
+        if getattr(transformers, cls.__name__, None) is cls:
+            return cls
+    raise ValueError(f"{type(model).__name__} is not a transformers model class")
+
+
+def freeze(teacher, like):
+    """Eval mode, no gradients, on ``like``'s device and dtype."""
+    parameter, own = next(like.parameters()), next(teacher.parameters())
+    if (own.device, own.dtype) != (parameter.device, parameter.dtype):
+        teacher.to(device=parameter.device, dtype=parameter.dtype)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def copy_teacher(student):
+    """A frozen dense copy of ``student`` as it stands (masks, which are all ones before pruning, left out)."""
+    teacher = copy.deepcopy(student)
+    detach_masks(teacher)
+    return freeze(teacher, student)
+
+
+def load_teacher(path, student, hidden_weight: float = 0.0):
+    """The teacher saved at ``path``, of the student's class; refused when its outputs cannot be compared."""
+    teacher = stock_class(student).from_pretrained(path)
+    check_teacher(teacher, student, hidden_weight)
+    return freeze(teacher, student)
+
+
+def check_teacher(teacher, student, hidden_weight: float) -> None:
+    s, t = student.config, teacher.config
+    if stock_class(teacher) is not stock_class(student) or t.model_type != s.model_type:
+        raise ValueError(f"the teacher is a {stock_class(teacher).__name__} ({t.model_type}) but the student a "
+                         f"{stock_class(student).__name__} ({s.model_type}): distillation compares their outputs "
+                         "one to one, so both must be the same architecture")
+    for name in ("vocab_size", "num_labels"):
+        if getattr(t, name, None) != getattr(s, name, None):
+            raise ValueError(f"the teacher's {name} ({getattr(t, name, None)}) differs from the student's "
+                             f"({getattr(s, name, None)}): their output distributions cannot be compared")
+    if hidden_weight > 0:
+        for name in ("hidden_size", "d_model", "num_hidden_layers", "num_layers", "encoder_layers",
+                     "decoder_layers"):
+            if getattr(t, name, None) != getattr(s, name, None):
+                raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the teacher's "
+                                 f"{name} ({getattr(t, name, None)}) differs from the student's "
+                                 f"({getattr(s, name, None)}); set it to 0 or use a teacher of the same shape")
+
+
+def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
+    """Which positions of ``logits`` (batch, positions, classes) carry a prediction; ``None``: all of them."""
+    labels = inputs.get("labels")
+    if labels is not None and labels.dim() == 2 and labels.shape == logits.shape[:2]:
+        return labels != -100  # target tokens (seq2seq, Whisper); -100 is padding
+    attention = inputs.get("attention_mask")
+    if attention is None or logits.dim() != 3:
+        return None
+    if attention.shape == logits.shape[:2]:
+        return attention.bool()
+    lengths = getattr(student, "_get_feat_extract_output_lengths", None)  # CTC: audio samples -> frames
+    if lengths is not None:
+        frames = lengths(attention.sum(-1)).to(logits.device)
+        return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
+    return None
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def logit_loss(student_logits, teacher_logits, temperature: float, mask=None) -> torch.Tensor:
+    """T^2-scaled KL(teacher || student) per position, averaged over ``mask``; MSE for one output."""
+    if student_logits.shape[-1] == 1:
+        return masked_mean((student_logits - teacher_logits).pow(2).squeeze(-1), mask)
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1)
+    return masked_mean(kl, mask) * temperature ** 2
+
+
+def layer_outputs(outputs) -> list[tuple[torch.Tensor, str]]:
+    """Each layer's output (embedding output left out), with the side it belongs to."""
+    found = []
+    for key, side in (("hidden_states", "encoder"), ("encoder_hidden_states", "encoder"),
+                      ("decoder_hidden_states", "decoder")):
+        states = outputs.get(key) if hasattr(outputs, "get") else None
+        if states is not None and not isinstance(states, torch.Tensor):
+            found += [(state, side) for state in states[1:]]
+    return found
+
+
+def hidden_loss(student_outputs, teacher_outputs, inputs: dict) -> torch.Tensor:
+    """Mean over layers of the per-position MSE, over real (not padding) positions where that is known."""
+    student, teacher = layer_outputs(student_outputs), layer_outputs(teacher_outputs)
+    if not student or len(student) != len(teacher):
+        raise ValueError(f"--distillation_hidden_weight needs every layer's output from both models; got "
+                         f"{len(student)} student and {len(teacher)} teacher layers")
+    losses = []
+    for (s, side), (t, _) in zip(student, teacher):
+        key = "attention_mask" if side == "encoder" else "decoder_attention_mask"
+        mask = inputs.get(key)
+        if side == "decoder" and mask is None and inputs.get("labels") is not None:
+            mask = inputs["labels"] != -100
+        if mask is not None and mask.shape != s.shape[:2]:
+            mask = None  # audio encoders: frames, not samples
+        losses.append(masked_mean((s.float() - t.float()).pow(2).mean(-1), mask))
+    return torch.stack(losses).mean()
+
+
+def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inputs: dict, *, alpha: float,
+                      temperature: float, hidden_weight: float = 0.0, kd_scale: float = 1.0) -> torch.Tensor:
+    """``alpha * task_loss + kd_scale * ((1 - alpha) * KD + hidden_weight * hidden)``.
+
+    ``kd_scale`` puts the per-batch means on the task loss's scale (see the trainer's gradient accumulation).
+    """
+    logits = student_outputs["logits"]
+    kd = logit_loss(logits, teacher_outputs["logits"], temperature, prediction_mask(student, inputs, logits))
+    extra = (1.0 - alpha) * kd
+    if hidden_weight > 0:
+        extra = extra + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
+    return alpha * task_loss + kd_scale * extra

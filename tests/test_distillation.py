@@ -1,0 +1,210 @@
+"""Distillation from the dense model while pruning: the loss, the teacher's isolation, resume, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from hf_adaprune import AdaptivePruningSeq2SeqTrainer, PruningArguments
+from hf_adaprune.trainer.arguments import Seq2SeqPruningArguments
+from hf_adaprune.trainer.distillation import TEACHER_FOLDER, copy_teacher, prediction_mask
+from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE
+
+from conftest import tiny_model
+from test_seq2seq_families import tiny_seq2seq
+from test_speech_families import WHISPER, audio_batch, tiny_ctc_model, tiny_whisper, whisper_features
+from test_trainer import make_args, make_trainer, toy_dataset
+
+TOL = 1e-5
+
+
+def perturbed(model, seed=3, scale=0.05):
+    """A copy of ``model`` with different weights: a teacher whose outputs differ from the student's."""
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return other
+
+
+def kl(student_logits, teacher_logits, temperature):
+    """KL(teacher || student) of the softened distributions, summed over classes, one value per position."""
+    p = torch.softmax(teacher_logits / temperature, -1)
+    return (p * (torch.log(p) - torch.log_softmax(student_logits / temperature, -1))).sum(-1)
+
+
+def layer_mse(student_states, teacher_states, mask=None):
+    losses = []
+    for s, t in zip(student_states[1:], teacher_states[1:]):
+        per_position = ((s - t) ** 2).mean(-1)
+        losses.append(per_position.mean() if mask is None else (per_position * mask).sum() / mask.sum())
+    return torch.stack(losses).mean()
+
+
+def test_classification_loss_equals_hand_computation(tmp_path):
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.3,
+                           distillation_temperature=2.5, distillation_hidden_weight=0.7)
+    teacher = copy_teacher(perturbed(model))
+    trainer.distillation_teacher = teacher
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    attention = torch.ones_like(ids)
+    attention[1, 6:] = 0
+    inputs = {"input_ids": ids, "attention_mask": attention, "labels": torch.tensor([0, 1, 2, 1])}
+    model.train()
+    got = trainer.compute_loss(model, inputs)
+    with torch.no_grad():
+        s = model(**inputs, output_hidden_states=True)
+        t = teacher(**inputs, output_hidden_states=True)
+    task = F.cross_entropy(s.logits, inputs["labels"])
+    expected = (0.3 * task + 0.7 * 2.5 ** 2 * kl(s.logits, t.logits, 2.5).mean()
+                + 0.7 * layer_mse(s.hidden_states, t.hidden_states, attention))
+    assert abs(got.item() - expected.item()) <= TOL
+    assert got.requires_grad
+    got.backward()
+    assert all(p.grad is None for p in teacher.parameters()), "the teacher gets no gradient"
+    model.eval()  # evaluation: the task loss alone
+    assert abs(trainer.compute_loss(model, inputs).item() - task.item()) <= TOL
+
+
+def seq2seq_case(family):
+    generator = torch.Generator().manual_seed(1)
+    if family == "whisper":
+        model, vocab = tiny_whisper(), WHISPER["vocab_size"]
+        inputs = {"input_features": whisper_features(3)}
+    else:
+        model, vocab = tiny_seq2seq(family), 99
+        inputs = {"input_ids": torch.randint(3, 99, (3, 9), generator=generator),
+                  "attention_mask": torch.ones(3, 9, dtype=torch.long)}
+    labels = torch.randint(4, vocab, (3, 7), generator=generator)
+    labels[0, 5:] = -100
+    labels[2, 3:] = -100
+    return model, {**inputs, "labels": labels}
+
+
+@pytest.mark.parametrize("family", ["marian", "whisper"])
+def test_seq2seq_loss_counts_labelled_tokens_only(tmp_path, family):
+    """Token-level KL on the decoder logits, teacher-forced on the same labels; layer outputs of both stacks."""
+    model, inputs = seq2seq_case(family)
+    data = toy_dataset()
+    args = Seq2SeqPruningArguments(
+        str(tmp_path), max_steps=4, pruning_metric="loss", pruning_warmup_steps=2, pruning_interval=2,
+        pruning_target=0.5, pruning_seq_len=16, report_to="none", use_cpu=True, save_strategy="no",
+        distillation=True, distillation_alpha=0.25, distillation_temperature=1.5, distillation_hidden_weight=0.4)
+    trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
+                                            eval_dataset=data.select(range(8)))
+    teacher = copy_teacher(perturbed(model))
+    trainer.distillation_teacher = teacher
+    model.train()
+    got = trainer.compute_loss(model, inputs)
+    with torch.no_grad():
+        s = model(**inputs, output_hidden_states=True)
+        t = teacher(**inputs, output_hidden_states=True)
+    mask = (inputs["labels"] != -100).float()
+    hidden = torch.stack([layer_mse(s.encoder_hidden_states, t.encoder_hidden_states, inputs.get("attention_mask")),
+                          layer_mse(s.decoder_hidden_states, t.decoder_hidden_states, mask)])
+    layers = torch.tensor([len(s.encoder_hidden_states) - 1, len(s.decoder_hidden_states) - 1], dtype=torch.float)
+    expected = (0.25 * s.loss + 0.75 * 1.5 ** 2 * (kl(s.logits, t.logits, 1.5) * mask).sum() / mask.sum()
+                + 0.4 * (hidden * layers).sum() / layers.sum())  # the mean over every layer of both stacks
+    assert abs(got.item() - expected.item()) <= TOL
+
+
+def test_ctc_distils_over_real_frames():
+    model = tiny_ctc_model("wav2vec2")
+    batch = audio_batch()
+    with torch.no_grad():
+        logits = model(**batch).logits
+    mask = prediction_mask(model, batch, logits)
+    frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
+    assert mask.shape == logits.shape[:2]
+    assert mask.sum(-1).tolist() == frames.tolist() and mask[1].sum() < mask[0].sum()
+
+
+def test_training_keeps_the_teacher_out_of_optimizer_and_checkpoints(tmp_path):
+    trainer = make_trainer(tmp_path, distillation=True, distillation_hidden_weight=0.5, save_strategy="steps",
+                           save_steps=12, compact_at_end=False)
+    trainer.train()
+    teacher = trainer.distillation_teacher
+    assert teacher is not None and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not in_optimizer & {id(p) for p in teacher.parameters()}
+    assert not any(t is teacher for t in trainer.model.modules())
+    # the teacher is the dense model at the reference: saved once, never in a checkpoint
+    saved = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / TEACHER_FOLDER)
+    for (name, a), b in zip(teacher.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(a, b), name
+    state = torch.load(tmp_path / "checkpoint-12" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["teacher"] == str(tmp_path / TEACHER_FOLDER)
+    assert not any("teacher" in p.name for p in (tmp_path / "checkpoint-12").iterdir())
+    # the student moved away from the teacher while pruning
+    student = trainer.model.state_dict()
+    assert any(not torch.equal(student[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_resume_with_distillation_continues_exactly(tmp_path):
+    full = make_trainer(tmp_path / "full", distillation=True, save_strategy="steps", save_steps=12)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-12"
+    state = torch.load(checkpoint / PRUNING_STATE_FILE, weights_only=True)
+    assert state["controller"]["reference"] is not None and state["teacher"], "mid-pruning, with a teacher"
+    resumed = make_trainer(tmp_path / "full", distillation=True, save_strategy="no")
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.distillation_teacher is not None
+    a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())
+    assert a["groups"] == b["groups"]
+    assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
+
+
+def test_distillation_changes_training(tmp_path):
+    plain = make_trainer(tmp_path / "plain", compact_at_end=False)
+    plain.train()
+    distilled = make_trainer(tmp_path / "distilled", distillation=True, distillation_alpha=0.0,
+                             compact_at_end=False)
+    distilled.train()
+    a, b = plain.model.state_dict(), distilled.model.state_dict()
+    assert any(not torch.allclose(a[k], b[k]) for k in a), "the distillation loss reached the optimizer"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(distillation=True, distillation_alpha=1.5), "distillation_alpha .* must be in \\[0, 1\\]"),
+    (dict(distillation=True, distillation_temperature=0.0), "distillation_temperature must be > 0"),
+    (dict(distillation=True, distillation_hidden_weight=-1.0), "distillation_hidden_weight must be >= 0"),
+    (dict(teacher_model_name_or_path="some/teacher"), "--distillation is off"),
+])
+def test_bad_distillation_arguments_fail_at_parse_time(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_teacher_with_other_outputs_is_refused_before_training(tmp_path):
+    five = tiny_model("bert")
+    five.config.num_labels = 5
+    transformers.BertForSequenceClassification(five.config).save_pretrained(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="teacher's num_labels \\(5\\) differs from the student's \\(3\\)"):
+        make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "teacher"))
+    tiny_model("bert", num_hidden_layers=2).save_pretrained(tmp_path / "shallow")
+    with pytest.raises(ValueError, match="compares layer i with layer i.*num_hidden_layers"):
+        make_trainer(tmp_path / "out", distillation=True, distillation_hidden_weight=1.0,
+                     teacher_model_name_or_path=str(tmp_path / "shallow"))
+    tiny_model("roberta").save_pretrained(tmp_path / "roberta")
+    with pytest.raises(ValueError, match="same architecture"):
+        make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "roberta"))
+
+
+def test_named_teacher_is_used_from_the_start(tmp_path):
+    teacher = perturbed(tiny_model("bert"))
+    teacher.save_pretrained(tmp_path / "teacher")
+    trainer = make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "teacher"))
+    loaded = trainer.distillation_teacher
+    assert loaded is not None and not loaded.training
+    assert torch.equal(loaded.state_dict()["classifier.weight"], teacher.state_dict()["classifier.weight"])
+    assert isinstance(trainer.args, PruningArguments)

@@ -1,0 +1,53 @@
+"""--pruning_target_type latency: a table of measured seconds per head, neuron and layer (forward for encoders,
+generate for encoder-decoders), the trainer steering by it, bad values failing at parse time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hf_adaprune import attach_masks
+from hf_adaprune.reporting.latency_costs import latency_costs
+
+from conftest import tiny_model
+from test_layers import build_seq2seq
+from test_trainer import make_args, make_trainer
+
+
+def test_encoder_table_has_a_positive_cost_per_structure_and_layers_cost_most():
+    model = tiny_model("bert")
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    costs = latency_costs(model, groups, batch_size=2, seq_len=16, repeats=3, warmup=1)
+    assert set(costs) == {g.name for g in groups} and all(c > 0 for c in costs.values())
+    per_layer = costs["encoder.layer"]
+    assert all(per_layer > 4 * costs[f"encoder.layer.{i}.attention"] for i in range(3)), costs
+    assert all(per_layer > 37 * costs[f"encoder.layer.{i}.ffn"] for i in range(3)), costs
+
+
+def test_encoder_decoder_table_times_generate_so_decoder_layers_count_every_token():
+    model = build_seq2seq("marian")
+    masks = attach_masks(model, layers=True)
+    groups = [masks.groups["encoder.layers"], masks.groups["decoder.layers"]]
+    few = latency_costs(model, groups, seq_len=8, generation_tokens=2, repeats=3, warmup=1)
+    many = latency_costs(model, groups, seq_len=8, generation_tokens=24, repeats=3, warmup=1)
+    # the encoder runs once per generate, each decoder layer once per token
+    assert many["decoder.layers"] / few["decoder.layers"] > 3 * many["encoder.layers"] / few["encoder.layers"]
+
+
+def test_trainer_prunes_to_a_fraction_of_measured_time(tmp_path):
+    trainer = make_trainer(tmp_path, pruning_target_type="latency", pruning_latency_seq_len=10,
+                           pruning_target=0.5, pruning_initial_step=0.5, pruning_tolerance=10.0, max_steps=12)
+    assert trainer.costs is not None and all(c > 0 for c in trainer.costs.values())
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["target_type"] == "latency" and report["final_sparsity"] == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.mark.parametrize("field", ["pruning_latency_batch_size", "pruning_generation_tokens",
+                                   "pruning_latency_seq_len"])
+def test_bad_latency_options_fail_at_parse_time(tmp_path, field):
+    with pytest.raises(ValueError, match=f"--{field} must be >= 1"):
+        make_args(tmp_path, **{field: 0})

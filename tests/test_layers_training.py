@@ -1,0 +1,141 @@
+"""Whole layers through the trainer: --prune layers / comma lists, the layer share of a combined target, errors before
+training for targets no stack can honour, resume mid-pruning, two processes removing the same layers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hf_adaprune import AutoPrunedModel, get_masks
+from hf_adaprune.engine.selection import layer_ratio
+
+from conftest import tiny_model
+from test_distributed import TORCHRUN, masks_of, run_worker
+from test_layers import build_seq2seq
+from test_trainer import make_args, make_trainer, toy_dataset
+from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).logits
+
+
+def test_prune_layers_removes_whole_layers_and_reloads(tmp_path):
+    model = tiny_model("bert", num_hidden_layers=4)
+    trainer = make_trainer(tmp_path, model=model, prune="layers", pruning_target=0.5, pruning_initial_step=0.5,
+                           pruning_tolerance=10.0, max_steps=12)
+    trainer.train()
+    assert len(trainer.model.bert.encoder.layer) == 2 and trainer.model.config.num_hidden_layers == 2
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["final_sparsity"] == pytest.approx(0.5)
+    assert report["comparison"]["layer_flops_removed"] == pytest.approx(0.5, abs=0.02)
+    removed = [row for row in report["comparison"]["layers"] if row["flops_after"] == 0]
+    assert len(removed) == 2 and all(row["heads_after"] == 0 for row in removed)
+    trainer.save_model()
+    ids = torch.tensor(toy_dataset()["input_ids"][:4])
+    loaded = AutoPrunedModel.from_pretrained(tmp_path)
+    assert (logits(loaded, ids) - logits(trainer.model, ids)).abs().max() <= 1e-6
+
+
+def test_layers_with_widths_share_the_target(tmp_path):
+    assert layer_ratio(0.75, ("layers",)) == 0.75 and layer_ratio(0.75, ("heads", "ffn", "layers")) == 0.5
+    model = tiny_model("bert", num_hidden_layers=4)
+    trainer = make_trainer(tmp_path, model=model, prune="heads,ffn,layers", pruning_target=0.75,
+                           pruning_initial_step=0.75, pruning_tolerance=10.0, max_steps=12, compact_at_end=False)
+    trainer.train()
+    masks = get_masks(trainer.model)
+    assert int(masks.masks["encoder.layer"].sum()) == 2, "layers take 1 - sqrt(1 - 0.75) = half of the layers"
+    removed = [i for i in range(4) if masks.masks["encoder.layer"][i] == 0]
+    for i in removed:
+        assert masks.masks[f"encoder.layer.{i}.ffn"].sum() == 0, "a removed layer's neurons count as pruned"
+    assert trainer.controller.state.selected == pytest.approx(0.75, abs=0.05)
+
+
+@pytest.mark.parametrize("value", ["heads,blocks", "", "layer"])
+def test_bad_prune_values_fail_at_parse_time(tmp_path, value):
+    with pytest.raises(ValueError, match="--prune must be one of heads, ffn, layers, 'both' or a comma list"):
+        make_args(tmp_path, prune=value)
+
+
+def test_removing_every_layer_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"needs 0\.9000 of the layers removed, but every stack keeps at least one "
+                                         r"layer \(encoder\.layer: 3 layers\), so at most 0\.6667 can go"):
+        make_trainer(tmp_path, prune="layers", pruning_target=0.9, pruning_target_type="structures")
+
+
+def test_t5_encoder_layers_are_refused_before_training(tmp_path):
+    data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:4]})
+    args = Seq2SeqPruningArguments(str(tmp_path), prune="layers", pruning_roles="encoder", max_steps=4,
+                                   pruning_warmup_steps=1, pruning_interval=1, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="T5's encoder layers cannot be removed while the model has a decoder"):
+        AdaptivePruningSeq2SeqTrainer(model=build_seq2seq("t5"), args=args, train_dataset=data, eval_dataset=data)
+
+
+def test_resume_mid_pruning_with_layers_removed(tmp_path):
+    overrides = dict(prune="heads,ffn,layers", pruning_target=0.75, pruning_initial_step=0.4, pruning_tolerance=10.0,
+                     pruning_step_growth=1.0)
+    full = make_trainer(tmp_path / "full", model=tiny_model("bert", num_hidden_layers=4), save_strategy="steps",
+                        save_steps=12, max_steps=30, **overrides)
+    full.train()
+    state = torch.load(tmp_path / "full" / "checkpoint-12" / "pruning_state.pt", weights_only=True)
+    assert state["accepted_masks"]["encoder.layer"].sum() < 4, "a layer is already removed at the checkpoint"
+    resumed = make_trainer(tmp_path / "full", model=tiny_model("bert", num_hidden_layers=4), max_steps=30,
+                           save_strategy="no", **overrides)
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-12"))
+    a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())
+    assert a["groups"] == b["groups"] and a["comparison"]["layers"] == b["comparison"]["layers"]
+    assert full.model.config.adaprune["layers"] == resumed.model.config.adaprune["layers"]
+    assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_remove_the_same_layers(tmp_path):
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=("--prune", "heads,ffn,layers"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = masks_of(two, 0), masks_of(two, 1)
+    assert rank0["encoder.layer"].sum() < 3, "a layer was removed"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+
+def test_seq2seq_trainer_removes_decoder_layers(tmp_path):
+    data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:6]})
+    args = Seq2SeqPruningArguments(
+        str(tmp_path), prune="layers", pruning_roles="decoder", max_steps=12, per_device_train_batch_size=16,
+        learning_rate=1e-3, pruning_warmup_steps=4, pruning_interval=4, pruning_target=0.5, pruning_initial_step=0.5,
+        pruning_tolerance=100.0, pruning_seq_len=10, report_to="none", use_cpu=True, save_strategy="no",
+        disable_tqdm=True)
+    model = build_seq2seq("marian")
+    trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
+                                            eval_dataset=data.select(range(32)))
+    trainer.train()
+    assert len(trainer.model.model.decoder.layers) < 3 and len(trainer.model.model.encoder.layers) == 3
+    assert trainer.model.config.decoder_layers == len(trainer.model.model.decoder.layers)
+    trainer.save_model()
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    ids = torch.tensor(data["input_ids"][:2])
+    with torch.no_grad():
+        a = loaded.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
+        b = trainer.model.eval().generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_layers_and_widths_reach_the_ratio_in_both_scopes(scope):
+    from hf_adaprune import attach_masks
+    from hf_adaprune.engine.selection import select_masks_by_kind, selected_fraction_by_kind
+
+    model = tiny_model("bert", num_hidden_layers=4, intermediate_size=40)
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    torch.manual_seed(0)
+    scores = {name: torch.rand(mask.numel()) for name, mask in masks.masks.items()}
+    new = select_masks_by_kind(groups, scores, masks.state_dict(), 0.75, kinds=("heads", "ffn", "layers"),
+                               scope=scope)
+    assert int(new["encoder.layer"].sum()) == 2
+    assert selected_fraction_by_kind(groups, new, ("heads", "ffn", "layers")) == pytest.approx(0.75, abs=0.02)

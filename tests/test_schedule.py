@@ -1,0 +1,194 @@
+"""``pruning_schedule``: search the ratio with little training, then recover at a fixed shape; the final re-check."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+import transformers
+
+from hf_adaprune import AdaptiveController, get_masks
+from hf_adaprune.reporting.summary import PruningSummary
+from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE
+
+from test_controller import run
+from test_distributed import TORCHRUN, masks_of, run_worker
+from test_trainer import make_args, make_trainer
+
+
+class MaskSpy(transformers.TrainerCallback):
+    """The masks at the end of every optimizer step (after the pruning callback acted on it)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.masks = trainer, {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        masks = get_masks(self.trainer.model)
+        if masks is not None:
+            self.masks[state.global_step] = {k: v.clone() for k, v in masks.state_dict().items()}
+
+
+def spied(trainer):
+    spy = MaskSpy(trainer)
+    trainer.add_callback(spy)  # after PruningCallback: sees the masks that step ends with
+    return spy
+
+
+def scripted(trainer, metrics):
+    """Replace the decision metric with ``metrics`` in order; records the heads pruned at each evaluation."""
+    metrics, seen = iter(metrics), []
+
+    def metric():
+        seen.append(get_masks(trainer.model).pruned_fraction("heads"))
+        return next(metrics), {}
+
+    trainer._decision_metric = metric
+    return seen
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bisect_tries_the_target_first_and_never_beyond_a_failed_ratio():
+    c = AdaptiveController(target=0.5, initial_step=0.1, min_step=0.05, tolerance=0.01, search="bisect")
+    tried, decisions = run(c, 0.90, [0.80, 0.90, 0.80, 0.90])
+    assert tried == pytest.approx([0.5, 0.25, 0.375, 0.3125])
+    assert decisions == ["rollback", "keep", "rollback", "keep"]
+    # 0.375 failed and 0.3125 kept: the next midpoint would be 0.03125 away, below min_step
+    assert c.state.done and c.state.stop_reason == "step below minimum"
+    assert c.state.ratio == pytest.approx(0.3125) and c.state.ceiling == pytest.approx(0.375)
+
+
+def test_bisect_keeps_the_target_in_one_evaluation():
+    c = AdaptiveController(target=0.65, initial_step=0.1, min_step=0.05, tolerance=0.01, search="bisect")
+    tried, decisions = run(c, 0.90, [0.895])
+    assert tried == [0.65] and decisions == ["keep"] and c.state.stop_reason == "target reached"
+
+
+def test_search_then_recover_reaches_the_target_at_the_warmup_then_trains_at_that_shape(tmp_path):
+    trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_tolerance=1.0,
+                           pruning_warmup_steps=6, max_steps=20, compact_at_end=False)
+    spy = spied(trainer)
+    trainer.train()
+    events = [h["event"] for h in trainer.controller.state.history]
+    assert events == ["reference", "keep", "stop"]
+    assert trainer.controller.state.stop_reason == "target reached"
+    assert trainer.controller.state.selected == pytest.approx(0.5, abs=0.05)
+    assert all(float(m.sum()) == m.numel() for m in spy.masks[5].values()), "dense before the warm-up ends"
+    for step in range(6, 21):  # masked at step 6 and never changed again: 14 steps of recovery at that shape
+        assert same(spy.masks[step], spy.masks[6]), step
+    decided = [e["step"] for e in trainer.state.log_history if "pruning/metric" in e]
+    assert decided == [6, 6], "reference and the decision in the same step"
+
+
+def test_search_then_recover_rolls_back_a_candidate_beyond_tolerance(tmp_path):
+    trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_tolerance=0.05,
+                           pruning_target=0.6, pruning_min_step=0.1, pruning_warmup_steps=6, max_steps=14,
+                           compact_at_end=False)
+    spy = spied(trainer)
+    # reference, 0.6 too far, 0.3 fine, 0.45 too far, then the final re-check
+    seen = scripted(trainer, [0.9, 0.5, 0.9, 0.5, 0.88])
+    trainer.train()
+    history = trainer.controller.state.history
+    assert [(h["event"], round(h.get("ratio", 0), 4)) for h in history[1:4]] == [
+        ("rollback", 0.6), ("keep", 0.3), ("rollback", 0.45)]
+    assert trainer.controller.state.stop_reason == "step below minimum"
+    assert trainer.controller.state.ratio == pytest.approx(0.3)
+    assert seen[1] > seen[2] < seen[3], "each candidate was masked before it was measured"
+    final = get_masks(trainer.model).state_dict()
+    assert seen[-1] == pytest.approx(seen[2]), "the re-check measured the kept 0.3 masks"
+    for step in range(6, 15):
+        assert same(spy.masks[step], final), "the search ran within step 6; training went on at the kept shape"
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["schedule"] == "search_then_recover"
+    assert report["final_check"] == {"step": 14, "metric": 0.88, "reference": 0.9,
+                                     "drop": pytest.approx(0.02), "allowed_drop": 0.05, "within_tolerance": True}
+
+
+@pytest.mark.parametrize("schedule", ["gradual", "search_then_recover"])
+def test_final_check_beyond_tolerance_is_reported_and_warned(tmp_path, caplog, schedule):
+    trainer = make_trainer(tmp_path, pruning_schedule=schedule, pruning_tolerance=0.05, pruning_target=0.3,
+                           pruning_initial_step=0.3, max_steps=18)
+    scripted(trainer, [0.9, 0.88, 0.7])  # reference, the target kept, then the final model fell back
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["decisions"][1]["event"] == "keep"
+    check = report["final_check"]
+    assert check["metric"] == 0.7 and check["within_tolerance"] is False and check["drop"] == pytest.approx(0.2)
+    assert "beyond the tolerance" in caplog.text
+    assert PruningSummary.from_dict(report).final_check == check
+
+
+def test_final_check_is_none_when_pruning_never_started(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=6)
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["final_check"] is None and report["schedule"] == "gradual"
+
+
+def test_a_report_without_the_new_keys_still_reads():
+    report = PruningSummary(None, None, "m", "taylor", "accuracy", "eval_accuracy", True, 0.9, 0.89, 0.01,
+                            "absolute", 0.5, "flops", 0.5, "target reached").to_dict()
+    del report["schedule"], report["final_check"]
+    summary = PruningSummary.from_dict(report)
+    assert summary.schedule == "gradual" and summary.final_check is None
+
+
+def test_resume_mid_search_matches_the_uninterrupted_run(tmp_path):
+    # candidates judged 4 steps after masking, so the search spans checkpoints: warm-up 6, candidates at
+    # 6 and 10, ..., checkpoint at step 8 holds a pending candidate
+    options = dict(pruning_schedule="search_then_recover", pruning_search_steps=4, pruning_tolerance=0.0,
+                   pruning_min_step=0.1, max_steps=24)
+    full = make_trainer(tmp_path / "full", save_strategy="steps", save_steps=8, **options)
+    full.train()
+    state = torch.load(tmp_path / "full" / "checkpoint-8" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["controller"]["pending"] is not None and not state["controller"]["done"], "checkpoint is mid-search"
+    resumed = make_trainer(tmp_path / "full", save_strategy="no", **options)
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-8"))
+    a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())
+    assert len(a["decisions"]) >= 4, "the search took several decisions"
+    assert [(d["event"], d.get("ratio")) for d in a["decisions"]] == [(d["event"], d.get("ratio"))
+                                                                      for d in b["decisions"]]
+    assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
+    assert a["groups"] == b["groups"] and a["final_check"] == pytest.approx(b["final_check"])
+
+
+def test_search_steps_leave_room_warning_names_the_right_option(tmp_path, caplog):
+    trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_search_steps=5, max_steps=8,
+                           pruning_warmup_steps=6)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert "leaves 2 steps, fewer than pruning_search_steps 5" in caplog.text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(pruning_schedule="oneshot"), "--pruning_schedule must be one of gradual, search_then_recover"),
+    (dict(pruning_search_steps=-1), "--pruning_search_steps must be >= 0"),
+])
+def test_bad_schedule_arguments_fail_when_parsed(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_search_to_the_same_masks_as_one(tmp_path):
+    # candidates judged 3 steps after masking: the search spans several decisions, each on gathered metrics
+    extra = ("--schedule", "search_then_recover", "--search-steps", "3")
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=extra)
+    assert result.returncode == 0, result.stderr[-4000:]
+    one, result = run_worker(tmp_path, "one", batch=16, nproc=1, extra=extra)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1, single = masks_of(two, 0), masks_of(two, 1), masks_of(one, 0)
+    assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], single[name]), name
+    histories = [torch.load(folder / f"controller_rank{rank}.pt")["history"] for folder, rank in
+                 ((two, 0), (two, 1), (one, 0))]
+    assert histories[0] == histories[1], "every rank took the same decisions"
+    assert [h["event"] for h in histories[0]] == [h["event"] for h in histories[2]]
