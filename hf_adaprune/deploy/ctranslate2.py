@@ -297,18 +297,19 @@ def _marian_vocabulary(model, tokenizer) -> _MarianVocabulary:
 
 def _load(model_or_folder, tokenizer):
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from ..hub import AutoPrunedModel
+    from ..hub.load import load_pruned_config
 
     if isinstance(model_or_folder, (str, Path)):
         folder = Path(model_or_folder)
-        if json.loads((folder / "config.json").read_text()).get("adaprune"):
-            model = AutoPrunedModel.from_pretrained(folder)
+        config = load_pruned_config(folder)  # reads model_type adaprune_<family> without remote code
+        if read_record(config, str(folder / "config.json")):
+            model = AutoPrunedModel.from_pretrained(folder, config=config)
         else:  # a dense folder converts too (the reference the pruned one is compared with)
-            config = AutoConfig.from_pretrained(folder)
             model = getattr(transformers, config.architectures[0]).from_pretrained(folder)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder, config=config)
         return model.eval(), tokenizer, folder
     if tokenizer is None:
         raise ValueError("export_ctranslate2 of a model in memory needs its tokenizer (tokenizer=...): "

@@ -44,7 +44,9 @@ def as_pruned(model):
 
 
 def load_pruned_config(path, **kwargs):
-    """The config of a pruned folder as its family's (marked) config class; no remote code runs."""
+    """The config of a pruned folder as its family's (marked) config class; no remote code runs.
+
+    A dense folder's config loads too (its family's class; saved again it would say ``adaprune_<family>``)."""
     config_dict, _ = PretrainedConfig.get_config_dict(path, **kwargs)
     model_type = base_model_type(str(config_dict.get("model_type", "")))
     if model_type not in CONFIG_MAPPING:
