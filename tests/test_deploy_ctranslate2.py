@@ -162,6 +162,20 @@ def test_marian_even_heads_need_no_padding(marian_tokenizer, tmp_path):
     assert got == expected
 
 
+def test_layer_scope_selection_pads_nothing(marian_tokenizer, tmp_path):
+    """pruning_scope=layer (select_masks(scope="layer")) keeps as many heads in every attention: no zero heads."""
+    from hf_adaprune import select_masks
+
+    model = tiny_marian(len(marian_tokenizer), seed=6)
+    masks = attach_masks(model)
+    generator = torch.Generator().manual_seed(0)
+    scores = {name: torch.rand(mask.shape, generator=generator) for name, mask in masks.masks.items()}
+    masks.update(select_masks(scores, masks.masks, ratio=0.5, scope="layer"))
+    compact(model)
+    result = export_ctranslate2(model, tmp_path / "ct2", tokenizer=marian_tokenizer)
+    assert result.zero_heads == 0 and result.num_heads == {"encoder": 2, "decoder": 2}
+
+
 def test_marian_int8_runs_and_is_smaller(marian_tokenizer, tmp_path):
     model = tiny_marian(len(marian_tokenizer), seed=2)
     random_masks(model)
