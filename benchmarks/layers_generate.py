@@ -7,8 +7,8 @@ share of attention+FFN FLOPs removed:
 
 * dense;
 * widths: heads and FFN neurons, ``--target`` of the attention+FFN FLOPs (what the README's Whisper figures used);
-* decoder layers: the decoder keeps ``--decoder_layers`` of its 4 layers, the encoder loses widths to the same
-  overall share (the distil-whisper shape);
+* decoder layers: the decoder keeps each of ``--decoder_layers`` (2 and 1) of its 4 layers, the encoder loses
+  widths to the same overall share where the removed layers fall short of it (the distil-whisper shape);
 
 FSDD clips (takes 0-4, 8 kHz resampled to 16 kHz) through a ``--window_seconds`` encoder window (the fine-tuned
 models' 2 s); all models timed round-robin in one process, medians. Needs ``pip install --no-deps
@@ -72,7 +72,7 @@ def attention_ffn_flops(model) -> float:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=0.5)
-    parser.add_argument("--decoder_layers", type=int, default=2)
+    parser.add_argument("--decoder_layers", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--window_seconds", type=int, default=2)
     parser.add_argument("--new_tokens", type=int, default=8)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
@@ -89,16 +89,17 @@ def main(argv=None):
     shorten_whisper_window(dense, check_whisper_window(dense.config, features, opts.window_seconds))
     features = whisper_window_feature_extractor(features, opts.window_seconds)
 
-    widths = prune_widths(copy.deepcopy(dense), opts.target)
-    layers = keep_decoder_layers(copy.deepcopy(dense), opts.decoder_layers)
-    dense_flops, layers_flops = attention_ffn_flops(dense), attention_ffn_flops(layers)
-    # the encoder loses widths until the whole model is at the target share of attention+FFN FLOPs
-    encoder_flops = sum(r["flops"] for r in model_profile(layers, seq_len=32)["layers"]
-                        if r["layer"].startswith("encoder."))
-    encoder_share = min(0.95, max(0.0, (layers_flops - (1 - opts.target) * dense_flops) / encoder_flops))
-    if encoder_share > 0:
-        prune_widths(layers, encoder_share, roles=("encoder_self", "encoder"))
-    models = {"dense": dense, "widths": widths, f"decoder {opts.decoder_layers}/4 layers": layers}
+    dense_flops = attention_ffn_flops(dense)
+    models = {"dense": dense, "widths": prune_widths(copy.deepcopy(dense), opts.target)}
+    for count in opts.decoder_layers:
+        layers = keep_decoder_layers(copy.deepcopy(dense), count)
+        # the encoder loses widths until the whole model is at the target share of attention+FFN FLOPs
+        encoder_flops = sum(r["flops"] for r in model_profile(layers, seq_len=32)["layers"]
+                            if r["layer"].startswith("encoder."))
+        encoder_share = (attention_ffn_flops(layers) - (1 - opts.target) * dense_flops) / encoder_flops
+        if encoder_share > 0:
+            prune_widths(layers, min(0.95, encoder_share), roles=("encoder_self", "encoder"))
+        models[f"decoder {count}/4 layers"] = layers
 
     clips = sorted(p for p in Path(DEFAULT_FSDD_RECORDINGS).glob("*.wav") if int(p.stem.split("_")[2]) < 5)
     audio = [decode_audio(str(p), features.sampling_rate, p.name) for p in clips[:max(opts.batch_sizes)]]

@@ -11,7 +11,9 @@ warm-up):
   selection at the target, no re-fit, compacted), then the whole budget of plain fine-tuning;
 * ``AdaptivePruningTrainer`` with ``pruning_schedule="gradual"``;
 * ``AdaptivePruningTrainer`` with ``pruning_schedule="search_then_recover"`` (one row per
-  ``--search_steps`` value).
+  ``--search_steps`` value);
+* with ``--distillation``, each of those schedules again, distilling from the dense model at the
+  reference (``--distillation``; the wall-time column shows the teacher's cost).
 
 Pruning decisions (and the one-shot's metric check) read ``--check_samples`` rows of ``dev.tsv``;
 accuracy is reported on the other ``dev.tsv`` rows, which never steered anything, and on ``test.tsv``
@@ -91,6 +93,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
                         help="search_then_recover: one row per value")
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"])
+    parser.add_argument("--distillation", action="store_true",
+                        help="each pruning schedule once more with --distillation (dense teacher at the reference)")
+    parser.add_argument("--distillation_hidden_weight", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--append", action="store_true",
                         help="add the runs to those of --output (same dense model and data) instead of starting anew")
@@ -145,6 +150,9 @@ def main(argv=None) -> dict:
                 schedules += [(f"search_then_recover, {s} search steps",
                                dict(pruning_schedule="search_then_recover", pruning_search_steps=s))
                               for s in opts.search_steps]
+            if opts.distillation:
+                teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
+                schedules += [(f"{name} + distillation", schedule | teacher) for name, schedule in schedules]
             for name, schedule in schedules:
                 started = time.time()
                 model, report, shaped = prune_while_training(copy.deepcopy(dense), data, collator, tokenizer, opts,

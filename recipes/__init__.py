@@ -9,7 +9,8 @@ sentence-transformers model with its own trainer); run one as a script or a modu
 
 Modules: :mod:`~recipes.arguments` (argument classes, config files, checks),
 :mod:`~recipes.skeleton` (the run: data -> model -> train and prune -> evaluate -> results),
-:mod:`~recipes.results` (``results.json`` and the printed table), :mod:`~recipes.tables`
+:mod:`~recipes.deploy` (the ``--prune_vocabulary`` / ``--quantize`` / ``--export_*`` copies written after
+training), :mod:`~recipes.results` (``results.json`` and the printed table), :mod:`~recipes.tables`
 (reading csv / tsv / json data files with one-line errors), :mod:`~recipes.speech`
 (audio data and models of the ASR recipe), :mod:`~recipes.ctranslate2_whisper` (data
 preparation: an offline Whisper from a CTranslate2 folder) and :mod:`~recipes.example_utils`

@@ -162,6 +162,20 @@ def test_marian_even_heads_need_no_padding(marian_tokenizer, tmp_path):
     assert got == expected
 
 
+def test_layer_scope_selection_pads_nothing(marian_tokenizer, tmp_path):
+    """pruning_scope=layer (select_masks(scope="layer")) keeps as many heads in every attention: no zero heads."""
+    from hf_adaprune import select_masks
+
+    model = tiny_marian(len(marian_tokenizer), seed=6)
+    masks = attach_masks(model)
+    generator = torch.Generator().manual_seed(0)
+    scores = {name: torch.rand(mask.shape, generator=generator) for name, mask in masks.masks.items()}
+    masks.update(select_masks(scores, masks.masks, ratio=0.5, scope="layer"))
+    compact(model)
+    result = export_ctranslate2(model, tmp_path / "ct2", tokenizer=marian_tokenizer)
+    assert result.zero_heads == 0 and result.num_heads == {"encoder": 2, "decoder": 2}
+
+
 def test_marian_int8_runs_and_is_smaller(marian_tokenizer, tmp_path):
     model = tiny_marian(len(marian_tokenizer), seed=2)
     random_masks(model)
@@ -266,6 +280,45 @@ def test_whisper_removed_attention_and_ffn_greedy_tokens_identical(whisper_tiny_
     assert result.zero_heads > 0
     features = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))
     expected, got = whisper_greedy(model, processor, tmp_path / "ct2", features, max_new_tokens=6)
+    assert got == expected
+
+
+def test_removed_layers_and_alignment_heads(marian_tokenizer, whisper_tiny_en, tmp_path):
+    """Whole layers removed (--prune layers): Marian's greedy tokens and a tiny Whisper's stay identical;
+    Whisper's alignment heads follow the kept layers and heads."""
+    from test_layers import mask_layers
+
+    model = tiny_marian(len(marian_tokenizer), seed=5)
+    mask_layers(model, {"encoder.layers": [1], "decoder.layers": [0]})
+    compact(model)
+    assert model.config.encoder_layers == model.config.decoder_layers == 1
+    export_ctranslate2(model, tmp_path / "marian", tokenizer=marian_tokenizer)
+    expected, got = greedy_marian(model, marian_tokenizer, ctranslate2.Translator(str(tmp_path / "marian")),
+                                  sst2_sentences("dev", n=4, skip=40))
+    assert got == expected
+
+    processor = transformers.AutoProcessor.from_pretrained(whisper_tiny_en)
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(whisper_tiny_en).eval()
+    model.generation_config.alignment_heads = [[2, 0], [2, 3], [3, 1], [3, 4]]
+    masks = mask_layers(model, {"decoder.layers": [0, 1, 3]}, widths_seed=None)
+    keep = torch.ones(6)
+    keep[[0, 2]] = 0  # decoder layer 3 (2 once renumbered) keeps heads 1, 3, 4, 5
+    masks.set("decoder.layers.3.encoder_attn", keep)
+    compact(model)
+    save_pruned(model, tmp_path / "pruned", processor=processor)
+    export_ctranslate2(tmp_path / "pruned", tmp_path / "whisper")
+    config = json.loads((tmp_path / "whisper" / "config.json").read_text())
+    assert config["alignment_heads"] == [[2, 0], [2, 2]]  # layer 2 gone; (3, 1) and (3, 4) renumbered
+    features = processor.feature_extractor([np.zeros(16000, np.float32)], sampling_rate=16000,
+                                           return_tensors="pt").input_features
+    clip = FSDD / "5_jackson_1.wav"
+    if clip.is_file():
+        from recipes.speech.data import decode_audio
+
+        features = processor.feature_extractor([decode_audio(str(clip), 16000, clip.name, pad_seconds=0.5)],
+                                               sampling_rate=16000, return_tensors="pt").input_features
+    expected, got = whisper_greedy(model, processor, tmp_path / "whisper", features,
+                                   processor.get_prompt_ids(DIGIT_PROMPT, return_tensors="pt"), max_new_tokens=4)
     assert got == expected
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperProcessor
 
 from hf_adaprune import AutoPrunedModel
 from hf_adaprune.deploy import load_int8, onnx_session
@@ -88,10 +88,13 @@ def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path)
     # a Marian trained from scratch has a start (<pad>) embedding that is not zero: <pad> stays in the vocabulary
     assert written["ctranslate2"]["pad_kept"]
     assert set(vocabulary) == set(tokenizer.get_vocab())
-    source = (translation_workspace / "val.en").read_text().splitlines()[0]
-    tokens = tokenizer.convert_ids_to_tokens(tokenizer(source)["input_ids"])
-    output = ctranslate2.Translator(str(folder)).translate_batch([tokens], beam_size=1, max_decoding_length=8)
-    assert set(output[0].hypotheses[0]) <= set(vocabulary)
+    # and translates greedily as the smaller-vocabulary model does
+    from test_deploy_ctranslate2 import greedy_marian
+
+    model = AutoPrunedModel.from_pretrained(out / "deploy" / "vocabulary").eval()
+    sources = (translation_workspace / "val.en").read_text().splitlines()[:3]
+    expected, got = greedy_marian(model, tokenizer, ctranslate2.Translator(str(folder)), sources, max_new_tokens=8)
+    assert got == expected
 
 
 # -- requests the backend cannot serve: refused before training --------------------------------------------------
@@ -120,3 +123,60 @@ def test_bad_requests_fail_before_training(workspace, tmp_path, extra, message):
     with pytest.raises(RecipeError, match=re.escape(message)):
         classification.main(classification_args(workspace, out) + SHORT_RUN + extra)
     assert not (out / "model.safetensors").exists() and not (out / "deploy").exists()
+
+
+# -- speech ---------------------------------------------------------------------------------------------------------
+
+from test_recipe_asr import FSDD, PRUNING, asr, data_flags, manifests, tiny_ctc_dir, tiny_whisper_dir  # noqa: E402,F401
+
+
+def test_whisper_ctranslate2_and_onnx(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811 - the fixtures
+    """A Whisper with its window cut to 1 s: the CTranslate2 copy transcribes what the pruned model does."""
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
+    out = tmp_path / "whisper"
+    results = asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False), *PRUNING,
+                        "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
+                        "--pruning_seq_len", "8", "--export_ctranslate2", "true", "--export_onnx", "true"])
+    assert set(results["deploy"]["written"]) == {"ctranslate2", "onnx"}
+    folder = out / "deploy" / "ctranslate2"
+    assert (folder / "preprocessor_config.json").is_file() and (folder / "tokenizer.json").is_file()
+    assert (out / "deploy" / "onnx" / "encoder_model.onnx").is_file()
+    model = AutoPrunedModel.from_pretrained(out).eval()
+    processor = WhisperProcessor.from_pretrained(out)
+    audio = [asr.decode_audio(str(FSDD / name), 16000, name) for name in ("3_theo_11.wav", "7_george_12.wav")]
+    features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        expected = model.generate(features, max_new_tokens=4, num_beams=1, do_sample=False)
+    no_timestamps = model.generation_config.no_timestamps_token_id
+    prompt = processor.tokenizer.convert_ids_to_tokens([model.generation_config.decoder_start_token_id, no_timestamps])
+    whisper = ctranslate2.models.Whisper(str(folder))
+    got = whisper.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(features.numpy())),
+                           [prompt] * 2, beam_size=1, max_length=12, suppress_blank=False)  # as generate here
+    eos = model.generation_config.eos_token_id
+    for row, result in zip(expected.tolist(), got):
+        row = row[: row.index(eos)] if eos in row else row
+        row = row[1:] if row[:1] == [no_timestamps] else row  # generate returns the forced token too
+        assert len(row) >= 2 and result.sequences_ids[0][: len(row)] == row
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prune_vocabulary", "true"], "--prune_vocabulary: Wav2Vec2ForCTC has no input token embeddings to prune"),
+    (["--export_onnx", "true"], "--export_onnx: ONNX export handles text models (input_ids) and Whisper "
+                                "(input_features); Wav2Vec2ForCTC takes input_values"),
+    (["--export_ctranslate2", "true"], "--export_ctranslate2: CTranslate2 export converts "
+                                       "WhisperForConditionalGeneration, MarianMTModel models; got Wav2Vec2ForCTC"),
+])
+def test_ctc_bad_requests_fail_before_training(tmp_path, manifests, tiny_ctc_dir, extra, message):  # noqa: F811
+    out = tmp_path / "ctc"
+    with pytest.raises(asr.RecipeError, match=re.escape(message)):
+        asr.main(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests, test=False), *PRUNING,
+                  "--output_dir", str(out), *extra])
+    assert not (out / "model.safetensors").exists()
+
+
+def test_whisper_vocabulary_pruning_fails_before_training(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811
+    out = tmp_path / "whisper"
+    with pytest.raises(asr.RecipeError, match=r"--prune_vocabulary: vocabulary pruning is not supported for whisper"):
+        asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False), *PRUNING,
+                  "--output_dir", str(out), "--prune_vocabulary", "true"])
+    assert not (out / "model.safetensors").exists()

@@ -122,7 +122,7 @@ def test_smoke_run_from_yaml_config(workspace, tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "pruning_report.json",
             "results.json", "README.md", "modeling_adaprune.py"} <= files
     saved = json.loads((out / "config.json").read_text())
-    assert saved["adaprune"]["groups"] and saved["model_type"] == "marian"
+    assert saved["adaprune"]["groups"] and saved["model_type"] == "adaprune_marian"
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["metric_name"] == "sacrebleu" and report["target_type"] == "flops"
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))

@@ -188,7 +188,7 @@ def test_parses_from_command_line_and_yaml(tmp_path):
         (dict(pruning_tolerance=-1.0), "--pruning_tolerance must be >= 0"),
         (dict(pruning_target=0.0), r"--pruning_target must be in \(0, 1\)"),
         (dict(pruning_target=1.2), r"--pruning_target must be in \(0, 1\)"),
-        (dict(prune="layers"), "--prune must be one of heads, ffn, both"),
+        (dict(prune="blocks"), "--prune must be one of heads, ffn, layers, .both. or a comma list"),
         (dict(pruning_criterion="hessian"), "--pruning_criterion must be one of"),
         (dict(pruning_roles="encoder,ears"), "unknown roles"),
     ],

@@ -18,7 +18,9 @@ What CTranslate2's model spec (4.x) can hold, and how a pruned model is fitted i
   one count, so prune them to the same number of heads to pad nothing there).
 
 Whisper's alignment heads (word timestamps) are mapped to the kept heads'
-new positions; pruned ones are dropped.
+new positions; pruned ones are dropped. Removed layers (``--prune layers``) need
+nothing: compaction deleted them and set the config's layer counts, which the
+spec follows.
 
 Marian: CTranslate2's layout (OPUS-MT's) drops ``<pad>``, the last token, and
 starts the decoder from a zero embedding, which is what a trained OPUS-MT model
@@ -192,13 +194,19 @@ def _pad_to_stack_heads(model, family: str) -> dict:
 
 
 def _alignment_heads(model, heads: int) -> list[tuple[int, int]] | None:
-    """Whisper's alignment heads at the kept heads' new positions (None: CTranslate2's default)."""
+    """Whisper's alignment heads at the kept heads' new positions, in the kept layers' new numbering (None:
+    CTranslate2's default). Records name groups by the layers the model has now."""
     original = getattr(getattr(model, "generation_config", None), "alignment_heads", None)
     if not original:
         return None
-    record = read_record(model.config) or {"groups": {}}
+    record = read_record(model.config) or {"groups": {}, "layers": {}}
+    kept_layers = (record.get("layers") or {}).get("decoder.layers", {}).get("kept")
     mapped = []
     for layer, head in original:
+        if kept_layers is not None:
+            if layer not in kept_layers:
+                continue
+            layer = kept_layers.index(layer)
         group = record["groups"].get(f"decoder.layers.{layer}.encoder_attn")
         kept = group["kept"] if group else list(range(heads))
         if head in kept:

@@ -83,8 +83,13 @@ def _check_model(model):
     reason = UNSUPPORTED_MODEL_TYPES.get(model.config.model_type)
     if reason:
         raise ValueError(f"vocabulary pruning is not supported for {model.config.model_type}: {reason}")
-    if model.get_input_embeddings() is None:
-        raise ValueError(f"{type(model).__name__} has no input embeddings to prune")
+    try:
+        embeddings = model.get_input_embeddings()
+    except NotImplementedError:  # models that read audio frames, not token ids (wav2vec2, ...)
+        embeddings = None
+    if embeddings is None:
+        raise ValueError(f"{type(model).__name__} has no input token embeddings to prune; vocabulary pruning is for "
+                         "models that read token ids (text encoders, Marian, BART, ...)")
 
 
 def check_vocabulary_request(model, tokenizer) -> None:

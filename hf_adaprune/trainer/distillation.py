@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -175,3 +176,63 @@ def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inpu
     if hidden_weight > 0:
         extra = extra + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
     return alpha * task_loss + kd_scale * extra
+
+
+class DistillationMixin:
+    """The Trainer side of distillation, mixed into the pruning trainers (``self.pruned_model`` is the student)."""
+
+    distillation_teacher = None
+    _teacher_path = None
+
+    def _setup_teacher(self, student) -> None:
+        """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
+        args = self.args
+        self.distillation_teacher, self._teacher_path = None, args.teacher_model_name_or_path
+        if args.distillation and args.teacher_model_name_or_path:
+            self.distillation_teacher = load_teacher(args.teacher_model_name_or_path, student,
+                                                     args.distillation_hidden_weight)
+
+    def _take_teacher(self) -> None:
+        """At the reference: the model as it stands becomes the teacher, saved once for a resumed run."""
+        if not self.args.distillation or self.distillation_teacher is not None:
+            return
+        self.distillation_teacher = copy_teacher(self.pruned_model)
+        self._teacher_path = os.path.join(self.args.output_dir, TEACHER_FOLDER)
+        if self.args.should_save:
+            self.distillation_teacher.save_pretrained(self._teacher_path)
+
+    def teacher_state(self) -> str | None:
+        """What ``pruning_state.pt`` records of the teacher: where its weights are (never the weights)."""
+        return self._teacher_path if self.distillation_teacher is not None else None
+
+    def load_teacher_state(self, path: str | None) -> None:
+        if not (self.args.distillation and path) or self.distillation_teacher is not None:
+            return
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"this checkpoint distils from the teacher saved at {path}, which is gone; "
+                                    "restore it or pass --teacher_model_name_or_path")
+        self._teacher_path = path
+        self.distillation_teacher = load_teacher(path, self.pruned_model, self.args.distillation_hidden_weight)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The task loss, plus distillation from the dense teacher once it exists (training only)."""
+        teacher, args = self.distillation_teacher, self.args
+        if teacher is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        if args.distillation_hidden_weight > 0:
+            inputs = {**inputs, "output_hidden_states": True}
+        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch)
+        freeze(teacher, self.pruned_model)  # follows the student's device and dtype; cheap when unchanged
+        with torch.no_grad():
+            teacher_outputs = teacher(**inputs)
+        # Trainer divides the loss by the accumulation steps unless the task loss came normalised by the
+        # batch's item count: then the (per-batch mean) distillation terms are divided here instead.
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        kd_scale = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
+        loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
+                                 alpha=args.distillation_alpha, temperature=args.distillation_temperature,
+                                 hidden_weight=args.distillation_hidden_weight, kd_scale=kd_scale)
+        return (loss, outputs) if return_outputs else loss

@@ -30,7 +30,7 @@ from .callback import PruningCallback
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
-from .distillation import TEACHER_FOLDER, copy_teacher, distillation_loss, freeze, load_teacher
+from .distillation import DistillationMixin
 from .distributed import check_masks_agree, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
@@ -57,7 +57,7 @@ def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
         os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
-class PruningTrainerMixin(DatasetOrderEvalMixin):
+class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
     """Everything pruning adds to a Trainer; mixed into ``Trainer`` and ``Seq2SeqTrainer``.
 
     Evaluation and ``predict()`` keep the dataset's order (:class:`DatasetOrderEvalMixin`).
@@ -153,11 +153,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
                                      args.pruning_target, kinds, self._floors(), self.costs)
         if blocked:
             logger.warning(blocked)
-        self.distillation_teacher = None
-        self._teacher_path = args.teacher_model_name_or_path
-        if args.distillation and args.teacher_model_name_or_path:  # a bad teacher fails here, before training
-            self.distillation_teacher = load_teacher(args.teacher_model_name_or_path, model,
-                                                     args.distillation_hidden_weight)
+        self._setup_teacher(model)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
         self._accepted_masks = masks.state_dict()
         self._last_prune_step = None
@@ -182,38 +178,6 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         if self.accelerator.sync_gradients and not self.controller.state.done:
             self.importance.update(self.pruned_model, self.pruning_groups)
         return loss
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The task loss, plus distillation from the dense teacher once it exists (training only)."""
-        teacher, args = self.distillation_teacher, self.args
-        if teacher is None or not model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-        if args.distillation_hidden_weight > 0:
-            inputs = {**inputs, "output_hidden_states": True}
-        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                  num_items_in_batch=num_items_in_batch)
-        freeze(teacher, self.pruned_model)  # follows the student's device and dtype; cheap when unchanged
-        with torch.no_grad():
-            teacher_outputs = teacher(**inputs)
-        # Trainer divides the loss by the accumulation steps unless the task loss came normalised by the
-        # batch's item count: then the (per-batch mean) distillation terms are divided here instead.
-        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
-        kd_scale = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
-        loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
-                                 alpha=args.distillation_alpha, temperature=args.distillation_temperature,
-                                 hidden_weight=args.distillation_hidden_weight, kd_scale=kd_scale)
-        return (loss, outputs) if return_outputs else loss
-
-    def _take_teacher(self) -> None:
-        """At the reference: the model as it stands becomes the teacher, saved once for a resumed run."""
-        if not self.args.distillation or self.distillation_teacher is not None:
-            return
-        self.distillation_teacher = copy_teacher(self.pruned_model)
-        self._teacher_path = os.path.join(self.args.output_dir, TEACHER_FOLDER)
-        if self.args.should_save:
-            self.distillation_teacher.save_pretrained(self._teacher_path)
 
     # -- schedule: the public steps PruningCallback calls ---------------------------------------------
     def begin_pruning(self) -> None:
@@ -406,7 +370,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
             "importance": self.importance.state_dict(),
             "controller": self.controller.state_dict(),
             "last_prune_step": self._last_prune_step,
-            "teacher": self._teacher_path if self.distillation_teacher is not None else None,
+            "teacher": self.teacher_state(),
         }
 
     def load_pruning_state_dict(self, state: dict) -> None:
@@ -415,14 +379,7 @@ class PruningTrainerMixin(DatasetOrderEvalMixin):
         self.importance.load_state_dict(state["importance"])
         self.controller.load_state_dict(state["controller"])
         self._last_prune_step = state["last_prune_step"]
-        if self.args.distillation and state.get("teacher") and self.distillation_teacher is None:
-            if not os.path.isdir(state["teacher"]):
-                raise FileNotFoundError(
-                    f"this checkpoint distils from the teacher saved at {state['teacher']}, which is gone; restore "
-                    "it or pass --teacher_model_name_or_path")
-            self._teacher_path = state["teacher"]
-            self.distillation_teacher = load_teacher(state["teacher"], self.pruned_model,
-                                                     self.args.distillation_hidden_weight)
+        self.load_teacher_state(state.get("teacher"))
 
     def save_pruning_state(self, folder: str) -> None:
         """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""
