@@ -64,14 +64,15 @@ _AUTO_MAPPINGS = {
 }
 
 
+def transformers_class(obj) -> type | None:
+    """The transformers class ``obj`` is, or extends (a pruned model or marked config is a subclass)."""
+    return next((cls for cls in type(obj).__mro__ if getattr(transformers, cls.__name__, None) is cls), None)
+
+
 def auto_classes_for(model) -> dict[str, str]:
     """Auto class name -> transformers class name for the model's own class and its base model."""
     model_type = model.config.model_type
-    own = type(model).__name__
-    for cls in type(model).__mro__:  # a loaded pruned model is a subclass: use the transformers class
-        if getattr(transformers, cls.__name__, None) is cls:
-            own = cls.__name__
-            break
+    own = (transformers_class(model) or type(model)).__name__
     found = {}
     for auto_name, mapping_name in _AUTO_MAPPINGS.items():
         mapping = getattr(modeling_auto, mapping_name, {})
@@ -85,10 +86,10 @@ def auto_classes_for(model) -> dict[str, str]:
 
 def stock_config_class_name(config) -> str:
     """The transformers config class ``config`` is (or extends, once marked)."""
-    for cls in type(config).__mro__:
-        if getattr(transformers, cls.__name__, None) is cls:
-            return cls.__name__
-    raise ValueError(f"{type(config).__name__} is not a transformers config class")
+    cls = transformers_class(config)
+    if cls is None:
+        raise ValueError(f"{type(config).__name__} is not a transformers config class")
+    return cls.__name__
 
 
 def set_auto_map(model) -> set[str]:

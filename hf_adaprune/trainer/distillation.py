@@ -31,9 +31,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-import transformers
 
 from ..engine.masks import detach_masks
+from ..hub.remote_code import transformers_class
 
 TEACHER_FOLDER = "distillation_teacher"
 
@@ -52,18 +52,23 @@ def validate_distillation_arguments(args) -> None:
 
 def stock_class(model) -> type:
     """The transformers class ``model`` is (or extends, once pruned)."""
-    for cls in type(model).__mro__:
-        if getattr(transformers, cls.__name__, None) is cls:
-            return cls
-    raise ValueError(f"{type(model).__name__} is not a transformers model class")
+    cls = transformers_class(model)
+    if cls is None:
+        raise ValueError(f"{type(model).__name__} is not a transformers model class")
+    return cls
+
+
+def follow(teacher, like):
+    """``teacher`` on ``like``'s device and dtype (moved only when they differ: called every training step)."""
+    parameter, own = next(like.parameters()), next(teacher.parameters())
+    if (own.device, own.dtype) != (parameter.device, parameter.dtype):
+        teacher.to(device=parameter.device, dtype=parameter.dtype)
+    return teacher
 
 
 def freeze(teacher, like):
     """Eval mode, no gradients, on ``like``'s device and dtype."""
-    parameter, own = next(like.parameters()), next(teacher.parameters())
-    if (own.device, own.dtype) != (parameter.device, parameter.dtype):
-        teacher.to(device=parameter.device, dtype=parameter.dtype)
-    teacher.eval()
+    follow(teacher, like).eval()
     teacher.requires_grad_(False)
     return teacher
 
@@ -224,7 +229,7 @@ class DistillationMixin:
             inputs = {**inputs, "output_hidden_states": True}
         task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                   num_items_in_batch=num_items_in_batch)
-        freeze(teacher, self.pruned_model)  # follows the student's device and dtype; cheap when unchanged
+        follow(teacher, self.pruned_model)  # the student may have moved (Trainer places it at train())
         with torch.no_grad():
             teacher_outputs = teacher(**inputs)
         # Trainer divides the loss by the accumulation steps unless the task loss came normalised by the
