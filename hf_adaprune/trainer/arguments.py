@@ -21,7 +21,8 @@ from ..families import ROLES
 from ..metrics import known_greater_is_better
 from ..engine.selection import SCOPES
 from .distillation import validate_distillation_arguments
-from .schedule import SCHEDULES
+from .ramp import ramp_problem
+from .schedule import SCHEDULES, decision_interval, interval_option
 
 STRUCTURES = ("heads", "ffn", "layers")
 TARGET_TYPES = ("structures", "flops", "latency")
@@ -104,6 +105,20 @@ class PruningArguments(TrainingArguments):
         metadata={"help": "search_then_recover: fine-tuning steps between masking a candidate ratio and judging it "
                           "(0: judged right after masking, the whole search within one step)."},
     )
+    pruning_ramp_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps over which the structures a pruning step removes fade from 1 to 0 (0: at "
+                          "once). At most --pruning_interval (gradual) or --pruning_search_steps "
+                          "(search_then_recover): masks are 0/1 again before each decision."},
+    )
+    pruning_refit: bool = field(
+        default=False,
+        metadata={"help": "When a pruning step's masks are in place, re-fit by least squares the output projection "
+                          "(weight, bias) of every head/FFN group that lost structures, on --pruning_refit_samples "
+                          "training rows; a rolled-back candidate undoes it. Encoder classifiers (BERT family)."},
+    )
+    pruning_refit_samples: int = field(
+        default=512, metadata={"help": "--pruning_refit: training rows (drawn with --seed) the re-fit is computed on."})
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
     )
@@ -215,6 +230,11 @@ def validate_pruning_arguments(args) -> None:
                          f"{args.pruning_criterion} computes them from the weights at once: leave it at 0")
     if args.pruning_search_steps < 0:
         raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
+    ramp = ramp_problem(args, decision_interval(args), interval_option(args))
+    if ramp:
+        raise ValueError(ramp)
+    if args.pruning_refit_samples < 1:
+        raise ValueError(f"--pruning_refit_samples must be >= 1; got {args.pruning_refit_samples}")
     if not 0.0 < args.pruning_target < 1.0:
         raise ValueError(f"--pruning_target must be in (0, 1); got {args.pruning_target}")
     if args.pruning_tolerance < 0:

@@ -27,6 +27,8 @@ from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, 
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
+from .candidate import CandidateMasksMixin
+from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
@@ -57,7 +59,7 @@ def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
         os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
-class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
+class PruningTrainerMixin(CandidateMasksMixin, DistillationMixin, DatasetOrderEvalMixin):
     """Everything pruning adds to a Trainer; mixed into ``Trainer`` and ``Seq2SeqTrainer``.
 
     Evaluation and ``predict()`` keep the dataset's order (:class:`DatasetOrderEvalMixin`).
@@ -118,6 +120,9 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
+        unfit = args.pruning_refit and refit_problem(model, self.train_dataset, kinds)
+        if unfit:
+            raise ValueError(unfit)
         self.importance = make_importance(args.pruning_criterion, **(
             {"ema": args.pruning_score_ema} if args.pruning_score_ema else {}))
         if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
@@ -156,6 +161,7 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
         self._setup_teacher(model)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
         self._accepted_masks = masks.state_dict()
+        self._reset_candidate()
         self._last_prune_step = None
         self.pruned_comparison = None
         self.final_check = None
@@ -205,6 +211,7 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
         c, args = self.controller, self.args
         if c.state.done:
             return
+        self._advance_ramp(step)  # before a decision this step may take: a finished ramp leaves 0/1 masks
         if c.state.reference is None:
             if step < args.pruning_warmup_steps:
                 return
@@ -223,14 +230,14 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
     def _decide(self, step: int) -> None:
         c = self.controller
         tried = c.state.pending
+        self._end_ramp()
         metric, evaluation = self._decision_metric()
         decision = c.decide(metric, selected=selected_fraction_by_kind(
             self.pruning_groups, get_masks(self.pruned_model).masks, prune_kinds(self.args.prune), self.costs))
-        masks = get_masks(self.pruned_model)
         if decision == ROLLBACK:
-            masks.load_state_dict(self._accepted_masks)
+            self._drop_candidate()
         else:
-            self._accepted_masks = masks.state_dict()
+            self._accept_candidate()
         self._log_decision(decision, step, tried, metric, evaluation)
         if not c.state.done:
             self._apply_ratio(c.propose(), step)
@@ -239,17 +246,16 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
 
     def _apply_ratio(self, ratio: float, step: int) -> None:
         args = self.args
-        masks = get_masks(self.pruned_model)
         scores = reduced_scores(self.accelerator, self.importance.scores(self.pruned_model, self.pruning_groups),
                                 [g.name for g in self.pruning_groups], self.args.device)
-        masks.update(select_masks_by_kind(
+        self._set_candidate(select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=prune_kinds(args.prune),
             scope=args.pruning_scope,
             floors=self._floors(),
             costs=self.costs,
             multiple_of=args.pruning_multiple_of,
-        ))
+        ), step)
         check_masks_agree(self.accelerator, get_masks(self.pruned_model), self.pruning_groups, self.args.device)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
@@ -313,7 +319,7 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
             self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
-            get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
+            self._drop_candidate()
         c.stop("training ended")
         if c.state.reference is not None:  # measured after all training, exactly what compaction keeps
             self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
@@ -371,6 +377,7 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
             "controller": self.controller.state_dict(),
             "last_prune_step": self._last_prune_step,
             "teacher": self.teacher_state(),
+            **self.candidate_state_dict(),
         }
 
     def load_pruning_state_dict(self, state: dict) -> None:
@@ -380,6 +387,7 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
         self.controller.load_state_dict(state["controller"])
         self._last_prune_step = state["last_prune_step"]
         self.load_teacher_state(state.get("teacher"))
+        self.load_candidate_state_dict(state)
 
     def save_pruning_state(self, folder: str) -> None:
         """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""
@@ -406,6 +414,8 @@ class PruningTrainerMixin(DistillationMixin, DatasetOrderEvalMixin):
             model = self.model
             if get_masks(model) is not None:  # keep the in-memory model trainable: compact a copy
                 model = copy.deepcopy(model)
+                if self._ramp is not None:  # mid-ramp: the copy gets the candidate's 0/1 masks
+                    get_masks(model).update(self._ramp.target)
             save_pruned(model, output_dir, tokenizer=self.processing_class)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:

@@ -1,0 +1,84 @@
+"""How a pruning step's candidate masks enter the model and how a rolled-back one leaves it.
+
+The selected 0/1 masks are set at once, or along a ramp (:mod:`.ramp`, ``--pruning_ramp_steps``);
+once they are in place the output projections of the groups they cut may be re-fitted
+(:mod:`.search_refit`, ``--pruning_refit``). Before a decision the ramp is ended, so the metric is
+measured on 0/1 masks; a roll-back restores the accepted masks and undoes the re-fit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..engine.masks import get_masks
+from ..post_training.refit import DEFAULT_RIDGE
+from .ramp import MaskRamp
+from .search_refit import refit_calibration_batches, refit_candidate, undo_refit
+
+logger = logging.getLogger(__name__)
+
+
+class CandidateMasksMixin:
+    """Trainer methods for the candidate masks; expects ``pruned_model``, ``pruning_groups``, ``_accepted_masks``."""
+
+    def _reset_candidate(self) -> None:
+        self._ramp: MaskRamp | None = None
+        self._refit_change: dict | None = None  # what the re-fit of the pending candidate changed
+        self._refit_batches: list[dict] | None = None
+
+    def _set_candidate(self, selected: dict, step: int) -> None:
+        """Put the selected masks in place (end of optimizer ``step``): at once, or the ramp's first values."""
+        masks = get_masks(self.pruned_model)
+        if self.args.pruning_ramp_steps > 0:
+            self._ramp = MaskRamp(step, self.args.pruning_ramp_steps, dict(self._accepted_masks),
+                                  {name: mask.detach().cpu().clone() for name, mask in selected.items()})
+            masks.update(self._ramp.masks_at(step))
+        else:
+            masks.update(selected)
+            self._candidate_in_place()
+
+    def _advance_ramp(self, step: int) -> None:
+        """At the end of optimizer ``step``: the masks the next step trains with."""
+        if self._ramp is not None and step > self._ramp.start_step:
+            get_masks(self.pruned_model).update(self._ramp.masks_at(step))
+            if self._ramp.finished(step):
+                self._ramp = None
+                self._candidate_in_place()
+
+    def _end_ramp(self) -> None:
+        """Before a decision: the candidate's 0/1 masks, even if the ramp was cut short (training ended)."""
+        if self._ramp is not None:
+            get_masks(self.pruned_model).update(self._ramp.target)
+            self._ramp = None
+            self._candidate_in_place()
+
+    def _candidate_in_place(self) -> None:
+        if not self.args.pruning_refit:
+            return
+        if self._refit_batches is None:
+            self._refit_batches = refit_calibration_batches(
+                self.pruned_model, self.train_dataset, self.data_collator, self.args.pruning_refit_samples,
+                self.args.per_device_eval_batch_size, self.args.seed)
+        self._refit_change = refit_candidate(self.pruned_model, get_masks(self.pruned_model), self.pruning_groups,
+                                             self._accepted_masks, self._refit_batches, self.accelerator,
+                                             DEFAULT_RIDGE)
+        logger.info("re-fitted the output projections of %d groups", len(self._refit_change))
+
+    def _accept_candidate(self) -> None:
+        self._accepted_masks = get_masks(self.pruned_model).state_dict()
+        self._refit_change = None
+
+    def _drop_candidate(self) -> None:
+        """Back to the accepted masks and weights (a roll-back, or a candidate no training is left for)."""
+        self._ramp = None
+        get_masks(self.pruned_model).load_state_dict(self._accepted_masks)
+        if self._refit_change is not None:
+            undo_refit(self.pruned_model, self._refit_change)
+            self._refit_change = None
+
+    def candidate_state_dict(self) -> dict:
+        return {"ramp": None if self._ramp is None else self._ramp.state_dict(), "refit_change": self._refit_change}
+
+    def load_candidate_state_dict(self, state: dict) -> None:
+        self._ramp = MaskRamp.from_state_dict(state.get("ramp"))
+        self._refit_change = state.get("refit_change")

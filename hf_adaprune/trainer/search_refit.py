@@ -1,0 +1,95 @@
+"""``pruning_refit``: re-fit the output projections of the groups a pruning step has just cut.
+
+A candidate judged right after masking (``search_then_recover`` with few or no search steps) has had
+no training to make up for what it lost. When the candidate's 0/1 masks are in place (at once, or when
+a ramp ends), the output projection (weight and bias) of every head / FFN group that lost structures
+is re-fitted by least squares (:func:`hf_adaprune.post_training.refit.refit_groups`) so that, on a few
+calibration batches from the training data, it reproduces what it computed under the accepted masks.
+Columns of structures the accepted masks had already removed are zeroed first (they are gated off, so
+the model does not change): the re-fit then matches the accepted model, not weights that an earlier
+re-fit has already folded into the kept columns.
+
+Processes: the calibration rows are drawn from the training set with a generator seeded by ``--seed``,
+so every process re-fits on the same batches; rank 0's re-fitted weights are then broadcast, so the
+ranks hold equal weights even where kernels are not bit-for-bit deterministic.
+
+Roll-back: the change each re-fit made is kept until its candidate is decided; a rolled-back candidate
+subtracts it (whatever training did meanwhile stays), a kept one forgets it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Subset
+
+from ..families import HeadGroup
+from ..post_training.calibration import calibration_batches, model_input_names
+from ..post_training.prune import SUPPORTED_MODEL_TYPES
+from ..post_training.refit import refit_groups
+
+
+def refit_problem(model, train_dataset, kinds) -> str | None:
+    """Why ``--pruning_refit`` cannot run for this model and data (None when it can)."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return (f"--pruning_refit supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; got "
+                f"{model_type!r}. Train without --pruning_refit.")
+    if not set(kinds) & {"heads", "ffn"}:
+        return "--pruning_refit re-fits the output projections of heads and FFN neurons: --prune names neither"
+    if train_dataset is None or not hasattr(train_dataset, "__len__"):
+        return ("--pruning_refit draws its calibration rows from the train_dataset, which needs a length (a "
+                "map-style dataset, not an iterable one)")
+    return None
+
+
+def refit_calibration_batches(model, dataset, collator, samples: int, batch_size: int, seed: int) -> list[dict]:
+    """``samples`` rows of ``dataset`` chosen by ``seed`` (the same on every process), collated into batches."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    rows = sorted(order[:samples].tolist())
+    subset = dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
+    return calibration_batches(subset, collator, batch_size, model_input_names(model))
+
+
+def _column_mask(group, mask: torch.Tensor) -> torch.Tensor:
+    """The output projection's input columns a structure mask covers (a head covers head_dim columns)."""
+    return mask.repeat_interleave(group.head_dim) if isinstance(group, HeadGroup) else mask
+
+
+@torch.no_grad()
+def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], batches, accelerator,
+                    ridge: float) -> dict[str, dict[str, torch.Tensor]]:
+    """Re-fit the groups whose masks lost structures against ``accepted``; returns each projection's change."""
+    base = model.base_model
+    cut = [g for g in groups if g.kind in ("heads", "ffn")
+           and bool((masks.masks[g.name].cpu() < accepted[g.name] - 0.5).any())]
+    projections = {g.output: base.get_submodule(g.output) for g in cut}
+    before = {name: _parameters(p) for name, p in projections.items()}
+    for group in cut:  # gated off already: zero, so the target is the accepted model's projection
+        weight = projections[group.output].weight
+        weight[:, _column_mask(group, accepted[group.name]).to(weight.device) < 0.5] = 0
+    refit_groups(model, masks, cut, batches, ridge=ridge, progress=False)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        for projection in projections.values():
+            for tensor in _parameters(projection, clone=False).values():
+                broadcast(tensor.data, from_process=0)
+    return {name: {key: (value - before[name][key]).cpu() for key, value in _parameters(p).items()}
+            for name, p in projections.items()}
+
+
+@torch.no_grad()
+def undo_refit(model, change: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Subtract the change :func:`refit_candidate` made (a rolled-back candidate)."""
+    base = model.base_model
+    for name, parts in change.items():
+        parameters = _parameters(base.get_submodule(name), clone=False)
+        for key, delta in parts.items():
+            parameters[key].sub_(delta.to(parameters[key].device, parameters[key].dtype))
+
+
+def _parameters(projection, clone: bool = True) -> dict[str, torch.Tensor]:
+    parts = {"weight": projection.weight}
+    if projection.bias is not None:
+        parts["bias"] = projection.bias
+    return {key: value.detach().clone() if clone else value for key, value in parts.items()}

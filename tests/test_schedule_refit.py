@@ -1,0 +1,159 @@
+"""``pruning_refit``: a candidate's cut groups get their output projections re-fitted as soon as it is masked."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hf_adaprune import attach_masks, compact, get_masks
+from hf_adaprune.families import HeadGroup
+from hf_adaprune.trainer.search_refit import refit_calibration_batches, refit_candidate, undo_refit
+
+from conftest import text_batch, tiny_model
+from test_schedule import scripted
+from test_trainer import make_trainer, toy_dataset
+
+ONE_PROCESS = SimpleNamespace(num_processes=1)
+
+
+def _collate(rows):
+    return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+
+
+def batch_loss(model, batches) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(float(model(**batch).loss) for batch in batches) / len(batches)
+
+
+def cut_half(masks, groups, seed=0):
+    """A candidate: half the structures of every group removed (random, seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    candidate = {}
+    for group in groups:
+        mask = torch.ones_like(masks.masks[group.name])
+        mask[torch.randperm(mask.numel(), generator=generator)[: mask.numel() // 2]] = 0
+        candidate[group.name] = mask
+    return candidate
+
+
+def test_refit_changes_only_the_kept_columns_and_bias_of_cut_groups_and_undo_restores():
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    accepted = masks.state_dict()
+    cut = groups[:2]  # two groups lose half their structures, the others nothing
+    masks.update(cut_half(masks, cut))
+    batches = refit_calibration_batches(model, toy_dataset(64), _collate, 32, 16, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    change = refit_candidate(model, masks, groups, accepted, batches, ONE_PROCESS, ridge=1e-3)
+    assert sorted(change) == sorted(g.output for g in cut)
+    after = model.state_dict()
+    prefix = model.base_model_prefix  # group paths are inside the base model
+    outputs = {f"{prefix}.{g.output}.{p}": g for g in cut for p in ("weight", "bias")}
+    for name, value in after.items():
+        if name not in outputs:
+            assert torch.equal(value, before[name]), f"{name} is no cut group's output projection"
+            continue
+        if name.endswith(".bias"):
+            assert not torch.equal(value, before[name]), name
+            continue
+        group = outputs[name]
+        columns = masks.masks[group.name].repeat_interleave(group.head_dim if isinstance(group, HeadGroup) else 1)
+        assert torch.equal(value[:, columns < 0.5], before[name][:, columns < 0.5]), "removed columns untouched"
+        assert not torch.equal(value[:, columns > 0.5], before[name][:, columns > 0.5]), "kept columns re-fitted"
+    undo_refit(model, change)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, before[name], atol=1e-6), name
+
+
+def test_refit_matches_the_accepted_model_not_the_weights_an_earlier_refit_folded_in():
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    batches = refit_calibration_batches(model, toy_dataset(64), _collate, 64, 32, seed=0)
+    first = cut_half(masks, groups, seed=0)
+    masks.update(first)
+    refit_candidate(model, masks, groups, attach_masks(tiny_model("bert")).state_dict(), batches, ONE_PROCESS, 1e-3)
+    accepted_logits = [model(**batch).logits.detach() for batch in batches]
+    # a second candidate that removes nothing more: the re-fit has nothing to do
+    change = refit_candidate(model, masks, groups, masks.state_dict(), batches, ONE_PROCESS, 1e-3)
+    assert change == {}
+    for batch, expected in zip(batches, accepted_logits):
+        assert torch.equal(model(**batch).logits, expected)
+
+
+def _refit_run(tmp_path, refit: bool, metrics=None, **overrides):
+    options = dict(pruning_schedule="search_then_recover", pruning_search_steps=0, pruning_tolerance=1.0,
+                   pruning_warmup_steps=12, max_steps=12, compact_at_end=False, pruning_refit=refit,
+                   pruning_refit_samples=96, learning_rate=5e-3) | overrides
+    trainer = make_trainer(tmp_path, **options)
+    if metrics is not None:
+        scripted(trainer, metrics)
+    trainer.train()
+    return trainer
+
+
+def test_refit_lowers_the_masked_models_loss_and_compaction_stays_exact(tmp_path):
+    # 60 steps: long enough for the tiny model to learn the toy task (loss ~0.84, 1.1 at chance), so that what
+    # the re-fit restores matters to the loss
+    long_enough = dict(pruning_warmup_steps=60, max_steps=60)
+    plain = _refit_run(tmp_path / "plain", refit=False, **long_enough)
+    refit = _refit_run(tmp_path / "refit", refit=True, **long_enough)
+    assert [h["event"] for h in refit.controller.state.history] == ["reference", "keep", "stop"]
+    plain_masks, refit_masks = get_masks(plain.model).state_dict(), get_masks(refit.model).state_dict()
+    assert all(torch.equal(plain_masks[n], refit_masks[n]) for n in plain_masks), "same scores, same candidate"
+    batches = refit._refit_batches
+    assert len(batches) == 3, "96 rows in batches of 32"
+    plain_loss, refit_loss = batch_loss(plain.model, batches), batch_loss(refit.model, batches)
+    assert refit_loss < plain_loss, (refit_loss, plain_loss)
+    batch = text_batch()
+    with torch.no_grad():
+        expected = refit.model(**batch).logits
+        small = copy.deepcopy(refit.model)
+        compact(small)
+        assert torch.allclose(small(**batch).logits, expected, atol=1e-5)
+
+
+def test_a_rolled_back_candidate_takes_its_refit_back(tmp_path):
+    # every candidate fails: the search ends on the dense masks, whose weights the re-fits must not have moved
+    fails = [0.9] + [0.1] * 10 + [0.9]
+    plain = _refit_run(tmp_path / "plain", refit=False, metrics=fails, pruning_min_step=0.1, pruning_tolerance=0.05)
+    refit = _refit_run(tmp_path / "refit", refit=True, metrics=fails, pruning_min_step=0.1, pruning_tolerance=0.05)
+    events = [h["event"] for h in refit.controller.state.history]
+    assert events.count("rollback") >= 2 and "keep" not in events
+    assert all(float(m.min()) == 1 for m in get_masks(refit.model).masks.values())
+    weights = plain.model.state_dict()
+    for name, value in refit.model.state_dict().items():
+        assert torch.allclose(value, weights[name], atol=1e-6), name
+
+
+def test_the_calibration_rows_depend_on_the_seed_only():
+    data = toy_dataset(64)
+    model = tiny_model("bert")
+    a = refit_calibration_batches(model, data, _collate, 16, 16, seed=3)
+    b = refit_calibration_batches(model, data, _collate, 16, 16, seed=3)
+    c = refit_calibration_batches(model, data, _collate, 16, 16, seed=4)
+    assert torch.equal(a[0]["input_ids"], b[0]["input_ids"]) and not torch.equal(a[0]["input_ids"], c[0]["input_ids"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(prune="layers"), "--prune names neither"),
+    (dict(pruning_refit_samples=0), "--pruning_refit_samples must be >= 1"),
+])
+def test_refit_that_cannot_run_is_refused_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tmp_path, pruning_refit=True, **overrides)
+
+
+def test_refit_needs_a_sized_train_dataset(tmp_path):
+    trainer_data = toy_dataset(32).to_iterable_dataset()
+    with pytest.raises(ValueError, match="needs a length"):
+        from hf_adaprune import AdaptivePruningTrainer
+        from test_trainer import make_args
+
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_refit=True),
+                               train_dataset=trainer_data, eval_dataset=toy_dataset(16))
