@@ -1,7 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (or alone): a tiny pruning run, masks written per rank.
 
 Usage: python tests/distributed_worker.py OUTPUT_DIR PER_DEVICE_BATCH [--break-rank R] [--crash-after STEP]
-       [--resume CHECKPOINT] [--schedule gradual|search_then_recover] [--search-steps N]
+       [--resume CHECKPOINT] [--schedule gradual|search_then_recover] [--search-steps N] [--ramp-steps N] [--refit]
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def main():
     parser.add_argument("--search-steps", type=int, default=0)
     parser.add_argument("--distill", action="store_true")
     parser.add_argument("--prune", default="both")
+    parser.add_argument("--ramp-steps", type=int, default=0)
+    parser.add_argument("--refit", action="store_true", help="also writes each rank's weights")
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     distributed = {}
@@ -56,7 +58,8 @@ def main():
     args = make_args(opts.output_dir, per_device_train_batch_size=opts.batch, save_strategy="steps", save_steps=12,
                      max_steps=30, compact_at_end=False, max_grad_norm=0.0,
                      train_sampling_strategy="sequential", prune=opts.prune, pruning_schedule=opts.schedule,
-                     pruning_search_steps=opts.search_steps, **distributed,
+                     pruning_search_steps=opts.search_steps, pruning_ramp_steps=opts.ramp_steps,
+                     pruning_refit=opts.refit, **distributed,
                      **(dict(distillation=True, distillation_hidden_weight=0.5) if opts.distill else {}))
     data = toy_dataset()
     trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))
@@ -76,6 +79,8 @@ def main():
     trainer.train(resume_from_checkpoint=opts.resume)
     torch.save(get_masks(trainer.model).state_dict(), os.path.join(opts.output_dir, f"masks_rank{rank}.pt"))
     torch.save(trainer.controller.state_dict(), os.path.join(opts.output_dir, f"controller_rank{rank}.pt"))
+    if opts.refit:
+        torch.save(trainer.model.state_dict(), os.path.join(opts.output_dir, f"weights_rank{rank}.pt"))
     if trainer.distillation_teacher is not None:
         torch.save(trainer.distillation_teacher.state_dict(), os.path.join(opts.output_dir, f"teacher_rank{rank}.pt"))
 

@@ -8,7 +8,9 @@ the metric decides: keep (prune further) or roll back to the previous masks and
 take half the step. Masks stay masks until training ends, so the optimizer and
 a DDP-wrapped model never see a shape change; then the model is compacted once.
 ``pruning_schedule`` chooses how the ratio is searched (:mod:`.schedule`); under every schedule
-the final model is measured once more at the end (``final_check`` in the report).
+the final model is measured once more at the end (``final_check`` in the report). How a candidate's
+masks come in (at once or along ``pruning_ramp_steps``, with ``pruning_refit``) and how a rolled-back one
+leaves is :mod:`.candidate`'s business.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import os
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer
-from transformers.modelcard import TrainingSummary
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..families import filter_groups, get_adapter
@@ -28,6 +29,7 @@ from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, 
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
 from .candidate import CandidateMasksMixin
+from .report import PruningReportMixin
 from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
@@ -37,13 +39,11 @@ from .distributed import check_masks_agree, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs
-from ..reporting.summary import PruningSummary
 from ..hub import save_pruned
 from ..engine.importance import make_importance
 from ..engine.masks import attach_masks, get_masks
-from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
 from ..engine.selection import layer_target_problem, multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
-from ..surgery import compact, kept_structure
+from ..surgery import compact
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
         os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
-class PruningTrainerMixin(CandidateMasksMixin, DistillationMixin, DatasetOrderEvalMixin):
+class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationMixin, DatasetOrderEvalMixin):
     """Everything pruning adds to a Trainer; mixed into ``Trainer`` and ``Seq2SeqTrainer``.
 
     Evaluation and ``predict()`` keep the dataset's order (:class:`DatasetOrderEvalMixin`).
@@ -331,41 +331,7 @@ class PruningTrainerMixin(CandidateMasksMixin, DistillationMixin, DatasetOrderEv
         if args.should_save:
             self._write_report()
 
-    # -- reports, checkpoints, saving -------------------------------------------------------------
-    def pruning_summary(self) -> PruningSummary:
-        history = self.controller.state.history
-        metrics = [h for h in history if "metric" in h and h["event"] in ("reference", "keep")]
-        return PruningSummary(
-            base_model=getattr(self.pruned_model.config, "_name_or_path", None) or None,
-            dataset=self.dataset_name,
-            model_name=os.path.basename(os.path.abspath(self.args.output_dir)),
-            criterion=self.args.pruning_criterion,
-            metric_name=self.pruning_metric,
-            metric_key=self.metric_key,
-            greater_is_better=self.controller.greater_is_better,
-            metric_before=self.controller.state.reference,
-            metric_after=metrics[-1]["metric"] if metrics else None,
-            tolerance=self.args.pruning_tolerance,
-            tolerance_type=self.args.pruning_tolerance_type,
-            target=self.args.pruning_target,
-            target_type=self.args.pruning_target_type,
-            schedule=self.args.pruning_schedule,
-            final_check=self.final_check,
-            final_sparsity=self.controller.state.selected,
-            stop_reason=self.controller.state.stop_reason,
-            decisions=history,
-            groups=kept_structure(self.pruned_model),
-            comparison=self.pruned_comparison,
-        )
-
-    def _write_report(self) -> None:
-        out = self.args.output_dir
-        os.makedirs(out, exist_ok=True)
-        summary = self.pruning_summary()
-        write_json(os.path.join(out, REPORT_FILE), summary.to_dict())
-        plot_pruning_curve(summary.decisions, self.pruning_metric, os.path.join(out, CURVE_FILE))
-        plot_layer_structure(summary.groups, os.path.join(out, LAYERS_FILE))
-
+    # -- checkpoints, saving -------------------------------------------------------------
     def pruning_state_dict(self) -> dict:
         """Tensors, numbers, strings, lists and dicts only: read back with ``torch.load(weights_only=True)``."""
         return {
@@ -422,26 +388,6 @@ class PruningTrainerMixin(CandidateMasksMixin, DistillationMixin, DatasetOrderEv
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
         elif not _internal_call and self.args.should_save:
             self._write_card(output_dir)
-
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
-        """The pruned model's card, with what ``Trainer.create_model_card`` accepts passed through."""
-        if self.is_world_process_zero():
-            self._write_card(self.args.output_dir, language=language, license=license, tags=tags,
-                             model_name=model_name, finetuned_from=finetuned_from, tasks=tasks,
-                             dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
-
-    def _write_card(self, output_dir: str, **card_args) -> None:
-        # The stock summary infers the task, the Hub dataset ids and the hyperparameters as the stock card does.
-        info = TrainingSummary.from_trainer(self, **card_args)
-        summary = self.pruning_summary()
-        summary.model_name = card_args.get("model_name") or summary.model_name
-        summary.base_model = card_args.get("finetuned_from") or summary.base_model
-        summary.dataset = card_args.get("dataset") or summary.dataset
-        card = model_card(summary, language=info.language, license=info.license,
-                          tags=[t for t in (info.tags or []) if t != "generated_from_trainer"], tasks=info.tasks,
-                          datasets=info.dataset_tags, hyperparameters=info.hyperparameters)
-        card.save(os.path.join(output_dir, "README.md"))
 
 
 class AdaptivePruningTrainer(PruningTrainerMixin, Trainer):

@@ -1,0 +1,69 @@
+"""What a pruning run writes about itself: the summary, ``pruning_report.json`` with its plots, the model card."""
+
+from __future__ import annotations
+
+import os
+
+from transformers.modelcard import TrainingSummary
+
+from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
+from ..reporting.summary import PruningSummary
+from ..surgery import kept_structure
+
+
+class PruningReportMixin:
+    """Trainer methods for the report and the card; expects the controller, the arguments and ``pruned_model``."""
+
+    def pruning_summary(self) -> PruningSummary:
+        history = self.controller.state.history
+        metrics = [h for h in history if "metric" in h and h["event"] in ("reference", "keep")]
+        return PruningSummary(
+            base_model=getattr(self.pruned_model.config, "_name_or_path", None) or None,
+            dataset=self.dataset_name,
+            model_name=os.path.basename(os.path.abspath(self.args.output_dir)),
+            criterion=self.args.pruning_criterion,
+            metric_name=self.pruning_metric,
+            metric_key=self.metric_key,
+            greater_is_better=self.controller.greater_is_better,
+            metric_before=self.controller.state.reference,
+            metric_after=metrics[-1]["metric"] if metrics else None,
+            tolerance=self.args.pruning_tolerance,
+            tolerance_type=self.args.pruning_tolerance_type,
+            target=self.args.pruning_target,
+            target_type=self.args.pruning_target_type,
+            schedule=self.args.pruning_schedule,
+            final_check=self.final_check,
+            final_sparsity=self.controller.state.selected,
+            stop_reason=self.controller.state.stop_reason,
+            decisions=history,
+            groups=kept_structure(self.pruned_model),
+            comparison=self.pruned_comparison,
+        )
+
+    def _write_report(self) -> None:
+        out = self.args.output_dir
+        os.makedirs(out, exist_ok=True)
+        summary = self.pruning_summary()
+        write_json(os.path.join(out, REPORT_FILE), summary.to_dict())
+        plot_pruning_curve(summary.decisions, self.pruning_metric, os.path.join(out, CURVE_FILE))
+        plot_layer_structure(summary.groups, os.path.join(out, LAYERS_FILE))
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """The pruned model's card, with what ``Trainer.create_model_card`` accepts passed through."""
+        if self.is_world_process_zero():
+            self._write_card(self.args.output_dir, language=language, license=license, tags=tags,
+                             model_name=model_name, finetuned_from=finetuned_from, tasks=tasks,
+                             dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
+
+    def _write_card(self, output_dir: str, **card_args) -> None:
+        # The stock summary infers the task, the Hub dataset ids and the hyperparameters as the stock card does.
+        info = TrainingSummary.from_trainer(self, **card_args)
+        summary = self.pruning_summary()
+        summary.model_name = card_args.get("model_name") or summary.model_name
+        summary.base_model = card_args.get("finetuned_from") or summary.base_model
+        summary.dataset = card_args.get("dataset") or summary.dataset
+        card = model_card(summary, language=info.language, license=info.license,
+                          tags=[t for t in (info.tags or []) if t != "generated_from_trainer"], tasks=info.tasks,
+                          datasets=info.dataset_tags, hyperparameters=info.hyperparameters)
+        card.save(os.path.join(output_dir, "README.md"))
