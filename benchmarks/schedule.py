@@ -12,6 +12,9 @@ warm-up):
 * ``AdaptivePruningTrainer`` with ``pruning_schedule="gradual"``;
 * ``AdaptivePruningTrainer`` with ``pruning_schedule="search_then_recover"`` (one row per
   ``--search_steps`` value);
+* ``gradual_ramp``: gradual with ``pruning_ramp_steps=--ramp_steps`` (removed structures fade out);
+* ``search_refit``: search_then_recover with ``pruning_refit`` (output projections re-fitted on
+  ``--refit_samples`` training phrases whenever a candidate is masked), one row per ``--search_steps``;
 * with ``--distillation``, each of those schedules again, distilling from the dense model at the
   reference (``--distillation``; the wall-time column shows the teacher's cost).
 
@@ -92,7 +95,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--interval", type=int, default=25, help="gradual: steps between pruning and deciding")
     parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
                         help="search_then_recover: one row per value")
-    parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"])
+    parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"],
+                        help="also: gradual_ramp, search_refit")
+    parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
+    parser.add_argument("--refit_samples", type=int, default=512, help="search_refit: pruning_refit_samples")
     parser.add_argument("--distillation", action="store_true",
                         help="each pruning schedule once more with --distillation (dense teacher at the reference)")
     parser.add_argument("--distillation_hidden_weight", type=float, default=0.0)
@@ -150,6 +156,13 @@ def main(argv=None) -> dict:
                 schedules += [(f"search_then_recover, {s} search steps",
                                dict(pruning_schedule="search_then_recover", pruning_search_steps=s))
                               for s in opts.search_steps]
+            if "gradual_ramp" in opts.variants:
+                schedules.append((f"gradual + ramp {opts.ramp_steps}", dict(
+                    pruning_schedule="gradual", pruning_interval=opts.interval, pruning_ramp_steps=opts.ramp_steps)))
+            if "search_refit" in opts.variants:
+                schedules += [(f"search_then_recover, {s} search steps + refit", dict(
+                    pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
+                    pruning_refit_samples=opts.refit_samples)) for s in opts.search_steps]
             if opts.distillation:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
                 schedules += [(f"{name} + distillation", schedule | teacher) for name, schedule in schedules]

@@ -176,10 +176,9 @@ def test_bad_schedule_arguments_fail_when_parsed(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
-def test_two_processes_search_to_the_same_masks_as_one(tmp_path):
-    # candidates judged 3 steps after masking: the search spans several decisions, each on gathered metrics
-    extra = ("--schedule", "search_then_recover", "--search-steps", "3")
+def same_masks_on_two_processes_as_on_one(tmp_path, extra) -> tuple:
+    """Run the worker on two processes and on one with ``extra``; assert every rank ends with the one-process
+    masks (and that something was pruned); returns the two output folders."""
     two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=extra)
     assert result.returncode == 0, result.stderr[-4000:]
     one, result = run_worker(tmp_path, "one", batch=16, nproc=1, extra=extra)
@@ -188,6 +187,14 @@ def test_two_processes_search_to_the_same_masks_as_one(tmp_path):
     assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], single[name]), name
+    return two, one
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_search_to_the_same_masks_as_one(tmp_path):
+    # candidates judged 3 steps after masking: the search spans several decisions, each on gathered metrics
+    two, one = same_masks_on_two_processes_as_on_one(
+        tmp_path, ("--schedule", "search_then_recover", "--search-steps", "3"))
     histories = [torch.load(folder / f"controller_rank{rank}.pt")["history"] for folder, rank in
                  ((two, 0), (two, 1), (one, 0))]
     assert histories[0] == histories[1], "every rank took the same decisions"

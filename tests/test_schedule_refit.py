@@ -13,8 +13,8 @@ from hf_adaprune.families import HeadGroup
 from hf_adaprune.trainer.search_refit import refit_calibration_batches, refit_candidate, undo_refit
 
 from conftest import text_batch, tiny_model
-from test_distributed import TORCHRUN, masks_of, run_worker
-from test_schedule import scripted
+from test_distributed import TORCHRUN
+from test_schedule import same_masks_on_two_processes_as_on_one, scripted
 from test_trainer import make_trainer, toy_dataset
 
 ONE_PROCESS = SimpleNamespace(num_processes=1)
@@ -163,15 +163,7 @@ def test_refit_needs_a_sized_train_dataset(tmp_path):
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 def test_two_processes_ramp_and_refit_to_the_same_masks_and_weights(tmp_path):
     # gradual with a 3-step ramp and the re-fit: every candidate fades, then is re-fitted on each rank
-    extra = ("--ramp-steps", "3", "--refit")
-    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=extra)
-    assert result.returncode == 0, result.stderr[-4000:]
-    one, result = run_worker(tmp_path, "one", batch=16, nproc=1, extra=extra)
-    assert result.returncode == 0, result.stderr[-4000:]
-    rank0, rank1, single = masks_of(two, 0), masks_of(two, 1), masks_of(one, 0)
-    assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]) and torch.equal(rank0[name], single[name]), name
+    two, _ = same_masks_on_two_processes_as_on_one(tmp_path, ("--ramp-steps", "3", "--refit"))
     weights0, weights1 = (torch.load(two / f"weights_rank{rank}.pt") for rank in (0, 1))
     for name in weights0:
         assert torch.equal(weights0[name], weights1[name]), name
