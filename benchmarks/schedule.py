@@ -194,6 +194,7 @@ def format_table(results: dict) -> str:
     lines = [f"{s['date']}, {s['threads']} threads, load average {tuple(round(x, 1) for x in s['load_average'])}; "
              f"{s['steps']} steps of batch {BATCH} for every variant; decisions on {s['check_samples']} dev rows, "
              f"tolerance {s['tolerance']}", ""]
+    lines += [f"{note}" for note in results.get("notes", [])] + ([""] if results.get("notes") else [])
     earlier = results.get("settings_of_earlier_runs")
     if earlier:
         lines += [f"(rows before {s['date']}: {earlier['date']}, {earlier['threads']} threads, same budget and data)", ""]
