@@ -136,9 +136,11 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
     return paths
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -152,15 +154,16 @@ class OnnxSeq2Seq:
 
     With ``decoder_with_past_model.onnx`` in the folder, each step after the first feeds one new token and the
     past key values (``use_cache=False`` in :meth:`generate`, or a folder without it: the whole prefix each step).
+    ``threads``: onnxruntime's intra-op threads (None: its default, one per core).
     """
 
     def __init__(self, folder, encoder_file: str = SEQ2SEQ_FILES[0], decoder_file: str = SEQ2SEQ_FILES[1],
-                 decoder_with_past_file: str = SEQ2SEQ_FILES[2]):
+                 decoder_with_past_file: str = SEQ2SEQ_FILES[2], threads: int | None = None):
         folder = Path(folder)
-        self.encoder = _session(folder / encoder_file)
-        self.decoder = _session(folder / decoder_file)
+        self.encoder = _session(folder / encoder_file, threads)
+        self.decoder = _session(folder / decoder_file, threads)
         past = folder / decoder_with_past_file
-        self.decoder_with_past = _session(past) if past.is_file() else None
+        self.decoder_with_past = _session(past, threads) if past.is_file() else None
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
         self.decoder_inputs = [i.name for i in self.decoder.get_inputs()]
 
