@@ -123,6 +123,11 @@ def test_seq2seq_greedy_tokens_identical(model_type, pattern, tmp_path):
         "encoder_attention_mask": mask.numpy()})[0]
     valid = batch["decoder_attention_mask"].bool().numpy()
     assert np.abs(decoder_logits - logits)[valid].max() <= TOL
+    # a folder without the past graph (exported before it existed) decodes on the whole prefix
+    (tmp_path / "decoder_with_past_model.onnx").unlink()
+    np.testing.assert_array_equal(greedy_onnx(tmp_path, model, inputs, mask), expected)
+    with pytest.raises(ValueError, match="use_cache=True needs decoder_with_past_model.onnx"):
+        greedy_onnx(tmp_path, model, inputs, mask, use_cache=True)
 
 
 def test_whisper_greedy_tokens_identical(tmp_path):
