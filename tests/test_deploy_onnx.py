@@ -103,7 +103,7 @@ def cache_heads(past: dict, layers: int, part: str) -> list[int]:
     return [past[f"past_key_values.{i}.{part}.key"].shape[1] for i in range(layers)]
 
 
-@pytest.mark.parametrize("model_type, pattern", [("marian", "A"), ("bart", "B")])
+@pytest.mark.parametrize("model_type, pattern", [("marian", "A"), ("bart", "B"), ("t5", "A")])
 def test_seq2seq_greedy_tokens_identical(model_type, pattern, tmp_path):
     model = tiny_seq2seq(model_type)
     pattern_masks(model, pattern)

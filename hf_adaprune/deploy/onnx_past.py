@@ -86,8 +86,11 @@ class DecoderWithPast(nn.Module):
 def export_decoders(model, save_directory, export, decoder_ids, hidden, mask) -> list:
     """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx``; ``export`` is the ONNX export function,
     ``decoder_ids`` / ``hidden`` / ``mask`` (None for audio) example inputs of the first step."""
-    layers = len(model.get_decoder().layers)
     with_mask = mask is not None
+    first_args = (decoder_ids, hidden) + ((mask,) if with_mask else ())
+    with torch.no_grad():
+        past = DecoderFirstStep(model)(*first_args)[1:]
+    layers = len(past) // len(CACHE_PARTS)  # the cache has one entry per decoder layer, whatever the stack's name
     first_inputs = ["decoder_input_ids", "encoder_hidden_states"] + (["encoder_attention_mask"] if with_mask else [])
     presents = cache_names("present", layers)
     axes = {"decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
@@ -95,12 +98,9 @@ def export_decoders(model, save_directory, export, decoder_ids, hidden, mask) ->
             "logits": {0: "batch", 1: "decoder_sequence"}} | _cache_axes(presents, "decoder_sequence")
     if with_mask:
         axes["encoder_attention_mask"] = {0: "batch", 1: "encoder_sequence"}
-    first_args = (decoder_ids, hidden) + ((mask,) if with_mask else ())
     paths = [save_directory / DECODER_FILE, save_directory / DECODER_WITH_PAST_FILE]
     export(DecoderFirstStep(model), first_args, paths[0], first_inputs, ["logits"] + presents, axes)
 
-    with torch.no_grad():
-        past = DecoderFirstStep(model)(*first_args)[1:]
     past_names = cache_names("past_key_values", layers)
     new_presents = cache_names("present", layers, CACHE_PARTS[:2])
     inputs = ["decoder_input_ids"] + (["encoder_attention_mask"] if with_mask else []) + past_names
