@@ -92,7 +92,8 @@ def renumber_alignment_heads(model, kept_heads: dict[str, list[int]], kept_layer
 
 def _warn_if_a_cross_attention_is_empty(model) -> None:
     layers = getattr(getattr(model.base_model, "decoder", None), "layers", [])
-    empty = [i for i, layer in enumerate(layers) if getattr(layer.encoder_attn, "is_empty_attention", False)]
+    empty = [i for i, layer in enumerate(layers)
+             if getattr(getattr(layer, "encoder_attn", None), "is_empty_attention", False)]
     if empty:
         # transformers collects cross-attention weights with hooks on its attention class, so an emptied one
         # adds no entry and return_token_timestamps indexes past the end of the list
