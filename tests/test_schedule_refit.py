@@ -5,17 +5,18 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 
-from hf_adaprune import attach_masks, compact, get_masks
+from hf_adaprune import AdaptivePruningTrainer, attach_masks, compact, get_masks
 from hf_adaprune.families import HeadGroup
 from hf_adaprune.trainer.search_refit import refit_calibration_batches, refit_candidate, undo_refit
 
 from conftest import text_batch, tiny_model
 from test_distributed import TORCHRUN
 from test_schedule import same_masks_on_two_processes_as_on_one, scripted
-from test_trainer import make_trainer, toy_dataset
+from test_trainer import make_args, make_trainer, toy_dataset
 
 ONE_PROCESS = SimpleNamespace(num_processes=1)
 
@@ -153,9 +154,6 @@ def test_refit_that_cannot_run_is_refused_before_training(tmp_path, overrides, m
 def test_refit_needs_a_sized_train_dataset(tmp_path):
     trainer_data = toy_dataset(32).to_iterable_dataset()
     with pytest.raises(ValueError, match="needs a length"):
-        from hf_adaprune import AdaptivePruningTrainer
-        from test_trainer import make_args
-
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_refit=True),
                                train_dataset=trainer_data, eval_dataset=toy_dataset(16))
 
@@ -167,3 +165,10 @@ def test_two_processes_ramp_and_refit_to_the_same_masks_and_weights(tmp_path):
     weights0, weights1 = (torch.load(two / f"weights_rank{rank}.pt") for rank in (0, 1))
     for name in weights0:
         assert torch.equal(weights0[name], weights1[name]), name
+
+
+def test_refit_needs_tokenized_training_rows(tmp_path):
+    text_rows = datasets.Dataset.from_dict({"sentence": ["a b", "c d"], "labels": [0, 1]})
+    with pytest.raises(ValueError, match=r"need input_ids \(a tokenized dataset\); the first row has \['labels', 'sentence'\]"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_refit=True),
+                               train_dataset=text_rows, eval_dataset=toy_dataset(16))

@@ -39,6 +39,9 @@ def refit_problem(model, train_dataset, kinds) -> str | None:
     if train_dataset is None or not hasattr(train_dataset, "__len__"):
         return ("--pruning_refit draws its calibration rows from the train_dataset, which needs a length (a "
                 "map-style dataset, not an iterable one)")
+    if len(train_dataset) and "input_ids" not in train_dataset[0]:
+        return ("--pruning_refit collates train_dataset rows as the model's inputs: they need input_ids (a "
+                f"tokenized dataset); the first row has {sorted(train_dataset[0])}")
     return None
 
 
