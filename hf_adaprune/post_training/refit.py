@@ -165,7 +165,8 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
         for group in tqdm(pruned, desc="calibration: re-fit", disable=not progress):
             projection = base.get_submodule(group.output)
             statistics = _Statistics(projection.in_features, projection.out_features, dense, group.name)
-            handles = [projection.register_forward_pre_hook(statistics.projection_input, prepend=True)]  # before the gate
+            # prepended: the Gram sees the input before the mask gate
+            handles = [projection.register_forward_pre_hook(statistics.projection_input, prepend=True)]
             if dense is not None:
                 handles.append(projection.register_forward_hook(statistics.projection_output))
                 if dense.kind == "dense_residual":
@@ -207,5 +208,8 @@ def refit_error(problem: LeastSquares, kept: torch.Tensor, new_weight: torch.Ten
 
 def _full(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``[W, b]`` in float64: out x (width + 1)."""
-    column = torch.zeros(weight.shape[0], 1, dtype=torch.float64) if bias is None else bias.detach().double().cpu()[:, None]
+    if bias is None:
+        column = torch.zeros(weight.shape[0], 1, dtype=torch.float64)
+    else:
+        column = bias.detach().double().cpu()[:, None]
     return torch.cat([weight.detach().double().cpu(), column], 1)
