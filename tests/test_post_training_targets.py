@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import tiny_model
-from test_post_training import batches_for, labelled_examples, masked_at, pad_collator, relative_error
+from test_post_training import batches_for, capture_inputs, labelled_examples, masked_at, pad_collator, relative_error
 
 from hf_adaprune import compact, find_groups
 from hf_adaprune.post_training import capture_dense_targets, post_training_prune, refit_groups
@@ -19,21 +19,6 @@ NORMS = {  # what residual_norms must find by running the model
     "distilbert": {"transformer.layer.0.attention": "transformer.layer.0.sa_layer_norm",
                    "transformer.layer.2.ffn": "transformer.layer.2.output_layer_norm"},
 }
-
-
-def capture_norm_inputs(model, norm, batches):
-    """The input of ``model.base_model.<norm>`` (the residual-stream sum) on the real tokens of ``batches``."""
-    seen = []
-    handle = model.base_model.get_submodule(norm).register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].detach().reshape(-1, args[0].shape[-1])))
-    rows = []
-    with torch.no_grad():
-        for batch in batches:
-            seen.clear()
-            model(**batch)
-            rows.append(seen[0][batch["attention_mask"].reshape(-1).bool()])
-    handle.remove()
-    return torch.cat(rows)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
@@ -55,7 +40,7 @@ def test_dense_residual_refit_brings_the_last_layer_closer_to_the_dense_model(mo
     batches = batches_for(dense, rows)
     splits = {"calibration": batches, "held out": batches_for(dense, held_out)}
     last = NORMS[model_type][f"{'encoder' if model_type == 'bert' else 'transformer'}.layer.2.ffn"]
-    reference = {split: capture_norm_inputs(dense, last, b) for split, b in splits.items()}
+    reference = {split: capture_inputs(dense, last, b) for split, b in splits.items()}
     errors = {}
     for variant in ("sliced", "same_input", "dense_residual"):
         model = copy.deepcopy(dense)
@@ -64,7 +49,7 @@ def test_dense_residual_refit_brings_the_last_layer_closer_to_the_dense_model(mo
         masks, groups = masked_at(model, rows)
         if variant != "sliced":
             refit_groups(model, masks, groups, batches, progress=False, dense=targets)
-        errors[variant] = {split: relative_error(capture_norm_inputs(model, last, b), reference[split])
+        errors[variant] = {split: relative_error(capture_inputs(model, last, b), reference[split])
                            for split, b in splits.items()}
     for split in splits:
         assert errors["dense_residual"][split] < 0.9 * errors["sliced"][split], (split, errors)
@@ -88,7 +73,7 @@ def test_reported_error_is_that_of_the_fitted_target(kind):
     outputs = []
     handle = projection.register_forward_hook(
         lambda module, args, output: outputs.append(output.detach().reshape(-1, output.shape[-1])))
-    pruned_sum = capture_norm_inputs(model, norm, batches)
+    pruned_sum = capture_inputs(model, norm, batches)
     handle.remove()
     valid = torch.cat([b["attention_mask"].reshape(-1).bool() for b in batches])
     pruned_output = torch.cat(outputs)[valid]
@@ -98,7 +83,7 @@ def test_reported_error_is_that_of_the_fitted_target(kind):
     outputs.clear()
     handle = projection.register_forward_hook(
         lambda module, args, output: outputs.append(output.detach().reshape(-1, output.shape[-1])))
-    capture_norm_inputs(model, norm, batches)
+    capture_inputs(model, norm, batches)
     handle.remove()
     refitted = torch.cat(outputs)[valid]
     assert reported == pytest.approx(relative_error(refitted, target), rel=1e-3)
