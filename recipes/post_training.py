@@ -92,11 +92,14 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     run, _ = prepare_run(task, argv)
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     check_labels(run)
+    # only the calibration rows of the training data are used: tokenize no more
+    run.splits["train"] = subsample(run.splits["train"], data_args.post_training_calibration_samples,
+                                    training_args.seed)
     task.build(run)
     deploy.check_request(run)
     run.model.config._name_or_path = model_args.base_model_id or ""
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
-    calibration = subsample(run.datasets["train"], data_args.post_training_calibration_samples, training_args.seed)
+    calibration = run.datasets["train"]
     result = _as_recipe_error(lambda: post_training_prune(  # bad values fail before any forward pass
         run.model, calibration, training_args.pruning_target, metric=training_args.pruning_metric,
         tolerance=training_args.pruning_tolerance, eval_dataset=decision_set,
@@ -148,8 +151,7 @@ def finish(task: Task, run: Run, result, started: float) -> dict:
         "pruning": {"criterion": training_args.pruning_criterion, "target": training_args.pruning_target,
                     "target_type": "flops", "final_sparsity": comparison["layer_flops_removed"],
                     "stop_reason": f"post-training, no optimizer step ({stop})"},
-        "post_training": {"calibration_samples": min(data_args.post_training_calibration_samples,
-                                                     len(run.datasets["train"])),
+        "post_training": {"calibration_samples": len(run.datasets["train"]),
                           "refit": data_args.post_training_refit,
                           "refit_target": data_args.post_training_refit_target,
                           "refit_samples": data_args.post_training_refit_samples,

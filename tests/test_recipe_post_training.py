@@ -51,6 +51,7 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     assert "no optimizer step" in results["pruning"]["stop_reason"]
     assert results["comparison"]["layer_flops_removed"] == pytest.approx(0.5, abs=0.1)
     assert results["post_training"]["refit_target"] == "dense_residual"
+    assert results["samples"]["train"] == 40 == results["post_training"]["calibration_samples"]  # of 60 rows
     test = results["test"]
     assert test["samples"] == 24 and test["dense_accuracy"] is not None and test["pruned_accuracy"] is not None
     assert results["validation"]["dense_reference"] is not None
