@@ -20,6 +20,7 @@ from torch import nn
 
 from .engine.masks import detach_masks, get_masks, structure_count
 from .families import HeadGroup, LayerGroup, find_groups, layer_of_group
+from .families.whisper import renumber_alignment_heads
 from .layout import (TABLES, apply_layout, empty_record, linear_spec, parent_and_name, read_record, set_attribute,
                      write_record)
 
@@ -169,11 +170,13 @@ def _compact_masked(model: nn.Module, masks, record: dict) -> None:
     stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)]
     kept_layers = {g.name: masks.kept_indices(g.name) for g in stacks}
     plan = _Plan(base)
+    kept_heads = {}
     for name, group in masks.groups.items():
         where = None if isinstance(group, LayerGroup) else layer_of_group(stacks, name)
         if isinstance(group, LayerGroup) or (where is not None and where[1] not in kept_layers[where[0]]):
             continue  # layers go below; a removed layer's heads and neurons go with it
         kept = torch.tensor(masks.kept_indices(name), dtype=torch.long)
+        kept_heads[name] = kept.tolist()
         count = structure_count(base, group)
         previous = record["groups"].get(name)
         original_kept = previous["kept"] if previous else list(range(count))
@@ -192,6 +195,8 @@ def _compact_masked(model: nn.Module, masks, record: dict) -> None:
     plan.apply(record["layout"])
     for stack in stacks:
         remove_layers(model, stack, kept_layers[stack.name], record)
+    # Whisper's word-timestamp heads are (layer, head) positions: they move with the kept layers and heads
+    renumber_alignment_heads(model, kept_heads, kept_layers.get("decoder.layers"))
 
 
 def remove_layers(model: nn.Module, stack: LayerGroup, kept: list[int], record: dict) -> None:

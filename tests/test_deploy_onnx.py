@@ -1,5 +1,7 @@
-"""ONNX export of pruned models (uneven heads, fully removed attentions and FFNs): onnxruntime outputs within
-1e-4 of transformers for encoders, greedy tokens identical for Marian/BART and Whisper; onnxruntime int8."""
+"""ONNX export of pruned models (uneven heads, removed layers, fully removed attentions and FFNs): onnxruntime
+outputs within 1e-4 of transformers for encoders; for Marian/BART and Whisper, greedy tokens identical to
+transformers' cached ``generate`` with and without the past-key-values graph, and the decoder's logits within 1e-4
+step by step through the cache; onnxruntime int8."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from hf_adaprune.deploy import OnnxSeq2Seq, export_onnx, onnx_session, quantize_
 from conftest import text_batch, tiny_model  # noqa: E402
 from test_seq2seq_families import pattern_masks, seq2seq_batch, tiny_seq2seq  # noqa: E402
 from test_speech_families import set_masks, tiny_whisper, whisper_batch, whisper_features  # noqa: E402
+from test_layers import mask_layers, tiny_whisper3  # noqa: E402
 from test_surgery import random_masks  # noqa: E402
 
 TOL = 1e-4
@@ -46,38 +49,85 @@ def test_encoder_parity(model_type, head, tmp_path):
         assert np.abs(got - expected).max() <= TOL
 
 
-def greedy_onnx(folder, model, inputs, attention_mask=None, max_new_tokens=12):
+SEQ2SEQ_GRAPHS = ["encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"]
+
+
+def greedy_onnx(folder, model, inputs, attention_mask=None, max_new_tokens=12, use_cache=None):
     config = model.generation_config
     return OnnxSeq2Seq(folder).generate(
         inputs.numpy(), None if attention_mask is None else attention_mask.numpy(),
         decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id, max_new_tokens=max_new_tokens,
-        forced_eos_token_id=getattr(config, "forced_eos_token_id", None))
+        forced_eos_token_id=getattr(config, "forced_eos_token_id", None), use_cache=use_cache)
 
 
-@pytest.mark.parametrize("model_type, pattern", [("marian", "A"), ("bart", "B")])
+def assert_greedy_identical(folder, model, inputs, mask=None, max_new_tokens=12):
+    """Greedy tokens with and without the past graph equal transformers' cached ``generate``."""
+    extra = {} if mask is None else {"attention_mask": mask}
+    with torch.no_grad():
+        expected = model.generate(inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  use_cache=True, **extra).numpy()
+    whisper = model.main_input_name == "input_features"  # Whisper's generate leaves out the start token
+    for use_cache in (True, False):
+        got = greedy_onnx(folder, model, inputs, mask, max_new_tokens, use_cache=use_cache)
+        np.testing.assert_array_equal(got[:, 1:] if whisper else got, expected, err_msg=f"use_cache={use_cache}")
+    return expected
+
+
+def stepwise_logits(folder, inputs, mask, prefix: np.ndarray, first: int = 1):
+    """Decoder logits for ``prefix``: the first step on ``prefix[:, :first]``, then one token at a time through
+    the past graph; also returns the last step's self-attention cache shapes per layer."""
+    encoder, first_step, with_past = (onnx_session(folder, name) for name in SEQ2SEQ_GRAPHS)
+    feed = {encoder.get_inputs()[0].name: inputs}
+    if mask is not None:
+        feed["attention_mask"] = mask
+    hidden = encoder.run(None, feed)[0]
+    feed = {"decoder_input_ids": prefix[:, :first], "encoder_hidden_states": hidden}
+    if mask is not None:
+        feed["encoder_attention_mask"] = mask
+    logits, *present = first_step.run(None, feed)
+    past = {o.name.replace("present", "past_key_values"): v for o, v in zip(first_step.get_outputs()[1:], present)}
+    steps, wanted = [logits], {i.name for i in with_past.get_inputs()}
+    for t in range(first, prefix.shape[1]):
+        feed = {"decoder_input_ids": prefix[:, t:t + 1]} | {k: v for k, v in past.items() if k in wanted}
+        if mask is not None:
+            feed["encoder_attention_mask"] = mask
+        logits, *present = with_past.run(None, feed)
+        past |= {o.name.replace("present", "past_key_values"): v
+                 for o, v in zip(with_past.get_outputs()[1:], present)}
+        steps.append(logits)
+    return np.concatenate(steps, axis=1), past
+
+
+def cache_heads(past: dict, layers: int, part: str) -> list[int]:
+    return [past[f"past_key_values.{i}.{part}.key"].shape[1] for i in range(layers)]
+
+
+@pytest.mark.parametrize("model_type, pattern", [("marian", "A"), ("bart", "B"), ("t5", "A")])
 def test_seq2seq_greedy_tokens_identical(model_type, pattern, tmp_path):
     model = tiny_seq2seq(model_type)
     pattern_masks(model, pattern)
     compact(model)
     paths = export_onnx(model, tmp_path)
-    assert [p.name for p in paths] == ["encoder_model.onnx", "decoder_model.onnx"]
+    assert [p.name for p in paths] == SEQ2SEQ_GRAPHS
     batch = seq2seq_batch()
     inputs, mask = batch["input_ids"], batch["attention_mask"]
+    expected = assert_greedy_identical(tmp_path, model, inputs, mask)
+    assert expected.shape[1] > 4, "the tiny model should not stop at once"
     with torch.no_grad():
-        expected = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                  num_beams=1)
         logits = model(**batch).logits.numpy()
-    got = greedy_onnx(tmp_path, model, inputs, mask)
-    assert got.shape[1] > 4, "the tiny model should not stop at once"
-    np.testing.assert_array_equal(got, expected.numpy())
-    decoder_logits = onnx_session(tmp_path, "decoder_model.onnx").run(None, {
+    decoder_logits = onnx_session(tmp_path, "decoder_model.onnx").run(["logits"], {
         "decoder_input_ids": batch["decoder_input_ids"].numpy(),
         "encoder_hidden_states": onnx_session(tmp_path, "encoder_model.onnx").run(
             None, {"input_ids": inputs.numpy(), "attention_mask": mask.numpy()})[0],
         "encoder_attention_mask": mask.numpy()})[0]
     valid = batch["decoder_attention_mask"].bool().numpy()
     assert np.abs(decoder_logits - logits)[valid].max() <= TOL
+    # a folder without the past graph (exported before it existed) decodes on the whole prefix
+    (tmp_path / "decoder_with_past_model.onnx").unlink()
+    np.testing.assert_array_equal(greedy_onnx(tmp_path, model, inputs, mask), expected)
+    with pytest.raises(ValueError, match="use_cache=True needs decoder_with_past_model.onnx"):
+        greedy_onnx(tmp_path, model, inputs, mask, use_cache=True)
 
 
 def test_whisper_greedy_tokens_identical(tmp_path):
@@ -89,18 +139,64 @@ def test_whisper_greedy_tokens_identical(tmp_path):
     compact(model)
     export_onnx(model, tmp_path)
     features = whisper_features()
-    with torch.no_grad():
-        expected = model.generate(input_features=features, max_new_tokens=10, do_sample=False, num_beams=1)
-    got = greedy_onnx(tmp_path, model, features, max_new_tokens=10)
-    np.testing.assert_array_equal(got[:, 1:], expected.numpy())  # Whisper's generate leaves out the start token
+    assert_greedy_identical(tmp_path, model, features, max_new_tokens=10)
     # the decoder on a random prefix (the tiny model's greedy output repeats one token)
     batch = whisper_batch()
     with torch.no_grad():
         logits = model(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]).logits
     hidden = onnx_session(tmp_path, "encoder_model.onnx").run(None, {"input_features": features.numpy()})[0]
-    got_logits = onnx_session(tmp_path, "decoder_model.onnx").run(None, {
+    got_logits = onnx_session(tmp_path, "decoder_model.onnx").run(["logits"], {
         "decoder_input_ids": batch["decoder_input_ids"].numpy(), "encoder_hidden_states": hidden})[0]
     assert np.abs(got_logits - logits.numpy()).max() <= TOL
+
+
+def _marian3():
+    return tiny_seq2seq("marian", encoder_layers=3, decoder_layers=3)
+
+
+def _seq2seq_inputs():
+    batch = seq2seq_batch()
+    return batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"]
+
+
+def _whisper_inputs():
+    generator = torch.Generator().manual_seed(2)
+    prefix = torch.randint(4, 64, (2, 7), generator=generator)
+    prefix[:, 0] = 3
+    return whisper_features(), None, prefix
+
+
+@pytest.mark.parametrize("family, build, inputs_of", [("marian", _marian3, _seq2seq_inputs),
+                                                       ("whisper", tiny_whisper3, _whisper_inputs)])
+def test_decoder_with_past_uneven_heads_removed_layer(family, build, inputs_of, tmp_path):
+    """Uneven heads, decoder layer 1 of 3 removed, the first kept layer's self-attention and the last one's
+    cross-attention emptied: per-layer cache shapes, logits through the cache, greedy tokens."""
+    model = build()
+    masks = mask_layers(model, {"decoder.layers": [0, 2]}, widths_seed=3)
+    masks.set("decoder.layers.0.self_attn", torch.zeros_like(masks.masks["decoder.layers.0.self_attn"]))
+    masks.set("decoder.layers.2.encoder_attn", torch.zeros_like(masks.masks["decoder.layers.2.encoder_attn"]))
+    compact(model)
+    assert model.config.decoder_layers == 2
+    export_onnx(model, tmp_path)
+    inputs, mask, prefix = inputs_of()
+    with torch.no_grad():
+        extra = {} if mask is None else {"attention_mask": mask}
+        expected = model(inputs, decoder_input_ids=prefix, **extra).logits.numpy()
+    for first in (1, 3):  # the first step on one token or on a longer prefix
+        got, past = stepwise_logits(tmp_path, inputs.numpy(), None if mask is None else mask.numpy(),
+                                    prefix.numpy(), first=first)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= TOL
+    layers = model.model.decoder.layers
+    kept_self = [layers[1].self_attn.num_heads]
+    kept_cross = [layers[0].encoder_attn.num_heads]
+    assert cache_heads(past, 2, "decoder") == [1] + kept_self  # the emptied attention's placeholder: one head
+    assert cache_heads(past, 2, "encoder") == kept_cross + [1]
+    assert past["past_key_values.0.decoder.key"].shape[-1] == 1
+    head_dim = model.config.d_model // model.config.decoder_attention_heads
+    assert past["past_key_values.1.decoder.key"].shape == (prefix.shape[0], kept_self[0], prefix.shape[1], head_dim)
+    assert 0 < kept_self[0] < 4 or 0 < kept_cross[0] < 4, "the widths should be uneven"
+    assert_greedy_identical(tmp_path, model, inputs, mask, max_new_tokens=10)
 
 
 def test_onnxruntime_int8_close_to_float(tmp_path):

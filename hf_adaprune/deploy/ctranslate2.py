@@ -17,8 +17,9 @@ What CTranslate2's model spec (4.x) can hold, and how a pruned model is fitted i
   same count and nothing is padded (decoder self- and cross-attentions share
   one count, so prune them to the same number of heads to pad nothing there).
 
-Whisper's alignment heads (word timestamps) are mapped to the kept heads'
-new positions; pruned ones are dropped. Removed layers (``--prune layers``) need
+Whisper's alignment heads (word timestamps) need nothing either: compaction
+already moved them onto the kept heads' positions (``renumber_alignment_heads``)
+and zero heads are appended after the kept ones. Removed layers (``--prune layers``) need
 nothing: compaction deleted them and set the config's layer counts, which the
 spec follows.
 
@@ -193,27 +194,6 @@ def _pad_to_stack_heads(model, family: str) -> dict:
     return {"num_heads": counts, "head_dim": head_dim, "kept_heads": kept_total, "zero_heads": zero_total}
 
 
-def _alignment_heads(model, heads: int) -> list[tuple[int, int]] | None:
-    """Whisper's alignment heads at the kept heads' new positions, in the kept layers' new numbering (None:
-    CTranslate2's default). Records name groups by the layers the model has now."""
-    original = getattr(getattr(model, "generation_config", None), "alignment_heads", None)
-    if not original:
-        return None
-    record = read_record(model.config) or {"groups": {}, "layers": {}}
-    kept_layers = (record.get("layers") or {}).get("decoder.layers", {}).get("kept")
-    mapped = []
-    for layer, head in original:
-        if kept_layers is not None:
-            if layer not in kept_layers:
-                continue
-            layer = kept_layers.index(layer)
-        group = record["groups"].get(f"decoder.layers.{layer}.encoder_attn")
-        kept = group["kept"] if group else list(range(heads))
-        if head in kept:
-            mapped.append((int(layer), kept.index(head)))
-    return mapped or None
-
-
 def _set_head_counts(spec, num_heads: dict[str, int], head_dim: int) -> None:
     # the seq2seq loaders give the decoder the encoder's head count (one count for the model); a pruned model
     # has one per stack
@@ -344,10 +324,6 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
     elif family == "marian":
         loader, pad_kept = _marian_keeping_pad(ct2_transformers), True
     padding = _pad_to_stack_heads(model, family)
-    if family == "whisper":
-        model.generation_config.alignment_heads = _alignment_heads(model, padding["num_heads"]["decoder"])
-        if model.generation_config.alignment_heads is None:
-            del model.generation_config.alignment_heads
     with torch.no_grad():
         spec = loader(model, tokenizer)
     _set_head_counts(spec, padding["num_heads"], padding["head_dim"])

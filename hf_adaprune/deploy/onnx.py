@@ -1,13 +1,13 @@
 """ONNX export of pruned models, laid out as optimum lays them out, and an onnxruntime runner.
 
 Encoders: ``model.onnx`` (ids and mask in, ``logits`` or ``last_hidden_state``
-out). Seq2seq (Marian, BART, Whisper, ...): ``encoder_model.onnx`` and
-``decoder_model.onnx``; the decoder takes the whole prefix each step (no past
-key values: a pruned decoder's caches differ in shape per layer, and a fully
-removed attention keeps a placeholder cache, which optimum's fixed
-``past_key_values.{i}.key`` layout cannot describe). Batch and sequence axes
-are dynamic. Uneven heads per layer and fully removed attentions or FFNs export
-as they are: the graph is traced from the compacted model.
+out). Seq2seq (Marian, BART, Whisper, ...): ``encoder_model.onnx``,
+``decoder_model.onnx`` (the first step, or every step on the whole prefix) and
+``decoder_with_past_model.onnx`` (later steps on one new token with the past
+key values; per-layer cache shapes, see :mod:`.onnx_past`). Batch and sequence
+axes are dynamic. Uneven heads per layer, removed layers and fully removed
+attentions or FFNs export as they are: the graphs are traced from the compacted
+model.
 
 ``export_onnx`` also writes the config, generation config and tokenizer or
 processor next to the graphs; :class:`OnnxSeq2Seq` runs greedy decoding with
@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
+
 ENCODER_FILE = "model.onnx"
-SEQ2SEQ_FILES = ("encoder_model.onnx", "decoder_model.onnx")
+SEQ2SEQ_FILES = ("encoder_model.onnx", DECODER_FILE, DECODER_WITH_PAST_FILE)
 OPSET = 17
 
 
@@ -55,19 +57,6 @@ class _Encoder(nn.Module):
     def forward(self, inputs, attention_mask=None):
         extra = {} if attention_mask is None else {"attention_mask": attention_mask}
         return self.encoder(inputs, **extra).last_hidden_state
-
-
-class _Decoder(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None):
-        extra = {} if encoder_attention_mask is None else {"attention_mask": encoder_attention_mask}
-        # an explicit all-ones decoder mask: without one, transformers probes position ids for packed
-        # sequences with torch.diff, which has no ONNX export
-        return self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
-                          decoder_attention_mask=torch.ones_like(decoder_input_ids), use_cache=False, **extra).logits
 
 
 def _export(module, args: tuple, path: Path, input_names, output_names, dynamic_axes):
@@ -136,14 +125,8 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
             hidden = _Encoder(model)(*encoder_args)
         start = model.generation_config.decoder_start_token_id
         decoder_ids = torch.full((hidden.shape[0], 3), start if start is not None else 0, dtype=torch.long)
-        decoder_args = (decoder_ids, hidden) if audio else (decoder_ids, hidden, example["attention_mask"])
-        decoder_inputs = ["decoder_input_ids", "encoder_hidden_states"] + ([] if audio else ["encoder_attention_mask"])
-        axes = {"decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
-                "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"},
-                "logits": {0: "batch", 1: "decoder_sequence"}}
-        if not audio:
-            axes["encoder_attention_mask"] = {0: "batch", 1: "encoder_sequence"}
-        _export(_Decoder(model), decoder_args, paths[1], decoder_inputs, ["logits"], axes)
+        paths[1:] = export_decoders(model, save_directory, _export, decoder_ids, hidden,
+                                    None if audio else example["attention_mask"])
     model.config.save_pretrained(save_directory)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.save_pretrained(save_directory)
@@ -153,9 +136,11 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
     return paths
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -165,38 +150,61 @@ def onnx_session(folder, file: str = ENCODER_FILE):
 
 
 class OnnxSeq2Seq:
-    """Greedy decoding with the encoder and decoder graphs of :func:`export_onnx` (onnxruntime, CPU)."""
+    """Greedy decoding with the encoder and decoder graphs of :func:`export_onnx` (onnxruntime, CPU).
 
-    def __init__(self, folder, encoder_file: str = SEQ2SEQ_FILES[0], decoder_file: str = SEQ2SEQ_FILES[1]):
+    With ``decoder_with_past_model.onnx`` in the folder, each step after the first feeds one new token and the
+    past key values (``use_cache=False`` in :meth:`generate`, or a folder without it: the whole prefix each step).
+    ``threads``: onnxruntime's intra-op threads (None: its default, one per core).
+    """
+
+    def __init__(self, folder, encoder_file: str = SEQ2SEQ_FILES[0], decoder_file: str = SEQ2SEQ_FILES[1],
+                 decoder_with_past_file: str = SEQ2SEQ_FILES[2], threads: int | None = None):
         folder = Path(folder)
-        self.encoder = _session(folder / encoder_file)
-        self.decoder = _session(folder / decoder_file)
+        self.encoder = _session(folder / encoder_file, threads)
+        self.decoder = _session(folder / decoder_file, threads)
+        past = folder / decoder_with_past_file
+        self.decoder_with_past = _session(past, threads) if past.is_file() else None
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
         self.decoder_inputs = [i.name for i in self.decoder.get_inputs()]
 
     def generate(self, inputs: np.ndarray, attention_mask: np.ndarray | None = None, *,
                  decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
-                 max_new_tokens: int, forced_eos_token_id: int | None = None) -> np.ndarray:
+                 max_new_tokens: int, forced_eos_token_id: int | None = None,
+                 use_cache: bool | None = None) -> np.ndarray:
         """Greedy tokens (start token first, ``pad_token_id`` after each row's end), as ``generate`` returns them;
-        ``forced_eos_token_id`` (Marian, BART) is forced at the last step, as ``generate`` forces it."""
+        ``forced_eos_token_id`` (Marian, BART) is forced at the last step, as ``generate`` forces it.
+        ``use_cache``: None uses the past key values when the folder has their graph."""
+        if use_cache and self.decoder_with_past is None:
+            raise ValueError(f"use_cache=True needs {SEQ2SEQ_FILES[2]} next to the decoder: export again "
+                             "with export_onnx")
         feed = {self.encoder_inputs[0]: inputs}
+        mask = None if "encoder_attention_mask" not in self.decoder_inputs else attention_mask.astype(np.int64)
         if "attention_mask" in self.encoder_inputs:
-            feed["attention_mask"] = attention_mask.astype(np.int64)
+            feed["attention_mask"] = mask
         hidden = self.encoder.run(None, feed)[0]
         tokens = np.full((inputs.shape[0], 1), decoder_start_token_id, dtype=np.int64)
         done = np.zeros(inputs.shape[0], dtype=bool)
-        for index in range(max_new_tokens):
-            feed = {"decoder_input_ids": tokens, "encoder_hidden_states": hidden}
-            if "encoder_attention_mask" in self.decoder_inputs:
-                feed["encoder_attention_mask"] = attention_mask.astype(np.int64)
-            logits = self.decoder.run(None, feed)[0]
-            step = logits[:, -1].argmax(-1)
+
+        def pick_next(logits: np.ndarray, index: int):
+            step = logits.argmax(-1)
             if forced_eos_token_id is not None and index == max_new_tokens - 1:
                 step = np.full_like(step, forced_eos_token_id)
             step = np.where(done, pad_token_id, step)
+            done[:] |= step == eos_token_id
+            return step, bool(done.all()) or index == max_new_tokens - 1
+
+        if max_new_tokens <= 0:
+            return tokens
+        if use_cache is not False and self.decoder_with_past is not None:
+            return greedy_with_past(self.decoder, self.decoder_with_past, hidden, mask, tokens, pick_next)
+        for index in range(max_new_tokens):
+            feed = {"decoder_input_ids": tokens, "encoder_hidden_states": hidden}
+            if mask is not None:
+                feed["encoder_attention_mask"] = mask
+            logits = self.decoder.run(["logits"], feed)[0]
+            step, finished = pick_next(logits[:, -1], index)
             tokens = np.concatenate([tokens, step[:, None]], axis=1)
-            done |= step == eos_token_id
-            if done.all():
+            if finished:
                 break
         return tokens
 

@@ -15,9 +15,15 @@ itself) and ``WhisperForCausalLM`` (decoder only, under ``decoder``).
 Group names: ``encoder.layers.<i>.self_attn``, ``encoder.layers.<i>.ffn``,
 ``decoder.layers.<i>.self_attn``, ``decoder.layers.<i>.encoder_attn`` and
 ``decoder.layers.<i>.ffn``.
+
+``generation_config.alignment_heads`` (the cross-attention heads Whisper's
+``return_token_timestamps`` reads) names ``(layer, head)`` positions, which
+compaction moves: :func:`renumber_alignment_heads` keeps them on the same heads.
 """
 
 from __future__ import annotations
+
+import warnings
 
 from .base import NeuronGroup, layer_stacks, proj_attention
 from .registry import register_family
@@ -53,3 +59,45 @@ def whisper_stacks(base_model, config):
 
 
 register_family(("whisper",), whisper_groups, layer_stacks=whisper_stacks)
+
+
+def renumber_alignment_heads(model, kept_heads: dict[str, list[int]], kept_layers: list[int] | None) -> None:
+    """Move ``model.generation_config.alignment_heads`` onto the heads one compaction keeps.
+
+    ``kept_heads``: per group name (current layer numbering) the current head indices it keeps (a group absent
+    keeps every head); ``kept_layers``: the current indices of the decoder layers kept (None: all). A pair whose
+    layer or head is removed is dropped; with none left the attribute goes, so ``return_token_timestamps`` says
+    that the model has no alignment heads instead of reading a head that is gone.
+    """
+    config = getattr(model, "generation_config", None)
+    pairs = getattr(config, "alignment_heads", None)
+    if not pairs:
+        return
+    renumbered = []
+    for layer, head in pairs:
+        kept = kept_heads.get(f"decoder.layers.{layer}.encoder_attn")
+        if (kept_layers is not None and layer not in kept_layers) or (kept is not None and head not in kept):
+            continue
+        renumbered.append([kept_layers.index(layer) if kept_layers is not None else int(layer),
+                           kept.index(head) if kept is not None else int(head)])
+    if renumbered:
+        config.alignment_heads = renumbered
+        _warn_if_a_cross_attention_is_empty(model)
+        return
+    del config.alignment_heads
+    warnings.warn(f"pruning removed every alignment head of generation_config.alignment_heads ({pairs}): "
+                  "word timestamps (generate(return_token_timestamps=True)) are unavailable for this model; set "
+                  "generation_config.alignment_heads to kept cross-attention heads to use them", stacklevel=4)
+
+
+def _warn_if_a_cross_attention_is_empty(model) -> None:
+    layers = getattr(getattr(model.base_model, "decoder", None), "layers", [])
+    empty = [i for i, layer in enumerate(layers)
+             if getattr(getattr(layer, "encoder_attn", None), "is_empty_attention", False)]
+    if empty:
+        # transformers collects cross-attention weights with hooks on its attention class, so an emptied one
+        # adds no entry and return_token_timestamps indexes past the end of the list
+        warnings.warn(f"decoder cross-attention(s) {empty} have no head left: word timestamps "
+                      "(generate(return_token_timestamps=True)) fail on this model (IndexError in transformers); "
+                      "keep at least one head per cross-attention (min_heads_per_layer >= 1) or remove such a "
+                      "layer whole (--prune layers)", stacklevel=5)
