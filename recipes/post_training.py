@@ -183,7 +183,8 @@ def write_card(folder: str, results: dict, format_value) -> None:
     lines = ["---", "library_name: transformers", "tags:", "- hf_adaprune", "- pruned", "- post-training-pruning",
              *([f"base_model: {results['base_model']}"] if results["base_model"] else []), "---", "",
              f"# {os.path.basename(os.path.abspath(folder))}", "",
-             f"{base}, pruned **without training** by hf_adaprune's post-training pruning (Kwon et al. 2022 style): "
+             f"A fine-tuned classifier based on {base}, pruned **without training** by hf_adaprune's post-training "
+             f"pruning (after Kwon et al. 2022): "
              f"attention heads and FFN neurons scored on {results['post_training']['calibration_samples']} training "
              f"rows, {100 * cmp['layer_flops_removed']:.1f}% of the layer FLOPs removed"
              f"{refit}; no optimizer step.", "",
