@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model
 from test_post_training import batches_for, capture_inputs, labelled_examples, masked_at, pad_collator, relative_error
 
-from hf_adaprune import compact, find_groups
+from hf_adaprune import find_groups
 from hf_adaprune.post_training import capture_dense_targets, post_training_prune, refit_groups
 from hf_adaprune.post_training.dense_targets import residual_norms
 
@@ -87,22 +87,6 @@ def test_reported_error_is_that_of_the_fitted_target(kind):
     handle.remove()
     refitted = torch.cat(outputs)[valid]
     assert reported == pytest.approx(relative_error(refitted, target), rel=1e-3)
-
-
-@pytest.mark.parametrize("kind", ["dense_residual", "dense_output"])
-def test_compaction_after_a_dense_target_refit_equals_the_masked_model(kind):
-    model = tiny_model("distilbert")
-    rows = labelled_examples(64)
-    groups = find_groups(model)
-    targets = capture_dense_targets(model, groups, batches_for(model, rows), kind)
-    masks, groups = masked_at(model, rows, ratio=0.6)
-    refit_groups(model, masks, groups, batches_for(model, rows), progress=False, dense=targets)
-    batch = pad_collator(labelled_examples(5, seed=9))
-    with torch.no_grad():
-        masked = model(**batch).logits
-        compact(model)
-        compacted = model(**batch).logits
-    assert (masked - compacted).abs().max() <= 1e-5
 
 
 def test_refit_target_is_recorded_and_checked():
