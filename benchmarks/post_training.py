@@ -4,8 +4,9 @@
 1. A dense classifier: all-MiniLM-L6-v2 fine-tuned one epoch on a slice of ``train.tsv`` (cached in
    ``--cache_dir``, so reruns skip it).
 2. From it, post-training pruning to each target (fraction of the encoder layers' FLOPs at seq 128
-   removed), with Taylor and with Fisher scores, each with and without the least-squares re-fit.
-   Calibration: other ``train.tsv`` phrases. The metric check: a slice of ``dev.tsv``.
+   removed), with and without the least-squares re-fit (towards the first ``--refit_targets``); at the
+   first target also the other re-fit targets and the other score kinds. Calibration: other
+   ``train.tsv`` phrases. The metric check: a slice of ``dev.tsv`` (the only rows to choose settings on).
 3. Accuracy of every model on ``test.tsv`` (GLUE's 872 validation sentences, never used to choose
    anything) and on ``dev.tsv`` rows disjoint from the check slice; wall time of each post-training call
    (scores, selection, re-fit, check; compaction included) and its CPU time. The first call per score
@@ -42,7 +43,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.post_training import REFIT_TARGETS, post_training_prune
+from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
+from hf_adaprune.post_training.refit import DEFAULT_RIDGE
 from hf_adaprune.reporting.flops import model_profile
 from recipes.text_classification import (
     DataTrainingArguments,
@@ -144,7 +147,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--refit_samples", type=int, default=1024, help="calibration examples the re-fit reads")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.65])
     parser.add_argument("--scores", nargs="+", default=["taylor", "fisher"],
-                        help="score kinds; the first at every target, the others at the first target without re-fit")
+                        help="score kinds; the first at every target, the others at the first target (with the re-fit)")
+    parser.add_argument("--refit_targets", nargs="+", choices=REFIT_TARGETS,
+                        default=[DEFAULT_REFIT_TARGET] + [t for t in REFIT_TARGETS if t != DEFAULT_REFIT_TARGET],
+                        help="re-fit targets; the first at every target, the others at the first target")
+    parser.add_argument("--ridge", type=float, default=DEFAULT_RIDGE)
     parser.add_argument("--tolerance", type=float, default=0.015)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dense_only", action="store_true", help="train (or load) the dense model and stop")
@@ -159,32 +166,31 @@ def main(argv=None) -> dict:
     if opts.dense_only:
         return {}
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
-    results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
+    results = {"dense": {"check_accuracy": accuracy(dense, data["check"], collator),
+                         "test_accuracy": accuracy(dense, data["test"], collator),
                          "dev_accuracy": accuracy(dense, data["dev"], collator)}, "runs": []}
     log(f"dense: test {results['dense']['test_accuracy']:.4f}, dev {results['dense']['dev_accuracy']:.4f}")
-    for number, score in enumerate(opts.scores):
-        scored = None  # the first call of each score kind computes the scores (and is timed with them)
-        for target in opts.targets if number == 0 else opts.targets[:1]:  # other score kinds: first target only
-            for refit in (True, False) if number == 0 else (False,):  # and without the re-fit: the scores alone
-                started, cpu = time.time(), time.process_time()
-                result = post_training_prune(copy.deepcopy(dense), data["calibration"], target, metric="accuracy",
-                                             tolerance=opts.tolerance, eval_dataset=data["check"],
-                                             scores=score if scored is None else scored, refit=refit,
-                                             refit_samples=opts.refit_samples, data_collator=collator,
-                                             seq_len=SEQ_LEN, progress=False)
-                seconds, cpu = time.time() - started, time.process_time() - cpu
-                model = result.model
-                run = {"target": target, "scores": score, "refit": refit, "scores_computed": scored is None,
-                       "seconds": seconds, "cpu_seconds": cpu, "timings": result.timings,
-                       "check_accuracy": result.metric, "check_dense_accuracy": result.reference,
-                       "layer_flops_kept": model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops,
-                       "test_accuracy": accuracy(model, data["test"], collator),
-                       "dev_accuracy": accuracy(model, data["dev"], collator)}
-                scored = result.scores
-                results["runs"].append(run)
-                log(f"{target:.0%} {score} refit={refit}: test {run['test_accuracy']:.4f}, dev "
-                    f"{run['dev_accuracy']:.4f}, layer FLOPs kept {run['layer_flops_kept']:.3f}, {seconds:.0f} s "
-                    f"({cpu:.0f} s CPU)")
+    scored = {}  # the first call of each score kind computes the scores (and is timed with them); others reuse
+    for target, score, refit, refit_target in runs(opts):
+        started, cpu = time.time(), time.process_time()
+        result = post_training_prune(copy.deepcopy(dense), data["calibration"], target, metric="accuracy",
+                                     tolerance=opts.tolerance, eval_dataset=data["check"],
+                                     scores=scored.get(score, score), refit=refit, refit_target=refit_target,
+                                     ridge=opts.ridge, refit_samples=opts.refit_samples, data_collator=collator,
+                                     seq_len=SEQ_LEN, progress=False)
+        seconds, cpu = time.time() - started, time.process_time() - cpu
+        model = result.model
+        run = {"target": target, "scores": score, "refit": refit, "refit_target": refit_target if refit else None,
+               "scores_computed": score not in scored, "seconds": seconds, "cpu_seconds": cpu,
+               "timings": result.timings, "check_accuracy": result.metric, "check_dense_accuracy": result.reference,
+               "layer_flops_kept": model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops,
+               "test_accuracy": accuracy(model, data["test"], collator),
+               "dev_accuracy": accuracy(model, data["dev"], collator)}
+        scored[score] = result.scores
+        results["runs"].append(run)
+        log(f"{target:.0%} {score} refit={run['refit_target']}: check {run['check_accuracy']:.4f}, test "
+            f"{run['test_accuracy']:.4f}, dev {run['dev_accuracy']:.4f}, layer FLOPs kept "
+            f"{run['layer_flops_kept']:.3f}, {seconds:.0f} s ({cpu:.0f} s CPU)")
     results["settings"] = vars(opts) | {"load_average_end": os.getloadavg(), "sizes": {k: len(v) for k, v in data.items()},
                                         "platform": platform.platform(), "torch": torch.__version__,
                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -195,16 +201,33 @@ def main(argv=None) -> dict:
     return results
 
 
+def runs(opts) -> list[tuple[float, str, bool, str]]:
+    """``(target, scores, refit, refit target)`` in the order run: the first score kind and re-fit target at every
+    target with and without the re-fit; at the first target the other re-fit targets, then the other score kinds
+    (with the first re-fit target)."""
+    score, refit_target = opts.scores[0], opts.refit_targets[0]
+    order = []
+    for target in opts.targets:
+        order += [(target, score, True, refit_target), (target, score, False, refit_target)]
+    first = opts.targets[0]
+    order += [(first, score, True, other) for other in opts.refit_targets[1:]]
+    order += [(first, other, True, refit_target) for other in opts.scores[1:]]
+    return order
+
+
 def format_table(results: dict) -> str:
     dense, settings = results["dense"], results.get("settings", {})
     lines = [f"{settings.get('date', '')}, load average at the end {settings.get('load_average_end', '?')}", "",
-             f"dense: test {100 * dense['test_accuracy']:.2f}%, unseen dev {100 * dense['dev_accuracy']:.2f}%", "",
-             "| target | scores | re-fit | layer FLOPs kept | test acc. (change) | unseen dev acc. (change) "
-             "| wall time (CPU time) |", "|---|---|---|---|---|---|---|"]
+             f"dense: check {100 * dense.get('check_accuracy', float('nan')):.2f}%, test "
+             f"{100 * dense['test_accuracy']:.2f}%, unseen dev {100 * dense['dev_accuracy']:.2f}%", "",
+             "| target | scores | re-fit | layer FLOPs kept | check acc. (change) | test acc. (change) "
+             "| unseen dev acc. (change) | wall time (CPU time) |", "|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
-        test, dev = 100 * r["test_accuracy"], 100 * r["dev_accuracy"]
+        test, dev, check = 100 * r["test_accuracy"], 100 * r["dev_accuracy"], 100 * r["check_accuracy"]
+        refit = r.get("refit_target") or "same_input" if r["refit"] else "no"
         lines.append(
-            f"| {r['target']:.0%} | {r['scores']} | {'yes' if r['refit'] else 'no'} | {r['layer_flops_kept']:.3f} "
+            f"| {r['target']:.0%} | {r['scores']} | {refit} | {r['layer_flops_kept']:.3f} "
+            f"| {check:.2f}% ({check - 100 * r['check_dense_accuracy']:+.2f}) "
             f"| {test:.2f}% ({test - 100 * dense['test_accuracy']:+.2f}) "
             f"| {dev:.2f}% ({dev - 100 * dense['dev_accuracy']:+.2f}) | {r['seconds']:.0f} s ({r['cpu_seconds']:.0f} s)"
             f"{'' if r['scores_computed'] else ', scores reused'} |")

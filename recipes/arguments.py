@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET, DEFAULT_RIDGE
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 PACKAGE_PREFIX = "package:"
 # install hints for the packages the shipped configs refer to; others get "pip install NAME"
@@ -228,3 +230,42 @@ def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = F
         load_metric(name)
     except (ValueError, ImportError) as err:
         raise RecipeError(str(err)) from err
+
+
+@dataclass
+class PostTrainingArguments:
+    """``--post_training``: prune a fine-tuned model without training (:func:`hf_adaprune.post_training_prune`).
+
+    The target, tolerance, metric, scores, floors and FLOP sequence length are the ``--pruning_*`` options
+    the training path reads (``--pruning_target``, ``--pruning_tolerance``, ``--pruning_metric``,
+    ``--pruning_criterion`` taylor / fisher, ``--min_heads_per_layer``, ``--pruning_seq_len``, ...).
+    """
+
+    post_training: bool = field(
+        default=False,
+        metadata={"help": "Prune the fine-tuned --model_name_or_path without training: scores and the re-fit from "
+                          "training rows, the metric check on the validation rows, no optimizer step."},
+    )
+    post_training_calibration_samples: int = field(
+        default=2048, metadata={"help": "Training rows (seeded random) whose gradients score the structures."}
+    )
+    post_training_refit: bool = field(
+        default=True, metadata={"help": "Re-fit each pruned layer's output projection by least squares."}
+    )
+    post_training_refit_target: str = field(
+        default=DEFAULT_REFIT_TARGET,
+        metadata={"help": "What the re-fit matches: dense_residual (the dense model's residual-stream sum), "
+                          "dense_output (its projection output) or same_input (the dense projection of the pruned "
+                          "model's own input)."},
+    )
+    post_training_refit_samples: int | None = field(
+        default=1024, metadata={"help": "Calibration rows the re-fit reads (its cost grows with them)."}
+    )
+    post_training_ridge: float = field(
+        default=DEFAULT_RIDGE, metadata={"help": "Ridge strength of the re-fit, relative to the activations' scale."}
+    )
+    post_training_search: bool = field(
+        default=False,
+        metadata={"help": "Search the largest ratio up to --pruning_target whose metric stays within "
+                          "--pruning_tolerance (each try costs a re-fit and an evaluation, no training)."},
+    )

@@ -48,6 +48,17 @@ Without ``--label_mapping`` the classes are the label values of the training dat
 validation or test label never seen in training, a class with a single training row
 (a typo?) and a column mixing numbers and words stop the run, naming value, file and line.
 
+``--post_training true`` prunes an already fine-tuned classifier (``--model_name_or_path``) without
+training (:mod:`recipes.post_training`, :func:`hf_adaprune.post_training_prune`): scores and the
+least-squares re-fit from ``--post_training_calibration_samples`` training rows, the metric check on
+the validation rows (``--pruning_target``, ``--pruning_metric``, ``--pruning_tolerance`` as below;
+``--post_training_search`` lets the controller search the ratio), no optimizer step; the same output
+folder and ``results.json`` (``"mode": "post_training"``). Options that only mean something while
+training (``--dense_control``, ``--distillation``, ``--resume_from_checkpoint``, ...) are refused::
+
+    python recipes/text_classification.py recipes/configs/sst2_minilm_post_training.yaml \
+        --model_name_or_path path/to/fine-tuned-minilm
+
 Outputs in ``--output_dir``: the pruned model (``model.safetensors``, ``config.json``
 with the ``adaprune`` record, tokenizer, model card), ``pruning_report.json`` and
 plots from the trainer, ``results.json`` with the dense/pruned comparison.
@@ -84,6 +95,7 @@ from hf_adaprune.task_metrics import classification_metrics
 from recipes.arguments import (
     DataArguments,
     ModelSourceArguments,
+    PostTrainingArguments,
     RecipeError,
     check_minimum,
     check_model_source,
@@ -92,8 +104,9 @@ from recipes.arguments import (
     require_file,
     resolve_package_path,
 )
+from recipes import post_training
 from recipes.results import format_metric
-from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
 
 logger = logging.getLogger("hf_adaprune.recipes.text_classification")
@@ -118,7 +131,7 @@ class ModelArguments(ModelSourceArguments):
 
 
 @dataclass
-class DataTrainingArguments(DataArguments):
+class DataTrainingArguments(PostTrainingArguments, DataArguments):
     train_file: str | None = field(default=None, metadata={"help": "Training data: csv, tsv, json or jsonl."})
     validation_file: str | None = field(
         default=None, metadata={"help": "Validation data, on which the pruning metric is measured."}
@@ -401,6 +414,8 @@ def build_compute_metrics(pruning_metric: str):
 # -- the task --------------------------------------------------------------------------------------
 def validate(run: Run) -> None:
     run.data_files = validate_args(run.model_args, run.data_args, run.training_args)
+    if run.data_args.post_training:
+        post_training.check_arguments(run.model_args, run.data_args, run.training_args)
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric)  # unknown metrics fail here
     run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
 
@@ -478,8 +493,16 @@ TASK = Task(
 )
 
 
-main = TASK.main  # main(argv) runs the recipe and returns what it writes to results.json
-cli = TASK.cli
+def main(argv: list[str] | None = None) -> dict:
+    """Run the recipe (``--post_training``: prune without training); returns what it writes to results.json."""
+    argv = expand_config_file(argv)
+    if _as_recipe_error(parse_args, argv)[1].post_training:
+        return post_training.run_post_training(TASK, argv)
+    return TASK.main(argv)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    run_cli(main, argv)
 
 if __name__ == "__main__":
     cli()

@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_model
 
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, attach_masks, compact, find_groups, select_masks_by_kind
-from hf_adaprune.post_training import mask_gradient_scores, post_training_prune, refit_groups, solve_refit
+from hf_adaprune.post_training import (capture_dense_targets, mask_gradient_scores, post_training_prune, refit_groups,
+                                      solve_refit)
 from hf_adaprune.post_training.calibration import calibration_batches, model_input_names
 
 
@@ -121,11 +122,15 @@ def test_refit_lowers_layer_output_error_against_plain_slicing(model_type):
             assert errors[first.name] == pytest.approx(refit_error, rel=1e-3)
 
 
-def test_compaction_after_refit_equals_the_masked_model():
-    model = tiny_model("bert")
+@pytest.mark.parametrize("model_type, target", [("bert", "same_input"), ("bert", "dense_residual"),
+                                                 ("distilbert", "dense_residual"), ("distilbert", "dense_output")])
+def test_compaction_after_refit_equals_the_masked_model(model_type, target):
+    model = tiny_model(model_type)
     rows = labelled_examples(64)
+    dense = None if target == "same_input" else capture_dense_targets(model, find_groups(model),
+                                                                      batches_for(model, rows), target)
     masks, groups = masked_at(model, rows, ratio=0.6)
-    refit_groups(model, masks, groups, batches_for(model, rows), progress=False)
+    refit_groups(model, masks, groups, batches_for(model, rows), progress=False, dense=dense)
     batch = pad_collator(labelled_examples(5, seed=9))
     with torch.no_grad():
         masked = model(**batch).logits

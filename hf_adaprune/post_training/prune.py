@@ -32,6 +32,7 @@ from ..reporting.summary import ProfileComparison
 from ..surgery import compact
 from ..task_metrics import classification_metrics
 from .calibration import LABEL_KEYS, SCORE_KINDS, calibration_batches, device_batch, mask_gradient_scores, model_input_names
+from .dense_targets import REFIT_TARGETS, capture_dense_targets
 from .refit import DEFAULT_RIDGE, refit_groups
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 # model types whose calibration batches and token masks this module knows (encoder-only families)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert")
 DEFAULT_SCORES = "taylor"  # kept more accuracy than Fisher in benchmarks/post_training.py (README)
+DEFAULT_REFIT_TARGET = "dense_residual"  # see dense_targets; chosen in benchmarks/post_training.py (README)
 SEARCH_CEILING = 0.9  # target=None: the controller searches up to this fraction
 
 
@@ -76,6 +78,7 @@ def post_training_prune(
     tolerance_type: str = "absolute",
     scores: str | dict[str, torch.Tensor] = DEFAULT_SCORES,
     refit: bool = True,
+    refit_target: str = DEFAULT_REFIT_TARGET,
     ridge: float = DEFAULT_RIDGE,
     refit_samples: int | None = None,
     search: bool = False,
@@ -100,7 +103,10 @@ def post_training_prune(
     ``mean |dL/dm|`` per example) or ``"fisher"`` (``mean (dL/dm)^2``), or the per-group scores of an
     earlier call (``result.scores``) to prune the same model to another target without a scoring pass. ``refit``: re-fit each pruned
     group's output projection by ridge least squares (``ridge`` relative to the activations' scale), on the
-    first ``refit_samples`` calibration examples (None: all; the re-fit's cost grows with them).
+    first ``refit_samples`` calibration examples (None: all; the re-fit's cost grows with them), towards
+    ``refit_target``: ``"dense_residual"`` (default: the dense model's residual-stream sum, so drift from
+    earlier layers is corrected too), ``"dense_output"`` (the dense model's projection output) or
+    ``"same_input"`` (the dense projection of the pruned model's own input); see :mod:`dense_targets`.
 
     The model given is not modified unless ``inplace=True`` (a deep copy is pruned); its parameters
     are never updated by an optimizer. Returns a :class:`PostTrainingResult` whose ``model`` is
@@ -108,7 +114,8 @@ def post_training_prune(
     with ``post_training_report.json``.
     """
     searching = target is None or search
-    _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores, searching)
+    _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores, searching,
+              refit_target)
     started = time.time()
     timings = {}
     model = model if inplace else copy.deepcopy(model)
@@ -134,6 +141,9 @@ def post_training_prune(
         tolerance=tolerance, tolerance_type=tolerance_type,
         greater_is_better=metric_greater_is_better(metric), growth=1.5,
     )
+    dense = None  # the dense model's activations, captured once for every ratio tried
+    if refit and refit_target != "same_input":
+        dense = _timed(timings, "refit", capture_dense_targets, model, groups, refit_batches, refit_target)
     masks = attach_masks(model)
     dense_projections = _projection_state(model, groups)
 
@@ -146,7 +156,7 @@ def post_training_prune(
             floors={"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}, costs=costs))
         if not refit:
             return {}
-        return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress)
+        return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress, dense)
 
     def check() -> float:
         return _timed(timings, "check", evaluate, model, eval_batches, metric, progress)
@@ -263,7 +273,7 @@ def _metric_function(name: str):
 
 
 def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores,
-              searching) -> None:
+              searching, refit_target) -> None:
     """Every bad input fails here, before any forward pass."""
     model_type = getattr(model.config, "model_type", None)
     get_adapter(model)  # an unknown family raises with the list of supported ones
@@ -288,6 +298,8 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
                              f"an earlier call on the same dense model, or 'fisher' / 'taylor'")
     elif scores not in SCORE_KINDS:
         raise ValueError(f"scores must be one of {SCORE_KINDS} or a dict of per-group scores, got {scores!r}")
+    if refit_target not in REFIT_TARGETS:
+        raise ValueError(f"refit_target must be one of {REFIT_TARGETS}, got {refit_target!r}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if tolerance_type not in ("absolute", "relative"):

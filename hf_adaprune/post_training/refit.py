@@ -3,24 +3,28 @@
 After masking, a group's output projection ``y = W x + b`` reads only the kept
 columns of ``x`` (heads' outputs or FFN neurons). The re-fit chooses new kept
 columns ``W'_K`` and bias ``b'`` so that, on the calibration tokens,
-``W'_K x_K + b'`` matches the dense projection ``W x + b`` of the *same* input in
-the least-squares sense, ridge-regularised (Kwon et al. 2022 re-fit the mask
-values layer by layer; here the whole kept projection is re-fit, which can also
-fold what the removed columns carried into the kept ones and the bias).
+``W'_K x_K + b'`` matches a target ``t`` in the least-squares sense, ridge-regularised
+(Kwon et al. 2022 re-fit the mask values layer by layer; here the whole kept projection
+is re-fit, which can also fold what the removed columns carried into the kept ones and
+the bias). The target (:mod:`dense_targets`) is the dense projection of the same input
+``W x + b`` by default, or, given the dense model's activations, its projection output or
+its residual-stream sum, so that errors of earlier layers are corrected too.
 
-Both sides are linear in ``[x, 1]``, so one Gram matrix ``G = sum [x,1]^T [x,1]``
-of the projection's (ungated) input per group is all the solve needs:
-``(G_KK + lambda D) theta = G_K: [W, b]^T``, with ``D`` the identity on the kept
-columns and 0 on the bias. The removed columns stay behind the mask gate and
-compaction slices them off, so the compacted model equals the re-fitted masked one.
+Everything the solve needs is linear in ``[x, 1]``: the Gram matrix ``G = sum [x,1]^T [x,1]``
+of the projection's (ungated) input and the cross term ``C = sum [x,1]^T t`` per group
+(for the same-input target ``C = G [W, b]^T``):
+``(G_KK + lambda D) theta = C_K:``, with ``D`` the identity on the kept columns and 0 on
+the bias. The removed columns stay behind the mask gate and compaction slices them off,
+so the compacted model equals the re-fitted masked one.
 
-Groups are re-fit in forward order, each on inputs produced by the already
-re-fitted earlier layers; each pass stops right after the group it measures.
+Groups are re-fit in forward order, each on inputs produced by the already re-fitted
+earlier layers; each pass stops right after the group it measures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,31 +33,75 @@ from tqdm.auto import tqdm
 from ..engine.masks import PruningMasks
 from ..families import Group, HeadGroup
 from .calibration import device_batch, token_mask
+from .dense_targets import DenseTargets, real_tokens
 
 DEFAULT_RIDGE = 1e-3
 
 
 class _StopForward(Exception):
-    """Raised by the Gram hook once it has read its input: the rest of the forward pass is not needed."""
+    """Raised once a pass has read what it needs: the rest of the forward pass is not needed."""
 
 
-class _GramHook:
-    """Forward pre-hook (ahead of the mask gate): adds ``[x, 1]^T [x, 1]`` over the batch's real tokens."""
+@dataclass
+class LeastSquares:
+    """Sufficient statistics of one group's re-fit over the calibration tokens (float64, on the CPU)."""
 
-    def __init__(self, width: int):
+    gram: torch.Tensor  # sum [x,1]^T [x,1]: (width + 1)^2
+    cross: torch.Tensor  # sum [x,1]^T t: (width + 1) x out
+    target_square: float  # sum ||t||^2
+    target_sum: torch.Tensor  # sum t: out
+
+    @classmethod
+    def same_input(cls, gram: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> "LeastSquares":
+        """Target ``W x + b`` on the Gram's own inputs: every statistic follows from the Gram."""
+        full = _full(weight, bias)
+        width = weight.shape[1]
+        return cls(gram, gram @ full.T, float(torch.einsum("oi,ij,oj->", full, gram, full)), gram[width] @ full.T)
+
+
+class _Statistics:
+    """Hooks of one pass: the projection's (ungated) input, its output, and the LayerNorm input after it.
+
+    ``dense``: the group's dense values per batch (None: the same-input target, the Gram alone).
+    """
+
+    def __init__(self, width: int, out: int, dense: DenseTargets | None, name: str):
         self.gram = torch.zeros(width + 1, width + 1, dtype=torch.float64)
+        self.cross = torch.zeros(width + 1, out, dtype=torch.float64)
+        self.target_square, self.target_sum = 0.0, torch.zeros(out, dtype=torch.float64)
+        self.dense = None if dense is None else dense.values[name]
+        self.kind = None if dense is None else dense.kind
         self.valid: torch.Tensor | None = None
-        self.tokens = 0
+        self.batch = 0
+        self.augmented = self.output = None
 
-    def __call__(self, module, args):
-        x = args[0].detach()
-        flat = x.reshape(-1, x.shape[-1])
-        if self.valid is not None and self.valid.numel() == flat.shape[0]:
-            flat = flat[self.valid.reshape(-1).to(flat.device)]
-        augmented = torch.cat([flat.float(), flat.new_ones(flat.shape[0], 1, dtype=torch.float32)], 1)
-        self.gram += (augmented.T @ augmented).double().cpu()  # per batch in float32, summed in float64
-        self.tokens += flat.shape[0]
+    def projection_input(self, module, args):
+        flat = real_tokens(args[0].detach(), self.valid).float()
+        self.augmented = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
+        self.gram += (self.augmented.T @ self.augmented).double().cpu()  # per batch in float32, summed in float64
+        if self.dense is None:
+            raise _StopForward
+
+    def projection_output(self, module, args, output):
+        self.output = real_tokens(output.detach(), self.valid).float()
+        if self.kind == "dense_output":
+            self._add_target(self.dense[self.batch].to(self.output.device))
+
+    def norm_input(self, module, args):
+        # dense sum minus the pruned residual (its sum minus its projection output): y_p + r_p -> dense sum
+        pruned_sum = real_tokens(args[0].detach(), self.valid).float()
+        self._add_target(self.dense[self.batch].to(pruned_sum.device) - pruned_sum + self.output)
+
+    def _add_target(self, target: torch.Tensor) -> None:
+        self.cross += (self.augmented.T @ target).double().cpu()
+        self.target_square += float(target.double().square().sum())
+        self.target_sum += target.double().sum(0).cpu()
         raise _StopForward
+
+    def problem(self, weight, bias) -> LeastSquares:
+        if self.dense is None:
+            return LeastSquares.same_input(self.gram, weight, bias)
+        return LeastSquares(self.gram, self.cross, self.target_square, self.target_sum)
 
 
 def kept_columns(masks: PruningMasks, group: Group) -> torch.Tensor:
@@ -66,20 +114,22 @@ def kept_columns(masks: PruningMasks, group: Group) -> torch.Tensor:
 
 @torch.no_grad()
 def solve_refit(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Tensor, kept: torch.Tensor,
-                ridge: float = DEFAULT_RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
-    """New ``(kept columns of the weight, bias)`` minimising ``||W'_K x_K + b' - (W x + b)||^2`` over the Gram's tokens.
+                ridge: float = DEFAULT_RIDGE, cross: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """New ``(kept columns of the weight, bias)`` minimising ``||W'_K x_K + b' - t||^2`` over the Gram's tokens.
 
-    ``ridge`` is relative: lambda = ridge x the mean of ``x_k^2`` over the kept columns, so it does not
-    depend on the activations' scale. The bias is not penalised.
+    ``cross``: ``sum [x,1]^T t``; None: the target is the full projection of the same input,
+    ``t = W x + b``. ``ridge`` is relative: lambda = ridge x the mean of ``x_k^2`` over the kept
+    columns, so it does not depend on the activations' scale. The bias is not penalised.
     """
     width = weight.shape[1]
-    full = torch.cat([weight.double(), _bias_column(bias, weight)], 1)  # [W, b]: out x (width + 1)
+    if cross is None:
+        cross = gram @ _full(weight, bias).T
     index = torch.cat([kept, torch.tensor([width])])
     lhs = gram[index][:, index].clone()
     if kept.numel():  # the Gram's diagonal is sum(x_k^2): its mean over the kept columns sets the scale
         diagonal = range(kept.numel())
         lhs[diagonal, diagonal] += ridge * max(float(torch.diagonal(lhs)[:-1].mean()), 1e-12)
-    rhs = gram[index] @ full.T  # (|K| + 1) x out
+    rhs = cross[index]  # (|K| + 1) x out
     try:
         theta = torch.linalg.solve(lhs, rhs)
     except RuntimeError:  # singular without ridge (e.g. a kept column that is always 0): least norm instead
@@ -96,11 +146,14 @@ def _run_until(model: nn.Module, batch: dict) -> None:
 
 @torch.no_grad()
 def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group], batches: Sequence[dict],
-                 ridge: float = DEFAULT_RIDGE, progress: bool = True) -> dict[str, float]:
+                 ridge: float = DEFAULT_RIDGE, progress: bool = True,
+                 dense: DenseTargets | None = None) -> dict[str, float]:
     """Re-fit, in forward order, the output projection (weight and bias) of every group that lost structures.
 
-    Changes the kept columns and bias of those projections in place; returns the relative output error
-    ``||W'_K x_K + b' - (W x + b)|| / ||W x + b - mean||`` per re-fitted group on the calibration tokens.
+    ``dense``: the dense model's values on ``batches`` (:func:`capture_dense_targets`) to aim at; None:
+    the dense projection of the pruned model's own input. Changes the kept columns and bias of those
+    projections in place; returns the relative error ``||W'_K x_K + b' - t|| / ||t - mean(t)||`` per
+    re-fitted group on the calibration tokens.
     """
     base = model.base_model
     device = next(model.parameters()).device
@@ -111,18 +164,26 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
     try:
         for group in tqdm(pruned, desc="calibration: re-fit", disable=not progress):
             projection = base.get_submodule(group.output)
-            hook = _GramHook(projection.in_features)
-            handle = projection.register_forward_pre_hook(hook, prepend=True)  # sees the input before the gate
+            statistics = _Statistics(projection.in_features, projection.out_features, dense, group.name)
+            # prepended: the Gram sees the input before the mask gate
+            handles = [projection.register_forward_pre_hook(statistics.projection_input, prepend=True)]
+            if dense is not None:
+                handles.append(projection.register_forward_hook(statistics.projection_output))
+                if dense.kind == "dense_residual":
+                    norm = base.get_submodule(dense.norms[group.name])
+                    handles.append(norm.register_forward_pre_hook(statistics.norm_input))
             try:
-                for batch in batches:
+                for number, batch in enumerate(batches):
                     batch = device_batch(batch, device)
-                    hook.valid = token_mask(batch, group)
+                    statistics.valid, statistics.batch = token_mask(batch, group), number
                     _run_until(model, batch)
             finally:
-                handle.remove()
+                for handle in handles:
+                    handle.remove()
+            problem = statistics.problem(projection.weight, projection.bias)
             kept = kept_columns(masks, group)
-            weight, bias = solve_refit(projection.weight, projection.bias, hook.gram, kept, ridge)
-            errors[group.name] = refit_error(projection.weight, projection.bias, hook.gram, kept, weight, bias)
+            weight, bias = solve_refit(projection.weight, projection.bias, problem.gram, kept, ridge, problem.cross)
+            errors[group.name] = refit_error(problem, kept, weight, bias)
             projection.weight[:, kept.to(device)] = weight.to(device)
             if projection.bias is not None:
                 projection.bias.copy_(bias.to(device))
@@ -133,22 +194,22 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
     return errors
 
 
-def refit_error(weight, bias, gram, kept, new_weight, new_bias) -> float:
-    """Relative error of ``new`` (kept columns) against the full projection, from the Gram matrix alone."""
-    width = weight.shape[1]
-    full = torch.cat([weight.double(), _bias_column(bias, weight)], 1)
-    approx = torch.zeros_like(full)
-    approx[:, kept] = new_weight.double()
-    approx[:, width] = new_bias.double()
-    diff = full - approx
-    residual = float(torch.einsum("oi,ij,oj->", diff, gram, diff))
-    tokens = float(gram[width, width])
-    mean = gram[width] @ full.T / max(tokens, 1.0)  # mean output per dimension
-    spread = float(torch.einsum("oi,ij,oj->", full, gram, full)) - tokens * float(mean @ mean)
+def refit_error(problem: LeastSquares, kept: torch.Tensor, new_weight: torch.Tensor, new_bias: torch.Tensor) -> float:
+    """Relative error of ``W'_K x_K + b'`` against the target, from the sufficient statistics alone."""
+    width = problem.gram.shape[0] - 1
+    index = torch.cat([kept, torch.tensor([width])])
+    theta = torch.cat([new_weight.double().T, new_bias.double()[None, :]], 0)  # (|K| + 1) x out
+    fitted_square = float(torch.einsum("io,ij,jo->", theta, problem.gram[index][:, index], theta))
+    residual = fitted_square - 2 * float((theta * problem.cross[index]).sum()) + problem.target_square
+    tokens = float(problem.gram[width, width])
+    spread = problem.target_square - float(problem.target_sum @ problem.target_sum) / max(tokens, 1.0)
     return (max(residual, 0.0) / max(spread, 1e-30)) ** 0.5
 
 
-def _bias_column(bias, weight) -> torch.Tensor:
+def _full(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``[W, b]`` in float64: out x (width + 1)."""
     if bias is None:
-        return torch.zeros(weight.shape[0], 1, dtype=torch.float64)
-    return bias.double()[:, None]
+        column = torch.zeros(weight.shape[0], 1, dtype=torch.float64)
+    else:
+        column = bias.detach().double().cpu()[:, None]
+    return torch.cat([weight.detach().double().cpu(), column], 1)

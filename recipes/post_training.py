@@ -1,0 +1,199 @@
+"""``--post_training``: the text-classification recipe pruning a fine-tuned model without training.
+
+The same arguments, data checks, output folder and ``results.json`` as the training path, but
+:func:`hf_adaprune.post_training_prune` instead of the trainer: scores from ``--post_training_calibration_samples``
+training rows, the least-squares re-fit, the metric check (or the ratio search) on the validation rows
+the trainer would decide on, no optimizer step. The test set scores the model as loaded (dense) and the
+pruned one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+from transformers import AutoConfig
+
+from hf_adaprune.post_training import REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, post_training_prune
+from hf_adaprune.reporting.report import write_text
+from hf_adaprune.trainer.eval_order import first_rows
+
+from . import deploy
+from .arguments import RecipeError, check_minimum
+from .results import results_table, save_results, test_results, without_layers
+from .skeleton import DenseTrainer, Run, Task, _as_recipe_error, prepare_run, subsample
+
+logger = logging.getLogger("hf_adaprune.recipes.post_training")
+
+KINDS = {"both": ("heads", "ffn"), "heads": ("heads",), "ffn": ("ffn",), "heads,ffn": ("heads", "ffn"),
+         "ffn,heads": ("heads", "ffn")}
+# options of the training path that have no meaning without training: (option, value that is fine)
+TRAINING_ONLY = (("dense_control", False), ("distillation", False), ("teacher_model_name_or_path", None),
+                 ("pruning_score_ema", 0.0), ("pruning_schedule", "gradual"))
+# options post_training_prune has no counterpart for: (option, the only value it runs with)
+FIXED = (("pruning_target_type", "flops"), ("pruning_roles", "all"), ("pruning_multiple_of", 1))
+
+
+def check_arguments(model_args, data_args, training_args) -> None:
+    """Combinations ``--post_training`` cannot run, refused before data or model are loaded."""
+    if not model_args.model_name_or_path:
+        raise RecipeError("--post_training prunes a fine-tuned model: give --model_name_or_path (a model built "
+                          "from --config_name has nothing to keep)")
+    for name, fine in TRAINING_ONLY:
+        if getattr(training_args, name, getattr(data_args, name, fine)) != fine:
+            raise RecipeError(f"--{name} applies to pruning while training; --post_training does not train. Leave "
+                              f"it out, or drop --post_training")
+    for name, only in FIXED:
+        if getattr(training_args, name) != only:
+            raise RecipeError(f"--{name} {getattr(training_args, name)!r}: --post_training removes a fraction of the "
+                              f"layer FLOPs over all roles, unrounded; leave --{name} at {only!r}")
+    if training_args.resume_from_checkpoint not in (None, False, "", "false", "False"):
+        raise RecipeError("--resume_from_checkpoint: --post_training has no checkpoints to resume from; leave it out")
+    if training_args.prune not in KINDS:
+        raise RecipeError(f"--prune {training_args.prune!r}: --post_training prunes heads and FFN neurons "
+                          f"({', '.join(KINDS)}); whole layers only while training")
+    if training_args.pruning_criterion not in SCORE_KINDS:
+        raise RecipeError(f"--pruning_criterion {training_args.pruning_criterion!r}: --post_training scores with "
+                          f"{' or '.join(SCORE_KINDS)}")
+    if data_args.post_training_refit_target not in REFIT_TARGETS:
+        raise RecipeError(f"--post_training_refit_target must be one of {', '.join(REFIT_TARGETS)}; got "
+                          f"{data_args.post_training_refit_target!r}")
+    if data_args.post_training_ridge < 0:
+        raise RecipeError(f"--post_training_ridge must be >= 0; got {data_args.post_training_ridge}")
+    check_minimum(data_args, ("post_training_calibration_samples", "post_training_refit_samples"), 1)
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise RecipeError(f"--post_training supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; "
+                          f"{model_args.model_name_or_path} is {config.model_type!r}. Drop --post_training to prune "
+                          f"it while fine-tuning")
+    if not any(name.endswith("ForSequenceClassification") for name in config.architectures or []):
+        raise RecipeError(f"--post_training needs a fine-tuned sequence classifier; {model_args.model_name_or_path} "
+                          f"is {config.architectures} (its classification head would be untrained). Fine-tune it "
+                          f"first, or drop --post_training to fine-tune and prune in one run")
+
+
+def check_labels(run: Run) -> None:
+    """The data's classes are the model's: same count and, where the model names them, same names in order."""
+    config = AutoConfig.from_pretrained(run.model_args.model_name_or_path, cache_dir=run.model_args.cache_dir)
+    names = run.task_results["labels"]
+    model_names = [config.id2label[i] for i in range(config.num_labels)]
+    default = [f"LABEL_{i}" for i in range(config.num_labels)]
+    if len(names) != config.num_labels or (model_names != default and model_names != names):
+        raise RecipeError(f"the data's labels {names} are not the model's {model_names}: --post_training keeps the "
+                          f"model's classifier, so the classes must be the same, in the same order "
+                          f"(order them with --label_mapping)")
+
+
+def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
+    """The ``--post_training`` run of ``task`` (text classification); returns what it writes to results.json."""
+    started = time.time()
+    run, _ = prepare_run(task, argv)
+    model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
+    check_labels(run)
+    # only the calibration rows of the training data are used: tokenize no more
+    run.splits["train"] = subsample(run.splits["train"], data_args.post_training_calibration_samples,
+                                    training_args.seed)
+    task.build(run)
+    deploy.check_request(run)
+    run.model.config._name_or_path = model_args.base_model_id or ""
+    decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
+    calibration = run.datasets["train"]
+    result = _as_recipe_error(lambda: post_training_prune(  # bad values fail before any forward pass
+        run.model, calibration, training_args.pruning_target, metric=training_args.pruning_metric,
+        tolerance=training_args.pruning_tolerance, eval_dataset=decision_set,
+        tolerance_type=training_args.pruning_tolerance_type, scores=training_args.pruning_criterion,
+        refit=data_args.post_training_refit, refit_target=data_args.post_training_refit_target,
+        ridge=data_args.post_training_ridge, refit_samples=data_args.post_training_refit_samples,
+        search=data_args.post_training_search, kinds=KINDS[training_args.prune],
+        min_heads_per_layer=training_args.min_heads_per_layer,
+        min_neurons_per_layer=training_args.min_neurons_per_layer, seq_len=training_args.pruning_seq_len,
+        batch_size=training_args.per_device_train_batch_size, tokenizer=run.processing_class,
+        data_collator=run.data_collator,
+        output_dir=training_args.output_dir if training_args.should_save else None,
+        progress=not training_args.disable_tqdm))
+    return finish(task, run, result, started)
+
+
+def finish(task: Task, run: Run, result, started: float) -> dict:
+    """Test scores (dense as loaded, pruned), latency, deployed copies, model card and results.json."""
+    model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
+    test_dataset = run.datasets.get("test")
+    scores = {}
+    if test_dataset is not None:  # plain Trainers only evaluate: no optimizer is created
+        for side, model in (("dense", run.model), ("pruned", result.model)):
+            scores[side] = task.score_test(DenseTrainer(**run.trainer_kwargs(model, training_args)), test_dataset, run)
+    repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
+    latency = None
+    if repeats:
+        latency = task.latency(copy.deepcopy(run.model), result.model, run)
+        latency["dense_model"] = "dense, as loaded"
+    deployed = deploy.deploy(run, result.model) if deploy.requested(data_args) and training_args.should_save else None
+    comparison = result.comparison.to_dict()
+    stop = "searched the ratio" if data_args.post_training_search else "fixed target"
+    results = {
+        "recipe": task.name,
+        "mode": "post_training",
+        "base_model": model_args.base_model_id,
+        "dataset": data_args.dataset_name,
+        "data_files": run.data_files,
+        "output_dir": training_args.output_dir,
+        "samples": {k: len(v) for k, v in run.splits.items()},
+        "task": run.task_results,
+        "test": None if test_dataset is None else test_results(len(test_dataset), task.test_metrics, scores, None,
+                                                               None),
+        "validation": {"metric": training_args.pruning_metric, "samples": len(first_rows(
+            run.datasets["validation"], training_args.pruning_eval_samples)),
+            "dense_reference": result.reference, "pruned_last_decision": result.metric,
+            "pruned_final": result.metric, "within_tolerance": result.within_tolerance,
+            "tolerance": training_args.pruning_tolerance, "tolerance_type": training_args.pruning_tolerance_type},
+        "pruning": {"criterion": training_args.pruning_criterion, "target": training_args.pruning_target,
+                    "target_type": "flops", "final_sparsity": comparison["layer_flops_removed"],
+                    "stop_reason": f"post-training, no optimizer step ({stop})"},
+        "post_training": {"calibration_samples": len(run.datasets["train"]),
+                          "refit": data_args.post_training_refit,
+                          "refit_target": data_args.post_training_refit_target,
+                          "refit_samples": data_args.post_training_refit_samples,
+                          "ridge": data_args.post_training_ridge, "ratio": result.ratio,
+                          "history": result.history, "timings": result.timings},
+        "comparison": without_layers(comparison),
+        "latency": latency,
+        "train": None,  # no training step
+        "dense_control": None,
+        "deploy": deployed,
+        "wall_time_s": time.time() - started,
+    }
+    table = results_table(results, task.format_value) + (
+        "\npost-training: the model as loaded was pruned without training (no optimizer step); the dense column "
+        "is that model")
+    if training_args.should_save:
+        write_card(training_args.output_dir, results, task.format_value)
+    save_results(results, table, training_args)
+    return results
+
+
+def write_card(folder: str, results: dict, format_value) -> None:
+    """``README.md`` in ``folder``: what the model is and that it was pruned without training."""
+    cmp, test, val = results["comparison"], results["test"], results["validation"]
+    metric = val["metric"]
+    refit = ", each pruned layer's output projection re-fitted by least squares" \
+        if results["post_training"]["refit"] else ""
+    base = results["base_model"] or "the model given"
+    lines = ["---", "library_name: transformers", "tags:", "- hf_adaprune", "- pruned", "- post-training-pruning",
+             *([f"base_model: {results['base_model']}"] if results["base_model"] else []), "---", "",
+             f"# {os.path.basename(os.path.abspath(folder))}", "",
+             f"A fine-tuned classifier based on {base}, pruned **without training** by hf_adaprune's post-training "
+             f"pruning (after Kwon et al. 2022): "
+             f"attention heads and FFN neurons scored on {results['post_training']['calibration_samples']} training "
+             f"rows, {100 * cmp['layer_flops_removed']:.1f}% of the layer FLOPs removed"
+             f"{refit}; no optimizer step.", "",
+             "| | dense | pruned |", "|---|---|---|",
+             f"| validation {val['metric']} (n={val['samples']}) | {format_value(metric, val['dense_reference'])} "
+             f"| {format_value(metric, val['pruned_final'])} |"]
+    for name in (test or {}).get("metrics", []):
+        lines.append(f"| test {name} (n={test['samples']}) | {format_value(name, test[f'dense_{name}'])} "
+                     f"| {format_value(name, test[f'pruned_{name}'])} |")
+    lines += ["", "Load it with `hf_adaprune.AutoPrunedModel.from_pretrained(folder)` or with "
+                  "`trust_remote_code=True`."]
+    write_text(os.path.join(folder, "README.md"), "\n".join(lines) + "\n")

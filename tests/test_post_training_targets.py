@@ -1,0 +1,102 @@
+"""The re-fit towards the dense model's activations: where the residual sum is read, what the re-fit fits, exactness."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_post_training import batches_for, capture_inputs, labelled_examples, masked_at, pad_collator, relative_error
+
+from hf_adaprune import find_groups
+from hf_adaprune.post_training import capture_dense_targets, post_training_prune, refit_groups
+from hf_adaprune.post_training.dense_targets import residual_norms
+
+NORMS = {  # what residual_norms must find by running the model
+    "bert": {"encoder.layer.0.attention": "encoder.layer.0.attention.output.LayerNorm",
+             "encoder.layer.2.ffn": "encoder.layer.2.output.LayerNorm"},
+    "distilbert": {"transformer.layer.0.attention": "transformer.layer.0.sa_layer_norm",
+                   "transformer.layer.2.ffn": "transformer.layer.2.output_layer_norm"},
+}
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_residual_norms_are_the_layernorms_after_each_projection(model_type):
+    model = tiny_model(model_type)
+    groups = find_groups(model)
+    norms = residual_norms(model, groups, pad_collator(labelled_examples(2)))
+    assert set(norms) == {g.name for g in groups}
+    for name, norm in NORMS[model_type].items():
+        assert norms[name] == norm
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_dense_residual_refit_brings_the_last_layer_closer_to_the_dense_model(model_type):
+    """Layer output error against the dense model (the last block's LayerNorm input): the re-fit towards the
+    dense residual sum beats plain slicing, and the same-input re-fit, on calibration and held-out rows."""
+    dense = tiny_model(model_type)
+    rows, held_out = labelled_examples(96), labelled_examples(48, seed=11)
+    batches = batches_for(dense, rows)
+    splits = {"calibration": batches, "held out": batches_for(dense, held_out)}
+    last = NORMS[model_type][f"{'encoder' if model_type == 'bert' else 'transformer'}.layer.2.ffn"]
+    reference = {split: capture_inputs(dense, last, b) for split, b in splits.items()}
+    errors = {}
+    for variant in ("sliced", "same_input", "dense_residual"):
+        model = copy.deepcopy(dense)
+        targets = capture_dense_targets(model, find_groups(model), batches) \
+            if variant == "dense_residual" else None
+        masks, groups = masked_at(model, rows)
+        if variant != "sliced":
+            refit_groups(model, masks, groups, batches, progress=False, dense=targets)
+        errors[variant] = {split: relative_error(capture_inputs(model, last, b), reference[split])
+                           for split, b in splits.items()}
+    for split in splits:
+        assert errors["dense_residual"][split] < 0.9 * errors["sliced"][split], (split, errors)
+        assert errors["dense_residual"][split] < errors["same_input"][split], (split, errors)
+
+
+@pytest.mark.parametrize("kind", ["dense_residual", "dense_output"])
+def test_reported_error_is_that_of_the_fitted_target(kind):
+    """The error refit_groups returns for the first group equals the one computed from captured tensors."""
+    dense = tiny_model("bert")
+    rows = labelled_examples(64)
+    batches = batches_for(dense, rows)
+    model = copy.deepcopy(dense)
+    groups = find_groups(model)
+    targets = capture_dense_targets(model, groups, batches, kind)
+    masks, groups = masked_at(model, rows)
+    first = groups[0]
+    norm = targets.norms[first.name]
+    # the pruned model's residual sum and projection output before the re-fit give its residual
+    projection = model.base_model.get_submodule(first.output)
+    outputs = []
+    handle = projection.register_forward_hook(
+        lambda module, args, output: outputs.append(output.detach().reshape(-1, output.shape[-1])))
+    pruned_sum = capture_inputs(model, norm, batches)
+    handle.remove()
+    valid = torch.cat([b["attention_mask"].reshape(-1).bool() for b in batches])
+    pruned_output = torch.cat(outputs)[valid]
+    dense_values = torch.cat(targets.values[first.name])
+    target = dense_values - pruned_sum + pruned_output if kind == "dense_residual" else dense_values
+    reported = refit_groups(model, masks, groups, batches, progress=False, dense=targets)[first.name]
+    outputs.clear()
+    handle = projection.register_forward_hook(
+        lambda module, args, output: outputs.append(output.detach().reshape(-1, output.shape[-1])))
+    capture_inputs(model, norm, batches)
+    handle.remove()
+    refitted = torch.cat(outputs)[valid]
+    assert reported == pytest.approx(relative_error(refitted, target), rel=1e-3)
+
+
+def test_refit_target_is_recorded_and_checked():
+    model = tiny_model("bert")
+    rows = labelled_examples(32)
+    with pytest.raises(ValueError, match="refit_target must be one of"):
+        post_training_prune(model, rows, 0.5, refit_target="teacher", data_collator=pad_collator, progress=False)
+    with pytest.raises(ValueError, match="'dense_residual' or 'dense_output'"):
+        capture_dense_targets(model, [], [], "same_input")
+    for kind in ("dense_residual", "dense_output", "same_input"):
+        result = post_training_prune(model, rows, 0.5, refit_target=kind, data_collator=pad_collator, seq_len=16,
+                                     progress=False, refit_samples=16)
+        assert result.refit_errors and all(0 <= e < 1.5 for e in result.refit_errors.values()), kind

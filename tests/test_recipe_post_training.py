@@ -1,0 +1,117 @@
+"""recipes/text_classification.py --post_training: a fine-tuned tiny BERT pruned without training, and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT, load_recipe
+from test_recipe_text_classification import workspace  # noqa: F401 (the fixture)
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from hf_adaprune import AutoPrunedModel
+from recipes.arguments import RecipeError, read_config_file
+
+recipe = load_recipe("text_classification")
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(workspace):  # noqa: F811
+    """A tiny BERT "fine-tuned" classifier (random weights, saved as one) with the workspace's tokenizer."""
+    folder = workspace / "fine_tuned"
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(workspace / "config", num_labels=2, id2label={0: "negative", 1: "positive"},
+                                        label2id={"negative": 0, "positive": 1}, initializer_range=0.2)
+    config.architectures = ["BertForSequenceClassification"]
+    BertForSequenceClassification(config).save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(workspace / "tokenizer").save_pretrained(folder)
+    return folder
+
+
+def post_args(ws, model, out, *extra) -> list[str]:
+    return ["--model_name_or_path", str(model), "--train_file", str(ws / "train.tsv"),
+            "--validation_file", str(ws / "dev.tsv"), "--test_file", str(ws / "test.tsv"),
+            "--label_mapping", "0:negative,1:positive", "--output_dir", str(out), "--post_training", "true",
+            "--pruning_metric", "accuracy", "--pruning_target", "0.5", "--pruning_tolerance", "1.0",
+            "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--pruning_seq_len", "32",
+            "--post_training_calibration_samples", "40", "--post_training_refit_samples", "24",
+            "--latency_repeats", "0", "--disable_tqdm", "true", *extra]
+
+
+def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspace, fine_tuned, tmp_path,
+                                                                         monkeypatch):  # noqa: F811
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("--post_training created an optimizer")
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", no_optimizer)
+    out = tmp_path / "out"
+    results = recipe.main(post_args(workspace, fine_tuned, out))
+    assert results["mode"] == "post_training" and results["train"] is None
+    assert "no optimizer step" in results["pruning"]["stop_reason"]
+    assert results["comparison"]["layer_flops_removed"] == pytest.approx(0.5, abs=0.1)
+    assert results["post_training"]["refit_target"] == "dense_residual"
+    assert results["samples"]["train"] == 40 == results["post_training"]["calibration_samples"]  # of 60 rows
+    test = results["test"]
+    assert test["samples"] == 24 and test["dense_accuracy"] is not None and test["pruned_accuracy"] is not None
+    assert results["validation"]["dense_reference"] is not None
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["mode"] == "post_training"
+    assert (out / "post_training_report.json").exists()
+    card = (out / "README.md").read_text()
+    assert "without training" in card and "no optimizer step" in card
+    # the folder loads as the Hub-format pruned model and scores what the run reported on the test rows
+    model = AutoPrunedModel.from_pretrained(out)
+    tokenizer = BertTokenizerFast.from_pretrained(out)
+    rows = [line.split("\t") for line in (workspace / "test.tsv").read_text().splitlines()[1:]]
+    encoded = tokenizer([r[0] for r in rows], padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**encoded).logits.argmax(-1)
+    accuracy = float((predicted == torch.tensor([int(r[1]) for r in rows])).float().mean())
+    assert accuracy == pytest.approx(test["pruned_accuracy"], abs=1e-6)
+    assert model.config.adaprune["groups"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dense_control", "true"], "--dense_control applies to pruning while training"),
+    (["--distillation", "true"], "--distillation applies to pruning while training"),
+    (["--prune", "layers"], "whole layers only while training"),
+    (["--pruning_criterion", "magnitude"], "--post_training scores with fisher or taylor"),
+    (["--post_training_refit_target", "teacher"], "--post_training_refit_target must be one of"),
+    (["--pruning_target_type", "latency"], "leave --pruning_target_type at 'flops'"),
+    (["--pruning_multiple_of", "8"], "leave --pruning_multiple_of at 1"),
+    (["--resume_from_checkpoint", "true"], "no checkpoints to resume from"),
+    (["--pruning_target", "1.0"], "--pruning_target must be in"),
+    (["--label_mapping", "1:positive,0:negative"], "the data's labels"),
+])
+def test_bad_combinations_fail_before_any_work(workspace, fine_tuned, tmp_path, extra, message):  # noqa: F811
+    with pytest.raises(RecipeError, match=message):
+        recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", *extra))
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_model_that_is_not_a_fine_tuned_encoder_classifier_is_refused(workspace, tmp_path):  # noqa: F811
+    with pytest.raises(RecipeError, match="needs a fine-tuned sequence classifier"):  # a bare encoder config
+        recipe.main(post_args(workspace, workspace / "config", tmp_path / "a") + ["--tokenizer_name",
+                                                                                   str(workspace / "tokenizer")])
+    from transformers import BartConfig, BartForSequenceClassification
+    bart = tmp_path / "bart"
+    BartForSequenceClassification(BartConfig(vocab_size=99, d_model=16, encoder_layers=1, decoder_layers=1,
+                                             encoder_attention_heads=2, decoder_attention_heads=2,
+                                             encoder_ffn_dim=16, decoder_ffn_dim=16)).save_pretrained(bart)
+    with pytest.raises(RecipeError, match="supports the encoder families"):
+        recipe.main(post_args(workspace, bart, tmp_path / "b") + ["--tokenizer_name", str(workspace / "tokenizer")])
+    with pytest.raises(RecipeError, match="give --model_name_or_path"):
+        args = post_args(workspace, "x", tmp_path / "c")
+        args[args.index("--model_name_or_path"):args.index("--model_name_or_path") + 2] = [
+            "--config_name", str(workspace / "config"), "--tokenizer_name", str(workspace / "tokenizer")]
+        recipe.main(args)
+
+
+def test_the_shipped_post_training_config_parses_and_asks_for_post_training():
+    path = ROOT / "recipes" / "configs" / "sst2_minilm_post_training.yaml"
+    values = read_config_file(str(path))
+    assert values["post_training"] is True
+    _, data_args, training_args = recipe.parse_args([str(path)])
+    assert data_args.post_training and 0 < training_args.pruning_target < 1
+    assert training_args.pruning_criterion in ("taylor", "fisher")
