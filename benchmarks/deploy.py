@@ -38,6 +38,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hf_adaprune import AutoPrunedModel, save_pruned
 from hf_adaprune.deploy import load_int8, prune_vocabulary, quantize_int8, save_int8
 from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 from post_training import SEED, SEQ_LEN, accuracy, dense_model, load_data, log, minilm_path  # noqa: E402 (neighbour)
@@ -63,7 +64,8 @@ def parameters(model) -> int:
 
 def pruned_model(folder: Path, dense, data, tokenizer, collator, target: float):
     """The post-training-pruned model, pruned once per setting and cached in ``folder``."""
-    settings = {"target": target, "calibration": len(data["calibration"]), "check": len(data["check"]), "seed": SEED}
+    settings = {"target": target, "calibration": len(data["calibration"]), "check": len(data["check"]), "seed": SEED,
+                "refit_target": DEFAULT_REFIT_TARGET}
     stamp = folder / "benchmark_settings.json"
     if stamp.exists() and json.loads(stamp.read_text()) == settings:
         log(f"pruned model: cached in {folder}")
