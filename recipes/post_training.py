@@ -23,7 +23,7 @@ from hf_adaprune.trainer.eval_order import first_rows
 from . import deploy
 from .arguments import RecipeError, check_minimum
 from .results import results_table, save_results, test_results, without_layers
-from .skeleton import DenseTrainer, Run, Task, _as_recipe_error, prepare_run, subsample
+from .skeleton import DenseTrainer, Run, Task, _as_recipe_error, prepare_run, results_header, subsample
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
@@ -118,7 +118,7 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
 
 def finish(task: Task, run: Run, result, started: float) -> dict:
     """Test scores (dense as loaded, pruned), latency, deployed copies, model card and results.json."""
-    model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
+    data_args, training_args = run.data_args, run.training_args
     test_dataset = run.datasets.get("test")
     scores = {}
     if test_dataset is not None:  # plain Trainers only evaluate: no optimizer is created
@@ -133,14 +133,7 @@ def finish(task: Task, run: Run, result, started: float) -> dict:
     comparison = result.comparison.to_dict()
     stop = "searched the ratio" if data_args.post_training_search else "fixed target"
     results = {
-        "recipe": task.name,
-        "mode": "post_training",
-        "base_model": model_args.base_model_id,
-        "dataset": data_args.dataset_name,
-        "data_files": run.data_files,
-        "output_dir": training_args.output_dir,
-        "samples": {k: len(v) for k, v in run.splits.items()},
-        "task": run.task_results,
+        **results_header(task, run, mode="post_training"),
         "test": None if test_dataset is None else test_results(len(test_dataset), task.test_metrics, scores, None,
                                                                None),
         "validation": {"metric": training_args.pruning_metric, "samples": len(first_rows(

@@ -318,13 +318,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         if deploy.requested(data_args) and training_args.should_save else None
 
     results = {
-        "recipe": task.name,
-        "base_model": model_args.base_model_id,
-        "dataset": data_args.dataset_name,
-        "data_files": run.data_files,
-        "output_dir": training_args.output_dir,
-        "samples": {k: len(v) for k, v in run.splits.items()},
-        "task": run.task_results,
+        **results_header(task, run),
         "test": None if test_dataset is None else test_results(
             len(test_dataset), task.test_metrics, scores, snapshot.step if snapshot else None,
             control and control["steps"]),
@@ -341,6 +335,14 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     if control is not None and results["test"] is not None and training_args.should_save:
         add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
+
+
+def results_header(task: Task, run: Run, **extra) -> dict:
+    """The first keys of every recipe's results.json: what ran, on what data, written where."""
+    model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
+    return {"recipe": task.name, **extra, "base_model": model_args.base_model_id, "dataset": data_args.dataset_name,
+            "data_files": run.data_files, "output_dir": training_args.output_dir,
+            "samples": {k: len(v) for k, v in run.splits.items()}, "task": run.task_results}
 
 
 def add_control_to_card(folder: str, results: dict, format_value) -> None:
