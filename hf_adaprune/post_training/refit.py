@@ -104,12 +104,14 @@ class _Statistics:
         return LeastSquares(self.gram, self.cross, self.target_square, self.target_sum)
 
 
+def column_mask(group: Group, mask: torch.Tensor) -> torch.Tensor:
+    """A structure mask spread over the output projection's input columns (a head covers head_dim columns)."""
+    return mask.repeat_interleave(group.head_dim) if isinstance(group, HeadGroup) else mask
+
+
 def kept_columns(masks: PruningMasks, group: Group) -> torch.Tensor:
     """Input columns of the group's output projection that its mask keeps."""
-    kept = torch.tensor(masks.kept_indices(group.name), dtype=torch.long)
-    if isinstance(group, HeadGroup):
-        kept = (kept[:, None] * group.head_dim + torch.arange(group.head_dim)[None, :]).flatten()
-    return kept
+    return torch.nonzero(column_mask(group, masks.masks[group.name].detach().cpu()) > 0.5).flatten()
 
 
 @torch.no_grad()

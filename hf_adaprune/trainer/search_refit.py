@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Subset
 
-from ..families import HeadGroup
 from ..post_training.calibration import calibration_batches, model_input_names
 from ..post_training.prune import SUPPORTED_MODEL_TYPES
-from ..post_training.refit import refit_groups
+from ..post_training.refit import column_mask, refit_groups
 
 
 def refit_problem(model, train_dataset, kinds) -> str | None:
@@ -53,11 +52,6 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
     return calibration_batches(subset, collator, batch_size, model_input_names(model))
 
 
-def _column_mask(group, mask: torch.Tensor) -> torch.Tensor:
-    """The output projection's input columns a structure mask covers (a head covers head_dim columns)."""
-    return mask.repeat_interleave(group.head_dim) if isinstance(group, HeadGroup) else mask
-
-
 @torch.no_grad()
 def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], batches, accelerator,
                     ridge: float) -> dict[str, dict[str, torch.Tensor]]:
@@ -69,7 +63,7 @@ def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], bat
     before = {name: _parameters(p) for name, p in projections.items()}
     for group in cut:  # gated off already: zero, so the target is the accepted model's projection
         weight = projections[group.output].weight
-        weight[:, _column_mask(group, accepted[group.name]).to(weight.device) < 0.5] = 0
+        weight[:, column_mask(group, accepted[group.name]).to(weight.device) < 0.5] = 0
     refit_groups(model, masks, cut, batches, ridge=ridge, progress=False)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast
