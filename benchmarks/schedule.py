@@ -15,6 +15,7 @@ warm-up):
 * ``gradual_ramp``: gradual with ``pruning_ramp_steps=--ramp_steps`` (removed structures fade out);
 * ``gradual_ema`` / ``gradual_fisher``: gradual with ``pruning_score_ema=--score_ema`` (scores an exponential
   moving average instead of the running mean) / with ``pruning_criterion="fisher"`` (squared Taylor values);
+* ``gradual_distillation``: gradual, distilling from the dense model at the reference;
 * ``search_refit``: search_then_recover with ``pruning_refit`` (output projections re-fitted on
   ``--refit_samples`` training phrases whenever a candidate is masked), one row per ``--search_steps``;
 * with ``--distillation``, each of those schedules again, distilling from the dense model at the
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
                         help="search_then_recover: one row per value")
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"],
-                        help="also: gradual_ramp, gradual_ema, gradual_fisher, search_refit")
+                        help="also: gradual_ramp, gradual_ema, gradual_fisher, gradual_distillation, search_refit")
     parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
     parser.add_argument("--score_ema", type=float, default=0.85, help="gradual_ema: pruning_score_ema")
     parser.add_argument("--refit_samples", type=int, default=512, help="search_refit: pruning_refit_samples")
@@ -168,6 +169,10 @@ def main(argv=None) -> dict:
             if "gradual_fisher" in opts.variants:
                 schedules.append(("gradual, Fisher scores", dict(
                     pruning_schedule="gradual", pruning_interval=opts.interval, pruning_criterion="fisher")))
+            if "gradual_distillation" in opts.variants:
+                schedules.append(("gradual + distillation", dict(
+                    pruning_schedule="gradual", pruning_interval=opts.interval, distillation=True,
+                    distillation_hidden_weight=opts.distillation_hidden_weight)))
             if "search_refit" in opts.variants:
                 schedules += [(f"search_then_recover, {s} search steps + refit", dict(
                     pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,

@@ -76,8 +76,9 @@ class DataArguments:
                           "(OUTPUT_DIR/deploy/vocabulary); the other deploy options then start from it."},
     )
     quantize: str | None = field(
-        default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with "
-                                        "--export_ctranslate2 the CTranslate2 model is int8 too)."}
+        default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with --export_onnx "
+                                        "also onnxruntime int8 graphs, *.int8.onnx; with --export_ctranslate2 the "
+                                        "CTranslate2 model is int8 too)."}
     )
     export_onnx: bool = field(default=False, metadata={"help": "Also export ONNX graphs (OUTPUT_DIR/deploy/onnx)."})
     export_ctranslate2: bool = field(

