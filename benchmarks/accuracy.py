@@ -11,7 +11,8 @@ never steered or checked anything. Parts, each written to ``--output_dir`` (defa
 settings and an interrupted run resumes:
 
 1. ``schedules_seed<S>.json`` (``schedule.py``), for each of ``--seeds``: the dense control trained the same
-   ``--steps``; at each of ``--targets``: one-shot + fine-tuning, the trainer's gradual schedule, the same with
+   ``--steps``; at each of ``--targets``: one-shot + fine-tuning (with and without the post-training re-fit before
+   it), the trainer's gradual schedule, the same with
    score EMA, with Fisher scores, with the ramp, with distillation from the dense model, and search_then_recover
    with the re-fit and no search steps.
 2. ``post_training.json`` (``post_training.py``): pruning without training at the targets, Taylor scores, with
@@ -36,8 +37,8 @@ import post_training  # noqa: E402
 import schedule  # noqa: E402
 
 ROOT = HERE.parent
-SCHEDULE_VARIANTS = ["control", "one-shot", "gradual", "gradual_ema", "gradual_fisher", "gradual_ramp",
-                     "gradual_distillation", "search_refit"]
+SCHEDULE_VARIANTS = ["control", "one-shot", "one-shot_refit", "gradual", "gradual_ema", "gradual_fisher", "gradual_ramp",
+                     "gradual_distillation", "search_refit", "search_refit_residual"]
 
 
 def arguments(argv=None) -> argparse.Namespace:

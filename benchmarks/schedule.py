@@ -9,6 +9,8 @@ warm-up):
 * dense control: plain ``Trainer``, no pruning;
 * one-shot + fine-tuning: ``post_training_prune`` (Taylor scores from calibration phrases, global
   selection at the target, no re-fit, compacted), then the whole budget of plain fine-tuning;
+* ``one-shot_refit``: the same with the post-training re-fit (the kept projections re-solved to match the dense
+  model on the calibration phrases) before the fine-tuning;
 * ``AdaptivePruningTrainer`` with ``pruning_schedule="gradual"``;
 * ``AdaptivePruningTrainer`` with ``pruning_schedule="search_then_recover"`` (one row per
   ``--search_steps`` value);
@@ -18,6 +20,7 @@ warm-up):
 * ``gradual_distillation``: gradual, distilling from the dense model at the reference;
 * ``search_refit``: search_then_recover with ``pruning_refit`` (output projections re-fitted on
   ``--refit_samples`` training phrases whenever a candidate is masked), one row per ``--search_steps``;
+  ``search_refit_residual``: the same with ``pruning_refit_target="dense_residual"``;
 * with ``--distillation``, each of those schedules again, distilling from the dense model at the
   reference (``--distillation``; the wall-time column shows the teacher's cost).
 
@@ -99,7 +102,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
                         help="search_then_recover: one row per value")
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"],
-                        help="also: gradual_ramp, gradual_ema, gradual_fisher, gradual_distillation, search_refit")
+                        help="also: one-shot_refit, gradual_ramp, gradual_ema, gradual_fisher, gradual_distillation, "
+                             "search_refit, search_refit_residual")
     parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
     parser.add_argument("--score_ema", type=float, default=0.85, help="gradual_ema: pruning_score_ema")
     parser.add_argument("--refit_samples", type=int, default=512, help="search_refit: pruning_refit_samples")
@@ -153,6 +157,15 @@ def main(argv=None) -> dict:
                 record("one-shot + fine-tuning", seed, target,
                        fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
                        recovery_steps=opts.steps)
+            if "one-shot_refit" in opts.variants:
+                started = time.time()
+                torch.manual_seed(seed)
+                pruned = post_training_prune(dense, data["calibration"], target, metric="accuracy",
+                                             tolerance=opts.tolerance, eval_dataset=data["check"], refit=True,
+                                             data_collator=collator, seq_len=SEQ_LEN, progress=False).model
+                record("one-shot + re-fit + fine-tuning", seed, target,
+                       fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
+                       recovery_steps=opts.steps)
             schedules = []
             if "gradual" in opts.variants:
                 schedules.append(("gradual", dict(pruning_schedule="gradual", pruning_interval=opts.interval)))
@@ -177,6 +190,11 @@ def main(argv=None) -> dict:
                 schedules += [(f"search_then_recover, {s} search steps + refit", dict(
                     pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
                     pruning_refit_samples=opts.refit_samples)) for s in opts.search_steps]
+            if "search_refit_residual" in opts.variants:
+                schedules += [(f"search_then_recover, {s} search steps + dense_residual refit", dict(
+                    pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
+                    pruning_refit_samples=opts.refit_samples, pruning_refit_target="dense_residual"))
+                    for s in opts.search_steps]
             if opts.distillation:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
                 schedules += [(f"{name} + distillation", schedule | teacher) for name, schedule in schedules]

@@ -42,7 +42,8 @@ def cut_half(masks, groups, seed=0):
     return candidate
 
 
-def test_refit_changes_only_the_kept_columns_and_bias_of_cut_groups_and_undo_restores():
+@pytest.mark.parametrize("target", ["same_input", "dense_residual"])
+def test_refit_changes_only_the_kept_columns_and_bias_of_cut_groups_and_undo_restores(target):
     model = tiny_model("bert")
     masks = attach_masks(model)
     groups = list(masks.groups.values())
@@ -51,8 +52,10 @@ def test_refit_changes_only_the_kept_columns_and_bias_of_cut_groups_and_undo_res
     masks.update(cut_half(masks, cut))
     batches = refit_calibration_batches(model, toy_dataset(64), _collate, 32, 16, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    change = refit_candidate(model, masks, groups, accepted, batches, ONE_PROCESS, ridge=1e-3)
+    candidate = masks.state_dict()
+    change = refit_candidate(model, masks, groups, accepted, batches, ONE_PROCESS, ridge=1e-3, target=target)
     assert sorted(change) == sorted(g.output for g in cut)
+    assert all(torch.equal(m, candidate[n]) for n, m in masks.state_dict().items()), "candidate masks back in place"
     after = model.state_dict()
     prefix = model.base_model_prefix  # group paths are inside the base model
     outputs = {f"{prefix}.{g.output}.{p}": g for g in cut for p in ("weight", "bias")}
@@ -88,6 +91,32 @@ def test_refit_matches_the_accepted_model_not_the_weights_an_earlier_refit_folde
         assert torch.equal(model(**batch).logits, expected)
 
 
+def test_dense_residual_refit_follows_the_accepted_model_closer_than_same_input():
+    torch.manual_seed(0)
+    reference = tiny_model("bert")
+    batches = refit_calibration_batches(reference, toy_dataset(96), _collate, 96, 32, seed=0)
+    accepted = attach_masks(reference).state_dict()
+    with torch.no_grad():
+        expected = [reference(**batch, output_hidden_states=True).hidden_states[-1] for batch in batches]
+    errors = {}
+    for target in ("same_input", "dense_residual"):
+        model = copy.deepcopy(reference)
+        masks = get_masks(model)
+        masks.update(cut_half(masks, list(masks.groups.values()), seed=1))
+        refit_candidate(model, masks, list(masks.groups.values()), accepted, batches, ONE_PROCESS, 1e-3, target)
+        with torch.no_grad():
+            errors[target] = sum(float((model(**batch, output_hidden_states=True).hidden_states[-1] - e).norm())
+                                 for batch, e in zip(batches, expected))
+    assert errors["dense_residual"] < 0.9 * errors["same_input"], errors
+
+
+def test_refit_target_without_refit_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--pruning_refit_target dense_residual says what --pruning_refit matches"):
+        make_args(tmp_path, pruning_refit_target="dense_residual")
+    with pytest.raises(ValueError, match="--pruning_refit_target must be one of dense_residual, dense_output, same_input"):
+        make_args(tmp_path, pruning_refit=True, pruning_refit_target="dense")
+
+
 def _refit_run(tmp_path, refit: bool, metrics=None, **overrides):
     options = dict(pruning_schedule="search_then_recover", pruning_search_steps=0, pruning_tolerance=1.0,
                    pruning_warmup_steps=12, max_steps=12, compact_at_end=False, pruning_refit=refit,
@@ -99,12 +128,13 @@ def _refit_run(tmp_path, refit: bool, metrics=None, **overrides):
     return trainer
 
 
-def test_refit_lowers_the_masked_models_loss_and_compaction_stays_exact(tmp_path):
+@pytest.mark.parametrize("target", ["same_input", "dense_residual"])
+def test_refit_lowers_the_masked_models_loss_and_compaction_stays_exact(tmp_path, target):
     # 60 steps: long enough for the tiny model to learn the toy task (loss ~0.84, 1.1 at chance), so that what
     # the re-fit restores matters to the loss
     long_enough = dict(pruning_warmup_steps=60, max_steps=60)
     plain = _refit_run(tmp_path / "plain", refit=False, **long_enough)
-    refit = _refit_run(tmp_path / "refit", refit=True, **long_enough)
+    refit = _refit_run(tmp_path / "refit", refit=True, pruning_refit_target=target, **long_enough)
     assert [h["event"] for h in refit.controller.state.history] == ["reference", "keep", "stop"]
     plain_masks, refit_masks = get_masks(plain.model).state_dict(), get_masks(refit.model).state_dict()
     assert all(torch.equal(plain_masks[n], refit_masks[n]) for n in plain_masks), "same scores, same candidate"

@@ -19,6 +19,7 @@ from transformers.trainer_utils import HubStrategy
 from ..engine.importance import IMPORTANCE_CRITERIA
 from ..families import ROLES
 from ..metrics import known_greater_is_better
+from ..post_training.dense_targets import REFIT_TARGETS
 from ..engine.selection import SCOPES
 from .distillation import validate_distillation_arguments
 from .ramp import ramp_problem
@@ -119,6 +120,12 @@ class PruningArguments(TrainingArguments):
     )
     pruning_refit_samples: int = field(
         default=512, metadata={"help": "--pruning_refit: training rows (drawn with --seed) the re-fit is computed on."})
+    pruning_refit_target: str = field(
+        default="same_input",
+        metadata={"help": "--pruning_refit: what the re-fit matches, the model under the accepted masks being the "
+                          "reference: 'same_input' (its projection of the candidate's own input), 'dense_output' "
+                          "(its projection output), 'dense_residual' (its residual-stream sum before the next "
+                          "LayerNorm, absorbing upstream drift)."})
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
     )
@@ -233,6 +240,10 @@ def validate_pruning_arguments(args) -> None:
     ramp = ramp_problem(args, decision_interval(args), interval_option(args))
     if ramp:
         raise ValueError(ramp)
+    _choice("pruning_refit_target", args.pruning_refit_target, REFIT_TARGETS)
+    if args.pruning_refit_target != "same_input" and not args.pruning_refit:
+        raise ValueError(f"--pruning_refit_target {args.pruning_refit_target} says what --pruning_refit matches; "
+                         "it does nothing without --pruning_refit")
     if args.pruning_refit_samples < 1:
         raise ValueError(f"--pruning_refit_samples must be >= 1; got {args.pruning_refit_samples}")
     if not 0.0 < args.pruning_target < 1.0:

@@ -61,7 +61,7 @@ class CandidateMasksMixin:
                 self.args.per_device_eval_batch_size, self.args.seed)
         self._refit_change = refit_candidate(self.pruned_model, get_masks(self.pruned_model), self.pruning_groups,
                                              self._accepted_masks, self._refit_batches, self.accelerator,
-                                             DEFAULT_RIDGE)
+                                             DEFAULT_RIDGE, self.args.pruning_refit_target)
         logger.info("re-fitted the output projections of %d groups", len(self._refit_change))
 
     def _accept_candidate(self) -> None:

@@ -4,7 +4,11 @@ A candidate judged right after masking (``search_then_recover`` with few or no s
 no training to make up for what it lost. When the candidate's 0/1 masks are in place (at once, or when
 a ramp ends), the output projection (weight and bias) of every head / FFN group that lost structures
 is re-fitted by least squares (:func:`hf_adaprune.post_training.refit.refit_groups`) so that, on a few
-calibration batches from the training data, it reproduces what it computed under the accepted masks.
+calibration batches from the training data, it reproduces what the accepted model (the masks before this
+candidate) computed there. ``pruning_refit_target`` says what is matched, as in post-training pruning:
+``"same_input"`` (default) the accepted projection of the candidate's own input; ``"dense_residual"`` the
+accepted model's residual-stream sum before the LayerNorm that follows (captured with the accepted masks
+put back for one pass per batch), so the re-fit also absorbs the drift the cut groups upstream pass on.
 Columns of structures the accepted masks had already removed are zeroed first (they are gated off, so
 the model does not change): the re-fit then matches the accepted model, not weights that an earlier
 re-fit has already folded into the kept columns.
@@ -23,6 +27,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..post_training.calibration import calibration_batches, model_input_names
+from ..post_training.dense_targets import capture_dense_targets
 from ..post_training.prune import SUPPORTED_MODEL_TYPES
 from ..post_training.refit import column_mask, refit_groups
 
@@ -54,8 +59,11 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
 
 @torch.no_grad()
 def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], batches, accelerator,
-                    ridge: float) -> dict[str, dict[str, torch.Tensor]]:
-    """Re-fit the groups whose masks lost structures against ``accepted``; returns each projection's change."""
+                    ridge: float, target: str = "same_input") -> dict[str, dict[str, torch.Tensor]]:
+    """Re-fit the groups whose masks lost structures against ``accepted``; returns each projection's change.
+
+    ``target``: ``"same_input"``, ``"dense_output"`` or ``"dense_residual"``, where "dense" is the model under the
+    ``accepted`` masks."""
     base = model.base_model
     cut = [g for g in groups if g.kind in ("heads", "ffn")
            and bool((masks.masks[g.name].cpu() < accepted[g.name] - 0.5).any())]
@@ -64,7 +72,15 @@ def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], bat
     for group in cut:  # gated off already: zero, so the target is the accepted model's projection
         weight = projections[group.output].weight
         weight[:, column_mask(group, accepted[group.name]).to(weight.device) < 0.5] = 0
-    refit_groups(model, masks, cut, batches, ridge=ridge, progress=False)
+    dense = None
+    if cut and target != "same_input":
+        candidate = masks.state_dict()
+        masks.load_state_dict(accepted)
+        try:
+            dense = capture_dense_targets(model, cut, batches, target)
+        finally:
+            masks.load_state_dict(candidate)
+    refit_groups(model, masks, cut, batches, ridge=ridge, progress=False, dense=dense)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast
 
