@@ -148,23 +148,16 @@ def main(argv=None) -> dict:
             record("dense control", seed, None, fine_tune(copy.deepcopy(dense), data, collator, tokenizer,
                                                          opts.steps, seed), started, recovery_steps=opts.steps)
         for target in opts.targets:
-            if "one-shot" in opts.variants:
+            for variant, refit, name in (("one-shot", False, "one-shot + fine-tuning"),
+                                         ("one-shot_refit", True, "one-shot + re-fit + fine-tuning")):
+                if variant not in opts.variants:
+                    continue
                 started = time.time()
                 torch.manual_seed(seed)
                 pruned = post_training_prune(dense, data["calibration"], target, metric="accuracy",
-                                             tolerance=opts.tolerance, eval_dataset=data["check"], refit=False,
+                                             tolerance=opts.tolerance, eval_dataset=data["check"], refit=refit,
                                              data_collator=collator, seq_len=SEQ_LEN, progress=False).model
-                record("one-shot + fine-tuning", seed, target,
-                       fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
-                       recovery_steps=opts.steps)
-            if "one-shot_refit" in opts.variants:
-                started = time.time()
-                torch.manual_seed(seed)
-                pruned = post_training_prune(dense, data["calibration"], target, metric="accuracy",
-                                             tolerance=opts.tolerance, eval_dataset=data["check"], refit=True,
-                                             data_collator=collator, seq_len=SEQ_LEN, progress=False).model
-                record("one-shot + re-fit + fine-tuning", seed, target,
-                       fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
+                record(name, seed, target, fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
                        recovery_steps=opts.steps)
             schedules = []
             if "gradual" in opts.variants:
