@@ -88,11 +88,12 @@ def run_part(main, output: Path, argv: list[str]) -> None:
 def summary(folder: Path) -> str:
     """Mean change vs the equally trained control of the same seed, per variant and target."""
     rows: dict[tuple[str, float], dict[int, tuple[float, float, float]]] = {}
-    dense = None
+    dense, all_controls = None, {}
     for path in sorted(folder.glob("schedules_seed*.json")):
         results = json.loads(path.read_text())
         dense = results["dense"]
         controls = {r["seed"]: r for r in results["runs"] if r["variant"] == "dense control"}
+        all_controls |= controls
         for r in results["runs"]:
             control = controls.get(r["seed"])
             if r["variant"] == "dense control" or control is None:
@@ -103,7 +104,9 @@ def summary(folder: Path) -> str:
     lines = ["Accuracy at compression, all-MiniLM-L6-v2 on SST-2 (`python benchmarks/run.py --accuracy`).", ""]
     if dense:
         lines += [f"Dense start: unseen dev {100 * dense['dev_accuracy']:.2f}%, test {100 * dense['test_accuracy']:.2f}%. "
-                  "Changes in points against the dense control trained the same steps with the same seed.", ""]
+                  "Changes in points against the dense control trained the same steps with the same seed ("
+                  + "; ".join(f"seed {seed}: unseen dev {100 * c['dev_accuracy']:.2f}%, test {100 * c['test_accuracy']:.2f}%"
+                              for seed, c in sorted(all_controls.items())) + ").", ""]
     lines += ["| target | variant | layer FLOPs removed (per seed) | unseen dev change (per seed) | mean "
               "| test change (per seed) | mean |", "|---|---|---|---|---|---|---|"]
 

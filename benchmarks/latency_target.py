@@ -159,7 +159,8 @@ def format_table(results: dict) -> str:
                      f"| {b32['median_ms']:.0f} ms | {b32['speedup']:.2f}x "
                      f"| {100 * r['dev_accuracy']:.2f}% ({100 * (r['dev_accuracy'] - dense['dev_accuracy']):+.2f}) "
                      f"| {100 * r['test_accuracy']:.2f}% ({100 * (r['test_accuracy'] - dense['test_accuracy']):+.2f}) |")
-    lines += ["", f"Cost table measured {len(noise['totals_ms'])} times on the dense model (batch 1, seq 128): totals "
+    lines += ["", f"Cost table measured {len(noise['totals_ms'])} times on the dense model (batch 1, seq 128): summed "
+              "time of every timed module (the layers, and again the attention blocks and FFNs inside them) "
               f"{', '.join(f'{t:.1f}' for t in noise['totals_ms'])} ms (spread (max-min)/median "
               f"{noise['total_spread']:.3f}); per-group cost spread median {noise['group_spread_median']:.3f}, max "
               f"{noise['group_spread_max']:.3f}; one structure costs (median over groups, first table): "

@@ -19,7 +19,8 @@ warm-up):
   moving average instead of the running mean) / with ``pruning_criterion="fisher"`` (squared Taylor values);
 * ``gradual_distillation``: gradual, distilling from the dense model at the reference;
 * ``search_refit``: search_then_recover with ``pruning_refit`` (output projections re-fitted on
-  ``--refit_samples`` training phrases whenever a candidate is masked), one row per ``--search_steps``;
+  ``--refit_samples`` training phrases whenever a candidate is masked; ``pruning_refit_target="same_input"``),
+  one row per ``--search_steps``;
   ``search_refit_residual``: the same with ``pruning_refit_target="dense_residual"``;
 * with ``--distillation``, each of those schedules again, distilling from the dense model at the
   reference (``--distillation``; the wall-time column shows the teacher's cost).
@@ -182,7 +183,8 @@ def main(argv=None) -> dict:
             if "search_refit" in opts.variants:
                 schedules += [(f"search_then_recover, {s} search steps + refit", dict(
                     pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
-                    pruning_refit_samples=opts.refit_samples)) for s in opts.search_steps]
+                    pruning_refit_samples=opts.refit_samples, pruning_refit_target="same_input"))
+                    for s in opts.search_steps]
             if "search_refit_residual" in opts.variants:
                 schedules += [(f"search_then_recover, {s} search steps + dense_residual refit", dict(
                     pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,

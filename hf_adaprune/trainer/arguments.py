@@ -121,11 +121,11 @@ class PruningArguments(TrainingArguments):
     pruning_refit_samples: int = field(
         default=512, metadata={"help": "--pruning_refit: training rows (drawn with --seed) the re-fit is computed on."})
     pruning_refit_target: str = field(
-        default="same_input",
+        default="dense_residual",
         metadata={"help": "--pruning_refit: what the re-fit matches, the model under the accepted masks being the "
-                          "reference: 'same_input' (its projection of the candidate's own input), 'dense_output' "
-                          "(its projection output), 'dense_residual' (its residual-stream sum before the next "
-                          "LayerNorm, absorbing upstream drift)."})
+                          "reference: 'dense_residual' (its residual-stream sum before the next LayerNorm, absorbing "
+                          "upstream drift), 'dense_output' (its projection output), 'same_input' (its projection of "
+                          "the candidate's own input)."})
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
     )
@@ -241,7 +241,7 @@ def validate_pruning_arguments(args) -> None:
     if ramp:
         raise ValueError(ramp)
     _choice("pruning_refit_target", args.pruning_refit_target, REFIT_TARGETS)
-    if args.pruning_refit_target != "same_input" and not args.pruning_refit:
+    if args.pruning_refit_target != "dense_residual" and not args.pruning_refit:
         raise ValueError(f"--pruning_refit_target {args.pruning_refit_target} says what --pruning_refit matches; "
                          "it does nothing without --pruning_refit")
     if args.pruning_refit_samples < 1:
