@@ -84,6 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--window_seconds", type=int, default=2, help="encoder window of the fine-tuned models")
     p.add_argument("--pad_seconds", type=float, default=0.25, help="silence on both sides of each clip (training)")
     p.add_argument("--target", type=float, default=0.5, help="fraction of attention + FFN FLOPs to remove")
+    p.add_argument("--prune", default="both",
+                   help="structures to prune: heads, ffn, layers or a comma list (both = heads,ffn)")
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="largest WER rise on the validation slice (0.01 = 1 point)")
     p.add_argument("--warmup_steps", type=int, default=40, help="pruning warm-up: steps before the reference")
@@ -125,7 +127,7 @@ def recipe_flags(args, model_path: str, manifests: dict[str, str]) -> list[str]:
 
 def pruning_flags(args) -> list[str]:
     return [
-        "--prune", "both", "--pruning_criterion", "taylor", "--pruning_target", str(args.target),
+        "--prune", args.prune, "--pruning_criterion", "taylor", "--pruning_target", str(args.target),
         "--pruning_target_type", "flops", "--pruning_tolerance", str(args.tolerance),
         "--pruning_tolerance_type", "absolute", "--pruning_warmup_steps", str(args.warmup_steps),
         "--pruning_interval", str(args.interval), "--pruning_initial_step", str(args.initial_step),

@@ -223,14 +223,63 @@ def test_onnxruntime_int8_scales_per_output_channel_by_default(tmp_path):
 
     def scale_sizes(file):
         graph = onnx.load(str(tmp_path / file)).graph
-        return sorted({int(np.prod(t.dims)) for t in graph.initializer
-                       if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT})
+        return sorted({int(np.prod(t.dims)) for t in graph.initializer  # the matrix products' weight scales
+                       if t.name.endswith("_scale") and not t.name.endswith("_row_scale")
+                       and t.data_type == onnx.TensorProto.FLOAT})
 
     quantize_onnx(tmp_path)
     assert max(scale_sizes("model.int8.onnx")) == model.config.intermediate_size  # one scale per output row
     (tmp_path / "model.int8.onnx").unlink()
     quantize_onnx(tmp_path, per_channel=False)
     assert scale_sizes("model.int8.onnx") == [1]
+
+
+def test_onnx_int8_stores_embedding_tables_as_int8_rows(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = tiny_model("bert")
+    compact(model)
+    export_onnx(model, tmp_path)
+    quantize_onnx(tmp_path)
+    initializers = {t.name: t for t in onnx.load(str(tmp_path / "model.int8.onnx")).graph.initializer}
+    word = model.get_input_embeddings().weight.detach().numpy()
+    tables = [t for t in initializers.values() if t.data_type == onnx.TensorProto.INT8 and list(t.dims) == list(word.shape)]
+    assert len(tables) == 1, "the word embeddings are stored as int8"
+    scale = numpy_helper.to_array(initializers[tables[0].name.replace("_int8", "_row_scale")])
+    assert scale.shape == (word.shape[0], 1), "one scale per row"
+    rows = numpy_helper.to_array(tables[0]).astype(np.float32) * scale
+    assert np.abs(rows - word).max() <= np.abs(word).max(axis=1).max() / 127 / 2 + 1e-7  # rounding only
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and list(t.dims) == list(word.shape)
+                   for t in initializers.values()), "no float copy of the table is left"
+
+
+def test_int8_embedding_rows_leave_a_table_a_matmul_also_reads_in_float():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hf_adaprune.deploy.onnx_int8 import int8_embedding_rows
+
+    table = numpy_helper.from_array(np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+             helper.make_node("MatMul", ["rows", "table_t"], ["logits"]),
+             helper.make_node("Transpose", ["table"], ["table_t"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10])], [table])
+    model = helper.make_model(graph)
+    assert int8_embedding_rows(model) == []
+    assert [t.name for t in model.graph.initializer] == ["table"]
+    untied = helper.make_graph(nodes[:1], "untied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                               [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [2, 4])], [table])
+    model = helper.make_model(untied)
+    assert int8_embedding_rows(model) == ["table"]
+    onnx.checker.check_model(model)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"ids": np.array([3, 7])})[0]
+    expected = numpy_helper.to_array(table)[[3, 7]]
+    assert np.abs(got - expected).max() <= np.abs(expected).max() / 127
 
 
 @pytest.mark.parametrize("head, output", [("AutoModelForSequenceClassification", "logits"),

@@ -5,7 +5,8 @@ functions that need them, never here, so ``import hf_adaprune`` does not need th
 """
 
 from .ctranslate2 import CTranslate2Export, check_ctranslate2_request, export_ctranslate2
-from .onnx import OnnxEncoder, OnnxSeq2Seq, check_onnx_request, export_onnx, onnx_session, quantize_onnx
+from .onnx import OnnxEncoder, OnnxSeq2Seq, check_onnx_request, export_onnx, onnx_session
+from .onnx_int8 import quantize_onnx
 from .quantize import check_int8_request, load_int8, quantize_int8, save_int8
 from .vocabulary import check_vocabulary_request, prune_vocabulary, slice_vocabulary, token_ids_in
 

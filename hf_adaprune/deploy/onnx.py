@@ -10,8 +10,9 @@ attentions or FFNs export as they are: the graphs are traced from the compacted
 model.
 
 ``export_onnx`` also writes the config, generation config and tokenizer or
-processor next to the graphs; :class:`OnnxSeq2Seq` runs greedy decoding with
-onnxruntime; :func:`quantize_onnx` applies onnxruntime's dynamic int8 quantizer.
+processor next to the graphs; :class:`OnnxEncoder` runs an encoder graph and
+:class:`OnnxSeq2Seq` greedy decoding with onnxruntime; int8 graphs come from
+:func:`~.onnx_int8.quantize_onnx`.
 """
 
 from __future__ import annotations
@@ -231,37 +232,3 @@ class OnnxSeq2Seq:
             if finished:
                 break
         return tokens
-
-
-def _nodes_with_empty_weights(path: Path) -> list[str]:
-    """Nodes that read a zero-sized initializer (a fully removed attention or FFN): nothing to quantize there, and
-    onnxruntime's per-channel quantizer fails on them."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    empty = {t.name for t in graph.initializer if 0 in t.dims}
-    return [node.name for node in graph.node if empty & set(node.input)]
-
-
-def quantize_onnx(folder, files: list[str] | None = None, per_channel: bool = True,
-                  reduce_range: bool = False) -> list[Path]:
-    """onnxruntime's dynamic int8 quantization of each graph in ``folder``: ``X.onnx`` -> ``X.int8.onnx``.
-
-    Weights int8 with one scale per output channel (``per_channel=False``: one per tensor), activations uint8
-    quantized per call; ``reduce_range`` uses 7-bit weights (onnxruntime's advice for CPUs without VNNI). On
-    pruned MiniLM (SST-2, 500 steering rows) per-channel scales kept 86.0% where per-tensor ones gave 84.8%
-    (float32: 85.8%), at the same speed."""
-    _require("onnxruntime")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    folder = Path(folder)
-    files = files or [p.name for p in sorted(folder.glob("*.onnx")) if not p.name.endswith(".int8.onnx")]
-    if not files:
-        raise ValueError(f"{folder} holds no .onnx graph to quantize: run export_onnx first")
-    out = []
-    for name in files:
-        target = folder / name.replace(".onnx", ".int8.onnx")
-        quantize_dynamic(str(folder / name), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range, nodes_to_exclude=_nodes_with_empty_weights(folder / name))
-        out.append(target)
-    return out
