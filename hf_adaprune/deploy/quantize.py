@@ -4,8 +4,9 @@ Every ``nn.Linear`` becomes torch's dynamically quantized linear (int8 weights,
 one scale per output row; activations quantized per batch), the fastest CPU int8
 path in PyTorch here: torchao's int8 configs measured slower than fp32 on this
 CPU (no int8 CPU kernels for them in torchao 0.18 with torch 2.13), see the
-README. Outside PyTorch, onnxruntime's int8 (:func:`~.onnx.quantize_onnx`) is
-faster still at batch 1 (pruned MiniLM: 3.64x the dense model against 2.64x). Embedding tables are rounded to int8 per row and kept as float32 in
+README. Outside PyTorch, onnxruntime's int8 (:func:`~.onnx_int8.quantize_onnx`)
+is faster still at batch 1 (pruned MiniLM: 3.68x the dense model against 2.64x).
+Embedding tables are rounded to int8 per row and kept as float32 in
 memory (gathers do not get faster in int8, but the file gets 4x smaller).
 
 ``save_int8`` writes the folder ``save_pruned`` writes (config with the pruned
