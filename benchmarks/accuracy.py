@@ -37,8 +37,8 @@ import post_training  # noqa: E402
 import schedule  # noqa: E402
 
 ROOT = HERE.parent
-SCHEDULE_VARIANTS = ["control", "one-shot", "one-shot_refit", "gradual", "gradual_ema", "gradual_fisher", "gradual_ramp",
-                     "gradual_distillation", "search_refit", "search_refit_residual"]
+SCHEDULE_VARIANTS = ["control", "one-shot", "one-shot_refit", "gradual", "gradual_ema", "gradual_fisher",
+                     "gradual_ramp", "gradual_distillation", "search_refit", "search_refit_residual"]
 
 
 def arguments(argv=None) -> argparse.Namespace:
@@ -103,10 +103,12 @@ def summary(folder: Path) -> str:
                 100 * (r["test_accuracy"] - control["test_accuracy"]), r["layer_flops_removed"])
     lines = ["Accuracy at compression, all-MiniLM-L6-v2 on SST-2 (`python benchmarks/run.py --accuracy`).", ""]
     if dense:
-        lines += [f"Dense start: unseen dev {100 * dense['dev_accuracy']:.2f}%, test {100 * dense['test_accuracy']:.2f}%. "
+        lines += [f"Dense start: unseen dev {100 * dense['dev_accuracy']:.2f}%, "
+                  f"test {100 * dense['test_accuracy']:.2f}%. "
                   "Changes in points against the dense control trained the same steps with the same seed ("
-                  + "; ".join(f"seed {seed}: unseen dev {100 * c['dev_accuracy']:.2f}%, test {100 * c['test_accuracy']:.2f}%"
-                              for seed, c in sorted(all_controls.items())) + ").", ""]
+                  + "; ".join(f"seed {seed}: unseen dev {100 * c['dev_accuracy']:.2f}%, "
+                              f"test {100 * c['test_accuracy']:.2f}%" for seed, c in sorted(all_controls.items()))
+                  + ").", ""]
     lines += ["| target | variant | layer FLOPs removed (per seed) | unseen dev change (per seed) | mean "
               "| test change (per seed) | mean |", "|---|---|---|---|---|---|---|"]
 

@@ -54,8 +54,9 @@ def table_noise(model, groups, tables: int) -> dict:
 
     for costs in runs:
         totals.append(sum(cost * structure_count(model.base_model, counts[name]) for name, cost in costs.items()))
-    spreads = {name: (max(r[name] for r in runs) - min(r[name] for r in runs)) / statistics.median(r[name] for r in runs)
-               for name in runs[0] if statistics.median(r[name] for r in runs) > 0}
+    medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+    spreads = {name: (max(r[name] for r in runs) - min(r[name] for r in runs)) / median
+               for name, median in medians.items() if median > 0}
     per_kind = {}  # the median cost of one structure of each kind (a head, a neuron, a layer), first table
     for kind in sorted({type(g).__name__ for g in groups}):
         per_kind[kind] = 1000 * statistics.median(runs[0][g.name] for g in groups if type(g).__name__ == kind)
@@ -145,7 +146,8 @@ def main(argv=None) -> dict:
 
 def format_table(results: dict) -> str:
     s, noise = results["settings"], results["noise"]
-    lines = [f"{s['date']}, {s['threads']} thread(s), prune {s['prune']}, target {s['target']:.0%}, {s['steps']} steps, "
+    lines = [f"{s['date']}, {s['threads']} thread(s), prune {s['prune']}, target {s['target']:.0%}, "
+             f"{s['steps']} steps, "
              f"fixed schedule (tolerance {s['tolerance']}); latency medians of round-robin runs at seq 128", "",
              "| budget | layer FLOPs removed | layers kept | batch 1 | speed-up | batch 32 | speed-up "
              "| unseen dev acc. | test acc. |", "|---|---|---|---|---|---|---|---|---|"]
@@ -158,7 +160,8 @@ def format_table(results: dict) -> str:
         lines.append(f"| {name} | {removed} | {layers} | {b1['median_ms']:.1f} ms | {b1['speedup']:.2f}x "
                      f"| {b32['median_ms']:.0f} ms | {b32['speedup']:.2f}x "
                      f"| {100 * r['dev_accuracy']:.2f}% ({100 * (r['dev_accuracy'] - dense['dev_accuracy']):+.2f}) "
-                     f"| {100 * r['test_accuracy']:.2f}% ({100 * (r['test_accuracy'] - dense['test_accuracy']):+.2f}) |")
+                     f"| {100 * r['test_accuracy']:.2f}% "
+                     f"({100 * (r['test_accuracy'] - dense['test_accuracy']):+.2f}) |")
     lines += ["", f"Cost table measured {len(noise['totals_ms'])} times on the dense model (batch 1, seq 128): summed "
               "time of every timed module (the layers, and again the attention blocks and FFNs inside them) "
               f"{', '.join(f'{t:.1f}' for t in noise['totals_ms'])} ms (spread (max-min)/median "

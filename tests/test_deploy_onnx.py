@@ -244,7 +244,8 @@ def test_onnx_int8_stores_embedding_tables_as_int8_rows(tmp_path):
     quantize_onnx(tmp_path)
     initializers = {t.name: t for t in onnx.load(str(tmp_path / "model.int8.onnx")).graph.initializer}
     word = model.get_input_embeddings().weight.detach().numpy()
-    tables = [t for t in initializers.values() if t.data_type == onnx.TensorProto.INT8 and list(t.dims) == list(word.shape)]
+    tables = [t for t in initializers.values()
+              if t.data_type == onnx.TensorProto.INT8 and list(t.dims) == list(word.shape)]
     assert len(tables) == 1, "the word embeddings are stored as int8"
     scale = numpy_helper.to_array(initializers[tables[0].name.replace("_int8", "_row_scale")])
     assert scale.shape == (word.shape[0], 1), "one scale per row"

@@ -113,7 +113,8 @@ def test_dense_residual_refit_follows_the_accepted_model_closer_than_same_input(
 def test_refit_target_without_refit_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--pruning_refit_target same_input says what --pruning_refit matches"):
         make_args(tmp_path, pruning_refit_target="same_input")
-    with pytest.raises(ValueError, match="--pruning_refit_target must be one of dense_residual, dense_output, same_input"):
+    with pytest.raises(ValueError,
+                       match="--pruning_refit_target must be one of dense_residual, dense_output, same_input"):
         make_args(tmp_path, pruning_refit=True, pruning_refit_target="dense")
 
 

@@ -11,7 +11,8 @@ from .quantize import check_int8_request, load_int8, quantize_int8, save_int8
 from .vocabulary import check_vocabulary_request, prune_vocabulary, slice_vocabulary, token_ids_in
 
 __all__ = [
-    "CTranslate2Export", "OnnxEncoder", "OnnxSeq2Seq", "check_ctranslate2_request", "check_int8_request", "check_onnx_request",
-    "check_vocabulary_request", "export_ctranslate2", "export_onnx", "load_int8", "onnx_session", "prune_vocabulary",
-    "quantize_int8", "quantize_onnx", "save_int8", "slice_vocabulary", "token_ids_in",
+    "CTranslate2Export", "OnnxEncoder", "OnnxSeq2Seq", "check_ctranslate2_request", "check_int8_request",
+    "check_onnx_request", "check_vocabulary_request", "export_ctranslate2", "export_onnx", "load_int8",
+    "onnx_session", "prune_vocabulary", "quantize_int8", "quantize_onnx", "save_int8", "slice_vocabulary",
+    "token_ids_in",
 ]
