@@ -303,6 +303,29 @@ def test_onnx_encoder_is_called_like_the_model(head, output, tmp_path):
     runner.eval()  # an nn.Module: compare_latency and evaluation loops switch modes on it
 
 
+@pytest.mark.parametrize("model_type", ["marian", "bart"])
+def test_onnxruntime_int8_seq2seq_graphs_decode_close_to_float(model_type, tmp_path):
+    model = tiny_seq2seq(model_type)
+    pattern_masks(model, "A")
+    compact(model)
+    export_onnx(model, tmp_path)
+    int8 = quantize_onnx(tmp_path)
+    assert [p.name for p in int8] == [name.replace(".onnx", ".int8.onnx") for name in sorted(SEQ2SEQ_GRAPHS)]
+    batch = seq2seq_batch()
+    inputs, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    float_hidden = onnx_session(tmp_path, "encoder_model.onnx").run(None, {"input_ids": inputs, "attention_mask": mask})
+    int8_hidden = onnx_session(tmp_path, "encoder_model.int8.onnx").run(
+        None, {"input_ids": inputs, "attention_mask": mask})
+    scale = np.abs(float_hidden[0]).max()
+    assert 0 < np.abs(int8_hidden[0] - float_hidden[0]).max() <= 0.1 * scale  # int8 rounding, nothing broken
+    config = model.generation_config
+    runner = OnnxSeq2Seq(tmp_path, *(name.replace(".onnx", ".int8.onnx") for name in SEQ2SEQ_GRAPHS))
+    tokens = runner.generate(inputs, mask, decoder_start_token_id=config.decoder_start_token_id,
+                             eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, max_new_tokens=6)
+    assert tokens.shape[0] == inputs.shape[0] and 1 < tokens.shape[1] <= 7
+    assert (tokens[:, 0] == config.decoder_start_token_id).all()
+
+
 def test_export_refuses_a_half_precision_model(tmp_path):
     with pytest.raises(ValueError, match="float32 model; call model.float"):
         export_onnx(tiny_model("bert").half(), tmp_path)
