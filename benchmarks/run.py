@@ -605,14 +605,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--accuracy", action="store_true",
                         help="run the accuracy-at-compression suite instead (benchmarks/accuracy.py; its options "
                              "follow, e.g. --seeds 42 43 --targets 0.5 0.65)")
-    opts, rest = parser.parse_known_args(argv)
-    if opts.accuracy:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--accuracy" in argv:  # everything else goes to the accuracy suite's own parser (its --help included)
         import accuracy
 
-        return accuracy.main(rest + ["--data_dir", opts.data_dir]
-                             + (["--output_dir", opts.output_dir] if opts.output_dir else []))
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return accuracy.main([a for a in argv if a != "--accuracy"])
+    opts = parser.parse_args(argv)
     b = QUICK if opts.quick else FULL
     out = Path(opts.output_dir or ROOT / "benchmarks" / "results" / ("quick" if opts.quick else ""))
     if opts.report_only:
