@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -126,6 +127,15 @@ def test_bad_requests_fail_before_training(workspace, tmp_path, extra, message):
     out = tmp_path / "out"
     with pytest.raises(RecipeError, match=re.escape(message)):
         classification.main(classification_args(workspace, out) + SHORT_RUN + extra)
+    assert not (out / "model.safetensors").exists() and not (out / "deploy").exists()
+
+
+def test_onnx_int8_without_onnxruntime_fails_before_training(workspace, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    out = tmp_path / "out"
+    with pytest.raises(RecipeError, match=re.escape("--export_onnx: ONNX export needs onnxruntime")):
+        classification.main(classification_args(workspace, out) + SHORT_RUN
+                            + ["--export_onnx", "true", "--quantize", "int8"])
     assert not (out / "model.safetensors").exists() and not (out / "deploy").exists()
 
 

@@ -83,9 +83,12 @@ def _example_inputs(model) -> dict[str, torch.Tensor]:
     return {"inputs": ids, "attention_mask": mask}
 
 
-def check_onnx_request(model) -> None:
-    """Refuse, before any work, a model :func:`export_onnx` cannot export, or a missing onnx package."""
+def check_onnx_request(model, int8: bool = False) -> None:
+    """Refuse, before any work, a model :func:`export_onnx` cannot export, or a missing onnx package (with
+    ``int8``: or a missing onnxruntime, which :func:`~.onnx_int8.quantize_onnx` runs)."""
     _require("onnx")
+    if int8:
+        _require("onnxruntime")
     if model.main_input_name not in ("input_ids", "input_features"):
         raise ValueError(f"ONNX export handles text models (input_ids) and Whisper (input_features); "
                          f"{type(model).__name__} takes {model.main_input_name}")
