@@ -21,8 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .onnx import _require
+from .quantize import _int8_rows
 
 
 def _nodes_with_empty_weights(graph) -> list[str]:
@@ -53,12 +55,11 @@ def int8_embedding_rows(model) -> list[str]:
                 or tensor.name in outputs
                 or not all(n.op_type == "Gather" and p == 0 and _gather_axis(n) == 0 for n, p in uses)):
             continue
-        table = numpy_helper.to_array(tensor).astype(np.float32)
-        scale = np.maximum(np.abs(table).max(axis=1, keepdims=True) / 127.0, 1e-12).astype(np.float32)
-        values = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
+        values, scale = _int8_rows(torch.from_numpy(numpy_helper.to_array(tensor).astype(np.float32)))
         rows, scales = f"{tensor.name}_int8", f"{tensor.name}_row_scale"
         graph.initializer.remove(tensor)
-        graph.initializer.extend([numpy_helper.from_array(values, rows), numpy_helper.from_array(scale, scales)])
+        graph.initializer.extend([numpy_helper.from_array(values.numpy(), rows),
+                                  numpy_helper.from_array(scale[:, None].numpy(), scales)])
         for node, _ in uses:
             result, ids = node.output[0], node.input[1]
             node.input[0], node.output[0] = rows, f"{result}_int8"
