@@ -24,22 +24,23 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback
+from transformers import AutoTokenizer, DataCollatorWithPadding
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from hf_adaprune import AdaptivePruningTrainer, PruningArguments  # noqa: E402
+from hf_adaprune import attach_masks  # noqa: E402
+from hf_adaprune.families import filter_groups  # noqa: E402
+from hf_adaprune.trainer.arguments import prune_kinds  # noqa: E402
 from hf_adaprune.reporting.flops import example_inputs, model_profile  # noqa: E402
 from hf_adaprune.reporting.latency import compare_latency  # noqa: E402
 from hf_adaprune.reporting.latency_costs import latency_costs  # noqa: E402
 from post_training import SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path  # noqa: E402
-from schedule import BATCH, common_arguments  # noqa: E402
+from schedule import BATCH, prune_while_training  # noqa: E402
 
 ROOT = HERE.parent
 PRUNE = "heads,ffn,layers"
@@ -67,21 +68,10 @@ def table_noise(model, groups, tables: int) -> dict:
             "structure_cost_ms": per_kind}
 
 
-def prune(model, data, collator, tokenizer, opts, target_type: str):
-    with tempfile.TemporaryDirectory() as tmp:
-        args = PruningArguments(**common_arguments(tmp, opts.steps, opts.seed), prune=PRUNE, pruning_metric="accuracy",
-                                pruning_target=opts.target, pruning_target_type=target_type,
-                                pruning_tolerance=opts.tolerance, pruning_warmup_steps=opts.warmup,
-                                pruning_interval=opts.interval, pruning_seq_len=SEQ_LEN,
-                                pruning_latency_batch_size=1, pruning_latency_seq_len=SEQ_LEN)
-        trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data["pool"],
-                                         eval_dataset=data["check"], data_collator=collator,
-                                         processing_class=tokenizer)
-        trainer.remove_callback(PrinterCallback)
-        groups = trainer.pruning_groups
-        trainer.train()
-        report = trainer.pruning_summary().to_dict()
-    return trainer.model, report, groups
+def pruning_groups(dense) -> list:
+    """The groups the trainer scores with ``prune=PRUNE`` (found on a masked copy; ``dense`` stays as it is)."""
+    masks = attach_masks(copy.deepcopy(dense), layers=True)
+    return filter_groups(masks.groups.values(), None, prune_kinds(PRUNE))
 
 
 def main(argv=None) -> dict:
@@ -110,7 +100,10 @@ def main(argv=None) -> dict:
     models, runs = {"dense": dense}, {}
     for target_type in ("flops", "latency"):
         t0 = time.time()
-        model, report, groups = prune(copy.deepcopy(dense), data, collator, tokenizer, opts, target_type)
+        model, report, _ = prune_while_training(
+            copy.deepcopy(dense), data, collator, tokenizer, opts, opts.seed, opts.target, prune=PRUNE,
+            pruning_target_type=target_type, pruning_interval=opts.interval, pruning_latency_batch_size=1,
+            pruning_latency_seq_len=SEQ_LEN)
         models[target_type] = model.eval()
         runs[target_type] = {
             "seconds": time.time() - t0,
@@ -120,7 +113,7 @@ def main(argv=None) -> dict:
                           if d["event"] in ("keep", "rollback")]}
         log(f"{target_type} target: {runs[target_type]['layer_flops_removed']:.3f} of the layer FLOPs removed, "
             f"{model.config.num_hidden_layers} layers kept, {runs[target_type]['seconds']:.0f} s")
-    noise = table_noise(dense, groups, opts.tables)
+    noise = table_noise(dense, pruning_groups(dense), opts.tables)
     log(f"cost table: totals {[round(t, 2) for t in noise['totals_ms']]} ms, spread {noise['total_spread']:.3f}")
 
     results = {"runs": runs, "noise": noise, "latency": {}}
