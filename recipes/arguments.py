@@ -75,6 +75,12 @@ class DataArguments:
         metadata={"help": "Also save the pruned model keeping only the tokens of the training data "
                           "(OUTPUT_DIR/deploy/vocabulary); the other deploy options then start from it."},
     )
+    vocabulary_min_count: int = field(
+        default=1,
+        metadata={"help": "With --prune_vocabulary: keep a token only if it occurs in at least this many training "
+                          "rows (1: every token seen). Higher counts drop rare tokens for a smaller embedding; text "
+                          "using them is split into kept pieces."},
+    )
     quantize: str | None = field(
         default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with --export_onnx "
                                         "also onnxruntime int8 graphs, *.int8.onnx; with --export_ctranslate2 the "

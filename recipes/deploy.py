@@ -40,6 +40,11 @@ def check_arguments(data_args, training_args, model_paths) -> None:
     if data_args.quantize is not None and data_args.quantize not in QUANTIZE_CHOICES:
         raise RecipeError(f"--quantize {data_args.quantize!r}: the recipes quantize to {', '.join(QUANTIZE_CHOICES)} "
                           "(CTranslate2 int8 comes with --export_ctranslate2 --quantize int8)")
+    if data_args.vocabulary_min_count < 1:
+        raise RecipeError(f"--vocabulary_min_count {data_args.vocabulary_min_count}: a token is kept when it occurs "
+                          "in at least this many training rows; it must be 1 or more")
+    if data_args.vocabulary_min_count > 1 and not data_args.prune_vocabulary:
+        raise RecipeError("--vocabulary_min_count only applies with --prune_vocabulary true")
     if not requested(data_args):
         return
     folder = os.path.realpath(os.path.join(training_args.output_dir, DEPLOY_DIR))
@@ -79,15 +84,15 @@ def check_request(run) -> None:
             raise RecipeError(f"{flag}: {err}") from err
 
 
-def training_token_ids(dataset) -> set[int]:
-    """Every token id of the training inputs (and of the targets of seq2seq and Whisper data)."""
-    ids: set[int] = set()
-    for column in ("input_ids", "labels"):
-        if column in dataset.column_names:
-            for row in dataset[column]:
-                ids.update(row if isinstance(row, list) else [row])
-    ids.discard(IGNORED_LABEL)
-    return ids
+def training_token_rows(dataset):
+    """The token ids of each training row: its inputs (and the targets of seq2seq and Whisper data)."""
+    columns = [dataset[column] for column in ("input_ids", "labels") if column in dataset.column_names]
+    for values in zip(*columns):
+        ids: set[int] = set()
+        for value in values:
+            ids.update(value if isinstance(value, list) else [value])
+        ids.discard(IGNORED_LABEL)
+        yield list(ids)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -114,10 +119,12 @@ def deploy(run, model) -> dict:
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
-        tokenizer = prune_vocabulary(model, tokenizer, [], keep_ids=training_token_ids(run.datasets["train"]))
+        tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(run.datasets["train"]),
+                                     min_count=data_args.vocabulary_min_count)
         source = root / "vocabulary"
         save_pruned(model, source, tokenizer=tokenizer)
-        written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer))
+        written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
+                min_count=data_args.vocabulary_min_count)
         processor = None  # the smaller vocabulary's tokenizer replaces the processor's (text models only)
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)

@@ -236,3 +236,46 @@ def test_unsupported_tokenizer_refused_before_any_work():
     with pytest.raises(ValueError, match="does not support a tokenizers WordLevel model; supported: .*WordPiece"):
         prune_vocabulary(model, tokenizer, ["a film"])
     assert model.get_input_embeddings().num_embeddings == 3
+
+
+# -- min_count: rare tokens of the training rows dropped ------------------------------------------------------------
+
+
+def test_min_count_keeps_tokens_of_enough_rows():
+    tokenizer, train = minilm_tokenizer(), sst2_sentences(n=1000)
+    rows = tokenizer(train)["input_ids"]
+    rows_with = {}
+    for ids in rows:
+        for i in set(ids):
+            rows_with[i] = rows_with.get(i, 0) + 1
+    always = set(tokenizer.all_special_ids)
+    everything = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train)
+    frequent_model = tiny_bert(len(tokenizer))
+    frequent = prune_vocabulary(frequent_model, tokenizer, train, min_count=3)
+    kept = set(tokenizer.convert_tokens_to_ids(frequent.convert_ids_to_tokens(list(range(len(frequent))))))
+    expected = {i for i, n in rows_with.items() if n >= 3} | always
+    # WordPiece keeps the ## pieces a kept word's split needs, nothing else beyond the counted ones
+    assert expected <= kept and len(kept - expected) <= len(kept) // 50
+    assert len(frequent) == frequent_model.config.vocab_size < len(everything) - 100
+    rare = next(t for t in tokenizer.convert_ids_to_tokens(sorted(i for i, n in rows_with.items() if n == 1))
+                if t.isalpha() and len(t) > 3 and tokenizer.tokenize(t) == [t] and t not in frequent.get_vocab())
+    # a word whose token was dropped is split into kept pieces (or [UNK]), never kept whole
+    pieces = frequent.tokenize(rare)
+    assert pieces != [rare] and all(p in frequent.get_vocab() for p in pieces)
+
+
+def test_tokenized_rows_count_like_texts():
+    tokenizer, train = minilm_tokenizer(), sst2_sentences(n=300)
+    from_texts = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train, min_count=2)
+    from_rows = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, tokenized=tokenizer(train)["input_ids"],
+                                 min_count=2)
+    assert from_rows.get_vocab() == from_texts.get_vocab()
+
+
+@pytest.mark.parametrize("min_count", [0, -1, 1.5, True])
+def test_bad_min_count_refused_before_any_work(min_count):
+    tokenizer = minilm_tokenizer()
+    model = tiny_bert(len(tokenizer))
+    with pytest.raises(ValueError, match=r"min_count must be a whole number >= 1 \(rows a token must occur in\)"):
+        prune_vocabulary(model, tokenizer, ["a film"], min_count=min_count)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)

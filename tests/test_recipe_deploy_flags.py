@@ -74,6 +74,23 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
     assert np.abs(int8_logits - expected.numpy()).max() <= 0.05
 
 
+def test_text_classification_vocabulary_min_count(workspace, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "out"
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
+        "--prune_vocabulary", "true", "--vocabulary_min_count", "2", "--max_seq_length", "32"])
+    vocabulary = results["deploy"]["written"]["vocabulary"]
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:]]
+    rows_with: dict[int, int] = {}
+    for ids in tokenizer(texts, truncation=True, max_length=32)["input_ids"]:
+        for i in set(ids):
+            rows_with[i] = rows_with.get(i, 0) + 1
+    expected = {i for i, n in rows_with.items() if n >= 2} | set(tokenizer.all_special_ids)
+    assert vocabulary["min_count"] == 2 and vocabulary["vocab_size"] == len(expected) < len(rows_with)
+    small_tokenizer = AutoTokenizer.from_pretrained(out / "deploy" / "vocabulary")
+    assert set(small_tokenizer.get_vocab()) == set(tokenizer.convert_ids_to_tokens(sorted(expected)))
+
+
 def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path):  # noqa: F811 - the fixture
     ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
     out = tmp_path / "out"
@@ -118,6 +135,9 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
     (["--export_ctranslate2", "true"], "--export_ctranslate2: CTranslate2 export converts "
                                        "WhisperForConditionalGeneration, MarianMTModel models; got BertFor"),
     (["--quantize", "int4"], "--quantize 'int4': the recipes quantize to int8"),
+    (["--prune_vocabulary", "true", "--vocabulary_min_count", "0"],
+     "--vocabulary_min_count 0: a token is kept when it occurs in at least this many training rows; it must be 1"),
+    (["--vocabulary_min_count", "2"], "--vocabulary_min_count only applies with --prune_vocabulary true"),
     (["--prune_vocabulary", "true", "--tokenizer_name", "WORDLEVEL"],
      "--prune_vocabulary: vocabulary pruning does not support a tokenizers WordLevel model; supported: "),
 ])

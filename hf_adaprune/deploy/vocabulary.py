@@ -17,8 +17,9 @@ config records the new ``vocab_size``, so ``AutoPrunedModel``, stock
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -63,10 +64,11 @@ def _ids_named_by_configs(model) -> set[int]:
             for i in _flat_ids(getattr(config, field, None))}
 
 
-def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | None = None,
-                 batch_size: int = 1000) -> set[int]:
-    """Every id ``tokenizer`` produces for ``texts`` (and, as targets, ``target_texts``)."""
-    used: set[int] = set()
+def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterable[str] | None = None,
+                     tokenized: Iterable[Sequence[int]] = (), batch_size: int = 1000) -> Counter:
+    """How many rows each id occurs in: the rows ``tokenizer`` makes of ``texts`` (and, as targets,
+    ``target_texts``) and the already tokenized rows ``tokenized``."""
+    counts: Counter = Counter()
     for source, as_target in ((texts, False), (target_texts, True)):
         if source is None:
             continue
@@ -75,8 +77,16 @@ def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | 
             chunk = source[start:start + batch_size]
             encoded = tokenizer(text_target=chunk) if as_target else tokenizer(chunk)
             for ids in encoded["input_ids"]:
-                used.update(ids)
-    return used
+                counts.update(set(ids))
+    for ids in tokenized:
+        counts.update(set(ids) if isinstance(ids, (list, tuple)) else {ids})
+    return counts
+
+
+def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | None = None,
+                 batch_size: int = 1000) -> set[int]:
+    """Every id ``tokenizer`` produces for ``texts`` (and, as targets, ``target_texts``)."""
+    return set(token_row_counts(tokenizer, texts, target_texts, batch_size=batch_size))
 
 
 def _check_model(model):
@@ -149,20 +159,29 @@ def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
                 setattr(cfg, field, _remap_ids(getattr(cfg, field), old_to_new))
 
 
-def prune_vocabulary(model, tokenizer, texts: Iterable[str], *, target_texts: Iterable[str] | None = None,
+def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_texts: Iterable[str] | None = None,
+                     tokenized: Iterable[Sequence[int]] = (), min_count: int = 1,
                      keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()):
     """Shrink ``model``'s vocabulary (in place) to the tokens of ``texts``; return the matching tokenizer.
 
     ``texts``: the task's training inputs (for seq2seq, ``target_texts``: its training targets, tokenized
-    as targets). ``keep_tokens``: token strings to keep as well; ``keep_ids``: token ids to keep as well (the ids
-    of an already tokenized training set, say). Special tokens, added tokens and ids
-    named by the config or generation config always stay. Unsupported models or tokenizers are refused
-    before any work. Logits on text whose tokens are all kept equal the unpruned model's.
+    as targets); ``tokenized``: training rows already tokenized (lists of ids, e.g. a dataset's ``input_ids``),
+    counted like texts. ``min_count``: keep a token of these rows only when it occurs in at least that many
+    of them (as TextPruner's ``min_count``; rows, not occurrences, so one long row does not decide): 1 keeps
+    every token seen, a higher count drops rare tokens for a smaller embedding, and text using them is then
+    split into kept pieces by the tokenizer (see :mod:`.tokenizer_vocab`). ``keep_tokens``: token strings to
+    keep as well; ``keep_ids``: token ids to keep as well, whatever their count. Special tokens, added tokens
+    and ids named by the config or generation config always stay. Unsupported models or tokenizers and a
+    ``min_count`` below 1 are refused before any work. Logits on text whose tokens are all kept equal the
+    unpruned model's.
     """
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be a whole number >= 1 (rows a token must occur in), got {min_count!r}")
     check_vocabulary_request(model, tokenizer)
     family, spec = tokenizer_family(tokenizer)
     old_size = model.get_input_embeddings().num_embeddings
-    kept = token_ids_in(tokenizer, texts, target_texts)
+    counts = token_row_counts(tokenizer, texts, target_texts, tokenized)
+    kept = {i for i, count in counts.items() if count >= min_count}
     kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     kept |= _ids_named_by_configs(model)
     for token in keep_tokens:
