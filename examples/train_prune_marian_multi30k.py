@@ -116,6 +116,15 @@ def parse_args(argv=None):
     p.add_argument("--prune_steps", type=int, default=400, help="fine-tuning steps while pruning")
     p.add_argument("--prune_lr", type=float, default=3e-4)
     p.add_argument("--target", type=float, default=0.5, help="fraction of attention+FFN FLOPs to remove (>= 0.4)")
+    p.add_argument("--prune", default="heads,ffn",
+                   help="structures to prune: heads, ffn, layers or a comma list (layers: whole encoder and "
+                        "decoder layers, which is what makes generate faster at batch 1)")
+    p.add_argument("--target_type", choices=("flops", "latency"), default="flops",
+                   help="--target as a fraction of attention+FFN FLOPs, or of generate time per token measured at "
+                        "batch 1 on this machine (a latency table of every structure, taken when pruning starts)")
+    p.add_argument("--distillation", action="store_true",
+                   help="distil from the dense model while pruning (token-level KL on the decoder logits and "
+                        "layer outputs, the library's defaults)")
     p.add_argument("--tolerance", type=float, default=1.0, help="largest BLEU drop on the val slice (absolute points)")
     p.add_argument("--eval_samples", type=int, default=200, help="first N val sentences steer pruning")
     p.add_argument("--warmup_steps", type=int, default=20, help="pruning warm-up: steps before the reference")
@@ -253,8 +262,12 @@ def markdown(results: dict) -> str:
         "",
         f"Dense: Marian d_model {s['d_model']}, {s['layers']}+{s['layers']} layers, {s['heads']} heads, FFN "
         f"{s['ffn_dim']}, shared BPE vocabulary of {s['vocab']:,}; {dense_note}. Pruned: from the dense model, "
-        f"{s['prune_steps']} more steps with AdaptivePruningSeq2SeqTrainer (Taylor importance, target "
-        f"{s['target']:.0%} of attention+FFN FLOPs, final sparsity {p['final_sparsity']:.3f}, stopped: "
+        f"{s['prune_steps']} more steps with AdaptivePruningSeq2SeqTrainer (Taylor importance, pruning "
+        f"{s.get('prune', 'heads,ffn')}{', with distillation from the dense model' if s.get('distillation') else ''}, "
+        f"target {s['target']:.0%} of "
+        f"{'generate time per token at batch 1' if s.get('target_type') == 'latency' else 'attention+FFN FLOPs'}, "
+        f"final sparsity {p['final_sparsity']:.3f}, layers kept {p.get('encoder_layers', s['layers'])}+"
+        f"{p.get('decoder_layers', s['layers'])}, stopped: "
         f"{p['stop_reason']}; {s['prune_minutes']:.1f} min). BLEU/chrF: sacreBLEU (13a) against the raw "
         f"references. Latency: generate with {decoding}"
         f", at most {s['max_length']} tokens, {s['threads']} CPU threads, dense and pruned timed alternately in "
@@ -345,7 +358,9 @@ def main(argv=None) -> dict:
     prune_args = Seq2SeqPruningArguments(
         output_dir=str(out / "pruned"), learning_rate=args.prune_lr, max_steps=args.prune_steps, warmup_steps=0,
         **prune_common,
-        pruning_metric="sacrebleu", pruning_target=args.target, pruning_target_type="flops",
+        prune=args.prune, distillation=args.distillation,
+        pruning_metric="sacrebleu", pruning_target=args.target, pruning_target_type=args.target_type,
+        pruning_latency_batch_size=1, pruning_generation_tokens=24,
         pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
         pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
         pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=args.seq_len,
@@ -410,7 +425,8 @@ def main(argv=None) -> dict:
             "dense_model_reused": args.dense_model or False, "dense_steps": dense_steps,
             "dense_epochs": (dense_steps or 0) * args.batch_size / max(len(train), 1),
             "dense_time_capped": budget.stopped_at is not None, "dense_minutes": dense_minutes,
-            "target": args.target, "tolerance": args.tolerance, "prune_steps": trainer.state.global_step,
+            "target": args.target, "target_type": args.target_type, "prune": args.prune,
+            "distillation": args.distillation, "tolerance": args.tolerance, "prune_steps": trainer.state.global_step,
             "prune_minutes": prune_minutes, "threads": torch.get_num_threads(), "seed": args.seed,
         },
         "dense": {"test": dense_test, "params": comparison["params_before"]},
@@ -418,6 +434,7 @@ def main(argv=None) -> dict:
             "test": pruned_test, "val_reference": summary["metric_before"], "val_final": pruned_val,
             "final_sparsity": summary["final_sparsity"], "stop_reason": summary["stop_reason"],
             "decisions": summary["decisions"], "params": comparison["params_after"],
+            "encoder_layers": pruned.config.encoder_layers, "decoder_layers": pruned.config.decoder_layers,
         },
         "dense_control": control,
         "comparison": comparison,

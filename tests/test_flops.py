@@ -65,3 +65,14 @@ def test_comparison_is_typed_and_keeps_its_json_keys():
     assert ProfileComparison.from_dict(data) == report
     assert report["flops_removed"] == report.flops_removed and dict(report)["layers"] == data["layers"]
     assert format_comparison(data) == format_comparison(report)
+
+
+def test_write_json_writes_records_nested_in_results(tmp_path):
+    """The examples put the comparison record itself into their results; the JSON holds its dict."""
+    from hf_adaprune.reporting.report import write_json
+
+    model = tiny_model("bert")
+    report = compare_profiles(model_profile(model, seq_len=16), model_profile(model, seq_len=16))
+    write_json(tmp_path / "results.json", {"comparison": report, "loss": torch.tensor(0.5)})
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data == {"comparison": json.loads(json.dumps(report.to_dict())), "loss": 0.5}

@@ -6,7 +6,7 @@ import importlib.metadata
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .summary import PruningSummary
@@ -26,8 +26,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _plain(value):
+    """JSON form of what ``json`` does not know: records (``to_dict``), other mappings, numbers (tensors, numpy)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    return float(value)
+
+
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=float))
+    write_text(path, json.dumps(data, indent=2, default=_plain))
 
 
 def _pyplot(path):
