@@ -10,7 +10,7 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``. A request the backend cannot
-serve (vocabulary pruning of Whisper or of a tokenizer type it does not know, ONNX of an audio-frame model,
+serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX of an audio-frame model,
 CTranslate2 of a family other than Whisper and Marian, a missing package) fails before training.
 """
 
@@ -86,8 +86,12 @@ def check_request(run) -> None:
 
 def training_token_rows(dataset):
     """The token ids of each training row: its inputs (and the targets of seq2seq and Whisper data)."""
-    columns = [dataset[column] for column in ("input_ids", "labels") if column in dataset.column_names]
-    for values in zip(*columns):
+    if hasattr(dataset, "column_names"):  # a datasets.Dataset: read whole columns
+        columns = [dataset[column] for column in ("input_ids", "labels") if column in dataset.column_names]
+        rows = zip(*columns)
+    else:  # the speech recipe's in-memory examples
+        rows = ([row[key] for key in ("input_ids", "labels") if key in row] for row in dataset)
+    for values in rows:
         ids: set[int] = set()
         for value in values:
             ids.update(value if isinstance(value, list) else [value])
@@ -122,10 +126,11 @@ def deploy(run, model) -> dict:
         tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(run.datasets["train"]),
                                      min_count=data_args.vocabulary_min_count)
         source = root / "vocabulary"
-        save_pruned(model, source, tokenizer=tokenizer)
+        if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
+            processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)
+        save_pruned(model, source, tokenizer=None if processor else tokenizer, processor=processor)
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
                 min_count=data_args.vocabulary_min_count)
-        processor = None  # the smaller vocabulary's tokenizer replaces the processor's (text models only)
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")

@@ -216,18 +216,6 @@ def test_marian_sentencepiece_tokenizer(tmp_path):
     assert new_tokenizer.convert_ids_to_tokens(new) == expected
 
 
-def test_whisper_refused_before_any_work():
-    config = transformers.WhisperConfig(vocab_size=120, d_model=32, encoder_layers=1, decoder_layers=1,
-                                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
-                                        decoder_ffn_dim=16, num_mel_bins=8, max_source_positions=16,
-                                        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=1,
-                                        decoder_start_token_id=1)
-    model = transformers.WhisperForConditionalGeneration(config)
-    with pytest.raises(ValueError, match="not supported for whisper.*timestamp"):
-        prune_vocabulary(model, bpe_tokenizer(), ["a"])
-    assert model.get_input_embeddings().num_embeddings == 120
-
-
 def test_unsupported_tokenizer_refused_before_any_work():
     level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "film": 2}, unk_token="<unk>"))
     level.pre_tokenizer = pre_tokenizers.Whitespace()

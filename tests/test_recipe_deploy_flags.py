@@ -4,6 +4,7 @@ backend cannot serve fail before training, naming the flag and what is supported
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -208,9 +209,39 @@ def test_ctc_bad_requests_fail_before_training(tmp_path, manifests, tiny_ctc_dir
     assert not (out / "model.safetensors").exists()
 
 
-def test_whisper_vocabulary_pruning_fails_before_training(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811
+def test_whisper_vocabulary_and_ctranslate2(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811 - the fixtures
+    """The vocabulary folder holds the processor with the smaller tokenizer; CTranslate2 converts that folder."""
     out = tmp_path / "whisper"
-    with pytest.raises(asr.RecipeError, match=r"--prune_vocabulary: vocabulary pruning is not supported for whisper"):
-        asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False), *PRUNING,
-                  "--output_dir", str(out), "--prune_vocabulary", "true"])
-    assert not (out / "model.safetensors").exists()
+    flags = ["--prune_vocabulary", "true"]
+    ctranslate2 = None
+    if importlib.util.find_spec("ctranslate2") is not None:
+        import ctranslate2
+        flags += ["--export_ctranslate2", "true"]
+    results = asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False), *PRUNING,
+                        "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
+                        "--pruning_seq_len", "8", *flags])
+    written = results["deploy"]["written"]["vocabulary"]
+    folder = out / "deploy" / "vocabulary"
+    assert (folder / "preprocessor_config.json").is_file()
+    small = AutoPrunedModel.from_pretrained(folder).eval()
+    processor = WhisperProcessor.from_pretrained(folder)
+    assert small.config.vocab_size == len(processor.tokenizer) == written["vocab_size"] <= written["vocab_size_before"]
+    big_tokenizer = WhisperProcessor.from_pretrained(out).tokenizer
+    for row in asr.read_manifest(str(manifests["train"]), "--train_manifest", "path", "text")[:8]:
+        assert processor.tokenizer.tokenize(row["text"]) == big_tokenizer.tokenize(row["text"])
+    audio = [asr.decode_audio(str(FSDD / name), 16000, name) for name in ("3_theo_11.wav", "7_george_12.wav")]
+    features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        expected = small.generate(features, max_new_tokens=4, num_beams=1, do_sample=False)
+    if ctranslate2 is None:
+        return
+    no_timestamps = small.generation_config.no_timestamps_token_id
+    prompt = processor.tokenizer.convert_ids_to_tokens([small.generation_config.decoder_start_token_id, no_timestamps])
+    got = ctranslate2.models.Whisper(str(out / "deploy" / "ctranslate2")).generate(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features.numpy())), [prompt] * 2, beam_size=1,
+        max_length=12, suppress_blank=False)
+    eos = small.generation_config.eos_token_id
+    for row, result in zip(expected.tolist(), got):
+        row = row[: row.index(eos)] if eos in row else row
+        row = row[1:] if row[:1] == [no_timestamps] else row
+        assert len(row) >= 2 and result.sequences_ids[0][: len(row)] == row

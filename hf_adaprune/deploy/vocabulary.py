@@ -28,14 +28,24 @@ from .tokenizer_vocab import tokenizer_family
 
 # config / generation-config fields that hold token ids; the tokens they name always stay
 ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
-             "cls_token_id", "mask_token_id", "unk_token_id", "forced_bos_token_id", "forced_eos_token_id")
+             "cls_token_id", "mask_token_id", "unk_token_id", "forced_bos_token_id", "forced_eos_token_id",
+             "no_timestamps_token_id", "prev_sot_token_id")
 ID_LIST_FIELDS = ("bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
-UNSUPPORTED_MODEL_TYPES = {
-    "whisper": "Whisper's generate() computes timestamp and language token ids from fixed offsets in its "
-               "51,864-token vocabulary, so its ids cannot be renumbered; prune its heads and FFNs only",
-}
+ID_MAP_FIELDS = ("lang_to_id", "task_to_id")  # Whisper: {"<|en|>": id, ...}
+ID_PAIR_FIELDS = ("forced_decoder_ids",)  # [[position, id], ...]: only the ids are renumbered
 
 
+def _whisper_tail(model, tokenizer) -> set[int]:
+    """Whisper's generate() and tokenizer find timestamp tokens as offsets from ``<|notimestamps|>`` (and the
+    language tokens through ``lang_to_id``): every id from ``<|endoftext|>`` to the end of the vocabulary stays,
+    so the special and timestamp tokens keep their order and spacing under new ids."""
+    first = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    first = first if isinstance(first, int) else model.config.eos_token_id
+    return set(range(first, model.get_input_embeddings().num_embeddings))
+
+
+# model type -> ids that family's generate() needs beyond the tokens of the texts
+ALWAYS_KEPT = {"whisper": _whisper_tail}
 def _flat_ids(value) -> list[int]:
     if value is None:
         return []
@@ -52,6 +62,13 @@ def _remap_ids(value, old_to_new: dict[int, int]):
     return [_remap_ids(item, old_to_new) for item in value]
 
 
+def _named_ids(config) -> list[int]:
+    ids = [i for field in ID_FIELDS + ID_LIST_FIELDS for i in _flat_ids(getattr(config, field, None))]
+    ids += [i for field in ID_MAP_FIELDS for i in (getattr(config, field, None) or {}).values()]
+    ids += [pair[1] for field in ID_PAIR_FIELDS for pair in (getattr(config, field, None) or [])]
+    return ids
+
+
 def _configs(model):
     configs = [model.config]
     if getattr(model, "generation_config", None) is not None:
@@ -60,8 +77,7 @@ def _configs(model):
 
 
 def _ids_named_by_configs(model) -> set[int]:
-    return {i for config in _configs(model) for field in ID_FIELDS + ID_LIST_FIELDS
-            for i in _flat_ids(getattr(config, field, None))}
+    return {i for config in _configs(model) for i in _named_ids(config)}
 
 
 def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterable[str] | None = None,
@@ -90,9 +106,6 @@ def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | 
 
 
 def _check_model(model):
-    reason = UNSUPPORTED_MODEL_TYPES.get(model.config.model_type)
-    if reason:
-        raise ValueError(f"vocabulary pruning is not supported for {model.config.model_type}: {reason}")
     try:
         embeddings = model.get_input_embeddings()
     except NotImplementedError:  # models that read audio frames, not token ids (wav2vec2, ...)
@@ -157,6 +170,12 @@ def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
         for field in ID_FIELDS + ID_LIST_FIELDS:
             if getattr(cfg, field, None) is not None:
                 setattr(cfg, field, _remap_ids(getattr(cfg, field), old_to_new))
+        for field in ID_MAP_FIELDS:
+            if getattr(cfg, field, None):
+                setattr(cfg, field, {key: old_to_new[i] for key, i in getattr(cfg, field).items()})
+        for field in ID_PAIR_FIELDS:
+            if getattr(cfg, field, None):
+                setattr(cfg, field, [[position, old_to_new[i]] for position, i in getattr(cfg, field)])
 
 
 def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_texts: Iterable[str] | None = None,
@@ -184,6 +203,8 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     kept = {i for i, count in counts.items() if count >= min_count}
     kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     kept |= _ids_named_by_configs(model)
+    if model.config.model_type in ALWAYS_KEPT:
+        kept |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
     for token in keep_tokens:
         kept.add(tokenizer.convert_tokens_to_ids(token))
     kept |= {int(i) for i in keep_ids}
