@@ -38,7 +38,7 @@ from hf_adaprune.engine.importance import MagnitudeImportance
 from hf_adaprune.engine.selection import select_masks_by_kind
 from hf_adaprune.families import filter_groups
 from hf_adaprune.reporting.flops import model_profile, structure_costs
-from hf_adaprune.reporting.latency import compare_latency
+from hf_adaprune.reporting.latency import GenerateExactly, compare_latency
 from hf_adaprune.reporting.latency_costs import _ModuleTimer
 
 from recipes.speech.data import DEFAULT_FSDD_RECORDINGS, decode_audio
@@ -113,7 +113,7 @@ def main(argv=None):
                    "decoder_layers": len(m.model.decoder.layers)} for name, m in models.items()}
     for batch, repeats in zip(opts.batch_sizes, opts.repeats):
         inputs = features(audio[:batch], sampling_rate=features.sampling_rate, return_tensors="pt")
-        generators = {name: _Generate(model, opts.new_tokens) for name, model in models.items()}
+        generators = {name: GenerateExactly(model, opts.new_tokens) for name, model in models.items()}
         timing = compare_latency(generators, {"input_features": inputs.input_features}, repeats=repeats, warmup=2)
         for name in models:
             rows[name][f"b{batch}_median_ms"] = 1000 * timing[name]["median_s"]
@@ -163,7 +163,7 @@ def breakdown(model, input_features, new_tokens: int, repeats: int) -> dict[str,
     parts = {"encoder": ["model.encoder"], "proj_out": ["proj_out"],
              "decoder_layers": [f"model.decoder.layers.{i}" for i in range(len(model.model.decoder.layers))]}
     timer = _ModuleTimer(model, [p for paths in parts.values() for p in paths], torch.device("cpu"))
-    generate = _Generate(model, new_tokens).eval()
+    generate = GenerateExactly(model, new_tokens).eval()
     runs = []
     try:
         for index in range(repeats + 2):
@@ -177,18 +177,6 @@ def breakdown(model, input_features, new_tokens: int, repeats: int) -> dict[str,
     finally:
         timer.remove()
     return {key: 1000 * statistics.median(r[key] for r in runs) for key in runs[0]}
-
-
-class _Generate(torch.nn.Module):
-    """``generate`` of exactly ``new_tokens`` tokens as a module, for ``compare_latency``."""
-
-    def __init__(self, model, new_tokens: int):
-        super().__init__()
-        self.model, self.new_tokens = model, new_tokens
-
-    def forward(self, input_features):
-        return self.model.generate(input_features, min_new_tokens=self.new_tokens, max_new_tokens=self.new_tokens,
-                                   num_beams=1, do_sample=False)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor  # no
 
 from hf_adaprune import AutoPrunedModel, save_pruned  # noqa: E402
 from hf_adaprune.deploy import prune_vocabulary  # noqa: E402
-from hf_adaprune.reporting.latency import compare_latency, format_latency  # noqa: E402
+from hf_adaprune.reporting.latency import GenerateExactly, compare_latency, format_latency  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,17 +55,6 @@ from recipes.speech.metrics import error_rates  # noqa: E402
 from recipes.speech.model import transcribe  # noqa: E402
 
 NORMALIZATION = "lowercase,punctuation,digits"  # the example's
-
-
-class Generate(torch.nn.Module):
-    """``forward(**inputs)``: greedy ``generate`` for exactly ``tokens`` new tokens (every model does the same work)."""
-
-    def __init__(self, model, tokens: int):
-        super().__init__()
-        self.model, self.tokens = model, tokens
-
-    def forward(self, **inputs):
-        return self.model.generate(**inputs, max_new_tokens=self.tokens, min_new_tokens=self.tokens, num_beams=1)
 
 
 def parameters(model) -> int:
@@ -132,7 +121,7 @@ def main(argv=None) -> dict:
         clips = (audio * 16)[:batch_size]
         inputs = {"input_features": processor.feature_extractor(clips, sampling_rate=16000,
                                                                 return_tensors="pt")["input_features"]}
-        timing = compare_latency({name: Generate(model, opts.tokens) for name, (model, _) in models.items()},
+        timing = compare_latency({name: GenerateExactly(model, opts.tokens) for name, (model, _) in models.items()},
                                  inputs, repeats=repeats, warmup=2)
         print(format_latency(timing, title=f"generate, batch {batch_size}, {opts.tokens} new tokens"), flush=True)
         latency[f"batch_{batch_size}"] = timing

@@ -54,7 +54,7 @@ from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, WhisperProces
 
 from hf_adaprune import AutoPrunedModel  # noqa: E402
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile  # noqa: E402
-from hf_adaprune.reporting.latency import compare_latency, format_latency  # noqa: E402
+from hf_adaprune.reporting.latency import GenerateExactly, compare_latency, format_latency  # noqa: E402
 from recipes import asr  # noqa: E402
 from recipes.example_utils import example_parser, setup_example_logging, write_outputs  # noqa: E402
 from recipes.results import format_count, format_ms, format_rate, without_layers  # noqa: E402
@@ -172,17 +172,6 @@ def _profile_summary(profile: dict) -> dict:
     return {k: profile[k] for k in ("params", "flops", "layer_params", "layer_flops", "seq_len")}
 
 
-class Generate(torch.nn.Module):
-    """``forward(**inputs)`` runs greedy ``generate`` for exactly ``tokens`` new tokens (timing the same work)."""
-
-    def __init__(self, model, tokens: int):
-        super().__init__()
-        self.model, self.tokens = model, tokens
-
-    def forward(self, **inputs):
-        return self.model.generate(**inputs, max_new_tokens=self.tokens, min_new_tokens=self.tokens, num_beams=1)
-
-
 def measure_latency(dense, pruned, processor_dir: str, args) -> dict:
     processor = WhisperProcessor.from_pretrained(processor_dir)
     rows = asr.read_manifest(str(Path(args.output_dir) / "manifests" / "test.csv"), "--test_manifest", "path", "text")
@@ -192,8 +181,8 @@ def measure_latency(dense, pruned, processor_dir: str, args) -> dict:
         clips = (audio * 16)[:batch_size]
         inputs = processor.feature_extractor(clips, sampling_rate=16000, return_tensors="pt")
         inputs = {"input_features": inputs["input_features"]}
-        timings = compare_latency({"dense": Generate(dense, args.latency_tokens),
-                                   "pruned": Generate(pruned, args.latency_tokens)},
+        timings = compare_latency({"dense": GenerateExactly(dense, args.latency_tokens),
+                                   "pruned": GenerateExactly(pruned, args.latency_tokens)},
                                   inputs, repeats=args.latency_repeats, warmup=2)
         logger.info("latency:\n%s", format_latency(timings, title=f"generate, batch {batch_size}, "
                                                                     f"{args.latency_tokens} tokens"))

@@ -63,3 +63,23 @@ def test_bad_arguments():
         compare_latency({}, {})
     with pytest.raises(ValueError, match="repeats >= 1"):
         compare_latency({"a": nn.Identity()}, {"input": torch.ones(1)}, repeats=0)
+
+
+def test_generate_exactly_writes_the_same_number_of_tokens():
+    """Timed generate runs the same decoding work for every model, even one that would stop at once."""
+    from hf_adaprune.reporting.latency import GenerateExactly
+
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(transformers.MarianConfig(
+        vocab_size=20, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0, max_position_embeddings=32)).eval()
+    with torch.no_grad():  # make end-of-sequence the best token everywhere: plain generate stops after it
+        model.final_logits_bias[0, model.config.eos_token_id] = 1e4
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 2]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        assert model.generate(**inputs, max_new_tokens=6).shape[1] < 7
+        out = GenerateExactly(model, 6)(**inputs)
+    assert out.shape == (1, 7)  # the start token and exactly 6 new ones
