@@ -469,18 +469,25 @@ def median_length_sentence(sentences: list[str], tokenizer, max_length: int) -> 
 def measure_generate_latency(dense, pruned, tokenizer, sentences: list[str], data_args, generate_kwargs: dict,
                              repeats: int, warmup: int = 2) -> dict:
     """Median ``generate`` time of ``dense`` and ``pruned`` on ``sentences`` (one batch), timed alternately."""
+    return measure_generate_latencies({"dense": dense, "pruned": pruned}, tokenizer, sentences, data_args,
+                                      generate_kwargs, repeats, warmup)
+
+
+def measure_generate_latencies(models: dict, tokenizer, sentences: list[str], data_args, generate_kwargs: dict,
+                               repeats: int, warmup: int = 2) -> dict:
+    """Median ``generate`` time of each of ``models`` ({name: model}, the first the reference of the speed-ups)
+    on ``sentences`` (one batch), timed round-robin."""
     prefix = data_args.source_prefix or ""
-    device = next(pruned.parameters()).device
+    device = next(list(models.values())[-1].parameters()).device
     inputs = tokenizer([prefix + s for s in sentences], max_length=data_args.max_source_length, truncation=True,
                        padding=True, return_tensors="pt").to(device)
-    dense.to(device)
-    models = {"dense": GenerateModule(dense, **generate_kwargs), "pruned": GenerateModule(pruned, **generate_kwargs)}
+    modules = {name: GenerateModule(model.to(device), **generate_kwargs) for name, model in models.items()}
     with torch.inference_mode():
-        lengths = {name: int(m(**inputs).shape[-1]) for name, m in models.items()}
-    timings = compare_latency(models, dict(inputs), repeats=repeats, warmup=warmup)
+        lengths = {name: int(m(**inputs).shape[-1]) for name, m in modules.items()}
+    timings = compare_latency(modules, dict(inputs), repeats=repeats, warmup=warmup)
     return {"batch_size": len(sentences), "source_tokens": int(inputs["attention_mask"].sum()),
             "output_length": lengths, "generate_kwargs": generate_kwargs,
-            "threads": timings["dense"]["threads"], "results": timings}
+            "threads": next(iter(timings.values()))["threads"], "results": timings}
 
 
 # -- the task ---------------------------------------------------------------------------------------------

@@ -43,3 +43,10 @@ def test_dense_and_pruned_generate_the_same_length(tmp_path):
         assert lengths["dense"] == lengths["pruned"] == 8  # decoder start token + 7 new ones
         assert results["batches"][batch]["batch_size"] == int(batch)
     assert (tmp_path / "lat.json").exists()
+    # several pruned folders in one round-robin, named by --labels
+    results = load_script("benchmarks", "generate_latency").main([
+        "--dense", str(tmp_path / "dense"), "--pruned", str(tmp_path / "pruned"), str(tmp_path / "pruned"),
+        "--labels", "widths", "again", "--source_file", str(source), "--batch_sizes", "1", "--new_tokens", "5",
+        "--repeats", "1"])
+    assert results["batches"]["1"]["output_length"] == {"dense": 6, "widths": 6, "again": 6}
+    assert list(results["batches"]["1"]["results"]) == ["dense", "widths", "again"]
