@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
 
 def format_table(out: dict) -> str:
     s = out["settings"]
-    lines = [f"Whisper tiny.en on FSDD ({out['test_clips']} test clips): generate for exactly {s['tokens']} new tokens, "
+    lines = [f"Whisper tiny.en on FSDD ({out['test_clips']} test clips): generate for exactly {s['tokens']} new "
+             "tokens, "
              f"{s['threads']} thread(s), medians of {s['repeats'][0]} (batch 1) and {s['repeats'][1]} (batch 16) "
              "round-robin rounds", "",
              "| model | layers (enc+dec) | vocabulary | parameters | test WER | test CER | generate b1 | speed-up "

@@ -10,8 +10,9 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``. A request the backend cannot
-serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX of an audio-frame model,
-CTranslate2 of a family other than Whisper and Marian, a missing package) fails before training.
+serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
+of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package) fails
+before training.
 """
 
 from __future__ import annotations

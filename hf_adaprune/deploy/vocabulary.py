@@ -7,7 +7,10 @@ texts plus every special token and every id the config or generation config
 names, renumbers them in their old order, slices the input embeddings (and the
 tied output embeddings and ``final_logits_bias`` of seq2seq models) and returns
 a tokenizer that maps text straight to the new ids (see :mod:`.tokenizer_vocab`
-for what happens to text outside the kept vocabulary).
+for what happens to text outside the kept vocabulary). ``min_count`` drops tokens
+that occur in too few training rows. Whisper keeps every special and timestamp
+token (its ``generate`` finds them as offsets from ``<|notimestamps|>``); its
+generation config's ids are renumbered, so the model then writes only kept tokens.
 
 Save the two with ``save_pruned(model, path, tokenizer=new_tokenizer)``: the
 config records the new ``vocab_size``, so ``AutoPrunedModel``, stock
@@ -46,6 +49,8 @@ def _whisper_tail(model, tokenizer) -> set[int]:
 
 # model type -> ids that family's generate() needs beyond the tokens of the texts
 ALWAYS_KEPT = {"whisper": _whisper_tail}
+
+
 def _flat_ids(value) -> list[int]:
     if value is None:
         return []
