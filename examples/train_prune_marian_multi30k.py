@@ -123,8 +123,8 @@ def parse_args(argv=None):
                    help="--target as a fraction of attention+FFN FLOPs, or of generate time per token measured at "
                         "batch 1 on this machine (a latency table of every structure, taken when pruning starts)")
     p.add_argument("--distillation", action="store_true",
-                   help="distil from the dense model while pruning (token-level KL on the decoder logits and "
-                        "layer outputs, the library's defaults)")
+                   help="distil from the dense model while pruning (token-level KL on the decoder logits, "
+                        "temperature 2, weight 0.5 against the task loss: the library's defaults)")
     p.add_argument("--tolerance", type=float, default=1.0, help="largest BLEU drop on the val slice (absolute points)")
     p.add_argument("--eval_samples", type=int, default=200, help="first N val sentences steer pruning")
     p.add_argument("--warmup_steps", type=int, default=20, help="pruning warm-up: steps before the reference")
