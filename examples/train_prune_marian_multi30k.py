@@ -18,7 +18,10 @@ the data in ``../shared/data/multi30k`` (relative to the repository root):
    ``AdaptivePruningSeq2SeqTrainer``: Taylor importance, target ``--target`` of the
    attention+FFN FLOPs (``pruning_target_type=flops``), as long as greedy BLEU on the
    first ``--eval_samples`` val sentences stays within ``--tolerance`` BLEU points
-   (absolute) of its reference; then the model is compacted.
+   (absolute) of its reference; then the model is compacted. ``--prune heads,ffn,layers`` lets it remove
+   whole encoder and decoder layers too (what makes batch-1 ``generate`` faster), ``--target_type latency``
+   budgets by generate time per token measured at batch 1 instead of FLOPs, ``--distillation`` distils from
+   the dense model while pruning.
 4. Dense vs pruned: sacreBLEU and chrF on test_2016_flickr (greedy, scored against the
    raw reference text), parameters, FLOPs (seq ``--seq_len``), and CPU latency of
    ``generate`` (greedy) at batch 1 (a test sentence of median length) and batch 32
