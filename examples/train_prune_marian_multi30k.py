@@ -122,6 +122,9 @@ def parse_args(argv=None):
     p.add_argument("--prune", default="heads,ffn",
                    help="structures to prune: heads, ffn, layers or a comma list (layers: whole encoder and "
                         "decoder layers, which is what makes generate faster at batch 1)")
+    p.add_argument("--roles", default="all",
+                   help="roles to prune (pruning_roles): e.g. decoder_self,cross,decoder for the decoder only, "
+                        "which batch-1 generate pays once per token")
     p.add_argument("--target_type", choices=("flops", "latency"), default="flops",
                    help="--target as a fraction of attention+FFN FLOPs, or of generate time per token measured at "
                         "batch 1 on this machine (a latency table of every structure, taken when pruning starts)")
@@ -266,7 +269,9 @@ def markdown(results: dict) -> str:
         f"Dense: Marian d_model {s['d_model']}, {s['layers']}+{s['layers']} layers, {s['heads']} heads, FFN "
         f"{s['ffn_dim']}, shared BPE vocabulary of {s['vocab']:,}; {dense_note}. Pruned: from the dense model, "
         f"{s['prune_steps']} more steps with AdaptivePruningSeq2SeqTrainer (Taylor importance, pruning "
-        f"{s.get('prune', 'heads,ffn')}{', with distillation from the dense model' if s.get('distillation') else ''}, "
+        f"{s.get('prune', 'heads,ffn')}"
+        f"{'' if s.get('roles', 'all') == 'all' else ' (roles ' + s['roles'] + ')'}"
+        f"{', with distillation from the dense model' if s.get('distillation') else ''}, "
         f"target {s['target']:.0%} of "
         f"{'generate time per token at batch 1' if s.get('target_type') == 'latency' else 'attention+FFN FLOPs'}, "
         f"final sparsity {p['final_sparsity']:.3f}, layers kept {p.get('encoder_layers', s['layers'])}+"
@@ -361,7 +366,7 @@ def main(argv=None) -> dict:
     prune_args = Seq2SeqPruningArguments(
         output_dir=str(out / "pruned"), learning_rate=args.prune_lr, max_steps=args.prune_steps, warmup_steps=0,
         **prune_common,
-        prune=args.prune, distillation=args.distillation,
+        prune=args.prune, pruning_roles=args.roles, distillation=args.distillation,
         pruning_metric="sacrebleu", pruning_target=args.target, pruning_target_type=args.target_type,
         pruning_latency_batch_size=1, pruning_generation_tokens=24,
         pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
@@ -428,7 +433,7 @@ def main(argv=None) -> dict:
             "dense_model_reused": args.dense_model or False, "dense_steps": dense_steps,
             "dense_epochs": (dense_steps or 0) * args.batch_size / max(len(train), 1),
             "dense_time_capped": budget.stopped_at is not None, "dense_minutes": dense_minutes,
-            "target": args.target, "target_type": args.target_type, "prune": args.prune,
+            "target": args.target, "target_type": args.target_type, "prune": args.prune, "roles": args.roles,
             "distillation": args.distillation, "tolerance": args.tolerance, "prune_steps": trainer.state.global_step,
             "prune_minutes": prune_minutes, "threads": torch.get_num_threads(), "seed": args.seed,
         },
