@@ -12,6 +12,9 @@ whole prefix every step). Transformers' cached
 (``compare_latency``), medians; per-token figures are the median divided by ``--new_tokens``.
 
     python benchmarks/onnx_generate.py      # -> benchmarks/results/onnx_generate.json
+
+With ``--dense FOLDER`` (the dense model ``--model`` was pruned from) the dense model is exported and timed in
+the same round-robin, with and without onnxruntime, so the pruned model's speed-up shows in both runtimes.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def pruned_marian(target: float, seq_len: int, seed: int):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a saved (pruned) Marian folder instead of the random one")
+    p.add_argument("--dense", default=None, help="also time this dense Marian folder (e.g. --model's dense start)")
     p.add_argument("--target", type=float, default=0.5, help="share of attention+FFN FLOPs removed")
     p.add_argument("--source_length", type=int, default=14, help="source tokens (Multi30k's median is ~14)")
     p.add_argument("--new_tokens", type=int, default=24)
@@ -84,14 +88,25 @@ def main(argv=None) -> dict:
     mask = torch.ones_like(ids)
     kwargs = dict(decoder_start_token_id=config.decoder_start_token_id, eos_token_id=-1,  # never stops early
                   pad_token_id=config.pad_token_id, max_new_tokens=args.new_tokens)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as dense_folder:
         export_onnx(model, folder)
         runner = OnnxSeq2Seq(folder, threads=args.threads)
+        dense_calls = {}
+        if args.dense:
+            dense = transformers.AutoModelForSeq2SeqLM.from_pretrained(args.dense).eval()
+            export_onnx(dense, dense_folder)
+            dense_runner = OnnxSeq2Seq(dense_folder, threads=args.threads)
+            dense_calls = {
+                "dense: onnx, past": _Call(lambda: dense_runner.generate(ids.numpy(), mask.numpy(), use_cache=True,
+                                                                         **kwargs)),
+                "dense: transformers generate (cache)": _Call(lambda: dense.generate(
+                    input_ids=ids, attention_mask=mask, min_new_tokens=args.new_tokens,
+                    max_new_tokens=args.new_tokens, num_beams=1, do_sample=False))}
         with_past = runner.generate(ids.numpy(), mask.numpy(), use_cache=True, **kwargs)
         without = runner.generate(ids.numpy(), mask.numpy(), use_cache=False, **kwargs)
         assert np.array_equal(with_past, without), "the two paths must give the same tokens"
         assert with_past.shape[1] == args.new_tokens + 1
-        calls = {
+        calls = dense_calls | {
             "onnx, no past": _Call(lambda: runner.generate(ids.numpy(), mask.numpy(), use_cache=False, **kwargs)),
             "onnx, past": _Call(lambda: runner.generate(ids.numpy(), mask.numpy(), use_cache=True, **kwargs)),
             "transformers generate (cache)": _Call(lambda: model.generate(
@@ -106,12 +121,22 @@ def main(argv=None) -> dict:
         print(f"{name}: {ms:.2f} ms per generated token")
     ratio = per_token["onnx, no past"] / per_token["onnx, past"]
     print(f"past vs no past: {ratio:.2f}x faster per generated token")
+    pruned_vs_dense = {}
+    if args.dense:
+        pruned_vs_dense = {
+            "onnxruntime": per_token["dense: onnx, past"] / per_token["onnx, past"],
+            "transformers": per_token["dense: transformers generate (cache)"]
+            / per_token["transformers generate (cache)"],
+            "pruned onnxruntime vs dense transformers": per_token["dense: transformers generate (cache)"]
+            / per_token["onnx, past"]}
+        print("pruned vs dense: " + ", ".join(f"{k} {v:.2f}x" for k, v in pruned_vs_dense.items()))
     heads = {f"decoder.layers.{i}": (layer.self_attn.num_heads if hasattr(layer.self_attn, "num_heads") else 0,
                                      layer.encoder_attn.num_heads if hasattr(layer.encoder_attn, "num_heads") else 0)
              for i, layer in enumerate(model.model.decoder.layers)}
     result = {"model": args.model or "random Marian " + json.dumps(MARIAN), "target": args.target,
               "decoder_heads_self_cross": heads, "source_length": args.source_length, "new_tokens": args.new_tokens,
-              "threads": args.threads, "timing": timing, "ms_per_token": per_token, "past_speedup_per_token": ratio}
+              "threads": args.threads, "timing": timing, "ms_per_token": per_token, "past_speedup_per_token": ratio,
+              "dense": args.dense, "pruned_vs_dense_per_token": pruned_vs_dense}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
