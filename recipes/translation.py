@@ -71,7 +71,7 @@ from transformers import (
 
 from hf_adaprune import Seq2SeqPruningArguments
 from hf_adaprune.metrics import headline_value, load_metric
-from hf_adaprune.reporting.latency import compare_latency, format_latency
+from hf_adaprune.reporting.latency import GenerateModule, compare_latency, format_latency
 from hf_adaprune.task_metrics import decode_ids, generation_metrics
 from recipes.arguments import (
     DataArguments,
@@ -445,18 +445,6 @@ def score_translations(predictions, references: list[str], tokenizer) -> dict[st
         result = load_metric(name).compute(predictions=hypotheses, references=[[r] for r in references])
         out[name] = headline_value(name, result)
     return out
-
-
-class GenerateModule(torch.nn.Module):
-    """``model.generate(**inputs, **generate_kwargs)`` as a module, so :func:`compare_latency` can time it."""
-
-    def __init__(self, model, **generate_kwargs):
-        super().__init__()
-        self.model = model
-        self.generate_kwargs = generate_kwargs
-
-    def forward(self, **inputs):
-        return self.model.generate(**inputs, **self.generate_kwargs)
 
 
 # -- latency -----------------------------------------------------------------------------------------------

@@ -22,20 +22,26 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["GenerateExactly", "compare_latency", "format_latency"]
+__all__ = ["GenerateExactly", "GenerateModule", "compare_latency", "format_latency"]
 
 
-class GenerateExactly(nn.Module):
-    """Greedy ``generate`` of exactly ``new_tokens`` tokens as a module, so that :func:`compare_latency` times
-    every model on the same decoding work (a model that stops earlier would otherwise look faster)."""
+class GenerateModule(nn.Module):
+    """``model.generate(*args, **inputs, **generate_kwargs)`` as a module, so :func:`compare_latency` can time it."""
 
-    def __init__(self, model, new_tokens: int):
+    def __init__(self, model, **generate_kwargs):
         super().__init__()
-        self.model, self.new_tokens = model, new_tokens
+        self.model, self.generate_kwargs = model, generate_kwargs
 
     def forward(self, *args, **inputs):
-        return self.model.generate(*args, **inputs, min_new_tokens=self.new_tokens, max_new_tokens=self.new_tokens,
-                                   num_beams=1, do_sample=False)
+        return self.model.generate(*args, **inputs, **self.generate_kwargs)
+
+
+class GenerateExactly(GenerateModule):
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens, so that :func:`compare_latency` times every model on
+    the same decoding work (a model that stops earlier would otherwise look faster)."""
+
+    def __init__(self, model, new_tokens: int):
+        super().__init__(model, min_new_tokens=new_tokens, max_new_tokens=new_tokens, num_beams=1, do_sample=False)
 
 
 def _synchronize(inputs: Mapping) -> None:
