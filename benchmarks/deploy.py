@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency, format_latency
+import run_record  # noqa: E402 (neighbour)
 from post_training import SEED, SEQ_LEN, accuracy, dense_model, load_data, log, minilm_path  # noqa: E402 (neighbour)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,14 +224,9 @@ def main(argv=None) -> dict:
            "int8_reload_max_logit_diff": int8_reload_max_diff,
            "settings": {k: v for k, v in vars(opts).items() if k != "output"}, "seq_len": SEQ_LEN,
            "dev_samples": len(data["dev"]), "test_samples": len(data["test"]),
-           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                       "load_average_1min_start_end": [load_start[0], os.getloadavg()[0]]},
+           "machine": run_record.machine(load_start),
            "minutes": (time.time() - started) / 60}
-    table = format_table(out)
-    print(table)
-    if opts.output:
-        Path(opts.output).write_text(json.dumps(out, indent=2) + "\n")
-        Path(opts.output).with_suffix(".md").write_text(table + "\n")
+    run_record.write_outputs(opts.output, out, format_table(out))
     return out
 
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -53,6 +51,8 @@ from recipes import asr  # noqa: E402
 from recipes.speech.data import make_normalizer, parse_normalization  # noqa: E402
 from recipes.speech.metrics import error_rates  # noqa: E402
 from recipes.speech.model import transcribe  # noqa: E402
+
+import run_record  # noqa: E402 (this script's neighbour)
 
 NORMALIZATION = "lowercase,punctuation,digits"  # the example's
 
@@ -82,6 +82,7 @@ def main(argv=None) -> dict:
     dense = WhisperForConditionalGeneration.from_pretrained(run / "pruned" / "dense_control").eval()
     pruned = AutoPrunedModel.from_pretrained(run / "pruned").eval()
     train_rows = asr.read_manifest(str(run / "manifests" / "train.csv"), "--train_manifest", "path", "text")
+
     def with_vocabulary(model):
         """A copy of ``model`` with the training transcripts' vocabulary, saved and reloaded as users would."""
         model = copy.deepcopy(model)
@@ -128,14 +129,9 @@ def main(argv=None) -> dict:
     out = {"results": results, "latency": latency, "test_clips": len(rows),
            "same_transcripts_with_vocabulary": same,
            "settings": {k: v for k, v in vars(opts).items() if k != "output"},
-           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                       "load_average_1min_start_end": [load_start[0], os.getloadavg()[0]]},
+           "machine": run_record.machine(load_start),
            "minutes": (time.time() - started) / 60}
-    table = format_table(out)
-    print(table)
-    if opts.output:
-        Path(opts.output).write_text(json.dumps(out, indent=2) + "\n")
-        Path(opts.output).with_suffix(".md").write_text(table + "\n")
+    run_record.write_outputs(opts.output, out, format_table(out))
     return out
 
 

@@ -1,0 +1,24 @@
+"""What every benchmark run records beside its figures, and how it writes them (``X.json`` and ``X.md``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def machine(load_start: tuple[float, float, float]) -> dict:
+    """CPU count, platform, torch and the 1-minute load average at the start (``load_start``) and now."""
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+            "load_average_1min_start_end": [load_start[0], os.getloadavg()[0]]}
+
+
+def write_outputs(output: str | None, results: dict, table: str) -> None:
+    """Print ``table``; with ``output``, write ``results`` there as JSON and ``table`` beside it as ``.md``."""
+    print(table)
+    if output:
+        Path(output).write_text(json.dumps(results, indent=2) + "\n")
+        Path(output).with_suffix(".md").write_text(table + "\n")
