@@ -49,7 +49,7 @@ def kind_of(name: str) -> str:
 
 
 def breakdown(model, inputs, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` profiled forwards of each kind's own CPU time (ms), and the wall time."""
+    """Median over ``repeats`` profiled forwards of each kind's own CPU time (ms), and of their sum (``total``)."""
     per_kind = defaultdict(list)
     with torch.inference_mode():
         model(**inputs)
