@@ -256,6 +256,12 @@ class PostTrainingArguments:
     post_training_calibration_samples: int = field(
         default=2048, metadata={"help": "Training rows (seeded random) whose gradients score the structures."}
     )
+    post_training_long_share: float = field(
+        default=0.0,
+        metadata={"help": "Share of the calibration rows drawn from the longest fifth of training rows "
+                          "(length_mixed_calibration; the rest at random). 0.5 kept more accuracy on SST-2 sentences "
+                          "when the training rows are short phrases (README, Pruning without training)."},
+    )
     post_training_refit: bool = field(
         default=True, metadata={"help": "Re-fit each pruned layer's output projection by least squares."}
     )

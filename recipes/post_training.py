@@ -16,7 +16,8 @@ import time
 
 from transformers import AutoConfig
 
-from hf_adaprune.post_training import REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, post_training_prune
+from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
+                                      post_training_prune)
 from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.eval_order import first_rows
 
@@ -33,6 +34,7 @@ KINDS = {"both": ("heads", "ffn"), "heads": ("heads",), "ffn": ("ffn",), "heads,
 TRAINING_ONLY = (("dense_control", False), ("distillation", False), ("teacher_model_name_or_path", None),
                  ("pruning_score_ema", 0.0), ("pruning_schedule", "gradual"))
 # options post_training_prune has no counterpart for: (option, the only value it runs with)
+POOL_FACTOR = 5  # --post_training_long_share: training rows tokenized per calibration row
 FIXED = (("pruning_target_type", "flops"), ("pruning_roles", "all"), ("pruning_multiple_of", 1))
 
 
@@ -63,6 +65,9 @@ def check_arguments(model_args, data_args, training_args) -> None:
     if data_args.post_training_ridge < 0:
         raise RecipeError(f"--post_training_ridge must be >= 0; got {data_args.post_training_ridge}")
     check_minimum(data_args, ("post_training_calibration_samples", "post_training_refit_samples"), 1)
+    if not 0.0 <= data_args.post_training_long_share <= 1.0:
+        raise RecipeError(f"--post_training_long_share is the share of calibration rows drawn from the longest "
+                          f"training rows; it must lie in [0, 1], got {data_args.post_training_long_share}")
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise RecipeError(f"--post_training supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; "
@@ -92,14 +97,20 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     run, _ = prepare_run(task, argv)
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     check_labels(run)
-    # only the calibration rows of the training data are used: tokenize no more
-    run.splits["train"] = subsample(run.splits["train"], data_args.post_training_calibration_samples,
-                                    training_args.seed)
+    # only the calibration rows of the training data are used: tokenize no more (with long rows mixed in, a pool
+    # of POOL_FACTOR times as many rows to find the longest fifth in)
+    samples = data_args.post_training_calibration_samples
+    pool = samples * (POOL_FACTOR if data_args.post_training_long_share > 0 else 1)
+    run.splits["train"] = subsample(run.splits["train"], pool, training_args.seed)
     task.build(run)
     deploy.check_request(run)
     run.model.config._name_or_path = model_args.base_model_id or ""
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
     calibration = run.datasets["train"]
+    if data_args.post_training_long_share > 0:
+        calibration = _as_recipe_error(lambda: length_mixed_calibration(
+            calibration, min(samples, len(calibration)), long_share=data_args.post_training_long_share,
+            seed=training_args.seed))
     result = _as_recipe_error(lambda: post_training_prune(  # bad values fail before any forward pass
         run.model, calibration, training_args.pruning_target, metric=training_args.pruning_metric,
         tolerance=training_args.pruning_tolerance, eval_dataset=decision_set,
@@ -113,10 +124,10 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
         data_collator=run.data_collator,
         output_dir=training_args.output_dir if training_args.should_save else None,
         progress=not training_args.disable_tqdm))
-    return finish(task, run, result, started)
+    return finish(task, run, result, started, len(calibration))
 
 
-def finish(task: Task, run: Run, result, started: float) -> dict:
+def finish(task: Task, run: Run, result, started: float, calibration_samples: int) -> dict:
     """Test scores (dense as loaded, pruned), latency, deployed copies, model card and results.json."""
     data_args, training_args = run.data_args, run.training_args
     test_dataset = run.datasets.get("test")
@@ -144,7 +155,8 @@ def finish(task: Task, run: Run, result, started: float) -> dict:
         "pruning": {"criterion": training_args.pruning_criterion, "target": training_args.pruning_target,
                     "target_type": "flops", "final_sparsity": comparison["layer_flops_removed"],
                     "stop_reason": f"post-training, no optimizer step ({stop})"},
-        "post_training": {"calibration_samples": len(run.datasets["train"]),
+        "post_training": {"calibration_samples": calibration_samples,
+                          "long_share": data_args.post_training_long_share,
                           "refit": data_args.post_training_refit,
                           "refit_target": data_args.post_training_refit_target,
                           "refit_samples": data_args.post_training_refit_samples,

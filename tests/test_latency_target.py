@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from hf_adaprune import attach_masks
 from hf_adaprune.reporting.latency_costs import latency_costs

@@ -9,7 +9,7 @@ import torch
 from hf_adaprune import AutoPrunedModel, get_masks
 from hf_adaprune.engine.selection import round_kept, select_masks_by_kind, structure_multiple
 
-from conftest import text_batch, tiny_model
+from conftest import text_batch
 from test_trainer import make_args, make_trainer
 
 

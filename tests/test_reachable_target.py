@@ -15,7 +15,7 @@ from test_trainer import make_trainer
 def test_trainer_warns_of_a_target_the_floors_block(tmp_path, caplog, floor, reachable):
     with caplog.at_level(logging.WARNING, logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, prune="heads", pruning_target=0.5, min_heads_per_layer=floor)
-    assert any(f"target 0.5 cannot be reached" in r.message and f"min_heads_per_layer={floor}" in r.message
+    assert any("target 0.5 cannot be reached" in r.message and f"min_heads_per_layer={floor}" in r.message
                and f"at most {reachable}" in r.message for r in caplog.records), caplog.text
 
 

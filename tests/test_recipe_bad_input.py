@@ -11,7 +11,6 @@ A fuzz test feeds a few hundred corrupted small files through the data steps.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess

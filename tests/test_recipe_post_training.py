@@ -72,6 +72,28 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     assert model.config.adaprune["groups"]
 
 
+def test_long_share_mixes_the_longest_training_rows_into_the_calibration(workspace, fine_tuned, tmp_path,
+                                                                          monkeypatch):  # noqa: F811
+    import recipes.post_training as post_training
+
+    drawn = {}
+    original = post_training.length_mixed_calibration
+
+    def recorded(dataset, samples, **kwargs):
+        drawn["pool"], drawn["chosen"] = dataset, original(dataset, samples, **kwargs)
+        return drawn["chosen"]
+
+    monkeypatch.setattr(post_training, "length_mixed_calibration", recorded)
+    results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--post_training_calibration_samples",
+                                    "20", "--post_training_long_share", "0.5"))
+    assert results["post_training"]["calibration_samples"] == 20 and results["post_training"]["long_share"] == 0.5
+    pool_lengths = sorted((len(ids) for ids in drawn["pool"]["input_ids"]), reverse=True)
+    assert len(pool_lengths) == 60  # 5 x 20 rows asked, the workspace's 60 training rows at most
+    long_length = pool_lengths[len(pool_lengths) // 5 - 1]  # the shortest length among the longest fifth
+    chosen = [len(ids) for ids in drawn["chosen"]["input_ids"]]
+    assert len(chosen) == 20 and sum(n >= long_length for n in chosen) >= 10
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dense_control", "true"], "--dense_control applies to pruning while training"),
     (["--distillation", "true"], "--distillation applies to pruning while training"),
@@ -82,6 +104,7 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     (["--pruning_multiple_of", "8"], "leave --pruning_multiple_of at 1"),
     (["--resume_from_checkpoint", "true"], "no checkpoints to resume from"),
     (["--pruning_target", "1.0"], "--pruning_target must be in"),
+    (["--post_training_long_share", "1.5"], "--post_training_long_share .* must lie in \\[0, 1\\], got 1.5"),
     (["--label_mapping", "1:positive,0:negative"], "the data's labels"),
 ])
 def test_bad_combinations_fail_before_any_work(workspace, fine_tuned, tmp_path, extra, message):  # noqa: F811

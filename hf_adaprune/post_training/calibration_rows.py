@@ -1,0 +1,49 @@
+"""Which training rows to calibrate on: a random sample, with a share of long rows added.
+
+The re-fit (:mod:`.refit`) solves each pruned projection's least squares on the calibration
+tokens, so it fits the inputs it is shown. SST-2's training rows are mostly short phrases
+(median 7 words; its test sentences: 19), and a model calibrated on a random sample of them
+kept less accuracy on whole sentences than on phrases; calibrated on long rows only, it lost
+8 points on phrases. :func:`length_mixed_calibration` takes half of the rows at random and
+half from the longest fifth, which kept more accuracy on both in ``benchmarks/calibration_lengths.py``
+(figures in the README, "Pruning without training").
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, long_fraction: float = 0.2,
+                             seed: int = 0, length_column: str = "input_ids"):
+    """``samples`` rows of ``dataset`` (a tokenized ``datasets.Dataset``), shuffled: ``long_share`` of them drawn
+    from the longest ``long_fraction`` of its rows (by the length of ``length_column``), the others from the
+    remaining rows; no row twice. ``long_share=0`` gives a plain random sample.
+
+    Pass the result as ``post_training_prune``'s calibration dataset; it is shuffled, so the re-fit's first
+    ``refit_samples`` rows hold both kinds.
+    """
+    if not 0.0 <= long_share <= 1.0:
+        raise ValueError(f"long_share is the fraction of calibration rows drawn from the long ones; it must lie in "
+                         f"[0, 1], got {long_share}")
+    if not 0.0 < long_fraction <= 1.0:
+        raise ValueError(f"long_fraction is the share of the dataset's rows that count as long; it must lie in "
+                         f"(0, 1], got {long_fraction}")
+    if length_column not in dataset.column_names:
+        raise ValueError(f"the dataset has no column {length_column!r} to measure lengths by (columns: "
+                         f"{', '.join(dataset.column_names)}); tokenize it first or pass length_column")
+    if not 1 <= samples <= len(dataset):
+        raise ValueError(f"samples must lie between 1 and the dataset's {len(dataset)} rows, got {samples}")
+    lengths = [len(value) for value in dataset[length_column]]
+    by_length = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    long_rows = by_length[:max(1, round(long_fraction * len(lengths)))]
+    other_rows = by_length[len(long_rows):]
+    wanted_long = round(long_share * samples)
+    if wanted_long > len(long_rows) or samples - wanted_long > len(other_rows):
+        raise ValueError(f"{samples} rows with long_share {long_share} need {wanted_long} of the {len(long_rows)} "
+                         f"long rows and {samples - wanted_long} of the {len(other_rows)} others; ask for fewer "
+                         "samples or change long_share / long_fraction")
+    rng = random.Random(seed)
+    chosen = rng.sample(long_rows, wanted_long) + rng.sample(other_rows, samples - wanted_long)
+    rng.shuffle(chosen)
+    return dataset.select(chosen)
