@@ -4,8 +4,9 @@
 The dense all-MiniLM-L6-v2 of ``benchmarks/post_training.py`` (fine-tuned one epoch on 7,000 SST-2 training
 phrases, cached in ``outputs/post_training_benchmark/dense``) is pruned with ``post_training_prune`` (Taylor
 scores, the default re-fit on every calibration row) to each ``--targets`` fraction of its layer FLOPs,
-once per calibration kind and ``--seeds`` draw. The calibration rows (``--calibration_samples``) come from ``train.tsv`` phrases the dense
-model never saw (after its 7,000 and the post-training benchmark's 2,048 calibration phrases). Scored on:
+once per calibration kind and ``--seeds`` draw. The calibration rows (``--calibration_samples``) come from
+``train.tsv`` phrases the dense model never saw (after its 7,000 and the post-training benchmark's 2,048
+calibration phrases). Scored on:
 
 * ``check``: the 500 ``dev.tsv`` rows of the post-training metric check (steering rows);
 * ``long check``: 1,000 rows of the longest fifth of 10,000 further ``train.tsv`` phrases, disjoint from every
