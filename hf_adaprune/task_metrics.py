@@ -145,8 +145,17 @@ def local_metric(name: str, **kwargs) -> LocalMetric:
     return LocalMetric(name, kwargs)
 
 
+# label metrics that average over classes: binary for two classes, macro-averaged for more
+AVERAGED = ("f1", "precision", "recall")
+
+
 def classification_metrics(name: str):
-    """Argmax over logits, then ``name`` against the labels."""
+    """Argmax over logits, then ``name`` against the labels.
+
+    ``f1``, ``precision`` and ``recall`` are binary (class 1) for a two-class head and macro-averaged over
+    the classes for a head with more (the Hub metrics' binary default would fail on more than two classes,
+    and only once the evaluated rows hold a third class, possibly hours into a run).
+    """
     from .metrics import headline_value, load_metric
 
     metric = load_metric(name)
@@ -155,10 +164,12 @@ def classification_metrics(name: str):
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         if isinstance(logits, tuple):
             logits = logits[0]
-        predictions = np.asarray(logits).argmax(-1)
+        logits = np.asarray(logits)
+        predictions = logits.argmax(-1)
         labels = np.asarray(labels)
         keep = labels != -100  # token classification pads labels with -100
-        result = metric.compute(predictions=predictions[keep].tolist(), references=labels[keep].tolist())
+        options = {"average": "macro"} if name in AVERAGED and logits.shape[-1] > 2 else {}
+        result = metric.compute(predictions=predictions[keep].tolist(), references=labels[keep].tolist(), **options)
         return {name: headline_value(name, result)}
 
     return compute_metrics

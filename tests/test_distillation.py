@@ -115,6 +115,31 @@ def test_seq2seq_loss_counts_labelled_tokens_only(tmp_path, family):
     assert abs(got.item() - expected.item()) <= TOL
 
 
+def test_label_smoothing_leaves_the_distilled_positions_alone(tmp_path):
+    """Trainer.compute_loss pops ``labels`` when label smoothing is on; the KL still covers labelled tokens only."""
+    model, inputs = seq2seq_case("marian")
+    inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])
+    teacher = copy_teacher(perturbed(model))
+    data = toy_dataset()
+    args = Seq2SeqPruningArguments(
+        str(tmp_path), max_steps=4, pruning_metric="loss", pruning_warmup_steps=2, pruning_interval=2,
+        pruning_target=0.5, pruning_seq_len=16, report_to="none", use_cpu=True, save_strategy="no",
+        distillation=True, distillation_alpha=0.0, distillation_temperature=2.0, label_smoothing_factor=0.1)
+    trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
+                                            eval_dataset=data.select(range(8)))
+    trainer.distillation_teacher = teacher
+    model.train()
+    batch = dict(inputs)
+    got = trainer.compute_loss(model, batch)
+    assert "labels" in batch  # the caller's batch is not changed
+    with torch.no_grad():
+        s, t = model(**inputs).logits, teacher(**inputs).logits
+    mask = (inputs["labels"] != -100).float()
+    expected = 2.0 ** 2 * (kl(s, t, 2.0) * mask).sum() / mask.sum()  # alpha 0: the KL term alone
+    assert abs(got.item() - expected.item()) <= TOL
+    assert abs(got.item() - 2.0 ** 2 * kl(s, t, 2.0).mean().item()) > 1e-3  # the mean over all positions differs
+
+
 def test_ctc_distils_over_real_frames():
     model = tiny_ctc_model("wav2vec2")
     batch = audio_batch()

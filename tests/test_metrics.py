@@ -7,6 +7,7 @@ import socket
 import sys
 
 import huggingface_hub.constants
+import numpy as np
 
 import evaluate
 import evaluate.config
@@ -257,3 +258,23 @@ def test_headline_value():
     for name in LOCAL_METRICS:
         preds, refs = (PREDS, REFS) if name in LABEL_METRICS else ([HYP], [REF])
         assert isinstance(headline_value(name, compute(name, predictions=preds, references=refs)), float)
+
+
+def test_f1_precision_recall_are_binary_for_two_classes_and_macro_averaged_for_more():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+    from transformers import EvalPrediction
+
+    from hf_adaprune.task_metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    for classes, average in ((2, "binary"), (3, "macro")):
+        logits = rng.normal(size=(40, classes))
+        labels = rng.integers(0, classes, size=40)
+        predictions = logits.argmax(-1)
+        for name, score in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
+            value = classification_metrics(name)(EvalPrediction(predictions=logits, label_ids=labels))[name]
+            assert value == pytest.approx(score(labels, predictions, average=average), abs=1e-12), (name, classes)
+    # a three-class head scored on rows holding two of its classes: still macro over the classes seen
+    logits = rng.normal(size=(10, 3))
+    value = classification_metrics("f1")(EvalPrediction(predictions=logits, label_ids=np.array([0, 1] * 5)))["f1"]
+    assert value == pytest.approx(f1_score([0, 1] * 5, logits.argmax(-1), average="macro"), abs=1e-12)

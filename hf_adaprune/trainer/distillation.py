@@ -227,7 +227,8 @@ class DistillationMixin:
                                         num_items_in_batch=num_items_in_batch)
         if args.distillation_hidden_weight > 0:
             inputs = {**inputs, "output_hidden_states": True}
-        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+        # a copy: with label smoothing, Trainer.compute_loss pops "labels", which mark the positions to distil
+        task_loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True,
                                                   num_items_in_batch=num_items_in_batch)
         follow(teacher, self.pruned_model)  # the student may have moved (Trainer places it at train())
         with torch.no_grad():
