@@ -126,3 +126,67 @@ def test_peft_model_is_refused_with_the_merge_route(tmp_path):
     data = toy_dataset(32)
     with pytest.raises(TypeError, match=r"merge_and_unload\(\)"):
         AdaptivePruningTrainer(model=model, args=make_args(tmp_path), train_dataset=data, eval_dataset=data)
+
+
+def test_eval_sets_decisions_cannot_read_are_refused_when_the_trainer_is_built(tmp_path):
+    data = toy_dataset(32)
+
+    def build(eval_dataset):
+        return AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=data,
+                                      eval_dataset=eval_dataset)
+
+    with pytest.raises(ValueError, match=r"eval_dataset is a dict of 2 sets \(a, b\): pruning decisions are measured "
+                                         "on one eval set"):
+        build({"a": data, "b": data})
+    with pytest.raises(ValueError, match="eval_dataset is an iterable IterableDataset without a length"):
+        build(data.to_iterable_dataset())
+
+
+def test_seq2seq_trainer_names_the_arguments_class_it_needs(tmp_path):
+    from hf_adaprune import AdaptivePruningSeq2SeqTrainer
+
+    data = toy_dataset(32)
+    with pytest.raises(TypeError, match="AdaptivePruningSeq2SeqTrainer needs Seq2SeqPruningArguments as args, got "
+                                        "PruningArguments"):
+        AdaptivePruningSeq2SeqTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=data,
+                                      eval_dataset=data)
+    with pytest.raises(TypeError, match="AdaptivePruningTrainer needs PruningArguments as args, got "
+                                        "TrainingArguments"):
+        AdaptivePruningTrainer(tiny_model("bert"), transformers.TrainingArguments(str(tmp_path), report_to="none"),
+                               None, data, data)
+
+
+def test_a_second_train_is_refused_instead_of_fine_tuning_without_pruning(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=12)
+    trainer.train()
+    assert trainer.controller.state.done
+    steps = trainer.state.global_step
+    with pytest.raises(RuntimeError, match="this trainer has already pruned its model .*Build a new trainer"):
+        trainer.train()
+    assert trainer.state.global_step == steps
+
+
+def test_training_that_ends_before_the_reference_says_nothing_was_pruned(tmp_path, caplog):
+    trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=6)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert "training ended at step 4, before the pruning reference (pruning_warmup_steps 6): nothing was pruned" \
+        in caplog.text
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    assert "did not start" in card and "this is the dense model" in card
+    assert "Pruned from" not in card
+
+
+def test_the_card_reports_the_saved_models_metric_not_the_last_decisions():
+    from hf_adaprune.reporting.report import model_card
+    from hf_adaprune.reporting.summary import PruningSummary
+
+    summary = PruningSummary(None, None, "m", "taylor", "accuracy", "eval_accuracy", True, 0.80, 0.59375, 0.05,
+                             "absolute", 0.5, "flops", 0.5, "target reached",
+                             final_check={"step": 24, "metric": 0.75, "reference": 0.80, "drop": 0.05,
+                                          "allowed_drop": 0.05, "within_tolerance": True})
+    card = model_card(summary, tasks="text-classification")
+    assert "| accuracy (eval) | 0.8000 | 0.7500 |" in card.text
+    metrics = card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
+    assert [(m["name"], m["value"]) for m in metrics] == [("accuracy (dense)", 0.80), ("accuracy (pruned)", 0.75)]

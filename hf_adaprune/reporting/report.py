@@ -126,6 +126,12 @@ def _version(package: str) -> str | None:
         return None
 
 
+def pruned_metric(summary: PruningSummary) -> float | None:
+    """The saved model's metric: the final check, measured on the weights and masks the model was saved with
+    (``load_best_model_at_end`` included), else the last kept decision's."""
+    return summary.final_check["metric"] if summary.final_check else summary.metric_after
+
+
 def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | None, dataset_name: str):
     """The model-index entries: the steering metric of the dense reference and of the pruned model."""
     from huggingface_hub import EvalResult
@@ -133,7 +139,7 @@ def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | N
     if task is None:
         return None
     results = []
-    for label, value in (("dense", summary.metric_before), ("pruned", summary.metric_after)):
+    for label, value in (("dense", summary.metric_before), ("pruned", pruned_metric(summary))):
         if value is not None:
             results.append(EvalResult(
                 task_type=task, dataset_type=dataset_id or "custom", dataset_name=dataset_name,
@@ -170,12 +176,17 @@ def model_card(summary: PruningSummary, *, language=None, license=None, tags: It
 def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], hyperparameters) -> str:
     origin = f"`{base}`" if base else "its base model"
     lines = [f"# {summary.model_name or 'Pruned model'}", ""]
-    lines.append(
-        f"Pruned from {origin} by adaptive structured pruning (attention heads and FFN neurons, "
-        f"{summary.criterion} importance) while fine-tuning" + (f" on `{', '.join(datasets)}`." if datasets else "."))
+    on = f" on `{', '.join(datasets)}`" if datasets else ""
+    if summary.metric_before is None:  # training ended before the pruning reference: nothing was removed
+        lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning was configured but did not start "
+                     f"(training ended before its warm-up was over, stopped: {summary.stop_reason}): nothing was "
+                     "removed; this is the dense model.")
+    else:
+        lines.append(f"Pruned from {origin} by adaptive structured pruning (attention heads and FFN neurons, "
+                     f"{summary.criterion} importance) while fine-tuning{on}.")
     lines += ["", "| | dense | pruned |", "|---|---|---|"]
     if summary.metric_before is not None:
-        after = summary.metric_after
+        after = pruned_metric(summary)
         lines.append(f"| {summary.metric_name} (eval) | {summary.metric_before:.4f} | "
                      f"{'n/a' if after is None else f'{after:.4f}'} |")
     profile = summary.comparison

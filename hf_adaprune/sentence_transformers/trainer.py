@@ -39,6 +39,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
       the dense embeddings of up to 1,000 ``eval_dataset`` sentences steers.
     """
 
+    arguments_class = SentenceTransformerPruningArguments
+    check_eval_dataset = staticmethod(lambda eval_dataset: None)  # evaluators steer; dict eval sets are theirs
+
     def __init__(self, model: SentenceTransformer | None = None, args: SentenceTransformerPruningArguments | None = None,
                  train_dataset=None, eval_dataset=None, loss=None, evaluator=None, **kwargs):
         if not isinstance(args, SentenceTransformerPruningArguments):

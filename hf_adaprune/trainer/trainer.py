@@ -53,6 +53,20 @@ DECISION_PREFIX = "pruning_eval"
 STATE_VERSION = 1
 
 
+def check_eval_dataset(eval_dataset) -> None:
+    """Pruning decisions read the first rows of one map-style eval set: refuse what has no such rows."""
+    if isinstance(eval_dataset, dict):
+        raise ValueError(
+            f"eval_dataset is a dict of {len(eval_dataset)} sets ({', '.join(map(str, eval_dataset))}): pruning "
+            "decisions are measured on one eval set. Pass that one as eval_dataset (evaluate the others with "
+            "trainer.evaluate(other_set, metric_key_prefix=...) after training)")
+    if eval_dataset is not None and not hasattr(eval_dataset, "__len__"):
+        raise ValueError(
+            f"eval_dataset is an iterable {type(eval_dataset).__name__} without a length: pruning decisions "
+            "evaluate its first --pruning_eval_samples rows again at every step, which needs a map-style dataset "
+            "(e.g. datasets.Dataset.from_list(list(iterable.take(n))))")
+
+
 def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
     """Whether ``save_model`` is writing a ``checkpoint-<step>`` folder (dense weights), not the final model."""
     return internal_call and output_dir is not None and \
@@ -65,10 +79,17 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     Evaluation and ``predict()`` keep the dataset's order (:class:`DatasetOrderEvalMixin`).
     """
 
+    arguments_class = PruningArguments
+    check_eval_dataset = staticmethod(check_eval_dataset)  # the sentence-transformers trainer has its own rules
+
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
+        # before Trainer.__init__, which may fail on what other arguments lack (Seq2SeqTrainer: generation_config)
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if not isinstance(training_args, self.arguments_class):
+            raise TypeError(f"{type(self).__name__} needs {self.arguments_class.__name__} as args, got "
+                            f"{type(training_args).__name__}")
+        self.check_eval_dataset(kwargs.get("eval_dataset", args[4] if len(args) > 4 else None))
         super().__init__(*args, **kwargs)
-        if not isinstance(self.args, PruningArguments):
-            raise TypeError(f"{type(self).__name__} needs PruningArguments, got {type(self.args).__name__}")
         self.dataset_name = dataset_name
         self._resume_state = None
         self._setup_pruning(self.model)
@@ -321,7 +342,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             self._drop_candidate()
         c.stop("training ended")
-        if c.state.reference is not None:  # measured after all training, exactly what compaction keeps
+        if c.state.reference is None:
+            logger.warning("training ended at step %d, before the pruning reference (pruning_warmup_steps %d): "
+                           "nothing was pruned; the model is the fine-tuned dense model", self.state.global_step,
+                           args.pruning_warmup_steps)
+        else:  # measured after all training, exactly what compaction keeps
             self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
         if args.compact_at_end and get_masks(self.pruned_model) is not None:
             compact(self.pruned_model)
@@ -361,6 +386,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             write_pruning_state(folder, self.pruning_state_dict())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.controller.state.done and self.model_init is None:  # model_init: train() builds a fresh model
+            raise RuntimeError(
+                f"this trainer has already pruned its model (stopped: {self.controller.state.stop_reason}); a second "
+                "train() would fine-tune it without pruning. Build a new trainer: an AdaptivePruningTrainer with "
+                "this model to prune it further, or a plain Trainer to fine-tune it more")
         if self.args.should_save:
             check_writable(self.args.output_dir)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
@@ -396,6 +426,8 @@ class AdaptivePruningTrainer(PruningTrainerMixin, Trainer):
 
 class AdaptivePruningSeq2SeqTrainer(PruningTrainerMixin, Seq2SeqTrainer):
     """The ``Seq2SeqTrainer`` counterpart: decisions can use generation metrics (BLEU, chrF, WER)."""
+
+    arguments_class = Seq2SeqPruningArguments
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
