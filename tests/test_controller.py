@@ -116,5 +116,10 @@ def test_records_the_sparsity_actually_selected():
     c = AdaptiveController(target=0.5, initial_step=0.5, min_step=0.1, tolerance=0.05)
     assert c.start(0.9) == 0.5
     assert c.decide(0.9, selected=0.25) == "keep"
-    assert c.state.selected == 0.25 and c.state.done and c.state.stop_reason == "target reached"
+    assert c.state.selected == 0.25 and c.state.done
+    assert c.state.stop_reason.startswith("target tried, but the selection stops at 0.250")  # not "reached"
     assert c.state.history[1]["ratio"] == 0.5 and c.state.history[1]["selected"] == 0.25
+    rounded = AdaptiveController(target=0.5, initial_step=0.5, min_step=0.1, tolerance=0.05)
+    rounded.start(0.9)
+    rounded.decide(0.9, selected=0.49)  # short by whole structures only: reached
+    assert rounded.state.stop_reason == "target reached"

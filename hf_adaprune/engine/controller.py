@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 KEEP, ROLLBACK = "keep", "rollback"
 SEARCHES = ("grow", "bisect")
+# a kept target whose masks reach this much less than it (rounding to whole structures) still counts as reached
+SELECTION_SLACK = 0.02
 
 
 @dataclass
@@ -112,7 +114,9 @@ class AdaptiveController:
             s.step *= self.growth
             # the masks for the target itself were kept: what they reach (rounding to whole structures) is final
             if tried >= self.target - 1e-9:
-                self.stop("target reached")
+                self.stop("target reached" if selected >= tried - SELECTION_SLACK else
+                          f"target tried, but the selection stops at {selected:.3f} (per-layer floors, whole "
+                          "structures or rounding leave no more to remove)")
                 return decision
         else:
             # half the step actually taken: a step cut short by the target is not retried at full length
