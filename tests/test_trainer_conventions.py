@@ -190,3 +190,10 @@ def test_the_card_reports_the_saved_models_metric_not_the_last_decisions():
     assert "| accuracy (eval) | 0.8000 | 0.7500 |" in card.text
     metrics = card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
     assert [(m["name"], m["value"]) for m in metrics] == [("accuracy (dense)", 0.80), ("accuracy (pruned)", 0.75)]
+
+
+def test_prediction_loss_only_with_a_named_metric_says_why_before_training(tmp_path):
+    trainer = make_trainer(tmp_path, prediction_loss_only=True)
+    with pytest.raises(KeyError, match="--prediction_loss_only true: evaluation computes the loss alone"):
+        trainer.train()
+    assert trainer.state.global_step == 0

@@ -305,9 +305,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """Evaluate a couple of examples now so a wrong metric name fails before hours of training."""
         metrics = self._evaluate_rows(2)
         if self.decision_key not in metrics:
+            hint = (" (--prediction_loss_only true: evaluation computes the loss alone; leave it off or set "
+                    "--pruning_metric loss)" if self.args.prediction_loss_only else "")
             raise KeyError(
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
-                f"available: {sorted('eval_' + k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}"
+                f"available: {sorted('eval_' + k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}{hint}"
             )
 
     def _log_decision(self, event: str, step: int, ratio: float, metric: float, evaluation: dict) -> None:
