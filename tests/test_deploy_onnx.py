@@ -27,7 +27,10 @@ TOL = 1e-4
 
 
 def run_encoder(folder, batch, file="model.onnx"):
-    return onnx_session(folder, file).run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    session = onnx_session(folder, file)
+    wanted = [i.name for i in session.get_inputs()]
+    batch = {"token_type_ids": torch.zeros_like(batch["input_ids"]), **batch}  # BERT graphs take segments too
+    return session.run(None, {k: v.numpy() for k, v in batch.items() if k in wanted})[0]
 
 
 @pytest.mark.parametrize("model_type, head", [("bert", "AutoModelForSequenceClassification"),
@@ -283,6 +286,34 @@ def test_int8_embedding_rows_leave_a_table_a_matmul_also_reads_in_float():
     assert np.abs(got - expected).max() <= np.abs(expected).max() / 127
 
 
+def test_sentence_pairs_keep_their_segments_and_qa_heads_export_both_logits(tmp_path):
+    for head, outputs in (("AutoModelForSequenceClassification", ["logits"]),
+                          ("AutoModelForQuestionAnswering", ["start_logits", "end_logits"])):
+        model = tiny_model("bert", head)
+        with torch.no_grad():  # segment embeddings that matter, so a graph without them would differ
+            model.bert.embeddings.token_type_embeddings.weight.normal_(0, 1.0)
+        random_masks(model)
+        compact(model)
+        model.train()
+        export_onnx(model, tmp_path / head)
+        assert model.training, "the caller's model keeps its mode"
+        model.eval()
+        runner = OnnxEncoder(tmp_path / head, threads=1)
+        assert "token_type_ids" in runner.input_names and runner.output_names == outputs
+        batch = text_batch(batch=3, seq=9, seed=2)
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        batch["token_type_ids"][:, 5:] = 1  # the second sentence of each pair
+        with torch.no_grad():
+            expected = model(**batch)
+            without_segments = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        got = runner(**batch)
+        for name in outputs:
+            torch.testing.assert_close(got[name], expected[name], atol=TOL, rtol=0)
+            # the segments change the outputs far more than the export does: a graph ignoring them would show it
+            error = (got[name] - expected[name]).abs().max()
+            assert (expected[name] - without_segments[name]).abs().max() > 100 * error
+
+
 @pytest.mark.parametrize("head, output", [("AutoModelForSequenceClassification", "logits"),
                                           ("AutoModel", "last_hidden_state")])
 def test_onnx_encoder_is_called_like_the_model(head, output, tmp_path):
@@ -294,7 +325,7 @@ def test_onnx_encoder_is_called_like_the_model(head, output, tmp_path):
     batch = text_batch(batch=3, seq=6, seed=1)
     with torch.no_grad():
         expected = getattr(model(**batch), output)
-    got = runner(**batch)  # token_type_ids (not in the graph) is accepted and ignored, as zeros
+    got = runner(**batch)  # no token_type_ids given: zeros, as the model takes them
     assert isinstance(got[output], torch.Tensor) and got[output].shape == expected.shape
     torch.testing.assert_close(got[output], expected, atol=TOL, rtol=0)
     no_mask = runner(input_ids=batch["input_ids"])[output]  # no mask: every position attends

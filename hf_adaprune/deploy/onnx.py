@@ -1,7 +1,8 @@
 """ONNX export of pruned models, laid out as optimum lays them out, and an onnxruntime runner.
 
-Encoders: ``model.onnx`` (ids and mask in, ``logits`` or ``last_hidden_state``
-out). Seq2seq (Marian, BART, Whisper, ...): ``encoder_model.onnx``,
+Encoders: ``model.onnx`` (ids, mask and, for BERT-family models with segment
+embeddings, ``token_type_ids`` in; ``logits``, QA's ``start_logits`` and
+``end_logits``, or ``last_hidden_state`` out). Seq2seq (Marian, BART, Whisper, ...): ``encoder_model.onnx``,
 ``decoder_model.onnx`` (the first step, or every step on the whole prefix) and
 ``decoder_with_past_model.onnx`` (later steps on one new token with the past
 key values; per-layer cache shapes, see :mod:`.onnx_past`). Batch and sequence
@@ -41,13 +42,34 @@ def _require(package: str):
 
 
 class _EncoderOnly(nn.Module):
-    def __init__(self, model, output: str):
+    def __init__(self, model, outputs: list[str]):
         super().__init__()
-        self.model, self.output = model, output
+        self.model, self.outputs = model, outputs
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask, **extra), self.output)
+        result = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return tuple(getattr(result, name) for name in self.outputs)
+
+
+# what an encoder graph returns, by the outputs its head has: classifiers' logits, QA's start/end logits, or states
+ENCODER_OUTPUTS = (("logits",), ("start_logits", "end_logits"), ("last_hidden_state",))
+
+
+def _encoder_outputs(probe) -> list[str]:
+    for names in ENCODER_OUTPUTS:
+        if all(getattr(probe, name, None) is not None for name in names):
+            return list(names)
+    raise ValueError(f"ONNX export of encoders handles outputs {ENCODER_OUTPUTS}; this model returns "
+                     f"{list(probe.keys())}")
+
+
+def _uses_token_types(model) -> bool:
+    """BERT-family models whose segment embedding has more than one row: sentence pairs need token_type_ids."""
+    import inspect
+
+    return getattr(model.config, "type_vocab_size", 0) > 1 and \
+        "token_type_ids" in inspect.signature(model.forward).parameters
 
 
 class _Encoder(nn.Module):
@@ -97,22 +119,33 @@ def check_onnx_request(model, int8: bool = False) -> None:
 def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[Path]:
     """Export ``model`` (compacted, float, CPU) to ONNX graphs in ``save_directory``; returns their paths."""
     check_onnx_request(model)
-    model = model.eval().cpu()
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "
                          "(quantize the exported graph with quantize_onnx)")
-    save_directory = Path(save_directory)
+    training, device = model.training, next(model.parameters()).device
+    try:
+        return _export_all(model.eval().cpu(), Path(save_directory), tokenizer, processor)
+    finally:  # the caller's model comes back as it came: mode and device
+        model.train(training).to(device)
+
+
+def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]:
     save_directory.mkdir(parents=True, exist_ok=True)
     example = _example_inputs(model)
     if not model.config.is_encoder_decoder:
+        inputs = {"input_ids": example["inputs"], "attention_mask": example["attention_mask"]}
+        if _uses_token_types(model):
+            inputs["token_type_ids"] = torch.zeros_like(example["inputs"])
+            inputs["token_type_ids"][:, 4:] = 1  # a sentence pair: the segment embedding is in the trace
         with torch.no_grad():
-            probe = model(input_ids=example["inputs"], attention_mask=example["attention_mask"])
-        output = "logits" if getattr(probe, "logits", None) is not None else "last_hidden_state"
+            probe = model(**inputs)
+        outputs = _encoder_outputs(probe)
         path = save_directory / ENCODER_FILE
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                output: {0: "batch"} | ({1: "sequence"} if probe[output].dim() == 3 else {})}
-        _export(_EncoderOnly(model, output), (example["inputs"], example["attention_mask"]), path,
-                ["input_ids", "attention_mask"], [output], axes)
+        axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+        for name in outputs:
+            per_token = probe[name].dim() == 3 or name in ("start_logits", "end_logits")  # one value per token
+            axes[name] = {0: "batch"} | ({1: "sequence"} if per_token else {})
+        _export(_EncoderOnly(model, outputs), tuple(inputs.values()), path, list(inputs), outputs, axes)
         paths = [path]
     else:
         paths = [save_directory / name for name in SEQ2SEQ_FILES]
@@ -164,17 +197,20 @@ class OnnxEncoder(nn.Module):
         super().__init__()
         self.session = _session(Path(folder) / file, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_name = self.output_names[0]
 
-    def forward(self, input_ids, attention_mask=None, **_ignored):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_ignored):
         from transformers.utils import ModelOutput
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        feed = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
-        (output,) = self.session.run([self.output_name], {k: v for k, v in feed.items() if k in self.input_names})
-        return ModelOutput({self.output_name: torch.from_numpy(output)})
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        feed = {k: v.cpu().numpy().astype(np.int64) for k, v in feed.items() if k in self.input_names}
+        outputs = self.session.run(self.output_names, feed)
+        return ModelOutput({name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)})
 
 
 class OnnxSeq2Seq:
