@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -212,6 +214,15 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     ({"target": None}, "needs an eval_dataset"),
     ({"tolerance": -0.1}, "tolerance must be >= 0"),
     ({"scores": {"encoder.layer.0.ffn": torch.ones(37)}}, "the scores given have no entry"),
+    ({"kinds": ("attention",)}, r"kinds must be a non-empty tuple of \('heads', 'ffn'\)"),
+    ({"kinds": "heads"}, "kinds must be a non-empty tuple"),
+    ({"refit_samples": 0}, "refit_samples must be a whole number >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+    ({"seq_len": 0}, "seq_len must be a whole number >= 1, got 0"),
+    ({"seq_len": 128}, r"seq_len 128 .* exceeds the model's max_position_embeddings \(64\)"),
+    ({"ridge": -1.0}, "ridge must be >= 0"),
+    ({"target": "0.5"}, "target must be a number"),
+    ({"eval_dataset": [{"input_ids": [5, 6, 7]}]}, "eval_dataset examples need labels"),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")
@@ -247,3 +258,22 @@ def test_a_model_with_masks_is_refused():
     attach_masks(model)
     with pytest.raises(ValueError, match="already has pruning masks"):
         post_training_prune(model, labelled_examples(8), 0.5, data_collator=pad_collator)
+
+
+def test_a_bare_encoder_is_refused_before_any_work():
+    import transformers
+
+    model = transformers.AutoModel.from_config(tiny_model("bert").config)
+    with pytest.raises(ValueError, match="needs a fine-tuned model with its task head .*BertModel is a bare encoder"):
+        post_training_prune(model, labelled_examples(8), 0.5, data_collator=pad_collator, seq_len=16)
+
+
+def test_floors_that_stop_the_selection_short_are_reported_not_hidden(caplog):
+    model = tiny_model("bert")
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        result = post_training_prune(model, labelled_examples(16), 0.5, data_collator=pad_collator, seq_len=16,
+                                     min_heads_per_layer=3, kinds=("heads",), refit=False, progress=False)
+    assert "target 0.5 cannot be reached" in caplog.text
+    assert "the selection for 0.500 reached 0.250" in caplog.text
+    assert result.ratio == 0.5 and result.selected == pytest.approx(0.25)  # 1 of 4 heads per layer
+    assert result.summary()["selected"] == pytest.approx(0.25)

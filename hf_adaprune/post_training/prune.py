@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, EvalPrediction, default_data_collator
 
 from ..engine.controller import KEEP, AdaptiveController
-from ..engine.masks import attach_masks, get_masks
-from ..engine.selection import select_masks_by_kind
+from ..engine.masks import attach_masks, get_masks, structure_count
+from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..families import UnsupportedModelError, find_groups, get_adapter
 from ..hub import save_pruned
 from ..metrics import metric_greater_is_better
@@ -42,6 +42,7 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert
 DEFAULT_SCORES = "taylor"  # kept more accuracy than Fisher in benchmarks/post_training.py (README)
 DEFAULT_REFIT_TARGET = "dense_residual"  # see dense_targets; chosen in benchmarks/post_training.py (README)
 SEARCH_CEILING = 0.9  # target=None: the controller searches up to this fraction
+KINDS = ("heads", "ffn")  # what post-training pruning removes (whole layers only while training)
 
 
 @dataclass
@@ -49,7 +50,7 @@ class PostTrainingResult:
     """What :func:`post_training_prune` did: the compacted model and how it got there."""
 
     model: nn.Module
-    ratio: float  # fraction of the layer FLOPs the selection removed (per kind of structure)
+    ratio: float  # the fraction of each kind's layer FLOPs asked of the selection (the target, or the kept try)
     reference: float | None  # the dense model's metric on eval_dataset
     metric: float | None  # the pruned model's
     within_tolerance: bool | None
@@ -59,6 +60,7 @@ class PostTrainingResult:
     comparison: ProfileComparison | None = None  # compare_profiles(dense, pruned)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     output_dir: Path | None = None
+    selected: float | None = None  # the fraction the masks reached (floors and whole structures can stop short)
 
     def summary(self) -> dict:
         skip = ("model", "scores", "comparison", "output_dir")
@@ -116,6 +118,8 @@ def post_training_prune(
     searching = target is None or search
     _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores, searching,
               refit_target)
+    _validate_sizes(model, kinds=kinds, seq_len=seq_len, batch_size=batch_size, refit_samples=refit_samples,
+                    ridge=ridge, floors=(min_heads_per_layer, min_neurons_per_layer))
     started = time.time()
     timings = {}
     model = model if inplace else copy.deepcopy(model)
@@ -128,6 +132,11 @@ def post_training_prune(
     eval_batches = None if eval_dataset is None else calibration_batches(eval_dataset, collator, batch_size, accepted)
     dense_profile = model_profile(model, seq_len=seq_len)
     costs = structure_costs(model, groups, seq_len)
+    floors = {"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}
+    blocked = unreachable_target(groups, {g.name: _group_size(model, g) for g in groups},
+                                 SEARCH_CEILING if target is None else target, kinds, floors, costs)
+    if blocked:
+        logger.warning(blocked)
 
     if isinstance(scores, str):
         all_scores = _timed(timings, "scores", mask_gradient_scores, model, groups, batches, progress)[scores]
@@ -153,7 +162,7 @@ def post_training_prune(
         masks.update({name: torch.ones_like(mask) for name, mask in masks.masks.items()})
         masks.update(select_masks_by_kind(
             groups, all_scores, masks.masks, ratio, kinds=kinds, scope="global",
-            floors={"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}, costs=costs))
+            floors=floors, costs=costs))
         if not refit:
             return {}
         return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress, dense)
@@ -174,8 +183,12 @@ def post_training_prune(
                        "pass target=None to search for the largest ratio within it", ratio, metric, value,
                        tolerance, reference)
 
+    selected = selected_fraction_by_kind(groups, masks.masks, kinds, costs)
+    if ratio and selected < ratio - 0.02:
+        logger.warning("post-training pruning: the selection for %.3f reached %.3f of the layer FLOPs (per-layer "
+                       "floors or whole structures leave no more to remove)", ratio, selected)
     compact(model)
-    result = PostTrainingResult(
+    result = PostTrainingResult(selected=selected,
         model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within, scores=all_scores,
         history=controller.state.history, refit_errors=errors,
         comparison=compare_profiles(dense_profile, model_profile(model, seq_len=seq_len)), timings=timings)
@@ -272,6 +285,28 @@ def _metric_function(name: str):
     return classification_metrics(name)
 
 
+def _group_size(model, group) -> int:
+    return structure_count(model.base_model, group)
+
+
+def _validate_sizes(model, *, kinds, seq_len, batch_size, refit_samples, ridge, floors) -> None:
+    """The sizes and settings: whole numbers where counts are meant, known kinds, a length the model can read."""
+    if isinstance(kinds, str) or not kinds or not set(kinds) <= set(KINDS):
+        raise ValueError(f"kinds must be a non-empty tuple of {KINDS} (whole layers only while training), got "
+                         f"{kinds!r}")
+    for name, value, least in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
+                               ("refit_samples", 1 if refit_samples is None else refit_samples, 1),
+                               ("min_heads_per_layer", floors[0], 0), ("min_neurons_per_layer", floors[1], 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if not isinstance(ridge, (int, float)) or not ridge >= 0:
+        raise ValueError(f"ridge must be >= 0 (relative to the activations' scale), got {ridge!r}")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and seq_len > positions:
+        raise ValueError(f"seq_len {seq_len} (the length FLOPs are counted at) exceeds the model's "
+                         f"max_position_embeddings ({positions}); pass seq_len <= {positions}")
+
+
 def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores,
               searching, refit_target) -> None:
     """Every bad input fails here, before any forward pass."""
@@ -283,6 +318,11 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
             f"{model_type!r}. Prune it while fine-tuning with AdaptivePruningTrainer instead.")
     if get_masks(model) is not None:
         raise ValueError("the model already has pruning masks attached: compact(model) first, or pass the dense model")
+    if model is getattr(model, "base_model", model):
+        raise ValueError(f"post-training pruning needs a fine-tuned model with its task head (the scores are "
+                         f"gradients of its loss); {type(model).__name__} is a bare encoder")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+        raise ValueError(f"target must be a number, the fraction of the layer FLOPs to remove, got {target!r}")
     if target is not None and not 0.0 < target < 1.0:
         raise ValueError(f"target must be a fraction of the layer FLOPs in (0, 1), or None to search; got {target}")
     if calibration_dataset is None or len(calibration_dataset) == 0:
@@ -308,5 +348,8 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError("searching the ratio (target=None or search=True) needs an eval_dataset for the metric")
     if eval_dataset is not None and len(eval_dataset) == 0:
         raise ValueError("eval_dataset is empty: pass None to skip the metric check")
+    if eval_dataset is not None and metric != "loss" and not any(key in eval_dataset[0] for key in LABEL_KEYS):
+        raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; the first "
+                         f"example has {sorted(eval_dataset[0])}")
     if metric != "loss":
         _metric_function(metric)  # an unknown metric name fails here
