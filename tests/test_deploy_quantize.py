@@ -64,3 +64,18 @@ def test_load_int8_refuses_a_float_folder(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not saved with save_int8"):
         load_int8(tmp_path)
+
+
+def test_a_masked_model_is_compacted_before_it_is_quantized_and_saved(tmp_path):
+    model = tiny_model("bert", vocab_size=500)
+    random_masks(model)  # masks attached, not compacted
+    batch = text_batch()
+    with torch.no_grad():
+        masked = model(**batch).logits
+    quantized = save_int8(model, tmp_path)
+    reloaded = load_int8(tmp_path)  # the saved config and the int8 weights agree on the pruned shapes
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, quantized(**batch).logits)
+        assert (quantized(**batch).logits - masked).abs().max() <= FLOAT_TOL
+    with pytest.raises(ValueError, match="the model is int8 already"):
+        save_int8(quantized, tmp_path / "again")

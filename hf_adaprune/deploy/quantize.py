@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.masks import get_masks
 from ..hub import AutoPrunedModel, save_pruned
+from ..surgery import compact
 
 INT8_WEIGHTS = "model_int8.safetensors"
 INT8_RECORD = "int8.json"
@@ -43,6 +45,8 @@ def check_int8_request() -> None:
 
 
 def _check_backend(model):
+    if any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules()):
+        raise ValueError("the model is int8 already (quantize_int8 / load_int8 output); quantize the float model")
     devices = {p.device.type for p in model.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"int8 quantization runs on the CPU (fbgemm/x86 kernels); the model is on {sorted(devices)}: "
@@ -79,6 +83,8 @@ def quantize_int8(model):
     """A copy of ``model`` (float32, CPU) with int8 dynamic linears and int8-rounded embeddings."""
     _check_backend(model)
     model = copy.deepcopy(model).eval()
+    if get_masks(model) is not None:  # masked, not compacted: quantize the weights the masks keep
+        compact(model)
     with torch.no_grad():
         for name in _embedding_names(model):
             weight = model.get_submodule(name).weight
@@ -93,7 +99,12 @@ def _packed_linears(quantized) -> dict[str, tuple[torch.Tensor, torch.Tensor | N
 
 
 def save_int8(model, save_directory, tokenizer=None, processor=None):
-    """Quantize ``model`` (see :func:`quantize_int8`), save it to ``save_directory``, return the quantized model."""
+    """Quantize ``model`` (see :func:`quantize_int8`), save it to ``save_directory``, return the quantized model.
+
+    A model with masks attached is compacted first, in place, as :func:`save_pruned` compacts it."""
+    _check_backend(model)
+    if get_masks(model) is not None:
+        compact(model)
     quantized = quantize_int8(model)
     save_directory = Path(save_directory)
     save_pruned(model, save_directory, tokenizer=tokenizer, processor=processor)
