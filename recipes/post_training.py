@@ -24,7 +24,8 @@ from hf_adaprune.trainer.eval_order import first_rows
 from . import deploy
 from .arguments import RecipeError, check_minimum
 from .results import results_table, save_results, test_results, without_layers
-from .skeleton import DenseTrainer, Run, Task, _as_recipe_error, prepare_run, results_header, subsample
+from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, prepare_run, results_header,
+                       subsample)
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
@@ -68,7 +69,11 @@ def check_arguments(model_args, data_args, training_args) -> None:
     if not 0.0 <= data_args.post_training_long_share <= 1.0:
         raise RecipeError(f"--post_training_long_share is the share of calibration rows drawn from the longest "
                           f"training rows; it must lie in [0, 1], got {data_args.post_training_long_share}")
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    except OSError as err:
+        raise RecipeError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load its config (a local "
+                          f"folder with config.json, or a Hub id that is reachable or cached): {err}") from err
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise RecipeError(f"--post_training supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; "
                           f"{model_args.model_name_or_path} is {config.model_type!r}. Drop --post_training to prune "
@@ -102,7 +107,7 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     samples = data_args.post_training_calibration_samples
     pool = samples * (POOL_FACTOR if data_args.post_training_long_share > 0 else 1)
     run.splits["train"] = subsample(run.splits["train"], pool, training_args.seed)
-    task.build(run)
+    build_model(task, run)
     deploy.check_request(run)
     run.model.config._name_or_path = model_args.base_model_id or ""
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)

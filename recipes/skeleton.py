@@ -270,13 +270,23 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     return run, resume_from
 
 
+def build_model(task: Task, run: Run) -> None:
+    """``task.build(run)``, with a model, config or tokenizer that cannot be loaded as one ``error:`` line."""
+    try:
+        task.build(run)
+    except OSError as err:  # a missing folder, a Hub id offline, a folder without config.json
+        paths = [p for p in run.model_paths if p]
+        raise RecipeError(f"cannot load the model / tokenizer from {', '.join(paths)} (a local folder with "
+                          f"config.json, or a Hub id that is reachable or cached): {err}") from err
+
+
 def run_task(task: Task, argv: list[str] | None = None) -> dict:
     """Run ``task`` with ``argv`` (default: the command line); returns what it writes to results.json."""
     started = time.time()
     run, resume_from = prepare_run(task, argv)
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     set_seed(training_args.seed)
-    task.build(run)
+    build_model(task, run)
     deploy.check_request(run)  # e.g. --export_ctranslate2 of a family it cannot convert: before training
     run.model.config._name_or_path = model_args.base_model_id or ""  # None for a model built from a config
     test_dataset = run.datasets.get("test")

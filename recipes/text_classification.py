@@ -211,6 +211,7 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
         raise RecipeError(_no_validation_message(training_args))
     check_minimum(data_args, ("max_seq_length",), 1)
     check_minimum(data_args, ("latency_repeats",), 0)
+    check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
     text_columns = _split_list(data_args.text_column_name)
     if data_args.text_column_name is not None and not 1 <= len(text_columns) <= 2:
         raise RecipeError(f"--text_column_name takes one column or two comma-separated ones; got "
@@ -391,9 +392,26 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     return {value: i for i, value in enumerate(order)}, names
 
 
+# families whose position ids start after the padding index: they read max_position_embeddings - (pad + 1) tokens
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+
+
+def input_length(tokenizer, max_seq_length: int) -> int:
+    """The longest input the recipe feeds: --max_seq_length, capped by the tokenizer's model_max_length."""
+    return min(max_seq_length, tokenizer.model_max_length or max_seq_length)
+
+
+def readable_positions(config) -> int | None:
+    """How many tokens the model's position embeddings can read (None: no such limit)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and config.model_type in OFFSET_POSITIONS:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
 def tokenize(raw: DatasetDict, tokenizer, text_columns: list[str], label_column: str, label2id: dict[str, int],
              max_seq_length: int) -> dict:
-    max_length = min(max_seq_length, tokenizer.model_max_length or max_seq_length)
+    max_length = input_length(tokenizer, max_seq_length)
 
     def preprocess(batch):
         texts = [[str(t) for t in batch[c]] for c in text_columns]
@@ -461,6 +479,10 @@ def build(run: Run) -> None:
         )
     else:
         run.model = AutoModelForSequenceClassification.from_config(config)
+    length, positions = input_length(tokenizer, data_args.max_seq_length), readable_positions(run.model.config)
+    if positions and length > positions:
+        raise RecipeError(f"--max_seq_length {data_args.max_seq_length}: inputs of {length} tokens, but the model "
+                          f"reads at most {positions} positions; pass --max_seq_length {positions} or less")
     label2id = {value: i for i, value in enumerate(info["label_values"])}
     run.datasets = tokenize(run.splits, tokenizer, info["text_columns"], info["label_column"], label2id,
                             data_args.max_seq_length)
@@ -469,8 +491,9 @@ def build(run: Run) -> None:
 
 
 def measure_latency(dense, pruned, run: Run) -> dict:
-    """Batch-1 latency at --max_seq_length tokens, dense and pruned timed alternately."""
-    seq_len = run.data_args.max_seq_length
+    """Batch-1 latency at the inputs' length (--max_seq_length, capped by the tokenizer), dense and pruned timed
+    alternately."""
+    seq_len = input_length(run.processing_class, run.data_args.max_seq_length)
     inputs = example_inputs(dense, seq_len=seq_len, batch_size=1)
     inputs = {k: v.to(next(pruned.parameters()).device) for k, v in inputs.items()}
     dense.to(inputs["input_ids"].device)

@@ -237,3 +237,24 @@ def test_shipped_configs_parse(name, monkeypatch):
             pytest.skip(str(err))
         raise
     assert os.path.isdir(model_args.model_name_or_path) and os.path.isfile(data_args.train_file)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max_seq_length", "200"], "--max_seq_length 200: inputs of 200 tokens, but the model reads at most 128 "
+                                  "positions; pass --max_seq_length 128 or less"),
+    (["--max_eval_samples", "0"], "--max_eval_samples must be >= 1; got 0"),
+    (["--max_train_samples", "0"], "--max_train_samples must be >= 1; got 0"),
+])
+def test_lengths_and_sample_counts_the_model_or_data_cannot_serve_fail_before_training(workspace, tmp_path, extra,
+                                                                                       message):
+    with pytest.raises(recipe.RecipeError, match=re.escape(message)):
+        recipe.main(base_args(workspace, tmp_path / "out") + ["--max_steps", "4", *extra])
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_model_path_that_does_not_load_is_one_error_line(workspace, tmp_path):
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--config_name"):args.index("--config_name") + 2] = ["--model_name_or_path",
+                                                                        str(tmp_path / "no_model")]
+    with pytest.raises(recipe.RecipeError, match="cannot load the model / tokenizer from .*no_model"):
+        recipe.main(args + ["--max_steps", "4"])
