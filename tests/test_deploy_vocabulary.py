@@ -267,3 +267,17 @@ def test_bad_min_count_refused_before_any_work(min_count):
     with pytest.raises(ValueError, match=r"min_count must be a whole number >= 1 \(rows a token must occur in\)"):
         prune_vocabulary(model, tokenizer, ["a film"], min_count=min_count)
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"texts": "the movie was very good"}, "texts is one string; pass a list of texts"),
+    ({"texts": ["a film"], "target_texts": "ein Film"}, "target_texts is one string"),
+    ({"texts": []}, "no training rows to count tokens in"),
+    ({"texts": iter(())}, "no training rows to count tokens in"),
+])
+def test_texts_that_would_keep_next_to_nothing_are_refused(kwargs, message):
+    tokenizer = minilm_tokenizer()
+    model = tiny_bert(len(tokenizer))
+    with pytest.raises(ValueError, match=message):
+        prune_vocabulary(model, tokenizer, **kwargs)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)

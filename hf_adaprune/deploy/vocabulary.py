@@ -201,10 +201,16 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     """
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ValueError(f"min_count must be a whole number >= 1 (rows a token must occur in), got {min_count!r}")
+    for name, value in (("texts", texts), ("target_texts", target_texts)):
+        if isinstance(value, str):
+            raise ValueError(f"{name} is one string; pass a list of texts (a string would be read letter by letter)")
     check_vocabulary_request(model, tokenizer)
     family, spec = tokenizer_family(tokenizer)
     old_size = model.get_input_embeddings().num_embeddings
     counts = token_row_counts(tokenizer, texts, target_texts, tokenized)
+    if not counts:
+        raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
+                         "exhausted): the vocabulary would keep the special tokens alone")
     kept = {i for i, count in counts.items() if count >= min_count}
     kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     kept |= _ids_named_by_configs(model)
