@@ -297,3 +297,23 @@ def test_remote_code_reads_nothing_itself(forward):
     modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert modules <= {"__future__", "functools", "json", "sys", "warnings", "torch", "transformers"}
+
+
+def test_saving_over_an_earlier_model_leaves_none_of_its_weight_files(tmp_path):
+    from conftest import text_batch, tiny_model
+    from test_surgery import random_masks
+
+    from hf_adaprune import AutoPrunedModel, save_pruned
+
+    tiny_model("bert").save_pretrained(tmp_path)  # an earlier, dense model: one model.safetensors
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    model = tiny_model("bert")
+    random_masks(model)
+    batch = text_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    save_pruned(model, tmp_path, max_shard_size="20KB")  # shards and an index now
+    assert not (tmp_path / "model.safetensors").exists() and (tmp_path / "model.safetensors.index.json").exists()
+    assert (tmp_path / "notes.txt").read_text() == "the user's own file"  # only weight files are replaced
+    with torch.no_grad():
+        torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, expected)

@@ -14,11 +14,23 @@ from pathlib import Path
 
 from ..surgery import compact
 
+# weight files transformers loads from a folder: a single file, shards and their index, in either format
+WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model-*.bin", "pytorch_model.bin.index.json")
+
+
+def _weight_files(folder: Path) -> set[str]:
+    return {path.name for pattern in WEIGHT_PATTERNS for path in folder.glob(pattern)}
+
+
 def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, processor=None, **kwargs) -> Path:
     """Compact ``model`` (if it still has masks) and save it in the Hub format.
 
     Files are written to a temporary folder first and then moved into place one by
-    one, so an interrupted save never leaves a half-written weights file behind.
+    one, so an interrupted save never leaves a half-written weights file behind. Weight
+    files of an earlier save in the folder that this save does not write (a single file
+    where shards are written now, or the other way round) are removed: transformers would
+    load them instead.
     """
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
     save_directory = Path(save_directory)
@@ -30,6 +42,9 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
                 extra.save_pretrained(tmp)
                 if getattr(extra, "feature_extractor", None) is not None:  # transformers 5 keeps it only in processor_config.json
                     extra.feature_extractor.save_pretrained(tmp)
+        written = {item.name for item in Path(tmp).iterdir()}
+        for stale in _weight_files(save_directory) - written:  # an earlier model's weights would be loaded instead
+            (save_directory / stale).unlink()
         for item in Path(tmp).iterdir():
             target = save_directory / item.name
             if item.is_dir():
