@@ -38,8 +38,9 @@ def test_same_seed_same_rows_other_seed_other_rows():
 @pytest.mark.parametrize("kwargs, message", [
     ({"samples": 10, "long_share": 1.5}, "long_share .* must lie in \\[0, 1\\], got 1.5"),
     ({"samples": 10, "long_fraction": 0.0}, "long_fraction .* must lie in \\(0, 1\\], got 0.0"),
-    ({"samples": 0}, "samples must lie between 1 and the dataset's 100 rows, got 0"),
-    ({"samples": 101}, "samples must lie between 1 and the dataset's 100 rows, got 101"),
+    ({"samples": 0}, "samples must be a whole number between 1 and the dataset's 100 rows, got 0"),
+    ({"samples": 101}, "samples must be a whole number between 1 and the dataset's 100 rows, got 101"),
+    ({"samples": 10.5}, "samples must be a whole number .* got 10.5"),
     ({"samples": 50, "long_share": 0.5}, "need 25 of the 20 long rows"),
     ({"samples": 10, "length_column": "tokens"}, "no column 'tokens' .*columns: input_ids, row"),
 ])
@@ -47,3 +48,11 @@ def test_bad_requests_are_refused_with_what_is_wrong(kwargs, message):
     samples = kwargs.pop("samples")
     with pytest.raises(ValueError, match=message):
         length_mixed_calibration(rows_of_lengths(), samples, **kwargs)
+
+
+def test_a_list_of_examples_gives_a_list_of_the_same_rows():
+    data = rows_of_lengths()
+    as_list = [data[i] for i in range(len(data))]
+    chosen = length_mixed_calibration(as_list, 20, seed=3)
+    assert isinstance(chosen, list)
+    assert [row["row"] for row in chosen] == length_mixed_calibration(data, 20, seed=3)["row"]

@@ -1,9 +1,9 @@
 """Pruning without training: a fine-tuned model made smaller from a few thousand calibration examples.
 
-Data flows calibration rows (:mod:`calibration_rows`) -> calibration batches -> mask-gradient scores (:mod:`calibration`) -> global selection
-under the FLOP budget -> least-squares re-fit of each pruned group's output projection
-(:mod:`refit`, towards the dense model's activations, :mod:`dense_targets`) -> metric check
-or ratio search -> compaction -> Hub-format save (:mod:`prune`).
+Data flows calibration rows (:mod:`calibration_rows`) -> calibration batches -> mask-gradient
+scores (:mod:`calibration`) -> global selection under the FLOP budget -> least-squares re-fit of
+each pruned group's output projection (:mod:`refit`, towards the dense model's activations,
+:mod:`dense_targets`) -> metric check or ratio search -> compaction -> Hub-format save (:mod:`prune`).
 """
 
 from .calibration import SCORE_KINDS, mask_gradient_scores

@@ -16,9 +16,9 @@ import random
 
 def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, long_fraction: float = 0.2,
                              seed: int = 0, length_column: str = "input_ids"):
-    """``samples`` rows of ``dataset`` (a tokenized ``datasets.Dataset``), shuffled: ``long_share`` of them drawn
-    from the longest ``long_fraction`` of its rows (by the length of ``length_column``), the others from the
-    remaining rows; no row twice. ``long_share=0`` gives a plain random sample.
+    """``samples`` rows of ``dataset`` (a tokenized ``datasets.Dataset``, or a list of tokenized examples),
+    shuffled: ``long_share`` of them drawn from the longest ``long_fraction`` of its rows (by the length of
+    ``length_column``), the others from the remaining rows; no row twice. ``long_share=0`` gives a plain random sample.
 
     Pass the result as ``post_training_prune``'s calibration dataset; it is shuffled, so the re-fit's first
     ``refit_samples`` rows hold both kinds.
@@ -29,12 +29,16 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
     if not 0.0 < long_fraction <= 1.0:
         raise ValueError(f"long_fraction is the share of the dataset's rows that count as long; it must lie in "
                          f"(0, 1], got {long_fraction}")
-    if length_column not in dataset.column_names:
+    rows_of_dicts = isinstance(dataset, (list, tuple))  # post_training_prune takes lists of examples too
+    columns = sorted(dataset[0]) if rows_of_dicts and dataset else getattr(dataset, "column_names", [])
+    if length_column not in columns:
         raise ValueError(f"the dataset has no column {length_column!r} to measure lengths by (columns: "
-                         f"{', '.join(dataset.column_names)}); tokenize it first or pass length_column")
-    if not 1 <= samples <= len(dataset):
-        raise ValueError(f"samples must lie between 1 and the dataset's {len(dataset)} rows, got {samples}")
-    lengths = [len(value) for value in dataset[length_column]]
+                         f"{', '.join(columns)}); tokenize it first or pass length_column")
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= len(dataset):
+        raise ValueError(f"samples must be a whole number between 1 and the dataset's {len(dataset)} rows, "
+                         f"got {samples!r}")
+    lengths = [len(row[length_column]) for row in dataset] if rows_of_dicts else \
+        [len(value) for value in dataset[length_column]]
     by_length = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     long_rows = by_length[:max(1, round(long_fraction * len(lengths)))]
     other_rows = by_length[len(long_rows):]
@@ -46,4 +50,4 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
     rng = random.Random(seed)
     chosen = rng.sample(long_rows, wanted_long) + rng.sample(other_rows, samples - wanted_long)
     rng.shuffle(chosen)
-    return dataset.select(chosen)
+    return [dataset[i] for i in chosen] if rows_of_dicts else dataset.select(chosen)

@@ -340,7 +340,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError(f"scores must be one of {SCORE_KINDS} or a dict of per-group scores, got {scores!r}")
     if refit_target not in REFIT_TARGETS:
         raise ValueError(f"refit_target must be one of {REFIT_TARGETS}, got {refit_target!r}")
-    if tolerance < 0:
+    if not tolerance >= 0:  # NaN too
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     if tolerance_type not in ("absolute", "relative"):
         raise ValueError(f"tolerance_type must be 'absolute' or 'relative', got {tolerance_type!r}")
