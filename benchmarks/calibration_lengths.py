@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from hf_adaprune.post_training import length_mixed_calibration, post_training_prune
 import run_record  # noqa: E402 (neighbour)
 from post_training import (SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log,  # noqa: E402
-                           minilm_path)
+                           start_minilm_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES, HELD_OUT = 30_000, 10_000  # pool rows: calibration candidates, then the long check's source
@@ -62,12 +60,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "calibration_lengths.json"))
     opts = parser.parse_args(argv)
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(SEED)
-    started, load_start = time.time(), os.getloadavg()
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    collator = DataCollatorWithPadding(tokenizer)
+    tokenizer, collator, started, load_start = start_minilm_run(opts)
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=CANDIDATES + HELD_OUT)
     candidates = data["pool"].select(range(CANDIDATES))
     data["long_check"] = long_check(data["pool"].select(range(CANDIDATES, CANDIDATES + HELD_OUT)),

@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification
 
 from hf_adaprune import AutoPrunedModel, save_pruned
 from hf_adaprune.deploy import (OnnxEncoder, export_onnx, load_int8, prune_vocabulary, quantize_int8,
@@ -49,7 +48,8 @@ from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 import run_record  # noqa: E402 (neighbour)
-from post_training import SEED, SEQ_LEN, accuracy, dense_model, load_data, log, minilm_path  # noqa: E402 (neighbour)
+from post_training import (SEED, SEQ_LEN, accuracy, dense_model, load_data, log,  # noqa: E402 (neighbour)
+                           start_minilm_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 ONNX_DENSE, ONNX_INT8 = "dense, onnxruntime float32", "pruned + vocabulary + int8, onnxruntime"
@@ -135,12 +135,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
     opts = parser.parse_args(argv)
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(SEED)
-    started, load_start = time.time(), os.getloadavg()
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    collator = DataCollatorWithPadding(tokenizer)
+    tokenizer, collator, started, load_start = start_minilm_run(opts)
     data = load_data(Path(opts.data_dir), tokenizer, opts)
     cache = Path(opts.cache_dir)
     if opts.dense:

@@ -70,6 +70,16 @@ def minilm_path() -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
+def start_minilm_run(opts):
+    """``opts.threads`` threads and the benchmark seed; the MiniLM tokenizer, its padding collator, the start time
+    and the load average at the start (for ``run_record.machine``)."""
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(SEED)
+    started, load_start = time.time(), os.getloadavg()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    return tokenizer, DataCollatorWithPadding(tokenizer), started, load_start
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The data options :func:`load_data` reads (shared with ``schedule.py``, which uses the same dense model)."""
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))

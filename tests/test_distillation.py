@@ -88,19 +88,25 @@ def seq2seq_case(family):
     return model, {**inputs, "labels": labels}
 
 
-@pytest.mark.parametrize("family", ["marian", "whisper"])
-def test_seq2seq_loss_counts_labelled_tokens_only(tmp_path, family):
-    """Token-level KL on the decoder logits, teacher-forced on the same labels; layer outputs of both stacks."""
-    model, inputs = seq2seq_case(family)
+def seq2seq_distilling(tmp_path, model, **options):
+    """A Seq2Seq pruning trainer distilling ``model`` from a perturbed copy (returned too), with ``options``."""
     data = toy_dataset()
     args = Seq2SeqPruningArguments(
         str(tmp_path), max_steps=4, pruning_metric="loss", pruning_warmup_steps=2, pruning_interval=2,
         pruning_target=0.5, pruning_seq_len=16, report_to="none", use_cpu=True, save_strategy="no",
-        distillation=True, distillation_alpha=0.25, distillation_temperature=1.5, distillation_hidden_weight=0.4)
+        distillation=True, **options)
     trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
                                             eval_dataset=data.select(range(8)))
-    teacher = copy_teacher(perturbed(model))
-    trainer.distillation_teacher = teacher
+    trainer.distillation_teacher = teacher = copy_teacher(perturbed(model))
+    return trainer, teacher
+
+
+@pytest.mark.parametrize("family", ["marian", "whisper"])
+def test_seq2seq_loss_counts_labelled_tokens_only(tmp_path, family):
+    """Token-level KL on the decoder logits, teacher-forced on the same labels; layer outputs of both stacks."""
+    model, inputs = seq2seq_case(family)
+    trainer, teacher = seq2seq_distilling(tmp_path, model, distillation_alpha=0.25, distillation_temperature=1.5,
+                                          distillation_hidden_weight=0.4)
     model.train()
     got = trainer.compute_loss(model, inputs)
     with torch.no_grad():
@@ -119,15 +125,8 @@ def test_label_smoothing_leaves_the_distilled_positions_alone(tmp_path):
     """Trainer.compute_loss pops ``labels`` when label smoothing is on; the KL still covers labelled tokens only."""
     model, inputs = seq2seq_case("marian")
     inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])
-    teacher = copy_teacher(perturbed(model))
-    data = toy_dataset()
-    args = Seq2SeqPruningArguments(
-        str(tmp_path), max_steps=4, pruning_metric="loss", pruning_warmup_steps=2, pruning_interval=2,
-        pruning_target=0.5, pruning_seq_len=16, report_to="none", use_cpu=True, save_strategy="no",
-        distillation=True, distillation_alpha=0.0, distillation_temperature=2.0, label_smoothing_factor=0.1)
-    trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
-                                            eval_dataset=data.select(range(8)))
-    trainer.distillation_teacher = teacher
+    trainer, teacher = seq2seq_distilling(tmp_path, model, distillation_alpha=0.0, distillation_temperature=2.0,
+                                          label_smoothing_factor=0.1)
     model.train()
     batch = dict(inputs)
     got = trainer.compute_loss(model, batch)
