@@ -67,11 +67,11 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
     int8 = load_int8(deploy / "int8")
     assert torch.allclose(logits(int8, AutoTokenizer.from_pretrained(deploy / "int8"), texts), expected, atol=0.05)
     batch = small_tokenizer(texts, padding=True, return_tensors="np")
-    onnx_logits = onnx_session(deploy / "onnx").run(None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
+    onnx_logits = onnx_session(deploy / "onnx").run(None, {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})[0]
     assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
     assert record["written"]["onnx"]["graphs"] == ["model.onnx", "model.int8.onnx"]  # --quantize int8 covers ONNX
     int8_logits = onnx_session(deploy / "onnx", "model.int8.onnx").run(
-        None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
+        None, {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})[0]
     assert np.abs(int8_logits - expected.numpy()).max() <= 0.05
 
 
