@@ -197,3 +197,32 @@ def test_prediction_loss_only_with_a_named_metric_says_why_before_training(tmp_p
     with pytest.raises(KeyError, match="--prediction_loss_only true: evaluation computes the loss alone"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+
+def test_seq2seq_metric_from_logits_needs_no_generation_but_a_named_one_does(tmp_path):
+    import numpy as np
+
+    from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
+    from test_layers_training import build_seq2seq
+
+    data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:6]})
+
+    def token_accuracy(p):  # teacher-forced next-token accuracy, from the logits
+        logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        keep = p.label_ids != -100
+        return {"token_accuracy": float((np.asarray(logits).argmax(-1)[keep] == p.label_ids[keep]).mean())}
+
+    def build(metric="token_accuracy", **kwargs):
+        args = Seq2SeqPruningArguments(
+            str(tmp_path), pruning_metric=metric, pruning_greater_is_better=True, max_steps=8,
+            per_device_train_batch_size=16, pruning_warmup_steps=4, pruning_interval=4, pruning_target=0.5,
+            pruning_tolerance=100.0, pruning_seq_len=10, report_to="none", use_cpu=True, save_strategy="no",
+            disable_tqdm=True)
+        return AdaptivePruningSeq2SeqTrainer(model=build_seq2seq("marian"), args=args, train_dataset=data,
+                                             eval_dataset=data.select(range(16)), **kwargs)
+
+    with pytest.raises(ValueError, match="computed on generated text: set --predict_with_generate"):
+        build("sacrebleu")  # built from its name: decodes generated ids
+    trainer = build(compute_metrics=token_accuracy)
+    trainer.train()
+    assert trainer.controller.state.reference is not None and trainer.final_check is not None

@@ -432,10 +432,14 @@ class AdaptivePruningSeq2SeqTrainer(PruningTrainerMixin, Seq2SeqTrainer):
     arguments_class = Seq2SeqPruningArguments
 
     def __init__(self, *args, **kwargs):
+        user_metrics = kwargs.get("compute_metrics", args[8] if len(args) > 8 else None)
         super().__init__(*args, **kwargs)
-        if self.pruning_metric != "loss" and not self.args.predict_with_generate:
+        # the metric built from its name (BLEU, chrF, WER, ...) decodes generated ids; a compute_metrics of the
+        # user's may work on logits, and a wrong one fails before training (the metric check)
+        if self.pruning_metric != "loss" and user_metrics is None and not self.args.predict_with_generate:
             raise ValueError(
-                f"--pruning_metric {self.pruning_metric} is computed on generated text: set --predict_with_generate"
+                f"--pruning_metric {self.pruning_metric} is computed on generated text: set --predict_with_generate "
+                "(or pass a compute_metrics that computes it from logits)"
             )
 
 
