@@ -24,8 +24,8 @@ from hf_adaprune.trainer.eval_order import first_rows
 from . import deploy
 from .arguments import RecipeError, check_minimum
 from .results import results_table, save_results, test_results, without_layers
-from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, prepare_run, results_header,
-                       subsample)
+from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, load_error, prepare_run,
+                       results_header, subsample)
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
@@ -35,8 +35,8 @@ KINDS = {"both": ("heads", "ffn"), "heads": ("heads",), "ffn": ("ffn",), "heads,
 TRAINING_ONLY = (("dense_control", False), ("distillation", False), ("teacher_model_name_or_path", None),
                  ("pruning_score_ema", 0.0), ("pruning_schedule", "gradual"))
 # options post_training_prune has no counterpart for: (option, the only value it runs with)
-POOL_FACTOR = 5  # --post_training_long_share: training rows tokenized per calibration row
 FIXED = (("pruning_target_type", "flops"), ("pruning_roles", "all"), ("pruning_multiple_of", 1))
+POOL_FACTOR = 5  # --post_training_long_share: training rows tokenized per calibration row
 
 
 def check_arguments(model_args, data_args, training_args) -> None:
@@ -72,8 +72,7 @@ def check_arguments(model_args, data_args, training_args) -> None:
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     except OSError as err:
-        raise RecipeError(f"--model_name_or_path {model_args.model_name_or_path}: cannot load its config (a local "
-                          f"folder with config.json, or a Hub id that is reachable or cached): {err}") from err
+        raise load_error([model_args.model_name_or_path], err) from err
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise RecipeError(f"--post_training supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; "
                           f"{model_args.model_name_or_path} is {config.model_type!r}. Drop --post_training to prune "

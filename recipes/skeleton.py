@@ -270,14 +270,18 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     return run, resume_from
 
 
+def load_error(paths, err: OSError) -> RecipeError:
+    """The one-line error for a model, config or tokenizer that transformers cannot load from ``paths``."""
+    return RecipeError(f"cannot load the model / tokenizer from {', '.join(p for p in paths if p)} (a local folder "
+                       f"with config.json, or a Hub id that is reachable or cached): {err}")
+
+
 def build_model(task: Task, run: Run) -> None:
     """``task.build(run)``, with a model, config or tokenizer that cannot be loaded as one ``error:`` line."""
     try:
         task.build(run)
     except OSError as err:  # a missing folder, a Hub id offline, a folder without config.json
-        paths = [p for p in run.model_paths if p]
-        raise RecipeError(f"cannot load the model / tokenizer from {', '.join(paths)} (a local folder with "
-                          f"config.json, or a Hub id that is reachable or cached): {err}") from err
+        raise load_error(run.model_paths, err) from err
 
 
 def run_task(task: Task, argv: list[str] | None = None) -> dict:

@@ -89,6 +89,7 @@ from transformers import (
 )
 
 from hf_adaprune import PruningArguments
+from hf_adaprune.families import readable_positions
 from hf_adaprune.reporting.flops import example_inputs
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import classification_metrics
@@ -392,21 +393,9 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     return {value: i for i, value in enumerate(order)}, names
 
 
-# families whose position ids start after the padding index: they read max_position_embeddings - (pad + 1) tokens
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
-
-
 def input_length(tokenizer, max_seq_length: int) -> int:
     """The longest input the recipe feeds: --max_seq_length, capped by the tokenizer's model_max_length."""
     return min(max_seq_length, tokenizer.model_max_length or max_seq_length)
-
-
-def readable_positions(config) -> int | None:
-    """How many tokens the model's position embeddings can read (None: no such limit)."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions and config.model_type in OFFSET_POSITIONS:
-        positions -= (config.pad_token_id or 0) + 1
-    return positions
 
 
 def tokenize(raw: DatasetDict, tokenizer, text_columns: list[str], label_column: str, label2id: dict[str, int],

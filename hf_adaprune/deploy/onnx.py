@@ -18,6 +18,7 @@ processor next to the graphs; :class:`OnnxEncoder` runs an encoder graph and
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -66,8 +67,6 @@ def _encoder_outputs(probe) -> list[str]:
 
 def _uses_token_types(model) -> bool:
     """BERT-family models whose segment embedding has more than one row: sentence pairs need token_type_ids."""
-    import inspect
-
     return getattr(model.config, "type_vocab_size", 0) > 1 and \
         "token_type_ids" in inspect.signature(model.forward).parameters
 

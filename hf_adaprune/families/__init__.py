@@ -21,6 +21,8 @@ from .registry import (
     find_layer_groups,
     get_adapter,
     layer_of_group,
+    positions_note,
+    readable_positions,
     register_family,
     supported_model_types,
 )
@@ -44,6 +46,8 @@ __all__ = [
     "find_layer_groups",
     "get_adapter",
     "layer_of_group",
+    "positions_note",
+    "readable_positions",
     "register_family",
     "supported_model_types",
 ]

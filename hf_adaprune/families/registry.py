@@ -32,6 +32,26 @@ def register_family(model_types: Iterable[str], find_groups: Callable,
     return adapter
 
 
+# families whose position ids start after the padding index: they read max_position_embeddings - (pad + 1) tokens
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+
+
+def readable_positions(config) -> int | None:
+    """How many tokens the model's position embeddings can read (None: no such limit)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and config.model_type in OFFSET_POSITIONS:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
+def positions_note(config) -> str:
+    """``max_position_embeddings (N)``, and how many tokens that is where a padding offset takes some."""
+    positions = config.max_position_embeddings
+    readable = readable_positions(config)
+    return f"max_position_embeddings ({positions})" + (
+        f", of which it reads {readable} tokens after the padding offset" if readable != positions else "")
+
+
 def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 

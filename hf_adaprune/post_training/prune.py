@@ -20,10 +20,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, EvalPrediction, default_data_collator
 
-from ..engine.controller import KEEP, AdaptiveController
+from ..engine.controller import KEEP, SELECTION_SLACK, AdaptiveController
 from ..engine.masks import attach_masks, get_masks, structure_count
 from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
-from ..families import UnsupportedModelError, find_groups, get_adapter
+from ..families import UnsupportedModelError, find_groups, get_adapter, positions_note, readable_positions
 from ..hub import save_pruned
 from ..metrics import metric_greater_is_better
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
@@ -133,7 +133,7 @@ def post_training_prune(
     dense_profile = model_profile(model, seq_len=seq_len)
     costs = structure_costs(model, groups, seq_len)
     floors = {"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}
-    blocked = unreachable_target(groups, {g.name: _group_size(model, g) for g in groups},
+    blocked = unreachable_target(groups, {g.name: structure_count(model.base_model, g) for g in groups},
                                  SEARCH_CEILING if target is None else target, kinds, floors, costs)
     if blocked:
         logger.warning(blocked)
@@ -184,7 +184,7 @@ def post_training_prune(
                        tolerance, reference)
 
     selected = selected_fraction_by_kind(groups, masks.masks, kinds, costs)
-    if ratio and selected < ratio - 0.02:
+    if ratio and selected < ratio - SELECTION_SLACK:
         logger.warning("post-training pruning: the selection for %.3f reached %.3f of the layer FLOPs (per-layer "
                        "floors or whole structures leave no more to remove)", ratio, selected)
     compact(model)
@@ -285,10 +285,6 @@ def _metric_function(name: str):
     return classification_metrics(name)
 
 
-def _group_size(model, group) -> int:
-    return structure_count(model.base_model, group)
-
-
 def _validate_sizes(model, *, kinds, seq_len, batch_size, refit_samples, ridge, floors) -> None:
     """The sizes and settings: whole numbers where counts are meant, known kinds, a length the model can read."""
     if isinstance(kinds, str) or not kinds or not set(kinds) <= set(KINDS):
@@ -301,10 +297,10 @@ def _validate_sizes(model, *, kinds, seq_len, batch_size, refit_samples, ridge, 
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     if not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ValueError(f"ridge must be >= 0 (relative to the activations' scale), got {ridge!r}")
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = readable_positions(model.config)
     if positions and seq_len > positions:
         raise ValueError(f"seq_len {seq_len} (the length FLOPs are counted at) exceeds the model's "
-                         f"max_position_embeddings ({positions}); pass seq_len <= {positions}")
+                         f"{positions_note(model.config)}; pass seq_len <= {positions}")
 
 
 def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores,

@@ -16,6 +16,7 @@ leaves is :mod:`.candidate`'s business.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 
@@ -23,7 +24,7 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..families import filter_groups, get_adapter
+from ..families import filter_groups, get_adapter, positions_note, readable_positions
 from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
@@ -84,16 +85,20 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
         # before Trainer.__init__, which may fail on what other arguments lack (Seq2SeqTrainer: generation_config)
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if not isinstance(training_args, self.arguments_class):
+        given = self._given_arguments(args, kwargs)
+        if not isinstance(given.get("args"), self.arguments_class):
             raise TypeError(f"{type(self).__name__} needs {self.arguments_class.__name__} as args, got "
-                            f"{type(training_args).__name__}")
-        self.check_eval_dataset(kwargs.get("eval_dataset", args[4] if len(args) > 4 else None))
+                            f"{type(given.get('args')).__name__}")
+        self.check_eval_dataset(given.get("eval_dataset"))
         super().__init__(*args, **kwargs)
         self.dataset_name = dataset_name
         self._resume_state = None
         self._setup_pruning(self.model)
         self.add_callback(PruningCallback(self))
+
+    def _given_arguments(self, args: tuple, kwargs: dict) -> dict:
+        """What the caller passed to the Trainer class's ``__init__``, by parameter name, positional or keyword."""
+        return dict(inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments)
 
     def call_model_init(self, trial=None):
         """With ``model_init`` (and ``hyperparameter_search``) ``train()`` builds a fresh model: prune that one."""
@@ -128,11 +133,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"{type(model).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge the "
                 "adapters first (model = model.merge_and_unload()) and fine-tune and prune the merged model.")
         get_adapter(model)  # unsupported families fail here, before any training
-        max_positions = getattr(model.config, "max_position_embeddings", None)
+        max_positions = readable_positions(model.config)
         if getattr(model, "main_input_name", "input_ids") == "input_ids" and max_positions \
                 and args.pruning_seq_len > max_positions:
             raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
-                             f"max_position_embeddings ({max_positions})")
+                             f"{positions_note(model.config)}")
         kinds = prune_kinds(args.prune)
         masks = attach_masks(model, layers="layers" in kinds)
         roles = args.selected_roles()
@@ -431,9 +436,9 @@ class AdaptivePruningSeq2SeqTrainer(PruningTrainerMixin, Seq2SeqTrainer):
 
     arguments_class = Seq2SeqPruningArguments
 
-    def __init__(self, *args, **kwargs):
-        user_metrics = kwargs.get("compute_metrics", args[8] if len(args) > 8 else None)
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, dataset_name: str | None = None, **kwargs):
+        user_metrics = self._given_arguments(args, kwargs).get("compute_metrics")
+        super().__init__(*args, dataset_name=dataset_name, **kwargs)
         # the metric built from its name (BLEU, chrF, WER, ...) decodes generated ids; a compute_metrics of the
         # user's may work on logits, and a wrong one fails before training (the metric check)
         if self.pruning_metric != "loss" and user_metrics is None and not self.args.predict_with_generate:
