@@ -149,12 +149,28 @@ def local_metric(name: str, **kwargs) -> LocalMetric:
 AVERAGED = ("f1", "precision", "recall")
 
 
+# label metrics scikit-learn computes on multi-label (multi-hot) rows: subset accuracy, micro-averaged f1/p/r
+MULTI_LABEL = ("accuracy", "f1", "precision", "recall")
+
+
+def _multi_label(name: str, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """``name`` of a multi-label head (``problem_type="multi_label_classification"``): a label is predicted
+    where its logit is positive (sigmoid > 0.5); accuracy is the share of rows with every label right."""
+    if name not in MULTI_LABEL:
+        raise ValueError(f"--pruning_metric {name} is not defined for a multi-label head; use one of "
+                         f"{', '.join(MULTI_LABEL)} or loss, or pass a compute_metrics")
+    options = {} if name == "accuracy" else {"average": "micro", "zero_division": 0}
+    return LOCAL_METRICS[name]((logits > 0).astype(int), np.rint(labels).astype(int), **options)
+
+
 def classification_metrics(name: str):
     """Argmax over logits, then ``name`` against the labels.
 
     ``f1``, ``precision`` and ``recall`` are binary (class 1) for a two-class head and macro-averaged over
     the classes for a head with more (the Hub metrics' binary default would fail on more than two classes,
-    and only once the evaluated rows hold a third class, possibly hours into a run).
+    and only once the evaluated rows hold a third class, possibly hours into a run). A multi-label head
+    (multi-hot labels shaped like the logits) predicts every label whose logit is positive: subset accuracy,
+    micro-averaged f1/precision/recall. A single-output (regression) head is refused: it has no classes.
     """
     from .metrics import headline_value, load_metric
 
@@ -165,8 +181,13 @@ def classification_metrics(name: str):
         if isinstance(logits, tuple):
             logits = logits[0]
         logits = np.asarray(logits)
-        predictions = logits.argmax(-1)
         labels = np.asarray(labels)
+        if labels.shape == logits.shape and logits.ndim == 2 and logits.shape[-1] > 1:
+            return {name: headline_value(name, _multi_label(name, logits, labels))}
+        if logits.shape[-1] == 1 and labels.ndim == 1:
+            raise ValueError(f"--pruning_metric {name} needs classes, but the model has one output (regression): "
+                             "use --pruning_metric loss, or pass a compute_metrics (e.g. Pearson correlation)")
+        predictions = logits.argmax(-1)
         keep = labels != -100  # token classification pads labels with -100
         options = {"average": "macro"} if name in AVERAGED and logits.shape[-1] > 2 else {}
         result = metric.compute(predictions=predictions[keep].tolist(), references=labels[keep].tolist(), **options)

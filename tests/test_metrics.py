@@ -13,6 +13,7 @@ import evaluate
 import evaluate.config
 import pytest
 import sacrebleu
+from transformers import EvalPrediction
 
 from hf_adaprune.metrics import (
     headline_value,
@@ -21,7 +22,7 @@ from hf_adaprune.metrics import (
     metric_greater_is_better,
     metric_key,
 )
-from hf_adaprune.task_metrics import LOCAL_METRICS, LocalMetric, local_metric
+from hf_adaprune.task_metrics import LOCAL_METRICS, LocalMetric, classification_metrics, local_metric
 
 PREDS, REFS = [0, 1, 1, 0], [0, 1, 0, 0]
 # Binary (positive class 1): TP=1 (i=1), FP=1 (i=2), FN=0, TN=2 (i=0,3).
@@ -278,3 +279,24 @@ def test_f1_precision_recall_are_binary_for_two_classes_and_macro_averaged_for_m
     logits = rng.normal(size=(10, 3))
     value = classification_metrics("f1")(EvalPrediction(predictions=logits, label_ids=np.array([0, 1] * 5)))["f1"]
     assert value == pytest.approx(f1_score([0, 1] * 5, logits.argmax(-1), average="macro"), abs=1e-12)
+
+
+# multi-hot rows: logits > 0 predict [1,0,1], [0,1,0], [1,1,1] against labels [1,0,1], [0,1,0], [1,0,1]:
+#   subset accuracy 2/3; micro counts TP 5, FP 1, FN 0: precision 5/6, recall 1, f1 10/11
+MULTI_LABEL_LOGITS = np.array([[1.0, -1.0, 2.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
+MULTI_LABEL_LABELS = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("name, expected", [("accuracy", 2 / 3), ("precision", 5 / 6), ("recall", 1.0),
+                                            ("f1", 10 / 11)])
+def test_named_metric_of_a_multi_label_head(offline, name, expected):
+    compute = classification_metrics(name)
+    value = compute(EvalPrediction(MULTI_LABEL_LOGITS, MULTI_LABEL_LABELS))[name]
+    assert value == pytest.approx(expected)
+
+
+def test_named_metric_refuses_what_the_head_cannot_give(offline):
+    with pytest.raises(ValueError, match="matthews_correlation is not defined for a multi-label head"):
+        classification_metrics("matthews_correlation")(EvalPrediction(MULTI_LABEL_LOGITS, MULTI_LABEL_LABELS))
+    with pytest.raises(ValueError, match="needs classes, but the model has one output \\(regression\\)"):
+        classification_metrics("accuracy")(EvalPrediction(np.zeros((4, 1)), np.array([0.1, 0.5, 0.2, 0.9])))

@@ -11,7 +11,10 @@ import torch
 
 from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state
 
-from test_trainer import make_args, make_trainer
+from hf_adaprune import AdaptivePruningTrainer
+
+from conftest import tiny_model
+from test_trainer import make_args, make_trainer, toy_dataset
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,73 @@ def test_pruning_state_loads_weights_only(run_with_checkpoints):
     state = torch.load(run_with_checkpoints / "checkpoint-24" / PRUNING_STATE_FILE, weights_only=True)
     assert state["arguments"]["pruning_metric"] == "accuracy" and state["controller"]["history"]
     assert read_pruning_state(run_with_checkpoints / "checkpoint-24")["last_prune_step"] == state["last_prune_step"]
+
+
+def test_frozen_groups_are_refused_when_the_trainer_is_built(tmp_path):
+    # a PEFT model after merge_and_unload() keeps its base weights frozen: no gradient would ever score them
+    model = tiny_model("bert")
+    model.bert.encoder.layer[0].requires_grad_(False)
+    with pytest.raises(ValueError, match=r"2 of the 6 groups to prune have parameters that do not require gradients "
+                                         r"\(encoder\.layer\.0\.attention, encoder\.layer\.0\.ffn\).*requires_grad_"):
+        make_trainer(tmp_path, model=model)
+    frozen_embeddings = tiny_model("bert")
+    frozen_embeddings.bert.embeddings.requires_grad_(False)  # not part of any pruned group: fine
+    make_trainer(tmp_path, model=frozen_embeddings, max_steps=8).train()
+
+
+def test_torch_compile_with_layer_pruning_is_refused_at_parse_time(tmp_path):
+    with pytest.raises(ValueError, match="--torch_compile cannot be combined with --prune ...layers"):
+        make_args(tmp_path, torch_compile=True, prune="heads,ffn,layers")
+    make_args(tmp_path, torch_compile=True, prune="heads,ffn")
+
+
+def test_decisions_and_user_evaluations_keep_their_rows_with_persistent_workers(tmp_path):
+    # transformers caches one eval dataloader under persistent workers; decisions must not take or replace it
+    trainer = make_trainer(tmp_path, pruning_metric="loss", pruning_eval_samples=8, dataloader_num_workers=1,
+                           dataloader_persistent_workers=True, eval_strategy="steps", eval_steps=10,
+                           eval_on_start=True, max_steps=20)
+    rows = []
+    loop = trainer.evaluation_loop
+
+    def counting_loop(*args, **kwargs):
+        output = loop(*args, **kwargs)
+        rows.append((kwargs.get("metric_key_prefix", "eval"), output.num_samples))
+        return output
+
+    trainer.evaluation_loop = counting_loop
+    trainer.train()
+    trainer.evaluate()
+    assert ("eval", 48) in rows and ("pruning_eval", 8) in rows
+    assert all(n == (48 if prefix == "eval" else 8) for prefix, n in rows), rows
+
+
+def test_multi_label_head_trains_with_a_named_metric(tmp_path):
+    data = toy_dataset()
+    multi_hot = [[float(y == 0), float(y >= 1), float(y == 2)] for y in data["labels"]]
+    data = data.remove_columns("labels").add_column("labels", multi_hot)
+    model = tiny_model("bert", problem_type="multi_label_classification")
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path, pruning_metric="f1", max_steps=12),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    trainer.train()
+    assert 0.0 <= trainer.final_check["metric"] <= 1.0
+
+
+def test_resume_may_drop_a_structure_kind_only_while_nothing_of_it_was_removed(tmp_path):
+    out = tmp_path / "run"
+    make_trainer(out, prune="heads,ffn,layers", save_strategy="steps", save_steps=12, max_steps=12).train()
+    checkpoint = out / "checkpoint-12"
+    state = read_pruning_state(checkpoint)
+    for key in ("masks", "accepted_masks"):
+        state[key]["encoder.layer"] = torch.tensor([1.0, 0.0, 1.0])  # the second layer removed
+    torch.save(state, checkpoint / PRUNING_STATE_FILE)
+    trainer = make_trainer(out, prune="heads,ffn", pruning_resume_with_new_arguments=True, max_steps=18,
+                           save_strategy="steps", save_steps=12)
+    with pytest.raises(ValueError, match=r"removed structures of groups this run does not prune "
+                                         r"\(encoder\.layer\): resuming without them would bring them back"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    for key in ("masks", "accepted_masks"):
+        state[key]["encoder.layer"] = torch.ones(3)  # no layer removed: its masks are simply dropped
+    torch.save(state, checkpoint / PRUNING_STATE_FILE)
+    trainer = make_trainer(out, prune="heads,ffn", pruning_resume_with_new_arguments=True, max_steps=18)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer.state.global_step == 18

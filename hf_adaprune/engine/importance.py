@@ -80,6 +80,14 @@ def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.T
     return total
 
 
+def frozen_groups(model: nn.Module, groups: list[Group]) -> list[str]:
+    """Names of the ``groups`` that own a parameter which does not require gradients (frozen by hand, or left
+    frozen by PEFT's ``merge_and_unload``): a criterion that reads ``.grad`` can never score them."""
+    base = model.base_model
+    return [g.name for g in groups
+            if structure_sums(base, g, lambda p: p.detach() if p.requires_grad else None) is None]
+
+
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 

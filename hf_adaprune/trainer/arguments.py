@@ -224,7 +224,10 @@ def validate_pruning_arguments(args) -> None:
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
             raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
-    prune_kinds(args.prune)
+    if "layers" in prune_kinds(args.prune) and getattr(args, "torch_compile", False):
+        raise ValueError("--torch_compile cannot be combined with --prune ...layers: a compiled model does not run the "
+                         "layer gates that score and remove whole layers (it returns no loss). Train without "
+                         "--torch_compile, or prune heads and ffn only, which compile")
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))

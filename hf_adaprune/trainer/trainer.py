@@ -41,7 +41,7 @@ from .eval_order import DatasetOrderEvalMixin, first_rows
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs
 from ..hub import save_pruned
-from ..engine.importance import make_importance
+from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..engine.selection import layer_target_problem, multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..surgery import compact
@@ -153,6 +153,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             {"ema": args.pruning_score_ema} if args.pruning_score_ema else {}))
         if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
             raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1")
+        frozen = frozen_groups(model, self.pruning_groups) if self.importance.needs_gradients else []
+        if frozen:
+            raise ValueError(
+                f"{len(frozen)} of the {len(self.pruning_groups)} groups to prune have parameters that do not require "
+                f"gradients ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}): --pruning_criterion "
+                f"{args.pruning_criterion} scores them from their gradients. Unfreeze them (model.requires_grad_(True); "
+                "a PEFT model after merge_and_unload() keeps its base weights frozen), or narrow --pruning_roles")
         self.pruning_metric = args.pruning_metric
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
@@ -293,7 +300,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
         dataset = first_rows(self.eval_dataset, rows)
         if self.pruning_metric == "loss":  # no predictions to gather, no generation
-            return self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
+            # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so the
+            # decisions' rows and the user's evaluation set would be swapped for each other
+            return self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
                                         prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
         return self.predict(dataset, metric_key_prefix=DECISION_PREFIX).metrics
 
@@ -379,6 +388,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         }
 
     def load_pruning_state_dict(self, state: dict) -> None:
+        state = without_unpruned_groups(state, set(get_masks(self.pruned_model).masks))
         get_masks(self.pruned_model).load_state_dict(state["masks"])
         self._accepted_masks = state["accepted_masks"]
         self.importance.load_state_dict(state["importance"])
@@ -425,6 +435,33 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
         elif not _internal_call and self.args.should_save:
             self._write_card(output_dir)
+
+
+def without_unpruned_groups(state: dict, groups: set[str]) -> dict:
+    """``state`` (a ``pruning_state.pt``) without the masks of groups this run does not prune.
+
+    A run resumed under ``pruning_resume_with_new_arguments`` may prune fewer kinds than the checkpoint's
+    (``--prune heads,ffn`` after ``heads,ffn,layers``): their masks are dropped while nothing of those groups
+    was removed, and refused otherwise (dropping them would silently bring the removed structures back).
+    """
+    ramp = state.get("ramp")
+    named = [state["masks"], state["accepted_masks"]] + ([ramp["start"], ramp["target"]] if ramp else [])
+    dropped = {name for masks in named for name in masks} - groups
+    if not dropped:
+        return state
+    removed = sorted({name for masks in named for name, mask in masks.items() if name in dropped and (mask < 1).any()})
+    if removed:
+        raise ValueError(f"the checkpoint removed structures of groups this run does not prune ({', '.join(removed)}): "
+                         "resuming without them would bring them back. Resume with the checkpoint's --prune kinds "
+                         f"(its arguments are in {PRUNING_STATE_FILE})")
+    logger.info("resuming without the masks of %s (not pruned by this run; nothing of them was removed)",
+                ", ".join(sorted(dropped)))
+
+    def keep(masks: dict) -> dict:
+        return {name: mask for name, mask in masks.items() if name in groups}
+
+    ramp = ramp and {**ramp, "start": keep(ramp["start"]), "target": keep(ramp["target"])}
+    return {**state, "masks": keep(state["masks"]), "accepted_masks": keep(state["accepted_masks"]), "ramp": ramp}
 
 
 class AdaptivePruningTrainer(PruningTrainerMixin, Trainer):
