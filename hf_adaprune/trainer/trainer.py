@@ -158,8 +158,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             raise ValueError(
                 f"{len(frozen)} of the {len(self.pruning_groups)} groups to prune have parameters that do not require "
                 f"gradients ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}): --pruning_criterion "
-                f"{args.pruning_criterion} scores them from their gradients. Unfreeze them (model.requires_grad_(True); "
-                "a PEFT model after merge_and_unload() keeps its base weights frozen), or narrow --pruning_roles")
+                f"{args.pruning_criterion} scores them from their gradients. Unfreeze them "
+                "(model.requires_grad_(True); a PEFT model after merge_and_unload() keeps its base weights frozen), "
+                "or narrow --pruning_roles")
         self.pruning_metric = args.pruning_metric
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
