@@ -58,16 +58,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 32, 5e-5
 
 
-def common_arguments(output_dir: str, steps: int, seed: int) -> dict:
+def common_arguments(output_dir: str, steps: int, seed: int, lr: float = LR) -> dict:
     return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH,
-                per_device_eval_batch_size=128, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0,
+                per_device_eval_batch_size=128, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=0,
                 weight_decay=0.01, logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True,
                 use_cpu=True, dataloader_pin_memory=False, seed=seed, train_sampling_strategy="group_by_length")
 
 
-def fine_tune(model, data, collator, tokenizer, steps: int, seed: int):
+def fine_tune(model, data, collator, tokenizer, steps: int, seed: int, lr: float = LR):
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=TrainingArguments(**common_arguments(tmp, steps, seed)),
+        trainer = Trainer(model=model, args=TrainingArguments(**common_arguments(tmp, steps, seed, lr)),
                           train_dataset=data["pool"], data_collator=collator, processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -77,7 +77,7 @@ def fine_tune(model, data, collator, tokenizer, steps: int, seed: int):
 def prune_while_training(model, data, collator, tokenizer, opts, seed: int, target: float, **schedule):
     """AdaptivePruningTrainer at ``target``; returns the compacted model, the report and the step its shape was set."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = PruningArguments(**common_arguments(tmp, opts.steps, seed), pruning_metric="accuracy",
+        args = PruningArguments(**common_arguments(tmp, opts.steps, seed, opts.lr), pruning_metric="accuracy",
                                 pruning_target=target, pruning_tolerance=opts.tolerance,
                                 pruning_warmup_steps=opts.warmup, pruning_seq_len=SEQ_LEN, **schedule)
         trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data["pool"],
@@ -97,6 +97,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps every variant gets")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[SEED])
+    parser.add_argument("--lr", type=float, default=LR, help="peak learning rate of every variant's further steps")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--interval", type=int, default=25, help="gradual: steps between pruning and deciding")
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
         if "control" in opts.variants:
             started = time.time()
             record("dense control", seed, None, fine_tune(copy.deepcopy(dense), data, collator, tokenizer,
-                                                         opts.steps, seed), started, recovery_steps=opts.steps)
+                                                         opts.steps, seed, opts.lr), started, recovery_steps=opts.steps)
         for target in opts.targets:
             for variant, refit, name in (("one-shot", False, "one-shot + fine-tuning"),
                                          ("one-shot_refit", True, "one-shot + re-fit + fine-tuning")):
@@ -158,8 +159,8 @@ def main(argv=None) -> dict:
                 pruned = post_training_prune(dense, data["calibration"], target, metric="accuracy",
                                              tolerance=opts.tolerance, eval_dataset=data["check"], refit=refit,
                                              data_collator=collator, seq_len=SEQ_LEN, progress=False).model
-                record(name, seed, target, fine_tune(pruned, data, collator, tokenizer, opts.steps, seed), started,
-                       recovery_steps=opts.steps)
+                record(name, seed, target, fine_tune(pruned, data, collator, tokenizer, opts.steps, seed, opts.lr),
+                       started, recovery_steps=opts.steps)
             schedules = []
             if "gradual" in opts.variants:
                 schedules.append(("gradual", dict(pruning_schedule="gradual", pruning_interval=opts.interval)))
