@@ -67,7 +67,8 @@ class DataArguments:
         metadata={"help": "Score the test set on the dense model as it was when the pruning reference was taken."},
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Write into an --output_dir that already holds a saved model."}
+        default=False, metadata={"help": "Write into an --output_dir that is not empty (files of the same names are "
+                                         "replaced)."}
     )
     # deployed copies of the pruned model, written to OUTPUT_DIR/deploy/ after training (recipes/deploy.py)
     prune_vocabulary: bool = field(
@@ -203,8 +204,10 @@ def holds_model(folder: str | os.PathLike) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for name in MODEL_FILES)
 
 
-def check_output_dir(output_dir: str, model_paths, overwrite: bool) -> None:
-    """Never write over a loaded model's folder; over another saved model only with ``--overwrite_output_dir``.
+def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bool = False) -> None:
+    """Never write over a loaded model's folder; into a folder that is not empty only with
+    ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds), as transformers' example
+    scripts do: the run writes ``results.json``, ``README.md``, ... and would replace files of the same names.
 
     ``model_paths`` are the local folders the run loads a model, config or tokenizer from.
     """
@@ -213,9 +216,29 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool) -> None:
         if path and os.path.isdir(path) and os.path.realpath(path) == out:
             raise RecipeError(f"--output_dir {output_dir} is the folder the model is loaded from ({path}): the run "
                               f"would write over it; choose another --output_dir")
-    if os.path.isdir(out) and holds_model(out) and not overwrite:
-        raise RecipeError(f"--output_dir {output_dir} already holds a saved model; choose another folder, or pass "
-                          f"--overwrite_output_dir true to replace it")
+    if overwrite or resuming or not os.path.isdir(out):
+        return
+    entries = sorted(os.listdir(out))
+    if entries:
+        held = "a saved model" if holds_model(out) else \
+            f"{len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})"
+        resume = (", --resume_from_checkpoint true to continue the run whose checkpoints it holds,"
+                  if any(name.startswith("checkpoint-") for name in entries) else "")
+        raise RecipeError(f"--output_dir {output_dir} already holds {held}; choose another folder{resume} or pass "
+                          f"--overwrite_output_dir true to write into it (files of the same names are replaced)")
+
+
+def load_named_dataset(data_args, cache_dir: str | None, split: str | None = None):
+    """``datasets.load_dataset(--dataset_name, --dataset_config_name)`` (one ``split`` or all); a name that does not
+    load (no such folder, a Hub id offline, a split it lacks) is one ``error:`` line, not a traceback."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=split, cache_dir=cache_dir)
+    except (OSError, ValueError) as err:  # DatasetNotFoundError is a FileNotFoundError, ConnectionError an OSError
+        what = f"split {split!r} of it" if split else "it"
+        raise RecipeError(f"--dataset_name {data_args.dataset_name}: cannot load {what} (a local dataset folder or "
+                          f"file, or a Hub dataset id that is reachable or cached): {err}") from err
 
 
 def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = False) -> None:

@@ -323,6 +323,10 @@ def build(run: Run) -> None:
         if not training_args.predict_with_generate:
             logger.info("WER / CER are measured on generated transcripts: --predict_with_generate switched on")
             training_args.predict_with_generate = True
+    elif model_args.whisper_window_seconds is not None or model_args.language is not None \
+            or model_args.task != "transcribe":
+        raise RecipeError(f"--whisper_window_seconds, --language and --task apply to Whisper models only; "
+                          f"{config.model_type} is a CTC model (it reads the whole clip and has no decoder prompt)")
     rate = feature_extractor.sampling_rate
     if kind == "ctc":  # FLOPs of CTC models are counted on raw audio: --pruning_seq_len is in samples
         default_seq_len = Seq2SeqPruningArguments.__dataclass_fields__["pruning_seq_len"].default

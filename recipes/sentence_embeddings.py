@@ -45,6 +45,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss
 from transformers import HfArgumentParser
 
+from hf_adaprune.families import positions_note, readable_positions
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency
 from hf_adaprune.sentence_transformers import (
@@ -55,12 +56,13 @@ from hf_adaprune.sentence_transformers import (
     with_teacher_embeddings,
 )
 
-from recipes.arguments import RecipeError, expand_config_file, resolve_package_path
-from recipes.skeleton import run_cli
+from recipes.arguments import RecipeError, check_output_dir, expand_config_file, resolve_package_path
+from recipes.skeleton import load_error, run_cli
 
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
 STEERS = ("sts", "teacher")
+DISTANCES = ("mse", "cosine")  # --distillation_distance: one, or both joined by +
 
 
 @dataclass
@@ -79,6 +81,9 @@ class SentenceEmbeddingArguments:
     keep_layers: str = field(default="0,2,4", metadata={"help": "Layers the layer-dropped model keeps."})
     throughput_batch: int = field(default=64)
     throughput_repeats: int = field(default=10)
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Write into an --output_dir that is not empty (files of the same names are "
+                                         "replaced)."})
 
 
 def read_sts(path: str, limit: int | None = None) -> Dataset:
@@ -87,12 +92,19 @@ def read_sts(path: str, limit: int | None = None) -> Dataset:
         raise RecipeError(f"{path} not found (--stsb_dir; relative paths start at {os.getcwd()})")
     rows = {"sentence1": [], "sentence2": [], "score": []}
     with open(path, encoding="utf-8") as f:
-        for parts in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            rows["sentence1"].append(parts[5])
-            rows["sentence2"].append(parts[6])
-            rows["score"].append(float(parts[4]) / 5.0)
+        for line, parts in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            try:
+                score = float(parts[4]) / 5.0
+                rows["sentence1"].append(parts[5])
+                rows["sentence2"].append(parts[6])
+            except (IndexError, ValueError):
+                raise RecipeError(f"{path}, line {line}: not an STS Benchmark row (tab-separated: genre, file, "
+                                  f"year, id, score 0-5, sentence1, sentence2; got {len(parts)} fields)") from None
+            rows["score"].append(score)
             if limit and len(rows["score"]) >= limit:
                 break
+    if not rows["score"]:
+        raise RecipeError(f"{path} holds no rows")
     return Dataset.from_dict(rows)
 
 
@@ -105,10 +117,16 @@ def read_sentences(paths: list[str], limit: int | None) -> list[str]:
     sentences: dict[str, None] = {}
     for path in paths:
         path = resolve_package_path(path, "--sentence_files")
+        if not os.path.isfile(path):
+            raise RecipeError(f"--sentence_files {path} not found (relative paths start at {os.getcwd()})")
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:
             if ".tsv" in path:
-                lines = (row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if "sentence" not in (reader.fieldnames or ()):
+                    raise RecipeError(f"--sentence_files {path}: a .tsv file is read by its 'sentence' column; its "
+                                      f"header has {reader.fieldnames}")
+                lines = (row["sentence"] for row in reader)
             else:
                 lines = f
             taken = 0
@@ -119,6 +137,8 @@ def read_sentences(paths: list[str], limit: int | None) -> list[str]:
                     if share and taken >= share:
                         break
     out = list(sentences)
+    if not out:
+        raise RecipeError(f"--sentence_files {', '.join(paths)}: no sentences in them")
     return out[:limit] if limit else out
 
 
@@ -131,11 +151,40 @@ def spearman(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvaluator
     return float(evaluator(model)[evaluator.primary_metric])
 
 
+# where the encoder keeps its layers: BERT-like models, DistilBERT
+LAYER_LISTS = ("encoder.layer", "transformer.layer")
+
+
+def layer_list(inner) -> tuple[str, torch.nn.ModuleList]:
+    for path in LAYER_LISTS:
+        try:
+            return path, inner.get_submodule(path)
+        except AttributeError:
+            continue
+    raise RecipeError(f"--layer_drop_baseline: no layer list ({' or '.join(LAYER_LISTS)}) in "
+                      f"{type(inner).__name__}; leave the baseline out")
+
+
+def keep_layer_indices(value: str, inner) -> list[int]:
+    """``--keep_layers`` as layer indices of ``inner``, checked."""
+    layers = len(layer_list(inner)[1])
+    try:
+        keep = [int(i) for i in value.split(",") if i.strip()]
+    except ValueError:
+        raise RecipeError(f"--keep_layers must be layer indices separated by commas (e.g. 0,2,4); got {value!r}") \
+            from None
+    if not keep or len(set(keep)) != len(keep) or not all(0 <= i < layers for i in keep):
+        raise RecipeError(f"--keep_layers {value}: distinct indices of the model's {layers} layers (0 to {layers - 1})")
+    return keep
+
+
 def layer_dropped(model: SentenceTransformer, keep: list[int]) -> SentenceTransformer:
     """A copy of ``model`` keeping only the encoder layers ``keep`` (sentence-transformers' distillation example)."""
     student = copy.deepcopy(model)
     inner = student[0].auto_model
-    inner.encoder.layer = torch.nn.ModuleList([inner.encoder.layer[i] for i in keep])
+    path, layers = layer_list(inner)
+    parent, name = path.rsplit(".", 1)
+    setattr(inner.get_submodule(parent), name, torch.nn.ModuleList([layers[i] for i in keep]))
     inner.config.num_hidden_layers = len(keep)
     return student
 
@@ -164,16 +213,57 @@ def training_data(opts):
     return Dataset.from_dict({"sentence": sentences}), sentences
 
 
-def main(argv=None):
-    parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
-    opts, args = parser.parse_args_into_dataclasses(args=expand_config_file(argv))
+def check_options(opts, args) -> None:
+    """What the flags alone can tell is wrong, before any model or data is loaded."""
     if opts.objective not in OBJECTIVES or opts.steer not in STEERS:
         raise RecipeError(f"--objective must be one of {OBJECTIVES}, --steer one of {STEERS}")
+    distances = {part.strip() for part in opts.distillation_distance.split("+")}
+    if not distances or not distances <= set(DISTANCES):
+        raise RecipeError(f"--distillation_distance must be mse, cosine or mse+cosine; "
+                          f"got {opts.distillation_distance!r}")
+    for name in ("max_train_samples", "max_dev_pairs"):
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
+            raise RecipeError(f"--{name} must be >= 1 (or left out for all rows); got {getattr(opts, name)}")
+    for name in ("max_seq_length", "throughput_batch", "throughput_repeats"):
+        if getattr(opts, name) < 1:
+            raise RecipeError(f"--{name} must be >= 1; got {getattr(opts, name)}")
+    if args.pruning_metric == "loss":
+        raise RecipeError("--pruning_metric loss needs a labelled eval_dataset, which this recipe does not build: it "
+                          "steers by an evaluator (--steer sts: Spearman on dev pairs; --steer teacher: agreement "
+                          "with the dense model); leave --pruning_metric out")
+    if opts.layer_drop_baseline and args.max_steps < 1:
+        raise RecipeError("--layer_drop_baseline trains the baseline for the same --max_steps as the pruning run: "
+                          "set --max_steps")
+
+
+def check_model(model: SentenceTransformer, opts, args) -> None:
+    """What the loaded model tells is wrong, before any training."""
+    inner = model[0].auto_model
+    readable = readable_positions(inner.config)
+    for name, value in (("max_seq_length", opts.max_seq_length), ("pruning_seq_len", args.pruning_seq_len)):
+        if readable and value > readable:
+            raise RecipeError(f"--{name} {value} exceeds the model's {positions_note(inner.config)}")
+    if opts.layer_drop_baseline:
+        keep_layer_indices(opts.keep_layers, inner)
+
+
+def main(argv=None):
+    parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
+    try:
+        opts, args = parser.parse_args_into_dataclasses(args=expand_config_file(argv))
+    except ValueError as err:  # unknown flags, argument values the arguments classes refuse
+        raise RecipeError(str(err)) from err
+    check_options(opts, args)
+    path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
+    check_output_dir(args.output_dir, [path], opts.overwrite_output_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
-    path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
-    model = SentenceTransformer(path, device="cpu" if args.use_cpu else None)
+    try:
+        model = SentenceTransformer(path, device="cpu" if args.use_cpu else None)
+    except (OSError, ValueError) as err:
+        raise load_error([path], err) from err
     model.max_seq_length = opts.max_seq_length
+    check_model(model, opts, args)
     dense = copy.deepcopy(model).eval()
     dev = read_sts(os.path.join(opts.stsb_dir, "sts-dev.csv"))
     test = read_sts(os.path.join(opts.stsb_dir, "sts-test.csv"))
@@ -192,9 +282,14 @@ def main(argv=None):
     results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
-    trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
-                                                         evaluator=evaluator)
-    trainer.train()
+    try:
+        trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                                                             evaluator=evaluator)
+        trainer.train()
+    except (KeyError, ValueError) as err:  # refused before the first step: a metric key the evaluator lacks, ...
+        if "trainer" in locals() and trainer.state.global_step > 0:
+            raise
+        raise RecipeError(str(err).strip('"')) from err
     trainer.save_model()
     pruned = trainer.model.eval()
     results["pruned"] = {"sts_test": spearman(pruned, test_eval), "sts_dev": spearman(pruned, dev_eval),
@@ -205,7 +300,7 @@ def main(argv=None):
     models = {"dense": dense, "pruned": pruned}
 
     if opts.layer_drop_baseline:
-        keep = [int(i) for i in opts.keep_layers.split(",")]
+        keep = keep_layer_indices(opts.keep_layers, dense[0].auto_model)
         student = layer_dropped(dense, keep)
         student.max_seq_length = opts.max_seq_length
         # the sentences the budget reaches (max_steps batches), shuffled like the pruning run's data

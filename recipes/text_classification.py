@@ -79,7 +79,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -87,6 +87,7 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from hf_adaprune import PruningArguments
 from hf_adaprune.families import readable_positions
@@ -101,6 +102,7 @@ from recipes.arguments import (
     check_minimum,
     check_model_source,
     expand_config_file,
+    load_named_dataset,
     no_validation_message,
     require_file,
     resolve_package_path,
@@ -115,6 +117,7 @@ logger = logging.getLogger("hf_adaprune.recipes.text_classification")
 DEFAULT_TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("question", "sentence"),
                         ("premise", "hypothesis"))
 INTEGER = re.compile(r"^[+-]?\d+$")
+GENERATION_METRICS = ("sacrebleu", "bleu", "chrf", "wer", "cer")  # scores of generated text, not of labels
 
 
 @dataclass
@@ -213,6 +216,9 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     check_minimum(data_args, ("max_seq_length",), 1)
     check_minimum(data_args, ("latency_repeats",), 0)
     check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
+    if training_args.pruning_metric.lower() in GENERATION_METRICS:
+        raise RecipeError(f"--pruning_metric {training_args.pruning_metric!r} scores generated text; text "
+                          "classification is steered by accuracy, f1, precision, recall, matthews_correlation or loss")
     text_columns = _split_list(data_args.text_column_name)
     if data_args.text_column_name is not None and not 1 <= len(text_columns) <= 2:
         raise RecipeError(f"--text_column_name takes one column or two comma-separated ones; got "
@@ -235,7 +241,7 @@ def _split_list(value) -> list[str]:
 def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
     """Splits "train" and, where there are, "validation" and "test"."""
     if data_args.dataset_name is not None:
-        loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        loaded = load_named_dataset(data_args, model_args.cache_dir)
         if "train" not in loaded:
             raise RecipeError(f"--dataset_name {data_args.dataset_name}: no 'train' split; splits: {sorted(loaded)}")
         return DatasetDict({k: loaded[k] for k in ("train", "validation", "test") if k in loaded})
@@ -460,6 +466,10 @@ def build(run: Run) -> None:
         finetuning_task="text-classification",
         cache_dir=model_args.cache_dir,
     )
+    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise RecipeError(f"{model_args.config_name or model_args.model_name_or_path} is a {config.model_type} model, "
+                          "which has no sequence-classification head in transformers; give a text encoder (BERT, "
+                          "RoBERTa, ...): translation and speech models have recipes of their own")
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
                                               cache_dir=model_args.cache_dir)
     if model_args.model_name_or_path:

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -81,6 +81,7 @@ from recipes.arguments import (
     check_minimum,
     check_model_source,
     expand_config_file,
+    load_named_dataset,
     no_validation_message,
     require_file,
 )
@@ -214,6 +215,11 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     check_minimum(data_args, ("latency_repeats",), 0)
     check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
     check_metric(training_args.pruning_metric, "translation", (*REPORTED_METRICS, "bleu"), CLASSIFICATION_METRICS)
+    if training_args.pruning_metric == "bleu" and training_args.pruning_tolerance_type == "absolute" \
+            and training_args.pruning_tolerance >= 1.0:
+        raise RecipeError(f"--pruning_metric bleu is on a 0-1 scale, so --pruning_tolerance "
+                          f"{training_args.pruning_tolerance:g} (absolute) allows any drop and every pruning step "
+                          "would be kept: give it on that scale (0.01 = one BLEU point), or steer by sacrebleu (0-100)")
     return files
 
 
@@ -285,7 +291,7 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
     """Splits "train", "validation" and, where given, "test", each with columns "source" and "target"."""
     raw = DatasetDict()
     if data_args.dataset_name is not None:
-        loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        loaded = load_named_dataset(data_args, model_args.cache_dir)
         for required in ("train", "validation"):
             if required not in loaded:
                 raise RecipeError(f"--dataset_name {data_args.dataset_name}: no {required!r} split; splits: "

@@ -292,6 +292,19 @@ def test_unknown_metric(tmp_path, manifests, tiny_ctc_dir):
                   r"unknown metric 'bleurt_of_doom'.*wer, cer or loss")
 
 
+@pytest.mark.parametrize("flags", [["--whisper_window_seconds", "1"], ["--language", "fr"], ["--task", "translate"]])
+def test_whisper_options_on_a_ctc_model(tmp_path, manifests, tiny_ctc_dir, flags):
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests),
+                   "--output_dir", str(tmp_path / "o"), *flags],
+                  r"--whisper_window_seconds, --language and --task apply to Whisper models only; \S+ is a CTC model")
+
+
+def test_dataset_name_that_does_not_load(tmp_path, tiny_ctc_dir):
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--dataset_name", str(tmp_path / "nowhere"),
+                   "--output_dir", str(tmp_path / "o")],
+                  r"--dataset_name \S*nowhere: cannot load split 'train' of it \(a local dataset folder")
+
+
 def test_sampling_rate_that_cannot_be_resampled(tmp_path, manifests, tiny_ctc_dir):
     import soundfile as sf
 

@@ -121,11 +121,46 @@ def test_output_dir_is_never_the_loaded_model_nor_another_model_without_overwrit
     other = tmp_path / "earlier_run"
     other.mkdir()
     (other / "model.safetensors").write_bytes(b"")
-    with pytest.raises(RecipeError, match="already holds a saved model; choose another folder, or pass "
+    with pytest.raises(RecipeError, match="already holds a saved model; choose another folder or pass "
                                           "--overwrite_output_dir true"):
         prepare(args + ["--output_dir", str(other)])
     assert prepare(args + ["--output_dir", str(other), "--overwrite_output_dir", "true"]).splits["train"]
     assert (other / "model.safetensors").read_bytes() == b""  # nothing was written before the check
+    notes = tmp_path / "notes"  # the user's own files, no model: refused as well
+    notes.mkdir()
+    (notes / "README.md").write_text("mine")
+    (notes / "results.json").write_text("{}")
+    with pytest.raises(RecipeError, match=r"already holds 2 entries \(README.md, results.json\); choose another "
+                                          r"folder or pass --overwrite_output_dir true"):
+        prepare(args + ["--output_dir", str(notes)])
+    assert (notes / "README.md").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    assert prepare(args + ["--output_dir", str(tmp_path / "empty")]).splits["train"]
+
+
+def test_metric_of_generated_text_is_refused(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    for name in ("sacrebleu", "wer"):
+        with pytest.raises(RecipeError, match=f"--pruning_metric '{name}' scores generated text; text classification "
+                                              "is steered by accuracy"):
+            prepare(data_args(tmp_path, train, train, "--pruning_metric", name))
+
+
+def test_model_without_a_classification_head_is_one_error_line(tmp_path):
+    from transformers import MarianConfig
+
+    folder = tmp_path / "marian"
+    MarianConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32).save_pretrained(folder)
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    done = subprocess.run([sys.executable, "recipes/text_classification.py", "--model_name_or_path", str(folder),
+                           "--train_file", train, "--validation_file", train, "--output_dir", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"error: {folder} is a marian model, which has no "
+                                                    "sequence-classification head in transformers; give a text "
+                                                    "encoder (BERT, RoBERTa, ...): translation and speech models have "
+                                                    "recipes of their own")
 
 
 # -- resuming ----------------------------------------------------------------------------------------
@@ -144,7 +179,10 @@ def test_resume_true_takes_the_newest_complete_checkpoint(tmp_path):
         (out / f"checkpoint-{step}" / "pruning_state.pt").write_bytes(b"")
     _, resume_from = skeleton.prepare_run(recipe.TASK, args)
     assert resume_from == str(out / "checkpoint-4")  # checkpoint-10 lacks its pruning state
-    _, resume_from = skeleton.prepare_run(recipe.TASK, args[:-1] + ["false"])
+    with pytest.raises(RecipeError, match=r"already holds 3 entries \(checkpoint-10, checkpoint-2, checkpoint-4\); "
+                                          r"choose another folder, --resume_from_checkpoint true to continue"):
+        skeleton.prepare_run(recipe.TASK, args[:-1] + ["false"])
+    _, resume_from = skeleton.prepare_run(recipe.TASK, args[:-1] + ["false", "--overwrite_output_dir", "true"])
     assert resume_from is None
     with pytest.raises(RecipeError, match="not a pruning checkpoint folder"):
         skeleton.prepare_run(recipe.TASK, args[:-1] + [str(out / "checkpoint-10")])

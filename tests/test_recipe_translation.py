@@ -176,6 +176,13 @@ def _too_many_empty(ws: Path, tmp: Path) -> list[str]:
     return args
 
 
+def _user_folder(tmp):
+    folder = tmp / "user"
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
 @pytest.mark.parametrize(
     "make_args, error, message",
     [
@@ -200,9 +207,17 @@ def _too_many_empty(ws: Path, tmp: Path) -> list[str]:
          "give --dataset_name or parallel text files"),
         (lambda ws, tmp: base_args(ws, tmp / "out") + ["--max_empty_fraction", "1.5"], recipe.RecipeError,
          re.escape("--max_empty_fraction must be in [0, 1); got 1.5")),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--pruning_metric", "bleu"], recipe.RecipeError,
+         re.escape("--pruning_metric bleu is on a 0-1 scale, so --pruning_tolerance 1 (absolute) allows any drop")),
+        (lambda ws, tmp: base_args(ws, tmp / "out")[:4] + base_args(ws, tmp / "out")[-4:]
+         + ["--dataset_name", str(tmp / "nowhere"), "--source_lang", "en", "--target_lang", "de"],
+         recipe.RecipeError, r"--dataset_name \S*nowhere: cannot load it"),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--output_dir", str(_user_folder(tmp))], recipe.RecipeError,
+         re.escape("already holds 1 entries (notes.txt); choose another folder or pass --overwrite_output_dir")),
     ],
     ids=["mismatched_lines", "too_many_empty", "unknown_metric", "classification_metric", "no_validation",
-         "half_a_pair", "missing_file", "dataset_and_files", "bad_fraction"],
+         "half_a_pair", "missing_file", "dataset_and_files", "bad_fraction", "bleu_tolerance", "dataset_not_loading",
+         "user_files_in_output_dir"],
 )
 def test_fails_fast(workspace, tmp_path, make_args, error, message):
     out = tmp_path / "out"

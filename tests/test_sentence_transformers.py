@@ -24,6 +24,8 @@ from transformers import (  # noqa: E402
     BertConfig,
     BertModel,
     BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertModel,
     TrainerCallback,
 )
 
@@ -281,10 +283,8 @@ def test_two_processes_agree_on_masks(encoder_folder, tmp_path):
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
 
 
-def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
-    from conftest import load_recipe
-
-    recipe = load_recipe("sentence_embeddings")
+def recipe_workspace(encoder_folder, tmp_path):
+    """A saved tiny sentence-transformer and an STS-B-shaped folder of random pairs."""
     model_dir = tmp_path / "st"
     tiny_sentence_transformer(encoder_folder).save(str(model_dir))
     stsb = tmp_path / "stsb"
@@ -294,6 +294,14 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
         pairs = sentences(2 * n, seed=len(split))
         rows = [f"genre\tfile\t2012\t{i}\t{5 * rng.random():.2f}\t{pairs[i]}\t{pairs[n + i]}" for i in range(n)]
         (stsb / f"sts-{split}.csv").write_text("\n".join(rows) + "\n")
+    return model_dir, stsb
+
+
+def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
     results = recipe.main([
         "--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
         "--objective", "cosent", "--max_steps", "8", "--per_device_train_batch_size", "8", "--pruning_warmup_steps",
@@ -308,6 +316,76 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
     reloaded = SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu")
     assert reloaded.encode(["the cat sat"]).shape == (1, 32)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput"]["batch_8"]["pruned"]["speedup"] > 0
+
+
+
+def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    folder = save_tiny_encoder(tmp_path / "distilbert", DistilBertModel, lambda **kw: DistilBertConfig(
+        vocab_size=kw["vocab_size"], dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64))
+    model_dir, stsb = recipe_workspace(folder, tmp_path)
+    results = recipe.main([
+        "--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
+        "--max_steps", "4", "--per_device_train_batch_size", "8", "--pruning_warmup_steps", "2",
+        "--pruning_interval", "2", "--pruning_tolerance", "1.0", "--pruning_seq_len", "32", "--max_seq_length", "32",
+        "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
+        "--layer_drop_baseline", "true", "--keep_layers", "1", "--throughput_batch", "4", "--throughput_repeats", "1"])
+    assert results["layer_drop"]["kept_layers"] == [1]
+    assert results["layer_drop"]["layer_flops"] == pytest.approx(results["dense"]["layer_flops"] / 2, rel=0.01)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--output_dir", "{model}"], "is the folder the model is loaded from"),
+    (["--output_dir", "{user}"], r"already holds 1 entries \(notes.txt\); choose another folder or pass "
+                                 "--overwrite_output_dir true"),
+    (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
+    (["--max_dev_pairs", "-1"], "--max_dev_pairs must be >= 1"),
+    (["--throughput_batch", "0"], "--throughput_batch must be >= 1"),
+    (["--distillation_distance", "l1"], "--distillation_distance must be mse, cosine or mse\\+cosine"),
+    (["--pruning_metric", "loss"], "--pruning_metric loss needs a labelled eval_dataset"),
+    (["--pruning_target", "1.5"], r"--pruning_target must be in \(0, 1\)"),
+    (["--post_training", "true"], "Some specified arguments are not used"),
+    (["--layer_drop_baseline", "true", "--max_steps", "-1", "--num_train_epochs", "1"],
+     "--layer_drop_baseline trains the baseline for the same --max_steps"),
+    (["--layer_drop_baseline", "true", "--keep_layers", "0,5"], "--keep_layers 0,5: distinct indices of the model's "
+                                                                "2 layers"),
+    (["--layer_drop_baseline", "true", "--keep_layers", "first"], "--keep_layers must be layer indices"),
+    (["--pruning_seq_len", "128"], r"--pruning_seq_len 128 exceeds the model's max_position_embeddings \(64\)"),
+    (["--model_name_or_path", "{missing}"], "cannot load the model"),
+    (["--pruning_metric", "accuracy"], "--pruning_metric 'accuracy': evaluation returns no 'eval_accuracy'"),
+    (["--objective", "distillation", "--sentence_files", "{missing}"], "--sentence_files .* not found"),
+    (["--objective", "distillation", "--sentence_files", "{tsv}"], "read by its 'sentence' column"),
+    (["--stsb_dir", "{bad_stsb}"], r"sts-dev.csv, line 2: not an STS Benchmark row"),
+])
+def test_recipe_refuses_bad_input_before_training(encoder_folder, tmp_path, flags, message):
+    from conftest import load_recipe
+    from recipes.arguments import RecipeError
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    (tmp_path / "plain.tsv").write_text("text\nhello there\n")
+    bad_stsb = tmp_path / "bad_stsb"
+    shutil.copytree(stsb, bad_stsb)
+    lines = (bad_stsb / "sts-dev.csv").read_text().splitlines()
+    (bad_stsb / "sts-dev.csv").write_text("\n".join([lines[0], "genre\tfile\t2012\t1\t3.0"] + lines[2:]) + "\n")
+    places = {"model": model_dir, "user": user, "missing": tmp_path / "missing", "tsv": tmp_path / "plain.tsv",
+              "bad_stsb": bad_stsb}
+    flags = [flag.format(**places) for flag in flags]
+    base = ["--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "4", "--per_device_train_batch_size", "8", "--pruning_warmup_steps", "2",
+            "--pruning_interval", "2", "--pruning_seq_len", "32", "--max_seq_length", "32", "--use_cpu", "true",
+            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"]
+    model_files = {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
+    with pytest.raises(RecipeError, match=message):
+        recipe.main(base + flags)
+    assert not list(tmp_path.glob("out/**/*.safetensors"))  # no model trained or written
+    assert (user / "notes.txt").read_text() == "mine"
+    assert {p: p.read_bytes() for p in model_dir.rglob("*") if p.is_file()} == model_files
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recipes.arguments import RecipeError, require_file
+from recipes.arguments import RecipeError, load_named_dataset, require_file
 from hf_adaprune.reporting.report import write_text
 
 logger = logging.getLogger("hf_adaprune.recipes.asr")
@@ -246,13 +246,9 @@ def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> 
 
 def read_dataset_split(data_args, split: str, cache_dir: str | None, audio_column: str) -> list[dict]:
     """Rows of a ``datasets`` split; audio is decoded later with soundfile (the column is cast to decode=False)."""
-    from datasets import Audio, load_dataset
+    from datasets import Audio
 
-    try:
-        dataset = load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=split,
-                               cache_dir=cache_dir)
-    except ValueError as err:
-        raise RecipeError(f"--dataset_name {data_args.dataset_name}: cannot load split {split!r}: {err}") from err
+    dataset = load_named_dataset(data_args, cache_dir, split)
     what = f"--dataset_name {data_args.dataset_name} split {split!r}"
     for option, column in (("audio_column_name", audio_column), ("text_column_name", data_args.text_column_name)):
         if column not in dataset.column_names:
