@@ -91,10 +91,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
 
 
-def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0) -> DatasetDict:
+def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length: bool = True) -> DatasetDict:
     """Disjoint slices: dense training and calibration from train.tsv; check and unseen rows from dev.tsv.
 
     ``pool_samples`` > 0 adds ``pool``: that many further train.tsv rows, after the calibration ones.
+    ``by_length``: the check, unseen and test rows sorted by their token count (batches pad less); off, they keep
+    one order whatever the tokenizer, so two tokenizers' rows can be compared row by row.
     """
     raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv"),
                                                   validation_file=str(data_dir / "dev.tsv"),
@@ -109,7 +111,7 @@ def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0) -> Dataset
     if pool_samples:
         splits["pool"] = train.select(range(n + c, n + c + pool_samples))
     data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
-    for split in ("check", "dev", "test"):  # order does not change accuracy; sorted by length, batches pad less
+    for split in ("check", "dev", "test") if by_length else ():  # order does not change accuracy
         lengths = [len(ids) for ids in data[split]["input_ids"]]
         data[split] = data[split].select(sorted(range(len(lengths)), key=lengths.__getitem__))
     return data
