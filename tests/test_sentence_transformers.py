@@ -270,10 +270,12 @@ def test_unlabeled_corpus_needs_one_text_column(encoder_folder, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_two_processes_agree_on_masks(encoder_folder, tmp_path):
-    port = str(29600 + os.getpid() % 1000)
+@pytest.mark.parametrize("steer", ["agreement", "sts"])
+def test_two_processes_agree_on_masks(encoder_folder, tmp_path, steer):
+    # sts: only rank 0 runs a sentence-transformers evaluator, whose primary metric is named once it has run
+    port = str(29600 + os.getpid() % 1000 + (steer == "sts"))
     cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
-           str(tmp_path)]
+           str(tmp_path), steer]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -281,6 +283,100 @@ def test_two_processes_agree_on_masks(encoder_folder, tmp_path):
     assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+
+def test_save_model_pushes_when_asked(encoder_folder, tmp_path, monkeypatch):
+    import transformers.trainer
+
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append((repo_id, sorted(os.listdir(folder_path))))
+            return "https://hub.invalid/commit"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    corpus = sentences(48)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder),
+        args=make_args(tmp_path / "out", push_to_hub=True, hub_model_id="tiny-st", max_steps=6),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
+    trainer.train()
+    trainer.save_model()
+    (repo_id, files), = uploads
+    assert repo_id == "user/tiny-st" and {"modules.json", "config.json", "modeling_adaprune.py"} <= set(files)
+
+
+def test_an_interrupted_save_leaves_the_earlier_folder_loadable(encoder_folder, tmp_path, monkeypatch):
+    from transformers import modeling_utils
+
+    out = tmp_path / "out"
+    dense = tiny_sentence_transformer(encoder_folder)
+    dense.save(str(out))
+    expected = dense.encode(["the cat sat"], convert_to_tensor=True)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(out, max_steps=6),
+        train_dataset=Dataset.from_dict({"sentence": sentences(48)}),
+        eval_dataset=Dataset.from_dict({"sentence": sentences(16, seed=1)}))
+    trainer.train()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_model()
+    monkeypatch.undo()
+    reloaded = SentenceTransformer(str(out), device="cpu")  # the dense folder, untouched: no remote code asked
+    assert torch.allclose(reloaded.encode(["the cat sat"], convert_to_tensor=True), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("train, message", [
+    (lambda: Dataset.from_dict({"sentence": sentences(8)}).to_iterable_dataset(),
+     "from a datasets.Dataset of one text column; got a IterableDataset"),
+    (lambda: Dataset.from_dict({"sentence1": sentences(8), "sentence2": sentences(8, seed=1), "label": [0.5] * 8}),
+     "'label' column holds one number per row, but the default loss distils embeddings"),
+])
+def test_default_loss_refuses_rows_it_cannot_distil(encoder_folder, tmp_path, train, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptivePruningSentenceTransformerTrainer(model=tiny_sentence_transformer(encoder_folder),
+                                                  args=make_args(tmp_path), train_dataset=train(),
+                                                  eval_dataset=Dataset.from_dict({"sentence": sentences(8)}))
+
+
+def test_default_loss_computes_teacher_embeddings_for_every_dataset_of_a_dict(encoder_folder, tmp_path):
+    from datasets import DatasetDict
+
+    train = DatasetDict(a=Dataset.from_dict({"sentence": sentences(24)}),
+                        b=Dataset.from_dict({"text": sentences(24, seed=2)}))
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, max_steps=6), train_dataset=train,
+        eval_dataset=Dataset.from_dict({"sentence": sentences(16, seed=1)}))
+    assert all(len(rows[0]["label"]) == 32 for rows in trainer.train_dataset.values())
+    trainer.train()
+    assert trainer.state.global_step == 6
+
+
+def test_a_dict_of_eval_sets_needs_an_evaluator_unless_the_loss_steers(encoder_folder, tmp_path):
+    from datasets import DatasetDict
+
+    pairs = Dataset.from_dict({"sentence1": sentences(16), "sentence2": sentences(16, seed=1),
+                               "score": [(i % 5) / 4 for i in range(16)]})
+    with pytest.raises(ValueError, match="without an evaluator, agreement with the dense embeddings steers, read "
+                                         "from one eval Dataset of sentences; got a DatasetDict"):
+        AdaptivePruningSentenceTransformerTrainer(
+            model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path), train_dataset=pairs,
+            eval_dataset=DatasetDict(dev=pairs), loss=CoSENTLoss(tiny_sentence_transformer(encoder_folder)))
+    model = tiny_sentence_transformer(encoder_folder)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, pruning_metric="loss", max_steps=6), train_dataset=pairs,
+        eval_dataset=DatasetDict(dev=pairs), loss=CoSENTLoss(model))
+    assert trainer.evaluator is None  # the eval loss steers: no agreement evaluator is built
+    trainer.train()
+    assert trainer.state.global_step == 6
 
 
 def recipe_workspace(encoder_folder, tmp_path):

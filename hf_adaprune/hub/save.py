@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..surgery import compact
@@ -33,17 +34,30 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     load them instead.
     """
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True, **kwargs)
+        for extra in (tokenizer, processor):
+            if extra is not None:
+                extra.save_pretrained(folder)
+                if getattr(extra, "feature_extractor", None) is not None:  # transformers 5 keeps it only in processor_config.json
+                    extra.feature_extractor.save_pretrained(folder)
+
+    return write_through_temporary(save_directory, write)
+
+
+def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` into a temporary folder inside ``save_directory``, then move what it wrote into place.
+
+    A ``write`` that fails leaves ``save_directory`` as it was; weight files of an earlier save that this one
+    does not write are removed (transformers would load them instead); other files there stay.
+    """
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-save-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **kwargs)
-        for extra in (tokenizer, processor):
-            if extra is not None:
-                extra.save_pretrained(tmp)
-                if getattr(extra, "feature_extractor", None) is not None:  # transformers 5 keeps it only in processor_config.json
-                    extra.feature_extractor.save_pretrained(tmp)
+        write(Path(tmp))
         written = {item.name for item in Path(tmp).iterdir()}
-        for stale in _weight_files(save_directory) - written:  # an earlier model's weights would be loaded instead
+        for stale in _weight_files(save_directory) - written:
             (save_directory / stale).unlink()
         for item in Path(tmp).iterdir():
             target = save_directory / item.name

@@ -17,6 +17,7 @@ from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers import AutoModel
 
 from ..hub.load import AutoPrunedModel, load_pruned_config
+from ..hub.save import write_through_temporary
 from ..reporting.report import model_card
 from ..reporting.summary import PruningSummary
 from ..surgery import compact
@@ -40,11 +41,13 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
     # The compacted model's class writes its config's auto_map and modeling_adaprune.py in save_pretrained,
     # which the Transformer module's save calls.
     compact(transformer_module(model).auto_model)
-    path = Path(path)
-    model.save(str(path), create_model_card=card is None)
-    if card is not None:
-        (path / "README.md").write_text(card)
-    return path
+
+    def write(folder: Path) -> None:
+        model.save(str(folder), create_model_card=card is None)
+        if card is not None:
+            (folder / "README.md").write_text(card)
+
+    return write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
 
 
 class _PrunedTransformer(Transformer):

@@ -13,7 +13,8 @@ import copy
 import os
 
 import torch
-from datasets import Dataset
+from accelerate.utils import broadcast_object_list
+from datasets import Dataset, Value
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from ..trainer.eval_order import first_rows
@@ -52,9 +53,13 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                              "unset instead: the default loss distils the dense model's embeddings")
         if loss is None:
             loss = embedding_distillation_loss(model)
-            if isinstance(train_dataset, Dataset) and "label" not in train_dataset.column_names:
-                train_dataset = with_teacher_embeddings(train_dataset, model, args.per_device_eval_batch_size)
-        if evaluator is None and eval_dataset is not None:
+            if train_dataset is not None:
+                train_dataset = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size)
+        if evaluator is None and eval_dataset is not None and args.pruning_metric != "loss":
+            if not isinstance(eval_dataset, Dataset):
+                raise ValueError(f"without an evaluator, agreement with the dense embeddings steers, read from one "
+                                 f"eval Dataset of sentences; got a {type(eval_dataset).__name__}: pass an evaluator "
+                                 "(e.g. a SequentialEvaluator over your eval sets), or --pruning_metric loss")
             evaluator = _agreement_evaluator(model, eval_dataset, args.per_device_eval_batch_size)
             if "label" not in eval_dataset.column_names and isinstance(loss, EmbeddingDistillationLoss):
                 eval_dataset = None  # unlabeled text: the evaluator measures it, no eval loss to compute
@@ -103,6 +108,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         # Some evaluators (information retrieval, sequential) name their primary metric only once they
         # have run, and every evaluator prefixes it with its name then: read it after the call.
         primary = getattr(self.evaluator, "primary_metric", None)
+        if self.args.world_size > 1:  # sentence-transformers runs evaluators on rank 0 and broadcasts the metrics
+            primary = broadcast_object_list([primary])[0]
         if not primary or f"{DECISION_PREFIX}_{primary}" not in metrics:
             raise KeyError(f"{type(self.evaluator).__name__} returned no primary metric ({primary!r}); name the key "
                            f"that steers with --pruning_metric; available: "
@@ -121,11 +128,12 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if is_checkpoint_save(output_dir, _internal_call):
             return SentenceTransformerTrainer.save_model(self, output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
-        if not self.args.should_save:
-            return
-        model = copy.deepcopy(self.model)  # keep the in-memory model trainable: compact a copy
-        save_pruned_sentence_transformer(model, output_dir, card=sentence_transformer_card(self.pruning_summary()))
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.args.should_save:
+            model = copy.deepcopy(self.model)  # keep the in-memory model trainable: compact a copy
+            save_pruned_sentence_transformer(model, output_dir, card=sentence_transformer_card(self.pruning_summary()))
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
+            self.push_to_hub(commit_message="Model save")
 
     def create_model_card(self, *args, **kwargs) -> None:
         if not self.is_world_process_zero():
@@ -135,6 +143,25 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         summary.model_name = kwargs.get("model_name") or summary.model_name
         with open(os.path.join(self.args.output_dir, "README.md"), "w") as f:
             f.write(sentence_transformer_card(summary))
+
+
+def _distillation_rows(train_dataset, model: SentenceTransformer, batch_size: int):
+    """The training rows of the default loss: each Dataset (of a dict of them too) gets its ``label`` column of
+    dense embeddings, computed here, before pruning; one it already has must hold vectors, not scores."""
+    if isinstance(train_dataset, dict):  # DatasetDict, or a plain dict of datasets (multi-dataset training)
+        return type(train_dataset)({name: _distillation_rows(rows, model, batch_size)
+                                    for name, rows in train_dataset.items()})
+    if not isinstance(train_dataset, Dataset):
+        raise ValueError(f"without a loss the trainer distils the dense model's embeddings, computed before training "
+                         f"from a datasets.Dataset of one text column; got a {type(train_dataset).__name__}: compute "
+                         "them yourself (with_teacher_embeddings) into a 'label' column, or pass a loss")
+    if "label" not in train_dataset.column_names:
+        return with_teacher_embeddings(train_dataset, model, batch_size)
+    if isinstance(train_dataset.features["label"], Value):
+        raise ValueError("the train set's 'label' column holds one number per row, but the default loss distils "
+                         "embeddings (a 'label' of one vector per row): pass the loss your labels are for "
+                         "(e.g. CoSENTLoss for similarity scores)")
+    return train_dataset
 
 
 def _agreement_evaluator(model: SentenceTransformer, eval_dataset, batch_size: int) -> TeacherAgreementEvaluator:
