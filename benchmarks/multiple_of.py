@@ -76,7 +76,7 @@ def main(argv=None):
     parser.add_argument("--repeats_b32", type=int, default=7)
     parser.add_argument("--layers_kept", type=int, default=None,
                         help="also: each target reached by keeping this many whole layers and pruning their widths "
-                             "(the shape the trainer chose at 80% with --prune heads,ffn,layers: 3 of 6)")
+                             "(the shape the trainer chose at 80%% with --prune heads,ffn,layers: 3 of 6)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multiple_of"))
     opts = parser.parse_args(argv)
