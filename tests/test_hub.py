@@ -317,3 +317,38 @@ def test_saving_over_an_earlier_model_leaves_none_of_its_weight_files(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "the user's own file"  # only weight files are replaced
     with torch.no_grad():
         torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, expected)
+
+
+@pytest.mark.parametrize("model_class, auto_class", [("BartForCausalLM", "AutoModelForCausalLM"),
+                                                     ("T5EncoderModel", "AutoModel")])
+def test_stock_auto_class_builds_the_saved_head(tmp_path, model_class, auto_class):
+    # a decoder-only BART and an encoder-only T5: the auto_map must name their own classes, not the family's default
+    from test_seq2seq_families import tiny_seq2seq_config
+
+    config = tiny_seq2seq_config("bart" if model_class.startswith("Bart") else "t5")
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(config).eval()
+    masks = attach_masks(model)
+    for name, mask in masks.masks.items():
+        masks.set(name, (torch.arange(mask.numel()) % 2).float())
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 2]])}
+    with torch.no_grad():
+        expected = model(**batch)[0]
+    save_pruned(model, tmp_path / "model")
+    loaded = getattr(transformers, auto_class).from_pretrained(tmp_path / "model", trust_remote_code=True).eval()
+    assert type(loaded).__name__ == model_class
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch)[0], expected, atol=1e-5)
+
+
+def test_a_compacted_bare_model_still_returns_hidden_states_and_attentions():
+    model = tiny_model("bert", head="AutoModel", attn_implementation="eager")
+    attach_masks(model)
+    batch = text_batch()
+    with torch.no_grad():
+        before = model(**batch, output_hidden_states=True, output_attentions=True)
+        compact(model)  # nothing removed: the class changes, what the model returns must not
+        after = model(**batch, output_hidden_states=True, output_attentions=True)
+    assert len(after.hidden_states) == len(before.hidden_states) == model.config.num_hidden_layers + 1
+    assert len(after.attentions) == len(before.attentions) == model.config.num_hidden_layers
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after.hidden_states, before.hidden_states))

@@ -367,3 +367,25 @@ def test_flop_profile_rows_are_blocks():
         "decoder.block.0", "decoder.block.1", "encoder.block.0", "encoder.block.1"]
     report = compare_profiles(before, after)
     assert report["flops_removed"] > 0 and report["params_removed"] > 0
+
+
+@pytest.mark.parametrize("model_type", ["marian", "bart", "mbart", "m2m_100"])
+@pytest.mark.parametrize("emptied", ["encoder.layers.1.self_attn", "decoder.layers.0.encoder_attn"])
+def test_a_compacted_model_with_an_emptied_attention_can_be_listed_and_pruned_again(model_type, emptied):
+    from hf_adaprune import model_profile
+    from hf_adaprune.surgery import kept_structure
+
+    model = tiny_seq2seq(model_type)
+    attach_masks(model).set(emptied, torch.zeros(4))
+    compact(model)
+    assert emptied not in {g.name for g in find_groups(model)}  # nothing left to prune there
+    assert kept_structure(model)[emptied] == {"kind": "heads", "original": 4, "kept": 0}
+    model_profile(model, seq_len=8)
+    masks = attach_masks(model)  # a second round of pruning on the compacted model
+    other = "decoder.layers.1.self_attn"
+    masks.set(other, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 2]]), "decoder_input_ids": torch.tensor([[0, 8, 9]])}
+    with torch.no_grad():
+        masked = model(**inputs).logits
+        compact(model)
+        assert torch.allclose(model(**inputs).logits, masked, atol=1e-5)

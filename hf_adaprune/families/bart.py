@@ -13,8 +13,11 @@ from .base import NeuronGroup, layer_stacks, proj_attention
 from .registry import register_family
 
 
-def _attention(base_model, path: str, role: str):
-    return proj_attention(path, base_model.get_submodule(path).head_dim, role)
+def _attention(base_model, config, path: str, role: str):
+    heads = config.encoder_attention_heads if role == "encoder_self" else config.decoder_attention_heads
+    # an attention emptied by compaction (layout.EmptyAttention) has no head_dim; the config keeps the dense one
+    head_dim = getattr(base_model.get_submodule(path), "head_dim", None) or config.d_model // heads
+    return proj_attention(path, head_dim, role)
 
 
 def bart_groups(base_model, config):
@@ -25,9 +28,9 @@ def bart_groups(base_model, config):
             continue
         for i, layer_module in enumerate(module.layers):
             layer = f"{stack}.layers.{i}"
-            groups.append(_attention(base_model, f"{layer}.self_attn", self_role))
+            groups.append(_attention(base_model, config, f"{layer}.self_attn", self_role))
             if hasattr(layer_module, "encoder_attn"):
-                groups.append(_attention(base_model, f"{layer}.encoder_attn", "cross"))
+                groups.append(_attention(base_model, config, f"{layer}.encoder_attn", "cross"))
             groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.fc1",), output=f"{layer}.fc2",
                                       role=ffn_role))
     return groups

@@ -8,6 +8,11 @@ import sys
 import transformers
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
+try:  # transformers 5: what each model class can record, by class name (private; absent in other releases)
+    from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+except ImportError:  # pragma: no cover
+    _CAN_RECORD_REGISTRY = None
+
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class
 from .remote_code import set_auto_map, write_remote_code
@@ -40,6 +45,10 @@ def pruned_class(base_class: type) -> type:
 def as_pruned(model):
     """Give a compacted ``model`` its pruned class (same object, same weights), so that it saves as one."""
     model.__class__ = pruned_class(type(model))
+    if _CAN_RECORD_REGISTRY is not None:
+        # transformers 5 looks up what a model can record (hidden states, attentions) by its class name, filled in
+        # __init__: without this, a swapped bare model silently ignores output_hidden_states / output_attentions
+        _CAN_RECORD_REGISTRY[model] = getattr(model, "_can_record_outputs", None)
     return model
 
 

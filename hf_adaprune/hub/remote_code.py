@@ -57,6 +57,7 @@ _AUTO_MAPPINGS = {
     "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
     "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
     "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
     "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "AutoModelForSpeechSeq2Seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
     "AutoModelForCTC": "MODEL_FOR_CTC_MAPPING_NAMES",
@@ -81,6 +82,8 @@ def auto_classes_for(model) -> dict[str, str]:
             class_name = class_name[0]
         if class_name == own or (auto_name == "AutoModel" and class_name):
             found[auto_name] = class_name
+    if model.base_model is model and found.get("AutoModel") != own:
+        found["AutoModel"] = own  # a bare model of its own kind (T5EncoderModel): AutoModel would build another
     return found
 
 
