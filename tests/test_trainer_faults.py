@@ -190,3 +190,8 @@ def test_resume_may_drop_a_structure_kind_only_while_nothing_of_it_was_removed(t
     trainer = make_trainer(out, prune="heads,ffn", pruning_resume_with_new_arguments=True, max_steps=18)
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert trainer.state.global_step == 18
+
+
+def test_no_eval_dataset_is_refused_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(ValueError, match=r"the pruning controller needs an eval_dataset to measure the metric on$"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset())

@@ -145,7 +145,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
         if not self._has_decision_data():
-            raise ValueError("the pruning controller needs an eval_dataset to measure the metric on")
+            raise ValueError("the pruning controller needs an eval_dataset to measure the metric on" + (
+                f" (on every process: this is process {args.process_index} of {args.world_size})"
+                if args.world_size > 1 else ""))
         unfit = args.pruning_refit and refit_problem(model, self.train_dataset, kinds)
         if unfit:
             raise ValueError(unfit)
