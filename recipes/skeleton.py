@@ -266,9 +266,22 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     resuming = str(run.training_args.resume_from_checkpoint).strip().lower() not in RESUME_NONE
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir, resuming)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
+    warn_earlier_outputs(run)
     resume_from = resolve_resume(run.training_args)
     task.load_data(run)
     return run, resume_from
+
+
+def warn_earlier_outputs(run: Run) -> None:
+    """Name the folders an earlier run left in ``--output_dir`` that this run will not replace (after
+    ``--overwrite_output_dir``): they are not this run's, whatever their place suggests."""
+    out = run.training_args.output_dir
+    left = [f"{name}/" for name, written in ((CONTROL_DIR, run.data_args.dense_control),
+                                             (deploy.DEPLOY_DIR, deploy.requested(run.data_args)))
+            if not written and os.path.isdir(os.path.join(out, name))]
+    if left:
+        logger.warning("%s holds %s from an earlier run, which this run does not write: remove %s, or it may be "
+                       "taken for this run's", out, " and ".join(left), "them" if len(left) > 1 else "it")
 
 
 def load_error(paths, err: OSError) -> RecipeError:

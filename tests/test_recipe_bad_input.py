@@ -138,6 +138,23 @@ def test_output_dir_is_never_the_loaded_model_nor_another_model_without_overwrit
     assert prepare(args + ["--output_dir", str(tmp_path / "empty")]).splits["train"]
 
 
+def test_folders_an_earlier_run_left_are_named(tmp_path, caplog):
+    import logging
+
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    (out / "dense_control").mkdir(parents=True)
+    (out / "deploy" / "vocabulary").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        prepare(data_args(tmp_path, train, train, "--overwrite_output_dir", "true"))
+    assert "holds dense_control/ and deploy/ from an earlier run, which this run does not write" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prepare(data_args(tmp_path, train, train, "--overwrite_output_dir", "true", "--dense_control", "true",
+                          "--prune_vocabulary", "true"))
+    assert "from an earlier run" not in caplog.text  # this run writes both anew
+
+
 def test_metric_of_generated_text_is_refused(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     for name in ("sacrebleu", "wer"):
