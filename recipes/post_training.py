@@ -18,7 +18,7 @@ from transformers import AutoConfig
 
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
-from hf_adaprune.reporting.report import write_text
+from hf_adaprune.reporting.report import hub_id_or_none, write_text
 from hf_adaprune.trainer.eval_order import first_rows
 
 from . import deploy
@@ -190,7 +190,7 @@ def write_card(folder: str, results: dict, format_value) -> None:
         if results["post_training"]["refit"] else ""
     base = results["base_model"] or "the model given"
     lines = ["---", "library_name: transformers", "tags:", "- hf_adaprune", "- pruned", "- post-training-pruning",
-             *([f"base_model: {results['base_model']}"] if results["base_model"] else []), "---", "",
+             *([f"base_model: {hub_id}"] if (hub_id := hub_id_or_none(results["base_model"])) else []), "---", "",
              f"# {os.path.basename(os.path.abspath(folder))}", "",
              f"A fine-tuned classifier based on {base}, pruned **without training** by hf_adaprune's post-training "
              f"pruning (after Kwon et al. 2022): "

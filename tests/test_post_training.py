@@ -277,3 +277,31 @@ def test_floors_that_stop_the_selection_short_are_reported_not_hidden(caplog):
     assert "the selection for 0.500 reached 0.250" in caplog.text
     assert result.ratio == 0.5 and result.selected == pytest.approx(0.25)  # 1 of 4 heads per layer
     assert result.summary()["selected"] == pytest.approx(0.25)
+
+
+def test_history_records_what_was_selected_and_returned(caplog):
+    model = tiny_model("bert", initializer_range=0.3)  # large weights: pruning moves the loss
+    eval_rows = labelled_examples(32, seed=5)
+    common = dict(eval_dataset=eval_rows, data_collator=pad_collator, seq_len=16, progress=False, metric="loss")
+    # floors stop the selection short of the target: the history says what was reached, and does not say "reached"
+    floored = post_training_prune(model, labelled_examples(16), 0.5, min_heads_per_layer=3, kinds=("heads",),
+                                  refit=False, tolerance=100.0, **common)
+    tried = [h for h in floored.history if h["event"] == "keep"]
+    assert tried[-1]["ratio"] == 0.5 and tried[-1]["selected"] == pytest.approx(0.25)
+    assert "target reached" not in [h.get("reason") for h in floored.history]
+    # a fixed target beyond tolerance is returned pruned: the history says it was kept beyond the tolerance
+    beyond = post_training_prune(model, labelled_examples(16), 0.9, refit=False, tolerance=0.0, **common)
+    assert beyond.within_tolerance is False and beyond.comparison["layer_flops_removed"] > 0.5
+    assert beyond.history[-2]["event"] == "kept beyond tolerance" and beyond.history[-2]["ratio"] == 0.9
+    assert beyond.history[-1] == {"event": "stop", "ratio": 0.9, "reason": "fixed target"}
+    # a search that keeps nothing returns the dense model, which is within tolerance (a drop of 0)
+    from hf_adaprune.engine.controller import AdaptiveController
+    from hf_adaprune.post_training.prune import _run_controller
+
+    tried = []
+    controller = AdaptiveController(target=0.9, initial_step=0.1, min_step=0.0125, tolerance=0.0,
+                                    greater_is_better=True)
+    ratio, value, within, errors = _run_controller(controller, 0.8, tried.append, lambda: 0.7, searching=True,
+                                                   reached=lambda: tried[-1])
+    assert (ratio, value, within, errors) == (0.0, 0.8, True, {}) and tried[-1] == 0.0  # left dense
+    assert all(h["event"] != "keep" for h in controller.state.history)

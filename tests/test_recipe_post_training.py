@@ -60,6 +60,7 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     assert (out / "post_training_report.json").exists()
     card = (out / "README.md").read_text()
     assert "without training" in card and "no optimizer step" in card
+    assert "base_model:" not in card  # a local folder is not a Hub id: the metadata would point nowhere
     # the folder loads as the Hub-format pruned model and scores what the run reported on the test rows
     model = AutoPrunedModel.from_pretrained(out)
     tokenizer = BertTokenizerFast.from_pretrained(out)

@@ -226,3 +226,52 @@ def test_seq2seq_metric_from_logits_needs_no_generation_but_a_named_one_does(tmp
     trainer = build(compute_metrics=token_accuracy)
     trainer.train()
     assert trainer.controller.state.reference is not None and trainer.final_check is not None
+
+
+def _comparison(params_after, layers=()):
+    from hf_adaprune.reporting.summary import LayerComparison, ProfileComparison
+
+    rows = [LayerComparison(name, 4, 4 if kept else None, 64, 64 if kept else None, 100, 100 if kept else 0, 10,
+                            10 if kept else 0) for name, kept in layers]
+    return ProfileComparison(16, 1000, params_after, 1 - params_after / 1000, 500, params_after // 2,
+                             1 - params_after / 1000, 400, params_after // 2, 0.0, rows)
+
+
+def test_the_card_says_what_kinds_were_pruned_and_which_layers_went():
+    from hf_adaprune.reporting.report import model_card
+    from hf_adaprune.reporting.summary import PruningSummary
+
+    summary = PruningSummary(None, None, "m", "taylor", "accuracy", "eval_accuracy", True, 0.80, 0.79, 0.05,
+                             "absolute", 0.5, "flops", 0.5, "target reached", structures="heads,ffn,layers",
+                             comparison=_comparison(600, [("encoder.layer.0", True), ("encoder.layer.1", False)]),
+                             groups={"encoder.layer.0.attention": {"kind": "heads", "original": 4, "kept": 2}})
+    card = model_card(summary).text
+    assert "by adaptive structured pruning (attention heads, FFN neurons and whole layers, taylor importance)" in card
+    assert "| encoder.layer.1 | layer | removed whole |" in card and "| encoder.layer.0 | layer |" not in card
+    only_heads = PruningSummary(**{**summary.to_dict(), "structures": "heads", "comparison": _comparison(800)})
+    assert "(attention heads, taylor importance)" in model_card(only_heads).text
+
+
+def test_the_card_of_a_run_that_kept_no_step_says_nothing_was_removed():
+    from hf_adaprune.reporting.report import model_card
+    from hf_adaprune.reporting.summary import PruningSummary
+
+    summary = PruningSummary(None, None, "m", "taylor", "accuracy", "eval_accuracy", True, 0.80, 0.70, 0.0,
+                             "absolute", 0.5, "flops", 0.0, "step below minimum", comparison=_comparison(1000))
+    card = model_card(summary).text
+    assert "ran but kept no pruning step (stopped: step below minimum): nothing was removed" in card
+    assert "Pruned from" not in card
+
+
+def test_the_pruning_curve_plots_the_sparsity_reached(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    from hf_adaprune.reporting.report import plot_pruning_curve
+
+    plotted = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, *args, **kwargs: (plotted.append(list(x)), plot(self, x, y, *args, **kwargs)))
+    history = [{"event": "reference", "ratio": 0.0, "metric": 0.8},
+               {"event": "keep", "ratio": 0.95, "selected": 0.75, "metric": 0.79}]
+    plot_pruning_curve(history, "accuracy", tmp_path / "curve.png")
+    assert plotted[0] == [0.0, 0.75]

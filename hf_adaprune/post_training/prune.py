@@ -170,12 +170,15 @@ def post_training_prune(
     def check() -> float:
         return _timed(timings, "check", evaluate, model, eval_batches, metric, progress)
 
+    def reached() -> float:
+        return selected_fraction_by_kind(groups, masks.masks, kinds, costs)
+
     if eval_batches is None:  # nothing to check against: prune to the target, once
         reference, ratio, value, within, errors = None, target, None, None, prune_to(target)
     else:
         reference = check()
-        ratio, value, within, errors = _run_controller(controller, reference, prune_to, check, searching)
-    if searching and not within:
+        ratio, value, within, errors = _run_controller(controller, reference, prune_to, check, searching, reached)
+    if searching and not ratio:
         logger.warning("post-training pruning: no ratio kept %s within tolerance %s; the model is left dense",
                        metric, tolerance)
     elif within is False:
@@ -183,7 +186,7 @@ def post_training_prune(
                        "pass target=None to search for the largest ratio within it", ratio, metric, value,
                        tolerance, reference)
 
-    selected = selected_fraction_by_kind(groups, masks.masks, kinds, costs)
+    selected = reached()
     if ratio and selected < ratio - SELECTION_SLACK:
         logger.warning("post-training pruning: the selection for %.3f reached %.3f of the layer FLOPs (per-layer "
                        "floors or whole structures leave no more to remove)", ratio, selected)
@@ -213,29 +216,38 @@ def _timed(timings: dict[str, float], key: str, function, *args):
         timings[key] = timings.get(key, 0.0) + time.time() - clock
 
 
-def _run_controller(controller: AdaptiveController, reference: float, prune_to, check, searching: bool):
+def _run_controller(controller: AdaptiveController, reference: float, prune_to, check, searching: bool,
+                    reached=None):
     """``(ratio, metric, within tolerance, re-fit errors)`` of the model as it is left.
 
-    A fixed target is tried once and kept whatever its metric (flagged). A search ends on the last
-    ratio the controller kept (rebuilt if a rejected try came after it), or on the dense model.
+    A fixed target is tried once and kept whatever its metric (flagged; the history says it was kept beyond
+    the tolerance). A search ends on the last ratio the controller kept (rebuilt if a rejected try came
+    after it), or on the dense model, which is within tolerance by definition. ``reached()``: the fraction
+    the masks reach for the ratio just tried, which the history records as ``selected``.
     """
     ratio = controller.start(reference)
     kept, last = None, None
     while not controller.state.done:
         errors = prune_to(ratio)
         value = check()
-        decision = controller.decide(value)
+        decision = controller.decide(value, selected=reached() if reached else None)
         last = (ratio, value, decision == KEEP, errors)
         if decision == KEEP:
             kept = last
         if not searching:
-            controller.stop("fixed target")
+            if decision != KEEP:  # returned all the same: the history says so, and the stop gives its ratio
+                state = controller.state
+                state.ratio, state.selected = ratio, (reached() if reached else ratio)
+                state.history.append({"event": "kept beyond tolerance", "ratio": ratio, "selected": state.selected,
+                                      "metric": float(value), "reason": "fixed target"})
+            if not controller.state.done:
+                controller.stop("fixed target")
             return last
         if not controller.state.done:
             ratio = controller.propose()
     if kept is None:
         prune_to(0.0)
-        return 0.0, reference, False, {}
+        return 0.0, reference, True, {}
     if kept is not last:
         kept = kept[:3] + (prune_to(kept[0]),)
     return kept

@@ -62,9 +62,11 @@ def plot_pruning_curve(history: list[dict], metric_name: str, path: str | os.Pat
     points = [h for h in history if "metric" in h]
     kept = [h for h in points if h["event"] in ("reference", "keep")]
     rolled = [h for h in points if h["event"] == "rollback"]
-    ax.plot([h["ratio"] for h in kept], [h["metric"] for h in kept], "o-", color="tab:green", label="kept")
-    ax.plot([h["ratio"] for h in rolled], [h["metric"] for h in rolled], "x", color="tab:red", markersize=9,
-            label="rolled back")
+    # the sparsity the masks reached (floors and whole structures can stop short of the ratio tried)
+    ax.plot([h.get("selected", h["ratio"]) for h in kept], [h["metric"] for h in kept], "o-", color="tab:green",
+            label="kept")
+    ax.plot([h.get("selected", h["ratio"]) for h in rolled], [h["metric"] for h in rolled], "x", color="tab:red",
+            markersize=9, label="rolled back")
     if points:
         ax.axhline(points[0]["metric"], color="grey", linestyle=":", label="dense reference")
     ax.set_xlabel("sparsity (fraction pruned)")
@@ -173,6 +175,29 @@ def model_card(summary: PruningSummary, *, language=None, license=None, tags: It
     return card
 
 
+STRUCTURE_NAMES = {"heads": "attention heads", "ffn": "FFN neurons", "layers": "whole layers"}
+
+
+def structure_names(summary: PruningSummary) -> str:
+    """What the run could remove, in words: ``attention heads, FFN neurons and whole layers``."""
+    names = [STRUCTURE_NAMES.get(kind, kind) for kind in summary.structures.split(",") if kind]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def removed_layers(summary: PruningSummary) -> list[str]:
+    """Layers of the dense model that compaction deleted (no parameters left)."""
+    profile = summary.comparison
+    return [row.layer for row in (profile.layers if profile else []) if row.params_before and not row.params_after]
+
+
+def nothing_removed(summary: PruningSummary) -> bool:
+    """Whether the saved model has every structure of the dense one (all steps rolled back, or none kept)."""
+    profile = summary.comparison
+    if profile is not None:
+        return profile.params_after >= profile.params_before and profile.flops_after >= profile.flops_before
+    return bool(summary.groups) and all(g["kept"] == g["original"] for g in summary.groups.values())
+
+
 def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], hyperparameters) -> str:
     origin = f"`{base}`" if base else "its base model"
     lines = [f"# {summary.model_name or 'Pruned model'}", ""]
@@ -181,8 +206,12 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
         lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning was configured but did not start "
                      f"(training ended before its warm-up was over, stopped: {summary.stop_reason}): nothing was "
                      "removed; this is the dense model.")
+    elif nothing_removed(summary):
+        lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning ({structure_names(summary)}, "
+                     f"{summary.criterion} importance) ran but kept no pruning step (stopped: {summary.stop_reason}): "
+                     "nothing was removed; this is the dense model.")
     else:
-        lines.append(f"Pruned from {origin} by adaptive structured pruning (attention heads and FFN neurons, "
+        lines.append(f"Pruned from {origin} by adaptive structured pruning ({structure_names(summary)}, "
                      f"{summary.criterion} importance) while fine-tuning{on}.")
     lines += ["", "| | dense | pruned |", "|---|---|---|"]
     if summary.metric_before is not None:
@@ -200,6 +229,8 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     lines += ["## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
     for name, g in summary.groups.items():
         lines.append(f"| {name} | {g['kind']} | {g['kept']} / {g['original']} |")
+    for layer in removed_layers(summary):
+        lines.append(f"| {layer} | layer | removed whole |")
     if hyperparameters:
         lines += ["", "## Training hyperparameters", ""]
         lines += [f"- {key}: {value}" for key, value in hyperparameters.items()]

@@ -96,6 +96,7 @@ class PruningSummary(_ReadsLikeADict):
     comparison: ProfileComparison | None = None
     schedule: str = "gradual"
     final_check: dict | None = None  # the final model's metric vs the tolerance, measured after training
+    structures: str = "heads,ffn"  # what --prune named (heads, ffn, layers)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:

@@ -9,6 +9,7 @@ from transformers.modelcard import TrainingSummary
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure
+from .arguments import prune_kinds
 
 
 class PruningReportMixin:
@@ -32,6 +33,7 @@ class PruningReportMixin:
             target=self.args.pruning_target,
             target_type=self.args.pruning_target_type,
             schedule=self.args.pruning_schedule,
+            structures=",".join(prune_kinds(self.args.prune)),
             final_check=self.final_check,
             final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,
