@@ -55,6 +55,7 @@ from hf_adaprune.sentence_transformers import (
     embedding_distillation_loss,
     with_teacher_embeddings,
 )
+from hf_adaprune.sentence_transformers.losses import distillation_distances
 
 from recipes.arguments import RecipeError, check_output_dir, expand_config_file, resolve_package_path
 from recipes.skeleton import load_error, run_cli
@@ -62,7 +63,6 @@ from recipes.skeleton import load_error, run_cli
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
 STEERS = ("sts", "teacher")
-DISTANCES = ("mse", "cosine")  # --distillation_distance: one, or both joined by +
 
 
 @dataclass
@@ -217,10 +217,11 @@ def check_options(opts, args) -> None:
     """What the flags alone can tell is wrong, before any model or data is loaded."""
     if opts.objective not in OBJECTIVES or opts.steer not in STEERS:
         raise RecipeError(f"--objective must be one of {OBJECTIVES}, --steer one of {STEERS}")
-    distances = {part.strip() for part in opts.distillation_distance.split("+")}
-    if not distances or not distances <= set(DISTANCES):
+    try:
+        distillation_distances(opts.distillation_distance)
+    except ValueError:
         raise RecipeError(f"--distillation_distance must be mse, cosine or mse+cosine; "
-                          f"got {opts.distillation_distance!r}")
+                          f"got {opts.distillation_distance!r}") from None
     for name in ("max_train_samples", "max_dev_pairs"):
         if getattr(opts, name) is not None and getattr(opts, name) < 1:
             raise RecipeError(f"--{name} must be >= 1 (or left out for all rows); got {getattr(opts, name)}")
@@ -282,12 +283,13 @@ def main(argv=None):
     results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
+    trainer = None
     try:
         trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
                                                              evaluator=evaluator)
         trainer.train()
     except (KeyError, ValueError) as err:  # refused before the first step: a metric key the evaluator lacks, ...
-        if "trainer" in locals() and trainer.state.global_step > 0:
+        if trainer is not None and trainer.state.global_step > 0:
             raise
         raise RecipeError(str(err).strip('"')) from err
     trainer.save_model()

@@ -263,11 +263,11 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     run = Run(*_as_recipe_error(task.parse_args, argv))
     setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
     _as_recipe_error(task.validate, run)
-    resuming = str(run.training_args.resume_from_checkpoint).strip().lower() not in RESUME_NONE
-    check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir, resuming)
+    resume_from = resolve_resume(run.training_args)
+    check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
+                     resuming=resume_from is not None)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     warn_earlier_outputs(run)
-    resume_from = resolve_resume(run.training_args)
     task.load_data(run)
     return run, resume_from
 

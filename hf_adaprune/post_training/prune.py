@@ -230,15 +230,16 @@ def _run_controller(controller: AdaptiveController, reference: float, prune_to, 
     while not controller.state.done:
         errors = prune_to(ratio)
         value = check()
-        decision = controller.decide(value, selected=reached() if reached else None)
+        selected = reached() if reached else ratio
+        decision = controller.decide(value, selected=selected)
         last = (ratio, value, decision == KEEP, errors)
         if decision == KEEP:
             kept = last
         if not searching:
             if decision != KEEP:  # returned all the same: the history says so, and the stop gives its ratio
                 state = controller.state
-                state.ratio, state.selected = ratio, (reached() if reached else ratio)
-                state.history.append({"event": "kept beyond tolerance", "ratio": ratio, "selected": state.selected,
+                state.ratio, state.selected = ratio, selected
+                state.history.append({"event": "kept beyond tolerance", "ratio": ratio, "selected": selected,
                                       "metric": float(value), "reason": "fixed target"})
             if not controller.state.done:
                 controller.stop("fixed target")

@@ -43,11 +43,17 @@ class EmbeddingDistillationLoss(torch.nn.Module):
         return total
 
 
-def embedding_distillation_loss(model: SentenceTransformer, distance: str = "mse+cosine") -> EmbeddingDistillationLoss:
-    """``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (equal weights) as a loss module."""
+def distillation_distances(distance: str) -> set[str]:
+    """The distances ``"mse"``, ``"cosine"`` or ``"mse+cosine"`` names; anything else is refused."""
     names = {part.strip() for part in distance.split("+")}
     if not names or not names <= set(DISTANCES):
         raise ValueError(f"distillation distance must be mse, cosine or mse+cosine; got {distance!r}")
+    return names
+
+
+def embedding_distillation_loss(model: SentenceTransformer, distance: str = "mse+cosine") -> EmbeddingDistillationLoss:
+    """``"mse"``, ``"cosine"`` or ``"mse+cosine"`` (equal weights) as a loss module."""
+    names = distillation_distances(distance)
     return EmbeddingDistillationLoss(model, mse_weight=float("mse" in names), cosine_weight=float("cosine" in names))
 
 
