@@ -5,7 +5,7 @@
     python benchmarks/run.py --accuracy      # the same as: python benchmarks/accuracy.py
 
 Every row starts from the dense classifier of ``post_training.py`` (all-MiniLM-L6-v2 fine-tuned one epoch on
-7,000 ``train.tsv`` phrases, cached) and is scored on ``test.tsv`` and on ``--dev_samples`` ``dev.tsv`` rows that
+7,000 ``train.tsv`` phrases, or ``--dense_samples``, cached) and is scored on ``test.tsv`` and on ``--dev_samples`` ``dev.tsv`` rows that
 never steered or checked anything. Parts, each written to ``--output_dir`` (default
 ``benchmarks/results/accuracy/``) as soon as it is done, so that a rerun skips what is there with the same
 settings and an interrupted run resumes:
@@ -49,20 +49,31 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps every trained variant gets")
     parser.add_argument("--dev_samples", type=int, default=5000, help="dev.tsv rows that never steer anything")
+    parser.add_argument("--dense_samples", type=int, default=None,
+                        help="train.tsv phrases of the dense start's one epoch (default: post_training.py's 7,000); "
+                             "another count trains its own dense model, cached in outputs/accuracy_dense<N>")
     parser.add_argument("--variants", nargs="+", default=SCHEDULE_VARIANTS, choices=SCHEDULE_VARIANTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--summary_only", action="store_true", help="rewrite summary.md from the JSON files")
     return parser.parse_args(argv)
 
 
+def dense_argv(opts) -> list[str]:
+    """The dense start's arguments, given only when they differ from the default (earlier parts stay valid)."""
+    if opts.dense_samples is None:
+        return []
+    return ["--dense_samples", str(opts.dense_samples),
+            "--cache_dir", str(ROOT / "outputs" / f"accuracy_dense{opts.dense_samples}")]
+
+
 def schedule_argv(opts, seed: int, output: Path) -> list[str]:
-    return ["--data_dir", opts.data_dir, "--output", str(output), "--steps", str(opts.steps),
+    return [*dense_argv(opts), "--data_dir", opts.data_dir, "--output", str(output), "--steps", str(opts.steps),
             "--targets", *map(str, opts.targets), "--seeds", str(seed), "--dev_samples", str(opts.dev_samples),
             "--search_steps", "0", "--variants", *opts.variants, "--threads", str(opts.threads)]
 
 
 def post_training_argv(opts, output: Path) -> list[str]:
-    return ["--data_dir", opts.data_dir, "--output", str(output), "--targets", *map(str, opts.targets),
+    return [*dense_argv(opts), "--data_dir", opts.data_dir, "--output", str(output), "--targets", *map(str, opts.targets),
             "--scores", "taylor", "--refit_targets", post_training.DEFAULT_REFIT_TARGET,
             "--dev_samples", str(opts.dev_samples), "--threads", str(opts.threads)]
 
