@@ -112,6 +112,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--distillation", action="store_true",
                         help="each pruning schedule once more with --distillation (dense teacher at the reference)")
     parser.add_argument("--distillation_hidden_weight", type=float, default=0.0)
+    parser.add_argument("--distillation_only", action="store_true",
+                        help="with --distillation: only the runs with the teacher (e.g. --append to earlier runs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--append", action="store_true",
                         help="add the runs to those of --output (same dense model and data) instead of starting anew")
@@ -193,7 +195,9 @@ def main(argv=None) -> dict:
                     for s in opts.search_steps]
             if opts.distillation:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
-                schedules += [(f"{name} + distillation", schedule | teacher) for name, schedule in schedules]
+                hidden = f" (hidden weight {opts.distillation_hidden_weight:g})" if opts.distillation_hidden_weight else ""
+                with_teacher = [(f"{name} + distillation{hidden}", schedule | teacher) for name, schedule in schedules]
+                schedules = with_teacher if opts.distillation_only else schedules + with_teacher
             for name, schedule in schedules:
                 started = time.time()
                 model, report, shaped = prune_while_training(copy.deepcopy(dense), data, collator, tokenizer, opts,

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""How to split a layer-FLOP cut between attention heads and FFN neurons, without training.
+
+The selection prunes each kind by the same fraction of its own FLOPs (``select_masks_by_kind``): at 50%, heads
+lose 50% of the attention FLOPs and neurons 50% of the FFN FLOPs. This benchmark asks whether another split of
+the same total does better: for each ``--head_ratios`` value ``h``, ``post_training_prune`` removes ``h`` of the
+heads' FLOPs (Taylor scores, re-fit), then, on that model, the FFN fraction that brings the whole to ``--total``
+of the layer FLOPs (scores and re-fit again). The dense model is the accuracy benchmark's
+(all-MiniLM-L6-v2 fine-tuned one epoch on ``--dense_samples`` SST-2 training phrases, cached). Scored on:
+
+* ``steer``: 3,000 ``train.tsv`` phrases no model saw and no other part uses (after the dense, calibration and
+  625-step pool phrases), and ``check``: the 500 ``dev.tsv`` rows of the metric check: the rows to choose on;
+* ``unseen dev`` (``--dev_samples`` other ``dev.tsv`` rows): reported, never used to choose.
+
+One command, 2 threads (about 5 minutes once the dense model is cached)::
+
+    python benchmarks/kind_split.py   # -> benchmarks/results/kind_split.json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from hf_adaprune.post_training import post_training_prune
+from hf_adaprune.reporting.flops import model_profile
+from recipes.text_classification import DataTrainingArguments, ModelArguments, label_mapping, load_raw_datasets, tokenize
+import run_record  # noqa: E402 (neighbour)
+from post_training import SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, start_minilm_run
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL, STEER = 20_000, 3_000  # the 625-step pool of the accuracy benchmark, then the steering phrases
+
+
+def ffn_flops(model, seq_len: int) -> int:
+    """Multiply-adds x 2 of every FFN's two projections at ``seq_len`` tokens (batch 1)."""
+    config = model.config
+    return config.num_hidden_layers * 2 * 2 * seq_len * config.hidden_size * config.intermediate_size
+
+
+def steering_rows(opts, tokenizer):
+    raw = load_raw_datasets(DataTrainingArguments(train_file=str(Path(opts.data_dir) / "train.tsv")), ModelArguments())
+    label2id, _ = label_mapping(raw, "label", "0:negative,1:positive")
+    start = opts.dense_samples + opts.calibration_samples + POOL
+    rows = raw["train"].shuffle(seed=SEED).select(range(start, start + STEER))
+    return tokenize(DatasetDict(steer=rows), tokenizer, ["sentence"], "label", label2id, SEQ_LEN)["steer"]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
+    parser.set_defaults(dense_samples=20_000, cache_dir=str(ROOT / "outputs" / "accuracy_dense20000"),
+                        dev_samples=5000)
+    parser.add_argument("--total", type=float, default=0.5, help="fraction of the layer FLOPs removed")
+    parser.add_argument("--head_ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.85],
+                        help="fractions of the heads' FLOPs removed (0.5 at --total 0.5: the selection's own split)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "kind_split.json"))
+    opts = parser.parse_args(argv)
+    tokenizer, collator, started, load_start = start_minilm_run(opts)
+    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=POOL)
+    splits = {"steer": steering_rows(opts, tokenizer), "check": data["check"], "dev": data["dev"]}
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    layer_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
+    ffn_share = ffn_flops(dense, SEQ_LEN) / layer_flops
+    results = {"dense": {name: accuracy(dense, rows, collator) for name, rows in splits.items()}, "runs": []}
+    for head_ratio in opts.head_ratios:
+        begun = time.time()
+        heads = post_training_prune(copy.deepcopy(dense), data["calibration"], head_ratio, kinds=("heads",),
+                                    data_collator=collator, seq_len=SEQ_LEN, progress=False).model
+        removed = 1 - model_profile(heads, seq_len=SEQ_LEN)["layer_flops"] / layer_flops
+        ffn_ratio = (opts.total - removed) / ffn_share
+        if not 0 < ffn_ratio < 1:
+            raise SystemExit(f"--head_ratios {head_ratio} leaves an FFN fraction of {ffn_ratio:.3f} to reach "
+                             f"--total {opts.total}; choose head ratios that leave one in (0, 1)")
+        model = post_training_prune(heads, data["calibration"], ffn_ratio, kinds=("ffn",), data_collator=collator,
+                                    seq_len=SEQ_LEN, progress=False).model
+        run = {"head_ratio": head_ratio, "ffn_ratio": ffn_ratio,
+               "layer_flops_removed": 1 - model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / layer_flops,
+               "seconds": time.time() - begun} | {name: accuracy(model, rows, collator) for name, rows in splits.items()}
+        results["runs"].append(run)
+        log(f"heads {head_ratio:.2f} / FFN {ffn_ratio:.3f}: steer {run['steer']:.4f}, check {run['check']:.4f}, "
+            f"unseen dev {run['dev']:.4f}")
+    results["settings"] = vars(opts) | {"ffn_share": ffn_share, "minutes": (time.time() - started) / 60}
+    results["machine"] = run_record.machine(load_start)
+    run_record.write_outputs(opts.output, results, format_table(results))
+    return results
+
+
+def format_table(results: dict) -> str:
+    dense, s = results["dense"], results["settings"]
+    lines = [f"{s['total']:.0%} of the layer FLOPs removed without training, split between heads and FFN neurons "
+             f"(FFN: {s['ffn_share']:.1%} of the layer FLOPs at seq {SEQ_LEN}); dense: steer {100 * dense['steer']:.2f}%, "
+             f"check {100 * dense['check']:.2f}%, unseen dev {100 * dense['dev']:.2f}%; {s['minutes']:.1f} min", "",
+             "| heads' FLOPs removed | FFN FLOPs removed | layer FLOPs removed | steer (choose on) | check (choose on) "
+             "| unseen dev |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in results["runs"]:
+        lines.append(f"| {r['head_ratio']:.2f} | {r['ffn_ratio']:.3f} | {r['layer_flops_removed']:.3f} "
+                     + " | ".join(f"{100 * r[k]:.2f}% ({100 * (r[k] - dense[k]):+.2f})" for k in ("steer", "check", "dev"))
+                     .join(["| ", " |"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
