@@ -1,0 +1,43 @@
+"""benchmarks/accuracy.py: the arguments its parts get, and the summary it rebuilds from their JSON files."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import ROOT, load_script
+
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy_625_dense20000"
+
+
+def load_accuracy():
+    return load_script("benchmarks", "accuracy")
+
+
+def test_default_dense_start_adds_no_arguments_so_earlier_parts_stay_valid(tmp_path):
+    accuracy = load_accuracy()
+    opts = accuracy.arguments(["--output_dir", str(tmp_path)])
+    argv = accuracy.schedule_argv(opts, 42, tmp_path / "schedules_seed42.json")
+    assert "--dense_samples" not in argv and "--cache_dir" not in argv
+    assert "--dense_samples" not in accuracy.post_training_argv(opts, tmp_path / "post_training.json")
+
+
+def test_dense_samples_go_to_both_parts_with_a_cache_of_their_own(tmp_path):
+    accuracy = load_accuracy()
+    opts = accuracy.arguments(["--output_dir", str(tmp_path), "--dense_samples", "20000"])
+    for argv in (accuracy.schedule_argv(opts, 43, tmp_path / "s.json"),
+                 accuracy.post_training_argv(opts, tmp_path / "p.json")):
+        assert argv[argv.index("--dense_samples") + 1] == "20000"
+        assert argv[argv.index("--cache_dir") + 1] == str(ROOT / "outputs" / "accuracy_dense20000")
+
+
+def test_summary_is_the_mean_change_against_each_seeds_control():
+    text = load_accuracy().summary(RESULTS)
+    changes = []
+    for seed in (42, 43):
+        runs = json.loads((RESULTS / f"schedules_seed{seed}.json").read_text())["runs"]
+        control = next(r for r in runs if r["variant"] == "dense control")
+        run = next(r for r in runs if r["variant"] == "one-shot + re-fit + fine-tuning" and r["target"] == 0.5)
+        changes.append(100 * (run["dev_accuracy"] - control["dev_accuracy"]))
+    row = next(line for line in text.splitlines() if line.startswith("| 50% | one-shot + re-fit + fine-tuning |"))
+    assert f"| {changes[0]:+.2f}, {changes[1]:+.2f} | {sum(changes) / 2:+.2f} |" in row
+    assert "distillation (hidden weight 1)" in text and "distillation (hidden weight 10)" in text
