@@ -275,3 +275,24 @@ def test_the_pruning_curve_plots_the_sparsity_reached(tmp_path, monkeypatch):
                {"event": "keep", "ratio": 0.95, "selected": 0.75, "metric": 0.79}]
     plot_pruning_curve(history, "accuracy", tmp_path / "curve.png")
     assert plotted[0] == [0.0, 0.75]
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_scores_and_still_prunes(tmp_path, reentrant):
+    def scores(folder, **overrides):
+        model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        trainer = make_trainer(tmp_path / folder, model=model, max_steps=3, pruning_warmup_steps=100,
+                               learning_rate=0.0, prune="heads,ffn,layers", **overrides)
+        trainer.train()
+        return trainer.importance.scores(trainer.model, trainer.pruning_groups)
+
+    plain = scores("plain")
+    checkpointed = scores("checkpointed", gradient_checkpointing=True,
+                          gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    assert plain.keys() == checkpointed.keys()
+    for name, values in plain.items():  # recomputed activations: equal up to float rounding
+        torch.testing.assert_close(checkpointed[name], values, rtol=1e-4, atol=1e-7)
+    trainer = make_trainer(tmp_path / "run", gradient_checkpointing=True, max_steps=24, pruning_tolerance=1.0,
+                           prune="heads,ffn")
+    trainer.train()
+    assert trainer.controller.state.ratio > 0

@@ -195,3 +195,25 @@ def test_resume_may_drop_a_structure_kind_only_while_nothing_of_it_was_removed(t
 def test_no_eval_dataset_is_refused_when_the_trainer_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"the pruning controller needs an eval_dataset to measure the metric on$"):
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset())
+
+
+def test_auto_find_batch_size_is_refused_at_parse_time(tmp_path):
+    # its restart from step 0 after an out-of-memory error would keep the aborted start's scores, masks and reference
+    with pytest.raises(ValueError, match="--auto_find_batch_size cannot be combined with pruning.*"
+                                         "--per_device_train_batch_size"):
+        make_args(tmp_path, auto_find_batch_size=True)
+
+
+def test_hyperparameter_search_is_refused_before_any_trial(tmp_path):
+    trainer = AdaptivePruningTrainer(model_init=lambda: tiny_model("bert"), args=make_args(tmp_path),
+                                     train_dataset=toy_dataset(), eval_dataset=toy_dataset().select(range(16)))
+    with pytest.raises(NotImplementedError, match="hyperparameter_search is not supported: a trial's pruning values "
+                                                  "would reach the pruning set-up one trial late"):
+        trainer.hyperparameter_search(direction="maximize", n_trials=2)
+    assert trainer.state.global_step == 0
+
+
+def test_batch_eval_metrics_with_a_built_in_metric_is_refused_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(ValueError, match="--batch_eval_metrics needs a compute_metrics that takes compute_result"):
+        make_trainer(tmp_path, batch_eval_metrics=True)
+    make_trainer(tmp_path, batch_eval_metrics=True, pruning_metric="loss")  # the loss needs no compute_metrics

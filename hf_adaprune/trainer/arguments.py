@@ -228,6 +228,11 @@ def validate_pruning_arguments(args) -> None:
         raise ValueError("--torch_compile cannot be combined with --prune ...layers: a compiled model does not run the "
                          "layer gates that score and remove whole layers (it returns no loss). Train without "
                          "--torch_compile, or prune heads and ffn only, which compile")
+    if getattr(args, "auto_find_batch_size", False):
+        raise ValueError("--auto_find_batch_size cannot be combined with pruning: after an out-of-memory error it "
+                         "restarts training from step 0, but the scores, masks and reference of the aborted start "
+                         "would stay (their steps no longer match). Set --per_device_train_batch_size to a size that "
+                         "fits (with --gradient_accumulation_steps for the effective batch) instead")
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))

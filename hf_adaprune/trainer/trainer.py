@@ -100,6 +100,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """What the caller passed to the Trainer class's ``__init__``, by parameter name, positional or keyword."""
         return dict(inspect.signature(super().__init__).bind_partial(*args, **kwargs).arguments)
 
+    def hyperparameter_search(self, *args, **kwargs):
+        """Refused: transformers applies a trial's values after ``model_init`` has set pruning up, and every trial
+        would share one report and state folder."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.hyperparameter_search is not supported: a trial's pruning values would reach the "
+            "pruning set-up one trial late, and all trials would write one pruning report. Search the fine-tuning "
+            "hyperparameters with a plain transformers.Trainer, then prune with the values found; or run one "
+            "pruning trainer per setting, each with its own output_dir")
+
     def call_model_init(self, trial=None):
         """With ``model_init`` (and ``hyperparameter_search``) ``train()`` builds a fresh model: prune that one."""
         model = super().call_model_init(trial)
@@ -164,6 +173,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 "(model.requires_grad_(True); a PEFT model after merge_and_unload() keeps its base weights frozen), "
                 "or narrow --pruning_roles")
         self.pruning_metric = args.pruning_metric
+        if self.pruning_metric != "loss" and self.compute_metrics is None and args.batch_eval_metrics:
+            raise ValueError(f"--batch_eval_metrics needs a compute_metrics that takes compute_result (transformers "
+                             f"calls it once per batch); the built-in --pruning_metric {self.pruning_metric} computes "
+                             "over the whole evaluation. Turn --batch_eval_metrics off, pass your own compute_metrics "
+                             "that returns eval_" + self.pruning_metric + ", or use --pruning_metric loss")
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
