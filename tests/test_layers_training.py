@@ -72,6 +72,14 @@ def test_t5_encoder_layers_are_refused_before_training(tmp_path):
                                    pruning_warmup_steps=1, pruning_interval=1, report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match="T5's encoder layers cannot be removed while the model has a decoder"):
         AdaptivePruningSeq2SeqTrainer(model=build_seq2seq("t5"), args=args, train_dataset=data, eval_dataset=data)
+    suggested = "encoder_self,decoder_self,cross,decoder"  # what the message offers to keep every kind it can
+    args = Seq2SeqPruningArguments(str(tmp_path), prune="heads,ffn,layers", pruning_roles="all", max_steps=4,
+                                   pruning_warmup_steps=1, pruning_interval=1, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=f"--pruning_roles {suggested} keeps every kind but the encoder's FFN"):
+        AdaptivePruningSeq2SeqTrainer(model=build_seq2seq("t5"), args=args, train_dataset=data, eval_dataset=data)
+    args.pruning_roles = suggested
+    trainer = AdaptivePruningSeq2SeqTrainer(model=build_seq2seq("t5"), args=args, train_dataset=data, eval_dataset=data)
+    assert {g.kind for g in trainer.pruning_groups} == {"heads", "ffn", "layers"}
 
 
 def test_resume_mid_pruning_with_layers_removed(tmp_path):

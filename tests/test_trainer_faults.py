@@ -156,8 +156,9 @@ def test_decisions_and_user_evaluations_keep_their_rows_with_persistent_workers(
     trainer.evaluation_loop = counting_loop
     trainer.train()
     trainer.evaluate()
+    assert rows[0] == ("pruning_eval", 2)  # the metric check before the first step
     assert ("eval", 48) in rows and ("pruning_eval", 8) in rows
-    assert all(n == (48 if prefix == "eval" else 8) for prefix, n in rows), rows
+    assert all(n == (48 if prefix == "eval" else 8) for prefix, n in rows[1:]), rows
 
 
 def test_multi_label_head_trains_with_a_named_metric(tmp_path):
@@ -217,3 +218,30 @@ def test_batch_eval_metrics_with_a_built_in_metric_is_refused_when_the_trainer_i
     with pytest.raises(ValueError, match="--batch_eval_metrics needs a compute_metrics that takes compute_result"):
         make_trainer(tmp_path, batch_eval_metrics=True)
     make_trainer(tmp_path, batch_eval_metrics=True, pruning_metric="loss")  # the loss needs no compute_metrics
+
+
+@pytest.mark.parametrize("metric", ["loss", "accuracy"])
+def test_eval_rows_without_labels_fail_before_the_first_step(tmp_path, metric):
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric=metric),
+                                     train_dataset=data, eval_dataset=data.select(range(16)).remove_columns("labels"))
+    with pytest.raises(ValueError, match=f"the eval_dataset rows have no labels: pruning decisions measure "
+                                         f"--pruning_metric {metric} against them"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_feature_extractor_as_processing_class_of_a_generation_metric_is_refused(tmp_path):
+    from transformers import WhisperFeatureExtractor
+
+    from hf_adaprune import AdaptivePruningSeq2SeqTrainer
+    from hf_adaprune.trainer.arguments import Seq2SeqPruningArguments
+    from test_seq2seq_families import tiny_seq2seq
+
+    args = Seq2SeqPruningArguments(str(tmp_path), max_steps=4, pruning_metric="wer", predict_with_generate=True,
+                                   pruning_seq_len=16, report_to="none", use_cpu=True, save_strategy="no")
+    with pytest.raises(ValueError, match="processing_class is a WhisperFeatureExtractor, which has no tokenizer: "
+                                         "pass the processor"):
+        AdaptivePruningSeq2SeqTrainer(model=tiny_seq2seq("marian"), args=args, train_dataset=toy_dataset(),
+                                      eval_dataset=toy_dataset().select(range(8)),
+                                      processing_class=WhisperFeatureExtractor(feature_size=8))

@@ -118,6 +118,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         self.decision_key = f"{DECISION_PREFIX}_{primary}"
         return float(metrics[self.decision_key]), metrics
 
+    def _decision_rows_without_labels(self) -> list[str]:
+        return []  # sentence-transformers losses need no label column (e.g. anchor / positive pairs)
+
     def _check_metric_available(self) -> None:
         if not self._steer_by_evaluator:  # the evaluator's own primary metric is checked at the reference
             super()._check_metric_available()

@@ -15,6 +15,7 @@ leaves is :mod:`.candidate`'s business.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import copy
 import inspect
 import logging
@@ -223,6 +224,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
             if tokenizer is None:
                 raise ValueError(f"--pruning_metric {name} on generated text needs the tokenizer (processing_class)")
+            if not callable(getattr(tokenizer, "batch_decode", None)):
+                raise ValueError(f"--pruning_metric {name} decodes generated tokens, but processing_class is a "
+                                 f"{type(tokenizer).__name__}, which has no tokenizer: pass the processor "
+                                 "(e.g. WhisperProcessor) or the tokenizer as processing_class")
             return generation_metrics(name, tokenizer)
         return classification_metrics(name)
 
@@ -251,7 +256,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                     args.pruning_warmup_steps, room, interval_option(args), decision_interval(args))
         # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
         # and accelerate would then skip wrapping it in DistributedDataParallel.
-        if state.global_step == 0 and self.pruning_metric != "loss":
+        if state.global_step == 0:
             self._check_metric_available()
         if args.pruning_warmup_steps == 0 and self.controller.state.reference is None:
             self.pruning_step(state.global_step)
@@ -334,6 +339,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     def _check_metric_available(self) -> None:
         """Evaluate a couple of examples now so a wrong metric name fails before hours of training."""
+        missing = self._decision_rows_without_labels()
+        if missing:
+            raise ValueError(f"the eval_dataset rows have no {' / '.join(missing)}: pruning decisions measure "
+                             f"--pruning_metric {self.pruning_metric} against them (the loss needs them too). Give an "
+                             "eval_dataset with labels, or name its label columns with --label_names")
         metrics = self._evaluate_rows(2)
         if self.decision_key not in metrics:
             hint = (" (--prediction_loss_only true: evaluation computes the loss alone; leave it off or set "
@@ -342,6 +352,19 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
                 f"available: {sorted('eval_' + k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}{hint}"
             )
+
+    def _decision_rows_without_labels(self) -> list[str]:
+        """The label columns transformers reads (``label_names``) when the first eval row, a mapping, has none of
+        them (nor ``label`` / ``label_ids``, which the collators rename); else ``[]``."""
+        names = list(self.label_names)
+        try:
+            row = self.eval_dataset[0]
+        except (TypeError, KeyError, IndexError, NotImplementedError):  # not indexable: evaluation will tell
+            return []
+        if not names or not isinstance(row, Mapping):
+            return []
+        present = any(row.get(name) is not None for name in {*names, "label", "label_ids"})
+        return [] if present else names
 
     def _log_decision(self, event: str, step: int, ratio: float, metric: float, evaluation: dict) -> None:
         masks = get_masks(self.pruned_model)
