@@ -28,7 +28,8 @@ from datasets import DatasetDict
 
 from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile
-from recipes.text_classification import DataTrainingArguments, ModelArguments, label_mapping, load_raw_datasets, tokenize
+from recipes.text_classification import (DataTrainingArguments, ModelArguments, label_mapping, load_raw_datasets,
+                                         tokenize)
 import run_record  # noqa: E402 (neighbour)
 from post_training import SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, start_minilm_run
 
@@ -81,7 +82,8 @@ def main(argv=None) -> dict:
                                     seq_len=SEQ_LEN, progress=False).model
         run = {"head_ratio": head_ratio, "ffn_ratio": ffn_ratio,
                "layer_flops_removed": 1 - model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / layer_flops,
-               "seconds": time.time() - begun} | {name: accuracy(model, rows, collator) for name, rows in splits.items()}
+               "seconds": time.time() - begun}
+        run |= {name: accuracy(model, rows, collator) for name, rows in splits.items()}
         results["runs"].append(run)
         log(f"heads {head_ratio:.2f} / FFN {ffn_ratio:.3f}: steer {run['steer']:.4f}, check {run['check']:.4f}, "
             f"unseen dev {run['dev']:.4f}")
@@ -94,14 +96,15 @@ def main(argv=None) -> dict:
 def format_table(results: dict) -> str:
     dense, s = results["dense"], results["settings"]
     lines = [f"{s['total']:.0%} of the layer FLOPs removed without training, split between heads and FFN neurons "
-             f"(FFN: {s['ffn_share']:.1%} of the layer FLOPs at seq {SEQ_LEN}); dense: steer {100 * dense['steer']:.2f}%, "
+             f"(FFN: {s['ffn_share']:.1%} of the layer FLOPs at seq {SEQ_LEN}); "
+             f"dense: steer {100 * dense['steer']:.2f}%, "
              f"check {100 * dense['check']:.2f}%, unseen dev {100 * dense['dev']:.2f}%; {s['minutes']:.1f} min", "",
              "| heads' FLOPs removed | FFN FLOPs removed | layer FLOPs removed | steer (choose on) | check (choose on) "
              "| unseen dev |", "|---:|---:|---:|---:|---:|---:|"]
     for r in results["runs"]:
+        cells = [f"{100 * r[k]:.2f}% ({100 * (r[k] - dense[k]):+.2f})" for k in ("steer", "check", "dev")]
         lines.append(f"| {r['head_ratio']:.2f} | {r['ffn_ratio']:.3f} | {r['layer_flops_removed']:.3f} "
-                     + " | ".join(f"{100 * r[k]:.2f}% ({100 * (r[k] - dense[k]):+.2f})" for k in ("steer", "check", "dev"))
-                     .join(["| ", " |"]))
+                     f"| {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

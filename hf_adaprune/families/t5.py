@@ -136,9 +136,9 @@ def t5_stacks(base_model, config):
         stacks[0] = dataclasses.replace(stacks[0], refuse=(
             "T5's encoder layers cannot be removed while the model has a decoder: transformers sizes T5's KV "
             "cache by the encoder's layer count (num_layers), so generate() with the cache fails once the decoder "
-            "has more layers. Remove decoder layers only: --pruning_roles encoder_self,decoder_self,cross,decoder keeps every "
-            "kind but the encoder's FFN neurons and layers, --pruning_roles decoder the decoder's alone (a "
-            "T5EncoderModel's layers can go)."))
+            "has more layers. Remove decoder layers only: --pruning_roles encoder_self,decoder_self,cross,decoder "
+            "keeps every kind but the encoder's FFN neurons and layers, --pruning_roles decoder the decoder's alone "
+            "(a T5EncoderModel's layers can go)."))
     return stacks
 
 

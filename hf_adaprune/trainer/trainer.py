@@ -15,11 +15,11 @@ leaves is :mod:`.candidate`'s business.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import copy
 import inspect
 import logging
 import os
+from collections.abc import Mapping
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer
@@ -111,7 +111,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "pruning trainer per setting, each with its own output_dir")
 
     def call_model_init(self, trial=None):
-        """With ``model_init`` (and ``hyperparameter_search``) ``train()`` builds a fresh model: prune that one."""
+        """With ``model_init`` ``train()`` builds a fresh model: prune that one."""
         model = super().call_model_init(trial)
         if hasattr(self, "controller"):  # not during __init__, which sets pruning up itself
             self._setup_pruning(model)
