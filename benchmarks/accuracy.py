@@ -5,8 +5,8 @@
     python benchmarks/run.py --accuracy      # the same as: python benchmarks/accuracy.py
 
 Every row starts from the dense classifier of ``post_training.py`` (all-MiniLM-L6-v2 fine-tuned one epoch on
-7,000 ``train.tsv`` phrases, or ``--dense_samples``, cached) and is scored on ``test.tsv`` and on ``--dev_samples`` ``dev.tsv`` rows that
-never steered or checked anything. Parts, each written to ``--output_dir`` (default
+7,000 ``train.tsv`` phrases, or ``--dense_samples``, cached) and is scored on ``test.tsv`` and on ``--dev_samples``
+``dev.tsv`` rows that never steered or checked anything. Parts, each written to ``--output_dir`` (default
 ``benchmarks/results/accuracy/``) as soon as it is done, so that a rerun skips what is there with the same
 settings and an interrupted run resumes:
 
@@ -73,7 +73,8 @@ def schedule_argv(opts, seed: int, output: Path) -> list[str]:
 
 
 def post_training_argv(opts, output: Path) -> list[str]:
-    return [*dense_argv(opts), "--data_dir", opts.data_dir, "--output", str(output), "--targets", *map(str, opts.targets),
+    return [*dense_argv(opts), "--data_dir", opts.data_dir, "--output", str(output),
+            "--targets", *map(str, opts.targets),
             "--scores", "taylor", "--refit_targets", post_training.DEFAULT_REFIT_TARGET,
             "--dev_samples", str(opts.dev_samples), "--threads", str(opts.threads)]
 

@@ -24,14 +24,10 @@ import copy
 import time
 from pathlib import Path
 
-from datasets import DatasetDict
-
 from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile
-from recipes.text_classification import (DataTrainingArguments, ModelArguments, label_mapping, load_raw_datasets,
-                                         tokenize)
 import run_record  # noqa: E402 (neighbour)
-from post_training import SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, start_minilm_run
+from post_training import SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, start_minilm_run
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL, STEER = 20_000, 3_000  # the 625-step pool of the accuracy benchmark, then the steering phrases
@@ -41,14 +37,6 @@ def ffn_flops(model, seq_len: int) -> int:
     """Multiply-adds x 2 of every FFN's two projections at ``seq_len`` tokens (batch 1)."""
     config = model.config
     return config.num_hidden_layers * 2 * 2 * seq_len * config.hidden_size * config.intermediate_size
-
-
-def steering_rows(opts, tokenizer):
-    raw = load_raw_datasets(DataTrainingArguments(train_file=str(Path(opts.data_dir) / "train.tsv")), ModelArguments())
-    label2id, _ = label_mapping(raw, "label", "0:negative,1:positive")
-    start = opts.dense_samples + opts.calibration_samples + POOL
-    rows = raw["train"].shuffle(seed=SEED).select(range(start, start + STEER))
-    return tokenize(DatasetDict(steer=rows), tokenizer, ["sentence"], "label", label2id, SEQ_LEN)["steer"]
 
 
 def main(argv=None) -> dict:
@@ -63,8 +51,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "kind_split.json"))
     opts = parser.parse_args(argv)
     tokenizer, collator, started, load_start = start_minilm_run(opts)
-    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=POOL)
-    splits = {"steer": steering_rows(opts, tokenizer), "check": data["check"], "dev": data["dev"]}
+    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=POOL + STEER)
+    steer = data["pool"].select(range(POOL, POOL + STEER))  # after the pool the accuracy benchmark trains on
+    splits = {"steer": steer, "check": data["check"], "dev": data["dev"]}
     dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
     layer_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     ffn_share = ffn_flops(dense, SEQ_LEN) / layer_flops

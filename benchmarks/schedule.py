@@ -195,7 +195,8 @@ def main(argv=None) -> dict:
                     for s in opts.search_steps]
             if opts.distillation:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
-                hidden = f" (hidden weight {opts.distillation_hidden_weight:g})" if opts.distillation_hidden_weight else ""
+                weight = opts.distillation_hidden_weight
+                hidden = f" (hidden weight {weight:g})" if weight else ""
                 with_teacher = [(f"{name} + distillation{hidden}", schedule | teacher) for name, schedule in schedules]
                 schedules = with_teacher if opts.distillation_only else schedules + with_teacher
             for name, schedule in schedules:

@@ -174,12 +174,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 "(model.requires_grad_(True); a PEFT model after merge_and_unload() keeps its base weights frozen), "
                 "or narrow --pruning_roles")
         self.pruning_metric = args.pruning_metric
-        if self.pruning_metric != "loss" and self.compute_metrics is None and args.batch_eval_metrics:
-            raise ValueError(f"--batch_eval_metrics needs a compute_metrics that takes compute_result (transformers "
-                             f"calls it once per batch); the built-in --pruning_metric {self.pruning_metric} computes "
-                             "over the whole evaluation. Turn --batch_eval_metrics off, pass your own compute_metrics "
-                             "that returns eval_" + self.pruning_metric + ", or use --pruning_metric loss")
         if self.pruning_metric != "loss" and self.compute_metrics is None:
+            if args.batch_eval_metrics:
+                raise ValueError(f"--batch_eval_metrics needs a compute_metrics that takes compute_result "
+                                 f"(transformers calls it once per batch); the built-in --pruning_metric "
+                                 f"{self.pruning_metric} computes over the whole evaluation. Turn --batch_eval_metrics "
+                                 f"off, pass your own compute_metrics that returns eval_{self.pruning_metric}, or use "
+                                 "--pruning_metric loss")
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
         self.decision_key = f"{DECISION_PREFIX}_{self.pruning_metric}"
