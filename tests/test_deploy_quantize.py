@@ -39,6 +39,37 @@ def test_int8_round_trip_pruned_encoder(model_type, tmp_path):
     assert folder_bytes(tmp_path / "int8") < 0.4 * folder_bytes(tmp_path / "float")
 
 
+def test_int8_round_trip_masked_lm_with_its_tied_decoder_bias(tmp_path):
+    model = tiny_model("bert", "AutoModelForMaskedLM", vocab_size=500)
+    random_masks(model)
+    compact(model)
+    batch = text_batch()
+    quantized = save_int8(model, tmp_path)
+    reloaded = load_int8(tmp_path)
+    assert reloaded.cls.predictions.decoder.bias() is not None
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, quantized(**batch).logits)
+        assert (quantized(**batch).logits - model(**batch).logits).abs().max() <= FLOAT_TOL
+
+
+def test_a_failed_int8_save_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    import hf_adaprune.deploy.quantize as quantize
+
+    model = tiny_model("bert", vocab_size=500)
+    random_masks(model)
+    compact(model)
+    model.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(quantize, "_packed_linears", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_int8(model, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
 def test_int8_round_trip_marian_generate(tmp_path):
     model = tiny_marian(120)
     random_masks(model, seed=2)

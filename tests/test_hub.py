@@ -218,10 +218,14 @@ def test_config_that_lost_its_layout_record_is_refused_clearly(tmp_path, lost):
         AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
 
 
-def test_model_pruned_twice_loads(tmp_path):
-    """Load a pruned folder, prune it again, save it: both loaders read the second folder."""
+@pytest.mark.parametrize("loader", ["hf_adaprune", "trust_remote_code"])
+def test_model_pruned_twice_loads(tmp_path, loader):
+    """Load a pruned folder (with either loader), prune it again, save it: both loaders read the second folder."""
     save_pruned(pruned_tiny("bert"), tmp_path / "once")
-    model = AutoPrunedModel.from_pretrained(tmp_path / "once").eval()
+    if loader == "hf_adaprune":
+        model = AutoPrunedModel.from_pretrained(tmp_path / "once").eval()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "once", trust_remote_code=True).eval()
     masks = attach_masks(model)
     heads = torch.zeros_like(masks.masks["encoder.layer.1.attention"])
     heads[0] = 1

@@ -223,6 +223,8 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     ({"ridge": -1.0}, "ridge must be >= 0"),
     ({"target": "0.5"}, "target must be a number"),
     ({"eval_dataset": [{"input_ids": [5, 6, 7]}]}, "eval_dataset examples need labels"),
+    ({"eval_dataset": [{"input_ids": [5, 6, 7]}], "metric": "loss"}, "need labels .* for the loss check"),
+    ({"data_collator": None}, r"calibration_dataset rows have \d+ different lengths .* pass tokenizer="),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")
@@ -277,6 +279,29 @@ def test_floors_that_stop_the_selection_short_are_reported_not_hidden(caplog):
     assert "the selection for 0.500 reached 0.250" in caplog.text
     assert result.ratio == 0.5 and result.selected == pytest.approx(0.25)  # 1 of 4 heads per layer
     assert result.summary()["selected"] == pytest.approx(0.25)
+
+
+def test_a_regression_head_with_a_class_metric_is_refused_before_any_work():
+    import transformers
+
+    config = tiny_model("bert").config
+    config.num_labels = 1
+    model = transformers.BertForSequenceClassification(config).eval()
+    rows = [dict(r, labels=float(r["labels"])) for r in labelled_examples(8)]
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(ValueError, match="metric 'accuracy' needs classes, but the model has one output"):
+        post_training_prune(model, rows, 0.5, eval_dataset=rows, data_collator=pad_collator, seq_len=16)
+    assert calls == []
+
+
+def test_a_search_without_target_warns_of_no_target(caplog):
+    model = tiny_model("bert")
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        post_training_prune(model, labelled_examples(16), None, eval_dataset=labelled_examples(8, seed=5),
+                            metric="loss", tolerance=100.0, data_collator=pad_collator, seq_len=16, refit=False,
+                            progress=False)
+    assert "cannot be reached" not in caplog.text  # the search's ceiling is not the user's target
 
 
 def test_history_records_what_was_selected_and_returned(caplog):

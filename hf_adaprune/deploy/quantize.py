@@ -29,6 +29,7 @@ from torch import nn
 
 from ..engine.masks import get_masks
 from ..hub import AutoPrunedModel, save_pruned
+from ..hub.save import write_through_temporary
 from ..surgery import compact
 
 INT8_WEIGHTS = "model_int8.safetensors"
@@ -106,22 +107,40 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
     if get_masks(model) is not None:
         compact(model)
     quantized = quantize_int8(model)
-    save_directory = Path(save_directory)
-    save_pruned(model, save_directory, tokenizer=tokenizer, processor=processor)
-    for stale in save_directory.glob("model*.safetensors*"):  # the float weights are replaced by the int8 file
-        stale.unlink()
+
+    def write(folder: Path) -> None:
+        save_pruned(model, folder, tokenizer=tokenizer, processor=processor)
+        for stale in folder.glob("model*.safetensors*"):  # the float weights are replaced by the int8 file
+            stale.unlink()
+        tensors, aliases = _int8_tensors(quantized)
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(folder / INT8_WEIGHTS))
+        record = {"format": FORMAT, "linears": sorted(_packed_linears(quantized)), "aliases": aliases,
+                  "scheme": "int8 weights, symmetric per output row; dynamic int8 activations (torch fbgemm/x86)"}
+        (folder / INT8_RECORD).write_text(json.dumps(record, indent=2))
+
+    write_through_temporary(save_directory, write)  # a failure leaves an earlier folder as it was
+    return quantized
+
+
+def _int8_tensors(quantized) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of the int8 file, and which tied names are stored under another (loading ties them again)."""
     tensors, aliases = {}, {}
     seen: dict[tuple, str] = {}
     packed = _packed_linears(quantized)
-    for name, weight in quantized.state_dict().items():
-        if not isinstance(weight, torch.Tensor) or name.rsplit(".", 1)[0] in packed or "_packed_params" in name:
-            continue
-        storage = (weight.data_ptr(), weight.shape)  # empty tensors share a null pointer; tied weights their storage
-        if weight.numel() and storage in seen:  # tied weights are stored once
+
+    def add(name, tensor):
+        storage = (tensor.data_ptr(), tensor.shape)  # empty tensors share a null pointer; tied weights their storage
+        if tensor.numel() and storage in seen:  # tied weights are stored once (a masked LM's decoder bias, too)
             aliases[name] = seen[storage]
-            continue
+            return
         seen[storage] = name
-        tensors[name] = weight.contiguous()
+        tensors[name] = tensor.contiguous()
+
+    for name, weight in quantized.state_dict().items():
+        if isinstance(weight, torch.Tensor) and name.rsplit(".", 1)[0] not in packed and "_packed_params" not in name:
+            add(name, weight)
     embeddings = [f"{name}.weight" for name in _embedding_names(quantized)]
     for key in [k for k in embeddings if k in tensors]:
         tensors[key + ".int8"], tensors[key + ".scale"] = _int8_rows(tensors.pop(key))
@@ -130,14 +149,8 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
         tensors[f"{name}.weight.scale"] = weight.q_per_channel_scales().float()
         tensors[f"{name}.weight.zero_point"] = weight.q_per_channel_zero_points()
         if bias is not None:
-            tensors[f"{name}.bias"] = bias.detach()
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(save_directory / INT8_WEIGHTS))
-    record = {"format": FORMAT, "linears": sorted(packed), "aliases": aliases,
-              "scheme": "int8 weights, symmetric per output row; dynamic int8 activations (torch fbgemm/x86)"}
-    (save_directory / INT8_RECORD).write_text(json.dumps(record, indent=2))
-    return quantized
+            add(f"{name}.bias", bias.detach())
+    return tensors, aliases
 
 
 def load_int8(path, auto_class=None):

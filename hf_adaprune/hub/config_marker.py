@@ -44,11 +44,23 @@ def base_model_type(model_type: str) -> str:
     return model_type.removeprefix(MODEL_TYPE_PREFIX)
 
 
+def shipped_code_base(cls: type) -> type:
+    """A class loaded from a folder's ``modeling_adaprune.py`` (``trust_remote_code=True``) -> the transformers class
+    it extends; any other class as it is. Saved as the loaded class, transformers would treat the model as remote
+    code and copy hf_adaprune's own modules beside it (and point ``auto_map`` at them)."""
+    if cls.__module__.rpartition(".")[2] != "modeling_adaprune":
+        return cls
+    import transformers
+
+    return next(c for c in cls.__mro__ if getattr(transformers, c.__name__, None) is c)
+
+
 @functools.cache
 def pruned_config_class(base_class: type) -> type:
     """``base_class`` with :class:`PrunedConfigMixin`, under the same name (transformers looks configs up by name)."""
     if issubclass(base_class, PrunedConfigMixin):
         return base_class
+    base_class = shipped_code_base(base_class)
     cls = type(base_class.__name__, (PrunedConfigMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], base_class.__name__, cls)  # picklable by reference
     return cls

@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover
     _CAN_RECORD_REGISTRY = None
 
 from ..layout import PrunedModelMixin, read_record
-from .config_marker import base_model_type, mark_config, pruned_config_class
+from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import set_auto_map, write_remote_code
 
 
@@ -36,6 +36,7 @@ def pruned_class(base_class: type) -> type:
     task (model card, ``pipeline``) from the class name."""
     if issubclass(base_class, SavesRemoteCode):
         return base_class
+    base_class = shipped_code_base(base_class)
     name = base_class.__name__
     cls = type(name, (SavesRemoteCode, PrunedModelMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], name, cls)  # picklable by reference

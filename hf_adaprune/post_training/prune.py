@@ -120,6 +120,8 @@ def post_training_prune(
               refit_target)
     _validate_sizes(model, kinds=kinds, seq_len=seq_len, batch_size=batch_size, refit_samples=refit_samples,
                     ridge=ridge, floors=(min_heads_per_layer, min_neurons_per_layer))
+    if data_collator is None and tokenizer is None:
+        _validate_equal_lengths(calibration_dataset=calibration_dataset, eval_dataset=eval_dataset)
     started = time.time()
     timings = {}
     model = model if inplace else copy.deepcopy(model)
@@ -133,8 +135,8 @@ def post_training_prune(
     dense_profile = model_profile(model, seq_len=seq_len)
     costs = structure_costs(model, groups, seq_len)
     floors = {"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}
-    blocked = unreachable_target(groups, {g.name: structure_count(model.base_model, g) for g in groups},
-                                 SEARCH_CEILING if target is None else target, kinds, floors, costs)
+    blocked = None if target is None else unreachable_target(  # a search (no target) stops where the floors let it
+        groups, {g.name: structure_count(model.base_model, g) for g in groups}, target, kinds, floors, costs)
     if blocked:
         logger.warning(blocked)
 
@@ -281,7 +283,10 @@ def evaluate(model: nn.Module, batches: list[dict], metric: str, progress: bool 
     for batch in tqdm(batches, desc=f"check: {metric}", disable=not progress):
         batch = device_batch(batch, device)
         outputs = model(**batch)
-        label = next(batch[k] for k in LABEL_KEYS if k in batch)
+        label = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        if label is None:
+            raise ValueError(f"the {metric} check needs labels (one of {LABEL_KEYS}) in every row; a batch has "
+                             f"{sorted(batch)}")
         losses.append(float(outputs.loss) * label.shape[0])
         weights.append(label.shape[0])
         logits.append(outputs.logits.float().cpu().numpy())
@@ -314,6 +319,19 @@ def _validate_sizes(model, *, kinds, seq_len, batch_size, refit_samples, ridge, 
     if positions and seq_len > positions:
         raise ValueError(f"seq_len {seq_len} (the length FLOPs are counted at) exceeds the model's "
                          f"{positions_note(model.config)}; pass seq_len <= {positions}")
+
+
+def _validate_equal_lengths(**datasets) -> None:
+    """Without a tokenizer or collator nothing pads: rows of unequal length would fail inside the collation."""
+    for name, dataset in datasets.items():
+        if dataset is None:
+            continue
+        rows = dataset["input_ids"] if hasattr(dataset, "column_names") else (row.get("input_ids", ()) for row in dataset)
+        lengths = {len(ids) for ids in rows}
+        if len(lengths) > 1:
+            raise ValueError(f"{name} rows have {len(lengths)} different lengths ({min(lengths)} to {max(lengths)} "
+                             f"tokens) and nothing pads them: pass tokenizer= (its pad token pads each batch) or "
+                             f"data_collator=")
 
 
 def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores,
@@ -357,8 +375,11 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError("searching the ratio (target=None or search=True) needs an eval_dataset for the metric")
     if eval_dataset is not None and len(eval_dataset) == 0:
         raise ValueError("eval_dataset is empty: pass None to skip the metric check")
-    if eval_dataset is not None and metric != "loss" and not any(key in eval_dataset[0] for key in LABEL_KEYS):
+    if eval_dataset is not None and not any(key in eval_dataset[0] for key in LABEL_KEYS):
         raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; the first "
                          f"example has {sorted(eval_dataset[0])}")
     if metric != "loss":
         _metric_function(metric)  # an unknown metric name fails here
+        if eval_dataset is not None and getattr(model.config, "num_labels", None) == 1:
+            raise ValueError(f"metric {metric!r} needs classes, but the model has one output (regression): pass "
+                             f"metric='loss'")
