@@ -240,6 +240,8 @@ def test_model_pruned_twice_loads(tmp_path, loader):
     assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
     stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "twice", trust_remote_code=True).eval()
     assert (outputs(stock, batch) - expected).abs().max() <= 1e-5
+    assert type(model) is type(loaded)  # one pruned class per name, whichever loader: pickled by reference
+    pickle.loads(pickle.dumps(model))
 
 
 def test_config_stays_small_with_wide_ffn_layers(tmp_path):

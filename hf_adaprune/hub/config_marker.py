@@ -55,12 +55,15 @@ def shipped_code_base(cls: type) -> type:
     return next(c for c in cls.__mro__ if getattr(transformers, c.__name__, None) is c)
 
 
-@functools.cache
 def pruned_config_class(base_class: type) -> type:
     """``base_class`` with :class:`PrunedConfigMixin`, under the same name (transformers looks configs up by name)."""
     if issubclass(base_class, PrunedConfigMixin):
         return base_class
-    base_class = shipped_code_base(base_class)
+    return _pruned_config_class(shipped_code_base(base_class))
+
+
+@functools.cache
+def _pruned_config_class(base_class: type) -> type:
     cls = type(base_class.__name__, (PrunedConfigMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], base_class.__name__, cls)  # picklable by reference
     return cls

@@ -30,13 +30,17 @@ class SavesRemoteCode:
             write_remote_code(self, save_directory, class_names)
 
 
-@functools.cache
 def pruned_class(base_class: type) -> type:
     """``base_class`` with :class:`PrunedModelMixin` mixed in, under its own name: transformers infers the
-    task (model card, ``pipeline``) from the class name."""
+    task (model card, ``pipeline``) from the class name. A class loaded from a folder's remote code gives the
+    class its transformers class gives (one class per name: pickled by reference)."""
     if issubclass(base_class, SavesRemoteCode):
         return base_class
-    base_class = shipped_code_base(base_class)
+    return _pruned_class(shipped_code_base(base_class))
+
+
+@functools.cache
+def _pruned_class(base_class: type) -> type:
     name = base_class.__name__
     cls = type(name, (SavesRemoteCode, PrunedModelMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], name, cls)  # picklable by reference
