@@ -218,6 +218,19 @@ def test_onnxruntime_int8_close_to_float(tmp_path):
     assert len(int8_weights) >= 6  # the linears of the tiny model's kept layers
 
 
+def test_a_new_export_removes_the_earlier_exports_graphs_and_keeps_other_files(tmp_path):
+    model = tiny_model("bert")
+    export_onnx(model, tmp_path)
+    quantize_onnx(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    other = tiny_model("bert", seed=1)
+    random_masks(other)
+    compact(other)
+    assert [p.name for p in export_onnx(other, tmp_path)] == ["model.onnx"]
+    assert not (tmp_path / "model.int8.onnx").exists()  # the int8 graph of the earlier model would run stale
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_onnxruntime_int8_scales_per_output_channel_by_default(tmp_path):
     model = tiny_model("bert")
     compact(model)

@@ -216,6 +216,27 @@ def test_marian_sentencepiece_tokenizer(tmp_path):
     assert new_tokenizer.convert_ids_to_tokens(new) == expected
 
 
+def test_position_embeddings_as_long_as_the_vocabulary_stay_whole():
+    """Only token embeddings are sliced, also where another table has as many rows as the vocabulary."""
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(59)])}
+    wordpiece = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
+                                               cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=37, max_position_embeddings=64)
+    model = transformers.BertForSequenceClassification(config).eval()
+    texts = ["w1 w2 w3 w4 w5 w6 w7", "w8 w9 w10 w11"]
+    with torch.no_grad():
+        expected = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    new_tokenizer = prune_vocabulary(model, tokenizer, texts)
+    assert model.bert.embeddings.word_embeddings.num_embeddings == len(new_tokenizer) < 64
+    assert model.bert.embeddings.position_embeddings.num_embeddings == 64 == model.config.max_position_embeddings
+    with torch.no_grad():
+        assert torch.equal(model(**new_tokenizer(texts, padding=True, return_tensors="pt")).logits, expected)
+
+
 def test_unsupported_tokenizer_refused_before_any_work():
     level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "film": 2}, unk_token="<unk>"))
     level.pre_tokenizer = pre_tokenizers.Whitespace()

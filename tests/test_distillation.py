@@ -203,6 +203,7 @@ def test_distillation_changes_training(tmp_path):
     (dict(distillation=True, distillation_temperature=0.0), "distillation_temperature must be > 0"),
     (dict(distillation=True, distillation_hidden_weight=-1.0), "distillation_hidden_weight must be >= 0"),
     (dict(teacher_model_name_or_path="some/teacher"), "--distillation is off"),
+    (dict(distillation_hidden_weight=1.0), "--distillation_hidden_weight is given but --distillation is off"),
 ])
 def test_bad_distillation_arguments_fail_at_parse_time(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -191,6 +191,8 @@ def test_parses_from_command_line_and_yaml(tmp_path):
         (dict(prune="blocks"), "--prune must be one of heads, ffn, layers, .both. or a comma list"),
         (dict(pruning_criterion="hessian"), "--pruning_criterion must be one of"),
         (dict(pruning_roles="encoder,ears"), "unknown roles"),
+        (dict(pruning_roles=""), "--pruning_roles names no role"),
+        (dict(pruning_roles=" , "), "--pruning_roles names no role"),
     ],
 )
 def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):

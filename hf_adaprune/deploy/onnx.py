@@ -130,6 +130,10 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
 
 def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]:
     save_directory.mkdir(parents=True, exist_ok=True)
+    for name in (ENCODER_FILE, *SEQ2SEQ_FILES):  # graphs of an earlier export (its int8 ones too) would run stale
+        for stale in (name, name.replace(".onnx", ".int8.onnx")):
+            for path in (save_directory / stale, save_directory / f"{stale}.data", save_directory / f"{stale}_data"):
+                path.unlink(missing_ok=True)
     example = _example_inputs(model)
     if not model.config.is_encoder_decoder:
         inputs = {"input_ids": example["inputs"], "attention_mask": example["attention_mask"]}

@@ -129,9 +129,14 @@ def check_vocabulary_request(model, tokenizer) -> None:
                          f"{model.get_input_embeddings().num_embeddings} rows; they do not belong together")
 
 
+# the token tables of the families (an encoder-decoder's shared table and each stack's own); position, token-type
+# and relative-position tables can have as many rows as the vocabulary and stay whole
+TOKEN_EMBEDDING_NAMES = ("word_embeddings", "embed_tokens", "shared")
+
+
 def slice_vocabulary(model, kept_ids: list[int]) -> None:
     """Keep rows ``kept_ids`` (old ids, in their new order: ascending when slicing, any permutation to reorder)
-    of every vocabulary-sized embedding, output projection and ``final_logits_bias`` of ``model``, in place;
+    of every vocabulary-sized token embedding, output projection and ``final_logits_bias`` of ``model``, in place;
     tied weights stay tied."""
     old_size = model.get_input_embeddings().num_embeddings
     index = torch.tensor(kept_ids, dtype=torch.long)
@@ -145,8 +150,10 @@ def slice_vocabulary(model, kept_ids: list[int]) -> None:
 
     old_to_new = {old: new for new, old in enumerate(kept_ids)}
     output = model.get_output_embeddings()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) and module.num_embeddings == old_size:
+    tokens = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        is_token_table = module is tokens or name.rsplit(".", 1)[-1] in TOKEN_EMBEDDING_NAMES
+        if isinstance(module, nn.Embedding) and is_token_table and module.num_embeddings == old_size:
             take_rows(module.weight)
             module.num_embeddings = new_size
             if module.padding_idx is not None:

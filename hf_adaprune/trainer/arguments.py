@@ -283,6 +283,9 @@ def validate_pruning_arguments(args) -> None:
     if args.min_heads_per_layer < 0 or args.min_neurons_per_layer < 0:
         raise ValueError("--min_heads_per_layer and --min_neurons_per_layer must be >= 0")
     validate_distillation_arguments(args)
+    if not args.selected_roles():
+        raise ValueError(f"--pruning_roles names no role ({args.pruning_roles!r}); give a comma list of "
+                         f"{', '.join(ROLES)} or 'all'")
     unknown = args.selected_roles() - set(ROLES)
     if unknown:
         raise ValueError(f"--pruning_roles has unknown roles {sorted(unknown)}; known: {', '.join(ROLES)} or 'all'")

@@ -48,6 +48,8 @@ def validate_distillation_arguments(args) -> None:
         raise ValueError(f"--distillation_hidden_weight must be >= 0; got {args.distillation_hidden_weight}")
     if args.teacher_model_name_or_path and not args.distillation:
         raise ValueError("--teacher_model_name_or_path is given but --distillation is off: set --distillation")
+    if args.distillation_hidden_weight and not args.distillation:
+        raise ValueError("--distillation_hidden_weight is given but --distillation is off: set --distillation")
 
 
 def stock_class(model) -> type:
