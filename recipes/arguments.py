@@ -143,6 +143,30 @@ def expand_config_file(argv: list[str] | None = None) -> list[str]:
     return argv
 
 
+# transformers' example scripts run what these flags ask for; a recipe always trains (or, with --post_training,
+# prunes without training), evaluates on the validation split (it steers pruning) and scores --test_file if given
+RUN_MODE_FLAGS = {"do_train": "the recipe always fine-tunes and prunes (--post_training true prunes without "
+                              "training)",
+                  "do_eval": "the validation split steers pruning and is always evaluated",
+                  "do_predict": "the test split is scored whenever --test_file (or the dataset's test split) is given"}
+
+
+def recipe_argv(argv: list[str] | None = None) -> list[str]:
+    """:func:`expand_config_file`, refusing a run-mode flag set to false: the recipes do not read them, so
+    ``--do_train false`` would train anyway (true, as transformers' scripts take it, is what runs)."""
+    argv = expand_config_file(argv)
+    for i, item in enumerate(argv):
+        name, eq, value = item.partition("=")
+        if name.lstrip("-") not in RUN_MODE_FLAGS or not name.startswith("--"):
+            continue
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+        if value.strip().lower() in ("false", "0", "no", "n", "f", "off"):
+            flag = name.lstrip("-")
+            raise RecipeError(f"--{flag} {value}: the recipes do not read it: {RUN_MODE_FLAGS[flag]}; leave it out")
+    return argv
+
+
 def resolve_package_path(value: str | None, what: str) -> str | None:
     """Turn ``package:NAME/sub/path`` into that path inside the installed package NAME; other values pass through.
 

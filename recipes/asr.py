@@ -79,7 +79,7 @@ from recipes.arguments import (
     RecipeError,
     check_metric,
     check_minimum,
-    expand_config_file,
+    recipe_argv,
     require_file,
     resolve_package_path,
 )
@@ -212,7 +212,7 @@ class DataTrainingArguments(DataArguments):
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
-    return parser.parse_args_into_dataclasses(args=expand_config_file(argv))
+    return parser.parse_args_into_dataclasses(args=recipe_argv(argv))
 
 
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> None:

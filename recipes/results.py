@@ -165,7 +165,10 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
     pruning = results["pruning"]
     footer.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} (target {pruning['target']}), "
                   f"stopped: {pruning['stop_reason']}")
-    if test is not None and not control and results["train"] is not None:  # None: pruned without training
+    if test is not None and not control and results["train"] is not None and dense_step is None:
+        footer.append("note: no dense column: this run did not see the weights of the pruning reference (step "
+                      "--pruning_warmup_steps): it resumed past that step, or ended before it.")
+    elif test is not None and not control and results["train"] is not None:  # None: pruned without training
         steps = results["train"].get("global_step", "all")
         footer.append(f"note: the dense column is the model at step {dense_step} (the pruning reference); the pruned "
                       f"model trained to step {steps}, so it had more training. --dense_control true adds a dense "

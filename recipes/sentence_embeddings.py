@@ -23,7 +23,7 @@ once; the models are timed alternately in one process).
     python recipes/sentence_embeddings.py recipes/configs/sts_minilm.yaml
     python recipes/sentence_embeddings.py recipes/configs/sts_minilm_distillation.yaml --max_steps 20
 
-Uses :mod:`recipes.arguments` (``expand_config_file``: a YAML/JSON config file as flags;
+Uses :mod:`recipes.arguments` (``recipe_argv``: a YAML/JSON config file as flags;
 ``resolve_package_path``: ``package:NAME/path`` values) and :func:`recipes.skeleton.run_cli`; it trains a
 ``SentenceTransformer``, not a transformers model, so it does not run through the skeleton's ``Task``.
 """
@@ -57,7 +57,7 @@ from hf_adaprune.sentence_transformers import (
 )
 from hf_adaprune.sentence_transformers.losses import distillation_distances
 
-from recipes.arguments import RecipeError, check_output_dir, expand_config_file, resolve_package_path
+from recipes.arguments import RecipeError, check_output_dir, recipe_argv, resolve_package_path
 from recipes.skeleton import load_error, run_cli
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def check_model(model: SentenceTransformer, opts, args) -> None:
 def main(argv=None):
     parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
     try:
-        opts, args = parser.parse_args_into_dataclasses(args=expand_config_file(argv))
+        opts, args = parser.parse_args_into_dataclasses(args=recipe_argv(argv))
     except ValueError as err:  # unknown flags, argument values the arguments classes refuse
         raise RecipeError(str(err)) from err
     check_options(opts, args)

@@ -18,6 +18,7 @@ import copy
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -284,6 +285,32 @@ def warn_earlier_outputs(run: Run) -> None:
                        "taken for this run's", out, " and ".join(left), "them" if len(left) > 1 else "it")
 
 
+# what Trainer writes into --output_dir besides the model, and an earlier run's copy of which this run could be
+# mixed with: save_metrics merges into all_results.json; --resume_from_checkpoint true takes the newest checkpoint-N
+EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
+                     "predict_results.json", "trainer_state.json")
+
+
+def clear_earlier_run(run: Run, resume_from: str | None) -> None:
+    """After ``--overwrite_output_dir`` (and not resuming), just before training: remove an earlier run's
+    ``checkpoint-N`` folders and metrics files, naming them in a warning. Other files stay."""
+    out = run.training_args.output_dir
+    if resume_from is not None or not run.data_args.overwrite_output_dir or not os.path.isdir(out) \
+            or not run.training_args.should_save:
+        return
+    names = sorted(name for name in os.listdir(out) if name in EARLIER_RUN_FILES
+                   or (CHECKPOINT_PATTERN.match(name) and os.path.isdir(os.path.join(out, name))))
+    if names:
+        logger.warning("--overwrite_output_dir: removing what an earlier run left in %s and this run would be mixed "
+                       "with: %s", out, ", ".join(names))
+    for name in names:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
 def load_error(paths, err: OSError) -> RecipeError:
     """The one-line error for a model, config or tokenizer that transformers cannot load from ``paths``."""
     return RecipeError(f"cannot load the model / tokenizer from {', '.join(p for p in paths if p)} (a local folder "
@@ -314,6 +341,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     snapshot = DenseSnapshot(copy.deepcopy(run.model)) \
         if test_dataset is not None and data_args.test_before_pruning else None
 
+    clear_earlier_run(run, resume_from)
     pruning_class = AdaptivePruningSeq2SeqTrainer if run.seq2seq else AdaptivePruningTrainer
     trainer = _as_recipe_error(  # model / argument mismatches the trainer finds (e.g. --pruning_seq_len)
         lambda: pruning_class(**run.trainer_kwargs(run.model, training_args),
@@ -329,6 +357,10 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     if test_dataset is not None:
         scores["pruned"] = task.score_test(trainer, test_dataset, run)
         trainer.save_metrics("test", scores["pruned"]["metrics"])
+        if snapshot is not None and snapshot.model is None:
+            logger.warning("no dense test scores: this run did not see the weights at step %d, where the pruning "
+                           "reference is taken (it resumed past it, or ended before it)",
+                           training_args.pruning_warmup_steps)
         if snapshot is not None and snapshot.model is not None:
             scores["dense"] = task.score_test(_plain_trainer(run, snapshot.model, training_args), test_dataset, run)
 

@@ -101,9 +101,9 @@ from recipes.arguments import (
     RecipeError,
     check_minimum,
     check_model_source,
-    expand_config_file,
     load_named_dataset,
     no_validation_message,
+    recipe_argv,
     require_file,
     resolve_package_path,
 )
@@ -176,7 +176,7 @@ class DataTrainingArguments(PostTrainingArguments, DataArguments):
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, PruningArguments) from flags or a config file (+ overriding flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=expand_config_file(argv))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_argv(argv))
     return model_args, data_args, training_args
 
 
@@ -517,7 +517,7 @@ TASK = Task(
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe (``--post_training``: prune without training); returns what it writes to results.json."""
-    argv = expand_config_file(argv)
+    argv = recipe_argv(argv)
     if _as_recipe_error(parse_args, argv)[1].post_training:
         return post_training.run_post_training(TASK, argv)
     return TASK.main(argv)

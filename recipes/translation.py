@@ -80,9 +80,9 @@ from recipes.arguments import (
     check_metric,
     check_minimum,
     check_model_source,
-    expand_config_file,
     load_named_dataset,
     no_validation_message,
+    recipe_argv,
     require_file,
 )
 from recipes.results import format_metric
@@ -172,7 +172,7 @@ def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
     # recipe defaults first: argparse keeps the last value of a repeated flag
-    argv = RECIPE_DEFAULTS + expand_config_file(argv) + ["--predict_with_generate", "true"]
+    argv = RECIPE_DEFAULTS + recipe_argv(argv) + ["--predict_with_generate", "true"]
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
 

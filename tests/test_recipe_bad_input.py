@@ -155,6 +155,33 @@ def test_folders_an_earlier_run_left_are_named(tmp_path, caplog):
     assert "from an earlier run" not in caplog.text  # this run writes both anew
 
 
+def test_an_overwriting_run_removes_the_earlier_runs_checkpoints_and_metrics_only(tmp_path, caplog):
+    import logging
+
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    for step in (3, 12):  # --resume_from_checkpoint true would take checkpoint-12 of the earlier run
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "pruning_state.pt").write_bytes(b"")
+    for name in ("all_results.json", "test_results.json", "README.md", "notes.txt"):
+        (out / name).write_text("{}")
+    run, resume_from = skeleton.prepare_run(recipe.TASK, data_args(tmp_path, train, train, "--overwrite_output_dir",
+                                                                    "true"))
+    assert (out / "checkpoint-12").is_dir()  # nothing is removed before the model is built and training starts
+    with caplog.at_level(logging.WARNING):
+        skeleton.clear_earlier_run(run, resume_from)
+    assert "removing what an earlier run left" in caplog.text and "checkpoint-12" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt"]  # replaced by the run, or not its
+
+
+@pytest.mark.parametrize("flags", [["--do_train", "false"], ["--do_eval=False"], ["--do_predict", "no"]])
+def test_run_mode_flags_set_to_false_are_refused_not_ignored(tmp_path, flags):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(RecipeError, match=f"--{flags[0].lstrip('-').partition('=')[0]} .*the recipes do not read it"):
+        prepare(data_args(tmp_path, train, train, *flags))
+    assert prepare(data_args(tmp_path, train, train, "--do_train", "--do_eval", "true")).splits["train"]
+
+
 def test_metric_of_generated_text_is_refused(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     for name in ("sacrebleu", "wer"):

@@ -124,6 +124,19 @@ def test_without_control_the_table_says_the_dense_column_trained_less(workspace,
     assert "--dense_control true" in table
 
 
+def test_a_run_that_never_saw_the_reference_weights_says_why_the_dense_column_is_empty():
+    results_module = load_recipe("results")
+    results = {"test": {"samples": 4, "metrics": ["accuracy"], "dense_step": None, "dense_accuracy": None,
+                        "control_accuracy": None, "pruned_accuracy": 0.75},
+               "validation": {"metric": "accuracy", "samples": 4, "dense_reference": 0.5, "pruned_final": 0.5,
+                              "tolerance": 0.01, "tolerance_type": "absolute"},
+               "comparison": None, "latency": None, "dense_control": None, "train": {"global_step": 6},
+               "pruning": {"final_sparsity": 0.5, "target_type": "flops", "target": 0.5, "stop_reason": "target"}}
+    table = results_module.results_table(results, lambda name, value: "" if value is None else f"{value:.2f}")
+    assert "note: no dense column: this run did not see the weights of the pruning reference" in table
+    assert "step None" not in table
+
+
 def _trained_snapshot(workspace, out, before_pruning_callback: bool):
     """A tiny pruning run with the snapshot callback given before, or added after, the trainer's own callback."""
     model_args, data_args, training_args = recipe.parse_args(run_args(workspace, out))
