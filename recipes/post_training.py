@@ -24,8 +24,8 @@ from hf_adaprune.trainer.eval_order import first_rows
 from . import deploy
 from .arguments import RecipeError, check_minimum
 from .results import results_table, save_results, test_results, without_layers
-from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, load_error, prepare_run,
-                       results_header, subsample)
+from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, clear_earlier_run, load_error,
+                       prepare_run, results_header, subsample)
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
@@ -109,6 +109,7 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     build_model(task, run)
     deploy.check_request(run)
     run.model.config._name_or_path = model_args.base_model_id or ""
+    clear_earlier_run(run, None)  # an earlier training run's checkpoints and metrics are not this model's
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
     calibration = run.datasets["train"]
     if data_args.post_training_long_share > 0:
