@@ -23,7 +23,9 @@ warm-up):
   one row per ``--search_steps``;
   ``search_refit_residual``: the same with ``pruning_refit_target="dense_residual"``;
 * with ``--distillation``, each of those schedules again, distilling from the dense model at the
-  reference (``--distillation``; the wall-time column shows the teacher's cost).
+  reference (``--distillation``; the wall-time column shows the teacher's cost), or with ``--teacher control``
+  from the dense control of the same seed (trained the same steps, saved once to
+  ``<cache_dir>/control_<steps>steps_seed<S>``: a teacher that costs those steps on top of the student's).
 
 Pruning decisions (and the one-shot's metric check) read ``--check_samples`` rows of ``dev.tsv``;
 accuracy is reported on the other ``dev.tsv`` rows, which never steered anything, and on ``test.tsv``
@@ -114,6 +116,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--distillation_hidden_weight", type=float, default=0.0)
     parser.add_argument("--distillation_only", action="store_true",
                         help="with --distillation: only the runs with the teacher (e.g. --append to earlier runs)")
+    parser.add_argument("--teacher", choices=["start", "control"], default="start",
+                        help="with --distillation: the dense start at the reference (the trainer's default teacher) "
+                             "or the dense control of the same seed, trained the same --steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--append", action="store_true",
                         help="add the runs to those of --output (same dense model and data) instead of starting anew")
@@ -147,10 +152,15 @@ def main(argv=None) -> dict:
         write(results, opts)
 
     for seed in opts.seeds:
-        if "control" in opts.variants:
+        control_folder = Path(opts.cache_dir) / f"control_{opts.steps}steps_seed{seed}"
+        if "control" in opts.variants or (opts.distillation and opts.teacher == "control"
+                                          and not control_folder.exists()):
             started = time.time()
-            record("dense control", seed, None, fine_tune(copy.deepcopy(dense), data, collator, tokenizer,
-                                                         opts.steps, seed, opts.lr), started, recovery_steps=opts.steps)
+            control = fine_tune(copy.deepcopy(dense), data, collator, tokenizer, opts.steps, seed, opts.lr)
+            if "control" in opts.variants:
+                record("dense control", seed, None, control, started, recovery_steps=opts.steps)
+            if opts.distillation and opts.teacher == "control":
+                control.save_pretrained(control_folder)
         for target in opts.targets:
             for variant, refit, name in (("one-shot", False, "one-shot + fine-tuning"),
                                          ("one-shot_refit", True, "one-shot + re-fit + fine-tuning")):
@@ -197,6 +207,9 @@ def main(argv=None) -> dict:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
                 weight = opts.distillation_hidden_weight
                 hidden = f" (hidden weight {weight:g})" if weight else ""
+                if opts.teacher == "control":
+                    teacher["teacher_model_name_or_path"] = str(control_folder)
+                    hidden += " from the control"
                 with_teacher = [(f"{name} + distillation{hidden}", schedule | teacher) for name, schedule in schedules]
                 schedules = with_teacher if opts.distillation_only else schedules + with_teacher
             for name, schedule in schedules:
