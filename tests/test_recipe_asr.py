@@ -246,6 +246,52 @@ def test_ctc_recipe(tmp_path, manifests, tiny_ctc_dir):
         assert model(**batch).logits.shape[-1] == 3 + len(set("".join(asr.DIGIT_WORDS)))  # the head was kept
 
 
+def ctc_tokenizer(folder):
+    return transformers.Wav2Vec2Processor.from_pretrained(folder).tokenizer
+
+
+def test_ctc_labels_are_the_normalised_transcripts(tiny_ctc_dir):
+    tokenizer = ctc_tokenizer(tiny_ctc_dir)
+    normalize = speech_data.make_normalizer(("lowercase", "punctuation", "digits"))
+    rows = {"validation": [{"text": "Seven.", "row": "line 2", "name": "a.wav"},
+                           {"text": "1, two!", "row": "line 3", "name": "b.wav"}]}
+    asr.tokenize_rows(rows, tokenizer, "ctc", normalize, None)
+    assert [tokenizer.decode(r["labels"], group_tokens=False) for r in rows["validation"]] == ["seven", "one two"]
+
+
+def test_ctc_characters_left_after_normalisation_are_refused(tiny_ctc_dir):
+    rows = {"train": [{"text": "one", "row": "line 2", "name": "a.wav"},
+                      {"text": "7 eight", "row": "line 3", "name": "b.wav"}]}
+    normalize = speech_data.make_normalizer(("lowercase", "punctuation"))
+    with pytest.raises(asr.RecipeError, match=r"characters the CTC vocabulary lacks after --text_normalization: "
+                                              r"'7' first in line 3 \(b\.wav\).*add steps to --text_normalization"):
+        asr.tokenize_rows(rows, ctc_tokenizer(tiny_ctc_dir), "ctc", normalize, None)
+
+
+def test_ctc_transcript_of_a_clip_does_not_depend_on_what_it_is_batched_with(tiny_ctc_dir):
+    from recipes.speech.metrics import blank_padding_frames
+
+    processor = transformers.Wav2Vec2Processor.from_pretrained(tiny_ctc_dir)
+    model = transformers.Wav2Vec2ForCTC.from_pretrained(tiny_ctc_dir).eval()
+    blank_padding_frames(model)
+    generator = np.random.default_rng(0)
+    clips = [generator.standard_normal(n).astype(np.float32) for n in (1200, 4000)]
+    collate = asr.CTCCollator(processor.feature_extractor)
+    with torch.no_grad():
+        alone = model(**{k: v for k, v in collate([{"audio": clips[0], "labels": [3]}]).items()
+                         if k != "labels"}).logits.argmax(-1)[0]
+        batch = collate([{"audio": c, "labels": [3]} for c in clips])
+        together = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)[0]
+    frames = alone.shape[0]
+    assert torch.equal(together[:frames], alone)  # the real frames, as without padding
+    assert (together[frames:] == model.config.pad_token_id).all()  # the padding frames predict blank
+    assert processor.tokenizer.decode(together) == processor.tokenizer.decode(alone)
+    model.train()  # training (and its loss) is left alone
+    torch.manual_seed(0)
+    out = model(**batch)
+    assert out.loss is not None and not (out.logits[0, frames:].argmax(-1) == model.config.pad_token_id).all()
+
+
 # -- fail fast -------------------------------------------------------------------------------------
 
 

@@ -44,6 +44,31 @@ def ctc_argmax(logits, labels):
         logits = logits[0]
     return logits.argmax(dim=-1)
 
+def blank_padding_frames(model) -> None:
+    """In eval mode, the CTC logits of frames past each clip's end (the padding of a batch's shorter clips) predict
+    the blank (``pad_token_id``), so a clip's greedy transcript is the same whatever it is batched with.
+
+    A forward hook on ``model``: it reads the ``attention_mask`` the collator passes (models whose feature extractor
+    gives none see padding as the model was trained to) and leaves training, and the loss, untouched.
+    """
+    import torch
+
+    def hook(module, args, kwargs, output):
+        mask = kwargs.get("attention_mask")
+        if module.training or mask is None or getattr(output, "logits", None) is None:
+            return None
+        logits = output.logits
+        frames = module._get_feat_extract_output_lengths(mask.sum(-1)).to(logits.device)
+        padding = torch.arange(logits.shape[1], device=logits.device)[None, :] >= frames[:, None]
+        blank = torch.full_like(logits[0, 0], float("-inf"))
+        blank[module.config.pad_token_id] = 0.0
+        output.logits = torch.where(padding[..., None], blank, logits)
+        return output
+
+    if hasattr(model, "_get_feat_extract_output_lengths"):
+        model.register_forward_hook(hook, with_kwargs=True)
+
+
 def ctc_compute_metrics(tokenizer, normalize):
     """``compute_metrics`` for CTC: greedy ids -> collapsed text; labels decoded without grouping."""
 
