@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET, DEFAULT_RIDGE
+
+logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 PACKAGE_PREFIX = "package:"
@@ -250,6 +255,32 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bo
                   if any(name.startswith("checkpoint-") for name in entries) else "")
         raise RecipeError(f"--output_dir {output_dir} already holds {held}; choose another folder{resume} or pass "
                           f"--overwrite_output_dir true to write into it (files of the same names are replaced)")
+
+
+# what Trainer writes into --output_dir besides the model, and an earlier run's copy of which this run could be
+# mixed with: save_metrics merges into all_results.json; --resume_from_checkpoint true takes the newest checkpoint-N
+EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
+                     "predict_results.json", "trainer_state.json")
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint-\d+$")
+
+
+def remove_earlier_run_outputs(output_dir: str, folders: tuple[str, ...] = ()) -> None:
+    """Remove an earlier run's ``checkpoint-N`` folders, metrics files and ``folders`` (an evaluator's CSV files,
+    appended to) from ``output_dir``, naming them in a warning; other files stay. Call it on one process, after
+    ``--overwrite_output_dir``, just before training."""
+    if not os.path.isdir(output_dir):
+        return
+    names = sorted(name for name in os.listdir(output_dir) if name in EARLIER_RUN_FILES or name in folders
+                   or (CHECKPOINT_FOLDER.match(name) and os.path.isdir(os.path.join(output_dir, name))))
+    if names:
+        logger.warning("--overwrite_output_dir: removing what an earlier run left in %s and this run would be mixed "
+                       "with: %s", output_dir, ", ".join(names))
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def load_named_dataset(data_args, cache_dir: str | None, split: str | None = None):

@@ -57,7 +57,8 @@ from hf_adaprune.sentence_transformers import (
 )
 from hf_adaprune.sentence_transformers.losses import distillation_distances
 
-from recipes.arguments import RecipeError, check_output_dir, recipe_argv, resolve_package_path
+from recipes.arguments import (RecipeError, check_output_dir, recipe_argv, remove_earlier_run_outputs,
+                               resolve_package_path)
 from recipes.skeleton import load_error, run_cli
 
 logger = logging.getLogger(__name__)
@@ -222,9 +223,11 @@ def check_options(opts, args) -> None:
     except ValueError:
         raise RecipeError(f"--distillation_distance must be mse, cosine or mse+cosine; "
                           f"got {opts.distillation_distance!r}") from None
-    for name in ("max_train_samples", "max_dev_pairs"):
-        if getattr(opts, name) is not None and getattr(opts, name) < 1:
-            raise RecipeError(f"--{name} must be >= 1 (or left out for all rows); got {getattr(opts, name)}")
+    if opts.max_train_samples is not None and opts.max_train_samples < 1:
+        raise RecipeError(f"--max_train_samples must be >= 1 (or left out for all rows); got {opts.max_train_samples}")
+    if opts.max_dev_pairs is not None and opts.max_dev_pairs < 3:  # Spearman of 2 pairs is always +-1
+        raise RecipeError(f"--max_dev_pairs must be >= 3 (a rank correlation of fewer pairs steers nothing), or left "
+                          f"out for all pairs; got {opts.max_dev_pairs}")
     for name in ("max_seq_length", "throughput_batch", "throughput_repeats"):
         if getattr(opts, name) < 1:
             raise RecipeError(f"--{name} must be >= 1; got {getattr(opts, name)}")
@@ -283,6 +286,11 @@ def main(argv=None):
     results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
+    if opts.overwrite_output_dir and args.should_save:  # sentence-transformers appends to eval/*.csv
+        remove_earlier_run_outputs(args.output_dir, folders=("eval",))
+        if not opts.layer_drop_baseline and os.path.isdir(os.path.join(args.output_dir, "layer_drop")):
+            logger.warning("%s holds layer_drop/ from an earlier run, which this run does not write: remove it, or "
+                           "it may be taken for this run's", args.output_dir)
     trainer = None
     try:
         trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
@@ -316,11 +324,14 @@ def main(argv=None):
             save_strategy="no", report_to="none", logging_steps=args.logging_steps)
         SentenceTransformerTrainer(model=student, args=base_args, train_dataset=distil,
                                    loss=embedding_distillation_loss(student, opts.distillation_distance)).train()
-        student.eval().save(os.path.join(args.output_dir, "layer_drop"))
+        if args.should_save:  # one process writes the folder
+            student.eval().save(os.path.join(args.output_dir, "layer_drop"))
         results["layer_drop"] = {"kept_layers": keep, "sts_test": spearman(student, test_eval),
                                  "sts_dev": spearman(student, dev_eval), **profile(student, args.pruning_seq_len)}
         models["layer_drop"] = student
 
+    if not args.should_save:  # the other processes of a multi-process run: timing and writing are the main one's
+        return results
     test_sentences = list(dict.fromkeys(list(test["sentence1"]) + list(test["sentence2"])))
     results["throughput"] = {
         "batch_1": throughput(models, test_sentences[:1], 1, opts.throughput_repeats * 5),

@@ -18,7 +18,6 @@ import copy
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from . import deploy
-from .arguments import RecipeError, check_output_dir
+from .arguments import RecipeError, check_output_dir, remove_earlier_run_outputs
 from .results import (
     pruning_record,
     results_table,
@@ -285,30 +284,10 @@ def warn_earlier_outputs(run: Run) -> None:
                        "taken for this run's", out, " and ".join(left), "them" if len(left) > 1 else "it")
 
 
-# what Trainer writes into --output_dir besides the model, and an earlier run's copy of which this run could be
-# mixed with: save_metrics merges into all_results.json; --resume_from_checkpoint true takes the newest checkpoint-N
-EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
-                     "predict_results.json", "trainer_state.json")
-
-
 def clear_earlier_run(run: Run, resume_from: str | None) -> None:
-    """After ``--overwrite_output_dir`` (and not resuming), just before training: remove an earlier run's
-    ``checkpoint-N`` folders and metrics files, naming them in a warning. Other files stay."""
-    out = run.training_args.output_dir
-    if resume_from is not None or not run.data_args.overwrite_output_dir or not os.path.isdir(out) \
-            or not run.training_args.should_save:
-        return
-    names = sorted(name for name in os.listdir(out) if name in EARLIER_RUN_FILES
-                   or (CHECKPOINT_PATTERN.match(name) and os.path.isdir(os.path.join(out, name))))
-    if names:
-        logger.warning("--overwrite_output_dir: removing what an earlier run left in %s and this run would be mixed "
-                       "with: %s", out, ", ".join(names))
-    for name in names:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    """After ``--overwrite_output_dir`` (and not resuming), just before training: :func:`remove_earlier_run_outputs`."""
+    if resume_from is None and run.data_args.overwrite_output_dir and run.training_args.should_save:
+        remove_earlier_run_outputs(run.training_args.output_dir)
 
 
 def load_error(paths, err: OSError) -> RecipeError:

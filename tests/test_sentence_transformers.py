@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -393,12 +394,12 @@ def recipe_workspace(encoder_folder, tmp_path):
     return model_dir, stsb
 
 
-def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
+def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
     from conftest import load_recipe
 
     recipe = load_recipe("sentence_embeddings")
     model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
-    results = recipe.main([
+    results = recipe.main(flags := [
         "--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
         "--objective", "cosent", "--max_steps", "8", "--per_device_train_batch_size", "8", "--pruning_warmup_steps",
         "2", "--pruning_interval", "2", "--pruning_initial_step", "0.3", "--pruning_tolerance", "1.0",
@@ -412,6 +413,14 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path):
     reloaded = SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu")
     assert reloaded.encode(["the cat sat"]).shape == (1, 32)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput"]["batch_8"]["pruned"]["speedup"] > 0
+    # run again over it: the evaluator's CSV (appended to by sentence-transformers) holds this run's rows only
+    csv_files = sorted((tmp_path / "out" / "eval").glob("*.csv"))
+    rows = {f.name: len(f.read_text().splitlines()) for f in csv_files}
+    assert rows
+    with caplog.at_level(logging.WARNING):
+        recipe.main([*flags, "--overwrite_output_dir", "true", "--layer_drop_baseline", "false"])
+    assert {f.name: len(f.read_text().splitlines()) for f in (tmp_path / "out" / "eval").glob("*.csv")} == rows
+    assert "holds layer_drop/ from an earlier run" in caplog.text
 
 
 
@@ -437,7 +446,8 @@ def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
     (["--output_dir", "{user}"], r"already holds 1 entries \(notes.txt\); choose another folder or pass "
                                  "--overwrite_output_dir true"),
     (["--max_train_samples", "0"], "--max_train_samples must be >= 1"),
-    (["--max_dev_pairs", "-1"], "--max_dev_pairs must be >= 1"),
+    (["--max_dev_pairs", "-1"], "--max_dev_pairs must be >= 3"),
+    (["--max_dev_pairs", "2"], "--max_dev_pairs must be >= 3"),
     (["--throughput_batch", "0"], "--throughput_batch must be >= 1"),
     (["--distillation_distance", "l1"], "--distillation_distance must be mse, cosine or mse\\+cosine"),
     (["--pruning_metric", "loss"], "--pruning_metric loss needs a labelled eval_dataset"),
