@@ -395,6 +395,9 @@ def build(run: Run) -> None:
         for key, value in overrides.items():
             setattr(config, key, value)
         model = AutoModelForCTC.from_pretrained(model_path, config=config, cache_dir=model_args.cache_dir)
+        # its CTC loss is a mean that ignores num_items_in_batch; told otherwise, Trainer multiplies it by the number
+        # of processes (twice the eval loss and gradients with 2 processes)
+        model.accepts_loss_kwargs = False
         if model_args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
             model.freeze_feature_encoder()
         run.data_collator = CTCCollator(feature_extractor)

@@ -292,6 +292,17 @@ def test_ctc_transcript_of_a_clip_does_not_depend_on_what_it_is_batched_with(tin
     assert out.loss is not None and not (out.logits[0, frames:].argmax(-1) == model.config.pad_token_id).all()
 
 
+def test_ctc_loss_is_not_scaled_by_the_process_count(tmp_path, manifests, tiny_ctc_dir):
+    skeleton = load_recipe("skeleton")
+    run, _ = skeleton.prepare_run(asr.TASK, ["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests),
+                                             "--output_dir", str(tmp_path / "o"), "--report_to", "none"])
+    skeleton.build_model(asr.TASK, run)
+    trainer = transformers.Trainer(**run.trainer_kwargs(run.model, run.training_args))
+    # transformers multiplies the loss by the process count when the model takes loss kwargs (its loss would then be
+    # a sum over the global item count); Wav2Vec2ForCTC takes them but returns a mean
+    assert trainer.model_accepts_loss_kwargs is False
+
+
 # -- fail fast -------------------------------------------------------------------------------------
 
 
