@@ -20,7 +20,7 @@ from hf_adaprune.deploy import OnnxEncoder, OnnxSeq2Seq, export_onnx, onnx_sessi
 from conftest import text_batch, tiny_model  # noqa: E402
 from test_seq2seq_families import pattern_masks, seq2seq_batch, tiny_seq2seq  # noqa: E402
 from test_speech_families import set_masks, tiny_whisper, whisper_batch, whisper_features  # noqa: E402
-from test_layers import mask_layers, tiny_whisper3  # noqa: E402
+from test_layers import build_seq2seq, mask_layers, tiny_whisper3  # noqa: E402
 from test_surgery import random_masks  # noqa: E402
 
 TOL = 1e-4
@@ -199,6 +199,19 @@ def test_decoder_with_past_uneven_heads_removed_layer(family, build, inputs_of, 
     head_dim = model.config.d_model // model.config.decoder_attention_heads
     assert past["past_key_values.1.decoder.key"].shape == (prefix.shape[0], kept_self[0], prefix.shape[1], head_dim)
     assert 0 < kept_self[0] < 4 or 0 < kept_cross[0] < 4, "the widths should be uneven"
+    assert_greedy_identical(tmp_path, model, inputs, mask, max_new_tokens=10)
+
+
+@pytest.mark.parametrize("kept", [[0, 2], [2]])
+def test_t5_with_decoder_blocks_removed_exports_only_its_layers_caches(kept, tmp_path):
+    """T5 sizes its cache by the encoder's layer count; the graphs carry one cache entry per kept decoder block."""
+    model = build_seq2seq("t5")
+    mask_layers(model, {"decoder.block": kept}, widths_seed=4)
+    compact(model)
+    export_onnx(model, tmp_path)
+    names = [o.name for o in onnx_session(tmp_path, "decoder_model.onnx").get_outputs()]
+    assert names[0] == "logits" and len(names) == 1 + 4 * len(kept)
+    inputs, mask, _ = _seq2seq_inputs()
     assert_greedy_identical(tmp_path, model, inputs, mask, max_new_tokens=10)
 
 

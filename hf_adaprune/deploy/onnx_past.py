@@ -34,10 +34,19 @@ def cache_names(prefix: str, layers: int, parts=CACHE_PARTS) -> list[str]:
     return [f"{prefix}.{i}.{part}.{kv}" for i in range(layers) for part, kv in parts]
 
 
-def _flat_cache(cache: EncoderDecoderCache, parts=CACHE_PARTS) -> list[torch.Tensor]:
+def decoder_layer_count(model) -> int:
+    """The layers the decoder has now (T5 sizes its cache by the encoder's count, which can be larger)."""
+    decoder = model.get_decoder()
+    for name in ("layers", "block"):
+        stack = getattr(decoder, name, None)
+        if isinstance(stack, nn.ModuleList):
+            return len(stack)
+    raise ValueError(f"{type(decoder).__name__} has no layer list (layers / block) to export a cache for")
+
+
+def _flat_cache(cache: EncoderDecoderCache, layers: int, parts=CACHE_PARTS) -> list[torch.Tensor]:
     caches = {"decoder": cache.self_attention_cache, "encoder": cache.cross_attention_cache}
-    return [getattr(caches[part].layers[i], kv + "s") for i in range(len(cache.self_attention_cache.layers))
-            for part, kv in parts]
+    return [getattr(caches[part].layers[i], kv + "s") for i in range(layers) for part, kv in parts]
 
 
 def _cache_axes(names: list[str], past_axis: str) -> dict[str, dict[int, str]]:
@@ -57,7 +66,7 @@ class DecoderFirstStep(nn.Module):
         # sequences with torch.diff, which has no ONNX export
         out = self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
                          decoder_attention_mask=torch.ones_like(decoder_input_ids), use_cache=True, **extra)
-        return (out.logits, *_flat_cache(out.cache))
+        return (out.logits, *_flat_cache(out.cache, decoder_layer_count(self.model)))
 
 
 class DecoderWithPast(nn.Module):
@@ -80,7 +89,7 @@ class DecoderWithPast(nn.Module):
         encoder_hidden_states = cross_keys[:, 0, :, :0]
         out = self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
                          decoder_attention_mask=decoder_mask, cache=cache, use_cache=True, **extra)
-        return (out.logits, *_flat_cache(out.cache, CACHE_PARTS[:2]))
+        return (out.logits, *_flat_cache(out.cache, decoder_layer_count(self.model), CACHE_PARTS[:2]))
 
 
 def export_decoders(model, save_directory, export, decoder_ids, hidden, mask) -> list:
