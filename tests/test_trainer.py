@@ -259,6 +259,16 @@ def test_trainer_fails_fast(tmp_path):
         AdaptivePruningTrainer(model=albert, args=make_args(tmp_path), train_dataset=data, eval_dataset=data)
 
 
+def test_audio_model_with_a_seq_len_shorter_than_one_frame_is_refused(tmp_path):
+    from test_speech_families import tiny_ctc_model
+
+    data = datasets.Dataset.from_dict({"input_values": [[0.1] * 200] * 4, "labels": [[1, 2]] * 4})
+    with pytest.raises(ValueError, match=r"--pruning_seq_len 10 counts raw audio samples for this wav2vec2 model, "
+                                         r"fewer than the 13 its feature encoder turns into one frame"):
+        AdaptivePruningTrainer(model=tiny_ctc_model("wav2vec2"), args=make_args(tmp_path, pruning_metric="loss"),
+                               train_dataset=data, eval_dataset=data)
+
+
 def test_metric_key_missing_from_compute_metrics_fails_before_training(tmp_path):
     data = toy_dataset(32)
     trainer = AdaptivePruningTrainer(

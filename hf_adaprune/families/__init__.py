@@ -23,6 +23,7 @@ from .registry import (
     layer_of_group,
     positions_note,
     readable_positions,
+    shortest_audio,
     register_family,
     supported_model_types,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "layer_of_group",
     "positions_note",
     "readable_positions",
+    "shortest_audio",
     "register_family",
     "supported_model_types",
 ]

@@ -44,6 +44,18 @@ def readable_positions(config) -> int | None:
     return positions
 
 
+def shortest_audio(config) -> int | None:
+    """The fewest raw audio samples a model's convolutional feature encoder turns into one frame (its receptive
+    field; wav2vec2-style configs), or None for other models."""
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if not kernels or not strides:
+        return None
+    samples = 1
+    for kernel, stride in zip(reversed(kernels), reversed(strides)):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
 def positions_note(config) -> str:
     """``max_position_embeddings (N)``, and how many tokens that is where a padding offset takes some."""
     positions = config.max_position_embeddings

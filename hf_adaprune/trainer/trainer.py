@@ -25,7 +25,7 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..families import filter_groups, get_adapter, positions_note, readable_positions
+from ..families import filter_groups, get_adapter, positions_note, readable_positions, shortest_audio
 from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
@@ -148,6 +148,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 and args.pruning_seq_len > max_positions:
             raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
                              f"{positions_note(model.config)}")
+        shortest = shortest_audio(model.config)
+        if getattr(model, "main_input_name", None) == "input_values" and shortest and args.pruning_seq_len < shortest:
+            raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} counts raw audio samples for this "
+                             f"{model.config.model_type} model, fewer than the {shortest} its feature encoder turns "
+                             f"into one frame: give a typical clip's length, e.g. --pruning_seq_len 16000 (1 s at "
+                             f"16 kHz)")
         kinds = prune_kinds(args.prune)
         masks = attach_masks(model, layers="layers" in kinds)
         roles = args.selected_roles()
