@@ -268,6 +268,36 @@ def original_path(record: dict | None, path: str) -> str:
     return path
 
 
+def removed_layers(model: nn.Module) -> list[str]:
+    """Layers of the dense model (before any pruning) that ``model`` no longer has, or whose layer mask is 0, named
+    by their index in the dense model: the compactions of earlier runs (the record) and this run's masks."""
+    from .families import find_layer_groups
+
+    record = read_record(model.config) or empty_record()
+    saved = record.get("layers") or {}
+    masks = get_masks(model)
+    stacks = {stack.name for stack in find_layer_groups(model)}
+    removed = []
+    for name in sorted(set(saved) | stacks):
+        count = len(model.base_model.get_submodule(name)) if name in stacks else 0
+        kept = list(saved[name]["kept"]) if name in saved else list(range(count))
+        original = saved[name]["original"] if name in saved else count
+        mask = masks.masks.get(name) if masks is not None else None
+        if mask is not None:
+            kept = [index for index, on in zip(kept, mask.tolist()) if on >= 0.5]
+        removed += [f"{name}.{index}" for index in range(original) if index not in kept]
+    return removed
+
+
+def was_pruned(model: nn.Module) -> bool:
+    """Whether ``model`` carries the record of an earlier compaction that removed something."""
+    record = read_record(model.config)
+    if record is None:
+        return False
+    return any(len(g["kept"]) < g["original"] for g in record["groups"].values()) or any(
+        len(s["kept"]) < s["original"] for s in (record.get("layers") or {}).values())
+
+
 def kept_structure(model: nn.Module) -> dict[str, dict]:
     """Per group: kind, original count and kept count (from the record, live masks or the shapes), named by the
     layers of the dense model (a group of a removed layer is absent)."""

@@ -252,6 +252,50 @@ def test_the_card_says_what_kinds_were_pruned_and_which_layers_went():
     assert "(attention heads, taylor importance)" in model_card(only_heads).text
 
 
+def test_the_card_of_a_model_saved_uncompacted_lists_the_layers_it_lacks(tmp_path):
+    """compact_at_end=False: save_model compacts a copy; the card says which layers that copy lost."""
+    from hf_adaprune import AutoPrunedModel
+
+    trainer = make_trainer(tmp_path, model=tiny_model("bert", num_hidden_layers=4), prune="layers",
+                           pruning_initial_step=0.5, pruning_tolerance=10.0, max_steps=12, compact_at_end=False)
+    trainer.train()
+    trainer.save_model()
+    saved = AutoPrunedModel.from_pretrained(tmp_path)
+    kept = read_record_layers(saved)
+    removed = [f"encoder.layer.{i}" for i in range(4) if i not in kept]
+    assert saved.config.num_hidden_layers == len(kept) < 4
+    card = (tmp_path / "README.md").read_text()
+    assert "nothing was removed" not in card and "Pruned from" in card
+    for layer in removed:
+        assert f"| {layer} | layer | removed whole |" in card and f"| {layer}.attention |" not in card
+    assert trainer.pruning_summary().removed_layers == removed
+
+
+def read_record_layers(model) -> list[int]:
+    from hf_adaprune.layout import read_record
+
+    return list(read_record(model.config)["layers"]["encoder.layer"]["kept"])
+
+
+def test_the_card_of_a_second_pruning_counts_against_its_start_and_names_every_removed_layer(tmp_path):
+    from hf_adaprune import AutoPrunedModel
+
+    first = make_trainer(tmp_path / "first", model=tiny_model("bert", num_hidden_layers=4), prune="layers",
+                         pruning_initial_step=0.25, pruning_target=0.25, pruning_tolerance=10.0, max_steps=12)
+    first.train()
+    first.save_model()
+    start = AutoPrunedModel.from_pretrained(tmp_path / "first")
+    gone_before = [f"encoder.layer.{i}" for i in range(4) if i not in read_record_layers(start)]
+    assert len(gone_before) == 1
+    # the second run ends before its reference: nothing more is removed
+    second = make_trainer(tmp_path / "second", model=start, max_steps=4, pruning_warmup_steps=6)
+    second.train()
+    second.save_model()
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert "this is the dense model" not in card and "this is the model it started from, pruned before" in card
+    assert "| | start | pruned |" in card and f"| {gone_before[0]} | layer | removed whole |" in card
+
+
 def test_the_card_of_a_run_that_kept_no_step_says_nothing_was_removed():
     from hf_adaprune.reporting.report import model_card
     from hf_adaprune.reporting.summary import PruningSummary

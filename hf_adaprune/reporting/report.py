@@ -185,16 +185,23 @@ def structure_names(summary: PruningSummary) -> str:
 
 
 def removed_layers(summary: PruningSummary) -> list[str]:
-    """Layers of the dense model that compaction deleted (no parameters left)."""
+    """Layers of the dense model the pruned one no longer has (reports written before the summary listed them:
+    the layers compaction left without parameters)."""
+    if summary.removed_layers:
+        return list(summary.removed_layers)
     profile = summary.comparison
     return [row.layer for row in (profile.layers if profile else []) if row.params_before and not row.params_after]
 
 
 def nothing_removed(summary: PruningSummary) -> bool:
-    """Whether the saved model has every structure of the dense one (all steps rolled back, or none kept)."""
+    """Whether this run removed nothing from the model it started from (all steps rolled back, or none kept)."""
     profile = summary.comparison
     if profile is not None:
         return profile.params_after >= profile.params_before and profile.flops_after >= profile.flops_before
+    if summary.final_sparsity > 0 or (removed_layers(summary) and not summary.start_pruned):
+        return False
+    if summary.start_pruned:  # the groups' counts are against the dense model, which this run did not start from
+        return True
     return bool(summary.groups) and all(g["kept"] == g["original"] for g in summary.groups.values())
 
 
@@ -202,18 +209,23 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     origin = f"`{base}`" if base else "its base model"
     lines = [f"# {summary.model_name or 'Pruned model'}", ""]
     on = f" on `{', '.join(datasets)}`" if datasets else ""
+    result = ("nothing more was removed; this is the model it started from, pruned before"
+              if summary.start_pruned else "nothing was removed; this is the dense model")
     if summary.metric_before is None:  # training ended before the pruning reference: nothing was removed
         lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning was configured but did not start "
-                     f"(training ended before its warm-up was over, stopped: {summary.stop_reason}): nothing was "
-                     "removed; this is the dense model.")
+                     f"(training ended before its warm-up was over, stopped: {summary.stop_reason}): {result}.")
     elif nothing_removed(summary):
         lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning ({structure_names(summary)}, "
                      f"{summary.criterion} importance) ran but kept no pruning step (stopped: {summary.stop_reason}): "
-                     "nothing was removed; this is the dense model.")
+                     f"{result}.")
     else:
         lines.append(f"Pruned from {origin} by adaptive structured pruning ({structure_names(summary)}, "
                      f"{summary.criterion} importance) while fine-tuning{on}.")
-    lines += ["", "| | dense | pruned |", "|---|---|---|"]
+    if summary.start_pruned:
+        lines += ["", "The run started from a model pruned before: the *start* column is that model, and the kept "
+                  "structure below counts against the dense model before any pruning."]
+    before = "start" if summary.start_pruned else "dense"
+    lines += ["", f"| | {before} | pruned |", "|---|---|---|"]
     if summary.metric_before is not None:
         after = pruned_metric(summary)
         lines.append(f"| {summary.metric_name} (eval) | {summary.metric_before:.4f} | "
@@ -227,9 +239,11 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     lines += ["", f"Target: {summary.target} of the {summary.target_type}; reached sparsity "
               f"{summary.final_sparsity:.3f} (stopped: {summary.stop_reason}).", ""]
     lines += ["## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
+    gone = removed_layers(summary)
     for name, g in summary.groups.items():
-        lines.append(f"| {name} | {g['kind']} | {g['kept']} / {g['original']} |")
-    for layer in removed_layers(summary):
+        if not any(name.startswith(layer + ".") for layer in gone):  # listed below as removed whole
+            lines.append(f"| {name} | {g['kind']} | {g['kept']} / {g['original']} |")
+    for layer in gone:
         lines.append(f"| {layer} | layer | removed whole |")
     if hyperparameters:
         lines += ["", "## Training hyperparameters", ""]

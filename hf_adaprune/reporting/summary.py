@@ -97,6 +97,8 @@ class PruningSummary(_ReadsLikeADict):
     schedule: str = "gradual"
     final_check: dict | None = None  # the final model's metric vs the tolerance, measured after training
     structures: str = "heads,ffn"  # what --prune named (heads, ffn, layers)
+    removed_layers: list[str] = field(default_factory=list)  # named by their index in the dense model
+    start_pruned: bool = False  # the run started from a model pruned before: "before" figures are of that model
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:

@@ -8,7 +8,7 @@ from transformers.modelcard import TrainingSummary
 
 from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
 from ..reporting.summary import PruningSummary
-from ..surgery import kept_structure
+from ..surgery import kept_structure, removed_layers
 from .arguments import prune_kinds
 
 
@@ -40,6 +40,8 @@ class PruningReportMixin:
             decisions=history,
             groups=kept_structure(self.pruned_model),
             comparison=self.pruned_comparison,
+            removed_layers=removed_layers(self.pruned_model),
+            start_pruned=getattr(self, "start_pruned", False),
         )
 
     def _write_report(self) -> None:

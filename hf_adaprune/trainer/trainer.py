@@ -45,7 +45,7 @@ from ..hub import save_pruned
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, get_masks
 from ..engine.selection import layer_target_problem, multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
-from ..surgery import compact
+from ..surgery import compact, was_pruned
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.warning(blocked)
         self._setup_teacher(model)
         self.dense_profile = model_profile(model, seq_len=args.pruning_seq_len)
+        self.start_pruned = was_pruned(model)
         self._accepted_masks = masks.state_dict()
         self._reset_candidate()
         self._last_prune_step = None
