@@ -103,6 +103,19 @@ def test_marian_uneven_heads_greedy_tokens_identical(marian_tokenizer, tmp_path)
     assert got == expected
 
 
+def test_a_masked_model_in_memory_exports_as_pruned(marian_tokenizer, tmp_path):
+    """Masks are forward hooks CTranslate2 never runs: the export compacts its copy, the model given keeps its masks."""
+    from hf_adaprune import get_masks
+
+    model = tiny_marian(len(marian_tokenizer))
+    random_masks(model)
+    result = export_ctranslate2(model, tmp_path / "ct2", tokenizer=marian_tokenizer)
+    assert get_masks(model) is not None and result.kept_heads > 0
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"))
+    expected, got = greedy_marian(model, marian_tokenizer, translator, sst2_sentences("dev", n=6))  # the masked model
+    assert got == expected
+
+
 def test_marian_pad_first_vocabulary_is_reordered(tmp_path):
     """<pad> at id 0 (where CTranslate2 expects it last): the rows are reordered, the tokens come out the same."""
     (tmp_path / "spm").mkdir()

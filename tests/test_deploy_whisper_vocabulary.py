@@ -61,18 +61,21 @@ def test_generation_config_ids_name_the_same_tokens(whisper):
     assert small.config.decoder_start_token_id == new.decoder_start_token_id
 
 
-def test_forced_decoder_ids_keep_their_positions():
+@pytest.mark.parametrize("forced, expected", [([[1, 7], [2, 9]], [[1, 3], [2, 4]]),
+                                              ([[1, None], [2, 9]], [[1, None], [2, 4]])])  # multilingual: open slot
+def test_forced_decoder_ids_keep_their_positions(forced, expected):
     """[[position, id], ...]: only the ids are renumbered (a Whisper-style field on any generation config)."""
-    from hf_adaprune.deploy.vocabulary import _update_configs
+    from hf_adaprune.deploy.vocabulary import _named_ids, _update_configs
 
     model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(
         vocab_size=10, d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=8, decoder_ffn_dim=8, num_mel_bins=8, max_source_positions=8,
         max_target_positions=8, decoder_start_token_id=5, eos_token_id=4, pad_token_id=4, bos_token_id=4,
         suppress_tokens=None, begin_suppress_tokens=None))
-    model.generation_config.forced_decoder_ids = [[1, 7], [2, 9]]
+    model.generation_config.forced_decoder_ids = forced
+    assert None not in _named_ids(model.generation_config)
     _update_configs(model, 10, {0: 0, 4: 1, 5: 2, 7: 3, 9: 4})
-    assert model.generation_config.forced_decoder_ids == [[1, 3], [2, 4]]
+    assert model.generation_config.forced_decoder_ids == expected
     assert model.generation_config.decoder_start_token_id == 2
 
 

@@ -48,7 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.masks import get_masks
 from ..layout import read_record
+from ..surgery import compact
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 EXPORT_RECORD = "adaprune_ctranslate2.json"
@@ -294,7 +296,10 @@ def _load(model_or_folder, tokenizer):
     if tokenizer is None:
         raise ValueError("export_ctranslate2 of a model in memory needs its tokenizer (tokenizer=...): "
                          "CTranslate2 stores the vocabulary as token strings")
-    return copy.deepcopy(model_or_folder).eval().cpu(), tokenizer, None
+    model = copy.deepcopy(model_or_folder).eval().cpu()
+    if get_masks(model) is not None:  # masks are forward hooks, which CTranslate2 never runs: remove for real
+        compact(model)
+    return model, tokenizer, None
 
 
 def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization: str | None = None,

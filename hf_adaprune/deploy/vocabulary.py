@@ -70,7 +70,9 @@ def _remap_ids(value, old_to_new: dict[int, int]):
 def _named_ids(config) -> list[int]:
     ids = [i for field in ID_FIELDS + ID_LIST_FIELDS for i in _flat_ids(getattr(config, field, None))]
     ids += [i for field in ID_MAP_FIELDS for i in (getattr(config, field, None) or {}).values()]
-    ids += [pair[1] for field in ID_PAIR_FIELDS for pair in (getattr(config, field, None) or [])]
+    # a multilingual Whisper leaves the language slot open: [[1, None], [2, <|transcribe|>]]
+    ids += [pair[1] for field in ID_PAIR_FIELDS for pair in (getattr(config, field, None) or [])
+            if pair[1] is not None]
     return ids
 
 
@@ -187,7 +189,8 @@ def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
                 setattr(cfg, field, {key: old_to_new[i] for key, i in getattr(cfg, field).items()})
         for field in ID_PAIR_FIELDS:
             if getattr(cfg, field, None):
-                setattr(cfg, field, [[position, old_to_new[i]] for position, i in getattr(cfg, field)])
+                setattr(cfg, field, [[position, None if i is None else old_to_new[i]]
+                                     for position, i in getattr(cfg, field)])
 
 
 def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_texts: Iterable[str] | None = None,
