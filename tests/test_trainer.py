@@ -200,6 +200,22 @@ def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
 
 
+@pytest.mark.parametrize("given, expected", [(None, False), (True, True), (False, False)])
+def test_direction_of_a_lower_is_better_metric_named_for_best_model(tmp_path, caplog, given, expected):
+    """transformers fills greater_is_better in from metric_for_best_model's name (True for 'wer'); only a value the
+    user gave overrules the metric's own direction."""
+    import logging
+
+    from hf_adaprune.trainer.arguments import pruning_metric_direction
+
+    extra = {} if given is None else {"greater_is_better": given}
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        args = make_args(tmp_path, pruning_metric="wer", metric_for_best_model="wer", eval_strategy="steps",
+                         **extra)
+    assert pruning_metric_direction(args) is expected
+    assert ("set --greater_is_better false for best-model selection" in caplog.text) is (given is None)
+
+
 def varied_length_dataset(n=96):
     lengths = [3 + (7 * i) % 11 for i in range(n)]
     ids = [[5 + (i + j) % 90 for j in range(length)] for i, length in enumerate(lengths)]

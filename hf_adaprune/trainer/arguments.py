@@ -176,8 +176,19 @@ class PruningArguments(TrainingArguments):
             # machine without GPUs: each rank would train and prune its own replica.
             logger.info("%d processes launched on a machine without an accelerator: using the CPU (gloo)", processes)
             self.use_cpu = True
+        # TrainingArguments fills greater_is_better in from metric_for_best_model's name ("...loss" or not): only a
+        # value the user gave may overrule a metric's known direction (wer, mse: lower is better)
+        self.greater_is_better_given = self.greater_is_better is not None
         super().__post_init__()
         validate_pruning_arguments(self)
+        best = (self.metric_for_best_model or "").removeprefix("eval_")
+        known = known_greater_is_better(best) if best else None
+        if best and not self.greater_is_better_given and known is not None and known != self.greater_is_better:
+            logger.warning("--metric_for_best_model %s: transformers takes a %s value as better (from the name; "
+                           "--greater_is_better is not set), where a %s %s is better; set --greater_is_better %s "
+                           "for best-model selection (pruning decisions use the metric's own direction)", best,
+                           "higher" if self.greater_is_better else "lower", "higher" if known else "lower", best,
+                           str(known).lower())
         if self.push_to_hub and self.hub_strategy != HubStrategy.END:
             # A mid-training push copies the checkpoint's dense, unmasked weights to the Hub without
             # their pruning record; the pruned model is pushed by save_model() / push_to_hub().
@@ -302,13 +313,17 @@ def prune_kinds(value: str) -> tuple[str, ...]:
 
 
 def pruning_metric_direction(args) -> bool:
-    """--pruning_greater_is_better, else --greater_is_better for the same metric, else the metric's known way."""
+    """--pruning_greater_is_better, else a --greater_is_better the user gave for the same metric, else the metric's
+    known way, else the --greater_is_better transformers derived for it from metric_for_best_model."""
     if args.pruning_greater_is_better is not None:
         return bool(args.pruning_greater_is_better)
-    best = (args.metric_for_best_model or "").removeprefix("eval_")
-    if best == args.pruning_metric and args.greater_is_better is not None:
+    same_metric = (args.metric_for_best_model or "").removeprefix("eval_") == args.pruning_metric \
+        and args.greater_is_better is not None
+    if same_metric and getattr(args, "greater_is_better_given", True):
         return bool(args.greater_is_better)
     direction = known_greater_is_better(args.pruning_metric)
+    if direction is None and same_metric:
+        return bool(args.greater_is_better)
     if direction is None:
         raise ValueError(f"cannot tell whether a higher --pruning_metric {args.pruning_metric!r} is better: "
                          "set --pruning_greater_is_better true or false")
