@@ -48,7 +48,46 @@ def test_schedule_without_room_for_a_decision_warns_with_the_numbers(tmp_path, c
     trainer = make_trainer(tmp_path, max_steps=8, pruning_warmup_steps=6, pruning_interval=6)
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         trainer.train()
-    assert "max_steps 8 - pruning_warmup_steps 6 leaves 2 steps, fewer than pruning_interval 6" in caplog.text
+    assert "max_steps 8 - pruning_warmup_steps 6 leaves 2 steps, fewer than pruning_interval 6; one pruning step " \
+        "at most is tried, judged at the end of training after 2 steps" in caplog.text
+    kept = [d for d in trainer.pruning_summary().decisions if d["event"] == "keep"]
+    assert len(kept) <= 1 and "the model will not be pruned" not in caplog.text  # it may be: the warning says so
+    caplog.clear()
+    no_room = make_trainer(tmp_path / "no_room", max_steps=6, pruning_warmup_steps=6, pruning_interval=6)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        no_room.train()
+    assert "leaves no step after the reference; the model will not be pruned" in caplog.text
+    assert no_room.pruning_summary().final_sparsity == 0
+
+
+def test_logs_say_what_the_masks_remove_when_floors_stop_the_selection(tmp_path):
+    import transformers
+
+    trainer = make_trainer(tmp_path, prune="heads", min_heads_per_layer=3, pruning_target=0.6,
+                           pruning_initial_step=0.2, pruning_tolerance=10.0)
+    logged = []
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_log": lambda self, args, state, control, logs=None, **kw: logged.append(dict(logs or {}))}))
+    trainer.train()
+    decisions = [entry for entry in logged if "pruning/sparsity_selected" in entry]
+    assert decisions[-1]["pruning/sparsity_kept"] > 0.25  # asked for
+    assert decisions[-1]["pruning/sparsity_selected"] == pytest.approx(0.25)  # 1 of 4 heads per layer at most
+    assert trainer.pruning_summary().final_sparsity == pytest.approx(0.25)
+
+
+def test_a_nan_reference_is_named_and_the_report_stays_strict_json(tmp_path, caplog):
+    import json
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="score", pruning_greater_is_better=True),
+        train_dataset=data, eval_dataset=data.select(range(48)), compute_metrics=lambda p: {"score": float("nan")})
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert "the pruning reference score is nan at step 6" in caplog.text
+    text = (tmp_path / "pruning_report.json").read_text()
+    report = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in pruning_report.json"))
+    assert report["metric_before"] is None and report["final_sparsity"] == 0
 
 
 def test_unwritable_output_dir_fails_before_the_first_step(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,7 +37,19 @@ def _plain(value):
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=_plain))
+    """``data`` as strict JSON: a NaN or infinite metric is written as null (bare NaN is not JSON)."""
+    write_text(path, json.dumps(_finite(data), indent=2, default=lambda value: _finite(_plain(value)),
+                                allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _pyplot(path):

@@ -41,6 +41,7 @@ def final_check(controller, metric: float, step: int, metric_name: str) -> dict:
              "drop": controller.drop(metric), "allowed_drop": controller.allowed_drop(),
              "within_tolerance": controller.within_tolerance(metric)}
     if not check["within_tolerance"]:
-        logger.warning("the final model's %s %.4f is %.4f below the reference %.4f, beyond the tolerance %.4f",
-                       metric_name, metric, check["drop"], check["reference"], check["allowed_drop"])
+        worse = "below" if controller.greater_is_better else "above"
+        logger.warning("the final model's %s %.4f is %.4f %s the reference %.4f, beyond the tolerance %.4f",
+                       metric_name, metric, check["drop"], worse, check["reference"], check["allowed_drop"])
     return check

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 import os
 from collections.abc import Mapping
 
@@ -257,11 +258,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._resume_state = None
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
-            if room < decision_interval(args):
+            if room < 1:
+                logger.warning("no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d "
+                               "leaves no step after the reference; the model will not be pruned", state.max_steps,
+                               args.pruning_warmup_steps)
+            elif room < decision_interval(args):
                 logger.warning(
-                    "no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d leaves %d "
-                    "steps, fewer than %s %d; the model will not be pruned", state.max_steps,
-                    args.pruning_warmup_steps, room, interval_option(args), decision_interval(args))
+                    "no full pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d leaves %d "
+                    "steps, fewer than %s %d; one pruning step at most is tried, judged at the end of training after "
+                    "%d steps", state.max_steps, args.pruning_warmup_steps, room, interval_option(args),
+                    decision_interval(args), room)
         # Here, not before train(): an evaluate() before train() marks the bare model as prepared,
         # and accelerate would then skip wrapping it in DistributedDataParallel.
         if state.global_step == 0:
@@ -279,6 +285,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if step < args.pruning_warmup_steps:
                 return
             reference, evaluation = self._decision_metric()
+            if not math.isfinite(reference):
+                logger.warning("the pruning reference %s is %s at step %d: no step can be judged within tolerance "
+                               "of it, so every step will be rolled back; check the metric on the decision rows",
+                               self.pruning_metric, reference, step)
             self._take_teacher()
             ratio = c.start(reference)
             self._log_decision("reference", step, 0.0, reference, evaluation)
@@ -378,7 +388,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         masks = get_masks(self.pruned_model)
         record = {
             "pruning/sparsity_tried": ratio,
-            "pruning/sparsity_kept": self.controller.state.ratio,
+            "pruning/sparsity_kept": self.controller.state.ratio,  # the ratio asked for
+            "pruning/sparsity_selected": self.controller.state.selected,  # what the kept masks remove (floors)
             "pruning/metric": metric,
             "pruning/kept_decision": {"reference": 1.0, "keep": 1.0, ROLLBACK: 0.0}[event],
             "pruning/step_size": self.controller.state.step,
