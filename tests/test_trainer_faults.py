@@ -12,6 +12,7 @@ import torch
 from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state
 
 from hf_adaprune import AdaptivePruningTrainer
+from hf_adaprune.trainer.eval_order import first_rows
 
 from conftest import tiny_model
 from test_trainer import make_args, make_trainer, toy_dataset
@@ -88,6 +89,21 @@ def test_a_nan_reference_is_named_and_the_report_stays_strict_json(tmp_path, cap
     text = (tmp_path / "pruning_report.json").read_text()
     report = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in pruning_report.json"))
     assert report["metric_before"] is None and report["final_sparsity"] == 0
+
+
+@pytest.mark.parametrize("metric", ["loss", "accuracy"])
+def test_decisions_read_every_row_under_dataloader_drop_last(tmp_path, metric):
+    """drop_last is for training batches: the 2-row metric check and the decisions keep their last batch."""
+    trainer = make_trainer(tmp_path, pruning_metric=metric, dataloader_drop_last=True, pruning_eval_samples=40)
+    trainer.train()  # the metric check reads 2 rows, fewer than the eval batch of 32: it failed with no metric
+    assert next(d for d in trainer.pruning_summary().decisions if d["event"] == "reference")["metric"] is not None
+    if metric == "accuracy":
+        seen, score = [], trainer.compute_metrics
+        trainer.compute_metrics = lambda p: (seen.append(len(p.label_ids)), score(p))[1]
+        trainer._evaluate_rows(40)  # 32 + 8: the short last batch counts
+        trainer.predict(first_rows(trainer.eval_dataset, 40))  # the user's own predict drops it, as asked
+        assert seen == [40, 32]
+    assert trainer.args.dataloader_drop_last is True
 
 
 def test_unwritable_output_dir_fails_before_the_first_step(tmp_path):

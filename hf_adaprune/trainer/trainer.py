@@ -337,14 +337,21 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer, "layers": 1}
 
     def _evaluate_rows(self, rows: int | None) -> dict:
-        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
+        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``.
+
+        Every row counts, also under ``dataloader_drop_last`` (meant for training batches): dropping the last
+        batch would change which rows decide, and leave none of the two rows the metric check reads."""
         dataset = first_rows(self.eval_dataset, rows)
-        if self.pruning_metric == "loss":  # no predictions to gather, no generation
-            # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so the
-            # decisions' rows and the user's evaluation set would be swapped for each other
-            return self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
-                                        prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
-        return self.predict(dataset, metric_key_prefix=DECISION_PREFIX).metrics
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            if self.pruning_metric == "loss":  # no predictions to gather, no generation
+                # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
+                # the decisions' rows and the user's evaluation set would be swapped for each other
+                return self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
+                                            prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+            return self.predict(dataset, metric_key_prefix=DECISION_PREFIX).metrics
+        finally:
+            self.args.dataloader_drop_last = drop_last
 
     def _decision_metric(self) -> tuple[float, dict]:
         metrics = self._evaluate_rows(self.args.pruning_eval_samples)
