@@ -97,12 +97,27 @@ def run_part(main, output: Path, argv: list[str]) -> None:
     post_training.log(f"{output.name}: {results['part_minutes']:.1f} min")
 
 
+def without_seed_and_output(argv: list[str]) -> list[str]:
+    """A part's arguments without those that differ between the seeds of one setting."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in ("--seeds", "--output"):
+            skip = True
+        else:
+            kept.append(item)
+    return kept
+
+
 def summary(folder: Path) -> str:
     """Mean change vs the equally trained control of the same seed, per variant and target."""
     rows: dict[tuple[str, float], dict[int, tuple[float, float, float]]] = {}
-    dense, all_controls = None, {}
+    dense, all_controls, settings = None, {}, {}
     for path in sorted(folder.glob("schedules_seed*.json")):
         results = json.loads(path.read_text())
+        if results.get("argv") is not None:
+            settings[path.name] = without_seed_and_output(results["argv"])
         dense = results["dense"]
         controls = {r["seed"]: r for r in results["runs"] if r["variant"] == "dense control"}
         all_controls |= controls
@@ -113,6 +128,9 @@ def summary(folder: Path) -> str:
             rows.setdefault((r["variant"], r["target"]), {})[r["seed"]] = (
                 100 * (r["dev_accuracy"] - control["dev_accuracy"]),
                 100 * (r["test_accuracy"] - control["test_accuracy"]), r["layer_flops_removed"])
+    if len(set(map(tuple, settings.values()))) > 1:  # a mean over seeds of other budgets or data means nothing
+        raise SystemExit(f"{folder}: the seed files come from runs with other settings ({', '.join(settings)}); "
+                         f"keep one setting per --output_dir")
     lines = ["Accuracy at compression, all-MiniLM-L6-v2 on SST-2 (`python benchmarks/run.py --accuracy`).", ""]
     if dense:
         lines += [f"Dense start: unseen dev {100 * dense['dev_accuracy']:.2f}%, "

@@ -48,7 +48,7 @@ from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 import run_record  # noqa: E402 (neighbour)
-from post_training import (SEED, SEQ_LEN, accuracy, dense_model, load_data, log,  # noqa: E402 (neighbour)
+from post_training import (SEED, SEQ_LEN, accuracy, dense_model, load_data, log, weights_fingerprint,  # noqa: E402
                            start_minilm_run)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def parameters(model) -> int:
 def pruned_model(folder: Path, dense, data, tokenizer, collator, target: float):
     """The post-training-pruned model, pruned once per setting and cached in ``folder``."""
     settings = {"target": target, "calibration": len(data["calibration"]), "check": len(data["check"]), "seed": SEED,
-                "refit_target": DEFAULT_REFIT_TARGET}
+                "refit_target": DEFAULT_REFIT_TARGET, "dense": weights_fingerprint(dense)}  # which dense model
     stamp = folder / "benchmark_settings.json"
     if stamp.exists() and json.loads(stamp.read_text()) == settings:
         log(f"pruned model: cached in {folder}")
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
         int8_reload_max_diff = float((reloaded(**check).logits - in_memory(**check).logits).abs().max())
 
     vocab_size = len(vocab_tokenizer)
-    inputs = {"input_ids": torch.randint(1000, vocab_size, (1, SEQ_LEN), generator=torch.Generator().manual_seed(0)),
+    inputs = {"input_ids": torch.randint(min(1000, vocab_size // 2), vocab_size, (1, SEQ_LEN), generator=torch.Generator().manual_seed(0)),
               "attention_mask": torch.ones(1, SEQ_LEN, dtype=torch.long)}  # ids that every vocabulary holds
     inputs["input_ids"][:, 0] = vocab_tokenizer.cls_token_id
     latency = compare_latency({name: model for name, (model, _) in variants.items()}, inputs, repeats=opts.repeats)

@@ -134,6 +134,7 @@ def main(argv=None) -> dict:
                                         "minutes": (time.time() - started) / 60}
     table = format_table(results)
     print(table)
+    Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.output).write_text(json.dumps(results, indent=1) + "\n")
     Path(opts.output).with_suffix(".md").write_text(table)
     return results

@@ -59,6 +59,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED, SEQ_LEN, DENSE_LR, BATCH = 42, 128, 1e-4, 32
 
 
+def weights_fingerprint(model) -> str:
+    """A short identity of ``model``'s weights (another dense model, or one retrained, gives another)."""
+    with torch.no_grad():
+        return f"{sum(float(p.double().abs().sum()) for p in model.parameters()):.10e}"
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 

@@ -20,5 +20,6 @@ def write_outputs(output: str | None, results: dict, table: str) -> None:
     """Print ``table``; with ``output``, write ``results`` there as JSON and ``table`` beside it as ``.md``."""
     print(table)
     if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(results, indent=2) + "\n")
         Path(output).with_suffix(".md").write_text(table + "\n")

@@ -54,7 +54,8 @@ from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile
 
 # this script's neighbour (its folder is on sys.path when it runs): the dense model, the data, accuracy
-from post_training import SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path
+from post_training import (SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path,
+                           weights_fingerprint)
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 32, 5e-5
@@ -132,6 +133,7 @@ def main(argv=None) -> dict:
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     if opts.append and Path(opts.output).exists():
         results = json.loads(Path(opts.output).read_text())
+        refuse_other_settings(results["settings"], opts)
         results["settings_of_earlier_runs"] = results.pop("settings")
     else:
         results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
@@ -153,14 +155,18 @@ def main(argv=None) -> dict:
 
     for seed in opts.seeds:
         control_folder = Path(opts.cache_dir) / f"control_{opts.steps}steps_seed{seed}"
-        if "control" in opts.variants or (opts.distillation and opts.teacher == "control"
-                                          and not control_folder.exists()):
+        control_stamp = {"dense": weights_fingerprint(dense), "steps": opts.steps, "lr": opts.lr, "seed": seed,
+                         "pool": len(data["pool"])}
+        stamp = control_folder / "benchmark_settings.json"
+        cached = stamp.exists() and json.loads(stamp.read_text()) == control_stamp
+        if "control" in opts.variants or (opts.distillation and opts.teacher == "control" and not cached):
             started = time.time()
             control = fine_tune(copy.deepcopy(dense), data, collator, tokenizer, opts.steps, seed, opts.lr)
             if "control" in opts.variants:
                 record("dense control", seed, None, control, started, recovery_steps=opts.steps)
             if opts.distillation and opts.teacher == "control":
                 control.save_pretrained(control_folder)
+                stamp.write_text(json.dumps(control_stamp))
         for target in opts.targets:
             for variant, refit, name in (("one-shot", False, "one-shot + fine-tuning"),
                                          ("one-shot_refit", True, "one-shot + re-fit + fine-tuning")):
@@ -222,6 +228,22 @@ def main(argv=None) -> dict:
                        recovery_steps=None if shaped is None else opts.steps - shaped, decisions=decisions,
                        final_check=report["final_check"])
     return results
+
+
+# what makes rows comparable: the dense start, the data slices, the budget and the decision settings
+SAME_FOR_APPEND = ("dense_samples", "calibration_samples", "check_samples", "dev_samples", "steps", "lr", "tolerance",
+                   "warmup", "interval")
+
+
+def refuse_other_settings(earlier: dict, opts) -> None:
+    """``--append`` adds rows to runs of the same dense start, data and budget only."""
+    differ = [f"{key} {earlier.get(key)} -> {getattr(opts, key)}" for key in SAME_FOR_APPEND
+              if earlier.get(key) != getattr(opts, key)]
+    differ += [f"{key} {earlier.get(key)} -> {getattr(opts, key)}" for key in ("data_dir", "cache_dir")
+               if Path(earlier.get(key, "")).resolve() != Path(getattr(opts, key)).resolve()]
+    if differ:
+        raise SystemExit(f"--append: the runs in {opts.output} used other settings ({'; '.join(differ)}); their rows "
+                         f"would not compare with these: write to another --output")
 
 
 def write(results: dict, opts) -> None:

@@ -41,3 +41,28 @@ def test_summary_is_the_mean_change_against_each_seeds_control():
     row = next(line for line in text.splitlines() if line.startswith("| 50% | one-shot + re-fit + fine-tuning |"))
     assert f"| {changes[0]:+.2f}, {changes[1]:+.2f} | {sum(changes) / 2:+.2f} |" in row
     assert "distillation (hidden weight 1)" in text and "distillation (hidden weight 10)" in text
+
+
+def test_summary_refuses_seed_files_of_other_settings(tmp_path):
+    import shutil
+
+    import pytest
+
+    shutil.copy(RESULTS / "schedules_seed42.json", tmp_path)
+    other = json.loads((RESULTS / "schedules_seed43.json").read_text())
+    argv = other["argv"]
+    argv[argv.index("--steps") + 1] = "200"  # another budget
+    (tmp_path / "schedules_seed43.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="the seed files come from runs with other settings"):
+        load_accuracy().summary(tmp_path)
+
+
+def test_schedule_append_refuses_runs_of_other_settings(tmp_path):
+    import pytest
+
+    schedule = load_script("benchmarks", "schedule")
+    earlier = json.loads((RESULTS / "schedules_seed42.json").read_text())["settings"]
+    same = type("Opts", (), {**earlier, "output": "x.json"})()
+    schedule.refuse_other_settings(earlier, same)  # the runs this folder holds were appended this way
+    with pytest.raises(SystemExit, match=r"--append: the runs in x.json used other settings \(steps 625 -> 200\)"):
+        schedule.refuse_other_settings(earlier, type("Opts", (), {**earlier, "steps": 200, "output": "x.json"})())
