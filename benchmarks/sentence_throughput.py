@@ -38,14 +38,21 @@ def main(argv=None) -> None:
     parser.add_argument("--stsb_dir", default="../shared/data/stsb")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30, help="rounds at --batch (5x as many at batch 1)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="a name per pruned folder (default: the folders' names)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/results/sentence_throughput.json")
     args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.pruned):
+        parser.error("--labels needs one name per --pruned folder")
+    labels = args.labels or [Path(folder).name for folder in args.pruned]
+    if "dense" in labels or len(set(labels)) != len(labels):
+        parser.error(f"the pruned models' names must be distinct and not 'dense' (give --labels); got {labels}")
     torch.set_num_threads(args.threads)
 
     models = {"dense": SentenceTransformer(args.dense or minilm_path(), device="cpu")}
-    for folder in args.pruned:
-        models[Path(folder).name] = SentenceTransformer(folder, device="cpu", trust_remote_code=True)
+    for label, folder in zip(labels, args.pruned):
+        models[label] = SentenceTransformer(folder, device="cpu", trust_remote_code=True)
     for model in models.values():
         model.eval()
     test = read_sts(os.path.join(args.stsb_dir, "sts-test.csv"))
