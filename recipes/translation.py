@@ -70,6 +70,7 @@ from transformers import (
 )
 
 from hf_adaprune import Seq2SeqPruningArguments
+from hf_adaprune.families import positions_note, readable_positions
 from hf_adaprune.metrics import headline_value, load_metric
 from hf_adaprune.reporting.latency import GenerateModule, compare_latency, format_latency
 from hf_adaprune.task_metrics import decode_ids, generation_metrics
@@ -515,8 +516,26 @@ def load_data(run: Run) -> None:
     }
 
 
+def check_lengths(model, tokenizer, data_args: DataTrainingArguments, training_args) -> None:
+    """Lengths the model can read, and room for the sentence after --source_prefix: before any training step."""
+    if data_args.source_prefix:
+        taken = len(tokenizer(data_args.source_prefix).input_ids)  # with the special tokens around it
+        if taken >= data_args.max_source_length:
+            raise RecipeError(f"--source_prefix {data_args.source_prefix!r} takes {taken} tokens (with the special "
+                              f"tokens), --max_source_length {data_args.max_source_length} leaves no room for the "
+                              f"sentence: raise --max_source_length")
+    positions = readable_positions(model.config)
+    lengths = {"max_source_length": data_args.max_source_length, "max_target_length": data_args.max_target_length,
+               "generation_max_length": training_args.generation_max_length}
+    for name, value in lengths.items():
+        if positions and value is not None and value > positions:
+            raise RecipeError(f"--{name} {value}: the model reads at most {positions} positions "
+                              f"({positions_note(model.config)}); pass --{name} {positions} or less")
+
+
 def build(run: Run) -> None:
     model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
+    check_lengths(model, tokenizer, run.data_args, run.training_args)
     run.model, run.processing_class, run.seq2seq = model, tokenizer, True
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
     run.datasets = tokenize(run.splits, tokenizer, run.data_args)

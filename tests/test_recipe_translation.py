@@ -214,10 +214,15 @@ def _user_folder(tmp):
          recipe.RecipeError, r"--dataset_name \S*nowhere: cannot load it"),
         (lambda ws, tmp: base_args(ws, tmp / "out") + ["--output_dir", str(_user_folder(tmp))], recipe.RecipeError,
          re.escape("already holds 1 entries (notes.txt); choose another folder or pass --overwrite_output_dir")),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--max_source_length", "512"], recipe.RecipeError,
+         re.escape("--max_source_length 512: the model reads at most 128 positions")),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--source_prefix", "translate English to German: ",
+                                                       "--max_source_length", "6"],
+         recipe.RecipeError, r"--source_prefix .* takes \d+ tokens .* --max_source_length 6 leaves no room"),
     ],
     ids=["mismatched_lines", "too_many_empty", "unknown_metric", "classification_metric", "no_validation",
          "half_a_pair", "missing_file", "dataset_and_files", "bad_fraction", "bleu_tolerance", "dataset_not_loading",
-         "user_files_in_output_dir"],
+         "user_files_in_output_dir", "source_length_beyond_positions", "prefix_fills_the_source_length"],
 )
 def test_fails_fast(workspace, tmp_path, make_args, error, message):
     out = tmp_path / "out"
