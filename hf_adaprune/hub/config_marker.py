@@ -44,15 +44,20 @@ def base_model_type(model_type: str) -> str:
     return model_type.removeprefix(MODEL_TYPE_PREFIX)
 
 
+def transformers_base(cls: type) -> type | None:
+    """The transformers class ``cls`` is, or extends (a pruned model or marked config class is a subclass)."""
+    import transformers
+
+    return next((c for c in cls.__mro__ if getattr(transformers, c.__name__, None) is c), None)
+
+
 def shipped_code_base(cls: type) -> type:
     """A class loaded from a folder's ``modeling_adaprune.py`` (``trust_remote_code=True``) -> the transformers class
     it extends; any other class as it is. Saved as the loaded class, transformers would treat the model as remote
     code and copy hf_adaprune's own modules beside it (and point ``auto_map`` at them)."""
     if cls.__module__.rpartition(".")[2] != "modeling_adaprune":
         return cls
-    import transformers
-
-    return next(c for c in cls.__mro__ if getattr(transformers, c.__name__, None) is c)
+    return transformers_base(cls)
 
 
 def pruned_config_class(base_class: type) -> type:

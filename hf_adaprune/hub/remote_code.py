@@ -17,12 +17,11 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import transformers
 from transformers.models.auto import modeling_auto
 
 from .. import layout
 from ..families import get_adapter
-from .config_marker import PrunedConfigMixin
+from .config_marker import PrunedConfigMixin, transformers_base
 
 REMOTE_CODE_FILE = "modeling_adaprune.py"
 
@@ -67,7 +66,7 @@ _AUTO_MAPPINGS = {
 
 def transformers_class(obj) -> type | None:
     """The transformers class ``obj`` is, or extends (a pruned model or marked config is a subclass)."""
-    return next((cls for cls in type(obj).__mro__ if getattr(transformers, cls.__name__, None) is cls), None)
+    return transformers_base(type(obj))
 
 
 def auto_classes_for(model) -> dict[str, str]:
