@@ -10,7 +10,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET, DEFAULT_RIDGE
+from hf_adaprune.trainer.checkpoint import checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,6 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bo
 # mixed with: save_metrics merges into all_results.json; --resume_from_checkpoint true takes the newest checkpoint-N
 EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
                      "predict_results.json", "trainer_state.json")
-CHECKPOINT_FOLDER = re.compile(r"^checkpoint-\d+$")
 
 
 def remove_earlier_run_outputs(output_dir: str, folders: tuple[str, ...] = ()) -> None:
@@ -270,8 +269,8 @@ def remove_earlier_run_outputs(output_dir: str, folders: tuple[str, ...] = ()) -
     ``--overwrite_output_dir``, just before training."""
     if not os.path.isdir(output_dir):
         return
-    names = sorted(name for name in os.listdir(output_dir) if name in EARLIER_RUN_FILES or name in folders
-                   or (CHECKPOINT_FOLDER.match(name) and os.path.isdir(os.path.join(output_dir, name))))
+    names = sorted({name for name in os.listdir(output_dir) if name in EARLIER_RUN_FILES or name in folders}
+                   | {os.path.basename(folder) for _, folder, _ in checkpoints(output_dir)})
     if names:
         logger.warning("--overwrite_output_dir: removing what an earlier run left in %s and this run would be mixed "
                        "with: %s", output_dir, ", ".join(names))
@@ -281,6 +280,15 @@ def remove_earlier_run_outputs(output_dir: str, folders: tuple[str, ...] = ()) -
             shutil.rmtree(path)
         else:
             os.remove(path)
+
+
+def warn_folders_left(output_dir: str, names) -> None:
+    """Name the folders ``names`` an earlier run left in ``output_dir`` and this run does not write: they are not
+    this run's, whatever their place suggests."""
+    left = [f"{name}/" for name in names if os.path.isdir(os.path.join(output_dir, name))]
+    if left:
+        logger.warning("%s holds %s from an earlier run, which this run does not write: remove %s, or it may be "
+                       "taken for this run's", output_dir, " and ".join(left), "them" if len(left) > 1 else "it")
 
 
 def load_named_dataset(data_args, cache_dir: str | None, split: str | None = None):

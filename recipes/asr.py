@@ -265,12 +265,12 @@ def tokenize_rows(rows: dict[str, list[dict]], tokenizer, kind: str, normalize, 
     unknown_chars: dict[str, str] = {}  # character -> the first row that has it
     for split, split_rows in rows.items():
         for row in split_rows:
-            text = row["text"]
-            if not normalize(text):
+            text, normalized = row["text"], normalize(row["text"])
+            if not normalized:
                 raise RecipeError(f"{row['row']} ({row['name']}): transcript {text!r} is empty after "
                                   f"--text_normalization")
             if kind == "ctc":
-                text = normalize(text)
+                text = normalized
             if case == "upper":
                 text = text.upper()
             elif case == "lower":

@@ -58,7 +58,7 @@ from hf_adaprune.sentence_transformers import (
 from hf_adaprune.sentence_transformers.losses import distillation_distances
 
 from recipes.arguments import (RecipeError, check_output_dir, recipe_argv, remove_earlier_run_outputs,
-                               resolve_package_path)
+                               resolve_package_path, warn_folders_left)
 from recipes.skeleton import load_error, run_cli
 
 logger = logging.getLogger(__name__)
@@ -288,9 +288,7 @@ def main(argv=None):
     logger.info("dense: %s", results["dense"])
     if opts.overwrite_output_dir and args.should_save:  # sentence-transformers appends to eval/*.csv
         remove_earlier_run_outputs(args.output_dir, folders=("eval",))
-        if not opts.layer_drop_baseline and os.path.isdir(os.path.join(args.output_dir, "layer_drop")):
-            logger.warning("%s holds layer_drop/ from an earlier run, which this run does not write: remove it, or "
-                           "it may be taken for this run's", args.output_dir)
+        warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else ["layer_drop"])
     trainer = None
     try:
         trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,

@@ -31,7 +31,7 @@ from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from . import deploy
-from .arguments import RecipeError, check_output_dir, remove_earlier_run_outputs
+from .arguments import RecipeError, check_output_dir, remove_earlier_run_outputs, warn_folders_left
 from .results import (
     pruning_record,
     results_table,
@@ -275,13 +275,9 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
 def warn_earlier_outputs(run: Run) -> None:
     """Name the folders an earlier run left in ``--output_dir`` that this run will not replace (after
     ``--overwrite_output_dir``): they are not this run's, whatever their place suggests."""
-    out = run.training_args.output_dir
-    left = [f"{name}/" for name, written in ((CONTROL_DIR, run.data_args.dense_control),
-                                             (deploy.DEPLOY_DIR, deploy.requested(run.data_args)))
-            if not written and os.path.isdir(os.path.join(out, name))]
-    if left:
-        logger.warning("%s holds %s from an earlier run, which this run does not write: remove %s, or it may be "
-                       "taken for this run's", out, " and ".join(left), "them" if len(left) > 1 else "it")
+    warn_folders_left(run.training_args.output_dir, [name for name, written in (
+        (CONTROL_DIR, run.data_args.dense_control), (deploy.DEPLOY_DIR, deploy.requested(run.data_args)))
+        if not written])
 
 
 def clear_earlier_run(run: Run, resume_from: str | None) -> None:
@@ -340,7 +336,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
             logger.warning("no dense test scores: this run did not see the weights at step %d, where the pruning "
                            "reference is taken (it resumed past it, or ended before it)",
                            training_args.pruning_warmup_steps)
-        if snapshot is not None and snapshot.model is not None:
+        elif snapshot is not None:
             scores["dense"] = task.score_test(_plain_trainer(run, snapshot.model, training_args), test_dataset, run)
 
     control = None
