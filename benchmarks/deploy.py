@@ -200,7 +200,8 @@ def main(argv=None) -> dict:
         int8_reload_max_diff = float((reloaded(**check).logits - in_memory(**check).logits).abs().max())
 
     vocab_size = len(vocab_tokenizer)
-    inputs = {"input_ids": torch.randint(min(1000, vocab_size // 2), vocab_size, (1, SEQ_LEN), generator=torch.Generator().manual_seed(0)),
+    low = min(1000, vocab_size // 2)
+    inputs = {"input_ids": torch.randint(low, vocab_size, (1, SEQ_LEN), generator=torch.Generator().manual_seed(0)),
               "attention_mask": torch.ones(1, SEQ_LEN, dtype=torch.long)}  # ids that every vocabulary holds
     inputs["input_ids"][:, 0] = vocab_tokenizer.cls_token_id
     latency = compare_latency({name: model for name, (model, _) in variants.items()}, inputs, repeats=opts.repeats)

@@ -24,8 +24,10 @@ import copy
 import time
 from pathlib import Path
 
+from hf_adaprune import find_groups
+from hf_adaprune.engine.masks import structure_count
 from hf_adaprune.post_training import post_training_prune
-from hf_adaprune.reporting.flops import model_profile
+from hf_adaprune.reporting.flops import model_profile, structure_costs
 import run_record  # noqa: E402 (neighbour)
 from post_training import SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, start_minilm_run
 
@@ -33,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 POOL, STEER = 20_000, 3_000  # the 625-step pool of the accuracy benchmark, then the steering phrases
 
 
-def ffn_flops(model, seq_len: int) -> int:
-    """Multiply-adds x 2 of every FFN's two projections at ``seq_len`` tokens (batch 1)."""
-    config = model.config
-    return config.num_hidden_layers * 2 * 2 * seq_len * config.hidden_size * config.intermediate_size
+def ffn_flops(model, seq_len: int) -> float:
+    """The FLOPs of every FFN at ``seq_len`` tokens (batch 1), as the selection counts them."""
+    groups = [group for group in find_groups(model) if group.kind == "ffn"]
+    costs = structure_costs(model, groups, seq_len)
+    return sum(costs[group.name] * structure_count(model.base_model, group) for group in groups)
 
 
 def main(argv=None) -> dict:

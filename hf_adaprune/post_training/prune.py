@@ -326,7 +326,8 @@ def _validate_equal_lengths(**datasets) -> None:
     for name, dataset in datasets.items():
         if dataset is None:
             continue
-        rows = dataset["input_ids"] if hasattr(dataset, "column_names") else (row.get("input_ids", ()) for row in dataset)
+        rows = dataset["input_ids"] if hasattr(dataset, "column_names") \
+            else (row.get("input_ids", ()) for row in dataset)
         lengths = {len(ids) for ids in rows}
         if len(lengths) > 1:
             raise ValueError(f"{name} rows have {len(lengths)} different lengths ({min(lengths)} to {max(lengths)} "
