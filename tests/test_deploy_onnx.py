@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 
 pytest.importorskip("onnx", reason="ONNX export needs onnx: pip install onnx onnxruntime")
 pytest.importorskip("onnxruntime", reason="the parity checks need onnxruntime: pip install onnxruntime")
@@ -386,3 +387,12 @@ def test_onnxruntime_int8_seq2seq_graphs_decode_close_to_float(model_type, tmp_p
 def test_export_refuses_a_half_precision_model(tmp_path):
     with pytest.raises(ValueError, match="float32 model; call model.float"):
         export_onnx(tiny_model("bert").half(), tmp_path)
+
+
+def test_export_refuses_an_encoder_decoder_classifier_before_writing(tmp_path):
+    config = tiny_seq2seq("t5").config
+    config.num_labels = 2
+    model = transformers.T5ForSequenceClassification(config)
+    with pytest.raises(ValueError, match="encoder-decoder with a task head"):
+        export_onnx(model, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

@@ -8,6 +8,7 @@ keeping different heads in each layer, whole and empty groups.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -367,6 +368,31 @@ def test_flop_profile_rows_are_blocks():
         "decoder.block.0", "decoder.block.1", "encoder.block.0", "encoder.block.1"]
     report = compare_profiles(before, after)
     assert report["flops_removed"] > 0 and report["params_removed"] > 0
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bart"])
+def test_sequence_classifiers_of_seq2seq_families_are_profiled_and_pruned_in_training(model_type, tmp_path):
+    """Their heads pool the <eos> of every row: the FLOP probe's dummy ids carry one (they had none and failed)."""
+    import datasets
+
+    from hf_adaprune import AdaptivePruningTrainer, PruningArguments, model_profile
+
+    torch.manual_seed(0)
+    config = tiny_seq2seq_config(model_type, num_labels=2)
+    model = transformers.AutoModelForSequenceClassification.from_config(config)
+    assert model_profile(model, seq_len=8)["flops"] > 0
+    eos = config.eos_token_id
+    rows = [{"input_ids": [5 + i % 7, 9, 11 + i % 3, eos], "attention_mask": [1] * 4, "labels": i % 2}
+            for i in range(16)]
+    data = datasets.Dataset.from_list(rows)
+    args = PruningArguments(str(tmp_path), prune="heads,ffn", max_steps=6, per_device_train_batch_size=8,
+                            pruning_warmup_steps=2, pruning_interval=2, pruning_initial_step=0.5,
+                            pruning_tolerance=100.0, pruning_seq_len=8, pruning_metric="accuracy",
+                            report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["final_sparsity"] > 0 and report["comparison"]["layer_flops_removed"] > 0
 
 
 @pytest.mark.parametrize("model_type", ["marian", "bart", "mbart", "m2m_100"])

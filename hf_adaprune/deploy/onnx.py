@@ -113,6 +113,10 @@ def check_onnx_request(model, int8: bool = False) -> None:
     if model.main_input_name not in ("input_ids", "input_features"):
         raise ValueError(f"ONNX export handles text models (input_ids) and Whisper (input_features); "
                          f"{type(model).__name__} takes {model.main_input_name}")
+    if getattr(model.config, "is_encoder_decoder", False) and not model.can_generate():
+        raise ValueError(f"ONNX export handles encoder-decoder models that generate (encoder + decoder graphs, "
+                         f"as optimum lays them out) and encoders; {type(model).__name__} is an encoder-decoder "
+                         f"with a task head, which it does not export")
 
 
 def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[Path]:

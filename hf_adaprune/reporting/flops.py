@@ -53,10 +53,14 @@ def example_inputs(model: nn.Module, seq_len: int = 128, batch_size: int = 1) ->
         inputs = {"input_features": torch.randn(batch_size, mels, frames, device=device)}
     else:
         vocab = getattr(config, "vocab_size", 1000)
-        inputs = {
-            "input_ids": torch.randint(3, vocab, (batch_size, seq_len), device=device),
-            "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
-        }
+        ids = torch.randint(3, vocab, (batch_size, seq_len), device=device)
+        eos = getattr(config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        if isinstance(eos, int) and 0 <= eos < vocab:  # one <eos> per row, last: what seq2seq classifiers pool
+            ids[ids == eos] = 3 if eos != 3 else 4
+            ids[:, -1] = eos
+        inputs = {"input_ids": ids,
+                  "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device)}
     if getattr(config, "is_encoder_decoder", False):
         start = getattr(config, "decoder_start_token_id", None) or 0
         inputs["decoder_input_ids"] = torch.full((batch_size, seq_len), start, dtype=torch.long, device=device)
