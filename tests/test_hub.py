@@ -19,7 +19,7 @@ from transformers.testing_utils import CaptureLogger
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
 from hf_adaprune.layout import decode_kept
 
-from conftest import text_batch, tiny_model
+from conftest import text_batch, tiny_config, tiny_model
 from test_surgery import outputs, random_masks
 
 
@@ -338,6 +338,28 @@ def test_stock_auto_class_builds_the_saved_head(tmp_path, model_class, auto_clas
     for name, mask in masks.masks.items():
         masks.set(name, (torch.arange(mask.numel()) % 2).float())
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8, 2]])}
+    with torch.no_grad():
+        expected = model(**batch)[0]
+    save_pruned(model, tmp_path / "model")
+    loaded = getattr(transformers, auto_class).from_pretrained(tmp_path / "model", trust_remote_code=True).eval()
+    assert type(loaded).__name__ == model_class
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch)[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_class, auto_class", [("BertForMultipleChoice", "AutoModelForMultipleChoice"),
+                                                     ("BertForPreTraining", "AutoModelForPreTraining"),
+                                                     ("BertForNextSentencePrediction",
+                                                      "AutoModelForNextSentencePrediction")])
+def test_every_auto_class_of_the_saved_head_loads_it(tmp_path, model_class, auto_class):
+    # the auto_map covers each AutoModel... class that maps the family to the saved class, not a fixed short list
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(tiny_config("bert")).eval()
+    masks = attach_masks(model)
+    for name, mask in masks.masks.items():
+        masks.set(name, (torch.arange(mask.numel()) % 2).float())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    batch = {"input_ids": ids[:, None].expand(1, 2, 5)} if "MultipleChoice" in model_class else {"input_ids": ids}
     with torch.no_grad():
         expected = model(**batch)[0]
     save_pruned(model, tmp_path / "model")

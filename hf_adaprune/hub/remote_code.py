@@ -49,19 +49,16 @@ def remote_code_source(class_names: set[str], config_class_name: str, attention_
     return "\n\n\n".join(parts) + "\n"
 
 
-# auto class name -> the name mapping transformers uses to resolve it
-_AUTO_MAPPINGS = {
-    "AutoModel": "MODEL_MAPPING_NAMES",
-    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    "AutoModelForQuestionAnswering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
-    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
-    "AutoModelForSpeechSeq2Seq": "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
-    "AutoModelForCTC": "MODEL_FOR_CTC_MAPPING_NAMES",
-    "AutoModelForAudioClassification": "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES",
-}
+def _auto_mappings() -> dict[str, dict]:
+    """Auto class name -> its ``model_type -> class name(s)`` table, for every ``AutoModel...`` class of this
+    transformers (multiple choice, pretraining, x-vector, ... as well as the common heads)."""
+    found = {}
+    for name in dir(modeling_auto):
+        auto = getattr(modeling_auto, name)
+        table = getattr(getattr(auto, "_model_mapping", None), "_model_mapping", None)
+        if name.startswith("AutoModel") and isinstance(auto, type) and isinstance(table, dict):
+            found[name] = table
+    return found
 
 
 def transformers_class(obj) -> type | None:
@@ -74,8 +71,7 @@ def auto_classes_for(model) -> dict[str, str]:
     model_type = model.config.model_type
     own = (transformers_class(model) or type(model)).__name__
     found = {}
-    for auto_name, mapping_name in _AUTO_MAPPINGS.items():
-        mapping = getattr(modeling_auto, mapping_name, {})
+    for auto_name, mapping in _auto_mappings().items():
         class_name = mapping.get(model_type)
         if isinstance(class_name, (tuple, list)):
             class_name = class_name[0]
