@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .engine.masks import detach_masks, get_masks, structure_count
-from .families import HeadGroup, LayerGroup, find_groups, layer_of_group
+from .families import HeadGroup, LayerGroup, find_groups, get_adapter, layer_of_group
 from .families.whisper import renumber_alignment_heads
 from .layout import (TABLES, apply_layout, empty_record, linear_spec, parent_and_name, read_record, set_attribute,
                      write_record)
@@ -155,6 +155,7 @@ def compact(model: nn.Module) -> dict:
     """
     from .hub.load import as_pruned  # here: hub saves through this module
 
+    get_adapter(model)  # an unsupported family is refused before its class or config changes
     masks = get_masks(model)
     record = read_record(model.config) or empty_record()
     if masks is not None:
@@ -169,6 +170,8 @@ def _compact_masked(model: nn.Module, masks, record: dict) -> None:
     base = model.base_model
     stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)]
     kept_layers = {g.name: masks.kept_indices(g.name) for g in stacks}
+    for stack in stacks:  # refuse before any weight is sliced: a refusal leaves the model as it was
+        check_layer_removal(stack, kept_layers[stack.name], len(base.get_submodule(stack.name)))
     plan = _Plan(base)
     kept_heads = {}
     for name, group in masks.groups.items():
@@ -199,16 +202,23 @@ def _compact_masked(model: nn.Module, masks, record: dict) -> None:
     renumber_alignment_heads(model, kept_heads, kept_layers.get("decoder.layers"))
 
 
+def check_layer_removal(stack: LayerGroup, kept: list[int], count: int) -> None:
+    """Refuse keeping ``kept`` of the ``count`` layers of ``stack`` when the stack cannot lose them."""
+    if len(kept) == count:
+        return
+    if not kept:
+        raise ValueError(f"cannot remove every layer of {stack.name}: a stack keeps at least one layer")
+    if stack.refuse:
+        raise ValueError(stack.refuse)
+
+
 def remove_layers(model: nn.Module, stack: LayerGroup, kept: list[int], record: dict) -> None:
     """Keep only the layers ``kept`` (current indices) of ``stack``; renumber the model and ``record``."""
     base = model.base_model
     layers = base.get_submodule(stack.name)
     if len(kept) == len(layers):
         return
-    if not kept:
-        raise ValueError(f"cannot remove every layer of {stack.name}: a stack keeps at least one layer")
-    if stack.refuse:
-        raise ValueError(stack.refuse)
+    check_layer_removal(stack, kept, len(layers))
     if kept[0] != 0:
         for module_path, flag in stack.hand_on:
             owner, name = parent_and_name(layers[0], module_path)

@@ -127,9 +127,17 @@ def test_seq2seq_compaction_equals_masked_and_generates_the_same(family, which):
     keep = {"encoder": {stacks["encoder"]: [1, 2]}, "decoder": {stacks["decoder"]: [0, 2]},
             "both": {stacks["encoder"]: [2], stacks["decoder"]: [1]}}[which]
     if family in ("t5", "mt5") and which != "decoder":
-        mask_layers(model, keep)
+        masks = mask_layers(model, keep)
+        masked, weights = outputs(model, batch), {k: v.clone() for k, v in model.state_dict().items()}
         with pytest.raises(ValueError, match="T5's encoder layers cannot be removed while the model has a decoder"):
             compact(model)
+        # refused before any weight was sliced: the model is as it was, and compacts once the layers stay
+        assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+        assert (outputs(model, batch) - masked).abs().max() == 0
+        masks.set(stacks["encoder"], torch.ones(3))
+        expected = outputs(model, batch)
+        compact(model)
+        assert (outputs(model, batch) - expected).abs().max() <= TOL
         return
     mask_layers(model, keep)
     masked = outputs(model, batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from hf_adaprune import attach_masks, compact, find_groups, get_masks
 from hf_adaprune.engine.masks import structure_count
@@ -147,3 +148,14 @@ def test_mask_gates_compile_without_graph_breaks_or_recompiles():
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] >= 1 and graphs[-1] == graphs[0]
     dynamo.reset()
+
+
+def test_compact_refuses_an_unsupported_family_before_changing_it(tmp_path):
+    from hf_adaprune import UnsupportedModelError
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99))
+    with pytest.raises(UnsupportedModelError, match="cannot prune model_type 'gpt2'"):
+        compact(model)
+    assert type(model) is transformers.GPT2LMHeadModel and getattr(model.config, "adaprune", None) is None
+    model.save_pretrained(tmp_path)  # still a plain model, saved as one
+    assert transformers.AutoConfig.from_pretrained(tmp_path).model_type == "gpt2"

@@ -13,6 +13,7 @@ try:  # transformers 5: what each model class can record, by class name (private
 except ImportError:  # pragma: no cover
     _CAN_RECORD_REGISTRY = None
 
+from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import set_auto_map, write_remote_code
@@ -23,6 +24,7 @@ class SavesRemoteCode:
     remote-code model has: ``auto_map`` in config.json and ``modeling_adaprune.py`` next to the weights."""
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        get_adapter(self)  # refused before anything is written: the remote code needs the family's adapter
         mark_config(self.config)  # model_type adaprune_<family> in config.json
         class_names = set_auto_map(self)
         super().save_pretrained(save_directory, *args, **kwargs)
