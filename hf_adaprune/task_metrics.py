@@ -178,6 +178,11 @@ def classification_metrics(name: str):
 
     def compute_metrics(eval_pred):
         logits, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(labels, (tuple, list)):
+            raise ValueError(f"--pruning_metric {name} compares one label per row (or token) with the argmax of the "
+                             f"logits, but the rows carry {len(labels)} label columns (question answering's "
+                             "start/end positions?): use --pruning_metric loss, or pass a compute_metrics "
+                             "(e.g. exact match / F1 of the predicted spans)")
         if isinstance(logits, tuple):
             logits = logits[0]
         logits = np.asarray(logits)
