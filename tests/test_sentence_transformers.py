@@ -361,6 +361,37 @@ def test_default_loss_computes_teacher_embeddings_for_every_dataset_of_a_dict(en
     assert trainer.state.global_step == 6
 
 
+@pytest.mark.parametrize("setting", ["model_default_prompt", "model_truncate_dim", "args_prompt",
+                                     "args_prompt_per_dataset"])
+def test_default_loss_targets_are_what_the_dense_model_computes_in_training(encoder_folder, tmp_path, setting):
+    # the teacher rows are the dense model's own training-forward embeddings: at lr 0, before any pruning, the
+    # loss is 0 (they were encoded with the model's default prompt, which training does not apply, and cut to
+    # truncate_dim, which failed on a shape mismatch; the trainer's prompts were left out)
+    from datasets import DatasetDict
+
+    model = tiny_sentence_transformer(encoder_folder)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    args = {}
+    train = Dataset.from_dict({"sentence": sentences(16)})
+    if setting == "model_default_prompt":
+        model.prompts, model.default_prompt_name = {"query": "house tree "}, "query"
+    elif setting == "model_truncate_dim":
+        model.truncate_dim = 16
+    elif setting == "args_prompt":
+        args = {"prompts": "house tree "}
+    else:
+        train = DatasetDict(a=train)
+        args = {"prompts": {"a": {"sentence": "house tree "}}}
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, max_steps=1, learning_rate=0.0, logging_steps=1, **args),
+        train_dataset=train, eval_dataset=Dataset.from_dict({"sentence": sentences(16, seed=1)}))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 1 and abs(losses[0]) < 1e-5
+
+
 def test_a_dict_of_eval_sets_needs_an_evaluator_unless_the_loss_steers(encoder_folder, tmp_path):
     from datasets import DatasetDict
 

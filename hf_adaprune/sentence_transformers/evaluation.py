@@ -6,6 +6,8 @@ and the dense embeddings are computed once, before any pruning.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
@@ -49,11 +51,19 @@ class TeacherAgreementEvaluator(SentenceEvaluator):
         return {"sentences": len(self.sentences)}
 
 
-def encode(model: SentenceTransformer, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Embeddings of ``sentences`` as a float32 CPU tensor, in eval mode (no dropout), training mode restored."""
+def encode(model: SentenceTransformer, sentences: list[str], batch_size: int = 64, as_trained: bool = False,
+           prompt: str = "") -> torch.Tensor:
+    """Embeddings of ``sentences`` as a float32 CPU tensor, in eval mode (no dropout), training mode restored.
+
+    ``as_trained``: as the training forward computes them: with ``prompt`` (what the trainer's ``prompts`` put
+    before these sentences; the model's ``default_prompt_name`` is not applied) and not cut to ``truncate_dim``.
+    """
     was_training = model.training
+    options = {"prompt": prompt} if as_trained else {}
     try:
-        embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+        with model.truncate_sentence_embeddings(None) if as_trained else contextlib.nullcontext():
+            embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True,
+                                      show_progress_bar=False, **options)
     finally:
         model.train(was_training)
     return embeddings.float().cpu().clone()  # a clone is a normal tensor, usable in autograd (encode's is not)

@@ -68,8 +68,12 @@ def text_column(dataset: Dataset) -> str:
     return columns[0]
 
 
-def with_teacher_embeddings(dataset: Dataset, teacher: SentenceTransformer, batch_size: int = 64) -> Dataset:
-    """``dataset`` (one text column) with a ``label`` column holding ``teacher``'s embedding of each row."""
+def with_teacher_embeddings(dataset: Dataset, teacher: SentenceTransformer, batch_size: int = 64,
+                            prompt: str = "") -> Dataset:
+    """``dataset`` (one text column) with a ``label`` column holding ``teacher``'s embedding of each row, as the
+    training forward computes it: full width (not cut to ``truncate_dim``), after ``prompt`` (the one the
+    training arguments' ``prompts`` give this column; not the model's ``default_prompt_name``, which training
+    does not apply)."""
     column = text_column(dataset)
-    embeddings = encode(teacher, list(dataset[column]), batch_size)
+    embeddings = encode(teacher, list(dataset[column]), batch_size, as_trained=True, prompt=prompt)
     return dataset.select_columns([column]).add_column("label", embeddings.numpy().tolist())

@@ -54,7 +54,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if loss is None:
             loss = embedding_distillation_loss(model)
             if train_dataset is not None:
-                train_dataset = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size)
+                train_dataset = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size,
+                                                   args.prompts)
         if evaluator is None and eval_dataset is not None and args.pruning_metric != "loss":
             if not isinstance(eval_dataset, Dataset):
                 raise ValueError(f"without an evaluator, agreement with the dense embeddings steers, read from one "
@@ -148,18 +149,34 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             f.write(sentence_transformer_card(summary))
 
 
-def _distillation_rows(train_dataset, model: SentenceTransformer, batch_size: int):
+def training_prompt(prompts, column: str, dataset_name: str | None = None) -> str:
+    """The prompt sentence-transformers' collator puts before ``column`` of ``dataset_name`` for the training
+    arguments' ``prompts`` (a string; per column; per dataset, then per column), or ``""``."""
+    if isinstance(prompts, dict) and prompts:
+        if dataset_name is not None and dataset_name in prompts:
+            prompts = prompts[dataset_name]
+        elif isinstance(next(iter(prompts.values())), dict):
+            return ""
+    if isinstance(prompts, str):
+        return prompts
+    return prompts.get(column) or "" if isinstance(prompts, dict) else ""
+
+
+def _distillation_rows(train_dataset, model: SentenceTransformer, batch_size: int, prompts=None,
+                       dataset_name: str | None = None):
     """The training rows of the default loss: each Dataset (of a dict of them too) gets its ``label`` column of
-    dense embeddings, computed here, before pruning; one it already has must hold vectors, not scores."""
+    dense embeddings, computed here, before pruning, from the text as training feeds it (``prompts``); one it
+    already has must hold vectors, not scores."""
     if isinstance(train_dataset, dict):  # DatasetDict, or a plain dict of datasets (multi-dataset training)
-        return type(train_dataset)({name: _distillation_rows(rows, model, batch_size)
+        return type(train_dataset)({name: _distillation_rows(rows, model, batch_size, prompts, name)
                                     for name, rows in train_dataset.items()})
     if not isinstance(train_dataset, Dataset):
         raise ValueError(f"without a loss the trainer distils the dense model's embeddings, computed before training "
                          f"from a datasets.Dataset of one text column; got a {type(train_dataset).__name__}: compute "
                          "them yourself (with_teacher_embeddings) into a 'label' column, or pass a loss")
     if "label" not in train_dataset.column_names:
-        return with_teacher_embeddings(train_dataset, model, batch_size)
+        prompt = training_prompt(prompts, text_column(train_dataset), dataset_name)
+        return with_teacher_embeddings(train_dataset, model, batch_size, prompt)
     if isinstance(train_dataset.features["label"], Value):
         raise ValueError("the train set's 'label' column holds one number per row, but the default loss distils "
                          "embeddings (a 'label' of one vector per row): pass the loss your labels are for "
