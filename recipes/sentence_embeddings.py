@@ -59,7 +59,7 @@ from hf_adaprune.sentence_transformers.losses import distillation_distances
 
 from recipes.arguments import (RecipeError, check_output_dir, recipe_argv, remove_earlier_run_outputs,
                                resolve_package_path, warn_folders_left)
-from recipes.skeleton import load_error, run_cli
+from recipes.skeleton import load_error, resolve_resume, run_cli
 
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
@@ -259,7 +259,8 @@ def main(argv=None):
         raise RecipeError(str(err)) from err
     check_options(opts, args)
     path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
-    check_output_dir(args.output_dir, [path], opts.overwrite_output_dir)
+    resume_from = resolve_resume(args)  # checked before any work, as the other recipes do
+    check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resuming=resume_from is not None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     try:
@@ -286,14 +287,14 @@ def main(argv=None):
     results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
-    if opts.overwrite_output_dir and args.should_save:  # sentence-transformers appends to eval/*.csv
+    if opts.overwrite_output_dir and args.should_save and resume_from is None:  # s-t appends to eval/*.csv
         remove_earlier_run_outputs(args.output_dir, folders=("eval",))
         warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else ["layer_drop"])
     trainer = None
     try:
         trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
                                                              evaluator=evaluator)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
     except (KeyError, ValueError) as err:  # refused before the first step: a metric key the evaluator lacks, ...
         if trainer is not None and trainer.state.global_step > 0:
             raise

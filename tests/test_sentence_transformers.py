@@ -455,6 +455,25 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
 
 
 
+def test_recipe_resumes_from_its_checkpoint(encoder_folder, tmp_path):
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
+    flags = ["--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
+             "--objective", "cosent", "--max_steps", "8", "--per_device_train_batch_size", "8",
+             "--pruning_warmup_steps", "2", "--pruning_interval", "2", "--pruning_initial_step", "0.3",
+             "--pruning_tolerance", "1.0", "--pruning_seq_len", "32", "--max_seq_length", "32", "--use_cpu", "true",
+             "--report_to", "none", "--save_strategy", "steps", "--save_steps", "4", "--throughput_batch", "4",
+             "--throughput_repeats", "1", "--disable_tqdm", "true"]
+    full = recipe.main(flags)
+    shutil.rmtree(tmp_path / "out" / "checkpoint-8")  # as if the run had stopped after checkpoint-4
+    (tmp_path / "out" / "model.safetensors").unlink()
+    resumed = recipe.main([*flags, "--resume_from_checkpoint", "true"])  # it was refused, or ignored with overwrite
+    assert resumed["pruning"] == full["pruning"]
+    assert resumed["pruned"]["sts_test"] == pytest.approx(full["pruned"]["sts_test"], abs=1e-6)
+
+
 def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
     from conftest import load_recipe
 
