@@ -455,6 +455,53 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
 
 
 
+@pytest.mark.parametrize("metric, message", [
+    ("dev_spearman_cosin", r"available: \['dev_pearson_cosine', 'dev_spearman_cosine'\]\"?$"),
+    ("loss", "the loss is measured on an eval_dataset and none is given")])
+def test_a_metric_evaluation_lacks_is_named_with_the_keys_to_use(encoder_folder, tmp_path, metric, message):
+    # the evaluator's keys as --pruning_metric takes them; no advice about prediction_loss_only (s-t's default)
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    model = tiny_sentence_transformer(encoder_folder)
+    rows = sentences(24, seed=3)
+    evaluator = EmbeddingSimilarityEvaluator(rows[:12], rows[12:], [i / 12 for i in range(12)], name="dev")
+    pairs = Dataset.from_dict({"sentence1": sentences(16), "sentence2": sentences(16, seed=1),
+                               "score": [i / 16 for i in range(16)]})
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, pruning_metric=metric, pruning_greater_is_better=True),
+        train_dataset=pairs, loss=CoSENTLoss(model), evaluator=evaluator)
+    with pytest.raises(KeyError, match=message) as raised:
+        trainer.train()
+    assert "prediction_loss_only" not in str(raised.value) and trainer.state.global_step == 0
+
+
+def test_a_save_mid_ramp_holds_the_candidates_0_1_masks(encoder_folder, tmp_path):
+    probe, seen = sentences(6, seed=3), {}
+
+    class SaveMidRamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ramp = trainer._ramp
+            if ramp is None or seen or state.global_step <= ramp.start_step:
+                return
+            masks = get_masks(trainer.pruned_model)
+            assert any(((m > 0) & (m < 1)).any() for m in masks.masks.values()), "mid-ramp: fractional masks"
+            current = masks.state_dict()
+            masks.update(ramp.target)
+            seen["candidate"] = trainer.model.encode(probe, convert_to_tensor=True)
+            masks.load_state_dict(current)
+            trainer.save_model(str(tmp_path / "mid"))
+
+    model = tiny_sentence_transformer(encoder_folder)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "out", max_steps=6, pruning_ramp_steps=3, pruning_interval=4,
+                                    pruning_tolerance=1.0), callbacks=[SaveMidRamp()],
+        train_dataset=Dataset.from_dict({"sentence": sentences(48)}),
+        eval_dataset=Dataset.from_dict({"sentence": sentences(16, seed=1)}))
+    trainer.train()
+    saved = SentenceTransformer(str(tmp_path / "mid"), trust_remote_code=True, device="cpu")
+    assert (saved.encode(probe, convert_to_tensor=True) - seen["candidate"]).abs().max() <= 1e-5
+
+
 def test_recipe_resumes_from_its_checkpoint(encoder_folder, tmp_path):
     from conftest import load_recipe
 

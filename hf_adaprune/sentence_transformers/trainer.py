@@ -17,6 +17,7 @@ from accelerate.utils import broadcast_object_list
 from datasets import Dataset, Value
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
+from ..engine.masks import get_masks
 from ..trainer.eval_order import first_rows
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
@@ -126,6 +127,14 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if not self._steer_by_evaluator:  # the evaluator's own primary metric is checked at the reference
             super()._check_metric_available()
 
+    def _metric_names(self, metrics: dict) -> list[str]:
+        return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)  # an evaluator's keys, as named
+
+    def _missing_metric_hint(self) -> str:  # prediction_loss_only is sentence-transformers' default: no hint there
+        if self.pruning_metric == "loss" and self.eval_dataset is None:
+            return " (the loss is measured on an eval_dataset and none is given: pass one, or name an evaluator metric)"
+        return ""
+
     # -- saving -----------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints keep dense weights (masks in pruning_state.pt); any other save is a pruned ST folder."""
@@ -134,6 +143,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             model = copy.deepcopy(self.model)  # keep the in-memory model trainable: compact a copy
+            if self._ramp is not None:  # mid-ramp: the copy gets the candidate's 0/1 masks, as the base trainer's
+                get_masks(transformer_module(model).auto_model).update(self._ramp.target)
             save_pruned_sentence_transformer(model, output_dir, card=sentence_transformer_card(self.pruning_summary()))
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does

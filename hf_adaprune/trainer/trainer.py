@@ -371,12 +371,18 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                              "eval_dataset with labels, or name its label columns with --label_names")
         metrics = self._evaluate_rows(2)
         if self.decision_key not in metrics:
-            hint = (" (--prediction_loss_only true: evaluation computes the loss alone; leave it off or set "
-                    "--pruning_metric loss)" if self.args.prediction_loss_only else "")
             raise KeyError(
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
-                f"available: {sorted('eval_' + k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}{hint}"
+                f"available: {self._metric_names(metrics)}{self._missing_metric_hint()}"
             )
+
+    def _metric_names(self, metrics: dict) -> list[str]:
+        """The names evaluation returned, as ``--pruning_metric`` may give them."""
+        return sorted("eval_" + k.removeprefix(DECISION_PREFIX + "_") for k in metrics)
+
+    def _missing_metric_hint(self) -> str:
+        return (" (--prediction_loss_only true: evaluation computes the loss alone; leave it off or set "
+                "--pruning_metric loss)" if self.args.prediction_loss_only else "")
 
     def _decision_rows_without_labels(self) -> list[str]:
         """The label columns transformers reads (``label_names``) when the first eval row, a mapping, has none of
