@@ -182,9 +182,24 @@ def test_refit_that_cannot_run_is_refused_before_training(tmp_path, overrides, m
         make_trainer(tmp_path, pruning_refit=True, **overrides)
 
 
-def test_refit_needs_a_sized_train_dataset(tmp_path):
-    trainer_data = toy_dataset(32).to_iterable_dataset()
-    with pytest.raises(ValueError, match="needs a length"):
+class SizedStream(torch.utils.data.IterableDataset):
+    """A streaming reader that reports its size: it has a length, but no row can be indexed."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+
+@pytest.mark.parametrize("stream", ["datasets", "torch_sized"])
+def test_refit_needs_a_map_style_train_dataset(tmp_path, stream):
+    data = toy_dataset(32)
+    trainer_data = data.to_iterable_dataset() if stream == "datasets" else SizedStream(list(data))
+    with pytest.raises(ValueError, match=r"needs a map-style dataset \(indexable, with a length\)"):
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_refit=True),
                                train_dataset=trainer_data, eval_dataset=toy_dataset(16))
 

@@ -138,8 +138,14 @@ def test_eval_sets_decisions_cannot_read_are_refused_when_the_trainer_is_built(t
     with pytest.raises(ValueError, match=r"eval_dataset is a dict of 2 sets \(a, b\): pruning decisions are measured "
                                          "on one eval set"):
         build({"a": data, "b": data})
-    with pytest.raises(ValueError, match="eval_dataset is an iterable IterableDataset without a length"):
+    with pytest.raises(ValueError, match="eval_dataset is an iterable IterableDataset: pruning decisions"):
         build(data.to_iterable_dataset())
+    from test_schedule_refit import SizedStream
+
+    with pytest.raises(ValueError, match="eval_dataset is an iterable SizedStream: pruning decisions"):
+        build(SizedStream(list(data)))  # a length, but no row can be indexed
+    with pytest.raises(ValueError, match="eval_dataset has no rows"):
+        build(data.filter(lambda row: False))
 
 
 def test_seq2seq_trainer_names_the_arguments_class_it_needs(tmp_path):

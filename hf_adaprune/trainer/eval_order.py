@@ -9,7 +9,7 @@ class to keep training length-grouped and evaluation in order.
 
 from __future__ import annotations
 
-from torch.utils.data import SequentialSampler
+from torch.utils.data import IterableDataset, SequentialSampler
 from transformers.trainer_utils import has_length
 
 
@@ -34,3 +34,10 @@ def first_rows(dataset, n: int | None):
     from torch.utils.data import Subset
 
     return Subset(dataset, range(n))
+
+
+def is_iterable_dataset(dataset) -> bool:
+    """A streaming dataset (torch's IterableDataset, datasets' too), which cannot be indexed even with a length."""
+    import datasets
+
+    return isinstance(dataset, (IterableDataset, datasets.IterableDataset))
