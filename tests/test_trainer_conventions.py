@@ -184,6 +184,43 @@ def test_training_that_ends_before_the_reference_says_nothing_was_pruned(tmp_pat
     assert "Pruned from" not in card
 
 
+def test_a_best_checkpoint_before_the_reference_is_named_as_what_comes_back(tmp_path, caplog):
+    def compute_metrics(p):  # the user's score peaks at step 4, before the reference (warm-up 6)
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean()),
+                "score": -abs(trainer.state.global_step - 4)}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(32)),
+        compute_metrics=compute_metrics,
+        args=make_args(tmp_path, max_steps=20, eval_strategy="steps", eval_steps=4, save_strategy="steps",
+                       save_steps=4, load_best_model_at_end=True, metric_for_best_model="score",
+                       pruning_warmup_steps=6, pruning_tolerance=1.0))
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
+    assert "the best checkpoint" in caplog.text and "predates the pruning reference (pruning_warmup_steps 6)" \
+        in caplog.text
+    assert "training ended at step" not in caplog.text  # training did pass the warm-up
+
+
+def test_a_train_after_an_interrupted_one_is_refused_unless_it_resumes(tmp_path):
+    class Interrupt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 10:
+                raise KeyboardInterrupt("Ctrl-C")
+
+    trainer = make_trainer(tmp_path, max_steps=16, save_strategy="steps", save_steps=8)
+    trainer.add_callback(interrupt := Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.remove_callback(interrupt)
+    with pytest.raises(RuntimeError, match="an earlier train\\(\\) of this trainer stopped mid-pruning"):
+        trainer.train()  # it restarted at step 0 with the first run's reference, candidate and step counter
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    assert trainer.state.global_step == 16 and trainer.controller.state.done
+
+
 def test_the_card_reports_the_saved_models_metric_not_the_last_decisions():
     from hf_adaprune.reporting.report import model_card
     from hf_adaprune.reporting.summary import PruningSummary

@@ -98,6 +98,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         super().__init__(*args, **kwargs)
         self.dataset_name = dataset_name
         self._resume_state = None
+        self._began_at = None  # the global step a train() of this trainer began pruning at (None: none has)
         self._setup_pruning(self.model)
         self.add_callback(PruningCallback(self))
 
@@ -275,6 +276,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         # and accelerate would then skip wrapping it in DistributedDataParallel.
         if state.global_step == 0:
             self._check_metric_available()
+        self._began_at = state.global_step
         if args.pruning_warmup_steps == 0 and self.controller.state.reference is None:
             self.pruning_step(state.global_step)
 
@@ -418,6 +420,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def finish_pruning(self) -> None:
         """At ``on_train_end``: judge the last step, compact, write the report."""
         c, args = self.controller, self.args
+        best = None
         if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
             best = self.state.best_model_checkpoint
@@ -433,7 +436,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             self._drop_candidate()
         c.stop("training ended")
-        if c.state.reference is None:
+        if c.state.reference is None and best is not None and self.state.global_step > args.pruning_warmup_steps:
+            logger.warning("the best checkpoint %s predates the pruning reference (pruning_warmup_steps %d): the "
+                           "model handed back is its dense fine-tuned weights; what was pruned after it is discarded",
+                           best, args.pruning_warmup_steps)
+        elif c.state.reference is None:
             logger.warning("training ended at step %d, before the pruning reference (pruning_warmup_steps %d): "
                            "nothing was pruned; the model is the fine-tuned dense model", self.state.global_step,
                            args.pruning_warmup_steps)
@@ -486,6 +493,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self.args.should_save:
             check_writable(self.args.output_dir)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if self._began_at is not None and not resume_from_checkpoint and self.model_init is None:
+            raise RuntimeError(
+                "an earlier train() of this trainer stopped mid-pruning (interrupted, or an error): its reference, "
+                "masks and scores would carry into a run that restarts at step 0. Resume it with "
+                "train(resume_from_checkpoint=...) from a checkpoint it saved, or build a new trainer from a fresh "
+                "model")
         if resume_from_checkpoint:
             state = read_pruning_state(resume_from_checkpoint)
             check_resume_arguments(state.get("arguments") or {}, pruning_arguments(self.args),
