@@ -113,7 +113,10 @@ def main() -> int:
     src = args.src or default_whisper_tiny_en_dir()
     if args.force or not (args.out / "model.safetensors").is_file():
         t0 = time.perf_counter()
-        convert_ctranslate2_whisper(src, args.out)
+        try:
+            convert_ctranslate2_whisper(src, args.out)
+        except (FileNotFoundError, ValueError) as err:  # not a CTranslate2 Whisper folder: one line, no traceback
+            raise SystemExit(f"error: {err}") from None
         print(f"converted {src} -> {args.out} in {time.perf_counter() - t0:.1f}s")
     else:
         print(f"using existing conversion in {args.out} (--force to redo)")

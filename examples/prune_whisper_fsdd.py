@@ -58,7 +58,7 @@ from hf_adaprune.reporting.latency import GenerateExactly, compare_latency, form
 from recipes import asr  # noqa: E402
 from recipes.example_utils import example_parser, setup_example_logging, write_outputs  # noqa: E402
 from recipes.results import format_count, format_ms, format_rate, without_layers  # noqa: E402
-from recipes.skeleton import LOG_FORMAT, run_cli  # noqa: E402
+from recipes.skeleton import LOG_FORMAT, load_error, run_cli  # noqa: E402
 from recipes.speech.data import make_normalizer, parse_normalization  # noqa: E402
 from recipes.speech.metrics import error_rates  # noqa: E402
 from recipes.speech.model import transcribe  # noqa: E402
@@ -139,8 +139,11 @@ def score_converted(model_path: str, test_manifest: str, args) -> dict:
     """Test WER/CER of the converted model as it is (native window), plain and/or padded + prompted."""
     if args.baseline == "none":
         return {}
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(model_path).eval()
-    processor = AutoProcessor.from_pretrained(model_path)
+    try:
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(model_path).eval()
+        processor = AutoProcessor.from_pretrained(model_path)
+    except OSError as err:  # a missing folder, a Hub id offline: one error line, as the recipe gives
+        raise load_error([model_path], err) from err
     rows = asr.read_manifest(test_manifest, "--test_manifest", "path", "text")
     rows = asr.subsample_rows(rows, args.max_test_samples, args.seed)  # the recipe's test subset
     if args.baseline_samples is not None:

@@ -297,3 +297,23 @@ def test_fuzz_corrupted_files_end_in_success_or_one_error_line(tmp_path, monkeyp
             outcomes["ok"] += 1
     assert outcomes["ok"] > 30 and outcomes["error"] > 30, outcomes  # both outcomes were exercised
     assert time.process_time() - started < 120
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("examples/convert_whisper_tiny.py", ["--src", "/nonexistent", "OUT"],
+     "error: /nonexistent is not a directory (expected a CTranslate2 model folder)"),
+    ("examples/prune_whisper_fsdd.py", ["--model", "/nonexistent", "--max_steps", "2", "--recordings", "REC"],
+     "error: cannot load the model / tokenizer from /nonexistent"),
+])
+def test_example_scripts_name_a_bad_model_path_in_one_line(tmp_path, script, flags, message):
+    recordings = tmp_path / "recordings"  # FSDD-named files: the manifests are written before the model loads
+    recordings.mkdir()
+    for digit in range(10):
+        for index in range(50):
+            (recordings / f"{digit}_jackson_{index}.wav").write_bytes(b"")
+    flags = [str(recordings) if f == "REC" else str(tmp_path / "out") if f == "OUT" else f for f in flags]
+    done = subprocess.run([sys.executable, script, *flags, *(["--output_dir", str(tmp_path / "run")]
+                                                             if "fsdd" in script else [])],
+                          cwd=ROOT, capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr
