@@ -593,3 +593,13 @@ def test_recipe_refuses_bad_input_before_training(encoder_folder, tmp_path, flag
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_onnx_export_of_a_sentence_transformer_says_what_to_export(encoder_folder, tmp_path):
+    pytest.importorskip("onnx")
+    from hf_adaprune.deploy import export_onnx
+
+    with pytest.raises(TypeError, match=r"For a SentenceTransformer, export its transformer, "
+                                        r"export_onnx\(st\[0\].auto_model"):
+        export_onnx(tiny_sentence_transformer(encoder_folder), tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

@@ -110,6 +110,12 @@ def check_onnx_request(model, int8: bool = False) -> None:
     _require("onnx")
     if int8:
         _require("onnxruntime")
+    if not hasattr(model, "main_input_name"):  # not a transformers model: say what to pass
+        hint = (" For a SentenceTransformer, export its transformer, export_onnx(st[0].auto_model, path, "
+                "tokenizer=st.tokenizer); its pooling and normalisation then run outside the graph."
+                if type(model).__name__ == "SentenceTransformer" else "")
+        raise TypeError(f"export_onnx takes a transformers model (PreTrainedModel); got {type(model).__name__}."
+                        + hint)
     if model.main_input_name not in ("input_ids", "input_features"):
         raise ValueError(f"ONNX export handles text models (input_ids) and Whisper (input_features); "
                          f"{type(model).__name__} takes {model.main_input_name}")
