@@ -603,3 +603,8 @@ def test_onnx_export_of_a_sentence_transformer_says_what_to_export(encoder_folde
                                         r"export_onnx\(st\[0\].auto_model"):
         export_onnx(tiny_sentence_transformer(encoder_folder), tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+def test_refit_is_refused_when_the_arguments_are_parsed(tmp_path):
+    with pytest.raises(ValueError, match="--pruning_refit is not available for sentence-transformers"):
+        make_args(tmp_path, pruning_refit=True)

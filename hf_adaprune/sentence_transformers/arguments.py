@@ -28,3 +28,7 @@ class SentenceTransformerPruningArguments(SentenceTransformerTrainingArguments, 
 
     def __post_init__(self):
         super().__post_init__()
+        if self.pruning_refit:
+            raise ValueError("--pruning_refit is not available for sentence-transformers: it collates tokenized "
+                             "task rows (input_ids) as a transformers model's inputs, and these rows are texts the "
+                             "model tokenizes itself. Train without --pruning_refit")
