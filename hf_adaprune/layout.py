@@ -253,10 +253,19 @@ def read_record(config, where: str | None = None) -> dict | None:
             "restore config.json from the saved folder or the Hub repository."
         )
     layout = record["layout"]
-    version = max(int(record.get("version", 1)), int(layout.get("version", 1)))
+    try:
+        version = max(int(record.get("version", 1)), int(layout.get("version", 1)))
+    except (TypeError, ValueError):
+        raise ValueError(f"the pruned layout version in {where} is not a number ({record.get('version')!r}, "
+                         f"{layout.get('version')!r}): restore config.json from the saved folder") from None
     if version > FORMAT_VERSION:
-        raise ValueError(f"pruned layout version {version} in {where} is newer than this loader ({FORMAT_VERSION}); "
-                         "upgrade hf_adaprune (or load with trust_remote_code=True)")
+        if __name__.rpartition(".")[2] == "modeling_adaprune":  # running as the folder's shipped remote code
+            advice = ("the folder's modeling_adaprune.py is older than its config.json: re-save the folder with the "
+                      "hf_adaprune that wrote it, or load it with that hf_adaprune's AutoPrunedModel")
+        else:
+            advice = "upgrade hf_adaprune, or load it with trust_remote_code=True (its own modeling_adaprune.py)"
+        raise ValueError(f"pruned layout version {version} in {where} is newer than this loader ({FORMAT_VERSION}): "
+                         + advice)
     groups = {name: {"kind": "ffn" if g.get("kind") == "neurons" else g.get("kind"), "role": g.get("role"),
                      "original": g["original"], "kept": decode_kept(g)}
               for name, g in record["groups"].items()}
@@ -326,11 +335,14 @@ class PrunedModelMixin:
         record = read_record(model.config) or empty_record()
         layers = {name.rpartition(".")[0] + "." for name in record["groups"]}
         prefix = model.base_model_prefix + "."
-        missing = [
-            key for key in info.get("missing_keys", [])
-            if any((key[len(prefix):] if key.startswith(prefix) else key).startswith(layer) for layer in layers)
-        ]
-        mismatched = info.get("mismatched_keys", [])
+
+        def in_pruned_layers(key):
+            return any((key[len(prefix):] if key.startswith(prefix) else key).startswith(layer) for layer in layers)
+
+        missing = [key for key in info.get("missing_keys", []) if in_pruned_layers(key)]
+        # outside the pruned layers (a new classifier with ignore_mismatched_sizes) transformers' rules apply
+        mismatched = [entry for entry in info.get("mismatched_keys", [])
+                      if in_pruned_layers(entry[0] if isinstance(entry, (tuple, list)) else entry)]
         if missing or mismatched:
             raise ValueError(
                 "The weights do not match the pruned structure recorded in config.json "

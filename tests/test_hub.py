@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 import json
 import pickle
 import subprocess
@@ -380,3 +381,58 @@ def test_a_compacted_bare_model_still_returns_hidden_states_and_attentions():
     assert len(after.hidden_states) == len(before.hidden_states) == model.config.num_hidden_layers + 1
     assert len(after.attentions) == len(before.attentions) == model.config.num_hidden_layers
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after.hidden_states, before.hidden_states))
+
+
+def test_auto_pruned_model_reads_config_and_weights_from_the_same_revision_cache_and_subfolder(tmp_path):
+    # an offline Hub cache with two revisions of one repo: v1 has 3 layers, main the same model with layer 2 removed
+    repo = tmp_path / "cache" / "models--me--pruned"
+
+    def publish(revision, sha, model):
+        save_pruned(model, repo / "snapshots" / sha)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / revision).write_text(sha)
+
+    model, batch = pruned_tiny(), text_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    publish("v1", "b" * 40, model)
+    masks = attach_masks(model, layers=True)
+    masks.set("encoder.layer", torch.tensor([1.0, 1.0, 0.0]))
+    compact(model)
+    publish("main", "a" * 40, model)
+    hub = dict(cache_dir=str(tmp_path / "cache"), local_files_only=True)
+    loaded = AutoPrunedModel.from_pretrained("me/pruned", revision="v1", **hub).eval()
+    assert loaded.config.num_hidden_layers == 3  # the config of v1 (it read main's and dropped a layer)
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, expected, atol=1e-5)
+    assert AutoPrunedModel.from_pretrained("me/pruned", **hub).config.num_hidden_layers == 2
+    save_pruned(pruned_tiny(), tmp_path / "folder" / "pruned")
+    with torch.no_grad():
+        assert torch.allclose(AutoPrunedModel.from_pretrained(tmp_path / "folder", subfolder="pruned").eval()(
+            **batch).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("loader", ["hf_adaprune", "trust_remote_code"])
+def test_config_values_and_a_new_head_are_taken_as_transformers_takes_them(tmp_path, loader):
+    model = pruned_tiny()
+    save_pruned(model, tmp_path)
+    labels = {i: f"class {i}" for i in range(model.config.num_labels)}
+    load = (AutoPrunedModel.from_pretrained if loader == "hf_adaprune" else partial(
+        AutoModelForSequenceClassification.from_pretrained, trust_remote_code=True))
+    relabeled = load(tmp_path, id2label=labels, output_hidden_states=True)
+    assert relabeled.config.id2label == labels and relabeled.config.output_hidden_states
+    # a new classifier (ignore_mismatched_sizes) is re-initialised; the pruned layers still must match
+    five = load(tmp_path, num_labels=5, id2label={i: str(i) for i in range(5)}, ignore_mismatched_sizes=True).eval()
+    with torch.no_grad():
+        assert five(**text_batch()).logits.shape[-1] == 5
+
+
+def test_a_layout_version_the_loader_cannot_read_says_what_to_do(tmp_path):
+    save_pruned(pruned_tiny(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for version, message in ((99, r"newer than this loader \(\d+\): upgrade hf_adaprune, or load it with "
+                                   "trust_remote_code=True"), ("x", "is not a number")):
+        config["adaprune"]["version"] = version
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=message):
+            AutoPrunedModel.from_pretrained(tmp_path)

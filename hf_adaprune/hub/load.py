@@ -59,11 +59,17 @@ def as_pruned(model):
     return model
 
 
+# where a folder or Hub repo is read from: the config and the weights must be read from the same place
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+
+
 def load_pruned_config(path, **kwargs):
     """The config of a pruned folder as its family's (marked) config class; no remote code runs.
 
+    ``kwargs``: the Hub arguments (``revision``, ``subfolder``, ``cache_dir``, ...) and, as for any
+    ``from_pretrained``, config values to override (``return_unused_kwargs=True`` returns the others).
     A dense folder's config loads too (its family's class; saved again it would say ``adaprune_<family>``)."""
-    config_dict, _ = PretrainedConfig.get_config_dict(path, **kwargs)
+    config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
     model_type = base_model_type(str(config_dict.get("model_type", "")))
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"{path}: unknown model_type {config_dict.get('model_type')!r} in config.json")
@@ -76,7 +82,13 @@ class AutoPrunedModel:
 
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
-        config = kwargs.pop("config", None) or load_pruned_config(path)
+        config = kwargs.pop("config", None)
+        if config is None:  # as transformers' auto classes: config values among kwargs go into the config
+            hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+            given = dict(kwargs)
+            overrides = {k: v for k, v in kwargs.items() if k not in ("dtype", "torch_dtype", "quantization_config")}
+            config, kwargs = load_pruned_config(path, return_unused_kwargs=True, **hub, **overrides)
+            kwargs.update({k: given[k] for k in ("dtype", "torch_dtype", "quantization_config") if k in given}, **hub)
         if not read_record(config, f"{path}/config.json"):
             raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
         if auto_class is not None:
