@@ -396,3 +396,30 @@ def test_export_refuses_an_encoder_decoder_classifier_before_writing(tmp_path):
     with pytest.raises(ValueError, match="encoder-decoder with a task head"):
         export_onnx(model, tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+def test_a_failed_or_refused_export_leaves_the_earlier_export_as_it_was(tmp_path, monkeypatch):
+    import hf_adaprune.deploy.onnx as onnx_module
+
+    export_onnx(tiny_seq2seq("marian"), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    choice = transformers.BertForMultipleChoice(tiny_model("bert").config)
+    with pytest.raises(ValueError, match="ONNX export does not handle multiple-choice heads"):
+        export_onnx(choice, tmp_path)
+
+    def fail(*args, **kwargs):  # the decoders fail after the encoder graph is written
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(onnx_module, "export_decoders", fail)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_onnx(tiny_seq2seq("bart"), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no temporary folder left
+
+
+def test_seq2seq_generate_without_a_mask_reads_every_token(tmp_path):
+    model = tiny_seq2seq("marian")
+    export_onnx(model, tmp_path)
+    inputs = seq2seq_batch()["input_ids"][:1]
+    np.testing.assert_array_equal(greedy_onnx(tmp_path, model, inputs),
+                                  greedy_onnx(tmp_path, model, inputs, torch.ones_like(inputs)))

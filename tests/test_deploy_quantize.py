@@ -110,3 +110,17 @@ def test_a_masked_model_is_compacted_before_it_is_quantized_and_saved(tmp_path):
         assert (quantized(**batch).logits - masked).abs().max() <= FLOAT_TOL
     with pytest.raises(ValueError, match="the model is int8 already"):
         save_int8(quantized, tmp_path / "again")
+
+
+def test_a_float_save_over_an_int8_folder_removes_the_int8_weights(tmp_path):
+    from hf_adaprune import save_pruned
+
+    old = tiny_model("bert", vocab_size=500)
+    random_masks(old)
+    save_int8(old, tmp_path)
+    new = tiny_model("bert", vocab_size=500, seed=1)
+    random_masks(new)
+    save_pruned(new, tmp_path)
+    assert not (tmp_path / "model_int8.safetensors").exists() and not (tmp_path / "int8.json").exists()
+    with pytest.raises(ValueError, match="holds no int8.json"):
+        load_int8(tmp_path)  # it read the earlier model's int8 weights under the new config

@@ -19,6 +19,9 @@ processor next to the graphs; :class:`OnnxEncoder` runs an encoder graph and
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -116,6 +119,10 @@ def check_onnx_request(model, int8: bool = False) -> None:
                 if type(model).__name__ == "SentenceTransformer" else "")
         raise TypeError(f"export_onnx takes a transformers model (PreTrainedModel); got {type(model).__name__}."
                         + hint)
+    if type(model).__name__.endswith("ForMultipleChoice"):
+        raise ValueError(f"ONNX export does not handle multiple-choice heads ({type(model).__name__}: inputs of "
+                         "[batch, choices, sequence]); it exports encoders with one sequence per row and seq2seq "
+                         "models")
     if model.main_input_name not in ("input_ids", "input_features"):
         raise ValueError(f"ONNX export handles text models (input_ids) and Whisper (input_features); "
                          f"{type(model).__name__} takes {model.main_input_name}")
@@ -132,18 +139,36 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "
                          "(quantize the exported graph with quantize_onnx)")
     training, device = model.training, next(model.parameters()).device
-    try:
-        return _export_all(model.eval().cpu(), Path(save_directory), tokenizer, processor)
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    try:  # into a temporary folder first: an export that fails leaves the folder (an earlier export too) as it was
+        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-onnx-") as tmp:
+            paths = _export_all(model.eval().cpu(), Path(tmp), tokenizer, processor)
+            _move_into(Path(tmp), save_directory)
     finally:  # the caller's model comes back as it came: mode and device
         model.train(training).to(device)
+    return [save_directory / path.name for path in paths]
+
+
+def _move_into(written: Path, save_directory: Path) -> None:
+    """Move what an export wrote into ``save_directory``; graphs of an earlier export that this one did not write
+    (its int8 ones too) are removed: they would run stale beside the new ones. Other files there stay."""
+    names = {item.name for item in written.iterdir()}
+    for name in (ENCODER_FILE, *SEQ2SEQ_FILES):
+        for stale in (name, name.replace(".onnx", ".int8.onnx")):
+            for path in (save_directory / stale, save_directory / f"{stale}.data", save_directory / f"{stale}_data"):
+                if path.name not in names:
+                    path.unlink(missing_ok=True)
+    for item in written.iterdir():
+        target = save_directory / item.name
+        if item.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(item), target)
+        else:
+            os.replace(item, target)
 
 
 def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]:
-    save_directory.mkdir(parents=True, exist_ok=True)
-    for name in (ENCODER_FILE, *SEQ2SEQ_FILES):  # graphs of an earlier export (its int8 ones too) would run stale
-        for stale in (name, name.replace(".onnx", ".int8.onnx")):
-            for path in (save_directory / stale, save_directory / f"{stale}.data", save_directory / f"{stale}_data"):
-                path.unlink(missing_ok=True)
     example = _example_inputs(model)
     if not model.config.is_encoder_decoder:
         inputs = {"input_ids": example["inputs"], "attention_mask": example["attention_mask"]}
@@ -255,9 +280,13 @@ class OnnxSeq2Seq:
             raise ValueError(f"use_cache=True needs {SEQ2SEQ_FILES[2]} next to the decoder: export again "
                              "with export_onnx")
         feed = {self.encoder_inputs[0]: inputs}
-        mask = None if "encoder_attention_mask" not in self.decoder_inputs else attention_mask.astype(np.int64)
+        if attention_mask is None and inputs.ndim == 2:  # text without a mask: every token counts
+            attention_mask = np.ones_like(inputs, dtype=np.int64)
+        mask = None if attention_mask is None else attention_mask.astype(np.int64)
         if "attention_mask" in self.encoder_inputs:
             feed["attention_mask"] = mask
+        if "encoder_attention_mask" not in self.decoder_inputs:
+            mask = None
         hidden = self.encoder.run(None, feed)[0]
         tokens = np.full((inputs.shape[0], 1), decoder_start_token_id, dtype=np.int64)
         done = np.zeros(inputs.shape[0], dtype=bool)
