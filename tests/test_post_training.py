@@ -225,6 +225,12 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     ({"eval_dataset": [{"input_ids": [5, 6, 7]}]}, "eval_dataset examples need labels"),
     ({"eval_dataset": [{"input_ids": [5, 6, 7]}], "metric": "loss"}, "need labels .* for the loss check"),
     ({"data_collator": None}, r"calibration_dataset rows have \d+ different lengths .* pass tokenizer="),
+    ({"calibration_dataset": labelled_examples(2) + [{"input_ids": [5, 6, 7]}]}, "example 2 has \\['input_ids'\\]"),
+    ({"scores": {g: torch.ones(2) for g in ("encoder.layer.0.attention", "encoder.layer.0.ffn",
+                                             "encoder.layer.1.attention", "encoder.layer.1.ffn",
+                                             "encoder.layer.2.attention", "encoder.layer.2.ffn")}},
+     r"the scores given do not fit this model: encoder.layer.0.attention \(2 scores, 4 structures\)"),
+    ({"metric": lambda prediction: {"score": 0.0}}, "metric is a name"),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")
@@ -330,3 +336,60 @@ def test_history_records_what_was_selected_and_returned(caplog):
                                                    reached=lambda: tried[-1])
     assert (ratio, value, within, errors) == (0.0, 0.8, True, {}) and tried[-1] == 0.0  # left dense
     assert all(h["event"] != "keep" for h in controller.state.history)
+
+
+def test_a_token_classifier_is_checked_with_a_label_metric_over_batches_of_other_lengths():
+    import numpy as np
+    import transformers
+
+    from hf_adaprune.post_training import evaluate
+
+    torch.manual_seed(0)
+    model = transformers.BertForTokenClassification(tiny_model("bert").config).eval()
+    rows = [dict(row, labels=[i % 3 for i in range(len(row["input_ids"]))]) for row in labelled_examples(16)]
+
+    def collate(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        padded = pad_collator([dict(r, labels=0) for r in batch])
+        padded["labels"] = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
+        return padded
+
+    batches = calibration_batches(rows, collate, 8, model_input_names(model))
+    assert len({b["input_ids"].shape[1] for b in batches}) == 2  # the two batches differ in length
+    with torch.no_grad():  # by hand: argmax per token against every label that is not padding
+        hits = [(model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"])[
+            b["labels"] != -100] for b in batches]
+    expected = float(torch.cat(hits).float().mean())
+    assert evaluate(model, batches, "accuracy", progress=False) == pytest.approx(expected, abs=1e-6)
+    result = post_training_prune(model, rows, 0.5, metric="accuracy", eval_dataset=rows, data_collator=collate,
+                                 seq_len=16, progress=False)
+    assert np.isfinite(result.metric)
+
+
+def test_a_failure_midway_leaves_an_inplace_model_as_it_was_given():
+    model = tiny_model("bert")
+    batch = pad_collator(labelled_examples(4))
+    with torch.no_grad():
+        before = model(**batch).logits
+    bad_eval = [dict(row, labels=7) for row in labelled_examples(8, seed=5)]  # a class the 3-class head lacks
+    with pytest.raises(IndexError):
+        post_training_prune(model, labelled_examples(16), 0.5, eval_dataset=bad_eval, data_collator=pad_collator,
+                            seq_len=16, progress=False, inplace=True)
+    from hf_adaprune import get_masks
+
+    assert get_masks(model) is None
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, before)
+    result = post_training_prune(model, labelled_examples(16), 0.5, data_collator=pad_collator, seq_len=16,
+                                 progress=False, inplace=True)  # a retry is not refused for masks left behind
+    assert result.model is model
+
+
+def test_a_model_configured_to_return_tuples_is_pruned_to_a_numpy_target():
+    import numpy as np
+
+    model = tiny_model("bert", return_dict=False)
+    result = post_training_prune(model, labelled_examples(16), np.float32(0.5), metric="accuracy",
+                                 eval_dataset=labelled_examples(8, seed=5), data_collator=pad_collator, seq_len=16,
+                                 progress=False)
+    assert result.comparison["layer_flops_removed"] > 0.3

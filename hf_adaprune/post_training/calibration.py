@@ -114,7 +114,7 @@ def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterabl
             p.requires_grad_(False)
         for batch in tqdm(list(batches), desc="calibration: scores", disable=not progress):
             batch = device_batch(batch, device)
-            outputs = model(**batch)
+            outputs = model(**batch, return_dict=True)  # also under config.return_dict=False
             if outputs.loss is None:
                 raise ValueError("the model returned no loss on a calibration batch: the examples need labels")
             size = next(iter(probes.values())).variable.shape[0]

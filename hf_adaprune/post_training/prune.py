@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, EvalPrediction, default_data_collator
 
 from ..engine.controller import KEEP, SELECTION_SLACK, AdaptiveController
-from ..engine.masks import attach_masks, get_masks, structure_count
+from ..engine.masks import attach_masks, detach_masks, get_masks, structure_count
 from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..families import UnsupportedModelError, find_groups, get_adapter, positions_note, readable_positions
 from ..hub import save_pruned
@@ -175,11 +176,17 @@ def post_training_prune(
     def reached() -> float:
         return selected_fraction_by_kind(groups, masks.masks, kinds, costs)
 
-    if eval_batches is None:  # nothing to check against: prune to the target, once
-        reference, ratio, value, within, errors = None, target, None, None, prune_to(target)
-    else:
-        reference = check()
-        ratio, value, within, errors = _run_controller(controller, reference, prune_to, check, searching, reached)
+    try:
+        if eval_batches is None:  # nothing to check against: prune to the target, once
+            reference, ratio, value, within, errors = None, target, None, None, prune_to(target)
+        else:
+            reference = check()
+            ratio, value, within, errors = _run_controller(controller, reference, prune_to, check, searching,
+                                                           reached)
+    except BaseException:  # the caller's model (inplace=True) comes back as it was given: dense, without masks
+        _load_projection_state(model, dense_projections)
+        detach_masks(model)
+        raise
     if searching and not ratio:
         logger.warning("post-training pruning: no ratio kept %s within tolerance %s; the model is left dense",
                        metric, tolerance)
@@ -202,6 +209,13 @@ def post_training_prune(
         result.output_dir = save_pruned(model, output_dir, tokenizer=tokenizer)
         write_json(result.output_dir / "post_training_report.json", result.summary())
     return result
+
+
+def _first_unlabeled(dataset) -> int | None:
+    """The index of the first example without a label: every row of a list, the first row of a dataset (whose
+    columns every row shares); None when they have labels."""
+    rows = dataset if isinstance(dataset, list) else [dataset[0]]
+    return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
 
 
 def _first(dataset, count: int):
@@ -282,15 +296,18 @@ def evaluate(model: nn.Module, batches: list[dict], metric: str, progress: bool 
     losses, weights, logits, labels = [], [], [], []
     for batch in tqdm(batches, desc=f"check: {metric}", disable=not progress):
         batch = device_batch(batch, device)
-        outputs = model(**batch)
+        outputs = model(**batch, return_dict=True)  # also under config.return_dict=False
         label = next((batch[k] for k in LABEL_KEYS if k in batch), None)
         if label is None:
             raise ValueError(f"the {metric} check needs labels (one of {LABEL_KEYS}) in every row; a batch has "
                              f"{sorted(batch)}")
         losses.append(float(outputs.loss) * label.shape[0])
         weights.append(label.shape[0])
-        logits.append(outputs.logits.float().cpu().numpy())
-        labels.append(label.cpu().numpy())
+        batch_logits, batch_labels = outputs.logits.float().cpu().numpy(), label.cpu().numpy()
+        if batch_logits.ndim == 3:  # a label per token: batches differ in length, so tokens are the rows
+            batch_logits, batch_labels = batch_logits.reshape(-1, batch_logits.shape[-1]), batch_labels.reshape(-1)
+        logits.append(batch_logits)
+        labels.append(batch_labels)
     model.train(was_training)
     if metric == "loss":
         return sum(losses) / sum(weights)
@@ -349,21 +366,29 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     if model is getattr(model, "base_model", model):
         raise ValueError(f"post-training pruning needs a fine-tuned model with its task head (the scores are "
                          f"gradients of its loss); {type(model).__name__} is a bare encoder")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))):
+    if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)):
         raise ValueError(f"target must be a number, the fraction of the layer FLOPs to remove, got {target!r}")
     if target is not None and not 0.0 < target < 1.0:
         raise ValueError(f"target must be a fraction of the layer FLOPs in (0, 1), or None to search; got {target}")
     if calibration_dataset is None or len(calibration_dataset) == 0:
         raise ValueError("calibration_dataset is empty: give tokenized, labelled examples (a few thousand)")
-    first = calibration_dataset[0]
-    if not any(key in first for key in LABEL_KEYS):
+    unlabeled = _first_unlabeled(calibration_dataset)
+    if unlabeled is not None:
         raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
-                         f"the loss; the first example has {sorted(first)}")
+                         f"the loss; example {unlabeled} has {sorted(calibration_dataset[unlabeled])}")
     if isinstance(scores, dict):
-        missing = {g.name for g in find_groups(model)} - set(scores)
+        groups = find_groups(model)
+        missing = {g.name for g in groups} - set(scores)
         if missing:
             raise ValueError(f"the scores given have no entry for groups {sorted(missing)[:3]}: pass the scores of "
                              f"an earlier call on the same dense model, or 'fisher' / 'taylor'")
+        sizes = {g.name: structure_count(model.base_model, g) for g in groups}
+        wrong = [f"{name} ({len(scores[name])} scores, {size} structures)" for name, size in sizes.items()
+                 if len(scores[name]) != size]
+        if wrong:
+            raise ValueError(f"the scores given do not fit this model: {', '.join(wrong[:3])}; they are the scores of "
+                             f"another (or an already pruned) model: pass the scores of an earlier call on this "
+                             f"dense model, or 'fisher' / 'taylor'")
     elif scores not in SCORE_KINDS:
         raise ValueError(f"scores must be one of {SCORE_KINDS} or a dict of per-group scores, got {scores!r}")
     if refit_target not in REFIT_TARGETS:
@@ -376,9 +401,13 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError("searching the ratio (target=None or search=True) needs an eval_dataset for the metric")
     if eval_dataset is not None and len(eval_dataset) == 0:
         raise ValueError("eval_dataset is empty: pass None to skip the metric check")
-    if eval_dataset is not None and not any(key in eval_dataset[0] for key in LABEL_KEYS):
-        raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; the first "
-                         f"example has {sorted(eval_dataset[0])}")
+    unlabeled = None if eval_dataset is None else _first_unlabeled(eval_dataset)
+    if unlabeled is not None:
+        raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; example "
+                         f"{unlabeled} has {sorted(eval_dataset[unlabeled])}")
+    if not isinstance(metric, str):
+        raise ValueError(f"metric is a name ('loss', 'accuracy', 'f1', ...), got {type(metric).__name__}; a metric "
+                         "function of your own runs on the returned model (result.model)")
     if metric != "loss":
         _metric_function(metric)  # an unknown metric name fails here
         if eval_dataset is not None and getattr(model.config, "num_labels", None) == 1:
