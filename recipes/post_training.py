@@ -102,16 +102,18 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     check_labels(run)
     # only the calibration rows of the training data are used: tokenize no more (with long rows mixed in, a pool
-    # of POOL_FACTOR times as many rows to find the longest fifth in)
+    # of POOL_FACTOR times as many rows to find the longest fifth in), unless --prune_vocabulary keeps the tokens
+    # of the whole training split (the same rows are drawn from it below)
     samples = data_args.post_training_calibration_samples
     pool = samples * (POOL_FACTOR if data_args.post_training_long_share > 0 else 1)
-    run.splits["train"] = subsample(run.splits["train"], pool, training_args.seed)
+    if not data_args.prune_vocabulary:
+        run.splits["train"] = subsample(run.splits["train"], pool, training_args.seed)
     build_model(task, run)
     deploy.check_request(run)
     run.model.config._name_or_path = model_args.base_model_id or ""
     clear_earlier_run(run, None)  # an earlier training run's checkpoints and metrics are not this model's
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
-    calibration = run.datasets["train"]
+    calibration = subsample(run.datasets["train"], pool, training_args.seed)
     if data_args.post_training_long_share > 0:
         calibration = _as_recipe_error(lambda: length_mixed_calibration(
             calibration, min(samples, len(calibration)), long_share=data_args.post_training_long_share,

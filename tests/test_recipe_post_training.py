@@ -73,6 +73,18 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     assert model.config.adaprune["groups"]
 
 
+def test_vocabulary_keeps_the_tokens_of_the_whole_training_split_not_the_calibration_rows(
+        workspace, fine_tuned, tmp_path):  # noqa: F811
+    extra = ["--post_training_calibration_samples", "4", "--post_training_refit_samples", "4",
+             "--prune_vocabulary", "true"]
+    results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", *extra))
+    assert results["post_training"]["calibration_samples"] == 4
+    deployed = BertTokenizerFast.from_pretrained(tmp_path / "out" / "deploy" / "vocabulary")
+    original = BertTokenizerFast.from_pretrained(fine_tuned)
+    texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:]]
+    assert len(texts) > 4 and all(deployed.tokenize(text) == original.tokenize(text) for text in texts)
+
+
 def test_long_share_mixes_the_longest_training_rows_into_the_calibration(workspace, fine_tuned, tmp_path,
                                                                           monkeypatch):  # noqa: F811
     import recipes.post_training as post_training
