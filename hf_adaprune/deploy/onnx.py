@@ -19,8 +19,6 @@ processor next to the graphs; :class:`OnnxEncoder` runs an encoder graph and
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hub.save import move_into
 from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
 
 ENCODER_FILE = "model.onnx"
@@ -144,28 +143,21 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
     try:  # into a temporary folder first: an export that fails leaves the folder (an earlier export too) as it was
         with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-onnx-") as tmp:
             paths = _export_all(model.eval().cpu(), Path(tmp), tokenizer, processor)
-            _move_into(Path(tmp), save_directory)
+            _remove_stale_graphs(save_directory, {item.name for item in Path(tmp).iterdir()})
+            move_into(Path(tmp), save_directory)
     finally:  # the caller's model comes back as it came: mode and device
         model.train(training).to(device)
     return [save_directory / path.name for path in paths]
 
 
-def _move_into(written: Path, save_directory: Path) -> None:
-    """Move what an export wrote into ``save_directory``; graphs of an earlier export that this one did not write
-    (its int8 ones too) are removed: they would run stale beside the new ones. Other files there stay."""
-    names = {item.name for item in written.iterdir()}
+def _remove_stale_graphs(save_directory: Path, written: set[str]) -> None:
+    """Graphs of an earlier export that this one did not write (its int8 ones too) would run stale beside the new
+    ones: removed. Other files there stay."""
     for name in (ENCODER_FILE, *SEQ2SEQ_FILES):
         for stale in (name, name.replace(".onnx", ".int8.onnx")):
             for path in (save_directory / stale, save_directory / f"{stale}.data", save_directory / f"{stale}_data"):
-                if path.name not in names:
+                if path.name not in written:
                     path.unlink(missing_ok=True)
-    for item in written.iterdir():
-        target = save_directory / item.name
-        if item.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.move(str(item), target)
-        else:
-            os.replace(item, target)
 
 
 def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]:

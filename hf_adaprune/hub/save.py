@@ -60,11 +60,16 @@ def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[
         written = {item.name for item in Path(tmp).iterdir()}
         for stale in _weight_files(save_directory) - written:
             (save_directory / stale).unlink()
-        for item in Path(tmp).iterdir():
-            target = save_directory / item.name
-            if item.is_dir():
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.move(str(item), target)
-            else:
-                os.replace(item, target)
+        move_into(Path(tmp), save_directory)
     return save_directory
+
+
+def move_into(written: Path, save_directory: Path) -> None:
+    """Move everything in ``written`` into ``save_directory``, replacing files and folders of the same names."""
+    for item in written.iterdir():
+        target = save_directory / item.name
+        if item.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(item), target)
+        else:
+            os.replace(item, target)
