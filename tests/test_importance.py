@@ -85,6 +85,22 @@ def test_taylor_skips_when_no_gradient():
     assert importance.scores(model, find_groups(model)) == {}
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_taylor_skips_a_step_whose_gradients_overflowed(bad):
+    # fp16 loss scaling overflows now and then (the optimizer skips that step); the scores must skip it too
+    model = tiny_model("bert").train()
+    groups = find_groups(model)
+    importance = TaylorImportance()
+    loss_backward(model, 1)
+    assert importance.update(model, groups)
+    before = importance.scores(model, groups)
+    loss_backward(model, 2)
+    model.bert.encoder.layer[0].attention.output.dense.weight.grad[0, 0] = bad
+    assert importance.update(model, groups) is False and importance.num_updates == 1
+    after = importance.scores(model, groups)
+    assert all(torch.equal(after[name], before[name]) for name in before)
+
+
 def test_magnitude_scores_sum_of_absolute_weights():
     model = tiny_model("bert")
     groups = find_groups(model)

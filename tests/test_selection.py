@@ -119,3 +119,36 @@ def test_selected_fraction_is_what_the_masks_prune():
     assert selected_fraction({n: new[n] for n in ("h0", "h1")}) == 0.25  # the floor kept 3 of 4 heads
     assert selected_fraction({"n0": new["n0"]}) == 0.5
     assert selected_fraction_by_kind(groups, new) == 0.25
+
+
+def test_by_kind_refuses_unknown_kinds_and_a_multiple_a_group_cannot_hold():
+    group = G("ffn", "ffn")
+    scores, current = {"ffn": torch.rand(37, generator=torch.Generator().manual_seed(0))}, {"ffn": torch.ones(37)}
+    with pytest.raises(ValueError, match=r"unknown kinds \['neurons'\]"):
+        select_masks_by_kind([group], scores, current, 0.5, kinds=("neurons",))
+    with pytest.raises(ValueError, match=r"unknown kinds \['head'\]"):
+        select_masks_by_kind([group], scores, current, 0.5, floors={"head": 3})
+    # a width under the multiple was emptied, whatever the floors said
+    with pytest.raises(ValueError, match="fewer than the 64 a multiple of 64 needs"):
+        select_masks_by_kind([group], scores, current, 0.1, kinds="ffn", floors={"ffn": 8}, multiple_of=64)
+    kept = select_masks_by_kind([group], scores, current, 0.5, kinds="ffn")  # one kind as a string
+    assert int(kept["ffn"].sum()) in (18, 19)
+
+
+def test_the_readme_engine_snippet_prunes_heads_and_neurons(tmp_path, monkeypatch):
+    from conftest import ROOT, text_batch, tiny_model
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### The engine on its own"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
+    model = tiny_model("bert")
+    batch = {**text_batch(), "labels": torch.tensor([0, 1, 1])}
+    monkeypatch.chdir(tmp_path)
+    exec(code, {"model": model, "batches": [batch] * 3, "tokenizer": None})
+    from hf_adaprune.layout import read_record
+
+    groups = read_record(model.config)["groups"].values()
+    for kind in ("heads", "ffn"):  # each kind loses 40% of its structures (in one ranking, neurons lost them all)
+        kept = sum(len(g["kept"]) for g in groups if g["kind"] == kind)
+        assert kept / sum(g["original"] for g in groups if g["kind"] == kind) == pytest.approx(0.6, abs=0.05)
+    assert (tmp_path / "out" / "config.json").exists()

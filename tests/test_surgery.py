@@ -159,3 +159,21 @@ def test_compact_refuses_an_unsupported_family_before_changing_it(tmp_path):
     assert type(model) is transformers.GPT2LMHeadModel and getattr(model.config, "adaprune", None) is None
     model.save_pretrained(tmp_path)  # still a plain model, saved as one
     assert transformers.AutoConfig.from_pretrained(tmp_path).model_type == "gpt2"
+
+
+def test_masks_on_the_groups_filter_groups_picks_are_what_compact_removes():
+    from hf_adaprune.families import filter_groups
+
+    model = tiny_model("bert")
+    batch = text_batch()
+    heads = filter_groups(find_groups(model), kind="heads")
+    masks = attach_masks(model, groups=heads)
+    assert set(masks.masks) == {g.name for g in heads}
+    masks.set(heads[0].name, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    expected = outputs(model, batch)
+    with pytest.raises(ValueError, match="already has masks on other groups"):
+        attach_masks(model, groups=find_groups(model))
+    compact(model)
+    assert model.bert.encoder.layer[0].attention.self.query.out_features == 3 * 8  # the masked head is gone
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == 37  # FFNs had no masks: whole
+    assert (outputs(model, batch) - expected).abs().max() <= 1e-5

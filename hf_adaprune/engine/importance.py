@@ -29,6 +29,7 @@ so the trainer can swap them. Adding a criterion is one subclass of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -175,7 +176,8 @@ class TaylorImportance(Importance):
         for group in groups:
             key = group.kind == "layers"
             totals[key] = totals.get(key, 0.0) + float(batch[group.name].sum())
-        if any(total <= 0 for total in totals.values()):  # all gradients zero: nothing to learn from this step
+        # all gradients zero, or an overflow (fp16 loss scaling: the optimizer skips the step): nothing to learn
+        if any(not math.isfinite(total) or total <= 0 for total in totals.values()):
             return False
         batch = {g.name: batch[g.name] / totals[g.kind == "layers"] for g in groups}
         self.num_updates += 1

@@ -178,12 +178,17 @@ class PruningMasks:
         self._handles = []
 
 
-def attach_masks(model: nn.Module, layers: bool = False) -> PruningMasks:
+def attach_masks(model: nn.Module, layers: bool = False, groups: list[Group] | None = None) -> PruningMasks:
     """Gate ``model``'s heads and neurons (all kept), and with ``layers`` its whole layers; returns the existing
-    masks if already attached (adding the layer gates they lack)."""
+    masks if already attached (adding the layer gates they lack). ``groups``: gate these groups only (e.g. those
+    :func:`~hf_adaprune.families.filter_groups` picks); ``compact`` and ``save_pruned`` then remove what their
+    masks prune."""
     masks = getattr(model, _ATTR, None)
+    if masks is not None and groups is not None and {g.name for g in groups} != set(masks.groups):
+        raise ValueError("the model already has masks on other groups: detach_masks(model) first")
     if masks is None:
-        masks = PruningMasks(model, find_groups(model) + (find_layer_groups(model) if layers else []))
+        masks = PruningMasks(model, list(groups) if groups is not None else
+                             find_groups(model) + (find_layer_groups(model) if layers else []))
         model.__dict__[_ATTR] = masks
     elif layers:
         masks.add_groups(model, find_layer_groups(model))

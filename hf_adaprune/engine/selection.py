@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ..families import layer_of_group
+from ..families import KINDS, layer_of_group
 
 SCOPES = ("layer", "global")
 
@@ -49,7 +49,8 @@ def select_masks(
 
     ``costs`` (per group: cost of one structure, e.g. FLOPs) makes the global
     ratio a fraction of total cost instead of count. ``floor`` is the minimum
-    number of structures kept per group (0 lets a whole sub-layer go).
+    number of structures kept per group (0 lets a whole sub-layer go). Under ``scope="global"`` all the groups
+    given are ranked together: give it one kind (heads or neurons) at a time, as :func:`select_masks_by_kind` does.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -80,7 +81,14 @@ def select_masks_by_kind(
     ``multiple_of`` rounds kept widths (see the module docstring).
     """
     new = {}
-    kinds = tuple(kinds)
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = sorted((set(kinds) | set(floors or {})) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown kinds {unknown} (in kinds or floors): the kinds are {', '.join(KINDS)}")
+    problem = multiple_of > 1 and multiple_problem([g for g in groups if g.kind in kinds],
+                                                   {n: m.numel() for n, m in current.items()}, multiple_of)
+    if problem:  # rounding a width below the multiple would empty the group, whatever the floors say
+        raise ValueError(problem)
     layer_groups = [g for g in groups if g.kind == "layers"] if "layers" in kinds else []
     if layer_groups:
         names = [g.name for g in layer_groups]

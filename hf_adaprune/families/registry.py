@@ -118,8 +118,8 @@ def filter_groups(
 
     E.g. ``filter_groups(find_groups(model), roles="cross")`` for the decoder cross-attentions only, or
     ``roles=("decoder_self", "cross", "decoder")`` for the whole decoder (layer stacks have role "encoder" or
-    "decoder", like FFNs). Pass the result to
-    ``PruningMasks(model, groups)`` / importance / selection to work on those groups alone.
+    "decoder", like FFNs). Pass the result to ``attach_masks(model, groups=...)`` / importance / selection to
+    work on those groups alone.
     """
     roles = None if roles is None else {roles} if isinstance(roles, str) else set(roles)
     kinds = None if kind is None else {kind} if isinstance(kind, str) else set(kind)
