@@ -2,6 +2,7 @@
 
 Usage: python tests/distributed_worker.py OUTPUT_DIR PER_DEVICE_BATCH [--break-rank R] [--crash-after STEP]
        [--resume CHECKPOINT] [--schedule gradual|search_then_recover] [--search-steps N] [--ramp-steps N] [--refit]
+       [--latency]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main():
     parser.add_argument("--prune", default="both")
     parser.add_argument("--ramp-steps", type=int, default=0)
     parser.add_argument("--refit", action="store_true", help="also writes each rank's weights")
+    parser.add_argument("--latency", action="store_true", help="a latency budget; writes each rank's cost table")
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     distributed = {}
@@ -60,7 +62,8 @@ def main():
                      train_sampling_strategy="sequential", prune=opts.prune, pruning_schedule=opts.schedule,
                      pruning_search_steps=opts.search_steps, pruning_ramp_steps=opts.ramp_steps,
                      pruning_refit=opts.refit, **distributed,
-                     **(dict(distillation=True, distillation_hidden_weight=0.5) if opts.distill else {}))
+                     **(dict(distillation=True, distillation_hidden_weight=0.5) if opts.distill else {}),
+                     **(dict(pruning_target_type="latency", pruning_latency_batch_size=2) if opts.latency else {}))
     data = toy_dataset()
     trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))
     rank = trainer.args.process_index
@@ -81,6 +84,8 @@ def main():
     torch.save(trainer.controller.state_dict(), os.path.join(opts.output_dir, f"controller_rank{rank}.pt"))
     if opts.refit:
         torch.save(trainer.model.state_dict(), os.path.join(opts.output_dir, f"weights_rank{rank}.pt"))
+    if opts.latency:
+        torch.save(trainer.costs, os.path.join(opts.output_dir, f"costs_rank{rank}.pt"))
     if trainer.distillation_teacher is not None:
         torch.save(trainer.distillation_teacher.state_dict(), os.path.join(opts.output_dir, f"teacher_rank{rank}.pt"))
 

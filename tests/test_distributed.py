@@ -78,6 +78,18 @@ def test_two_processes_distilling_agree(tmp_path):
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_with_a_latency_budget_share_one_cost_table(tmp_path):
+    """Each rank times the structures itself; all take rank 0's table (theirs differed by up to 15%, and with
+    them the structures selected: the run stopped on masks that differed across processes)."""
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=("--latency",))
+    assert result.returncode == 0, result.stderr[-4000:]
+    costs = [torch.load(two / f"costs_rank{rank}.pt") for rank in (0, 1)]
+    assert costs[0] == costs[1] and len(costs[0]) > 0
+    rank0, rank1 = masks_of(two, 0), masks_of(two, 1)
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 def test_rank_with_different_masks_raises(tmp_path):
     _, result = run_worker(tmp_path, "broken", batch=8, nproc=2, extra=("--break-rank", "1"))
     assert result.returncode != 0

@@ -21,6 +21,16 @@ def reduced_scores(accelerator, scores: dict[str, torch.Tensor], names: list[str
     return out
 
 
+def from_main_process(accelerator, value):
+    """``value`` as the main process holds it, on every process: for what each rank measures for itself (a latency
+    table), which would otherwise let the ranks select different structures."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 def check_masks_agree(accelerator, masks, groups, device) -> None:
     """All ranks must hold the same masks; a mismatch would silently corrupt the model."""
     if accelerator.num_processes == 1:

@@ -38,7 +38,7 @@ from .schedule import controller_search, decision_interval, final_check, interva
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin
-from .distributed import check_masks_agree, reduced_scores
+from .distributed import check_masks_agree, from_main_process, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_iterable_dataset
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs
@@ -212,6 +212,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                           args.pruning_latency_seq_len or args.pruning_seq_len, args.pruning_generation_tokens)
             if args.pruning_target_type == "latency" else None
         )
+        if args.pruning_target_type == "latency":  # timed on each rank: every rank takes rank 0's table
+            self.costs = from_main_process(self.accelerator, self.costs)
         sizes = {n: m.numel() for n, m in masks.masks.items()}
         unfit = multiple_problem(self.pruning_groups, sizes, args.pruning_multiple_of)
         unfit = unfit or layer_target_problem(self.pruning_groups, sizes, args.pruning_target, kinds, self.costs)
