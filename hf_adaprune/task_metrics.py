@@ -147,6 +147,8 @@ def local_metric(name: str, **kwargs) -> LocalMetric:
 
 # label metrics that average over classes: binary for two classes, macro-averaged for more
 AVERAGED = ("f1", "precision", "recall")
+# metrics of generated text (references are strings): no classifier's predictions can be scored with them
+TEXT_METRICS = ("sacrebleu", "bleu", "chrf", "wer", "cer", "mer", "wil", "ter", "rouge", "meteor", "google_bleu")
 
 
 # label metrics scikit-learn computes on multi-label (multi-hot) rows: subset accuracy, micro-averaged f1/p/r
@@ -174,6 +176,10 @@ def classification_metrics(name: str):
     """
     from .metrics import headline_value, load_metric
 
+    if name.lower() in TEXT_METRICS:
+        raise ValueError(f"--pruning_metric {name} scores generated text, and this model's predictions are classes: "
+                         f"use a label metric ({', '.join(MULTI_LABEL)}, matthews_correlation) or loss; {name} needs a "
+                         "seq2seq model trained with AdaptivePruningSeq2SeqTrainer and --predict_with_generate")
     metric = load_metric(name)
 
     def compute_metrics(eval_pred):

@@ -300,6 +300,9 @@ def test_named_metric_refuses_what_the_head_cannot_give(offline):
         classification_metrics("matthews_correlation")(EvalPrediction(MULTI_LABEL_LOGITS, MULTI_LABEL_LABELS))
     with pytest.raises(ValueError, match="needs classes, but the model has one output \\(regression\\)"):
         classification_metrics("accuracy")(EvalPrediction(np.zeros((4, 1)), np.array([0.1, 0.5, 0.2, 0.9])))
+    with pytest.raises(ValueError, match="--pruning_metric bleu scores generated text, and this model's predictions "
+                                         "are classes"):
+        classification_metrics("bleu")  # when it is built: it failed on the first evaluation, deep in the metric
     qa = EvalPrediction((np.zeros((4, 12)), np.zeros((4, 12))), (np.array([1, 2, 3, 4]), np.array([2, 3, 4, 5])))
     with pytest.raises(ValueError, match="rows carry 2 label columns \\(question answering's start/end positions"):
         classification_metrics("accuracy")(qa)

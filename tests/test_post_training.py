@@ -231,6 +231,7 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
                                              "encoder.layer.2.attention", "encoder.layer.2.ffn")}},
      r"the scores given do not fit this model: encoder.layer.0.attention \(2 scores, 4 structures\)"),
     ({"metric": lambda prediction: {"score": 0.0}}, "metric is a name"),
+    ({"metric": "wer", "eval_dataset": labelled_examples(4)}, "--pruning_metric wer scores generated text"),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")
