@@ -564,15 +564,17 @@ class AdaptivePruningSeq2SeqTrainer(PruningTrainerMixin, Seq2SeqTrainer):
     arguments_class = Seq2SeqPruningArguments
 
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
-        user_metrics = self._given_arguments(args, kwargs).get("compute_metrics")
-        super().__init__(*args, dataset_name=dataset_name, **kwargs)
+        given = self._given_arguments(args, kwargs)
+        training_args = given.get("args")
         # the metric built from its name (BLEU, chrF, WER, ...) decodes generated ids; a compute_metrics of the
         # user's may work on logits, and a wrong one fails before training (the metric check)
-        if self.pruning_metric != "loss" and user_metrics is None and not self.args.predict_with_generate:
+        if (isinstance(training_args, Seq2SeqPruningArguments) and training_args.pruning_metric != "loss"
+                and given.get("compute_metrics") is None and not training_args.predict_with_generate):
             raise ValueError(
-                f"--pruning_metric {self.pruning_metric} is computed on generated text: set --predict_with_generate "
-                "(or pass a compute_metrics that computes it from logits)"
+                f"--pruning_metric {training_args.pruning_metric} is computed on generated text: set "
+                "--predict_with_generate (or pass a compute_metrics that computes it from logits)"
             )
+        super().__init__(*args, dataset_name=dataset_name, **kwargs)
 
 
 __all__ = ["AdaptivePruningSeq2SeqTrainer", "AdaptivePruningTrainer", "PRUNING_STATE_FILE", "PruningArguments",
