@@ -15,6 +15,8 @@ WavLM's relative position bias), so stock transformers builds the smaller model 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -23,6 +25,8 @@ from .families import HeadGroup, LayerGroup, find_groups, get_adapter, layer_of_
 from .families.whisper import renumber_alignment_heads
 from .layout import (TABLES, apply_layout, empty_record, linear_spec, parent_and_name, read_record, set_attribute,
                      write_record)
+
+logger = logging.getLogger(__name__)
 
 
 def _expand_heads(kept: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -168,6 +172,10 @@ def compact(model: nn.Module) -> dict:
 
 def _compact_masked(model: nn.Module, masks, record: dict) -> None:
     base = model.base_model
+    scaled = [name for name, mask in masks.masks.items() if ((mask > 0) & (mask < 1)).any()]
+    if scaled:  # a structure is kept or removed whole: its scale would be lost without a word
+        logger.warning("compacting masks with values between 0 and 1 (%s): structures above 0.5 are kept unscaled, "
+                       "the others removed, so the outputs change", ", ".join(scaled[:3]))
     stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)]
     kept_layers = {g.name: masks.kept_indices(g.name) for g in stacks}
     for stack in stacks:  # refuse before any weight is sliced: a refusal leaves the model as it was
@@ -318,7 +326,7 @@ def kept_structure(model: nn.Module) -> dict[str, dict]:
     base = model.base_model
     for group in find_groups(model):
         count = structure_count(base, group)
-        kept = int(masks.masks[group.name].sum()) if masks is not None and group.name in masks.masks else count
+        kept = masks.kept_count(group.name) if masks is not None and group.name in masks.masks else count
         original = result.get(group.name, {}).get("original", count)
         result[group.name] = {"kind": group.kind, "original": original, "kept": kept}
     return {original_path(record, name): info for name, info in result.items()}

@@ -177,3 +177,22 @@ def test_masks_on_the_groups_filter_groups_picks_are_what_compact_removes():
     assert model.bert.encoder.layer[0].attention.self.query.out_features == 3 * 8  # the masked head is gone
     assert model.bert.encoder.layer[0].intermediate.dense.out_features == 37  # FFNs had no masks: whole
     assert (outputs(model, batch) - expected).abs().max() <= 1e-5
+
+
+def test_masks_refuse_values_outside_0_1_and_an_update_is_all_or_nothing(caplog):
+    import logging
+
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    name = "encoder.layer.0.attention"
+    for bad in ([2.0, 1.0, 1.0, 1.0], [float("nan"), 1.0, 1.0, 1.0], [-0.5, 1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="must hold values in \\[0, 1\\]"):
+            masks.set(name, torch.tensor(bad))
+    with pytest.raises(KeyError, match="no mask for group 'encoder.layer.9.ffn'"):
+        masks.update({name: torch.tensor([1.0, 0.0, 1.0, 1.0]), "encoder.layer.9.ffn": torch.ones(37)})
+    assert masks.masks[name].tolist() == [1.0, 1.0, 1.0, 1.0]  # the good mask was not applied either
+    masks.set(name, torch.tensor([1.0, 0.6, 0.4, 1.0]))
+    assert masks.summary()[name] == masks.kept_count(name) == len(masks.kept_indices(name)) == 3
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        compact(model)
+    assert "compacting masks with values between 0 and 1 (encoder.layer.0.attention)" in caplog.text

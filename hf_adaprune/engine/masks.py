@@ -147,20 +147,35 @@ class PruningMasks:
         kept = sum(float(self.masks[n].sum()) for n in names)
         return 0.0 if total == 0 else 1.0 - kept / total
 
+    def kept_count(self, name: str) -> int:
+        """The structures of ``name`` that compaction keeps (mask > 0.5)."""
+        return int((self.masks[name] > 0.5).sum())
+
     def summary(self) -> dict[str, int]:
-        return {name: int(mask.sum()) for name, mask in self.masks.items()}
+        return {name: self.kept_count(name) for name in self.masks}
 
     # -- writing -------------------------------------------------------------------------------
-    def set(self, name: str, mask: torch.Tensor) -> None:
-        current = self.masks[name]
+    def _checked(self, name: str, mask) -> torch.Tensor:
+        if name not in self.masks:
+            raise KeyError(f"no mask for group {name!r}; the masks are for {sorted(self.masks)[:4]}...")
+        mask, current = torch.as_tensor(mask), self.masks[name]
         if mask.shape != current.shape:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, expected {tuple(current.shape)}")
+        if not (torch.isfinite(mask).all() and (mask >= 0).all() and (mask <= 1).all()):
+            raise ValueError(f"mask for {name!r} must hold values in [0, 1] (1 = kept, 0 = pruned); got {mask.tolist()}")
+        return mask
+
+    def set(self, name: str, mask: torch.Tensor) -> None:
+        mask = self._checked(name, mask)
         with torch.no_grad():
-            current.copy_(mask)  # in place: compiled graphs read the same tensor
+            self.masks[name].copy_(mask)  # in place: compiled graphs read the same tensor
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
-        for name, mask in masks.items():
-            self.set(name, mask)
+        """Set every mask of ``masks``, or none of them when one is wrong."""
+        checked = {name: self._checked(name, mask) for name, mask in masks.items()}
+        with torch.no_grad():
+            for name, mask in checked.items():
+                self.masks[name].copy_(mask)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the masks (later updates do not change them)."""
