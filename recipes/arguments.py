@@ -143,6 +143,11 @@ def expand_config_file(argv: list[str] | None = None) -> list[str]:
     flags after the file override its values (argparse keeps the last of a repeated flag).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    late = next((item for i, item in enumerate(argv) if i > 0 and item.endswith(CONFIG_SUFFIXES)
+                 and not item.startswith("-") and not argv[i - 1].startswith("-")), None)
+    if late is not None:  # not a flag's value: a config file after the flags, which argparse would not read
+        raise RecipeError(f"the config file {late} must come first: RECIPE.py {late} [--flag value ...] (the flags "
+                          "after it override its values)")
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         argv = config_to_argv(read_config_file(argv[0])) + argv[1:]
     return argv
@@ -241,6 +246,13 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bo
     ``model_paths`` are the local folders the run loads a model, config or tokenizer from.
     """
     out = os.path.realpath(output_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RecipeError(f"--output_dir {output_dir} is a file, not a folder: choose a folder to write the run into")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise RecipeError(f"--output_dir {output_dir} cannot be written ({parent} is not a writable folder)")
     for path in model_paths:
         if path and os.path.isdir(path) and os.path.realpath(path) == out:
             raise RecipeError(f"--output_dir {output_dir} is the folder the model is loaded from ({path}): the run "

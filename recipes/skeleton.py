@@ -412,6 +412,7 @@ def train_control(task: Task, run: Run, model) -> tuple[Any, dict]:
     args = copy.copy(run.training_args)
     args.output_dir = os.path.join(run.training_args.output_dir, CONTROL_DIR)
     args.save_strategy = "no"  # its checkpoints would only take disk space
+    args.push_to_hub, args.hub_model_id = False, None  # the Hub repo is the pruned model's: the control stays local
     trainer = _plain_trainer(run, model, args)
     logger.info("dense control: fine-tuning without pruning, %s", args.output_dir)
     metrics = train_and_save(trainer, args)

@@ -117,6 +117,7 @@ logger = logging.getLogger("hf_adaprune.recipes.text_classification")
 DEFAULT_TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("question", "sentence"),
                         ("premise", "hypothesis"))
 INTEGER = re.compile(r"^[+-]?\d+$")
+FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 GENERATION_METRICS = ("sacrebleu", "bleu", "chrf", "wer", "cer")  # scores of generated text, not of labels
 
 
@@ -131,6 +132,11 @@ class ModelArguments(ModelSourceArguments):
         default=None,
         metadata={"help": "Hub id written as base_model in the model card (e.g. when the model is loaded from a "
                           "package:... path). Default: --model_name_or_path."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Start a new classifier head when --model_name_or_path is a classifier of another number "
+                          "of classes than the data's (as transformers' run_glue.py does)."},
     )
 
 
@@ -350,7 +356,14 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     sources = sources or {split: f"the {split} data" for split in raw}
     feature = raw["train"].features[label_column]
     if isinstance(feature, ClassLabel) and label_mapping is None:
+        for split, dataset in raw.items():
+            outside = sorted({int(v) for v in dataset.unique(label_column)} - set(range(feature.num_classes)))
+            if outside:
+                raise RecipeError(f"label {outside[0]} of column {label_column!r} ({sources[split]}) is not one of "
+                                  f"the {feature.num_classes} classes {feature.names} (-1 marks a row without a "
+                                  f"label); drop those rows with --drop_labels {outside[0]}")
         return {str(i): i for i in range(feature.num_classes)}, list(feature.names)
+    _refuse_scores_and_label_lists(raw["train"], label_column, sources["train"])
     counts: dict[str, int] = {}
     for value in raw["train"][label_column]:
         counts[str(value)] = counts.get(str(value), 0) + 1
@@ -360,6 +373,9 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
         names = [(name.strip() or value.strip()) for value, _, name in entries]
         if len(set(order)) != len(order):
             raise RecipeError(f"--label_mapping lists a value twice: {label_mapping!r}")
+        if len(set(names)) != len(names):
+            raise RecipeError(f"--label_mapping gives two values one name: {label_mapping!r}; a class name stands "
+                              "for one class")
         values = set(counts)
         for dataset in raw.values():
             values.update(str(v) for v in dataset.unique(label_column))
@@ -399,6 +415,23 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     return {value: i for i, value in enumerate(order)}, names
 
 
+def _refuse_scores_and_label_lists(train, label_column: str, source: str) -> None:
+    """Scores (regression) and lists of labels (multi-label) are not classes: this recipe trains single-label
+    classifiers, and would make a class of each distinct value."""
+    values = train.unique(label_column)
+    if any(isinstance(v, (list, tuple)) or isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")
+           for v in values):  # a JSON list, read as a list or as its text
+        raise RecipeError(f"column {label_column!r} of {source} holds lists of labels (multi-label rows): this recipe "
+                          "trains single-label classifiers; prune a multi-label model with AdaptivePruningTrainer "
+                          "(problem_type='multi_label_classification') in a script of your own")
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+               or isinstance(v, str) and FLOAT.match(v.strip())]
+    if numbers and len(numbers) == len(values) and any(not n.is_integer() for n in numbers):
+        raise RecipeError(f"column {label_column!r} of {source} holds scores ({sorted(numbers)[:3]}...), not classes: "
+                          "this recipe trains classifiers; prune a regression model (num_labels=1) with "
+                          "AdaptivePruningTrainer and --pruning_metric loss in a script of your own")
+
+
 def input_length(tokenizer, max_seq_length: int) -> int:
     """The longest input the recipe feeds: --max_seq_length, capped by the tokenizer's model_max_length."""
     return min(max_seq_length, tokenizer.model_max_length or max_seq_length)
@@ -433,6 +466,17 @@ def validate(run: Run) -> None:
     run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
 
 
+def without_unlabelled_test(raw: DatasetDict, label_column: str) -> DatasetDict:
+    """``raw`` without a test split that has no labels at all (every row -1, as GLUE's test splits are), with a
+    warning: it cannot be scored. ``--test_split_percentage`` then holds labelled rows out instead."""
+    feature = raw["train"].features.get(label_column)
+    if "test" in raw and isinstance(feature, ClassLabel) and set(raw["test"].unique(label_column)) <= {-1}:
+        logger.warning("the test split has no labels (every row -1, as in GLUE's test splits): it is not scored; "
+                       "--test_split_percentage holds labelled training rows out as a test split")
+        return DatasetDict({split: rows for split, rows in raw.items() if split != "test"})
+    return raw
+
+
 def load_data(run: Run) -> None:
     """Read, check, clean, map labels, hold out and subsample; everything that can be wrong with the data fails
     here, before any model is built."""
@@ -441,6 +485,7 @@ def load_data(run: Run) -> None:
     if "validation" not in raw and not data_args.validation_split_percentage:
         raise RecipeError(_no_validation_message(run.training_args))
     text_columns, label_column = find_columns(raw, data_args)
+    raw = without_unlabelled_test(raw, label_column)
     raw = clean_rows(raw, text_columns, label_column, _split_list(data_args.drop_labels))
     label2id, names = label_mapping(raw, label_column, data_args.label_mapping, _sources(data_args))
     raw = hold_out(raw, data_args, seed)  # percentages of the rows left after cleaning
@@ -473,8 +518,15 @@ def build(run: Run) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
                                               cache_dir=model_args.cache_dir)
     if model_args.model_name_or_path:
+        saved = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+        classifier = any(name.endswith("ForSequenceClassification") for name in saved.architectures or [])
+        if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
+            raise RecipeError(f"{model_args.model_name_or_path} is a classifier of {saved.num_labels} classes and the "
+                              f"data has {len(names)} ({names}): pass --ignore_mismatched_sizes true to start a new "
+                              "classifier head, or map the labels onto the model's with --label_mapping")
         run.model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir
+            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         )
     else:
         run.model = AutoModelForSequenceClassification.from_config(config)

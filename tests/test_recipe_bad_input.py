@@ -317,3 +317,60 @@ def test_example_scripts_name_a_bad_model_path_in_one_line(tmp_path, script, fla
                           cwd=ROOT, capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert done.returncode != 0 and message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- labels this recipe cannot train, and named datasets with ClassLabel labels ------------------------
+def test_scores_label_lists_and_one_name_for_two_values_are_refused(tmp_path):
+    validation = write_csv(tmp_path / "dev.csv", ROWS[:2])
+    scores = write_csv(tmp_path / "scores.csv", [(text, f"{0.5 * (i % 4)}") for i, (text, _) in enumerate(ROWS)])
+    with pytest.raises(RecipeError, match=r"holds scores \(\[0\.0, 0\.5, 1\.0\]\.\.\.\), not classes"):
+        prepare(data_args(tmp_path, scores, validation))
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text("\n".join(f'{{"sentence": "{t}", "label": [{y}]}}' for t, y in ROWS) + "\n")
+    with pytest.raises(RecipeError, match=r"holds lists of labels \(multi-label rows\)"):
+        prepare(data_args(tmp_path, str(lists), validation))
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(RecipeError, match="--label_mapping gives two values one name: '0:neg,1:neg'"):
+        prepare(data_args(tmp_path, train, validation, "--label_mapping", "0:neg,1:neg"))
+
+
+def _class_label_dataset(folder, test_labels):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+    (folder / "data").mkdir(parents=True)
+    for split, labels in (("train", [y for _, y in ROWS]), ("validation", [1, 0]), ("test", test_labels)):
+        texts = [t for t, _ in ROWS][:len(labels)]
+        Dataset.from_dict({"sentence": texts, "label": labels}, features=features).to_parquet(
+            str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return str(folder)
+
+
+def test_a_named_datasets_unlabelled_test_split_is_left_out_and_a_label_outside_the_classes_refused(tmp_path, caplog):
+    import logging
+
+    args = ["--config_name", "unused", "--tokenizer_name", "unused", "--output_dir", str(tmp_path / "out")]
+    glue_like = _class_label_dataset(tmp_path / "glue_like", [-1, -1, -1])  # as GLUE's test splits
+    with caplog.at_level(logging.WARNING):
+        run = prepare(["--dataset_name", glue_like, *args])
+    assert "test" not in run.splits and "the test split has no labels" in caplog.text
+    odd = _class_label_dataset(tmp_path / "odd", [1, -1, 0])
+    with pytest.raises(RecipeError, match=r"label -1 of column 'label' \(--dataset_name \S+ \(test\)\) is not one of "
+                                          r"the 2 classes \['negative', 'positive'\].*--drop_labels -1"):
+        prepare(["--dataset_name", odd, *args])
+
+
+# -- output folder and config file ------------------------------------------------------------------------
+def test_an_output_dir_that_is_a_file_and_a_config_file_after_the_flags_are_refused(tmp_path):
+    from recipes.arguments import expand_config_file
+
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    validation = write_csv(tmp_path / "dev.csv", ROWS[:2])
+    (tmp_path / "afile").write_text("")
+    argv = data_args(tmp_path, train, validation)
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "afile")
+    with pytest.raises(RecipeError, match="--output_dir .*afile is a file, not a folder"):
+        prepare(argv)
+    with pytest.raises(RecipeError, match="the config file run.yaml must come first"):
+        expand_config_file(["--learning_rate", "5e-5", "run.yaml"])
+    assert expand_config_file(["--deepspeed", "ds.json"]) == ["--deepspeed", "ds.json"]  # a flag's value

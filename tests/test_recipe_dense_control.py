@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +167,27 @@ def test_snapshot_does_not_depend_on_callback_order(workspace, tmp_path):
     for key in state_a:
         torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0)
 
+
+
+def test_with_push_to_hub_the_hub_gets_the_pruned_model_not_the_control(workspace, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import transformers.trainer
+
+    pushed = []
+
+    class FakeApi:  # no network: what transformers' push would upload, recorded
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            pushed.append((repo_id, "adaprune" in json.loads((Path(folder_path) / "config.json").read_text())))
+            return SimpleNamespace(commit_url="local", oid="0")
+
+        def whoami(self, *args, **kwargs):
+            return {"name": "me"}
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    recipe.main(run_args(workspace, tmp_path / "out", "--dense_control", "true", "--push_to_hub", "true",
+                         "--hub_model_id", "me/pruned", "--hub_token", "x"))
+    assert pushed and all(repo == "me/pruned" and pruned for repo, pruned in pushed)  # the control pushed last

@@ -258,3 +258,20 @@ def test_a_model_path_that_does_not_load_is_one_error_line(workspace, tmp_path):
                                                                         str(tmp_path / "no_model")]
     with pytest.raises(recipe.RecipeError, match="cannot load the model / tokenizer from .*no_model"):
         recipe.main(args + ["--max_steps", "4"])
+
+
+def test_a_classifier_of_another_class_count_is_refused_unless_its_head_may_be_replaced(workspace, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path / "three_classes"
+    BertForSequenceClassification(BertConfig.from_pretrained(workspace / "config", num_labels=3)).save_pretrained(
+        folder)
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--config_name"):args.index("--config_name") + 2] = ["--model_name_or_path", str(folder)]
+    quick = ["--max_steps", "2", "--max_seq_length", "32", "--latency_repeats", "0", "--disable_tqdm", "true",
+             "--pruning_warmup_steps", "1", "--pruning_interval", "1"]
+    with pytest.raises(recipe.RecipeError, match=r"is a classifier of 3 classes and the data has 2 .*"
+                                                 r"--ignore_mismatched_sizes true"):
+        recipe.main(args + quick)
+    recipe.main(args + quick + ["--ignore_mismatched_sizes", "true"])  # a new two-class head
+    assert len(json.loads((tmp_path / "out" / "config.json").read_text())["id2label"]) == 2
