@@ -98,6 +98,9 @@ def test_state_round_trip_continues_identically():
         (dict(target=0.5, tolerance=-0.1), "tolerance must be >= 0"),
         (dict(target=0.5, tolerance_type="percent"), "tolerance_type must be"),
         (dict(target=0.5, initial_step=0.1, min_step=0.2), "min_step <= initial_step"),
+        (dict(target=0.5, tolerance=float("nan")), "tolerance must be >= 0"),
+        (dict(target=0.5, growth=float("nan")), "growth must be >= 1"),
+        (dict(target=float("nan")), r"target must be in \(0, 1\)"),
     ],
 )
 def test_invalid_settings(kwargs, message):
@@ -123,3 +126,8 @@ def test_records_the_sparsity_actually_selected():
     rounded.start(0.9)
     rounded.decide(0.9, selected=0.49)  # short by whole structures only: reached
     assert rounded.state.stop_reason == "target reached"
+
+
+def test_propose_before_start_says_what_is_missing():
+    with pytest.raises(RuntimeError, match=r"propose\(\) before start\(reference\)"):
+        AdaptiveController(target=0.5).propose()

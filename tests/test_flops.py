@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from hf_adaprune import attach_masks, compact, compare_profiles, count_flops, format_comparison, model_profile
@@ -76,3 +77,9 @@ def test_write_json_writes_records_nested_in_results(tmp_path):
     write_json(tmp_path / "results.json", {"comparison": report, "loss": torch.tensor(0.5)})
     data = json.loads((tmp_path / "results.json").read_text())
     assert data == {"comparison": json.loads(json.dumps(report.to_dict())), "loss": 0.5}
+
+
+def test_profiles_of_other_inputs_are_not_compared():
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match="the profiles were taken at other seq_lens \\(8 and 16\\)"):
+        compare_profiles(model_profile(model, seq_len=8), model_profile(model, seq_len=16))

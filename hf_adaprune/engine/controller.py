@@ -56,13 +56,13 @@ class AdaptiveController:
     def __post_init__(self):
         if not 0.0 < self.target < 1.0:
             raise ValueError(f"target must be in (0, 1), got {self.target}")
-        if self.tolerance < 0:
+        if not self.tolerance >= 0:  # NaN too
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
         if self.tolerance_type not in ("absolute", "relative"):
             raise ValueError(f"tolerance_type must be 'absolute' or 'relative', got {self.tolerance_type!r}")
         if not 0.0 < self.min_step <= self.initial_step:
             raise ValueError(f"need 0 < min_step <= initial_step, got {self.min_step} and {self.initial_step}")
-        if self.growth < 1.0:
+        if not self.growth >= 1.0:  # NaN too
             raise ValueError(f"growth must be >= 1, got {self.growth}")
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
@@ -90,6 +90,8 @@ class AdaptiveController:
 
     def propose(self) -> float:
         s = self.state
+        if s.reference is None:
+            raise RuntimeError("propose() before start(reference): the controller needs the dense metric first")
         s.pending = min(self.target, s.ratio + s.step)
         return s.pending
 

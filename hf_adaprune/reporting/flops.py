@@ -178,6 +178,11 @@ def _natural_key(text: str):
 
 def compare_profiles(before: dict, after: dict) -> ProfileComparison:
     """Before/after figures of two :func:`model_profile` results, with the fractions removed."""
+    for key in ("seq_len", "batch_size"):
+        if before.get(key) != after.get(key):  # FLOPs grow with both: the fractions would compare unlike inputs
+            raise ValueError(f"the profiles were taken at other {key}s ({before.get(key)} and {after.get(key)}): "
+                             f"profile both models at one {key}")
+
     def removed(key):
         return 1.0 - after[key] / before[key] if before[key] else 0.0
 
