@@ -419,3 +419,14 @@ def test_a_layout_version_the_loader_cannot_read_says_what_to_do(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(config))
         with pytest.raises(ValueError, match=message):
             AutoPrunedModel.from_pretrained(tmp_path)
+
+
+def test_loader_errors_name_what_is_missing(tmp_path):
+    save_pruned(pruned_tiny(), tmp_path / "model")
+    with pytest.raises(ValueError, match="AutoModelForSpeechSeq2Seq has no bert model class"):
+        AutoPrunedModel.from_pretrained(tmp_path / "model", auto_class=transformers.AutoModelForSpeechSeq2Seq)
+    assert type(AutoPrunedModel.from_pretrained(tmp_path / "model", auto_class=transformers.AutoModel)).__name__ == \
+        "BertModel"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no config.json"):
+        AutoPrunedModel.from_pretrained(tmp_path / "empty")

@@ -70,6 +70,8 @@ def load_pruned_config(path, **kwargs):
     ``from_pretrained``, config values to override (``return_unused_kwargs=True`` returns the others).
     A dense folder's config loads too (its family's class; saved again it would say ``adaprune_<family>``)."""
     config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
+    if not config_dict:
+        raise ValueError(f"{path} holds no config.json: give the folder a pruned model was saved to")
     model_type = base_model_type(str(config_dict.get("model_type", "")))
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"{path}: unknown model_type {config_dict.get('model_type')!r} in config.json")
@@ -92,7 +94,12 @@ class AutoPrunedModel:
         if not read_record(config, f"{path}/config.json"):
             raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
         if auto_class is not None:
-            base_class = auto_class._model_mapping[type(config)]
+            mapping = getattr(auto_class, "_model_mapping", None)
+            if mapping is None or type(config) not in mapping:
+                raise ValueError(f"{getattr(auto_class, '__name__', auto_class)} has no {config.model_type} model "
+                                 f"class: pass an AutoModel... class that maps {type(config).__name__}, or leave "
+                                 f"auto_class out for the saved class ({(config.architectures or ['?'])[0]})")
+            base_class = mapping[type(config)]
         else:
             architecture = (config.architectures or [""])[0] or ""
             # folders saved before classes kept their names say PrunedBert...: build from the transformers class
