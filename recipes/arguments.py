@@ -238,6 +238,22 @@ def holds_model(folder: str | os.PathLike) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for name in MODEL_FILES)
 
 
+def check_integrations(training_args) -> None:
+    """``--report_to`` integrations that are not installed, and ``--push_to_hub`` offline, fail here, before the
+    data and the model are loaded (transformers would fail when the trainer is built)."""
+    from huggingface_hub import constants
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = set(get_available_reporting_integrations())
+    missing = [name for name in training_args.report_to or [] if name not in ("none", "all") and name not in available]
+    if missing:
+        raise RecipeError(f"--report_to {missing[0]}: its package is not installed (installed integrations: "
+                          f"{', '.join(sorted(available)) or 'none'}); install it or pass --report_to none")
+    if training_args.push_to_hub and constants.HF_HUB_OFFLINE:
+        raise RecipeError("--push_to_hub: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or leave "
+                          "--push_to_hub off and push the saved folder later")
+
+
 def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bool = False) -> None:
     """Never write over a loaded model's folder; into a folder that is not empty only with
     ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds), as transformers' example

@@ -57,8 +57,8 @@ from hf_adaprune.sentence_transformers import (
 )
 from hf_adaprune.sentence_transformers.losses import distillation_distances
 
-from recipes.arguments import (RecipeError, check_output_dir, recipe_argv, remove_earlier_run_outputs,
-                               resolve_package_path, warn_folders_left)
+from recipes.arguments import (RecipeError, check_integrations, check_output_dir, recipe_argv,
+                               remove_earlier_run_outputs, resolve_package_path, warn_folders_left)
 from recipes.skeleton import load_error, resolve_resume, run_cli
 
 logger = logging.getLogger(__name__)
@@ -258,6 +258,7 @@ def main(argv=None):
     except ValueError as err:  # unknown flags, argument values the arguments classes refuse
         raise RecipeError(str(err)) from err
     check_options(opts, args)
+    check_integrations(args)
     path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
     resume_from = resolve_resume(args)  # checked before any work, as the other recipes do
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resuming=resume_from is not None)

@@ -31,7 +31,8 @@ from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from . import deploy
-from .arguments import RecipeError, check_output_dir, remove_earlier_run_outputs, warn_folders_left
+from .arguments import (RecipeError, check_integrations, check_output_dir, remove_earlier_run_outputs,
+                        warn_folders_left)
 from .results import (
     pruning_record,
     results_table,
@@ -263,6 +264,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     run = Run(*_as_recipe_error(task.parse_args, argv))
     setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
     _as_recipe_error(task.validate, run)
+    check_integrations(run.training_args)
     resume_from = resolve_resume(run.training_args)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
                      resuming=resume_from is not None)

@@ -374,3 +374,18 @@ def test_an_output_dir_that_is_a_file_and_a_config_file_after_the_flags_are_refu
     with pytest.raises(RecipeError, match="the config file run.yaml must come first"):
         expand_config_file(["--learning_rate", "5e-5", "run.yaml"])
     assert expand_config_file(["--deepspeed", "ds.json"]) == ["--deepspeed", "ds.json"]  # a flag's value
+
+
+def test_a_reporting_integration_not_installed_and_a_push_offline_are_refused_before_the_data(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from transformers.integrations import get_available_reporting_integrations
+
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    validation = write_csv(tmp_path / "dev.csv", ROWS[:2])
+    absent = next(name for name in ("tensorboard", "wandb", "mlflow", "comet_ml")
+                  if name not in get_available_reporting_integrations())
+    with pytest.raises(RecipeError, match=f"--report_to {absent}: its package is not installed"):
+        prepare(data_args(tmp_path, train, validation, "--report_to", absent))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RecipeError, match="--push_to_hub: HF_HUB_OFFLINE is set"):
+        prepare(data_args(tmp_path, train, validation, "--push_to_hub", "true", "--hub_model_id", "me/m"))

@@ -187,7 +187,10 @@ def test_with_push_to_hub_the_hub_gets_the_pruned_model_not_the_control(workspac
         def whoami(self, *args, **kwargs):
             return {"name": "me"}
 
+    from huggingface_hub import constants
+
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline; the Hub here is the fake
     recipe.main(run_args(workspace, tmp_path / "out", "--dense_control", "true", "--push_to_hub", "true",
                          "--hub_model_id", "me/pruned", "--hub_token", "x"))
     assert pushed and all(repo == "me/pruned" and pruned for repo, pruned in pushed)  # the control pushed last
