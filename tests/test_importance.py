@@ -159,3 +159,16 @@ def test_a_criterion_is_one_class():
             assert name == "taylor" or set(scores) == {g.name for g in groups[:2]}
     finally:
         IMPORTANCE_CRITERIA.pop("test-first-weight", None)
+
+
+def test_layer_groups_without_their_gates_say_what_to_attach():
+    from hf_adaprune import attach_masks
+    from hf_adaprune.families import find_layer_groups
+
+    model = tiny_model("bert").train()
+    loss_backward(model)
+    with pytest.raises(ValueError, match=r"attach_masks\(model, layers=True\)"):
+        TaylorImportance().update(model, find_layer_groups(model))  # no masks at all
+    attach_masks(model)
+    with pytest.raises(ValueError, match=r"attach_masks\(model, layers=True\)"):
+        TaylorImportance().update(model, find_layer_groups(model))  # masks without layer gates

@@ -165,7 +165,11 @@ class TaylorImportance(Importance):
         batch = {}
         for group in groups:
             if isinstance(group, LayerGroup):  # dL/dg read by the layer gates during backward
-                sums = get_masks(model).take_layer_taylor(group.name)
+                masks = get_masks(model)
+                if masks is None or group.name not in masks.layer_taylor:
+                    raise ValueError(f"the layers of {group.name} are scored from their gates: "
+                                     "attach_masks(model, layers=True) before the backward pass")
+                sums = masks.take_layer_taylor(group.name)
             else:
                 sums = structure_sums(base, group, _grad_times_weight)
             if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
