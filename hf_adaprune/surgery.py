@@ -324,7 +324,12 @@ def kept_structure(model: nn.Module) -> dict[str, dict]:
               for name, g in record["groups"].items()}
     masks = get_masks(model)
     base = model.base_model
+    stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)] if masks is not None else []
     for group in find_groups(model):
+        where = layer_of_group(stacks, group.name)
+        if where is not None and masks.masks[where[0]][where[1]] < 0.5:  # a masked layer: compaction removes it
+            result.pop(group.name, None)
+            continue
         count = structure_count(base, group)
         kept = masks.kept_count(group.name) if masks is not None and group.name in masks.masks else count
         original = result.get(group.name, {}).get("original", count)

@@ -301,3 +301,14 @@ def test_empty_decoder_attention_after_a_removed_layer_keeps_its_cache_slot(fami
     save_pruned(model, tmp_path)
     loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
     assert torch.equal(greedy(loaded, batch, True), tokens)
+
+
+def test_kept_structure_with_a_layer_masked_out_is_what_compaction_keeps():
+    from hf_adaprune import kept_structure
+
+    model = tiny_model("bert")
+    mask_layers(model, {"encoder.layer": [0, 2]})
+    masked = kept_structure(model)
+    assert not any(name.startswith("encoder.layer.1.") for name in masked)  # the masked layer's groups are gone
+    compact(model)
+    assert masked == kept_structure(model)
