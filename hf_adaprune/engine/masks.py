@@ -162,7 +162,8 @@ class PruningMasks:
         if mask.shape != current.shape:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, expected {tuple(current.shape)}")
         if not (torch.isfinite(mask).all() and (mask >= 0).all() and (mask <= 1).all()):
-            raise ValueError(f"mask for {name!r} must hold values in [0, 1] (1 = kept, 0 = pruned); got {mask.tolist()}")
+            raise ValueError(f"mask for {name!r} must hold values in [0, 1] (1 = kept, 0 = pruned); "
+                             f"got {mask.tolist()}")
         return mask
 
     def set(self, name: str, mask: torch.Tensor) -> None:
