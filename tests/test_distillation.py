@@ -73,6 +73,24 @@ def test_classification_loss_equals_hand_computation(tmp_path):
     assert abs(trainer.compute_loss(model, inputs).item() - task.item()) <= TOL
 
 
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_gradient_accumulation_keeps_alphas_balance(tmp_path, accumulation):
+    # Trainer passes the step's item count, which these models' losses ignore, and then leaves the loss undivided:
+    # the distillation terms were divided by the accumulation steps and the task loss was not
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.3,
+                           gradient_accumulation_steps=accumulation)
+    trainer.distillation_teacher = teacher = copy_teacher(perturbed(model))
+    trainer.current_gradient_accumulation_steps = accumulation
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2, 1])}
+    got = trainer.compute_loss(model, inputs, num_items_in_batch=torch.tensor(4 * accumulation))
+    with torch.no_grad():
+        s, t = model(input_ids=ids), teacher(input_ids=ids)
+    combined = 0.3 * F.cross_entropy(s.logits, inputs["labels"]) + 0.7 * 2.0 ** 2 * kl(s.logits, t.logits, 2.0).mean()
+    assert abs(got.item() - combined.item() / accumulation) <= TOL
+
+
 def seq2seq_case(family):
     generator = torch.Generator().manual_seed(1)
     if family == "whisper":

@@ -172,17 +172,14 @@ def hidden_loss(student_outputs, teacher_outputs, inputs: dict) -> torch.Tensor:
 
 
 def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inputs: dict, *, alpha: float,
-                      temperature: float, hidden_weight: float = 0.0, kd_scale: float = 1.0) -> torch.Tensor:
-    """``alpha * task_loss + kd_scale * ((1 - alpha) * KD + hidden_weight * hidden)``.
-
-    ``kd_scale`` puts the per-batch means on the task loss's scale (see the trainer's gradient accumulation).
-    """
+                      temperature: float, hidden_weight: float = 0.0) -> torch.Tensor:
+    """``alpha * task_loss + (1 - alpha) * KD + hidden_weight * hidden``, all means over the batch's positions."""
     logits = student_outputs["logits"]
     kd = logit_loss(logits, teacher_outputs["logits"], temperature, prediction_mask(student, inputs, logits))
-    extra = (1.0 - alpha) * kd
+    loss = alpha * task_loss + (1.0 - alpha) * kd
     if hidden_weight > 0:
-        extra = extra + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
-    return alpha * task_loss + kd_scale * extra
+        loss = loss + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
+    return loss
 
 
 class DistillationMixin:
@@ -229,18 +226,20 @@ class DistillationMixin:
                                         num_items_in_batch=num_items_in_batch)
         if args.distillation_hidden_weight > 0:
             inputs = {**inputs, "output_hidden_states": True}
-        # a copy: with label smoothing, Trainer.compute_loss pops "labels", which mark the positions to distil
-        task_loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True,
-                                                  num_items_in_batch=num_items_in_batch)
+        # a copy: with label smoothing, Trainer.compute_loss pops "labels", which mark the positions to distil.
+        # No item count: the task loss is then this micro-batch's mean, like the distillation terms, whether or
+        # not the model's loss reads num_items_in_batch (most of those pruned here ignore it).
+        task_loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True, num_items_in_batch=None)
         follow(teacher, self.pruned_model)  # the student may have moved (Trainer places it at train())
         with torch.no_grad():
             teacher_outputs = teacher(**inputs)
-        # Trainer divides the loss by the accumulation steps unless the task loss came normalised by the
-        # batch's item count: then the (per-batch mean) distillation terms are divided here instead.
-        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
-        kd_scale = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
         loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
                                  alpha=args.distillation_alpha, temperature=args.distillation_temperature,
-                                 hidden_weight=args.distillation_hidden_weight, kd_scale=kd_scale)
+                                 hidden_weight=args.distillation_hidden_weight)
+        # a mean over the micro-batch: Trainer divides it by the accumulation steps unless it takes the loss for
+        # one already normalised by the step's item count; then it is divided here (alpha keeps its balance)
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        if scaled:
+            loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
