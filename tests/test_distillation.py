@@ -241,6 +241,70 @@ def test_teacher_with_other_outputs_is_refused_before_training(tmp_path):
     tiny_model("roberta").save_pretrained(tmp_path / "roberta")
     with pytest.raises(ValueError, match="same architecture"):
         make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "roberta"))
+    # a base model (another head): its classifier would be random
+    transformers.BertForMaskedLM(tiny_model("bert").config).save_pretrained(tmp_path / "masked_lm")
+    with pytest.raises(ValueError, match="lacks .*classifier.*another head"):
+        make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "masked_lm"))
+    swapped = tiny_model("bert", id2label={0: "c", 1: "b", 2: "a"})
+    swapped.save_pretrained(tmp_path / "swapped")
+    student = tiny_model("bert", id2label={0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ValueError, match="teacher's classes .* are not the student's"):
+        make_trainer(tmp_path / "out", model=student, distillation=True,
+                     teacher_model_name_or_path=str(tmp_path / "swapped"))
+
+
+def test_a_pruned_folder_is_a_teacher_in_its_pruned_shapes(tmp_path):
+    from hf_adaprune import AutoPrunedModel, save_pruned
+    from test_surgery import random_masks
+
+    pruned = tiny_model("bert")
+    random_masks(pruned)
+    save_pruned(pruned, tmp_path / "pruned")
+    student = AutoPrunedModel.from_pretrained(tmp_path / "pruned")  # pruned again, distilling from itself
+    trainer = make_trainer(tmp_path / "out", model=student, distillation=True,
+                           teacher_model_name_or_path=str(tmp_path / "pruned"))
+    shapes = {name: p.shape for name, p in student.state_dict().items()}
+    assert {name: p.shape for name, p in trainer.distillation_teacher.state_dict().items()} == shapes
+
+
+def test_layer_outputs_are_not_matched_on_a_model_that_drops_layers():
+    from hf_adaprune.trainer.distillation import DistillationMixin
+
+    model = tiny_ctc_model("wav2vec2")
+    model.config.layerdrop = 0.1
+    holder = type("Holder", (DistillationMixin,), {})()
+    holder.args = PruningArguments("unused", distillation=True, distillation_hidden_weight=1.0, report_to="none")
+    with pytest.raises(ValueError, match="skips layers at random while training \\(layerdrop=0.1\\)"):
+        holder._setup_teacher(model)
+
+
+def test_multi_label_heads_distil_each_labels_sigmoid(tmp_path):
+    model = tiny_model("bert", problem_type="multi_label_classification",
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()  # 3 labels
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.3)
+    trainer.distillation_teacher = teacher = copy_teacher(perturbed(model, scale=0.3))
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    got = trainer.compute_loss(model, {"input_ids": ids[:3], "labels": labels[:3]})  # 3 rows, 3 labels: a KL
+    got = trainer.compute_loss(model, {"input_ids": ids, "labels": labels})  # 4 rows, 3 labels: it failed
+    with torch.no_grad():
+        s, t = model(input_ids=ids).logits / 2.0, teacher(input_ids=ids).logits / 2.0
+    p, q = torch.sigmoid(t), torch.sigmoid(s)
+    bernoulli_kl = (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).sum(-1).mean()
+    task = F.binary_cross_entropy_with_logits(s * 2.0, labels)
+    assert abs(got.item() - (0.3 * task + 0.7 * 4.0 * bernoulli_kl).item()) <= TOL
+
+
+def test_ctc_frames_are_read_from_the_audio_even_when_the_labels_have_as_many_positions():
+    model = tiny_ctc_model("wav2vec2")
+    batch = audio_batch()
+    with torch.no_grad():
+        logits = model(**batch).logits
+    labels = torch.full(logits.shape[:2], -100)
+    labels[:, :3] = 5  # a transcript padded to the frame count: the label mask would keep 3 frames a row
+    mask = prediction_mask(model, {**batch, "labels": labels}, logits)
+    frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1))
+    assert mask.sum(-1).tolist() == frames.tolist()
 
 
 def test_named_teacher_is_used_from_the_start(tmp_path):

@@ -74,7 +74,7 @@ def test_two_processes_distilling_agree(tmp_path):
     teachers = [torch.load(two / f"teacher_rank{rank}.pt") for rank in (0, 1)]
     for name in teachers[0]:
         assert torch.equal(teachers[0][name], teachers[1][name]), name
-    assert (two / "distillation_teacher" / "model.safetensors").exists()  # written once, by the main process
+    assert (two / "_distillation_teacher" / "model.safetensors").exists()  # written once, by the main process
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")

@@ -161,7 +161,7 @@ class PruningArguments(TrainingArguments):
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "The teacher (same architecture and outputs). Default: a frozen copy of the model as it "
-                          "stands when the dense reference is taken, saved to <output_dir>/distillation_teacher."},
+                          "stands when the dense reference is taken, saved to <output_dir>/_distillation_teacher."},
     )
     pruning_resume_with_new_arguments: bool = field(
         default=False,

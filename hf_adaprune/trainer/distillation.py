@@ -19,8 +19,8 @@ distillation); the embedding output is left out.
 The teacher runs under ``no_grad`` in eval mode on the student's device and
 dtype. It is never wrapped for DDP, never in the optimizer and never in a
 checkpoint: the default teacher is saved once, dense, to
-``<output_dir>/distillation_teacher`` when the reference is taken, and a
-resumed run loads it from there.
+``<output_dir>/_distillation_teacher`` when the reference is taken (the leading
+underscore keeps it out of Trainer's Hub pushes), and a resumed run loads it from there.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from ..engine.masks import detach_masks
 from ..hub.remote_code import transformers_class
 
-TEACHER_FOLDER = "distillation_teacher"
+TEACHER_FOLDER = "_distillation_teacher"  # Trainer.push_to_hub leaves "_*" out of the upload
+LAYERDROP_FIELDS = ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
 
 
 def validate_distillation_arguments(args) -> None:
@@ -83,8 +84,24 @@ def copy_teacher(student):
 
 
 def load_teacher(path, student, hidden_weight: float = 0.0):
-    """The teacher saved at ``path``, of the student's class; refused when its outputs cannot be compared."""
-    teacher = stock_class(student).from_pretrained(path)
+    """The teacher saved at ``path``, of the student's class (a pruned folder in its pruned shapes); refused when
+    its outputs cannot be compared or its head is not in the folder."""
+    from ..hub.load import AutoPrunedModel, load_pruned_config
+    from ..layout import read_record
+
+    config = load_pruned_config(path)
+    if config.model_type != student.config.model_type:  # before any weight is read into the student's class
+        raise ValueError(f"the teacher at {path} is a {config.model_type} model but the student a "
+                         f"{student.config.model_type}: distillation compares their outputs one to one, so both "
+                         "must be the same architecture")
+    if read_record(config):
+        teacher, info = AutoPrunedModel.from_pretrained(path, output_loading_info=True)
+    else:
+        teacher, info = stock_class(student).from_pretrained(path, output_loading_info=True)
+    if info.get("missing_keys"):
+        raise ValueError(f"the teacher at {path} lacks {sorted(info['missing_keys'])[:3]}: it is not a "
+                         f"{stock_class(student).__name__} (another head?), so its new weights would be random; "
+                         "give a teacher fine-tuned for the student's task")
     check_teacher(teacher, student, hidden_weight)
     return freeze(teacher, student)
 
@@ -99,6 +116,11 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
         if getattr(t, name, None) != getattr(s, name, None):
             raise ValueError(f"the teacher's {name} ({getattr(t, name, None)}) differs from the student's "
                              f"({getattr(s, name, None)}): their output distributions cannot be compared")
+    named = [dict(c.id2label) for c in (t, s) if getattr(c, "id2label", None)
+             and any(name != f"LABEL_{i}" for i, name in dict(c.id2label).items())]
+    if len(named) == 2 and named[0] != named[1]:
+        raise ValueError(f"the teacher's classes {named[0]} are not the student's {named[1]}: output i would be "
+                         "distilled into another class")
     if hidden_weight > 0:
         for name in ("hidden_size", "d_model", "num_hidden_layers", "num_layers", "encoder_layers",
                      "decoder_layers"):
@@ -110,18 +132,18 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
 
 def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
     """Which positions of ``logits`` (batch, positions, classes) carry a prediction; ``None``: all of them."""
+    if logits.dim() != 3:  # one prediction per example (a multi-label head's float labels are no positions)
+        return None
+    attention = inputs.get("attention_mask")
+    lengths = getattr(student, "_get_feat_extract_output_lengths", None)  # CTC: audio samples -> frames
+    if lengths is not None and attention is not None and attention.shape != logits.shape[:2]:
+        frames = lengths(attention.sum(-1)).to(logits.device)  # the transcript's length says nothing of frames
+        return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
     labels = inputs.get("labels")
     if labels is not None and labels.dim() == 2 and labels.shape == logits.shape[:2]:
-        return labels != -100  # target tokens (seq2seq, Whisper); -100 is padding
-    attention = inputs.get("attention_mask")
-    if attention is None or logits.dim() != 3:
-        return None
-    if attention.shape == logits.shape[:2]:
+        return labels != -100  # target tokens (seq2seq, Whisper, token classification); -100 is padding
+    if attention is not None and attention.shape == logits.shape[:2]:
         return attention.bool()
-    lengths = getattr(student, "_get_feat_extract_output_lengths", None)  # CTC: audio samples -> frames
-    if lengths is not None:
-        frames = lengths(attention.sum(-1)).to(logits.device)
-        return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
     return None
 
 
@@ -132,10 +154,17 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def logit_loss(student_logits, teacher_logits, temperature: float, mask=None) -> torch.Tensor:
-    """T^2-scaled KL(teacher || student) per position, averaged over ``mask``; MSE for one output."""
-    if student_logits.shape[-1] == 1:
-        return masked_mean((student_logits - teacher_logits).pow(2).squeeze(-1), mask)
+def logit_loss(student_logits, teacher_logits, temperature: float, mask=None,
+               problem_type: str | None = None) -> torch.Tensor:
+    """T^2-scaled KL(teacher || student) per position, averaged over ``mask``: of the softmax over the classes,
+    or of each class's sigmoid for a multi-label head (``problem_type``); MSE for a regression head."""
+    if problem_type == "regression" or student_logits.shape[-1] == 1:
+        return masked_mean((student_logits.float() - teacher_logits.float()).pow(2).mean(-1), mask)
+    if problem_type == "multi_label_classification":  # a yes/no per class: the KL of each Bernoulli, summed
+        s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
+        p = torch.sigmoid(t)
+        kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+        return masked_mean(kl.sum(-1), mask) * temperature ** 2
     log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1)
@@ -172,14 +201,16 @@ def hidden_loss(student_outputs, teacher_outputs, inputs: dict) -> torch.Tensor:
 
 
 def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inputs: dict, *, alpha: float,
-                      temperature: float, hidden_weight: float = 0.0) -> torch.Tensor:
-    """``alpha * task_loss + (1 - alpha) * KD + hidden_weight * hidden``, all means over the batch's positions."""
+                      temperature: float, hidden_weight: float = 0.0, kd_scale: float = 1.0) -> torch.Tensor:
+    """``alpha * task_loss + kd_scale * ((1 - alpha) * KD + hidden_weight * hidden)``; the distillation terms are
+    means over the batch's positions, ``kd_scale`` puts them on the task loss's scale."""
     logits = student_outputs["logits"]
-    kd = logit_loss(logits, teacher_outputs["logits"], temperature, prediction_mask(student, inputs, logits))
-    loss = alpha * task_loss + (1.0 - alpha) * kd
+    kd = logit_loss(logits, teacher_outputs["logits"], temperature, prediction_mask(student, inputs, logits),
+                    getattr(student.config, "problem_type", None))
+    extra = (1.0 - alpha) * kd
     if hidden_weight > 0:
-        loss = loss + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
-    return loss
+        extra = extra + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
+    return alpha * task_loss + kd_scale * extra
 
 
 class DistillationMixin:
@@ -192,6 +223,12 @@ class DistillationMixin:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
         args = self.args
         self.distillation_teacher, self._teacher_path = None, args.teacher_model_name_or_path
+        dropping = {f: getattr(student.config, f) for f in LAYERDROP_FIELDS if getattr(student.config, f, 0)}
+        if args.distillation and args.distillation_hidden_weight > 0 and dropping:
+            raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the model skips "
+                             f"layers at random while training ({', '.join(f'{k}={v}' for k, v in dropping.items())})"
+                             f", and then returns fewer layer outputs: set {' and '.join(dropping)} to 0 in the "
+                             "model's config, or --distillation_hidden_weight 0")
         if args.distillation and args.teacher_model_name_or_path:
             self.distillation_teacher = load_teacher(args.teacher_model_name_or_path, student,
                                                      args.distillation_hidden_weight)
@@ -227,19 +264,25 @@ class DistillationMixin:
         if args.distillation_hidden_weight > 0:
             inputs = {**inputs, "output_hidden_states": True}
         # a copy: with label smoothing, Trainer.compute_loss pops "labels", which mark the positions to distil.
-        # No item count: the task loss is then this micro-batch's mean, like the distillation terms, whether or
-        # not the model's loss reads num_items_in_batch (most of those pruned here ignore it).
-        task_loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True, num_items_in_batch=None)
+        # The model gets no item count: its task loss is then this micro-batch's mean, like the distillation
+        # terms, whether or not it reads num_items_in_batch (most models pruned here ignore it). A user's
+        # compute_loss_func gets it, as Trainer gives it, and normalises by it.
+        custom = self.compute_loss_func is not None
+        task_loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch if custom else None)
         follow(teacher, self.pruned_model)  # the student may have moved (Trainer places it at train())
         with torch.no_grad():
             teacher_outputs = teacher(**inputs)
+        # Trainer divides the loss by the accumulation steps unless it takes it for normalised by the step's item
+        # count: then the per-batch means are divided here (all of the loss, or the distillation terms beside a
+        # compute_loss_func's loss), so that alpha keeps its balance
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or custom)
+        steps = self.current_gradient_accumulation_steps if scaled else 1
         loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
                                  alpha=args.distillation_alpha, temperature=args.distillation_temperature,
-                                 hidden_weight=args.distillation_hidden_weight)
-        # a mean over the micro-batch: Trainer divides it by the accumulation steps unless it takes the loss for
-        # one already normalised by the step's item count; then it is divided here (alpha keeps its balance)
-        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
-        if scaled:
-            loss = loss / self.current_gradient_accumulation_steps
+                                 hidden_weight=args.distillation_hidden_weight,
+                                 kd_scale=1.0 / steps if custom else 1.0)
+        if not custom:
+            loss = loss / steps
         return (loss, outputs) if return_outputs else loss
