@@ -3,6 +3,7 @@ model_init, PEFT models (tiny BERT, CPU)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -202,6 +203,10 @@ def test_a_best_checkpoint_before_the_reference_is_named_as_what_comes_back(tmp_
     assert "the best checkpoint" in caplog.text and "predates the pruning reference (pruning_warmup_steps 6)" \
         in caplog.text
     assert "training ended at step" not in caplog.text  # training did pass the warm-up
+    trainer.save_model()  # the card says the same (it said pruning "did not start", the warm-up not over)
+    card = (tmp_path / "README.md").read_text()
+    assert "load_best_model_at_end restored a checkpoint from before it" in card and "did not start" not in card
+    assert "(checkpoint-4) predates the pruning reference" in trainer.pruning_summary().stop_reason
 
 
 def test_a_train_after_an_interrupted_one_is_refused_unless_it_resumes(tmp_path):
@@ -312,6 +317,12 @@ def test_the_card_of_a_model_saved_uncompacted_lists_the_layers_it_lacks(tmp_pat
     for layer in removed:
         assert f"| {layer} | layer | removed whole |" in card and f"| {layer}.attention |" not in card
     assert trainer.pruning_summary().removed_layers == removed
+    # the report measures the saved folder (it had no comparison): the model in memory keeps its masks
+    from hf_adaprune import get_masks
+    from hf_adaprune.reporting.flops import count_params
+
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["comparison"]["params_after"] == count_params(saved) and get_masks(trainer.model) is not None
 
 
 def read_record_layers(model) -> list[int]:

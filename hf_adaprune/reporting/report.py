@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "pruning_report.json"
 CURVE_FILE = "pruning_curve.png"
 LAYERS_FILE = "pruning_layers.png"
+# in the stop reason of a run whose load_best_model_at_end restored a checkpoint from before the pruning reference
+BEST_BEFORE_REFERENCE = "predates the pruning reference"
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -224,7 +226,10 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     on = f" on `{', '.join(datasets)}`" if datasets else ""
     result = ("nothing more was removed; this is the model it started from, pruned before"
               if summary.start_pruned else "nothing was removed; this is the dense model")
-    if summary.metric_before is None:  # training ended before the pruning reference: nothing was removed
+    if summary.metric_before is None and BEST_BEFORE_REFERENCE in (summary.stop_reason or ""):
+        lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning ran, but load_best_model_at_end "
+                     f"restored a checkpoint from before it ({summary.stop_reason}): {result}.")
+    elif summary.metric_before is None:  # training ended before the pruning reference: nothing was removed
         lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning was configured but did not start "
                      f"(training ended before its warm-up was over, stopped: {summary.stop_reason}): {result}.")
     elif nothing_removed(summary):

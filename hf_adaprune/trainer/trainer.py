@@ -42,6 +42,7 @@ from .distributed import check_masks_agree, from_main_process, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_iterable_dataset
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs
+from ..reporting.report import BEST_BEFORE_REFERENCE
 from ..hub import save_pruned
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, get_masks
@@ -437,21 +438,26 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             self._drop_candidate()
-        c.stop("training ended")
-        if c.state.reference is None and best is not None and self.state.global_step > args.pruning_warmup_steps:
-            logger.warning("the best checkpoint %s predates the pruning reference (pruning_warmup_steps %d): the "
-                           "model handed back is its dense fine-tuned weights; what was pruned after it is discarded",
-                           best, args.pruning_warmup_steps)
+        restored_before_reference = (c.state.reference is None and best is not None
+                                     and self.state.global_step > args.pruning_warmup_steps)
+        c.stop(f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after it is "
+               "discarded" if restored_before_reference else "training ended")
+        if restored_before_reference:
+            logger.warning("the best checkpoint %s %s (pruning_warmup_steps %d): the model handed back is its dense "
+                           "fine-tuned weights; what was pruned after it is discarded", best, BEST_BEFORE_REFERENCE,
+                           args.pruning_warmup_steps)
         elif c.state.reference is None:
             logger.warning("training ended at step %d, before the pruning reference (pruning_warmup_steps %d): "
                            "nothing was pruned; the model is the fine-tuned dense model", self.state.global_step,
                            args.pruning_warmup_steps)
         else:  # measured after all training, exactly what compaction keeps
             self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
-        if args.compact_at_end and get_masks(self.pruned_model) is not None:
-            compact(self.pruned_model)
+        if get_masks(self.pruned_model) is not None:
+            # without compact_at_end, what save_model writes is measured: a compacted copy
+            compacted = self.pruned_model if args.compact_at_end else copy.deepcopy(self.pruned_model)
+            compact(compacted)
             self.pruned_comparison = compare_profiles(
-                self.dense_profile, model_profile(self.pruned_model, seq_len=args.pruning_seq_len)
+                self.dense_profile, model_profile(compacted, seq_len=args.pruning_seq_len)
             )
         if args.should_save:
             self._write_report()
