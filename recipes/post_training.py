@@ -192,7 +192,8 @@ def write_card(folder: str, results: dict, format_value) -> None:
     refit = ", each pruned layer's output projection re-fitted by least squares" \
         if results["post_training"]["refit"] else ""
     base = results["base_model"] or "the model given"
-    lines = ["---", "library_name: transformers", "tags:", "- hf_adaprune", "- pruned", "- post-training-pruning",
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- hf_adaprune",
+             "- pruned", "- post-training-pruning",
              *([f"base_model: {hub_id}"] if (hub_id := hub_id_or_none(results["base_model"])) else []), "---", "",
              f"# {os.path.basename(os.path.abspath(folder))}", "",
              f"A fine-tuned classifier based on {base}, pruned **without training** by hf_adaprune's post-training "

@@ -61,6 +61,9 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     card = (out / "README.md").read_text()
     assert "without training" in card and "no optimizer step" in card
     assert "base_model:" not in card  # a local folder is not a Hub id: the metadata would point nowhere
+    import yaml
+
+    assert yaml.safe_load(card.split("---")[1])["pipeline_tag"] == "text-classification"  # the Hub's widget
     # the folder loads as the Hub-format pruned model and scores what the run reported on the test rows
     model = AutoPrunedModel.from_pretrained(out)
     tokenizer = BertTokenizerFast.from_pretrained(out)
