@@ -217,8 +217,17 @@ def test_refuses_other_families_and_bad_requests(marian_tokenizer, tmp_path):
         export_ctranslate2(model, tmp_path / "no_tokenizer")
     model.save_pretrained(tmp_path / "dense")
     marian_tokenizer.save_pretrained(tmp_path / "dense")
-    with pytest.raises(ValueError, match="is the model folder itself"):
-        export_ctranslate2(tmp_path / "dense", tmp_path / "dense")
+    for out in (tmp_path / "dense", tmp_path):  # the folder itself, or one holding it, which force deleted
+        with pytest.raises(ValueError, match="is or contains the model folder"):
+            export_ctranslate2(tmp_path / "dense", out, force=True)
+    assert (tmp_path / "dense" / "config.json").exists()
+    marian_tokenizer.separate_vocabs = True  # as a MarianTokenizer with a target vocabulary of its own says
+    try:
+        with pytest.raises(ValueError, match="separate source and target vocabularies"):
+            export_ctranslate2(model, tmp_path / "separate", tokenizer=marian_tokenizer)
+    finally:
+        marian_tokenizer.separate_vocabs = False
+    assert not (tmp_path / "separate").exists()
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match="force=True"):
         export_ctranslate2(tmp_path / "dense", tmp_path / "taken")
@@ -375,3 +384,19 @@ def test_whisper_tiny_en_transcripts_identical_on_spoken_digits(whisper_tiny_en,
     assert got == expected
     transcripts = [processor.tokenizer.decode(tokens, skip_special_tokens=True).strip().lower() for tokens in got]
     assert sum(t.startswith(word) for t, word in zip(transcripts, ("one", "two", "three", "four"))) >= 3, transcripts
+
+
+def test_whisper_without_alignment_heads_gets_kept_heads_only(whisper_tiny_en, tmp_path):
+    # CTranslate2's default took every head of the decoder's last half: zero heads and removed ones too
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(whisper_tiny_en).eval()
+    model.generation_config.alignment_heads = None
+    masks = attach_masks(model)
+    keep = torch.ones(6)
+    keep[[0, 2]] = 0
+    masks.set("decoder.layers.3.encoder_attn", keep)  # 4 of 6 heads, padded to 6 with zero heads
+    masks.set("decoder.layers.2.encoder_attn", torch.zeros(6))  # removed
+    compact(model)
+    export_ctranslate2(model, tmp_path / "whisper", tokenizer=transformers.AutoTokenizer.from_pretrained(
+        whisper_tiny_en))
+    config = json.loads((tmp_path / "whisper" / "config.json").read_text())
+    assert config["alignment_heads"] == [[3, 0], [3, 1], [3, 2], [3, 3]]

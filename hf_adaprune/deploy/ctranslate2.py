@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +57,8 @@ QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16
 EXPORT_RECORD = "adaprune_ctranslate2.json"
 # files of the source folder that CTranslate2 users expect next to model.bin (faster-whisper reads them)
 COPIED_FILES = ("tokenizer.json", "preprocessor_config.json", "generation_config.json")
+
+logger = logging.getLogger(__name__)
 
 
 def _require_ctranslate2():
@@ -170,6 +173,22 @@ class CTranslate2Export:
     zero_heads: int
     quantization: str | None
     pad_kept: bool = False
+
+
+def _alignment_heads_on_kept_heads(model) -> None:
+    """Whisper's word-timestamp heads on real heads only. Compaction moved the model's own onto the kept heads;
+    without any, CTranslate2 would take every head of the last half of the decoder, including the zero heads
+    padding adds and the heads of removed cross-attentions: the kept heads of that half are taken instead."""
+    config = model.generation_config
+    if getattr(config, "alignment_heads", None) is not None:
+        return
+    layers = model.model.decoder.layers
+    head_dim = model.config.d_model // model.config.decoder_attention_heads
+    config.alignment_heads = [[index, head] for index in range(len(layers) // 2, len(layers))
+                              for head in range(_kept_heads(layers[index].encoder_attn, head_dim))]
+    if not config.alignment_heads:
+        logger.warning("no cross-attention head is left in the last half of the decoder: the CTranslate2 model has "
+                       "no alignment heads, so word timestamps are unavailable")
 
 
 def _pad_to_stack_heads(model, family: str) -> dict:
@@ -315,8 +334,12 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
     ct2_transformers = _require_ctranslate2()
     _check_quantization(quantization)
     output_dir = Path(output_dir)
-    if isinstance(model_or_folder, (str, Path)) and output_dir.resolve() == Path(model_or_folder).resolve():
-        raise ValueError(f"output_dir {output_dir} is the model folder itself: write the CTranslate2 model elsewhere")
+    if isinstance(model_or_folder, (str, Path)):
+        source = Path(model_or_folder).resolve()
+        if source == output_dir.resolve() or output_dir.resolve() in source.parents:
+            # CTranslate2 replaces output_dir (with force, deleting it first), then copies files from the source
+            raise ValueError(f"output_dir {output_dir} is or contains the model folder {model_or_folder}: write the "
+                             "CTranslate2 model elsewhere (a folder inside the model folder is fine)")
     if output_dir.exists() and not force:
         raise FileExistsError(f"{output_dir} exists; pass force=True to replace it")
     model, tokenizer, folder = _load(model_or_folder, tokenizer)
@@ -324,6 +347,12 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.float()
     loader, pad_kept = getattr(ct2_transformers, loader_name)(), False
+    if family == "marian" and getattr(tokenizer, "separate_vocabs", False):
+        raise ValueError("the tokenizer has separate source and target vocabularies, and CTranslate2's Marian layout "
+                         "holds one for both sides: its output would be spelt with the source vocabulary. Export a "
+                         "model with a shared vocabulary, or use export_onnx")
+    if family == "whisper":
+        _alignment_heads_on_kept_heads(model)
     if family == "marian" and _starts_from_zero(model):
         tokenizer = _marian_vocabulary(model, tokenizer)
     elif family == "marian":
