@@ -277,8 +277,7 @@ class OnnxSeq2Seq:
         mask = None if attention_mask is None else attention_mask.astype(np.int64)
         if "attention_mask" in self.encoder_inputs:
             feed["attention_mask"] = mask
-        if "encoder_attention_mask" not in self.decoder_inputs:
-            mask = None
+        decoder_mask = mask if "encoder_attention_mask" in self.decoder_inputs else None
         hidden = self.encoder.run(None, feed)[0]
         tokens = np.full((inputs.shape[0], 1), decoder_start_token_id, dtype=np.int64)
         done = np.zeros(inputs.shape[0], dtype=bool)
@@ -294,11 +293,11 @@ class OnnxSeq2Seq:
         if max_new_tokens <= 0:
             return tokens
         if use_cache is not False and self.decoder_with_past is not None:
-            return greedy_with_past(self.decoder, self.decoder_with_past, hidden, mask, tokens, pick_next)
+            return greedy_with_past(self.decoder, self.decoder_with_past, hidden, decoder_mask, tokens, pick_next)
         for index in range(max_new_tokens):
             feed = {"decoder_input_ids": tokens, "encoder_hidden_states": hidden}
-            if mask is not None:
-                feed["encoder_attention_mask"] = mask
+            if decoder_mask is not None:
+                feed["encoder_attention_mask"] = decoder_mask
             logits = self.decoder.run(["logits"], feed)[0]
             step, finished = pick_next(logits[:, -1], index)
             tokens = np.concatenate([tokens, step[:, None]], axis=1)

@@ -167,16 +167,14 @@ class PruningMasks:
         return mask
 
     def set(self, name: str, mask: torch.Tensor) -> None:
-        mask = self._checked(name, mask)
-        with torch.no_grad():
-            self.masks[name].copy_(mask)  # in place: compiled graphs read the same tensor
+        self.update({name: mask})
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
         """Set every mask of ``masks``, or none of them when one is wrong."""
         checked = {name: self._checked(name, mask) for name, mask in masks.items()}
         with torch.no_grad():
             for name, mask in checked.items():
-                self.masks[name].copy_(mask)
+                self.masks[name].copy_(mask)  # in place: compiled graphs read the same tensor
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the masks (later updates do not change them)."""

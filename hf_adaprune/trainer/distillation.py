@@ -95,7 +95,7 @@ def load_teacher(path, student, hidden_weight: float = 0.0):
                          f"{student.config.model_type}: distillation compares their outputs one to one, so both "
                          "must be the same architecture")
     if read_record(config):
-        teacher, info = AutoPrunedModel.from_pretrained(path, output_loading_info=True)
+        teacher, info = AutoPrunedModel.from_pretrained(path, config=config, output_loading_info=True)
     else:
         teacher, info = stock_class(student).from_pretrained(path, output_loading_info=True)
     if info.get("missing_keys"):

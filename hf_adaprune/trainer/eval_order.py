@@ -36,8 +36,9 @@ def first_rows(dataset, n: int | None):
     return Subset(dataset, range(n))
 
 
-def is_iterable_dataset(dataset) -> bool:
-    """A streaming dataset (torch's IterableDataset, datasets' too), which cannot be indexed even with a length."""
+def is_map_style(dataset) -> bool:
+    """Indexable with a length: not a streaming dataset (torch's IterableDataset, datasets' too), which cannot be
+    indexed even when it reports a length."""
     import datasets
 
-    return isinstance(dataset, (IterableDataset, datasets.IterableDataset))
+    return hasattr(dataset, "__len__") and not isinstance(dataset, (IterableDataset, datasets.IterableDataset))

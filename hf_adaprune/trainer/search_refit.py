@@ -33,7 +33,7 @@ from ..post_training.calibration import calibration_batches, model_input_names
 from ..post_training.dense_targets import capture_dense_targets
 from ..post_training.prune import SUPPORTED_MODEL_TYPES
 from ..post_training.refit import column_mask, refit_groups
-from .eval_order import is_iterable_dataset
+from .eval_order import is_map_style
 
 
 def refit_problem(model, train_dataset, kinds) -> str | None:
@@ -44,7 +44,7 @@ def refit_problem(model, train_dataset, kinds) -> str | None:
                 f"{model_type!r}. Train without --pruning_refit.")
     if not set(kinds) & {"heads", "ffn"}:
         return "--pruning_refit re-fits the output projections of heads and FFN neurons: --prune names neither"
-    if train_dataset is None or not hasattr(train_dataset, "__len__") or is_iterable_dataset(train_dataset):
+    if train_dataset is None or not is_map_style(train_dataset):
         return ("--pruning_refit draws its calibration rows from the train_dataset, which needs a map-style "
                 "dataset (indexable, with a length), not an iterable one")
     if len(train_dataset) and "input_ids" not in train_dataset[0]:

@@ -39,7 +39,7 @@ from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writa
                          resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin
 from .distributed import check_masks_agree, from_main_process, reduced_scores
-from .eval_order import DatasetOrderEvalMixin, first_rows, is_iterable_dataset
+from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs
 from ..reporting.report import BEST_BEFORE_REFERENCE
@@ -64,7 +64,7 @@ def check_eval_dataset(eval_dataset) -> None:
             f"eval_dataset is a dict of {len(eval_dataset)} sets ({', '.join(map(str, eval_dataset))}): pruning "
             "decisions are measured on one eval set. Pass that one as eval_dataset (evaluate the others with "
             "trainer.evaluate(other_set, metric_key_prefix=...) after training)")
-    if eval_dataset is not None and (not hasattr(eval_dataset, "__len__") or is_iterable_dataset(eval_dataset)):
+    if eval_dataset is not None and not is_map_style(eval_dataset):
         raise ValueError(
             f"eval_dataset is an iterable {type(eval_dataset).__name__}: pruning decisions evaluate its first "
             "--pruning_eval_samples rows again at every step, which needs a map-style dataset "
