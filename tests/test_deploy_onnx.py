@@ -359,6 +359,8 @@ def test_onnx_encoder_is_called_like_the_model(head, output, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(no_mask, getattr(model(input_ids=batch["input_ids"]), output), atol=TOL, rtol=0)
     runner.eval()  # an nn.Module: compare_latency and evaluation loops switch modes on it
+    assert runner.threads == 1  # what compare_latency reports for it
+    assert OnnxEncoder(tmp_path).threads == "onnxruntime default"  # not torch's thread count
 
 
 @pytest.mark.parametrize("model_type", ["marian", "bart"])

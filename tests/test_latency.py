@@ -83,3 +83,31 @@ def test_generate_exactly_writes_the_same_number_of_tokens():
         assert model.generate(**inputs, max_new_tokens=6).shape[1] < 7
         out = GenerateExactly(model, 6)(**inputs)
     assert out.shape == (1, 7)  # the start token and exactly 6 new ones
+
+
+def test_every_submodule_keeps_its_training_flag():
+    """A wrapper built around a model in eval mode (GenerateModule) and a model whose parts are in mixed modes
+    come back exactly as they were: a dropout left on would make every later evaluation random."""
+    from hf_adaprune.reporting.latency import GenerateModule
+
+    log = []
+    inner = Recorder("inner", log).eval()
+    inner.generate = inner.forward
+    wrapper = GenerateModule(inner)
+    assert not wrapper.training  # takes the model's mode, not nn.Module's default
+    mixed = Recorder("mixed", log)
+    mixed.linear.eval()
+    compare_latency({"wrapper": wrapper, "mixed": mixed}, {"x": torch.ones(1, 2)}, repeats=1, warmup=0)
+    assert not wrapper.training and not inner.training
+    assert mixed.training and not mixed.linear.training
+
+
+def test_threads_are_each_models_own():
+    """A model that says how many threads it runs on (an ONNX Runtime session) is reported with them."""
+    log = []
+    own = Recorder("own", log)
+    own.threads = 7
+    results = compare_latency({"torch": Recorder("torch", log), "own": own}, {"x": torch.ones(1, 2)}, repeats=1)
+    assert results["torch"]["threads"] == torch.get_num_threads()
+    assert results["own"]["threads"] == 7
+    assert f"threads: torch {torch.get_num_threads()}, own 7" in format_latency(results)

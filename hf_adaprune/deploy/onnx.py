@@ -226,6 +226,7 @@ class OnnxEncoder(nn.Module):
     def __init__(self, folder, file: str = ENCODER_FILE, threads: int | None = None):
         super().__init__()
         self.session = _session(Path(folder) / file, threads)
+        self.threads = threads or "onnxruntime default"  # what compare_latency reports for this model
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.output_name = self.output_names[0]
@@ -258,6 +259,7 @@ class OnnxSeq2Seq:
         self.decoder = _session(folder / decoder_file, threads)
         past = folder / decoder_with_past_file
         self.decoder_with_past = _session(past, threads) if past.is_file() else None
+        self.threads = threads or "onnxruntime default"
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
         self.decoder_inputs = [i.name for i in self.decoder.get_inputs()]
 

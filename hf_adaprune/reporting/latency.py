@@ -31,6 +31,7 @@ class GenerateModule(nn.Module):
     def __init__(self, model, **generate_kwargs):
         super().__init__()
         self.model, self.generate_kwargs = model, generate_kwargs
+        self.train(model.training)  # a new module starts in training mode; take the model's
 
     def forward(self, *args, **inputs):
         return self.model.generate(*args, **inputs, **self.generate_kwargs)
@@ -61,12 +62,14 @@ def compare_latency(
 
     Each of the ``warmup`` rounds and then each of the ``repeats`` rounds calls every
     model once, in the order of ``models`` (round-robin), under
-    ``torch.inference_mode()`` with the models in eval mode (their training flag is
-    restored afterwards). Garbage collection is paused while timing.
+    ``torch.inference_mode()`` with the models in eval mode (the training flag of
+    every submodule is restored afterwards). Garbage collection is paused while timing.
 
     Returns ``{name: {"median_s", "p90_s", "mean_s", "min_s", "repeats", "threads",
     "speedup"}}`` where ``speedup`` is the first model's median divided by this one's
-    (so 1.0 for the first model, 2.0 for a model twice as fast).
+    (so 1.0 for the first model, 2.0 for a model twice as fast) and ``threads`` the
+    model's own ``threads`` attribute where it has one (an ONNX Runtime session's
+    intra-op threads), else torch's.
     """
     if not models:
         raise ValueError("compare_latency needs at least one model")
@@ -74,7 +77,7 @@ def compare_latency(
         raise ValueError(f"need repeats >= 1 and warmup >= 0; got {repeats} and {warmup}")
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
-    modes = {name: model.training for name, model in models.items()}
+    modes = {name: [(module, module.training) for module in model.modules()] for name, model in models.items()}
     gc_was_enabled = gc.isenabled()
     try:
         for model in models.values():
@@ -95,8 +98,9 @@ def compare_latency(
     finally:
         if gc_was_enabled:
             gc.enable()
-        for name, model in models.items():
-            model.train(modes[name])
+        for saved in modes.values():
+            for module, training in saved:
+                module.training = training
 
     results = {}
     for name in names:
@@ -107,7 +111,7 @@ def compare_latency(
             "mean_s": statistics.fmean(values),
             "min_s": min(values),
             "repeats": repeats,
-            "threads": torch.get_num_threads(),
+            "threads": getattr(models[name], "threads", None) or torch.get_num_threads(),
         }
     baseline = results[names[0]]["median_s"]
     for name in names:
@@ -132,5 +136,10 @@ def format_latency(results: Mapping[str, Mapping], title: str | None = None) -> 
     for name in names:
         r = results[name]
         lines.append(f"{name:<16} {_ms(r['median_s']):>12} {_ms(r['p90_s']):>12} {r['speedup']:>8.2f}x")
-    lines.append(f"({first['repeats']} alternating repeats, {first['threads']} threads; speed-up vs {names[0]!r})")
+    threads = {r["threads"] for r in results.values()}
+    if len(threads) == 1:
+        threads_text = f"{first['threads']} threads"
+    else:
+        threads_text = "threads: " + ", ".join(f"{name} {r['threads']}" for name, r in results.items())
+    lines.append(f"({first['repeats']} alternating repeats, {threads_text}; speed-up vs {names[0]!r})")
     return "\n".join(lines)
