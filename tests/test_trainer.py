@@ -88,6 +88,26 @@ def test_train_prunes_saves_and_reloads(tmp_path):
         assert (loaded(**batch).logits - trainer.model.eval()(**batch).logits).abs().max() <= 1e-6
 
 
+def test_last_step_is_judged_without_proposing_another(tmp_path, caplog):
+    """A step pending when training ends is judged, and no further one is masked, logged and thrown away; the console
+    says where pruning stopped, as the report does."""
+    import logging
+
+    trainer = make_trainer(tmp_path, max_steps=10, pruning_warmup_steps=2, pruning_interval=5,
+                           pruning_tolerance=1.0, pruning_target=0.9, compact_at_end=False)
+    with caplog.at_level(logging.INFO, logger="hf_adaprune"):
+        trainer.train()
+    events = [h["event"] for h in trainer.controller.state.history]
+    assert events == ["reference", "keep", "keep", "stop"]  # judged at 7 and at the end (10); nothing discarded
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("hf_adaprune")]
+    last_keep = max(i for i, m in enumerate(messages) if m.startswith("pruning keep at step 10"))
+    assert not any("trying sparsity" in m for m in messages[last_keep:])
+    ratio = trainer.controller.state.ratio
+    assert f"pruning stopped at sparsity {ratio:.3f}: training ended" in messages[last_keep:]
+    # the model keeps its masks: the warning names what writes the pruned model
+    assert any("compact_at_end=False" in m and "save_pruned" in m for m in messages)
+
+
 def test_rollback_restores_previous_masks(tmp_path):
     # the real model, scheduling and masks, with a scripted metric: keep, roll back, keep
     trainer = make_trainer(tmp_path, pruning_tolerance=0.01, pruning_target=0.9, pruning_initial_step=0.2,

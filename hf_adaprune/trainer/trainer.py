@@ -308,7 +308,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         while decision_interval(args) == 0 and c.state.pending is not None:
             self._decide(step)
 
-    def _decide(self, step: int) -> None:
+    def _decide(self, step: int, propose: bool = True) -> None:
+        """Judge the pending step; then, with ``propose`` and unless the controller stopped, mask the next one."""
         c = self.controller
         tried = c.state.pending
         self._end_ramp()
@@ -321,7 +322,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._accept_candidate()
         self._log_decision(decision, step, tried, metric, evaluation)
         if not c.state.done:
-            self._apply_ratio(c.propose(), step)
+            if propose:
+                self._apply_ratio(c.propose(), step)
         else:
             logger.info("pruning stopped at sparsity %.3f: %s", c.state.ratio, c.state.stop_reason)
 
@@ -434,12 +436,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
                                PRUNING_STATE_FILE)
         if c.state.pending is not None and self.state.global_step > self._last_prune_step:
-            self._decide(self.state.global_step)  # judge the last step so the final masks are within tolerance
+            # judge the last step so the final masks are within tolerance; no further step: no training is left
+            self._decide(self.state.global_step, propose=False)
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
+            logger.info("pruning: sparsity %.3f discarded, no training steps left to judge it", c.state.pending)
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             self._drop_candidate()
         restored_before_reference = (c.state.reference is None and best is not None
                                      and self.state.global_step > args.pruning_warmup_steps)
+        if c.state.reference is not None and not c.state.done:
+            logger.info("pruning stopped at sparsity %.3f: training ended", c.state.ratio)
         c.stop(f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after it is "
                "discarded" if restored_before_reference else "training ended")
         if restored_before_reference:
@@ -459,6 +465,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.pruned_comparison = compare_profiles(
                 self.dense_profile, model_profile(compacted, seq_len=args.pruning_seq_len)
             )
+            if not args.compact_at_end:
+                logger.warning("compact_at_end=False: the model keeps its masks and its full-size weights. "
+                               "trainer.save_model() and hf_adaprune.save_pruned(model, folder) write the pruned "
+                               "model; model.save_pretrained / push_to_hub of the masked model write the dense "
+                               "weights without the masks")
         if args.should_save:
             self._write_report()
 
