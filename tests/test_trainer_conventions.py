@@ -394,3 +394,62 @@ def test_gradient_checkpointing_gives_the_same_scores_and_still_prunes(tmp_path,
                            prune="heads,ffn")
     trainer.train()
     assert trainer.controller.state.ratio > 0
+
+
+def test_model_init_model_is_on_the_training_device_before_its_masks_are_made(tmp_path, monkeypatch):
+    """The masks and the latency table are made where the model trains (a GPU): the model moves first."""
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model_init=lambda: tiny_model("bert"), args=make_args(tmp_path, max_steps=1),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    calls = []
+    moved, setup = trainer._move_model_to_device, trainer._setup_pruning
+    monkeypatch.setattr(trainer, "_move_model_to_device", lambda model, device: (calls.append(("move", model)),
+                                                                                 moved(model, device)))
+    monkeypatch.setattr(trainer, "_setup_pruning", lambda model: (calls.append(("setup", model)), setup(model)))
+    trainer.train()
+    built = trainer.model
+    assert [kind for kind, model in calls if model is built][:2] == ["move", "setup"]
+
+
+def test_a_model_that_drops_layers_at_random_is_refused_for_gradient_scores(tmp_path):
+    from test_speech_families import tiny_ctc_model
+
+    data = datasets_for_audio()
+    model = tiny_ctc_model("wav2vec2")
+    assert model.config.layerdrop == 0.1  # transformers' default for Wav2Vec2Config
+    with pytest.raises(ValueError, match=r"--pruning_criterion taylor scores every structure from each step's "
+                                         r"gradients, but the model skips layers at random while training "
+                                         r"\(layerdrop=0.1\).*from_pretrained\(\.\.\., layerdrop=0.0\)"):
+        AdaptivePruningTrainer(model=model, args=make_args(tmp_path, pruning_metric="loss", pruning_seq_len=200),
+                               train_dataset=data, eval_dataset=data)
+    model.config.layerdrop = 0.0
+    AdaptivePruningTrainer(model=model, args=make_args(tmp_path, pruning_metric="loss", pruning_seq_len=200),
+                           train_dataset=data, eval_dataset=data)
+    model.config.layerdrop = 0.1  # magnitude scores need no gradients
+    AdaptivePruningTrainer(model=model, args=make_args(tmp_path, pruning_metric="loss", pruning_seq_len=200,
+                                                       pruning_criterion="magnitude"),
+                           train_dataset=data, eval_dataset=data)
+
+
+def datasets_for_audio():
+    import datasets
+
+    return datasets.Dataset.from_dict({"input_values": [[0.1] * 200] * 4, "labels": [[1, 2]] * 4})
+
+
+def test_a_readme_of_the_users_own_in_output_dir_is_kept(tmp_path, caplog):
+    from huggingface_hub import ModelCard
+
+    (tmp_path / "README.md").write_text("# My notes\n\nDo not lose these.\n")
+    trainer = make_trainer(tmp_path, max_steps=12)
+    trainer.train()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.save_model()
+    assert (tmp_path / "README.md").read_text() == "# My notes\n\nDo not lose these.\n"
+    assert "is not a model card hf_adaprune wrote: it is left as it is" in caplog.text
+    card = ModelCard.load(tmp_path / "README.hf_adaprune.md")
+    assert "hf_adaprune" in card.data.to_dict()["tags"]
+    (tmp_path / "README.md").unlink()  # a card of its own is replaced by the new one, as before
+    trainer.save_model()
+    trainer.save_model()
+    assert "hf_adaprune" in ModelCard.load(tmp_path / "README.md").data.to_dict()["tags"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from transformers.modelcard import TrainingSummary
@@ -10,6 +11,23 @@ from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card,
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure, removed_layers
 from .arguments import prune_kinds
+
+logger = logging.getLogger(__name__)
+
+CARD_BESIDE_USER_README = "README.hf_adaprune.md"  # where the card goes when README.md is the user's own
+
+
+def is_user_readme(path: str) -> bool:
+    """Whether ``path`` is a README.md that is not a card hf_adaprune wrote (its metadata has no hf_adaprune tag)."""
+    if not os.path.isfile(path):
+        return False
+    from huggingface_hub import ModelCard
+
+    try:
+        tags = ModelCard.load(path).data.to_dict().get("tags") or []
+    except Exception:  # not a card at all: the user's text
+        return True
+    return "hf_adaprune" not in tags
 
 
 class PruningReportMixin:
@@ -70,4 +88,9 @@ class PruningReportMixin:
         card = model_card(summary, language=info.language, license=info.license,
                           tags=[t for t in (info.tags or []) if t != "generated_from_trainer"], tasks=info.tasks,
                           datasets=info.dataset_tags, hyperparameters=info.hyperparameters)
-        card.save(os.path.join(output_dir, "README.md"))
+        path = os.path.join(output_dir, "README.md")
+        if is_user_readme(path):
+            logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's "
+                           "card is written to %s", path, CARD_BESIDE_USER_README)
+            path = os.path.join(output_dir, CARD_BESIDE_USER_README)
+        card.save(path)

@@ -37,7 +37,7 @@ from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
-from .distillation import DistillationMixin
+from .distillation import LAYERDROP_FIELDS, DistillationMixin
 from .distributed import check_masks_agree, from_main_process, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
@@ -120,6 +120,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """With ``model_init`` ``train()`` builds a fresh model: prune that one."""
         model = super().call_model_init(trial)
         if hasattr(self, "controller"):  # not during __init__, which sets pruning up itself
+            if self.place_model_on_device:  # masks and the latency table are made on the device it trains on
+                self._move_model_to_device(model, self.args.device)
             self._setup_pruning(model)
         return model
 
@@ -185,6 +187,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"{args.pruning_criterion} scores them from their gradients. Unfreeze them "
                 "(model.requires_grad_(True); a PEFT model after merge_and_unload() keeps its base weights frozen), "
                 "or narrow --pruning_roles")
+        dropping = {f: getattr(model.config, f) for f in LAYERDROP_FIELDS if getattr(model.config, f, 0)}
+        if self.importance.needs_gradients and dropping:
+            raise ValueError(
+                f"--pruning_criterion {args.pruning_criterion} scores every structure from each step's gradients, but "
+                f"the model skips layers at random while training ({', '.join(f'{k}={v}' for k, v in dropping.items())})"
+                f": a step that skipped a layer has no gradients for it. Set {' and '.join(dropping)} to 0 in the "
+                f"model's config (from_pretrained(..., {'=0.0, '.join(dropping)}=0.0), as the ASR recipe does), or "
+                "use --pruning_criterion magnitude")
         self.pruning_metric = args.pruning_metric
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             if args.batch_eval_metrics:
