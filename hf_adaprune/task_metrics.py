@@ -165,7 +165,7 @@ def _multi_label(name: str, logits: np.ndarray, labels: np.ndarray) -> dict:
     return LOCAL_METRICS[name]((logits > 0).astype(int), np.rint(labels).astype(int), **options)
 
 
-def classification_metrics(name: str):
+def classification_metrics(name: str, num_labels: int | None = None, multi_label: bool | None = None):
     """Argmax over logits, then ``name`` against the labels.
 
     ``f1``, ``precision`` and ``recall`` are binary (class 1) for a two-class head and macro-averaged over
@@ -173,6 +173,11 @@ def classification_metrics(name: str):
     and only once the evaluated rows hold a third class, possibly hours into a run). A multi-label head
     (multi-hot labels shaped like the logits) predicts every label whose logit is positive: subset accuracy,
     micro-averaged f1/precision/recall. A single-output (regression) head is refused: it has no classes.
+
+    Integer predictions shaped like the labels are class ids already (a ``preprocess_logits_for_metrics`` that
+    returns ``logits.argmax(-1)``) and are scored as they are. ``multi_label``: whether the head is multi-label
+    (the config's ``problem_type``); None tells it from the shapes. ``num_labels``: the head's classes, for the
+    averaging of class ids (None: the classes seen).
     """
     from .metrics import headline_value, load_metric
 
@@ -193,14 +198,18 @@ def classification_metrics(name: str):
             logits = logits[0]
         logits = np.asarray(logits)
         labels = np.asarray(labels)
-        if labels.shape == logits.shape and logits.ndim == 2 and logits.shape[-1] > 1:
+        class_ids = np.issubdtype(logits.dtype, np.integer) and logits.shape == labels.shape
+        if multi_label or (multi_label is None and not class_ids and labels.shape == logits.shape
+                           and logits.ndim == 2 and logits.shape[-1] > 1):
             return {name: headline_value(name, _multi_label(name, logits, labels))}
-        if logits.shape[-1] == 1 and labels.ndim == 1:
+        if not class_ids and logits.shape[-1] == 1 and labels.ndim == 1:
             raise ValueError(f"--pruning_metric {name} needs classes, but the model has one output (regression): "
                              "use --pruning_metric loss, or pass a compute_metrics (e.g. Pearson correlation)")
-        predictions = logits.argmax(-1)
+        predictions = logits if class_ids else logits.argmax(-1)
         keep = labels != -100  # token classification pads labels with -100
-        options = {"average": "macro"} if name in AVERAGED and logits.shape[-1] > 2 else {}
+        classes = (num_labels or int(max(predictions.max(initial=0), labels[keep].max(initial=0))) + 1) \
+            if class_ids else logits.shape[-1]
+        options = {"average": "macro"} if name in AVERAGED and classes > 2 else {}
         result = metric.compute(predictions=predictions[keep].tolist(), references=labels[keep].tolist(), **options)
         return {name: headline_value(name, result)}
 

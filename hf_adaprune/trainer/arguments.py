@@ -244,6 +244,8 @@ def validate_pruning_arguments(args) -> None:
                          "restarts training from step 0, but the scores, masks and reference of the aborted start "
                          "would stay (their steps no longer match). Set --per_device_train_batch_size to a size that "
                          "fits (with --gradient_accumulation_steps for the effective batch) instead")
+    if args.pruning_metric.startswith("eval_"):  # as metric_for_best_model takes it: the name without the prefix
+        args.pruning_metric = args.pruning_metric.removeprefix("eval_")
     _choice("pruning_criterion", args.pruning_criterion, tuple(IMPORTANCE_CRITERIA))
     _choice("pruning_target_type", args.pruning_target_type, TARGET_TYPES)
     _choice("pruning_tolerance_type", args.pruning_tolerance_type, ("absolute", "relative"))

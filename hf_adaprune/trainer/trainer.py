@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 
 import torch
-from transformers import Seq2SeqTrainer, Trainer
+from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..families import filter_groups, get_adapter, positions_note, readable_positions, shortest_audio
@@ -95,13 +95,39 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if not isinstance(given.get("args"), self.arguments_class):
             raise TypeError(f"{type(self).__name__} needs {self.arguments_class.__name__} as args, got "
                             f"{type(given.get('args')).__name__}")
+        if getattr(given["args"], "predict_with_generate", False) and not isinstance(self, Seq2SeqTrainer):
+            raise ValueError(f"predict_with_generate=True: {type(self).__name__} does not generate; use "
+                             "AdaptivePruningSeq2SeqTrainer for a seq2seq model scored on generated text")
         self.check_eval_dataset(given.get("eval_dataset"))
         super().__init__(*args, **kwargs)
         self.dataset_name = dataset_name
         self._resume_state = None
         self._began_at = None  # the global step a train() of this trainer began pruning at (None: none has)
         self._setup_pruning(self.model)
-        self.add_callback(PruningCallback(self))
+        self._ignore_keys_for_eval = None
+        # right after the Trainer's flow callback, before the user's and the loggers': their on_save sees the
+        # checkpoint with its pruning_state.pt, their on_train_end the compacted model and the report
+        callbacks = self.callback_handler.callbacks
+        flow = [i for i, callback in enumerate(callbacks) if isinstance(callback, DefaultFlowCallback)]
+        callbacks.insert(flow[0] + 1 if flow else 0, PruningCallback(self))
+
+    def _check_decoder_lengths(self, model) -> None:
+        """The lengths FLOPs and the latency table are measured at must fit the positions of what reads them (the
+        encoder's input_ids limit is checked with --pruning_seq_len's own message)."""
+        args, config = self.args, model.config
+        text = getattr(model, "main_input_name", "input_ids") == "input_ids"
+        decoder = None
+        if getattr(config, "is_encoder_decoder", False):
+            decoder = getattr(config, "max_target_positions", None) or readable_positions(config)
+        checks = [("pruning_seq_len", args.pruning_seq_len, "decoder", decoder)]
+        if args.pruning_target_type == "latency":
+            checks.append(("pruning_latency_seq_len", args.pruning_latency_seq_len or args.pruning_seq_len, "encoder",
+                           readable_positions(config) if text else None))
+            checks.append(("pruning_generation_tokens", args.pruning_generation_tokens + 1, "decoder", decoder))
+        for flag, length, side, limit in checks:
+            if limit and length > limit:
+                raise ValueError(f"--{flag} {getattr(args, flag)} needs {length} positions of the {side}, which "
+                                 f"reads at most {limit} (its config's position limit): give a smaller --{flag}")
 
     def _given_arguments(self, args: tuple, kwargs: dict) -> dict:
         """What the caller passed to the Trainer class's ``__init__``, by parameter name, positional or keyword."""
@@ -156,6 +182,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 and args.pruning_seq_len > max_positions:
             raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
                              f"{positions_note(model.config)}")
+        self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
         if getattr(model, "main_input_name", None) == "input_values" and shortest and args.pruning_seq_len < shortest:
             raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} counts raw audio samples for this "
@@ -203,6 +230,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  f"{self.pruning_metric} computes over the whole evaluation. Turn --batch_eval_metrics "
                                  f"off, pass your own compute_metrics that returns eval_{self.pruning_metric}, or use "
                                  "--pruning_metric loss")
+            if not args.eval_do_concat_batches:
+                raise ValueError(f"--eval_do_concat_batches false hands the metric one array per batch; the built-in "
+                                 f"--pruning_metric {self.pruning_metric} scores the whole evaluation at once. Leave "
+                                 "it on, or pass a compute_metrics that takes the lists of batches")
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
         self.decision_key = f"{DECISION_PREFIX}_{self.pruning_metric}"
@@ -255,7 +286,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  f"{type(tokenizer).__name__}, which has no tokenizer: pass the processor "
                                  "(e.g. WhisperProcessor) or the tokenizer as processing_class")
             return generation_metrics(name, tokenizer)
-        return classification_metrics(name)
+        config = self.pruned_model.config
+        problem = getattr(config, "problem_type", None)  # transformers sets it at the first labelled forward
+        return classification_metrics(name, num_labels=getattr(config, "num_labels", None),
+                                      multi_label=problem == "multi_label_classification" if problem else None)
 
     # -- scores -----------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -368,9 +402,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
                 # the decisions' rows and the user's evaluation set would be swapped for each other
                 return self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
-                                            prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
-            return self.predict(dataset, metric_key_prefix=DECISION_PREFIX).metrics
+                                            prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
+                                            metric_key_prefix=DECISION_PREFIX).metrics
+            # predict() (the Seq2Seq trainer's sets up generation), without telling the user's on_predict callbacks
+            self.callback_handler.on_predict = lambda args, state, control, metrics: control
+            return self.predict(dataset, ignore_keys=self._ignore_keys_for_eval,
+                                metric_key_prefix=DECISION_PREFIX).metrics
         finally:
+            self.callback_handler.__dict__.pop("on_predict", None)
             self.args.dataloader_drop_last = drop_last
 
     def _decision_metric(self) -> tuple[float, dict]:
@@ -395,6 +434,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
                 f"available: {self._metric_names(metrics)}{self._missing_metric_hint()}"
             )
+        best = (self.args.metric_for_best_model or "").removeprefix("eval_")
+        if best and self.args.eval_strategy != "no" and f"{DECISION_PREFIX}_{best}" not in metrics:
+            raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
+                           f"'eval_{best}' (the first evaluation would fail on it); available: "
+                           f"{self._metric_names(metrics)}")
 
     def _metric_names(self, metrics: dict) -> list[str]:
         """The names evaluation returned, as ``--pruning_metric`` may give them."""
@@ -528,6 +572,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 "masks and scores would carry into a run that restarts at step 0. Resume it with "
                 "train(resume_from_checkpoint=...) from a checkpoint it saved, or build a new trainer from a fresh "
                 "model")
+        self._ignore_keys_for_eval = kwargs.get("ignore_keys_for_eval", args[1] if len(args) > 1 else None)
         if resume_from_checkpoint:
             state = read_pruning_state(resume_from_checkpoint)
             check_resume_arguments(state.get("arguments") or {}, pruning_arguments(self.args),

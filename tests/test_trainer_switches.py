@@ -1,0 +1,137 @@
+"""Trainer switches a user may turn on with pruning: callbacks, evaluation options, metric names, lengths
+(tiny models, CPU)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import EvalPrediction, TrainerCallback
+
+from hf_adaprune import (AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, PruningArguments,
+                         Seq2SeqPruningArguments, get_masks)
+from hf_adaprune.task_metrics import classification_metrics
+
+from conftest import tiny_model
+from test_trainer import make_args, make_trainer, toy_dataset
+
+
+class Spy(TrainerCallback):
+    """What a user's callback, given to the trainer as callbacks=[...], sees."""
+
+    def __init__(self):
+        self.saves, self.at_end, self.predicts = [], None, 0
+        self.trainer = None
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self.saves.append(os.path.isfile(os.path.join(folder, "pruning_state.pt")))
+
+    def on_predict(self, args, state, control, metrics, **kwargs):
+        self.predicts += 1
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.at_end = (get_masks(model) is None, sum(p.numel() for p in model.parameters()),
+                       os.path.isfile(os.path.join(args.output_dir, "pruning_report.json")))
+
+
+def test_users_callbacks_see_complete_checkpoints_and_the_compacted_model(tmp_path):
+    spy = Spy()
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), callbacks=[spy], train_dataset=data,
+                                     eval_dataset=data.select(range(48)),
+                                     args=make_args(tmp_path, save_strategy="steps", save_steps=10))
+    trainer.train()
+    assert spy.saves == [True, True, True]  # checkpoint-10, -20, -30 each with its pruning state when on_save runs
+    assert spy.at_end == (True, sum(p.numel() for p in trainer.model.parameters()), True)
+    assert spy.predicts == 0  # decisions are not the user's predict() calls
+
+
+def test_class_ids_from_preprocess_logits_for_metrics_give_the_same_decisions(tmp_path):
+    plain = make_trainer(tmp_path / "plain")
+    plain.train()
+    data = toy_dataset()
+    with_ids = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path / "ids"), train_dataset=data,
+                                      eval_dataset=data.select(range(48)),
+                                      preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
+    with_ids.train()
+    metrics = [[h.get("metric") for h in t.controller.state.history] for t in (plain, with_ids)]
+    assert metrics[0] == pytest.approx(metrics[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["accuracy", "f1"])
+def test_class_ids_are_scored_as_classes_not_as_multi_label_rows(name):
+    generator = np.random.default_rng(0)
+    logits = generator.normal(size=(6, 5, 2)).astype(np.float32)  # binary token classification, every token labelled
+    labels = generator.integers(0, 2, size=(6, 5))
+    from_logits = classification_metrics(name)(EvalPrediction(logits, labels))[name]
+    from_ids = classification_metrics(name, num_labels=2)(EvalPrediction(logits.argmax(-1), labels))[name]
+    assert from_ids == pytest.approx(from_logits)
+    three = generator.normal(size=(8, 3)).astype(np.float32)
+    three_labels = generator.integers(0, 3, size=8)
+    assert classification_metrics(name, num_labels=3)(EvalPrediction(three.argmax(-1), three_labels))[name] == \
+        pytest.approx(classification_metrics(name)(EvalPrediction(three, three_labels))[name])
+
+
+def test_ignore_keys_for_eval_reach_the_decisions(tmp_path):
+    data = toy_dataset()
+    model = tiny_model("bert", output_hidden_states=True)
+
+    def compute_metrics(p):  # fails on a tuple of logits and hidden states
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path), train_dataset=data,
+                                     eval_dataset=data.select(range(48)), compute_metrics=compute_metrics)
+    trainer.train(ignore_keys_for_eval=["hidden_states"])
+    assert trainer.controller.state.reference is not None and trainer.controller.state.ratio > 0
+
+
+def test_eval_do_concat_batches_off_is_refused_with_the_built_in_metric(tmp_path):
+    with pytest.raises(ValueError, match="--eval_do_concat_batches false hands the metric one array per batch"):
+        make_trainer(tmp_path, eval_do_concat_batches=False)
+
+
+def test_metric_for_best_model_the_evaluation_lacks_fails_before_training(tmp_path):
+    trainer = make_trainer(tmp_path, metric_for_best_model="f1", eval_strategy="steps", eval_steps=20)
+    with pytest.raises(KeyError, match=r"--metric_for_best_model 'f1': evaluation returns no 'eval_f1'"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_pruning_metric_with_the_eval_prefix_is_the_metric(tmp_path):
+    args = make_args(tmp_path, pruning_metric="eval_accuracy")
+    assert args.pruning_metric == "accuracy"
+    trainer = make_trainer(tmp_path, pruning_metric="eval_accuracy", max_steps=8)
+    trainer.train()
+    assert trainer.pruning_summary().metric_name == "accuracy"
+
+
+def test_generation_arguments_need_the_seq2seq_trainer(tmp_path):
+    from test_seq2seq_families import tiny_seq2seq
+
+    data = toy_dataset(8)
+    args = Seq2SeqPruningArguments(str(tmp_path), predict_with_generate=True, pruning_metric="chrf",
+                                   report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="predict_with_generate=True: AdaptivePruningTrainer does not generate; use "
+                                         "AdaptivePruningSeq2SeqTrainer"):
+        AdaptivePruningTrainer(model=tiny_seq2seq("marian"), args=args, train_dataset=data, eval_dataset=data)
+
+
+def test_lengths_beyond_the_decoders_positions_are_refused_when_built(tmp_path):
+    from test_seq2seq_families import tiny_seq2seq
+    from test_speech_families import WHISPER, tiny_whisper
+
+    data = toy_dataset(8)
+    args = Seq2SeqPruningArguments(str(tmp_path), pruning_seq_len=WHISPER["max_target_positions"] + 1,
+                                   report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"--pruning_seq_len 33 needs 33 positions of the decoder, which reads at "
+                                         r"most 32"):
+        AdaptivePruningSeq2SeqTrainer(model=tiny_whisper(), args=args, train_dataset=data, eval_dataset=data)
+    args = Seq2SeqPruningArguments(str(tmp_path), pruning_seq_len=16, pruning_target_type="latency",
+                                   pruning_latency_seq_len=65, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"--pruning_latency_seq_len 65 needs 65 positions of the encoder, which "
+                                         r"reads at most 64"):
+        AdaptivePruningSeq2SeqTrainer(model=tiny_seq2seq("marian"), args=args, train_dataset=data, eval_dataset=data)
