@@ -178,12 +178,19 @@ def _shared_bias_class(mixin: type, base: type) -> type:
     return cls
 
 
+def stock_module_class(cls: type) -> type:
+    """``cls`` without any shared-bias forward mixed in (by this code or by another copy of it)."""
+    return next(c for c in cls.__mro__ if issubclass(c, nn.Module) and getattr(c, "adaprune_kind", None) is None)
+
+
 def install_shared_bias(module: nn.Module, kind, kept_heads, num_heads: int) -> nn.Module:
     """Make ``module`` use ``kept_heads`` of its ``num_heads`` original heads with the forward ``kind``
     (a registered :class:`SharedBiasMixin` subclass or its ``adaprune_kind``)."""
     mixin = SHARED_BIAS_WRAPPERS[kind] if isinstance(kind, str) else kind
     if not isinstance(module, mixin):
-        module.__class__ = _shared_bias_class(mixin, type(module))
+        # built on the stock class, also when ``module`` has another copy's forward (a model loaded with a folder's
+        # modeling_adaprune.py): two forwards stacked would both slice the bias
+        module.__class__ = _shared_bias_class(mixin, stock_module_class(type(module)))
     module.adaprune_kept_heads = [int(h) for h in kept_heads]
     module.adaprune_num_heads = int(num_heads)
     return module
@@ -319,6 +326,25 @@ def apply_layout(base_model: nn.Module, layout: dict) -> None:
 # -- loading ---------------------------------------------------------------------------------------
 
 
+def layout_of_present_stacks(base_model: nn.Module, layout: dict) -> dict:
+    """``layout`` without the entries of a stack ``base_model`` does not have: an encoder-only or decoder-only
+    head class (``T5EncoderModel``, ``BartForCausalLM``) loading an encoder-decoder's folder keeps one stack."""
+    present = {}
+
+    def has(path: str) -> bool:
+        top = path.partition(".")[0]
+        if top not in present:
+            try:
+                base_model.get_submodule(top)
+                present[top] = True
+            except AttributeError:
+                present[top] = False
+        return present[top]
+
+    return {name: ({path: value for path, value in table.items() if has(path)} if isinstance(table, dict) else table)
+            for name, table in layout.items()}
+
+
 class PrunedModelMixin:
     """Mixed into a transformers model class: builds the pruned shapes, refuses partial loads."""
 
@@ -326,7 +352,7 @@ class PrunedModelMixin:
         super().__init__(config, *args, **kwargs)
         record = read_record(config)
         if record:
-            apply_layout(self.base_model, record["layout"])
+            apply_layout(self.base_model, layout_of_present_stacks(self.base_model, record["layout"]))
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

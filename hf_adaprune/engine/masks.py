@@ -37,9 +37,14 @@ def _prepare_core(base_model: nn.Module, group: Group) -> None:
     if forward is None or not forward.gates_need_wrapper:
         return
     core = base_model.get_submodule(group.core)
-    if not isinstance(core, forward):
-        count = structure_count(base_model, group)
-        install_shared_bias(core, forward, range(count), count)
+    if getattr(core, "adaprune_kind", None) == forward.adaprune_kind:
+        # pruned before (its class may come from a folder's modeling_adaprune.py, a copy of this forward): keep
+        # its heads of the shared bias, with this copy of the forward
+        if not isinstance(core, forward):
+            install_shared_bias(core, forward, core.adaprune_kept_heads, core.adaprune_num_heads)
+        return
+    count = structure_count(base_model, group)
+    install_shared_bias(core, forward, range(count), count)
 
 
 class _Gate:

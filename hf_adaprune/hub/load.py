@@ -17,6 +17,7 @@ from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import set_auto_map, write_remote_code
+from .save import save_beside_model
 
 
 class SavesRemoteCode:
@@ -30,6 +31,14 @@ class SavesRemoteCode:
         super().save_pretrained(save_directory, *args, **kwargs)
         if (args[0] if args else kwargs.get("is_main_process", True)):
             write_remote_code(self, save_directory, class_names)
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # every upload of a model goes through here: save_pretrained(push_to_hub=True) uploads at the end of
+        # transformers' own save_pretrained, before the one above writes the remote code the auto_map points at
+        write_remote_code(self, working_dir)
+        for extra in getattr(self, "_adaprune_upload_extras", ()):  # save_pruned's tokenizer / processor
+            save_beside_model(extra, working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
 
 def pruned_class(base_class: type) -> type:

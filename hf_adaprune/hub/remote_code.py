@@ -14,13 +14,17 @@ auto mappings find a config's tokenizer and feature extractor by class name.
 
 from __future__ import annotations
 
+import copy
 import inspect
+import warnings
 from pathlib import Path
 
+import torch
+import transformers
 from transformers.models.auto import modeling_auto
 
 from .. import layout
-from ..families import get_adapter
+from ..families import find_layer_groups, get_adapter
 from .config_marker import PrunedConfigMixin, transformers_base
 
 REMOTE_CODE_FILE = "modeling_adaprune.py"
@@ -66,18 +70,56 @@ def transformers_class(obj) -> type | None:
     return transformers_base(type(obj))
 
 
+def _built_on_meta(class_name: str, config):
+    """The transformers class ``class_name`` built from ``config`` without memory, or None when it cannot be."""
+    cls = getattr(transformers, class_name, None)
+    if not isinstance(cls, type):
+        return None
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a head's advice on its config (BertLMHeadModel: is_decoder)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls._from_config(copy.deepcopy(config))
+    except Exception:  # a head this config cannot build: not offered
+        return None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def builds_pruned_stacks(model, class_name: str) -> bool:
+    """Whether transformers' ``class_name`` has a base model the pruned layout of ``model`` fits: its layer stacks
+    are some of the model's (every head of a BERT; an encoder-decoder's encoder-only or decoder-only heads, which
+    load the stack they have), not a stack the saved model lacks (built dense and random, or failing on sizes)."""
+    candidate = _built_on_meta(class_name, model.config)
+    if candidate is None:
+        return False
+    own = {group.name for group in find_layer_groups(model)}
+    if not own:  # a family without layer stacks: the same base model class
+        return transformers_base(type(candidate.base_model)) is transformers_base(type(model.base_model))
+    stacks = {group.name for group in find_layer_groups(candidate)}
+    return bool(stacks) and stacks <= own
+
+
 def auto_classes_for(model) -> dict[str, str]:
-    """Auto class name -> transformers class name for the model's own class and its base model."""
+    """Auto class name -> transformers class name: the model's own class, and every other ``AutoModel...`` class
+    of its ``model_type`` whose model the pruned layout fits (:func:`builds_pruned_stacks`), so that loading the
+    folder for another task through stock transformers builds the pruned shapes."""
     model_type = model.config.model_type
     own = (transformers_class(model) or type(model)).__name__
+    fits = {own: True}
     found = {}
     for auto_name, mapping in _auto_mappings().items():
         class_name = mapping.get(model_type)
         if isinstance(class_name, (tuple, list)):
             class_name = class_name[0]
-        if class_name == own or (auto_name == "AutoModel" and class_name):
+        if not class_name:
+            continue
+        if class_name not in fits:
+            fits[class_name] = builds_pruned_stacks(model, class_name)
+        if fits[class_name]:
             found[auto_name] = class_name
-    if model.base_model is model and found.get("AutoModel") != own:
+    if model.base_model is model and "AutoModel" not in found:
         found["AutoModel"] = own  # a bare model of its own kind (T5EncoderModel): AutoModel would build another
     return found
 
@@ -99,6 +141,10 @@ def set_auto_map(model) -> set[str]:
     return set(auto.values())
 
 
-def write_remote_code(model, folder, class_names: set[str]) -> None:
+def write_remote_code(model, folder, class_names: set[str] | None = None) -> None:
+    """Write ``modeling_adaprune.py`` into ``folder``: ``class_names``, or the classes ``config.auto_map`` names."""
+    if class_names is None:
+        class_names = {target.rpartition(".")[2] for auto_name, target in (model.config.auto_map or {}).items()
+                       if auto_name != "AutoConfig"}
     source = remote_code_source(class_names, stock_config_class_name(model.config), get_adapter(model).attention_forward)
     (Path(folder) / REMOTE_CODE_FILE).write_text(source)

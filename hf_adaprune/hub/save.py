@@ -35,16 +35,29 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     load them instead.
     """
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
+    if kwargs.get("push_to_hub"):  # transformers names the repo after the folder it saves to: not the temporary one
+        kwargs.setdefault("repo_id", Path(save_directory).name)
+
+    extras = [extra for extra in (tokenizer, processor) if extra is not None]
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True, **kwargs)
-        for extra in (tokenizer, processor):
-            if extra is not None:
-                extra.save_pretrained(folder)
-                if getattr(extra, "feature_extractor", None) is not None:  # transformers 5 keeps it only in processor_config.json
-                    extra.feature_extractor.save_pretrained(folder)
+        # a push uploads at the end of save_pretrained, before the files below: they are written for it then
+        model._adaprune_upload_extras = extras if kwargs.get("push_to_hub") else ()
+        try:
+            model.save_pretrained(folder, safe_serialization=True, **kwargs)
+        finally:
+            del model._adaprune_upload_extras
+        for extra in extras:
+            save_beside_model(extra, folder)
 
     return write_through_temporary(save_directory, write)
+
+
+def save_beside_model(extra, folder) -> None:
+    """Save a tokenizer or processor into the model's folder."""
+    extra.save_pretrained(folder)
+    if getattr(extra, "feature_extractor", None) is not None:  # transformers 5 keeps it only in processor_config.json
+        extra.feature_extractor.save_pretrained(folder)
 
 
 def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[Path], None]) -> Path:
