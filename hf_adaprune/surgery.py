@@ -11,6 +11,8 @@ Masked whole layers are then deleted from their ``ModuleList`` (:func:`remove_la
 config's layer count, the KV-cache layer indices and every path in the record follow the
 renumbering, and a removed first layer hands on what the later ones read from it (T5's and
 WavLM's relative position bias), so stock transformers builds the smaller model from the config.
+An audio classifier weighing every hidden state (``use_weighted_layer_sum``) gets one weight per
+kept state, a removed layer's weight folded into the state it copies.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class _Plan:
             cache_layer = getattr(self.base.get_submodule(group.core), "layer_idx", None)
             if cache_layer is not None:
                 spec.update(cache_layer=int(cache_layer), cross_attention=group.role == "cross")
-            self.forgotten.append(group.core)
+        # an earlier compaction's entries under the core (its sliced q/k/v) describe modules that are now gone
+        self.forgotten.append(group.core)
         no_inputs = torch.zeros(0, dtype=torch.long)
         if group.output_in_core:
             name = group.output[len(group.core) + 1:]
@@ -218,6 +221,8 @@ def check_layer_removal(stack: LayerGroup, kept: list[int], count: int) -> None:
         raise ValueError(f"cannot remove every layer of {stack.name}: a stack keeps at least one layer")
     if stack.refuse:
         raise ValueError(stack.refuse)
+    if stack.keep_last and kept[-1] != count - 1:
+        raise ValueError(stack.keep_last)
 
 
 def remove_layers(model: nn.Module, stack: LayerGroup, kept: list[int], record: dict) -> None:
@@ -241,12 +246,34 @@ def remove_layers(model: nn.Module, stack: LayerGroup, kept: list[int], record: 
                 module.layer_idx = index
             if getattr(module, "is_empty_attention", False) and getattr(module, "cache_layer", None) is not None:
                 module.cache_layer = index
+    _fold_layer_weights(model, stack, kept, len(layers))
     setattr(model.config, stack.count_attr, len(kept))
     _renumber_record(record, stack.name, kept)
     previous = record["layers"].get(stack.name)
     original = previous["kept"] if previous else list(range(len(layers)))
     record["layers"][stack.name] = {"role": stack.role, "original": previous["original"] if previous else len(layers),
                                     "kept": [original[i] for i in kept]}
+
+
+def _fold_layer_weights(model: nn.Module, stack: LayerGroup, kept: list[int], count: int) -> None:
+    """Shrink the ``layer_weights`` of a head with ``use_weighted_layer_sum`` (audio classifiers: a softmax-weighted
+    sum of the encoder's ``count + 1`` hidden states) to the layers ``kept``, outputs unchanged.
+
+    A removed layer passes its input on, so its hidden state equals the one before it: its weight joins that
+    state's (``logsumexp`` of their logits keeps every softmax weight).
+    """
+    weights = getattr(model, "layer_weights", None)
+    if not getattr(model.config, "use_weighted_layer_sum", False) or weights is None or stack.role != "encoder" \
+            or weights.numel() != count + 1:
+        return
+    owner = [0]  # hidden state i + 1 is the output of layer i; each goes to the kept state it equals
+    for layer in range(count):
+        owner.append(owner[-1] + 1 if layer in kept else owner[-1])
+    index = torch.tensor(owner, device=weights.device)
+    with torch.no_grad():
+        logits = weights.detach().float()
+        folded = torch.stack([logits[index == k].logsumexp(0) for k in range(len(kept) + 1)])
+    model.layer_weights = nn.Parameter(folded.to(weights.dtype), requires_grad=weights.requires_grad)
 
 
 def _layer_path_renamer(stack: str, new_index: dict[int, int]):

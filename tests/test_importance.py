@@ -172,3 +172,33 @@ def test_layer_groups_without_their_gates_say_what_to_attach():
     attach_masks(model)
     with pytest.raises(ValueError, match=r"attach_masks\(model, layers=True\)"):
         TaylorImportance().update(model, find_layer_groups(model))  # masks without layer gates
+
+
+def test_frozen_groups_are_refused_by_update_naming_them():
+    # one frozen layer used to make every step count for no group at all, silently
+    model = tiny_model("bert").train()
+    model.bert.encoder.layer[0].requires_grad_(False)
+    groups = find_groups(model)
+    loss_backward(model)
+    with pytest.raises(ValueError, match=r"2 of the 6 groups given to TaylorImportance\.update have parameters that "
+                                         r"do not require gradients \(encoder\.layer\.0\.attention, "
+                                         r"encoder\.layer\.0\.ffn\).*requires_grad_\(True\)"):
+        TaylorImportance().update(model, groups)
+    unfrozen = [g for g in groups if not g.name.startswith("encoder.layer.0.")]
+    importance = TaylorImportance()
+    assert importance.update(model, unfrozen) and sorted(importance.scores(model, unfrozen)) == sorted(
+        g.name for g in unfrozen)
+
+
+def test_half_precision_products_are_formed_in_float32():
+    # fp16 grad * weight flushes small products to zero before the per-structure sums see them
+    from hf_adaprune.engine.importance import _grad_times_weight, structure_sums
+
+    model = tiny_model("bert").half().train()
+    batch = text_batch()
+    (model(**batch, labels=torch.tensor([0, 1, 2])).loss * 1e-3).backward()  # small gradients, as late in training
+    base = model.base_model
+    for group in find_groups(model):
+        reference = structure_sums(base, group, lambda p: p.grad.double() * p.double())  # exact products
+        sums = structure_sums(base, group, _grad_times_weight)
+        torch.testing.assert_close(sums, reference, rtol=1e-6, atol=0)

@@ -10,13 +10,14 @@ import transformers
 from transformers import GenerationConfig
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, find_groups, save_pruned
+from hf_adaprune.engine.selection import select_masks_by_kind
 from hf_adaprune.families import find_layer_groups
 from hf_adaprune.layout import read_record
 
 from conftest import text_batch, tiny_model
 from test_seq2seq_families import seq2seq_batch, tiny_seq2seq
 from test_speech_families import WHISPER, audio_batch, tiny_ctc_model, whisper_features
-from test_wavlm import audio_batch as wavlm_audio, tiny_wavlm
+from test_wavlm import audio_batch as wavlm_audio, tiny_wavlm, tiny_wavlm_config
 
 TOL = 1e-5
 KEEP_PATTERNS = {"first removed": [1, 2], "last removed": [0, 1], "all but one": [1], "middle kept": [0, 2]}
@@ -312,3 +313,97 @@ def test_kept_structure_with_a_layer_masked_out_is_what_compaction_keeps():
     assert not any(name.startswith("encoder.layer.1.") for name in masked)  # the masked layer's groups are gone
     compact(model)
     assert masked == kept_structure(model)
+
+
+def weighted_sum_classifier(name: str):
+    """A 3-layer audio classifier whose head weighs every encoder hidden state (``use_weighted_layer_sum``), the
+    weights far from uniform as after training, and its inputs."""
+    family, head = name.split(" ")
+    torch.manual_seed(0)
+    if family == "whisper":
+        config = transformers.WhisperConfig(**dict(WHISPER, encoder_layers=3, use_weighted_layer_sum=True))
+        model, batch = transformers.WhisperForAudioClassification(config), {"input_features": whisper_features()}
+    elif family == "wavlm":
+        config = tiny_wavlm_config(num_hidden_layers=3, use_weighted_layer_sum=True)
+        model, batch = getattr(transformers, f"WavLM{head}")(config), wavlm_audio()
+    else:
+        model_type = family.partition("-")[0]
+        config = tiny_ctc_model(model_type, stable=family.endswith("-stable")).config
+        config.update(dict(num_hidden_layers=3, use_weighted_layer_sum=True))
+        prefix = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert"}[model_type]
+        model, batch = getattr(transformers, prefix + head)(config), audio_batch()
+    with torch.no_grad():
+        model.layer_weights.normal_(generator=torch.Generator().manual_seed(1))
+    return model.eval(), batch
+
+
+WEIGHTED_SUM = ["wav2vec2 ForSequenceClassification", "wav2vec2-stable ForXVector", "hubert ForSequenceClassification",
+                "wavlm ForAudioFrameClassification", "whisper ForAudioClassification"]
+
+
+# Whisper's last layer stays: see test_a_whisper_classifier_with_a_weighted_layer_sum_keeps_its_last_layer
+@pytest.mark.parametrize("name, pattern", [(name, pattern) for name in WEIGHTED_SUM for pattern in KEEP_PATTERNS
+                                           if not name.startswith("whisper") or KEEP_PATTERNS[pattern][-1] == 2])
+def test_a_weighted_layer_sum_head_keeps_its_outputs_when_layers_go(name, pattern, tmp_path):
+    # a removed layer's hidden state copies the one before it: its weight joins that one's
+    model, batch = weighted_sum_classifier(name)
+    stock_class, kept = type(model), KEEP_PATTERNS[pattern]
+    mask_layers(model, {"encoder.layers": kept}, widths_seed=None)
+    masked = outputs(model, batch)
+    compact(model)
+    assert model.layer_weights.shape == (len(kept) + 1,)
+    tolerance = TOL * max(1.0, float(masked.abs().max()))  # relative: an x-vector's logits reach 1e5
+    assert (outputs(model, batch) - masked).abs().max() <= tolerance
+    save_pruned(model, tmp_path)
+    assert (outputs(AutoPrunedModel.from_pretrained(tmp_path).eval(), batch) - masked).abs().max() <= tolerance
+    stock = stock_class.from_pretrained(tmp_path, trust_remote_code=True)
+    assert (outputs(stock.eval(), batch) - masked).abs().max() <= tolerance
+
+
+def test_a_whisper_classifier_with_a_weighted_layer_sum_keeps_its_last_layer():
+    # the last hidden state it weighs is layer-normed: nothing in a smaller model stands for the one before it
+    model, batch = weighted_sum_classifier("whisper ForAudioClassification")
+    (stack,) = find_layer_groups(model)
+    scores = {stack.name: torch.tensor([3.0, 2.0, 1.0])}  # the last layer scores lowest
+    selected = select_masks_by_kind([stack], scores, {stack.name: torch.ones(3)}, 1 / 3, kinds="layers")
+    assert selected[stack.name].tolist() == [1.0, 0.0, 1.0], "as many layers go, the last one stays"
+    mask_layers(model, {stack.name: [0, 1]}, widths_seed=None)
+    with pytest.raises(ValueError, match="the last encoder layer of a Whisper classifier with use_weighted_layer_sum "
+                                         "cannot be removed"):
+        compact(model)
+    assert len(model.encoder.layers) == 3 and model.layer_weights.shape == (4,), "refused before any change"
+
+
+def test_the_trainer_removes_layers_of_a_weighted_layer_sum_classifier_and_saves_it(tmp_path):
+    from datasets import Dataset
+
+    from hf_adaprune import AdaptivePruningTrainer, PruningArguments
+
+    model, _ = weighted_sum_classifier("wav2vec2 ForSequenceClassification")
+    model.config.layerdrop = 0.0
+    generator = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"input_values": torch.randn(16, 200, generator=generator).tolist(), "labels": [0, 1] * 8})
+    args = PruningArguments(str(tmp_path), prune="layers", max_steps=8, per_device_train_batch_size=4,
+                            per_device_eval_batch_size=8, pruning_metric="loss", pruning_warmup_steps=1,
+                            pruning_interval=2, pruning_initial_step=0.6, pruning_target=0.6, pruning_tolerance=100.0,
+                            pruning_seq_len=200, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    compacted = trainer.model.eval()
+    assert len(compacted.wav2vec2.encoder.layers) < 3
+    assert compacted.layer_weights.shape == (len(compacted.wav2vec2.encoder.layers) + 1,)
+    batch = audio_batch()
+    trainer.save_model()
+    assert (outputs(AutoPrunedModel.from_pretrained(tmp_path).eval(), batch) - outputs(compacted, batch)).abs().max() \
+        <= TOL
+
+
+def test_a_model_run_before_its_masks_were_attached_records_gated_hidden_states():
+    """transformers registers its hidden-state recording hooks at a model's first forward: the layer gates attached
+    after it must still run first, or a weighted-sum head weighs the outputs of layers the masks removed."""
+    model, batch = weighted_sum_classifier("wav2vec2 ForSequenceClassification")
+    outputs(model, batch)  # a forward before pruning (evaluating the fine-tuned model)
+    mask_layers(model, {"encoder.layers": [0, 2]}, widths_seed=None)
+    masked = outputs(model, batch)
+    compact(model)
+    assert (outputs(model, batch) - masked).abs().max() <= TOL

@@ -93,3 +93,30 @@ def test_trained_model_has_rounded_widths_and_matches_its_masks(tmp_path):
     assert all(w == 37 or w % 16 == 0 for w in ffn_widths), ffn_widths
     with torch.no_grad():
         assert (loaded(**batch).logits - masked).abs().max() <= 1e-5
+
+
+def test_an_ffn_emptied_earlier_holds_the_multiple_and_stays_empty():
+    # 0 neurons is a multiple of any width: such a group must not block rounding the others
+    groups = [G("f0", "ffn"), G("f1", "ffn")]
+    scores = {"f0": torch.zeros(0), "f1": torch.rand(64, generator=torch.Generator().manual_seed(0))}
+    current = {"f0": torch.ones(0), "f1": torch.ones(64)}
+    for scope in ("layer", "global"):
+        new = select_masks_by_kind(groups, scores, current, 0.3, kinds="ffn", scope=scope, multiple_of=8)
+        assert new["f0"].numel() == 0 and int(new["f1"].sum()) % 8 == 0 and int(new["f1"].sum()) < 64, scope
+
+
+def test_a_model_with_an_ffn_emptied_by_an_earlier_compaction_trains_with_a_multiple(tmp_path):
+    from hf_adaprune import attach_masks, compact
+
+    from conftest import tiny_model
+
+    model = tiny_model("bert")
+    attach_masks(model).set("encoder.layer.0.ffn", torch.zeros(37))
+    compact(model)
+    trainer = make_trainer(tmp_path, model=model, prune="ffn", pruning_multiple_of=8, pruning_target=0.3,
+                           pruning_initial_step=0.3, pruning_tolerance=10.0, max_steps=12, compact_at_end=False)
+    trainer.train()
+    kept = get_masks(trainer.model).summary()
+    ffn = {name: count for name, count in kept.items() if name.endswith("ffn")}
+    assert ffn["encoder.layer.0.ffn"] == 0 and all(count % 8 == 0 for count in ffn.values()), kept
+    assert any(0 < count < 37 for count in ffn.values()), kept

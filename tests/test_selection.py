@@ -152,3 +152,33 @@ def test_the_readme_engine_snippet_prunes_heads_and_neurons(tmp_path, monkeypatc
         kept = sum(len(g["kept"]) for g in groups if g["kind"] == kind)
         assert kept / sum(g["original"] for g in groups if g["kind"] == kind) == pytest.approx(0.6, abs=0.05)
     assert (tmp_path / "out" / "config.json").exists()
+
+
+@pytest.mark.parametrize("ratio, pruned", [(1e-6, 0), (0.3, 2), (0.4, 3), (0.45, 4), (0.5, 4)])
+def test_global_without_costs_prunes_the_count_nearest_the_ratio(ratio, pruned):
+    # 8 heads in two groups: ratio * 8 rounds to the nearest whole head, as with costs and as scope="layer"
+    scores = {"g0": torch.tensor([1.0, 2.0, 3.0, 4.0]), "g1": torch.tensor([1.5, 2.5, 3.5, 4.5])}
+    for costs in (None, {"g0": 5.0, "g1": 5.0}):
+        masks = select_masks(scores, ones(4, 4), ratio=ratio, scope="global", floor=0, costs=costs)
+        assert sum(int((m == 0).sum()) for m in masks.values()) == pruned, costs
+    assert int((select_masks({"g0": torch.arange(8.0)}, ones(8), ratio=ratio)["g0"] == 0).sum()) == pruned
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_scores_that_are_not_finite_are_refused_naming_the_group(bad, scope):
+    scores = {"g0": torch.tensor([1.0, 2.0, 3.0, 4.0]), "g1": torch.tensor([1.0, bad, 3.0, 4.0])}
+    with pytest.raises(ValueError, match=r"NaN or infinite for groups \['g1'\]"):
+        select_masks(scores, ones(4, 4), ratio=0.5, scope=scope)
+    groups = [G("g0", "heads"), G("g1", "ffn")]
+    with pytest.raises(ValueError, match=r"NaN or infinite for groups \['g1'\]"):
+        select_masks_by_kind(groups, scores, ones(4, 4), 0.5, scope=scope)
+    select_masks_by_kind(groups, scores, ones(4, 4), 0.5, kinds="heads", scope=scope)  # g1 is not selected
+
+
+def test_by_kind_names_the_groups_without_scores_before_selecting():
+    # e.g. update() never counted a step: the scores lack groups the masks have
+    groups = [G("h0", "heads"), G("h1", "heads"), G("n0", "ffn")]
+    scores = {"h0": torch.ones(4), "n0": torch.ones(4)}
+    with pytest.raises(KeyError, match=r"no scores for groups \['h1'\]: did update\(\) count any step"):
+        select_masks_by_kind(groups, scores, {g.name: torch.ones(4) for g in groups}, 0.5, scope="global")

@@ -6,8 +6,9 @@ import pytest
 import torch
 import transformers
 
-from hf_adaprune import attach_masks, compact, find_groups, get_masks
+from hf_adaprune import AutoPrunedModel, attach_masks, compact, find_groups, get_masks, save_pruned
 from hf_adaprune.engine.masks import structure_count
+from hf_adaprune.layout import read_record
 
 from conftest import text_batch, tiny_model
 
@@ -196,3 +197,24 @@ def test_masks_refuse_values_outside_0_1_and_an_update_is_all_or_nothing(caplog)
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         compact(model)
     assert "compacting masks with values between 0 and 1 (encoder.layer.0.attention)" in caplog.text
+
+
+def test_attention_pruned_again_down_to_no_head_saves_a_folder_both_loaders_read(tmp_path):
+    model = tiny_model("bert")
+    batch = text_batch()
+    attach_masks(model).set("encoder.layer.0.attention", torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    compact(model)
+    save_pruned(model, tmp_path / "once")
+    model = AutoPrunedModel.from_pretrained(tmp_path / "once").eval()
+    attach_masks(model).set("encoder.layer.0.attention", torch.zeros(2))
+    masked = outputs(model, batch)
+    compact(model)
+    assert (outputs(model, batch) - masked).abs().max() <= TOL
+    # the slices of the first compaction went with the q/k/v they described
+    modules = read_record(model.config)["layout"]["modules"]
+    assert [k for k in modules if k.startswith("encoder.layer.0.attention.self.")] == []
+    save_pruned(model, tmp_path / "twice")
+    for loaded in (AutoPrunedModel.from_pretrained(tmp_path / "twice"),
+                   transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "twice",
+                                                                                   trust_remote_code=True)):
+        assert (outputs(loaded.eval(), batch) - masked).abs().max() <= TOL

@@ -89,12 +89,25 @@ def frozen_groups(model: nn.Module, groups: list[Group]) -> list[str]:
             if structure_sums(base, g, lambda p: p.detach() if p.requires_grad else None) is None]
 
 
+def _refuse_frozen(model: nn.Module, groups: list[Group], criterion: str) -> None:
+    """Refuse scoring ``groups`` when some of them are frozen: their gradients never come, and every step would be
+    skipped for all the groups (the trainer refuses such groups when it is built)."""
+    frozen = frozen_groups(model, groups)
+    if frozen:
+        raise ValueError(
+            f"{len(frozen)} of the {len(groups)} groups given to {criterion}.update have parameters that do not "
+            f"require gradients ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}), so no step can "
+            "score them. Unfreeze them (model.requires_grad_(True)) or leave them out of the groups scored and "
+            "pruned (filter_groups)")
+
+
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
 def _grad_times_weight(param: torch.Tensor):
-    return None if param.grad is None else param.grad.detach() * param.detach()
+    # in float32: an fp16 product flushes the small ones to zero before the sums would be cast
+    return None if param.grad is None else param.grad.detach().float() * param.detach().float()
 
 
 IMPORTANCE_CRITERIA: dict[str, type["Importance"]] = {}
@@ -172,7 +185,8 @@ class TaylorImportance(Importance):
                 sums = masks.take_layer_taylor(group.name)
             else:
                 sums = structure_sums(base, group, _grad_times_weight)
-            if sums is None:  # no gradient reached this group (e.g. frozen): nothing to learn from
+            if sums is None:  # no gradient reached this group: nothing to learn from, unless it never can
+                _refuse_frozen(model, groups, type(self).__name__)
                 return False
             batch[group.name] = self.step_value(sums)
         # layers apart from heads and neurons: a layer's score is on another scale than one head's

@@ -115,7 +115,8 @@ class PruningMasks:
         if isinstance(group, LayerGroup):
             self.layer_taylor[name] = torch.zeros(len(self.masks[name]), device=device)
             for index, layer in enumerate(base.get_submodule(name)):
-                self._handles.append(layer.register_forward_hook(_LayerGate(self, name, index), with_kwargs=True))
+                self._handles.append(layer.register_forward_hook(_LayerGate(self, name, index), with_kwargs=True,
+                                                                  prepend=True))
             return
         _prepare_core(base, group)
         repeat = group.head_dim if isinstance(group, HeadGroup) else 1

@@ -5,7 +5,9 @@ fraction ``ratio`` counts against the structures the masks started with.
 ``scope="layer"`` prunes the same fraction in every group; ``scope="global"``
 ranks all groups of a kind together after dividing each group's scores by
 their L2 norm (over the structures still alive), so that layers whose scores
-are larger overall do not keep everything.
+are larger overall do not keep everything. Either scope prunes the number of
+structures nearest to ``ratio`` of them (of their cost, given ``costs``), so a
+ratio below half a structure prunes nothing.
 
 ``multiple_of`` rounds each pruned group's kept width to a multiple (GEMM kernels
 run fastest on widths that are multiples of 8 or 16): an FFN keeps a multiple of
@@ -56,9 +58,7 @@ def select_masks(
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    missing = set(current) - set(scores)
-    if missing:
-        raise KeyError(f"no scores for groups {sorted(missing)}")
+    check_scores(scores, current)
     if scope == "layer":
         return {name: _select_in_group(scores[name], mask, ratio, floor) for name, mask in current.items()}
     return _select_global(scores, current, ratio, floor, costs)
@@ -85,6 +85,7 @@ def select_masks_by_kind(
     unknown = sorted((set(kinds) | set(floors or {})) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown kinds {unknown} (in kinds or floors): the kinds are {', '.join(KINDS)}")
+    check_scores(scores, [g.name for g in groups if g.kind in kinds])
     problem = multiple_of > 1 and multiple_problem([g for g in groups if g.kind in kinds],
                                                    {n: m.numel() for n, m in current.items()}, multiple_of)
     if problem:  # rounding a width below the multiple would empty the group, whatever the floors say
@@ -95,6 +96,9 @@ def select_masks_by_kind(
         new.update(select_masks({n: scores[n] for n in names}, {n: current[n] for n in names},
                                 layer_ratio(ratio, kinds), scope=scope, floor=(floors or {}).get("layers", 1),
                                 costs=None if costs is None else {n: costs[n] for n in names}))
+        for group in layer_groups:
+            if getattr(group, "keep_last", ""):
+                new[group.name] = keep_last_layer(scores[group.name], current[group.name], new[group.name])
         current = dict(current)
         for group in groups:
             where = None if group.kind == "layers" else layer_of_group(layer_groups, group.name)
@@ -124,6 +128,34 @@ def select_masks_by_kind(
                 selected[group.name] = round_kept(scores[group.name], current[group.name], selected[group.name],
                                                   multiple, floor)
         new.update(selected)
+    return new
+
+
+def check_scores(scores: dict[str, torch.Tensor], names) -> None:
+    """Refuse selecting ``names`` when a group has no scores or a score that is not finite."""
+    missing = sorted(set(names) - set(scores))
+    if missing:
+        raise KeyError(f"no scores for groups {missing}: did update() count any step? (it counts none, and returns "
+                       "False, while no gradient reaches the groups)")
+    # one NaN or inf would rank its group first or last, or leave it unnormalised under scope="global"
+    bad = [name for name in names if not bool(torch.isfinite(scores[name]).all())]
+    if bad:
+        raise ValueError(f"scores that are NaN or infinite for groups {bad[:3]}{' ...' if len(bad) > 3 else ''}: "
+                         "selection ranks finite scores only (an overflowed fp16 step, or a criterion dividing by "
+                         "zero, gives such values)")
+
+
+def keep_last_layer(score: torch.Tensor, current: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """``selected`` (a stack's layer mask) with its last layer kept, in place of the lowest-scored other layer
+    kept: as many layers go. A last layer removed in ``current`` stays removed (compaction refuses it)."""
+    if selected[-1] >= 0.5 or current[-1] < 0.5:
+        return selected
+    new = selected.clone()
+    new[-1] = 1
+    others = torch.nonzero(selected[:-1].cpu() >= 0.5).flatten()
+    if others.numel():
+        ranked = score.detach().float().cpu()[others]
+        new[int(others[torch.argsort(ranked, stable=True)[0]])] = 0
     return new
 
 
@@ -187,7 +219,7 @@ def multiple_problem(groups, sizes: dict[str, int], multiple_of: int) -> str | N
     """Why ``multiple_of`` cannot be honoured by some group (a width smaller than the multiple), or None."""
     for group in groups:
         multiple = structure_multiple(group, multiple_of)
-        if multiple > 1 and sizes[group.name] < multiple:
+        if multiple > 1 and 0 < sizes[group.name] < multiple:  # a group emptied before keeps 0, a multiple
             unit = "neurons" if group.kind == "ffn" else f"heads of {group.head_dim} dimensions"
             return (f"--pruning_multiple_of {multiple_of} cannot be honoured by {group.name}: it has "
                     f"{sizes[group.name]} {unit}, fewer than the {multiple} a multiple of {multiple_of} needs. "
@@ -279,8 +311,8 @@ def _select_global(scores, current, ratio, floor, costs):
         if alive_count[name] <= _floor_for(n, floor):
             continue
         unit = 1.0 if costs is None else float(costs[name])
-        if costs is not None and pruned_cost + unit > target_cost + 0.5 * unit:
-            continue  # this one would overshoot by more than half its cost: try cheaper structures
+        if pruned_cost + unit > target_cost + 0.5 * unit:
+            continue  # it would overshoot by more than half its cost: try cheaper ones (equal costs: nearest count)
         new[name][index] = 0
         alive_count[name] -= 1
         pruned_cost += unit

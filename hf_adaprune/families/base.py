@@ -80,6 +80,8 @@ class LayerGroup:
     hand_on: tuple[tuple[str, str], ...] = ()
     # why this stack's layers cannot be removed in this model ("" when they can)
     refuse: str = ""
+    # why this stack's last layer cannot be removed ("" when it can): selection keeps it, compaction refuses it
+    keep_last: str = ""
 
     kind = "layers"
 

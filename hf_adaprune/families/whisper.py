@@ -23,6 +23,7 @@ compaction moves: :func:`renumber_alignment_heads` keeps them on the same heads.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from .base import NeuronGroup, layer_stacks, proj_attention
@@ -54,8 +55,18 @@ def whisper_groups(base_model, config):
 
 
 def whisper_stacks(base_model, config):
-    return layer_stacks(base_model, [("encoder.layers", "encoder_layers", "encoder"),
-                                     ("decoder.layers", "decoder_layers", "decoder")])
+    stacks = layer_stacks(base_model, [("encoder.layers", "encoder_layers", "encoder"),
+                                       ("decoder.layers", "decoder_layers", "decoder")])
+    if getattr(config, "use_weighted_layer_sum", False) and getattr(base_model, "layer_weights", None) is not None:
+        # WhisperForAudioClassification (its base model is itself) weighs every encoder hidden state, the last one
+        # layer-normed: the other removed layers' weights fold into the states they copy (surgery), not that one
+        stacks = [dataclasses.replace(stack, keep_last=(
+            "the last encoder layer of a Whisper classifier with use_weighted_layer_sum cannot be removed: the "
+            "classifier weighs every encoder hidden state and the last one is layer-normed, so the smaller model "
+            "would have no weight for the unnormed output of the layer before it, which the masked model weighs. "
+            "Keep that layer (selection does) or remove others")) if stack.role == "encoder" else stack
+            for stack in stacks]
+    return stacks
 
 
 register_family(("whisper",), whisper_groups, layer_stacks=whisper_stacks)
