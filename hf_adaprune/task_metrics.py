@@ -165,7 +165,7 @@ def _multi_label(name: str, logits: np.ndarray, labels: np.ndarray) -> dict:
     return LOCAL_METRICS[name]((logits > 0).astype(int), np.rint(labels).astype(int), **options)
 
 
-def classification_metrics(name: str, num_labels: int | None = None, multi_label: bool | None = None):
+def classification_metrics(name: str, config=None):
     """Argmax over logits, then ``name`` against the labels.
 
     ``f1``, ``precision`` and ``recall`` are binary (class 1) for a two-class head and macro-averaged over
@@ -175,9 +175,10 @@ def classification_metrics(name: str, num_labels: int | None = None, multi_label
     micro-averaged f1/precision/recall. A single-output (regression) head is refused: it has no classes.
 
     Integer predictions shaped like the labels are class ids already (a ``preprocess_logits_for_metrics`` that
-    returns ``logits.argmax(-1)``) and are scored as they are. ``multi_label``: whether the head is multi-label
-    (the config's ``problem_type``); None tells it from the shapes. ``num_labels``: the head's classes, for the
-    averaging of class ids (None: the classes seen).
+    returns ``logits.argmax(-1)``) and are scored as they are, unless the head is multi-label. ``config``: the
+    model's, read when the metric runs (transformers sets ``problem_type`` at the first labelled forward): its
+    ``problem_type`` tells a multi-label head, its ``num_labels`` how class ids are averaged. Without it (or
+    before ``problem_type`` is set) float labels shaped like 2-D predictions are multi-hot rows.
     """
     from .metrics import headline_value, load_metric
 
@@ -198,9 +199,14 @@ def classification_metrics(name: str, num_labels: int | None = None, multi_label
             logits = logits[0]
         logits = np.asarray(logits)
         labels = np.asarray(labels)
+        problem = getattr(config, "problem_type", None)
+        multi_label = problem == "multi_label_classification" if problem else None
+        num_labels = getattr(config, "num_labels", None)
         class_ids = np.issubdtype(logits.dtype, np.integer) and logits.shape == labels.shape
-        if multi_label or (multi_label is None and not class_ids and labels.shape == logits.shape
-                           and logits.ndim == 2 and logits.shape[-1] > 1):
+        if multi_label is None:  # multi-hot rows: float labels (BCE's), or float logits of the labels' shape
+            multi_label = labels.shape == logits.shape and logits.ndim == 2 and logits.shape[-1] > 1 and (
+                np.issubdtype(labels.dtype, np.floating) or not class_ids)
+        if multi_label:
             return {name: headline_value(name, _multi_label(name, logits, labels))}
         if not class_ids and logits.shape[-1] == 1 and labels.ndim == 1:
             raise ValueError(f"--pruning_metric {name} needs classes, but the model has one output (regression): "

@@ -62,17 +62,38 @@ def test_class_ids_from_preprocess_logits_for_metrics_give_the_same_decisions(tm
     assert metrics[0] == pytest.approx(metrics[1], abs=1e-6)
 
 
+class Head:
+    """What classification_metrics reads of a model's config."""
+
+    def __init__(self, num_labels, problem_type=None):
+        self.num_labels, self.problem_type = num_labels, problem_type
+
+
+@pytest.mark.parametrize("name", ["accuracy", "f1"])
+def test_multi_hot_predictions_of_a_multi_label_head_stay_multi_label(name):
+    """0/1 predictions (a preprocess_logits_for_metrics that thresholds) of a multi-label head: subset accuracy and
+    micro f1, as from its logits; told by the float labels BCE takes, or by the config's problem_type."""
+    generator = np.random.default_rng(1)
+    logits = generator.normal(size=(16, 4)).astype(np.float32)
+    labels = generator.integers(0, 2, size=(16, 4))
+    expected = classification_metrics(name)(EvalPrediction(logits, labels.astype(np.float32)))[name]
+    hot = (logits > 0).astype(np.int64)
+    assert classification_metrics(name)(EvalPrediction(hot, labels.astype(np.float32)))[name] == pytest.approx(expected)
+    config = Head(4, "multi_label_classification")
+    assert classification_metrics(name, config=config)(EvalPrediction(hot, labels))[name] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("name", ["accuracy", "f1"])
 def test_class_ids_are_scored_as_classes_not_as_multi_label_rows(name):
     generator = np.random.default_rng(0)
     logits = generator.normal(size=(6, 5, 2)).astype(np.float32)  # binary token classification, every token labelled
     labels = generator.integers(0, 2, size=(6, 5))
     from_logits = classification_metrics(name)(EvalPrediction(logits, labels))[name]
-    from_ids = classification_metrics(name, num_labels=2)(EvalPrediction(logits.argmax(-1), labels))[name]
+    from_ids = classification_metrics(name, config=Head(2))(EvalPrediction(logits.argmax(-1), labels))[name]
     assert from_ids == pytest.approx(from_logits)
     three = generator.normal(size=(8, 3)).astype(np.float32)
     three_labels = generator.integers(0, 3, size=8)
-    assert classification_metrics(name, num_labels=3)(EvalPrediction(three.argmax(-1), three_labels))[name] == \
+    assert classification_metrics(name, config=Head(3))(EvalPrediction(three.argmax(-1), three_labels))[name] == \
         pytest.approx(classification_metrics(name)(EvalPrediction(three, three_labels))[name])
 
 
@@ -87,6 +108,29 @@ def test_ignore_keys_for_eval_reach_the_decisions(tmp_path):
                                      eval_dataset=data.select(range(48)), compute_metrics=compute_metrics)
     trainer.train(ignore_keys_for_eval=["hidden_states"])
     assert trainer.controller.state.reference is not None and trainer.controller.state.ratio > 0
+
+
+def test_decision_prediction_bars_are_closed(tmp_path):
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer = make_trainer(tmp_path, disable_tqdm=False)
+    trainer.train()
+    (progress,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)]
+    assert progress.prediction_bar is None
+
+
+def test_metric_for_best_model_is_not_checked_against_decisions_on_the_loss(tmp_path):
+    data = toy_dataset()
+
+    def compute_metrics(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
+                                     compute_metrics=compute_metrics,
+                                     args=make_args(tmp_path, pruning_metric="loss", metric_for_best_model="accuracy",
+                                                    eval_strategy="steps", eval_steps=10, max_steps=10))
+    trainer.train()
+    assert trainer.state.best_metric is not None
 
 
 def test_eval_do_concat_batches_off_is_refused_with_the_built_in_metric(tmp_path):
@@ -130,6 +174,9 @@ def test_lengths_beyond_the_decoders_positions_are_refused_when_built(tmp_path):
     with pytest.raises(ValueError, match=r"--pruning_seq_len 33 needs 33 positions of the decoder, which reads at "
                                          r"most 32"):
         AdaptivePruningSeq2SeqTrainer(model=tiny_whisper(), args=args, train_dataset=data, eval_dataset=data)
+    classifier = tiny_whisper("WhisperForAudioClassification")  # an encoder alone: no decoder positions to fit
+    AdaptivePruningTrainer(model=classifier, args=PruningArguments(str(tmp_path), pruning_seq_len=64, report_to="none",
+                                                                   use_cpu=True), train_dataset=data, eval_dataset=data)
     args = Seq2SeqPruningArguments(str(tmp_path), pruning_seq_len=16, pruning_target_type="latency",
                                    pruning_latency_seq_len=65, report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match=r"--pruning_latency_seq_len 65 needs 65 positions of the encoder, which "

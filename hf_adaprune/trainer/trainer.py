@@ -117,8 +117,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         args, config = self.args, model.config
         text = getattr(model, "main_input_name", "input_ids") == "input_ids"
         decoder = None
-        if getattr(config, "is_encoder_decoder", False):
-            decoder = getattr(config, "max_target_positions", None) or readable_positions(config)
+        if getattr(config, "is_encoder_decoder", False) and hasattr(model.base_model, "decoder"):  # not a Whisper
+            decoder = getattr(config, "max_target_positions", None) or readable_positions(config)  # classifier
         checks = [("pruning_seq_len", args.pruning_seq_len, "decoder", decoder)]
         if args.pruning_target_type == "latency":
             checks.append(("pruning_latency_seq_len", args.pruning_latency_seq_len or args.pruning_seq_len, "encoder",
@@ -286,10 +286,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  f"{type(tokenizer).__name__}, which has no tokenizer: pass the processor "
                                  "(e.g. WhisperProcessor) or the tokenizer as processing_class")
             return generation_metrics(name, tokenizer)
-        config = self.pruned_model.config
-        problem = getattr(config, "problem_type", None)  # transformers sets it at the first labelled forward
-        return classification_metrics(name, num_labels=getattr(config, "num_labels", None),
-                                      multi_label=problem == "multi_label_classification" if problem else None)
+        return classification_metrics(name, config=self.pruned_model.config)
 
     # -- scores -----------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -404,13 +401,20 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 return self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
                                             prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
                                             metric_key_prefix=DECISION_PREFIX).metrics
-            # predict() (the Seq2Seq trainer's sets up generation), without telling the user's on_predict callbacks
-            self.callback_handler.on_predict = lambda args, state, control, metrics: control
+            # predict() (the Seq2Seq trainer's sets up generation), without telling the user's on_predict callbacks;
+            # progress bars still close their prediction bar there
+            self.callback_handler.on_predict = self._on_predict_of_progress_bars
             return self.predict(dataset, ignore_keys=self._ignore_keys_for_eval,
                                 metric_key_prefix=DECISION_PREFIX).metrics
         finally:
             self.callback_handler.__dict__.pop("on_predict", None)
             self.args.dataloader_drop_last = drop_last
+
+    def _on_predict_of_progress_bars(self, args, state, control, metrics):
+        for callback in self.callback_handler.callbacks:
+            if type(callback).__name__ in ("ProgressCallback", "NotebookProgressCallback"):
+                callback.on_predict(args, state, control, metrics=metrics)
+        return control
 
     def _decision_metric(self) -> tuple[float, dict]:
         metrics = self._evaluate_rows(self.args.pruning_eval_samples)
@@ -435,7 +439,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"available: {self._metric_names(metrics)}{self._missing_metric_hint()}"
             )
         best = (self.args.metric_for_best_model or "").removeprefix("eval_")
-        if best and self.args.eval_strategy != "no" and f"{DECISION_PREFIX}_{best}" not in metrics:
+        # decisions on the loss run no compute_metrics: nothing to tell about the user's other metrics
+        if best and self.pruning_metric != "loss" and self.args.eval_strategy != "no" \
+                and f"{DECISION_PREFIX}_{best}" not in metrics:
             raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                            f"'eval_{best}' (the first evaluation would fail on it); available: "
                            f"{self._metric_names(metrics)}")
