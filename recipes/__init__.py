@@ -9,6 +9,8 @@ sentence-transformers model with its own trainer); run one as a script or a modu
 
 Modules: :mod:`~recipes.arguments` (argument classes, config files, checks),
 :mod:`~recipes.skeleton` (the run: data -> model -> train and prune -> evaluate -> results),
+:mod:`~recipes.loading` (configs, models and tokenizers from a Hub id, a dense folder or a pruned folder, the
+last without remote code),
 :mod:`~recipes.deploy` (the ``--prune_vocabulary`` / ``--quantize`` / ``--export_*`` copies written after
 training), :mod:`~recipes.results` (``results.json`` and the printed table), :mod:`~recipes.tables`
 (reading csv / tsv / json data files with one-line errors), :mod:`~recipes.speech`

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -121,13 +122,25 @@ def config_to_argv(values: dict) -> list[str]:
     return argv
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2's booleans: only true / false (any case) are booleans, so that
+    ``drop_labels: no`` or ``source_lang: no`` (Norwegian) mean what they mean as flags, not false."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
 def read_config_file(path: str) -> dict:
     """The mapping in a YAML (``.yaml`` / ``.yml``) or JSON (``.json``) config file; RecipeError if unreadable."""
     if not os.path.isfile(path):
         raise RecipeError(f"config file {path!r} does not exist (relative paths start at {os.getcwd()})")
     try:
         text = Path(path).read_text(encoding="utf-8")
-        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        values = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=ConfigLoader)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
         raise RecipeError(f"cannot read config file {path}: {err}") from err
     if not isinstance(values, dict):
@@ -254,12 +267,14 @@ def check_integrations(training_args) -> None:
                           "--push_to_hub off and push the saved folder later")
 
 
-def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bool = False) -> None:
+def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bool = False, own=()) -> None:
     """Never write over a loaded model's folder; into a folder that is not empty only with
     ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds), as transformers' example
     scripts do: the run writes ``results.json``, ``README.md``, ... and would replace files of the same names.
 
-    ``model_paths`` are the local folders the run loads a model, config or tokenizer from.
+    ``model_paths`` are the local folders the run loads a model, config or tokenizer from. ``own`` are the files
+    (paths relative to ``output_dir``) the run writes before it builds the model (``--fsdd_dir`` manifests): a folder
+    holding only these is what a run of the same command left when it stopped with an error, and is taken as empty.
     """
     out = os.path.realpath(output_dir)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -276,6 +291,8 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bo
     if overwrite or resuming or not os.path.isdir(out):
         return
     entries = sorted(os.listdir(out))
+    if entries and own and only_files(out, own):
+        return
     if entries:
         held = "a saved model" if holds_model(out) else \
             f"{len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})"
@@ -283,6 +300,13 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bo
                   if any(name.startswith("checkpoint-") for name in entries) else "")
         raise RecipeError(f"--output_dir {output_dir} already holds {held}; choose another folder{resume} or pass "
                           f"--overwrite_output_dir true to write into it (files of the same names are replaced)")
+
+
+def only_files(folder: str, names) -> bool:
+    """Whether every file under ``folder`` is one of ``names`` (paths relative to it); empty folders aside."""
+    found = {os.path.relpath(os.path.join(root, name), folder) for root, dirs, files in os.walk(folder)
+             for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]}
+    return found <= {os.path.normpath(name) for name in names}
 
 
 # what Trainer writes into --output_dir besides the model, and an earlier run's copy of which this run could be
@@ -323,13 +347,34 @@ def load_named_dataset(data_args, cache_dir: str | None, split: str | None = Non
     """``datasets.load_dataset(--dataset_name, --dataset_config_name)`` (one ``split`` or all); a name that does not
     load (no such folder, a Hub id offline, a split it lacks) is one ``error:`` line, not a traceback."""
     from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
 
+    name = data_args.dataset_name
     try:
-        return load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=split, cache_dir=cache_dir)
-    except (OSError, ValueError) as err:  # DatasetNotFoundError is a FileNotFoundError, ConnectionError an OSError
+        return load_dataset(name, data_args.dataset_config_name, split=split, cache_dir=cache_dir)
+    except (OSError, ValueError, ImportError, DatasetGenerationError) as err:
+        # DatasetNotFoundError is a FileNotFoundError, ConnectionError an OSError; building a dataset wraps what
+        # went wrong (a package it needs, a file it cannot read) in a DatasetGenerationError
+        causes = _causes(err)
+        if any("torchcodec" in str(cause) or getattr(cause, "name", None) == "torchcodec" for cause in causes):
+            raise RecipeError(f"--dataset_name {name}: datasets needs torchcodec to build a dataset of audio files "
+                              f"(pip install torchcodec); without it, give the ASR recipe a folder's metadata.csv "
+                              f"files as --train_manifest / --validation_manifest / --test_manifest with "
+                              f"--audio_column_name file_name (it decodes audio with soundfile)") from err
         what = f"split {split!r} of it" if split else "it"
-        raise RecipeError(f"--dataset_name {data_args.dataset_name}: cannot load {what} (a local dataset folder or "
-                          f"file, or a Hub dataset id that is reachable or cached): {err}") from err
+        reason = (f"{err} ({type(causes[-1]).__name__}: {causes[-1]})"  # what went wrong while building it
+                  if isinstance(err, DatasetGenerationError) and len(causes) > 1 else str(err))
+        raise RecipeError(f"--dataset_name {name}: cannot load {what} (a local dataset folder or file, or a Hub "
+                          f"dataset id that is reachable or cached): {' '.join(reason.split())}") from err
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
 
 
 def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = False) -> None:

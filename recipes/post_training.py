@@ -14,8 +14,6 @@ import logging
 import os
 import time
 
-from transformers import AutoConfig
-
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
 from hf_adaprune.reporting.report import hub_id_or_none, write_text
@@ -23,6 +21,7 @@ from hf_adaprune.trainer.eval_order import first_rows
 
 from . import deploy
 from .arguments import RecipeError, check_minimum
+from .loading import load_config
 from .results import results_table, save_results, test_results, without_layers
 from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, clear_earlier_run, load_error,
                        prepare_run, results_header, subsample)
@@ -70,8 +69,8 @@ def check_arguments(model_args, data_args, training_args) -> None:
         raise RecipeError(f"--post_training_long_share is the share of calibration rows drawn from the longest "
                           f"training rows; it must lie in [0, 1], got {data_args.post_training_long_share}")
     try:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-    except OSError as err:
+        config = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    except (OSError, ValueError) as err:
         raise load_error([model_args.model_name_or_path], err) from err
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise RecipeError(f"--post_training supports the encoder families {', '.join(SUPPORTED_MODEL_TYPES)}; "
@@ -85,7 +84,7 @@ def check_arguments(model_args, data_args, training_args) -> None:
 
 def check_labels(run: Run) -> None:
     """The data's classes are the model's: same count and, where the model names them, same names in order."""
-    config = AutoConfig.from_pretrained(run.model_args.model_name_or_path, cache_dir=run.model_args.cache_dir)
+    config = load_config(run.model_args.model_name_or_path, cache_dir=run.model_args.cache_dir)
     names = run.task_results["labels"]
     model_names = [config.id2label[i] for i in range(config.num_labels)]
     default = [f"LABEL_{i}" for i in range(config.num_labels)]

@@ -69,6 +69,7 @@ class Run:
     training_args: Any
     data_files: dict = field(default_factory=dict)  # as given on the command line, for results.json
     model_paths: list = field(default_factory=list)  # local folders loaded from: never written over
+    own_outputs: list = field(default_factory=list)  # files (relative) written into --output_dir before the model
     splits: dict = field(default_factory=dict)  # rows per split after checks and subsampling
     model: Any = None
     processing_class: Any = None
@@ -267,7 +268,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     check_integrations(run.training_args)
     resume_from = resolve_resume(run.training_args)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
-                     resuming=resume_from is not None)
+                     resuming=resume_from is not None, own=run.own_outputs)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     warn_earlier_outputs(run)
     task.load_data(run)
@@ -288,17 +289,20 @@ def clear_earlier_run(run: Run, resume_from: str | None) -> None:
         remove_earlier_run_outputs(run.training_args.output_dir)
 
 
-def load_error(paths, err: OSError) -> RecipeError:
+def load_error(paths, err: Exception) -> RecipeError:
     """The one-line error for a model, config or tokenizer that transformers cannot load from ``paths``."""
     return RecipeError(f"cannot load the model / tokenizer from {', '.join(p for p in paths if p)} (a local folder "
-                       f"with config.json, or a Hub id that is reachable or cached): {err}")
+                       f"with config.json, or a Hub id that is reachable or cached): {' '.join(str(err).split())}")
 
 
 def build_model(task: Task, run: Run) -> None:
     """``task.build(run)``, with a model, config or tokenizer that cannot be loaded as one ``error:`` line."""
     try:
         task.build(run)
-    except OSError as err:  # a missing folder, a Hub id offline, a folder without config.json
+    except RecipeError:
+        raise
+    except (OSError, ValueError) as err:  # a missing folder, a Hub id offline, a folder without config.json; a
+        # config transformers does not know or would need remote code for, a pruned folder whose record is broken
         raise load_error(run.model_paths, err) from err
 
 

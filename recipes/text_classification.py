@@ -81,7 +81,6 @@ from dataclasses import dataclass, field
 
 from datasets import ClassLabel, Dataset, DatasetDict
 from transformers import (
-    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -108,6 +107,7 @@ from recipes.arguments import (
     resolve_package_path,
 )
 from recipes import post_training
+from recipes.loading import load_config, load_model, pretrained_kwargs
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
@@ -503,7 +503,7 @@ def load_data(run: Run) -> None:
 def build(run: Run) -> None:
     model_args, data_args, info = run.model_args, run.data_args, run.task_results
     names = info["labels"]
-    config = AutoConfig.from_pretrained(
+    config = load_config(
         model_args.config_name or model_args.model_name_or_path,
         num_labels=len(names),
         id2label=dict(enumerate(names)),
@@ -515,17 +515,17 @@ def build(run: Run) -> None:
         raise RecipeError(f"{model_args.config_name or model_args.model_name_or_path} is a {config.model_type} model, "
                           "which has no sequence-classification head in transformers; give a text encoder (BERT, "
                           "RoBERTa, ...): translation and speech models have recipes of their own")
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
-                                              cache_dir=model_args.cache_dir)
+    tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path, model_args.cache_dir))
     if model_args.model_name_or_path:
-        saved = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+        saved = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
         classifier = any(name.endswith("ForSequenceClassification") for name in saved.architectures or [])
         if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
             raise RecipeError(f"{model_args.model_name_or_path} is a classifier of {saved.num_labels} classes and the "
                               f"data has {len(names)} ({names}): pass --ignore_mismatched_sizes true to start a new "
                               "classifier head, or map the labels onto the model's with --label_mapping")
-        run.model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, config=config, cache_dir=model_args.cache_dir,
+        run.model = load_model(
+            AutoModelForSequenceClassification, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         )
     else:

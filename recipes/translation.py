@@ -62,7 +62,6 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import (
-    AutoConfig,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -86,6 +85,7 @@ from recipes.arguments import (
     recipe_argv,
     require_file,
 )
+from recipes.loading import load_config, load_model, pretrained_kwargs
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
 from recipes.tables import read_text
@@ -386,22 +386,20 @@ def align_config_with_tokenizer(config, tokenizer) -> list[str]:
 
 
 def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTrainingArguments):
-    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
-                                        cache_dir=model_args.cache_dir)
+    config = load_config(model_args.config_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     if not getattr(config, "is_encoder_decoder", False):
         raise RecipeError(f"{model_args.config_name or model_args.model_name_or_path} is a {config.model_type} "
                           f"model, not an encoder-decoder (Marian, BART, mBART, M2M100, T5, ...)")
     warning = source_prefix_warning(config, data_args)
     if warning:
         logger.warning(warning)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path,
-                                              cache_dir=model_args.cache_dir)
+    tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path, model_args.cache_dir))
     if tokenizer.pad_token_id is None:
         raise RecipeError(f"the tokenizer {model_args.tokenizer_name or model_args.model_name_or_path} has no pad "
                           f"token; seq2seq batches need one")
     if model_args.model_name_or_path:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, config=config,
-                                                      cache_dir=model_args.cache_dir)
+        model = load_model(AutoModelForSeq2SeqLM, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir)
         vocab = model.get_input_embeddings().weight.shape[0]
         if len(tokenizer) > vocab:
             raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {vocab}: "

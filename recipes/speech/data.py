@@ -36,6 +36,9 @@ NORMALIZATION_STEPS = ("lowercase", "punctuation", "digits", "whisper")
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
+FSDD_MANIFEST_DIR = "manifests"  # --fsdd_dir: where in --output_dir the manifests are written
+FSDD_SPLITS = ("train", "validation", "test")
+
 FSDD_PATTERN = re.compile(r"^(\d)_([^_]+)_(\d+)\.wav$")
 
 MIN_SAMPLING_RATE = 1000  # below this a file is not speech audio (or its header is broken)
@@ -167,7 +170,7 @@ def make_fsdd_manifests(out_dir, recordings=str(DEFAULT_FSDD_RECORDINGS), test_t
     if validation_takes < 0 or validation_takes >= len(train_takes):
         raise RecipeError(f"--fsdd_validation_takes {validation_takes}: there are {len(train_takes)} training takes")
     held_out = set(train_takes[len(train_takes) - validation_takes:]) if validation_takes else set()
-    splits = {"train": [], "validation": [], "test": []}
+    splits = {split: [] for split in FSDD_SPLITS}
     for take, speaker, digit, path in rows:
         split = "test" if take in test_takes else "validation" if take in held_out else "train"
         splits[split].append((str(path), DIGIT_WORDS[digit]))
@@ -300,7 +303,7 @@ class AudioExamples(torch.utils.data.Dataset):
 def load_rows(data_args, model_args, training_args) -> dict[str, list[dict]]:
     """{split: rows} from manifests, FSDD or a datasets split; every path checked, nothing decoded yet."""
     if data_args.fsdd_dir:
-        written = make_fsdd_manifests(os.path.join(training_args.output_dir, "manifests"), data_args.fsdd_dir,
+        written = make_fsdd_manifests(os.path.join(training_args.output_dir, FSDD_MANIFEST_DIR), data_args.fsdd_dir,
                                       validation_takes=data_args.fsdd_validation_takes)
         data_args.train_manifest = written["train"]
         data_args.validation_manifest = written.get("validation")

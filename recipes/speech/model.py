@@ -14,6 +14,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer
 
 from recipes.arguments import RecipeError, resolve_package_path
+from recipes.loading import pretrained_kwargs
 
 logger = logging.getLogger("hf_adaprune.recipes.asr")
 
@@ -67,15 +68,16 @@ def model_kind(config) -> str:
 
 def load_processor(path: str, cache_dir: str | None):
     """The model's processor; a folder with only a feature extractor and a tokenizer gets them paired."""
+    kwargs = pretrained_kwargs(path, cache_dir)  # a pruned folder's config without remote code
     try:
-        processor = AutoProcessor.from_pretrained(path, cache_dir=cache_dir)
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
     except Exception as err:  # noqa: BLE001 - fall back to the parts
         logger.info("AutoProcessor failed (%s); loading feature extractor and tokenizer separately", err)
         processor = None
     if processor is None or not hasattr(processor, "feature_extractor"):
         try:
-            feature_extractor = AutoFeatureExtractor.from_pretrained(path, cache_dir=cache_dir)
-            tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache_dir)
+            feature_extractor = AutoFeatureExtractor.from_pretrained(path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         except Exception as err:  # noqa: BLE001
             raise RecipeError(f"cannot load a feature extractor and tokenizer from {path!r}: {err}") from err
         processor = _Processor(feature_extractor, tokenizer)

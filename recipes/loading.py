@@ -1,0 +1,59 @@
+"""Configs, models, tokenizers and processors of the recipes, from a Hub id, a dense folder or a pruned folder.
+
+A folder a recipe (or ``save_pruned``) wrote says ``"model_type": "adaprune_<family>"`` in its
+``config.json``, which stock ``AutoConfig`` / ``AutoTokenizer`` / ``AutoModelFor...`` only load with
+``trust_remote_code=True`` (after a prompt). hf_adaprune loads such a folder without remote code
+(:func:`~hf_adaprune.hub.load.load_pruned_config`, :class:`~hf_adaprune.AutoPrunedModel`): these
+functions use it for pruned folders and transformers' auto classes for everything else, so that a run's
+output can be pruned again.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+from hf_adaprune import AutoPrunedModel
+from hf_adaprune.hub.config_marker import MODEL_TYPE_PREFIX
+from hf_adaprune.hub.load import load_pruned_config
+from hf_adaprune.layout import read_record
+
+
+def is_pruned_source(path: str | None, cache_dir: str | None = None) -> bool:
+    """Whether the ``config.json`` of ``path`` (a folder or Hub id) is a pruned model's (``adaprune_`` model type or
+    an ``adaprune`` record). Reading it raises what ``AutoConfig`` would (OSError for a missing folder)."""
+    if not path:
+        return False
+    config_dict, _ = PretrainedConfig.get_config_dict(path, cache_dir=cache_dir)
+    return str(config_dict.get("model_type", "")).startswith(MODEL_TYPE_PREFIX) or bool(config_dict.get("adaprune"))
+
+
+def load_config(path: str, cache_dir: str | None = None, **kwargs):
+    """``AutoConfig.from_pretrained(path, ...)``; a pruned folder's config through hf_adaprune (no remote code)."""
+    if is_pruned_source(path, cache_dir):
+        return load_pruned_config(path, cache_dir=cache_dir, **kwargs)
+    return AutoConfig.from_pretrained(path, cache_dir=cache_dir, **kwargs)
+
+
+def load_model(auto_class, path: str, config, **kwargs):
+    """``auto_class.from_pretrained(path, config=config, ...)``; a config with a pruned record (``config`` of a
+    pruned folder, from :func:`load_config`) builds the pruned layers with ``AutoPrunedModel`` (no remote code)."""
+    if read_record(config):
+        return AutoPrunedModel.from_pretrained(path, auto_class=auto_class, config=config, **kwargs)
+    if is_pruned_source(path, kwargs.get("cache_dir")):
+        raise ValueError(f"{path} holds a pruned model, whose own config.json says which heads and neurons it kept: "
+                         f"load it without another config (leave --config_name out)")
+    return auto_class.from_pretrained(path, config=config, **kwargs)
+
+
+def pretrained_kwargs(path: str, cache_dir: str | None = None) -> dict:
+    """``cache_dir`` and, for a pruned folder, its ``config`` loaded without remote code: the keyword arguments of
+    ``AutoTokenizer`` / ``AutoProcessor`` / ``AutoFeatureExtractor.from_pretrained(path, ...)``, which would
+    otherwise load the config with ``AutoConfig`` and ask for ``trust_remote_code``. A tokenizer folder without
+    ``config.json`` is not a pruned model's."""
+    try:
+        pruned = is_pruned_source(path, cache_dir)
+    except OSError:  # no config.json: a tokenizer or processor folder of its own
+        pruned = False
+    if pruned:
+        return {"cache_dir": cache_dir, "config": load_pruned_config(path, cache_dir=cache_dir)}
+    return {"cache_dir": cache_dir}
