@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,3 +86,27 @@ def load_recipe(name: str):
 @pytest.fixture(params=ENCODER_FAMILIES)
 def family(request):
     return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny_ctc_dir(tmp_path_factory):
+    """A 2-layer Wav2Vec2 CTC model (20 samples per frame) with a character vocabulary of the digit words, and its
+    processor (the recipe tests' speech model)."""
+    folder = tmp_path_factory.mktemp("tiny_ctc")
+    chars = sorted(set("".join(load_recipe("asr").DIGIT_WORDS)))
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                                  word_delimiter_token="|")
+    feature_extractor = transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                              do_normalize=True, return_attention_mask=True)
+    transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
+    config = transformers.Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        conv_dim=(16, 16), conv_kernel=(10, 8), conv_stride=(5, 4), conv_bias=True, num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4, feat_extract_norm="layer", do_stable_layer_norm=True,
+        pad_token_id=0, mask_time_prob=0.0, layerdrop=0.0,
+    )
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(folder)
+    return folder

@@ -185,32 +185,9 @@ def audio_folder(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def ctc_dir(tmp_path_factory):
-    """A 1-layer Wav2Vec2 CTC model (20 samples per frame) with a character vocabulary, and its processor."""
-    folder = tmp_path_factory.mktemp("ctc")
-    chars = sorted(set("onetwofsdgizrhuvx"))
-    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
-                                                  word_delimiter_token="|")
-    feature_extractor = transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                                              do_normalize=True, return_attention_mask=True)
-    processor = transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
-    processor.save_pretrained(folder)
-    config = transformers.Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=24,
-        conv_dim=(8, 8), conv_kernel=(10, 8), conv_stride=(5, 4), conv_bias=True, num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=4, feat_extract_norm="layer", do_stable_layer_norm=True, pad_token_id=0,
-        mask_time_prob=0.0, layerdrop=0.0)
-    torch.manual_seed(0)
-    transformers.Wav2Vec2ForCTC(config).save_pretrained(folder)
-    return folder
-
-
-def test_asr_loads_a_pruned_folder_and_its_processor(tmp_path, audio_folder, ctc_dir):
-    processor = transformers.Wav2Vec2Processor.from_pretrained(ctc_dir)
-    folder = prune_and_save(transformers.Wav2Vec2ForCTC.from_pretrained(ctc_dir), tmp_path / "pruned",
+def test_asr_loads_a_pruned_folder_and_its_processor(tmp_path, audio_folder, tiny_ctc_dir):
+    processor = transformers.Wav2Vec2Processor.from_pretrained(tiny_ctc_dir)
+    folder = prune_and_save(transformers.Wav2Vec2ForCTC.from_pretrained(tiny_ctc_dir), tmp_path / "pruned",
                             processor=processor)
     run, _ = skeleton.prepare_run(asr.TASK, [
         "--model_name_or_path", str(folder), "--train_manifest", str(audio_folder / "train" / "metadata.csv"),
@@ -223,11 +200,11 @@ def test_asr_loads_a_pruned_folder_and_its_processor(tmp_path, audio_folder, ctc
 
 
 def test_an_audio_folder_without_torchcodec_is_one_error_line_naming_the_manifest_route(
-        tmp_path, audio_folder, ctc_dir, monkeypatch, capsys):
+        tmp_path, audio_folder, tiny_ctc_dir, monkeypatch, capsys):
     for name in ("torchcodec", "torchcodec.encoders", "torchcodec.decoders"):
         monkeypatch.setitem(sys.modules, name, None)  # import torchcodec fails, installed or not
     with pytest.raises(SystemExit) as done:
-        asr.TASK.cli(["--model_name_or_path", str(ctc_dir), "--dataset_name", str(audio_folder),
+        asr.TASK.cli(["--model_name_or_path", str(tiny_ctc_dir), "--dataset_name", str(audio_folder),
                       "--text_column_name", "transcription", "--output_dir", str(tmp_path / "out"),
                       "--cache_dir", str(tmp_path / "cache"), "--pruning_metric", "wer", "--report_to", "none"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -236,14 +213,14 @@ def test_an_audio_folder_without_torchcodec_is_one_error_line_naming_the_manifes
     assert "--train_manifest" in err[-1] and "--audio_column_name file_name" in err[-1]
 
 
-def test_fsdd_manifests_of_a_run_that_stopped_do_not_block_the_corrected_rerun(tmp_path, ctc_dir):
+def test_fsdd_manifests_of_a_run_that_stopped_do_not_block_the_corrected_rerun(tmp_path, tiny_ctc_dir):
     recordings = tmp_path / "recordings"
     recordings.mkdir()
     for take in range(7):  # takes 0-4 are the test split, 5 training, 6 validation
         for digit in (1, 2):
             write_clip(recordings / f"{digit}_spk_{take}.wav", 10 * take + digit)
     out = tmp_path / "out"
-    argv = ["--model_name_or_path", str(ctc_dir), "--fsdd_dir", str(recordings), "--fsdd_validation_takes", "1",
+    argv = ["--model_name_or_path", str(tiny_ctc_dir), "--fsdd_dir", str(recordings), "--fsdd_validation_takes", "1",
             "--output_dir", str(out), "--pruning_metric", "wer", "--report_to", "none"]
     with pytest.raises(RecipeError, match="apply to Whisper models only"):  # when the model is built
         asr.main(argv + ["--whisper_window_seconds", "2"])
