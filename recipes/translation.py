@@ -112,6 +112,11 @@ class ModelArguments(ModelSourceArguments):
         default=None,
         metadata={"help": "Hub id written as base_model in the model card. Default: --model_name_or_path."},
     )
+    layerdrop: float = field(
+        default=0.0,
+        metadata={"help": "encoder_layerdrop and decoder_layerdrop of a model that has them (M2M100's config says "
+                          "0.05): 0 while pruning, as the gradient scores need every layer in every step."},
+    )
 
 
 @dataclass
@@ -387,6 +392,9 @@ def align_config_with_tokenizer(config, tokenizer) -> list[str]:
 
 def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTrainingArguments):
     config = load_config(model_args.config_name or model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    for field_name in ("encoder_layerdrop", "decoder_layerdrop"):
+        if hasattr(config, field_name):
+            setattr(config, field_name, model_args.layerdrop)
     if not getattr(config, "is_encoder_decoder", False):
         raise RecipeError(f"{model_args.config_name or model_args.model_name_or_path} is a {config.model_type} "
                           f"model, not an encoder-decoder (Marian, BART, mBART, M2M100, T5, ...)")

@@ -310,3 +310,19 @@ def test_shipped_config_parses(monkeypatch):
         pytest.skip(f"Multi30k data not found at {MULTI30K}")
     files = recipe.validate_args(model_args, data_args, training_args)
     assert len(files) == 6 and all(os.path.isfile(p) for p in files.values())
+
+
+def test_layerdrop_is_off_while_pruning_unless_asked(workspace, tmp_path):
+    """M2M100's config drops layers at random (0.05): the gradient scores would miss them, and the trainer refuses
+    such a model; the recipe sets both fields to --layerdrop (0 by default)."""
+    config = MarianConfig.from_pretrained(workspace / "config")
+    config.encoder_layerdrop = config.decoder_layerdrop = 0.05
+    config.save_pretrained(tmp_path / "config")
+    argv = base_args(workspace, tmp_path / "out")
+    argv[argv.index("--config_name") + 1] = str(tmp_path / "config")
+    model_args, data_args, _ = recipe.parse_args(argv)
+    model, _ = recipe.load_model_and_tokenizer(model_args, data_args)
+    assert (model.config.encoder_layerdrop, model.config.decoder_layerdrop) == (0.0, 0.0)
+    model_args, data_args, _ = recipe.parse_args(argv + ["--layerdrop", "0.1"])
+    model, _ = recipe.load_model_and_tokenizer(model_args, data_args)
+    assert (model.config.encoder_layerdrop, model.config.decoder_layerdrop) == (0.1, 0.1)

@@ -117,8 +117,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         args, config = self.args, model.config
         text = getattr(model, "main_input_name", "input_ids") == "input_ids"
         decoder = None
-        if getattr(config, "is_encoder_decoder", False) and hasattr(model.base_model, "decoder"):  # not a Whisper
-            decoder = getattr(config, "max_target_positions", None) or readable_positions(config)  # classifier
+        # a decoder of its own (a Whisper classifier's config says is_encoder_decoder, but it has the encoder alone)
+        if getattr(config, "is_encoder_decoder", False) and hasattr(model.base_model, "decoder"):
+            decoder = getattr(config, "max_target_positions", None) or readable_positions(config)
         checks = [("pruning_seq_len", args.pruning_seq_len, "decoder", decoder)]
         if args.pruning_target_type == "latency":
             checks.append(("pruning_latency_seq_len", args.pruning_latency_seq_len or args.pruning_seq_len, "encoder",
