@@ -391,6 +391,37 @@ def test_export_refuses_a_half_precision_model(tmp_path):
         export_onnx(tiny_model("bert").half(), tmp_path)
 
 
+def test_export_refuses_a_torch_int8_model_naming_the_onnx_route(tmp_path):
+    from hf_adaprune.deploy import quantize_int8
+
+    with pytest.raises(ValueError, match="torch int8 linears .* Export the float model, then quantize the graph with "
+                                         "quantize_onnx"):
+        export_onnx(quantize_int8(tiny_model("bert")), tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_a_masked_model_exports_its_kept_structures_with_a_config_stock_loaders_read(tmp_path):
+    from hf_adaprune import get_masks, save_pruned
+
+    from hf_adaprune import AutoPrunedModel
+
+    save_pruned(tiny_model("bert"), tmp_path / "saved")
+    model = AutoPrunedModel.from_pretrained(tmp_path / "saved").eval()  # its config has an auto_map
+    random_masks(model)  # pruned again, not compacted
+    batch = text_batch()
+    with torch.no_grad():
+        masked = model(**batch).logits
+    export_onnx(model, tmp_path / "onnx")
+    assert get_masks(model) is None  # compacted, as save_pruned compacts
+    widths = [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer]
+    assert widths != [37] * 3
+    torch.testing.assert_close(torch.from_numpy(run_encoder(tmp_path / "onnx", batch)), masked, atol=TOL, rtol=0)
+    config = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert config["model_type"] == "bert" and "auto_map" not in config
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path / "onnx")  # no remote code, no prompt
+    assert type(loaded) is transformers.BertConfig
+
+
 def test_export_refuses_an_encoder_decoder_classifier_before_writing(tmp_path):
     config = tiny_seq2seq("t5").config
     config.num_labels = 2

@@ -97,6 +97,22 @@ def test_load_int8_refuses_a_float_folder(tmp_path):
         load_int8(tmp_path)
 
 
+def test_float_loaders_send_an_int8_folder_to_load_int8(tmp_path):
+    import transformers
+
+    from hf_adaprune import AutoPrunedModel
+
+    model = tiny_model("bert")
+    random_masks(model)
+    save_int8(model, tmp_path)
+    for load in (AutoPrunedModel.from_pretrained, lambda folder: transformers.AutoModelForSequenceClassification
+                 .from_pretrained(folder, trust_remote_code=True)):
+        with pytest.raises(ValueError, match="holds int8 weights written by hf_adaprune's save_int8, which no float "
+                                             r"loader reads: load it with hf_adaprune.deploy.load_int8\(folder\)"):
+            load(tmp_path)
+    assert load_int8(tmp_path) is not None
+
+
 def test_a_masked_model_is_compacted_before_it_is_quantized_and_saved(tmp_path):
     model = tiny_model("bert", vocab_size=500)
     random_masks(model)  # masks attached, not compacted

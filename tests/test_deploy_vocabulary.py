@@ -279,6 +279,11 @@ def test_tokenized_rows_count_like_texts():
     from_rows = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, tokenized=tokenizer(train)["input_ids"],
                                  min_count=2)
     assert from_rows.get_vocab() == from_texts.get_vocab()
+    # rows of a torch- or numpy-formatted dataset count the same
+    tensors = [torch.tensor(ids) for ids in tokenizer(train)["input_ids"]]
+    for rows in (tensors, [ids.numpy() for ids in tensors]):
+        from_arrays = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, tokenized=rows, min_count=2)
+        assert from_arrays.get_vocab() == from_texts.get_vocab()
 
 
 @pytest.mark.parametrize("min_count", [0, -1, 1.5, True])
@@ -295,6 +300,12 @@ def test_bad_min_count_refused_before_any_work(min_count):
     ({"texts": ["a film"], "target_texts": "ein Film"}, "target_texts is one string"),
     ({"texts": []}, "no training rows to count tokens in"),
     ({"texts": iter(())}, "no training rows to count tokens in"),
+    ({"texts": ["a film", "a song"], "min_count": 3}, r"no token occurs in min_count=3 rows \(the most common in 2\)"),
+    ({"texts": ["a film"], "keep_tokens": ["film", "flibbertigibbet"]},
+     r"keep_tokens not in the tokenizer's vocabulary: \['flibbertigibbet'\]"),
+    ({"texts": ["a film"], "keep_ids": [5, 30522, -1]}, r"keep_ids outside the model's vocabulary of 30522 ids: "
+                                                        r"\[30522, -1\]"),
+    ({"tokenized": [["a", "film"]]}, r"tokenized rows are lists of token ids \(ints\); got a row of \['str'\]"),
 ])
 def test_texts_that_would_keep_next_to_nothing_are_refused(kwargs, message):
     tokenizer = minilm_tokenizer()

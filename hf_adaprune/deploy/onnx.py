@@ -18,6 +18,7 @@ processor next to the graphs; :class:`OnnxEncoder` runs an encoder graph and
 
 from __future__ import annotations
 
+import copy
 import inspect
 import tempfile
 import warnings
@@ -27,7 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.masks import get_masks
+from ..hub.config_marker import transformers_base
 from ..hub.save import move_into
+from ..surgery import compact
 from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
 
 ENCODER_FILE = "model.onnx"
@@ -106,6 +110,15 @@ def _example_inputs(model) -> dict[str, torch.Tensor]:
     return {"inputs": ids, "attention_mask": mask}
 
 
+def stock_config(config):
+    """A copy of ``config`` as the family's stock class, without ``auto_map``: a graph folder holds no remote code,
+    and the marked ``model_type`` (``adaprune_bert``) would send loaders looking for it."""
+    stock = copy.deepcopy(config)
+    stock.__class__ = transformers_base(type(config)) or type(config)
+    stock.__dict__.pop("auto_map", None)
+    return stock
+
+
 def check_onnx_request(model, int8: bool = False) -> None:
     """Refuse, before any work, a model :func:`export_onnx` cannot export, or a missing onnx package (with
     ``int8``: or a missing onnxruntime, which :func:`~.onnx_int8.quantize_onnx` runs)."""
@@ -118,6 +131,10 @@ def check_onnx_request(model, int8: bool = False) -> None:
                 if type(model).__name__ == "SentenceTransformer" else "")
         raise TypeError(f"export_onnx takes a transformers model (PreTrainedModel); got {type(model).__name__}."
                         + hint)
+    if any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in model.modules()):
+        raise ValueError("ONNX export starts from the float model: this one has torch int8 linears (quantize_int8 / "
+                         "load_int8), which ONNX cannot express. Export the float model, then quantize the graph "
+                         "with quantize_onnx")
     if type(model).__name__.endswith("ForMultipleChoice"):
         raise ValueError(f"ONNX export does not handle multiple-choice heads ({type(model).__name__}: inputs of "
                          "[batch, choices, sequence]); it exports encoders with one sequence per row and seq2seq "
@@ -132,8 +149,13 @@ def check_onnx_request(model, int8: bool = False) -> None:
 
 
 def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[Path]:
-    """Export ``model`` (compacted, float, CPU) to ONNX graphs in ``save_directory``; returns their paths."""
+    """Export ``model`` (float) to ONNX graphs in ``save_directory``; returns their paths. A model that still has
+    masks is compacted first (in place, as :func:`~hf_adaprune.save_pruned` does): the graph holds the kept
+    structures only. The folder's ``config.json`` is the family's stock config (``model_type`` ``bert``, no
+    ``auto_map``), which any transformers or optimum loader reads without remote code."""
     check_onnx_request(model)
+    if get_masks(model) is not None:
+        compact(model)
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "
                          "(quantize the exported graph with quantize_onnx)")
@@ -194,7 +216,7 @@ def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]
         decoder_ids = torch.full((hidden.shape[0], 3), start if start is not None else 0, dtype=torch.long)
         paths[1:] = export_decoders(model, save_directory, _export, decoder_ids, hidden,
                                     None if audio else example["attention_mask"])
-    model.config.save_pretrained(save_directory)
+    stock_config(model.config).save_pretrained(save_directory)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.save_pretrained(save_directory)
     for extra in (tokenizer, processor):

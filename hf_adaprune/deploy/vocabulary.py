@@ -102,7 +102,12 @@ def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterabl
             for ids in encoded["input_ids"]:
                 counts.update(set(ids))
     for ids in tokenized:
-        counts.update(set(ids) if isinstance(ids, (list, tuple)) else {ids})
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # a torch- or numpy-formatted dataset's rows
+        row = set(ids) if isinstance(ids, (list, tuple)) else {ids}
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in row):
+            raise ValueError(f"tokenized rows are lists of token ids (ints); got a row of "
+                             f"{sorted({type(i).__name__ for i in row})}")
+        counts.update(row)
     return counts
 
 
@@ -217,10 +222,23 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     check_vocabulary_request(model, tokenizer)
     family, spec = tokenizer_family(tokenizer)
     old_size = model.get_input_embeddings().num_embeddings
+    keep_tokens, keep_ids = list(keep_tokens), [int(i) for i in keep_ids]
+    vocabulary = tokenizer.get_vocab()
+    unknown = [token for token in keep_tokens if token not in vocabulary]
+    if unknown:
+        raise ValueError(f"keep_tokens not in the tokenizer's vocabulary: {unknown[:5]} (give tokens as "
+                         "tokenizer.tokenize writes them, e.g. with '##' or '▁')")
+    outside = [i for i in keep_ids if not 0 <= i < old_size]
+    if outside:
+        raise ValueError(f"keep_ids outside the model's vocabulary of {old_size} ids: {outside[:5]}")
     counts = token_row_counts(tokenizer, texts, target_texts, tokenized)
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
                          "exhausted): the vocabulary would keep the special tokens alone")
+    if max(counts.values()) < min_count:
+        raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in "
+                         f"{max(counts.values())}): the vocabulary would keep the special tokens alone; lower "
+                         "min_count")
     kept = {i for i, count in counts.items() if count >= min_count}
     kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     kept |= _ids_named_by_configs(model)
@@ -228,7 +246,7 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
         kept |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
     for token in keep_tokens:
         kept.add(tokenizer.convert_tokens_to_ids(token))
-    kept |= {int(i) for i in keep_ids}
+    kept |= set(keep_ids)
     kept |= family.required(tokenizer, spec, kept)
     kept_ids = sorted(i for i in kept if 0 <= i < old_size)
     old_to_new = {old: new for new, old in enumerate(kept_ids)}
