@@ -50,3 +50,30 @@ def test_trainer_prunes_to_a_fraction_of_measured_time(tmp_path):
 def test_bad_latency_options_fail_at_parse_time(tmp_path, field):
     with pytest.raises(ValueError, match=f"--{field} must be >= 1"):
         make_args(tmp_path, **{field: 0})
+
+
+def test_a_resumed_run_decides_on_the_table_measured_at_its_start(tmp_path, monkeypatch):
+    """Timing is noisy: a resumed run that measured its own table would select other structures than the run it
+    continues. The table travels in pruning_state.pt."""
+    import random
+
+    import hf_adaprune.trainer.trainer as trainer_module
+
+    noise = random.Random()  # its own generator: the Trainer seeds the global one
+
+    def noisy_costs(model, groups, *args, **kwargs):  # every measurement a different table
+        return {g.name: noise.uniform(1e-6, 1e-5) for g in groups}
+
+    monkeypatch.setattr(trainer_module, "latency_costs", noisy_costs)
+    settings = dict(pruning_target_type="latency", pruning_target=0.5, pruning_tolerance=10.0, max_steps=18,
+                    save_strategy="steps", save_steps=9)
+    whole = make_trainer(tmp_path / "whole", **settings)
+    table = dict(whole.costs)
+    whole.train()
+    resumed = make_trainer(tmp_path / "resumed", **settings)
+    assert resumed.costs != table
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-9"))
+    assert resumed.costs == table
+    history = [{k: h[k] for k in ("event", "ratio", "selected") if k in h} for h in whole.controller.state.history]
+    assert [{k: h[k] for k in ("event", "ratio", "selected") if k in h}
+            for h in resumed.controller.state.history] == history

@@ -109,6 +109,8 @@ def test_floors_that_block_the_target_are_reported_with_the_reachable_maximum():
     # a floor above the head count: nothing can go
     assert "at most 0.0000" in unreachable_target(groups, sizes, 0.5, floors={"heads": 5})
     assert unreachable_target(groups, sizes, 0.5, kinds=("ffn",), floors=floors) is None  # heads not pruned
+    # whole layers take what the floors keep: not unreachable (the stacks' limit is layer_target_problem's)
+    assert unreachable_target(groups, sizes, 0.5, kinds=("heads", "ffn", "layers"), floors=floors) is None
 
 
 def test_selected_fraction_is_what_the_masks_prune():

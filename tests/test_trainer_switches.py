@@ -182,3 +182,53 @@ def test_lengths_beyond_the_decoders_positions_are_refused_when_built(tmp_path):
     with pytest.raises(ValueError, match=r"--pruning_latency_seq_len 65 needs 65 positions of the encoder, which "
                                          r"reads at most 64"):
         AdaptivePruningSeq2SeqTrainer(model=tiny_seq2seq("marian"), args=args, train_dataset=data, eval_dataset=data)
+
+
+def test_decisions_on_the_loss_do_not_scale_with_the_number_of_processes(tmp_path, monkeypatch):
+    """transformers multiplies the loss of a model that takes loss kwargs by the number of processes when it passes
+    the item count, and these models ignore the count: the steering loss was N times the loss under N processes."""
+    import accelerate
+
+    trainer = make_trainer(tmp_path, pruning_metric="loss", pruning_eval_samples=32)  # one batch of 32
+    alone = trainer._decision_metric()[0]
+    monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 2))
+    assert trainer._decision_metric()[0] == pytest.approx(alone, rel=1e-6)
+
+
+def test_masked_lm_decisions_see_the_same_masks_every_time(tmp_path):
+    """A masked-LM collator masks at random: each decision is scored on the same masked rows, and decisions leave
+    the training's random state as it was. Its rows carry no labels (the collator makes them): not refused."""
+    import datasets
+
+    tokenizer = masked_lm_tokenizer(tmp_path)
+    rows = datasets.Dataset.from_dict({"input_ids": toy_dataset(64)["input_ids"]})  # no labels
+    collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3)
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert", "AutoModelForMaskedLM"), data_collator=collator,
+                                     args=make_args(tmp_path, pruning_metric="loss", max_steps=6,
+                                                    pruning_warmup_steps=2, pruning_interval=2),
+                                     train_dataset=rows, eval_dataset=rows.select(range(32)))
+    state = torch.get_rng_state()
+    first, second = trainer._decision_metric()[0], trainer._decision_metric()[0]
+    assert first == second
+    assert torch.equal(torch.get_rng_state(), state)
+    trainer.train()
+    assert trainer.controller.state.reference is not None
+
+
+def masked_lm_tokenizer(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]))
+    return transformers.BertTokenizerFast(vocab_file=str(vocab))
+
+
+def test_a_multiple_choice_head_is_counted_and_pruned(tmp_path):
+    import datasets
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 99, (48, 3, 10), generator=generator)
+    data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, :, 1].argmax(-1)).tolist()})
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert", "AutoModelForMultipleChoice"), train_dataset=data,
+                                     eval_dataset=data.select(range(16)), args=make_args(tmp_path, max_steps=12))
+    assert all(cost > 0 for cost in trainer.costs.values())
+    trainer.train()
+    assert get_masks(trainer.model) is None and trainer.pruned_comparison.flops_removed > 0

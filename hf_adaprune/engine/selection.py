@@ -258,7 +258,12 @@ def reachable_fraction(sizes: dict[str, int], floor: int, costs: dict[str, float
 
 def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("heads", "ffn"),
                        floors: dict[str, int] | None = None, costs: dict[str, float] | None = None) -> str | None:
-    """Why the per-group floors make ``target`` unreachable for some kind (with the reachable maximum), or None."""
+    """Why the per-group floors make ``target`` unreachable for some kind (with the reachable maximum), or None.
+
+    With whole layers among the kinds nothing is unreachable here: removed layers take the heads and neurons the
+    floors keep, and the layer stacks' own limit is :func:`layer_target_problem`'s."""
+    if "layers" in kinds:
+        return None
     floor_options = {"heads": "min_heads_per_layer", "ffn": "min_neurons_per_layer"}
     for kind in kinds:
         names = [g.name for g in groups if g.kind == kind]

@@ -64,6 +64,8 @@ def example_inputs(model: nn.Module, seq_len: int = 128, batch_size: int = 1) ->
     if getattr(config, "is_encoder_decoder", False):
         start = getattr(config, "decoder_start_token_id", None) or 0
         inputs["decoder_input_ids"] = torch.full((batch_size, seq_len), start, dtype=torch.long, device=device)
+    if type(model).__name__.endswith("ForMultipleChoice"):  # [batch, choices, sequence]: one choice each
+        inputs = {name: value.unsqueeze(1) for name, value in inputs.items()}
     return inputs
 
 

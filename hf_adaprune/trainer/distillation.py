@@ -258,6 +258,11 @@ class DistillationMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The task loss, plus distillation from the dense teacher once it exists (training only)."""
         teacher, args = self.distillation_teacher, self.args
+        if not model.training and self.compute_loss_func is None:
+            # evaluation: each batch's mean. Given the item count, transformers multiplies the loss of a model that
+            # takes loss kwargs by the number of processes, and the models pruned here ignore the count: decisions
+            # on the loss (and eval_loss) would be N times the loss under N processes
+            num_items_in_batch = None
         if teacher is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)

@@ -38,6 +38,7 @@ from .schedule import controller_search, decision_interval, final_check, interva
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
 from .distillation import LAYERDROP_FIELDS, DistillationMixin
+from .decision_rng import decision_rng
 from .distributed import check_masks_agree, from_main_process, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 # callbacks (early stopping, best-model tracking), which belong to the user's evaluations.
 DECISION_PREFIX = "pruning_eval"
 STATE_VERSION = 1
+# what the latency table was measured at: a run resumed with other values measures its own
+LATENCY_TABLE_ARGUMENTS = ("pruning_target_type", "pruning_latency_batch_size", "pruning_latency_seq_len",
+                           "pruning_seq_len", "pruning_generation_tokens")
 
 
 def check_eval_dataset(eval_dataset) -> None:
@@ -396,6 +400,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         dataset = first_rows(self.eval_dataset, rows)
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
         try:
+            with decision_rng(self.args.seed, self.args.device, self.data_collator):  # the same inputs every time
+                return self._evaluate_dataset(dataset)
+        finally:
+            self.args.dataloader_drop_last = drop_last
+
+    def _evaluate_dataset(self, dataset) -> dict:
+        try:
             if self.pruning_metric == "loss":  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
                 # the decisions' rows and the user's evaluation set would be swapped for each other
@@ -409,7 +420,6 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                 metric_key_prefix=DECISION_PREFIX).metrics
         finally:
             self.callback_handler.__dict__.pop("on_predict", None)
-            self.args.dataloader_drop_last = drop_last
 
     def _on_predict_of_progress_bars(self, args, state, control, metrics):
         for callback in self.callback_handler.callbacks:
@@ -456,16 +466,18 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 "--pruning_metric loss)" if self.args.prediction_loss_only else "")
 
     def _decision_rows_without_labels(self) -> list[str]:
-        """The label columns transformers reads (``label_names``) when the first eval row, a mapping, has none of
-        them (nor ``label`` / ``label_ids``, which the collators rename); else ``[]``."""
+        """The label columns transformers reads (``label_names``) when the first decision batch, as the collator
+        builds it (a masked-LM or seq2seq collator may make the labels), has none of them (nor ``label`` /
+        ``label_ids``); else ``[]``."""
         names = list(self.label_names)
         try:
-            row = self.eval_dataset[0]
-        except (TypeError, KeyError, IndexError, NotImplementedError):  # not indexable: evaluation will tell
+            with decision_rng(self.args.seed, self.args.device, self.data_collator):
+                batch = next(iter(self.get_test_dataloader(first_rows(self.eval_dataset, 2))))
+        except Exception:  # a collator or dataset that fails here: the evaluation that follows tells how
             return []
-        if not names or not isinstance(row, Mapping):
+        if not names or not isinstance(batch, Mapping):
             return []
-        present = any(row.get(name) is not None for name in {*names, "label", "label_ids"})
+        present = any(batch.get(name) is not None for name in {*names, "label", "label_ids"})
         return [] if present else names
 
     def _log_decision(self, event: str, step: int, ratio: float, metric: float, evaluation: dict) -> None:
@@ -546,6 +558,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "controller": self.controller.state_dict(),
             "last_prune_step": self._last_prune_step,
             "teacher": self.teacher_state(),
+            # a measured table: a resumed run decides on the same costs instead of timing the model again
+            "latency_costs": self.costs if self.args.pruning_target_type == "latency" else None,
             **self.candidate_state_dict(),
         }
 
@@ -558,6 +572,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._last_prune_step = state["last_prune_step"]
         self.load_teacher_state(state.get("teacher"))
         self.load_candidate_state_dict(state)
+        saved, measured = state.get("latency_costs"), pruning_arguments(self.args)
+        if saved and self.args.pruning_target_type == "latency" and set(self.costs) <= set(saved) and all(
+                (state.get("arguments") or {}).get(k) == measured.get(k) for k in LATENCY_TABLE_ARGUMENTS):
+            self.costs = {name: saved[name] for name in self.costs}
 
     def save_pruning_state(self, folder: str) -> None:
         """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""
