@@ -7,7 +7,8 @@ layout codec :mod:`layout`) -> Hub-format save (:mod:`hub`) -> deployment (:mod:
 
 from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
 from .engine.controller import AdaptiveController
-from .families import UnsupportedModelError, find_groups, get_adapter, register_family, supported_model_types
+from .families import (UnsupportedModelError, filter_groups, find_groups, get_adapter, register_family,
+                       supported_model_types)
 from .reporting.flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
 from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance
@@ -41,6 +42,10 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
 
+def __dir__():  # the lazily loaded names too, for tab completion
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "AdaptiveController",
     "AdaptivePruningSeq2SeqTrainer",
@@ -58,6 +63,7 @@ __all__ = [
     "compact",
     "compare_profiles",
     "count_flops",
+    "filter_groups",
     "detach_masks",
     "export_ctranslate2",
     "export_onnx",

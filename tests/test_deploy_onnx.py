@@ -363,6 +363,28 @@ def test_onnx_encoder_is_called_like_the_model(head, output, tmp_path):
     assert OnnxEncoder(tmp_path).threads == "onnxruntime default"  # not torch's thread count
 
 
+def test_trainer_evaluate_takes_the_onnx_encoder_as_it_takes_the_model(tmp_path):
+    import datasets
+
+    model = tiny_model("bert")
+    random_masks(model)
+    compact(model)
+    export_onnx(model, tmp_path / "onnx")
+    batch = text_batch(batch=3, seq=6, seed=1)
+    data = datasets.Dataset.from_dict({"input_ids": batch["input_ids"].tolist(),
+                                       "attention_mask": batch["attention_mask"].tolist(), "labels": [0, 2, 1]})
+
+    def accuracy(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    results = []
+    for evaluated in (model, OnnxEncoder(tmp_path / "onnx", threads=1)):
+        args = transformers.TrainingArguments(str(tmp_path / "eval"), report_to="none", use_cpu=True)
+        results.append(transformers.Trainer(model=evaluated, args=args, compute_metrics=accuracy).evaluate(data))
+    assert results[1]["eval_accuracy"] == results[0]["eval_accuracy"]
+    assert results[1]["eval_loss"] == pytest.approx(results[0]["eval_loss"], abs=TOL)
+
+
 @pytest.mark.parametrize("model_type", ["marian", "bart"])
 def test_onnxruntime_int8_seq2seq_graphs_decode_close_to_float(model_type, tmp_path):
     model = tiny_seq2seq(model_type)

@@ -25,3 +25,14 @@ def test_trainers_load_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=one_thread_env(),
                          timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "AdaptivePruningTrainer"
+
+
+def test_every_public_name_is_listed_and_importable():
+    """``dir()`` offers the lazily loaded names too (tab completion), and every name of ``__all__`` imports."""
+    import hf_adaprune
+
+    assert set(hf_adaprune.__all__) <= set(dir(hf_adaprune))
+    assert {"AdaptivePruningTrainer", "post_training_prune", "export_onnx", "filter_groups"} <= set(dir(hf_adaprune))
+    from hf_adaprune import filter_groups  # the README's engine example uses it
+
+    assert callable(filter_groups)

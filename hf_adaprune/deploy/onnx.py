@@ -253,7 +253,9 @@ class OnnxEncoder(nn.Module):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.output_name = self.output_names[0]
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_ignored):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **_ignored):
+        """``labels``: as the transformers model takes them, for a ``loss`` in the output (``Trainer.evaluate``
+        finds the labels by this argument)."""
         from transformers.utils import ModelOutput
 
         if attention_mask is None:
@@ -263,7 +265,23 @@ class OnnxEncoder(nn.Module):
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         feed = {k: v.cpu().numpy().astype(np.int64) for k, v in feed.items() if k in self.input_names}
         outputs = self.session.run(self.output_names, feed)
-        return ModelOutput({name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)})
+        outputs = {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}
+        if labels is not None and "logits" in outputs:
+            outputs = {"loss": classifier_loss(outputs["logits"], labels), **outputs}
+        return ModelOutput(outputs)
+
+
+def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss transformers' heads compute: MSE for one output (regression), binary cross-entropy for float
+    multi-hot labels shaped like the logits (multi-label), else cross-entropy over the classes (-100 ignored)."""
+    from torch.nn import functional
+
+    logits = logits.float()
+    if logits.shape[-1] == 1 and labels.dtype.is_floating_point:
+        return functional.mse_loss(logits.squeeze(-1), labels.float().view(logits.shape[:-1]))
+    if labels.dtype.is_floating_point and labels.shape == logits.shape:
+        return functional.binary_cross_entropy_with_logits(logits, labels)
+    return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.long().reshape(-1), ignore_index=-100)
 
 
 class OnnxSeq2Seq:
