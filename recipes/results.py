@@ -23,7 +23,7 @@ import os
 from hf_adaprune.reporting.report import write_json
 
 RESULTS_FILE = "results.json"
-PRUNING_KEYS = ("criterion", "target", "target_type", "final_sparsity", "stop_reason")
+PRUNING_KEYS = ("criterion", "target", "target_type", "final_sparsity", "stop_reason", "start_pruned")
 TEST_SIDES = ("dense", "control", "pruned")
 
 
@@ -56,7 +56,7 @@ def format_metric(value, digits: int = 4) -> str:
 # -- results.json ------------------------------------------------------------------------------------
 def pruning_record(summary: dict) -> dict:
     """How the run pruned, from ``trainer.pruning_summary()``: criterion, target (and its type), sparsity, stop."""
-    return {k: summary[k] for k in PRUNING_KEYS}
+    return {k: summary.get(k) for k in PRUNING_KEYS}
 
 
 def without_layers(comparison: dict | None) -> dict | None:
@@ -125,7 +125,8 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
     test, val, cmp, lat = results["test"], results["validation"], results["comparison"], results["latency"]
     control = results["dense_control"] is not None
     dense_step = test["dense_step"] if test else None
-    header = ["", f"dense (step {dense_step})" if dense_step is not None else "dense"]
+    start = "start" if results["pruning"].get("start_pruned") else "dense"  # a pruned folder pruned further
+    header = ["", f"{start} (step {dense_step})" if dense_step is not None else start]
     header += [f"control ({results['dense_control']['steps']} steps)"] if control else []
     header += ["pruned", "change vs control" if control else "note"]
     rows = [tuple(header)]
@@ -170,7 +171,8 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
                       "--pruning_warmup_steps): it resumed past that step, or ended before it.")
     elif test is not None and not control and results["train"] is not None:  # None: pruned without training
         steps = results["train"].get("global_step", "all")
-        footer.append(f"note: the dense column is the model at step {dense_step} (the pruning reference); the pruned "
-                      f"model trained to step {steps}, so it had more training. --dense_control true adds a dense "
-                      f"model trained for the same steps.")
+        what = ("the pruned model --model_name_or_path holds, " if start == "start" else "") + "the model"
+        footer.append(f"note: the {start} column is {what} at step {dense_step} (the pruning reference); the pruned "
+                      f"model trained to step {steps}, so it had more training. --dense_control true adds a "
+                      f"{'start' if start == 'start' else 'dense'} model trained for the same steps.")
     return format_table(rows, footer)

@@ -97,11 +97,15 @@ def pruned_classifier(reviews, tmp_path_factory):
     return out
 
 
-def test_a_folder_the_recipe_saved_is_pruned_again(reviews, pruned_classifier, tmp_path):
+def test_a_folder_the_recipe_saved_is_pruned_again(reviews, pruned_classifier, tmp_path, capsys):
     out = tmp_path / "second"
     results = text_classification.main(review_args(reviews, out, "--model_name_or_path", str(pruned_classifier))
                                        + TRAINING)
     assert json.loads((out / "pruning_report.json").read_text())["start_pruned"] is True
+    assert results["pruning"]["start_pruned"] is True
+    header = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.split()[:1] in (["dense"], ["start"]) and "pruned" in line)
+    assert header.split()[0] == "start"  # the table names the start as the card does, not "dense"
     first = json.loads((pruned_classifier / "results.json").read_text())
     assert results["comparison"]["params_before"] == first["comparison"]["params_after"]  # starts where it ended
     assert results["comparison"]["params_after"] < results["comparison"]["params_before"]
