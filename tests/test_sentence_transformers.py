@@ -608,3 +608,89 @@ def test_onnx_export_of_a_sentence_transformer_says_what_to_export(encoder_folde
 def test_refit_is_refused_when_the_arguments_are_parsed(tmp_path):
     with pytest.raises(ValueError, match="--pruning_refit is not available for sentence-transformers"):
         make_args(tmp_path, pruning_refit=True)
+
+
+@pytest.mark.parametrize("overrides, with_eval, message", [
+    ({}, False, "--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences"),
+    ({"pruning_warmup_steps": 0}, True, "taylor importance needs gradients: set --pruning_warmup_steps >= 1"),
+    ({"pruning_seq_len": 128}, True, r"--pruning_seq_len 128 exceeds the model's max_position_embeddings \(64\)"),
+    ({"pruning_roles": "decoder"}, True, r"nothing to prune: no both groups with roles \['decoder'\]"),
+])
+def test_setup_errors_come_before_any_dense_embedding(encoder_folder, tmp_path, monkeypatch, overrides, with_eval,
+                                                      message):
+    # label-free: the dense embeddings of the whole train set (and of the agreement sentences) take long on a big
+    # corpus; a bad set-up is refused before any of them is computed
+    import hf_adaprune.sentence_transformers.evaluation as evaluation_module
+    import hf_adaprune.sentence_transformers.trainer as trainer_module
+
+    def encoded(*args, **kwargs):
+        raise AssertionError("dense embeddings computed before the set-up checks")
+
+    monkeypatch.setattr(trainer_module, "with_teacher_embeddings", encoded)
+    monkeypatch.setattr(evaluation_module, "encode", encoded)
+    steering = dict(eval_dataset=Dataset.from_dict({"sentence": sentences(8, seed=1)})) if with_eval else {}
+    with pytest.raises(ValueError, match=message):
+        AdaptivePruningSentenceTransformerTrainer(
+            model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, **overrides),
+            train_dataset=Dataset.from_dict({"sentence": sentences(32)}), **steering)
+
+
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+class NoPrimaryEvaluator(SentenceEvaluator):
+    """Returns a score but never names its primary metric."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.calls += 1
+        return {"my_score": 0.5}
+
+
+def test_an_evaluator_without_primary_metric_fails_at_step_0(encoder_folder, tmp_path):
+    # not at the reference after the whole warm-up: the evaluator runs once before the first step
+    model = tiny_sentence_transformer(encoder_folder)
+    pairs = Dataset.from_dict({"sentence1": sentences(16), "sentence2": sentences(16, seed=1),
+                               "score": [i / 16 for i in range(16)]})
+    counter, evaluator = StepCounter(), NoPrimaryEvaluator()
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, pruning_warmup_steps=5), train_dataset=pairs, loss=CoSENTLoss(model),
+        evaluator=evaluator, callbacks=[counter])
+    with pytest.raises(KeyError, match=r"NoPrimaryEvaluator returned no primary metric \(None\); name the key that "
+                                       r"steers with --pruning_metric; available: \['my_score'\]"):
+        trainer.train()
+    assert counter.steps == 0 and trainer.state.global_step == 0 and evaluator.calls == 1
+
+
+def test_pruning_eval_samples_cuts_the_agreement_sentences(encoder_folder, tmp_path, monkeypatch):
+    # the default steering reads the first --pruning_eval_samples distinct eval sentences, teacher embeddings too
+    corpus = list(dict.fromkeys(sentences(80, seed=5)))[:30]
+    seen = []
+    call = TeacherAgreementEvaluator.__call__
+
+    def spy(self, model, *args, **kwargs):
+        seen.append(len(self.sentences))
+        return call(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(TeacherAgreementEvaluator, "__call__", spy)
+    train, evals = Dataset.from_dict({"sentence": sentences(48)}), Dataset.from_dict({"sentence": corpus})
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, max_steps=6, pruning_eval_samples=10),
+        train_dataset=train, eval_dataset=evals)
+    assert trainer.evaluator.sentences == corpus[:10] and tuple(trainer.evaluator.teacher_embeddings.shape) == (10, 32)
+    trainer.train()
+    assert len(seen) >= 2 and set(seen) == {10}
+    whole = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, max_steps=6), train_dataset=train,
+        eval_dataset=evals)
+    assert whole.evaluator.sentences == corpus, "unset: every distinct sentence (up to 1,000)"
+    with pytest.raises(RuntimeError, match=r"call set_teacher\(dense_model\) before evaluating"):
+        TeacherAgreementEvaluator(corpus)(whole.model)

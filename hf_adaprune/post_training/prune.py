@@ -34,7 +34,7 @@ from ..surgery import compact
 from ..task_metrics import classification_metrics
 from .calibration import LABEL_KEYS, SCORE_KINDS, calibration_batches, device_batch, mask_gradient_scores, model_input_names
 from .dense_targets import REFIT_TARGETS, capture_dense_targets
-from .refit import DEFAULT_RIDGE, refit_groups
+from .refit import DEFAULT_RIDGE, refit_groups, refit_token_floor
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class PostTrainingResult:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # per group, as used by the selection
     history: list[dict] = field(default_factory=list)  # the controller's decisions
     refit_errors: dict[str, float] = field(default_factory=dict)  # relative output error per re-fitted group
+    # groups left un-fitted, too few calibration tokens for their kept columns: {group: {tokens, kept_columns, needed}}
+    refit_skipped: dict[str, dict[str, int]] = field(default_factory=dict)
     comparison: ProfileComparison | None = None  # compare_profiles(dense, pruned)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     output_dir: Path | None = None
@@ -110,6 +112,9 @@ def post_training_prune(
     ``refit_target``: ``"dense_residual"`` (default: the dense model's residual-stream sum, so drift from
     earlier layers is corrected too), ``"dense_output"`` (the dense model's projection output) or
     ``"same_input"`` (the dense projection of the pruned model's own input); see :mod:`dense_targets`.
+    A group is re-fit only on at least 2 x (its kept input columns + 1) real tokens
+    (:func:`~hf_adaprune.post_training.refit.refit_token_floor`); below that it keeps its weights, with a
+    warning, and ``result.refit_skipped`` names it.
 
     The model given is not modified unless ``inplace=True`` (a deep copy is pruned); its parameters
     are never updated by an optimizer. Returns a :class:`PostTrainingResult` whose ``model`` is
@@ -133,6 +138,8 @@ def post_training_prune(
     refit_batches = batches if refit_samples is None else calibration_batches(
         _first(calibration_dataset, refit_samples), collator, batch_size, accepted)
     eval_batches = None if eval_dataset is None else calibration_batches(eval_dataset, collator, batch_size, accepted)
+    if refit:
+        _warn_few_refit_tokens(model, groups, refit_batches, refit_samples)
     dense_profile = model_profile(model, seq_len=seq_len)
     costs = structure_costs(model, groups, seq_len)
     floors = {"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}
@@ -158,17 +165,20 @@ def post_training_prune(
         dense = _timed(timings, "refit", capture_dense_targets, model, groups, refit_batches, refit_target)
     masks = attach_masks(model)
     dense_projections = _projection_state(model, groups)
+    skipped = {}  # the groups the latest re-fit left un-fitted: the last try is the model returned
 
     def prune_to(ratio: float) -> dict[str, float]:
         """Masks for ``ratio`` chosen from the dense model, then the re-fit; no training."""
         _load_projection_state(model, dense_projections)
+        skipped.clear()
         masks.update({name: torch.ones_like(mask) for name, mask in masks.masks.items()})
         masks.update(select_masks_by_kind(
             groups, all_scores, masks.masks, ratio, kinds=kinds, scope="global",
             floors=floors, costs=costs))
         if not refit:
             return {}
-        return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress, dense)
+        return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress, dense,
+                      skipped)
 
     def check() -> float:
         return _timed(timings, "check", evaluate, model, eval_batches, metric, progress)
@@ -202,7 +212,7 @@ def post_training_prune(
     compact(model)
     result = PostTrainingResult(selected=selected,
         model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within, scores=all_scores,
-        history=controller.state.history, refit_errors=errors,
+        history=controller.state.history, refit_errors=errors, refit_skipped=dict(skipped),
         comparison=compare_profiles(dense_profile, model_profile(model, seq_len=seq_len)), timings=timings)
     timings["total"] = time.time() - started
     if output_dir is not None:
@@ -211,11 +221,50 @@ def post_training_prune(
     return result
 
 
+def _warn_few_refit_tokens(model, groups, batches: list[dict], refit_samples: int | None) -> None:
+    """Warn once, up front, when the re-fit's real tokens are too few for the widest pruned projection."""
+    main = getattr(model, "main_input_name", "input_ids")
+    rows = sum(batch[main].shape[0] for batch in batches)
+    tokens = sum(int(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None
+                 else batch[main].numel() for batch in batches)
+    widest = max(model.base_model.get_submodule(group.output).in_features for group in groups)
+    if tokens < refit_token_floor(widest):
+        logger.warning("post-training pruning: the re-fit sees %d real tokens (%d calibration rows%s); a group is "
+                       "re-fit only on at least 2 x (its kept input columns + 1) tokens, %d for the widest "
+                       "projection (%d columns), so groups keeping %d columns or more keep their weights; a few "
+                       "thousand calibration rows avoid this", tokens, rows,
+                       "" if refit_samples is None else f", refit_samples={refit_samples}",
+                       refit_token_floor(widest), widest, tokens // 2)
+
+
 def _first_unlabeled(dataset) -> int | None:
     """The index of the first example without a label: every row of a list, the first row of a dataset (whose
     columns every row shares); None when they have labels."""
     rows = dataset if isinstance(dataset, list) else [dataset[0]]
     return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
+
+
+def _check_tokenized(model, name: str, dataset) -> None:
+    """Raw text (rows without the model's main input, ``input_ids``) is refused with how to tokenize it: left to
+    the collator, it would fail there with a message naming neither the argument nor the fix."""
+    main = getattr(model, "main_input_name", "input_ids")
+    if hasattr(dataset, "column_names"):  # a datasets.Dataset: every row has its columns
+        if main in dataset.column_names:
+            return
+        index, row = 0, dataset[0]
+    else:
+        rows = dataset if isinstance(dataset, list) else [dataset[0]]
+        index = next((i for i, row in enumerate(rows) if main not in row), None)
+        if index is None:
+            return
+        row = rows[index]
+    text = next((key for key, value in row.items() if isinstance(value, str)), "text")
+    if hasattr(dataset, "map"):
+        how = f'{name}.map(lambda b: tokenizer(b["{text}"], truncation=True), batched=True)'
+    else:
+        how = f'[dict(row, **tokenizer(row["{text}"], truncation=True)) for row in {name}]'
+    raise ValueError(f"{name} has no {main!r}: row {index} has the columns {sorted(row)}. It needs tokenized rows; "
+                     f"tokenize it first, e.g. {name} = {how}")
 
 
 def _first(dataset, count: int):
@@ -372,6 +421,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError(f"target must be a fraction of the layer FLOPs in (0, 1), or None to search; got {target}")
     if calibration_dataset is None or len(calibration_dataset) == 0:
         raise ValueError("calibration_dataset is empty: give tokenized, labelled examples (a few thousand)")
+    _check_tokenized(model, "calibration_dataset", calibration_dataset)
     unlabeled = _first_unlabeled(calibration_dataset)
     if unlabeled is not None:
         raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
@@ -401,6 +451,8 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError("searching the ratio (target=None or search=True) needs an eval_dataset for the metric")
     if eval_dataset is not None and len(eval_dataset) == 0:
         raise ValueError("eval_dataset is empty: pass None to skip the metric check")
+    if eval_dataset is not None:
+        _check_tokenized(model, "eval_dataset", eval_dataset)
     unlabeled = None if eval_dataset is None else _first_unlabeled(eval_dataset)
     if unlabeled is not None:
         raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; example "

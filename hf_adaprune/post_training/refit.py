@@ -18,11 +18,14 @@ the bias. The removed columns stay behind the mask gate and compaction slices th
 so the compacted model equals the re-fitted masked one.
 
 Groups are re-fit in forward order, each on inputs produced by the already re-fitted
-earlier layers; each pass stops right after the group it measures.
+earlier layers; each pass stops right after the group it measures. A group whose calibration
+tokens are too few for its kept columns (:func:`refit_token_floor`) is not re-fit: it keeps its
+weights, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +38,25 @@ from ..families import Group, HeadGroup
 from .calibration import device_batch, token_mask
 from .dense_targets import DenseTargets, real_tokens
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_RIDGE = 1e-3
+TOKENS_PER_UNKNOWN = 2  # see refit_token_floor
+
+
+def refit_token_floor(columns: int) -> int:
+    """The fewest real calibration tokens a re-fit of ``columns`` kept input columns (plus the bias) is made on.
+
+    Each output row is a least-squares fit of ``p = columns + 1`` unknowns to ``n`` tokens. With ``n < p`` the
+    system is underdetermined: it interpolates the calibration tokens (a near-zero error on them) and the
+    small ridge alone picks the solution, which can move the outputs of other tokens arbitrarily far. With
+    ``n`` barely above ``p`` it is still fitted mostly to noise: the in-sample residual of least squares is
+    ``(n - p) / n`` of the noise and the error on new tokens about ``n / (n - p)`` of it, so the error reported
+    (measured on the same tokens) hides the damage. ``n >= 2 p`` keeps as many residual degrees of freedom as
+    unknowns: the in-sample error is at least half the noise, the held-out one about twice it at most.
+    Real runs are far above it (2,048 phrases of about 10 tokens against 2 x 1,537 for MiniLM's FFN).
+    """
+    return TOKENS_PER_UNKNOWN * (columns + 1)
 
 
 class _StopForward(Exception):
@@ -148,14 +169,17 @@ def _run_until(model: nn.Module, batch: dict) -> None:
 
 @torch.no_grad()
 def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group], batches: Sequence[dict],
-                 ridge: float = DEFAULT_RIDGE, progress: bool = True,
-                 dense: DenseTargets | None = None) -> dict[str, float]:
+                 ridge: float = DEFAULT_RIDGE, progress: bool = True, dense: DenseTargets | None = None,
+                 skipped: dict[str, dict[str, int]] | None = None) -> dict[str, float]:
     """Re-fit, in forward order, the output projection (weight and bias) of every group that lost structures.
 
     ``dense``: the dense model's values on ``batches`` (:func:`capture_dense_targets`) to aim at; None:
     the dense projection of the pruned model's own input. Changes the kept columns and bias of those
     projections in place; returns the relative error ``||W'_K x_K + b' - t|| / ||t - mean(t)||`` per
-    re-fitted group on the calibration tokens.
+    re-fitted group on the calibration tokens (the tokens it was fitted on: optimistic, see
+    :func:`refit_token_floor`). A group with fewer real tokens than :func:`refit_token_floor` of its kept
+    columns keeps its weights, is left out of the errors, is warned about and, given ``skipped``, recorded
+    there as ``{group: {"tokens", "kept_columns", "needed"}}``.
     """
     base = model.base_model
     device = next(model.parameters()).device
@@ -184,6 +208,14 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
                     handle.remove()
             problem = statistics.problem(projection.weight, projection.bias)
             kept = kept_columns(masks, group)
+            tokens, needed = round(float(problem.gram[-1, -1])), refit_token_floor(kept.numel())  # sum of 1 * 1
+            if tokens < needed:
+                logger.warning("re-fit of %s: %d calibration tokens for %d kept columns (plus the bias) are fewer "
+                               "than the %d a fair fit needs; it keeps its weights (pass more calibration rows or "
+                               "refit_samples, or refit=False)", group.name, tokens, kept.numel(), needed)
+                if skipped is not None:
+                    skipped[group.name] = {"tokens": tokens, "kept_columns": kept.numel(), "needed": needed}
+                continue
             weight, bias = solve_refit(projection.weight, projection.bias, problem.gram, kept, ridge, problem.cross)
             errors[group.name] = refit_error(problem, kept, weight, bias)
             projection.weight[:, kept.to(device)] = weight.to(device)

@@ -17,29 +17,39 @@ class TeacherAgreementEvaluator(SentenceEvaluator):
     """Mean cosine similarity between the model's embeddings and fixed teacher embeddings of ``sentences``.
 
     ``teacher_embeddings``: one row per sentence; or pass ``teacher`` (a model, typically the dense
-    model before pruning) to compute them now. Returns ``{name}_mean_cosine`` (primary, higher is
-    better) and ``{name}_min_cosine``.
+    model before pruning) to compute them now; or neither, and :meth:`set_teacher` before the first call
+    (the pruning trainer does so once its checks pass). Returns ``{name}_mean_cosine`` (primary, higher
+    is better) and ``{name}_min_cosine``.
     """
 
     def __init__(self, sentences: list[str], teacher_embeddings: torch.Tensor | None = None,
                  teacher: SentenceTransformer | None = None, name: str = "teacher", batch_size: int = 64):
         super().__init__()
-        if (teacher_embeddings is None) == (teacher is None):
-            raise ValueError("pass exactly one of teacher_embeddings and teacher")
+        if teacher_embeddings is not None and teacher is not None:
+            raise ValueError("pass one of teacher_embeddings and teacher, not both")
         self.sentences = list(sentences)
         if not self.sentences:
             raise ValueError("TeacherAgreementEvaluator needs at least one sentence")
         self.name = name
         self.batch_size = batch_size
+        self.teacher_embeddings = None
         if teacher is not None:
-            teacher_embeddings = encode(teacher, self.sentences, batch_size)
-        if len(teacher_embeddings) != len(self.sentences):
-            raise ValueError(f"{len(teacher_embeddings)} teacher embeddings for {len(self.sentences)} sentences")
-        self.teacher_embeddings = torch.as_tensor(teacher_embeddings).float().cpu()
+            self.set_teacher(teacher)
+        elif teacher_embeddings is not None:
+            if len(teacher_embeddings) != len(self.sentences):
+                raise ValueError(f"{len(teacher_embeddings)} teacher embeddings for {len(self.sentences)} sentences")
+            self.teacher_embeddings = torch.as_tensor(teacher_embeddings).float().cpu()
         self.greater_is_better = True
         self.primary_metric = f"{name}_mean_cosine" if name else "mean_cosine"
 
+    def set_teacher(self, teacher: SentenceTransformer) -> None:
+        """Compute the teacher embeddings of the sentences with ``teacher`` (typically the dense model)."""
+        self.teacher_embeddings = encode(teacher, self.sentences, self.batch_size)
+
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        if self.teacher_embeddings is None:
+            raise RuntimeError("TeacherAgreementEvaluator has no teacher embeddings: pass teacher_embeddings or "
+                               "teacher, or call set_teacher(dense_model) before evaluating")
         embeddings = encode(model, self.sentences, self.batch_size)
         cosine = torch.nn.functional.cosine_similarity(embeddings, self.teacher_embeddings, dim=-1)
         metrics = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min())}

@@ -14,7 +14,7 @@ import os
 
 import torch
 from accelerate.utils import broadcast_object_list
-from datasets import Dataset, Value
+from datasets import Dataset, DatasetDict, Value
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from ..engine.masks import get_masks
@@ -37,8 +37,11 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
       needs one text column and no labels (the dense embeddings are computed here, before pruning),
       or a ``label`` column of precomputed teacher embeddings.
     - ``evaluator``: any sentence-transformers evaluator; its primary metric steers (``--pruning_metric
-      evaluator``, the default) in its ``greater_is_better`` direction. Without one, the mean cosine to
-      the dense embeddings of up to 1,000 ``eval_dataset`` sentences steers.
+      evaluator``, the default) in its ``greater_is_better`` direction; it reads its own data
+      (``--pruning_eval_samples`` cuts only the eval loss rows). Without one, the mean cosine to the dense
+      embeddings of the first ``--pruning_eval_samples`` (up to 1,000) distinct ``eval_dataset`` sentences steers.
+
+    Set-up errors (arguments, model, steering) are raised before any dense embedding is computed.
     """
 
     arguments_class = SentenceTransformerPruningArguments
@@ -52,21 +55,35 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if args.distillation:
             raise ValueError("--distillation distils a task head's logits; for a SentenceTransformer leave the loss "
                              "unset instead: the default loss distils the dense model's embeddings")
+        if args.pruning_metric == EVALUATOR_METRIC and evaluator is None and eval_dataset is None:
+            raise ValueError("--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences "
+                             "(teacher agreement); or set --pruning_metric loss with a labelled eval_dataset")
+        # The dense embeddings (train rows, agreement sentences) are computed once every check has passed,
+        # the base trainer's pruning set-up (in super().__init__) included: here only what needs no encoding.
+        distil = loss is None and train_dataset is not None
         if loss is None:
             loss = embedding_distillation_loss(model)
             if train_dataset is not None:
-                train_dataset = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size,
-                                                   args.prompts)
+                _distillation_rows(train_dataset, model, args.per_device_eval_batch_size, args.prompts, encode=False)
+        agreement = None
         if evaluator is None and eval_dataset is not None and args.pruning_metric != "loss":
             if not isinstance(eval_dataset, Dataset):
                 raise ValueError(f"without an evaluator, agreement with the dense embeddings steers, read from one "
                                  f"eval Dataset of sentences; got a {type(eval_dataset).__name__}: pass an evaluator "
                                  "(e.g. a SequentialEvaluator over your eval sets), or --pruning_metric loss")
-            evaluator = _agreement_evaluator(model, eval_dataset, args.per_device_eval_batch_size)
+            evaluator = agreement = _agreement_evaluator(eval_dataset, args.per_device_eval_batch_size,
+                                                         args.pruning_eval_samples)
             if "label" not in eval_dataset.column_names and isinstance(loss, EmbeddingDistillationLoss):
                 eval_dataset = None  # unlabeled text: the evaluator measures it, no eval loss to compute
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
+        if agreement is not None:
+            agreement.set_teacher(model)
+        if distil:
+            rows = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size, args.prompts)
+            if isinstance(rows, dict) and not isinstance(rows, DatasetDict):
+                rows = DatasetDict(rows)  # as sentence-transformers turns a plain dict of datasets
+            self.train_dataset = self.preprocess_dataset(rows, dataset_name="train")
 
     # -- what is pruned and what measures it --------------------------------------------------------------
     @property
@@ -78,10 +95,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
 
     def _setup_pruning(self, model) -> None:
         """``model`` is the ``SentenceTransformer`` (also the one ``model_init`` builds): prune its transformer."""
-        self._steer_by_evaluator = self.args.pruning_metric == EVALUATOR_METRIC
-        if self._steer_by_evaluator and self.evaluator is None:
-            raise ValueError("--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences "
-                             "(teacher agreement); or set --pruning_metric loss with a labelled eval_dataset")
+        self._steer_by_evaluator = self.args.pruning_metric == EVALUATOR_METRIC  # with one: checked in __init__
         super()._setup_pruning(transformer_module(model).auto_model)
 
     def _metric_direction(self) -> bool:
@@ -124,8 +138,16 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         return []  # sentence-transformers losses need no label column (e.g. anchor / positive pairs)
 
     def _check_metric_available(self) -> None:
-        if not self._steer_by_evaluator:  # the evaluator's own primary metric is checked at the reference
+        if not self._steer_by_evaluator:
             super()._check_metric_available()
+            return
+        unnamed = getattr(self.evaluator, "primary_metric", None) is None
+        if self.args.world_size > 1:  # rank 0's evaluator may have run (and named it): every rank does as rank 0
+            unnamed = broadcast_object_list([unnamed])[0]
+        if unnamed and self.args.pruning_warmup_steps > 0:
+            # named once it has run (information retrieval, sequential), or never: run it now, so an evaluator
+            # without one fails at step 0, not at the reference after the warm-up (with no warm-up it is now)
+            self._decision_metric()
 
     def _metric_names(self, metrics: dict) -> list[str]:
         return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)  # an evaluator's keys, as named
@@ -174,34 +196,40 @@ def training_prompt(prompts, column: str, dataset_name: str | None = None) -> st
 
 
 def _distillation_rows(train_dataset, model: SentenceTransformer, batch_size: int, prompts=None,
-                       dataset_name: str | None = None):
+                       dataset_name: str | None = None, encode: bool = True):
     """The training rows of the default loss: each Dataset (of a dict of them too) gets its ``label`` column of
     dense embeddings, computed here, before pruning, from the text as training feeds it (``prompts``); one it
-    already has must hold vectors, not scores."""
+    already has must hold vectors, not scores. ``encode=False``: only the checks (None)."""
     if isinstance(train_dataset, dict):  # DatasetDict, or a plain dict of datasets (multi-dataset training)
-        return type(train_dataset)({name: _distillation_rows(rows, model, batch_size, prompts, name)
-                                    for name, rows in train_dataset.items()})
+        rows = {name: _distillation_rows(part, model, batch_size, prompts, name, encode)
+                for name, part in train_dataset.items()}
+        return type(train_dataset)(rows) if encode else None
     if not isinstance(train_dataset, Dataset):
         raise ValueError(f"without a loss the trainer distils the dense model's embeddings, computed before training "
                          f"from a datasets.Dataset of one text column; got a {type(train_dataset).__name__}: compute "
                          "them yourself (with_teacher_embeddings) into a 'label' column, or pass a loss")
     if "label" not in train_dataset.column_names:
-        prompt = training_prompt(prompts, text_column(train_dataset), dataset_name)
+        column = text_column(train_dataset)
+        if not encode:
+            return None
+        prompt = training_prompt(prompts, column, dataset_name)
         return with_teacher_embeddings(train_dataset, model, batch_size, prompt)
     if isinstance(train_dataset.features["label"], Value):
         raise ValueError("the train set's 'label' column holds one number per row, but the default loss distils "
                          "embeddings (a 'label' of one vector per row): pass the loss your labels are for "
                          "(e.g. CoSENTLoss for similarity scores)")
-    return train_dataset
+    return train_dataset if encode else None
 
 
-def _agreement_evaluator(model: SentenceTransformer, eval_dataset, batch_size: int) -> TeacherAgreementEvaluator:
-    """Teacher agreement on the eval set's sentences (all its text columns, up to AGREEMENT_SENTENCES)."""
+def _agreement_evaluator(eval_dataset, batch_size: int, samples: int | None) -> TeacherAgreementEvaluator:
+    """Teacher agreement on the eval set's first distinct sentences (all its text columns, in turn; at most
+    ``samples`` (--pruning_eval_samples) and AGREEMENT_SENTENCES). The trainer computes the teacher embeddings
+    (``set_teacher``) once its checks have passed."""
     columns = [c for c in eval_dataset.column_names if c not in ("label", "score")]
     sentences = []
     for column in columns:
         sentences += [s for s in eval_dataset[column] if isinstance(s, str)]
     if not sentences:
         text_column(eval_dataset)  # raises with what to pass
-    sentences = list(dict.fromkeys(sentences))[:AGREEMENT_SENTENCES]
-    return TeacherAgreementEvaluator(sentences, teacher=model, batch_size=batch_size)
+    sentences = list(dict.fromkeys(sentences))[:min(AGREEMENT_SENTENCES, samples or AGREEMENT_SENTENCES)]
+    return TeacherAgreementEvaluator(sentences, batch_size=batch_size)
