@@ -162,7 +162,7 @@ def test_onnx_int8_without_onnxruntime_fails_before_training(workspace, tmp_path
 
 # -- speech ---------------------------------------------------------------------------------------------------------
 
-from test_recipe_asr import FSDD, PRUNING, asr, data_flags, manifests, tiny_ctc_dir, tiny_whisper_dir  # noqa: E402,F401
+from test_recipe_asr import FSDD, PRUNING, asr, data_flags, manifests, tiny_whisper_dir  # noqa: E402,F401
 
 
 def test_whisper_ctranslate2_and_onnx(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811 - the fixtures
