@@ -356,12 +356,6 @@ class PrunedModelMixin:
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        import os
-
-        folder = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        if isinstance(folder, (str, os.PathLike)) and os.path.isfile(os.path.join(folder, "int8.json")):
-            raise ValueError(f"{folder} holds int8 weights written by hf_adaprune's save_int8, which no float "
-                             "loader reads: load it with hf_adaprune.deploy.load_int8(folder)")
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         record = read_record(model.config) or empty_record()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import transformers
@@ -93,6 +94,9 @@ class AutoPrunedModel:
 
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
+        if os.path.isfile(os.path.join(path, "int8.json")):
+            raise ValueError(f"{path} holds int8 weights written by hf_adaprune's save_int8, which no float loader "
+                             "reads: load it with hf_adaprune.deploy.load_int8(folder)")
         config = kwargs.pop("config", None)
         if config is None:  # as transformers' auto classes: config values among kwargs go into the config
             hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
