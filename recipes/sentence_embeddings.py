@@ -53,12 +53,14 @@ from hf_adaprune.sentence_transformers import (
     SentenceTransformerPruningArguments,
     TeacherAgreementEvaluator,
     embedding_distillation_loss,
+    load_pruned_sentence_transformer,
     with_teacher_embeddings,
 )
 from hf_adaprune.sentence_transformers.losses import distillation_distances
 
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, recipe_argv,
                                remove_earlier_run_outputs, resolve_package_path, warn_folders_left)
+from recipes.loading import is_pruned_source
 from recipes.skeleton import load_error, resolve_resume, run_cli
 
 logger = logging.getLogger(__name__)
@@ -214,6 +216,14 @@ def training_data(opts):
     return Dataset.from_dict({"sentence": sentences}), sentences
 
 
+def pruned_folder(path: str) -> bool:
+    """Whether ``path`` holds a sentence-transformers model an earlier run pruned (its config.json says so)."""
+    try:
+        return is_pruned_source(path)
+    except (OSError, ValueError):  # no config.json at the top (a Hub id offline, another layout): load as given
+        return False
+
+
 def check_options(opts, args) -> None:
     """What the flags alone can tell is wrong, before any model or data is loaded."""
     if opts.objective not in OBJECTIVES or opts.steer not in STEERS:
@@ -265,7 +275,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     try:
-        model = SentenceTransformer(path, device="cpu" if args.use_cpu else None)
+        # a folder an earlier run saved (pruned): hf_adaprune's classes build it, without remote code or a prompt
+        load = load_pruned_sentence_transformer if pruned_folder(path) else SentenceTransformer
+        model = load(path, device="cpu" if args.use_cpu else None)
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err
     model.max_seq_length = opts.max_seq_length

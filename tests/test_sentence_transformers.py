@@ -694,3 +694,27 @@ def test_pruning_eval_samples_cuts_the_agreement_sentences(encoder_folder, tmp_p
     assert whole.evaluator.sentences == corpus, "unset: every distinct sentence (up to 1,000)"
     with pytest.raises(RuntimeError, match=r"call set_teacher\(dense_model\) before evaluating"):
         TeacherAgreementEvaluator(corpus)(whole.model)
+
+
+def test_recipe_prunes_a_folder_it_saved_further(encoder_folder, tmp_path, monkeypatch):
+    """A folder an earlier run saved loads without remote code or a prompt, and is pruned again from there."""
+    import builtins
+
+    from conftest import load_recipe
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("asked for trust_remote_code")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
+    flags = ["--stsb_dir", str(stsb), "--objective", "cosent", "--max_steps", "6", "--per_device_train_batch_size",
+             "8", "--pruning_warmup_steps", "2", "--pruning_interval", "2", "--pruning_initial_step", "0.3",
+             "--pruning_target", "0.3", "--pruning_tolerance", "1.0", "--pruning_seq_len", "32", "--max_seq_length",
+             "32", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--throughput_batch", "4",
+             "--throughput_repeats", "1", "--disable_tqdm", "true"]
+    first = recipe.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "first"), *flags])
+    second = recipe.main(["--model_name_or_path", str(tmp_path / "first"), "--output_dir", str(tmp_path / "second"),
+                          *flags])
+    assert second["dense"]["layer_flops"] == pytest.approx(first["pruned"]["layer_flops"])  # starts where it ended
+    assert json.loads((tmp_path / "second" / "pruning_report.json").read_text())["start_pruned"] is True
