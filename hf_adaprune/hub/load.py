@@ -28,10 +28,10 @@ class SavesRemoteCode:
     def save_pretrained(self, save_directory, *args, **kwargs):
         get_adapter(self)  # refused before anything is written: the remote code needs the family's adapter
         mark_config(self.config)  # model_type adaprune_<family> in config.json
-        class_names = set_auto_map(self)
+        set_auto_map(self)
         super().save_pretrained(save_directory, *args, **kwargs)
         if (args[0] if args else kwargs.get("is_main_process", True)):
-            write_remote_code(self, save_directory, class_names)
+            write_remote_code(self, save_directory)
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
         # every upload of a model goes through here: save_pretrained(push_to_hub=True) uploads at the end of

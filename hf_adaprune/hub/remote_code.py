@@ -132,19 +132,18 @@ def stock_config_class_name(config) -> str:
     return cls.__name__
 
 
-def set_auto_map(model) -> set[str]:
-    """Point ``model.config.auto_map`` at the remote-code classes; returns the transformers classes they extend."""
+def set_auto_map(model) -> None:
+    """Point ``model.config.auto_map`` at the remote-code classes."""
     auto = auto_classes_for(model)
     module = REMOTE_CODE_FILE[:-3]
     model.config.auto_map = {"AutoConfig": f"{module}.{stock_config_class_name(model.config)}",
                              **{k: f"{module}.{v}" for k, v in auto.items()}}
-    return set(auto.values())
 
 
-def write_remote_code(model, folder, class_names: set[str] | None = None) -> None:
-    """Write ``modeling_adaprune.py`` into ``folder``: ``class_names``, or the classes ``config.auto_map`` names."""
-    if class_names is None:
-        class_names = {target.rpartition(".")[2] for auto_name, target in (model.config.auto_map or {}).items()
-                       if auto_name != "AutoConfig"}
+def write_remote_code(model, folder) -> None:
+    """Write ``modeling_adaprune.py`` into ``folder``, defining the model classes ``config.auto_map`` names
+    (:func:`set_auto_map`)."""
+    class_names = {target.rpartition(".")[2] for auto_name, target in (model.config.auto_map or {}).items()
+                   if auto_name != "AutoConfig"}
     source = remote_code_source(class_names, stock_config_class_name(model.config), get_adapter(model).attention_forward)
     (Path(folder) / REMOTE_CODE_FILE).write_text(source)

@@ -213,6 +213,12 @@ def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inpu
     return alpha * task_loss + kd_scale * extra
 
 
+def layers_dropped(config) -> dict[str, float]:
+    """The config's non-zero layer-drop probabilities (``{"layerdrop": 0.1}``): layers skipped at random in
+    training, which leave a step without their gradients or outputs."""
+    return {field: getattr(config, field) for field in LAYERDROP_FIELDS if getattr(config, field, 0)}
+
+
 class DistillationMixin:
     """The Trainer side of distillation, mixed into the pruning trainers (``self.pruned_model`` is the student)."""
 
@@ -223,7 +229,7 @@ class DistillationMixin:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
         args = self.args
         self.distillation_teacher, self._teacher_path = None, args.teacher_model_name_or_path
-        dropping = {f: getattr(student.config, f) for f in LAYERDROP_FIELDS if getattr(student.config, f, 0)}
+        dropping = layers_dropped(student.config)
         if args.distillation and args.distillation_hidden_weight > 0 and dropping:
             raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the model skips "
                              f"layers at random while training ({', '.join(f'{k}={v}' for k, v in dropping.items())})"

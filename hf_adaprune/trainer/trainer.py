@@ -37,7 +37,7 @@ from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
-from .distillation import LAYERDROP_FIELDS, DistillationMixin
+from .distillation import DistillationMixin, layers_dropped
 from .decision_rng import decision_rng
 from .distributed import check_masks_agree, from_main_process, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
@@ -219,7 +219,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"{args.pruning_criterion} scores them from their gradients. Unfreeze them "
                 "(model.requires_grad_(True); a PEFT model after merge_and_unload() keeps its base weights frozen), "
                 "or narrow --pruning_roles")
-        dropping = {f: getattr(model.config, f) for f in LAYERDROP_FIELDS if getattr(model.config, f, 0)}
+        dropping = layers_dropped(model.config)
         if self.importance.needs_gradients and dropping:
             raise ValueError(
                 f"--pruning_criterion {args.pruning_criterion} scores every structure from each step's gradients, but "
