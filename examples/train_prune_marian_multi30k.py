@@ -21,7 +21,8 @@ the data in ``../shared/data/multi30k`` (relative to the repository root):
    (absolute) of its reference; then the model is compacted. ``--prune heads,ffn,layers`` lets it remove
    whole encoder and decoder layers too (what makes batch-1 ``generate`` faster), ``--target_type latency``
    budgets by generate time per token measured at batch 1 instead of FLOPs, ``--distillation`` distils from
-   the dense model while pruning.
+   the dense model while pruning, ``--sequence_distillation`` prunes on the dense model's translations of the
+   training sources instead of their references.
 4. Dense vs pruned: sacreBLEU and chrF on test_2016_flickr (greedy, scored against the
    raw reference text), parameters, FLOPs (seq ``--seq_len``), and CPU latency of
    ``generate`` (greedy) at batch 1 (a test sentence of median length) and batch 32
@@ -74,6 +75,7 @@ from transformers import (
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Seq2SeqPruningArguments
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.reporting.latency import format_latency
+from hf_adaprune.sequence_distillation import sequence_distillation_targets
 
 import recipes.translation as recipe  # file reading and checks, metrics, latency
 from recipes.example_utils import (
@@ -131,6 +133,9 @@ def parse_args(argv=None):
     p.add_argument("--distillation", action="store_true",
                    help="distil from the dense model while pruning (token-level KL on the decoder logits, "
                         "temperature 2, weight 0.5 against the task loss: the library's defaults)")
+    p.add_argument("--sequence_distillation", action="store_true",
+                   help="prune on the dense model's greedy/beam translations of the training sources instead of "
+                        "the references (Kim & Rush 2016); the control still trains on the references")
     p.add_argument("--tolerance", type=float, default=1.0, help="largest BLEU drop on the val slice (absolute points)")
     p.add_argument("--eval_samples", type=int, default=200, help="first N val sentences steer pruning")
     p.add_argument("--warmup_steps", type=int, default=20, help="pruning warm-up: steps before the reference")
@@ -148,6 +153,10 @@ def parse_args(argv=None):
     if not 0.0 < args.target < 1.0:
         p.error(f"--target must be in (0, 1); got {args.target}")
     return args
+
+
+SEQUENCE_DISTILLATION_NOTE = (", trained on the dense model's translations of the training sources "
+                              "(sequence-level distillation)")
 
 
 # -- data and tokenizer -----------------------------------------------------------------------------------
@@ -271,7 +280,8 @@ def markdown(results: dict) -> str:
         f"{s['prune_steps']} more steps with AdaptivePruningSeq2SeqTrainer (Taylor importance, pruning "
         f"{s.get('prune', 'heads,ffn')}"
         f"{'' if s.get('roles', 'all') == 'all' else ' (roles ' + s['roles'] + ')'}"
-        f"{', with distillation from the dense model' if s.get('distillation') else ''}, "
+        f"{', with distillation from the dense model' if s.get('distillation') else ''}"
+        f"{SEQUENCE_DISTILLATION_NOTE if s.get('sequence_distillation') else ''}, "
         f"target {s['target']:.0%} of "
         f"{'generate time per token at batch 1' if s.get('target_type') == 'latency' else 'attention+FFN FLOPs'}, "
         f"final sparsity {p['final_sparsity']:.3f}, layers kept {p.get('encoder_layers', s['layers'])}+"
@@ -373,9 +383,17 @@ def main(argv=None) -> dict:
         pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
         pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=args.seq_len,
     )
+    prune_train, teacher_minutes = train, None
+    if args.sequence_distillation:
+        t1 = time.time()
+        prune_train = sequence_distillation_targets(dense, train, batch_size=100, max_length=args.max_length,
+                                                    num_beams=args.num_beams)
+        teacher_minutes = (time.time() - t1) / 60
+        print(f"sequence distillation: the dense model translated the {len(train):,} training sources "
+              f"({teacher_minutes:.1f} min)", flush=True)
     model = copy.deepcopy(dense)
     trainer = AdaptivePruningSeq2SeqTrainer(
-        model=model, args=prune_args, train_dataset=train, eval_dataset=val,
+        model=model, args=prune_args, train_dataset=prune_train, eval_dataset=val,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model), processing_class=tokenizer,
         compute_metrics=compute_metrics, dataset_name="bentrevett/multi30k",
     )
@@ -434,7 +452,8 @@ def main(argv=None) -> dict:
             "dense_epochs": (dense_steps or 0) * args.batch_size / max(len(train), 1),
             "dense_time_capped": budget.stopped_at is not None, "dense_minutes": dense_minutes,
             "target": args.target, "target_type": args.target_type, "prune": args.prune, "roles": args.roles,
-            "distillation": args.distillation, "tolerance": args.tolerance, "prune_steps": trainer.state.global_step,
+            "distillation": args.distillation, "sequence_distillation": args.sequence_distillation,
+            "teacher_minutes": teacher_minutes, "tolerance": args.tolerance, "prune_steps": trainer.state.global_step,
             "prune_minutes": prune_minutes, "threads": torch.get_num_threads(), "seed": args.seed,
         },
         "dense": {"test": dense_test, "params": comparison["params_before"]},

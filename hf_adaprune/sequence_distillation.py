@@ -1,0 +1,93 @@
+"""Sequence-level distillation: the dense model's own translations as the training targets.
+
+Kim & Rush (2016) train a smaller translation model on what the large one generates
+instead of the human references: the student then learns one consistent output per
+source (the teacher's mode) instead of the references' spread, which a model with
+fewer decoder layers fits far better. ``sequence_distillation_targets`` translates a
+tokenized training set with the teacher (greedy or beam search, under ``no_grad`` in
+eval mode, longest-first batches) and returns it with the teacher's tokens as ``labels``;
+the pruning trainer then trains on it like on any other dataset.
+
+Text-to-text models only (Marian, BART, T5, ...): the dataset needs ``input_ids``.
+"""
+
+from __future__ import annotations
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+LABEL_COLUMNS = ("labels", "decoder_input_ids", "decoder_attention_mask")
+
+
+def _batch_inputs(rows: dict, pad_token_id: int, device) -> dict:
+    """``input_ids`` / ``attention_mask`` of ``rows`` padded on the right, as tensors on ``device``."""
+    longest = max(len(ids) for ids in rows["input_ids"])
+    input_ids = torch.full((len(rows["input_ids"]), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, ids in enumerate(rows["input_ids"]):
+        input_ids[i, :len(ids)] = torch.as_tensor(ids)
+        attention_mask[i, :len(ids)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def generated_labels(sequences: torch.Tensor, decoder_start_token_id: int | None, pad_token_id: int,
+                     eos_token_id: int | None) -> list[list[int]]:
+    """The label rows of ``generate``'s output: the decoder start token and the padding after the end removed."""
+    rows = []
+    for sequence in sequences.tolist():
+        if decoder_start_token_id is not None and sequence and sequence[0] == decoder_start_token_id:
+            sequence = sequence[1:]
+        if eos_token_id is not None and eos_token_id in sequence:
+            sequence = sequence[:sequence.index(eos_token_id) + 1]
+        else:  # stopped by the length limit: no end token, only trailing padding to drop
+            while sequence and sequence[-1] == pad_token_id:
+                sequence.pop()
+        rows.append(sequence)
+    return rows
+
+
+@torch.no_grad()
+def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int = 64, progress: bool = True,
+                                  **generate_kwargs) -> Dataset:
+    """``dataset`` with ``labels`` replaced by ``teacher.generate``'s tokens for each row's ``input_ids``.
+
+    ``generate_kwargs`` go to ``generate`` (``max_length``, ``num_beams``, ...; the
+    teacher's generation config otherwise). Rows keep their order; the teacher is put
+    back into the mode it was in.
+    """
+    if not getattr(teacher.config, "is_encoder_decoder", False):
+        raise ValueError(f"sequence distillation needs an encoder-decoder (text-to-text) teacher; "
+                         f"{type(teacher).__name__} is not one")
+    if "input_ids" not in dataset.column_names:
+        raise ValueError(f"sequence distillation translates the rows' input_ids, which the dataset lacks "
+                         f"(columns: {', '.join(dataset.column_names)}): tokenize it first")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    config, generation = teacher.config, teacher.generation_config
+    pad_token_id = generation.pad_token_id if generation.pad_token_id is not None else config.pad_token_id
+    if pad_token_id is None:
+        raise ValueError("the teacher has no pad_token_id (config or generation config): set one")
+    start = generation.decoder_start_token_id
+    start = config.decoder_start_token_id if start is None else start
+    eos = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])  # longest first: an out-of-memory shows at once
+    labels: list[list[int] | None] = [None] * len(dataset)
+    try:
+        for begin in tqdm(range(0, len(order), batch_size), desc="sequence distillation: teacher targets",
+                          disable=not progress):
+            indices = order[begin:begin + batch_size]
+            rows = dataset.select(indices)[:]
+            sequences = teacher.generate(**_batch_inputs(rows, pad_token_id, device), **generate_kwargs)
+            for index, row in zip(indices, generated_labels(sequences, start, pad_token_id, eos)):
+                labels[index] = row
+    finally:
+        teacher.train(was_training)
+    kept = [name for name in dataset.column_names if name not in LABEL_COLUMNS]
+    return dataset.select_columns(kept).add_column("labels", labels)

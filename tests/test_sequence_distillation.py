@@ -1,0 +1,95 @@
+"""Sequence-level distillation: the teacher's translations become the training labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from datasets import Dataset
+
+from hf_adaprune.sequence_distillation import generated_labels, sequence_distillation_targets
+
+PAD, EOS, VOCAB = 0, 1, 60
+
+
+def tiny_translator(seed: int = 0):
+    """A tiny Marian with weights large enough that greedy decoding varies with the source."""
+    torch.manual_seed(seed)
+    config = transformers.MarianConfig(
+        vocab_size=VOCAB, decoder_vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+        max_position_embeddings=64, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
+        scale_embedding=True)
+    model = transformers.MarianMTModel(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and "embed_positions" not in name:
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.5)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+    return model
+
+
+def sources(rows: int = 7, seed: int = 3) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = []
+    for i in range(rows):
+        length = 2 + (i * 5) % 9  # mixed lengths, so batches pad
+        input_ids.append(torch.randint(2, VOCAB, (length,), generator=generator).tolist() + [EOS])
+    return Dataset.from_dict({"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids],
+                              "labels": [[5, EOS]] * rows, "decoder_attention_mask": [[1, 1]] * rows})
+
+
+def one_by_one(model, dataset: Dataset, max_length: int) -> list[list[int]]:
+    """Each row generated alone (no padding), as the labels should read."""
+    rows = []
+    with torch.no_grad():
+        for ids in dataset["input_ids"]:
+            sequence = model.generate(torch.tensor([ids]), max_length=max_length)
+            rows += generated_labels(sequence, PAD, PAD, EOS)
+    return rows
+
+
+def test_labels_are_the_teachers_translations_of_each_row_in_order():
+    model = tiny_translator()
+    model.train()  # the teacher is switched to eval mode for generating and put back afterwards
+    dataset = sources()
+    out = sequence_distillation_targets(model, dataset, batch_size=3, max_length=12, progress=False)
+    assert model.training
+    model.eval()
+    expected = one_by_one(model, dataset, max_length=12)
+    assert out["labels"] == expected
+    assert len({tuple(row) for row in expected}) > 1  # the tiny model's translations do vary with the source
+    assert out["input_ids"] == dataset["input_ids"] and out["attention_mask"] == dataset["attention_mask"]
+    assert "decoder_attention_mask" not in out.column_names  # it described the old labels
+    for row in out["labels"]:
+        assert row[0] != PAD and PAD not in row  # no decoder start token, no padding
+        assert row.count(EOS) <= 1 and (EOS not in row or row[-1] == EOS)
+
+
+def test_labels_do_not_depend_on_the_batch_size():
+    model = tiny_translator(seed=1).eval()
+    dataset = sources(rows=5, seed=4)
+    one = sequence_distillation_targets(model, dataset, batch_size=1, max_length=10, progress=False)
+    many = sequence_distillation_targets(model, dataset, batch_size=4, max_length=10, progress=False)
+    assert one["labels"] == many["labels"]
+
+
+def test_generated_labels_strip_the_start_token_and_what_follows_the_end():
+    sequences = torch.tensor([[PAD, 7, 8, EOS, PAD, PAD], [PAD, 9, EOS, 4, 4, 4], [PAD, 3, 3, 3, PAD, PAD]])
+    assert generated_labels(sequences, PAD, PAD, EOS) == [[7, 8, EOS], [9, EOS], [3, 3, 3]]
+    # a start token other than the pad token is stripped only where it opens the row
+    assert generated_labels(torch.tensor([[2, 7, 2, EOS]]), 2, PAD, EOS) == [[7, 2, EOS]]
+
+
+def test_refuses_what_it_cannot_translate():
+    model = tiny_translator()
+    with pytest.raises(ValueError, match=r"lacks \(columns: text\): tokenize it first"):
+        sequence_distillation_targets(model, Dataset.from_dict({"text": ["a b"]}), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be >= 1; got 0"):
+        sequence_distillation_targets(model, sources(), batch_size=0, progress=False)
+    decoder_only = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    with pytest.raises(ValueError, match="needs an encoder-decoder .*GPT2LMHeadModel is not one"):
+        sequence_distillation_targets(decoder_only, sources(), progress=False)
