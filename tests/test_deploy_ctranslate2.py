@@ -17,6 +17,7 @@ ctranslate2 = pytest.importorskip("ctranslate2", reason="CTranslate2 export need
 from hf_adaprune import attach_masks, compact, find_groups, save_pruned  # noqa: E402
 from hf_adaprune.deploy import CTranslate2Export, export_ctranslate2  # noqa: E402
 from hf_adaprune.deploy.ctranslate2 import EXPORT_RECORD  # noqa: E402
+from hf_adaprune.deploy.vocabulary import split_decoder_vocabulary  # noqa: E402
 
 from conftest import SHARED_DATA, tiny_model  # noqa: E402
 from test_deploy_vocabulary import sst2_sentences  # noqa: E402
@@ -228,6 +229,11 @@ def test_refuses_other_families_and_bad_requests(marian_tokenizer, tmp_path):
     finally:
         marian_tokenizer.separate_vocabs = False
     assert not (tmp_path / "separate").exists()
+    own_decoder = tiny_marian(len(marian_tokenizer), pad=0)
+    split_decoder_vocabulary(own_decoder, len(marian_tokenizer) - 10)  # prune_vocabulary(decoder_vocabulary=True)
+    with pytest.raises(ValueError, match=r"decoder has a vocabulary of its own .*registers one vocabulary for both"):
+        export_ctranslate2(own_decoder, tmp_path / "own_decoder", tokenizer=marian_tokenizer)
+    assert not (tmp_path / "own_decoder").exists()
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match="force=True"):
         export_ctranslate2(tmp_path / "dense", tmp_path / "taken")

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime", reason="the parity checks need onnxruntime: p
 
 from hf_adaprune import compact, find_groups  # noqa: E402
 from hf_adaprune.deploy import OnnxEncoder, OnnxSeq2Seq, export_onnx, onnx_session, quantize_onnx  # noqa: E402
+from hf_adaprune.deploy.vocabulary import split_decoder_vocabulary  # noqa: E402
 
 from conftest import text_batch, tiny_model  # noqa: E402
 from test_seq2seq_families import pattern_masks, seq2seq_batch, tiny_seq2seq  # noqa: E402
@@ -168,6 +169,25 @@ def _whisper_inputs():
     prefix = torch.randint(4, 64, (2, 7), generator=generator)
     prefix[:, 0] = 3
     return whisper_features(), None, prefix
+
+
+def test_marian_with_a_decoder_vocabulary_of_its_own_decodes_alike(tmp_path):
+    """prune_vocabulary(decoder_vocabulary=True)'s layout: the decoder graphs score the decoder's tokens only."""
+    model = tiny_seq2seq("marian")
+    pattern_masks(model, "A")
+    compact(model)
+    decoder_size = model.config.vocab_size - 30
+    split_decoder_vocabulary(model, decoder_size)
+    export_onnx(model, tmp_path)
+    batch = seq2seq_batch()
+    expected = assert_greedy_identical(tmp_path, model, batch["input_ids"], batch["attention_mask"])
+    assert expected.shape[1] > 4 and expected.max() < decoder_size
+    hidden = onnx_session(tmp_path, "encoder_model.onnx").run(None, {
+        "input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})[0]
+    logits = onnx_session(tmp_path, "decoder_model.onnx").run(["logits"], {
+        "decoder_input_ids": expected[:, :3], "encoder_hidden_states": hidden,
+        "encoder_attention_mask": batch["attention_mask"].numpy()})[0]
+    assert logits.shape == (3, 3, decoder_size)
 
 
 @pytest.mark.parametrize("family, build, inputs_of", [("marian", _marian3, _seq2seq_inputs),

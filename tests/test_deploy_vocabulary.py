@@ -3,6 +3,7 @@ loads with AutoTokenizer, AutoPrunedModel and trust_remote_code; unknown text go
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -313,3 +314,104 @@ def test_texts_that_would_keep_next_to_nothing_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         prune_vocabulary(model, tokenizer, **kwargs)
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+# -- decoder_vocabulary: a Marian decoder that writes only the targets' tokens ------------------------------------
+
+
+def unigram_tokenizer():
+    """A tokenizers Unigram of 1,500 pieces trained on SST-2 sentences (the fast tokenizer's own JSON format)."""
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    unigram.train_from_iterator(sst2_sentences(n=4000, skip=1000), trainers.UnigramTrainer(
+        vocab_size=1500, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "marian_spm"])
+def test_marian_decoder_vocabulary_holds_the_targets_tokens(tmp_path, kind):
+    sources, targets = sst2_sentences(n=300), sst2_sentences(n=100, skip=300)
+    tokenizer = {"bpe": bpe_tokenizer, "unigram": unigram_tokenizer,
+                 "marian_spm": lambda: marian_spm_tokenizer(sst2_sentences(n=1000), tmp_path)}[kind]()
+    model = pruned(tiny_marian(len(tokenizer)))
+    reference = copy.deepcopy(model)
+    inputs = tokenizer(sources[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        generated = reference.generate(**inputs, max_new_tokens=8, do_sample=False)
+    generated_tokens = tokenizer.convert_ids_to_tokens(generated.flatten().tolist())
+    new_tokenizer = prune_vocabulary(model, tokenizer, sources, target_texts=targets, decoder_vocabulary=True,
+                                     keep_tokens=generated_tokens)
+
+    config, size = model.config, model.config.decoder_vocab_size
+    target_ids = {i for row in tokenizer(text_target=targets)["input_ids"] for i in row}
+    expected = target_ids | set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(generated_tokens))
+    assert size == len(expected) < config.vocab_size == len(new_tokenizer)
+    assert not config.share_encoder_decoder_embeddings
+    # the decoder's tokens are numbered first: one tokenizer serves both sides
+    decoder_tokens = new_tokenizer.convert_ids_to_tokens(list(range(size)))
+    assert set(tokenizer.convert_tokens_to_ids(decoder_tokens)) == expected
+    assert max(i for row in new_tokenizer(text_target=targets)["input_ids"] for i in row) < size
+    assert model.model.encoder.embed_tokens.num_embeddings == config.vocab_size
+    assert model.model.decoder.embed_tokens.num_embeddings == model.lm_head.out_features == size
+    assert model.final_logits_bias.shape == (1, size)
+    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    assert not hasattr(model.model, "shared") and not model.training
+
+    old_decoder = tokenizer(text_target=targets[:3], padding=True, return_tensors="pt")["input_ids"]
+    new_decoder = new_tokenizer(text_target=targets[:3], padding=True, return_tensors="pt")["input_ids"]
+    new_inputs = new_tokenizer(sources[:3], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = reference(**inputs, decoder_input_ids=old_decoder).logits
+        after = model(**new_inputs, decoder_input_ids=new_decoder).logits
+        regenerated = model.generate(**new_inputs, max_new_tokens=8, do_sample=False)
+    old_ids = tokenizer.convert_tokens_to_ids(decoder_tokens)
+    assert (after - before[..., old_ids]).abs().max() <= TOL  # the same logits at the decoder's tokens
+    assert [tokenizer.convert_ids_to_tokens(r) for r in generated] == [
+        new_tokenizer.convert_ids_to_tokens(r) for r in regenerated]
+
+    save_pruned(model, tmp_path / "out", tokenizer=new_tokenizer)
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (saved["decoder_vocab_size"], saved["share_encoder_decoder_embeddings"]) == (size, False)
+    for loaded in (AutoPrunedModel.from_pretrained(tmp_path / "out"),
+                   transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out", trust_remote_code=True)):
+        with torch.no_grad():
+            assert (loaded.eval()(**new_inputs, decoder_input_ids=new_decoder).logits - after).abs().max() <= TOL
+        assert loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight
+
+
+def test_dense_marian_decoder_vocabulary_loads_with_stock_transformers(tmp_path):
+    sources, targets = sst2_sentences(n=200), sst2_sentences(n=60, skip=200)
+    tokenizer = bpe_tokenizer()
+    model = tiny_marian(len(tokenizer))
+    new_tokenizer = prune_vocabulary(model, tokenizer, sources, target_texts=targets, decoder_vocabulary=True)
+    batch = new_tokenizer(sources[:2], text_target=targets[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    loaded = transformers.MarianMTModel.from_pretrained(tmp_path).eval()  # no remote code: transformers' own layout
+    assert type(loaded) is transformers.MarianMTModel
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, expected)
+    assert expected.shape[-1] == loaded.config.decoder_vocab_size < loaded.config.vocab_size
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bert", "Marian models can hold .*BertForSequenceClassification has one vocabulary for both sides"),
+    ("no_targets", "pass target_texts .*or target_tokenized"),
+    ("twice", r"already has a vocabulary of its own \(share_encoder_decoder_embeddings=False\)"),
+])
+def test_decoder_vocabulary_refused_before_any_work(case, message):
+    tokenizer = bpe_tokenizer()
+    model = tiny_bert(len(tokenizer)) if case == "bert" else tiny_marian(len(tokenizer))
+    kwargs = {} if case == "no_targets" else {"target_texts": ["a film"]}
+    if case == "twice":
+        tokenizer = prune_vocabulary(model, tokenizer, ["a film", "a song"], target_texts=["a film"],
+                                     decoder_vocabulary=True)
+    size = model.get_input_embeddings().num_embeddings
+    with pytest.raises(ValueError, match=message):
+        prune_vocabulary(model, tokenizer, ["a film"], decoder_vocabulary=True, **kwargs)
+    assert model.get_input_embeddings().num_embeddings == size

@@ -94,7 +94,7 @@ def _rewrite_tokenizer_json(folder: Path, old_to_new: dict[int, int]):
     model = spec["model"]
     if model["type"] == "Unigram":
         pieces = model["vocab"]
-        model["vocab"] = [pieces[old] for old in sorted(old_to_new)]
+        model["vocab"] = [pieces[old] for old in sorted(old_to_new, key=old_to_new.get)]
         if model.get("unk_id") is not None:
             model["unk_id"] = old_to_new[model["unk_id"]]
     else:

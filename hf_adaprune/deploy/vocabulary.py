@@ -12,6 +12,15 @@ that occur in too few training rows. Whisper keeps every special and timestamp
 token (its ``generate`` finds them as offsets from ``<|notimestamps|>``); its
 generation config's ids are renumbered, so the model then writes only kept tokens.
 
+A Marian model shares one table between the encoder's input, the decoder's input and
+the output projection, so every decoding step scores both languages' tokens.
+``decoder_vocabulary=True`` gives the decoder a table of its own holding only the tokens of
+the targets: they are numbered first (ids ``0 .. decoder_vocab_size - 1``, so one
+tokenizer still serves both sides), the encoder keeps every kept token, and the output
+projection and ``final_logits_bias`` shrink to the decoder's tokens. Each generated
+token then costs a smaller projection and fewer logits to process, for
+``decoder_vocab_size x d_model`` more parameters (the decoder's rows are no longer shared).
+
 Save the two with ``save_pruned(model, path, tokenizer=new_tokenizer)``: the
 config records the new ``vocab_size``, so ``AutoPrunedModel``, stock
 ``AutoModel...(trust_remote_code=True)`` and ``AutoTokenizer`` load the folder.
@@ -179,6 +188,55 @@ def slice_vocabulary(model, kept_ids: list[int]) -> None:
             raise RuntimeError(f"{name} was not sliced")
 
 
+def _check_decoder_vocabulary(model, target_texts, target_tokenized) -> None:
+    config = model.config
+    if not hasattr(config, "share_encoder_decoder_embeddings") or not hasattr(config, "decoder_vocab_size"):
+        raise ValueError(f"decoder_vocabulary=True gives the decoder a table of its own, which Marian models can "
+                         f"hold (config.decoder_vocab_size); {type(model).__name__} has one vocabulary for both sides")
+    if not config.share_encoder_decoder_embeddings:
+        raise ValueError("decoder_vocabulary=True: the model's decoder already has a vocabulary of its own "
+                         "(share_encoder_decoder_embeddings=False)")
+    if target_texts is None and target_tokenized is None:
+        raise ValueError("decoder_vocabulary=True keeps the tokens of the targets in the decoder: pass target_texts "
+                         "(the training targets) or target_tokenized (their token ids, e.g. a dataset's labels)")
+
+
+def split_decoder_vocabulary(model, decoder_size: int) -> None:
+    """Give ``model`` (a Marian with one shared table, in place) a decoder table and output projection of the
+    first ``decoder_size`` ids; the encoder keeps the whole table.
+
+    The model is rebuilt from its config with ``share_encoder_decoder_embeddings=False`` (transformers' own
+    layout for separate tables, which stock ``from_pretrained`` reads) and takes over the rebuilt modules.
+    """
+    config = model.config
+    outside = sorted(i for i in _ids_named_by_configs(model) if i >= decoder_size)
+    if outside:
+        raise ValueError(f"ids the config or generation config name ({outside[:5]}) are not among the decoder's "
+                         f"first {decoder_size} ids: number the decoder's tokens first")
+    state = model.state_dict()
+    prefix = model.base_model_prefix + "."
+    shared = state.pop(prefix + "shared.weight")
+    for side in ("encoder", "decoder"):
+        state.pop(f"{prefix}{side}.embed_tokens.weight", None)
+    state[prefix + "encoder.embed_tokens.weight"] = shared
+    state[prefix + "decoder.embed_tokens.weight"] = shared[:decoder_size].clone()
+    state["lm_head.weight"] = state["lm_head.weight"][:decoder_size].clone()
+    state["final_logits_bias"] = state["final_logits_bias"][..., :decoder_size].clone()
+    config.share_encoder_decoder_embeddings = False
+    config.decoder_vocab_size = decoder_size
+    device = shared.device
+    rebuilt = type(model)(config).to(device=device, dtype=shared.dtype).train(model.training)
+    rebuilt.load_state_dict(state, strict=True)
+    if config.tie_word_embeddings:
+        rebuilt.tie_weights()
+    for name, module in list(rebuilt.named_children()):
+        setattr(model, name, module)
+    model.register_buffer("final_logits_bias", rebuilt.final_logits_bias)
+    for attribute in ("_tied_weights_keys", "all_tied_weights_keys"):
+        if hasattr(rebuilt, attribute):
+            setattr(model, attribute, getattr(rebuilt, attribute))
+
+
 def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
     new_size = len(old_to_new)
     config = model.config
@@ -200,7 +258,8 @@ def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
 
 def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_texts: Iterable[str] | None = None,
                      tokenized: Iterable[Sequence[int]] = (), min_count: int = 1,
-                     keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()):
+                     keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = (),
+                     decoder_vocabulary: bool = False, target_tokenized: Iterable[Sequence[int]] | None = None):
     """Shrink ``model``'s vocabulary (in place) to the tokens of ``texts``; return the matching tokenizer.
 
     ``texts``: the task's training inputs (for seq2seq, ``target_texts``: its training targets, tokenized
@@ -213,6 +272,12 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     and ids named by the config or generation config always stay. Unsupported models or tokenizers and a
     ``min_count`` below 1 are refused before any work. Logits on text whose tokens are all kept equal the
     unpruned model's.
+
+    ``decoder_vocabulary=True`` (Marian): the decoder's table and the output projection keep only the tokens of
+    the targets (``target_texts`` and ``target_tokenized``, counted with ``min_count``), the special tokens,
+    the ids the configs name and ``keep_tokens`` / ``keep_ids``; see the module's docstring. Logits on targets
+    whose tokens are all decoder tokens equal the unpruned model's at those tokens; training such a model
+    further needs targets made of its decoder tokens.
     """
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ValueError(f"min_count must be a whole number >= 1 (rows a token must occur in), got {min_count!r}")
@@ -220,6 +285,8 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
         if isinstance(value, str):
             raise ValueError(f"{name} is one string; pass a list of texts (a string would be read letter by letter)")
     check_vocabulary_request(model, tokenizer)
+    if decoder_vocabulary:
+        _check_decoder_vocabulary(model, target_texts, target_tokenized)
     family, spec = tokenizer_family(tokenizer)
     old_size = model.get_input_embeddings().num_embeddings
     keep_tokens, keep_ids = list(keep_tokens), [int(i) for i in keep_ids]
@@ -231,7 +298,9 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     outside = [i for i in keep_ids if not 0 <= i < old_size]
     if outside:
         raise ValueError(f"keep_ids outside the model's vocabulary of {old_size} ids: {outside[:5]}")
-    counts = token_row_counts(tokenizer, texts, target_texts, tokenized)
+    target_texts = None if target_texts is None else list(target_texts)
+    target_tokenized = None if target_tokenized is None else list(target_tokenized)
+    counts = token_row_counts(tokenizer, texts, target_texts, list(tokenized) + (target_tokenized or []))
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
                          "exhausted): the vocabulary would keep the special tokens alone")
@@ -239,19 +308,26 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
         raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in "
                          f"{max(counts.values())}): the vocabulary would keep the special tokens alone; lower "
                          "min_count")
-    kept = {i for i, count in counts.items() if count >= min_count}
-    kept |= set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    kept |= _ids_named_by_configs(model)
+    # special and added tokens, ids the configs name, keep_tokens / keep_ids: kept whatever their count, on both sides
+    always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    always |= _ids_named_by_configs(model)
     if model.config.model_type in ALWAYS_KEPT:
-        kept |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
-    for token in keep_tokens:
-        kept.add(tokenizer.convert_tokens_to_ids(token))
-    kept |= set(keep_ids)
+        always |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
+    always |= {tokenizer.convert_tokens_to_ids(token) for token in keep_tokens} | set(keep_ids)
+    kept = {i for i, count in counts.items() if count >= min_count} | always
     kept |= family.required(tokenizer, spec, kept)
     kept_ids = sorted(i for i in kept if 0 <= i < old_size)
+    decoder_ids = []
+    if decoder_vocabulary:  # the decoder's tokens first, so that its table is the head of the encoder's
+        target_counts = token_row_counts(tokenizer, (), target_texts, target_tokenized or ())
+        decoder = {i for i, count in target_counts.items() if count >= min_count} | always
+        decoder_ids = [i for i in kept_ids if i in decoder]
+        kept_ids = decoder_ids + [i for i in kept_ids if i not in decoder]
     old_to_new = {old: new for new, old in enumerate(kept_ids)}
     slice_vocabulary(model, kept_ids)
     _update_configs(model, old_size, old_to_new)
+    if decoder_vocabulary:
+        split_decoder_vocabulary(model, len(decoder_ids))
     with tempfile.TemporaryDirectory(prefix="adaprune-vocab-") as folder:
         tokenizer.save_pretrained(folder)
         family.rewrite(Path(folder), old_to_new)
