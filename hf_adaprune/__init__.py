@@ -31,6 +31,7 @@ _LAZY = {
     "load_int8": "deploy",
     "export_onnx": "deploy",
     "export_ctranslate2": "deploy",
+    "sequence_distillation_targets": "sequence_distillation",
 }
 
 
@@ -83,5 +84,6 @@ __all__ = [
     "save_pruned",
     "select_masks",
     "select_masks_by_kind",
+    "sequence_distillation_targets",
     "supported_model_types",
 ]

@@ -88,6 +88,13 @@ class DataArguments:
                           "rows (1: every token seen). Higher counts drop rare tokens for a smaller embedding; text "
                           "using them is split into kept pieces."},
     )
+    decoder_vocabulary: bool = field(
+        default=False,
+        metadata={"help": "With --prune_vocabulary, for Marian: the decoder's table and output projection keep only "
+                          "the tokens of the training targets, so each generated token costs less (the encoder "
+                          "keeps the sources' tokens; the two tables are no longer shared, which adds parameters). "
+                          "CTranslate2 cannot hold such a model."},
+    )
     quantize: str | None = field(
         default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with --export_onnx "
                                         "also onnxruntime int8 graphs, *.int8.onnx; with --export_ctranslate2 the "

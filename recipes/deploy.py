@@ -3,7 +3,8 @@
 ``--prune_vocabulary``, ``--quantize int8``, ``--export_onnx`` and ``--export_ctranslate2`` write, after
 training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself is left as saved)::
 
-    vocabulary/    the pruned model keeping only the tokens of the training data (Hub format, tokenizer inside)
+    vocabulary/    the pruned model keeping only the tokens of the training data (Hub format, tokenizer inside;
+                   with ``--decoder_vocabulary`` a Marian decoder keeps only the targets' tokens)
     int8/          int8 weights (``save_int8``; reload with ``hf_adaprune.load_int8``)
     onnx/          ONNX graphs (``export_onnx``); with ``--quantize int8`` also ``*.int8.onnx`` (``quantize_onnx``)
     ctranslate2/   a CTranslate2 model (``export_ctranslate2``; Whisper and Marian)
@@ -46,6 +47,11 @@ def check_arguments(data_args, training_args, model_paths) -> None:
                           "in at least this many training rows; it must be 1 or more")
     if data_args.vocabulary_min_count > 1 and not data_args.prune_vocabulary:
         raise RecipeError("--vocabulary_min_count only applies with --prune_vocabulary true")
+    if data_args.decoder_vocabulary and not data_args.prune_vocabulary:
+        raise RecipeError("--decoder_vocabulary only applies with --prune_vocabulary true")
+    if data_args.decoder_vocabulary and data_args.export_ctranslate2:
+        raise RecipeError("--decoder_vocabulary gives the decoder a vocabulary of its own, which CTranslate2's Marian "
+                          "converter cannot hold: drop one of --decoder_vocabulary and --export_ctranslate2")
     if not requested(data_args):
         return
     folder = os.path.realpath(os.path.join(training_args.output_dir, DEPLOY_DIR))
@@ -71,7 +77,9 @@ def check_request(run) -> None:
     data_args, model = run.data_args, run.model
     checks = []
     if data_args.prune_vocabulary:
-        checks.append(("--prune_vocabulary", lambda: check_vocabulary_request(model, _tokenizer(run.processing_class))))
+        flag = "--prune_vocabulary" + (" --decoder_vocabulary" if data_args.decoder_vocabulary else "")
+        checks.append((flag, lambda: check_vocabulary_request(model, _tokenizer(run.processing_class),
+                                                              decoder_vocabulary=data_args.decoder_vocabulary)))
     if data_args.quantize:
         checks.append(("--quantize int8", check_int8_request))
     if data_args.export_onnx:
@@ -85,13 +93,13 @@ def check_request(run) -> None:
             raise RecipeError(f"{flag}: {err}") from err
 
 
-def training_token_rows(dataset):
+def training_token_rows(dataset, columns=("input_ids", "labels")):
     """The token ids of each training row: its inputs (and the targets of seq2seq and Whisper data)."""
     if hasattr(dataset, "column_names"):  # a datasets.Dataset: read whole columns
-        columns = [dataset[column] for column in ("input_ids", "labels") if column in dataset.column_names]
+        columns = [dataset[column] for column in columns if column in dataset.column_names]
         rows = zip(*columns)
     else:  # the speech recipe's in-memory examples
-        rows = ([row[key] for key in ("input_ids", "labels") if key in row] for row in dataset)
+        rows = ([row[key] for key in columns if key in row] for row in dataset)
     for values in rows:
         ids: set[int] = set()
         for value in values:
@@ -124,13 +132,20 @@ def deploy(run, model) -> dict:
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
-        tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(run.datasets["train"]),
-                                     min_count=data_args.vocabulary_min_count)
+        train = run.datasets["train"]
+        if data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
+            tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(train, ("input_ids",)),
+                                         target_tokenized=training_token_rows(train, ("labels",)),
+                                         min_count=data_args.vocabulary_min_count, decoder_vocabulary=True)
+        else:
+            tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(train),
+                                         min_count=data_args.vocabulary_min_count)
         source = root / "vocabulary"
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
             processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)
         save_pruned(model, source, tokenizer=None if processor else tokenizer, processor=processor)
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
+                decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
                 min_count=data_args.vocabulary_min_count)
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)

@@ -80,8 +80,10 @@ class Run:
     seq2seq: bool = False  # generation during evaluation: the Seq2Seq trainers
     task_results: dict = field(default_factory=dict)  # the "task" entry of results.json
 
-    def trainer_kwargs(self, model, args) -> dict:
-        return dict(model=model, args=args, train_dataset=self.datasets["train"],
+    def trainer_kwargs(self, model, args, pruning: bool = False) -> dict:
+        # "pruning_train": what the pruning run trains on where it differs from the control's (a teacher's labels)
+        train = self.datasets.get("pruning_train", self.datasets["train"]) if pruning else self.datasets["train"]
+        return dict(model=model, args=args, train_dataset=train,
                     eval_dataset=self.datasets["validation"], processing_class=self.processing_class,
                     data_collator=self.data_collator, compute_metrics=self.compute_metrics,
                     preprocess_logits_for_metrics=self.preprocess_logits_for_metrics)
@@ -325,7 +327,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     clear_earlier_run(run, resume_from)
     pruning_class = AdaptivePruningSeq2SeqTrainer if run.seq2seq else AdaptivePruningTrainer
     trainer = _as_recipe_error(  # model / argument mismatches the trainer finds (e.g. --pruning_seq_len)
-        lambda: pruning_class(**run.trainer_kwargs(run.model, training_args),
+        lambda: pruning_class(**run.trainer_kwargs(run.model, training_args, pruning=True),
                               callbacks=[snapshot] if snapshot else None, dataset_name=data_args.dataset_card_name))
     train_metrics = train_and_save(trainer, training_args, resume_from)
     if task.after_save is not None and training_args.should_save:

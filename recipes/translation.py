@@ -56,6 +56,7 @@ process.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,6 +163,14 @@ class DataTrainingArguments(DataArguments):
         default=None,
         metadata={"help": "Beams for every evaluation's generate (default: --generation_num_beams, else the model's "
                           "generation config, usually 1 = greedy)."},
+    )
+    sequence_distillation: bool = field(
+        default=False,
+        metadata={"help": "Prune on the model's own translations of the training sources (as loaded, before any "
+                          "training; greedy or --num_beams, at most --generation_max_length tokens) instead of the "
+                          "reference targets: sequence-level distillation, which helps a model that loses decoder "
+                          "layers. The dense control still trains on the references. Every process translates the "
+                          "whole training set once, before training."},
     )
     max_empty_fraction: float = field(
         default=0.01,
@@ -546,6 +555,32 @@ def build(run: Run) -> None:
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
     run.datasets = tokenize(run.splits, tokenizer, run.data_args)
     run.data_collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    if run.data_args.sequence_distillation:
+        run.datasets["pruning_train"] = teacher_translations(model, run.datasets["train"], run)
+
+
+def teacher_translations(model, dataset, run: Run):
+    """``dataset`` with the model's own translations of its sources as labels, generated on the training device
+    (the model goes back to the CPU it was loaded on)."""
+    from hf_adaprune.sequence_distillation import sequence_distillation_targets
+
+    training_args, started = run.training_args, time.time()
+    num_beams = training_args.generation_num_beams or model.generation_config.num_beams or 1
+    logger.info("sequence distillation: translating the %d training sources with the model as loaded", len(dataset))
+    try:
+        translated = sequence_distillation_targets(
+            model.to(training_args.device), dataset, batch_size=training_args.per_device_eval_batch_size,
+            max_length=training_args.generation_max_length, num_beams=num_beams,
+            progress=not training_args.disable_tqdm)
+    finally:
+        model.to("cpu")
+    changed = sum(a != b for a, b in zip(translated["labels"], dataset["labels"]))
+    run.task_results["sequence_distillation"] = {
+        "rows": len(dataset), "num_beams": num_beams, "max_length": training_args.generation_max_length,
+        "rows_unlike_the_reference": changed, "minutes": round((time.time() - started) / 60, 2)}
+    logger.info("sequence distillation: %d of %d translations differ from the references (%.1f min)", changed,
+                len(dataset), (time.time() - started) / 60)
+    return translated
 
 
 def score_test(trainer, dataset, run: Run) -> dict:

@@ -120,6 +120,56 @@ def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path)
     assert got == expected
 
 
+def test_translation_sequence_distillation_and_decoder_vocabulary(translation_workspace, tmp_path, monkeypatch):  # noqa: F811
+    import recipes.skeleton as skeleton
+
+    trained_on = {}  # labels each trainer's training set holds when train() starts
+    for name in ("AdaptivePruningSeq2SeqTrainer", "DenseSeq2SeqTrainer"):
+        cls = getattr(skeleton, name)
+        monkeypatch.setattr(cls, "train", _recording_train(cls.train, name, trained_on))
+    out = tmp_path / "out"
+    results = translation.main(translation_args(translation_workspace, out) + SHORT_RUN + [
+        "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
+        "--generation_max_length", "12", "--pruning_tolerance", "100", "--dense_control", "true",
+        "--sequence_distillation", "true", "--prune_vocabulary", "true", "--decoder_vocabulary", "true"])
+    teacher = results["task"]["sequence_distillation"]
+    assert teacher["rows"] == 50 and teacher["rows_unlike_the_reference"] > 0 and teacher["max_length"] == 12
+    # the pruning run trained on the model's own translations, the dense control on the references
+    references = AutoTokenizer.from_pretrained(translation_workspace / "tokenizer")(
+        text_target=_train_targets(translation_workspace), max_length=32, truncation=True)["input_ids"]
+    assert sorted(map(tuple, trained_on["DenseSeq2SeqTrainer"])) == sorted(map(tuple, references))
+    pruned_labels = trained_on["AdaptivePruningSeq2SeqTrainer"]
+    assert len(pruned_labels) == 50 and sorted(map(tuple, pruned_labels)) != sorted(map(tuple, references))
+    assert max(len(row) for row in pruned_labels) <= 12
+    written = results["deploy"]["written"]["vocabulary"]
+    assert written["decoder_vocab_size"] < written["vocab_size"] < written["vocab_size_before"]
+    folder = out / "deploy" / "vocabulary"
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["decoder_vocab_size"], config["share_encoder_decoder_embeddings"]) == (
+        written["decoder_vocab_size"], False)
+    model = AutoPrunedModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    targets = _train_targets(translation_workspace)[:4]
+    assert max(i for row in tokenizer(text_target=targets)["input_ids"] for i in row) < written["decoder_vocab_size"]
+    batch = tokenizer(_train_targets(translation_workspace, "en")[:4], text_target=targets, padding=True,
+                      return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.shape[-1] == written["decoder_vocab_size"]
+
+
+def _recording_train(train, name, trained_on):
+    def recording(self, *args, **kwargs):
+        trained_on[name] = list(self.train_dataset["labels"])
+        return train(self, *args, **kwargs)
+    return recording
+
+
+def _train_targets(workspace, lang="de"):
+    import gzip
+
+    return gzip.decompress((workspace / f"train.{lang}.gz").read_bytes()).decode().splitlines()
+
+
 # -- requests the backend cannot serve: refused before training --------------------------------------------------
 
 
@@ -139,6 +189,12 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
     (["--prune_vocabulary", "true", "--vocabulary_min_count", "0"],
      "--vocabulary_min_count 0: a token is kept when it occurs in at least this many training rows; it must be 1"),
     (["--vocabulary_min_count", "2"], "--vocabulary_min_count only applies with --prune_vocabulary true"),
+    (["--decoder_vocabulary", "true"], "--decoder_vocabulary only applies with --prune_vocabulary true"),
+    (["--prune_vocabulary", "true", "--decoder_vocabulary", "true", "--export_ctranslate2", "true"],
+     "--decoder_vocabulary gives the decoder a vocabulary of its own, which CTranslate2's Marian converter cannot"),
+    (["--prune_vocabulary", "true", "--decoder_vocabulary", "true"],
+     "--prune_vocabulary --decoder_vocabulary: decoder_vocabulary=True gives the decoder a table of its own, which "
+     "Marian models can hold (config.decoder_vocab_size); BertForSequenceClassification has one vocabulary"),
     (["--prune_vocabulary", "true", "--tokenizer_name", "WORDLEVEL"],
      "--prune_vocabulary: vocabulary pruning does not support a tokenizers WordLevel model; supported: "),
 ])

@@ -136,9 +136,11 @@ def _check_model(model):
                          "models that read token ids (text encoders, Marian, BART, ...)")
 
 
-def check_vocabulary_request(model, tokenizer) -> None:
+def check_vocabulary_request(model, tokenizer, decoder_vocabulary: bool = False) -> None:
     """Refuse, before any work, a model or tokenizer that :func:`prune_vocabulary` cannot handle."""
     _check_model(model)
+    if decoder_vocabulary:
+        check_decoder_vocabulary_model(model)
     tokenizer_family(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
@@ -189,6 +191,14 @@ def slice_vocabulary(model, kept_ids: list[int]) -> None:
 
 
 def _check_decoder_vocabulary(model, target_texts, target_tokenized) -> None:
+    check_decoder_vocabulary_model(model)
+    if target_texts is None and target_tokenized is None:
+        raise ValueError("decoder_vocabulary=True keeps the tokens of the targets in the decoder: pass target_texts "
+                         "(the training targets) or target_tokenized (their token ids, e.g. a dataset's labels)")
+
+
+def check_decoder_vocabulary_model(model) -> None:
+    """Refuse a model whose decoder cannot get a vocabulary of its own (anything but a Marian sharing one)."""
     config = model.config
     if not hasattr(config, "share_encoder_decoder_embeddings") or not hasattr(config, "decoder_vocab_size"):
         raise ValueError(f"decoder_vocabulary=True gives the decoder a table of its own, which Marian models can "
@@ -196,9 +206,6 @@ def _check_decoder_vocabulary(model, target_texts, target_tokenized) -> None:
     if not config.share_encoder_decoder_embeddings:
         raise ValueError("decoder_vocabulary=True: the model's decoder already has a vocabulary of its own "
                          "(share_encoder_decoder_embeddings=False)")
-    if target_texts is None and target_tokenized is None:
-        raise ValueError("decoder_vocabulary=True keeps the tokens of the targets in the decoder: pass target_texts "
-                         "(the training targets) or target_tokenized (their token ids, e.g. a dataset's labels)")
 
 
 def split_decoder_vocabulary(model, decoder_size: int) -> None:
