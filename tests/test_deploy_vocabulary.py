@@ -403,6 +403,7 @@ def test_dense_marian_decoder_vocabulary_loads_with_stock_transformers(tmp_path)
     ("bert", "Marian models can hold .*BertForSequenceClassification has one vocabulary for both sides"),
     ("no_targets", "pass target_texts .*or target_tokenized"),
     ("twice", r"already has a vocabulary of its own \(share_encoder_decoder_embeddings=False\)"),
+    ("masked", r"rebuilds the model's modules, which a masked model's masks are attached to: compact it first"),
 ])
 def test_decoder_vocabulary_refused_before_any_work(case, message):
     tokenizer = bpe_tokenizer()
@@ -411,6 +412,8 @@ def test_decoder_vocabulary_refused_before_any_work(case, message):
     if case == "twice":
         tokenizer = prune_vocabulary(model, tokenizer, ["a film", "a song"], target_texts=["a film"],
                                      decoder_vocabulary=True)
+    if case == "masked":
+        random_masks(model)
     size = model.get_input_embeddings().num_embeddings
     with pytest.raises(ValueError, match=message):
         prune_vocabulary(model, tokenizer, ["a film"], decoder_vocabulary=True, **kwargs)

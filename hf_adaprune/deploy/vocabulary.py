@@ -199,6 +199,8 @@ def _check_decoder_vocabulary(model, target_texts, target_tokenized) -> None:
 
 def check_decoder_vocabulary_model(model) -> None:
     """Refuse a model whose decoder cannot get a vocabulary of its own (anything but a Marian sharing one)."""
+    from ..engine.masks import get_masks
+
     config = model.config
     if not hasattr(config, "share_encoder_decoder_embeddings") or not hasattr(config, "decoder_vocab_size"):
         raise ValueError(f"decoder_vocabulary=True gives the decoder a table of its own, which Marian models can "
@@ -206,6 +208,9 @@ def check_decoder_vocabulary_model(model) -> None:
     if not config.share_encoder_decoder_embeddings:
         raise ValueError("decoder_vocabulary=True: the model's decoder already has a vocabulary of its own "
                          "(share_encoder_decoder_embeddings=False)")
+    if get_masks(model) is not None:  # the rebuilt modules would not carry the masks' hooks
+        raise ValueError("decoder_vocabulary=True rebuilds the model's modules, which a masked model's masks are "
+                         "attached to: compact it first (hf_adaprune.compact(model))")
 
 
 def split_decoder_vocabulary(model, decoder_size: int) -> None:
