@@ -21,12 +21,16 @@ LABEL_COLUMNS = ("labels", "decoder_input_ids", "decoder_attention_mask")
 
 
 def _batch_inputs(rows: dict, pad_token_id: int, device) -> dict:
-    """``input_ids`` / ``attention_mask`` of ``rows`` padded on the right, as tensors on ``device``."""
-    longest = max(len(ids) for ids in rows["input_ids"])
-    input_ids = torch.full((len(rows["input_ids"]), longest), pad_token_id, dtype=torch.long)
+    """``input_ids`` / ``attention_mask`` of ``rows`` padded on the right, as tensors on ``device``; a row's own
+    ``attention_mask`` (a dataset padded when tokenized) says which of its ids are read."""
+    sources = [torch.as_tensor(ids).flatten() for ids in rows["input_ids"]]
+    if "attention_mask" in rows:
+        sources = [ids[torch.as_tensor(mask).flatten().bool()] for ids, mask in zip(sources, rows["attention_mask"])]
+    longest = max(len(ids) for ids in sources)
+    input_ids = torch.full((len(sources), longest), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
-    for i, ids in enumerate(rows["input_ids"]):
-        input_ids[i, :len(ids)] = torch.as_tensor(ids)
+    for i, ids in enumerate(sources):
+        input_ids[i, :len(ids)] = ids
         attention_mask[i, :len(ids)] = 1
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
@@ -53,12 +57,21 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     """``dataset`` with ``labels`` replaced by ``teacher.generate``'s tokens for each row's ``input_ids``.
 
     ``generate_kwargs`` go to ``generate`` (``max_length``, ``num_beams``, ...; the
-    teacher's generation config otherwise). Rows keep their order; the teacher is put
+    teacher's generation config otherwise; one sequence per row). Each row is read as its
+    ``attention_mask`` says, where it has one. Rows keep their order; the teacher is put
     back into the mode it was in.
     """
     if not getattr(teacher.config, "is_encoder_decoder", False):
         raise ValueError(f"sequence distillation needs an encoder-decoder (text-to-text) teacher; "
                          f"{type(teacher).__name__} is not one")
+    if teacher.main_input_name != "input_ids":
+        raise ValueError(f"sequence distillation translates text: {type(teacher).__name__} reads "
+                         f"{teacher.main_input_name}, not token ids (text-to-text teachers only)")
+    several = generate_kwargs.get("num_return_sequences") not in (None, 1)
+    for name in ("num_return_sequences", "return_dict_in_generate", "output_scores"):
+        if (several if name == "num_return_sequences" else generate_kwargs.get(name)):
+            raise ValueError(f"{name}={generate_kwargs[name]!r}: sequence distillation keeps one translation per "
+                             "row (the best beam); leave it out")
     if "input_ids" not in dataset.column_names:
         raise ValueError(f"sequence distillation translates the rows' input_ids, which the dataset lacks "
                          f"(columns: {', '.join(dataset.column_names)}): tokenize it first")

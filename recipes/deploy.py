@@ -19,6 +19,7 @@ before training.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -133,13 +134,16 @@ def deploy(run, model) -> dict:
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
         train = run.datasets["train"]
+        # the targets the model trained on: the references and, with --sequence_distillation, the teacher's
+        targets = [training_token_rows(data, ("labels",)) for data in (train, run.datasets.get("pruning_train"))
+                   if data is not None]
         if data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
             tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(train, ("input_ids",)),
-                                         target_tokenized=training_token_rows(train, ("labels",)),
+                                         target_tokenized=itertools.chain(*targets),
                                          min_count=data_args.vocabulary_min_count, decoder_vocabulary=True)
         else:
-            tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(train),
-                                         min_count=data_args.vocabulary_min_count)
+            tokenizer = prune_vocabulary(model, tokenizer, tokenized=itertools.chain(
+                training_token_rows(train), *targets[1:]), min_count=data_args.vocabulary_min_count)
         source = root / "vocabulary"
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
             processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)

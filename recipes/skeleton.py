@@ -104,7 +104,8 @@ class Task:
     ``run.splits``; ``build`` fills the model and everything the trainer takes.
     ``score(trainer, dataset, run)`` returns ``{"values": {NAME: value}, "metrics": raw}``
     for the ``test_metrics``; ``latency(dense, pruned, run)`` a latency record or None;
-    ``after_save(run, folder)`` saves what ``save_model`` does not (a processor).
+    ``after_save(run, folder)`` saves what ``save_model`` does not (a processor);
+    ``before_training(run)`` does what needs the built model once every request is checked.
     """
 
     name: str
@@ -117,6 +118,7 @@ class Task:
     score: Callable | None = None
     latency: Callable | None = None
     after_save: Callable | None = None
+    before_training: Callable[[Run], None] | None = None  # work that needs the model, after every check
     quiet_datasets: bool = True
 
     def main(self, argv: list[str] | None = None) -> dict:
@@ -316,6 +318,8 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     build_model(task, run)
     deploy.check_request(run)  # e.g. --export_ctranslate2 of a family it cannot convert: before training
+    if task.before_training is not None:
+        task.before_training(run)
     run.model.config._name_or_path = model_args.base_model_id or ""  # None for a model built from a config
     test_dataset = run.datasets.get("test")
     repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0

@@ -555,8 +555,11 @@ def build(run: Run) -> None:
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
     run.datasets = tokenize(run.splits, tokenizer, run.data_args)
     run.data_collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
-    if run.data_args.sequence_distillation:
-        run.datasets["pruning_train"] = teacher_translations(model, run.datasets["train"], run)
+
+
+def before_training(run: Run) -> None:
+    if run.data_args.sequence_distillation:  # after the checks of build and deploy: translating takes a while
+        run.datasets["pruning_train"] = teacher_translations(run.model, run.datasets["train"], run)
 
 
 def teacher_translations(model, dataset, run: Run):
@@ -611,6 +614,7 @@ TASK = Task(
     format_value=lambda name, value: format_metric(value, 2),
     score=score_test,
     latency=latency,
+    before_training=before_training,
 )
 
 

@@ -383,6 +383,33 @@ def test_marian_decoder_vocabulary_holds_the_targets_tokens(tmp_path, kind):
         assert loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight
 
 
+def test_decoder_vocabulary_of_a_marian_with_untied_tables_keeps_them():
+    """tie_word_embeddings=False: the encoder, the decoder and the output projection each read a table of their
+    own (transformers 5), and the split keeps what each reads; frozen parameters stay frozen."""
+    sources, targets = sst2_sentences(n=200), sst2_sentences(n=60, skip=200)
+    tokenizer = bpe_tokenizer()
+    config = tiny_marian(len(tokenizer)).config
+    config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model = transformers.MarianMTModel(config).eval()
+    assert model.model.encoder.embed_tokens.weight is not model.model.shared.weight
+    for param in model.model.encoder.parameters():
+        param.requires_grad_(False)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters() if "embed_tokens" not in name and "shared" not in name}
+    reference = copy.deepcopy(model)
+    new_tokenizer = prune_vocabulary(model, tokenizer, sources, target_texts=targets, decoder_vocabulary=True)
+    size = model.config.decoder_vocab_size
+    old_ids = tokenizer.convert_tokens_to_ids(new_tokenizer.convert_ids_to_tokens(list(range(size))))
+    with torch.no_grad():
+        before = reference(**tokenizer(sources[:3], text_target=targets[:3], padding=True, return_tensors="pt")).logits
+        after = model(**new_tokenizer(sources[:3], text_target=targets[:3], padding=True, return_tensors="pt")).logits
+    assert (after - before[..., old_ids]).abs().max() <= TOL
+    assert model.lm_head.weight is not model.model.decoder.embed_tokens.weight
+    assert {name: p.requires_grad for name, p in model.named_parameters() if "embed_tokens" not in name and "shared" not in name} == trainable
+    assert not model.model.encoder.embed_tokens.weight.requires_grad
+    assert model.model.decoder.embed_tokens.weight.requires_grad and any(trainable.values())
+
+
 def test_dense_marian_decoder_vocabulary_loads_with_stock_transformers(tmp_path):
     sources, targets = sst2_sentences(n=200), sst2_sentences(n=60, skip=200)
     tokenizer = bpe_tokenizer()

@@ -149,12 +149,29 @@ def test_translation_sequence_distillation_and_decoder_vocabulary(translation_wo
         written["decoder_vocab_size"], False)
     model = AutoPrunedModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    # the decoder can write every token the pruned model trained on: the teacher's as well as the references'
+    old_tokenizer = AutoTokenizer.from_pretrained(translation_workspace / "tokenizer")
+    trained = {t for row in pruned_labels + references for t in old_tokenizer.convert_ids_to_tokens(row)}
+    assert trained <= set(tokenizer.convert_ids_to_tokens(list(range(written["decoder_vocab_size"]))))
     targets = _train_targets(translation_workspace)[:4]
     assert max(i for row in tokenizer(text_target=targets)["input_ids"] for i in row) < written["decoder_vocab_size"]
     batch = tokenizer(_train_targets(translation_workspace, "en")[:4], text_target=targets, padding=True,
                       return_tensors="pt")
     with torch.no_grad():
         assert model(**batch).logits.shape[-1] == written["decoder_vocab_size"]
+
+
+def test_translation_refuses_a_deploy_request_before_the_teacher_translates(translation_workspace, tmp_path,  # noqa: F811
+                                                                             monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("the teacher translated before the requests were checked")
+
+    monkeypatch.setattr(translation, "teacher_translations", not_now)
+    with pytest.raises(RecipeError, match=re.escape("--export_onnx: ONNX export needs onnxruntime")):
+        translation.main(translation_args(translation_workspace, tmp_path / "out") + SHORT_RUN + [
+            "--sequence_distillation", "true", "--export_onnx", "true", "--quantize", "int8"])
 
 
 def _recording_train(train, name, trained_on):

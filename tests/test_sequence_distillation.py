@@ -83,12 +83,35 @@ def test_generated_labels_strip_the_start_token_and_what_follows_the_end():
     assert generated_labels(torch.tensor([[2, 7, 2, EOS]]), 2, PAD, EOS) == [[7, 2, EOS]]
 
 
+def test_rows_padded_when_tokenized_are_read_as_their_mask_says():
+    model = tiny_translator(seed=2).eval()
+    dataset = sources(rows=6, seed=5)
+    longest = max(len(ids) for ids in dataset["input_ids"])
+    padded = Dataset.from_dict({
+        "input_ids": [ids + [PAD] * (longest - len(ids)) for ids in dataset["input_ids"]],
+        "attention_mask": [[1] * len(ids) + [0] * (longest - len(ids)) for ids in dataset["input_ids"]]})
+    expected = sequence_distillation_targets(model, dataset, batch_size=6, max_length=10, progress=False)["labels"]
+    for data in (padded, padded.with_format("torch")):
+        labels = sequence_distillation_targets(model, data, batch_size=4, max_length=10, progress=False)["labels"]
+        assert [[int(i) for i in row] for row in labels] == expected
+
+
 def test_refuses_what_it_cannot_translate():
     model = tiny_translator()
     with pytest.raises(ValueError, match=r"lacks \(columns: text\): tokenize it first"):
         sequence_distillation_targets(model, Dataset.from_dict({"text": ["a b"]}), progress=False)
     with pytest.raises(ValueError, match="batch_size must be >= 1; got 0"):
         sequence_distillation_targets(model, sources(), batch_size=0, progress=False)
+    for option, value in (("num_return_sequences", 2), ("return_dict_in_generate", True)):
+        with pytest.raises(ValueError, match=f"{option}={value!r}: sequence distillation keeps one translation"):
+            sequence_distillation_targets(model, sources(), num_beams=2, progress=False, **{option: value})
+    whisper = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(
+        vocab_size=VOCAB, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8,
+        max_source_positions=16, max_target_positions=16, pad_token_id=PAD, bos_token_id=EOS, eos_token_id=EOS,
+        decoder_start_token_id=EOS))
+    with pytest.raises(ValueError, match="WhisperForConditionalGeneration reads input_features, not token ids"):
+        sequence_distillation_targets(whisper, sources(), progress=False)
     decoder_only = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32))
     with pytest.raises(ValueError, match="needs an encoder-decoder .*GPT2LMHeadModel is not one"):

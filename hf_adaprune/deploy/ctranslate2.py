@@ -348,9 +348,9 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
         model = model.float()
     loader, pad_kept = getattr(ct2_transformers, loader_name)(), False
     if family == "marian" and not getattr(model.config, "share_encoder_decoder_embeddings", True):
-        raise ValueError("the model's decoder has a vocabulary of its own (prune_vocabulary(decoder_vocabulary=True)), "
-                         "and CTranslate2's Marian converter registers one vocabulary for both sides. Convert the "
-                         "model with a shared vocabulary (prune_vocabulary without decoder_vocabulary), or use "
+        raise ValueError("the model's decoder has a vocabulary of its own (share_encoder_decoder_embeddings=False, "
+                         "as prune_vocabulary(decoder_vocabulary=True) makes it), and CTranslate2's Marian converter "
+                         "registers one vocabulary for both sides. Convert a model with one shared table, or use "
                          "export_onnx")
     if family == "marian" and getattr(tokenizer, "separate_vocabs", False):
         raise ValueError("the tokenizer has separate source and target vocabularies, and CTranslate2's Marian layout "

@@ -218,7 +218,8 @@ def split_decoder_vocabulary(model, decoder_size: int) -> None:
     first ``decoder_size`` ids; the encoder keeps the whole table.
 
     The model is rebuilt from its config with ``share_encoder_decoder_embeddings=False`` (transformers' own
-    layout for separate tables, which stock ``from_pretrained`` reads) and takes over the rebuilt modules.
+    layout for separate tables, which stock ``from_pretrained`` reads) and takes over the rebuilt modules:
+    parameters keep ``requires_grad``, hooks registered on the old modules are not carried over.
     """
     config = model.config
     outside = sorted(i for i in _ids_named_by_configs(model) if i >= decoder_size)
@@ -226,21 +227,24 @@ def split_decoder_vocabulary(model, decoder_size: int) -> None:
         raise ValueError(f"ids the config or generation config name ({outside[:5]}) are not among the decoder's "
                          f"first {decoder_size} ids: number the decoder's tokens first")
     state = model.state_dict()
+    trainable = {name: param.requires_grad for name, param in model.named_parameters(remove_duplicate=False)}
     prefix = model.base_model_prefix + "."
     shared = state.pop(prefix + "shared.weight")
-    for side in ("encoder", "decoder"):
-        state.pop(f"{prefix}{side}.embed_tokens.weight", None)
-    state[prefix + "encoder.embed_tokens.weight"] = shared
-    state[prefix + "decoder.embed_tokens.weight"] = shared[:decoder_size].clone()
+    # the tables the forward reads: the shared one, or (tie_word_embeddings=False) each stack's own copy
+    encoder = state.get(prefix + "encoder.embed_tokens.weight", shared)
+    decoder = state.get(prefix + "decoder.embed_tokens.weight", shared)
+    state[prefix + "encoder.embed_tokens.weight"] = encoder
+    state[prefix + "decoder.embed_tokens.weight"] = decoder[:decoder_size].clone()
     state["lm_head.weight"] = state["lm_head.weight"][:decoder_size].clone()
     state["final_logits_bias"] = state["final_logits_bias"][..., :decoder_size].clone()
     config.share_encoder_decoder_embeddings = False
     config.decoder_vocab_size = decoder_size
-    device = shared.device
-    rebuilt = type(model)(config).to(device=device, dtype=shared.dtype).train(model.training)
+    rebuilt = type(model)(config).to(device=shared.device, dtype=shared.dtype).train(model.training)
     rebuilt.load_state_dict(state, strict=True)
     if config.tie_word_embeddings:
         rebuilt.tie_weights()
+    for name, param in rebuilt.named_parameters(remove_duplicate=False):  # frozen stays frozen
+        param.requires_grad_(trainable.get(name, trainable.get(prefix + "shared.weight", True)))
     for name, module in list(rebuilt.named_children()):
         setattr(model, name, module)
     model.register_buffer("final_logits_bias", rebuilt.final_logits_bias)
