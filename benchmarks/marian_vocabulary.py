@@ -39,6 +39,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer  # noqa: E402
 
 from hf_adaprune import AutoPrunedModel, save_pruned  # noqa: E402
 from hf_adaprune.deploy import prune_vocabulary  # noqa: E402
+from hf_adaprune.hub.load import load_pruned_config  # noqa: E402
+from hf_adaprune.layout import read_record  # noqa: E402
 from hf_adaprune.reporting.latency import compare_latency, format_latency  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +65,12 @@ class GenerateOwnInputs(nn.Module):
 
 def load(folder: str):
     """A folder as users load it: a pruned one with ``AutoPrunedModel``, a dense one with transformers alone."""
-    try:
-        model = AutoPrunedModel.from_pretrained(folder)
-    except ValueError:  # no hf_adaprune record: a dense folder
+    config = load_pruned_config(folder)  # the family's config class: no remote-code prompt for the tokenizer
+    if read_record(config):
+        model = AutoPrunedModel.from_pretrained(folder, config=config)
+    else:  # a dense folder
         model = AutoModelForSeq2SeqLM.from_pretrained(folder)
-    return model.eval(), AutoTokenizer.from_pretrained(folder)
+    return model.eval(), AutoTokenizer.from_pretrained(folder, config=config)
 
 
 def with_decoder_vocabulary(model, tokenizer, sources: list[str], targets: list[str]):
