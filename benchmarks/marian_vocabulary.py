@@ -194,10 +194,8 @@ def format_table(out: dict) -> str:
                      f"| {1000 * bn[name]['median_s']:.1f} ms | {bn[name]['speedup']:.2f}x |")
     same = [f"{row['same_translations']} of {out['test_sentences']} ({name.removesuffix(' + decoder vocabulary')})"
             for name, row in out["results"].items() if "same_translations" in row]
-    lines += ["", "Translations with the decoder vocabulary equal those without on " + ", ".join(same)
-              + f". Run time {out['minutes']:.1f} min; load average at start/end "
-              f"{out['machine']['load_average_1min_start_end'][0]:.2f}/"
-              f"{out['machine']['load_average_1min_start_end'][1]:.2f}."]
+    lines += ["", "Translations with the decoder vocabulary equal those without on " + ", ".join(same) + ". "
+              + run_record.run_footer(out)]
     return "\n".join(lines)
 
 

@@ -16,6 +16,12 @@ def machine(load_start: tuple[float, float, float]) -> dict:
             "load_average_1min_start_end": [load_start[0], os.getloadavg()[0]]}
 
 
+def run_footer(out: dict) -> str:
+    """"Run time X min; load average at start/end A/B." from ``out["minutes"]`` and ``out["machine"]``."""
+    start, end = out["machine"]["load_average_1min_start_end"]
+    return f"Run time {out['minutes']:.1f} min; load average at start/end {start:.2f}/{end:.2f}."
+
+
 def write_outputs(output: str | None, results: dict, table: str) -> None:
     """Print ``table``; with ``output``, write ``results`` there as JSON and ``table`` beside it as ``.md``."""
     print(table)

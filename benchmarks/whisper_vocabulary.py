@@ -151,10 +151,8 @@ def format_table(out: dict) -> str:
                      f"| {1000 * b16[name]['median_s']:.1f} ms | {b16[name]['speedup']:.2f}x |")
     same = out["same_transcripts_with_vocabulary"]
     lines += ["", "Transcripts with the pruned vocabulary equal those without on "
-              + ", ".join(f"{n} of {out['test_clips']} test clips ({name})" for name, n in same.items())
-              + f". Run time {out['minutes']:.1f} min; load average at start/end "
-              f"{out['machine']['load_average_1min_start_end'][0]:.2f}/"
-              f"{out['machine']['load_average_1min_start_end'][1]:.2f}."]
+              + ", ".join(f"{n} of {out['test_clips']} test clips ({name})" for name, n in same.items()) + ". "
+              + run_record.run_footer(out)]
     return "\n".join(lines)
 
 
