@@ -9,16 +9,23 @@ ONE_DECODER_LAYER="--prune layers --roles decoder --target 0.66 --initial_step 0
 # 1. the dense model, then widths (gradual) and its control (the same 1,500 steps without pruning)
 python examples/train_prune_marian_multi30k.py --dense_minutes 60 --dense_control --eval_samples 500 \
     --prune_steps 1500 --output_dir outputs/marian_multi30k > outputs/marian_multi30k.log 2>&1 &
-# 2. once outputs/marian_multi30k/dense exists: 2 of 3 decoder layers removed at once, with and without
-#    sequence-level distillation (then widths with it)
-python examples/train_prune_marian_multi30k.py $COMMON $ONE_DECODER_LAYER --sequence_distillation \
+FIRST=$!
+while [ ! -f $D/model.safetensors ] || [ ! -f $D/tokenizer.json ]; do sleep 20; done
+sleep 20
+# 2. on the other core: 2 of 3 decoder layers removed at once, with and then without sequence-level distillation
+(python examples/train_prune_marian_multi30k.py $COMMON $ONE_DECODER_LAYER --sequence_distillation \
     --output_dir outputs/marian_decoder_oneshot_seqkd > outputs/marian_decoder_oneshot_seqkd.log 2>&1
-python examples/train_prune_marian_multi30k.py $COMMON $ONE_DECODER_LAYER \
-    --output_dir outputs/marian_decoder_oneshot > outputs/marian_decoder_oneshot.log 2>&1
-wait
+ python examples/train_prune_marian_multi30k.py $COMMON $ONE_DECODER_LAYER \
+    --output_dir outputs/marian_decoder_oneshot > outputs/marian_decoder_oneshot.log 2>&1) &
+SECOND=$!
+# 3. once step 1 has finished: widths with sequence distillation
+wait $FIRST
 python examples/train_prune_marian_multi30k.py $COMMON --sequence_distillation \
-    --output_dir outputs/marian_widths_seqkd > outputs/marian_widths_seqkd.log 2>&1
-# 3. BLEU and batch-1 generate latency with and without the decoder vocabulary, on the idle machine
+    --output_dir outputs/marian_widths_seqkd > outputs/marian_widths_seqkd.log 2>&1 &
+# 4. once step 2 has finished (step 3 still training): BLEU and generate latency with and without the decoder
+#    vocabulary
+wait $SECOND
 python benchmarks/marian_vocabulary.py --dense $D --pruned outputs/marian_multi30k/pruned \
     outputs/marian_decoder_oneshot/pruned outputs/marian_decoder_oneshot_seqkd/pruned \
-    outputs/marian_widths_seqkd/pruned --labels widths one-decoder-layer one-decoder-layer-seqkd widths-seqkd
+    --labels widths one-decoder-layer one-decoder-layer-seqkd
+wait
