@@ -67,11 +67,11 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     if teacher.main_input_name != "input_ids":
         raise ValueError(f"sequence distillation translates text: {type(teacher).__name__} reads "
                          f"{teacher.main_input_name}, not token ids (text-to-text teachers only)")
-    several = generate_kwargs.get("num_return_sequences") not in (None, 1)
-    for name in ("num_return_sequences", "return_dict_in_generate", "output_scores"):
-        if (several if name == "num_return_sequences" else generate_kwargs.get(name)):
-            raise ValueError(f"{name}={generate_kwargs[name]!r}: sequence distillation keeps one translation per "
-                             "row (the best beam); leave it out")
+    several = ["num_return_sequences"] if generate_kwargs.get("num_return_sequences") not in (None, 1) else []
+    several += [name for name in ("return_dict_in_generate", "output_scores") if generate_kwargs.get(name)]
+    if several:
+        raise ValueError(f"{several[0]}={generate_kwargs[several[0]]!r}: sequence distillation keeps one "
+                         "translation per row (the best beam); leave it out")
     if "input_ids" not in dataset.column_names:
         raise ValueError(f"sequence distillation translates the rows' input_ids, which the dataset lacks "
                          f"(columns: {', '.join(dataset.column_names)}): tokenize it first")
@@ -89,14 +89,14 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     device = next(teacher.parameters()).device
     was_training = teacher.training
     teacher.eval()
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])  # longest first: an out-of-memory shows at once
+    columns = {name: dataset[name] for name in ("input_ids", "attention_mask") if name in dataset.column_names}
+    order = sorted(range(len(dataset)), key=lambda i: -len(columns["input_ids"][i]))  # an out-of-memory shows at once
     labels: list[list[int] | None] = [None] * len(dataset)
     try:
         for begin in tqdm(range(0, len(order), batch_size), desc="sequence distillation: teacher targets",
                           disable=not progress):
             indices = order[begin:begin + batch_size]
-            rows = dataset.select(indices)[:]
+            rows = {name: [values[i] for i in indices] for name, values in columns.items()}
             sequences = teacher.generate(**_batch_inputs(rows, pad_token_id, device), **generate_kwargs)
             for index, row in zip(indices, generated_labels(sequences, start, pad_token_id, eos)):
                 labels[index] = row

@@ -133,17 +133,18 @@ def deploy(run, model) -> dict:
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
-        train = run.datasets["train"]
-        # the targets the model trained on: the references and, with --sequence_distillation, the teacher's
-        targets = [training_token_rows(data, ("labels",)) for data in (train, run.datasets.get("pruning_train"))
-                   if data is not None]
+        train, teacher = run.datasets["train"], run.datasets.get("pruning_train")
+        # with --sequence_distillation the pruned model also trained on the teacher's targets: their tokens stay
+        teacher_rows = training_token_rows(teacher, ("labels",)) if teacher is not None else ()
         if data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
             tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(train, ("input_ids",)),
-                                         target_tokenized=itertools.chain(*targets),
+                                         target_tokenized=itertools.chain(training_token_rows(train, ("labels",)),
+                                                                          teacher_rows),
                                          min_count=data_args.vocabulary_min_count, decoder_vocabulary=True)
         else:
-            tokenizer = prune_vocabulary(model, tokenizer, tokenized=itertools.chain(
-                training_token_rows(train), *targets[1:]), min_count=data_args.vocabulary_min_count)
+            tokenizer = prune_vocabulary(model, tokenizer,
+                                         tokenized=itertools.chain(training_token_rows(train), teacher_rows),
+                                         min_count=data_args.vocabulary_min_count)
         source = root / "vocabulary"
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
             processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)

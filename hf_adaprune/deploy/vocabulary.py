@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..engine.masks import get_masks
 from .tokenizer_vocab import tokenizer_family
 
 # config / generation-config fields that hold token ids; the tokens they name always stay
@@ -190,17 +191,8 @@ def slice_vocabulary(model, kept_ids: list[int]) -> None:
             raise RuntimeError(f"{name} was not sliced")
 
 
-def _check_decoder_vocabulary(model, target_texts, target_tokenized) -> None:
-    check_decoder_vocabulary_model(model)
-    if target_texts is None and target_tokenized is None:
-        raise ValueError("decoder_vocabulary=True keeps the tokens of the targets in the decoder: pass target_texts "
-                         "(the training targets) or target_tokenized (their token ids, e.g. a dataset's labels)")
-
-
 def check_decoder_vocabulary_model(model) -> None:
     """Refuse a model whose decoder cannot get a vocabulary of its own (anything but a Marian sharing one)."""
-    from ..engine.masks import get_masks
-
     config = model.config
     if not hasattr(config, "share_encoder_decoder_embeddings") or not hasattr(config, "decoder_vocab_size"):
         raise ValueError(f"decoder_vocabulary=True gives the decoder a table of its own, which Marian models can "
@@ -300,9 +292,10 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     for name, value in (("texts", texts), ("target_texts", target_texts)):
         if isinstance(value, str):
             raise ValueError(f"{name} is one string; pass a list of texts (a string would be read letter by letter)")
-    check_vocabulary_request(model, tokenizer)
-    if decoder_vocabulary:
-        _check_decoder_vocabulary(model, target_texts, target_tokenized)
+    check_vocabulary_request(model, tokenizer, decoder_vocabulary=decoder_vocabulary)
+    if decoder_vocabulary and target_texts is None and target_tokenized is None:
+        raise ValueError("decoder_vocabulary=True keeps the tokens of the targets in the decoder: pass target_texts "
+                         "(the training targets) or target_tokenized (their token ids, e.g. a dataset's labels)")
     family, spec = tokenizer_family(tokenizer)
     old_size = model.get_input_embeddings().num_embeddings
     keep_tokens, keep_ids = list(keep_tokens), [int(i) for i in keep_ids]
@@ -314,9 +307,8 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     outside = [i for i in keep_ids if not 0 <= i < old_size]
     if outside:
         raise ValueError(f"keep_ids outside the model's vocabulary of {old_size} ids: {outside[:5]}")
-    target_texts = None if target_texts is None else list(target_texts)
-    target_tokenized = None if target_tokenized is None else list(target_tokenized)
-    counts = token_row_counts(tokenizer, texts, target_texts, list(tokenized) + (target_tokenized or []))
+    target_counts = token_row_counts(tokenizer, target_texts=target_texts, tokenized=target_tokenized or ())
+    counts = token_row_counts(tokenizer, texts, tokenized=tokenized) + target_counts
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
                          "exhausted): the vocabulary would keep the special tokens alone")
@@ -335,7 +327,6 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     kept_ids = sorted(i for i in kept if 0 <= i < old_size)
     decoder_ids = []
     if decoder_vocabulary:  # the decoder's tokens first, so that its table is the head of the encoder's
-        target_counts = token_row_counts(tokenizer, (), target_texts, target_tokenized or ())
         decoder = {i for i, count in target_counts.items() if count >= min_count} | always
         decoder_ids = [i for i in kept_ids if i in decoder]
         kept_ids = decoder_ids + [i for i in kept_ids if i not in decoder]
