@@ -8,7 +8,8 @@
    cached in ``--cache_dir``. ``--dense`` / ``--pruned`` take other folders instead (e.g. the trainer's).
 3. Deployment variants of the pruned model: its vocabulary pruned to the tokens of the training phrases the
    models saw (the dense training and calibration phrases, as ``--prune_vocabulary`` in the recipes keeps the
-   tokens of the training set), and int8 (``save_int8``) with and without that. ``--vocab_texts train``
+   tokens of the training set) and its position table to the 128 positions the inputs reach (``prune_positions``;
+   ``--positions 0`` keeps all 512, as before 2026-12-03), and int8 (``save_int8``) with and without that. ``--vocab_texts train``
    counts all 60,614 ``train.tsv`` phrases instead (``--vocab_samples N``: the first N), and
    ``--vocab_min_count C`` keeps only tokens that occur in at least C of the counted phrases (as
    ``--vocabulary_min_count`` in the recipes); ``--vocab_texts train --vocab_min_count 6`` is the smallest
@@ -40,7 +41,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hf_adaprune import AutoPrunedModel, save_pruned
-from hf_adaprune.deploy import (OnnxEncoder, export_onnx, load_int8, prune_vocabulary, quantize_int8,
+from hf_adaprune.deploy import (OnnxEncoder, export_onnx, load_int8, prune_positions, prune_vocabulary, quantize_int8,
                                 quantize_onnx, save_int8)
 from hf_adaprune.deploy.onnx import ENCODER_FILE
 from hf_adaprune.post_training import post_training_prune
@@ -131,6 +132,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--vocab_samples", type=int, default=None, help="--vocab_texts train: the first N phrases")
     parser.add_argument("--vocab_min_count", type=int, default=1,
                         help="keep tokens that occur in at least this many of the counted phrases")
+    parser.add_argument("--positions", type=int, default=SEQ_LEN,
+                        help="the vocabulary variants' position table keeps the rows of this many tokens "
+                             "(prune_positions; every row is cut to 128 tokens); 0 keeps the whole table")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
@@ -159,6 +163,7 @@ def main(argv=None) -> dict:
         vocab_model = copy.deepcopy(pruned)
         vocab_tokenizer = prune_vocabulary(vocab_model, tokenizer, vocab_texts, tokenized=vocab_rows,
                                            min_count=opts.vocab_min_count)
+        position_rows = prune_positions(vocab_model, opts.positions, vocab_tokenizer) if opts.positions else None
         saved = {"dense": (dense, tokenizer, lambda d: dense.save_pretrained(d)),
                  "pruned": (pruned, tokenizer, lambda d: save_pruned(pruned, d)),
                  "pruned + int8": (None, tokenizer, lambda d: save_int8(pruned, d)),
@@ -214,6 +219,7 @@ def main(argv=None) -> dict:
         row["size_vs_dense"] = row["weights_bytes"] / dense_row["weights_bytes"]
     out = {"results": results, "latency": latency, "targets": TARGETS,
            "vocab_size": {"before": tokenizer.vocab_size, "after": vocab_size},
+           "position_rows": {"before": pruned.config.max_position_embeddings, "after": position_rows},
            "unknown_token_rate": {split: unknown_rate(vocab_data, vocab_tokenizer, split) for split in ("dev", "test")},
            "retokenized_rate": {split: retokenized_rate(data, vocab_data, tokenizer, vocab_tokenizer, split)
                                 for split in ("dev", "test")},
@@ -231,7 +237,9 @@ def format_table(out: dict) -> str:
     dense = results["dense"]
     lines = [f"all-MiniLM-L6-v2 on SST-2: deployment variants (batch-1 latency at seq {out['seq_len']}, "
              f"{out['settings']['threads']} thread(s), median of {out['settings']['repeats']} round-robin rounds; "
-             f"vocabulary {out['vocab_size']['before']:,} -> {out['vocab_size']['after']:,} tokens)", "",
+             f"vocabulary {out['vocab_size']['before']:,} -> {out['vocab_size']['after']:,} tokens"
+             + (f", position table {out['position_rows']['before']} -> {out['position_rows']['after']} rows"
+                if out.get("position_rows", {}).get("after") else "") + ")", "",
              "| variant | parameters | weights on disk | unseen dev acc. (change) | test acc. (change) "
              "| latency, batch 1 | speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in results.items():

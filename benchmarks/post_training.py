@@ -115,6 +115,9 @@ def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length:
                          dev=dev.select(range(opts.check_samples, min(len(dev), opts.check_samples + opts.dev_samples))),
                          test=raw["test"])
     if pool_samples:
+        if n + c + pool_samples > len(train):
+            raise SystemExit(f"train.tsv has {len(train):,} rows: {n:,} dense + {c:,} calibration + {pool_samples:,} "
+                             f"further phrases do not fit; ask for at most {(len(train) - n - c) // BATCH:,} steps")
         splits["pool"] = train.select(range(n + c, n + c + pool_samples))
     data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
     for split in ("check", "dev", "test") if by_length else ():  # order does not change accuracy

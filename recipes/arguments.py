@@ -95,6 +95,12 @@ class DataArguments:
                           "keeps the sources' tokens; the two tables are no longer shared, which adds parameters). "
                           "CTranslate2 cannot hold such a model."},
     )
+    prune_positions: bool = field(
+        default=False,
+        metadata={"help": "With --prune_vocabulary, for text classification with BERT-family encoders: the position "
+                          "table also keeps only the rows of --max_seq_length tokens (the saved tokenizer truncates "
+                          "to it; outputs of inputs that fit are unchanged)."},
+    )
     quantize: str | None = field(
         default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with --export_onnx "
                                         "also onnxruntime int8 graphs, *.int8.onnx; with --export_ctranslate2 the "

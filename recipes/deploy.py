@@ -4,7 +4,8 @@
 training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself is left as saved)::
 
     vocabulary/    the pruned model keeping only the tokens of the training data (Hub format, tokenizer inside;
-                   with ``--decoder_vocabulary`` a Marian decoder keeps only the targets' tokens)
+                   with ``--decoder_vocabulary`` a Marian decoder keeps only the targets' tokens; with
+                   ``--prune_positions`` an encoder keeps only the position rows of ``--max_seq_length`` tokens)
     int8/          int8 weights (``save_int8``; reload with ``hf_adaprune.load_int8``)
     onnx/          ONNX graphs (``export_onnx``); with ``--quantize int8`` also ``*.int8.onnx`` (``quantize_onnx``)
     ctranslate2/   a CTranslate2 model (``export_ctranslate2``; Whisper and Marian)
@@ -50,6 +51,9 @@ def check_arguments(data_args, training_args, model_paths) -> None:
         raise RecipeError("--vocabulary_min_count only applies with --prune_vocabulary true")
     if data_args.decoder_vocabulary and not data_args.prune_vocabulary:
         raise RecipeError("--decoder_vocabulary only applies with --prune_vocabulary true")
+    if data_args.prune_positions and not data_args.prune_vocabulary:
+        raise RecipeError("--prune_positions only applies with --prune_vocabulary true (the two tables go into "
+                          "OUTPUT_DIR/deploy/vocabulary together)")
     if data_args.decoder_vocabulary and data_args.export_ctranslate2:
         raise RecipeError("--decoder_vocabulary gives the decoder a vocabulary of its own, which CTranslate2's Marian "
                           "converter cannot hold: drop one of --decoder_vocabulary and --export_ctranslate2")
@@ -64,6 +68,16 @@ def check_arguments(data_args, training_args, model_paths) -> None:
 
 def _tokenizer(processing_class):
     return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _check_positions(model, max_input_length) -> None:
+    from hf_adaprune.deploy import check_positions_request
+
+    check_positions_request(model)
+    if max_input_length is None:
+        raise ValueError("the position table is cut to the recipe's longest input, which only the text-classification "
+                         "recipe fixes (--max_seq_length)")
+    check_positions_request(model, max_input_length)
 
 
 def check_request(run) -> None:
@@ -81,6 +95,8 @@ def check_request(run) -> None:
         flag = "--prune_vocabulary" + (" --decoder_vocabulary" if data_args.decoder_vocabulary else "")
         checks.append((flag, lambda: check_vocabulary_request(model, _tokenizer(run.processing_class),
                                                               decoder_vocabulary=data_args.decoder_vocabulary)))
+    if data_args.prune_positions:
+        checks.append(("--prune_positions", lambda: _check_positions(model, run.max_input_length)))
     if data_args.quantize:
         checks.append(("--quantize int8", check_int8_request))
     if data_args.export_onnx:
@@ -116,7 +132,8 @@ def _folder_bytes(folder: Path) -> int:
 def deploy(run, model) -> dict:
     """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``."""
     from hf_adaprune import save_pruned
-    from hf_adaprune.deploy import export_ctranslate2, export_onnx, prune_vocabulary, quantize_onnx, save_int8
+    from hf_adaprune.deploy import (export_ctranslate2, export_onnx, prune_positions, prune_vocabulary, quantize_onnx,
+                                    save_int8)
 
     data_args = run.data_args
     root = Path(run.training_args.output_dir) / DEPLOY_DIR
@@ -145,13 +162,14 @@ def deploy(run, model) -> dict:
             tokenizer = prune_vocabulary(model, tokenizer,
                                          tokenized=itertools.chain(training_token_rows(train), teacher_rows),
                                          min_count=data_args.vocabulary_min_count)
+        positions = prune_positions(model, run.max_input_length, tokenizer) if data_args.prune_positions else None
         source = root / "vocabulary"
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
             processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)
         save_pruned(model, source, tokenizer=None if processor else tokenizer, processor=processor)
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
                 decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
-                min_count=data_args.vocabulary_min_count)
+                min_count=data_args.vocabulary_min_count, position_rows=positions)
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")

@@ -79,6 +79,7 @@ class Run:
     preprocess_logits_for_metrics: Any = None
     seq2seq: bool = False  # generation during evaluation: the Seq2Seq trainers
     task_results: dict = field(default_factory=dict)  # the "task" entry of results.json
+    max_input_length: int | None = None  # the longest input in tokens the task feeds the model, where it has one
 
     def trainer_kwargs(self, model, args, pruning: bool = False) -> dict:
         # "pruning_train": what the pruning run trains on where it differs from the control's (a teacher's labels)

@@ -534,6 +534,7 @@ def build(run: Run) -> None:
     if positions and length > positions:
         raise RecipeError(f"--max_seq_length {data_args.max_seq_length}: inputs of {length} tokens, but the model "
                           f"reads at most {positions} positions; pass --max_seq_length {positions} or less")
+    run.max_input_length = length
     label2id = {value: i for i, value in enumerate(info["label_values"])}
     run.datasets = tokenize(run.splits, tokenizer, info["text_columns"], info["label_column"], label2id,
                             data_args.max_seq_length)

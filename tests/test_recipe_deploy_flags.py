@@ -44,7 +44,8 @@ def logits(model, tokenizer, texts):
 def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa: F811 - the fixture
     out = tmp_path / "out"
     results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
-        "--prune_vocabulary", "true", "--quantize", "int8", "--export_onnx", "true", "--max_seq_length", "32"])
+        "--prune_vocabulary", "true", "--prune_positions", "true", "--quantize", "int8", "--export_onnx", "true",
+        "--max_seq_length", "32"])
     deploy = out / "deploy"
     record = results["deploy"]
     assert set(record["written"]) == {"vocabulary", "int8", "onnx"}
@@ -60,6 +61,10 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
     small = AutoPrunedModel.from_pretrained(deploy / "vocabulary").eval()
     small_tokenizer = AutoTokenizer.from_pretrained(deploy / "vocabulary")
     assert small.get_input_embeddings().num_embeddings == len(small_tokenizer) == vocabulary["vocab_size"]
+    # --prune_positions: the position table keeps the rows of --max_seq_length tokens, the tokenizer truncates to it
+    assert vocabulary["position_rows"] == small.config.max_position_embeddings == 32
+    assert pruned.config.max_position_embeddings > 32
+    assert small.bert.embeddings.position_embeddings.num_embeddings == 32 and small_tokenizer.model_max_length == 32
     texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:9]]
     expected = logits(pruned, tokenizer, texts)  # training text: every token kept
     assert torch.allclose(logits(small, small_tokenizer, texts), expected, atol=1e-5)
@@ -161,6 +166,15 @@ def test_translation_sequence_distillation_and_decoder_vocabulary(translation_wo
         assert model(**batch).logits.shape[-1] == written["decoder_vocab_size"]
 
 
+def test_translation_refuses_position_pruning(translation_workspace, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "out"
+    with pytest.raises(RecipeError, match=re.escape("--prune_positions: position pruning is for encoders with a "
+                                                    "learned position table (bert, electra, distilbert, roberta")):
+        translation.main(translation_args(translation_workspace, out) + SHORT_RUN + [
+            "--prune_vocabulary", "true", "--prune_positions", "true"])
+    assert not (out / "model.safetensors").exists()
+
+
 def test_translation_refuses_a_deploy_request_before_the_teacher_translates(translation_workspace, tmp_path,  # noqa: F811
                                                                              monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
@@ -212,6 +226,7 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
     (["--prune_vocabulary", "true", "--decoder_vocabulary", "true"],
      "--prune_vocabulary --decoder_vocabulary: decoder_vocabulary=True gives the decoder a table of its own, which "
      "Marian models can hold (config.decoder_vocab_size); BertForSequenceClassification has one vocabulary"),
+    (["--prune_positions", "true"], "--prune_positions only applies with --prune_vocabulary true"),
     (["--prune_vocabulary", "true", "--tokenizer_name", "WORDLEVEL"],
      "--prune_vocabulary: vocabulary pruning does not support a tokenizers WordLevel model; supported: "),
 ])
