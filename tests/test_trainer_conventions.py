@@ -457,3 +457,79 @@ def test_a_readme_of_the_users_own_in_output_dir_is_kept(tmp_path, caplog):
     trainer.save_model()
     trainer.save_model()
     assert "hf_adaprune" in ModelCard.load(tmp_path / "README.md").data.to_dict()["tags"]
+
+
+def _loss_log_steps(trainer):
+    return [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_training_loss_is_logged_at_steps_where_a_decision_is_logged(tmp_path):
+    # decisions at 6, 12, 18, ...: every one on a logging step, which must still log the training loss
+    data = toy_dataset()
+    args = make_args(tmp_path, logging_steps=6, pruning_metric="loss", pruning_tolerance=0.003)
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=args, train_dataset=data,
+                                     eval_dataset=data.select(range(48)))
+    trainer.train()
+    decisions = [entry["step"] for entry in trainer.state.log_history if "pruning/metric" in entry]
+    assert decisions and set(decisions) <= {6, 12, 18, 24, 30}
+    assert [step for step, _ in _loss_log_steps(trainer)] == [6, 12, 18, 24, 30]
+
+
+def test_setting_up_pruning_leaves_the_training_random_state_alone(tmp_path):
+    # no decision within max_steps: the run must draw (data order, dropout) exactly what a plain Trainer draws
+    data = toy_dataset()
+    args = make_args(tmp_path, max_steps=8, logging_steps=1, pruning_warmup_steps=100)
+    pruning = AdaptivePruningTrainer(model=tiny_model("bert"), args=args, train_dataset=data,
+                                     eval_dataset=data.select(range(48)))
+    pruning.train()
+    plain = transformers.Trainer(model=tiny_model("bert"), args=args, train_dataset=data)
+    plain.train()
+    assert len(_loss_log_steps(plain)) == 8
+    assert _loss_log_steps(pruning) == _loss_log_steps(plain)
+
+
+def test_metric_keys_that_already_read_eval_keep_evaluates_names(tmp_path):
+    def compute_metrics(p):
+        return {"eval_acc": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
+        compute_metrics=compute_metrics,
+        args=make_args(tmp_path, pruning_metric="acc", eval_strategy="steps", eval_steps=12,
+                       metric_for_best_model="acc", pruning_tolerance=1.0))
+    trainer.train()
+    assert "eval_acc" in trainer.evaluate()
+    decisions = [entry for entry in trainer.state.log_history if "pruning/metric" in entry]
+    assert decisions and all(entry["pruning/metric"] == entry["pruning_eval_acc"] for entry in decisions)
+    assert not any("pruning_eval_eval_acc" in entry for entry in trainer.state.log_history)
+
+
+def _labels_sorted(data):
+    return data.select(sorted(range(len(data)), key=lambda i: data[i]["labels"]))
+
+
+def _needs_two_classes(p):
+    if len(set(p.label_ids.tolist())) < 2:
+        raise ValueError("y_true contains only one label")
+    return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+
+def test_a_metric_that_needs_more_than_two_rows_does_not_stop_training(tmp_path):
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), train_dataset=data,
+                                     eval_dataset=_labels_sorted(data.select(range(48))),
+                                     compute_metrics=_needs_two_classes, args=make_args(tmp_path, max_steps=12))
+    trainer.train()
+    assert any("pruning/metric" in entry for entry in trainer.state.log_history)
+
+
+def test_a_metric_failing_on_the_decision_rows_says_where_it_was_called(tmp_path):
+    data = toy_dataset()
+    one_class = data.filter(lambda row: row["labels"] == 0).select(range(20))
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), train_dataset=data, eval_dataset=one_class,
+                                     compute_metrics=_needs_two_classes, args=make_args(tmp_path, max_steps=12))
+    with pytest.raises(ValueError, match="y_true contains only one label") as caught:
+        trainer.train()
+    assert "metric check before training" in "".join(getattr(caught.value, "__notes__", []))
+    assert trainer.state.global_step == 0

@@ -100,11 +100,12 @@ def _uses_audio(model) -> bool:
 
 
 def _example_inputs(model) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)  # an export leaves the caller's random state as it was
     if _uses_audio(model):
         config = model.config
         frames = 2 * config.max_source_positions  # Whisper's encoder wants exactly its window
-        return {"inputs": torch.randn(1, config.num_mel_bins, frames)}
-    ids = torch.randint(3, model.config.vocab_size, (2, 7))
+        return {"inputs": torch.randn(1, config.num_mel_bins, frames, generator=generator)}
+    ids = torch.randint(3, model.config.vocab_size, (2, 7), generator=generator)
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
     return {"inputs": ids, "attention_mask": mask}

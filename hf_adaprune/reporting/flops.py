@@ -41,19 +41,24 @@ register_cpu_attention_flops()
 
 
 def example_inputs(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> dict[str, torch.Tensor]:
-    """Dummy inputs of the right kind for ``model`` (text ids, audio samples or mel features)."""
+    """Dummy inputs of the right kind for ``model`` (text ids, audio samples or mel features).
+
+    Drawn from a generator of their own: measuring a model (the trainer does it while it is set up) leaves the
+    training's random state as it was, so a run draws what a plain ``Trainer`` with the same seed draws.
+    """
     config = model.config
     device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
     name = getattr(model, "main_input_name", "input_ids")
     if name == "input_values":  # raw audio; seq_len counts samples
-        inputs = {"input_values": torch.randn(batch_size, seq_len, device=device)}
+        inputs = {"input_values": torch.randn(batch_size, seq_len, generator=generator).to(device)}
     elif name == "input_features":
         mels = getattr(config, "num_mel_bins", 80)
         frames = 2 * getattr(config, "max_source_positions", seq_len // 2)
-        inputs = {"input_features": torch.randn(batch_size, mels, frames, device=device)}
+        inputs = {"input_features": torch.randn(batch_size, mels, frames, generator=generator).to(device)}
     else:
         vocab = getattr(config, "vocab_size", 1000)
-        ids = torch.randint(3, vocab, (batch_size, seq_len), device=device)
+        ids = torch.randint(3, vocab, (batch_size, seq_len), generator=generator).to(device)
         eos = getattr(config, "eos_token_id", None)
         eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
         if isinstance(eos, int) and 0 <= eos < vocab:  # one <eos> per row, last: what seq2seq classifiers pool

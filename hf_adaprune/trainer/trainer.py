@@ -61,6 +61,14 @@ LATENCY_TABLE_ARGUMENTS = ("pruning_target_type", "pruning_latency_batch_size", 
                            "pruning_seq_len", "pruning_generation_tokens")
 
 
+def _evaluate_names(metrics: dict) -> dict:
+    """Decision metrics under the names ``evaluate()`` gives them: transformers prefixes every key that lacks the
+    prefix, so a ``compute_metrics`` key that already reads ``eval_acc`` would come back ``pruning_eval_eval_acc``."""
+    doubled = f"{DECISION_PREFIX}_eval_"
+    return {(DECISION_PREFIX + "_" + key.removeprefix(doubled) if key.startswith(doubled) else key): value
+            for key, value in metrics.items()}
+
+
 def check_eval_dataset(eval_dataset) -> None:
     """Pruning decisions read the first rows of one map-style eval set: refuse what has no such rows."""
     if isinstance(eval_dataset, dict):
@@ -406,6 +414,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.args.dataloader_drop_last = drop_last
 
     def _evaluate_dataset(self, dataset) -> dict:
+        return _evaluate_names(self._evaluate_dataset_as_prefixed(dataset))
+
+    def _evaluate_dataset_as_prefixed(self, dataset) -> dict:
         try:
             if self.pruning_metric == "loss":  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
@@ -443,7 +454,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             raise ValueError(f"the eval_dataset rows have no {' / '.join(missing)}: pruning decisions measure "
                              f"--pruning_metric {self.pruning_metric} against them (the loss needs them too). Give an "
                              "eval_dataset with labels, or name its label columns with --label_names")
-        metrics = self._evaluate_rows(2)
+        try:
+            metrics = self._evaluate_rows(2)
+        except Exception:  # a metric that needs more rows (both classes, ...): the rows the decisions read
+            try:
+                metrics = self._evaluate_rows(self.args.pruning_eval_samples)
+            except Exception as err:
+                err.add_note("(raised by the pruning trainer's metric check before training, which evaluates the "
+                             "rows pruning decisions read: the first pruning_eval_samples of eval_dataset)")
+                raise
         if self.decision_key not in metrics:
             raise KeyError(
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
@@ -493,7 +512,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
         }
         logger.info("pruning %s at step %d: sparsity %.3f, %s %.4f", event, step, ratio, self.pruning_metric, metric)
+        # Trainer.log() clears control.should_log, which the flow callback set for this step's training-loss log
+        should_log = self.control.should_log
         self.log({**evaluation, **record})
+        self.control.should_log = should_log
 
     def finish_pruning(self) -> None:
         """At ``on_train_end``: judge the last step, compact, write the report."""
