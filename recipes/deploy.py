@@ -71,9 +71,9 @@ def _tokenizer(processing_class):
 
 
 def _check_positions(model, max_input_length) -> None:
-    from hf_adaprune.deploy import check_positions_request
+    from hf_adaprune.deploy.positions import check_positions_model, check_positions_request
 
-    check_positions_request(model)
+    check_positions_model(model)  # the family first: its message is the one that helps
     if max_input_length is None:
         raise ValueError("the position table is cut to the recipe's longest input, which only the text-classification "
                          "recipe fixes (--max_seq_length)")

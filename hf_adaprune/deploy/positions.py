@@ -30,20 +30,24 @@ def position_rows(config, max_length: int) -> int:
     return max_length + config.max_position_embeddings - readable_positions(config)
 
 
-def check_positions_request(model, max_length: int | None = None) -> None:
-    """Refuse, before any work, a model (or, given, a length) :func:`prune_positions` cannot serve."""
+def check_positions_model(model) -> None:
+    """Refuse, before any work, a model whose family :func:`prune_positions` does not serve."""
     model_type = getattr(model.config, "model_type", None)
     embeddings = _embeddings(model)
     if model_type not in SUPPORTED or not isinstance(getattr(embeddings, "position_embeddings", None), nn.Embedding):
         raise ValueError(f"position pruning is for encoders with a learned position table ({', '.join(SUPPORTED)}); "
                          f"{model_type!r} is not one of them")
-    if max_length is None:
-        return
+
+
+def check_positions_request(model, max_length: int) -> None:
+    """Refuse, before any work, a model or length :func:`prune_positions` cannot serve."""
+    check_positions_model(model)
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length={max_length!r}: give the longest input, in tokens, the model will be served")
-    if max_length > readable_positions(model.config):
-        raise ValueError(f"max_length={max_length}: the model reads at most {readable_positions(model.config)} "
-                         f"positions, so max_length can be at most {readable_positions(model.config)}")
+    readable = readable_positions(model.config)
+    if max_length > readable:
+        raise ValueError(f"max_length={max_length}: the model reads at most {readable} positions, so max_length can "
+                         f"be at most {readable}")
 
 
 def prune_positions(model, max_length: int, tokenizer=None) -> int:
@@ -52,8 +56,6 @@ def prune_positions(model, max_length: int, tokenizer=None) -> int:
     ``tokenizer`` (optional) gets ``model_max_length = max_length``. Works on a masked or compacted model; save
     it with ``save_pruned`` as usual.
     """
-    if max_length is None:
-        raise ValueError("max_length=None: give the longest input, in tokens, the model will be served")
     check_positions_request(model, max_length)
     embeddings = _embeddings(model)
     rows = position_rows(model.config, max_length)

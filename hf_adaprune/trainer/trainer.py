@@ -409,14 +409,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
         try:
             with decision_rng(self.args.seed, self.args.device, self.data_collator):  # the same inputs every time
-                return self._evaluate_dataset(dataset)
+                return _evaluate_names(self._evaluate_dataset(dataset))
         finally:
             self.args.dataloader_drop_last = drop_last
 
     def _evaluate_dataset(self, dataset) -> dict:
-        return _evaluate_names(self._evaluate_dataset_as_prefixed(dataset))
-
-    def _evaluate_dataset_as_prefixed(self, dataset) -> dict:
         try:
             if self.pruning_metric == "loss":  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
