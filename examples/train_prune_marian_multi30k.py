@@ -29,7 +29,8 @@ the data in ``../shared/data/multi30k`` (relative to the repository root):
    (the first 32 test sentences), dense and pruned timed alternately in one process;
    medians. With ``--dense_control`` the dense model is also trained for as many more
    steps as the pruning run took, without pruning, to separate the effect of the extra
-   training from that of pruning.
+   training from that of pruning; ``--control_only`` trains and scores only that control (``control.json``),
+   so it can run in a process of its own beside the pruning run.
 
 Writes ``results.json`` and ``results.md`` (a Markdown table) to ``--output_dir``, and
 ``tokenizer/``, ``dense/`` (model + tokenizer) and ``pruned/`` (Hub format, loads with
@@ -52,6 +53,7 @@ Smoke test (about a minute; numbers meaningless)::
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import statistics
 import sys
@@ -144,6 +146,9 @@ def parse_args(argv=None):
     p.add_argument("--seq_len", type=int, default=32, help="sequence length for FLOP counts (Multi30k: ~15 tokens)")
     p.add_argument("--dense_control", action="store_true",
                    help="also train the dense model for the pruning run's steps without pruning, and score it")
+    p.add_argument("--control_only", action="store_true",
+                   help="only train the dense model --prune_steps more steps without pruning and score it "
+                        "(control.json): the control of a pruning run, in its own process beside it")
     # reporting
     p.add_argument("--num_beams", type=int, default=1, help="beams for test scoring and latency (1 = greedy)")
     p.add_argument("--latency_repeats", type=int, default=None,
@@ -370,9 +375,33 @@ def main(argv=None) -> dict:
           f"({dense_minutes:.1f} min of training{'' if dense_steps is None else f', {dense_steps} steps'})",
           flush=True)
 
+    prune_common = dict(common, data_seed=args.seed + 1)  # another order of the training pairs than step 2's
+
+    def train_control(steps):
+        """The dense model trained ``steps`` more steps without pruning, as the pruning run trains, and scored."""
+        t0 = time.time()
+        control_model = copy.deepcopy(dense)
+        control_args = Seq2SeqTrainingArguments(output_dir=str(out / "dense_control"), learning_rate=args.prune_lr,
+                                                max_steps=steps, warmup_steps=0, **prune_common)
+        control_trainer = OrderedSeq2SeqTrainer(model=control_model, args=control_args, train_dataset=train,
+                                                data_collator=DataCollatorForSeq2Seq(tokenizer, model=control_model),
+                                                processing_class=tokenizer, compute_metrics=compute_metrics)
+        control_trainer.train()
+        control = {"steps": steps, "test": translate_and_score(control_trainer, test, test_order, test_refs,
+                                                               tokenizer), "minutes": (time.time() - t0) / 60}
+        print(f"dense control (+{steps} steps, no pruning): BLEU {control['test']['sacrebleu']:.2f}", flush=True)
+        return control
+
+    if args.control_only:
+        control = train_control(args.prune_steps)
+        path = out / "control.json"
+        path.write_text(json.dumps({"dense": {"test": dense_test}, "dense_control": control, "seed": args.seed,
+                                    "dense_model": args.dense_model}, indent=2))
+        print(f"wrote {path}", flush=True)
+        return control
+
     # 3. prune while fine-tuning, starting from the dense model (which is kept for the comparison)
     t0 = time.time()
-    prune_common = dict(common, data_seed=args.seed + 1)  # another order of the training pairs than step 2's
     prune_args = Seq2SeqPruningArguments(
         output_dir=str(out / "pruned"), learning_rate=args.prune_lr, max_steps=args.prune_steps, warmup_steps=0,
         **prune_common,
@@ -408,20 +437,7 @@ def main(argv=None) -> dict:
     print(f"pruned: {args.test_split} BLEU {pruned_test['sacrebleu']:.2f}, chrF {pruned_test['chrf']:.2f} "
           f"({prune_minutes:.1f} min)", flush=True)
 
-    control = None
-    if args.dense_control:
-        t0 = time.time()
-        steps = trainer.state.global_step
-        control_model = copy.deepcopy(dense)
-        control_args = Seq2SeqTrainingArguments(output_dir=str(out / "dense_control"), learning_rate=args.prune_lr,
-                                                max_steps=steps, warmup_steps=0, **prune_common)
-        control_trainer = OrderedSeq2SeqTrainer(model=control_model, args=control_args, train_dataset=train,
-                                                data_collator=DataCollatorForSeq2Seq(tokenizer, model=control_model),
-                                                processing_class=tokenizer, compute_metrics=compute_metrics)
-        control_trainer.train()
-        control = {"steps": steps, "test": translate_and_score(control_trainer, test, test_order, test_refs,
-                                                               tokenizer), "minutes": (time.time() - t0) / 60}
-        print(f"dense control (+{steps} steps, no pruning): BLEU {control['test']['sacrebleu']:.2f}", flush=True)
+    control = train_control(trainer.state.global_step) if args.dense_control else None
 
     # 4. size, FLOPs and generate latency
     comparison = compare_profiles(model_profile(dense, seq_len=args.seq_len),
