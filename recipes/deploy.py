@@ -10,7 +10,8 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
     onnx/          ONNX graphs (``export_onnx``); with ``--quantize int8`` also ``*.int8.onnx`` (``quantize_onnx``)
     ctranslate2/   a CTranslate2 model (``export_ctranslate2``; Whisper and Marian)
 
-With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. What was written
+With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. A subfolder an earlier
+run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``. A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
 of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package) fails
@@ -39,6 +40,13 @@ def requested(data_args) -> bool:
                 or data_args.export_ctranslate2)
 
 
+def folders_not_written(data_args) -> list[str]:
+    """The subfolders of ``OUTPUT_DIR/deploy`` that :func:`deploy` writes only for options ``data_args`` leaves off."""
+    written = {"vocabulary": data_args.prune_vocabulary, "int8": data_args.quantize == "int8",
+               "onnx": data_args.export_onnx, "ctranslate2": data_args.export_ctranslate2}
+    return [name for name, asked in written.items() if not asked]
+
+
 def check_arguments(data_args, training_args, model_paths) -> None:
     """The options alone (before data and model): known values; the deploy folder is no model folder."""
     if data_args.quantize is not None and data_args.quantize not in QUANTIZE_CHOICES:
@@ -61,7 +69,7 @@ def check_arguments(data_args, training_args, model_paths) -> None:
         return
     folder = os.path.realpath(os.path.join(training_args.output_dir, DEPLOY_DIR))
     for path in model_paths:
-        if path and os.path.isdir(path) and os.path.realpath(path).startswith(folder):
+        if path and os.path.isdir(path) and os.path.commonpath([os.path.realpath(path), folder]) == folder:
             raise RecipeError(f"the deployed copies go to {folder}, which holds the model the run loads ({path}); "
                               "choose another --output_dir")
 

@@ -16,7 +16,7 @@ import time
 
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
-from hf_adaprune.reporting.report import hub_id_or_none, write_text
+from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.trainer.eval_order import first_rows
 
 from . import deploy
@@ -163,7 +163,10 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
                     "stop_reason": f"post-training, no optimizer step ({stop})"},
         "post_training": {"calibration_samples": calibration_samples,
                           "long_share": data_args.post_training_long_share,
+                          "structures": list(KINDS[training_args.prune]),
                           "refit": data_args.post_training_refit,
+                          # the pruned groups re-fitted, and those left un-fitted (too few calibration tokens)
+                          "refitted": sorted(result.refit_errors), "refit_skipped": result.refit_skipped,
                           "refit_target": data_args.post_training_refit_target,
                           "refit_samples": data_args.post_training_refit_samples,
                           "ridge": data_args.post_training_ridge, "ratio": result.ratio,
@@ -187,9 +190,16 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
 def write_card(folder: str, results: dict, format_value) -> None:
     """``README.md`` in ``folder``: what the model is and that it was pruned without training."""
     cmp, test, val = results["comparison"], results["test"], results["validation"]
-    metric = val["metric"]
-    refit = ", each pruned layer's output projection re-fitted by least squares" \
-        if results["post_training"]["refit"] else ""
+    metric, post = val["metric"], results["post_training"]
+    structures = " and ".join(STRUCTURE_NAMES[kind] for kind in post["structures"])
+    skipped = ", ".join(post["refit_skipped"])
+    if not post["refit"]:
+        refit = ""
+    elif skipped and not post["refitted"]:
+        refit = f", no output projection re-fitted (too few calibration tokens for {skipped})"
+    else:
+        refit = ", each pruned layer's output projection re-fitted by least squares" + (
+            f" except those of {skipped} (too few calibration tokens)" if skipped else "")
     base = results["base_model"] or "the model given"
     lines = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- hf_adaprune",
              "- pruned", "- post-training-pruning",
@@ -197,8 +207,8 @@ def write_card(folder: str, results: dict, format_value) -> None:
              f"# {os.path.basename(os.path.abspath(folder))}", "",
              f"A fine-tuned classifier based on {base}, pruned **without training** by hf_adaprune's post-training "
              f"pruning (after Kwon et al. 2022): "
-             f"attention heads and FFN neurons scored on {results['post_training']['calibration_samples']} training "
-             f"rows, {100 * cmp['layer_flops_removed']:.1f}% of the layer FLOPs removed"
+             f"{structures} scored on {post['calibration_samples']} training rows, "
+             f"{100 * cmp['layer_flops_removed']:.1f}% of the layer FLOPs removed"
              f"{refit}; no optimizer step.", "",
              "| | dense | pruned |", "|---|---|---|",
              f"| validation {val['metric']} (n={val['samples']}) | {format_value(metric, val['dense_reference'])} "

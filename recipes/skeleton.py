@@ -281,11 +281,13 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
 
 
 def warn_earlier_outputs(run: Run) -> None:
-    """Name the folders an earlier run left in ``--output_dir`` that this run will not replace (after
-    ``--overwrite_output_dir``): they are not this run's, whatever their place suggests."""
-    warn_folders_left(run.training_args.output_dir, [name for name, written in (
-        (CONTROL_DIR, run.data_args.dense_control), (deploy.DEPLOY_DIR, deploy.requested(run.data_args)))
-        if not written])
+    """Name the folders an earlier run left in ``--output_dir`` (and in its ``deploy/``) that this run will not
+    replace (after ``--overwrite_output_dir``): they are not this run's, whatever their place suggests."""
+    output_dir, data_args = run.training_args.output_dir, run.data_args
+    warn_folders_left(output_dir, [name for name, written in (
+        (CONTROL_DIR, data_args.dense_control), (deploy.DEPLOY_DIR, deploy.requested(data_args))) if not written])
+    if deploy.requested(data_args):  # deploy/ is written, but only the subfolders of this run's options
+        warn_folders_left(os.path.join(output_dir, deploy.DEPLOY_DIR), deploy.folders_not_written(data_args))
 
 
 def clear_earlier_run(run: Run, resume_from: str | None) -> None:

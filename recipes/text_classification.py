@@ -212,8 +212,11 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
             file_type(path, f"--{name}")
             require_file(path, f"--{name}")
         setattr(data_args, name, path)
-    _check_percentage("validation_split_percentage", data_args.validation_split_percentage)
-    _check_percentage("test_split_percentage", data_args.test_split_percentage)
+    for split in ("validation", "test"):
+        percentage = getattr(data_args, f"{split}_split_percentage")
+        _check_percentage(f"{split}_split_percentage", percentage)
+        if percentage is not None and getattr(data_args, f"{split}_file") is not None:  # the file would win unseen
+            raise RecipeError(f"give --{split}_file or --{split}_split_percentage, not both")
     if (data_args.validation_split_percentage or 0) + (data_args.test_split_percentage or 0) >= 100:
         raise RecipeError("--validation_split_percentage and --test_split_percentage leave no training data")
     if data_args.train_file is not None and data_args.validation_file is None \

@@ -301,6 +301,8 @@ def test_bad_min_count_refused_before_any_work(min_count):
     ({"texts": ["a film"], "target_texts": "ein Film"}, "target_texts is one string"),
     ({"texts": []}, "no training rows to count tokens in"),
     ({"texts": iter(())}, "no training rows to count tokens in"),
+    ({"texts": ["", " "]}, "the training rows hold no token besides the special ones and those kept anyway"),
+    ({"tokenized": [[101, 102], [101, 0, 102]]}, "the training rows hold no token besides the special ones"),
     ({"texts": ["a film", "a song"], "min_count": 3}, r"no token occurs in min_count=3 rows \(the most common in 2\)"),
     ({"texts": ["a film"], "keep_tokens": ["film", "flibbertigibbet"]},
      r"keep_tokens not in the tokenizer's vocabulary: \['flibbertigibbet'\]"),

@@ -155,6 +155,24 @@ def test_folders_an_earlier_run_left_are_named(tmp_path, caplog):
     assert "from an earlier run" not in caplog.text  # this run writes both anew
 
 
+def test_deploy_subfolders_an_earlier_run_left_are_named(tmp_path, caplog):
+    import logging
+
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    for name in ("vocabulary", "onnx", "int8"):
+        (out / "deploy" / name).mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        prepare(data_args(tmp_path, train, train, "--overwrite_output_dir", "true", "--quantize", "int8"))
+    assert f"{out / 'deploy'} holds vocabulary/ and onnx/ from an earlier run, which this run does not write" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prepare(data_args(tmp_path, train, train, "--overwrite_output_dir", "true", "--quantize", "int8",
+                          "--export_onnx", "true", "--prune_vocabulary", "true"))
+    assert "from an earlier run" not in caplog.text  # this run writes all three anew
+
+
 def test_an_overwriting_run_removes_the_earlier_runs_checkpoints_and_metrics_only(tmp_path, caplog):
     import logging
 
@@ -172,6 +190,27 @@ def test_an_overwriting_run_removes_the_earlier_runs_checkpoints_and_metrics_onl
         skeleton.clear_earlier_run(run, resume_from)
     assert "removing what an earlier run left" in caplog.text and "checkpoint-12" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt"]  # replaced by the run, or not its
+
+
+def test_deploy_folder_refuses_the_loaded_model_inside_it_not_a_sibling_with_the_same_prefix(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    for name in ("deployment_v1", "deploy/model"):
+        (out / name).mkdir(parents=True)
+        (out / name / "config.json").write_text("{}")
+    args = ["--train_file", train, "--validation_file", train, "--output_dir", str(out), "--overwrite_output_dir",
+            "true", "--quantize", "int8"]
+    assert prepare(["--model_name_or_path", str(out / "deployment_v1"), *args]).splits["train"]
+    with pytest.raises(RecipeError, match="the deployed copies go to .*, which holds the model the run loads"):
+        prepare(["--model_name_or_path", str(out / "deploy" / "model"), *args])
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_split_file_and_its_split_percentage_are_refused_together(tmp_path, split):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    extra = ["--test_file", train] if split == "test" else []
+    with pytest.raises(RecipeError, match=f"give --{split}_file or --{split}_split_percentage, not both"):
+        prepare(data_args(tmp_path, train, train, *extra, f"--{split}_split_percentage", "20"))
 
 
 @pytest.mark.parametrize("flags", [["--do_train", "false"], ["--do_eval=False"], ["--do_predict", "no"]])

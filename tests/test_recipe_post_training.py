@@ -154,3 +154,28 @@ def test_the_shipped_post_training_config_parses_and_asks_for_post_training():
     _, data_args, training_args = recipe.parse_args([str(path)])
     assert data_args.post_training and 0 < training_args.pruning_target < 1
     assert training_args.pruning_criterion in ("taylor", "fisher")
+
+
+def test_the_card_and_results_say_which_groups_were_re_fitted(workspace, fine_tuned, tmp_path):  # noqa: F811
+    few = ["--post_training_calibration_samples", "2", "--post_training_refit_samples", "2"]  # too few FFN tokens
+    results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "both", *few))
+    post = results["post_training"]
+    assert post["structures"] == ["heads", "ffn"] and post["refit"] is True
+    assert post["refitted"] and post["refit_skipped"]  # the attention groups re-fitted, the FFN groups not
+    assert all(name.endswith(".attention") for name in post["refitted"])
+    assert all(name.endswith(".ffn") for name in post["refit_skipped"])
+    assert json.loads((tmp_path / "both" / "results.json").read_text())["post_training"]["refit_skipped"] == \
+        post["refit_skipped"]
+    card = (tmp_path / "both" / "README.md").read_text()
+    assert "attention heads and FFN neurons scored on 2 training rows" in card
+    assert (f"each pruned layer's output projection re-fitted by least squares except those of "
+            f"{', '.join(post['refit_skipped'])} (too few calibration tokens)") in card
+
+    results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "ffn", *few, "--prune", "ffn"))
+    post = results["post_training"]
+    assert post["structures"] == ["ffn"] and not post["refitted"] and post["refit_skipped"]
+    card = (tmp_path / "ffn" / "README.md").read_text()
+    assert "attention heads" not in card and "FFN neurons scored on 2 training rows" in card
+    assert "re-fitted by least squares" not in card
+    assert f"no output projection re-fitted (too few calibration tokens for {', '.join(post['refit_skipped'])})" \
+        in card

@@ -599,7 +599,7 @@ def test_onnx_export_of_a_sentence_transformer_says_what_to_export(encoder_folde
     pytest.importorskip("onnx")
     from hf_adaprune.deploy import export_onnx
 
-    with pytest.raises(TypeError, match=r"For a SentenceTransformer, export its transformer, "
+    with pytest.raises(TypeError, match=r"For a SentenceTransformer, pass its transformer: "
                                         r"export_onnx\(st\[0\].auto_model"):
         export_onnx(tiny_sentence_transformer(encoder_folder), tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()

@@ -32,6 +32,7 @@ from ..engine.masks import get_masks
 from ..hub.config_marker import transformers_base
 from ..hub.save import move_into
 from ..surgery import compact
+from .checks import check_transformers_model
 from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
 
 ENCODER_FILE = "model.onnx"
@@ -126,12 +127,7 @@ def check_onnx_request(model, int8: bool = False) -> None:
     _require("onnx")
     if int8:
         _require("onnxruntime")
-    if not hasattr(model, "main_input_name"):  # not a transformers model: say what to pass
-        hint = (" For a SentenceTransformer, export its transformer, export_onnx(st[0].auto_model, path, "
-                "tokenizer=st.tokenizer); its pooling and normalisation then run outside the graph."
-                if type(model).__name__ == "SentenceTransformer" else "")
-        raise TypeError(f"export_onnx takes a transformers model (PreTrainedModel); got {type(model).__name__}."
-                        + hint)
+    check_transformers_model(model, "export_onnx")
     if any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in model.modules()):
         raise ValueError("ONNX export starts from the float model: this one has torch int8 linears (quantize_int8 / "
                          "load_int8), which ONNX cannot express. Export the float model, then quantize the graph "

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..families.registry import OFFSET_POSITIONS, readable_positions
+from .checks import check_transformers_model
 
 SUPPORTED = ("bert", "electra", "distilbert", *OFFSET_POSITIONS)
 
@@ -32,6 +33,7 @@ def position_rows(config, max_length: int) -> int:
 
 def check_positions_model(model) -> None:
     """Refuse, before any work, a model whose family :func:`prune_positions` does not serve."""
+    check_transformers_model(model, "prune_positions")
     model_type = getattr(model.config, "model_type", None)
     embeddings = _embeddings(model)
     if model_type not in SUPPORTED or not isinstance(getattr(embeddings, "position_embeddings", None), nn.Embedding):

@@ -31,6 +31,7 @@ from ..engine.masks import get_masks
 from ..hub import AutoPrunedModel, save_pruned
 from ..hub.save import write_through_temporary
 from ..surgery import compact
+from .checks import check_transformers_model
 
 INT8_WEIGHTS = "model_int8.safetensors"
 INT8_RECORD = "int8.json"
@@ -45,7 +46,8 @@ def check_int8_request() -> None:
         raise ValueError(f"int8 quantization needs the x86 or fbgemm quantized engine; this torch build has {engines}")
 
 
-def _check_backend(model):
+def _check_backend(model, function: str):
+    check_transformers_model(model, function)
     if any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules()):
         raise ValueError("the model is int8 already (quantize_int8 / load_int8 output); quantize the float model")
     devices = {p.device.type for p in model.parameters()}
@@ -82,7 +84,7 @@ def _quantize_linears(model, names: list[str]):
 
 def quantize_int8(model):
     """A copy of ``model`` (float32, CPU) with int8 dynamic linears and int8-rounded embeddings."""
-    _check_backend(model)
+    _check_backend(model, "quantize_int8")
     model = copy.deepcopy(model).eval()
     if get_masks(model) is not None:  # masked, not compacted: quantize the weights the masks keep
         compact(model)
@@ -103,7 +105,7 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
     """Quantize ``model`` (see :func:`quantize_int8`), save it to ``save_directory``, return the quantized model.
 
     A model with masks attached is compacted first, in place, as :func:`save_pruned` compacts it."""
-    _check_backend(model)
+    _check_backend(model, "save_int8")
     if get_masks(model) is not None:
         compact(model)
     quantized = quantize_int8(model)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..engine.masks import get_masks
+from .checks import check_transformers_model
 from .tokenizer_vocab import tokenizer_family
 
 # config / generation-config fields that hold token ids; the tokens they name always stay
@@ -128,6 +129,7 @@ def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | 
 
 
 def _check_model(model):
+    check_transformers_model(model, "prune_vocabulary")
     try:
         embeddings = model.get_input_embeddings()
     except NotImplementedError:  # models that read audio frames, not token ids (wav2vec2, ...)
@@ -312,16 +314,19 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
                          "exhausted): the vocabulary would keep the special tokens alone")
-    if max(counts.values()) < min_count:
-        raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in "
-                         f"{max(counts.values())}): the vocabulary would keep the special tokens alone; lower "
-                         "min_count")
     # special and added tokens, ids the configs name, keep_tokens / keep_ids: kept whatever their count, on both sides
     always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     always |= _ids_named_by_configs(model)
     if model.config.model_type in ALWAYS_KEPT:
         always |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
     always |= {tokenizer.convert_tokens_to_ids(token) for token in keep_tokens} | set(keep_ids)
+    counted = [count for i, count in counts.items() if i not in always]  # the rows' own tokens
+    if not counted:
+        raise ValueError("the training rows hold no token besides the special ones and those kept anyway (blank "
+                         "texts?): the vocabulary would keep the special tokens alone")
+    if max(counted) < min_count:
+        raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in {max(counted)}): the "
+                         "vocabulary would keep the special tokens alone; lower min_count")
     kept = {i for i, count in counts.items() if count >= min_count} | always
     kept |= family.required(tokenizer, spec, kept)
     kept_ids = sorted(i for i in kept if 0 <= i < old_size)

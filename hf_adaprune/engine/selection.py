@@ -256,29 +256,54 @@ def reachable_fraction(sizes: dict[str, int], floor: int, costs: dict[str, float
     return 0.0 if total == 0 else prunable / total
 
 
+FLOOR_OPTIONS = {"heads": "min_heads_per_layer", "ffn": "min_neurons_per_layer"}
+
+
+def _reachable_by_kind(groups, sizes: dict[str, int], kinds, floors: dict[str, int] | None,
+                       costs: dict[str, float] | None) -> list[tuple[str, int, float]]:
+    """(kind, floor, largest prunable fraction) for each kind of ``kinds`` that has groups; none with whole layers
+    among the kinds (removed layers take the heads and neurons the floors keep)."""
+    if "layers" in kinds:
+        return []
+    rows = []
+    for kind in kinds:
+        names = [g.name for g in groups if g.kind == kind]
+        if names:
+            floor = (floors or {}).get(kind, 1)
+            rows.append((kind, floor, reachable_fraction({n: sizes[n] for n in names}, floor,
+                                                         None if costs is None else {n: costs[n] for n in names})))
+    return rows
+
+
+def _floor_clauses(blocked) -> str:
+    return "; ".join(f"keeping at least {floor} of the {kind} in each layer ({FLOOR_OPTIONS.get(kind, 'the floor')}="
+                     f"{floor}) leaves at most {reachable:.4f} of them prunable" for kind, floor, reachable in blocked)
+
+
 def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("heads", "ffn"),
                        floors: dict[str, int] | None = None, costs: dict[str, float] | None = None) -> str | None:
-    """Why the per-group floors make ``target`` unreachable for some kind (with the reachable maximum), or None.
+    """Why the per-group floors make ``target`` unreachable for some kinds (each with its reachable maximum), or None.
 
     With whole layers among the kinds nothing is unreachable here: removed layers take the heads and neurons the
     floors keep, and the layer stacks' own limit is :func:`layer_target_problem`'s."""
-    if "layers" in kinds:
+    blocked = [row for row in _reachable_by_kind(groups, sizes, kinds, floors, costs) if target > row[2] + 1e-9]
+    if not blocked:
         return None
-    floor_options = {"heads": "min_heads_per_layer", "ffn": "min_neurons_per_layer"}
-    for kind in kinds:
-        names = [g.name for g in groups if g.kind == kind]
-        if not names:
-            continue
-        floor = (floors or {}).get(kind, 1)
-        reachable = reachable_fraction({n: sizes[n] for n in names}, floor,
-                                       None if costs is None else {n: costs[n] for n in names})
-        if target > reachable + 1e-9:
-            option = floor_options.get(kind, "the floor")
-            return (f"pruning target {target} cannot be reached: keeping at least {floor} of the {kind} in each "
-                    f"layer ({option}={floor}) leaves at most {reachable:.4f} of them prunable. Pruning stops "
-                    f"there and the report gives the sparsity reached; lower the target to <= {reachable:.4f} "
-                    f"or lower {option} to reach it.")
-    return None
+    options = " / ".join(FLOOR_OPTIONS.get(kind, "the floor") for kind, _, _ in blocked)
+    return (f"pruning target {target} cannot be reached: {_floor_clauses(blocked)}. Pruning stops there and the "
+            f"report gives the sparsity reached; lower the target to <= {min(r for _, _, r in blocked):.4f} or "
+            f"lower {options} to reach it.")
+
+
+def nothing_prunable(groups, sizes: dict[str, int], kinds=("heads", "ffn"), floors: dict[str, int] | None = None,
+                     costs: dict[str, float] | None = None) -> str | None:
+    """Why the per-group floors leave no structure of any kind in ``kinds`` to prune, or None."""
+    rows = _reachable_by_kind(groups, sizes, kinds, floors, costs)
+    if not rows or any(reachable > 1e-9 for _, _, reachable in rows):
+        return None
+    options = " and ".join(f"--{FLOOR_OPTIONS.get(kind, 'the floor')}" for kind, _, _ in rows)
+    return (f"nothing to prune: {_floor_clauses(rows)}, so no structure can be removed. Give {options} below what "
+            "a layer has, or prune other kinds (--prune).")
 
 
 def _select_in_group(score: torch.Tensor, mask: torch.Tensor, ratio: float, floor: int) -> torch.Tensor:

@@ -166,11 +166,12 @@ def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | N
 
 
 def model_card(summary: PruningSummary, *, language=None, license=None, tags: Iterable[str] | None = None,
-               tasks=None, datasets=None, hyperparameters: dict | None = None):
+               tasks=None, datasets=None, hyperparameters: dict | None = None, trained: bool = True):
     """A ``huggingface_hub.ModelCard`` for a pruned model, from the run summary and the Trainer's card arguments.
 
     ``base_model`` goes into the metadata only when it is a Hub id (never a local path); so do
-    ``datasets`` entries; other dataset names appear in the text only.
+    ``datasets`` entries; other dataset names appear in the text only. ``trained=False``: the model is saved
+    before any training of the run (``save_model()`` before ``train()``); the card says so and shows no results.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -186,7 +187,8 @@ def model_card(summary: PruningSummary, *, language=None, license=None, tags: It
         eval_results=_eval_results(summary, task, dataset_ids[0] if dataset_ids else None, shown_dataset),
     )
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}",
-                                   body=_card_body(summary, base, dataset_names, hyperparameters))
+                                   body=_card_body(summary, base, dataset_names, hyperparameters) if trained
+                                   else _untrained_card_body(summary, base))
     return card
 
 
@@ -220,44 +222,69 @@ def nothing_removed(summary: PruningSummary) -> bool:
     return bool(summary.groups) and all(g["kept"] == g["original"] for g in summary.groups.values())
 
 
+def _origin(summary: PruningSummary, base: str | None) -> str:
+    """Where the model came from, in words: its Hub id, its base model (a local path), or training from scratch."""
+    if base:
+        return f"from `{base}`"
+    return "from its base model" if summary.base_model else "from scratch"
+
+
+def _untrained_card_body(summary: PruningSummary, base: str | None) -> str:
+    """The card of a model saved before the pruning trainer trained it: what is configured, nothing of a run."""
+    source = f"`{base}`" if base else "the model the trainer was given" + (
+        "" if summary.base_model else " (built from a config, with no base model)")
+    lines = [f"# {summary.model_name or 'Model'}", "",
+             f"This is {source}, saved before training: it has not been trained or pruned by this trainer yet. "
+             f"Adaptive structured pruning is configured ({structure_names(summary)}, {summary.criterion} importance, "
+             f"target {summary.target} of the {summary.target_type}) but has not run."]
+    return "\n".join(lines + _card_footer())
+
+
 def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], hyperparameters) -> str:
-    origin = f"`{base}`" if base else "its base model"
+    origin = _origin(summary, base)
+    trained = "Trained" if origin == "from scratch" else "Fine-tuned"
     lines = [f"# {summary.model_name or 'Pruned model'}", ""]
     on = f" on `{', '.join(datasets)}`" if datasets else ""
+    stopped = f" (stopped: {summary.stop_reason})" if summary.stop_reason else ""
     result = ("nothing more was removed; this is the model it started from, pruned before"
               if summary.start_pruned else "nothing was removed; this is the dense model")
     if summary.metric_before is None and BEST_BEFORE_REFERENCE in (summary.stop_reason or ""):
-        lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning ran, but load_best_model_at_end "
+        lines.append(f"{trained} {origin}{on}. Adaptive structured pruning ran, but load_best_model_at_end "
                      f"restored a checkpoint from before it ({summary.stop_reason}): {result}.")
     elif summary.metric_before is None:  # training ended before the pruning reference: nothing was removed
-        lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning was configured but did not start "
-                     f"(training ended before its warm-up was over, stopped: {summary.stop_reason}): {result}.")
-    elif nothing_removed(summary):
-        lines.append(f"Fine-tuned from {origin}{on}. Adaptive structured pruning ({structure_names(summary)}, "
-                     f"{summary.criterion} importance) ran but kept no pruning step (stopped: {summary.stop_reason}): "
+        why = (f"training ended before its warm-up was over, stopped: {summary.stop_reason}" if summary.stop_reason
+               else "training stopped before its warm-up was over")
+        lines.append(f"{trained} {origin}{on}. Adaptive structured pruning was configured but did not start ({why}): "
                      f"{result}.")
+    elif nothing_removed(summary):
+        lines.append(f"{trained} {origin}{on}. Adaptive structured pruning ({structure_names(summary)}, "
+                     f"{summary.criterion} importance) ran but kept no pruning step{stopped}: {result}.")
+    elif origin == "from scratch":
+        lines.append(f"Trained from scratch{on} and pruned by adaptive structured pruning ({structure_names(summary)}, "
+                     f"{summary.criterion} importance) while training.")
     else:
-        lines.append(f"Pruned from {origin} by adaptive structured pruning ({structure_names(summary)}, "
+        lines.append(f"Pruned {origin} by adaptive structured pruning ({structure_names(summary)}, "
                      f"{summary.criterion} importance) while fine-tuning{on}.")
     if summary.start_pruned:
         lines += ["", "The run started from a model pruned before: the *start* column is that model, and the kept "
                   "structure below counts against the dense model before any pruning."]
-    before = "start" if summary.start_pruned else "dense"
-    lines += ["", f"| | {before} | pruned |", "|---|---|---|"]
+    rows = []
     if summary.metric_before is not None:
         after = pruned_metric(summary)
-        lines.append(f"| {summary.metric_name} (eval) | {summary.metric_before:.4f} | "
-                     f"{'n/a' if after is None else f'{after:.4f}'} |")
+        rows.append(f"| {summary.metric_name} (eval) | {summary.metric_before:.4f} | "
+                    f"{'n/a' if after is None else f'{after:.4f}'} |")
     profile = summary.comparison
     if profile:
-        lines.append(f"| parameters | {profile.params_before:,} | {profile.params_after:,} "
-                     f"(-{100 * profile.params_removed:.1f}%) |")
-        lines.append(f"| FLOPs (seq {profile.seq_len}) | {profile.flops_before:,} | {profile.flops_after:,} "
-                     f"(-{100 * profile.flops_removed:.1f}%) |")
+        rows.append(f"| parameters | {profile.params_before:,} | {profile.params_after:,} "
+                    f"(-{100 * profile.params_removed:.1f}%) |")
+        rows.append(f"| FLOPs (seq {profile.seq_len}) | {profile.flops_before:,} | {profile.flops_after:,} "
+                    f"(-{100 * profile.flops_removed:.1f}%) |")
+    if rows:
+        lines += ["", f"| | {'start' if summary.start_pruned else 'dense'} | pruned |", "|---|---|---|", *rows]
     # the least pruned kind's fraction: a run that pruned neurons but no head reads 0 here, so the FLOPs say more
     flops = f", {100 * profile.layer_flops_removed:.1f}% of the layer FLOPs removed" if profile else ""
     lines += ["", f"Target: {summary.target} of the {summary.target_type}; reached sparsity "
-              f"{summary.final_sparsity:.3f} (of the least pruned kind){flops} (stopped: {summary.stop_reason}).", ""]
+              f"{summary.final_sparsity:.3f} (of the least pruned kind){flops}{stopped}.", ""]
     lines += ["## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
     gone = removed_layers(summary)
     for name, g in summary.groups.items():
@@ -268,7 +295,12 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     if hyperparameters:
         lines += ["", "## Training hyperparameters", ""]
         lines += [f"- {key}: {value}" for key, value in hyperparameters.items()]
-    lines += ["", "## Framework versions", ""]
+    return "\n".join(lines + _card_footer())
+
+
+def _card_footer() -> list[str]:
+    """The card's framework versions and how to load the saved folder."""
+    lines = ["", "## Framework versions", ""]
     for package in ("hf-adaprune", "transformers", "torch", "datasets", "tokenizers"):
         version = _version(package)
         if version:
@@ -288,4 +320,4 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
         "With `hf_adaprune` installed, `hf_adaprune.AutoPrunedModel.from_pretrained(path)` needs no remote code.",
         "",
     ]
-    return "\n".join(lines)
+    return lines

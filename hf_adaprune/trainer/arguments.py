@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
+import typing
 from dataclasses import dataclass, field, fields
 
 import torch
+from accelerate.utils import parse_flag_from_env
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 from transformers.trainer_utils import HubStrategy
 
@@ -179,6 +182,9 @@ class PruningArguments(TrainingArguments):
         # TrainingArguments fills greater_is_better in from metric_for_best_model's name ("...loss" or not): only a
         # value the user gave may overrule a metric's known direction (wer, mse: lower is better)
         self.greater_is_better_given = self.greater_is_better is not None
+        sharded = sharded_training_problem(self)  # before transformers sets FSDP / DeepSpeed up (or fails to)
+        if sharded:
+            raise ValueError(sharded)
         super().__post_init__()
         validate_pruning_arguments(self)
         best = (self.metric_for_best_model or "").removeprefix("eval_")
@@ -224,13 +230,49 @@ def _choice(name, value, choices):
 _NOT_COMPARED_ON_RESUME = {"compact_at_end", "pruning_resume_with_new_arguments"}
 
 
+def pruning_fields() -> list:
+    """The dataclass fields :class:`PruningArguments` adds to ``TrainingArguments``."""
+    stock = {f.name for f in fields(TrainingArguments)}
+    return [f for f in fields(PruningArguments) if f.name not in stock]
+
+
 def pruning_arguments(args) -> dict:
     """The pruning fields of ``args`` (those :class:`PruningArguments` adds), as plain values."""
-    own = {f.name for f in fields(PruningArguments)} - {f.name for f in fields(TrainingArguments)}
+    own = {f.name for f in pruning_fields()}
     return {name: getattr(args, name) for name in sorted(own - _NOT_COMPARED_ON_RESUME)}
 
 
+def sharded_training_problem(args) -> str | None:
+    """Why FSDP or DeepSpeed (from the arguments, or from ``accelerate launch``'s config) cannot prune, or None."""
+    if args.fsdp or parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        used = f"--fsdp {args.fsdp}" if args.fsdp else "FSDP (ACCELERATE_USE_FSDP, from the accelerate config)"
+    elif args.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        used = "--deepspeed" if args.deepspeed else "DeepSpeed (ACCELERATE_USE_DEEPSPEED, from the accelerate config)"
+    else:
+        return None
+    return (f"{used}: hf_adaprune cannot prune under FSDP or DeepSpeed. Its importance scores read each parameter's "
+            "whole gradient and compaction replaces parameters, which sharded or DeepSpeed-managed parameters do not "
+            "allow. Train with data parallelism (DDP) instead: `torchrun --nproc_per_node N ...`, or `accelerate "
+            "launch` with a multi-GPU config, without --fsdp / --deepspeed")
+
+
+def _check_number_types(args) -> None:
+    """Integers for the integer fields, real numbers for the float fields (None where the field is optional):
+    a value given in Python, or from a YAML file, comes as it was written, not converted as argparse does."""
+    hints = typing.get_type_hints(PruningArguments)  # field.type is a string, or a type once HfArgumentParser ran
+    for f in pruning_fields():
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kind, optional = kinds[0], type(None) in kinds
+        value = getattr(args, f.name)
+        if kind not in (int, float) or (optional and value is None):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+            raise TypeError(f"--{f.name} must be {'an integer' if kind is int else 'a real number'}"
+                            f"{' (or unset)' if optional else ''}; got {value!r}")
+
+
 def validate_pruning_arguments(args) -> None:
+    _check_number_types(args)
     for name in ("pruning_target", "pruning_tolerance", "pruning_initial_step", "pruning_min_step",
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):

@@ -87,7 +87,8 @@ class PruningReportMixin:
         summary.dataset = card_args.get("dataset") or summary.dataset
         card = model_card(summary, language=info.language, license=info.license,
                           tags=[t for t in (info.tags or []) if t != "generated_from_trainer"], tasks=info.tasks,
-                          datasets=info.dataset_tags, hyperparameters=info.hyperparameters)
+                          datasets=info.dataset_tags, hyperparameters=info.hyperparameters,
+                          trained=self.state.global_step > 0)  # else saved before train(): nothing of a run
         path = os.path.join(output_dir, "README.md")
         if is_user_readme(path):
             logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's "

@@ -20,6 +20,7 @@ import inspect
 import logging
 import math
 import os
+import reprlib
 from collections.abc import Mapping
 
 import torch
@@ -47,7 +48,8 @@ from ..reporting.report import BEST_BEFORE_REFERENCE
 from ..hub import save_pruned
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, get_masks
-from ..engine.selection import layer_target_problem, multiple_problem, select_masks_by_kind, selected_fraction_by_kind, unreachable_target
+from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, select_masks_by_kind,
+                                 selected_fraction_by_kind, unreachable_target)
 from ..surgery import compact, was_pruned
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,20 @@ def check_eval_dataset(eval_dataset) -> None:
     if eval_dataset is not None and len(eval_dataset) == 0:
         raise ValueError("eval_dataset has no rows: pruning decisions measure --pruning_metric on its first rows "
                          "(an empty split, or a filter that kept nothing?)")
+
+
+def decision_number(key: str, value) -> float:
+    """``value`` (an evaluation's ``key``) as the one number a pruning decision compares; a TypeError naming the key
+    and the type when it is none (a list, a word, a bool)."""
+    if not isinstance(value, bool) and str(getattr(value, "dtype", "")) not in ("bool", "torch.bool") \
+            and getattr(value, "shape", ()) == ():
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"--pruning_metric: evaluation returned {key!r} of type {type(value).__name__} "
+                    f"({reprlib.repr(value)}), but pruning decisions need one number: make compute_metrics return "
+                    f"{key.removeprefix('eval_')!r} as a float")
 
 
 def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
@@ -274,8 +290,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         unfit = unfit or layer_target_problem(self.pruning_groups, sizes, args.pruning_target, kinds, self.costs)
         if unfit:
             raise ValueError(unfit)
-        blocked = unreachable_target(self.pruning_groups, {n: m.numel() for n, m in masks.masks.items()},
-                                     args.pruning_target, kinds, self._floors(), self.costs)
+        unfit = nothing_prunable(self.pruning_groups, sizes, kinds, self._floors(), self.costs)
+        if unfit:
+            raise ValueError(unfit)
+        blocked = unreachable_target(self.pruning_groups, sizes, args.pruning_target, kinds, self._floors(), self.costs)
         if blocked:
             logger.warning(blocked)
         self._setup_teacher(model)
@@ -442,7 +460,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returned no {self.pruning_metric!r}; "
                 f"available: {sorted(k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}"
             )
-        return float(metrics[self.decision_key]), metrics
+        return decision_number(self.metric_key, metrics[self.decision_key]), metrics
 
     def _check_metric_available(self) -> None:
         """Evaluate a couple of examples now so a wrong metric name fails before hours of training."""
@@ -465,6 +483,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
                 f"available: {self._metric_names(metrics)}{self._missing_metric_hint()}"
             )
+        decision_number(self.metric_key, metrics[self.decision_key])  # a list, a word: refused now, not after warm-up
         best = (self.args.metric_for_best_model or "").removeprefix("eval_")
         # decisions on the loss run no compute_metrics: nothing to tell about the user's other metrics
         if best and self.pruning_metric != "loss" and self.args.eval_strategy != "no" \
@@ -602,9 +621,19 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             write_pruning_state(folder, self.pruning_state_dict())
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if self.controller.state.done and self.model_init is None:  # model_init: train() builds a fresh model
+        c = self.controller
+        if c.state.done and self.model_init is None and c.state.reference is None:  # model_init: a fresh model
+            restored = BEST_BEFORE_REFERENCE in (c.state.stop_reason or "")
+            what = (f"this trainer's train() handed back its model unpruned ({c.state.stop_reason})" if restored else
+                    f"no pruning happened in this trainer's train() (training ended at step {self.state.global_step}, "
+                    f"before the pruning reference at pruning_warmup_steps {self.args.pruning_warmup_steps}): its "
+                    "model is not pruned")
             raise RuntimeError(
-                f"this trainer has already pruned its model (stopped: {self.controller.state.stop_reason}); a second "
+                f"{what}; a second train() would fine-tune it without pruning. Build a new trainer to prune it: an "
+                "AdaptivePruningTrainer with this model and more max_steps or a smaller pruning_warmup_steps")
+        if c.state.done and self.model_init is None:
+            raise RuntimeError(
+                f"this trainer has already pruned its model (stopped: {c.state.stop_reason}); a second "
                 "train() would fine-tune it without pruning. Build a new trainer: an AdaptivePruningTrainer with "
                 "this model to prune it further, or a plain Trainer to fine-tune it more")
         if self.args.should_save:

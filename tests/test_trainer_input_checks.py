@@ -1,0 +1,154 @@
+"""Bad input to the pruning trainer fails before training, naming the argument; cards claim no more than was done
+(tiny BERT, CPU)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from transformers import HfArgumentParser
+
+from hf_adaprune import AdaptivePruningTrainer, PruningArguments
+from hf_adaprune.engine.selection import unreachable_target
+from hf_adaprune.reporting.report import model_card
+from hf_adaprune.reporting.summary import PruningSummary
+
+from conftest import tiny_model
+from test_trainer import make_args, make_trainer, toy_dataset
+
+
+def _trainer_with_metric(tmp_path, compute_metrics, **overrides):
+    data = toy_dataset()
+    return AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, **overrides),
+                                  train_dataset=data, eval_dataset=data.select(range(48)),
+                                  compute_metrics=compute_metrics)
+
+
+@pytest.mark.parametrize("value, type_name", [([0.5, 0.5], "list"), ("high", "str"), (True, "bool")])
+def test_a_metric_that_is_not_one_number_fails_before_the_first_step(tmp_path, value, type_name):
+    trainer = _trainer_with_metric(tmp_path, lambda p: {"accuracy": value})
+    with pytest.raises(TypeError, match=f"'eval_accuracy' of type {type_name} .*pruning decisions need one number"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_metric_that_stops_being_one_number_later_gets_the_same_message(tmp_path):
+    # a number on the two rows the check before training reads, a list on the decision rows
+    trainer = _trainer_with_metric(tmp_path, lambda p: {"accuracy": 0.5 if len(p.label_ids) <= 2 else [0.5]})
+    with pytest.raises(TypeError, match="'eval_accuracy' of type list .*pruning decisions need one number"):
+        trainer.train()
+    assert trainer.state.global_step == 6  # at the reference, after the warm-up
+
+
+def test_floors_that_leave_nothing_to_prune_fail_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(ValueError, match="nothing to prune: .*min_heads_per_layer=10.*min_neurons_per_layer=1000"):
+        make_trainer(tmp_path, min_heads_per_layer=10, min_neurons_per_layer=1000)
+    with pytest.raises(ValueError, match="nothing to prune: .*min_heads_per_layer=10"):
+        make_trainer(tmp_path, prune="heads", min_heads_per_layer=10)
+
+
+def test_floors_that_cap_the_target_warn_for_every_kind_they_cap(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path, min_heads_per_layer=10)  # heads blocked, FFN neurons still prunable: a warning
+    assert "min_heads_per_layer=10" in caplog.text and "min_neurons_per_layer" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path, min_heads_per_layer=10, min_neurons_per_layer=30)  # 37 neurons per layer
+    assert "min_heads_per_layer=10" in caplog.text and "min_neurons_per_layer=30" in caplog.text
+
+
+def test_unreachable_target_names_every_kind_the_floors_cap():
+    class G:
+        def __init__(self, name, kind):
+            self.name, self.kind = name, kind
+
+    groups = [G("h0", "heads"), G("n0", "ffn")]
+    message = unreachable_target(groups, {"h0": 4, "n0": 10}, 0.5, floors={"heads": 3, "ffn": 8})
+    assert "min_heads_per_layer=3) leaves at most 0.2500" in message
+    assert "min_neurons_per_layer=8) leaves at most 0.2000" in message
+    assert "lower the target to <= 0.2000 or lower min_heads_per_layer / min_neurons_per_layer" in message
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("pruning_target", "0.5", "a real number"), ("pruning_tolerance", None, "a real number"),
+    ("pruning_warmup_steps", "10", "an integer"), ("pruning_warmup_steps", 6.5, "an integer"),
+    ("pruning_interval", 2.5, "an integer"), ("pruning_seq_len", 10.5, "an integer"),
+    ("pruning_eval_samples", 2.5, r"an integer \(or unset\)"), ("min_heads_per_layer", True, "an integer"),
+])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_argument(tmp_path, name, value, expected):
+    with pytest.raises(TypeError, match=f"^--{name} must be {expected}; got {re.escape(repr(value))}$"):
+        make_args(tmp_path, **{name: value})
+
+
+def test_typed_values_from_python_the_command_line_and_yaml_are_accepted(tmp_path):
+    args = make_args(tmp_path, pruning_eval_samples=None, pruning_latency_seq_len=None, pruning_target=1 / 3,
+                     pruning_tolerance=0)  # None where the field is optional; an int where a float is asked
+    assert args.pruning_eval_samples is None and args.pruning_tolerance == 0
+    parser = HfArgumentParser(PruningArguments)
+    (parsed,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--pruning_interval", "3", "--pruning_target", "0.4",
+         "--pruning_eval_samples", "8", "--use_cpu", "--report_to", "none"])
+    assert (parsed.pruning_interval, parsed.pruning_target, parsed.pruning_eval_samples) == (3, 0.4, 8)
+    config = tmp_path / "args.yaml"
+    config.write_text(f"output_dir: {tmp_path}\npruning_interval: 3\npruning_target: 0.4\npruning_tolerance: 0\n"
+                      "pruning_eval_samples: 8\nuse_cpu: true\nreport_to: none\n")
+    (from_yaml,) = parser.parse_yaml_file(str(config))
+    assert (from_yaml.pruning_interval, from_yaml.pruning_target, from_yaml.pruning_tolerance) == (3, 0.4, 0)
+
+
+@pytest.mark.parametrize("sharding", [{"fsdp": "full_shard"}, {"fsdp": True}, {"deepspeed": {"zero_optimization": {}}}])
+def test_fsdp_and_deepspeed_are_refused_pointing_to_ddp(tmp_path, sharding):
+    with pytest.raises(ValueError, match="cannot prune under FSDP or DeepSpeed.*whole gradient.*DDP.*torchrun"):
+        make_args(tmp_path, **sharding)
+
+
+def test_fsdp_from_an_accelerate_config_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="ACCELERATE_USE_FSDP.*cannot prune under FSDP or DeepSpeed"):
+        make_args(tmp_path)
+
+
+def test_a_model_saved_before_train_has_a_card_that_claims_no_training(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    assert "has not been trained or pruned by this trainer yet" in card
+    for claim in ("Fine-tuned", "Pruned from", "did not start", "stopped: None", "| | dense | pruned |",
+                  "training_steps", "reached sparsity"):
+        assert claim not in card
+
+
+def test_a_second_train_after_a_run_that_pruned_nothing_says_so(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=6)
+    trainer.train()
+    with pytest.raises(RuntimeError, match=r"no pruning happened in this trainer's train\(\) \(training ended at step "
+                                           r"4, before the pruning reference at pruning_warmup_steps 6\).*more "
+                                           "max_steps or a smaller pruning_warmup_steps") as raised:
+        trainer.train()
+    assert "already pruned" not in str(raised.value)
+
+
+def _summary(base_model, **overrides):
+    values = dict(base_model=base_model, dataset=None, model_name="m", criterion="taylor", metric_name="accuracy",
+                  metric_key="eval_accuracy", greater_is_better=True, metric_before=0.8, metric_after=0.79,
+                  tolerance=0.05, tolerance_type="absolute", target=0.5, target_type="flops", final_sparsity=0.5,
+                  stop_reason="target reached",
+                  groups={"encoder.layer.0.attention": {"kind": "heads", "original": 4, "kept": 2}})
+    return PruningSummary(**{**values, **overrides})
+
+
+def test_the_card_of_a_model_trained_from_scratch_names_no_base_model():
+    card = model_card(_summary(None)).text
+    assert "Trained from scratch and pruned by adaptive structured pruning" in card and "base model" not in card
+    unpruned = model_card(_summary(None, metric_before=None, stop_reason="training ended", final_sparsity=0.0,
+                                   groups={})).text
+    assert "Trained from scratch. Adaptive structured pruning was configured but did not start" in unpruned
+    assert "base model" not in unpruned and "| | dense | pruned |" not in unpruned  # no rows: no table
+    assert "Pruned from `org/bert` by adaptive structured pruning" in model_card(_summary("org/bert")).text
+    assert "Pruned from its base model" in model_card(_summary("/data/models/bert")).text  # a local path
+
+
+def test_the_card_never_says_stopped_none():
+    card = model_card(_summary("org/bert", stop_reason=None)).text
+    assert "stopped: None" not in card and "(of the least pruned kind)." in card
