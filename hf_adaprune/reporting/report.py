@@ -222,17 +222,15 @@ def nothing_removed(summary: PruningSummary) -> bool:
     return bool(summary.groups) and all(g["kept"] == g["original"] for g in summary.groups.values())
 
 
-def _origin(summary: PruningSummary, base: str | None) -> str:
-    """Where the model came from, in words: its Hub id, its base model (a local path), or training from scratch."""
-    if base:
-        return f"from `{base}`"
-    return "from its base model" if summary.base_model else "from scratch"
+def _from_scratch(summary: PruningSummary, base: str | None) -> bool:
+    """Whether the model was built from a config: no Hub id and no base model (a local path) to name."""
+    return not base and not summary.base_model
 
 
 def _untrained_card_body(summary: PruningSummary, base: str | None) -> str:
     """The card of a model saved before the pruning trainer trained it: what is configured, nothing of a run."""
     source = f"`{base}`" if base else "the model the trainer was given" + (
-        "" if summary.base_model else " (built from a config, with no base model)")
+        " (built from a config, with no base model)" if _from_scratch(summary, base) else "")
     lines = [f"# {summary.model_name or 'Model'}", "",
              f"This is {source}, saved before training: it has not been trained or pruned by this trainer yet. "
              f"Adaptive structured pruning is configured ({structure_names(summary)}, {summary.criterion} importance, "
@@ -241,8 +239,9 @@ def _untrained_card_body(summary: PruningSummary, base: str | None) -> str:
 
 
 def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], hyperparameters) -> str:
-    origin = _origin(summary, base)
-    trained = "Trained" if origin == "from scratch" else "Fine-tuned"
+    scratch = _from_scratch(summary, base)
+    origin = "from scratch" if scratch else f"from `{base}`" if base else "from its base model"
+    trained = "Trained" if scratch else "Fine-tuned"
     lines = [f"# {summary.model_name or 'Pruned model'}", ""]
     on = f" on `{', '.join(datasets)}`" if datasets else ""
     stopped = f" (stopped: {summary.stop_reason})" if summary.stop_reason else ""
@@ -259,7 +258,7 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     elif nothing_removed(summary):
         lines.append(f"{trained} {origin}{on}. Adaptive structured pruning ({structure_names(summary)}, "
                      f"{summary.criterion} importance) ran but kept no pruning step{stopped}: {result}.")
-    elif origin == "from scratch":
+    elif scratch:
         lines.append(f"Trained from scratch{on} and pruned by adaptive structured pruning ({structure_names(summary)}, "
                      f"{summary.criterion} importance) while training.")
     else:

@@ -622,20 +622,20 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         c = self.controller
-        if c.state.done and self.model_init is None and c.state.reference is None:  # model_init: a fresh model
-            restored = BEST_BEFORE_REFERENCE in (c.state.stop_reason or "")
-            what = (f"this trainer's train() handed back its model unpruned ({c.state.stop_reason})" if restored else
-                    f"no pruning happened in this trainer's train() (training ended at step {self.state.global_step}, "
-                    f"before the pruning reference at pruning_warmup_steps {self.args.pruning_warmup_steps}): its "
-                    "model is not pruned")
+        if c.state.done and self.model_init is None:  # model_init: train() builds a fresh model
+            if c.state.reference is None:  # nothing was pruned
+                restored = BEST_BEFORE_REFERENCE in (c.state.stop_reason or "")
+                what = (f"this trainer's train() handed back its model unpruned ({c.state.stop_reason})" if restored
+                        else f"no pruning happened in this trainer's train() (training ended at step "
+                        f"{self.state.global_step}, before the pruning reference at pruning_warmup_steps "
+                        f"{self.args.pruning_warmup_steps}): its model is not pruned")
+                raise RuntimeError(
+                    f"{what}; a second train() would fine-tune it without pruning. Build a new trainer to prune it: an "
+                    "AdaptivePruningTrainer with this model and more max_steps or a smaller pruning_warmup_steps")
             raise RuntimeError(
-                f"{what}; a second train() would fine-tune it without pruning. Build a new trainer to prune it: an "
-                "AdaptivePruningTrainer with this model and more max_steps or a smaller pruning_warmup_steps")
-        if c.state.done and self.model_init is None:
-            raise RuntimeError(
-                f"this trainer has already pruned its model (stopped: {c.state.stop_reason}); a second "
-                "train() would fine-tune it without pruning. Build a new trainer: an AdaptivePruningTrainer with "
-                "this model to prune it further, or a plain Trainer to fine-tune it more")
+                f"this trainer has already pruned its model (stopped: {c.state.stop_reason}); a second train() would "
+                "fine-tune it without pruning. Build a new trainer: an AdaptivePruningTrainer with this model to "
+                "prune it further, or a plain Trainer to fine-tune it more")
         if self.args.should_save:
             check_writable(self.args.output_dir)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
