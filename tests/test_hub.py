@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, BertTokenizerFast, 
 from transformers.testing_utils import CaptureLogger
 
 from hf_adaprune import AutoPrunedModel, attach_masks, compact, save_pruned
+from hf_adaprune.engine.masks import get_masks
 from hf_adaprune.layout import decode_kept
 
 from conftest import text_batch, tiny_config, tiny_model
@@ -430,3 +431,15 @@ def test_loader_errors_name_what_is_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no config.json"):
         AutoPrunedModel.from_pretrained(tmp_path / "empty")
+
+
+def test_save_pruned_takes_safe_serialization_and_refuses_other_formats_before_compacting(tmp_path):
+    model = pruned_tiny()
+    batch = text_batch()
+    masked = outputs(model, batch)
+    with pytest.raises(ValueError, match="safetensors only"):
+        save_pruned(model, tmp_path / "bin", safe_serialization=False)
+    assert get_masks(model) is not None  # refused before compact: the model keeps its masks
+    save_pruned(model, tmp_path / "out", safe_serialization=True)
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert (outputs(AutoPrunedModel.from_pretrained(tmp_path / "out"), batch) - masked).abs().max() <= 1e-5

@@ -455,3 +455,21 @@ def test_raw_text_rows_are_refused_with_how_to_tokenize_them(argument, form):
         how = f'{argument} = [dict(row, **tokenizer(row["sentence"], truncation=True)) for row in {argument}]'
     assert "tokenize it first" in message and how in message
     assert calls == []
+
+
+@pytest.mark.parametrize("key", ["label", "label_ids"])
+def test_rows_labelled_under_another_key_are_scored_and_checked_as_labels(key):
+    """A collator that keeps ``label`` / ``label_ids`` as given: the forward pass only takes ``labels=``."""
+    rows = [{("input_ids" if k == "input_ids" else key if k == "labels" else k): v for k, v in r.items()}
+            for r in labelled_examples(32)]
+
+    def keeps_key(batch):
+        out = pad_collator([{"input_ids": r["input_ids"], "labels": r[key]} for r in batch])
+        out[key] = out.pop("labels")
+        return out
+
+    batches = calibration_batches(rows, keeps_key, 8, model_input_names(tiny_model("bert")))
+    assert all("labels" in batch and key not in batch for batch in batches)
+    result = post_training_prune(tiny_model("bert"), rows, 0.3, data_collator=keeps_key, seq_len=16,
+                                 metric="accuracy", eval_dataset=rows, progress=False)
+    assert 0 < result.model.num_parameters() < tiny_model("bert").num_parameters()

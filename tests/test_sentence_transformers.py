@@ -340,6 +340,8 @@ def test_an_interrupted_save_leaves_the_earlier_folder_loadable(encoder_folder, 
      "from a datasets.Dataset of one text column; got a IterableDataset"),
     (lambda: Dataset.from_dict({"sentence1": sentences(8), "sentence2": sentences(8, seed=1), "label": [0.5] * 8}),
      "'label' column holds one number per row, but the default loss distils embeddings"),
+    (lambda: class_labelled(8),  # class ids (as GLUE SST-2): refused when built, not at the first step
+     "'label' column holds one number per row, but the default loss distils embeddings"),
 ])
 def test_default_loss_refuses_rows_it_cannot_distil(encoder_folder, tmp_path, train, message):
     with pytest.raises(ValueError, match=message):
@@ -718,3 +720,33 @@ def test_recipe_prunes_a_folder_it_saved_further(encoder_folder, tmp_path, monke
                           *flags])
     assert second["dense"]["layer_flops"] == pytest.approx(first["pruned"]["layer_flops"])  # starts where it ended
     assert json.loads((tmp_path / "second" / "pruning_report.json").read_text())["start_pruned"] is True
+
+
+def class_labelled(n, seed=0):
+    """Rows as GLUE SST-2 has them: a sentence, a class id (``ClassLabel``), an index."""
+    from datasets import ClassLabel, Features, Value
+
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"]),
+                         "idx": Value("int32")})
+    return Dataset.from_dict({"sentence": sentences(n, seed=seed), "label": [i % 2 for i in range(n)],
+                              "idx": list(range(n))}, features=features)
+
+
+def test_an_eval_set_with_class_ids_is_read_for_its_sentences_by_the_default_loss(encoder_folder, tmp_path):
+    """Teacher agreement on its sentences steers; its class ids are no embeddings, so no eval loss is attempted."""
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, pruning_target=0.5),
+        train_dataset=Dataset.from_dict({"sentence": sentences(48)}), eval_dataset=class_labelled(16, seed=3))
+    assert trainer.eval_dataset is None
+    trainer.train()
+    events = [h["event"] for h in trainer.controller.state.history]
+    assert events[0] == "reference" and len(events) > 1  # decisions were taken on the sentences' agreement
+
+
+def test_teacher_embeddings_of_another_width_are_refused_when_the_trainer_is_built(encoder_folder, tmp_path):
+    corpus = sentences(8)
+    evaluator = TeacherAgreementEvaluator(corpus, teacher_embeddings=torch.randn(8, 16))
+    with pytest.raises(ValueError, match="teacher_embeddings are 16 wide, the model's embeddings 32"):
+        AdaptivePruningSentenceTransformerTrainer(model=tiny_sentence_transformer(encoder_folder),
+                                                  args=make_args(tmp_path), evaluator=evaluator,
+                                                  train_dataset=Dataset.from_dict({"sentence": corpus}))

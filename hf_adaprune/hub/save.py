@@ -34,6 +34,9 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     where shards are written now, or the other way round) are removed: transformers would
     load them instead.
     """
+    if kwargs.pop("safe_serialization", True) is False:  # refused before compact, which changes the model
+        raise ValueError("save_pruned writes safetensors only (transformers 5 saves no other format): leave "
+                         "safe_serialization out")
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
     if kwargs.get("push_to_hub"):  # transformers names the repo after the folder it saves to: not the temporary one
         kwargs.setdefault("repo_id", Path(save_directory).name)
@@ -44,7 +47,7 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
         # a push uploads at the end of save_pretrained, before the files below: they are written for it then
         model._adaprune_upload_extras = extras if kwargs.get("push_to_hub") else ()
         try:
-            model.save_pretrained(folder, safe_serialization=True, **kwargs)
+            model.save_pretrained(folder, **kwargs)
         finally:
             del model._adaprune_upload_extras
         for extra in extras:

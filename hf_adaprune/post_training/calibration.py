@@ -46,7 +46,11 @@ def calibration_batches(dataset, collator, batch_size: int, accepted: set[str]) 
     batches = []
     for start in range(0, len(order), batch_size):
         rows = [dataset[i] for i in order[start:start + batch_size]]
-        batches.append(collator([{k: v for k, v in row.items() if k in accepted} for row in rows]))
+        batch = collator([{k: v for k, v in row.items() if k in accepted} for row in rows])
+        for key in LABEL_KEYS[1:]:  # as the Trainer's collators do: a model's forward takes labels= only
+            if key in batch and "labels" not in batch:
+                batch["labels"] = batch.pop(key)
+        batches.append(batch)
     return batches
 
 

@@ -14,7 +14,7 @@ import os
 
 import torch
 from accelerate.utils import broadcast_object_list
-from datasets import Dataset, DatasetDict, Value
+from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from ..engine.masks import get_masks
@@ -55,6 +55,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if args.distillation:
             raise ValueError("--distillation distils a task head's logits; for a SentenceTransformer leave the loss "
                              "unset instead: the default loss distils the dense model's embeddings")
+        _check_teacher_width(evaluator, model)
         if args.pruning_metric == EVALUATOR_METRIC and evaluator is None and eval_dataset is None:
             raise ValueError("--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences "
                              "(teacher agreement); or set --pruning_metric loss with a labelled eval_dataset")
@@ -73,8 +74,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                                  "(e.g. a SequentialEvaluator over your eval sets), or --pruning_metric loss")
             evaluator = agreement = _agreement_evaluator(eval_dataset, args.per_device_eval_batch_size,
                                                          args.pruning_eval_samples)
-            if "label" not in eval_dataset.column_names and isinstance(loss, EmbeddingDistillationLoss):
-                eval_dataset = None  # unlabeled text: the evaluator measures it, no eval loss to compute
+            if not _labels_are_vectors(eval_dataset) and isinstance(loss, EmbeddingDistillationLoss):
+                eval_dataset = None  # sentences (class ids or scores aside): the evaluator measures them, no eval loss
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
         if agreement is not None:
@@ -214,11 +215,25 @@ def _distillation_rows(train_dataset, model: SentenceTransformer, batch_size: in
             return None
         prompt = training_prompt(prompts, column, dataset_name)
         return with_teacher_embeddings(train_dataset, model, batch_size, prompt)
-    if isinstance(train_dataset.features["label"], Value):
+    if not _labels_are_vectors(train_dataset):
         raise ValueError("the train set's 'label' column holds one number per row, but the default loss distils "
                          "embeddings (a 'label' of one vector per row): pass the loss your labels are for "
                          "(e.g. CoSENTLoss for similarity scores)")
     return train_dataset if encode else None
+
+
+def _labels_are_vectors(dataset: Dataset) -> bool:
+    """Whether ``dataset`` has a ``label`` column of one vector per row (teacher embeddings), not class ids or scores."""
+    return "label" in dataset.column_names and isinstance(dataset.features["label"], (List, Sequence))
+
+
+def _check_teacher_width(evaluator, model: SentenceTransformer) -> None:
+    """Given teacher embeddings must be as wide as the model's (compared in every decision after the warm-up)."""
+    given = getattr(evaluator, "teacher_embeddings", None) if isinstance(evaluator, TeacherAgreementEvaluator) else None
+    width = model.get_sentence_embedding_dimension()
+    if given is not None and width is not None and given.shape[-1] != width:
+        raise ValueError(f"the TeacherAgreementEvaluator's teacher_embeddings are {given.shape[-1]} wide, the model's "
+                         f"embeddings {width}: compute them with the model to prune (or a teacher of its width)")
 
 
 def _agreement_evaluator(eval_dataset, batch_size: int, samples: int | None) -> TeacherAgreementEvaluator:
