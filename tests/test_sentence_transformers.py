@@ -750,3 +750,20 @@ def test_teacher_embeddings_of_another_width_are_refused_when_the_trainer_is_bui
         AdaptivePruningSentenceTransformerTrainer(model=tiny_sentence_transformer(encoder_folder),
                                                   args=make_args(tmp_path), evaluator=evaluator,
                                                   train_dataset=Dataset.from_dict({"sentence": corpus}))
+
+
+@pytest.mark.parametrize("steer", ["evaluator", "loss"])
+def test_the_default_loss_gives_an_eval_set_of_sentences_its_dense_embeddings(encoder_folder, tmp_path, steer):
+    """An evaluator (or the eval loss) steers: the eval loss needs the eval sentences' dense embeddings."""
+    model = tiny_sentence_transformer(encoder_folder)
+    held_out = class_labelled(16, seed=3)
+    expected = model.encode(held_out["sentence"], convert_to_tensor=True).clone()
+    evaluator = TeacherAgreementEvaluator(sentences(8, seed=5), teacher=model) if steer == "evaluator" else None
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, pruning_target=0.5, pruning_metric=steer),
+        train_dataset=Dataset.from_dict({"sentence": sentences(48)}), eval_dataset=held_out, evaluator=evaluator)
+    assert trainer.eval_dataset.column_names == ["sentence", "label"]
+    assert torch.allclose(torch.tensor(trainer.eval_dataset["label"]), expected, atol=1e-5)
+    trainer.train()
+    assert any("pruning_eval_loss" in entry or "pruning_eval_teacher_mean_cosine" in entry
+               for entry in trainer.state.log_history)

@@ -76,10 +76,22 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                                                          args.pruning_eval_samples)
             if not _labels_are_vectors(eval_dataset) and isinstance(loss, EmbeddingDistillationLoss):
                 eval_dataset = None  # sentences (class ids or scores aside): the evaluator measures them, no eval loss
+        # an eval loss of the default loss (an evaluator or --pruning_metric loss steers) needs the eval sentences'
+        # dense embeddings too: computed with the train rows', from its text column (ids, class ids, scores dropped)
+        eval_rows = None
+        if isinstance(loss, EmbeddingDistillationLoss) and isinstance(eval_dataset, Dataset) \
+                and not _labels_are_vectors(eval_dataset):
+            eval_rows = eval_dataset.select_columns([name for name, feature in eval_dataset.features.items()
+                                                     if getattr(feature, "dtype", None) in ("string", "large_string")])
+            _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, encode=False)  # one text column
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
         if agreement is not None:
             agreement.set_teacher(model)
+        if eval_rows is not None:
+            self.eval_dataset = self.preprocess_dataset(
+                _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, args.prompts, "eval"),
+                dataset_name="eval")
         if distil:
             rows = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size, args.prompts)
             if isinstance(rows, dict) and not isinstance(rows, DatasetDict):
@@ -230,7 +242,7 @@ def _labels_are_vectors(dataset: Dataset) -> bool:
 def _check_teacher_width(evaluator, model: SentenceTransformer) -> None:
     """Given teacher embeddings must be as wide as the model's (compared in every decision after the warm-up)."""
     given = getattr(evaluator, "teacher_embeddings", None) if isinstance(evaluator, TeacherAgreementEvaluator) else None
-    width = model.get_sentence_embedding_dimension()
+    width = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()  # renamed in 5.x
     if given is not None and width is not None and given.shape[-1] != width:
         raise ValueError(f"the TeacherAgreementEvaluator's teacher_embeddings are {given.shape[-1]} wide, the model's "
                          f"embeddings {width}: compute them with the model to prune (or a teacher of its width)")
