@@ -443,3 +443,17 @@ def test_save_pruned_takes_safe_serialization_and_refuses_other_formats_before_c
     save_pruned(model, tmp_path / "out", safe_serialization=True)
     assert (tmp_path / "out" / "model.safetensors").exists()
     assert (outputs(AutoPrunedModel.from_pretrained(tmp_path / "out"), batch) - masked).abs().max() <= 1e-5
+
+
+def test_wrong_auto_class_or_a_config_without_the_record_say_what_is_wrong(tmp_path):
+    model = pruned_tiny()
+    save_pruned(model, tmp_path / "out")
+    for wrong in ("AutoModel", transformers.BertModel):
+        with pytest.raises(TypeError, match="auto_class must be a transformers auto class"):
+            AutoPrunedModel.from_pretrained(tmp_path / "out", auto_class=wrong)
+    with pytest.raises(ValueError, match="the config passed has no hf_adaprune record"):
+        AutoPrunedModel.from_pretrained(tmp_path / "out", config=transformers.BertConfig())
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "out", trust_remote_code=True)  # what it suggests
+    loaded = AutoPrunedModel.from_pretrained(tmp_path / "out", config=config)
+    batch = text_batch()
+    assert (outputs(loaded.eval(), batch) - outputs(model, batch)).abs().max() <= 1e-6

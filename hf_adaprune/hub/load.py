@@ -98,6 +98,7 @@ class AutoPrunedModel:
             raise ValueError(f"{path} holds int8 weights written by hf_adaprune's save_int8, which no float loader "
                              "reads: load it with hf_adaprune.deploy.load_int8(folder)")
         config = kwargs.pop("config", None)
+        config_given = config is not None
         if config is None:  # as transformers' auto classes: config values among kwargs go into the config
             hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
             given = dict(kwargs)
@@ -105,10 +106,16 @@ class AutoPrunedModel:
             config, kwargs = load_pruned_config(path, return_unused_kwargs=True, **hub, **overrides)
             kwargs.update({k: given[k] for k in ("dtype", "torch_dtype", "quantization_config") if k in given}, **hub)
         if not read_record(config, f"{path}/config.json"):
+            if config_given:
+                raise ValueError("the config passed has no hf_adaprune record (config.adaprune): leave config out, "
+                                 f"or pass AutoConfig.from_pretrained({str(path)!r}, trust_remote_code=True)")
             raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
         if auto_class is not None:
             mapping = getattr(auto_class, "_model_mapping", None)
-            if mapping is None or type(config) not in mapping:
+            if mapping is None:
+                raise TypeError(f"auto_class must be a transformers auto class (transformers.AutoModel, "
+                                f"AutoModelForSequenceClassification, ...), got {auto_class!r}")
+            if type(config) not in mapping:
                 raise ValueError(f"{getattr(auto_class, '__name__', auto_class)} has no {config.model_type} model "
                                  f"class: pass an AutoModel... class that maps {type(config).__name__}, or leave "
                                  f"auto_class out for the saved class ({(config.architectures or ['?'])[0]})")
