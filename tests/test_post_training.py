@@ -473,3 +473,23 @@ def test_rows_labelled_under_another_key_are_scored_and_checked_as_labels(key):
     result = post_training_prune(tiny_model("bert"), rows, 0.3, data_collator=keeps_key, seq_len=16,
                                  metric="accuracy", eval_dataset=rows, progress=False)
     assert 0 < result.model.num_parameters() < tiny_model("bert").num_parameters()
+
+
+def test_the_few_tokens_warning_counts_only_the_kinds_pruned(caplog):
+    """With kinds=("heads",) the FFN output projections are neither pruned nor re-fit: their width sets no floor."""
+    from hf_adaprune.post_training.refit import refit_token_floor
+
+    model = tiny_model("bert")
+    widths = {g.kind: model.base_model.get_submodule(g.output).in_features for g in find_groups(model)}
+    rows = labelled_examples(40)
+    while sum(len(r["input_ids"]) for r in rows) >= refit_token_floor(widths["ffn"]):
+        rows.pop()
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    assert refit_token_floor(widths["heads"]) <= tokens < refit_token_floor(widths["ffn"])
+    common = dict(data_collator=pad_collator, seq_len=16, progress=False)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        result = post_training_prune(model, rows, 0.3, kinds=("heads",), **common)
+    assert "re-fit sees" not in caplog.text and result.refit_skipped == {}
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        post_training_prune(model, rows, 0.3, **common)  # the FFN groups are re-fit too: they need more
+    assert f"re-fit sees {tokens} real tokens" in caplog.text

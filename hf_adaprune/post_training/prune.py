@@ -139,7 +139,7 @@ def post_training_prune(
         _first(calibration_dataset, refit_samples), collator, batch_size, accepted)
     eval_batches = None if eval_dataset is None else calibration_batches(eval_dataset, collator, batch_size, accepted)
     if refit:
-        _warn_few_refit_tokens(model, groups, refit_batches, refit_samples)
+        _warn_few_refit_tokens(model, [g for g in groups if g.kind in kinds], refit_batches, refit_samples)
     dense_profile = model_profile(model, seq_len=seq_len)
     costs = structure_costs(model, groups, seq_len)
     floors = {"heads": min_heads_per_layer, "ffn": min_neurons_per_layer}
