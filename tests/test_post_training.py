@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -163,7 +164,11 @@ def test_post_training_prune_leaves_the_dense_model_alone_and_creates_no_optimiz
     batch = pad_collator(labelled_examples(4, seed=8))
     with torch.no_grad():
         assert (loaded(**batch).logits - result.model(**batch).logits).abs().max() <= 1e-5
-    assert (tmp_path / "pruned" / "post_training_report.json").exists()
+    report = json.loads((tmp_path / "pruned" / "post_training_report.json").read_text())
+    assert report["metric"] == result.metric and report["settings"] == {  # what the figures are of
+        "target": 0.5, "search": False, "metric": "accuracy", "tolerance": 0.01, "tolerance_type": "absolute",
+        "scores": "taylor", "refit": True, "refit_target": "dense_residual", "ridge": report["settings"]["ridge"],
+        "refit_samples": None, "kinds": ["heads", "ffn"], "seq_len": 16, "calibration_rows": 64}
 
 
 def test_scores_of_an_earlier_call_give_the_same_selection_without_a_scoring_pass():

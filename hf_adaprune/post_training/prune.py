@@ -64,6 +64,8 @@ class PostTrainingResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     output_dir: Path | None = None
     selected: float | None = None  # the fraction the masks reached (floors and whole structures can stop short)
+    # what was asked: target, metric name and tolerance, scores, re-fit settings, kinds, seq_len (the report's key)
+    settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         skip = ("model", "scores", "comparison", "output_dir")
@@ -213,7 +215,13 @@ def post_training_prune(
     result = PostTrainingResult(selected=selected,
         model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within, scores=all_scores,
         history=controller.state.history, refit_errors=errors, refit_skipped=dict(skipped),
-        comparison=compare_profiles(dense_profile, model_profile(model, seq_len=seq_len)), timings=timings)
+        comparison=compare_profiles(dense_profile, model_profile(model, seq_len=seq_len)), timings=timings,
+        settings={"target": target, "search": searching, "metric": metric if eval_dataset is not None else None,
+                  "tolerance": tolerance, "tolerance_type": tolerance_type,
+                  "scores": scores if isinstance(scores, str) else "given", "refit": refit,
+                  "refit_target": refit_target if refit else None, "ridge": ridge if refit else None,
+                  "refit_samples": refit_samples, "kinds": list(kinds), "seq_len": seq_len,
+                  "calibration_rows": len(calibration_dataset)})
     timings["total"] = time.time() - started
     if output_dir is not None:
         result.output_dir = save_pruned(model, output_dir, tokenizer=tokenizer)
