@@ -39,18 +39,18 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
                          f"got {samples!r}")
     lengths = [len(row[length_column]) for row in dataset] if rows_of_dicts else \
         [len(value) for value in dataset[length_column]]
-    by_length = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    long_rows = by_length[:max(1, round(long_fraction * len(lengths)))]
-    other_rows = by_length[len(long_rows):]
-    wanted_long = round(long_share * samples)
-    if long_share > 0 and (wanted_long > len(long_rows) or samples - wanted_long > len(other_rows)):
-        raise ValueError(f"{samples} rows with long_share {long_share} need {wanted_long} of the {len(long_rows)} "
-                         f"long rows and {samples - wanted_long} of the {len(other_rows)} others; ask for fewer "
-                         "samples or change long_share / long_fraction")
     rng = random.Random(seed)
     if long_share == 0:  # a plain random sample: long rows as likely as any other
         chosen = rng.sample(range(len(lengths)), samples)
     else:
+        by_length = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        long_rows = by_length[:max(1, round(long_fraction * len(lengths)))]
+        other_rows = by_length[len(long_rows):]
+        wanted_long = round(long_share * samples)
+        if wanted_long > len(long_rows) or samples - wanted_long > len(other_rows):
+            raise ValueError(f"{samples} rows with long_share {long_share} need {wanted_long} of the {len(long_rows)} "
+                             f"long rows and {samples - wanted_long} of the {len(other_rows)} others; ask for fewer "
+                             "samples or change long_share / long_fraction")
         chosen = rng.sample(long_rows, wanted_long) + rng.sample(other_rows, samples - wanted_long)
     rng.shuffle(chosen)
     return [dataset[i] for i in chosen] if rows_of_dicts else dataset.select(chosen)

@@ -74,16 +74,14 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                                  "(e.g. a SequentialEvaluator over your eval sets), or --pruning_metric loss")
             evaluator = agreement = _agreement_evaluator(eval_dataset, args.per_device_eval_batch_size,
                                                          args.pruning_eval_samples)
-            if not _labels_are_vectors(eval_dataset) and isinstance(loss, EmbeddingDistillationLoss):
-                eval_dataset = None  # sentences (class ids or scores aside): the evaluator measures them, no eval loss
-        # an eval loss of the default loss (an evaluator or --pruning_metric loss steers) needs the eval sentences'
-        # dense embeddings too: computed with the train rows', from its text column (ids, class ids, scores dropped)
-        eval_rows = None
+        eval_rows = None  # an eval set of sentences (class ids or scores aside) under the default loss:
         if isinstance(loss, EmbeddingDistillationLoss) and isinstance(eval_dataset, Dataset) \
                 and not _labels_are_vectors(eval_dataset):
-            eval_rows = eval_dataset.select_columns([name for name, feature in eval_dataset.features.items()
-                                                     if getattr(feature, "dtype", None) in ("string", "large_string")])
-            _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, encode=False)  # one text column
+            if agreement is not None:
+                eval_dataset = None  # agreement on its sentences steers: no eval loss to compute
+            else:  # an evaluator or the eval loss steers: its rows get dense embeddings too, with the train rows'
+                eval_rows = eval_dataset.select_columns(_string_columns(eval_dataset))
+                _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, encode=False)  # one text column
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
         if agreement is not None:
@@ -235,8 +233,14 @@ def _distillation_rows(train_dataset, model: SentenceTransformer, batch_size: in
 
 
 def _labels_are_vectors(dataset: Dataset) -> bool:
-    """Whether ``dataset`` has a ``label`` column of one vector per row (teacher embeddings), not class ids or scores."""
+    """Whether ``dataset`` has a ``label`` column of one vector per row (teacher embeddings), not ids or scores."""
     return "label" in dataset.column_names and isinstance(dataset.features["label"], (List, Sequence))
+
+
+def _string_columns(dataset: Dataset) -> list[str]:
+    """The columns of text (not ids, class ids or scores)."""
+    return [name for name, feature in dataset.features.items()
+            if getattr(feature, "dtype", None) in ("string", "large_string")]
 
 
 def _check_teacher_width(evaluator, model: SentenceTransformer) -> None:
