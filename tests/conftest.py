@@ -20,6 +20,16 @@ import transformers  # noqa: E402
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts at one thread; a script a test runs in-process (a benchmark's or example's ``main``) may
+    call ``torch.set_num_threads``, which would otherwise carry into later tests and change float sums' order
+    against the one-thread subprocesses they compare with."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # real data sets, next to the repository
 

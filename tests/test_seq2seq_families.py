@@ -346,7 +346,7 @@ def test_stock_transformers_loads_without_hf_adaprune(tmp_path):
             tokens = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                     max_new_tokens=6, min_new_tokens=6, do_sample=False)
             print(family, "maxdiff", diff, torch.equal(tokens, want["tokens"]))
-            assert diff <= 1e-6, (family, diff)
+            assert diff <= {TOL}, (family, diff)  # float32 sums: 2e-6 between one and two threads
             assert torch.equal(tokens, want["tokens"]), family
         """
     )
