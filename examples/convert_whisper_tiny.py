@@ -114,8 +114,8 @@ def main() -> int:
     if args.force or not (args.out / "model.safetensors").is_file():
         t0 = time.perf_counter()
         try:
-            convert_ctranslate2_whisper(src, args.out)
-        except (FileNotFoundError, ValueError) as err:  # not a CTranslate2 Whisper folder: one line, no traceback
+            convert_ctranslate2_whisper(src, args.out, overwrite=args.force)
+        except (FileNotFoundError, FileExistsError, ValueError) as err:  # not a CTranslate2 Whisper folder: one line, no traceback
             raise SystemExit(f"error: {err}") from None
         print(f"converted {src} -> {args.out} in {time.perf_counter() - t0:.1f}s")
     else:

@@ -805,13 +805,26 @@ def default_whisper_tiny_en_dir() -> Path:
     )
 
 
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """Refuse a destination whose replacement would delete what the user has: the source model, the current
+    directory, or (without ``overwrite``) any file already in it."""
+    target = dst.resolve()
+    for name, kept in (("the source folder", src.resolve()), ("the current directory", Path.cwd().resolve())):
+        if kept == target or target in kept.parents:
+            raise FileExistsError(f"{dst} is or contains {name} ({kept}); the conversion replaces its destination "
+                                  "folder as a whole: give a new folder")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise FileExistsError(f"{dst} exists and is not empty; the conversion would replace everything in it: give "
+                              "a new folder, or pass --overwrite (overwrite=True) to replace it")
+
+
 def convert_ctranslate2_whisper(
     src_dir: str | os.PathLike,
     dst_dir: str | os.PathLike,
     *,
     multilingual: bool | None = None,
     verify: bool = True,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Convert the CTranslate2 Whisper folder ``src_dir`` into a transformers folder ``dst_dir``.
 
@@ -820,7 +833,9 @@ def convert_ctranslate2_whisper(
     ``verify`` (default) the result is loaded back with
     ``AutoModelForSpeechSeq2Seq`` / ``AutoProcessor`` and a RuntimeError is raised
     on any missing, unexpected or mismatched key. ``multilingual`` overrides the
-    English-only detection (by default: from the vocabulary layout).
+    English-only detection (by default: from the vocabulary layout). A ``dst_dir`` that holds files is refused
+    unless ``overwrite`` (which replaces the whole folder); one that is or contains ``src_dir`` or the current
+    directory is refused even then.
 
     Returns ``dst_dir`` as a Path.
     """
@@ -833,8 +848,7 @@ def convert_ctranslate2_whisper(
         raise FileNotFoundError(f"{src} is not a directory (expected a CTranslate2 model folder)")
     if not (src / "model.bin").is_file():
         raise FileNotFoundError(f"{src} has no model.bin: not a CTranslate2 model folder")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dst} exists and is not empty (pass overwrite=True)")
+    _check_destination(src, dst, overwrite)
 
     ct2 = read_ctranslate2_model(src / "model.bin")
     state, dims = ctranslate2_whisper_to_state_dict(ct2)
@@ -871,8 +885,10 @@ def convert_ctranslate2_whisper(
         os.chmod(tmp, 0o777 & ~umask)
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
-        if dst.exists():
+        if dst.is_dir():
             shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -906,13 +922,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--multilingual", choices=("auto", "yes", "no"), default="auto",
                         help="override English-only detection (default: from the vocabulary)")
     parser.add_argument("--no-verify", action="store_true", help="skip loading the result back")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DST if it holds files (everything in it is removed)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         src = Path(args.src) if args.src else default_whisper_tiny_en_dir()
         out = convert_ctranslate2_whisper(
             src, args.dst, multilingual={"auto": None, "yes": True, "no": False}[args.multilingual],
-            verify=not args.no_verify,
+            verify=not args.no_verify, overwrite=args.overwrite,
         )
     except (CTranslate2FormatError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

