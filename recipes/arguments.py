@@ -280,12 +280,22 @@ def check_integrations(training_args) -> None:
                           "--push_to_hub off and push the saved folder later")
 
 
-def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bool = False, own=()) -> None:
-    """Never write over a loaded model's folder; into a folder that is not empty only with
-    ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds), as transformers' example
-    scripts do: the run writes ``results.json``, ``README.md``, ... and would replace files of the same names.
+def resumes_run_in(output_dir: str, resume_from: str | None) -> bool:
+    """Whether ``resume_from`` (the checkpoint folder to resume from, or None) is one of ``output_dir``'s own: only
+    then is the run the continuation of what that folder holds."""
+    return resume_from is not None and \
+        os.path.dirname(os.path.realpath(resume_from)) == os.path.realpath(output_dir)
 
-    ``model_paths`` are the local folders the run loads a model, config or tokenizer from. ``own`` are the files
+
+def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from: str | None = None, own=()) -> None:
+    """Never write over a loaded model's folder; into a folder that is not empty only with
+    ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds: ``resume_from`` is a checkpoint
+    folder inside it), as transformers' example scripts do: the run writes ``results.json``, ``README.md``, ... and
+    would replace files of the same names.
+
+    ``model_paths`` are the local folders the run loads a model, config or tokenizer from; with
+    ``--overwrite_output_dir`` none may lie inside ``output_dir`` (the run removes an earlier run's checkpoints and
+    rewrites its subfolders). ``own`` are the files
     (paths relative to ``output_dir``) the run writes before it builds the model (``--fsdd_dir`` manifests): a folder
     holding only these is what a run of the same command left when it stopped with an error, and is taken as empty.
     """
@@ -301,6 +311,12 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resuming: bo
         if path and os.path.isdir(path) and os.path.realpath(path) == out:
             raise RecipeError(f"--output_dir {output_dir} is the folder the model is loaded from ({path}): the run "
                               f"would write over it; choose another --output_dir")
+    resuming = resumes_run_in(output_dir, resume_from)
+    for path in model_paths if overwrite and not resuming else ():
+        if path and os.path.isdir(path) and os.path.realpath(path).startswith(out + os.sep):
+            raise RecipeError(f"--output_dir {output_dir} holds the folder a model, config or tokenizer is loaded from "
+                              f"({path}), and --overwrite_output_dir clears an earlier run's checkpoints and "
+                              f"subfolders from it: copy that folder elsewhere first, or choose another --output_dir")
     if overwrite or resuming or not os.path.isdir(out):
         return
     entries = sorted(os.listdir(out))

@@ -59,7 +59,8 @@ from hf_adaprune.sentence_transformers import (
 from hf_adaprune.sentence_transformers.losses import distillation_distances
 
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, recipe_argv,
-                               remove_earlier_run_outputs, resolve_package_path, warn_folders_left)
+                               remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
+                               warn_folders_left)
 from recipes.loading import is_pruned_source
 from recipes.skeleton import load_error, resolve_resume, run_cli
 
@@ -271,7 +272,7 @@ def main(argv=None):
     check_integrations(args)
     path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
     resume_from = resolve_resume(args)  # checked before any work, as the other recipes do
-    check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resuming=resume_from is not None)
+    check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     try:
@@ -300,7 +301,8 @@ def main(argv=None):
     results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
-    if opts.overwrite_output_dir and args.should_save and resume_from is None:  # s-t appends to eval/*.csv
+    if opts.overwrite_output_dir and args.should_save and not resumes_run_in(args.output_dir, resume_from):
+        # s-t appends to eval/*.csv
         remove_earlier_run_outputs(args.output_dir, folders=("eval",))
         warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else ["layer_drop"])
     trainer = None

@@ -32,7 +32,7 @@ from hf_adaprune.trainer.eval_order import first_rows  # the decision set, slice
 
 from . import deploy
 from .arguments import (RecipeError, check_integrations, check_output_dir, remove_earlier_run_outputs,
-                        warn_folders_left)
+                        resumes_run_in, warn_folders_left)
 from .results import (
     pruning_record,
     results_table,
@@ -273,7 +273,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     check_integrations(run.training_args)
     resume_from = resolve_resume(run.training_args)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
-                     resuming=resume_from is not None, own=run.own_outputs)
+                     resume_from=resume_from, own=run.own_outputs)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     warn_earlier_outputs(run)
     task.load_data(run)
@@ -291,8 +291,10 @@ def warn_earlier_outputs(run: Run) -> None:
 
 
 def clear_earlier_run(run: Run, resume_from: str | None) -> None:
-    """After ``--overwrite_output_dir`` (and not resuming), just before training: :func:`remove_earlier_run_outputs`."""
-    if resume_from is None and run.data_args.overwrite_output_dir and run.training_args.should_save:
+    """After ``--overwrite_output_dir`` (and not resuming the run ``--output_dir`` holds), just before training:
+    :func:`remove_earlier_run_outputs`."""
+    if run.data_args.overwrite_output_dir and run.training_args.should_save and \
+            not resumes_run_in(run.training_args.output_dir, resume_from):
         remove_earlier_run_outputs(run.training_args.output_dir)
 
 

@@ -271,6 +271,41 @@ def test_resume_true_takes_the_newest_complete_checkpoint(tmp_path):
         skeleton.prepare_run(recipe.TASK, args[:-1] + [str(out / "checkpoint-10")])
 
 
+def test_resuming_another_folders_checkpoint_needs_an_empty_output_dir_or_overwrite(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    earlier = tmp_path / "earlier" / "checkpoint-4"
+    earlier.mkdir(parents=True)
+    (earlier / "pruning_state.pt").write_bytes(b"")
+    mine = tmp_path / "mine"  # a folder of the user's, not the run the checkpoint belongs to
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"mine")
+    args = ["--config_name", "unused", "--tokenizer_name", "unused", "--train_file", train, "--validation_file", train,
+            "--resume_from_checkpoint", str(earlier), "--output_dir", str(mine)]
+    with pytest.raises(RecipeError, match="already holds a saved model; choose another folder or pass "
+                                          "--overwrite_output_dir true"):
+        skeleton.prepare_run(recipe.TASK, args)
+    assert (mine / "model.safetensors").read_bytes() == b"mine"
+    _, resume_from = skeleton.prepare_run(recipe.TASK, args + ["--overwrite_output_dir", "true"])
+    assert resume_from == str(earlier)
+    # the run a folder holds continues without --overwrite_output_dir
+    _, resume_from = skeleton.prepare_run(recipe.TASK, args[:-1] + [str(earlier.parent)])
+    assert resume_from == str(earlier)
+
+
+def test_overwrite_output_dir_never_clears_the_folder_a_model_is_loaded_from(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    model = out / "checkpoint-8"  # an earlier run's checkpoint, which the new run would remove
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    args = ["--model_name_or_path", str(model), "--train_file", train, "--validation_file", train,
+            "--output_dir", str(out), "--overwrite_output_dir", "true"]
+    with pytest.raises(RecipeError, match=r"holds the folder a model, config or tokenizer is loaded from \(\S+"
+                                          r"checkpoint-8\), and --overwrite_output_dir clears"):
+        prepare(args)
+    assert (model / "config.json").is_file()
+
+
 # -- fuzz --------------------------------------------------------------------------------------------
 def _corrupt(data: bytes, rng: random.Random) -> bytes:
     """One random corruption of a small data file."""
