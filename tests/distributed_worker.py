@@ -82,6 +82,8 @@ def main():
     trainer.train(resume_from_checkpoint=opts.resume)
     torch.save(get_masks(trainer.model).state_dict(), os.path.join(opts.output_dir, f"masks_rank{rank}.pt"))
     torch.save(trainer.controller.state_dict(), os.path.join(opts.output_dir, f"controller_rank{rank}.pt"))
+    torch.save(trainer.importance.scores(trainer.model, trainer.pruning_groups),
+               os.path.join(opts.output_dir, f"scores_rank{rank}.pt"))
     if opts.refit:
         torch.save(trainer.model.state_dict(), os.path.join(opts.output_dir, f"weights_rank{rank}.pt"))
     if opts.latency:

@@ -116,3 +116,33 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     cb = torch.load(resumed / "controller_rank0.pt")
     assert [h["event"] for h in ca["history"]] == [h["event"] for h in cb["history"]]
     assert [h.get("metric") for h in ca["history"]] == pytest.approx([h.get("metric") for h in cb["history"]])
+
+
+def test_mask_check_catches_two_swapped_neurons_of_a_large_model():
+    """The check compares exact checksums: with BERT-base-sized masks a relative tolerance let a rank that pruned
+    other neurons of the same count pass."""
+    from types import SimpleNamespace
+
+    from hf_adaprune.trainer.distributed import check_masks_agree
+
+    groups = [SimpleNamespace(name=f"layer{i}.ffn") for i in range(12)]
+    mine = {g.name: torch.ones(3072) for g in groups}
+    mine["layer5.ffn"][1000] = 0.0
+    theirs = {name: mask.clone() for name, mask in mine.items()}
+    theirs["layer5.ffn"][1000], theirs["layer5.ffn"][2000] = 1.0, 0.0  # the same count, another neuron
+
+    class Ranks:
+        """gather() as two ranks see it: this rank's checksum beside the one ``other`` held (``None``: the same)."""
+        num_processes = 2
+
+        def __init__(self, other=None):
+            self.other, self.seen = other, None
+
+        def gather(self, checksum):
+            self.seen = checksum
+            return torch.cat([checksum, checksum if self.other is None else self.other])
+
+    same = Ranks()
+    check_masks_agree(same, SimpleNamespace(masks=theirs), groups, "cpu")  # equal masks pass
+    with pytest.raises(RuntimeError, match="pruning masks differ across processes"):
+        check_masks_agree(Ranks(other=same.seen), SimpleNamespace(masks=mine), groups, "cpu")

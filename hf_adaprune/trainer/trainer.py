@@ -40,7 +40,7 @@ from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writa
                          resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin, layers_dropped
 from .decision_rng import decision_rng
-from .distributed import check_masks_agree, from_main_process, reduced_scores
+from .distributed import check_masks_agree, from_main_process, reduce_layer_taylor, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs
@@ -325,6 +325,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         # .grad now holds the sum over this optimizer step's micro-batches (already averaged
         # across processes by DDP on the last one): score once per optimizer step, before clipping.
         if self.accelerator.sync_gradients and not self.controller.state.done:
+            reduce_layer_taylor(self.accelerator, get_masks(self.pruned_model))
             self.importance.update(self.pruned_model, self.pruning_groups)
         return loss
 
