@@ -156,3 +156,29 @@ def test_layers_and_widths_reach_the_ratio_in_both_scopes(scope):
                                scope=scope)
     assert int(new["encoder.layer"].sum()) == 2
     assert selected_fraction_by_kind(groups, new, ("heads", "ffn", "layers")) == pytest.approx(0.75, abs=0.02)
+
+
+@pytest.mark.parametrize("kinds", [("heads", "ffn", "layers"), ("ffn", "layers"), ("heads", "layers")])
+def test_layers_with_one_width_kind_remove_the_target_share_of_the_layer_flops(kinds):
+    """With FLOP costs the target is a share of the layers' FLOPs, a removed layer's attention included: with one
+    width kind the widths go further (``ffn,layers`` at 0.5 removed 0.43 of the FLOPs while reporting 0.5)."""
+    from hf_adaprune import attach_masks, compact, compare_profiles, model_profile
+    from hf_adaprune.engine.selection import select_masks_by_kind, selected_fraction_by_kind
+    from hf_adaprune.families import filter_groups
+    from hf_adaprune.reporting.flops import structure_costs
+
+    model = tiny_model("bert", num_hidden_layers=6, intermediate_size=128)
+    masks = attach_masks(model, layers=True)
+    groups = filter_groups(masks.groups.values(), None, kinds)
+    costs = structure_costs(model, groups, 32)
+    dense = model_profile(model, seq_len=32)
+    torch.manual_seed(0)
+    scores = {g.name: torch.rand(masks.masks[g.name].numel()) for g in groups}
+    masks.update(select_masks_by_kind(groups, scores, masks.state_dict(), 0.5, kinds=kinds, scope="global",
+                                      costs=costs))
+    reported = selected_fraction_by_kind(groups, masks.masks, kinds, costs)
+    compact(model)
+    removed = compare_profiles(dense, model_profile(model, seq_len=32))["layer_flops_removed"]
+    assert model.config.num_hidden_layers == 4, "layers take 1 - sqrt(0.5) of the cost: 2 of 6"
+    assert removed == pytest.approx(reported, abs=0.01), "the controller is told what the model loses"
+    assert removed == pytest.approx(0.5, abs=0.03), "to the nearest head (a head is 3% of these FLOPs)"

@@ -21,7 +21,11 @@ neurons, layers take ``1 - sqrt(1 - ratio)`` of the layer cost, so that layers a
 widths each keep the square root of what is kept overall; the heads and neurons
 of removed layers then count as pruned, and widths are selected up to ``ratio``
 (with ``scope="layer"``: every surviving group loses the share that brings the
-whole to ``ratio``).
+whole to ``ratio``). Given ``costs``, ``ratio`` is a fraction of the prunable cost,
+every removed layer's whole cost counted: the widths' ratio is then the one that
+brings that fraction nearest to ``ratio``, so with one width kind (``ffn,layers``)
+the FFN loses more than ``ratio`` of its own cost, as the attention it leaves also
+counts in the layers' cost.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ def select_masks_by_kind(
                                                    {n: m.numel() for n, m in current.items()}, multiple_of)
     if problem:  # rounding a width below the multiple would empty the group, whatever the floors say
         raise ValueError(problem)
+    target = ratio
     layer_groups = [g for g in groups if g.kind == "layers"] if "layers" in kinds else []
     if layer_groups:
         names = [g.name for g in layer_groups]
@@ -108,27 +113,80 @@ def select_masks_by_kind(
             removed = selected_fraction({n: new[n] for n in names},
                                         None if costs is None else {n: costs[n] for n in names})
             ratio = min(1.0, max(0.0, 1.0 - (1.0 - ratio) / max(1.0 - removed, 1e-9)))
-    for kind in (k for k in kinds if k != "layers"):
-        kind_groups = [g for g in groups if g.kind == kind]
-        names = [g.name for g in kind_groups]
-        if not names:
-            continue
-        floor = (floors or {}).get(kind, 1)
-        selected = select_masks(
-            {n: scores[n] for n in names},
-            {n: current[n] for n in names},
-            ratio,
-            scope=scope,
-            floor=floor,
-            costs=None if costs is None else {n: costs[n] for n in names},
-        )
-        for group in kind_groups if multiple_of > 1 else ():
-            multiple = structure_multiple(group, multiple_of)
-            if multiple > 1:
-                selected[group.name] = round_kept(scores[group.name], current[group.name], selected[group.name],
-                                                  multiple, floor)
-        new.update(selected)
+    widths = [g for g in groups if g.kind in kinds and g.kind != "layers"]
+
+    def select_widths(width_ratio: float) -> dict[str, torch.Tensor]:
+        out = {}
+        for kind in (k for k in kinds if k != "layers"):
+            kind_groups = [g for g in widths if g.kind == kind]
+            names = [g.name for g in kind_groups]
+            if not names:
+                continue
+            floor = (floors or {}).get(kind, 1)
+            selected = select_masks(
+                {n: scores[n] for n in names},
+                {n: current[n] for n in names},
+                width_ratio,
+                scope=scope,
+                floor=floor,
+                costs=None if costs is None else {n: costs[n] for n in names},
+            )
+            for group in kind_groups if multiple_of > 1 else ():
+                multiple = structure_multiple(group, multiple_of)
+                if multiple > 1:
+                    selected[group.name] = round_kept(scores[group.name], current[group.name], selected[group.name],
+                                                      multiple, floor)
+            out.update(selected)
+        return out
+
+    if layer_groups and widths and costs is not None:
+        new.update(_widths_to_cost_fraction(select_widths, new, layer_groups + widths, costs, target))
+    else:
+        new.update(select_widths(ratio))
     return new
+
+
+def _widths_to_cost_fraction(select_widths, layers: dict[str, torch.Tensor], groups, costs: dict[str, float],
+                             target: float) -> dict[str, torch.Tensor]:
+    """The widths ``select_widths(width_ratio)`` gives for the width ratio that, beside the selected ``layers``,
+    brings :func:`prunable_cost_fraction` nearest to ``target`` (the fraction grows with the width ratio; bisected
+    until the two bounds select the same structures)."""
+    def reached(width_ratio):
+        selected = select_widths(width_ratio)
+        return selected, prunable_cost_fraction(groups, {**layers, **selected}, costs)
+
+    low, high = (0.0, *reached(0.0)), (1.0, *reached(1.0))
+    if high[2] <= target:
+        return high[1]
+    for _ in range(40):
+        if all(torch.equal(low[1][n], high[1][n]) for n in low[1]):
+            break
+        middle = (low[0] + high[0]) / 2
+        middle = (middle, *reached(middle))
+        low, high = (middle, high) if middle[2] <= target else (low, middle)
+    return min((low, high), key=lambda bound: (abs(bound[2] - target), bound[2]))[1]
+
+
+def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[str, float]) -> float:
+    """With whole layers among the kinds: the fraction of the prunable cost that ``masks`` remove, each removed
+    layer's whole cost and the pruned heads / neurons of the layers kept (and of groups in no pruned stack)."""
+    stacks = [g for g in groups if g.kind == "layers"]
+    total = removed = 0.0
+    for stack in stacks:
+        mask, cost = masks[stack.name], float(costs[stack.name])
+        total += cost * mask.numel()
+        removed += cost * int((mask < 0.5).sum())
+    for group in groups:
+        if group.kind == "layers":
+            continue
+        where = layer_of_group(stacks, group.name)
+        mask, cost = masks[group.name], float(costs[group.name])
+        if where is None:
+            total += cost * mask.numel()
+        elif masks[where[0]][where[1]] < 0.5:
+            continue  # counted with its layer
+        removed += cost * int((mask < 0.5).sum())
+    return 0.0 if total == 0 else removed / total
 
 
 def check_scores(scores: dict[str, torch.Tensor], names) -> None:
@@ -237,9 +295,14 @@ def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | 
 def selected_fraction_by_kind(groups, masks: dict[str, torch.Tensor], kinds=("heads", "ffn"),
                               costs: dict[str, float] | None = None) -> float:
     """What :func:`select_masks_by_kind` actually reached: the smallest fraction pruned over ``kinds`` (with layers
-    and widths together, the widths' fraction, which counts the structures of removed layers)."""
+    and widths together, the widths' fraction, which counts the structures of removed layers; given ``costs``,
+    :func:`prunable_cost_fraction`)."""
     fractions = []
     kinds = tuple(kinds)
+    if "layers" in kinds and set(kinds) - {"layers"} and costs is not None:
+        kind_groups = [g for g in groups if g.kind in kinds]
+        if any(g.kind == "layers" for g in kind_groups) and any(g.kind != "layers" for g in kind_groups):
+            return prunable_cost_fraction(kind_groups, masks, costs)
     for kind in (k for k in kinds if k != "layers") if set(kinds) - {"layers"} else kinds:
         names = [g.name for g in groups if g.kind == kind]
         if names:
