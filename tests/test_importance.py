@@ -202,3 +202,35 @@ def test_half_precision_products_are_formed_in_float32():
         reference = structure_sums(base, group, lambda p: p.grad.double() * p.double())  # exact products
         sums = structure_sums(base, group, _grad_times_weight)
         torch.testing.assert_close(sums, reference, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema):
+    """A masked head gets no gradient: its score is held while the candidate is tried (it was averaged towards 0,
+    so a rolled-back candidate's heads came back ranked to be pruned first)."""
+    from hf_adaprune import attach_masks
+
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    importance = TaylorImportance(ema=ema)
+
+    def steps(n):
+        for step in range(n):
+            batch = text_batch(batch=6, seq=11, seed=100 + step % 5)
+            model(**batch, labels=torch.tensor([0, 1, 2, 0, 1, 2])).loss.backward()
+            assert importance.update(model, groups)
+            model.zero_grad()
+
+    steps(10)
+    name = "encoder.layer.0.attention"
+    before = importance.scores(model, groups)[name].clone()
+    accepted = masks.state_dict()
+    masks.set(name, torch.tensor([0.0, 1.0, 0.0, 1.0]))  # a candidate masks heads 0 and 2
+    steps(10)
+    after = importance.scores(model, groups)[name]
+    torch.testing.assert_close(after[[0, 2]], before[[0, 2]], rtol=0, atol=0)
+    assert not torch.equal(after[[1, 3]], before[[1, 3]]), "the heads still in use go on learning"
+    masks.load_state_dict(accepted)
+    steps(1)
+    assert not torch.equal(importance.scores(model, groups)[name][[0, 2]], before[[0, 2]]), "unmasked: learns again"
