@@ -407,3 +407,22 @@ def test_a_model_run_before_its_masks_were_attached_records_gated_hidden_states(
     masked = outputs(model, batch)
     compact(model)
     assert (outputs(model, batch) - masked).abs().max() <= TOL
+
+
+def test_gates_follow_the_input_device_and_masks_move_with_the_model():
+    """The Trainer places a model after the masks were made when fp16_full_eval / bf16_full_eval (or DeepSpeed,
+    FSDP) postpone placement: the gates multiplied a CUDA input by a CPU mask. The meta device stands in for the
+    accelerator here."""
+    from hf_adaprune.engine.masks import _Gate, _LayerGate
+
+    model = tiny_model("bert")
+    masks = attach_masks(model, layers=True)
+    heads = "encoder.layer.0.attention"
+    masks.set(heads, torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    x = torch.ones(2, 3, 32, device="meta")
+    assert _Gate(masks, heads, repeat=8)(None, (x,))[0].device.type == "meta"
+    gated = _LayerGate(masks, "encoder.layer", 0)(None, (x,), {}, (x + 1,))
+    assert gated[0].device.type == "meta"
+    masks.to("meta")  # what the trainer does when training begins, so no copy is made per forward
+    assert {m.device.type for m in masks.masks.values()} == {"meta"}
+    assert {m.device.type for m in masks.layer_taylor.values()} == {"meta"}

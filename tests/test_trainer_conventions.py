@@ -13,7 +13,7 @@ import transformers
 from transformers import EarlyStoppingCallback
 
 from hf_adaprune import AdaptivePruningTrainer, get_masks
-from hf_adaprune.trainer.checkpoint import read_pruning_state
+from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state
 
 from conftest import tiny_model
 from test_trainer import make_args, make_trainer, toy_dataset
@@ -224,6 +224,48 @@ def test_a_train_after_an_interrupted_one_is_refused_unless_it_resumes(tmp_path)
         trainer.train()  # it restarted at step 0 with the first run's reference, candidate and step counter
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
     assert trainer.state.global_step == 16 and trainer.controller.state.done
+
+
+def test_a_run_interrupted_after_the_target_was_reached_resumes_on_the_same_trainer(tmp_path):
+    class Interrupt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 12:
+                raise KeyboardInterrupt("Ctrl-C")
+
+    # target 0.2 in one step: kept at step 12, the controller has stopped before the interruption at step 12
+    trainer = make_trainer(tmp_path, max_steps=16, save_strategy="steps", save_steps=8, pruning_target=0.2,
+                           pruning_tolerance=1.0)
+    trainer.add_callback(interrupt := Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.remove_callback(interrupt)
+    assert trainer.controller.state.done, "the target was reached before the interruption"
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))  # it said "already pruned its model"
+    assert trainer.state.global_step == 16 and get_masks(trainer.model) is None, "finished: compacted"
+    with pytest.raises(RuntimeError, match="this trainer has already pruned its model"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-16"))
+
+
+def test_a_decision_on_the_last_step_masks_no_candidate_that_nothing_could_judge(tmp_path):
+    """Warm-up 6 and interval 6 put a decision on step 12, the last: it masked the next candidate, which the last
+    evaluation and checkpoint then described, and which the end of training discarded."""
+    seen = []
+
+    class Spy(transformers.TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append((state.global_step, get_masks(trainer.model).pruned_fraction("ffn")))
+
+    trainer = make_trainer(tmp_path, max_steps=12, pruning_target=0.9, pruning_tolerance=1.0, eval_strategy="steps",
+                           eval_steps=6, save_strategy="steps", save_steps=12, compact_at_end=False)
+    trainer.add_callback(Spy())
+    trainer.train()
+    events = [h["event"] for h in trainer.controller.state.history]
+    assert events == ["reference", "keep", "stop"]
+    kept = get_masks(trainer.model).pruned_fraction("ffn")
+    assert seen[-1] == (12, kept), "the last evaluation is of the model handed back"
+    state = torch.load(tmp_path / "checkpoint-12" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["controller"]["pending"] is None
+    assert all(torch.equal(state["masks"][name], mask) for name, mask in get_masks(trainer.model).state_dict().items())
 
 
 def test_the_card_reports_the_saved_models_metric_not_the_last_decisions():

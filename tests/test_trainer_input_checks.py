@@ -129,6 +129,16 @@ def test_a_second_train_after_a_run_that_pruned_nothing_says_so(tmp_path):
     assert "already pruned" not in str(raised.value)
 
 
+def test_a_second_train_after_a_reference_at_the_last_step_says_nothing_was_pruned(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6, pruning_warmup_steps=6)  # the reference is the last step
+    trainer.train()
+    assert [h["event"] for h in trainer.controller.state.history] == ["reference", "stop"]
+    with pytest.raises(RuntimeError, match=r"no pruning step of this trainer's train\(\) was kept \(stopped: "
+                                           r"training ended\): its model is not pruned") as raised:
+        trainer.train()
+    assert "already pruned" not in str(raised.value)
+
+
 def _summary(base_model, **overrides):
     values = dict(base_model=base_model, dataset=None, model_name="m", criterion="taylor", metric_name="accuracy",
                   metric_key="eval_accuracy", greater_is_better=True, metric_before=0.8, metric_after=0.79,

@@ -61,7 +61,7 @@ class _Gate:
 
     def __call__(self, module, args):
         x = args[0]
-        gate = self.masks.masks[self.name].to(dtype=x.dtype)
+        gate = self.masks.masks[self.name].to(device=x.device, dtype=x.dtype)  # no copy on the same device
         if self.repeat > 1:
             gate = gate.repeat_interleave(self.repeat)
         return (x * gate,) + tuple(args[1:])
@@ -80,7 +80,7 @@ class _LayerGate:
     def __call__(self, module, args, kwargs, output):
         hidden_in = args[0] if args else kwargs["hidden_states"]
         hidden_out = output[0] if isinstance(output, tuple) else output
-        gate = self.masks.masks[self.name][self.index].to(dtype=hidden_out.dtype)
+        gate = self.masks.masks[self.name][self.index].to(device=hidden_out.device, dtype=hidden_out.dtype)
         gated = hidden_out * gate + hidden_in * (1 - gate)
         if gated.requires_grad:
             change = (hidden_out - hidden_in).detach()
@@ -132,6 +132,16 @@ class PruningMasks:
                 self.groups[group.name] = group
                 self.masks[group.name] = torch.ones(structure_count(base, group), device=device)
                 self._install(base, group, device)
+
+    def to(self, device) -> "PruningMasks":
+        """Move the masks (and the layer accumulators) to ``device``: a model placed after its masks were made
+        (the Trainer postpones placement for ``fp16_full_eval`` / ``bf16_full_eval``, DeepSpeed, FSDP)."""
+        device = torch.device(device)
+        for store in (self.masks, self.layer_taylor):
+            for name, tensor in store.items():
+                if tensor.device != device:
+                    store[name] = tensor.to(device)
+        return self
 
     def take_layer_taylor(self, name: str) -> torch.Tensor:
         """The stack's accumulated dL/dg per layer since the last call (then reset to zero)."""

@@ -131,6 +131,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.dataset_name = dataset_name
         self._resume_state = None
         self._began_at = None  # the global step a train() of this trainer began pruning at (None: none has)
+        self._finished = False  # a train() reached on_train_end: the model is pruned (compacted), the report written
         self._setup_pruning(self.model)
         self._ignore_keys_for_eval = None
         # right after the Trainer's flow callback, before the user's and the loggers': their on_save sees the
@@ -333,6 +334,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def begin_pruning(self) -> None:
         """At ``on_train_begin``: restore a resumed state, check the schedule and the metric, maybe start."""
         args, state = self.args, self.state
+        masks = get_masks(self.pruned_model)
+        if masks is not None:  # the model may have been placed after the masks were made (fp16_full_eval, ...)
+            masks.to(next(self.pruned_model.parameters()).device)
         if self._resume_state is not None:
             self.load_pruning_state_dict(self._resume_state)
             self._resume_state = None
@@ -373,13 +377,22 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._take_teacher()
             ratio = c.start(reference)
             self._log_decision("reference", step, 0.0, reference, evaluation)
-            self._apply_ratio(ratio, step)
+            if self._can_judge_after(step):
+                self._apply_ratio(ratio, step)
+            else:  # the reference at the last step: nothing is masked that no training would follow
+                c.state.pending = None
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
-            self._decide(step)
+            self._decide(step, propose=self._can_judge_after(step))
         # no steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole
         # search runs now, on the scores gathered so far; training resumes at the chosen shape
         while decision_interval(args) == 0 and c.state.pending is not None:
             self._decide(step)
+
+    def _can_judge_after(self, step: int) -> bool:
+        """Whether a step masked now can be judged: training goes on after ``step``, or candidates are judged at
+        once (``pruning_search_steps`` 0). A candidate masked at the last step would only be discarded at the end,
+        after the final evaluation and checkpoint had described it."""
+        return step < self.state.max_steps or decision_interval(self.args) == 0
 
     def _decide(self, step: int, propose: bool = True) -> None:
         """Judge the pending step; then, with ``propose`` and unless the controller stopped, mask the next one."""
@@ -584,6 +597,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                "weights without the masks")
         if args.should_save:
             self._write_report()
+        self._finished = True
 
     # -- checkpoints, saving -------------------------------------------------------------
     def pruning_state_dict(self) -> dict:
@@ -623,13 +637,17 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         c = self.controller
-        if c.state.done and self.model_init is None:  # model_init: train() builds a fresh model
-            if c.state.reference is None:  # nothing was pruned
+        # model_init: train() builds a fresh model; a train() interrupted after the controller stopped (before
+        # on_train_end compacted the model) resumes from a checkpoint as any interrupted one
+        if self._finished and self.model_init is None:
+            if not any(event.get("event") == "keep" for event in c.state.history):  # nothing was pruned
                 restored = BEST_BEFORE_REFERENCE in (c.state.stop_reason or "")
                 what = (f"this trainer's train() handed back its model unpruned ({c.state.stop_reason})" if restored
                         else f"no pruning happened in this trainer's train() (training ended at step "
                         f"{self.state.global_step}, before the pruning reference at pruning_warmup_steps "
-                        f"{self.args.pruning_warmup_steps}): its model is not pruned")
+                        f"{self.args.pruning_warmup_steps}): its model is not pruned" if c.state.reference is None
+                        else f"no pruning step of this trainer's train() was kept (stopped: {c.state.stop_reason}): "
+                        "its model is not pruned")
                 raise RuntimeError(
                     f"{what}; a second train() would fine-tune it without pruning. Build a new trainer to prune it: an "
                     "AdaptivePruningTrainer with this model and more max_steps or a smaller pruning_warmup_steps")
