@@ -187,20 +187,30 @@ RUN_MODE_FLAGS = {"do_train": "the recipe always fine-tunes and prunes (--post_t
                   "do_predict": "the test split is scored whenever --test_file (or the dataset's test split) is given"}
 
 
-def recipe_argv(argv: list[str] | None = None) -> list[str]:
+def recipe_argv(argv: list[str] | None, parser) -> list[str]:
     """:func:`expand_config_file`, refusing a run-mode flag set to false: the recipes do not read them, so
-    ``--do_train false`` would train anyway (true, as transformers' scripts take it, is what runs)."""
+    ``--do_train false`` would train anyway (true, as transformers' scripts take it, is what runs).
+
+    ``parser`` (the recipe's ``HfArgumentParser``) reads the flags as the run will, so that every spelling it takes
+    is seen: ``--do-train``, ``--do_train=false``, an abbreviation (``--do_tr``), a config file's ``do-train``.
+    """
     argv = expand_config_file(argv)
-    for i, item in enumerate(argv):
-        name, eq, value = item.partition("=")
-        if name.lstrip("-") not in RUN_MODE_FLAGS or not name.startswith("--"):
-            continue
-        if not eq:
-            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
-        if value.strip().lower() in ("false", "0", "no", "n", "f", "off"):
-            flag = name.lstrip("-")
-            raise RecipeError(f"--{flag} {value}: the recipes do not read it: {RUN_MODE_FLAGS[flag]}; leave it out")
+    for flag, value in run_mode_values(parser, argv).items():
+        if value is False:
+            raise RecipeError(f"--{flag} false: the recipes do not read it: {RUN_MODE_FLAGS[flag]}; leave it out")
     return argv
+
+
+def run_mode_values(parser, argv: list[str]) -> dict:
+    """The run-mode flags as ``parser`` reads them from ``argv``: True or False where given, None where not (their
+    default, False, would not tell a flag left out from one set to false)."""
+    defaults = {flag: parser.get_default(flag) for flag in RUN_MODE_FLAGS}
+    parser.set_defaults(**dict.fromkeys(RUN_MODE_FLAGS))
+    try:
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        parser.set_defaults(**defaults)
+    return {flag: getattr(given, flag, None) for flag in RUN_MODE_FLAGS}
 
 
 def resolve_package_path(value: str | None, what: str) -> str | None:
@@ -294,8 +304,9 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from:
     would replace files of the same names.
 
     ``model_paths`` are the local folders the run loads a model, config or tokenizer from; with
-    ``--overwrite_output_dir`` none may lie inside ``output_dir`` (the run removes an earlier run's checkpoints and
-    rewrites its subfolders). ``own`` are the files
+    ``--overwrite_output_dir`` none may lie in one of ``output_dir``'s ``checkpoint-N`` folders, which the run
+    removes (:func:`remove_earlier_run_outputs`; the deployed copies' folder is checked with the deploy options).
+    ``own`` are the files
     (paths relative to ``output_dir``) the run writes before it builds the model (``--fsdd_dir`` manifests): a folder
     holding only these is what a run of the same command left when it stopped with an error, and is taken as empty.
     """
@@ -312,11 +323,14 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from:
             raise RecipeError(f"--output_dir {output_dir} is the folder the model is loaded from ({path}): the run "
                               f"would write over it; choose another --output_dir")
     resuming = resumes_run_in(output_dir, resume_from)
-    for path in model_paths if overwrite and not resuming else ():
-        if path and os.path.isdir(path) and os.path.realpath(path).startswith(out + os.sep):
-            raise RecipeError(f"--output_dir {output_dir} holds the folder a model, config or tokenizer is loaded from "
-                              f"({path}), and --overwrite_output_dir clears an earlier run's checkpoints and "
-                              f"subfolders from it: copy that folder elsewhere first, or choose another --output_dir")
+    earlier_checkpoints = {os.path.realpath(folder) for _, folder, _ in checkpoints(out)} \
+        if overwrite and not resuming and os.path.isdir(out) else set()
+    for path in model_paths if earlier_checkpoints else ():
+        real = Path(os.path.realpath(path)) if path and os.path.isdir(path) else None
+        if real is not None and {str(real), *map(str, real.parents)} & earlier_checkpoints:
+            raise RecipeError(f"--output_dir {output_dir} holds the checkpoint a model, config or tokenizer is loaded "
+                              f"from ({path}), and --overwrite_output_dir removes an earlier run's checkpoints: copy "
+                              f"that folder elsewhere first, or choose another --output_dir")
     if overwrite or resuming or not os.path.isdir(out):
         return
     entries = sorted(os.listdir(out))
@@ -339,14 +353,17 @@ def only_files(folder: str, names) -> bool:
 
 
 # what Trainer writes into --output_dir besides the model, and an earlier run's copy of which this run could be
-# mixed with: save_metrics merges into all_results.json; --resume_from_checkpoint true takes the newest checkpoint-N
+# mixed with: save_metrics merges into all_results.json; --resume_from_checkpoint true takes the newest checkpoint-N;
+# the reports of the two modes (pruning while training, --post_training), which a run of the other mode, or one
+# that writes no plot of its layers, would leave beside its model as if they were its own
 EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
-                     "predict_results.json", "trainer_state.json")
+                     "predict_results.json", "trainer_state.json", "training_args.bin", "pruning_report.json",
+                     "pruning_curve.png", "pruning_layers.png", "post_training_report.json")
 
 
 def remove_earlier_run_outputs(output_dir: str, folders: tuple[str, ...] = ()) -> None:
-    """Remove an earlier run's ``checkpoint-N`` folders, metrics files and ``folders`` (an evaluator's CSV files,
-    appended to) from ``output_dir``, naming them in a warning; other files stay. Call it on one process, after
+    """Remove an earlier run's ``checkpoint-N`` folders, metrics files, reports and ``folders`` (an evaluator's CSV
+    files, appended to) from ``output_dir``, naming them in a warning; other files stay. Call it on one process, after
     ``--overwrite_output_dir``, just before training."""
     if not os.path.isdir(output_dir):
         return

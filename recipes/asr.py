@@ -217,7 +217,7 @@ class DataTrainingArguments(DataArguments):
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
-    return parser.parse_args_into_dataclasses(args=recipe_argv(argv))
+    return parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser))
 
 
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> None:
@@ -438,6 +438,7 @@ TASK = Task(
     format_value=format_value,
     after_save=save_processor,
     quiet_datasets=False,
+    arguments_set_in_build=("pruning_seq_len",),  # counted in audio samples for a CTC model, from its sampling rate
 )
 
 

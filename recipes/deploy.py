@@ -14,8 +14,9 @@ With ``--prune_vocabulary`` the other three start from the smaller-vocabulary mo
 run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``. A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
-of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package) fails
-before training.
+of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package), and a
+``--vocabulary_min_count`` no token of the training rows reaches, fail before training. results.json is written
+even when a deployed copy fails (:func:`recipes.skeleton.deploy_and_save`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import copy
 import itertools
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 from .arguments import RecipeError
@@ -133,6 +135,38 @@ def training_token_rows(dataset, columns=("input_ids", "labels")):
         yield list(ids)
 
 
+def vocabulary_rows(run) -> tuple:
+    """The token rows ``--prune_vocabulary`` keeps the tokens of, as :func:`deploy` hands them to
+    ``prune_vocabulary``: ``(tokenized, target_tokenized)``, the second None unless ``--decoder_vocabulary``. With
+    ``--sequence_distillation`` the pruned model also trained on the teacher's targets: their tokens count too."""
+    train, teacher = run.datasets["train"], run.datasets.get("pruning_train")
+    teacher_rows = training_token_rows(teacher, ("labels",)) if teacher is not None else ()
+    if run.data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
+        return (training_token_rows(train, ("input_ids",)),
+                itertools.chain(training_token_rows(train, ("labels",)), teacher_rows))
+    return itertools.chain(training_token_rows(train), teacher_rows), None
+
+
+def check_rows(run) -> None:
+    """``--vocabulary_min_count`` that no token of the training rows reaches (the vocabulary would keep the special
+    tokens alone): RecipeError before training, once the rows are known (a teacher's translations included)."""
+    data_args = run.data_args
+    if not data_args.prune_vocabulary or data_args.vocabulary_min_count <= 1:
+        return
+    tokenizer = _tokenizer(run.processing_class)
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    counts, rows = Counter(), 0
+    for part in vocabulary_rows(run):
+        for ids in part or ():
+            counts.update(set(ids) - special)
+            rows += 1
+    most = max(counts.values(), default=0)
+    if most < data_args.vocabulary_min_count:
+        raise RecipeError(f"--vocabulary_min_count {data_args.vocabulary_min_count}: no token occurs in that many "
+                          f"training rows (the most common in {most} of {rows}), so the pruned vocabulary would keep "
+                          f"the special tokens alone; give {max(most, 1)} or less")
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -158,18 +192,10 @@ def deploy(run, model) -> dict:
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
-        train, teacher = run.datasets["train"], run.datasets.get("pruning_train")
-        # with --sequence_distillation the pruned model also trained on the teacher's targets: their tokens stay
-        teacher_rows = training_token_rows(teacher, ("labels",)) if teacher is not None else ()
-        if data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
-            tokenizer = prune_vocabulary(model, tokenizer, tokenized=training_token_rows(train, ("input_ids",)),
-                                         target_tokenized=itertools.chain(training_token_rows(train, ("labels",)),
-                                                                          teacher_rows),
-                                         min_count=data_args.vocabulary_min_count, decoder_vocabulary=True)
-        else:
-            tokenizer = prune_vocabulary(model, tokenizer,
-                                         tokenized=itertools.chain(training_token_rows(train), teacher_rows),
-                                         min_count=data_args.vocabulary_min_count)
+        tokenized, target_tokenized = vocabulary_rows(run)
+        tokenizer = prune_vocabulary(model, tokenizer, tokenized=tokenized, target_tokenized=target_tokenized,
+                                     min_count=data_args.vocabulary_min_count,
+                                     decoder_vocabulary=data_args.decoder_vocabulary)
         positions = prune_positions(model, run.max_input_length, tokenizer) if data_args.prune_positions else None
         source = root / "vocabulary"
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer

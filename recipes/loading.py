@@ -17,6 +17,8 @@ from hf_adaprune.hub.config_marker import MODEL_TYPE_PREFIX
 from hf_adaprune.hub.load import load_pruned_config
 from hf_adaprune.layout import read_record
 
+from .arguments import RecipeError
+
 
 def is_pruned_source(path: str | None, cache_dir: str | None = None) -> bool:
     """Whether the ``config.json`` of ``path`` (a folder or Hub id) is a pruned model's (``adaprune_`` model type or
@@ -57,3 +59,31 @@ def pretrained_kwargs(path: str, cache_dir: str | None = None) -> dict:
     if pruned:
         return {"cache_dir": cache_dir, "config": load_pruned_config(path, cache_dir=cache_dir)}
     return {"cache_dir": cache_dir}
+
+
+def align_vocabulary(config, tokenizer) -> list[str]:
+    """For a model built from a config: its vocabulary size and pad / eos token ids as ``tokenizer`` has them (a
+    smaller table would index outside itself, a larger one trains rows no input uses). Returns what changed."""
+    changes = []
+    size = len(tokenizer)
+    if getattr(config, "vocab_size", size) != size:
+        changes.append(f"vocab_size {config.vocab_size} -> {size}")
+        config.vocab_size = size
+        if getattr(config, "decoder_vocab_size", None) is not None:
+            config.decoder_vocab_size = size
+    for name in ("pad_token_id", "eos_token_id"):
+        new = getattr(tokenizer, name)
+        if new is not None and getattr(config, name, None) != new:
+            changes.append(f"{name} {getattr(config, name, None)} -> {new}")
+            setattr(config, name, new)
+    return changes
+
+
+def check_embeddings_hold_tokenizer(model, tokenizer, tokenizer_path: str) -> None:
+    """A pretrained model embeds every id of ``tokenizer`` (loaded from ``tokenizer_path``): RecipeError when its
+    embedding table has fewer rows, before training indexes outside it."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise RecipeError(f"the tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's embedding table "
+                          f"only {rows} rows (ids from {rows} on would index outside it): give the tokenizer the "
+                          f"model was trained with (--tokenizer_name)")

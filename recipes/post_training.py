@@ -22,9 +22,9 @@ from hf_adaprune.trainer.eval_order import first_rows
 from . import deploy
 from .arguments import RecipeError, check_minimum
 from .loading import load_config
-from .results import results_table, save_results, test_results, without_layers
-from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, clear_earlier_run, load_error,
-                       prepare_run, results_header, subsample)
+from .results import results_table, test_results, without_layers
+from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, clear_earlier_run, deploy_and_save,
+                       load_error, prepare_run, results_header, subsample)
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
@@ -109,6 +109,7 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
         run.splits["train"] = subsample(run.splits["train"], pool, training_args.seed)
     build_model(task, run)
     deploy.check_request(run)
+    deploy.check_rows(run)
     run.model.config._name_or_path = model_args.base_model_id or ""
     clear_earlier_run(run, None)  # an earlier training run's checkpoints and metrics are not this model's
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
@@ -146,7 +147,6 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
     if repeats:
         latency = task.latency(copy.deepcopy(run.model), result.model, run)
         latency["dense_model"] = "dense, as loaded"
-    deployed = deploy.deploy(run, result.model) if deploy.requested(data_args) and training_args.should_save else None
     comparison = result.comparison.to_dict()
     stop = "searched the ratio" if data_args.post_training_search else "fixed target"
     results = {
@@ -168,23 +168,33 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
                           # the pruned groups re-fitted, and those left un-fitted (too few calibration tokens)
                           "refitted": sorted(result.refit_errors), "refit_skipped": result.refit_skipped,
                           "refit_target": data_args.post_training_refit_target,
-                          "refit_samples": data_args.post_training_refit_samples,
+                          # the calibration rows the re-fit read: no more than there are
+                          "refit_samples": _refit_rows(data_args, calibration_samples),
                           "ridge": data_args.post_training_ridge, "ratio": result.ratio,
                           "history": result.history, "timings": result.timings},
         "comparison": without_layers(comparison),
         "latency": latency,
         "train": None,  # no training step
         "dense_control": None,
-        "deploy": deployed,
-        "wall_time_s": time.time() - started,
+        "deploy": None,
+        "wall_time_s": None,
     }
     table = results_table(results, task.format_value) + (
         "\npost-training: the model as loaded was pruned without training (no optimizer step); the dense column "
         "is that model")
     if training_args.should_save:
         write_card(training_args.output_dir, results, task.format_value)
-    save_results(results, table, training_args)
+    deploy_and_save(run, result.model, results, table, started)
     return results
+
+
+def _refit_rows(data_args, calibration_samples: int) -> int | None:
+    """The calibration rows the re-fit read (None: no re-fit): --post_training_refit_samples, or all of them when
+    there are fewer (or it is None)."""
+    if not data_args.post_training_refit:
+        return None
+    asked = data_args.post_training_refit_samples
+    return calibration_samples if asked is None else min(asked, calibration_samples)
 
 
 def write_card(folder: str, results: dict, format_value) -> None:

@@ -5,7 +5,8 @@
 * ``recipe``, ``base_model``, ``dataset``, ``data_files``, ``output_dir``, ``samples`` (rows per split),
   ``task`` (what is particular to the task: labels, languages, audio settings, ...);
 * ``test``: ``samples``, ``metrics`` (the names reported), ``dense_step`` (the step of the pruning
-  reference, where the dense model was scored), ``control_steps``, and for each metric NAME
+  reference, where the dense model was scored), ``test_before_pruning`` (False: that scoring was switched
+  off), ``control_steps``, and for each metric NAME
   ``dense_NAME`` (dense model at the reference), ``control_NAME`` (the dense control trained for the
   same steps, with ``--dense_control``) and ``pruned_NAME``; the trainer's raw metrics under ``dense``,
   ``control`` and ``pruned``;
@@ -82,10 +83,13 @@ def validation_results(summary: dict, samples: int, final_metrics: dict) -> dict
     }
 
 
-def test_results(samples: int, names, scores: dict, dense_step: int | None, control_steps: int | None) -> dict:
+def test_results(samples: int, names, scores: dict, dense_step: int | None, control_steps: int | None,
+                 dense_asked: bool = True) -> dict:
     """The "test" entry from ``scores`` = {side: {"values": {NAME: value}, "metrics": raw} or None} for the sides
-    dense (at the reference), control and pruned."""
-    test = {"samples": samples, "metrics": list(names), "dense_step": dense_step, "control_steps": control_steps}
+    dense (at the reference), control and pruned; ``dense_asked``: whether the dense model was to be scored at the
+    reference (--test_before_pruning)."""
+    test = {"samples": samples, "metrics": list(names), "dense_step": dense_step, "test_before_pruning": dense_asked,
+            "control_steps": control_steps}
     for side in TEST_SIDES:
         scored = scores.get(side)
         for name in names:
@@ -166,7 +170,10 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
     pruning = results["pruning"]
     footer.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} (target {pruning['target']}), "
                   f"stopped: {pruning['stop_reason']}")
-    if test is not None and not control and results["train"] is not None and dense_step is None:
+    if test is not None and not control and results["train"] is not None and not test.get("test_before_pruning", True):
+        footer.append("note: no dense column: --test_before_pruning false left the dense model at the pruning "
+                      "reference unscored; --dense_control true adds a dense model trained for the same steps.")
+    elif test is not None and not control and results["train"] is not None and dense_step is None:
         footer.append("note: no dense column: this run did not see the weights of the pruning reference (step "
                       "--pruning_warmup_steps): it resumed past that step, or ended before it.")
     elif test is not None and not control and results["train"] is not None:  # None: pruned without training

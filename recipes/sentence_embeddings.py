@@ -6,7 +6,7 @@ Two objectives:
 - ``--objective cosent``: ``CoSENTLoss`` on the scored pairs of STS Benchmark ``sts-train.csv``;
 - ``--objective distillation``: label-free, the model distils its own dense embeddings (MSE + cosine)
   on unlabeled sentences (``--sentence_files``: .tsv with a ``sentence`` column, or plain text, one
-  sentence a line, optionally .gz).
+  sentence a line, optionally .gz, .bz2 or .xz).
 
 Pruning is steered by Spearman (cosine) on the first ``--max_dev_pairs`` pairs of ``sts-dev.csv``
 (``--steer sts``) or, without labels, by agreement with the dense embeddings of the first
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import csv
-import gzip
+import io
 import json
 import logging
 import os
@@ -62,7 +62,8 @@ from recipes.arguments import (RecipeError, check_integrations, check_output_dir
                                remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
                                warn_folders_left)
 from recipes.loading import is_pruned_source
-from recipes.skeleton import load_error, resolve_resume, run_cli
+from recipes.skeleton import check_resume_arguments, load_error, resolve_resume, run_cli
+from recipes.tables import read_text
 
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
@@ -95,18 +96,18 @@ def read_sts(path: str, limit: int | None = None) -> Dataset:
     if not os.path.isfile(path):
         raise RecipeError(f"{path} not found (--stsb_dir; relative paths start at {os.getcwd()})")
     rows = {"sentence1": [], "sentence2": [], "score": []}
-    with open(path, encoding="utf-8") as f:
-        for line, parts in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            try:
-                score = float(parts[4]) / 5.0
-                rows["sentence1"].append(parts[5])
-                rows["sentence2"].append(parts[6])
-            except (IndexError, ValueError):
-                raise RecipeError(f"{path}, line {line}: not an STS Benchmark row (tab-separated: genre, file, "
-                                  f"year, id, score 0-5, sentence1, sentence2; got {len(parts)} fields)") from None
-            rows["score"].append(score)
-            if limit and len(rows["score"]) >= limit:
-                break
+    text = io.StringIO(read_text(path, "--stsb_dir file"))
+    for line, parts in enumerate(csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+        try:
+            score = float(parts[4]) / 5.0
+            rows["sentence1"].append(parts[5])
+            rows["sentence2"].append(parts[6])
+        except (IndexError, ValueError):
+            raise RecipeError(f"{path}, line {line}: not an STS Benchmark row (tab-separated: genre, file, "
+                              f"year, id, score 0-5, sentence1, sentence2; got {len(parts)} fields)") from None
+        rows["score"].append(score)
+        if limit and len(rows["score"]) >= limit:
+            break
     if not rows["score"]:
         raise RecipeError(f"{path} holds no rows")
     return Dataset.from_dict(rows)
@@ -115,7 +116,8 @@ def read_sts(path: str, limit: int | None = None) -> Dataset:
 def read_sentences(paths: list[str], limit: int | None) -> list[str]:
     """Unique non-empty sentences, an equal share of ``limit`` from each file in its order.
 
-    A .tsv file is read by its ``sentence`` column, anything else one sentence a line (.gz too).
+    A .tsv file is read by its ``sentence`` column, anything else one sentence a line (.gz, .bz2, .xz too); a
+    file that is not UTF-8 text or does not decompress is one error line naming it.
     """
     share = -(-limit // len(paths)) if limit else None
     sentences: dict[str, None] = {}
@@ -123,23 +125,22 @@ def read_sentences(paths: list[str], limit: int | None) -> list[str]:
         path = resolve_package_path(path, "--sentence_files")
         if not os.path.isfile(path):
             raise RecipeError(f"--sentence_files {path} not found (relative paths start at {os.getcwd()})")
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            if ".tsv" in path:
-                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                if "sentence" not in (reader.fieldnames or ()):
-                    raise RecipeError(f"--sentence_files {path}: a .tsv file is read by its 'sentence' column; its "
-                                      f"header has {reader.fieldnames}")
-                lines = (row["sentence"] for row in reader)
-            else:
-                lines = f
-            taken = 0
-            for line in lines:
-                if line.strip() and line.strip() not in sentences:
-                    sentences[line.strip()] = None
-                    taken += 1
-                    if share and taken >= share:
-                        break
+        f = io.StringIO(read_text(path, "--sentence_files"))
+        if ".tsv" in path:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if "sentence" not in (reader.fieldnames or ()):
+                raise RecipeError(f"--sentence_files {path}: a .tsv file is read by its 'sentence' column; its "
+                                  f"header has {reader.fieldnames}")
+            lines = (row["sentence"] or "" for row in reader)
+        else:
+            lines = f
+        taken = 0
+        for line in lines:
+            if line.strip() and line.strip() not in sentences:
+                sentences[line.strip()] = None
+                taken += 1
+                if share and taken >= share:
+                    break
     out = list(sentences)
     if not out:
         raise RecipeError(f"--sentence_files {', '.join(paths)}: no sentences in them")
@@ -265,13 +266,14 @@ def check_model(model: SentenceTransformer, opts, args) -> None:
 def main(argv=None):
     parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
     try:
-        opts, args = parser.parse_args_into_dataclasses(args=recipe_argv(argv))
+        opts, args = parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser))
     except ValueError as err:  # unknown flags, argument values the arguments classes refuse
         raise RecipeError(str(err)) from err
     check_options(opts, args)
     check_integrations(args)
     path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
     resume_from = resolve_resume(args)  # checked before any work, as the other recipes do
+    check_resume_arguments(args, resume_from)
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)

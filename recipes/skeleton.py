@@ -2,11 +2,12 @@
 
 :func:`run_task` goes through the same steps for every task::
 
-    parse -> validate (arguments only; output folder; checkpoint to resume) -> load data (read, check,
-    subsample) -> build (model, processing class, datasets, collator, metrics) -> copies for the dense
-    snapshot, the control and latency -> pruning trainer -> train and save -> decision-set evaluation ->
-    test evaluation (pruned, dense at the reference, control) -> dense control (with --dense_control) ->
-    latency -> deployed copies (--prune_vocabulary, --quantize, --export_*) -> results.json and the table
+    parse -> validate (arguments only; output folder; checkpoint to resume and its pruning arguments) ->
+    load data (read, check, subsample) -> build (model, processing class, datasets, collator, metrics) ->
+    copies for the dense snapshot, the control and latency -> pruning trainer -> train and save ->
+    decision-set evaluation -> test evaluation (pruned, dense at the reference, control) -> dense control
+    (with --dense_control) -> latency -> deployed copies (--prune_vocabulary, --quantize, --export_*) ->
+    results.json and the table (written also when a deployed copy fails)
 
 Everything a task can get wrong from the user's input fails before the model is built,
 as a :class:`~recipes.arguments.RecipeError`.
@@ -28,6 +29,9 @@ from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
 from hf_adaprune.reporting.report import write_text
+from hf_adaprune.trainer.arguments import pruning_arguments
+from hf_adaprune.trainer.checkpoint import check_resume_arguments as compare_resume_arguments
+from hf_adaprune.trainer.checkpoint import read_pruning_state
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
 
 from . import deploy
@@ -121,6 +125,9 @@ class Task:
     after_save: Callable | None = None
     before_training: Callable[[Run], None] | None = None  # work that needs the model, after every check
     quiet_datasets: bool = True
+    # pruning arguments build() may still set (ASR's --pruning_seq_len of a CTC model): compared with a checkpoint's
+    # once the model is built, the others before any work
+    arguments_set_in_build: tuple[str, ...] = ()
 
     def main(self, argv: list[str] | None = None) -> dict:
         """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
@@ -207,6 +214,22 @@ def resolve_resume(training_args) -> str | None:
     return os.path.join(out, complete[-1])
 
 
+def check_resume_arguments(training_args, resume_from: str | None, compared=lambda name: True) -> None:
+    """The pruning arguments ``pruning_state.pt`` of the checkpoint to resume from was written with, against this
+    run's (those for which ``compared(name)`` holds), as the trainer compares them when it resumes, but before any
+    work and as one error line; a state that cannot be read is one too. With --pruning_resume_with_new_arguments
+    the trainer warns about the differences."""
+    if resume_from is None:
+        return
+    try:
+        state = read_pruning_state(resume_from)
+        if not training_args.pruning_resume_with_new_arguments:
+            saved = {name: value for name, value in (state.get("arguments") or {}).items() if compared(name)}
+            compare_resume_arguments(saved, pruning_arguments(training_args), allow_new=False)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"--resume_from_checkpoint {resume_from}: {err}") from err
+
+
 def train_and_save(trainer, training_args, resume_from: str | None = None) -> dict:
     """Train from the same random state as any other run of these arguments, save; log and save the metrics."""
     set_seed(training_args.seed)  # the pruning run and its control see the same data order
@@ -272,6 +295,8 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     _as_recipe_error(task.validate, run)
     check_integrations(run.training_args)
     resume_from = resolve_resume(run.training_args)
+    late = set(task.arguments_set_in_build)
+    check_resume_arguments(run.training_args, resume_from, lambda name: name not in late)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
                      resume_from=resume_from, own=run.own_outputs)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
@@ -322,9 +347,12 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     set_seed(training_args.seed)
     build_model(task, run)
+    if task.arguments_set_in_build:
+        check_resume_arguments(training_args, resume_from, lambda name: name in task.arguments_set_in_build)
     deploy.check_request(run)  # e.g. --export_ctranslate2 of a family it cannot convert: before training
     if task.before_training is not None:
         task.before_training(run)
+    deploy.check_rows(run)  # --vocabulary_min_count: once a teacher's translations, which count too, exist
     run.model.config._name_or_path = model_args.base_model_id or ""  # None for a model built from a config
     test_dataset = run.datasets.get("test")
     repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
@@ -366,27 +394,40 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     if repeats:
         latency = task.latency(control_model if control_model is not None else dense_for_latency, trainer.model, run)
         latency["dense_model"] = "dense control" if control_model is not None else "dense, as loaded"
-    deployed = deploy.deploy(run, trainer.model) \
-        if deploy.requested(data_args) and training_args.should_save else None
-
     results = {
         **results_header(task, run),
         "test": None if test_dataset is None else test_results(
             len(test_dataset), task.test_metrics, scores, snapshot.step if snapshot else None,
-            control and control["steps"]),
+            control and control["steps"], dense_asked=data_args.test_before_pruning),
         "validation": validation_results(summary, len(decision_set), final_val),
         "pruning": pruning_record(summary),
         "comparison": without_layers(summary["comparison"]),
         "latency": latency,
         "train": train_metrics,
         "dense_control": control,
-        "deploy": deployed,
-        "wall_time_s": time.time() - started,
+        "deploy": None,
+        "wall_time_s": None,
     }
-    save_results(results, results_table(results, task.format_value), training_args)
+    deploy_and_save(run, trainer.model, results, results_table(results, task.format_value), started)
     if control is not None and results["test"] is not None and training_args.should_save:
         add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
+
+
+def deploy_and_save(run: Run, model, results: dict, table: str, started: float) -> None:
+    """The deployed copies of ``model`` (if asked) into ``results["deploy"]``, then results.json and ``table``: written
+    also when a deployed copy fails (its error recorded under ``deploy``), so that the run's figures are kept."""
+    data_args, training_args = run.data_args, run.training_args
+    try:
+        if deploy.requested(data_args) and training_args.should_save:
+            results["deploy"] = deploy.deploy(run, model)
+    except Exception as err:
+        results["deploy"] = {"folder": os.path.join(training_args.output_dir, deploy.DEPLOY_DIR),
+                             "error": f"{type(err).__name__}: {err}"}
+        raise
+    finally:
+        results["wall_time_s"] = time.time() - started
+        save_results(results, table, training_args)
 
 
 def results_header(task: Task, run: Run, **extra) -> dict:

@@ -100,6 +100,7 @@ from recipes.arguments import (
     RecipeError,
     check_minimum,
     check_model_source,
+    expand_config_file,
     load_named_dataset,
     no_validation_message,
     recipe_argv,
@@ -107,7 +108,8 @@ from recipes.arguments import (
     resolve_package_path,
 )
 from recipes import post_training
-from recipes.loading import load_config, load_model, pretrained_kwargs
+from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, load_config, load_model,
+                             pretrained_kwargs)
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
@@ -182,7 +184,7 @@ class DataTrainingArguments(PostTrainingArguments, DataArguments):
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, PruningArguments) from flags or a config file (+ overriding flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_argv(argv))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser))
     return model_args, data_args, training_args
 
 
@@ -272,11 +274,16 @@ def _sources(data_args: DataTrainingArguments) -> dict[str, str]:
 
 
 def hold_out(raw: DatasetDict, data_args: DataTrainingArguments, seed: int) -> DatasetDict:
-    """Carve missing validation / test splits out of train by --*_split_percentage, shuffled with ``seed``."""
+    """Carve missing validation / test splits out of train by --*_split_percentage, shuffled with ``seed``; a
+    percentage for a split the data has (a --dataset_name's own) is refused, as it is for a split's file."""
     raw = DatasetDict(raw)
     total = len(raw["train"])
     for split, percentage, offset in (("test", data_args.test_split_percentage, 0),
                                       ("validation", data_args.validation_split_percentage, 1)):
+        if split in raw and percentage:  # it would be ignored
+            raise RecipeError(f"--{split}_split_percentage {percentage:g}: the data has a {split} split of its own "
+                              f"({_sources(data_args)[split]}), which the run uses; leave the percentage out (it holds "
+                              f"rows out of the training data only where there is no {split} split)")
         if split not in raw and percentage:
             size = max(1, round(total * percentage / 100))  # a percentage of all the training rows
             if size >= len(raw["train"]):
@@ -531,7 +538,11 @@ def build(run: Run) -> None:
             AutoModelForSequenceClassification, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         )
+        check_embeddings_hold_tokenizer(run.model, tokenizer, tokenizer_path)
     else:
+        changes = align_vocabulary(config, tokenizer)
+        if changes:
+            logger.warning("model from --config_name: config set to match the tokenizer: %s", "; ".join(changes))
         run.model = AutoModelForSequenceClassification.from_config(config)
     length, positions = input_length(tokenizer, data_args.max_seq_length), readable_positions(run.model.config)
     if positions and length > positions:
@@ -573,7 +584,7 @@ TASK = Task(
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe (``--post_training``: prune without training); returns what it writes to results.json."""
-    argv = recipe_argv(argv)
+    argv = expand_config_file(argv)  # the config file read once; parse_args checks the flags
     if _as_recipe_error(parse_args, argv)[1].post_training:
         return post_training.run_post_training(TASK, argv)
     return TASK.main(argv)

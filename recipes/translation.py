@@ -86,7 +86,8 @@ from recipes.arguments import (
     recipe_argv,
     require_file,
 )
-from recipes.loading import load_config, load_model, pretrained_kwargs
+from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, load_config, load_model,
+                             pretrained_kwargs)
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
 from recipes.tables import read_text
@@ -187,7 +188,7 @@ def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
     # recipe defaults first: argparse keeps the last value of a repeated flag
-    argv = RECIPE_DEFAULTS + recipe_argv(argv) + ["--predict_with_generate", "true"]
+    argv = RECIPE_DEFAULTS + recipe_argv(argv, parser) + ["--predict_with_generate", "true"]
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
 
@@ -375,19 +376,8 @@ def align_config_with_tokenizer(config, tokenizer) -> list[str]:
     Returns what changed. The decoder start token follows the pad token (Marian, T5)
     or the eos token (BART) as it did in the config.
     """
-    changes = []
-    size = len(tokenizer)
-    if getattr(config, "vocab_size", size) != size:
-        changes.append(f"vocab_size {config.vocab_size} -> {size}")
-        config.vocab_size = size
-        if getattr(config, "decoder_vocab_size", None) is not None:
-            config.decoder_vocab_size = size
     old_pad, old_eos = config.pad_token_id, config.eos_token_id
-    for name in ("pad_token_id", "eos_token_id"):
-        new = getattr(tokenizer, name)
-        if new is not None and getattr(config, name) != new:
-            changes.append(f"{name} {getattr(config, name)} -> {new}")
-            setattr(config, name, new)
+    changes = align_vocabulary(config, tokenizer)
     start = getattr(config, "decoder_start_token_id", None)
     new_start = {old_pad: config.pad_token_id, old_eos: config.eos_token_id}.get(start, start)
     if new_start != start:
@@ -417,10 +407,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTraining
                           f"token; seq2seq batches need one")
     if model_args.model_name_or_path:
         model = load_model(AutoModelForSeq2SeqLM, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir)
-        vocab = model.get_input_embeddings().weight.shape[0]
-        if len(tokenizer) > vocab:
-            raise RecipeError(f"the tokenizer has {len(tokenizer)} tokens but the model's embeddings only {vocab}: "
-                              f"use the model's own tokenizer")
+        check_embeddings_hold_tokenizer(model, tokenizer, tokenizer_path)
     else:
         changes = align_config_with_tokenizer(config, tokenizer)
         if changes:

@@ -280,6 +280,24 @@ def test_ctc_loss_is_not_scaled_by_the_process_count(tmp_path, manifests, tiny_c
     assert trainer.model_accepts_loss_kwargs is False
 
 
+def test_resuming_a_ctc_run_compares_its_pruning_seq_len_once_the_model_has_set_it(tmp_path, manifests, tiny_ctc_dir):
+    """A CTC model's --pruning_seq_len is set from its sampling rate when it is built: a checkpoint written with that
+    value is not refused for the parsed default, one written with another is, before training."""
+    skeleton = load_recipe("skeleton")
+    out = tmp_path / "o"
+    (out / "checkpoint-2").mkdir(parents=True)
+    argv = ["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests), "--output_dir", str(out),
+            "--report_to", "none", "--resume_from_checkpoint", "true"]
+    torch.save({"controller": {}, "arguments": {"pruning_seq_len": 16000}}, out / "checkpoint-2" / "pruning_state.pt")
+    run, resume_from = skeleton.prepare_run(asr.TASK, argv)  # parsed: the default 128
+    skeleton.build_model(asr.TASK, run)
+    assert run.training_args.pruning_seq_len == 16000  # 1 s of audio samples
+    skeleton.check_resume_arguments(run.training_args, resume_from)  # every pruning argument agrees
+    torch.save({"controller": {}, "arguments": {"pruning_seq_len": 8000}}, out / "checkpoint-2" / "pruning_state.pt")
+    with pytest.raises(asr.RecipeError, match=r"--pruning_seq_len: checkpoint 8000, now 16000"):
+        asr.main(argv)
+
+
 # -- fail fast -------------------------------------------------------------------------------------
 
 

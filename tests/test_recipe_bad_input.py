@@ -44,6 +44,15 @@ def prepare(argv):
     return run
 
 
+def write_pruning_state(folder, **arguments) -> None:
+    """A ``pruning_state.pt`` the library reads, written under the pruning ``arguments`` given (the others unsaved,
+    so not compared)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"controller": {}, "arguments": arguments}, folder / "pruning_state.pt")
+
+
 # -- labels ------------------------------------------------------------------------------------------
 def test_blank_label_in_validation_keeps_two_classes(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
@@ -192,6 +201,25 @@ def test_an_overwriting_run_removes_the_earlier_runs_checkpoints_and_metrics_onl
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt"]  # replaced by the run, or not its
 
 
+def test_an_overwriting_run_removes_the_reports_of_an_earlier_run_of_either_mode(tmp_path, caplog):
+    import logging
+
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    out.mkdir()
+    reports = ["post_training_report.json", "pruning_curve.png", "pruning_layers.png", "pruning_report.json",
+               "training_args.bin"]  # a training run's and a --post_training run's: neither is this run's
+    for name in reports + ["model.safetensors"]:
+        (out / name).write_bytes(b"earlier")
+    run, resume_from = skeleton.prepare_run(recipe.TASK, data_args(tmp_path, train, train, "--overwrite_output_dir",
+                                                                    "true"))
+    with caplog.at_level(logging.WARNING):
+        skeleton.clear_earlier_run(run, resume_from)
+    assert f"removing what an earlier run left in {out} and this run would be mixed with: {', '.join(reports)}" \
+        in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]  # replaced when the run saves its model
+
+
 def test_deploy_folder_refuses_the_loaded_model_inside_it_not_a_sibling_with_the_same_prefix(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     out = tmp_path / "out"
@@ -219,6 +247,20 @@ def test_run_mode_flags_set_to_false_are_refused_not_ignored(tmp_path, flags):
     with pytest.raises(RecipeError, match=f"--{flags[0].lstrip('-').partition('=')[0]} .*the recipes do not read it"):
         prepare(data_args(tmp_path, train, train, *flags))
     assert prepare(data_args(tmp_path, train, train, "--do_train", "--do_eval", "true")).splits["train"]
+
+
+@pytest.mark.parametrize("flags, flag", [(["--do-train", "false"], "do_train"), (["--do-predict=false"], "do_predict"),
+                                         (["--do_tr", "false"], "do_train"), (["--do-ev", "0"], "do_eval"),
+                                         (["CONFIG"], "do_train")])
+def test_run_mode_flags_set_to_false_are_refused_however_spelt(tmp_path, flags, flag):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    argv = data_args(tmp_path, train, train, *flags)
+    if flags == ["CONFIG"]:  # a config file's key, spelt with a dash
+        (tmp_path / "run.yaml").write_text("do-train: false\n")
+        argv = [str(tmp_path / "run.yaml"), *argv[:-1]]
+    with pytest.raises(RecipeError, match=f"^--{flag} false: the recipes do not read it"):
+        prepare(argv)
+    assert prepare(data_args(tmp_path, train, train, "--do-train", "--do_ev=true")).splits["train"]
 
 
 def test_metric_of_generated_text_is_refused(tmp_path):
@@ -259,7 +301,7 @@ def test_resume_true_takes_the_newest_complete_checkpoint(tmp_path):
                                           r"checkpoint-10\) holds pruning_state\.pt"):
         skeleton.prepare_run(recipe.TASK, args)
     for step in (2, 4):
-        (out / f"checkpoint-{step}" / "pruning_state.pt").write_bytes(b"")
+        write_pruning_state(out / f"checkpoint-{step}")
     _, resume_from = skeleton.prepare_run(recipe.TASK, args)
     assert resume_from == str(out / "checkpoint-4")  # checkpoint-10 lacks its pruning state
     with pytest.raises(RecipeError, match=r"already holds 3 entries \(checkpoint-10, checkpoint-2, checkpoint-4\); "
@@ -274,8 +316,7 @@ def test_resume_true_takes_the_newest_complete_checkpoint(tmp_path):
 def test_resuming_another_folders_checkpoint_needs_an_empty_output_dir_or_overwrite(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     earlier = tmp_path / "earlier" / "checkpoint-4"
-    earlier.mkdir(parents=True)
-    (earlier / "pruning_state.pt").write_bytes(b"")
+    write_pruning_state(earlier)
     mine = tmp_path / "mine"  # a folder of the user's, not the run the checkpoint belongs to
     mine.mkdir()
     (mine / "model.safetensors").write_bytes(b"mine")
@@ -292,6 +333,29 @@ def test_resuming_another_folders_checkpoint_needs_an_empty_output_dir_or_overwr
     assert resume_from == str(earlier)
 
 
+@pytest.mark.parametrize("name", ["text_classification", "sentence_embeddings"])
+def test_resuming_under_other_pruning_arguments_is_one_error_line_before_any_work(tmp_path, monkeypatch, name):
+    out = tmp_path / "out"
+    write_pruning_state(out / "checkpoint-4", pruning_target=0.3)
+    args = ["--output_dir", str(out), "--resume_from_checkpoint", "true", "--pruning_target", "0.4"]
+    if name == "text_classification":
+        def not_now(*args, **kwargs):
+            raise AssertionError("the data was read before the checkpoint's pruning arguments were compared")
+
+        monkeypatch.setattr(recipe, "load_raw_datasets", not_now)
+        train = write_csv(tmp_path / "train.csv", ROWS)
+        start = lambda: prepare(data_args(tmp_path, train, train)[:-2] + args)  # noqa: E731
+    else:  # no model to load: the check comes first
+        start = lambda: load_recipe("sentence_embeddings").main(  # noqa: E731
+            ["--model_name_or_path", str(tmp_path / "no_model"), "--stsb_dir", str(tmp_path), *args])
+    with pytest.raises(RecipeError, match=re.escape(f"--resume_from_checkpoint {out / 'checkpoint-4'}: ") +
+                       r".*--pruning_target: checkpoint 0\.3, now 0\.4"):
+        start()
+    (out / "checkpoint-4" / "pruning_state.pt").write_bytes(b"")  # a damaged state: one line as well
+    with pytest.raises(RecipeError, match="cannot read the pruning state"):
+        start()
+
+
 def test_overwrite_output_dir_never_clears_the_folder_a_model_is_loaded_from(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     out = tmp_path / "out"
@@ -300,8 +364,8 @@ def test_overwrite_output_dir_never_clears_the_folder_a_model_is_loaded_from(tmp
     (model / "config.json").write_text("{}")
     args = ["--model_name_or_path", str(model), "--train_file", train, "--validation_file", train,
             "--output_dir", str(out), "--overwrite_output_dir", "true"]
-    with pytest.raises(RecipeError, match=r"holds the folder a model, config or tokenizer is loaded from \(\S+"
-                                          r"checkpoint-8\), and --overwrite_output_dir clears"):
+    with pytest.raises(RecipeError, match=r"holds the checkpoint a model, config or tokenizer is loaded from \(\S+"
+                                          r"checkpoint-8\), and --overwrite_output_dir removes an earlier run's"):
         prepare(args)
     assert (model / "config.json").is_file()
 
@@ -432,6 +496,18 @@ def test_a_named_datasets_unlabelled_test_split_is_left_out_and_a_label_outside_
     with pytest.raises(RecipeError, match=r"label -1 of column 'label' \(--dataset_name \S+ \(test\)\) is not one of "
                                           r"the 2 classes \['negative', 'positive'\].*--drop_labels -1"):
         prepare(["--dataset_name", odd, *args])
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_a_split_percentage_for_a_split_the_named_dataset_has_is_refused(tmp_path, split):
+    args = ["--config_name", "unused", "--tokenizer_name", "unused", "--output_dir", str(tmp_path / "out")]
+    named = _class_label_dataset(tmp_path / "named", [1, 0, 1])  # train, validation and a labelled test split
+    with pytest.raises(RecipeError, match=re.escape(f"--{split}_split_percentage 20: the data has a {split} split "
+                                                    f"of its own (--dataset_name {named} ({split})), which the run "
+                                                    f"uses; leave the percentage out")):
+        prepare(["--dataset_name", named, f"--{split}_split_percentage", "20", *args])
+    glue_like = _class_label_dataset(tmp_path / "glue_like", [-1, -1, -1])  # its test split is left out: held out
+    assert len(prepare(["--dataset_name", glue_like, "--test_split_percentage", "25", *args]).splits["test"]) == 2
 
 
 # -- output folder and config file ------------------------------------------------------------------------

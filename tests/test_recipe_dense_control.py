@@ -194,3 +194,15 @@ def test_with_push_to_hub_the_hub_gets_the_pruned_model_not_the_control(workspac
     recipe.main(run_args(workspace, tmp_path / "out", "--dense_control", "true", "--push_to_hub", "true",
                          "--hub_model_id", "me/pruned", "--hub_token", "x"))
     assert pushed and all(repo == "me/pruned" and pruned for repo, pruned in pushed)  # the control pushed last
+
+
+def test_with_test_before_pruning_false_the_table_says_why_the_dense_column_is_empty(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    results = recipe.main(run_args(workspace, out, "--latency_repeats", "0", "--test_before_pruning", "false"))
+    test = results["test"]
+    assert test["dense_accuracy"] is None and test["dense_step"] is None and test["test_before_pruning"] is False
+    assert json.loads((out / "results.json").read_text())["test"]["test_before_pruning"] is False
+    table = capsys.readouterr().out
+    assert ("note: no dense column: --test_before_pruning false left the dense model at the pruning reference "
+            "unscored") in table
+    assert "resumed past that step" not in table

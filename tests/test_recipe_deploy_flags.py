@@ -229,6 +229,8 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
     (["--prune_positions", "true"], "--prune_positions only applies with --prune_vocabulary true"),
     (["--prune_vocabulary", "true", "--tokenizer_name", "WORDLEVEL"],
      "--prune_vocabulary: vocabulary pruning does not support a tokenizers WordLevel model; supported: "),
+    (["--prune_vocabulary", "true", "--vocabulary_min_count", "1000"],
+     "--vocabulary_min_count 1000: no token occurs in that many training rows (the most common in "),
 ])
 def test_bad_requests_fail_before_training(workspace, tmp_path, extra, message):  # noqa: F811 - the fixture
     if "WORDLEVEL" in extra:
@@ -237,6 +239,40 @@ def test_bad_requests_fail_before_training(workspace, tmp_path, extra, message):
     with pytest.raises(RecipeError, match=re.escape(message)):
         classification.main(classification_args(workspace, out) + SHORT_RUN + extra)
     assert not (out / "model.safetensors").exists() and not (out / "deploy").exists()
+
+
+def test_a_deployed_copy_that_fails_leaves_results_json_with_the_error(workspace, tmp_path, monkeypatch):  # noqa: F811
+    import hf_adaprune.deploy
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(hf_adaprune.deploy, "save_int8", disk_full)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left on device"):
+        classification.main(classification_args(workspace, out) + SHORT_RUN + ["--quantize", "int8"])
+    results = json.loads((out / "results.json").read_text())  # the run's figures are kept
+    assert results["deploy"]["error"] == "OSError: No space left on device"
+    assert results["test"]["pruned_accuracy"] is not None and results["train"]["global_step"] == 6
+
+
+def test_translation_checks_the_minimum_count_with_the_teachers_rows(translation_workspace, tmp_path,  # noqa: F811
+                                                                      monkeypatch):
+    import recipes.deploy as deploy
+
+    def translated(model, dataset, run):  # the teacher's rows: the references reversed, quickly
+        return dataset.map(lambda row: {"labels": row["labels"][::-1]})
+
+    def checked(run):
+        assert "pruning_train" in run.datasets, "the minimum count was checked before the teacher translated"
+        raise RecipeError("checked")
+
+    monkeypatch.setattr(translation, "teacher_translations", translated)
+    monkeypatch.setattr(deploy, "check_rows", checked)
+    with pytest.raises(RecipeError, match="^checked$"):
+        translation.main(translation_args(translation_workspace, tmp_path / "out") + SHORT_RUN + [
+            "--sequence_distillation", "true", "--prune_vocabulary", "true", "--vocabulary_min_count", "2"])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_onnx_int8_without_onnxruntime_fails_before_training(workspace, tmp_path, monkeypatch):  # noqa: F811

@@ -179,3 +179,11 @@ def test_the_card_and_results_say_which_groups_were_re_fitted(workspace, fine_tu
     assert "re-fitted by least squares" not in card
     assert f"no output projection re-fitted (too few calibration tokens for {', '.join(post['refit_skipped'])})" \
         in card
+
+
+def test_results_record_the_refit_rows_used_not_those_asked_for(workspace, fine_tuned, tmp_path):  # noqa: F811
+    results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--post_training_calibration_samples",
+                                    "6", "--post_training_refit_samples", "24"))
+    post = results["post_training"]
+    assert post["calibration_samples"] == 6 and post["refit_samples"] == 6  # 24 asked, 6 calibration rows exist
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["post_training"]["refit_samples"] == 6

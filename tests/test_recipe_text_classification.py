@@ -275,3 +275,34 @@ def test_a_classifier_of_another_class_count_is_refused_unless_its_head_may_be_r
         recipe.main(args + quick)
     recipe.main(args + quick + ["--ignore_mismatched_sizes", "true"])  # a new two-class head
     assert len(json.loads((tmp_path / "out" / "config.json").read_text())["id2label"]) == 2
+
+
+def test_the_tokenizer_must_fit_the_models_embedding_table(workspace, tmp_path, caplog):
+    """A model from --config_name takes the tokenizer's vocabulary size; a pretrained one with a smaller embedding
+    table than the tokenizer is refused before training (its ids would index outside the table)."""
+    import logging
+
+    from transformers import BertForSequenceClassification
+
+    tokens = len(AutoTokenizer.from_pretrained(workspace / "tokenizer"))
+    small = dict(vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=128)
+    BertConfig(**small).save_pretrained(tmp_path / "small_config")
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--config_name") + 1] = str(tmp_path / "small_config")
+    quick = ["--max_steps", "2", "--max_seq_length", "32", "--latency_repeats", "0", "--disable_tqdm", "true",
+             "--pruning_warmup_steps", "1", "--pruning_interval", "1", "--save_strategy", "no"]
+    with caplog.at_level(logging.WARNING):
+        results = recipe.main(args + quick)
+    assert f"config set to match the tokenizer: vocab_size 20 -> {tokens}" in caplog.text
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == tokens
+    assert results["test"]["pruned_accuracy"] is not None
+
+    BertForSequenceClassification(BertConfig(**small, num_labels=2)).save_pretrained(tmp_path / "small_model")
+    args = base_args(workspace, tmp_path / "out2")
+    args[args.index("--config_name"):args.index("--config_name") + 2] = ["--model_name_or_path",
+                                                                        str(tmp_path / "small_model")]
+    with pytest.raises(recipe.RecipeError, match=re.escape(f"the tokenizer {workspace / 'tokenizer'} has {tokens} "
+                                                           f"tokens but the model's embedding table only 20 rows")):
+        recipe.main(args + quick)
+    assert not (tmp_path / "out2" / "results.json").exists()

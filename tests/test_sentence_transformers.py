@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -563,6 +564,11 @@ def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
     (["--objective", "distillation", "--sentence_files", "{missing}"], "--sentence_files .* not found"),
     (["--objective", "distillation", "--sentence_files", "{tsv}"], "read by its 'sentence' column"),
     (["--stsb_dir", "{bad_stsb}"], r"sts-dev.csv, line 2: not an STS Benchmark row"),
+    (["--stsb_dir", "{latin1_stsb}"], r"--stsb_dir file \S+sts-dev.csv, line 2: byte 0xe9 is not UTF-8 text"),
+    (["--objective", "distillation", "--sentence_files", "{latin1}"],
+     r"--sentence_files \S+latin1.txt, line 2: byte 0xe9 is not UTF-8 text; save the file as UTF-8"),
+    (["--objective", "distillation", "--sentence_files", "{broken_gz}"],
+     r"--sentence_files \S+broken.txt.gz: cannot read it \(EOFError: "),
 ])
 def test_recipe_refuses_bad_input_before_training(encoder_folder, tmp_path, flags, message):
     from conftest import load_recipe
@@ -578,8 +584,14 @@ def test_recipe_refuses_bad_input_before_training(encoder_folder, tmp_path, flag
     shutil.copytree(stsb, bad_stsb)
     lines = (bad_stsb / "sts-dev.csv").read_text().splitlines()
     (bad_stsb / "sts-dev.csv").write_text("\n".join([lines[0], "genre\tfile\t2012\t1\t3.0"] + lines[2:]) + "\n")
+    latin1_stsb = tmp_path / "latin1_stsb"
+    shutil.copytree(stsb, latin1_stsb)
+    (latin1_stsb / "sts-dev.csv").write_bytes((lines[0] + "\n" + lines[1]).encode() + "\tcaf\xe9\n".encode("latin-1"))
+    (tmp_path / "latin1.txt").write_bytes("a cat sat\nthe caf\xe9\n".encode("latin-1"))
+    (tmp_path / "broken.txt.gz").write_bytes(gzip.compress(b"a cat sat\n" * 50)[:30])  # cut short
     places = {"model": model_dir, "user": user, "missing": tmp_path / "missing", "tsv": tmp_path / "plain.tsv",
-              "bad_stsb": bad_stsb}
+              "bad_stsb": bad_stsb, "latin1_stsb": latin1_stsb, "latin1": tmp_path / "latin1.txt",
+              "broken_gz": tmp_path / "broken.txt.gz"}
     flags = [flag.format(**places) for flag in flags]
     base = ["--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
             "--max_steps", "4", "--per_device_train_batch_size", "8", "--pruning_warmup_steps", "2",
