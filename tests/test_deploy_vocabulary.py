@@ -447,3 +447,30 @@ def test_decoder_vocabulary_refused_before_any_work(case, message):
     with pytest.raises(ValueError, match=message):
         prune_vocabulary(model, tokenizer, ["a film"], decoder_vocabulary=True, **kwargs)
     assert model.get_input_embeddings().num_embeddings == size
+
+
+def test_byte_level_bpe_roberta_masked_lm_with_untied_embeddings(tmp_path):
+    """RoBERTa's MLM head keeps lm_head.bias of its own once the embeddings are untied: it was left at the old size,
+    and the saved folder did not load."""
+    train = sst2_sentences(n=300)
+    tokenizer = bpe_tokenizer(byte_level=True)
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=130,
+                                        pad_token_id=0, tie_word_embeddings=False)
+    model = pruned(transformers.RobertaForMaskedLM(config).eval())
+    check_round_trip(model, tokenizer, train, tmp_path, "AutoModelForMaskedLM")
+    assert model.lm_head.bias.shape[-1] == model.config.vocab_size
+
+
+def test_keep_ids_without_a_token_are_refused_before_any_work():
+    """A table padded beyond the tokenizer (as T5's): an id past the tokens has no piece to renumber; the model was
+    sliced, then the tokenizer's rewrite failed."""
+    tokenizer = unigram_tokenizer()
+    model = tiny_bert(len(tokenizer) + 8)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"keep_ids with no token in the tokenizer \(1500 tokens; the model's table "
+                                         r"has 1508 rows\): \[1503\]"):
+        prune_vocabulary(model, tokenizer, sst2_sentences(n=50), keep_ids=[len(tokenizer) + 3])
+    assert model.config.vocab_size == len(tokenizer) + 8
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())

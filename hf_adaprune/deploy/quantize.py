@@ -40,7 +40,8 @@ FORMAT = 1
 
 def check_int8_request() -> None:
     """Refuse, before any work, int8 on a torch build without the CPU int8 kernels (the model's device and dtype
-    are checked when it is quantized: a model trained elsewhere is copied to the CPU in float32 first)."""
+    are checked when it is quantized: a CPU float32 model is taken, another refused with what to call; the recipes
+    quantize a CPU float32 copy of a model trained elsewhere)."""
     engines = torch.backends.quantized.supported_engines
     if not {"x86", "fbgemm"} & set(engines):
         raise ValueError(f"int8 quantization needs the x86 or fbgemm quantized engine; this torch build has {engines}")

@@ -185,12 +185,17 @@ def slice_vocabulary(model, kept_ids: list[int]) -> None:
                 take_rows(module.bias)
             module.out_features = new_size
     for name, param in list(model.named_parameters()) + list(model.named_buffers()):
-        # BERT's MLM head keeps its output bias as a parameter of its own; Marian/BART a final_logits_bias buffer
-        if name.endswith(("final_logits_bias", "predictions.bias")) and param.shape[-1] == old_size:
+        if name.endswith(OUTPUT_BIAS_NAMES) and param.shape[-1] == old_size:
             take_rows(param, dim=param.dim() - 1)
-    for name, buffer in list(model.named_buffers()):
-        if name.endswith("final_logits_bias") and buffer.shape[-1] != new_size:
+    for name, param in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith(OUTPUT_BIAS_NAMES) and param.shape[-1] != new_size:
             raise RuntimeError(f"{name} was not sliced")
+
+
+# output biases kept apart from the output projection, over the vocabulary: BERT's MLM head's (a parameter of its
+# own), RoBERTa / XLM-R's lm_head.bias (its own once the embeddings are untied; the saved folder holds it), Marian /
+# BART's final_logits_bias buffer
+OUTPUT_BIAS_NAMES = ("final_logits_bias", "predictions.bias", "lm_head.bias")
 
 
 def check_decoder_vocabulary_model(model) -> None:
@@ -309,6 +314,10 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     outside = [i for i in keep_ids if not 0 <= i < old_size]
     if outside:
         raise ValueError(f"keep_ids outside the model's vocabulary of {old_size} ids: {outside[:5]}")
+    tokenless = [i for i in keep_ids if i >= len(tokenizer)]
+    if tokenless:  # a table padded beyond the tokenizer (T5's): the new tokenizer could not number them
+        raise ValueError(f"keep_ids with no token in the tokenizer ({len(tokenizer)} tokens; the model's table has "
+                         f"{old_size} rows): {tokenless[:5]}")
     target_counts = token_row_counts(tokenizer, target_texts=target_texts, tokenized=target_tokenized or ())
     counts = token_row_counts(tokenizer, texts, tokenized=tokenized) + target_counts
     if not counts:
@@ -336,11 +345,12 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
         decoder_ids = [i for i in kept_ids if i in decoder]
         kept_ids = decoder_ids + [i for i in kept_ids if i not in decoder]
     old_to_new = {old: new for new, old in enumerate(kept_ids)}
+    with tempfile.TemporaryDirectory(prefix="adaprune-vocab-") as folder:  # first: a failure leaves the model whole
+        tokenizer.save_pretrained(folder)
+        family.rewrite(Path(folder), old_to_new)
+        new_tokenizer = type(tokenizer).from_pretrained(folder)
     slice_vocabulary(model, kept_ids)
     _update_configs(model, old_size, old_to_new)
     if decoder_vocabulary:
         split_decoder_vocabulary(model, len(decoder_ids))
-    with tempfile.TemporaryDirectory(prefix="adaprune-vocab-") as folder:
-        tokenizer.save_pretrained(folder)
-        family.rewrite(Path(folder), old_to_new)
-        return type(tokenizer).from_pretrained(folder)
+    return new_tokenizer
