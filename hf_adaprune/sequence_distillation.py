@@ -57,7 +57,9 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     """``dataset`` with ``labels`` replaced by ``teacher.generate``'s tokens for each row's ``input_ids``.
 
     ``generate_kwargs`` go to ``generate`` (``max_length``, ``num_beams``, ...; the
-    teacher's generation config otherwise; one sequence per row). Each row is read as its
+    teacher's generation config otherwise; one sequence per row). The search is greedy or beam
+    search, never sampling, whatever the teacher's generation config says (``do_sample=False`` unless
+    ``generate_kwargs`` sets it), so the targets do not depend on the random state. Each row is read as its
     ``attention_mask`` says, where it has one. Rows keep their order; the teacher is put
     back into the mode it was in.
     """
@@ -86,6 +88,7 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     eos = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
     eos = eos[0] if isinstance(eos, (list, tuple)) else eos
 
+    generate_kwargs = {"do_sample": False, **generate_kwargs}
     device = next(teacher.parameters()).device
     was_training = teacher.training
     teacher.eval()

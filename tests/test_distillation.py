@@ -315,3 +315,56 @@ def test_named_teacher_is_used_from_the_start(tmp_path):
     assert loaded is not None and not loaded.training
     assert torch.equal(loaded.state_dict()["classifier.weight"], teacher.state_dict()["classifier.weight"])
     assert isinstance(trainer.args, PruningArguments)
+
+
+def test_whisper_distils_its_labelled_tokens_when_the_batch_has_a_frame_mask():
+    """Whisper has _get_feat_extract_output_lengths too: with the feature extractor's attention_mask in the batch,
+    the KL was averaged over as many decoder positions as the audio has frames, -100 padding included."""
+    model = tiny_whisper()
+    labels = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, -100, -100]])
+    features = whisper_features(batch=2)
+    attention = torch.ones(2, features.shape[-1], dtype=torch.long)
+    attention[1, 20:] = 0
+    inputs = {"input_features": features, "labels": labels, "attention_mask": attention}
+    with torch.no_grad():
+        logits = model(input_features=features, labels=labels).logits
+    assert torch.equal(prediction_mask(model, inputs, logits), labels != -100)
+
+
+def test_ctc_distillation_with_blank_padding_frames_is_finite():
+    """The ASR recipe gives a CTC model's padding frames -inf logits in eval mode; the teacher (a copy, always in eval
+    mode) has them too: 0 * -inf made the KL NaN although those frames are masked out."""
+    from recipes.speech.metrics import blank_padding_frames
+
+    from hf_adaprune.trainer.distillation import distillation_loss
+
+    student = tiny_ctc_model("wav2vec2")
+    blank_padding_frames(student)
+    teacher = copy_teacher(student)
+    student.train()
+    inputs = {**audio_batch(), "labels": torch.tensor([[3, 4, 5], [6, 7, -100], [8, -100, -100]])}
+    out = student(**inputs)
+    with torch.no_grad():
+        teacher_out = teacher(**inputs)
+    assert torch.isneginf(teacher_out.logits).any(), "the padding frames are blanked"
+    loss = distillation_loss(student, out.loss, out, teacher_out, inputs, alpha=0.5, temperature=2.0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+    frames = prediction_mask(student, inputs, out.logits)  # the KL over the real frames, by hand
+    real = torch.where(torch.isneginf(teacher_out.logits), -1e4, teacher_out.logits)
+    expected = 0.5 * out.loss + 0.5 * 2.0 ** 2 * kl(out.logits, real, 2.0)[frames].mean()
+    assert abs(loss.item() - expected.item()) <= 1e-4
+
+
+def test_a_ctc_model_with_a_text_metric_by_name_is_told_to_pass_compute_metrics(tmp_path):
+    from datasets import Dataset
+
+    from hf_adaprune import AdaptivePruningTrainer
+
+    data = Dataset.from_list([{"input_values": [0.0] * 400, "labels": [1, 2]}] * 4)
+    args = PruningArguments(str(tmp_path), pruning_metric="wer", pruning_seq_len=400, report_to="none", use_cpu=True,
+                            pruning_criterion="magnitude")  # the tiny model's layerdrop refuses Taylor scores
+    with pytest.raises(ValueError, match=r"--pruning_metric wer on a CTC model \(Wav2Vec2ForCTC\): .* Pass a "
+                                         r"compute_metrics that decodes them \(argmax, processor.batch_decode\)"):
+        AdaptivePruningTrainer(model=tiny_ctc_model("wav2vec2"), args=args, train_dataset=data, eval_dataset=data)

@@ -76,6 +76,19 @@ def test_labels_do_not_depend_on_the_batch_size():
     assert one["labels"] == many["labels"]
 
 
+def test_a_teacher_configured_to_sample_is_searched_greedily():
+    """A generation config with do_sample=True made the targets depend on the random state (another set on each
+    process); the targets are the greedy search's unless the call asks for sampling."""
+    model = tiny_translator(seed=1).eval()
+    dataset = sources(rows=6, seed=5)
+    expected = one_by_one(model, dataset, max_length=10)
+    model.generation_config.do_sample, model.generation_config.top_k = True, 0
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        assert sequence_distillation_targets(model, dataset, batch_size=3, max_length=10,
+                                             progress=False)["labels"] == expected
+
+
 def test_generated_labels_strip_the_start_token_and_what_follows_the_end():
     sequences = torch.tensor([[PAD, 7, 8, EOS, PAD, PAD], [PAD, 9, EOS, 4, 4, 4], [PAD, 3, 3, 3, PAD, PAD]])
     assert generated_labels(sequences, PAD, PAD, EOS) == [[7, 8, EOS], [9, EOS], [3, 3, 3]]

@@ -135,7 +135,9 @@ def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor
     if logits.dim() != 3:  # one prediction per example (a multi-label head's float labels are no positions)
         return None
     attention = inputs.get("attention_mask")
-    lengths = getattr(student, "_get_feat_extract_output_lengths", None)  # CTC: audio samples -> frames
+    # CTC: audio samples -> frames (Whisper has the method too, but its logits are the decoder's target tokens)
+    lengths = None if getattr(student.config, "is_encoder_decoder", False) else \
+        getattr(student, "_get_feat_extract_output_lengths", None)
     if lengths is not None and attention is not None and attention.shape != logits.shape[:2]:
         frames = lengths(attention.sum(-1)).to(logits.device)  # the transcript's length says nothing of frames
         return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
@@ -148,10 +150,11 @@ def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values`` where ``mask`` holds; what lies outside it (a NaN of a padding frame) is left out."""
     if mask is None:
         return values.mean()
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    mask = mask.bool()
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
 
 
 def logit_loss(student_logits, teacher_logits, temperature: float, mask=None,
@@ -167,7 +170,9 @@ def logit_loss(student_logits, teacher_logits, temperature: float, mask=None,
         return masked_mean(kl.sum(-1), mask) * temperature ** 2
     log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="none").sum(-1)
+    # a class the teacher gives probability 0 (a -inf logit: the ASR recipe's blank padding frames) adds 0, not
+    # 0 * -inf = NaN
+    kl = torch.where(torch.isneginf(log_teacher), 0.0, log_teacher.exp() * (log_teacher - log_student)).sum(-1)
     return masked_mean(kl, mask) * temperature ** 2
 
 

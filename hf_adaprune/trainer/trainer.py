@@ -307,7 +307,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.final_check = None
 
     def _default_compute_metrics(self, name: str):
-        from ..task_metrics import classification_metrics, generation_metrics
+        from ..task_metrics import TEXT_METRICS, classification_metrics, generation_metrics
 
         if getattr(self.args, "predict_with_generate", False):
             tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
@@ -318,6 +318,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  f"{type(tokenizer).__name__}, which has no tokenizer: pass the processor "
                                  "(e.g. WhisperProcessor) or the tokenizer as processing_class")
             return generation_metrics(name, tokenizer)
+        if name.lower() in TEXT_METRICS and hasattr(self.pruned_model, "_get_feat_extract_output_lengths"):
+            raise ValueError(f"--pruning_metric {name} on a CTC model ({type(self.pruned_model).__name__}): the built-in "
+                             "text metrics score generated tokens, and a CTC model's predictions are frame logits. Pass "
+                             f"a compute_metrics that decodes them (argmax, processor.batch_decode) and returns {name}")
         return classification_metrics(name, config=self.pruned_model.config)
 
     # -- scores -----------------------------------------------------------------------------------
