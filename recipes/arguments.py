@@ -203,14 +203,18 @@ def recipe_argv(argv: list[str] | None, parser) -> list[str]:
 
 def run_mode_values(parser, argv: list[str]) -> dict:
     """The run-mode flags as ``parser`` reads them from ``argv``: True or False where given, None where not (their
-    default, False, would not tell a flag left out from one set to false)."""
-    defaults = {flag: parser.get_default(flag) for flag in RUN_MODE_FLAGS}
-    parser.set_defaults(**dict.fromkeys(RUN_MODE_FLAGS))
+    default, False, would not tell a flag left out from one set to false). With ``-h`` / ``--help`` nothing is
+    read here: the run's own parse prints the help, with the real defaults."""
+    flags = [flag for flag in RUN_MODE_FLAGS if any(action.dest == flag for action in parser._actions)]
+    if not flags or {"-h", "--help"} & set(argv):
+        return {}
+    defaults = {flag: parser.get_default(flag) for flag in flags}
+    parser.set_defaults(**dict.fromkeys(flags))
     try:
         given, _ = parser.parse_known_args(argv)
     finally:
         parser.set_defaults(**defaults)
-    return {flag: getattr(given, flag, None) for flag in RUN_MODE_FLAGS}
+    return {flag: getattr(given, flag, None) for flag in flags}
 
 
 def resolve_package_path(value: str | None, what: str) -> str | None:
@@ -294,7 +298,7 @@ def resumes_run_in(output_dir: str, resume_from: str | None) -> bool:
     """Whether ``resume_from`` (the checkpoint folder to resume from, or None) is one of ``output_dir``'s own: only
     then is the run the continuation of what that folder holds."""
     return resume_from is not None and \
-        os.path.dirname(os.path.realpath(resume_from)) == os.path.realpath(output_dir)
+        os.path.realpath(os.path.dirname(os.path.abspath(resume_from))) == os.path.realpath(output_dir)
 
 
 def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from: str | None = None, own=()) -> None:

@@ -204,8 +204,8 @@ def test_half_precision_products_are_formed_in_float32():
         torch.testing.assert_close(sums, reference, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema):
+@pytest.mark.parametrize("ema, masked", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.5)])
+def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema, masked):
     """A masked head gets no gradient: its score is held while the candidate is tried (it was averaged towards 0,
     so a rolled-back candidate's heads came back ranked to be pruned first)."""
     from hf_adaprune import attach_masks
@@ -226,7 +226,7 @@ def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema):
     name = "encoder.layer.0.attention"
     before = importance.scores(model, groups)[name].clone()
     accepted = masks.state_dict()
-    masks.set(name, torch.tensor([0.0, 1.0, 0.0, 1.0]))  # a candidate masks heads 0 and 2
+    masks.set(name, torch.tensor([masked, 1.0, masked, 1.0]))  # a candidate masks heads 0 and 2 (0.5: a ramp)
     steps(10)
     after = importance.scores(model, groups)[name]
     torch.testing.assert_close(after[[0, 2]], before[[0, 2]], rtol=0, atol=0)

@@ -263,6 +263,30 @@ def test_run_mode_flags_set_to_false_are_refused_however_spelt(tmp_path, flags, 
     assert prepare(data_args(tmp_path, train, train, "--do-train", "--do_ev=true")).splits["train"]
 
 
+def test_help_shows_the_run_mode_flags_defaults(capsys):
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--do_train [DO_TRAIN], --do-train [DO_TRAIN] Whether to run training." in help_text
+    do_train = help_text.split("--do_train [DO_TRAIN], --do-train [DO_TRAIN]")[1].split("--do_eval")[0]
+    assert do_train.rstrip().endswith("(default: False)")  # not the None the run-mode check reads them with
+
+
+def test_a_checkpoint_linked_into_the_output_dir_resumes_that_run(tmp_path):
+    """--resume_from_checkpoint true finds out/checkpoint-6, a link to another disk: the run continues the one the
+    folder holds (the link's target was compared with the folder, and the run was refused as another's)."""
+    elsewhere = tmp_path / "scratch" / "checkpoint-6"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "pruning_state.pt").write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint-6").symlink_to(elsewhere, target_is_directory=True)
+    (out / "trainer_state.json").write_text("{}")
+    arguments = load_recipe("arguments")
+    assert arguments.resumes_run_in(str(out), str(out / "checkpoint-6"))
+    arguments.check_output_dir(str(out), [], overwrite=False, resume_from=str(out / "checkpoint-6"))
+
+
 def test_metric_of_generated_text_is_refused(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     for name in ("sacrebleu", "wer"):

@@ -268,6 +268,21 @@ def test_a_decision_on_the_last_step_masks_no_candidate_that_nothing_could_judge
     assert all(torch.equal(state["masks"][name], mask) for name, mask in get_masks(trainer.model).state_dict().items())
 
 
+def test_a_run_resumed_from_its_last_checkpoint_with_more_steps_goes_on_pruning(tmp_path):
+    """The last step's decision masks nothing new (nothing could judge it); a run resumed from that checkpoint with
+    a larger max_steps proposes the next step at once instead of training on at the shape it had."""
+    short = make_trainer(tmp_path, max_steps=12, save_strategy="steps", save_steps=6)
+    short.train()
+    state = torch.load(tmp_path / "checkpoint-12" / PRUNING_STATE_FILE, weights_only=True)["controller"]
+    assert state["pending"] is None and not state["done"] and state["ratio"] > 0
+    longer = make_trainer(tmp_path, max_steps=30, save_strategy="no")
+    longer.args.output_dir = str(tmp_path / "longer")
+    longer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-12"))
+    events = [h["event"] for h in longer.controller.state.history]
+    assert events.count("keep") + events.count("rollback") > 1, "a decision after the resume"
+    assert longer.controller.state.ratio > state["ratio"]
+
+
 def test_the_card_reports_the_saved_models_metric_not_the_last_decisions():
     from hf_adaprune.reporting.report import model_card
     from hf_adaprune.reporting.summary import PruningSummary

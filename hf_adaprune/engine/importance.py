@@ -15,8 +15,9 @@
   With ``ema`` in (0, 1) the scores are an exponential moving average instead
   (``ema * previous + (1 - ema) * step``, as AdaLoRA/PLATON), so they follow the
   model as it changes rather than weighing the first steps as much as the last.
-  A head or neuron whose mask is 0 gets no gradient, so it learns nothing while masked: its score is held
-  (not averaged towards 0), and a candidate rolled back returns its structures with the scores they had.
+  A head or neuron whose mask is below 1 (masked, or fading out under ``pruning_ramp_steps``) gets no gradient or a
+  scaled one, so its score is held while it is (not averaged towards 0), and a candidate rolled back returns its
+  structures with the scores they had.
 * :class:`FisherImportance` – the same accumulation of ``(sum(grad * weight))**2``
   per optimizer step (the squared, Fisher-like variant of Kwon et al. 2022, here
   per optimizer step rather than per example).
@@ -209,8 +210,8 @@ class TaylorImportance(Importance):
                 self._scores[name] = value
                 continue
             if masks is not None and group.kind != "layers" and name in masks.masks:
-                # masked: no gradient reached it this step (a layer's dL/dg is read at its gate, masked or not)
-                value = torch.where(masks.masks[name].to(value.device) <= 0, previous, value)
+                # masked or fading: no gradient, or a scaled one, reached it (a layer's dL/dg is read at its gate)
+                value = torch.where(masks.masks[name].to(value.device) < 1, previous, value)
             # running mean, or the moving average's share of the newest step
             previous += (value - previous) * ((1.0 - self.ema) if self.ema else 1.0 / self.num_updates)
         return True

@@ -149,22 +149,35 @@ def select_masks_by_kind(
 def _widths_to_cost_fraction(select_widths, layers: dict[str, torch.Tensor], groups, costs: dict[str, float],
                              target: float) -> dict[str, torch.Tensor]:
     """The widths ``select_widths(width_ratio)`` gives for the width ratio that, beside the selected ``layers``,
-    brings :func:`prunable_cost_fraction` nearest to ``target`` (the fraction grows with the width ratio; bisected
-    until the two bounds select the same structures)."""
+    brings :func:`prunable_cost_fraction` nearest to ``target``. The fraction grows with the width ratio, nearly in
+    proportion: the search starts at ``target`` itself, then interpolates (every other step halves the bracket)
+    until a selection is within half the cheapest structure of ``target``, a few selections in practice."""
+    widths = [g for g in groups if g.kind != "layers"]
+
     def reached(width_ratio):
         selected = select_widths(width_ratio)
-        return selected, prunable_cost_fraction(groups, {**layers, **selected}, costs)
+        return width_ratio, selected, prunable_cost_fraction(groups, {**layers, **selected}, costs)
 
-    low, high = (0.0, *reached(0.0)), (1.0, *reached(1.0))
-    if high[2] <= target:
+    low, high = reached(0.0), reached(1.0)
+    if high[2] <= target:  # even every width at its floor falls short (unreachable_target warned of it)
         return high[1]
-    for _ in range(40):
-        if all(torch.equal(low[1][n], high[1][n]) for n in low[1]):
+    # half the cheapest structure, as a share of the widths' cost: no selection comes closer than that
+    tolerance = 0.5 * min(float(costs[g.name]) for g in widths) / sum(float(costs[g.name]) * high[1][g.name].numel()
+                                                                       for g in widths)
+    best = min((low, high), key=lambda point: abs(point[2] - target))
+    for step in range(60):
+        if abs(best[2] - target) <= tolerance or high[0] - low[0] <= 1e-9:
             break
-        middle = (low[0] + high[0]) / 2
-        middle = (middle, *reached(middle))
-        low, high = (middle, high) if middle[2] <= target else (low, middle)
-    return min((low, high), key=lambda bound: (abs(bound[2] - target), bound[2]))[1]
+        if step == 0:
+            ratio = min(max(target, low[0]), high[0])
+        elif step % 2 and high[2] > low[2]:
+            ratio = low[0] + (target - low[2]) * (high[0] - low[0]) / (high[2] - low[2])
+        else:
+            ratio = (low[0] + high[0]) / 2
+        point = reached(min(max(ratio, low[0]), high[0]))
+        low, high = (point, high) if point[2] <= target else (low, point)
+        best = min((best, point), key=lambda p: (abs(p[2] - target), p[2]))
+    return min((low, high, best), key=lambda p: (abs(p[2] - target), p[2]))[1]
 
 
 def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[str, float]) -> float:
@@ -347,8 +360,12 @@ def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("hea
                        floors: dict[str, int] | None = None, costs: dict[str, float] | None = None) -> str | None:
     """Why the per-group floors make ``target`` unreachable for some kinds (each with its reachable maximum), or None.
 
-    With whole layers among the kinds nothing is unreachable here: removed layers take the heads and neurons the
-    floors keep, and the layer stacks' own limit is :func:`layer_target_problem`'s."""
+    With whole layers among the kinds, removed layers take the heads and neurons the floors keep (the layer stacks'
+    own limit is :func:`layer_target_problem`'s); given ``costs``, the target counts every removed layer's whole
+    cost, and width kinds that make up only part of a layer (``ffn,layers``) may not remove the rest of it:
+    :func:`_layers_and_widths_limit`."""
+    if "layers" in kinds:
+        return _layers_and_widths_limit(groups, sizes, target, kinds, floors, costs)
     blocked = [row for row in _reachable_by_kind(groups, sizes, kinds, floors, costs) if target > row[2] + 1e-9]
     if not blocked:
         return None
@@ -356,6 +373,39 @@ def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("hea
     return (f"pruning target {target} cannot be reached: {_floor_clauses(blocked)}. Pruning stops there and the "
             f"report gives the sparsity reached; lower the target to <= {min(r for _, _, r in blocked):.4f} or "
             f"lower {options} to reach it.")
+
+
+def _layers_and_widths_limit(groups, sizes: dict[str, int], target: float, kinds, floors: dict[str, int] | None,
+                             costs: dict[str, float] | None) -> str | None:
+    """With layers and width kinds under a cost target: why the widths, each at its floor in the layers kept after
+    the layers' share ``layer_ratio(target)``, cannot bring the removed cost to ``target`` (with the most they
+    can), or None."""
+    stacks = [g for g in groups if g.kind == "layers"]
+    widths = [g for g in groups if g.kind in kinds and g.kind != "layers"]
+    if costs is None or not stacks or not widths:
+        return None
+    removed_layers = layer_ratio(target, kinds)
+    total = removed = 0.0
+    for stack in stacks:  # per stack: its layers' cost, and what its widths can take out of the layers kept
+        layer_cost = float(costs[stack.name]) * sizes[stack.name]
+        inside = [g for g in widths if layer_of_group([stack], g.name) is not None]
+        prunable = sum(float(costs[g.name]) * (sizes[g.name] - _floor_for(sizes[g.name], (floors or {}).get(g.kind, 1)))
+                       for g in inside)
+        total += layer_cost
+        removed += layer_cost * removed_layers + (1.0 - removed_layers) * min(prunable, layer_cost)
+    for group in (g for g in widths if layer_of_group(stacks, g.name) is None):  # in no pruned stack
+        count = sizes[group.name]
+        total += float(costs[group.name]) * count
+        removed += float(costs[group.name]) * (count - _floor_for(count, (floors or {}).get(group.kind, 1)))
+    reachable = removed / total if total else 0.0
+    if target <= reachable + 1e-9:
+        return None
+    pruned = ",".join(k for k in KINDS if k in kinds)
+    return (f"pruning target {target} cannot be reached with --prune {pruned}: the layers take {removed_layers:.4f} of "
+            f"the layer cost, and the {' and '.join(k for k in KINDS if k in kinds and k != 'layers')} left in the "
+            f"others, at their floors, about {reachable - removed_layers:.4f} more, so about {reachable:.4f} can go "
+            "(the rest of each kept layer is of kinds not pruned). Pruning stops there and the report gives the "
+            f"sparsity reached; prune more kinds (--prune heads,ffn,layers) or lower the target to <= {reachable:.4f}.")
 
 
 def nothing_prunable(groups, sizes: dict[str, int], kinds=("heads", "ffn"), floors: dict[str, int] | None = None,

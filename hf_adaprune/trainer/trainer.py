@@ -344,6 +344,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self._resume_state is not None:
             self.load_pruning_state_dict(self._resume_state)
             self._resume_state = None
+            c = self.controller
+            if c.state.reference is not None and not c.state.done and c.state.pending is None \
+                    and self._can_judge_after(state.global_step):
+                # saved at the last step of a shorter run (nothing was masked that no step could judge): the longer
+                # one goes on pruning from here
+                self._apply_ratio(c.propose(), state.global_step)
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
             if room < 1:
