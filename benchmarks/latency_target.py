@@ -40,7 +40,7 @@ from hf_adaprune.reporting.flops import example_inputs, model_profile  # noqa: E
 from hf_adaprune.reporting.latency import compare_latency  # noqa: E402
 from hf_adaprune.reporting.latency_costs import latency_costs  # noqa: E402
 from post_training import SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path  # noqa: E402
-from schedule import BATCH, prune_while_training  # noqa: E402
+from schedule import BATCH, LR, prune_while_training  # noqa: E402
 
 ROOT = HERE.parent
 PRUNE = "heads,ffn,layers"
@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=100, help="round-robin rounds of the final timing")
     parser.add_argument("--multiple_of", type=int, default=1, help="pruning_multiple_of of both runs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=LR, help="peak learning rate of both runs' steps")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
     started, load_start = time.time(), os.getloadavg()

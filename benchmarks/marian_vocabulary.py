@@ -4,7 +4,7 @@
 A Marian model shares one token table between the encoder, the decoder and the output projection, so every
 generated token is scored against both languages' tokens. ``prune_vocabulary(decoder_vocabulary=True)`` keeps
 the tokens of the training sources for the encoder and gives the decoder a table and output projection of the
-training targets' tokens alone (5,476 of the 8,000 shared BPE tokens for Multi30k's German). This script:
+training targets' tokens alone (5,478 of the 8,000 shared BPE tokens for Multi30k's German). This script:
 
 1. makes a decoder-vocabulary copy of every model given, saves it with its tokenizer and reloads it as users
    would (``AutoPrunedModel`` for a pruned folder, ``AutoModelForSeq2SeqLM`` for a dense one);

@@ -131,14 +131,17 @@ def main(argv=None) -> dict:
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
     dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
+    dense_record = {"test_accuracy": accuracy(dense, data["test"], collator),
+                    "dev_accuracy": accuracy(dense, data["dev"], collator),
+                    "check_accuracy": accuracy(dense, data["check"], collator),
+                    "fingerprint": weights_fingerprint(dense)}
     if opts.append and Path(opts.output).exists():
         results = json.loads(Path(opts.output).read_text())
         refuse_other_settings(results["settings"], opts)
+        refuse_other_dense(results["dense"], dense_record, opts)
         results["settings_of_earlier_runs"] = results.pop("settings")
     else:
-        results = {"dense": {"test_accuracy": accuracy(dense, data["test"], collator),
-                             "dev_accuracy": accuracy(dense, data["dev"], collator),
-                             "check_accuracy": accuracy(dense, data["check"], collator)}, "runs": []}
+        results = {"dense": dense_record, "runs": []}
     log(f"dense: test {results['dense']['test_accuracy']:.4f}, unseen dev {results['dense']['dev_accuracy']:.4f}")
 
     def record(variant, seed, target, model, started, **extra):
@@ -244,6 +247,17 @@ def refuse_other_settings(earlier: dict, opts) -> None:
     if differ:
         raise SystemExit(f"--append: the runs in {opts.output} used other settings ({'; '.join(differ)}); their rows "
                          f"would not compare with these: write to another --output")
+
+
+def refuse_other_dense(earlier: dict, now: dict, opts) -> None:
+    """``--append`` adds rows to runs from the same dense start only: the cached one may have been trained again
+    (another machine's float sums give another model); files without its fingerprint are compared by accuracies."""
+    keys = ("fingerprint",) if "fingerprint" in earlier else ("test_accuracy", "dev_accuracy", "check_accuracy")
+    differ = [f"{key} {earlier.get(key)} -> {now[key]}" for key in keys if earlier.get(key) != now[key]]
+    if differ:
+        raise SystemExit(f"--append: the runs in {opts.output} started from another dense model than the one in "
+                         f"{opts.cache_dir} ({'; '.join(differ)}); their rows would not compare with these: write to "
+                         "another --output")
 
 
 def write(results: dict, opts) -> None:

@@ -66,3 +66,19 @@ def test_schedule_append_refuses_runs_of_other_settings(tmp_path):
     schedule.refuse_other_settings(earlier, same)  # the runs this folder holds were appended this way
     with pytest.raises(SystemExit, match=r"--append: the runs in x.json used other settings \(steps 625 -> 200\)"):
         schedule.refuse_other_settings(earlier, type("Opts", (), {**earlier, "steps": 200, "output": "x.json"})())
+
+
+def test_schedule_append_refuses_runs_of_another_dense_start():
+    """The cached dense start can be trained again (another machine's sums): appending rows to runs from the old
+    one would mix two starts. Files without the fingerprint are compared by the dense start's accuracies."""
+    import pytest
+
+    schedule = load_script("benchmarks", "schedule")
+    earlier = json.loads((RESULTS / "schedules_seed42.json").read_text())["dense"]
+    opts = type("Opts", (), {"output": "x.json", "cache_dir": "cache"})()
+    schedule.refuse_other_dense(earlier, {**earlier, "fingerprint": "1.0e+05"}, opts)
+    with pytest.raises(SystemExit, match=r"--append: the runs in x.json started from another dense model than the "
+                                         r"one in cache \(dev_accuracy 0\.907 -> 0\.9058\)"):
+        schedule.refuse_other_dense(earlier, {**earlier, "dev_accuracy": 0.9058, "fingerprint": "1.0e+05"}, opts)
+    with pytest.raises(SystemExit, match=r"\(fingerprint 1\.0e\+05 -> 2\.0e\+05\)"):
+        schedule.refuse_other_dense({"fingerprint": "1.0e+05"}, {"fingerprint": "2.0e+05"}, opts)
