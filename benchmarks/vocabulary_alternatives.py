@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -116,9 +117,18 @@ def main(argv=None) -> dict:
     extra = {f"every token, rank {r}": r * (dropped + hidden) for r in opts.ranks}
     out = {"results": results, "kept_tokens": len(kept_ids), "dropped_tokens": dropped,
            "extra_parameters": extra, "settings": {k: v for k, v in vars(opts).items() if k != "output"},
+           # which pruned model: deploy.py's stamp (its settings and the dense model's fingerprint), if it has one
+           "pruned_model_stamp": pruned_stamp(Path(opts.pruned)),
            "machine": run_record.machine(load_start), "minutes": (time.time() - started) / 60}
     run_record.write_outputs(opts.output, out, format_table(out))
     return out
+
+
+def pruned_stamp(folder: Path) -> dict | None:
+    """``benchmark_settings.json`` of a pruned folder deploy.py cached (None for another folder): a rerun after
+    deploy.py pruned again into the same folder says it measured another model."""
+    stamp = folder / "benchmark_settings.json"
+    return json.loads(stamp.read_text()) if stamp.is_file() else None
 
 
 def format_table(out: dict) -> str:
