@@ -30,7 +30,7 @@ from torch import nn
 
 from ..engine.masks import get_masks
 from ..hub.config_marker import transformers_base
-from ..hub.save import move_into
+from ..hub.save import check_save_request, move_into
 from ..surgery import compact
 from .checks import check_transformers_model
 from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
@@ -151,11 +151,12 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
     structures only. The folder's ``config.json`` is the family's stock config (``model_type`` ``bert``, no
     ``auto_map``), which any transformers or optimum loader reads without remote code."""
     check_onnx_request(model)
-    if get_masks(model) is not None:
-        compact(model)
-    if any(p.dtype != torch.float32 for p in model.parameters()):
+    if any(p.dtype != torch.float32 for p in model.parameters()):  # before compact, which changes the model
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "
                          "(quantize the exported graph with quantize_onnx)")
+    check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
+    if get_masks(model) is not None:
+        compact(model)
     training, device = model.training, next(model.parameters()).device
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)

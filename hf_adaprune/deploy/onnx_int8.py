@@ -88,6 +88,11 @@ def quantize_onnx(folder, files: list[str] | None = None, per_channel: bool = Tr
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = Path(folder)
+    if isinstance(files, str):
+        raise ValueError(f"files={files!r} is one string; pass a list of graph names, e.g. [{files!r}]")
+    quantized = [name for name in files or () if str(name).endswith(".int8.onnx")]
+    if quantized:
+        raise ValueError(f"{quantized[0]} is a quantized graph already: give the float graphs (model.onnx, ...)")
     files = files or [p.name for p in sorted(folder.glob("*.onnx")) if not p.name.endswith(".int8.onnx")]
     if not files:
         raise ValueError(f"{folder} holds no .onnx graph to quantize: run export_onnx first")

@@ -44,7 +44,7 @@ def check_positions_model(model) -> None:
 def check_positions_request(model, max_length: int) -> None:
     """Refuse, before any work, a model or length :func:`prune_positions` cannot serve."""
     check_positions_model(model)
-    if not isinstance(max_length, int) or max_length < 1:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length={max_length!r}: give the longest input, in tokens, the model will be served")
     readable = readable_positions(model.config)
     if max_length > readable:

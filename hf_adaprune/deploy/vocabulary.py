@@ -296,9 +296,12 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     """
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ValueError(f"min_count must be a whole number >= 1 (rows a token must occur in), got {min_count!r}")
-    for name, value in (("texts", texts), ("target_texts", target_texts)):
+    for name, value in (("texts", texts), ("target_texts", target_texts), ("keep_tokens", keep_tokens),
+                        ("keep_ids", keep_ids), ("tokenized", tokenized), ("target_tokenized", target_tokenized)):
         if isinstance(value, str):
-            raise ValueError(f"{name} is one string; pass a list of texts (a string would be read letter by letter)")
+            what = {"keep_tokens": "tokens", "keep_ids": "ids"}.get(name, "texts" if name.endswith("texts") else
+                                                                    "rows of ids")
+            raise ValueError(f"{name} is one string; pass a list of {what} (a string would be read letter by letter)")
     check_vocabulary_request(model, tokenizer, decoder_vocabulary=decoder_vocabulary)
     if decoder_vocabulary and target_texts is None and target_tokenized is None:
         raise ValueError("decoder_vocabulary=True keeps the tokens of the targets in the decoder: pass target_texts "

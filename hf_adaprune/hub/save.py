@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ..surgery import compact
 
 # weight files transformers loads from a folder: a single file, shards and their index, in either format; and
@@ -37,6 +39,7 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     if kwargs.pop("safe_serialization", True) is False:  # refused before compact, which changes the model
         raise ValueError("save_pruned writes safetensors only (transformers 5 saves no other format): leave "
                          "safe_serialization out")
+    check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
     if kwargs.get("push_to_hub"):  # transformers names the repo after the folder it saves to: not the temporary one
         kwargs.setdefault("repo_id", Path(save_directory).name)
@@ -54,6 +57,23 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
             save_beside_model(extra, folder)
 
     return write_through_temporary(save_directory, write)
+
+
+def check_save_request(save_directory, **extras) -> None:
+    """Refuse, before any work or change to the model, a folder that cannot be made (it, or a folder above it, is
+    a file) and a ``tokenizer=`` / ``processor=`` that is no tokenizer or processor (a model's save_pretrained
+    would write its config and weights over the folder's)."""
+    path = Path(save_directory)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot save into {save_directory}: {folder} is a file, not a folder")
+            break
+    for name, extra in extras.items():
+        if extra is not None and (isinstance(extra, torch.nn.Module) or not callable(getattr(extra, "save_pretrained",
+                                                                                               None))):
+            raise TypeError(f"{name}= got a {type(extra).__name__}: pass the model's tokenizer or processor (its "
+                            "files are saved beside the model's)")
 
 
 def save_beside_model(extra, folder) -> None:

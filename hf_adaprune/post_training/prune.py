@@ -26,6 +26,7 @@ from ..engine.masks import attach_masks, detach_masks, get_masks, structure_coun
 from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..families import UnsupportedModelError, find_groups, get_adapter, positions_note, readable_positions
 from ..hub import save_pruned
+from ..hub.save import check_save_request
 from ..metrics import metric_greater_is_better
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.report import write_json
@@ -130,6 +131,8 @@ def post_training_prune(
                     ridge=ridge, floors=(min_heads_per_layer, min_neurons_per_layer))
     if data_collator is None and tokenizer is None:
         _validate_equal_lengths(calibration_dataset=calibration_dataset, eval_dataset=eval_dataset)
+    if output_dir is not None:  # before the work, and before an inplace model is changed
+        check_save_request(output_dir, tokenizer=tokenizer)
     started = time.time()
     timings = {}
     model = model if inplace else copy.deepcopy(model)
