@@ -104,3 +104,27 @@ def test_quantize_onnx_refuses_one_string_and_quantized_graphs(tmp_path):
         quantize_onnx(tmp_path, files="model.onnx")
     with pytest.raises(ValueError, match="model.int8.onnx is a quantized graph already"):
         quantize_onnx(tmp_path, files=["model.int8.onnx"])
+
+
+def test_post_training_prune_names_rows_tokenized_for_another_model():
+    model = tiny_model("bert")  # 99 token ids
+    batch = text_batch(batch=4, seq=11, vocab_size=300, seed=2)
+    rows = Dataset.from_dict({**{k: v.tolist() for k, v in batch.items()}, "labels": [0, 1, 2, 0]})
+    largest = int(batch["input_ids"].max())
+    with pytest.raises(ValueError, match=f"calibration_dataset holds token id {largest}, but the model's embedding "
+                                         "table has 99 rows: the rows were tokenized with another model's"):
+        post_training_prune(model, rows, 0.5, eval_dataset=rows, seq_len=16)
+
+
+def test_model_profile_and_compare_profiles_refuse_what_they_cannot_measure():
+    from hf_adaprune import compare_profiles, model_profile
+
+    model = tiny_model("bert")
+    for kwargs, message in ((dict(seq_len=0), "seq_len must be a whole number >= 1, got 0"),
+                            (dict(seq_len="128"), "seq_len must be a whole number >= 1, got '128'"),
+                            (dict(batch_size=0), "batch_size must be a whole number >= 1, got 0"),
+                            (dict(seq_len=1000), r"seq_len 1000 exceeds the model's max_position_embeddings \(64\)")):
+        with pytest.raises(ValueError, match=message):
+            model_profile(model, **kwargs)
+    with pytest.raises(TypeError, match=r"compare_profiles takes two model_profile\(...\) results"):
+        compare_profiles(model, model)

@@ -255,18 +255,30 @@ def _first_unlabeled(dataset) -> int | None:
     return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
 
 
+def _check_ids_fit(model, name: str, rows) -> None:
+    """Token ids the model's embedding table has no row for (rows tokenized by another model's tokenizer) are
+    refused by name: the embedding lookup would fail with an index error."""
+    size = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
+    largest = max((int(max(ids)) for ids in rows if len(ids)), default=-1)
+    if size is not None and largest >= size:
+        raise ValueError(f"{name} holds token id {largest}, but the model's embedding table has {size} rows: the "
+                         "rows were tokenized with another model's tokenizer; tokenize them with this model's")
+
+
 def _check_tokenized(model, name: str, dataset) -> None:
     """Raw text (rows without the model's main input, ``input_ids``) is refused with how to tokenize it: left to
     the collator, it would fail there with a message naming neither the argument nor the fix."""
     main = getattr(model, "main_input_name", "input_ids")
     if hasattr(dataset, "column_names"):  # a datasets.Dataset: every row has its columns
         if main in dataset.column_names:
+            _check_ids_fit(model, name, dataset[main] if main == "input_ids" else ())
             return
         index, row = 0, dataset[0]
     else:
         rows = dataset if isinstance(dataset, list) else [dataset[0]]
         index = next((i for i, row in enumerate(rows) if main not in row), None)
         if index is None:
+            _check_ids_fit(model, name, [row["input_ids"] for row in rows] if main == "input_ids" else ())
             return
         row = rows[index]
     text = next((key for key, value in row.items() if isinstance(value, str)), "text")

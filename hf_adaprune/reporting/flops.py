@@ -146,8 +146,15 @@ def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> 
     A model that still has masks is profiled as is (masks do not save FLOPs);
     compact it first to see the saving.
     """
-    from ..families import find_groups
+    from ..families import find_groups, positions_note, readable_positions
 
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    positions = readable_positions(model.config)
+    if getattr(model, "main_input_name", "input_ids") == "input_ids" and positions and seq_len > positions:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's {positions_note(model.config)}; pass seq_len <= "
+                         f"{positions}")
     inputs = example_inputs(model, seq_len, batch_size)
     total, per_module = count_flops(model, inputs)
     record = read_record(model.config)
@@ -185,6 +192,9 @@ def _natural_key(text: str):
 
 def compare_profiles(before: dict, after: dict) -> ProfileComparison:
     """Before/after figures of two :func:`model_profile` results, with the fractions removed."""
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        raise TypeError(f"compare_profiles takes two model_profile(...) results, got {type(before).__name__} and "
+                        f"{type(after).__name__}: profile each model first")
     for key in ("seq_len", "batch_size"):
         if before.get(key) != after.get(key):  # FLOPs grow with both: the fractions would compare unlike inputs
             raise ValueError(f"the profiles were taken at other {key}s ({before.get(key)} and {after.get(key)}): "
