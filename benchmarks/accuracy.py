@@ -113,12 +113,13 @@ def without_seed_and_output(argv: list[str]) -> list[str]:
 def summary(folder: Path) -> str:
     """Mean change vs the equally trained control of the same seed, per variant and target."""
     rows: dict[tuple[str, float], dict[int, tuple[float, float, float]]] = {}
-    dense, all_controls, settings = None, {}, {}
+    dense, all_controls, settings, starts = None, {}, {}, {}
     for path in sorted(folder.glob("schedules_seed*.json")):
         results = json.loads(path.read_text())
         if results.get("argv") is not None:
             settings[path.name] = without_seed_and_output(results["argv"])
         dense = results["dense"]
+        starts[path.name] = tuple(dense.get(key) for key in ("test_accuracy", "dev_accuracy", "check_accuracy"))
         controls = {r["seed"]: r for r in results["runs"] if r["variant"] == "dense control"}
         all_controls |= controls
         for r in results["runs"]:
@@ -131,6 +132,10 @@ def summary(folder: Path) -> str:
     if len(set(map(tuple, settings.values()))) > 1:  # a mean over seeds of other budgets or data means nothing
         raise SystemExit(f"{folder}: the seed files come from runs with other settings ({', '.join(settings)}); "
                          f"keep one setting per --output_dir")
+    if len(set(starts.values())) > 1:  # a part skipped as done may come from a dense start trained before this one
+        raise SystemExit(f"{folder}: the seed files start from other dense models (test, unseen dev and check "
+                         f"accuracies: {'; '.join(f'{name} {start}' for name, start in starts.items())}); run them "
+                         "again from one dense start, into another --output_dir")
     lines = ["Accuracy at compression, all-MiniLM-L6-v2 on SST-2 (`python benchmarks/run.py --accuracy`).", ""]
     if dense:
         lines += [f"Dense start: unseen dev {100 * dense['dev_accuracy']:.2f}%, "

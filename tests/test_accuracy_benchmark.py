@@ -57,6 +57,24 @@ def test_summary_refuses_seed_files_of_other_settings(tmp_path):
         load_accuracy().summary(tmp_path)
 
 
+def test_summary_refuses_seed_files_of_other_dense_starts(tmp_path):
+    """A part skipped as done (same arguments) may come from a dense start the cache held before it was trained
+    again: seed 42 from the 2026-12-03 start and seed 43 from the 2026-12-04 one would be averaged."""
+    import shutil
+
+    import pytest
+
+    shutil.copy(RESULTS / "schedules_seed42.json", tmp_path)
+    other = json.loads((RESULTS / "schedules_seed43.json").read_text())
+    other["dense"] = json.loads((RESULTS.parent / "accuracy_625_dense20000_20261204" / "schedules_seed43.json")
+                                .read_text())["dense"]
+    (tmp_path / "schedules_seed43.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"the seed files start from other dense models \(test, unseen dev and check "
+                                         r"accuracies: schedules_seed42.json \(0.884"):
+        load_accuracy().summary(tmp_path)
+    load_accuracy().summary(RESULTS)  # the published folder: one dense start
+
+
 def test_schedule_append_refuses_runs_of_other_settings(tmp_path):
     import pytest
 
