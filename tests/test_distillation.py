@@ -368,3 +368,19 @@ def test_a_ctc_model_with_a_text_metric_by_name_is_told_to_pass_compute_metrics(
     with pytest.raises(ValueError, match=r"--pruning_metric wer on a CTC model \(Wav2Vec2ForCTC\): .* Pass a "
                                          r"compute_metrics that decodes them \(argmax, processor.batch_decode\)"):
         AdaptivePruningTrainer(model=tiny_ctc_model("wav2vec2"), args=args, train_dataset=data, eval_dataset=data)
+
+
+def test_whisper_with_a_text_metric_by_name_is_sent_to_generation_not_told_it_is_ctc(tmp_path):
+    """Whisper has _get_feat_extract_output_lengths as CTC models do; its logits are target tokens, so a text metric
+    needs the Seq2Seq trainer with predict_with_generate, not a CTC compute_metrics."""
+    from datasets import Dataset
+
+    from hf_adaprune import AdaptivePruningTrainer
+
+    features = whisper_features(batch=1)[0].tolist()
+    data = Dataset.from_list([{"input_features": features, "labels": [5, 6, 2]}] * 4)
+    args = PruningArguments(str(tmp_path), pruning_metric="wer", report_to="none", use_cpu=True, pruning_seq_len=16,
+                            pruning_criterion="magnitude")
+    with pytest.raises(ValueError, match="wer needs a seq2seq model trained with AdaptivePruningSeq2SeqTrainer") as err:
+        AdaptivePruningTrainer(model=tiny_whisper(), args=args, train_dataset=data, eval_dataset=data)
+    assert "CTC" not in str(err.value)

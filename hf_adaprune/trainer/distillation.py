@@ -130,14 +130,20 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
                                  f"({getattr(s, name, None)}); set it to 0 or use a teacher of the same shape")
 
 
+def ctc_frame_lengths(model):
+    """A CTC model's audio samples -> frames function, or None for any other model (Whisper has the method too, but
+    its logits are the decoder's target tokens)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return None
+    return getattr(model, "_get_feat_extract_output_lengths", None)
+
+
 def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
     """Which positions of ``logits`` (batch, positions, classes) carry a prediction; ``None``: all of them."""
     if logits.dim() != 3:  # one prediction per example (a multi-label head's float labels are no positions)
         return None
     attention = inputs.get("attention_mask")
-    # CTC: audio samples -> frames (Whisper has the method too, but its logits are the decoder's target tokens)
-    lengths = None if getattr(student.config, "is_encoder_decoder", False) else \
-        getattr(student, "_get_feat_extract_output_lengths", None)
+    lengths = ctc_frame_lengths(student)
     if lengths is not None and attention is not None and attention.shape != logits.shape[:2]:
         frames = lengths(attention.sum(-1)).to(logits.device)  # the transcript's length says nothing of frames
         return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]

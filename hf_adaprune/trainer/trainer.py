@@ -38,7 +38,7 @@ from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
                          resolve_resume_checkpoint, write_pruning_state)
-from .distillation import DistillationMixin, layers_dropped
+from .distillation import DistillationMixin, ctc_frame_lengths, layers_dropped
 from .decision_rng import decision_rng
 from .distributed import check_masks_agree, from_main_process, reduce_layer_taylor, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
@@ -318,7 +318,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  f"{type(tokenizer).__name__}, which has no tokenizer: pass the processor "
                                  "(e.g. WhisperProcessor) or the tokenizer as processing_class")
             return generation_metrics(name, tokenizer)
-        if name.lower() in TEXT_METRICS and hasattr(self.pruned_model, "_get_feat_extract_output_lengths"):
+        if name.lower() in TEXT_METRICS and ctc_frame_lengths(self.pruned_model) is not None:
             raise ValueError(f"--pruning_metric {name} on a CTC model ({type(self.pruned_model).__name__}): the built-in "
                              "text metrics score generated tokens, and a CTC model's predictions are frame logits. Pass "
                              f"a compute_metrics that decodes them (argmax, processor.batch_decode) and returns {name}")
