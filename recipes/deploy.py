@@ -25,7 +25,6 @@ import copy
 import itertools
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 
 from .arguments import RecipeError
@@ -149,22 +148,22 @@ def vocabulary_rows(run) -> tuple:
 
 def check_rows(run) -> None:
     """``--vocabulary_min_count`` that no token of the training rows reaches (the vocabulary would keep the special
-    tokens alone): RecipeError before training, once the rows are known (a teacher's translations included)."""
+    tokens alone): RecipeError before training, once the rows are known (a teacher's translations included). The
+    rows are counted as ``prune_vocabulary`` counts them, with the same tokens kept anyway."""
+    from hf_adaprune.deploy.vocabulary import highest_min_count, kept_anyway, token_row_counts
+
     data_args = run.data_args
     if not data_args.prune_vocabulary or data_args.vocabulary_min_count <= 1:
         return
     tokenizer = _tokenizer(run.processing_class)
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    counts, rows = Counter(), 0
-    for part in vocabulary_rows(run):
-        for ids in part or ():
-            counts.update(set(ids) - special)
-            rows += 1
-    most = max(counts.values(), default=0)
+    tokenized, target_tokenized = vocabulary_rows(run)
+    counts = token_row_counts(tokenizer, tokenized=tokenized) + token_row_counts(tokenizer,
+                                                                                tokenized=target_tokenized or ())
+    most = highest_min_count(counts, kept_anyway(run.model, tokenizer))
     if most < data_args.vocabulary_min_count:
         raise RecipeError(f"--vocabulary_min_count {data_args.vocabulary_min_count}: no token occurs in that many "
-                          f"training rows (the most common in {most} of {rows}), so the pruned vocabulary would keep "
-                          f"the special tokens alone; give {max(most, 1)} or less")
+                          f"training rows (the most common in {most}), so the pruned vocabulary would keep the "
+                          f"special tokens alone; give {max(most, 1)} or less")
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -287,6 +287,24 @@ def test_tokenized_rows_count_like_texts():
         assert from_arrays.get_vocab() == from_texts.get_vocab()
 
 
+def test_highest_min_count_leaves_out_the_tokens_kept_anyway():
+    """The recipes' early --vocabulary_min_count check and prune_vocabulary count alike: an id the config names
+    (here a word token as forced_bos_token_id, in every row) is kept anyway and does not count as the rows' own."""
+    from hf_adaprune.deploy.vocabulary import highest_min_count, kept_anyway, token_row_counts
+
+    tokenizer = minilm_tokenizer()
+    model = tiny_bert(len(tokenizer))
+    film = tokenizer.convert_tokens_to_ids("film")
+    model.config.forced_bos_token_id = film
+    texts = ["a film", "the film", "film noir"]
+    counts = token_row_counts(tokenizer, texts)
+    assert counts[film] == 3
+    assert highest_min_count(counts, kept_anyway(model, tokenizer)) == 1
+    assert highest_min_count(counts, kept_anyway(model, tokenizer, keep_tokens=["a", "the", "noir"])) == 0
+    with pytest.raises(ValueError, match=r"no token occurs in min_count=2 rows \(the most common in 1\)"):
+        prune_vocabulary(model, tokenizer, texts, min_count=2)
+
+
 @pytest.mark.parametrize("min_count", [0, -1, 1.5, True])
 def test_bad_min_count_refused_before_any_work(min_count):
     tokenizer = minilm_tokenizer()

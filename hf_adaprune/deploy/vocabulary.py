@@ -122,6 +122,22 @@ def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterabl
     return counts
 
 
+def kept_anyway(model, tokenizer, keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()) -> set[int]:
+    """The ids ``prune_vocabulary`` keeps whatever their count, on both sides: special and added tokens, ids the
+    configs name, the family's own (Whisper's timestamps), ``keep_tokens`` / ``keep_ids``."""
+    always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    always |= _ids_named_by_configs(model)
+    if model.config.model_type in ALWAYS_KEPT:
+        always |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
+    return always | {tokenizer.convert_tokens_to_ids(token) for token in keep_tokens} | {int(i) for i in keep_ids}
+
+
+def highest_min_count(counts: Counter, always: set[int]) -> int:
+    """The largest ``min_count`` that keeps a token of the rows besides those kept anyway (0: no such token), from
+    :func:`token_row_counts`' ``counts`` and :func:`kept_anyway`'s ids."""
+    return max((count for i, count in counts.items() if i not in always), default=0)
+
+
 def token_ids_in(tokenizer, texts: Iterable[str], target_texts: Iterable[str] | None = None,
                  batch_size: int = 1000) -> set[int]:
     """Every id ``tokenizer`` produces for ``texts`` (and, as targets, ``target_texts``)."""
@@ -326,18 +342,13 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
                          "exhausted): the vocabulary would keep the special tokens alone")
-    # special and added tokens, ids the configs name, keep_tokens / keep_ids: kept whatever their count, on both sides
-    always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    always |= _ids_named_by_configs(model)
-    if model.config.model_type in ALWAYS_KEPT:
-        always |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
-    always |= {tokenizer.convert_tokens_to_ids(token) for token in keep_tokens} | set(keep_ids)
-    counted = [count for i, count in counts.items() if i not in always]  # the rows' own tokens
-    if not counted:
+    always = kept_anyway(model, tokenizer, keep_tokens, keep_ids)
+    most = highest_min_count(counts, always)
+    if most == 0:
         raise ValueError("the training rows hold no token besides the special ones and those kept anyway (blank "
                          "texts?): the vocabulary would keep the special tokens alone")
-    if max(counted) < min_count:
-        raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in {max(counted)}): the "
+    if most < min_count:
+        raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in {most}): the "
                          "vocabulary would keep the special tokens alone; lower min_count")
     kept = {i for i, count in counts.items() if count >= min_count} | always
     kept |= family.required(tokenizer, spec, kept)
