@@ -114,6 +114,16 @@ def test_decide_without_pending_step():
         c.decide(1.0)
 
 
+def test_start_without_proposing_leaves_nothing_pending():
+    """The trainer takes a reference at the last step without masking a candidate nothing could judge."""
+    c = AdaptiveController(target=0.5, initial_step=0.2)
+    assert c.start(0.9, propose=False) is None
+    assert c.state.reference == 0.9 and c.state.pending is None and c.state.history[0]["event"] == "reference"
+    with pytest.raises(RuntimeError, match="no pending pruning step"):
+        c.decide(0.9)
+    assert c.propose() == 0.2 and c.state.pending == 0.2
+
+
 def test_records_the_sparsity_actually_selected():
     """Selection can fall short of the tried ratio (floors, whole structures): the kept sparsity is what it reached."""
     c = AdaptiveController(target=0.5, initial_step=0.5, min_step=0.1, tolerance=0.05)

@@ -81,12 +81,13 @@ class AdaptiveController:
         return self.drop(metric) <= self.allowed_drop() + 1e-12
 
     # -- protocol --------------------------------------------------------------------------------
-    def start(self, reference: float) -> float:
-        """Record the dense reference metric; returns the first ratio to try."""
+    def start(self, reference: float, propose: bool = True) -> float | None:
+        """Record the dense reference metric; returns the first ratio to try (``propose=False``: None, and nothing
+        is pending until :meth:`propose`)."""
         first_step = self.target if self.search == "bisect" else self.initial_step
         self.state = ControllerState(reference=float(reference), step=first_step)
         self.state.history.append({"event": "reference", "ratio": 0.0, "metric": float(reference)})
-        return self.propose()
+        return self.propose() if propose else None
 
     def propose(self) -> float:
         s = self.state

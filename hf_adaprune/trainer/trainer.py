@@ -345,11 +345,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.load_pruning_state_dict(self._resume_state)
             self._resume_state = None
             c = self.controller
-            if c.state.reference is not None and not c.state.done and c.state.pending is None \
-                    and self._can_judge_after(state.global_step):
+            if c.state.reference is not None and not c.state.done and c.state.pending is None:
                 # saved at the last step of a shorter run (nothing was masked that no step could judge): the longer
                 # one goes on pruning from here
-                self._apply_ratio(c.propose(), state.global_step)
+                self._propose_if_judgeable(state.global_step)
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
             if room < 1:
@@ -385,14 +384,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                "of it, so every step will be rolled back; check the metric on the decision rows",
                                self.pruning_metric, reference, step)
             self._take_teacher()
-            ratio = c.start(reference)
+            c.start(reference, propose=False)
             self._log_decision("reference", step, 0.0, reference, evaluation)
-            if self._can_judge_after(step):
-                self._apply_ratio(ratio, step)
-            else:  # the reference at the last step: nothing is masked that no training would follow
-                c.state.pending = None
+            self._propose_if_judgeable(step)
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
-            self._decide(step, propose=self._can_judge_after(step))
+            self._decide(step)
         # no steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole
         # search runs now, on the scores gathered so far; training resumes at the chosen shape
         while decision_interval(args) == 0 and c.state.pending is not None:
@@ -404,8 +400,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         after the final evaluation and checkpoint had described it."""
         return step < self.state.max_steps or decision_interval(self.args) == 0
 
+    def _propose_if_judgeable(self, step: int) -> None:
+        """Mask the controller's next candidate, unless nothing could judge it (see :meth:`_can_judge_after`)."""
+        if self._can_judge_after(step):
+            self._apply_ratio(self.controller.propose(), step)
+
     def _decide(self, step: int, propose: bool = True) -> None:
-        """Judge the pending step; then, with ``propose`` and unless the controller stopped, mask the next one."""
+        """Judge the pending step; then, with ``propose``, unless the controller stopped or nothing could judge it,
+        mask the next one."""
         c = self.controller
         tried = c.state.pending
         self._end_ramp()
@@ -419,7 +421,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._log_decision(decision, step, tried, metric, evaluation)
         if not c.state.done:
             if propose:
-                self._apply_ratio(c.propose(), step)
+                self._propose_if_judgeable(step)
         else:
             logger.info("pruning stopped at sparsity %.3f: %s", c.state.ratio, c.state.stop_reason)
 
