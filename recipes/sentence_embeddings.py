@@ -45,7 +45,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss
 from transformers import HfArgumentParser
 
-from hf_adaprune.families import positions_note, readable_positions
+from hf_adaprune.families import check_sequence_length
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency
 from hf_adaprune.sentence_transformers import (
@@ -255,10 +255,11 @@ def check_options(opts, args) -> None:
 def check_model(model: SentenceTransformer, opts, args) -> None:
     """What the loaded model tells is wrong, before any training."""
     inner = model[0].auto_model
-    readable = readable_positions(inner.config)
     for name, value in (("max_seq_length", opts.max_seq_length), ("pruning_seq_len", args.pruning_seq_len)):
-        if readable and value > readable:
-            raise RecipeError(f"--{name} {value} exceeds the model's {positions_note(inner.config)}")
+        try:
+            check_sequence_length(inner, value, f"--{name}")
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
     if opts.layer_drop_baseline:
         keep_layer_indices(opts.keep_layers, inner)
 

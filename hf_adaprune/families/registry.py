@@ -64,6 +64,15 @@ def positions_note(config) -> str:
         f", of which it reads {readable} tokens after the padding offset" if readable != positions else "")
 
 
+def check_sequence_length(model, length: int, name: str = "seq_len", meaning: str = "") -> None:
+    """Refuse ``length`` tokens where ``model``'s position embeddings read fewer (text models; audio lengths count
+    samples, which no position table limits). ``meaning``: what the length is for, named in the message."""
+    positions = readable_positions(model.config)
+    if getattr(model, "main_input_name", "input_ids") == "input_ids" and positions and length > positions:
+        raise ValueError(f"{name} {length}{f' ({meaning})' if meaning else ''} exceeds the model's "
+                         f"{positions_note(model.config)}; pass {name} <= {positions}")
+
+
 def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 

@@ -24,7 +24,7 @@ from transformers import DataCollatorWithPadding, EvalPrediction, default_data_c
 from ..engine.controller import KEEP, SELECTION_SLACK, AdaptiveController
 from ..engine.masks import attach_masks, detach_masks, get_masks, structure_count
 from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
-from ..families import UnsupportedModelError, find_groups, get_adapter, positions_note, readable_positions
+from ..families import UnsupportedModelError, check_sequence_length, find_groups, get_adapter
 from ..hub import save_pruned
 from ..hub.save import check_save_request
 from ..metrics import metric_greater_is_better
@@ -404,10 +404,7 @@ def _validate_sizes(model, *, kinds, seq_len, batch_size, refit_samples, ridge, 
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     if not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ValueError(f"ridge must be >= 0 (relative to the activations' scale), got {ridge!r}")
-    positions = readable_positions(model.config)
-    if positions and seq_len > positions:
-        raise ValueError(f"seq_len {seq_len} (the length FLOPs are counted at) exceeds the model's "
-                         f"{positions_note(model.config)}; pass seq_len <= {positions}")
+    check_sequence_length(model, seq_len, meaning="the length FLOPs are counted at")
 
 
 def _validate_equal_lengths(**datasets) -> None:

@@ -146,15 +146,12 @@ def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> 
     A model that still has masks is profiled as is (masks do not save FLOPs);
     compact it first to see the saving.
     """
-    from ..families import find_groups, positions_note, readable_positions
+    from ..families import check_sequence_length, find_groups
 
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    positions = readable_positions(model.config)
-    if getattr(model, "main_input_name", "input_ids") == "input_ids" and positions and seq_len > positions:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's {positions_note(model.config)}; pass seq_len <= "
-                         f"{positions}")
+    check_sequence_length(model, seq_len)
     inputs = example_inputs(model, seq_len, batch_size)
     total, per_module = count_flops(model, inputs)
     record = read_record(model.config)

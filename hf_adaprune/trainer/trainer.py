@@ -27,7 +27,7 @@ import torch
 from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..families import filter_groups, get_adapter, positions_note, readable_positions, shortest_audio
+from ..families import check_sequence_length, filter_groups, get_adapter, readable_positions, shortest_audio
 from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
@@ -207,11 +207,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"{type(model).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge the "
                 "adapters first (model = model.merge_and_unload()) and fine-tune and prune the merged model.")
         get_adapter(model)  # unsupported families fail here, before any training
-        max_positions = readable_positions(model.config)
-        if getattr(model, "main_input_name", "input_ids") == "input_ids" and max_positions \
-                and args.pruning_seq_len > max_positions:
-            raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} exceeds the model's "
-                             f"{positions_note(model.config)}")
+        check_sequence_length(model, args.pruning_seq_len, "--pruning_seq_len")
         self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
         if getattr(model, "main_input_name", None) == "input_values" and shortest and args.pruning_seq_len < shortest:
