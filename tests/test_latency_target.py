@@ -36,6 +36,29 @@ def test_encoder_decoder_table_times_generate_so_decoder_layers_count_every_toke
     assert many["decoder.layers"] / few["decoder.layers"] > 3 * many["encoder.layers"] / few["encoder.layers"]
 
 
+def test_a_table_timed_away_from_the_training_device_is_warned_of(tmp_path, monkeypatch, caplog):
+    """fp16_full_eval / DeepSpeed / FSDP place the model after the trainer is built, where the table is measured."""
+    import torch
+
+    import hf_adaprune.trainer.trainer as trainer_module
+    from hf_adaprune.reporting.latency_costs import timing_device_note
+
+    model = tiny_model("bert")
+    assert timing_device_note(model, "cpu") is None
+    note = timing_device_note(model.to("meta"), "cuda:0")
+    assert note.startswith("pruning_target_type=latency times every structure on meta, where the model is while the "
+                           "trainer is built, but training runs on cuda:0")
+    seen = []
+    monkeypatch.setattr(trainer_module, "timing_device_note",
+                        lambda m, device: seen.append(torch.device(device).type) or "timed elsewhere")
+    with caplog.at_level("WARNING", logger=trainer_module.logger.name):
+        make_trainer(tmp_path, pruning_target_type="latency", pruning_latency_seq_len=10, max_steps=4)
+    assert seen == ["cpu"] and "timed elsewhere" in caplog.text
+    seen.clear()
+    make_trainer(tmp_path / "flops", max_steps=4)
+    assert seen == []  # a FLOP target times nothing
+
+
 def test_trainer_prunes_to_a_fraction_of_measured_time(tmp_path):
     trainer = make_trainer(tmp_path, pruning_target_type="latency", pruning_latency_seq_len=10,
                            pruning_target=0.5, pruning_initial_step=0.5, pruning_tolerance=10.0, max_steps=12)

@@ -67,6 +67,19 @@ class _ModuleTimer:
             handle.remove()
 
 
+def timing_device_note(model: nn.Module, training_device) -> str | None:
+    """A warning when the cost table would time ``model`` on another kind of device than the one training runs on
+    (None when they agree): the table is measured where the model is while the trainer is built."""
+    where = next(model.parameters()).device
+    training = torch.device(training_device)
+    if where.type == training.type:
+        return None
+    return (f"pruning_target_type=latency times every structure on {where.type}, where the model is while the trainer "
+            f"is built, but training runs on {training} (the Trainer places the model there later under "
+            f"fp16_full_eval / bf16_full_eval, DeepSpeed or FSDP): the cost table measures another device. Move the "
+            f"model to the device you will serve on before building the trainer")
+
+
 @torch.no_grad()
 def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 128, generation_tokens: int = 16,
                   repeats: int = 7, warmup: int = 2) -> dict[str, float]:

@@ -43,7 +43,7 @@ from .decision_rng import decision_rng
 from .distributed import check_masks_agree, from_main_process, reduce_layer_taylor, reduced_scores
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
-from ..reporting.latency_costs import latency_costs
+from ..reporting.latency_costs import latency_costs, timing_device_note
 from ..reporting.report import BEST_BEFORE_REFERENCE
 from ..hub import save_pruned
 from ..engine.importance import frozen_groups, make_importance
@@ -273,6 +273,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             growth=args.pruning_step_growth,
             search=controller_search(args),
         )
+        device_note = timing_device_note(model, args.device) if args.pruning_target_type == "latency" else None
+        if device_note:
+            logger.warning(device_note)
         self.costs = (
             structure_costs(model, self.pruning_groups, args.pruning_seq_len)
             if args.pruning_target_type == "flops" else
