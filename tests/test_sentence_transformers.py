@@ -779,3 +779,98 @@ def test_the_default_loss_gives_an_eval_set_of_sentences_its_dense_embeddings(en
     trainer.train()
     assert any("pruning_eval_loss" in entry or "pruning_eval_teacher_mean_cosine" in entry
                for entry in trainer.state.log_history)
+
+
+# -- Trainer features and eval sets the pruning trainer must honour or refuse ------------------------------------
+
+
+def test_best_model_metric_is_checked_against_what_the_evaluator_returns(encoder_folder, tmp_path):
+    """load_best_model_at_end / early stopping read metric_for_best_model at every evaluation: a key the steering
+    evaluator does not return (here transformers' default, the loss, where agreement steers) fails before training."""
+    corpus = sentences(64)
+    best_args = dict(eval_strategy="steps", eval_steps=3, save_strategy="steps", save_steps=3,
+                     load_best_model_at_end=True)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path / "loss", **best_args),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
+    with pytest.raises(KeyError, match=r"--metric_for_best_model 'loss': evaluation returns no 'eval_loss' \(no eval "
+                                       r"loss is computed: the eval sentences steer through the dense-agreement "
+                                       r"evaluator\); available: \['teacher_mean_cosine', 'teacher_min_cosine'\]"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder),
+        args=make_args(tmp_path / "cosine", metric_for_best_model="teacher_mean_cosine", **best_args),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
+    trainer.train()
+    assert trainer.state.global_step == 12 and trainer.state.best_metric is not None
+
+
+def test_decisions_on_the_loss_read_every_row_under_drop_last(encoder_folder, tmp_path, monkeypatch):
+    """dataloader_drop_last is meant for training batches: 20 eval rows in batches of 16 are 20 rows, not 16 (and
+    the metric check's 2 rows are not dropped to none)."""
+    model = tiny_sentence_transformer(encoder_folder)
+    pairs = Dataset.from_dict({"sentence1": sentences(20), "sentence2": sentences(20, seed=1),
+                               "score": [(i % 5) / 4 for i in range(20)]})
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, pruning_metric="loss", dataloader_drop_last=True), train_dataset=pairs,
+        eval_dataset=pairs, loss=CoSENTLoss(model))
+    rows = []
+    loop = trainer.evaluation_loop
+    monkeypatch.setattr(trainer, "evaluation_loop", lambda loader, *a, **k: rows.append(
+        sum(len(batch["label"]) for batch in loader)) or loop(loader, *a, **k))
+    trainer.train()
+    assert rows[0] == 2 and set(rows[1:]) == {20} and len(rows) >= 3
+    assert trainer.args.dataloader_drop_last  # the user's setting is put back
+
+
+@pytest.mark.parametrize("steer", ["loss", "evaluator"])
+def test_a_dict_of_eval_sets_of_sentences_under_the_default_loss(encoder_folder, tmp_path, monkeypatch, steer):
+    """Each eval set of a dict gets its dense embeddings (the default loss needs them), and --pruning_eval_samples
+    cuts each set's rows, not the number of sets."""
+    from datasets import DatasetDict
+
+    model = tiny_sentence_transformer(encoder_folder)
+    evals = DatasetDict(a=Dataset.from_dict({"sentence": sentences(32, seed=2)}),
+                        b=Dataset.from_dict({"sentence": sentences(32, seed=3)}))
+    evaluator = TeacherAgreementEvaluator(sentences(8, seed=5), teacher=model) if steer == "evaluator" else None
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, pruning_metric=steer, pruning_eval_samples=4),
+        train_dataset=Dataset.from_dict({"sentence": sentences(48)}), eval_dataset=evals, evaluator=evaluator)
+    assert {name: part.column_names for name, part in trainer.eval_dataset.items()} == \
+        {"a": ["sentence", "label"], "b": ["sentence", "label"]}
+    cut = []
+    original = trainer.preprocess_dataset
+    monkeypatch.setattr(trainer, "preprocess_dataset", lambda data, **k: cut.append(
+        {n: len(part) for n, part in data.items()} if k.get("dataset_name") == "eval" else None) or original(data, **k))
+    trainer.train()
+    assert cut and all(sizes == {"a": 4, "b": 4} for sizes in cut[1:]), cut
+    assert any("pruning_eval_loss" in entry or "pruning_eval_teacher_mean_cosine" in entry
+               for entry in trainer.state.log_history)
+
+
+def test_bad_eval_sets_and_missing_models_are_refused_when_the_trainer_is_built(encoder_folder, tmp_path):
+    from datasets import IterableDataset
+
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    model = tiny_sentence_transformer(encoder_folder)
+    train = Dataset.from_dict({"sentence": sentences(16)})
+    loss_args = make_args(tmp_path, pruning_metric="loss")
+    streamed = IterableDataset.from_generator(lambda: iter([{"sentence": s} for s in sentences(8)]))
+    with pytest.raises(ValueError, match=r"--pruning_metric loss reads the first --pruning_eval_samples rows of "
+                                         r"eval_dataset, a IterableDataset that cannot be indexed"):
+        AdaptivePruningSentenceTransformerTrainer(model=model, args=loss_args, train_dataset=train,
+                                                  eval_dataset=streamed)
+    with pytest.raises(ValueError, match="--pruning_metric loss: eval_dataset has no rows to measure the loss on"):
+        AdaptivePruningSentenceTransformerTrainer(model=model, args=loss_args, train_dataset=train,
+                                                  eval_dataset=Dataset.from_dict({"sentence": []}))
+    with pytest.raises(ValueError, match=r"needs model= beside model_init: the checks before training"):
+        AdaptivePruningSentenceTransformerTrainer(model_init=lambda: tiny_sentence_transformer(encoder_folder),
+                                                  args=make_args(tmp_path), train_dataset=train)
+    narrow = TeacherAgreementEvaluator(sentences(4), teacher_embeddings=torch.zeros(4, 16))
+    for evaluator in ([narrow], SequentialEvaluator([narrow])):
+        with pytest.raises(ValueError, match="the TeacherAgreementEvaluator's teacher_embeddings are 16 wide, the "
+                                             "model's embeddings 32"):
+            AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path), train_dataset=train,
+                                                      evaluator=evaluator)

@@ -18,7 +18,8 @@ from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from ..engine.masks import get_masks
-from ..trainer.eval_order import first_rows
+from ..trainer.decision_rng import decision_rng
+from ..trainer.eval_order import first_rows, is_map_style
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
 from .evaluation import TeacherAgreementEvaluator
@@ -51,11 +52,17 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                  train_dataset=None, eval_dataset=None, loss=None, evaluator=None, **kwargs):
         if not isinstance(args, SentenceTransformerPruningArguments):
             raise TypeError(f"{type(self).__name__} needs SentenceTransformerPruningArguments, got {type(args).__name__}")
+        if model is None and kwargs.get("model_init") is not None:
+            raise ValueError(f"{type(self).__name__} needs model= beside model_init: the checks before training, the "
+                             "default loss's dense embeddings and the agreement evaluator's teacher are computed from "
+                             "it. Pass the model model_init builds (model=model_init())")
         transformer_module(model)  # an unsupported first module fails before the dense embeddings are computed
         if args.distillation:
             raise ValueError("--distillation distils a task head's logits; for a SentenceTransformer leave the loss "
                              "unset instead: the default loss distils the dense model's embeddings")
         _check_teacher_width(evaluator, model)
+        if args.pruning_metric == "loss":
+            _check_loss_rows(eval_dataset)
         if args.pruning_metric == EVALUATOR_METRIC and evaluator is None and eval_dataset is None:
             raise ValueError("--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences "
                              "(teacher agreement); or set --pruning_metric loss with a labelled eval_dataset")
@@ -75,21 +82,19 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             evaluator = agreement = _agreement_evaluator(eval_dataset, args.per_device_eval_batch_size,
                                                          args.pruning_eval_samples)
         eval_rows = None  # an eval set of sentences (class ids or scores aside) under the default loss:
-        if isinstance(loss, EmbeddingDistillationLoss) and isinstance(eval_dataset, Dataset) \
-                and not _labels_are_vectors(eval_dataset):
+        if isinstance(loss, EmbeddingDistillationLoss) and _lacks_dense_embeddings(eval_dataset):
             if agreement is not None:
                 eval_dataset = None  # agreement on its sentences steers: no eval loss to compute
-            else:  # an evaluator or the eval loss steers: its rows get dense embeddings too, with the train rows'
-                eval_rows = eval_dataset.select_columns(_string_columns(eval_dataset))
+            else:  # an evaluator or the eval loss steers: its rows (each set's, of a dict) get dense embeddings too
+                eval_rows = _eval_sentences(eval_dataset)
                 _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, encode=False)  # one text column
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
         if agreement is not None:
             agreement.set_teacher(model)
         if eval_rows is not None:
-            self.eval_dataset = self.preprocess_dataset(
-                _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, args.prompts, "eval"),
-                dataset_name="eval")
+            rows = _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, args.prompts, "eval")
+            self.eval_dataset = self.preprocess_dataset(rows, dataset_name="eval")
         if distil:
             rows = _distillation_rows(train_dataset, model, args.per_device_eval_batch_size, args.prompts)
             if isinstance(rows, dict) and not isinstance(rows, DatasetDict):
@@ -125,8 +130,14 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         """
         dataset = None if self.eval_dataset is None else self.preprocess_dataset(
             first_rows(self.eval_dataset, rows), dataset_name="eval")
-        return self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
-                                    prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+        # every row counts, also under dataloader_drop_last (meant for training batches), as in the base trainer
+        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
+        try:
+            with decision_rng(self.args.seed, self.args.device, self.data_collator):
+                return self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
+                                            prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+        finally:
+            self.args.dataloader_drop_last = drop_last
 
     def _decision_metric(self) -> tuple[float, dict]:
         if not self._steer_by_evaluator:
@@ -155,10 +166,17 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         unnamed = getattr(self.evaluator, "primary_metric", None) is None
         if self.args.world_size > 1:  # rank 0's evaluator may have run (and named it): every rank does as rank 0
             unnamed = broadcast_object_list([unnamed])[0]
-        if unnamed and self.args.pruning_warmup_steps > 0:
+        best = (self.args.metric_for_best_model or "").removeprefix("eval_")
+        best = best if self.args.eval_strategy != "no" else ""  # read by load_best_model_at_end, early stopping
+        if best or (unnamed and self.args.pruning_warmup_steps > 0):
             # named once it has run (information retrieval, sequential), or never: run it now, so an evaluator
             # without one fails at step 0, not at the reference after the warm-up (with no warm-up it is now)
-            self._decision_metric()
+            _, metrics = self._decision_metric()
+            if best and f"{DECISION_PREFIX}_{best}" not in metrics:
+                why = "no eval loss is computed: the eval sentences steer through the dense-agreement evaluator" \
+                    if best == "loss" and self.eval_dataset is None else "the first evaluation would fail on it"
+                raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
+                               f"'eval_{best}' ({why}); available: {self._metric_names(metrics)}")
 
     def _metric_names(self, metrics: dict) -> list[str]:
         return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)  # an evaluator's keys, as named
@@ -237,6 +255,37 @@ def _labels_are_vectors(dataset: Dataset) -> bool:
     return "label" in dataset.column_names and isinstance(dataset.features["label"], (List, Sequence))
 
 
+def _lacks_dense_embeddings(eval_dataset) -> bool:
+    """Whether an eval set (or a set of a dict of them) has rows without a ``label`` of teacher embeddings."""
+    if isinstance(eval_dataset, dict):
+        return any(_lacks_dense_embeddings(part) for part in eval_dataset.values())
+    return isinstance(eval_dataset, Dataset) and not _labels_are_vectors(eval_dataset)
+
+
+def _eval_sentences(eval_dataset):
+    """The eval rows the default loss reads: each set's text columns (class ids or scores aside); a set whose
+    ``label`` holds teacher embeddings as it is."""
+    if isinstance(eval_dataset, dict):
+        return type(eval_dataset)({name: _eval_sentences(part) for name, part in eval_dataset.items()})
+    if _labels_are_vectors(eval_dataset):
+        return eval_dataset
+    return eval_dataset.select_columns(_string_columns(eval_dataset))
+
+
+def _check_loss_rows(eval_dataset) -> None:
+    """The eval loss steers: each eval set must be indexable and hold rows (decisions read its first rows)."""
+    parts = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+    for name, part in parts:
+        if part is None:
+            continue
+        if not is_map_style(part):
+            raise ValueError(f"--pruning_metric loss reads the first --pruning_eval_samples rows of {name}, a "
+                             f"{type(part).__name__} that cannot be indexed: pass a datasets.Dataset (or steer by "
+                             "an evaluator)")
+        if len(part) == 0:
+            raise ValueError(f"--pruning_metric loss: {name} has no rows to measure the loss on")
+
+
 def _string_columns(dataset: Dataset) -> list[str]:
     """The columns of text (not ids, class ids or scores)."""
     return [name for name, feature in dataset.features.items()
@@ -244,7 +293,13 @@ def _string_columns(dataset: Dataset) -> list[str]:
 
 
 def _check_teacher_width(evaluator, model: SentenceTransformer) -> None:
-    """Given teacher embeddings must be as wide as the model's (compared in every decision after the warm-up)."""
+    """Given teacher embeddings must be as wide as the model's (compared in every decision after the warm-up); also
+    those of an agreement evaluator inside a list or a ``SequentialEvaluator``."""
+    inner = evaluator if isinstance(evaluator, (list, tuple)) else getattr(evaluator, "evaluators", None)
+    if isinstance(inner, (list, tuple)):
+        for part in inner:
+            _check_teacher_width(part, model)
+        return
     given = getattr(evaluator, "teacher_embeddings", None) if isinstance(evaluator, TeacherAgreementEvaluator) else None
     width = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()  # renamed in 5.x
     if given is not None and width is not None and given.shape[-1] != width:

@@ -25,8 +25,11 @@ class DatasetOrderEvalMixin:
 def first_rows(dataset, n: int | None):
     """The first ``n`` rows of ``dataset`` (all of it if ``n`` is None or not smaller than its length).
 
-    The one way the eval set is sliced: for each pruning decision and for the metric check before training.
+    The one way the eval set is sliced: for each pruning decision and for the metric check before training. A dict
+    of eval sets (sentence-transformers' multi-dataset evaluation) gives the first ``n`` rows of each.
     """
+    if isinstance(dataset, dict):
+        return type(dataset)({name: first_rows(part, n) for name, part in dataset.items()})
     if n is None or n >= len(dataset):
         return dataset
     if hasattr(dataset, "select"):
