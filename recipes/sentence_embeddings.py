@@ -13,7 +13,9 @@ Pruning is steered by Spearman (cosine) on the first ``--max_dev_pairs`` pairs o
 ``--max_dev_pairs`` dev sentence pairs (``--steer teacher``); ``sts-test.csv`` only reports. With
 ``--layer_drop_baseline`` the run also trains sentence-transformers' usual route to a smaller model: a
 copy of the dense model keeping the layers ``--keep_layers`` (3 of 6: 50% of the layer FLOPs), distilled
-to the dense embeddings with the same loss, steps, batch size and learning rate on the same sentences.
+to the dense embeddings with the same loss, steps, batch size, accumulation, optimizer, learning-rate schedule
+and ``--prompts`` on the same sentences. A run with ``--compact_at_end false`` is measured on a compacted copy,
+as its saved folder holds it.
 
 Reported (``results.json``, printed table): STS-B test Spearman (cosine), and on the ``--max_dev_pairs``
 dev pairs, of the dense, pruned and layer-dropped models; parameters; FLOPs of the encoder layers at ``--pruning_seq_len`` tokens;
@@ -45,6 +47,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss
 from transformers import HfArgumentParser
 
+from hf_adaprune import compact, get_masks
 from hf_adaprune.families import check_sequence_length
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency
@@ -54,9 +57,11 @@ from hf_adaprune.sentence_transformers import (
     TeacherAgreementEvaluator,
     embedding_distillation_loss,
     load_pruned_sentence_transformer,
+    transformer_module,
     with_teacher_embeddings,
 )
-from hf_adaprune.sentence_transformers.losses import distillation_distances
+from hf_adaprune.sentence_transformers.losses import distillation_distances, text_column
+from hf_adaprune.sentence_transformers.trainer import training_prompt
 
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, recipe_argv,
                                remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
@@ -202,6 +207,23 @@ def throughput(models: dict[str, SentenceTransformer], sentences: list[str], bat
                    "speedup": t["speedup"]} for name, t in timings.items()}
 
 
+# what the layer-drop baseline trains with, as the pruning run does: the same steps, batches, optimizer and schedule
+BASELINE_TRAINING_ARGUMENTS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
+    "optim_args", "seed", "data_seed", "use_cpu", "fp16", "bf16", "prompts", "dataloader_drop_last", "logging_steps")
+
+
+def as_saved(model: SentenceTransformer) -> SentenceTransformer:
+    """``model`` as its saved folder holds it: one still masked (``--compact_at_end false``) is measured on a
+    compacted copy (the same embeddings, the smaller matrices), so its size, FLOPs and speed are the pruned ones."""
+    if get_masks(transformer_module(model).auto_model) is None:
+        return model
+    model = copy.deepcopy(model)
+    compact(transformer_module(model).auto_model)
+    return model
+
+
 def profile(model: SentenceTransformer, seq_len: int) -> dict:
     p = model_profile(model[0].auto_model, seq_len=seq_len)
     return {"params": p["params"], "layer_flops": p["layer_flops"], "flops": p["flops"]}
@@ -298,8 +320,9 @@ def main(argv=None):
         evaluator = TeacherAgreementEvaluator(steer_sentences, teacher=dense, batch_size=args.per_device_eval_batch_size)
     train, train_sentences = training_data(opts)
     loss = CoSENTLoss(model) if opts.objective == "cosent" else embedding_distillation_loss(model, opts.distillation_distance)
-    if opts.objective == "distillation":
-        train = with_teacher_embeddings(train, dense, args.per_device_eval_batch_size)
+    if opts.objective == "distillation":  # the dense embeddings of the text as training feeds it (--prompts)
+        train = with_teacher_embeddings(train, dense, args.per_device_eval_batch_size,
+                                        training_prompt(args.prompts, text_column(train)))
 
     results = {"dense": {"sts_test": spearman(dense, test_eval), "sts_dev": spearman(dense, dev_eval),
                          **profile(dense, args.pruning_seq_len)}}
@@ -318,7 +341,7 @@ def main(argv=None):
             raise
         raise RecipeError(str(err).strip('"')) from err
     trainer.save_model()
-    pruned = trainer.model.eval()
+    pruned = as_saved(trainer.model).eval()
     results["pruned"] = {"sts_test": spearman(pruned, test_eval), "sts_dev": spearman(pruned, dev_eval),
                          **profile(pruned, args.pruning_seq_len)}
     summary = trainer.pruning_summary()
@@ -330,15 +353,17 @@ def main(argv=None):
         keep = keep_layer_indices(opts.keep_layers, dense[0].auto_model)
         student = layer_dropped(dense, keep)
         student.max_seq_length = opts.max_seq_length
-        # the sentences the budget reaches (max_steps batches), shuffled like the pruning run's data
-        needed = min(len(train_sentences), args.max_steps * args.per_device_train_batch_size)
+        # the sentences the budget reaches (max_steps optimizer steps of every process's batches), shuffled like
+        # the pruning run's data
+        needed = min(len(train_sentences), args.max_steps * args.per_device_train_batch_size
+                     * args.gradient_accumulation_steps * args.world_size)
         distil = Dataset.from_dict({"sentence": train_sentences}).shuffle(seed=args.seed).select(range(needed))
-        distil = with_teacher_embeddings(distil, dense, args.per_device_eval_batch_size)
+        distil = with_teacher_embeddings(distil, dense, args.per_device_eval_batch_size,
+                                         training_prompt(args.prompts, "sentence"))
         base_args = SentenceTransformerTrainingArguments(
             output_dir=os.path.join(args.output_dir, "layer_drop"), max_steps=args.max_steps,
-            per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
-            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, seed=args.seed, use_cpu=args.use_cpu,
-            save_strategy="no", report_to="none", logging_steps=args.logging_steps)
+            save_strategy="no", report_to="none",
+            **{name: getattr(args, name) for name in BASELINE_TRAINING_ARGUMENTS})
         SentenceTransformerTrainer(model=student, args=base_args, train_dataset=distil,
                                    loss=embedding_distillation_loss(student, opts.distillation_distance)).train()
         if args.should_save:  # one process writes the folder
