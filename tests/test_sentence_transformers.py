@@ -874,3 +874,59 @@ def test_bad_eval_sets_and_missing_models_are_refused_when_the_trainer_is_built(
                                              "model's embeddings 32"):
             AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path), train_dataset=train,
                                                       evaluator=evaluator)
+
+
+RECIPE_FLAGS = ["--max_steps", "8", "--per_device_train_batch_size", "8", "--pruning_warmup_steps", "2",
+                "--pruning_interval", "2", "--pruning_initial_step", "0.3", "--pruning_tolerance", "1.0",
+                "--pruning_seq_len", "32", "--max_seq_length", "32", "--use_cpu", "true", "--report_to", "none",
+                "--save_strategy", "no", "--throughput_batch", "4", "--throughput_repeats", "1", "--disable_tqdm", "true"]
+
+
+def test_recipe_measures_the_model_as_saved_when_it_is_not_compacted(encoder_folder, tmp_path):
+    """--compact_at_end false keeps the masks in memory; results.json's pruned column is the saved folder's size."""
+    from conftest import load_recipe
+
+    from recipes.sentence_embeddings import profile
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
+    results = recipe.main(["--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir",
+                           str(tmp_path / "out"), "--objective", "cosent", *RECIPE_FLAGS, "--compact_at_end", "false"])
+    assert results["pruning"]["final_sparsity"] > 0
+    saved = profile(SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu"), 32)
+    assert results["pruned"]["params"] == saved["params"] < results["dense"]["params"]
+    assert results["pruned"]["layer_flops"] == saved["layer_flops"] < results["dense"]["layer_flops"]
+
+
+def test_recipe_baseline_and_targets_train_as_the_pruning_run(encoder_folder, tmp_path, monkeypatch):
+    """The layer-drop baseline trains with the pruning run's accumulation, schedule, optimizer and prompts, on as
+    many sentences as those steps read; the distillation targets are the dense embeddings of the prompted text."""
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
+    (tmp_path / "sentences.txt").write_text("\n".join(sentences(200, seed=9)) + "\n")
+    seen = {}
+    real_trainer = recipe.SentenceTransformerTrainer
+
+    class Baseline(real_trainer):
+        def __init__(self, *args, **kwargs):
+            seen["args"], seen["rows"] = kwargs["args"], len(kwargs["train_dataset"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "SentenceTransformerTrainer", Baseline)
+    prompted = []
+    real_targets = recipe.with_teacher_embeddings
+    monkeypatch.setattr(recipe, "with_teacher_embeddings",
+                        lambda rows, model, batch, prompt="": prompted.append(prompt) or real_targets(rows, model,
+                                                                                                     batch, prompt))
+    recipe.main(["--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir",
+                 str(tmp_path / "out"), "--objective", "distillation", "--sentence_files", str(tmp_path / "sentences.txt"),
+                 *RECIPE_FLAGS, "--gradient_accumulation_steps", "2", "--lr_scheduler_type", "constant",
+                 "--max_grad_norm", "0.5", "--prompts", "query: ", "--layer_drop_baseline", "true",
+                 "--keep_layers", "0"])
+    args = seen["args"]
+    assert args.gradient_accumulation_steps == 2 and args.lr_scheduler_type == "constant"
+    assert args.max_grad_norm == 0.5 and args.prompts == "query: "
+    assert seen["rows"] == 8 * 8 * 2  # max_steps x batch x accumulation
+    assert prompted == ["query: ", "query: "]  # the pruning run's targets and the baseline's
