@@ -327,6 +327,61 @@ def test_saving_over_an_earlier_model_leaves_none_of_its_weight_files(tmp_path):
         torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, expected)
 
 
+def test_saving_over_an_earlier_variant_save_leaves_none_of_its_weight_files(tmp_path):
+    """variant="fp16" names the files model.fp16.safetensors / model.fp16-0000N-of-0000M.safetensors: a single file
+    left beside new shards would be what from_pretrained(variant=...) reads, against the new config."""
+    from conftest import text_batch, tiny_model
+    from test_surgery import random_masks
+
+    model = tiny_model("bert")
+    random_masks(model, seed=0)
+    save_pruned(model, tmp_path, variant="fp16")
+    assert (tmp_path / "model.fp16.safetensors").exists()
+    model = tiny_model("bert")
+    random_masks(model, seed=1)
+    batch = text_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    save_pruned(model, tmp_path, variant="fp16", max_shard_size="20KB")
+    assert not (tmp_path / "model.fp16.safetensors").exists()
+    assert (tmp_path / "model.safetensors.index.fp16.json").exists()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")(**batch).logits, expected)
+        stock = AutoModelForSequenceClassification.from_pretrained(tmp_path, variant="fp16", trust_remote_code=True)
+        torch.testing.assert_close(stock(**batch).logits, expected)
+
+
+@pytest.mark.parametrize("family", ["bart", "whisper"])
+def test_a_decoder_only_head_whose_cache_the_encoder_layer_count_would_size_is_not_offered(tmp_path, family):
+    """BART / Marian / Whisper configs map num_hidden_layers to the encoder's layer count, and their ForCausalLM
+    heads size the KV cache by it: with encoder layers removed and more decoder layers kept, such a head would fail
+    in generate() with the cache. The folder does not offer it, AutoPrunedModel refuses it; the seq2seq class
+    generates with the cache as without."""
+    from test_layers import build_seq2seq, tiny_whisper3, whisper_inputs
+
+    model = tiny_whisper3() if family == "whisper" else build_seq2seq("bart")
+    masks = attach_masks(model, layers=True)
+    encoder = masks.masks["encoder.layers"]
+    masks.set("encoder.layers", torch.zeros_like(encoder).index_fill_(0, torch.tensor([len(encoder) - 1]), 1.0))
+    compact(model)
+    save_pruned(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["encoder_layers"] == 1 < config["decoder_layers"]
+    assert "AutoModelForCausalLM" not in config["auto_map"]
+    with pytest.raises(ValueError, match=r"ForCausalLM sizes its KV cache by num_hidden_layers \(1\), which this "
+                                         r"config maps to the encoder's layer count, while the pruned decoder keeps "):
+        AutoPrunedModel.from_pretrained(tmp_path, auto_class=transformers.AutoModelForCausalLM)
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    if family == "whisper":
+        inputs = {"input_features": whisper_inputs()["input_features"]}
+    else:
+        inputs = {"input_ids": torch.tensor([[5, 6, 7, 8, 2]])}
+    with torch.no_grad():
+        cached = loaded.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=True)
+        uncached = loaded.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
 @pytest.mark.parametrize("model_class, auto_class", [
     ("BartForCausalLM", "AutoModelForCausalLM"), ("T5EncoderModel", "AutoModel"),
     ("BertForMultipleChoice", "AutoModelForMultipleChoice"), ("BertForPreTraining", "AutoModelForPreTraining"),

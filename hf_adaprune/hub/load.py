@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover
 from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
+from .remote_code import short_cache_problem
 from .remote_code import set_auto_map, write_remote_code
 from .save import save_beside_model
 
@@ -120,6 +121,9 @@ class AutoPrunedModel:
                                  f"class: pass an AutoModel... class that maps {type(config).__name__}, or leave "
                                  f"auto_class out for the saved class ({(config.architectures or ['?'])[0]})")
             base_class = mapping[type(config)]
+            problem = short_cache_problem(config, base_class.__name__)
+            if problem:
+                raise ValueError(problem)
         else:
             architecture = (config.architectures or [""])[0] or ""
             # folders saved before classes kept their names say PrunedBert...: build from the transformers class

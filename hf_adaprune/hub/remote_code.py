@@ -98,7 +98,26 @@ def builds_pruned_stacks(model, class_name: str) -> bool:
     if not own:  # a family without layer stacks: the same base model class
         return transformers_base(type(candidate.base_model)) is transformers_base(type(model.base_model))
     stacks = {group.name for group in find_layer_groups(candidate)}
-    return bool(stacks) and stacks <= own
+    if not stacks or not stacks <= own:
+        return False
+    return short_cache_problem(model.config, class_name) is None
+
+
+def short_cache_problem(config, class_name: str) -> str | None:
+    """Why transformers' ``class_name`` cannot generate with the KV cache from ``config`` (None: it can). A
+    decoder-only head of an encoder-decoder (BartForCausalLM, WhisperForCausalLM, ...) sizes its cache by
+    ``num_hidden_layers``, which these configs map to the encoder's layer count: once encoder layers are removed
+    and the decoder keeps more, ``generate()`` with the cache fails on the missing cache layers."""
+    decoder_layers = getattr(config, "decoder_layers", None)
+    if not getattr(config, "is_encoder_decoder", False) or decoder_layers is None \
+            or decoder_layers <= config.num_hidden_layers:
+        return None
+    candidate = _built_on_meta(class_name, config)
+    if candidate is None or getattr(candidate.config, "is_encoder_decoder", False):
+        return None
+    return (f"{class_name} sizes its KV cache by num_hidden_layers ({config.num_hidden_layers}), which this "
+            f"config maps to the encoder's layer count, while the pruned decoder keeps {decoder_layers} layers: "
+            "generate() with the cache would fail. Load the saved encoder-decoder class (leave auto_class out)")
 
 
 def auto_classes_for(model) -> dict[str, str]:

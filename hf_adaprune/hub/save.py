@@ -17,10 +17,11 @@ import torch
 
 from ..surgery import compact
 
-# weight files transformers loads from a folder: a single file, shards and their index, in either format; and
-# save_int8's (load_int8 would read an earlier model's int8 weights under the new config)
-WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model-*.bin", "pytorch_model.bin.index.json", "model_int8.safetensors", "int8.json")
+# weight files transformers loads from a folder: a single file, shards and their index, in either format, with or
+# without a variant (model.fp16.safetensors, model.fp16-00001-of-00002.safetensors, model.safetensors.index.fp16.json);
+# and save_int8's (load_int8 would read an earlier model's int8 weights under the new config)
+WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index*.json", "pytorch_model*.bin",
+                   "pytorch_model.bin.index*.json", "int8.json")
 
 
 def _weight_files(folder: Path) -> set[str]:
