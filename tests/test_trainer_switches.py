@@ -110,13 +110,45 @@ def test_ignore_keys_for_eval_reach_the_decisions(tmp_path):
     assert trainer.controller.state.reference is not None and trainer.controller.state.ratio > 0
 
 
-def test_decision_prediction_bars_are_closed(tmp_path):
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_decision_prediction_bars_are_closed(tmp_path, monkeypatch, metric):
+    """Each decision evaluation closes its bar; decisions on the loss (evaluation_loop, not predict()) as well, or
+    every later decision would count on in the metric check's bar."""
     from transformers.trainer_callback import ProgressCallback
 
-    trainer = make_trainer(tmp_path, disable_tqdm=False)
+    opened = []
+    real = ProgressCallback.on_prediction_step
+    monkeypatch.setattr(ProgressCallback, "on_prediction_step", lambda self, args, state, control, eval_dataloader=None,
+                        **kw: opened.append(self.prediction_bar is None) or real(self, args, state, control,
+                                                                                 eval_dataloader=eval_dataloader, **kw))
+    trainer = make_trainer(tmp_path, disable_tqdm=False, pruning_metric=metric)
     trainer.train()
     (progress,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)]
     assert progress.prediction_bar is None
+    decisions = len(trainer.controller.state.history) - trainer.controller.state.done
+    assert opened.count(True) >= decisions + 1  # a new bar for the metric check and for every decision
+
+
+def test_eval_on_start_sees_the_model_as_given_without_a_warm_up(tmp_path):
+    """With pruning_warmup_steps 0 the reference and first candidate come before the first optimizer step, after
+    eval_on_start's evaluation: that one describes the unpruned model."""
+    from transformers import TrainerCallback
+
+    from hf_adaprune import get_masks
+
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append((state.global_step, get_masks(trainer.model).pruned_fraction("heads")))
+
+    trainer = make_trainer(tmp_path, pruning_criterion="magnitude", pruning_warmup_steps=0, eval_on_start=True,
+                           eval_strategy="steps", eval_steps=10, max_steps=20)
+    trainer.add_callback(Spy())
+    trainer.train()
+    assert seen[0] == (0, 0.0)
+    history = trainer.controller.state.history
+    assert history[0]["event"] == "reference" and history[1]["event"] in ("keep", "rollback")
 
 
 def test_metric_for_best_model_is_not_checked_against_decisions_on_the_loss(tmp_path):

@@ -134,8 +134,10 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
         try:
             with decision_rng(self.args.seed, self.args.device, self.data_collator):
-                return self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
-                                            prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+                metrics = self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
+                                               prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+            self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
+            return metrics
         finally:
             self.args.dataloader_drop_last = drop_last
 

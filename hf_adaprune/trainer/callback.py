@@ -9,13 +9,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 class PruningCallback(TrainerCallback):
-    """Begin (reference, checks), step (prune / decide), save (``pruning_state.pt``) and finish (compact, report)."""
+    """Begin (checks; with no warm-up the reference before the first step), step (prune / decide), save (``pruning_state.pt``) and finish (compact, report)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.begin_pruning()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer.start_before_first_step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.pruning_step(state.global_step)

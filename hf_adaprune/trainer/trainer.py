@@ -365,8 +365,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if state.global_step == 0:
             self._check_metric_available()
         self._began_at = state.global_step
-        if args.pruning_warmup_steps == 0 and self.controller.state.reference is None:
-            self.pruning_step(state.global_step)
+
+    def start_before_first_step(self, step: int) -> None:
+        """At ``on_step_begin``: with no warm-up, take the reference and mask the first candidate before the first
+        optimizer step, not at ``on_train_begin``: ``eval_on_start``'s evaluation comes between the two and
+        describes the model as given."""
+        if self.args.pruning_warmup_steps == 0 and self.controller.state.reference is None:
+            self.pruning_step(step)
 
     def pruning_step(self, step: int) -> None:
         """At ``on_step_end``: take the reference after the warm-up, then judge each step after its interval."""
@@ -461,9 +466,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if self.pruning_metric == "loss":  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
                 # the decisions' rows and the user's evaluation set would be swapped for each other
-                return self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
-                                            prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
-                                            metric_key_prefix=DECISION_PREFIX).metrics
+                metrics = self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
+                                               prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
+                                               metric_key_prefix=DECISION_PREFIX).metrics
+                self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
+                return metrics
             # predict() (the Seq2Seq trainer's sets up generation), without telling the user's on_predict callbacks;
             # progress bars still close their prediction bar there
             self.callback_handler.on_predict = self._on_predict_of_progress_bars
@@ -473,6 +480,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.callback_handler.__dict__.pop("on_predict", None)
 
     def _on_predict_of_progress_bars(self, args, state, control, metrics):
+        """Close the progress bars' prediction bar of a decision evaluation (on_predict alone closes it), without
+        telling the user's other callbacks."""
         for callback in self.callback_handler.callbacks:
             if type(callback).__name__ in ("ProgressCallback", "NotebookProgressCallback"):
                 callback.on_predict(args, state, control, metrics=metrics)
