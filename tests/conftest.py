@@ -60,6 +60,18 @@ def tiny_model(model_type: str, head: str = "AutoModelForSequenceClassification"
     return model.eval()
 
 
+def random_biases(model, seed: int = 0, std: float = 0.1):
+    """``model`` with every Linear bias drawn from N(0, std^2), in place. Built from a config, a tiny model has all
+    its biases at 0, so a test of what follows a structure's rows (compaction, scores) would pass with the biases
+    dropped or taken from the wrong rows; 0.1 is about the size of a Linear's output in these models."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * std)
+    return model
+
+
 def text_batch(vocab_size: int = 99, batch: int = 3, seq: int = 11, seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, vocab_size, (batch, seq), generator=generator)

@@ -8,7 +8,7 @@ import torch
 from hf_adaprune import MagnitudeImportance, TaylorImportance, find_groups, make_importance
 from hf_adaprune.families import HeadGroup
 
-from conftest import text_batch, tiny_model
+from conftest import random_biases, text_batch, tiny_model
 
 
 def loss_backward(model, seed=1):
@@ -48,7 +48,7 @@ def brute_force_taylor(model, group):
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
 def test_taylor_equals_brute_force(model_type):
-    model = tiny_model(model_type).train()
+    model = random_biases(tiny_model(model_type)).train()  # the Q/K/V and FFN-input biases count too
     groups = find_groups(model)
     loss_backward(model)
     importance = TaylorImportance()
@@ -61,7 +61,7 @@ def test_taylor_equals_brute_force(model_type):
 
 
 def test_taylor_is_mean_of_normalised_per_batch_absolute_values():
-    model = tiny_model("bert").train()
+    model = random_biases(tiny_model("bert")).train()
     groups = find_groups(model)
     importance = TaylorImportance()
     per_batch = []
@@ -102,7 +102,7 @@ def test_taylor_skips_a_step_whose_gradients_overflowed(bad):
 
 
 def test_magnitude_scores_sum_of_absolute_weights():
-    model = tiny_model("bert")
+    model = random_biases(tiny_model("bert"))  # the head's Q/K/V biases count too
     groups = find_groups(model)
     scores = MagnitudeImportance().scores(model, groups)
     attn = model.bert.encoder.layer[0].attention
@@ -155,8 +155,14 @@ def test_a_criterion_is_one_class():
             g.name: [1.0] * (4 if g.kind == "heads" else 37) for g in groups}
         assert TaylorImportance.needs_gradients and not MagnitudeImportance.needs_gradients
         for name in ("taylor", "magnitude", "random"):  # one interface: every criterion scores given groups
-            scores = make_importance(name).scores(model, groups[:2])
-            assert name == "taylor" or set(scores) == {g.name for g in groups[:2]}
+            other = make_importance(name)
+            if other.needs_gradients:  # no step seen yet: nothing to rank by; then the step's gradients
+                assert other.scores(model, groups[:2]) == {}
+                loss_backward(model)
+                assert other.update(model, groups[:2])
+            scores = other.scores(model, groups[:2])
+            assert {n: tuple(v.shape) for n, v in scores.items()} == {g.name: (4,) if g.kind == "heads" else (37,)
+                                                                       for g in groups[:2]}, name
     finally:
         IMPORTANCE_CRITERIA.pop("test-first-weight", None)
 

@@ -33,6 +33,10 @@ def test_every_public_name_is_listed_and_importable():
 
     assert set(hf_adaprune.__all__) <= set(dir(hf_adaprune))
     assert {"AdaptivePruningTrainer", "post_training_prune", "export_onnx", "filter_groups"} <= set(dir(hf_adaprune))
-    from hf_adaprune import filter_groups  # the README's engine example uses it
-
-    assert callable(filter_groups)
+    # each name, the lazily loaded ones through the module each is loaded from, is the object of that name
+    public = {name: getattr(hf_adaprune, name) for name in hf_adaprune.__all__}
+    assert {name: getattr(value, "__name__", name) for name, value in public.items()} == {n: n for n in public}
+    star: dict = {}
+    exec("from hf_adaprune import *", star)
+    star.pop("__builtins__")
+    assert star.keys() == public.keys() and all(star[name] is public[name] for name in public)

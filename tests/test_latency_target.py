@@ -59,13 +59,37 @@ def test_a_table_timed_away_from_the_training_device_is_warned_of(tmp_path, monk
     assert seen == []  # a FLOP target times nothing
 
 
-def test_trainer_prunes_to_a_fraction_of_measured_time(tmp_path):
+def test_trainer_prunes_to_a_fraction_of_measured_time(tmp_path, monkeypatch):
+    """The selection follows the measured table, not the structure counts: with each layer's heads and neurons
+    timed 10x the layer before's (their FLOPs are equal), the heads and neurons that go take half of each kind's
+    time, and the report counts the sparsity in that table's seconds."""
+    import hf_adaprune.trainer.trainer as trainer_module
+
+    measured = []
+
+    def steep(model, groups, *args, **kwargs):  # the table measured, each layer's entries scaled by 10^layer
+        table = latency_costs(model, groups, *args, **kwargs)
+        measured.append(table)
+        return {name: seconds * 10 ** int(name.split(".")[2]) for name, seconds in table.items()}
+
+    monkeypatch.setattr(trainer_module, "latency_costs", steep)
     trainer = make_trainer(tmp_path, pruning_target_type="latency", pruning_latency_seq_len=10,
                            pruning_target=0.5, pruning_initial_step=0.5, pruning_tolerance=10.0, max_steps=12)
-    assert trainer.costs is not None and all(c > 0 for c in trainer.costs.values())
+    assert len(measured) == 1 and all(c > 0 for c in measured[0].values())
+    costs = dict(trainer.costs)
+    assert costs == {name: seconds * 10 ** int(name.split(".")[2]) for name, seconds in measured[0].items()}
     trainer.train()
     report = json.loads((tmp_path / "pruning_report.json").read_text())
-    assert report["target_type"] == "latency" and report["final_sparsity"] == pytest.approx(0.5, abs=0.1)
+    layers = trainer.model.bert.encoder.layer
+    pruned = {"attention": [4 - layer.attention.self.num_attention_heads for layer in layers],
+              "ffn": [37 - layer.intermediate.dense.out_features for layer in layers]}
+    fractions = {}
+    for kind, size in (("attention", 4), ("ffn", 37)):
+        unit = [costs[f"encoder.layer.{i}.{kind}"] for i in range(3)]
+        fractions[kind] = sum(u * n for u, n in zip(unit, pruned[kind])) / (size * sum(unit))
+        # a cost budget is met to within half its dearest structure (one of layer 2's)
+        assert fractions[kind] == pytest.approx(0.5, abs=0.5 * max(unit) / (size * sum(unit))), (kind, pruned)
+    assert report["target_type"] == "latency" and report["final_sparsity"] == pytest.approx(min(fractions.values()))
 
 
 @pytest.mark.parametrize("field", ["pruning_latency_batch_size", "pruning_generation_tokens",

@@ -378,7 +378,7 @@ def test_a_failure_midway_leaves_an_inplace_model_as_it_was_given():
     with torch.no_grad():
         before = model(**batch).logits
     bad_eval = [dict(row, labels=7) for row in labelled_examples(8, seed=5)]  # a class the 3-class head lacks
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="Target 7 is out of bounds"):  # the loss on the bad labels, midway
         post_training_prune(model, labelled_examples(16), 0.5, eval_dataset=bad_eval, data_collator=pad_collator,
                             seq_len=16, progress=False, inplace=True)
     from hf_adaprune import get_masks

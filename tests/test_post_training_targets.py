@@ -90,13 +90,30 @@ def test_reported_error_is_that_of_the_fitted_target(kind):
 
 
 def test_refit_target_is_recorded_and_checked():
+    """Each target is fitted and recorded: the same masks, re-fitted to each, give other output projections. The
+    dense residual sum moves them most (its target carries the earlier layers' error too); the dense output and the
+    same-input targets differ only where the pruned model's inputs drifted from the dense model's, past layer 0."""
     model = tiny_model("bert")
     rows = labelled_examples(32)
     with pytest.raises(ValueError, match="refit_target must be one of"):
         post_training_prune(model, rows, 0.5, refit_target="teacher", data_collator=pad_collator, progress=False)
     with pytest.raises(ValueError, match="'dense_residual' or 'dense_output'"):
         capture_dense_targets(model, [], [], "same_input")
+    fitted = {}
     for kind in ("dense_residual", "dense_output", "same_input"):
         result = post_training_prune(model, rows, 0.5, refit_target=kind, data_collator=pad_collator, seq_len=16,
                                      progress=False, refit_samples=16)
         assert result.refit_errors and all(0 <= e < 1.5 for e in result.refit_errors.values()), kind
+        assert result.settings["refit_target"] == kind
+        fitted[kind] = {name: value for name, value in result.model.state_dict().items()
+                        if name.endswith("output.dense.weight")}  # the attention and FFN output projections
+    shapes = [{name: value.shape for name, value in weights.items()} for weights in fitted.values()]
+    assert shapes[0] == shapes[1] == shapes[2], "the same structures kept"
+
+    def largest_change(a, b):
+        return max(float((fitted[a][name] - fitted[b][name]).abs().max()) for name in fitted[a])
+
+    # the projections' weights are about 0.1 in size
+    assert largest_change("dense_residual", "dense_output") > 0.02
+    assert largest_change("dense_residual", "same_input") > 0.02
+    assert largest_change("dense_output", "same_input") > 1e-4

@@ -7,7 +7,7 @@ import torch
 
 from hf_adaprune import TaylorImportance, find_groups, make_importance
 
-from conftest import tiny_model
+from conftest import random_biases, tiny_model
 from test_importance import brute_force_taylor, loss_backward
 from test_trainer import make_args, make_trainer
 
@@ -32,7 +32,8 @@ def accumulate(importance, model, groups, seeds):
 
 @pytest.mark.parametrize("name, square", [("taylor", False), ("fisher", True)])
 def test_moving_average_weighs_recent_steps_by_the_factor(name, square):
-    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()  # same grads twice
+    # no dropout: the same gradients twice; random biases: the biases a structure owns count too
+    model = random_biases(tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
     groups = find_groups(model)
     seeds = [1, 2, 3]
     steps = per_step_scores(model, groups, seeds, square)
@@ -47,7 +48,8 @@ def test_moving_average_weighs_recent_steps_by_the_factor(name, square):
 
 
 def test_fisher_ranks_by_the_squared_taylor_value():
-    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()  # same grads twice
+    # no dropout: the same gradients twice; random biases: the biases a structure owns count too
+    model = random_biases(tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
     groups = find_groups(model)
     loss_backward(model)
     taylor, fisher = TaylorImportance(), make_importance("fisher")

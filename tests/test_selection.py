@@ -72,11 +72,16 @@ def test_global_respects_floor():
 
 
 def test_global_cost_budget():
+    """Given costs, the ratio is a share of the cost: a dear structure that would overshoot the budget by more than
+    half its cost is passed over for cheaper ones scored above it; counted, the same ratio prunes other ones."""
     scores = {"g0": torch.tensor([1.0, 2.0]), "g1": torch.tensor([1.0, 2.0, 3.0, 4.0])}
-    costs = {"g0": 10.0, "g1": 1.0}  # total 24; half is 12
-    masks = select_masks(scores, ones(2, 4), ratio=0.5, scope="global", floor=0, costs=costs)
-    pruned_cost = sum(costs[n] * float((m == 0).sum()) for n, m in masks.items())
-    assert 10 <= pruned_cost <= 14
+    # normalised, the order is g1[0], g1[1], g0[0], g1[2], g1[3], g0[1]
+    costs = {"g0": 10.0, "g1": 1.0}  # total 24; a quarter is 6
+    masks = select_masks(scores, ones(2, 4), ratio=0.25, scope="global", floor=0, costs=costs)
+    # g0[0] would bring the pruned cost from 2 to 12: all four g1 entries (4) come nearest to 6
+    assert masks["g0"].tolist() == [1, 1] and masks["g1"].tolist() == [0, 0, 0, 0]
+    counted = select_masks(scores, ones(2, 4), ratio=0.25, scope="global", floor=0)
+    assert counted["g0"].tolist() == [1, 1] and counted["g1"].tolist() == [0, 0, 1, 1]  # 1.5 of 6 structures: 2
 
 
 def test_bad_arguments():

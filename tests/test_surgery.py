@@ -10,7 +10,7 @@ from hf_adaprune import AutoPrunedModel, attach_masks, compact, find_groups, get
 from hf_adaprune.engine.masks import structure_count
 from hf_adaprune.layout import read_record
 
-from conftest import text_batch, tiny_model
+from conftest import random_biases, text_batch, tiny_model
 
 TOL = 1e-5
 
@@ -42,7 +42,7 @@ def outputs(model, batch):
     ["AutoModelForSequenceClassification", "AutoModelForTokenClassification", "AutoModel"],
 )
 def test_compacted_equals_masked(family, head):
-    model = tiny_model(family, head)
+    model = random_biases(tiny_model(family, head))  # biases that differ row by row must go with their rows
     batch = text_batch()
     dense = outputs(model, batch)
     random_masks(model)
@@ -55,7 +55,7 @@ def test_compacted_equals_masked(family, head):
 
 
 def test_question_answering_head(family):
-    model = tiny_model(family, "AutoModelForQuestionAnswering")
+    model = random_biases(tiny_model(family, "AutoModelForQuestionAnswering"))
     batch = text_batch()
     random_masks(model, seed=3)
     with torch.no_grad():
@@ -68,7 +68,9 @@ def test_question_answering_head(family):
 
 
 def test_shapes_and_record_after_compaction():
-    model = tiny_model("bert")
+    model = random_biases(tiny_model("bert"))
+    query_bias = model.bert.encoder.layer[1].attention.self.query.bias.detach().clone()
+    ffn_bias = model.bert.encoder.layer[2].intermediate.dense.bias.detach().clone()
     masks = attach_masks(model)
     masks.set("encoder.layer.1.attention", torch.tensor([1.0, 0.0, 1.0, 0.0]))
     ffn = torch.zeros(37)
@@ -82,6 +84,9 @@ def test_shapes_and_record_after_compaction():
     assert model.bert.encoder.layer[1].attention.output.dense.weight.shape == (32, 16)
     assert model.bert.encoder.layer[2].intermediate.dense.weight.shape == (3, 32)
     assert model.bert.encoder.layer[2].output.dense.weight.shape == (32, 3)
+    # the kept rows' biases: heads 0 and 2 (8 rows each), neurons 3, 5 and 30
+    assert torch.equal(layer1.query.bias, torch.cat([query_bias[0:8], query_bias[16:24]]))
+    assert torch.equal(model.bert.encoder.layer[2].intermediate.dense.bias, ffn_bias[[3, 5, 30]])
     assert getattr(model.bert.encoder.layer[0].attention.self, "is_empty_attention", False)
     assert record["groups"]["encoder.layer.1.attention"]["kept"] == [0, 2]
     assert record["groups"]["encoder.layer.2.ffn"]["kept"] == [3, 5, 30]
@@ -92,7 +97,7 @@ def test_shapes_and_record_after_compaction():
 
 
 def test_second_compaction_composes_original_indices():
-    model = tiny_model("bert")
+    model = random_biases(tiny_model("bert"))
     batch = text_batch()
     masks = attach_masks(model)
     masks.set("encoder.layer.1.attention", torch.tensor([1.0, 0.0, 1.0, 1.0]))
