@@ -94,6 +94,23 @@ def check_labels(run: Run) -> None:
                           f"(order them with --label_mapping)")
 
 
+LONG_FRACTION = 0.2  # --post_training_long_share draws from the longest fifth of the rows
+
+
+def long_rows_fraction(rows: int, drawn: int, long_share: float) -> float:
+    """The share of the ``rows`` tokenized training rows that count as long: the longest fifth, or more where a
+    small training split's fifth holds fewer than the ``long_share`` of the ``drawn`` rows wanted (named in a
+    warning) rather than a failure after loading."""
+    wanted = round(long_share * drawn)
+    if wanted <= round(LONG_FRACTION * rows):
+        return LONG_FRACTION
+    fraction = wanted / rows
+    logger.warning("--post_training_long_share %s: the training split's longest fifth holds %d rows, fewer than the "
+                   "%d long rows of %d; the longest %.0f%% of its %d rows count as long instead", long_share,
+                   round(LONG_FRACTION * rows), wanted, drawn, 100 * fraction, rows)
+    return fraction
+
+
 def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     """The ``--post_training`` run of ``task`` (text classification); returns what it writes to results.json."""
     started = time.time()
@@ -115,8 +132,10 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
     calibration = subsample(run.datasets["train"], pool, training_args.seed)
     if data_args.post_training_long_share > 0:
+        drawn = min(samples, len(calibration))
+        long_fraction = long_rows_fraction(len(calibration), drawn, data_args.post_training_long_share)
         calibration = _as_recipe_error(lambda: length_mixed_calibration(
-            calibration, min(samples, len(calibration)), long_share=data_args.post_training_long_share,
+            calibration, drawn, long_share=data_args.post_training_long_share, long_fraction=long_fraction,
             seed=training_args.seed))
     result = _as_recipe_error(lambda: post_training_prune(  # bad values fail before any forward pass
         run.model, calibration, training_args.pruning_target, metric=training_args.pruning_metric,

@@ -217,7 +217,9 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     ({"calibration_dataset": [{"input_ids": [5, 6, 7]}]}, "calibration examples need labels"),
     ({"scores": "hessian"}, "scores must be one of"),
     ({"target": None}, "needs an eval_dataset"),
-    ({"tolerance": -0.1}, "tolerance must be >= 0"),
+    ({"tolerance": -0.1}, r"tolerance must be a finite number >= 0, got -0.1"),
+    ({"tolerance": "0.01"}, r"tolerance must be a finite number >= 0, got '0.01'"),
+    ({"tolerance": None}, r"tolerance must be a finite number >= 0, got None"),
     ({"scores": {"encoder.layer.0.ffn": torch.ones(37)}}, "the scores given have no entry"),
     ({"kinds": ("attention",)}, r"kinds must be a non-empty tuple of \('heads', 'ffn'\)"),
     ({"kinds": "heads"}, "kinds must be a non-empty tuple"),
@@ -225,7 +227,19 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
     ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
     ({"seq_len": 0}, "seq_len must be a whole number >= 1, got 0"),
     ({"seq_len": 128}, r"seq_len 128 .* exceeds the model's max_position_embeddings \(64\)"),
-    ({"ridge": -1.0}, "ridge must be >= 0"),
+    ({"ridge": -1.0}, r"ridge must be a finite number >= 0 \(relative to the activations' scale\), got -1.0"),
+    ({"ridge": float("inf")}, r"ridge must be a finite number >= 0 .*, got inf"),
+    ({"calibration_dataset": torch.utils.data.DataLoader(labelled_examples(8), batch_size=4)},
+     r"calibration_dataset is a DataLoader, whose rows cannot be drawn by index: pass the datasets.Dataset"),
+    ({"calibration_dataset": {"input_ids": [[5, 6, 7]], "labels": [0]}},
+     r"calibration_dataset is a mapping of columns \(dict\), not rows: pass datasets.Dataset.from_dict"),
+    ({"calibration_dataset": [(5, 6, 7)]}, r"calibration_dataset\[0\] is a tuple; each row must be a dict of columns"),
+    ({"calibration_dataset": [{"input_ids": list(range(5, 85)), "labels": 0}]},
+     r"calibration_dataset holds a row of 80 tokens, but the model reads at most 64 \(max_position_embeddings "
+     r"\(64\)\): tokenize with truncation=True, max_length=64"),
+    ({"eval_dataset": [{"input_ids": list(range(5, 75)), "labels": 0}]}, r"eval_dataset holds a row of 70 tokens"),
+    ({"calibration_dataset": [{"input_ids": [[5, 6], [7, 120]], "labels": 0}]},
+     r"calibration_dataset holds token id 120, but the model's embedding table has 99 rows"),
     ({"target": "0.5"}, "target must be a number"),
     ({"eval_dataset": [{"input_ids": [5, 6, 7]}]}, "eval_dataset examples need labels"),
     ({"eval_dataset": [{"input_ids": [5, 6, 7]}], "metric": "loss"}, "need labels .* for the loss check"),
@@ -389,6 +403,24 @@ def test_a_failure_midway_leaves_an_inplace_model_as_it_was_given():
     result = post_training_prune(model, labelled_examples(16), 0.5, data_collator=pad_collator, seq_len=16,
                                  progress=False, inplace=True)  # a retry is not refused for masks left behind
     assert result.model is model
+
+
+def test_a_failing_check_gives_the_model_back_in_training_mode():
+    from hf_adaprune.post_training.prune import evaluate
+
+    model = tiny_model("bert").train()
+    bad = [pad_collator([dict(row, labels=7) for row in labelled_examples(4)])]
+    with pytest.raises(IndexError, match="Target 7 is out of bounds"):
+        evaluate(model, bad, "accuracy", progress=False)
+    assert model.training
+
+
+def test_numpy_numbers_are_taken_as_the_numbers_they_are():
+    import numpy as np
+
+    result = post_training_prune(tiny_model("bert"), labelled_examples(16), np.float32(0.5), data_collator=pad_collator,
+                                 seq_len=np.int64(16), ridge=np.float32(0.01), batch_size=np.int32(8), progress=False)
+    assert result.settings["ridge"] == pytest.approx(0.01) and result.comparison.layer_flops_removed > 0.4
 
 
 def test_a_model_configured_to_return_tuples_is_pruned_to_a_numpy_target():

@@ -110,6 +110,17 @@ def test_long_share_mixes_the_longest_training_rows_into_the_calibration(workspa
     assert len(chosen) == 20 and sum(n >= long_length for n in chosen) >= 10
 
 
+def test_long_share_on_a_small_training_split_widens_the_long_rows_with_a_warning(workspace, fine_tuned, tmp_path,
+                                                                                 caplog):  # noqa: F811
+    """40 calibration rows at long_share 0.5 want 20 long rows; the 60 training rows' longest fifth holds 12: the
+    longest third count as long (a warning says so) instead of a failure after loading."""
+    with caplog.at_level("WARNING"):
+        results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--post_training_long_share", "0.5"))
+    assert results["post_training"]["calibration_samples"] == 40
+    assert "the training split's longest fifth holds 12 rows, fewer than the 20 long rows of 40; the longest 33% " \
+           "of its 60 rows count as long instead" in caplog.text
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dense_control", "true"], "--dense_control applies to pruning while training"),
     (["--distillation", "true"], "--distillation applies to pruning while training"),

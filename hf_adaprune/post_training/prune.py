@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import numbers
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -24,7 +26,8 @@ from transformers import DataCollatorWithPadding, EvalPrediction, default_data_c
 from ..engine.controller import KEEP, SELECTION_SLACK, AdaptiveController
 from ..engine.masks import attach_masks, detach_masks, get_masks, structure_count
 from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
-from ..families import UnsupportedModelError, check_sequence_length, find_groups, get_adapter
+from ..families import (UnsupportedModelError, check_sequence_length, find_groups, get_adapter, positions_note,
+                        readable_positions)
 from ..hub import save_pruned
 from ..hub.save import check_save_request
 from ..metrics import metric_greater_is_better
@@ -33,6 +36,7 @@ from ..reporting.report import write_json
 from ..reporting.summary import ProfileComparison
 from ..surgery import compact
 from ..task_metrics import classification_metrics
+from ..trainer.eval_order import is_map_style
 from .calibration import LABEL_KEYS, SCORE_KINDS, calibration_batches, device_batch, mask_gradient_scores, model_input_names
 from .dense_targets import REFIT_TARGETS, capture_dense_targets
 from .refit import DEFAULT_RIDGE, refit_groups, refit_token_floor
@@ -257,12 +261,42 @@ def _first_unlabeled(dataset) -> int | None:
 
 def _check_ids_fit(model, name: str, rows) -> None:
     """Token ids the model's embedding table has no row for (rows tokenized by another model's tokenizer) are
-    refused by name: the embedding lookup would fail with an index error."""
+    refused by name: the embedding lookup would fail with an index error. So are rows longer than the position
+    table reads: the forward would fail on a shape. A row may hold several sequences (multiple choice)."""
     size = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
-    largest = max((int(max(ids)) for ids in rows if len(ids)), default=-1)
+    sequences = [np.asarray(ids).reshape(-1, np.shape(ids)[-1]) for ids in rows if np.size(ids)]
+    largest = max((int(ids.max()) for ids in sequences), default=-1)
     if size is not None and largest >= size:
         raise ValueError(f"{name} holds token id {largest}, but the model's embedding table has {size} rows: the "
                          "rows were tokenized with another model's tokenizer; tokenize them with this model's")
+    longest = max((ids.shape[-1] for ids in sequences), default=0)
+    positions = readable_positions(model.config)
+    if positions and longest > positions:
+        raise ValueError(f"{name} holds a row of {longest} tokens, but the model reads at most {positions} "
+                         f"({positions_note(model.config)}): tokenize with truncation=True, max_length={positions}")
+
+
+def _check_indexable(name: str, dataset) -> None:
+    """Rows are drawn by index (``dataset[i]``, a mapping of columns) from something with a length: a DataLoader,
+    a streaming dataset, a dict of columns or one BatchEncoding are refused with what to pass instead."""
+    if dataset is None:
+        return
+    if isinstance(dataset, (list, tuple)):
+        index = next((i for i, row in enumerate(dataset) if not isinstance(row, Mapping)), None)
+        if index is not None:
+            raise ValueError(f"{name}[{index}] is a {type(dataset[index]).__name__}; each row must be a dict of "
+                             "columns (input_ids, attention_mask, labels, ...)")
+        return
+    if isinstance(dataset, Mapping):  # a dict of columns or a BatchEncoding: a mapping, not rows
+        raise ValueError(f"{name} is a mapping of columns ({type(dataset).__name__}), not rows: pass "
+                         f"datasets.Dataset.from_dict(dict({name})) or a list of row dicts")
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__") or not is_map_style(dataset):
+        raise ValueError(f"{name} is a {type(dataset).__name__}, whose rows cannot be drawn by index: pass the "
+                         "datasets.Dataset (or list of row dicts) itself, not a DataLoader or a streaming dataset "
+                         "(list(...) of a small stream will do)")
+    if not hasattr(dataset, "column_names") and len(dataset) and not isinstance(dataset[0], Mapping):
+        raise ValueError(f"{name}[0] is a {type(dataset[0]).__name__}; each row must be a dict of columns "
+                         "(input_ids, attention_mask, labels, ...)")
 
 
 def _check_tokenized(model, name: str, dataset) -> None:
@@ -364,6 +398,17 @@ def evaluate(model: nn.Module, batches: list[dict], metric: str, progress: bool 
     """``metric`` of ``model`` on pre-collated labelled batches: ``"loss"`` or a classification metric name."""
     was_training = model.training
     model.eval()
+    try:
+        losses, weights, logits, labels = _predict(model, batches, metric, progress)
+    finally:  # also when a batch fails: the model comes back in the mode it was given
+        model.train(was_training)
+    if metric == "loss":
+        return sum(losses) / sum(weights)
+    result = _metric_function(metric)(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels)))
+    return float(result[metric])
+
+
+def _predict(model: nn.Module, batches: list[dict], metric: str, progress: bool):
     device = next(model.parameters()).device
     losses, weights, logits, labels = [], [], [], []
     for batch in tqdm(batches, desc=f"check: {metric}", disable=not progress):
@@ -380,11 +425,7 @@ def evaluate(model: nn.Module, batches: list[dict], metric: str, progress: bool 
             batch_logits, batch_labels = batch_logits.reshape(-1, batch_logits.shape[-1]), batch_labels.reshape(-1)
         logits.append(batch_logits)
         labels.append(batch_labels)
-    model.train(was_training)
-    if metric == "loss":
-        return sum(losses) / sum(weights)
-    result = _metric_function(metric)(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels)))
-    return float(result[metric])
+    return losses, weights, logits, labels
 
 
 @functools.lru_cache(maxsize=None)
@@ -400,10 +441,10 @@ def _validate_sizes(model, *, kinds, seq_len, batch_size, refit_samples, ridge, 
     for name, value, least in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
                                ("refit_samples", 1 if refit_samples is None else refit_samples, 1),
                                ("min_heads_per_layer", floors[0], 0), ("min_neurons_per_layer", floors[1], 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-    if not isinstance(ridge, (int, float)) or not ridge >= 0:
-        raise ValueError(f"ridge must be >= 0 (relative to the activations' scale), got {ridge!r}")
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not 0 <= ridge < math.inf:
+        raise ValueError(f"ridge must be a finite number >= 0 (relative to the activations' scale), got {ridge!r}")
     check_sequence_length(model, seq_len, meaning="the length FLOPs are counted at")
 
 
@@ -439,6 +480,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError(f"target must be a number, the fraction of the layer FLOPs to remove, got {target!r}")
     if target is not None and not 0.0 < target < 1.0:
         raise ValueError(f"target must be a fraction of the layer FLOPs in (0, 1), or None to search; got {target}")
+    _check_indexable("calibration_dataset", calibration_dataset)
     if calibration_dataset is None or len(calibration_dataset) == 0:
         raise ValueError("calibration_dataset is empty: give tokenized, labelled examples (a few thousand)")
     _check_tokenized(model, "calibration_dataset", calibration_dataset)
@@ -463,10 +505,11 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         raise ValueError(f"scores must be one of {SCORE_KINDS} or a dict of per-group scores, got {scores!r}")
     if refit_target not in REFIT_TARGETS:
         raise ValueError(f"refit_target must be one of {REFIT_TARGETS}, got {refit_target!r}")
-    if not tolerance >= 0:  # NaN too
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     if tolerance_type not in ("absolute", "relative"):
         raise ValueError(f"tolerance_type must be 'absolute' or 'relative', got {tolerance_type!r}")
+    _check_indexable("eval_dataset", eval_dataset)
     if searching and (eval_dataset is None or len(eval_dataset) == 0):
         raise ValueError("searching the ratio (target=None or search=True) needs an eval_dataset for the metric")
     if eval_dataset is not None and len(eval_dataset) == 0:

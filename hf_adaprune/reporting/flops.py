@@ -8,6 +8,8 @@ uses for the CUDA kernels.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 from torch.utils import flop_counter
@@ -149,8 +151,9 @@ def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> 
     from ..families import check_sequence_length, find_groups
 
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    seq_len, batch_size = int(seq_len), int(batch_size)  # numpy integers too; the record holds plain ints
     check_sequence_length(model, seq_len)
     inputs = example_inputs(model, seq_len, batch_size)
     total, per_module = count_flops(model, inputs)
