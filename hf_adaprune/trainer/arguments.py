@@ -277,10 +277,6 @@ def validate_pruning_arguments(args) -> None:
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
             raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
-    if "layers" in prune_kinds(args.prune) and getattr(args, "torch_compile", False):
-        raise ValueError("--torch_compile cannot be combined with --prune ...layers: a compiled model does not run the "
-                         "layer gates that score and remove whole layers (it returns no loss). Train without "
-                         "--torch_compile, or prune heads and ffn only, which compile")
     if getattr(args, "auto_find_batch_size", False):
         raise ValueError("--auto_find_batch_size cannot be combined with pruning: after an out-of-memory error it "
                          "restarts training from step 0, but the scores, masks and reference of the aborted start "
