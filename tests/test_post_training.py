@@ -302,9 +302,14 @@ def test_floors_that_stop_the_selection_short_are_reported_not_hidden(caplog):
         result = post_training_prune(model, labelled_examples(16), 0.5, data_collator=pad_collator, seq_len=16,
                                      min_heads_per_layer=3, kinds=("heads",), refit=False, progress=False)
     assert "target 0.5 cannot be reached" in caplog.text
-    assert "the selection for 0.500 reached 0.250" in caplog.text
+    assert "the selection for 0.500 reached 0.250 (each kind's fraction of its own FLOPs: heads 0.250;" in caplog.text
     assert result.ratio == 0.5 and result.selected == pytest.approx(0.25)  # 1 of 4 heads per layer
     assert result.summary()["selected"] == pytest.approx(0.25)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):  # one kind held back: the warning names each
+        post_training_prune(tiny_model("bert"), labelled_examples(16), 0.5, data_collator=pad_collator, seq_len=16,
+                            min_heads_per_layer=3, refit=False, progress=False)
+    assert "reached 0.250 (each kind's fraction of its own FLOPs: heads 0.250, ffn 0.5" in caplog.text
 
 
 def test_a_regression_head_with_a_class_metric_is_refused_before_any_work():

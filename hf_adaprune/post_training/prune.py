@@ -216,8 +216,11 @@ def post_training_prune(
 
     selected = reached()
     if ratio and selected < ratio - SELECTION_SLACK:
-        logger.warning("post-training pruning: the selection for %.3f reached %.3f of the layer FLOPs (per-layer "
-                       "floors or whole structures leave no more to remove)", ratio, selected)
+        each = ", ".join(f"{kind} {selected_fraction_by_kind(groups, masks.masks, (kind,), costs):.3f}"
+                         for kind in kinds)
+        logger.warning("post-training pruning: the selection for %.3f reached %.3f (each kind's fraction of its own "
+                       "FLOPs: %s; per-layer floors or whole structures leave no more to remove)", ratio, selected,
+                       each)
     compact(model)
     result = PostTrainingResult(selected=selected,
         model=model, ratio=ratio, reference=reference, metric=value, within_tolerance=within, scores=all_scores,
