@@ -277,6 +277,7 @@ def validate_pruning_arguments(args) -> None:
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
             raise ValueError(f"--{name} must be a finite number; got {getattr(args, name)}")
+    prune_kinds(args.prune)  # an unknown --prune value fails here, when the arguments are parsed
     if getattr(args, "auto_find_batch_size", False):
         raise ValueError("--auto_find_batch_size cannot be combined with pruning: after an out-of-memory error it "
                          "restarts training from step 0, but the scores, masks and reference of the aborted start "
