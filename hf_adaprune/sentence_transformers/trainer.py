@@ -18,7 +18,6 @@ from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from ..engine.masks import get_masks
-from ..trainer.decision_rng import decision_rng
 from ..trainer.eval_order import first_rows, is_map_style
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
@@ -130,16 +129,11 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         """
         dataset = None if self.eval_dataset is None else self.preprocess_dataset(
             first_rows(self.eval_dataset, rows), dataset_name="eval")
-        # every row counts, also under dataloader_drop_last (meant for training batches), as in the base trainer
-        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
-        try:
-            with decision_rng(self.args.seed, self.args.device, self.data_collator):
-                metrics = self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
-                                               prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
-            self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
-            return metrics
-        finally:
-            self.args.dataloader_drop_last = drop_last
+        with self._reading_decision_rows():
+            metrics = self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
+                                           prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+        self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _decision_metric(self) -> tuple[float, dict]:
         if not self._steer_by_evaluator:

@@ -15,6 +15,7 @@ leaves is :mod:`.candidate`'s business.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -448,18 +449,23 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _floors(self) -> dict[str, int]:
         return {"heads": self.args.min_heads_per_layer, "ffn": self.args.min_neurons_per_layer, "layers": 1}
 
-    def _evaluate_rows(self, rows: int | None) -> dict:
-        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``.
-
-        Every row counts, also under ``dataloader_drop_last`` (meant for training batches): dropping the last
-        batch would change which rows decide, and leave none of the two rows the metric check reads."""
-        dataset = first_rows(self.eval_dataset, rows)
+    @contextlib.contextmanager
+    def _reading_decision_rows(self):
+        """Every decision row counts, drawn alike each time: ``dataloader_drop_last`` (meant for training batches)
+        is off, as dropping the last batch would change which rows decide and leave none of the two rows the metric
+        check reads; random draws (a collator's masking) come from the decision RNG."""
         drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
         try:
-            with decision_rng(self.args.seed, self.args.device, self.data_collator):  # the same inputs every time
-                return _evaluate_names(self._evaluate_dataset(dataset))
+            with decision_rng(self.args.seed, self.args.device, self.data_collator):
+                yield
         finally:
             self.args.dataloader_drop_last = drop_last
+
+    def _evaluate_rows(self, rows: int | None) -> dict:
+        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
+        dataset = first_rows(self.eval_dataset, rows)
+        with self._reading_decision_rows():
+            return _evaluate_names(self._evaluate_dataset(dataset))
 
     def _evaluate_dataset(self, dataset) -> dict:
         try:
@@ -540,7 +546,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         ``label_ids``); else ``[]``."""
         names = list(self.label_names)
         try:
-            with decision_rng(self.args.seed, self.args.device, self.data_collator):
+            with self._reading_decision_rows():
                 batch = next(iter(self.get_test_dataloader(first_rows(self.eval_dataset, 2))))
         except Exception:  # a collator or dataset that fails here: the evaluation that follows tells how
             return []
