@@ -79,6 +79,18 @@ def test_relative_tolerance():
     assert c.decide(37.9) == "rollback"
 
 
+def test_relative_tolerance_of_a_negative_reference_is_its_magnitude():
+    """The allowed drop of a relative tolerance is ``tolerance * |reference|``: a metric below zero (a negative
+    loss-like score where greater is better) must not turn it into a negative allowance, which would roll back
+    even an unchanged metric. Reference -2.0, 10%: 0.2 may be lost."""
+    c = AdaptiveController(target=0.8, initial_step=0.2, min_step=0.1, tolerance=0.1, tolerance_type="relative")
+    c.start(-2.0)
+    assert c.allowed_drop() == pytest.approx(0.2, abs=1e-12)
+    assert c.decide(-2.1) == "keep"  # 0.1 lost: within 0.2
+    c.propose()
+    assert c.decide(-2.3) == "rollback"  # 0.3 lost
+
+
 def test_state_round_trip_continues_identically():
     a = AdaptiveController(target=0.9, initial_step=0.3, min_step=0.05, tolerance=0.01)
     a.start(0.9)

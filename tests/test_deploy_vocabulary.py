@@ -403,6 +403,30 @@ def test_marian_decoder_vocabulary_holds_the_targets_tokens(tmp_path, kind):
         assert loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight
 
 
+def test_decoder_vocabulary_counts_target_rows_with_min_count():
+    """``min_count`` applies to the decoder's tokens too: a target token found in one target row only is left out
+    of the decoder's table (text using it is split into kept pieces), and ``config.decoder_vocab_size`` is the
+    tokens of at least ``min_count`` target rows plus those kept anyway (special tokens, ids the configs name)."""
+    from hf_adaprune.deploy.vocabulary import kept_anyway
+
+    sources = sst2_sentences(n=200)
+    targets = ["a film", "a good film", "a song", "the film"]  # "song" and "the": one target row each
+    tokenizer = bpe_tokenizer()
+    model = tiny_marian(len(tokenizer))
+    always = kept_anyway(model, tokenizer)
+    rows = [set(row) for row in tokenizer(text_target=targets)["input_ids"]]
+    count = {i: sum(i in row for row in rows) for i in set().union(*rows)}
+    expected = {i for i, c in count.items() if c >= 2} | always
+    once = {i for i, c in count.items() if c == 1} - always
+    assert tokenizer.convert_tokens_to_ids(tokenizer.tokenize("song"))[0] in once
+    new_tokenizer = prune_vocabulary(model, tokenizer, sources, target_texts=targets, decoder_vocabulary=True,
+                                     min_count=2)
+    size = model.config.decoder_vocab_size
+    decoder_ids = set(tokenizer.convert_tokens_to_ids(new_tokenizer.convert_ids_to_tokens(list(range(size)))))
+    assert decoder_ids == expected and not decoder_ids & once
+    assert size == len(expected) == model.lm_head.out_features < model.config.vocab_size
+
+
 def test_decoder_vocabulary_of_a_marian_with_untied_tables_keeps_them():
     """tie_word_embeddings=False: the encoder, the decoder and the output projection each read a table of their
     own (transformers 5), and the split keeps what each reads; frozen parameters stay frozen."""

@@ -58,6 +58,24 @@ def test_round_trip_with_hf_adaprune(family, tmp_path):
     assert (outputs(loaded, batch) - outputs(model, batch)).abs().max() <= 1e-6
 
 
+def test_folder_saved_under_a_pruned_class_name_loads_the_transformers_class(tmp_path):
+    """Folders saved before pruned classes kept their transformers names say ``architectures:
+    ["PrunedBertForSequenceClassification"]``: AutoPrunedModel builds BertForSequenceClassification for them, with
+    the same logits as the model saved (<= 1e-5, float32 reload)."""
+    model = pruned_tiny("bert")
+    batch = text_batch()
+    expected = outputs(model, batch)
+    save_pruned(model, tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    config["architectures"] = ["PrunedBertForSequenceClassification"]
+    path.write_text(json.dumps(config))
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, transformers.BertForSequenceClassification)
+    assert (outputs(loaded, batch) - expected).abs().max() <= 1e-5
+
+
 def test_saved_record_lists_kept_heads_and_widths(tmp_path):
     model = tiny_model("bert")
     masks = attach_masks(model)

@@ -180,6 +180,34 @@ def test_layer_groups_without_their_gates_say_what_to_attach():
         TaylorImportance().update(model, find_layer_groups(model))  # masks without layer gates
 
 
+def test_layers_and_widths_are_normalised_each_among_their_own():
+    """A layer's |dL/dg| is on another scale than one head's |sum(grad * weight)|: each step the layer scores are
+    divided by their own sum and the head and neuron scores by theirs (the module docstring), so after one step
+    each set sums to 1 and each score is its raw value over its own set's total (rtol 1e-4: float32 sums against
+    float64 brute force; a single total would leave each set summing to less than 1)."""
+    from hf_adaprune import attach_masks
+
+    model = random_biases(tiny_model("bert")).train()
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    layers = [g for g in groups if g.kind == "layers"]
+    widths = [g for g in groups if g.kind != "layers"]
+    assert [g.name for g in layers] == ["encoder.layer"] and {g.kind for g in widths} == {"heads", "ffn"}
+    loss_backward(model)
+    raw_layers = masks.layer_taylor["encoder.layer"].double().abs()
+    raw_widths = {g.name: brute_force_taylor(model, g) for g in widths}
+    importance = TaylorImportance()
+    assert importance.update(model, groups)
+    scores = importance.scores(model, groups)
+    torch.testing.assert_close(scores["encoder.layer"].double(), raw_layers / raw_layers.sum(), rtol=1e-4, atol=1e-9)
+    width_total = sum(float(v.sum()) for v in raw_widths.values())
+    for group in widths:
+        torch.testing.assert_close(scores[group.name].double(), raw_widths[group.name] / width_total,
+                                   rtol=1e-4, atol=1e-9)
+    assert float(scores["encoder.layer"].sum()) == pytest.approx(1.0, abs=1e-5)
+    assert sum(float(scores[g.name].sum()) for g in widths) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_frozen_groups_are_refused_by_update_naming_them():
     # one frozen layer used to make every step count for no group at all, silently
     model = tiny_model("bert").train()

@@ -11,7 +11,9 @@ import torch
 
 from hf_adaprune import AdaptivePruningTrainer, attach_masks, compact, get_masks
 from hf_adaprune.families import HeadGroup
+from hf_adaprune.post_training.refit import column_mask
 from hf_adaprune.trainer.search_refit import refit_calibration_batches, refit_candidate, undo_refit
+from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE
 
 from conftest import text_batch, tiny_model
 from test_distributed import TORCHRUN
@@ -91,6 +93,46 @@ def test_refit_matches_the_accepted_model_not_the_weights_an_earlier_refit_folde
         assert torch.equal(model(**batch).logits, expected)
 
 
+@pytest.mark.parametrize("target", ["same_input", "dense_residual"])
+def test_a_second_refit_zeroes_the_columns_the_accepted_masks_removed(target):
+    """After a first re-fit, the structures it cut keep their old (gated-off) columns. A second candidate that cuts
+    more is re-fitted against the accepted model with those columns zeroed first: they end exactly 0 in every
+    group the second candidate cuts, and the re-fit equals one run on a copy whose columns were zeroed by hand
+    (atol 1e-6: the same solve on the same numbers)."""
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    batches = refit_calibration_batches(model, toy_dataset(64), _collate, 64, 32, seed=0)
+    first = cut_half(masks, groups, seed=0)
+    masks.update(first)
+    refit_candidate(model, masks, groups, attach_masks(tiny_model("bert")).state_dict(), batches, ONE_PROCESS, 1e-3,
+                    target)
+    accepted = masks.state_dict()
+    base = model.base_model
+    removed = {g.name: column_mask(g, accepted[g.name]) < 0.5 for g in groups}
+    assert all(bool(base.get_submodule(g.output).weight[:, removed[g.name]].ne(0).any()) for g in groups), \
+        "the first re-fit left the removed columns as they were"
+    second = {}
+    for group in groups:  # one more structure of every group: each is cut again
+        mask = accepted[group.name].clone()
+        mask[int(torch.nonzero(mask > 0.5)[0])] = 0
+        second[group.name] = mask
+    by_hand = copy.deepcopy(model)
+    with torch.no_grad():
+        for group in groups:
+            by_hand.base_model.get_submodule(group.output).weight[:, removed[group.name]] = 0
+    masks.update(second)
+    change = refit_candidate(model, masks, groups, accepted, batches, ONE_PROCESS, 1e-3, target)
+    assert sorted(change) == sorted(g.output for g in groups)
+    hand_masks = get_masks(by_hand)
+    hand_masks.update(second)
+    refit_candidate(by_hand, hand_masks, groups, accepted, batches, ONE_PROCESS, 1e-3, target)
+    for group in groups:
+        weight = base.get_submodule(group.output).weight
+        assert torch.count_nonzero(weight[:, removed[group.name]]) == 0, group.name
+        torch.testing.assert_close(weight, by_hand.base_model.get_submodule(group.output).weight, rtol=0, atol=1e-6)
+
+
 def test_dense_residual_refit_follows_the_accepted_model_closer_than_same_input():
     torch.manual_seed(0)
     reference = tiny_model("bert")
@@ -162,6 +204,33 @@ def test_a_rolled_back_candidate_takes_its_refit_back(tmp_path):
     weights = plain.model.state_dict()
     for name, value in refit.model.state_dict().items():
         assert torch.allclose(value, weights[name], atol=1e-6), name
+
+
+def test_a_candidate_rolled_back_after_a_resume_takes_its_refit_back(tmp_path):
+    """The re-fit's change is saved with a pending candidate: resumed between masking and decision, a roll-back
+    still subtracts it, so the weights equal the uninterrupted run's (atol 1e-6: the same steps from the same
+    checkpoint). Candidates judged 4 steps after masking (masked at 6, checkpoint at 8, judged at 10); a metric of
+    the masks alone, the same in both runs, fails every candidate."""
+    options = dict(pruning_schedule="search_then_recover", pruning_search_steps=4, pruning_tolerance=0.05,
+                   pruning_min_step=0.1, pruning_warmup_steps=6, max_steps=14, compact_at_end=False,
+                   pruning_refit=True, pruning_refit_samples=64, learning_rate=5e-3)
+
+    def only_dense_passes(trainer):
+        trainer._decision_metric = lambda: (float(get_masks(trainer.model).pruned_fraction("heads") == 0), {})
+        return trainer
+
+    full = only_dense_passes(make_trainer(tmp_path / "full", save_strategy="steps", save_steps=8, **options))
+    full.train()
+    assert [h["event"] for h in full.controller.state.history][:3] == ["reference", "rollback", "rollback"]
+    state = torch.load(tmp_path / "full" / "checkpoint-8" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["controller"]["pending"] is not None and state["refit_change"], "checkpoint holds a re-fit candidate"
+    resumed = only_dense_passes(make_trainer(tmp_path / "full", save_strategy="no", **options))
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-8"))
+    assert [h["event"] for h in resumed.controller.state.history] == [h["event"] for h in full.controller.state.history]
+    weights = full.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.allclose(value, weights[name], rtol=0, atol=1e-6), name
 
 
 def test_the_calibration_rows_depend_on_the_seed_only():

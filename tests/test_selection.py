@@ -63,6 +63,19 @@ def test_global_is_uneven_across_groups():
     assert masks["g1"].tolist() == [0, 0, 1, 1]
 
 
+def test_global_normalises_by_the_structures_still_alive():
+    """A group's scores are divided by their L2 norm over the structures still alive: a huge score left on an
+    entry pruned earlier must not shrink the group's live scores and make it lose everything next. Alive
+    norms: g0 sqrt(3^2+4^2+5^2) = 7.07 -> 0.42, 0.57, 0.71; g1 sqrt(30) = 5.48 -> 0.18, 0.37, 0.55, 0.73. Ratio
+    3/8 with one already pruned: two more go, g1's two weakest (by the norm over all of g0, 1000, g0 would
+    lose two)."""
+    scores = {"g0": torch.tensor([1000.0, 3.0, 4.0, 5.0]), "g1": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    current = {"g0": torch.tensor([0.0, 1.0, 1.0, 1.0]), "g1": torch.ones(4)}
+    masks = select_masks(scores, current, ratio=0.375, scope="global", floor=1)
+    assert masks["g0"].tolist() == [0, 1, 1, 1]
+    assert masks["g1"].tolist() == [0, 0, 1, 1]
+
+
 def test_global_respects_floor():
     scores = {"g0": torch.tensor([0.01, 0.011, 0.012, 10.0]), "g1": torch.tensor([1.0, 2.0, 3.0, 4.0])}
     masks = select_masks(scores, ones(4, 4), ratio=0.75, scope="global", floor=2)

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state
+from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state, resolve_resume_checkpoint
 
 from hf_adaprune import AdaptivePruningTrainer
 from hf_adaprune.trainer.eval_order import first_rows
@@ -148,6 +148,22 @@ def test_resume_true_falls_back_to_the_newest_complete_checkpoint(run_with_check
         trainer.train(resume_from_checkpoint=flag)
     assert "resuming from" in caplog.text and "checkpoint-12" in caplog.text
     assert trainer.state.global_step == 30
+
+
+def test_resume_true_picks_the_newest_of_several_complete_checkpoints(tmp_path, caplog):
+    """With more than one complete checkpoint, ``True`` resumes from the newest complete one (not the oldest), and
+    an incomplete newer one is passed over with a warning naming what is resumed from. Folders only: the choice
+    reads nothing but ``pruning_state.pt``'s presence; step numbers out of directory order on purpose."""
+    for step, complete in ((5, True), (40, True), (120, False), (9, True)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / PRUNING_STATE_FILE).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-40")
+    assert "checkpoint-120 has no pruning_state.pt" in caplog.text and "resuming from" in caplog.text
+    (tmp_path / "checkpoint-120" / PRUNING_STATE_FILE).write_bytes(b"")
+    assert resolve_resume_checkpoint("true", str(tmp_path)) == str(tmp_path / "checkpoint-120")
 
 
 def test_resume_true_without_a_complete_checkpoint_names_those_that_exist(run_with_checkpoints, tmp_path):
@@ -290,10 +306,14 @@ def test_batch_eval_metrics_with_a_built_in_metric_is_refused_when_the_trainer_i
     make_trainer(tmp_path, batch_eval_metrics=True, pruning_metric="loss")  # the loss needs no compute_metrics
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("metric", ["loss", "accuracy"])
-def test_eval_rows_without_labels_fail_before_the_first_step(tmp_path, metric):
+def test_eval_rows_without_labels_fail_before_the_first_step(tmp_path, metric, drop_last):
+    """Also under dataloader_drop_last: the 2 rows checked for labels are not dropped as an incomplete batch."""
     data = toy_dataset()
-    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric=metric),
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"),
+                                     args=make_args(tmp_path, pruning_metric=metric, dataloader_drop_last=drop_last,
+                                                    per_device_eval_batch_size=8),
                                      train_dataset=data, eval_dataset=data.select(range(16)).remove_columns("labels"))
     with pytest.raises(ValueError, match=f"the eval_dataset rows have no labels: pruning decisions measure "
                                          f"--pruning_metric {metric} against them"):
