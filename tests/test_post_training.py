@@ -238,6 +238,11 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
      r"calibration_dataset holds a row of 80 tokens, but the model reads at most 64 \(max_position_embeddings "
      r"\(64\)\): tokenize with truncation=True, max_length=64"),
     ({"eval_dataset": [{"input_ids": list(range(5, 75)), "labels": 0}]}, r"eval_dataset holds a row of 70 tokens"),
+    ({"eval_dataset": [dict(row, labels=-1) for row in labelled_examples(4)]},
+     r"eval_dataset holds label -1 \(4 labels outside 0..2\), but the model's head has 3 classes \(-100 is "
+     r"ignored\): an unlabelled split"),
+    ({"calibration_dataset": labelled_examples(6) + [dict(labelled_examples(1)[0], labels=7)]},
+     r"calibration_dataset holds label 7 \(1 labels outside 0..2\)"),
     ({"calibration_dataset": [{"input_ids": [[5, 6], [7, 120]], "labels": 0}]},
      r"calibration_dataset holds token id 120, but the model's embedding table has 99 rows"),
     ({"target": "0.5"}, "target must be a number"),
@@ -391,15 +396,27 @@ def test_a_token_classifier_is_checked_with_a_label_metric_over_batches_of_other
     assert np.isfinite(result.metric)
 
 
-def test_a_failure_midway_leaves_an_inplace_model_as_it_was_given():
+def test_a_failure_midway_leaves_an_inplace_model_as_it_was_given(monkeypatch):
+    import hf_adaprune.post_training.prune as prune_module
+
     model = tiny_model("bert")
     batch = pad_collator(labelled_examples(4))
     with torch.no_grad():
         before = model(**batch).logits
-    bad_eval = [dict(row, labels=7) for row in labelled_examples(8, seed=5)]  # a class the 3-class head lacks
-    with pytest.raises(IndexError, match="Target 7 is out of bounds"):  # the loss on the bad labels, midway
-        post_training_prune(model, labelled_examples(16), 0.5, eval_dataset=bad_eval, data_collator=pad_collator,
-                            seq_len=16, progress=False, inplace=True)
+    checks, real_evaluate = [], prune_module.evaluate
+
+    def failing_second_check(*args, **kwargs):  # the dense reference passes; the check of the pruned model fails
+        checks.append(1)
+        if len(checks) == 2:
+            raise RuntimeError("the metric failed on the pruned model")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(prune_module, "evaluate", failing_second_check)
+    with pytest.raises(RuntimeError, match="the metric failed on the pruned model"):
+        post_training_prune(model, labelled_examples(16), 0.5, eval_dataset=labelled_examples(8, seed=5),
+                            data_collator=pad_collator, seq_len=16, progress=False, inplace=True)
+    assert len(checks) == 2
+    monkeypatch.setattr(prune_module, "evaluate", real_evaluate)
     from hf_adaprune import get_masks
 
     assert get_masks(model) is None

@@ -262,6 +262,29 @@ def _first_unlabeled(dataset) -> int | None:
     return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
 
 
+def _check_label_range(model, name: str, dataset) -> None:
+    """Class ids outside the head's ``num_labels`` (-100 aside, which the loss ignores) are refused by name: the loss
+    would fail on them midway, after the scoring pass (a GLUE test split's labels are all -1)."""
+    config = model.config
+    classes = getattr(config, "num_labels", 0)
+    if classes < 2 or getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+        return
+    key = next((k for k in LABEL_KEYS if k in (getattr(dataset, "column_names", None) or dataset[0])), None)
+    if key is None:
+        return
+    column = dataset[key] if hasattr(dataset, "column_names") else [row.get(key) for row in dataset]
+    values = np.asarray([np.asarray(label).reshape(-1) for label in column if label is not None], dtype=object)
+    labels = np.concatenate(list(values)) if len(values) else np.array([])
+    if labels.dtype.kind not in "iu" and not all(float(v).is_integer() for v in labels):
+        return  # not class ids (soft labels, scores): the loss says what it takes
+    labels = labels.astype(np.int64)
+    bad = labels[(labels != -100) & ((labels < 0) | (labels >= classes))]
+    if bad.size:
+        raise ValueError(f"{name} holds label {int(bad[0])} ({bad.size} labels outside 0..{classes - 1}), but the "
+                         f"model's head has {classes} classes (-100 is ignored): an unlabelled split (GLUE's test "
+                         f"labels are -1) or another label mapping? Pass rows labelled for this head")
+
+
 def _check_ids_fit(model, name: str, rows) -> None:
     """Token ids the model's embedding table has no row for (rows tokenized by another model's tokenizer) are
     refused by name: the embedding lookup would fail with an index error. So are rows longer than the position
@@ -491,6 +514,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     if unlabeled is not None:
         raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
                          f"the loss; example {unlabeled} has {sorted(calibration_dataset[unlabeled])}")
+    _check_label_range(model, "calibration_dataset", calibration_dataset)
     if isinstance(scores, dict):
         groups = find_groups(model)
         missing = {g.name for g in groups} - set(scores)
@@ -523,6 +547,8 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     if unlabeled is not None:
         raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; example "
                          f"{unlabeled} has {sorted(eval_dataset[unlabeled])}")
+    if eval_dataset is not None:
+        _check_label_range(model, "eval_dataset", eval_dataset)
     if not isinstance(metric, str):
         raise ValueError(f"metric is a name ('loss', 'accuracy', 'f1', ...), got {type(metric).__name__}; a metric "
                          "function of your own runs on the returned model (result.model)")
