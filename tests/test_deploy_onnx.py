@@ -498,3 +498,60 @@ def test_seq2seq_generate_without_a_mask_reads_every_token(tmp_path):
     inputs = seq2seq_batch()["input_ids"][:1]
     np.testing.assert_array_equal(greedy_onnx(tmp_path, model, inputs),
                                   greedy_onnx(tmp_path, model, inputs, torch.ones_like(inputs)))
+
+
+def test_onnx_encoder_loss_ignores_labels_of_minus_100(tmp_path):
+    """``labels`` of -100 are left out of the loss, as transformers' heads leave them out."""
+    model = tiny_model("bert")
+    random_masks(model)
+    compact(model)
+    export_onnx(model, tmp_path)
+    runner = OnnxEncoder(tmp_path, threads=1)
+    batch = text_batch(batch=3, seq=6, seed=1)
+    labels = torch.tensor([0, -100, 1])
+    with torch.no_grad():
+        expected = model(**batch, labels=labels).loss
+        kept_rows = model(**{k: v[[0, 2]] for k, v in batch.items()}, labels=labels[[0, 2]]).loss
+    torch.testing.assert_close(expected, kept_rows)  # the reference itself leaves the row out
+    torch.testing.assert_close(runner(**batch, labels=labels)["loss"], expected, atol=TOL, rtol=0)
+
+
+def test_int8_embedding_rows_leave_a_table_gathered_along_its_columns_in_float():
+    """Only a table gathered along axis 0 holds rows: one gathered along its columns stays float and exact."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hf_adaprune.deploy.onnx_int8 import int8_embedding_rows
+
+    values = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["columns"], axis=1)]
+    graph = helper.make_graph(nodes, "columns", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("columns", TensorProto.FLOAT, [10, 2])],
+                              [numpy_helper.from_array(values, "table")])
+    model = helper.make_model(graph)
+    assert int8_embedding_rows(model) == []
+    assert [t.name for t in model.graph.initializer] == ["table"]
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"ids": np.array([1, 3])})[0], values[:, [1, 3]])
+
+
+def test_int8_embedding_rows_round_each_row_with_its_own_scale():
+    """A row of small values beside rows of large ones is rounded to half a step of its own scale."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hf_adaprune.deploy.onnx_int8 import int8_embedding_rows
+
+    values = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
+    values[::2] *= 1e-3  # every other row a thousand times smaller
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0)]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("ids", TensorProto.INT64, [10])],
+                              [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [10, 4])],
+                              [numpy_helper.from_array(values, "table")])
+    model = helper.make_model(graph)
+    assert int8_embedding_rows(model) == ["table"]
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"ids": np.arange(10)})[0]
+    bound = np.abs(values).max(axis=1, keepdims=True) / 127 / 2 * (1 + 1e-5)
+    assert (np.abs(got - values) <= bound).all()
+    assert (np.abs(got[::2]).max(axis=1) > 0).all(), "the small rows keep their values"

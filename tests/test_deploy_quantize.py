@@ -161,3 +161,21 @@ def test_a_float_save_over_an_int8_folder_removes_the_int8_weights(tmp_path):
     assert not (tmp_path / "model_int8.safetensors").exists() and not (tmp_path / "int8.json").exists()
     with pytest.raises(ValueError, match="holds no int8.json"):
         load_int8(tmp_path)  # it read the earlier model's int8 weights under the new config
+
+
+def test_int8_embedding_rows_are_rounded_with_a_scale_of_their_own():
+    """Each embedding row gets its own scale: a row of small values is rounded as finely as its own largest value
+    allows (one scale for the whole table would round the small rows to zero)."""
+    from hf_adaprune.deploy import quantize_int8
+
+    model = tiny_model("bert", vocab_size=500)
+    with torch.no_grad():
+        table = model.get_input_embeddings().weight
+        table[::2] *= 1e-3  # every other row a thousand times smaller
+        reference = table.detach().clone()
+    got = quantize_int8(model).get_input_embeddings().weight.detach()
+    assert torch.equal(model.get_input_embeddings().weight, reference), "the float model stays as it was"
+    bound = reference.abs().amax(dim=1, keepdim=True) / 127 / 2 + 1e-12  # half a step of the row's own scale
+    assert ((got - reference).abs() <= bound).all()
+    # the small rows keep their values (the padding row is zero in both)
+    assert torch.equal(got.abs().amax(dim=1) > 0, reference.abs().amax(dim=1) > 0)
