@@ -98,17 +98,18 @@ LONG_FRACTION = 0.2  # --post_training_long_share draws from the longest fifth o
 
 
 def long_rows_fraction(rows: int, drawn: int, long_share: float) -> float:
-    """The share of the ``rows`` tokenized training rows that count as long: the longest fifth, or more where a
-    small training split's fifth holds fewer than the ``long_share`` of the ``drawn`` rows wanted (named in a
-    warning) rather than a failure after loading."""
+    """The share of the ``rows`` tokenized training rows that count as long: the longest fifth, or, where a small
+    training split's fifth holds fewer than the ``long_share`` of the ``drawn`` rows wanted (or the other rows fewer
+    than the rest), the share that holds both (named in a warning) rather than a failure after loading."""
     wanted = round(long_share * drawn)
-    if wanted <= round(LONG_FRACTION * rows):
+    fifth = round(LONG_FRACTION * rows)
+    long_rows = min(max(fifth, wanted), rows - (drawn - wanted))
+    if long_rows == fifth:
         return LONG_FRACTION
-    fraction = wanted / rows
-    logger.warning("--post_training_long_share %s: the training split's longest fifth holds %d rows, fewer than the "
-                   "%d long rows of %d; the longest %.0f%% of its %d rows count as long instead", long_share,
-                   round(LONG_FRACTION * rows), wanted, drawn, 100 * fraction, rows)
-    return fraction
+    logger.warning("--post_training_long_share %s: %d long rows and %d others of %d drawn do not fit the longest fifth "
+                   "of the training split's %d rows (%d); the longest %d rows count as long instead", long_share,
+                   wanted, drawn - wanted, drawn, rows, fifth, long_rows)
+    return long_rows / rows
 
 
 def run_post_training(task: Task, argv: list[str] | None = None) -> dict:

@@ -437,6 +437,27 @@ def test_a_failing_check_gives_the_model_back_in_training_mode():
     assert model.training
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_label_and_id_checks_leave_heads_of_other_label_kinds_alone(padded):
+    """A masked LM's labels are token ids and a multiple-choice head's the choice (0..3 here, num_labels 2): neither
+    is a class id of num_labels; choices may come unpadded (lists of other lengths)."""
+    import transformers
+
+    from conftest import tiny_config
+
+    from hf_adaprune.post_training.prune import _check_ids_fit, _check_label_range
+
+    masked_lm = transformers.AutoModelForMaskedLM.from_config(tiny_config("bert"))
+    rows = [{"input_ids": [5, 6, 7, 8], "labels": [-100, 60, -100, 42]}]
+    _check_label_range(masked_lm, "calibration_dataset", rows)
+    choice = transformers.AutoModelForMultipleChoice.from_config(tiny_config("bert"))
+    ids = [[5, 6, 7, 8], [9, 10, 11, 12]] if padded else [[5, 6, 7], [9, 10, 11, 12, 13]]
+    _check_label_range(choice, "calibration_dataset", [{"input_ids": ids, "labels": 3}])
+    _check_ids_fit(choice, "calibration_dataset", [ids])
+    with pytest.raises(ValueError, match="calibration_dataset holds token id 120"):
+        _check_ids_fit(choice, "calibration_dataset", [ids[:1] + [[7, 120]]])
+
+
 def test_numpy_numbers_are_taken_as_the_numbers_they_are():
     import numpy as np
 

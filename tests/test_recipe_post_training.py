@@ -110,15 +110,21 @@ def test_long_share_mixes_the_longest_training_rows_into_the_calibration(workspa
     assert len(chosen) == 20 and sum(n >= long_length for n in chosen) >= 10
 
 
-def test_long_share_on_a_small_training_split_widens_the_long_rows_with_a_warning(workspace, fine_tuned, tmp_path,
-                                                                                 caplog):  # noqa: F811
-    """40 calibration rows at long_share 0.5 want 20 long rows; the 60 training rows' longest fifth holds 12: the
-    longest third count as long (a warning says so) instead of a failure after loading."""
+@pytest.mark.parametrize("samples, share, message", [
+    ("40", "0.5", "20 long rows and 20 others of 40 drawn do not fit the longest fifth of the training split's 60 "
+                  "rows (12); the longest 20 rows count as long instead"),
+    ("60", "0.1", "6 long rows and 54 others of 60 drawn do not fit the longest fifth of the training split's 60 rows "
+                  "(12); the longest 6 rows count as long instead")])
+def test_long_share_on_a_small_training_split_fits_the_long_rows_with_a_warning(workspace, fine_tuned, tmp_path,
+                                                                               caplog, samples, share,
+                                                                               message):  # noqa: F811
+    """The 60 training rows' longest fifth (12) holds too few long rows (0.5 of 40), or leaves too few others (every
+    row drawn at 0.1): as many rows count as long as both need (a warning says so), not a failure after loading."""
     with caplog.at_level("WARNING"):
-        results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--post_training_long_share", "0.5"))
-    assert results["post_training"]["calibration_samples"] == 40
-    assert "the training split's longest fifth holds 12 rows, fewer than the 20 long rows of 40; the longest 33% " \
-           "of its 60 rows count as long instead" in caplog.text
+        results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--post_training_long_share", share,
+                                        "--post_training_calibration_samples", samples))
+    assert results["post_training"]["calibration_samples"] == int(samples)
+    assert message in caplog.text
 
 
 @pytest.mark.parametrize("extra, message", [

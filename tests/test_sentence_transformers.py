@@ -930,3 +930,28 @@ def test_recipe_baseline_and_targets_train_as_the_pruning_run(encoder_folder, tm
     assert args.max_grad_norm == 0.5 and args.prompts == "query: "
     assert seen["rows"] == 8 * 8 * 2  # max_steps x batch x accumulation
     assert prompted == ["query: ", "query: "]  # the pruning run's targets and the baseline's
+
+
+def test_best_model_metric_of_a_dict_of_eval_sets_names_one_set(encoder_folder, tmp_path):
+    """With a dict of eval sets evaluate() names each set's metrics eval_<set>_<metric>: such a name is taken, the
+    unprefixed one (which no evaluation returns) refused before training with the names to use."""
+    from datasets import DatasetDict
+
+    evals = DatasetDict(a=Dataset.from_dict({"sentence": sentences(32, seed=2)}),
+                        b=Dataset.from_dict({"sentence": sentences(32, seed=3)}))
+
+    def trainer_for(best, folder):
+        model = tiny_sentence_transformer(encoder_folder)
+        return AdaptivePruningSentenceTransformerTrainer(
+            model=model, args=make_args(tmp_path / folder, pruning_eval_samples=4, eval_strategy="steps",
+                                        eval_steps=3, save_strategy="steps", save_steps=3,
+                                        load_best_model_at_end=True, metric_for_best_model=best),
+            train_dataset=Dataset.from_dict({"sentence": sentences(48)}), eval_dataset=evals,
+            evaluator=TeacherAgreementEvaluator(sentences(8, seed=5), teacher=model))
+
+    trainer = trainer_for("eval_a_loss", "named")
+    trainer.train()
+    assert trainer.state.best_metric is not None
+    with pytest.raises(KeyError, match=r"--metric_for_best_model 'loss': evaluation returns no 'eval_loss' \(the first "
+                                       r"evaluation would fail on it\); available: \['a_loss', "):
+        trainer_for("loss", "unnamed").train()

@@ -262,6 +262,18 @@ def _first_unlabeled(dataset) -> int | None:
     return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
 
 
+# heads whose loss reads class ids below config.num_labels
+CLASS_ID_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def _sequences(ids) -> list[np.ndarray]:
+    """The token sequences of one row's ids: the row itself, or each of its choices (multiple choice, padded or
+    not)."""
+    if len(ids) and isinstance(ids[0], (list, tuple, np.ndarray, torch.Tensor)):
+        return [np.asarray(choice).reshape(-1) for choice in ids if len(choice)]
+    return [np.asarray(ids).reshape(-1)]
+
+
 def _check_label_range(model, name: str, dataset) -> None:
     """Class ids outside the head's ``num_labels`` (-100 aside, which the loss ignores) are refused by name: the loss
     would fail on them midway, after the scoring pass (a GLUE test split's labels are all -1)."""
@@ -269,6 +281,8 @@ def _check_label_range(model, name: str, dataset) -> None:
     classes = getattr(config, "num_labels", 0)
     if classes < 2 or getattr(config, "problem_type", None) not in (None, "single_label_classification"):
         return
+    if not any(cls.__name__.endswith(CLASS_ID_HEADS) for cls in type(model).__mro__):
+        return  # a masked LM's labels are token ids, a multiple-choice head's the choice: not num_labels classes
     key = next((k for k in LABEL_KEYS if k in (getattr(dataset, "column_names", None) or dataset[0])), None)
     if key is None:
         return
@@ -290,7 +304,7 @@ def _check_ids_fit(model, name: str, rows) -> None:
     refused by name: the embedding lookup would fail with an index error. So are rows longer than the position
     table reads: the forward would fail on a shape. A row may hold several sequences (multiple choice)."""
     size = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
-    sequences = [np.asarray(ids).reshape(-1, np.shape(ids)[-1]) for ids in rows if np.size(ids)]
+    sequences = [sequence for ids in rows if len(ids) for sequence in _sequences(ids)]
     largest = max((int(ids.max()) for ids in sequences), default=-1)
     if size is not None and largest >= size:
         raise ValueError(f"{name} holds token id {largest}, but the model's embedding table has {size} rows: the "

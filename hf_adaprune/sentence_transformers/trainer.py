@@ -168,11 +168,14 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             # named once it has run (information retrieval, sequential), or never: run it now, so an evaluator
             # without one fails at step 0, not at the reference after the warm-up (with no warm-up it is now)
             _, metrics = self._decision_metric()
-            if best and f"{DECISION_PREFIX}_{best}" not in metrics:
+            names = self._metric_names(metrics)
+            if isinstance(self.eval_dataset, dict):  # evaluate() names each set's metrics eval_<set>_<metric>
+                names = [f"{part}_{name}" for part in self.eval_dataset for name in names]
+            if best and best not in names:
                 why = "no eval loss is computed: the eval sentences steer through the dense-agreement evaluator" \
                     if best == "loss" and self.eval_dataset is None else "the first evaluation would fail on it"
                 raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
-                               f"'eval_{best}' ({why}); available: {self._metric_names(metrics)}")
+                               f"'eval_{best}' ({why}); available: {names}")
 
     def _metric_names(self, metrics: dict) -> list[str]:
         return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)  # an evaluator's keys, as named
