@@ -868,6 +868,12 @@ def test_bad_eval_sets_and_missing_models_are_refused_when_the_trainer_is_built(
     with pytest.raises(ValueError, match=r"needs model= beside model_init: the checks before training"):
         AdaptivePruningSentenceTransformerTrainer(model_init=lambda: tiny_sentence_transformer(encoder_folder),
                                                   args=make_args(tmp_path), train_dataset=train)
+    mixed = {"a": Dataset.from_dict({"sentence": sentences(8)}), "b": streamed}
+    with pytest.raises(ValueError, match="the default loss distils the dense embeddings of every eval set, computed "
+                                         "before training from a datasets.Dataset; got a IterableDataset among them"):
+        AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path), train_dataset=train,
+                                                  eval_dataset=mixed, evaluator=TeacherAgreementEvaluator(
+                                                      sentences(4), teacher=model))
     narrow = TeacherAgreementEvaluator(sentences(4), teacher_embeddings=torch.zeros(4, 16))
     for evaluator in ([narrow], SequentialEvaluator([narrow])):
         with pytest.raises(ValueError, match="the TeacherAgreementEvaluator's teacher_embeddings are 16 wide, the "

@@ -266,6 +266,10 @@ def _eval_sentences(eval_dataset):
     ``label`` holds teacher embeddings as it is."""
     if isinstance(eval_dataset, dict):
         return type(eval_dataset)({name: _eval_sentences(part) for name, part in eval_dataset.items()})
+    if not isinstance(eval_dataset, Dataset):
+        raise ValueError(f"the default loss distils the dense embeddings of every eval set, computed before training "
+                         f"from a datasets.Dataset; got a {type(eval_dataset).__name__} among them: pass Datasets, "
+                         "or a loss")
     if _labels_are_vectors(eval_dataset):
         return eval_dataset
     return eval_dataset.select_columns(_string_columns(eval_dataset))
