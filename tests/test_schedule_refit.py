@@ -77,14 +77,20 @@ def test_refit_changes_only_the_kept_columns_and_bias_of_cut_groups_and_undo_res
         assert torch.allclose(value, before[name], atol=1e-6), name
 
 
-def test_refit_matches_the_accepted_model_not_the_weights_an_earlier_refit_folded_in():
+def refitted_half(target: str = "dense_residual"):
+    """A tiny BERT with half of every group cut and re-fitted once: (model, masks, groups, calibration batches)."""
     model = tiny_model("bert")
     masks = attach_masks(model)
     groups = list(masks.groups.values())
     batches = refit_calibration_batches(model, toy_dataset(64), _collate, 64, 32, seed=0)
-    first = cut_half(masks, groups, seed=0)
-    masks.update(first)
-    refit_candidate(model, masks, groups, attach_masks(tiny_model("bert")).state_dict(), batches, ONE_PROCESS, 1e-3)
+    masks.update(cut_half(masks, groups, seed=0))
+    refit_candidate(model, masks, groups, attach_masks(tiny_model("bert")).state_dict(), batches, ONE_PROCESS, 1e-3,
+                    target)
+    return model, masks, groups, batches
+
+
+def test_refit_matches_the_accepted_model_not_the_weights_an_earlier_refit_folded_in():
+    model, masks, groups, batches = refitted_half()
     accepted_logits = [model(**batch).logits.detach() for batch in batches]
     # a second candidate that removes nothing more: the re-fit has nothing to do
     change = refit_candidate(model, masks, groups, masks.state_dict(), batches, ONE_PROCESS, 1e-3)
@@ -99,14 +105,7 @@ def test_a_second_refit_zeroes_the_columns_the_accepted_masks_removed(target):
     more is re-fitted against the accepted model with those columns zeroed first: they end exactly 0 in every
     group the second candidate cuts, and the re-fit equals one run on a copy whose columns were zeroed by hand
     (atol 1e-6: the same solve on the same numbers)."""
-    model = tiny_model("bert")
-    masks = attach_masks(model)
-    groups = list(masks.groups.values())
-    batches = refit_calibration_batches(model, toy_dataset(64), _collate, 64, 32, seed=0)
-    first = cut_half(masks, groups, seed=0)
-    masks.update(first)
-    refit_candidate(model, masks, groups, attach_masks(tiny_model("bert")).state_dict(), batches, ONE_PROCESS, 1e-3,
-                    target)
+    model, masks, groups, batches = refitted_half(target)
     accepted = masks.state_dict()
     base = model.base_model
     removed = {g.name: column_mask(g, accepted[g.name]) < 0.5 for g in groups}

@@ -858,11 +858,12 @@ def test_bad_eval_sets_and_missing_models_are_refused_when_the_trainer_is_built(
     train = Dataset.from_dict({"sentence": sentences(16)})
     loss_args = make_args(tmp_path, pruning_metric="loss")
     streamed = IterableDataset.from_generator(lambda: iter([{"sentence": s} for s in sentences(8)]))
-    with pytest.raises(ValueError, match=r"--pruning_metric loss reads the first --pruning_eval_samples rows of "
-                                         r"eval_dataset, a IterableDataset that cannot be indexed"):
+    with pytest.raises(ValueError, match=r"eval_dataset is an iterable IterableDataset: pruning decisions evaluate "
+                                         r"its first --pruning_eval_samples rows again at every step"):
         AdaptivePruningSentenceTransformerTrainer(model=model, args=loss_args, train_dataset=train,
                                                   eval_dataset=streamed)
-    with pytest.raises(ValueError, match="--pruning_metric loss: eval_dataset has no rows to measure the loss on"):
+    with pytest.raises(ValueError, match="eval_dataset has no rows: pruning decisions measure --pruning_metric on "
+                                         "its first rows"):
         AdaptivePruningSentenceTransformerTrainer(model=model, args=loss_args, train_dataset=train,
                                                   eval_dataset=Dataset.from_dict({"sentence": []}))
     with pytest.raises(ValueError, match=r"needs model= beside model_init: the checks before training"):

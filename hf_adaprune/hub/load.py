@@ -17,8 +17,7 @@ except ImportError:  # pragma: no cover
 from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
-from .remote_code import short_cache_problem
-from .remote_code import set_auto_map, write_remote_code
+from .remote_code import set_auto_map, short_cache_problem, write_remote_code
 from .save import save_beside_model
 
 

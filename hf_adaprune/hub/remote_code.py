@@ -100,19 +100,20 @@ def builds_pruned_stacks(model, class_name: str) -> bool:
     stacks = {group.name for group in find_layer_groups(candidate)}
     if not stacks or not stacks <= own:
         return False
-    return short_cache_problem(model.config, class_name) is None
+    return short_cache_problem(model.config, class_name, candidate) is None
 
 
-def short_cache_problem(config, class_name: str) -> str | None:
+def short_cache_problem(config, class_name: str, candidate=None) -> str | None:
     """Why transformers' ``class_name`` cannot generate with the KV cache from ``config`` (None: it can). A
     decoder-only head of an encoder-decoder (BartForCausalLM, WhisperForCausalLM, ...) sizes its cache by
     ``num_hidden_layers``, which these configs map to the encoder's layer count: once encoder layers are removed
-    and the decoder keeps more, ``generate()`` with the cache fails on the missing cache layers."""
+    and the decoder keeps more, ``generate()`` with the cache fails on the missing cache layers. ``candidate``:
+    the class built from ``config`` on the meta device, where the caller has it already."""
     decoder_layers = getattr(config, "decoder_layers", None)
     if not getattr(config, "is_encoder_decoder", False) or decoder_layers is None \
             or decoder_layers <= config.num_hidden_layers:
         return None
-    candidate = _built_on_meta(class_name, config)
+    candidate = candidate if candidate is not None else _built_on_meta(class_name, config)
     if candidate is None or getattr(candidate.config, "is_encoder_decoder", False):
         return None
     return (f"{class_name} sizes its KV cache by num_hidden_layers ({config.num_hidden_layers}), which this "

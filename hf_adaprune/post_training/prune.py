@@ -287,8 +287,7 @@ def _check_label_range(model, name: str, dataset) -> None:
     if key is None:
         return
     column = dataset[key] if hasattr(dataset, "column_names") else [row.get(key) for row in dataset]
-    values = np.asarray([np.asarray(label).reshape(-1) for label in column if label is not None], dtype=object)
-    labels = np.concatenate(list(values)) if len(values) else np.array([])
+    labels = np.concatenate([np.asarray(label).reshape(-1) for label in column if label is not None] or [[]])
     if labels.dtype.kind not in "iu" and not all(float(v).is_integer() for v in labels):
         return  # not class ids (soft labels, scores): the loss says what it takes
     labels = labels.astype(np.int64)

@@ -18,8 +18,8 @@ from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from ..engine.masks import get_masks
-from ..trainer.eval_order import first_rows, is_map_style
-from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, is_checkpoint_save
+from ..trainer.eval_order import first_rows
+from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
 from .evaluation import TeacherAgreementEvaluator
 from .hub import save_pruned_sentence_transformer, sentence_transformer_card
@@ -276,17 +276,10 @@ def _eval_sentences(eval_dataset):
 
 
 def _check_loss_rows(eval_dataset) -> None:
-    """The eval loss steers: each eval set must be indexable and hold rows (decisions read its first rows)."""
+    """The eval loss steers: each eval set (of a dict too) must be indexable and hold rows."""
     parts = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
     for name, part in parts:
-        if part is None:
-            continue
-        if not is_map_style(part):
-            raise ValueError(f"--pruning_metric loss reads the first --pruning_eval_samples rows of {name}, a "
-                             f"{type(part).__name__} that cannot be indexed: pass a datasets.Dataset (or steer by "
-                             "an evaluator)")
-        if len(part) == 0:
-            raise ValueError(f"--pruning_metric loss: {name} has no rows to measure the loss on")
+        check_eval_rows(part, name)
 
 
 def _string_columns(dataset: Dataset) -> list[str]:

@@ -79,13 +79,18 @@ def check_eval_dataset(eval_dataset) -> None:
             f"eval_dataset is a dict of {len(eval_dataset)} sets ({', '.join(map(str, eval_dataset))}): pruning "
             "decisions are measured on one eval set. Pass that one as eval_dataset (evaluate the others with "
             "trainer.evaluate(other_set, metric_key_prefix=...) after training)")
+    check_eval_rows(eval_dataset)
+
+
+def check_eval_rows(eval_dataset, name: str = "eval_dataset") -> None:
+    """One eval set's first rows can be read again at every decision: refuse a streamed or an empty one."""
     if eval_dataset is not None and not is_map_style(eval_dataset):
         raise ValueError(
-            f"eval_dataset is an iterable {type(eval_dataset).__name__}: pruning decisions evaluate its first "
+            f"{name} is an iterable {type(eval_dataset).__name__}: pruning decisions evaluate its first "
             "--pruning_eval_samples rows again at every step, which needs a map-style dataset "
             "(e.g. datasets.Dataset.from_list(list(iterable.take(n))))")
     if eval_dataset is not None and len(eval_dataset) == 0:
-        raise ValueError("eval_dataset has no rows: pruning decisions measure --pruning_metric on its first rows "
+        raise ValueError(f"{name} has no rows: pruning decisions measure --pruning_metric on its first rows "
                          "(an empty split, or a filter that kept nothing?)")
 
 
