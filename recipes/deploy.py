@@ -143,7 +143,9 @@ def vocabulary_rows(run) -> tuple:
     if run.data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
         return (training_token_rows(train, ("input_ids",)),
                 itertools.chain(training_token_rows(train, ("labels",)), teacher_rows))
-    return itertools.chain(training_token_rows(train), teacher_rows), None
+    # a classifier's labels are class indices, not tokens: only a seq2seq model's (and Whisper's) labels are text
+    columns = ("input_ids", "labels") if getattr(run.model.config, "is_encoder_decoder", False) else ("input_ids",)
+    return itertools.chain(training_token_rows(train, columns), teacher_rows), None
 
 
 def check_rows(run) -> None:

@@ -102,6 +102,26 @@ def test_text_classification_vocabulary_min_count(workspace, tmp_path):  # noqa:
     assert set(small_tokenizer.get_vocab()) == set(tokenizer.convert_ids_to_tokens(sorted(expected)))
 
 
+@pytest.mark.parametrize("model_type, labels_count", [("bert", False), ("bart", True)])
+def test_vocabulary_rows_take_labels_only_where_they_are_text(model_type, labels_count):
+    """A classifier's labels are class indices: counted as token ids, class 1 kept [unused0] (and let a
+    --vocabulary_min_count no word reaches pass the check); a seq2seq model's labels are its target tokens."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from conftest import tiny_model
+    from recipes import deploy as recipe_deploy
+
+    train = Dataset.from_dict({"input_ids": [[2, 10, 11, 3], [2, 12, 3]],
+                               "labels": [[20, 21], [22, -100]] if labels_count else [1, 1]})
+    run = SimpleNamespace(datasets={"train": train}, data_args=SimpleNamespace(decoder_vocabulary=False),
+                          model=tiny_model(model_type, "AutoModelForSeq2SeqLM" if labels_count else
+                                           "AutoModelForSequenceClassification"))
+    rows = [sorted(row) for row in recipe_deploy.vocabulary_rows(run)[0]]
+    assert rows == ([[2, 3, 10, 11, 20, 21], [2, 3, 12, 22]] if labels_count else [[2, 3, 10, 11], [2, 3, 12]])
+
+
 def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path):  # noqa: F811 - the fixture
     ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
     out = tmp_path / "out"
