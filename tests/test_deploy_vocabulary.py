@@ -516,3 +516,27 @@ def test_keep_ids_without_a_token_are_refused_before_any_work():
         prune_vocabulary(model, tokenizer, sst2_sentences(n=50), keep_ids=[len(tokenizer) + 3])
     assert model.config.vocab_size == len(tokenizer) + 8
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
+def test_unigram_tokenizer_with_added_tokens(tmp_path):
+    """Tokens added after training (``tokenizer.add_tokens``, as users do before fine-tuning) sit past a Unigram's
+    pieces: they stay added tokens, numbered after the kept pieces (an IndexError before)."""
+    tokenizer = unigram_tokenizer()
+    tokenizer.add_tokens(["<product>"])
+    train = sst2_sentences(n=60) + ["<product> is great", "a <product> i hated"]
+    model = tiny_bert(len(tokenizer))
+    new_tokenizer = check_round_trip(model, tokenizer, train[-6:] + train[:54], tmp_path,
+                                     "AutoModelForSequenceClassification")
+    assert new_tokenizer.convert_ids_to_tokens(new_tokenizer("<product> works")["input_ids"])[0] == "<product>"
+    assert new_tokenizer.convert_tokens_to_ids("<product>") == len(new_tokenizer) - 1
+
+
+def test_unigram_added_tokens_among_the_decoder_tokens_are_refused():
+    tokenizer = unigram_tokenizer()
+    tokenizer.add_tokens(["<product>"])
+    model = pruned(tiny_marian(len(tokenizer)))
+    before = model.model.shared.weight.clone()
+    with pytest.raises(ValueError, match="a token added to this Unigram tokenizer would be numbered among its pieces"):
+        prune_vocabulary(model, tokenizer, sst2_sentences(n=20), target_texts=["<product> is great"],
+                         decoder_vocabulary=True)
+    assert torch.equal(model.model.shared.weight, before)  # refused before the model was sliced

@@ -94,7 +94,12 @@ def _rewrite_tokenizer_json(folder: Path, old_to_new: dict[int, int]):
     model = spec["model"]
     if model["type"] == "Unigram":
         pieces = model["vocab"]
-        model["vocab"] = [pieces[old] for old in sorted(old_to_new, key=old_to_new.get)]
+        # tokens added after training (tokenizer.add_tokens) have ids past the pieces: added_tokens holds them
+        kept_pieces = [old for old in sorted(old_to_new, key=old_to_new.get) if old < len(pieces)]
+        if any(old_to_new[old] < len(kept_pieces) for old in old_to_new if old >= len(pieces)):
+            raise ValueError("a token added to this Unigram tokenizer would be numbered among its pieces; keep "
+                             "added tokens after the pieces (decoder_vocabulary cannot reorder them)")
+        model["vocab"] = [pieces[old] for old in kept_pieces]
         if model.get("unk_id") is not None:
             model["unk_id"] = old_to_new[model["unk_id"]]
     else:
