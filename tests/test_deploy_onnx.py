@@ -555,3 +555,42 @@ def test_int8_embedding_rows_round_each_row_with_its_own_scale():
     bound = np.abs(values).max(axis=1, keepdims=True) / 127 / 2 * (1 + 1e-5)
     assert (np.abs(got - values) <= bound).all()
     assert (np.abs(got[::2]).max(axis=1) > 0).all(), "the small rows keep their values"
+
+
+def test_quantize_onnx_takes_the_paths_export_onnx_returns(tmp_path):
+    model = tiny_model("bert")
+    paths = export_onnx(model, tmp_path)
+    assert quantize_onnx(tmp_path, paths) == [tmp_path / "model.int8.onnx"]  # a TypeError (Path.replace) before
+    assert quantize_onnx(tmp_path, ["model.onnx"]) == [tmp_path / "model.int8.onnx"]
+
+
+def test_export_refuses_a_saved_pruned_models_folder(tmp_path):
+    """The stock config.json the graphs get would replace the one that loads the pruned model (trust_remote_code
+    loading failed on a size mismatch afterwards)."""
+    from hf_adaprune import save_pruned
+
+    model = tiny_model("bert")
+    random_masks(model)
+    compact(model)
+    save_pruned(model, tmp_path / "pruned")
+    config = (tmp_path / "pruned" / "config.json").read_text()
+    with pytest.raises(ValueError, match="holds a saved pruned model: export_onnx writes the stock config.json"):
+        export_onnx(model, tmp_path / "pruned")
+    assert (tmp_path / "pruned" / "config.json").read_text() == config
+    assert not list((tmp_path / "pruned").glob("*.onnx"))
+    assert [p.name for p in export_onnx(model, tmp_path / "pruned" / "onnx")] == ["model.onnx"]
+
+
+def test_export_refuses_a_head_it_cannot_export_before_compacting(tmp_path):
+    from conftest import tiny_config
+    from hf_adaprune.engine.masks import get_masks
+
+    torch.manual_seed(0)
+    model = transformers.BertForPreTraining(tiny_config("bert")).eval()
+    random_masks(model)
+    width = model.bert.encoder.layer[1].attention.self.query.out_features
+    with pytest.raises(ValueError, match="ONNX export of encoders handles outputs"):
+        export_onnx(model, tmp_path / "onnx")
+    assert get_masks(model) is not None  # the user's masked model as it was: not compacted
+    assert model.bert.encoder.layer[1].attention.self.query.out_features == width
+    assert not (tmp_path / "onnx").exists()

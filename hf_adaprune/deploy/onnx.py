@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from ..engine.masks import get_masks
-from ..hub.config_marker import transformers_base
+from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
 from ..hub.save import check_save_request, move_into
 from ..surgery import compact
 from .checks import check_transformers_model
@@ -155,6 +156,9 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "
                          "(quantize the exported graph with quantize_onnx)")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
+    _check_not_a_model_folder(Path(save_directory))
+    if not model.config.is_encoder_decoder:  # a head whose outputs it cannot export: refused before compact
+        _encoder_inputs_and_outputs(model)
     if get_masks(model) is not None:
         compact(model)
     training, device = model.training, next(model.parameters()).device
@@ -170,6 +174,39 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
     return [save_directory / path.name for path in paths]
 
 
+def _check_not_a_model_folder(save_directory: Path) -> None:
+    """The graphs' folder gets the stock config.json: written into a saved pruned model's folder, it would replace
+    the config that loads the model (its ``auto_map``, ``model_type`` ``adaprune_...``)."""
+    config = save_directory / "config.json"
+    if not config.is_file():
+        return
+    try:
+        saved = json.loads(config.read_text())
+    except ValueError:
+        return
+    if "auto_map" in saved or str(saved.get("model_type", "")).startswith(MODEL_TYPE_PREFIX):
+        raise ValueError(f"{save_directory} holds a saved pruned model: export_onnx writes the stock config.json "
+                         "beside its graphs, which would replace the one that loads the model with "
+                         f"trust_remote_code; export into another folder (e.g. {save_directory / 'onnx'})")
+
+
+def _encoder_inputs_and_outputs(model) -> tuple[dict, list[str], object]:
+    """An encoder's example inputs, the outputs its graph will return and the probe's outputs (on ``model`` in eval
+    mode, no gradients; its mode is restored)."""
+    example = _example_inputs(model)
+    inputs = {"input_ids": example["inputs"], "attention_mask": example["attention_mask"]}
+    if _uses_token_types(model):
+        inputs["token_type_ids"] = torch.zeros_like(example["inputs"])
+        inputs["token_type_ids"][:, 4:] = 1  # a sentence pair: the segment embedding is in the trace
+    training = model.training
+    try:
+        with torch.no_grad():
+            probe = model.eval()(**{k: v.to(next(model.parameters()).device) for k, v in inputs.items()})
+    finally:
+        model.train(training)
+    return inputs, _encoder_outputs(probe), probe
+
+
 def _remove_stale_graphs(save_directory: Path, written: set[str]) -> None:
     """Graphs of an earlier export that this one did not write (its int8 ones too) would run stale beside the new
     ones: removed. Other files there stay."""
@@ -181,15 +218,8 @@ def _remove_stale_graphs(save_directory: Path, written: set[str]) -> None:
 
 
 def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]:
-    example = _example_inputs(model)
     if not model.config.is_encoder_decoder:
-        inputs = {"input_ids": example["inputs"], "attention_mask": example["attention_mask"]}
-        if _uses_token_types(model):
-            inputs["token_type_ids"] = torch.zeros_like(example["inputs"])
-            inputs["token_type_ids"][:, 4:] = 1  # a sentence pair: the segment embedding is in the trace
-        with torch.no_grad():
-            probe = model(**inputs)
-        outputs = _encoder_outputs(probe)
+        inputs, outputs, probe = _encoder_inputs_and_outputs(model)
         path = save_directory / ENCODER_FILE
         axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
         for name in outputs:
@@ -198,6 +228,7 @@ def _export_all(model, save_directory: Path, tokenizer, processor) -> list[Path]
         _export(_EncoderOnly(model, outputs), tuple(inputs.values()), path, list(inputs), outputs, axes)
         paths = [path]
     else:
+        example = _example_inputs(model)
         paths = [save_directory / name for name in SEQ2SEQ_FILES]
         audio = _uses_audio(model)
         input_name = "input_features" if audio else "input_ids"
