@@ -76,6 +76,30 @@ def test_int8_round_trip_masked_lm_with_its_tied_decoder_bias(tmp_path):
         assert_int8_close(quantized(**batch).logits, model(**batch).logits)
 
 
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_load_int8_of_a_tied_output_projection_warns_nothing(model_type, tmp_path, caplog):
+    """The decoder's dequantized weight written beside its table made transformers warn that the checkpoint's tied
+    weights differ and advise tie_word_embeddings=False; the folder records the tie and loading keeps it."""
+    import json
+
+    from transformers.utils import logging as hf_logging
+
+    model = weighty_model(model_type, "AutoModelForMaskedLM")
+    quantized = save_int8(model, tmp_path)
+    assert json.loads((tmp_path / "int8.json").read_text())["tied_linears"] == [
+        "cls.predictions.decoder" if model_type == "bert" else "vocab_projector"]
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            reloaded = load_int8(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+    assert not [r for r in caplog.records if "tie" in r.getMessage()]
+    batch = text_batch()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, quantized(**batch).logits)
+
+
 def test_a_failed_int8_save_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     import hf_adaprune.deploy.quantize as quantize
 

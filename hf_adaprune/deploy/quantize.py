@@ -121,11 +121,18 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
 
         save_file(tensors, str(folder / INT8_WEIGHTS))
         record = {"format": FORMAT, "linears": sorted(_packed_linears(quantized)), "aliases": aliases,
+                  "tied_linears": _linears_tied_to_embeddings(model),
                   "scheme": "int8 weights, symmetric per output row; dynamic int8 activations (torch fbgemm/x86)"}
         (folder / INT8_RECORD).write_text(json.dumps(record, indent=2))
 
     write_through_temporary(save_directory, write)  # a failure leaves an earlier folder as it was
     return quantized
+
+
+def _linears_tied_to_embeddings(model) -> list[str]:
+    """Linears whose weight is an embedding table (a masked LM's decoder): loading ties them to the table again."""
+    tables = {model.get_submodule(name).weight.data_ptr() for name in _embedding_names(model)}
+    return sorted(name for name in _linear_names(model) if model.get_submodule(name).weight.data_ptr() in tables)
 
 
 def _int8_tensors(quantized) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -171,7 +178,8 @@ def load_int8(path, auto_class=None):
         if key.endswith(".weight.int8"):
             base = key[: -len(".int8")]
             scale = tensors[base + ".scale"]
-            float_weights[base] = value.float() * scale[:, None]
+            if base[: -len(".weight")] not in record.get("tied_linears", ()):  # a tied one: the table's rows
+                float_weights[base] = value.float() * scale[:, None]
             if base[: -len(".weight")] in record["linears"]:
                 packed[base[: -len(".weight")]] = torch._make_per_channel_quantized_tensor(
                     value, scale.double(), tensors[base + ".zero_point"], 0)
