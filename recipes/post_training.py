@@ -16,6 +16,7 @@ import time
 
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
+from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.trainer.eval_order import first_rows
 
@@ -92,9 +93,6 @@ def check_labels(run: Run) -> None:
         raise RecipeError(f"the data's labels {names} are not the model's {model_names}: --post_training keeps the "
                           f"model's classifier, so the classes must be the same, in the same order "
                           f"(order them with --label_mapping)")
-
-
-LONG_FRACTION = 0.2  # --post_training_long_share draws from the longest fifth of the rows
 
 
 def long_rows_fraction(rows: int, drawn: int, long_share: float) -> float:

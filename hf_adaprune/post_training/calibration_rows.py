@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import random
 
+LONG_FRACTION = 0.2  # the rows that count as long: the longest fifth
 
-def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, long_fraction: float = 0.2,
+
+def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, long_fraction: float = LONG_FRACTION,
                              seed: int = 0, length_column: str = "input_ids"):
     """``samples`` rows of ``dataset`` (a tokenized ``datasets.Dataset``, or a list of tokenized examples),
     shuffled: ``long_share`` of them drawn from the longest ``long_fraction`` of its rows (by the length of
