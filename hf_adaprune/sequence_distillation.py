@@ -18,6 +18,9 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 LABEL_COLUMNS = ("labels", "decoder_input_ids", "decoder_attention_mask")
+# families whose forward builds the decoder input by moving each label row's last token to its front (mBART's
+# shift_tokens_right): a row must end with the decoder start token (mBART's target-language code)
+WRAPPED_START_TYPES = ("mbart", "plbart")
 
 
 def _batch_inputs(rows: dict, pad_token_id: int, device) -> dict:
@@ -36,8 +39,11 @@ def _batch_inputs(rows: dict, pad_token_id: int, device) -> dict:
 
 
 def generated_labels(sequences: torch.Tensor, decoder_start_token_id: int | None, pad_token_id: int,
-                     eos_token_id: int | None) -> list[list[int]]:
-    """The label rows of ``generate``'s output: the decoder start token and the padding after the end removed."""
+                     eos_token_id: int | None, wrapped_start: bool = False) -> list[list[int]]:
+    """The label rows of ``generate``'s output: the decoder start token and the padding after the end removed.
+
+    ``wrapped_start`` (mBART): the start token goes to the end of the row instead, where the model's shift takes
+    it from (mBART's labels end with ``</s> de_DE``; mBART-50's start token is ``</s>`` itself)."""
     rows = []
     for sequence in sequences.tolist():
         if decoder_start_token_id is not None and sequence and sequence[0] == decoder_start_token_id:
@@ -47,6 +53,8 @@ def generated_labels(sequences: torch.Tensor, decoder_start_token_id: int | None
         else:  # stopped by the length limit: no end token, only trailing padding to drop
             while sequence and sequence[-1] == pad_token_id:
                 sequence.pop()
+        if wrapped_start and decoder_start_token_id is not None and sequence[-1:] != [decoder_start_token_id]:
+            sequence.append(decoder_start_token_id)
         rows.append(sequence)
     return rows
 
@@ -101,7 +109,8 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
             indices = order[begin:begin + batch_size]
             rows = {name: [values[i] for i in indices] for name, values in columns.items()}
             sequences = teacher.generate(**_batch_inputs(rows, pad_token_id, device), **generate_kwargs)
-            for index, row in zip(indices, generated_labels(sequences, start, pad_token_id, eos)):
+            for index, row in zip(indices, generated_labels(sequences, start, pad_token_id, eos,
+                                                            config.model_type in WRAPPED_START_TYPES)):
                 labels[index] = row
     finally:
         teacher.train(was_training)

@@ -133,6 +133,14 @@ class DataTrainingArguments(DataArguments):
     target_lang: str | None = field(
         default=None, metadata={"help": "Target language key of the translation dicts (needed with --dataset_name)."}
     )
+    source_lang_code: str | None = field(
+        default=None, metadata={"help": "For tokenizers that tag text with language codes (mBART, mBART-50, M2M100, "
+                                        "NLLB): the sources' code, e.g. en_XX (mBART), en (M2M100), eng_Latn (NLLB)."}
+    )
+    target_lang_code: str | None = field(
+        default=None, metadata={"help": "For tokenizers with language codes: the targets' code, e.g. de_DE, de, "
+                                        "deu_Latn; the decoder is trained on it and generation starts with it."}
+    )
     train_source_file: str | None = field(default=None, metadata={"help": "Training sources, one a line (.gz ok)."})
     train_target_file: str | None = field(default=None, metadata={"help": "Training targets, line-aligned."})
     validation_source_file: str | None = field(
@@ -416,7 +424,51 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTraining
     generation = model.generation_config
     if getattr(generation, "decoder_start_token_id", None) is None:
         generation.decoder_start_token_id = config.decoder_start_token_id
+    set_language_codes(model, tokenizer, data_args)
     return model, tokenizer
+
+
+def _language_code_id(tokenizer, code: str) -> int | None:
+    if hasattr(tokenizer, "get_lang_id"):  # M2M100: the code "en" is the token "__en__"
+        try:
+            return tokenizer.get_lang_id(code)
+        except KeyError:
+            return None
+    token_id = tokenizer.convert_tokens_to_ids(code)
+    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
+
+
+def set_language_codes(model, tokenizer, data_args: DataTrainingArguments) -> None:
+    """Tokenizers with language codes (mBART, mBART-50, M2M100, NLLB) tag sources and targets with them, and the
+    decoder must start each translation with the target's code: the tokenizer's ``src_lang`` / ``tgt_lang`` and the
+    model's generation are set from --source_lang_code / --target_lang_code (without them the targets were tagged
+    with the tokenizer's default source code while generation started with another)."""
+    codes = {"source_lang_code": data_args.source_lang_code, "target_lang_code": data_args.target_lang_code}
+    given = [f"--{name}" for name, code in codes.items() if code]
+    if not hasattr(tokenizer, "src_lang"):
+        if given:
+            raise RecipeError(f"{' and '.join(given)}: {type(tokenizer).__name__} has no language codes (they are "
+                              "for mBART, mBART-50, M2M100 and NLLB tokenizers); leave them out")
+        return
+    missing = [f"--{name}" for name, code in codes.items() if not code]
+    if missing:
+        raise RecipeError(f"{type(tokenizer).__name__} tags sources and targets with language codes: pass "
+                          f"{' and '.join(missing)} (e.g. en_XX and de_DE for mBART, en and de for M2M100, eng_Latn "
+                          f"and deu_Latn for NLLB); left unset, the targets would be tagged {tokenizer.src_lang!r}")
+    for name, code in codes.items():
+        if _language_code_id(tokenizer, code) is None:
+            raise RecipeError(f"--{name} {code!r} is not a language code of {type(tokenizer).__name__}")
+    tokenizer.src_lang, tokenizer.tgt_lang = codes["source_lang_code"], codes["target_lang_code"]
+    target_id = _language_code_id(tokenizer, codes["target_lang_code"])
+    target = tokenizer(text_target="a").input_ids
+    if target[:1] == [target_id]:  # mBART-50, M2M100, NLLB: "de_DE ... </s>"; generation starts "</s> de_DE"
+        model.generation_config.forced_bos_token_id = target_id
+    elif target[-1:] == [target_id]:  # mBART: "... </s> de_DE"; its shift puts the code first in the decoder
+        model.config.decoder_start_token_id = model.generation_config.decoder_start_token_id = target_id
+    else:
+        raise RecipeError(f"{type(tokenizer).__name__} does not put --target_lang_code {codes['target_lang_code']!r} "
+                          f"at either end of a target ({tokenizer.convert_ids_to_tokens(target)}); this recipe knows "
+                          "the mBART, mBART-50, M2M100 and NLLB layouts")
 
 
 # -- metrics -----------------------------------------------------------------------------------------------
@@ -511,7 +563,8 @@ def load_data(run: Run) -> None:
     logger.info("data: %s pairs", {k: len(v) for k, v in raw.items()})
     run.splits = raw
     run.task_results = {
-        "languages": {"source": data_args.source_lang, "target": data_args.target_lang},
+        "languages": {"source": data_args.source_lang, "target": data_args.target_lang,
+                      "source_code": data_args.source_lang_code, "target_code": data_args.target_lang_code},
         "generation": {"max_length": run.training_args.generation_max_length,
                        "num_beams": run.training_args.generation_num_beams},
         "test_references": "raw target text",
