@@ -314,6 +314,21 @@ def load_data(run: Run) -> None:
     run.splits = load_rows(run.data_args, run.model_args, run.training_args)
 
 
+def check_multilingual(model_path: str, cache_dir: str | None) -> None:
+    """--language / --task prompt a multilingual Whisper; an English-only one (tiny.en, ...) has no language tokens
+    to prompt with (generate failed at the first evaluation, after every clip was decoded)."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_path, cache_dir=cache_dir)
+    except OSError:  # no generation config to tell: generate will say
+        return
+    if getattr(generation, "is_multilingual", None) is False or not getattr(generation, "lang_to_id", None):
+        raise RecipeError(f"--language / --task: {model_path} is an English-only Whisper (its generation config is "
+                          "not multilingual): it transcribes English without a language or task prompt; leave "
+                          "--language and --task out, or start from a multilingual checkpoint")
+
+
 def build(run: Run) -> None:
     """Model config and processor, then every clip decoded and every transcript tokenised, then the model."""
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
@@ -335,6 +350,7 @@ def build(run: Run) -> None:
         if model_args.language is not None or model_args.task != "transcribe":
             if not hasattr(tokenizer, "set_prefix_tokens"):
                 raise RecipeError("--language / --task need a Whisper tokenizer")
+            check_multilingual(model_path, model_args.cache_dir)
             tokenizer.set_prefix_tokens(language=model_args.language, task=model_args.task)
         if tokenizer.pad_token_id is None:  # generated ids and labels are padded with it before decoding
             if tokenizer.eos_token is None:
@@ -348,6 +364,10 @@ def build(run: Run) -> None:
         raise RecipeError(f"--whisper_window_seconds, --language and --task apply to Whisper models only; "
                           f"{config.model_type} is a CTC model (it reads the whole clip and has no decoder prompt)")
     rate = feature_extractor.sampling_rate
+    if kind == "ctc" and training_args.label_smoothing_factor:
+        raise RecipeError(f"--label_smoothing_factor {training_args.label_smoothing_factor}: label smoothing smooths "
+                          f"a per-token cross-entropy, and {config.model_type} is a CTC model (its loss aligns "
+                          "frames to characters): leave it at 0")
     if kind == "ctc":  # FLOPs of CTC models are counted on raw audio: --pruning_seq_len is in samples
         default_seq_len = Seq2SeqPruningArguments.__dataclass_fields__["pruning_seq_len"].default
         if training_args.pruning_seq_len == default_seq_len:

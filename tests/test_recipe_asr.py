@@ -351,6 +351,46 @@ def test_whisper_options_on_a_ctc_model(tmp_path, manifests, tiny_ctc_dir, flags
                   r"--whisper_window_seconds, --language and --task apply to Whisper models only; \S+ is a CTC model")
 
 
+def test_language_on_an_english_only_whisper(tmp_path, manifests, tiny_whisper_dir):
+    """An English-only Whisper has no language tokens: generate failed at the first evaluation (AttributeError:
+    no lang_to_id), after every clip was decoded."""
+    for flags in (["--language", "en"], ["--task", "translate"]):
+        run_expecting(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests),
+                       "--output_dir", str(tmp_path / "o"), *flags],
+                      r"--language / --task: \S+ is an English-only Whisper \(its generation config is not "
+                      r"multilingual\)")
+
+
+def test_label_smoothing_on_a_ctc_model(tmp_path, manifests, tiny_ctc_dir):
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests),
+                   "--output_dir", str(tmp_path / "o"), "--label_smoothing_factor", "0.1"],
+                  r"--label_smoothing_factor 0.1: label smoothing smooths a per-token cross-entropy, and wav2vec2 "
+                  r"is a CTC model")
+
+
+def test_whisper_with_label_smoothing(tmp_path, manifests, tiny_whisper_dir):
+    """The Trainer takes the labels out of the batch before the forward pass when it smooths them: the collator
+    hands Whisper its decoder inputs (the first training step failed: 'You cannot specify both decoder_input_ids
+    and decoder_inputs_embeds')."""
+    from recipes.speech.model import SpeechSeq2SeqCollator
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    out = tmp_path / "o"
+    results = asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False), *PRUNING,
+                        "--output_dir", str(out), "--generation_max_length", "6", "--pruning_seq_len", "8",
+                        "--label_smoothing_factor", "0.1"])
+    assert results["train"]["global_step"] == 4
+    processor = transformers.WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    config = transformers.WhisperConfig.from_pretrained(tiny_whisper_dir)
+    collator = SpeechSeq2SeqCollator(processor.feature_extractor, processor.tokenizer, config.decoder_start_token_id)
+    rows = [{"audio": np.zeros(1600, dtype=np.float32), "labels": processor.tokenizer(text).input_ids}
+            for text in ("one two", "three")]
+    batch = collator(rows)
+    assert (batch["labels"] == -100).any()  # the shorter row is padded
+    expected = shift_tokens_right(batch["labels"], config.pad_token_id, config.decoder_start_token_id)
+    assert torch.equal(batch["decoder_input_ids"], expected)
+
+
 def test_dataset_name_that_does_not_load(tmp_path, tiny_ctc_dir):
     run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--dataset_name", str(tmp_path / "nowhere"),
                    "--output_dir", str(tmp_path / "o")],

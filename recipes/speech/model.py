@@ -155,7 +155,10 @@ def ctc_text_case(tokenizer) -> str | None:
 
 # -- collators --------------------------------------------------------------------------------------
 class SpeechSeq2SeqCollator:
-    """Log-mel features of a batch (padded / cut to the model's window) and labels padded with -100."""
+    """Log-mel features of a batch (padded / cut to the model's window), labels padded with -100 and the decoder
+    inputs (the labels shifted right behind the decoder start token), as DataCollatorForSeq2Seq gives text models:
+    with --label_smoothing_factor the Trainer takes the labels out of the batch before the forward pass, and the
+    model could not build its decoder inputs from them."""
 
     def __init__(self, feature_extractor, tokenizer, decoder_start_token_id: int):
         self.feature_extractor, self.tokenizer = feature_extractor, tokenizer
@@ -168,7 +171,10 @@ class SpeechSeq2SeqCollator:
         # the model prepends the decoder start token itself: drop it where the tokenizer added it
         if labels.shape[1] > 1 and bool((labels[:, 0] == self.decoder_start_token_id).all()):
             labels = labels[:, 1:]
-        return {"input_features": batch["input_features"], "labels": labels}
+        decoder_input_ids = torch.full_like(labels, self.decoder_start_token_id)
+        decoder_input_ids[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, self.tokenizer.pad_token_id)
+        return {"input_features": batch["input_features"], "labels": labels, "decoder_input_ids": decoder_input_ids}
+
 
 class CTCCollator:
     """Raw audio padded to the longest clip (with an attention mask where the model wants one), labels -100."""
