@@ -335,3 +335,31 @@ def test_a_feature_extractor_as_processing_class_of_a_generation_metric_is_refus
         AdaptivePruningSeq2SeqTrainer(model=tiny_seq2seq("marian"), args=args, train_dataset=toy_dataset(),
                                       eval_dataset=toy_dataset().select(range(8)),
                                       processing_class=WhisperFeatureExtractor(feature_size=8))
+
+
+def test_resume_compares_the_generation_options_a_generated_metric_is_measured_with(tmp_path):
+    """BLEU / WER decisions after a resume under other beams or lengths compared values measured two ways: the
+    generation options count as pruning arguments for Seq2Seq runs steered by such a metric (not by the loss)."""
+    from transformers import GenerationConfig
+
+    from hf_adaprune import Seq2SeqPruningArguments
+    from hf_adaprune.trainer.arguments import pruning_arguments
+    from hf_adaprune.trainer.checkpoint import check_resume_arguments
+
+    def arguments(**overrides):
+        return pruning_arguments(Seq2SeqPruningArguments(str(tmp_path), pruning_metric="sacrebleu",
+                                                         predict_with_generate=True, report_to="none",
+                                                         **overrides))
+
+    saved = arguments(generation_num_beams=1, generation_max_length=32)
+    with pytest.raises(ValueError) as info:
+        check_resume_arguments(saved, arguments(generation_num_beams=3, generation_max_length=6), allow_new=False)
+    assert "--generation_max_length: checkpoint 32, now 6" in str(info.value)
+    assert "--generation_num_beams: checkpoint 1, now 3" in str(info.value)
+    check_resume_arguments(saved, arguments(generation_num_beams=1, generation_max_length=32), allow_new=False)
+    with_config = arguments(generation_config=GenerationConfig(num_beams=4))
+    assert "num_beams" in with_config["generation_config"]  # a GenerationConfig object is stored as its JSON
+    torch.save(with_config, tmp_path / "state.pt")  # what pruning_state.pt holds loads with weights_only=True
+    assert torch.load(tmp_path / "state.pt", weights_only=True) == with_config
+    loss_steered = pruning_arguments(Seq2SeqPruningArguments(str(tmp_path), report_to="none", generation_num_beams=3))
+    assert "generation_num_beams" not in loss_steered  # the eval loss does not depend on them

@@ -236,10 +236,22 @@ def pruning_fields() -> list:
     return [f for f in fields(PruningArguments) if f.name not in stock]
 
 
+# Seq2Seq options that change a generated metric (BLEU, WER, ...) the decisions compare with the reference
+GENERATION_FIELDS = ("predict_with_generate", "generation_max_length", "generation_num_beams", "generation_config")
+
+
 def pruning_arguments(args) -> dict:
-    """The pruning fields of ``args`` (those :class:`PruningArguments` adds), as plain values."""
+    """The pruning fields of ``args`` (those :class:`PruningArguments` adds), as plain values; for Seq2Seq
+    arguments steered by a metric other than the loss, also the generation options that metric is measured with
+    (a resume under others compared a reference and decisions measured one way with values measured another)."""
     own = {f.name for f in pruning_fields()}
-    return {name: getattr(args, name) for name in sorted(own - _NOT_COMPARED_ON_RESUME)}
+    values = {name: getattr(args, name) for name in sorted(own - _NOT_COMPARED_ON_RESUME)}
+    if isinstance(args, Seq2SeqTrainingArguments) and args.pruning_metric != "loss":
+        for name in GENERATION_FIELDS:
+            value = getattr(args, name, None)
+            values[name] = value.to_json_string() if hasattr(value, "to_json_string") else \
+                None if value is None else value if isinstance(value, (bool, int, float)) else str(value)
+    return values
 
 
 def sharded_training_problem(args) -> str | None:
