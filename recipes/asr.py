@@ -84,7 +84,7 @@ from recipes.arguments import (
     require_file,
     resolve_package_path,
 )
-from recipes.loading import load_config, load_model
+from recipes.loading import apply_generation_config, load_config, load_model
 from recipes.results import format_metric, format_rate
 from recipes.skeleton import Run, Task, run_cli
 from recipes.speech.data import (
@@ -404,6 +404,7 @@ def build(run: Run) -> None:
         if model_args.language is not None or model_args.task != "transcribe":
             model.generation_config.language = model_args.language
             model.generation_config.task = model_args.task
+        apply_generation_config(model, training_args)
         if model.generation_config.decoder_start_token_id is None:
             raise RecipeError(f"{model_path}: the generation config has no decoder_start_token_id")
         run.data_collator = SpeechSeq2SeqCollator(feature_extractor, tokenizer,

@@ -87,3 +87,33 @@ def check_embeddings_hold_tokenizer(model, tokenizer, tokenizer_path: str) -> No
         raise RecipeError(f"the tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's embedding table "
                           f"only {rows} rows (ids from {rows} on would index outside it): give the tokenizer the "
                           f"model was trained with (--tokenizer_name)")
+
+
+# generation-config fields a recipe sets on the model from its tokenizer and flags (decoder start, language codes,
+# Whisper's language and task): a --generation_config that leaves them unset gets the model's
+RECIPE_GENERATION_FIELDS = ("decoder_start_token_id", "pad_token_id", "bos_token_id", "eos_token_id",
+                            "forced_bos_token_id", "forced_eos_token_id", "language", "task")
+
+
+def apply_generation_config(model, training_args) -> None:
+    """``--generation_config``, loaded and applied to ``model`` before anything generates (sequence distillation,
+    the metric check), with the fields of RECIPE_GENERATION_FIELDS it leaves unset taken from the model's.
+
+    Seq2SeqTrainer replaces the model's generation config with the one given when it is built: ids the recipe had set
+    (a decoder start token, a target-language code) were lost, and what ran before the trainer (the teacher's
+    translations) generated with the model's settings instead. The merged config becomes ``--generation_config``, so
+    the trainer applies the same one."""
+    given = getattr(training_args, "generation_config", None)
+    if given is None:
+        return
+    from transformers import Seq2SeqTrainer
+
+    try:
+        loaded = Seq2SeqTrainer.load_generation_config(given)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"--generation_config {given}: cannot load it ({type(err).__name__}: {err})") from err
+    for name in RECIPE_GENERATION_FIELDS:
+        if getattr(loaded, name, None) is None and getattr(model.generation_config, name, None) is not None:
+            setattr(loaded, name, getattr(model.generation_config, name))
+    model.generation_config = loaded
+    training_args.generation_config = loaded

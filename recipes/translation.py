@@ -86,8 +86,8 @@ from recipes.arguments import (
     recipe_argv,
     require_file,
 )
-from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, load_config, load_model,
-                             pretrained_kwargs)
+from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
+                             load_model, pretrained_kwargs)
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
 from recipes.tables import read_text
@@ -590,6 +590,9 @@ def check_lengths(model, tokenizer, data_args: DataTrainingArguments, training_a
 
 def build(run: Run) -> None:
     model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
+    apply_generation_config(model, run.training_args)
+    run.task_results["generation"]["num_beams"] = run.training_args.generation_num_beams or \
+        model.generation_config.num_beams  # what evaluations use: the flag, else the generation config's
     check_lengths(model, tokenizer, run.data_args, run.training_args)
     run.model, run.processing_class, run.seq2seq = model, tokenizer, True
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)

@@ -394,3 +394,34 @@ def test_whisper_vocabulary_and_ctranslate2(tmp_path, manifests, tiny_whisper_di
         row = row[: row.index(eos)] if eos in row else row
         row = row[1:] if row[:1] == [no_timestamps] else row
         assert len(row) >= 2 and result.sequences_ids[0][: len(row)] == row
+
+
+def test_translation_generation_config_keeps_the_recipes_ids_and_serves_every_generation(  # noqa: F811
+        translation_workspace, tmp_path, monkeypatch):
+    """A --generation_config without a decoder start token: Seq2SeqTrainer replaced the model's config with it and
+    the metric check failed; one with beams: the teacher translated greedily and results.json said None."""
+    from transformers import GenerationConfig
+
+    import recipes.skeleton as skeleton
+
+    GenerationConfig(num_beams=2, max_length=12, eos_token_id=1).save_pretrained(tmp_path / "generation")
+    seen = {}
+    for name in ("AdaptivePruningSeq2SeqTrainer",):
+        cls = getattr(skeleton, name)
+        original = cls.train
+
+        def train(self, *args, **kwargs):
+            seen["trainer"] = self.model.generation_config
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "train", train)
+    out = tmp_path / "out"
+    results = translation.main(translation_args(translation_workspace, out) + SHORT_RUN + [
+        "--max_source_length", "32", "--max_target_length", "32", "--pruning_seq_len", "32",
+        "--generation_max_length", "12", "--pruning_tolerance", "100", "--sequence_distillation", "true",
+        "--generation_config", str(tmp_path / "generation")])
+    assert results["task"]["sequence_distillation"]["num_beams"] == 2  # the teacher's beams: 1 before
+    assert results["task"]["generation"]["num_beams"] == 2  # None before
+    used = seen["trainer"]
+    assert (used.num_beams, used.decoder_start_token_id, used.pad_token_id) == (2, 0, 0)
+    assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 2
