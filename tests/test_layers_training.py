@@ -86,6 +86,17 @@ def test_removing_every_layer_fails_before_training(tmp_path):
         make_trainer(tmp_path, prune="layers", pruning_target=0.9, pruning_target_type="structures")
 
 
+@pytest.mark.parametrize("prune, advice", [
+    ("layers", "prune heads and FFN neurons as well (--prune heads,ffn,layers)"),
+    ("heads,layers", "prune FFN neurons as well (--prune heads,ffn,layers)"),
+    ("heads,ffn,layers", "prune heads and FFN neurons alone (--prune heads,ffn)"),  # it advised what was passed
+])
+def test_an_unreachable_layer_share_advises_what_was_not_asked(tmp_path, prune, advice):
+    with pytest.raises(ValueError, match="every stack keeps at least one layer") as info:
+        make_trainer(tmp_path, prune=prune, pruning_target=0.99, pruning_target_type="structures")
+    assert advice in str(info.value)
+
+
 def test_t5_encoder_layers_are_refused_before_training(tmp_path):
     data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:4]})
     args = Seq2SeqPruningArguments(str(tmp_path), prune="layers", pruning_roles="encoder", max_steps=4,

@@ -250,9 +250,16 @@ def layer_target_problem(groups, sizes: dict[str, int], target: float, kinds,
     if needed <= reachable + 1e-9:
         return None
     counts = ", ".join(f"{g.name}: {sizes[g.name]}" for g in stacks)
+    widths = [kind for kind in ("heads", "ffn") if kind in kinds]
+    if len(widths) < 2:
+        names = {"heads": "heads", "ffn": "FFN neurons"}
+        missing = " and ".join(names[kind] for kind in ("heads", "ffn") if kind not in widths)
+        advice = f"prune {missing} as well (--prune heads,ffn,layers), "
+    else:  # widths already take their share: what is left is the widths alone
+        advice = "prune heads and FFN neurons alone (--prune heads,ffn), "
     return (f"pruning target {target} needs {needed:.4f} of the layers removed, but every stack keeps at least one "
-            f"layer ({counts} layers), so at most {reachable:.4f} can go. Lower --pruning_target, prune heads and "
-            "FFN neurons as well (--prune heads,ffn,layers), or include more stacks in --pruning_roles.")
+            f"layer ({counts} layers), so at most {reachable:.4f} can go. Lower --pruning_target, {advice}"
+            "or include more stacks in --pruning_roles.")
 
 
 def structure_multiple(group, multiple_of: int) -> int:
