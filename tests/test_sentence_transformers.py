@@ -962,3 +962,34 @@ def test_best_model_metric_of_a_dict_of_eval_sets_names_one_set(encoder_folder, 
     with pytest.raises(KeyError, match=r"--metric_for_best_model 'loss': evaluation returns no 'eval_loss' \(the first "
                                        r"evaluation would fail on it\); available: \['a_loss', "):
         trainer_for("loss", "unnamed").train()
+
+
+def test_cards_keep_a_users_readme_take_the_card_arguments_and_say_when_nothing_was_trained(encoder_folder,
+                                                                                            tmp_path, caplog):
+    """save_model() wrote the card over the user's README.md, create_model_card dropped license / language / tags /
+    finetuned_from, and a save before train() said "Fine-tuned": as the base trainer does, now."""
+    from huggingface_hub import ModelCard
+
+    from hf_adaprune.trainer.report import CARD_BESIDE_USER_README
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("# My notes\n\nDo not lose these.\n")
+    corpus = sentences(48)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(out, max_steps=6),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
+    trainer.save_model()  # before train(): nothing of a run to report
+    assert (out / "README.md").read_text() == "# My notes\n\nDo not lose these.\n"
+    assert "saved before training" in (out / CARD_BESIDE_USER_README).read_text()
+    assert "is not a model card hf_adaprune wrote" in caplog.text
+    trainer.train()
+    trainer.create_model_card(license="mit", language="en", tags=["my-tag"],
+                              finetuned_from="sentence-transformers/all-MiniLM-L6-v2")
+    assert (out / "README.md").read_text() == "# My notes\n\nDo not lose these.\n"
+    card = ModelCard.load(out / CARD_BESIDE_USER_README)
+    data = card.data.to_dict()
+    assert (data["license"], data["language"], data["base_model"]) == ("mit", "en",
+                                                                       "sentence-transformers/all-MiniLM-L6-v2")
+    assert {"my-tag", "hf_adaprune", "sentence-transformers"} <= set(data["tags"])
+    assert "saved before training" not in card.text

@@ -295,6 +295,11 @@ def test_the_card_reports_the_saved_models_metric_not_the_last_decisions():
     assert "| accuracy (eval) | 0.8000 | 0.7500 |" in card.text
     metrics = card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
     assert [(m["name"], m["value"]) for m in metrics] == [("accuracy (dense)", 0.80), ("accuracy (pruned)", 0.75)]
+    summary.start_pruned = True  # a second pruning: the reference is the model it started from, as the text says
+    card = model_card(summary, tasks="text-classification")
+    assert "| | start | pruned |" in card.text
+    metrics = card.data.to_dict()["model-index"][0]["results"][0]["metrics"]
+    assert [m["name"] for m in metrics] == ["accuracy (start)", "accuracy (pruned)"]
 
 
 def test_prediction_loss_only_with_a_named_metric_says_why_before_training(tmp_path):

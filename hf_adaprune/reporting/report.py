@@ -150,13 +150,15 @@ def pruned_metric(summary: PruningSummary) -> float | None:
 
 
 def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | None, dataset_name: str):
-    """The model-index entries: the steering metric of the dense reference and of the pruned model."""
+    """The model-index entries: the steering metric of the dense reference (the starting model's, "start", when it
+    was already pruned, as the card's text says) and of the pruned model."""
     from huggingface_hub import EvalResult
 
     if task is None:
         return None
     results = []
-    for label, value in (("dense", summary.metric_before), ("pruned", pruned_metric(summary))):
+    reference = "start" if summary.start_pruned else "dense"
+    for label, value in ((reference, summary.metric_before), ("pruned", pruned_metric(summary))):
         if value is not None:
             results.append(EvalResult(
                 task_type=task, dataset_type=dataset_id or "custom", dataset_name=dataset_name,

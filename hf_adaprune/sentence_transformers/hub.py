@@ -33,10 +33,10 @@ TRANSFORMER_TYPES = (
 
 
 def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.PathLike,
-                                     card: str | None = None) -> Path:
+                                     card: str | None = None, card_file: str = "README.md") -> Path:
     """Compact the transformer module (if it still has masks) and save ``model`` as a sentence-transformers folder.
 
-    ``card``: the README.md to write (default: the one sentence-transformers generates).
+    ``card``: the model card to write, as ``card_file`` (default: the README.md sentence-transformers generates).
     """
     # The compacted model's class writes its config's auto_map and modeling_adaprune.py in save_pretrained,
     # which the Transformer module's save calls.
@@ -45,7 +45,7 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
     def write(folder: Path) -> None:
         model.save(str(folder), create_model_card=card is None)
         if card is not None:
-            (folder / "README.md").write_text(card)
+            (folder / card_file).write_text(card)
 
     return write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
 
@@ -81,9 +81,14 @@ def load_pruned_sentence_transformer(path: str | os.PathLike, **kwargs) -> Sente
     return model
 
 
-def sentence_transformer_card(summary: PruningSummary) -> str:
-    """hf_adaprune's model card of the run, with sentence-transformers front matter and usage."""
-    card = str(model_card(summary, tags=["sentence-transformers", "sentence-similarity"]))
+def sentence_transformer_card(summary: PruningSummary, *, trained: bool = True, language=None, license=None,
+                              tags=None) -> str:
+    """hf_adaprune's model card of the run, with sentence-transformers front matter and usage. ``trained=False``: saved
+    before any training (see :func:`~hf_adaprune.reporting.report.model_card`); ``language``, ``license`` and
+    ``tags`` go into the metadata, as ``Trainer.create_model_card`` takes them."""
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    card = str(model_card(summary, tags=["sentence-transformers", "sentence-similarity", *tags], language=language,
+                          license=license, trained=trained))
     card = card.replace("library_name: transformers\n",
                         "library_name: sentence-transformers\npipeline_tag: sentence-similarity\n", 1)
     loading = card.index("## Loading")
