@@ -35,7 +35,9 @@ def tiny_tokenizer(tmp_path, vocab_size=99):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab_size - 5)]
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+    tokenizer = BertTokenizerFast(vocab=str(vocab))  # transformers 5 ignores vocab_file=: 5 tokens, all text [UNK]
+    assert len(tokenizer) == vocab_size and tokenizer("w1 w2").input_ids == [2, 6, 7, 3]
+    return tokenizer
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "electra"])
