@@ -18,6 +18,7 @@ from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MOD
                                       post_training_prune)
 from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
+from hf_adaprune.surgery import was_pruned
 from hf_adaprune.trainer.eval_order import first_rows
 
 from . import deploy
@@ -178,7 +179,9 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
             "tolerance": training_args.pruning_tolerance, "tolerance_type": training_args.pruning_tolerance_type},
         "pruning": {"criterion": training_args.pruning_criterion, "target": training_args.pruning_target,
                     "target_type": "flops", "final_sparsity": comparison["layer_flops_removed"],
-                    "stop_reason": f"post-training, no optimizer step ({stop})"},
+                    "stop_reason": f"post-training, no optimizer step ({stop})",
+                    # a folder pruned before: every "dense" figure is of the model as loaded
+                    "start_pruned": was_pruned(run.model)},
         "post_training": {"calibration_samples": calibration_samples,
                           "long_share": data_args.post_training_long_share,
                           "structures": list(KINDS[training_args.prune]),
@@ -197,8 +200,9 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
         "deploy": None,
         "wall_time_s": None,
     }
+    start = "start" if results["pruning"]["start_pruned"] else "dense"
     table = results_table(results, task.format_value) + (
-        "\npost-training: the model as loaded was pruned without training (no optimizer step); the dense column "
+        f"\npost-training: the model as loaded was pruned without training (no optimizer step); the {start} column "
         "is that model")
     if training_args.should_save:
         write_card(training_args.output_dir, results, task.format_value)
@@ -229,6 +233,8 @@ def write_card(folder: str, results: dict, format_value) -> None:
         refit = ", each pruned layer's output projection re-fitted by least squares" + (
             f" except those of {skipped} (too few calibration tokens)" if skipped else "")
     base = results["base_model"] or "the model given"
+    start = "start" if results["pruning"].get("start_pruned") else "dense"
+    of_start = " of the model as loaded (pruned before)" if start == "start" else ""
     lines = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags:", "- hf_adaprune",
              "- pruned", "- post-training-pruning",
              *([f"base_model: {hub_id}"] if (hub_id := hub_id_or_none(results["base_model"])) else []), "---", "",
@@ -236,9 +242,9 @@ def write_card(folder: str, results: dict, format_value) -> None:
              f"A fine-tuned classifier based on {base}, pruned **without training** by hf_adaprune's post-training "
              f"pruning (after Kwon et al. 2022): "
              f"{structures} scored on {post['calibration_samples']} training rows, "
-             f"{100 * cmp['layer_flops_removed']:.1f}% of the layer FLOPs removed"
+             f"{100 * cmp['layer_flops_removed']:.1f}% of the layer FLOPs{of_start} removed"
              f"{refit}; no optimizer step.", "",
-             "| | dense | pruned |", "|---|---|---|",
+             f"| | {start} | pruned |", "|---|---|---|",
              f"| validation {val['metric']} (n={val['samples']}) | {format_value(metric, val['dense_reference'])} "
              f"| {format_value(metric, val['pruned_final'])} |"]
     for name in (test or {}).get("metrics", []):

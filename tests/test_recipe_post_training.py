@@ -76,6 +76,19 @@ def test_post_training_run_writes_the_pruned_folder_and_an_honest_report(workspa
     assert model.config.adaprune["groups"]
 
 
+def test_post_training_of_a_pruned_folder_calls_its_start_the_start(workspace, fine_tuned, tmp_path):  # noqa: F811
+    """Pruned again without training, the model as loaded is no dense model: the table, the card and results.json
+    said "dense" (and the card's share of FLOPs was of the pruned start)."""
+    recipe.main(post_args(workspace, fine_tuned, tmp_path / "first"))
+    first_card = (tmp_path / "first" / "README.md").read_text()
+    assert "| | dense | pruned |" in first_card and "(pruned before)" not in first_card
+    results = recipe.main(post_args(workspace, tmp_path / "first", tmp_path / "second"))
+    assert results["pruning"]["start_pruned"] is True
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert "| | start | pruned |" in card and "of the layer FLOPs of the model as loaded (pruned before) removed" in card
+    assert json.loads((tmp_path / "second" / "results.json").read_text())["pruning"]["start_pruned"] is True
+
+
 def test_vocabulary_keeps_the_tokens_of_the_whole_training_split_not_the_calibration_rows(
         workspace, fine_tuned, tmp_path):  # noqa: F811
     extra = ["--post_training_calibration_samples", "4", "--post_training_refit_samples", "4",
