@@ -9,6 +9,7 @@ The folder is what ``SentenceTransformer.save`` writes (``modules.json``, ``sent
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer
 from transformers import AutoModel
 
+from ..hub.config_marker import MODEL_TYPE_PREFIX
 from ..hub.load import AutoPrunedModel, load_pruned_config
 from ..hub.save import write_through_temporary
 from ..reporting.report import model_card
@@ -66,13 +68,26 @@ class _PrunedTransformer(Transformer):
         return AutoPrunedModel.from_pretrained(model_name_or_path, auto_class=AutoModel, config=config, **model_kwargs)
 
 
+def _no_marker_mismatch(record: logging.LogRecord) -> bool:
+    """Drops transformers' "model of type `adaprune_bert` to instantiate a model of type ``" warning: the tokenizer /
+    processor lookup of sentence-transformers reads the marked config.json with the plain config class, which
+    warns about the marker although the model is built by our classes from the right config."""
+    message = record.getMessage()
+    return not (f"model of type `{MODEL_TYPE_PREFIX}" in message and "to instantiate a model of type" in message)
+
+
 def load_pruned_sentence_transformer(path: str | os.PathLike, **kwargs) -> SentenceTransformer:
     """The saved folder as a ``SentenceTransformer``, built by hf_adaprune's classes (no ``trust_remote_code``).
 
     ``kwargs`` go to ``SentenceTransformer`` (``device``, ``truncate_dim``, ...).
     """
-    model = SentenceTransformer._load_with_module_classes(
-        str(path), {name: _PrunedTransformer for name in TRANSFORMER_TYPES}, **kwargs)
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    config_logger.addFilter(_no_marker_mismatch)
+    try:
+        model = SentenceTransformer._load_with_module_classes(
+            str(path), {name: _PrunedTransformer for name in TRANSFORMER_TYPES}, **kwargs)
+    finally:
+        config_logger.removeFilter(_no_marker_mismatch)
     first = model[0]
     if type(first) is not _PrunedTransformer:
         raise ValueError(f"{path}: the first module is {type(first).__name__}, not a pruned transformer module")
