@@ -38,7 +38,10 @@ may have an empty side (those pairs are dropped; more means misaligned or broken
 files, and the run stops).
 
 T5 needs a task prefix on every source sentence (``--source_prefix "translate
-English to German: "``); the recipe warns when a T5 model gets none.
+English to German: "``); the recipe warns when a T5 model gets none. Tokenizers with
+language codes (mBART, mBART-50, M2M100, NLLB) need ``--source_lang_code`` /
+``--target_lang_code`` (e.g. ``en_XX`` / ``de_DE``): the data is tagged with them and
+the decoder starts each translation with the target's code.
 
 Outputs in ``--output_dir``: the pruned model (``model.safetensors``, ``config.json``
 with the ``adaprune`` record, tokenizer, model card), ``pruning_report.json`` and
