@@ -10,7 +10,6 @@ embeddings when none is given. ``save_model`` writes a complete sentence-transfo
 from __future__ import annotations
 
 import copy
-import logging
 import os
 
 import torch
@@ -20,7 +19,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 
 from ..engine.masks import get_masks
 from ..trainer.eval_order import first_rows
-from ..trainer.report import CARD_BESIDE_USER_README, is_user_readme
+from ..trainer.report import card_path
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
 from .evaluation import TeacherAgreementEvaluator
@@ -29,8 +28,6 @@ from .losses import EmbeddingDistillationLoss, embedding_distillation_loss, text
 from .modules import transformer_module
 
 AGREEMENT_SENTENCES = 1000  # teacher agreement reads at most this many eval sentences
-
-logger = logging.getLogger(__name__)
 
 
 class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTransformerTrainer):
@@ -200,7 +197,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             if self._ramp is not None:  # mid-ramp: the copy gets the candidate's 0/1 masks, as the base trainer's
                 get_masks(transformer_module(model).auto_model).update(self._ramp.target)
             card = sentence_transformer_card(self.pruning_summary(), trained=self.state.global_step > 0)
-            save_pruned_sentence_transformer(model, output_dir, card=card, card_file=card_file(output_dir))
+            save_pruned_sentence_transformer(model, output_dir, card=card,
+                                             card_file=os.path.basename(card_path(output_dir)))
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
             self.push_to_hub(commit_message="Model save")
@@ -217,17 +215,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         summary.base_model = finetuned_from or summary.base_model
         card = sentence_transformer_card(summary, trained=self.state.global_step > 0, language=language,
                                          license=license, tags=tags)
-        with open(os.path.join(self.args.output_dir, card_file(self.args.output_dir)), "w") as f:
+        with open(card_path(self.args.output_dir), "w") as f:
             f.write(card)
-
-
-def card_file(output_dir: str) -> str:
-    """README.md, or the name the card takes beside a README.md of the user's own (named in a warning)."""
-    if not is_user_readme(os.path.join(output_dir, "README.md")):
-        return "README.md"
-    logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's card is "
-                   "written to %s", os.path.join(output_dir, "README.md"), CARD_BESIDE_USER_README)
-    return CARD_BESIDE_USER_README
 
 
 def training_prompt(prompts, column: str, dataset_name: str | None = None) -> str:

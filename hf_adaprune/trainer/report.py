@@ -30,6 +30,17 @@ def is_user_readme(path: str) -> bool:
     return "hf_adaprune" not in tags
 
 
+def card_path(output_dir: str) -> str:
+    """Where the model card goes in ``output_dir``: README.md, or, beside a README.md of the user's own (left as it
+    is, named in a warning), CARD_BESIDE_USER_README."""
+    path = os.path.join(output_dir, "README.md")
+    if not is_user_readme(path):
+        return path
+    logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's card is "
+                   "written to %s", path, CARD_BESIDE_USER_README)
+    return os.path.join(output_dir, CARD_BESIDE_USER_README)
+
+
 class PruningReportMixin:
     """Trainer methods for the report and the card; expects the controller, the arguments and ``pruned_model``."""
 
@@ -89,9 +100,4 @@ class PruningReportMixin:
                           tags=[t for t in (info.tags or []) if t != "generated_from_trainer"], tasks=info.tasks,
                           datasets=info.dataset_tags, hyperparameters=info.hyperparameters,
                           trained=self.state.global_step > 0)  # else saved before train(): nothing of a run
-        path = os.path.join(output_dir, "README.md")
-        if is_user_readme(path):
-            logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's "
-                           "card is written to %s", path, CARD_BESIDE_USER_README)
-            path = os.path.join(output_dir, CARD_BESIDE_USER_README)
-        card.save(path)
+        card.save(card_path(output_dir))
