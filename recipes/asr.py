@@ -460,6 +460,7 @@ TASK = Task(
     after_save=save_processor,
     quiet_datasets=False,
     arguments_set_in_build=("pruning_seq_len",),  # counted in audio samples for a CTC model, from its sampling rate
+    metric_options=("text_normalization",),  # WER / CER are measured on the normalised transcripts
 )
 
 

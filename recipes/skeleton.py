@@ -16,6 +16,7 @@ as a :class:`~recipes.arguments.RecipeError`.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
@@ -128,6 +129,9 @@ class Task:
     # pruning arguments build() may still set (ASR's --pruning_seq_len of a CTC model): compared with a checkpoint's
     # once the model is built, the others before any work
     arguments_set_in_build: tuple[str, ...] = ()
+    # the recipe's own options that change the steering metric (ASR's --text_normalization): each checkpoint records
+    # them (RECIPE_OPTIONS_FILE) and a resume under others is refused, as under other pruning arguments
+    metric_options: tuple[str, ...] = ()
 
     def main(self, argv: list[str] | None = None) -> dict:
         """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
@@ -214,6 +218,44 @@ def resolve_resume(training_args) -> str | None:
     return os.path.join(out, complete[-1])
 
 
+RECIPE_OPTIONS_FILE = "recipe_options.json"
+
+
+class RecipeOptionsRecorder(TrainerCallback):
+    """Writes the recipe options that change the steering metric into each checkpoint the trainer saves."""
+
+    def __init__(self, options: dict):
+        self.options = options
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            write_text(os.path.join(folder, RECIPE_OPTIONS_FILE), json.dumps(self.options, indent=2) + "\n")
+
+
+def metric_options(task: "Task", data_args) -> dict:
+    return {name: getattr(data_args, name) for name in task.metric_options}
+
+
+def check_resume_options(task: "Task", run: "Run", resume_from: str | None) -> None:
+    """The checkpoint's recipe options (RECIPE_OPTIONS_FILE; checkpoints written before it was recorded have none)
+    against this run's: a resume under others compared decisions measured two ways. --pruning_resume_with_new_arguments
+    continues with a warning."""
+    path = None if resume_from is None else os.path.join(resume_from, RECIPE_OPTIONS_FILE)
+    if path is None or not os.path.isfile(path):
+        return
+    saved, current = json.loads(open(path).read()), metric_options(task, run.data_args)
+    changed = "; ".join(f"--{name}: checkpoint {saved[name]!r}, now {current[name]!r}" for name in sorted(saved)
+                        if name in current and saved[name] != current[name])
+    if not changed:
+        return
+    if not run.training_args.pruning_resume_with_new_arguments:
+        raise RecipeError(f"--resume_from_checkpoint {resume_from}: the checkpoint's metric was measured under other "
+                          f"options ({changed}). Resume with the checkpoint's values, or set "
+                          "--pruning_resume_with_new_arguments to continue with these.")
+    logger.warning("resuming with options that change the metric from the checkpoint's: %s", changed)
+
+
 def check_resume_arguments(training_args, resume_from: str | None, compared=lambda name: True) -> None:
     """The pruning arguments ``pruning_state.pt`` of the checkpoint to resume from was written with, against this
     run's (those for which ``compared(name)`` holds), as the trainer compares them when it resumes, but before any
@@ -297,6 +339,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     resume_from = resolve_resume(run.training_args)
     late = set(task.arguments_set_in_build)
     check_resume_arguments(run.training_args, resume_from, lambda name: name not in late)
+    check_resume_options(task, run, resume_from)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
                      resume_from=resume_from, own=run.own_outputs)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
@@ -366,6 +409,8 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     trainer = _as_recipe_error(  # model / argument mismatches the trainer finds (e.g. --pruning_seq_len)
         lambda: pruning_class(**run.trainer_kwargs(run.model, training_args, pruning=True),
                               callbacks=[snapshot] if snapshot else None, dataset_name=data_args.dataset_card_name))
+    if task.metric_options:
+        trainer.add_callback(RecipeOptionsRecorder(metric_options(task, data_args)))
     train_metrics = train_and_save(trainer, training_args, resume_from)
     if task.after_save is not None and training_args.should_save:
         task.after_save(run, training_args.output_dir)

@@ -661,6 +661,8 @@ TASK = Task(
     score=score_test,
     latency=latency,
     before_training=before_training,
+    # what the sources and targets the metric reads look like: a resume under others would compare unlike BLEU
+    metric_options=("source_prefix", "source_lang_code", "target_lang_code"),
 )
 
 

@@ -495,3 +495,21 @@ def test_whisper_example_table_names_the_starting_model_and_its_clips(model, sam
                    "validation": {"samples": 16, "dense_reference": 0.0, "pruned_final": 0.0}},
     }
     assert label in example.markdown(results)
+
+
+def test_resume_under_another_text_normalization_is_refused(tmp_path, manifests, tiny_ctc_dir):
+    """WER decisions measured on transcripts normalised one way compared with values normalised another: each
+    checkpoint records the recipe's --text_normalization and a resume under another is refused before any work."""
+    out = tmp_path / "o"
+    flags = ["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests, test=False), *PRUNING,
+             "--output_dir", str(out)]
+    flags[flags.index("--save_strategy") + 1] = "steps"
+    asr.main(flags + ["--save_steps", "2"])
+    checkpoint = out / "checkpoint-2"
+    assert json.loads((checkpoint / "recipe_options.json").read_text()) == {"text_normalization": "lowercase,punctuation"}
+    resume = flags + ["--resume_from_checkpoint", str(checkpoint), "--max_steps", "6"]
+    run_expecting(resume + ["--text_normalization", "lowercase"],
+                  r"the checkpoint's metric was measured under other options \(--text_normalization: checkpoint "
+                  r"'lowercase,punctuation', now 'lowercase'\)")
+    results = asr.main(resume + ["--text_normalization", "lowercase", "--pruning_resume_with_new_arguments", "true"])
+    assert results["train"]["global_step"] == 6
