@@ -23,6 +23,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import transformers
@@ -244,16 +245,13 @@ def check_resume_options(task: "Task", run: "Run", resume_from: str | None) -> N
     path = None if resume_from is None else os.path.join(resume_from, RECIPE_OPTIONS_FILE)
     if path is None or not os.path.isfile(path):
         return
-    saved, current = json.loads(open(path).read()), metric_options(task, run.data_args)
-    changed = "; ".join(f"--{name}: checkpoint {saved[name]!r}, now {current[name]!r}" for name in sorted(saved)
-                        if name in current and saved[name] != current[name])
-    if not changed:
-        return
-    if not run.training_args.pruning_resume_with_new_arguments:
-        raise RecipeError(f"--resume_from_checkpoint {resume_from}: the checkpoint's metric was measured under other "
-                          f"options ({changed}). Resume with the checkpoint's values, or set "
-                          "--pruning_resume_with_new_arguments to continue with these.")
-    logger.warning("resuming with options that change the metric from the checkpoint's: %s", changed)
+    current = metric_options(task, run.data_args)
+    saved = {name: value for name, value in json.loads(Path(path).read_text()).items() if name in current}
+    try:
+        compare_resume_arguments(saved, current, run.training_args.pruning_resume_with_new_arguments,
+                                 what="options that change the metric")
+    except ValueError as err:
+        raise RecipeError(f"--resume_from_checkpoint {resume_from}: {err}") from err
 
 
 def check_resume_arguments(training_args, resume_from: str | None, compared=lambda name: True) -> None:

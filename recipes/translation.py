@@ -458,11 +458,12 @@ def set_language_codes(model, tokenizer, data_args: DataTrainingArguments) -> No
         raise RecipeError(f"{type(tokenizer).__name__} tags sources and targets with language codes: pass "
                           f"{' and '.join(missing)} (e.g. en_XX and de_DE for mBART, en and de for M2M100, eng_Latn "
                           f"and deu_Latn for NLLB); left unset, the targets would be tagged {tokenizer.src_lang!r}")
+    ids = {name: _language_code_id(tokenizer, code) for name, code in codes.items()}
     for name, code in codes.items():
-        if _language_code_id(tokenizer, code) is None:
+        if ids[name] is None:
             raise RecipeError(f"--{name} {code!r} is not a language code of {type(tokenizer).__name__}")
     tokenizer.src_lang, tokenizer.tgt_lang = codes["source_lang_code"], codes["target_lang_code"]
-    target_id = _language_code_id(tokenizer, codes["target_lang_code"])
+    target_id = ids["target_lang_code"]
     target = tokenizer(text_target="a").input_ids
     if target[:1] == [target_id]:  # mBART-50, M2M100, NLLB: "de_DE ... </s>"; generation starts "</s> de_DE"
         model.generation_config.forced_bos_token_id = target_id

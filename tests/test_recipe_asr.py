@@ -509,7 +509,7 @@ def test_resume_under_another_text_normalization_is_refused(tmp_path, manifests,
     assert json.loads((checkpoint / "recipe_options.json").read_text()) == {"text_normalization": "lowercase,punctuation"}
     resume = flags + ["--resume_from_checkpoint", str(checkpoint), "--max_steps", "6"]
     run_expecting(resume + ["--text_normalization", "lowercase"],
-                  r"the checkpoint's metric was measured under other options \(--text_normalization: checkpoint "
-                  r"'lowercase,punctuation', now 'lowercase'\)")
+                  r"the checkpoint was written with other options that change the metric \(--text_normalization: "
+                  r"checkpoint 'lowercase,punctuation', now 'lowercase'\)")
     results = asr.main(resume + ["--text_normalization", "lowercase", "--pruning_resume_with_new_arguments", "true"])
     assert results["train"]["global_step"] == 6

@@ -93,16 +93,17 @@ def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
     return str(value)
 
 
-def check_resume_arguments(saved: dict, current: dict, allow_new: bool) -> None:
-    """Refuse to resume under pruning arguments other than the checkpoint's, naming them (unless ``allow_new``)."""
+def check_resume_arguments(saved: dict, current: dict, allow_new: bool, what: str = "pruning arguments") -> None:
+    """Refuse to resume under ``what`` (pruning arguments, or a recipe's options) other than the checkpoint's,
+    naming them (unless ``allow_new``: then a warning)."""
     changed = {k: (saved[k], current.get(k)) for k in saved if current.get(k) != saved[k]}
     if not changed:
         return
     listed = "; ".join(f"--{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in sorted(changed.items()))
     if not allow_new:
-        raise ValueError(f"the checkpoint was written with other pruning arguments ({listed}). Resume with the "
+        raise ValueError(f"the checkpoint was written with other {what} ({listed}). Resume with the "
                          "checkpoint's values, or set --pruning_resume_with_new_arguments to continue with these.")
-    logger.warning("resuming with pruning arguments that differ from the checkpoint's: %s", listed)
+    logger.warning("resuming with %s that differ from the checkpoint's: %s", what, listed)
 
 
 def check_writable(folder: str | os.PathLike) -> None:
