@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import random_biases, tiny_model
 
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, attach_masks, compact, find_groups, select_masks_by_kind
 from hf_adaprune.post_training import (capture_dense_targets, mask_gradient_scores, post_training_prune, refit_groups,
@@ -256,6 +256,10 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
      r"the scores given do not fit this model: encoder.layer.0.attention \(2 scores, 4 structures\)"),
     ({"metric": lambda prediction: {"score": 0.0}}, "metric is a name"),
     ({"metric": "wer", "eval_dataset": labelled_examples(4)}, "--pruning_metric wer scores generated text"),
+    ({"calibration_dataset": [dict(row, labels=[row["labels"]]) for row in labelled_examples(6)]},
+     r"calibration_dataset holds a label of shape \[1\] in its 'labels' column .* one class id per row"),
+    ({"eval_dataset": [dict(row, labels=["neg", "pos", "mixed"][row["labels"]]) for row in labelled_examples(4)]},
+     r"eval_dataset holds the label '\w+' in its 'labels' column, but the model's head reads class ids 0..2"),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")
@@ -573,3 +577,50 @@ def test_the_few_tokens_warning_counts_only_the_kinds_pruned(caplog):
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         post_training_prune(model, rows, 0.3, **common)  # the FFN groups are re-fit too: they need more
     assert f"re-fit sees {tokens} real tokens" in caplog.text
+
+
+def test_a_chunked_feed_forward_scores_and_refits_as_the_unchunked_model():
+    """config.chunk_size_feed_forward > 0 calls the FFN's output projection once per chunk of positions (the same
+    outputs); the probes and re-fit hooks see one call per batch, so both models are pruned alike."""
+    rows = labelled_examples(40)
+    results = [post_training_prune(random_biases(tiny_model("bert", chunk_size_feed_forward=chunk)), rows, 0.5,
+                                   data_collator=pad_collator, seq_len=16, progress=False) for chunk in (0, 2)]
+    plain, chunked = results
+    for name, scores in plain.scores.items():
+        torch.testing.assert_close(chunked.scores[name], scores, rtol=1e-5, atol=1e-8)
+    assert chunked.refit_errors.keys() == plain.refit_errors.keys() and plain.refit_errors
+    batch = pad_collator(rows[:5])
+    with torch.no_grad():
+        torch.testing.assert_close(chunked.model(**batch).logits, plain.model(**batch).logits, rtol=1e-4, atol=1e-5)
+    assert chunked.model.config.chunk_size_feed_forward == 2
+
+
+def test_rows_in_torch_format_are_pruned_as_lists():
+    from datasets import Dataset
+
+    rows = labelled_examples(24)
+    width = max(len(row["input_ids"]) for row in rows)
+    columns = {"input_ids": [row["input_ids"] + [0] * (width - len(row["input_ids"])) for row in rows],
+               "attention_mask": [[1] * len(row["input_ids"]) + [0] * (width - len(row["input_ids"])) for row in rows],
+               "labels": [row["labels"] for row in rows]}
+    as_lists = Dataset.from_dict(columns)
+    as_tensors = Dataset.from_dict(columns).with_format("torch")
+    pruned = [post_training_prune(tiny_model("bert"), data, 0.5, seq_len=16, progress=False).model
+              for data in (as_lists, as_tensors)]
+    batch = pad_collator(rows[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(pruned[1](**batch).logits, pruned[0](**batch).logits)
+
+
+def test_question_answering_and_a_dataset_dict_are_refused_with_what_to_do():
+    import transformers
+    from datasets import Dataset, DatasetDict
+
+    qa = transformers.AutoModelForQuestionAnswering.from_config(tiny_model("bert").config)
+    rows = [{"input_ids": row["input_ids"], "start_positions": 1, "end_positions": 2} for row in labelled_examples(4)]
+    with pytest.raises(UnsupportedModelError, match="BertForQuestionAnswering learns from start/end positions"):
+        post_training_prune(qa, rows, 0.5, data_collator=pad_collator, progress=False)
+    splits = DatasetDict(train=Dataset.from_list(labelled_examples(4)))
+    with pytest.raises(ValueError, match=r"calibration_dataset is a DatasetDict of the splits \['train'\]: pass one "
+                                         r"split, e.g. calibration_dataset\['train'\]"):
+        post_training_prune(tiny_model("bert"), splits, 0.5, data_collator=pad_collator, progress=False)

@@ -59,3 +59,10 @@ def test_a_list_of_examples_gives_a_list_of_the_same_rows():
     chosen = length_mixed_calibration(as_list, 20, seed=3)
     assert isinstance(chosen, list)
     assert [row["row"] for row in chosen] == length_mixed_calibration(data, 20, seed=3)["row"]
+
+
+def test_a_numpy_count_is_taken_like_an_int():
+    import numpy as np
+
+    data = rows_of_lengths()
+    assert length_mixed_calibration(data, np.int64(20), seed=1)["row"] == length_mixed_calibration(data, 20, seed=1)["row"]

@@ -17,6 +17,7 @@ The model's weights are never changed and no optimizer is involved.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Iterable, Iterator
 
@@ -34,6 +35,21 @@ LABEL_KEYS = ("labels", "label", "label_ids")
 def model_input_names(model: nn.Module) -> set[str]:
     """The keyword arguments ``model.forward`` accepts, plus the label keys a collator produces."""
     return set(inspect.signature(model.forward).parameters) | set(LABEL_KEYS)
+
+
+@contextlib.contextmanager
+def whole_feed_forward(model: nn.Module):
+    """Run a chunked FFN (``config.chunk_size_feed_forward > 0``: transformers calls it once per chunk of positions,
+    the same result) in one call per batch, as the probes and re-fit hooks here read it; restored afterwards."""
+    chunked = [(module, module.chunk_size_feed_forward) for module in model.modules()
+               if getattr(module, "chunk_size_feed_forward", 0)]
+    for module, _ in chunked:
+        module.chunk_size_feed_forward = 0
+    try:
+        yield
+    finally:
+        for module, size in chunked:
+            module.chunk_size_feed_forward = size
 
 
 def calibration_batches(dataset, collator, batch_size: int, accepted: set[str]) -> list[dict]:
@@ -112,29 +128,30 @@ def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterabl
     sums = {kind: {g.name: torch.zeros(probes[g.name].count, dtype=torch.float64) for g in groups}
             for kind in SCORE_KINDS}
     seen = 0
-    try:
-        model.eval()
-        for p, _ in requires:
-            p.requires_grad_(False)
-        for batch in tqdm(list(batches), desc="calibration: scores", disable=not progress):
-            batch = device_batch(batch, device)
-            outputs = model(**batch, return_dict=True)  # also under config.return_dict=False
-            if outputs.loss is None:
-                raise ValueError("the model returned no loss on a calibration batch: the examples need labels")
-            size = next(iter(probes.values())).variable.shape[0]
-            # the models' losses are means over the batch: times its size, each example's gradient is its own
-            names = [g.name for g in groups]
-            grads = torch.autograd.grad(outputs.loss * size, [probes[n].variable for n in names])
-            for name, grad in zip(names, grads):
-                grad = grad.detach().double().cpu()
-                sums["taylor"][name] += grad.abs().sum(0)
-                sums["fisher"][name] += grad.square().sum(0)
-            seen += size
-    finally:
-        for handle in handles:
-            handle.remove()
-        for p, flag in requires:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with whole_feed_forward(model):
+        try:
+            model.eval()
+            for p, _ in requires:
+                p.requires_grad_(False)
+            for batch in tqdm(list(batches), desc="calibration: scores", disable=not progress):
+                batch = device_batch(batch, device)
+                outputs = model(**batch, return_dict=True)  # also under config.return_dict=False
+                if outputs.loss is None:
+                    raise ValueError("the model returned no loss on a calibration batch: the examples need labels")
+                size = next(iter(probes.values())).variable.shape[0]
+                # the models' losses are means over the batch: times its size, each example's gradient is its own
+                names = [g.name for g in groups]
+                grads = torch.autograd.grad(outputs.loss * size, [probes[n].variable for n in names])
+                for name, grad in zip(names, grads):
+                    grad = grad.detach().double().cpu()
+                    sums["taylor"][name] += grad.abs().sum(0)
+                    sums["fisher"][name] += grad.square().sum(0)
+                seen += size
+        finally:
+            for handle in handles:
+                handle.remove()
+            for p, flag in requires:
+                p.requires_grad_(flag)
+            model.train(was_training)
     return {kind: {name: (total / max(seen, 1)).float() for name, total in per_group.items()}
             for kind, per_group in sums.items()}

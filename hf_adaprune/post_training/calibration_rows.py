@@ -11,6 +11,7 @@ half from the longest fifth, which kept more accuracy on both in ``benchmarks/ca
 
 from __future__ import annotations
 
+import numbers
 import random
 
 LONG_FRACTION = 0.2  # the rows that count as long: the longest fifth
@@ -36,11 +37,12 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
     if length_column not in columns:
         raise ValueError(f"the dataset has no column {length_column!r} to measure lengths by (columns: "
                          f"{', '.join(columns)}); tokenize it first or pass length_column")
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= len(dataset):
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 1 <= samples <= len(dataset):
         raise ValueError(f"samples must be a whole number between 1 and the dataset's {len(dataset)} rows, "
                          f"got {samples!r}")
     lengths = [len(row[length_column]) for row in dataset] if rows_of_dicts else \
         [len(value) for value in dataset[length_column]]
+    samples = int(samples)
     rng = random.Random(seed)
     if long_share == 0:  # a plain random sample: long rows as likely as any other
         chosen = rng.sample(range(len(lengths)), samples)

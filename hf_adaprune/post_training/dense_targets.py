@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..families import Group
-from .calibration import device_batch, token_mask
+from .calibration import device_batch, token_mask, whole_feed_forward
 
 REFIT_TARGETS = ("dense_residual", "dense_output", "same_input")
 
@@ -111,27 +111,28 @@ def capture_dense_targets(model: nn.Module, groups: Sequence[Group], batches: Se
     """The dense ``model``'s values the re-fit aims at, one forward pass per batch (call before any mask)."""
     if kind not in REFIT_TARGETS or kind == "same_input":
         raise ValueError(f"dense targets are 'dense_residual' or 'dense_output', got {kind!r}")
-    base = model.base_model
-    device = next(model.parameters()).device
-    targets = DenseTargets(kind=kind, norms=residual_norms(model, groups, batches[0]) if batches else {})
-    captures, handles = {}, []
-    for group in groups:
-        targets.values[group.name] = []
-        capture = captures[group.name] = _Capture(targets.values[group.name], output=kind == "dense_output")
-        if kind == "dense_output":
-            handles.append(base.get_submodule(group.output).register_forward_hook(capture))
-        else:
-            handles.append(base.get_submodule(targets.norms[group.name]).register_forward_pre_hook(capture))
-    was_training = model.training
-    try:
-        model.eval()
-        for batch in batches:
-            batch = device_batch(batch, device)
-            for group in groups:
-                captures[group.name].valid = token_mask(batch, group)
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return targets
+    with whole_feed_forward(model):  # the hooks read one FFN call per batch
+        base = model.base_model
+        device = next(model.parameters()).device
+        targets = DenseTargets(kind=kind, norms=residual_norms(model, groups, batches[0]) if batches else {})
+        captures, handles = {}, []
+        for group in groups:
+            targets.values[group.name] = []
+            capture = captures[group.name] = _Capture(targets.values[group.name], output=kind == "dense_output")
+            if kind == "dense_output":
+                handles.append(base.get_submodule(group.output).register_forward_hook(capture))
+            else:
+                handles.append(base.get_submodule(targets.norms[group.name]).register_forward_pre_hook(capture))
+        was_training = model.training
+        try:
+            model.eval()
+            for batch in batches:
+                batch = device_batch(batch, device)
+                for group in groups:
+                    captures[group.name].valid = token_mask(batch, group)
+                model(**batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+            model.train(was_training)
+        return targets

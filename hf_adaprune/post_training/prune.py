@@ -268,7 +268,11 @@ CLASS_ID_HEADS = ("ForSequenceClassification", "ForTokenClassification")
 
 def _sequences(ids) -> list[np.ndarray]:
     """The token sequences of one row's ids: the row itself, or each of its choices (multiple choice, padded or
-    not)."""
+    not). Rows of a dataset in torch or numpy format are arrays: one sequence per row of their last axis."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, np.ndarray):
+        return [row for row in ids.reshape(-1, ids.shape[-1]) if row.size] if ids.ndim > 1 else [ids]
     if len(ids) and isinstance(ids[0], (list, tuple, np.ndarray, torch.Tensor)):
         return [np.asarray(choice).reshape(-1) for choice in ids if len(choice)]
     return [np.asarray(ids).reshape(-1)]
@@ -287,7 +291,19 @@ def _check_label_range(model, name: str, dataset) -> None:
     if key is None:
         return
     column = dataset[key] if hasattr(dataset, "column_names") else [row.get(key) for row in dataset]
-    labels = np.concatenate([np.asarray(label).reshape(-1) for label in column if label is not None] or [[]])
+    values = [np.asarray(label) for label in column if label is not None]
+    text = next((value for value in values if value.dtype.kind in "USO"), None)
+    if text is not None:
+        raise ValueError(f"{name} holds the label {str(text.reshape(-1)[0])!r} in its {key!r} column, but the model's "
+                         f"head reads class ids 0..{classes - 1}: map the names to ids first (e.g. with "
+                         "model.config.label2id, or datasets' class_encode_column)")
+    if single_label_head(model):
+        shaped = next((value for value in values if value.ndim), None)
+        if shaped is not None:
+            raise ValueError(f"{name} holds a label of shape {list(shaped.shape)} in its {key!r} column "
+                             f"({shaped.tolist()}), but a sequence classifier takes one class id per row: store the "
+                             f"id itself (e.g. ds.map(lambda r: {{{key!r}: r[{key!r}][0]}}))")
+    labels = np.concatenate([value.reshape(-1) for value in values] or [[]])
     if labels.dtype.kind not in "iu" and not all(float(v).is_integer() for v in labels):
         return  # not class ids (soft labels, scores): the loss says what it takes
     labels = labels.astype(np.int64)
@@ -296,6 +312,11 @@ def _check_label_range(model, name: str, dataset) -> None:
         raise ValueError(f"{name} holds label {int(bad[0])} ({bad.size} labels outside 0..{classes - 1}), but the "
                          f"model's head has {classes} classes (-100 is ignored): an unlabelled split (GLUE's test "
                          f"labels are -1) or another label mapping? Pass rows labelled for this head")
+
+
+def single_label_head(model) -> bool:
+    """A sequence classifier of one class id per row (token classifiers take one per token)."""
+    return any(cls.__name__.endswith("ForSequenceClassification") for cls in type(model).__mro__)
 
 
 def _check_ids_fit(model, name: str, rows) -> None:
@@ -326,6 +347,9 @@ def _check_indexable(name: str, dataset) -> None:
             raise ValueError(f"{name}[{index}] is a {type(dataset[index]).__name__}; each row must be a dict of "
                              "columns (input_ids, attention_mask, labels, ...)")
         return
+    if isinstance(dataset, Mapping) and dataset and all(hasattr(split, "column_names") for split in dataset.values()):
+        raise ValueError(f"{name} is a {type(dataset).__name__} of the splits {sorted(dataset)}: pass one split, "
+                         f"e.g. {name}[{sorted(dataset)[0]!r}]")
     if isinstance(dataset, Mapping):  # a dict of columns or a BatchEncoding: a mapping, not rows
         raise ValueError(f"{name} is a mapping of columns ({type(dataset).__name__}), not rows: pass "
                          f"datasets.Dataset.from_dict(dict({name})) or a list of row dicts")
@@ -512,6 +536,11 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
             f"{model_type!r}. Prune it while fine-tuning with AdaptivePruningTrainer instead.")
     if get_masks(model) is not None:
         raise ValueError("the model already has pruning masks attached: compact(model) first, or pass the dense model")
+    if any(cls.__name__.endswith("ForQuestionAnswering") for cls in type(model).__mro__):
+        raise UnsupportedModelError(
+            f"post-training pruning takes heads whose loss reads labels= (sequence or token classification, multiple "
+            f"choice, masked LM); {type(model).__name__} learns from start/end positions, which it does not take. "
+            "Prune it while fine-tuning with AdaptivePruningTrainer instead")
     if model is getattr(model, "base_model", model):
         raise ValueError(f"post-training pruning needs a fine-tuned model with its task head (the scores are "
                          f"gradients of its loss); {type(model).__name__} is a bare encoder")

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..engine.masks import PruningMasks
 from ..families import Group, HeadGroup
-from .calibration import device_batch, token_mask
+from .calibration import device_batch, token_mask, whole_feed_forward
 from .dense_targets import DenseTargets, real_tokens
 
 logger = logging.getLogger(__name__)
@@ -181,51 +181,52 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
     columns keeps its weights, is left out of the errors, is warned about and, given ``skipped``, recorded
     there as ``{group: {"tokens", "kept_columns", "needed"}}``.
     """
-    base = model.base_model
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    errors = {}
-    pruned = [g for g in groups if bool((masks.masks[g.name] < 0.5).any())]
-    try:
-        for group in tqdm(pruned, desc="calibration: re-fit", disable=not progress):
-            projection = base.get_submodule(group.output)
-            statistics = _Statistics(projection.in_features, projection.out_features, dense, group.name)
-            # prepended: the Gram sees the input before the mask gate
-            handles = [projection.register_forward_pre_hook(statistics.projection_input, prepend=True)]
-            if dense is not None:
-                handles.append(projection.register_forward_hook(statistics.projection_output))
-                if dense.kind == "dense_residual":
-                    norm = base.get_submodule(dense.norms[group.name])
-                    handles.append(norm.register_forward_pre_hook(statistics.norm_input))
-            try:
-                for number, batch in enumerate(batches):
-                    batch = device_batch(batch, device)
-                    statistics.valid, statistics.batch = token_mask(batch, group), number
-                    _run_until(model, batch)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            problem = statistics.problem(projection.weight, projection.bias)
-            kept = kept_columns(masks, group)
-            tokens, needed = round(float(problem.gram[-1, -1])), refit_token_floor(kept.numel())  # sum of 1 * 1
-            if tokens < needed:
-                logger.warning("re-fit of %s: %d calibration tokens for %d kept columns (plus the bias) are fewer "
-                               "than the %d a fair fit needs; it keeps its weights (pass more calibration rows or "
-                               "refit_samples, or refit=False)", group.name, tokens, kept.numel(), needed)
-                if skipped is not None:
-                    skipped[group.name] = {"tokens": tokens, "kept_columns": kept.numel(), "needed": needed}
-                continue
-            weight, bias = solve_refit(projection.weight, projection.bias, problem.gram, kept, ridge, problem.cross)
-            errors[group.name] = refit_error(problem, kept, weight, bias)
-            projection.weight[:, kept.to(device)] = weight.to(device)
-            if projection.bias is not None:
-                projection.bias.copy_(bias.to(device))
-            elif bias.abs().max() > 0:
-                raise ValueError(f"{group.output} has no bias to take the re-fit's constant term")
-    finally:
-        model.train(was_training)
-    return errors
+    with whole_feed_forward(model):  # the hooks read one FFN call per batch
+        base = model.base_model
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        errors = {}
+        pruned = [g for g in groups if bool((masks.masks[g.name] < 0.5).any())]
+        try:
+            for group in tqdm(pruned, desc="calibration: re-fit", disable=not progress):
+                projection = base.get_submodule(group.output)
+                statistics = _Statistics(projection.in_features, projection.out_features, dense, group.name)
+                # prepended: the Gram sees the input before the mask gate
+                handles = [projection.register_forward_pre_hook(statistics.projection_input, prepend=True)]
+                if dense is not None:
+                    handles.append(projection.register_forward_hook(statistics.projection_output))
+                    if dense.kind == "dense_residual":
+                        norm = base.get_submodule(dense.norms[group.name])
+                        handles.append(norm.register_forward_pre_hook(statistics.norm_input))
+                try:
+                    for number, batch in enumerate(batches):
+                        batch = device_batch(batch, device)
+                        statistics.valid, statistics.batch = token_mask(batch, group), number
+                        _run_until(model, batch)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                problem = statistics.problem(projection.weight, projection.bias)
+                kept = kept_columns(masks, group)
+                tokens, needed = round(float(problem.gram[-1, -1])), refit_token_floor(kept.numel())  # sum of 1 * 1
+                if tokens < needed:
+                    logger.warning("re-fit of %s: %d calibration tokens for %d kept columns (plus the bias) are fewer "
+                                   "than the %d a fair fit needs; it keeps its weights (pass more calibration rows or "
+                                   "refit_samples, or refit=False)", group.name, tokens, kept.numel(), needed)
+                    if skipped is not None:
+                        skipped[group.name] = {"tokens": tokens, "kept_columns": kept.numel(), "needed": needed}
+                    continue
+                weight, bias = solve_refit(projection.weight, projection.bias, problem.gram, kept, ridge, problem.cross)
+                errors[group.name] = refit_error(problem, kept, weight, bias)
+                projection.weight[:, kept.to(device)] = weight.to(device)
+                if projection.bias is not None:
+                    projection.bias.copy_(bias.to(device))
+                elif bias.abs().max() > 0:
+                    raise ValueError(f"{group.output} has no bias to take the re-fit's constant term")
+        finally:
+            model.train(was_training)
+        return errors
 
 
 def refit_error(problem: LeastSquares, kept: torch.Tensor, new_weight: torch.Tensor, new_bias: torch.Tensor) -> float:
