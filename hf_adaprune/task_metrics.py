@@ -147,6 +147,8 @@ def local_metric(name: str, **kwargs) -> LocalMetric:
 
 # label metrics that average over classes: binary for two classes, macro-averaged for more
 AVERAGED = ("f1", "precision", "recall")
+# label metrics over classes: not defined for generated sequences (accuracy is: whole-sequence exact match)
+CLASS_METRICS = AVERAGED + ("matthews_correlation",)
 # metrics of generated text (references are strings): no classifier's predictions can be scored with them
 TEXT_METRICS = ("sacrebleu", "bleu", "chrf", "wer", "cer", "mer", "wil", "ter", "rouge", "meteor", "google_bleu")
 
@@ -233,6 +235,10 @@ def generation_metrics(name: str, tokenizer, normalize=None):
     """Decode generated ids and labels with ``tokenizer``, then ``name`` (BLEU, chrF, WER, CER, ...)."""
     from .metrics import headline_value, load_metric
 
+    if name.lower() in CLASS_METRICS:
+        raise ValueError(f"--pruning_metric {name} averages over classes, and generated text has none: use a text "
+                         f"metric ({', '.join(TEXT_METRICS[:5])}, ...), accuracy (whole-sequence exact match) or loss, "
+                         "or pass a compute_metrics")
     metric = load_metric(name)
 
     def compute_metrics(eval_pred):

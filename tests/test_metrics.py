@@ -306,3 +306,11 @@ def test_named_metric_refuses_what_the_head_cannot_give(offline):
     qa = EvalPrediction((np.zeros((4, 12)), np.zeros((4, 12))), (np.array([1, 2, 3, 4]), np.array([2, 3, 4, 5])))
     with pytest.raises(ValueError, match="rows carry 2 label columns \\(question answering's start/end positions"):
         classification_metrics("accuracy")(qa)
+
+
+@pytest.mark.parametrize("name", ["f1", "precision", "recall", "matthews_correlation"])
+def test_a_class_metric_of_generated_text_is_refused_by_name(name):
+    from hf_adaprune.task_metrics import generation_metrics
+
+    with pytest.raises(ValueError, match=f"--pruning_metric {name} averages over classes, and generated text has none"):
+        generation_metrics(name, tokenizer=None)

@@ -11,7 +11,8 @@ import shutil
 import pytest
 import torch
 
-from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state, resolve_resume_checkpoint
+from hf_adaprune.trainer.checkpoint import (PRUNING_STATE_FILE, new_arguments_problem, read_pruning_state,
+                                           resolve_resume_checkpoint)
 
 from hf_adaprune import AdaptivePruningTrainer
 from hf_adaprune.trainer.eval_order import first_rows
@@ -136,6 +137,43 @@ def test_resume_with_other_arguments_when_asked(run_with_checkpoints, tmp_path, 
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
     assert "--pruning_tolerance: checkpoint 0.3, now 0.25" in caplog.text
     assert trainer.state.global_step == 30
+
+
+def test_resume_with_new_arguments_refuses_another_metric_once_the_reference_was_measured(run_with_checkpoints):
+    trainer = make_trainer(run_with_checkpoints, pruning_metric="loss", pruning_resume_with_new_arguments=True)
+    with pytest.raises(ValueError, match=r"reference and decisions were measured with other arguments \(--pruning_metric: "
+                                         r"checkpoint 'accuracy', now 'loss'\).*cannot measure the dense model again"):
+        trainer.train(resume_from_checkpoint=str(run_with_checkpoints / "checkpoint-12"))
+    assert trainer.state.global_step == 0
+
+
+def test_new_arguments_problem_names_what_a_resumed_state_cannot_follow():
+    saved = {"pruning_metric": "accuracy", "pruning_target": 0.8, "pruning_target_type": "flops"}
+    state = {"reference": 0.9, "ratio": 0.5, "pending": 0.7}
+    assert new_arguments_problem(saved, dict(saved, pruning_target=0.9), state) is None  # higher: followed
+    assert new_arguments_problem(saved, dict(saved, pruning_tolerance=0.5), state) is None
+    assert "already kept a ratio of 0.500 of the FLOPs, beyond --pruning_target 0.4" in new_arguments_problem(
+        saved, dict(saved, pruning_target=0.4), state)
+    assert "is trying a ratio of 0.700 of the FLOPs, beyond --pruning_target 0.6" in new_arguments_problem(
+        saved, dict(saved, pruning_target=0.6), state)
+    assert "--pruning_metric: checkpoint 'accuracy', now 'f1'" in new_arguments_problem(
+        saved, dict(saved, pruning_metric="f1"), state)
+    # before the reference nothing was measured: another metric is simply used from the start
+    assert new_arguments_problem(saved, dict(saved, pruning_metric="f1"), {"reference": None, "ratio": 0.0}) is None
+
+
+def test_resume_with_a_higher_target_goes_on_pruning(tmp_path):
+    first = make_trainer(tmp_path / "run", pruning_target=0.3, pruning_initial_step=0.3, pruning_tolerance=1.0,
+                         max_steps=18, save_strategy="steps", save_steps=18)
+    first.train()
+    assert first.pruning_summary().stop_reason == "target reached"
+    resumed = make_trainer(tmp_path / "run", pruning_target=0.6, pruning_initial_step=0.3, pruning_tolerance=1.0,
+                           max_steps=36, pruning_resume_with_new_arguments=True)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-18"))
+    summary = resumed.pruning_summary()
+    events = [(d["event"], round(d["ratio"], 3)) for d in summary.to_dict()["decisions"]]
+    assert ("resume", 0.3) in events and ("keep", 0.6) in events, events
+    assert summary.final_sparsity > 0.5 and summary.stop_reason == "target reached"
 
 
 @pytest.mark.parametrize("flag", [True, "true", "True"])

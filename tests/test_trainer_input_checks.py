@@ -75,6 +75,7 @@ def test_unreachable_target_names_every_kind_the_floors_cap():
     ("pruning_warmup_steps", "10", "an integer"), ("pruning_warmup_steps", 6.5, "an integer"),
     ("pruning_interval", 2.5, "an integer"), ("pruning_seq_len", 10.5, "an integer"),
     ("pruning_eval_samples", 2.5, r"an integer \(or unset\)"), ("min_heads_per_layer", True, "an integer"),
+    ("pruning_metric", None, "a string"), ("pruning_roles", 3, "a string"), ("compact_at_end", 1, "true or false"),
 ])
 def test_a_value_of_the_wrong_type_is_refused_naming_the_argument(tmp_path, name, value, expected):
     with pytest.raises(TypeError, match=f"^--{name} must be {expected}; got {re.escape(repr(value))}$"):
@@ -162,3 +163,44 @@ def test_the_card_of_a_model_trained_from_scratch_names_no_base_model():
 def test_the_card_never_says_stopped_none():
     card = model_card(_summary("org/bert", stop_reason=None)).text
     assert "stopped: None" not in card and "(of the least pruned kind)." in card
+
+
+@pytest.mark.parametrize("name", ["pruning_greater_is_better", "distillation", "compact_at_end", "pruning_refit",
+                                  "pruning_resume_with_new_arguments"])
+def test_a_boolean_given_as_text_is_refused_not_read_as_true(tmp_path, name):
+    with pytest.raises(TypeError, match=f"^--{name} must be true or false.*got 'false' \\(a string: write true or false "
+                                        "unquoted in YAML"):
+        make_args(tmp_path, **{name: "false"})
+    config = tmp_path / "args.yaml"
+    config.write_text(f'output_dir: {tmp_path}\n{name}: "false"\nuse_cpu: true\nreport_to: none\n')
+    with pytest.raises(TypeError, match=f"^--{name} must be true or false"):
+        HfArgumentParser(PruningArguments).parse_yaml_file(str(config))
+
+
+def test_comma_list_fields_take_a_list_of_names(tmp_path):
+    args = make_args(tmp_path, prune=["heads", "ffn"], pruning_roles=("encoder_self", "encoder"))
+    assert (args.prune, args.pruning_roles) == ("heads,ffn", "encoder_self,encoder")
+
+
+def test_a_negative_interval_is_named_not_blamed_on_the_ramp(tmp_path):
+    with pytest.raises(ValueError, match=r"^--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1$"):
+        make_args(tmp_path, pruning_interval=-3)
+
+
+def test_a_best_model_metric_evaluation_lacks_is_refused_before_training_when_decisions_read_the_loss(tmp_path):
+    import numpy as np
+
+    def accuracy_only(prediction):
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    trainer = _trainer_with_metric(tmp_path, accuracy_only, pruning_metric="loss", metric_for_best_model="f1",
+                                   eval_strategy="steps", eval_steps=6, save_strategy="steps", save_steps=6,
+                                   load_best_model_at_end=True)
+    with pytest.raises(KeyError, match=r"--metric_for_best_model 'f1': evaluation returns no 'eval_f1'.*'eval_accuracy'"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    accepted = _trainer_with_metric(tmp_path / "ok", accuracy_only, pruning_metric="loss",
+                                    metric_for_best_model="accuracy", eval_strategy="steps", eval_steps=6,
+                                    save_strategy="steps", save_steps=6, load_best_model_at_end=True, max_steps=12)
+    accepted.train()
+    assert accepted.state.best_metric is not None

@@ -131,6 +131,16 @@ class AdaptiveController:
             self.stop("step below minimum")
         return decision
 
+    def resume_towards_target(self) -> bool:
+        """A state that stopped at its target, loaded under a higher ``target`` (a resume with new arguments), goes
+        on pruning towards it; returns whether it does."""
+        s = self.state
+        if not (s.done and (s.stop_reason or "").startswith("target") and self.target > s.ratio + 1e-9):
+            return False
+        s.done, s.stop_reason = False, None
+        s.history.append({"event": "resume", "ratio": s.ratio, "reason": f"target raised to {self.target}"})
+        return True
+
     def stop(self, reason: str) -> None:
         if not self.state.done:
             self.state.done, self.state.stop_reason, self.state.pending = True, reason, None

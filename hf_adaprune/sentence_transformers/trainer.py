@@ -122,8 +122,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     def _default_compute_metrics(self, name: str):
         return None  # sentence-transformers measures through evaluators, not compute_metrics
 
-    def _evaluate_rows(self, rows: int | None) -> dict:
-        """Eval loss on the first ``rows`` examples (if any) and the evaluator's metrics, keys ``pruning_eval_*``.
+    def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
+        """Eval loss on the first ``rows`` examples (if any) and the evaluator's metrics, keys ``pruning_eval_*``
+        (with or without ``predictions``: the evaluator's metrics come with every evaluation).
 
         ``evaluation_loop``, not ``evaluate()``: the evaluator runs inside it, and on_evaluate callbacks
         never see a decision evaluation.

@@ -268,23 +268,38 @@ def sharded_training_problem(args) -> str | None:
             "launch` with a multi-GPU config, without --fsdp / --deepspeed")
 
 
-def _check_number_types(args) -> None:
-    """Integers for the integer fields, real numbers for the float fields (None where the field is optional):
-    a value given in Python, or from a YAML file, comes as it was written, not converted as argparse does."""
+# text fields that hold a comma list: a list of strings (a YAML list, a Python list) is joined into one
+COMMA_LIST_FIELDS = ("prune", "pruning_roles")
+_TYPE_NAMES = {int: "an integer", float: "a real number", bool: "true or false", str: "a string"}
+
+
+def _check_types(args) -> None:
+    """Integers, real numbers, booleans and strings for the fields of those types (None where the field is optional):
+    a value given in Python, or from a YAML file, comes as it was written, not converted as argparse does ("false"
+    would read as true). A list of strings for a comma-list field is joined."""
     hints = typing.get_type_hints(PruningArguments)  # field.type is a string, or a type once HfArgumentParser ran
     for f in pruning_fields():
         kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
         kind, optional = kinds[0], type(None) in kinds
         value = getattr(args, f.name)
-        if kind not in (int, float) or (optional and value is None):
+        if kind not in _TYPE_NAMES or (optional and value is None):
             continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
-            raise TypeError(f"--{f.name} must be {'an integer' if kind is int else 'a real number'}"
-                            f"{' (or unset)' if optional else ''}; got {value!r}")
+        if (f.name in COMMA_LIST_FIELDS and isinstance(value, (list, tuple)) and value
+                and all(isinstance(item, str) for item in value)):
+            setattr(args, f.name, ",".join(value))
+            continue
+        if kind is str and isinstance(value, os.PathLike):  # a teacher's folder as a pathlib.Path
+            setattr(args, f.name, os.fspath(value))
+            continue
+        expected = {int: numbers.Integral, float: numbers.Real, bool: bool, str: str}[kind]
+        if (kind is not bool and isinstance(value, bool)) or not isinstance(value, expected):
+            raise TypeError(f"--{f.name} must be {_TYPE_NAMES[kind]}{' (or unset)' if optional else ''}; got {value!r}"
+                            + (" (a string: write true or false unquoted in YAML, True or False in Python)"
+                               if kind is bool and isinstance(value, str) else ""))
 
 
 def validate_pruning_arguments(args) -> None:
-    _check_number_types(args)
+    _check_types(args)
     for name in ("pruning_target", "pruning_tolerance", "pruning_initial_step", "pruning_min_step",
                  "pruning_step_growth"):
         if not math.isfinite(getattr(args, name)):
@@ -309,6 +324,8 @@ def validate_pruning_arguments(args) -> None:
                          f"{args.pruning_criterion} computes them from the weights at once: leave it at 0")
     if args.pruning_search_steps < 0:
         raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
+    if args.pruning_warmup_steps < 0 or args.pruning_interval < 1:
+        raise ValueError("--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1")
     ramp = ramp_problem(args, decision_interval(args), interval_option(args))
     if ramp:
         raise ValueError(ramp)
@@ -329,8 +346,6 @@ def validate_pruning_arguments(args) -> None:
         )
     if args.pruning_step_growth < 1.0:
         raise ValueError(f"--pruning_step_growth must be >= 1; got {args.pruning_step_growth}")
-    if args.pruning_warmup_steps < 0 or args.pruning_interval < 1:
-        raise ValueError("--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1")
     if args.pruning_eval_samples is not None and args.pruning_eval_samples < 1:
         raise ValueError(f"--pruning_eval_samples must be >= 1 (or unset for the whole eval set); "
                          f"got {args.pruning_eval_samples}")

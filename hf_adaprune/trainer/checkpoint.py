@@ -15,6 +15,8 @@ import re
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .arguments import GENERATION_FIELDS
+
 logger = logging.getLogger(__name__)
 
 PRUNING_STATE_FILE = "pruning_state.pt"
@@ -104,6 +106,38 @@ def check_resume_arguments(saved: dict, current: dict, allow_new: bool, what: st
         raise ValueError(f"the checkpoint was written with other {what} ({listed}). Resume with the "
                          "checkpoint's values, or set --pruning_resume_with_new_arguments to continue with these.")
     logger.warning("resuming with %s that differ from the checkpoint's: %s", what, listed)
+
+
+# what the checkpoint's reference and decisions were measured with (and the unit its ratios are in): a resumed run
+# holds no dense model to measure again, so these cannot change once the reference was taken
+MEASURE_ARGUMENTS = ("pruning_metric", "pruning_greater_is_better", "pruning_eval_samples",
+                     "pruning_target_type") + GENERATION_FIELDS
+
+
+def new_arguments_problem(saved: dict, current: dict, controller: dict) -> str | None:
+    """What a run resumed under ``pruning_resume_with_new_arguments`` cannot continue with, or None.
+
+    ``controller``: the checkpoint's controller state. Its reference (and every decision) was measured with the
+    checkpoint's metric arguments; its kept ratio and candidate are pruned already, so a lower target cannot undo
+    them. A higher target than the one it stopped at is followed (see ``AdaptiveController.resume_towards_target``).
+    """
+    if controller.get("reference") is not None:
+        changed = [k for k in MEASURE_ARGUMENTS if k in saved and saved[k] != current.get(k)]
+        if changed:
+            listed = "; ".join(f"--{k}: checkpoint {saved[k]!r}, now {current.get(k)!r}" for k in changed)
+            return (f"the checkpoint's pruning reference and decisions were measured with other arguments ({listed}), "
+                    "and a resumed run cannot measure the dense model again: resume with the checkpoint's values, "
+                    "or start a new run from the dense model")
+    target = current.get("pruning_target")
+    kept, pending = controller.get("ratio") or 0.0, controller.get("pending")
+    unit = "of the measured time" if current.get("pruning_target_type") == "latency" else "of the FLOPs"
+    if target is not None and kept > target + 1e-9:
+        return (f"the checkpoint already kept a ratio of {kept:.3f} {unit}, beyond --pruning_target {target}: "
+                "resume from an earlier checkpoint, or with a target of at least that")
+    if target is not None and pending is not None and pending > target + 1e-9:
+        return (f"the checkpoint is trying a ratio of {pending:.3f} {unit}, beyond --pruning_target {target}: resume "
+                "from an earlier checkpoint (one not yet trying a ratio beyond it), or with a target of at least that")
+    return None
 
 
 def check_writable(folder: str | os.PathLike) -> None:

@@ -37,8 +37,8 @@ from .candidate import CandidateMasksMixin
 from .report import PruningReportMixin
 from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
-from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, read_pruning_state,
-                         resolve_resume_checkpoint, write_pruning_state)
+from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, new_arguments_problem,
+                         read_pruning_state, resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin, ctc_frame_lengths, layers_dropped
 from .decision_rng import decision_rng
 from .distributed import check_masks_agree, from_main_process, reduce_layer_taylor, reduced_scores
@@ -466,15 +466,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         finally:
             self.args.dataloader_drop_last = drop_last
 
-    def _evaluate_rows(self, rows: int | None) -> dict:
-        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``."""
+    def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
+        """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``
+        (``predictions``: with compute_metrics's even when the decisions read the loss alone)."""
         dataset = first_rows(self.eval_dataset, rows)
         with self._reading_decision_rows():
-            return _evaluate_names(self._evaluate_dataset(dataset))
+            return _evaluate_names(self._evaluate_dataset(dataset, predictions))
 
-    def _evaluate_dataset(self, dataset) -> dict:
+    def _evaluate_dataset(self, dataset, predictions: bool = False) -> dict:
         try:
-            if self.pruning_metric == "loss":  # no predictions to gather, no generation
+            if self.pruning_metric == "loss" and not predictions:  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
                 # the decisions' rows and the user's evaluation set would be swapped for each other
                 metrics = self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
@@ -514,15 +515,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             raise ValueError(f"the eval_dataset rows have no {' / '.join(missing)}: pruning decisions measure "
                              f"--pruning_metric {self.pruning_metric} against them (the loss needs them too). Give an "
                              "eval_dataset with labels, or name its label columns with --label_names")
-        try:
-            metrics = self._evaluate_rows(2)
-        except Exception:  # a metric that needs more rows (both classes, ...): the rows the decisions read
-            try:
-                metrics = self._evaluate_rows(self.args.pruning_eval_samples)
-            except Exception as err:
-                err.add_note("(raised by the pruning trainer's metric check before training, which evaluates the "
-                             "rows pruning decisions read: the first pruning_eval_samples of eval_dataset)")
-                raise
+        metrics = self._evaluate_first_rows()
         if self.decision_key not in metrics:
             raise KeyError(
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
@@ -530,12 +523,24 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             )
         decision_number(self.metric_key, metrics[self.decision_key])  # a list, a word: refused now, not after warm-up
         best = (self.args.metric_for_best_model or "").removeprefix("eval_")
-        # decisions on the loss run no compute_metrics: nothing to tell about the user's other metrics
-        if best and self.pruning_metric != "loss" and self.args.eval_strategy != "no" \
-                and f"{DECISION_PREFIX}_{best}" not in metrics:
+        if best and best != "loss" and self.pruning_metric == "loss" and self.args.eval_strategy != "no":
+            metrics = self._evaluate_first_rows(predictions=True)  # decisions on the loss run no compute_metrics
+        if best and self.args.eval_strategy != "no" and f"{DECISION_PREFIX}_{best}" not in metrics:
             raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                            f"'eval_{best}' (the first evaluation would fail on it); available: "
                            f"{self._metric_names(metrics)}")
+
+    def _evaluate_first_rows(self, predictions: bool = False) -> dict:
+        """Metrics of 2 decision rows, or of all of them when the metric needs more (both classes, ...)."""
+        try:
+            return self._evaluate_rows(2, predictions)
+        except Exception:
+            try:
+                return self._evaluate_rows(self.args.pruning_eval_samples, predictions)
+            except Exception as err:
+                err.add_note("(raised by the pruning trainer's metric check before training, which evaluates the "
+                             "rows pruning decisions read: the first pruning_eval_samples of eval_dataset)")
+                raise
 
     def _metric_names(self, metrics: dict) -> list[str]:
         """The names evaluation returned, as ``--pruning_metric`` may give them."""
@@ -653,6 +658,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._accepted_masks = state["accepted_masks"]
         self.importance.load_state_dict(state["importance"])
         self.controller.load_state_dict(state["controller"])
+        if self.controller.resume_towards_target():
+            logger.info("resuming under --pruning_target %s: the checkpoint had stopped at its own target (%.3f); "
+                        "pruning goes on", self.args.pruning_target, self.controller.state.ratio)
         self._last_prune_step = state["last_prune_step"]
         self.load_teacher_state(state.get("teacher"))
         self.load_candidate_state_dict(state)
@@ -700,6 +708,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             state = read_pruning_state(resume_from_checkpoint)
             check_resume_arguments(state.get("arguments") or {}, pruning_arguments(self.args),
                                    self.args.pruning_resume_with_new_arguments)
+            problem = new_arguments_problem(state.get("arguments") or {}, pruning_arguments(self.args),
+                                            state.get("controller") or {})
+            if problem:
+                raise ValueError(problem)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
