@@ -175,6 +175,8 @@ def test_search_steps_leave_room_warning_names_the_right_option(tmp_path, caplog
 @pytest.mark.parametrize("overrides, message", [
     (dict(pruning_schedule="oneshot"), "--pruning_schedule must be one of gradual, search_then_recover"),
     (dict(pruning_search_steps=-1), "--pruning_search_steps must be >= 0"),
+    (dict(pruning_search_steps=5), "--pruning_search_steps 5 sets how long search_then_recover trains a candidate "
+                                   "before judging it; --pruning_schedule gradual does not read it"),
 ])
 def test_bad_schedule_arguments_fail_when_parsed(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -43,6 +43,7 @@ def test_best_model_at_end_comes_back_with_its_own_masks(tmp_path):
                for n in final), "the last checkpoint is pruned further than the best one"
     for name, mask in final.items():  # tolerance 1.0 keeps the best checkpoint's step when it is judged
         assert torch.equal(mask, best["masks"][name])
+    assert trainer.final_check["step"] == 12, "the final check measures the best checkpoint's weights"
 
 
 def test_decision_evaluations_stay_out_of_on_evaluate_and_eval_curves(tmp_path):

@@ -326,6 +326,10 @@ def validate_pruning_arguments(args) -> None:
         raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
     if args.pruning_warmup_steps < 0 or args.pruning_interval < 1:
         raise ValueError("--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1")
+    if args.pruning_search_steps and args.pruning_schedule != "search_then_recover":
+        raise ValueError(f"--pruning_search_steps {args.pruning_search_steps} sets how long search_then_recover trains a "
+                         f"candidate before judging it; --pruning_schedule {args.pruning_schedule} does not read it "
+                         "(its candidates train --pruning_interval steps): leave it at 0, or choose search_then_recover")
     ramp = ramp_problem(args, decision_interval(args), interval_option(args))
     if ramp:
         raise ValueError(ramp)

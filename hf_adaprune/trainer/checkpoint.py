@@ -69,6 +69,12 @@ def _existing_note(output_dir) -> str:
             + (f"; without {PRUNING_STATE_FILE}: {', '.join(incomplete)}" if incomplete else ""))
 
 
+def checkpoint_step(folder: str | os.PathLike, default: int) -> int:
+    """The global step a ``checkpoint-N`` folder was saved at (``default`` for a folder named otherwise)."""
+    match = _CHECKPOINT.match(os.path.basename(os.path.normpath(folder)))
+    return int(match.group(1)) if match else default
+
+
 def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
     """The folder to resume from: a path as given, or for ``True`` / ``"true"`` the newest complete checkpoint.
 

@@ -37,8 +37,8 @@ from .candidate import CandidateMasksMixin
 from .report import PruningReportMixin
 from .search_refit import refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
-from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, new_arguments_problem,
-                         read_pruning_state, resolve_resume_checkpoint, write_pruning_state)
+from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, checkpoint_step,
+                         new_arguments_problem, read_pruning_state, resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin, ctc_frame_lengths, layers_dropped
 from .decision_rng import decision_rng
 from .distributed import check_masks_agree, from_main_process, reduce_layer_taylor, reduced_scores
@@ -617,8 +617,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.warning("training ended at step %d, before the pruning reference (pruning_warmup_steps %d): "
                            "nothing was pruned; the model is the fine-tuned dense model", self.state.global_step,
                            args.pruning_warmup_steps)
-        else:  # measured after all training, exactly what compaction keeps
-            self.final_check = final_check(c, self._decision_metric()[0], self.state.global_step, self.pruning_metric)
+        else:  # measured after all training (on the best checkpoint's weights, if loaded): what compaction keeps
+            step = self.state.global_step if best is None else checkpoint_step(best, self.state.global_step)
+            self.final_check = final_check(c, self._decision_metric()[0], step, self.pruning_metric)
         if get_masks(self.pruned_model) is not None:
             # without compact_at_end, what save_model writes is measured: a compacted copy
             compacted = self.pruned_model if args.compact_at_end else copy.deepcopy(self.pruned_model)
