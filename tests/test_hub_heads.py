@@ -266,3 +266,17 @@ def test_a_model_loaded_with_its_remote_code_prunes_again_exactly(family, tmp_pa
                    auto_class.from_pretrained(tmp_path / "second", trust_remote_code=True)):
         with torch.no_grad():
             assert (loaded.eval()(**batch).logits - compacted).abs().max() <= TOL
+
+
+def test_save_pruned_with_a_push_keeps_and_uploads_the_folders_own_card(tmp_path, fake_hub):
+    # transformers' push writes the Hub's card (here a stub) over README.md before uploading; a card the user wrote
+    # for the folder is what gets uploaded, and it stays in the folder
+    model = prune_unevenly(tiny_model("bert"))
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "README.md").write_text("# My pruned model\n\nNotes of my own.\n")
+    save_pruned(model, folder, push_to_hub=True)
+    (commit,) = fake_hub
+    assert (commit.folder / "README.md").read_text() == "# My pruned model\n\nNotes of my own.\n"
+    assert (folder / "README.md").read_text() == "# My pruned model\n\nNotes of my own.\n"
+    assert (folder / "config.json").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 
 import transformers
 from transformers import CONFIG_MAPPING, PretrainedConfig
@@ -39,6 +40,9 @@ class SavesRemoteCode:
         write_remote_code(self, working_dir)
         for extra in getattr(self, "_adaprune_upload_extras", ()):  # save_pruned's tokenizer / processor
             save_beside_model(extra, working_dir)
+        card = getattr(self, "_adaprune_upload_card", None)  # save_pruned into a folder with a README.md of its own
+        if card is not None:
+            (Path(working_dir) / "README.md").write_text(card)
         return super()._upload_modified_files(working_dir, *args, **kwargs)
 
 

@@ -46,14 +46,19 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
         kwargs.setdefault("repo_id", Path(save_directory).name)
 
     extras = [extra for extra in (tokenizer, processor) if extra is not None]
+    # the folder's own card: transformers' push writes the Hub's card (or a stub) over README.md before uploading;
+    # the user's is uploaded instead and stays in the folder
+    card = Path(save_directory) / "README.md"
+    card = card.read_text() if kwargs.get("push_to_hub") and card.is_file() else None
 
     def write(folder: Path) -> None:
         # a push uploads at the end of save_pretrained, before the files below: they are written for it then
         model._adaprune_upload_extras = extras if kwargs.get("push_to_hub") else ()
+        model._adaprune_upload_card = card
         try:
             model.save_pretrained(folder, **kwargs)
         finally:
-            del model._adaprune_upload_extras
+            del model._adaprune_upload_extras, model._adaprune_upload_card
         for extra in extras:
             save_beside_model(extra, folder)
 
