@@ -45,6 +45,10 @@ def main():
     parser.add_argument("--ramp-steps", type=int, default=0)
     parser.add_argument("--refit", action="store_true", help="also writes each rank's weights")
     parser.add_argument("--latency", action="store_true", help="a latency budget; writes each rank's cost table")
+    parser.add_argument("--evaluate-first", action="store_true",
+                        help="trainer.evaluate() before train(); writes each rank's weights")
+    parser.add_argument("--metric", default="accuracy")
+    parser.add_argument("--eval-rows", type=int, default=48)
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     distributed = {}
@@ -61,11 +65,11 @@ def main():
                      max_steps=30, compact_at_end=False, max_grad_norm=0.0,
                      train_sampling_strategy="sequential", prune=opts.prune, pruning_schedule=opts.schedule,
                      pruning_search_steps=opts.search_steps, pruning_ramp_steps=opts.ramp_steps,
-                     pruning_refit=opts.refit, **distributed,
+                     pruning_refit=opts.refit, pruning_metric=opts.metric, **distributed,
                      **(dict(distillation=True, distillation_hidden_weight=0.5) if opts.distill else {}),
                      **(dict(pruning_target_type="latency", pruning_latency_batch_size=2) if opts.latency else {}))
     data = toy_dataset()
-    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(48)))
+    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(opts.eval_rows)))
     rank = trainer.args.process_index
     if opts.break_rank is not None and rank == opts.break_rank:
         import hf_adaprune.trainer.trainer as trainer_module
@@ -79,12 +83,14 @@ def main():
         trainer_module.reduced_scores = corrupted
     if opts.crash_after is not None:
         trainer.add_callback(CrashAfter(opts.crash_after))
+    if opts.evaluate_first:
+        trainer.evaluate()
     trainer.train(resume_from_checkpoint=opts.resume)
     torch.save(get_masks(trainer.model).state_dict(), os.path.join(opts.output_dir, f"masks_rank{rank}.pt"))
     torch.save(trainer.controller.state_dict(), os.path.join(opts.output_dir, f"controller_rank{rank}.pt"))
     torch.save(trainer.importance.scores(trainer.model, trainer.pruning_groups),
                os.path.join(opts.output_dir, f"scores_rank{rank}.pt"))
-    if opts.refit:
+    if opts.refit or opts.evaluate_first:
         torch.save(trainer.model.state_dict(), os.path.join(opts.output_dir, f"weights_rank{rank}.pt"))
     if opts.latency:
         torch.save(trainer.costs, os.path.join(opts.output_dir, f"costs_rank{rank}.pt"))

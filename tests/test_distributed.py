@@ -90,10 +90,29 @@ def test_two_processes_with_a_latency_budget_share_one_cost_table(tmp_path):
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
-def test_rank_with_different_masks_raises(tmp_path):
-    _, result = run_worker(tmp_path, "broken", batch=8, nproc=2, extra=("--break-rank", "1"))
+@pytest.mark.parametrize("extra", [(), ("--refit",)])
+def test_rank_with_different_masks_raises(tmp_path, extra):
+    # with the re-fit too: the masks are compared before the re-fit, whose broadcasts follow them
+    _, result = run_worker(tmp_path, "broken", batch=8, nproc=2, extra=("--break-rank", "1", *extra))
     assert result.returncode != 0
     assert "pruning masks differ across processes" in result.stderr
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_an_evaluate_before_train_still_trains_one_model_and_the_loss_counts_every_row_once(tmp_path):
+    """evaluate() before train() left accelerate's evaluation preparation on the model, so training did not wrap it
+    in DDP and each process trained its own copy; 33 decision rows on 2 processes padded one repeat into a batch
+    mean (a loss 0.003 off the 1-process one, with tolerance 0.01)."""
+    extra = ("--evaluate-first", "--metric", "loss", "--eval-rows", "33")
+    two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=extra)
+    assert result.returncode == 0, result.stderr[-4000:]
+    one, result = run_worker(tmp_path, "one", batch=16, nproc=1, extra=extra)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = (torch.load(two / f"weights_rank{rank}.pt") for rank in (0, 1))
+    for name, weight in rank0.items():
+        torch.testing.assert_close(rank1[name], weight, rtol=0, atol=0, msg=name)
+    reference = [torch.load(out / "controller_rank0.pt")["reference"] for out in (two, one)]
+    assert reference[0] == pytest.approx(reference[1], abs=1e-4)
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
@@ -143,6 +162,6 @@ def test_mask_check_catches_two_swapped_neurons_of_a_large_model():
             return torch.cat([checksum, checksum if self.other is None else self.other])
 
     same = Ranks()
-    check_masks_agree(same, SimpleNamespace(masks=theirs), groups, "cpu")  # equal masks pass
+    check_masks_agree(same, theirs, groups, "cpu")  # equal masks pass
     with pytest.raises(RuntimeError, match="pruning masks differ across processes"):
-        check_masks_agree(Ranks(other=same.seen), SimpleNamespace(masks=mine), groups, "cpu")
+        check_masks_agree(Ranks(other=same.seen), mine, groups, "cpu")

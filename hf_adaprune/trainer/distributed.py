@@ -48,13 +48,14 @@ def from_main_process(accelerator, value):
     return broadcast_object_list([value], from_process=0)[0]
 
 
-def check_masks_agree(accelerator, masks, groups, device) -> None:
-    """All ranks must hold the same masks; a mismatch would silently corrupt the model. The checksums are compared
+def check_masks_agree(accelerator, masks: dict[str, torch.Tensor], groups, device) -> None:
+    """All ranks must select the same masks (``{group: mask}``), checked before they touch the model: a mismatch
+    would silently corrupt it, and the re-fit's collectives would not even match. The checksums are compared
     exactly: float64 sums of position-weighted mask values are exact for 0/1 masks (below 2**53) and the same
     on every rank for the same values, where a relative tolerance let two swapped neurons of a BERT-base pass."""
     if accelerator.num_processes == 1:
         return
-    flat = torch.cat([masks.masks[g.name].float().flatten() for g in groups]).to(device)
+    flat = torch.cat([masks[g.name].float().flatten().to(device) for g in groups])
     weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
     checksum = torch.stack([(flat.double() * weights).sum(), flat.double().sum()]).unsqueeze(0)
     gathered = accelerator.gather(checksum)

@@ -439,15 +439,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         args = self.args
         scores = reduced_scores(self.accelerator, self.importance.scores(self.pruned_model, self.pruning_groups),
                                 [g.name for g in self.pruning_groups], self.args.device)
-        self._set_candidate(select_masks_by_kind(
+        selected = select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
             kinds=prune_kinds(args.prune),
             scope=args.pruning_scope,
             floors=self._floors(),
             costs=self.costs,
             multiple_of=args.pruning_multiple_of,
-        ), step)
-        check_masks_agree(self.accelerator, get_masks(self.pruned_model), self.pruning_groups, self.args.device)
+        )
+        check_masks_agree(self.accelerator, selected, self.pruning_groups, self.args.device)
+        self._set_candidate(selected, step)
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
 
@@ -478,9 +479,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if self.pruning_metric == "loss" and not predictions:  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
                 # the decisions' rows and the user's evaluation set would be swapped for each other
-                metrics = self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
-                                               prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
-                                               metric_key_prefix=DECISION_PREFIX).metrics
+                with self._loss_of_every_row(dataset):
+                    metrics = self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
+                                                   prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
+                                                   metric_key_prefix=DECISION_PREFIX).metrics
                 self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
                 return metrics
             # predict() (the Seq2Seq trainer's sets up generation), without telling the user's on_predict callbacks;
@@ -490,6 +492,21 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                 metric_key_prefix=DECISION_PREFIX).metrics
         finally:
             self.callback_handler.__dict__.pop("on_predict", None)
+
+    @contextlib.contextmanager
+    def _loss_of_every_row(self, dataset):
+        """Rows that do not split evenly over the processes are padded with repeats of the first ones; a batch's
+        loss is its mean, entered once per row, and gathering drops the repeats' entries but not their share of
+        their batch's mean. One row per batch then, so that the decision loss is the mean over the rows (slower:
+        only on several processes with such a row count)."""
+        if self.args.world_size == 1 or not hasattr(dataset, "__len__") or len(dataset) % self.args.world_size == 0:
+            yield
+            return
+        size, self.args.per_device_eval_batch_size = self.args.per_device_eval_batch_size, 1
+        try:
+            yield
+        finally:
+            self.args.per_device_eval_batch_size = size
 
     def _on_predict_of_progress_bars(self, args, state, control, metrics):
         """Close the progress bars' prediction bar of a decision evaluation (on_predict alone closes it), without
@@ -714,7 +731,18 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if problem:
                 raise ValueError(problem)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
+        self._forget_evaluation_prepare()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _forget_evaluation_prepare(self) -> None:
+        """On several processes, an ``evaluate()`` before ``train()`` prepares the bare model for evaluation, and
+        accelerate then skips wrapping it in DistributedDataParallel for training (transformers 5 / accelerate 1):
+        every process would train a model of its own, with the same masks but diverging weights. Forget that
+        preparation, so that training wraps the model."""
+        model = self.model
+        if self.args.world_size > 1 and self.model_wrapped is model and getattr(model, "_is_accelerate_prepared", False):
+            del model._is_accelerate_prepared
+            self.accelerator._models = [m for m in self.accelerator._models if m is not model]
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints keep the dense weights (masks live in pruning_state.pt); any other save is pruned."""
