@@ -147,6 +147,18 @@ def test_resume_with_new_arguments_refuses_another_metric_once_the_reference_was
     assert trainer.state.global_step == 0
 
 
+def test_resume_on_another_number_of_processes_warns(run_with_checkpoints, tmp_path, caplog):
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    path = out / "checkpoint-24" / PRUNING_STATE_FILE
+    state = torch.load(path, weights_only=True)
+    assert state["world_size"] == 1
+    torch.save(dict(state, world_size=2), path)
+    trainer = make_trainer(out)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
+    assert "resuming on 1 process(es) from a checkpoint written by 2: each process now reads other" in caplog.text
+
+
 def test_new_arguments_problem_names_what_a_resumed_state_cannot_follow():
     saved = {"pruning_metric": "accuracy", "pruning_target": 0.8, "pruning_target_type": "flops"}
     state = {"reference": 0.9, "ratio": 0.5, "pending": 0.7}

@@ -667,6 +667,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "teacher": self.teacher_state(),
             # a measured table: a resumed run decides on the same costs instead of timing the model again
             "latency_costs": self.costs if self.args.pruning_target_type == "latency" else None,
+            "world_size": self.args.world_size,
             **self.candidate_state_dict(),
         }
 
@@ -676,6 +677,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._accepted_masks = state["accepted_masks"]
         self.importance.load_state_dict(state["importance"])
         self.controller.load_state_dict(state["controller"])
+        saved_world = state.get("world_size")
+        if saved_world is not None and saved_world != self.args.world_size:
+            logger.warning("resuming on %d process(es) from a checkpoint written by %d: each process now reads other "
+                           "batches, so the rest of the run (scores, decisions) differs from an uninterrupted one",
+                           self.args.world_size, saved_world)
         if self.controller.resume_towards_target():
             logger.info("resuming under --pruning_target %s: the checkpoint had stopped at its own target (%.3f); "
                         "pruning goes on", self.args.pruning_target, self.controller.state.ratio)
