@@ -64,14 +64,15 @@ def main(argv=None) -> dict:
     for head_ratio in opts.head_ratios:
         begun = time.time()
         heads = post_training_prune(copy.deepcopy(dense), data["calibration"], head_ratio, kinds=("heads",),
-                                    data_collator=collator, seq_len=SEQ_LEN, progress=False).model
+                                    data_collator=collator, seq_len=SEQ_LEN, progress=False,
+                                    normalize_scores=True).model  # as the README's figures were measured
         removed = 1 - model_profile(heads, seq_len=SEQ_LEN)["layer_flops"] / layer_flops
         ffn_ratio = (opts.total - removed) / ffn_share
         if not 0 < ffn_ratio < 1:
             raise SystemExit(f"--head_ratios {head_ratio} leaves an FFN fraction of {ffn_ratio:.3f} to reach "
                              f"--total {opts.total}; choose head ratios that leave one in (0, 1)")
         model = post_training_prune(heads, data["calibration"], ffn_ratio, kinds=("ffn",), data_collator=collator,
-                                    seq_len=SEQ_LEN, progress=False).model
+                                    seq_len=SEQ_LEN, progress=False, normalize_scores=True).model
         run = {"head_ratio": head_ratio, "ffn_ratio": ffn_ratio,
                "layer_flops_removed": 1 - model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / layer_flops,
                "seconds": time.time() - begun}

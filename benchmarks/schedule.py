@@ -107,8 +107,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
                         help="search_then_recover: one row per value")
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"],
-                        help="also: one-shot_refit, gradual_ramp, gradual_ema, gradual_fisher, gradual_distillation, "
-                             "search_refit, search_refit_residual")
+                        help="also: one-shot_refit, one-shot_refit_raw (scores not normalised per layer, "
+                             "post_training_prune's default since 2026-12-04; one-shot and one-shot_refit normalise "
+                             "them), gradual_ramp, "
+                             "gradual_ema, gradual_fisher, gradual_distillation, search_refit, search_refit_residual")
     parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
     parser.add_argument("--score_ema", type=float, default=0.85, help="gradual_ema: pruning_score_ema")
     parser.add_argument("--refit_samples", type=int, default=512, help="search_refit: pruning_refit_samples")
@@ -171,15 +173,18 @@ def main(argv=None) -> dict:
                 control.save_pretrained(control_folder)
                 stamp.write_text(json.dumps(control_stamp))
         for target in opts.targets:
-            for variant, refit, name in (("one-shot", False, "one-shot + fine-tuning"),
-                                         ("one-shot_refit", True, "one-shot + re-fit + fine-tuning")):
+            for variant, refit, normalize, name in (
+                    ("one-shot", False, True, "one-shot + fine-tuning"),
+                    ("one-shot_refit", True, True, "one-shot + re-fit + fine-tuning"),
+                    ("one-shot_refit_raw", True, False, "one-shot + re-fit + fine-tuning, scores not normalised")):
                 if variant not in opts.variants:
                     continue
                 started = time.time()
                 torch.manual_seed(seed)
                 pruned = post_training_prune(dense, data["calibration"], target, metric="accuracy",
                                              tolerance=opts.tolerance, eval_dataset=data["check"], refit=refit,
-                                             data_collator=collator, seq_len=SEQ_LEN, progress=False).model
+                                             normalize_scores=normalize, data_collator=collator, seq_len=SEQ_LEN,
+                                             progress=False).model
                 record(name, seed, target, fine_tune(pruned, data, collator, tokenizer, opts.steps, seed, opts.lr),
                        started, recovery_steps=opts.steps)
             schedules = []

@@ -17,6 +17,7 @@ import time
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
 from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
+from hf_adaprune.post_training.prune import DEFAULT_NORMALIZE_SCORES
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
 from hf_adaprune.trainer.eval_order import first_rows
@@ -144,6 +145,8 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
         refit=data_args.post_training_refit, refit_target=data_args.post_training_refit_target,
         ridge=data_args.post_training_ridge, refit_samples=data_args.post_training_refit_samples,
         search=data_args.post_training_search, kinds=KINDS[training_args.prune],
+        normalize_scores=(DEFAULT_NORMALIZE_SCORES if training_args.pruning_normalize_scores is None
+                          else training_args.pruning_normalize_scores),
         min_heads_per_layer=training_args.min_heads_per_layer,
         min_neurons_per_layer=training_args.min_neurons_per_layer, seq_len=training_args.pruning_seq_len,
         batch_size=training_args.per_device_train_batch_size, tokenizer=run.processing_class,

@@ -168,7 +168,8 @@ def test_post_training_prune_leaves_the_dense_model_alone_and_creates_no_optimiz
     assert report["metric"] == result.metric and report["settings"] == {  # what the figures are of
         "target": 0.5, "search": False, "metric": "accuracy", "tolerance": 0.01, "tolerance_type": "absolute",
         "scores": "taylor", "refit": True, "refit_target": "dense_residual", "ridge": report["settings"]["ridge"],
-        "refit_samples": None, "kinds": ["heads", "ffn"], "seq_len": 16, "calibration_rows": 64}
+        "refit_samples": None, "kinds": ["heads", "ffn"], "normalize_scores": False, "seq_len": 16,
+        "calibration_rows": 64}
 
 
 def test_scores_of_an_earlier_call_give_the_same_selection_without_a_scoring_pass():
@@ -255,6 +256,7 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
                                              "encoder.layer.2.attention", "encoder.layer.2.ffn")}},
      r"the scores given do not fit this model: encoder.layer.0.attention \(2 scores, 4 structures\)"),
     ({"metric": lambda prediction: {"score": 0.0}}, "metric is a name"),
+    ({"normalize_scores": "no"}, "normalize_scores must be True or False, got 'no'"),
     ({"metric": "wer", "eval_dataset": labelled_examples(4)}, "--pruning_metric wer scores generated text"),
     ({"calibration_dataset": [dict(row, labels=[row["labels"]]) for row in labelled_examples(6)]},
      r"calibration_dataset holds a label of shape \[1\] in its 'labels' column .* one class id per row"),
@@ -624,3 +626,23 @@ def test_question_answering_and_a_dataset_dict_are_refused_with_what_to_do():
     with pytest.raises(ValueError, match=r"calibration_dataset is a DatasetDict of the splits \['train'\]: pass one "
                                          r"split, e.g. calibration_dataset\['train'\]"):
         post_training_prune(tiny_model("bert"), splits, 0.5, data_collator=pad_collator, progress=False)
+
+
+def test_raw_scores_select_as_the_engine_does_without_normalising():
+    from hf_adaprune.reporting.flops import structure_costs
+
+    rows = labelled_examples(24)
+    dense = tiny_model("bert")
+    result = post_training_prune(dense, rows, 0.5, refit=False, normalize_scores=False, data_collator=pad_collator,
+                                 seq_len=16, progress=False)
+    assert result.settings["normalize_scores"] is False
+    groups = find_groups(dense)
+    ones = {g.name: torch.ones(len(result.scores[g.name])) for g in groups}
+    expected = select_masks_by_kind(groups, result.scores, ones, 0.5, scope="global",
+                                    costs=structure_costs(dense, groups, 16), normalize=False)
+    normalised = select_masks_by_kind(groups, result.scores, ones, 0.5, scope="global",
+                                      costs=structure_costs(dense, groups, 16))
+    assert any(not torch.equal(expected[n], normalised[n]) for n in expected), "the two rankings differ here"
+    record = json.loads(result.model.config.to_json_string())["adaprune"]["groups"]
+    assert {name: int(entry["kept_mask"], 16) for name, entry in record.items()} == {
+        name: sum(1 << i for i, kept in enumerate(mask.tolist()) if kept) for name, mask in expected.items()}

@@ -217,3 +217,12 @@ def test_results_record_the_refit_rows_used_not_those_asked_for(workspace, fine_
     post = results["post_training"]
     assert post["calibration_samples"] == 6 and post["refit_samples"] == 6  # 24 asked, 6 calibration rows exist
     assert json.loads((tmp_path / "out" / "results.json").read_text())["post_training"]["refit_samples"] == 6
+
+
+@pytest.mark.parametrize("extra, normalised", [((), False), (("--pruning_normalize_scores", "true"), True)])
+def test_post_training_ranks_raw_scores_unless_asked_to_normalise(workspace, fine_tuned, tmp_path, extra,
+                                                                  normalised):  # noqa: F811
+    out = tmp_path / "out"
+    recipe.main(post_args(workspace, fine_tuned, out, *extra))
+    report = json.loads((out / "post_training_report.json").read_text())
+    assert report["settings"]["normalize_scores"] is normalised

@@ -202,3 +202,12 @@ def test_by_kind_names_the_groups_without_scores_before_selecting():
     scores = {"h0": torch.ones(4), "n0": torch.ones(4)}
     with pytest.raises(KeyError, match=r"no scores for groups \['h1'\]: did update\(\) count any step"):
         select_masks_by_kind(groups, scores, {g.name: torch.ones(4) for g in groups}, 0.5, scope="global")
+
+
+def test_global_selection_ranks_raw_scores_when_not_normalised():
+    scores = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([10.0, 20.0])}
+    current = {name: torch.ones(2) for name in scores}
+    normalised = select_masks(scores, current, 0.5, scope="global", floor=0)
+    raw = select_masks(scores, current, 0.5, scope="global", floor=0, normalize=False)
+    assert normalised["a"].tolist() == [0.0, 1.0] and normalised["b"].tolist() == [0.0, 1.0]  # each layer's lowest
+    assert raw["a"].tolist() == [0.0, 0.0] and raw["b"].tolist() == [1.0, 1.0]  # the two lowest overall

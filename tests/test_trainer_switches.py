@@ -264,3 +264,20 @@ def test_a_multiple_choice_head_is_counted_and_pruned(tmp_path):
     assert all(cost > 0 for cost in trainer.costs.values())
     trainer.train()
     assert get_masks(trainer.model) is None and trainer.pruned_comparison.flops_removed > 0
+
+
+@pytest.mark.parametrize("value, normalize", [(None, True), (True, True), (False, False)])
+def test_the_trainer_ranks_normalised_scores_unless_told_not_to(tmp_path, monkeypatch, value, normalize):
+    import hf_adaprune.trainer.trainer as trainer_module
+
+    seen = []
+    original = trainer_module.select_masks_by_kind
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["normalize"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "select_masks_by_kind", spy)
+    trainer = make_trainer(tmp_path, pruning_normalize_scores=value, max_steps=12)
+    trainer.train()
+    assert seen and set(seen) == {normalize}

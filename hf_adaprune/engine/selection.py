@@ -5,7 +5,8 @@ fraction ``ratio`` counts against the structures the masks started with.
 ``scope="layer"`` prunes the same fraction in every group; ``scope="global"``
 ranks all groups of a kind together after dividing each group's scores by
 their L2 norm (over the structures still alive), so that layers whose scores
-are larger overall do not keep everything. Either scope prunes the number of
+are larger overall do not keep everything (``normalize=False``: the raw scores, as
+estimates of the loss change on one scale, are ranked as they are). Either scope prunes the number of
 structures nearest to ``ratio`` of them (of their cost, given ``costs``), so a
 ratio below half a structure prunes nothing.
 
@@ -50,6 +51,7 @@ def select_masks(
     scope: str = "layer",
     floor: int = 1,
     costs: dict[str, float] | None = None,
+    normalize: bool = True,
 ) -> dict[str, torch.Tensor]:
     """New masks for the groups in ``current`` that prune ``ratio`` of their structures.
 
@@ -65,7 +67,7 @@ def select_masks(
     check_scores(scores, current)
     if scope == "layer":
         return {name: _select_in_group(scores[name], mask, ratio, floor) for name, mask in current.items()}
-    return _select_global(scores, current, ratio, floor, costs)
+    return _select_global(scores, current, ratio, floor, costs, normalize)
 
 
 def select_masks_by_kind(
@@ -78,11 +80,13 @@ def select_masks_by_kind(
     floors: dict[str, int] | None = None,
     costs: dict[str, float] | None = None,
     multiple_of: int = 1,
+    normalize: bool = True,
 ) -> dict[str, torch.Tensor]:
     """:func:`select_masks` run for each kind of structure apart, so heads and neurons each lose ``ratio``.
 
     ``groups`` are the groups to prune; ``floors`` maps a kind to its per-group floor (default 1);
-    ``multiple_of`` rounds kept widths (see the module docstring).
+    ``multiple_of`` rounds kept widths; ``normalize``: L2-normalise each group's scores under
+    ``scope="global"`` (see the module docstring).
     """
     new = {}
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -100,7 +104,7 @@ def select_masks_by_kind(
         names = [g.name for g in layer_groups]
         new.update(select_masks({n: scores[n] for n in names}, {n: current[n] for n in names},
                                 layer_ratio(ratio, kinds), scope=scope, floor=(floors or {}).get("layers", 1),
-                                costs=None if costs is None else {n: costs[n] for n in names}))
+                                costs=None if costs is None else {n: costs[n] for n in names}, normalize=normalize))
         for group in layer_groups:
             if getattr(group, "keep_last", ""):
                 new[group.name] = keep_last_layer(scores[group.name], current[group.name], new[group.name])
@@ -130,6 +134,7 @@ def select_masks_by_kind(
                 scope=scope,
                 floor=floor,
                 costs=None if costs is None else {n: costs[n] for n in names},
+                normalize=normalize,
             )
             for group in kind_groups if multiple_of > 1 else ():
                 multiple = structure_multiple(group, multiple_of)
@@ -438,7 +443,7 @@ def _select_in_group(score: torch.Tensor, mask: torch.Tensor, ratio: float, floo
     return new
 
 
-def _select_global(scores, current, ratio, floor, costs):
+def _select_global(scores, current, ratio, floor, costs, normalize=True):
     entries = []  # (normalised score, group, index)
     budget_total, pruned_cost = 0.0, 0.0
     alive_count = {}
@@ -450,7 +455,7 @@ def _select_global(scores, current, ratio, floor, costs):
         alive_count[name] = int(alive.sum())
         score = scores[name].detach().float().cpu()
         norm = score[alive].norm()
-        normalised = score / norm if norm > 0 else score
+        normalised = score / norm if norm > 0 and normalize else score
         entries += [(float(normalised[i]), name, i) for i in torch.nonzero(alive).flatten().tolist()]
     new = {name: mask.clone() for name, mask in current.items()}
     target_cost = ratio * budget_total
