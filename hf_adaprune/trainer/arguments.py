@@ -136,8 +136,8 @@ class PruningArguments(TrainingArguments):
         default=None,
         metadata={"help": "With --pruning_scope global: divide each layer's scores by their L2 norm before ranking "
                           "them together (False: rank the raw scores, estimates of the loss change on one scale). "
-                          "Default: true while training, false for --post_training (what each mode's benchmark "
-                          "favoured)."},
+                          "Default: true while training (as its schedules were benchmarked), false for "
+                          "--post_training (raw scores were more accurate there)."},
     )
     min_heads_per_layer: int = field(default=1, metadata={"help": "Heads kept per attention block at least (0 allowed)."})
     min_neurons_per_layer: int = field(default=1, metadata={"help": "FFN neurons kept per layer at least (0 allowed)."})
