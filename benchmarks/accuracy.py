@@ -37,8 +37,9 @@ import post_training  # noqa: E402
 import schedule  # noqa: E402
 
 ROOT = HERE.parent
-SCHEDULE_VARIANTS = ["control", "one-shot", "one-shot_refit", "one-shot_refit_raw", "gradual", "gradual_ema",
-                     "gradual_fisher", "gradual_ramp", "gradual_distillation", "search_refit", "search_refit_residual"]
+SCHEDULE_VARIANTS = ["control", "one-shot", "one-shot_refit", "one-shot_refit_raw", "gradual", "gradual_raw",
+                     "gradual_ema", "gradual_fisher", "gradual_ramp", "gradual_distillation", "search_refit",
+                     "search_refit_residual"]
 
 
 def arguments(argv=None) -> argparse.Namespace:

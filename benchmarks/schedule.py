@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"],
                         help="also: one-shot_refit, one-shot_refit_raw (scores not normalised per layer, "
                              "post_training_prune's default since 2026-12-04; one-shot and one-shot_refit normalise "
-                             "them), gradual_ramp, "
+                             "them), gradual_raw (the trainer ranking raw scores), gradual_ramp, "
                              "gradual_ema, gradual_fisher, gradual_distillation, search_refit, search_refit_residual")
     parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
     parser.add_argument("--score_ema", type=float, default=0.85, help="gradual_ema: pruning_score_ema")
@@ -194,6 +194,9 @@ def main(argv=None) -> dict:
                 schedules += [(f"search_then_recover, {s} search steps",
                                dict(pruning_schedule="search_then_recover", pruning_search_steps=s))
                               for s in opts.search_steps]
+            if "gradual_raw" in opts.variants:
+                schedules.append(("gradual, scores not normalised", dict(
+                    pruning_schedule="gradual", pruning_interval=opts.interval, pruning_normalize_scores=False)))
             if "gradual_ramp" in opts.variants:
                 schedules.append((f"gradual + ramp {opts.ramp_steps}", dict(
                     pruning_schedule="gradual", pruning_interval=opts.interval, pruning_ramp_steps=opts.ramp_steps)))
