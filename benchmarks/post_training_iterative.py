@@ -79,8 +79,7 @@ def main(argv=None) -> dict:
             results["runs"].append(run)
             log(f"{target:.0%} in {steps} step(s): check {run['check']:.4f}, dev {run['dev']:.4f}, "
                 f"test {run['test']:.4f} ({run['seconds']:.0f} s)")
-    results |= {"settings": vars(opts), "minutes": (time.time() - started) / 60,
-                "machine": run_record.machine(load_start), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results |= run_record.run_fields(opts, started, load_start)
     run_record.write_outputs(opts.output, results, table(results))
     return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +15,13 @@ def machine(load_start: tuple[float, float, float]) -> dict:
     """CPU count, platform, torch and the 1-minute load average at the start (``load_start``) and now."""
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
             "load_average_1min_start_end": [load_start[0], os.getloadavg()[0]]}
+
+
+def run_fields(opts, started: float, load_start: tuple[float, float, float]) -> dict:
+    """``settings`` (the options), ``minutes`` since ``started``, ``machine`` and the UTC ``date``: the keys
+    :func:`run_footer` reads."""
+    return {"settings": vars(opts), "minutes": (time.time() - started) / 60, "machine": machine(load_start),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def run_footer(out: dict) -> str:

@@ -60,8 +60,7 @@ def main(argv=None) -> dict:
             results["runs"].append(run)
             log(f"{target:.0%}, normalize_scores={normalize}: steer {run['steer']:.4f}, check {run['check']:.4f}, "
                 f"dev {run['dev']:.4f}, test {run['test']:.4f}")
-    results |= {"settings": vars(opts), "minutes": (time.time() - started) / 60,
-                "machine": run_record.machine(load_start), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results |= run_record.run_fields(opts, started, load_start)
     run_record.write_outputs(opts.output, results, table(results))
     return results
 
