@@ -6,6 +6,7 @@ step by step through the cache; onnxruntime int8."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -562,6 +563,16 @@ def test_quantize_onnx_takes_the_paths_export_onnx_returns(tmp_path):
     paths = export_onnx(model, tmp_path)
     assert quantize_onnx(tmp_path, paths) == [tmp_path / "model.int8.onnx"]  # a TypeError (Path.replace) before
     assert quantize_onnx(tmp_path, ["model.onnx"]) == [tmp_path / "model.int8.onnx"]
+
+
+def test_quantize_onnx_takes_the_relative_paths_export_onnx_returns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder given relative to the working directory: so are the paths returned
+    paths = export_onnx(tiny_model("bert"), "out-onnx")
+    assert paths == [Path("out-onnx/model.onnx")]
+    assert quantize_onnx("out-onnx", paths) == [Path("out-onnx/model.int8.onnx")]  # out-onnx/out-onnx/... before
+    assert (tmp_path / "out-onnx" / "model.int8.onnx").is_file()
+    with pytest.raises(FileNotFoundError, match="no ONNX graph missing.onnx"):
+        quantize_onnx("out-onnx", ["missing.onnx"])
 
 
 def test_export_refuses_a_saved_pruned_models_folder(tmp_path):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -425,6 +426,39 @@ def test_decoder_vocabulary_counts_target_rows_with_min_count():
     decoder_ids = set(tokenizer.convert_tokens_to_ids(new_tokenizer.convert_ids_to_tokens(list(range(size)))))
     assert decoder_ids == expected and not decoder_ids & once
     assert size == len(expected) == model.lm_head.out_features < model.config.vocab_size
+
+
+@pytest.mark.parametrize("targets, min_count, message", [
+    (dict(target_texts=[]), 1, "no target rows"),
+    (dict(target_texts=iter(())), 1, "no target rows"),
+    (dict(target_tokenized=[]), 1, "no target rows"),
+    (dict(target_tokenized=[[1], [0, 1]]), 1, "no target token besides the special ones"),
+    (dict(target_texts=["a film", "a song"]), 3, "no target token in min_count=3 rows"),
+])
+def test_decoder_vocabulary_refuses_targets_that_would_leave_the_decoder_mute(targets, min_count, message):
+    """The sources alone passed the checks before: the decoder kept its special tokens and nothing else."""
+    sources = sst2_sentences(n=200)
+    tokenizer = bpe_tokenizer()
+    model = tiny_marian(len(tokenizer))
+    before = model.config.vocab_size
+    with pytest.raises(ValueError, match=f"decoder_vocabulary=True: {message}"):
+        prune_vocabulary(model, tokenizer, sources * 3, decoder_vocabulary=True, min_count=min_count, **targets)
+    assert model.config.vocab_size == before == model.lm_head.out_features, "refused before any change"
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+def test_target_tokenized_takes_a_padded_array_of_labels(kind):
+    """A dataset in torch / numpy format gives its labels as one 2-D array (``bool()`` of it raised before)."""
+    sources, targets = sst2_sentences(n=200), sst2_sentences(n=60, skip=200)
+    tokenizer = bpe_tokenizer()
+    rows = tokenizer(text_target=targets)["input_ids"]
+    labels = [row + [-100] * (max(map(len, rows)) - len(row)) for row in rows]  # padded as collators pad labels
+    array = torch.tensor(labels) if kind == "torch" else np.array(labels)
+    as_lists, as_array = tiny_marian(len(tokenizer)), tiny_marian(len(tokenizer))
+    expected = prune_vocabulary(as_lists, tokenizer, sources, target_tokenized=rows, decoder_vocabulary=True)
+    got = prune_vocabulary(as_array, tokenizer, sources, target_tokenized=array, decoder_vocabulary=True)
+    assert got.get_vocab() == expected.get_vocab()
+    assert as_array.config.decoder_vocab_size == as_lists.config.decoder_vocab_size < len(tokenizer)
 
 
 def test_decoder_vocabulary_of_a_marian_with_untied_tables_keeps_them():

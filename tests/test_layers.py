@@ -360,6 +360,20 @@ def test_a_weighted_layer_sum_head_keeps_its_outputs_when_layers_go(name, patter
     assert (outputs(stock.eval(), batch) - masked).abs().max() <= tolerance
 
 
+def test_selecting_t5_encoder_layers_beside_a_decoder_is_refused_before_any_mask_changes():
+    # compaction refuses them later; the bare engine says so when it would select them, as the trainer does up front
+    model = build_seq2seq("t5")
+    groups = find_layer_groups(model)
+    stacks = stack_names(model)
+    scores = {g.name: torch.tensor([3.0, 2.0, 1.0]) for g in groups}
+    current = {g.name: torch.ones(3) for g in groups}
+    with pytest.raises(ValueError, match="T5's encoder layers cannot be removed while the model has a decoder"):
+        select_masks_by_kind(groups, scores, current, 1 / 3, kinds="layers")
+    decoder = [g for g in groups if g.name == stacks["decoder"]]
+    selected = select_masks_by_kind(decoder, scores, current, 1 / 3, kinds="layers")
+    assert selected[stacks["decoder"]].tolist() == [1.0, 1.0, 0.0], "the decoder alone: its lowest-scored layer goes"
+
+
 def test_a_whisper_classifier_with_a_weighted_layer_sum_keeps_its_last_layer():
     # the last hidden state it weighs is layer-normed: nothing in a smaller model stands for the one before it
     model, batch = weighted_sum_classifier("whisper ForAudioClassification")

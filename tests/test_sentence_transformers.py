@@ -155,6 +155,13 @@ class EvaluationRecorder(TrainerCallback):
         self.seen.append(dict(metrics))
 
 
+def test_loading_a_dense_folder_as_pruned_says_to_load_it_as_it_is(encoder_folder, tmp_path):
+    tiny_sentence_transformer(encoder_folder).save(str(tmp_path / "dense"))
+    # it blamed a config the caller never passed before
+    with pytest.raises(ValueError, match=r"holds no pruned model .*: load it with SentenceTransformer\("):
+        load_pruned_sentence_transformer(tmp_path / "dense")
+
+
 def test_checkpoints_carry_pruning_state_and_decisions_stay_out_of_on_evaluate(encoder_folder, tmp_path):
     model = tiny_sentence_transformer(encoder_folder)
     corpus = sentences(64)

@@ -76,6 +76,18 @@ def int8_embedding_rows(model) -> list[str]:
     return converted
 
 
+def _graph_path(folder: Path, name) -> Path:
+    """A graph named in ``folder``, or a path as :func:`~.onnx.export_onnx` returns it (relative to the working
+    directory when the export's folder was)."""
+    name = Path(name)
+    candidates = [folder / name] if len(name.parts) == 1 else [name, folder / name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no ONNX graph {name} (looked for {' and '.join(map(str, candidates))}); give the "
+                            f"names of graphs in {folder} or the paths export_onnx returned")
+
+
 def quantize_onnx(folder, files: list[str] | None = None, per_channel: bool = True,
                   reduce_range: bool = False) -> list[Path]:
     """int8 graphs of the graphs in ``folder``: ``X.onnx`` -> ``X.int8.onnx`` (see the module docstring).
@@ -101,7 +113,7 @@ def quantize_onnx(folder, files: list[str] | None = None, per_channel: bool = Tr
         raise ValueError(f"{folder} holds no .onnx graph to quantize: run export_onnx first")
     out = []
     for name in files:
-        source = folder / name  # a name in folder, or a path (as export_onnx returns them)
+        source = _graph_path(folder, name)
         target = source.with_name(source.name.replace(".onnx", ".int8.onnx"))
         skipped = _nodes_with_empty_weights(onnx.load(str(source), load_external_data=False).graph)
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,

@@ -337,7 +337,7 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     if tokenless:  # a table padded beyond the tokenizer (T5's): the new tokenizer could not number them
         raise ValueError(f"keep_ids with no token in the tokenizer ({len(tokenizer)} tokens; the model's table has "
                          f"{old_size} rows): {tokenless[:5]}")
-    target_counts = token_row_counts(tokenizer, target_texts=target_texts, tokenized=target_tokenized or ())
+    target_counts = token_row_counts(tokenizer, target_texts=target_texts, tokenized=() if target_tokenized is None else target_tokenized)
     counts = token_row_counts(tokenizer, texts, tokenized=tokenized) + target_counts
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
@@ -350,6 +350,14 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     if most < min_count:
         raise ValueError(f"no token occurs in min_count={min_count} rows (the most common in {most}): the "
                          "vocabulary would keep the special tokens alone; lower min_count")
+    if decoder_vocabulary:  # the decoder's own tokens come from the targets alone: none would leave it mute
+        target_most = highest_min_count(target_counts, always)
+        if target_most < min_count:
+            found = "no target rows" if not target_counts else (
+                "no target token besides the special ones and those kept anyway" if target_most == 0 else
+                f"no target token in min_count={min_count} rows (the most common in {target_most})")
+            raise ValueError(f"decoder_vocabulary=True: {found} (target_texts / target_tokenized empty, "
+                             "exhausted or blank?): the decoder could write the special tokens alone")
     kept = {i for i, count in counts.items() if count >= min_count} | always
     kept |= family.required(tokenizer, spec, kept)
     kept_ids = sorted(i for i in kept if 0 <= i < old_size)

@@ -100,6 +100,9 @@ def select_masks_by_kind(
         raise ValueError(problem)
     target = ratio
     layer_groups = [g for g in groups if g.kind == "layers"] if "layers" in kinds else []
+    refused = [g.refuse for g in layer_groups if getattr(g, "refuse", "")]
+    if refused:  # a stack whose layers compaction could not remove (e.g. T5's encoder beside a decoder)
+        raise ValueError(refused[0])
     if layer_groups:
         names = [g.name for g in layer_groups]
         new.update(select_masks({n: scores[n] for n in names}, {n: current[n] for n in names},

@@ -20,6 +20,7 @@ from transformers import AutoModel
 from ..hub.config_marker import MODEL_TYPE_PREFIX
 from ..hub.load import AutoPrunedModel, load_pruned_config
 from ..hub.save import write_through_temporary
+from ..layout import read_record
 from ..reporting.report import model_card
 from ..reporting.summary import PruningSummary
 from ..surgery import compact
@@ -58,7 +59,11 @@ class _PrunedTransformer(Transformer):
     def _load_config(self, model_name_or_path, backend, config_kwargs):
         # config.json says model_type adaprune_<family>: AutoConfig would ask for trust_remote_code
         config_kwargs = {k: v for k, v in config_kwargs.items() if k != "trust_remote_code"}
-        return load_pruned_config(model_name_or_path, **config_kwargs), False
+        config = load_pruned_config(model_name_or_path, **config_kwargs)
+        if not read_record(config, f"{model_name_or_path}/config.json"):
+            raise ValueError(f"{model_name_or_path} holds no pruned model (its config.json has no hf_adaprune record): "
+                             f"load it with SentenceTransformer({str(model_name_or_path)!r})")
+        return config, False
 
     def _load_model(self, model_name_or_path, transformer_task, config, backend, is_peft_model, **model_kwargs):
         if backend != "torch" or transformer_task != "feature-extraction":
