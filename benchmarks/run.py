@@ -221,6 +221,7 @@ def pruning_run(bench: Bench, criterion: str, target: float, adaptive: bool = Fa
         args = PruningArguments(tmp, learning_rate=PRUNE_LR, pruning_criterion=criterion, pruning_target=target,
                                 pruning_target_type="flops", pruning_metric="accuracy", pruning_scope="global",
                                 pruning_warmup_steps=b.warmup, pruning_interval=b.interval, pruning_seq_len=SEQ_LEN,
+                                pruning_normalize_scores=True,  # as the README's figures were measured
                                 **schedule, **train_args(b))
         trainer = AdaptivePruningTrainer(model=copy.deepcopy(bench.dense), args=args, train_dataset=bench.data["pool"],
                                          eval_dataset=bench.data["dev"], data_collator=bench.collator,

@@ -80,6 +80,8 @@ def fine_tune(model, data, collator, tokenizer, steps: int, seed: int, lr: float
 def prune_while_training(model, data, collator, tokenizer, opts, seed: int, target: float, **schedule):
     """AdaptivePruningTrainer at ``target``; returns the compacted model, the report and the step its shape was set."""
     with tempfile.TemporaryDirectory() as tmp:
+        schedule = {"pruning_normalize_scores": True} | schedule  # the trainer's default before 2026-12-05: the
+        # rows of the variants without "_raw" were measured so
         args = PruningArguments(**common_arguments(tmp, opts.steps, seed, opts.lr), pruning_metric="accuracy",
                                 pruning_target=target, pruning_tolerance=opts.tolerance,
                                 pruning_warmup_steps=opts.warmup, pruning_seq_len=SEQ_LEN, **schedule)
@@ -110,7 +112,8 @@ def main(argv=None) -> dict:
                         help="also: one-shot_refit, one-shot_refit_raw (scores not normalised per layer, "
                              "post_training_prune's default since 2026-12-04; one-shot and one-shot_refit normalise "
                              "them), gradual_raw (the trainer ranking raw scores), gradual_ramp, "
-                             "gradual_ema, gradual_fisher, gradual_distillation, search_refit, search_refit_residual")
+                             "gradual_ema, gradual_fisher, gradual_distillation, search_refit, search_refit_residual, "
+                             "search_refit_residual_raw (the same, ranking raw scores), gradual_refit_raw")
     parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
     parser.add_argument("--score_ema", type=float, default=0.85, help="gradual_ema: pruning_score_ema")
     parser.add_argument("--refit_samples", type=int, default=512, help="search_refit: pruning_refit_samples")
@@ -197,6 +200,11 @@ def main(argv=None) -> dict:
             if "gradual_raw" in opts.variants:
                 schedules.append(("gradual, scores not normalised", dict(
                     pruning_schedule="gradual", pruning_interval=opts.interval, pruning_normalize_scores=False)))
+            if "gradual_refit_raw" in opts.variants:
+                schedules.append(("gradual + dense_residual refit, scores not normalised", dict(
+                    pruning_schedule="gradual", pruning_interval=opts.interval, pruning_normalize_scores=False,
+                    pruning_refit=True, pruning_refit_samples=opts.refit_samples,
+                    pruning_refit_target="dense_residual")))
             if "gradual_ramp" in opts.variants:
                 schedules.append((f"gradual + ramp {opts.ramp_steps}", dict(
                     pruning_schedule="gradual", pruning_interval=opts.interval, pruning_ramp_steps=opts.ramp_steps)))
@@ -220,6 +228,12 @@ def main(argv=None) -> dict:
                     pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
                     pruning_refit_samples=opts.refit_samples, pruning_refit_target="dense_residual"))
                     for s in opts.search_steps]
+            if "search_refit_residual_raw" in opts.variants:
+                schedules += [(f"search_then_recover, {s} search steps + dense_residual refit, scores not normalised",
+                               dict(pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
+                                    pruning_refit_samples=opts.refit_samples, pruning_refit_target="dense_residual",
+                                    pruning_normalize_scores=False))
+                              for s in opts.search_steps]
             if opts.distillation:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)
                 weight = opts.distillation_hidden_weight

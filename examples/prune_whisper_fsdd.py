@@ -132,6 +132,7 @@ def pruning_flags(args) -> list[str]:
         "--pruning_tolerance_type", "absolute", "--pruning_warmup_steps", str(args.warmup_steps),
         "--pruning_interval", str(args.interval), "--pruning_initial_step", str(args.initial_step),
         "--pruning_eval_samples", str(args.pruning_eval_samples),
+        "--pruning_normalize_scores", "true",  # as the README's figures were measured (the default before 2026-12-05)
     ]
 
 

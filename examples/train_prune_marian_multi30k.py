@@ -411,6 +411,7 @@ def main(argv=None) -> dict:
         pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
         pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
         pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=args.seq_len,
+        pruning_normalize_scores=True,  # as the README's figures were measured (the default before 2026-12-05)
     )
     prune_train, teacher_minutes = train, None
     if args.sequence_distillation:

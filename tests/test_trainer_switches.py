@@ -266,8 +266,8 @@ def test_a_multiple_choice_head_is_counted_and_pruned(tmp_path):
     assert get_masks(trainer.model) is None and trainer.pruned_comparison.flops_removed > 0
 
 
-@pytest.mark.parametrize("value, normalize", [(None, True), (True, True), (False, False)])
-def test_the_trainer_ranks_normalised_scores_unless_told_not_to(tmp_path, monkeypatch, value, normalize):
+@pytest.mark.parametrize("value, normalize", [(None, False), (True, True), (False, False)])
+def test_the_trainer_ranks_raw_scores_unless_told_to_normalise_them(tmp_path, monkeypatch, value, normalize):
     import hf_adaprune.trainer.trainer as trainer_module
 
     seen = []
@@ -278,6 +278,7 @@ def test_the_trainer_ranks_normalised_scores_unless_told_not_to(tmp_path, monkey
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "select_masks_by_kind", spy)
-    trainer = make_trainer(tmp_path, pruning_normalize_scores=value, max_steps=12)
+    settings = {} if value is None else {"pruning_normalize_scores": value}  # None: the default
+    trainer = make_trainer(tmp_path, **settings, max_steps=12)
     trainer.train()
     assert seen and set(seen) == {normalize}

@@ -132,12 +132,12 @@ class PruningArguments(TrainingArguments):
     pruning_scope: str = field(
         default="global", metadata={"help": "'global' ranks all layers together; 'layer' prunes each layer equally."}
     )
-    pruning_normalize_scores: bool | None = field(
-        default=None,
+    pruning_normalize_scores: bool = field(
+        default=False,
         metadata={"help": "With --pruning_scope global: divide each layer's scores by their L2 norm before ranking "
-                          "them together (False: rank the raw scores, estimates of the loss change on one scale). "
-                          "Default: true while training (as its schedules were benchmarked), false for "
-                          "--post_training (raw scores were more accurate there)."},
+                          "them together (the default until 2026-12-05). Default false: rank the raw scores, "
+                          "estimates of the loss change on one scale, more accurate in every schedule measured "
+                          "(README, Which scores to rank)."},
     )
     min_heads_per_layer: int = field(default=1, metadata={"help": "Heads kept per attention block at least (0 allowed)."})
     min_neurons_per_layer: int = field(default=1, metadata={"help": "FFN neurons kept per layer at least (0 allowed)."})

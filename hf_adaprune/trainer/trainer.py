@@ -446,7 +446,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             floors=self._floors(),
             costs=self.costs,
             multiple_of=args.pruning_multiple_of,
-            normalize=args.pruning_normalize_scores is not False,  # None: normalised, the trainer's default
+            normalize=args.pruning_normalize_scores,
         )
         check_masks_agree(self.accelerator, selected, self.pruning_groups, self.args.device)
         self._set_candidate(selected, step)
