@@ -17,7 +17,6 @@ import time
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
 from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
-from hf_adaprune.post_training.prune import DEFAULT_NORMALIZE_SCORES
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
 from hf_adaprune.trainer.eval_order import first_rows
@@ -86,15 +85,16 @@ def check_arguments(model_args, data_args, training_args) -> None:
 
 
 def check_labels(run: Run) -> None:
-    """The data's classes are the model's: same count and, where the model names them, same names in order."""
+    """The data's classes are the model's: same count and, where the model names them, the same names (in any
+    order: the data's labels are then numbered as the model's when it is built)."""
     config = load_config(run.model_args.model_name_or_path, cache_dir=run.model_args.cache_dir)
     names = run.task_results["labels"]
     model_names = [config.id2label[i] for i in range(config.num_labels)]
     default = [f"LABEL_{i}" for i in range(config.num_labels)]
-    if len(names) != config.num_labels or (model_names != default and model_names != names):
+    if len(names) != config.num_labels or (model_names != default and sorted(model_names) != sorted(names)):
         raise RecipeError(f"the data's labels {names} are not the model's {model_names}: --post_training keeps the "
-                          f"model's classifier, so the classes must be the same, in the same order "
-                          f"(order them with --label_mapping)")
+                          f"model's classifier, so the classes must be the same (name them as the model does, or "
+                          f"in its order, with --label_mapping)")
 
 
 def long_rows_fraction(rows: int, drawn: int, long_share: float) -> float:
@@ -145,8 +145,7 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
         refit=data_args.post_training_refit, refit_target=data_args.post_training_refit_target,
         ridge=data_args.post_training_ridge, refit_samples=data_args.post_training_refit_samples,
         search=data_args.post_training_search, kinds=KINDS[training_args.prune],
-        normalize_scores=(DEFAULT_NORMALIZE_SCORES if training_args.pruning_normalize_scores is None
-                          else training_args.pruning_normalize_scores),
+        normalize_scores=training_args.pruning_normalize_scores,
         min_heads_per_layer=training_args.min_heads_per_layer,
         min_neurons_per_layer=training_args.min_neurons_per_layer, seq_len=training_args.pruning_seq_len,
         batch_size=training_args.per_device_train_batch_size, tokenizer=run.processing_class,
@@ -253,6 +252,9 @@ def write_card(folder: str, results: dict, format_value) -> None:
     for name in (test or {}).get("metrics", []):
         lines.append(f"| test {name} (n={test['samples']}) | {format_value(name, test[f'dense_{name}'])} "
                      f"| {format_value(name, test[f'pruned_{name}'])} |")
+    if val.get("within_tolerance") is False:
+        lines += ["", f"The pruned model's validation {metric} is **beyond the tolerance** asked "
+                      f"({val['tolerance']} {val['tolerance_type']}) of the {start} model's."]
     lines += ["", "Load it with `hf_adaprune.AutoPrunedModel.from_pretrained(folder)` or with "
                   "`trust_remote_code=True`."]
     write_text(os.path.join(folder, "README.md"), "\n".join(lines) + "\n")

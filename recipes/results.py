@@ -80,6 +80,8 @@ def validation_results(summary: dict, samples: int, final_metrics: dict) -> dict
         "pruned": final_metrics,
         "tolerance": summary["tolerance"],
         "tolerance_type": summary["tolerance_type"],
+        # the final model measured against the tolerance after training (None: not measured)
+        "within_tolerance": (summary.get("final_check") or {}).get("within_tolerance"),
     }
 
 
@@ -152,7 +154,8 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
     metric = val["metric"]
     rows.append(row(f"validation {metric} (steering, n={val['samples']})", format_value(metric, val["dense_reference"]),
                     "", format_value(metric, val["pruned_final"]),
-                    f"tolerance {val['tolerance']} {val['tolerance_type']}"))
+                    f"tolerance {val['tolerance']} {val['tolerance_type']}"
+                    + (", BEYOND it" if val.get("within_tolerance") is False else "")))
     if cmp is not None:
         for label, key, removed in (("params", "params", "params_removed"),
                                     (f"FLOPs @ seq {cmp['seq_len']}", "flops", "flops_removed")):

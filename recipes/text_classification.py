@@ -510,8 +510,35 @@ def load_data(run: Run) -> None:
                         "label_column": label_column}
 
 
+def follow_classifier_labels(run: Run) -> None:
+    """A classifier loaded to train further keeps what each of its rows means: where it names its classes (not
+    LABEL_i) and the data has the same names in another order, the data's labels are numbered as the model's; other
+    names are kept with a warning (the head's rows then stand for the data's classes in the data's order)."""
+    model_args, info = run.model_args, run.task_results
+    if not model_args.model_name_or_path:
+        return
+    saved = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    if not any(name.endswith("ForSequenceClassification") for name in saved.architectures or []):
+        return
+    names = info["labels"]
+    model_names = [saved.id2label[i] for i in range(saved.num_labels)]
+    if len(model_names) != len(names) or model_names == names or model_names == [f"LABEL_{i}" for i in
+                                                                                   range(saved.num_labels)]:
+        return
+    if sorted(model_names) == sorted(names):
+        values = dict(zip(names, info["label_values"]))
+        info["labels"], info["label_values"] = model_names, [values[name] for name in model_names]
+        logger.info("labels numbered as %s's classifier: %s", model_args.model_name_or_path,
+                    dict(zip(model_names, range(len(model_names)))))
+        return
+    logger.warning("%s's classifier names its classes %s, the data %s: its rows are kept and stand for the data's "
+                   "classes in the data's order (order them with --label_mapping if the names mean the same)",
+                   model_args.model_name_or_path, model_names, names)
+
+
 def build(run: Run) -> None:
     model_args, data_args, info = run.model_args, run.data_args, run.task_results
+    follow_classifier_labels(run)
     names = info["labels"]
     config = load_config(
         model_args.config_name or model_args.model_name_or_path,

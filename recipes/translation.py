@@ -529,17 +529,23 @@ def measure_generate_latency(dense, pruned, tokenizer, sentences: list[str], dat
 def measure_generate_latencies(models: dict, tokenizer, sentences: list[str], data_args, generate_kwargs: dict,
                                repeats: int, warmup: int = 2) -> dict:
     """Median ``generate`` time of each of ``models`` ({name: model}, the first the reference of the speed-ups)
-    on ``sentences`` (one batch), timed round-robin."""
+    on ``sentences`` (one batch), timed round-robin on equal decoding work: every model generates as many tokens
+    as the first one does by itself (``output_length``: what each writes when free to stop; ``timed_length``: what
+    each was timed writing), so a model that stops earlier does not look faster."""
     prefix = data_args.source_prefix or ""
     device = next(list(models.values())[-1].parameters()).device
     inputs = tokenizer([prefix + s for s in sentences], max_length=data_args.max_source_length, truncation=True,
                        padding=True, return_tensors="pt").to(device)
-    modules = {name: GenerateModule(model.to(device), **generate_kwargs) for name, model in models.items()}
+    free = {name: GenerateModule(model.to(device), **generate_kwargs) for name, model in models.items()}
     with torch.inference_mode():
-        lengths = {name: int(m(**inputs).shape[-1]) for name, m in modules.items()}
+        lengths = {name: int(m(**inputs).shape[-1]) for name, m in free.items()}
+    timed_length = next(iter(lengths.values()))
+    exact = {k: v for k, v in generate_kwargs.items() if k not in ("max_new_tokens", "min_new_tokens")}
+    exact |= {"min_length": timed_length, "max_length": timed_length}  # the end of sequence waits for the length
+    modules = {name: GenerateModule(model, **exact) for name, model in models.items()}
     timings = compare_latency(modules, dict(inputs), repeats=repeats, warmup=warmup)
     return {"batch_size": len(sentences), "source_tokens": int(inputs["attention_mask"].sum()),
-            "output_length": lengths, "generate_kwargs": generate_kwargs,
+            "output_length": lengths, "timed_length": timed_length, "generate_kwargs": generate_kwargs,
             "threads": next(iter(timings.values()))["threads"], "results": timings}
 
 
@@ -648,7 +654,7 @@ def latency(dense, pruned, run: Run) -> dict:
     result = measure_generate_latency(dense, pruned, run.processing_class, sentences, run.data_args, generate_kwargs,
                                       repeats=run.data_args.latency_repeats)
     logger.info("latency:\n%s", format_latency(result["results"], title="generate, batch 1"))
-    return {"label": f"generate latency b{result['batch_size']}", **result}
+    return {"label": f"generate latency b{result['batch_size']}, {result['timed_length']} tokens", **result}
 
 
 TASK = Task(

@@ -50,3 +50,36 @@ def test_dense_and_pruned_generate_the_same_length(tmp_path):
         "--repeats", "1"])
     assert results["batches"]["1"]["output_length"] == {"dense": 6, "widths": 6, "again": 6}
     assert list(results["batches"]["1"]["results"]) == ["dense", "widths", "again"]
+
+
+def test_the_translation_recipe_times_a_model_that_stops_early_on_the_reference_length(monkeypatch):
+    """A pruned model that writes end-of-sequence at once was timed on its 2 tokens against the dense model's 32
+    (an 8.96x "speed-up"); now both are timed writing the dense model's length."""
+    recipe = load_script("recipes", "translation")
+    train_tokenizer = load_script("examples", "train_prune_marian_multi30k").train_tokenizer
+    tokenizer = train_tokenizer(SENTENCES * 4, vocab_size=120, max_length=32)
+    config = MarianConfig(vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=16, encoder_layers=1,
+                          decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
+                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    dense = MarianMTModel(config).eval()
+    with torch.no_grad():
+        dense.final_logits_bias[0, tokenizer.eos_token_id] = -1e4  # never ends by itself: writes max_length
+    stopper = MarianMTModel(config).eval()
+    with torch.no_grad():
+        stopper.final_logits_bias[0, tokenizer.eos_token_id] = 1e4  # ends at once
+    timed = []
+    real = recipe.compare_latency
+
+    def spy(modules, inputs, **kwargs):
+        with torch.inference_mode():
+            timed.append({name: int(m(**inputs).shape[-1]) for name, m in modules.items()})
+        return real(modules, inputs, **kwargs)
+
+    monkeypatch.setattr(recipe, "compare_latency", spy)
+    data_args = recipe.DataTrainingArguments(max_source_length=32)
+    result = recipe.measure_generate_latency(dense, stopper, tokenizer, SENTENCES[:1], data_args,
+                                             {"max_length": 12, "num_beams": 1}, repeats=1, warmup=0)
+    assert result["output_length"] == {"dense": 12, "pruned": 2}
+    assert result["timed_length"] == 12 and timed == [{"dense": 12, "pruned": 12}]

@@ -95,6 +95,10 @@ def test_one_row_class_and_mixed_labels_are_refused(tmp_path):
     ("broken.jsonl", b'{"sentence": "a", "label": 1}\n{"sentence": "b", "label": \n', "line 2: not valid JSON"),
     ("list.jsonl", b'{"sentence": "a", "label": 1}\n[1, 2]\n', "line 2: a list, not an object"),
     ("nul.csv", b"sentence,label\na\x00,1\n", "line 2: a NUL byte"),
+    # pandas' DataFrame.to_json() writes columns by default; such a file was read as one row of JSON text
+    ("columns.json", b'{"sentence": {"0": "a", "1": "b"}, "label": {"0": 1, "1": 0}}',
+     "one JSON object of columns ('sentence', 'label'); write one object per row"),
+    ("lists.json", b'{"sentence": ["a", "b"], "label": [1, 0]}', "one JSON object of columns"),
 ])
 def test_broken_validation_file_gets_one_line_naming_file_and_line(tmp_path, name, content, message):
     train = write_csv(tmp_path / "train.csv", ROWS)

@@ -206,3 +206,22 @@ def test_with_test_before_pruning_false_the_table_says_why_the_dense_column_is_e
     assert ("note: no dense column: --test_before_pruning false left the dense model at the pruning reference "
             "unscored") in table
     assert "resumed past that step" not in table
+
+
+def test_the_validation_row_says_when_the_final_model_is_beyond_the_tolerance():
+    """The final check's verdict reached results.json's pruning report only; the table read as if within."""
+    results_module = load_recipe("results")
+    summary = {"metric_name": "accuracy", "metric_key": "eval_accuracy", "metric_before": 0.8, "metric_after": 0.79,
+               "tolerance": 0.01, "tolerance_type": "absolute",
+               "final_check": {"metric": 0.75, "within_tolerance": False}}
+    validation = results_module.validation_results(summary, 4, {"eval_accuracy": 0.75})
+    assert validation["within_tolerance"] is False
+    results = {"test": None, "validation": validation, "comparison": None, "latency": None, "dense_control": None,
+               "train": {"global_step": 6},
+               "pruning": {"final_sparsity": 0.5, "target_type": "flops", "target": 0.5, "stop_reason": "target"}}
+    fmt = lambda name, value: "" if value is None else f"{value:.2f}"  # noqa: E731
+    assert "tolerance 0.01 absolute, BEYOND it" in results_module.results_table(results, fmt)
+    del summary["final_check"]  # reports without a final check: nothing claimed either way
+    results["validation"] = results_module.validation_results(summary, 4, {"eval_accuracy": 0.75})
+    assert results["validation"]["within_tolerance"] is None
+    assert "BEYOND" not in results_module.results_table(results, fmt)

@@ -140,6 +140,75 @@ def test_long_share_on_a_small_training_split_fits_the_long_rows_with_a_warning(
     assert message in caplog.text
 
 
+def test_a_model_beyond_the_tolerance_is_flagged_in_the_table_and_the_card(workspace, fine_tuned, tmp_path,
+                                                                             capsys, monkeypatch):  # noqa: F811
+    """At a fixed target the pruned model is kept whatever its metric; only results.json said it missed."""
+    import dataclasses
+
+    import recipes.post_training as post_training
+
+    real = post_training.post_training_prune
+
+    def missing_the_tolerance(*args, **kwargs):  # this tiny classifier's accuracy does not move when pruned
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, metric=result.reference - 0.25, within_tolerance=False)
+
+    monkeypatch.setattr(post_training, "post_training_prune", missing_the_tolerance)
+    out = tmp_path / "out"
+    results = recipe.main(post_args(workspace, fine_tuned, out, "--pruning_tolerance", "0.1"))
+    assert results["validation"]["within_tolerance"] is False
+    assert "tolerance 0.1 absolute, BEYOND it" in capsys.readouterr().out
+    assert "**beyond the tolerance** asked (0.1 absolute)" in (out / "README.md").read_text()
+    monkeypatch.undo()
+    within = recipe.main(post_args(workspace, fine_tuned, tmp_path / "within"))  # tolerance 1.0: no flag
+    assert within["validation"]["within_tolerance"] is True and "BEYOND" not in capsys.readouterr().out
+    assert "beyond the tolerance" not in (tmp_path / "within" / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def swapped_classifier(workspace):  # noqa: F811
+    """A classifier whose class 0 is "positive", which predicts class 0 for every input."""
+    folder = workspace / "swapped_classifier"
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(workspace / "config", num_labels=2, id2label={0: "positive", 1: "negative"},
+                                        label2id={"positive": 0, "negative": 1})
+    config.architectures = ["BertForSequenceClassification"]
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(0.01)  # small, not 0: gradients still reach the encoder
+        model.classifier.bias.copy_(torch.tensor([10.0, -10.0]))
+    model.save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(workspace / "tokenizer").save_pretrained(folder)
+    return folder
+
+
+def positive_share(path) -> float:
+    labels = [line.split("\t")[1] for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+    return labels.count("1") / len(labels)
+
+
+@pytest.mark.parametrize("mode", ["post_training", "training"])
+def test_a_classifier_keeps_what_its_classes_mean_when_the_data_orders_them_otherwise(
+        workspace, swapped_classifier, tmp_path, mode):  # noqa: F811
+    """The data says 0:negative,1:positive, the model's class 0 is "positive": the data's labels are numbered as the
+    model's (the training path renamed the model's classes before: its "positive" head row became "negative")."""
+    out = tmp_path / "out"
+    if mode == "post_training":
+        results = recipe.main(post_args(workspace, swapped_classifier, out))
+    else:
+        results = recipe.main([
+            "--model_name_or_path", str(swapped_classifier), "--train_file", str(workspace / "train.tsv"),
+            "--validation_file", str(workspace / "dev.tsv"), "--test_file", str(workspace / "test.tsv"),
+            "--label_mapping", "0:negative,1:positive", "--output_dir", str(out), "--pruning_metric", "accuracy",
+            "--learning_rate", "0", "--max_steps", "4", "--pruning_warmup_steps", "2", "--pruning_interval", "1",
+            "--pruning_tolerance", "1.0", "--per_device_train_batch_size", "8", "--max_seq_length", "32",
+            "--pruning_seq_len", "32", "--save_strategy", "no", "--latency_repeats", "0", "--disable_tqdm", "true"])
+    # it predicts its class 0, "positive", everywhere: right on the positive rows only
+    assert results["test"]["dense_accuracy"] == pytest.approx(positive_share(workspace / "test.tsv"))
+    assert positive_share(workspace / "test.tsv") != 0.5
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "positive", "1": "negative"}
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dense_control", "true"], "--dense_control applies to pruning while training"),
     (["--distillation", "true"], "--distillation applies to pruning while training"),
@@ -151,7 +220,7 @@ def test_long_share_on_a_small_training_split_fits_the_long_rows_with_a_warning(
     (["--resume_from_checkpoint", "true"], "no checkpoints to resume from"),
     (["--pruning_target", "1.0"], "--pruning_target must be in"),
     (["--post_training_long_share", "1.5"], "--post_training_long_share .* must lie in \\[0, 1\\], got 1.5"),
-    (["--label_mapping", "1:positive,0:negative"], "the data's labels"),
+    (["--label_mapping", "0:bad,1:good"], "the data's labels \\['bad', 'good'\\] are not the model's"),
 ])
 def test_bad_combinations_fail_before_any_work(workspace, fine_tuned, tmp_path, extra, message):  # noqa: F811
     with pytest.raises(RecipeError, match=message):
