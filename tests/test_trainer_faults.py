@@ -130,6 +130,27 @@ def test_resume_with_other_pruning_arguments_is_refused(run_with_checkpoints, tm
     assert trainer.state.global_step == 0
 
 
+@pytest.mark.parametrize("old_value", ["unset", "absent"])
+def test_a_checkpoint_from_before_raw_scores_were_the_default_reads_as_normalised(run_with_checkpoints, tmp_path,
+                                                                                old_value):
+    """pruning_normalize_scores was None (normalised while training) or absent in checkpoints written before
+    2026-12-05: resumed under today's default (raw) its ranking would change silently."""
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    path = out / "checkpoint-12" / PRUNING_STATE_FILE
+    state = torch.load(path, weights_only=True)
+    if old_value == "unset":
+        state["arguments"]["pruning_normalize_scores"] = None
+    else:
+        del state["arguments"]["pruning_normalize_scores"]
+    torch.save(state, path)
+    assert read_pruning_state(out / "checkpoint-12")["arguments"]["pruning_normalize_scores"] is True
+    with pytest.raises(ValueError, match="--pruning_normalize_scores: checkpoint True, now False"):
+        make_trainer(out).train(resume_from_checkpoint=str(out / "checkpoint-12"))
+    trainer = make_trainer(out, pruning_normalize_scores=True)  # the checkpoint's ranking: resumes
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+    assert trainer.state.global_step == 30
+
+
 def test_resume_with_other_arguments_when_asked(run_with_checkpoints, tmp_path, caplog):
     out = copy_run(run_with_checkpoints, tmp_path / "run")
     trainer = make_trainer(out, pruning_tolerance=0.25, pruning_resume_with_new_arguments=True)

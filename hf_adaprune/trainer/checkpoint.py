@@ -43,6 +43,11 @@ def read_pruning_state(folder: str | os.PathLike) -> dict:
                          "damaged or was not written by hf_adaprune; resume from another checkpoint") from err
     if not isinstance(state, dict) or "controller" not in state:
         raise ValueError(f"{path} holds no pruning state (keys: {sorted(state) if isinstance(state, dict) else '-'})")
+    arguments = state.get("arguments")
+    if isinstance(arguments, dict) and arguments.get("pruning_normalize_scores") is None:
+        # written before 2026-12-05 (unset, or before the field): its selections ranked normalised scores, so a
+        # resume under today's default (raw) is a change of arguments, named as such
+        state["arguments"] = {**arguments, "pruning_normalize_scores": True}
     return state
 
 
