@@ -135,7 +135,8 @@ class PruningArguments(TrainingArguments):
     pruning_normalize_scores: bool = field(
         default=False,
         metadata={"help": "With --pruning_scope global: divide each layer's scores by their L2 norm before ranking "
-                          "them together (the default until 2026-12-05). Default false: rank the raw scores, "
+                          "them together (the default until 2026-12-05; under --pruning_scope layer, where each layer "
+                          "is ranked on its own, it changes nothing). Default false: rank the raw scores, "
                           "estimates of the loss change on one scale, more accurate in every schedule measured "
                           "(README, Which scores to rank)."},
     )
