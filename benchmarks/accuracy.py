@@ -39,7 +39,8 @@ import schedule  # noqa: E402
 ROOT = HERE.parent
 SCHEDULE_VARIANTS = ["control", "one-shot", "one-shot_refit", "one-shot_refit_raw", "gradual", "gradual_raw",
                      "gradual_ema", "gradual_fisher", "gradual_ramp", "gradual_distillation", "search_refit",
-                     "search_refit_residual", "search_refit_residual_raw", "gradual_refit_raw"]
+                     "search_refit_residual", "search_refit_residual_raw", "gradual_refit_raw",
+                     "gradual_fast_raw"]
 
 
 def arguments(argv=None) -> argparse.Namespace:
