@@ -44,9 +44,10 @@ def read_pruning_state(folder: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or "controller" not in state:
         raise ValueError(f"{path} holds no pruning state (keys: {sorted(state) if isinstance(state, dict) else '-'})")
     arguments = state.get("arguments")
-    if isinstance(arguments, dict) and arguments.get("pruning_normalize_scores") is None:
-        # written before 2026-12-05 (unset, or before the field): its selections ranked normalised scores, so a
-        # resume under today's default (raw) is a change of arguments, named as such
+    if (isinstance(arguments, dict) and "pruning_scope" in arguments
+            and arguments.get("pruning_normalize_scores") is None):
+        # a full record written before 2026-12-05 (the option unset, or before it existed): its selections ranked
+        # normalised scores, so a resume under today's default (raw) is a change of arguments, named as such
         state["arguments"] = {**arguments, "pruning_normalize_scores": True}
     return state
 
