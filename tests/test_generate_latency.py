@@ -13,14 +13,19 @@ SENTENCES = ["a dog runs on the grass", "two men play music", "a girl in a red c
              "a man rides a bike down a hill", "children play football"]
 
 
-def test_dense_and_pruned_generate_the_same_length(tmp_path):
+def tiny_marian_config():
+    """A BPE tokenizer trained on SENTENCES and a one-layer Marian config of its vocabulary."""
     train_tokenizer = load_script("examples", "train_prune_marian_multi30k").train_tokenizer
-
     tokenizer = train_tokenizer(SENTENCES * 4, vocab_size=120, max_length=32)
     config = MarianConfig(vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=16, encoder_layers=1,
                           decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
                           decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    return tokenizer, config
+
+
+def test_dense_and_pruned_generate_the_same_length(tmp_path):
+    tokenizer, config = tiny_marian_config()
     torch.manual_seed(0)
     model = MarianMTModel(config).eval()
     model.save_pretrained(tmp_path / "dense")
@@ -56,12 +61,7 @@ def test_the_translation_recipe_times_a_model_that_stops_early_on_the_reference_
     """A pruned model that writes end-of-sequence at once was timed on its 2 tokens against the dense model's 32
     (an 8.96x "speed-up"); now both are timed writing the dense model's length."""
     recipe = load_script("recipes", "translation")
-    train_tokenizer = load_script("examples", "train_prune_marian_multi30k").train_tokenizer
-    tokenizer = train_tokenizer(SENTENCES * 4, vocab_size=120, max_length=32)
-    config = MarianConfig(vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=16, encoder_layers=1,
-                          decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
-                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    tokenizer, config = tiny_marian_config()
     torch.manual_seed(0)
     dense = MarianMTModel(config).eval()
     with torch.no_grad():
