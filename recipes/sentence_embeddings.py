@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from hf_adaprune import compact, get_masks
 from hf_adaprune.families import check_sequence_length
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency
+from hf_adaprune.reporting.report import write_json
 from hf_adaprune.sentence_transformers import (
     AdaptivePruningSentenceTransformerTrainer,
     SentenceTransformerPruningArguments,
@@ -381,8 +381,7 @@ def main(argv=None):
                                                      opts.throughput_repeats),
         "threads": torch.get_num_threads(),
     }
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=float)
+    write_json(os.path.join(args.output_dir, "results.json"), results)  # atomic; a NaN is written as null
     print(format_results(results, opts.throughput_batch))
     return results
 
