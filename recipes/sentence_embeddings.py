@@ -201,10 +201,11 @@ def layer_dropped(model: SentenceTransformer, keep: list[int]) -> SentenceTransf
 
 def throughput(models: dict[str, SentenceTransformer], sentences: list[str], batch: int, repeats: int) -> dict:
     """Sentences/s of each model's forward on one tokenized batch (tokenization excluded), timed alternately."""
+    batch = len(sentences[:batch])  # fewer sentences than asked: the batch timed is what there is
     features = next(iter(models.values())).tokenize(sentences[:batch])
     timings = compare_latency(models, {"input": features}, repeats=repeats, warmup=2)
     return {name: {"sentences_per_s": batch / t["median_s"], "median_ms": 1000 * t["median_s"],
-                   "speedup": t["speedup"]} for name, t in timings.items()}
+                   "speedup": t["speedup"], "batch": batch} for name, t in timings.items()}
 
 
 # what the layer-drop baseline trains with, as the pruning run does: the same steps, batches, optimizer and schedule

@@ -1010,3 +1010,14 @@ def test_cards_keep_a_users_readme_take_the_card_arguments_and_say_when_nothing_
                                                                        "sentence-transformers/all-MiniLM-L6-v2")
     assert {"my-tag", "hf_adaprune", "sentence-transformers"} <= set(data["tags"])
     assert "saved before training" not in card.text
+
+
+def test_throughput_counts_the_sentences_it_timed(encoder_folder):
+    """A batch larger than the sentences there are was counted as the batch asked (sentences/s overstated)."""
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    model = tiny_sentence_transformer(encoder_folder)
+    result = recipe.throughput({"dense": model}, sentences(3), batch=64, repeats=2)["dense"]
+    assert result["batch"] == 3
+    assert result["sentences_per_s"] == pytest.approx(3 / (result["median_ms"] / 1000))
