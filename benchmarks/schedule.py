@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
                              "post_training_prune's default since 2026-12-04; one-shot and one-shot_refit normalise "
                              "them), gradual_raw (the trainer ranking raw scores), gradual_ramp, "
                              "gradual_ema, gradual_fisher, gradual_distillation, search_refit, search_refit_residual, "
-                             "search_refit_residual_raw (the same, ranking raw scores), gradual_refit_raw, gradual_fast_raw")
+                             "search_refit_residual_raw (the same, ranking raw scores), gradual_refit_raw, "
+                             "gradual_fast_raw")
     parser.add_argument("--ramp_steps", type=int, default=10, help="gradual_ramp: pruning_ramp_steps")
     parser.add_argument("--fast_initial_step", type=float, default=0.25, help="gradual_fast_raw: pruning_initial_step")
     parser.add_argument("--fast_growth", type=float, default=2.0, help="gradual_fast_raw: pruning_step_growth")
@@ -203,8 +204,8 @@ def main(argv=None) -> dict:
                 schedules.append(("gradual, scores not normalised", dict(
                     pruning_schedule="gradual", pruning_interval=opts.interval, pruning_normalize_scores=False)))
             if "gradual_fast_raw" in opts.variants:
-                schedules.append((f"gradual, first step {opts.fast_initial_step:g}, growth {opts.fast_growth:g}, scores "
-                                  "not normalised", dict(
+                schedules.append((f"gradual, first step {opts.fast_initial_step:g}, growth {opts.fast_growth:g}, "
+                                  "scores not normalised", dict(
                                       pruning_schedule="gradual", pruning_interval=opts.interval,
                                       pruning_normalize_scores=False, pruning_initial_step=opts.fast_initial_step,
                                       pruning_step_growth=opts.fast_growth)))

@@ -36,6 +36,12 @@ def load_config(path: str, cache_dir: str | None = None, **kwargs):
     return AutoConfig.from_pretrained(path, cache_dir=cache_dir, **kwargs)
 
 
+def class_names(config) -> list[str] | None:
+    """A classifier config's class names in id order, or None where they are transformers' defaults (LABEL_i)."""
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    return None if names == [f"LABEL_{i}" for i in range(config.num_labels)] else names
+
+
 def load_model(auto_class, path: str, config, **kwargs):
     """``auto_class.from_pretrained(path, config=config, ...)``; a config with a pruned record (``config`` of a
     pruned folder, from :func:`load_config`) builds the pruned layers with ``AutoPrunedModel`` (no remote code)."""

@@ -23,7 +23,7 @@ from hf_adaprune.trainer.eval_order import first_rows
 
 from . import deploy
 from .arguments import RecipeError, check_minimum
-from .loading import load_config
+from .loading import class_names, load_config
 from .results import results_table, test_results, without_layers
 from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, clear_earlier_run, deploy_and_save,
                        load_error, prepare_run, results_header, subsample)
@@ -88,10 +88,9 @@ def check_labels(run: Run) -> None:
     """The data's classes are the model's: same count and, where the model names them, the same names (in any
     order: the data's labels are then numbered as the model's when it is built)."""
     config = load_config(run.model_args.model_name_or_path, cache_dir=run.model_args.cache_dir)
-    names = run.task_results["labels"]
-    model_names = [config.id2label[i] for i in range(config.num_labels)]
-    default = [f"LABEL_{i}" for i in range(config.num_labels)]
-    if len(names) != config.num_labels or (model_names != default and sorted(model_names) != sorted(names)):
+    names, model_names = run.task_results["labels"], class_names(config)
+    if len(names) != config.num_labels or (model_names is not None and sorted(model_names) != sorted(names)):
+        model_names = model_names or [config.id2label[i] for i in range(config.num_labels)]
         raise RecipeError(f"the data's labels {names} are not the model's {model_names}: --post_training keeps the "
                           f"model's classifier, so the classes must be the same (name them as the model does, or "
                           f"in its order, with --label_mapping)")

@@ -132,8 +132,9 @@ def _read_json(path: str, what: str, text: str, lines: bool) -> Table:
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if isinstance(data, dict) and data and all(isinstance(v, (dict, list)) for v in data.values()):
-                raise RecipeError(f"{what} {path}: one JSON object of columns ({', '.join(map(repr, data))}); write one "
-                                  "object per row: a list of objects, or JSON lines (pandas: "
+                columns = ", ".join(map(repr, data))
+                raise RecipeError(f"{what} {path}: one JSON object of columns ({columns}); write one object per row: "
+                                  "a list of objects, or JSON lines (pandas: "
                                   "DataFrame.to_json(path, orient='records', lines=True))")
             if isinstance(data, dict):
                 data = [data]

@@ -108,7 +108,7 @@ from recipes.arguments import (
     resolve_package_path,
 )
 from recipes import post_training
-from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, load_config, load_model,
+from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, class_names, load_config, load_model,
                              pretrained_kwargs)
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
@@ -510,20 +510,14 @@ def load_data(run: Run) -> None:
                         "label_column": label_column}
 
 
-def follow_classifier_labels(run: Run) -> None:
-    """A classifier loaded to train further keeps what each of its rows means: where it names its classes (not
-    LABEL_i) and the data has the same names in another order, the data's labels are numbered as the model's; other
-    names are kept with a warning (the head's rows then stand for the data's classes in the data's order)."""
+def follow_classifier_labels(run: Run, saved) -> None:
+    """A classifier loaded to train further (``saved``: its config) keeps what each of its rows means: where it
+    names its classes (not LABEL_i) and the data has the same names in another order, the data's labels are
+    numbered as the model's; other names are kept with a warning (the head's rows then stand for the data's classes
+    in the data's order)."""
     model_args, info = run.model_args, run.task_results
-    if not model_args.model_name_or_path:
-        return
-    saved = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-    if not any(name.endswith("ForSequenceClassification") for name in saved.architectures or []):
-        return
-    names = info["labels"]
-    model_names = [saved.id2label[i] for i in range(saved.num_labels)]
-    if len(model_names) != len(names) or model_names == names or model_names == [f"LABEL_{i}" for i in
-                                                                                   range(saved.num_labels)]:
+    names, model_names = info["labels"], class_names(saved)
+    if model_names is None or len(model_names) != len(names) or model_names == names:
         return
     if sorted(model_names) == sorted(names):
         values = dict(zip(names, info["label_values"]))
@@ -538,7 +532,12 @@ def follow_classifier_labels(run: Run) -> None:
 
 def build(run: Run) -> None:
     model_args, data_args, info = run.model_args, run.data_args, run.task_results
-    follow_classifier_labels(run)
+    saved = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir) \
+        if model_args.model_name_or_path else None
+    classifier = saved is not None and any(name.endswith("ForSequenceClassification")
+                                           for name in saved.architectures or [])
+    if classifier:
+        follow_classifier_labels(run, saved)
     names = info["labels"]
     config = load_config(
         model_args.config_name or model_args.model_name_or_path,
@@ -555,8 +554,6 @@ def build(run: Run) -> None:
     tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path, model_args.cache_dir))
     if model_args.model_name_or_path:
-        saved = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
-        classifier = any(name.endswith("ForSequenceClassification") for name in saved.architectures or [])
         if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
             raise RecipeError(f"{model_args.model_name_or_path} is a classifier of {saved.num_labels} classes and the "
                               f"data has {len(names)} ({names}): pass --ignore_mismatched_sizes true to start a new "

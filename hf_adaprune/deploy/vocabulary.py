@@ -337,7 +337,8 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     if tokenless:  # a table padded beyond the tokenizer (T5's): the new tokenizer could not number them
         raise ValueError(f"keep_ids with no token in the tokenizer ({len(tokenizer)} tokens; the model's table has "
                          f"{old_size} rows): {tokenless[:5]}")
-    target_counts = token_row_counts(tokenizer, target_texts=target_texts, tokenized=() if target_tokenized is None else target_tokenized)
+    target_counts = token_row_counts(tokenizer, target_texts=target_texts,
+                                     tokenized=() if target_tokenized is None else target_tokenized)
     counts = token_row_counts(tokenizer, texts, tokenized=tokenized) + target_counts
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "

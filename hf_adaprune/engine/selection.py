@@ -7,8 +7,8 @@ ranks all groups of a kind together after dividing each group's scores by
 their L2 norm (over the structures still alive), so that layers whose scores
 are larger overall do not keep everything (``normalize=False``: the raw scores, as
 estimates of the loss change on one scale, are ranked as they are; the trainer and ``post_training_prune``
-pass it by default, these functions keep ``normalize=True`` for callers written before). Either scope prunes the number of
-structures nearest to ``ratio`` of them (of their cost, given ``costs``), so a
+pass it by default, these functions keep ``normalize=True`` for callers written before). Either scope prunes
+the number of structures nearest to ``ratio`` of them (of their cost, given ``costs``), so a
 ratio below half a structure prunes nothing.
 
 ``multiple_of`` rounds each pruned group's kept width to a multiple (GEMM kernels
