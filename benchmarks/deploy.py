@@ -167,6 +167,9 @@ def main(argv=None) -> dict:
                         help="count tokens in all train.tsv phrases, or in the phrases the dense training and the "
                              "calibration used")
     parser.add_argument("--vocab_samples", type=int, default=None, help="--vocab_texts train: the first N phrases")
+    parser.add_argument("--vocab_max_size", type=int, default=None,
+                        help="keep at most this many tokens: the most common of the counted phrases (prune_vocabulary's "
+                             "max_size)")
     parser.add_argument("--vocab_min_count", type=int, default=1,
                         help="keep tokens that occur in at least this many of the counted phrases")
     parser.add_argument("--positions", type=int, default=SEQ_LEN,
@@ -199,7 +202,7 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         vocab_model = copy.deepcopy(pruned)
         vocab_tokenizer = prune_vocabulary(vocab_model, tokenizer, vocab_texts, tokenized=vocab_rows,
-                                           min_count=opts.vocab_min_count)
+                                           min_count=opts.vocab_min_count, max_size=opts.vocab_max_size)
         position_rows = prune_positions(vocab_model, opts.positions, vocab_tokenizer) if opts.positions else None
         saved = {"dense": (dense, tokenizer, lambda d: dense.save_pretrained(d)),
                  "pruned": (pruned, tokenizer, lambda d: save_pruned(pruned, d)),

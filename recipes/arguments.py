@@ -88,6 +88,12 @@ class DataArguments:
                           "rows (1: every token seen). Higher counts drop rare tokens for a smaller embedding; text "
                           "using them is split into kept pieces."},
     )
+    vocabulary_max_size: int | None = field(
+        default=None,
+        metadata={"help": "With --prune_vocabulary: keep at most this many tokens (special tokens included), the most "
+                          "common of the training rows (of those in --vocabulary_min_count rows). A budget for the "
+                          "embedding table: text using a dropped token is split into kept pieces."},
+    )
     decoder_vocabulary: bool = field(
         default=False,
         metadata={"help": "With --prune_vocabulary, for Marian: the decoder's table and output projection keep only "

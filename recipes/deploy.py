@@ -58,6 +58,11 @@ def check_arguments(data_args, training_args, model_paths) -> None:
                           "in at least this many training rows; it must be 1 or more")
     if data_args.vocabulary_min_count > 1 and not data_args.prune_vocabulary:
         raise RecipeError("--vocabulary_min_count only applies with --prune_vocabulary true")
+    if data_args.vocabulary_max_size is not None and data_args.vocabulary_max_size < 1:
+        raise RecipeError(f"--vocabulary_max_size {data_args.vocabulary_max_size}: the most tokens the pruned "
+                          "vocabulary keeps; it must be 1 or more")
+    if data_args.vocabulary_max_size is not None and not data_args.prune_vocabulary:
+        raise RecipeError("--vocabulary_max_size only applies with --prune_vocabulary true")
     if data_args.decoder_vocabulary and not data_args.prune_vocabulary:
         raise RecipeError("--decoder_vocabulary only applies with --prune_vocabulary true")
     if data_args.prune_positions and not data_args.prune_vocabulary:
@@ -150,14 +155,23 @@ def vocabulary_rows(run) -> tuple:
 
 def check_rows(run) -> None:
     """``--vocabulary_min_count`` that no token of the training rows reaches (the vocabulary would keep the special
-    tokens alone): RecipeError before training, once the rows are known (a teacher's translations included). The
-    rows are counted as ``prune_vocabulary`` counts them, with the same tokens kept anyway."""
-    from hf_adaprune.deploy.vocabulary import highest_min_count, kept_anyway, token_row_counts
+    tokens alone), or a ``--vocabulary_max_size`` below the tokens kept whatever their count: RecipeError before
+    training, once the rows are known (a teacher's translations included). The rows are counted as
+    ``prune_vocabulary`` counts them, with the same tokens kept anyway."""
+    from hf_adaprune.deploy.vocabulary import highest_min_count, kept_anyway, smallest_size, token_row_counts
 
     data_args = run.data_args
-    if not data_args.prune_vocabulary or data_args.vocabulary_min_count <= 1:
+    if not data_args.prune_vocabulary:
         return
     tokenizer = _tokenizer(run.processing_class)
+    if data_args.vocabulary_max_size is not None:
+        smallest = smallest_size(run.model, tokenizer)
+        if data_args.vocabulary_max_size < smallest:
+            raise RecipeError(f"--vocabulary_max_size {data_args.vocabulary_max_size}: the pruned vocabulary keeps "
+                              f"{smallest} tokens whatever their count (special and added tokens, ids the config "
+                              f"names, the pieces the tokenizer needs); give {smallest} or more")
+    if data_args.vocabulary_min_count <= 1:
+        return
     tokenized, target_tokenized = vocabulary_rows(run)
     counts = token_row_counts(tokenizer, tokenized=tokenized) + token_row_counts(tokenizer,
                                                                                 tokenized=target_tokenized or ())
@@ -196,6 +210,7 @@ def deploy(run, model) -> dict:
         tokenized, target_tokenized = vocabulary_rows(run)
         tokenizer = prune_vocabulary(model, tokenizer, tokenized=tokenized, target_tokenized=target_tokenized,
                                      min_count=data_args.vocabulary_min_count,
+                                     max_size=data_args.vocabulary_max_size,
                                      decoder_vocabulary=data_args.decoder_vocabulary)
         positions = prune_positions(model, run.max_input_length, tokenizer) if data_args.prune_positions else None
         source = root / "vocabulary"
@@ -204,7 +219,8 @@ def deploy(run, model) -> dict:
         save_pruned(model, source, tokenizer=None if processor else tokenizer, processor=processor)
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
                 decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
-                min_count=data_args.vocabulary_min_count, position_rows=positions)
+                min_count=data_args.vocabulary_min_count, max_size=data_args.vocabulary_max_size,
+                position_rows=positions)
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")

@@ -306,6 +306,53 @@ def test_highest_min_count_leaves_out_the_tokens_kept_anyway():
         prune_vocabulary(model, tokenizer, texts, min_count=2)
 
 
+def test_max_size_keeps_the_most_common_tokens_and_no_more():
+    tokenizer, train = minilm_tokenizer(), sst2_sentences(n=1000)
+    rows_with = {}
+    for ids in tokenizer(train)["input_ids"]:
+        for i in set(ids):
+            rows_with[i] = rows_with.get(i, 0) + 1
+    always = set(tokenizer.all_special_ids)
+    model = tiny_bert(len(tokenizer))
+    small = prune_vocabulary(model, tokenizer, train, max_size=300)
+    kept = set(tokenizer.convert_tokens_to_ids(small.convert_ids_to_tokens(list(range(len(small))))))
+    ranked = sorted((i for i in rows_with if i not in always), key=lambda i: (-rows_with[i], i))
+    assert len(small) == model.config.vocab_size == model.get_input_embeddings().num_embeddings == 300
+    assert kept == always | set(ranked[:300 - len(always)])  # WordPiece needs no pieces beyond the kept ones
+    # with a count as well: the budget is filled from the tokens of at least min_count rows only
+    both = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train, min_count=40, max_size=300)
+    assert len(both) == len(always) + sum(1 for i in ranked if rows_with[i] >= 40) < 300
+    # a budget larger than the counted tokens keeps them all, as without it
+    assert prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train, max_size=10**6).get_vocab() == \
+        prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train).get_vocab()
+
+
+def test_max_size_counts_the_pieces_bpe_needs():
+    tokenizer, train = bpe_tokenizer(), sst2_sentences(n=300)
+    model = tiny_bert(len(tokenizer))
+    new = prune_vocabulary(model, tokenizer, train, max_size=600)
+    everything = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train)
+    assert len(new) == model.get_input_embeddings().num_embeddings <= 600 < len(everything)
+    assert len(new) >= 590  # the budget is filled up to what the merges the kept tokens need leave room for
+    # every kept token still tokenizes as itself: the merges it is built from are there
+    for token in new.convert_ids_to_tokens(list(range(len(new)))):
+        if token not in new.all_special_tokens:
+            assert new.convert_tokens_to_ids(token) != new.unk_token_id
+
+
+@pytest.mark.parametrize("max_size, message", [
+    (0, r"max_size must be a whole number >= 1 \(tokens in the new vocabulary\) or None, got 0"),
+    (2.5, "max_size must be a whole number >= 1"), (True, "max_size must be a whole number >= 1"),
+    (3, r"max_size=3 is below the 5 tokens kept whatever their count"),
+])
+def test_bad_max_size_refused_before_the_model_changes(max_size, message):
+    tokenizer = minilm_tokenizer()
+    model = tiny_bert(len(tokenizer))
+    with pytest.raises(ValueError, match=message):
+        prune_vocabulary(model, tokenizer, ["a film", "the film"], max_size=max_size)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
 @pytest.mark.parametrize("min_count", [0, -1, 1.5, True])
 def test_bad_min_count_refused_before_any_work(min_count):
     tokenizer = minilm_tokenizer()

@@ -268,3 +268,20 @@ def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema, maske
     masks.load_state_dict(accepted)
     steps(1)
     assert not torch.equal(importance.scores(model, groups)[name][[0, 2]], before[[0, 2]]), "unmasked: learns again"
+
+
+def test_saved_scores_load_onto_the_device_of_the_gradients():
+    """A checkpoint holds the scores on the CPU; a run resumed on an accelerator mixes them with its gradients, so
+    the trainer loads them onto the model's device (``meta`` stands in for one here)."""
+    saved = TaylorImportance()
+    saved.set_scores({"encoder.layer.0.attention": torch.rand(4)}, num_updates=3)
+    state = saved.state_dict()
+    elsewhere = TaylorImportance()
+    elsewhere.load_state_dict(state, device="meta")
+    assert elsewhere._scores["encoder.layer.0.attention"].device.type == "meta" and elsewhere.num_updates == 3
+    here = TaylorImportance()
+    here.load_state_dict(state)
+    score = here._scores["encoder.layer.0.attention"]
+    assert torch.equal(score, state["scores"]["encoder.layer.0.attention"])
+    score += 1  # a copy: updating the loaded scores leaves the saved state as it was
+    assert not torch.equal(score, state["scores"]["encoder.layer.0.attention"])

@@ -102,6 +102,25 @@ def test_text_classification_vocabulary_min_count(workspace, tmp_path):  # noqa:
     assert set(small_tokenizer.get_vocab()) == set(tokenizer.convert_ids_to_tokens(sorted(expected)))
 
 
+def test_text_classification_vocabulary_max_size(workspace, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "out"
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
+        "--prune_vocabulary", "true", "--vocabulary_max_size", "40", "--max_seq_length", "32"])
+    vocabulary = results["deploy"]["written"]["vocabulary"]
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:]]
+    rows_with: dict[int, int] = {}
+    for ids in tokenizer(texts, truncation=True, max_length=32)["input_ids"]:
+        for i in set(ids):
+            rows_with[i] = rows_with.get(i, 0) + 1
+    always = set(tokenizer.all_special_ids)
+    ranked = sorted((i for i in rows_with if i not in always), key=lambda i: (-rows_with[i], i))
+    assert len(ranked) > 40 - len(always)  # the budget drops tokens of the training rows
+    assert vocabulary["max_size"] == 40 and vocabulary["vocab_size"] == 40
+    small = AutoTokenizer.from_pretrained(out / "deploy" / "vocabulary")
+    assert set(small.get_vocab()) == set(tokenizer.convert_ids_to_tokens(sorted(always | set(ranked[:40 - len(always)]))))
+
+
 @pytest.mark.parametrize("model_type, labels_count", [("bert", False), ("bart", True)])
 def test_vocabulary_rows_take_labels_only_where_they_are_text(model_type, labels_count):
     """A classifier's labels are class indices: counted as token ids, class 1 kept [unused0] (and let a
@@ -246,6 +265,11 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
      "--vocabulary_min_count 0: a token is kept when it occurs in at least this many training rows; it must be 1"),
     (["--vocabulary_min_count", "2"], "--vocabulary_min_count only applies with --prune_vocabulary true"),
     (["--decoder_vocabulary", "true"], "--decoder_vocabulary only applies with --prune_vocabulary true"),
+    (["--prune_vocabulary", "true", "--vocabulary_max_size", "0"],
+     "--vocabulary_max_size 0: the most tokens the pruned vocabulary keeps; it must be 1 or more"),
+    (["--vocabulary_max_size", "100"], "--vocabulary_max_size only applies with --prune_vocabulary true"),
+    (["--prune_vocabulary", "true", "--vocabulary_max_size", "3"],
+     "--vocabulary_max_size 3: the pruned vocabulary keeps 5 tokens whatever their count"),
     (["--prune_vocabulary", "true", "--decoder_vocabulary", "true", "--export_ctranslate2", "true"],
      "--decoder_vocabulary gives the decoder a vocabulary of its own, which CTranslate2's Marian converter cannot"),
     (["--prune_vocabulary", "true", "--decoder_vocabulary", "true"],

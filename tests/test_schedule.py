@@ -206,3 +206,21 @@ def test_two_processes_search_to_the_same_masks_as_one(tmp_path):
                  ((two, 0), (two, 1), (one, 0))]
     assert histories[0] == histories[1], "every rank took the same decisions"
     assert [h["event"] for h in histories[0]] == [h["event"] for h in histories[2]]
+
+
+def test_resume_with_a_higher_target_judges_a_search_without_steps_at_once(tmp_path):
+    """pruning_search_steps 0: the new target's candidate is judged at the resumed step, before any training under
+    it (one-shot, as the search promises), not one optimizer step later."""
+    options = dict(pruning_schedule="search_then_recover", pruning_tolerance=1.0, save_strategy="steps", save_steps=10)
+    make_trainer(tmp_path / "a", pruning_target=0.3, max_steps=20, **options).train()
+    resumed = make_trainer(tmp_path / "b", pruning_target=0.6, max_steps=30, pruning_resume_with_new_arguments=True,
+                           **options)
+    spy = spied(resumed)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-20"))
+    judged = [(e["step"], round(e["pruning/sparsity_tried"], 3)) for e in resumed.state.log_history
+              if "pruning/metric" in e]
+    assert judged[-1] == (20, 0.6), judged
+    # every optimizer step after the resume already trains at the kept 0.6
+    first = spy.masks[21]
+    assert all(same(first, spy.masks[s]) for s in range(21, 31))
+    assert resumed.pruning_summary().final_sparsity == pytest.approx(0.6, abs=0.05)

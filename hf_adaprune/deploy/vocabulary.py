@@ -132,6 +132,36 @@ def kept_anyway(model, tokenizer, keep_tokens: Iterable[str] = (), keep_ids: Ite
     return always | {tokenizer.convert_tokens_to_ids(token) for token in keep_tokens} | {int(i) for i in keep_ids}
 
 
+def _within_size(ranked: list[int], always: set[int], max_size: int | None, required, old_size: int) -> set[int]:
+    """The ids kept: ``always``, the ``ranked`` ids (most common first) and what the tokenizer family needs to
+    produce them (``required``), with as many of ``ranked`` as ``max_size`` leaves room for (None: all of them)."""
+    def keep(count: int) -> set[int]:
+        ids = always | set(ranked[:count])
+        return {i for i in ids | required(ids) if 0 <= i < old_size}
+
+    if max_size is None:
+        return keep(len(ranked))
+    low, high = 0, max(0, min(len(ranked), max_size - len(always)))  # keep(count) grows with count: bisect
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if len(keep(middle)) <= max_size else (low, middle - 1)
+    kept = keep(low)
+    if len(kept) > max_size:
+        raise ValueError(f"max_size={max_size} is below the {len(kept)} tokens kept whatever their count (special "
+                         "and added tokens, ids the configs name, keep_tokens / keep_ids and the pieces the "
+                         "tokenizer needs): give a larger max_size")
+    return kept
+
+
+def smallest_size(model, tokenizer, keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()) -> int:
+    """The fewest tokens ``prune_vocabulary`` can keep (its smallest ``max_size``): those kept whatever their count,
+    with the pieces the tokenizer family needs to produce them."""
+    family, spec = tokenizer_family(tokenizer)
+    old_size = model.get_input_embeddings().num_embeddings
+    always = kept_anyway(model, tokenizer, keep_tokens, keep_ids)
+    return len({i for i in always | family.required(tokenizer, spec, always) if 0 <= i < old_size})
+
+
 def highest_min_count(counts: Counter, always: set[int]) -> int:
     """The largest ``min_count`` that keeps a token of the rows besides those kept anyway (0: no such token), from
     :func:`token_row_counts`' ``counts`` and :func:`kept_anyway`'s ids."""
@@ -288,7 +318,7 @@ def _update_configs(model, old_size: int, old_to_new: dict[int, int]) -> None:
 
 
 def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_texts: Iterable[str] | None = None,
-                     tokenized: Iterable[Sequence[int]] = (), min_count: int = 1,
+                     tokenized: Iterable[Sequence[int]] = (), min_count: int = 1, max_size: int | None = None,
                      keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = (),
                      decoder_vocabulary: bool = False, target_tokenized: Iterable[Sequence[int]] | None = None):
     """Shrink ``model``'s vocabulary (in place) to the tokens of ``texts``; return the matching tokenizer.
@@ -298,7 +328,11 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     counted like texts. ``min_count``: keep a token of these rows only when it occurs in at least that many
     of them (as TextPruner's ``min_count``; rows, not occurrences, so one long row does not decide): 1 keeps
     every token seen, a higher count drops rare tokens for a smaller embedding, and text using them is then
-    split into kept pieces by the tokenizer (see :mod:`.tokenizer_vocab`). ``keep_tokens``: token strings to
+    split into kept pieces by the tokenizer (see :mod:`.tokenizer_vocab`). ``max_size``: a budget instead of (or
+    beside) a count: at most that many tokens in the new vocabulary, the tokens kept anyway (below) included and
+    the rest the most common of the counted tokens (by rows; ties: the lower id); a budget below the tokens kept
+    anyway is refused. Counting a large training set and keeping its ``max_size`` most common tokens changes the
+    tokens of fewer texts than keeping every token of a smaller sample at the same size. ``keep_tokens``: token strings to
     keep as well; ``keep_ids``: token ids to keep as well, whatever their count. Special tokens, added tokens
     and ids named by the config or generation config always stay. Unsupported models or tokenizers and a
     ``min_count`` below 1 are refused before any work. Logits on text whose tokens are all kept equal the
@@ -312,6 +346,9 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
     """
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ValueError(f"min_count must be a whole number >= 1 (rows a token must occur in), got {min_count!r}")
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise ValueError(f"max_size must be a whole number >= 1 (tokens in the new vocabulary) or None, got "
+                         f"{max_size!r}")
     for name, value in (("texts", texts), ("target_texts", target_texts), ("keep_tokens", keep_tokens),
                         ("keep_ids", keep_ids), ("tokenized", tokenized), ("target_tokenized", target_tokenized)):
         if isinstance(value, str):
@@ -359,12 +396,13 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
                 f"no target token in min_count={min_count} rows (the most common in {target_most})")
             raise ValueError(f"decoder_vocabulary=True: {found} (target_texts / target_tokenized empty, "
                              "exhausted or blank?): the decoder could write the special tokens alone")
-    kept = {i for i, count in counts.items() if count >= min_count} | always
-    kept |= family.required(tokenizer, spec, kept)
-    kept_ids = sorted(i for i in kept if 0 <= i < old_size)
+    counted = [i for i, count in counts.items() if count >= min_count and i not in always]
+    kept = _within_size(sorted(counted, key=lambda i: (-counts[i], i)), always, max_size,
+                        lambda ids: family.required(tokenizer, spec, ids), old_size)
+    kept_ids = sorted(kept)
     decoder_ids = []
     if decoder_vocabulary:  # the decoder's tokens first, so that its table is the head of the encoder's
-        decoder = {i for i, count in target_counts.items() if count >= min_count} | always
+        decoder = {i for i, count in target_counts.items() if count >= min_count and i in kept} | always
         decoder_ids = [i for i in kept_ids if i in decoder]
         kept_ids = decoder_ids + [i for i in kept_ids if i not in decoder]
     old_to_new = {old: new for new, old in enumerate(kept_ids)}

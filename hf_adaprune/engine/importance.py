@@ -150,8 +150,11 @@ class Importance:
     def state_dict(self) -> dict:
         return {"scores": {k: v.cpu() for k, v in self._scores.items()}, "num_updates": self.num_updates}
 
-    def load_state_dict(self, state: dict) -> None:
-        self._scores = {k: v.clone() for k, v in state["scores"].items()}
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """``state`` from :meth:`state_dict` (saved on the CPU); ``device``: where the model's gradients are, which
+        later updates mix with these scores (None: where the state is)."""
+        self._scores = {k: v.to(device, copy=True) if device is not None else v.clone()
+                        for k, v in state["scores"].items()}
         self.num_updates = int(state["num_updates"])
 
     def set_scores(self, scores: dict[str, torch.Tensor], num_updates: int) -> None:

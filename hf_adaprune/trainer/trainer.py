@@ -352,8 +352,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             c = self.controller
             if c.state.reference is not None and not c.state.done and c.state.pending is None:
                 # saved at the last step of a shorter run (nothing was masked that no step could judge): the longer
-                # one goes on pruning from here
+                # one goes on pruning from here, judging at once what no step trains before its decision
                 self._propose_if_judgeable(state.global_step)
+                self._search_at_once(state.global_step)
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
             if room < 1:
@@ -399,9 +400,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._propose_if_judgeable(step)
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
             self._decide(step)
-        # no steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole
-        # search runs now, on the scores gathered so far; training resumes at the chosen shape
-        while decision_interval(args) == 0 and c.state.pending is not None:
+        self._search_at_once(step)
+
+    def _search_at_once(self, step: int) -> None:
+        """No steps between masking and judging (search_then_recover, pruning_search_steps 0): the whole search runs
+        now, on the scores gathered so far; training resumes at the chosen shape."""
+        while decision_interval(self.args) == 0 and self.controller.state.pending is not None:
             self._decide(step)
 
     def _can_judge_after(self, step: int) -> bool:
@@ -676,7 +680,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         state = without_unpruned_groups(state, set(get_masks(self.pruned_model).masks))
         get_masks(self.pruned_model).load_state_dict(state["masks"])
         self._accepted_masks = state["accepted_masks"]
-        self.importance.load_state_dict(state["importance"])
+        # the state was saved on the CPU: the scores go where the gradients they are mixed with will be
+        self.importance.load_state_dict(state["importance"], device=next(self.pruned_model.parameters()).device)
         self.controller.load_state_dict(state["controller"])
         saved_world = state.get("world_size")
         if saved_world is not None and saved_world != self.args.world_size:
