@@ -6,6 +6,7 @@ Every check raises :class:`RecipeError`, which the command line prints as one
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import logging
@@ -368,17 +369,21 @@ def only_files(folder: str, names) -> bool:
 # that writes no plot of its layers, would leave beside its model as if they were its own
 EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
                      "predict_results.json", "trainer_state.json", "training_args.bin", "pruning_report.json",
-                     "pruning_curve.png", "pruning_layers.png", "post_training_report.json")
+                     "pruning_curve.png", "pruning_layers.png", "post_training_report.json",
+                     "results.json", "results.md")  # a run stopped before its own would leave them beside its model
 
 
-def remove_earlier_run_outputs(output_dir: str, folders: tuple[str, ...] = ()) -> None:
-    """Remove an earlier run's ``checkpoint-N`` folders, metrics files, reports and ``folders`` (an evaluator's CSV
-    files, appended to) from ``output_dir``, naming them in a warning; other files stay. Call it on one process, after
-    ``--overwrite_output_dir``, just before training."""
+def remove_earlier_run_outputs(output_dir: str, patterns: tuple[str, ...] = ()) -> None:
+    """Remove an earlier run's ``checkpoint-N`` folders, metrics files, reports and the files matching ``patterns``
+    (globs under ``output_dir``, e.g. an evaluator's ``eval/*_results.csv``, appended to) from ``output_dir``, naming
+    them in a warning; other files stay. Call it on one process, after ``--overwrite_output_dir``, just before
+    training."""
     if not os.path.isdir(output_dir):
         return
-    names = sorted({name for name in os.listdir(output_dir) if name in EARLIER_RUN_FILES or name in folders}
-                   | {os.path.basename(folder) for _, folder, _ in checkpoints(output_dir)})
+    names = sorted({name for name in os.listdir(output_dir) if name in EARLIER_RUN_FILES}
+                   | {os.path.basename(folder) for _, folder, _ in checkpoints(output_dir)}
+                   | {os.path.relpath(path, output_dir) for pattern in patterns
+                      for path in glob.glob(os.path.join(output_dir, pattern)) if os.path.isfile(path)})
     if names:
         logger.warning("--overwrite_output_dir: removing what an earlier run left in %s and this run would be mixed "
                        "with: %s", output_dir, ", ".join(names))

@@ -329,8 +329,8 @@ def main(argv=None):
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
     if opts.overwrite_output_dir and args.should_save and not resumes_run_in(args.output_dir, resume_from):
-        # s-t appends to eval/*.csv
-        remove_earlier_run_outputs(args.output_dir, folders=("eval",))
+        # sentence-transformers' evaluators append to eval/<name>_results.csv; other files there are the user's
+        remove_earlier_run_outputs(args.output_dir, patterns=("eval/*_results.csv",))
         warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else ["layer_drop"])
     trainer = None
     try:

@@ -194,7 +194,8 @@ def test_an_overwriting_run_removes_the_earlier_runs_checkpoints_and_metrics_onl
     for step in (3, 12):  # --resume_from_checkpoint true would take checkpoint-12 of the earlier run
         (out / f"checkpoint-{step}").mkdir(parents=True)
         (out / f"checkpoint-{step}" / "pruning_state.pt").write_bytes(b"")
-    for name in ("all_results.json", "test_results.json", "README.md", "notes.txt"):
+    # results.json / .md: a run stopped after saving its model would leave the earlier run's figures beside it
+    for name in ("all_results.json", "test_results.json", "results.json", "results.md", "README.md", "notes.txt"):
         (out / name).write_text("{}")
     run, resume_from = skeleton.prepare_run(recipe.TASK, data_args(tmp_path, train, train, "--overwrite_output_dir",
                                                                     "true"))
@@ -203,6 +204,18 @@ def test_an_overwriting_run_removes_the_earlier_runs_checkpoints_and_metrics_onl
         skeleton.clear_earlier_run(run, resume_from)
     assert "removing what an earlier run left" in caplog.text and "checkpoint-12" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "notes.txt"]  # replaced by the run, or not its
+
+
+def test_an_evaluators_appended_files_go_and_the_users_files_beside_them_stay(tmp_path):
+    from recipes.arguments import remove_earlier_run_outputs
+
+    (tmp_path / "eval").mkdir()
+    for name in ("eval/similarity_evaluation_sts-dev_results.csv", "eval/my_human_ratings.csv", "notes.txt",
+                 "results.json"):
+        (tmp_path / name).write_text("x")
+    remove_earlier_run_outputs(str(tmp_path), patterns=("eval/*_results.csv",))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["eval", "eval/my_human_ratings.csv",
+                                                                                 "notes.txt"]
 
 
 def test_an_overwriting_run_removes_the_reports_of_an_earlier_run_of_either_mode(tmp_path, caplog):
