@@ -67,7 +67,8 @@ from recipes.arguments import (RecipeError, check_integrations, check_output_dir
                                remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
                                warn_folders_left)
 from recipes.loading import is_pruned_source
-from recipes.skeleton import check_resume_arguments, load_error, resolve_resume, run_cli
+from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, load_error,
+                              resolve_resume, run_cli)
 from recipes.tables import read_text
 
 logger = logging.getLogger(__name__)
@@ -261,8 +262,16 @@ def check_options(opts, args) -> None:
     if opts.max_train_samples is not None and opts.max_train_samples < 1:
         raise RecipeError(f"--max_train_samples must be >= 1 (or left out for all rows); got {opts.max_train_samples}")
     if opts.max_dev_pairs is not None and opts.max_dev_pairs < 3:  # Spearman of 2 pairs is always +-1
-        raise RecipeError(f"--max_dev_pairs must be >= 3 (a rank correlation of fewer pairs steers nothing), or left "
-                          f"out for all pairs; got {opts.max_dev_pairs}")
+        raise RecipeError(f"--max_dev_pairs must be >= 3 (a rank correlation of fewer pairs steers nothing); got "
+                          f"{opts.max_dev_pairs}")
+    if opts.sentence_files and opts.objective != "distillation":
+        raise RecipeError(f"--sentence_files are the unlabeled sentences of --objective distillation; --objective "
+                          f"{opts.objective} trains on the scored pairs of {os.path.join(opts.stsb_dir, 'sts-train.csv')}"
+                          ": add --objective distillation, or leave --sentence_files out")
+    if args.pruning_eval_samples is not None:
+        raise RecipeError("--pruning_eval_samples: this recipe's decisions read the first --max_dev_pairs pairs of "
+                          "sts-dev.csv (--steer sts: their Spearman; --steer teacher: agreement on their sentences); "
+                          "set --max_dev_pairs instead")
     for name in ("max_seq_length", "throughput_batch", "throughput_repeats"):
         if getattr(opts, name) < 1:
             raise RecipeError(f"--{name} must be >= 1; got {getattr(opts, name)}")
@@ -287,6 +296,13 @@ def check_model(model: SentenceTransformer, opts, args) -> None:
         keep_layer_indices(opts.keep_layers, inner)
 
 
+def metric_options(opts) -> dict:
+    """The options that change the steering metric (which dev pairs, how they are read and embedded), recorded in
+    every checkpoint: a resume under others would judge its decisions against a reference measured otherwise."""
+    return {"steer": opts.steer, "max_dev_pairs": opts.max_dev_pairs, "max_seq_length": opts.max_seq_length,
+            "stsb_dir": os.path.realpath(opts.stsb_dir)}
+
+
 def main(argv=None):
     parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
     try:
@@ -298,6 +314,7 @@ def main(argv=None):
     path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
     resume_from = resolve_resume(args)  # checked before any work, as the other recipes do
     check_resume_arguments(args, resume_from)
+    check_recorded_options(metric_options(opts), resume_from, args.pruning_resume_with_new_arguments)
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
@@ -335,7 +352,8 @@ def main(argv=None):
     trainer = None
     try:
         trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
-                                                             evaluator=evaluator)
+                                                             evaluator=evaluator,
+                                                             callbacks=[RecipeOptionsRecorder(metric_options(opts))])
         trainer.train(resume_from_checkpoint=resume_from)
     except (KeyError, ValueError) as err:  # refused before the first step: a metric key the evaluator lacks, ...
         if trainer is not None and trainer.state.global_step > 0:

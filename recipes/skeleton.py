@@ -242,14 +242,20 @@ def check_resume_options(task: "Task", run: "Run", resume_from: str | None) -> N
     """The checkpoint's recipe options (RECIPE_OPTIONS_FILE; checkpoints written before it was recorded have none)
     against this run's: a resume under others compared decisions measured two ways. --pruning_resume_with_new_arguments
     continues with a warning."""
+    check_recorded_options(metric_options(task, run.data_args), resume_from,
+                           run.training_args.pruning_resume_with_new_arguments)
+
+
+def check_recorded_options(current: dict, resume_from: str | None, allow_new: bool) -> None:
+    """``current`` (recipe options that change the steering metric) against those :class:`RecipeOptionsRecorder`
+    wrote into the checkpoint ``resume_from`` (none recorded: nothing to compare); RecipeError when they differ,
+    unless ``allow_new`` (a warning then)."""
     path = None if resume_from is None else os.path.join(resume_from, RECIPE_OPTIONS_FILE)
     if path is None or not os.path.isfile(path):
         return
-    current = metric_options(task, run.data_args)
     saved = {name: value for name, value in json.loads(Path(path).read_text()).items() if name in current}
     try:
-        compare_resume_arguments(saved, current, run.training_args.pruning_resume_with_new_arguments,
-                                 what="options that change the metric")
+        compare_resume_arguments(saved, current, allow_new, what="options that change the metric")
     except ValueError as err:
         raise RecipeError(f"--resume_from_checkpoint {resume_from}: {err}") from err
 

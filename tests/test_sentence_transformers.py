@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -536,6 +537,12 @@ def test_recipe_resumes_from_its_checkpoint(encoder_folder, tmp_path):
     full = recipe.main(flags)
     shutil.rmtree(tmp_path / "out" / "checkpoint-8")  # as if the run had stopped after checkpoint-4
     (tmp_path / "out" / "model.safetensors").unlink()
+    # the steering metric measured another way (agreement with the dense model, other dev pairs): refused at once
+    for other, message in ((["--steer", "teacher"], "--steer: checkpoint 'sts', now 'teacher'"),
+                           (["--max_dev_pairs", "7"], "--max_dev_pairs: checkpoint 500, now 7")):
+        with pytest.raises(recipe.RecipeError, match=re.escape(message)):
+            recipe.main([*flags, *other, "--resume_from_checkpoint", "true"])
+        assert not (tmp_path / "out" / "model.safetensors").exists()
     resumed = recipe.main([*flags, "--resume_from_checkpoint", "true"])  # it was refused, or ignored with overwrite
     assert resumed["pruning"] == full["pruning"]
     assert resumed["pruned"]["sts_test"] == pytest.approx(full["pruned"]["sts_test"], abs=1e-6)
@@ -580,6 +587,9 @@ def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
     (["--pruning_metric", "accuracy"], "--pruning_metric 'accuracy': evaluation returns no 'eval_accuracy'"),
     (["--objective", "distillation", "--sentence_files", "{missing}"], "--sentence_files .* not found"),
     (["--objective", "distillation", "--sentence_files", "{tsv}"], "read by its 'sentence' column"),
+    (["--sentence_files", "{missing}"], "--sentence_files are the unlabeled sentences of --objective distillation; "
+                                        "--objective cosent trains on the scored pairs of "),
+    (["--pruning_eval_samples", "3"], "--pruning_eval_samples: this recipe's decisions read the first --max_dev_pairs"),
     (["--stsb_dir", "{bad_stsb}"], r"sts-dev.csv, line 2: not an STS Benchmark row"),
     (["--stsb_dir", "{latin1_stsb}"], r"--stsb_dir file \S+sts-dev.csv, line 2: byte 0xe9 is not UTF-8 text"),
     (["--objective", "distillation", "--sentence_files", "{latin1}"],
