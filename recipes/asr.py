@@ -459,8 +459,12 @@ TASK = Task(
     format_value=format_value,
     after_save=save_processor,
     quiet_datasets=False,
-    arguments_set_in_build=("pruning_seq_len",),  # counted in audio samples for a CTC model, from its sampling rate
-    metric_options=("text_normalization",),  # WER / CER are measured on the normalised transcripts
+    # pruning_seq_len: counted in audio samples for a CTC model, from its sampling rate; Whisper's WER needs generated
+    # transcripts (predict_with_generate) of a length set from the data's longest transcript
+    arguments_set_in_build=("pruning_seq_len", "predict_with_generate", "generation_max_length"),
+    # WER / CER are measured on the normalised transcripts, of clips padded and (Whisper) cut to the window; the
+    # window also sizes the encoder's position table, which a checkpoint of another window cannot fill
+    metric_options=("text_normalization", "audio_pad_seconds", "whisper_window_seconds"),
 )
 
 

@@ -234,15 +234,17 @@ class RecipeOptionsRecorder(TrainerCallback):
             write_text(os.path.join(folder, RECIPE_OPTIONS_FILE), json.dumps(self.options, indent=2) + "\n")
 
 
-def metric_options(task: "Task", data_args) -> dict:
-    return {name: getattr(data_args, name) for name in task.metric_options}
+def metric_options(task: "Task", run: "Run") -> dict:
+    """``task.metric_options`` and their values in this run (data or model options)."""
+    return {name: getattr(run.data_args, name) if hasattr(run.data_args, name) else getattr(run.model_args, name)
+            for name in task.metric_options}
 
 
 def check_resume_options(task: "Task", run: "Run", resume_from: str | None) -> None:
     """The checkpoint's recipe options (RECIPE_OPTIONS_FILE; checkpoints written before it was recorded have none)
     against this run's: a resume under others compared decisions measured two ways. --pruning_resume_with_new_arguments
     continues with a warning."""
-    check_recorded_options(metric_options(task, run.data_args), resume_from,
+    check_recorded_options(metric_options(task, run), resume_from,
                            run.training_args.pruning_resume_with_new_arguments)
 
 
@@ -414,7 +416,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         lambda: pruning_class(**run.trainer_kwargs(run.model, training_args, pruning=True),
                               callbacks=[snapshot] if snapshot else None, dataset_name=data_args.dataset_card_name))
     if task.metric_options:
-        trainer.add_callback(RecipeOptionsRecorder(metric_options(task, data_args)))
+        trainer.add_callback(RecipeOptionsRecorder(metric_options(task, run)))
     train_metrics = train_and_save(trainer, training_args, resume_from)
     if task.after_save is not None and training_args.should_save:
         task.after_save(run, training_args.output_dir)

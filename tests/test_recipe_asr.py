@@ -506,10 +506,30 @@ def test_resume_under_another_text_normalization_is_refused(tmp_path, manifests,
     flags[flags.index("--save_strategy") + 1] = "steps"
     asr.main(flags + ["--save_steps", "2"])
     checkpoint = out / "checkpoint-2"
-    assert json.loads((checkpoint / "recipe_options.json").read_text()) == {"text_normalization": "lowercase,punctuation"}
+    assert json.loads((checkpoint / "recipe_options.json").read_text()) == {
+        "text_normalization": "lowercase,punctuation", "audio_pad_seconds": 0.0, "whisper_window_seconds": None}
     resume = flags + ["--resume_from_checkpoint", str(checkpoint), "--max_steps", "6"]
     run_expecting(resume + ["--text_normalization", "lowercase"],
                   r"the checkpoint was written with other options that change the metric \(--text_normalization: "
                   r"checkpoint 'lowercase,punctuation', now 'lowercase'\)")
     results = asr.main(resume + ["--text_normalization", "lowercase", "--pruning_resume_with_new_arguments", "true"])
     assert results["train"]["global_step"] == 6
+
+
+def test_a_whisper_run_resumes_under_its_own_command_and_not_under_another_window(tmp_path, manifests,
+                                                                                  tiny_whisper_dir):
+    """The recipe switches --predict_with_generate on and sets --generation_max_length from the data when it builds
+    a Whisper run: the same command resumes. Another --whisper_window_seconds (another encoder position table, other
+    WER) is refused before any work."""
+    out = tmp_path / "w"
+    flags = ["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False), *PRUNING,
+             "--output_dir", str(out), "--pruning_seq_len", "8", "--whisper_window_seconds", "1"]
+    flags[flags.index("--save_strategy") + 1] = "steps"
+    first = asr.main(flags + ["--save_steps", "2"])
+    checkpoint = out / "checkpoint-2"
+    resumed = asr.main(flags + ["--save_steps", "2", "--resume_from_checkpoint", str(checkpoint)])
+    assert resumed["train"]["global_step"] == first["train"]["global_step"]
+    window = flags.index("--whisper_window_seconds") + 1
+    other = flags[:window] + ["2"] + flags[window + 1:]
+    run_expecting(other + ["--resume_from_checkpoint", str(checkpoint)],
+                  r"options that change the metric \(--whisper_window_seconds: checkpoint 1, now 2\)")
