@@ -35,8 +35,15 @@ KINDS = {"both": ("heads", "ffn"), "heads": ("heads",), "ffn": ("ffn",), "heads,
 # options of the training path that have no meaning without training: (option, value that is fine)
 TRAINING_ONLY = (("dense_control", False), ("distillation", False), ("teacher_model_name_or_path", None),
                  ("pruning_score_ema", 0.0), ("pruning_schedule", "gradual"))
-# options post_training_prune has no counterpart for: (option, the only value it runs with)
-FIXED = (("pruning_target_type", "flops"), ("pruning_roles", "all"), ("pruning_multiple_of", 1))
+# options post_training_prune has no counterpart for: (option, the only value it runs with, what it does instead)
+FIXED = (("pruning_target_type", "flops", "removes a fraction of the layer FLOPs"),
+         ("pruning_roles", "all", "prunes every role"),
+         ("pruning_multiple_of", 1, "keeps widths unrounded"),
+         ("pruning_scope", "global", "ranks the structures of all layers together"),
+         # the --post_training_search controller's steps are fixed (post_training_prune's 0.1 / 0.0125 / 1.5)
+         ("pruning_initial_step", 0.1, "searches with a first step of 0.1"),
+         ("pruning_min_step", 0.0125, "searches down to steps of 0.0125"),
+         ("pruning_step_growth", 1.5, "grows its search steps by 1.5"))
 POOL_FACTOR = 5  # --post_training_long_share: training rows tokenized per calibration row
 
 
@@ -49,10 +56,14 @@ def check_arguments(model_args, data_args, training_args) -> None:
         if getattr(training_args, name, getattr(data_args, name, fine)) != fine:
             raise RecipeError(f"--{name} applies to pruning while training; --post_training does not train. Leave "
                               f"it out, or drop --post_training")
-    for name, only in FIXED:
+    for name, only, instead in FIXED:
         if getattr(training_args, name) != only:
-            raise RecipeError(f"--{name} {getattr(training_args, name)!r}: --post_training removes a fraction of the "
-                              f"layer FLOPs over all roles, unrounded; leave --{name} at {only!r}")
+            raise RecipeError(f"--{name} {getattr(training_args, name)!r}: --post_training {instead}; leave --{name} "
+                              f"at {only!r}")
+    if training_args.push_to_hub:
+        raise RecipeError("--push_to_hub: --post_training writes its folder without a Trainer and pushes nothing; "
+                          "leave --push_to_hub out and upload OUTPUT_DIR when the run is done (e.g. `hf upload "
+                          "REPO_ID OUTPUT_DIR`, or save_pruned(model, folder, push_to_hub=True, repo_id=REPO_ID))")
     if training_args.resume_from_checkpoint not in (None, False, "", "false", "False"):
         raise RecipeError("--resume_from_checkpoint: --post_training has no checkpoints to resume from; leave it out")
     if training_args.prune not in KINDS:

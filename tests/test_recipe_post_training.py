@@ -217,6 +217,11 @@ def test_a_classifier_keeps_what_its_classes_mean_when_the_data_orders_them_othe
     (["--post_training_refit_target", "teacher"], "--post_training_refit_target must be one of"),
     (["--pruning_target_type", "latency"], "leave --pruning_target_type at 'flops'"),
     (["--pruning_multiple_of", "8"], "leave --pruning_multiple_of at 1"),
+    (["--pruning_scope", "layer"], "--pruning_scope 'layer': --post_training ranks the structures of all layers "
+                                   "together; leave --pruning_scope at 'global'"),
+    (["--post_training_search", "true", "--pruning_initial_step", "0.2"],
+     "--pruning_initial_step 0.2: --post_training searches with a first step of 0.1"),
+    (["--pruning_step_growth", "2"], "leave --pruning_step_growth at 1.5"),
     (["--resume_from_checkpoint", "true"], "no checkpoints to resume from"),
     (["--pruning_target", "1.0"], "--pruning_target must be in"),
     (["--post_training_long_share", "1.5"], "--post_training_long_share .* must lie in \\[0, 1\\], got 1.5"),
@@ -226,6 +231,16 @@ def test_bad_combinations_fail_before_any_work(workspace, fine_tuned, tmp_path, 
     with pytest.raises(RecipeError, match=message):
         recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", *extra))
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_push_to_hub_is_refused_before_any_work(workspace, fine_tuned, tmp_path, monkeypatch):  # noqa: F811
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online: the push itself is what cannot be done
+    with pytest.raises(RecipeError, match="--push_to_hub: --post_training writes its folder without a Trainer and "
+                                          "pushes nothing"):
+        recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--push_to_hub", "true"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_model_that_is_not_a_fine_tuned_encoder_classifier_is_refused(workspace, tmp_path):  # noqa: F811
