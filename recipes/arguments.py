@@ -201,11 +201,26 @@ def recipe_argv(argv: list[str] | None, parser) -> list[str]:
     ``parser`` (the recipe's ``HfArgumentParser``) reads the flags as the run will, so that every spelling it takes
     is seen: ``--do-train``, ``--do_train=false``, an abbreviation (``--do_tr``), a config file's ``do-train``.
     """
+    check_config_nulls(argv, parser)
     argv = expand_config_file(argv)
     for flag, value in run_mode_values(parser, argv).items():
         if value is False:
             raise RecipeError(f"--{flag} false: the recipes do not read it: {RUN_MODE_FLAGS[flag]}; leave it out")
     return argv
+
+
+def check_config_nulls(argv: list[str] | None, parser) -> None:
+    """A leading config file's ``key: null`` for an option whose default is not None: the file would read as the
+    option left out, i.e. its default, which is not what null says; RecipeError naming the default."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or not argv[0].endswith(CONFIG_SUFFIXES) or argv[0].startswith("-"):
+        return
+    defaults = {action.dest: action.default for action in parser._actions}
+    for key, value in read_config_file(argv[0]).items():
+        default = defaults.get(str(key).replace("-", "_"))
+        if value is None and default is not None:
+            raise RecipeError(f"{argv[0]}: {key}: null reads as {key} left out, i.e. its default {default!r}, not as "
+                              f"no value: give a value, or leave the key out for the default")
 
 
 def run_mode_values(parser, argv: list[str]) -> dict:
