@@ -228,6 +228,14 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
                           "or --fsdd_dir")
     if sum(sources) > 1:
         raise RecipeError("give only one of --dataset_name, manifests (--train_manifest, ...) and --fsdd_dir")
+    split_defaults = {"train_split_name": "train", "eval_split_name": "validation", "test_split_name": None}
+    named = [f"--{name} {getattr(data_args, name)}" for name, default in split_defaults.items()
+             if getattr(data_args, name) != default]
+    if named and not data_args.dataset_name:  # manifests and --fsdd_dir name their splits by file
+        raise RecipeError(f"{', '.join(named)}: split names choose splits of --dataset_name; with "
+                          f"{'manifests' if sources[1] else '--fsdd_dir'} the splits are "
+                          f"{'--train_manifest / --validation_manifest / --test_manifest' if sources[1] else 'its own'}"
+                          ": leave the split names out")
     if sources[1]:
         if not data_args.train_manifest:
             raise RecipeError("manifests given but no --train_manifest")

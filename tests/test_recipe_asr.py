@@ -344,6 +344,14 @@ def test_unknown_metric(tmp_path, manifests, tiny_ctc_dir):
                   r"unknown metric 'bleurt_of_doom'.*wer, cer or loss")
 
 
+@pytest.mark.parametrize("flags", [["--test_split_name", "test"], ["--eval_split_name", "dev"]])
+def test_split_names_beside_manifests_are_refused(tmp_path, manifests, tiny_ctc_dir, flags):
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests, test=False),
+                   "--output_dir", str(tmp_path / "o"), *flags],
+                  rf"{' '.join(flags)}: split names choose splits of --dataset_name; with manifests the splits are "
+                  r"--train_manifest / --validation_manifest / --test_manifest")
+
+
 @pytest.mark.parametrize("flags", [["--whisper_window_seconds", "1"], ["--language", "fr"], ["--task", "translate"]])
 def test_whisper_options_on_a_ctc_model(tmp_path, manifests, tiny_ctc_dir, flags):
     run_expecting(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests),
