@@ -85,39 +85,35 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
     assert_int8_close(int8_logits, expected.numpy())
 
 
-def test_text_classification_vocabulary_min_count(workspace, tmp_path):  # noqa: F811 - the fixture
-    out = tmp_path / "out"
+def vocabulary_run(workspace, out, *flags):
+    """A text-classification run with --prune_vocabulary and ``flags``: (its deploy record of the vocabulary, the
+    training tokenizer, how many training rows (truncated as the run reads them) hold each id)."""
     results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
-        "--prune_vocabulary", "true", "--vocabulary_min_count", "2", "--max_seq_length", "32"])
-    vocabulary = results["deploy"]["written"]["vocabulary"]
+        "--prune_vocabulary", "true", "--max_seq_length", "32", *flags])
     tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
     texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:]]
     rows_with: dict[int, int] = {}
     for ids in tokenizer(texts, truncation=True, max_length=32)["input_ids"]:
         for i in set(ids):
             rows_with[i] = rows_with.get(i, 0) + 1
+    return results["deploy"]["written"]["vocabulary"], tokenizer, rows_with
+
+
+def test_text_classification_vocabulary_min_count(workspace, tmp_path):  # noqa: F811 - the fixture
+    vocabulary, tokenizer, rows_with = vocabulary_run(workspace, tmp_path / "out", "--vocabulary_min_count", "2")
     expected = {i for i, n in rows_with.items() if n >= 2} | set(tokenizer.all_special_ids)
     assert vocabulary["min_count"] == 2 and vocabulary["vocab_size"] == len(expected) < len(rows_with)
-    small_tokenizer = AutoTokenizer.from_pretrained(out / "deploy" / "vocabulary")
+    small_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out" / "deploy" / "vocabulary")
     assert set(small_tokenizer.get_vocab()) == set(tokenizer.convert_ids_to_tokens(sorted(expected)))
 
 
 def test_text_classification_vocabulary_max_size(workspace, tmp_path):  # noqa: F811 - the fixture
-    out = tmp_path / "out"
-    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
-        "--prune_vocabulary", "true", "--vocabulary_max_size", "40", "--max_seq_length", "32"])
-    vocabulary = results["deploy"]["written"]["vocabulary"]
-    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
-    texts = [line.split("\t")[0] for line in (workspace / "train.tsv").read_text().splitlines()[1:]]
-    rows_with: dict[int, int] = {}
-    for ids in tokenizer(texts, truncation=True, max_length=32)["input_ids"]:
-        for i in set(ids):
-            rows_with[i] = rows_with.get(i, 0) + 1
+    vocabulary, tokenizer, rows_with = vocabulary_run(workspace, tmp_path / "out", "--vocabulary_max_size", "40")
     always = set(tokenizer.all_special_ids)
     ranked = sorted((i for i in rows_with if i not in always), key=lambda i: (-rows_with[i], i))
     assert len(ranked) > 40 - len(always)  # the budget drops tokens of the training rows
     assert vocabulary["max_size"] == 40 and vocabulary["vocab_size"] == 40
-    small = AutoTokenizer.from_pretrained(out / "deploy" / "vocabulary")
+    small = AutoTokenizer.from_pretrained(tmp_path / "out" / "deploy" / "vocabulary")
     assert set(small.get_vocab()) == set(tokenizer.convert_ids_to_tokens(sorted(always | set(ranked[:40 - len(always)]))))
 
 
