@@ -536,7 +536,9 @@ def measure_generate_latencies(models: dict, tokenizer, sentences: list[str], da
     device = next(list(models.values())[-1].parameters()).device
     inputs = tokenizer([prefix + s for s in sentences], max_length=data_args.max_source_length, truncation=True,
                        padding=True, return_tensors="pt").to(device)
-    free = {name: GenerateModule(model.to(device), **generate_kwargs) for name, model in models.items()}
+    # eval mode before the free-length run: a model left in training mode (a control with no test split to score
+    # it, one built from --config_name) would stop where its dropout happens to let it
+    free = {name: GenerateModule(model.to(device).eval(), **generate_kwargs) for name, model in models.items()}
     with torch.inference_mode():
         lengths = {name: int(m(**inputs).shape[-1]) for name, m in free.items()}
     timed_length = next(iter(lengths.values()))

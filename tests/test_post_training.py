@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import datasets
 import pytest
 import torch
 from conftest import random_biases, tiny_model
@@ -262,6 +263,12 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
      r"calibration_dataset holds a label of shape \[1\] in its 'labels' column .* one class id per row"),
     ({"eval_dataset": [dict(row, labels=["neg", "pos", "mixed"][row["labels"]]) for row in labelled_examples(4)]},
      r"eval_dataset holds the label '\w+' in its 'labels' column, but the model's head reads class ids 0..2"),
+    ({"calibration_dataset": [dict(row, labels=float(row["labels"])) for row in labelled_examples(8)]},
+     r"calibration_dataset holds its class ids as floats \(float64 in its 'labels' column\), which a 3-class"),
+    ({"calibration_dataset": datasets.Dataset.from_list(labelled_examples(8)).with_format("pandas")},
+     r"calibration_dataset is in 'pandas' format, whose rows the collator cannot read"),
+    ({"calibration_dataset": datasets.Dataset.from_list(labelled_examples(8)).with_format("arrow")},
+     r"calibration_dataset is in 'arrow' format"),
 ])
 def test_bad_inputs_fail_before_any_forward_pass(kwargs, message):
     model = tiny_model("bert")

@@ -315,6 +315,10 @@ def _check_label_range(model, name: str, dataset) -> None:
     labels = np.concatenate([value.reshape(-1) for value in values] or [[]])
     if labels.dtype.kind not in "iu" and not all(float(v).is_integer() for v in labels):
         return  # not class ids (soft labels, scores): the loss says what it takes
+    if labels.dtype.kind == "f" and single_label_head(model):  # whole numbers stored as floats (a pandas column)
+        raise ValueError(f"{name} holds its class ids as floats ({labels.dtype} in its {key!r} column), which a "
+                         f"{classes}-class sequence classifier reads as one score per class (multi-label): store "
+                         f"them as integers (e.g. ds.cast_column({key!r}, datasets.Value('int64')))")
     labels = labels.astype(np.int64)
     bad = labels[(labels != -100) & ((labels < 0) | (labels >= classes))]
     if bad.size:
@@ -366,6 +370,10 @@ def _check_indexable(name: str, dataset) -> None:
         raise ValueError(f"{name} is a {type(dataset).__name__}, whose rows cannot be drawn by index: pass the "
                          "datasets.Dataset (or list of row dicts) itself, not a DataLoader or a streaming dataset "
                          "(list(...) of a small stream will do)")
+    kind = (getattr(dataset, "format", None) or {}).get("type") if hasattr(dataset, "column_names") else None
+    if kind not in (None, "python", "numpy", "torch", "np", "pt"):  # rows of a pandas / arrow / ... format are
+        raise ValueError(f"{name} is in {kind!r} format, whose rows the collator cannot read: pass "  # no dicts
+                         f"{name}.with_format(None) (or with_format('torch') / ('numpy'))")
     if not hasattr(dataset, "column_names") and len(dataset) and not isinstance(dataset[0], Mapping):
         raise ValueError(f"{name}[0] is a {type(dataset[0]).__name__}; each row must be a dict of columns "
                          "(input_ids, attention_mask, labels, ...)")

@@ -112,7 +112,8 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
         raise ValueError(f"the teacher is a {stock_class(teacher).__name__} ({t.model_type}) but the student a "
                          f"{stock_class(student).__name__} ({s.model_type}): distillation compares their outputs "
                          "one to one, so both must be the same architecture")
-    for name in ("vocab_size", "num_labels"):
+    # decoder_vocab_size: a Marian decoder with a vocabulary of its own writes logits over that many tokens
+    for name in ("vocab_size", "decoder_vocab_size", "num_labels"):
         if getattr(t, name, None) != getattr(s, name, None):
             raise ValueError(f"the teacher's {name} ({getattr(t, name, None)}) differs from the student's "
                              f"({getattr(s, name, None)}): their output distributions cannot be compared")
@@ -123,7 +124,7 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
                          "distilled into another class")
     if hidden_weight > 0:
         for name in ("hidden_size", "d_model", "num_hidden_layers", "num_layers", "encoder_layers",
-                     "decoder_layers"):
+                     "decoder_layers", "num_decoder_layers"):  # num_decoder_layers: T5's
             if getattr(t, name, None) != getattr(s, name, None):
                 raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the teacher's "
                                  f"{name} ({getattr(t, name, None)}) differs from the student's "
