@@ -20,6 +20,7 @@ from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
 from hf_adaprune.trainer.eval_order import first_rows
+from hf_adaprune.trainer.report import card_path
 
 from . import deploy
 from .arguments import RecipeError, check_minimum
@@ -267,4 +268,4 @@ def write_card(folder: str, results: dict, format_value) -> None:
                       f"({val['tolerance']} {val['tolerance_type']}) of the {start} model's."]
     lines += ["", "Load it with `hf_adaprune.AutoPrunedModel.from_pretrained(folder)` or with "
                   "`trust_remote_code=True`."]
-    write_text(os.path.join(folder, "README.md"), "\n".join(lines) + "\n")
+    write_text(card_path(folder), "\n".join(lines) + "\n")  # beside a README.md of the user's own, not over it

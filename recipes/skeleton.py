@@ -35,6 +35,7 @@ from hf_adaprune.trainer.arguments import pruning_arguments
 from hf_adaprune.trainer.checkpoint import check_resume_arguments as compare_resume_arguments
 from hf_adaprune.trainer.checkpoint import read_pruning_state
 from hf_adaprune.trainer.eval_order import first_rows  # the decision set, sliced as the trainer slices it
+from hf_adaprune.trainer.report import card_path
 
 from . import deploy
 from .arguments import (RecipeError, check_integrations, check_output_dir, remove_earlier_run_outputs,
@@ -492,7 +493,7 @@ def results_header(task: Task, run: Run, **extra) -> dict:
 def add_control_to_card(folder: str, results: dict, format_value) -> None:
     """Append the test comparison with the dense control to the model card (``README.md``) in ``folder``: the
     card is written when the model is saved, before the control exists."""
-    path = os.path.join(folder, "README.md")
+    path = card_path(folder)  # the card the trainer wrote: README.md, or beside a README.md of the user's own
     if not os.path.isfile(path):
         return
     test, steps = results["test"], results["dense_control"]["steps"]

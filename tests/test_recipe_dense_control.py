@@ -225,3 +225,13 @@ def test_the_validation_row_says_when_the_final_model_is_beyond_the_tolerance():
     results["validation"] = results_module.validation_results(summary, 4, {"eval_accuracy": 0.75})
     assert results["validation"]["within_tolerance"] is None
     assert "BEYOND" not in results_module.results_table(results, fmt)
+
+
+def test_the_control_comparison_goes_into_the_card_not_into_a_readme_of_the_users(workspace, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    own = "# my own notes\n\nDo not touch.\n"
+    (out / "README.md").write_text(own)
+    recipe.main(run_args(workspace, out, "--dense_control", "true", "--overwrite_output_dir", "true"))
+    assert (out / "README.md").read_text() == own
+    assert "## Compared with an equally trained dense model" in (out / "README.hf_adaprune.md").read_text()

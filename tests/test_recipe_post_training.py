@@ -310,3 +310,13 @@ def test_post_training_ranks_raw_scores_unless_asked_to_normalise(workspace, fin
     recipe.main(post_args(workspace, fine_tuned, out, *extra))
     report = json.loads((out / "post_training_report.json").read_text())
     assert report["settings"]["normalize_scores"] is normalised
+
+
+def test_the_card_goes_beside_a_readme_of_the_users(workspace, fine_tuned, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    out.mkdir()
+    own = "# my own notes\n\nDo not touch.\n"
+    (out / "README.md").write_text(own)
+    recipe.main(post_args(workspace, fine_tuned, out, "--overwrite_output_dir", "true"))
+    assert (out / "README.md").read_text() == own
+    assert "pruned **without training**" in (out / "README.hf_adaprune.md").read_text()
