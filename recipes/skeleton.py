@@ -293,10 +293,11 @@ def train_and_save(trainer, training_args, resume_from: str | None = None) -> di
 class DenseSnapshot(TrainerCallback):
     """The weights at the step where the pruning controller takes its reference (``--pruning_warmup_steps``).
 
-    Pruning only changes masks until training ends, never the weights, so the weights
-    at the end of that step are the dense model the reference was measured on, whatever
-    the order of the callbacks. They are copied into ``template`` (a dense copy of the
-    model taken before training), which becomes ``model``; ``step`` says when.
+    They are taken right after that step's optimizer step, before the step ends: at its end the pruning callback
+    (which runs before the recipe's callbacks) measures the reference and may already have masked, judged and, with
+    ``--pruning_refit``, re-fitted a candidate, which changes output projections. Masks do not change the weights.
+    They are copied into ``template`` (a dense copy of the model taken before training), which becomes ``model``;
+    ``step`` says when.
     """
 
     def __init__(self, template):
@@ -304,16 +305,16 @@ class DenseSnapshot(TrainerCallback):
         self.model = None
         self.step = None
 
-    def _take(self, args, state, model) -> None:
-        if self.model is None and model is not None and state.global_step == args.pruning_warmup_steps:
+    def _take(self, args, state, model, step: int) -> None:
+        if self.model is None and model is not None and step == args.pruning_warmup_steps:
             self.template.load_state_dict(model.state_dict())
-            self.model, self.step = self.template.eval(), state.global_step
+            self.model, self.step = self.template.eval(), step
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._take(args, state, model)
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # no warm-up: the model as given
+        self._take(args, state, model, state.global_step)
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self._take(args, state, model)
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):  # global_step counts it at the end
+        self._take(args, state, model, state.global_step + 1)
 
 
 def run_cli(function, *args):

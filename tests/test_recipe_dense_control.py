@@ -138,9 +138,9 @@ def test_a_run_that_never_saw_the_reference_weights_says_why_the_dense_column_is
     assert "step None" not in table
 
 
-def _trained_snapshot(workspace, out, before_pruning_callback: bool):
+def _trained_snapshot(workspace, out, before_pruning_callback: bool, *extra):
     """A tiny pruning run with the snapshot callback given before, or added after, the trainer's own callback."""
-    model_args, data_args, training_args = recipe.parse_args(run_args(workspace, out))
+    model_args, data_args, training_args = recipe.parse_args(run_args(workspace, out, *extra))
     run = skeleton.Run(model_args, data_args, training_args)
     recipe.TASK.validate(run)
     recipe.TASK.load_data(run)
@@ -166,6 +166,18 @@ def test_snapshot_does_not_depend_on_callback_order(workspace, tmp_path):
     assert state_a.keys() == state_b.keys()
     for key in state_a:
         torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0)
+
+
+def test_snapshot_is_taken_before_a_refit_search_changes_the_weights(workspace, tmp_path):
+    """search_then_recover with 0 search steps masks, judges and re-fits the candidate at the end of the reference
+    step, before the recipe's callbacks run: the dense column is still the model the reference was measured on."""
+    plain = _trained_snapshot(workspace, tmp_path / "a", True)
+    refit = _trained_snapshot(workspace, tmp_path / "b", True, "--pruning_schedule", "search_then_recover",
+                              "--pruning_refit", "true")
+    assert plain.step == refit.step == 2
+    state_a, state_b = plain.model.state_dict(), refit.model.state_dict()
+    for key in state_a:
+        torch.testing.assert_close(state_b[key], state_a[key], rtol=0, atol=0)
 
 
 
