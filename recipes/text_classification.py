@@ -98,6 +98,7 @@ from recipes.arguments import (
     ModelSourceArguments,
     PostTrainingArguments,
     RecipeError,
+    check_config_nulls,
     check_minimum,
     check_model_source,
     expand_config_file,
@@ -608,6 +609,8 @@ TASK = Task(
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe (``--post_training``: prune without training); returns what it writes to results.json."""
+    # a config file's nulls are checked against the parser's defaults before the file is expanded (which drops them)
+    check_config_nulls(argv, HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments)))
     argv = expand_config_file(argv)  # the config file read once; parse_args checks the flags
     if _as_recipe_error(parse_args, argv)[1].post_training:
         return post_training.run_post_training(TASK, argv)
