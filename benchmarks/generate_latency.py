@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
         print(format_latency(timing["results"], title=f"generate, batch {len(batch_sources)}, exactly "
                              f"{args.new_tokens} new tokens (output lengths {timing['output_length']})"), flush=True)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.output}")
     return results

@@ -86,6 +86,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "layers_generate"))
     opts = parser.parse_args(argv)
+    if len(opts.repeats) != len(opts.batch_sizes):
+        parser.error(f"--repeats needs one value per --batch_sizes value ({len(opts.batch_sizes)}); got "
+                     f"{len(opts.repeats)}")
     torch.set_num_threads(opts.threads)
     transformers.utils.logging.set_verbosity_error()
     started, load_start = time.time(), os.getloadavg()
@@ -125,6 +128,7 @@ def main(argv=None):
                "load_average_end": os.getloadavg(), "wall_min": (time.time() - started) / 60}
     result = {"command": "python benchmarks/layers_generate.py", "options": vars(opts), "machine": machine,
               "models": rows}
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     with open(opts.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     header = " | ".join(f"generate b{b} (speed-up)" for b in opts.batch_sizes)

@@ -61,6 +61,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 32, 5e-5
 
 
+# every variant main() knows (--variants)
+VARIANTS = ("control", "one-shot", "one-shot_refit", "one-shot_refit_raw", "gradual", "gradual_raw", "gradual_ramp",
+            "gradual_ema", "gradual_fisher", "gradual_distillation", "gradual_refit_raw", "gradual_fast_raw",
+            "search_then_recover", "search_refit", "search_refit_residual", "search_refit_residual_raw")
+
+
 def common_arguments(output_dir: str, steps: int, seed: int, lr: float = LR) -> dict:
     return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=BATCH,
                 per_device_eval_batch_size=128, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=0,
@@ -109,6 +115,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--search_steps", type=int, nargs="+", default=[0, 10],
                         help="search_then_recover: one row per value")
     parser.add_argument("--variants", nargs="+", default=["control", "one-shot", "gradual", "search_then_recover"],
+                        choices=VARIANTS, metavar="VARIANT",
                         help="also: one-shot_refit, one-shot_refit_raw (scores not normalised per layer, "
                              "post_training_prune's default since 2026-12-04; one-shot and one-shot_refit normalise "
                              "them), gradual_raw (the trainer ranking raw scores), gradual_ramp, "

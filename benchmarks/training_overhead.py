@@ -185,6 +185,8 @@ def main():
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     parser.add_argument("--memory_child", choices=KINDS, help=argparse.SUPPRESS)  # internal: one memory measurement
     opts = parser.parse_args()
+    if opts.steps < 3:  # the first two steps of every run (warm-up) are not timed
+        parser.error(f"--steps must be >= 3 (the first 2 steps of each run are warm-up, not timed); got {opts.steps}")
     if opts.memory_child:
         print(json.dumps(_memory_child(opts.memory_child, opts.model, opts.steps, opts.batch, opts.seq)))
         return
@@ -199,6 +201,7 @@ def main():
           f"{memory['pruning']['training_peak_mb']:.0f} MB (ratio {result['training_peak_ratio']:.3f}; increment over "
           f"the pre-trainer baseline: ratio {result['training_increment_ratio']:.3f})")
     if opts.output:
+        Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
         with open(opts.output, "w") as f:
             json.dump(result, f, indent=2)
 

@@ -124,7 +124,8 @@ def load_sst2(data_dir: Path, args, tokenizer):
         "prune_train": train.select(range(n_dense, n_dense + n_prune)),
         "validation": raw["validation"].shuffle(seed=args.seed).select(range(min(args.eval_samples,
                                                                                  len(raw["validation"])))),
-        "test": raw["test"] if args.max_test_samples is None else raw["test"].select(range(args.max_test_samples)),
+        "test": raw["test"] if args.max_test_samples is None else
+        raw["test"].select(range(min(args.max_test_samples, len(raw["test"])))),
     }
 
     def encode(batch):

@@ -12,7 +12,7 @@
    towards ``--target`` of the attention + FFN FLOPs while the WER on
    ``--pruning_eval_samples`` validation clips stays within ``--tolerance`` (0.01 = 1 WER
    point) of its dense reference), then compact it.
-4. In the same run (``--dense_control true``), fine-tune another copy densely with the
+4. In the same run (the recipe's ``--dense_control true``, always passed), fine-tune another copy densely with the
    same data and budget (plain Seq2SeqTrainer): the dense model of the comparison.
 5. Compare test WER/CER, parameters, FLOPs and the CPU latency of ``generate`` at batch 1
    and 16, timing the dense and pruned models alternately in one process (medians).
