@@ -318,9 +318,14 @@ def main(argv=None):
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
+    # a folder an earlier run saved (pruned): hf_adaprune's classes build it, without remote code or a prompt
+    pruned = pruned_folder(path)
+    if pruned and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "modules.json")):
+        raise RecipeError(f"--model_name_or_path {path} holds a pruned transformers model, not a sentence-transformers "
+                          "folder (no modules.json): give a sentence-transformers model, or the folder this recipe (or "
+                          "save_pruned_sentence_transformer) wrote")
     try:
-        # a folder an earlier run saved (pruned): hf_adaprune's classes build it, without remote code or a prompt
-        load = load_pruned_sentence_transformer if pruned_folder(path) else SentenceTransformer
+        load = load_pruned_sentence_transformer if pruned else SentenceTransformer
         model = load(path, device="cpu" if args.use_cpu else None)
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err

@@ -584,6 +584,8 @@ def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
     (["--layer_drop_baseline", "true", "--keep_layers", "first"], "--keep_layers must be layer indices"),
     (["--pruning_seq_len", "128"], r"--pruning_seq_len 128 exceeds the model's max_position_embeddings \(64\)"),
     (["--model_name_or_path", "{missing}"], "cannot load the model"),
+    (["--model_name_or_path", "{pruned_plain}"], "holds a pruned transformers model, not a sentence-transformers "
+                                                 r"folder \(no modules.json\)"),
     (["--pruning_metric", "accuracy"], "--pruning_metric 'accuracy': evaluation returns no 'eval_accuracy'"),
     (["--objective", "distillation", "--sentence_files", "{missing}"], "--sentence_files .* not found"),
     (["--objective", "distillation", "--sentence_files", "{tsv}"], "read by its 'sentence' column"),
@@ -616,7 +618,15 @@ def test_recipe_refuses_bad_input_before_training(encoder_folder, tmp_path, flag
     (latin1_stsb / "sts-dev.csv").write_bytes((lines[0] + "\n" + lines[1]).encode() + "\tcaf\xe9\n".encode("latin-1"))
     (tmp_path / "latin1.txt").write_bytes("a cat sat\nthe caf\xe9\n".encode("latin-1"))
     (tmp_path / "broken.txt.gz").write_bytes(gzip.compress(b"a cat sat\n" * 50)[:30])  # cut short
+    if "{pruned_plain}" in flags:  # a pruned transformers folder (the text-classification recipe's), no modules.json
+        from hf_adaprune import attach_masks, compact, save_pruned
+
+        plain = BertModel.from_pretrained(encoder_folder)
+        attach_masks(plain).set("encoder.layer.0.attention", torch.tensor([1.0, 0.0, 1.0, 1.0]))
+        compact(plain)
+        save_pruned(plain, tmp_path / "pruned_plain")
     places = {"model": model_dir, "user": user, "missing": tmp_path / "missing", "tsv": tmp_path / "plain.tsv",
+              "pruned_plain": tmp_path / "pruned_plain",
               "bad_stsb": bad_stsb, "latin1_stsb": latin1_stsb, "latin1": tmp_path / "latin1.txt",
               "broken_gz": tmp_path / "broken.txt.gz"}
     flags = [flag.format(**places) for flag in flags]

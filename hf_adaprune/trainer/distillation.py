@@ -256,7 +256,8 @@ class DistillationMixin:
         if not self.args.distillation or self.distillation_teacher is not None:
             return
         self.distillation_teacher = copy_teacher(self.pruned_model)
-        self._teacher_path = os.path.join(self.args.output_dir, TEACHER_FOLDER)
+        # absolute: a run resumed from another working directory finds it (a relative --output_dir would not)
+        self._teacher_path = os.path.abspath(os.path.join(self.args.output_dir, TEACHER_FOLDER))
         if self.args.should_save:
             self.distillation_teacher.save_pretrained(self._teacher_path)
 
