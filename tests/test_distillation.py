@@ -190,6 +190,15 @@ def test_training_keeps_the_teacher_out_of_optimizer_and_checkpoints(tmp_path):
     assert any(not torch.equal(student[k], v) for k, v in teacher.state_dict().items())
 
 
+def test_the_recorded_teacher_path_is_absolute_under_a_relative_output_dir(tmp_path, monkeypatch):
+    """A run resumed from another working directory finds the teacher its checkpoint names."""
+    monkeypatch.chdir(tmp_path)
+    trainer = make_trainer("run", distillation=True, save_strategy="steps", save_steps=12, compact_at_end=False)
+    trainer.train()
+    state = torch.load(tmp_path / "run" / "checkpoint-12" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["teacher"] == str(tmp_path / "run" / TEACHER_FOLDER)
+
+
 def test_resume_with_distillation_continues_exactly(tmp_path):
     full = make_trainer(tmp_path / "full", distillation=True, save_strategy="steps", save_steps=12)
     full.train()
