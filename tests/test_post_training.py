@@ -265,6 +265,11 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
      r"eval_dataset holds the label '\w+' in its 'labels' column, but the model's head reads class ids 0..2"),
     ({"calibration_dataset": [dict(row, labels=float(row["labels"])) for row in labelled_examples(8)]},
      r"calibration_dataset holds its class ids as floats \(float64 in its 'labels' column\), which a 3-class"),
+    ({"calibration_dataset": datasets.Dataset.from_list(labelled_examples(6) + [dict(labelled_examples(1)[0],
+                                                                                     labels=None)])},
+     r"calibration examples need labels .* example 6 has \['input_ids', 'labels', 'text'\] \(a label of None is none\)"),
+    ({"eval_dataset": datasets.Dataset.from_list(labelled_examples(3) + [dict(labelled_examples(1)[0], labels=None)])
+      .with_format("torch")}, r"eval_dataset examples need labels .* example 3 has"),
     ({"calibration_dataset": datasets.Dataset.from_list(labelled_examples(8)).with_format("pandas")},
      r"calibration_dataset is in 'pandas' format, whose rows the collator cannot read"),
     ({"calibration_dataset": datasets.Dataset.from_list(labelled_examples(8)).with_format("arrow")},

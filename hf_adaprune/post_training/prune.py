@@ -265,8 +265,14 @@ def _warn_few_refit_tokens(model, groups, batches: list[dict], refit_samples: in
 
 
 def _first_unlabeled(dataset) -> int | None:
-    """The index of the first example without a label: every row of a list, the first row of a dataset (whose
-    columns every row shares); None when they have labels."""
+    """The index of the first example without a label (none of LABEL_KEYS, or None there): every row of a list, every
+    value of a datasets.Dataset's label column (its columns every row shares); None when they all have labels."""
+    if hasattr(dataset, "column_names"):
+        key = next((k for k in LABEL_KEYS if k in dataset.column_names), None)
+        if key is None:
+            return 0 if len(dataset) else None
+        column = dataset.with_format(None)[key] if hasattr(dataset, "with_format") else dataset[key]
+        return next((i for i, label in enumerate(column) if label is None), None)
     rows = dataset if isinstance(dataset, list) else [dataset[0]]
     return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
 
@@ -572,7 +578,8 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     unlabeled = _first_unlabeled(calibration_dataset)
     if unlabeled is not None:
         raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
-                         f"the loss; example {unlabeled} has {sorted(calibration_dataset[unlabeled])}")
+                         f"the loss; example {unlabeled} has {sorted(calibration_dataset[unlabeled])} (a label of None "
+                         "is none)")
     _check_label_range(model, "calibration_dataset", calibration_dataset)
     if isinstance(scores, dict):
         groups = find_groups(model)
@@ -605,7 +612,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     unlabeled = None if eval_dataset is None else _first_unlabeled(eval_dataset)
     if unlabeled is not None:
         raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; example "
-                         f"{unlabeled} has {sorted(eval_dataset[unlabeled])}")
+                         f"{unlabeled} has {sorted(eval_dataset[unlabeled])} (a label of None is none)")
     if eval_dataset is not None:
         _check_label_range(model, "eval_dataset", eval_dataset)
     if not isinstance(metric, str):
