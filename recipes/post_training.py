@@ -17,6 +17,7 @@ import time
 from hf_adaprune.post_training import (REFIT_TARGETS, SCORE_KINDS, SUPPORTED_MODEL_TYPES, length_mixed_calibration,
                                       post_training_prune)
 from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
+from hf_adaprune.post_training.prune import SEARCH_INITIAL_STEP, SEARCH_MIN_STEP, SEARCH_STEP_GROWTH
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
 from hf_adaprune.trainer.eval_order import first_rows
@@ -41,10 +42,10 @@ FIXED = (("pruning_target_type", "flops", "removes a fraction of the layer FLOPs
          ("pruning_roles", "all", "prunes every role"),
          ("pruning_multiple_of", 1, "keeps widths unrounded"),
          ("pruning_scope", "global", "ranks the structures of all layers together"),
-         # the --post_training_search controller's steps are fixed (post_training_prune's 0.1 / 0.0125 / 1.5)
-         ("pruning_initial_step", 0.1, "searches with a first step of 0.1"),
-         ("pruning_min_step", 0.0125, "searches down to steps of 0.0125"),
-         ("pruning_step_growth", 1.5, "grows its search steps by 1.5"))
+         # the --post_training_search controller's steps are post_training_prune's fixed ones
+         ("pruning_initial_step", SEARCH_INITIAL_STEP, f"searches with a first step of {SEARCH_INITIAL_STEP}"),
+         ("pruning_min_step", SEARCH_MIN_STEP, f"searches down to steps of {SEARCH_MIN_STEP}"),
+         ("pruning_step_growth", SEARCH_STEP_GROWTH, f"grows its search steps by {SEARCH_STEP_GROWTH}"))
 POOL_FACTOR = 5  # --post_training_long_share: training rows tokenized per calibration row
 
 

@@ -182,9 +182,13 @@ class DataTrainingArguments(PostTrainingArguments, DataArguments):
 
 
 # -- arguments -------------------------------------------------------------------------------------
+def argument_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments))
+
+
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, PruningArguments) from flags or a config file (+ overriding flags)."""
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments))
+    parser = argument_parser()
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser))
     return model_args, data_args, training_args
 
@@ -610,7 +614,7 @@ TASK = Task(
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe (``--post_training``: prune without training); returns what it writes to results.json."""
     # a config file's nulls are checked against the parser's defaults before the file is expanded (which drops them)
-    check_config_nulls(argv, HfArgumentParser((ModelArguments, DataTrainingArguments, PruningArguments)))
+    check_config_nulls(argv, argument_parser())
     argv = expand_config_file(argv)  # the config file read once; parse_args checks the flags
     if _as_recipe_error(parse_args, argv)[1].post_training:
         return post_training.run_post_training(TASK, argv)

@@ -157,9 +157,9 @@ def smallest_size(model, tokenizer, keep_tokens: Iterable[str] = (), keep_ids: I
     """The fewest tokens ``prune_vocabulary`` can keep (its smallest ``max_size``): those kept whatever their count,
     with the pieces the tokenizer family needs to produce them."""
     family, spec = tokenizer_family(tokenizer)
-    old_size = model.get_input_embeddings().num_embeddings
-    always = kept_anyway(model, tokenizer, keep_tokens, keep_ids)
-    return len({i for i in always | family.required(tokenizer, spec, always) if 0 <= i < old_size})
+    return len(_within_size([], kept_anyway(model, tokenizer, keep_tokens, keep_ids), None,
+                            lambda ids: family.required(tokenizer, spec, ids),
+                            model.get_input_embeddings().num_embeddings))
 
 
 def highest_min_count(counts: Counter, always: set[int]) -> int:

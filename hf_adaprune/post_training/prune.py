@@ -51,6 +51,8 @@ DEFAULT_REFIT_TARGET = "dense_residual"  # see dense_targets; chosen in benchmar
 # model saw, at 50% and 65%, for two dense models (README, "Which scores to rank")
 DEFAULT_NORMALIZE_SCORES = False
 SEARCH_CEILING = 0.9  # target=None: the controller searches up to this fraction
+# search=True: the controller's first step, smallest step and growth after a kept step (the trainer's defaults)
+SEARCH_INITIAL_STEP, SEARCH_MIN_STEP, SEARCH_STEP_GROWTH = 0.1, 0.0125, 1.5
 KINDS = ("heads", "ffn")  # what post-training pruning removes (whole layers only while training)
 
 
@@ -172,10 +174,10 @@ def post_training_prune(
 
     controller = AdaptiveController(
         target=SEARCH_CEILING if target is None else target,
-        initial_step=0.1 if searching else target,
-        min_step=min(0.0125, target or 0.0125),
+        initial_step=SEARCH_INITIAL_STEP if searching else target,
+        min_step=min(SEARCH_MIN_STEP, target or SEARCH_MIN_STEP),
         tolerance=tolerance, tolerance_type=tolerance_type,
-        greater_is_better=metric_greater_is_better(metric), growth=1.5,
+        greater_is_better=metric_greater_is_better(metric), growth=SEARCH_STEP_GROWTH,
     )
     dense = None  # the dense model's activations, captured once for every ratio tried
     if refit and refit_target != "same_input":
