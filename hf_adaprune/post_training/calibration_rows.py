@@ -42,7 +42,13 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
                          f"got {samples!r}")
     lengths = [len(row[length_column]) for row in dataset] if rows_of_dicts else \
         [len(value) for value in dataset[length_column]]
-    samples = int(samples)
+    chosen = length_mixed_rows(lengths, int(samples), long_share=long_share, long_fraction=long_fraction, seed=seed)
+    return [dataset[i] for i in chosen] if rows_of_dicts else dataset.select(chosen)
+
+
+def length_mixed_rows(lengths: list[int], samples: int, *, long_share: float, long_fraction: float = LONG_FRACTION,
+                      seed: int = 0) -> list[int]:
+    """The row indices :func:`length_mixed_calibration` draws, from the rows' ``lengths`` (shuffled, no row twice)."""
     rng = random.Random(seed)
     if long_share == 0:  # a plain random sample: long rows as likely as any other
         chosen = rng.sample(range(len(lengths)), samples)
@@ -57,4 +63,4 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
                              "samples or change long_share / long_fraction")
         chosen = rng.sample(long_rows, wanted_long) + rng.sample(other_rows, samples - wanted_long)
     rng.shuffle(chosen)
-    return [dataset[i] for i in chosen] if rows_of_dicts else dataset.select(chosen)
+    return chosen

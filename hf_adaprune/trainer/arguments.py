@@ -123,6 +123,11 @@ class PruningArguments(TrainingArguments):
     )
     pruning_refit_samples: int = field(
         default=512, metadata={"help": "--pruning_refit: training rows (drawn with --seed) the re-fit is computed on."})
+    pruning_refit_long_share: float = field(
+        default=0.0,
+        metadata={"help": "--pruning_refit: share of its rows drawn from the longest fifth of the training rows (by "
+                          "token count), the rest from the others; 0: a plain random draw. For training sets of short "
+                          "rows served on longer inputs (SST-2's phrases vs whole sentences)."})
     pruning_refit_target: str = field(
         default="dense_residual",
         metadata={"help": "--pruning_refit: what the re-fit matches, the model under the accepted masks being the "
@@ -345,6 +350,12 @@ def validate_pruning_arguments(args) -> None:
     if args.pruning_refit_target != "dense_residual" and not args.pruning_refit:
         raise ValueError(f"--pruning_refit_target {args.pruning_refit_target} says what --pruning_refit matches; "
                          "it does nothing without --pruning_refit")
+    if not 0.0 <= args.pruning_refit_long_share <= 1.0:
+        raise ValueError(f"--pruning_refit_long_share is a share of the re-fit rows, in [0, 1]; got "
+                         f"{args.pruning_refit_long_share}")
+    if args.pruning_refit_long_share and not args.pruning_refit:
+        raise ValueError("--pruning_refit_long_share chooses the rows of --pruning_refit, which is off: set "
+                         "--pruning_refit true or leave the share at 0")
     if args.pruning_refit_samples < 1:
         raise ValueError(f"--pruning_refit_samples must be >= 1; got {args.pruning_refit_samples}")
     if not 0.0 < args.pruning_target < 1.0:

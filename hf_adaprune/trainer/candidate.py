@@ -58,7 +58,7 @@ class CandidateMasksMixin:
         if self._refit_batches is None:
             self._refit_batches = refit_calibration_batches(
                 self.pruned_model, self.train_dataset, self.data_collator, self.args.pruning_refit_samples,
-                self.args.per_device_eval_batch_size, self.args.seed)
+                self.args.per_device_eval_batch_size, self.args.seed, self.args.pruning_refit_long_share)
         self._refit_change = refit_candidate(self.pruned_model, get_masks(self.pruned_model), self.pruning_groups,
                                              self._accepted_masks, self._refit_batches, self.accelerator,
                                              DEFAULT_RIDGE, self.args.pruning_refit_target)

@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import Subset
+from transformers.utils import logging
 
 from ..post_training.calibration import calibration_batches, model_input_names
+from ..post_training.calibration_rows import LONG_FRACTION, length_mixed_rows
 from ..post_training.dense_targets import capture_dense_targets
 from ..post_training.prune import SUPPORTED_MODEL_TYPES
 from ..post_training.refit import column_mask, refit_groups
 from .eval_order import is_map_style
+
+logger = logging.get_logger(__name__)
 
 
 def refit_problem(model, train_dataset, kinds) -> str | None:
@@ -53,12 +57,37 @@ def refit_problem(model, train_dataset, kinds) -> str | None:
     return None
 
 
-def refit_calibration_batches(model, dataset, collator, samples: int, batch_size: int, seed: int) -> list[dict]:
-    """``samples`` rows of ``dataset`` chosen by ``seed`` (the same on every process), collated into batches."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    rows = sorted(order[:samples].tolist())
+def refit_calibration_batches(model, dataset, collator, samples: int, batch_size: int, seed: int,
+                              long_share: float = 0.0) -> list[dict]:
+    """``samples`` rows of ``dataset`` chosen by ``seed`` (the same on every process), collated into batches.
+
+    ``long_share`` > 0: that share of the rows from the longest fifth of the dataset's rows (by their number of
+    ``input_ids``), the others from the rest, as :func:`~hf_adaprune.post_training.length_mixed_calibration` draws
+    them; a dataset whose longest fifth is too small gives all of it (a warning says so).
+    """
+    samples = min(samples, len(dataset))
+    if not long_share:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        rows = sorted(order[:samples].tolist())
+    else:
+        lengths = row_lengths(dataset)
+        long_rows = max(1, round(LONG_FRACTION * len(lengths)))
+        asked = round(long_share * samples)
+        wanted = min(max(asked, samples - (len(lengths) - long_rows)), long_rows)  # what the two parts can give
+        if wanted < asked:
+            logger.warning("--pruning_refit_long_share %s: the longest fifth of the training set holds %d rows, so "
+                           "%d of the %d re-fit rows come from it, not %d", long_share, long_rows, wanted, samples,
+                           asked)
+        rows = sorted(length_mixed_rows(lengths, samples, long_share=wanted / samples, seed=seed))
     subset = dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
     return calibration_batches(subset, collator, batch_size, model_input_names(model))
+
+
+def row_lengths(dataset) -> list[int]:
+    """The number of ``input_ids`` of every row of a map-style dataset (a column read where it has columns)."""
+    if "input_ids" in (getattr(dataset, "column_names", None) or ()):
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
 
 
 @torch.no_grad()
