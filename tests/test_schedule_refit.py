@@ -286,3 +286,65 @@ def test_refit_needs_tokenized_training_rows(tmp_path):
     with pytest.raises(ValueError, match=r"need input_ids \(a tokenized dataset\); the first row has \['labels', 'sentence'\]"):
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_refit=True),
                                train_dataset=text_rows, eval_dataset=toy_dataset(16))
+
+
+def _ragged_rows(n: int) -> datasets.Dataset:
+    """``n`` rows of 2 to n + 1 tokens, each length once, in a shuffled order."""
+    lengths = [2 + (i * 37) % n for i in range(n)]  # 37 is prime to the sizes used: a permutation
+    assert len(set(lengths)) == n
+    return datasets.Dataset.from_dict({"input_ids": [[7] * length for length in lengths],
+                                       "labels": [i % 3 for i in range(n)]})
+
+
+def _pad(rows):
+    width = max(len(row["input_ids"]) for row in rows)
+    ids = torch.tensor([row["input_ids"] + [0] * (width - len(row["input_ids"])) for row in rows])
+    mask = torch.tensor([[1] * len(row["input_ids"]) + [0] * (width - len(row["input_ids"])) for row in rows])
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([row["labels"] for row in rows])}
+
+
+def _lengths_drawn(batches) -> list[int]:
+    return sorted(int(n) for batch in batches for n in batch["attention_mask"].sum(-1))
+
+
+def test_refit_long_share_draws_that_share_from_the_longest_fifth():
+    data, model = _ragged_rows(200), tiny_model("bert")
+    threshold = sorted((len(ids) for ids in data["input_ids"]), reverse=True)[39]  # the 40 longest
+    plain = _lengths_drawn(refit_calibration_batches(model, data, _pad, 40, 16, seed=1))
+    mixed = _lengths_drawn(refit_calibration_batches(model, data, _pad, 40, 16, seed=1, long_share=0.5))
+    assert len(plain) == len(mixed) == 40
+    assert sum(n >= threshold for n in mixed) == 20, mixed
+    assert sum(n >= threshold for n in plain) < 20, plain  # a random draw takes about a fifth (8) of them
+    again = _lengths_drawn(refit_calibration_batches(model, data, _pad, 40, 16, seed=1, long_share=0.5))
+    assert again == mixed, "the same rows on every process: the seed decides"
+
+
+def test_refit_long_share_beyond_the_long_rows_takes_them_all_and_warns(caplog):
+    data, model = _ragged_rows(50), tiny_model("bert")  # 10 long rows; 40 samples at share 0.5 would want 20
+    with caplog.at_level("WARNING"):
+        drawn = _lengths_drawn(refit_calibration_batches(model, data, _pad, 40, 16, seed=0, long_share=0.5))
+    threshold = sorted((len(ids) for ids in data["input_ids"]), reverse=True)[9]
+    assert len(drawn) == 40 and sum(n >= threshold for n in drawn) == 10
+    assert "the longest fifth of the training set holds 10 rows, so 10 of the 40 re-fit rows come from it, not 20" \
+        in caplog.text
+    # more rows asked than the dataset has: all of them, whatever the share
+    assert len(_lengths_drawn(refit_calibration_batches(model, data, _pad, 500, 16, seed=0, long_share=0.1))) == 50
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(pruning_refit=True, pruning_refit_long_share=1.5), "--pruning_refit_long_share is a share of the re-fit "
+                                                             r"rows, in \[0, 1\]; got 1.5"),
+    (dict(pruning_refit=True, pruning_refit_long_share=float("nan")), "--pruning_refit_long_share is a share"),
+    (dict(pruning_refit_long_share=0.5), "--pruning_refit_long_share chooses the rows of --pruning_refit, which is off"),
+])
+def test_refit_long_share_out_of_range_or_without_refit_is_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
+
+
+def test_a_training_run_refits_on_the_long_share(tmp_path):
+    trainer = _refit_run(tmp_path, refit=True, pruning_refit_long_share=1.0, pruning_refit_samples=32)
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    assert [h["event"] for h in trainer.controller.state.history][:2] == ["reference", "keep"]
+    assert sum(int(batch["input_ids"].shape[0]) for batch in trainer._refit_batches) == 32
+    assert len(set(lengths)) == 1  # the toy rows are all 10 tokens long: every row counts, the draw still works
