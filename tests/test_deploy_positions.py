@@ -118,3 +118,19 @@ def test_other_families_refused():
     model = transformers.MarianMTModel(config)
     with pytest.raises(ValueError, match="position pruning is for encoders with a learned position table"):
         prune_positions(model, MAX_LENGTH)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
+def test_onnx_export_of_a_table_cut_below_the_export_example(tmp_path, model_type):
+    # keyword queries of at most 4 tokens: the export's traced example must not be longer than the table reads
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'hf-adaprune[deploy]')")
+    from hf_adaprune.deploy import OnnxEncoder
+
+    model = pruned_copy(model_type)
+    prune_positions(model, 4)
+    export_onnx(model, tmp_path)
+    for length in (1, 3, 4):
+        batch = text_batch(seq=length)
+        with torch.no_grad():
+            expected = model(**batch).logits
+        torch.testing.assert_close(OnnxEncoder(tmp_path)(**batch).logits, expected, atol=1e-4, rtol=0)
