@@ -51,14 +51,14 @@ def save_tiny_encoder(folder, model_class=BertModel, config_class=BertConfig, se
     """A tiny transformers encoder with a WordPiece tokenizer over WORDS, saved to ``folder``."""
     os.makedirs(folder, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    vocab_file = os.path.join(folder, "vocab.txt")
-    with open(vocab_file, "w") as f:
-        f.write("\n".join(vocab) + "\n")
     torch.manual_seed(seed)
     config = config_class(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=37, max_position_embeddings=64)
     model_class(config).save_pretrained(folder)
-    BertTokenizerFast(vocab_file=vocab_file).save_pretrained(folder)
+    # transformers 5's fast tokenizers ignore vocab_file: the vocabulary is passed as a dict
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    assert tokenizer.tokenize(WORDS[0]) == [WORDS[0]], "the tiny tokenizer must know WORDS"
+    tokenizer.save_pretrained(folder)
     return str(folder)
 
 

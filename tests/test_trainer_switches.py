@@ -248,9 +248,9 @@ def test_masked_lm_decisions_see_the_same_masks_every_time(tmp_path):
 
 
 def masked_lm_tokenizer(tmp_path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]))
-    return transformers.BertTokenizerFast(vocab_file=str(vocab))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
+    # transformers 5's fast tokenizers ignore vocab_file: the vocabulary is passed as a dict
+    return transformers.BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)})
 
 
 def test_a_multiple_choice_head_is_counted_and_pruned(tmp_path):
