@@ -347,6 +347,45 @@ def test_saving_over_an_earlier_model_leaves_none_of_its_weight_files(tmp_path):
         torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, expected)
 
 
+def test_weight_files_no_loader_reads_stay(tmp_path):
+    """Only the names transformers (or load_int8) loads are replaced: a user's EMA or teacher weights beside them stay."""
+    from conftest import tiny_model
+    from test_surgery import random_masks
+
+    from hf_adaprune import save_pruned
+
+    theirs = {"model_ema.safetensors": b"EMA weights", "pytorch_model_teacher.bin": b"teacher", "model.onnx": b"graph"}
+    for name, content in theirs.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"an earlier model, which from_pretrained would read")
+    model = tiny_model("bert")
+    random_masks(model)
+    save_pruned(model, tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in theirs} == theirs
+    assert not (tmp_path / "pytorch_model.bin").exists() and (tmp_path / "model.safetensors").exists()
+
+
+def test_a_save_by_another_process_than_the_main_one_writes_and_removes_nothing(tmp_path):
+    """As transformers' save_pretrained(is_main_process=False): every rank may call it; rank 0's files stay."""
+    from conftest import text_batch, tiny_model
+    from test_surgery import random_masks
+
+    from hf_adaprune import AutoPrunedModel, save_pruned
+
+    main, other = tiny_model("bert"), tiny_model("bert")
+    random_masks(main, seed=0)
+    random_masks(other, seed=0)
+    save_pruned(main, tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert "model.safetensors" in before
+    save_pruned(other, tmp_path, is_main_process=False)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()]  # no temporary folder left either
+    batch = text_batch()
+    with torch.no_grad():  # the other process's model was compacted all the same, as the main one
+        torch.testing.assert_close(other(**batch).logits, AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits)
+
+
 def test_saving_over_an_earlier_variant_save_leaves_none_of_its_weight_files(tmp_path):
     """variant="fp16" names the files model.fp16.safetensors / model.fp16-0000N-of-0000M.safetensors: a single file
     left beside new shards would be what from_pretrained(variant=...) reads, against the new config."""

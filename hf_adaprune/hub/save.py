@@ -8,6 +8,7 @@ here, self-contained), plus tokenizer / processor files when given.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -19,13 +20,14 @@ from ..surgery import compact
 
 # weight files transformers loads from a folder: a single file, shards and their index, in either format, with or
 # without a variant (model.fp16.safetensors, model.fp16-00001-of-00002.safetensors, model.safetensors.index.fp16.json);
-# and save_int8's (load_int8 would read an earlier model's int8 weights under the new config)
-WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index*.json", "pytorch_model*.bin",
-                   "pytorch_model.bin.index*.json", "int8.json")
+# and save_int8's (load_int8 would read an earlier model's int8 weights under the new config). Names only: a user's
+# model_ema.safetensors or pytorch_model_teacher.bin, which no loader reads, stay.
+WEIGHT_FILE = re.compile(r"(model|pytorch_model)(\.[^.\-/]+)?(-\d+-of-\d+)?\.(safetensors|bin)"
+                         r"|(model\.safetensors|pytorch_model\.bin)\.index(\.[^./]+)?\.json|int8\.json")
 
 
 def _weight_files(folder: Path) -> set[str]:
-    return {path.name for pattern in WEIGHT_PATTERNS for path in folder.glob(pattern)}
+    return {path.name for path in folder.iterdir() if path.is_file() and WEIGHT_FILE.fullmatch(path.name)}
 
 
 def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, processor=None, **kwargs) -> Path:
@@ -42,6 +44,8 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
                          "safe_serialization out")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
+    if not kwargs.get("is_main_process", True):  # as transformers: only the main process writes (nor removes) files
+        return Path(save_directory)
     if kwargs.get("push_to_hub"):  # transformers names the repo after the folder it saves to: not the temporary one
         kwargs.setdefault("repo_id", Path(save_directory).name)
 
