@@ -237,10 +237,11 @@ def test_bad_arguments_fail_at_parse_time(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
 
 
-@pytest.mark.parametrize("given, expected", [(None, False), (True, True), (False, False)])
+@pytest.mark.parametrize("given, expected", [(None, False), (True, False), (False, False)])
 def test_direction_of_a_lower_is_better_metric_named_for_best_model(tmp_path, caplog, given, expected):
-    """transformers fills greater_is_better in from metric_for_best_model's name (True for 'wer'); only a value the
-    user gave overrules the metric's own direction."""
+    """transformers fills greater_is_better in from metric_for_best_model's name (True for 'wer'): that value, given
+    or guessed, cannot overrule the metric's own direction (copied arguments carry the guess as if given);
+    --pruning_greater_is_better does."""
     import logging
 
     from hf_adaprune.trainer.arguments import pruning_metric_direction
@@ -250,7 +251,27 @@ def test_direction_of_a_lower_is_better_metric_named_for_best_model(tmp_path, ca
         args = make_args(tmp_path, pruning_metric="wer", metric_for_best_model="wer", eval_strategy="steps",
                          **extra)
     assert pruning_metric_direction(args) is expected
-    assert ("set --greater_is_better false for best-model selection" in caplog.text) is (given is None)
+    assert ("set --greater_is_better false for best-model selection" in caplog.text) is (given is not False)
+    overruled = make_args(tmp_path, pruning_metric="wer", metric_for_best_model="wer", eval_strategy="steps",
+                          pruning_greater_is_better=True, **extra)
+    assert pruning_metric_direction(overruled) is True
+
+
+@pytest.mark.parametrize("metric, expected", [("wer", False), ("mse", False), ("accuracy", True), ("loss", False)])
+def test_copied_arguments_keep_the_metric_direction(tmp_path, metric, expected):
+    """dataclasses.replace and a to_dict / parse_dict round trip run __post_init__ again, with transformers' guess
+    in greater_is_better: the direction must not flip."""
+    import dataclasses
+    import json
+
+    from transformers import HfArgumentParser
+
+    from hf_adaprune.trainer.arguments import pruning_metric_direction
+
+    args = make_args(tmp_path, pruning_metric=metric, metric_for_best_model=metric, eval_strategy="steps")
+    replaced = dataclasses.replace(args)
+    parsed, = HfArgumentParser(PruningArguments).parse_dict(json.loads(args.to_json_string()), allow_extra_keys=True)
+    assert [pruning_metric_direction(a) for a in (args, replaced, parsed)] == [expected] * 3
 
 
 def varied_length_dataset(n=96):

@@ -193,8 +193,12 @@ class PruningArguments(TrainingArguments):
             logger.info("%d processes launched on a machine without an accelerator: using the CPU (gloo)", processes)
             self.use_cpu = True
         # TrainingArguments fills greater_is_better in from metric_for_best_model's name ("...loss" or not): only a
-        # value the user gave may overrule a metric's known direction (wer, mse: lower is better)
-        self.greater_is_better_given = self.greater_is_better is not None
+        # value the user gave that differs from that guess may overrule a metric's known direction (wer, mse: lower is
+        # better). Arguments copied (dataclasses.replace, to_dict + parse_dict) run this again with the guess filled
+        # in, which must not read as given; --pruning_greater_is_better overrules any direction
+        best_name = self.metric_for_best_model
+        guess = None if best_name is None else not best_name.endswith("loss")
+        self.greater_is_better_given = self.greater_is_better is not None and self.greater_is_better != guess
         sharded = sharded_training_problem(self)  # before transformers sets FSDP / DeepSpeed up (or fails to)
         if sharded:
             raise ValueError(sharded)
@@ -203,9 +207,10 @@ class PruningArguments(TrainingArguments):
         best = (self.metric_for_best_model or "").removeprefix("eval_")
         known = known_greater_is_better(best) if best else None
         if best and not self.greater_is_better_given and known is not None and known != self.greater_is_better:
-            logger.warning("--metric_for_best_model %s: transformers takes a %s value as better (from the name; "
-                           "--greater_is_better is not set), where a %s %s is better; set --greater_is_better %s "
-                           "for best-model selection (pruning decisions use the metric's own direction)", best,
+            logger.warning("--metric_for_best_model %s: transformers takes a %s value as better (its guess from the "
+                           "name, given or not), where a %s %s is better; set --greater_is_better %s for best-model "
+                           "selection (pruning decisions use the metric's own direction, unless "
+                           "--pruning_greater_is_better says otherwise)", best,
                            "higher" if self.greater_is_better else "lower", "higher" if known else "lower", best,
                            str(known).lower())
         if self.push_to_hub and self.hub_strategy != HubStrategy.END:
