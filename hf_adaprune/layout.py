@@ -307,20 +307,29 @@ def linear_spec(linear: nn.Linear) -> dict:
             "bias": linear.bias is not None}
 
 
-def apply_layout(base_model: nn.Module, layout: dict) -> None:
-    """Reshape ``base_model`` in place to ``layout`` (new modules and parameters are left uninitialised)."""
+def apply_layout(base_model: nn.Module, layout: dict) -> list[nn.Module]:
+    """Reshape ``base_model`` in place to ``layout``; return the new modules (initialised as PyTorch does; the
+    model's own init is the caller's to apply). A reshaped parameter starts as the leading slice of the one it
+    replaces (WavLM's per-head ``gru_rel_pos_const``: the model's init value), or uninitialised if it grew."""
+    created = []
     for path, spec in layout.get("modules", {}).items():
         parent, name = parent_and_name(base_model, path)
-        setattr(parent, name, module_from_spec(spec, getattr(parent, name, None), path))
+        created.append(module_from_spec(spec, getattr(parent, name, None), path))
+        setattr(parent, name, created[-1])
     for path, shape in layout.get("parameters", {}).items():
         parent, name = parent_and_name(base_model, path)
         old = getattr(parent, name)
-        setattr(parent, name, nn.Parameter(torch.empty(shape, device=old.device, dtype=old.dtype),
-                                           requires_grad=old.requires_grad))
+        shape = tuple(shape)
+        if len(shape) == old.dim() and all(n <= o for n, o in zip(shape, old.shape)):
+            value = old.detach()[tuple(slice(0, n) for n in shape)].clone()
+        else:
+            value = torch.empty(shape, device=old.device, dtype=old.dtype)
+        setattr(parent, name, nn.Parameter(value, requires_grad=old.requires_grad))
     for path, value in layout.get("attributes", {}).items():
         set_attribute(base_model, path, value)
     for path, spec in layout.get("shared_bias", {}).items():
         install_shared_bias(base_model.get_submodule(path), spec["kind"], spec["kept_heads"], spec["num_heads"])
+    return created
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -352,7 +361,13 @@ class PrunedModelMixin:
         super().__init__(config, *args, **kwargs)
         record = read_record(config)
         if record:
-            apply_layout(self.base_model, layout_of_present_stacks(self.base_model, record["layout"]))
+            created = apply_layout(self.base_model, layout_of_present_stacks(self.base_model, record["layout"]))
+            # post_init ran before the layout: the new modules get the model's own init (from_config, training the
+            # pruned shape anew); from_pretrained builds on the meta device and loads every weight instead
+            for module in created:
+                for part in module.modules():
+                    if not any(p.is_meta for p in part.parameters(recurse=False)):
+                        self._init_weights(part)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

@@ -280,3 +280,27 @@ def test_save_pruned_with_a_push_keeps_and_uploads_the_folders_own_card(tmp_path
     assert (commit.folder / "README.md").read_text() == "# My pruned model\n\nNotes of my own.\n"
     assert (folder / "README.md").read_text() == "# My pruned model\n\nNotes of my own.\n"
     assert (folder / "config.json").is_file()
+
+
+def test_a_pruned_shape_built_from_its_config_gets_the_models_own_init(tmp_path):
+    """from_config (training the pruned shape anew) gives the new modules the config's init, not PyTorch's default,
+    and WavLM's per-head gru_rel_pos_const its init value (ones), not uninitialised memory."""
+    from test_wavlm import tiny_wavlm
+
+    from hf_adaprune.hub.load import load_pruned_config, pruned_class
+
+    model = prune_unevenly(tiny_wavlm("ctc", num_hidden_layers=3))
+    save_pruned(model, tmp_path)
+    config = transformers.AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)
+    torch.manual_seed(0)
+    for built in (transformers.AutoModelForCTC.from_config(config, trust_remote_code=True),
+                  pruned_class(transformers.WavLMForCTC)(load_pruned_config(tmp_path))):
+        constants = [layer.attention.gru_rel_pos_const for layer in built.wavlm.encoder.layers]
+        assert all(torch.equal(c, torch.ones_like(c)) for c in constants)
+        widths = {layer.attention.q_proj.weight.shape[0] for layer in built.wavlm.encoder.layers}
+        assert widths != {config.hidden_size}, "some layer lost heads"
+        pruned_weights = torch.cat([layer.attention.q_proj.weight.flatten() for layer in built.wavlm.encoder.layers
+                                    if layer.attention.q_proj.weight.shape[0] < config.hidden_size])
+        # the config's normal(0, 0.02); PyTorch's default (kaiming uniform on 32 inputs) has a std of about 0.10
+        assert 0.014 < float(pruned_weights.std()) < 0.026, float(pruned_weights.std())
+        assert all(float(layer.attention.q_proj.bias.abs().max()) == 0 for layer in built.wavlm.encoder.layers)
