@@ -168,6 +168,20 @@ class SharedBiasMixin:
     def is_empty_attention(self) -> bool:
         return len(self.adaprune_kept_heads) == 0
 
+    def __reduce_ex__(self, protocol):
+        # the class is made at run time: pickle how to make it (the forward's mixin and the stock class), so that
+        # another process (torch.save / load, spawned workers) rebuilds it
+        reduced = list(super().__reduce_ex__(protocol))
+        cls = type(self)
+        mixin = next(c for c in cls.__mro__ if c in SHARED_BIAS_WRAPPERS.values())
+        reduced[0], reduced[1] = _new_shared_bias_module, (mixin, stock_module_class(cls))
+        return tuple(reduced)
+
+
+def _new_shared_bias_module(mixin: type, base: type) -> nn.Module:
+    """An empty instance of ``mixin`` over ``base`` (unpickling fills its state in)."""
+    return object.__new__(_shared_bias_class(mixin, base))
+
 
 @functools.cache
 def _shared_bias_class(mixin: type, base: type) -> type:

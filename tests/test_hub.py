@@ -571,3 +571,42 @@ def test_wrong_auto_class_or_a_config_without_the_record_say_what_is_wrong(tmp_p
     loaded = AutoPrunedModel.from_pretrained(tmp_path / "out", config=config)
     batch = text_batch()
     assert (outputs(loaded.eval(), batch) - outputs(model, batch)).abs().max() <= 1e-6
+
+
+def test_a_pruned_model_unpickles_in_a_fresh_process(tmp_path):
+    """torch.save(model) / spawned workers: the classes made at run time (pruned model, marked config, T5's
+    shared-bias attention) are made again by name in a process that has not made them yet."""
+    import subprocess
+    import sys
+
+    from conftest import text_batch, tiny_model
+    from test_seq2seq_families import pattern_masks, tiny_seq2seq
+    from test_surgery import random_masks
+
+    from hf_adaprune import compact, save_pruned
+
+    bert = tiny_model("bert")
+    random_masks(bert)
+    save_pruned(bert, tmp_path / "bert")  # compacted, its class and config marked
+    t5 = tiny_seq2seq("t5")
+    pattern_masks(t5, "B")
+    compact(t5)
+    ids = text_batch()["input_ids"]
+    with torch.no_grad():
+        expected = {"bert": bert(input_ids=ids).logits,
+                    "t5": t5(input_ids=ids, decoder_input_ids=ids[:, :4]).logits}
+    torch.save({"bert": bert, "t5": t5, "ids": ids, "expected": expected}, tmp_path / "models.pt")
+    code = f"""
+import torch, hf_adaprune
+saved = torch.load({str(tmp_path / 'models.pt')!r}, weights_only=False)
+ids = saved["ids"]
+with torch.no_grad():
+    got = {{"bert": saved["bert"](input_ids=ids).logits,
+           "t5": saved["t5"](input_ids=ids, decoder_input_ids=ids[:, :4]).logits}}
+for name, value in got.items():
+    torch.testing.assert_close(value, saved["expected"][name], rtol=0, atol=1e-6)
+print(type(saved["bert"]).__module__, type(saved["bert"].config).__module__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["hf_adaprune.hub.load", "hf_adaprune.hub.config_marker"]

@@ -74,6 +74,17 @@ def _pruned_config_class(base_class: type) -> type:
     return cls
 
 
+def __getattr__(name: str):
+    """A marked config class asked for by name (unpickling in a process that has not made it yet): made from the
+    transformers config class of that name."""
+    import transformers
+
+    base = getattr(transformers, name, None) if not name.startswith("_") else None
+    if isinstance(base, type) and issubclass(base, transformers.PretrainedConfig):
+        return pruned_config_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def mark_config(config):
     """Give ``config`` its marked class in place (same object and values)."""
     config.__class__ = pruned_config_class(type(config))

@@ -63,6 +63,15 @@ def _pruned_class(base_class: type) -> type:
     return cls
 
 
+def __getattr__(name: str):
+    """A pruned class asked for by name (unpickling a pruned model in a process that has not made its class yet):
+    made from the transformers class of that name."""
+    base = getattr(transformers, name, None) if not name.startswith("_") else None
+    if isinstance(base, type) and issubclass(base, transformers.PreTrainedModel):
+        return pruned_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def as_pruned(model):
     """Give a compacted ``model`` its pruned class (same object, same weights), so that it saves as one."""
     model.__class__ = pruned_class(type(model))
