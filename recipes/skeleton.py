@@ -419,6 +419,21 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
                               callbacks=[snapshot] if snapshot else None, dataset_name=data_args.dataset_card_name))
     if task.metric_options:
         trainer.add_callback(RecipeOptionsRecorder(metric_options(task, run)))
+    # one push, at the end: the folder then holds the test scores, the card's control table and deploy/ as well
+    push, training_args.push_to_hub = training_args.push_to_hub, False
+    try:
+        results = _train_test_and_save(task, run, trainer, resume_from, test_dataset, snapshot, control_model,
+                                       dense_for_latency, repeats, started)
+    finally:
+        training_args.push_to_hub = push
+    if push:
+        push_output(trainer, training_args)
+    return results
+
+
+def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_dataset, snapshot, control_model,
+                         dense_for_latency, repeats: int, started: float) -> dict:
+    data_args, training_args = run.data_args, run.training_args
     train_metrics = train_and_save(trainer, training_args, resume_from)
     if task.after_save is not None and training_args.should_save:
         task.after_save(run, training_args.output_dir)
@@ -465,6 +480,23 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     if control is not None and results["test"] is not None and training_args.should_save:
         add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
+
+
+# what the Hub repo does not get: checkpoints and private folders (as transformers' push), the dense control's model
+PUSH_IGNORE = ["_*", "checkpoint-*", f"{CONTROL_DIR}/*"]
+
+
+def push_output(trainer, training_args) -> None:
+    """Upload the output folder to the trainer's Hub repo once the run is done: the pruned model, its card (with
+    the control's table), results, test metrics and deploy/; the dense control stays local."""
+    if not trainer.is_world_process_zero():
+        return
+    trainer._finish_current_push()  # a push transformers may have started
+    transformers.trainer.hf_api().upload_folder(
+        repo_id=trainer.hub_model_id, folder_path=training_args.output_dir, token=training_args.hub_token,
+        commit_message="End of training: pruned model, card, results", ignore_patterns=PUSH_IGNORE,
+        revision=training_args.hub_revision)
+    logger.info("pushed %s to the Hub repo %s", training_args.output_dir, trainer.hub_model_id)
 
 
 def deploy_and_save(run: Run, model, results: dict, table: str, started: float) -> None:
