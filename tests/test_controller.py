@@ -153,3 +153,29 @@ def test_records_the_sparsity_actually_selected():
 def test_propose_before_start_says_what_is_missing():
     with pytest.raises(RuntimeError, match=r"propose\(\) before start\(reference\)"):
         AdaptiveController(target=0.5).propose()
+
+
+def test_without_retries_a_grown_step_stops_halfway_to_the_smallest_failure():
+    # tries without training between them (post-training pruning): a failed ratio stays failed, so no later try
+    # reaches it; with retries (training between tries, the default) the grown step goes back up to it
+    def tries(retry_failed):
+        c = AdaptiveController(target=0.9, initial_step=0.1, min_step=0.0125, tolerance=0.01, growth=1.5,
+                               retry_failed=retry_failed)
+        metric = {True: 0.9, False: 0.5}  # within tolerance up to 0.22 removed
+        tried = [c.start(0.9)]
+        while not c.state.done:
+            c.decide(metric[tried[-1] <= 0.22 + 1e-9])
+            if not c.state.done:
+                tried.append(c.propose())
+        return tried, c
+
+    tried, c = tries(retry_failed=False)
+    smallest_failure = 1.0
+    for ratio, decided in zip(tried, c.state.history[1:]):
+        assert ratio < smallest_failure, (ratio, tried)
+        if decided["event"] == "rollback":
+            smallest_failure = min(smallest_failure, ratio)
+    assert tried == pytest.approx([0.1, 0.25, 0.175, 0.2125, 0.23125])
+    assert c.state.ratio == pytest.approx(0.2125) and c.state.stop_reason == "step below minimum"
+    retried, _ = tries(retry_failed=True)
+    assert max(retried[retried.index(0.25) + 1:]) >= 0.25, retried  # the grown step went back beyond the failure

@@ -120,3 +120,15 @@ def test_a_model_with_an_ffn_emptied_by_an_earlier_compaction_trains_with_a_mult
     ffn = {name: count for name, count in kept.items() if name.endswith("ffn")}
     assert ffn["encoder.layer.0.ffn"] == 0 and all(count % 8 == 0 for count in ffn.values()), kept
     assert any(0 < count < 37 for count in ffn.values()), kept
+
+
+def test_fewer_alive_than_the_multiple_keeps_the_selection_rather_than_emptying_the_group():
+    # masks pruned without rounding (6 of 37 alive), resumed with --pruning_multiple_of 8: no multiple of 8 fits
+    # in 6, and rounding down would remove the group's last neurons below its floor
+    score = torch.arange(37, dtype=torch.float32)
+    current = torch.zeros(37)
+    current[:6] = 1
+    selected = current.clone()
+    selected[0] = 0  # selection keeps 5
+    new = round_kept(score, current, selected, 8, floor=1)
+    assert torch.equal(new, selected)

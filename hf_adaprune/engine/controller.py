@@ -51,6 +51,9 @@ class AdaptiveController:
     greater_is_better: bool = True
     growth: float = 1.0
     search: str = "grow"  # grow | bisect (see the module docstring)
+    # grow: may a step reach a ratio at or beyond one rolled back? Yes where training between tries may make it
+    # feasible; no for tries without training (post-training pruning), whose failure stands: steps stop halfway
+    retry_failed: bool = True
     state: ControllerState = field(default_factory=ControllerState)
 
     def __post_init__(self):
@@ -127,6 +130,8 @@ class AdaptiveController:
             s.ceiling = tried if s.ceiling is None else min(s.ceiling, tried)
         if self.search == "bisect" and s.ceiling is not None:
             s.step = (s.ceiling - s.ratio) / 2  # the midpoint of what is known to keep and what is known to fail
+        elif not self.retry_failed and s.ceiling is not None:
+            s.step = min(s.step, (s.ceiling - s.ratio) / 2)  # never at or beyond a ratio that failed
         if s.step < self.min_step - 1e-12:
             self.stop("step below minimum")
         return decision

@@ -289,8 +289,8 @@ def round_kept(score: torch.Tensor, current: torch.Tensor, selected: torch.Tenso
     A group the selection left whole stays whole."""
     alive = current >= 0.5
     alive_count, kept = int(alive.sum()), int((selected >= 0.5).sum())
-    if kept == alive_count:
-        return selected
+    if kept == alive_count or alive_count < multiple:  # fewer alive than the multiple (masks pruned without
+        return selected  # rounding, resumed with it): no multiple fits, and rounding down would empty the group
     rounded = min(int(math.floor(kept / multiple + 0.5)) * multiple, alive_count // multiple * multiple)
     least = -(-_floor_for(selected.numel(), floor) // multiple) * multiple
     rounded = max(rounded, min(least, alive_count // multiple * multiple))

@@ -178,6 +178,7 @@ def post_training_prune(
         min_step=min(SEARCH_MIN_STEP, target or SEARCH_MIN_STEP),
         tolerance=tolerance, tolerance_type=tolerance_type,
         greater_is_better=metric_greater_is_better(metric), growth=SEARCH_STEP_GROWTH,
+        retry_failed=False,  # every try starts from the dense weights, no training between: a failure stands
     )
     dense = None  # the dense model's activations, captured once for every ratio tried
     if refit and refit_target != "same_input":
@@ -435,6 +436,9 @@ def _run_controller(controller: AdaptiveController, reference: float, prune_to, 
     after it), or on the dense model, which is within tolerance by definition. ``reached()``: the fraction
     the masks reach for the ratio just tried, which the history records as ``selected``.
     """
+    if not math.isfinite(reference):
+        raise ValueError(f"the dense model's metric on eval_dataset is {reference}: no pruned model can be judged "
+                         "within tolerance of it; check the metric and the evaluation rows")
     ratio = controller.start(reference)
     kept, last = None, None
     while not controller.state.done:
