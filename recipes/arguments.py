@@ -371,6 +371,24 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from:
                           f"--overwrite_output_dir true to write into it (files of the same names are replaced)")
 
 
+def check_written_subfolders(output_dir: str, model_paths, written: dict[str, str]) -> None:
+    """Never write over a loaded model inside a subfolder of ``output_dir`` the run saves a model into:
+    ``written`` maps each such subfolder (relative to ``output_dir``, e.g. ``dense_control``) to the option that
+    makes the run write it (e.g. ``--dense_control true``). ``model_paths`` are the local folders the run loads a
+    model, config or tokenizer from; one that is such a subfolder, or lies inside one, is a RecipeError naming both,
+    before any work. :func:`check_output_dir` refuses ``output_dir`` itself and its ``checkpoint-N`` folders."""
+    out = os.path.realpath(output_dir)
+    for name, option in written.items():
+        folder = Path(out, name)
+        for path in model_paths:
+            real = Path(os.path.realpath(path)) if path and os.path.isdir(path) else None
+            if real is not None and (real == folder or folder in real.parents):
+                raise RecipeError(f"--output_dir {output_dir}: the model, config or tokenizer is loaded from {path}, "
+                                  f"which is the run's {name}/ folder (or inside it), and {option} saves a model "
+                                  f"there: the run would write over it; copy that folder elsewhere first, or choose "
+                                  f"another --output_dir")
+
+
 def only_files(folder: str, names) -> bool:
     """Whether every file under ``folder`` is one of ``names`` (paths relative to it); empty folders aside."""
     found = {os.path.relpath(os.path.join(root, name), folder) for root, dirs, files in os.walk(folder)

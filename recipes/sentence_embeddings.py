@@ -63,8 +63,8 @@ from hf_adaprune.sentence_transformers import (
 from hf_adaprune.sentence_transformers.losses import distillation_distances, text_column
 from hf_adaprune.sentence_transformers.trainer import training_prompt
 
-from recipes.arguments import (RecipeError, check_integrations, check_output_dir, recipe_argv,
-                               remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
+from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
+                               recipe_argv, remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
                                warn_folders_left)
 from recipes.loading import is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, load_error,
@@ -74,6 +74,7 @@ from recipes.tables import read_text
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
 STEERS = ("sts", "teacher")
+LAYER_DROP_DIR = "layer_drop"  # OUTPUT_DIR/layer_drop: the --layer_drop_baseline model
 
 
 @dataclass
@@ -120,13 +121,15 @@ def read_sts(path: str, limit: int | None = None) -> Dataset:
 
 
 def read_sentences(paths: list[str], limit: int | None) -> list[str]:
-    """Unique non-empty sentences, an equal share of ``limit`` from each file in its order.
+    """Unique non-empty sentences, each file's in its order: with ``limit``, an equal share of it from each file,
+    where a file holds fewer than its share the rest coming from the others (files of 3 and 100 sentences, limit
+    10: 3 and 7), so that ``limit`` sentences are read whenever the files hold that many.
 
     A .tsv file is read by its ``sentence`` column, anything else one sentence a line (.gz, .bz2, .xz too); a
     file that is not UTF-8 text or does not decompress is one error line naming it.
     """
-    share = -(-limit // len(paths)) if limit else None
-    sentences: dict[str, None] = {}
+    seen: set[str] = set()
+    per_file: list[list[str]] = []  # each file's sentences no earlier file has, at most ``limit``
     for path in paths:
         path = resolve_package_path(path, "--sentence_files")
         if not os.path.isfile(path):
@@ -140,17 +143,37 @@ def read_sentences(paths: list[str], limit: int | None) -> list[str]:
             lines = (row["sentence"] or "" for row in reader)
         else:
             lines = f
-        taken = 0
+        new: list[str] = []
         for line in lines:
-            if line.strip() and line.strip() not in sentences:
-                sentences[line.strip()] = None
-                taken += 1
-                if share and taken >= share:
+            sentence = line.strip()
+            if sentence and sentence not in seen:
+                seen.add(sentence)
+                new.append(sentence)
+                if limit and len(new) >= limit:  # no file's share is more than the limit
                     break
-    out = list(sentences)
-    if not out:
+        per_file.append(new)
+    if not any(per_file):
         raise RecipeError(f"--sentence_files {', '.join(paths)}: no sentences in them")
-    return out[:limit] if limit else out
+    quotas = sentence_shares([len(new) for new in per_file], limit)
+    return [sentence for new, quota in zip(per_file, quotas) for sentence in new[:quota]]
+
+
+def sentence_shares(counts: list[int], limit: int | None) -> list[int]:
+    """How many sentences to take from files holding ``counts``: all of them without ``limit``; else ``limit``
+    shared equally (the first files taking one more where it does not divide), a file's unused share going to the
+    files that have more."""
+    if not limit:
+        return list(counts)
+    quotas = [0] * len(counts)
+    remaining, open_files = limit, [i for i, count in enumerate(counts) if count > 0]
+    while remaining > 0 and open_files:
+        share, extra = divmod(remaining, len(open_files))
+        for k, i in enumerate(open_files):
+            given = min(counts[i] - quotas[i], share + (k < extra))
+            quotas[i] += given
+            remaining -= given
+        open_files = [i for i in open_files if quotas[i] < counts[i]]
+    return quotas
 
 
 def sts_evaluator(pairs: Dataset, name: str) -> EmbeddingSimilarityEvaluator:
@@ -316,6 +339,8 @@ def main(argv=None):
     check_resume_arguments(args, resume_from)
     check_recorded_options(metric_options(opts), resume_from, args.pruning_resume_with_new_arguments)
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
+    if opts.layer_drop_baseline:  # the baseline is saved into OUTPUT_DIR/layer_drop
+        check_written_subfolders(args.output_dir, [path], {LAYER_DROP_DIR: "--layer_drop_baseline true"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     # a folder an earlier run saved (pruned): hf_adaprune's classes build it, without remote code or a prompt
@@ -353,7 +378,7 @@ def main(argv=None):
     if opts.overwrite_output_dir and args.should_save and not resumes_run_in(args.output_dir, resume_from):
         # sentence-transformers' evaluators append to eval/<name>_results.csv; other files there are the user's
         remove_earlier_run_outputs(args.output_dir, patterns=("eval/*_results.csv",))
-        warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else ["layer_drop"])
+        warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else [LAYER_DROP_DIR])
     trainer = None
     try:
         trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
@@ -385,13 +410,13 @@ def main(argv=None):
         distil = with_teacher_embeddings(distil, dense, args.per_device_eval_batch_size,
                                          training_prompt(args.prompts, "sentence"))
         base_args = SentenceTransformerTrainingArguments(
-            output_dir=os.path.join(args.output_dir, "layer_drop"), max_steps=args.max_steps,
+            output_dir=os.path.join(args.output_dir, LAYER_DROP_DIR), max_steps=args.max_steps,
             save_strategy="no", report_to="none",
             **{name: getattr(args, name) for name in BASELINE_TRAINING_ARGUMENTS})
         SentenceTransformerTrainer(model=student, args=base_args, train_dataset=distil,
                                    loss=embedding_distillation_loss(student, opts.distillation_distance)).train()
         if args.should_save:  # one process writes the folder
-            student.eval().save(os.path.join(args.output_dir, "layer_drop"))
+            student.eval().save(os.path.join(args.output_dir, LAYER_DROP_DIR))
         results["layer_drop"] = {"kept_layers": keep, "sts_test": spearman(student, test_eval),
                                  "sts_dev": spearman(student, dev_eval), **profile(student, args.pruning_seq_len)}
         models["layer_drop"] = student

@@ -43,7 +43,11 @@ and the mapping is stored in the model config (``id2label`` / ``label2id``).
 ``--label_mapping 0:negative,1:positive`` orders the label values and names them
 (``--label_names`` is taken: it is the ``TrainingArguments`` option naming the label
 keys of a batch);
-``--drop_labels plot`` removes the rows of a label value before anything else.
+``--drop_labels plot`` removes the rows of a label value before anything else; a value that no row has, in
+either option, is an error (a typo?), except a ``--label_mapping`` class that keeps the classes of a loaded
+classifier (``--model_name_or_path`` of as many classes; a warning then). A resume refuses other values of the
+options that say what each class id means and which validation rows steer (``--label_mapping``,
+``--drop_labels``, ``--max_seq_length``, ``--max_eval_samples``, ...).
 Without ``--label_mapping`` the classes are the label values of the training data: a
 validation or test label never seen in training, a class with a single training row
 (a typo?) and a column mixing numbers and words stop the run, naming value, file and line.
@@ -101,6 +105,7 @@ from recipes.arguments import (
     check_config_nulls,
     check_minimum,
     check_model_source,
+    check_written_subfolders,
     expand_config_file,
     load_named_dataset,
     no_validation_message,
@@ -112,13 +117,14 @@ from recipes import post_training
 from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, class_names, load_config, load_model,
                              pretrained_kwargs)
 from recipes.results import format_metric
-from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
+from recipes.skeleton import CONTROL_DIR, Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
 
 logger = logging.getLogger("hf_adaprune.recipes.text_classification")
 
-DEFAULT_TEXT_COLUMNS = (("sentence",), ("text",), ("sentence1", "sentence2"), ("question", "sentence"),
-                        ("premise", "hypothesis"))
+# sentence pairs first: a question,sentence file also has a "sentence" column, which alone would drop the question
+DEFAULT_TEXT_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"),
+                        ("sentence",), ("text",))
 INTEGER = re.compile(r"^[+-]?\d+$")
 FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 GENERATION_METRICS = ("sacrebleu", "bleu", "chrf", "wer", "cer")  # scores of generated text, not of labels
@@ -161,8 +167,9 @@ class DataTrainingArguments(PostTrainingArguments, DataArguments):
     )
     text_column_name: str | None = field(
         default=None,
-        metadata={"help": "Text column, or two comma-separated columns for sentence pairs. Default: sentence, "
-                          "text, sentence1,sentence2, question,sentence or premise,hypothesis, whichever exists."},
+        metadata={"help": "Text column, or two comma-separated columns for sentence pairs. Default: the first "
+                          "that exists of sentence1,sentence2, question,sentence, premise,hypothesis (pairs), "
+                          "sentence and text."},
     )
     label_column_name: str = field(default="label", metadata={"help": "Label column."})
     label_mapping: str | None = field(
@@ -430,6 +437,60 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     return {value: i for i, value in enumerate(order)}, names
 
 
+def _label_values(raw: DatasetDict, label_column: str) -> set[str]:
+    """The label values (as text) the rows of every split of ``raw`` have, blank ones aside."""
+    values = set()
+    for dataset in raw.values():
+        values.update(str(v) for v in dataset.unique(label_column) if not _is_missing(v))
+    return values
+
+
+def _listing(values) -> str:
+    values = sorted(values)
+    return f"{values[:10]}{' ...' if len(values) > 10 else ''}"
+
+
+def check_dropped_labels_occur(raw: DatasetDict, label_column: str, drop_labels: list[str]) -> None:
+    """A ``--drop_labels`` value that no row of any split has would drop nothing (a typo: 'plto' for 'plot'): a
+    RecipeError naming it and the values there are."""
+    if not drop_labels:
+        return
+    values = _label_values(raw, label_column)
+    absent = [value for value in drop_labels if value not in values]
+    if absent:
+        raise RecipeError(f"--drop_labels {absent[0]!r}: no row of any split has that label (column "
+                          f"{label_column!r} holds {_listing(values)}); a typo? give the label as the data writes it, "
+                          f"or leave it out")
+
+
+def check_listed_labels_occur(raw: DatasetDict, label_column: str, mapping: str, label2id: dict[str, int],
+                              model_args) -> None:
+    """A ``--label_mapping`` value that no row of any split has (after ``--drop_labels``) would make a class the
+    classifier never sees a row of (a typo, or a class of another data set): a RecipeError naming it. It is what
+    keeps a loaded classifier's head, though, when the data lacks one of its classes: where
+    ``--model_name_or_path`` is a classifier of as many classes as the mapping lists, only a warning."""
+    values = _label_values(raw, label_column)
+    absent = [value for value in label2id if value not in values]
+    if not absent:
+        return
+    saved = None
+    if model_args.model_name_or_path:
+        try:
+            saved = load_config(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+        except (OSError, ValueError):  # not loadable: build() says so
+            saved = None
+    if saved is not None and any(name.endswith("ForSequenceClassification") for name in saved.architectures or []) \
+            and saved.num_labels == len(label2id):
+        logger.warning("--label_mapping %r lists %s, which no row of any split has: kept as classes of %s's "
+                       "%d-class classifier, which the run never trains or scores on", mapping, absent,
+                       model_args.model_name_or_path, saved.num_labels)
+        return
+    raise RecipeError(f"--label_mapping {mapping!r} lists {', '.join(map(repr, absent))}, which no row of any split "
+                      f"has (column {label_column!r} holds {_listing(values)}): the classifier would get a class "
+                      f"without a single row; a typo? list only the data's labels (a label no row has is taken only "
+                      f"where --model_name_or_path is a classifier of as many classes: it keeps that head's classes)")
+
+
 def _refuse_scores_and_label_lists(train, label_column: str, source: str) -> None:
     """Scores (regression) and lists of labels (multi-label) are not classes: this recipe trains single-label
     classifiers, and would make a class of each distinct value."""
@@ -479,6 +540,9 @@ def validate(run: Run) -> None:
         post_training.check_arguments(run.model_args, run.data_args, run.training_args)
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric)  # unknown metrics fail here
     run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
+    if run.data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control
+        check_written_subfolders(run.training_args.output_dir, run.model_paths,
+                                 {CONTROL_DIR: "--dense_control true"})
 
 
 def without_unlabelled_test(raw: DatasetDict, label_column: str) -> DatasetDict:
@@ -500,9 +564,12 @@ def load_data(run: Run) -> None:
     if "validation" not in raw and not data_args.validation_split_percentage:
         raise RecipeError(_no_validation_message(run.training_args))
     text_columns, label_column = find_columns(raw, data_args)
+    check_dropped_labels_occur(raw, label_column, _split_list(data_args.drop_labels))  # every split, unlabelled too
     raw = without_unlabelled_test(raw, label_column)
     raw = clean_rows(raw, text_columns, label_column, _split_list(data_args.drop_labels))
     label2id, names = label_mapping(raw, label_column, data_args.label_mapping, _sources(data_args))
+    if data_args.label_mapping is not None:
+        check_listed_labels_occur(raw, label_column, data_args.label_mapping, label2id, run.model_args)
     raw = hold_out(raw, data_args, seed)  # percentages of the rows left after cleaning
     raw["train"] = subsample(raw["train"], data_args.max_train_samples, seed)
     raw["validation"] = subsample(raw["validation"], data_args.max_eval_samples, seed)
@@ -608,6 +675,10 @@ TASK = Task(
     test_metrics=("accuracy",),
     format_value=lambda name, value: format_metric(value, 4),
     latency=measure_latency,
+    # what each class id means (--label_mapping's order, the labels dropped, the columns read) and which validation
+    # rows steer, read how: a resume under other values would follow decisions measured on other classes or rows
+    metric_options=("label_mapping", "drop_labels", "label_column_name", "text_column_name", "max_seq_length",
+                    "max_eval_samples", "validation_split_percentage"),
 )
 
 

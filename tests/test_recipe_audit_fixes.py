@@ -1,0 +1,199 @@
+"""Recipe fixes from an audit: options a resume must keep, folders the run writes a model into, default text
+columns, label options that match no row, --test_before_pruning with --post_training, the sentence share of short
+files, and --fsdd_validation_takes beside other data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+from transformers import BertConfig
+
+from conftest import load_recipe
+from test_recipe_post_training import fine_tuned, post_args  # noqa: F401 (the fixture)
+from test_recipe_text_classification import base_args, workspace  # noqa: F401 (the fixture)
+
+recipe = load_recipe("text_classification")
+skeleton = load_recipe("skeleton")
+asr = load_recipe("asr")
+sentence_embeddings = load_recipe("sentence_embeddings")
+RecipeError = recipe.RecipeError
+
+ROWS = [("a fine film", "pos"), ("a dull film", "neg"), ("great acting", "pos"), ("poor plot", "neg"),
+        ("lovely story", "pos"), ("weak ending", "neg"), ("a plot summary", "plot"), ("another summary", "plot")]
+
+
+def write_csv(path, rows, header="sentence,label") -> str:
+    path.write_text("\n".join([header] + [",".join(map(str, row)) for row in rows]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def data_args(tmp_path, train, *extra) -> list[str]:
+    return ["--config_name", "unused", "--tokenizer_name", "unused", "--train_file", train,
+            "--validation_file", train, "--output_dir", str(tmp_path / "out"), *extra]
+
+
+def prepare(argv):
+    run, _ = skeleton.prepare_run(recipe.TASK, argv)
+    return run
+
+
+# -- 1. a resume under another --label_mapping order ------------------------------------------------------------
+def test_resume_under_another_label_mapping_order_is_refused(workspace, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    args = base_args(workspace, out) + [
+        "--label_mapping", "0:negative,1:positive", "--max_seq_length", "16", "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--pruning_target", "0.5", "--pruning_tolerance", "1.0",
+        "--pruning_warmup_steps", "1", "--pruning_interval", "1", "--save_strategy", "steps", "--save_steps", "2",
+        "--report_to", "none", "--disable_tqdm", "true", "--latency_repeats", "0"]
+    recipe.main(args)
+    checkpoint = out / "checkpoint-2"
+    recorded = json.loads((checkpoint / "recipe_options.json").read_text())
+    assert recorded["label_mapping"] == "0:negative,1:positive" and recorded["max_seq_length"] == 16
+    resume = args + ["--resume_from_checkpoint", str(checkpoint)]
+    with pytest.raises(RecipeError, match=re.escape(
+            f"--resume_from_checkpoint {checkpoint}: the checkpoint was written with other options that change the "
+            "metric (--label_mapping: checkpoint '0:negative,1:positive', now '1:positive,0:negative')")):
+        prepare(resume + ["--label_mapping", "1:positive,0:negative"])
+    with pytest.raises(RecipeError, match=r"--max_eval_samples: checkpoint None, now 8"):
+        prepare(resume + ["--max_eval_samples", "8"])
+    run = prepare(resume)  # the same options resume
+    assert run.task_results["labels"] == ["negative", "positive"]
+
+
+# -- 2. a model loaded from a folder the run saves a model into ------------------------------------------------
+def _model_folder(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_text_classification_refuses_to_write_the_dense_control_over_the_loaded_model(tmp_path):
+    out = tmp_path / "out"
+    model = _model_folder(out / "dense_control")
+    train = write_csv(tmp_path / "train.csv", ROWS[:6])
+    args = ["--model_name_or_path", str(model), "--train_file", train, "--validation_file", train,
+            "--output_dir", str(out), "--overwrite_output_dir", "true"]
+    with pytest.raises(RecipeError, match=re.escape(
+            f"--output_dir {out}: the model, config or tokenizer is loaded from {model}, which is the run's "
+            "dense_control/ folder (or inside it), and --dense_control true saves a model there")):
+        prepare(args + ["--dense_control", "true"])
+    assert prepare(args).splits["train"]  # without the control nothing is written there
+
+
+def test_asr_refuses_to_write_the_dense_control_over_the_loaded_model(tmp_path):
+    out = tmp_path / "out"
+    model = _model_folder(out / "dense_control" / "inner")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,text\n")
+    run = skeleton.Run(*asr.parse_args([
+        "--model_name_or_path", str(model), "--train_manifest", str(manifest), "--validation_manifest", str(manifest),
+        "--output_dir", str(out), "--pruning_metric", "wer", "--dense_control", "true"]))
+    with pytest.raises(RecipeError, match=r"which is the run's dense_control/ folder \(or inside it\), and "
+                                          r"--dense_control true saves a model there"):
+        asr.validate(run)
+
+
+def test_sentence_embeddings_refuses_to_write_the_layer_drop_baseline_over_the_loaded_model(tmp_path):
+    out = tmp_path / "out"
+    model = _model_folder(out / "layer_drop")
+    with pytest.raises(RecipeError, match=re.escape(
+            f"the model, config or tokenizer is loaded from {model}, which is the run's layer_drop/ folder (or inside "
+            "it), and --layer_drop_baseline true saves a model there")):
+        sentence_embeddings.main(["--model_name_or_path", str(model), "--stsb_dir", str(tmp_path / "no_stsb"),
+                                  "--layer_drop_baseline", "true", "--max_steps", "1", "--output_dir", str(out),
+                                  "--overwrite_output_dir", "true", "--report_to", "none"])
+
+
+# -- 3. sentence pairs before single columns ---------------------------------------------------------------------
+def test_a_question_sentence_file_reads_both_columns_and_a_sentence_file_its_one(tmp_path):
+    pairs = write_csv(tmp_path / "qs.csv", [(f"what is {i}?", f"it is {i}", i % 2) for i in range(8)],
+                      header="question,sentence,label")
+    assert prepare(data_args(tmp_path, pairs)).task_results["text_columns"] == ["question", "sentence"]
+    single = write_csv(tmp_path / "s.csv", [(f"film {i}", i % 2) for i in range(8)])
+    assert prepare(data_args(tmp_path, single)).task_results["text_columns"] == ["sentence"]
+
+
+# -- 4. label options that match no row --------------------------------------------------------------------------
+def test_a_dropped_label_no_row_has_is_refused(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(RecipeError, match=re.escape(
+            "--drop_labels 'plto': no row of any split has that label (column 'label' holds ['neg', 'plot', 'pos'])")):
+        prepare(data_args(tmp_path, train, "--drop_labels", "plto"))
+    assert prepare(data_args(tmp_path, train, "--drop_labels", "plot")).task_results["labels"] == ["neg", "pos"]
+
+
+def test_a_mapped_label_no_row_has_is_refused_unless_it_keeps_a_classifiers_classes(tmp_path, caplog):
+    train = write_csv(tmp_path / "train.csv", [(t, 0 if y == "neg" else 1) for t, y in ROWS[:6]])
+    with pytest.raises(RecipeError, match=re.escape(
+            "--label_mapping '0:neg,1:pos,2:neutral' lists '2', which no row of any split has (column 'label' holds "
+            "['0', '1']): the classifier would get a class without a single row")):
+        prepare(data_args(tmp_path, train, "--label_mapping", "0:neg,1:pos,2:neutral"))
+    classifier = tmp_path / "classifier"  # a 3-class classifier: listing its class keeps its head
+    BertConfig(num_labels=3, architectures=["BertForSequenceClassification"]).save_pretrained(classifier)
+    args = ["--model_name_or_path", str(classifier), "--train_file", train, "--validation_file", train,
+            "--output_dir", str(tmp_path / "out"), "--label_mapping", "0:neg,1:pos,2:neutral"]
+    with caplog.at_level(logging.WARNING):
+        run = prepare(args)
+    assert run.task_results["labels"] == ["neg", "pos", "neutral"]
+    assert "lists ['2'], which no row of any split has: kept as classes of" in caplog.text
+
+
+# -- 5. --post_training with --test_before_pruning false ---------------------------------------------------------
+def test_post_training_honours_test_before_pruning_false(workspace, fine_tuned, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "out"
+    results = recipe.main(post_args(workspace, fine_tuned, out, "--test_before_pruning", "false"))
+    test = results["test"]
+    assert test["test_before_pruning"] is False
+    assert test["dense"] is None and test["dense_accuracy"] is None  # the model as loaded was not scored
+    assert test["pruned"] is not None and test["pruned_accuracy"] is not None
+    assert json.loads((out / "results.json").read_text())["test"]["test_before_pruning"] is False
+    assert "--test_before_pruning false: the dense model was not scored on the test set" in capsys.readouterr().out
+
+
+# -- 6. a short sentence file's share goes to the others --------------------------------------------------------
+def test_max_train_samples_takes_the_short_files_share_from_the_others(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("a one\na two\na three\n")
+    long = tmp_path / "long.txt"
+    long.write_text("".join(f"b sentence {i}\n" for i in range(100)))
+    for paths in ([short, long], [long, short]):
+        sentences = sentence_embeddings.read_sentences([str(p) for p in paths], 10)
+        assert len(sentences) == 10 and len(set(sentences)) == 10
+        assert {"a one", "a two", "a three"} <= set(sentences)
+    assert len(set(sentence_embeddings.read_sentences([str(long), str(long)], 10))) == 10  # a sentence counts once
+    assert len(sentence_embeddings.read_sentences([str(short), str(long)], None)) == 103
+
+
+# -- 7. --fsdd_validation_takes beside manifests or a dataset -------------------------------------------------
+@pytest.mark.parametrize("data, splits", [
+    (["--train_manifest", "t.csv", "--validation_manifest", "v.csv"],
+     "manifests the splits are --train_manifest / --validation_manifest / --test_manifest"),
+    (["--dataset_name", "some/dataset"],
+     "--dataset_name the splits are --train_split_name / --eval_split_name / --test_split_name")])
+def test_fsdd_validation_takes_beside_other_data_is_refused(tmp_path, data, splits):
+    argv = ["--model_name_or_path", "unused", *data, "--output_dir", str(tmp_path / "o"), "--pruning_metric", "wer"]
+    with pytest.raises(RecipeError, match=re.escape(f"--fsdd_validation_takes 2: it chooses the validation takes of "
+                                                    f"--fsdd_dir; with {splits}: leave it out")):
+        asr.validate_args(*asr.parse_args(argv + ["--fsdd_validation_takes", "2"]))
+    asr.validate_args(*asr.parse_args(["--model_name_or_path", "unused", "--fsdd_dir", str(tmp_path),
+                                       "--fsdd_validation_takes", "2", "--output_dir", str(tmp_path / "o"),
+                                       "--pruning_metric", "wer"]))
+
+
+def test_translation_refuses_to_write_the_dense_control_over_the_loaded_model(tmp_path):
+    translation = load_recipe("translation")
+    out = tmp_path / "out"
+    model = _model_folder(out / "dense_control")
+    (tmp_path / "s.en").write_text("".join(f"a house {i}\n" for i in range(8)), encoding="utf-8")
+    (tmp_path / "s.de").write_text("".join(f"ein Haus {i}\n" for i in range(8)), encoding="utf-8")
+    files = {"source": str(tmp_path / "s.en"), "target": str(tmp_path / "s.de")}
+    args = ["--model_name_or_path", str(model), "--output_dir", str(out), "--overwrite_output_dir", "true",
+            "--dense_control", "true", *[item for split in ("train", "validation") for side in ("source", "target")
+                                         for item in (f"--{split}_{side}_file", files[side])]]
+    with pytest.raises(RecipeError, match=re.escape(
+            f"the model, config or tokenizer is loaded from {model}, which is the run's dense_control/ folder (or "
+            "inside it), and --dense_control true saves a model there")):
+        skeleton.prepare_run(translation.TASK, args)
