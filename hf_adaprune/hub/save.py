@@ -23,7 +23,8 @@ from ..surgery import compact
 # and save_int8's (load_int8 would read an earlier model's int8 weights under the new config). Names only: a user's
 # model_ema.safetensors or pytorch_model_teacher.bin, which no loader reads, stay.
 WEIGHT_FILE = re.compile(r"(model|pytorch_model)(\.[^.\-/]+)?(-\d+-of-\d+)?\.(safetensors|bin)"
-                         r"|(model\.safetensors|pytorch_model\.bin)\.index(\.[^./]+)?\.json|int8\.json")
+                         r"|(model\.safetensors|pytorch_model\.bin)\.index(\.[^./]+)?\.json"
+                         r"|model_int8\.safetensors|int8\.json")  # save_int8's weights and record
 
 
 def _weight_files(folder: Path) -> set[str]:
