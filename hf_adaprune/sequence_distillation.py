@@ -101,6 +101,11 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     was_training = teacher.training
     teacher.eval()
     columns = {name: dataset[name] for name in ("input_ids", "attention_mask") if name in dataset.column_names}
+    empty = [i for i, ids in enumerate(columns["input_ids"]) if len(ids) == 0 or (
+        "attention_mask" in columns and not any(columns["attention_mask"][i]))]
+    if empty:  # generate would crash on a batch of them, or translate a fully masked row into batch-dependent noise
+        raise ValueError(f"{len(empty)} row(s) have no token to translate (row {empty[0]} first): drop empty source "
+                         "lines, or tokenize with the special tokens (add_special_tokens=True gives them </s>)")
     order = sorted(range(len(dataset)), key=lambda i: -len(columns["input_ids"][i]))  # an out-of-memory shows at once
     labels: list[list[int] | None] = [None] * len(dataset)
     try:

@@ -129,3 +129,15 @@ def test_refuses_what_it_cannot_translate():
         vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=32))
     with pytest.raises(ValueError, match="needs an encoder-decoder .*GPT2LMHeadModel is not one"):
         sequence_distillation_targets(decoder_only, sources(), progress=False)
+
+
+def test_a_row_without_tokens_is_refused_before_any_translation():
+    model = tiny_translator()
+    rows = sources()
+    empty = Dataset.from_dict({"input_ids": rows["input_ids"][:2] + [[]] + rows["input_ids"][2:]})
+    with pytest.raises(ValueError, match=r"1 row\(s\) have no token to translate \(row 2 first\): drop empty source"):
+        sequence_distillation_targets(model, empty, progress=False)
+    masked = Dataset.from_dict({"input_ids": [[5, 6, EOS], [7, 8, EOS]], "attention_mask": [[1, 1, 1], [0, 0, 0]]})
+    with pytest.raises(ValueError, match=r"\(row 1 first\)"):
+        sequence_distillation_targets(model, masked, progress=False)
+
