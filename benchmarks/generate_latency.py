@@ -62,6 +62,9 @@ def main(argv=None) -> dict:
     sources = [line.strip() for line in recipe.read_lines(args.source_file) if line.strip()]
     if not sources:
         sys.exit(f"{args.source_file} has no non-empty lines")
+    if max(args.batch_sizes) > len(sources):
+        p.error(f"--batch_sizes {max(args.batch_sizes)}: --source_file has {len(sources)} non-empty lines; a batch "
+                "would be timed smaller than its label says")
     sources = sources[:max(args.batch_sizes + [1000])]
     median_sentence = recipe.median_length_sentence(sources, tokenizer, args.max_source_length)
     data_args = recipe.DataTrainingArguments(max_source_length=args.max_source_length, source_prefix=args.source_prefix)

@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     heads = {f"decoder.layers.{i}": (layer.self_attn.num_heads if hasattr(layer.self_attn, "num_heads") else 0,
                                      layer.encoder_attn.num_heads if hasattr(layer.encoder_attn, "num_heads") else 0)
              for i, layer in enumerate(model.model.decoder.layers)}
-    result = {"model": args.model or "random Marian " + json.dumps(MARIAN), "target": args.target,
+    result = {"model": args.model or "random Marian " + json.dumps(MARIAN), "target": None if args.model else args.target,  # --model: pruned already, --target unused
               "decoder_heads_self_cross": heads, "source_length": args.source_length, "new_tokens": args.new_tokens,
               "threads": args.threads, "timing": timing, "ms_per_token": per_token, "past_speedup_per_token": ratio,
               "dense": args.dense, "pruned_vs_dense_per_token": pruned_vs_dense}

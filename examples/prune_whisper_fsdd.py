@@ -177,7 +177,8 @@ def _profile_summary(profile: dict) -> dict:
 
 
 def measure_latency(dense, pruned, processor_dir: str, args) -> dict:
-    processor = WhisperProcessor.from_pretrained(processor_dir)
+    # a processor holds no model code: the folder's auto_map (remote code of the pruned model) is not for it
+    processor = WhisperProcessor.from_pretrained(processor_dir, trust_remote_code=False)
     rows = asr.read_manifest(str(Path(args.output_dir) / "manifests" / "test.csv"), "--test_manifest", "path", "text")
     audio = [asr.decode_audio(r["source"], 16000, r["name"], args.pad_seconds) for r in rows[:16]]
     out = {}
