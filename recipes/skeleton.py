@@ -258,7 +258,7 @@ def check_recorded_options(current: dict, resume_from: str | None, allow_new: bo
         return
     saved = {name: value for name, value in json.loads(Path(path).read_text()).items() if name in current}
     try:
-        compare_resume_arguments(saved, current, allow_new, what="options that change the metric")
+        compare_resume_arguments(saved, current, allow_new, what="options that change what is trained or measured")
     except ValueError as err:
         raise RecipeError(f"--resume_from_checkpoint {resume_from}: {err}") from err
 

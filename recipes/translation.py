@@ -674,7 +674,7 @@ TASK = Task(
     latency=latency,
     before_training=before_training,
     # what the sources and targets the metric reads look like: a resume under others would compare unlike BLEU
-    metric_options=("source_prefix", "source_lang_code", "target_lang_code"),
+    metric_options=("source_prefix", "source_lang_code", "target_lang_code", "sequence_distillation"),
 )
 
 

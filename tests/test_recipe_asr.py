@@ -518,8 +518,8 @@ def test_resume_under_another_text_normalization_is_refused(tmp_path, manifests,
         "text_normalization": "lowercase,punctuation", "audio_pad_seconds": 0.0, "whisper_window_seconds": None}
     resume = flags + ["--resume_from_checkpoint", str(checkpoint), "--max_steps", "6"]
     run_expecting(resume + ["--text_normalization", "lowercase"],
-                  r"the checkpoint was written with other options that change the metric \(--text_normalization: "
-                  r"checkpoint 'lowercase,punctuation', now 'lowercase'\)")
+                  r"the checkpoint was written with other options that change what is trained or measured "
+                  r"\(--text_normalization: checkpoint 'lowercase,punctuation', now 'lowercase'\)")
     results = asr.main(resume + ["--text_normalization", "lowercase", "--pruning_resume_with_new_arguments", "true"])
     assert results["train"]["global_step"] == 6
 
@@ -540,4 +540,4 @@ def test_a_whisper_run_resumes_under_its_own_command_and_not_under_another_windo
     window = flags.index("--whisper_window_seconds") + 1
     other = flags[:window] + ["2"] + flags[window + 1:]
     run_expecting(other + ["--resume_from_checkpoint", str(checkpoint)],
-                  r"options that change the metric \(--whisper_window_seconds: checkpoint 1, now 2\)")
+                  r"options that change what is trained or measured \(--whisper_window_seconds: checkpoint 1, now 2\)")

@@ -54,8 +54,9 @@ def test_resume_under_another_label_mapping_order_is_refused(workspace, tmp_path
     assert recorded["label_mapping"] == "0:negative,1:positive" and recorded["max_seq_length"] == 16
     resume = args + ["--resume_from_checkpoint", str(checkpoint)]
     with pytest.raises(RecipeError, match=re.escape(
-            f"--resume_from_checkpoint {checkpoint}: the checkpoint was written with other options that change the "
-            "metric (--label_mapping: checkpoint '0:negative,1:positive', now '1:positive,0:negative')")):
+            f"--resume_from_checkpoint {checkpoint}: the checkpoint was written with other options that change what "
+            "is trained or measured (--label_mapping: checkpoint '0:negative,1:positive', now "
+            "'1:positive,0:negative')")):
         prepare(resume + ["--label_mapping", "1:positive,0:negative"])
     with pytest.raises(RecipeError, match=r"--max_eval_samples: checkpoint None, now 8"):
         prepare(resume + ["--max_eval_samples", "8"])
@@ -197,3 +198,24 @@ def test_translation_refuses_to_write_the_dense_control_over_the_loaded_model(tm
             f"the model, config or tokenizer is loaded from {model}, which is the run's dense_control/ folder (or "
             "inside it), and --dense_control true saves a model there")):
         skeleton.prepare_run(translation.TASK, args)
+
+
+def test_translation_records_sequence_distillation_and_refuses_a_resume_that_switches_it(tmp_path):
+    """Training on the teacher's translations or on the references: a resume may not switch between them unasked."""
+    translation = load_recipe("translation")
+    (tmp_path / "s.en").write_text("a house\n", encoding="utf-8")
+    (tmp_path / "s.de").write_text("ein Haus\n", encoding="utf-8")
+    args = ["--model_name_or_path", "unused", "--output_dir", str(tmp_path / "out"), "--sequence_distillation", "true",
+            *[item for split in ("train", "validation") for side, ext in (("source", "en"), ("target", "de"))
+              for item in (f"--{split}_{side}_file", str(tmp_path / f"s.{ext}"))]]
+    run = skeleton.Run(*translation.parse_args(args))
+    options = skeleton.metric_options(translation.TASK, run)
+    assert options["sequence_distillation"] is True
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / skeleton.RECIPE_OPTIONS_FILE).write_text(json.dumps({**options, "sequence_distillation": False}))
+    with pytest.raises(RecipeError, match=re.escape(
+            "other options that change what is trained or measured (--sequence_distillation: checkpoint False, "
+            "now True)")):
+        skeleton.check_recorded_options(options, str(checkpoint), allow_new=False)
+    skeleton.check_recorded_options(options, str(checkpoint), allow_new=True)  # asked for: a warning
