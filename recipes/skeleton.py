@@ -38,8 +38,8 @@ from hf_adaprune.trainer.eval_order import first_rows  # the decision set, slice
 from hf_adaprune.trainer.report import card_path
 
 from . import deploy
-from .arguments import (RecipeError, check_integrations, check_output_dir, remove_earlier_run_outputs,
-                        resumes_run_in, warn_folders_left)
+from .arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
+                        remove_earlier_run_outputs, resumes_run_in, warn_folders_left)
 from .results import (
     pruning_record,
     results_table,
@@ -343,6 +343,8 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     run = Run(*_as_recipe_error(task.parse_args, argv))
     setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
     _as_recipe_error(task.validate, run)
+    if run.data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control: never over a loaded model
+        check_written_subfolders(run.training_args.output_dir, run.model_paths, {CONTROL_DIR: "--dense_control true"})
     check_integrations(run.training_args)
     resume_from = resolve_resume(run.training_args)
     late = set(task.arguments_set_in_build)

@@ -105,7 +105,6 @@ from recipes.arguments import (
     check_config_nulls,
     check_minimum,
     check_model_source,
-    check_written_subfolders,
     expand_config_file,
     load_named_dataset,
     no_validation_message,
@@ -117,7 +116,7 @@ from recipes import post_training
 from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, class_names, load_config, load_model,
                              pretrained_kwargs)
 from recipes.results import format_metric
-from recipes.skeleton import CONTROL_DIR, Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
 
 logger = logging.getLogger("hf_adaprune.recipes.text_classification")
@@ -540,9 +539,6 @@ def validate(run: Run) -> None:
         post_training.check_arguments(run.model_args, run.data_args, run.training_args)
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric)  # unknown metrics fail here
     run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
-    if run.data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control
-        check_written_subfolders(run.training_args.output_dir, run.model_paths,
-                                 {CONTROL_DIR: "--dense_control true"})
 
 
 def without_unlabelled_test(raw: DatasetDict, label_column: str) -> DatasetDict:

@@ -84,7 +84,6 @@ from recipes.arguments import (
     check_metric,
     check_minimum,
     check_model_source,
-    check_written_subfolders,
     load_named_dataset,
     no_validation_message,
     recipe_argv,
@@ -93,7 +92,7 @@ from recipes.arguments import (
 from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
                              load_model, pretrained_kwargs)
 from recipes.results import format_metric
-from recipes.skeleton import CONTROL_DIR, Run, Task, combine_metrics, map_splits, subsample
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
 from recipes.tables import read_text
 
 logger = logging.getLogger("hf_adaprune.recipes.translation")
@@ -557,8 +556,6 @@ def validate(run: Run) -> None:
     data_args, training_args = run.data_args, run.training_args
     run.data_files = validate_args(run.model_args, data_args, training_args)
     run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
-    if data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control
-        check_written_subfolders(training_args.output_dir, run.model_paths, {CONTROL_DIR: "--dense_control true"})
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_target_length
     if data_args.num_beams is not None:

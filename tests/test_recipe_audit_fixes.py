@@ -89,12 +89,11 @@ def test_asr_refuses_to_write_the_dense_control_over_the_loaded_model(tmp_path):
     model = _model_folder(out / "dense_control" / "inner")
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,text\n")
-    run = skeleton.Run(*asr.parse_args([
-        "--model_name_or_path", str(model), "--train_manifest", str(manifest), "--validation_manifest", str(manifest),
-        "--output_dir", str(out), "--pruning_metric", "wer", "--dense_control", "true"]))
+    args = ["--model_name_or_path", str(model), "--train_manifest", str(manifest), "--validation_manifest",
+            str(manifest), "--output_dir", str(out), "--pruning_metric", "wer", "--dense_control", "true"]
     with pytest.raises(RecipeError, match=r"which is the run's dense_control/ folder \(or inside it\), and "
                                           r"--dense_control true saves a model there"):
-        asr.validate(run)
+        skeleton.prepare_run(asr.TASK, args)
 
 
 def test_sentence_embeddings_refuses_to_write_the_layer_drop_baseline_over_the_loaded_model(tmp_path):

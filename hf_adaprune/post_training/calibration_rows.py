@@ -40,8 +40,7 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 1 <= samples <= len(dataset):
         raise ValueError(f"samples must be a whole number between 1 and the dataset's {len(dataset)} rows, "
                          f"got {samples!r}")
-    lengths = [len(row[length_column]) for row in dataset] if rows_of_dicts else \
-        [len(value) for value in dataset[length_column]]
+    lengths = row_lengths(dataset, length_column)
     chosen = length_mixed_rows(lengths, int(samples), long_share=long_share, long_fraction=long_fraction, seed=seed)
     return [dataset[i] for i in chosen] if rows_of_dicts else dataset.select(chosen)
 
@@ -54,7 +53,7 @@ def length_mixed_rows(lengths: list[int], samples: int, *, long_share: float, lo
         chosen = rng.sample(range(len(lengths)), samples)
     else:
         by_length = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        long_rows = by_length[:max(1, round(long_fraction * len(lengths)))]
+        long_rows = by_length[:long_row_count(len(lengths), long_fraction)]
         other_rows = by_length[len(long_rows):]
         wanted_long = round(long_share * samples)
         if wanted_long > len(long_rows) or samples - wanted_long > len(other_rows):
@@ -64,3 +63,16 @@ def length_mixed_rows(lengths: list[int], samples: int, *, long_share: float, lo
         chosen = rng.sample(long_rows, wanted_long) + rng.sample(other_rows, samples - wanted_long)
     rng.shuffle(chosen)
     return chosen
+
+
+def long_row_count(rows: int, long_fraction: float = LONG_FRACTION) -> int:
+    """How many of ``rows`` rows count as long: the longest ``long_fraction`` of them, at least one."""
+    return max(1, round(long_fraction * rows))
+
+
+def row_lengths(dataset, column: str = "input_ids") -> list[int]:
+    """The length of ``column`` in every row of ``dataset``: read as a column where the dataset has columns (a
+    ``datasets.Dataset``), row by row otherwise (a list of examples, another map-style dataset)."""
+    if column in (getattr(dataset, "column_names", None) or ()):
+        return [len(value) for value in dataset[column]]
+    return [len(dataset[i][column]) for i in range(len(dataset))]

@@ -31,7 +31,7 @@ from torch.utils.data import Subset
 from transformers.utils import logging
 
 from ..post_training.calibration import calibration_batches, model_input_names
-from ..post_training.calibration_rows import LONG_FRACTION, length_mixed_rows
+from ..post_training.calibration_rows import length_mixed_rows, long_row_count, row_lengths
 from ..post_training.dense_targets import capture_dense_targets
 from ..post_training.prune import SUPPORTED_MODEL_TYPES
 from ..post_training.refit import column_mask, refit_groups
@@ -71,7 +71,7 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
         rows = sorted(order[:samples].tolist())
     else:
         lengths = row_lengths(dataset)
-        long_rows = max(1, round(LONG_FRACTION * len(lengths)))
+        long_rows = long_row_count(len(lengths))
         asked = round(long_share * samples)
         wanted = min(max(asked, samples - (len(lengths) - long_rows)), long_rows)  # what the two parts can give
         if wanted < asked:
@@ -81,13 +81,6 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
         rows = sorted(length_mixed_rows(lengths, samples, long_share=wanted / samples, seed=seed))
     subset = dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
     return calibration_batches(subset, collator, batch_size, model_input_names(model))
-
-
-def row_lengths(dataset) -> list[int]:
-    """The number of ``input_ids`` of every row of a map-style dataset (a column read where it has columns)."""
-    if "input_ids" in (getattr(dataset, "column_names", None) or ()):
-        return [len(ids) for ids in dataset["input_ids"]]
-    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
 
 
 @torch.no_grad()
