@@ -79,6 +79,12 @@ class EmptyAttention(nn.Module):
     (Whisper's generate) read every layer's entries, so an empty layer still
     stores one placeholder entry per token (of the decoder, or of the encoder
     output it would attend to). ``extra_outputs`` is read from records that set it.
+
+    ``record_keys`` (the keys of ``output_attentions`` / ``cross_attentions`` under
+    which transformers recorded the module it replaces, see :func:`recorded_as`)
+    keep those tuples one entry per layer: when the model collects them with eager
+    attention (the implementation that returns weights), the block records a
+    zero-head weight tensor ``(batch, 0, queries, keys)`` in its place.
     """
 
     is_empty_attention = True
@@ -90,21 +96,89 @@ class EmptyAttention(nn.Module):
         self.extra_outputs = extra_outputs
         self.cache_layer = cache_layer
         self.cross_attention = cross_attention
+        self.record_keys: tuple[str, ...] = ()
+        self.config = None  # the replaced module's config: which attention implementation the model runs
         if output_name is not None:
             self.add_module(output_name, output)
 
     def forward(self, hidden_states, *args, **kwargs):
+        keys = None
         if self.cache_layer is not None:
             cache = kwargs.get("cache")
             cache = kwargs.get("past_key_values") if cache is None else cache
             if self.cross_attention:
                 cross_cache_placeholder(cache, self.cache_layer, kwargs.get("key_value_states"))
             else:
-                cache_placeholder(cache, self.cache_layer, hidden_states)
+                keys = cache_placeholder(cache, self.cache_layer, hidden_states)
+        if self.record_keys:
+            sources = kwargs.get("key_value_states") if self.cross_attention else keys
+            key_length = hidden_states.shape[1] if sources is None else sources.shape[-2]
+            record_empty_weights(self, self.record_keys, hidden_states, key_length)
         out = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
         if self.output_name is not None:
             out = getattr(self, self.output_name)(out)
         return (out, None) + (None,) * self.extra_outputs
+
+
+def returns_attention_weights(module: nn.Module) -> bool:
+    """Whether the model ``module`` belongs to runs an attention that returns its weights (eager; sdpa and the
+    kernels return none, and transformers then collects no ``attentions``)."""
+    implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+    return implementation in (None, "eager")
+
+
+def empty_attention_weights(module: nn.Module, hidden_states: torch.Tensor, key_length: int):
+    """The weights of an attention with no head left, ``(batch, 0, queries, keys)``, where its model's
+    attentions return weights; else None (as theirs are)."""
+    if not returns_attention_weights(module):
+        return None
+    return hidden_states.new_zeros(hidden_states.shape[0], 0, hidden_states.shape[1], key_length)
+
+
+def record_empty_weights(module: nn.Module, record_keys, hidden_states: torch.Tensor, key_length: int) -> None:
+    """Add ``module``'s zero-head weights to the tuples transformers is collecting under ``record_keys``
+    (``output_attentions=True``), where the hooks it puts on its own attention classes cannot see this one."""
+    # transformers' collector of the current forward (loaded with its models); a transformers that collects
+    # otherwise has none, and the tuple then lacks this layer's entry
+    collector = getattr(sys.modules.get("transformers.utils.output_capturing"), "_active_collector", None)
+    collected = None if collector is None else collector.get()
+    if collected is None or not any(key in collected for key in record_keys):
+        return
+    weights = empty_attention_weights(module, hidden_states, key_length)
+    if weights is not None:
+        for key in record_keys:
+            if key in collected:
+                collected[key].append(weights)
+
+
+def recorded_as(base_model: nn.Module, path: str, module: nn.Module) -> tuple[str, ...]:
+    """The keys (``attentions``, ``cross_attentions``) under which transformers records ``module``'s attention
+    weights at ``path`` (read from the ``_can_record_outputs`` of the model that owns it, as transformers matches
+    them: by class, and by layer name where one is given). An emptied attention keeps the keys it had."""
+    if getattr(module, "is_empty_attention", False):
+        return tuple(module.record_keys)
+    owner, name = base_model, ""
+    parts = path.split(".")
+    for i in range(len(parts)):
+        child = base_model.get_submodule(".".join(parts[:i + 1]))
+        if getattr(child, "_can_record_outputs", None) and i + 1 < len(parts):
+            owner, name = child, ".".join(parts[i + 1:])
+    if owner is base_model:
+        name = path
+    keys = []
+    for key, specs in (getattr(owner, "_can_record_outputs", None) or {}).items():
+        if "hidden_states" in key:
+            continue
+        for spec in specs if isinstance(specs, list) else [specs]:
+            target = getattr(spec, "target_class", spec if isinstance(spec, type) else None)
+            class_name = spec if isinstance(spec, str) else getattr(spec, "class_name", None)
+            layer_name = getattr(spec, "layer_name", None)
+            matches = (target is not None and isinstance(module, target)) or \
+                (class_name is not None and ("." + name).endswith(class_name))
+            if matches and (layer_name is None or f".{layer_name.strip('.')}." in f".{name}."):
+                keys.append(key)
+                break
+    return tuple(keys)
 
 
 def cache_placeholder(cache, layer_idx: int, hidden_states: torch.Tensor):
@@ -311,8 +385,10 @@ def module_from_spec(spec: dict, old: nn.Module | None, path: str = "?") -> nn.M
         if name is not None:
             out = spec["output"]
             output = new_linear(0, out["out_features"], out["bias"], like=getattr(old, name, None))
-        return EmptyAttention(name, output, spec.get("extra_outputs", 0), spec.get("cache_layer"),
-                              spec.get("cross_attention", False))
+        empty = EmptyAttention(name, output, spec.get("extra_outputs", 0), spec.get("cache_layer"),
+                               spec.get("cross_attention", False))
+        empty.config = getattr(old, "config", None)
+        return empty
     raise ValueError(f"unknown module type {kind!r} in pruned layout at {path!r}")
 
 
@@ -328,7 +404,10 @@ def apply_layout(base_model: nn.Module, layout: dict) -> list[nn.Module]:
     created = []
     for path, spec in layout.get("modules", {}).items():
         parent, name = parent_and_name(base_model, path)
-        created.append(module_from_spec(spec, getattr(parent, name, None), path))
+        old = getattr(parent, name, None)
+        created.append(module_from_spec(spec, old, path))
+        if getattr(created[-1], "is_empty_attention", False) and old is not None:
+            created[-1].record_keys = recorded_as(base_model, path, old)
         setattr(parent, name, created[-1])
     for path, shape in layout.get("parameters", {}).items():
         parent, name = parent_and_name(base_model, path)

@@ -1,10 +1,11 @@
 """Whisper's ``generation_config.alignment_heads`` after compaction: pairs follow the kept decoder layers and
 cross-attention heads (in memory and in the saved folder), word-timestamp ``generate`` gives the masked model's
-timestamps, and a model that lost every alignment head (or a whole cross-attention) says so."""
+timestamps (also with a cross-attention emptied), and a model that lost every alignment head says so."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -103,11 +104,26 @@ def test_no_alignment_head_left_warns_and_drops_the_attribute(tmp_path):
         timestamps(model, whisper_features())
 
 
-def test_emptied_cross_attention_warns_that_word_timestamps_fail():
+def test_emptied_cross_attention_keeps_word_timestamps_and_one_attention_entry_per_layer(tmp_path):
+    # layer 0's cross-attention loses every head: its zero-head entry keeps cross_attentions[i] layer i's, which
+    # word timestamps index by the renumbered pairs
     model = pruned_whisper(empty=["decoder.layers.0.encoder_attn"])
-    with pytest.warns(UserWarning, match=r"cross-attention\(s\) \[0\] have no head left: word timestamps"):
-        compact(model)
+    features = whisper_features()
+    tokens = torch.tensor([[3, 7, 9, 11, 5], [3, 12, 4, 8, 30]])
+    masked = cross_attentions(model, features, tokens)
+    model.generation_config.alignment_heads = [[2, 3]]  # the one surviving pair, dense numbering
+    masked_tokens, masked_times = timestamps(model, features)
+    model.generation_config.alignment_heads = ALIGNMENT_HEADS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left to warn about
+        save_pruned(model, tmp_path)
     assert model.generation_config.alignment_heads == [[1, 1]]
+    compacted = cross_attentions(model, features, tokens)
+    assert [tuple(a.shape[:2]) for a in compacted] == [(2, 0), (2, 2)]
+    assert (compacted[1][:, 1] - masked[2][:, 3]).abs().max() <= TOL
+    for loaded in (model, AutoPrunedModel.from_pretrained(tmp_path).eval()):
+        tokens_out, times = timestamps(loaded, features)
+        assert torch.equal(tokens_out, masked_tokens) and (times - masked_times).abs().max() <= TOL
 
 
 def test_a_model_without_alignment_heads_is_left_alone():

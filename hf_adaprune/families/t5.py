@@ -22,6 +22,7 @@ from ..layout import (
     SharedBiasMixin,
     cache_placeholder,
     cross_cache_placeholder,
+    empty_attention_weights,
     kept_heads_index,
     register_shared_bias,
 )
@@ -85,7 +86,8 @@ class T5SharedBias(SharedBiasMixin):
             else:
                 position_bias = hidden_states.new_zeros(1, self.adaprune_num_heads, query_length, key_length)
         out = self.o(hidden_states.new_zeros(batch, query_length, 0))
-        return out, position_bias, None
+        # zero-head weights keep output_attentions' tuples one entry per block (T5 records its layer's last output)
+        return out, position_bias, empty_attention_weights(self, hidden_states, key_length)
 
 
 def _attention(base_model, name: str, path: str, role: str) -> HeadGroup:

@@ -93,22 +93,9 @@ def renumber_alignment_heads(model, kept_heads: dict[str, list[int]], kept_layer
                            kept.index(head) if kept is not None else int(head)])
     if renumbered:
         config.alignment_heads = renumbered
-        _warn_if_a_cross_attention_is_empty(model)
         return
     del config.alignment_heads
     warnings.warn(f"pruning removed every alignment head of generation_config.alignment_heads ({pairs}): "
                   "word timestamps (generate(return_token_timestamps=True)) are unavailable for this model; set "
                   "generation_config.alignment_heads to kept cross-attention heads to use them", stacklevel=4)
 
-
-def _warn_if_a_cross_attention_is_empty(model) -> None:
-    layers = getattr(getattr(model.base_model, "decoder", None), "layers", [])
-    empty = [i for i, layer in enumerate(layers)
-             if getattr(getattr(layer, "encoder_attn", None), "is_empty_attention", False)]
-    if empty:
-        # transformers collects cross-attention weights with hooks on its attention class, so an emptied one
-        # adds no entry and return_token_timestamps indexes past the end of the list
-        warnings.warn(f"decoder cross-attention(s) {empty} have no head left: word timestamps "
-                      "(generate(return_token_timestamps=True)) fail on this model (IndexError in transformers); "
-                      "keep at least one head per cross-attention (min_heads_per_layer >= 1) or remove such a "
-                      "layer whole (--prune layers)", stacklevel=5)
