@@ -14,6 +14,7 @@ import: ``import hf_adaprune`` stays light.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -38,10 +39,19 @@ LOWER_IS_BETTER = frozenset({"wer", "cer", "mer", "wil", "ter", "mse", "rmse", "
 HIGHER_IS_BETTER = frozenset({
     "accuracy", "f1", "precision", "recall", "matthews_correlation", "sacrebleu", "bleu", "chrf", "chrf++",
     "rouge1", "rouge2", "rougel", "rougelsum", "meteor", "exact_match", "exact", "pearson", "pearsonr",
-    "spearman", "spearmanr", "r_squared", "r2", "roc_auc", "auc", "squad", "bertscore", "google_bleu", "comet",
+    "spearman", "spearmanr", "r_squared", "r2", "roc_auc", "auc", "squad", "squad_v2", "bertscore", "google_bleu",
+    "comet", "rouge",
 })
 
-_HEADLINE_KEYS: dict[str, str | None] = {"sacrebleu": "score", "chrf": "score", "wer": None, "cer": None}
+# Key of the headline number in a Hub metric's compute() result where it is not the metric's own name (None: the
+# result is a bare float). rouge returns rouge1 / rouge2 / rougeL / rougeLsum: the headline is rougeL (longest common
+# subsequence, the ROUGE most summarization results quote); name rouge1, rouge2 or rougeLsum to steer by another.
+# squad / squad_v2 return exact_match (exact) and f1: the headline is f1, the SQuAD leaderboard's main number.
+_HEADLINE_KEYS: dict[str, str | None] = {
+    "sacrebleu": "score", "chrf": "score", "ter": "score", "wer": None, "cer": None,
+    "perplexity": "mean_perplexity", "comet": "mean_score", "squad": "f1", "squad_v2": "f1",
+    "rouge": "rougeL", "rougel": "rougeL", "rougelsum": "rougeLsum",
+}
 
 
 def _evaluate_has_locally(name: str) -> bool:
@@ -130,10 +140,15 @@ def metric_key(name: str) -> str | None:
 
 
 def headline_value(name: str, result: Mapping[str, Any] | float) -> float:
-    """The main number of a ``compute()`` result: ``result[metric_key(name)]`` for dicts, the value itself otherwise."""
+    """The main number of a ``compute()`` result: ``result[metric_key(name)]`` for dicts, the value itself otherwise.
+
+    A result without that key but with a numeric ``"score"`` (the sacrebleu-style metrics) gives its score."""
     if not isinstance(result, Mapping):
         return float(result)
     key = metric_key(name)
+    score = result.get("score")
+    if key not in result and isinstance(score, numbers.Real) and not isinstance(score, bool):
+        key = "score"
     if key not in result:
         raise KeyError(f"Result of metric {name!r} has no key {key!r}; keys: {sorted(result)}")
     return float(result[key])

@@ -13,6 +13,8 @@ Text-to-text models only (Marian, BART, T5, ...): the dataset needs ``input_ids`
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
@@ -38,18 +40,45 @@ def _batch_inputs(rows: dict, pad_token_id: int, device) -> dict:
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
+def _token_ids(value) -> list[int]:
+    """An id setting as a list: None -> [], 3 -> [3], [1, 2] / a tensor -> [1, 2]."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [int(i) for i in value.flatten().tolist()]
+    if isinstance(value, (list, tuple)):
+        return [int(i) for i in value]
+    return [int(value)]
+
+
+def _generation_setting(name: str, teacher, generate_kwargs: dict):
+    """The ``name`` id ``generate`` uses: ``generate_kwargs``, then their ``generation_config``, then the teacher's
+    generation config, then its config (the first that is not None)."""
+    sources = (generate_kwargs, generate_kwargs.get("generation_config"), teacher.generation_config, teacher.config)
+    for source in sources:
+        if source is None:
+            continue
+        value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 def generated_labels(sequences: torch.Tensor, decoder_start_token_id: int | None, pad_token_id: int,
-                     eos_token_id: int | None, wrapped_start: bool = False) -> list[list[int]]:
+                     eos_token_id: int | list[int] | None, wrapped_start: bool = False) -> list[list[int]]:
     """The label rows of ``generate``'s output: the decoder start token and the padding after the end removed.
 
+    ``eos_token_id`` may be several ids (as ``generate`` takes it): a row ends at the first of any of them.
     ``wrapped_start`` (mBART): the start token goes to the end of the row instead, where the model's shift takes
     it from (mBART's labels end with ``</s> de_DE``; mBART-50's start token is ``</s>`` itself)."""
+    ends = set(_token_ids(eos_token_id))
     rows = []
     for sequence in sequences.tolist():
         if decoder_start_token_id is not None and sequence and sequence[0] == decoder_start_token_id:
             sequence = sequence[1:]
-        if eos_token_id is not None and eos_token_id in sequence:
-            sequence = sequence[:sequence.index(eos_token_id) + 1]
+        end = next((i for i, token in enumerate(sequence) if token in ends), None)
+        if end is not None:
+            sequence = sequence[:end + 1]
         else:  # stopped by the length limit: no end token, only trailing padding to drop
             while sequence and sequence[-1] == pad_token_id:
                 sequence.pop()
@@ -87,16 +116,27 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
                          f"(columns: {', '.join(dataset.column_names)}): tokenize it first")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    config, generation = teacher.config, teacher.generation_config
-    pad_token_id = generation.pad_token_id if generation.pad_token_id is not None else config.pad_token_id
+    # the ids generate uses: a generate_kwargs value (or their generation_config's) before the teacher's own
+    pad_token_id = _generation_setting("pad_token_id", teacher, generate_kwargs)
     if pad_token_id is None:
-        raise ValueError("the teacher has no pad_token_id (config or generation config): set one")
-    start = generation.decoder_start_token_id
-    start = config.decoder_start_token_id if start is None else start
-    eos = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
-    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        raise ValueError("the teacher has no pad_token_id (config or generation config): set one, or pass "
+                         "pad_token_id=... with the generate arguments")
+    pad_token_id = _token_ids(pad_token_id)[0]
+    start = _generation_setting("decoder_start_token_id", teacher, generate_kwargs)
+    starts = _token_ids(start)
+    if len(set(starts)) > 1:
+        raise ValueError(f"decoder_start_token_id={start!r}: sequence distillation needs one decoder start token "
+                         "for all rows (rows are batched longest first, not in order); pass a single id")
+    start = starts[0] if starts else None
+    eos = _token_ids(_generation_setting("eos_token_id", teacher, generate_kwargs))
 
-    generate_kwargs = {"do_sample": False, **generate_kwargs}
+    if "do_sample" not in generate_kwargs and generate_kwargs.get("generation_config") is not None:
+        # set in the config: generate deprecates a generation_config passed together with generation arguments
+        generation_config = copy.deepcopy(generate_kwargs["generation_config"])
+        generation_config.do_sample = False
+        generate_kwargs = {**generate_kwargs, "generation_config": generation_config}
+    else:
+        generate_kwargs = {"do_sample": False, **generate_kwargs}
     device = next(teacher.parameters()).device
     was_training = teacher.training
     teacher.eval()
@@ -115,7 +155,7 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
             rows = {name: [values[i] for i in indices] for name, values in columns.items()}
             sequences = teacher.generate(**_batch_inputs(rows, pad_token_id, device), **generate_kwargs)
             for index, row in zip(indices, generated_labels(sequences, start, pad_token_id, eos,
-                                                            config.model_type in WRAPPED_START_TYPES)):
+                                                            teacher.config.model_type in WRAPPED_START_TYPES)):
                 labels[index] = row
     finally:
         teacher.train(was_training)

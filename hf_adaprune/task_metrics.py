@@ -136,7 +136,11 @@ class LocalMetric:
     init_kwargs: dict = field(default_factory=dict)
 
     def compute(self, *, predictions, references, **kwargs):
-        return LOCAL_METRICS[self.name](list(predictions), list(references), **{**self.init_kwargs, **kwargs})
+        predictions, references = list(predictions), list(references)
+        if len(predictions) != len(references):  # sacrebleu / bleu would score only the zipped pairs
+            raise ValueError(f"{self.name}: mismatch in the number of predictions ({len(predictions)}) and references "
+                             f"({len(references)}): pass one reference (or one list of references) per prediction")
+        return LOCAL_METRICS[self.name](predictions, references, **{**self.init_kwargs, **kwargs})
 
 
 def local_metric(name: str, **kwargs) -> LocalMetric:

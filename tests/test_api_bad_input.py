@@ -128,3 +128,29 @@ def test_model_profile_and_compare_profiles_refuse_what_they_cannot_measure():
             model_profile(model, **kwargs)
     with pytest.raises(TypeError, match=r"compare_profiles takes two model_profile\(...\) results"):
         compare_profiles(model, model)
+
+
+def test_attach_masks_refuses_groups_found_on_another_model_naming_the_group():
+    """DistilBERT groups given for a BERT failed in torch's get_submodule: 'BertModel has no attribute transformer'."""
+    from hf_adaprune import attach_masks, compact, find_groups
+
+    bert, distilbert = tiny_model("bert"), tiny_model("distilbert")
+    hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in bert.modules())
+    with pytest.raises(ValueError, match=r"group 'transformer.layer.0.attention' is not in this "
+                                         r"BertForSequenceClassification: it has no module 'transformer.layer.0."
+                                         r"attention'.*Pass groups found on this model: hf_adaprune.find_groups"):
+        attach_masks(bert, groups=find_groups(distilbert))
+    deeper = tiny_model("bert", num_hidden_layers=4)  # the same family, a layer more
+    with pytest.raises(ValueError, match=r"group 'encoder.layer.3.attention' is not in this .*no module "
+                                         r"'encoder.layer.3.attention.self'"):
+        attach_masks(bert, groups=find_groups(deeper))
+    assert get_masks(bert) is None  # nothing attached, no gate left behind
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in bert.modules()) == hooks
+    # groups found before a compaction removed every head of an attention
+    groups = find_groups(bert)
+    masks = attach_masks(bert)
+    masks.set("encoder.layer.1.attention", torch.zeros(4))
+    compact(bert)
+    with pytest.raises(ValueError, match=r"group 'encoder.layer.1.attention' has no heads left .*find_groups\(model\)"):
+        attach_masks(bert, groups=groups)
+    attach_masks(bert, groups=find_groups(bert))

@@ -110,6 +110,15 @@ def test_sacrebleu_rejects_ragged_references():
         compute("sacrebleu", predictions=["a", "b"], references=[["a"], ["b", "c"]])
 
 
+@pytest.mark.parametrize("name", sorted(LOCAL_METRICS))
+def test_predictions_and_references_of_different_lengths_are_refused(name):
+    """bleu / sacrebleu / chrf scored only the zipped pairs: 2 predictions against 1 reference gave a perfect 1.0."""
+    preds, refs = (PREDS, REFS[:3]) if name in LABEL_METRICS else ([HYP, "completely wrong output"], [HYP])
+    with pytest.raises(ValueError, match=rf"mismatch in the number of predictions \({len(preds)}\) and "
+                                         rf"references \({len(refs)}\)"):
+        compute(name, predictions=preds, references=refs)
+
+
 def test_bleu_is_zero_to_one():
     result = compute("bleu", predictions=[HYP], references=[[REF]])
     assert result["bleu"] == pytest.approx((1 / 12) ** 0.25)
@@ -244,6 +253,14 @@ def test_unknown_direction_asks_for_the_option():
         ("wer", None),
         ("cer", None),
         ("rouge1", "rouge1"),
+        ("ter", "score"),
+        ("perplexity", "mean_perplexity"),
+        ("comet", "mean_score"),
+        ("squad", "f1"),
+        ("squad_v2", "f1"),
+        ("rouge", "rougeL"),
+        ("eval_rougeL", "rougeL"),
+        ("rougeLsum", "rougeLsum"),
     ],
 )
 def test_metric_key(name, key):
@@ -259,6 +276,31 @@ def test_headline_value():
     for name in LOCAL_METRICS:
         preds, refs = (PREDS, REFS) if name in LABEL_METRICS else ([HYP], [REF])
         assert isinstance(headline_value(name, compute(name, predictions=preds, references=refs)), float)
+
+
+def test_headline_value_of_hub_results_keyed_other_than_their_name():
+    """The Hub ter result is {'score', 'num_edits', 'ref_length'}: headline_value('ter', ...) raised KeyError."""
+    out = sacrebleu.metrics.TER().corpus_score(["the cat sat"], [["the cat sat down"]])
+    ter = {"score": out.score, "num_edits": out.num_edits, "ref_length": out.ref_length}
+    assert headline_value("ter", ter) == pytest.approx(out.score) and out.score > 0
+    assert headline_value("eval_ter", ter) == pytest.approx(out.score)
+    hub_results = {
+        "perplexity": ({"perplexities": [3.0, 5.0], "mean_perplexity": 4.0}, 4.0),
+        "comet": ({"scores": [0.5, 0.7], "mean_score": 0.6}, 0.6),
+        "squad": ({"exact_match": 50.0, "f1": 62.5}, 62.5),
+        "squad_v2": ({"exact": 50.0, "f1": 62.5, "total": 2, "HasAns_f1": 62.5}, 62.5),
+        "rouge": ({"rouge1": 0.5, "rouge2": 0.25, "rougeL": 0.4, "rougeLsum": 0.45}, 0.4),
+        "rougeLsum": ({"rouge1": 0.5, "rouge2": 0.25, "rougeL": 0.4, "rougeLsum": 0.45}, 0.45),
+        "my_bleu_variant": ({"score": 12.5, "bp": 1.0}, 12.5),  # no key of its name: its one numeric score
+    }
+    for name, (result, expected) in hub_results.items():
+        assert headline_value(name, result) == pytest.approx(expected), name
+    with pytest.raises(KeyError, match="has no key 'my_metric'"):
+        headline_value("my_metric", {"score": "n/a"})  # a score that is no number is not a headline
+    for name in ("ter", "perplexity"):
+        assert metric_greater_is_better(name) is False
+    for name in ("comet", "squad", "squad_v2", "rouge", "rougeL", "rougeLsum"):
+        assert metric_greater_is_better(name) is True
 
 
 def test_f1_precision_recall_are_binary_for_two_classes_and_macro_averaged_for_more():

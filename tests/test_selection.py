@@ -196,6 +196,24 @@ def test_scores_that_are_not_finite_are_refused_naming_the_group(bad, scope):
     select_masks_by_kind(groups, scores, ones(4, 4), 0.5, kinds="heads", scope=scope)  # g1 is not selected
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_scores_not_shaped_like_the_groups_mask_are_refused_naming_the_group(scope):
+    """(n, 1) scores (a keepdim=True reduction) pruned one structure per group instead of half; a wrong length gave
+    torch's IndexError naming no group."""
+    good = {"g0": torch.tensor([0.1, 0.2, 0.3, 0.4]), "g1": torch.arange(6.0)}
+    groups = [G("g0", "heads"), G("g1", "ffn")]
+    for name, bad, shape in (("g0", good["g0"][:, None], r"\(4, 1\)"), ("g1", good["g1"][:, None], r"\(6, 1\)"),
+                             ("g0", torch.rand(3), r"\(3,\)")):
+        scores = {**good, name: bad}
+        n = good[name].numel()
+        message = rf"scores for '{name}' have shape {shape}, but the group has {n} structures .*one score per"
+        with pytest.raises(ValueError, match=message):
+            select_masks(scores, ones(4, 6), 0.5, scope=scope)
+        with pytest.raises(ValueError, match=message):
+            select_masks_by_kind(groups, scores, ones(4, 6), 0.5, scope=scope)
+    assert [int(m.sum()) for m in select_masks(good, ones(4, 6), 0.5, scope=scope).values()] == [2, 3]
+
+
 def test_by_kind_names_the_groups_without_scores_before_selecting():
     # e.g. update() never counted a step: the scores lack groups the masks have
     groups = [G("h0", "heads"), G("h1", "heads"), G("n0", "ffn")]

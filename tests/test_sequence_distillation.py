@@ -141,3 +141,36 @@ def test_a_row_without_tokens_is_refused_before_any_translation():
     with pytest.raises(ValueError, match=r"\(row 1 first\)"):
         sequence_distillation_targets(model, masked, progress=False)
 
+
+
+def test_token_ids_passed_to_generate_are_the_ones_stripped_and_cut():
+    """decoder_start_token_id / eos_token_id / pad_token_id given with the generate arguments (or in their
+    generation_config) were passed to generate but the labels were cleaned with the teacher's own ids: the start
+    token stayed in the labels, an end token did not end the row, a pad id given only there was refused."""
+    model = tiny_translator().eval()
+    dataset = sources(rows=4, seed=5)
+    start = 7
+    with torch.no_grad():
+        raw = [model.generate(torch.tensor([ids]), max_length=8, decoder_start_token_id=start)[0].tolist()
+               for ids in dataset["input_ids"]]
+    assert all(row[0] == start for row in raw)
+    expected = [row[1:] for row in raw]
+    expected = [row[:row.index(EOS) + 1] if EOS in row else [t for t in row if t != PAD] for row in expected]
+    kwargs = sequence_distillation_targets(model, dataset, max_length=8, progress=False, decoder_start_token_id=start)
+    assert kwargs["labels"] == expected
+    config = transformers.GenerationConfig(**{**model.generation_config.to_dict(), "decoder_start_token_id": start,
+                                              "max_length": 8})
+    in_config = sequence_distillation_targets(model, dataset, progress=False, generation_config=config)
+    assert in_config["labels"] == expected
+    # an end token given only to generate (here a list, as generate takes it) ends each row at the first of them
+    greedy = sequence_distillation_targets(model, dataset, max_length=8, progress=False)["labels"]
+    token = next(t for row in greedy for t in row[:-1] if t not in (EOS, PAD))
+    cut = sequence_distillation_targets(model, dataset, max_length=8, progress=False, eos_token_id=[token, EOS])
+    for full, row in zip(greedy, cut["labels"]):
+        ends = [full.index(t) for t in (token, EOS) if t in full]
+        assert row == (full[:min(ends) + 1] if ends else full)
+    assert any(len(row) < len(full) for full, row in zip(greedy, cut["labels"]))
+    # a pad id given only with the generate arguments is used instead of refusing the teacher
+    model.config.pad_token_id = model.generation_config.pad_token_id = None
+    padded = sequence_distillation_targets(model, dataset, max_length=8, progress=False, pad_token_id=PAD)
+    assert padded["labels"] == greedy

@@ -94,10 +94,39 @@ class _LayerGate:
         return (gated,) + tuple(output[1:]) if isinstance(output, tuple) else gated
 
 
+def _group_paths(group: Group) -> tuple[str, ...]:
+    """The module paths (under the base model) that gating ``group`` reads."""
+    if isinstance(group, LayerGroup):
+        return (group.name,)
+    if isinstance(group, HeadGroup):
+        return (group.core, group.query, group.key, group.value, group.output)
+    return (*getattr(group, "inputs", ()), group.output)
+
+
+def check_groups_belong(model: nn.Module, groups) -> None:
+    """Refuse groups whose modules ``model`` lacks (groups found on another model), naming the first."""
+    base = model.base_model
+    for group in groups:
+        for path in _group_paths(group):
+            try:
+                module = base.get_submodule(path)
+            except AttributeError:
+                raise ValueError(
+                    f"group {group.name!r} is not in this {type(model).__name__}: it has no module {path!r} (groups "
+                    "found on another model?). Pass groups found on this model: hf_adaprune.find_groups(model), "
+                    "or a selection of them") from None
+            if isinstance(group, HeadGroup) and getattr(module, "is_empty_attention", False):
+                raise ValueError(f"group {group.name!r} has no heads left in this {type(model).__name__} (a compaction "
+                                 "removed them all): pass groups found on the model as it is now, "
+                                 "hf_adaprune.find_groups(model), which leaves it out")
+
+
 class PruningMasks:
     """The masks of one model: a 0/1 float tensor per group, 1 = kept."""
 
     def __init__(self, model: nn.Module, groups: list[Group] | None = None):
+        if groups is not None:
+            check_groups_belong(model, groups)
         self.groups: dict[str, Group] = {g.name: g for g in (groups if groups is not None else find_groups(model))}
         base = model.base_model
         device = next(model.parameters()).device

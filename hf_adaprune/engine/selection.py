@@ -65,7 +65,7 @@ def select_masks(
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-    check_scores(scores, current)
+    check_scores(scores, current, current)
     if scope == "layer":
         return {name: _select_in_group(scores[name], mask, ratio, floor) for name, mask in current.items()}
     return _select_global(scores, current, ratio, floor, costs, normalize)
@@ -94,7 +94,7 @@ def select_masks_by_kind(
     unknown = sorted((set(kinds) | set(floors or {})) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown kinds {unknown} (in kinds or floors): the kinds are {', '.join(KINDS)}")
-    check_scores(scores, [g.name for g in groups if g.kind in kinds])
+    check_scores(scores, [g.name for g in groups if g.kind in kinds], current)
     problem = multiple_of > 1 and multiple_problem([g for g in groups if g.kind in kinds],
                                                    {n: m.numel() for n, m in current.items()}, multiple_of)
     if problem:  # rounding a width below the multiple would empty the group, whatever the floors say
@@ -211,12 +211,20 @@ def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[s
     return 0.0 if total == 0 else removed / total
 
 
-def check_scores(scores: dict[str, torch.Tensor], names) -> None:
-    """Refuse selecting ``names`` when a group has no scores or a score that is not finite."""
+def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torch.Tensor] | None = None) -> None:
+    """Refuse selecting ``names`` when a group has no scores, scores not shaped like its mask in ``current`` (one
+    per structure), or a score that is not finite."""
+    names = list(names)
     missing = sorted(set(names) - set(scores))
     if missing:
         raise KeyError(f"no scores for groups {missing}: did update() count any step? (it counts none, and returns "
                        "False, while no gradient reaches the groups)")
+    for name in names if current is not None else ():
+        shape, mask = tuple(getattr(scores[name], "shape", ())), current.get(name)
+        if mask is not None and shape != tuple(mask.shape):  # (n, 1) would rank along the wrong dimension
+            raise ValueError(f"scores for {name!r} have shape {shape}, but the group has {mask.numel()} structures "
+                             f"(mask shape {tuple(mask.shape)}): give one score per structure, shaped like the "
+                             "group's mask (squeeze a keepdim=True reduction)")
     # one NaN or inf would rank its group first or last, or leave it unnormalised under scope="global"
     bad = [name for name in names if not bool(torch.isfinite(scores[name]).all())]
     if bad:

@@ -30,11 +30,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _plain(value):
-    """JSON form of what ``json`` does not know: records (``to_dict``), other mappings, numbers (tensors, numpy)."""
+    """JSON form of what ``json`` does not know: records (``to_dict``), other mappings, tensors and numpy arrays
+    and scalars (``tolist``: lists of any shape, ints stay ints, bools stay bools), other numbers (``float``)."""
     if hasattr(value, "to_dict"):
         return value.to_dict()
     if isinstance(value, Mapping):
         return dict(value)
+    if callable(getattr(value, "tolist", None)):  # torch.Tensor, np.ndarray, np.int64, np.bool_, ...
+        return value.tolist()
     return float(value)
 
 
