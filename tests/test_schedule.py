@@ -19,15 +19,23 @@ from test_trainer import make_args, make_trainer
 
 
 class MaskSpy(transformers.TrainerCallback):
-    """The masks at the end of every optimizer step (after the pruning callback acted on it)."""
+    """``masks[s]``: the masks optimizer step s ends with, as the step after it trains with them (read at the end of
+    step s, after the pruning callback acted on it, and again when step s + 1 begins, after a candidate due from
+    step s's decision was masked)."""
 
     def __init__(self, trainer):
         self.trainer, self.masks = trainer, {}
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._record(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._record(state.global_step)  # global_step still counts the steps done
+
+    def _record(self, step):
         masks = get_masks(self.trainer.model)
         if masks is not None:
-            self.masks[state.global_step] = {k: v.clone() for k, v in masks.state_dict().items()}
+            self.masks[step] = {k: v.clone() for k, v in masks.state_dict().items()}
 
 
 def spied(trainer):

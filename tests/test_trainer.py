@@ -389,3 +389,27 @@ def test_bf16_autocast_scores_accumulate_in_float32(tmp_path):
     scores = trainer.importance.scores(trainer.model, trainer.pruning_groups)
     assert scores and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in scores.values())
     assert trainer.importance.num_updates == 4
+
+
+def test_evaluations_and_checkpoints_at_a_decision_step_see_the_decided_model(tmp_path):
+    """The Trainer's evaluation and checkpoint at a decision's step describe the model as decided (the candidate kept
+    or rolled back), not the next candidate, which no step has trained yet: it is masked when the next optimizer
+    step begins. So early stopping and best-model selection judge trained shapes, and a resumed run goes on alike
+    (test_resume_mid_pruning_matches_uninterrupted_run resumes from such a checkpoint)."""
+    trainer = make_trainer(tmp_path, eval_strategy="steps", eval_steps=6, save_strategy="steps", save_steps=6,
+                           pruning_tolerance=1.0, pruning_target=0.9, max_steps=24)
+    seen, decided = {}, []
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_evaluate": lambda self, args, state, control, **kw: seen.__setitem__(
+            state.global_step, (trainer.controller.state.pending, get_masks(trainer.model).state_dict())),
+        "on_log": lambda self, args, state, control, logs=None, **kw: decided.append(state.global_step)
+        if "pruning/metric" in (logs or {}) else None}))
+    trainer.train()
+    assert decided == [6, 12, 18, 24]  # the reference, then a decision every 6 steps
+    for step in decided:
+        pending, masks = seen[step]
+        assert pending is None, f"step {step}: the evaluation saw a candidate masked after the decision"
+        saved = torch.load(tmp_path / f"checkpoint-{step}" / PRUNING_STATE_FILE, weights_only=True)
+        assert saved["controller"]["pending"] is None
+    # the masks evaluated at 12 are those kept at 12: the candidate tried from 12 on prunes more by 18
+    assert sum(m.sum() for m in seen[12][1].values()) > sum(m.sum() for m in seen[18][1].values())

@@ -9,7 +9,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 class PruningCallback(TrainerCallback):
-    """Begin (checks; with no warm-up the reference before the first step), step (prune / decide), save (``pruning_state.pt``) and finish (compact, report)."""
+    """Begin (checks), step begin (with no warm-up the reference; the next candidate), step end (reference /
+    decide), save (``pruning_state.pt``) and finish (compact, report)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -18,7 +19,7 @@ class PruningCallback(TrainerCallback):
         self.trainer.begin_pruning()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.trainer.start_before_first_step(state.global_step)
+        self.trainer.start_step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.pruning_step(state.global_step)

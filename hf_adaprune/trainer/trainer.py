@@ -373,12 +373,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._check_metric_available()
         self._began_at = state.global_step
 
-    def start_before_first_step(self, step: int) -> None:
-        """At ``on_step_begin``: with no warm-up, take the reference and mask the first candidate before the first
-        optimizer step, not at ``on_train_begin``: ``eval_on_start``'s evaluation comes between the two and
-        describes the model as given."""
-        if self.args.pruning_warmup_steps == 0 and self.controller.state.reference is None:
+    def start_step(self, step: int) -> None:
+        """At ``on_step_begin``: with no warm-up, take the reference before the first optimizer step, not at
+        ``on_train_begin`` (``eval_on_start``'s evaluation comes between the two and describes the model as given);
+        then mask the candidate a reference or decision at the end of the last step left due (see
+        :meth:`_propose_next`)."""
+        c = self.controller
+        if self.args.pruning_warmup_steps == 0 and c.state.reference is None:
             self.pruning_step(step)
+        if c.state.reference is not None and not c.state.done and c.state.pending is None:
+            self._propose_if_judgeable(step)
 
     def pruning_step(self, step: int) -> None:
         """At ``on_step_end``: take the reference after the warm-up, then judge each step after its interval."""
@@ -397,7 +401,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._take_teacher()
             c.start(reference, propose=False)
             self._log_decision("reference", step, 0.0, reference, evaluation)
-            self._propose_if_judgeable(step)
+            self._propose_next(step)
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
             self._decide(step)
         self._search_at_once(step)
@@ -413,6 +417,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         once (``pruning_search_steps`` 0). A candidate masked at the last step would only be discarded at the end,
         after the final evaluation and checkpoint had described it."""
         return step < self.state.max_steps or decision_interval(self.args) == 0
+
+    def _propose_next(self, step: int) -> None:
+        """After the reference or a decision at the end of ``step``: mask the next candidate now where candidates
+        are judged at once (the search runs within this step); else when the next optimizer step begins
+        (:meth:`start_step`), so that the evaluation and checkpoint the Trainer makes at this step describe the
+        model as decided, not a candidate no step has trained (early stopping and best-model selection would judge
+        it)."""
+        if decision_interval(self.args) == 0:
+            self._propose_if_judgeable(step)
 
     def _propose_if_judgeable(self, step: int) -> None:
         """Mask the controller's next candidate, unless nothing could judge it (see :meth:`_can_judge_after`)."""
@@ -435,7 +448,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._log_decision(decision, step, tried, metric, evaluation)
         if not c.state.done:
             if propose:
-                self._propose_if_judgeable(step)
+                self._propose_next(step)
         else:
             logger.info("pruning stopped at sparsity %.3f: %s", c.state.ratio, c.state.stop_reason)
 
