@@ -406,6 +406,9 @@ def test_evaluations_and_checkpoints_at_a_decision_step_see_the_decided_model(tm
         if "pruning/metric" in (logs or {}) else None}))
     trainer.train()
     assert decided == [6, 12, 18, 24]  # the reference, then a decision every 6 steps
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert [(d["event"], d["training_step"]) for d in report["decisions"]] == [
+        ("reference", 6), ("keep", 12), ("keep", 18), ("keep", 24), ("stop", 24)]
     for step in decided:
         pending, masks = seen[step]
         assert pending is None, f"step {step}: the evaluation saw a candidate masked after the decision"

@@ -600,7 +600,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         present = any(batch.get(name) is not None for name in {*names, "label", "label_ids"})
         return [] if present else names
 
+    def _stamp_decisions(self, step: int) -> None:
+        """Give the controller's new history entries (a decision, and the stop it may have led to) the optimizer
+        step they happened at, ``training_step`` in the report (``step`` there is the controller's step size)."""
+        for entry in self.controller.state.history:
+            entry.setdefault("training_step", int(step))
+
     def _log_decision(self, event: str, step: int, ratio: float, metric: float, evaluation: dict) -> None:
+        self._stamp_decisions(step)
         masks = get_masks(self.pruned_model)
         record = {
             "pruning/sparsity_tried": ratio,
@@ -644,6 +651,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.info("pruning stopped at sparsity %.3f: training ended", c.state.ratio)
         c.stop(f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after it is "
                "discarded" if restored_before_reference else "training ended")
+        self._stamp_decisions(self.state.global_step)  # the stop, a discarded candidate
         if restored_before_reference:
             logger.warning("the best checkpoint %s %s (pruning_warmup_steps %d): the model handed back is its dense "
                            "fine-tuned weights; what was pruned after it is discarded", best, BEST_BEFORE_REFERENCE,
