@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,3 +166,16 @@ def test_mask_check_catches_two_swapped_neurons_of_a_large_model():
     check_masks_agree(same, theirs, groups, "cpu")  # equal masks pass
     with pytest.raises(RuntimeError, match="pruning masks differ across processes"):
         check_masks_agree(Ranks(other=same.seen), mine, groups, "cpu")
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_score_generated_text_of_each_decision_row_once(tmp_path):
+    """6 decision rows over 2 processes with eval batches of 4: the sampler repeats 2 rows to even out the ranks;
+    the generated predictions the metric reads are the 6 rows, not 8 (Seq2SeqTrainer.predict gathers the repeats)."""
+    out = tmp_path / "s2s"
+    cmd = [*launch_command("torchrun", 2), os.path.join(os.path.dirname(__file__), "seq2seq_worker.py"), str(out), "6"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((out / f"reference_rank{rank}.json").read_text()) == {"reference": 6.0}

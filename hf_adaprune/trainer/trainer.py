@@ -503,13 +503,27 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                                    metric_key_prefix=DECISION_PREFIX).metrics
                 self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
                 return metrics
-            # predict() (the Seq2Seq trainer's sets up generation), without telling the user's on_predict callbacks;
-            # progress bars still close their prediction bar there
+            # predict(), without telling the user's on_predict callbacks; progress bars still close their
+            # prediction bar there
             self.callback_handler.on_predict = self._on_predict_of_progress_bars
-            return self.predict(dataset, ignore_keys=self._ignore_keys_for_eval,
-                                metric_key_prefix=DECISION_PREFIX).metrics
+            return self._decision_predict(dataset)
         finally:
             self.callback_handler.__dict__.pop("on_predict", None)
+
+    def _decision_predict(self, dataset) -> dict:
+        """The metrics of ``predict(dataset)`` for a decision, gathered with ``gather_for_metrics``: rows the sampler
+        repeats to even out the processes count once (Seq2SeqTrainer.predict switches the trainer to plain
+        ``gather``, which keeps them; the user's own evaluations keep transformers' behaviour)."""
+        gather, self.gather_function = self.gather_function, self.accelerator.gather_for_metrics
+        try:
+            return self._predict_as_is(dataset, ignore_keys=self._ignore_keys_for_eval,
+                                       metric_key_prefix=DECISION_PREFIX).metrics
+        finally:
+            self.gather_function = gather
+
+    def _predict_as_is(self, dataset, **kwargs):
+        """``predict()`` without touching how predictions are gathered."""
+        return self.predict(dataset, **kwargs)
 
     @contextlib.contextmanager
     def _loss_of_every_row(self, dataset):
@@ -844,6 +858,14 @@ class AdaptivePruningSeq2SeqTrainer(PruningTrainerMixin, Seq2SeqTrainer):
                 "--predict_with_generate (or pass a compute_metrics that computes it from logits)"
             )
         super().__init__(*args, dataset_name=dataset_name, **kwargs)
+
+    def _predict_as_is(self, dataset, **kwargs):
+        # Seq2SeqTrainer.predict with no per-call options, but leaving the gather function alone: its generation
+        # settings (the arguments'), then Trainer.predict (prediction_step generates)
+        self._gen_kwargs = {key: value for key, value in (("max_length", self.args.generation_max_length),
+                                                          ("num_beams", self.args.generation_num_beams))
+                            if value is not None}
+        return Trainer.predict(self, dataset, **kwargs)
 
 
 __all__ = ["AdaptivePruningSeq2SeqTrainer", "AdaptivePruningTrainer", "PRUNING_STATE_FILE", "PruningArguments",
