@@ -17,6 +17,10 @@
 4. The ONNX route: the dense model exported with ``export_onnx`` (float32, run by onnxruntime: how much of a
    speed-up the runtime alone gives), and the pruned + vocabulary model exported and quantized with
    ``quantize_onnx`` (onnxruntime's dynamic int8, int8 weights per output channel), run by ``OnnxEncoder``.
+5. ``--factor_full_rows K`` (with ``--vocab_texts train``): after the vocabulary and positions, the K tokens most
+   common in the counted phrases keep their embedding rows and every other kept token gets a low-rank row
+   (``factor_embeddings``), the rank the largest that keeps the model within ``--max_parameter_share`` of the
+   dense model's parameters: the tokens of the whole training file at the parameter budget of a smaller sample's.
 
 Reported per variant: parameters, weights on disk (the saved folder's ``*.safetensors``), accuracy on
 ``--dev_samples`` ``dev.tsv`` rows never used to steer or check anything (default: all 6,235 beyond the 500
@@ -42,8 +46,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hf_adaprune import AutoPrunedModel, save_pruned
-from hf_adaprune.deploy import (OnnxEncoder, export_onnx, load_int8, prune_positions, prune_vocabulary, quantize_int8,
-                                quantize_onnx, save_int8)
+from hf_adaprune.deploy import (OnnxEncoder, export_onnx, factor_embeddings, load_int8, prune_positions,
+                                prune_vocabulary, quantize_int8, quantize_onnx, save_int8)
 from hf_adaprune.deploy.onnx import ENCODER_FILE
 from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET
@@ -175,10 +179,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--positions", type=int, default=SEQ_LEN,
                         help="the vocabulary variants' position table keeps the rows of this many tokens "
                              "(prune_positions; every row is cut to 128 tokens); 0 keeps the whole table")
+    parser.add_argument("--factor_full_rows", type=int, default=0,
+                        help="with --vocab_texts train: this many most common tokens keep their rows, the others get "
+                             "low-rank rows (factor_embeddings) of the largest rank within --max_parameter_share; "
+                             "0: off")
+    parser.add_argument("--max_parameter_share", type=float, default=0.40,
+                        help="--factor_full_rows: the share of the dense model's parameters the deployed model may have")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "deploy.json"))
     opts = parser.parse_args(argv)
+    if opts.factor_full_rows and opts.vocab_texts != "train":
+        parser.error("--factor_full_rows counts the tokens of the phrases it is given: use it with --vocab_texts train")
     tokenizer, collator, started, load_start = start_minilm_run(opts)
     data = load_data(Path(opts.data_dir), tokenizer, opts, by_length=False)  # one row order for every tokenizer
     cache = Path(opts.cache_dir)
@@ -204,6 +216,12 @@ def main(argv=None) -> dict:
         vocab_tokenizer = prune_vocabulary(vocab_model, tokenizer, vocab_texts, tokenized=vocab_rows,
                                            min_count=opts.vocab_min_count, max_size=opts.vocab_max_size)
         position_rows = prune_positions(vocab_model, opts.positions, vocab_tokenizer) if opts.positions else None
+        factored = None
+        if opts.factor_full_rows:
+            factored = factor_embeddings(vocab_model, vocab_tokenizer, vocab_texts, full_rows=opts.factor_full_rows,
+                                         rank=factoring_rank(vocab_model, parameters(dense), opts.factor_full_rows,
+                                                             opts.max_parameter_share))
+            log(f"embedding factored: {factored}")
         saved = {"dense": (dense, tokenizer, lambda d: dense.save_pretrained(d)),
                  "pruned": (pruned, tokenizer, lambda d: save_pruned(pruned, d)),
                  "pruned + int8": (None, tokenizer, lambda d: save_int8(pruned, d)),
@@ -267,7 +285,7 @@ def main(argv=None) -> dict:
            "unknown_token_rate": {split: unknown_rate(vocab_data, vocab_tokenizer, split) for split in ("dev", "test")},
            "retokenized_rate": {split: retokenized_rate(data, vocab_data, tokenizer, vocab_tokenizer, split)
                                 for split in ("dev", "test")},
-           "int8_reload_max_logit_diff": int8_reload_max_diff,
+           "int8_reload_max_logit_diff": int8_reload_max_diff, "factored_embedding": factored,
            "settings": {k: v for k, v in vars(opts).items() if k != "output"}, "seq_len": SEQ_LEN,
            "dev_samples": len(data["dev"]), "test_samples": len(data["test"]),
            "machine": run_record.machine(load_start),
@@ -276,12 +294,27 @@ def main(argv=None) -> dict:
     return out
 
 
+def factoring_rank(model, dense_parameters: int, full_rows: int, share: float) -> int:
+    """The largest rank at which the embedding factored with ``full_rows`` whole rows keeps ``model`` within
+    ``share`` of ``dense_parameters`` (rank r costs r x (rare tokens + hidden))."""
+    table = model.get_input_embeddings()
+    tokens, hidden = table.num_embeddings, table.embedding_dim
+    room = share * dense_parameters - (parameters(model) - tokens * hidden) - full_rows * hidden
+    rank = int(room // (tokens - full_rows + hidden))
+    if rank < 1:
+        raise SystemExit(f"--factor_full_rows {full_rows} leaves no room for a rank within {share:.0%} of the dense "
+                         "parameters: keep fewer whole rows")
+    return min(rank, hidden - 1)
+
+
 def format_table(out: dict) -> str:
     results = out["results"]
     dense = results["dense"]
     lines = [f"all-MiniLM-L6-v2 on SST-2: deployment variants (batch-1 latency at seq {out['seq_len']}, "
              f"{out['settings']['threads']} thread(s), median of {out['settings']['repeats']} round-robin rounds; "
              f"vocabulary {out['vocab_size']['before']:,} -> {out['vocab_size']['after']:,} tokens"
+             + (f" ({out['factored_embedding']['full_rows']:,} whole rows, the others at rank "
+                f"{out['factored_embedding']['rank']})" if out.get("factored_embedding") else "")
              + (f", position table {out['position_rows']['before']} -> {out['position_rows']['after']} rows"
                 if out.get("position_rows", {}).get("after") else "") + ")", "",
              "| variant | parameters | weights on disk | unseen dev acc. (change) | test acc. (change) "

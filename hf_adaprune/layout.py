@@ -63,6 +63,40 @@ def new_embedding(num_embeddings: int, embedding_dim: int, like=None) -> nn.Embe
     return nn.Embedding(num_embeddings, embedding_dim, **_placement(like))
 
 
+# -- an input embedding whose rare tokens share a low-rank basis ------------------------------------------
+
+
+class FactoredEmbedding(nn.Module):
+    """An input embedding that keeps the rows of its common tokens and stores the rare ones at low rank.
+
+    ``slot[i]`` is token i's row: below ``full_rows`` a row of ``full`` (the original row, so text made of common
+    tokens embeds exactly as before), from there on a ``rank``-wide code in ``rare`` that ``up`` maps to the
+    embedding width. Built by :func:`hf_adaprune.deploy.factor_embeddings`; a saved folder rebuilds it from its
+    layout entry (``type: FactoredEmbedding``).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, full_rows: int, rank: int, like=None):
+        super().__init__()
+        placement = _placement(like)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.full = nn.Embedding(full_rows, embedding_dim, **placement)
+        self.rare = nn.Embedding(num_embeddings - full_rows, rank, **placement)
+        self.up = nn.Linear(rank, embedding_dim, bias=False, **placement)
+        self.register_buffer("slot", torch.arange(num_embeddings, device=placement.get("device")))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        slot = self.slot[input_ids]
+        full_rows = self.full.num_embeddings
+        common = self.full(slot.clamp(max=full_rows - 1))
+        rare = self.up(self.rare((slot - full_rows).clamp(min=0)))
+        return torch.where((slot < full_rows).unsqueeze(-1), common, rare)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole table, one row per token (computed), for code that reads an embedding's weight."""
+        return self.forward(torch.arange(self.num_embeddings, device=self.slot.device))
+
+
 # -- attention blocks with no head left ----------------------------------------------------------------
 
 
@@ -380,6 +414,9 @@ def module_from_spec(spec: dict, old: nn.Module | None, path: str = "?") -> nn.M
         return new_linear(spec["in_features"], spec["out_features"], spec["bias"], like=old)
     if kind == "Embedding":
         return new_embedding(spec["num_embeddings"], spec["embedding_dim"], like=old)
+    if kind == "FactoredEmbedding":
+        return FactoredEmbedding(spec["num_embeddings"], spec["embedding_dim"], spec["full_rows"], spec["rank"],
+                                 like=old)
     if kind == "EmptyAttention":
         name, output = spec.get("output_name"), None
         if name is not None:

@@ -62,12 +62,13 @@ def int8_embedding_rows(model) -> list[str]:
                                   numpy_helper.from_array(scale[:, None].numpy(), scales)])
         for node, _ in uses:
             result, ids = node.output[0], node.input[1]
-            node.input[0], node.output[0] = rows, f"{result}_int8"
-            added = [helper.make_node("Cast", [f"{result}_int8"], [f"{result}_float"], to=TensorProto.FLOAT,
-                                      name=f"{node.name}_cast"),
-                     helper.make_node("Gather", [scales, ids], [f"{result}_scale"], axis=0,
-                                      name=f"{node.name}_scale"),
-                     helper.make_node("Mul", [f"{result}_float", f"{result}_scale"], [result],
+            # names onnxruntime's quantizer does not give (it adds <input>_scale for a MatMul reading the rows)
+            node.input[0], node.output[0] = rows, f"{result}_rows_int8"
+            added = [helper.make_node("Cast", [f"{result}_rows_int8"], [f"{result}_rows_float"],
+                                      to=TensorProto.FLOAT, name=f"{node.name}_cast"),
+                     helper.make_node("Gather", [scales, ids], [f"{result}_row_scale"], axis=0,
+                                      name=f"{node.name}_row_scale"),
+                     helper.make_node("Mul", [f"{result}_rows_float", f"{result}_row_scale"], [result],
                                       name=f"{node.name}_dequantize")]
             index = list(graph.node).index(node)
             for offset, new in enumerate(added, start=1):

@@ -1,0 +1,128 @@
+"""Rare tokens at low rank: a smaller input embedding that keeps every token of the task's vocabulary.
+
+:func:`~.vocabulary.prune_vocabulary` keeps the tokens of the task's training text; a token it drops is split
+into kept pieces, so text using it reads other tokens (the deploy benchmark's accuracy changes come from there).
+Keeping more tokens keeps more text as it was, at 384 parameters per token (all-MiniLM-L6-v2). Here the
+``full_rows`` most common tokens of the training text keep their rows and every other token gets a ``rank``-wide
+code times one shared ``rank x hidden`` basis (the best rank-``rank`` approximation of their rows, by SVD):
+``rank x (tokens - full_rows + hidden)`` parameters for them instead of ``hidden x (tokens - full_rows)``. Text
+made of common tokens embeds exactly as before; rare tokens move by their approximation error.
+
+The model's layout records the :class:`~hf_adaprune.layout.FactoredEmbedding`, so ``save_pruned`` writes a folder
+both loaders rebuild (``AutoPrunedModel``, or stock ``from_pretrained`` with ``trust_remote_code=True``). Encoder
+classifiers of the BERT family; a model whose output projection shares the input table (a masked LM) is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..layout import FactoredEmbedding, empty_record, read_record, write_record
+from .checks import check_transformers_model
+
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+EMBEDDING_PATH = {"distilbert": "embeddings.word_embeddings"}  # every supported family names it alike
+
+
+def _path(model) -> str:
+    return EMBEDDING_PATH.get(model.config.model_type, "embeddings.word_embeddings")
+
+
+def check_factoring_request(model, full_rows: int, rank: int) -> None:
+    """Refuse, before any work, a model or setting :func:`factor_embeddings` cannot serve, saying why."""
+    from ..engine.masks import get_masks
+
+    check_transformers_model(model, "factor_embeddings")
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED:
+        raise ValueError(f"factor_embeddings serves encoders of the BERT family ({', '.join(SUPPORTED)}); "
+                         f"{model_type!r} is not one of them")
+    table = model.get_input_embeddings()
+    if not isinstance(table, nn.Embedding):
+        raise ValueError(f"the input embedding is a {type(table).__name__}, not a plain table: factor a model once")
+    output = model.get_output_embeddings()
+    if output is not None and getattr(output, "weight", None) is table.weight:
+        raise ValueError("the model's output projection shares the input table (a masked or causal LM): its rare "
+                         "rows would change the predictions over the whole vocabulary; factor classifiers only")
+    if get_masks(model) is not None:
+        raise ValueError("factor_embeddings replaces the input embedding of a compacted model: compact it first "
+                         "(hf_adaprune.compact(model))")
+    tokens, hidden = table.num_embeddings, table.embedding_dim
+    for name, value, low, high in (("full_rows", full_rows, 1, tokens - 1), ("rank", rank, 1, hidden - 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name}={value!r}: give a whole number from {low} to {high} (the table has {tokens} "
+                             f"tokens of width {hidden})")
+
+
+def token_row_counts(tokenized: Iterable[Sequence[int]], num_embeddings: int) -> torch.Tensor:
+    """How many rows (texts) use each token id: a token repeated in one text counts once."""
+    counts = torch.zeros(num_embeddings, dtype=torch.long)
+    for ids in tokenized:
+        counts[torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long)] += 1
+    return counts
+
+
+def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, tokenized: Iterable[Sequence[int]] = (),
+                      full_rows: int, rank: int) -> dict:
+    """Keep the rows of the ``full_rows`` most common tokens of ``texts`` / ``tokenized`` (rows of ids, counted
+    by rows; ties: the lower id; the tokenizer's special tokens and the ids the config names always) and store
+    every other token's row at rank ``rank`` (in place). Returns ``{"full_rows", "rank", "parameters_before",
+    "parameters_after"}`` of the table. Count the texts the model will read (the training inputs, tokenized by the
+    model's tokenizer, after ``prune_vocabulary`` if it ran)."""
+    if isinstance(texts, str) or isinstance(tokenized, str):
+        raise ValueError("texts / tokenized is one string; pass a list of texts (or rows of ids)")
+    check_factoring_request(model, full_rows, rank)
+    table = model.get_input_embeddings()
+    tokens, hidden = table.num_embeddings, table.embedding_dim
+    rows = [list(ids) for ids in tokenized]
+    texts = list(texts)
+    if texts:
+        if tokenizer is None:
+            raise ValueError("texts need the model's tokenizer: factor_embeddings(model, tokenizer, texts, ...)")
+        rows += tokenizer(texts, add_special_tokens=True)["input_ids"]
+    if not rows:
+        raise ValueError("no texts or rows to count: pass the texts the model will read (its training inputs)")
+    counts = token_row_counts(rows, tokens)
+    always = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ()}
+    always |= {int(getattr(model.config, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id",
+                                                             "sep_token_id", "cls_token_id")
+               if isinstance(getattr(model.config, name, None), int)}
+    always = sorted(i for i in always if 0 <= i < tokens)
+    if len(always) > full_rows:
+        raise ValueError(f"full_rows={full_rows} is below the {len(always)} special tokens kept whole")
+    order = sorted(range(tokens), key=lambda i: (i not in always, -int(counts[i]), i))
+    full = torch.tensor(sorted(order[:full_rows]))
+    rare = torch.tensor(sorted(order[full_rows:]))
+    weight = table.weight.detach()
+    u, s, vh = torch.linalg.svd(weight[rare].float(), full_matrices=False)
+    factored = FactoredEmbedding(tokens, hidden, full_rows, rank, like=table)
+    with torch.no_grad():
+        factored.full.weight.copy_(weight[full])
+        factored.rare.weight.copy_((u[:, :rank] * s[:rank]).to(weight.dtype))
+        factored.up.weight.copy_(vh[:rank].T.to(weight.dtype))
+        slot = torch.empty(tokens, dtype=torch.long)
+        slot[full] = torch.arange(full_rows)
+        slot[rare] = torch.arange(len(rare)) + full_rows
+        factored.slot.copy_(slot)
+    factored.requires_grad_(table.weight.requires_grad)
+    factored.train(table.training)
+    base = model.base_model
+    path = _path(model)
+    parent = base.get_submodule(path.rpartition(".")[0])
+    setattr(parent, path.rpartition(".")[2], factored)
+    record = read_record(model.config) or empty_record()
+    record["layout"].setdefault("modules", {})[path] = {
+        "type": "FactoredEmbedding", "num_embeddings": tokens, "embedding_dim": hidden, "full_rows": full_rows,
+        "rank": rank}
+    write_record(model.config, record)
+    from ..hub.load import as_pruned
+
+    as_pruned(model)  # its save_pretrained writes the layout's loader
+    return {"full_rows": full_rows, "rank": rank, "parameters_before": tokens * hidden,
+            "parameters_after": sum(p.numel() for p in factored.parameters())}
+
+
+__all__ = ["check_factoring_request", "factor_embeddings", "token_row_counts"]

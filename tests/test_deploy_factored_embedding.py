@@ -1,0 +1,123 @@
+"""``factor_embeddings``: common tokens keep their rows, rare ones share a low-rank basis; saved folders rebuild it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from hf_adaprune import AutoPrunedModel, compact, save_pruned
+from hf_adaprune.deploy import factor_embeddings, quantize_int8
+from hf_adaprune.layout import FactoredEmbedding
+
+from conftest import tiny_model
+from test_surgery import random_masks
+
+TOL = 1e-5
+COMMON, RARE = list(range(5, 40)), list(range(60, 99))
+
+
+def corpus() -> list[list[int]]:
+    """Rows of ids: 5-39 in every row, 40-59 in a few, 60-98 in none."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [[2, *torch.randint(5, 40, (12,), generator=generator).tolist(), 3] for _ in range(30)]
+    return rows + [[2, *range(40, 60), 3]] + [list(range(5, 40))]
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids)).logits
+
+
+def factored_bert(full_rows=45, rank=8):
+    """A compacted tiny BERT whose table is factored."""
+    model = tiny_model("bert", hidden_dropout_prob=0.0)
+    random_masks(model)
+    compact(model)
+    return model, factor_embeddings(model, tokenized=corpus(), full_rows=full_rows, rank=rank)
+
+
+def test_common_tokens_keep_their_rows_and_outputs_and_rare_ones_their_best_rank_r_rows():
+    model = tiny_model("bert", hidden_dropout_prob=0.0)
+    random_masks(model)
+    compact(model)
+    table = model.get_input_embeddings().weight.detach().clone()
+    before = logits(model, [[2, *COMMON[:10], 3], [2, *COMMON[10:20], 3]])
+    summary = factor_embeddings(model, tokenized=corpus(), full_rows=45, rank=8)
+    factored = model.get_input_embeddings()
+    assert isinstance(factored, FactoredEmbedding)
+    assert summary == {"full_rows": 45, "rank": 8, "parameters_before": 99 * 32,
+                       "parameters_after": 45 * 32 + (99 - 45) * 8 + 8 * 32}
+    full = factored.slot < 45
+    assert full[COMMON].all() and full[list(range(40, 45))].all() and not full[RARE].any()
+    assert torch.equal(factored.weight[full], table[full])  # common rows exactly
+    rare = table[~full]
+    u, s, vh = torch.linalg.svd(rare, full_matrices=False)
+    assert (factored.weight[~full] - (u[:, :8] * s[:8]) @ vh[:8]).abs().max() <= TOL
+    assert (logits(model, [[2, *COMMON[:10], 3], [2, *COMMON[10:20], 3]]) - before).abs().max() <= TOL
+
+
+def test_saved_folder_rebuilds_the_factored_table_with_both_loaders(tmp_path):
+    model, _ = factored_bert()
+    ids = [[2, *COMMON[:6], *RARE[:6], 3]]
+    expected = logits(model, ids)
+    save_pruned(model, tmp_path)
+    for loaded in (AutoPrunedModel.from_pretrained(tmp_path),
+                   transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)):
+        assert type(loaded.get_input_embeddings()).__name__ == "FactoredEmbedding"  # the remote code's own class
+        assert (logits(loaded.eval(), ids) - expected).abs().max() <= TOL
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_int8_keeps_the_factored_table():
+    model, _ = factored_bert()
+    ids = [[2, *COMMON[:6], *RARE[:6], 3]]
+    quantized = quantize_int8(model)
+    assert isinstance(quantized.get_input_embeddings(), FactoredEmbedding)
+    assert (logits(quantized, ids) - logits(model, ids)).abs().max() < 0.1  # int8 rounding, same predictions
+    assert torch.equal(logits(quantized, ids).argmax(-1), logits(model, ids).argmax(-1))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(full_rows=0), r"full_rows=0: give a whole number from 1 to 98"),
+    (dict(rank=32), r"rank=32: give a whole number from 1 to 31"),
+    (dict(rank=2.5), r"rank=2.5"),
+])
+def test_bad_settings_are_refused_before_any_change(change, message):
+    model = tiny_model("bert")
+    table = model.get_input_embeddings()
+    with pytest.raises(ValueError, match=message):
+        factor_embeddings(model, tokenized=corpus(), **{"full_rows": 45, "rank": 8, **change})
+    assert model.get_input_embeddings() is table
+
+
+def test_refuses_masked_lms_masked_models_and_a_second_factoring():
+    lm = tiny_model("bert", head="AutoModelForMaskedLM")
+    with pytest.raises(ValueError, match="output projection shares the input table"):
+        factor_embeddings(lm, tokenized=corpus(), full_rows=45, rank=8)
+    masked = tiny_model("bert")
+    random_masks(masked)
+    with pytest.raises(ValueError, match="compact it first"):
+        factor_embeddings(masked, tokenized=corpus(), full_rows=45, rank=8)
+    model, _ = factored_bert()
+    with pytest.raises(ValueError, match="not a plain table: factor a model once"):
+        factor_embeddings(model, tokenized=corpus(), full_rows=45, rank=8)
+    with pytest.raises(ValueError, match="no texts or rows to count"):
+        factor_embeddings(tiny_model("bert"), full_rows=45, rank=8)
+
+
+def test_onnx_export_and_int8_graph_of_a_factored_model(tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs onnx: pip install onnx onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the parity check needs onnxruntime: pip install onnxruntime")
+    from hf_adaprune.deploy import OnnxEncoder, export_onnx, quantize_onnx
+
+    model, _ = factored_bert()
+    ids = torch.tensor([[2, *COMMON[:6], *RARE[:6], 3], [2, *RARE[6:18], 3]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    expected = logits(model, ids.tolist()).numpy()
+    export_onnx(model, tmp_path)
+    got = OnnxEncoder(tmp_path, file="model.onnx")(**batch).logits.numpy()
+    assert abs(got - expected).max() <= 1e-4
+    (int8,) = quantize_onnx(tmp_path, ["model.onnx"])
+    rounded = OnnxEncoder(tmp_path, file=int8.name)(**batch).logits.numpy()
+    assert abs(rounded - expected).max() < 0.1
