@@ -39,6 +39,7 @@ from hf_adaprune.sentence_transformers import (  # noqa: E402
     TeacherAgreementEvaluator,
     embedding_distillation_loss,
     load_pruned_sentence_transformer,
+    save_pruned_sentence_transformer,
     transformer_module,
 )
 
@@ -477,10 +478,10 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("metric, message", [
-    ("dev_spearman_cosin", r"available: \['dev_pearson_cosine', 'dev_spearman_cosine'\]\"?$"),
-    ("loss", "the loss is measured on an eval_dataset and none is given")])
+    ("dev_spearman_cosin", r"available: \['dev_pearson_cosine', 'dev_spearman_cosine'\]\"?$")])
 def test_a_metric_evaluation_lacks_is_named_with_the_keys_to_use(encoder_folder, tmp_path, metric, message):
-    # the evaluator's keys as --pruning_metric takes them; no advice about prediction_loss_only (s-t's default)
+    # the evaluator's keys as --pruning_metric takes them; no advice about prediction_loss_only (s-t's default).
+    # (--pruning_metric loss without an eval_dataset is refused when the trainer is built: see below)
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     model = tiny_sentence_transformer(encoder_folder)
@@ -1041,3 +1042,153 @@ def test_throughput_counts_the_sentences_it_timed(encoder_folder):
     result = recipe.throughput({"dense": model}, sentences(3), batch=64, repeats=2)["dense"]
     assert result["batch"] == 3
     assert result["sentences_per_s"] == pytest.approx(3 / (result["median_ms"] / 1000))
+
+
+# -- T5 encoders, agreement beside a loss of one's own, streamed eval sets, the eval loss without eval rows ----------
+
+
+def save_tiny_t5_encoder(folder) -> str:
+    """A tiny T5 encoder (sentence-t5 / GTR layout: sentence-transformers loads t5 as T5EncoderModel) with the
+    WordPiece tokenizer over WORDS, saved to ``folder``."""
+    from transformers import T5Config, T5EncoderModel
+
+    os.makedirs(folder, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                      decoder_start_token_id=0, pad_token_id=0)
+    T5EncoderModel(config).save_pretrained(folder)
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}).save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_pruned_t5_encoder_reloads_with_load_pruned_sentence_transformer(tmp_path, caplog):
+    """The saved T5EncoderModel was rebuilt as a T5Model (AutoModel's t5 class), whose forward wants decoder inputs;
+    stock sentence-transformers builds transformers' own T5EncoderModel for any T5 config, the saved remote one
+    included, so it cannot read the pruned shapes: the save says so, and the card shows the loader that works."""
+    model = tiny_sentence_transformer(save_tiny_t5_encoder(tmp_path / "t5"))
+    assert type(model[0].auto_model).__name__ == "T5EncoderModel"
+    corpus = sentences(64)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "out", pruning_target=0.5),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
+    trainer.train()
+    assert trainer.controller.state.ratio > 0
+    with caplog.at_level(logging.WARNING):
+        trainer.save_model()
+    probe = sentences(6, seed=3)
+    expected = model.eval().encode(probe, convert_to_tensor=True)
+    loaded = load_pruned_sentence_transformer(tmp_path / "out", device="cpu")
+    assert type(loaded[0].auto_model).__name__ == "T5EncoderModel"
+    assert (loaded.encode(probe, convert_to_tensor=True) - expected).abs().max() <= 1e-5
+    assert re.search(r"SentenceTransformer\(folder, trust_remote_code=True\) cannot load it: .*T5EncoderModel.*"
+                     r"load it with hf_adaprune.sentence_transformers.load_pruned_sentence_transformer\(folder\)",
+                     caplog.text)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "model = load_pruned_sentence_transformer(path)" in card
+    assert "SentenceTransformer(path, trust_remote_code=True)" not in card
+    # a BERT folder says nothing of the kind (covered above: the stock loader reads it)
+    caplog.clear()
+    bert = tiny_sentence_transformer(save_tiny_encoder(tmp_path / "bert"))
+    with caplog.at_level(logging.WARNING):
+        save_pruned_sentence_transformer(bert, tmp_path / "bert_out")
+    assert "load_pruned_sentence_transformer" not in caplog.text
+
+
+def test_agreement_steering_beside_a_loss_of_ones_own_computes_no_eval_loss(encoder_folder, tmp_path):
+    """Agreement with the dense embeddings of the eval sentences steers; the decisions computed an eval loss on those
+    single sentences too, which MultipleNegativesRankingLoss cannot read: train() failed after the warm-up."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = tiny_sentence_transformer(encoder_folder)
+    corpus = sentences(96)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "out", pruning_warmup_steps=5),
+        train_dataset=Dataset.from_dict({"anchor": corpus[:48], "positive": corpus[48:]}),
+        eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}), loss=MultipleNegativesRankingLoss(model))
+    assert trainer.evaluator.primary_metric == "teacher_mean_cosine"
+    trainer.train()
+    decisions = [entry for entry in trainer.state.log_history if "pruning_eval_teacher_mean_cosine" in entry]
+    assert decisions and not any("pruning_eval_loss" in entry for entry in decisions)
+    assert trainer.state.global_step == 12
+    # evaluations (--eval_strategy) compute the eval loss on the eval set as sentence-transformers does: the loss
+    # cannot read these rows, which is said at step 0, not at the first evaluation
+    counter = StepCounter()
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "evaluated", pruning_warmup_steps=5, eval_strategy="steps",
+                                    eval_steps=6), callbacks=[counter],
+        train_dataset=Dataset.from_dict({"anchor": corpus[:48], "positive": corpus[48:]}),
+        eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}), loss=MultipleNegativesRankingLoss(model))
+    with pytest.raises(ValueError, match="Expected at least 2 embeddings") as raised:
+        trainer.train()
+    assert "as evaluations (--eval_strategy) read them" in "\n".join(getattr(raised.value, "__notes__", []))
+    assert counter.steps == 0
+
+
+def test_an_evaluator_named_up_front_still_gets_the_eval_rows_checked_at_step_0(encoder_folder, tmp_path):
+    """An evaluator of one's own steers and the decisions compute the eval loss on the eval rows too: rows the loss
+    cannot read fail at step 0, not at the reference after the warm-up (TeacherAgreementEvaluator names its primary
+    metric up front, so nothing was evaluated before then)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = tiny_sentence_transformer(encoder_folder)
+    corpus = sentences(96)
+    counter = StepCounter()
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "out", pruning_warmup_steps=5), callbacks=[counter],
+        train_dataset=Dataset.from_dict({"anchor": corpus[:48], "positive": corpus[48:]}),
+        eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}), loss=MultipleNegativesRankingLoss(model),
+        evaluator=TeacherAgreementEvaluator(corpus[:8], teacher=model))
+    with pytest.raises(ValueError, match="Expected at least 2 embeddings") as raised:
+        trainer.train()
+    assert "evaluates the rows pruning decisions read" in "\n".join(getattr(raised.value, "__notes__", []))
+    assert counter.steps == 0 and trainer.state.global_step == 0
+
+
+@pytest.mark.parametrize("evaluator_kind", ["agreement", "similarity"])
+def test_a_streamed_eval_set_the_decisions_read_is_refused_when_the_trainer_is_built(encoder_folder, tmp_path,
+                                                                                      evaluator_kind):
+    """An evaluator steers and the decisions compute the eval loss on the first --pruning_eval_samples eval rows:
+    a streamed eval set (or a streamed part of a dict) gave a bare TypeError (no len()) during training."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    model = tiny_sentence_transformer(encoder_folder)
+    corpus = sentences(96)
+    pairs = Dataset.from_dict({"sentence1": corpus[:32], "sentence2": corpus[32:64],
+                               "score": [(i % 5) / 4 for i in range(32)]})
+    evaluator = TeacherAgreementEvaluator(corpus[:16], teacher=model) if evaluator_kind == "agreement" else \
+        EmbeddingSimilarityEvaluator(corpus[:8], corpus[8:16], [i / 8 for i in range(8)], name="dev")
+    args = make_args(tmp_path / "out", pruning_eval_samples=4, pruning_warmup_steps=5)
+    for eval_dataset, name in ((pairs.to_iterable_dataset(), "eval_dataset"),
+                               ({"a": pairs, "b": pairs.to_iterable_dataset()}, r"eval_dataset\['b'\]")):
+        with pytest.raises(ValueError, match=rf"{name} is an iterable IterableDataset: pruning decisions evaluate its "
+                                             r"first --pruning_eval_samples rows again at every step, which needs a "
+                                             r"map-style dataset"):
+            AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                                      eval_dataset=eval_dataset, loss=CoSENTLoss(model),
+                                                      evaluator=evaluator)
+
+
+@pytest.mark.parametrize("own_loss", [False, True])
+def test_the_eval_loss_steering_without_an_eval_dataset_is_refused_before_any_dense_embedding(
+        encoder_folder, tmp_path, monkeypatch, own_loss):
+    """--pruning_metric loss with an evaluator but no eval_dataset: built (the default loss computing the dense
+    embeddings of every train row first), then refused only by train()."""
+    import hf_adaprune.sentence_transformers.trainer as trainer_module
+
+    def encoded(*args, **kwargs):
+        raise AssertionError("dense embeddings computed before the set-up checks")
+
+    monkeypatch.setattr(trainer_module, "with_teacher_embeddings", encoded)
+    model = tiny_sentence_transformer(encoder_folder)
+    if own_loss:
+        train = Dataset.from_dict({"sentence1": sentences(16), "sentence2": sentences(16, seed=1),
+                                   "score": [i / 16 for i in range(16)]})
+        extra = dict(loss=CoSENTLoss(model))
+    else:
+        train, extra = Dataset.from_dict({"sentence": sentences(32)}), {}
+    with pytest.raises(ValueError, match=r"--pruning_metric loss steers by the eval loss, measured on an eval_dataset, "
+                                         r"and none is given"):
+        AdaptivePruningSentenceTransformerTrainer(
+            model=model, args=make_args(tmp_path, pruning_metric="loss"), train_dataset=train,
+            evaluator=TeacherAgreementEvaluator(sentences(8), teacher=model), **extra)

@@ -4,18 +4,22 @@ The folder is what ``SentenceTransformer.save`` writes (``modules.json``, ``sent
 ``config_sentence_transformers.json`` with the prompts and similarity function, ``1_Pooling/``,
 ``2_Normalize/``, ...) with the transformer module's ``config.json`` carrying the pruned layout and an
 ``auto_map`` to the shipped ``modeling_adaprune.py``: stock sentence-transformers loads it with
-``trust_remote_code=True``, :func:`load_pruned_sentence_transformer` without remote code.
+``trust_remote_code=True``, :func:`load_pruned_sentence_transformer` without remote code. Except an encoder of
+an encoder-decoder family (T5, mT5: sentence-t5, GTR), for which stock sentence-transformers builds transformers'
+own encoder class, whatever the folder's ``auto_map``: :func:`load_pruned_sentence_transformer` loads those, and
+the save says so.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer
-from transformers import AutoModel
+from transformers import AutoModel, MT5Config, T5Config
 
 from ..hub.config_marker import MODEL_TYPE_PREFIX
 from ..hub.load import AutoPrunedModel, load_pruned_config
@@ -25,6 +29,8 @@ from ..reporting.report import model_card
 from ..reporting.summary import PruningSummary
 from ..surgery import compact
 from .modules import transformer_module
+
+logger = logging.getLogger(__name__)
 
 # How modules.json names the Transformer module (older and newer sentence-transformers releases).
 TRANSFORMER_TYPES = (
@@ -43,14 +49,41 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
     """
     # The compacted model's class writes its config's auto_map and modeling_adaprune.py in save_pretrained,
     # which the Transformer module's save calls.
-    compact(transformer_module(model).auto_model)
+    transformer = transformer_module(model).auto_model
+    compact(transformer)
 
     def write(folder: Path) -> None:
         model.save(str(folder), create_model_card=card is None)
         if card is not None:
             (folder / card_file).write_text(card)
 
-    return write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
+    saved = write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
+    stock = stock_encoder_class(transformer.config)
+    if stock is not None:
+        logger.warning(
+            "%s: SentenceTransformer(folder, trust_remote_code=True) cannot load it: stock sentence-transformers "
+            "builds transformers' own %s for a %s config, whatever the folder's auto_map, and its shapes are not "
+            "the pruned ones; load it with hf_adaprune.sentence_transformers.load_pruned_sentence_transformer(folder) "
+            "(the transformer alone: AutoModel.from_pretrained(folder, trust_remote_code=True))",
+            saved, stock, transformer.config.model_type)
+    return saved
+
+
+def stock_encoder_class(config) -> str | None:
+    """The transformers class stock sentence-transformers builds for ``config`` in place of the one its ``auto_map``
+    names (the encoder of an encoder-decoder family: T5, mT5, ...), or ``None`` where it builds the ``auto_map``'s.
+
+    sentence-transformers keeps a registry of such config classes, which a pruned model's config (a subclass of the
+    family's config class) matches too; releases without one handled T5 and mT5 alike.
+    """
+    transformer_code = importlib.import_module(Transformer.__module__)
+    registry = getattr(transformer_code, "_ENCODER_ONLY_MODELS", None)
+    if not isinstance(registry, (list, tuple)):
+        registry = [(T5Config, "transformers", "T5EncoderModel"), (MT5Config, "transformers", "MT5EncoderModel")]
+    for entry in registry:
+        if isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], type) and isinstance(config, entry[0]):
+            return entry[2]
+    return None
 
 
 class _PrunedTransformer(Transformer):
@@ -70,7 +103,10 @@ class _PrunedTransformer(Transformer):
             raise ValueError(f"pruned sentence-transformers folders load with the torch backend for "
                              f"feature-extraction; got backend={backend!r}, transformer_task={transformer_task!r}")
         model_kwargs.pop("trust_remote_code", None)
-        return AutoPrunedModel.from_pretrained(model_name_or_path, auto_class=AutoModel, config=config, **model_kwargs)
+        # The class that was saved (T5EncoderModel, not AutoModel's T5Model for a sentence-t5 / GTR encoder);
+        # AutoModel's where config.json names none.
+        auto_class = None if config.architectures else AutoModel
+        return AutoPrunedModel.from_pretrained(model_name_or_path, auto_class=auto_class, config=config, **model_kwargs)
 
 
 def _no_marker_mismatch(record: logging.LogRecord) -> bool:
@@ -102,16 +138,39 @@ def load_pruned_sentence_transformer(path: str | os.PathLike, **kwargs) -> Sente
 
 
 def sentence_transformer_card(summary: PruningSummary, *, trained: bool = True, language=None, license=None,
-                              tags=None) -> str:
+                              tags=None, stock_class: str | None = None) -> str:
     """hf_adaprune's model card of the run, with sentence-transformers front matter and usage. ``trained=False``: saved
     before any training (see :func:`~hf_adaprune.reporting.report.model_card`); ``language``, ``license`` and
-    ``tags`` go into the metadata, as ``Trainer.create_model_card`` takes them."""
+    ``tags`` go into the metadata, as ``Trainer.create_model_card`` takes them. ``stock_class``: the transformers
+    class stock sentence-transformers builds in place of the saved one (:func:`stock_encoder_class`), which
+    cannot load the folder: the usage is then :func:`load_pruned_sentence_transformer`'s alone."""
     tags = [tags] if isinstance(tags, str) else list(tags or [])
     card = str(model_card(summary, tags=["sentence-transformers", "sentence-similarity", *tags], language=language,
                           license=license, trained=trained))
     card = card.replace("library_name: transformers\n",
                         "library_name: sentence-transformers\npipeline_tag: sentence-similarity\n", 1)
     loading = card.index("## Loading")
+    if stock_class is not None:
+        return card[:loading] + "\n".join([
+            "## Usage (sentence-transformers)",
+            "",
+            "With `hf_adaprune` installed:",
+            "",
+            "```python",
+            "from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer",
+            "",
+            "model = load_pruned_sentence_transformer(path)",
+            'embeddings = model.encode(["This is an example sentence", "Each sentence is converted"])',
+            "similarities = model.similarity(embeddings, embeddings)",
+            "```",
+            "",
+            f"Stock `SentenceTransformer` cannot load this folder, even with `trust_remote_code=True`: for this "
+            f"model's config it builds transformers' own `{stock_class}`, whatever `auto_map` names, and that class "
+            "has the dense shapes, not the pruned ones.",
+            "",
+            "The transformer alone: `transformers.AutoModel.from_pretrained(path, trust_remote_code=True)`.",
+            "",
+        ])
     return card[:loading] + "\n".join([
         "## Usage (sentence-transformers)",
         "",

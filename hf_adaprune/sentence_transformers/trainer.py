@@ -16,6 +16,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+from torch.utils.data import DataLoader
 
 from ..engine.masks import get_masks
 from ..trainer.eval_order import first_rows
@@ -23,7 +24,7 @@ from ..trainer.report import card_path
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
 from .evaluation import TeacherAgreementEvaluator
-from .hub import save_pruned_sentence_transformer, sentence_transformer_card
+from .hub import save_pruned_sentence_transformer, sentence_transformer_card, stock_encoder_class
 from .losses import EmbeddingDistillationLoss, embedding_distillation_loss, text_column, with_teacher_embeddings
 from .modules import transformer_module
 
@@ -62,6 +63,10 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                              "unset instead: the default loss distils the dense model's embeddings")
         _check_teacher_width(evaluator, model)
         if args.pruning_metric == "loss":
+            if eval_dataset is None:
+                raise ValueError("--pruning_metric loss steers by the eval loss, measured on an eval_dataset, and none "
+                                 "is given: pass an eval_dataset of rows the loss reads, or steer by the evaluator "
+                                 "(--pruning_metric evaluator, the default)")
             _check_loss_rows(eval_dataset)
         if args.pruning_metric == EVALUATOR_METRIC and evaluator is None and eval_dataset is None:
             raise ValueError("--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences "
@@ -73,7 +78,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             loss = embedding_distillation_loss(model)
             if train_dataset is not None:
                 _distillation_rows(train_dataset, model, args.per_device_eval_batch_size, args.prompts, encode=False)
-        agreement = None
+        agreement, own_evaluator = None, evaluator is not None
         if evaluator is None and eval_dataset is not None and args.pruning_metric != "loss":
             if not isinstance(eval_dataset, Dataset):
                 raise ValueError(f"without an evaluator, agreement with the dense embeddings steers, read from one "
@@ -88,6 +93,11 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             else:  # an evaluator or the eval loss steers: its rows (each set's, of a dict) get dense embeddings too
                 eval_rows = _eval_sentences(eval_dataset)
                 _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, encode=False)  # one text column
+        if own_evaluator and eval_dataset is not None:  # decisions compute the eval loss on its first rows too
+            _check_loss_rows(eval_dataset)
+        # Agreement reads the eval sentences itself: decisions compute no eval loss beside it (a loss of one's
+        # own may not read single sentences: MultipleNegativesRankingLoss, CoSENTLoss, ...)
+        self._agreement_steers = agreement is not None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
         if agreement is not None:
@@ -122,18 +132,24 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     def _default_compute_metrics(self, name: str):
         return None  # sentence-transformers measures through evaluators, not compute_metrics
 
-    def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
+    def _evaluate_rows(self, rows: int | None, predictions: bool = False, eval_loss: bool | None = None) -> dict:
         """Eval loss on the first ``rows`` examples (if any) and the evaluator's metrics, keys ``pruning_eval_*``
-        (with or without ``predictions``: the evaluator's metrics come with every evaluation).
+        (with or without ``predictions``: the evaluator's metrics come with every evaluation). ``eval_loss``: whether
+        the eval loss is computed (default: unless agreement with the dense embeddings steers; ``True``: as
+        ``evaluate()`` computes it).
 
         ``evaluation_loop``, not ``evaluate()``: the evaluator runs inside it, and on_evaluate callbacks
         never see a decision evaluation.
         """
-        dataset = None if self.eval_dataset is None else self.preprocess_dataset(
+        if eval_loss is None:
+            eval_loss = not self._agreement_steers
+        dataset = None if self.eval_dataset is None or not eval_loss else self.preprocess_dataset(
             first_rows(self.eval_dataset, rows), dataset_name="eval")
-        with self._reading_decision_rows():
-            metrics = self.evaluation_loop(self.get_eval_dataloader(dataset), description="Pruning decision",
-                                           prediction_loss_only=True, metric_key_prefix=DECISION_PREFIX).metrics
+        with self._reading_decision_rows():  # the loader too: it reads dataloader_drop_last
+            # no dataset: the evaluator alone, as sentence-transformers evaluates without an eval set
+            loader = DataLoader([]) if dataset is None else self.get_eval_dataloader(dataset)
+            metrics = self.evaluation_loop(loader, description="Pruning decision", prediction_loss_only=True,
+                                           metric_key_prefix=DECISION_PREFIX).metrics
         self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -141,6 +157,10 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if not self._steer_by_evaluator:
             return super()._decision_metric()
         metrics = self._evaluate_rows(self.args.pruning_eval_samples)
+        return self._primary_metric(metrics), metrics
+
+    def _primary_metric(self, metrics: dict) -> float:
+        """The steering evaluator's primary metric among ``metrics`` (which also names the keys decisions read)."""
         # Some evaluators (information retrieval, sequential) name their primary metric only once they
         # have run, and every evaluator prefixes it with its name then: read it after the call.
         primary = getattr(self.evaluator, "primary_metric", None)
@@ -152,7 +172,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                            f"{sorted(k.removeprefix(DECISION_PREFIX + '_') for k in metrics)}")
         self.pruning_metric, self.metric_key = primary, f"eval_{primary}"
         self.decision_key = f"{DECISION_PREFIX}_{primary}"
-        return float(metrics[self.decision_key]), metrics
+        return float(metrics[self.decision_key])
 
     def _decision_rows_without_labels(self) -> list[str]:
         return []  # sentence-transformers losses need no label column (e.g. anchor / positive pairs)
@@ -166,10 +186,26 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             unnamed = broadcast_object_list([unnamed])[0]
         best = (self.args.metric_for_best_model or "").removeprefix("eval_")
         best = best if self.args.eval_strategy != "no" else ""  # read by load_best_model_at_end, early stopping
-        if best or (unnamed and self.args.pruning_warmup_steps > 0):
+        # decisions compute the eval loss on the first eval rows beside the evaluator (not where agreement steers);
+        # evaluations (--eval_strategy) compute it on the eval set in any case
+        decision_rows = self.eval_dataset is not None and not self._agreement_steers
+        evaluation_rows = self.eval_dataset is not None and self.args.eval_strategy != "no"
+        early = self.args.pruning_warmup_steps > 0  # with no warm-up the reference, at step 0, is the check
+        if best or (evaluation_rows and self._agreement_steers) or ((unnamed or decision_rows) and early):
             # named once it has run (information retrieval, sequential), or never: run it now, so an evaluator
-            # without one fails at step 0, not at the reference after the warm-up (with no warm-up it is now)
-            _, metrics = self._decision_metric()
+            # without one (or eval rows the loss cannot read) fails at step 0, not at the reference after the
+            # warm-up or at the first evaluation. With the eval loss where evaluations compute it, as evaluate()
+            try:
+                metrics = self._evaluate_rows(self.args.pruning_eval_samples,
+                                              eval_loss=True if evaluation_rows else None)
+            except Exception as err:
+                what = "as evaluations (--eval_strategy) read them" if evaluation_rows else \
+                    "the rows pruning decisions read"
+                err.add_note(f"(raised by the pruning trainer's metric check before training, which evaluates {what}: "
+                             "the evaluator's, and the first --pruning_eval_samples rows of eval_dataset through the "
+                             "loss)")
+                raise
+            self._primary_metric(metrics)
             names = self._metric_names(metrics)
             if isinstance(self.eval_dataset, dict):  # evaluate() names each set's metrics eval_<set>_<metric>
                 names = [f"{part}_{name}" for part in self.eval_dataset for name in names]
@@ -183,9 +219,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)  # an evaluator's keys, as named
 
     def _missing_metric_hint(self) -> str:  # prediction_loss_only is sentence-transformers' default: no hint there
-        if self.pruning_metric == "loss" and self.eval_dataset is None:
-            return " (the loss is measured on an eval_dataset and none is given: pass one, or name an evaluator metric)"
-        return ""
+        return ""  # (--pruning_metric loss without an eval_dataset is refused when the trainer is built)
 
     # -- saving -----------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -197,7 +231,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             model = copy.deepcopy(self.model)  # keep the in-memory model trainable: compact a copy
             if self._ramp is not None:  # mid-ramp: the copy gets the candidate's 0/1 masks, as the base trainer's
                 get_masks(transformer_module(model).auto_model).update(self._ramp.target)
-            card = sentence_transformer_card(self.pruning_summary(), trained=self.state.global_step > 0)
+            card = sentence_transformer_card(self.pruning_summary(), trained=self.state.global_step > 0,
+                                             stock_class=stock_encoder_class(self.pruned_model.config))
             save_pruned_sentence_transformer(model, output_dir, card=card,
                                              card_file=os.path.basename(card_path(output_dir)))
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -215,7 +250,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         summary.model_name = model_name or summary.model_name
         summary.base_model = finetuned_from or summary.base_model
         card = sentence_transformer_card(summary, trained=self.state.global_step > 0, language=language,
-                                         license=license, tags=tags)
+                                         license=license, tags=tags,
+                                         stock_class=stock_encoder_class(self.pruned_model.config))
         with open(card_path(self.args.output_dir), "w") as f:
             f.write(card)
 
@@ -286,8 +322,9 @@ def _eval_sentences(eval_dataset):
 
 
 def _check_loss_rows(eval_dataset) -> None:
-    """The eval loss steers: each eval set (of a dict too) must be indexable and hold rows."""
-    parts = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+    """Decisions compute the eval loss: each eval set (of a dict too) must be indexable and hold rows."""
+    parts = [(f"eval_dataset[{name!r}]", part) for name, part in eval_dataset.items()] \
+        if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
     for name, part in parts:
         check_eval_rows(part, name)
 
