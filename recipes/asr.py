@@ -508,14 +508,7 @@ def build(run: Run) -> None:
         if model_args.language is not None or model_args.task != "transcribe":
             model.generation_config.language = model_args.language
             model.generation_config.task = model_args.task
-        apply_generation_config(model, training_args)
-        # the transcripts scored are generated with --generation_max_length / --generation_num_beams (Seq2SeqTrainer
-        # passes them to generate): the saved generation config says so too, so that a pipeline on the output folder
-        # transcribes as the recipe scored (it kept the model's max_length, 448 for Whisper tiny.en)
-        if training_args.generation_max_length is not None:
-            model.generation_config.max_length = training_args.generation_max_length
-        if training_args.generation_num_beams is not None:
-            model.generation_config.num_beams = training_args.generation_num_beams
+        apply_generation_config(model, training_args)  # also the generation length and beams the WER is scored with
         if model.generation_config.decoder_start_token_id is None:
             raise RecipeError(f"{model_path}: the generation config has no decoder_start_token_id")
         run.data_collator = SpeechSeq2SeqCollator(feature_extractor, tokenizer,

@@ -110,16 +110,22 @@ def apply_generation_config(model, training_args) -> None:
     translations) generated with the model's settings instead. The merged config becomes ``--generation_config``, so
     the trainer applies the same one."""
     given = getattr(training_args, "generation_config", None)
-    if given is None:
-        return
-    from transformers import Seq2SeqTrainer
+    if given is not None:
+        from transformers import Seq2SeqTrainer
 
-    try:
-        loaded = Seq2SeqTrainer.load_generation_config(given)
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"--generation_config {given}: cannot load it ({type(err).__name__}: {err})") from err
-    for name in RECIPE_GENERATION_FIELDS:
-        if getattr(loaded, name, None) is None and getattr(model.generation_config, name, None) is not None:
-            setattr(loaded, name, getattr(model.generation_config, name))
-    model.generation_config = loaded
-    training_args.generation_config = loaded
+        try:
+            loaded = Seq2SeqTrainer.load_generation_config(given)
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"--generation_config {given}: cannot load it ({type(err).__name__}: {err})") from err
+        for name in RECIPE_GENERATION_FIELDS:
+            if getattr(loaded, name, None) is None and getattr(model.generation_config, name, None) is not None:
+                setattr(loaded, name, getattr(model.generation_config, name))
+        model.generation_config = loaded
+        training_args.generation_config = loaded
+    # what is scored is generated with --generation_max_length / --generation_num_beams (Seq2SeqTrainer passes them
+    # to generate): the saved generation config says so too, so that a pipeline on the output folder generates as
+    # the recipe scored (Whisper tiny.en kept its max_length of 448)
+    if getattr(training_args, "generation_max_length", None) is not None:
+        model.generation_config.max_length = training_args.generation_max_length
+    if getattr(training_args, "generation_num_beams", None) is not None:
+        model.generation_config.num_beams = training_args.generation_num_beams

@@ -141,6 +141,9 @@ def test_smoke_run_from_yaml_config(workspace, tmp_path):
     assert results["dense_control"]["steps"] == results["train"]["global_step"] == test["control_steps"]
     for key in ("control_sacrebleu", "control_chrf"):
         assert 0.0 <= test[key] <= 100.0
+    # the saved generation config is the one the translations were scored with: pipeline() translates alike
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert (generation["max_length"], generation.get("num_beams", 1)) == (32, 1)
 
     # the folder loads with AutoPrunedModel and its tokenizer, generates, and reproduces the recipe's test chrF
     model = AutoPrunedModel.from_pretrained(out).eval()
