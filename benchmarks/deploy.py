@@ -6,18 +6,19 @@
 2. Pruned: ``post_training_prune`` of the dense model to 50% of the encoder layers' FLOPs at seq 128
    (Taylor scores, re-fit; calibration: 2,048 other training phrases; metric check: 500 ``dev.tsv`` rows),
    cached in ``--cache_dir``. ``--dense`` / ``--pruned`` take other folders instead (e.g. the trainer's).
-3. Deployment variants of the pruned model: its vocabulary pruned to the tokens of the training phrases the
-   models saw (the dense training and calibration phrases, as ``--prune_vocabulary`` in the recipes keeps the
-   tokens of the training set) and its position table to the 128 positions the inputs reach (``prune_positions``;
+3. Deployment variants of the pruned model: its vocabulary pruned to the tokens of the whole training file
+   (``--vocab_texts train``; ``seen``: only the phrases the dense training and the calibration used, the default
+   before 2026-12-05), the embedding rows of all but the 6,000 most common of them at low rank (item 5), and its
+   position table to the 128 positions the inputs reach (``prune_positions``;
    ``--positions 0`` keeps all 512, as before 2026-12-03), and int8 (``save_int8``) with and without that. ``--vocab_texts train``
-   counts all 60,614 ``train.tsv`` phrases instead (``--vocab_samples N``: the first N), and
+   counts all 60,614 ``train.tsv`` phrases (``--vocab_samples N``: the first N), and
    ``--vocab_min_count C`` keeps only tokens that occur in at least C of the counted phrases (as
    ``--vocabulary_min_count`` in the recipes); ``--vocab_texts train --vocab_min_count 6`` is the smallest
    count whose vocabulary brings the pruned model under 40% of the dense parameters (5 gives 40.7%).
 4. The ONNX route: the dense model exported with ``export_onnx`` (float32, run by onnxruntime: how much of a
    speed-up the runtime alone gives), and the pruned + vocabulary model exported and quantized with
    ``quantize_onnx`` (onnxruntime's dynamic int8, int8 weights per output channel), run by ``OnnxEncoder``.
-5. ``--factor_full_rows K`` (with ``--vocab_texts train``): after the vocabulary and positions, the K tokens most
+5. ``--factor_full_rows K`` (default 6,000; 0: off; with ``--vocab_texts train``): after the vocabulary and positions, the K tokens most
    common in the counted phrases keep their embedding rows and every other kept token gets a low-rank row
    (``factor_embeddings``), the rank the largest that keeps the model within ``--max_parameter_share`` of the
    dense model's parameters: the tokens of the whole training file at the parameter budget of a smaller sample's.
@@ -167,7 +168,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--check_samples", type=int, default=500)
     parser.add_argument("--dev_samples", type=int, default=6235,
                         help="unseen dev.tsv rows scored (after the check rows; 6,235 = all of them)")
-    parser.add_argument("--vocab_texts", choices=("train", "seen"), default="seen",
+    parser.add_argument("--vocab_texts", choices=("train", "seen"), default="train",
                         help="count tokens in all train.tsv phrases, or in the phrases the dense training and the "
                              "calibration used")
     parser.add_argument("--vocab_samples", type=int, default=None, help="--vocab_texts train: the first N phrases")
@@ -179,7 +180,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--positions", type=int, default=SEQ_LEN,
                         help="the vocabulary variants' position table keeps the rows of this many tokens "
                              "(prune_positions; every row is cut to 128 tokens); 0 keeps the whole table")
-    parser.add_argument("--factor_full_rows", type=int, default=0,
+    parser.add_argument("--factor_full_rows", type=int, default=6000,
                         help="with --vocab_texts train: this many most common tokens keep their rows, the others get "
                              "low-rank rows (factor_embeddings) of the largest rank within --max_parameter_share; "
                              "0: off")
