@@ -95,6 +95,17 @@ class DataArguments:
                           "common of the training rows (of those in --vocabulary_min_count rows). A budget for the "
                           "embedding table: text using a dropped token is split into kept pieces."},
     )
+    vocabulary_full_rows: int | None = field(
+        default=None,
+        metadata={"help": "With --prune_vocabulary and --vocabulary_rank (encoder classifiers): the embedding rows of "
+                          "this many tokens, the most common of the training rows, stay whole; every other kept "
+                          "token's row is stored at rank --vocabulary_rank (factor_embeddings): a vocabulary that "
+                          "keeps many tokens at the size of a smaller one."},
+    )
+    vocabulary_rank: int | None = field(
+        default=None,
+        metadata={"help": "With --vocabulary_full_rows: the rank of the other tokens' rows (below the hidden size)."},
+    )
     decoder_vocabulary: bool = field(
         default=False,
         metadata={"help": "With --prune_vocabulary, for Marian: the decoder's table and output projection keep only "

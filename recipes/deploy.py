@@ -5,7 +5,9 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 
     vocabulary/    the pruned model keeping only the tokens of the training data (Hub format, tokenizer inside;
                    with ``--decoder_vocabulary`` a Marian decoder keeps only the targets' tokens; with
-                   ``--prune_positions`` an encoder keeps only the position rows of ``--max_seq_length`` tokens)
+                   ``--prune_positions`` an encoder keeps only the position rows of ``--max_seq_length`` tokens;
+                   with ``--vocabulary_full_rows K --vocabulary_rank r`` the rows of all but its K most common
+                   tokens are stored at rank r)
     int8/          int8 weights (``save_int8``; reload with ``hf_adaprune.load_int8``)
     onnx/          ONNX graphs (``export_onnx``); with ``--quantize int8`` also ``*.int8.onnx`` (``quantize_onnx``)
     ctranslate2/   a CTranslate2 model (``export_ctranslate2``; Whisper and Marian)
@@ -63,6 +65,20 @@ def check_arguments(data_args, training_args, model_paths) -> None:
                           "vocabulary keeps; it must be 1 or more")
     if data_args.vocabulary_max_size is not None and not data_args.prune_vocabulary:
         raise RecipeError("--vocabulary_max_size only applies with --prune_vocabulary true")
+    factoring = (data_args.vocabulary_full_rows, data_args.vocabulary_rank)
+    if any(value is not None for value in factoring):
+        if None in factoring:
+            raise RecipeError("--vocabulary_full_rows and --vocabulary_rank go together: the tokens whose rows stay "
+                              "whole, and the rank of the others'")
+        if not data_args.prune_vocabulary:
+            raise RecipeError("--vocabulary_full_rows / --vocabulary_rank only apply with --prune_vocabulary true")
+        if data_args.decoder_vocabulary:
+            raise RecipeError("--vocabulary_full_rows factors an encoder's input table; --decoder_vocabulary is for "
+                              "Marian: drop one of them")
+        for name, value in (("vocabulary_full_rows", data_args.vocabulary_full_rows),
+                            ("vocabulary_rank", data_args.vocabulary_rank)):
+            if value < 1:
+                raise RecipeError(f"--{name} {value}: it must be 1 or more")
     if data_args.decoder_vocabulary and not data_args.prune_vocabulary:
         raise RecipeError("--decoder_vocabulary only applies with --prune_vocabulary true")
     if data_args.prune_positions and not data_args.prune_vocabulary:
@@ -94,6 +110,16 @@ def _check_positions(model, max_input_length) -> None:
     check_positions_request(model, max_input_length)
 
 
+def _check_factoring(model, data_args) -> None:
+    """What factor_embeddings refuses whatever the vocabulary keeps: the family, a tied table, a rank beyond the
+    width (the row count is checked once the vocabulary is known, when the copy is made)."""
+    from hf_adaprune.deploy import check_factoring_request
+
+    table = model.get_input_embeddings()
+    check_factoring_request(model, min(data_args.vocabulary_full_rows, table.num_embeddings - 1),
+                            data_args.vocabulary_rank)
+
+
 def check_request(run) -> None:
     """What the built model and tokenizer allow, before training: every refusal says what is supported."""
     from hf_adaprune.deploy import (
@@ -111,6 +137,8 @@ def check_request(run) -> None:
                                                               decoder_vocabulary=data_args.decoder_vocabulary)))
     if data_args.prune_positions:
         checks.append(("--prune_positions", lambda: _check_positions(model, run.max_input_length)))
+    if data_args.vocabulary_full_rows is not None:
+        checks.append(("--vocabulary_full_rows", lambda: _check_factoring(model, data_args)))
     if data_args.quantize:
         checks.append(("--quantize int8", check_int8_request))
     if data_args.export_onnx:
@@ -189,8 +217,8 @@ def _folder_bytes(folder: Path) -> int:
 def deploy(run, model) -> dict:
     """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``."""
     from hf_adaprune import save_pruned
-    from hf_adaprune.deploy import (export_ctranslate2, export_onnx, prune_positions, prune_vocabulary, quantize_onnx,
-                                    save_int8)
+    from hf_adaprune.deploy import (export_ctranslate2, export_onnx, factor_embeddings, prune_positions,
+                                    prune_vocabulary, quantize_onnx, save_int8)
 
     data_args = run.data_args
     root = Path(run.training_args.output_dir) / DEPLOY_DIR
@@ -208,11 +236,19 @@ def deploy(run, model) -> dict:
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
         tokenized, target_tokenized = vocabulary_rows(run)
+        old_tokenizer = tokenizer
         tokenizer = prune_vocabulary(model, tokenizer, tokenized=tokenized, target_tokenized=target_tokenized,
                                      min_count=data_args.vocabulary_min_count,
                                      max_size=data_args.vocabulary_max_size,
                                      decoder_vocabulary=data_args.decoder_vocabulary)
         positions = prune_positions(model, run.max_input_length, tokenizer) if data_args.prune_positions else None
+        factored = None
+        if data_args.vocabulary_full_rows is not None:  # the same rows, counted in the smaller vocabulary's ids
+            new_ids = tokenizer.get_vocab()
+            rows = ([new_ids[token] for token in old_tokenizer.convert_ids_to_tokens(ids) if token in new_ids]
+                    for ids in vocabulary_rows(run)[0])
+            factored = factor_embeddings(model, tokenizer, tokenized=rows, full_rows=data_args.vocabulary_full_rows,
+                                         rank=data_args.vocabulary_rank)
         source = root / "vocabulary"
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
             processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)
@@ -220,7 +256,7 @@ def deploy(run, model) -> dict:
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
                 decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
                 min_count=data_args.vocabulary_min_count, max_size=data_args.vocabulary_max_size,
-                position_rows=positions)
+                position_rows=positions, factored_embedding=factored)
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")

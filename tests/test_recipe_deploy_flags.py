@@ -272,6 +272,12 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
      "--prune_vocabulary --decoder_vocabulary: decoder_vocabulary=True gives the decoder a table of its own, which "
      "Marian models can hold (config.decoder_vocab_size); BertForSequenceClassification has one vocabulary"),
     (["--prune_positions", "true"], "--prune_positions only applies with --prune_vocabulary true"),
+    (["--prune_vocabulary", "true", "--vocabulary_full_rows", "30"],
+     "--vocabulary_full_rows and --vocabulary_rank go together"),
+    (["--vocabulary_full_rows", "30", "--vocabulary_rank", "4"],
+     "--vocabulary_full_rows / --vocabulary_rank only apply with --prune_vocabulary true"),
+    (["--prune_vocabulary", "true", "--vocabulary_full_rows", "30", "--vocabulary_rank", "64"],
+     "--vocabulary_full_rows: rank=64: give a whole number from 1 to "),
     (["--prune_vocabulary", "true", "--tokenizer_name", "WORDLEVEL"],
      "--prune_vocabulary: vocabulary pruning does not support a tokenizers WordLevel model; supported: "),
     (["--prune_vocabulary", "true", "--vocabulary_min_count", "1000"],
@@ -445,3 +451,23 @@ def test_translation_generation_config_keeps_the_recipes_ids_and_serves_every_ge
     used = seen["trainer"]
     assert (used.num_beams, used.decoder_start_token_id, used.pad_token_id) == (2, 0, 0)
     assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 2
+
+
+def test_text_classification_vocabulary_with_rare_rows_at_low_rank(workspace, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "out"
+    vocabulary, tokenizer, rows_with = vocabulary_run(workspace, out, "--vocabulary_full_rows", "30",
+                                                      "--vocabulary_rank", "4")
+    factored = vocabulary["factored_embedding"]
+    assert factored["full_rows"] == 30 and factored["rank"] == 4
+    assert factored["parameters_after"] < factored["parameters_before"]
+    folder = out / "deploy" / "vocabulary"
+    model = AutoPrunedModel.from_pretrained(folder).eval()
+    table = model.get_input_embeddings()
+    assert type(table).__name__ == "FactoredEmbedding" and table.num_embeddings == vocabulary["vocab_size"]
+    # the 30 whole rows are the special tokens and the most common tokens of the training rows
+    small = AutoTokenizer.from_pretrained(folder)
+    always = set(tokenizer.all_special_ids)
+    ranked = sorted((i for i in rows_with if i not in always), key=lambda i: (-rows_with[i], i))
+    whole = {small.convert_tokens_to_ids(t) for t in tokenizer.convert_ids_to_tokens(
+        sorted(always | set(ranked[:30 - len(always)])))}
+    assert {i for i in range(table.num_embeddings) if int(table.slot[i]) < 30} == whole
