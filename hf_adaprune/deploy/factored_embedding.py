@@ -22,6 +22,7 @@ from torch import nn
 
 from ..layout import FactoredEmbedding, empty_record, read_record, write_record
 from .checks import check_transformers_model
+from .vocabulary import token_row_counts
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 EMBEDDING_PATH = {"distilbert": "embeddings.word_embeddings"}  # every supported family names it alike
@@ -57,14 +58,6 @@ def check_factoring_request(model, full_rows: int, rank: int) -> None:
                              f"tokens of width {hidden})")
 
 
-def token_row_counts(tokenized: Iterable[Sequence[int]], num_embeddings: int) -> torch.Tensor:
-    """How many rows (texts) use each token id: a token repeated in one text counts once."""
-    counts = torch.zeros(num_embeddings, dtype=torch.long)
-    for ids in tokenized:
-        counts[torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long)] += 1
-    return counts
-
-
 def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, tokenized: Iterable[Sequence[int]] = (),
                       full_rows: int, rank: int) -> dict:
     """Keep the rows of the ``full_rows`` most common tokens of ``texts`` / ``tokenized`` (rows of ids, counted
@@ -77,15 +70,16 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
     check_factoring_request(model, full_rows, rank)
     table = model.get_input_embeddings()
     tokens, hidden = table.num_embeddings, table.embedding_dim
-    rows = [list(ids) for ids in tokenized]
     texts = list(texts)
-    if texts:
-        if tokenizer is None:
-            raise ValueError("texts need the model's tokenizer: factor_embeddings(model, tokenizer, texts, ...)")
-        rows += tokenizer(texts, add_special_tokens=True)["input_ids"]
-    if not rows:
+    if texts and tokenizer is None:
+        raise ValueError("texts need the model's tokenizer: factor_embeddings(model, tokenizer, texts, ...)")
+    counted = token_row_counts(tokenizer, texts, tokenized=tokenized)
+    if not counted:
         raise ValueError("no texts or rows to count: pass the texts the model will read (its training inputs)")
-    counts = token_row_counts(rows, tokens)
+    counts = torch.zeros(tokens, dtype=torch.long)
+    for i, n in counted.items():
+        if 0 <= i < tokens:
+            counts[i] = n
     always = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ()}
     always |= {int(getattr(model.config, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id",
                                                              "sep_token_id", "cls_token_id")
@@ -125,4 +119,4 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
             "parameters_after": sum(p.numel() for p in factored.parameters())}
 
 
-__all__ = ["check_factoring_request", "factor_embeddings", "token_row_counts"]
+__all__ = ["check_factoring_request", "factor_embeddings"]
