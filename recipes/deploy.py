@@ -183,10 +183,12 @@ def vocabulary_rows(run) -> tuple:
 
 def check_rows(run) -> None:
     """``--vocabulary_min_count`` that no token of the training rows reaches (the vocabulary would keep the special
-    tokens alone), or a ``--vocabulary_max_size`` below the tokens kept whatever their count: RecipeError before
+    tokens alone), a ``--vocabulary_max_size`` below the tokens kept whatever their count, or a
+    ``--vocabulary_full_rows`` not below the tokens the vocabulary will keep: RecipeError before
     training, once the rows are known (a teacher's translations included). The rows are counted as
     ``prune_vocabulary`` counts them, with the same tokens kept anyway."""
-    from hf_adaprune.deploy.vocabulary import highest_min_count, kept_anyway, smallest_size, token_row_counts
+    from hf_adaprune.deploy.vocabulary import (highest_min_count, kept_anyway, kept_vocabulary, smallest_size,
+                                               token_row_counts)
 
     data_args = run.data_args
     if not data_args.prune_vocabulary:
@@ -198,7 +200,7 @@ def check_rows(run) -> None:
             raise RecipeError(f"--vocabulary_max_size {data_args.vocabulary_max_size}: the pruned vocabulary keeps "
                               f"{smallest} tokens whatever their count (special and added tokens, ids the config "
                               f"names, the pieces the tokenizer needs); give {smallest} or more")
-    if data_args.vocabulary_min_count <= 1:
+    if data_args.vocabulary_min_count <= 1 and data_args.vocabulary_full_rows is None:
         return
     tokenized, target_tokenized = vocabulary_rows(run)
     counts = token_row_counts(tokenizer, tokenized=tokenized) + token_row_counts(tokenizer,
@@ -208,6 +210,12 @@ def check_rows(run) -> None:
         raise RecipeError(f"--vocabulary_min_count {data_args.vocabulary_min_count}: no token occurs in that many "
                           f"training rows (the most common in {most}), so the pruned vocabulary would keep the "
                           f"special tokens alone; give {max(most, 1)} or less")
+    if data_args.vocabulary_full_rows is not None:
+        kept = len(kept_vocabulary(run.model, tokenizer, counts, data_args.vocabulary_min_count,
+                                   data_args.vocabulary_max_size))
+        if data_args.vocabulary_full_rows >= kept:
+            raise RecipeError(f"--vocabulary_full_rows {data_args.vocabulary_full_rows}: the pruned vocabulary keeps "
+                              f"{kept} tokens, so every row would stay whole; give fewer than {kept}")
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -101,6 +101,11 @@ RECIPE_GENERATION_FIELDS = ("decoder_start_token_id", "pad_token_id", "bos_token
                             "forced_bos_token_id", "forced_eos_token_id", "language", "task")
 
 
+# generation fields that apply to beam search alone, at their defaults when the recipe generates greedily
+BEAM_ONLY_FIELDS = {"early_stopping": None, "length_penalty": None, "num_beam_groups": None, "diversity_penalty": None,
+                    "num_return_sequences": None}
+
+
 def apply_generation_config(model, training_args) -> None:
     """``--generation_config``, loaded and applied to ``model`` before anything generates (sequence distillation,
     the metric check), with the fields of RECIPE_GENERATION_FIELDS it leaves unset taken from the model's.
@@ -127,5 +132,14 @@ def apply_generation_config(model, training_args) -> None:
     # the recipe scored (Whisper tiny.en kept its max_length of 448)
     if getattr(training_args, "generation_max_length", None) is not None:
         model.generation_config.max_length = training_args.generation_max_length
+    generation = model.generation_config
     if getattr(training_args, "generation_num_beams", None) is not None:
-        model.generation_config.num_beams = training_args.generation_num_beams
+        generation.num_beams = training_args.generation_num_beams
+        if generation.num_beams == 1:  # beam settings (bart-base ships num_beams 4, early_stopping) would not save
+            for name, default in BEAM_ONLY_FIELDS.items():
+                if hasattr(generation, name):
+                    setattr(generation, name, default)
+    try:
+        generation.validate(strict=True)
+    except ValueError as err:  # else save_pretrained refuses it once training is over
+        raise RecipeError(f"the generation config the run would save is invalid: {err}") from err

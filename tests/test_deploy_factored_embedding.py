@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from hf_adaprune import AutoPrunedModel, compact, save_pruned
-from hf_adaprune.deploy import factor_embeddings, quantize_int8
+from hf_adaprune.deploy import factor_embeddings, prune_vocabulary, quantize_int8
 from hf_adaprune.layout import FactoredEmbedding
 
 from conftest import tiny_model
@@ -104,6 +104,17 @@ def test_refuses_masked_lms_masked_models_and_a_second_factoring():
         factor_embeddings(model, tokenized=corpus(), full_rows=45, rank=8)
     with pytest.raises(ValueError, match="no texts or rows to count"):
         factor_embeddings(tiny_model("bert"), full_rows=45, rank=8)
+
+
+def test_vocabulary_pruning_after_factoring_is_refused():
+    from test_deploy_vocabulary import minilm_tokenizer, sst2_sentences, tiny_bert
+
+    tokenizer = minilm_tokenizer()
+    model = tiny_bert(len(tokenizer))
+    texts = sst2_sentences(n=50)
+    factor_embeddings(model, tokenizer, texts, full_rows=500, rank=8)
+    with pytest.raises(ValueError, match="not a plain table: prune the vocabulary first, then factor_embeddings"):
+        prune_vocabulary(model, tokenizer, texts)
 
 
 def test_onnx_export_and_int8_graph_of_a_factored_model(tmp_path):

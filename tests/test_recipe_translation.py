@@ -329,3 +329,24 @@ def test_layerdrop_is_off_while_pruning_unless_asked(workspace, tmp_path):
     model_args, data_args, _ = recipe.parse_args(argv + ["--layerdrop", "0.1"])
     model, _ = recipe.load_model_and_tokenizer(model_args, data_args)
     assert (model.config.encoder_layerdrop, model.config.decoder_layerdrop) == (0.1, 0.1)
+
+
+def test_greedy_generation_of_a_beam_search_model_saves(tmp_path):
+    """A model shipped for beam search (bart-base: num_beams 4, early_stopping) run with --num_beams 1: the generation
+    config the recipe writes drops the beam-only settings, so save_pretrained accepts it after training."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from recipes.loading import apply_generation_config
+    from test_seq2seq_families import tiny_seq2seq
+
+    model = tiny_seq2seq("marian")
+    model.generation_config = GenerationConfig(num_beams=4, early_stopping=True, length_penalty=2.0,
+                                               num_return_sequences=2, decoder_start_token_id=2, eos_token_id=2,
+                                               pad_token_id=1)
+    apply_generation_config(model, SimpleNamespace(generation_config=None, generation_max_length=10,
+                                                   generation_num_beams=1))
+    assert (model.generation_config.max_length, model.generation_config.num_beams) == (10, 1)
+    model.save_pretrained(tmp_path)  # raised: early_stopping / num_return_sequences without beams
+    assert json.loads((tmp_path / "generation_config.json").read_text())["max_length"] == 10

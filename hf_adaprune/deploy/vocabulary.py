@@ -153,6 +153,17 @@ def _within_size(ranked: list[int], always: set[int], max_size: int | None, requ
     return kept
 
 
+def kept_vocabulary(model, tokenizer, counts: Counter, min_count: int = 1, max_size: int | None = None,
+                    keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()) -> set[int]:
+    """The ids :func:`prune_vocabulary` keeps for these row counts: those kept anyway, the counted ids in at least
+    ``min_count`` rows (the most common first, within ``max_size``) and the pieces the tokenizer needs for them."""
+    family, spec = tokenizer_family(tokenizer)
+    always = kept_anyway(model, tokenizer, keep_tokens, keep_ids)
+    counted = [i for i, count in counts.items() if count >= min_count and i not in always]
+    return _within_size(sorted(counted, key=lambda i: (-counts[i], i)), always, max_size,
+                        lambda ids: family.required(tokenizer, spec, ids), model.get_input_embeddings().num_embeddings)
+
+
 def smallest_size(model, tokenizer, keep_tokens: Iterable[str] = (), keep_ids: Iterable[int] = ()) -> int:
     """The fewest tokens ``prune_vocabulary`` can keep (its smallest ``max_size``): those kept whatever their count,
     with the pieces the tokenizer family needs to produce them."""
@@ -183,6 +194,9 @@ def _check_model(model):
     if embeddings is None:
         raise ValueError(f"{type(model).__name__} has no input token embeddings to prune; vocabulary pruning is for "
                          "models that read token ids (text encoders, Marian, BART, ...)")
+    if not isinstance(embeddings, nn.Embedding):  # a FactoredEmbedding: its rows are not the table's rows
+        raise ValueError(f"the input embedding is a {type(embeddings).__name__}, not a plain table: prune the "
+                         "vocabulary first, then factor_embeddings")
 
 
 def check_vocabulary_request(model, tokenizer, decoder_vocabulary: bool = False) -> None:
@@ -396,9 +410,7 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
                 f"no target token in min_count={min_count} rows (the most common in {target_most})")
             raise ValueError(f"decoder_vocabulary=True: {found} (target_texts / target_tokenized empty, "
                              "exhausted or blank?): the decoder could write the special tokens alone")
-    counted = [i for i, count in counts.items() if count >= min_count and i not in always]
-    kept = _within_size(sorted(counted, key=lambda i: (-counts[i], i)), always, max_size,
-                        lambda ids: family.required(tokenizer, spec, ids), old_size)
+    kept = kept_vocabulary(model, tokenizer, counts, min_count, max_size, keep_tokens, keep_ids)
     kept_ids = sorted(kept)
     decoder_ids = []
     if decoder_vocabulary:  # the decoder's tokens first, so that its table is the head of the encoder's
