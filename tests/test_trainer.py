@@ -169,6 +169,7 @@ def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
     assert a["groups"] == b["groups"]
     assert [d["event"] for d in a["decisions"]] == [d["event"] for d in b["decisions"]]
     assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
+    assert [d["training_step"] for d in a["decisions"]] == [d["training_step"] for d in b["decisions"]]
 
 
 def test_push_to_hub_uploads_pruned_model(tmp_path, monkeypatch):

@@ -718,12 +718,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         # the state was saved on the CPU: the scores go where the gradients they are mixed with will be
         self.importance.load_state_dict(state["importance"], device=next(self.pruned_model.parameters()).device)
         self.controller.load_state_dict(state["controller"])
+        for entry in self.controller.state.history:  # a checkpoint written before decisions carried their step
+            entry.setdefault("training_step", None)
         saved_world = state.get("world_size")
         if saved_world is not None and saved_world != self.args.world_size:
             logger.warning("resuming on %d process(es) from a checkpoint written by %d: each process now reads other "
                            "batches, so the rest of the run (scores, decisions) differs from an uninterrupted one",
                            self.args.world_size, saved_world)
         if self.controller.resume_towards_target():
+            self._stamp_decisions(self.state.global_step)  # the "resume" entry: the step the run goes on from
             logger.info("resuming under --pruning_target %s: the checkpoint had stopped at its own target (%.3f); "
                         "pruning goes on", self.args.pruning_target, self.controller.state.ratio)
         self._last_prune_step = state["last_prune_step"]
