@@ -29,9 +29,9 @@ def logits(model, ids):
         return model(input_ids=torch.tensor(ids)).logits
 
 
-def factored_bert(full_rows=45, rank=8):
-    """A compacted tiny BERT whose table is factored."""
-    model = tiny_model("bert", hidden_dropout_prob=0.0)
+def factored_bert(full_rows=45, rank=8, model_type="bert"):
+    """A compacted tiny encoder (BERT unless named) whose table is factored."""
+    model = tiny_model(model_type)
     random_masks(model)
     compact(model)
     return model, factor_embeddings(model, tokenized=corpus(), full_rows=full_rows, rank=rank)
@@ -57,8 +57,9 @@ def test_common_tokens_keep_their_rows_and_outputs_and_rare_ones_their_best_rank
     assert (logits(model, [[2, *COMMON[:10], 3], [2, *COMMON[10:20], 3]]) - before).abs().max() <= TOL
 
 
-def test_saved_folder_rebuilds_the_factored_table_with_both_loaders(tmp_path):
-    model, _ = factored_bert()
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert"])
+def test_saved_folder_rebuilds_the_factored_table_with_both_loaders(tmp_path, model_type):
+    model, _ = factored_bert(model_type=model_type)
     ids = [[2, *COMMON[:6], *RARE[:6], 3]]
     expected = logits(model, ids)
     save_pruned(model, tmp_path)
