@@ -1192,3 +1192,18 @@ def test_the_eval_loss_steering_without_an_eval_dataset_is_refused_before_any_de
         AdaptivePruningSentenceTransformerTrainer(
             model=model, args=make_args(tmp_path, pruning_metric="loss"), train_dataset=train,
             evaluator=TeacherAgreementEvaluator(sentences(8), teacher=model), **extra)
+
+
+def test_a_sentence_transformer_with_a_factored_vocabulary_reloads_with_both_loaders(encoder_folder, tmp_path):
+    from hf_adaprune.deploy import factor_embeddings, prune_vocabulary
+
+    model = tiny_sentence_transformer(encoder_folder)
+    texts = sentences(60)
+    model[0].processor = prune_vocabulary(model[0].auto_model, model.tokenizer, texts)
+    factor_embeddings(model[0].auto_model, model.tokenizer, texts, full_rows=12, rank=4)
+    expected = model.encode(texts[:5], convert_to_tensor=True)
+    save_pruned_sentence_transformer(model, tmp_path / "st")
+    for loaded in (load_pruned_sentence_transformer(tmp_path / "st", device="cpu"),
+                   SentenceTransformer(str(tmp_path / "st"), trust_remote_code=True, device="cpu")):
+        assert type(loaded[0].auto_model.get_input_embeddings()).__name__ == "FactoredEmbedding"
+        assert (loaded.encode(texts[:5], convert_to_tensor=True) - expected).abs().max() <= 1e-5
