@@ -29,12 +29,14 @@ DECOMPRESSION_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, ValueErro
 
 @dataclass
 class Table:
-    """The rows of one data file: ``columns`` in file order, ``rows`` of text values, ``lines`` (1-based)."""
+    """The rows of one data file: ``columns`` in file order, ``rows`` of text values, ``lines`` (1-based; the items'
+    numbers in a .json list, ``unit`` then ``"item"``)."""
 
     path: str
     columns: list[str]
     rows: list[dict]
     lines: list[int]
+    unit: str = "line"
 
     def as_columns(self) -> dict[str, list]:
         """``{column: values}`` plus :data:`LINE_COLUMN`, for ``datasets.Dataset.from_dict``."""
@@ -161,7 +163,7 @@ def _read_json(path: str, what: str, text: str, lines: bool) -> Table:
         numbers.append(number)
     if not rows:
         raise RecipeError(f"{what} {path} has no records")
-    return Table(path, columns, rows, numbers)
+    return Table(path, columns, rows, numbers, unit=records[0][2])
 
 
 def _as_text(value) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from recipes.arguments import RecipeError, load_named_dataset, require_file
-from recipes.tables import read_table, read_text
+from recipes.tables import read_table
 from hf_adaprune.reporting.report import write_text
 
 logger = logging.getLogger("hf_adaprune.recipes.asr")
@@ -198,15 +197,6 @@ def _manifest_type(path: str, what: str) -> str:
                           f"{', '.join(MANIFEST_TYPES)}")
     return ext
 
-def _json_unit(path: str, ext: str) -> str:
-    """What a manifest's row numbers count: lines, or items of a .json list (a .json file of JSON lines: lines)."""
-    if ext != ".json":
-        return "line"
-    try:
-        json.loads(read_text(path, "manifest"))
-    except (RecipeError, json.JSONDecodeError):
-        return "line"
-    return "item"
 
 def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> list[dict]:
     """Rows ``{"source": absolute path, "name": path as written, "text": transcript, "row": line}``.
@@ -215,10 +205,10 @@ def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> 
     text without quoting, a .csv strict CSV; a ragged row, an unclosed quote, a broken JSON line, a non-UTF-8 byte or
     an empty file is a RecipeError naming the file and the line.
     """
-    ext = _manifest_type(path, what)
+    _manifest_type(path, what)
     require_file(path, what)
     table = read_table(path, what)
-    columns, unit = table.columns, _json_unit(path, ext)
+    columns, unit = table.columns, table.unit
     for option, column in (("audio_column_name", audio_column), ("text_column_name", text_column)):
         if column not in columns:
             raise RecipeError(f"{what} {path!r} has no column {column!r} (--{option}); columns: "
@@ -241,6 +231,7 @@ def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise RecipeError(f"audio file {first['source']} does not exist ({first['row']}){more}")
     return rows
+
 
 def read_dataset_split(data_args, split: str, cache_dir: str | None, audio_column: str) -> list[dict]:
     """Rows of a ``datasets`` split; audio is decoded later with soundfile (the column is cast to decode=False)."""
