@@ -20,16 +20,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..layout import FactoredEmbedding, empty_record, read_record, write_record
+from ..layout import FactoredEmbedding, empty_record, read_record, set_attribute, write_record
 from .checks import check_transformers_model
-from .vocabulary import token_row_counts
+from .vocabulary import _ids_named_by_configs, kept_anyway, token_row_counts
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
-EMBEDDING_PATH = {"distilbert": "embeddings.word_embeddings"}  # every supported family names it alike
-
-
-def _path(model) -> str:
-    return EMBEDDING_PATH.get(model.config.model_type, "embeddings.word_embeddings")
+EMBEDDING_PATH = "embeddings.word_embeddings"  # under the base model, in every supported family
 
 
 def check_factoring_request(model, full_rows: int, rank: int) -> None:
@@ -73,21 +69,15 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
     texts = list(texts)
     if texts and tokenizer is None:
         raise ValueError("texts need the model's tokenizer: factor_embeddings(model, tokenizer, texts, ...)")
-    counted = token_row_counts(tokenizer, texts, tokenized=tokenized)
-    if not counted:
+    counts = token_row_counts(tokenizer, texts, tokenized=tokenized)
+    if not counts:
         raise ValueError("no texts or rows to count: pass the texts the model will read (its training inputs)")
-    counts = torch.zeros(tokens, dtype=torch.long)
-    for i, n in counted.items():
-        if 0 <= i < tokens:
-            counts[i] = n
-    always = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) or ()}
-    always |= {int(getattr(model.config, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                             "sep_token_id", "cls_token_id")
-               if isinstance(getattr(model.config, name, None), int)}
-    always = sorted(i for i in always if 0 <= i < tokens)
+    # the ids prune_vocabulary keeps whatever their count (the config's alone without a tokenizer) stay whole
+    always = kept_anyway(model, tokenizer) if tokenizer is not None else _ids_named_by_configs(model)
+    always = {i for i in always if 0 <= i < tokens}
     if len(always) > full_rows:
         raise ValueError(f"full_rows={full_rows} is below the {len(always)} special tokens kept whole")
-    order = sorted(range(tokens), key=lambda i: (i not in always, -int(counts[i]), i))
+    order = sorted(range(tokens), key=lambda i: (i not in always, -counts[i], i))
     full = torch.tensor(sorted(order[:full_rows]))
     rare = torch.tensor(sorted(order[full_rows:]))
     weight = table.weight.detach()
@@ -103,12 +93,9 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
         factored.slot.copy_(slot)
     factored.requires_grad_(table.weight.requires_grad)
     factored.train(table.training)
-    base = model.base_model
-    path = _path(model)
-    parent = base.get_submodule(path.rpartition(".")[0])
-    setattr(parent, path.rpartition(".")[2], factored)
+    set_attribute(model.base_model, EMBEDDING_PATH, factored)
     record = read_record(model.config) or empty_record()
-    record["layout"].setdefault("modules", {})[path] = {
+    record["layout"].setdefault("modules", {})[EMBEDDING_PATH] = {
         "type": "FactoredEmbedding", "num_embeddings": tokens, "embedding_dim": hidden, "full_rows": full_rows,
         "rank": rank}
     write_record(model.config, record)
