@@ -191,14 +191,12 @@ def recorded_as(base_model: nn.Module, path: str, module: nn.Module) -> tuple[st
     them: by class, and by layer name where one is given). An emptied attention keeps the keys it had."""
     if getattr(module, "is_empty_attention", False):
         return tuple(module.record_keys)
-    owner, name = base_model, ""
+    owner, name = base_model, path  # the innermost model on the path with recording specs, and the path inside it
     parts = path.split(".")
-    for i in range(len(parts)):
-        child = base_model.get_submodule(".".join(parts[:i + 1]))
-        if getattr(child, "_can_record_outputs", None) and i + 1 < len(parts):
-            owner, name = child, ".".join(parts[i + 1:])
-    if owner is base_model:
-        name = path
+    for i in range(1, len(parts)):
+        child = base_model.get_submodule(".".join(parts[:i]))
+        if getattr(child, "_can_record_outputs", None):
+            owner, name = child, ".".join(parts[i:])
     keys = []
     for key, specs in (getattr(owner, "_can_record_outputs", None) or {}).items():
         if "hidden_states" in key:

@@ -130,9 +130,9 @@ def apply_generation_config(model, training_args) -> None:
     # what is scored is generated with --generation_max_length / --generation_num_beams (Seq2SeqTrainer passes them
     # to generate): the saved generation config says so too, so that a pipeline on the output folder generates as
     # the recipe scored (Whisper tiny.en kept its max_length of 448)
-    if getattr(training_args, "generation_max_length", None) is not None:
-        model.generation_config.max_length = training_args.generation_max_length
     generation = model.generation_config
+    if getattr(training_args, "generation_max_length", None) is not None:
+        generation.max_length = training_args.generation_max_length
     if getattr(training_args, "generation_num_beams", None) is not None:
         generation.num_beams = training_args.generation_num_beams
         if generation.num_beams == 1:  # beam settings (bart-base ships num_beams 4, early_stopping) would not save
