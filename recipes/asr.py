@@ -394,18 +394,13 @@ def ctc_frames_needed(labels) -> int:
 
 
 def ctc_frame_counts(model, lengths: list[int]) -> list[int]:
-    """Frames the CTC model's feature encoder gives clips of ``lengths`` samples (what its loss aligns)."""
+    """Frames the CTC model's feature encoder gives clips of ``lengths`` samples (what its loss aligns), as the model
+    itself counts them (as the blank-padding hook of ``speech.metrics`` does); none for a model that cannot say."""
     import torch
 
-    lengths_tensor = torch.tensor(lengths, dtype=torch.long)
-    if hasattr(model, "_get_feat_extract_output_lengths"):
-        return [int(n) for n in model._get_feat_extract_output_lengths(lengths_tensor)]
-    kernels, strides = getattr(model.config, "conv_kernel", None), getattr(model.config, "conv_stride", None)
-    if not kernels or not strides:
+    if not hasattr(model, "_get_feat_extract_output_lengths"):
         return []
-    for kernel, stride in zip(kernels, strides):
-        lengths_tensor = torch.div(lengths_tensor - kernel, stride, rounding_mode="floor") + 1
-    return [int(n) for n in lengths_tensor]
+    return [int(n) for n in model._get_feat_extract_output_lengths(torch.tensor(lengths, dtype=torch.long))]
 
 
 def check_ctc_frames(rows: dict[str, list[dict]], model, rate: int) -> None:
