@@ -150,45 +150,22 @@ def sentence_transformer_card(summary: PruningSummary, *, trained: bool = True, 
     card = card.replace("library_name: transformers\n",
                         "library_name: sentence-transformers\npipeline_tag: sentence-similarity\n", 1)
     loading = card.index("## Loading")
-    if stock_class is not None:
-        return card[:loading] + "\n".join([
-            "## Usage (sentence-transformers)",
-            "",
-            "With `hf_adaprune` installed:",
-            "",
-            "```python",
-            "from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer",
-            "",
-            "model = load_pruned_sentence_transformer(path)",
-            'embeddings = model.encode(["This is an example sentence", "Each sentence is converted"])',
-            "similarities = model.similarity(embeddings, embeddings)",
-            "```",
-            "",
-            f"Stock `SentenceTransformer` cannot load this folder, even with `trust_remote_code=True`: for this "
-            f"model's config it builds transformers' own `{stock_class}`, whatever `auto_map` names, and that class "
-            "has the dense shapes, not the pruned ones.",
-            "",
-            "The transformer alone: `transformers.AutoModel.from_pretrained(path, trust_remote_code=True)`.",
-            "",
-        ])
+    encode = ['embeddings = model.encode(["This is an example sentence", "Each sentence is converted"])',
+              "similarities = model.similarity(embeddings, embeddings)"]
+    if stock_class is None:
+        usage = ["```python", "from sentence_transformers import SentenceTransformer", "",
+                 "model = SentenceTransformer(path, trust_remote_code=True)  # modeling_adaprune.py rebuilds the "
+                 "pruned shapes", *encode, "```", "", "With `hf_adaprune` installed, no remote code is needed:", "",
+                 "```python", "from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer",
+                 "model = load_pruned_sentence_transformer(path)", "```"]
+    else:
+        usage = ["With `hf_adaprune` installed:", "", "```python",
+                 "from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer", "",
+                 "model = load_pruned_sentence_transformer(path)", *encode, "```", "",
+                 f"Stock `SentenceTransformer` cannot load this folder, even with `trust_remote_code=True`: for this "
+                 f"model's config it builds transformers' own `{stock_class}`, whatever `auto_map` names, and that "
+                 "class has the dense shapes, not the pruned ones."]
     return card[:loading] + "\n".join([
-        "## Usage (sentence-transformers)",
-        "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
-        "",
-        "model = SentenceTransformer(path, trust_remote_code=True)  # modeling_adaprune.py rebuilds the pruned shapes",
-        'embeddings = model.encode(["This is an example sentence", "Each sentence is converted"])',
-        "similarities = model.similarity(embeddings, embeddings)",
-        "```",
-        "",
-        "With `hf_adaprune` installed, no remote code is needed:",
-        "",
-        "```python",
-        "from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer",
-        "model = load_pruned_sentence_transformer(path)",
-        "```",
-        "",
-        "The transformer alone: `transformers.AutoModel.from_pretrained(path, trust_remote_code=True)`.",
-        "",
+        "## Usage (sentence-transformers)", "", *usage, "",
+        "The transformer alone: `transformers.AutoModel.from_pretrained(path, trust_remote_code=True)`.", "",
     ])
