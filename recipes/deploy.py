@@ -110,14 +110,12 @@ def _check_positions(model, max_input_length) -> None:
     check_positions_request(model, max_input_length)
 
 
-def _check_factoring(model, data_args) -> None:
-    """What factor_embeddings refuses whatever the vocabulary keeps: the family, a tied table, a rank beyond the
-    width (the row count is checked once the vocabulary is known, when the copy is made)."""
-    from hf_adaprune.deploy import check_factoring_request
+def _check_factoring(model) -> None:
+    """What factor_embeddings refuses whatever the vocabulary keeps: the family, a tied table, a masked model (the
+    sizes are checked once the vocabulary is known, in check_rows)."""
+    from hf_adaprune.deploy.factored_embedding import check_factoring_model
 
-    table = model.get_input_embeddings()
-    check_factoring_request(model, min(data_args.vocabulary_full_rows, table.num_embeddings - 1),
-                            data_args.vocabulary_rank)
+    check_factoring_model(model)
 
 
 def check_request(run) -> None:
@@ -138,7 +136,7 @@ def check_request(run) -> None:
     if data_args.prune_positions:
         checks.append(("--prune_positions", lambda: _check_positions(model, run.max_input_length)))
     if data_args.vocabulary_full_rows is not None:
-        checks.append(("--vocabulary_full_rows", lambda: _check_factoring(model, data_args)))
+        checks.append(("--vocabulary_full_rows", lambda: _check_factoring(model)))
     if data_args.quantize:
         checks.append(("--quantize int8", check_int8_request))
     if data_args.export_onnx:
@@ -187,6 +185,7 @@ def check_rows(run) -> None:
     ``--vocabulary_full_rows`` not below the tokens the vocabulary will keep: RecipeError before
     training, once the rows are known (a teacher's translations included). The rows are counted as
     ``prune_vocabulary`` counts them, with the same tokens kept anyway."""
+    from hf_adaprune.deploy.factored_embedding import check_factoring_sizes
     from hf_adaprune.deploy.vocabulary import (highest_min_count, kept_anyway, kept_vocabulary, smallest_size,
                                                token_row_counts)
 
@@ -216,6 +215,14 @@ def check_rows(run) -> None:
         if data_args.vocabulary_full_rows >= kept:
             raise RecipeError(f"--vocabulary_full_rows {data_args.vocabulary_full_rows}: the pruned vocabulary keeps "
                               f"{kept} tokens, so every row would stay whole; give fewer than {kept}")
+        table = run.model.get_input_embeddings()
+        kept_whole = {i for i in kept_anyway(run.model, tokenizer) if 0 <= i < table.num_embeddings}
+        try:
+            check_factoring_sizes(kept, table.embedding_dim, data_args.vocabulary_full_rows,
+                                  data_args.vocabulary_rank, kept_whole=len(kept_whole))
+        except ValueError as err:
+            raise RecipeError(f"--vocabulary_full_rows {data_args.vocabulary_full_rows} --vocabulary_rank "
+                              f"{data_args.vocabulary_rank}: the pruned vocabulary keeps {kept} tokens; {err}") from err
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -80,7 +80,8 @@ def test_int8_keeps_the_factored_table():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(full_rows=0), r"full_rows=0: give a whole number from 1 to 98"),
+    (dict(full_rows=0), r"full_rows=0: give a whole number from 1 to 97"),
+    (dict(full_rows=95), r"rank=8: only 4 rows are factored \(99 tokens, 95 whole\); give a rank below 4"),
     (dict(rank=32), r"rank=32: give a whole number from 1 to 31"),
     (dict(rank=2.5), r"rank=2.5"),
 ])

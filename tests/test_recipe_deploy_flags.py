@@ -277,7 +277,12 @@ def wordlevel_tokenizer(workspace, folder):  # noqa: F811 - the fixture's value
     (["--vocabulary_full_rows", "30", "--vocabulary_rank", "4"],
      "--vocabulary_full_rows / --vocabulary_rank only apply with --prune_vocabulary true"),
     (["--prune_vocabulary", "true", "--vocabulary_full_rows", "30", "--vocabulary_rank", "64"],
-     "--vocabulary_full_rows: rank=64: give a whole number from 1 to "),
+     "--vocabulary_full_rows 30 --vocabulary_rank 64: the pruned vocabulary keeps "),
+    (["--prune_vocabulary", "true", "--vocabulary_max_size", "40", "--vocabulary_full_rows", "36",
+      "--vocabulary_rank", "8"], "--vocabulary_full_rows 36 --vocabulary_rank 8: the pruned vocabulary keeps 40 "
+                                 "tokens; rank=8: only 4 rows are factored (40 tokens, 36 whole); give a rank below 4"),
+    (["--prune_vocabulary", "true", "--vocabulary_full_rows", "2", "--vocabulary_rank", "1"],
+     "; full_rows=2 is below the 5 special tokens kept whole"),
     (["--prune_vocabulary", "true", "--vocabulary_max_size", "40", "--vocabulary_full_rows", "60",
       "--vocabulary_rank", "4"], "--vocabulary_full_rows 60: the pruned vocabulary keeps 40 tokens, so every row "),
     (["--prune_vocabulary", "true", "--vocabulary_full_rows", "100000", "--vocabulary_rank", "4"],

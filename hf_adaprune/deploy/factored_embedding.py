@@ -30,6 +30,13 @@ EMBEDDING_PATH = "embeddings.word_embeddings"  # under the base model, in every 
 
 def check_factoring_request(model, full_rows: int, rank: int) -> None:
     """Refuse, before any work, a model or setting :func:`factor_embeddings` cannot serve, saying why."""
+    check_factoring_model(model)
+    table = model.get_input_embeddings()
+    check_factoring_sizes(table.num_embeddings, table.embedding_dim, full_rows, rank)
+
+
+def check_factoring_model(model) -> None:
+    """Refuse a model whose input table :func:`factor_embeddings` cannot replace (whatever the setting)."""
     from ..engine.masks import get_masks
 
     check_transformers_model(model, "factor_embeddings")
@@ -47,11 +54,21 @@ def check_factoring_request(model, full_rows: int, rank: int) -> None:
     if get_masks(model) is not None:
         raise ValueError("factor_embeddings replaces the input embedding of a compacted model: compact it first "
                          "(hf_adaprune.compact(model))")
-    tokens, hidden = table.num_embeddings, table.embedding_dim
-    for name, value, low, high in (("full_rows", full_rows, 1, tokens - 1), ("rank", rank, 1, hidden - 1)):
+
+
+def check_factoring_sizes(tokens: int, hidden: int, full_rows: int, rank: int, kept_whole: int = 0) -> None:
+    """Refuse ``full_rows`` / ``rank`` a table of ``tokens`` rows of width ``hidden`` cannot take: the whole rows
+    leave at least two rows to factor and hold the ``kept_whole`` ids that always stay whole (the special tokens);
+    the rank is below the width and below the number of factored rows (else nothing is saved)."""
+    for name, value, low, high in (("full_rows", full_rows, 1, tokens - 2), ("rank", rank, 1, hidden - 1)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name}={value!r}: give a whole number from {low} to {high} (the table has {tokens} "
                              f"tokens of width {hidden})")
+    if full_rows < kept_whole:
+        raise ValueError(f"full_rows={full_rows} is below the {kept_whole} special tokens kept whole")
+    if rank >= tokens - full_rows:
+        raise ValueError(f"rank={rank}: only {tokens - full_rows} rows are factored ({tokens} tokens, {full_rows} "
+                         f"whole); give a rank below {tokens - full_rows}, or fewer whole rows")
 
 
 def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, tokenized: Iterable[Sequence[int]] = (),
@@ -75,8 +92,7 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
     # the ids prune_vocabulary keeps whatever their count (the config's alone without a tokenizer) stay whole
     always = kept_anyway(model, tokenizer) if tokenizer is not None else _ids_named_by_configs(model)
     always = {i for i in always if 0 <= i < tokens}
-    if len(always) > full_rows:
-        raise ValueError(f"full_rows={full_rows} is below the {len(always)} special tokens kept whole")
+    check_factoring_sizes(tokens, hidden, full_rows, rank, kept_whole=len(always))
     order = sorted(range(tokens), key=lambda i: (i not in always, -counts[i], i))
     full = torch.tensor(sorted(order[:full_rows]))
     rare = torch.tensor(sorted(order[full_rows:]))
@@ -106,4 +122,4 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
             "parameters_after": sum(p.numel() for p in factored.parameters())}
 
 
-__all__ = ["check_factoring_request", "factor_embeddings"]
+__all__ = ["check_factoring_model", "check_factoring_request", "check_factoring_sizes", "factor_embeddings"]
