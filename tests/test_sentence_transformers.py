@@ -497,7 +497,8 @@ def test_a_metric_evaluation_lacks_is_named_with_the_keys_to_use(encoder_folder,
     assert "prediction_loss_only" not in str(raised.value) and trainer.state.global_step == 0
 
 
-def test_a_save_mid_ramp_holds_the_candidates_0_1_masks(encoder_folder, tmp_path):
+def test_a_save_mid_ramp_holds_the_last_decided_structure(encoder_folder, tmp_path):
+    """The candidate fading out is not judged yet: the saved folder holds what the last decision kept."""
     probe, seen = sentences(6, seed=3), {}
 
     class SaveMidRamp(TrainerCallback):
@@ -508,8 +509,8 @@ def test_a_save_mid_ramp_holds_the_candidates_0_1_masks(encoder_folder, tmp_path
             masks = get_masks(trainer.pruned_model)
             assert any(((m > 0) & (m < 1)).any() for m in masks.masks.values()), "mid-ramp: fractional masks"
             current = masks.state_dict()
-            masks.update(ramp.target)
-            seen["candidate"] = trainer.model.encode(probe, convert_to_tensor=True)
+            masks.load_state_dict(trainer._accepted_masks)
+            seen["decided"] = trainer.model.encode(probe, convert_to_tensor=True)
             masks.load_state_dict(current)
             trainer.save_model(str(tmp_path / "mid"))
 
@@ -521,7 +522,7 @@ def test_a_save_mid_ramp_holds_the_candidates_0_1_masks(encoder_folder, tmp_path
         eval_dataset=Dataset.from_dict({"sentence": sentences(16, seed=1)}))
     trainer.train()
     saved = SentenceTransformer(str(tmp_path / "mid"), trust_remote_code=True, device="cpu")
-    assert (saved.encode(probe, convert_to_tensor=True) - seen["candidate"]).abs().max() <= 1e-5
+    assert (saved.encode(probe, convert_to_tensor=True) - seen["decided"]).abs().max() <= 1e-5
 
 
 def test_recipe_resumes_from_its_checkpoint(encoder_folder, tmp_path):

@@ -3,6 +3,7 @@ model_init, PEFT models (tiny BERT, CPU)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -597,3 +598,36 @@ def test_a_metric_failing_on_the_decision_rows_says_where_it_was_called(tmp_path
         trainer.train()
     assert "metric check before training" in "".join(getattr(caught.value, "__notes__", []))
     assert trainer.state.global_step == 0
+
+
+def test_a_save_after_an_interrupted_train_holds_the_last_decided_structure_not_the_unjudged_candidate(tmp_path,
+                                                                                                      caplog):
+    """save_model() after Ctrl-C compacted the candidate being trained (never judged) while the card described the
+    last kept decision; the saved folder now holds what that decision kept, and says why in the log."""
+    from hf_adaprune import AutoPrunedModel
+
+    class Interrupt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 15:
+                raise KeyboardInterrupt("Ctrl-C")
+
+    trainer = make_trainer(tmp_path / "run")
+    trainer.add_callback(Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    state = trainer.controller.state
+    assert state.pending is not None and state.pending > state.ratio, "a candidate is being trained"
+    candidate = {name: mask.clone() for name, mask in get_masks(trainer.model).state_dict().items()}
+    assert any(not torch.equal(candidate[name], mask) for name, mask in trainer._accepted_masks.items())
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.save_model(str(tmp_path / "saved"))
+    assert f"the candidate at sparsity {state.pending:.3f} has not been judged yet; the model is saved as the last " \
+           f"decision left it (sparsity {state.ratio:.3f})" in caplog.text
+    decided = copy.deepcopy(trainer.model).eval()
+    get_masks(decided).load_state_dict(trainer._accepted_masks)
+    saved = AutoPrunedModel.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.tensor(toy_dataset(8, seed=3)["input_ids"])
+    with torch.no_grad():
+        assert (saved(input_ids=ids).logits - decided(input_ids=ids).logits).abs().max() <= 1e-5
+    for name, mask in get_masks(trainer.model).state_dict().items():  # the in-memory model is left as it was
+        assert torch.equal(mask, candidate[name])

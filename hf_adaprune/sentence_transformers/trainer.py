@@ -18,7 +18,6 @@ from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from torch.utils.data import DataLoader
 
-from ..engine.masks import get_masks
 from ..trainer.eval_order import first_rows
 from ..trainer.report import card_path
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
@@ -229,8 +228,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             model = copy.deepcopy(self.model)  # keep the in-memory model trainable: compact a copy
-            if self._ramp is not None:  # mid-ramp: the copy gets the candidate's 0/1 masks, as the base trainer's
-                get_masks(transformer_module(model).auto_model).update(self._ramp.target)
+            self._as_last_decided(transformer_module(model).auto_model)
             card = sentence_transformer_card(self.pruning_summary(), trained=self.state.global_step > 0,
                                              stock_class=stock_encoder_class(self.pruned_model.config))
             save_pruned_sentence_transformer(model, output_dir, card=card,

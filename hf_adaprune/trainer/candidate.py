@@ -76,6 +76,19 @@ class CandidateMasksMixin:
             undo_refit(self.pruned_model, self._refit_change)
             self._refit_change = None
 
+    def _as_last_decided(self, pruned) -> None:
+        """Give ``pruned`` (a copy of the masked model, about to be saved) the structure the last decision left: a
+        candidate not judged yet (a save between decisions, or after an interrupted ``train()``) is left out, its
+        re-fit undone, with a warning."""
+        pending = self.controller.state.pending
+        if pending is None:
+            return
+        logger.warning("pruning: the candidate at sparsity %.3f has not been judged yet; the model is saved as the "
+                       "last decision left it (sparsity %.3f)", pending, self.controller.state.ratio)
+        get_masks(pruned).load_state_dict(self._accepted_masks)
+        if self._refit_change is not None:
+            undo_refit(pruned, self._refit_change)
+
     def candidate_state_dict(self) -> dict:
         return {"ramp": None if self._ramp is None else self._ramp.state_dict(), "refit_change": self._refit_change}
 

@@ -803,8 +803,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             model = self.model
             if get_masks(model) is not None:  # keep the in-memory model trainable: compact a copy
                 model = copy.deepcopy(model)
-                if self._ramp is not None:  # mid-ramp: the copy gets the candidate's 0/1 masks
-                    get_masks(model).update(self._ramp.target)
+                self._as_last_decided(model)
             save_pruned(model, output_dir, tokenizer=self.processing_class)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:
