@@ -393,3 +393,33 @@ def test_whisper_with_a_text_metric_by_name_is_sent_to_generation_not_told_it_is
     with pytest.raises(ValueError, match="wer needs a seq2seq model trained with AdaptivePruningSeq2SeqTrainer") as err:
         AdaptivePruningTrainer(model=tiny_whisper(), args=args, train_dataset=data, eval_dataset=data)
     assert "CTC" not in str(err.value)
+
+
+def test_a_compute_loss_override_that_skips_the_teacher_stops_at_the_first_distilled_step(tmp_path):
+    """A subclass's own compute_loss (class-weighted cross-entropy, no super()) turned distillation off silently:
+    the teacher was copied and saved but never ran. Now the first step that should distil stops with the fix."""
+    from hf_adaprune import AdaptivePruningTrainer
+
+    class WeightedLoss(AdaptivePruningTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = F.cross_entropy(outputs.logits, labels, weight=torch.tensor([1.0, 2.0, 1.0]))
+            return (loss, outputs) if return_outputs else loss
+
+    data = toy_dataset()
+    trainer = WeightedLoss(model=tiny_model("bert"), args=make_args(tmp_path, distillation=True),
+                           train_dataset=data, eval_dataset=data.select(range(48)))
+    with pytest.raises(RuntimeError, match=r"--distillation is on, but WeightedLoss.compute_loss did not call "
+                                           r"super\(\).compute_loss\(...\), where the teacher runs"):
+        trainer.train()
+    assert trainer.state.global_step == make_args(tmp_path).pruning_warmup_steps  # the step after the reference
+
+    class CallsSuper(AdaptivePruningTrainer):  # an override that does call it distils as before
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    fine = CallsSuper(model=tiny_model("bert"), args=make_args(tmp_path / "fine", distillation=True, max_steps=12),
+                      train_dataset=data, eval_dataset=data.select(range(48)))
+    fine.train()
+    assert fine.state.global_step == 12

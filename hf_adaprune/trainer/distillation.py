@@ -236,6 +236,7 @@ class DistillationMixin:
 
     distillation_teacher = None
     _teacher_path = None
+    _teacher_ran = False  # compute_loss ran the teacher in this training step
 
     def _setup_teacher(self, student) -> None:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
@@ -260,6 +261,19 @@ class DistillationMixin:
         self._teacher_path = os.path.abspath(os.path.join(self.args.output_dir, TEACHER_FOLDER))
         if self.args.should_save:
             self.distillation_teacher.save_pretrained(self._teacher_path)
+
+    def _distilled_step(self, train_step, *args):
+        """Run one ``training_step``; with a teacher, refuse a ``compute_loss`` that never reached this one (a
+        subclass's override that does not call ``super().compute_loss``), which would train without distillation."""
+        self._teacher_ran = False
+        loss = train_step(*args)
+        if self.distillation_teacher is not None and not self._teacher_ran:
+            raise RuntimeError(
+                f"--distillation is on, but {type(self).__name__}.compute_loss did not call "
+                "super().compute_loss(...), where the teacher runs: training would go on without distillation. Call "
+                "it from your compute_loss (it returns the task loss plus the distillation terms), pass your loss as "
+                "compute_loss_func=..., or set --distillation false")
+        return loss
 
     def teacher_state(self) -> str | None:
         """What ``pruning_state.pt`` records of the teacher: where its weights are (never the weights)."""
@@ -297,6 +311,7 @@ class DistillationMixin:
         follow(teacher, self.pruned_model)  # the student may have moved (Trainer places it at train())
         with torch.no_grad():
             teacher_outputs = teacher(**inputs)
+        self._teacher_ran = True
         # Trainer divides the loss by the accumulation steps unless it takes it for normalised by the step's item
         # count: then the per-batch means are divided here (all of the loss, or the distillation terms beside a
         # compute_loss_func's loss), so that alpha keeps its balance

@@ -331,7 +331,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     # -- scores -----------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = self._distilled_step(super().training_step, model, inputs, num_items_in_batch)
         # .grad now holds the sum over this optimizer step's micro-batches (already averaged
         # across processes by DDP on the last one): score once per optimizer step, before clipping.
         if self.accelerator.sync_gradients and not self.controller.state.done:
