@@ -22,7 +22,7 @@ from torch import nn
 
 from ..layout import FactoredEmbedding, empty_record, read_record, set_attribute, write_record
 from .checks import check_transformers_model
-from .vocabulary import _ids_named_by_configs, kept_anyway, token_row_counts
+from .vocabulary import ids_named_by_configs, kept_anyway, token_row_counts
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
 EMBEDDING_PATH = "embeddings.word_embeddings"  # under the base model, in every supported family
@@ -90,7 +90,7 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
     if not counts:
         raise ValueError("no texts or rows to count: pass the texts the model will read (its training inputs)")
     # the ids prune_vocabulary keeps whatever their count (the config's alone without a tokenizer) stay whole
-    always = kept_anyway(model, tokenizer) if tokenizer is not None else _ids_named_by_configs(model)
+    always = kept_anyway(model, tokenizer) if tokenizer is not None else ids_named_by_configs(model)
     always = {i for i in always if 0 <= i < tokens}
     check_factoring_sizes(tokens, hidden, full_rows, rank, kept_whole=len(always))
     order = sorted(range(tokens), key=lambda i: (i not in always, -counts[i], i))

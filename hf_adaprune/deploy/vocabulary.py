@@ -94,7 +94,7 @@ def _configs(model):
     return configs
 
 
-def _ids_named_by_configs(model) -> set[int]:
+def ids_named_by_configs(model) -> set[int]:
     return {i for config in _configs(model) for i in _named_ids(config)}
 
 
@@ -126,7 +126,7 @@ def kept_anyway(model, tokenizer, keep_tokens: Iterable[str] = (), keep_ids: Ite
     """The ids ``prune_vocabulary`` keeps whatever their count, on both sides: special and added tokens, ids the
     configs name, the family's own (Whisper's timestamps), ``keep_tokens`` / ``keep_ids``."""
     always = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    always |= _ids_named_by_configs(model)
+    always |= ids_named_by_configs(model)
     if model.config.model_type in ALWAYS_KEPT:
         always |= ALWAYS_KEPT[model.config.model_type](model, tokenizer)
     return always | {tokenizer.convert_tokens_to_ids(token) for token in keep_tokens} | {int(i) for i in keep_ids}
@@ -281,7 +281,7 @@ def split_decoder_vocabulary(model, decoder_size: int) -> None:
     parameters keep ``requires_grad``, hooks registered on the old modules are not carried over.
     """
     config = model.config
-    outside = sorted(i for i in _ids_named_by_configs(model) if i >= decoder_size)
+    outside = sorted(i for i in ids_named_by_configs(model) if i >= decoder_size)
     if outside:
         raise ValueError(f"ids the config or generation config name ({outside[:5]}) are not among the decoder's "
                          f"first {decoder_size} ids: number the decoder's tokens first")
