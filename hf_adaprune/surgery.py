@@ -165,12 +165,53 @@ def compact(model: nn.Module) -> dict:
     get_adapter(model)  # an unsupported family is refused before its class or config changes
     masks = get_masks(model)
     record = read_record(model.config) or empty_record()
+    check_record_fits(model, record)
     if masks is not None:
         _compact_masked(model, masks, record)
         detach_masks(model)
     write_record(model.config, record)
     as_pruned(model)
     return record
+
+
+def check_record_fits(model: nn.Module, record: dict) -> None:
+    """Refuse a pruning record that describes shapes ``model`` does not have: a config copied from a pruned model
+    into a freshly built (dense) one. Compacting it would read kept lists of another size, and a saved folder would
+    not load."""
+    base, problems = model.base_model, []
+    for path, spec in record["layout"].get("modules", {}).items():
+        if spec.get("type") != "Linear":
+            continue
+        module = base.get_submodule(path) if _has_submodule(base, path) else None
+        if module is None:
+            problems.append(f"{path} is missing")
+        elif (getattr(module, "out_features", None), getattr(module, "in_features", None)) not in (
+                (spec["out_features"], spec["in_features"]), (None, None)):  # a linear (int8 ones too) of other size
+            problems.append(f"{path} is {module.out_features}x{module.in_features}, the record says "
+                            f"{spec['out_features']}x{spec['in_features']}")
+    for path, shape in record["layout"].get("parameters", {}).items():
+        parent, name = parent_and_name(base, path)
+        parameter = getattr(parent, name, None)
+        if parameter is not None and list(parameter.shape) != list(shape):
+            problems.append(f"{path} has shape {list(parameter.shape)}, the record says {list(shape)}")
+    for stack, entry in record["layers"].items():
+        if _has_submodule(base, stack) and len(base.get_submodule(stack)) != len(entry["kept"]):
+            problems.append(f"{stack} has {len(base.get_submodule(stack))} layers, the record says "
+                            f"{len(entry['kept'])}")
+    if problems:
+        raise ValueError("model.config.adaprune records a pruned model whose shapes this model does not have ("
+                         + "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
+                         + "): was the model built from a pruned model's config? Load a pruned folder with "
+                         "AutoPrunedModel.from_pretrained; for a dense model, drop the record first "
+                         "(del model.config.adaprune)")
+
+
+def _has_submodule(base: nn.Module, path: str) -> bool:
+    try:
+        base.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _compact_masked(model: nn.Module, masks, record: dict) -> None:

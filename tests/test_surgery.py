@@ -223,3 +223,28 @@ def test_attention_pruned_again_down_to_no_head_saves_a_folder_both_loaders_read
                    transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "twice",
                                                                                    trust_remote_code=True)):
         assert (outputs(loaded.eval(), batch) - masked).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("model_type", ["bert", "bart"])
+def test_a_model_built_from_a_pruned_models_config_is_refused_until_the_record_is_dropped(tmp_path, model_type):
+    """The config of a pruned model carries its record; a dense model built from it crashed in compact with an
+    IndexError, and save_pruned wrote dense weights beside the pruned layout: a folder neither loader read."""
+    pruned = tiny_model(model_type)
+    stock = type(pruned)  # compact gives the model its pruned subclass, which builds in the recorded shapes
+    masks = attach_masks(pruned)
+    head_group = next(name for name, group in masks.groups.items() if group.kind == "heads")
+    masks.set(head_group, (torch.arange(masks.masks[head_group].numel()) < 2).float())
+    compact(pruned)
+    fresh = stock(type(pruned.config).from_dict(pruned.config.to_dict()))  # dense shapes, pruned record
+    message = r"model.config.adaprune records a pruned model whose shapes this model does not have \(.* is \d+x\d+, " \
+              r"the record says \d+x\d+.*\): was the model built from a pruned model's config\?"
+    with pytest.raises(ValueError, match=message):
+        save_pruned(fresh, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    attach_masks(fresh)
+    with pytest.raises(ValueError, match=message):
+        compact(fresh)
+    del fresh.config.adaprune  # as the message says: a dense model of its own
+    save_pruned(fresh, tmp_path / "dense")
+    reloaded = AutoPrunedModel.from_pretrained(tmp_path / "dense").state_dict()
+    assert all(torch.equal(reloaded[name], weight) for name, weight in fresh.state_dict().items())
