@@ -135,6 +135,13 @@ def _plan_heads(plan: _Plan, group: HeadGroup, kept: torch.Tensor, original: dic
         plan.attribute(path, int(kept.numel()))
     for path in group.width_attrs:
         plan.attribute(path, int(kept.numel()) * group.head_dim)
+    _plan_shared_bias(plan, group, original)
+
+
+def _plan_shared_bias(plan: _Plan, group: HeadGroup, original: dict) -> None:
+    """An attention of a shared position bias keeps the forward it ran under masks (the heads it kept among the
+    original ones), also when it kept every head: WavLM's stock forward returns head-averaged attention weights,
+    the masked model's per-head ones, so a reloaded layer gives what the in-memory one gave."""
     if group.shared_bias is not None:
         plan.layout["shared_bias"][group.core] = {
             "kind": group.shared_bias.adaprune_kind, "kept_heads": list(original["kept"]),
@@ -242,6 +249,8 @@ def _compact_masked(model: nn.Module, masks, record: dict) -> None:
             "kept": [original_kept[i] for i in kept.tolist()],
         }
         if kept.numel() == count:
+            if isinstance(group, HeadGroup):
+                _plan_shared_bias(plan, group, record["groups"][name])
             continue
         if isinstance(group, HeadGroup):
             _plan_heads(plan, group, kept, record["groups"][name])
