@@ -30,6 +30,7 @@ import transformers
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
+from hf_adaprune.trainer.eval_loss import EvalLossMixin
 from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.arguments import pruning_arguments
 from hf_adaprune.trainer.checkpoint import check_resume_arguments as compare_resume_arguments
@@ -59,12 +60,13 @@ RESUME_LATEST = ("true", "yes", "latest", "last")
 RESUME_NONE = ("false", "no", "none", "")
 
 
-class DenseTrainer(DatasetOrderEvalMixin, Trainer):
-    """A plain ``Trainer`` that evaluates in dataset order: the dense control and the dense snapshot's scoring."""
+class DenseTrainer(DatasetOrderEvalMixin, EvalLossMixin, Trainer):
+    """A plain ``Trainer`` that evaluates in dataset order, with the pruning trainer's eval loss (the same on any
+    number of processes): the dense control and the dense snapshot's scoring."""
 
 
-class DenseSeq2SeqTrainer(DatasetOrderEvalMixin, Seq2SeqTrainer):
-    """A plain ``Seq2SeqTrainer`` that evaluates in dataset order."""
+class DenseSeq2SeqTrainer(DatasetOrderEvalMixin, EvalLossMixin, Seq2SeqTrainer):
+    """A plain ``Seq2SeqTrainer`` that evaluates in dataset order, with the pruning trainer's eval loss."""
 
 
 @dataclass

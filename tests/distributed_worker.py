@@ -2,12 +2,15 @@
 
 Usage: python tests/distributed_worker.py OUTPUT_DIR PER_DEVICE_BATCH [--break-rank R] [--crash-after STEP]
        [--resume CHECKPOINT] [--schedule gradual|search_then_recover] [--search-steps N] [--ramp-steps N] [--refit]
-       [--latency]
+       [--latency] [--dense-eval]
+
+--dense-eval: no pruning run; the recipes' plain DenseTrainer evaluates the model, eval_loss written per rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import torch
@@ -49,6 +52,7 @@ def main():
                         help="trainer.evaluate() before train(); writes each rank's weights")
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--eval-rows", type=int, default=48)
+    parser.add_argument("--dense-eval", action="store_true")
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     distributed = {}
@@ -69,6 +73,14 @@ def main():
                      **(dict(distillation=True, distillation_hidden_weight=0.5) if opts.distill else {}),
                      **(dict(pruning_target_type="latency", pruning_latency_batch_size=2) if opts.latency else {}))
     data = toy_dataset()
+    if opts.dense_eval:
+        from recipes.skeleton import DenseTrainer
+
+        dense = DenseTrainer(model=model, args=args, eval_dataset=data.select(range(opts.eval_rows)))
+        loss = dense.evaluate()["eval_loss"]
+        with open(os.path.join(opts.output_dir, f"eval_loss_rank{dense.args.process_index}.json"), "w") as file:
+            json.dump(loss, file)
+        return
     trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(opts.eval_rows)))
     rank = trainer.args.process_index
     if opts.break_rank is not None and rank == opts.break_rank:

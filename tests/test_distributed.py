@@ -116,6 +116,18 @@ def test_an_evaluate_before_train_still_trains_one_model_and_the_loss_counts_eve
     assert reference[0] == pytest.approx(reference[1], abs=1e-4)
 
 
+def test_the_recipes_dense_trainer_reports_the_same_eval_loss_on_two_processes_as_on_one(tmp_path):
+    """The dense snapshot's and the dense control's eval loss in results.json were N times the loss under N
+    processes (transformers scales it by the process count for models that take loss kwargs; BERT ignores them)."""
+    losses = []
+    for nproc in (2, 1):
+        out, result = run_worker(tmp_path, f"nproc{nproc}", batch=8, nproc=nproc, extra=("--dense-eval", "--eval-rows", "32"))
+        assert result.returncode == 0, result.stderr[-4000:]
+        losses.append([json.loads((out / f"eval_loss_rank{rank}.json").read_text()) for rank in range(nproc)])
+    (rank0, rank1), (one,) = losses
+    assert rank0 == rank1 == pytest.approx(one, rel=1e-5)
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     full, result = run_worker(tmp_path, "full", batch=16)
     assert result.returncode == 0, result.stderr[-4000:]

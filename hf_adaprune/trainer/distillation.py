@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..engine.masks import detach_masks
 from ..hub.remote_code import transformers_class
+from .eval_loss import EvalLossMixin
 
 TEACHER_FOLDER = "_distillation_teacher"  # Trainer.push_to_hub leaves "_*" out of the upload
 LAYERDROP_FIELDS = ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
@@ -231,7 +232,7 @@ def layers_dropped(config) -> dict[str, float]:
     return {field: getattr(config, field) for field in LAYERDROP_FIELDS if getattr(config, field, 0)}
 
 
-class DistillationMixin:
+class DistillationMixin(EvalLossMixin):
     """The Trainer side of distillation, mixed into the pruning trainers (``self.pruned_model`` is the student)."""
 
     distillation_teacher = None
@@ -291,11 +292,6 @@ class DistillationMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The task loss, plus distillation from the dense teacher once it exists (training only)."""
         teacher, args = self.distillation_teacher, self.args
-        if not model.training and self.compute_loss_func is None:
-            # evaluation: each batch's mean. Given the item count, transformers multiplies the loss of a model that
-            # takes loss kwargs by the number of processes, and the models pruned here ignore the count: decisions
-            # on the loss (and eval_loss) would be N times the loss under N processes
-            num_items_in_batch = None
         if teacher is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
