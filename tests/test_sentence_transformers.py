@@ -84,6 +84,22 @@ def make_args(output_dir, **overrides):
     return SentenceTransformerPruningArguments(**values)
 
 
+def decision_loss_of_odd_rows(encoder_folder, output_dir, rows=33, **distributed) -> float:
+    """The decision loss (the default distillation loss) on ``rows`` eval sentences of a tiny model whose weights
+    were moved off the dense ones (so that the loss is not 0); the same on any number of processes."""
+    args = make_args(output_dir, pruning_metric="loss", pruning_warmup_steps=0, pruning_criterion="magnitude",
+                     **distributed)
+    corpus = sentences(64)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=args,
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:rows]}))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in trainer.pruned_model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return trainer._decision_metric()[0]
+
+
 @pytest.fixture(scope="module")
 def encoder_folder(tmp_path_factory):
     return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))
@@ -304,6 +320,20 @@ def test_two_processes_agree_on_masks(encoder_folder, tmp_path, steer):
     assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+
+
+def test_two_processes_count_each_of_an_odd_number_of_decision_rows_once(encoder_folder, tmp_path):
+    """33 eval rows over 2 processes: the sampler repeats one; its share of a batch's mean loss was counted."""
+    port = str(29650 + os.getpid() % 1000)
+    cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
+           str(tmp_path), "loss_rows"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    one_process = decision_loss_of_odd_rows(encoder_folder, tmp_path / "one")
+    for rank in (0, 1):
+        two_processes = json.loads((tmp_path / f"loss_rank{rank}.json").read_text())
+        assert two_processes == pytest.approx(one_process, rel=1e-5)
 
 
 def test_save_model_pushes_when_asked(encoder_folder, tmp_path, monkeypatch):

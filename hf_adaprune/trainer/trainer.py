@@ -530,8 +530,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """Rows that do not split evenly over the processes are padded with repeats of the first ones; a batch's
         loss is its mean, entered once per row, and gathering drops the repeats' entries but not their share of
         their batch's mean. One row per batch then, so that the decision loss is the mean over the rows (slower:
-        only on several processes with such a row count)."""
-        if self.args.world_size == 1 or not hasattr(dataset, "__len__") or len(dataset) % self.args.world_size == 0:
+        only on several processes with such a row count). A dict of eval sets: if any of them has such a count."""
+        parts = list(dataset.values()) if isinstance(dataset, Mapping) else [dataset]
+        if self.args.world_size == 1 or not any(hasattr(part, "__len__") and len(part) % self.args.world_size
+                                                for part in parts):
             yield
             return
         size, self.args.per_device_eval_batch_size = self.args.per_device_eval_batch_size, 1
