@@ -110,14 +110,6 @@ def _check_positions(model, max_input_length) -> None:
     check_positions_request(model, max_input_length)
 
 
-def _check_factoring(model) -> None:
-    """What factor_embeddings refuses whatever the vocabulary keeps: the family, a tied table, a masked model (the
-    sizes are checked once the vocabulary is known, in check_rows)."""
-    from hf_adaprune.deploy.factored_embedding import check_factoring_model
-
-    check_factoring_model(model)
-
-
 def check_request(run) -> None:
     """What the built model and tokenizer allow, before training: every refusal says what is supported."""
     from hf_adaprune.deploy import (
@@ -126,6 +118,7 @@ def check_request(run) -> None:
         check_onnx_request,
         check_vocabulary_request,
     )
+    from hf_adaprune.deploy.factored_embedding import check_factoring_model
 
     data_args, model = run.data_args, run.model
     checks = []
@@ -136,7 +129,8 @@ def check_request(run) -> None:
     if data_args.prune_positions:
         checks.append(("--prune_positions", lambda: _check_positions(model, run.max_input_length)))
     if data_args.vocabulary_full_rows is not None:
-        checks.append(("--vocabulary_full_rows", lambda: _check_factoring(model)))
+        # the family, a tied table, a masked model; the sizes once the vocabulary is known (check_rows)
+        checks.append(("--vocabulary_full_rows", lambda: check_factoring_model(model)))
     if data_args.quantize:
         checks.append(("--quantize int8", check_int8_request))
     if data_args.export_onnx:
