@@ -250,7 +250,7 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
      r"ignored\): an unlabelled split"),
     ({"calibration_dataset": labelled_examples(6) + [dict(labelled_examples(1)[0], labels=7)]},
      r"calibration_dataset holds label 7 \(1 labels outside 0..2\)"),
-    ({"calibration_dataset": [{"input_ids": [[5, 6], [7, 120]], "labels": 0}]},
+    ({"calibration_dataset": [{"input_ids": [5, 6, 7, 120], "labels": 0}]},
      r"calibration_dataset holds token id 120, but the model's embedding table has 99 rows"),
     ({"target": "0.5"}, "target must be a number"),
     ({"eval_dataset": [{"input_ids": [5, 6, 7]}]}, "eval_dataset examples need labels"),
@@ -263,6 +263,14 @@ def test_search_ends_on_a_ratio_within_tolerance_and_the_model_holds_it():
      r"the scores given do not fit this model: encoder.layer.0.attention \(2 scores, 4 structures\)"),
     ({"metric": lambda prediction: {"score": 0.0}}, "metric is a name"),
     ({"normalize_scores": "no"}, "normalize_scores must be True or False, got 'no'"),
+    ({"refit": "false"}, "refit must be True or False, got 'false'"),  # a config file's text was truthy: it ran
+    ({"search": "false"}, "search must be True or False, got 'false'"),
+    ({"inplace": "false"}, "inplace must be True or False, got 'false'"),  # and pruned the caller's model
+    ({"calibration_dataset": [dict(row, input_ids=torch.tensor([row["input_ids"]])) for row in labelled_examples(8)]},
+     r"calibration_dataset\[0\]'s input_ids have shape \[1, \d+\], but each row is one sequence of ids \(rows "
+     r"tokenized one by one with return_tensors='pt'\?\)"),
+    ({"calibration_dataset": datasets.Dataset.from_list(labelled_examples(8)).to_pandas()},
+     r"calibration_dataset is a pandas DataFrame: pass datasets.Dataset.from_pandas\(calibration_dataset\)"),
     ({"metric": "wer", "eval_dataset": labelled_examples(4)}, "--pruning_metric wer scores generated text"),
     ({"calibration_dataset": [dict(row, labels=[row["labels"]]) for row in labelled_examples(6)]},
      r"calibration_dataset holds a label of shape \[1\] in its 'labels' column .* one class id per row"),
@@ -663,3 +671,18 @@ def test_raw_scores_select_as_the_engine_does_without_normalising():
     record = json.loads(result.model.config.to_json_string())["adaprune"]["groups"]
     assert {name: int(entry["kept_mask"], 16) for name, entry in record.items()} == {
         name: sum(1 << i for i, kept in enumerate(mask.tolist()) if kept) for name, mask in expected.items()}
+
+
+def test_a_tokenizer_pads_token_classification_rows_with_their_per_token_labels():
+    """tokenizer= padded every head's batches with DataCollatorWithPadding, which cannot pad per-token labels: a
+    token classifier failed inside transformers' collation ("excessive nesting"), naming neither argument."""
+    import transformers
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, 99)]
+    tokenizer = transformers.BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    model = transformers.BertForTokenClassification(tiny_model("bert").config).eval()
+    rows = [{"input_ids": row["input_ids"], "labels": [i % 3 for i in range(len(row["input_ids"]))]}
+            for row in labelled_examples(16)]
+    result = post_training_prune(model, rows, 0.5, metric="accuracy", eval_dataset=rows, tokenizer=tokenizer,
+                                 seq_len=16, progress=False)
+    assert result.comparison.layer_flops_removed > 0.3

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, EvalPrediction, default_data_collator
+from transformers import (DataCollatorForMultipleChoice, DataCollatorForTokenClassification,
+                          DataCollatorWithPadding, EvalPrediction, default_data_collator)
 
 from ..engine.controller import KEEP, SELECTION_SLACK, AdaptiveController
 from ..engine.masks import attach_masks, detach_masks, get_masks, structure_count
@@ -136,13 +137,15 @@ def post_training_prune(
     compacted; with ``output_dir`` it is saved there by :func:`save_pruned` (with ``tokenizer``) along
     with ``post_training_report.json``.
     """
+    for name, value in (("refit", refit), ("search", search), ("normalize_scores", normalize_scores),
+                        ("inplace", inplace), ("progress", progress)):  # "false" from a config file is truthy
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
     searching = target is None or search
     _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores, searching,
               refit_target)
     _validate_sizes(model, kinds=kinds, seq_len=seq_len, batch_size=batch_size, refit_samples=refit_samples,
                     ridge=ridge, floors=(min_heads_per_layer, min_neurons_per_layer))
-    if not isinstance(normalize_scores, bool):
-        raise ValueError(f"normalize_scores must be True or False, got {normalize_scores!r}")
     if data_collator is None and tokenizer is None:
         _validate_equal_lengths(calibration_dataset=calibration_dataset, eval_dataset=eval_dataset)
     if output_dir is not None:  # before the work, and before an inplace model is changed
@@ -150,7 +153,7 @@ def post_training_prune(
     started = time.time()
     timings = {}
     model = model if inplace else copy.deepcopy(model)
-    collator = data_collator or (DataCollatorWithPadding(tokenizer) if tokenizer is not None else default_data_collator)
+    collator = data_collator or padding_collator(model, tokenizer)
     accepted = model_input_names(model)
     groups = find_groups(model)
     batches = calibration_batches(calibration_dataset, collator, batch_size, accepted)
@@ -284,6 +287,23 @@ def _first_unlabeled(dataset) -> int | None:
 CLASS_ID_HEADS = ("ForSequenceClassification", "ForTokenClassification")
 
 
+def padding_collator(model, tokenizer):
+    """The collator ``tokenizer`` pads batches with, for the model's head: per-token labels padded with -100 (token
+    classification), choices padded within each row (multiple choice), else the inputs. No tokenizer: the rows are
+    stacked as they are."""
+    if tokenizer is None:
+        return default_data_collator
+    if _head_is(model, "ForTokenClassification"):
+        return DataCollatorForTokenClassification(tokenizer)
+    if _head_is(model, "ForMultipleChoice"):
+        return DataCollatorForMultipleChoice(tokenizer)
+    return DataCollatorWithPadding(tokenizer)
+
+
+def _head_is(model, suffix: str) -> bool:
+    return any(cls.__name__.endswith(suffix) for cls in type(model).__mro__)
+
+
 def _sequences(ids) -> list[np.ndarray]:
     """The token sequences of one row's ids: the row itself, or each of its choices (multiple choice, padded or
     not). Rows of a dataset in torch or numpy format are arrays: one sequence per row of their last axis."""
@@ -338,7 +358,7 @@ def _check_label_range(model, name: str, dataset) -> None:
 
 def single_label_head(model) -> bool:
     """A sequence classifier of one class id per row (token classifiers take one per token)."""
-    return any(cls.__name__.endswith("ForSequenceClassification") for cls in type(model).__mro__)
+    return _head_is(model, "ForSequenceClassification")
 
 
 def _check_ids_fit(model, name: str, rows) -> None:
@@ -346,6 +366,14 @@ def _check_ids_fit(model, name: str, rows) -> None:
     refused by name: the embedding lookup would fail with an index error. So are rows longer than the position
     table reads: the forward would fail on a shape. A row may hold several sequences (multiple choice)."""
     size = model.get_input_embeddings().num_embeddings if model.get_input_embeddings() is not None else None
+    rows = list(rows)
+    if not _head_is(model, "ForMultipleChoice"):
+        nested = next((i for i, ids in enumerate(rows) if _is_nested(ids)), None)
+        if nested is not None:
+            shape = list(np.shape(rows[nested]))
+            raise ValueError(f"{name}[{nested}]'s input_ids have shape {shape}, but each row is one sequence of ids "
+                             "(rows tokenized one by one with return_tensors='pt'?): tokenize without return_tensors, "
+                             "or take row['input_ids'][0] (and the same of the other columns)")
     sequences = [sequence for ids in rows if len(ids) for sequence in _sequences(ids)]
     largest = max((int(ids.max()) for ids in sequences), default=-1)
     if size is not None and largest >= size:
@@ -358,11 +386,21 @@ def _check_ids_fit(model, name: str, rows) -> None:
                          f"({positions_note(model.config)}): tokenize with truncation=True, max_length={positions}")
 
 
+def _is_nested(ids) -> bool:
+    """A row's ids hold several sequences (an array of 2+ axes, or a list of lists)."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        return ids.ndim > 1
+    return bool(len(ids)) and isinstance(ids[0], (list, tuple, np.ndarray, torch.Tensor))
+
+
 def _check_indexable(name: str, dataset) -> None:
     """Rows are drawn by index (``dataset[i]``, a mapping of columns) from something with a length: a DataLoader,
     a streaming dataset, a dict of columns or one BatchEncoding are refused with what to pass instead."""
     if dataset is None:
         return
+    if hasattr(dataset, "iloc") and hasattr(dataset, "columns"):  # dataset[0] would be a column
+        raise ValueError(f"{name} is a pandas {type(dataset).__name__}: pass datasets.Dataset.from_pandas({name}) or "
+                         f"{name}.to_dict('records')")
     if isinstance(dataset, (list, tuple)):
         index = next((i for i, row in enumerate(dataset) if not isinstance(row, Mapping)), None)
         if index is not None:
@@ -565,7 +603,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
             f"{model_type!r}. Prune it while fine-tuning with AdaptivePruningTrainer instead.")
     if get_masks(model) is not None:
         raise ValueError("the model already has pruning masks attached: compact(model) first, or pass the dense model")
-    if any(cls.__name__.endswith("ForQuestionAnswering") for cls in type(model).__mro__):
+    if _head_is(model, "ForQuestionAnswering"):
         raise UnsupportedModelError(
             f"post-training pruning takes heads whose loss reads labels= (sequence or token classification, multiple "
             f"choice, masked LM); {type(model).__name__} learns from start/end positions, which it does not take. "
