@@ -66,6 +66,7 @@ from hf_adaprune.sentence_transformers.trainer import training_prompt
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
                                recipe_argv, remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
                                warn_folders_left)
+from recipes.hub_push import folder_state, push_run_outputs
 from recipes.loading import is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, load_error,
                               resolve_resume, run_cli)
@@ -341,6 +342,7 @@ def main(argv=None):
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
     if opts.layer_drop_baseline:  # the baseline is saved into OUTPUT_DIR/layer_drop
         check_written_subfolders(args.output_dir, [path], {LAYER_DROP_DIR: "--layer_drop_baseline true"})
+    files_before = folder_state(args.output_dir)  # --push_to_hub uploads what the run writes, not these
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     # a folder an earlier run saved (pruned): hf_adaprune's classes build it, without remote code or a prompt
@@ -389,6 +391,7 @@ def main(argv=None):
         if trainer is not None and trainer.state.global_step > 0:
             raise
         raise RecipeError(str(err).strip('"')) from err
+    push, args.push_to_hub = args.push_to_hub, False  # one push, at the end: results.json too
     trainer.save_model()
     pruned = as_saved(trainer.model).eval()
     results["pruned"] = {"sts_test": spearman(pruned, test_eval), "sts_dev": spearman(pruned, dev_eval),
@@ -432,6 +435,9 @@ def main(argv=None):
     }
     write_json(os.path.join(args.output_dir, "results.json"), results)  # atomic; a NaN is written as null
     print(format_results(results, opts.throughput_batch))
+    if push:  # the layer-drop baseline stays local, as the other recipes' dense control
+        args.push_to_hub = True
+        push_run_outputs(trainer, args, files_before, left_local=(f"{LAYER_DROP_DIR}/*",))
     return results
 
 

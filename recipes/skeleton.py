@@ -39,6 +39,7 @@ from hf_adaprune.trainer.eval_order import first_rows  # the decision set, slice
 from hf_adaprune.trainer.report import card_path
 
 from . import deploy
+from .hub_push import folder_state, push_run_outputs
 from .arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
                         remove_earlier_run_outputs, resumes_run_in, warn_folders_left)
 from .results import (
@@ -79,6 +80,7 @@ class Run:
     data_files: dict = field(default_factory=dict)  # as given on the command line, for results.json
     model_paths: list = field(default_factory=list)  # local folders loaded from: never written over
     own_outputs: list = field(default_factory=list)  # files (relative) written into --output_dir before the model
+    files_before: dict = field(default_factory=dict)  # --output_dir's files before the run wrote any: never pushed
     splits: dict = field(default_factory=dict)  # rows per split after checks and subsampling
     model: Any = None
     processing_class: Any = None
@@ -356,6 +358,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
                      resume_from=resume_from, own=run.own_outputs)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     warn_earlier_outputs(run)
+    run.files_before = folder_state(run.training_args.output_dir)
     task.load_data(run)
     return run, resume_from
 
@@ -431,7 +434,7 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     finally:
         training_args.push_to_hub = push
     if push:
-        push_output(trainer, training_args)
+        push_run_outputs(trainer, training_args, run.files_before, left_local=(f"{CONTROL_DIR}/*",))
     return results
 
 
@@ -487,22 +490,6 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
 
 
 # what the Hub repo does not get: checkpoints and private folders (as transformers' push), the dense control's model
-PUSH_IGNORE = ["_*", "checkpoint-*", f"{CONTROL_DIR}/*"]
-
-
-def push_output(trainer, training_args) -> None:
-    """Upload the output folder to the trainer's Hub repo once the run is done: the pruned model, its card (with
-    the control's table), results, test metrics and deploy/; the dense control stays local."""
-    if not trainer.is_world_process_zero():
-        return
-    trainer._finish_current_push()  # a push transformers may have started
-    transformers.trainer.hf_api().upload_folder(
-        repo_id=trainer.hub_model_id, folder_path=training_args.output_dir, token=training_args.hub_token,
-        commit_message="End of training: pruned model, card, results", ignore_patterns=PUSH_IGNORE,
-        revision=training_args.hub_revision)
-    logger.info("pushed %s to the Hub repo %s", training_args.output_dir, trainer.hub_model_id)
-
-
 def deploy_and_save(run: Run, model, results: dict, table: str, started: float) -> None:
     """The deployed copies of ``model`` (if asked) into ``results["deploy"]``, then results.json and ``table``: written
     also when a deployed copy fails (its error recorded under ``deploy``), so that the run's figures are kept."""

@@ -1,49 +1,98 @@
-"""--push_to_hub in the recipes: one upload, once the run is done, without the dense control's model."""
+"""--push_to_hub in the recipes: the repo is reached before any work; one commit, once the run is done, of what the
+run wrote, without the dense control's model or the files the user had in the output folder."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from test_recipe_dense_control import recipe, run_args, workspace  # noqa: F401 (a fixture)
 
 
-def test_the_push_happens_once_at_the_end_with_results_card_and_deploy_but_not_the_control(workspace, tmp_path,
-                                                                                          monkeypatch):  # noqa: F811
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """No network: the commits that would be made, each with its files' repo paths and the card's text."""
     import transformers.trainer
     from huggingface_hub import constants
 
-    uploads = []
+    commits = []
 
-    class FakeApi:  # no network: what would be uploaded, recorded at the time of the upload
+    class FakeApi:
         def create_repo(self, repo_id, **kwargs):
             return SimpleNamespace(repo_id=repo_id)
 
-        def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
-            folder = Path(folder_path)
-            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-            sent = [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in ignore_patterns)]
-            uploads.append({"repo_id": repo_id, "files": sent, "card": (folder / "README.md").read_text()})
+        def create_commit(self, repo_id, operations, **kwargs):
+            files = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
+            commits.append({"repo_id": repo_id, "files": sorted(files),
+                            "card": files["README.md"].read_text() if "README.md" in files else None})
             return SimpleNamespace(commit_url="local", oid="0")
+
+        def upload_folder(self, *args, **kwargs):
+            raise AssertionError("the recipes push in one commit of the files the run wrote, not a whole folder")
 
         def whoami(self, *args, **kwargs):
             return {"name": "me"}
 
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline; the Hub here is the fake
+    return commits
+
+
+def test_the_push_happens_once_at_the_end_with_results_card_and_deploy_but_not_the_control(workspace, tmp_path,
+                                                                                          fake_hub):  # noqa: F811
     out = tmp_path / "out"
     recipe.main(run_args(workspace, out, "--dense_control", "true", "--quantize", "int8", "--push_to_hub", "true",
                          "--hub_model_id", "me/pruned", "--hub_token", "x"))
-    assert len(uploads) == 1, [u["files"] for u in uploads]
-    upload = uploads[0]
-    assert upload["repo_id"] == "me/pruned"
-    files = upload["files"]
+    assert len(fake_hub) == 1, [c["files"] for c in fake_hub]
+    commit = fake_hub[0]
+    assert commit["repo_id"] == "me/pruned"
+    files = commit["files"]
     assert {"config.json", "model.safetensors", "modeling_adaprune.py", "README.md", "results.json",
             "test_results.json"} <= set(files), files
     assert any(f.startswith("deploy/") for f in files), files
     assert not any(f.startswith("dense_control/") for f in files), files
     assert (out / "dense_control" / "model.safetensors").exists()  # the control stays local
     assert "adaprune" in json.loads((out / "config.json").read_text())
-    assert "control" in upload["card"].lower() and upload["card"] == (out / "README.md").read_text()
+    assert "control" in commit["card"].lower() and commit["card"] == (out / "README.md").read_text()
+
+
+def test_files_the_user_had_in_the_output_folder_stay_local_and_the_card_is_the_repos_readme(workspace, tmp_path,
+                                                                                          fake_hub, caplog):  # noqa: F811
+    """The whole folder was uploaded: the user's notes, their README.md as the repo's card, an earlier run's
+    deploy/ the run had warned about."""
+    out = tmp_path / "out"
+    (out / "deploy" / "onnx").mkdir(parents=True)
+    (out / "deploy" / "onnx" / "model.onnx").write_bytes(b"an earlier run's graph")
+    (out / "my_private_notes.txt").write_text("not for the Hub")
+    (out / "README.md").write_text("# My own notes about this folder\n")
+    recipe.main(run_args(workspace, out, "--overwrite_output_dir", "true", "--push_to_hub", "true",
+                         "--hub_model_id", "me/pruned", "--hub_token", "x"))
+    (commit,) = fake_hub
+    assert "my_private_notes.txt" not in commit["files"] and not any(f.startswith("deploy/") for f in commit["files"])
+    assert {"model.safetensors", "results.json", "README.md"} <= set(commit["files"])
+    assert "README.hf_adaprune.md" not in commit["files"]
+    assert commit["card"] == (out / "README.hf_adaprune.md").read_text() and "hf_adaprune" in commit["card"]
+    assert (out / "README.md").read_text() == "# My own notes about this folder\n"  # left as it was
+    assert "my_private_notes.txt" in caplog.text and "not pushed, as they were in" in caplog.text
+
+
+def test_a_hub_repo_that_cannot_be_reached_fails_before_the_data_is_loaded(workspace, tmp_path, monkeypatch):  # noqa: F811
+    import transformers.trainer
+    from huggingface_hub import constants
+
+    from recipes.arguments import RecipeError
+
+    class Unreachable:
+        def create_repo(self, repo_id, **kwargs):
+            raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: Unreachable())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    out = tmp_path / "out"
+    with pytest.raises(RecipeError, match=r"--push_to_hub: the Hub repo 'me/pruned' could not be created or reached "
+                                          r"\(ConnectionError: \[Errno -3\] Temporary failure in name resolution\)"):
+        recipe.main(run_args(workspace, out, "--push_to_hub", "true", "--hub_model_id", "me/pruned"))
+    assert not out.exists() or not any(out.iterdir())

@@ -33,6 +33,7 @@ from transformers import (  # noqa: E402
 )
 
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, get_masks  # noqa: E402
+from test_recipe_push import fake_hub  # noqa: E402,F401 (a fixture)
 from hf_adaprune.sentence_transformers import (  # noqa: E402
     AdaptivePruningSentenceTransformerTrainer,
     SentenceTransformerPruningArguments,
@@ -578,6 +579,23 @@ def test_recipe_resumes_from_its_checkpoint(encoder_folder, tmp_path):
     resumed = recipe.main([*flags, "--resume_from_checkpoint", "true"])  # it was refused, or ignored with overwrite
     assert resumed["pruning"] == full["pruning"]
     assert resumed["pruned"]["sts_test"] == pytest.approx(full["pruned"]["sts_test"], abs=1e-6)
+
+
+def test_recipe_pushes_once_at_the_end_with_results_json(encoder_folder, tmp_path, fake_hub):
+    """The recipe pushed inside save_model(), before results.json existed: it never reached the Hub."""
+    from conftest import load_recipe
+
+    recipe = load_recipe("sentence_embeddings")
+    model_dir, stsb = recipe_workspace(encoder_folder, tmp_path)
+    recipe.main(["--model_name_or_path", str(model_dir), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
+                 "--objective", "cosent", "--max_steps", "4", "--per_device_train_batch_size", "8",
+                 "--pruning_warmup_steps", "2", "--pruning_interval", "2", "--pruning_seq_len", "32",
+                 "--max_seq_length", "32", "--use_cpu", "true", "--report_to", "none", "--throughput_batch", "4",
+                 "--throughput_repeats", "1", "--disable_tqdm", "true", "--push_to_hub", "true",
+                 "--hub_model_id", "me/embeddings", "--hub_token", "x"])
+    (commit,) = fake_hub
+    assert commit["repo_id"] == "me/embeddings"
+    assert {"results.json", "modules.json", "README.md", "model.safetensors"} <= set(commit["files"]), commit["files"]
 
 
 def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):

@@ -1,0 +1,78 @@
+"""``--push_to_hub`` in the recipes: the Hub repo is reached before any work, and one commit at the end of the run
+uploads what the run wrote into ``OUTPUT_DIR``.
+
+Files that were in the folder before the run (a user's notes, their own ``README.md``, an earlier run's
+``deploy/``) stay local: the recipe's model card, written beside a ``README.md`` of the user's own as
+``README.hf_adaprune.md``, is the repo's ``README.md``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from pathlib import Path
+
+import transformers
+
+from hf_adaprune.trainer.report import CARD_BESIDE_USER_README
+
+logger = logging.getLogger(__name__)
+
+NEVER_PUSHED = ("_*", "checkpoint-*")  # the distillation teacher's copy, the Trainer's checkpoints
+
+
+def folder_state(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Each file under ``folder`` (relative path, ``/``-separated) with its modification time and size."""
+    root = Path(folder)
+    if not root.is_dir():
+        return {}
+    return {path.relative_to(root).as_posix(): (path.stat().st_mtime_ns, path.stat().st_size)
+            for path in root.rglob("*") if path.is_file()}
+
+
+def reach_hub_repo(training_args) -> None:
+    """Create (or find) the Hub repo ``--push_to_hub`` will upload to, before the data and the model are loaded: no
+    network or no write access fails here, not after training. The main process records its id in
+    ``--hub_model_id``."""
+    from .arguments import RecipeError
+
+    if not training_args.push_to_hub or training_args.process_index != 0:
+        return
+    name = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
+    try:
+        repo = transformers.trainer.hf_api().create_repo(name, token=training_args.hub_token,
+                                                         private=training_args.hub_private_repo, exist_ok=True)
+    except Exception as err:  # no network, no token, no write access: whatever the Hub client raises
+        raise RecipeError(f"--push_to_hub: the Hub repo {name!r} could not be created or reached ({type(err).__name__}"
+                          f": {err}); check the network and --hub_token (or `hf auth login`), or leave --push_to_hub "
+                          "off and push the saved folder later") from err
+    training_args.hub_model_id = repo.repo_id
+
+
+def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str, ...] = ()) -> list[str]:
+    """Upload, in one commit to the trainer's repo, the files of ``OUTPUT_DIR`` the run wrote (those not in
+    ``before``, or changed since), except the checkpoints, ``_*`` folders and ``left_local`` patterns (baselines
+    that stay local). Returns the repo paths uploaded (main process; the others upload nothing)."""
+    from huggingface_hub import CommitOperationAdd
+
+    if not trainer.is_world_process_zero():
+        return []
+    trainer._finish_current_push()  # a push transformers may have started
+    folder = Path(training_args.output_dir)
+    written, kept_local = [], []
+    for path, state in sorted(folder_state(folder).items()):
+        if any(fnmatch.fnmatch(path, pattern) for pattern in NEVER_PUSHED + left_local):
+            continue
+        (written if before.get(path) != state else kept_local).append(path)
+    in_repo = {path: "README.md" if path == CARD_BESIDE_USER_README else path for path in written}
+    operations = [CommitOperationAdd(path_in_repo=in_repo[path], path_or_fileobj=str(folder / path))
+                  for path in written]
+    transformers.trainer.hf_api().create_commit(
+        repo_id=trainer.hub_model_id, operations=operations, token=training_args.hub_token,
+        commit_message="End of training: pruned model, card, results", revision=training_args.hub_revision)
+    logger.info("pushed %d files of %s to the Hub repo %s", len(operations), folder, trainer.hub_model_id)
+    if kept_local:
+        logger.warning("not pushed, as they were in %s before this run: %s", folder, ", ".join(kept_local[:10])
+                       + (f" and {len(kept_local) - 10} more" if len(kept_local) > 10 else ""))
+    return sorted(in_repo.values())
