@@ -312,9 +312,9 @@ def holds_model(folder: str | os.PathLike) -> bool:
 
 
 def check_integrations(training_args) -> None:
-    """``--report_to`` integrations that are not installed, and ``--push_to_hub`` offline or without a reachable
-    repo, fail here, before the data and the model are loaded (transformers would fail when the trainer is
-    built)."""
+    """``--report_to`` integrations that are not installed, and ``--push_to_hub`` offline, fail here, before the
+    data and the model are loaded (transformers would fail when the trainer is built; a repo that cannot be
+    reached fails in :func:`recipes.hub_push.reach_hub_repo`, once the local checks passed)."""
     from huggingface_hub import constants
     from transformers.integrations import get_available_reporting_integrations
 
@@ -326,9 +326,6 @@ def check_integrations(training_args) -> None:
     if training_args.push_to_hub and constants.HF_HUB_OFFLINE:
         raise RecipeError("--push_to_hub: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or leave "
                           "--push_to_hub off and push the saved folder later")
-    from .hub_push import reach_hub_repo
-
-    reach_hub_repo(training_args)  # no network or no write access: here, not after training
 
 
 def resumes_run_in(output_dir: str, resume_from: str | None) -> bool:

@@ -32,9 +32,9 @@ def folder_state(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
 
 
 def reach_hub_repo(training_args) -> None:
-    """Create (or find) the Hub repo ``--push_to_hub`` will upload to, before the data and the model are loaded: no
-    network or no write access fails here, not after training. The main process records its id in
-    ``--hub_model_id``."""
+    """Create (or find) the Hub repo ``--push_to_hub`` will upload to, once the arguments and the output folder
+    passed their checks and before the data and the model are loaded: no network or no write access fails here,
+    not after training. The main process records its id in ``--hub_model_id``."""
     from .arguments import RecipeError
 
     if not training_args.push_to_hub or training_args.process_index != 0:

@@ -66,7 +66,7 @@ from hf_adaprune.sentence_transformers.trainer import training_prompt
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
                                recipe_argv, remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
                                warn_folders_left)
-from recipes.hub_push import folder_state, push_run_outputs
+from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
 from recipes.loading import is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, load_error,
                               resolve_resume, run_cli)
@@ -342,6 +342,7 @@ def main(argv=None):
     check_output_dir(args.output_dir, [path], opts.overwrite_output_dir, resume_from=resume_from)
     if opts.layer_drop_baseline:  # the baseline is saved into OUTPUT_DIR/layer_drop
         check_written_subfolders(args.output_dir, [path], {LAYER_DROP_DIR: "--layer_drop_baseline true"})
+    reach_hub_repo(args)  # --push_to_hub without network or write access: before any work
     files_before = folder_state(args.output_dir)  # --push_to_hub uploads what the run writes, not these
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)

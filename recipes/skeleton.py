@@ -39,7 +39,7 @@ from hf_adaprune.trainer.eval_order import first_rows  # the decision set, slice
 from hf_adaprune.trainer.report import card_path
 
 from . import deploy
-from .hub_push import folder_state, push_run_outputs
+from .hub_push import folder_state, push_run_outputs, reach_hub_repo
 from .arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
                         remove_earlier_run_outputs, resumes_run_in, warn_folders_left)
 from .results import (
@@ -358,6 +358,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
                      resume_from=resume_from, own=run.own_outputs)
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     warn_earlier_outputs(run)
+    reach_hub_repo(run.training_args)  # --push_to_hub without network or write access: before any work
     run.files_before = folder_state(run.training_args.output_dir)
     task.load_data(run)
     return run, resume_from
