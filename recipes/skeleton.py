@@ -16,6 +16,7 @@ as a :class:`~recipes.arguments.RecipeError`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -239,10 +240,33 @@ class RecipeOptionsRecorder(TrainerCallback):
             write_text(os.path.join(folder, RECIPE_OPTIONS_FILE), json.dumps(self.options, indent=2) + "\n")
 
 
+# the options that choose the validation rows pruning is steered on, in whichever recipe has them
+STEERING_ROWS = ("dataset_name", "dataset_config_name", "eval_split_name", "validation_file", "validation_source_file",
+                 "validation_target_file", "validation_manifest", "fsdd_dir", "fsdd_validation_takes",
+                 "validation_split_percentage", "max_eval_samples")
+
+
 def metric_options(task: "Task", run: "Run") -> dict:
-    """``task.metric_options`` and their values in this run (data or model options)."""
-    return {name: getattr(run.data_args, name) if hasattr(run.data_args, name) else getattr(run.model_args, name)
-            for name in task.metric_options}
+    """``task.metric_options`` and the options that choose the steering rows, with their values in this run (data or
+    model options; a file as its name, size and the hash of its start, so that a moved copy is the same file), and
+    the seed where it draws those rows (a random subset, or a split of the training rows)."""
+    options = {}
+    for name in (*task.metric_options, *STEERING_ROWS):
+        owner = next((args for args in (run.data_args, run.model_args) if hasattr(args, name)), None)
+        if owner is not None:
+            options[name] = file_identity(getattr(owner, name))
+    if options.get("max_eval_samples") is not None or options.get("validation_split_percentage"):
+        options["seed"] = run.training_args.seed
+    return options
+
+
+def file_identity(value):
+    """``value``, or for a path to a file: its name, size and the SHA-1 of its first MB."""
+    if not isinstance(value, str) or not os.path.isfile(value):
+        return value
+    with open(value, "rb") as file:
+        digest = hashlib.sha1(file.read(1 << 20)).hexdigest()[:12]
+    return f"{os.path.basename(value)} ({os.path.getsize(value)} bytes, sha1 {digest})"
 
 
 def check_resume_options(task: "Task", run: "Run", resume_from: str | None) -> None:

@@ -673,8 +673,7 @@ TASK = Task(
     latency=measure_latency,
     # what each class id means (--label_mapping's order, the labels dropped, the columns read) and which validation
     # rows steer, read how: a resume under other values would follow decisions measured on other classes or rows
-    metric_options=("label_mapping", "drop_labels", "label_column_name", "text_column_name", "max_seq_length",
-                    "max_eval_samples", "validation_split_percentage"),
+    metric_options=("label_mapping", "drop_labels", "label_column_name", "text_column_name", "max_seq_length"),
 )
 
 

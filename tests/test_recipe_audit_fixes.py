@@ -60,8 +60,40 @@ def test_resume_under_another_label_mapping_order_is_refused(workspace, tmp_path
         prepare(resume + ["--label_mapping", "1:positive,0:negative"])
     with pytest.raises(RecipeError, match=r"--max_eval_samples: checkpoint None, now 8"):
         prepare(resume + ["--max_eval_samples", "8"])
+    # another validation file steered nothing so far: refused (it was accepted, paired with the old reference)
+    other = tmp_path / "other" / "dev.tsv"
+    other.parent.mkdir()
+    rows = (workspace / "dev.tsv").read_text().splitlines()
+    other.write_text("\n".join(rows[:1] + rows[1:][::-1][:12]) + "\n")
+    with pytest.raises(RecipeError, match=r"--validation_file: checkpoint 'dev.tsv \(\d+ bytes, sha1 \w+\)', now "
+                                          r"'dev.tsv \(\d+ bytes, sha1 \w+\)'"):
+        prepare(replaced(resume, "--validation_file", str(other)))
+    moved = tmp_path / "moved" / "dev.tsv"  # the same file elsewhere is the same rows
+    moved.parent.mkdir()
+    moved.write_bytes((workspace / "dev.tsv").read_bytes())
+    prepare(replaced(resume, "--validation_file", str(moved)))
     run = prepare(resume)  # the same options resume
     assert run.task_results["labels"] == ["negative", "positive"]
+
+
+def replaced(argv: list[str], flag: str, value: str) -> list[str]:
+    return [value if i and argv[i - 1] == flag else arg for i, arg in enumerate(argv)]
+
+
+def test_resume_under_another_seed_is_refused_where_the_seed_draws_the_steering_rows(workspace, tmp_path):  # noqa: F811
+    """--max_eval_samples draws a random subset of the validation rows by --seed: a resume under another seed was
+    accepted and steered on other rows than the reference was measured on."""
+    out = tmp_path / "out"
+    args = base_args(workspace, out) + [
+        "--max_eval_samples", "8", "--max_seq_length", "16", "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--pruning_target", "0.5", "--pruning_tolerance", "1.0", "--pruning_warmup_steps", "1",
+        "--pruning_interval", "1", "--save_strategy", "steps", "--save_steps", "2", "--report_to", "none",
+        "--disable_tqdm", "true", "--latency_repeats", "0", "--seed", "42"]
+    recipe.main(args)
+    resume = args + ["--resume_from_checkpoint", str(out / "checkpoint-2")]
+    with pytest.raises(RecipeError, match=r"--seed: checkpoint 42, now 7"):
+        prepare(replaced(resume, "--seed", "7"))
+    prepare(resume)
 
 
 # -- 2. a model loaded from a folder the run saves a model into ------------------------------------------------
