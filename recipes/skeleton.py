@@ -255,6 +255,9 @@ def metric_options(task: "Task", run: "Run") -> dict:
         owner = next((args for args in (run.data_args, run.model_args) if hasattr(args, name)), None)
         if owner is not None:
             options[name] = file_identity(getattr(owner, name))
+    if options.get("fsdd_dir"):  # the recipe writes the manifests from it (and sets the manifest options) later
+        for name in ("train_manifest", "validation_manifest", "test_manifest"):
+            options.pop(name, None)
     if options.get("max_eval_samples") is not None or options.get("validation_split_percentage"):
         options["seed"] = run.training_args.seed
     return options

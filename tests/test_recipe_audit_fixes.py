@@ -250,3 +250,23 @@ def test_translation_records_sequence_distillation_and_refuses_a_resume_that_swi
             "now True)")):
         skeleton.check_recorded_options(options, str(checkpoint), allow_new=False)
     skeleton.check_recorded_options(options, str(checkpoint), allow_new=True)  # asked for: a warning
+
+
+def test_the_steering_options_of_an_fsdd_run_are_the_same_before_and_after_its_manifests_are_written(tmp_path):
+    """--fsdd_dir: the recipe writes the manifests and sets --validation_manifest once the data loads, after the
+    resume check; comparing the manifest would refuse every resume of an FSDD run."""
+    from types import SimpleNamespace
+
+    manifest = tmp_path / "validation.csv"
+    manifest.write_text("path,text\na.wav,one\n")
+    task = SimpleNamespace(metric_options=("text_normalization",))
+
+    def options(validation_manifest):
+        data = SimpleNamespace(fsdd_dir="/data/fsdd", fsdd_validation_takes=5, validation_manifest=validation_manifest,
+                               max_eval_samples=None, text_normalization="lowercase")
+        return skeleton.metric_options(task, SimpleNamespace(data_args=data, model_args=SimpleNamespace(),
+                                                             training_args=SimpleNamespace(seed=42)))
+
+    assert options(None) == options(str(manifest)) == {
+        "text_normalization": "lowercase", "fsdd_dir": "/data/fsdd", "fsdd_validation_takes": 5,
+        "max_eval_samples": None}
