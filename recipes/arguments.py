@@ -335,7 +335,8 @@ def resumes_run_in(output_dir: str, resume_from: str | None) -> bool:
         os.path.realpath(os.path.dirname(os.path.abspath(resume_from))) == os.path.realpath(output_dir)
 
 
-def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from: str | None = None, own=()) -> None:
+def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from: str | None = None,
+                     own: dict[str, str] | None = None) -> None:
     """Never write over a loaded model's folder; into a folder that is not empty only with
     ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds: ``resume_from`` is a checkpoint
     folder inside it), as transformers' example scripts do: the run writes ``results.json``, ``README.md``, ... and
@@ -344,9 +345,9 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from:
     ``model_paths`` are the local folders the run loads a model, config or tokenizer from; with
     ``--overwrite_output_dir`` none may lie in one of ``output_dir``'s ``checkpoint-N`` folders, which the run
     removes (:func:`remove_earlier_run_outputs`; the deployed copies' folder is checked with the deploy options).
-    ``own`` are the files
-    (paths relative to ``output_dir``) the run writes before it builds the model (``--fsdd_dir`` manifests): a folder
-    holding only these is what a run of the same command left when it stopped with an error, and is taken as empty.
+    ``own`` maps the files (paths relative to ``output_dir``) the run writes before it builds the model (``--fsdd_dir``
+    manifests) to their text: a folder holding only these, with that text, is what a run of the same command left
+    when it stopped with an error, and is taken as empty (files of those names with other text are the user's).
     """
     out = os.path.realpath(output_dir)
     if os.path.exists(out) and not os.path.isdir(out):
@@ -372,7 +373,8 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from:
     if overwrite or resuming or not os.path.isdir(out):
         return
     entries = sorted(os.listdir(out))
-    if entries and own and only_files(out, own):
+    if entries and own and only_files(out, own) and all(
+            read_text_or_none(os.path.join(out, name)) in (None, text) for name, text in own.items()):
         return
     if entries:
         held = "a saved model" if holds_model(out) else \
@@ -399,6 +401,14 @@ def check_written_subfolders(output_dir: str, model_paths, written: dict[str, st
                                   f"which is the run's {name}/ folder (or inside it), and {option} saves a model "
                                   f"there: the run would write over it; copy that folder elsewhere first, or choose "
                                   f"another --output_dir")
+
+
+def read_text_or_none(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError):
+        return None if not os.path.exists(path) else "\0unreadable"
 
 
 def only_files(folder: str, names) -> bool:

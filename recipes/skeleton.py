@@ -80,7 +80,7 @@ class Run:
     training_args: Any
     data_files: dict = field(default_factory=dict)  # as given on the command line, for results.json
     model_paths: list = field(default_factory=list)  # local folders loaded from: never written over
-    own_outputs: list = field(default_factory=list)  # files (relative) written into --output_dir before the model
+    own_outputs: dict = field(default_factory=dict)  # {file (relative): text} written into --output_dir before the model
     files_before: dict = field(default_factory=dict)  # --output_dir's files before the run wrote any: never pushed
     splits: dict = field(default_factory=dict)  # rows per split after checks and subsampling
     model: Any = None

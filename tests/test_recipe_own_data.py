@@ -234,6 +234,14 @@ def test_fsdd_manifests_of_a_run_that_stopped_do_not_block_the_corrected_rerun(t
     (out / "notes.txt").write_text("mine")  # anything else in the folder still makes it another's
     with pytest.raises(RecipeError, match=r"already holds 2 entries \(manifests, notes.txt\)"):
         skeleton.prepare_run(asr.TASK, argv)
+    (out / "notes.txt").unlink()
+    # manifests of the same names with other rows are the user's (edited, or another --fsdd_validation_takes): they
+    # were replaced without --overwrite_output_dir
+    mine = "path,text\n/my/own/clip.wav,my own transcript\n"
+    (out / "manifests" / "train.csv").write_text(mine)
+    with pytest.raises(RecipeError, match=r"already holds 1 entries \(manifests\)"):
+        skeleton.prepare_run(asr.TASK, argv)
+    assert (out / "manifests" / "train.csv").read_text() == mine
 
 
 # -- 4. YAML configs: only true / false are booleans ------------------------------------------------------------

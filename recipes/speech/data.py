@@ -145,14 +145,30 @@ def decode_audio(source, target_rate: int, name: str, pad_seconds: float = 0.0) 
 # -- manifests -------------------------------------------------------------------------------------
 def make_fsdd_manifests(out_dir, recordings=str(DEFAULT_FSDD_RECORDINGS), test_takes=range(0, 5),
                         validation_takes: int = 5) -> dict[str, str]:
-    """Write train/validation/test .csv manifests (columns path, text) for the Free Spoken Digit Dataset.
+    """Write train/validation/test .csv manifests (columns path, text) for the Free Spoken Digit Dataset
+    (:func:`fsdd_manifest_texts`) into ``out_dir``. Returns ``{split: path}``."""
+    texts = fsdd_manifest_texts(recordings, test_takes, validation_takes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, text in texts.items():
+        target = out_dir / f"{split}.csv"
+        write_text(target, text)
+        written[split] = str(target)
+    logger.info("FSDD manifests in %s: %s", out_dir, {split: len(text.splitlines()) - 1 for split, text in texts.items()})
+    return written
+
+
+def fsdd_manifest_texts(recordings=str(DEFAULT_FSDD_RECORDINGS), test_takes=range(0, 5),
+                        validation_takes: int = 5) -> dict[str, str]:
+    """The text of each split's .csv manifest (columns path, text) for the Free Spoken Digit Dataset.
 
     Files are ``{digit}_{speaker}_{take}.wav``; transcripts are the digit's English word
     (zero..nine). Takes in ``test_takes`` (0-4, the dataset's official test split) are the
     test set; of the others, the last ``validation_takes`` takes (45-49 by default) are the
     validation set and the rest the training set. Rows are ordered by take, then speaker,
     then digit, so any prefix of the validation set covers every digit and speaker.
-    Returns ``{split: path}``.
+    Returns ``{split: text}`` for the splits that have rows.
     """
     recordings = Path(recordings)
     if not recordings.is_dir():
@@ -174,21 +190,15 @@ def make_fsdd_manifests(out_dir, recordings=str(DEFAULT_FSDD_RECORDINGS), test_t
     for take, speaker, digit, path in rows:
         split = "test" if take in test_takes else "validation" if take in held_out else "train"
         splits[split].append((str(path), DIGIT_WORDS[digit]))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    texts = {}
     for split, items in splits.items():
-        if not items:
-            continue
-        text = io.StringIO(newline="")
-        writer = csv.writer(text)
-        writer.writerow(["path", "text"])
-        writer.writerows(items)
-        target = out_dir / f"{split}.csv"
-        write_text(target, text.getvalue())
-        written[split] = str(target)
-    logger.info("FSDD manifests in %s: %s", out_dir, {k: len(v) for k, v in splits.items()})
-    return written
+        if items:
+            text = io.StringIO(newline="")
+            writer = csv.writer(text)
+            writer.writerow(["path", "text"])
+            writer.writerows(items)
+            texts[split] = text.getvalue()
+    return texts
 
 def _manifest_type(path: str, what: str) -> str:
     ext = os.path.splitext(path.lower())[1]
