@@ -78,6 +78,7 @@ alternately in one process.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -207,6 +208,7 @@ def _check_percentage(name: str, value: float | None) -> None:
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need neither data nor model. Resolves package: paths in place; returns the data files as given."""
     given = {}
+    data_args.label_mapping = canonical_label_mapping(data_args.label_mapping)
     check_model_source(model_args)
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
         setattr(model_args, name, resolve_package_path(getattr(model_args, name), f"--{name}"))
@@ -251,6 +253,22 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
 def _no_validation_message(training_args) -> str:
     return no_validation_message(training_args, "give --validation_file, or --validation_split_percentage to hold "
                                                 "out part of the training data")
+
+
+def canonical_label_mapping(text: str | None) -> str | None:
+    """``--label_mapping`` as ``value:name,...`` text. A JSON object (what a config file's mapping,
+    ``label_mapping: {0: negative, 1: positive}``, becomes on the way to the flags, or given so) is read in its
+    order."""
+    if text is None or not text.strip().startswith("{"):
+        return text
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"--label_mapping {text!r} is neither 'value:name,...' text nor a JSON object ({err})") from err
+    pairs = [(str(value), str(name)) for value, name in mapping.items()]
+    if not pairs or any("," in value + name or ":" in value for value, name in pairs):
+        raise RecipeError(f"--label_mapping {text!r}: give value:name pairs without commas, e.g. 0:negative,1:positive")
+    return ",".join(f"{value}:{name}" for value, name in pairs)
 
 
 def _split_list(value) -> list[str]:

@@ -580,3 +580,19 @@ def test_a_reporting_integration_not_installed_and_a_push_offline_are_refused_be
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RecipeError, match="--push_to_hub: HF_HUB_OFFLINE is set"):
         prepare(data_args(tmp_path, train, validation, "--push_to_hub", "true", "--hub_model_id", "me/m"))
+
+
+def test_a_label_mapping_written_as_a_mapping_in_a_config_file_orders_and_names_the_classes(tmp_path):
+    """label_mapping: {1: positive, 0: negative} in a YAML file became JSON text, which the recipe split on commas
+    and colons: an error sending the user to --drop_labels."""
+    from recipes.arguments import expand_config_file
+
+    validation = write_csv(tmp_path / "dev.csv", ROWS[:2])
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    config = tmp_path / "run.yaml"
+    config.write_text("label_mapping: {1: positive, 0: negative}\n")
+    run = prepare([*expand_config_file([str(config)]), *data_args(tmp_path, train, validation)])
+    assert run.task_results["labels"] == ["positive", "negative"]
+    assert run.data_args.label_mapping == "1:positive,0:negative"  # as resumes compare it
+    with pytest.raises(RecipeError, match=r"--label_mapping '\{\"0\": \"a,b\"\}': give value:name pairs without commas"):
+        prepare(data_args(tmp_path, train, validation, "--label_mapping", '{"0": "a,b"}'))
