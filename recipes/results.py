@@ -171,8 +171,9 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
                         format_ms(pruned["median_s"], 2), f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
     footer = []
     pruning = results["pruning"]
-    footer.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} (target {pruning['target']}), "
-                  f"stopped: {pruning['stop_reason']}")
+    # the selection prunes each kind (heads, FFN) to the ratio, in whole structures: the least pruned kind's figure
+    footer.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} (of the least pruned kind; "
+                  f"target {pruning['target']}), stopped: {pruning['stop_reason']}")
     if test is not None and not control and results["train"] is not None and not test.get("test_before_pruning", True):
         footer.append("note: no dense column: --test_before_pruning false left the dense model at the pruning "
                       "reference unscored; --dense_control true adds a dense model trained for the same steps.")

@@ -136,6 +136,8 @@ def test_a_run_that_never_saw_the_reference_weights_says_why_the_dense_column_is
     table = results_module.results_table(results, lambda name, value: "" if value is None else f"{value:.2f}")
     assert "note: no dense column: this run did not see the weights of the pruning reference" in table
     assert "step None" not in table
+    # the per-kind figure says so (it read as the FLOPs removed, which whole heads can take beyond it)
+    assert "sparsity 0.500 of flops (of the least pruned kind; target 0.5), stopped: target" in table
 
 
 def _trained_snapshot(workspace, out, before_pruning_callback: bool, *extra):
