@@ -1,7 +1,8 @@
 """ONNX export of pruned models (uneven heads, removed layers, fully removed attentions and FFNs): onnxruntime
 outputs within 1e-4 of transformers for encoders; for Marian/BART and Whisper, greedy tokens identical to
 transformers' cached ``generate`` with and without the past-key-values graph, and the decoder's logits within 1e-4
-step by step through the cache; onnxruntime int8."""
+step by step through the cache; Whisper's prompt and suppressed tokens from its generation config, as its
+generate takes them; onnxruntime int8."""
 
 from __future__ import annotations
 
@@ -73,10 +74,9 @@ def assert_greedy_identical(folder, model, inputs, mask=None, max_new_tokens=12)
     with torch.no_grad():
         expected = model.generate(inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   use_cache=True, **extra).numpy()
-    whisper = model.main_input_name == "input_features"  # Whisper's generate leaves out the start token
-    for use_cache in (True, False):
+    for use_cache in (True, False):  # Whisper's rows leave out the prompt and end-of-text, as its generate does
         got = greedy_onnx(folder, model, inputs, mask, max_new_tokens, use_cache=use_cache)
-        np.testing.assert_array_equal(got[:, 1:] if whisper else got, expected, err_msg=f"use_cache={use_cache}")
+        np.testing.assert_array_equal(got, expected, err_msg=f"use_cache={use_cache}")
     return expected
 
 
@@ -154,6 +154,74 @@ def test_whisper_greedy_tokens_identical(tmp_path):
     got_logits = onnx_session(tmp_path, "decoder_model.onnx").run(["logits"], {
         "decoder_input_ids": batch["decoder_input_ids"].numpy(), "encoder_hidden_states": hidden})[0]
     assert np.abs(got_logits - logits.numpy()).max() <= TOL
+
+
+# tiny.en's generation config in small: <|startoftranscript|> (3), <|notimestamps|> (63, the last token: no
+# timestamp tokens, which Whisper's generate would read as segment ends), end-of-text as padding,
+# begin_suppress_tokens [blank, end-of-text], suppress_tokens with the prompt's tokens; 24 is the token the
+# random model repeats, 18 the first token of one row: both suppressed, so the bare greedy argmax differs
+EOT, NO_TIMESTAMPS = 13, 63
+
+
+def tiny_whisper_like_tiny_en(**generation):
+    model = tiny_whisper()
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=3, bos_token_id=3, eos_token_id=EOT, pad_token_id=EOT,
+        no_timestamps_token_id=NO_TIMESTAMPS, is_multilingual=False, return_timestamps=False,
+        suppress_tokens=[1, 3, NO_TIMESTAMPS, 24], begin_suppress_tokens=[18, EOT], max_length=12, **generation)
+    return model
+
+
+def whisper_generate(model, features, **kwargs):
+    with torch.no_grad():
+        return model.generate(features, do_sample=False, num_beams=1, **kwargs).numpy()
+
+
+def test_whisper_generate_follows_the_generation_config_as_transformers_does(tmp_path):
+    """The prompt (start, <|notimestamps|>), suppress_tokens, begin_suppress_tokens, end-of-text and the
+    padding of rows that end early: the tokens of transformers' Whisper generate, batch 1 and a padded batch."""
+    model = tiny_whisper_like_tiny_en()
+    export_onnx(model, tmp_path)
+    runner = OnnxSeq2Seq(tmp_path)
+    features = whisper_features(batch=4, seed=5)
+    expected = whisper_generate(model, features, max_new_tokens=10)
+    lengths = [int((row != EOT).sum()) for row in expected]
+    assert min(lengths) < 10 and len(set(lengths)) > 1, "rows should end at different steps (a padded batch)"
+    assert not np.isin(expected, [1, 3, NO_TIMESTAMPS, 24]).any() and (expected[:, 0] != 18).all()
+    for use_cache in (True, False):  # the ids given as a text model takes them
+        np.testing.assert_array_equal(greedy_onnx(tmp_path, model, features, max_new_tokens=10, use_cache=use_cache),
+                                      expected, err_msg=f"use_cache={use_cache}")
+        for row in range(2):  # batch 1
+            np.testing.assert_array_equal(
+                greedy_onnx(tmp_path, model, features[row:row + 1], max_new_tokens=10, use_cache=use_cache),
+                whisper_generate(model, features[row:row + 1], max_new_tokens=10), err_msg=f"row {row}")
+    # the ids and lengths of the folder's generation config (its max_length counts the prompt)
+    np.testing.assert_array_equal(runner.generate(features.numpy()), whisper_generate(model, features))
+    np.testing.assert_array_equal(runner.generate(features.numpy(), max_new_tokens=6),
+                                  whisper_generate(model, features, max_new_tokens=6))
+    with pytest.raises(ValueError, match="English-only"):
+        runner.generate(features.numpy(), language="en")
+
+
+def test_multilingual_whisper_generate_detects_or_takes_the_language_and_task(tmp_path):
+    """forced_decoder_ids with an open language slot: the language detected per row; language and task given:
+    their tokens, as transformers' Whisper generate puts them in the prompt."""
+    model = tiny_whisper_like_tiny_en(lang_to_id={"<|en|>": 5, "<|de|>": 6, "<|fr|>": 7},
+                                      task_to_id={"transcribe": 8, "translate": 9},
+                                      forced_decoder_ids=[[1, None], [2, 8]])
+    model.generation_config.is_multilingual = True
+    model.generation_config.suppress_tokens = [1, 3, 5, 6, 7, 8, 9, NO_TIMESTAMPS, 24]
+    export_onnx(model, tmp_path)
+    runner = OnnxSeq2Seq(tmp_path)
+    features = whisper_features(batch=3, seed=5)
+    config = model.generation_config
+    ids = dict(decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+               pad_token_id=config.pad_token_id)
+    for kwargs in ({}, {"language": "de", "task": "translate"}, {"language": ["french", "en", "de"]}):
+        for use_cache in (True, False):
+            np.testing.assert_array_equal(
+                runner.generate(features.numpy(), max_new_tokens=8, use_cache=use_cache, **ids, **kwargs),
+                whisper_generate(model, features, max_new_tokens=8, **kwargs), err_msg=f"{kwargs} {use_cache}")
 
 
 def _marian3():

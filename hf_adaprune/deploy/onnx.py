@@ -320,7 +320,9 @@ class OnnxSeq2Seq:
 
     With ``decoder_with_past_model.onnx`` in the folder, each step after the first feeds one new token and the
     past key values (``use_cache=False`` in :meth:`generate`, or a folder without it: the whole prefix each step).
-    ``threads``: onnxruntime's intra-op threads (None: its default, one per core).
+    ``threads``: onnxruntime's intra-op threads (None: its default, one per core). For Whisper, the folder's
+    ``generation_config.json`` and ``config.json`` (which :func:`export_onnx` writes) give the decoder prompt, the
+    suppressed tokens and the lengths, as they give them to transformers' ``generate``.
     """
 
     def __init__(self, folder, encoder_file: str = SEQ2SEQ_FILES[0], decoder_file: str = SEQ2SEQ_FILES[1],
@@ -333,17 +335,47 @@ class OnnxSeq2Seq:
         self.threads = threads or "onnxruntime default"
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
         self.decoder_inputs = [i.name for i in self.decoder.get_inputs()]
+        self.whisper = self.encoder_inputs[0] == "input_features"
+        self.generation_config = _saved_generation_config(folder)
+        config = folder / "config.json"
+        self.config = json.loads(config.read_text()) if config.is_file() else {}
 
     def generate(self, inputs: np.ndarray, attention_mask: np.ndarray | None = None, *,
-                 decoder_start_token_id: int, eos_token_id: int, pad_token_id: int,
-                 max_new_tokens: int, forced_eos_token_id: int | None = None,
-                 use_cache: bool | None = None) -> np.ndarray:
-        """Greedy tokens (start token first, ``pad_token_id`` after each row's end), as ``generate`` returns them;
-        ``forced_eos_token_id`` (Marian, BART) is forced at the last step, as ``generate`` forces it.
-        ``use_cache``: None uses the past key values when the folder has their graph."""
+                 decoder_start_token_id: int | None = None, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None, max_new_tokens: int | None = None,
+                 forced_eos_token_id: int | None = None, use_cache: bool | None = None,
+                 generation_config=None, language: str | list[str] | None = None,
+                 task: str | None = None) -> np.ndarray:
+        """Greedy tokens; ``use_cache``: None uses the past key values when the folder has their graph.
+
+        Text models (Marian, BART, T5): start token first, ``pad_token_id`` after each row's end, as ``generate``
+        returns them; ``decoder_start_token_id``, ``eos_token_id``, ``pad_token_id`` and ``max_new_tokens`` are
+        required; ``forced_eos_token_id`` (Marian, BART) is forced at the last step, as ``generate`` forces it.
+
+        Whisper: what transformers' ``WhisperForConditionalGeneration.generate(input_features, ...)`` returns for
+        greedy decoding without timestamps (``return_timestamps=False``; one 30 s window). The decoder starts from
+        the generation config's prompt: ``decoder_start_token_id``, the ids of ``forced_decoder_ids``, for a
+        multilingual model the language (detected per row when none is given or forced) and task tokens, then
+        ``<|notimestamps|>``; ``suppress_tokens`` are never chosen, ``begin_suppress_tokens`` not at the first
+        step. The rows hold the new tokens only (no prompt, no end-of-text), padded with ``pad_token_id`` to the
+        longest, so ``processor.batch_decode(tokens, skip_special_tokens=True)`` gives transformers' text.
+        ``generation_config``: used instead of the folder's ``generation_config.json``; ids given here replace
+        its ones. ``max_new_tokens`` None: the generation config's ``max_new_tokens``, else its ``max_length``
+        (prompt included, at most ``max_target_positions``). ``language`` (one, or one per row) and ``task``
+        (``"transcribe"`` / ``"translate"``): as ``generate`` takes them. Temperature fallback, no-speech
+        skipping and other logits processors of the generation config are not applied."""
         if use_cache and self.decoder_with_past is None:
             raise ValueError(f"use_cache=True needs {SEQ2SEQ_FILES[2]} next to the decoder: export again "
                              "with export_onnx")
+        if not self.whisper:
+            missing = [name for name, value in (("decoder_start_token_id", decoder_start_token_id),
+                                                ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id),
+                                                ("max_new_tokens", max_new_tokens)) if value is None]
+            if missing:
+                raise TypeError(f"OnnxSeq2Seq.generate of a text model needs {', '.join(missing)}")
+            if language is not None or task is not None or generation_config is not None:
+                raise ValueError("generation_config, language and task are read for Whisper only; give a text "
+                                 "model's ids as arguments")
         feed = {self.encoder_inputs[0]: inputs}
         if attention_mask is None and inputs.ndim == 2:  # text without a mask: every token counts
             attention_mask = np.ones_like(inputs, dtype=np.int64)
@@ -352,10 +384,28 @@ class OnnxSeq2Seq:
             feed["attention_mask"] = mask
         decoder_mask = mask if "encoder_attention_mask" in self.decoder_inputs else None
         hidden = self.encoder.run(None, feed)[0]
-        tokens = np.full((inputs.shape[0], 1), decoder_start_token_id, dtype=np.int64)
-        done = np.zeros(inputs.shape[0], dtype=bool)
+        batch = inputs.shape[0]
+        suppress = begin_suppress = None
+        if self.whisper:
+            config = self._whisper_config(generation_config, decoder_start_token_id, eos_token_id, pad_token_id,
+                                          language, task)
+            tokens = whisper_prompt(config, batch, lambda: self._detect_language(config, hidden),
+                                    self.config.get("forced_decoder_ids"))
+            eos_token_id, pad_token_id = config.eos_token_id, config.pad_token_id
+            max_new_tokens = whisper_max_new_tokens(config, max_new_tokens, tokens.shape[1],
+                                                    self.config.get("max_target_positions"))
+            suppress, begin_suppress = config.suppress_tokens, config.begin_suppress_tokens
+        else:
+            tokens = np.full((batch, 1), decoder_start_token_id, dtype=np.int64)
+        prompt_length = tokens.shape[1]
+        done = np.zeros(batch, dtype=bool)
 
         def pick_next(logits: np.ndarray, index: int):
+            if suppress or (begin_suppress and index == 0):  # transformers' SuppressTokens(AtBegin)LogitsProcessor
+                logits = logits.copy()
+                logits[:, token_mask(suppress, logits.shape[-1])] = -np.inf
+                if index == 0:
+                    logits[:, token_mask(begin_suppress, logits.shape[-1])] = -np.inf
             step = logits.argmax(-1)
             if forced_eos_token_id is not None and index == max_new_tokens - 1:
                 step = np.full_like(step, forced_eos_token_id)
@@ -363,6 +413,12 @@ class OnnxSeq2Seq:
             done[:] |= step == eos_token_id
             return step, bool(done.all()) or index == max_new_tokens - 1
 
+        tokens = self._greedy(hidden, decoder_mask, tokens, pick_next, max_new_tokens, use_cache)
+        if self.whisper:
+            return whisper_sequences(tokens[:, prompt_length:], eos_token_id, pad_token_id)
+        return tokens
+
+    def _greedy(self, hidden, decoder_mask, tokens, pick_next, max_new_tokens: int, use_cache) -> np.ndarray:
         if max_new_tokens <= 0:
             return tokens
         if use_cache is not False and self.decoder_with_past is not None:
@@ -377,3 +433,168 @@ class OnnxSeq2Seq:
             if finished:
                 break
         return tokens
+
+    def _whisper_config(self, generation_config, decoder_start_token_id, eos_token_id, pad_token_id, language,
+                        task):
+        """A copy of the generation config ``generate`` decodes with (the argument, else the folder's), with
+        the ids, language and task given, checked as transformers' Whisper ``generate`` checks them."""
+        from transformers import GenerationConfig
+
+        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        if config is None:  # a folder exported without a generation config: the ids given here only
+            config = GenerationConfig()
+        for name, value in (("decoder_start_token_id", decoder_start_token_id), ("eos_token_id", eos_token_id),
+                            ("pad_token_id", pad_token_id)):
+            if value is not None:
+                setattr(config, name, value)
+        missing = [name for name in ("decoder_start_token_id", "eos_token_id", "pad_token_id")
+                   if getattr(config, name, None) is None]
+        if missing:
+            raise TypeError(f"OnnxSeq2Seq.generate of Whisper needs {', '.join(missing)}: give them, or export the "
+                            "model with its generation config (export_onnx writes generation_config.json)")
+        if hasattr(config, "is_multilingual") and not config.is_multilingual \
+                and (task is not None or language is not None):
+            raise ValueError("Cannot specify `task` or `language` for an English-only model")
+        for value, name, table in ((language, "language", "lang_to_id"), (task, "task", "task_to_id")):
+            if value is not None:
+                if not hasattr(config, table):
+                    raise ValueError(f"`{name}` needs `{table}` in the generation config, which this one lacks")
+                setattr(config, name, value)
+        return config
+
+    def _detect_language(self, config, hidden: np.ndarray) -> list[int]:
+        """Per row, the language token the decoder scores highest after the start token (transformers'
+        ``detect_language``)."""
+        first = np.full((hidden.shape[0], 1), config.decoder_start_token_id, dtype=np.int64)
+        logits = self.decoder.run(["logits"], {"decoder_input_ids": first, "encoder_hidden_states": hidden})[0]
+        logits = logits[:, -1].copy()
+        logits[:, ~token_mask(list(config.lang_to_id.values()), logits.shape[-1])] = -np.inf
+        return logits.argmax(-1).tolist()
+
+
+def _saved_generation_config(folder: Path):
+    if not (folder / "generation_config.json").is_file():
+        return None
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(folder)
+
+
+def token_mask(ids, vocab_size: int) -> np.ndarray:
+    """Which of ``vocab_size`` logits ``ids`` name (ids outside the vocabulary are left out, as transformers'
+    suppressing processors leave them out)."""
+    return np.isin(np.arange(vocab_size), np.asarray(list(ids or []), dtype=np.int64))
+
+
+def whisper_prompt(config, batch: int, detect_language, forced_decoder_ids=None) -> np.ndarray:
+    """The decoder prompt transformers' Whisper ``generate`` starts from without timestamps (its
+    ``_retrieve_init_tokens``): ``decoder_start_token_id``; with neither ``config.language`` nor ``config.task``,
+    the ids of ``forced_decoder_ids`` (the generation config's, else ``forced_decoder_ids`` of the model config);
+    a multilingual model's language (``config.language``, else ``detect_language()``: one id per row, when no
+    forced id gives it) and task tokens; ``<|notimestamps|>`` last. ``[batch, prompt length]``."""
+    from transformers.models.whisper.tokenization_whisper import TASK_IDS, TO_LANGUAGE_CODE
+
+    task, language = getattr(config, "task", None), getattr(config, "language", None)
+    start = [config.decoder_start_token_id]
+    if task is None and language is None:
+        forced = getattr(config, "forced_decoder_ids", None)
+        if forced is None:
+            forced = forced_decoder_ids
+        if forced is not None and forced[0][0] == 1:
+            position = 1
+            while len(forced) > 0 and forced[0][0] == position:
+                start.append(forced[0][1])
+                forced, position = forced[1:], position + 1
+            if len(forced) > 0:
+                raise ValueError(f"forced_decoder_ids {forced} do not follow Whisper's prompt pattern: they need an "
+                                 f"entry for every index >= 1 and < {forced[0][0]}")
+    language_undefined = len(start) <= 1 or start[1] is None
+
+    def language_id(name: str) -> int:
+        name = name.lower()
+        if name in config.lang_to_id:
+            token = name
+        elif name in TO_LANGUAGE_CODE:
+            token = f"<|{TO_LANGUAGE_CODE[name]}|>"
+        elif name in TO_LANGUAGE_CODE.values():
+            token = f"<|{name}|>"
+        else:
+            raise ValueError(f"Unsupported language: {name}")
+        if token not in config.lang_to_id:
+            raise ValueError(f"{token} is not supported by this model (not in the generation config's lang_to_id)")
+        return config.lang_to_id[token]
+
+    if isinstance(language, (list, tuple)):
+        if len(language) != batch or any(name is None for name in language):
+            raise ValueError(f"a list of languages needs one language per row ({batch})")
+        languages = list(language)
+    else:
+        languages = [None] * batch if language is None else [language]
+    rows = [list(start) for _ in languages]
+    language_ids = None
+    if language is not None:
+        language_ids = [language_id(name) for name in languages]
+    elif hasattr(config, "lang_to_id") and language_undefined:
+        language_ids = list(detect_language())
+    if language_ids is not None:
+        for row, token in zip(rows, language_ids):
+            if len(row) > 1:
+                row[1] = token
+            else:
+                row.append(token)
+    no_timestamps = getattr(config, "no_timestamps_token_id", None)
+    for i, row in enumerate(rows):
+        if task is not None:
+            if task not in TASK_IDS:
+                raise ValueError(f"The `{task}` task is not supported. The task should be one of `{TASK_IDS}`")
+            row.append(config.task_to_id[task])
+        elif language is not None and hasattr(config, "task_to_id"):
+            if not any(token in row for token in config.task_to_id.values()):
+                row.append(config.task_to_id["transcribe"])
+        if hasattr(config, "no_timestamps_token_id") and row[-1] != no_timestamps:
+            row.append(no_timestamps)
+        rows[i] = [token for token in row if token is not None]
+    prompt = np.asarray(rows, dtype=np.int64)
+    return np.broadcast_to(prompt, (batch, prompt.shape[1])).copy()
+
+
+def whisper_max_new_tokens(config, max_new_tokens: int | None, prompt_length: int,
+                           max_target_positions: int | None) -> int:
+    """How many tokens Whisper's ``generate`` adds to a prompt of ``prompt_length``: ``max_new_tokens`` (or the
+    generation config's), else the generation config's ``max_length`` counted with the prompt, at most
+    ``max_target_positions``; else transformers' default of 20."""
+    if max_new_tokens is None:
+        max_new_tokens = getattr(config, "max_new_tokens", None)
+    if max_new_tokens is not None:
+        if max_target_positions is not None and max_new_tokens + prompt_length > max_target_positions:
+            raise ValueError(f"the decoder prompt ({prompt_length} tokens) and max_new_tokens ({max_new_tokens}) "
+                             f"exceed Whisper's max_target_positions ({max_target_positions})")
+        return max_new_tokens
+    max_length = getattr(config, "max_length", None)
+    if max_length is None:
+        return 20
+    total = max_length + prompt_length
+    if max_target_positions is not None:
+        total = min(total, max_target_positions)
+    return total - prompt_length
+
+
+def whisper_sequences(new_tokens: np.ndarray, eos_token_id: int, pad_token_id: int) -> np.ndarray:
+    """Whisper ``generate``'s rows from the greedy new tokens: a row that ends in padding loses as many tokens
+    as it holds ``pad_token_id`` (but keeps its end-of-text when that is the padding token), then its final
+    end-of-text; the rows are padded with ``pad_token_id`` to the longest (transformers'
+    ``generate_with_fallback`` and ``_pad_to_max_length``)."""
+    rows = []
+    for row in new_tokens:
+        if len(row) and row[-1] == pad_token_id:
+            paddings = int((row == pad_token_id).sum()) - (pad_token_id == eos_token_id)
+            if paddings:
+                row = row[:-paddings]
+        if len(row) and row[-1] == eos_token_id:
+            row = row[:-1]
+        rows.append(row)
+    longest = max((len(row) for row in rows), default=0)
+    out = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
