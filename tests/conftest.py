@@ -132,3 +132,35 @@ def tiny_ctc_dir(tmp_path_factory):
     torch.manual_seed(0)
     transformers.Wav2Vec2ForCTC(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """No network: the commits that would be made, each with its files' repo paths and the card's text."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import transformers.trainer
+    from huggingface_hub import constants
+
+    commits = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            files = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
+            commits.append({"repo_id": repo_id, "files": sorted(files),
+                            "card": files["README.md"].read_text() if "README.md" in files else None})
+            return SimpleNamespace(commit_url="local", oid="0")
+
+        def upload_folder(self, *args, **kwargs):
+            raise AssertionError("the recipes push in one commit of the files the run wrote, not a whole folder")
+
+        def whoami(self, *args, **kwargs):
+            return {"name": "me"}
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline; the Hub here is the fake
+    return commits

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -183,31 +182,14 @@ def test_snapshot_is_taken_before_a_refit_search_changes_the_weights(workspace, 
 
 
 
-def test_with_push_to_hub_the_hub_gets_the_pruned_model_not_the_control(workspace, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    import transformers.trainer
-
-    pushed = []
-
-    class FakeApi:  # no network: what transformers' push would upload, recorded
-        def create_repo(self, repo_id, **kwargs):
-            return SimpleNamespace(repo_id=repo_id)
-
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            pushed.append((repo_id, "adaprune" in json.loads((Path(folder_path) / "config.json").read_text())))
-            return SimpleNamespace(commit_url="local", oid="0")
-
-        def whoami(self, *args, **kwargs):
-            return {"name": "me"}
-
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline; the Hub here is the fake
-    recipe.main(run_args(workspace, tmp_path / "out", "--dense_control", "true", "--push_to_hub", "true",
+def test_with_push_to_hub_the_hub_gets_the_pruned_model_not_the_control(workspace, tmp_path, fake_hub):
+    out = tmp_path / "out"
+    recipe.main(run_args(workspace, out, "--dense_control", "true", "--push_to_hub", "true",
                          "--hub_model_id", "me/pruned", "--hub_token", "x"))
-    assert pushed and all(repo == "me/pruned" and pruned for repo, pruned in pushed)  # the control pushed last
+    (commit,) = fake_hub  # one commit, the control's model not in it, the pruned config is
+    assert commit["repo_id"] == "me/pruned" and "config.json" in commit["files"]
+    assert not any(name.startswith("dense_control/") for name in commit["files"])
+    assert "adaprune" in json.loads((out / "config.json").read_text())
 
 
 def test_with_test_before_pruning_false_the_table_says_why_the_dense_column_is_empty(workspace, tmp_path, capsys):

@@ -33,7 +33,6 @@ from transformers import (  # noqa: E402
 )
 
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, get_masks  # noqa: E402
-from test_recipe_push import fake_hub  # noqa: E402,F401 (a fixture)
 from hf_adaprune.sentence_transformers import (  # noqa: E402
     AdaptivePruningSentenceTransformerTrainer,
     SentenceTransformerPruningArguments,
