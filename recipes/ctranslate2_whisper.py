@@ -34,6 +34,12 @@ CTranslate2 -> transformers names (``{s}`` = ``encoder``/``decoder``, ``i`` = la
     {s}/layer_i/ffn/layer_norm                      final_layer_norm
     decoder/embeddings/weight                       model.decoder.embed_tokens.weight
     decoder/projection/weight (usually an alias)    proj_out.weight (tied when aliased/equal)
+    {s}/num_heads, {s}/layer_i/*/head_dim           {s}_attention_heads = d_model / head_dim
+
+A pruned model exported by hf_adaprune's ``export_ctranslate2`` has fewer heads per stack than
+``d_model / head_dim`` and FFN widths per layer; transformers' Whisper holds neither, so the missing heads and
+neurons are added back as zero heads / zero neurons, which change no output. Heads of different sizes within
+a stack, or ones that do not divide ``d_model``, cannot be held and are refused.
 
 CLI::
 
@@ -373,28 +379,109 @@ def _layer_norm(m: _Mapper, sd: dict, ct2_name: str, hf_name: str) -> None:
     sd[f"{hf_name}.bias"] = m.get(f"{ct2_name}/beta")
 
 
-def _split_fused(m: _Mapper, sd: dict, ct2_name: str, hf_names: list[str], d_model: int) -> None:
-    """Split a fused linear (rows concatenated as [q; k; v] or [k; v]).
+def _zero_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` with zero rows appended up to ``rows`` (zero heads / zero neurons)."""
+    if a.shape[0] == rows:
+        return a
+    return np.concatenate([a, np.zeros((rows - a.shape[0], *a.shape[1:]), a.dtype)])
+
+
+def _zero_columns(a: np.ndarray, columns: int) -> np.ndarray:
+    if a.shape[1] == columns:
+        return a
+    return np.concatenate([a, np.zeros((a.shape[0], columns - a.shape[1]), a.dtype)], axis=1)
+
+
+def _split_fused(m: _Mapper, sd: dict, ct2_name: str, hf_names: list[str], d_model: int,
+                 width: int | None = None) -> None:
+    """Split a fused linear (rows concatenated as [q; k; v] or [k; v]), each part ``width`` rows (the heads the
+    CTranslate2 model has, ``num_heads * head_dim``), padded to ``d_model`` rows with zero heads.
 
     transformers' Whisper ``k_proj`` has no bias; CTranslate2 stores zeros there.
     A key bias only adds ``q . b`` to every score of a query, which softmax
     ignores, so dropping it is exact even if it were non-zero.
     """
+    width = d_model if width is None else width
     w = m.get(f"{ct2_name}/weight")
     b = m.get(f"{ct2_name}/bias")
     n = len(hf_names)
-    if w.shape != (n * d_model, d_model) or b.shape != (n * d_model,):
+    if w.shape != (n * width, d_model) or b.shape != (n * width,):
         raise CTranslate2FormatError(
-            f"{ct2_name}: expected a fused weight of shape {(n * d_model, d_model)}, got {w.shape} / bias {b.shape}"
+            f"{ct2_name}: expected a fused weight of shape {(n * width, d_model)}, got {w.shape} / bias {b.shape}"
         )
     for i, hf_name in enumerate(hf_names):
-        sd[f"{hf_name}.weight"] = w[i * d_model : (i + 1) * d_model]
+        sd[f"{hf_name}.weight"] = _zero_rows(w[i * width : (i + 1) * width], d_model)
         if hf_name.endswith("k_proj"):
-            kb = b[i * d_model : (i + 1) * d_model]
+            kb = b[i * width : (i + 1) * width]
             if np.any(kb != 0):
                 logger.debug("%s: dropping non-zero key bias (softmax-invariant)", ct2_name)
         else:
-            sd[f"{hf_name}.bias"] = b[i * d_model : (i + 1) * d_model]
+            sd[f"{hf_name}.bias"] = _zero_rows(b[i * width : (i + 1) * width], d_model)
+
+
+def _query(m: _Mapper, sd: dict, ct2_name: str, hf_name: str, d_model: int, width: int) -> None:
+    """A query projection of ``width`` rows, padded to ``d_model`` with zero heads."""
+    w, b = m.get(f"{ct2_name}/weight"), m.get(f"{ct2_name}/bias")
+    if w.shape != (width, d_model) or b.shape != (width,):
+        raise CTranslate2FormatError(f"{ct2_name}: expected a weight of shape {(width, d_model)}, got {w.shape} / "
+                                     f"bias {b.shape}")
+    sd[f"{hf_name}.weight"], sd[f"{hf_name}.bias"] = _zero_rows(w, d_model), _zero_rows(b, d_model)
+
+
+def _output(m: _Mapper, sd: dict, ct2_name: str, hf_name: str, d_model: int, width: int) -> None:
+    """An attention output projection reading ``width`` head outputs, padded to ``d_model`` with zero columns."""
+    w, b = m.get(f"{ct2_name}/weight"), m.get(f"{ct2_name}/bias")
+    if w.shape != (d_model, width) or b.shape != (d_model,):
+        raise CTranslate2FormatError(f"{ct2_name}: expected a weight of shape {(d_model, width)}, got {w.shape} / "
+                                     f"bias {b.shape}")
+    sd[f"{hf_name}.weight"], sd[f"{hf_name}.bias"] = _zero_columns(w, d_model), b
+
+
+def _attention_names(stack: str, n_layers: int) -> list[str]:
+    kinds = ("self_attention", "attention") if stack == "decoder" else ("self_attention",)
+    return [f"{stack}/layer_{i}/{kind}" for i in range(n_layers) for kind in kinds]
+
+
+def _stack_heads(m: _Mapper, stack: str, n_layers: int, d_model: int) -> tuple[int, int, int]:
+    """``(CTranslate2 heads, head size, transformers heads)`` of a stack.
+
+    CTranslate2 has one head count per stack (``num_heads``) and a head size per attention (``head_dim``,
+    ``d_model / num_heads`` when absent). hf_adaprune's ``export_ctranslate2`` writes ``head_dim`` on every
+    attention, and a pruned model keeps fewer heads than ``d_model / head_dim``. transformers' Whisper has
+    ``d_model / num_heads``-sized heads, ``d_model`` wide in all: the missing heads are added back as zero heads
+    (zero query, key, value rows and output columns: they add exactly nothing), so the outputs stay the same.
+    """
+    ct2 = m.ct2
+    heads = int(ct2.scalar(f"{stack}/num_heads", 0) or d_model // 64)
+    if heads <= 0:
+        raise CTranslate2FormatError(f"{stack}/num_heads is {heads}; expected a positive head count")
+    sizes = {}
+    for attention in _attention_names(stack, n_layers):
+        name = f"{attention}/head_dim"
+        if name in ct2:
+            size = ct2.scalar(name)
+            m.used.add(ct2.resolve(name))
+        elif d_model % heads:
+            raise CTranslate2FormatError(f"{stack}_attention_heads={heads} does not divide d_model={d_model}")
+        else:
+            size = d_model // heads
+        sizes.setdefault(int(size), []).append(attention)
+    if len(sizes) > 1:
+        found = ", ".join(f"{size} ({names[0]}{', ...' if len(names) > 1 else ''})" for size, names in sizes.items())
+        raise CTranslate2FormatError(
+            f"the {stack}'s attentions have heads of different sizes ({found}); transformers' Whisper has one head "
+            f"size per stack (d_model / {stack}_attention_heads), so this model cannot be converted back")
+    head_dim = next(iter(sizes))
+    if head_dim <= 0 or d_model % head_dim:
+        raise CTranslate2FormatError(
+            f"the {stack}'s heads have size {head_dim}, which does not divide d_model={d_model}; transformers' "
+            f"Whisper has heads of size d_model / {stack}_attention_heads, so this model cannot be converted back")
+    hf_heads = d_model // head_dim
+    if heads > hf_heads:
+        raise CTranslate2FormatError(
+            f"the {stack} has {heads} heads of size {head_dim}, wider than d_model={d_model}; transformers' Whisper "
+            "attention is d_model wide, so this model cannot be converted back")
+    return heads, head_dim, hf_heads
 
 
 def _check_options(ct2: CTranslate2Model) -> None:
@@ -447,25 +534,46 @@ def ctranslate2_whisper_to_state_dict(ct2: CTranslate2Model) -> tuple[dict[str, 
     sd["model.encoder.conv2.weight"] = m.get("encoder/conv2/weight")
     sd["model.encoder.conv2.bias"] = m.get("encoder/conv2/bias")
     sd["model.decoder.embed_tokens.weight"] = emb
+    heads, ffn_dims, zero_heads, zero_neurons = {}, {}, 0, 0
     for stack, n_layers in (("encoder", n_enc), ("decoder", n_dec)):
         pre = f"model.{stack}"
+        ct2_heads, head_dim, hf_heads = _stack_heads(m, stack, n_layers, d_model)
+        heads[stack], width = hf_heads, ct2_heads * head_dim
+        zero_heads += (hf_heads - ct2_heads) * len(_attention_names(stack, n_layers))
         sd[f"{pre}.embed_positions.weight"] = m.get(f"{stack}/position_encodings/encodings")
         _layer_norm(m, sd, f"{stack}/layer_norm", f"{pre}.layer_norm")
         for i in range(n_layers):
             c, h = f"{stack}/layer_{i}", f"{pre}.layers.{i}"
             _split_fused(m, sd, f"{c}/self_attention/linear_0",
-                         [f"{h}.self_attn.q_proj", f"{h}.self_attn.k_proj", f"{h}.self_attn.v_proj"], d_model)
-            _linear(m, sd, f"{c}/self_attention/linear_1", f"{h}.self_attn.out_proj")
+                         [f"{h}.self_attn.q_proj", f"{h}.self_attn.k_proj", f"{h}.self_attn.v_proj"], d_model, width)
+            _output(m, sd, f"{c}/self_attention/linear_1", f"{h}.self_attn.out_proj", d_model, width)
             _layer_norm(m, sd, f"{c}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
             if stack == "decoder":
-                _linear(m, sd, f"{c}/attention/linear_0", f"{h}.encoder_attn.q_proj")
+                _query(m, sd, f"{c}/attention/linear_0", f"{h}.encoder_attn.q_proj", d_model, width)
                 _split_fused(m, sd, f"{c}/attention/linear_1",
-                             [f"{h}.encoder_attn.k_proj", f"{h}.encoder_attn.v_proj"], d_model)
-                _linear(m, sd, f"{c}/attention/linear_2", f"{h}.encoder_attn.out_proj")
+                             [f"{h}.encoder_attn.k_proj", f"{h}.encoder_attn.v_proj"], d_model, width)
+                _output(m, sd, f"{c}/attention/linear_2", f"{h}.encoder_attn.out_proj", d_model, width)
                 _layer_norm(m, sd, f"{c}/attention/layer_norm", f"{h}.encoder_attn_layer_norm")
             _linear(m, sd, f"{c}/ffn/linear_0", f"{h}.fc1")
             _linear(m, sd, f"{c}/ffn/linear_1", f"{h}.fc2")
             _layer_norm(m, sd, f"{c}/ffn/layer_norm", f"{h}.final_layer_norm")
+        # FFN widths per layer (a pruned export): transformers' Whisper has one per stack, so the narrower layers
+        # get zero neurons (zero fc1 row and bias, zero fc2 column: gelu(0) = 0 adds nothing)
+        widths = [sd[f"{pre}.layers.{i}.fc1.weight"].shape[0] for i in range(n_layers)]
+        ffn_dims[stack] = max(widths)
+        for i, ffn in enumerate(widths):
+            h = f"{pre}.layers.{i}"
+            if sd[f"{h}.fc2.weight"].ndim != 2 or sd[f"{h}.fc2.weight"].shape[1] != ffn:
+                raise CTranslate2FormatError(f"{stack}/layer_{i}/ffn: linear_0 has {ffn} outputs but linear_1 has "
+                                             f"shape {sd[f'{h}.fc2.weight'].shape}")
+            sd[f"{h}.fc1.weight"] = _zero_rows(sd[f"{h}.fc1.weight"], ffn_dims[stack])
+            sd[f"{h}.fc1.bias"] = _zero_rows(sd[f"{h}.fc1.bias"], ffn_dims[stack])
+            sd[f"{h}.fc2.weight"] = _zero_columns(sd[f"{h}.fc2.weight"], ffn_dims[stack])
+            zero_neurons += ffn_dims[stack] - ffn
+    if zero_heads or zero_neurons:
+        logger.info("the CTranslate2 model is pruned (fewer heads or FFN neurons in some layers than transformers' "
+                    "Whisper holds): added %d zero heads and %d zero FFN neurons, which change no output",
+                    zero_heads, zero_neurons)
 
     # output projection: an alias of the embedding in every converted checkpoint
     tied = True
@@ -489,8 +597,7 @@ def ctranslate2_whisper_to_state_dict(ct2: CTranslate2Model) -> tuple[dict[str, 
         raise CTranslate2FormatError(f"unmapped CTranslate2 variables (unsupported Whisper variant?): {left[:8]}")
 
     # shape sanity: catches inconsistent hand-made or corrupt files early
-    ffn_enc = sd["model.encoder.layers.0.fc1.weight"].shape[0]
-    ffn_dec = sd["model.decoder.layers.0.fc1.weight"].shape[0]
+    ffn_enc, ffn_dec = ffn_dims["encoder"], ffn_dims["decoder"]
     expected = _expected_shapes(d_model, vocab_size, conv1.shape[1], n_enc, n_dec, ffn_enc, ffn_dec,
                                 sd["model.encoder.embed_positions.weight"].shape[0],
                                 sd["model.decoder.embed_positions.weight"].shape[0], tied)
@@ -508,13 +615,10 @@ def ctranslate2_whisper_to_state_dict(ct2: CTranslate2Model) -> tuple[dict[str, 
         decoder_ffn_dim=int(ffn_dec),
         max_source_positions=int(sd["model.encoder.embed_positions.weight"].shape[0]),
         max_target_positions=int(sd["model.decoder.embed_positions.weight"].shape[0]),
-        encoder_attention_heads=int(ct2.scalar("encoder/num_heads", 0) or d_model // 64),
-        decoder_attention_heads=int(ct2.scalar("decoder/num_heads", 0) or d_model // 64),
+        encoder_attention_heads=heads["encoder"],
+        decoder_attention_heads=heads["decoder"],
         tie_word_embeddings=tied,
     )
-    for key in ("encoder_attention_heads", "decoder_attention_heads"):
-        if dims[key] <= 0 or d_model % dims[key]:
-            raise CTranslate2FormatError(f"{key}={dims[key]} does not divide d_model={d_model}")
     return sd, dims
 
 
@@ -808,6 +912,13 @@ def default_whisper_tiny_en_dir() -> Path:
 def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     """Refuse a destination whose replacement would delete what the user has: the source model, the current
     directory, or (without ``overwrite``) any file already in it."""
+    if dst.is_symlink():
+        # replacing the folder would replace the link (shutil.rmtree refuses links) or, resolved, write beside
+        # the folder it points to: neither is what the link was made for
+        pointed = os.path.realpath(dst)
+        raise FileExistsError(f"{dst} is a symbolic link (to {pointed}); the conversion replaces its destination "
+                              f"folder as a whole and does not replace links: give the folder itself ({pointed}) or "
+                              "a new folder")
     target = dst.resolve()
     for name, kept in (("the source folder", src.resolve()), ("the current directory", Path.cwd().resolve())):
         if kept == target or target in kept.parents:
@@ -885,14 +996,25 @@ def convert_ctranslate2_whisper(
         os.chmod(tmp, 0o777 & ~umask)
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        elif dst.exists():
-            dst.unlink()
-        tmp.rename(dst)
+        # move what is there aside first, so that a failure leaves it in place
+        old = None
+        if dst.exists() or dst.is_symlink():
+            old = tmp.with_name(tmp.name + ".old")
+            dst.rename(old)
+        try:
+            tmp.rename(dst)
+        except BaseException:
+            if old is not None:
+                old.rename(dst)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     if verify:
         verify_converted(dst)
     return dst
@@ -934,6 +1056,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
     except (CTranslate2FormatError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # writing DST: permissions, a full disk, ...
+        print(f"error: could not write {args.dst}: {err}", file=sys.stderr)
         return 2
     print(f"wrote transformers Whisper model to {out}")
     return 0

@@ -136,7 +136,8 @@ def check_request(run) -> None:
     if data_args.export_onnx:
         checks.append(("--export_onnx", lambda: check_onnx_request(model, int8=data_args.quantize == "int8")))
     if data_args.export_ctranslate2:
-        checks.append(("--export_ctranslate2", lambda: check_ctranslate2_request(model, data_args.quantize)))
+        checks.append(("--export_ctranslate2", lambda: check_ctranslate2_request(
+            model, data_args.quantize, tokenizer=_tokenizer(run.processing_class))))
     for flag, check in checks:
         try:
             check()

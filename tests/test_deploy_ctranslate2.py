@@ -239,6 +239,44 @@ def test_refuses_other_families_and_bad_requests(marian_tokenizer, tmp_path):
         export_ctranslate2(tmp_path / "dense", tmp_path / "taken")
 
 
+def test_check_request_refuses_separate_vocabularies_as_the_export_does(marian_tokenizer, tmp_path):
+    """The before-training check (recipes/deploy.py's check_request) refuses what export_ctranslate2 would refuse
+    after training: a decoder with a vocabulary of its own, a tokenizer with separate vocabularies."""
+    from types import SimpleNamespace
+
+    from hf_adaprune.deploy import check_ctranslate2_request
+    from recipes.arguments import RecipeError
+    from recipes.deploy import check_request
+
+    def run_of(model, tokenizer):
+        data_args = SimpleNamespace(prune_vocabulary=False, decoder_vocabulary=False, prune_positions=False,
+                                    vocabulary_full_rows=None, quantize=None, export_onnx=False,
+                                    export_ctranslate2=True)
+        return SimpleNamespace(data_args=data_args, model=model, processing_class=tokenizer, max_input_length=None)
+
+    own_decoder = tiny_marian(len(marian_tokenizer), pad=0)
+    split_decoder_vocabulary(own_decoder, len(marian_tokenizer) - 10)  # share_encoder_decoder_embeddings=False
+    shared = tiny_marian(len(marian_tokenizer))
+    check_ctranslate2_request(shared, "int8", tokenizer=marian_tokenizer)  # one vocabulary: passes
+    check_request(run_of(shared, marian_tokenizer))
+    cases = [(own_decoder, False, "decoder has a vocabulary of its own"),
+             (shared, True, "separate source and target vocabularies")]  # a MarianTokenizer(separate_vocabs=True)
+    try:
+        for index, (model, separate_vocabs, message) in enumerate(cases):
+            marian_tokenizer.separate_vocabs = separate_vocabs
+            with pytest.raises(ValueError, match=message) as checked:
+                check_ctranslate2_request(model, "int8", tokenizer=marian_tokenizer)
+            with pytest.raises(ValueError) as exported:
+                export_ctranslate2(model, tmp_path / f"out{index}", tokenizer=marian_tokenizer, quantization="int8")
+            assert str(checked.value) == str(exported.value)
+            assert not (tmp_path / f"out{index}").exists()
+            with pytest.raises(RecipeError) as recipe:  # the recipes' check passes its tokenizer
+                check_request(run_of(model, marian_tokenizer))
+            assert str(recipe.value) == f"--export_ctranslate2: {exported.value}"
+    finally:
+        marian_tokenizer.separate_vocabs = False
+
+
 # -- Whisper ------------------------------------------------------------------------------------------------------
 
 

@@ -89,10 +89,28 @@ def _check_quantization(quantization: str | None) -> None:
         raise ValueError(f"CTranslate2 quantization must be one of {', '.join(QUANTIZATIONS)}; got {quantization!r}")
 
 
-def check_ctranslate2_request(model, quantization: str | None = None) -> None:
-    """Refuse, before any work, a family or quantization this exporter cannot convert, or a missing ctranslate2."""
-    _family(model)
+def _check_marian_vocabularies(model, tokenizer=None) -> None:
+    """CTranslate2's Marian layout holds one vocabulary for both sides: refuse a decoder with a table of its own and
+    a tokenizer with separate source and target vocabularies."""
+    if not getattr(model.config, "share_encoder_decoder_embeddings", True):
+        raise ValueError("the model's decoder has a vocabulary of its own (share_encoder_decoder_embeddings=False, "
+                         "as prune_vocabulary(decoder_vocabulary=True) makes it), and CTranslate2's Marian converter "
+                         "registers one vocabulary for both sides. Convert a model with one shared table, or use "
+                         "export_onnx")
+    if getattr(tokenizer, "separate_vocabs", False):
+        raise ValueError("the tokenizer has separate source and target vocabularies, and CTranslate2's Marian layout "
+                         "holds one for both sides: its output would be spelt with the source vocabulary. Export a "
+                         "model with a shared vocabulary, or use export_onnx")
+
+
+def check_ctranslate2_request(model, quantization: str | None = None, *, tokenizer=None) -> None:
+    """Refuse, before any work, a family or quantization this exporter cannot convert, a Marian model or tokenizer
+    with separate source and target vocabularies (``tokenizer``: the one the export will be given, or a processor
+    holding it), or a missing ctranslate2."""
+    _, family = _family(model)
     _check_quantization(quantization)
+    if family == "marian":
+        _check_marian_vocabularies(model, getattr(tokenizer, "tokenizer", tokenizer))
     _require_ctranslate2()
 
 
@@ -347,15 +365,8 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = model.float()
     loader, pad_kept = getattr(ct2_transformers, loader_name)(), False
-    if family == "marian" and not getattr(model.config, "share_encoder_decoder_embeddings", True):
-        raise ValueError("the model's decoder has a vocabulary of its own (share_encoder_decoder_embeddings=False, "
-                         "as prune_vocabulary(decoder_vocabulary=True) makes it), and CTranslate2's Marian converter "
-                         "registers one vocabulary for both sides. Convert a model with one shared table, or use "
-                         "export_onnx")
-    if family == "marian" and getattr(tokenizer, "separate_vocabs", False):
-        raise ValueError("the tokenizer has separate source and target vocabularies, and CTranslate2's Marian layout "
-                         "holds one for both sides: its output would be spelt with the source vocabulary. Export a "
-                         "model with a shared vocabulary, or use export_onnx")
+    if family == "marian":
+        _check_marian_vocabularies(model, tokenizer)
     if family == "whisper":
         _alignment_heads_on_kept_heads(model)
     if family == "marian" and _starts_from_zero(model):
