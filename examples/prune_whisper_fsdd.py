@@ -94,14 +94,32 @@ def parse_args(argv=None):
     p.add_argument("--baseline", choices=("prompted", "plain", "both", "none"), default="prompted",
                    help="how the converted model is scored: 0.5 s padding + digit prompt, neither, both, or skip")
     p.add_argument("--baseline_samples", type=int, default=None, help="test clips for the baseline (default: all)")
-    p.add_argument("--latency_repeats", type=int, default=10, help="alternating repeats per batch size (0: skip)")
+    p.add_argument("--latency_repeats", type=int, default=10,
+                   help="alternating repeats per batch size (0: skip timing)")
     p.add_argument("--latency_tokens", type=int, default=4,
                    help="tokens generated per clip when timing (fixed, so both models do the same work)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a 2-core machine shared with other jobs, 2 threads ran training\n"
                         "steps 2-8x and batch-1 generate up to 40x slower than 1 thread; use 2+ on an idle machine)")
     p.add_argument("--seed", type=int, default=42)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.latency_repeats < 0:
+        p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
+    try:  # the pruning flags fail here, in the recipe's words, not after the converted model is scored
+        asr.parse_args(recipe_run_flags(args, args.model, PLACEHOLDER_MANIFESTS))
+    except (ValueError, TypeError) as err:  # RecipeError is a ValueError
+        p.error(str(err))
+    return args
+
+
+# where the manifests will be: parse_args checks the recipe's flags before step 1 writes them
+PLACEHOLDER_MANIFESTS = {split: f"{split}.csv" for split in ("train", "validation", "test")}
+
+
+def recipe_run_flags(args, model_path: str, manifests: dict[str, str]) -> list[str]:
+    """All the flags steps 3-4 pass to ``recipes/asr.py``."""
+    return (recipe_flags(args, model_path, manifests) + pruning_flags(args)
+            + ["--dense_control", "true", "--output_dir", str(Path(args.output_dir) / "pruned")])
 
 
 def recipe_flags(args, model_path: str, manifests: dict[str, str]) -> list[str]:
@@ -211,9 +229,10 @@ def markdown(results: dict) -> str:
         "",
         f"Test set: FSDD takes 0-4 ({dense['test_samples']} clips); WER/CER on lower-cased text without "
         "punctuation, digits spelled out. FLOPs: one forward pass (encoder window + 8 decoder tokens); "
-        "attention + FFN are the prunable layers. Latency: median of greedy `generate` for "
-        f"{s['latency_tokens']} tokens, dense and pruned timed alternately ({s['latency_repeats']} repeats, "
-        f"{results['threads']} threads).",
+        "attention + FFN are the prunable layers. "
+        + (f"Latency: median of greedy `generate` for {s['latency_tokens']} tokens, dense and pruned timed "
+           f"alternately ({s['latency_repeats']} repeats, {results['threads']} threads)." if results["latency"] else
+           "Latency: not timed (--latency_repeats 0; `-` in the table)."),
         "",
         "| model | window | test WER | test CER | params | FLOPs | attn+FFN FLOPs | generate b1 | generate b16 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -274,8 +293,7 @@ def main(argv=None) -> dict:
     converted = score_converted(model_path, manifests["test"], args)
 
     # 3. pruning, 4. dense fine-tuning with the same data and budget (the recipe's dense control)
-    run = asr.main(recipe_flags(args, model_path, manifests) + pruning_flags(args)
-                   + ["--dense_control", "true", "--output_dir", str(out / "pruned")])
+    run = asr.main(recipe_run_flags(args, model_path, manifests))
 
     # 5. FLOPs, params, latency of the saved models
     dense_model = AutoModelForSpeechSeq2Seq.from_pretrained(run["dense_control"]["output_dir"]).eval()

@@ -152,12 +152,49 @@ def parse_args(argv=None):
     # reporting
     p.add_argument("--num_beams", type=int, default=1, help="beams for test scoring and latency (1 = greedy)")
     p.add_argument("--latency_repeats", type=int, default=None,
-                   help="alternating repeats per batch size (default: 20 at batch 1, 5 at batch 32)")
+                   help="alternating repeats per batch size (default: 20 at batch 1, 5 at batch 32; 0: skip timing)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     if not 0.0 < args.target < 1.0:
         p.error(f"--target must be in (0, 1); got {args.target}")
+    if args.latency_repeats is not None and args.latency_repeats < 0:
+        p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
+    if not args.control_only:  # the pruning flags fail here, in the library's words, before the dense stage
+        try:
+            pruning_arguments(args, pruning_common_arguments(args))
+        except (ValueError, TypeError) as err:
+            p.error(str(err))
     return args
+
+
+def common_training_arguments(args) -> dict:
+    """The Seq2SeqTrainingArguments the dense, pruning and control runs share."""
+    return dict(per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=100, adam_beta2=0.98,
+                label_smoothing_factor=0.1, logging_steps=50, save_strategy="no", report_to="none",
+                dataloader_pin_memory=False, seed=args.seed, disable_tqdm=True,
+                train_sampling_strategy="group_by_length",  # batches of similar lengths: less padding
+                predict_with_generate=True, generation_max_length=args.max_length,
+                generation_num_beams=args.num_beams)
+
+
+def pruning_common_arguments(args) -> dict:
+    """Those of the pruning run and its control: another order of the training pairs than the dense stage's."""
+    return dict(common_training_arguments(args), data_seed=args.seed + 1)
+
+
+def pruning_arguments(args, prune_common: dict) -> Seq2SeqPruningArguments:
+    """The arguments of step 3 (built, and so checked, by parse_args before any work)."""
+    return Seq2SeqPruningArguments(
+        output_dir=str(Path(args.output_dir) / "pruned"), learning_rate=args.prune_lr, max_steps=args.prune_steps,
+        warmup_steps=0, **prune_common,
+        prune=args.prune, pruning_roles=args.roles, distillation=args.distillation,
+        pruning_metric="sacrebleu", pruning_target=args.target, pruning_target_type=args.target_type,
+        pruning_latency_batch_size=1, pruning_generation_tokens=24,
+        pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
+        pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
+        pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=args.seq_len,
+        pruning_normalize_scores=True,  # as the README's figures were measured (the default before 2026-12-05)
+    )
 
 
 SEQUENCE_DISTILLATION_NOTE = (", trained on the dense model's translations of the training sources "
@@ -250,6 +287,11 @@ def translate_and_score(trainer, dataset, order: list[int], references: list[str
     return {**scores, "gen_len": output.metrics.get("test_gen_len"), "runtime_s": output.metrics["test_runtime"]}
 
 
+def timing_repeats(latency_repeats: int | None, default: int) -> int:
+    """The alternating repeats to time a batch size with: ``default`` unless --latency_repeats was given (0: skip)."""
+    return default if latency_repeats is None else latency_repeats
+
+
 def markdown(results: dict) -> str:
     d, p, c, s = results["dense"], results["pruned"], results["comparison"], results["setup"]
     rows = []
@@ -292,9 +334,11 @@ def markdown(results: dict) -> str:
         f"final sparsity {p['final_sparsity']:.3f}, layers kept {p.get('encoder_layers', s['layers'])}+"
         f"{p.get('decoder_layers', s['layers'])}, stopped: "
         f"{p['stop_reason']}; {s['prune_minutes']:.1f} min). BLEU/chrF: sacreBLEU (13a) against the raw "
-        f"references. Latency: generate with {decoding}"
-        f", at most {s['max_length']} tokens, {s['threads']} CPU threads, dense and pruned timed alternately in "
-        f"one process (medians; p90 in results.json); the two models may stop after different output lengths.",
+        f"references. "
+        + (f"Latency: generate with {decoding}"
+           f", at most {s['max_length']} tokens, {s['threads']} CPU threads, dense and pruned timed alternately in "
+           f"one process (medians; p90 in results.json); the two models may stop after different output lengths."
+           if results["latency"] else "Latency: not timed (--latency_repeats 0)."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -337,12 +381,7 @@ def main(argv=None) -> dict:
           f"{torch.get_num_threads()} threads", flush=True)
 
     compute_metrics = recipe.build_compute_metrics("sacrebleu", tokenizer)
-    common = dict(per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=100, adam_beta2=0.98,
-                  label_smoothing_factor=0.1, logging_steps=50, save_strategy="no", report_to="none",
-                  dataloader_pin_memory=False, seed=args.seed, disable_tqdm=True,
-                  train_sampling_strategy="group_by_length",  # batches of similar lengths: less padding
-                  predict_with_generate=True, generation_max_length=args.max_length,
-                  generation_num_beams=args.num_beams)
+    common = common_training_arguments(args)
 
     # 2. dense model
     t0 = time.time()
@@ -375,7 +414,7 @@ def main(argv=None) -> dict:
           f"({dense_minutes:.1f} min of training{'' if dense_steps is None else f', {dense_steps} steps'})",
           flush=True)
 
-    prune_common = dict(common, data_seed=args.seed + 1)  # another order of the training pairs than step 2's
+    prune_common = pruning_common_arguments(args)  # another order of the training pairs than step 2's
 
     def train_control(steps):
         """The dense model trained ``steps`` more steps without pruning, as the pruning run trains, and scored."""
@@ -402,17 +441,7 @@ def main(argv=None) -> dict:
 
     # 3. prune while fine-tuning, starting from the dense model (which is kept for the comparison)
     t0 = time.time()
-    prune_args = Seq2SeqPruningArguments(
-        output_dir=str(out / "pruned"), learning_rate=args.prune_lr, max_steps=args.prune_steps, warmup_steps=0,
-        **prune_common,
-        prune=args.prune, pruning_roles=args.roles, distillation=args.distillation,
-        pruning_metric="sacrebleu", pruning_target=args.target, pruning_target_type=args.target_type,
-        pruning_latency_batch_size=1, pruning_generation_tokens=24,
-        pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
-        pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
-        pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=args.seq_len,
-        pruning_normalize_scores=True,  # as the README's figures were measured (the default before 2026-12-05)
-    )
+    prune_args = pruning_arguments(args, prune_common)
     prune_train, teacher_minutes = train, None
     if args.sequence_distillation:
         t1 = time.time()
@@ -451,7 +480,9 @@ def main(argv=None) -> dict:
     data_args = recipe.DataTrainingArguments(max_source_length=args.max_length)
     generate_kwargs = {"max_length": args.max_length, "num_beams": args.num_beams}
     for batch, batch_sources, repeats, warmup in settings:
-        repeats = args.latency_repeats or repeats
+        repeats = timing_repeats(args.latency_repeats, repeats)
+        if repeats == 0:  # --latency_repeats 0: no timing; results.json has "latency": {}, results.md no latency row
+            break
         timing = recipe.measure_generate_latency(dense, pruned, tokenizer, batch_sources, data_args, generate_kwargs,
                                                  repeats=repeats, warmup=min(warmup, repeats))
         latency[f"batch_{len(batch_sources)}"] = timing
