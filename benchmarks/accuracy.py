@@ -113,6 +113,28 @@ def without_seed_and_output(argv: list[str]) -> list[str]:
     return kept
 
 
+def refuse_other_seed_settings(opts, folder: Path) -> None:
+    """Before any part runs: the seed files already in ``folder`` that this run does not rewrite must come from
+    this run's settings, or ``summary`` would refuse them all at the end, after this run had replaced its own seeds'
+    finished files (tens of minutes each)."""
+    ours = without_seed_and_output(schedule_argv(opts, opts.seeds[0], folder / "schedules_seed0.json"))
+    rewritten = {f"schedules_seed{seed}.json" for seed in opts.seeds}
+    other = []
+    for path in sorted(folder.glob("schedules_seed*.json")):
+        argv = json.loads(path.read_text()).get("argv")
+        if path.name not in rewritten and argv is not None and without_seed_and_output(argv) != ours:
+            other.append(path.name)
+    if other:
+        raise SystemExit(f"{folder}: {', '.join(other)} come(s) from runs with other settings than these, and this "
+                         f"run (--seeds {' '.join(map(str, opts.seeds))}) would not rewrite them: the summary would "
+                         "refuse to mix them. Nothing was run: keep one setting per --output_dir (write to another "
+                         "one, or add those seeds to --seeds)")
+    for seed in opts.seeds:
+        path = folder / f"schedules_seed{seed}.json"
+        if path.exists() and not done_with(path, schedule_argv(opts, seed, path)):
+            post_training.log(f"{path.name}: finished with other settings; this run will replace it")
+
+
 def summary(folder: Path) -> str:
     """Mean change vs the equally trained control of the same seed, per variant and target."""
     rows: dict[tuple[str, float], dict[int, tuple[float, float, float]]] = {}
@@ -177,6 +199,7 @@ def main(argv=None) -> str:
     folder = Path(opts.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if not opts.summary_only:
+        refuse_other_seed_settings(opts, folder)
         for seed in opts.seeds:
             output = folder / f"schedules_seed{seed}.json"
             run_part(schedule.main, output, schedule_argv(opts, seed, output))

@@ -29,7 +29,8 @@ from hf_adaprune.engine.masks import structure_count
 from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile, structure_costs
 import run_record  # noqa: E402 (neighbour)
-from post_training import SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, start_minilm_run
+from post_training import (SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path,
+                           start_minilm_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL, STEER = 20_000, 3_000  # the 625-step pool of the accuracy benchmark, then the steering phrases
@@ -40,6 +41,33 @@ def ffn_flops(model, seq_len: int) -> float:
     groups = [group for group in find_groups(model) if group.kind == "ffn"]
     costs = structure_costs(model, groups, seq_len)
     return sum(costs[group.name] * structure_count(model.base_model, group) for group in groups)
+
+
+def minilm_ffn_share() -> float:
+    """The FFN share of the layer FLOPs at ``SEQ_LEN`` of the dense model's architecture (all-MiniLM-L6-v2 with a
+    2-label head; the weights do not matter, so no training or cached model is needed)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(minilm_path(), num_labels=2))
+    return ffn_flops(model, SEQ_LEN) / model_profile(model, seq_len=SEQ_LEN)["layer_flops"]
+
+
+def refuse_impossible_splits(parser: argparse.ArgumentParser, opts) -> None:
+    """Every ``--head_ratios`` value must leave an FFN fraction in (0, 1) to reach ``--total``: checked before any
+    work from the architecture's FFN share (the heads' removal is whole heads, so the run's own FFN fraction can
+    differ by about a point; it is checked again there)."""
+    if not 0 < opts.total < 1:
+        parser.error(f"--total must be in (0, 1); got {opts.total}")
+    if not all(0 < h < 1 for h in opts.head_ratios):
+        parser.error(f"--head_ratios must be in (0, 1); got {' '.join(map(str, opts.head_ratios))}")
+    share = minilm_ffn_share()
+    bad = {h: (opts.total - h * (1 - share)) / share for h in opts.head_ratios}
+    bad = {h: ffn for h, ffn in bad.items() if not 0 < ffn < 1}
+    if bad:
+        parser.error(f"--head_ratios {' '.join(map(str, bad))} leave(s) an FFN fraction of "
+                     f"{', '.join(f'{ffn:.3f}' for ffn in bad.values())} to reach --total {opts.total} (heads are "
+                     f"{1 - share:.1%} of the layer FLOPs, FFN {share:.1%}): choose head ratios between "
+                     f"{max(0.0, (opts.total - share) / (1 - share)):.3f} and {min(1.0, opts.total / (1 - share)):.3f}")
 
 
 def main(argv=None) -> dict:
@@ -53,6 +81,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "kind_split.json"))
     opts = parser.parse_args(argv)
+    refuse_impossible_splits(parser, opts)
     tokenizer, collator, started, load_start = start_minilm_run(opts)
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=POOL + STEER)
     steer = data["pool"].select(range(POOL, POOL + STEER))  # after the pool the accuracy benchmark trains on

@@ -90,6 +90,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=LR, help="peak learning rate of both runs' steps")
     opts = parser.parse_args(argv)
+    for flag in ("tables", "repeats"):  # the noise figures and the final timing are medians over them
+        if getattr(opts, flag) < 1:
+            parser.error(f"--{flag} must be >= 1; got {getattr(opts, flag)}")
     torch.set_num_threads(opts.threads)
     started, load_start = time.time(), os.getloadavg()
 

@@ -89,6 +89,9 @@ def main(argv=None):
     if len(opts.repeats) != len(opts.batch_sizes):
         parser.error(f"--repeats needs one value per --batch_sizes value ({len(opts.batch_sizes)}); got "
                      f"{len(opts.repeats)}")
+    for flag, values in (("--repeats", opts.repeats), ("--breakdown_repeats", [opts.breakdown_repeats])):
+        if min(values) < 1:  # every figure is a median over them
+            parser.error(f"{flag} must be >= 1; got {' '.join(map(str, values))}")
     torch.set_num_threads(opts.threads)
     transformers.utils.logging.set_verbosity_error()
     started, load_start = time.time(), os.getloadavg()

@@ -122,6 +122,10 @@ def main(argv=None) -> dict:
     labels = opts.labels or [Path(p).name for p in opts.pruned]
     if len(labels) != len(opts.pruned):
         parser.error("--labels needs one name per --pruned folder")
+    if "dense" in labels or len(set(labels)) != len(labels) or any(
+            label.endswith(" + decoder vocabulary") for label in labels):  # models are keyed by label: one would go
+        parser.error(f"--labels must be distinct, not 'dense' and not end in ' + decoder vocabulary'; got {labels}"
+                     + ("" if opts.labels else " (the folder names: name the folders with --labels)"))
     torch.set_num_threads(opts.threads)
     transformers.logging.set_verbosity_error()  # min/max_new_tokens override the models' max_length: intended
     started, load_start = time.time(), os.getloadavg()

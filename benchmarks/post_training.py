@@ -97,10 +97,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
 
 
-def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length: bool = True) -> DatasetDict:
+def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length: bool = True,
+              reserved_rows: int = 0) -> DatasetDict:
     """Disjoint slices: dense training and calibration from train.tsv; check and unseen rows from dev.tsv.
 
-    ``pool_samples`` > 0 adds ``pool``: that many further train.tsv rows, after the calibration ones.
+    ``pool_samples`` > 0 adds ``pool``: that many further train.tsv rows, after the calibration ones, refused (with
+    the most steps that fit) if they reach into the last ``reserved_rows`` rows (``schedule.py``'s held-out rows).
     ``by_length``: the check, unseen and test rows sorted by their token count (batches pad less); off, they keep
     one order whatever the tokenizer, so two tokenizers' rows can be compared row by row.
     """
@@ -115,9 +117,14 @@ def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length:
                          dev=dev.select(range(opts.check_samples, min(len(dev), opts.check_samples + opts.dev_samples))),
                          test=raw["test"])
     if pool_samples:
-        if n + c + pool_samples > len(train):
-            raise SystemExit(f"train.tsv has {len(train):,} rows: {n:,} dense + {c:,} calibration + {pool_samples:,} "
-                             f"further phrases do not fit; ask for at most {(len(train) - n - c) // BATCH:,} steps")
+        room = len(train) - reserved_rows
+        if n + c + pool_samples > room:
+            held = f" ({reserved_rows:,} held out at its end)" if reserved_rows else ""
+            most = (room - n - c) // BATCH
+            hint = (f"ask for at most {most:,} steps" if most > 0 else
+                    "ask for fewer dense or calibration phrases")
+            raise SystemExit(f"train.tsv has {len(train):,} rows{held}: {n:,} dense + {c:,} calibration + "
+                             f"{pool_samples:,} further phrases do not fit; {hint}")
         splits["pool"] = train.select(range(n + c, n + c + pool_samples))
     data = tokenize(splits, tokenizer, ["sentence"], "label", label2id, SEQ_LEN)
     for split in ("check", "dev", "test") if by_length else ():  # order does not change accuracy

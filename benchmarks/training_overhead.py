@@ -175,7 +175,7 @@ def benchmark(model_name="minilm", steps=30, repeats=3, batch=16, seq=128) -> di
     }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm", choices=["minilm", "small-bert"])
     parser.add_argument("--steps", type=int, default=30)
@@ -184,7 +184,9 @@ def main():
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     parser.add_argument("--memory_child", choices=KINDS, help=argparse.SUPPRESS)  # internal: one memory measurement
-    opts = parser.parse_args()
+    opts = parser.parse_args(argv)
+    if opts.repeats < 1:  # every figure is a median over the repeats
+        parser.error(f"--repeats must be >= 1; got {opts.repeats}")
     if opts.steps < 3:  # the first two steps of every run (warm-up) are not timed
         parser.error(f"--steps must be >= 3 (the first 2 steps of each run are warm-up, not timed); got {opts.steps}")
     if opts.memory_child:
