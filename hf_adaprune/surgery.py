@@ -25,8 +25,8 @@ from torch import nn
 from .engine.masks import detach_masks, get_masks, structure_count
 from .families import HeadGroup, LayerGroup, find_groups, get_adapter, layer_of_group
 from .families.whisper import renumber_alignment_heads
-from .layout import (TABLES, apply_layout, empty_record, linear_spec, parent_and_name, read_record, set_attribute,
-                     write_record)
+from .layout import (TABLES, apply_layout, empty_record, layout_of_present_stacks, linear_spec, parent_and_name,
+                     read_record, set_attribute, write_record)
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ def check_record_fits(model: nn.Module, record: dict) -> None:
     into a freshly built (dense) one. Compacting it would read kept lists of another size, and a saved folder would
     not load."""
     base, problems = model.base_model, []
-    for path, spec in record["layout"].get("modules", {}).items():
+    layout = layout_of_present_stacks(base, record["layout"])  # a one-stack head class keeps one stack's entries
+    for path, spec in layout.get("modules", {}).items():
         if spec.get("type") != "Linear":
             continue
         module = base.get_submodule(path) if _has_submodule(base, path) else None
@@ -196,7 +197,7 @@ def check_record_fits(model: nn.Module, record: dict) -> None:
                 (spec["out_features"], spec["in_features"]), (None, None)):  # a linear (int8 ones too) of other size
             problems.append(f"{path} is {module.out_features}x{module.in_features}, the record says "
                             f"{spec['out_features']}x{spec['in_features']}")
-    for path, shape in record["layout"].get("parameters", {}).items():
+    for path, shape in layout.get("parameters", {}).items():
         parent, name = parent_and_name(base, path)
         parameter = getattr(parent, name, None)
         if parameter is not None and list(parameter.shape) != list(shape):

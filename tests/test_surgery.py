@@ -248,3 +248,21 @@ def test_a_model_built_from_a_pruned_models_config_is_refused_until_the_record_i
     save_pruned(fresh, tmp_path / "dense")
     reloaded = AutoPrunedModel.from_pretrained(tmp_path / "dense").state_dict()
     assert all(torch.equal(reloaded[name], weight) for name, weight in fresh.state_dict().items())
+
+
+def test_an_encoder_decoders_folder_loaded_with_a_one_stack_head_saves_again(tmp_path):
+    """The record of a pruned BART lists both stacks; loaded as BartForCausalLM (the decoder alone) the encoder's
+    entries are absent by design and are not a stale record."""
+    from test_layers import build_seq2seq
+
+    torch.manual_seed(0)
+    model = build_seq2seq("bart")
+    masks = attach_masks(model)
+    for name, mask in masks.masks.items():
+        masks.set(name, (torch.arange(mask.numel()) % 2).float())
+    save_pruned(model, tmp_path / "pruned")
+    decoder = AutoPrunedModel.from_pretrained(tmp_path / "pruned", auto_class=transformers.AutoModelForCausalLM)
+    save_pruned(decoder, tmp_path / "again")
+    again = AutoPrunedModel.from_pretrained(tmp_path / "again", auto_class=transformers.AutoModelForCausalLM)
+    state = again.state_dict()
+    assert all(torch.equal(state[name], weight) for name, weight in decoder.state_dict().items())
