@@ -258,13 +258,19 @@ def metric_options(task: "Task", run: "Run") -> dict:
     if options.get("fsdd_dir"):  # the recipe writes the manifests from it (and sets the manifest options) later
         for name in ("train_manifest", "validation_manifest", "test_manifest"):
             options.pop(name, None)
+    if options.get("validation_split_percentage"):  # carved from the training rows, after the test split's share
+        for name in ("train_file", "test_split_percentage"):
+            if hasattr(run.data_args, name):
+                options[name] = file_identity(getattr(run.data_args, name))
     if options.get("max_eval_samples") is not None or options.get("validation_split_percentage"):
         options["seed"] = run.training_args.seed
     return options
 
 
 def file_identity(value):
-    """``value``, or for a path to a file: its name, size and the SHA-1 of its first MB."""
+    """``value``; for a path to a file: its name, size and the SHA-1 of its first MB; to a folder: its real path."""
+    if isinstance(value, str) and os.path.isdir(value):
+        return os.path.realpath(value)
     if not isinstance(value, str) or not os.path.isfile(value):
         return value
     with open(value, "rb") as file:
@@ -517,7 +523,6 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
     return results
 
 
-# what the Hub repo does not get: checkpoints and private folders (as transformers' push), the dense control's model
 def deploy_and_save(run: Run, model, results: dict, table: str, started: float) -> None:
     """The deployed copies of ``model`` (if asked) into ``results["deploy"]``, then results.json and ``table``: written
     also when a deployed copy fails (its error recorded under ``deploy``), so that the run's figures are kept."""

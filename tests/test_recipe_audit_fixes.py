@@ -270,3 +270,24 @@ def test_the_steering_options_of_an_fsdd_run_are_the_same_before_and_after_its_m
     assert options(None) == options(str(manifest)) == {
         "text_normalization": "lowercase", "fsdd_dir": "/data/fsdd", "fsdd_validation_takes": 5,
         "max_eval_samples": None}
+
+
+def test_a_validation_split_of_the_training_rows_records_what_it_is_carved_from(tmp_path):
+    """--validation_split_percentage carves the steering rows from --train_file after --test_split_percentage's
+    share: a resume with another of either steered on other rows, and was accepted."""
+    from types import SimpleNamespace
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("sentence,label\na,0\n")
+    second.write_text("sentence,label\nb,1\nc,0\n")
+
+    def options(test_share, train_file):
+        data = SimpleNamespace(validation_split_percentage=10, test_split_percentage=test_share, train_file=train_file,
+                               validation_file=None, max_eval_samples=None)
+        return skeleton.metric_options(SimpleNamespace(metric_options=()), SimpleNamespace(
+            data_args=data, model_args=SimpleNamespace(), training_args=SimpleNamespace(seed=42)))
+
+    assert options(None, str(first)) != options(20, str(first))
+    assert options(None, str(first)) != options(None, str(second))
+    assert options(None, str(first)) == options(None, str(first))
+    assert options(None, str(first))["train_file"].startswith("a.csv (")
