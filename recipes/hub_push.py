@@ -53,7 +53,8 @@ def reach_hub_repo(training_args) -> None:
 def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str, ...] = ()) -> list[str]:
     """Upload, in one commit to the trainer's repo, the files of ``OUTPUT_DIR`` the run wrote (those not in
     ``before``, or changed since), except the checkpoints, ``_*`` folders and ``left_local`` patterns (baselines
-    that stay local). Returns the repo paths uploaded (main process; the others upload nothing)."""
+    that stay local). The card written beside a user's ``README.md`` is the repo's ``README.md`` (the user's stays
+    local, even if edited meanwhile). Returns the repo paths uploaded (main process; the others upload nothing)."""
     from huggingface_hub import CommitOperationAdd
 
     if not trainer.is_world_process_zero():
@@ -65,6 +66,9 @@ def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str
         if any(fnmatch.fnmatch(path, pattern) for pattern in NEVER_PUSHED + left_local):
             continue
         (written if before.get(path) != state else kept_local).append(path)
+    if CARD_BESIDE_USER_README in written and "README.md" in written:  # the user's, edited during the run
+        written.remove("README.md")
+        kept_local.append("README.md")
     in_repo = {path: "README.md" if path == CARD_BESIDE_USER_README else path for path in written}
     operations = [CommitOperationAdd(path_in_repo=in_repo[path], path_or_fileobj=str(folder / path))
                   for path in written]

@@ -65,3 +65,23 @@ def test_a_hub_repo_that_cannot_be_reached_fails_before_the_data_is_loaded(works
                                           r"\(ConnectionError: \[Errno -3\] Temporary failure in name resolution\)"):
         recipe.main(run_args(workspace, out, "--push_to_hub", "true", "--hub_model_id", "me/pruned"))
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_users_readme_edited_during_the_run_stays_local_beside_the_card(tmp_path, fake_hub):
+    """Both the user's README.md (changed since the run began) and the card beside it would have gone to the repo's
+    README.md in one commit."""
+    from types import SimpleNamespace
+
+    from recipes.hub_push import folder_state, push_run_outputs
+
+    (tmp_path / "README.md").write_text("# mine\n")
+    before = folder_state(tmp_path)
+    (tmp_path / "README.md").write_text("# mine, edited while the run trained\n")
+    (tmp_path / "README.hf_adaprune.md").write_text("---\ntags: [hf_adaprune]\n---\n# the card\n")
+    (tmp_path / "config.json").write_text("{}")
+    trainer = SimpleNamespace(is_world_process_zero=lambda: True, _finish_current_push=lambda: None,
+                              hub_model_id="me/pruned")
+    args = SimpleNamespace(output_dir=str(tmp_path), hub_token=None, hub_revision=None)
+    assert push_run_outputs(trainer, args, before) == ["README.md", "config.json"]
+    (commit,) = fake_hub
+    assert commit["card"] == "---\ntags: [hf_adaprune]\n---\n# the card\n"
