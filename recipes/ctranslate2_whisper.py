@@ -379,17 +379,12 @@ def _layer_norm(m: _Mapper, sd: dict, ct2_name: str, hf_name: str) -> None:
     sd[f"{hf_name}.bias"] = m.get(f"{ct2_name}/beta")
 
 
-def _zero_rows(a: np.ndarray, rows: int) -> np.ndarray:
-    """``a`` with zero rows appended up to ``rows`` (zero heads / zero neurons)."""
-    if a.shape[0] == rows:
-        return a
-    return np.concatenate([a, np.zeros((rows - a.shape[0], *a.shape[1:]), a.dtype)])
-
-
-def _zero_columns(a: np.ndarray, columns: int) -> np.ndarray:
-    if a.shape[1] == columns:
-        return a
-    return np.concatenate([a, np.zeros((a.shape[0], columns - a.shape[1]), a.dtype)], axis=1)
+def _zero_padded(a: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
+    """``a`` with zeros appended along ``axis`` up to ``size`` (zero heads / zero neurons: rows of a projection
+    that feeds them, columns of one that reads them)."""
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, size - a.shape[axis])
+    return np.pad(a, widths)
 
 
 def _split_fused(m: _Mapper, sd: dict, ct2_name: str, hf_names: list[str], d_model: int,
@@ -410,13 +405,13 @@ def _split_fused(m: _Mapper, sd: dict, ct2_name: str, hf_names: list[str], d_mod
             f"{ct2_name}: expected a fused weight of shape {(n * width, d_model)}, got {w.shape} / bias {b.shape}"
         )
     for i, hf_name in enumerate(hf_names):
-        sd[f"{hf_name}.weight"] = _zero_rows(w[i * width : (i + 1) * width], d_model)
+        sd[f"{hf_name}.weight"] = _zero_padded(w[i * width : (i + 1) * width], d_model)
         if hf_name.endswith("k_proj"):
             kb = b[i * width : (i + 1) * width]
             if np.any(kb != 0):
                 logger.debug("%s: dropping non-zero key bias (softmax-invariant)", ct2_name)
         else:
-            sd[f"{hf_name}.bias"] = _zero_rows(b[i * width : (i + 1) * width], d_model)
+            sd[f"{hf_name}.bias"] = _zero_padded(b[i * width : (i + 1) * width], d_model)
 
 
 def _query(m: _Mapper, sd: dict, ct2_name: str, hf_name: str, d_model: int, width: int) -> None:
@@ -425,7 +420,7 @@ def _query(m: _Mapper, sd: dict, ct2_name: str, hf_name: str, d_model: int, widt
     if w.shape != (width, d_model) or b.shape != (width,):
         raise CTranslate2FormatError(f"{ct2_name}: expected a weight of shape {(width, d_model)}, got {w.shape} / "
                                      f"bias {b.shape}")
-    sd[f"{hf_name}.weight"], sd[f"{hf_name}.bias"] = _zero_rows(w, d_model), _zero_rows(b, d_model)
+    sd[f"{hf_name}.weight"], sd[f"{hf_name}.bias"] = _zero_padded(w, d_model), _zero_padded(b, d_model)
 
 
 def _output(m: _Mapper, sd: dict, ct2_name: str, hf_name: str, d_model: int, width: int) -> None:
@@ -434,7 +429,7 @@ def _output(m: _Mapper, sd: dict, ct2_name: str, hf_name: str, d_model: int, wid
     if w.shape != (d_model, width) or b.shape != (d_model,):
         raise CTranslate2FormatError(f"{ct2_name}: expected a weight of shape {(d_model, width)}, got {w.shape} / "
                                      f"bias {b.shape}")
-    sd[f"{hf_name}.weight"], sd[f"{hf_name}.bias"] = _zero_columns(w, d_model), b
+    sd[f"{hf_name}.weight"], sd[f"{hf_name}.bias"] = _zero_padded(w, d_model, axis=1), b
 
 
 def _attention_names(stack: str, n_layers: int) -> list[str]:
@@ -566,9 +561,9 @@ def ctranslate2_whisper_to_state_dict(ct2: CTranslate2Model) -> tuple[dict[str, 
             if sd[f"{h}.fc2.weight"].ndim != 2 or sd[f"{h}.fc2.weight"].shape[1] != ffn:
                 raise CTranslate2FormatError(f"{stack}/layer_{i}/ffn: linear_0 has {ffn} outputs but linear_1 has "
                                              f"shape {sd[f'{h}.fc2.weight'].shape}")
-            sd[f"{h}.fc1.weight"] = _zero_rows(sd[f"{h}.fc1.weight"], ffn_dims[stack])
-            sd[f"{h}.fc1.bias"] = _zero_rows(sd[f"{h}.fc1.bias"], ffn_dims[stack])
-            sd[f"{h}.fc2.weight"] = _zero_columns(sd[f"{h}.fc2.weight"], ffn_dims[stack])
+            sd[f"{h}.fc1.weight"] = _zero_padded(sd[f"{h}.fc1.weight"], ffn_dims[stack])
+            sd[f"{h}.fc1.bias"] = _zero_padded(sd[f"{h}.fc1.bias"], ffn_dims[stack])
+            sd[f"{h}.fc2.weight"] = _zero_padded(sd[f"{h}.fc2.weight"], ffn_dims[stack], axis=1)
             zero_neurons += ffn_dims[stack] - ffn
     if zero_heads or zero_neurons:
         logger.info("the CTranslate2 model is pruned (fewer heads or FFN neurons in some layers than transformers' "
@@ -997,8 +992,8 @@ def convert_ctranslate2_whisper(
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
         # move what is there aside first, so that a failure leaves it in place
-        old = None
-        if dst.exists() or dst.is_symlink():
+        old = None  # (a symbolic link was refused by _check_destination)
+        if dst.exists():
             old = tmp.with_name(tmp.name + ".old")
             dst.rename(old)
         try:
@@ -1011,7 +1006,7 @@ def convert_ctranslate2_whisper(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
+        if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
