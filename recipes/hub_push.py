@@ -27,8 +27,8 @@ def folder_state(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
     root = Path(folder)
     if not root.is_dir():
         return {}
-    return {path.relative_to(root).as_posix(): (path.stat().st_mtime_ns, path.stat().st_size)
-            for path in root.rglob("*") if path.is_file()}
+    return {path.relative_to(root).as_posix(): (stat.st_mtime_ns, stat.st_size)
+            for path in root.rglob("*") if path.is_file() for stat in (path.stat(),)}
 
 
 def reach_hub_repo(training_args) -> None:
