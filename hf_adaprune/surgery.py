@@ -190,7 +190,7 @@ def check_record_fits(model: nn.Module, record: dict) -> None:
     for path, spec in layout.get("modules", {}).items():
         if spec.get("type") != "Linear":
             continue
-        module = base.get_submodule(path) if _has_submodule(base, path) else None
+        module = _submodule_or_none(base, path)
         if module is None:
             problems.append(f"{path} is missing")
         elif (getattr(module, "out_features", None), getattr(module, "in_features", None)) not in (
@@ -203,9 +203,9 @@ def check_record_fits(model: nn.Module, record: dict) -> None:
         if parameter is not None and list(parameter.shape) != list(shape):
             problems.append(f"{path} has shape {list(parameter.shape)}, the record says {list(shape)}")
     for stack, entry in record["layers"].items():
-        if _has_submodule(base, stack) and len(base.get_submodule(stack)) != len(entry["kept"]):
-            problems.append(f"{stack} has {len(base.get_submodule(stack))} layers, the record says "
-                            f"{len(entry['kept'])}")
+        layers = _submodule_or_none(base, stack)
+        if layers is not None and len(layers) != len(entry["kept"]):
+            problems.append(f"{stack} has {len(layers)} layers, the record says {len(entry['kept'])}")
     if problems:
         raise ValueError("model.config.adaprune records a pruned model whose shapes this model does not have ("
                          + "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
@@ -214,12 +214,11 @@ def check_record_fits(model: nn.Module, record: dict) -> None:
                          "(del model.config.adaprune)")
 
 
-def _has_submodule(base: nn.Module, path: str) -> bool:
+def _submodule_or_none(base: nn.Module, path: str) -> nn.Module | None:
     try:
-        base.get_submodule(path)
+        return base.get_submodule(path)
     except AttributeError:
-        return False
-    return True
+        return None
 
 
 def _compact_masked(model: nn.Module, masks, record: dict) -> None:
