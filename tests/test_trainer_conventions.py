@@ -311,6 +311,16 @@ def test_prediction_loss_only_with_a_named_metric_says_why_before_training(tmp_p
     assert trainer.state.global_step == 0
 
 
+def test_prediction_loss_only_with_a_named_best_model_metric_says_why_before_training(tmp_path):
+    """Decisions on the loss are fine with prediction_loss_only, but --metric_for_best_model accuracy is not: the
+    refusal says why, as the pruning metric's does."""
+    trainer = make_trainer(tmp_path, prediction_loss_only=True, pruning_metric="loss", eval_strategy="steps",
+                           eval_steps=6, metric_for_best_model="accuracy")
+    with pytest.raises(KeyError, match="metric_for_best_model 'accuracy'.*--prediction_loss_only true"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_seq2seq_metric_from_logits_needs_no_generation_but_a_named_one_does(tmp_path):
     import numpy as np
 

@@ -579,7 +579,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if best and self.args.eval_strategy != "no" and f"{DECISION_PREFIX}_{best}" not in metrics:
             raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                            f"'eval_{best}' (the first evaluation would fail on it); available: "
-                           f"{self._metric_names(metrics)}")
+                           f"{self._metric_names(metrics)}{self._missing_metric_hint()}")
 
     def _evaluate_first_rows(self, predictions: bool = False) -> dict:
         """Metrics of 2 decision rows, or of all of them when the metric needs more (both classes, ...)."""
