@@ -18,6 +18,7 @@ import copy
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
+from .modes import restore_modes, training_modes
 
 LABEL_COLUMNS = ("labels", "decoder_input_ids", "decoder_attention_mask")
 # families whose forward builds the decoder input by moving each label row's last token to its front (mBART's
@@ -138,8 +139,6 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     else:
         generate_kwargs = {"do_sample": False, **generate_kwargs}
     device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
     columns = {name: dataset[name] for name in ("input_ids", "attention_mask") if name in dataset.column_names}
     empty = [i for i, ids in enumerate(columns["input_ids"]) if len(ids) == 0 or (
         "attention_mask" in columns and not any(columns["attention_mask"][i]))]
@@ -148,6 +147,8 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
                          "lines, or tokenize with the special tokens (add_special_tokens=True gives them </s>)")
     order = sorted(range(len(dataset)), key=lambda i: -len(columns["input_ids"][i]))  # an out-of-memory shows at once
     labels: list[list[int] | None] = [None] * len(dataset)
+    modes = training_modes(teacher)
+    teacher.eval()
     try:
         for begin in tqdm(range(0, len(order), batch_size), desc="sequence distillation: teacher targets",
                           disable=not progress):
@@ -158,6 +159,6 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
                                                             teacher.config.model_type in WRAPPED_START_TYPES)):
                 labels[index] = row
     finally:
-        teacher.train(was_training)
+        restore_modes(modes)
     kept = [name for name in dataset.column_names if name not in LABEL_COLUMNS]
     return dataset.select_columns(kept).add_column("labels", labels)

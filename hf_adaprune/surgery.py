@@ -166,6 +166,10 @@ def compact(model: nn.Module) -> dict:
     gate). A model without masks keeps its shapes. Either way the model gets its
     pruned class (a subclass of its own), whose ``save_pretrained`` writes a
     folder stock transformers loads with ``trust_remote_code=True``.
+
+    The projections that lose rows or columns are new ``nn.Linear`` modules (and removed layers leave their
+    ``ModuleList``): hooks registered on them, and an optimizer holding their parameters, do not follow;
+    register hooks and build optimizers after compacting.
     """
     from .hub.load import as_pruned  # here: hub saves through this module
 

@@ -132,7 +132,7 @@ def test_refuses_what_it_cannot_translate():
 
 
 def test_a_row_without_tokens_is_refused_before_any_translation():
-    model = tiny_translator()
+    model = tiny_translator().train()
     rows = sources()
     empty = Dataset.from_dict({"input_ids": rows["input_ids"][:2] + [[]] + rows["input_ids"][2:]})
     with pytest.raises(ValueError, match=r"1 row\(s\) have no token to translate \(row 2 first\): drop empty source"):
@@ -140,6 +140,7 @@ def test_a_row_without_tokens_is_refused_before_any_translation():
     masked = Dataset.from_dict({"input_ids": [[5, 6, EOS], [7, 8, EOS]], "attention_mask": [[1, 1, 1], [0, 0, 0]]})
     with pytest.raises(ValueError, match=r"\(row 1 first\)"):
         sequence_distillation_targets(model, masked, progress=False)
+    assert model.training  # the refused calls left the teacher in the mode it was given (it was left in eval)
 
 
 

@@ -315,6 +315,22 @@ def test_processes_that_would_train_separately_fail_at_parse_time(tmp_path, monk
         make_args(tmp_path)
 
 
+def test_a_refused_trainer_leaves_the_model_without_masks(tmp_path):
+    """The set-up attaches the masks before it checks the settings; a refusal took them off again only in
+    post_training_prune, so a later post_training_prune(model) or save_pruned(model) met masks the user never put on."""
+    data = toy_dataset(32)
+    for model, arguments, message in [
+            (tiny_model("bert"), {}, "needs an eval_dataset"),
+            (tiny_model("bert"), {"pruning_roles": "decoder"}, "nothing to prune"),
+            (tiny_model("bert").requires_grad_(False), {}, "do not require gradients")]:
+        eval_data = None if message == "needs an eval_dataset" else data
+        with pytest.raises(ValueError, match=message):
+            AdaptivePruningTrainer(model=model, args=make_args(tmp_path, **arguments), train_dataset=data,
+                                   eval_dataset=eval_data)
+        assert get_masks(model) is None
+        assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
 def test_trainer_fails_fast(tmp_path):
     data = toy_dataset(32)
     with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings"):

@@ -33,6 +33,7 @@ from ..engine.masks import get_masks
 from ..families.registry import readable_positions
 from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
 from ..hub.save import check_save_request, move_into
+from ..modes import restore_modes, training_modes
 from ..surgery import compact
 from .checks import check_transformers_model
 from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
@@ -163,7 +164,7 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
         _encoder_inputs_and_outputs(model)
     if get_masks(model) is not None:
         compact(model)
-    training, device = model.training, next(model.parameters()).device
+    modes, device = training_modes(model), next(model.parameters()).device
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     try:  # into a temporary folder first: an export that fails leaves the folder (an earlier export too) as it was
@@ -172,7 +173,8 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
             _remove_stale_graphs(save_directory, {item.name for item in Path(tmp).iterdir()})
             move_into(Path(tmp), save_directory)
     finally:  # the caller's model comes back as it came: mode and device
-        model.train(training).to(device)
+        restore_modes(modes)
+        model.to(device)
     return [save_directory / path.name for path in paths]
 
 
@@ -200,12 +202,12 @@ def _encoder_inputs_and_outputs(model) -> tuple[dict, list[str], object]:
     if _uses_token_types(model):
         inputs["token_type_ids"] = torch.zeros_like(example["inputs"])
         inputs["token_type_ids"][:, 4:] = 1  # a sentence pair: the segment embedding is in the trace
-    training = model.training
+    modes = training_modes(model)
     try:
         with torch.no_grad():
             probe = model.eval()(**{k: v.to(next(model.parameters()).device) for k, v in inputs.items()})
     finally:
-        model.train(training)
+        restore_modes(modes)
     return inputs, _encoder_outputs(probe), probe
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..families import Group, HeadGroup
 from ..engine.masks import structure_count
+from ..modes import restore_modes, training_modes
 
 SCORE_KINDS = ("fisher", "taylor")
 LABEL_KEYS = ("labels", "label", "label_ids")
@@ -123,7 +124,7 @@ def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterabl
         repeat = group.head_dim if isinstance(group, HeadGroup) else 1
         probes[group.name] = _MaskProbe(structure_count(base, group), repeat)
         handles.append(base.get_submodule(group.output).register_forward_pre_hook(probes[group.name]))
-    was_training = model.training
+    modes = training_modes(model)
     requires = [(p, p.requires_grad) for p in model.parameters()]
     sums = {kind: {g.name: torch.zeros(probes[g.name].count, dtype=torch.float64) for g in groups}
             for kind in SCORE_KINDS}
@@ -152,6 +153,6 @@ def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterabl
                 handle.remove()
             for p, flag in requires:
                 p.requires_grad_(flag)
-            model.train(was_training)
+            restore_modes(modes)
     return {kind: {name: (total / max(seen, 1)).float() for name, total in per_group.items()}
             for kind, per_group in sums.items()}

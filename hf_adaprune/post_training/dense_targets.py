@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..families import Group
+from ..modes import restore_modes, training_modes
 from .calibration import device_batch, token_mask, whole_feed_forward
 
 REFIT_TARGETS = ("dense_residual", "dense_output", "same_input")
@@ -62,14 +63,14 @@ def residual_norms(model: nn.Module, groups: Sequence[Group], batch: dict) -> di
                for module, path in outputs.items()]
     handles += [module.register_forward_pre_hook(lambda m, a, path=path: order.append(("norm", path)))
                 for module, path in norms.items()]
-    was_training = model.training
+    modes = training_modes(model)
     try:
         model.eval()
         model(**device_batch(batch, next(model.parameters()).device))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        restore_modes(modes)
     found = {}
     for position, (kind, path) in enumerate(order):
         if kind == "projection" and path not in found:
@@ -123,7 +124,7 @@ def capture_dense_targets(model: nn.Module, groups: Sequence[Group], batches: Se
                 handles.append(base.get_submodule(group.output).register_forward_hook(capture))
             else:
                 handles.append(base.get_submodule(targets.norms[group.name]).register_forward_pre_hook(capture))
-        was_training = model.training
+        modes = training_modes(model)
         try:
             model.eval()
             for batch in batches:
@@ -134,5 +135,5 @@ def capture_dense_targets(model: nn.Module, groups: Sequence[Group], batches: Se
         finally:
             for handle in handles:
                 handle.remove()
-            model.train(was_training)
+            restore_modes(modes)
         return targets

@@ -32,6 +32,7 @@ from ..families import (UnsupportedModelError, check_sequence_length, find_group
 from ..hub import save_pruned
 from ..hub.save import check_save_request
 from ..metrics import metric_greater_is_better
+from ..modes import restore_modes, training_modes
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.report import write_json
 from ..reporting.summary import ProfileComparison
@@ -526,12 +527,12 @@ def _load_projection_state(model: nn.Module, state: dict[str, torch.Tensor]) -> 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[dict], metric: str, progress: bool = True) -> float:
     """``metric`` of ``model`` on pre-collated labelled batches: ``"loss"`` or a classification metric name."""
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     try:
         losses, weights, logits, labels = _predict(model, batches, metric, progress)
     finally:  # also when a batch fails: the model comes back in the mode it was given
-        model.train(was_training)
+        restore_modes(modes)
     if metric == "loss":
         return sum(losses) / sum(weights)
     result = _metric_function(metric)(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels)))

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..engine.masks import PruningMasks
 from ..families import Group, HeadGroup
+from ..modes import restore_modes, training_modes
 from .calibration import device_batch, token_mask, whole_feed_forward
 from .dense_targets import DenseTargets, real_tokens
 
@@ -184,7 +185,7 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
     with whole_feed_forward(model):  # the hooks read one FFN call per batch
         base = model.base_model
         device = next(model.parameters()).device
-        was_training = model.training
+        modes = training_modes(model)
         model.eval()
         errors = {}
         pruned = [g for g in groups if bool((masks.masks[g.name] < 0.5).any())]
@@ -225,7 +226,7 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
                 elif bias.abs().max() > 0:
                     raise ValueError(f"{group.output} has no bias to take the re-fit's constant term")
         finally:
-            model.train(was_training)
+            restore_modes(modes)
         return errors
 
 

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..engine.masks import get_masks, structure_count
 from ..layout import read_record
+from ..modes import restore_modes, training_modes
 from ..surgery import kept_structure, original_path
 from .summary import LayerComparison, ProfileComparison
 
@@ -91,11 +92,13 @@ def _base_prefix(model: nn.Module) -> str:
 @torch.no_grad()
 def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:
     """Total forward FLOPs and FLOPs per module path (relative to ``model.base_model``)."""
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(**inputs)
-    model.train(was_training)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(**inputs)
+    finally:
+        restore_modes(modes)
     prefix = _base_prefix(model)
     per_module = {}
     for name, ops in counter.get_flop_counts().items():

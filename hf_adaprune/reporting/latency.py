@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modes import restore_modes, training_modes
+
 __all__ = ["GenerateExactly", "GenerateModule", "compare_latency", "format_latency"]
 
 
@@ -77,7 +79,7 @@ def compare_latency(
         raise ValueError(f"need repeats >= 1 and warmup >= 0; got {repeats} and {warmup}")
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
-    modes = {name: [(module, module.training) for module in model.modules()] for name, model in models.items()}
+    modes = [training_modes(model) for model in models.values()]
     gc_was_enabled = gc.isenabled()
     try:
         for model in models.values():
@@ -98,9 +100,8 @@ def compare_latency(
     finally:
         if gc_was_enabled:
             gc.enable()
-        for saved in modes.values():
-            for module, training in saved:
-                module.training = training
+        for saved in modes:
+            restore_modes(saved)
 
     results = {}
     for name in names:

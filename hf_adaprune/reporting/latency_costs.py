@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..engine.masks import structure_count
+from ..modes import restore_modes, training_modes
 from .flops import example_inputs, structure_modules
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 
         else:
             model(**inputs)
 
-    was_training = model.training
+    modes = training_modes(model)
     model.eval()
     timer = _ModuleTimer(base, paths, device)
     runs = []
@@ -111,7 +112,7 @@ def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 
                 runs.append(dict(timer.totals))
     finally:
         timer.remove()
-        model.train(was_training)
+        restore_modes(modes)
     median = {p: statistics.median(r[p] for r in runs) for p in paths}
     totals = sorted(sum(r.values()) for r in runs)
     logger.info("latency table: %d runs, prunable modules %.2f ms median, 90th percentile / median %.3f",

@@ -12,6 +12,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
+from ..modes import restore_modes, training_modes
+
 
 class TeacherAgreementEvaluator(SentenceEvaluator):
     """Mean cosine similarity between the model's embeddings and fixed teacher embeddings of ``sentences``.
@@ -68,12 +70,12 @@ def encode(model: SentenceTransformer, sentences: list[str], batch_size: int = 6
     ``as_trained``: as the training forward computes them: with ``prompt`` (what the trainer's ``prompts`` put
     before these sentences; the model's ``default_prompt_name`` is not applied) and not cut to ``truncate_dim``.
     """
-    was_training = model.training
+    modes = training_modes(model)
     options = {"prompt": prompt} if as_trained else {}
     try:
         with model.truncate_sentence_embeddings(None) if as_trained else contextlib.nullcontext():
             embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True,
                                       show_progress_bar=False, **options)
     finally:
-        model.train(was_training)
+        restore_modes(modes)
     return embeddings.float().cpu().clone()  # a clone is a normal tensor, usable in autograd (encode's is not)

@@ -48,7 +48,7 @@ from ..reporting.latency_costs import latency_costs, timing_device_note
 from ..reporting.report import BEST_BEFORE_REFERENCE
 from ..hub import save_pruned
 from ..engine.importance import frozen_groups, make_importance
-from ..engine.masks import attach_masks, get_masks
+from ..engine.masks import attach_masks, detach_masks, get_masks
 from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, select_masks_by_kind,
                                  selected_fraction_by_kind, unreachable_target)
 from ..surgery import compact, was_pruned
@@ -222,7 +222,17 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                              f"into one frame: give a typical clip's length, e.g. --pruning_seq_len 16000 (1 s at "
                              f"16 kHz)")
         kinds = prune_kinds(args.prune)
+        had_masks = get_masks(model) is not None
         masks = attach_masks(model, layers="layers" in kinds)
+        try:
+            self._setup_with_masks(model, masks, kinds)
+        except BaseException:
+            if not had_masks:  # a refused set-up leaves the caller's model as it was given
+                detach_masks(model)
+            raise
+
+    def _setup_with_masks(self, model, masks, kinds) -> None:
+        args = self.args
         roles = args.selected_roles()
         self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
