@@ -610,3 +610,48 @@ print(type(saved["bert"]).__module__, type(saved["bert"].config).__module__)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["hf_adaprune.hub.load", "hf_adaprune.hub.config_marker"]
+
+
+def test_save_pretrained_over_an_earlier_save_leaves_none_of_its_weight_files(tmp_path):
+    """model.save_pretrained writes the folder save_pruned writes: a single model.safetensors of an earlier save stayed
+    beside new shards (transformers removes stale shards only), and both loaders read it and failed on its sizes."""
+    model = pruned_tiny()
+    compact(model)
+    model.save_pretrained(tmp_path)  # one model.safetensors
+    random_masks(model, seed=1)
+    compact(model)  # pruned again: other sizes
+    batch = text_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    model.save_pretrained(tmp_path, max_shard_size="20KB")  # shards and an index now
+    assert not (tmp_path / "model.safetensors").exists() and (tmp_path / "model.safetensors.index.json").exists()
+    assert (tmp_path / "notes.txt").read_text() == "the user's own file"
+    with torch.no_grad():
+        torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, expected)
+    model.save_pretrained(tmp_path)  # and back to one file: the shards and the index go
+    assert sorted(p.name for p in tmp_path.glob("model*.safetensors*")) == ["model.safetensors"]
+
+
+def test_a_config_loaded_with_remote_code_builds_the_pruned_classes_without_it(tmp_path):
+    """transformers matches a config to its own classes by the config class's name, which the shipped config class
+    shares with the stock one: from_config(config) or from_pretrained(folder, config=config) without
+    trust_remote_code built the dense stock class (a new num_labels with ignore_mismatched_sizes re-initialised every
+    pruned weight at random). The shipped module registers its classes, as load_pruned_config's class does."""
+    from hf_adaprune.hub.load import load_pruned_config
+
+    model = pruned_tiny()
+    compact(model)
+    save_pruned(model, tmp_path)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    config = transformers.AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)
+    for built in (AutoModelForSequenceClassification.from_config(config),
+                  AutoModelForSequenceClassification.from_config(load_pruned_config(tmp_path))):
+        assert {k: v.shape for k, v in built.state_dict().items()} == shapes
+    relabelled = transformers.AutoConfig.from_pretrained(tmp_path, trust_remote_code=True, num_labels=5)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, config=relabelled,
+                                                                ignore_mismatched_sizes=True)
+    for name, value in model.state_dict().items():
+        if not name.startswith("classifier"):
+            assert torch.equal(loaded.state_dict()[name], value), name
+    assert loaded.classifier.out_features == 5

@@ -71,6 +71,9 @@ def pruned_config_class(base_class: type) -> type:
 def _pruned_config_class(base_class: type) -> type:
     cls = type(base_class.__name__, (PrunedConfigMixin, base_class), {"__module__": __name__})
     setattr(sys.modules[__name__], base_class.__name__, cls)  # picklable by reference
+    from .load import register_pruned_auto_classes  # here: load imports this module
+
+    register_pruned_auto_classes(cls)
     return cls
 
 

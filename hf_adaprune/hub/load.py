@@ -19,7 +19,7 @@ from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import set_auto_map, short_cache_problem, write_remote_code
-from .save import save_beside_model
+from .save import save_beside_model, weight_file_states
 
 
 class SavesRemoteCode:
@@ -30,9 +30,16 @@ class SavesRemoteCode:
         get_adapter(self)  # refused before anything is written: the remote code needs the family's adapter
         mark_config(self.config)  # model_type adaprune_<family> in config.json
         set_auto_map(self)
+        before = weight_file_states(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
         if (args[0] if args else kwargs.get("is_main_process", True)):
             write_remote_code(self, save_directory)
+            # weight files of an earlier save that this one did not rewrite (a single file where shards were
+            # written now, or an index where one file was): transformers would load them, as save_pruned knows
+            after = weight_file_states(save_directory)
+            for name, state in before.items():
+                if after.get(name) == state:
+                    (Path(save_directory) / name).unlink()
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
         # every upload of a model goes through here: save_pretrained(push_to_hub=True) uploads at the end of
@@ -70,6 +77,21 @@ def __getattr__(name: str):
     if isinstance(base, type) and issubclass(base, transformers.PreTrainedModel):
         return pruned_class(base)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register_pruned_auto_classes(config_class: type) -> None:
+    """Make transformers' auto classes build the pruned classes from a marked ``config_class`` (a pruned model's
+    config, ``load_pruned_config``'s): ``AutoModelFor...from_config(config)`` builds the pruned shapes its record
+    gives instead of the dense stock model (transformers matches configs to classes by the config class's name,
+    which is the stock one's)."""
+    from .remote_code import _auto_mappings
+
+    for auto_name, table in _auto_mappings().items():
+        names = table.get(config_class.model_type)
+        name = names[0] if isinstance(names, (tuple, list)) else names
+        auto, stock = getattr(transformers, auto_name, None), getattr(transformers, name or "", None)
+        if isinstance(auto, type) and isinstance(stock, type):
+            auto.register(config_class, pruned_class(stock), exist_ok=True)
 
 
 def as_pruned(model):

@@ -37,7 +37,13 @@ _HEADER = """\
 """
 
 
-def remote_code_source(class_names: set[str], config_class_name: str, attention_forward: type | None = None) -> str:
+def remote_code_source(class_names: set[str], config_class_name: str, attention_forward: type | None = None,
+                       auto_classes: dict[str, str] | None = None) -> str:
+    """The shipped module's text. ``auto_classes`` (auto class name -> class name, as ``config.auto_map`` has them):
+    registered with transformers' auto classes when the module loads, so that a config loaded from the folder with
+    ``trust_remote_code=True`` builds these classes even where a later ``from_pretrained(folder, config=config)``
+    or ``from_config(config)`` leaves ``trust_remote_code`` out (transformers matches a config to its local
+    classes by the config class's name, which is the stock one's: it would build the dense stock class)."""
     forward = "" if attention_forward is None else f" and {inspect.getsourcefile(attention_forward).rpartition('hf_adaprune/')[2]}"
     parts = [_HEADER.format(forward=forward) + inspect.getsource(layout).rstrip()]
     if attention_forward is not None:
@@ -50,6 +56,15 @@ def remote_code_source(class_names: set[str], config_class_name: str, attention_
         parts.append(f"class {name}(PrunedModelMixin, transformers.{name}):\n"
                      f'    """{name} with the pruned layout of ``config.adaprune``."""\n\n'
                      f"    config_class = {config_class_name}")
+    registered = sorted((auto, name) for auto, name in (auto_classes or {}).items() if name in class_names)
+    if registered:
+        pairs = "".join(f"\n    ({auto!r}, {name})," for auto, name in registered)
+        parts.append("# A config loaded from this folder builds these classes, also where a later call leaves\n"
+                     "# trust_remote_code out (transformers matches configs to its own classes by name).\n"
+                     f"for _auto_name, _model_class in ({pairs}\n):\n"
+                     "    if hasattr(transformers, _auto_name):\n"
+                     f"        getattr(transformers, _auto_name).register({config_class_name}, _model_class, "
+                     "exist_ok=True)")
     return "\n\n\n".join(parts) + "\n"
 
 
@@ -163,7 +178,8 @@ def set_auto_map(model) -> None:
 def write_remote_code(model, folder) -> None:
     """Write ``modeling_adaprune.py`` into ``folder``, defining the model classes ``config.auto_map`` names
     (:func:`set_auto_map`)."""
-    class_names = {target.rpartition(".")[2] for auto_name, target in (model.config.auto_map or {}).items()
-                   if auto_name != "AutoConfig"}
-    source = remote_code_source(class_names, stock_config_class_name(model.config), get_adapter(model).attention_forward)
+    auto_classes = {auto_name: target.rpartition(".")[2] for auto_name, target in (model.config.auto_map or {}).items()
+                    if auto_name != "AutoConfig"}
+    source = remote_code_source(set(auto_classes.values()), stock_config_class_name(model.config),
+                                get_adapter(model).attention_forward, auto_classes)
     (Path(folder) / REMOTE_CODE_FILE).write_text(source)

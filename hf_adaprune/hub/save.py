@@ -31,6 +31,19 @@ def _weight_files(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir() if path.is_file() and WEIGHT_FILE.fullmatch(path.name)}
 
 
+def weight_file_states(folder: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """Name -> (inode, size, modification time) of ``folder``'s weight files ({} if the folder does not exist): a
+    file a save rewrote has another state afterwards."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    states = {}
+    for name in _weight_files(folder):
+        stat = (folder / name).stat()
+        states[name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return states
+
+
 def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, processor=None, **kwargs) -> Path:
     """Compact ``model`` (if it still has masks) and save it in the Hub format.
 
