@@ -1079,6 +1079,8 @@ def test_cards_keep_a_users_readme_take_the_card_arguments_and_say_when_nothing_
                                                                        "sentence-transformers/all-MiniLM-L6-v2")
     assert {"my-tag", "hf_adaprune", "sentence-transformers"} <= set(data["tags"])
     assert "saved before training" not in card.text
+    trainer.save_model()  # a later save keeps what create_model_card was given (it wrote a card without it)
+    assert ModelCard.load(out / CARD_BESIDE_USER_README).data.to_dict() == data
 
 
 def test_throughput_counts_the_sentences_it_timed(encoder_folder):

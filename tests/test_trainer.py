@@ -82,6 +82,8 @@ def test_train_prunes_saves_and_reloads(tmp_path):
     assert [m["name"] for m in metrics] == ["accuracy (dense)", "accuracy (pruned)"]
     assert metrics[0]["value"] == pytest.approx(report["metric_before"])
     assert "learning_rate: 0.002" in card.text and "- transformers: " in card.text
+    trainer.save_model()  # a later save keeps what create_model_card was given (it wrote a card without it)
+    assert ModelCard.load(tmp_path / "README.md").data.to_dict() == data
     loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
     batch = {"input_ids": torch.tensor(toy_dataset()["input_ids"][:4])}
     with torch.no_grad():

@@ -231,8 +231,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         if self.args.should_save:
             model = copy.deepcopy(self.model)  # keep the in-memory model trainable: compact a copy
             self._as_last_decided(transformer_module(model).auto_model)
-            card = sentence_transformer_card(self.pruning_summary(), trained=self.state.global_step > 0,
-                                             stock_class=stock_encoder_class(self.pruned_model.config))
+            card = self._card(**self.card_args())
             save_pruned_sentence_transformer(model, output_dir, card=card,
                                              card_file=os.path.basename(card_path(output_dir)))
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -242,18 +241,25 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           dataset=None, **kwargs) -> None:
         """The pruned model's card, with the card arguments ``Trainer.create_model_card`` takes (a README.md of the
-        user's own stays, the card goes beside it)."""
+        user's own stays, the card goes beside it). The values given are kept (each until given again): the card a
+        later ``save_model()`` writes keeps them."""
+        given = dict(language=language, license=license, tags=tags, model_name=model_name,
+                     finetuned_from=finetuned_from, dataset=dataset)
+        self._card_args = {**self.card_args(), **{k: v for k, v in given.items() if v is not None}}
         if not self.is_world_process_zero():
             return
+        with open(card_path(self.args.output_dir), "w") as f:
+            f.write(self._card(**self._card_args))
+
+    def _card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None, dataset=None,
+              **unused) -> str:
         summary = self.pruning_summary()
         summary.dataset = dataset or summary.dataset
         summary.model_name = model_name or summary.model_name
         summary.base_model = finetuned_from or summary.base_model
-        card = sentence_transformer_card(summary, trained=self.state.global_step > 0, language=language,
+        return sentence_transformer_card(summary, trained=self.state.global_step > 0, language=language,
                                          license=license, tags=tags,
                                          stock_class=stock_encoder_class(self.pruned_model.config))
-        with open(card_path(self.args.output_dir), "w") as f:
-            f.write(card)
 
 
 def training_prompt(prompts, column: str, dataset_name: str | None = None) -> str:

@@ -83,11 +83,18 @@ class PruningReportMixin:
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
-        """The pruned model's card, with what ``Trainer.create_model_card`` accepts passed through."""
+        """The pruned model's card, with what ``Trainer.create_model_card`` accepts passed through. The values given
+        are kept (each until given again): the card a later ``save_model()`` or push writes keeps them."""
+        given = dict(language=language, license=license, tags=tags, model_name=model_name,
+                     finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
+                     dataset_args=dataset_args)
+        self._card_args = {**self.card_args(), **{k: v for k, v in given.items() if v is not None}}
         if self.is_world_process_zero():
-            self._write_card(self.args.output_dir, language=language, license=license, tags=tags,
-                             model_name=model_name, finetuned_from=finetuned_from, tasks=tasks,
-                             dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args)
+            self._write_card(self.args.output_dir, **self._card_args)
+
+    def card_args(self) -> dict:
+        """What ``create_model_card`` was given so far (the card's license, language, tags, base model, dataset)."""
+        return dict(getattr(self, "_card_args", {}))
 
     def _write_card(self, output_dir: str, **card_args) -> None:
         # The stock summary infers the task, the Hub dataset ids and the hyperparameters as the stock card does.

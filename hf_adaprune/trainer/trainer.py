@@ -821,7 +821,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
         elif not _internal_call and self.args.should_save:
-            self._write_card(output_dir)
+            self._write_card(output_dir, **self.card_args())
 
 
 def without_unpruned_groups(state: dict, groups: set[str]) -> dict:
