@@ -500,6 +500,10 @@ class PrunedModelMixin:
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
+        if cls.__name__.endswith("ForCausalLM") and kwargs.get("key_mapping") is None:
+            # a BART-like encoder-decoder saves its shared token table once, as model.shared: its decoder-only
+            # head reads it as its decoder's table (and the output layer tied to it), not a new random one
+            kwargs["key_mapping"] = {r"^model\.shared\.": "model.decoder.embed_tokens."}
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         record = read_record(model.config) or empty_record()
         layers = {name.rpartition(".")[0] + "." for name in record["groups"]}
