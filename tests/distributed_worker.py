@@ -2,7 +2,7 @@
 
 Usage: python tests/distributed_worker.py OUTPUT_DIR PER_DEVICE_BATCH [--break-rank R] [--crash-after STEP]
        [--resume CHECKPOINT] [--schedule gradual|search_then_recover] [--search-steps N] [--ramp-steps N] [--refit]
-       [--latency] [--dense-eval]
+       [--latency] [--dense-eval] [--metric-fails-on-rank R]
 
 --dense-eval: no pruning run; the recipes' plain DenseTrainer evaluates the model, eval_loss written per rank.
 """
@@ -53,6 +53,8 @@ def main():
     parser.add_argument("--metric", default="accuracy")
     parser.add_argument("--eval-rows", type=int, default=48)
     parser.add_argument("--dense-eval", action="store_true")
+    parser.add_argument("--metric-fails-on-rank", type=int, default=None,
+                        help="a compute_metrics that raises on that process only")
     opts = parser.parse_args()
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     distributed = {}
@@ -81,7 +83,14 @@ def main():
         with open(os.path.join(opts.output_dir, f"eval_loss_rank{dense.args.process_index}.json"), "w") as file:
             json.dump(loss, file)
         return
-    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(opts.eval_rows)))
+    compute_metrics = None
+    if opts.metric_fails_on_rank is not None:
+        def compute_metrics(prediction):
+            if args.process_index == opts.metric_fails_on_rank:
+                raise ValueError("the metric fails on this process")
+            return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+    trainer = AdaptivePruningTrainer(model=model, args=args, train_dataset=data, compute_metrics=compute_metrics,
+                                     eval_dataset=data.select(range(opts.eval_rows)))
     rank = trainer.args.process_index
     if opts.break_rank is not None and rank == opts.break_rank:
         import hf_adaprune.trainer.trainer as trainer_module

@@ -91,6 +91,34 @@ def test_gradient_accumulation_keeps_alphas_balance(tmp_path, accumulation):
     assert abs(got.item() - combined.item() / accumulation) <= TOL
 
 
+@pytest.mark.parametrize("custom", [False, True])
+def test_the_distilled_loss_keeps_the_factor_trainer_gives_the_loss_under_several_processes(tmp_path, monkeypatch,
+                                                                                            custom):
+    """Under N processes Trainer.compute_loss multiplies a loss it takes for normalised by every process's item count
+    by N. Before the teacher exists the task loss had it; the distilled loss did not, so the gradients shrank N-fold
+    the step distillation started (a custom compute_loss_func's task loss kept it, and outweighed the KD terms)."""
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    task_loss = (lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels)) if custom \
+        else None
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.3)
+    trainer.compute_loss_func = task_loss
+    trainer.current_gradient_accumulation_steps = 1
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2, 1])}
+    items = torch.tensor(4)
+    before = trainer.compute_loss(model, dict(inputs), num_items_in_batch=items)  # no teacher yet: the task loss
+    with torch.no_grad():
+        s = model(input_ids=ids)
+    assert abs(before.item() - 2 * F.cross_entropy(s.logits, inputs["labels"]).item()) <= TOL
+    trainer.distillation_teacher = teacher = copy_teacher(perturbed(model))
+    got = trainer.compute_loss(model, dict(inputs), num_items_in_batch=items)
+    with torch.no_grad():
+        t = teacher(input_ids=ids)
+    combined = 0.3 * F.cross_entropy(s.logits, inputs["labels"]) + 0.7 * 2.0 ** 2 * kl(s.logits, t.logits, 2.0).mean()
+    assert abs(got.item() - 2 * combined.item()) <= TOL
+
+
 def seq2seq_case(family):
     generator = torch.Generator().manual_seed(1)
     if family == "whisper":

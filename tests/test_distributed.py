@@ -100,11 +100,13 @@ def test_rank_with_different_masks_raises(tmp_path, extra):
 
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
-def test_an_evaluate_before_train_still_trains_one_model_and_the_loss_counts_every_row_once(tmp_path):
+@pytest.mark.parametrize("rows", [33, 44])
+def test_an_evaluate_before_train_still_trains_one_model_and_the_loss_counts_every_row_once(tmp_path, rows):
     """evaluate() before train() left accelerate's evaluation preparation on the model, so training did not wrap it
     in DDP and each process trained its own copy; 33 decision rows on 2 processes padded one repeat into a batch
-    mean (a loss 0.003 off the 1-process one, with tolerance 0.01)."""
-    extra = ("--evaluate-first", "--metric", "loss", "--eval-rows", "33")
+    mean (a loss 0.003 off the 1-process one, with tolerance 0.01). 44 rows split evenly over the 2 processes, but
+    not into their eval batches of 32: the second process's batch of 12 was filled up with 20 repeats."""
+    extra = ("--evaluate-first", "--metric", "loss", "--eval-rows", str(rows))
     two, result = run_worker(tmp_path, "two", batch=8, nproc=2, extra=extra)
     assert result.returncode == 0, result.stderr[-4000:]
     one, result = run_worker(tmp_path, "one", batch=16, nproc=1, extra=extra)
@@ -114,6 +116,16 @@ def test_an_evaluate_before_train_still_trains_one_model_and_the_loss_counts_eve
         torch.testing.assert_close(rank1[name], weight, rtol=0, atol=0, msg=name)
     reference = [torch.load(out / "controller_rank0.pt")["reference"] for out in (two, one)]
     assert reference[0] == pytest.approx(reference[1], abs=1e-4)
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_a_metric_check_that_fails_on_one_process_stops_every_process(tmp_path):
+    """The check before training retried on all decision rows where it failed: a process that failed alone retried
+    alone, and the two waited for each other in different collectives until the backend's timeout (30 minutes)."""
+    _, result = run_worker(tmp_path, "failing", batch=8, nproc=2, extra=("--metric-fails-on-rank", "1"))
+    assert result.returncode != 0
+    assert "metric fails on this process" in result.stderr
+    assert "metric check before training failed on process(es) [1]" in result.stderr
 
 
 def test_the_recipes_dense_trainer_reports_the_same_eval_loss_on_two_processes_as_on_one(tmp_path):

@@ -314,10 +314,27 @@ class DistillationMixin(EvalLossMixin):
         scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
             (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or custom)
         steps = self.current_gradient_accumulation_steps if scaled else 1
+        # Trainer.compute_loss multiplies a loss it takes for normalised by every process's item count by the
+        # process count (DDP averages the gradients): the whole distilled loss gets the factor the task loss had
+        # before the teacher existed, so the gradients keep their scale when distillation starts
+        processes = self._process_loss_factor(num_items_in_batch)
+        if custom:
+            task_loss = task_loss / processes  # Trainer.compute_loss gave the custom loss its factor already
         loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
                                  alpha=args.distillation_alpha, temperature=args.distillation_temperature,
                                  hidden_weight=args.distillation_hidden_weight,
                                  kd_scale=1.0 / steps if custom else 1.0)
         if not custom:
             loss = loss / steps
+        loss = loss * processes
         return (loss, outputs) if return_outputs else loss
+
+    def _process_loss_factor(self, num_items_in_batch) -> int:
+        """What ``Trainer.compute_loss`` multiplies a loss by under several processes (1 where it does not)."""
+        args = self.args
+        if not (getattr(args, "average_tokens_across_devices", False) and num_items_in_batch is not None
+                and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)):
+            return 1
+        if args.n_gpu > 1:
+            return args.n_gpu
+        return self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)

@@ -48,6 +48,15 @@ def from_main_process(accelerator, value):
     return broadcast_object_list([value], from_process=0)[0]
 
 
+def failing_processes(accelerator, failed: bool, device) -> list[int]:
+    """The processes where ``failed`` is true, on every process (so that all take the same branch after a step
+    that may fail on some: one going on alone would wait in the next collective for ever)."""
+    if accelerator.num_processes == 1:
+        return [0] if failed else []
+    flags = accelerator.gather(torch.tensor([float(failed)], device=device))
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
 def check_masks_agree(accelerator, masks: dict[str, torch.Tensor], groups, device) -> None:
     """All ranks must select the same masks (``{group: mask}``), checked before they touch the model: a mismatch
     would silently corrupt it, and the re-fit's collectives would not even match. The checksums are compared

@@ -41,7 +41,8 @@ from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writa
                          new_arguments_problem, read_pruning_state, resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin, ctc_frame_lengths, layers_dropped
 from .decision_rng import decision_rng
-from .distributed import check_masks_agree, from_main_process, reduce_layer_taylor, reduced_scores
+from .distributed import (check_masks_agree, failing_processes, from_main_process, reduce_layer_taylor,
+                          reduced_scores)
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import latency_costs, timing_device_note
@@ -537,12 +538,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     @contextlib.contextmanager
     def _loss_of_every_row(self, dataset):
-        """Rows that do not split evenly over the processes are padded with repeats of the first ones; a batch's
-        loss is its mean, entered once per row, and gathering drops the repeats' entries but not their share of
-        their batch's mean. One row per batch then, so that the decision loss is the mean over the rows (slower:
-        only on several processes with such a row count). A dict of eval sets: if any of them has such a count."""
+        """Rows that do not fill the last batch of every process are padded with repeats of the first ones (the
+        last global batch of world size x batch size rows is split over the processes, and the short ones are
+        filled up); a batch's loss is its mean, entered once per row, and gathering drops the repeats' entries but
+        not their share of their batch's mean. One row per batch then, so that the decision loss is the mean over
+        the rows (slower: only on several processes with such a row count). A dict of eval sets: if any of them
+        has such a count."""
         parts = list(dataset.values()) if isinstance(dataset, Mapping) else [dataset]
-        if self.args.world_size == 1 or not any(hasattr(part, "__len__") and len(part) % self.args.world_size
+        rows_per_step = self.args.world_size * self.args.per_device_eval_batch_size
+        if self.args.world_size == 1 or not any(hasattr(part, "__len__") and len(part) % rows_per_step
                                                 for part in parts):
             yield
             return
@@ -592,16 +596,28 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                            f"{self._metric_names(metrics)}{self._missing_metric_hint()}")
 
     def _evaluate_first_rows(self, predictions: bool = False) -> dict:
-        """Metrics of 2 decision rows, or of all of them when the metric needs more (both classes, ...)."""
+        """Metrics of 2 decision rows, or of all of them when the metric needs more (both classes, ...). Every
+        process takes the same branch: one that failed where the others did not would retry alone, and they would
+        wait for each other in different collectives for ever."""
+        metrics, error = self._attempt_rows(2, predictions)
+        if not failing_processes(self.accelerator, error is not None, self.args.device):
+            return metrics
+        metrics, error = self._attempt_rows(self.args.pruning_eval_samples, predictions)
+        failing = failing_processes(self.accelerator, error is not None, self.args.device)
+        if error is not None:
+            error.add_note("(raised by the pruning trainer's metric check before training, which evaluates the "
+                           "rows pruning decisions read: the first pruning_eval_samples of eval_dataset)")
+            raise error
+        if failing:
+            raise RuntimeError(f"the pruning trainer's metric check before training failed on process(es) "
+                               f"{failing} (their log has the error); this process stops too")
+        return metrics
+
+    def _attempt_rows(self, count: int, predictions: bool) -> tuple[dict | None, Exception | None]:
         try:
-            return self._evaluate_rows(2, predictions)
-        except Exception:
-            try:
-                return self._evaluate_rows(self.args.pruning_eval_samples, predictions)
-            except Exception as err:
-                err.add_note("(raised by the pruning trainer's metric check before training, which evaluates the "
-                             "rows pruning decisions read: the first pruning_eval_samples of eval_dataset)")
-                raise
+            return self._evaluate_rows(count, predictions), None
+        except Exception as err:
+            return None, err
 
     def _metric_names(self, metrics: dict) -> list[str]:
         """The names evaluation returned, as ``--pruning_metric`` may give them."""
