@@ -71,6 +71,23 @@ def test_lower_is_better_metric():
     assert c.decide(0.05) == "keep"  # better is always fine
 
 
+@pytest.mark.parametrize("greater_is_better, reference, metric", [
+    (False, float("inf"), 1e6),  # a perplexity that overflowed at the reference: x - inf is -inf, "no drop"
+    (True, float("-inf"), 0.5),
+    (True, 0.9, float("inf")),   # an infinite candidate against a finite reference
+    (True, 0.9, float("nan")),
+    (False, float("nan"), 0.1),
+])
+@pytest.mark.parametrize("tolerance_type", ["absolute", "relative"])
+def test_a_metric_or_reference_that_is_not_finite_is_never_within_tolerance(greater_is_better, reference, metric,
+                                                                             tolerance_type):
+    c = AdaptiveController(target=0.8, initial_step=0.2, min_step=0.1, tolerance=0.05, tolerance_type=tolerance_type,
+                           greater_is_better=greater_is_better)
+    c.start(reference)
+    assert not c.within_tolerance(metric)
+    assert c.decide(metric) == "rollback"
+
+
 def test_relative_tolerance():
     c = AdaptiveController(target=0.8, initial_step=0.2, min_step=0.1, tolerance=0.05, tolerance_type="relative")
     c.start(40.0)  # BLEU 40: 5% relative = 2 points

@@ -92,6 +92,25 @@ def test_a_nan_reference_is_named_and_the_report_stays_strict_json(tmp_path, cap
     text = (tmp_path / "pruning_report.json").read_text()
     report = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in pruning_report.json"))
     assert report["metric_before"] is None and report["final_sparsity"] == 0
+    # it stops there, naming the reference (it masked and trained 5 candidates, then said "step below minimum")
+    assert report["stop_reason"] == "the reference score is nan: no step can be judged against it"
+    assert [d["event"] for d in report["decisions"]] == ["reference", "stop"]
+    assert "no finite pair to compare" in caplog.text
+
+
+def test_an_infinite_reference_prunes_nothing(tmp_path, caplog):
+    """A perplexity that overflowed to inf at the reference: inf - inf is NaN, 1e6 - inf is -inf, and every candidate
+    counted as within tolerance (the run pruned to its target and reported "target reached")."""
+    data = toy_dataset()
+    values = iter([float("inf")] * 2 + [1e6] * 50)
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="perplexity"),
+        train_dataset=data, eval_dataset=data.select(range(48)), compute_metrics=lambda p: {"perplexity": next(values)})
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    summary = trainer.pruning_summary()
+    assert summary.final_sparsity == 0 and summary.stop_reason.startswith("the reference perplexity is inf")
+    assert summary.final_check["within_tolerance"] is False
 
 
 @pytest.mark.parametrize("metric", ["loss", "accuracy"])

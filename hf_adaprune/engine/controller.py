@@ -20,6 +20,8 @@ Two ways to walk towards the target (``search``):
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 
 KEEP, ROLLBACK = "keep", "rollback"
@@ -81,6 +83,10 @@ class AdaptiveController:
         return delta if self.greater_is_better else -delta
 
     def within_tolerance(self, metric: float) -> bool:
+        """Whether ``metric`` is within the tolerance of the reference; never for a NaN or infinite one (or
+        reference): ``inf - inf`` is NaN and ``x - inf`` is ``-inf``, which would count as no drop at all."""
+        if not (math.isfinite(metric) and math.isfinite(self.state.reference)):
+            return False
         return self.drop(metric) <= self.allowed_drop() + 1e-12
 
     # -- protocol --------------------------------------------------------------------------------
@@ -122,7 +128,7 @@ class AdaptiveController:
             if tried >= self.target - 1e-9:
                 self.stop("target reached" if selected >= tried - SELECTION_SLACK else
                           f"target tried, but the selection stops at {selected:.3f} (per-layer floors, whole "
-                          "structures or rounding leave no more to remove)")
+                          "structures or rounding to pruning_multiple_of keep it there)")
                 return decision
         else:
             # half the step actually taken: a step cut short by the target is not retried at full length

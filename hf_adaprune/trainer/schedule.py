@@ -14,6 +14,7 @@ Under both, the metric of the model handed back is measured once more after trai
 from __future__ import annotations
 
 import logging
+import math
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ def final_check(controller, metric: float, step: int, metric_name: str) -> dict:
     check = {"step": step, "metric": metric, "reference": controller.state.reference,
              "drop": controller.drop(metric), "allowed_drop": controller.allowed_drop(),
              "within_tolerance": controller.within_tolerance(metric)}
-    if not check["within_tolerance"]:
+    if not (math.isfinite(metric) and math.isfinite(check["reference"])):
+        logger.warning("the final model's %s is %s against the reference %s: no finite pair to compare, so it "
+                       "does not count as within the tolerance", metric_name, metric, check["reference"])
+    elif not check["within_tolerance"]:
         worse = "below" if controller.greater_is_better else "above"
         logger.warning("the final model's %s %.4f is %.4f %s the reference %.4f, beyond the tolerance %.4f",
                        metric_name, metric, check["drop"], worse, check["reference"], check["allowed_drop"])

@@ -405,13 +405,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if step < args.pruning_warmup_steps:
                 return
             reference, evaluation = self._decision_metric()
-            if not math.isfinite(reference):
-                logger.warning("the pruning reference %s is %s at step %d: no step can be judged within tolerance "
-                               "of it, so every step will be rolled back; check the metric on the decision rows",
-                               self.pruning_metric, reference, step)
             self._take_teacher()
             c.start(reference, propose=False)
             self._log_decision("reference", step, 0.0, reference, evaluation)
+            if not math.isfinite(reference):
+                logger.warning("the pruning reference %s is %s at step %d: no step can be judged within tolerance "
+                               "of it, so nothing is pruned; check the metric on the decision rows",
+                               self.pruning_metric, reference, step)
+                c.stop(f"the reference {self.pruning_metric} is {reference}: no step can be judged against it")
+                return
             self._propose_next(step)
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
             self._decide(step)
