@@ -6,6 +6,7 @@ Every check raises :class:`RecipeError`, which the command line prints as one
 
 from __future__ import annotations
 
+import csv
 import glob
 import importlib.util
 import json
@@ -459,15 +460,45 @@ def warn_folders_left(output_dir: str, names) -> None:
                        "taken for this run's", output_dir, " and ".join(left), "them" if len(left) > 1 else "it")
 
 
+# the datasets builder (and its options) that reads a data file given as --dataset_name; .tsv as the recipes read
+# their own .tsv files: tab-separated, no quoting (csv.QUOTE_NONE), as GLUE's files are
+DATA_FILE_BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("csv", {}),
+                      ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}), ".parquet": ("parquet", {})}
+DATA_FILE_COMPRESSIONS = (".gz", ".bz2", ".xz")
+
+
+def data_file_builder(data_args) -> tuple[str, dict]:
+    """(builder, load_dataset keyword arguments) that load the data file ``--dataset_name`` as the train split."""
+    name = data_args.dataset_name
+    stem = name.lower()
+    for suffix in DATA_FILE_COMPRESSIONS:
+        stem = stem.removesuffix(suffix)
+    ext = os.path.splitext(stem)[1]
+    if ext not in DATA_FILE_BUILDERS:
+        raise RecipeError(f"--dataset_name {name}: a file of type {ext or '(no extension)'!r}; --dataset_name takes a "
+                          f"data file of type {', '.join(DATA_FILE_BUILDERS)} (read as the train split), a dataset "
+                          f"folder or a Hub dataset id")
+    if data_args.dataset_config_name is not None:
+        raise RecipeError(f"--dataset_config_name {data_args.dataset_config_name}: --dataset_name {name} is a data "
+                          f"file, which has no configurations; leave it out")
+    builder, options = DATA_FILE_BUILDERS[ext]
+    return builder, {"data_files": {"train": name}, **options}
+
+
 def load_named_dataset(data_args, cache_dir: str | None, split: str | None = None):
-    """``datasets.load_dataset(--dataset_name, --dataset_config_name)`` (one ``split`` or all); a name that does not
-    load (no such folder, a Hub id offline, a split it lacks) is one ``error:`` line, not a traceback."""
+    """``datasets.load_dataset(--dataset_name, --dataset_config_name)`` (one ``split`` or all); a data file (see
+    :data:`DATA_FILE_BUILDERS`) is the train split. A name that does not load (no such folder, a Hub id offline, a
+    split it lacks) is one ``error:`` line, not a traceback."""
     from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
 
     name = data_args.dataset_name
+    if os.path.isfile(name):  # load_dataset(FILE) finds no data: a file is read by the builder of its type
+        builder, options = data_file_builder(data_args)
+    else:
+        builder, options = name, {"name": data_args.dataset_config_name}
     try:
-        return load_dataset(name, data_args.dataset_config_name, split=split, cache_dir=cache_dir)
+        return load_dataset(builder, split=split, cache_dir=cache_dir, **options)
     except (OSError, ValueError, ImportError, DatasetGenerationError) as err:
         # DatasetNotFoundError is a FileNotFoundError, ConnectionError an OSError; building a dataset wraps what
         # went wrong (a package it needs, a file it cannot read) in a DatasetGenerationError
@@ -480,8 +511,9 @@ def load_named_dataset(data_args, cache_dir: str | None, split: str | None = Non
         what = f"split {split!r} of it" if split else "it"
         reason = (f"{err} ({type(causes[-1]).__name__}: {causes[-1]})"  # what went wrong while building it
                   if isinstance(err, DatasetGenerationError) and len(causes) > 1 else str(err))
-        raise RecipeError(f"--dataset_name {name}: cannot load {what} (a local dataset folder or file, or a Hub "
-                          f"dataset id that is reachable or cached): {' '.join(reason.split())}") from err
+        raise RecipeError(f"--dataset_name {name}: cannot load {what} (a local dataset folder, a data file of "
+                          f"type {', '.join(DATA_FILE_BUILDERS)}, or a Hub dataset id that is reachable or cached): "
+                          f"{' '.join(reason.split())}") from err
 
 
 def _causes(err: BaseException) -> list[BaseException]:

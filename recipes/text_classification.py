@@ -22,7 +22,8 @@ file's values go through the same argument parser as flags, so ``learning_rate:
 string "5e-5", which PyYAML produces for exponents without a dot).
 
 Data: ``--dataset_name`` (anything ``datasets.load_dataset`` loads; splits "train",
-"validation", "test") or ``--train_file`` / ``--validation_file`` / ``--test_file`` in
+"validation", "test"; a .json, .jsonl, .csv, .tsv or .parquet file is the "train" split) or
+``--train_file`` / ``--validation_file`` / ``--test_file`` in
 .csv, .tsv (tab-separated, no quoting, as GLUE's files), .json or .jsonl (JSON lines),
 optionally compressed (.gz, .bz2, .xz), read as text in every split (see
 :mod:`recipes.tables`: a broken file stops the run with the file and line named). Without a validation (test) file,
@@ -84,7 +85,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Sequence
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -119,6 +120,12 @@ from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, 
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
+
+try:  # datasets >= 4 names a list feature List (and LargeList); 3.x has Sequence alone
+    from datasets import LargeList, List
+    LIST_FEATURES = (List, LargeList, Sequence)
+except ImportError:  # pragma: no cover
+    LIST_FEATURES = (Sequence,)
 
 logger = logging.getLogger("hf_adaprune.recipes.text_classification")
 
@@ -346,6 +353,81 @@ def find_columns(raw: DatasetDict, data_args: DataTrainingArguments) -> tuple[li
     return text_columns, label_column
 
 
+def _json_splits(data_args: DataTrainingArguments) -> set[str]:
+    """The splits read from .json / .jsonl files, whose objects and lists :mod:`recipes.tables` turns into JSON text."""
+    if data_args.dataset_name is not None:
+        return set()
+    return {split for split in ("train", "validation", "test") if getattr(data_args, f"{split}_file")
+            and file_type(getattr(data_args, f"{split}_file"), f"--{split}_file") in (".json", ".jsonl")}
+
+
+def _json_container(value):
+    """The dict or list a JSON text value stands for, else None."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not (text.startswith("{") and text.endswith("}") or text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, (dict, list)) else None
+
+
+def _nested_values(dataset, column: str, json_text: bool) -> tuple[str, list[str], int | None] | None:
+    """("objects", their fields, row) or ("lists", [], row) where ``column`` holds records or lists instead of single
+    values: as a ``datasets`` feature (row None), or as the JSON text a data file's values were read as."""
+    feature = dataset.features[column]
+    if isinstance(feature, dict):
+        return "objects", list(feature), None
+    if isinstance(feature, LIST_FEATURES):
+        return "lists", [], None
+    if json_text:
+        for row, value in enumerate(dataset[column]):
+            parsed = _json_container(value)
+            if parsed is not None:
+                return ("objects", list(parsed), row) if isinstance(parsed, dict) else ("lists", [], row)
+    return None
+
+
+def _multi_label_error(label_column: str, source: str) -> RecipeError:
+    return RecipeError(f"column {label_column!r} of {source} holds lists of labels (multi-label rows): this recipe "
+                       "trains single-label classifiers; prune a multi-label model with AdaptivePruningTrainer "
+                       "(problem_type='multi_label_classification') in a script of your own")
+
+
+def refuse_nested_columns(raw: DatasetDict, text_columns: list[str], label_column: str, sources: dict[str, str],
+                          json_splits: set[str]) -> None:
+    """Text and label columns must hold single values: records (nested JSON objects) and lists would be turned into
+    their JSON or Python text and trained on, and crash ``Dataset.unique``. A RecipeError naming the column."""
+    for split, dataset in raw.items():
+        for option, column in [("text_column_name", c) for c in text_columns] + [("label_column_name", label_column)]:
+            nested = _nested_values(dataset, column, split in json_splits)
+            if nested is None:
+                continue
+            kind, fields, row = nested
+            where = sources[split] if row is None else _row_source(dataset, row, sources[split])
+            if kind == "lists" and option == "label_column_name":
+                raise _multi_label_error(label_column, where)
+            if kind == "lists":
+                raise RecipeError(f"column {column!r} of {where} holds lists, not text: write one text per row "
+                                  f"(join the items), or pass another column with --text_column_name")
+            named = ", ".join(repr(f"{column}.{name}") for name in fields[:3])
+            wanted = "labels" if option == "label_column_name" else "text"
+            raise RecipeError(f"column {column!r} of {where} holds objects (records with fields "
+                              f"{', '.join(map(repr, fields))}), not {wanted}: "
+                              f"flatten the records so that each field is a column of its own (pandas.json_normalize "
+                              f"names them {named}) and pass the one to read with --{option}")
+
+
+def _row_source(dataset, row: int, source: str) -> str:
+    """``source, line N`` of row ``row`` where the data file gives its lines."""
+    if LINE_COLUMN not in dataset.column_names:
+        return source
+    return f"{source}, line {dataset[row][LINE_COLUMN]}"
+
+
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value)
 
@@ -454,6 +536,63 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
     return {value: i for i, value in enumerate(order)}, names
 
 
+def _whole_number(value) -> str | None:
+    """``value`` as integer text where it is a whole number, written as an int, a float or text ('1', '1.0'), else
+    None."""
+    if isinstance(value, str) and FLOAT.match(value.strip()):
+        value = float(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def whole_number_labels(raw: DatasetDict, label_column: str, label_mapping: str | None) -> tuple[DatasetDict,
+                                                                                                 str | None]:
+    """(``raw``, ``label_mapping``) with labels that are all whole numbers written as integer text in every split
+    (pandas writes an int column that holds a blank as 1.0 / 0.0, another split may say 1 / 0): one class per number,
+    sorted by number. ``label_mapping``'s values alike, where they are whole numbers too; anything else unchanged."""
+    if isinstance(raw["train"].features[label_column], ClassLabel):
+        return raw, label_mapping
+    values = set()
+    for dataset in raw.values():
+        values.update(dataset.unique(label_column))
+    canonical = {value: _whole_number(value) for value in values}
+    entries = [entry.partition(":") for entry in _split_list(label_mapping)]
+    if any(number is None for number in canonical.values()) \
+            or any(_whole_number(value.strip()) is None for value, _, _ in entries):
+        return raw, label_mapping
+    if any(_whole_number(value.strip()) != value.strip() for value, _, _ in entries):
+        label_mapping = ",".join(f"{_whole_number(value.strip())}:{name.strip() or value.strip()}"
+                                 for value, _, name in entries)
+    if all(str(value) == number for value, number in canonical.items()):
+        return raw, label_mapping
+    logger.info("labels %s are whole numbers: read as %s", sorted(map(str, values))[:10],
+                sorted(set(canonical.values()), key=int)[:10])
+
+    def relabel(batch):
+        return {label_column: [canonical[v] for v in batch[label_column]]}
+
+    return DatasetDict({split: dataset.map(relabel, batched=True, desc=f"labels of {split}")
+                        for split, dataset in raw.items()}), label_mapping
+
+
+def check_carved_labels(raw: DatasetDict, carved: list[str], label_column: str, data_args: DataTrainingArguments,
+                        seed: int) -> None:
+    """A class whose rows all went to a held-out split is one training never sees: refused as a validation / test
+    file's label that training never had is."""
+    trained = {str(v) for v in raw["train"].unique(label_column)}
+    for split in carved:
+        unseen = sorted({str(v) for v in raw[split].unique(label_column)} - trained)
+        if unseen:
+            own = f"give a --{split}_file" if data_args.dataset_name is None else f"give the data a {split} split"
+            raise RecipeError(f"--{split}_split_percentage {getattr(data_args, f'{split}_split_percentage'):g} "
+                              f"(--seed {seed}) holds out every row of label {unseen[0]!r} (column "
+                              f"{label_column!r}) as {split} rows: training would never see that class; pass another "
+                              f"--seed, a smaller --{split}_split_percentage (a larger training share), or {own}")
+
+
 def _label_values(raw: DatasetDict, label_column: str) -> set[str]:
     """The label values (as text) the rows of every split of ``raw`` have, blank ones aside."""
     values = set()
@@ -511,12 +650,12 @@ def check_listed_labels_occur(raw: DatasetDict, label_column: str, mapping: str,
 def _refuse_scores_and_label_lists(train, label_column: str, source: str) -> None:
     """Scores (regression) and lists of labels (multi-label) are not classes: this recipe trains single-label
     classifiers, and would make a class of each distinct value."""
+    if isinstance(train.features[label_column], LIST_FEATURES):  # Dataset.unique has no list kernel
+        raise _multi_label_error(label_column, source)
     values = train.unique(label_column)
     if any(isinstance(v, (list, tuple)) or isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")
            for v in values):  # a JSON list, read as a list or as its text
-        raise RecipeError(f"column {label_column!r} of {source} holds lists of labels (multi-label rows): this recipe "
-                          "trains single-label classifiers; prune a multi-label model with AdaptivePruningTrainer "
-                          "(problem_type='multi_label_classification') in a script of your own")
+        raise _multi_label_error(label_column, source)
     numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
                or isinstance(v, str) and FLOAT.match(v.strip())]
     if numbers and len(numbers) == len(values) and any(not n.is_integer() for n in numbers):
@@ -578,13 +717,17 @@ def load_data(run: Run) -> None:
     if "validation" not in raw and not data_args.validation_split_percentage:
         raise RecipeError(_no_validation_message(run.training_args))
     text_columns, label_column = find_columns(raw, data_args)
+    refuse_nested_columns(raw, text_columns, label_column, _sources(data_args), _json_splits(data_args))
     check_dropped_labels_occur(raw, label_column, _split_list(data_args.drop_labels))  # every split, unlabelled too
     raw = without_unlabelled_test(raw, label_column)
     raw = clean_rows(raw, text_columns, label_column, _split_list(data_args.drop_labels))
-    label2id, names = label_mapping(raw, label_column, data_args.label_mapping, _sources(data_args))
-    if data_args.label_mapping is not None:
-        check_listed_labels_occur(raw, label_column, data_args.label_mapping, label2id, run.model_args)
+    raw, mapping = whole_number_labels(raw, label_column, data_args.label_mapping)
+    label2id, names = label_mapping(raw, label_column, mapping, _sources(data_args))
+    if mapping is not None:
+        check_listed_labels_occur(raw, label_column, mapping, label2id, run.model_args)
+    given = set(raw)
     raw = hold_out(raw, data_args, seed)  # percentages of the rows left after cleaning
+    check_carved_labels(raw, [split for split in raw if split not in given], label_column, data_args, seed)
     raw["train"] = subsample(raw["train"], data_args.max_train_samples, seed)
     raw["validation"] = subsample(raw["validation"], data_args.max_eval_samples, seed)
     if "test" in raw:

@@ -59,6 +59,7 @@ process.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -319,6 +320,10 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
     raw = DatasetDict()
     if data_args.dataset_name is not None:
         loaded = load_named_dataset(data_args, model_args.cache_dir)
+        if os.path.isfile(data_args.dataset_name) and "validation" not in loaded:
+            raise RecipeError(f"--dataset_name {data_args.dataset_name}: a data file is read as the train split "
+                              f"only, and the run needs a validation split: put the splits in one folder as "
+                              f"train.jsonl and validation.jsonl (and test.jsonl) and pass the folder")
         for required in ("train", "validation"):
             if required not in loaded:
                 raise RecipeError(f"--dataset_name {data_args.dataset_name}: no {required!r} split; splits: "
@@ -580,6 +585,7 @@ def load_data(run: Run) -> None:
         "generation": {"max_length": run.training_args.generation_max_length,
                        "num_beams": run.training_args.generation_num_beams},
         "test_references": "raw target text",
+        "source_prefix": data_args.source_prefix,
     }
 
 
@@ -600,8 +606,23 @@ def check_lengths(model, tokenizer, data_args: DataTrainingArguments, training_a
                               f"({positions_note(model.config)}); pass --{name} {positions} or less")
 
 
+def record_source_prefix(model, data_args: DataTrainingArguments) -> None:
+    """--source_prefix in the config's ``task_specific_params``, where transformers' T5 configs hold theirs (and
+    transformers 4's translation pipeline reads it): whoever loads the saved folder sees what to prefix sources with.
+    Other entries are kept."""
+    if not data_args.source_prefix:
+        return
+    # the key a translation_en_to_de pipeline looks up; without languages (parallel files) the plain task's
+    task = f"translation_{data_args.source_lang}_to_{data_args.target_lang}" \
+        if data_args.source_lang and data_args.target_lang else "translation"
+    params = dict(getattr(model.config, "task_specific_params", None) or {})
+    params[task] = {**params.get(task, {}), "prefix": data_args.source_prefix}
+    model.config.task_specific_params = params
+
+
 def build(run: Run) -> None:
     model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
+    record_source_prefix(model, run.data_args)
     apply_generation_config(model, run.training_args)
     run.task_results["generation"]["num_beams"] = run.training_args.generation_num_beams or \
         model.generation_config.num_beams  # what evaluations use: the flag, else the generation config's
