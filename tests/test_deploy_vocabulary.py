@@ -204,6 +204,55 @@ def test_byte_level_bpe_roberta(tmp_path):
     assert new_tokenizer.decode(new_tokenizer(text)["input_ids"], skip_special_tokens=True) == text
 
 
+def _bpe_variant(model, normalizer=None, pre_tokenizer=None, decoder=None, special_tokens=("<unk>", "<pad>", "</s>"),
+                 **trainer_options):
+    texts = sst2_sentences(n=3000, skip=1000)
+    bpe = Tokenizer(model)
+    if normalizer is not None:
+        bpe.normalizer = normalizer
+    if pre_tokenizer is not None:
+        bpe.pre_tokenizer = pre_tokenizer
+    bpe.decoder = decoder
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1500, special_tokens=list(special_tokens),
+                                                       show_progress=False, **trainer_options))
+    return bpe
+
+
+def test_bpe_byte_fallback_keeps_the_byte_pieces():
+    """SentencePiece BPE with byte fallback (Llama, Mistral): the <0x..> pieces are ordinary vocabulary entries, and
+    only the few the training text used were kept: other characters became <unk> (unseen text decoded to '<unk>')."""
+    pieces = [f"<0x{i:02X}>" for i in range(256)]
+    bpe = _bpe_variant(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True),
+                       normalizer=normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]),
+                       decoder=decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                                  decoders.Strip(" ", 1, 0)]),
+                       special_tokens=("<unk>", "<s>", "</s>", *pieces))
+    spec = json.loads(bpe.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in pieces]  # as Llama's file has them
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                                     unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    new_tokenizer = prune_vocabulary(tiny_bert(len(tokenizer)), copy.deepcopy(tokenizer), sst2_sentences(n=200))
+    assert all(new_tokenizer.convert_tokens_to_ids(piece) != new_tokenizer.unk_token_id for piece in pieces)
+    for text in ["déjà vu 日本語 😀", "ACRONYMS"]:
+        assert new_tokenizer.unk_token_id not in new_tokenizer(text)["input_ids"]
+        assert new_tokenizer.decode(new_tokenizer(text)["input_ids"]) == tokenizer.decode(tokenizer(text)["input_ids"])
+
+
+def test_bpe_end_of_word_suffix_keeps_the_word_final_characters():
+    """BPE with an end-of-word suffix (CLIP, OpenAI-GPT, XLM): 'é</w>' is the alphabet's word-final é; it was dropped
+    where 'é' was kept, so 'café' ended in <unk>."""
+    bpe = _bpe_variant(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"),
+                       pre_tokenizer=pre_tokenizers.Whitespace(), decoder=decoders.BPEDecoder(suffix="</w>"),
+                       end_of_word_suffix="</w>")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>",
+                                                     eos_token="</s>")
+    assert "é</w>" in tokenizer.get_vocab()
+    new_tokenizer = prune_vocabulary(tiny_bert(len(tokenizer)), copy.deepcopy(tokenizer), sst2_sentences(n=200))
+    for text in ["café", "naïve café"]:
+        assert new_tokenizer.unk_token not in new_tokenizer.tokenize(text)
+        assert new_tokenizer.decode(new_tokenizer(text)["input_ids"]) == tokenizer.decode(tokenizer(text)["input_ids"])
+
+
 def test_marian_sentencepiece_tokenizer(tmp_path):
     train = sst2_sentences(n=1000)
     tokenizer = marian_spm_tokenizer(train, tmp_path)

@@ -9,8 +9,9 @@ all kept segment exactly as before; other text goes where the family sends it:
   the unknown token, as any out-of-vocabulary word does.
 - BPE (tokenizers' ``BPE``, byte-level or not): merges that need a dropped
   token are removed, so an unseen word falls back to smaller kept pieces, down
-  to single characters (all kept); with a byte-level alphabet any text still
-  encodes without an unknown token.
+  to single characters (all kept, also with the model's subword prefix or
+  end-of-word suffix); with a byte-level alphabet, or byte fallback (the
+  ``<0x..>`` pieces are kept), any text still encodes without an unknown token.
 - Unigram (tokenizers' ``Unigram``): the best segmentation into kept pieces;
   pieces no longer reachable become the unknown token.
 - Marian (SentencePiece + ``vocab.json``): SentencePiece segments as before and
@@ -20,9 +21,14 @@ all kept segment exactly as before; other text goes where the family sends it:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+
+# a byte piece of a BPE model with byte_fallback (SentencePiece BPE: Llama, Mistral)
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,9 @@ def _bpe_merges(spec: dict) -> list[tuple[str, str]]:
 
 
 def _bpe_required(tokenizer, spec, kept):
-    """Every token a kept token is merged from (recursively) and the one-character alphabet.
+    """Every token a kept token is merged from (recursively) and the one-character alphabet: each character alone,
+    with the continuing-subword prefix (``##é``) and with the end-of-word suffix (``é</w>``), and, where the model
+    falls back to bytes, the 256 byte pieces (``<0xE9>``), so that unseen text still splits as it did.
 
     Without the intermediate tokens BPE could not reach the kept ones; with them, every merge
     the unpruned tokenizer applies to a text of kept tokens is still there and still the
@@ -56,11 +64,18 @@ def _bpe_required(tokenizer, spec, kept):
     model = spec["model"]
     vocab = model["vocab"]
     prefix = model.get("continuing_subword_prefix")
+    suffix = model.get("end_of_word_suffix")
     made_from = {}
     for left, right in _bpe_merges(spec):
         made_from.setdefault(_bpe_merge_result(left, right, prefix), (left, right))
     id_to_token = {i: t for t, i in vocab.items()}
-    required = {i for t, i in vocab.items() if len(t) == 1 or (prefix and t.startswith(prefix) and len(t) == len(prefix) + 1)}
+
+    def alphabet(token: str) -> bool:
+        return (len(token) == 1 or bool(prefix) and token.startswith(prefix) and len(token) == len(prefix) + 1
+                or bool(suffix) and token.endswith(suffix) and len(token) == len(suffix) + 1
+                or bool(model.get("byte_fallback")) and BYTE_PIECE.fullmatch(token) is not None)
+
+    required = {i for t, i in vocab.items() if alphabet(t)}
     stack = [id_to_token[i] for i in kept if i in id_to_token]
     while stack:
         token = stack.pop()
