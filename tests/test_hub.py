@@ -655,3 +655,19 @@ def test_a_config_loaded_with_remote_code_builds_the_pruned_classes_without_it(t
         if not name.startswith("classifier"):
             assert torch.equal(loaded.state_dict()[name], value), name
     assert loaded.classifier.out_features == 5
+
+
+def test_save_pretrained_of_a_pruned_model_with_masks_attached_says_they_are_not_saved(tmp_path, caplog):
+    """A pruned model pruned again by hand (masks attached, not compacted) saved with save_pretrained wrote the unmasked
+    weights without a word; a Trainer checkpoint (masks kept in pruning_state.pt) stays quiet."""
+    import logging
+
+    model = pruned_tiny()
+    compact(model)
+    random_masks(model, seed=1)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        model.save_pretrained(tmp_path / "checkpoint-12")
+    assert "save_pretrained does not save" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        model.save_pretrained(tmp_path / "mine")
+    assert "has pruning masks attached that remove structures, which save_pretrained does not save" in caplog.text

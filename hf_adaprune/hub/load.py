@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,11 +16,14 @@ try:  # transformers 5: what each model class can record, by class name (private
 except ImportError:  # pragma: no cover
     _CAN_RECORD_REGISTRY = None
 
+from ..engine.masks import get_masks
 from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import set_auto_map, short_cache_problem, write_remote_code
 from .save import save_beside_model, weight_file_states
+
+logger = logging.getLogger(__name__)
 
 
 class SavesRemoteCode:
@@ -28,6 +32,12 @@ class SavesRemoteCode:
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         get_adapter(self)  # refused before anything is written: the remote code needs the family's adapter
+        masks = get_masks(self)
+        if masks is not None and any(bool((mask < 0.5).any()) for mask in masks.masks.values()) \
+                and not Path(save_directory).name.startswith("checkpoint-"):  # a Trainer's checkpoint keeps them apart
+            logger.warning("%s has pruning masks attached that remove structures, which save_pretrained does not "
+                           "save: it writes the unmasked weights. compact(model) first, or save with "
+                           "save_pruned(model, folder), which compacts", type(self).__name__)
         mark_config(self.config)  # model_type adaprune_<family> in config.json
         set_auto_map(self)
         before = weight_file_states(save_directory)
