@@ -429,7 +429,9 @@ def _row_source(dataset, row: int, source: str) -> str:
 
 
 def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value)
+    # a cell of spaces only is as blank as an empty one (a label of spaces is no class, a text of spaces no sentence)
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                                and not value.strip())
 
 
 def clean_rows(raw: DatasetDict, text_columns: list[str], label_column: str, drop_labels: list[str]) -> DatasetDict:

@@ -219,3 +219,16 @@ def test_a_carved_split_holding_every_row_of_a_class_is_refused(tmp_path):
         prepare(args + ["--seed", str(seed)])
     kept = next(s for s in range(500) if not carves_neutral_out(s))
     assert prepare(args + ["--seed", str(kept)]).task_results["labels"] == ["negative", "neutral", "positive"]
+
+
+# -- whitespace-only cells are blank -------------------------------------------------------------------------
+def test_a_text_or_label_of_spaces_only_is_a_blank_cell(tmp_path):
+    """A text of spaces only was kept and trained on as an empty sentence; a label of spaces became a class."""
+    rows = [("a fine film", 1), ("a dull film", 0), ("great acting", 1), ("poor plot", 0), ("lovely story", 1),
+            ("weak ending", 0), ("superb cast", 1), ("boring scenes", 0)]
+    train = tmp_path / "train.csv"
+    train.write_text("sentence,label\n" + "".join(f"{s},{y}\n" for s, y in rows) + '"   ",1\nodd film,"  "\n')
+    validation = write_csv(tmp_path / "dev.csv", rows[:4])
+    run = prepare(data_args(tmp_path, str(train), validation))
+    assert len(run.splits["train"]) == len(rows)
+    assert run.task_results["labels"] == ["0", "1"]
