@@ -5,8 +5,8 @@ Two objectives:
 
 - ``--objective cosent``: ``CoSENTLoss`` on the scored pairs of STS Benchmark ``sts-train.csv``;
 - ``--objective distillation``: label-free, the model distils its own dense embeddings (MSE + cosine)
-  on unlabeled sentences (``--sentence_files``: .tsv with a ``sentence`` column, or plain text, one
-  sentence a line, optionally .gz, .bz2 or .xz).
+  on unlabeled sentences (``--sentence_files``: .csv, .tsv, .json or .jsonl with a ``sentence`` column, or
+  plain text, one sentence a line, optionally .gz, .bz2 or .xz).
 
 Pruning is steered by Spearman (cosine) on the first ``--max_dev_pairs`` pairs of ``sts-dev.csv``
 (``--steer sts``) or, without labels, by agreement with the dense embeddings of the first
@@ -36,6 +36,7 @@ import copy
 import csv
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -68,9 +69,9 @@ from recipes.arguments import (RecipeError, check_integrations, check_output_dir
                                warn_folders_left)
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
 from recipes.loading import is_pruned_source
-from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, load_error,
-                              resolve_resume, run_cli)
-from recipes.tables import read_text
+from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
+                              load_error, resolve_resume, run_cli)
+from recipes.tables import FILE_TYPES, OPENERS, read_table, read_text
 
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
@@ -84,7 +85,9 @@ class SentenceEmbeddingArguments:
     stsb_dir: str = field(default="../shared/data/stsb", metadata={"help": "Folder with sts-{train,dev,test}.csv."})
     objective: str = field(default="cosent", metadata={"help": "cosent (STS-B train pairs) or distillation."})
     sentence_files: list[str] = field(default_factory=list,
-                                      metadata={"help": "Unlabeled sentences for --objective distillation."})
+                                      metadata={"help": "Unlabeled sentences for --objective distillation: .csv, "
+                                                        ".tsv, .json, .jsonl with a 'sentence' column, or plain text "
+                                                        "(one sentence a line)."})
     distillation_distance: str = field(default="mse+cosine", metadata={"help": "mse, cosine or mse+cosine."})
     steer: str = field(default="sts", metadata={"help": "sts: dev Spearman; teacher: agreement with the dense model."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Training pairs / sentences used."})
@@ -106,14 +109,14 @@ def read_sts(path: str, limit: int | None = None) -> Dataset:
     rows = {"sentence1": [], "sentence2": [], "score": []}
     text = io.StringIO(read_text(path, "--stsb_dir file"))
     for line, parts in enumerate(csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-        try:
-            score = float(parts[4]) / 5.0
-            rows["sentence1"].append(parts[5])
-            rows["sentence2"].append(parts[6])
-        except (IndexError, ValueError):
+        if not "".join(parts).strip():  # a blank line (a trailing one too)
+            continue
+        if len(parts) < 7:
             raise RecipeError(f"{path}, line {line}: not an STS Benchmark row (tab-separated: genre, file, "
-                              f"year, id, score 0-5, sentence1, sentence2; got {len(parts)} fields)") from None
-        rows["score"].append(score)
+                              f"year, id, score 0-5, sentence1, sentence2; got {len(parts)} fields)")
+        rows["score"].append(sts_score(parts[4], path, line))
+        rows["sentence1"].append(parts[5])
+        rows["sentence2"].append(parts[6])
         if limit and len(rows["score"]) >= limit:
             break
     if not rows["score"]:
@@ -121,13 +124,25 @@ def read_sts(path: str, limit: int | None = None) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+def sts_score(value: str, path: str, line: int) -> float:
+    """The score cell of an STS Benchmark row, scaled to 0-1; RecipeError for one that is not a finite number."""
+    try:
+        score = float(value)
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):  # a NaN would rank arbitrarily in CoSENT and make Spearman NaN
+        raise RecipeError(f"{path}, line {line}: score {value!r} is not a number (column 5 of a tab-separated STS "
+                          "Benchmark row; the file has no header row)")
+    return score / 5.0
+
+
 def read_sentences(paths: list[str], limit: int | None) -> list[str]:
     """Unique non-empty sentences, each file's in its order: with ``limit``, an equal share of it from each file,
     where a file holds fewer than its share the rest coming from the others (files of 3 and 100 sentences, limit
     10: 3 and 7), so that ``limit`` sentences are read whenever the files hold that many.
 
-    A .tsv file is read by its ``sentence`` column, anything else one sentence a line (.gz, .bz2, .xz too); a
-    file that is not UTF-8 text or does not decompress is one error line naming it.
+    A .csv, .tsv, .json or .jsonl file is read by its ``sentence`` column, anything else one sentence a line (.gz,
+    .bz2, .xz too); a file that is not UTF-8 text or does not decompress is one error line naming it.
     """
     seen: set[str] = set()
     per_file: list[list[str]] = []  # each file's sentences no earlier file has, at most ``limit``
@@ -135,28 +150,42 @@ def read_sentences(paths: list[str], limit: int | None) -> list[str]:
         path = resolve_package_path(path, "--sentence_files")
         if not os.path.isfile(path):
             raise RecipeError(f"--sentence_files {path} not found (relative paths start at {os.getcwd()})")
-        f = io.StringIO(read_text(path, "--sentence_files"))
-        if ".tsv" in path:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            if "sentence" not in (reader.fieldnames or ()):
-                raise RecipeError(f"--sentence_files {path}: a .tsv file is read by its 'sentence' column; its "
-                                  f"header has {reader.fieldnames}")
-            lines = (row["sentence"] or "" for row in reader)
-        else:
-            lines = f
         new: list[str] = []
-        for line in lines:
+        read = 0
+        for read, line in enumerate(sentence_lines(path), start=1):
             sentence = line.strip()
             if sentence and sentence not in seen:
                 seen.add(sentence)
                 new.append(sentence)
                 if limit and len(new) >= limit:  # no file's share is more than the limit
                     break
+        logger.info("--sentence_files %s: %d unique sentences of the %d lines or rows read (blank ones and "
+                    "repeats dropped)", path, len(new), read)
         per_file.append(new)
     if not any(per_file):
         raise RecipeError(f"--sentence_files {', '.join(paths)}: no sentences in them")
     quotas = sentence_shares([len(new) for new in per_file], limit)
     return [sentence for new, quota in zip(per_file, quotas) for sentence in new[:quota]]
+
+
+def table_extension(path: str) -> str | None:
+    """The table type of ``path`` by its extension (a compression suffix left out), None for other files."""
+    name = path.lower()
+    for suffix in OPENERS:
+        name = name.removesuffix(suffix)
+    ext = os.path.splitext(name)[1]
+    return ext if ext in FILE_TYPES else None
+
+
+def sentence_lines(path: str):
+    """The sentences of one --sentence_files file, unstripped: a table's ``sentence`` column, else its lines."""
+    if table_extension(path) is None:
+        return io.StringIO(read_text(path, "--sentence_files"))
+    table = read_table(path, "--sentence_files")
+    if "sentence" not in table.columns:
+        raise RecipeError(f"--sentence_files {path}: a {table_extension(path)} file is read by its 'sentence' column; "
+                          f"it has {table.columns} (or give plain text, one sentence a line)")
+    return (row.get("sentence") or "" for row in table.rows)
 
 
 def sentence_shares(counts: list[int], limit: int | None) -> list[int]:
@@ -263,6 +292,9 @@ def training_data(opts):
     if not opts.sentence_files:
         raise RecipeError("--objective distillation needs --sentence_files (unlabeled sentences)")
     sentences = read_sentences(opts.sentence_files, opts.max_train_samples)
+    if opts.max_train_samples and len(sentences) < opts.max_train_samples:
+        logger.warning("--max_train_samples %d: --sentence_files hold only %d unique sentences; training on those",
+                       opts.max_train_samples, len(sentences))
     return Dataset.from_dict({"sentence": sentences}), sentences
 
 
@@ -321,10 +353,33 @@ def check_model(model: SentenceTransformer, opts, args) -> None:
 
 
 def metric_options(opts) -> dict:
-    """The options that change the steering metric (which dev pairs, how they are read and embedded), recorded in
-    every checkpoint: a resume under others would judge its decisions against a reference measured otherwise."""
+    """The options that change the steering metric (which dev pairs, how they are read and embedded) or what is
+    trained, recorded in every checkpoint: a resume under others would judge its decisions against a reference
+    measured otherwise. Files by name, size and the hash of their start, so that a moved copy is the same file."""
+    distillation = opts.objective == "distillation"
     return {"steer": opts.steer, "max_dev_pairs": opts.max_dev_pairs, "max_seq_length": opts.max_seq_length,
-            "stsb_dir": os.path.realpath(opts.stsb_dir)}
+            "stsb_dir/sts-dev.csv": file_identity(os.path.join(opts.stsb_dir, "sts-dev.csv")),
+            "stsb_dir/sts-train.csv": None if distillation else file_identity(os.path.join(opts.stsb_dir,
+                                                                                            "sts-train.csv")),
+            "objective": opts.objective,
+            "distillation_distance": opts.distillation_distance if distillation else None,
+            "sentence_files": [file_identity(resolve_package_path(p, "--sentence_files")) for p in opts.sentence_files]}
+
+
+def check_steering_pairs(pairs: Dataset, path: str, steer: str) -> None:
+    """Refuse dev pairs no rank correlation can be steered by: fewer than 3 (Spearman of 2 is always +-1), or,
+    with --steer sts, scores all equal (Spearman undefined: nothing would be pruned)."""
+    if len(pairs) < 3:
+        raise RecipeError(f"{path}: {len(pairs)} pair(s) to steer by; a rank correlation needs at least 3 (as "
+                          "--max_dev_pairs)")
+    if steer == "sts" and len(set(pairs["score"])) < 2:
+        raise RecipeError(f"{path}: the {len(pairs)} steering pairs all have the score {5 * pairs['score'][0]:g}; "
+                          "their Spearman is undefined (give pairs of different scores, or --steer teacher)")
+
+
+def check_test_pairs(pairs: Dataset, path: str) -> None:
+    if len(pairs) < 2:
+        raise RecipeError(f"{path}: {len(pairs)} pair; a Spearman correlation needs at least 2")
 
 
 def main(argv=None):
@@ -363,6 +418,8 @@ def main(argv=None):
     dev = read_sts(os.path.join(opts.stsb_dir, "sts-dev.csv"))
     test = read_sts(os.path.join(opts.stsb_dir, "sts-test.csv"))
     steer_pairs = dev.select(range(min(len(dev), opts.max_dev_pairs or len(dev))))
+    check_steering_pairs(steer_pairs, os.path.join(opts.stsb_dir, "sts-dev.csv"), opts.steer)
+    check_test_pairs(test, os.path.join(opts.stsb_dir, "sts-test.csv"))
     dev_eval, test_eval = sts_evaluator(steer_pairs, "sts-dev"), sts_evaluator(test, "sts-test")
     if opts.steer == "sts":
         evaluator = sts_evaluator(steer_pairs, "sts-dev-steer")
