@@ -467,13 +467,19 @@ DATA_FILE_BUILDERS = {".json": ("json", {}), ".jsonl": ("json", {}), ".csv": ("c
 DATA_FILE_COMPRESSIONS = (".gz", ".bz2", ".xz")
 
 
+def data_file_extension(path: str) -> str:
+    """The lower-case extension of a data file, a compression suffix (.gz, .bz2, .xz) left out: ``.tsv`` for
+    ``Dev.TSV.gz``."""
+    name = path.lower()
+    for suffix in DATA_FILE_COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    return os.path.splitext(name)[1]
+
+
 def data_file_builder(data_args) -> tuple[str, dict]:
     """(builder, load_dataset keyword arguments) that load the data file ``--dataset_name`` as the train split."""
     name = data_args.dataset_name
-    stem = name.lower()
-    for suffix in DATA_FILE_COMPRESSIONS:
-        stem = stem.removesuffix(suffix)
-    ext = os.path.splitext(stem)[1]
+    ext = data_file_extension(name)
     if ext not in DATA_FILE_BUILDERS:
         raise RecipeError(f"--dataset_name {name}: a file of type {ext or '(no extension)'!r}; --dataset_name takes a "
                           f"data file of type {', '.join(DATA_FILE_BUILDERS)} (read as the train split), a dataset "

@@ -65,13 +65,13 @@ from hf_adaprune.sentence_transformers.losses import distillation_distances, tex
 from hf_adaprune.sentence_transformers.trainer import training_prompt
 
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
-                               recipe_argv, remove_earlier_run_outputs, resolve_package_path, resumes_run_in,
-                               warn_folders_left)
+                               data_file_extension, recipe_argv, remove_earlier_run_outputs, resolve_package_path,
+                               resumes_run_in, warn_folders_left)
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
 from recipes.loading import is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
                               load_error, resolve_resume, run_cli)
-from recipes.tables import FILE_TYPES, OPENERS, read_table, read_text
+from recipes.tables import FILE_TYPES, read_table, read_text
 
 logger = logging.getLogger(__name__)
 OBJECTIVES = ("cosent", "distillation")
@@ -170,10 +170,7 @@ def read_sentences(paths: list[str], limit: int | None) -> list[str]:
 
 def table_extension(path: str) -> str | None:
     """The table type of ``path`` by its extension (a compression suffix left out), None for other files."""
-    name = path.lower()
-    for suffix in OPENERS:
-        name = name.removesuffix(suffix)
-    ext = os.path.splitext(name)[1]
+    ext = data_file_extension(path)
     return ext if ext in FILE_TYPES else None
 
 

@@ -19,7 +19,7 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from .arguments import RecipeError
+from .arguments import RecipeError, data_file_extension
 
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl")
@@ -47,10 +47,7 @@ class Table:
 
 def file_type(path: str, what: str) -> str:
     """The extension of a data file without its compression suffix; RecipeError for other types."""
-    name = path.lower()
-    for suffix in OPENERS:
-        name = name.removesuffix(suffix)
-    ext = os.path.splitext(name)[1]
+    ext = data_file_extension(path)
     if ext not in FILE_TYPES:
         raise RecipeError(f"{what} {path!r}: cannot read files of type {ext or '(no extension)'!r}; use "
                           f"{', '.join(FILE_TYPES)} (optionally compressed: {', '.join(OPENERS)})")
