@@ -34,6 +34,8 @@ from .arguments import RecipeError
 logger = logging.getLogger("hf_adaprune.recipes")
 
 DEPLOY_DIR = "deploy"
+# warn when more than this share of the validation rows hold tokens --prune_vocabulary dropped
+DROPPED_TOKEN_ROWS_WARNING = 0.05
 QUANTIZE_CHOICES = ("int8",)
 IGNORED_LABEL = -100  # padding of label sequences, not a token
 
@@ -220,6 +222,16 @@ def check_rows(run) -> None:
                               f"{data_args.vocabulary_rank}: the pruned vocabulary keeps {kept} tokens; {err}") from err
 
 
+def rows_with_dropped_tokens(run, old_tokenizer, new_tokenizer) -> dict:
+    """How many validation rows hold a token the smaller vocabulary dropped (their text now tokenizes otherwise, to
+    smaller pieces or the unknown token, so the vocabulary copy may score them otherwise than the pruned model)."""
+    kept = set(new_tokenizer.get_vocab())
+    columns = ("input_ids", "labels") if getattr(run.model.config, "is_encoder_decoder", False) else ("input_ids",)
+    rows = list(training_token_rows(run.datasets["validation"], columns))
+    changed = sum(any(token not in kept for token in old_tokenizer.convert_ids_to_tokens(ids)) for ids in rows)
+    return {"validation_rows": len(rows), "validation_rows_with_dropped_tokens": changed}
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -263,7 +275,14 @@ def deploy(run, model) -> dict:
         if processor is not None:  # Whisper: the feature extractor with the smaller vocabulary's tokenizer
             processor = type(processor)(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)
         save_pruned(model, source, tokenizer=None if processor else tokenizer, processor=processor)
-        written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer),
+        coverage = rows_with_dropped_tokens(run, old_tokenizer, tokenizer)
+        if coverage["validation_rows_with_dropped_tokens"] > DROPPED_TOKEN_ROWS_WARNING * coverage["validation_rows"]:
+            logger.warning("deploy: %d of the %d validation rows hold tokens the smaller vocabulary dropped (it keeps "
+                           "the tokens of the training rows): the vocabulary copy reads them otherwise than the pruned "
+                           "model, which its figures in results.json do not cover. Check it on such text; more "
+                           "training rows or --vocabulary_min_count 1 keep more tokens",
+                           coverage["validation_rows_with_dropped_tokens"], coverage["validation_rows"])
+        written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer), **coverage,
                 decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
                 min_count=data_args.vocabulary_min_count, max_size=data_args.vocabulary_max_size,
                 position_rows=positions, factored_embedding=factored)

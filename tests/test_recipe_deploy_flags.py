@@ -59,6 +59,13 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
         assert entry["bytes"] > 0 and entry["path"].startswith(str(deploy))
     vocabulary = record["written"]["vocabulary"]
     assert vocabulary["vocab_size"] < vocabulary["vocab_size_before"]  # dev/test words are gone
+    # how many validation rows the smaller vocabulary reads otherwise (it had gone unsaid)
+    dev = [line.split("\t")[0] for line in (workspace / "dev.tsv").read_text().splitlines()[1:]]
+    kept = set(AutoTokenizer.from_pretrained(deploy / "vocabulary").get_vocab())
+    full = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    rows = [full.convert_ids_to_tokens(ids) for ids in full(dev, truncation=True, max_length=32)["input_ids"]]
+    assert vocabulary["validation_rows"] == len(dev)
+    assert vocabulary["validation_rows_with_dropped_tokens"] == sum(any(t not in kept for t in row) for row in rows) > 0
 
     # the pruned model in OUTPUT_DIR is left as saved: full vocabulary
     pruned, tokenizer = AutoPrunedModel.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
