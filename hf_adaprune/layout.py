@@ -500,6 +500,11 @@ class PrunedModelMixin:
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
+        int8_weights = getattr(kwargs.get("config"), "adaprune_int8_weights", None)
+        if int8_weights:  # the auto classes hand over the config they read: a save_int8 folder says so in it
+            raise OSError(f"this folder holds int8 weights ({int8_weights}) written by hf_adaprune's save_int8, "
+                          "which transformers does not read: load it with hf_adaprune.deploy.load_int8(folder) "
+                          "(pip install hf-adaprune)")
         if cls.__name__.endswith("ForCausalLM") and kwargs.get("key_mapping") is None:
             # a BART-like encoder-decoder saves its shared token table once, as model.shared: its decoder-only
             # head reads it as its decoder's table (and the output layer tied to it), not a new random one

@@ -146,7 +146,8 @@ def test_load_int8_refuses_a_float_folder(tmp_path):
 
 
 def test_the_pruned_loader_sends_an_int8_folder_to_load_int8(tmp_path):
-    # (the shipped remote code reads no file of its own, so stock transformers gives its own missing-weights error)
+    import transformers
+
     from hf_adaprune import AutoPrunedModel
 
     model = tiny_model("bert")
@@ -155,6 +156,11 @@ def test_the_pruned_loader_sends_an_int8_folder_to_load_int8(tmp_path):
     with pytest.raises(ValueError, match="holds int8 weights written by hf_adaprune's save_int8, which no float "
                                          r"loader reads: load it with hf_adaprune.deploy.load_int8\(folder\)"):
         AutoPrunedModel.from_pretrained(tmp_path)
+    # stock transformers runs the folder's remote code, which reads no file of its own but the config it is handed:
+    # the config says so (it stopped on the missing model.safetensors, naming nothing of load_int8)
+    with pytest.raises(OSError, match=r"int8 weights \(model_int8.safetensors\) written by hf_adaprune's save_int8, "
+                                      r"which transformers does not read: load it with hf_adaprune.deploy.load_int8"):
+        transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
     assert load_int8(tmp_path) is not None
 
 

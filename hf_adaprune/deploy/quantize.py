@@ -35,6 +35,9 @@ from .checks import check_transformers_model
 
 INT8_WEIGHTS = "model_int8.safetensors"
 INT8_RECORD = "int8.json"
+# in an int8 folder's config.json: transformers' loaders, the folder's own remote code included, read the config
+# but not the int8 weights; the shipped loader (PrunedModelMixin.from_pretrained) refuses such a config by this key
+INT8_CONFIG_KEY = "adaprune_int8_weights"
 FORMAT = 1
 
 
@@ -116,6 +119,9 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
         save_pruned(model, folder, tokenizer=tokenizer, processor=processor)
         for stale in folder.glob("model*.safetensors*"):  # the float weights are replaced by the int8 file
             stale.unlink()
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, INT8_CONFIG_KEY: INT8_WEIGHTS}, indent=2,
+                                                       sort_keys=True) + "\n")
         tensors, aliases = _int8_tensors(quantized)
         from safetensors.torch import save_file
 
@@ -192,6 +198,9 @@ def load_int8(path, auto_class=None):
         for item in path.iterdir():  # config, remote code, generation config: everything but the weights
             if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
                 shutil.copy(item, folder)
+        config = json.loads((Path(folder) / "config.json").read_text())
+        config.pop(INT8_CONFIG_KEY, None)  # the float skeleton the int8 weights go into
+        (Path(folder) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
         model = AutoPrunedModel.from_pretrained(folder, auto_class=auto_class).eval()
     quantized = _quantize_linears(model, record["linears"])
