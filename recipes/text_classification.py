@@ -557,10 +557,7 @@ def whole_number_labels(raw: DatasetDict, label_column: str, label_mapping: str 
     sorted by number. ``label_mapping``'s values alike, where they are whole numbers too; anything else unchanged."""
     if isinstance(raw["train"].features[label_column], ClassLabel):
         return raw, label_mapping
-    values = set()
-    for dataset in raw.values():
-        values.update(dataset.unique(label_column))
-    canonical = {value: _whole_number(value) for value in values}
+    canonical = {value: _whole_number(value) for value in _label_values(raw, label_column)}
     entries = [entry.partition(":") for entry in _split_list(label_mapping)]
     if any(number is None for number in canonical.values()) \
             or any(_whole_number(value.strip()) is None for value, _, _ in entries):
@@ -568,13 +565,13 @@ def whole_number_labels(raw: DatasetDict, label_column: str, label_mapping: str 
     if any(_whole_number(value.strip()) != value.strip() for value, _, _ in entries):
         label_mapping = ",".join(f"{_whole_number(value.strip())}:{name.strip() or value.strip()}"
                                  for value, _, name in entries)
-    if all(str(value) == number for value, number in canonical.items()):
+    if all(value == number for value, number in canonical.items()):
         return raw, label_mapping
-    logger.info("labels %s are whole numbers: read as %s", sorted(map(str, values))[:10],
+    logger.info("labels %s are whole numbers: read as %s", sorted(canonical)[:10],
                 sorted(set(canonical.values()), key=int)[:10])
 
     def relabel(batch):
-        return {label_column: [canonical[v] for v in batch[label_column]]}
+        return {label_column: [canonical[str(v)] for v in batch[label_column]]}
 
     return DatasetDict({split: dataset.map(relabel, batched=True, desc=f"labels of {split}")
                         for split, dataset in raw.items()}), label_mapping
