@@ -171,9 +171,13 @@ def vocabulary_rows(run) -> tuple:
     if run.data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
         return (training_token_rows(train, ("input_ids",)),
                 itertools.chain(training_token_rows(train, ("labels",)), teacher_rows))
-    # a classifier's labels are class indices, not tokens: only a seq2seq model's (and Whisper's) labels are text
-    columns = ("input_ids", "labels") if getattr(run.model.config, "is_encoder_decoder", False) else ("input_ids",)
-    return itertools.chain(training_token_rows(train, columns), teacher_rows), None
+    return itertools.chain(training_token_rows(train, token_columns(run.model)), teacher_rows), None
+
+
+def token_columns(model) -> tuple[str, ...]:
+    """The columns of a row that hold token ids: a classifier's labels are class indices, not tokens; only a seq2seq
+    model's (and Whisper's) labels are text."""
+    return ("input_ids", "labels") if getattr(model.config, "is_encoder_decoder", False) else ("input_ids",)
 
 
 def check_rows(run) -> None:
@@ -226,8 +230,7 @@ def rows_with_dropped_tokens(run, old_tokenizer, new_tokenizer) -> dict:
     """How many validation rows hold a token the smaller vocabulary dropped (their text now tokenizes otherwise, to
     smaller pieces or the unknown token, so the vocabulary copy may score them otherwise than the pruned model)."""
     kept = set(new_tokenizer.get_vocab())
-    columns = ("input_ids", "labels") if getattr(run.model.config, "is_encoder_decoder", False) else ("input_ids",)
-    rows = list(training_token_rows(run.datasets["validation"], columns))
+    rows = list(training_token_rows(run.datasets["validation"], token_columns(run.model)))
     changed = sum(any(token not in kept for token in old_tokenizer.convert_ids_to_tokens(ids)) for ids in rows)
     return {"validation_rows": len(rows), "validation_rows_with_dropped_tokens": changed}
 
