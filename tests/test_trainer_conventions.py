@@ -131,6 +131,26 @@ def test_peft_model_is_refused_with_the_merge_route(tmp_path):
         AdaptivePruningTrainer(model=model, args=make_args(tmp_path), train_dataset=data, eval_dataset=data)
 
 
+
+def test_peft_model_is_refused_by_every_entry_point_before_it_is_touched(tmp_path):
+    """Not only the trainer: post_training_prune, attach_masks, model_profile and save_pruned failed deep inside
+    (no attribute 'encoder') or wrote a folder without config.json, after adding an auto_map to the base config."""
+    peft = pytest.importorskip("peft")
+    from hf_adaprune import attach_masks, post_training_prune, save_pruned
+    from hf_adaprune.reporting.flops import model_profile
+
+    model = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(target_modules=["query", "value"], r=2))
+    before = model.base_model.model.config.to_dict()
+    for call in (lambda: post_training_prune(model, toy_dataset(8), 0.5, seq_len=8),
+                 lambda: attach_masks(model),
+                 lambda: model_profile(model, seq_len=8),
+                 lambda: save_pruned(model, tmp_path / "folder")):
+        with pytest.raises(TypeError, match=r"is a PEFT model.*merge_and_unload\(\)"):
+            call()
+    assert not (tmp_path / "folder").exists()
+    assert model.base_model.model.config.to_dict() == before
+
+
 def test_eval_sets_decisions_cannot_read_are_refused_when_the_trainer_is_built(tmp_path):
     data = toy_dataset(32)
 

@@ -78,6 +78,12 @@ def supported_model_types() -> list[str]:
 
 
 def get_adapter(model_or_config) -> FamilyAdapter:
+    """The adapter of the model's family; a family it cannot prune, and a PEFT model, are refused here, before any
+    entry point (trainer, ``post_training_prune``, ``attach_masks``, ``save_pruned``, ...) touches the model."""
+    if hasattr(model_or_config, "peft_config") or hasattr(model_or_config, "get_base_model"):
+        raise TypeError(
+            f"{type(model_or_config).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge "
+            "the adapters first (model = model.merge_and_unload()) and fine-tune and prune the merged model.")
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type not in _FAMILIES:

@@ -209,11 +209,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     # -- set-up ---------------------------------------------------------------------------------
     def _setup_pruning(self, model) -> None:
         args = self.args
-        if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
-            raise TypeError(
-                f"{type(model).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge the "
-                "adapters first (model = model.merge_and_unload()) and fine-tune and prune the merged model.")
-        get_adapter(model)  # unsupported families fail here, before any training
+        get_adapter(model)  # unsupported families and PEFT models fail here, before any training
         check_sequence_length(model, args.pruning_seq_len, "--pruning_seq_len")
         self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
