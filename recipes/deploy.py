@@ -14,7 +14,8 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. A subfolder an earlier
 run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
-(folders, bytes, vocabulary sizes) goes into results.json under ``deploy``. A request the backend cannot
+(folders, bytes, vocabulary sizes) goes into results.json under ``deploy``, with the test metrics of the vocabulary
+and int8 copies where the recipe scores them (``Task.score_deployed``: text classification). A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
 of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package), and a
 ``--vocabulary_min_count`` no token of the training rows reaches, fail before training. results.json is written
@@ -239,10 +240,14 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def deploy(run, model) -> dict:
-    """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``."""
-    from hf_adaprune import save_pruned
-    from hf_adaprune.deploy import (export_ctranslate2, export_onnx, factor_embeddings, prune_positions,
+def deploy(run, model, score=None, pruned_test: dict | None = None) -> dict:
+    """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``.
+
+    ``score(run, model, tokenizer)`` (the recipe's ``score_deployed``; None: not scored) gives the test metrics of
+    the vocabulary and int8 copies, each reloaded from its folder as a user loads it; ``pruned_test`` (results.json's
+    "test" entry) gives the pruned model's, which each copy's change is counted against."""
+    from hf_adaprune import AutoPrunedModel, save_pruned
+    from hf_adaprune.deploy import (export_ctranslate2, export_onnx, factor_embeddings, load_int8, prune_positions,
                                     prune_vocabulary, quantize_onnx, save_int8)
 
     data_args = run.data_args
@@ -257,6 +262,11 @@ def deploy(run, model) -> dict:
     def written(name: str, folder: Path, **extra) -> None:
         record["written"][name] = {"path": str(folder), "bytes": _folder_bytes(folder), **extra}
         logger.info("deploy: %s -> %s", name, folder)
+
+    def scored(name: str, load) -> None:
+        if score is not None:
+            record["written"][name].update(test_scores(score(run, load(), tokenizer), pruned_test))
+            logger.info("deploy: %s, test %s", name, record["written"][name]["test"])
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
@@ -282,16 +292,18 @@ def deploy(run, model) -> dict:
         if coverage["validation_rows_with_dropped_tokens"] > DROPPED_TOKEN_ROWS_WARNING * coverage["validation_rows"]:
             logger.warning("deploy: %d of the %d validation rows hold tokens the smaller vocabulary dropped (it keeps "
                            "the tokens of the training rows): the vocabulary copy reads them otherwise than the pruned "
-                           "model, which its figures in results.json do not cover. Check it on such text; more "
+                           "model, whose figures in results.json do not cover it. Check it on such text; more "
                            "training rows or --vocabulary_min_count 1 keep more tokens",
                            coverage["validation_rows_with_dropped_tokens"], coverage["validation_rows"])
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer), **coverage,
                 decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
                 min_count=data_args.vocabulary_min_count, max_size=data_args.vocabulary_max_size,
                 position_rows=positions, factored_embedding=factored)
+        scored("vocabulary", lambda: AutoPrunedModel.from_pretrained(source).eval())
     if data_args.quantize == "int8":
         save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")
+        scored("int8", lambda: load_int8(root / "int8").eval())
     if data_args.export_onnx:
         graphs = export_onnx(model, root / "onnx", tokenizer=None if processor else tokenizer, processor=processor)
         if data_args.quantize == "int8":  # onnxruntime's dynamic int8 beside the float graphs
@@ -302,3 +314,26 @@ def deploy(run, model) -> dict:
         written("ctranslate2", root / "ctranslate2", num_heads=result.num_heads, zero_heads=result.zero_heads,
                 quantization=result.quantization, pad_kept=result.pad_kept)
     return record
+
+
+def test_scores(values: dict, pruned_test: dict | None) -> dict:
+    """A deployed copy's "test" (its test metrics) and "test_change" (each against the pruned model's, where the run
+    scored it)."""
+    pruned = {name: (pruned_test or {}).get(f"pruned_{name}") for name in values}
+    return {"test": values, "test_change": {name: None if value is None or pruned[name] is None else value - pruned[name]
+                                            for name, value in values.items()}}
+
+
+def score_lines(record: dict, format_value) -> list[str]:
+    """Lines for the end-of-run table: each scored deployed copy's test metrics and change against the pruned model."""
+    lines = []
+    for name, entry in (record or {}).get("written", {}).items():
+        if "test" not in entry:
+            continue
+        parts = []
+        for metric, value in entry["test"].items():
+            change = entry["test_change"].get(metric)
+            parts.append(f"test {metric} {format_value(metric, value)}" + (
+                "" if change is None else f" ({'+' if change >= 0 else ''}{format_value(metric, change)} vs pruned)"))
+        lines.append(f"deploy/{name}: " + ", ".join(parts))
+    return lines

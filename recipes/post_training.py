@@ -225,7 +225,7 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
                             f"\nnote: --test_before_pruning false: the {start} model was not scored on the test set")
     if training_args.should_save:
         write_card(training_args.output_dir, results, task.format_value)
-    deploy_and_save(run, result.model, results, table, started)
+    deploy_and_save(task, run, result.model, results, table, started)
     return results
 
 

@@ -139,6 +139,9 @@ class Task:
     # the recipe's own options that change the steering metric (ASR's --text_normalization): each checkpoint records
     # them (RECIPE_OPTIONS_FILE) and a resume under others is refused, as under other pruning arguments
     metric_options: tuple[str, ...] = ()
+    # score_deployed(run, model, tokenizer): the test metrics {NAME: value} of a deployed copy (read through its own
+    # tokenizer), on the saving process alone; None: the recipe's deployed copies are written, not scored
+    score_deployed: Callable | None = None
 
     def main(self, argv: list[str] | None = None) -> dict:
         """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
@@ -517,19 +520,22 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
         "deploy": None,
         "wall_time_s": None,
     }
-    deploy_and_save(run, trainer.model, results, results_table(results, task.format_value), started)
+    deploy_and_save(task, run, trainer.model, results, results_table(results, task.format_value), started)
     if control is not None and results["test"] is not None and training_args.should_save:
         add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
 
 
-def deploy_and_save(run: Run, model, results: dict, table: str, started: float) -> None:
-    """The deployed copies of ``model`` (if asked) into ``results["deploy"]``, then results.json and ``table``: written
-    also when a deployed copy fails (its error recorded under ``deploy``), so that the run's figures are kept."""
+def deploy_and_save(task: Task, run: Run, model, results: dict, table: str, started: float) -> None:
+    """The deployed copies of ``model`` (if asked) into ``results["deploy"]``, scored on the test split where the
+    recipe can (``task.score_deployed``), then results.json and ``table``: written also when a deployed copy fails
+    (its error recorded under ``deploy``), so that the run's figures are kept."""
     data_args, training_args = run.data_args, run.training_args
     try:
         if deploy.requested(data_args) and training_args.should_save:
-            results["deploy"] = deploy.deploy(run, model)
+            score = task.score_deployed if "test" in run.datasets else None
+            results["deploy"] = deploy.deploy(run, model, score=score, pruned_test=results["test"])
+            table += "".join(f"\n{line}" for line in deploy.score_lines(results["deploy"], task.format_value))
     except Exception as err:
         results["deploy"] = {"folder": os.path.join(training_args.output_dir, deploy.DEPLOY_DIR),
                              "error": f"{type(err).__name__}: {err}"}

@@ -85,11 +85,14 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    EvalPrediction,
     HfArgumentParser,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
@@ -808,6 +811,28 @@ def build(run: Run) -> None:
     run.data_collator = DataCollatorWithPadding(tokenizer)
 
 
+def score_deployed(run: Run, model, tokenizer) -> dict:
+    """Test metrics {NAME: value} of a deployed copy: the test rows read by ``tokenizer`` (a pruned vocabulary's
+    splits some words otherwise), scored by ``run.compute_metrics`` in a plain loop on this process alone (the copies
+    are written by the saving process only; a Trainer's evaluation would wait for the others)."""
+    if tokenizer is run.processing_class:
+        dataset = run.datasets["test"]
+    else:
+        info = run.task_results
+        label2id = {value: i for i, value in enumerate(info["label_values"])}
+        dataset = tokenize({"test": run.splits["test"]}, tokenizer, info["text_columns"], info["label_column"],
+                           label2id, run.data_args.max_seq_length)["test"]
+    collator, size = DataCollatorWithPadding(tokenizer), run.training_args.per_device_eval_batch_size
+    logits, labels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), size):
+            batch = collator([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+            labels.append(batch.pop("labels").numpy())
+            logits.append(model(**batch).logits.float().numpy())
+    metrics = run.compute_metrics(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels)))
+    return {name: metrics.get(name) for name in TASK.test_metrics}
+
+
 def measure_latency(dense, pruned, run: Run) -> dict:
     """Batch-1 latency at the inputs' length (--max_seq_length, capped by the tokenizer), dense and pruned timed
     alternately."""
@@ -831,6 +856,7 @@ TASK = Task(
     test_metrics=("accuracy",),
     format_value=lambda name, value: format_metric(value, 4),
     latency=measure_latency,
+    score_deployed=score_deployed,
     # what each class id means (--label_mapping's order, the labels dropped, the columns read) and which validation
     # rows steer, read how: a resume under other values would follow decisions measured on other classes or rows
     metric_options=("label_mapping", "drop_labels", "label_column_name", "text_column_name", "max_seq_length"),

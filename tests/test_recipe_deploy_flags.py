@@ -42,7 +42,7 @@ def logits(model, tokenizer, texts):
         return model(**batch).logits
 
 
-def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa: F811 - the fixture
+def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path, capsys):  # noqa: F811 - the fixture
     out = tmp_path / "out"
     # weights 5x BERT's initializer range: the encoder moves the logits, so an int8 model that lost it shows
     BertConfig.from_pretrained(workspace / "config", initializer_range=0.1).save_pretrained(tmp_path / "config")
@@ -90,6 +90,22 @@ def test_text_classification_vocabulary_int8_onnx(workspace, tmp_path):  # noqa:
     int8_logits = onnx_session(deploy / "onnx", "model.int8.onnx").run(
         None, {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})[0]
     assert_int8_close(int8_logits, expected.numpy())
+
+    # the vocabulary and int8 copies are scored on the test split, each reloaded and read by its own tokenizer
+    rows = [line.split("\t") for line in (workspace / "test.tsv").read_text().splitlines()[1:]]
+    labels = torch.tensor([int(label) for _, label in rows])
+    for name, model in (("vocabulary", small), ("int8", int8)):
+        batch = small_tokenizer([text for text, _ in rows], padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            accuracy = (model(**batch).logits.argmax(-1) == labels).float().mean()
+        assert record["written"][name]["test"] == {"accuracy": pytest.approx(accuracy.item())}
+        change = record["written"][name]["test"]["accuracy"] - results["test"]["pruned_accuracy"]
+        assert record["written"][name]["test_change"] == {"accuracy": pytest.approx(change)}
+    # not ONNX (its parity is tested): no test figure is claimed for it
+    assert "test" not in record["written"]["onnx"]
+    table = capsys.readouterr().out
+    accuracy = record["written"]["vocabulary"]["test"]["accuracy"]
+    assert f"deploy/vocabulary: test accuracy {accuracy:.4f} (" in table and "deploy/int8: test accuracy" in table
 
 
 def vocabulary_run(workspace, out, *flags):
