@@ -107,9 +107,8 @@ def main(argv=None) -> dict:
         t0 = time.time()
         model, report, _ = prune_while_training(
             copy.deepcopy(dense), data, collator, tokenizer, opts, opts.seed, opts.target, prune=PRUNE,
-            pruning_target_type=target_type, pruning_interval=opts.interval, pruning_latency_batch_size=1,
-            pruning_multiple_of=opts.multiple_of,
-            pruning_latency_seq_len=SEQ_LEN)
+            pruning_target_type=target_type, pruning_interval=opts.interval, pruning_multiple_of=opts.multiple_of,
+            **(dict(pruning_latency_batch_size=1, pruning_latency_seq_len=SEQ_LEN) if target_type == "latency" else {}))
         models[target_type] = model.eval()
         runs[target_type] = {
             "seconds": time.time() - t0,

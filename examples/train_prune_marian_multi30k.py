@@ -189,7 +189,7 @@ def pruning_arguments(args, prune_common: dict) -> Seq2SeqPruningArguments:
         warmup_steps=0, **prune_common,
         prune=args.prune, pruning_roles=args.roles, distillation=args.distillation,
         pruning_metric="sacrebleu", pruning_target=args.target, pruning_target_type=args.target_type,
-        pruning_latency_batch_size=1, pruning_generation_tokens=24,
+        **(dict(pruning_generation_tokens=24) if args.target_type == "latency" else {}),  # what the table times
         pruning_tolerance=args.tolerance, pruning_tolerance_type="absolute", pruning_criterion="taylor",
         pruning_warmup_steps=args.warmup_steps, pruning_interval=args.interval,
         pruning_initial_step=min(args.initial_step, args.target), pruning_seq_len=args.seq_len,

@@ -20,6 +20,7 @@ from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
 from hf_adaprune.post_training.prune import SEARCH_INITIAL_STEP, SEARCH_MIN_STEP, SEARCH_STEP_GROWTH
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
+from hf_adaprune.trainer.arguments import prune_kinds
 from hf_adaprune.trainer.eval_order import first_rows
 from hf_adaprune.trainer.report import card_path
 
@@ -32,8 +33,7 @@ from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, c
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
-KINDS = {"both": ("heads", "ffn"), "heads": ("heads",), "ffn": ("ffn",), "heads,ffn": ("heads", "ffn"),
-         "ffn,heads": ("heads", "ffn")}
+KINDS = ("heads", "ffn")  # whole layers only while training
 # options of the training path that have no meaning without training: (option, value that is fine)
 TRAINING_ONLY = (("dense_control", False), ("distillation", False), ("teacher_model_name_or_path", None),
                  ("pruning_score_ema", 0.0), ("pruning_schedule", "gradual"))
@@ -68,9 +68,9 @@ def check_arguments(model_args, data_args, training_args) -> None:
                           "REPO_ID OUTPUT_DIR`, or save_pruned(model, folder, push_to_hub=True, repo_id=REPO_ID))")
     if training_args.resume_from_checkpoint not in (None, False, "", "false", "False"):
         raise RecipeError("--resume_from_checkpoint: --post_training has no checkpoints to resume from; leave it out")
-    if training_args.prune not in KINDS:
+    if not set(prune_kinds(training_args.prune)) <= set(KINDS):  # a bad value failed when the flags were parsed
         raise RecipeError(f"--prune {training_args.prune!r}: --post_training prunes heads and FFN neurons "
-                          f"({', '.join(KINDS)}); whole layers only while training")
+                          "(heads, ffn, both or heads,ffn); whole layers only while training")
     if training_args.pruning_criterion not in SCORE_KINDS:
         raise RecipeError(f"--pruning_criterion {training_args.pruning_criterion!r}: --post_training scores with "
                           f"{' or '.join(SCORE_KINDS)}")
@@ -156,7 +156,7 @@ def run_post_training(task: Task, argv: list[str] | None = None) -> dict:
         tolerance_type=training_args.pruning_tolerance_type, scores=training_args.pruning_criterion,
         refit=data_args.post_training_refit, refit_target=data_args.post_training_refit_target,
         ridge=data_args.post_training_ridge, refit_samples=data_args.post_training_refit_samples,
-        search=data_args.post_training_search, kinds=KINDS[training_args.prune],
+        search=data_args.post_training_search, kinds=prune_kinds(training_args.prune),
         normalize_scores=training_args.pruning_normalize_scores,
         min_heads_per_layer=training_args.min_heads_per_layer,
         min_neurons_per_layer=training_args.min_neurons_per_layer, seq_len=training_args.pruning_seq_len,
@@ -202,7 +202,7 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
                     "start_pruned": was_pruned(run.model)},
         "post_training": {"calibration_samples": calibration_samples,
                           "long_share": data_args.post_training_long_share,
-                          "structures": list(KINDS[training_args.prune]),
+                          "structures": list(prune_kinds(training_args.prune)),
                           "refit": data_args.post_training_refit,
                           # the pruned groups re-fitted, and those left un-fitted (too few calibration tokens)
                           "refitted": sorted(result.refit_errors), "refit_skipped": result.refit_skipped,

@@ -83,3 +83,17 @@ def test_profiles_of_other_inputs_are_not_compared():
     model = tiny_model("bert")
     with pytest.raises(ValueError, match="the profiles were taken at other seq_lens \\(8 and 16\\)"):
         compare_profiles(model_profile(model, seq_len=8), model_profile(model, seq_len=16))
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2", "whisper"])
+def test_audio_models_in_half_precision_are_measured_in_their_dtype(model_type):
+    """A speech model loaded in bfloat16 got float32 samples: model_profile (and so the trainer's set-up, under
+    every target type) failed inside torch ("Input type (float) and bias type (c10::BFloat16) should be the same")."""
+    from test_layers import tiny_ctc3, tiny_whisper3
+
+    model = (tiny_ctc3(model_type) if model_type == "wav2vec2" else tiny_whisper3()).to(torch.bfloat16)
+    seq_len = 1600 if model_type == "wav2vec2" else 16  # samples; Whisper: decoder tokens
+    inputs = example_inputs(model, seq_len=seq_len)
+    audio = inputs.get("input_values", inputs.get("input_features"))
+    assert audio.dtype == torch.bfloat16
+    assert model_profile(model, seq_len=seq_len)["flops"] > 0

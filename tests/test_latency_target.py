@@ -124,3 +124,40 @@ def test_a_resumed_run_decides_on_the_table_measured_at_its_start(tmp_path, monk
     history = [{k: h[k] for k in ("event", "ratio", "selected") if k in h} for h in whole.controller.state.history]
     assert [{k: h[k] for k in ("event", "ratio", "selected") if k in h}
             for h in resumed.controller.state.history] == history
+
+
+def test_an_audio_latency_length_shorter_than_one_frame_is_refused_with_the_flag(tmp_path):
+    """--pruning_seq_len had this check; --pruning_latency_seq_len failed inside wav2vec2's feature encoder."""
+    import datasets
+    import torch
+
+    from hf_adaprune import AdaptivePruningTrainer
+    from test_layers import tiny_ctc3
+
+    data = datasets.Dataset.from_list([{"input_values": torch.randn(1600).tolist(), "labels": [5, 6, 7]}] * 4)
+    args = make_args(tmp_path, pruning_metric="loss", pruning_seq_len=1600, pruning_target_type="latency",
+                     pruning_latency_seq_len=5)
+    with pytest.raises(ValueError, match=r"--pruning_latency_seq_len 5 counts raw audio samples for this wav2vec2 "
+                                         r"model, fewer than the \d+ its feature encoder turns into one frame"):
+        AdaptivePruningTrainer(model=tiny_ctc3("wav2vec2"), args=args, train_dataset=data, eval_dataset=data)
+
+
+def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not_compared_on_resume(tmp_path,
+                                                                                                   caplog):
+    """Under flops they measure nothing: said at set-up, and a resume that changes them is no longer refused as
+    'other pruning arguments'. Under latency they stay compared (the table was measured with them)."""
+    from hf_adaprune.trainer.arguments import pruning_arguments
+
+    flops = make_args(tmp_path, pruning_latency_batch_size=4, pruning_generation_tokens=4)
+    assert not {"pruning_latency_batch_size", "pruning_latency_seq_len", "pruning_generation_tokens"} & set(
+        pruning_arguments(flops))
+    latency = make_args(tmp_path, pruning_target_type="latency", pruning_latency_batch_size=4)
+    assert pruning_arguments(latency)["pruning_latency_batch_size"] == 4
+    with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
+        make_trainer(tmp_path, pruning_latency_batch_size=4, pruning_generation_tokens=4)
+    assert "--pruning_latency_batch_size 4, --pruning_generation_tokens 4 not read: they set what " \
+           "--pruning_target_type latency measures, and the target type is flops" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
+        make_trainer(tmp_path, pruning_target_type="latency", pruning_generation_tokens=4)  # an encoder
+    assert "--pruning_generation_tokens 4 not read: this model generates no tokens" in caplog.text

@@ -213,6 +213,7 @@ def test_a_classifier_keeps_what_its_classes_mean_when_the_data_orders_them_othe
     (["--dense_control", "true"], "--dense_control applies to pruning while training"),
     (["--distillation", "true"], "--distillation applies to pruning while training"),
     (["--prune", "layers"], "whole layers only while training"),
+    (["--prune", "heads, layers"], "whole layers only while training"),
     (["--pruning_criterion", "magnitude"], "--post_training scores with fisher or taylor"),
     (["--post_training_refit_target", "teacher"], "--post_training_refit_target must be one of"),
     (["--pruning_target_type", "latency"], "leave --pruning_target_type at 'flops'"),
@@ -293,6 +294,12 @@ def test_the_card_and_results_say_which_groups_were_re_fitted(workspace, fine_tu
     assert "re-fitted by least squares" not in card
     assert f"no output projection re-fitted (too few calibration tokens for {', '.join(post['refit_skipped'])})" \
         in card
+
+
+def test_prune_takes_a_comma_list_with_spaces_as_training_does(workspace, fine_tuned, tmp_path):  # noqa: F811
+    """"ffn, heads" (a YAML or shell spelling PruningArguments accepts) was refused as naming whole layers."""
+    results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--prune", "ffn, heads"))
+    assert results["post_training"]["structures"] == ["heads", "ffn"]
 
 
 def test_results_record_the_refit_rows_used_not_those_asked_for(workspace, fine_tuned, tmp_path):  # noqa: F811

@@ -51,14 +51,16 @@ def example_inputs(model: nn.Module, seq_len: int = 128, batch_size: int = 1) ->
     """
     config = model.config
     device = next(model.parameters()).device
+    # audio comes in the weights' dtype (a model loaded in bfloat16 / float16 takes half-precision samples)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     generator = torch.Generator().manual_seed(0)
     name = getattr(model, "main_input_name", "input_ids")
     if name == "input_values":  # raw audio; seq_len counts samples
-        inputs = {"input_values": torch.randn(batch_size, seq_len, generator=generator).to(device)}
+        inputs = {"input_values": torch.randn(batch_size, seq_len, generator=generator).to(device, dtype)}
     elif name == "input_features":
         mels = getattr(config, "num_mel_bins", 80)
         frames = 2 * getattr(config, "max_source_positions", seq_len // 2)
-        inputs = {"input_features": torch.randn(batch_size, mels, frames, generator=generator).to(device)}
+        inputs = {"input_features": torch.randn(batch_size, mels, frames, generator=generator).to(device, dtype)}
     else:
         vocab = getattr(config, "vocab_size", 1000)
         ids = torch.randint(3, vocab, (batch_size, seq_len), generator=generator).to(device)

@@ -246,6 +246,8 @@ def _choice(name, value, choices):
 
 # Arguments that change what a resumed run would decide; compared against the checkpoint's on resume.
 _NOT_COMPARED_ON_RESUME = {"compact_at_end", "pruning_resume_with_new_arguments"}
+# what the latency table is measured at: read (and so compared on resume) under --pruning_target_type latency only
+LATENCY_OPTIONS = ("pruning_latency_batch_size", "pruning_latency_seq_len", "pruning_generation_tokens")
 
 
 def pruning_fields() -> list:
@@ -262,8 +264,10 @@ def pruning_arguments(args) -> dict:
     """The pruning fields of ``args`` (those :class:`PruningArguments` adds), as plain values; for Seq2Seq
     arguments steered by a metric other than the loss, also the generation options that metric is measured with
     (a resume under others compared a reference and decisions measured one way with values measured another)."""
-    own = {f.name for f in pruning_fields()}
-    values = {name: getattr(args, name) for name in sorted(own - _NOT_COMPARED_ON_RESUME)}
+    own = {f.name for f in pruning_fields()} - _NOT_COMPARED_ON_RESUME
+    if args.pruning_target_type != "latency":  # they measure nothing then: a resume may change them
+        own -= set(LATENCY_OPTIONS)
+    values = {name: getattr(args, name) for name in sorted(own)}
     if isinstance(args, Seq2SeqTrainingArguments) and args.pruning_metric != "loss":
         for name in GENERATION_FIELDS:
             value = getattr(args, name, None)

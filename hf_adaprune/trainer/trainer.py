@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import logging
 import math
@@ -29,7 +30,7 @@ from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..families import check_sequence_length, filter_groups, get_adapter, readable_positions, shortest_audio
-from .arguments import (PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
+from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
@@ -147,6 +148,28 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         flow = [i for i, callback in enumerate(callbacks) if isinstance(callback, DefaultFlowCallback)]
         callbacks.insert(flow[0] + 1 if flow else 0, PruningCallback(self))
 
+    def _warn_unread_latency_options(self, model) -> None:
+        """Latency-table options set where nothing reads them: under another target type, the generated tokens of a
+        model that does not generate, the length of a Whisper encoder (its 30 s window is fixed)."""
+        args = self.args
+        defaults = {f.name: f.default for f in dataclasses.fields(PruningArguments) if f.name in LATENCY_OPTIONS}
+        changed = [name for name in LATENCY_OPTIONS if getattr(args, name) != defaults[name]]
+        if args.pruning_target_type != "latency":
+            unread = changed
+            why = f"they set what --pruning_target_type latency measures, and the target type is " \
+                  f"{args.pruning_target_type}"
+        else:
+            generates = getattr(model.config, "is_encoder_decoder", False) and hasattr(model.base_model, "decoder")
+            features = getattr(model, "main_input_name", None) == "input_features"
+            unread = [name for name in changed if (name == "pruning_generation_tokens" and not generates)
+                      or (name == "pruning_latency_seq_len" and features)]
+            why = "this model generates no tokens" if "pruning_generation_tokens" in unread else ""
+            if "pruning_latency_seq_len" in unread:
+                why += ("; " if why else "") + f"a {model.config.model_type} encoder always reads its fixed window " \
+                       f"of input features"
+        if unread:
+            logger.warning("%s not read: %s", ", ".join(f"--{name} {getattr(args, name)}" for name in unread), why)
+
     def _check_decoder_lengths(self, model) -> None:
         """The lengths FLOPs and the latency table are measured at must fit the positions of what reads them (the
         encoder's input_ids limit is checked with --pruning_seq_len's own message)."""
@@ -213,11 +236,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         check_sequence_length(model, args.pruning_seq_len, "--pruning_seq_len")
         self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
-        if getattr(model, "main_input_name", None) == "input_values" and shortest and args.pruning_seq_len < shortest:
-            raise ValueError(f"--pruning_seq_len {args.pruning_seq_len} counts raw audio samples for this "
-                             f"{model.config.model_type} model, fewer than the {shortest} its feature encoder turns "
-                             f"into one frame: give a typical clip's length, e.g. --pruning_seq_len 16000 (1 s at "
-                             f"16 kHz)")
+        lengths = [("pruning_seq_len", args.pruning_seq_len)]
+        if args.pruning_target_type == "latency" and args.pruning_latency_seq_len is not None:
+            lengths.append(("pruning_latency_seq_len", args.pruning_latency_seq_len))
+        for flag, length in lengths:
+            if getattr(model, "main_input_name", None) == "input_values" and shortest and length < shortest:
+                raise ValueError(f"--{flag} {length} counts raw audio samples for this {model.config.model_type} "
+                                 f"model, fewer than the {shortest} its feature encoder turns into one frame: give a "
+                                 f"typical clip's length, e.g. --{flag} 16000 (1 s at 16 kHz)")
+        self._warn_unread_latency_options(model)
         kinds = prune_kinds(args.prune)
         had_masks = get_masks(model) is not None
         masks = attach_masks(model, layers="layers" in kinds)
