@@ -141,18 +141,20 @@ def test_rollback_restores_previous_masks(tmp_path):
 
 def test_report_metric_after_is_the_last_kept_decisions_metric(tmp_path):
     """``metric_after`` in pruning_report.json is the metric of the last kept step (the masks the model ends with),
-    not the dense reference, a rolled-back candidate's metric or the final re-check's. Scripted metrics, all
-    distinct: reference 0.9, keep 0.2 at 0.89, roll back 0.4 at 0.5, keep 0.3 at 0.87, final check 0.86."""
+    not the dense reference or a rolled-back candidate's metric. Scripted metrics, all distinct: reference 0.9,
+    keep 0.2 at 0.89, roll back 0.4 at 0.5, keep 0.3 at 0.87 at the last step (24), whose weights and masks the final
+    check would measure again: it takes that keep's metric instead of a fifth evaluation."""
     trainer = make_trainer(tmp_path, pruning_tolerance=0.05, pruning_target=0.9, pruning_initial_step=0.2,
                            pruning_step_growth=1.0, max_steps=24)
     metrics = iter([0.9, 0.89, 0.5, 0.87, 0.86])
     trainer._decision_metric = lambda: (next(metrics), {})
     trainer.train()
     report = json.loads((tmp_path / "pruning_report.json").read_text())
-    assert [(d["event"], d.get("metric")) for d in report["decisions"]] == [
-        ("reference", 0.9), ("keep", 0.89), ("rollback", 0.5), ("keep", 0.87), ("stop", None)]
+    assert [(d["event"], d.get("metric"), d.get("training_step")) for d in report["decisions"]] == [
+        ("reference", 0.9, 6), ("keep", 0.89, 12), ("rollback", 0.5, 18), ("keep", 0.87, 24), ("stop", None, 24)]
     assert report["metric_before"] == 0.9 and report["metric_after"] == 0.87
-    assert report["final_check"]["metric"] == 0.86
+    assert report["final_check"]["metric"] == 0.87 and report["final_check"]["step"] == 24
+    assert next(metrics) == 0.86, "the final model was not evaluated a second time"
 
 
 def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):

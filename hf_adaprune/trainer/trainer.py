@@ -342,6 +342,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._accepted_masks = masks.state_dict()
         self._reset_candidate()
         self._last_prune_step = None
+        self._accepted_metric: tuple[int, float] | None = None  # (step, metric) of the last keep, see finish_pruning
         self.pruned_comparison = None
         self.final_check = None
 
@@ -479,8 +480,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.pruning_groups, get_masks(self.pruned_model).masks, prune_kinds(self.args.prune), self.costs))
         if decision == ROLLBACK:
             self._drop_candidate()
+            self._accepted_metric = None
         else:
             self._accept_candidate()
+            # the metric of the model as accepted, at this step: the final check reuses it if nothing changes after
+            self._accepted_metric = (self.state.global_step, metric)
         self._log_decision(decision, step, tried, metric, evaluation)
         if not c.state.done:
             if propose:
@@ -503,6 +507,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         )
         check_masks_agree(self.accelerator, selected, self.pruning_groups, self.args.device)
         self._set_candidate(selected, step)
+        self._accepted_metric = None  # the model under evaluation is no longer the accepted one
         self._last_prune_step = step
         logger.info("pruning step %d: trying sparsity %.3f", step, ratio)
 
@@ -729,7 +734,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                            args.pruning_warmup_steps)
         else:  # measured after all training (on the best checkpoint's weights, if loaded): what compaction keeps
             step = self.state.global_step if best is None else checkpoint_step(best, self.state.global_step)
-            self.final_check = final_check(c, self._decision_metric()[0], step, self.pruning_metric)
+            # a keep at this very step measured these weights under these masks: not evaluated twice
+            reuse = best is None and self._accepted_metric is not None and self._accepted_metric[0] == step \
+                and self._accepted_metric[1] is not None
+            metric = self._accepted_metric[1] if reuse else self._decision_metric()[0]
+            self.final_check = final_check(c, metric, step, self.pruning_metric)
         if get_masks(self.pruned_model) is not None:
             # without compact_at_end, what save_model writes is measured: a compacted copy
             compacted = self.pruned_model if args.compact_at_end else copy.deepcopy(self.pruned_model)
