@@ -488,7 +488,7 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
         "2", "--pruning_interval", "2", "--pruning_initial_step", "0.3", "--pruning_tolerance", "1.0",
         "--pruning_seq_len", "32", "--max_seq_length", "32", "--use_cpu", "true", "--report_to", "none",
         "--save_strategy", "no", "--layer_drop_baseline", "true", "--keep_layers", "0", "--throughput_batch", "8",
-        "--throughput_repeats", "2", "--disable_tqdm", "true"])
+        "--throughput_repeats", "2", "--disable_tqdm", "true", "--eval_strategy", "steps", "--eval_steps", "4"])
     assert set(results) >= {"dense", "pruned", "layer_drop", "throughput", "pruning"}
     assert results["pruned"]["layer_flops"] < results["dense"]["layer_flops"]
     assert results["layer_drop"]["layer_flops"] == pytest.approx(results["dense"]["layer_flops"] / 2, rel=0.01)
@@ -496,10 +496,11 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
     reloaded = SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu")
     assert reloaded.encode(["the cat sat"]).shape == (1, 32)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput"]["batch_8"]["pruned"]["speedup"] > 0
-    # run again over it: the evaluator's CSV (appended to by sentence-transformers) holds this run's rows only
+    # run again over it: the evaluator's CSV (appended to by sentence-transformers at each evaluation, here those of
+    # --eval_strategy: decisions write none) holds this run's rows only
     csv_files = sorted((tmp_path / "out" / "eval").glob("*.csv"))
     rows = {f.name: len(f.read_text().splitlines()) for f in csv_files}
-    assert rows
+    assert rows == {"similarity_evaluation_sts-dev-steer_results.csv": 3}  # header, steps 4 and 8
     with caplog.at_level(logging.WARNING):
         recipe.main([*flags, "--overwrite_output_dir", "true", "--layer_drop_baseline", "false"])
     assert {f.name: len(f.read_text().splitlines()) for f in (tmp_path / "out" / "eval").glob("*.csv")} == rows
@@ -890,6 +891,66 @@ def test_best_model_metric_is_checked_against_what_the_evaluator_returns(encoder
         train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus[:16]}))
     trainer.train()
     assert trainer.state.global_step == 12 and trainer.state.best_metric is not None
+
+
+def test_best_model_loss_without_an_eval_dataset_beside_an_evaluator_says_no_eval_dataset_is_given(encoder_folder,
+                                                                                                    tmp_path):
+    """load_best_model_at_end without metric_for_best_model (transformers fills in 'loss'), an evaluator of one's own
+    and no eval_dataset: refused, and the reason is the missing eval_dataset; it blamed eval sentences steering
+    through the dense-agreement evaluator, neither of which exists here."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    model = tiny_sentence_transformer(encoder_folder)
+    rows = sentences(24, seed=3)
+    evaluator = EmbeddingSimilarityEvaluator(rows[:12], rows[12:], [i / 12 for i in range(12)], name="dev")
+    pairs = Dataset.from_dict({"sentence1": sentences(16), "sentence2": sentences(16, seed=1),
+                               "score": [i / 16 for i in range(16)]})
+    args = make_args(tmp_path, eval_strategy="steps", eval_steps=3, save_strategy="steps", save_steps=3,
+                     load_best_model_at_end=True)
+    assert args.metric_for_best_model == "loss"
+    trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                                        loss=CoSENTLoss(model), evaluator=evaluator)
+    with pytest.raises(KeyError, match=r"--metric_for_best_model 'loss': evaluation returns no 'eval_loss' \(no "
+                                       r"eval_dataset is given: pass one the loss reads, or set "
+                                       r"--metric_for_best_model to one of the evaluator's keys\); available: "
+                                       r"\['dev_pearson_cosine', 'dev_spearman_cosine'\]") as raised:
+        trainer.train()
+    assert "agreement" not in str(raised.value) and trainer.state.global_step == 0
+
+
+def test_decision_evaluations_stay_out_of_the_evaluators_results_file(encoder_folder, tmp_path):
+    """sentence-transformers' evaluation loop has the evaluator append a row to output_dir/eval/<name>_results.csv
+    (saved and pushed with the model) at every evaluation: the decisions' (step-0 check, reference, candidates, final
+    check) were written there too, among the user's, with no evaluation asked for at all. The user's stay."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    rows = sentences(24, seed=3)
+    pairs = Dataset.from_dict({"sentence1": sentences(64), "sentence2": sentences(64, seed=1),
+                               "score": [random.Random(i).random() for i in range(64)]})
+
+    def train(output_dir, **overrides):
+        model = tiny_sentence_transformer(encoder_folder)
+        evaluator = EmbeddingSimilarityEvaluator(rows[:12], rows[12:], [i / 12 for i in range(12)], name="dev")
+        trainer = AdaptivePruningSentenceTransformerTrainer(
+            model=model, args=make_args(output_dir, pruning_tolerance=0.001, **overrides), train_dataset=pairs,
+            loss=CoSENTLoss(model), evaluator=evaluator)
+        trainer.train()
+        assert len(trainer.controller.state.history) >= 3, "decisions ran"
+        assert any("pruning_eval_dev_spearman_cosine" in entry for entry in trainer.state.log_history)
+        return trainer
+
+    train(tmp_path / "quiet", eval_strategy="no")
+    assert not list((tmp_path / "quiet").glob("eval/*.csv")), "no evaluation was asked for"
+    trainer = train(tmp_path / "evaluated", eval_strategy="steps", eval_steps=6)
+    results = tmp_path / "evaluated" / "eval" / "similarity_evaluation_dev_results.csv"
+    steps = [line.split(",")[1] for line in results.read_text().splitlines()[1:]]
+    assert steps == ["6", "12"], "the user's evaluations, each once"
+    evaluated = [entry["eval_dev_spearman_cosine"] for entry in trainer.state.log_history
+                 if "eval_dev_spearman_cosine" in entry]
+    written = [float(line.split(",")[3]) for line in results.read_text().splitlines()[1:]]
+    assert written == pytest.approx(evaluated)
+    trainer.evaluate()  # evaluate() after training writes its row as before
+    assert [line.split(",")[1] for line in results.read_text().splitlines()[1:]] == ["6", "12", "12"]
 
 
 def test_decisions_on_the_loss_read_every_row_under_drop_last(encoder_folder, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ embeddings when none is given. ``save_model`` writes a complete sentence-transfo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -138,7 +139,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         ``evaluate()`` computes it).
 
         ``evaluation_loop``, not ``evaluate()``: the evaluator runs inside it, and on_evaluate callbacks
-        never see a decision evaluation.
+        never see a decision evaluation; nor does the evaluator's results file (``output_dir/eval/*_results.csv``),
+        which holds the user's evaluations alone.
         """
         if eval_loss is None:
             eval_loss = not self._agreement_steers
@@ -146,13 +148,28 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             first_rows(self.eval_dataset, rows), dataset_name="eval")
         # the loader too reads dataloader_drop_last, and the batch size: one row per batch where the rows do not
         # split evenly over the processes, so that the repeats padding the last batches count in no batch's mean
-        with self._reading_decision_rows(), self._loss_of_every_row(dataset):
+        with self._reading_decision_rows(), self._loss_of_every_row(dataset), self._evaluator_writing_no_files():
             # no dataset: the evaluator alone, as sentence-transformers evaluates without an eval set
             loader = DataLoader([]) if dataset is None else self.get_eval_dataloader(dataset)
             metrics = self.evaluation_loop(loader, description="Pruning decision", prediction_loss_only=True,
                                            metric_key_prefix=DECISION_PREFIX).metrics
         self._on_predict_of_progress_bars(self.args, self.state, self.control, metrics)
         return metrics
+
+    @contextlib.contextmanager
+    def _evaluator_writing_no_files(self):
+        """sentence-transformers' evaluation loop gives the evaluator ``output_dir/eval`` to append its results to
+        (a CSV saved with the model and pushed with it): a decision evaluation gives it no folder, so that the file
+        holds the user's evaluations (``evaluate()``, ``--eval_strategy``) alone, as on_evaluate does."""
+        evaluator = self.evaluator
+        if evaluator is None:
+            yield
+            return
+        self.evaluator = _WithoutOutputPath(evaluator)
+        try:
+            yield
+        finally:
+            self.evaluator = evaluator
 
     def _decision_metric(self) -> tuple[float, dict]:
         if not self._steer_by_evaluator:
@@ -211,8 +228,13 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             if isinstance(self.eval_dataset, dict):  # evaluate() names each set's metrics eval_<set>_<metric>
                 names = [f"{part}_{name}" for part in self.eval_dataset for name in names]
             if best and best not in names:
-                why = "no eval loss is computed: the eval sentences steer through the dense-agreement evaluator" \
-                    if best == "loss" and self.eval_dataset is None else "the first evaluation would fail on it"
+                if best == "loss" and self._agreement_steers:
+                    why = "no eval loss is computed: the eval sentences steer through the dense-agreement evaluator"
+                elif best == "loss" and self.eval_dataset is None:
+                    why = ("no eval_dataset is given: pass one the loss reads, or set --metric_for_best_model to "
+                           "one of the evaluator's keys")
+                else:
+                    why = "the first evaluation would fail on it"
                 raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                                f"'eval_{best}' ({why}); available: {names}")
 
@@ -260,6 +282,21 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         return sentence_transformer_card(summary, trained=self.state.global_step > 0, language=language,
                                          license=license, tags=tags,
                                          stock_class=stock_encoder_class(self.pruned_model.config))
+
+
+class _WithoutOutputPath:
+    """``evaluator`` called without an output folder (it writes no results file); its attributes read through."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1):
+        return self.evaluator(model, output_path=None, epoch=epoch, steps=steps)
+
+    def __getattr__(self, name):
+        if name == "evaluator":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.evaluator, name)
 
 
 def training_prompt(prompts, column: str, dataset_name: str | None = None) -> str:
