@@ -12,19 +12,19 @@
   ``control`` and ``pruned``;
 * ``validation``: the steering metric on the decision set (``dense_reference``,
   ``pruned_last_decision``, ``pruned_final``, ``tolerance``, ``tolerance_type``);
-* ``pruning`` (criterion, target, sparsity reached, stop reason), ``comparison`` (parameters and FLOPs
-  before / after), ``latency`` (or None), ``train`` (train metrics), ``dense_control`` (its steps,
-  folder and train metrics, or None), ``wall_time_s``.
+* ``pruning`` (criterion, target, the kinds pruned as ``structures``, sparsity reached, stop reason),
+  ``comparison`` (parameters and FLOPs before / after), ``latency`` (or None), ``train`` (train metrics),
+  ``dense_control`` (its steps, folder and train metrics, or None), ``wall_time_s``.
 """
 
 from __future__ import annotations
 
 import os
 
-from hf_adaprune.reporting.report import write_json
+from hf_adaprune.reporting.report import sparsity_basis, write_json
 
 RESULTS_FILE = "results.json"
-PRUNING_KEYS = ("criterion", "target", "target_type", "final_sparsity", "stop_reason", "start_pruned")
+PRUNING_KEYS = ("criterion", "target", "target_type", "structures", "final_sparsity", "stop_reason", "start_pruned")
 TEST_SIDES = ("dense", "control", "pruned")
 
 
@@ -154,7 +154,9 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
     metric = val["metric"]
     rows.append(row(f"validation {metric} (steering, n={val['samples']})", format_value(metric, val["dense_reference"]),
                     "", format_value(metric, val["pruned_final"]),
-                    f"tolerance {val['tolerance']} {val['tolerance_type']}"
+                    # an absolute tolerance in the metric's own format (WER 0.01 reads 1.00%, as the WERs beside it)
+                    f"tolerance {format_value(metric, val['tolerance']) if val['tolerance_type'] == 'absolute' else val['tolerance']} "
+                    f"{val['tolerance_type']}"
                     + (", BEYOND it" if val.get("within_tolerance") is False else "")))
     if cmp is not None:
         for label, key, removed in (("params", "params", "params_removed"),
@@ -171,8 +173,11 @@ def results_table(results: dict, format_value, metric_label: str = "test {name}"
                         format_ms(pruned["median_s"], 2), f"{pruned['speedup']:.2f}x, {lat['threads']} threads"))
     footer = []
     pruning = results["pruning"]
-    # the selection prunes each kind (heads, FFN) to the ratio, in whole structures: the least pruned kind's figure
-    footer.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} (of the least pruned kind; "
+    # what the figure is a fraction of: the trainer's depends on the kinds pruned (sparsity_basis); --post_training
+    # records the layer FLOPs the compacted model lost
+    basis = ("the layer FLOPs removed" if results.get("mode") == "post_training" else
+             sparsity_basis(pruning.get("structures"), pruning["target_type"]))
+    footer.append(f"sparsity {pruning['final_sparsity']:.3f} of {pruning['target_type']} ({basis}; "
                   f"target {pruning['target']}), stopped: {pruning['stop_reason']}")
     if test is not None and not control and results["train"] is not None and not test.get("test_before_pruning", True):
         footer.append("note: no dense column: --test_before_pruning false left the dense model at the pruning "

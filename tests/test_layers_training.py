@@ -216,8 +216,8 @@ def test_layers_with_one_width_kind_remove_the_target_share_of_the_layer_flops(k
 
 
 def test_a_target_one_width_kind_cannot_reach_beside_the_layers_is_named_before_training():
-    """heads,layers: the layers take 1 - sqrt(1 - target) of the cost, the heads at their floors what they can of
-    the rest; above that the selection keeps one head in every layer and stops short, so the trainer warns first."""
+    """heads,layers: the layers take 1 - sqrt(1 - target) of the cost, rounded to whole layers (2 of 6 at 0.6), the
+    heads at their floors what they can of the rest; above that the selection keeps one head in every layer and stops short, so the trainer warns first."""
     from hf_adaprune import attach_masks
     from hf_adaprune.engine.selection import unreachable_target
     from hf_adaprune.families import filter_groups
@@ -233,8 +233,8 @@ def test_a_target_one_width_kind_cannot_reach_beside_the_layers_is_named_before_
     assert unreachable_target(groups, sizes, 0.5, kinds, floors, costs) is None
     message = unreachable_target(groups, sizes, 0.6, kinds, floors, costs)
     assert message.startswith("pruning target 0.6 cannot be reached with --prune heads,layers: the layers take "
-                              "0.3675 of the layer cost")
-    assert "prune more kinds (--prune heads,ffn,layers) or lower the target to <= 0.5" in message
+                              "0.3333 of the layer cost (2 of 6 layers, removed whole)")
+    assert "prune more kinds (--prune heads,ffn,layers) or lower the target to <= 0.5476." in message
     all_kinds = ("heads", "ffn", "layers")
     groups = filter_groups(masks.groups.values(), None, all_kinds)
     assert unreachable_target(groups, sizes, 0.6, all_kinds, floors, structure_costs(model, groups, 32)) is None

@@ -217,6 +217,9 @@ def test_the_validation_row_says_when_the_final_model_is_beyond_the_tolerance():
                "pruning": {"final_sparsity": 0.5, "target_type": "flops", "target": 0.5, "stop_reason": "target"}}
     fmt = lambda name, value: "" if value is None else f"{value:.2f}"  # noqa: E731
     assert "tolerance 0.01 absolute, BEYOND it" in results_module.results_table(results, fmt)
+    # an absolute tolerance reads in the metric's format: WERs are printed as percentages, so is their tolerance
+    percent = lambda name, value: "" if value is None else f"{100 * value:.2f}%"  # noqa: E731
+    assert "tolerance 1.00% absolute" in results_module.results_table(results, percent)
     del summary["final_check"]  # reports without a final check: nothing claimed either way
     results["validation"] = results_module.validation_results(summary, 4, {"eval_accuracy": 0.75})
     assert results["validation"]["within_tolerance"] is None

@@ -157,7 +157,7 @@ def test_a_model_beyond_the_tolerance_is_flagged_in_the_table_and_the_card(works
     out = tmp_path / "out"
     results = recipe.main(post_args(workspace, fine_tuned, out, "--pruning_tolerance", "0.1"))
     assert results["validation"]["within_tolerance"] is False
-    assert "tolerance 0.1 absolute, BEYOND it" in capsys.readouterr().out
+    assert "tolerance 0.1000 absolute, BEYOND it" in capsys.readouterr().out
     assert "**beyond the tolerance** asked (0.1 absolute)" in (out / "README.md").read_text()
     monkeypatch.undo()
     within = recipe.main(post_args(workspace, fine_tuned, tmp_path / "within"))  # tolerance 1.0: no flag

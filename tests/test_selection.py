@@ -229,3 +229,90 @@ def test_global_selection_ranks_raw_scores_when_not_normalised():
     raw = select_masks(scores, current, 0.5, scope="global", floor=0, normalize=False)
     assert normalised["a"].tolist() == [0.0, 1.0] and normalised["b"].tolist() == [0.0, 1.0]  # each layer's lowest
     assert raw["a"].tolist() == [0.0, 0.0] and raw["b"].tolist() == [1.0, 1.0]  # the two lowest overall
+
+
+def _stack_with_heads(name, layers, layer_cost, head_costs, heads=4):
+    """A layer stack ``name`` of ``layers`` layers and one attention of ``heads`` heads in each, with the costs of a
+    cost table: ``layer_cost`` per layer, ``head_costs[i]`` per head of layer i."""
+    stack = G(name, "layers")
+    attentions = [G(f"{name}.{i}.attention", "heads") for i in range(layers)]
+    sizes = {name: layers, **{g.name: heads for g in attentions}}
+    costs = {name: layer_cost, **{g.name: head_costs[i] for i, g in enumerate(attentions)}}
+    return [stack, *attentions], sizes, costs
+
+
+def _limit(message):
+    return float(re.search(r"so about (\d\.\d+) can go", message).group(1))
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_the_layers_and_widths_limit_counts_whole_layers(scope):
+    """heads,layers on 3 layers of cost 10, 4 heads of cost 2 in each (the floor keeps one: 6 of a layer's 10 can
+    go). The selection removes whole layers: 1 at 0.74 (its share 1 - sqrt(0.26) = 0.49 of 3 layers rounds to 1),
+    so at most (10 + 2 * 6) / 30 = 0.7333 goes; 2 at 0.85, and then (20 + 6) / 30 = 0.8667. Counted as a share
+    (the layers 0.49 of the cost and the heads 0.6 of the rest), the warning said 0.796 and 0.845: silent at 0.74,
+    which the selection cannot reach, and warning at 0.85, which it reaches."""
+    from hf_adaprune.engine.selection import prunable_cost_fraction
+
+    groups, sizes, costs = _stack_with_heads("enc", 3, 10.0, [2.0, 2.0, 2.0])
+    kinds, floors = ("heads", "layers"), {"heads": 1, "layers": 1}
+    given = {} if scope == "global" else {"scope": scope}  # global: the trainer's default, and unreachable_target's
+    message = unreachable_target(groups, sizes, 0.74, kinds, floors, costs, **given)
+    assert message.startswith("pruning target 0.74 cannot be reached with --prune heads,layers: the layers take "
+                              "0.3333 of the layer cost (1 of 3 layers, removed whole), and the heads left in the "
+                              "others, at their floors, about 0.4000 more, so about 0.7333 can go")
+    assert message.endswith("lower the target to <= 0.7333.")
+    assert unreachable_target(groups, sizes, 0.85, kinds, floors, costs, **given) is None
+    torch.manual_seed(0)
+    for target, reached in ((0.74, 0.7333), (0.85, 0.85)):  # what the selection itself reaches from random scores
+        scores = {g.name: torch.rand(sizes[g.name]) for g in groups}
+        new = select_masks_by_kind(groups, scores, {n: torch.ones(k) for n, k in sizes.items()}, target, kinds,
+                                   scope=scope, floors=floors, costs=costs)
+        assert int(new["enc"].sum()) == (2 if target < 0.8 else 1)
+        assert prunable_cost_fraction(groups, new, costs) == pytest.approx(reached, abs=0.034)  # half a head
+
+
+def test_the_layers_and_widths_limit_is_the_most_any_choice_of_layers_reaches():
+    """Which layer goes is the scores' choice; with widths that cost differently from layer to layer (a latency
+    table) the limit is the most a selection can reach: the layer with the least to give removed. Random scores
+    reach it and never more; the warning fires above it and not at it."""
+    from hf_adaprune.engine.selection import prunable_cost_fraction
+
+    groups, sizes, costs = _stack_with_heads("enc", 3, 10.0, [1.0, 2.5, 1.5])
+    kinds, floors = ("heads", "layers"), {"heads": 1, "layers": 1}
+    limit = _limit(unreachable_target(groups, sizes, 0.74, kinds, floors, costs))
+    assert limit == pytest.approx((10 + 3 * 2.5 + 3 * 1.5) / 30, abs=1e-4)  # layer 0 (3 of its heads: 3) removed
+    reached = []
+    for seed in range(30):
+        torch.manual_seed(seed)
+        scores = {g.name: torch.rand(sizes[g.name]) for g in groups}
+        new = select_masks_by_kind(groups, scores, {n: torch.ones(k) for n, k in sizes.items()}, 0.74, kinds,
+                                   floors=floors, costs=costs)
+        reached.append(prunable_cost_fraction(groups, new, costs))
+    assert max(reached) == pytest.approx(limit, abs=1e-4) and min(reached) < limit - 0.01
+    assert unreachable_target(groups, sizes, round(limit, 4) - 1e-4, kinds, floors, costs) is None
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_the_layers_and_widths_limit_follows_the_scope_over_stacks(scope):
+    """Two stacks of 3 layers, 4 heads of cost 0.5 in each layer of cost 10. At 0.36 layers take 1 - sqrt(0.64) =
+    0.2 of their cost: under scope="layer" each stack rounds 0.6 layers to one (two go: 20 + 4 * 1.5 = 26 of 60,
+    0.4333, within reach), the global budget of 1.2 layers takes one (10 + 5 * 1.5 = 17.5 of 60, 0.2917, out of
+    reach). The warning counts what the selection in that scope removes."""
+    from hf_adaprune.engine.selection import prunable_cost_fraction
+
+    enc, enc_sizes, enc_costs = _stack_with_heads("enc", 3, 10.0, [0.5] * 3)
+    dec, dec_sizes, dec_costs = _stack_with_heads("dec", 3, 10.0, [0.5] * 3)
+    groups, sizes, costs = enc + dec, {**enc_sizes, **dec_sizes}, {**enc_costs, **dec_costs}
+    kinds, floors = ("heads", "layers"), {"heads": 1, "layers": 1}
+    message = unreachable_target(groups, sizes, 0.36, kinds, floors, costs, scope=scope)
+    torch.manual_seed(0)
+    scores = {g.name: torch.rand(sizes[g.name]) for g in groups}
+    new = select_masks_by_kind(groups, scores, {n: torch.ones(k) for n, k in sizes.items()}, 0.36, kinds,
+                               scope=scope, floors=floors, costs=costs)
+    removed, reached = 6 - int(new["enc"].sum() + new["dec"].sum()), prunable_cost_fraction(groups, new, costs)
+    if scope == "layer":
+        assert message is None and removed == 2 and reached == pytest.approx(0.36, abs=0.0126)  # half a head
+    else:
+        assert "(1 of 6 layers, removed whole)" in message and _limit(message) == pytest.approx(17.5 / 60, abs=1e-4)
+        assert removed == 1 and reached == pytest.approx(17.5 / 60)

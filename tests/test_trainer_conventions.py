@@ -392,10 +392,11 @@ def test_the_card_says_what_kinds_were_pruned_and_which_layers_went():
     assert "| encoder.layer.1 | layer | removed whole |" in card and "| encoder.layer.0 | layer |" not in card
     only_heads = PruningSummary(**{**summary.to_dict(), "structures": "heads", "comparison": _comparison(800)})
     assert "(attention heads, taylor importance)" in model_card(only_heads).text
-    # the sparsity is the least pruned kind's: the layer FLOPs removed stand beside it
+    # with layers the sparsity is the fraction of the prunable FLOPs, removed layers counted whole; the layer FLOPs
+    # removed (as compacted) stand beside it
     removed = summary.comparison.layer_flops_removed
-    assert (f"reached sparsity 0.500 (of the least pruned kind), {100 * removed:.1f}% of the layer FLOPs removed "
-            "(stopped: target reached)") in card
+    assert (f"reached sparsity 0.500 (of the prunable FLOPs, removed layers counted whole), {100 * removed:.1f}% of "
+            "the layer FLOPs removed (stopped: target reached)") in card
 
 
 def test_the_card_of_a_model_saved_uncompacted_lists_the_layers_it_lacks(tmp_path):

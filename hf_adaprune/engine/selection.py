@@ -19,8 +19,8 @@ alive, and the best-scored structures fill it.
 
 Whole layers (kind ``"layers"``, one group per layer stack) are selected like any
 other kind, at least one layer kept per stack. Pruned together with heads and/or
-neurons, layers take ``1 - sqrt(1 - ratio)`` of the layer cost, so that layers and
-widths each keep the square root of what is kept overall; the heads and neurons
+neurons, layers take ``1 - sqrt(1 - ratio)`` of the layer cost (in whole layers: the nearest count), so that
+layers and widths each keep about the square root of what is kept overall; the heads and neurons
 of removed layers then count as pruned, and widths are selected up to ``ratio``
 (with ``scope="layer"``: every surviving group loses the share that brings the
 whole to ``ratio``). Given ``costs``, ``ratio`` is a fraction of the prunable cost,
@@ -381,15 +381,16 @@ def _floor_clauses(blocked) -> str:
 
 
 def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("heads", "ffn"),
-                       floors: dict[str, int] | None = None, costs: dict[str, float] | None = None) -> str | None:
+                       floors: dict[str, int] | None = None, costs: dict[str, float] | None = None,
+                       scope: str = "global") -> str | None:
     """Why the per-group floors make ``target`` unreachable for some kinds (each with its reachable maximum), or None.
 
     With whole layers among the kinds, removed layers take the heads and neurons the floors keep (the layer stacks'
     own limit is :func:`layer_target_problem`'s); given ``costs``, the target counts every removed layer's whole
     cost, and width kinds that make up only part of a layer (``ffn,layers``) may not remove the rest of it:
-    :func:`_layers_and_widths_limit`."""
+    :func:`_layers_and_widths_limit` (``scope``, the selection's, decides how many whole layers can go)."""
     if "layers" in kinds:
-        return _layers_and_widths_limit(groups, sizes, target, kinds, floors, costs)
+        return _layers_and_widths_limit(groups, sizes, target, kinds, floors, costs, scope)
     blocked = [row for row in _reachable_by_kind(groups, sizes, kinds, floors, costs) if target > row[2] + 1e-9]
     if not blocked:
         return None
@@ -399,37 +400,98 @@ def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("hea
             f"lower {options} to reach it.")
 
 
+def _layer_counts(stacks, sizes: dict[str, int], target: float, kinds, floors: dict[str, int] | None,
+                  costs: dict[str, float], scope: str) -> list[dict[str, int]]:
+    """Every count of whole layers per stack that :func:`select_masks_by_kind` may remove at ``target`` from
+    unpruned masks: its selection of the stacks at ``layer_ratio(target)``, in whole layers, each stack keeping
+    its floor. Under ``scope="layer"`` one (each stack rounds its own share); under ``scope="global"`` the scores
+    decide which stack's layer comes next in the cost budget, so each order of stacks the greedy pass can meet
+    gives its counts (one when there is one stack)."""
+    ratio = min(max(layer_ratio(target, kinds), 0.0), 1.0)
+    floor = (floors or {}).get("layers", 1)
+    names = [g.name for g in stacks]
+    if scope == "layer":
+        return [{n: max(0, min(round(ratio * sizes[n]), sizes[n] - _floor_for(sizes[n], floor))) for n in names}]
+    unit = [float(costs[n]) for n in names]
+    budget = ratio * sum(u * sizes[n] for u, n in zip(unit, names))
+    outcomes, seen = set(), set()
+    pending = [(tuple(0 for _ in names), frozenset())]
+    while pending:  # as _select_global: a stack passed over once (at its floor, or overshooting) stays passed over
+        state = pending.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        counts, passed = state
+        pruned = sum(u * k for u, k in zip(unit, counts))
+        if pruned >= budget - 1e-9 or len(passed) == len(names):
+            outcomes.add(counts)
+            continue
+        for i, name in enumerate(names):
+            if i in passed:
+                continue
+            alive = sizes[name] - counts[i]
+            if alive <= _floor_for(sizes[name], floor) or pruned + unit[i] > budget + 0.5 * unit[i]:
+                pending.append((counts, passed | {i}))
+            else:
+                pending.append((counts[:i] + (counts[i] + 1,) + counts[i + 1:], passed))
+    return [dict(zip(names, counts)) for counts in sorted(outcomes)]
+
+
+def _kept_widths_prunable(stack, widths, sizes: dict[str, int], floors: dict[str, int] | None,
+                          costs: dict[str, float], removed: int) -> tuple[float, int]:
+    """The most cost the widths of ``stack`` can take, each at its floor, in the layers kept when ``removed`` of
+    its layers go (the layers whose widths have the least to give; a ``keep_last`` stack keeps its last), with the
+    number of layers that go."""
+    count = sizes[stack.name]
+    per_layer = [0.0] * count
+    for group in widths:
+        where = layer_of_group([stack], group.name)
+        if where is not None and where[1] < count:
+            per_layer[where[1]] += float(costs[group.name]) * (
+                sizes[group.name] - _floor_for(sizes[group.name], (floors or {}).get(group.kind, 1)))
+    candidates = sorted(per_layer[:-1] if getattr(stack, "keep_last", "") else per_layer)
+    removed = min(removed, len(candidates))
+    return sum(per_layer) - sum(candidates[:removed]), removed
+
+
 def _layers_and_widths_limit(groups, sizes: dict[str, int], target: float, kinds, floors: dict[str, int] | None,
-                             costs: dict[str, float] | None) -> str | None:
-    """With layers and width kinds under a cost target: why the widths, each at its floor in the layers kept after
-    the layers' share ``layer_ratio(target)``, cannot bring the removed cost to ``target`` (with the most they
-    can), or None."""
+                             costs: dict[str, float] | None, scope: str = "global") -> str | None:
+    """With layers and width kinds under a cost target: why no selection at ``target`` brings
+    :func:`prunable_cost_fraction` to it (with the most one can), or None. The selection removes whole layers
+    (:func:`_layer_counts`), which ones the scores decide: the most is with the layers whose widths have the least
+    to give removed, and the widths, each at its floor, in the layers kept."""
     stacks = [g for g in groups if g.kind == "layers"]
     widths = [g for g in groups if g.kind in kinds and g.kind != "layers"]
     if costs is None or not stacks or not widths:
         return None
-    removed_layers = layer_ratio(target, kinds)
-    total = removed = 0.0
-    for stack in stacks:  # per stack: its layers' cost, and what its widths can take out of the layers kept
-        layer_cost = float(costs[stack.name]) * sizes[stack.name]
-        inside = [g for g in widths if layer_of_group([stack], g.name) is not None]
-        prunable = sum(float(costs[g.name]) * (sizes[g.name] - _floor_for(sizes[g.name], (floors or {}).get(g.kind, 1)))
-                       for g in inside)
-        total += layer_cost
-        removed += layer_cost * removed_layers + (1.0 - removed_layers) * min(prunable, layer_cost)
+    total = sum(float(costs[s.name]) * sizes[s.name] for s in stacks)
+    layer_total, outside = total, 0.0
     for group in (g for g in widths if layer_of_group(stacks, g.name) is None):  # in no pruned stack
         count = sizes[group.name]
         total += float(costs[group.name]) * count
-        removed += float(costs[group.name]) * (count - _floor_for(count, (floors or {}).get(group.kind, 1)))
-    reachable = removed / total if total else 0.0
+        outside += float(costs[group.name]) * (count - _floor_for(count, (floors or {}).get(group.kind, 1)))
+    best = None  # (reachable, cost of the layers removed, layers removed)
+    for counts in _layer_counts(stacks, sizes, target, kinds, floors, costs, scope):
+        removed, layer_removed, layers = outside, 0.0, 0
+        for stack in stacks:
+            kept, gone = _kept_widths_prunable(stack, widths, sizes, floors, costs, counts[stack.name])
+            layer_removed += float(costs[stack.name]) * gone
+            removed += float(costs[stack.name]) * gone + kept
+            layers += gone
+        point = (removed / total if total else 0.0, layer_removed, layers)
+        best = point if best is None or point[0] > best[0] else best
+    reachable, layer_removed, layers = best
     if target <= reachable + 1e-9:
         return None
+    removed_layers = layer_removed / layer_total if layer_total else 0.0
+    count = f"{layers} of {sum(sizes[s.name] for s in stacks)} layers, removed whole"
     pruned = ",".join(k for k in KINDS if k in kinds)
     return (f"pruning target {target} cannot be reached with --prune {pruned}: the layers take {removed_layers:.4f} of "
-            f"the layer cost, and the {' and '.join(k for k in KINDS if k in kinds and k != 'layers')} left in the "
-            f"others, at their floors, about {reachable - removed_layers:.4f} more, so about {reachable:.4f} can go "
-            "(the rest of each kept layer is of kinds not pruned). Pruning stops there and the report gives the "
-            f"sparsity reached; prune more kinds (--prune heads,ffn,layers) or lower the target to <= {reachable:.4f}.")
+            f"the layer cost ({count}), and the {' and '.join(k for k in KINDS if k in kinds and k != 'layers')} "
+            f"left in the others, at their floors, about {reachable - removed_layers:.4f} more, so about "
+            f"{reachable:.4f} can go (the rest of each kept layer is of kinds not pruned). Pruning stops there and the "
+            f"report gives the sparsity reached; prune more kinds (--prune heads,ffn,layers) or lower the target to "
+            f"<= {reachable:.4f}.")
 
 
 def nothing_prunable(groups, sizes: dict[str, int], kinds=("heads", "ffn"), floors: dict[str, int] | None = None,

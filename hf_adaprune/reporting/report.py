@@ -206,6 +206,27 @@ def structure_names(summary: PruningSummary) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def sparsity_basis(structures: str | None, target_type: str) -> str:
+    """What a run's ``final_sparsity`` is a fraction of, in words, for the kinds ``structures`` names (``--prune``,
+    e.g. ``heads,ffn,layers``) and the target type: the figure ``selected_fraction_by_kind`` gives. Widths alone:
+    the least pruned kind's fraction (of its cost under flops and latency). Layers alone: the layers' fraction.
+    Layers and widths under flops or latency: the fraction of the prunable cost, every removed layer's whole cost
+    counted (no one kind's); under structures: the least pruned width kind's count, the heads and neurons of
+    removed layers counted as pruned."""
+    kinds = [kind.strip() for kind in (structures or "heads,ffn").split(",") if kind.strip()]
+    widths = [kind for kind in ("heads", "ffn") if kind in kinds]
+    cost = {"flops": "FLOPs", "latency": "time in the latency table"}.get(target_type)
+    if "layers" not in kinds:
+        return "of the least pruned kind"
+    if not widths:
+        return f"of the layers' {cost}" if cost else "of the layers"
+    if cost:
+        return f"of the prunable {cost}, removed layers counted whole"
+    which = {"heads": "heads", "ffn": "FFN neurons"}[widths[0]] if len(widths) == 1 else \
+        "least pruned of heads and FFN neurons"
+    return f"of the {which}, those of removed layers counted as pruned"
+
+
 def removed_layers(summary: PruningSummary) -> list[str]:
     """Layers of the dense model the pruned one no longer has (reports written before the summary listed them:
     the layers compaction left without parameters)."""
@@ -285,10 +306,12 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
                     f"(-{100 * profile.flops_removed:.1f}%) |")
     if rows:
         lines += ["", f"| | {'start' if summary.start_pruned else 'dense'} | pruned |", "|---|---|---|", *rows]
-    # the least pruned kind's fraction: a run that pruned neurons but no head reads 0 here, so the FLOPs say more
+    # widths alone: the least pruned kind's fraction (a run that pruned neurons but no head reads 0 here), so the
+    # FLOPs say more; with layers: see sparsity_basis
     flops = f", {100 * profile.layer_flops_removed:.1f}% of the layer FLOPs removed" if profile else ""
     lines += ["", f"Target: {summary.target} of the {summary.target_type}; reached sparsity "
-              f"{summary.final_sparsity:.3f} (of the least pruned kind){flops}{stopped}.", ""]
+              f"{summary.final_sparsity:.3f} ({sparsity_basis(summary.structures, summary.target_type)}){flops}"
+              f"{stopped}.", ""]
     lines += ["## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
     gone = removed_layers(summary)
     for name, g in summary.groups.items():

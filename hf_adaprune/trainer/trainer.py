@@ -333,7 +333,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         unfit = nothing_prunable(self.pruning_groups, sizes, kinds, self._floors(), self.costs)
         if unfit:
             raise ValueError(unfit)
-        blocked = unreachable_target(self.pruning_groups, sizes, args.pruning_target, kinds, self._floors(), self.costs)
+        blocked = unreachable_target(self.pruning_groups, sizes, args.pruning_target, kinds, self._floors(), self.costs,
+                                     scope=args.pruning_scope)
         if blocked:
             logger.warning(blocked)
         self._setup_teacher(model)
