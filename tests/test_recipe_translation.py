@@ -350,3 +350,86 @@ def test_greedy_generation_of_a_beam_search_model_saves(tmp_path):
     assert (model.generation_config.max_length, model.generation_config.num_beams) == (10, 1)
     model.save_pretrained(tmp_path)  # raised: early_stopping / num_return_sequences without beams
     assert json.loads((tmp_path / "generation_config.json").read_text())["max_length"] == 10
+
+
+# -- audit fixes: a translation column that is not {lang: text}, the beams recorded, empty teacher translations ---
+
+
+def test_translation_column_holding_text_or_lists_is_refused(workspace, tmp_path):
+    """A CSV written by pandas from a dict column holds the dict's repr as text, and JSON lines may hold [en, de]
+    lists: the languages listed were the characters of the first cell (or the two sentences)."""
+    import csv
+    import io
+
+    en, de = _head("val.en.gz", 4), _head("val.de.gz", 4)
+    cells = io.StringIO()
+    csv.writer(cells).writerows([["translation"]] + [[str({"en": e, "de": d})] for e, d in zip(en, de)])
+    layouts = {
+        "csv_dict": ("csv", cells.getvalue(), "text"),  # as pandas' to_csv writes a column of dicts
+        "jsonl_list": ("jsonl", "".join(json.dumps({"translation": [e, d]}) + "\n" for e, d in zip(en, de)), "lists"),
+    }
+    for name, (suffix, text, found) in layouts.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for split in ("train", "validation"):
+            (folder / f"{split}.{suffix}").write_text(text, encoding="utf-8")
+        model_args, data_args, training_args = recipe.parse_args([
+            "--dataset_name", str(folder), "--source_lang", "en", "--target_lang", "de", "--config_name", "x",
+            "--tokenizer_name", "x", "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")])
+        recipe.validate_args(model_args, data_args, training_args)
+        with pytest.raises(recipe.RecipeError, match=rf"--dataset_name \S*{name}: the train split's 'translation' "
+                                                     rf"column holds {found}.*, not \{{lang: text\}} records: write "
+                                                     r"the data as JSON lines, one \{\"translation\": \{\"en\""):
+            recipe.load_raw_datasets(data_args, model_args)
+
+
+def built_run(workspace, tmp_path, *extra):
+    """The run as the recipe has it before training: data read, the tiny Marian built from its config."""
+    skeleton = load_recipe("skeleton")
+    run, _ = skeleton.prepare_run(recipe.TASK, base_args(workspace, tmp_path / "out") + [
+        "--max_source_length", "32", "--max_target_length", "12", "--max_train_samples", "8",
+        "--per_device_eval_batch_size", "4", "--disable_tqdm", "true", *extra])
+    skeleton.build_model(recipe.TASK, run)
+    return run
+
+
+def test_generation_beams_recorded_are_those_used_without_a_beam_flag(workspace, tmp_path):
+    """transformers 5 leaves a generation config's num_beams None for generate's default of 1: results.json's
+    task.generation.num_beams said null."""
+    run = built_run(workspace, tmp_path)
+    assert run.training_args.generation_num_beams is None  # no --num_beams / --generation_num_beams
+    assert run.task_results["generation"] == {"max_length": 12, "num_beams": 1}
+    run = built_run(workspace, tmp_path, "--num_beams", "3")
+    assert run.task_results["generation"] == {"max_length": 12, "num_beams": 3}
+
+
+def test_sequence_distillation_with_empty_teacher_translations(workspace, tmp_path, monkeypatch, caplog):
+    """A teacher that writes nothing (here forced to end at once; an untrained T5 writes only <pad>): all rows empty
+    is an error before training (training failed inside T5's _shift_right), some a warning, those rows keeping
+    their reference."""
+    import hf_adaprune.sequence_distillation as sd
+
+    run = built_run(workspace, tmp_path, "--sequence_distillation", "true")
+    tokenizer = run.processing_class
+    run.model.generation_config.forced_bos_token_id = tokenizer.eos_token_id
+    with pytest.raises(recipe.RecipeError, match=r"--sequence_distillation: the model as loaded translated all 8 "
+                                                 r"training sources into empty text"):
+        recipe.before_training(run)
+    assert "pruning_train" not in run.datasets
+
+    run.model.generation_config.forced_bos_token_id = None
+    real = sd.sequence_distillation_targets
+
+    def two_empty(*args, **kwargs):  # rows 1 and 4 come back empty: no token at all, only </s>
+        out = real(*args, **kwargs)
+        labels = list(out["labels"])
+        labels[1], labels[4] = [], [tokenizer.eos_token_id]
+        return out.remove_columns("labels").add_column("labels", labels)
+
+    monkeypatch.setattr(sd, "sequence_distillation_targets", two_empty)
+    with caplog.at_level("WARNING", logger="hf_adaprune.recipes.translation"):
+        recipe.before_training(run)
+    assert "2 of 8 translations are empty" in caplog.text
+    taught, references = run.datasets["pruning_train"]["labels"], run.datasets["train"]["labels"]
+    assert taught[1] == references[1] and taught[4] == references[4] and all(taught)
+    assert run.task_results["sequence_distillation"]["empty_translations"] == 2

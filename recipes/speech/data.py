@@ -243,12 +243,37 @@ def read_manifest(path: str, what: str, audio_column: str, text_column: str) -> 
     return rows
 
 
+def dataset_folder(dataset_name: str) -> str | None:
+    """The folder that relative audio paths of a local ``--dataset_name`` are read from: the folder itself, or the
+    folder of a data file; None for a Hub dataset (its paths are taken as they are)."""
+    if os.path.isdir(dataset_name):
+        return os.path.abspath(dataset_name)
+    if os.path.isfile(dataset_name):
+        return os.path.dirname(os.path.abspath(dataset_name))
+    return None
+
+
+def _audio_path(audio) -> str | None:
+    """The file path an audio value names (a path string, or a {"path"} dict without bytes); None for decoded or
+    in-memory audio."""
+    if isinstance(audio, str):
+        return audio
+    if isinstance(audio, dict) and audio.get("array") is None and not audio.get("bytes"):
+        return audio.get("path")
+    return None
+
+
 def read_dataset_split(data_args, split: str, cache_dir: str | None, audio_column: str) -> list[dict]:
-    """Rows of a ``datasets`` split; audio is decoded later with soundfile (the column is cast to decode=False)."""
+    """Rows of a ``datasets`` split; audio is decoded later with soundfile (the column is cast to decode=False).
+
+    As in a manifest, a relative audio path of a local ``--dataset_name`` (a folder, or a data file) is relative to
+    that folder (the data file's folder), not to the current directory, and every file named must exist (a
+    RecipeError naming the first one missing, its split and row)."""
     from datasets import Audio
 
     dataset = load_named_dataset(data_args, cache_dir, split)
     what = f"--dataset_name {data_args.dataset_name} split {split!r}"
+    base = dataset_folder(data_args.dataset_name)
     for option, column in (("audio_column_name", audio_column), ("text_column_name", data_args.text_column_name)):
         if column not in dataset.column_names:
             raise RecipeError(f"{what} has no column {column!r} (--{option}); columns: "
@@ -263,7 +288,19 @@ def read_dataset_split(data_args, split: str, cache_dir: str | None, audio_colum
         if text is None or str(text).strip() == "":
             raise RecipeError(f"{where} ({name}): missing or empty transcript in column "
                               f"{data_args.text_column_name!r}")
+        path = _audio_path(audio)
+        if path is not None:
+            if path.strip() == "":
+                raise RecipeError(f"{where}: no audio path in column {audio_column!r}")
+            path = path.strip()
+            audio = path if base is None or os.path.isabs(path) else os.path.join(base, path)
         rows.append({"source": audio, "name": str(name), "text": str(text).strip(), "row": where})
+    missing = [r for r in rows if isinstance(r["source"], str) and not os.path.isfile(r["source"])]
+    if missing:
+        first = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        relative = f"; relative paths are read from {base}" if base is not None else ""
+        raise RecipeError(f"audio file {first['source']} does not exist ({first['row']}){more}{relative}")
     return rows
 
 def subsample_rows(rows: list[dict], n: int | None, seed: int, keep_order: bool = True) -> list[dict]:
