@@ -726,6 +726,24 @@ def score_test(trainer, dataset, run: Run) -> dict:
     return {"values": values, "metrics": output.metrics}
 
 
+def score_deployed(run: Run, model, tokenizer) -> dict:
+    """sacreBLEU and chrF of a deployed copy: the test sources read by ``tokenizer`` (a pruned vocabulary's splits
+    some words otherwise) and translated as the test set is (greedy or --generation_num_beams, at most
+    --generation_max_length tokens), in a plain loop on this process alone (the copies are written by the saving
+    process only; a Trainer's prediction would wait for the others)."""
+    from hf_adaprune.sequence_distillation import sequence_distillation_targets
+
+    args = run.training_args
+    dataset = run.datasets["test"] if tokenizer is run.processing_class else \
+        tokenize({"test": run.splits["test"]}, tokenizer, run.data_args)["test"]
+    translated = sequence_distillation_targets(
+        model, dataset, batch_size=args.per_device_eval_batch_size, max_length=args.generation_max_length,
+        num_beams=args.generation_num_beams or model.generation_config.num_beams or 1, progress=False)["labels"]
+    width = max(map(len, translated), default=0)
+    ids = np.array([row + [-100] * (width - len(row)) for row in translated], dtype=np.int64)
+    return score_translations(ids, run.splits["test"]["target"], tokenizer)
+
+
 def latency(dense, pruned, run: Run) -> dict:
     training_args = run.training_args
     sentences = run.splits["test" if "test" in run.splits else "validation"]["source"][:1]
@@ -747,6 +765,7 @@ TASK = Task(
     format_value=lambda name, value: format_metric(value, 2),
     score=score_test,
     latency=latency,
+    score_deployed=score_deployed,
     before_training=before_training,
     # what the sources and targets the metric reads look like: a resume under others would compare unlike BLEU
     metric_options=("source_prefix", "source_lang_code", "target_lang_code", "sequence_distillation"),

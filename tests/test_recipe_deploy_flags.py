@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast, WhisperProcessor
 
@@ -163,10 +164,31 @@ def test_vocabulary_rows_take_labels_only_where_they_are_text(model_type, labels
 def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path):  # noqa: F811 - the fixture
     ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
     out = tmp_path / "out"
-    results = translation.main(translation_args(translation_workspace, out) + SHORT_RUN + [
+    ws = translation_workspace
+    results = translation.main(translation_args(ws, out) + SHORT_RUN + [
         "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
-        "--pruning_tolerance", "100", "--prune_vocabulary", "true", "--export_ctranslate2", "true"])
+        "--pruning_tolerance", "100", "--prune_vocabulary", "true", "--export_ctranslate2", "true",
+        "--test_source_file", str(ws / "test_2016_flickr.en"), "--test_target_file", str(ws / "test_2016_flickr.de"),
+        "--generation_max_length", "10"])
     written = results["deploy"]["written"]
+    # the vocabulary copy is scored on the test split: its own tokenizer reads the sources, at most 10 tokens each
+    from hf_adaprune.metrics import headline_value, load_metric
+    from hf_adaprune.sequence_distillation import sequence_distillation_targets
+
+    small, small_tokenizer = (AutoPrunedModel.from_pretrained(out / "deploy" / "vocabulary").eval(),
+                              AutoTokenizer.from_pretrained(out / "deploy" / "vocabulary"))
+    sources = (ws / "test_2016_flickr.en").read_text().splitlines()
+    references = (ws / "test_2016_flickr.de").read_text().splitlines()
+    rows = Dataset.from_dict(dict(small_tokenizer(sources, max_length=32, truncation=True)))
+    ids = list(sequence_distillation_targets(small, rows, batch_size=8, max_length=10, num_beams=1)["labels"])
+    assert max(map(len, ids)) <= 10
+    hypotheses = [text.strip() for text in small_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    for name, value in written["vocabulary"]["test"].items():
+        expected = headline_value(name, load_metric(name).compute(predictions=hypotheses,
+                                                                  references=[[r] for r in references]))
+        assert value == pytest.approx(expected) and written["vocabulary"]["test_change"][name] == pytest.approx(
+            value - results["test"][f"pruned_{name}"])
+    assert set(written["vocabulary"]["test"]) == set(results["test"]["metrics"]) and "test" not in written["ctranslate2"]
     assert set(written) == {"vocabulary", "ctranslate2"}
     assert written["ctranslate2"]["quantization"] is None and set(written["ctranslate2"]["num_heads"]) == \
         {"encoder", "decoder"}
