@@ -306,3 +306,20 @@ def test_a_pruned_shape_built_from_its_config_gets_the_models_own_init(tmp_path)
         # the config's normal(0, 0.02); PyTorch's default (kaiming uniform on 32 inputs) has a std of about 0.10
         assert 0.014 < float(pruned_weights.std()) < 0.026, float(pruned_weights.std())
         assert all(float(layer.attention.q_proj.bias.abs().max()) == 0 for layer in built.wavlm.encoder.layers)
+
+
+
+@pytest.mark.parametrize("build, lacking", [
+    (lambda: transformers.T5EncoderModel(tiny_seq2seq("t5", num_layers=3).config), "decoder.block"),
+    (lambda: transformers.BartForCausalLM(tiny_seq2seq("bart", encoder_layers=3, decoder_layers=3).config),
+     "encoder.layers"),
+])
+def test_auto_class_that_needs_a_stack_the_folder_lacks_is_refused_as_the_stock_loader_refuses_it(
+        tmp_path, build, lacking):
+    """A pruned T5EncoderModel (or BartForCausalLM) loaded with auto_class=AutoModelForSeq2SeqLM got a dense stack of
+    random weights for the one it lacks (the stock loader with trust_remote_code fails on the sizes)."""
+    save_pruned(prune_unevenly(build()), tmp_path)
+    with pytest.raises(ValueError, match=rf"holds a pruned \w+, which has no {lacking}: \w+ would build it dense "
+                                         r"with random weights"):
+        AutoPrunedModel.from_pretrained(tmp_path, auto_class=transformers.AutoModelForSeq2SeqLM)
+    assert AutoPrunedModel.from_pretrained(tmp_path) is not None  # as saved, it loads

@@ -20,7 +20,7 @@ from ..engine.masks import get_masks
 from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
-from .remote_code import set_auto_map, short_cache_problem, write_remote_code
+from .remote_code import missing_stacks, set_auto_map, short_cache_problem, write_remote_code
 from .save import save_beside_model, weight_file_states
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,12 @@ class AutoPrunedModel:
             problem = short_cache_problem(config, base_class.__name__)
             if problem:
                 raise ValueError(problem)
+            lacking = missing_stacks(config, base_class.__name__)
+            if lacking:  # as the stock loader, which fails on the sizes, instead of random dense layers
+                raise ValueError(f"{path} holds a pruned {config.architectures[0]}, which has no {', '.join(lacking)}: "
+                                 f"{base_class.__name__} would build {'it' if len(lacking) == 1 else 'them'} dense "
+                                 "with random weights. Load it with a head of the stacks it has, or leave auto_class "
+                                 "out for the saved class")
         else:
             architecture = (config.architectures or [""])[0] or ""
             # folders saved before classes kept their names say PrunedBert...: build from the transformers class

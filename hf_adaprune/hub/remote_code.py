@@ -118,6 +118,20 @@ def builds_pruned_stacks(model, class_name: str) -> bool:
     return short_cache_problem(model.config, class_name, candidate) is None
 
 
+def missing_stacks(config, class_name: str) -> list[str]:
+    """The layer stacks transformers' ``class_name`` would build from ``config`` that the saved class
+    (``config.architectures``) lacks: built dense with random weights (``AutoPrunedModel``), or failing on sizes (the
+    stock loader). Empty when the saved class or ``class_name`` cannot be built here, or has no layer stacks."""
+    saved_name = ((config.architectures or [""])[0] or "").removeprefix("Pruned")
+    if not saved_name or saved_name == class_name:
+        return []
+    saved, candidate = _built_on_meta(saved_name, config), _built_on_meta(class_name, config)
+    if saved is None or candidate is None:
+        return []
+    own = {group.name for group in find_layer_groups(saved)}
+    return sorted({group.name for group in find_layer_groups(candidate)} - own) if own else []
+
+
 def short_cache_problem(config, class_name: str, candidate=None) -> str | None:
     """Why transformers' ``class_name`` cannot generate with the KV cache from ``config`` (None: it can). A
     decoder-only head of an encoder-decoder (BartForCausalLM, WhisperForCausalLM, ...) sizes its cache by
