@@ -161,3 +161,15 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, pruning_target_type="latency", pruning_generation_tokens=4)  # an encoder
     assert "--pruning_generation_tokens 4 not read: this model generates no tokens" in caplog.text
+    # an encoder-decoder without generate (a BART classifier) is timed by forward as well: said, and a count beyond its
+    # decoder's positions is not refused
+    import transformers
+
+    from test_seq2seq_families import tiny_seq2seq_config
+
+    classifier = transformers.BartForSequenceClassification(tiny_seq2seq_config("bart", num_labels=2))
+    assert not hasattr(classifier, "generate")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
+        make_trainer(tmp_path, model=classifier, pruning_target_type="latency", pruning_generation_tokens=1000)
+    assert "--pruning_generation_tokens 1000 not read: this model generates no tokens" in caplog.text

@@ -170,6 +170,21 @@ def test_a_checkpoint_from_before_raw_scores_were_the_default_reads_as_normalise
     assert trainer.state.global_step == 30
 
 
+def test_a_flops_checkpoint_that_recorded_the_latency_options_resumes_under_the_same_arguments(run_with_checkpoints,
+                                                                                               tmp_path):
+    """Checkpoints written before 2026-12-05 recorded the latency-table options under every target type; they are
+    no longer recorded (nor compared) under flops, and a resume with unchanged arguments was refused as changed."""
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    path = out / "checkpoint-12" / PRUNING_STATE_FILE
+    state = torch.load(path, weights_only=True)
+    assert state["arguments"]["pruning_target_type"] == "flops"
+    state["arguments"].update(pruning_latency_batch_size=1, pruning_latency_seq_len=None, pruning_generation_tokens=16)
+    torch.save(state, path)
+    trainer = make_trainer(out)
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-12"))
+    assert trainer.state.global_step == 30
+
+
 def test_resume_with_other_arguments_when_asked(run_with_checkpoints, tmp_path, caplog):
     out = copy_run(run_with_checkpoints, tmp_path / "run")
     trainer = make_trainer(out, pruning_tolerance=0.25, pruning_resume_with_new_arguments=True)

@@ -82,6 +82,11 @@ def timing_device_note(model: nn.Module, training_device) -> str | None:
 
 
 @torch.no_grad()
+def generates_tokens(model: nn.Module) -> bool:
+    """Whether the table times ``generate`` (an encoder-decoder that generates) rather than ``forward``."""
+    return getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "generate")
+
+
 def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 128, generation_tokens: int = 16,
                   repeats: int = 7, warmup: int = 2) -> dict[str, float]:
     """Seconds per structure of each group, measured on ``model``'s device (see the module docstring)."""
@@ -89,7 +94,7 @@ def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 
     device = next(model.parameters()).device
     paths = sorted({p for g in groups for p in structure_modules(base, g)})
     inputs = example_inputs(model, seq_len=seq_len, batch_size=batch_size)
-    generates = getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "generate")
+    generates = generates_tokens(model)
     if generates:
         inputs = {k: v for k, v in inputs.items() if not k.startswith("decoder_")}
 

@@ -15,7 +15,7 @@ import re
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import GENERATION_FIELDS
+from .arguments import GENERATION_FIELDS, LATENCY_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ def read_pruning_state(folder: str | os.PathLike) -> dict:
         # a full record written before 2026-12-05 (the option unset, or before it existed): its selections ranked
         # normalised scores, so a resume under today's default (raw) is a change of arguments, named as such
         state["arguments"] = {**arguments, "pruning_normalize_scores": True}
+    arguments = state.get("arguments")
+    if isinstance(arguments, dict) and arguments.get("pruning_target_type", "latency") != "latency":
+        # written before 2026-12-05: the latency-table options were recorded under any target type, and compared
+        state["arguments"] = {k: v for k, v in arguments.items() if k not in LATENCY_OPTIONS}
     return state
 
 

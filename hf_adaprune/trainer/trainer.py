@@ -46,7 +46,7 @@ from .distributed import (check_masks_agree, failing_processes, from_main_proces
                           reduced_scores)
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
-from ..reporting.latency_costs import latency_costs, timing_device_note
+from ..reporting.latency_costs import generates_tokens, latency_costs, timing_device_note
 from ..reporting.report import BEST_BEFORE_REFERENCE
 from ..hub import save_pruned
 from ..engine.importance import frozen_groups, make_importance
@@ -159,7 +159,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             why = f"they set what --pruning_target_type latency measures, and the target type is " \
                   f"{args.pruning_target_type}"
         else:
-            generates = getattr(model.config, "is_encoder_decoder", False) and hasattr(model.base_model, "decoder")
+            generates = generates_tokens(model)
             features = getattr(model, "main_input_name", None) == "input_features"
             unread = [name for name in changed if (name == "pruning_generation_tokens" and not generates)
                       or (name == "pruning_latency_seq_len" and features)]
@@ -183,7 +183,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if args.pruning_target_type == "latency":
             checks.append(("pruning_latency_seq_len", args.pruning_latency_seq_len or args.pruning_seq_len, "encoder",
                            readable_positions(config) if text else None))
-            checks.append(("pruning_generation_tokens", args.pruning_generation_tokens + 1, "decoder", decoder))
+            if generates_tokens(model):  # a model without generate is timed by forward: the tokens are not read
+                checks.append(("pruning_generation_tokens", args.pruning_generation_tokens + 1, "decoder", decoder))
         for flag, length, side, limit in checks:
             if limit and length > limit:
                 raise ValueError(f"--{flag} {getattr(args, flag)} needs {length} positions of the {side}, which "
