@@ -76,7 +76,8 @@ def test_classification_loss_equals_hand_computation(tmp_path):
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_gradient_accumulation_keeps_alphas_balance(tmp_path, accumulation):
     # Trainer passes the step's item count, which these models' losses ignore, and then leaves the loss undivided:
-    # the distillation terms were divided by the accumulation steps and the task loss was not
+    # the distillation terms were divided by the accumulation steps and the task loss was not; then the whole loss
+    # was, where Trainer had left the task loss undivided (the gradients shrank by the steps when the teacher came)
     model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
     trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.3,
                            gradient_accumulation_steps=accumulation)
@@ -88,7 +89,72 @@ def test_gradient_accumulation_keeps_alphas_balance(tmp_path, accumulation):
     with torch.no_grad():
         s, t = model(input_ids=ids), teacher(input_ids=ids)
     combined = 0.3 * F.cross_entropy(s.logits, inputs["labels"]) + 0.7 * 2.0 ** 2 * kl(s.logits, t.logits, 2.0).mean()
-    assert abs(got.item() - combined.item() / accumulation) <= TOL
+    assert abs(got.item() - combined.item()) <= TOL
+
+
+def causal_lm():
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=37, is_decoder=True, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    return transformers.BertLMHeadModel(config).train()
+
+
+@pytest.mark.parametrize("kind", ["classifier", "causal_lm"])
+@pytest.mark.parametrize("accumulation, processes", [(2, 1), (1, 2), (2, 2)])
+def test_with_alpha_one_the_distilled_loss_is_the_loss_trainer_gave_before_the_teacher(tmp_path, monkeypatch, kind,
+                                                                                       accumulation, processes):
+    """The gradients keep their scale when distillation starts. A classifier's loss ignores the item count Trainer
+    passes (Trainer then divides by nothing): it was divided by the accumulation steps. A causal LM's loss reads it
+    (the step's tokens over every process, which Trainer's process factor cancels): it was multiplied by that factor."""
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train() \
+        if kind == "classifier" else causal_lm()
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=1.0,
+                           gradient_accumulation_steps=accumulation)
+    trainer.current_gradient_accumulation_steps = accumulation
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: processes))
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    if kind == "classifier":
+        labels, count = torch.tensor([0, 1, 2, 1]), 4
+    else:
+        labels = ids.clone()
+        labels[:, :3] = -100  # a prompt
+        count = int((labels[:, 1:] != -100).sum())  # what Trainer counts for a loss that shifts the labels
+    inputs = {"input_ids": ids, "labels": labels}
+    items = torch.tensor(count * accumulation * processes)  # every micro-batch of the step, on every process
+    before = trainer.compute_loss(model, dict(inputs), num_items_in_batch=items)  # no teacher yet
+    trainer.distillation_teacher = copy_teacher(perturbed(model))
+    got = trainer.compute_loss(model, dict(inputs), num_items_in_batch=items)
+    assert abs(got.item() - before.item()) <= TOL
+
+
+def test_a_causal_lm_distils_the_positions_its_loss_predicts():
+    """Position i of a causal LM predicts label i + 1: the KL covered the labelled positions themselves, one late."""
+    from hf_adaprune.trainer.distillation import shifts_labels
+
+    model = causal_lm()
+    labels = torch.tensor([[-100, -100, -100, 13, 14, 15, -100, -100]])
+    logits = torch.zeros(1, 8, 99)
+    assert shifts_labels(model) and not shifts_labels(tiny_seq2seq("bart"))
+    mask = prediction_mask(model, {"input_ids": labels.clamp(min=0), "labels": labels}, logits)
+    assert mask[0].nonzero().flatten().tolist() == [2, 3, 4]
+
+
+def test_ctc_layer_outputs_are_matched_over_real_frames():
+    """The layer-output term averaged over padding frames too (their mask is of samples, not frames)."""
+    from hf_adaprune.trainer.distillation import hidden_loss
+
+    student = tiny_ctc_model("wav2vec2", stable=True)
+    student.config.layerdrop = 0.0
+    teacher = copy_teacher(perturbed(student))
+    batch = audio_batch()
+    with torch.no_grad():
+        s, t = student(**batch, output_hidden_states=True), teacher(**batch, output_hidden_states=True)
+    frames = prediction_mask(student, batch, s.logits)
+    assert not frames.all(), "some rows are padded"
+    expected = torch.stack([(((a - b) ** 2).mean(-1) * frames).sum() / frames.sum()
+                            for a, b in zip(s.hidden_states[1:], t.hidden_states[1:])]).mean()
+    assert hidden_loss(student, s, t, batch).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 @pytest.mark.parametrize("custom", [False, True])

@@ -31,8 +31,10 @@ import os
 
 import torch
 import torch.nn.functional as F
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..engine.masks import detach_masks
+from ..modes import restore_modes, training_modes
 from ..hub.remote_code import transformers_class
 from .eval_loss import EvalLossMixin
 
@@ -140,6 +142,14 @@ def ctc_frame_lengths(model):
     return getattr(model, "_get_feat_extract_output_lengths", None)
 
 
+def shifts_labels(model) -> bool:
+    """Whether ``model``'s loss predicts label i + 1 at position i: a causal-LM head (BertLMHeadModel,
+    BartForCausalLM, ...; transformers' own test, the loss type, misses those whose config says encoder-decoder or
+    that name no loss type)."""
+    cls = transformers_class(model)
+    return cls is not None and cls.__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
 def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor | None:
     """Which positions of ``logits`` (batch, positions, classes) carry a prediction; ``None``: all of them."""
     if logits.dim() != 3:  # one prediction per example (a multi-label head's float labels are no positions)
@@ -151,6 +161,8 @@ def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor
         return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
     labels = inputs.get("labels")
     if labels is not None and labels.dim() == 2 and labels.shape == logits.shape[:2]:
+        if shifts_labels(student):  # a causal LM's position i predicts label i + 1, as its loss reads them
+            return torch.cat([labels[:, 1:] != -100, torch.zeros_like(labels[:, :1], dtype=torch.bool)], dim=1)
         return labels != -100  # target tokens (seq2seq, Whisper, token classification); -100 is padding
     if attention is not None and attention.shape == logits.shape[:2]:
         return attention.bool()
@@ -195,20 +207,23 @@ def layer_outputs(outputs) -> list[tuple[torch.Tensor, str]]:
     return found
 
 
-def hidden_loss(student_outputs, teacher_outputs, inputs: dict) -> torch.Tensor:
-    """Mean over layers of the per-position MSE, over real (not padding) positions where that is known."""
-    student, teacher = layer_outputs(student_outputs), layer_outputs(teacher_outputs)
-    if not student or len(student) != len(teacher):
+def hidden_loss(student, student_outputs, teacher_outputs, inputs: dict) -> torch.Tensor:
+    """Mean over layers of the per-position MSE, over real (not padding) positions where that is known (an audio
+    encoder's frames from the samples' attention mask, as ``student`` turns samples into frames)."""
+    student_layers, teacher_layers = layer_outputs(student_outputs), layer_outputs(teacher_outputs)
+    if not student_layers or len(student_layers) != len(teacher_layers):
         raise ValueError(f"--distillation_hidden_weight needs every layer's output from both models; got "
-                         f"{len(student)} student and {len(teacher)} teacher layers")
+                         f"{len(student_layers)} student and {len(teacher_layers)} teacher layers")
     losses = []
-    for (s, side), (t, _) in zip(student, teacher):
+    for (s, side), (t, _) in zip(student_layers, teacher_layers):
         key = "attention_mask" if side == "encoder" else "decoder_attention_mask"
         mask = inputs.get(key)
         if side == "decoder" and mask is None and inputs.get("labels") is not None:
             mask = inputs["labels"] != -100
-        if mask is not None and mask.shape != s.shape[:2]:
-            mask = None  # audio encoders: frames, not samples
+        if mask is not None and mask.shape != s.shape[:2]:  # audio encoders: frames, not samples
+            lengths = ctc_frame_lengths(student)
+            frames = lengths(mask.sum(-1)).to(s.device) if lengths is not None else None
+            mask = None if frames is None else torch.arange(s.shape[1], device=s.device)[None, :] < frames[:, None]
         losses.append(masked_mean((s.float() - t.float()).pow(2).mean(-1), mask))
     return torch.stack(losses).mean()
 
@@ -222,7 +237,7 @@ def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inpu
                     getattr(student.config, "problem_type", None))
     extra = (1.0 - alpha) * kd
     if hidden_weight > 0:
-        extra = extra + hidden_weight * hidden_loss(student_outputs, teacher_outputs, inputs)
+        extra = extra + hidden_weight * hidden_loss(student, student_outputs, teacher_outputs, inputs)
     return alpha * task_loss + kd_scale * extra
 
 
@@ -238,11 +253,13 @@ class DistillationMixin(EvalLossMixin):
     distillation_teacher = None
     _teacher_path = None
     _teacher_ran = False  # compute_loss ran the teacher in this training step
+    _reads_item_count = None  # whether the model's loss reads num_items_in_batch (probed once a model)
 
     def _setup_teacher(self, student) -> None:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
         args = self.args
         self.distillation_teacher, self._teacher_path = None, args.teacher_model_name_or_path
+        self._reads_item_count = None
         dropping = layers_dropped(student.config)
         if args.distillation and args.distillation_hidden_weight > 0 and dropping:
             raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the model skips "
@@ -308,26 +325,59 @@ class DistillationMixin(EvalLossMixin):
         with torch.no_grad():
             teacher_outputs = teacher(**inputs)
         self._teacher_ran = True
-        # Trainer divides the loss by the accumulation steps unless it takes it for normalised by the step's item
-        # count: then the per-batch means are divided here (all of the loss, or the distillation terms beside a
-        # compute_loss_func's loss), so that alpha keeps its balance
-        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or custom)
-        steps = self.current_gradient_accumulation_steps if scaled else 1
-        # Trainer.compute_loss multiplies a loss it takes for normalised by every process's item count by the
-        # process count (DDP averages the gradients): the whole distilled loss gets the factor the task loss had
-        # before the teacher existed, so the gradients keep their scale when distillation starts
-        processes = self._process_loss_factor(num_items_in_batch)
+        terms = dict(alpha=args.distillation_alpha, temperature=args.distillation_temperature,
+                     hidden_weight=args.distillation_hidden_weight)
         if custom:
-            task_loss = task_loss / processes  # Trainer.compute_loss gave the custom loss its factor already
-        loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs,
-                                 alpha=args.distillation_alpha, temperature=args.distillation_temperature,
-                                 hidden_weight=args.distillation_hidden_weight,
-                                 kd_scale=1.0 / steps if custom else 1.0)
-        if not custom:
-            loss = loss / steps
-        loss = loss * processes
+            # normalised by the step's item count: the per-batch distillation terms are divided by the accumulation
+            # steps beside it (Trainer does not divide), and the whole gets the process factor Trainer gave it
+            steps = self.current_gradient_accumulation_steps if self._trainer_keeps_scale(num_items_in_batch) else 1
+            processes = self._process_loss_factor(num_items_in_batch)
+            loss = distillation_loss(self.pruned_model, task_loss / processes, outputs, teacher_outputs, inputs,
+                                     kd_scale=1.0 / steps, **terms) * processes
+        else:  # all per-batch means: the scale Trainer gave the model's loss before the teacher existed
+            loss = distillation_loss(self.pruned_model, task_loss, outputs, teacher_outputs, inputs, **terms)
+            loss = loss * self._task_loss_scale(model, inputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _trainer_keeps_scale(self, num_items_in_batch) -> bool:
+        """Whether ``training_step`` leaves the loss undivided by the accumulation steps (taking it for normalised
+        by the step's item count), as it decides for every loss of this run."""
+        if getattr(self, "loss_is_scaled_for_ga", None) is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def _task_loss_scale(self, model, inputs, num_items_in_batch) -> float:
+        """What turns a micro-batch mean into the scale the model's loss had under Trainer before the teacher
+        existed, so that the gradients keep their scale (and alpha=1 trains as no distillation). Where Trainer
+        divides by the accumulation steps itself: 1. Where it does not: a loss that reads the item count it is given
+        (a causal LM's: the step's tokens over every process) was about a micro-batch mean over the steps, Trainer's
+        process factor cancelling the count of the other processes; one that ignores it (most heads pruned here)
+        stayed a micro-batch mean, times that factor."""
+        if not self._trainer_keeps_scale(num_items_in_batch):
+            return 1.0
+        if self._loss_reads_item_count(model, inputs):
+            return 1.0 / self.current_gradient_accumulation_steps
+        return float(self._process_loss_factor(num_items_in_batch))
+
+    def _loss_reads_item_count(self, model, inputs) -> bool:
+        """Whether the model's loss changes with ``num_items_in_batch``: probed once, in eval mode without
+        gradients, on the first distilled batch (forward signatures take ``**kwargs`` whether or not they read it)."""
+        if self._reads_item_count is None:
+            reads = False
+            # label smoothing: Trainer's own loss of the logits; no **kwargs: the count cannot reach the loss
+            if self.label_smoother is None and inputs.get("labels") is not None and self.model_accepts_loss_kwargs:
+                unwrapped = self.accelerator.unwrap_model(model)
+                modes = training_modes(unwrapped)
+                unwrapped.eval()
+                try:
+                    with torch.no_grad():
+                        plain = unwrapped(**inputs).loss
+                        counted = unwrapped(**inputs, num_items_in_batch=torch.tensor(1_000_003)).loss
+                finally:
+                    restore_modes(modes)
+                reads = plain is not None and counted is not None and not torch.allclose(plain, counted)
+            self._reads_item_count = reads
+        return self._reads_item_count
 
     def _process_loss_factor(self, num_items_in_batch) -> int:
         """What ``Trainer.compute_loss`` multiplies a loss by under several processes (1 where it does not)."""
