@@ -112,6 +112,71 @@ def test_no_dense_checkpoint_reaches_the_hub_during_training(tmp_path, monkeypat
     assert len(uploads) == 1 and "modeling_adaprune.py" in uploads[0]
 
 
+
+def test_a_hub_strategy_set_after_the_arguments_were_built_pushes_no_checkpoint(tmp_path, monkeypatch, caplog):
+    """TrainingArguments.set_push_to_hub(strategy=...) skips __post_init__, where the strategy becomes 'end': every
+    checkpoint's dense weights went to the Hub without their pruning record (nor pruning_state.pt)."""
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append(folder_path)
+            return "https://hub.invalid/commit"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    args = make_args(tmp_path, save_strategy="steps", save_steps=6)
+    args.set_push_to_hub("pruned-tiny", strategy="checkpoint")
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=args, train_dataset=toy_dataset(),
+                                     eval_dataset=toy_dataset().select(range(48)))
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert uploads == [], "checkpoints hold dense weights: nothing is pushed mid-training"
+    assert caplog.text.count("checkpoints hold dense weights under masks, so hf_adaprune pushes only the pruned") == 1
+
+
+@pytest.mark.parametrize("readme", ["notes", "stock_card"])
+def test_the_pushed_card_is_the_pruned_models_beside_a_readme_in_the_output_dir(tmp_path, monkeypatch, readme):
+    """A user's README.md went up as the repo's card (the pruned card, with the push's license and tags, beside it as
+    README.hf_adaprune.md); a card transformers' create_model_card left there (a dense fine-tuning's) was taken for
+    the user's too. The user's README.md stays local; the stock card is replaced by the pruned model's."""
+    from huggingface_hub import ModelCard
+
+    from hf_adaprune.trainer.hub_push import folder_files
+
+    commits = []
+
+    class FakeApi:  # a commit: {repo path: local file}
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": f"user/{repo_id}"})()
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            commits.append({op.path_in_repo: op.path_or_fileobj for op in operations})
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns=None, **kwargs):
+            commits.append({path: os.path.join(folder_path, path) for path in folder_files(folder_path, ignore_patterns)})
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    out = tmp_path / "out"
+    out.mkdir()
+    text = "# my notes\nprivate\n" if readme == "notes" else \
+        "---\nlicense: apache-2.0\ntags:\n- generated_from_trainer\n---\n\n# dense fine-tuning\n"
+    (out / "README.md").write_text(text)
+    trainer = make_trainer(out, hub_model_id="pruned-tiny", max_steps=12)
+    trainer.train()
+    trainer.push_to_hub(license="mit", tags=["sentiment"])
+    (commit,) = commits
+    card = ModelCard.load(commit["README.md"])
+    assert card.data.license == "mit" and {"hf_adaprune", "sentiment"} <= set(card.data.tags)
+    assert "README.hf_adaprune.md" not in commit and {"config.json", "modeling_adaprune.py"} <= set(commit)
+    if readme == "notes":
+        assert (out / "README.md").read_text() == text, "the user's README.md stays as it was, and local"
+    else:
+        assert "hf_adaprune" in ModelCard.load(out / "README.md").data.tags
+
+
 def test_model_init_model_is_the_one_pruned(tmp_path):
     data = toy_dataset()
     trainer = AdaptivePruningTrainer(model_init=lambda: tiny_model("bert"), args=make_args(tmp_path),

@@ -18,7 +18,9 @@ CARD_BESIDE_USER_README = "README.hf_adaprune.md"  # where the card goes when RE
 
 
 def is_user_readme(path: str) -> bool:
-    """Whether ``path`` is a README.md that is not a card hf_adaprune wrote (its metadata has no hf_adaprune tag)."""
+    """Whether ``path`` is a README.md that is not a card a trainer wrote: neither hf_adaprune's (tagged hf_adaprune)
+    nor transformers' ``create_model_card`` of an earlier run in the folder (tagged generated_from_trainer, which
+    describes the dense fine-tuning and is replaced by the pruned model's card)."""
     if not os.path.isfile(path):
         return False
     from huggingface_hub import ModelCard
@@ -27,7 +29,7 @@ def is_user_readme(path: str) -> bool:
         tags = ModelCard.load(path).data.to_dict().get("tags") or []
     except Exception:  # not a card at all: the user's text
         return True
-    return "hf_adaprune" not in tags
+    return not {"hf_adaprune", "generated_from_trainer"} & set(tags if isinstance(tags, list) else [tags])
 
 
 def card_path(output_dir: str) -> str:

@@ -27,13 +27,14 @@ from collections.abc import Mapping
 
 import torch
 from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 
 from ..families import check_sequence_length, filter_groups, get_adapter, readable_positions, shortest_audio
 from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
+from .hub_push import card_as_repo_readme
 from .candidate import CandidateMasksMixin
 from .report import PruningReportMixin
 from .search_refit import refit_problem
@@ -124,6 +125,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
 
     arguments_class = PruningArguments
     check_eval_dataset = staticmethod(check_eval_dataset)  # the sentence-transformers trainer has its own rules
+    _checkpoint_push_said = False  # the warning that checkpoints are not pushed was logged
 
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
         # before Trainer.__init__, which may fail on what other arguments lack (Seq2SeqTrainer: generation_config)
@@ -857,6 +859,20 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self.args.world_size > 1 and self.model_wrapped is model and getattr(model, "_is_accelerate_prepared", False):
             del model._is_accelerate_prepared
             self.accelerator._models = [m for m in self.accelerator._models if m is not model]
+
+    def push_to_hub(self, *args, **kwargs):
+        """``Trainer.push_to_hub``; beside a README.md of the user's own in ``output_dir`` the pruned model's card goes
+        up as the repo's README.md and theirs stays local (:mod:`.hub_push`)."""
+        with card_as_repo_readme(self.args.output_dir):
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """No push while training: a checkpoint holds dense weights under masks, without their pruning record (a
+        ``hub_strategy`` set after the arguments were built, e.g. by ``set_push_to_hub``, comes here)."""
+        if self.args.push_to_hub and self.args.hub_strategy != HubStrategy.END and not self._checkpoint_push_said:
+            logger.warning("hub_strategy %s: checkpoints hold dense weights under masks, so hf_adaprune pushes only the "
+                           "pruned model, at the end (trainer.push_to_hub())", self.args.hub_strategy)
+            self._checkpoint_push_said = True
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints keep the dense weights (masks live in pruning_state.pt); any other save is pruned."""

@@ -1,0 +1,63 @@
+"""The trainers' Hub pushes: the pruned model only, at the end, with its card as the repo's ``README.md``.
+
+A checkpoint holds dense weights under masks, without their pruning record: no checkpoint is pushed while training
+(:meth:`PruningTrainerMixin._push_from_checkpoint`), whatever ``hub_strategy`` says, also one set after the
+arguments were built (``TrainingArguments.set_push_to_hub``). Beside a ``README.md`` of the user's own the card is
+written as ``CARD_BESIDE_USER_README``; a push uploads it as the repo's ``README.md`` and leaves theirs local
+(:func:`card_as_repo_readme`), as the recipes' push does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from .report import CARD_BESIDE_USER_README, is_user_readme
+
+
+def folder_files(folder: str | os.PathLike, ignore_patterns) -> list[str]:
+    """The files of ``folder`` (relative, ``/``-separated) that ``upload_folder`` would upload with
+    ``ignore_patterns`` (and the Hub client's own: ``.git``, its cache)."""
+    from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+    from huggingface_hub.utils import filter_repo_objects
+
+    ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+    root = Path(folder)
+    paths = sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file())
+    return list(filter_repo_objects(paths, ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS))
+
+
+@contextlib.contextmanager
+def card_as_repo_readme(output_dir: str):
+    """While ``Trainer.push_to_hub`` runs: where ``output_dir`` holds a README.md of the user's own, its upload of the
+    folder becomes one commit in which the card written beside it is the repo's README.md and theirs stays local."""
+    import transformers.trainer as stock
+
+    if not is_user_readme(os.path.join(output_dir, "README.md")):
+        yield
+        return
+    make_api = stock.hf_api
+
+    class CardAsReadme:
+        def __init__(self, api):
+            self._api = api
+
+        def __getattr__(self, name):
+            return getattr(self._api, name)
+
+        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, commit_message=None, token=None,
+                          revision=None, run_as_future=False, **kwargs):
+            from huggingface_hub import CommitOperationAdd
+
+            files = [path for path in folder_files(folder_path, ignore_patterns) if path != "README.md"]
+            operations = [CommitOperationAdd(path_in_repo="README.md" if path == CARD_BESIDE_USER_README else path,
+                                             path_or_fileobj=os.path.join(folder_path, path)) for path in files]
+            return self._api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
+                                           token=token, revision=revision, run_as_future=run_as_future)
+
+    stock.hf_api = lambda: CardAsReadme(make_api())
+    try:
+        yield
+    finally:
+        stock.hf_api = make_api
