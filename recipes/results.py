@@ -69,14 +69,18 @@ def validation_results(summary: dict, samples: int, final_metrics: dict) -> dict
     """The "validation" entry: the steering metric of the dense reference, the last decision and the final model.
 
     ``summary`` is ``trainer.pruning_summary()``, ``final_metrics`` the pruned model's
-    evaluation on the ``samples`` validation rows the controller decided on.
+    evaluation on the ``samples`` validation rows the controller decided on. ``pruned_final`` is the final check's
+    measurement where there is one (row-exact on any number of processes, where ``evaluate``'s loss counts the
+    repeated rows that pad the last process's batches), else ``final_metrics``'.
     """
+    final_check = summary.get("final_check") or {}
     return {
         "metric": summary["metric_name"],
         "samples": samples,
         "dense_reference": summary["metric_before"],
         "pruned_last_decision": summary["metric_after"],
-        "pruned_final": final_metrics.get(summary["metric_key"]),
+        "pruned_final": final_check["metric"] if final_check.get("metric") is not None else
+        final_metrics.get(summary["metric_key"]),
         "pruned": final_metrics,
         "tolerance": summary["tolerance"],
         "tolerance_type": summary["tolerance_type"],
