@@ -468,3 +468,18 @@ def test_resume_compares_the_generation_options_a_generated_metric_is_measured_w
     assert torch.load(tmp_path / "state.pt", weights_only=True) == with_config
     loss_steered = pruning_arguments(Seq2SeqPruningArguments(str(tmp_path), report_to="none", generation_num_beams=3))
     assert "generation_num_beams" not in loss_steered  # the eval loss does not depend on them
+
+
+def test_resuming_with_an_iterable_train_dataset_says_it_is_exact_within_the_first_pass_only(run_with_checkpoints,
+                                                                                            tmp_path, caplog):
+    """transformers skips the batches already read, but without a length it cannot tell where a later pass begins:
+    from a checkpoint past the first pass the run went on with other batches, without a word."""
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"),
+                                     args=make_args(out, save_strategy="steps", save_steps=12, max_steps=30),
+                                     train_dataset=data.to_iterable_dataset(), eval_dataset=data.select(range(48)))
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
+    assert "resuming with a train dataset of unknown length (iterable)" in caplog.text
+    assert trainer.state.global_step == 30

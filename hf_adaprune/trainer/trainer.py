@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import torch
 from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_length
 
 from ..families import check_sequence_length, filter_groups, get_adapter, readable_positions, shortest_audio
 from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
@@ -847,6 +847,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if problem:
                 raise ValueError(problem)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
+            if self.train_dataset is not None and not has_length(self.train_dataset) and not self.args.ignore_data_skip:
+                logger.warning("resuming with a train dataset of unknown length (iterable): transformers skips the "
+                               "batches the run had read, which continues exactly within its first pass only; from a "
+                               "checkpoint past its end the batches that follow differ from the uninterrupted run's")
         self._forget_evaluation_prepare()
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
