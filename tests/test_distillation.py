@@ -100,21 +100,23 @@ def causal_lm():
     return transformers.BertLMHeadModel(config).train()
 
 
-@pytest.mark.parametrize("kind", ["classifier", "causal_lm"])
+@pytest.mark.parametrize("kind", ["classifier", "causal_lm", "label_smoothing"])
 @pytest.mark.parametrize("accumulation, processes", [(2, 1), (1, 2), (2, 2)])
 def test_with_alpha_one_the_distilled_loss_is_the_loss_trainer_gave_before_the_teacher(tmp_path, monkeypatch, kind,
                                                                                        accumulation, processes):
     """The gradients keep their scale when distillation starts. A classifier's loss ignores the item count Trainer
     passes (Trainer then divides by nothing): it was divided by the accumulation steps. A causal LM's loss reads it
-    (the step's tokens over every process, which Trainer's process factor cancels): it was multiplied by that factor."""
-    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train() \
-        if kind == "classifier" else causal_lm()
+    (the step's tokens over every process, which Trainer's process factor cancels): it was multiplied by that factor.
+    Trainer's label smoother reads it too."""
+    model = causal_lm() if kind == "causal_lm" else \
+        tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
     trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=1.0,
-                           gradient_accumulation_steps=accumulation)
+                           gradient_accumulation_steps=accumulation,
+                           label_smoothing_factor=0.1 if kind == "label_smoothing" else 0.0)
     trainer.current_gradient_accumulation_steps = accumulation
     monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: processes))
     ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
-    if kind == "classifier":
+    if kind != "causal_lm":
         labels, count = torch.tensor([0, 1, 2, 1]), 4
     else:
         labels = ids.clone()
@@ -153,6 +155,30 @@ def test_ctc_layer_outputs_are_matched_over_real_frames():
     frames = prediction_mask(student, batch, s.logits)
     assert not frames.all(), "some rows are padded"
     expected = torch.stack([(((a - b) ** 2).mean(-1) * frames).sum() / frames.sum()
+                            for a, b in zip(s.hidden_states[1:], t.hidden_states[1:])]).mean()
+    assert hidden_loss(student, s, t, batch).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+
+def test_layer_outputs_before_a_wav2vec2_adapter_are_matched_over_their_own_frames():
+    """With add_adapter the CTC logits have the adapter's (fewer) frames, the layer outputs the encoder's: those were
+    masked to the adapter's frame counts, leaving real frames out."""
+    from hf_adaprune.trainer.distillation import hidden_loss
+
+    student = tiny_ctc_model("wav2vec2", stable=True)
+    student.config.layerdrop = 0.0
+    student.config.update(dict(add_adapter=True, num_adapter_layers=1, adapter_stride=2, adapter_kernel_size=3,
+                               output_hidden_size=student.config.hidden_size))
+    torch.manual_seed(0)
+    student = type(student)(student.config).eval()
+    teacher = copy_teacher(perturbed(student))
+    batch = audio_batch()
+    with torch.no_grad():
+        s, t = student(**batch, output_hidden_states=True), teacher(**batch, output_hidden_states=True)
+    frames = student._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1), add_adapter=False)
+    real = torch.arange(s.hidden_states[1].shape[1])[None, :] < frames[:, None]
+    assert s.hidden_states[1].shape[1] > s.logits.shape[1], "the adapter shortens the logits' frames"
+    expected = torch.stack([(((a - b) ** 2).mean(-1) * real).sum() / real.sum()
                             for a, b in zip(s.hidden_states[1:], t.hidden_states[1:])]).mean()
     assert hidden_loss(student, s, t, batch).item() == pytest.approx(expected.item(), abs=1e-6)
 

@@ -26,6 +26,8 @@ underscore keeps it out of Trainer's Hub pushes), and a resumed run loads it fro
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 import os
 
@@ -222,6 +224,8 @@ def hidden_loss(student, student_outputs, teacher_outputs, inputs: dict) -> torc
             mask = inputs["labels"] != -100
         if mask is not None and mask.shape != s.shape[:2]:  # audio encoders: frames, not samples
             lengths = ctc_frame_lengths(student)
+            if lengths is not None and "add_adapter" in inspect.signature(lengths).parameters:
+                lengths = functools.partial(lengths, add_adapter=False)  # the layers come before an adapter
             frames = lengths(mask.sum(-1)).to(s.device) if lengths is not None else None
             mask = None if frames is None else torch.arange(s.shape[1], device=s.device)[None, :] < frames[:, None]
         losses.append(masked_mean((s.float() - t.float()).pow(2).mean(-1), mask))
@@ -360,12 +364,15 @@ class DistillationMixin(EvalLossMixin):
         return float(self._process_loss_factor(num_items_in_batch))
 
     def _loss_reads_item_count(self, model, inputs) -> bool:
-        """Whether the model's loss changes with ``num_items_in_batch``: probed once, in eval mode without
-        gradients, on the first distilled batch (forward signatures take ``**kwargs`` whether or not they read it)."""
+        """Whether the task loss Trainer computes reads ``num_items_in_batch``: its label smoother does; a model's
+        loss is probed once, in eval mode without gradients, on the first distilled batch (forward signatures take
+        ``**kwargs`` whether or not they read it)."""
         if self._reads_item_count is None:
             reads = False
-            # label smoothing: Trainer's own loss of the logits; no **kwargs: the count cannot reach the loss
-            if self.label_smoother is None and inputs.get("labels") is not None and self.model_accepts_loss_kwargs:
+            if self.label_smoother is not None:  # Trainer's own loss of the logits, normalised by the count
+                reads = True
+            # no **kwargs: the count cannot reach the model's loss
+            elif inputs.get("labels") is not None and self.model_accepts_loss_kwargs:
                 unwrapped = self.accelerator.unwrap_model(model)
                 modes = training_modes(unwrapped)
                 unwrapped.eval()
