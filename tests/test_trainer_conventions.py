@@ -138,7 +138,8 @@ def test_a_hub_strategy_set_after_the_arguments_were_built_pushes_no_checkpoint(
 
 
 @pytest.mark.parametrize("readme", ["notes", "stock_card"])
-def test_the_pushed_card_is_the_pruned_models_beside_a_readme_in_the_output_dir(tmp_path, monkeypatch, readme):
+def test_the_pushed_card_is_the_pruned_models_beside_a_readme_in_the_output_dir(tmp_path, monkeypatch, caplog,
+                                                                                readme):
     """A user's README.md went up as the repo's card (the pruned card, with the push's license and tags, beside it as
     README.hf_adaprune.md); a card transformers' create_model_card left there (a dense fine-tuning's) was taken for
     the user's too. The user's README.md stays local; the stock card is replaced by the pruned model's."""
@@ -164,17 +165,22 @@ def test_the_pushed_card_is_the_pruned_models_beside_a_readme_in_the_output_dir(
     text = "# my notes\nprivate\n" if readme == "notes" else \
         "---\nlicense: apache-2.0\ntags:\n- generated_from_trainer\n---\n\n# dense fine-tuning\n"
     (out / "README.md").write_text(text)
+    if readme == "stock_card":  # and the card an earlier version wrote beside it, taking it for the user's
+        (out / "README.hf_adaprune.md").write_text("---\ntags:\n- hf_adaprune\n---\n\nan earlier card\n")
     trainer = make_trainer(out, hub_model_id="pruned-tiny", max_steps=12)
-    trainer.train()
-    trainer.push_to_hub(license="mit", tags=["sentiment"])
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+        trainer.push_to_hub(license="mit", tags=["sentiment"])
     (commit,) = commits
     card = ModelCard.load(commit["README.md"])
     assert card.data.license == "mit" and {"hf_adaprune", "sentiment"} <= set(card.data.tags)
     assert "README.hf_adaprune.md" not in commit and {"config.json", "modeling_adaprune.py"} <= set(commit)
     if readme == "notes":
         assert (out / "README.md").read_text() == text, "the user's README.md stays as it was, and local"
-    else:
+    else:  # replaced, with a word; the earlier card is gone, not uploaded beside the new one
         assert "hf_adaprune" in ModelCard.load(out / "README.md").data.tags
+        assert "is a card transformers' create_model_card wrote (generated_from_trainer)" in caplog.text
+        assert not (out / "README.hf_adaprune.md").exists()
 
 
 def test_model_init_model_is_the_one_pruned(tmp_path):

@@ -17,30 +17,45 @@ logger = logging.getLogger(__name__)
 CARD_BESIDE_USER_README = "README.hf_adaprune.md"  # where the card goes when README.md is the user's own
 
 
+def _card_tags(path: str) -> set[str] | None:
+    """The tags of the card at ``path`` (None: no file, or not a model card)."""
+    if not os.path.isfile(path):
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        tags = ModelCard.load(path).data.to_dict().get("tags") or []
+    except Exception:  # not a card at all: the user's text
+        return None
+    return set(tags if isinstance(tags, list) else [tags])
+
+
 def is_user_readme(path: str) -> bool:
     """Whether ``path`` is a README.md that is not a card a trainer wrote: neither hf_adaprune's (tagged hf_adaprune)
     nor transformers' ``create_model_card`` of an earlier run in the folder (tagged generated_from_trainer, which
     describes the dense fine-tuning and is replaced by the pruned model's card)."""
     if not os.path.isfile(path):
         return False
-    from huggingface_hub import ModelCard
-
-    try:
-        tags = ModelCard.load(path).data.to_dict().get("tags") or []
-    except Exception:  # not a card at all: the user's text
-        return True
-    return not {"hf_adaprune", "generated_from_trainer"} & set(tags if isinstance(tags, list) else [tags])
+    tags = _card_tags(path)
+    return tags is None or not {"hf_adaprune", "generated_from_trainer"} & tags
 
 
 def card_path(output_dir: str) -> str:
     """Where the model card goes in ``output_dir``: README.md, or, beside a README.md of the user's own (left as it
-    is, named in a warning), CARD_BESIDE_USER_README."""
+    is, named in a warning), CARD_BESIDE_USER_README. When it is README.md, a card an earlier save wrote beside a
+    README.md that is no longer the user's is removed (it would be uploaded beside the card)."""
     path = os.path.join(output_dir, "README.md")
-    if not is_user_readme(path):
-        return path
-    logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's card is "
-                   "written to %s", path, CARD_BESIDE_USER_README)
-    return os.path.join(output_dir, CARD_BESIDE_USER_README)
+    if is_user_readme(path):
+        logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's card is "
+                       "written to %s", path, CARD_BESIDE_USER_README)
+        return os.path.join(output_dir, CARD_BESIDE_USER_README)
+    if "hf_adaprune" not in (_card_tags(path) or {"hf_adaprune"}):
+        logger.warning("%s is a card transformers' create_model_card wrote (generated_from_trainer), of the model "
+                       "before pruning: the pruned model's card replaces it", path)
+    stale = os.path.join(output_dir, CARD_BESIDE_USER_README)
+    if os.path.isfile(stale) and "hf_adaprune" in (_card_tags(stale) or set()):
+        os.remove(stale)
+    return path
 
 
 class PruningReportMixin:
