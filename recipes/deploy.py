@@ -236,6 +236,16 @@ def rows_with_dropped_tokens(run, old_tokenizer, new_tokenizer) -> dict:
     return {"validation_rows": len(rows), "validation_rows_with_dropped_tokens": changed}
 
 
+def more_tokens_hint(data_args) -> str:
+    """What keeps more tokens in the smaller vocabulary: more training rows, and the limits this run set."""
+    hints = ["more training rows"]
+    if data_args.vocabulary_min_count > 1:
+        hints.append(f"--vocabulary_min_count 1 (now {data_args.vocabulary_min_count})")
+    if data_args.vocabulary_max_size is not None:
+        hints.append(f"a larger --vocabulary_max_size (now {data_args.vocabulary_max_size})")
+    return ", ".join(hints[:-1]) + " or " + hints[-1] if len(hints) > 1 else hints[0]
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -292,9 +302,9 @@ def deploy(run, model, score=None, pruned_test: dict | None = None) -> dict:
         if coverage["validation_rows_with_dropped_tokens"] > DROPPED_TOKEN_ROWS_WARNING * coverage["validation_rows"]:
             logger.warning("deploy: %d of the %d validation rows hold tokens the smaller vocabulary dropped (it keeps "
                            "the tokens of the training rows): the vocabulary copy reads them otherwise than the pruned "
-                           "model, whose figures in results.json do not cover it. Check it on such text; more "
-                           "training rows or --vocabulary_min_count 1 keep more tokens",
-                           coverage["validation_rows_with_dropped_tokens"], coverage["validation_rows"])
+                           "model, whose figures in results.json do not cover it. Check it on such text; %s keep more "
+                           "tokens", coverage["validation_rows_with_dropped_tokens"], coverage["validation_rows"],
+                           more_tokens_hint(data_args))
         written("vocabulary", source, vocab_size_before=before, vocab_size=len(tokenizer), **coverage,
                 decoder_vocab_size=model.config.decoder_vocab_size if data_args.decoder_vocabulary else None,
                 min_count=data_args.vocabulary_min_count, max_size=data_args.vocabulary_max_size,

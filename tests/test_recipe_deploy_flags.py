@@ -525,3 +525,14 @@ def test_text_classification_vocabulary_with_rare_rows_at_low_rank(workspace, tm
     whole = {small.convert_tokens_to_ids(t) for t in tokenizer.convert_ids_to_tokens(
         sorted(always | set(ranked[:30 - len(always)])))}
     assert {i for i in range(table.num_embeddings) if int(table.slot[i]) < 30} == whole
+
+
+def test_the_dropped_token_warning_suggests_only_limits_the_run_set():
+    """It told every run to pass --vocabulary_min_count 1, the default most runs had used."""
+    from types import SimpleNamespace
+
+    from recipes.deploy import more_tokens_hint
+
+    assert more_tokens_hint(SimpleNamespace(vocabulary_min_count=1, vocabulary_max_size=None)) == "more training rows"
+    assert more_tokens_hint(SimpleNamespace(vocabulary_min_count=3, vocabulary_max_size=500)) == (
+        "more training rows, --vocabulary_min_count 1 (now 3) or a larger --vocabulary_max_size (now 500)")
