@@ -173,3 +173,15 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, model=classifier, pruning_target_type="latency", pruning_generation_tokens=1000)
     assert "--pruning_generation_tokens 1000 not read: this model generates no tokens" in caplog.text
+
+
+def test_the_table_times_the_model_without_autograd():
+    """Timing under autograd would add graph building to every structure's time (and keep activations)."""
+    import torch
+
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    grad_enabled = []
+    model.register_forward_hook(lambda *args: grad_enabled.append(torch.is_grad_enabled()))
+    latency_costs(model, list(masks.groups.values()), seq_len=8, repeats=1, warmup=0)
+    assert grad_enabled and not any(grad_enabled)

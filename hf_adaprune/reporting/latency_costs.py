@@ -81,12 +81,12 @@ def timing_device_note(model: nn.Module, training_device) -> str | None:
             f"model to the device you will serve on before building the trainer")
 
 
-@torch.no_grad()
 def generates_tokens(model: nn.Module) -> bool:
     """Whether the table times ``generate`` (an encoder-decoder that generates) rather than ``forward``."""
     return getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "generate")
 
 
+@torch.no_grad()
 def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 128, generation_tokens: int = 16,
                   repeats: int = 7, warmup: int = 2) -> dict[str, float]:
     """Seconds per structure of each group, measured on ``model``'s device (see the module docstring)."""
