@@ -49,7 +49,8 @@ def card_path(output_dir: str) -> str:
         logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's card is "
                        "written to %s", path, CARD_BESIDE_USER_README)
         return os.path.join(output_dir, CARD_BESIDE_USER_README)
-    if "hf_adaprune" not in (_card_tags(path) or {"hf_adaprune"}):
+    tags = _card_tags(path)
+    if tags is not None and "hf_adaprune" not in tags:  # then transformers' card (is_user_readme)
         logger.warning("%s is a card transformers' create_model_card wrote (generated_from_trainer), of the model "
                        "before pruning: the pruned model's card replaces it", path)
     stale = os.path.join(output_dir, CARD_BESIDE_USER_README)
