@@ -15,6 +15,7 @@ from pathlib import Path
 
 import transformers
 
+from hf_adaprune.trainer.hub_push import card_as_readme_operations
 from hf_adaprune.trainer.report import CARD_BESIDE_USER_README
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str
     ``before``, or changed since), except the checkpoints, ``_*`` folders and ``left_local`` patterns (baselines
     that stay local). The card written beside a user's ``README.md`` is the repo's ``README.md`` (the user's stays
     local, even if edited meanwhile). Returns the repo paths uploaded (main process; the others upload nothing)."""
-    from huggingface_hub import CommitOperationAdd
-
     if not trainer.is_world_process_zero():
         return []
     trainer._finish_current_push()  # a push transformers may have started
@@ -67,11 +66,8 @@ def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str
             continue
         (written if before.get(path) != state else kept_local).append(path)
     if CARD_BESIDE_USER_README in written and "README.md" in written:  # the user's, edited during the run
-        written.remove("README.md")
         kept_local.append("README.md")
-    in_repo = {path: "README.md" if path == CARD_BESIDE_USER_README else path for path in written}
-    operations = [CommitOperationAdd(path_in_repo=in_repo[path], path_or_fileobj=str(folder / path))
-                  for path in written]
+    operations = card_as_readme_operations(folder, written)
     transformers.trainer.hf_api().create_commit(
         repo_id=trainer.hub_model_id, operations=operations, token=training_args.hub_token,
         commit_message="End of training: pruned model, card, results", revision=training_args.hub_revision)
@@ -79,4 +75,4 @@ def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str
     if kept_local:
         logger.warning("not pushed, as they were in %s before this run: %s", folder, ", ".join(kept_local[:10])
                        + (f" and {len(kept_local) - 10} more" if len(kept_local) > 10 else ""))
-    return sorted(in_repo.values())
+    return sorted(operation.path_in_repo for operation in operations)

@@ -28,6 +28,17 @@ def folder_files(folder: str | os.PathLike, ignore_patterns) -> list[str]:
     return list(filter_repo_objects(paths, ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS))
 
 
+def card_as_readme_operations(folder: str | os.PathLike, paths: list[str]) -> list:
+    """The commit's additions of ``paths`` (relative to ``folder``): a card written beside a user's README.md
+    (``CARD_BESIDE_USER_README``) goes up as the repo's README.md, and theirs is left out."""
+    from huggingface_hub import CommitOperationAdd
+
+    beside = CARD_BESIDE_USER_README in paths
+    return [CommitOperationAdd(path_in_repo="README.md" if path == CARD_BESIDE_USER_README else path,
+                               path_or_fileobj=os.path.join(folder, path))
+            for path in paths if not (beside and path == "README.md")]
+
+
 @contextlib.contextmanager
 def card_as_repo_readme(output_dir: str):
     """While ``Trainer.push_to_hub`` runs: where ``output_dir`` holds a README.md of the user's own, its upload of the
@@ -48,11 +59,7 @@ def card_as_repo_readme(output_dir: str):
 
         def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, commit_message=None, token=None,
                           revision=None, run_as_future=False, **kwargs):
-            from huggingface_hub import CommitOperationAdd
-
-            files = [path for path in folder_files(folder_path, ignore_patterns) if path != "README.md"]
-            operations = [CommitOperationAdd(path_in_repo="README.md" if path == CARD_BESIDE_USER_README else path,
-                                             path_or_fileobj=os.path.join(folder_path, path)) for path in files]
+            operations = card_as_readme_operations(folder_path, folder_files(folder_path, ignore_patterns))
             return self._api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
                                            token=token, revision=revision, run_as_future=run_as_future)
 
