@@ -650,14 +650,18 @@ def record_source_prefix(model, data_args: DataTrainingArguments) -> None:
     model.config.task_specific_params = params
 
 
+def beams(training_args, model) -> int:
+    """The beams evaluations use: --generation_num_beams, else the generation config's, else generate's default
+    (transformers 5 leaves a generation config's num_beams None for 1)."""
+    return training_args.generation_num_beams or model.generation_config.num_beams or 1
+
+
 def build(run: Run) -> None:
     model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
     record_source_prefix(model, run.data_args)
     apply_generation_config(model, run.training_args)
-    # what evaluations use: the flag, else the generation config's, else generate's default (transformers 5 leaves a
-    # generation config's num_beams None for 1); max_length is --generation_max_length, set in validate
-    run.task_results["generation"]["num_beams"] = run.training_args.generation_num_beams or \
-        model.generation_config.num_beams or 1
+    # what evaluations use (max_length is --generation_max_length, set in validate)
+    run.task_results["generation"]["num_beams"] = beams(run.training_args, model)
     check_lengths(model, tokenizer, run.data_args, run.training_args)
     run.model, run.processing_class, run.seq2seq = model, tokenizer, True
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
@@ -676,7 +680,7 @@ def teacher_translations(model, dataset, run: Run):
     from hf_adaprune.sequence_distillation import sequence_distillation_targets
 
     training_args, started = run.training_args, time.time()
-    num_beams = training_args.generation_num_beams or model.generation_config.num_beams or 1
+    num_beams = beams(training_args, model)
     logger.info("sequence distillation: translating the %d training sources with the model as loaded", len(dataset))
     try:
         translated = sequence_distillation_targets(
@@ -738,7 +742,7 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
         tokenize({"test": run.splits["test"]}, tokenizer, run.data_args)["test"]
     translated = sequence_distillation_targets(
         model, dataset, batch_size=args.per_device_eval_batch_size, max_length=args.generation_max_length,
-        num_beams=args.generation_num_beams or model.generation_config.num_beams or 1, progress=False)["labels"]
+        num_beams=beams(args, model), progress=False)["labels"]
     width = max(map(len, translated), default=0)
     ids = np.array([row + [-100] * (width - len(row)) for row in translated], dtype=np.int64)
     return score_translations(ids, run.splits["test"]["target"], tokenizer)
@@ -748,7 +752,7 @@ def latency(dense, pruned, run: Run) -> dict:
     training_args = run.training_args
     sentences = run.splits["test" if "test" in run.splits else "validation"]["source"][:1]
     generate_kwargs = {"max_length": training_args.generation_max_length,
-                       "num_beams": training_args.generation_num_beams or pruned.generation_config.num_beams or 1}
+                       "num_beams": beams(training_args, pruned)}
     result = measure_generate_latency(dense, pruned, run.processing_class, sentences, run.data_args, generate_kwargs,
                                       repeats=run.data_args.latency_repeats)
     logger.info("latency:\n%s", format_latency(result["results"], title="generate, batch 1"))
