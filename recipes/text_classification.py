@@ -584,9 +584,9 @@ def check_carved_labels(raw: DatasetDict, carved: list[str], label_column: str, 
                         seed: int) -> None:
     """A class whose rows all went to a held-out split is one training never sees: refused as a validation / test
     file's label that training never had is."""
-    trained = {str(v) for v in raw["train"].unique(label_column)}
+    trained = _label_values({"train": raw["train"]}, label_column)
     for split in carved:
-        unseen = sorted({str(v) for v in raw[split].unique(label_column)} - trained)
+        unseen = sorted(_label_values({split: raw[split]}, label_column) - trained)
         if unseen:
             own = f"give a --{split}_file" if data_args.dataset_name is None else f"give the data a {split} split"
             raise RecipeError(f"--{split}_split_percentage {getattr(data_args, f'{split}_split_percentage'):g} "
@@ -595,8 +595,8 @@ def check_carved_labels(raw: DatasetDict, carved: list[str], label_column: str, 
                               f"--seed, a smaller --{split}_split_percentage (a larger training share), or {own}")
 
 
-def _label_values(raw: DatasetDict, label_column: str) -> set[str]:
-    """The label values (as text) the rows of every split of ``raw`` have, blank ones aside."""
+def _label_values(raw: DatasetDict | dict, label_column: str) -> set[str]:
+    """The label values (as text) the rows of every split of ``raw`` (splits by name) have, blank ones aside."""
     values = set()
     for dataset in raw.values():
         values.update(str(v) for v in dataset.unique(label_column) if not _is_missing(v))
