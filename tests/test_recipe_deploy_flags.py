@@ -14,7 +14,8 @@ import pytest
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast, WhisperProcessor
+from transformers import (AutoTokenizer, BertConfig, PreTrainedTokenizerFast, Wav2Vec2Processor,
+                          WhisperForConditionalGeneration, WhisperProcessor)
 
 from hf_adaprune import AutoPrunedModel
 from hf_adaprune.deploy import load_int8, onnx_session
@@ -536,3 +537,105 @@ def test_the_dropped_token_warning_suggests_only_limits_the_run_set():
     assert more_tokens_hint(SimpleNamespace(vocabulary_min_count=1, vocabulary_max_size=None)) == "more training rows"
     assert more_tokens_hint(SimpleNamespace(vocabulary_min_count=3, vocabulary_max_size=500)) == (
         "more training rows, --vocabulary_min_count 1 (now 3) or a larger --vocabulary_max_size (now 500)")
+
+
+def transcripts_one_clip_at_a_time(model, processor, audio: list, max_length: int | None = None) -> list[str]:
+    """Greedy transcripts, each clip alone in its batch (no padding to blank out)."""
+    texts = []
+    with torch.no_grad():
+        for clip in audio:
+            if getattr(model.config, "is_encoder_decoder", False):
+                features = processor.feature_extractor([clip], sampling_rate=16000, return_tensors="pt")
+                ids = model.generate(features.input_features, max_length=max_length, num_beams=1)
+                texts += processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            else:
+                values = processor.feature_extractor([clip], sampling_rate=16000, return_tensors="pt").input_values
+                texts += processor.tokenizer.batch_decode(model(values).logits.argmax(-1))
+    return texts
+
+
+def test_clips(manifests) -> list:
+    return [asr.decode_audio(row["source"], 16000, row["name"])
+            for row in asr.read_manifest(str(manifests["test"]), "--test_manifest", "path", "text")]
+
+
+def expected_error_rates(results, manifests, texts: list[str]) -> dict:
+    from recipes.speech.data import make_normalizer, parse_normalization
+    from recipes.speech.metrics import error_rates
+
+    normalize = make_normalizer(parse_normalization(results["task"]["text_normalization"]))
+    references = [row["text"] for row in asr.read_manifest(str(manifests["test"]), "--test_manifest", "path", "text")]
+    return error_rates([normalize(t.strip()) for t in texts], [normalize(r) for r in references])
+
+
+def test_whisper_vocabulary_and_int8_copies_are_scored_on_the_test_clips(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811
+    """Each copy reloaded from its folder transcribes the test clips with its own tokenizer; results.json holds its
+    WER / CER and their change against the pruned model's."""
+    out = tmp_path / "whisper"
+    results = asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests), *PRUNING,
+                        "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
+                        "--pruning_seq_len", "8", "--test_before_pruning", "false", "--prune_vocabulary", "true",
+                        "--quantize", "int8"])
+    written = results["deploy"]["written"]
+    audio = test_clips(manifests)
+    for name, model in (("vocabulary", AutoPrunedModel.from_pretrained(out / "deploy" / "vocabulary").eval()),
+                        ("int8", load_int8(out / "deploy" / "int8").eval())):
+        processor = WhisperProcessor.from_pretrained(out / "deploy" / name)
+        expected = expected_error_rates(results, manifests, transcripts_one_clip_at_a_time(model, processor, audio, 6))
+        assert written[name]["test"] == pytest.approx(expected)
+        assert written[name]["test_change"] == pytest.approx(
+            {metric: value - results["test"][f"pruned_{metric}"] for metric, value in expected.items()})
+
+
+def test_ctc_int8_copy_is_scored_on_the_test_clips(tmp_path, manifests, tiny_ctc_dir):  # noqa: F811 - the fixtures
+    """The int8 copy's greedy transcripts in batches equal those of each clip alone: padding frames read as blank."""
+    out = tmp_path / "ctc"
+    results = asr.main(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests), *PRUNING,
+                        "--output_dir", str(out), "--test_before_pruning", "false", "--quantize", "int8",
+                        "--per_device_eval_batch_size", "4"])
+    audio = test_clips(manifests)
+    processor = Wav2Vec2Processor.from_pretrained(out / "deploy" / "int8")
+    texts = transcripts_one_clip_at_a_time(load_int8(out / "deploy" / "int8").eval(), processor, audio)
+    expected = expected_error_rates(results, manifests, texts)
+    entry = results["deploy"]["written"]["int8"]
+    assert entry["test"] == pytest.approx(expected)
+    assert entry["test_change"] == pytest.approx(
+        {metric: value - results["test"][f"pruned_{metric}"] for metric, value in expected.items()})
+
+
+def test_whisper_copy_is_decoded_by_its_own_tokenizer_and_generates_as_the_test_set_did(tiny_whisper_dir):  # noqa: F811
+    """score_deployed reads the copy's ids with the tokenizer it is given (a smaller vocabulary numbers tokens
+    otherwise) and the references with the run's; it generates with --generation_max_length / --generation_num_beams."""
+    from types import SimpleNamespace
+
+    from hf_adaprune.deploy import prune_vocabulary
+    from recipes.speech.data import AudioExamples
+
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    big = processor.tokenizer
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    small = prune_vocabulary(model, big, ["zero two", "five"])
+    assert small.convert_tokens_to_ids(small.tokenize(" zero")) != big.convert_tokens_to_ids(big.tokenize(" zero"))
+    said = ["zero two", "five", "zero"]
+
+    class Copy:
+        calls = []
+
+        def generate(self, input_features, **kwargs):
+            self.calls.append(kwargs)
+            start = len(self.calls) * 2 - 2
+            rows = [[small.convert_tokens_to_ids("<|startoftranscript|>")]
+                    + small.encode(" " + text, add_special_tokens=False) for text in said[start:start + len(input_features)]]
+            width = max(map(len, rows))
+            return torch.tensor([row + [small.eos_token_id] * (width - len(row)) for row in rows])
+
+    references = ["zero two", "five", "zero five"]  # the copy says "zero" for the last: one word of five missing
+    rows = [{"audio": np.zeros(1600, np.float32), "labels": big.encode(" " + text)} for text in references]
+    run = SimpleNamespace(
+        training_args=SimpleNamespace(generation_max_length=7, generation_num_beams=2, per_device_eval_batch_size=2),
+        processing_class=processor, datasets={"test": AudioExamples(rows)}, seq2seq=True,
+        data_args=SimpleNamespace(text_normalization="lowercase,punctuation"))
+    copy = Copy()
+    scores = asr.score_deployed(run, copy, small)
+    assert copy.calls == [{"max_length": 7, "num_beams": 2}] * 2
+    assert scores["wer"] == pytest.approx(1 / 5)

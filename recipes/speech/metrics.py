@@ -69,15 +69,20 @@ def blank_padding_frames(model) -> None:
         model.register_forward_hook(hook, with_kwargs=True)
 
 
+def ctc_texts(ids, tokenizer, labels: bool = False) -> list[str]:
+    """CTC ids (-100 or other negatives: padding) as text: greedy ids collapsed, labels decoded without grouping."""
+    ids = np.asarray(ids)
+    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+    return tokenizer.batch_decode(ids, group_tokens=False) if labels else tokenizer.batch_decode(ids)
+
+
 def ctc_compute_metrics(tokenizer, normalize):
     """``compute_metrics`` for CTC: greedy ids -> collapsed text; labels decoded without grouping."""
 
     def compute_metrics(eval_pred):
         predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        pred_ids = np.where(np.asarray(predictions) < 0, tokenizer.pad_token_id, np.asarray(predictions))
-        label_ids = np.where(np.asarray(eval_pred.label_ids) < 0, tokenizer.pad_token_id, eval_pred.label_ids)
-        hypotheses = [normalize(t) for t in tokenizer.batch_decode(pred_ids)]
-        references = [normalize(t) for t in tokenizer.batch_decode(label_ids, group_tokens=False)]
+        hypotheses = [normalize(t) for t in ctc_texts(predictions, tokenizer)]
+        references = [normalize(t) for t in ctc_texts(eval_pred.label_ids, tokenizer, labels=True)]
         return error_rates(hypotheses, references)
 
     return compute_metrics
