@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from ..layout import (
     SharedBiasMixin,
     cache_placeholder,
@@ -74,6 +76,9 @@ class T5SharedBias(SharedBiasMixin):
         if key_value_states is None:
             if cache is not None:
                 past = cache.get_seq_length(self.layer_idx)
+                # a static cache's count is a tensor the placeholder's update below advances in place (T5Attention
+                # clones it too): the bias must see the positions before this step
+                past = past.clone() if isinstance(past, torch.Tensor) else past
             keys = cache_placeholder(cache, self.layer_idx, hidden_states)
             key_length = query_length if keys is None else keys.shape[-2]
         else:
