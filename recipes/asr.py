@@ -593,10 +593,12 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
             if run.seq2seq:
                 features = feature_extractor([row["audio"] for row in rows],
                                              sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-                hypotheses += decode_ids(model.generate(features["input_features"], **generate_kwargs), tokenizer)
+                ids = model.generate(features["input_features"].to(model.dtype), **generate_kwargs)
+                hypotheses += decode_ids(ids, tokenizer)
             else:
                 batch = CTCCollator(feature_extractor)(rows)
                 batch.pop("labels")
+                batch["input_values"] = batch["input_values"].to(model.dtype)
                 hypotheses += ctc_texts(model(**batch).logits.argmax(-1), tokenizer)
     labels = pad_labels([dataset[i]["labels"] for i in range(len(dataset))]).numpy()
     references = decode_ids(labels, processor.tokenizer) if run.seq2seq else \

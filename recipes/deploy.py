@@ -250,23 +250,32 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def deploy(run, model, score=None, pruned_test: dict | None = None) -> dict:
+def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict | None = None) -> dict:
     """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``.
 
     ``score(run, model, tokenizer)`` (the recipe's ``score_deployed``; None: not scored) gives the test metrics of
     the vocabulary and int8 copies, each reloaded from its folder as a user loads it; ``pruned_test`` (results.json's
-    "test" entry) gives the pruned model's, which each copy's change is counted against."""
+    "test" entry) gives the pruned model's, which each copy's change is counted against. ``record`` (returned) is
+    filled copy by copy: should one fail, it holds those written before."""
+    import torch
+
     from hf_adaprune import AutoPrunedModel, save_pruned
     from hf_adaprune.deploy import (export_ctranslate2, export_onnx, factor_embeddings, load_int8, prune_positions,
                                     prune_vocabulary, quantize_onnx, save_int8)
+    from hf_adaprune.plain_forward import drop_autocast_forward
 
     data_args = run.data_args
     root = Path(run.training_args.output_dir) / DEPLOY_DIR
-    model = copy.deepcopy(model).cpu().float().eval()
+    # the working copy keeps the model's dtype (the vocabulary copy is saved in it); int8 and ONNX take a float32 one
+    model = drop_autocast_forward(copy.deepcopy(model)).cpu().eval()
     processing_class = run.processing_class
     tokenizer = _tokenizer(processing_class)
     processor = processing_class if processing_class is not tokenizer else None
-    record: dict = {"folder": str(root), "written": {}}
+    record = {} if record is None else record
+    record.update({"folder": str(root), "written": {}})
+
+    def float32() -> torch.nn.Module:
+        return model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
     source = Path(run.training_args.output_dir)  # the folder CTranslate2 converts (tokenizer files inside)
 
     def written(name: str, folder: Path, **extra) -> None:
@@ -311,11 +320,12 @@ def deploy(run, model, score=None, pruned_test: dict | None = None) -> dict:
                 position_rows=positions, factored_embedding=factored)
         scored("vocabulary", lambda: AutoPrunedModel.from_pretrained(source).eval())
     if data_args.quantize == "int8":
-        save_int8(model, root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
+        save_int8(float32(), root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")
         scored("int8", lambda: load_int8(root / "int8").eval())
     if data_args.export_onnx:
-        graphs = export_onnx(model, root / "onnx", tokenizer=None if processor else tokenizer, processor=processor)
+        graphs = export_onnx(float32(), root / "onnx", tokenizer=None if processor else tokenizer,
+                             processor=processor)
         if data_args.quantize == "int8":  # onnxruntime's dynamic int8 beside the float graphs
             graphs += quantize_onnx(root / "onnx", [graph.name for graph in graphs])
         written("onnx", root / "onnx", graphs=[graph.name for graph in graphs])

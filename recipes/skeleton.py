@@ -31,6 +31,7 @@ import transformers
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, AdaptivePruningTrainer, DatasetOrderEvalMixin
+from hf_adaprune.plain_forward import plain_forward
 from hf_adaprune.trainer.eval_loss import EvalLossMixin
 from hf_adaprune.reporting.report import write_text
 from hf_adaprune.trainer.arguments import pruning_arguments
@@ -504,7 +505,9 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
 
     latency = None
     if repeats:
-        latency = task.latency(control_model if control_model is not None else dense_for_latency, trainer.model, run)
+        dense = control_model if control_model is not None else dense_for_latency
+        with plain_forward(dense), plain_forward(trainer.model):  # after --bf16 / --fp16: both as saved, float32
+            latency = task.latency(dense, trainer.model, run)
         latency["dense_model"] = "dense control" if control_model is not None else "dense, as loaded"
     results = {
         **results_header(task, run),
@@ -531,13 +534,14 @@ def deploy_and_save(task: Task, run: Run, model, results: dict, table: str, star
     recipe can (``task.score_deployed``), then results.json and ``table``: written also when a deployed copy fails
     (its error recorded under ``deploy``), so that the run's figures are kept."""
     data_args, training_args = run.data_args, run.training_args
+    record: dict = {}
     try:
         if deploy.requested(data_args) and training_args.should_save:
             score = task.score_deployed if "test" in run.datasets else None
-            results["deploy"] = deploy.deploy(run, model, score=score, pruned_test=results["test"])
+            results["deploy"] = deploy.deploy(run, model, score=score, pruned_test=results["test"], record=record)
             table += "".join(f"\n{line}" for line in deploy.score_lines(results["deploy"], task.format_value))
-    except Exception as err:
-        results["deploy"] = {"folder": os.path.join(training_args.output_dir, deploy.DEPLOY_DIR),
+    except Exception as err:  # the copies written before the one that failed stay listed
+        results["deploy"] = {**record, "folder": os.path.join(training_args.output_dir, deploy.DEPLOY_DIR),
                              "error": f"{type(err).__name__}: {err}"}
         raise
     finally:

@@ -356,9 +356,13 @@ def test_a_deployed_copy_that_fails_leaves_results_json_with_the_error(workspace
     monkeypatch.setattr(hf_adaprune.deploy, "save_int8", disk_full)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left on device"):
-        classification.main(classification_args(workspace, out) + SHORT_RUN + ["--quantize", "int8"])
+        classification.main(classification_args(workspace, out) + SHORT_RUN + ["--quantize", "int8",
+                                                                               "--prune_vocabulary", "true"])
     results = json.loads((out / "results.json").read_text())  # the run's figures are kept
     assert results["deploy"]["error"] == "OSError: No space left on device"
+    # and the copy written before the one that failed, with its test figures
+    assert set(results["deploy"]["written"]) == {"vocabulary"}
+    assert results["deploy"]["written"]["vocabulary"]["test"]["accuracy"] is not None
     assert results["test"]["pruned_accuracy"] is not None and results["train"]["global_step"] == 6
 
 
@@ -619,9 +623,10 @@ def test_whisper_copy_is_decoded_by_its_own_tokenizer_and_generates_as_the_test_
     said = ["zero two", "five", "zero"]
 
     class Copy:
-        calls = []
+        calls, dtype = [], torch.bfloat16  # a copy of a bf16 model reads bf16 features
 
         def generate(self, input_features, **kwargs):
+            assert input_features.dtype == self.dtype
             self.calls.append(kwargs)
             start = len(self.calls) * 2 - 2
             rows = [[small.convert_tokens_to_ids("<|startoftranscript|>")]
@@ -639,3 +644,42 @@ def test_whisper_copy_is_decoded_by_its_own_tokenizer_and_generates_as_the_test_
     scores = asr.score_deployed(run, copy, small)
     assert copy.calls == [{"max_length": 7, "num_beams": 2}] * 2
     assert scores["wer"] == pytest.approx(1 / 5)
+
+
+def test_a_run_in_bf16_times_and_deploys_the_float32_models(workspace, tmp_path, monkeypatch):  # noqa: F811
+    """--bf16 leaves accelerate's autocast wrapper on the trained model: the latency compares both models as saved
+    (float32, no autocast) and the int8 / ONNX copies are made from that forward too."""
+    from hf_adaprune.plain_forward import has_autocast_forward
+
+    timed, compare_latency = [], classification.compare_latency
+
+    def recording(models, inputs, **kwargs):
+        timed.extend(has_autocast_forward(model) for model in models.values())
+        return compare_latency(models, inputs, **kwargs)
+
+    monkeypatch.setattr(classification, "compare_latency", recording)
+    out = tmp_path / "out"
+    flags = ["--bf16", "true", "--use_cpu", "true", "--latency_repeats", "2", "--quantize", "int8"]
+    if importlib.util.find_spec("onnx") is not None:
+        flags += ["--export_onnx", "true"]
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + flags)
+    assert timed == [False, False]
+    written = results["deploy"]["written"]
+    assert "error" not in results["deploy"] and written["int8"]["test"]["accuracy"] is not None
+    assert "onnx" in written or "--export_onnx" not in flags
+
+
+def test_the_vocabulary_copy_of_a_bf16_model_stays_bf16(workspace, tmp_path):  # noqa: F811 - the fixture
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "bf16"
+    torch.manual_seed(0)
+    config = BertConfig.from_pretrained(workspace / "config")
+    AutoModelForSequenceClassification.from_config(config).to(torch.bfloat16).save_pretrained(folder)
+    args = classification_args(workspace, tmp_path / "out")
+    args[args.index("--config_name"):args.index("--config_name") + 2] = ["--model_name_or_path", str(folder)]
+    results = classification.main(args + SHORT_RUN + ["--prune_vocabulary", "true", "--quantize", "int8"])
+    written = results["deploy"]["written"]
+    assert json.loads((tmp_path / "out" / "deploy" / "vocabulary" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert AutoPrunedModel.from_pretrained(tmp_path / "out" / "deploy" / "vocabulary").dtype == torch.bfloat16
+    assert written["vocabulary"]["test"]["accuracy"] is not None and written["int8"]["test"]["accuracy"] is not None

@@ -34,6 +34,7 @@ from ..families.registry import readable_positions
 from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
 from ..hub.save import check_save_request, move_into
 from ..modes import restore_modes, training_modes
+from ..plain_forward import plain_forward
 from ..surgery import compact
 from .checks import check_transformers_model
 from .onnx_past import DECODER_FILE, DECODER_WITH_PAST_FILE, export_decoders, greedy_with_past
@@ -122,6 +123,7 @@ def stock_config(config):
     stock = copy.deepcopy(config)
     stock.__class__ = transformers_base(type(config)) or type(config)
     stock.__dict__.pop("auto_map", None)
+    stock.dtype = torch.float32  # the graphs' (export takes a float32 model; model.float() leaves config.dtype)
     return stock
 
 
@@ -160,21 +162,22 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
                          "(quantize the exported graph with quantize_onnx)")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
     _check_not_a_model_folder(Path(save_directory))
-    if not model.config.is_encoder_decoder:  # a head whose outputs it cannot export: refused before compact
-        _encoder_inputs_and_outputs(model)
-    if get_masks(model) is not None:
-        compact(model)
-    modes, device = training_modes(model), next(model.parameters()).device
-    save_directory = Path(save_directory)
-    save_directory.mkdir(parents=True, exist_ok=True)
-    try:  # into a temporary folder first: an export that fails leaves the folder (an earlier export too) as it was
-        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-onnx-") as tmp:
-            paths = _export_all(model.eval().cpu(), Path(tmp), tokenizer, processor)
-            _remove_stale_graphs(save_directory, {item.name for item in Path(tmp).iterdir()})
-            move_into(Path(tmp), save_directory)
-    finally:  # the caller's model comes back as it came: mode and device
-        restore_modes(modes)
-        model.to(device)
+    with plain_forward(model):  # a model trained with --bf16 / --fp16: the graph computes in float32 as saved
+        if not model.config.is_encoder_decoder:  # a head whose outputs it cannot export: refused before compact
+            _encoder_inputs_and_outputs(model)
+        if get_masks(model) is not None:
+            compact(model)
+        modes, device = training_modes(model), next(model.parameters()).device
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        try:  # into a temporary folder first: an export that fails leaves the folder (an earlier one too) as it was
+            with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-onnx-") as tmp:
+                paths = _export_all(model.eval().cpu(), Path(tmp), tokenizer, processor)
+                _remove_stale_graphs(save_directory, {item.name for item in Path(tmp).iterdir()})
+                move_into(Path(tmp), save_directory)
+        finally:  # the caller's model comes back as it came: mode and device
+            restore_modes(modes)
+            model.to(device)
     return [save_directory / path.name for path in paths]
 
 

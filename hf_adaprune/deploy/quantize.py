@@ -30,6 +30,7 @@ from torch import nn
 from ..engine.masks import get_masks
 from ..hub import AutoPrunedModel, save_pruned
 from ..hub.save import check_save_request, write_through_temporary
+from ..plain_forward import drop_autocast_forward
 from ..surgery import compact
 from .checks import check_transformers_model
 
@@ -89,7 +90,7 @@ def _quantize_linears(model, names: list[str]):
 def quantize_int8(model):
     """A copy of ``model`` (float32, CPU) with int8 dynamic linears and int8-rounded embeddings."""
     _check_backend(model, "quantize_int8")
-    model = copy.deepcopy(model).eval()
+    model = drop_autocast_forward(copy.deepcopy(model)).eval()  # after --bf16 training: float32 activations
     if get_masks(model) is not None:  # masked, not compacted: quantize the weights the masks keep
         compact(model)
     with torch.no_grad():
