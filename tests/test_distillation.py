@@ -335,6 +335,30 @@ def test_resume_with_distillation_continues_exactly(tmp_path):
     assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
 
 
+def test_a_moved_distillation_run_resumes_from_the_teacher_in_its_folder(tmp_path, caplog):
+    """pruning_state.pt names the teacher by its absolute path: a run folder moved (or copied to another machine)
+    finds it in --output_dir, and goes on as the uninterrupted run."""
+    import shutil
+
+    full = make_trainer(tmp_path / "full", distillation=True, save_strategy="steps", save_steps=12)
+    full.train()
+    shutil.copytree(tmp_path / "full", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "full" / TEACHER_FOLDER)
+    resumed = make_trainer(tmp_path / "moved", distillation=True, save_strategy="no")
+    with caplog.at_level("WARNING", logger="hf_adaprune.trainer.distillation"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "moved" / "checkpoint-12"))
+    assert f"distilling from the one in --output_dir ({tmp_path / 'moved' / TEACHER_FOLDER})" in caplog.text
+    a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
+    b = json.loads((tmp_path / "moved" / "pruning_report.json").read_text())
+    assert a["groups"] == b["groups"]
+    assert [d.get("metric") for d in a["decisions"]] == pytest.approx([d.get("metric") for d in b["decisions"]])
+    # neither here nor there: what to put back, where
+    shutil.rmtree(tmp_path / "moved" / TEACHER_FOLDER)
+    with pytest.raises(FileNotFoundError, match="which is gone, and --output_dir holds none"):
+        make_trainer(tmp_path / "moved", distillation=True).train(
+            resume_from_checkpoint=str(tmp_path / "moved" / "checkpoint-12"))
+
+
 def test_distillation_changes_training(tmp_path):
     plain = make_trainer(tmp_path / "plain", compact_at_end=False)
     plain.train()

@@ -176,6 +176,24 @@ def test_resume_mid_pruning_matches_uninterrupted_run(tmp_path):
     assert [d["training_step"] for d in a["decisions"]] == [d["training_step"] for d in b["decisions"]]
 
 
+def test_resume_from_the_last_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
+    """A run stopped after its last checkpoint but before compaction: transformers 5 ends such a resume at
+    global_step max_steps + 1, a step that never ran; the report keeps the run's own last step."""
+    search = dict(max_steps=30, pruning_initial_step=0.05, pruning_tolerance=1.0)  # still pruning at step 30
+    full = make_trainer(tmp_path / "full", save_strategy="steps", save_steps=15, **search)
+    full.train()
+    resumed = make_trainer(tmp_path / "full", save_strategy="no", **search)
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-30"))
+    a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())
+    assert [(d["event"], d["training_step"]) for d in a["decisions"]] == \
+        [(d["event"], d["training_step"]) for d in b["decisions"]]
+    assert a["decisions"][-2:] == b["decisions"][-2:]
+    assert a["decisions"][-1]["training_step"] == 30 and b["final_check"]["step"] == a["final_check"]["step"] == 30
+    assert a["groups"] == b["groups"]
+
+
 def test_push_to_hub_uploads_pruned_model(tmp_path, monkeypatch):
     uploads = []
 

@@ -278,6 +278,17 @@ def test_resume_true_without_a_complete_checkpoint_names_those_that_exist(run_wi
         make_trainer(out).train(resume_from_checkpoint=True)
 
 
+def test_a_run_folder_given_as_the_checkpoint_names_its_own_checkpoints(tmp_path):
+    """The output folder passed for a checkpoint: the message lists its checkpoints (not its parent's)."""
+    for step in (12, 24):
+        (tmp_path / "run" / f"checkpoint-{step}").mkdir(parents=True)
+        (tmp_path / "run" / f"checkpoint-{step}" / PRUNING_STATE_FILE).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"it is a run's output folder, not a checkpoint; complete pruning "
+                                                r"checkpoints in \S+run: checkpoint-24, checkpoint-12; pass one of "
+                                                r"them, or resume_from_checkpoint=True"):
+        read_pruning_state(tmp_path / "run")
+
+
 @pytest.mark.parametrize("damage", ["empty", "truncated", "random", "pickled object"])
 def test_damaged_pruning_state_names_the_file(run_with_checkpoints, tmp_path, damage):
     out = copy_run(run_with_checkpoints, tmp_path / "run")

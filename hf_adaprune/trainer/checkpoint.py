@@ -34,6 +34,10 @@ def read_pruning_state(folder: str | os.PathLike) -> dict:
     """The state written by :func:`write_pruning_state`; errors name the file and what to do."""
     path = os.path.join(folder, PRUNING_STATE_FILE)
     if not os.path.isfile(path):
+        if checkpoints(folder):  # a run's output folder, given for one of its checkpoints
+            raise FileNotFoundError(f"{folder} has no {PRUNING_STATE_FILE}: it is a run's output folder, not a "
+                                    f"checkpoint{_existing_note(folder)}; pass one of them, or "
+                                    f"resume_from_checkpoint=True with output_dir {folder} for the newest")
         raise FileNotFoundError(f"{folder} has no {PRUNING_STATE_FILE}: not a complete pruning checkpoint"
                                 + _existing_note(os.path.dirname(os.path.abspath(folder))))
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import math
 import os
 
@@ -39,6 +40,8 @@ from ..engine.masks import detach_masks
 from ..modes import restore_modes, training_modes
 from ..hub.remote_code import transformers_class
 from .eval_loss import EvalLossMixin
+
+logger = logging.getLogger(__name__)
 
 TEACHER_FOLDER = "_distillation_teacher"  # Trainer.push_to_hub leaves "_*" out of the upload
 LAYERDROP_FIELDS = ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
@@ -304,9 +307,14 @@ class DistillationMixin(EvalLossMixin):
     def load_teacher_state(self, path: str | None) -> None:
         if not (self.args.distillation and path) or self.distillation_teacher is not None:
             return
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"this checkpoint distils from the teacher saved at {path}, which is gone; "
-                                    "restore it or pass --teacher_model_name_or_path")
+        if not os.path.isdir(path):  # the run's folder moved or was copied: its teacher travelled with it
+            here = os.path.abspath(os.path.join(self.args.output_dir, TEACHER_FOLDER))
+            if not os.path.isdir(here):
+                raise FileNotFoundError(f"this checkpoint distils from the teacher saved at {path}, which is gone, "
+                                        f"and --output_dir holds none ({here}): put that folder back at either path")
+            logger.warning("the teacher this checkpoint names (%s) is gone; distilling from the one in --output_dir "
+                           "(%s), as a moved or copied run's folder holds it", path, here)
+            path = here
         self._teacher_path = path
         self.distillation_teacher = load_teacher(path, self.pruned_model, self.args.distillation_hidden_weight)
 

@@ -701,10 +701,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.log({**evaluation, **record})
         self.control.should_log = should_log
 
+    def _steps_run(self) -> int:
+        """The optimizer steps this run has made: transformers 5 ends a resume from the checkpoint taken at
+        ``max_steps`` at global step ``max_steps + 1``, a step that never ran."""
+        state = self.state
+        return min(state.global_step, state.max_steps) if state.max_steps > 0 else state.global_step
+
     def finish_pruning(self) -> None:
         """At ``on_train_end``: judge the last step, compact, write the report."""
         c, args = self.controller, self.args
-        best = None
+        now, best = self._steps_run(), None
         if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
             best = self.state.best_model_checkpoint
@@ -714,30 +720,30 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             else:
                 logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
                                PRUNING_STATE_FILE)
-        if c.state.pending is not None and self.state.global_step > self._last_prune_step:
+        if c.state.pending is not None and now > self._last_prune_step:
             # judge the last step so the final masks are within tolerance; no further step: no training is left
-            self._decide(self.state.global_step, propose=False)
+            self._decide(now, propose=False)
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             logger.info("pruning: sparsity %.3f discarded, no training steps left to judge it", c.state.pending)
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
             self._drop_candidate()
         restored_before_reference = (c.state.reference is None and best is not None
-                                     and self.state.global_step > args.pruning_warmup_steps)
+                                     and now > args.pruning_warmup_steps)
         if c.state.reference is not None and not c.state.done:
             logger.info("pruning stopped at sparsity %.3f: training ended", c.state.ratio)
         c.stop(f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after it is "
                "discarded" if restored_before_reference else "training ended")
-        self._stamp_decisions(self.state.global_step)  # the stop, a discarded candidate
+        self._stamp_decisions(now)  # the stop, a discarded candidate
         if restored_before_reference:
             logger.warning("the best checkpoint %s %s (pruning_warmup_steps %d): the model handed back is its dense "
                            "fine-tuned weights; what was pruned after it is discarded", best, BEST_BEFORE_REFERENCE,
                            args.pruning_warmup_steps)
         elif c.state.reference is None:
             logger.warning("training ended at step %d, before the pruning reference (pruning_warmup_steps %d): "
-                           "nothing was pruned; the model is the fine-tuned dense model", self.state.global_step,
+                           "nothing was pruned; the model is the fine-tuned dense model", now,
                            args.pruning_warmup_steps)
         else:  # measured after all training (on the best checkpoint's weights, if loaded): what compaction keeps
-            step = self.state.global_step if best is None else checkpoint_step(best, self.state.global_step)
+            step = now if best is None else checkpoint_step(best, now)
             # a keep at this very step measured these weights under these masks: not evaluated twice
             reuse = best is None and self._accepted_metric is not None and self._accepted_metric[0] == step \
                 and self._accepted_metric[1] is not None
