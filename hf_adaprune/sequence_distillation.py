@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 from .modes import restore_modes, training_modes
+from .token_ids import token_id_list
 
 LABEL_COLUMNS = ("labels", "decoder_input_ids", "decoder_attention_mask")
 # families whose forward builds the decoder input by moving each label row's last token to its front (mBART's
@@ -41,17 +42,6 @@ def _batch_inputs(rows: dict, pad_token_id: int, device) -> dict:
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
-def _token_ids(value) -> list[int]:
-    """An id setting as a list: None -> [], 3 -> [3], [1, 2] / a tensor -> [1, 2]."""
-    if value is None:
-        return []
-    if isinstance(value, torch.Tensor):
-        return [int(i) for i in value.flatten().tolist()]
-    if isinstance(value, (list, tuple)):
-        return [int(i) for i in value]
-    return [int(value)]
-
-
 def _generation_setting(name: str, teacher, generate_kwargs: dict):
     """The ``name`` id ``generate`` uses: ``generate_kwargs``, then their ``generation_config``, then the teacher's
     generation config, then its config (the first that is not None)."""
@@ -72,7 +62,7 @@ def generated_labels(sequences: torch.Tensor, decoder_start_token_id: int | None
     ``eos_token_id`` may be several ids (as ``generate`` takes it): a row ends at the first of any of them.
     ``wrapped_start`` (mBART): the start token goes to the end of the row instead, where the model's shift takes
     it from (mBART's labels end with ``</s> de_DE``; mBART-50's start token is ``</s>`` itself)."""
-    ends = set(_token_ids(eos_token_id))
+    ends = set(token_id_list(eos_token_id))
     rows = []
     for sequence in sequences.tolist():
         if decoder_start_token_id is not None and sequence and sequence[0] == decoder_start_token_id:
@@ -122,14 +112,14 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     if pad_token_id is None:
         raise ValueError("the teacher has no pad_token_id (config or generation config): set one, or pass "
                          "pad_token_id=... with the generate arguments")
-    pad_token_id = _token_ids(pad_token_id)[0]
+    pad_token_id = token_id_list(pad_token_id)[0]
     start = _generation_setting("decoder_start_token_id", teacher, generate_kwargs)
-    starts = _token_ids(start)
+    starts = token_id_list(start)
     if len(set(starts)) > 1:
         raise ValueError(f"decoder_start_token_id={start!r}: sequence distillation needs one decoder start token "
                          "for all rows (rows are batched longest first, not in order); pass a single id")
     start = starts[0] if starts else None
-    eos = _token_ids(_generation_setting("eos_token_id", teacher, generate_kwargs))
+    eos = token_id_list(_generation_setting("eos_token_id", teacher, generate_kwargs))
 
     if "do_sample" not in generate_kwargs and generate_kwargs.get("generation_config") is not None:
         # set in the config: generate deprecates a generation_config passed together with generation arguments

@@ -120,9 +120,7 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
         save_pruned(model, folder, tokenizer=tokenizer, processor=processor)
         for stale in folder.glob("model*.safetensors*"):  # the float weights are replaced by the int8 file
             stale.unlink()
-        config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, INT8_CONFIG_KEY: INT8_WEIGHTS}, indent=2,
-                                                       sort_keys=True) + "\n")
+        _set_int8_config_key(folder, INT8_WEIGHTS)
         tensors, aliases = _int8_tensors(quantized)
         from safetensors.torch import save_file
 
@@ -171,6 +169,15 @@ def _int8_tensors(quantized) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, aliases
 
 
+def _set_int8_config_key(folder: Path, weights: str | None) -> None:
+    """Point ``folder``'s config.json at the int8 weights file, or (None) take the pointer out."""
+    config = json.loads((folder / "config.json").read_text())
+    config.pop(INT8_CONFIG_KEY, None)
+    if weights is not None:
+        config[INT8_CONFIG_KEY] = weights
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def load_int8(path, auto_class=None):
     """The quantized model saved by :func:`save_int8` (``auto_class`` as in ``AutoPrunedModel``)."""
     from safetensors.torch import load_file
@@ -199,9 +206,7 @@ def load_int8(path, auto_class=None):
         for item in path.iterdir():  # config, remote code, generation config: everything but the weights
             if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
                 shutil.copy(item, folder)
-        config = json.loads((Path(folder) / "config.json").read_text())
-        config.pop(INT8_CONFIG_KEY, None)  # the float skeleton the int8 weights go into
-        (Path(folder) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        _set_int8_config_key(Path(folder), None)  # the float skeleton the int8 weights go into
         save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
         model = AutoPrunedModel.from_pretrained(folder, auto_class=auto_class).eval()
     quantized = _quantize_linears(model, record["linears"])

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..engine.masks import get_masks
+from ..token_ids import token_id_list
 from .checks import check_transformers_model
 from .tokenizer_vocab import tokenizer_family
 
@@ -62,14 +63,6 @@ def _whisper_tail(model, tokenizer) -> set[int]:
 ALWAYS_KEPT = {"whisper": _whisper_tail}
 
 
-def _flat_ids(value) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [i for item in value for i in _flat_ids(item)]
-
-
 def _remap_ids(value, old_to_new: dict[int, int]):
     if value is None:
         return None
@@ -79,7 +72,7 @@ def _remap_ids(value, old_to_new: dict[int, int]):
 
 
 def _named_ids(config) -> list[int]:
-    ids = [i for field in ID_FIELDS + ID_LIST_FIELDS for i in _flat_ids(getattr(config, field, None))]
+    ids = [i for field in ID_FIELDS + ID_LIST_FIELDS for i in token_id_list(getattr(config, field, None))]
     ids += [i for field in ID_MAP_FIELDS for i in (getattr(config, field, None) or {}).values()]
     # a multilingual Whisper leaves the language slot open: [[1, None], [2, <|transcribe|>]]
     ids += [pair[1] for field in ID_PAIR_FIELDS for pair in (getattr(config, field, None) or [])
