@@ -194,11 +194,21 @@ def summary(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refuse_folder_without_results(folder: Path) -> None:
+    """--summary_only reads the parts' files: a folder without any (a mistyped --output_dir) is refused, not
+    made and given an empty table."""
+    if not any(folder.glob("schedules_seed*.json")) and not (folder / "post_training.json").exists():
+        raise SystemExit(f"{folder} holds no schedules_seed*.json or post_training.json: nothing to summarise "
+                         "(check --output_dir, or run without --summary_only first)")
+
+
 def main(argv=None) -> str:
     opts = arguments(argv)
     folder = Path(opts.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not opts.summary_only:
+    if opts.summary_only:
+        refuse_folder_without_results(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
         refuse_other_seed_settings(opts, folder)
         for seed in opts.seeds:
             output = folder / f"schedules_seed{seed}.json"

@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     candidates = data["pool"].select(range(CANDIDATES))
     data["long_check"] = long_check(data["pool"].select(range(CANDIDATES, CANDIDATES + HELD_OUT)),
                                     opts.long_check_samples, SEED)
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator).eval()
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir)).eval()
     reference = {split: accuracy(dense, data[split], collator) for split in SPLITS}
     log("dense: " + ", ".join(f"{split} {value:.4f}" for split, value in reference.items()))
 

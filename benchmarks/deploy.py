@@ -198,7 +198,7 @@ def main(argv=None) -> dict:
     if opts.dense:
         dense = AutoModelForSequenceClassification.from_pretrained(opts.dense)
     else:
-        dense = dense_model(cache / "dense", data, tokenizer, collator)
+        dense = dense_model(cache / "dense", data, tokenizer, collator, Path(opts.data_dir))
     if opts.pruned:
         pruned = AutoPrunedModel.from_pretrained(opts.pruned)
     else:

@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=POOL + STEER)
     steer = data["pool"].select(range(POOL, POOL + STEER))  # after the pool the accuracy benchmark trains on
     splits = {"steer": steer, "check": data["check"], "dev": data["dev"]}
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir))
     layer_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     ffn_share = ffn_flops(dense, SEQ_LEN) / layer_flops
     results = {"dense": {name: accuracy(dense, rows, collator) for name, rows in splits.items()}, "runs": []}

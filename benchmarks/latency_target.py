@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     collator = DataCollatorWithPadding(tokenizer)
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steps * BATCH)
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator).eval()
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir)).eval()
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
 
     models, runs = {"dense": dense}, {}

@@ -26,6 +26,7 @@ import torch
 import transformers
 
 from post_training import minilm_path  # this script's neighbour (its folder is on sys.path when it runs)
+from run_record import make_parent_folder
 from hf_adaprune import attach_masks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,8 +112,10 @@ def main(argv=None):
     parser.add_argument("--score_pairs", type=int, default=512)
     parser.add_argument("--dev_pairs", type=int, default=500)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "layer_scores"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "layer_scores"),
+                        help="file-name stem: writes STEM.json and STEM.md (their folder is made first)")
     opts = parser.parse_args(argv)
+    make_parent_folder(opts.out)  # before the work: a bad --out fails now, not after it
     opts.model = opts.model or minilm_path()
     torch.manual_seed(0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(opts.model)
@@ -138,7 +141,6 @@ def main(argv=None):
                                         for k in (1, 2, 3)}})
     result = {"command": "python benchmarks/layer_scores.py", "dense_dev_spearman": dense,
               "dev_loss_without_layer": loss_without, "rows": rows, "score_pairs": len(train), "dev_pairs": len(dev)}
-    os.makedirs(os.path.dirname(opts.out), exist_ok=True)
     with open(opts.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     lines = [

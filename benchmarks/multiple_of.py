@@ -23,6 +23,7 @@ import torch
 import transformers
 
 from post_training import minilm_path  # this script's neighbour (its folder is on sys.path when it runs)
+from run_record import make_parent_folder
 from hf_adaprune import attach_masks, compact
 from hf_adaprune.engine.importance import MagnitudeImportance
 from hf_adaprune.engine.selection import select_masks_by_kind, selected_fraction_by_kind
@@ -78,8 +79,10 @@ def main(argv=None):
                         help="also: each target reached by keeping this many whole layers and pruning their widths "
                              "(the shape the trainer chose at 80%% with --prune heads,ffn,layers: 3 of 6)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multiple_of"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multiple_of"),
+                        help="file-name stem: writes STEM.json and STEM.md (their folder is made first)")
     opts = parser.parse_args(argv)
+    make_parent_folder(opts.out)  # before the work: a bad --out fails now, not after it
     opts.model = opts.model or minilm_path()
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
@@ -128,7 +131,6 @@ def main(argv=None):
                "threads": opts.threads, "torch": torch.__version__, "transformers": transformers.__version__,
                "load_average_start": load_start, "load_average_end": os.getloadavg(),
                "wall_min": (time.time() - started) / 60}
-    os.makedirs(os.path.dirname(opts.out), exist_ok=True)
     with open(opts.out + ".json", "w") as f:
         json.dump({"machine": machine, "rows": rows, "command": "python benchmarks/multiple_of.py"}, f, indent=1)
     lines = [

@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from multiple_of import pruned_model, with_layers  # this script's neighbour (its folder is on sys.path when it runs)
 from post_training import minilm_path
+from run_record import make_parent_folder
 from hf_adaprune.reporting.flops import example_inputs, model_profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +82,10 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "op_breakdown"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "op_breakdown"),
+                        help="file-name stem: writes STEM.json and STEM.md (their folder is made first)")
     opts = parser.parse_args(argv)
+    make_parent_folder(opts.out)  # before the work: a bad --out fails now, not after it
     torch.set_num_threads(opts.threads)
     load_start = os.getloadavg()
     dense = transformers.AutoModel.from_pretrained(minilm_path()).eval()
@@ -113,7 +116,6 @@ def main(argv=None):
             f"{row['ms'][k] / max(rows['dense']['ms'][k], 1e-9):.2f}" for k in kinds) + " |")
     lines += ["", f"Load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}; "
               f"{platform.platform()}, torch {torch.__version__}."]
-    os.makedirs(os.path.dirname(opts.out), exist_ok=True)
     with open(opts.out + ".json", "w") as f:
         json.dump({"rows": rows, "settings": vars(opts), "load_average_start_end": [load_start[0], os.getloadavg()[0]]},
                   f, indent=1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import importlib.util
 import json
 import os
@@ -97,6 +98,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev_samples", type=int, default=1000, help="other dev.tsv rows, never used to decide")
 
 
+SST2_FILES = ("train.tsv", "dev.tsv", "test.tsv")
+
+
+def check_sst2_folder(data_dir: Path) -> None:
+    """Stop with one line naming --data_dir when ``data_dir`` lacks one of SST-2's TSV files."""
+    missing = [name for name in SST2_FILES if not (data_dir / name).is_file()]
+    if missing:
+        sys.exit(f"--data_dir {data_dir} has no {', '.join(missing)}: give a folder with SST-2's "
+                 f"{', '.join(SST2_FILES)}")
+
+
 def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length: bool = True,
               reserved_rows: int = 0) -> DatasetDict:
     """Disjoint slices: dense training and calibration from train.tsv; check and unseen rows from dev.tsv.
@@ -106,6 +118,7 @@ def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length:
     ``by_length``: the check, unseen and test rows sorted by their token count (batches pad less); off, they keep
     one order whatever the tokenizer, so two tokenizers' rows can be compared row by row.
     """
+    check_sst2_folder(data_dir)
     raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv"),
                                                   validation_file=str(data_dir / "dev.tsv"),
                                                   test_file=str(data_dir / "test.tsv")), ModelArguments())
@@ -133,11 +146,34 @@ def load_data(data_dir: Path, tokenizer, opts, pool_samples: int = 0, by_length:
     return data
 
 
-def dense_model(folder: Path, data, tokenizer, collator):
-    """The fine-tuned dense classifier, trained once per setting and cached in ``folder``."""
-    settings = {"samples": len(data["dense"]), "batch": BATCH, "lr": DENSE_LR, "seed": SEED}
+def training_data(data_dir: Path) -> dict:
+    """What identifies the data a dense model is fine-tuned on: the resolved ``data_dir`` and a hash of its
+    train.tsv (another folder, or the same one with other rows or labels, gives another)."""
+    train = Path(data_dir) / "train.tsv"
+    return {"data_dir": str(Path(data_dir).resolve()), "train_sha256": hashlib.sha256(train.read_bytes()).hexdigest()}
+
+
+def cache_is_current(stamp: Path, settings: dict) -> bool:
+    """Whether the cache's ``stamp`` file records ``settings``. When it records others, a log line says which (a
+    stamp written before a key was recorded lacks it, and counts as other settings): the cache is built again."""
+    if not stamp.exists():
+        return False
+    recorded = json.loads(stamp.read_text())
+    changed = sorted(key for key in settings.keys() | recorded.keys() if recorded.get(key) != settings.get(key))
+    if changed:
+        unrecorded = [key for key in changed if key not in recorded]
+        log(f"{stamp.parent}: cached with other {', '.join(changed)}"
+            + (f" ({', '.join(unrecorded)} not recorded: an older cache)" if unrecorded else "")
+            + "; training it again")
+    return not changed
+
+
+def dense_model(folder: Path, data, tokenizer, collator, data_dir: Path):
+    """The fine-tuned dense classifier, trained once per setting and data (``data_dir``) and cached in ``folder``."""
+    settings = {"samples": len(data["dense"]), "batch": BATCH, "lr": DENSE_LR, "seed": SEED,
+                **training_data(data_dir)}
     stamp = folder / "benchmark_settings.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+    if cache_is_current(stamp, settings):
         log(f"dense model: cached in {folder}")
         return AutoModelForSequenceClassification.from_pretrained(folder)
     started = time.time()
@@ -190,7 +226,7 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     collator = DataCollatorWithPadding(tokenizer)
     data = load_data(Path(opts.data_dir), tokenizer, opts)
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir))
     if opts.dense_only:
         return {}
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]

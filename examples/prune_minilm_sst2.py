@@ -104,6 +104,8 @@ def parse_args(argv=None):
                    help="alternating repeats per batch size (default: 50 at batch 1, 10 at batch 32; 0: skip timing)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    if args.dense_model and not Path(args.dense_model).is_dir():  # else the Hub is asked for it, with a traceback
+        p.error(f"--dense_model {args.dense_model} is not a folder (give the dense/ folder of an earlier run)")
     if args.latency_repeats is not None and args.latency_repeats < 0:
         p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
     try:  # the pruning flags fail here, in the library's words, not after the dense model is trained and saved
@@ -187,6 +189,9 @@ def load_sst2(data_dir: Path, args, tokenizer):
     total_train = len(raw["train"])
     train = raw["train"].shuffle(seed=args.seed)
     n_dense = min(args.dense_train_samples, len(train))
+    if n_dense >= len(train):  # the pruning phrases are the rows after the dense ones
+        sys.exit(f"--dense_train_samples {args.dense_train_samples:,} leaves no train.tsv rows for pruning: "
+                 f"{data_dir / 'train.tsv'} has {len(train):,} rows; lower --dense_train_samples below that")
     n_prune = min(args.prune_train_samples, len(train) - n_dense)
     if args.dense_model:  # its phrases must be this run's first n_dense rows, or the pruning data overlap them
         check_dense_data_record(args.dense_model, dense_data_record(args, total_train, n_dense))

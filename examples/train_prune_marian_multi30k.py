@@ -155,6 +155,8 @@ def parse_args(argv=None):
                    help="alternating repeats per batch size (default: 20 at batch 1, 5 at batch 32; 0: skip timing)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    if args.dense_model and not Path(args.dense_model).is_dir():  # else the Hub is asked for it, with a traceback
+        p.error(f"--dense_model {args.dense_model} is not a folder (give the dense/ folder of an earlier run)")
     if not 0.0 < args.target < 1.0:
         p.error(f"--target must be in (0, 1); got {args.target}")
     if args.latency_repeats is not None and args.latency_repeats < 0:

@@ -904,9 +904,9 @@ def default_whisper_tiny_en_dir() -> Path:
     )
 
 
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+def _check_destination(src: Path, dst: Path, overwrite: bool, overwrite_flag: str) -> None:
     """Refuse a destination whose replacement would delete what the user has: the source model, the current
-    directory, or (without ``overwrite``) any file already in it."""
+    directory, or (without ``overwrite``) any file already in it; the refusal names ``overwrite_flag``."""
     if dst.is_symlink():
         # replacing the folder would replace the link (shutil.rmtree refuses links) or, resolved, write beside
         # the folder it points to: neither is what the link was made for
@@ -921,7 +921,7 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
                                   "folder as a whole: give a new folder")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
         raise FileExistsError(f"{dst} exists and is not empty; the conversion would replace everything in it: give "
-                              "a new folder, or pass --overwrite (overwrite=True) to replace it")
+                              f"a new folder, or pass {overwrite_flag} to replace it")
 
 
 def convert_ctranslate2_whisper(
@@ -931,6 +931,7 @@ def convert_ctranslate2_whisper(
     multilingual: bool | None = None,
     verify: bool = True,
     overwrite: bool = False,
+    overwrite_flag: str = "--overwrite (overwrite=True)",
 ) -> Path:
     """Convert the CTranslate2 Whisper folder ``src_dir`` into a transformers folder ``dst_dir``.
 
@@ -941,7 +942,8 @@ def convert_ctranslate2_whisper(
     on any missing, unexpected or mismatched key. ``multilingual`` overrides the
     English-only detection (by default: from the vocabulary layout). A ``dst_dir`` that holds files is refused
     unless ``overwrite`` (which replaces the whole folder); one that is or contains ``src_dir`` or the current
-    directory is refused even then.
+    directory is refused even then. ``overwrite_flag``: what that refusal tells the caller to pass (a script
+    that wraps this function names its own flag).
 
     Returns ``dst_dir`` as a Path.
     """
@@ -954,7 +956,7 @@ def convert_ctranslate2_whisper(
         raise FileNotFoundError(f"{src} is not a directory (expected a CTranslate2 model folder)")
     if not (src / "model.bin").is_file():
         raise FileNotFoundError(f"{src} has no model.bin: not a CTranslate2 model folder")
-    _check_destination(src, dst, overwrite)
+    _check_destination(src, dst, overwrite, overwrite_flag)
 
     ct2 = read_ctranslate2_model(src / "model.bin")
     state, dims = ctranslate2_whisper_to_state_dict(ct2)

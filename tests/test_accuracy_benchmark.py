@@ -100,3 +100,14 @@ def test_schedule_append_refuses_runs_of_another_dense_start():
         schedule.refuse_other_dense(earlier, {**earlier, "dev_accuracy": 0.9058, "fingerprint": "1.0e+05"}, opts)
     with pytest.raises(SystemExit, match=r"\(fingerprint 1\.0e\+05 -> 2\.0e\+05\)"):
         schedule.refuse_other_dense({"fingerprint": "1.0e+05"}, {"fingerprint": "2.0e+05"}, opts)
+
+
+def test_summary_only_of_a_folder_without_results_is_refused_and_not_made(tmp_path):
+    """A mistyped --output_dir: the folder was made and given a summary.md with an empty table (exit status 0)."""
+    import pytest
+
+    typo = tmp_path / "acuracy"
+    with pytest.raises(SystemExit, match=r"acuracy holds no schedules_seed\*\.json or post_training\.json: nothing "
+                                         r"to summarise \(check --output_dir"):
+        load_accuracy().main(["--summary_only", "--output_dir", str(typo)])
+    assert not typo.exists()

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
+import transformers
 from conftest import ROOT, SHARED_DATA, load_script
 
 SST2 = SHARED_DATA / "sst2"
@@ -60,7 +63,7 @@ def test_documented_1200_step_accuracy_command_gets_past_its_size_checks(tmp_pat
     argv[argv.index("--output_dir") + 1] = str(tmp_path)
     reached = {}
 
-    def no_dense(folder, data, tokenizer, collator):
+    def no_dense(folder, data, tokenizer, collator, data_dir):
         reached["splits"] = set(data)
         return None
 
@@ -199,3 +202,161 @@ def test_kind_split_refuses_a_head_ratio_beyond_the_total(capsys, monkeypatch):
                  "--head_ratios 0.85 leave(s) an FFN fraction of -0.17")
     with pytest.raises(WorkStarted):  # the defaults get through
         kind_split.main(["--output", "/nonexistent/x.json"])
+
+
+# --- --out is a file-name stem: a bare name writes beside the current folder, a new folder is made first ----------
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A 4-layer BERT of width 32 with MiniLM's tokenizer (its vocabulary size): what the MiniLM scripts load."""
+    needs_minilm()
+    post_training = load_script("benchmarks", "post_training")
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=128)
+    transformers.BertModel(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(post_training.minilm_path()).save_pretrained(folder)
+    return str(folder)
+
+
+OUT_STEM_RUNS = {  # script -> its arguments for a run of seconds on the tiny encoder
+    "multiple_of": lambda model: ["--model", model, "--targets", "0.5", "--multiples", "16", "--repeats_b1", "1",
+                                  "--repeats_b32", "1"],
+    "op_breakdown": lambda model: ["--batch_size", "2", "--repeats", "1"],
+    "layer_scores": lambda model: ["--model", model, "--data_dir", str(SHARED_DATA / "stsb"), "--score_pairs", "8",
+                                   "--dev_pairs", "8", "--batch_size", "4"],
+}
+
+
+@pytest.mark.parametrize("script", OUT_STEM_RUNS)
+def test_out_without_a_folder_writes_its_files_in_the_current_folder(script, tiny_encoder, tmp_path, monkeypatch):
+    """``--out my_run``: the run wrote nothing and ended in os.makedirs('') after all its timing."""
+    if script == "layer_scores" and not (SHARED_DATA / "stsb" / "sts-train.csv").exists():
+        pytest.skip("needs shared/data/stsb")
+    module = load_script("benchmarks", script)
+    monkeypatch.setattr(module, "minilm_path", lambda: tiny_encoder)  # op_breakdown has no --model
+    monkeypatch.chdir(tmp_path)
+    module.main([*OUT_STEM_RUNS[script](tiny_encoder), "--out", "my_run"])
+    assert json.loads((tmp_path / "my_run.json").read_text()) and (tmp_path / "my_run.md").read_text()
+
+
+def test_out_folder_is_made_before_the_timing(tiny_encoder, tmp_path, monkeypatch):
+    multiple_of = load_script("benchmarks", "multiple_of")
+    monkeypatch.setattr(multiple_of, "compare_latency", work_started)
+    with pytest.raises(WorkStarted):
+        multiple_of.main([*OUT_STEM_RUNS["multiple_of"](tiny_encoder), "--out", str(tmp_path / "new" / "my_run")])
+    assert (tmp_path / "new").is_dir()
+
+
+def test_out_help_says_it_is_a_file_name_stem(capsys):
+    with pytest.raises(SystemExit):
+        load_script("benchmarks", "multiple_of").main(["--help"])
+    assert "STEM.json and STEM.md" in capsys.readouterr().out
+
+
+# --- the cached dense model belongs to one --data_dir and train.tsv ------------------------------------------------
+
+def flipped_sst2(tmp_path) -> Path:
+    """A copy of a small SST-2 folder with every train.tsv label flipped: the same rows, other data."""
+    flipped = tmp_path / "flipped"
+    shutil.copytree(tmp_path / "sst2", flipped)
+    lines = (flipped / "train.tsv").read_text().splitlines()
+    flipped_rows = [f"{text}\t{1 - int(label)}" for text, label in (line.split("\t") for line in lines[1:])]
+    (flipped / "train.tsv").write_text("\n".join([lines[0], *flipped_rows]) + "\n")
+    return flipped
+
+
+def small_sst2(tmp_path, rows: int = 8) -> Path:
+    data = tmp_path / "sst2"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        (data / name).write_text("sentence\tlabel\n" + "".join(f"phrase {i}\t{i % 2}\n" for i in range(rows)))
+    return data
+
+
+def test_post_training_dense_cache_is_rebuilt_for_other_data(tmp_path, monkeypatch, capsys):
+    """A --data_dir with the same row count but other labels reused the dense model cached for SST-2."""
+    post_training = load_script("benchmarks", "post_training")
+    data_dir, folder = small_sst2(tmp_path), tmp_path / "cache" / "dense"
+    folder.mkdir(parents=True)
+
+    def from_pretrained(path, **kwargs):  # the cache loads; the base model loading means training starts
+        if Path(path) == folder:
+            return "cached model"
+        raise WorkStarted
+
+    monkeypatch.setattr(post_training, "minilm_path", lambda: "base")
+    monkeypatch.setattr(post_training.AutoModelForSequenceClassification, "from_pretrained", from_pretrained)
+    settings = {"samples": 4, "batch": post_training.BATCH, "lr": post_training.DENSE_LR, "seed": post_training.SEED}
+    data = {"dense": [0] * 4}
+    (folder / "benchmark_settings.json").write_text(json.dumps(settings))  # a stamp from before data was recorded
+    with pytest.raises(WorkStarted):
+        post_training.dense_model(folder, data, None, None, data_dir)
+    assert "data_dir, train_sha256 not recorded: an older cache" in capsys.readouterr().out
+
+    stamp = settings | post_training.training_data(data_dir)
+    (folder / "benchmark_settings.json").write_text(json.dumps(stamp))
+    assert post_training.dense_model(folder, data, None, None, data_dir) == "cached model"
+    with pytest.raises(WorkStarted):
+        post_training.dense_model(folder, data, None, None, flipped_sst2(tmp_path))
+    assert "cached with other data_dir, train_sha256; training it again" in capsys.readouterr().out
+
+
+def test_run_dense_checkpoint_is_rebuilt_for_other_data(tmp_path, monkeypatch):
+    run = load_script("benchmarks", "run")
+    data_dir, folder = small_sst2(tmp_path), tmp_path / "out" / "dense"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(run.AutoModelForSequenceClassification, "from_pretrained", work_started)
+    data = {"dense": [0] * 4}
+    settings = {"base": "base", "samples": 4, "batch": run.QUICK.batch, "lr": run.DENSE_LR, "seed": run.SEED}
+    (folder / "benchmark_settings.json").write_text(json.dumps(settings | run.training_data(data_dir)))
+    assert run.dense_checkpoint(folder, "base", data, None, ["a", "b"], run.QUICK, None, data_dir) == (folder, True)
+    with pytest.raises(WorkStarted):
+        run.dense_checkpoint(folder, "base", data, None, ["a", "b"], run.QUICK, None, flipped_sst2(tmp_path))
+    (folder / "benchmark_settings.json").write_text(json.dumps(settings))  # written before data was recorded
+    with pytest.raises(WorkStarted):
+        run.dense_checkpoint(folder, "base", data, None, ["a", "b"], run.QUICK, None, data_dir)
+
+
+# --- a missing --data_dir: one line naming --data_dir (it named --train_file, a flag these scripts lack) ----------
+
+MISSING_DATA = r"--data_dir .*no_such_folder has no train.tsv, dev.tsv, test.tsv: give a folder with SST-2's"
+
+
+def test_post_training_and_run_name_a_missing_data_dir(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(SystemExit, match=MISSING_DATA):
+        load_script("benchmarks", "post_training").load_data(missing, None, None)
+    run = load_script("benchmarks", "run")
+    with pytest.raises(SystemExit, match=MISSING_DATA):
+        run.load_data(missing, None, run.QUICK)
+
+
+def test_schedule_names_a_missing_data_dir_before_any_work(tmp_path, monkeypatch):
+    schedule = load_script("benchmarks", "schedule")
+    monkeypatch.setattr(schedule, "dense_model", work_started)
+    monkeypatch.setattr(schedule, "AutoTokenizer", type("Stub", (), {"from_pretrained": staticmethod(work_started)}))
+    with pytest.raises(SystemExit, match=MISSING_DATA):
+        schedule.main(["--data_dir", str(tmp_path / "no_such_folder"), "--cache_dir", str(tmp_path / "cache"),
+                       "--output", str(tmp_path / "s.json"), "--steps", "10"])
+
+
+# --- training_overhead.py times a model folder (run.py's --model) ------------------------------------------------
+
+def test_training_overhead_takes_a_model_folder(tiny_encoder, capsys, monkeypatch):
+    overhead = load_script("benchmarks", "training_overhead")
+    model = overhead.load_model(tiny_encoder)
+    assert model.config.hidden_size == 32 and model.config.num_labels == 2
+    timed = []
+
+    def benchmark(model_name, *args):
+        timed.append(model_name)
+        raise WorkStarted
+
+    monkeypatch.setattr(overhead, "benchmark", benchmark)
+    with pytest.raises(WorkStarted):
+        overhead.main(["--model", tiny_encoder, "--steps", "3"])
+    assert timed == [tiny_encoder]
+    parser_error(capsys, lambda: overhead.main(["--model", "no-such-model", "--steps", "3"]),
+                 "--model must be minilm, small-bert or a model folder")

@@ -202,3 +202,43 @@ def test_reused_dense_model_with_other_data_settings_is_refused_before_tokenizin
     with pytest.raises(SystemExit) as exit_info:
         minilm.load_sst2(data, reused, tokenizer=None)  # refused before the tokenizer is used
     assert "seed 7 there, 42 here" in str(exit_info.value.code)
+
+
+def test_dense_train_samples_that_leave_no_pruning_rows_are_refused(examples, tmp_path):
+    """All of train.tsv for the dense model: a bare IndexError from datasets' select."""
+    minilm = examples[MINILM]
+    data = sst2_folder(tmp_path, rows=40)
+    args = minilm.parse_args(["--output_dir", str(tmp_path / "run"), "--data_dir", str(data),
+                              "--dense_train_samples", "40"])
+    with pytest.raises(SystemExit) as exit_info:
+        minilm.load_sst2(data, args, tokenizer=None)  # refused before the tokenizer is used
+    message = str(exit_info.value.code)
+    assert "--dense_train_samples 40 leaves no train.tsv rows for pruning" in message
+    assert "has 40 rows; lower --dense_train_samples below that" in message
+
+
+# -- paths that do not exist: one line at parse time, not a traceback ---------------------------------------------
+@pytest.mark.parametrize("script", [MINILM, MARIAN])
+def test_dense_model_that_is_not_a_folder_is_refused_by_parse_args(examples, capsys, tmp_path, script):
+    """A missing folder was taken for a Hub id: an HFValidationError traceback once the dense model was loaded."""
+    with pytest.raises(SystemExit) as exit_info:
+        examples[script].parse_args(["--output_dir", str(tmp_path / "run"), "--dense_model", str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+    assert f"--dense_model {tmp_path / 'nope'} is not a folder" in capsys.readouterr().err
+
+
+def test_convert_whisper_tiny_names_its_own_flag_to_replace_a_folder(tmp_path, monkeypatch):
+    """The refusal to replace a folder with files said --overwrite, a flag this script does not have."""
+    source = tmp_path / "ct2"
+    source.mkdir()
+    (source / "model.bin").write_bytes(b"")  # the destination is checked before the model is read
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    example = load_script("examples", "convert_whisper_tiny")
+    monkeypatch.setattr("sys.argv", ["convert_whisper_tiny.py", str(mine), "--src", str(source)])
+    with pytest.raises(SystemExit) as exit_info:
+        example.main()
+    message = str(exit_info.value.code)
+    assert "exists and is not empty" in message and "pass --force to replace it" in message
+    assert "--overwrite" not in message and (mine / "notes.txt").read_text() == "my notes"
