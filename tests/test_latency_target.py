@@ -20,8 +20,11 @@ def test_encoder_table_has_a_positive_cost_per_structure_and_layers_cost_most():
     masks = attach_masks(model, layers=True)
     groups = list(masks.groups.values())
     costs = latency_costs(model, groups, batch_size=2, seq_len=16, repeats=3, warmup=1)
-    assert set(costs) == {g.name for g in groups} and all(c > 0 for c in costs.values())
+    # a cost per structure of each group, and each layer's own time under its path
+    assert set(costs) == {g.name for g in groups} | {f"encoder.layer.{i}" for i in range(3)}
+    assert all(c > 0 for c in costs.values())
     per_layer = costs["encoder.layer"]
+    assert per_layer == pytest.approx(sum(costs[f"encoder.layer.{i}"] for i in range(3)) / 3)
     assert all(per_layer > 4 * costs[f"encoder.layer.{i}.attention"] for i in range(3)), costs
     assert all(per_layer > 37 * costs[f"encoder.layer.{i}.ffn"] for i in range(3)), costs
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from hf_adaprune import AutoPrunedModel, get_masks
+from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, get_masks
 from hf_adaprune.engine.selection import layer_ratio
 
 from conftest import tiny_model
@@ -238,3 +238,71 @@ def test_a_target_one_width_kind_cannot_reach_beside_the_layers_is_named_before_
     all_kinds = ("heads", "ffn", "layers")
     groups = filter_groups(masks.groups.values(), None, all_kinds)
     assert unreachable_target(groups, sizes, 0.6, all_kinds, floors, structure_costs(model, groups, 32)) is None
+
+
+def test_repruning_a_model_with_uneven_layers_counts_each_layers_own_cost(tmp_path):
+    """A pruned folder pruned again with whole layers: its layers have other widths, and a removed layer counts its
+    own FLOPs (not the stack's average) in the sparsity steered on and reported."""
+    from hf_adaprune import attach_masks, model_profile, save_pruned
+
+    model = tiny_model("bert", num_hidden_layers=4)
+    masks = attach_masks(model)
+    masks.set("encoder.layer.0.attention", torch.tensor([1., 0, 0, 0]))  # layer 0 narrow: 1 head, 4 neurons
+    masks.set("encoder.layer.0.ffn", torch.cat([torch.ones(4), torch.zeros(33)]))
+    save_pruned(model, tmp_path / "first")
+    start = AutoPrunedModel.from_pretrained(tmp_path / "first")
+    layers = [row["flops"] for row in model_profile(start, seq_len=10)["layers"]]
+    assert layers[0] < layers[1] / 4
+    trainer = make_trainer(tmp_path / "second", model=start, prune="layers,heads,ffn", pruning_target=0.3,
+                           pruning_initial_step=0.3, pruning_tolerance=10.0, max_steps=12)
+    assert trainer.costs["encoder.layer.0"] == layers[0] and trainer.costs["encoder.layer.1"] == layers[1]
+    trainer.train()
+    report = json.loads((tmp_path / "second" / "pruning_report.json").read_text())
+    assert report["final_sparsity"] == pytest.approx(report["comparison"]["layer_flops_removed"], abs=0.01)
+
+
+def test_kinds_the_roles_leave_without_groups_are_named_neither_in_report_nor_card(tmp_path, caplog):
+    """--prune heads,ffn,layers with --pruning_roles decoder_self,cross: only heads can go; the report, the card and
+    a warning say so."""
+    data = toy_dataset(64).map(lambda row: {"labels": row["input_ids"][:6]})
+    args = Seq2SeqPruningArguments(
+        str(tmp_path), prune="heads,ffn,layers", pruning_roles="decoder_self,cross", max_steps=8,
+        per_device_train_batch_size=16, learning_rate=1e-3, pruning_warmup_steps=4, pruning_interval=4,
+        pruning_target=0.6, pruning_initial_step=0.3, pruning_tolerance=100.0, pruning_metric="loss",
+        pruning_seq_len=10, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = AdaptivePruningSeq2SeqTrainer(model=build_seq2seq("marian"), args=args, train_dataset=data,
+                                            eval_dataset=data.select(range(16)))
+    with caplog.at_level("WARNING", logger="hf_adaprune"):
+        trainer.train()
+    assert "--prune heads,ffn,layers: no ffn or layers groups with --pruning_roles cross,decoder_self in this " \
+           "model; pruning heads only" in caplog.text
+    trainer.save_model()
+    assert json.loads((tmp_path / "pruning_report.json").read_text())["structures"] == "heads"
+    card = (tmp_path / "README.md").read_text()
+    assert "FFN neurons" not in card and "removed layers counted whole" not in card
+
+
+def test_a_candidate_judged_on_the_best_checkpoint_carries_its_step(tmp_path):
+    """load_best_model_at_end restores checkpoint-18 with a candidate pending since step 16: judged at the end on
+    those weights, its decision is stamped 18 (the step of the weights measured), as the final check is."""
+    trainer = None
+
+    def compute_metrics(prediction):  # the best checkpoint is the one at step 18
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean()),
+                "score": -abs(trainer.state.global_step - 18)}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert", num_hidden_layers=4), train_dataset=data, eval_dataset=data.select(range(48)),
+        compute_metrics=compute_metrics,
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=6, save_strategy="steps", save_steps=6,
+                       load_best_model_at_end=True, metric_for_best_model="score", pruning_tolerance=1.0,
+                       prune="heads,ffn,layers", pruning_target=0.9, pruning_initial_step=0.2, max_steps=36,
+                       pruning_warmup_steps=4, pruning_interval=4, pruning_step_growth=1.0))
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-18")
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["final_check"]["step"] == 18
+    judged = report["decisions"][-2]  # then the stop, at the step training ended
+    assert (judged["event"], judged["ratio"], judged["training_step"]) == ("keep", 0.8, 18), report["decisions"]
+    assert report["decisions"][-1]["event"] == "stop"

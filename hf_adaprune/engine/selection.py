@@ -195,9 +195,10 @@ def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[s
     stacks = [g for g in groups if g.kind == "layers"]
     total = removed = 0.0
     for stack in stacks:
-        mask, cost = masks[stack.name], float(costs[stack.name])
-        total += cost * mask.numel()
-        removed += cost * int((mask < 0.5).sum())
+        for index, kept in enumerate(masks[stack.name].tolist()):
+            cost = layer_cost(costs, stack, index)
+            total += cost
+            removed += cost if kept < 0.5 else 0.0
     for group in groups:
         if group.kind == "layers":
             continue
@@ -209,6 +210,12 @@ def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[s
             continue  # counted with its layer
         removed += cost * int((mask < 0.5).sum())
     return 0.0 if total == 0 else removed / total
+
+
+def layer_cost(costs: dict[str, float], stack, index: int) -> float:
+    """Layer ``index`` of ``stack``: its own cost where the table has it (layers pruned to other widths before cost
+    other amounts), else the stack's average layer."""
+    return float(costs.get(f"{stack.name}.{index}", costs[stack.name]))  # its path, as layer_of_group reads it
 
 
 def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torch.Tensor] | None = None) -> None:

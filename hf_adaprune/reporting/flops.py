@@ -116,12 +116,22 @@ def structure_costs(model, groups, seq_len: int) -> dict[str, float]:
 
     Attention and FFN FLOPs are linear in the number of heads / neurons, so a
     group's measured FLOPs divided by its count is the cost of one structure; a
-    layer stack's cost is that of its average layer.
+    layer stack's cost is that of its average layer, and each of its layers' own
+    cost is there too under the layer's path (see :func:`per_layer_costs`).
     """
     _, per_module = count_flops(model, example_inputs(model, seq_len=seq_len))
-    base = model.base_model
-    return {group.name: sum(per_module.get(p, 0) for p in structure_modules(base, group))
-            / max(structure_count(base, group), 1) for group in groups}
+    return per_layer_costs(model.base_model, groups, per_module)
+
+
+def per_layer_costs(base_model: nn.Module, groups, per_module: dict[str, float]) -> dict[str, float]:
+    """``{group name: cost of one structure}`` from each module's measured cost, plus ``{layer path: its cost}`` for
+    every layer of a stack: the layers of a model pruned before have other widths, and cost other amounts."""
+    costs = {group.name: sum(per_module.get(p, 0) for p in structure_modules(base_model, group))
+             / max(structure_count(base_model, group), 1) for group in groups}
+    for group in groups:
+        if group.kind == "layers":
+            costs.update({path: per_module.get(path, 0) for path in structure_modules(base_model, group)})
+    return costs
 
 
 def structure_modules(base_model: nn.Module, group) -> list[str]:

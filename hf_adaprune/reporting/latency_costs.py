@@ -23,9 +23,8 @@ import time
 import torch
 from torch import nn
 
-from ..engine.masks import structure_count
 from ..modes import restore_modes, training_modes
-from .flops import example_inputs, structure_modules
+from .flops import example_inputs, per_layer_costs, structure_modules
 
 logger = logging.getLogger(__name__)
 
@@ -123,4 +122,4 @@ def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 
     logger.info("latency table: %d runs, prunable modules %.2f ms median, 90th percentile / median %.3f",
                 len(runs), 1000 * statistics.median(totals),
                 totals[min(len(totals) - 1, int(0.9 * len(totals)))] / max(statistics.median(totals), 1e-12))
-    return {g.name: sum(median[p] for p in structure_modules(base, g)) / max(structure_count(base, g), 1) for g in groups}
+    return per_layer_costs(base, groups, median)

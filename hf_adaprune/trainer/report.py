@@ -80,7 +80,7 @@ class PruningReportMixin:
             target=self.args.pruning_target,
             target_type=self.args.pruning_target_type,
             schedule=self.args.pruning_schedule,
-            structures=",".join(prune_kinds(self.args.prune)),
+            structures=",".join(getattr(self, "pruned_kinds", None) or prune_kinds(self.args.prune)),
             final_check=self.final_check,
             final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,

@@ -264,11 +264,17 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
+        # the kinds that have groups here: selection, report and card speak of these only
+        self.pruned_kinds = tuple(kind for kind in kinds if any(g.kind == kind for g in self.pruning_groups))
+        if self.pruned_kinds != tuple(kinds):
+            logger.warning("--prune %s: no %s groups with --pruning_roles %s in this model; pruning %s only",
+                           args.prune, " or ".join(k for k in kinds if k not in self.pruned_kinds),
+                           ",".join(sorted(roles)), ",".join(self.pruned_kinds))
         if not self._has_decision_data():
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on" + (
                 f" (on every process: this is process {args.process_index} of {args.world_size})"
                 if args.world_size > 1 else ""))
-        unfit = args.pruning_refit and refit_problem(model, self.train_dataset, kinds)
+        unfit = args.pruning_refit and refit_problem(model, self.train_dataset, self.pruned_kinds)
         if unfit:
             raise ValueError(unfit)
         self.importance = make_importance(args.pruning_criterion, **(
@@ -330,14 +336,15 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self.costs = from_main_process(self.accelerator, self.costs)
         sizes = {n: m.numel() for n, m in masks.masks.items()}
         unfit = multiple_problem(self.pruning_groups, sizes, args.pruning_multiple_of)
-        unfit = unfit or layer_target_problem(self.pruning_groups, sizes, args.pruning_target, kinds, self.costs)
+        unfit = unfit or layer_target_problem(self.pruning_groups, sizes, args.pruning_target, self.pruned_kinds,
+                                              self.costs)
         if unfit:
             raise ValueError(unfit)
-        unfit = nothing_prunable(self.pruning_groups, sizes, kinds, self._floors(), self.costs)
+        unfit = nothing_prunable(self.pruning_groups, sizes, self.pruned_kinds, self._floors(), self.costs)
         if unfit:
             raise ValueError(unfit)
-        blocked = unreachable_target(self.pruning_groups, sizes, args.pruning_target, kinds, self._floors(), self.costs,
-                                     scope=args.pruning_scope)
+        blocked = unreachable_target(self.pruning_groups, sizes, args.pruning_target, self.pruned_kinds,
+                                     self._floors(), self.costs, scope=args.pruning_scope)
         if blocked:
             logger.warning(blocked)
         self._setup_teacher(model)
@@ -481,7 +488,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._end_ramp()
         metric, evaluation = self._decision_metric()
         decision = c.decide(metric, selected=selected_fraction_by_kind(
-            self.pruning_groups, get_masks(self.pruned_model).masks, prune_kinds(self.args.prune), self.costs))
+            self.pruning_groups, get_masks(self.pruned_model).masks, self.pruned_kinds, self.costs))
         if decision == ROLLBACK:
             self._drop_candidate()
             self._accepted_metric = None
@@ -502,7 +509,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                 [g.name for g in self.pruning_groups], self.args.device)
         selected = select_masks_by_kind(
             self.pruning_groups, scores, self._accepted_masks, ratio,
-            kinds=prune_kinds(args.prune),
+            kinds=self.pruned_kinds,
             scope=args.pruning_scope,
             floors=self._floors(),
             costs=self.costs,
@@ -720,9 +727,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             else:
                 logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
                                PRUNING_STATE_FILE)
-        if c.state.pending is not None and now > self._last_prune_step:
+        # the weights judged and measured: the last step's, or the best checkpoint's (restored with its state)
+        weights_step = now if best is None else checkpoint_step(best, now)
+        if c.state.pending is not None and weights_step > self._last_prune_step:
             # judge the last step so the final masks are within tolerance; no further step: no training is left
-            self._decide(now, propose=False)
+            self._decide(weights_step, propose=False)
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             logger.info("pruning: sparsity %.3f discarded, no training steps left to judge it", c.state.pending)
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
@@ -743,7 +752,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                            "nothing was pruned; the model is the fine-tuned dense model", now,
                            args.pruning_warmup_steps)
         else:  # measured after all training (on the best checkpoint's weights, if loaded): what compaction keeps
-            step = now if best is None else checkpoint_step(best, now)
+            step = weights_step
             # a keep at this very step measured these weights under these masks: not evaluated twice
             reuse = best is None and self._accepted_metric is not None and self._accepted_metric[0] == step \
                 and self._accepted_metric[1] is not None
