@@ -240,7 +240,8 @@ def test_a_target_one_width_kind_cannot_reach_beside_the_layers_is_named_before_
     assert unreachable_target(groups, sizes, 0.6, all_kinds, floors, structure_costs(model, groups, 32)) is None
 
 
-def test_repruning_a_model_with_uneven_layers_counts_each_layers_own_cost(tmp_path):
+@pytest.mark.parametrize("prune", ["layers,heads,ffn", "layers"])
+def test_repruning_a_model_with_uneven_layers_counts_each_layers_own_cost(tmp_path, prune):
     """A pruned folder pruned again with whole layers: its layers have other widths, and a removed layer counts its
     own FLOPs (not the stack's average) in the sparsity steered on and reported."""
     from hf_adaprune import attach_masks, model_profile, save_pruned
@@ -253,7 +254,7 @@ def test_repruning_a_model_with_uneven_layers_counts_each_layers_own_cost(tmp_pa
     start = AutoPrunedModel.from_pretrained(tmp_path / "first")
     layers = [row["flops"] for row in model_profile(start, seq_len=10)["layers"]]
     assert layers[0] < layers[1] / 4
-    trainer = make_trainer(tmp_path / "second", model=start, prune="layers,heads,ffn", pruning_target=0.3,
+    trainer = make_trainer(tmp_path / "second", model=start, prune=prune, pruning_target=0.3,
                            pruning_initial_step=0.3, pruning_tolerance=10.0, max_steps=12)
     assert trainer.costs["encoder.layer.0"] == layers[0] and trainer.costs["encoder.layer.1"] == layers[1]
     trainer.train()

@@ -108,7 +108,7 @@ def select_masks_by_kind(
         names = [g.name for g in layer_groups]
         new.update(select_masks({n: scores[n] for n in names}, {n: current[n] for n in names},
                                 layer_ratio(ratio, kinds), scope=scope, floor=(floors or {}).get("layers", 1),
-                                costs=None if costs is None else {n: costs[n] for n in names}, normalize=normalize))
+                                costs=costs_of(costs, names), normalize=normalize))
         for group in layer_groups:
             if getattr(group, "keep_last", ""):
                 new[group.name] = keep_last_layer(scores[group.name], current[group.name], new[group.name])
@@ -119,7 +119,7 @@ def select_masks_by_kind(
                 current[group.name] = torch.zeros_like(current[group.name])
         if scope == "layer":  # each surviving group loses what the removed layers leave to reach ratio
             removed = selected_fraction({n: new[n] for n in names},
-                                        None if costs is None else {n: costs[n] for n in names})
+                                        costs_of(costs, names))
             ratio = min(1.0, max(0.0, 1.0 - (1.0 - ratio) / max(1.0 - removed, 1e-9)))
     widths = [g for g in groups if g.kind in kinds and g.kind != "layers"]
 
@@ -137,7 +137,7 @@ def select_masks_by_kind(
                 width_ratio,
                 scope=scope,
                 floor=floor,
-                costs=None if costs is None else {n: costs[n] for n in names},
+                costs=costs_of(costs, names),
                 normalize=normalize,
             )
             for group in kind_groups if multiple_of > 1 else ():
@@ -196,7 +196,7 @@ def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[s
     total = removed = 0.0
     for stack in stacks:
         for index, kept in enumerate(masks[stack.name].tolist()):
-            cost = layer_cost(costs, stack, index)
+            cost = structure_cost(costs, stack.name, index)
             total += cost
             removed += cost if kept < 0.5 else 0.0
     for group in groups:
@@ -212,10 +212,21 @@ def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[s
     return 0.0 if total == 0 else removed / total
 
 
-def layer_cost(costs: dict[str, float], stack, index: int) -> float:
-    """Layer ``index`` of ``stack``: its own cost where the table has it (layers pruned to other widths before cost
-    other amounts), else the stack's average layer."""
-    return float(costs.get(f"{stack.name}.{index}", costs[stack.name]))  # its path, as layer_of_group reads it
+def costs_of(costs: dict[str, float] | None, names) -> dict[str, float] | None:
+    """The entries of ``costs`` for the groups ``names``: each group's cost and its layers' own (``name.index``)."""
+    if costs is None:
+        return None
+    names = set(names)
+    return {key: value for key, value in costs.items() if key in names or key.rpartition(".")[0] in names}
+
+
+def structure_cost(costs: dict[str, float] | None, name: str, index: int) -> float:
+    """Structure ``index`` of group ``name``: 1 without ``costs``; a layer of a stack, its own cost where the table
+    has it under its path ``name.index`` (layers pruned to other widths before cost other amounts); else the
+    group's cost per structure (a stack's average layer)."""
+    if costs is None:
+        return 1.0
+    return float(costs.get(f"{name}.{index}", costs[name]))
 
 
 def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torch.Tensor] | None = None) -> None:
@@ -331,8 +342,12 @@ def multiple_problem(groups, sizes: dict[str, int], multiple_of: int) -> str | N
 
 def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | None = None) -> float:
     """The fraction of the structures (of their cost, with ``costs``) that ``masks`` prune."""
-    total = sum(m.numel() * (1.0 if costs is None else float(costs[n])) for n, m in masks.items())
-    pruned = sum(int((m < 0.5).sum()) * (1.0 if costs is None else float(costs[n])) for n, m in masks.items())
+    total = pruned = 0.0
+    for name, mask in masks.items():
+        for index, kept in enumerate(mask.flatten().tolist()):
+            cost = structure_cost(costs, name, index)
+            total += cost
+            pruned += cost if kept < 0.5 else 0.0
     return 0.0 if total == 0 else pruned / total
 
 
@@ -351,7 +366,7 @@ def selected_fraction_by_kind(groups, masks: dict[str, torch.Tensor], kinds=("he
         names = [g.name for g in groups if g.kind == kind]
         if names:
             fractions.append(selected_fraction({n: masks[n] for n in names},
-                                               None if costs is None else {n: costs[n] for n in names}))
+                                               costs_of(costs, names)))
     return min(fractions, default=0.0)
 
 
@@ -378,7 +393,7 @@ def _reachable_by_kind(groups, sizes: dict[str, int], kinds, floors: dict[str, i
         if names:
             floor = (floors or {}).get(kind, 1)
             rows.append((kind, floor, reachable_fraction({n: sizes[n] for n in names}, floor,
-                                                         None if costs is None else {n: costs[n] for n in names})))
+                                                         costs_of(costs, names))))
     return rows
 
 
@@ -530,9 +545,9 @@ def _select_global(scores, current, ratio, floor, costs, normalize=True):
     alive_count = {}
     for name, mask in current.items():
         alive = mask.cpu() >= 0.5
-        unit = 1.0 if costs is None else float(costs[name])
-        budget_total += unit * mask.numel()
-        pruned_cost += unit * int((~alive).sum())
+        units = [structure_cost(costs, name, index) for index in range(mask.numel())]
+        budget_total += sum(units)
+        pruned_cost += sum(unit for unit, kept in zip(units, alive.tolist()) if not kept)
         alive_count[name] = int(alive.sum())
         score = scores[name].detach().float().cpu()
         norm = score[alive].norm()
@@ -546,7 +561,7 @@ def _select_global(scores, current, ratio, floor, costs, normalize=True):
         n = current[name].numel()
         if alive_count[name] <= _floor_for(n, floor):
             continue
-        unit = 1.0 if costs is None else float(costs[name])
+        unit = structure_cost(costs, name, index)
         if pruned_cost + unit > target_cost + 0.5 * unit:
             continue  # it would overshoot by more than half its cost: try cheaper ones (equal costs: nearest count)
         new[name][index] = 0

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..modes import restore_modes, training_modes
+from ..plain_forward import plain_forward
 from .flops import example_inputs, per_layer_costs, structure_modules
 
 logger = logging.getLogger(__name__)
@@ -109,11 +110,12 @@ def latency_costs(model: nn.Module, groups, batch_size: int = 1, seq_len: int = 
     timer = _ModuleTimer(base, paths, device)
     runs = []
     try:
-        for index in range(warmup + repeats):
-            timer.reset()
-            run()
-            if index >= warmup:
-                runs.append(dict(timer.totals))
+        with plain_forward(model):  # a model trained with bf16 / fp16 before: timed in float32, as it is saved
+            for index in range(warmup + repeats):
+                timer.reset()
+                run()
+                if index >= warmup:
+                    runs.append(dict(timer.totals))
     finally:
         timer.remove()
         restore_modes(modes)
