@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -56,24 +56,41 @@ def whole_feed_forward(model: nn.Module):
 def calibration_batches(dataset, collator, batch_size: int, accepted: set[str]) -> list[dict]:
     """``dataset`` cut into collated batches, shortest examples together (less padding, same statistics).
 
-    Columns the model does not take (raw text, ids) are dropped before collation.
+    Columns the model does not take (raw text, ids) are dropped before collation, and so are the label columns
+    after a row's first (:func:`label_key`, the one the checks read): a collator would otherwise pick its own.
+    Boolean labels are class ids 0 / 1.
     """
-    lengths = [len(example["input_ids"]) if "input_ids" in example else 0 for example in _examples(dataset)]
+    rows = dataset_rows(dataset)
+    lengths = [len(example["input_ids"]) if "input_ids" in example else 0 for example in rows]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches = []
     for start in range(0, len(order), batch_size):
-        rows = [dataset[i] for i in order[start:start + batch_size]]
-        batch = collator([{k: v for k, v in row.items() if k in accepted} for row in rows])
+        batch = collator([model_columns(rows[i], accepted) for i in order[start:start + batch_size]])
         for key in LABEL_KEYS[1:]:  # as the Trainer's collators do: a model's forward takes labels= only
             if key in batch and "labels" not in batch:
                 batch["labels"] = batch.pop(key)
+        if isinstance(batch.get("labels"), torch.Tensor) and batch["labels"].dtype == torch.bool:
+            batch["labels"] = batch["labels"].long()  # the losses take class ids as integers
         batches.append(batch)
     return batches
 
 
-def _examples(dataset) -> Iterator[dict]:
-    for i in range(len(dataset)):
-        yield dataset[i]
+def label_key(row) -> str | None:
+    """The label column a row is read by: the first of LABEL_KEYS it has (None: it has none)."""
+    return next((key for key in LABEL_KEYS if key in row), None)
+
+
+def model_columns(row, accepted: set[str]) -> dict:
+    """The columns of ``row`` the model takes, with its one label column (:func:`label_key`)."""
+    label = label_key(row)
+    return {k: v for k, v in row.items() if k in accepted and (k not in LABEL_KEYS or k == label)}
+
+
+def dataset_rows(dataset) -> list:
+    """Every row of a map-style ``dataset``, by index (a list or tuple of rows as it is)."""
+    if isinstance(dataset, (list, tuple)):
+        return dataset
+    return [dataset[i] for i in range(len(dataset))]
 
 
 def device_batch(batch: dict, device: torch.device) -> dict:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numbers
 import random
 
+import numpy as np
+
 LONG_FRACTION = 0.2  # the rows that count as long: the longest fifth
 
 
@@ -21,7 +23,8 @@ def length_mixed_calibration(dataset, samples: int, *, long_share: float = 0.5, 
                              seed: int = 0, length_column: str = "input_ids"):
     """``samples`` rows of ``dataset`` (a tokenized ``datasets.Dataset``, or a list of tokenized examples),
     shuffled: ``long_share`` of them drawn from the longest ``long_fraction`` of its rows (by the length of
-    ``length_column``), the others from the remaining rows; no row twice. ``long_share=0`` gives a plain random sample.
+    ``length_column``; ``input_ids`` by the sum of ``attention_mask`` where the rows have one), the others from the
+    remaining rows; no row twice. ``long_share=0`` gives a plain random sample.
 
     Pass the result as ``post_training_prune``'s calibration dataset; it is shuffled, so the re-fit's first
     ``refit_samples`` rows hold both kinds.
@@ -72,7 +75,18 @@ def long_row_count(rows: int, long_fraction: float = LONG_FRACTION) -> int:
 
 def row_lengths(dataset, column: str = "input_ids") -> list[int]:
     """The length of ``column`` in every row of ``dataset``: read as a column where the dataset has columns (a
-    ``datasets.Dataset``), row by row otherwise (a list of examples, another map-style dataset)."""
+    ``datasets.Dataset``), row by row otherwise (a list of examples, another map-style dataset). ``input_ids`` are
+    measured by their real tokens, the sum of the row's ``attention_mask`` where it has one (rows padded to one
+    length)."""
+    mask = "attention_mask" if column == "input_ids" else None
     if column in (getattr(dataset, "column_names", None) or ()):
+        if mask in dataset.column_names:
+            return [real_tokens(value) for value in dataset[mask]]
         return [len(value) for value in dataset[column]]
-    return [len(dataset[i][column]) for i in range(len(dataset))]
+    rows = (dataset[i] for i in range(len(dataset)))
+    return [real_tokens(row[mask]) if mask in row else len(row[column]) for row in rows]
+
+
+def real_tokens(attention_mask) -> int:
+    """The tokens an attention mask lets the model read (a list, array or tensor of ones and zeros)."""
+    return int(np.asarray(attention_mask).sum())

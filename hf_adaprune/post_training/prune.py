@@ -39,7 +39,8 @@ from ..reporting.summary import ProfileComparison
 from ..surgery import compact
 from ..task_metrics import classification_metrics
 from ..trainer.eval_order import is_map_style
-from .calibration import LABEL_KEYS, SCORE_KINDS, calibration_batches, device_batch, mask_gradient_scores, model_input_names
+from .calibration import (LABEL_KEYS, SCORE_KINDS, calibration_batches, dataset_rows, device_batch, label_key,
+                          mask_gradient_scores, model_input_names)
 from .dense_targets import REFIT_TARGETS, capture_dense_targets
 from .refit import DEFAULT_RIDGE, refit_groups, refit_token_floor
 
@@ -272,16 +273,16 @@ def _warn_few_refit_tokens(model, groups, batches: list[dict], refit_samples: in
 
 
 def _first_unlabeled(dataset) -> int | None:
-    """The index of the first example without a label (none of LABEL_KEYS, or None there): every row of a list, every
-    value of a datasets.Dataset's label column (its columns every row shares); None when they all have labels."""
-    if hasattr(dataset, "column_names"):
-        key = next((k for k in LABEL_KEYS if k in dataset.column_names), None)
+    """The index of the first example without a label (none of LABEL_KEYS, or None in the first it has, the one
+    calibration_batches keeps): every row, or every value of a datasets.Dataset's label column (its columns every row
+    shares); None when they all have labels."""
+    if has_row_columns(dataset):
+        key = label_key(dataset.column_names)
         if key is None:
             return 0 if len(dataset) else None
         column = dataset.with_format(None)[key] if hasattr(dataset, "with_format") else dataset[key]
         return next((i for i, label in enumerate(column) if label is None), None)
-    rows = dataset if isinstance(dataset, list) else [dataset[0]]
-    return next((i for i, row in enumerate(rows) if not any(row.get(key) is not None for key in LABEL_KEYS)), None)
+    return next((i for i, row in enumerate(dataset_rows(dataset)) if row.get(label_key(row)) is None), None)
 
 
 # heads whose loss reads class ids below config.num_labels
@@ -326,10 +327,11 @@ def _check_label_range(model, name: str, dataset) -> None:
         return
     if not any(cls.__name__.endswith(CLASS_ID_HEADS) for cls in type(model).__mro__):
         return  # a masked LM's labels are token ids, a multiple-choice head's the choice: not num_labels classes
-    key = next((k for k in LABEL_KEYS if k in (getattr(dataset, "column_names", None) or dataset[0])), None)
+    rows = None if has_row_columns(dataset) else dataset_rows(dataset)
+    key = label_key(dataset.column_names if rows is None else rows[0])
     if key is None:
         return
-    column = dataset[key] if hasattr(dataset, "column_names") else [row.get(key) for row in dataset]
+    column = dataset[key] if rows is None else [row.get(key) for row in rows]
     values = [np.asarray(label) for label in column if label is not None]
     text = next((value for value in values if value.dtype.kind in "USO"), None)
     if text is not None:
@@ -419,25 +421,35 @@ def _check_indexable(name: str, dataset) -> None:
                          "datasets.Dataset (or list of row dicts) itself, not a DataLoader or a streaming dataset "
                          "(list(...) of a small stream will do)")
     kind = (getattr(dataset, "format", None) or {}).get("type") if hasattr(dataset, "column_names") else None
-    if kind not in (None, "python", "numpy", "torch", "np", "pt"):  # rows of a pandas / arrow / ... format are
-        raise ValueError(f"{name} is in {kind!r} format, whose rows the collator cannot read: pass "  # no dicts
+    # rows of a pandas / arrow / ... format are no dicts; a transform's ("custom") are checked below
+    if kind not in (None, "python", "numpy", "torch", "np", "pt", "custom"):
+        raise ValueError(f"{name} is in {kind!r} format, whose rows the collator cannot read: pass "
                          f"{name}.with_format(None) (or with_format('torch') / ('numpy'))")
-    if not hasattr(dataset, "column_names") and len(dataset) and not isinstance(dataset[0], Mapping):
-        raise ValueError(f"{name}[0] is a {type(dataset[0]).__name__}; each row must be a dict of columns "
+    rows = [] if has_row_columns(dataset) else dataset_rows(dataset)
+    index = next((i for i, row in enumerate(rows) if not isinstance(row, Mapping)), None)
+    if index is not None:
+        raise ValueError(f"{name}[{index}] is a {type(rows[index]).__name__}; each row must be a dict of columns "
                          "(input_ids, attention_mask, labels, ...)")
+
+
+def has_row_columns(dataset) -> bool:
+    """A datasets.Dataset whose columns are its rows' (read a column at once); one with a transform
+    (``with_transform`` / ``set_transform``: ``format["type"] == "custom"``) makes its rows' columns as each row is
+    read, so its rows are read one by one, as a torch Dataset's."""
+    return hasattr(dataset, "column_names") and (getattr(dataset, "format", None) or {}).get("type") != "custom"
 
 
 def _check_tokenized(model, name: str, dataset) -> None:
     """Raw text (rows without the model's main input, ``input_ids``) is refused with how to tokenize it: left to
     the collator, it would fail there with a message naming neither the argument nor the fix."""
     main = getattr(model, "main_input_name", "input_ids")
-    if hasattr(dataset, "column_names"):  # a datasets.Dataset: every row has its columns
+    if has_row_columns(dataset):  # a datasets.Dataset: every row has its columns
         if main in dataset.column_names:
             _check_ids_fit(model, name, dataset[main] if main == "input_ids" else ())
             return
         index, row = 0, dataset[0]
     else:
-        rows = dataset if isinstance(dataset, list) else [dataset[0]]
+        rows = dataset_rows(dataset)
         index = next((i for i, row in enumerate(rows) if main not in row), None)
         if index is None:
             _check_ids_fit(model, name, [row["input_ids"] for row in rows] if main == "input_ids" else ())
@@ -453,9 +465,15 @@ def _check_tokenized(model, name: str, dataset) -> None:
 
 
 def _first(dataset, count: int):
+    """The first ``count`` rows of ``dataset``: a datasets.Dataset's ``select``, a list's slice, else rows by index (a
+    torch Dataset's slice is no list of rows)."""
     if count >= len(dataset):
         return dataset
-    return dataset.select(range(count)) if hasattr(dataset, "select") else dataset[:count]
+    if hasattr(dataset, "column_names") and hasattr(dataset, "select"):
+        return dataset.select(range(count))
+    if isinstance(dataset, (list, tuple)):
+        return dataset[:count]
+    return [dataset[i] for i in range(count)]
 
 
 def _timed(timings: dict[str, float], key: str, function, *args):
@@ -584,8 +602,8 @@ def _validate_equal_lengths(**datasets) -> None:
     for name, dataset in datasets.items():
         if dataset is None:
             continue
-        rows = dataset["input_ids"] if hasattr(dataset, "column_names") \
-            else (row.get("input_ids", ()) for row in dataset)
+        rows = dataset["input_ids"] if has_row_columns(dataset) \
+            else (row.get("input_ids", ()) for row in dataset_rows(dataset))
         lengths = {len(ids) for ids in rows}
         if len(lengths) > 1:
             raise ValueError(f"{name} rows have {len(lengths)} different lengths ({min(lengths)} to {max(lengths)} "
