@@ -171,6 +171,14 @@ def _multi_label(name: str, logits: np.ndarray, labels: np.ndarray) -> dict:
     return LOCAL_METRICS[name]((logits > 0).astype(int), np.rint(labels).astype(int), **options)
 
 
+def _regression_head(problem_type: str | None, logits: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether the logits are a regression head's values, not class scores: its config says so, or it has one output
+    and the labels are float (or one number per row), whatever their shape ((N,), (N, 1))."""
+    if problem_type == "regression":
+        return True
+    return logits.shape[-1] == 1 and (labels.ndim == 1 or np.issubdtype(labels.dtype, np.floating))
+
+
 def classification_metrics(name: str, config=None):
     """Argmax over logits, then ``name`` against the labels.
 
@@ -214,8 +222,9 @@ def classification_metrics(name: str, config=None):
                 np.issubdtype(labels.dtype, np.floating) or not class_ids)
         if multi_label:
             return {name: headline_value(name, _multi_label(name, logits, labels))}
-        if not class_ids and logits.shape[-1] == 1 and labels.ndim == 1:
-            raise ValueError(f"--pruning_metric {name} needs classes, but the model has one output (regression): "
+        if not class_ids and _regression_head(problem, logits, labels):
+            outputs = "one output" if logits.shape[-1] == 1 else f"{logits.shape[-1]} outputs"
+            raise ValueError(f"--pruning_metric {name} needs classes, but the model has {outputs} (regression): "
                              "use --pruning_metric loss, or pass a compute_metrics (e.g. Pearson correlation)")
         predictions = logits if class_ids else logits.argmax(-1)
         keep = labels != -100  # token classification pads labels with -100

@@ -225,8 +225,6 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                 raise
             self._primary_metric(metrics)
             names = self._metric_names(metrics)
-            if isinstance(self.eval_dataset, dict):  # evaluate() names each set's metrics eval_<set>_<metric>
-                names = [f"{part}_{name}" for part in self.eval_dataset for name in names]
             if best and best not in names:
                 if best == "loss" and self._agreement_steers:
                     why = "no eval loss is computed: the eval sentences steer through the dense-agreement evaluator"
@@ -238,8 +236,15 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                 raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                                f"'eval_{best}' ({why}); available: {names}")
 
+    def _evaluation_names(self, metrics: dict) -> list[str]:
+        """For a dict of eval sets, each set's ``<set>_<metric>``: ``evaluate()`` evaluates the sets one by one."""
+        names = super()._evaluation_names(metrics)
+        if isinstance(self.eval_dataset, dict):  # evaluate() names each set's metrics eval_<set>_<metric>
+            names = [f"{part}_{name}" for part in self.eval_dataset for name in names]
+        return names
+
     def _metric_names(self, metrics: dict) -> list[str]:
-        return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)  # an evaluator's keys, as named
+        return self._evaluation_names(metrics)  # an evaluator's keys, as named
 
     def _missing_metric_hint(self) -> str:  # prediction_loss_only is sentence-transformers' default: no hint there
         return ""  # (--pruning_metric loss without an eval_dataset is refused when the trainer is built)

@@ -631,7 +631,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         best = (self.args.metric_for_best_model or "").removeprefix("eval_")
         if best and best != "loss" and self.pruning_metric == "loss" and self.args.eval_strategy != "no":
             metrics = self._evaluate_first_rows(predictions=True)  # decisions on the loss run no compute_metrics
-        if best and self.args.eval_strategy != "no" and f"{DECISION_PREFIX}_{best}" not in metrics:
+        if best and self.args.eval_strategy != "no" and best not in self._evaluation_names(metrics):
             raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                            f"'eval_{best}' (the first evaluation would fail on it); available: "
                            f"{self._metric_names(metrics)}{self._missing_metric_hint()}")
@@ -660,18 +660,30 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         except Exception as err:
             return None, err
 
+    def _evaluation_names(self, metrics: dict) -> list[str]:
+        """The names ``evaluate()`` gives the metrics a decision evaluation returned, ``eval_`` aside (what
+        ``--metric_for_best_model`` names)."""
+        return sorted(k.removeprefix(DECISION_PREFIX + "_") for k in metrics)
+
     def _metric_names(self, metrics: dict) -> list[str]:
         """The names evaluation returned, as ``--pruning_metric`` may give them."""
-        return sorted("eval_" + k.removeprefix(DECISION_PREFIX + "_") for k in metrics)
+        return ["eval_" + name for name in self._evaluation_names(metrics)]
 
     def _missing_metric_hint(self) -> str:
-        return (" (--prediction_loss_only true: evaluation computes the loss alone; leave it off or set "
-                "--pruning_metric loss)" if self.args.prediction_loss_only else "")
+        if self.args.prediction_loss_only:
+            return (" (--prediction_loss_only true: evaluation computes the loss alone; leave it off or set "
+                    "--pruning_metric loss)")
+        if not self.label_names:
+            return (f" (label_names is empty: transformers found no label argument in "
+                    f"{type(self.pruned_model).__name__}.forward, so evaluation computes no loss and hands the metric "
+                    "no labels; name the eval_dataset's label columns with --label_names)")
+        return ""
 
     def _decision_rows_without_labels(self) -> list[str]:
-        """The label columns transformers reads (``label_names``) when the first decision batch, as the collator
-        builds it (a masked-LM or seq2seq collator may make the labels), has none of them (nor ``label`` /
-        ``label_ids``); else ``[]``."""
+        """The label columns transformers reads (``label_names``) that the first decision batch, as the collator
+        builds it (a masked-LM or seq2seq collator may make the labels), lacks; else ``[]``. transformers computes
+        the loss and hands labels to the metric only when every one of them is there (``labels`` may come as
+        ``label`` / ``label_ids``)."""
         names = list(self.label_names)
         try:
             with self._reading_decision_rows():
@@ -680,8 +692,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             return []
         if not names or not isinstance(batch, Mapping):
             return []
-        present = any(batch.get(name) is not None for name in {*names, "label", "label_ids"})
-        return [] if present else names
+        aliases = {"labels": ("labels", "label", "label_ids")}
+        return [name for name in names if all(batch.get(key) is None for key in aliases.get(name, (name,)))]
 
     def _stamp_decisions(self, step: int) -> None:
         """Give the controller's new history entries (a decision, and the stop it may have led to) the optimizer
@@ -843,6 +855,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"this trainer has already pruned its model (stopped: {c.state.stop_reason}); a second train() would "
                 "fine-tune it without pruning. Build a new trainer: an AdaptivePruningTrainer with this model to "
                 "prune it further, or a plain Trainer to fine-tune it more")
+        self.check_eval_dataset(self.eval_dataset)  # as when the trainer was built: it may have been assigned since
         if self.args.should_save:
             check_writable(self.args.output_dir)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
