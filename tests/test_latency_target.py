@@ -129,6 +129,37 @@ def test_a_resumed_run_decides_on_the_table_measured_at_its_start(tmp_path, monk
             for h in resumed.controller.state.history] == history
 
 
+def test_a_table_saved_before_layers_had_their_own_entries_is_reused_on_resume(tmp_path, monkeypatch):
+    """With whole layers the table holds each layer's own time too; a checkpoint's table without those entries (an
+    older one) is still the one decided on: its groups' times, each layer at the stack's average."""
+    import random
+
+    import torch
+
+    import hf_adaprune.trainer.trainer as trainer_module
+    from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE
+
+    noise = random.Random()
+
+    def noisy_costs(model, groups, *args, **kwargs):  # group names and every layer's path, as latency_costs gives
+        table = {g.name: noise.uniform(1e-6, 1e-5) for g in groups}
+        table.update({f"{g.name}.{i}": noise.uniform(1e-5, 1e-4) for g in groups if g.kind == "layers"
+                      for i in range(3)})
+        return table
+
+    monkeypatch.setattr(trainer_module, "latency_costs", noisy_costs)
+    settings = dict(prune="heads,ffn,layers", pruning_target_type="latency", pruning_target=0.5,
+                    pruning_tolerance=10.0, max_steps=18, save_strategy="steps", save_steps=9)
+    make_trainer(tmp_path / "whole", **settings).train()
+    path = tmp_path / "whole" / "checkpoint-9" / PRUNING_STATE_FILE
+    state = torch.load(path, weights_only=True)
+    state["latency_costs"] = {k: v for k, v in state["latency_costs"].items() if k in state["masks"]}
+    torch.save(state, path)
+    resumed = make_trainer(tmp_path / "resumed", **settings)
+    resumed.train(resume_from_checkpoint=str(path.parent))
+    assert resumed.costs == state["latency_costs"]
+
+
 def test_an_audio_latency_length_shorter_than_one_frame_is_refused_with_the_flag(tmp_path):
     """--pruning_seq_len had this check; --pruning_latency_seq_len failed inside wav2vec2's feature encoder."""
     import datasets

@@ -826,9 +826,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.load_teacher_state(state.get("teacher"))
         self.load_candidate_state_dict(state)
         saved, measured = state.get("latency_costs"), pruning_arguments(self.args)
-        if saved and self.args.pruning_target_type == "latency" and set(self.costs) <= set(saved) and all(
+        groups = {group.name for group in self.pruning_groups}
+        if saved and self.args.pruning_target_type == "latency" and groups <= set(saved) and all(
                 (state.get("arguments") or {}).get(k) == measured.get(k) for k in LATENCY_TABLE_ARGUMENTS):
-            self.costs = {name: saved[name] for name in self.costs}
+            # a table saved before layers had their own entries: its groups' (each layer then costs the average)
+            self.costs = {name: saved[name] for name in self.costs if name in saved}
 
     def save_pruning_state(self, folder: str) -> None:
         """Write ``pruning_state.pt`` into a checkpoint folder (``on_save``; also the end of a run)."""
