@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_adaprune import compact
+from hf_adaprune import compact, save_pruned
 from hf_adaprune.deploy import load_int8, save_int8
 
 from conftest import text_batch, tiny_model
@@ -162,6 +162,12 @@ def test_the_pruned_loader_sends_an_int8_folder_to_load_int8(tmp_path):
                                       r"which transformers does not read: load it with hf_adaprune.deploy.load_int8"):
         transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)
     assert load_int8(tmp_path) is not None
+    # subfolder= names the folder read: a float model beside (under) the int8 one loads, an int8 one is sent on
+    save_pruned(model, tmp_path / "float")
+    assert AutoPrunedModel.from_pretrained(tmp_path, subfolder="float") is not None
+    save_int8(model, tmp_path / "float" / "int8")
+    with pytest.raises(ValueError, match="int8 holds int8 weights written by hf_adaprune's save_int8"):
+        AutoPrunedModel.from_pretrained(tmp_path / "float", subfolder="int8")
 
 
 def test_a_masked_model_is_compacted_before_it_is_quantized_and_saved(tmp_path):
@@ -180,8 +186,6 @@ def test_a_masked_model_is_compacted_before_it_is_quantized_and_saved(tmp_path):
 
 
 def test_a_float_save_over_an_int8_folder_removes_the_int8_weights(tmp_path):
-    from hf_adaprune import save_pruned
-
     old = tiny_model("bert", vocab_size=500)
     random_masks(old)
     save_int8(old, tmp_path)

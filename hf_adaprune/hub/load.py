@@ -139,8 +139,9 @@ class AutoPrunedModel:
 
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
-        if os.path.isfile(os.path.join(path, "int8.json")):
-            raise ValueError(f"{path} holds int8 weights written by hf_adaprune's save_int8, which no float loader "
+        folder = os.path.join(path, kwargs.get("subfolder") or "")  # the folder the weights are read from
+        if os.path.isfile(os.path.join(folder, "int8.json")):
+            raise ValueError(f"{folder} holds int8 weights written by hf_adaprune's save_int8, which no float loader "
                              "reads: load it with hf_adaprune.deploy.load_int8(folder)")
         config = kwargs.pop("config", None)
         config_given = config is not None
