@@ -117,7 +117,8 @@ def test_refit_samples_of_a_torch_dataset_are_its_first_rows(form):
 
 @pytest.mark.parametrize("bad_row, message", [
     ({"input_ids": list(range(5, 75)), "labels": 1}, r"holds a row of 70 tokens, but the model reads at most 64"),
-    ({"input_ids": [5, 6, 7], "text": "unlabelled"}, r"example 5 has \['input_ids', 'text'\]"),
+    ({"input_ids": [5, 6, 7], "text": "unlabelled"}, r"example 5 has no label column: its columns are \['input_ids', "
+                                                     r"'text'\]"),
 ])
 def test_every_row_of_a_torch_dataset_is_checked_before_any_forward_pass(bad_row, message):
     """Only row 0 of a torch Dataset was read: a later over-long or unlabelled row failed inside the forward or
@@ -128,6 +129,21 @@ def test_every_row_of_a_torch_dataset_is_checked_before_any_forward_pass(bad_row
     model.register_forward_pre_hook(lambda *args: pytest.fail("a forward pass ran"))
     with pytest.raises(ValueError, match=message):
         post_training_prune(model, RowsDataset(rows), 0.5, data_collator=pad_collator, **COMMON)
+
+
+def test_a_torch_dataset_is_read_once():
+    """A torch Dataset may tokenize in __getitem__: its rows are read once, then the checks and batches read them."""
+    reads = []
+
+    class Counting(RowsDataset):
+        def __getitem__(self, index):
+            reads.append(index)
+            return super().__getitem__(index)
+
+    rows = labelled_examples(12)
+    post_training_prune(tiny_model("bert"), Counting(rows), 0.5, data_collator=pad_collator, refit_samples=4,
+                        eval_dataset=Counting(rows[:6]), **COMMON)
+    assert sorted(reads) == sorted(list(range(12)) + list(range(6)))
 
 
 @pytest.mark.parametrize("form", ["list", "datasets.Dataset"])

@@ -144,6 +144,7 @@ def post_training_prune(
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     searching = target is None or search
+    calibration_dataset, eval_dataset = _rows_read_once(calibration_dataset), _rows_read_once(eval_dataset)
     _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores, searching,
               refit_target)
     _validate_sizes(model, kinds=kinds, seq_len=seq_len, batch_size=batch_size, refit_samples=refit_samples,
@@ -432,6 +433,25 @@ def _check_indexable(name: str, dataset) -> None:
                          "(input_ids, attention_mask, labels, ...)")
 
 
+def _rows_read_once(dataset):
+    """A dataset that makes its rows as they are read (a torch Dataset, a datasets.Dataset with a transform) as the
+    list of its rows, read once: the checks and the batches then read that list. Anything else as it is (what is
+    no map-style dataset of rows is refused by :func:`_check_indexable`)."""
+    if dataset is None or isinstance(dataset, (list, tuple, Mapping)) or has_row_columns(dataset) \
+            or hasattr(dataset, "iloc") or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        return dataset
+    return dataset_rows(dataset) if is_map_style(dataset) else dataset
+
+
+def _unlabeled_row(name: str, index: int, row) -> str:
+    """Why ``row`` of ``name`` counts as unlabelled: no label column, or None in the one it is read by."""
+    key = label_key(row)
+    if key is None:
+        return f"{name} example {index} has no label column: its columns are {sorted(row)}"
+    return (f"{name} example {index} has {key}=None, the label column it is read by (the first of {LABEL_KEYS} "
+            "it has; the others are not read)")
+
+
 def has_row_columns(dataset) -> bool:
     """A datasets.Dataset whose columns are its rows' (read a column at once); one with a transform
     (``with_transform`` / ``set_transform``: ``format["type"] == "custom"``) makes its rows' columns as each row is
@@ -641,8 +661,7 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
     unlabeled = _first_unlabeled(calibration_dataset)
     if unlabeled is not None:
         raise ValueError(f"calibration examples need labels (one of {LABEL_KEYS}): the scores are gradients of "
-                         f"the loss; example {unlabeled} has {sorted(calibration_dataset[unlabeled])} (a label of None "
-                         "is none)")
+                         f"the loss; {_unlabeled_row('calibration', unlabeled, calibration_dataset[unlabeled])}")
     _check_label_range(model, "calibration_dataset", calibration_dataset)
     if isinstance(scores, dict):
         groups = find_groups(model)
@@ -674,8 +693,8 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         _check_tokenized(model, "eval_dataset", eval_dataset)
     unlabeled = None if eval_dataset is None else _first_unlabeled(eval_dataset)
     if unlabeled is not None:
-        raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; example "
-                         f"{unlabeled} has {sorted(eval_dataset[unlabeled])} (a label of None is none)")
+        raise ValueError(f"eval_dataset examples need labels (one of {LABEL_KEYS}) for the {metric} check; "
+                         f"{_unlabeled_row('eval_dataset', unlabeled, eval_dataset[unlabeled])}")
     if eval_dataset is not None:
         _check_label_range(model, "eval_dataset", eval_dataset)
     if not isinstance(metric, str):
