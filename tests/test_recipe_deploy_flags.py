@@ -558,7 +558,7 @@ def transcripts_one_clip_at_a_time(model, processor, audio: list, max_length: in
     return texts
 
 
-def test_clips(manifests) -> list:
+def clips_of_the_test_manifest(manifests) -> list:
     return [asr.decode_audio(row["source"], 16000, row["name"])
             for row in asr.read_manifest(str(manifests["test"]), "--test_manifest", "path", "text")]
 
@@ -581,7 +581,7 @@ def test_whisper_vocabulary_and_int8_copies_are_scored_on_the_test_clips(tmp_pat
                         "--pruning_seq_len", "8", "--test_before_pruning", "false", "--prune_vocabulary", "true",
                         "--quantize", "int8"])
     written = results["deploy"]["written"]
-    audio = test_clips(manifests)
+    audio = clips_of_the_test_manifest(manifests)
     for name, model in (("vocabulary", AutoPrunedModel.from_pretrained(out / "deploy" / "vocabulary").eval()),
                         ("int8", load_int8(out / "deploy" / "int8").eval())):
         processor = WhisperProcessor.from_pretrained(out / "deploy" / name)
@@ -597,7 +597,7 @@ def test_ctc_int8_copy_is_scored_on_the_test_clips(tmp_path, manifests, tiny_ctc
     results = asr.main(["--model_name_or_path", str(tiny_ctc_dir), *data_flags(manifests), *PRUNING,
                         "--output_dir", str(out), "--test_before_pruning", "false", "--quantize", "int8",
                         "--per_device_eval_batch_size", "4"])
-    audio = test_clips(manifests)
+    audio = clips_of_the_test_manifest(manifests)
     processor = Wav2Vec2Processor.from_pretrained(out / "deploy" / "int8")
     texts = transcripts_one_clip_at_a_time(load_int8(out / "deploy" / "int8").eval(), processor, audio)
     expected = expected_error_rates(results, manifests, texts)
