@@ -49,6 +49,7 @@ from transformers import HfArgumentParser
 
 from hf_adaprune import compact, get_masks
 from hf_adaprune.families import check_sequence_length
+from hf_adaprune.plain_forward import drop_autocast_forward
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency
 from hf_adaprune.reporting.report import write_json
@@ -92,7 +93,9 @@ class SentenceEmbeddingArguments:
     steer: str = field(default="sts", metadata={"help": "sts: dev Spearman; teacher: agreement with the dense model."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Training pairs / sentences used."})
     max_dev_pairs: int | None = field(default=500, metadata={"help": "Dev pairs that steer pruning."})
-    max_seq_length: int = field(default=128)
+    max_seq_length: int = field(default=128, metadata={
+        "help": "Tokens a sentence is cut to in training, evaluation and timing; the saved models keep it as their "
+                "max_seq_length (the model's own limit, e.g. 256, is replaced)."})
     layer_drop_baseline: bool = field(default=False, metadata={"help": "Also train the layer-dropped model."})
     keep_layers: str = field(default="0,2,4", metadata={"help": "Layers the layer-dropped model keeps."})
     throughput_batch: int = field(default=64)
@@ -328,6 +331,9 @@ def check_options(opts, args) -> None:
     for name in ("max_seq_length", "throughput_batch", "throughput_repeats"):
         if getattr(opts, name) < 1:
             raise RecipeError(f"--{name} must be >= 1; got {getattr(opts, name)}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise RecipeError(f"--{name} must be >= 1; got {getattr(args, name)}")
     if args.pruning_metric == "loss":
         raise RecipeError("--pruning_metric loss needs a labelled eval_dataset, which this recipe does not build: it "
                           "steers by an evaluator (--steer sts: Spearman on dev pairs; --steer teacher: agreement "
@@ -339,7 +345,10 @@ def check_options(opts, args) -> None:
 
 def check_model(model: SentenceTransformer, opts, args) -> None:
     """What the loaded model tells is wrong, before any training."""
-    inner = model[0].auto_model
+    try:  # a first module hf_adaprune cannot prune (a StaticEmbedding, an unsupported family): said before any work
+        inner = transformer_module(model).auto_model
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"--model_name_or_path: {err}") from None
     for name, value in (("max_seq_length", opts.max_seq_length), ("pruning_seq_len", args.pruning_seq_len)):
         try:
             check_sequence_length(inner, value, f"--{name}")
@@ -375,8 +384,13 @@ def check_steering_pairs(pairs: Dataset, path: str, steer: str) -> None:
 
 
 def check_test_pairs(pairs: Dataset, path: str) -> None:
-    if len(pairs) < 2:
-        raise RecipeError(f"{path}: {len(pairs)} pair; a Spearman correlation needs at least 2")
+    """Refuse test pairs no Spearman correlation can score: fewer than 3 (of 2 it is always +-1), or scores all
+    equal (undefined: the run would end with no test figure)."""
+    if len(pairs) < 3:
+        raise RecipeError(f"{path}: {len(pairs)} pair(s); a Spearman correlation needs at least 3")
+    if len(set(pairs["score"])) < 2:
+        raise RecipeError(f"{path}: every pair has the score {pairs['score'][0]}; a Spearman correlation needs scores "
+                          "that differ")
 
 
 def main(argv=None):
@@ -409,8 +423,8 @@ def main(argv=None):
         model = load(path, device="cpu" if args.use_cpu else None)
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err
-    model.max_seq_length = opts.max_seq_length
     check_model(model, opts, args)
+    model.max_seq_length = opts.max_seq_length
     dense = copy.deepcopy(model).eval()
     dev = read_sts(os.path.join(opts.stsb_dir, "sts-dev.csv"))
     test = read_sts(os.path.join(opts.stsb_dir, "sts-test.csv"))
@@ -448,7 +462,8 @@ def main(argv=None):
         raise RecipeError(str(err).strip('"')) from err
     push, args.push_to_hub = args.push_to_hub, False  # one push, at the end: results.json too
     trainer.save_model()
-    pruned = as_saved(trainer.model).eval()
+    # after --bf16 / --fp16 training accelerate's autocast wrapper stays on the model: scored and timed as saved
+    pruned = drop_autocast_forward(as_saved(trainer.model)).eval()
     results["pruned"] = {"sts_test": spearman(pruned, test_eval), "sts_dev": spearman(pruned, dev_eval),
                          **profile(pruned, args.pruning_seq_len)}
     summary = trainer.pruning_summary()
@@ -473,6 +488,7 @@ def main(argv=None):
             **{name: getattr(args, name) for name in BASELINE_TRAINING_ARGUMENTS})
         SentenceTransformerTrainer(model=student, args=base_args, train_dataset=distil,
                                    loss=embedding_distillation_loss(student, opts.distillation_distance)).train()
+        drop_autocast_forward(student)  # scored and timed as saved, as the pruned model
         if args.should_save:  # one process writes the folder
             student.eval().save(os.path.join(args.output_dir, LAYER_DROP_DIR))
         results["layer_drop"] = {"kept_layers": keep, "sts_test": spearman(student, test_eval),
