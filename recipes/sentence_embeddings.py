@@ -280,8 +280,11 @@ def as_saved(model: SentenceTransformer) -> SentenceTransformer:
 
 
 def profile(model: SentenceTransformer, seq_len: int) -> dict:
+    """Parameters of the whole model (modules after pooling, e.g. a Dense layer, included); FLOPs of its
+    transformer."""
     p = model_profile(model[0].auto_model, seq_len=seq_len)
-    return {"params": p["params"], "layer_flops": p["layer_flops"], "flops": p["flops"]}
+    return {"params": sum(param.numel() for param in model.parameters()), "layer_flops": p["layer_flops"],
+            "flops": p["flops"]}
 
 
 def training_data(opts):
@@ -447,8 +450,8 @@ def main(argv=None):
                          **profile(dense, args.pruning_seq_len)}}
     logger.info("dense: %s", results["dense"])
     if opts.overwrite_output_dir and args.should_save and not resumes_run_in(args.output_dir, resume_from):
-        # sentence-transformers' evaluators append to eval/<name>_results.csv; other files there are the user's
-        remove_earlier_run_outputs(args.output_dir, patterns=("eval/*_results.csv",))
+        # the STS evaluators append to eval/similarity_evaluation_<name>_results.csv; other files there are the user's
+        remove_earlier_run_outputs(args.output_dir, patterns=("eval/similarity_evaluation_*_results.csv",))
         warn_folders_left(args.output_dir, [] if opts.layer_drop_baseline else [LAYER_DROP_DIR])
     trainer = None
     try:

@@ -258,3 +258,14 @@ def test_a_run_in_bf16_scores_and_times_the_models_as_saved(encoder_folder, tmp_
                           "--keep_layers", "0", "--save_strategy", "no"))
     assert {name for name, _ in timed} == {"dense", "pruned", "layer_drop"}
     assert not any(wrapped for _, wrapped in timed), timed
+
+
+def test_the_parameters_reported_count_a_dense_layer_after_pooling(encoder_folder):  # noqa: F811 - the fixture
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense
+    from test_sentence_transformers import tiny_sentence_transformer
+
+    base = tiny_sentence_transformer(encoder_folder)
+    model = SentenceTransformer(modules=[base[0], base[1], Dense(base.get_sentence_embedding_dimension(), 8)])
+    assert recipe.profile(model, 16)["params"] == sum(p.numel() for p in model.parameters())
+    assert recipe.profile(model, 16)["params"] > sum(p.numel() for p in base[0].auto_model.parameters())

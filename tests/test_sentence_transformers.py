@@ -501,9 +501,11 @@ def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
     csv_files = sorted((tmp_path / "out" / "eval").glob("*.csv"))
     rows = {f.name: len(f.read_text().splitlines()) for f in csv_files}
     assert rows == {"similarity_evaluation_sts-dev-steer_results.csv": 3}  # header, steps 4 and 8
+    (tmp_path / "out" / "eval" / "my_results.csv").write_text("the user's own\n")
     with caplog.at_level(logging.WARNING):
         recipe.main([*flags, "--overwrite_output_dir", "true", "--layer_drop_baseline", "false"])
-    assert {f.name: len(f.read_text().splitlines()) for f in (tmp_path / "out" / "eval").glob("*.csv")} == rows
+    assert {f.name: len(f.read_text().splitlines()) for f in (tmp_path / "out" / "eval").glob("*.csv")} == \
+        {**rows, "my_results.csv": 1}  # the user's file in eval/ stays
     assert "holds layer_drop/ from an earlier run" in caplog.text
 
 
