@@ -421,16 +421,12 @@ def _check_indexable(name: str, dataset) -> None:
         raise ValueError(f"{name} is a {type(dataset).__name__}, whose rows cannot be drawn by index: pass the "
                          "datasets.Dataset (or list of row dicts) itself, not a DataLoader or a streaming dataset "
                          "(list(...) of a small stream will do)")
+    # rows of a pandas / arrow / ... format are no dicts (a transform's, and a torch Dataset's, came here as the list
+    # of their rows: _rows_read_once, checked above)
     kind = (getattr(dataset, "format", None) or {}).get("type") if hasattr(dataset, "column_names") else None
-    # rows of a pandas / arrow / ... format are no dicts; a transform's ("custom") are checked below
-    if kind not in (None, "python", "numpy", "torch", "np", "pt", "custom"):
+    if kind not in (None, "python", "numpy", "torch", "np", "pt"):
         raise ValueError(f"{name} is in {kind!r} format, whose rows the collator cannot read: pass "
                          f"{name}.with_format(None) (or with_format('torch') / ('numpy'))")
-    rows = [] if has_row_columns(dataset) else dataset_rows(dataset)
-    index = next((i for i, row in enumerate(rows) if not isinstance(row, Mapping)), None)
-    if index is not None:
-        raise ValueError(f"{name}[{index}] is a {type(rows[index]).__name__}; each row must be a dict of columns "
-                         "(input_ids, attention_mask, labels, ...)")
 
 
 def _rows_read_once(dataset):
@@ -485,15 +481,11 @@ def _check_tokenized(model, name: str, dataset) -> None:
 
 
 def _first(dataset, count: int):
-    """The first ``count`` rows of ``dataset``: a datasets.Dataset's ``select``, a list's slice, else rows by index (a
-    torch Dataset's slice is no list of rows)."""
+    """The first ``count`` rows of ``dataset``: a datasets.Dataset's ``select``, else a slice of the list of rows
+    (a torch Dataset's rows were read into one by _rows_read_once)."""
     if count >= len(dataset):
         return dataset
-    if hasattr(dataset, "column_names") and hasattr(dataset, "select"):
-        return dataset.select(range(count))
-    if isinstance(dataset, (list, tuple)):
-        return dataset[:count]
-    return [dataset[i] for i in range(count)]
+    return dataset.select(range(count)) if has_row_columns(dataset) else dataset[:count]
 
 
 def _timed(timings: dict[str, float], key: str, function, *args):
