@@ -195,10 +195,8 @@ def prunable_cost_fraction(groups, masks: dict[str, torch.Tensor], costs: dict[s
     stacks = [g for g in groups if g.kind == "layers"]
     total = removed = 0.0
     for stack in stacks:
-        for index, kept in enumerate(masks[stack.name].tolist()):
-            cost = structure_cost(costs, stack.name, index)
-            total += cost
-            removed += cost if kept < 0.5 else 0.0
+        stack_total, stack_removed = group_costs(costs, stack.name, masks[stack.name])
+        total, removed = total + stack_total, removed + stack_removed
     for group in groups:
         if group.kind == "layers":
             continue
@@ -227,6 +225,16 @@ def structure_cost(costs: dict[str, float] | None, name: str, index: int) -> flo
     if costs is None:
         return 1.0
     return float(costs.get(f"{name}.{index}", costs[name]))
+
+
+def group_costs(costs: dict[str, float] | None, name: str, mask: torch.Tensor) -> tuple[float, float]:
+    """(the cost of group ``name``'s structures, the cost of those ``mask`` prunes): structure by structure for a
+    stack whose layers have their own costs, else its count times the cost of one."""
+    if costs is not None and f"{name}.0" in costs:
+        units = [structure_cost(costs, name, index) for index in range(mask.numel())]
+        return sum(units), sum(unit for unit, kept in zip(units, mask.flatten().tolist()) if kept < 0.5)
+    unit = structure_cost(costs, name, 0)
+    return unit * mask.numel(), unit * int((mask < 0.5).sum())
 
 
 def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torch.Tensor] | None = None) -> None:
@@ -344,10 +352,8 @@ def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | 
     """The fraction of the structures (of their cost, with ``costs``) that ``masks`` prune."""
     total = pruned = 0.0
     for name, mask in masks.items():
-        for index, kept in enumerate(mask.flatten().tolist()):
-            cost = structure_cost(costs, name, index)
-            total += cost
-            pruned += cost if kept < 0.5 else 0.0
+        group_total, group_pruned = group_costs(costs, name, mask)
+        total, pruned = total + group_total, pruned + group_pruned
     return 0.0 if total == 0 else pruned / total
 
 
