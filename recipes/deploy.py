@@ -25,6 +25,7 @@ even when a deployed copy fails (:func:`recipes.skeleton.deploy_and_save`).
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import os
@@ -274,6 +275,7 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
     record = {} if record is None else record
     record.update({"folder": str(root), "written": {}})
 
+    @functools.cache  # one float32 copy for int8 and ONNX, made after the vocabulary steps changed the model
     def float32() -> torch.nn.Module:
         return model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
     source = Path(run.training_args.output_dir)  # the folder CTranslate2 converts (tokenizer files inside)
