@@ -316,3 +316,44 @@ def test_the_layers_and_widths_limit_follows_the_scope_over_stacks(scope):
     else:
         assert "(1 of 6 layers, removed whole)" in message and _limit(message) == pytest.approx(17.5 / 60, abs=1e-4)
         assert removed == 1 and reached == pytest.approx(17.5 / 60)
+
+
+def test_a_stack_of_uneven_layers_keeps_its_cheapest_layer_in_the_layer_limit():
+    """A model pruned before has layers of other costs (2, 10, 18: average 10). With every layer but one removable,
+    the most that can go keeps the cheapest layer, 28 / 30; the stack's average layer said 2 / 3 and refused 0.9,
+    which a selection reaches. A stack that keeps its last layer (Whisper's decoder) keeps that one instead."""
+    from hf_adaprune.engine.selection import layer_target_problem
+
+    stack, sizes = G("enc", "layers"), {"enc": 3}
+    costs = {"enc": 10.0, "enc.0": 2.0, "enc.1": 10.0, "enc.2": 18.0}
+    assert layer_target_problem([stack], sizes, 0.9, ("layers",), costs) is None
+    new = select_masks_by_kind([stack], {"enc": torch.tensor([3.0, 1.0, 2.0])}, {"enc": torch.ones(3)}, 0.9,
+                               ("layers",), costs=costs)
+    assert new["enc"].tolist() == [1, 0, 0] and selected_fraction(new, costs) == pytest.approx(28 / 30)
+    assert "so at most 0.9333 can go" in layer_target_problem([stack], sizes, 0.95, ("layers",), costs)
+    stack.keep_last = "the decoder's last layer stays"
+    assert "so at most 0.4000 can go" in layer_target_problem([stack], sizes, 0.5, ("layers",), costs)
+    assert reachable_fraction(sizes, 1, costs, keep_last={"enc"}) == pytest.approx(12 / 30)
+
+
+def test_the_layers_and_widths_limit_counts_each_removed_layer_at_its_own_cost():
+    """Layers of costs 4, 10 and 16 (a stack's average, 10, in the table beside them) with 4 heads each of cost 0.5,
+    2 and 3. Under scope="layer" 0.93 removes 2 of the 3 layers; the most is with layers 2 and 1 gone (they give
+    16 - 9 and 10 - 6 more than their heads could) and layer 0's heads at the floor: 27.5 / 30. Counted at the
+    average, the warning said 0.9667 (layers 0 and 1, whose heads have least to give) and stayed silent."""
+    from hf_adaprune.engine.selection import prunable_cost_fraction
+
+    groups, sizes, costs = _stack_with_heads("enc", 3, 10.0, [0.5, 2.0, 3.0])
+    costs.update({"enc.0": 4.0, "enc.1": 10.0, "enc.2": 16.0})
+    kinds, floors = ("heads", "layers"), {"heads": 1, "layers": 1}
+    message = unreachable_target(groups, sizes, 0.93, kinds, floors, costs, scope="layer")
+    assert "the layers take 0.8667 of the layer cost (2 of 3 layers, removed whole)" in message
+    assert _limit(message) == pytest.approx(27.5 / 30, abs=1e-4)
+    reached = []
+    for seed in range(40):  # random scores reach the limit and never more
+        torch.manual_seed(seed)
+        scores = {g.name: torch.rand(sizes[g.name]) for g in groups}
+        new = select_masks_by_kind(groups, scores, {n: torch.ones(k) for n, k in sizes.items()}, 0.93, kinds,
+                                   scope="layer", floors=floors, costs=costs)
+        reached.append(prunable_cost_fraction(groups, new, costs))
+    assert max(reached) == pytest.approx(27.5 / 30)

@@ -288,8 +288,8 @@ def layer_target_problem(groups, sizes: dict[str, int], target: float, kinds,
     if not stacks:
         return None
     needed = layer_ratio(target, kinds)
-    reachable = reachable_fraction({g.name: sizes[g.name] for g in stacks}, 1,
-                                   None if costs is None else {g.name: costs[g.name] for g in stacks})
+    reachable = reachable_fraction({g.name: sizes[g.name] for g in stacks}, 1, costs_of(costs, [g.name for g in stacks]),
+                                   keep_last={g.name for g in stacks if getattr(g, "keep_last", "")})
     if needed <= reachable + 1e-9:
         return None
     counts = ", ".join(f"{g.name}: {sizes[g.name]}" for g in stacks)
@@ -376,11 +376,25 @@ def selected_fraction_by_kind(groups, masks: dict[str, torch.Tensor], kinds=("he
     return min(fractions, default=0.0)
 
 
-def reachable_fraction(sizes: dict[str, int], floor: int, costs: dict[str, float] | None = None) -> float:
-    """The largest fraction of the structures (of their cost) that a per-group ``floor`` leaves prunable."""
-    unit = {n: 1.0 if costs is None else float(costs[n]) for n in sizes}
-    total = sum(unit[n] * count for n, count in sizes.items())
-    prunable = sum(unit[n] * (count - _floor_for(count, floor)) for n, count in sizes.items())
+def _most_prunable(units: list[float], keep: int, keep_last: bool = False) -> float:
+    """The most cost pruning takes from structures costing ``units`` when ``keep`` of them stay: the cheapest (a
+    ``keep_last`` stack keeps its last among them)."""
+    if keep <= 0:
+        return sum(units)
+    kept = [units[-1], *sorted(units[:-1])[:keep - 1]] if keep_last else sorted(units)[:keep]
+    return sum(units) - sum(kept)
+
+
+def reachable_fraction(sizes: dict[str, int], floor: int, costs: dict[str, float] | None = None,
+                       keep_last=()) -> float:
+    """The largest fraction of the structures (of their cost) that a per-group ``floor`` leaves prunable: the
+    floor kept in the cheapest structures (a stack whose layers cost differently keeps its cheapest layer; one named
+    in ``keep_last``, its last)."""
+    total = prunable = 0.0
+    for name, count in sizes.items():
+        units = [structure_cost(costs, name, index) for index in range(count)]
+        total += sum(units)
+        prunable += _most_prunable(units, _floor_for(count, floor), name in keep_last)
     return 0.0 if total == 0 else prunable / total
 
 
@@ -434,7 +448,8 @@ def _layer_counts(stacks, sizes: dict[str, int], target: float, kinds, floors: d
     unpruned masks: its selection of the stacks at ``layer_ratio(target)``, in whole layers, each stack keeping
     its floor. Under ``scope="layer"`` one (each stack rounds its own share); under ``scope="global"`` the scores
     decide which stack's layer comes next in the cost budget, so each order of stacks the greedy pass can meet
-    gives its counts (one when there is one stack)."""
+    gives its counts (one when there is one stack), each layer counted at its stack's average cost (which of a
+    stack's layers the scores take first is not known before training)."""
     ratio = min(max(layer_ratio(target, kinds), 0.0), 1.0)
     floor = (floors or {}).get("layers", 1)
     names = [g.name for g in stacks]
@@ -466,10 +481,11 @@ def _layer_counts(stacks, sizes: dict[str, int], target: float, kinds, floors: d
 
 
 def _kept_widths_prunable(stack, widths, sizes: dict[str, int], floors: dict[str, int] | None,
-                          costs: dict[str, float], removed: int) -> tuple[float, int]:
-    """The most cost the widths of ``stack`` can take, each at its floor, in the layers kept when ``removed`` of
-    its layers go (the layers whose widths have the least to give; a ``keep_last`` stack keeps its last), with the
-    number of layers that go."""
+                          costs: dict[str, float], removed: int) -> tuple[float, float, int]:
+    """When ``removed`` of the layers of ``stack`` go: the most cost the widths can take, each at its floor, in the
+    layers kept, the cost of the layers that go (each its own), and how many go. The layers that go are those that
+    give the most beyond what their widths could (with layers of one cost, those whose widths have the least to
+    give); a ``keep_last`` stack keeps its last."""
     count = sizes[stack.name]
     per_layer = [0.0] * count
     for group in widths:
@@ -477,9 +493,10 @@ def _kept_widths_prunable(stack, widths, sizes: dict[str, int], floors: dict[str
         if where is not None and where[1] < count:
             per_layer[where[1]] += float(costs[group.name]) * (
                 sizes[group.name] - _floor_for(sizes[group.name], (floors or {}).get(group.kind, 1)))
-    candidates = sorted(per_layer[:-1] if getattr(stack, "keep_last", "") else per_layer)
-    removed = min(removed, len(candidates))
-    return sum(per_layer) - sum(candidates[:removed]), removed
+    layer_cost = [structure_cost(costs, stack.name, index) for index in range(count)]
+    candidates = range(count - 1) if getattr(stack, "keep_last", "") else range(count)
+    gone = sorted(candidates, key=lambda i: (per_layer[i] - layer_cost[i], i))[:removed]
+    return sum(per_layer) - sum(per_layer[i] for i in gone), sum(layer_cost[i] for i in gone), len(gone)
 
 
 def _layers_and_widths_limit(groups, sizes: dict[str, int], target: float, kinds, floors: dict[str, int] | None,
@@ -492,7 +509,7 @@ def _layers_and_widths_limit(groups, sizes: dict[str, int], target: float, kinds
     widths = [g for g in groups if g.kind in kinds and g.kind != "layers"]
     if costs is None or not stacks or not widths:
         return None
-    total = sum(float(costs[s.name]) * sizes[s.name] for s in stacks)
+    total = sum(structure_cost(costs, s.name, index) for s in stacks for index in range(sizes[s.name]))
     layer_total, outside = total, 0.0
     for group in (g for g in widths if layer_of_group(stacks, g.name) is None):  # in no pruned stack
         count = sizes[group.name]
@@ -502,9 +519,9 @@ def _layers_and_widths_limit(groups, sizes: dict[str, int], target: float, kinds
     for counts in _layer_counts(stacks, sizes, target, kinds, floors, costs, scope):
         removed, layer_removed, layers = outside, 0.0, 0
         for stack in stacks:
-            kept, gone = _kept_widths_prunable(stack, widths, sizes, floors, costs, counts[stack.name])
-            layer_removed += float(costs[stack.name]) * gone
-            removed += float(costs[stack.name]) * gone + kept
+            kept, gone_cost, gone = _kept_widths_prunable(stack, widths, sizes, floors, costs, counts[stack.name])
+            layer_removed += gone_cost
+            removed += gone_cost + kept
             layers += gone
         point = (removed / total if total else 0.0, layer_removed, layers)
         best = point if best is None or point[0] > best[0] else best
