@@ -60,6 +60,7 @@ from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import classification_metrics
 
 from recipes.example_utils import (
+    check_example_flags,
     example_parser,
     markdown_size_rows,
     markdown_table,
@@ -104,14 +105,7 @@ def parse_args(argv=None):
                    help="alternating repeats per batch size (default: 50 at batch 1, 10 at batch 32; 0: skip timing)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
-    if args.dense_model and not Path(args.dense_model).is_dir():  # else the Hub is asked for it, with a traceback
-        p.error(f"--dense_model {args.dense_model} is not a folder (give the dense/ folder of an earlier run)")
-    if args.latency_repeats is not None and args.latency_repeats < 0:
-        p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
-    try:  # the pruning flags fail here, in the library's words, not after the dense model is trained and saved
-        pruning_arguments(args, common_training_arguments(args))
-    except (ValueError, TypeError) as err:
-        p.error(str(err))
+    check_example_flags(p, args, lambda: pruning_arguments(args, common_training_arguments(args)))
     return args
 
 

@@ -56,7 +56,7 @@ from hf_adaprune import AutoPrunedModel  # noqa: E402
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile  # noqa: E402
 from hf_adaprune.reporting.latency import GenerateExactly, compare_latency, format_latency  # noqa: E402
 from recipes import asr  # noqa: E402
-from recipes.example_utils import example_parser, setup_example_logging, write_outputs  # noqa: E402
+from recipes.example_utils import check_example_flags, example_parser, setup_example_logging, write_outputs  # noqa: E402,E501
 from recipes.results import format_count, format_ms, format_rate, without_layers  # noqa: E402
 from recipes.skeleton import LOG_FORMAT, load_error, run_cli  # noqa: E402
 from recipes.speech.data import make_normalizer, parse_normalization  # noqa: E402
@@ -103,12 +103,7 @@ def parse_args(argv=None):
                         "steps 2-8x and batch-1 generate up to 40x slower than 1 thread; use 2+ on an idle machine)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
-    if args.latency_repeats < 0:
-        p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
-    try:  # the pruning flags fail here, in the recipe's words, not after the converted model is scored
-        asr.parse_args(recipe_run_flags(args, args.model, PLACEHOLDER_MANIFESTS))
-    except (ValueError, TypeError) as err:  # RecipeError is a ValueError
-        p.error(str(err))
+    check_example_flags(p, args, lambda: asr.parse_args(recipe_run_flags(args, args.model, PLACEHOLDER_MANIFESTS)))
     return args
 
 

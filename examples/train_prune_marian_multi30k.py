@@ -81,6 +81,7 @@ from hf_adaprune.sequence_distillation import sequence_distillation_targets
 
 import recipes.translation as recipe  # file reading and checks, metrics, latency
 from recipes.example_utils import (
+    check_example_flags,
     example_parser,
     markdown_size_rows,
     markdown_table,
@@ -155,17 +156,10 @@ def parse_args(argv=None):
                    help="alternating repeats per batch size (default: 20 at batch 1, 5 at batch 32; 0: skip timing)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
-    if args.dense_model and not Path(args.dense_model).is_dir():  # else the Hub is asked for it, with a traceback
-        p.error(f"--dense_model {args.dense_model} is not a folder (give the dense/ folder of an earlier run)")
     if not 0.0 < args.target < 1.0:
         p.error(f"--target must be in (0, 1); got {args.target}")
-    if args.latency_repeats is not None and args.latency_repeats < 0:
-        p.error(f"--latency_repeats must be >= 0 (0: skip timing); got {args.latency_repeats}")
-    if not args.control_only:  # the pruning flags fail here, in the library's words, before the dense stage
-        try:
-            pruning_arguments(args, pruning_common_arguments(args))
-        except (ValueError, TypeError) as err:
-            p.error(str(err))
+    check_example_flags(p, args, None if args.control_only else
+                        lambda: pruning_arguments(args, pruning_common_arguments(args)))
     return args
 
 

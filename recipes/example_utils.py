@@ -21,6 +21,23 @@ def example_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
 
 
+def check_example_flags(parser: argparse.ArgumentParser, args, check_pruning=None) -> None:
+    """Refuse, before any work, what would fail late: a ``--dense_model`` that is not a folder (else the Hub is asked
+    for it, with a traceback), a negative ``--latency_repeats``, and pruning flags that ``check_pruning()`` (which
+    builds the run's pruning arguments) rejects, in the library's words rather than after the dense stage."""
+    dense_model = getattr(args, "dense_model", None)
+    if dense_model and not Path(dense_model).is_dir():
+        parser.error(f"--dense_model {dense_model} is not a folder (give the dense/ folder of an earlier run)")
+    repeats = getattr(args, "latency_repeats", None)
+    if repeats is not None and repeats < 0:
+        parser.error(f"--latency_repeats must be >= 0 (0: skip timing); got {repeats}")
+    if check_pruning is not None:
+        try:
+            check_pruning()
+        except (ValueError, TypeError) as err:  # RecipeError is a ValueError
+            parser.error(str(err))
+
+
 def setup_example_logging(logger: logging.Logger, fmt: str = EXAMPLE_LOG_FORMAT,
                           transformers_level: int = logging.WARNING) -> None:
     """Log lines to stdout: WARNING and up, hf_adaprune and the script's ``logger`` at INFO, transformers at

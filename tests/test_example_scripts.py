@@ -36,6 +36,9 @@ BAD_FLAGS = [
     (MINILM, ["--latency_repeats", "-1"], "--latency_repeats must be >= 0"),
     (MARIAN, ["--latency_repeats", "-1"], "--latency_repeats must be >= 0"),
     (WHISPER, ["--latency_repeats", "-1"], "--latency_repeats must be >= 0"),
+    (MINILM, ["--dense_model", "no/such/folder"], "--dense_model no/such/folder is not a folder"),
+    (MARIAN, ["--dense_model", "no/such/folder"], "--dense_model no/such/folder is not a folder"),
+    (MARIAN, ["--control_only", "--latency_repeats", "-1"], "--latency_repeats must be >= 0"),
 ]
 
 
