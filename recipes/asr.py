@@ -574,7 +574,8 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
     by the saving process only; a Trainer's prediction would wait for the others). Whisper transcribes as the test set
     was transcribed (--generation_max_length, --generation_num_beams), its ids decoded by ``tokenizer`` (the smaller
     vocabulary's, for that copy); a CTC model's frames past each clip's end read as blank, as in the run's own
-    scoring. The references are the test transcripts decoded as they were for the pruned model's figures."""
+    scoring. The references are the test transcripts decoded as they were for the pruned model's figures. ``model``:
+    a torch model, or a Whisper's ONNX export (``OnnxSeq2Seq``) or CTranslate2 model (:func:`transcribed_ids`)."""
     import torch
 
     from hf_adaprune.task_metrics import decode_ids
@@ -593,8 +594,8 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
             if run.seq2seq:
                 features = feature_extractor([row["audio"] for row in rows],
                                              sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
-                ids = model.generate(features["input_features"].to(model.dtype), **generate_kwargs)
-                hypotheses += decode_ids(ids, tokenizer)
+                hypotheses += decode_ids(transcribed_ids(run, model, tokenizer, features["input_features"],
+                                                         generate_kwargs), tokenizer)
             else:
                 batch = CTCCollator(feature_extractor)(rows)
                 batch.pop("labels")
@@ -604,6 +605,77 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
     references = decode_ids(labels, processor.tokenizer) if run.seq2seq else \
         ctc_texts(labels, processor.tokenizer, labels=True)
     return error_rates([normalize(text) for text in hypotheses], [normalize(text) for text in references])
+
+
+def transcribed_ids(run: Run, model, tokenizer, features, generate_kwargs: dict):
+    """A Whisper copy's ids for a batch of features, each runtime driven as a user drives it, as ``generate`` is
+    asked with ``generate_kwargs`` (--generation_max_length, --generation_num_beams)."""
+    from hf_adaprune.deploy import OnnxSeq2Seq
+
+    if isinstance(model, OnnxSeq2Seq):
+        return onnx_transcripts(model, features, generate_kwargs)
+    if type(model).__module__.startswith("ctranslate2"):
+        return ctranslate2_transcripts(run, model, tokenizer, features, generate_kwargs)
+    return model.generate(features.to(model.dtype), **generate_kwargs)
+
+
+def scoring_generation_config(config, generate_kwargs: dict):
+    """A copy of ``config`` as ``generate(**generate_kwargs)`` decodes with it: their max_length and num_beams."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for name in ("max_length", "num_beams"):
+        if generate_kwargs.get(name) is not None:
+            setattr(config, name, generate_kwargs[name])
+    return config
+
+
+def onnx_transcripts(runner, features, generate_kwargs: dict):
+    """``OnnxSeq2Seq.generate``'s greedy ids (transformers' Whisper ``generate`` without timestamps), from the
+    export's generation config and ids (a smaller vocabulary numbers them otherwise). It decodes greedily only:
+    clips the test set transcribes with beams are not scored (a greedy figure would not compare with the pruned
+    model's)."""
+    from recipes.deploy import NotScored
+
+    config = scoring_generation_config(runner.generation_config, generate_kwargs)
+    if (config.num_beams or 1) != 1:
+        raise NotScored(f"the test clips are transcribed with {config.num_beams} beams and OnnxSeq2Seq decodes "
+                        "greedily only; --generation_num_beams 1 scores it")
+    return runner.generate(features.float().numpy(), generation_config=config)
+
+
+def ctranslate2_transcripts(run: Run, whisper, tokenizer, features, generate_kwargs: dict) -> list[list[int]]:
+    """``models.Whisper.generate``'s ids in ``tokenizer``'s numbering, from the prompt transformers' ``generate``
+    starts from (language detected by CTranslate2 where neither the run nor the config names one), as many new
+    tokens at most, the test set's beams, blanks suppressed at the start where the generation config does so;
+    -100 pads the rows."""
+    import ctranslate2
+    import numpy as np
+
+    from hf_adaprune.deploy.onnx import whisper_max_new_tokens, whisper_prompt
+
+    # the prompt in the run's numbering, passed as token strings, which a smaller vocabulary keeps
+    config, run_tokenizer = scoring_generation_config(run.model.generation_config, generate_kwargs), \
+        run.processing_class.tokenizer
+    array = ctranslate2.StorageView.from_array(np.ascontiguousarray(features.float().numpy()))
+    prompt = whisper_prompt(config, len(features), lambda: [run_tokenizer.convert_tokens_to_ids(found[0][0])
+                                                             for found in whisper.detect_language(array)])
+    new_tokens = whisper_max_new_tokens(config, None, prompt.shape[1], run.model.config.max_target_positions)
+    results = whisper.generate(array, [run_tokenizer.convert_ids_to_tokens(row) for row in prompt.tolist()],
+                               beam_size=config.num_beams or 1,
+                               max_length=ctranslate2_max_length(prompt.shape[1] + new_tokens,
+                                                                 run.model.config.max_target_positions),
+                               suppress_blank=bool(config.begin_suppress_tokens), return_no_speech_prob=False)
+    rows = [tokenizer.convert_tokens_to_ids(result.sequences[0][:new_tokens]) for result in results]
+    width = max(map(len, rows), default=0)
+    return [row + [-100] * (width - len(row)) for row in rows]
+
+
+def ctranslate2_max_length(length: int, max_target_positions: int | None) -> int:
+    """A ``max_length`` for CTranslate2's Whisper that lets it reach ``length`` tokens, prompt included: it counts its
+    limit otherwise than transformers (about half as many tokens come back), so it is asked for twice as many,
+    within the decoder's positions, and its rows are cut to transformers' new tokens."""
+    return min(2 * length, max_target_positions or 2 * length)
 
 
 def format_value(name: str, value) -> str:

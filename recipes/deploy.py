@@ -14,8 +14,10 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. A subfolder an earlier
 run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
-(folders, bytes, vocabulary sizes) goes into results.json under ``deploy``, with the test metrics of the vocabulary
-and int8 copies where the recipe scores them (``Task.score_deployed``: text classification, translation, ASR). A request the backend cannot
+(folders, bytes, vocabulary sizes) goes into results.json under ``deploy``, with the test metrics of every copy
+where the recipe scores them (``Task.score_deployed``: text classification, translation, ASR; the ONNX int8 graphs
+under ``onnx`` -> ``int8``; why a copy is not scored under ``not_scored``, a scoring error under ``test_error``,
+:func:`score_entry`). A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
 of an audio-frame model, CTranslate2 of a family other than Whisper and Marian, a missing package), and a
 ``--vocabulary_min_count`` no token of the training rows reaches, fail before training. results.json is written
@@ -255,10 +257,12 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
     """Write the requested deployed copies of ``model`` (the pruned model) under ``OUTPUT_DIR/deploy``.
 
     ``score(run, model, tokenizer)`` (the recipe's ``score_deployed``; None: not scored) gives the test metrics of
-    the vocabulary and int8 copies, each reloaded from its folder as a user loads it; ``pruned_test`` (results.json's
+    each copy, reloaded from its folder as a user loads it (ONNX: :func:`onnx_runner` with the tokenizer saved
+    beside the graphs; CTranslate2: :func:`ctranslate2_runner`); ``pruned_test`` (results.json's
     "test" entry) gives the pruned model's, which each copy's change is counted against. ``record`` (returned) is
     filled copy by copy: should one fail, it holds those written before."""
     import torch
+    from transformers import AutoTokenizer
 
     from hf_adaprune import AutoPrunedModel, save_pruned
     from hf_adaprune.deploy import (export_ctranslate2, export_onnx, factor_embeddings, load_int8, prune_positions,
@@ -284,10 +288,10 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
         record["written"][name] = {"path": str(folder), "bytes": _folder_bytes(folder), **extra}
         logger.info("deploy: %s -> %s", name, folder)
 
-    def scored(name: str, load) -> None:
+    def scored(name: str, load, entry: dict | None = None, load_tokenizer=lambda: tokenizer) -> None:
         if score is not None:
-            record["written"][name].update(test_scores(score(run, load(), tokenizer), pruned_test))
-            logger.info("deploy: %s, test %s", name, record["written"][name]["test"])
+            entry = record["written"][name] if entry is None else entry
+            score_entry(entry, lambda: score(run, load(), load_tokenizer()), pruned_test, name)
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
@@ -331,11 +335,64 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
         if data_args.quantize == "int8":  # onnxruntime's dynamic int8 beside the float graphs
             graphs += quantize_onnx(root / "onnx", [graph.name for graph in graphs])
         written("onnx", root / "onnx", graphs=[graph.name for graph in graphs])
+        onnx_tokenizer = functools.partial(AutoTokenizer.from_pretrained, root / "onnx")  # the one saved beside
+        scored("onnx", lambda: onnx_runner(root / "onnx", model.config), load_tokenizer=onnx_tokenizer)
+        if data_args.quantize == "int8":  # the int8 graphs, scored apart from the float ones in the same folder
+            entry = record["written"]["onnx"]["int8"] = {"graphs": [g.name for g in graphs if g.name.endswith(INT8)]}
+            scored("onnx int8", lambda: onnx_runner(root / "onnx", model.config, int8=True), entry=entry,
+                   load_tokenizer=onnx_tokenizer)
     if data_args.export_ctranslate2:
         result = export_ctranslate2(source, root / "ctranslate2", quantization=data_args.quantize, force=True)
         written("ctranslate2", root / "ctranslate2", num_heads=result.num_heads, zero_heads=result.zero_heads,
                 quantization=result.quantization, pad_kept=result.pad_kept)
+        # decoded by the tokenizer of the folder it was converted from (CTranslate2 speaks in token strings)
+        scored("ctranslate2", lambda: ctranslate2_runner(root / "ctranslate2", result.family))
     return record
+
+
+INT8 = ".int8.onnx"  # quantize_onnx's graphs beside the float ones
+
+
+def onnx_runner(folder: Path, config, int8: bool = False):
+    """The graphs of ``folder`` run by onnxruntime as a user runs them: an encoder's ``OnnxEncoder`` (called like the
+    model), a seq2seq model's ``OnnxSeq2Seq`` (greedy ``generate``); ``int8``: the ``*.int8.onnx`` graphs."""
+    from hf_adaprune.deploy import OnnxEncoder, OnnxSeq2Seq
+    from hf_adaprune.deploy.onnx import ENCODER_FILE, SEQ2SEQ_FILES
+
+    def graph(name: str) -> str:
+        return name.replace(".onnx", INT8) if int8 else name
+
+    if getattr(config, "is_encoder_decoder", False):
+        return OnnxSeq2Seq(folder, *(graph(name) for name in SEQ2SEQ_FILES))
+    return OnnxEncoder(folder, graph(ENCODER_FILE))
+
+
+def ctranslate2_runner(folder: Path, family: str):
+    """The CTranslate2 model of ``folder`` (CPU): a ``Translator`` (Marian), ``models.Whisper`` (Whisper)."""
+    import ctranslate2
+
+    return ctranslate2.models.Whisper(str(folder)) if family == "whisper" else ctranslate2.Translator(str(folder))
+
+
+class NotScored(Exception):
+    """A recipe's ``score_deployed`` cannot score this copy as the test set was scored (e.g. beam search asked of
+    a greedy-only runner): the reason goes into the copy's entry (``not_scored``) instead of a test figure."""
+
+
+def score_entry(entry: dict, scores, pruned_test: dict | None, name: str) -> None:
+    """``scores()`` (a copy's test metrics) into ``entry`` as :func:`test_scores` gives them; a copy the recipe cannot
+    score records why (``not_scored``), and one whose scoring fails records the error (``test_error``) and the run
+    goes on: the copy is written, only its figure is missing."""
+    try:
+        entry.update(test_scores(scores(), pruned_test))
+        logger.info("deploy: %s, test %s", name, entry["test"])
+    except NotScored as reason:
+        entry["not_scored"] = str(reason)
+        logger.info("deploy: %s not scored: %s", name, reason)
+    except Exception as err:  # noqa: BLE001 - a copy's figure is not worth the run's results
+        entry["test_error"] = f"{type(err).__name__}: {err}"
+        logger.warning("deploy: scoring %s on the test split failed (%s); its test figures are missing",
+                       name, entry["test_error"])
 
 
 def test_scores(values: dict, pruned_test: dict | None) -> dict:
@@ -350,12 +407,24 @@ def score_lines(record: dict, format_value) -> list[str]:
     """Lines for the end-of-run table: each scored deployed copy's test metrics and change against the pruned model."""
     lines = []
     for name, entry in (record or {}).get("written", {}).items():
-        if "test" not in entry:
-            continue
-        parts = []
-        for metric, value in entry["test"].items():
-            change = entry["test_change"].get(metric)
-            parts.append(f"test {metric} {format_value(metric, value)}" + (
-                "" if change is None else f" ({'+' if change >= 0 else ''}{format_value(metric, change)} vs pruned)"))
-        lines.append(f"deploy/{name}: " + ", ".join(parts))
+        for label, scored in ((name, entry), (f"{name} int8", entry.get("int8"))):  # onnx: its int8 graphs apart
+            line = score_line(scored or {}, format_value)
+            if line:
+                lines.append(f"deploy/{label}: {line}")
     return lines
+
+
+def score_line(entry: dict, format_value) -> str | None:
+    """One copy's test metrics and change against the pruned model, why it was not scored, or None (not asked)."""
+    if "not_scored" in entry:
+        return f"not scored ({entry['not_scored']})"
+    if "test_error" in entry:
+        return f"scoring failed ({entry['test_error']})"
+    if "test" not in entry:
+        return None
+    parts = []
+    for metric, value in entry["test"].items():
+        change = entry["test_change"].get(metric)
+        parts.append(f"test {metric} {format_value(metric, value)}" + (
+            "" if change is None else f" ({'+' if change >= 0 else ''}{format_value(metric, change)} vs pruned)"))
+    return ", ".join(parts)

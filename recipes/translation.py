@@ -92,6 +92,7 @@ from recipes.arguments import (
 )
 from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
                              load_model, pretrained_kwargs)
+from recipes.deploy import NotScored
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, subsample
 from recipes.tables import read_text
@@ -734,18 +735,64 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
     """sacreBLEU and chrF of a deployed copy: the test sources read by ``tokenizer`` (a pruned vocabulary's splits
     some words otherwise) and translated as the test set is (greedy or --generation_num_beams, at most
     --generation_max_length tokens), in a plain loop on this process alone (the copies are written by the saving
-    process only; a Trainer's prediction would wait for the others)."""
-    from hf_adaprune.sequence_distillation import sequence_distillation_targets
-
-    args = run.training_args
+    process only; a Trainer's prediction would wait for the others). ``model``: a torch model, an ONNX export's
+    ``OnnxSeq2Seq`` or a CTranslate2 ``Translator`` (:func:`deployed_translations`)."""
     dataset = run.datasets["test"] if tokenizer is run.processing_class else \
         tokenize({"test": run.splits["test"]}, tokenizer, run.data_args)["test"]
-    translated = sequence_distillation_targets(
-        model, dataset, batch_size=args.per_device_eval_batch_size, max_length=args.generation_max_length,
-        num_beams=beams(args, model), progress=False)["labels"]
+    translated = deployed_translations(run, model, tokenizer, dataset)
     width = max(map(len, translated), default=0)
     ids = np.array([row + [-100] * (width - len(row)) for row in translated], dtype=np.int64)
     return score_translations(ids, run.splits["test"]["target"], tokenizer)
+
+
+def deployed_translations(run: Run, model, tokenizer, dataset) -> list[list[int]]:
+    """The ids of each test row's translation by a deployed copy, each runtime driven as a user drives it."""
+    from hf_adaprune.deploy import OnnxSeq2Seq
+    from hf_adaprune.sequence_distillation import sequence_distillation_targets
+
+    if isinstance(model, OnnxSeq2Seq):
+        return onnx_translations(run, model, tokenizer, dataset)
+    if type(model).__module__.startswith("ctranslate2"):
+        return ctranslate2_translations(run, model, tokenizer, dataset)
+    args = run.training_args
+    return list(sequence_distillation_targets(
+        model, dataset, batch_size=args.per_device_eval_batch_size, max_length=args.generation_max_length,
+        num_beams=beams(args, model), progress=False)["labels"])
+
+
+def onnx_translations(run: Run, runner, tokenizer, dataset) -> list[list[int]]:
+    """``OnnxSeq2Seq.generate`` of the test rows with the ids of the export's generation config (a smaller
+    vocabulary numbers them otherwise), at most --generation_max_length tokens with the start token, as
+    ``generate`` counts them. It decodes greedily only: a test set translated with beams is not scored
+    (:class:`~recipes.deploy.NotScored`), since a greedy figure would not compare with the pruned model's."""
+    from hf_adaprune.token_ids import token_id_list
+
+    num_beams = run.task_results["generation"]["num_beams"]
+    if num_beams != 1:
+        raise NotScored(f"the test set is translated with {num_beams} beams and OnnxSeq2Seq decodes greedily only; "
+                        "--generation_num_beams 1 scores it")
+    config, size = runner.generation_config, run.training_args.per_device_eval_batch_size
+    ids = {name: next(iter(token_id_list(getattr(config, name, None))), None) for name in  # a list: its first
+           ("decoder_start_token_id", "eos_token_id", "pad_token_id", "forced_eos_token_id")}
+    rows = []
+    for start in range(0, len(dataset), size):
+        batch = tokenizer.pad({"input_ids": dataset[start:start + size]["input_ids"]}, return_tensors="np")
+        rows += runner.generate(batch["input_ids"], batch["attention_mask"],
+                                max_new_tokens=run.training_args.generation_max_length - 1,
+                                **ids).tolist()
+    return rows
+
+
+def ctranslate2_translations(run: Run, translator, tokenizer, dataset) -> list[list[int]]:
+    """``Translator.translate_batch`` of the test rows' tokens with the test set's beams; its length counts
+    neither the start token nor the end token ``generate`` forces at its last step."""
+    forced_end = getattr(run.model.generation_config, "forced_eos_token_id", None) is not None
+    results = translator.translate_batch(
+        [tokenizer.convert_ids_to_tokens(ids) for ids in dataset["input_ids"]],
+        beam_size=run.task_results["generation"]["num_beams"],
+        max_batch_size=run.training_args.per_device_eval_batch_size,
+        max_decoding_length=run.training_args.generation_max_length - 1 - forced_end)
+    return [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
 
 
 def latency(dense, pruned, run: Run) -> dict:

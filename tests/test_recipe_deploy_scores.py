@@ -1,0 +1,175 @@
+"""The recipes score the ONNX and CTranslate2 copies on the test split as they score the vocabulary and int8 ones:
+each loaded from its folder, the same rows and metrics; a copy the runtime cannot score as the test set was scored
+(beams asked of the greedy ONNX runner) says why, and a scoring that fails leaves the run and its results.json
+whole, the error in the copy's entry."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from hf_adaprune import AutoPrunedModel
+from hf_adaprune.deploy import onnx_session
+
+from test_recipe_deploy_flags import (SHORT_RUN, classification, classification_args, clips_of_the_test_manifest,
+                                      expected_error_rates, transcripts_one_clip_at_a_time, translation,
+                                      translation_args)
+from test_recipe_text_classification import workspace  # noqa: F401 - the fixture
+from test_recipe_translation import workspace as translation_workspace  # noqa: F401 - the fixture
+from test_recipe_asr import PRUNING, asr, data_flags, manifests, tiny_whisper_dir  # noqa: F401 - the fixtures
+
+pytest.importorskip("onnxruntime", reason="scoring the ONNX graphs runs them with onnxruntime")
+
+
+def onnx_accuracy(folder, graph: str, texts: list[str], labels: list[int]) -> float:
+    """The test accuracy of an encoder graph, computed apart from the recipe: the folder's tokenizer, onnxruntime."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="np")
+    session = onnx_session(folder, graph)
+    feed = {i.name: batch[i.name].astype(np.int64) for i in session.get_inputs()}
+    return float((session.run(None, feed)[0].argmax(-1) == np.array(labels)).mean())
+
+
+def test_text_classification_scores_the_float_and_int8_graphs(workspace, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "out"
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
+        "--quantize", "int8", "--export_onnx", "true", "--max_seq_length", "32"])
+    onnx = results["deploy"]["written"]["onnx"]
+    rows = [line.split("\t") for line in (workspace / "test.tsv").read_text().splitlines()[1:]]
+    texts, labels = [text for text, _ in rows], [int(label) for _, label in rows]
+    folder = out / "deploy" / "onnx"
+    for entry, graph in ((onnx, "model.onnx"), (onnx["int8"], "model.int8.onnx")):
+        expected = onnx_accuracy(folder, graph, texts, labels)
+        assert entry["test"] == {"accuracy": pytest.approx(expected)}
+        assert entry["test_change"] == {"accuracy": pytest.approx(expected - results["test"]["pruned_accuracy"])}
+    assert onnx["int8"]["graphs"] == ["model.int8.onnx"]
+    # the float graph computes the pruned model's logits (to 1e-4): the same predictions, the same accuracy
+    assert onnx["test"]["accuracy"] == pytest.approx(results["test"]["pruned_accuracy"])
+    assert json.loads((out / "results.json").read_text())["deploy"] == json.loads(json.dumps(results["deploy"]))
+    table = capsys.readouterr().out
+    assert "deploy/onnx: test accuracy" in table and "deploy/onnx int8: test accuracy" in table
+
+
+def test_a_scoring_that_fails_keeps_the_run_and_records_the_error(workspace, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import recipes.deploy as recipe_deploy
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("onnxruntime could not load the graph")
+
+    monkeypatch.setattr(recipe_deploy, "onnx_runner", broken)
+    out = tmp_path / "out"
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
+        "--quantize", "int8", "--export_onnx", "true"])
+    written = results["deploy"]["written"]
+    assert "error" not in results["deploy"] and written["int8"]["test"]["accuracy"] is not None
+    for entry in (written["onnx"], written["onnx"]["int8"]):
+        assert entry["test_error"] == "RuntimeError: onnxruntime could not load the graph" and "test" not in entry
+    assert json.loads((out / "results.json").read_text())["deploy"]["written"]["onnx"]["test_error"]
+    assert "deploy/onnx: scoring failed (RuntimeError: onnxruntime could not load the graph)" in capsys.readouterr().out
+
+
+def torch_translation_scores(model, tokenizer, ws, max_length: int) -> dict:
+    """sacreBLEU / chrF of the torch model's greedy translations of the test sources, computed apart from the
+    recipe's scoring helpers."""
+    from hf_adaprune.metrics import headline_value, load_metric
+    from hf_adaprune.sequence_distillation import sequence_distillation_targets
+
+    sources = (ws / "test_2016_flickr.en").read_text().splitlines()
+    references = [[r] for r in (ws / "test_2016_flickr.de").read_text().splitlines()]
+    rows = Dataset.from_dict(dict(tokenizer(sources, max_length=32, truncation=True)))
+    ids = list(sequence_distillation_targets(model, rows, batch_size=8, max_length=max_length, num_beams=1)["labels"])
+    hypotheses = [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return {name: headline_value(name, load_metric(name).compute(predictions=hypotheses, references=references))
+            for name in ("sacrebleu", "chrf")}
+
+
+def test_translation_scores_onnx_and_ctranslate2(translation_workspace, tmp_path, capsys):  # noqa: F811
+    """Marian's ONNX greedy decoding and CTranslate2 translate as the pruned model does (the parity tests hold the
+    tokens identical): the same BLEU and chrF, exactly."""
+    pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
+    out, ws = tmp_path / "out", translation_workspace
+    results = translation.main(translation_args(ws, out) + SHORT_RUN + [
+        "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
+        "--pruning_tolerance", "100", "--export_onnx", "true", "--export_ctranslate2", "true",
+        "--test_source_file", str(ws / "test_2016_flickr.en"), "--test_target_file", str(ws / "test_2016_flickr.de"),
+        "--generation_max_length", "10"])
+    written = results["deploy"]["written"]
+    pruned = AutoPrunedModel.from_pretrained(out).eval()
+    expected = torch_translation_scores(pruned, AutoTokenizer.from_pretrained(out), ws, max_length=10)
+    assert set(expected) == set(results["test"]["metrics"]) and expected["chrf"] > 0  # the model says something
+    for name in ("onnx", "ctranslate2"):
+        assert written[name]["test"] == pytest.approx(expected, abs=1e-9), name
+        assert written[name]["test_change"] == pytest.approx(
+            {metric: value - results["test"][f"pruned_{metric}"] for metric, value in expected.items()})
+    table = capsys.readouterr().out
+    assert "deploy/onnx: test sacrebleu" in table and "deploy/ctranslate2: test sacrebleu" in table
+
+
+def test_onnx_translation_with_beams_is_not_scored():
+    """OnnxSeq2Seq decodes greedily: under beam search its figure would not compare with the pruned model's."""
+    from recipes.deploy import NotScored
+
+    run = SimpleNamespace(task_results={"generation": {"num_beams": 4}},
+                          training_args=SimpleNamespace(per_device_eval_batch_size=8, generation_max_length=10))
+    with pytest.raises(NotScored, match="4 beams and OnnxSeq2Seq decodes greedily only"):
+        translation.onnx_translations(run, None, None, None)
+
+
+@pytest.fixture(scope="module")
+def talking_whisper_dir(tiny_whisper_dir, tmp_path_factory):  # noqa: F811 - the fixture
+    """The tiny Whisper with sharper weights and no end-of-text logit: it says something for every clip, so equal
+    error rates mean equal transcripts, not two empty ones."""
+    import shutil
+
+    from transformers import WhisperForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("talking_whisper")
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "proj_out" not in name:
+                module.weight.mul_(8.0)
+        model.model.decoder.embed_tokens.weight[model.generation_config.eos_token_id] = 0  # tied to proj_out
+    model.save_pretrained(folder)
+    for path in tiny_whisper_dir.iterdir():  # the processor's files
+        if not (folder / path.name).exists():
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_onnx_and_ctranslate2_whisper_are_scored_on_the_test_clips(tmp_path, manifests, talking_whisper_dir):  # noqa: F811
+    """Each runtime transcribes the test clips as the pruned model does: the same WER and CER."""
+    pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
+    from transformers import WhisperProcessor
+
+    out = tmp_path / "whisper"
+    results = asr.main(["--model_name_or_path", str(talking_whisper_dir), *data_flags(manifests), *PRUNING,
+                        "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
+                        "--pruning_seq_len", "8", "--test_before_pruning", "false", "--export_onnx", "true",
+                        "--export_ctranslate2", "true"])
+    written = results["deploy"]["written"]
+    model = AutoPrunedModel.from_pretrained(out).eval()
+    texts = transcripts_one_clip_at_a_time(model, WhisperProcessor.from_pretrained(out),
+                                           clips_of_the_test_manifest(manifests), 6)
+    assert all(text.strip() for text in texts), texts
+    expected = expected_error_rates(results, manifests, texts)
+    for name in ("onnx", "ctranslate2"):
+        assert written[name]["test"] == pytest.approx(expected), name
+        assert written[name]["test_change"] == pytest.approx(
+            {metric: value - results["test"][f"pruned_{metric}"] for metric, value in expected.items()})
+
+
+def test_onnx_whisper_with_beams_is_not_scored():
+    from transformers import GenerationConfig
+
+    from recipes.deploy import NotScored
+
+    runner = SimpleNamespace(generation_config=GenerationConfig(num_beams=1, max_length=20))
+    with pytest.raises(NotScored, match="3 beams"):
+        asr.onnx_transcripts(runner, torch.zeros(1, 80, 100), {"num_beams": 3, "max_length": 6})
