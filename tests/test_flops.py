@@ -97,3 +97,20 @@ def test_audio_models_in_half_precision_are_measured_in_their_dtype(model_type):
     audio = inputs.get("input_values", inputs.get("input_features"))
     assert audio.dtype == torch.bfloat16
     assert model_profile(model, seq_len=seq_len)["flops"] > 0
+
+
+@pytest.mark.parametrize("model_type", ["bart", "mbart"])
+def test_a_model_with_gradient_checkpointing_on_is_counted_and_keeps_its_hooks(model_type):
+    """Gradient checkpointing hooks the input embeddings so that their output requires gradients; under no_grad
+    the FLOP counter's module tracker asserted on the slice of it BART's position embeddings take
+    ("Expected gradient function to be set"), so a run ended without its report. Counted without the hooks, which
+    are back afterwards: the same counts as the model without checkpointing."""
+    from test_seq2seq_families import tiny_seq2seq
+
+    plain, checkpointed = tiny_seq2seq(model_type), tiny_seq2seq(model_type)
+    checkpointed.gradient_checkpointing_enable()
+    assert checkpointed._require_grads_hooks
+    assert model_profile(checkpointed, seq_len=8) == model_profile(plain, seq_len=8)
+    assert checkpointed._require_grads_hooks  # put back: training goes on with them
+    embeddings = checkpointed.get_input_embeddings()(torch.tensor([[3, 4]]))
+    assert embeddings.requires_grad

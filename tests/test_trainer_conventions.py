@@ -733,3 +733,19 @@ def test_a_save_after_an_interrupted_train_holds_the_last_decided_structure_not_
         assert (saved(input_ids=ids).logits - decided(input_ids=ids).logits).abs().max() <= 1e-5
     for name, mask in get_masks(trainer.model).state_dict().items():  # the in-memory model is left as it was
         assert torch.equal(mask, candidate[name])
+
+
+def test_gradient_checkpointing_on_a_bart_classifier_ends_with_its_report(tmp_path):
+    """The end of a run profiles the pruned model with a FLOP counter, which asserted on BART's embeddings under
+    gradient checkpointing after every step had run: no report, no compaction."""
+    from test_seq2seq_families import tiny_seq2seq_config
+
+    data = toy_dataset().map(lambda row: {"input_ids": row["input_ids"][:-1] + [2]})  # one <eos> a row, last
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(tiny_seq2seq_config("bart", num_labels=3))
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path, gradient_checkpointing=True, max_steps=24,
+                                                                 pruning_tolerance=1.0),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert trainer.controller.state.ratio > 0 and report["comparison"]["layer_flops_removed"] > 0

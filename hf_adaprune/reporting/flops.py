@@ -8,6 +8,7 @@ uses for the CUDA kernels.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import torch
@@ -91,13 +92,29 @@ def _base_prefix(model: nn.Module) -> str:
     return root
 
 
+@contextlib.contextmanager
+def without_input_grad_hooks(model: nn.Module):
+    """The model without the hooks gradient checkpointing puts on its input embeddings (transformers'
+    ``enable_input_require_grads``: their output requires gradients), put back after. Under ``no_grad`` such an
+    output has no gradient function, and FlopCounterMode's module tracker asserts on a slice of it (BART's
+    position embeddings take one)."""
+    owners = [module for module in model.modules() if getattr(module, "_require_grads_hooks", None)]
+    for owner in owners:
+        owner.disable_input_require_grads()
+    try:
+        yield model
+    finally:
+        for owner in owners:
+            owner.enable_input_require_grads()
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:
     """Total forward FLOPs and FLOPs per module path (relative to ``model.base_model``)."""
     modes = training_modes(model)
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with without_input_grad_hooks(model), FlopCounterMode(display=False) as counter:
             model(**inputs)
     finally:
         restore_modes(modes)
