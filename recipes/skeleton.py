@@ -104,8 +104,10 @@ class Run:
 
 
 def evaluate_scores(trainer, dataset, run: Run, names) -> dict:
-    """Default test scoring: ``trainer.evaluate`` with prefix "test"; values ``test_NAME`` for each of ``names``."""
-    metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="test")
+    """Default test scoring: ``trainer.evaluate`` with prefix "test"; values ``test_NAME`` for each of ``names``.
+    The test loss is the mean over the rows on any number of processes (``EvalLossMixin.loss_of_every_row``)."""
+    with trainer.loss_of_every_row(dataset):
+        metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="test")
     return {"values": {name: metrics.get(f"test_{name}") for name in names}, "metrics": metrics}
 
 

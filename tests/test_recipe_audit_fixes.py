@@ -291,3 +291,28 @@ def test_a_validation_split_of_the_training_rows_records_what_it_is_carved_from(
     assert options(None, str(first)) != options(None, str(second))
     assert options(None, str(first)) == options(None, str(first))
     assert options(None, str(first))["train_file"].startswith("a.csv (")
+
+
+@pytest.mark.parametrize("world_size, rows, batch_seen", [(2, 7, 1), (2, 8, 4), (1, 7, 4), (3, 13, 1)])
+def test_test_loss_is_scored_one_row_a_batch_where_processes_would_pad_it(world_size, rows, batch_seen):
+    """On N processes the sampler fills the last batches up with repeats of the first rows, whose share of their
+    batch's mean loss gathering cannot drop: 7 test rows on 2 processes with batches of 4 gave test_loss 0.694723
+    where one process gave 0.694206. The recipes score the test set one row a batch then (as the pruning decisions
+    do: under torchrun both now give 0.694206), and give the batch size back after."""
+    from types import SimpleNamespace
+
+    from hf_adaprune.trainer.eval_loss import EvalLossMixin
+    from recipes.skeleton import evaluate_scores
+
+    class Scoring(EvalLossMixin):
+        def __init__(self):
+            self.args = SimpleNamespace(world_size=world_size, per_device_eval_batch_size=4)
+
+        def evaluate(self, eval_dataset, metric_key_prefix):
+            self.seen = self.args.per_device_eval_batch_size
+            return {f"{metric_key_prefix}_loss": 0.5}
+
+    trainer = Scoring()
+    scores = evaluate_scores(trainer, list(range(rows)), None, ("loss",))
+    assert trainer.seen == batch_seen and trainer.args.per_device_eval_batch_size == 4
+    assert scores["values"] == {"loss": 0.5}

@@ -148,7 +148,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             first_rows(self.eval_dataset, rows), dataset_name="eval")
         # the loader too reads dataloader_drop_last, and the batch size: one row per batch where the rows do not
         # split evenly over the processes, so that the repeats padding the last batches count in no batch's mean
-        with self._reading_decision_rows(), self._loss_of_every_row(dataset), self._evaluator_writing_no_files():
+        with self._reading_decision_rows(), self.loss_of_every_row(dataset), self._evaluator_writing_no_files():
             # no dataset: the evaluator alone, as sentence-transformers evaluates without an eval set
             loader = DataLoader([]) if dataset is None else self.get_eval_dataloader(dataset)
             metrics = self.evaluation_loop(loader, description="Pruning decision", prediction_loss_only=True,

@@ -9,6 +9,9 @@ count, as ``Trainer`` gives it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
+
 
 class EvalLossMixin:
     """``compute_loss`` without the item count in evaluation: mix in before the ``Trainer`` class."""
@@ -17,3 +20,23 @@ class EvalLossMixin:
         if not model.training and self.compute_loss_func is None:
             num_items_in_batch = None
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    @contextlib.contextmanager
+    def loss_of_every_row(self, dataset):
+        """Rows that do not fill the last batch of every process are padded with repeats of the first ones (the
+        last global batch of world size x batch size rows is split over the processes, and the short ones are
+        filled up); a batch's loss is its mean, entered once per row, and gathering drops the repeats' entries but
+        not their share of their batch's mean. One row per batch then, so that the loss of ``dataset`` is the mean
+        over its rows (slower: only on several processes with such a row count): the pruning decisions' loss and
+        the recipes' test loss. A dict of eval sets: if any of them has such a count."""
+        parts = list(dataset.values()) if isinstance(dataset, Mapping) else [dataset]
+        rows_per_step = self.args.world_size * self.args.per_device_eval_batch_size
+        if self.args.world_size == 1 or not any(hasattr(part, "__len__") and len(part) % rows_per_step
+                                                for part in parts):
+            yield
+            return
+        size, self.args.per_device_eval_batch_size = self.args.per_device_eval_batch_size, 1
+        try:
+            yield
+        finally:
+            self.args.per_device_eval_batch_size = size

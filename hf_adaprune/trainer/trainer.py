@@ -549,7 +549,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if self.pruning_metric == "loss" and not predictions:  # no predictions to gather, no generation
                 # not get_eval_dataloader: with persistent workers it caches one loader for every evaluation, so
                 # the decisions' rows and the user's evaluation set would be swapped for each other
-                with self._loss_of_every_row(dataset):
+                with self.loss_of_every_row(dataset):
                     metrics = self.evaluation_loop(self.get_test_dataloader(dataset), description="Pruning decision",
                                                    prediction_loss_only=True, ignore_keys=self._ignore_keys_for_eval,
                                                    metric_key_prefix=DECISION_PREFIX).metrics
@@ -576,26 +576,6 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _predict_as_is(self, dataset, **kwargs):
         """``predict()`` without touching how predictions are gathered."""
         return self.predict(dataset, **kwargs)
-
-    @contextlib.contextmanager
-    def _loss_of_every_row(self, dataset):
-        """Rows that do not fill the last batch of every process are padded with repeats of the first ones (the
-        last global batch of world size x batch size rows is split over the processes, and the short ones are
-        filled up); a batch's loss is its mean, entered once per row, and gathering drops the repeats' entries but
-        not their share of their batch's mean. One row per batch then, so that the decision loss is the mean over
-        the rows (slower: only on several processes with such a row count). A dict of eval sets: if any of them
-        has such a count."""
-        parts = list(dataset.values()) if isinstance(dataset, Mapping) else [dataset]
-        rows_per_step = self.args.world_size * self.args.per_device_eval_batch_size
-        if self.args.world_size == 1 or not any(hasattr(part, "__len__") and len(part) % rows_per_step
-                                                for part in parts):
-            yield
-            return
-        size, self.args.per_device_eval_batch_size = self.args.per_device_eval_batch_size, 1
-        try:
-            yield
-        finally:
-            self.args.per_device_eval_batch_size = size
 
     def _on_predict_of_progress_bars(self, args, state, control, metrics):
         """Close the progress bars' prediction bar of a decision evaluation (on_predict alone closes it), without
