@@ -15,6 +15,7 @@ from transformers import AutoConfig, PretrainedConfig
 from hf_adaprune import AutoPrunedModel
 from hf_adaprune.hub.config_marker import MODEL_TYPE_PREFIX
 from hf_adaprune.hub.load import load_pruned_config
+from hf_adaprune.hub.save import freeze_unsaved_parameters
 from hf_adaprune.layout import read_record
 
 from .arguments import RecipeError
@@ -46,11 +47,14 @@ def load_model(auto_class, path: str, config, **kwargs):
     """``auto_class.from_pretrained(path, config=config, ...)``; a config with a pruned record (``config`` of a
     pruned folder, from :func:`load_config`) builds the pruned layers with ``AutoPrunedModel`` (no remote code)."""
     if read_record(config):
-        return AutoPrunedModel.from_pretrained(path, auto_class=auto_class, config=config, **kwargs)
-    if is_pruned_source(path, kwargs.get("cache_dir")):
+        model = AutoPrunedModel.from_pretrained(path, auto_class=auto_class, config=config, **kwargs)
+    elif is_pruned_source(path, kwargs.get("cache_dir")):
         raise ValueError(f"{path} holds a pruned model, whose own config.json says which heads and neurons it kept: "
                          f"load it without another config (leave --config_name out)")
-    return auto_class.from_pretrained(path, config=config, **kwargs)
+    else:
+        model = auto_class.from_pretrained(path, config=config, **kwargs)
+    freeze_unsaved_parameters(model)  # the dense control trains it too: what it is scored as is what it saves
+    return model
 
 
 def pretrained_kwargs(path: str, cache_dir: str | None = None) -> dict:

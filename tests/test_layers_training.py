@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, get_masks
 from hf_adaprune.engine.selection import layer_ratio
@@ -171,6 +172,31 @@ def test_seq2seq_trainer_removes_decoder_layers(tmp_path):
         a = loaded.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
         b = trainer.model.eval().generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=1)
     assert torch.equal(a, b)
+
+
+def test_a_loaded_marian_trains_only_what_its_folder_keeps(tmp_path):
+    """transformers 5's from_pretrained gives Marian's sinusoidal position tables back trainable, and saving leaves
+    them out: trained, they moved (0.02 in 20 steps) and the folder reloaded with other outputs (0.015) than the
+    model scored in memory. The trainer freezes them: the saved folder computes what was measured."""
+    data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:6]})
+    build_seq2seq("marian").save_pretrained(tmp_path / "dense")
+    model = transformers.MarianMTModel.from_pretrained(tmp_path / "dense")
+    positions = model.model.encoder.embed_positions.weight
+    table = positions.detach().clone()
+    args = Seq2SeqPruningArguments(
+        str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=16, learning_rate=1e-2,
+        pruning_warmup_steps=4, pruning_interval=2, pruning_target=0.3, pruning_tolerance=100.0, pruning_seq_len=10,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data,
+                                            eval_dataset=data.select(range(16)))
+    assert not positions.requires_grad and not model.model.decoder.embed_positions.weight.requires_grad
+    trainer.train()
+    assert torch.equal(trainer.model.model.encoder.embed_positions.weight, table)
+    trainer.save_model()
+    loaded = AutoPrunedModel.from_pretrained(tmp_path / "run").eval()
+    batch = {"input_ids": torch.tensor(data["input_ids"][:2]), "decoder_input_ids": torch.tensor([[0, 5, 6]] * 2)}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, trainer.model.eval()(**batch).logits, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])

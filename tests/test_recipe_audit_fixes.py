@@ -316,3 +316,17 @@ def test_test_loss_is_scored_one_row_a_batch_where_processes_would_pad_it(world_
     scores = evaluate_scores(trainer, list(range(rows)), None, ("loss",))
     assert trainer.seen == batch_seen and trainer.args.per_device_eval_batch_size == 4
     assert scores["values"] == {"loss": 0.5}
+
+
+def test_the_recipes_load_marian_with_its_unsaved_position_tables_frozen(tmp_path):
+    """The recipes' dense control trains with a plain Trainer: the tables its folder leaves out stay as loaded."""
+    import transformers
+
+    from recipes.loading import load_model
+    from test_layers import build_seq2seq
+
+    build_seq2seq("marian").save_pretrained(tmp_path)
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    model = load_model(transformers.AutoModelForSeq2SeqLM, str(tmp_path), config)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}

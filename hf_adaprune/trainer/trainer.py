@@ -50,6 +50,7 @@ from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import generates_tokens, latency_costs, timing_device_note
 from ..reporting.report import BEST_BEFORE_REFERENCE
 from ..hub import save_pruned
+from ..hub.save import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, detach_masks, get_masks
 from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, select_masks_by_kind,
@@ -236,6 +237,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _setup_pruning(self, model) -> None:
         args = self.args
         get_adapter(model)  # unsupported families and PEFT models fail here, before any training
+        frozen = freeze_unsaved_parameters(model)
+        if frozen:
+            logger.info("frozen: %s, which saving leaves out (training them would change what no saved folder "
+                        "keeps)", ", ".join(frozen))
         check_sequence_length(model, args.pruning_seq_len, "--pruning_seq_len")
         self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
