@@ -75,6 +75,7 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Seq2SeqPruningArguments
+from hf_adaprune.hub.save import freeze_unsaved_parameters
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.reporting.latency import format_latency
 from hf_adaprune.sequence_distillation import sequence_distillation_targets
@@ -384,6 +385,7 @@ def main(argv=None) -> dict:
     budget = TimeBudget(args.dense_minutes)
     if args.dense_model:
         dense = MarianMTModel.from_pretrained(args.dense_model)
+        freeze_unsaved_parameters(dense)  # its position tables, as a dense model trained here has them
         dense_args = Seq2SeqTrainingArguments(output_dir=str(out / "dense_eval"), **common)
         dense_trainer = OrderedSeq2SeqTrainer(model=dense, args=dense_args, data_collator=DataCollatorForSeq2Seq(
             tokenizer, model=dense), processing_class=tokenizer, compute_metrics=compute_metrics)
