@@ -531,7 +531,7 @@ def build(run: Run) -> None:
         if model.generation_config.decoder_start_token_id is None:
             raise RecipeError(f"{model_path}: the generation config has no decoder_start_token_id")
         run.data_collator = SpeechSeq2SeqCollator(feature_extractor, tokenizer,
-                                                  model.generation_config.decoder_start_token_id)
+                                                  model.generation_config.decoder_start_token_id, dtype=model.dtype)
         run.compute_metrics = seq2seq_compute_metrics(tokenizer, normalize)
     else:
         overrides = {"layerdrop": model_args.layerdrop, "ctc_loss_reduction": "mean",
@@ -551,7 +551,7 @@ def build(run: Run) -> None:
         model.accepts_loss_kwargs = False
         if model_args.freeze_feature_encoder is not False and hasattr(model, "freeze_feature_encoder"):  # None: true
             model.freeze_feature_encoder()
-        run.data_collator = CTCCollator(feature_extractor)
+        run.data_collator = CTCCollator(feature_extractor, dtype=model.dtype)
         run.compute_metrics = ctc_compute_metrics(tokenizer, normalize)
         run.preprocess_logits_for_metrics = ctc_argmax
         blank_padding_frames(model)  # a clip's hypothesis never depends on the clips batched with it
@@ -597,9 +597,8 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
                 hypotheses += decode_ids(transcribed_ids(run, model, tokenizer, features["input_features"],
                                                          generate_kwargs), tokenizer)
             else:
-                batch = CTCCollator(feature_extractor)(rows)
+                batch = CTCCollator(feature_extractor, dtype=model.dtype)(rows)
                 batch.pop("labels")
-                batch["input_values"] = batch["input_values"].to(model.dtype)
                 hypotheses += ctc_texts(model(**batch).logits.argmax(-1), tokenizer)
     labels = pad_labels([dataset[i]["labels"] for i in range(len(dataset))]).numpy()
     references = decode_ids(labels, processor.tokenizer) if run.seq2seq else \

@@ -786,3 +786,24 @@ def test_error_rate_tolerance_given_in_points_is_refused(tmp_path, manifests, me
                                               rf"allows \+{points} {metric.upper()} points.*--pruning_tolerance 0\.01 "
                                               r"for one point"):
         asr.validate_args(*args)
+
+
+@pytest.mark.parametrize("kind", ["ctc", "whisper"])
+def test_a_speech_model_saved_in_half_precision_trains(tmp_path, manifests, tiny_ctc_dir, tiny_whisper_dir, kind):
+    """transformers 5 loads a model in the dtype it was saved in: the collators gave a bfloat16 model float32 audio,
+    and its first convolution failed at the trainer's first evaluation ("Input type (float) and bias type
+    (c10::BFloat16) should be the same"; Whisper even under --bf16, whose generate calls the encoder directly). The
+    audio comes in the model's dtype."""
+    source = tiny_ctc_dir if kind == "ctc" else tiny_whisper_dir
+    folder = tmp_path / "bf16"
+    shutil.copytree(source, folder)
+    model_class = transformers.Wav2Vec2ForCTC if kind == "ctc" else transformers.WhisperForConditionalGeneration
+    model_class.from_pretrained(source).to(torch.bfloat16).save_pretrained(folder)
+    flags = ["--pruning_seq_len", "16000"] if kind == "ctc" else ["--pruning_seq_len", "8",
+                                                                 "--generation_max_length", "6"]
+    results = asr.main(["--model_name_or_path", str(folder), *data_flags(manifests), *PRUNING, *flags,
+                        "--output_dir", str(tmp_path / "out"), "--test_before_pruning", "false"])
+    assert results["test"]["pruned_wer"] is not None
+    from hf_adaprune import AutoPrunedModel
+
+    assert AutoPrunedModel.from_pretrained(tmp_path / "out").dtype == torch.bfloat16  # saved as it came

@@ -160,9 +160,10 @@ class SpeechSeq2SeqCollator:
     with --label_smoothing_factor the Trainer takes the labels out of the batch before the forward pass, and the
     model could not build its decoder inputs from them."""
 
-    def __init__(self, feature_extractor, tokenizer, decoder_start_token_id: int):
+    def __init__(self, feature_extractor, tokenizer, decoder_start_token_id: int, dtype: torch.dtype | None = None):
         self.feature_extractor, self.tokenizer = feature_extractor, tokenizer
         self.decoder_start_token_id = decoder_start_token_id
+        self.dtype = dtype  # the model's: a model saved in half precision loads in it, and its first conv takes no float32
 
     def __call__(self, features):
         batch = self.feature_extractor([f["audio"] for f in features],
@@ -173,25 +174,31 @@ class SpeechSeq2SeqCollator:
             labels = labels[:, 1:]
         decoder_input_ids = torch.full_like(labels, self.decoder_start_token_id)
         decoder_input_ids[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, self.tokenizer.pad_token_id)
-        return {"input_features": batch["input_features"], "labels": labels, "decoder_input_ids": decoder_input_ids}
+        return {"input_features": in_dtype(batch["input_features"], self.dtype), "labels": labels,
+                "decoder_input_ids": decoder_input_ids}
 
 
 class CTCCollator:
     """Raw audio padded to the longest clip (with an attention mask where the model wants one), labels -100."""
 
-    def __init__(self, feature_extractor):
-        self.feature_extractor = feature_extractor
+    def __init__(self, feature_extractor, dtype: torch.dtype | None = None):
+        self.feature_extractor, self.dtype = feature_extractor, dtype  # dtype: as SpeechSeq2SeqCollator's
 
     def __call__(self, features):
         rate = self.feature_extractor.sampling_rate
         batch = self.feature_extractor([f["audio"] for f in features], sampling_rate=rate, padding=True,
                                        return_tensors="pt",
                                        return_attention_mask=bool(self.feature_extractor.return_attention_mask))
-        out = {"input_values": batch["input_values"]}
+        out = {"input_values": in_dtype(batch["input_values"], self.dtype)}
         if "attention_mask" in batch:
             out["attention_mask"] = batch["attention_mask"]
         out["labels"] = pad_labels([f["labels"] for f in features])
         return out
+
+def in_dtype(values: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Audio ``values`` in the model's floating ``dtype`` (None: as the feature extractor gives them)."""
+    return values if dtype is None else values.to(dtype)
+
 
 def pad_labels(sequences) -> torch.Tensor:
     longest = max(len(s) for s in sequences)
@@ -219,10 +226,10 @@ def transcribe(model, processor, audio: list[np.ndarray], batch_size: int = 16, 
             kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
             if prompt_ids is not None:
                 kwargs["prompt_ids"] = prompt_ids
-            out = model.generate(feats["input_features"], **kwargs)
+            out = model.generate(feats["input_features"].to(model.dtype), **kwargs)
             texts += [d.strip() for d in tokenizer.batch_decode(out, skip_special_tokens=True)]
         else:
-            batch = CTCCollator(feature_extractor)([{"audio": a, "labels": [0]} for a in chunk])
+            batch = CTCCollator(feature_extractor, dtype=model.dtype)([{"audio": a, "labels": [0]} for a in chunk])
             batch.pop("labels")
             ids = model(**batch).logits.argmax(-1)
             texts += [t.strip() for t in tokenizer.batch_decode(ids)]
