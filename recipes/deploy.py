@@ -284,6 +284,9 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
         return model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
     source = Path(run.training_args.output_dir)  # the folder CTranslate2 converts (tokenizer files inside)
 
+    if score is not None and half_precision_scoring(run.training_args):
+        pruned_test = plain_reference(record, lambda: score(run, model, tokenizer))
+
     def written(name: str, folder: Path, **extra) -> None:
         record["written"][name] = {"path": str(folder), "bytes": _folder_bytes(folder), **extra}
         logger.info("deploy: %s -> %s", name, folder)
@@ -351,6 +354,22 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
 
 
 INT8 = ".int8.onnx"  # quantize_onnx's graphs beside the float ones
+
+
+def half_precision_scoring(training_args) -> bool:
+    """Whether the run's own test figures were computed under --bf16 / --fp16 autocast, which no deployed copy runs."""
+    return bool(training_args.bf16 or training_args.fp16)
+
+
+def plain_reference(record: dict, scores) -> dict:
+    """The pruned model's test metrics as its copies are scored (no autocast; ``scores()``), under the record's
+    ``reference``, returned as results.json's "test" entry reads them (``pruned_NAME``): each copy's change is then
+    the copy's alone, not the run's half precision as well."""
+    values = scores()
+    record["reference"] = {"test": values, "scored": "the pruned model without the run's --bf16 / --fp16 autocast, "
+                                                     "as its deployed copies are scored; test_change is against it"}
+    logger.info("deploy: the pruned model without autocast, test %s", values)
+    return {f"pruned_{name}": value for name, value in values.items()}
 
 
 def onnx_runner(folder: Path, config, int8: bool = False):

@@ -173,3 +173,23 @@ def test_onnx_whisper_with_beams_is_not_scored():
     runner = SimpleNamespace(generation_config=GenerationConfig(num_beams=1, max_length=20))
     with pytest.raises(NotScored, match="3 beams"):
         asr.onnx_transcripts(runner, torch.zeros(1, 80, 100), {"num_beams": 3, "max_length": 6})
+
+
+def test_after_bf16_training_each_copy_is_counted_against_the_pruned_model_without_autocast(workspace, tmp_path):  # noqa: F811
+    """The run's own test figures are computed under --bf16 autocast, its copies in their own precision: the int8
+    copy's "change" was the precision's as well (a CTC WER 6.25 -> 6.0 that scoring the saved float32 model gave
+    too). The pruned model is scored again as the copies are, and each change counted against that."""
+    out = tmp_path / "out"
+    results = classification.main(classification_args(workspace, out) + SHORT_RUN + [
+        "--quantize", "int8", "--bf16", "true", "--use_cpu", "true"])
+    deploy = results["deploy"]
+    saved = AutoPrunedModel.from_pretrained(out).eval()  # float32, as the run saved it
+    rows = [line.split("\t") for line in (workspace / "test.tsv").read_text().splitlines()[1:]]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer([text for text, _ in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        predictions = saved(**batch).logits.argmax(-1)
+    expected = float((predictions == torch.tensor([int(label) for _, label in rows])).float().mean())
+    assert deploy["reference"]["test"] == {"accuracy": pytest.approx(expected)}
+    int8 = deploy["written"]["int8"]
+    assert int8["test_change"] == {"accuracy": pytest.approx(int8["test"]["accuracy"] - expected, abs=1e-6)}
