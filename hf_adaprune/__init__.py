@@ -11,7 +11,7 @@ from .families import (UnsupportedModelError, filter_groups, find_groups, get_ad
                        supported_model_types)
 from .reporting.flops import compare_profiles, count_flops, format_comparison, model_profile
 from .hub import AutoPrunedModel, save_pruned
-from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance
+from .engine.importance import MagnitudeImportance, RandomImportance, TaylorImportance, make_importance, reduce_scores
 from .engine.masks import PruningMasks, attach_masks, detach_masks, get_masks
 from .engine.selection import select_masks, select_masks_by_kind
 from .surgery import compact, kept_structure
@@ -81,6 +81,7 @@ __all__ = [
     "prune_vocabulary",
     "factor_embeddings",
     "quantize_int8",
+    "reduce_scores",
     "register_family",
     "save_int8",
     "save_pruned",

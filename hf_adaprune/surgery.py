@@ -169,7 +169,10 @@ def compact(model: nn.Module) -> dict:
 
     The projections that lose rows or columns are new ``nn.Linear`` modules (and removed layers leave their
     ``ModuleList``): hooks registered on them, and an optimizer holding their parameters, do not follow;
-    register hooks and build optimizers after compacting.
+    register hooks and build optimizers after compacting. Neither does a wrapper for several processes
+    (``DistributedDataParallel``, ``accelerator.prepare``), which is refused here: unwrap the model, compact it,
+    prepare (wrap) it again, then build the optimizer. The masks detached here refuse later ``set`` / ``update``
+    (``attach_masks(model)`` again to prune on), and an importance that scored the model before refuses to go on.
     """
     from .hub.load import as_pruned  # here: hub saves through this module
 

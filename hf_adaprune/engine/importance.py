@@ -28,6 +28,8 @@ All share ``update(model, groups)`` / ``scores(model, groups)`` / ``state_dict()
 so the trainer can swap them. Adding a criterion is one subclass of
 :class:`Importance` with a ``name``: it registers itself for
 ``--pruning_criterion``; ``needs_gradients`` says whether it reads ``.grad``.
+On several processes, :func:`reduce_scores` averages the scores before selection (a layer's score comes from
+each process's own activations, which DDP does not average).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ..families import Group, LayerGroup
+from ..families import Group, LayerGroup, get_adapter
+from ..layout import read_record
 from .masks import get_masks, structure_count
 
 
@@ -104,6 +108,46 @@ def _refuse_frozen(model: nn.Module, groups: list[Group], criterion: str) -> Non
             "pruned (filter_groups)")
 
 
+def pruned_structure(model: nn.Module) -> frozenset:
+    """What compaction removed from ``model`` (from its pruning record): per group and layer stack that lost
+    some, the original indices it keeps. Scores accumulated before a change name other structures."""
+    record = read_record(model.config)
+    if record is None:
+        return frozenset()
+    entries = list(record["groups"].items()) + list(record.get("layers", {}).items())
+    return frozenset((name, tuple(entry["kept"])) for name, entry in entries if len(entry["kept"]) != entry["original"])
+
+
+class _TorchDistributed:
+    """What :func:`~hf_adaprune.trainer.distributed.reduced_scores` reads of an ``accelerate.Accelerator``, on
+    ``torch.distributed``: a user's own loop may have no accelerator."""
+
+    def __init__(self):
+        self.num_processes = dist.get_world_size()
+
+    def reduce(self, tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        dist.all_reduce(tensor)  # a sum: ReduceOp.AVG exists on NCCL only
+        return tensor / self.num_processes
+
+
+def reduce_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``scores`` (``{group name: tensor}``) averaged over the processes of ``torch.distributed``, so that every
+    process selects the same structures; every process must call it, with the same groups. Without
+    ``torch.distributed`` initialised, or on one process, ``scores`` come back as they are.
+
+    Head and neuron scores read ``.grad``, which DDP averages already; a layer's score is read at its gate from
+    the process's own micro-batches, so it differs per process until reduced (as the trainer does)."""
+    if not isinstance(scores, dict):
+        raise TypeError(f"scores must be a dict {{group name: tensor}}, as importance.scores(model, groups) returns; "
+                        f"got {type(scores).__name__}")
+    if not scores or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return scores
+    from ..trainer.distributed import reduced_scores  # the trainer's reduction, on torch.distributed
+
+    names = sorted(scores)  # one order on every process
+    return reduced_scores(_TorchDistributed(), scores, names, scores[names[0]].device)
+
+
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -134,6 +178,8 @@ class Importance:
     def __init__(self):
         self._scores: dict[str, torch.Tensor] = {}
         self.num_updates = 0
+        # (config.adaprune, pruned_structure(model)) at the last update: the scores are of that model's structures
+        self._structure = None
 
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
         """Called once per optimizer step (after backward); returns whether the step counted."""
@@ -145,7 +191,7 @@ class Importance:
         return {g.name: self._scores[g.name] for g in groups if g.name in self._scores}
 
     def reset(self) -> None:
-        self._scores, self.num_updates = {}, 0
+        self._scores, self.num_updates, self._structure = {}, 0, None
 
     def state_dict(self) -> dict:
         return {"scores": {k: v.cpu() for k, v in self._scores.items()}, "num_updates": self.num_updates}
@@ -156,6 +202,7 @@ class Importance:
         self._scores = {k: v.to(device, copy=True) if device is not None else v.clone()
                         for k, v in state["scores"].items()}
         self.num_updates = int(state["num_updates"])
+        self._structure = None
 
     def set_scores(self, scores: dict[str, torch.Tensor], num_updates: int) -> None:
         """Replace the accumulated scores (e.g. with the average over processes)."""
@@ -178,8 +225,25 @@ class TaylorImportance(Importance):
         """One optimizer step's score per structure from its ``sum(grad * weight)``."""
         return sums.abs()
 
+    def check_structure(self, model: nn.Module) -> None:
+        """Refuse a model compacted since the scores began: after layers are removed, the groups found again name
+        other structures (``encoder.layer.2`` becomes ``encoder.layer.1``), which a running mean would continue."""
+        saved = getattr(model.config, "adaprune", None)  # compaction writes a new one: decode only then
+        if self._structure is not None and saved is self._structure[0]:
+            return
+        structure = pruned_structure(model)
+        if self._scores and self._structure is not None and structure != self._structure[1]:
+            raise ValueError(
+                f"the model was compacted since this {type(self).__name__} began scoring it ({self.num_updates} "
+                "steps): its groups now name other structures, so the scores would continue those of removed or "
+                "renamed ones. After compact(), score with a new importance (or call importance.reset()) and the "
+                "groups found again (find_groups(model))")
+        self._structure = (saved, structure)
+
     @torch.no_grad()
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
+        get_adapter(model)  # a wrapper (DDP, accelerate): refused before base_model is read
+        self.check_structure(model)
         base = model.base_model
         batch = {}
         for group in groups:
@@ -236,6 +300,7 @@ class MagnitudeImportance(Importance):
 
     @torch.no_grad()
     def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
+        get_adapter(model)  # a wrapper (DDP, accelerate): refused before base_model is read
         base = model.base_model
         return {g.name: structure_sums(base, g, lambda p: p.detach().abs()) for g in groups}
 
@@ -251,6 +316,7 @@ class RandomImportance(Importance):
 
     def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
+        get_adapter(model)
         base = model.base_model
         return {g.name: torch.rand(structure_count(base, g), generator=generator) for g in groups}
 

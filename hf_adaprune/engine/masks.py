@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..families import Group, HeadGroup, LayerGroup, find_groups, find_layer_groups
+from ..families import Group, HeadGroup, LayerGroup, find_groups, find_layer_groups, get_adapter
 from ..layout import install_shared_bias
 
 _ATTR = "_adaprune_masks"
@@ -107,6 +107,9 @@ def check_groups_belong(model: nn.Module, groups) -> None:
     """Refuse groups whose modules ``model`` lacks (groups found on another model), naming the first."""
     base = model.base_model
     for group in groups:
+        if isinstance(group, str) or not hasattr(group, "name"):
+            raise TypeError(f"groups must be the groups hf_adaprune.find_groups(model) returns (or a selection of "
+                            f"them), not {type(group).__name__} {group!r}")
         for path in _group_paths(group):
             try:
                 module = base.get_submodule(path)
@@ -125,6 +128,8 @@ class PruningMasks:
     """The masks of one model: a 0/1 float tensor per group, 1 = kept."""
 
     def __init__(self, model: nn.Module, groups: list[Group] | None = None):
+        get_adapter(model)  # a wrapper (DDP, accelerate), a PEFT model or another family: refused before any hook
+        self.detached = False  # set by remove() (compact, detach_masks): the gates are gone, writing has no effect
         if groups is not None:
             check_groups_belong(model, groups)
         self.groups: dict[str, Group] = {g.name: g for g in (groups if groups is not None else find_groups(model))}
@@ -216,6 +221,10 @@ class PruningMasks:
 
     def update(self, masks: dict[str, torch.Tensor]) -> None:
         """Set every mask of ``masks``, or none of them when one is wrong."""
+        if self.detached:  # the model no longer reads these tensors (and after compact has other shapes)
+            raise RuntimeError("these masks were detached by compact() (or detach_masks()): they no longer gate the "
+                               "model, and setting them has no effect. attach_masks(model) again, and find the "
+                               "groups again (find_groups(model)): a compacted model has other shapes")
         checked = {name: self._checked(name, mask) for name, mask in masks.items()}
         with torch.no_grad():
             for name, mask in checked.items():
@@ -232,9 +241,12 @@ class PruningMasks:
         self.update(state)
 
     def remove(self) -> None:
+        """Take the gates off the model (``compact`` and ``detach_masks`` call this); the masks can be read but
+        no longer set."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.detached = True
 
 
 def attach_masks(model: nn.Module, layers: bool = False, groups: list[Group] | None = None) -> PruningMasks:
@@ -242,6 +254,7 @@ def attach_masks(model: nn.Module, layers: bool = False, groups: list[Group] | N
     masks if already attached (adding the layer gates they lack). ``groups``: gate these groups only (e.g. those
     :func:`~hf_adaprune.families.filter_groups` picks); ``compact`` and ``save_pruned`` then remove what their
     masks prune."""
+    get_adapter(model)  # refuses a wrapper (DDP, accelerate: pass the model it wraps) before anything is gated
     masks = getattr(model, _ATTR, None)
     if masks is not None and groups is not None and {g.name for g in groups} != set(masks.groups):
         raise ValueError("the model already has masks on other groups: detach_masks(model) first")

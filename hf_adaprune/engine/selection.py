@@ -33,10 +33,12 @@ counts in the layers' cost.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 
 import torch
 
-from ..families import KINDS, layer_of_group
+from ..families import KINDS, Group, layer_of_group
 
 SCOPES = ("layer", "global")
 
@@ -61,10 +63,12 @@ def select_masks(
     number of structures kept per group (0 lets a whole sub-layer go). Under ``scope="global"`` all the groups
     given are ranked together: give it one kind (heads or neurons) at a time, as :func:`select_masks_by_kind` does.
     """
+    check_ratio(ratio)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    check_count("floor", floor, 0)
     check_scores(scores, current, current)
     if scope == "layer":
         return {name: _select_in_group(scores[name], mask, ratio, floor) for name, mask in current.items()}
@@ -90,11 +94,24 @@ def select_masks_by_kind(
     ``scope="global"`` (see the module docstring).
     """
     new = {}
+    check_ratio(ratio)
+    groups = groups if isinstance(groups, (str, dict)) else list(groups)
+    if isinstance(groups, (str, dict)) or not all(_is_group(g) for g in groups):
+        wrong = groups if isinstance(groups, (str, dict)) else next(g for g in groups if not _is_group(g))
+        raise TypeError(f"groups must be the groups hf_adaprune.find_groups(model) returns (or a selection of them), "
+                        f"not {type(wrong).__name__} {str(wrong)[:60]!r} (group names? masks.groups is a dict: pass "
+                        "list(masks.groups.values()))")
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if floors is not None and not isinstance(floors, dict):
+        raise TypeError(f"floors must map a kind to its per-group floor, e.g. {{'heads': 1}}; got {floors!r}")
     unknown = sorted((set(kinds) | set(floors or {})) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown kinds {unknown} (in kinds or floors): the kinds are {', '.join(KINDS)}")
-    check_scores(scores, [g.name for g in groups if g.kind in kinds], current)
+    for kind, floor in (floors or {}).items():
+        check_count(f"floors[{kind!r}]", floor, 0)
+    check_count("multiple_of", multiple_of, 1)
+    names = [g.name for g in groups if g.kind in kinds or "layers" in kinds]  # removed layers' groups are read too
+    check_scores(scores, [g.name for g in groups if g.kind in kinds], current, masks_for=names)
     problem = multiple_of > 1 and multiple_problem([g for g in groups if g.kind in kinds],
                                                    {n: m.numel() for n, m in current.items()}, multiple_of)
     if problem:  # rounding a width below the multiple would empty the group, whatever the floors say
@@ -237,10 +254,44 @@ def group_costs(costs: dict[str, float] | None, name: str, mask: torch.Tensor) -
     return unit * mask.numel(), unit * int((mask < 0.5).sum())
 
 
-def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torch.Tensor] | None = None) -> None:
-    """Refuse selecting ``names`` when a group has no scores, scores not shaped like its mask in ``current`` (one
-    per structure), or a score that is not finite."""
+def _is_group(group) -> bool:
+    """A group as the selection reads it (its ``name`` and ``kind``), not a group's name."""
+    return isinstance(group, Group) or (not isinstance(group, str) and hasattr(group, "name")
+                                        and hasattr(group, "kind"))
+
+
+def check_ratio(ratio) -> None:
+    """Refuse a ratio that is not a number (a string from a config file, None)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        hint = " (ratio.item())" if isinstance(ratio, torch.Tensor) else ""
+        raise TypeError(f"ratio must be a number in [0, 1] (the fraction to prune), got {type(ratio).__name__} "
+                        f"{ratio!r}{hint}")
+
+
+def check_count(name: str, value, least: int) -> None:
+    """Refuse ``value`` for argument ``name`` unless it is a whole number >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+
+
+def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torch.Tensor] | None = None,
+                 masks_for=None) -> None:
+    """Refuse selecting ``names`` when ``scores`` or ``current`` is not a dict, a group has no mask in ``current``
+    (nor do the groups ``masks_for``), no scores, scores not shaped like its mask (one per structure), or a score
+    that is not finite."""
+    if current is not None and not isinstance(current, Mapping):
+        hint = " (pass masks.masks, the dict the PruningMasks holds)" if hasattr(current, "masks") else ""
+        raise TypeError(f"the current masks must be a dict {{group name: mask tensor}}{hint}; got "
+                        f"{type(current).__name__}")
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"scores must be a dict {{group name: tensor}}, as importance.scores(model, groups) returns; "
+                        f"got {type(scores).__name__}")
     names = list(names)
+    absent = [] if current is None else [n for n in (names if masks_for is None else masks_for) if n not in current]
+    if absent:
+        raise ValueError(f"no masks for groups {absent[:3]}{' ...' if len(absent) > 3 else ''}: the masks were "
+                         "attached on other groups (attach_masks(model, groups=...)); select the groups the masks hold "
+                         "(list(masks.groups.values())), or attach masks on these")
     missing = sorted(set(names) - set(scores))
     if missing:
         raise KeyError(f"no scores for groups {missing}: did update() count any step? (it counts none, and returns "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from torch import nn
+
 from .base import FamilyAdapter, Group, HeadGroup, LayerGroup
 
 HEAD_ROLES = ("encoder_self", "decoder_self", "cross")
@@ -77,9 +79,25 @@ def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def check_not_wrapped(model) -> None:
+    """Refuse a wrapper around a transformers model (``DistributedDataParallel``, what ``accelerator.prepare``
+    returns on several processes, FSDP): it has none of the model's ``base_model`` or ``config``, so hf_adaprune
+    works on the model it wraps."""
+    from transformers import PreTrainedModel
+
+    inner = getattr(model, "module", None) if isinstance(model, nn.Module) else None
+    if isinstance(inner, PreTrainedModel) and not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"{type(model).__name__} wraps a {type(inner).__name__}: hf_adaprune prunes the model itself, not a "
+            "wrapper for several processes. Unwrap it first: accelerator.unwrap_model(model) (accelerate), or "
+            "model.module (DistributedDataParallel); after compact(), wrap the unwrapped model again.")
+
+
 def get_adapter(model_or_config) -> FamilyAdapter:
-    """The adapter of the model's family; a family it cannot prune, and a PEFT model, are refused here, before any
-    entry point (trainer, ``post_training_prune``, ``attach_masks``, ``save_pruned``, ...) touches the model."""
+    """The adapter of the model's family; a family it cannot prune, a PEFT model and a model wrapped for several
+    processes (DDP, accelerate) are refused here, before any entry point (trainer, ``post_training_prune``,
+    ``attach_masks``, ``save_pruned``, ...) touches the model."""
+    check_not_wrapped(model_or_config)
     if hasattr(model_or_config, "peft_config") or hasattr(model_or_config, "get_base_model"):
         raise TypeError(
             f"{type(model_or_config).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge "
@@ -102,8 +120,9 @@ def find_groups(model) -> list[Group]:
 
     Attention groups whose heads were all removed by an earlier compaction are left out.
     """
+    adapter = get_adapter(model)  # refuses a wrapper or another family before base_model is read
     base = model.base_model
-    return [g for g in get_adapter(model).find_groups(base, model.config) if not _emptied(base, g)]
+    return [g for g in adapter.find_groups(base, model.config) if not _emptied(base, g)]
 
 
 def find_layer_groups(model) -> list[LayerGroup]:

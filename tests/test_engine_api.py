@@ -1,0 +1,246 @@
+"""The engine in a user's own loop (README "The engine on its own"): several processes, wrapped models, objects
+from before compact(), and bad input to the selection."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from hf_adaprune import (TaylorImportance, attach_masks, compact, find_groups, reduce_scores, save_pruned,
+                         select_masks, select_masks_by_kind)
+
+from conftest import ROOT, one_thread_env, random_biases, text_batch, tiny_model
+
+TORCHRUN = shutil.which("torchrun")
+
+
+def labelled(seed):
+    batch = text_batch(seed=seed)
+    batch["labels"] = torch.tensor([0, 1, 2])
+    return batch
+
+
+def scored(model, groups, steps=3, seed=0):
+    importance = TaylorImportance()
+    for step in range(steps):
+        model(**labelled(seed + step)).loss.backward()
+        importance.update(model, groups)
+        model.zero_grad()
+    return importance
+
+
+# -- 1. several processes: the scores are averaged before selection ------------------------------------------------
+
+def test_reduce_scores_leaves_the_scores_of_one_process_as_they_are():
+    scores = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0])}
+    assert reduce_scores(scores) is scores
+    with pytest.raises(TypeError, match="dict"):
+        reduce_scores([torch.ones(2)])
+
+
+def _worker(out):
+    """Run by torchrun: each rank scores its own batches through DDP, the layers included, and selects."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = random_biases(tiny_model("bert")).train()
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    wrapped = DistributedDataParallel(model)
+    try:
+        attach_masks(wrapped)
+        refused = ""
+    except TypeError as error:
+        refused = str(error)
+    importance = TaylorImportance()
+    for step in range(2):
+        wrapped(**labelled(10 * rank + step)).loss.backward()  # each rank its own rows
+        importance.update(model, groups)
+        model.zero_grad()
+    raw = importance.scores(model, groups)
+    scores = reduce_scores(raw)
+    selected = select_masks_by_kind(groups, scores, masks.masks, 0.4, kinds=("heads", "ffn", "layers"),
+                                    scope="global", normalize=False)
+    torch.save({"raw": raw, "scores": scores, "selected": selected, "refused": refused},
+               os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
+def test_two_processes_select_the_same_layers_after_reduce_scores(tmp_path):
+    with socket.socket() as probe:  # a port no other run holds (a shared one can leave the ranks waiting)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = dict(one_thread_env(), TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", port, __file__, str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert "unwrap it first" in ranks[0]["refused"].lower()
+    # the layer gates read each rank's own activations: the raw layer scores differ, the heads' do not
+    assert not torch.allclose(ranks[0]["raw"]["encoder.layer"], ranks[1]["raw"]["encoder.layer"])
+    assert torch.allclose(ranks[0]["raw"]["encoder.layer.0.ffn"], ranks[1]["raw"]["encoder.layer.0.ffn"])
+    for name, score in ranks[0]["scores"].items():  # reduced: one set of scores, so one selection
+        assert torch.equal(score, ranks[1]["scores"][name]), f"ranks score {name} differently"
+    for name, mask in ranks[0]["selected"].items():
+        assert torch.equal(mask, ranks[1]["selected"][name]), f"ranks disagree on {name}"
+    assert float(ranks[0]["selected"]["encoder.layer"].sum()) < 3, "a layer was selected"
+
+
+# -- 2. documented: after compact, unwrap / compact / prepare again / optimizer ------------------------------------
+
+def engine_section():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("### The engine on its own")
+    return readme[start:readme.index("\n## ", start)]
+
+
+def test_the_docs_say_to_reduce_scores_and_wrap_again_after_compact():
+    section = engine_section()
+    assert "reduce_scores(importance.scores(model, groups))" in section
+    assert "unwrap, compact, prepare again, then build the" in section
+    assert "save_pruned" in section and "writes the weights without the masks" in section
+    assert "prepare (wrap) it again, then build the optimizer" in " ".join(compact.__doc__.split())
+
+
+# -- 3. a model wrapped for several processes is refused with what to do ----------------------------------------------
+
+class Wrapper(nn.Module):
+    """What DistributedDataParallel / accelerate / FSDP look like to the engine: the model under ``.module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+@pytest.mark.parametrize("entry", ["attach_masks", "find_groups", "update", "compact", "save_pruned"])
+def test_a_wrapped_model_is_refused_with_unwrap_it_first(tmp_path, entry):
+    model = tiny_model("bert").train()
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    wrapped = Wrapper(model)
+    wrapped(**labelled(0)).loss.backward()
+    calls = {
+        "attach_masks": lambda: attach_masks(wrapped),
+        "find_groups": lambda: find_groups(wrapped),
+        "update": lambda: TaylorImportance().update(wrapped, groups),
+        "compact": lambda: compact(wrapped),
+        "save_pruned": lambda: save_pruned(wrapped, tmp_path / "out"),
+    }
+    with pytest.raises(TypeError, match=r"Unwrap it first: accelerator.unwrap_model\(model\)"):
+        calls[entry]()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == 37  # nothing compacted
+
+
+# -- 4. objects from before compact() -----------------------------------------------------------------------------
+
+def test_masks_detached_by_compact_refuse_to_be_set():
+    model = random_biases(tiny_model("bert"))
+    masks = attach_masks(model)
+    masks.set("encoder.layer.0.ffn", torch.cat([torch.zeros(10), torch.ones(27)]))
+    compact(model)
+    for write in (lambda: masks.set("encoder.layer.0.ffn", torch.ones(37)),
+                  lambda: masks.update({"encoder.layer.0.ffn": torch.ones(37)}),
+                  lambda: masks.load_state_dict({"encoder.layer.0.ffn": torch.ones(37)})):
+        with pytest.raises(RuntimeError, match=r"detached by compact\(\).*attach_masks\(model\) again"):
+            write()
+    assert masks.summary()["encoder.layer.0.ffn"] == 27  # still readable
+    fresh = attach_masks(model)  # the way on
+    fresh.set("encoder.layer.0.ffn", torch.cat([torch.zeros(7), torch.ones(20)]))
+
+
+def test_an_importance_refuses_a_model_compacted_since_it_began_scoring():
+    model = random_biases(tiny_model("bert"))  # eval: no dropout, so a fresh importance reads the same step
+    masks = attach_masks(model, layers=True)
+    importance = scored(model, list(masks.groups.values()))
+    masks.set("encoder.layer", torch.tensor([1.0, 0.0, 1.0]))  # remove layer 1: layer 2 becomes layer 1
+    compact(model)
+    groups = list(attach_masks(model, layers=True).groups.values())
+    model(**labelled(10)).loss.backward()
+    with pytest.raises(ValueError, match=r"compacted since this TaylorImportance began.*reset\(\)"):
+        importance.update(model, groups)
+    importance.reset()  # or a new one: scores of the model as it is now
+    assert importance.update(model, groups)
+    model.zero_grad()
+    fresh = scored(model, groups, steps=1, seed=10)
+    assert torch.allclose(importance.scores(model, groups)["encoder.layer.1.ffn"],
+                          fresh.scores(model, groups)["encoder.layer.1.ffn"])
+
+
+def test_an_importance_goes_on_over_a_compaction_that_removed_nothing():
+    model = tiny_model("bert").train()
+    groups = list(attach_masks(model).groups.values())
+    importance = scored(model, groups, steps=2)
+    compact(model)  # nothing masked: the same structures
+    attach_masks(model)
+    model(**labelled(5)).loss.backward()
+    assert importance.update(model, find_groups(model)) and importance.num_updates == 3
+
+
+# -- 5. bad input to the selection --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def selection_inputs():
+    model = tiny_model("bert").train()
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    scores = {g.name: torch.rand(m.numel()) for g, m in zip(groups, masks.masks.values())}
+    return groups, scores, masks
+
+
+BAD_SELECTIONS = {
+    "PruningMasks as current": (TypeError, r"pass masks\.masks",
+                                lambda g, s, m: select_masks_by_kind(g, s, m, 0.4)),
+    "select_masks PruningMasks as current": (TypeError, r"pass masks\.masks", lambda g, s, m: select_masks(s, m, 0.4)),
+    "scores as a list": (TypeError, r"scores must be a dict",
+                         lambda g, s, m: select_masks_by_kind(g, list(s.values()), m.masks, 0.4)),
+    "group names": (TypeError, r"groups must be the groups .*find_groups",
+                    lambda g, s, m: select_masks_by_kind([x.name for x in g], s, m.masks, 0.4)),
+    "ratio a string": (TypeError, r"ratio must be a number",
+                       lambda g, s, m: select_masks_by_kind(g, s, m.masks, "0.4")),
+    "ratio None": (TypeError, r"ratio must be a number", lambda g, s, m: select_masks(s, m.masks, None)),
+    "floors negative": (ValueError, r"floors\['heads'\] must be a whole number >= 0",
+                        lambda g, s, m: select_masks_by_kind(g, s, m.masks, 0.4, floors={"heads": -3})),
+    "floor negative": (ValueError, r"floor must be a whole number >= 0",
+                       lambda g, s, m: select_masks(s, m.masks, 0.4, floor=-1)),
+    "multiple_of 0": (ValueError, r"multiple_of must be a whole number >= 1",
+                      lambda g, s, m: select_masks_by_kind(g, s, m.masks, 0.4, multiple_of=0)),
+    "multiple_of -8": (ValueError, r"multiple_of must be a whole number >= 1",
+                       lambda g, s, m: select_masks_by_kind(g, s, m.masks, 0.4, multiple_of=-8)),
+    "masks on other groups": (ValueError, r"no masks for groups .*attached on other groups",
+                              lambda g, s, m: select_masks_by_kind(g, s, {g[0].name: m.masks[g[0].name]}, 0.4)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SELECTIONS))
+def test_bad_input_to_the_selection_is_refused_with_what_to_pass(selection_inputs, case):
+    groups, scores, masks = selection_inputs
+    error, message, call = BAD_SELECTIONS[case]
+    with pytest.raises(error, match=message):
+        call(groups, scores, masks)
+
+
+def test_good_input_still_selects(selection_inputs):
+    groups, scores, masks = selection_inputs
+    selected = select_masks_by_kind(groups, scores, masks.masks, 0.4, floors={"heads": 0, "ffn": 1}, multiple_of=1)
+    assert set(selected) == set(masks.masks)
+    assert select_masks(scores, masks.masks, 0.5, floor=0).keys() == masks.masks.keys()
+
+
+if __name__ == "__main__":  # a rank of test_two_processes_select_the_same_layers_after_reduce_scores
+    _worker(sys.argv[1])
