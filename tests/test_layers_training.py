@@ -199,6 +199,40 @@ def test_a_loaded_marian_trains_only_what_its_folder_keeps(tmp_path):
         torch.testing.assert_close(loaded(**batch).logits, trainer.model.eval()(**batch).logits, rtol=0, atol=1e-6)
 
 
+def test_a_checkpoint_that_trained_the_unsaved_tables_is_refused_with_why(tmp_path, monkeypatch):
+    """A checkpoint written before the tables were frozen holds them in its optimizer state: torch's "loaded state
+    dict contains a parameter group that doesn't match the size" said nothing of why."""
+    import hf_adaprune.trainer.trainer as trainer_module
+
+    data = toy_dataset().map(lambda row: {"labels": row["input_ids"][:6]})
+    build_seq2seq("marian").save_pretrained(tmp_path / "dense")
+
+    def trainer(max_steps=6):
+        args = Seq2SeqPruningArguments(
+            str(tmp_path / "run"), max_steps=max_steps, per_device_train_batch_size=16, pruning_warmup_steps=2,
+            pruning_interval=2, pruning_target=0.3, pruning_tolerance=100.0, pruning_seq_len=10, report_to="none",
+            use_cpu=True, save_strategy="steps", save_steps=3, disable_tqdm=True)
+        return AdaptivePruningSeq2SeqTrainer(model=transformers.MarianMTModel.from_pretrained(tmp_path / "dense"),
+                                             args=args, train_dataset=data, eval_dataset=data.select(range(16)))
+
+    with monkeypatch.context() as patch:  # the earlier behaviour: the tables trained
+        patch.setattr(trainer_module, "freeze_unsaved_parameters", lambda model: [])
+        trainer(max_steps=3).train()
+    with pytest.raises(ValueError, match="optimizer state holds more parameters than this run trains. This trainer "
+                                         "freezes model.encoder.embed_positions.weight"):
+        trainer().train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
+
+
+def test_a_refused_set_up_leaves_the_tables_trainable(tmp_path):
+    """The tables are frozen once the set-up is accepted: a refused one leaves the caller's model as it was given."""
+    build_seq2seq("marian").save_pretrained(tmp_path / "dense")
+    model = transformers.MarianMTModel.from_pretrained(tmp_path / "dense")
+    args = Seq2SeqPruningArguments(str(tmp_path / "run"), max_steps=4, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError):
+        AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=toy_dataset())  # no eval set
+    assert model.model.encoder.embed_positions.weight.requires_grad
+
+
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_layers_and_widths_reach_the_ratio_in_both_scopes(scope):
     from hf_adaprune import attach_masks

@@ -237,10 +237,6 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _setup_pruning(self, model) -> None:
         args = self.args
         get_adapter(model)  # unsupported families and PEFT models fail here, before any training
-        frozen = freeze_unsaved_parameters(model)
-        if frozen:
-            logger.info("frozen: %s, which saving leaves out (training them would change what no saved folder "
-                        "keeps)", ", ".join(frozen))
         check_sequence_length(model, args.pruning_seq_len, "--pruning_seq_len")
         self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
@@ -262,6 +258,22 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if not had_masks:  # a refused set-up leaves the caller's model as it was given
                 detach_masks(model)
             raise
+        self._frozen_unsaved = freeze_unsaved_parameters(model)  # before the optimizer is built
+        if self._frozen_unsaved:
+            logger.info("frozen: %s, which saving leaves out (training them would change what no saved folder "
+                        "keeps)", ", ".join(self._frozen_unsaved))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except ValueError as err:
+            if not getattr(self, "_frozen_unsaved", None) or "parameter group" not in str(err):
+                raise
+            raise ValueError(
+                f"{checkpoint}: its optimizer state holds more parameters than this run trains. This trainer freezes "
+                f"{', '.join(self._frozen_unsaved)}, which saving leaves out (trained, the saved folder would compute "
+                "other outputs than the model measured), and a checkpoint written by an earlier hf_adaprune that "
+                "trained them cannot be resumed: start the run again from its model") from err
 
     def _setup_with_masks(self, model, masks, kinds) -> None:
         args = self.args
