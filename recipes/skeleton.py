@@ -15,6 +15,7 @@ as a :class:`~recipes.arguments.RecipeError`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -103,10 +104,24 @@ class Run:
                     preprocess_logits_for_metrics=self.preprocess_logits_for_metrics)
 
 
+@contextlib.contextmanager
+def scoring_test_rows(trainer, dataset):
+    """Score ``dataset`` (the test split) with ``trainer``: one row a batch where the processes' sampler would pad
+    the last batches (``EvalLossMixin.loss_of_every_row``: the test loss is the mean over the rows on any number of
+    processes), and with a loader of its own: under --dataloader_persistent_workers ``Trainer.evaluate`` hands back
+    the loader it cached for the validation set, whatever dataset it is given."""
+    persistent, trainer.args.dataloader_persistent_workers = trainer.args.dataloader_persistent_workers, False
+    try:
+        with trainer.loss_of_every_row(dataset):
+            yield
+    finally:
+        trainer.args.dataloader_persistent_workers = persistent
+
+
 def evaluate_scores(trainer, dataset, run: Run, names) -> dict:
-    """Default test scoring: ``trainer.evaluate`` with prefix "test"; values ``test_NAME`` for each of ``names``.
-    The test loss is the mean over the rows on any number of processes (``EvalLossMixin.loss_of_every_row``)."""
-    with trainer.loss_of_every_row(dataset):
+    """Default test scoring: ``trainer.evaluate`` with prefix "test" (:func:`scoring_test_rows`); values
+    ``test_NAME`` for each of ``names``."""
+    with scoring_test_rows(trainer, dataset):
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="test")
     return {"values": {name: metrics.get(f"test_{name}") for name in names}, "metrics": metrics}
 

@@ -306,15 +306,19 @@ def test_test_loss_is_scored_one_row_a_batch_where_processes_would_pad_it(world_
 
     class Scoring(EvalLossMixin):
         def __init__(self):
-            self.args = SimpleNamespace(world_size=world_size, per_device_eval_batch_size=4)
+            self.args = SimpleNamespace(world_size=world_size, per_device_eval_batch_size=4,
+                                        dataloader_persistent_workers=True)
 
         def evaluate(self, eval_dataset, metric_key_prefix):
-            self.seen = self.args.per_device_eval_batch_size
+            self.seen = self.args.per_device_eval_batch_size, self.args.dataloader_persistent_workers
             return {f"{metric_key_prefix}_loss": 0.5}
 
     trainer = Scoring()
     scores = evaluate_scores(trainer, list(range(rows)), None, ("loss",))
-    assert trainer.seen == batch_seen and trainer.args.per_device_eval_batch_size == 4
+    # persistent workers off while the test rows are read: Trainer.evaluate would hand back its cached validation
+    # loader (the recorded "test" loss was the validation set's, 1.099796 for 1.098093)
+    assert trainer.seen == (batch_seen, False)
+    assert trainer.args.per_device_eval_batch_size == 4 and trainer.args.dataloader_persistent_workers
     assert scores["values"] == {"loss": 0.5}
 
 
@@ -330,3 +334,26 @@ def test_the_recipes_load_marian_with_its_unsaved_position_tables_frozen(tmp_pat
     model = load_model(transformers.AutoModelForSeq2SeqLM, str(tmp_path), config)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
+
+
+def test_test_scores_are_the_test_rows_under_persistent_workers(tmp_path):
+    """With --dataloader_persistent_workers Trainer.evaluate hands back the loader it cached for the validation set,
+    whatever dataset it is given: the recipes' "test" loss was the validation set's (1.099796 for 1.098093)."""
+    from transformers import TrainingArguments
+
+    from conftest import tiny_model
+    from recipes.skeleton import DenseTrainer, evaluate_scores
+    from test_trainer import toy_dataset
+
+    data = toy_dataset()
+    validation = data.select(range(48))
+    test = data.select(range(100, 130)).map(lambda row: {"labels": (row["labels"] + 1) % 3})
+    args = TrainingArguments(str(tmp_path / "a"), per_device_eval_batch_size=16, report_to="none", use_cpu=True,
+                             dataloader_num_workers=1, dataloader_persistent_workers=True)
+    trainer = DenseTrainer(model=tiny_model("bert"), args=args, eval_dataset=validation)
+    validation_loss = trainer.evaluate()["eval_loss"]  # caches the validation loader
+    recorded = evaluate_scores(trainer, test, None, ("loss",))["values"]["loss"]
+    plain = TrainingArguments(str(tmp_path / "b"), per_device_eval_batch_size=16, report_to="none", use_cpu=True)
+    expected = DenseTrainer(model=trainer.model, args=plain).evaluate(test)["eval_loss"]
+    assert recorded == pytest.approx(expected, rel=1e-6) and abs(expected - validation_loss) > 1e-4
+    assert trainer.args.dataloader_persistent_workers  # given back
