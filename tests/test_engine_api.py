@@ -240,6 +240,16 @@ def test_good_input_still_selects(selection_inputs):
     selected = select_masks_by_kind(groups, scores, masks.masks, 0.4, floors={"heads": 0, "ffn": 1}, multiple_of=1)
     assert set(selected) == set(masks.masks)
     assert select_masks(scores, masks.masks, 0.5, floor=0).keys() == masks.masks.keys()
+    # whole numbers given as floats and floors in any mapping select as before the checks came (8.0, 1.0)
+    from types import MappingProxyType
+
+    as_floats = select_masks_by_kind(groups, scores, masks.masks, 0.4, floors=MappingProxyType({"heads": 0.0,
+                                                                                              "ffn": 1.0}),
+                                     multiple_of=8.0)
+    as_ints = select_masks_by_kind(groups, scores, masks.masks, 0.4, floors={"heads": 0, "ffn": 1}, multiple_of=8)
+    assert all(torch.equal(as_floats[name], as_ints[name]) for name in as_ints)
+    assert torch.equal(select_masks(scores, masks.masks, 0.5, floor=1.0)[groups[0].name],
+                       select_masks(scores, masks.masks, 0.5, floor=1)[groups[0].name])
 
 
 if __name__ == "__main__":  # a rank of test_two_processes_select_the_same_layers_after_reduce_scores

@@ -162,15 +162,21 @@ def test_vocabulary_rows_take_labels_only_where_they_are_text(model_type, labels
     assert rows == ([[2, 3, 10, 11, 20, 21], [2, 3, 12, 22]] if labels_count else [[2, 3, 10, 11], [2, 3, 12]])
 
 
+def translation_deploy_run(ws, out, *deploy_flags) -> dict:
+    """The translation recipe's short run on the tiny workspace, greedy, scored on its test files (at most 10
+    tokens), with ``deploy_flags``."""
+    return translation.main(translation_args(ws, out) + SHORT_RUN + [
+        "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
+        "--pruning_tolerance", "100", *deploy_flags,
+        "--test_source_file", str(ws / "test_2016_flickr.en"), "--test_target_file", str(ws / "test_2016_flickr.de"),
+        "--generation_max_length", "10"])
+
+
 def test_translation_vocabulary_and_ctranslate2(translation_workspace, tmp_path):  # noqa: F811 - the fixture
     ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
     out = tmp_path / "out"
     ws = translation_workspace
-    results = translation.main(translation_args(ws, out) + SHORT_RUN + [
-        "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
-        "--pruning_tolerance", "100", "--prune_vocabulary", "true", "--export_ctranslate2", "true",
-        "--test_source_file", str(ws / "test_2016_flickr.en"), "--test_target_file", str(ws / "test_2016_flickr.de"),
-        "--generation_max_length", "10"])
+    results = translation_deploy_run(ws, out, "--prune_vocabulary", "true", "--export_ctranslate2", "true")
     written = results["deploy"]["written"]
     # the vocabulary copy is scored on the test split: its own tokenizer reads the sources, at most 10 tokens each
     from hf_adaprune.metrics import headline_value, load_metric

@@ -19,7 +19,7 @@ from hf_adaprune.deploy import onnx_session
 
 from test_recipe_deploy_flags import (SHORT_RUN, classification, classification_args, clips_of_the_test_manifest,
                                       expected_error_rates, transcripts_one_clip_at_a_time, translation,
-                                      translation_args)
+                                      translation_deploy_run)
 from test_recipe_text_classification import workspace  # noqa: F401 - the fixture
 from test_recipe_translation import workspace as translation_workspace  # noqa: F401 - the fixture
 from test_recipe_asr import PRUNING, asr, data_flags, manifests, tiny_whisper_dir  # noqa: F401 - the fixtures
@@ -94,11 +94,7 @@ def test_translation_scores_onnx_and_ctranslate2(translation_workspace, tmp_path
     tokens identical): the same BLEU and chrF, exactly."""
     pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
     out, ws = tmp_path / "out", translation_workspace
-    results = translation.main(translation_args(ws, out) + SHORT_RUN + [
-        "--max_source_length", "32", "--max_target_length", "32", "--num_beams", "1", "--pruning_seq_len", "32",
-        "--pruning_tolerance", "100", "--export_onnx", "true", "--export_ctranslate2", "true",
-        "--test_source_file", str(ws / "test_2016_flickr.en"), "--test_target_file", str(ws / "test_2016_flickr.de"),
-        "--generation_max_length", "10"])
+    results = translation_deploy_run(ws, out, "--export_onnx", "true", "--export_ctranslate2", "true")
     written = results["deploy"]["written"]
     pruned = AutoPrunedModel.from_pretrained(out).eval()
     expected = torch_translation_scores(pruned, AutoTokenizer.from_pretrained(out), ws, max_length=10)

@@ -44,6 +44,7 @@ from torch import nn
 from ..families import Group, LayerGroup, get_adapter
 from ..layout import read_record
 from .masks import get_masks, structure_count
+from .selection import check_score_dict
 
 
 def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor | None]):
@@ -137,9 +138,7 @@ def reduce_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     Head and neuron scores read ``.grad``, which DDP averages already; a layer's score is read at its gate from
     the process's own micro-batches, so it differs per process until reduced (as the trainer does)."""
-    if not isinstance(scores, dict):
-        raise TypeError(f"scores must be a dict {{group name: tensor}}, as importance.scores(model, groups) returns; "
-                        f"got {type(scores).__name__}")
+    check_score_dict(scores)
     if not scores or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return scores
     from ..trainer.distributed import reduced_scores  # the trainer's reduction, on torch.distributed

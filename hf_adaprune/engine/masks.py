@@ -19,6 +19,7 @@ from torch import nn
 
 from ..families import Group, HeadGroup, LayerGroup, find_groups, find_layer_groups, get_adapter
 from ..layout import install_shared_bias
+from .selection import check_group_objects
 
 _ATTR = "_adaprune_masks"
 
@@ -106,10 +107,7 @@ def _group_paths(group: Group) -> tuple[str, ...]:
 def check_groups_belong(model: nn.Module, groups) -> None:
     """Refuse groups whose modules ``model`` lacks (groups found on another model), naming the first."""
     base = model.base_model
-    for group in groups:
-        if isinstance(group, str) or not hasattr(group, "name"):
-            raise TypeError(f"groups must be the groups hf_adaprune.find_groups(model) returns (or a selection of "
-                            f"them), not {type(group).__name__} {group!r}")
+    for group in check_group_objects(groups):
         for path in _group_paths(group):
             try:
                 module = base.get_submodule(path)

@@ -69,6 +69,7 @@ def select_masks(
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     check_count("floor", floor, 0)
+    floor = int(floor)
     check_scores(scores, current, current)
     if scope == "layer":
         return {name: _select_in_group(scores[name], mask, ratio, floor) for name, mask in current.items()}
@@ -95,14 +96,9 @@ def select_masks_by_kind(
     """
     new = {}
     check_ratio(ratio)
-    groups = groups if isinstance(groups, (str, dict)) else list(groups)
-    if isinstance(groups, (str, dict)) or not all(_is_group(g) for g in groups):
-        wrong = groups if isinstance(groups, (str, dict)) else next(g for g in groups if not _is_group(g))
-        raise TypeError(f"groups must be the groups hf_adaprune.find_groups(model) returns (or a selection of them), "
-                        f"not {type(wrong).__name__} {str(wrong)[:60]!r} (group names? masks.groups is a dict: pass "
-                        "list(masks.groups.values()))")
+    groups = check_group_objects(groups)
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-    if floors is not None and not isinstance(floors, dict):
+    if floors is not None and not isinstance(floors, Mapping):
         raise TypeError(f"floors must map a kind to its per-group floor, e.g. {{'heads': 1}}; got {floors!r}")
     unknown = sorted((set(kinds) | set(floors or {})) - set(KINDS))
     if unknown:
@@ -110,6 +106,8 @@ def select_masks_by_kind(
     for kind, floor in (floors or {}).items():
         check_count(f"floors[{kind!r}]", floor, 0)
     check_count("multiple_of", multiple_of, 1)
+    floors = None if floors is None else {kind: int(floor) for kind, floor in floors.items()}  # 1.0 -> 1
+    multiple_of = int(multiple_of)
     names = [g.name for g in groups if g.kind in kinds or "layers" in kinds]  # removed layers' groups are read too
     check_scores(scores, [g.name for g in groups if g.kind in kinds], current, masks_for=names)
     problem = multiple_of > 1 and multiple_problem([g for g in groups if g.kind in kinds],
@@ -260,6 +258,24 @@ def _is_group(group) -> bool:
                                         and hasattr(group, "kind"))
 
 
+def check_group_objects(groups) -> list:
+    """``groups`` as a list, refusing group names and the ``masks.groups`` dict where groups are asked for."""
+    groups = groups if isinstance(groups, (str, dict)) else list(groups)
+    if isinstance(groups, (str, dict)) or not all(_is_group(g) for g in groups):
+        wrong = groups if isinstance(groups, (str, dict)) else next(g for g in groups if not _is_group(g))
+        raise TypeError(f"groups must be the groups hf_adaprune.find_groups(model) returns (or a selection of them), "
+                        f"not {type(wrong).__name__} {str(wrong)[:60]!r} (group names? masks.groups is a dict: pass "
+                        "list(masks.groups.values()))")
+    return groups
+
+
+def check_score_dict(scores) -> None:
+    """Refuse scores that are not a dict of tensors by group name."""
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"scores must be a dict {{group name: tensor}}, as importance.scores(model, groups) returns; "
+                        f"got {type(scores).__name__}")
+
+
 def check_ratio(ratio) -> None:
     """Refuse a ratio that is not a number (a string from a config file, None)."""
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
@@ -269,8 +285,9 @@ def check_ratio(ratio) -> None:
 
 
 def check_count(name: str, value, least: int) -> None:
-    """Refuse ``value`` for argument ``name`` unless it is a whole number >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+    """Refuse ``value`` for argument ``name`` unless it is a whole number >= ``least`` (8.0 is one)."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < least:
         raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
 
 
@@ -283,9 +300,7 @@ def check_scores(scores: dict[str, torch.Tensor], names, current: dict[str, torc
         hint = " (pass masks.masks, the dict the PruningMasks holds)" if hasattr(current, "masks") else ""
         raise TypeError(f"the current masks must be a dict {{group name: mask tensor}}{hint}; got "
                         f"{type(current).__name__}")
-    if not isinstance(scores, Mapping):
-        raise TypeError(f"scores must be a dict {{group name: tensor}}, as importance.scores(model, groups) returns; "
-                        f"got {type(scores).__name__}")
+    check_score_dict(scores)
     names = list(names)
     absent = [] if current is None else [n for n in (names if masks_for is None else masks_for) if n not in current]
     if absent:
