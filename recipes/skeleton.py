@@ -105,23 +105,20 @@ class Run:
 
 
 @contextlib.contextmanager
-def scoring_test_rows(trainer, dataset):
-    """Score ``dataset`` (the test split) with ``trainer``: one row a batch where the processes' sampler would pad
-    the last batches (``EvalLossMixin.loss_of_every_row``: the test loss is the mean over the rows on any number of
-    processes), and with a loader of its own: under --dataloader_persistent_workers ``Trainer.evaluate`` hands back
-    the loader it cached for the validation set, whatever dataset it is given."""
-    persistent, trainer.args.dataloader_persistent_workers = trainer.args.dataloader_persistent_workers, False
-    try:
-        with trainer.loss_of_every_row(dataset):
-            yield
-    finally:
-        trainer.args.dataloader_persistent_workers = persistent
+def scoring_every_row(trainer, dataset):
+    """Score ``dataset`` (the test split, the decision rows) with ``trainer`` on every row: one row a batch where the
+    processes' sampler would pad the last batches (``EvalLossMixin.loss_of_every_row``: the loss is the mean over
+    the rows on any number of processes), no ``dataloader_drop_last``, and a loader of its own: under
+    --dataloader_persistent_workers ``Trainer.evaluate`` hands back the loader it cached for the validation set,
+    whatever dataset it is given (``EvalLossMixin.reading_every_row``)."""
+    with trainer.reading_every_row(), trainer.loss_of_every_row(dataset):
+        yield
 
 
 def evaluate_scores(trainer, dataset, run: Run, names) -> dict:
-    """Default test scoring: ``trainer.evaluate`` with prefix "test" (:func:`scoring_test_rows`); values
+    """Default test scoring: ``trainer.evaluate`` with prefix "test" (:func:`scoring_every_row`); values
     ``test_NAME`` for each of ``names``."""
-    with scoring_test_rows(trainer, dataset):
+    with scoring_every_row(trainer, dataset):
         metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="test")
     return {"values": {name: metrics.get(f"test_{name}") for name in names}, "metrics": metrics}
 
@@ -502,7 +499,8 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
     summary = trainer.pruning_summary()
 
     decision_set = first_rows(run.datasets["validation"], training_args.pruning_eval_samples)
-    final_val = trainer.evaluate(eval_dataset=decision_set)
+    with scoring_every_row(trainer, decision_set):
+        final_val = trainer.evaluate(eval_dataset=decision_set)
     scores = {}
     if test_dataset is not None:
         scores["pruned"] = task.score_test(trainer, test_dataset, run)

@@ -94,7 +94,7 @@ from recipes.loading import (align_vocabulary, apply_generation_config, check_em
                              load_model, pretrained_kwargs)
 from recipes.deploy import NotScored
 from recipes.results import format_metric
-from recipes.skeleton import Run, Task, combine_metrics, map_splits, scoring_test_rows, subsample
+from recipes.skeleton import Run, Task, combine_metrics, map_splits, scoring_every_row, subsample
 from recipes.tables import read_text
 
 logger = logging.getLogger("hf_adaprune.recipes.translation")
@@ -726,7 +726,7 @@ def keep_references_for_empty_translations(translated, dataset, tokenizer):
 
 def score_test(trainer, dataset, run: Run) -> dict:
     """sacreBLEU and chrF of ``trainer``'s model's translations against the raw reference sentences."""
-    with scoring_test_rows(trainer, dataset):  # the test loss the same on any number of processes
+    with scoring_every_row(trainer, dataset):  # the test loss the same on any number of processes
         output = trainer.predict(dataset, metric_key_prefix="test")
     values = score_translations(output.predictions, run.splits["test"]["target"], run.processing_class)
     return {"values": values, "metrics": output.metrics}

@@ -307,18 +307,21 @@ def test_test_loss_is_scored_one_row_a_batch_where_processes_would_pad_it(world_
     class Scoring(EvalLossMixin):
         def __init__(self):
             self.args = SimpleNamespace(world_size=world_size, per_device_eval_batch_size=4,
-                                        dataloader_persistent_workers=True)
+                                        dataloader_persistent_workers=True, dataloader_drop_last=True)
 
         def evaluate(self, eval_dataset, metric_key_prefix):
-            self.seen = self.args.per_device_eval_batch_size, self.args.dataloader_persistent_workers
+            args = self.args
+            self.seen = args.per_device_eval_batch_size, args.dataloader_persistent_workers, args.dataloader_drop_last
             return {f"{metric_key_prefix}_loss": 0.5}
 
     trainer = Scoring()
     scores = evaluate_scores(trainer, list(range(rows)), None, ("loss",))
     # persistent workers off while the test rows are read: Trainer.evaluate would hand back its cached validation
-    # loader (the recorded "test" loss was the validation set's, 1.099796 for 1.098093)
-    assert trainer.seen == (batch_seen, False)
-    assert trainer.args.per_device_eval_batch_size == 4 and trainer.args.dataloader_persistent_workers
+    # loader (the recorded "test" loss was the validation set's, 1.099796 for 1.098093); drop_last off: 16 of 24
+    # test rows were scored under the 24 results.json named
+    assert trainer.seen == (batch_seen, False, False)
+    args = trainer.args
+    assert args.per_device_eval_batch_size == 4 and args.dataloader_persistent_workers and args.dataloader_drop_last
     assert scores["values"] == {"loss": 0.5}
 
 
@@ -357,3 +360,20 @@ def test_test_scores_are_the_test_rows_under_persistent_workers(tmp_path):
     expected = DenseTrainer(model=trainer.model, args=plain).evaluate(test)["eval_loss"]
     assert recorded == pytest.approx(expected, rel=1e-6) and abs(expected - validation_loss) > 1e-4
     assert trainer.args.dataloader_persistent_workers  # given back
+
+
+def test_the_validation_figures_are_the_decision_rows_under_persistent_workers(workspace, tmp_path):  # noqa: F811
+    """results.json's validation "pruned" entry is documented as the decision rows' evaluation: under persistent
+    workers Trainer.evaluate handed back the whole validation set's cached loader (0.5 where the 8 rows give 0.375).
+    It now equals the trainer's own final check on those rows."""
+    recipe = load_recipe("text_classification")
+    args = base_args(workspace, tmp_path / "out") + [
+        "--max_seq_length", "16", "--max_steps", "4", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--pruning_target", "0.5", "--pruning_tolerance", "1.0",
+        "--pruning_warmup_steps", "1", "--pruning_interval", "1", "--save_strategy", "no", "--report_to", "none",
+        "--disable_tqdm", "true", "--latency_repeats", "0", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--pruning_eval_samples", "8", "--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true",
+        "--dataloader_drop_last", "true"]
+    validation = recipe.main(args)["validation"]
+    assert validation["samples"] == 8
+    assert validation["pruned"]["eval_accuracy"] == pytest.approx(validation["pruned_final"])

@@ -973,6 +973,27 @@ def test_decisions_on_the_loss_read_every_row_under_drop_last(encoder_folder, tm
     assert trainer.args.dataloader_drop_last  # the user's setting is put back
 
 
+def test_decisions_read_every_row_after_the_users_evaluation_under_persistent_workers(encoder_folder, tmp_path,
+                                                                                       monkeypatch):
+    """Under persistent workers get_eval_dataloader hands back the loader cached by the user's own evaluate(),
+    with its drop_last: the decisions read 16 of their 20 rows."""
+    model = tiny_sentence_transformer(encoder_folder)
+    pairs = Dataset.from_dict({"sentence1": sentences(20), "sentence2": sentences(20, seed=1),
+                               "score": [(i % 5) / 4 for i in range(20)]})
+    args = make_args(tmp_path, pruning_metric="loss", dataloader_drop_last=True, dataloader_num_workers=1,
+                     dataloader_persistent_workers=True)
+    trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                                        eval_dataset=pairs, loss=CoSENTLoss(model))
+    trainer.evaluate()  # caches its loader (16 rows under drop_last)
+    rows = []
+    loop = trainer.evaluation_loop
+    monkeypatch.setattr(trainer, "evaluation_loop", lambda loader, *a, **k: rows.append(
+        sum(len(batch["label"]) for batch in loader)) or loop(loader, *a, **k))
+    trainer.train()
+    assert rows[0] == 2 and set(rows[1:]) == {20} and len(rows) >= 3
+    assert trainer.args.dataloader_persistent_workers and trainer.args.dataloader_drop_last
+
+
 @pytest.mark.parametrize("steer", ["loss", "evaluator"])
 def test_a_dict_of_eval_sets_of_sentences_under_the_default_loss(encoder_folder, tmp_path, monkeypatch, steer):
     """Each eval set of a dict gets its dense embeddings (the default loss needs them), and --pruning_eval_samples

@@ -40,3 +40,16 @@ class EvalLossMixin:
             yield
         finally:
             self.args.per_device_eval_batch_size = size
+
+    @contextlib.contextmanager
+    def reading_every_row(self):
+        """Loaders that read every row of the set they are given: ``dataloader_drop_last`` (meant for training
+        batches) off, and ``dataloader_persistent_workers`` off (with it, ``get_eval_dataloader`` hands back the
+        loader it cached for another set, and caches this one in its place)."""
+        args = self.args
+        saved = args.dataloader_drop_last, args.dataloader_persistent_workers
+        args.dataloader_drop_last = args.dataloader_persistent_workers = False
+        try:
+            yield
+        finally:
+            args.dataloader_drop_last, args.dataloader_persistent_workers = saved

@@ -546,13 +546,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _reading_decision_rows(self):
         """Every decision row counts, drawn alike each time: ``dataloader_drop_last`` (meant for training batches)
         is off, as dropping the last batch would change which rows decide and leave none of the two rows the metric
-        check reads; random draws (a collator's masking) come from the decision RNG."""
-        drop_last, self.args.dataloader_drop_last = self.args.dataloader_drop_last, False
-        try:
-            with decision_rng(self.args.seed, self.args.device, self.data_collator):
-                yield
-        finally:
-            self.args.dataloader_drop_last = drop_last
+        check reads, and no loader cached under persistent workers for the user's evaluations is read
+        (``reading_every_row``); random draws (a collator's masking) come from the decision RNG."""
+        with self.reading_every_row(), decision_rng(self.args.seed, self.args.device, self.data_collator):
+            yield
 
     def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``
