@@ -578,14 +578,18 @@ def expected_error_rates(results, manifests, texts: list[str]) -> dict:
     return error_rates([normalize(t.strip()) for t in texts], [normalize(r) for r in references])
 
 
+def whisper_deploy_run(model_dir, manifests, out, *deploy_flags) -> dict:  # noqa: F811 - manifests, a fixture
+    """The speech recipe's short run of a tiny Whisper (1 s window, at most 6 tokens), with ``deploy_flags``."""
+    return asr.main(["--model_name_or_path", str(model_dir), *data_flags(manifests), *PRUNING,
+                     "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
+                     "--pruning_seq_len", "8", "--test_before_pruning", "false", *deploy_flags])
+
+
 def test_whisper_vocabulary_and_int8_copies_are_scored_on_the_test_clips(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811
     """Each copy reloaded from its folder transcribes the test clips with its own tokenizer; results.json holds its
     WER / CER and their change against the pruned model's."""
     out = tmp_path / "whisper"
-    results = asr.main(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests), *PRUNING,
-                        "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
-                        "--pruning_seq_len", "8", "--test_before_pruning", "false", "--prune_vocabulary", "true",
-                        "--quantize", "int8"])
+    results = whisper_deploy_run(tiny_whisper_dir, manifests, out, "--prune_vocabulary", "true", "--quantize", "int8")
     written = results["deploy"]["written"]
     audio = clips_of_the_test_manifest(manifests)
     for name, model in (("vocabulary", AutoPrunedModel.from_pretrained(out / "deploy" / "vocabulary").eval()),

@@ -19,10 +19,10 @@ from hf_adaprune.deploy import onnx_session
 
 from test_recipe_deploy_flags import (SHORT_RUN, classification, classification_args, clips_of_the_test_manifest,
                                       expected_error_rates, transcripts_one_clip_at_a_time, translation,
-                                      translation_deploy_run)
+                                      translation_deploy_run, whisper_deploy_run)
 from test_recipe_text_classification import workspace  # noqa: F401 - the fixture
 from test_recipe_translation import workspace as translation_workspace  # noqa: F401 - the fixture
-from test_recipe_asr import PRUNING, asr, data_flags, manifests, tiny_whisper_dir  # noqa: F401 - the fixtures
+from test_recipe_asr import asr, manifests, tiny_whisper_dir  # noqa: F401 - the fixtures
 
 pytest.importorskip("onnxruntime", reason="scoring the ONNX graphs runs them with onnxruntime")
 
@@ -145,10 +145,8 @@ def test_onnx_and_ctranslate2_whisper_are_scored_on_the_test_clips(tmp_path, man
     from transformers import WhisperProcessor
 
     out = tmp_path / "whisper"
-    results = asr.main(["--model_name_or_path", str(talking_whisper_dir), *data_flags(manifests), *PRUNING,
-                        "--output_dir", str(out), "--whisper_window_seconds", "1", "--generation_max_length", "6",
-                        "--pruning_seq_len", "8", "--test_before_pruning", "false", "--export_onnx", "true",
-                        "--export_ctranslate2", "true"])
+    results = whisper_deploy_run(talking_whisper_dir, manifests, out, "--export_onnx", "true",
+                                 "--export_ctranslate2", "true")
     written = results["deploy"]["written"]
     model = AutoPrunedModel.from_pretrained(out).eval()
     texts = transcripts_one_clip_at_a_time(model, WhisperProcessor.from_pretrained(out),

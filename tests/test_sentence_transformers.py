@@ -964,13 +964,19 @@ def test_decisions_on_the_loss_read_every_row_under_drop_last(encoder_folder, tm
     trainer = AdaptivePruningSentenceTransformerTrainer(
         model=model, args=make_args(tmp_path, pruning_metric="loss", dataloader_drop_last=True), train_dataset=pairs,
         eval_dataset=pairs, loss=CoSENTLoss(model))
+    rows = rows_each_evaluation_reads(trainer, monkeypatch)
+    trainer.train()
+    assert rows[0] == 2 and set(rows[1:]) == {20} and len(rows) >= 3
+    assert trainer.args.dataloader_drop_last  # the user's setting is put back
+
+
+def rows_each_evaluation_reads(trainer, monkeypatch) -> list[int]:
+    """The rows each of ``trainer``'s evaluation loops reads from here on, in order."""
     rows = []
     loop = trainer.evaluation_loop
     monkeypatch.setattr(trainer, "evaluation_loop", lambda loader, *a, **k: rows.append(
         sum(len(batch["label"]) for batch in loader)) or loop(loader, *a, **k))
-    trainer.train()
-    assert rows[0] == 2 and set(rows[1:]) == {20} and len(rows) >= 3
-    assert trainer.args.dataloader_drop_last  # the user's setting is put back
+    return rows
 
 
 def test_decisions_read_every_row_after_the_users_evaluation_under_persistent_workers(encoder_folder, tmp_path,
@@ -985,10 +991,7 @@ def test_decisions_read_every_row_after_the_users_evaluation_under_persistent_wo
     trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
                                                         eval_dataset=pairs, loss=CoSENTLoss(model))
     trainer.evaluate()  # caches its loader (16 rows under drop_last)
-    rows = []
-    loop = trainer.evaluation_loop
-    monkeypatch.setattr(trainer, "evaluation_loop", lambda loader, *a, **k: rows.append(
-        sum(len(batch["label"]) for batch in loader)) or loop(loader, *a, **k))
+    rows = rows_each_evaluation_reads(trainer, monkeypatch)
     trainer.train()
     assert rows[0] == 2 and set(rows[1:]) == {20} and len(rows) >= 3
     assert trainer.args.dataloader_persistent_workers and trainer.args.dataloader_drop_last
