@@ -267,6 +267,7 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
     from hf_adaprune import AutoPrunedModel, save_pruned
     from hf_adaprune.deploy import (export_ctranslate2, export_onnx, factor_embeddings, load_int8, prune_positions,
                                     prune_vocabulary, quantize_onnx, save_int8)
+    from hf_adaprune.deploy.onnx import INT8_SUFFIX
     from hf_adaprune.plain_forward import drop_autocast_forward
 
     data_args = run.data_args
@@ -341,7 +342,8 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
         onnx_tokenizer = functools.partial(AutoTokenizer.from_pretrained, root / "onnx")  # the one saved beside
         scored("onnx", lambda: onnx_runner(root / "onnx", model.config), load_tokenizer=onnx_tokenizer)
         if data_args.quantize == "int8":  # the int8 graphs, scored apart from the float ones in the same folder
-            entry = record["written"]["onnx"]["int8"] = {"graphs": [g.name for g in graphs if g.name.endswith(INT8)]}
+            int8_graphs = [graph.name for graph in graphs if graph.name.endswith(INT8_SUFFIX)]
+            entry = record["written"]["onnx"]["int8"] = {"graphs": int8_graphs}
             scored("onnx int8", lambda: onnx_runner(root / "onnx", model.config, int8=True), entry=entry,
                    load_tokenizer=onnx_tokenizer)
     if data_args.export_ctranslate2:
@@ -351,9 +353,6 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
         # decoded by the tokenizer of the folder it was converted from (CTranslate2 speaks in token strings)
         scored("ctranslate2", lambda: ctranslate2_runner(root / "ctranslate2", result.family))
     return record
-
-
-INT8 = ".int8.onnx"  # quantize_onnx's graphs beside the float ones
 
 
 def half_precision_scoring(training_args) -> bool:
@@ -376,10 +375,10 @@ def onnx_runner(folder: Path, config, int8: bool = False):
     """The graphs of ``folder`` run by onnxruntime as a user runs them: an encoder's ``OnnxEncoder`` (called like the
     model), a seq2seq model's ``OnnxSeq2Seq`` (greedy ``generate``); ``int8``: the ``*.int8.onnx`` graphs."""
     from hf_adaprune.deploy import OnnxEncoder, OnnxSeq2Seq
-    from hf_adaprune.deploy.onnx import ENCODER_FILE, SEQ2SEQ_FILES
+    from hf_adaprune.deploy.onnx import ENCODER_FILE, SEQ2SEQ_FILES, int8_graph
 
     def graph(name: str) -> str:
-        return name.replace(".onnx", INT8) if int8 else name
+        return int8_graph(name) if int8 else name
 
     if getattr(config, "is_encoder_decoder", False):
         return OnnxSeq2Seq(folder, *(graph(name) for name in SEQ2SEQ_FILES))

@@ -214,11 +214,20 @@ def _encoder_inputs_and_outputs(model) -> tuple[dict, list[str], object]:
     return inputs, _encoder_outputs(probe), probe
 
 
+INT8_SUFFIX = ".int8.onnx"  # quantize_onnx's graph beside each float one
+
+
+def int8_graph(name: str) -> str:
+    """The name :func:`~.onnx_int8.quantize_onnx` gives the int8 graph of float graph ``name`` (``X.onnx`` ->
+    ``X.int8.onnx``)."""
+    return name.replace(".onnx", INT8_SUFFIX)
+
+
 def _remove_stale_graphs(save_directory: Path, written: set[str]) -> None:
     """Graphs of an earlier export that this one did not write (its int8 ones too) would run stale beside the new
     ones: removed. Other files there stay."""
     for name in (ENCODER_FILE, *SEQ2SEQ_FILES):
-        for stale in (name, name.replace(".onnx", ".int8.onnx")):
+        for stale in (name, int8_graph(name)):
             for path in (save_directory / stale, save_directory / f"{stale}.data", save_directory / f"{stale}_data"):
                 if path.name not in written:
                     path.unlink(missing_ok=True)

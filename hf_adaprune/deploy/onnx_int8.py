@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .onnx import _require
+from .onnx import INT8_SUFFIX, _require, int8_graph
 from .quantize import _int8_rows
 
 
@@ -106,16 +106,16 @@ def quantize_onnx(folder, files: list[str] | None = None, per_channel: bool = Tr
     folder = Path(folder)
     if isinstance(files, str):
         raise ValueError(f"files={files!r} is one string; pass a list of graph names, e.g. [{files!r}]")
-    quantized = [name for name in files or () if str(name).endswith(".int8.onnx")]
+    quantized = [name for name in files or () if str(name).endswith(INT8_SUFFIX)]
     if quantized:
         raise ValueError(f"{quantized[0]} is a quantized graph already: give the float graphs (model.onnx, ...)")
-    files = files or [p.name for p in sorted(folder.glob("*.onnx")) if not p.name.endswith(".int8.onnx")]
+    files = files or [p.name for p in sorted(folder.glob("*.onnx")) if not p.name.endswith(INT8_SUFFIX)]
     if not files:
         raise ValueError(f"{folder} holds no .onnx graph to quantize: run export_onnx first")
     out = []
     for name in files:
         source = _graph_path(folder, name)
-        target = source.with_name(source.name.replace(".onnx", ".int8.onnx"))
+        target = source.with_name(int8_graph(source.name))
         skipped = _nodes_with_empty_weights(onnx.load(str(source), load_external_data=False).graph)
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
                          reduce_range=reduce_range, nodes_to_exclude=skipped, op_types_to_quantize=["MatMul"])
