@@ -609,11 +609,12 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
 def transcribed_ids(run: Run, model, tokenizer, features, generate_kwargs: dict):
     """A Whisper copy's ids for a batch of features, each runtime driven as a user drives it, as ``generate`` is
     asked with ``generate_kwargs`` (--generation_max_length, --generation_num_beams)."""
-    from hf_adaprune.deploy import OnnxSeq2Seq
+    from recipes.deploy import runtime_of
 
-    if isinstance(model, OnnxSeq2Seq):
+    runtime = runtime_of(model)
+    if runtime == "onnx":
         return onnx_transcripts(model, features, generate_kwargs)
-    if type(model).__module__.startswith("ctranslate2"):
+    if runtime == "ctranslate2":
         return ctranslate2_transcripts(run, model, tokenizer, features, generate_kwargs)
     return model.generate(features.to(model.dtype), **generate_kwargs)
 

@@ -392,6 +392,18 @@ def ctranslate2_runner(folder: Path, family: str):
     return ctranslate2.models.Whisper(str(folder)) if family == "whisper" else ctranslate2.Translator(str(folder))
 
 
+def runtime_of(model) -> str:
+    """Which runtime a deployed copy the recipes score runs in: ``"onnx"`` (an ``OnnxSeq2Seq`` / ``OnnxEncoder``),
+    ``"ctranslate2"`` (a ``Translator`` / ``models.Whisper``) or ``"transformers"``."""
+    from hf_adaprune.deploy import OnnxEncoder, OnnxSeq2Seq
+
+    if isinstance(model, (OnnxSeq2Seq, OnnxEncoder)):
+        return "onnx"
+    if type(model).__module__.startswith("ctranslate2"):
+        return "ctranslate2"
+    return "transformers"
+
+
 class NotScored(Exception):
     """A recipe's ``score_deployed`` cannot score this copy as the test set was scored (e.g. beam search asked of
     a greedy-only runner): the reason goes into the copy's entry (``not_scored``) instead of a test figure."""

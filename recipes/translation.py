@@ -92,7 +92,7 @@ from recipes.arguments import (
 )
 from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
                              load_model, pretrained_kwargs)
-from recipes.deploy import NotScored
+from recipes.deploy import NotScored, runtime_of
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, scoring_every_row, subsample
 from recipes.tables import read_text
@@ -748,12 +748,12 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
 
 def deployed_translations(run: Run, model, tokenizer, dataset) -> list[list[int]]:
     """The ids of each test row's translation by a deployed copy, each runtime driven as a user drives it."""
-    from hf_adaprune.deploy import OnnxSeq2Seq
     from hf_adaprune.sequence_distillation import sequence_distillation_targets
 
-    if isinstance(model, OnnxSeq2Seq):
+    runtime = runtime_of(model)
+    if runtime == "onnx":
         return onnx_translations(run, model, tokenizer, dataset)
-    if type(model).__module__.startswith("ctranslate2"):
+    if runtime == "ctranslate2":
         return ctranslate2_translations(run, model, tokenizer, dataset)
     args = run.training_args
     return list(sequence_distillation_targets(
