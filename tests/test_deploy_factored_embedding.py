@@ -79,6 +79,22 @@ def test_int8_keeps_the_factored_table():
     assert torch.equal(logits(quantized, ids).argmax(-1), logits(model, ids).argmax(-1))
 
 
+def test_gradient_checkpointing_hook_moves_to_the_factored_table():
+    """gradient_checkpointing_enable hooks the input embedding; factoring swaps it: the hook follows (before, the
+    dangling handle made copy.deepcopy, so quantize_int8, fail: "cannot create weak reference to 'NoneType'")."""
+    model = tiny_model("bert")
+    random_masks(model)
+    compact(model)
+    model.gradient_checkpointing_enable()
+    old_table = model.get_input_embeddings()
+    factor_embeddings(model, tokenized=corpus(), full_rows=45, rank=8)
+    assert model.get_input_embeddings()._forward_hooks and not old_table._forward_hooks
+    quantize_int8(model)  # copies the model
+    model.train()
+    outputs = model.get_input_embeddings()(torch.tensor([[2, 5, 60, 3]]))
+    assert outputs.requires_grad
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(full_rows=0), r"full_rows=0: give a whole number from 1 to 97"),
     (dict(full_rows=95), r"rank=8: only 4 rows are factored \(99 tokens, 95 whole\); give a rank below 4"),

@@ -585,6 +585,26 @@ def test_decoder_vocabulary_of_a_marian_with_untied_tables_keeps_them():
     assert model.model.decoder.embed_tokens.weight.requires_grad and any(trainable.values())
 
 
+def test_decoder_vocabulary_keeps_gradient_checkpointing_and_the_model_copyable():
+    """gradient_checkpointing_enable hooks the input embeddings and flags the layers; the rebuilt modules take both
+    over (before, the old hooks' handles made copy.deepcopy, so save_int8, fail and the new layers ran unchecked)."""
+    sources, targets = sst2_sentences(n=200), sst2_sentences(n=60, skip=200)
+    tokenizer = bpe_tokenizer()
+    model = tiny_marian(len(tokenizer))
+    model.gradient_checkpointing_enable()
+    new_tokenizer = prune_vocabulary(model, tokenizer, sources, target_texts=targets, decoder_vocabulary=True)
+    assert model.is_gradient_checkpointing
+    assert all(layer.gradient_checkpointing for layer in model.model.decoder.layers)
+    embeddings = {id(module) for module in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens)}
+    hooked = {id(module) for module in model.modules() if module._forward_hooks}
+    assert model.get_input_embeddings()._forward_hooks and hooked <= embeddings | {id(model.get_input_embeddings())}
+    copy.deepcopy(model)
+    batch = new_tokenizer(sources[:2], text_target=targets[:2], padding=True, return_tensors="pt")
+    model.train()
+    model(**batch).loss.backward()
+    assert model.model.decoder.layers[0].fc1.weight.grad is not None
+
+
 def test_dense_marian_decoder_vocabulary_loads_with_stock_transformers(tmp_path):
     sources, targets = sst2_sentences(n=200), sst2_sentences(n=60, skip=200)
     tokenizer = bpe_tokenizer()

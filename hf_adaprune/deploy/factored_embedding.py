@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..input_grad_hooks import without_input_grad_hooks
 from ..layout import FactoredEmbedding, empty_record, read_record, set_attribute, write_record
 from .checks import check_transformers_model
 from .vocabulary import ids_named_by_configs, kept_anyway, token_row_counts
@@ -109,7 +110,8 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
         factored.slot.copy_(slot)
     factored.requires_grad_(table.weight.requires_grad)
     factored.train(table.training)
-    set_attribute(model.base_model, EMBEDDING_PATH, factored)
+    with without_input_grad_hooks(model):  # gradient checkpointing's hook moves to the new table
+        set_attribute(model.base_model, EMBEDDING_PATH, factored)
     record = read_record(model.config) or empty_record()
     record["layout"].setdefault("modules", {})[EMBEDDING_PATH] = {
         "type": "FactoredEmbedding", "num_embeddings": tokens, "embedding_dim": hidden, "full_rows": full_rows,

@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..input_grad_hooks import checkpointing_flags, restore_checkpointing_flags, without_input_grad_hooks
 from ..engine.masks import get_masks
 from ..token_ids import token_id_list
 from .checks import check_transformers_model
@@ -271,7 +272,8 @@ def split_decoder_vocabulary(model, decoder_size: int) -> None:
 
     The model is rebuilt from its config with ``share_encoder_decoder_embeddings=False`` (transformers' own
     layout for separate tables, which stock ``from_pretrained`` reads) and takes over the rebuilt modules:
-    parameters keep ``requires_grad``, hooks registered on the old modules are not carried over.
+    parameters keep ``requires_grad``, gradient checkpointing stays as it was; other hooks registered on the old
+    modules are not carried over.
     """
     config = model.config
     outside = sorted(i for i in ids_named_by_configs(model) if i >= decoder_size)
@@ -297,8 +299,11 @@ def split_decoder_vocabulary(model, decoder_size: int) -> None:
         rebuilt.tie_weights()
     for name, param in rebuilt.named_parameters(remove_duplicate=False):  # frozen stays frozen
         param.requires_grad_(trainable.get(name, trainable.get(prefix + "shared.weight", True)))
-    for name, module in list(rebuilt.named_children()):
-        setattr(model, name, module)
+    flags = checkpointing_flags(model)
+    with without_input_grad_hooks(model):  # gradient checkpointing's hooks and flags carry over to the new modules
+        for name, module in list(rebuilt.named_children()):
+            setattr(model, name, module)
+        restore_checkpointing_flags(model, flags)
     model.register_buffer("final_logits_bias", rebuilt.final_logits_bias)
     for attribute in ("_tied_weights_keys", "all_tied_weights_keys"):
         if hasattr(rebuilt, attribute):

@@ -8,7 +8,6 @@ uses for the CUDA kernels.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import torch
@@ -18,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..engine.masks import get_masks, structure_count
 from ..layout import read_record
+from ..input_grad_hooks import without_input_grad_hooks
 from ..modes import restore_modes, training_modes
 from ..surgery import kept_structure, original_path
 from .summary import LayerComparison, ProfileComparison
@@ -90,22 +90,6 @@ def _base_prefix(model: nn.Module) -> str:
         if module is model.base_model:
             return f"{root}.{name}" if name else root
     return root
-
-
-@contextlib.contextmanager
-def without_input_grad_hooks(model: nn.Module):
-    """The model without the hooks gradient checkpointing puts on its input embeddings (transformers'
-    ``enable_input_require_grads``: their output requires gradients), put back after. Under ``no_grad`` such an
-    output has no gradient function, and FlopCounterMode's module tracker asserts on a slice of it (BART's
-    position embeddings take one)."""
-    owners = [module for module in model.modules() if getattr(module, "_require_grads_hooks", None)]
-    for owner in owners:
-        owner.disable_input_require_grads()
-    try:
-        yield model
-    finally:
-        for owner in owners:
-            owner.enable_input_require_grads()
 
 
 @torch.no_grad()
