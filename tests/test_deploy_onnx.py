@@ -569,6 +569,36 @@ def test_seq2seq_generate_without_a_mask_reads_every_token(tmp_path):
                                   greedy_onnx(tmp_path, model, inputs, torch.ones_like(inputs)))
 
 
+def test_seq2seq_generate_takes_torch_tensors_and_any_integer_ids_and_refuses_float_ids(tmp_path):
+    """What a tokenizer's return_tensors="pt" gives, and int32 arrays, decode as the int64 arrays do."""
+    model = tiny_seq2seq("marian")
+    export_onnx(model, tmp_path)
+    batch = seq2seq_batch()
+    inputs, mask = batch["input_ids"], batch["attention_mask"]
+    expected = greedy_onnx(tmp_path, model, inputs, mask)
+    config = model.generation_config
+    ids = dict(decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+               pad_token_id=config.pad_token_id, max_new_tokens=12,
+               forced_eos_token_id=getattr(config, "forced_eos_token_id", None))
+    runner = OnnxSeq2Seq(tmp_path)
+    np.testing.assert_array_equal(runner.generate(inputs, mask, **ids), expected)
+    np.testing.assert_array_equal(runner.generate(inputs.numpy().astype(np.int32), mask.int(), **ids), expected)
+    with pytest.raises(TypeError, match="input_ids: got an array of float32; give int64 values"):
+        runner.generate(inputs.float(), mask, **ids)
+
+
+def test_whisper_generate_takes_torch_and_half_precision_features(tmp_path):
+    model = tiny_whisper()
+    export_onnx(model, tmp_path)
+    features = whisper_features()
+    runner = OnnxSeq2Seq(tmp_path)
+    kwargs = dict(max_new_tokens=6, decoder_start_token_id=model.generation_config.decoder_start_token_id)
+    expected = runner.generate(features.numpy(), **kwargs)
+    np.testing.assert_array_equal(runner.generate(features, **kwargs), expected)
+    np.testing.assert_array_equal(runner.generate(features.numpy().astype(np.float16).astype(np.float32), **kwargs),
+                                  runner.generate(features.half(), **kwargs))
+
+
 def test_onnx_encoder_loss_ignores_labels_of_minus_100(tmp_path):
     """``labels`` of -100 are left out of the loss, as transformers' heads leave them out."""
     model = tiny_model("bert")

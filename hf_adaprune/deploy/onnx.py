@@ -329,6 +329,18 @@ def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.long().reshape(-1), ignore_index=-100)
 
 
+def _array(values, dtype, name: str) -> np.ndarray:
+    """``values`` (a numpy array, a torch tensor or nested lists) as a numpy array of ``dtype``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        values = (values.float() if values.is_floating_point() else values).numpy()
+    values = np.asarray(values)
+    if values.dtype.kind not in "iubf" or (np.issubdtype(dtype, np.integer) and values.dtype.kind == "f"):
+        raise TypeError(f"{name}: got an array of {values.dtype}; give {np.dtype(dtype).name} values (a tokenizer's "
+                        "return_tensors='np' or 'pt')")
+    return values.astype(dtype, copy=False)
+
+
 class OnnxSeq2Seq:
     """Greedy decoding with the encoder and decoder graphs of :func:`export_onnx` (onnxruntime, CPU).
 
@@ -354,13 +366,15 @@ class OnnxSeq2Seq:
         config = folder / "config.json"
         self.config = json.loads(config.read_text()) if config.is_file() else {}
 
-    def generate(self, inputs: np.ndarray, attention_mask: np.ndarray | None = None, *,
+    def generate(self, inputs, attention_mask=None, *,
                  decoder_start_token_id: int | None = None, eos_token_id: int | None = None,
                  pad_token_id: int | None = None, max_new_tokens: int | None = None,
                  forced_eos_token_id: int | None = None, use_cache: bool | None = None,
                  generation_config=None, language: str | list[str] | None = None,
                  task: str | None = None) -> np.ndarray:
         """Greedy tokens; ``use_cache``: None uses the past key values when the folder has their graph.
+        ``inputs`` / ``attention_mask``: numpy arrays or torch tensors (ids of any integer type; Whisper's features
+        are run in float32).
 
         Text models (Marian, BART, T5): start token first, ``pad_token_id`` after each row's end, as ``generate``
         returns them; ``decoder_start_token_id``, ``eos_token_id``, ``pad_token_id`` and ``max_new_tokens`` are
@@ -390,6 +404,9 @@ class OnnxSeq2Seq:
             if language is not None or task is not None or generation_config is not None:
                 raise ValueError("generation_config, language and task are read for Whisper only; give a text "
                                  "model's ids as arguments")
+        # numpy or torch, any int (ids) / float (Whisper features) dtype: the graph's own
+        inputs = _array(inputs, np.float32 if self.whisper else np.int64, self.encoder_inputs[0])
+        attention_mask = None if attention_mask is None else _array(attention_mask, np.int64, "attention_mask")
         feed = {self.encoder_inputs[0]: inputs}
         if attention_mask is None and inputs.ndim == 2:  # text without a mask: every token counts
             attention_mask = np.ones_like(inputs, dtype=np.int64)
