@@ -109,6 +109,12 @@ def test_bad_settings_are_refused_before_any_change(change, message):
     assert model.get_input_embeddings() is table
 
 
+def test_rows_with_ids_outside_the_table_are_refused():
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match=r"tokenized holds ids outside the model's table of 99 rows \(\[120\]\)"):
+        factor_embeddings(model, tokenized=[*corpus(), [2, 120, 3]], full_rows=45, rank=8)
+
+
 def test_refuses_masked_lms_masked_models_and_a_second_factoring():
     lm = tiny_model("bert", head="AutoModelForMaskedLM")
     with pytest.raises(ValueError, match="output projection shares the input table"):

@@ -338,6 +338,40 @@ def test_tokenized_rows_count_like_texts():
         assert from_arrays.get_vocab() == from_texts.get_vocab()
 
 
+@pytest.mark.parametrize("rows, message", [
+    ([[101, 2023, 99999, 50000, -7, 102]], r"tokenized holds ids outside the model's table of 30522 rows "
+                                          r"\(\[-7, 50000, 99999\]\): rows of another tokenizer\?"),
+    ("dataset", r"tokenized rows are lists of token ids; got a row with the columns \['attention_mask', "
+                r"'input_ids', 'sentence', 'token_type_ids'\]: pass one column, e.g. tokenized=dataset\['input_ids'\]"),
+    ("encoding", r"tokenized is a mapping of columns \(input_ids, token_type_ids, attention_mask\); pass its rows of "
+                 r"ids, e.g. tokenized=encoding\['input_ids'\]"),
+])
+def test_tokenized_rows_of_another_tokenizer_or_whole_tables_are_refused_before_any_work(rows, message):
+    """Ids outside the table were silently dropped (another tokenizer's rows give another vocabulary); a tokenized
+    Dataset or a BatchEncoding failed with 'unhashable type: dict' or 'got a row of [str]'."""
+    import datasets
+
+    tokenizer, train = minilm_tokenizer(), sst2_sentences(n=40)
+    if rows == "dataset":
+        rows = datasets.Dataset.from_dict({"sentence": train}).map(lambda batch: tokenizer(batch["sentence"]),
+                                                                   batched=True)
+    elif rows == "encoding":
+        rows = tokenizer(train)
+    model = tiny_bert(len(tokenizer))
+    before = model.get_input_embeddings().weight.clone()
+    with pytest.raises(ValueError, match=message):
+        prune_vocabulary(model, tokenizer, tokenized=rows)
+    assert torch.equal(model.get_input_embeddings().weight, before)
+
+
+def test_labels_padding_counts_as_no_token():
+    """-100 (a dataset's padded labels) is not an id outside the table."""
+    tokenizer, train = minilm_tokenizer(), sst2_sentences(n=40)
+    rows = [ids + [-100] * 3 for ids in tokenizer(train)["input_ids"]]
+    plain = prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, train)
+    assert prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, tokenized=rows).get_vocab() == plain.get_vocab()
+
+
 def test_highest_min_count_leaves_out_the_tokens_kept_anyway():
     """The recipes' early --vocabulary_min_count check and prune_vocabulary count alike: an id the config names
     (here a word token as forced_bos_token_id, in every row) is kept anyway and does not count as the rows' own."""

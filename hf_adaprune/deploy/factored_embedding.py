@@ -87,7 +87,7 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
     texts = list(texts)
     if texts and tokenizer is None:
         raise ValueError("texts need the model's tokenizer: factor_embeddings(model, tokenizer, texts, ...)")
-    counts = token_row_counts(tokenizer, texts, tokenized=tokenized)
+    counts = token_row_counts(tokenizer, texts, tokenized=tokenized, table_size=tokens)
     if not counts:
         raise ValueError("no texts or rows to count: pass the texts the model will read (its training inputs)")
     # the ids prune_vocabulary keeps whatever their count (the config's alone without a tokenizer) stay whole

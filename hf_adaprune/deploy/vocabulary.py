@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -93,9 +94,14 @@ def ids_named_by_configs(model) -> set[int]:
 
 
 def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterable[str] | None = None,
-                     tokenized: Iterable[Sequence[int]] = (), batch_size: int = 1000) -> Counter:
+                     tokenized: Iterable[Sequence[int]] = (), batch_size: int = 1000,
+                     table_size: int | None = None, name: str = "tokenized") -> Counter:
     """How many rows each id occurs in: the rows ``tokenizer`` makes of ``texts`` (and, as targets,
-    ``target_texts``) and the already tokenized rows ``tokenized``."""
+    ``target_texts``) and the already tokenized rows ``tokenized``. ``table_size``: refuse ids of ``tokenized``
+    outside a table of that many rows (-100, labels' padding, aside): rows of another tokenizer."""
+    if isinstance(tokenized, Mapping):  # a tokenizer's BatchEncoding, a dict of columns
+        raise ValueError(f"{name} is a mapping of columns ({', '.join(map(str, list(tokenized)[:3]))}); pass its "
+                         f"rows of ids, e.g. {name}=encoding['input_ids']")
     counts: Counter = Counter()
     for source, as_target in ((texts, False), (target_texts, True)):
         if source is None:
@@ -107,11 +113,18 @@ def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterabl
             for ids in encoded["input_ids"]:
                 counts.update(set(ids))
     for ids in tokenized:
+        if isinstance(ids, Mapping):  # a tokenized datasets.Dataset's rows
+            raise ValueError(f"{name} rows are lists of token ids; got a row with the columns "
+                             f"{sorted(ids)[:4]}: pass one column, e.g. {name}=dataset['input_ids']")
         ids = ids.tolist() if hasattr(ids, "tolist") else ids  # a torch- or numpy-formatted dataset's rows
         row = set(ids) if isinstance(ids, (list, tuple)) else {ids}
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in row):
-            raise ValueError(f"tokenized rows are lists of token ids (ints); got a row of "
+            raise ValueError(f"{name} rows are lists of token ids (ints); got a row of "
                              f"{sorted({type(i).__name__ for i in row})}")
+        outside = sorted(i for i in row if i != -100 and (i < 0 or table_size is not None and i >= table_size))
+        if outside:
+            raise ValueError(f"{name} holds ids outside the model's table of {table_size} rows ({outside[:5]}): "
+                             "rows of another tokenizer? Count rows the model's own tokenizer made")
         counts.update(row)
     return counts
 
@@ -387,8 +400,9 @@ def prune_vocabulary(model, tokenizer, texts: Iterable[str] = (), *, target_text
         raise ValueError(f"keep_ids with no token in the tokenizer ({len(tokenizer)} tokens; the model's table has "
                          f"{old_size} rows): {tokenless[:5]}")
     target_counts = token_row_counts(tokenizer, target_texts=target_texts,
-                                     tokenized=() if target_tokenized is None else target_tokenized)
-    counts = token_row_counts(tokenizer, texts, tokenized=tokenized) + target_counts
+                                     tokenized=() if target_tokenized is None else target_tokenized,
+                                     table_size=old_size, name="target_tokenized")
+    counts = token_row_counts(tokenizer, texts, tokenized=tokenized, table_size=old_size) + target_counts
     if not counts:
         raise ValueError("no training rows to count tokens in (texts, target_texts and tokenized are empty or "
                          "exhausted): the vocabulary would keep the special tokens alone")
