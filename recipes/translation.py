@@ -241,6 +241,10 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     if not 0.0 <= data_args.max_empty_fraction < 1.0:
         raise RecipeError(f"--max_empty_fraction must be in [0, 1); got {data_args.max_empty_fraction}")
     check_minimum(data_args, ("num_beams",), 1)
+    if data_args.num_beams is not None and training_args.generation_num_beams not in (None, data_args.num_beams):
+        raise RecipeError(f"--num_beams {data_args.num_beams} and --generation_num_beams "
+                          f"{training_args.generation_num_beams} both set the beams of every evaluation; give one of "
+                          "them (a config file may set the other)")
     check_minimum(data_args, ("latency_repeats",), 0)
     check_minimum(data_args, ("max_train_samples", "max_eval_samples", "max_test_samples"), 1)
     check_metric(training_args.pruning_metric, "translation", (*REPORTED_METRICS, "bleu"), CLASSIFICATION_METRICS)
@@ -771,7 +775,7 @@ def onnx_translations(run: Run, runner, tokenizer, dataset) -> list[list[int]]:
     num_beams = run.task_results["generation"]["num_beams"]
     if num_beams != 1:
         raise NotScored(f"the test set is translated with {num_beams} beams and OnnxSeq2Seq decodes greedily only; "
-                        "--generation_num_beams 1 scores it")
+                        "--generation_num_beams 1 (or --num_beams 1) scores it")
     config, size = runner.generation_config, run.training_args.per_device_eval_batch_size
     ids = {name: next(iter(token_id_list(getattr(config, name, None))), None) for name in  # a list: its first
            ("decoder_start_token_id", "eos_token_id", "pad_token_id", "forced_eos_token_id")}

@@ -222,10 +222,14 @@ def _user_folder(tmp):
         (lambda ws, tmp: base_args(ws, tmp / "out") + ["--source_prefix", "translate English to German: ",
                                                        "--max_source_length", "6"],
          recipe.RecipeError, r"--source_prefix .* takes \d+ tokens .* --max_source_length 6 leaves no room"),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--num_beams", "1", "--generation_num_beams", "2"],
+         recipe.RecipeError, re.escape("--num_beams 1 and --generation_num_beams 2 both set the beams of every "
+                                       "evaluation; give one of them")),
     ],
     ids=["mismatched_lines", "too_many_empty", "unknown_metric", "classification_metric", "no_validation",
          "half_a_pair", "missing_file", "dataset_and_files", "bad_fraction", "bleu_tolerance", "dataset_not_loading",
-         "user_files_in_output_dir", "source_length_beyond_positions", "prefix_fills_the_source_length"],
+         "user_files_in_output_dir", "source_length_beyond_positions", "prefix_fills_the_source_length",
+         "two_beam_flags"],
 )
 def test_fails_fast(workspace, tmp_path, make_args, error, message):
     out = tmp_path / "out"
@@ -309,6 +313,11 @@ def test_shipped_config_parses(monkeypatch):
     assert training_args.pruning_target_type == "flops" and training_args.pruning_target >= 0.4
     assert training_args.pruning_tolerance == 1.0 and training_args.pruning_eval_samples == 200
     assert isinstance(training_args.learning_rate, float)
+    # greedy through --generation_num_beams, so that the flag given on the command line replaces it (the config's
+    # num_beams: 1 overrode a --generation_num_beams 2 without a word)
+    assert training_args.generation_num_beams == 1 and data_args.num_beams is None
+    assert recipe.parse_args(["recipes/configs/translation_marian_multi30k.yaml", "--generation_num_beams",
+                              "2"])[2].generation_num_beams == 2
     if not MULTI30K.exists():
         pytest.skip(f"Multi30k data not found at {MULTI30K}")
     files = recipe.validate_args(model_args, data_args, training_args)
