@@ -672,9 +672,10 @@ def ctranslate2_transcripts(run: Run, whisper, tokenizer, features, generate_kwa
 
 
 def ctranslate2_max_length(length: int, max_target_positions: int | None) -> int:
-    """A ``max_length`` for CTranslate2's Whisper that lets it reach ``length`` tokens, prompt included: it counts its
-    limit otherwise than transformers (about half as many tokens come back), so it is asked for twice as many,
-    within the decoder's positions, and its rows are cut to transformers' new tokens."""
+    """A ``max_length`` for CTranslate2's Whisper that lets it reach ``length`` tokens, prompt included: its
+    ``generate`` hands its decoder half the ``max_length`` it is given (``whisper.cc``: ``decoding_options.max_length
+    = options.max_length / 2``, Whisper's budget for a prompt of earlier text and the new tokens), so it is asked for
+    twice as many, within the decoder's positions, and its rows are cut to transformers' new tokens."""
     return min(2 * length, max_target_positions or 2 * length)
 
 
