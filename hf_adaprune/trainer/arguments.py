@@ -268,6 +268,8 @@ def pruning_arguments(args) -> dict:
     if args.pruning_target_type != "latency":  # they measure nothing then: a resume may change them
         own -= set(LATENCY_OPTIONS)
     values = {name: getattr(args, name) for name in sorted(own)}
+    # spelled one way: 'both', 'heads,ffn' and 'ffn,heads' prune the same, and a resume compares these
+    values.update({name: normalised_comma_list(name, values[name]) for name in COMMA_LIST_FIELDS if name in values})
     if isinstance(args, Seq2SeqTrainingArguments) and args.pruning_metric != "loss":
         for name in GENERATION_FIELDS:
             value = getattr(args, name, None)
@@ -410,6 +412,25 @@ def prune_kinds(value: str) -> tuple[str, ...]:
         raise ValueError(f"--prune must be one of {', '.join(STRUCTURES)}, 'both' or a comma list of them; "
                          f"got {value!r}")
     return tuple(kind for kind in STRUCTURES if kind in named)
+
+
+def normalised_comma_list(name: str, value):
+    """``--prune`` or ``--pruning_roles`` spelled one way: the kinds as :func:`prune_kinds` orders them
+    ('both' -> 'heads,ffn'), the roles sorted ('all' for every role); a value that names none is returned as it
+    is (a record written by another version, compared as it stands)."""
+    if not isinstance(value, str):
+        return value
+    if name == "prune":
+        try:
+            return ",".join(prune_kinds(value))
+        except ValueError:
+            return value
+    if name == "pruning_roles":
+        roles = set(ROLES) if value.strip() == "all" else {r.strip() for r in value.split(",") if r.strip()}
+        if not roles or roles - set(ROLES):
+            return value
+        return "all" if roles == set(ROLES) else ",".join(sorted(roles))
+    return value
 
 
 def pruning_metric_direction(args) -> bool:

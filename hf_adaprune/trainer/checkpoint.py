@@ -15,7 +15,7 @@ import re
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import GENERATION_FIELDS, LATENCY_OPTIONS
+from .arguments import COMMA_LIST_FIELDS, GENERATION_FIELDS, LATENCY_OPTIONS, normalised_comma_list
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ def read_pruning_state(folder: str | os.PathLike) -> dict:
     if isinstance(arguments, dict) and arguments.get("pruning_target_type", "latency") != "latency":
         # written before 2026-12-05: the latency-table options were recorded under any target type, and compared
         state["arguments"] = {k: v for k, v in arguments.items() if k not in LATENCY_OPTIONS}
+    arguments = state.get("arguments")
+    if isinstance(arguments, dict):
+        # written before 2026-12-06: --prune / --pruning_roles as typed ('both'), compared with today's normalised record
+        state["arguments"] = {k: normalised_comma_list(k, v) if k in COMMA_LIST_FIELDS else v
+                              for k, v in arguments.items()}
     return state
 
 
@@ -134,12 +139,15 @@ MEASURE_ARGUMENTS = ("pruning_metric", "pruning_greater_is_better", "pruning_eva
                      "pruning_target_type") + GENERATION_FIELDS
 
 
-def new_arguments_problem(saved: dict, current: dict, controller: dict) -> str | None:
+def new_arguments_problem(saved: dict, current: dict, controller: dict, teacher: str | None = None) -> str | None:
     """What a run resumed under ``pruning_resume_with_new_arguments`` cannot continue with, or None.
 
     ``controller``: the checkpoint's controller state. Its reference (and every decision) was measured with the
     checkpoint's metric arguments; its kept ratio and candidate are pruned already, so a lower target cannot undo
     them. A higher target than the one it stopped at is followed (see ``AdaptiveController.resume_towards_target``).
+    ``teacher``: where the checkpoint's distillation teacher is (its ``teacher`` entry; None: it had none). The
+    default teacher is the dense model at the reference: a run that turns ``--distillation`` on after it has none
+    to take, and needs ``--teacher_model_name_or_path``.
     """
     if controller.get("reference") is not None:
         changed = [k for k in MEASURE_ARGUMENTS if k in saved and saved[k] != current.get(k)]
@@ -148,6 +156,13 @@ def new_arguments_problem(saved: dict, current: dict, controller: dict) -> str |
             return (f"the checkpoint's pruning reference and decisions were measured with other arguments ({listed}), "
                     "and a resumed run cannot measure the dense model again: resume with the checkpoint's values, "
                     "or start a new run from the dense model")
+        if (current.get("distillation") and not current.get("teacher_model_name_or_path")
+                and not (teacher or saved.get("distillation"))):
+            return ("--distillation is on, but the checkpoint was written without it after its pruning reference was "
+                    "taken: the default teacher is the dense model as it stood at the reference, which a resumed run "
+                    "no longer has, so it would train without distillation. Name a teacher with "
+                    "--teacher_model_name_or_path (e.g. the dense model the run started from, fine-tuned for the "
+                    "task), resume with --distillation false, or start a new run from the dense model")
     target = current.get("pruning_target")
     kept, pending = controller.get("ratio") or 0.0, controller.get("pending")
     unit = "of the measured time" if current.get("pruning_target_type") == "latency" else "of the FLOPs"

@@ -799,7 +799,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         }
 
     def load_pruning_state_dict(self, state: dict) -> None:
-        state = without_unpruned_groups(state, set(get_masks(self.pruned_model).masks))
+        # the groups this run prunes: every head and FFN mask is attached whatever --prune says, so the attached
+        # masks would let a removal of a kind (or role) this run does not prune through, unreported
+        masks = get_masks(self.pruned_model)
+        state = without_unpruned_groups(state, {group.name for group in self.pruning_groups}, masks.state_dict())
         get_masks(self.pruned_model).load_state_dict(state["masks"])
         self._accepted_masks = state["accepted_masks"]
         # the state was saved on the CPU: the scores go where the gradients they are mixed with will be
@@ -867,7 +870,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             check_resume_arguments(state.get("arguments") or {}, pruning_arguments(self.args),
                                    self.args.pruning_resume_with_new_arguments)
             problem = new_arguments_problem(state.get("arguments") or {}, pruning_arguments(self.args),
-                                            state.get("controller") or {})
+                                            state.get("controller") or {}, teacher=state.get("teacher"))
             if problem:
                 raise ValueError(problem)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
@@ -920,23 +923,33 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._write_card(output_dir, **self.card_args())
 
 
-def without_unpruned_groups(state: dict, groups: set[str]) -> dict:
+def without_unpruned_groups(state: dict, groups: set[str], current: dict | None = None) -> dict:
     """``state`` (a ``pruning_state.pt``) without the masks of groups this run does not prune.
 
-    A run resumed under ``pruning_resume_with_new_arguments`` may prune fewer kinds than the checkpoint's
-    (``--prune heads,ffn`` after ``heads,ffn,layers``): their masks are dropped while nothing of those groups
-    was removed, and refused otherwise (dropping them would silently bring the removed structures back).
+    A run resumed under ``pruning_resume_with_new_arguments`` may prune fewer kinds (or roles) than the
+    checkpoint's (``--prune heads`` after ``heads,ffn``, ``heads,ffn`` after ``heads,ffn,layers``): their masks are
+    dropped while nothing of those groups was removed, and refused otherwise (dropping them would silently bring
+    the removed structures back, or, for masks that stay attached, keep them removed while the report names only
+    the kinds this run prunes). ``current``: the masks the model has now (a group absent: all kept); what they
+    remove already is not this checkpoint's doing.
     """
+    current = current or {}
     ramp = state.get("ramp")
     named = [state["masks"], state["accepted_masks"]] + ([ramp["start"], ramp["target"]] if ramp else [])
     dropped = {name for masks in named for name in masks} - groups
+
+    def removes(name: str, mask: torch.Tensor) -> bool:
+        now = current.get(name)
+        return bool((mask < 1).any()) if now is None else bool((mask.cpu() < now.detach().cpu()).any())
+
     if not dropped:
         return state
-    removed = sorted({name for masks in named for name, mask in masks.items() if name in dropped and (mask < 1).any()})
+    removed = sorted({name for masks in named for name, mask in masks.items()
+                      if name in dropped and removes(name, mask)})
     if removed:
         raise ValueError(f"the checkpoint removed structures of groups this run does not prune ({', '.join(removed)}): "
                          "resuming without them would bring them back. Resume with the checkpoint's --prune kinds "
-                         f"(its arguments are in {PRUNING_STATE_FILE})")
+                         f"and --pruning_roles (its arguments are in {PRUNING_STATE_FILE})")
     logger.info("resuming without the masks of %s (not pruned by this run; nothing of them was removed)",
                 ", ".join(sorted(dropped)))
 
