@@ -37,8 +37,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..input_grad_hooks import checkpointing_flags, restore_checkpointing_flags, without_input_grad_hooks
 from ..engine.masks import get_masks
+from ..input_grad_hooks import checkpointing_flags, restore_checkpointing_flags, without_input_grad_hooks
 from ..token_ids import token_id_list
 from .checks import check_transformers_model
 from .tokenizer_vocab import tokenizer_family
