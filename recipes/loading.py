@@ -110,6 +110,20 @@ BEAM_ONLY_FIELDS = {"early_stopping": None, "length_penalty": None, "num_beam_gr
                     "num_return_sequences": None}
 
 
+def check_generation_lengths(model, training_args) -> None:
+    """RecipeError for --generation_num_beams / --generation_max_length below 1, or a --generation_max_length beyond
+    the decoder's ``max_target_positions`` (Whisper; other families' position limits are checked by their recipe)."""
+    for name in ("generation_num_beams", "generation_max_length"):
+        value = getattr(training_args, name, None)
+        if value is not None and value < 1:
+            raise RecipeError(f"--{name} must be >= 1; got {value}")
+    length, limit = getattr(training_args, "generation_max_length", None), getattr(model.config,
+                                                                                 "max_target_positions", None)
+    if length is not None and limit and length > limit:
+        raise RecipeError(f"--generation_max_length {length}: the decoder reads at most {limit} positions "
+                          f"(max_target_positions); pass --generation_max_length {limit} or less")
+
+
 def apply_generation_config(model, training_args) -> None:
     """``--generation_config``, loaded and applied to ``model`` before anything generates (sequence distillation,
     the metric check), with the fields of RECIPE_GENERATION_FIELDS it leaves unset taken from the model's.
@@ -117,7 +131,9 @@ def apply_generation_config(model, training_args) -> None:
     Seq2SeqTrainer replaces the model's generation config with the one given when it is built: ids the recipe had set
     (a decoder start token, a target-language code) were lost, and what ran before the trainer (the teacher's
     translations) generated with the model's settings instead. The merged config becomes ``--generation_config``, so
-    the trainer applies the same one."""
+    the trainer applies the same one. Beams below 1 and a length beyond the decoder's positions (Whisper's
+    ``max_target_positions``) are refused here, before training: the first evaluation failed on them."""
+    check_generation_lengths(model, training_args)
     given = getattr(training_args, "generation_config", None)
     if given is not None:
         from transformers import Seq2SeqTrainer

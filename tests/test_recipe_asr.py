@@ -672,6 +672,23 @@ def test_whisper_generation_config_is_the_one_scored(tmp_path, manifests, tiny_w
     assert (generation.max_length, generation.num_beams or 1) == (max_length, beams)  # None: transformers' 1
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--generation_num_beams", "0"], r"--generation_num_beams must be >= 1; got 0"),
+    (["--generation_max_length", "0"], r"--generation_max_length must be >= 1; got 0"),
+    (["--generation_max_length", "1000"], r"--generation_max_length 1000: the decoder reads at most \d+ positions "
+                                          r"\(max_target_positions\); pass --generation_max_length \d+ or less"),
+])
+def test_whisper_generation_beams_and_lengths_it_cannot_use_are_refused_before_training(
+        tmp_path, manifests, tiny_whisper_dir, flags, message):
+    """Beams of 0 failed with ZeroDivisionError at the first evaluation (the pruning reference, after the
+    warm-up steps), -1 with a negative dimension; a length beyond the decoder's positions was taken."""
+    skeleton = load_recipe("skeleton")
+    run = prepare(["--model_name_or_path", str(tiny_whisper_dir), *data_flags(manifests, test=False),
+                   "--output_dir", str(tmp_path / "o"), "--report_to", "none", *flags])
+    with pytest.raises(asr.RecipeError, match=message):
+        skeleton.build_model(asr.TASK, run)
+
+
 def test_whisper_example_names_its_starting_model_as_the_base_model():
     """--model OTHER: the recipe was told --base_model_id openai/whisper-tiny.en all the same (card, reports)."""
     from conftest import load_script
