@@ -469,6 +469,9 @@ def test_whisper_vocabulary_and_ctranslate2(tmp_path, manifests, tiny_whisper_di
     big_tokenizer = WhisperProcessor.from_pretrained(out).tokenizer
     for row in asr.read_manifest(str(manifests["train"]), "--train_manifest", "path", "text")[:8]:
         assert processor.tokenizer.tokenize(row["text"]) == big_tokenizer.tokenize(row["text"])
+        # as a pretrained Whisper writes it, after a space: a briefly trained model still does
+        spaced = " " + row["text"]
+        assert processor.tokenizer.tokenize(spaced) == big_tokenizer.tokenize(spaced)
     audio = [asr.decode_audio(str(FSDD / name), 16000, name) for name in ("3_theo_11.wav", "7_george_12.wav")]
     features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
