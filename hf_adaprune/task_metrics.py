@@ -171,6 +171,38 @@ def _multi_label(name: str, logits: np.ndarray, labels: np.ndarray) -> dict:
     return LOCAL_METRICS[name]((logits > 0).astype(int), np.rint(labels).astype(int), **options)
 
 
+def multi_label_rows(config, predictions: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether :func:`classification_metrics` scores ``predictions`` as a multi-label head's rows: the config's
+    ``problem_type`` says so, or (none set yet) the labels are multi-hot rows shaped like 2-D predictions (float
+    labels, BCE's, or float predictions)."""
+    problem = getattr(config, "problem_type", None)
+    if problem:
+        return problem == "multi_label_classification"
+    class_ids = np.issubdtype(predictions.dtype, np.integer) and predictions.shape == labels.shape
+    return labels.shape == predictions.shape and predictions.ndim == 2 and predictions.shape[-1] > 1 and (
+        np.issubdtype(labels.dtype, np.floating) or not class_ids)
+
+
+def probability_scores(logits, predictions) -> bool:
+    """Whether ``predictions`` (what a ``preprocess_logits_for_metrics`` made of ``logits``, one tensor or a tuple
+    of them) look like probabilities: floats in [0, 1], not all 0 / 1, and not the logits themselves (a function
+    that picks the logits out of the model's outputs)."""
+    import torch
+
+    if isinstance(predictions, (tuple, list)):
+        predictions = predictions[0] if predictions else None
+    if not isinstance(predictions, torch.Tensor) or not predictions.is_floating_point() or not predictions.numel():
+        return False
+    values = predictions.detach().float()
+    raw = logits if isinstance(logits, (tuple, list)) else (logits,)
+    if any(isinstance(r, torch.Tensor) and r.shape == values.shape and torch.equal(r.detach().float(), values)
+           for r in raw):
+        return False
+    if bool(values.isnan().any()) or values.min() < 0 or values.max() > 1:
+        return False
+    return not bool(((values == 0) | (values == 1)).all())
+
+
 def _regression_head(problem_type: str | None, logits: np.ndarray, labels: np.ndarray) -> bool:
     """Whether the logits are a regression head's values, not class scores: its config says so, or it has one output
     and the labels are float (or one number per row), whatever their shape ((N,), (N, 1))."""
@@ -186,7 +218,10 @@ def classification_metrics(name: str, config=None):
     the classes for a head with more (the Hub metrics' binary default would fail on more than two classes,
     and only once the evaluated rows hold a third class, possibly hours into a run). A multi-label head
     (multi-hot labels shaped like the logits) predicts every label whose logit is positive: subset accuracy,
-    micro-averaged f1/precision/recall. A single-output (regression) head is refused: it has no classes.
+    micro-averaged f1/precision/recall; its predictions are logits or 0/1, not probabilities (a sigmoid's, all
+    positive, would predict every label: the pruning trainer refuses a ``preprocess_logits_for_metrics`` that
+    returns them before training, see :func:`probability_scores`). A single-output (regression) head is refused:
+    it has no classes.
 
     Integer predictions shaped like the labels are class ids already (a ``preprocess_logits_for_metrics`` that
     returns ``logits.argmax(-1)``) and are scored as they are, unless the head is multi-label. ``config``: the
@@ -214,13 +249,9 @@ def classification_metrics(name: str, config=None):
         logits = np.asarray(logits)
         labels = np.asarray(labels)
         problem = getattr(config, "problem_type", None)
-        multi_label = problem == "multi_label_classification" if problem else None
         num_labels = getattr(config, "num_labels", None)
         class_ids = np.issubdtype(logits.dtype, np.integer) and logits.shape == labels.shape
-        if multi_label is None:  # multi-hot rows: float labels (BCE's), or float logits of the labels' shape
-            multi_label = labels.shape == logits.shape and logits.ndim == 2 and logits.shape[-1] > 1 and (
-                np.issubdtype(labels.dtype, np.floating) or not class_ids)
-        if multi_label:
+        if multi_label_rows(config, logits, labels):
             return {name: headline_value(name, _multi_label(name, logits, labels))}
         if not class_ids and _regression_head(problem, logits, labels):
             outputs = "one output" if logits.shape[-1] == 1 else f"{logits.shape[-1]} outputs"

@@ -53,12 +53,14 @@ def whole_feed_forward(model: nn.Module):
             module.chunk_size_feed_forward = size
 
 
-def calibration_batches(dataset, collator, batch_size: int, accepted: set[str]) -> list[dict]:
+def calibration_batches(dataset, collator, batch_size: int, accepted: set[str] | None) -> list[dict]:
     """``dataset`` cut into collated batches, shortest examples together (less padding, same statistics).
 
     Columns the model does not take (raw text, ids) are dropped before collation, and so are the label columns
     after a row's first (:func:`label_key`, the one the checks read): a collator would otherwise pick its own.
-    Boolean labels are class ids 0 / 1.
+    ``accepted=None``: every row goes to the collator as it is, as the Trainer hands rows over under
+    ``remove_unused_columns=False`` (a collator that reads a column the model does not take, a class or a language
+    column, gets it). Boolean labels are class ids 0 / 1.
     """
     rows = dataset_rows(dataset)
     lengths = [len(example["input_ids"]) if "input_ids" in example else 0 for example in rows]
@@ -80,8 +82,11 @@ def label_key(row) -> str | None:
     return next((key for key in LABEL_KEYS if key in row), None)
 
 
-def model_columns(row, accepted: set[str]) -> dict:
-    """The columns of ``row`` the model takes, with its one label column (:func:`label_key`)."""
+def model_columns(row, accepted: set[str] | None) -> dict:
+    """The columns of ``row`` the model takes, with its one label column (:func:`label_key`); ``accepted=None``:
+    ``row`` as it is."""
+    if accepted is None:
+        return row
     label = label_key(row)
     return {k: v for k, v in row.items() if k in accepted and (k not in LABEL_KEYS or k == label)}
 

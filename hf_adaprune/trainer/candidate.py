@@ -12,6 +12,7 @@ import logging
 
 from ..engine.masks import get_masks
 from ..post_training.refit import DEFAULT_RIDGE
+from .decision_rng import decision_rng
 from .ramp import MaskRamp
 from .search_refit import refit_calibration_batches, refit_candidate, undo_refit
 
@@ -56,9 +57,12 @@ class CandidateMasksMixin:
         if not self.args.pruning_refit:
             return
         if self._refit_batches is None:
-            self._refit_batches = refit_calibration_batches(
-                self.pruned_model, self.train_dataset, self.data_collator, self.args.pruning_refit_samples,
-                self.args.per_device_eval_batch_size, self.args.seed, self.args.pruning_refit_long_share)
+            # under the decision RNG: a collator that draws (masked-LM masking) takes none of the training's draws
+            with decision_rng(self.args.seed, self.args.device, self.data_collator):
+                self._refit_batches = refit_calibration_batches(
+                    self.pruned_model, self.train_dataset, self.data_collator, self.args.pruning_refit_samples,
+                    self.args.per_device_eval_batch_size, self.args.seed, self.args.pruning_refit_long_share,
+                    self.args.remove_unused_columns, self.label_names)
         self._refit_change = refit_candidate(self.pruned_model, get_masks(self.pruned_model), self.pruning_groups,
                                              self._accepted_masks, self._refit_batches, self.accelerator,
                                              DEFAULT_RIDGE, self.args.pruning_refit_target)

@@ -20,6 +20,11 @@ Processes: the calibration rows are drawn from the training set with a generator
 so every process re-fits on the same batches; rank 0's re-fitted weights are then broadcast, so the
 ranks hold equal weights even where kernels are not bit-for-bit deterministic.
 
+Columns: the calibration rows reach the ``data_collator`` as training rows do: with ``--remove_unused_columns``
+(the default) only the columns the model's forward takes, the label columns and ``label_names``; without it every
+column, so a collator that reads another one (a class or language column) gets it. Two rows are collated when the
+trainer is built, so a collator that fails on them is reported before training, not at the first candidate.
+
 Roll-back: the change each re-fit made is kept until its candidate is decided; a rolled-back candidate
 subtracts it (whatever training did meanwhile stays), a kept one forgets it.
 """
@@ -57,13 +62,43 @@ def refit_problem(model, train_dataset, kinds) -> str | None:
     return None
 
 
+def refit_columns(model, remove_unused_columns: bool = True, label_names=()) -> set[str] | None:
+    """The columns of a training row the re-fit hands the collator, as the Trainer does: with
+    ``remove_unused_columns`` those ``model.forward`` takes, the label columns and ``label_names``; without, every
+    column (None), so a collator that reads a column the model does not take gets it."""
+    return model_input_names(model) | set(label_names) if remove_unused_columns else None
+
+
+def refit_collation_problem(model, dataset, collator, remove_unused_columns: bool = True,
+                            label_names=()) -> str | None:
+    """Why the collator cannot build the re-fit's batches (None when it can): 2 training rows are collated as
+    :func:`refit_calibration_batches` collates them, so a collator that fails on them does so before training, not
+    at the first pruning step after the warm-up."""
+    if not len(dataset):
+        return None
+    rows = list(range(min(2, len(dataset))))
+    subset = dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
+    try:
+        calibration_batches(subset, collator, 2, refit_columns(model, remove_unused_columns, label_names))
+    except Exception as err:  # the user's collator: whatever it raises
+        columns = "every column of the rows (--remove_unused_columns false)" if not remove_unused_columns else \
+            "the columns the model's forward takes and the label columns (--remove_unused_columns true)"
+        return (f"--pruning_refit collates train_dataset rows with the data_collator, handing it {columns}, as "
+                f"training does; it failed on the first rows: {type(err).__name__}: {err}. Fix the collator or the "
+                "dataset, or train without --pruning_refit")
+    return None
+
+
 def refit_calibration_batches(model, dataset, collator, samples: int, batch_size: int, seed: int,
-                              long_share: float = 0.0) -> list[dict]:
+                              long_share: float = 0.0, remove_unused_columns: bool = True,
+                              label_names=()) -> list[dict]:
     """``samples`` rows of ``dataset`` chosen by ``seed`` (the same on every process), collated into batches.
 
     ``long_share`` > 0: that share of the rows from the longest fifth of the dataset's rows (by their number of
     ``input_ids``), the others from the rest, as :func:`~hf_adaprune.post_training.length_mixed_calibration` draws
     them; a dataset whose longest fifth is too small gives all of it (a warning says so).
+    ``remove_unused_columns`` / ``label_names``: the training arguments'; which columns reach the collator
+    (:func:`refit_columns`).
     """
     samples = min(samples, len(dataset))
     if not long_share:
@@ -80,7 +115,7 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
                            asked)
         rows = sorted(length_mixed_rows(lengths, samples, long_share=wanted / samples, seed=seed))
     subset = dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
-    return calibration_batches(subset, collator, batch_size, model_input_names(model))
+    return calibration_batches(subset, collator, batch_size, refit_columns(model, remove_unused_columns, label_names))
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from .callback import PruningCallback
 from .hub_push import card_as_repo_readme
 from .candidate import CandidateMasksMixin
 from .report import PruningReportMixin
-from .search_refit import refit_problem
+from .search_refit import refit_collation_problem, refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, checkpoint_step,
                          new_arguments_problem, read_pruning_state, resolve_resume_checkpoint, write_pruning_state)
@@ -292,6 +292,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f" (on every process: this is process {args.process_index} of {args.world_size})"
                 if args.world_size > 1 else ""))
         unfit = args.pruning_refit and refit_problem(model, self.train_dataset, self.pruned_kinds)
+        if args.pruning_refit and not unfit:  # the re-fit collates at the first candidate: try 2 rows now
+            with decision_rng(args.seed, args.device, self.data_collator):
+                unfit = refit_collation_problem(model, self.train_dataset, self.data_collator,
+                                                args.remove_unused_columns, self.label_names)
         if unfit:
             raise ValueError(unfit)
         self.importance = make_importance(args.pruning_criterion, **(
@@ -315,6 +319,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"model's config (from_pretrained(..., {'=0.0, '.join(dropping)}=0.0), as the ASR recipe does), or "
                 "use --pruning_criterion magnitude")
         self.pruning_metric = args.pruning_metric
+        self._builtin_metric = False  # compute_metrics is classification_metrics / generation_metrics
         if self.pruning_metric != "loss" and self.compute_metrics is None:
             if args.batch_eval_metrics:
                 raise ValueError(f"--batch_eval_metrics needs a compute_metrics that takes compute_result "
@@ -327,6 +332,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  f"--pruning_metric {self.pruning_metric} scores the whole evaluation at once. Leave "
                                  "it on, or pass a compute_metrics that takes the lists of batches")
             self.compute_metrics = self._default_compute_metrics(self.pruning_metric)
+            self._builtin_metric = True
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
         self.decision_key = f"{DECISION_PREFIX}_{self.pruning_metric}"
         self.controller = AdaptiveController(
@@ -611,11 +617,22 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _check_metric_available(self) -> None:
         """Evaluate a couple of examples now so a wrong metric name fails before hours of training."""
         missing = self._decision_rows_without_labels()
+        renamed = [name for name in missing if name in ("label", "label_ids")]
+        batch = self._first_decision_batch() if renamed else None
+        if renamed and isinstance(batch, Mapping) and batch.get("labels") is not None:
+            names = [("labels" if name in renamed else name) for name in self.label_names]
+            raise ValueError(
+                f"--label_names {' '.join(self.label_names)}: the batches the data collator builds from the "
+                f"eval_dataset rows have labels, not {' / '.join(renamed)} (transformers' collators rename a label or "
+                "label_ids column to labels), and label_names names the batches' columns: evaluation would compute no "
+                f"loss and hand the metric no labels. Use --label_names {' '.join(dict.fromkeys(names))}")
         if missing:
             raise ValueError(f"the eval_dataset rows have no {' / '.join(missing)}: pruning decisions measure "
                              f"--pruning_metric {self.pruning_metric} against them (the loss needs them too). Give an "
                              "eval_dataset with labels, or name its label columns with --label_names")
-        metrics = self._evaluate_first_rows()
+        with self._watching_preprocessed_logits() as seen:
+            metrics = self._evaluate_first_rows()
+        self._refuse_multi_label_probabilities(seen)
         if self.decision_key not in metrics:
             raise KeyError(
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returns no {self.metric_key!r}; "
@@ -629,6 +646,57 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                            f"'eval_{best}' (the first evaluation would fail on it); available: "
                            f"{self._metric_names(metrics)}{self._missing_metric_hint()}")
+
+    @contextlib.contextmanager
+    def _watching_preprocessed_logits(self):
+        """Under the built-in classification metric and a ``preprocess_logits_for_metrics``: yields a list that
+        gets ``(logits, labels, predictions)`` of every call (None: nothing is watched, the same on every
+        process)."""
+        preprocess = self.preprocess_logits_for_metrics
+        generating = getattr(self.args, "predict_with_generate", False)
+        if preprocess is None or not getattr(self, "_builtin_metric", False) or generating:
+            yield None
+            return
+        seen = []
+
+        def watched(logits, labels):
+            predictions = preprocess(logits, labels)
+            seen.append((logits, labels, predictions))
+            return predictions
+
+        self.preprocess_logits_for_metrics = watched
+        try:
+            yield seen
+        finally:
+            self.preprocess_logits_for_metrics = preprocess
+
+    def _refuse_multi_label_probabilities(self, seen: list | None) -> None:
+        """The built-in metric predicts a multi-label head's label where its logit is positive: probabilities from
+        ``preprocess_logits_for_metrics`` (a sigmoid's, all positive) would predict every label, and the metric
+        would not move while pruning. Refused on every process when any saw them."""
+        if seen is None:
+            return
+        from ..task_metrics import multi_label_rows, probability_scores
+
+        config = self.pruned_model.config
+        found = False
+        for logits, labels, predictions in seen:
+            if not isinstance(labels, torch.Tensor) or not probability_scores(logits, predictions):
+                continue
+            scores = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
+            labels = labels.detach().cpu()
+            labels = labels.float() if labels.is_floating_point() else labels  # NumPy has no bfloat16
+            if multi_label_rows(config, scores.detach().float().cpu().numpy(), labels.numpy()):
+                found = True
+                break
+        if failing_processes(self.accelerator, found, self.args.device):
+            raise ValueError(
+                f"--pruning_metric {self.pruning_metric} on a multi-label head: preprocess_logits_for_metrics returns "
+                "values between 0 and 1 (probabilities, e.g. torch.sigmoid), and the built-in metric thresholds "
+                "logits at 0 (a label is predicted where its logit is positive), so every probability would count "
+                "as a predicted label and the metric would not follow pruning. Return the logits (or 0/1 "
+                "predictions, e.g. (logits > 0).long()) from preprocess_logits_for_metrics, or pass a "
+                "compute_metrics that thresholds the probabilities")
 
     def _evaluate_first_rows(self, predictions: bool = False) -> dict:
         """Metrics of 2 decision rows, or of all of them when the metric needs more (both classes, ...). Every
@@ -679,15 +747,20 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         the loss and hands labels to the metric only when every one of them is there (``labels`` may come as
         ``label`` / ``label_ids``)."""
         names = list(self.label_names)
-        try:
-            with self._reading_decision_rows():
-                batch = next(iter(self.get_test_dataloader(first_rows(self.eval_dataset, 2))))
-        except Exception:  # a collator or dataset that fails here: the evaluation that follows tells how
-            return []
+        batch = self._first_decision_batch()
         if not names or not isinstance(batch, Mapping):
             return []
         aliases = {"labels": ("labels", "label", "label_ids")}
         return [name for name in names if all(batch.get(key) is None for key in aliases.get(name, (name,)))]
+
+    def _first_decision_batch(self):
+        """The first 2 decision rows as the collator builds them (None: the collator or dataset fails on them, and
+        the evaluation that follows tells how)."""
+        try:
+            with self._reading_decision_rows():
+                return next(iter(self.get_test_dataloader(first_rows(self.eval_dataset, 2))))
+        except Exception:
+            return None
 
     def _stamp_decisions(self, step: int) -> None:
         """Give the controller's new history entries (a decision, and the stop it may have led to) the optimizer
