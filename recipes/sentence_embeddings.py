@@ -12,10 +12,13 @@ Pruning is steered by Spearman (cosine) on the first ``--max_dev_pairs`` pairs o
 (``--steer sts``) or, without labels, by agreement with the dense embeddings of the first
 ``--max_dev_pairs`` dev sentence pairs (``--steer teacher``); ``sts-test.csv`` only reports. With
 ``--layer_drop_baseline`` the run also trains sentence-transformers' usual route to a smaller model: a
-copy of the dense model keeping the layers ``--keep_layers`` (3 of 6: 50% of the layer FLOPs), distilled
+copy of the dense model keeping the layers ``--keep_layers`` (3 of 6: 50% of the layer FLOPs; a start model an
+earlier run pruned keeps its layout record, renumbered for the layers kept), distilled
 to the dense embeddings with the same loss, steps, batch size, accumulation, optimizer, learning-rate schedule
 and ``--prompts`` on the same sentences. A run with ``--compact_at_end false`` is measured on a compacted copy,
-as its saved folder holds it.
+as its saved folder holds it. The recipe has no deploy step: the other recipes' ``--prune_vocabulary``,
+``--quantize`` and ``--export_onnx`` are refused before any work, naming the library functions to run on the saved
+folder instead (``prune_vocabulary`` / ``save_int8`` / ``export_onnx`` on ``st[0].auto_model``).
 
 Reported (``results.json``, printed table): STS-B test Spearman (cosine), and on the ``--max_dev_pairs``
 dev pairs, of the dense, pruned and layer-dropped models; parameters; FLOPs of the encoder layers at ``--pruning_seq_len`` tokens;
@@ -45,10 +48,13 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss
+from sentence_transformers.sentence_transformer.modules import Pooling
+from sentence_transformers.util import load_file_path
 from transformers import HfArgumentParser
 
 from hf_adaprune import compact, get_masks
-from hf_adaprune.families import check_sequence_length
+from hf_adaprune.families import LayerGroup, check_sequence_length, find_layer_groups
+from hf_adaprune.layout import empty_record, read_record, write_record
 from hf_adaprune.plain_forward import drop_autocast_forward
 from hf_adaprune.reporting.flops import model_profile
 from hf_adaprune.reporting.latency import compare_latency
@@ -64,6 +70,7 @@ from hf_adaprune.sentence_transformers import (
 )
 from hf_adaprune.sentence_transformers.losses import distillation_distances, text_column
 from hf_adaprune.sentence_transformers.trainer import training_prompt
+from hf_adaprune.surgery import check_layer_removal, remove_layers
 
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
                                data_file_extension, recipe_argv, remove_earlier_run_outputs, resolve_package_path,
@@ -82,7 +89,9 @@ LAYER_DROP_DIR = "layer_drop"  # OUTPUT_DIR/layer_drop: the --layer_drop_baselin
 
 @dataclass
 class SentenceEmbeddingArguments:
-    model_name_or_path: str = field(metadata={"help": "A sentence-transformers folder (or package:NAME/path)."})
+    model_name_or_path: str = field(metadata={
+        "help": "A sentence-transformers folder (or package:NAME/path). A plain transformers encoder (no modules.json) "
+                "gets sentence-transformers' default mean pooling, without normalization, with a warning."})
     stsb_dir: str = field(default="../shared/data/stsb", metadata={"help": "Folder with sts-{train,dev,test}.csv."})
     objective: str = field(default="cosent", metadata={"help": "cosent (STS-B train pairs) or distillation."})
     sentence_files: list[str] = field(default_factory=list,
@@ -97,7 +106,8 @@ class SentenceEmbeddingArguments:
         "help": "Tokens a sentence is cut to in training, evaluation and timing; the saved models keep it as their "
                 "max_seq_length (the model's own limit, e.g. 256, is replaced)."})
     layer_drop_baseline: bool = field(default=False, metadata={"help": "Also train the layer-dropped model."})
-    keep_layers: str = field(default="0,2,4", metadata={"help": "Layers the layer-dropped model keeps."})
+    keep_layers: str = field(default="0,2,4", metadata={
+        "help": "Layers the layer-dropped model keeps (indices of the start model's layers, run in their order)."})
     throughput_batch: int = field(default=64)
     throughput_repeats: int = field(default=10)
     overwrite_output_dir: bool = field(
@@ -215,23 +225,21 @@ def spearman(model: SentenceTransformer, evaluator: EmbeddingSimilarityEvaluator
     return float(evaluator(model)[evaluator.primary_metric])
 
 
-# where the encoder keeps its layers: BERT-like models, DistilBERT
-LAYER_LISTS = ("encoder.layer", "transformer.layer")
-
-
-def layer_list(inner) -> tuple[str, torch.nn.ModuleList]:
-    for path in LAYER_LISTS:
-        try:
-            return path, inner.get_submodule(path)
-        except AttributeError:
-            continue
-    raise RecipeError(f"--layer_drop_baseline: no layer list ({' or '.join(LAYER_LISTS)}) in "
-                      f"{type(inner).__name__}; leave the baseline out")
+def layer_stack(inner) -> LayerGroup:
+    """The encoder's layer stack (BERT-like models: ``encoder.layer``; DistilBERT: ``transformer.layer``; a T5
+    encoder: ``encoder.block``), as hf_adaprune's layer removal takes it."""
+    stacks = [stack for stack in find_layer_groups(inner) if stack.role == "encoder"]
+    if len(stacks) != 1:
+        raise RecipeError(f"--layer_drop_baseline: {type(inner).__name__} has "
+                          f"{'no' if not stacks else len(stacks)} encoder layer stacks hf_adaprune can remove layers "
+                          "of; leave the baseline out")
+    return stacks[0]
 
 
 def keep_layer_indices(value: str, inner) -> list[int]:
     """``--keep_layers`` as layer indices of ``inner``, checked."""
-    layers = len(layer_list(inner)[1])
+    stack = layer_stack(inner)
+    layers = len(inner.base_model.get_submodule(stack.name))
     try:
         keep = [int(i) for i in value.split(",") if i.strip()]
     except ValueError:
@@ -239,17 +247,34 @@ def keep_layer_indices(value: str, inner) -> list[int]:
             from None
     if not keep or len(set(keep)) != len(keep) or not all(0 <= i < layers for i in keep):
         raise RecipeError(f"--keep_layers {value}: distinct indices of the model's {layers} layers (0 to {layers - 1})")
+    keep.sort()  # the kept layers run in the model's order
+    try:  # a stack whose layers (or whose last layer) this family cannot lose
+        check_layer_removal(stack, keep, layers)
+    except ValueError as err:
+        raise RecipeError(f"--keep_layers {value}: {err}") from None
     return keep
 
 
 def layer_dropped(model: SentenceTransformer, keep: list[int]) -> SentenceTransformer:
-    """A copy of ``model`` keeping only the encoder layers ``keep`` (sentence-transformers' distillation example)."""
+    """A copy of ``model`` keeping only the encoder layers ``keep`` (sentence-transformers' distillation example).
+
+    The layers go as hf_adaprune's compaction removes them (:func:`hf_adaprune.surgery.remove_layers`): the config's
+    layer count, and, for a model an earlier run pruned, its layout record (``config.adaprune``: the kept layers,
+    the heads and neurons of each renumbered) follow, so that the copy is profiled, saved and reloaded as the model
+    it is. The copy gets a model card of its own: ``model``'s holds ``model``'s evaluation figures.
+    """
     student = copy.deepcopy(model)
+    card_data = type(model.model_card_data)(local_files_only=True)  # no evaluation figures of ``model``
+    for name in ("base_model", "base_model_revision", "language", "license"):
+        setattr(card_data, name, getattr(model.model_card_data, name, None))
+    student.model_card_data = card_data
+    card_data.register_model(student)
+    student._model_card_text = None  # a loaded folder's README.md describes the model it was loaded as
     inner = student[0].auto_model
-    path, layers = layer_list(inner)
-    parent, name = path.rsplit(".", 1)
-    setattr(inner.get_submodule(parent), name, torch.nn.ModuleList([layers[i] for i in keep]))
-    inner.config.num_hidden_layers = len(keep)
+    record = read_record(inner.config)
+    remove_layers(inner, layer_stack(inner), sorted(keep), record if record is not None else empty_record())
+    if record is not None:  # a dense model stays without a record: stock transformers builds its fewer layers
+        write_record(inner.config, record)
     return student
 
 
@@ -346,6 +371,48 @@ def check_options(opts, args) -> None:
                           "set --max_steps")
 
 
+# the other recipes' deploy options (recipes/arguments.py, recipes/deploy.py): this recipe has no deploy step
+DEPLOY_FLAGS = ("prune_vocabulary", "vocabulary_min_count", "vocabulary_max_size", "vocabulary_full_rows",
+                "vocabulary_rank", "decoder_vocabulary", "prune_positions", "quantize", "export_onnx",
+                "export_ctranslate2")
+
+
+def check_unknown_flags(unknown: list[str]) -> None:
+    """Refuse the flags no arguments class took; the other recipes' deploy options with where to go instead."""
+    if not unknown:
+        return
+    names = [item[2:].partition("=")[0].replace("-", "_") for item in unknown if item.startswith("--")]
+    deploy = [f"--{name}" for name in names if name in DEPLOY_FLAGS]
+    if deploy:
+        raise RecipeError(
+            f"{', '.join(deploy)}: the sentence-embeddings recipe has no deploy step (no --prune_vocabulary, "
+            "--quantize or --export_onnx); leave them out and deploy the saved folder with the library: "
+            "st = load_pruned_sentence_transformer(OUTPUT_DIR); st[0].processor = prune_vocabulary(st[0].auto_model, "
+            "st.tokenizer, texts), then save_pruned_sentence_transformer(st, folder); save_int8(st[0].auto_model, "
+            "folder, tokenizer=st.tokenizer); export_onnx(st[0].auto_model, folder, tokenizer=st.tokenizer), pooling "
+            "(and normalizing) outside the graph (README, \"Deploy\")")
+    raise RecipeError(f"Some specified arguments are not used by the HfArgumentParser: {unknown}")
+
+
+def warn_if_new_modules(model: SentenceTransformer, path: str) -> None:
+    """A plain transformers checkpoint (no modules.json) loads as sentence-transformers' default: the encoder with
+    a new pooling and no normalization. Legitimate (training an embedding model from an encoder), but not the
+    sentence-transformers folder the option asks for: said in a warning."""
+    try:
+        modules_json = load_file_path(path, "modules.json", local_files_only=True)
+    except Exception:  # noqa: BLE001 - a path sentence-transformers loaded: when in doubt, say nothing
+        return
+    if modules_json is not None:
+        return
+    pooling = next((m for m in model if isinstance(m, Pooling)), None)
+    mode = getattr(pooling, "pooling_mode", None)
+    mode = "+".join(mode) if isinstance(mode, (list, tuple)) else mode or "no"
+    logger.warning("--model_name_or_path %s: no sentence-transformers modules found (no modules.json): "
+                   "sentence-transformers added a new %s pooling without normalization after the encoder; the run "
+                   "prunes and reports on that embedding model (give a sentence-transformers folder for its own "
+                   "pooling and normalization)", path, mode)
+
+
 def check_model(model: SentenceTransformer, opts, args) -> None:
     """What the loaded model tells is wrong, before any training."""
     try:  # a first module hf_adaprune cannot prune (a StaticEmbedding, an unsupported family): said before any work
@@ -399,9 +466,11 @@ def check_test_pairs(pairs: Dataset, path: str) -> None:
 def main(argv=None):
     parser = HfArgumentParser((SentenceEmbeddingArguments, SentenceTransformerPruningArguments))
     try:
-        opts, args = parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser))
-    except ValueError as err:  # unknown flags, argument values the arguments classes refuse
+        opts, args, unknown = parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser),
+                                                                 return_remaining_strings=True)
+    except ValueError as err:  # argument values the arguments classes refuse
         raise RecipeError(str(err)) from err
+    check_unknown_flags(unknown)
     check_options(opts, args)
     check_integrations(args)
     path = resolve_package_path(opts.model_name_or_path, "--model_name_or_path")
@@ -427,6 +496,7 @@ def main(argv=None):
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err
     check_model(model, opts, args)
+    warn_if_new_modules(model, path)
     model.max_seq_length = opts.max_seq_length
     dense = copy.deepcopy(model).eval()
     dev = read_sts(os.path.join(opts.stsb_dir, "sts-dev.csv"))
@@ -491,11 +561,12 @@ def main(argv=None):
             **{name: getattr(args, name) for name in BASELINE_TRAINING_ARGUMENTS})
         SentenceTransformerTrainer(model=student, args=base_args, train_dataset=distil,
                                    loss=embedding_distillation_loss(student, opts.distillation_distance)).train()
-        drop_autocast_forward(student)  # scored and timed as saved, as the pruned model
-        if args.should_save:  # one process writes the folder
-            student.eval().save(os.path.join(args.output_dir, LAYER_DROP_DIR))
+        drop_autocast_forward(student).eval()  # scored and timed as saved, as the pruned model
+        # scored before it is saved: the evaluators put their figures into its card (model-index)
         results["layer_drop"] = {"kept_layers": keep, "sts_test": spearman(student, test_eval),
                                  "sts_dev": spearman(student, dev_eval), **profile(student, args.pruning_seq_len)}
+        if args.should_save:  # one process writes the folder
+            student.save(os.path.join(args.output_dir, LAYER_DROP_DIR))
         models["layer_drop"] = student
 
     if not args.should_save:  # the other processes of a multi-process run: timing and writing are the main one's

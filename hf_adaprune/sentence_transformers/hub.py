@@ -45,7 +45,9 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
                                      card: str | None = None, card_file: str = "README.md") -> Path:
     """Compact the transformer module (if it still has masks) and save ``model`` as a sentence-transformers folder.
 
-    ``card``: the model card to write, as ``card_file`` (default: the README.md sentence-transformers generates).
+    ``card``: the model card to write, as ``card_file`` (default: the README.md sentence-transformers generates for
+    the model as it is now; not the card of a folder ``model`` was loaded from, which sentence-transformers would
+    write back unchanged for a model it has not trained since, with that model's figures).
     """
     # The compacted model's class writes its config's auto_map and modeling_adaprune.py in save_pretrained,
     # which the Transformer module's save calls.
@@ -53,9 +55,15 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
     compact(transformer)
 
     def write(folder: Path) -> None:
-        model.save(str(folder), create_model_card=card is None)
         if card is not None:
+            model.save(str(folder), create_model_card=False)
             (folder / card_file).write_text(card)
+            return
+        loaded_card, model._model_card_text = getattr(model, "_model_card_text", None), None
+        try:  # a new card of this model (its shapes, vocabulary, ...), not the loaded folder's text
+            model.save(str(folder), create_model_card=True)
+        finally:
+            model._model_card_text = loaded_card
 
     saved = write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
     stock = stock_encoder_class(transformer.config)
