@@ -195,8 +195,8 @@ def probability_scores(logits, predictions) -> bool:
         return False
     values = predictions.detach().float()
     raw = logits if isinstance(logits, (tuple, list)) else (logits,)
-    if any(isinstance(r, torch.Tensor) and r.shape == values.shape and torch.equal(r.detach().float(), values)
-           for r in raw):
+    if any(isinstance(r, torch.Tensor) and r.shape == values.shape  # logits on the GPU, predictions moved off it
+           and torch.equal(r.detach().float().to(values.device), values) for r in raw):
         return False
     if bool(values.isnan().any()) or values.min() < 0 or values.max() > 1:
         return False

@@ -194,8 +194,23 @@ def expand_config_file(argv: list[str] | None = None) -> list[str]:
         raise RecipeError(f"the config file {late} must come first: RECIPE.py {late} [--flag value ...] (the flags "
                           "after it override its values)")
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        argv = config_to_argv(read_config_file(argv[0])) + argv[1:]
+        argv = config_to_argv(without_overridden_aliases(read_config_file(argv[0]), argv[1:])) + argv[1:]
     return argv
+
+
+# flags that set the same thing under two names (the translation recipe's --num_beams is --generation_num_beams)
+FLAG_ALIASES = ({"num_beams", "generation_num_beams"},)
+
+
+def without_overridden_aliases(values: dict, flags: list[str]) -> dict:
+    """A config file's ``values`` without those whose alias the command line ``flags`` set: ``num_beams: 1`` in the
+    file gives way to ``--generation_num_beams 4`` after it, as it gives way to ``--num_beams 4``."""
+    given = {item[2:].split("=", 1)[0].replace("-", "_") for item in flags if item.startswith("--")}
+    dropped = set()
+    for group in FLAG_ALIASES:
+        if group & given:
+            dropped |= group - given
+    return {key: value for key, value in values.items() if key.replace("-", "_") not in dropped}
 
 
 # transformers' example scripts run what these flags ask for; a recipe always trains (or, with --post_training,

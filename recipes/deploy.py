@@ -175,21 +175,21 @@ def vocabulary_rows(run) -> tuple:
     if run.data_args.decoder_vocabulary:  # the sources' tokens for the encoder, the targets' for the decoder
         return (training_token_rows(train, ("input_ids",)),
                 itertools.chain(training_token_rows(train, ("labels",)), teacher_rows))
-    rows = itertools.chain(training_token_rows(train, token_columns(run.model)), teacher_rows)
-    if run.model.config.model_type == "whisper":
-        rows = itertools.chain(rows, whisper_spaced_rows(run))
-    return rows, None
+    rows = training_token_rows(train, token_columns(run.model))
+    if run.model.config.model_type == "whisper":  # one row a transcript, holding both of its forms
+        rows = (sorted(set(ids) | set(spaced)) for ids, spaced in zip(rows, whisper_spaced_rows(run), strict=True))
+    return itertools.chain(rows, teacher_rows), None
 
 
 def whisper_spaced_rows(run):
-    """The tokens of each training transcript written after a space (' seven', 'Ġseven'), as Whisper writes a
-    transcript's words when pretrained: the labels ('seven') teach it their own form only once fine-tuned long
-    enough, and a smaller vocabulary without the spaced form rewrote the transcripts of a briefly trained model."""
+    """For each training row, the tokens of its transcript written after a space (' seven', 'Ġseven'), as Whisper
+    writes a transcript's words when pretrained: the labels ('seven') teach it their own form only once fine-tuned
+    long enough, and a smaller vocabulary without the spaced form rewrote the transcripts of a briefly trained
+    model. Counted in the transcript's own row, so ``--vocabulary_min_count`` still counts transcripts."""
     tokenizer = _tokenizer(run.processing_class)
     for row in run.datasets["train"]:
         text = tokenizer.decode([i for i in row["labels"] if i != IGNORED_LABEL], skip_special_tokens=True).strip()
-        if text:
-            yield tokenizer(" " + text, add_special_tokens=False).input_ids
+        yield tokenizer(" " + text, add_special_tokens=False).input_ids if text else []
 
 
 def token_columns(model) -> tuple[str, ...]:

@@ -449,6 +449,25 @@ def test_ctc_bad_requests_fail_before_training(tmp_path, manifests, tiny_ctc_dir
     assert not (out / "model.safetensors").exists()
 
 
+def test_whisper_vocabulary_rows_hold_both_forms_of_a_transcript_in_its_one_row(tiny_whisper_dir):  # noqa: F811
+    """The spaced form (' kitchen') is kept beside the labels' form, in the transcript's own row: as a row of its
+    own it counted every transcript twice (--vocabulary_min_count 2 kept words of one transcript)."""
+    from types import SimpleNamespace
+
+    from hf_adaprune.deploy.vocabulary import token_row_counts
+    from recipes import deploy as recipe_deploy
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_whisper_dir)
+    texts = ["turn on the kitchen light", "open the door"]
+    run = SimpleNamespace(datasets={"train": [{"labels": tokenizer(text).input_ids} for text in texts]},
+                          data_args=SimpleNamespace(decoder_vocabulary=False), processing_class=tokenizer,
+                          model=SimpleNamespace(config=SimpleNamespace(model_type="whisper", is_encoder_decoder=True)))
+    counts = token_row_counts(tokenizer, tokenized=recipe_deploy.vocabulary_rows(run)[0])
+    assert max(counts.values()) == len(texts)  # the prompt's special tokens, in every row once
+    for word, rows in ((" kitchen", 1), ("turn", 1), (" turn", 1), (" door", 1), (" the", 2)):
+        assert {counts[i] for i in tokenizer(word, add_special_tokens=False).input_ids} == {rows}, word
+
+
 def test_whisper_vocabulary_and_ctranslate2(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811 - the fixtures
     """The vocabulary folder holds the processor with the smaller tokenizer; CTranslate2 converts that folder."""
     out = tmp_path / "whisper"

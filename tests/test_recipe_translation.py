@@ -318,6 +318,11 @@ def test_shipped_config_parses(monkeypatch):
     assert training_args.generation_num_beams == 1 and data_args.num_beams is None
     assert recipe.parse_args(["recipes/configs/translation_marian_multi30k.yaml", "--generation_num_beams",
                               "2"])[2].generation_num_beams == 2
+    # and either name on the command line replaces the file's value (--num_beams 4 was refused as a second flag)
+    for flag in ("--num_beams", "--num-beams", "--num_beams=4"):
+        model_args, data_args, training_args = recipe.parse_args(
+            ["recipes/configs/translation_marian_multi30k.yaml", *([flag] if "=" in flag else [flag, "4"])])
+        assert (data_args.num_beams, training_args.generation_num_beams) == (4, None)
     if not MULTI30K.exists():
         pytest.skip(f"Multi30k data not found at {MULTI30K}")
     files = recipe.validate_args(model_args, data_args, training_args)
