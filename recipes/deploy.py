@@ -299,17 +299,29 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
         return model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
     source = Path(run.training_args.output_dir)  # the folder CTranslate2 converts (tokenizer files inside)
 
+    against = "pruned"  # what each copy's test_change is counted against, as the printed lines say
     if score is not None and half_precision_scoring(run.training_args):
         pruned_test = plain_reference(record, lambda: score(run, model, tokenizer))
+        against = "pruned without autocast"
+    # int8 and ONNX copies are made from a float32 copy: a model stored in half precision is scored in float32 too,
+    # so that their change is theirs, not the cast's (the vocabulary copy keeps the stored dtype)
+    float32_test, float32_against = pruned_test, against
+    if score is not None and any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        float32_test = plain_reference(record, lambda: score(run, copy.deepcopy(model).float(), tokenizer),
+                                       key="reference_float32")
+        float32_against = "pruned in float32"
 
     def written(name: str, folder: Path, **extra) -> None:
         record["written"][name] = {"path": str(folder), "bytes": _folder_bytes(folder), **extra}
         logger.info("deploy: %s -> %s", name, folder)
 
-    def scored(name: str, load, entry: dict | None = None, load_tokenizer=lambda: tokenizer) -> None:
+    def scored(name: str, load, entry: dict | None = None, load_tokenizer=lambda: tokenizer,
+               in_float32: bool = False) -> None:
         if score is not None:
             entry = record["written"][name] if entry is None else entry
-            score_entry(entry, lambda: score(run, load(), load_tokenizer()), pruned_test, name)
+            score_entry(entry, lambda: score(run, load(), load_tokenizer()),
+                        float32_test if in_float32 else pruned_test, name)
+            entry["test_change_against"] = float32_against if in_float32 else against
 
     if data_args.prune_vocabulary:
         before = model.get_input_embeddings().num_embeddings
@@ -346,7 +358,7 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
     if data_args.quantize == "int8":
         save_int8(float32(), root / "int8", tokenizer=None if processor else tokenizer, processor=processor)
         written("int8", root / "int8")
-        scored("int8", lambda: load_int8(root / "int8").eval())
+        scored("int8", lambda: load_int8(root / "int8").eval(), in_float32=True)
     if data_args.export_onnx:
         graphs = export_onnx(float32(), root / "onnx", tokenizer=None if processor else tokenizer,
                              processor=processor)
@@ -354,12 +366,13 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
             graphs += quantize_onnx(root / "onnx", [graph.name for graph in graphs])
         written("onnx", root / "onnx", graphs=[graph.name for graph in graphs])
         onnx_tokenizer = functools.partial(AutoTokenizer.from_pretrained, root / "onnx")  # the one saved beside
-        scored("onnx", lambda: onnx_runner(root / "onnx", model.config), load_tokenizer=onnx_tokenizer)
+        scored("onnx", lambda: onnx_runner(root / "onnx", model.config), load_tokenizer=onnx_tokenizer,
+               in_float32=True)
         if data_args.quantize == "int8":  # the int8 graphs, scored apart from the float ones in the same folder
             int8_graphs = [graph.name for graph in graphs if graph.name.endswith(INT8_SUFFIX)]
             entry = record["written"]["onnx"]["int8"] = {"graphs": int8_graphs}
             scored("onnx int8", lambda: onnx_runner(root / "onnx", model.config, int8=True), entry=entry,
-                   load_tokenizer=onnx_tokenizer)
+                   load_tokenizer=onnx_tokenizer, in_float32=True)
     if data_args.export_ctranslate2:
         result = export_ctranslate2(source, root / "ctranslate2", quantization=data_args.quantize, force=True)
         written("ctranslate2", root / "ctranslate2", num_heads=result.num_heads, zero_heads=result.zero_heads,
@@ -374,14 +387,21 @@ def half_precision_scoring(training_args) -> bool:
     return bool(training_args.bf16 or training_args.fp16)
 
 
-def plain_reference(record: dict, scores) -> dict:
-    """The pruned model's test metrics as its copies are scored (no autocast; ``scores()``), under the record's
-    ``reference``, returned as results.json's "test" entry reads them (``pruned_NAME``): each copy's change is then
-    the copy's alone, not the run's half precision as well."""
+REFERENCES = {
+    "reference": "the pruned model without the run's --bf16 / --fp16 autocast, as its deployed copies are scored; "
+                 "test_change is against it",
+    "reference_float32": "the pruned model cast to float32, as the int8 and ONNX copies are made from it (the model "
+                         "is stored in half precision); their test_change is against it",
+}
+
+
+def plain_reference(record: dict, scores, key: str = "reference") -> dict:
+    """The pruned model's test metrics as its copies are scored (no autocast, or cast to float32 as the int8 and ONNX
+    copies are; ``scores()``), under the record's ``key``, returned as results.json's "test" entry reads them
+    (``pruned_NAME``): each copy's change is then the copy's alone, not the run's half precision as well."""
     values = scores()
-    record["reference"] = {"test": values, "scored": "the pruned model without the run's --bf16 / --fp16 autocast, "
-                                                     "as its deployed copies are scored; test_change is against it"}
-    logger.info("deploy: the pruned model without autocast, test %s", values)
+    record[key] = {"test": values, "scored": REFERENCES[key]}
+    logger.info("deploy: %s, test %s", REFERENCES[key].split(",")[0], values)
     return {f"pruned_{name}": value for name, value in values.items()}
 
 
@@ -469,6 +489,7 @@ def score_line(entry: dict, format_value) -> str | None:
     parts = []
     for metric, value in entry["test"].items():
         change = entry["test_change"].get(metric)
+        against = entry.get("test_change_against", "pruned")  # the reference, where one was scored
         parts.append(f"test {metric} {format_value(metric, value)}" + (
-            "" if change is None else f" ({'+' if change >= 0 else ''}{format_value(metric, change)} vs pruned)"))
+            "" if change is None else f" ({'+' if change >= 0 else ''}{format_value(metric, change)} vs {against})"))
     return ", ".join(parts)
