@@ -352,7 +352,7 @@ def resumes_run_in(output_dir: str, resume_from: str | None) -> bool:
 
 
 def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from: str | None = None,
-                     own: dict[str, str] | None = None) -> None:
+                     own: dict[str, str] | None = None, resumable: bool = True) -> None:
     """Never write over a loaded model's folder; into a folder that is not empty only with
     ``--overwrite_output_dir`` (or when resuming the run whose checkpoints it holds: ``resume_from`` is a checkpoint
     folder inside it), as transformers' example scripts do: the run writes ``results.json``, ``README.md``, ... and
@@ -395,8 +395,8 @@ def check_output_dir(output_dir: str, model_paths, overwrite: bool, resume_from:
     if entries:
         held = "a saved model" if holds_model(out) else \
             f"{len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})"
-        resume = (", --resume_from_checkpoint true to continue the run whose checkpoints it holds,"
-                  if any(name.startswith("checkpoint-") for name in entries) else "")
+        resume = (", --resume_from_checkpoint true to continue the run whose checkpoints it holds,"  # not a mode
+                  if resumable and any(name.startswith("checkpoint-") for name in entries) else "")  # that refuses it
         raise RecipeError(f"--output_dir {output_dir} already holds {held}; choose another folder{resume} or pass "
                           f"--overwrite_output_dir true to write into it (files of the same names are replaced)")
 

@@ -54,6 +54,10 @@ def check_arguments(model_args, data_args, training_args) -> None:
     if not model_args.model_name_or_path:
         raise RecipeError("--post_training prunes a fine-tuned model: give --model_name_or_path (a model built "
                           "from --config_name has nothing to keep)")
+    if getattr(model_args, "config_name", None):  # the model is built from its own config, whose weights it holds
+        raise RecipeError(f"--config_name {model_args.config_name}: --post_training prunes the fine-tuned model of "
+                          "--model_name_or_path as saved, with its own config (another config would drop or "
+                          "misread its weights); leave --config_name out")
     for name, fine in TRAINING_ONLY:
         if getattr(training_args, name, getattr(data_args, name, fine)) != fine:
             raise RecipeError(f"--{name} applies to pruning while training; --post_training does not train. Leave "
@@ -186,6 +190,7 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
         latency["dense_model"] = "dense, as loaded"
     comparison = result.comparison.to_dict()
     stop = "searched the ratio" if data_args.post_training_search else "fixed target"
+    refit = data_args.post_training_refit  # its settings are reported where it ran (None: nothing used them)
     results = {
         **results_header(task, run, mode="post_training"),
         "test": None if test_dataset is None else test_results(len(test_dataset), task.test_metrics, scores, None,
@@ -206,10 +211,10 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
                           "refit": data_args.post_training_refit,
                           # the pruned groups re-fitted, and those left un-fitted (too few calibration tokens)
                           "refitted": sorted(result.refit_errors), "refit_skipped": result.refit_skipped,
-                          "refit_target": data_args.post_training_refit_target,
+                          "refit_target": data_args.post_training_refit_target if refit else None,
                           # the calibration rows the re-fit read: no more than there are
-                          "refit_samples": _refit_rows(data_args, calibration_samples),
-                          "ridge": data_args.post_training_ridge, "ratio": result.ratio,
+                          "refit_samples": _refit_rows(data_args, calibration_samples) if refit else None,
+                          "ridge": data_args.post_training_ridge if refit else None, "ratio": result.ratio,
                           "history": result.history, "timings": result.timings},
         "comparison": without_layers(comparison),
         "latency": latency,

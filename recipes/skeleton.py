@@ -406,7 +406,8 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     check_resume_arguments(run.training_args, resume_from, lambda name: name not in late)
     check_resume_options(task, run, resume_from)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
-                     resume_from=resume_from, own=run.own_outputs)
+                     resume_from=resume_from, own=run.own_outputs,
+                     resumable=not getattr(run.data_args, "post_training", False))  # --post_training has no checkpoints
     deploy.check_arguments(run.data_args, run.training_args, run.model_paths)
     warn_earlier_outputs(run)
     reach_hub_repo(run.training_args)  # --push_to_hub without network or write access: before any work

@@ -227,8 +227,13 @@ def test_a_classifier_keeps_what_its_classes_mean_when_the_data_orders_them_othe
     (["--pruning_target", "1.0"], "--pruning_target must be in"),
     (["--post_training_long_share", "1.5"], "--post_training_long_share .* must lie in \\[0, 1\\], got 1.5"),
     (["--label_mapping", "0:bad,1:good"], "the data's labels \\['bad', 'good'\\] are not the model's"),
+    # a model of fewer layers than the one saved: transformers dropped the others' weights, and a broken model was
+    # pruned and saved (rc 0)
+    (["--config_name", "CONFIG"], "--config_name .*: --post_training prunes the fine-tuned model of "
+                                  "--model_name_or_path as saved"),
 ])
 def test_bad_combinations_fail_before_any_work(workspace, fine_tuned, tmp_path, extra, message):  # noqa: F811
+    extra = [str(workspace / "config") if value == "CONFIG" else value for value in extra]
     with pytest.raises(RecipeError, match=message):
         recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", *extra))
     assert not (tmp_path / "out" / "results.json").exists()
@@ -300,6 +305,25 @@ def test_prune_takes_a_comma_list_with_spaces_as_training_does(workspace, fine_t
     """"ffn, heads" (a YAML or shell spelling PruningArguments accepts) was refused as naming whole layers."""
     results = recipe.main(post_args(workspace, fine_tuned, tmp_path / "out", "--prune", "ffn, heads"))
     assert results["post_training"]["structures"] == ["heads", "ffn"]
+
+
+def test_without_the_refit_no_refit_setting_is_reported(workspace, fine_tuned, tmp_path):  # noqa: F811
+    """results.json named the re-fit's target and ridge, post_training_report.json its rows, though none ran."""
+    out = tmp_path / "out"
+    results = recipe.main(post_args(workspace, fine_tuned, out, "--post_training_refit", "false"))
+    post = results["post_training"]
+    assert post["refit"] is False and (post["refit_target"], post["refit_samples"], post["ridge"]) == (None,) * 3
+    settings = json.loads((out / "post_training_report.json").read_text())["settings"]
+    assert (settings["refit_target"], settings["refit_samples"], settings["ridge"]) == (None,) * 3
+
+
+def test_an_output_folder_with_checkpoints_is_refused_without_advice_to_resume(workspace, fine_tuned,  # noqa: F811
+                                                                                 tmp_path):
+    """--post_training has no checkpoints: the advice to pass --resume_from_checkpoint true led to another error."""
+    (tmp_path / "out" / "checkpoint-10").mkdir(parents=True)
+    with pytest.raises(RecipeError, match=r"already holds 1 entries \(checkpoint-10\); choose another folder or "
+                                          r"pass --overwrite_output_dir true"):
+        recipe.main(post_args(workspace, fine_tuned, tmp_path / "out"))
 
 
 def test_results_record_the_refit_rows_used_not_those_asked_for(workspace, fine_tuned, tmp_path):  # noqa: F811

@@ -247,7 +247,7 @@ def post_training_prune(
                   "tolerance": tolerance, "tolerance_type": tolerance_type,
                   "scores": scores if isinstance(scores, str) else "given", "refit": refit,
                   "refit_target": refit_target if refit else None, "ridge": ridge if refit else None,
-                  "refit_samples": refit_samples, "kinds": list(kinds), "normalize_scores": normalize_scores,
+                  "refit_samples": refit_samples if refit else None, "kinds": list(kinds), "normalize_scores": normalize_scores,
                   "seq_len": seq_len,
                   "calibration_rows": len(calibration_dataset)})
     timings["total"] = time.time() - started
