@@ -62,13 +62,12 @@ def main():
         # As a user launches it on a CPU-only machine: no --use_cpu, no --ddp_backend (PruningArguments
         # switches to the CPU and accelerate picks gloo). With GPUs, stay on the CPU with gloo.
         distributed = dict(use_cpu=False) if not torch.cuda.is_available() else dict(ddp_backend="gloo")
-    # transformers scales the loss by the number of processes for models that accept loss kwargs (BERT
-    # then ignores num_items_in_batch), so 2-process gradients are 2x the 1-process ones. Adam does not
-    # mind a constant factor, gradient clipping does: switch it off so both runs train identically.
-    # A sequential sampler gives both runs the same global batches (the random samplers of one and
-    # of several processes are seeded differently).
+    # Gradient clipping stays on (transformers would scale the loss of BERT, which takes loss kwargs and ignores
+    # num_items_in_batch, by the number of processes, clipping 2-process gradients at half the norm; the trainer
+    # treats such a loss as a mean). A sequential sampler gives both runs the same global batches (the random
+    # samplers of one and of several processes are seeded differently).
     args = make_args(opts.output_dir, per_device_train_batch_size=opts.batch, save_strategy="steps", save_steps=12,
-                     max_steps=30, compact_at_end=False, max_grad_norm=0.0,
+                     max_steps=30, compact_at_end=False, max_grad_norm=0.05,
                      train_sampling_strategy="sequential", prune=opts.prune, pruning_schedule=opts.schedule,
                      pruning_search_steps=opts.search_steps, pruning_ramp_steps=opts.ramp_steps,
                      pruning_refit=opts.refit, pruning_metric=opts.metric, **distributed,

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..engine.masks import detach_masks
-from ..modes import restore_modes, training_modes
 from ..hub.remote_code import transformers_class
 from .eval_loss import EvalLossMixin
 
@@ -260,13 +259,12 @@ class DistillationMixin(EvalLossMixin):
     distillation_teacher = None
     _teacher_path = None
     _teacher_ran = False  # compute_loss ran the teacher in this training step
-    _reads_item_count = None  # whether the model's loss reads num_items_in_batch (probed once a model)
 
     def _setup_teacher(self, student) -> None:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
         args = self.args
         self.distillation_teacher, self._teacher_path = None, args.teacher_model_name_or_path
-        self._reads_item_count = None
+        self._reset_item_count_probe()
         dropping = layers_dropped(student.config)
         if args.distillation and args.distillation_hidden_weight > 0 and dropping:
             raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the model skips "
@@ -370,29 +368,6 @@ class DistillationMixin(EvalLossMixin):
         if self._loss_reads_item_count(model, inputs):
             return 1.0 / self.current_gradient_accumulation_steps
         return float(self._process_loss_factor(num_items_in_batch))
-
-    def _loss_reads_item_count(self, model, inputs) -> bool:
-        """Whether the task loss Trainer computes reads ``num_items_in_batch``: its label smoother does; a model's
-        loss is probed once, in eval mode without gradients, on the first distilled batch (forward signatures take
-        ``**kwargs`` whether or not they read it)."""
-        if self._reads_item_count is None:
-            reads = False
-            if self.label_smoother is not None:  # Trainer's own loss of the logits, normalised by the count
-                reads = True
-            # no **kwargs: the count cannot reach the model's loss
-            elif inputs.get("labels") is not None and self.model_accepts_loss_kwargs:
-                unwrapped = self.accelerator.unwrap_model(model)
-                modes = training_modes(unwrapped)
-                unwrapped.eval()
-                try:
-                    with torch.no_grad():
-                        plain = unwrapped(**inputs).loss
-                        counted = unwrapped(**inputs, num_items_in_batch=torch.tensor(1_000_003)).loss
-                finally:
-                    restore_modes(modes)
-                reads = plain is not None and counted is not None and not torch.allclose(plain, counted)
-            self._reads_item_count = reads
-        return self._reads_item_count
 
     def _process_loss_factor(self, num_items_in_batch) -> int:
         """What ``Trainer.compute_loss`` multiplies a loss by under several processes (1 where it does not)."""

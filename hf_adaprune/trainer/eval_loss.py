@@ -1,10 +1,15 @@
-"""An evaluation loss that does not depend on the number of processes.
+"""Losses that do not depend on the number of processes or on gradient accumulation.
 
-Given the batch's item count, ``Trainer.compute_loss`` multiplies the loss of a model that takes loss kwargs by the
-number of processes (it expects the model to divide by the count of every process's items); the models pruned here
-ignore the count, so under N processes ``eval_loss`` (and a decision steered by it) would be N times the loss. Each
-evaluation batch's loss is its mean instead, as on one process. A ``compute_loss_func`` of the user's still gets the
-count, as ``Trainer`` gives it.
+Given the batch's item count, ``Trainer.compute_loss`` multiplies the loss of a model that takes loss kwargs (a
+``forward`` with ``**kwargs``) by the number of processes, and ``training_step`` leaves it undivided by the
+accumulation steps: it expects the model to divide by the count of every process's items. Most models pruned here
+take ``**kwargs`` and ignore the count (their loss is the batch's mean), so under N processes ``eval_loss`` (and a
+decision steered by it), the logged training loss and the gradients would be N times the loss, and K accumulation
+steps K times it, clipping at a fraction of the norm asked. Each evaluation batch's loss is its mean instead, as on
+one process; in training, the model's loss is probed once (in eval mode, without gradients: does it change with the
+count?) and one that ignores the count is treated as transformers treats a model declaring
+``accepts_loss_kwargs = False``: a mean, divided by the accumulation steps, not multiplied by the processes. A
+``compute_loss_func`` of the user's, and Trainer's label smoother, still get the count, as ``Trainer`` gives it.
 """
 
 from __future__ import annotations
@@ -12,14 +17,64 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
+import torch
+
+from ..modes import restore_modes, training_modes
+
 
 class EvalLossMixin:
-    """``compute_loss`` without the item count in evaluation: mix in before the ``Trainer`` class."""
+    """``compute_loss`` without the item count where the loss ignores it: mix in before the ``Trainer`` class."""
+
+    _reads_item_count = None  # whether the model's loss reads num_items_in_batch (probed once a model)
+    _declared_loss_kwargs = None  # Trainer's model_accepts_loss_kwargs before a probe changed it
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training and self.compute_loss_func is None:
             num_items_in_batch = None
+        elif (model.training and self.model_accepts_loss_kwargs and self.compute_loss_func is None
+              and self._loss_ignores_item_count(model, inputs)):
+            self._declared_loss_kwargs, self.model_accepts_loss_kwargs = self.model_accepts_loss_kwargs, False
+            num_items_in_batch = None
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _reset_item_count_probe(self) -> None:
+        """A new model: probe its loss again, from what Trainer read of it."""
+        self._reads_item_count = None
+        if self._declared_loss_kwargs is not None:
+            self.model_accepts_loss_kwargs, self._declared_loss_kwargs = self._declared_loss_kwargs, None
+
+    def _loss_reads_item_count(self, model, inputs) -> bool:
+        """Whether the task loss Trainer computes reads ``num_items_in_batch``: its label smoother does; a model's
+        loss is probed once, in eval mode without gradients, on the first training batch (forward signatures take
+        ``**kwargs`` whether or not they read it)."""
+        return self._item_count_probe(model, inputs)[0]
+
+    def _loss_ignores_item_count(self, model, inputs) -> bool:
+        """Whether the model's loss was measured not to change with ``num_items_in_batch`` (a model that returns no
+        loss from these inputs is left as Trainer treats it)."""
+        reads, measured = self._item_count_probe(model, inputs)
+        return measured and not reads
+
+    def _item_count_probe(self, model, inputs) -> tuple[bool, bool]:
+        """``(reads, measured)``, probed once a model."""
+        if self._reads_item_count is None:
+            reads = measured = False
+            if self.label_smoother is not None:  # Trainer's own loss of the logits, normalised by the count
+                reads = measured = True
+            elif self.model_accepts_loss_kwargs:  # without **kwargs the count cannot reach the model's loss
+                unwrapped = self.accelerator.unwrap_model(model)
+                modes = training_modes(unwrapped)
+                unwrapped.eval()
+                try:
+                    with torch.no_grad():
+                        plain = unwrapped(**inputs).loss
+                        counted = unwrapped(**inputs, num_items_in_batch=torch.tensor(1_000_003)).loss
+                finally:
+                    restore_modes(modes)
+                if plain is not None and counted is not None:
+                    reads, measured = not torch.allclose(plain, counted), True
+            self._reads_item_count = (reads, measured)
+        return self._reads_item_count
 
     @contextlib.contextmanager
     def loss_of_every_row(self, dataset):
