@@ -306,7 +306,9 @@ def deploy(run, model, score=None, pruned_test: dict | None = None, record: dict
     # int8 and ONNX copies are made from a float32 copy: a model stored in half precision is scored in float32 too,
     # so that their change is theirs, not the cast's (the vocabulary copy keeps the stored dtype)
     float32_test, float32_against = pruned_test, against
-    if score is not None and any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+    cast = data_args.quantize == "int8" or data_args.export_onnx  # copies made from the float32 cast
+    if score is not None and cast and any(p.is_floating_point() and p.dtype != torch.float32
+                                          for p in model.parameters()):
         float32_test = plain_reference(record, lambda: score(run, copy.deepcopy(model).float(), tokenizer),
                                        key="reference_float32")
         float32_against = "pruned in float32"

@@ -211,3 +211,21 @@ def test_a_model_stored_in_half_precision_counts_its_int8_copy_against_itself_ca
     assert int8["test_change"] == {"accuracy": pytest.approx(int8["test"]["accuracy"] - reference, abs=1e-6)}
     assert int8["test_change_against"] == "pruned in float32"
     assert "vs pruned in float32)" in capsys.readouterr().out
+
+
+def test_a_model_stored_in_half_precision_without_int8_or_onnx_copies_gets_no_float32_reference(workspace,  # noqa: F811
+                                                                                                 tmp_path):
+    """Only the int8 and ONNX copies are made from the float32 cast: the vocabulary copy alone needs no such pass."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "bf16"
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig.from_pretrained(workspace / "config", num_labels=2)).to(
+        torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(workspace / "tokenizer").save_pretrained(folder)
+    args = classification_args(workspace, tmp_path / "out")
+    args = args[:args.index("--config_name")] + args[args.index("--config_name") + 4:]
+    results = classification.main(["--model_name_or_path", str(folder), *args, *SHORT_RUN,
+                                   "--prune_vocabulary", "true"])
+    assert "reference_float32" not in results["deploy"]
+    assert results["deploy"]["written"]["vocabulary"]["test_change_against"] == "pruned"

@@ -42,3 +42,37 @@ def test_label_smoothing_keeps_the_item_count(tmp_path):
     """Trainer's label smoother normalises by the count: such a run keeps Trainer's handling."""
     trainer, _, _ = trained(tmp_path, "smoothed", label_smoothing_factor=0.1)
     assert trainer.model_accepts_loss_kwargs is True
+
+
+def test_a_model_that_returns_tuples_trains_and_is_probed(tmp_path):
+    """config.return_dict=False: Trainer reads a tuple's first item as the loss; the probe read ``.loss`` and
+    failed at the first training step."""
+    torch.manual_seed(0)
+    model = tiny_model("bert", return_dict=False)
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path / "tuples", max_steps=2,
+                                                                 pruning_warmup_steps=100),
+                                     train_dataset=data, eval_dataset=data.select(range(32)))
+    trainer.train()
+    assert trainer.model_accepts_loss_kwargs is False  # its tuple's loss is a mean, as BERT's always is
+
+
+def test_a_batch_whose_labels_are_all_ignored_is_probed_again_on_the_next():
+    """Every label -100: a NaN loss, read as 'reads the count' (NaN != NaN) and kept for the whole run."""
+    from transformers import Trainer
+
+    from hf_adaprune.trainer.eval_loss import EvalLossMixin
+
+    class Probing(EvalLossMixin, Trainer):
+        pass
+
+    torch.manual_seed(0)
+    model = tiny_model("bert", "AutoModelForTokenClassification").train()
+    trainer = Probing(model=model, args=make_args("unused", max_steps=1))
+    ids = torch.randint(5, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    ignored = {"input_ids": ids, "labels": torch.full((2, 6), -100)}
+    assert trainer._item_count_probe(model, ignored) == (False, False)
+    assert trainer._reads_item_count is None  # not kept
+    labelled = {"input_ids": ids, "labels": torch.randint(0, 2, (2, 6))}
+    assert trainer._item_count_probe(model, labelled) == (False, True)  # measured: BERT's loss ignores the count
+    assert model.training  # the probe ran in eval mode and put the mode back

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 
 from ..modes import restore_modes, training_modes
+from .distributed import failing_processes
 
 
 class EvalLossMixin:
@@ -55,8 +56,13 @@ class EvalLossMixin:
         reads, measured = self._item_count_probe(model, inputs)
         return measured and not reads
 
+    _probe_tries = 0
+    PROBE_TRIES = 8  # batches whose loss is not finite (every label ignored) before the probe gives up
+
     def _item_count_probe(self, model, inputs) -> tuple[bool, bool]:
-        """``(reads, measured)``, probed once a model."""
+        """``(reads, measured)``, probed once a model, alike on every process: measured only where every process
+        measured a finite loss (a batch whose labels are all ignored gives NaN: the next batch is probed, up to
+        ``PROBE_TRIES``), and read where any process saw it read the count."""
         if self._reads_item_count is None:
             reads = measured = False
             if self.label_smoother is not None:  # Trainer's own loss of the logits, normalised by the count
@@ -67,12 +73,21 @@ class EvalLossMixin:
                 unwrapped.eval()
                 try:
                     with torch.no_grad():
-                        plain = unwrapped(**inputs).loss
-                        counted = unwrapped(**inputs, num_items_in_batch=torch.tensor(1_000_003)).loss
+                        plain = _loss_of(unwrapped(**inputs))
+                        counted = _loss_of(unwrapped(**inputs, num_items_in_batch=torch.tensor(1_000_003)))
                 finally:
                     restore_modes(modes)
-                if plain is not None and counted is not None:
-                    reads, measured = not torch.allclose(plain, counted), True
+                returned = plain is not None and counted is not None
+                finite = returned and bool(torch.isfinite(plain) and torch.isfinite(counted))
+                device = self.args.device
+                # every process takes the same branch (one flag apart would gather alone in Trainer's item count)
+                if failing_processes(self.accelerator, returned and not finite, device):
+                    self._probe_tries += 1
+                    if self._probe_tries < self.PROBE_TRIES:
+                        return False, False  # not cached: the next batch is probed
+                elif not failing_processes(self.accelerator, not returned, device):
+                    measured = True
+                    reads = bool(failing_processes(self.accelerator, not torch.allclose(plain, counted), device))
             self._reads_item_count = (reads, measured)
         return self._reads_item_count
 
@@ -108,3 +123,15 @@ class EvalLossMixin:
             yield
         finally:
             args.dataloader_drop_last, args.dataloader_persistent_workers = saved
+
+
+def _loss_of(outputs):
+    """The loss in a model's outputs as ``Trainer.compute_loss`` reads it (a ``ModelOutput`` or dict's ``loss``, a
+    tuple's first item), or None where there is no scalar loss (no labels given: a tuple then starts with logits)."""
+    if isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+    elif isinstance(outputs, (tuple, list)) and outputs:
+        loss = outputs[0]
+    else:
+        loss = getattr(outputs, "loss", None)
+    return loss.detach().float() if isinstance(loss, torch.Tensor) and loss.dim() == 0 else None
