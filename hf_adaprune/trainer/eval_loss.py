@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Mapping
 
 import torch
+from transformers import PreTrainedModel
 
 from ..modes import restore_modes, training_modes
 from .distributed import failing_processes
@@ -67,7 +68,9 @@ class EvalLossMixin:
             reads = measured = False
             if self.label_smoother is not None:  # Trainer's own loss of the logits, normalised by the count
                 reads = measured = True
-            elif self.model_accepts_loss_kwargs:  # without **kwargs the count cannot reach the model's loss
+            # without **kwargs the count cannot reach the model's loss; a model that is not a transformers model
+            # (a SentenceTransformer, whose trainer computes its loss otherwise) is left as Trainer treats it
+            elif self.model_accepts_loss_kwargs and isinstance(self.accelerator.unwrap_model(model), PreTrainedModel):
                 unwrapped = self.accelerator.unwrap_model(model)
                 modes = training_modes(unwrapped)
                 unwrapped.eval()
@@ -75,6 +78,8 @@ class EvalLossMixin:
                     with torch.no_grad():
                         plain = _loss_of(unwrapped(**inputs))
                         counted = _loss_of(unwrapped(**inputs, num_items_in_batch=torch.tensor(1_000_003)))
+                except (TypeError, ValueError):  # inputs its forward does not take as they come: not measured
+                    plain = counted = None
                 finally:
                     restore_modes(modes)
                 returned = plain is not None and counted is not None
