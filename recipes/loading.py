@@ -13,6 +13,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 
 from hf_adaprune import AutoPrunedModel
+from hf_adaprune.families import decoder_positions, decoder_positions_note
 from hf_adaprune.hub.config_marker import MODEL_TYPE_PREFIX
 from hf_adaprune.hub.load import load_pruned_config
 from hf_adaprune.hub.save import freeze_unsaved_parameters
@@ -112,16 +113,16 @@ BEAM_ONLY_FIELDS = {"early_stopping": None, "length_penalty": None, "num_beam_gr
 
 def check_generation_lengths(model, training_args) -> None:
     """RecipeError for --generation_num_beams / --generation_max_length below 1, or a --generation_max_length beyond
-    the decoder's ``max_target_positions`` (Whisper; other families' position limits are checked by their recipe)."""
+    what the decoder's position table reads (Whisper's ``max_target_positions``, Marian's and BART's
+    ``max_position_embeddings``)."""
     for name in ("generation_num_beams", "generation_max_length"):
         value = getattr(training_args, name, None)
         if value is not None and value < 1:
             raise RecipeError(f"--{name} must be >= 1; got {value}")
-    length, limit = getattr(training_args, "generation_max_length", None), getattr(model.config,
-                                                                                 "max_target_positions", None)
+    length, limit = getattr(training_args, "generation_max_length", None), decoder_positions(model.config)
     if length is not None and limit and length > limit:
         raise RecipeError(f"--generation_max_length {length}: the decoder reads at most {limit} positions "
-                          f"(max_target_positions); pass --generation_max_length {limit} or less")
+                          f"({decoder_positions_note(model.config)}); pass --generation_max_length {limit} or less")
 
 
 def apply_generation_config(model, training_args) -> None:

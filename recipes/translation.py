@@ -633,8 +633,8 @@ def check_lengths(model, tokenizer, data_args: DataTrainingArguments, training_a
                               f"tokens), --max_source_length {data_args.max_source_length} leaves no room for the "
                               f"sentence: raise --max_source_length")
     positions = readable_positions(model.config)
-    lengths = {"max_source_length": data_args.max_source_length, "max_target_length": data_args.max_target_length,
-               "generation_max_length": training_args.generation_max_length}
+    # --generation_max_length: recipes.loading.check_generation_lengths, with the decoder's own limit
+    lengths = {"max_source_length": data_args.max_source_length, "max_target_length": data_args.max_target_length}
     for name, value in lengths.items():
         if positions and value is not None and value > positions:
             raise RecipeError(f"--{name} {value}: the model reads at most {positions} positions "

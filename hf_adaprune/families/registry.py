@@ -46,6 +46,19 @@ def readable_positions(config) -> int | None:
     return positions
 
 
+def decoder_positions(config) -> int | None:
+    """How many tokens a decoder's position embeddings can read: Whisper's ``max_target_positions``, else the
+    ``max_position_embeddings`` its encoder shares (Marian, BART); None where no table limits it (T5)."""
+    return getattr(config, "max_target_positions", None) or readable_positions(config)
+
+
+def decoder_positions_note(config) -> str:
+    """The config field behind decoder_positions, for messages."""
+    if getattr(config, "max_target_positions", None):
+        return "max_target_positions"
+    return positions_note(config)
+
+
 def shortest_audio(config) -> int | None:
     """The fewest raw audio samples a model's convolutional feature encoder turns into one frame (its receptive
     field; wav2vec2-style configs), or None for other models."""

@@ -29,7 +29,8 @@ import torch
 from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_length
 
-from ..families import check_sequence_length, filter_groups, get_adapter, readable_positions, shortest_audio
+from ..families import (check_sequence_length, decoder_positions, filter_groups, get_adapter, readable_positions,
+                        shortest_audio)
 from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
@@ -181,7 +182,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         decoder = None
         # a decoder of its own (a Whisper classifier's config says is_encoder_decoder, but it has the encoder alone)
         if getattr(config, "is_encoder_decoder", False) and hasattr(model.base_model, "decoder"):
-            decoder = getattr(config, "max_target_positions", None) or readable_positions(config)
+            decoder = decoder_positions(config)
         checks = [("pruning_seq_len", args.pruning_seq_len, "decoder", decoder)]
         if args.pruning_target_type == "latency":
             checks.append(("pruning_latency_seq_len", args.pruning_latency_seq_len or args.pruning_seq_len, "encoder",
