@@ -185,3 +185,16 @@ def test_a_dataset_tokenized_by_a_transform_is_pruned_as_its_rows():
     model = tiny_model("bert")
     result = post_training_prune(model, tokenized, 0.3, eval_dataset=tokenized, **common)
     assert_same_pruning(result, post_training_prune(model, rows, 0.3, eval_dataset=rows, **common))
+
+
+def test_a_head_whose_loss_needs_another_label_column_is_named():
+    """BertForPreTraining returns a loss only with next_sentence_label beside labels: the message names the column
+    the rows lack (it said 'the examples need labels', and they had them)."""
+    torch.manual_seed(0)
+    from conftest import tiny_config
+
+    model = transformers.BertForPreTraining(tiny_config("bert")).eval()
+    rows = [{"input_ids": list(range(5, 11)), "attention_mask": [1] * 6, "labels": list(range(5, 11))}] * 8
+    with pytest.raises(ValueError, match="BertForPreTraining computes its loss from labels, next_sentence_label, "
+                                         "and the batch lacks next_sentence_label"):
+        post_training_prune(model, rows, 0.3, **COMMON)

@@ -33,6 +33,17 @@ SCORE_KINDS = ("fisher", "taylor")
 LABEL_KEYS = ("labels", "label", "label_ids")
 
 
+def no_loss_message(model: nn.Module, batch: dict) -> str:
+    """Why a forward returned no loss: the label arguments of its ``forward`` the batch lacks (BertForPreTraining
+    computes its loss only with both ``labels`` and ``next_sentence_label``)."""
+    wanted = [name for name in inspect.signature(model.forward).parameters if "label" in name]
+    lacking = [name for name in wanted if batch.get(name) is None]
+    if lacking and len(lacking) < len(wanted):
+        return (f"the model returned no loss on a calibration batch: {type(model).__name__} computes its loss from "
+                f"{', '.join(wanted)}, and the batch lacks {', '.join(lacking)}")
+    return "the model returned no loss on a calibration batch: the examples need labels"
+
+
 def model_input_names(model: nn.Module) -> set[str]:
     """The keyword arguments ``model.forward`` accepts, plus the label keys a collator produces."""
     return set(inspect.signature(model.forward).parameters) | set(LABEL_KEYS)
@@ -160,7 +171,7 @@ def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterabl
                 batch = device_batch(batch, device)
                 outputs = model(**batch, return_dict=True)  # also under config.return_dict=False
                 if outputs.loss is None:
-                    raise ValueError("the model returned no loss on a calibration batch: the examples need labels")
+                    raise ValueError(no_loss_message(model, batch))
                 size = next(iter(probes.values())).variable.shape[0]
                 # the models' losses are means over the batch: times its size, each example's gradient is its own
                 names = [g.name for g in groups]
