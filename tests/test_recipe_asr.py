@@ -824,3 +824,32 @@ def test_a_speech_model_saved_in_half_precision_trains(tmp_path, manifests, tiny
     from hf_adaprune import AutoPrunedModel
 
     assert AutoPrunedModel.from_pretrained(tmp_path / "out").dtype == torch.bfloat16  # saved as it came
+
+
+@pytest.mark.parametrize("change, warned", [
+    ({}, False),
+    ({"config": {"feat_extract_norm": "group", "do_stable_layer_norm": False}}, True),
+    ({"return_attention_mask": False}, True),
+])
+def test_a_ctc_model_whose_transcripts_depend_on_batching_is_warned_of(tmp_path, manifests, tiny_ctc_dir, caplog,
+                                                                       change, warned):
+    """wav2vec2-base's group-norm feature encoder, or a processor without attention mask, lets the padding of the
+    clips batched beside one change its transcript: the WER the pruning decisions read depends on the eval batch."""
+    import logging
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_ctc_dir, folder)
+    if "config" in change:
+        (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
+                                                        **change["config"]}))
+    if "return_attention_mask" in change:
+        processor = transformers.Wav2Vec2Processor.from_pretrained(folder)
+        processor.feature_extractor.return_attention_mask = change["return_attention_mask"]
+        processor.save_pretrained(folder)
+    run = prepare(["--model_name_or_path", str(folder), *data_flags(manifests, test=False),
+                   "--output_dir", str(tmp_path / "o"), "--report_to", "none", "--per_device_eval_batch_size", "4"])
+    with caplog.at_level(logging.WARNING):
+        load_recipe("skeleton").build_model(asr.TASK, run)
+    assert ("depend on the clips batched beside them" in caplog.text) == warned
+    if warned:
+        assert "--per_device_eval_batch_size (4)" in caplog.text

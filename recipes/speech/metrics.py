@@ -44,6 +44,16 @@ def ctc_argmax(logits, labels):
         logits = logits[0]
     return logits.argmax(dim=-1)
 
+def batch_dependence(config, feature_extractor) -> str | None:
+    """Why a CTC model's transcripts change with the clips batched beside them, or None where they do not (an
+    attention mask and a feature encoder that normalises each frame: blank_padding_frames does the rest)."""
+    if not getattr(feature_extractor, "return_attention_mask", False):
+        return "its feature extractor returns no attention mask, so the padding of shorter clips reaches the encoder"
+    if getattr(config, "feat_extract_norm", "layer") == "group":
+        return "its feature encoder's group norm (feat_extract_norm='group') normalises over the whole padded clip"
+    return None
+
+
 def blank_padding_frames(model) -> None:
     """In eval mode, the CTC logits of frames past each clip's end (the padding of a batch's shorter clips) predict
     the blank (``pad_token_id``), so a clip's greedy transcript is the same whatever it is batched with.
