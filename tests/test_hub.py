@@ -671,3 +671,38 @@ def test_save_pretrained_of_a_pruned_model_with_masks_attached_says_they_are_not
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         model.save_pretrained(tmp_path / "mine")
     assert "has pruning masks attached that remove structures, which save_pretrained does not save" in caplog.text
+
+
+@pytest.mark.parametrize("save", ["save_pretrained", "save_pruned"])
+def test_a_variant_saved_beside_the_default_weights_of_the_same_structure_keeps_them(tmp_path, save, caplog):
+    """fp32 weights, then the fp16 variant of the same model into the same folder (a Hub repo with two variants, as
+    a stock save keeps them): model.safetensors stayed deleted and the default load failed. Pruned again, the model
+    has another structure: the other variant's file no longer loads and is removed, named in a warning."""
+    import logging
+
+    def write(model, **kwargs):
+        (model.save_pretrained if save == "save_pretrained" else partial(save_pruned, model))(tmp_path, **kwargs)
+
+    model = pruned_tiny()
+    compact(model)
+    batch = text_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    write(model)
+    write(copy.deepcopy(model).to(torch.float16), variant="fp16")
+    assert {"model.safetensors", "model.fp16.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    with torch.no_grad():
+        # config.json is the last save's (dtype float16, as stock): the fp32 weights are read as saved when asked
+        torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path, dtype=torch.float32)(**batch).logits,
+                                   expected, rtol=0, atol=0)
+        half = AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")
+        assert half.dtype == torch.float16
+        torch.testing.assert_close(half.float()(**batch).logits, expected, rtol=0, atol=1e-2)
+    random_masks(model, seed=1)
+    compact(model)  # another structure: the fp16 file would fail on its sizes
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune.hub.save"):
+        write(model)
+    assert not (tmp_path / "model.fp16.safetensors").exists()
+    assert "removed model.fp16.safetensors from" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, model(**batch).logits)

@@ -7,6 +7,8 @@ here, self-contained), plus tokenizer / processor files when given.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -17,6 +19,8 @@ from pathlib import Path
 import torch
 
 from ..surgery import compact
+
+logger = logging.getLogger(__name__)
 
 # weight files transformers loads from a folder: a single file, shards and their index, in either format, with or
 # without a variant (model.fp16.safetensors, model.fp16-00001-of-00002.safetensors, model.safetensors.index.fp16.json);
@@ -29,6 +33,49 @@ WEIGHT_FILE = re.compile(r"(model|pytorch_model)(\.[^.\-/]+)?(-\d+-of-\d+)?\.(sa
 
 def _weight_files(folder: Path) -> set[str]:
     return {path.name for path in folder.iterdir() if path.is_file() and WEIGHT_FILE.fullmatch(path.name)}
+
+
+def weight_variant(name: str) -> str | None:
+    """The transformers variant a weight file holds ('' for the default, 'fp16' for model.fp16.safetensors or
+    model.safetensors.index.fp16.json); None for save_int8's files."""
+    match = WEIGHT_FILE.fullmatch(name)
+    if match is None or not (match.group(1) or match.group(5)):
+        return None
+    return (match.group(2) or match.group(6) or ".")[1:]
+
+
+# config.json keys that change with the dtype a variant is saved in, not with the structure its weights have
+_DTYPE_KEYS = ("dtype", "torch_dtype", "transformers_version")
+
+
+def config_structure(path: Path) -> dict | None:
+    """``config.json`` at ``path`` without its dtype keys (None if there is none): two saves with equal structures
+    hold weights of the same shapes."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {key: value for key, value in config.items() if key not in _DTYPE_KEYS}
+
+
+def remove_stale_weight_files(folder: Path, unwritten: set[str], written: set[str], same_structure: bool) -> None:
+    """Remove the weight files of an earlier save in ``folder`` that this save did not rewrite (``unwritten``),
+    which transformers would load instead of, or beside, the new ones: a single file where shards were written
+    now, an index where one file was, save_int8's files. Files of another transformers variant (the fp32 weights
+    beside a model.fp16.safetensors being written) stay when the structure is the same, as a stock save keeps
+    them; saved for an earlier structure they are removed, named in a warning."""
+    variants = {weight_variant(name) for name in written if WEIGHT_FILE.fullmatch(name)}
+    other = []
+    for name in sorted(unwritten):
+        variant = weight_variant(name)
+        if variant is not None and variant not in variants and None not in variants:
+            if same_structure:
+                continue
+            other.append(name)
+        (folder / name).unlink()
+    if other:
+        logger.warning("removed %s from %s: weights saved for an earlier structure of the model (its config.json "
+                       "changed), which no longer load", ", ".join(other), folder)
 
 
 def weight_file_states(folder: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
@@ -123,15 +170,16 @@ def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[
     """``write(folder)`` into a temporary folder inside ``save_directory``, then move what it wrote into place.
 
     A ``write`` that fails leaves ``save_directory`` as it was; weight files of an earlier save that this one
-    does not write are removed (transformers would load them instead); other files there stay.
+    does not write are removed (transformers would load them instead), as remove_stale_weight_files says; other
+    files there stay.
     """
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-save-") as tmp:
         write(Path(tmp))
         written = {item.name for item in Path(tmp).iterdir()}
-        for stale in _weight_files(save_directory) - written:
-            (save_directory / stale).unlink()
+        same = config_structure(save_directory / "config.json") == config_structure(Path(tmp) / "config.json")
+        remove_stale_weight_files(save_directory, _weight_files(save_directory) - written, written, same)
         move_into(Path(tmp), save_directory)
     return save_directory
 
