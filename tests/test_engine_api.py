@@ -180,6 +180,10 @@ def test_an_importance_refuses_a_model_compacted_since_it_began_scoring():
     model(**labelled(10)).loss.backward()
     with pytest.raises(ValueError, match=r"compacted since this TaylorImportance began.*reset\(\)"):
         importance.update(model, groups)
+    # nor are the old scores read under the names the remaining layers have now (old layer 0's for the new layer 0
+    # passed selection: same shapes)
+    with pytest.raises(ValueError, match=r"compacted since this TaylorImportance began.*reset\(\)"):
+        importance.scores(model, groups)
     importance.reset()  # or a new one: scores of the model as it is now
     assert importance.update(model, groups)
     model.zero_grad()

@@ -239,6 +239,13 @@ class TaylorImportance(Importance):
                 "groups found again (find_groups(model))")
         self._structure = (saved, structure)
 
+    def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
+        """As :meth:`Importance.scores`; refused, as :meth:`update`, on a model compacted since the scores began
+        (after layers are removed the scores would be handed to the layers now under their names)."""
+        if self._scores:
+            self.check_structure(model)
+        return super().scores(model, groups)
+
     @torch.no_grad()
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
         get_adapter(model)  # a wrapper (DDP, accelerate): refused before base_model is read
