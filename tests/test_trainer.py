@@ -280,6 +280,35 @@ def test_direction_of_a_lower_is_better_metric_named_for_best_model(tmp_path, ca
     assert pruning_metric_direction(overruled) is True
 
 
+@pytest.mark.parametrize("metric", ["bleu", "accuracy"])
+def test_a_given_greater_is_better_against_a_known_direction_is_warned_of_and_not_followed(tmp_path, caplog, metric):
+    """--greater_is_better false for BLEU (a slip): the pruning decisions followed it, kept every step while BLEU
+    fell 50 points and reported the drop as within tolerance. They use BLEU's own direction; a warning says that
+    best-model selection follows the flag."""
+    import logging
+
+    from hf_adaprune.trainer.arguments import pruning_metric_direction
+
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        args = make_args(tmp_path, pruning_metric=metric, metric_for_best_model=metric, eval_strategy="steps",
+                         greater_is_better=False)
+    assert pruning_metric_direction(args) is True
+    assert (f"best-model selection takes a lower value as better (--greater_is_better false (given)), where a "
+            f"higher {metric} is better; set --greater_is_better true") in caplog.text
+    mine = make_args(tmp_path, pruning_metric=metric, metric_for_best_model=metric, eval_strategy="steps",
+                     greater_is_better=False, pruning_greater_is_better=False)
+    assert pruning_metric_direction(mine) is False
+
+
+def test_a_given_greater_is_better_decides_a_metric_of_unknown_direction(tmp_path):
+    from hf_adaprune.trainer.arguments import pruning_metric_direction
+
+    for given in (True, False):
+        args = make_args(tmp_path, pruning_metric="my_score", metric_for_best_model="my_score",
+                         eval_strategy="steps", greater_is_better=given)
+        assert pruning_metric_direction(args) is given
+
+
 @pytest.mark.parametrize("metric, expected", [("wer", False), ("mse", False), ("accuracy", True), ("loss", False)])
 def test_copied_arguments_keep_the_metric_direction(tmp_path, metric, expected):
     """dataclasses.replace and a to_dict / parse_dict round trip run __post_init__ again, with transformers' guess

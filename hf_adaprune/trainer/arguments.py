@@ -206,13 +206,14 @@ class PruningArguments(TrainingArguments):
         validate_pruning_arguments(self)
         best = (self.metric_for_best_model or "").removeprefix("eval_")
         known = known_greater_is_better(best) if best else None
-        if best and not self.greater_is_better_given and known is not None and known != self.greater_is_better:
-            logger.warning("--metric_for_best_model %s: transformers takes a %s value as better (its guess from the "
-                           "name, given or not), where a %s %s is better; set --greater_is_better %s for best-model "
-                           "selection (pruning decisions use the metric's own direction, unless "
-                           "--pruning_greater_is_better says otherwise)", best,
-                           "higher" if self.greater_is_better else "lower", "higher" if known else "lower", best,
-                           str(known).lower())
+        if best and known is not None and known != self.greater_is_better:
+            taken = f"--greater_is_better {str(self.greater_is_better).lower()} (given)" \
+                if self.greater_is_better_given else "transformers' guess from the name"
+            logger.warning("--metric_for_best_model %s: best-model selection takes a %s value as better (%s), where "
+                           "a %s %s is better; set --greater_is_better %s for best-model selection (pruning "
+                           "decisions use the metric's own direction, unless --pruning_greater_is_better says "
+                           "otherwise)", best, "higher" if self.greater_is_better else "lower", taken,
+                           "higher" if known else "lower", best, str(known).lower())
         if self.push_to_hub and self.hub_strategy != HubStrategy.END:
             # A mid-training push copies the checkpoint's dense, unmasked weights to the Hub without
             # their pruning record; the pruned model is pushed by save_model() / push_to_hub().
@@ -434,14 +435,13 @@ def normalised_comma_list(name: str, value):
 
 
 def pruning_metric_direction(args) -> bool:
-    """--pruning_greater_is_better, else a --greater_is_better the user gave for the same metric, else the metric's
-    known way, else the --greater_is_better transformers derived for it from metric_for_best_model."""
+    """--pruning_greater_is_better, else the metric's known way (a --greater_is_better against it is warned of when
+    the arguments are made: a BLEU taken as lower-is-better kept every step as the model broke), else the
+    --greater_is_better of metric_for_best_model when it is the same metric."""
     if args.pruning_greater_is_better is not None:
         return bool(args.pruning_greater_is_better)
     same_metric = (args.metric_for_best_model or "").removeprefix("eval_") == args.pruning_metric \
         and args.greater_is_better is not None
-    if same_metric and getattr(args, "greater_is_better_given", True):
-        return bool(args.greater_is_better)
     direction = known_greater_is_better(args.pruning_metric)
     if direction is None and same_metric:
         return bool(args.greater_is_better)
