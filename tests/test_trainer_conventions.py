@@ -45,6 +45,17 @@ def test_best_model_at_end_comes_back_with_its_own_masks(tmp_path):
     for name, mask in final.items():  # tolerance 1.0 keeps the best checkpoint's step when it is judged
         assert torch.equal(mask, best["masks"][name])
     assert trainer.final_check["step"] == 12, "the final check measures the best checkpoint's weights"
+    # the decisions made after checkpoint-12 (logged during training) are named in the history the report prints,
+    # which the restored state had lost
+    restored, = [h for h in trainer.controller.state.history if h["event"] == "best_checkpoint"]
+    later = [h for h in restored["discarded"]]
+    assert later and all(h["training_step"] > 12 for h in later)
+    assert "load_best_model_at_end restored checkpoint-12; the decisions made after it are discarded" in \
+        restored["reason"]
+    logged = [e["step"] for e in trainer.state.log_history if "pruning/metric" in e and e["step"] > 12]
+    assert sorted(h["training_step"] for h in later if "metric" in h) == logged
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert any(h["event"] == "best_checkpoint" for h in report["decisions"])
 
 
 def test_decision_evaluations_stay_out_of_on_evaluate_and_eval_curves(tmp_path):

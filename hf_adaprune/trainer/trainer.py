@@ -763,6 +763,20 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         except Exception:
             return None
 
+    def _record_best_restored(self, best: str, discarded: list[dict], step: int) -> None:
+        """A history entry for the best checkpoint's pruning state, restored with its weights, naming the decisions
+        the run made after it (the log shows them; the restored history, which the report prints, had lost them)."""
+        if not discarded:
+            return
+        made = ", ".join(f"{h['event']} {h.get('ratio', 0.0):.3f}@{h.get('training_step', '?')}" for h in discarded)
+        self.controller.state.history.append({
+            "event": "best_checkpoint", "ratio": self.controller.state.ratio, "training_step": int(step),
+            "reason": f"load_best_model_at_end restored {os.path.basename(best)}; the decisions made after it are "
+                      f"discarded: {made}",
+            "discarded": [{k: v for k, v in h.items() if k in ("event", "ratio", "metric", "training_step")}
+                          for h in discarded]})
+        logger.info("decisions after the best checkpoint %s discarded with it: %s", best, made)
+
     def _stamp_decisions(self, step: int) -> None:
         """Give the controller's new history entries (a decision, and the stop it may have led to) the optimizer
         step they happened at, ``training_step`` in the report (``step`` there is the controller's step size)."""
@@ -802,8 +816,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
             best = self.state.best_model_checkpoint
             if os.path.isfile(os.path.join(best, PRUNING_STATE_FILE)):
+                live = list(c.state.history)
                 self.load_pruning_state_dict(read_pruning_state(best))
                 logger.info("pruning state of the best checkpoint %s restored with its weights", best)
+                self._record_best_restored(best, live[len(c.state.history):], now)
             else:
                 logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
                                PRUNING_STATE_FILE)
