@@ -664,10 +664,12 @@ def beams(training_args, model) -> int:
 def build(run: Run) -> None:
     model, tokenizer = load_model_and_tokenizer(run.model_args, run.data_args)
     record_source_prefix(model, run.data_args)
+    # before the generation lengths: a --generation_max_length copied from an over-long --max_target_length (validate)
+    # is refused naming the flag given
+    check_lengths(model, tokenizer, run.data_args, run.training_args)
     apply_generation_config(model, run.training_args)
     # what evaluations use (max_length is --generation_max_length, set in validate)
     run.task_results["generation"]["num_beams"] = beams(run.training_args, model)
-    check_lengths(model, tokenizer, run.data_args, run.training_args)
     run.model, run.processing_class, run.seq2seq = model, tokenizer, True
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric, tokenizer)
     run.datasets = tokenize(run.splits, tokenizer, run.data_args)

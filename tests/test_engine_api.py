@@ -133,14 +133,17 @@ class Wrapper(nn.Module):
         return self.module(*args, **kwargs)
 
 
-@pytest.mark.parametrize("entry", ["attach_masks", "find_groups", "update", "compact", "save_pruned"])
+@pytest.mark.parametrize("entry", ["attach_masks", "find_groups", "update", "scores", "compact", "save_pruned"])
 def test_a_wrapped_model_is_refused_with_unwrap_it_first(tmp_path, entry):
     model = tiny_model("bert").train()
     masks = attach_masks(model)
     groups = list(masks.groups.values())
     wrapped = Wrapper(model)
     wrapped(**labelled(0)).loss.backward()
+    scored = TaylorImportance()
+    scored.update(model, groups)  # scores of the model itself, then read through a wrapper
     calls = {
+        "scores": lambda: scored.scores(wrapped, groups),
         "attach_masks": lambda: attach_masks(wrapped),
         "find_groups": lambda: find_groups(wrapped),
         "update": lambda: TaylorImportance().update(wrapped, groups),

@@ -219,6 +219,8 @@ def _user_folder(tmp):
          re.escape("already holds 1 entries (notes.txt); choose another folder or pass --overwrite_output_dir")),
         (lambda ws, tmp: base_args(ws, tmp / "out") + ["--max_source_length", "512"], recipe.RecipeError,
          re.escape("--max_source_length 512: the model reads at most 128 positions")),
+        (lambda ws, tmp: base_args(ws, tmp / "out") + ["--max_target_length", "300"], recipe.RecipeError,
+         re.escape("--max_target_length 300: the model reads at most 128 positions")),
         (lambda ws, tmp: base_args(ws, tmp / "out") + ["--generation_max_length", "300"], recipe.RecipeError,
          re.escape("--generation_max_length 300: the decoder reads at most 128 positions (max_position_embeddings "
                    "(128)); pass --generation_max_length 128 or less")),
@@ -231,7 +233,8 @@ def _user_folder(tmp):
     ],
     ids=["mismatched_lines", "too_many_empty", "unknown_metric", "classification_metric", "no_validation",
          "half_a_pair", "missing_file", "dataset_and_files", "bad_fraction", "bleu_tolerance", "dataset_not_loading",
-         "user_files_in_output_dir", "source_length_beyond_positions", "generation_length_beyond_positions",
+         "user_files_in_output_dir", "source_length_beyond_positions", "target_length_beyond_positions",
+         "generation_length_beyond_positions",
          "prefix_fills_the_source_length",
          "two_beam_flags"],
 )

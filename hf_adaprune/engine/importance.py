@@ -243,6 +243,7 @@ class TaylorImportance(Importance):
         """As :meth:`Importance.scores`; refused, as :meth:`update`, on a model compacted since the scores began
         (after layers are removed the scores would be handed to the layers now under their names)."""
         if self._scores:
+            get_adapter(model)  # a wrapper (DDP, accelerate): refused naming it, before its config is read
             self.check_structure(model)
         return super().scores(model, groups)
 

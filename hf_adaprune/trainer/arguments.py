@@ -78,9 +78,10 @@ class PruningArguments(TrainingArguments):
     )
     pruning_greater_is_better: bool | None = field(
         default=None,
-        metadata={"help": "Whether a higher --pruning_metric is better. Default: --greater_is_better when "
-                          "--pruning_metric is --metric_for_best_model, else the known direction of the metric "
-                          "(losses, wer, cer, mse, ... lower; accuracy, f1, bleu, ... higher); other names must set it."},
+        metadata={"help": "Whether a higher --pruning_metric is better. Default: the known direction of the metric "
+                          "(losses, wer, cer, mse, ... lower; accuracy, f1, bleu, ... higher; a --greater_is_better "
+                          "against it is warned of and steers best-model selection only), else --greater_is_better "
+                          "when --pruning_metric is --metric_for_best_model; other names must set it."},
     )
     pruning_tolerance: float = field(default=0.01, metadata={"help": "Largest allowed metric drop vs the dense model."})
     pruning_tolerance_type: str = field(default="absolute", metadata={"help": "'absolute' or 'relative' drop."})
