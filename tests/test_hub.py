@@ -698,6 +698,9 @@ def test_a_variant_saved_beside_the_default_weights_of_the_same_structure_keeps_
         half = AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")
         assert half.dtype == torch.float16
         torch.testing.assert_close(half.float()(**batch).logits, expected, rtol=0, atol=1e-2)
+    model.config.id2label = {0: "neg", 1: "pos", 2: "mixed"}  # config.json changes, the tensors' shapes do not
+    write(model)
+    assert (tmp_path / "model.fp16.safetensors").exists() and "removed" not in caplog.text
     random_masks(model, seed=1)
     compact(model)  # another structure: the fp16 file would fail on its sizes
     with caplog.at_level(logging.WARNING, logger="hf_adaprune.hub.save"):
@@ -706,3 +709,29 @@ def test_a_variant_saved_beside_the_default_weights_of_the_same_structure_keeps_
     assert "removed model.fp16.safetensors from" in caplog.text
     with torch.no_grad():
         torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path)(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("save", ["save_pretrained", "save_pruned"])
+def test_sharded_variants_side_by_side_leave_no_index_without_its_shards(tmp_path, save):
+    """The fp16 variant in shards, then the default weights in shards: transformers' own clean-up removes the fp16
+    shards under save_pretrained, and the fp16 index left pointing at them made from_pretrained(variant='fp16') fail
+    on a missing file. What stays loads."""
+    model = pruned_tiny()
+    compact(model)
+
+    def write(m, **kwargs):
+        (m.save_pretrained if save == "save_pretrained" else partial(save_pruned, m))(tmp_path, **kwargs)
+
+    write(copy.deepcopy(model).half(), variant="fp16", max_shard_size="20KB")
+    write(model, max_shard_size="20KB")
+    batch = text_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path, dtype=torch.float32)(**batch).logits,
+                                   model(**batch).logits, rtol=0, atol=0)
+    index = tmp_path / "model.safetensors.index.fp16.json"
+    if index.exists():  # kept only with its shards
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        assert all((tmp_path / shard).is_file() for shard in shards)
+        with torch.no_grad():
+            half = AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")
+            torch.testing.assert_close(half.float()(**batch).logits, model(**batch).logits, rtol=0, atol=1e-2)

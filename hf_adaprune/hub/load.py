@@ -21,7 +21,7 @@ from ..families import get_adapter
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import missing_stacks, set_auto_map, short_cache_problem, write_remote_code
-from .save import config_structure, remove_stale_weight_files, save_beside_model, weight_file_states
+from .save import remove_stale_weight_files, save_beside_model, weight_file_states
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ class SavesRemoteCode:
         mark_config(self.config)  # model_type adaprune_<family> in config.json
         set_auto_map(self)
         before = weight_file_states(save_directory)
-        structure = config_structure(Path(save_directory) / "config.json")
         super().save_pretrained(save_directory, *args, **kwargs)
         if (args[0] if args else kwargs.get("is_main_process", True)):
             write_remote_code(self, save_directory)
@@ -49,8 +48,7 @@ class SavesRemoteCode:
             # written now, or an index where one file was): transformers would load them, as save_pruned knows
             after = weight_file_states(save_directory)
             unwritten = {name for name, state in before.items() if after.get(name) == state}
-            remove_stale_weight_files(Path(save_directory), unwritten, set(after) - unwritten,
-                                      structure == config_structure(Path(save_directory) / "config.json"))
+            remove_stale_weight_files(Path(save_directory), unwritten, Path(save_directory), set(after) - unwritten)
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
         # every upload of a model goes through here: save_pretrained(push_to_hub=True) uploads at the end of

@@ -44,38 +44,70 @@ def weight_variant(name: str) -> str | None:
     return (match.group(2) or match.group(6) or ".")[1:]
 
 
-# config.json keys that change with the dtype a variant is saved in, not with the structure its weights have
-_DTYPE_KEYS = ("dtype", "torch_dtype", "transformers_version")
+def tensor_shapes(folder: Path, names) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape over the weight files ``names`` in ``folder`` (indexes skipped); None where one is not
+    safetensors or cannot be read (its shapes are unknown)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for name in names:
+        if name.endswith(".json"):
+            continue
+        if not name.endswith(".safetensors"):
+            return None
+        try:
+            with safe_open(str(folder / name), "pt") as f:
+                for key in f.keys():
+                    shapes[key] = tuple(f.get_slice(key).get_shape())
+        except Exception:  # noqa: BLE001 - a file that cannot be read has unknown shapes
+            return None
+    return shapes
 
 
-def config_structure(path: Path) -> dict | None:
-    """``config.json`` at ``path`` without its dtype keys (None if there is none): two saves with equal structures
-    hold weights of the same shapes."""
+def _dangling_index(folder: Path, name: str) -> bool:
+    """An index whose shards are not all in ``folder`` (transformers' own clean-up removes another variant's
+    shards when it writes shards of its own), or that cannot be read."""
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return {key: value for key, value in config.items() if key not in _DTYPE_KEYS}
+        shards = set(json.loads((folder / name).read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+    return not all((folder / shard).is_file() for shard in shards)
 
 
-def remove_stale_weight_files(folder: Path, unwritten: set[str], written: set[str], same_structure: bool) -> None:
+def remove_stale_weight_files(folder: Path, unwritten: set[str], written_folder: Path, written: set[str]) -> None:
     """Remove the weight files of an earlier save in ``folder`` that this save did not rewrite (``unwritten``),
     which transformers would load instead of, or beside, the new ones: a single file where shards were written
     now, an index where one file was, save_int8's files. Files of another transformers variant (the fp32 weights
-    beside a model.fp16.safetensors being written) stay when the structure is the same, as a stock save keeps
-    them; saved for an earlier structure they are removed, named in a warning."""
-    variants = {weight_variant(name) for name in written if WEIGHT_FILE.fullmatch(name)}
-    other = []
+    beside a model.fp16.safetensors being written, now in ``written_folder``) stay where their tensors have the
+    shapes of those written, as a stock save keeps them; of another structure they are removed, named in a warning,
+    and so is an index whose shards are gone."""
+    written = {name for name in written if WEIGHT_FILE.fullmatch(name)}
+    variants = {weight_variant(name) for name in written}
+    others: dict[str, list[str]] = {}
     for name in sorted(unwritten):
         variant = weight_variant(name)
-        if variant is not None and variant not in variants and None not in variants:
-            if same_structure:
-                continue
-            other.append(name)
-        (folder / name).unlink()
-    if other:
-        logger.warning("removed %s from %s: weights saved for an earlier structure of the model (its config.json "
-                       "changed), which no longer load", ", ".join(other), folder)
+        if written and None not in variants and variant is not None and variant not in variants:
+            others.setdefault(variant, []).append(name)
+        else:
+            (folder / name).unlink()
+    removed, new_shapes = [], None
+    for names in others.values():
+        dangling = [name for name in names if name.endswith(".json") and _dangling_index(folder, name)]
+        names = [name for name in names if name not in dangling]
+        if names and all(name.endswith(".json") for name in names):  # an index without weights of its own
+            dangling, names = dangling + names, []
+        if names:
+            new_shapes = tensor_shapes(written_folder, written) if new_shapes is None else new_shapes
+            shapes = tensor_shapes(folder, names)
+            if shapes is not None and new_shapes is not None and shapes != new_shapes:
+                dangling += names
+        for name in dangling:
+            (folder / name).unlink()
+        removed += dangling
+    if removed:
+        logger.warning("removed %s from %s: another variant's weights that no longer load beside the model saved "
+                       "now (tensors of an earlier structure, or an index whose shards are gone)",
+                       ", ".join(sorted(removed)), folder)
 
 
 def weight_file_states(folder: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
@@ -178,8 +210,7 @@ def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[
     with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-save-") as tmp:
         write(Path(tmp))
         written = {item.name for item in Path(tmp).iterdir()}
-        same = config_structure(save_directory / "config.json") == config_structure(Path(tmp) / "config.json")
-        remove_stale_weight_files(save_directory, _weight_files(save_directory) - written, written, same)
+        remove_stale_weight_files(save_directory, _weight_files(save_directory) - written, Path(tmp), written)
         move_into(Path(tmp), save_directory)
     return save_directory
 
