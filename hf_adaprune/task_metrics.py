@@ -171,6 +171,40 @@ def _multi_label(name: str, logits: np.ndarray, labels: np.ndarray) -> dict:
     return LOCAL_METRICS[name]((logits > 0).astype(int), np.rint(labels).astype(int), **options)
 
 
+def row_labels(dataset) -> list[int] | None:
+    """The class ids of a ``datasets.Dataset``'s label column (``labels``, ``label`` or ``label_ids``; token labels
+    flattened, -100 left out), or None for other datasets or labels that are not whole numbers."""
+    names = getattr(dataset, "column_names", None)
+    column = next((name for name in ("labels", "label", "label_ids") if names and name in names), None)
+    if column is None:
+        return None
+    flat = []
+    for value in dataset[column]:
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+                return None
+            if item != -100:
+                flat.append(int(item))
+    return flat
+
+
+def unmovable_metric(name: str, labels: list[int], config) -> str | None:
+    """Why the built-in ``name`` cannot follow pruning on rows with these class ids (None: it can): binary f1,
+    precision and recall score class 1, and stay at 0 on rows without one whatever the model predicts; Matthews
+    correlation is 0 on rows of one class."""
+    present = set(labels)
+    num_labels = getattr(config, "num_labels", None)
+    if name in AVERAGED and num_labels == 2 and 1 not in present:
+        positive = (getattr(config, "id2label", None) or {}).get(1, 1)
+        return (f"{name} on two classes scores class 1 ({positive!r}), and none of the {len(labels)} rows that "
+                f"pruning decisions read has it: {name} would stay at 0 whatever pruning removes, and every step "
+                "would be kept")
+    if name == "matthews_correlation" and len(present) < 2:
+        return (f"matthews_correlation is 0 on rows of one class, and the {len(labels)} rows that pruning decisions "
+                f"read are all class {next(iter(present), '?')}: it would not move whatever pruning removes")
+    return None
+
+
 def multi_label_rows(config, predictions: np.ndarray, labels: np.ndarray) -> bool:
     """Whether :func:`classification_metrics` scores ``predictions`` as a multi-label head's rows: the config's
     ``problem_type`` says so, or (none set yet) the labels are multi-hot rows shaped like 2-D predictions (float
@@ -261,8 +295,12 @@ def classification_metrics(name: str, config=None):
         keep = labels != -100  # token classification pads labels with -100
         classes = (num_labels or int(max(predictions.max(initial=0), labels[keep].max(initial=0))) + 1) \
             if class_ids else logits.shape[-1]
-        options = {"average": "macro"} if name in AVERAGED and classes > 2 else {}
-        result = metric.compute(predictions=predictions[keep].tolist(), references=labels[keep].tolist(), **options)
+        references = labels[keep].tolist()
+        # macro averages over the classes of the references, the same rows at every decision (sklearn's default, the
+        # classes of references and predictions together, changed with what a pruned model predicts: one row
+        # predicted as a class no reference has moved macro F1 by 0.3)
+        options = {"average": "macro", "labels": sorted(set(references))} if name in AVERAGED and classes > 2 else {}
+        result = metric.compute(predictions=predictions[keep].tolist(), references=references, **options)
         return {name: headline_value(name, result)}
 
     return compute_metrics

@@ -176,9 +176,14 @@ def test_masks_detached_by_compact_refuse_to_be_set():
 def test_an_importance_refuses_a_model_compacted_since_it_began_scoring():
     model = random_biases(tiny_model("bert"))  # eval: no dropout, so a fresh importance reads the same step
     masks = attach_masks(model, layers=True)
-    importance = scored(model, list(masks.groups.values()))
+    scored_groups = list(masks.groups.values())
+    importance = scored(model, scored_groups)
+    before = {name: value.clone() for name, value in importance.scores(model, scored_groups).items()}
     masks.set("encoder.layer", torch.tensor([1.0, 0.0, 1.0]))  # remove layer 1: layer 2 becomes layer 1
     compact(model)
+    # the groups the scores were taken with still read them (a trainer's pruning_groups, after training)
+    after = importance.scores(model, scored_groups)
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
     groups = list(attach_masks(model, layers=True).groups.values())
     model(**labelled(10)).loss.backward()
     with pytest.raises(ValueError, match=r"compacted since this TaylorImportance began.*reset\(\)"):

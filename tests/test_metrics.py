@@ -317,10 +317,13 @@ def test_f1_precision_recall_are_binary_for_two_classes_and_macro_averaged_for_m
         for name, score in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
             value = classification_metrics(name)(EvalPrediction(predictions=logits, label_ids=labels))[name]
             assert value == pytest.approx(score(labels, predictions, average=average), abs=1e-12), (name, classes)
-    # a three-class head scored on rows holding two of its classes: still macro over the classes seen
+    # a three-class head scored on rows holding two of its classes: macro over the references' classes (a row
+    # predicted as the third counts as a miss of its own class, not as a third class scoring 0)
     logits = rng.normal(size=(10, 3))
+    assert 2 in logits.argmax(-1)
     value = classification_metrics("f1")(EvalPrediction(predictions=logits, label_ids=np.array([0, 1] * 5)))["f1"]
-    assert value == pytest.approx(f1_score([0, 1] * 5, logits.argmax(-1), average="macro"), abs=1e-12)
+    assert value == pytest.approx(f1_score([0, 1] * 5, logits.argmax(-1), average="macro", labels=[0, 1]),
+                                  abs=1e-12)
 
 
 # multi-hot rows: logits > 0 predict [1,0,1], [0,1,0], [1,1,1] against labels [1,0,1], [0,1,0], [1,0,1]:
@@ -356,3 +359,23 @@ def test_a_class_metric_of_generated_text_is_refused_by_name(name):
 
     with pytest.raises(ValueError, match=f"--pruning_metric {name} averages over classes, and generated text has none"):
         generation_metrics(name, tokenizer=None)
+
+
+def test_macro_scores_average_over_the_classes_the_references_hold():
+    """Three classes, the decision rows hold two: one wrong row predicted as the absent class scored macro F1 0.65
+    (sklearn averaged in that class's 0), the same row predicted as the other present class 0.95: decisions followed
+    which wrong class a pruned model chose. Averaged over the references' classes, both are near 0.95."""
+    from transformers import EvalPrediction
+
+    from hf_adaprune.task_metrics import classification_metrics
+
+    labels = np.array([0] * 10 + [1] * 10)
+    config = type("Config", (), {"num_labels": 3, "problem_type": None})()
+    compute = classification_metrics("f1", config=config)
+    values = {}
+    for wrong in (0, 2):
+        predicted = labels.copy()
+        predicted[10] = wrong  # one class-1 row wrong
+        values[wrong] = compute(EvalPrediction(predictions=np.eye(3)[predicted], label_ids=labels))["f1"]
+    assert values[0] == pytest.approx((20 / 21 + 18 / 19) / 2)
+    assert values[2] == pytest.approx((1.0 + 18 / 19) / 2)

@@ -7,6 +7,7 @@ import logging
 import re
 
 import pytest
+import torch
 from transformers import HfArgumentParser
 
 from hf_adaprune import AdaptivePruningTrainer, PruningArguments
@@ -204,3 +205,48 @@ def test_a_best_model_metric_evaluation_lacks_is_refused_before_training_when_de
                                     save_strategy="steps", save_steps=6, load_best_model_at_end=True, max_steps=12)
     accepted.train()
     assert accepted.state.best_metric is not None
+
+
+def two_class_model():
+    import transformers
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config("bert", id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    return transformers.AutoModelForSequenceClassification.from_config(config).eval()
+
+
+@pytest.mark.parametrize("metric, labels, message", [
+    ("f1", [0] * 48, r"--pruning_metric f1: f1 on two classes scores class 1 \('pos'\), and none of the 48 rows that "
+                     r"pruning decisions read has it"),
+    ("recall", [0] * 48, r"recall on two classes scores class 1 \('pos'\)"),
+    ("matthews_correlation", [1] * 48, r"matthews_correlation is 0 on rows of one class, and the 48 rows that "
+                                       r"pruning decisions read are all class 1"),
+])
+def test_a_built_in_metric_the_decision_rows_cannot_move_is_refused_before_training(tmp_path, metric, labels,
+                                                                                    message):
+    """Binary f1 on decision rows without a row of class 1 stays 0 whatever is pruned (every step was kept and the
+    run reported 'within tolerance'); Matthews correlation alike on one class."""
+    import datasets
+
+    model = two_class_model()
+    data = toy_dataset()
+    rows = datasets.Dataset.from_dict({"input_ids": data["input_ids"][:48], "labels": labels})
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path, pruning_metric=metric),
+                                     train_dataset=data.map(lambda r: {"labels": r["labels"] % 2}),
+                                     eval_dataset=rows)
+    with pytest.raises(ValueError, match=message):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_binary_f1_on_rows_with_both_classes_names_the_positive_class(tmp_path, caplog):
+    import datasets
+
+    model = two_class_model()
+    data = toy_dataset().map(lambda r: {"labels": r["labels"] % 2})
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path, pruning_metric="f1", max_steps=8),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    with caplog.at_level(logging.INFO, logger="hf_adaprune"):
+        trainer.train()
+    assert "--pruning_metric f1 on two classes scores class 1 ('pos') as the positive class" in caplog.text

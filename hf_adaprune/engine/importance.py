@@ -224,33 +224,48 @@ class TaylorImportance(Importance):
         """One optimizer step's score per structure from its ``sum(grad * weight)``."""
         return sums.abs()
 
+    def _compacted_since(self, model: nn.Module) -> bool:
+        """Whether ``model`` was compacted since the scores began (else its structure is recorded)."""
+        saved = getattr(model.config, "adaprune", None)  # compaction writes a new one: decode only then
+        if self._structure is not None and saved is self._structure[0]:
+            return False
+        structure = pruned_structure(model)
+        if self._scores and self._structure is not None and structure != self._structure[1]:
+            return True
+        self._structure = (saved, structure)
+        return False
+
     def check_structure(self, model: nn.Module) -> None:
         """Refuse a model compacted since the scores began: after layers are removed, the groups found again name
         other structures (``encoder.layer.2`` becomes ``encoder.layer.1``), which a running mean would continue."""
-        saved = getattr(model.config, "adaprune", None)  # compaction writes a new one: decode only then
-        if self._structure is not None and saved is self._structure[0]:
-            return
-        structure = pruned_structure(model)
-        if self._scores and self._structure is not None and structure != self._structure[1]:
+        if self._compacted_since(model):
             raise ValueError(
                 f"the model was compacted since this {type(self).__name__} began scoring it ({self.num_updates} "
                 "steps): its groups now name other structures, so the scores would continue those of removed or "
                 "renamed ones. After compact(), score with a new importance (or call importance.reset()) and the "
                 "groups found again (find_groups(model))")
-        self._structure = (saved, structure)
 
     def scores(self, model: nn.Module, groups: list[Group]) -> dict[str, torch.Tensor]:
-        """As :meth:`Importance.scores`; refused, as :meth:`update`, on a model compacted since the scores began
-        (after layers are removed the scores would be handed to the layers now under their names)."""
+        """As :meth:`Importance.scores`. On a model compacted since the scores began, only through the group
+        objects they were taken with (a trainer's ``pruning_groups``, read after training): groups found again
+        name other structures (after layers are removed, the old scores would go to the layers now under their
+        names) and are refused, as :meth:`update` refuses them."""
         if self._scores:
             get_adapter(model)  # a wrapper (DDP, accelerate): refused naming it, before its config is read
-            self.check_structure(model)
+            scored = getattr(self, "_scored_groups", {})
+            if any(scored.get(group.name) is not group for group in groups if group.name in self._scores):
+                self.check_structure(model)
         return super().scores(model, groups)
+
+    def reset(self) -> None:
+        super().reset()
+        self._scored_groups = {}
 
     @torch.no_grad()
     def update(self, model: nn.Module, groups: list[Group]) -> bool:
         get_adapter(model)  # a wrapper (DDP, accelerate): refused before base_model is read
         self.check_structure(model)
+        self._scored_groups = {**getattr(self, "_scored_groups", {}), **{group.name: group for group in groups}}
         base = model.base_model
         batch = {}
         for group in groups:

@@ -640,6 +640,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 f"available: {self._metric_names(metrics)}{self._missing_metric_hint()}"
             )
         decision_number(self.metric_key, metrics[self.decision_key])  # a list, a word: refused now, not after warm-up
+        self._refuse_a_metric_the_decision_rows_cannot_move()
         best = (self.args.metric_for_best_model or "").removeprefix("eval_")
         if best and best != "loss" and self.pruning_metric == "loss" and self.args.eval_strategy != "no":
             metrics = self._evaluate_first_rows(predictions=True)  # decisions on the loss run no compute_metrics
@@ -647,6 +648,25 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             raise KeyError(f"--metric_for_best_model {self.args.metric_for_best_model!r}: evaluation returns no "
                            f"'eval_{best}' (the first evaluation would fail on it); available: "
                            f"{self._metric_names(metrics)}{self._missing_metric_hint()}")
+
+    def _refuse_a_metric_the_decision_rows_cannot_move(self) -> None:
+        """The built-in class metrics on decision rows that cannot move them (binary f1 without a row of class 1,
+        Matthews correlation on one class): refused before training. Under binary f1 / precision / recall the log
+        names the class scored as positive."""
+        from ..task_metrics import AVERAGED, row_labels, unmovable_metric
+
+        if not getattr(self, "_builtin_metric", False) or getattr(self.args, "predict_with_generate", False):
+            return
+        config = self.pruned_model.config
+        if self.pruning_metric in AVERAGED and getattr(config, "num_labels", None) == 2:
+            logger.info("--pruning_metric %s on two classes scores class 1 (%r) as the positive class",
+                        self.pruning_metric, (getattr(config, "id2label", None) or {}).get(1, 1))
+        labels = row_labels(first_rows(self.eval_dataset, self.args.pruning_eval_samples))
+        problem = None if labels is None else unmovable_metric(self.pruning_metric, labels, config)
+        if problem:
+            raise ValueError(f"--pruning_metric {self.pruning_metric}: {problem}. Give decision rows with both "
+                             "classes (more eval rows, or a larger --pruning_eval_samples), or use --pruning_metric "
+                             "accuracy or loss")
 
     @contextlib.contextmanager
     def _watching_preprocessed_logits(self):
