@@ -666,6 +666,21 @@ def _refuse_scores_and_label_lists(train, label_column: str, source: str) -> Non
                           "AdaptivePruningTrainer and --pruning_metric loss in a script of your own")
 
 
+def check_tokenizer(tokenizer, path: str, max_seq_length: int, text_columns: int) -> None:
+    """RecipeError for a tokenizer without a pad token (batches are padded to their longest row) and a
+    --max_seq_length that leaves no room for text beside the special tokens (1 fitted none and truncated nothing;
+    2 fed [CLS] [SEP] alone)."""
+    if tokenizer.pad_token_id is None:
+        raise RecipeError(f"the tokenizer {path} has no pad token, and classification batches are padded to their "
+                          "longest row: give a tokenizer with one (--tokenizer_name), as the encoders this recipe "
+                          "prunes have")
+    special = tokenizer.num_special_tokens_to_add(pair=text_columns == 2)
+    if max_seq_length <= special:
+        raise RecipeError(f"--max_seq_length {max_seq_length} leaves no room for text: the tokenizer adds {special} "
+                          f"special tokens to {'a pair of texts' if text_columns == 2 else 'each text'}; pass "
+                          f"--max_seq_length {special + 1} or more")
+
+
 def input_length(tokenizer, max_seq_length: int) -> int:
     """The longest input the recipe feeds: --max_seq_length, capped by the tokenizer's model_max_length."""
     return min(max_seq_length, tokenizer.model_max_length or max_seq_length)
@@ -700,13 +715,24 @@ def validate(run: Run) -> None:
     run.model_paths = [run.model_args.model_name_or_path, run.model_args.config_name, run.model_args.tokenizer_name]
 
 
-def without_unlabelled_test(raw: DatasetDict, label_column: str) -> DatasetDict:
-    """``raw`` without a test split that has no labels at all (every row -1, as GLUE's test splits are), with a
-    warning: it cannot be scored. ``--test_split_percentage`` then holds labelled rows out instead."""
+def without_unlabelled_test(raw: DatasetDict, label_column: str, from_dataset: bool = True) -> DatasetDict:
+    """``raw`` without a test split that has no labels at all, with a warning: it cannot be scored.
+    ``--test_split_percentage`` then holds labelled rows out instead. No labels: every row -1 (GLUE's test splits),
+    and in a --dataset_name folder (``from_dataset``; Kaggle's layout) also a test file without the label column
+    or with every label blank; a --test_file was asked to be scored, and is refused on them instead."""
+    if "test" not in raw:
+        return raw
     feature = raw["train"].features.get(label_column)
-    if "test" in raw and isinstance(feature, ClassLabel) and set(raw["test"].unique(label_column)) <= {-1}:
-        logger.warning("the test split has no labels (every row -1, as in GLUE's test splits): it is not scored; "
-                       "--test_split_percentage holds labelled training rows out as a test split")
+    values = set(raw["test"].unique(label_column)) if label_column in raw["test"].column_names else set()
+    if isinstance(feature, ClassLabel):
+        unlabelled = values <= {-1}
+    else:
+        trained = {str(v).strip() for v in raw["train"].unique(label_column)}  # -1 may be a class (-1 / 1)
+        unlabelled = from_dataset and {str(v).strip() for v in values if v is not None} <= {"", "-1"} - trained
+    if unlabelled:
+        logger.warning("the test split has no labels (%s): it is not scored; --test_split_percentage holds labelled "
+                       "training rows out as a test split",
+                       "every row -1, as in GLUE's test splits" if values else "no label column or every label blank")
         return DatasetDict({split: rows for split, rows in raw.items() if split != "test"})
     return raw
 
@@ -721,7 +747,7 @@ def load_data(run: Run) -> None:
     text_columns, label_column = find_columns(raw, data_args)
     refuse_nested_columns(raw, text_columns, label_column, _sources(data_args), _json_splits(data_args))
     check_dropped_labels_occur(raw, label_column, _split_list(data_args.drop_labels))  # every split, unlabelled too
-    raw = without_unlabelled_test(raw, label_column)
+    raw = without_unlabelled_test(raw, label_column, from_dataset=bool(data_args.dataset_name))
     raw = clean_rows(raw, text_columns, label_column, _split_list(data_args.drop_labels))
     raw, mapping = whole_number_labels(raw, label_column, data_args.label_mapping)
     label2id, names = label_mapping(raw, label_column, mapping, _sources(data_args))
@@ -784,6 +810,7 @@ def build(run: Run) -> None:
                           "RoBERTa, ...): translation and speech models have recipes of their own")
     tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path, model_args.cache_dir))
+    check_tokenizer(tokenizer, tokenizer_path, data_args.max_seq_length, len(info["text_columns"]))
     if model_args.model_name_or_path:
         if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
             raise RecipeError(f"{model_args.model_name_or_path} is a classifier of {saved.num_labels} classes and the "

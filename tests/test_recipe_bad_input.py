@@ -596,3 +596,39 @@ def test_a_label_mapping_written_as_a_mapping_in_a_config_file_orders_and_names_
     assert run.data_args.label_mapping == "1:positive,0:negative"  # as resumes compare it
     with pytest.raises(RecipeError, match=r"--label_mapping '\{\"0\": \"a,b\"\}': give value:name pairs without commas"):
         prepare(data_args(tmp_path, train, validation, "--label_mapping", '{"0": "a,b"}'))
+
+
+@pytest.mark.parametrize("test_file", [
+    "sentence\n{texts}",  # Kaggle's layout: no label column
+    "sentence,label\n{texts_minus_one}",  # every label -1
+    "sentence,label\n{texts_blank}",  # every label blank
+])
+def test_a_dataset_folders_unlabelled_test_file_is_left_out(tmp_path, caplog, test_file):
+    """A --dataset_name folder of CSV files whose test.csv holds no labels was refused ('no rows left after removing
+    labels []', then --drop_labels, which led back to it): left out with a warning, as GLUE's -1 test splits are."""
+    import logging
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_csv(folder / "train.csv", ROWS)
+    write_csv(folder / "validation.csv", ROWS[:2])
+    texts = [t for t, _ in ROWS[:3]]
+    (folder / "test.csv").write_text(test_file.format(
+        texts="\n".join(texts) + "\n", texts_minus_one="".join(f"{t},-1\n" for t in texts),
+        texts_blank="".join(f"{t},\n" for t in texts)))
+    args = ["--config_name", "unused", "--tokenizer_name", "unused", "--output_dir", str(tmp_path / "out")]
+    with caplog.at_level(logging.WARNING):
+        run = prepare(["--dataset_name", str(folder), *args])
+    assert "test" not in run.splits and "the test split has no labels" in caplog.text
+    assert len(run.splits["train"]) == len(ROWS)
+
+
+def test_a_dataset_folder_whose_classes_include_minus_one_keeps_its_test_file(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = [(text, -1 if y == 0 else 1) for text, y in ROWS]
+    write_csv(folder / "train.csv", rows)
+    write_csv(folder / "validation.csv", rows[:2])
+    write_csv(folder / "test.csv", [(t, "-1") for t, _ in rows[:3]])
+    args = ["--config_name", "unused", "--tokenizer_name", "unused", "--output_dir", str(tmp_path / "out")]
+    assert len(prepare(["--dataset_name", str(folder), *args]).splits["test"]) == 3

@@ -252,6 +252,9 @@ def test_shipped_configs_parse(name, monkeypatch):
                                   "positions; pass --max_seq_length 128 or less"),
     (["--max_eval_samples", "0"], "--max_eval_samples must be >= 1; got 0"),
     (["--max_train_samples", "0"], "--max_train_samples must be >= 1; got 0"),
+    # [CLS] [SEP] take 2: a length of 2 fed them alone, 1 fitted none and truncated nothing
+    (["--max_seq_length", "2"], "--max_seq_length 2 leaves no room for text: the tokenizer adds 2 special tokens to "
+                                "each text; pass --max_seq_length 3 or more"),
 ])
 def test_lengths_and_sample_counts_the_model_or_data_cannot_serve_fail_before_training(workspace, tmp_path, extra,
                                                                                        message):
@@ -314,3 +317,18 @@ def test_the_tokenizer_must_fit_the_models_embedding_table(workspace, tmp_path, 
                                                            f"tokens but the model's embedding table only 20 rows")):
         recipe.main(args + quick)
     assert not (tmp_path / "out2" / "results.json").exists()
+
+
+def test_a_tokenizer_without_a_pad_token_is_refused_before_training(workspace, tmp_path):
+    """Batches are padded to their longest row: a tokenizer without a pad token failed in the metric check with a
+    traceback whose advice (tokenizer.pad_token = ...) no command line can follow."""
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer").pad_token_id is None
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--tokenizer_name") + 1] = str(tmp_path / "tokenizer")
+    with pytest.raises(recipe.RecipeError, match=r"the tokenizer \S+ has no pad token, and classification batches "
+                                                 r"are padded to their longest row"):
+        recipe.main(args + ["--max_steps", "4"])
+    assert not (tmp_path / "out" / "results.json").exists()
