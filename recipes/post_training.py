@@ -193,7 +193,7 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
     refit = data_args.post_training_refit  # its settings are reported where it ran (None: nothing used them)
     results = {
         **results_header(task, run, mode="post_training"),
-        "test": None if test_dataset is None else test_results(len(test_dataset), task.test_metrics, scores, None,
+        "test": None if test_dataset is None else test_results(len(test_dataset), task.reported_metrics(run), scores, None,
                                                                None, dense_asked=data_args.test_before_pruning),
         "validation": {"metric": training_args.pruning_metric, "samples": len(first_rows(
             run.datasets["validation"], training_args.pruning_eval_samples)),

@@ -157,6 +157,17 @@ class Task:
     # score_deployed(run, model, tokenizer): the test metrics {NAME: value} of a deployed copy (read through its own
     # tokenizer), on the saving process alone; None: the recipe's deployed copies are written, not scored
     score_deployed: Callable | None = None
+    # whether the test scores also report --pruning_metric where it is not among test_metrics (text classification:
+    # a run steered by f1 compares the models in f1 too, not in accuracy alone)
+    reports_pruning_metric: bool = False
+
+    def reported_metrics(self, run: Run) -> tuple[str, ...]:
+        """The test metrics of this run: ``test_metrics``, and --pruning_metric after them where the task reports it
+        (not the loss)."""
+        steering = run.training_args.pruning_metric
+        if self.reports_pruning_metric and steering != "loss" and steering not in self.test_metrics:
+            return (*self.test_metrics, steering)
+        return tuple(self.test_metrics)
 
     def main(self, argv: list[str] | None = None) -> dict:
         """Run the recipe; returns what it writes to results.json. Bad arguments or data raise RecipeError first."""
@@ -169,7 +180,7 @@ class Task:
     def score_test(self, trainer, dataset, run: Run) -> dict:
         if self.score is not None:
             return self.score(trainer, dataset, run)
-        return evaluate_scores(trainer, dataset, run, self.test_metrics)
+        return evaluate_scores(trainer, dataset, run, self.reported_metrics(run))
 
 
 # -- small steps -------------------------------------------------------------------------------------
@@ -528,7 +539,7 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
     results = {
         **results_header(task, run),
         "test": None if test_dataset is None else test_results(
-            len(test_dataset), task.test_metrics, scores, snapshot.step if snapshot else None,
+            len(test_dataset), task.reported_metrics(run), scores, snapshot.step if snapshot else None,
             control and control["steps"], dense_asked=data_args.test_before_pruning),
         "validation": validation_results(summary, len(decision_set), final_val),
         "pruning": pruning_record(summary),

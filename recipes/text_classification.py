@@ -857,7 +857,7 @@ def score_deployed(run: Run, model, tokenizer) -> dict:
             labels.append(batch.pop("labels").numpy())
             logits.append(model(**batch).logits.float().numpy())
     metrics = run.compute_metrics(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels)))
-    return {name: metrics.get(name) for name in TASK.test_metrics}
+    return {name: metrics.get(name) for name in TASK.reported_metrics(run)}
 
 
 def measure_latency(dense, pruned, run: Run) -> dict:
@@ -881,6 +881,7 @@ TASK = Task(
     load_data=load_data,
     build=build,
     test_metrics=("accuracy",),
+    reports_pruning_metric=True,
     format_value=lambda name, value: format_metric(value, 4),
     latency=measure_latency,
     score_deployed=score_deployed,

@@ -332,3 +332,25 @@ def test_a_tokenizer_without_a_pad_token_is_refused_before_training(workspace, t
                                                  r"are padded to their longest row"):
         recipe.main(args + ["--max_steps", "4"])
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_run_steered_by_f1_compares_the_models_in_f1_on_test(workspace, tmp_path, capsys):
+    """--pruning_metric f1 (MRPC-style tasks report F1): the test entries and the printed table had accuracy alone."""
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE_CONFIG.format(ws=workspace))
+    out = tmp_path / "out"
+    results = recipe.main([str(config), "--output_dir", str(out), "--pruning_metric", "f1",
+                           "--pruning_tolerance", "1.0"])
+    test = results["test"]
+    assert test["metrics"] == ["accuracy", "f1"]
+    rows = [line.split("\t") for line in (workspace / "test.tsv").read_text().splitlines()[1:]]
+    model = AutoPrunedModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer([r[0] for r in rows], truncation=True, max_length=32, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**batch).logits.argmax(-1).tolist()
+    from sklearn.metrics import f1_score
+
+    assert test["pruned_f1"] == pytest.approx(f1_score([int(r[1]) for r in rows], predicted))
+    assert test["dense_f1"] is not None
+    assert "f1" in capsys.readouterr().out.split("layer FLOPs")[0]
