@@ -10,6 +10,8 @@ output can be pruned again.
 
 from __future__ import annotations
 
+import logging
+
 from transformers import AutoConfig, PretrainedConfig
 
 from hf_adaprune import AutoPrunedModel
@@ -20,6 +22,8 @@ from hf_adaprune.hub.save import freeze_unsaved_parameters
 from hf_adaprune.layout import read_record
 
 from .arguments import RecipeError
+
+logger = logging.getLogger("hf_adaprune.recipes")
 
 
 def is_pruned_source(path: str | None, cache_dir: str | None = None) -> bool:
@@ -125,6 +129,22 @@ def check_generation_lengths(model, training_args) -> None:
                           f"({decoder_positions_note(model.config)}); pass --generation_max_length {limit} or less")
 
 
+def check_generation_config_lengths(given: str, loaded, training_args) -> None:
+    """A --generation_config's lengths against --generation_max_length, which every evaluation, the deploy copies
+    and results.json use (the recipes always set it: translation from --max_target_length): its max_new_tokens, which
+    generate() prefers, is refused (evaluations were cut to it while the record said otherwise); its max_length gives
+    way to --generation_max_length, with a warning when they differ."""
+    length = getattr(training_args, "generation_max_length", None)
+    if getattr(loaded, "max_new_tokens", None) is not None:
+        raise RecipeError(f"--generation_config {given} sets max_new_tokens {loaded.max_new_tokens}, which generate() "
+                          f"prefers over --generation_max_length ({length}), the length every evaluation, the deploy "
+                          "copies and results.json use: remove it from the file and pass --generation_max_length")
+    if getattr(loaded, "max_length", None) is not None and length is not None and loaded.max_length != length:
+        logger.warning("--generation_config %s: its max_length %d gives way to --generation_max_length %d (what every "
+                       "evaluation and the saved generation config use; pass --generation_max_length %d to keep the "
+                       "file's)", given, loaded.max_length, length, loaded.max_length)
+
+
 def apply_generation_config(model, training_args) -> None:
     """``--generation_config``, loaded and applied to ``model`` before anything generates (sequence distillation,
     the metric check), with the fields of RECIPE_GENERATION_FIELDS it leaves unset taken from the model's.
@@ -143,6 +163,7 @@ def apply_generation_config(model, training_args) -> None:
             loaded = Seq2SeqTrainer.load_generation_config(given)
         except (OSError, ValueError) as err:
             raise RecipeError(f"--generation_config {given}: cannot load it ({type(err).__name__}: {err})") from err
+        check_generation_config_lengths(given, loaded, training_args)
         for name in RECIPE_GENERATION_FIELDS:
             if getattr(loaded, name, None) is None and getattr(model.generation_config, name, None) is not None:
                 setattr(loaded, name, getattr(model.generation_config, name))
@@ -154,6 +175,12 @@ def apply_generation_config(model, training_args) -> None:
     generation = model.generation_config
     if getattr(training_args, "generation_max_length", None) is not None:
         generation.max_length = training_args.generation_max_length
+        if getattr(generation, "max_new_tokens", None) is not None:  # the model's own: generate() would prefer it
+            logger.warning("the model's generation config sets max_new_tokens %d, which generate() prefers over "
+                           "--generation_max_length %d: cleared, so that evaluations, the deploy copies and the saved "
+                           "generation config use --generation_max_length", generation.max_new_tokens,
+                           training_args.generation_max_length)
+            generation.max_new_tokens = None
     if getattr(training_args, "generation_num_beams", None) is not None:
         generation.num_beams = training_args.generation_num_beams
         if generation.num_beams == 1:  # beam settings (bart-base ships num_beams 4, early_stopping) would not save

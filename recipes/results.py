@@ -24,7 +24,8 @@ import os
 from hf_adaprune.reporting.report import sparsity_basis, write_json
 
 RESULTS_FILE = "results.json"
-PRUNING_KEYS = ("criterion", "target", "target_type", "structures", "final_sparsity", "stop_reason", "start_pruned")
+PRUNING_KEYS = ("criterion", "target", "target_type", "structures", "final_sparsity", "stop_reason", "start_pruned",
+                "distillation")
 TEST_SIDES = ("dense", "control", "pruned")
 
 

@@ -479,6 +479,9 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     test_dataset = run.datasets.get("test")
     repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
     control_model = copy.deepcopy(run.model) if data_args.dense_control else None
+    if control_model is not None and test_dataset is None:
+        logger.warning("--dense_control true without a test split: the control is trained, but no test rows score "
+                       "it; it serves as the latency baseline%s only", "" if repeats else " (with --latency_repeats)")
     dense_for_latency = copy.deepcopy(run.model) if repeats and control_model is None else None
     snapshot = DenseSnapshot(copy.deepcopy(run.model)) \
         if test_dataset is not None and data_args.test_before_pruning else None

@@ -335,6 +335,13 @@ def check_translation_column(dataset, split: str, dataset_name: str) -> None:
     feature = dataset.features["translation"]
     if isinstance(feature, (dict, Translation)):
         return
+    if type(feature).__name__ == "Json":  # datasets 5 reads records whose keys differ (a language missing) as Json
+        odd = next((i for i, value in enumerate(dataset["translation"]) if not isinstance(value, dict)), None)
+        if odd is None:
+            return  # a missing language is an empty side (--max_empty_fraction)
+        found = f"a {type(dataset[odd]['translation']).__name__} in row {odd + 1}"
+        raise RecipeError(f"--dataset_name {dataset_name}: the {split} split's 'translation' column holds {found}, "
+                          f"not a {{lang: text}} record: write the data as {TRANSLATION_LAYOUT}")
     if isinstance(feature, Value) and feature.dtype in ("string", "large_string"):
         first = dataset[0]["translation"] if len(dataset) else None
         found = "text" + (" (a dict written as text, as pandas' to_csv writes one)"
@@ -826,7 +833,9 @@ TASK = Task(
     score_deployed=score_deployed,
     before_training=before_training,
     # what the sources and targets the metric reads look like: a resume under others would compare unlike BLEU
-    metric_options=("source_prefix", "source_lang_code", "target_lang_code", "sequence_distillation"),
+    # (the lengths too: sources cut shorter, or references cut shorter, moved BLEU 70 points against the reference)
+    metric_options=("source_prefix", "source_lang_code", "target_lang_code", "sequence_distillation",
+                    "max_source_length", "max_target_length"),
 )
 
 

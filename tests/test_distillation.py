@@ -311,6 +311,14 @@ def test_training_keeps_the_teacher_out_of_optimizer_and_checkpoints(tmp_path):
     # the student moved away from the teacher while pruning
     student = trainer.model.state_dict()
     assert any(not torch.equal(student[k], v) for k, v in teacher.state_dict().items())
+    # the report and the card say the run distilled, and with what (they said nothing)
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["distillation"] == {"alpha": 0.5, "temperature": 2.0, "hidden_weight": 0.5,
+                                      "teacher": "the model at the pruning reference"}
+    trainer.create_model_card()
+    assert ("It was distilled from the model at the pruning reference while pruned (task loss weighted 0.5, logit "
+            "KL 0.5 at temperature 2.0, layer outputs weighted 0.5).") in (tmp_path / "README.md").read_text()
+    assert json.loads(json.dumps(make_trainer(tmp_path / "plain").pruning_summary().to_dict()))["distillation"] is None
 
 
 def test_the_recorded_teacher_path_is_absolute_under_a_relative_output_dir(tmp_path, monkeypatch):

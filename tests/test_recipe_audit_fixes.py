@@ -252,6 +252,24 @@ def test_translation_records_sequence_distillation_and_refuses_a_resume_that_swi
     skeleton.check_recorded_options(options, str(checkpoint), allow_new=True)  # asked for: a warning
 
 
+@pytest.mark.parametrize("flag", ["max_source_length", "max_target_length"])
+def test_a_translation_resume_under_other_lengths_is_refused(tmp_path, flag):
+    """Sources or references cut at another length: the resumed decisions compared BLEU on 8-token sources with a
+    reference measured on 32 (a 69-point 'drop'), and the run stopped early, unwarned."""
+    translation = load_recipe("translation")
+    (tmp_path / "s.en").write_text("a house\n", encoding="utf-8")
+    (tmp_path / "s.de").write_text("ein Haus\n", encoding="utf-8")
+    args = ["--model_name_or_path", "unused", "--output_dir", str(tmp_path / "out"), f"--{flag}", "8",
+            *[item for split in ("train", "validation") for side, ext in (("source", "en"), ("target", "de"))
+              for item in (f"--{split}_{side}_file", str(tmp_path / f"s.{ext}"))]]
+    options = skeleton.metric_options(translation.TASK, skeleton.Run(*translation.parse_args(args)))
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / skeleton.RECIPE_OPTIONS_FILE).write_text(json.dumps({**options, flag: 32}))
+    with pytest.raises(RecipeError, match=re.escape(f"(--{flag}: checkpoint 32, now 8)")):
+        skeleton.check_recorded_options(options, str(checkpoint), allow_new=False)
+
+
 def test_the_steering_options_of_an_fsdd_run_are_the_same_before_and_after_its_manifests_are_written(tmp_path):
     """--fsdd_dir: the recipe writes the manifests and sets --validation_manifest once the data loads, after the
     resume check; comparing the manifest would refuse every resume of an FSDD run."""
@@ -377,3 +395,20 @@ def test_the_validation_figures_are_the_decision_rows_under_persistent_workers(w
     validation = recipe.main(args)["validation"]
     assert validation["samples"] == 8
     assert validation["pruned"]["eval_accuracy"] == pytest.approx(validation["pruned_final"])
+
+
+def test_translation_json_lines_with_a_row_missing_a_language_load_as_an_empty_side(tmp_path):
+    """datasets 5 reads {"translation": {...}} records whose keys differ as a Json column: the recipe said the column
+    was not {lang: text} records and asked for the very layout the folder had."""
+    translation = load_recipe("translation")
+    rows = [{"en": f"A dog runs {i}.", "de": f"Ein Hund rennt {i}."} for i in range(20)]
+    rows[3] = {"en": "A row whose German is missing."}
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps({"translation": r}) + "\n" for r in rows))
+    model_args, data_args, training_args = translation.parse_args([
+        "--dataset_name", str(tmp_path), "--source_lang", "en", "--target_lang", "de", "--config_name", "x",
+        "--tokenizer_name", "x", "--max_empty_fraction", "0.1", "--cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(tmp_path / "out")])
+    translation.validate_args(model_args, data_args, training_args)
+    raw = translation.load_raw_datasets(data_args, model_args)
+    assert len(raw["train"]) == 19 and "A row whose German is missing." not in raw["train"]["source"]

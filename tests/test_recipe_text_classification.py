@@ -354,3 +354,29 @@ def test_a_run_steered_by_f1_compares_the_models_in_f1_on_test(workspace, tmp_pa
     assert test["pruned_f1"] == pytest.approx(f1_score([int(r[1]) for r in rows], predicted))
     assert test["dense_f1"] is not None
     assert "f1" in capsys.readouterr().out.split("layer FLOPs")[0]
+
+
+def test_a_distilled_run_says_so_in_results_and_its_card(workspace, tmp_path):
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE_CONFIG.format(ws=workspace))
+    out = tmp_path / "out"
+    results = recipe.main([str(config), "--output_dir", str(out), "--distillation", "true",
+                           "--distillation_alpha", "0.25"])
+    assert results["pruning"]["distillation"] == {"alpha": 0.25, "temperature": 2.0, "hidden_weight": 0.0,
+                                                  "teacher": "the model at the pruning reference"}
+    assert "It was distilled from the model at the pruning reference" in (out / "README.md").read_text()
+    plain = recipe.main([str(config), "--output_dir", str(tmp_path / "plain")])
+    assert plain["pruning"]["distillation"] is None
+
+
+def test_a_dense_control_without_a_test_split_is_warned_of(workspace, tmp_path, caplog):
+    """Trained in full and scored nowhere (the table still offered a change-vs-control column)."""
+    import logging
+
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE_CONFIG.format(ws=workspace).replace(f"test_file: {workspace}/test.tsv\n", ""))
+    with caplog.at_level(logging.WARNING):
+        results = recipe.main([str(config), "--output_dir", str(tmp_path / "out"), "--dense_control", "true"])
+    assert results["test"] is None
+    assert "--dense_control true without a test split: the control is trained, but no test rows score it" in \
+        caplog.text

@@ -373,6 +373,39 @@ def test_greedy_generation_of_a_beam_search_model_saves(tmp_path):
     assert json.loads((tmp_path / "generation_config.json").read_text())["max_length"] == 10
 
 
+def test_generation_lengths_that_would_differ_from_the_recorded_one_are_refused_or_cleared(tmp_path, caplog):
+    """A --generation_config with max_new_tokens 6: every evaluation was cut to 6 tokens while results.json said
+    --generation_max_length (32), and the deploy copies, scored at 32, looked 8 chrF better. Refused; a model's own
+    max_new_tokens is cleared with a warning; a file's max_length that gives way to --generation_max_length is named."""
+    import logging
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from recipes.loading import apply_generation_config
+    from test_seq2seq_families import tiny_seq2seq
+
+    def args(**kwargs):
+        return SimpleNamespace(**{"generation_config": None, "generation_max_length": 32, "generation_num_beams": None,
+                                  **kwargs})
+
+    GenerationConfig(max_new_tokens=6).save_pretrained(tmp_path / "short")
+    model = tiny_seq2seq("marian")
+    with pytest.raises(recipe.RecipeError, match=r"sets max_new_tokens 6, which generate\(\) prefers over "
+                                                 r"--generation_max_length \(32\)"):
+        apply_generation_config(model, args(generation_config=str(tmp_path / "short")))
+    model.generation_config.max_new_tokens = 6
+    with caplog.at_level(logging.WARNING):
+        apply_generation_config(model, args())
+    assert model.generation_config.max_new_tokens is None and model.generation_config.max_length == 32
+    assert "the model's generation config sets max_new_tokens 6" in caplog.text
+    GenerationConfig(max_length=8, num_beams=3).save_pretrained(tmp_path / "eight")
+    with caplog.at_level(logging.WARNING):
+        apply_generation_config(model, args(generation_config=str(tmp_path / "eight")))
+    assert (model.generation_config.max_length, model.generation_config.num_beams) == (32, 3)
+    assert "its max_length 8 gives way to --generation_max_length 32" in caplog.text
+
+
 # -- audit fixes: a translation column that is not {lang: text}, the beams recorded, empty teacher translations ---
 
 
