@@ -48,8 +48,11 @@ PRUNE = "heads,ffn,layers"
 
 def table_noise(model, groups, tables: int) -> dict:
     """The cost table measured ``tables`` times: totals, per-group spread, the cost of one structure per kind."""
-    runs = [latency_costs(model, groups, batch_size=1, seq_len=SEQ_LEN) for _ in range(tables)]
     counts = {g.name: g for g in groups}
+    # per group (latency_costs also charges each layer of a stack its own cost, under the layer's path: a total over
+    # those as well would count every layer twice)
+    runs = [{name: cost for name, cost in latency_costs(model, groups, batch_size=1, seq_len=SEQ_LEN).items()
+             if name in counts} for _ in range(tables)]
     totals = []
     from hf_adaprune.engine.masks import structure_count
 
