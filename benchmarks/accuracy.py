@@ -56,6 +56,9 @@ def arguments(argv=None) -> argparse.Namespace:
                              "another count trains its own dense model, cached in outputs/accuracy_dense<N>")
     parser.add_argument("--variants", nargs="+", default=SCHEDULE_VARIANTS, choices=schedule.VARIANTS,
                         help="default: all but search_refit_residual_raw_long (a later question, see its decision_rule.md)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="where the dense start and the control teachers are cached (default: outputs/ of the "
+                             "repository: post_training_benchmark, or accuracy_dense<N> with --dense_samples)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--summary_only", action="store_true", help="rewrite summary.md from the JSON files")
     return parser.parse_args(argv)
@@ -63,10 +66,11 @@ def arguments(argv=None) -> argparse.Namespace:
 
 def dense_argv(opts) -> list[str]:
     """The dense start's arguments, given only when they differ from the default (earlier parts stay valid)."""
+    cache = [] if opts.cache_dir is None else ["--cache_dir", opts.cache_dir]
     if opts.dense_samples is None:
-        return []
+        return cache
     return ["--dense_samples", str(opts.dense_samples),
-            "--cache_dir", str(ROOT / "outputs" / f"accuracy_dense{opts.dense_samples}")]
+            *(cache or ["--cache_dir", str(ROOT / "outputs" / f"accuracy_dense{opts.dense_samples}")])]
 
 
 def schedule_argv(opts, seed: int, output: Path) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import ROOT, load_script
 
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy_625_dense20000"
@@ -30,6 +32,18 @@ def test_dense_samples_go_to_both_parts_with_a_cache_of_their_own(tmp_path):
         assert argv[argv.index("--cache_dir") + 1] == str(ROOT / "outputs" / "accuracy_dense20000")
 
 
+@pytest.mark.parametrize("dense_samples", [[], ["--dense_samples", "20000"]])
+def test_a_cache_dir_outside_the_repository_reaches_both_parts(tmp_path, dense_samples):
+    """The dense start and the control teachers could only be cached in the repository's outputs/ (a read-only
+    checkout could not run the benchmark)."""
+    accuracy = load_accuracy()
+    opts = accuracy.arguments(["--output_dir", str(tmp_path), "--cache_dir", str(tmp_path / "cache"), *dense_samples])
+    for argv in (accuracy.schedule_argv(opts, 43, tmp_path / "s.json"),
+                 accuracy.post_training_argv(opts, tmp_path / "p.json")):
+        assert argv[argv.index("--cache_dir") + 1] == str(tmp_path / "cache")
+        assert argv.count("--cache_dir") == 1
+
+
 def test_summary_is_the_mean_change_against_each_seeds_control():
     text = load_accuracy().summary(RESULTS)
     changes = []
@@ -46,7 +60,6 @@ def test_summary_is_the_mean_change_against_each_seeds_control():
 def test_summary_refuses_seed_files_of_other_settings(tmp_path):
     import shutil
 
-    import pytest
 
     shutil.copy(RESULTS / "schedules_seed42.json", tmp_path)
     other = json.loads((RESULTS / "schedules_seed43.json").read_text())
@@ -62,7 +75,6 @@ def test_summary_refuses_seed_files_of_other_dense_starts(tmp_path):
     again: seed 42 from the 2026-12-03 start and seed 43 from the 2026-12-04 one would be averaged."""
     import shutil
 
-    import pytest
 
     shutil.copy(RESULTS / "schedules_seed42.json", tmp_path)
     other = json.loads((RESULTS / "schedules_seed43.json").read_text())
@@ -76,7 +88,6 @@ def test_summary_refuses_seed_files_of_other_dense_starts(tmp_path):
 
 
 def test_schedule_append_refuses_runs_of_other_settings(tmp_path):
-    import pytest
 
     schedule = load_script("benchmarks", "schedule")
     earlier = json.loads((RESULTS / "schedules_seed42.json").read_text())["settings"]
@@ -89,7 +100,6 @@ def test_schedule_append_refuses_runs_of_other_settings(tmp_path):
 def test_schedule_append_refuses_runs_of_another_dense_start():
     """The cached dense start can be trained again (another machine's sums): appending rows to runs from the old
     one would mix two starts. Files without the fingerprint are compared by the dense start's accuracies."""
-    import pytest
 
     schedule = load_script("benchmarks", "schedule")
     earlier = json.loads((RESULTS / "schedules_seed42.json").read_text())["dense"]
@@ -104,7 +114,6 @@ def test_schedule_append_refuses_runs_of_another_dense_start():
 
 def test_summary_only_of_a_folder_without_results_is_refused_and_not_made(tmp_path):
     """A mistyped --output_dir: the folder was made and given a summary.md with an empty table (exit status 0)."""
-    import pytest
 
     typo = tmp_path / "acuracy"
     with pytest.raises(SystemExit, match=r"acuracy holds no schedules_seed\*\.json or post_training\.json: nothing "
