@@ -300,6 +300,9 @@ def factoring_rank(model, dense_parameters: int, full_rows: int, share: float) -
     ``share`` of ``dense_parameters`` (rank r costs r x (rare tokens + hidden))."""
     table = model.get_input_embeddings()
     tokens, hidden = table.num_embeddings, table.embedding_dim
+    if full_rows >= tokens:  # nothing left to factor (a small --vocab_samples keeps few tokens)
+        raise SystemExit(f"--factor_full_rows {full_rows}: the pruned vocabulary holds {tokens} tokens, so no rare row is "
+                         f"left to factor: pass --factor_full_rows below {tokens} (0 factors every row)")
     room = share * dense_parameters - (parameters(model) - tokens * hidden) - full_rows * hidden
     rank = int(room // (tokens - full_rows + hidden))
     if rank < 1:

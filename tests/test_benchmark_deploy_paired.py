@@ -50,3 +50,15 @@ def test_correct_rows_keeps_the_dataset_order_whatever_the_batching():
     for batch_size in (1, 3, 8):
         assert load_deploy().correct_rows(Threshold(), rows, collate, batch_size=batch_size) == [True, False, True,
                                                                                                   False]
+
+
+def test_factoring_rank_names_a_vocabulary_smaller_than_the_whole_rows_asked_for():
+    """A small --vocab_samples keeps fewer tokens than --factor_full_rows: the message blamed the parameter budget."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    model = transformers.BertModel(config)
+    with pytest.raises(SystemExit, match="--factor_full_rows 60: the pruned vocabulary holds 50 tokens"):
+        load_deploy().factoring_rank(model, 10**6, 60, 0.4)
+    assert load_deploy().factoring_rank(model, 10**6, 10, 0.4) >= 1
