@@ -85,9 +85,9 @@ def main(argv=None) -> dict:
 
 
 def table(results: dict) -> str:
-    dense = results["dense"]
+    dense, check = results["dense"], results.get("settings", {}).get("check_samples", 500)
     lines = ["Iterative post-training pruning (`python benchmarks/post_training_iterative.py`): accuracy in % "
-             "(change against the dense model); check = the 500 steering rows, dev and test never steer.", "",
+             f"(change against the dense model); check = the {check:,} steering rows, dev and test never steer.", "",
              f"Dense: check {100 * dense['check']:.1f}, unseen dev {100 * dense['dev']:.1f}, "
              f"test {100 * dense['test']:.2f}.", "",
              "| target | rounds | FLOPs removed | check | unseen dev | test | wall time |",

@@ -69,7 +69,8 @@ def table(results: dict) -> str:
     dense, opts = results["dense"], results["settings"]
     lines = [f"Post-training pruning, scores normalised per layer or not (`python benchmarks/score_normalization.py`; "
              f"dense model of {opts['dense_samples']:,} phrases): accuracy in % (change against the dense model). "
-             f"steer = {opts['steer_samples']:,} unseen training phrases and check = the 500 check rows (to choose "
+             f"steer = {opts['steer_samples']:,} unseen training phrases and check = the "
+             f"{opts.get('check_samples', 500):,} check rows (to choose "
              "on); unseen dev and test never steer.", "",
              "| target | scores | " + " | ".join(SPLITS) + " |", "|---:|---|" + "---:|" * len(SPLITS)]
     lines.append("| dense | | " + " | ".join(f"{100 * dense[s]:.2f}" for s in SPLITS) + " |")

@@ -132,10 +132,12 @@ def pruned_stamp(folder: Path) -> dict | None:
 
 
 def format_table(out: dict) -> str:
+    settings = out.get("settings", {})
     lines = [f"all-MiniLM-L6-v2 pruned to 50% of layer FLOPs; {out['kept_tokens']:,} kept tokens, "
              f"{out['dropped_tokens']:,} dropped. Accuracy, and in brackets the share of rows whose prediction "
              "differs from the pruned model with every token.", "",
-             "| variant | extra parameters | check (500, steers) | unseen dev (1,000) | test (872) |",
+             f"| variant | extra parameters | check ({settings.get('check_samples', 500):,}, steers) | unseen dev "
+             f"({settings.get('dev_samples', 1000):,}) | test |",
              "|---|---:|---:|---:|---:|"]
     for name, row in out["results"].items():
         extra = out["extra_parameters"].get(name, 0)
