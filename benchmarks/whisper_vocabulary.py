@@ -92,9 +92,12 @@ def main(argv=None) -> dict:
                                                                  tokenizer=tokenizer))
             return AutoPrunedModel.from_pretrained(saved).eval(), WhisperProcessor.from_pretrained(saved)
 
+    fewer_layers = (pruned.config.encoder_layers, pruned.config.decoder_layers) != (dense.config.encoder_layers,
+                                                                                       dense.config.decoder_layers)
+    pruned_name = "pruned (heads, FFN, layers)" if fewer_layers else "pruned (heads, FFN)"  # what --run_dir removed
     models = {"dense (equally trained)": (dense, processor),
               "dense + vocabulary": with_vocabulary(dense),
-              "pruned (heads, FFN, layers)": (pruned, processor),
+              pruned_name: (pruned, processor),
               "pruned + vocabulary": with_vocabulary(pruned)}
     vocab_processor = models["pruned + vocabulary"][1]
     print(f"vocabulary {processor.tokenizer.vocab_size + len(processor.tokenizer.added_tokens_decoder):,} -> "
@@ -115,7 +118,7 @@ def main(argv=None) -> dict:
         print(f"{name}: test WER {100 * rates['wer']:.2f}%, CER {100 * rates['cer']:.2f}%", flush=True)
     same = {source: sum(a == b for a, b in zip(transcripts[source], transcripts[target]))
             for source, target in (("dense (equally trained)", "dense + vocabulary"),
-                                   ("pruned (heads, FFN, layers)", "pruned + vocabulary"))}
+                                   (pruned_name, "pruned + vocabulary"))}
 
     latency = {}
     for batch_size, repeats in zip((1, 16), opts.repeats):
