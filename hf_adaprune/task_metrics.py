@@ -178,8 +178,9 @@ def row_labels(dataset) -> list[int] | None:
     column = next((name for name in ("labels", "label", "label_ids") if names and name in names), None)
     if column is None:
         return None
+    plain = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset  # torch / numpy formats
     flat = []
-    for value in dataset[column]:
+    for value in plain[column]:
         for item in (value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
                 return None
@@ -192,6 +193,8 @@ def unmovable_metric(name: str, labels: list[int], config) -> str | None:
     """Why the built-in ``name`` cannot follow pruning on rows with these class ids (None: it can): binary f1,
     precision and recall score class 1, and stay at 0 on rows without one whatever the model predicts; Matthews
     correlation is 0 on rows of one class."""
+    if getattr(config, "problem_type", None) == "multi_label_classification":
+        return None  # micro-averaged over labels: no class is "the positive one"
     present = set(labels)
     num_labels = getattr(config, "num_labels", None)
     if name in AVERAGED and num_labels == 2 and 1 not in present:
@@ -303,6 +306,7 @@ def classification_metrics(name: str, config=None):
         result = metric.compute(predictions=predictions[keep].tolist(), references=references, **options)
         return {name: headline_value(name, result)}
 
+    compute_metrics.class_metrics = (name,)  # the trainer checks that the decision rows can move it
     return compute_metrics
 
 

@@ -219,6 +219,9 @@ def combine_metrics(functions):
             out.update(function(eval_pred))
         return out
 
+    # the built-in class metrics among them (the trainer checks that the decision rows can move them)
+    compute_metrics.class_metrics = tuple(name for function in functions
+                                          for name in getattr(function, "class_metrics", ()))
     return compute_metrics
 
 
@@ -480,8 +483,10 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     repeats = getattr(data_args, "latency_repeats", 0) if task.latency else 0
     control_model = copy.deepcopy(run.model) if data_args.dense_control else None
     if control_model is not None and test_dataset is None:
+        use = "" if task.latency is None else \
+            f"; it serves as the latency baseline{'' if repeats else ' (with --latency_repeats)'} only"
         logger.warning("--dense_control true without a test split: the control is trained, but no test rows score "
-                       "it; it serves as the latency baseline%s only", "" if repeats else " (with --latency_repeats)")
+                       "it%s", use or ", and nothing else reads it")
     dense_for_latency = copy.deepcopy(run.model) if repeats and control_model is None else None
     snapshot = DenseSnapshot(copy.deepcopy(run.model)) \
         if test_dataset is not None and data_args.test_before_pruning else None

@@ -378,7 +378,10 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
                 raise RecipeError(f"--dataset_name {data_args.dataset_name}: the {split} split has no 'translation' "
                                   f"column; columns: {', '.join(dataset.column_names)}")
             check_translation_column(dataset, split, data_args.dataset_name)
-            languages = sorted(dataset[0]["translation"] or {}) if len(dataset) else []
+            # every row's languages (a Json column's records may each lack one: those are empty sides)
+            languages = sorted({lang for record in dataset["translation"] for lang in (record or {})}) \
+                if type(dataset.features["translation"]).__name__ == "Json" else \
+                sorted(dataset[0]["translation"] or {}) if len(dataset) else []
             for option, lang in (("source_lang", src), ("target_lang", tgt)):
                 if lang not in languages:
                     raise RecipeError(f"--{option} {lang!r} is not a language of {data_args.dataset_name} "

@@ -379,3 +379,16 @@ def test_macro_scores_average_over_the_classes_the_references_hold():
         values[wrong] = compute(EvalPrediction(predictions=np.eye(3)[predicted], label_ids=labels))["f1"]
     assert values[0] == pytest.approx((20 / 21 + 18 / 19) / 2)
     assert values[2] == pytest.approx((1.0 + 18 / 19) / 2)
+
+
+@pytest.mark.parametrize("form", [None, "numpy", "torch"])
+def test_row_labels_read_a_formatted_dataset(form):
+    """A torch-formatted eval set (set_format("torch")) gave 0-d tensors, and the decision-row check was skipped."""
+    import datasets
+
+    from hf_adaprune.task_metrics import row_labels
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[5, 6]] * 4, "labels": [0, 1, 0, 0]})
+    assert row_labels(rows.with_format(form)) == [0, 1, 0, 0]
+    tokens = datasets.Dataset.from_dict({"labels": [[0, -100, 1], [1, 1, -100]]})
+    assert row_labels(tokens.with_format(form)) == [0, 1, 1, 1]

@@ -412,3 +412,11 @@ def test_translation_json_lines_with_a_row_missing_a_language_load_as_an_empty_s
     translation.validate_args(model_args, data_args, training_args)
     raw = translation.load_raw_datasets(data_args, model_args)
     assert len(raw["train"]) == 19 and "A row whose German is missing." not in raw["train"]["source"]
+    rows[0], rows[3] = rows[3], rows[0]  # the first row lacks it: its languages were taken for all rows'
+    first = tmp_path / "first"
+    first.mkdir()
+    for split in ("train", "validation"):
+        (first / f"{split}.jsonl").write_text("".join(json.dumps({"translation": r}) + "\n" for r in rows))
+    data_args.dataset_name = str(first)
+    raw = translation.load_raw_datasets(data_args, model_args)
+    assert len(raw["train"]) == 19 and "A row whose German is missing." not in raw["train"]["source"]

@@ -380,3 +380,16 @@ def test_a_dense_control_without_a_test_split_is_warned_of(workspace, tmp_path, 
     assert results["test"] is None
     assert "--dense_control true without a test split: the control is trained, but no test rows score it" in \
         caplog.text
+
+
+def test_f1_on_validation_rows_without_the_positive_class_is_refused_before_training(workspace, tmp_path):
+    """The recipe's own compute_metrics (accuracy and f1 combined) had no part in the trainer's check: every step was
+    kept at f1 0 and the run reported 'within tolerance'."""
+    rows = [line for line in (workspace / "dev.tsv").read_text().splitlines()[1:] if line.endswith("\t0")]
+    (tmp_path / "dev0.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = tmp_path / "smoke.yaml"
+    config.write_text(SMOKE_CONFIG.format(ws=workspace).replace(f"{workspace}/dev.tsv", str(tmp_path / "dev0.tsv")))
+    with pytest.raises(ValueError, match=r"--pruning_metric f1: f1 on two classes scores class 1 \('positive'\), and "
+                                         rf"none of the {len(rows)} rows that pruning decisions read has it"):
+        recipe.main([str(config), "--output_dir", str(tmp_path / "out"), "--pruning_metric", "f1"])
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -655,7 +655,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         names the class scored as positive."""
         from ..task_metrics import AVERAGED, row_labels, unmovable_metric
 
-        if not getattr(self, "_builtin_metric", False) or getattr(self.args, "predict_with_generate", False):
+        built_in = getattr(self, "_builtin_metric", False) \
+            or self.pruning_metric in getattr(self.compute_metrics, "class_metrics", ())  # a recipe's combination
+        if not built_in or getattr(self.args, "predict_with_generate", False):
             return
         config = self.pruned_model.config
         if self.pruning_metric in AVERAGED and getattr(config, "num_labels", None) == 2:
