@@ -231,6 +231,13 @@ def test_peft_model_is_refused_by_every_entry_point_before_it_is_touched(tmp_pat
             call()
     assert not (tmp_path / "folder").exists()
     assert model.base_model.model.config.to_dict() == before
+    # adapters injected into the model itself (peft.inject_adapter_in_model, peft_model.get_base_model()): it has no
+    # merge_and_unload, which the message told it to call
+    injected = peft.inject_adapter_in_model(peft.LoraConfig(target_modules=["query", "value"], r=2), tiny_model("bert"))
+    assert not hasattr(injected, "merge_and_unload")
+    with pytest.raises(TypeError, match=r"carries PEFT adapters \(its peft_config\) outside a PeftModel.*Merge them "
+                                        r"on the PeftModel they came from"):
+        attach_masks(injected)
 
 
 def test_eval_sets_decisions_cannot_read_are_refused_when_the_trainer_is_built(tmp_path):

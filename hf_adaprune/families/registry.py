@@ -111,10 +111,15 @@ def get_adapter(model_or_config) -> FamilyAdapter:
     processes (DDP, accelerate) are refused here, before any entry point (trainer, ``post_training_prune``,
     ``attach_masks``, ``save_pruned``, ...) touches the model."""
     check_not_wrapped(model_or_config)
-    if hasattr(model_or_config, "peft_config") or hasattr(model_or_config, "get_base_model"):
+    if hasattr(model_or_config, "get_base_model"):
         raise TypeError(
             f"{type(model_or_config).__name__} is a PEFT model: hf_adaprune prunes a plain transformers model. Merge "
             "the adapters first (model = model.merge_and_unload()) and fine-tune and prune the merged model.")
+    if hasattr(model_or_config, "peft_config"):  # adapters injected into the model itself: no merge_and_unload here
+        raise TypeError(
+            f"{type(model_or_config).__name__} carries PEFT adapters (its peft_config) outside a PeftModel: "
+            "hf_adaprune prunes a plain transformers model. Merge them on the PeftModel they came from "
+            "(model = peft_model.merge_and_unload()), or prune before adding adapters.")
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type not in _FAMILIES:
