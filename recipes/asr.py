@@ -393,6 +393,17 @@ def check_multilingual(model_path: str, cache_dir: str | None, language: str | N
                           f"config knows: {', '.join(known[:20])}{more})")
 
 
+def multilingual_whisper(model_path: str, cache_dir: str | None) -> bool:
+    """Whether the Whisper at ``model_path`` prompts with language tokens (its generation config is multilingual)."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_path, cache_dir=cache_dir)
+    except OSError:
+        return False
+    return getattr(generation, "is_multilingual", None) is not False and bool(getattr(generation, "lang_to_id", None))
+
+
 def check_ctc_options(model_args: ModelArguments, config) -> None:
     """--layerdrop, --mask_time_prob and --freeze_feature_encoder set CTC models' fields: on a sequence-to-sequence
     model they were ignored without a word (as Whisper-only options on a CTC model are refused, so are these)."""
@@ -475,6 +486,12 @@ def build(run: Run) -> None:
                 raise RecipeError("--language / --task need a Whisper tokenizer")
             check_multilingual(model_path, model_args.cache_dir, model_args.language)
             tokenizer.set_prefix_tokens(language=model_args.language, task=model_args.task)
+        if model_args.language is None and config.model_type == "whisper" \
+                and multilingual_whisper(model_path, model_args.cache_dir):
+            logger.warning("%s is a multilingual Whisper and --language is not given: the labels are trained without "
+                           "a language token, while generate detects one and prompts with it, so the WER the pruning "
+                           "decisions read comes from a prompt the model was not trained on; pass --language",
+                           model_path)
         if tokenizer.pad_token_id is None:  # generated ids and labels are padded with it before decoding
             if tokenizer.eos_token is None:
                 raise RecipeError("the tokenizer has neither a pad nor an end-of-sequence token")
@@ -507,16 +524,29 @@ def build(run: Run) -> None:
     rows["train"] = filter_durations(rows["train"], rate, data_args)
     max_label_length = getattr(config, "max_target_positions", None) if kind == "seq2seq" else None
     tokenize_rows(rows, tokenizer, kind, normalize, max_label_length)
+    cut = None
     if kind == "seq2seq" and config.model_type == "whisper":
         window = feature_extractor.n_samples
-        longer = sum(len(r["audio"]) > window for split in rows.values() for r in split)
-        if longer:
-            logger.warning("%d clips are longer than the %.0f s window and are cut", longer, window / rate)
+        cut = {split: sum(len(r["audio"]) > window for r in split_rows) for split, split_rows in rows.items()}
+        if any(cut.values()):
+            logger.warning("clips longer than the %.0f s window are cut to it (%s): a cut training clip is taught its "
+                           "whole transcript for audio the model does not hear, and a cut validation / test clip is "
+                           "scored on part of its audio (--max_duration_in_seconds %.0f leaves such training clips "
+                           "out)", window / rate, ", ".join(f"{split} {n}" for split, n in cut.items() if n),
+                           window / rate)
         if training_args.generation_max_length is None:
             longest = max(len(r["labels"]) for split in rows.values() for r in split)
             training_args.generation_max_length = min(config.max_target_positions, longest + 8)
             logger.info("--generation_max_length set to %d (longest transcript + 8 tokens)",
                         training_args.generation_max_length)
+        else:
+            scored = [r for split in ("validation", "test") for r in rows.get(split, ())]
+            longest = max((len(r["labels"]) for r in scored), default=0)
+            if longest > training_args.generation_max_length:
+                logger.warning("--generation_max_length %d is below the longest validation / test transcript (%d "
+                               "tokens with the prompt): its transcript is cut and scored as errors, in the pruning "
+                               "decisions as in the results; pass --generation_max_length %d or more",
+                               training_args.generation_max_length, longest, longest)
     run.datasets = {split: AudioExamples(split_rows) for split, split_rows in rows.items()}
     logger.info("data: %s", {k: len(v) for k, v in run.datasets.items()})
 
@@ -564,7 +594,9 @@ def build(run: Run) -> None:
     run.model, run.processing_class, run.seq2seq = model, processor, kind == "seq2seq"
     run.task_results = {"model_path": model_path, "kind": kind, "sampling_rate": rate,
                         "whisper_window_seconds": model_args.whisper_window_seconds,
-                        "text_normalization": data_args.text_normalization}
+                        "text_normalization": data_args.text_normalization,
+                        **({"language": model_args.language, "task": model_args.task,
+                            "clips_cut_to_window": cut} if kind == "seq2seq" else {})}
 
 
 def save_processor(run: Run, folder: str) -> None:
@@ -705,7 +737,8 @@ TASK = Task(
     arguments_set_in_build=("pruning_seq_len", "predict_with_generate", "generation_max_length"),
     # WER / CER are measured on the normalised transcripts, of clips padded and (Whisper) cut to the window; the
     # window also sizes the encoder's position table, which a checkpoint of another window cannot fill
-    metric_options=("text_normalization", "audio_pad_seconds", "whisper_window_seconds"),
+    # (Whisper's --language / --task: the decoder prompt every label and every generated transcript starts with)
+    metric_options=("text_normalization", "audio_pad_seconds", "whisper_window_seconds", "language", "task"),
 )
 
 

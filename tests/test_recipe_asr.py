@@ -853,3 +853,46 @@ def test_a_ctc_model_whose_transcripts_depend_on_batching_is_warned_of(tmp_path,
     assert ("depend on the clips batched beside them" in caplog.text) == warned
     if warned:
         assert "--per_device_eval_batch_size (4)" in caplog.text
+
+
+def test_whisper_prompt_and_length_problems_are_warned_of_and_recorded(tmp_path, manifests, tiny_whisper_dir,
+                                                                      tiny_multilingual_whisper_dir, caplog):
+    """A multilingual Whisper without --language (labels without a language token, generate with one detected), a
+    --generation_max_length below the longest scored transcript (cut and counted as errors) and clips beyond the
+    window (cut, named per split) ran without a word in results.json; --language / --task are recorded."""
+    import logging
+
+    skeleton = load_recipe("skeleton")
+    with caplog.at_level(logging.WARNING):
+        run = prepare(["--model_name_or_path", str(tiny_multilingual_whisper_dir), *data_flags(manifests),
+                       "--output_dir", str(tmp_path / "o"), "--pruning_seq_len", "8", "--generation_max_length", "3",
+                       "--whisper_window_seconds", "1", "--audio_pad_seconds", "0.6"])
+        skeleton.build_model(asr.TASK, run)
+    assert "is a multilingual Whisper and --language is not given" in caplog.text
+    assert re.search(r"--generation_max_length 3 is below the longest validation / test transcript \(\d+ tokens",
+                     caplog.text)
+    assert re.search(r"clips longer than the 1 s window are cut to it \(train \d+", caplog.text)
+    assert run.task_results["language"] is None and run.task_results["task"] == "transcribe"
+    assert run.task_results["clips_cut_to_window"]["train"] > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run = prepare(["--model_name_or_path", str(tiny_multilingual_whisper_dir), *data_flags(manifests),
+                       "--output_dir", str(tmp_path / "o2"), "--pruning_seq_len", "8", "--language", "en"])
+        skeleton.build_model(asr.TASK, run)
+    assert "multilingual Whisper" not in caplog.text and "below the longest" not in caplog.text
+    assert run.task_results["language"] == "en"
+    assert not any(run.task_results["clips_cut_to_window"].values())
+
+
+@pytest.mark.parametrize("flag, before, after", [("--task", "transcribe", "translate"), ("--language", "en", "english")])
+def test_a_whisper_resume_under_another_prompt_is_refused(tmp_path, manifests, tiny_multilingual_whisper_dir, flag,
+                                                          before, after):
+    skeleton = load_recipe("skeleton")
+    run = prepare(["--model_name_or_path", str(tiny_multilingual_whisper_dir), *data_flags(manifests),
+                   "--output_dir", str(tmp_path / "o"), flag, after])
+    options = skeleton.metric_options(asr.TASK, run)
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / skeleton.RECIPE_OPTIONS_FILE).write_text(json.dumps({**options, flag[2:]: before}))
+    with pytest.raises(asr.RecipeError, match=re.escape(f"({flag}: checkpoint {before!r}, now {after!r})")):
+        skeleton.check_recorded_options(options, str(checkpoint), allow_new=False)
