@@ -896,3 +896,19 @@ def test_a_whisper_resume_under_another_prompt_is_refused(tmp_path, manifests, t
     (checkpoint / skeleton.RECIPE_OPTIONS_FILE).write_text(json.dumps({**options, flag[2:]: before}))
     with pytest.raises(asr.RecipeError, match=re.escape(f"({flag}: checkpoint {before!r}, now {after!r})")):
         skeleton.check_recorded_options(options, str(checkpoint), allow_new=False)
+
+
+def test_a_dataset_csv_transcript_the_csv_loader_reads_as_missing_is_named(tmp_path):
+    """'None' / 'NA' transcripts in a --dataset_name csv are read as missing values by the csv loader: the message
+    said 'missing or empty' of a cell that held a word, and did not say that manifests read it as text."""
+    folder = tmp_path / "ds"
+    (folder / "clips").mkdir(parents=True)
+    for digit in (0, 1):
+        shutil.copy(FSDD / f"{digit}_theo_10.wav", folder / "clips" / f"{digit}_theo_10.wav")
+    for split in ("train", "validation"):
+        (folder / f"{split}.csv").write_text("audio,text\nclips/0_theo_10.wav,zero\nclips/1_theo_10.wav,NA\n")
+    with pytest.raises(asr.RecipeError, match=r"row 1 \(clips/1_theo_10\.wav\): missing or empty transcript in column "
+                                              r"'text' \(a CSV cell that reads None, NA, null or n/a is read as "
+                                              r"missing by the csv loader: give the data as manifests"):
+        asr.read_dataset_split(asr.DataTrainingArguments(dataset_name=str(folder), text_column_name="text"),
+                               "train", str(tmp_path / "cache"), "audio")

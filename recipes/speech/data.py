@@ -286,8 +286,12 @@ def read_dataset_split(data_args, split: str, cache_dir: str | None, audio_colum
         name = (audio.get("path") if isinstance(audio, dict) else audio) or f"row {i}"
         where = f"{what}, row {i}"
         if text is None or str(text).strip() == "":
+            # the csv loader (pandas) reads a cell holding None, NA, null, n/a, ... as a missing value
+            hint = "" if text is not None else (" (a CSV cell that reads None, NA, null or n/a is read as missing by "
+                                                "the csv loader: give the data as manifests, --train_manifest / "
+                                                "--validation_manifest, which read such words as text)")
             raise RecipeError(f"{where} ({name}): missing or empty transcript in column "
-                              f"{data_args.text_column_name!r}")
+                              f"{data_args.text_column_name!r}{hint}")
         path = _audio_path(audio)
         if path is not None:
             if path.strip() == "":
