@@ -189,6 +189,11 @@ def row_labels(dataset) -> list[int] | None:
     return flat
 
 
+def positive_class(config):
+    """What binary f1 / precision / recall score as positive: class 1, by its name in ``id2label`` where it has one."""
+    return (getattr(config, "id2label", None) or {}).get(1, 1)
+
+
 def unmovable_metric(name: str, labels: list[int], config) -> str | None:
     """Why the built-in ``name`` cannot follow pruning on rows with these class ids (None: it can): binary f1,
     precision and recall score class 1, and stay at 0 on rows without one whatever the model predicts; Matthews
@@ -198,8 +203,7 @@ def unmovable_metric(name: str, labels: list[int], config) -> str | None:
     present = set(labels)
     num_labels = getattr(config, "num_labels", None)
     if name in AVERAGED and num_labels == 2 and 1 not in present:
-        positive = (getattr(config, "id2label", None) or {}).get(1, 1)
-        return (f"{name} on two classes scores class 1 ({positive!r}), and none of the {len(labels)} rows that "
+        return (f"{name} on two classes scores class 1 ({positive_class(config)!r}), and none of the {len(labels)} rows that "
                 f"pruning decisions read has it: {name} would stay at 0 whatever pruning removes, and every step "
                 "would be kept")
     if name == "matthews_correlation" and len(present) < 2:

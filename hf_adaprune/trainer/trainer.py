@@ -653,16 +653,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """The built-in class metrics on decision rows that cannot move them (binary f1 without a row of class 1,
         Matthews correlation on one class): refused before training. Under binary f1 / precision / recall the log
         names the class scored as positive."""
-        from ..task_metrics import AVERAGED, row_labels, unmovable_metric
+        from ..task_metrics import AVERAGED, positive_class, row_labels, unmovable_metric
 
-        built_in = getattr(self, "_builtin_metric", False) \
-            or self.pruning_metric in getattr(self.compute_metrics, "class_metrics", ())  # a recipe's combination
+        # classification_metrics' functions, the trainer's own or a recipe's combination of them, name their metrics
+        built_in = self.pruning_metric in getattr(self.compute_metrics, "class_metrics", ())
         if not built_in or getattr(self.args, "predict_with_generate", False):
             return
         config = self.pruned_model.config
         if self.pruning_metric in AVERAGED and getattr(config, "num_labels", None) == 2:
             logger.info("--pruning_metric %s on two classes scores class 1 (%r) as the positive class",
-                        self.pruning_metric, (getattr(config, "id2label", None) or {}).get(1, 1))
+                        self.pruning_metric, positive_class(config))
         labels = row_labels(first_rows(self.eval_dataset, self.args.pruning_eval_samples))
         problem = None if labels is None else unmovable_metric(self.pruning_metric, labels, config)
         if problem:
