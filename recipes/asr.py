@@ -374,15 +374,12 @@ def check_multilingual(model_path: str, cache_dir: str | None, language: str | N
     """--language / --task prompt a multilingual Whisper; an English-only one (tiny.en, ...) has no language tokens
     to prompt with (generate failed at the first evaluation, after every clip was decoded). ``--language`` must be a
     language Whisper knows, and one whose token the model's generation config has."""
-    from transformers import GenerationConfig
-
     code = whisper_language_code(language) if language is not None else None
-    try:
-        generation = GenerationConfig.from_pretrained(model_path, cache_dir=cache_dir)
-    except OSError:  # no generation config to tell: generate will say
+    generation = whisper_generation_config(model_path, cache_dir)
+    if generation is None:  # no generation config to tell: generate will say
         return
     lang_to_id = getattr(generation, "lang_to_id", None)
-    if getattr(generation, "is_multilingual", None) is False or not lang_to_id:
+    if not prompts_languages(generation):
         raise RecipeError(f"--language / --task: {model_path} is an English-only Whisper (its generation config is "
                           "not multilingual): it transcribes English without a language or task prompt; leave "
                           "--language and --task out, or start from a multilingual checkpoint")
@@ -393,15 +390,25 @@ def check_multilingual(model_path: str, cache_dir: str | None, language: str | N
                           f"config knows: {', '.join(known[:20])}{more})")
 
 
-def multilingual_whisper(model_path: str, cache_dir: str | None) -> bool:
-    """Whether the Whisper at ``model_path`` prompts with language tokens (its generation config is multilingual)."""
+def whisper_generation_config(model_path: str, cache_dir: str | None):
+    """The generation config of the Whisper at ``model_path``, or None where it has none."""
     from transformers import GenerationConfig
 
     try:
-        generation = GenerationConfig.from_pretrained(model_path, cache_dir=cache_dir)
+        return GenerationConfig.from_pretrained(model_path, cache_dir=cache_dir)
     except OSError:
-        return False
+        return None
+
+
+def prompts_languages(generation) -> bool:
+    """Whether a Whisper generation config is multilingual: it prompts with language tokens."""
     return getattr(generation, "is_multilingual", None) is not False and bool(getattr(generation, "lang_to_id", None))
+
+
+def multilingual_whisper(model_path: str, cache_dir: str | None) -> bool:
+    """Whether the Whisper at ``model_path`` prompts with language tokens (its generation config is multilingual)."""
+    generation = whisper_generation_config(model_path, cache_dir)
+    return generation is not None and prompts_languages(generation)
 
 
 def check_ctc_options(model_args: ModelArguments, config) -> None:
