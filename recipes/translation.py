@@ -379,9 +379,7 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
                                   f"column; columns: {', '.join(dataset.column_names)}")
             check_translation_column(dataset, split, data_args.dataset_name)
             # every row's languages (a Json column's records may each lack one: those are empty sides)
-            languages = sorted({lang for record in dataset["translation"] for lang in (record or {})}) \
-                if type(dataset.features["translation"]).__name__ == "Json" else \
-                sorted(dataset[0]["translation"] or {}) if len(dataset) else []
+            languages = sorted({lang for record in dataset["translation"] for lang in (record or {})})
             for option, lang in (("source_lang", src), ("target_lang", tgt)):
                 if lang not in languages:
                     raise RecipeError(f"--{option} {lang!r} is not a language of {data_args.dataset_name} "
