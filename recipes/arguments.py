@@ -567,6 +567,21 @@ def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = F
         raise RecipeError(str(err)) from err
 
 
+def check_unused_flags(unknown: list[str], recipe: str) -> None:
+    """Refuse the flags no arguments class of ``recipe`` took (as ``HfArgumentParser`` would); the text-classification
+    recipe's ``--post_training`` options with what this recipe does instead."""
+    if not unknown:
+        return
+    names = [item[2:].partition("=")[0].replace("-", "_") for item in unknown if item.startswith("--")]
+    post_training = [f"--{name}" for name in names if name in POST_TRAINING_FLAGS]
+    if post_training:
+        raise RecipeError(
+            f"{', '.join(post_training)}: pruning without training serves encoder classifiers of the BERT family and "
+            f"DistilBERT (recipes/text_classification.py --post_training true, or hf_adaprune.post_training_prune); "
+            f"the {recipe} recipe prunes while it fine-tunes: leave them out")
+    raise RecipeError(f"Some specified arguments are not used by the HfArgumentParser: {unknown}")
+
+
 @dataclass
 class PostTrainingArguments:
     """``--post_training``: prune a fine-tuned model without training (:func:`hf_adaprune.post_training_prune`).
@@ -610,3 +625,6 @@ class PostTrainingArguments:
         metadata={"help": "Search the largest ratio up to --pruning_target whose metric stays within "
                           "--pruning_tolerance (each try costs a re-fit and an evaluation, no training)."},
     )
+
+
+POST_TRAINING_FLAGS = frozenset(PostTrainingArguments.__dataclass_fields__)

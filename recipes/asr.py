@@ -81,6 +81,7 @@ from recipes.arguments import (
     RecipeError,
     check_metric,
     check_minimum,
+    check_unused_flags,
     recipe_argv,
     require_file,
     resolve_package_path,
@@ -220,7 +221,9 @@ class DataTrainingArguments(DataArguments):
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments) from flags or a config file (+ flags)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
-    return parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser))
+    *parsed, unused = parser.parse_args_into_dataclasses(args=recipe_argv(argv, parser), return_remaining_strings=True)
+    check_unused_flags(unused, "speech")
+    return tuple(parsed)
 
 
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> None:

@@ -72,9 +72,9 @@ from hf_adaprune.sentence_transformers.losses import distillation_distances, tex
 from hf_adaprune.sentence_transformers.trainer import training_prompt
 from hf_adaprune.surgery import check_layer_removal, remove_layers
 
-from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_written_subfolders,
-                               data_file_extension, recipe_argv, remove_earlier_run_outputs, resolve_package_path,
-                               resumes_run_in, warn_folders_left)
+from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_unused_flags,
+                               check_written_subfolders, data_file_extension, recipe_argv, remove_earlier_run_outputs,
+                               resolve_package_path, resumes_run_in, warn_folders_left)
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
 from recipes.loading import is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
@@ -378,7 +378,8 @@ DEPLOY_FLAGS = ("prune_vocabulary", "vocabulary_min_count", "vocabulary_max_size
 
 
 def check_unknown_flags(unknown: list[str]) -> None:
-    """Refuse the flags no arguments class took; the other recipes' deploy options with where to go instead."""
+    """Refuse the flags no arguments class took; the other recipes' deploy and ``--post_training`` options with where to
+    go instead."""
     if not unknown:
         return
     names = [item[2:].partition("=")[0].replace("-", "_") for item in unknown if item.startswith("--")]
@@ -391,7 +392,7 @@ def check_unknown_flags(unknown: list[str]) -> None:
             "st.tokenizer, texts), then save_pruned_sentence_transformer(st, folder); save_int8(st[0].auto_model, "
             "folder, tokenizer=st.tokenizer); export_onnx(st[0].auto_model, folder, tokenizer=st.tokenizer), pooling "
             "(and normalizing) outside the graph (README, \"Deploy\")")
-    raise RecipeError(f"Some specified arguments are not used by the HfArgumentParser: {unknown}")
+    check_unused_flags(unknown, "sentence-embeddings")
 
 
 def warn_if_new_modules(model: SentenceTransformer, path: str) -> None:

@@ -85,6 +85,7 @@ from recipes.arguments import (
     check_metric,
     check_minimum,
     check_model_source,
+    check_unused_flags,
     load_named_dataset,
     no_validation_message,
     recipe_argv,
@@ -202,7 +203,9 @@ def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqPruningArguments))
     # recipe defaults first: argparse keeps the last value of a repeated flag
     argv = RECIPE_DEFAULTS + recipe_argv(argv, parser) + ["--predict_with_generate", "true"]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args, unused = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    check_unused_flags(unused, "translation")
     return model_args, data_args, training_args
 
 

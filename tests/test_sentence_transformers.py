@@ -628,7 +628,8 @@ def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
     (["--distillation_distance", "l1"], "--distillation_distance must be mse, cosine or mse\\+cosine"),
     (["--pruning_metric", "loss"], "--pruning_metric loss needs a labelled eval_dataset"),
     (["--pruning_target", "1.5"], r"--pruning_target must be in \(0, 1\)"),
-    (["--post_training", "true"], "Some specified arguments are not used"),
+    (["--post_training", "true"], "--post_training: pruning without training serves encoder classifiers of the BERT "
+                                  "family and DistilBERT"),
     (["--layer_drop_baseline", "true", "--max_steps", "-1", "--num_train_epochs", "1"],
      "--layer_drop_baseline trains the baseline for the same --max_steps"),
     (["--layer_drop_baseline", "true", "--keep_layers", "0,5"], "--keep_layers 0,5: distinct indices of the model's "
