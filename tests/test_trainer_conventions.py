@@ -15,6 +15,7 @@ from transformers import EarlyStoppingCallback
 
 from hf_adaprune import AdaptivePruningTrainer, get_masks
 from hf_adaprune.trainer.checkpoint import PRUNING_STATE_FILE, read_pruning_state
+from hf_adaprune.surgery import kept_structure
 
 from conftest import tiny_model
 from test_trainer import make_args, make_trainer, toy_dataset
@@ -56,6 +57,34 @@ def test_best_model_at_end_comes_back_with_its_own_masks(tmp_path):
     assert sorted(h["training_step"] for h in later if "metric" in h) == logged
     report = json.loads((tmp_path / "pruning_report.json").read_text())
     assert any(h["event"] == "best_checkpoint" for h in report["decisions"])
+
+
+def test_best_model_at_end_before_any_kept_step_says_the_kept_steps_were_discarded(tmp_path):
+    """The best checkpoint holds no kept step, later checkpoints do: the card said the run "kept no pruning step
+    (stopped: training ended)"; the stop reason names the restore and the ratios it discarded."""
+    trainer = None
+
+    def compute_metrics(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean()),
+                "score": -abs(trainer.state.global_step - 6)}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
+        compute_metrics=compute_metrics,
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=6, save_strategy="steps", save_steps=6,
+                       load_best_model_at_end=True, metric_for_best_model="score", pruning_tolerance=1.0))
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-6")
+    restored, = [h for h in trainer.controller.state.history if h["event"] == "best_checkpoint"]
+    kept = [h["ratio"] for h in restored["discarded"] if h["event"] == "keep"]
+    assert kept and trainer.controller.state.ratio == 0.0
+    reason = ("training ended; load_best_model_at_end restored checkpoint-6, discarding the steps kept after it, at "
+              f"sparsity {', '.join(f'{ratio:.3f}' for ratio in kept)}")
+    assert trainer.controller.state.stop_reason == reason
+    trainer.save_model()
+    assert f"ran but kept no pruning step (stopped: {reason}): nothing was removed" in \
+        (tmp_path / "README.md").read_text()
 
 
 def test_decision_evaluations_stay_out_of_on_evaluate_and_eval_curves(tmp_path):
@@ -512,6 +541,9 @@ def test_the_card_of_a_model_saved_uncompacted_lists_the_layers_it_lacks(tmp_pat
 
     report = json.loads((tmp_path / "pruning_report.json").read_text())
     assert report["comparison"]["params_after"] == count_params(saved) and get_masks(trainer.model) is not None
+    # the logged decisions count the removed layers (heads_pruned / ffn_pruned stay 0: their masks are untouched)
+    last = [e for e in trainer.state.log_history if "pruning/metric" in e][-1]
+    assert last["pruning/layers_pruned"] == len(removed) / 4 and last["pruning/heads_pruned"] == 0.0
 
 
 def read_record_layers(model) -> list[int]:
@@ -749,6 +781,13 @@ def test_a_save_after_an_interrupted_train_holds_the_last_decided_structure_not_
     ids = torch.tensor(toy_dataset(8, seed=3)["input_ids"])
     with torch.no_grad():
         assert (saved(input_ids=ids).logits - decided(input_ids=ids).logits).abs().max() <= 1e-5
+    # the card describes the saved structure, not the candidate's (it read the live masks)
+    card = (tmp_path / "saved" / "README.md").read_text()
+    saved_groups = kept_structure(saved)
+    assert saved_groups != kept_structure(trainer.model)
+    for name, group in saved_groups.items():
+        assert f"| {name} | {group['kind']} | {group['kept']} / {group['original']} |" in card
+    assert trainer.pruning_summary().groups == saved_groups
     for name, mask in get_masks(trainer.model).state_dict().items():  # the in-memory model is left as it was
         assert torch.equal(mask, candidate[name])
 

@@ -96,21 +96,41 @@ def plot_pruning_curve(history: list[dict], metric_name: str, path: str | os.Pat
     plt.close(fig)
 
 
-def plot_layer_structure(groups: dict[str, dict], path: str | os.PathLike) -> None:
-    """Kept fraction of heads and FFN width per layer (skipped without matplotlib)."""
+def _natural_key(name: str) -> list:
+    """``encoder.layer.10`` after ``encoder.layer.2``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(" ")[0].split(".")]
+
+
+def layer_structure_rows(groups: dict[str, dict], removed: Iterable[str] = ()) -> dict[str, list[tuple]]:
+    """The rows of the layer plot: per panel (``heads``, ``ffn``), ``(name, kept, original)`` in layer order; a
+    layer removed whole is a row ``"LAYER (removed)"`` with 0 kept of the widest of its stack's groups of that kind
+    (the dense layers of a stack are alike)."""
+    panels = {"heads": {}, "ffn": {}}
+    for name, group in groups.items():
+        panels["heads" if group["kind"] == "heads" else "ffn"][name] = (group["kept"], group["original"])
+    for layer in removed:
+        stack = layer.rsplit(".", 1)[0] + "."
+        for rows in panels.values():
+            widths = [original for name, (_, original) in rows.items() if name.startswith(stack)]
+            widths = widths or [original for _, original in rows.values()]
+            if widths:
+                rows[f"{layer} (removed)"] = (0, max(widths))
+    return {kind: [(name, *rows[name]) for name in sorted(rows, key=_natural_key)] for kind, rows in panels.items()}
+
+
+def plot_layer_structure(groups: dict[str, dict], path: str | os.PathLike, removed: Iterable[str] = ()) -> None:
+    """Kept fraction of heads and FFN width per layer, layers removed whole at 0 (skipped without matplotlib)."""
     plt = _pyplot(path)
     if plt is None:
         return
 
-    heads = {k: v for k, v in groups.items() if v["kind"] == "heads"}
-    ffn = {k: v for k, v in groups.items() if v["kind"] != "heads"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, max(3, 0.3 * max(len(heads), len(ffn), 1) + 1.5)))
-    for ax, items, title in ((axes[0], heads, "attention heads kept"), (axes[1], ffn, "FFN width kept")):
-        names = list(items)
-        kept = [items[n]["kept"] for n in names]
-        original = [items[n]["original"] for n in names]
-        ax.barh(names, original, color="lightgrey", label="original")
-        ax.barh(names, kept, color="tab:blue", label="kept")
+    panels = layer_structure_rows(groups, removed)
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(3, 0.3 * max(map(len, panels.values()), default=1) + 1.5)))
+    for ax, rows, title in ((axes[0], panels["heads"], "attention heads kept"),
+                            (axes[1], panels["ffn"], "FFN width kept")):
+        names = [row[0] for row in rows]
+        ax.barh(names, [row[2] for row in rows], color="lightgrey", label="original")
+        ax.barh(names, [row[1] for row in rows], color="tab:blue", label="kept")
         ax.invert_yaxis()
         ax.set_title(title)
         ax.tick_params(axis="y", labelsize=7)

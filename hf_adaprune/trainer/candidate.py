@@ -8,6 +8,7 @@ measured on 0/1 masks; a roll-back restores the accepted masks and undoes the re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from ..engine.masks import get_masks
@@ -92,6 +93,21 @@ class CandidateMasksMixin:
         get_masks(pruned).load_state_dict(self._accepted_masks)
         if self._refit_change is not None:
             undo_refit(pruned, self._refit_change)
+
+    @contextlib.contextmanager
+    def _last_decided_masks(self):
+        """The live model under the masks the last decision left while a candidate waits to be judged (the
+        structure a save writes, so the report and card read it), its own masks back afterwards."""
+        masks = get_masks(self.pruned_model)
+        if self.controller.state.pending is None or masks is None or masks.detached:
+            yield
+            return
+        current = masks.state_dict()
+        masks.load_state_dict(self._accepted_masks)
+        try:
+            yield
+        finally:
+            masks.load_state_dict(current)
 
     def candidate_state_dict(self) -> dict:
         return {"ramp": None if self._ramp is None else self._ramp.state_dict(), "refit_change": self._refit_change}

@@ -7,7 +7,9 @@ import os
 
 from transformers.modelcard import TrainingSummary
 
-from ..reporting.report import CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure, plot_pruning_curve, write_json
+from ..reporting.report import (CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure,
+                                plot_pruning_curve, write_json)
+from ..reporting.report import removed_layers as removed_layers_of
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure, removed_layers
 from .arguments import prune_kinds
@@ -74,6 +76,8 @@ class PruningReportMixin:
     def pruning_summary(self) -> PruningSummary:
         history = self.controller.state.history
         metrics = [h for h in history if "metric" in h and h["event"] in ("reference", "keep")]
+        with self._last_decided_masks():  # a candidate not judged yet is not what a save writes
+            groups, removed = kept_structure(self.pruned_model), removed_layers(self.pruned_model)
         return PruningSummary(
             base_model=getattr(self.pruned_model.config, "_name_or_path", None) or None,
             dataset=self.dataset_name,
@@ -94,9 +98,9 @@ class PruningReportMixin:
             final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,
             decisions=history,
-            groups=kept_structure(self.pruned_model),
+            groups=groups,
             comparison=self.pruned_comparison,
-            removed_layers=removed_layers(self.pruned_model),
+            removed_layers=removed,
             start_pruned=getattr(self, "start_pruned", False),
             distillation=distillation_record(self.args),
         )
@@ -107,7 +111,7 @@ class PruningReportMixin:
         summary = self.pruning_summary()
         write_json(os.path.join(out, REPORT_FILE), summary.to_dict())
         plot_pruning_curve(summary.decisions, self.pruning_metric, os.path.join(out, CURVE_FILE))
-        plot_layer_structure(summary.groups, os.path.join(out, LAYERS_FILE))
+        plot_layer_structure(summary.groups, os.path.join(out, LAYERS_FILE), removed=removed_layers_of(summary))
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:

@@ -818,6 +818,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "pruning/heads_pruned": masks.pruned_fraction("heads"),
             "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
         }
+        if masks.of_kind("layers"):  # a removed layer's heads and neurons count here, not above
+            record["pruning/layers_pruned"] = masks.pruned_fraction("layers")
         logger.info("pruning %s at step %d: sparsity %.3f, %s %.4f", event, step, ratio, self.pruning_metric, metric)
         # Trainer.log() clears control.should_log, which the flow callback set for this step's training-loss log
         should_log = self.control.should_log
@@ -833,7 +835,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def finish_pruning(self) -> None:
         """At ``on_train_end``: judge the last step, compact, write the report."""
         c, args = self.controller, self.args
-        now, best = self._steps_run(), None
+        now, best, discarded = self._steps_run(), None, []
         if args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
             # The Trainer has loaded the best checkpoint's weights; its masks and decisions come with them.
             best = self.state.best_model_checkpoint
@@ -841,7 +843,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 live = list(c.state.history)
                 self.load_pruning_state_dict(read_pruning_state(best))
                 logger.info("pruning state of the best checkpoint %s restored with its weights", best)
-                self._record_best_restored(best, live[len(c.state.history):], now)
+                discarded = live[len(c.state.history):]
+                self._record_best_restored(best, discarded, now)
             else:
                 logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
                                PRUNING_STATE_FILE)
@@ -858,8 +861,17 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                      and now > args.pruning_warmup_steps)
         if c.state.reference is not None and not c.state.done:
             logger.info("pruning stopped at sparsity %.3f: training ended", c.state.ratio)
-        c.stop(f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after it is "
-               "discarded" if restored_before_reference else "training ended")
+        kept_after_best = [h for h in discarded if h["event"] == "keep"]
+        if restored_before_reference:
+            reason = (f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after "
+                      "it is discarded")
+        elif kept_after_best:  # the card would otherwise say the run kept no step
+            ratios = ", ".join(f"{h['ratio']:.3f}" for h in kept_after_best)
+            reason = (f"training ended; load_best_model_at_end restored {os.path.basename(best)}, discarding the "
+                      f"steps kept after it, at sparsity {ratios}")
+        else:
+            reason = "training ended"
+        c.stop(reason)
         self._stamp_decisions(now)  # the stop, a discarded candidate
         if restored_before_reference:
             logger.warning("the best checkpoint %s %s (pruning_warmup_steps %d): the model handed back is its dense "
