@@ -3,6 +3,9 @@ a multiple no group can honour fails before training."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 import torch
 
@@ -68,6 +71,35 @@ def test_a_multiple_larger_than_a_width_fails_before_training(tmp_path):
         make_trainer(tmp_path, prune="ffn", pruning_multiple_of=64)
     with pytest.raises(ValueError, match="--pruning_multiple_of must be >= 1"):
         make_args(tmp_path, pruning_multiple_of=0)
+
+
+@pytest.mark.parametrize("prune, multiple, clause", [
+    ("ffn", 37, "a group of 37 neurons keeps a multiple of 37 neurons holding its floor, so at least 37, and at most "
+                "0.0000 of the ffn can go"),
+    ("heads", 32, "a group of 4 heads keeps a multiple of 4 heads holding its floor, so at least 4, and at most 0.0000 "
+                  "of the heads can go"),  # 4 heads of 8 dimensions: a multiple of 32 is all of them
+])
+def test_a_multiple_that_leaves_nothing_prunable_fails_before_training(tmp_path, prune, multiple, clause):
+    """A multiple equal to a width (rounding keeps all or nothing, the floor rules out nothing) trained a whole run
+    to prune nothing; the floors' equivalent was refused."""
+    with pytest.raises(ValueError, match=re.escape(f"--pruning_multiple_of {multiple} leaves nothing to prune: "
+                                                   f"{clause}. Use a smaller --pruning_multiple_of")):
+        make_trainer(tmp_path, prune=prune, pruning_multiple_of=multiple)
+
+
+def test_a_multiple_that_caps_a_kind_below_the_target_is_warned_of(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path / "ffn", prune="ffn", pruning_multiple_of=32, pruning_target=0.5)
+    assert ("--pruning_multiple_of 32: a group of 37 neurons keeps a multiple of 32 neurons holding its floor, so at "
+            "least 32, and at most 0.1351 of the ffn can go. Pruning target 0.5 cannot be reached by ffn") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):  # whole layers can still go: the heads cannot shrink
+        make_trainer(tmp_path / "layers", prune="heads,ffn,layers", pruning_multiple_of=32, pruning_target=0.5)
+    assert "The heads of the layers kept will not be pruned." in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path / "fits", prune="heads,ffn", pruning_multiple_of=8, pruning_target=0.5)
+    assert "--pruning_multiple_of" not in caplog.text
 
 
 def test_trained_model_has_rounded_widths_and_matches_its_masks(tmp_path):

@@ -414,6 +414,50 @@ def multiple_problem(groups, sizes: dict[str, int], multiple_of: int) -> str | N
     return None
 
 
+def rounding_limit(groups, sizes: dict[str, int], target: float, multiple_of: int, kinds=("heads", "ffn"),
+                   floors: dict[str, int] | None = None,
+                   costs: dict[str, float] | None = None) -> tuple[str | None, str | None]:
+    """(refusal, warning) for what rounding kept widths to multiples of ``multiple_of`` leaves prunable: a group
+    keeps a multiple of its unit that holds its floor, or all of it, so a width of 64 at a multiple of 48 can lose
+    16 neurons and at a multiple of 64 none. Refused when no head or neuron of the kinds pruned can go (and no whole
+    layer either); a warning naming the largest fraction of a kind that can go when it is below ``target``."""
+    if multiple_of <= 1:
+        return None, None
+    rows = []  # (kind, largest prunable fraction, an example: width, unit, fewest kept)
+    for kind in ("heads", "ffn"):
+        named = [g for g in groups if g.kind == kind and sizes.get(g.name, 0) > 0] if kind in kinds else []
+        total = prunable = 0.0
+        example = None
+        for group in named:
+            width, unit = sizes[group.name], structure_multiple(group, multiple_of)
+            least = min(width, -(-_floor_for(width, (floors or {}).get(kind, 1)) // unit) * unit)
+            units = [structure_cost(costs, group.name, index) for index in range(width)]
+            total += sum(units)
+            prunable += _most_prunable(units, least)
+            if example is None or least == width:
+                example = (width, unit, least)
+        if named:
+            rows.append((kind, 0.0 if total == 0 else prunable / total, example))
+    clauses = "; ".join(
+        f"a group of {width} {'neurons' if kind == 'ffn' else 'heads'} keeps a multiple of {unit} "
+        f"{'head' if kind == 'heads' else 'neuron'}{'s' if unit > 1 else ''} holding its floor, so at least {least}, "
+        f"and at most {reachable:.4f} of the {kind} can go" for kind, reachable, (width, unit, least) in rows)
+    fix = "Use a smaller --pruning_multiple_of (1 turns rounding off)"
+    if rows and all(reachable <= 1e-9 for _, reachable, _ in rows) and "layers" not in kinds:
+        return (f"--pruning_multiple_of {multiple_of} leaves nothing to prune: {clauses}. {fix}, or lower "
+                "min_heads_per_layer / min_neurons_per_layer where they round up to the whole width."), None
+    if "layers" in kinds:  # removed layers take their heads and neurons: only a kind that cannot shrink is said
+        stuck = [kind for kind, reachable, _ in rows if reachable <= 1e-9]
+        return None, (f"--pruning_multiple_of {multiple_of}: {clauses}. The {' and '.join(stuck)} of the layers "
+                      f"kept will not be pruned. {fix}." if stuck else None)
+    short = [kind for kind, reachable, _ in rows if reachable < target - 1e-9]
+    if not short:
+        return None, None
+    return None, (f"--pruning_multiple_of {multiple_of}: {clauses}. Pruning target {target} cannot be reached by "
+                  f"{' and '.join(short)}; pruning stops short and the report gives the sparsity reached. {fix} or "
+                  "lower the target.")
+
+
 def selected_fraction(masks: dict[str, torch.Tensor], costs: dict[str, float] | None = None) -> float:
     """The fraction of the structures (of their cost, with ``costs``) that ``masks`` prune."""
     total = pruned = 0.0

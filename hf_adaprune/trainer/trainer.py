@@ -54,8 +54,8 @@ from ..hub import save_pruned
 from ..hub.save import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, detach_masks, get_masks
-from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, select_masks_by_kind,
-                                 selected_fraction_by_kind, unreachable_target)
+from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, rounding_limit,
+                                 select_masks_by_kind, selected_fraction_by_kind, unreachable_target)
 from ..surgery import compact, was_pruned
 
 logger = logging.getLogger(__name__)
@@ -367,8 +367,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         unfit = nothing_prunable(self.pruning_groups, sizes, self.pruned_kinds, self._floors(), self.costs)
         if unfit:
             raise ValueError(unfit)
-        blocked = unreachable_target(self.pruning_groups, sizes, args.pruning_target, self.pruned_kinds,
-                                     self._floors(), self.costs, scope=args.pruning_scope)
+        unfit, rounded = rounding_limit(self.pruning_groups, sizes, args.pruning_target, args.pruning_multiple_of,
+                                        self.pruned_kinds, self._floors(), self.costs)
+        if unfit:
+            raise ValueError(unfit)
+        blocked = rounded or unreachable_target(self.pruning_groups, sizes, args.pruning_target, self.pruned_kinds,
+                                                self._floors(), self.costs, scope=args.pruning_scope)
         if blocked:
             logger.warning(blocked)
         self._setup_teacher(model)
