@@ -232,8 +232,8 @@ def _compact_masked(model: nn.Module, masks, record: dict) -> None:
     base = model.base_model
     scaled = [name for name, mask in masks.masks.items() if ((mask > 0) & (mask < 1)).any()]
     if scaled:  # a structure is kept or removed whole: its scale would be lost without a word
-        logger.warning("compacting masks with values between 0 and 1 (%s): structures above 0.5 are kept unscaled, "
-                       "the others removed, so the outputs change", ", ".join(scaled[:3]))
+        logger.warning("compacting masks with values between 0 and 1 (%s): structures at or above 0.5 are kept "
+                       "unscaled, the others removed, so the outputs change", ", ".join(scaled[:3]))
     stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)]
     kept_layers = {g.name: masks.kept_indices(g.name) for g in stacks}
     for stack in stacks:  # refuse before any weight is sliced: a refusal leaves the model as it was

@@ -266,3 +266,23 @@ def test_an_encoder_decoders_folder_loaded_with_a_one_stack_head_saves_again(tmp
     again = AutoPrunedModel.from_pretrained(tmp_path / "again", auto_class=transformers.AutoModelForCausalLM)
     state = again.state_dict()
     assert all(torch.equal(state[name], weight) for name, weight in decoder.state_dict().items())
+
+
+def test_a_mask_of_exactly_one_half_counts_as_kept_in_the_report_and_in_compaction():
+    """kept_structure / removed_layers counted 0.5 as kept, compaction removed it: one threshold (>= 0.5 kept)."""
+    from hf_adaprune.surgery import kept_structure, removed_layers
+
+    model = tiny_model("bert", num_hidden_layers=3)
+    masks = attach_masks(model, layers=True)
+    masks.set("encoder.layer", torch.tensor([1.0, 0.5, 1.0]))
+    ffn = next(name for name in masks.masks if name.endswith("layer.0.ffn"))
+    half = torch.ones_like(masks.masks[ffn])
+    half[:5] = 0.5
+    half[5:8] = 0.0
+    masks.set(ffn, half)
+    reported, gone = kept_structure(model), removed_layers(model)
+    assert gone == [] and reported[ffn]["kept"] == half.numel() - 3
+    compact(model)
+    assert len(model.bert.encoder.layer) == 3
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == half.numel() - 3
+    assert kept_structure(model) == reported and removed_layers(model) == gone

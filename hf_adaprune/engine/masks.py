@@ -184,7 +184,7 @@ class PruningMasks:
 
     # -- reading -------------------------------------------------------------------------------
     def kept_indices(self, name: str) -> list[int]:
-        return torch.nonzero(self.masks[name] > 0.5).flatten().tolist()
+        return torch.nonzero(self.masks[name] >= 0.5).flatten().tolist()
 
     def of_kind(self, kind: str) -> list[str]:
         return [n for n, g in self.groups.items() if g.kind == kind]
@@ -196,8 +196,8 @@ class PruningMasks:
         return 0.0 if total == 0 else 1.0 - kept / total
 
     def kept_count(self, name: str) -> int:
-        """The structures of ``name`` that compaction keeps (mask > 0.5)."""
-        return int((self.masks[name] > 0.5).sum())
+        """The structures of ``name`` that compaction keeps (mask >= 0.5)."""
+        return int((self.masks[name] >= 0.5).sum())
 
     def summary(self) -> dict[str, int]:
         return {name: self.kept_count(name) for name in self.masks}

@@ -133,7 +133,7 @@ def column_mask(group: Group, mask: torch.Tensor) -> torch.Tensor:
 
 def kept_columns(masks: PruningMasks, group: Group) -> torch.Tensor:
     """Input columns of the group's output projection that its mask keeps."""
-    return torch.nonzero(column_mask(group, masks.masks[group.name].detach().cpu()) > 0.5).flatten()
+    return torch.nonzero(column_mask(group, masks.masks[group.name].detach().cpu()) >= 0.5).flatten()
 
 
 @torch.no_grad()
