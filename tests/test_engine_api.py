@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from hf_adaprune import (TaylorImportance, attach_masks, compact, find_groups, reduce_scores, save_pruned,
-                         select_masks, select_masks_by_kind)
+from hf_adaprune import (TaylorImportance, attach_masks, compact, find_groups, get_masks, reduce_scores,
+                         save_pruned, select_masks, select_masks_by_kind)
 
 from conftest import ROOT, one_thread_env, random_biases, text_batch, tiny_model
 from test_distributed import TORCHRUN, launch_command
@@ -154,6 +154,50 @@ def test_a_wrapped_model_is_refused_with_unwrap_it_first(tmp_path, entry):
         calls[entry]()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert model.bert.encoder.layer[0].intermediate.dense.out_features == 37  # nothing compacted
+
+
+@pytest.mark.parametrize("entry", ["attach_masks", "compact", "save_pruned", "post_training_prune"])
+def test_a_torch_compile_wrapper_is_refused_before_anything_changes(tmp_path, entry):
+    """torch.compile(model) returns an OptimizedModule that forwards config and base_model: it was accepted, then
+    save_pruned compacted the model inside and failed on the wrapper with AttributeError, writing nothing."""
+    from hf_adaprune.post_training import post_training_prune
+
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    masks.set("encoder.layer.0.attention", torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    compiled = torch.compile(model, backend="eager")  # nothing runs: the wrapper alone
+    calls = {
+        "attach_masks": lambda: attach_masks(compiled),
+        "compact": lambda: compact(compiled),
+        "save_pruned": lambda: save_pruned(compiled, tmp_path / "out"),
+        "post_training_prune": lambda: post_training_prune(compiled, [labelled(0)], 0.5, progress=False),
+    }
+    with pytest.raises(TypeError, match=r"OptimizedModule wraps a BertForSequenceClassification: torch.compile\(model\) "
+                                        r"returns a wrapper, and hf_adaprune prunes the model itself. Pass "
+                                        r"model._orig_mod"):
+        calls[entry]()
+    assert not (tmp_path / "out").exists()
+    assert model.bert.encoder.layer[0].attention.self.query.out_features == 32 and get_masks(model) is masks
+
+
+def test_masks_attached_to_a_model_compiled_in_place_reach_its_outputs(caplog):
+    """model.compile() then a call: the graph traced without the gates ran on, the masks ignored (outputs equal to the
+    dense model's); attaching masks drops the compiled graphs, so the next call compiles with the gates."""
+    import logging
+
+    model, compiled = tiny_model("bert"), tiny_model("bert")
+    compiled.compile(backend="aot_eager")
+    batch = text_batch()
+    with torch.no_grad():
+        dense = compiled(**batch).logits
+        with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+            for each in (model, compiled):
+                attach_masks(each).set("encoder.layer.1.ffn", torch.zeros(37))
+        assert "compiled in place (model.compile()): its compiled graphs, traced without the pruning gates, are " \
+               "dropped" in caplog.text
+        masked, eager = compiled(**batch).logits, model(**batch).logits
+    assert (eager - dense).abs().max() > 1e-4, "the masks change the outputs"
+    assert (masked - eager).abs().max() <= 1e-5
 
 
 # -- 4. objects from before compact() -----------------------------------------------------------------------------

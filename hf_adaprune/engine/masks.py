@@ -14,12 +14,16 @@ ordinary backward pass by a hook on the gated output (no extra pass).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from ..families import Group, HeadGroup, LayerGroup, find_groups, find_layer_groups, get_adapter
 from ..layout import install_shared_bias
 from .selection import check_group_objects
+
+logger = logging.getLogger(__name__)
 
 _ATTR = "_adaprune_masks"
 
@@ -262,7 +266,20 @@ def attach_masks(model: nn.Module, layers: bool = False, groups: list[Group] | N
         model.__dict__[_ATTR] = masks
     elif layers:
         masks.add_groups(model, find_layer_groups(model))
+    else:
+        return masks
+    _drop_compiled_graphs(model)
     return masks
+
+
+def _drop_compiled_graphs(model: nn.Module) -> None:
+    """A model compiled in place (``model.compile()``) that has run keeps graphs traced without the gates just
+    added, and would run them, ignoring the masks: they are dropped (``torch._dynamo.reset()``, every compiled
+    graph of the process: the next calls compile again)."""
+    if any(getattr(module, "_compiled_call_impl", None) is not None for module in model.modules()):
+        logger.warning("the model was compiled in place (model.compile()): its compiled graphs, traced without the "
+                       "pruning gates, are dropped (torch._dynamo.reset()) and the next call compiles again")
+        torch._dynamo.reset()
 
 
 def get_masks(model: nn.Module) -> PruningMasks | None:

@@ -98,6 +98,13 @@ def check_not_wrapped(model) -> None:
     works on the model it wraps."""
     from transformers import PreTrainedModel
 
+    compiled = getattr(model, "_orig_mod", None) if isinstance(model, nn.Module) else None
+    if isinstance(compiled, PreTrainedModel) and not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            f"{type(model).__name__} wraps a {type(compiled).__name__}: torch.compile(model) returns a wrapper, and "
+            "hf_adaprune prunes the model itself. Pass model._orig_mod and compile again after pruning (graphs "
+            "traced before the masks were attached do not see them), or compile in place with model.compile() "
+            "(attach_masks then drops its graphs), or let the Trainer compile (torch_compile=True).")
     inner = getattr(model, "module", None) if isinstance(model, nn.Module) else None
     if isinstance(inner, PreTrainedModel) and not isinstance(model, PreTrainedModel):
         raise TypeError(
