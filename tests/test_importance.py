@@ -270,6 +270,38 @@ def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema, maske
     assert not torch.equal(importance.scores(model, groups)[name][[0, 2]], before[[0, 2]]), "unmasked: learns again"
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_held_and_new_scores_stay_on_one_scale_through_a_candidate(ema):
+    """Each step's values were divided by their sum over every structure, the masked ones adding 0: while a candidate
+    masked 3 of 4 heads and neurons, the others' shares grew about 1 / (share kept), and after its roll-back the
+    structures it had masked came back ranked far below (a head never masked had its score doubled). Now the scores
+    still sum to 1 per scale, and a roll-back leaves the ranks near those of a run without the candidate."""
+    from hf_adaprune import attach_masks
+
+    def run(candidate: bool):
+        model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+        masks = attach_masks(model)
+        groups = list(masks.groups.values())
+        importance = TaylorImportance(ema=ema)
+        accepted = masks.state_dict()
+        for step in range(20):
+            if candidate and step == 10:
+                masks.update({name: (torch.arange(mask.numel()) % 4 == 0).float() for name, mask in accepted.items()})
+            if candidate and step == 15:
+                masks.load_state_dict(accepted)
+            batch = text_batch(batch=6, seq=11, seed=100 + step % 5)  # the same batches, weights unchanged
+            model(**batch, labels=torch.tensor([0, 1, 2, 0, 1, 2])).loss.backward()
+            assert importance.update(model, groups)
+            model.zero_grad()
+            total = sum(float(score.sum()) for score in importance.scores(model, groups).values())
+            assert total == pytest.approx(1.0, abs=1e-5), step
+        return importance.scores(model, groups)
+
+    plain, rolled_back = run(False), run(True)
+    for name, score in plain.items():
+        torch.testing.assert_close(rolled_back[name], score, rtol=0.25, atol=1e-4)
+
+
 def test_saved_scores_load_onto_the_device_of_the_gradients():
     """A checkpoint holds the scores on the CPU; a run resumed on an accelerator mixes them with its gradients, so
     the trainer loads them onto the model's device (``meta`` stands in for one here)."""

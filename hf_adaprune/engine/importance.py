@@ -16,8 +16,9 @@
   (``ema * previous + (1 - ema) * step``, as AdaLoRA/PLATON), so they follow the
   model as it changes rather than weighing the first steps as much as the last.
   A head or neuron whose mask is below 1 (masked, or fading out under ``pruning_ramp_steps``) gets no gradient or a
-  scaled one, so its score is held while it is (not averaged towards 0), and a candidate rolled back returns its
-  structures with the scores they had.
+  scaled one, so its score is held while it is (not averaged towards 0); that step's values of the others are
+  divided by their own sum and given the share of the scores they hold, so the scores keep summing to 1 and a
+  candidate rolled back returns its structures with the scores, and ranks, they had.
 * :class:`FisherImportance` – the same accumulation of ``(sum(grad * weight))**2``
   per optimizer step (the squared, Fisher-like variant of Kwon et al. 2022, here
   per optimizer step rather than per example).
@@ -281,29 +282,53 @@ class TaylorImportance(Importance):
                 _refuse_frozen(model, groups, type(self).__name__)
                 return False
             batch[group.name] = self.step_value(sums)
-        # layers apart from heads and neurons: a layer's score is on another scale than one head's
-        totals = {}
+        held = self._held(model, groups, batch)
+        # layers apart from heads and neurons: a layer's score is on another scale than one head's. Each step's
+        # values are divided by their sum over the structures it scores (not those held), and given the share of
+        # the scores those structures hold (1 when none is held): held and new scores stay on one scale, so a
+        # candidate rolled back returns its structures at the rank they had
+        totals, shares = {}, {}
         for group in groups:
-            key = group.kind == "layers"
-            totals[key] = totals.get(key, 0.0) + float(batch[group.name].sum())
+            key, value = group.kind == "layers", batch[group.name]
+            scored = ~held[group.name] if group.name in held else None
+            totals[key] = totals.get(key, 0.0) + float(value.sum() if scored is None else value[scored].sum())
+            if held:
+                previous = self._scores.get(group.name)
+                mine = None if previous is None or previous.shape != value.shape else \
+                    float(previous.sum() if scored is None else previous[scored].sum())
+                shares[key] = None if mine is None or shares.get(key, 0.0) is None else shares.get(key, 0.0) + mine
         # all gradients zero, or an overflow (fp16 loss scaling: the optimizer skips the step): nothing to learn
         if any(not math.isfinite(total) or total <= 0 for total in totals.values()):
             return False
-        batch = {g.name: batch[g.name] / totals[g.kind == "layers"] for g in groups}
+        scale = {key: (shares.get(key) or 1.0) / total for key, total in totals.items()}
+        batch = {g.name: batch[g.name] * scale[g.kind == "layers"] for g in groups}
         self.num_updates += 1
-        masks = get_masks(model)
         for group in groups:
             name, value = group.name, batch[group.name]
             previous = self._scores.get(name)
             if previous is None or previous.shape != value.shape:
                 self._scores[name] = value
                 continue
-            if masks is not None and group.kind != "layers" and name in masks.masks:
-                # masked or fading: no gradient, or a scaled one, reached it (a layer's dL/dg is read at its gate)
-                value = torch.where(masks.masks[name].to(value.device) < 1, previous, value)
+            if name in held:  # masked or fading: no gradient, or a scaled one, reached it
+                value = torch.where(held[name], previous, value)
             # running mean, or the moving average's share of the newest step
             previous += (value - previous) * ((1.0 - self.ema) if self.ema else 1.0 / self.num_updates)
         return True
+
+    def _held(self, model: nn.Module, groups: list[Group], batch: dict) -> dict[str, torch.Tensor]:
+        """Per head / FFN group with scores to hold: which structures' masks are below 1 (masked, or fading out
+        under a ramp) and keep their score this step. A layer's dL/dg is read at its gate whatever its mask."""
+        masks = get_masks(model)
+        held = {}
+        for group in groups:
+            previous = self._scores.get(group.name)
+            if (masks is None or group.kind == "layers" or group.name not in masks.masks or previous is None
+                    or previous.shape != batch[group.name].shape):
+                continue
+            below = masks.masks[group.name].to(previous.device) < 1
+            if bool(below.any()):
+                held[group.name] = below
+        return held
 
 
 class FisherImportance(TaylorImportance):
