@@ -118,3 +118,28 @@ def test_distillation_turned_on_after_the_reference_needs_a_named_teacher(run, t
     early = make_trainer(tmp_path / "early", **distil)
     early.train(resume_from_checkpoint=str(run / "checkpoint-4"))
     assert (tmp_path / "early" / TEACHER_FOLDER).is_dir()
+
+
+@pytest.mark.parametrize("overrides", [dict(pruning_criterion="fisher"), dict(pruning_score_ema=0.9)])
+def test_resume_under_another_score_starts_the_scores_again(run, tmp_path, caplog, overrides):
+    """A Taylor checkpoint resumed with --pruning_criterion fisher continued the Taylor running mean with squared
+    values (up to 45% off a Fisher run's scores): the scores now start again at the resumed step, said in a warning."""
+    import logging
+
+    trainer = make_trainer(tmp_path, pruning_resume_with_new_arguments=True, max_steps=12, **SCHEDULE, **overrides)
+    seen = []
+    original = trainer.load_pruning_state_dict
+
+    def load_and_look(state):
+        original(state)
+        seen.append(trainer.importance.num_updates)
+
+    trainer.load_pruning_state_dict = load_and_look
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train(resume_from_checkpoint=str(run / "checkpoint-8"))
+    key, value = next(iter(overrides.items()))
+    saved = {"pruning_criterion": "taylor", "pruning_score_ema": 0.0}[key]
+    assert (f"resuming with --{key} {value!r} (checkpoint {saved!r}): the checkpoint's scores are of another kind and "
+            "are not continued; the scores start again from this step") in caplog.text
+    assert seen == [0] and read_pruning_state(run / "checkpoint-8")["importance"]["num_updates"] == 8
+    assert trainer.importance.num_updates == 4  # steps 9-12 only

@@ -933,8 +933,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         state = without_unpruned_groups(state, {group.name for group in self.pruning_groups}, masks.state_dict())
         get_masks(self.pruned_model).load_state_dict(state["masks"])
         self._accepted_masks = state["accepted_masks"]
-        # the state was saved on the CPU: the scores go where the gradients they are mixed with will be
-        self.importance.load_state_dict(state["importance"], device=next(self.pruned_model.parameters()).device)
+        saved_args, now = state.get("arguments") or {}, pruning_arguments(self.args)
+        other_scores = [k for k in ("pruning_criterion", "pruning_score_ema") if k in saved_args
+                        and saved_args[k] != now.get(k)]
+        if other_scores:  # a running mean of another quantity (or weighting) is not continued
+            self.importance.reset()
+            logger.warning("resuming with %s: the checkpoint's scores are of another kind and are not continued; "
+                           "the scores start again from this step", ", ".join(
+                               f"--{k} {now.get(k)!r} (checkpoint {saved_args[k]!r})" for k in other_scores))
+        else:  # the state was saved on the CPU: the scores go where the gradients they are mixed with will be
+            self.importance.load_state_dict(state["importance"], device=next(self.pruned_model.parameters()).device)
         self.controller.load_state_dict(state["controller"])
         for entry in self.controller.state.history:  # a checkpoint written before decisions carried their step
             entry.setdefault("training_step", None)
