@@ -412,6 +412,9 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     run = Run(*_as_recipe_error(task.parse_args, argv))
     setup_logging(run.training_args, quiet_datasets=task.quiet_datasets)
     _as_recipe_error(task.validate, run)
+    teacher = getattr(run.training_args, "teacher_model_name_or_path", None)
+    if teacher and getattr(run.training_args, "distillation", False):  # loaded like the model: never written over
+        run.model_paths.append(teacher)
     if run.data_args.dense_control:  # the control is saved into OUTPUT_DIR/dense_control: never over a loaded model
         check_written_subfolders(run.training_args.output_dir, run.model_paths, {CONTROL_DIR: "--dense_control true"})
     check_integrations(run.training_args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -578,3 +579,84 @@ def test_a_compute_loss_override_that_skips_the_teacher_stops_at_the_first_disti
                       train_dataset=data, eval_dataset=data.select(range(48)))
     fine.train()
     assert fine.state.global_step == 12
+
+
+def test_question_answering_distils_its_start_and_end_positions(tmp_path):
+    """A ...ForQuestionAnswering head has start_logits and end_logits, no logits: the first distilled step failed
+    with KeyError: 'logits'. Each is a distribution over the positions; their KLs are averaged."""
+    torch.manual_seed(0)
+    config = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).config
+    config.num_labels = 2  # start and end
+    model = transformers.BertForQuestionAnswering(config)
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.3,
+                           distillation_temperature=2.0)
+    trainer.distillation_teacher = teacher = copy_teacher(perturbed(model, scale=0.3))
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "start_positions": torch.tensor([1, 2, 3, 4]),
+              "end_positions": torch.tensor([2, 5, 3, 8])}
+    model.train()
+    got = trainer.compute_loss(model, inputs)
+    with torch.no_grad():
+        s, t = model(**inputs), teacher(input_ids=ids)
+    distilled = (kl(s.start_logits, t.start_logits, 2.0).mean() + kl(s.end_logits, t.end_logits, 2.0).mean()) / 2
+    assert abs(got.item() - (0.3 * s.loss + 0.7 * 4.0 * distilled).item()) <= TOL
+
+
+def test_a_multi_label_head_with_one_label_distils_its_sigmoid(tmp_path):
+    """One output of a multi-label head was taken for a regression output: logit MSE, the temperature ignored."""
+    model = tiny_model("bert", problem_type="multi_label_classification", num_labels=1,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    model.classifier = torch.nn.Linear(model.config.hidden_size, 1)  # tiny_model builds 3 outputs
+    model.config.num_labels = 1
+    trainer = make_trainer(tmp_path, model=model, distillation=True, distillation_alpha=0.0)
+    trainer.distillation_teacher = teacher = copy_teacher(perturbed(model, scale=0.3))
+    ids = torch.randint(5, 99, (4, 10), generator=torch.Generator().manual_seed(0))
+    got = trainer.compute_loss(model, {"input_ids": ids, "labels": torch.tensor([[1.0], [0.0], [1.0], [0.0]])})
+    with torch.no_grad():
+        s, t = model(input_ids=ids).logits / 2.0, teacher(input_ids=ids).logits / 2.0
+    p, q = torch.sigmoid(t), torch.sigmoid(s)
+    bernoulli_kl = (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).sum(-1).mean()
+    assert abs(got.item() - 4.0 * bernoulli_kl.item()) <= TOL
+
+
+def test_ctc_without_an_attention_mask_distils_every_frame():
+    """No samples' mask: labels padded to the frame count were read as the frames to distil (3 a row here)."""
+    model = tiny_ctc_model("wav2vec2")
+    batch = {"input_values": audio_batch()["input_values"]}
+    with torch.no_grad():
+        logits = model(**batch).logits
+    labels = torch.full(logits.shape[:2], -100)
+    labels[:, :3] = 5
+    assert prediction_mask(model, {**batch, "labels": labels}, logits) is None
+
+
+def test_teacher_checks_compare_what_sizes_the_outputs(tmp_path):
+    """A CTC teacher with another feature encoder passed (then failed at the first step on 48 vs 24 frames); a
+    translation or CTC teacher whose config's unused num_labels differs was refused."""
+    from test_speech_families import tiny_ctc_model as ctc
+
+    student = ctc("wav2vec2")
+    other_rate = ctc("wav2vec2")
+    other_rate.config.conv_stride = (2, 2)
+    other_rate.save_pretrained(tmp_path / "other_rate")
+    from hf_adaprune.trainer.distillation import load_teacher
+
+    with pytest.raises(ValueError, match=r"the teacher's conv_stride \(\[2, 2\]\) differs from the student's "
+                                         r"\(\(4, 2\)\): their feature encoders make frames of other lengths"):
+        load_teacher(str(tmp_path / "other_rate"), student)
+
+    labels = ctc("wav2vec2")
+    labels.config.num_labels = 7  # read by no CTC head
+    labels.save_pretrained(tmp_path / "labels")
+    assert load_teacher(str(tmp_path / "labels"), student).config.num_labels == 7
+    marian = tiny_seq2seq("marian")
+    marian.config.num_labels = 5
+    marian.save_pretrained(tmp_path / "marian")
+    assert load_teacher(str(tmp_path / "marian"), tiny_seq2seq("marian")) is not None
+
+
+def test_a_teacher_path_that_does_not_load_names_the_option(tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"--teacher_model_name_or_path {tmp_path / 'teachr'}: cannot load "
+                                                   "a model from it (a local folder with config.json, or a Hub id "
+                                                   "that is reachable or cached)")):
+        make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "teachr"))

@@ -151,6 +151,31 @@ def test_output_dir_is_never_the_loaded_model_nor_another_model_without_overwrit
     assert prepare(args + ["--output_dir", str(tmp_path / "empty")]).splits["train"]
 
 
+def test_a_teacher_folder_is_never_written_over_nor_removed(tmp_path):
+    """--teacher_model_name_or_path in --output_dir: the final save wrote over it (exit 0), or, as an earlier run's
+    checkpoint, --overwrite_output_dir removed it before it loaded; refused as the loaded model is."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    out = tmp_path / "out"
+    teacher = out / "checkpoint-4"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"teacher")
+    args = ["--model_name_or_path", str(model), "--train_file", train, "--validation_file", train, "--distillation",
+            "true"]
+    with pytest.raises(RecipeError, match=re.escape(f"--output_dir {teacher} is the folder the model is loaded from "
+                                                    f"({teacher})")):
+        prepare(args + ["--teacher_model_name_or_path", str(teacher), "--output_dir", str(teacher)])
+    with pytest.raises(RecipeError, match=re.escape(f"--output_dir {out} holds the checkpoint a model, config or "
+                                                    f"tokenizer is loaded from ({teacher}), and --overwrite_output_dir "
+                                                    "removes an earlier run's checkpoints")):
+        prepare(args + ["--teacher_model_name_or_path", str(teacher), "--output_dir", str(out),
+                        "--overwrite_output_dir", "true"])
+    assert (teacher / "model.safetensors").read_bytes() == b"teacher"
+
+
 def test_folders_an_earlier_run_left_are_named(tmp_path, caplog):
     import logging
 

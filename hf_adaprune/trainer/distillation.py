@@ -96,7 +96,12 @@ def load_teacher(path, student, hidden_weight: float = 0.0):
     from ..hub.load import AutoPrunedModel, load_pruned_config
     from ..layout import read_record
 
-    config = load_pruned_config(path)
+    try:
+        config = load_pruned_config(path)
+    except (OSError, ValueError) as err:  # a mistyped folder reads as a Hub id; a folder without config.json
+        raise ValueError(f"--teacher_model_name_or_path {path}: cannot load a model from it (a local folder with "
+                         f"config.json, or a Hub id that is reachable or cached): {' '.join(str(err).split())}") \
+            from err
     if config.model_type != student.config.model_type:  # before any weight is read into the student's class
         raise ValueError(f"the teacher at {path} is a {config.model_type} model but the student a "
                          f"{student.config.model_type}: distillation compares their outputs one to one, so both "
@@ -119,11 +124,20 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
         raise ValueError(f"the teacher is a {stock_class(teacher).__name__} ({t.model_type}) but the student a "
                          f"{stock_class(student).__name__} ({s.model_type}): distillation compares their outputs "
                          "one to one, so both must be the same architecture")
-    # decoder_vocab_size: a Marian decoder with a vocabulary of its own writes logits over that many tokens
-    for name in ("vocab_size", "decoder_vocab_size", "num_labels"):
+    # decoder_vocab_size: a Marian decoder with a vocabulary of its own writes logits over that many tokens;
+    # num_labels sizes a classifier's output only (a translation or CTC model's config carries one it never reads)
+    sizes = ("vocab_size", "decoder_vocab_size") + (("num_labels",) if reads_num_labels(student) else ())
+    for name in sizes:
         if getattr(t, name, None) != getattr(s, name, None):
             raise ValueError(f"the teacher's {name} ({getattr(t, name, None)}) differs from the student's "
                              f"({getattr(s, name, None)}): their output distributions cannot be compared")
+    if ctc_frame_lengths(student) is not None:  # frame i of one is frame i of the other only at one frame rate
+        for name in FRAME_FIELDS:  # a tuple in a config built in memory, a list once saved
+            if _plain(getattr(t, name, None)) != _plain(getattr(s, name, None)):
+                raise ValueError(f"the teacher's {name} ({getattr(t, name, None)}) differs from the student's "
+                                 f"({getattr(s, name, None)}): their feature encoders make frames of other lengths, "
+                                 "so frame i of one is not frame i of the other; use a teacher with the student's "
+                                 "feature encoder")
     named = [dict(c.id2label) for c in (t, s) if getattr(c, "id2label", None)
              and any(name != f"LABEL_{i}" for i, name in dict(c.id2label).items())]
     if len(named) == 2 and named[0] != named[1]:
@@ -136,6 +150,21 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
                 raise ValueError(f"--distillation_hidden_weight compares layer i with layer i, but the teacher's "
                                  f"{name} ({getattr(t, name, None)}) differs from the student's "
                                  f"({getattr(s, name, None)}); set it to 0 or use a teacher of the same shape")
+
+
+FRAME_FIELDS = ("conv_kernel", "conv_stride", "add_adapter", "adapter_kernel_size", "adapter_stride",
+                "num_adapter_layers")
+CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForAudioClassification",
+                       "ForAudioFrameClassification", "ForMultipleChoice")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def reads_num_labels(model) -> bool:
+    """Whether ``model``'s head writes ``num_labels`` outputs (a classifier), so a teacher must have as many."""
+    return stock_class(model).__name__.endswith(CLASSIFIER_SUFFIXES)
 
 
 def ctc_frame_lengths(model):
@@ -160,8 +189,10 @@ def prediction_mask(student, inputs: dict, logits: torch.Tensor) -> torch.Tensor
         return None
     attention = inputs.get("attention_mask")
     lengths = ctc_frame_lengths(student)
-    if lengths is not None and attention is not None and attention.shape != logits.shape[:2]:
-        frames = lengths(attention.sum(-1)).to(logits.device)  # the transcript's length says nothing of frames
+    if lengths is not None:  # CTC: the transcript's length says nothing of frames, whatever its padded length
+        if attention is None or attention.shape == logits.shape[:2]:
+            return None  # no samples' mask: every frame is real
+        frames = lengths(attention.sum(-1)).to(logits.device)
         return torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
     labels = inputs.get("labels")
     if labels is not None and labels.dim() == 2 and labels.shape == logits.shape[:2]:
@@ -185,19 +216,28 @@ def logit_loss(student_logits, teacher_logits, temperature: float, mask=None,
                problem_type: str | None = None) -> torch.Tensor:
     """T^2-scaled KL(teacher || student) per position, averaged over ``mask``: of the softmax over the classes,
     or of each class's sigmoid for a multi-label head (``problem_type``); MSE for a regression head."""
-    if problem_type == "regression" or student_logits.shape[-1] == 1:
-        return masked_mean((student_logits.float() - teacher_logits.float()).pow(2).mean(-1), mask)
-    if problem_type == "multi_label_classification":  # a yes/no per class: the KL of each Bernoulli, summed
+    if problem_type == "multi_label_classification":  # a yes/no per class (one class too): each Bernoulli's KL
         s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
         p = torch.sigmoid(t)
         kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
         return masked_mean(kl.sum(-1), mask) * temperature ** 2
+    if problem_type == "regression" or student_logits.shape[-1] == 1:
+        return masked_mean((student_logits.float() - teacher_logits.float()).pow(2).mean(-1), mask)
     log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     # a class the teacher gives probability 0 (a -inf logit: the ASR recipe's blank padding frames) adds 0, not
     # 0 * -inf = NaN
     kl = torch.where(torch.isneginf(log_teacher), 0.0, log_teacher.exp() * (log_teacher - log_student)).sum(-1)
     return masked_mean(kl, mask) * temperature ** 2
+
+
+def output_logits(outputs) -> list[tuple[str, torch.Tensor]]:
+    """The outputs distilled, by key: ``logits``, or a question-answering head's ``start_logits`` and ``end_logits``
+    (each a distribution over the positions, their KL averaged)."""
+    keys = ["logits"] if "logits" in outputs else [k for k in ("start_logits", "end_logits") if k in outputs]
+    if not keys:
+        raise ValueError(f"--distillation reads the model's logits, but its outputs are {list(outputs.keys())}")
+    return [(key, outputs[key]) for key in keys]
 
 
 def layer_outputs(outputs) -> list[tuple[torch.Tensor, str]]:
@@ -238,9 +278,9 @@ def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inpu
                       temperature: float, hidden_weight: float = 0.0, kd_scale: float = 1.0) -> torch.Tensor:
     """``alpha * task_loss + kd_scale * ((1 - alpha) * KD + hidden_weight * hidden)``; the distillation terms are
     means over the batch's positions, ``kd_scale`` puts them on the task loss's scale."""
-    logits = student_outputs["logits"]
-    kd = logit_loss(logits, teacher_outputs["logits"], temperature, prediction_mask(student, inputs, logits),
-                    getattr(student.config, "problem_type", None))
+    kd = torch.stack([logit_loss(logits, teacher_outputs[key], temperature, prediction_mask(student, inputs, logits),
+                                 getattr(student.config, "problem_type", None))
+                      for key, logits in output_logits(student_outputs)]).mean()
     extra = (1.0 - alpha) * kd
     if hidden_weight > 0:
         extra = extra + hidden_weight * hidden_loss(student, student_outputs, teacher_outputs, inputs)
