@@ -322,6 +322,27 @@ def test_training_keeps_the_teacher_out_of_optimizer_and_checkpoints(tmp_path):
     assert json.loads(json.dumps(make_trainer(tmp_path / "plain").pruning_summary().to_dict()))["distillation"] is None
 
 
+def test_the_report_records_the_distillation_that_ran(tmp_path):
+    """The record was the arguments: a run that ended before the reference (no teacher ever ran) said it was
+    distilled, and one resumed without --distillation from a checkpoint that distilled said it was not."""
+    early = make_trainer(tmp_path / "early", distillation=True, max_steps=4)  # warm-up 6: no reference
+    early.train()
+    assert early.distillation_teacher is None and early.pruning_summary().distillation is None
+    first = make_trainer(tmp_path / "first", distillation=True, distillation_alpha=0.25, save_strategy="steps",
+                         save_steps=12, max_steps=18)
+    first.train()
+    resumed = make_trainer(tmp_path / "first", pruning_resume_with_new_arguments=True, max_steps=18)
+    resumed.args.output_dir = str(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-12"))
+    assert resumed.distillation_teacher is None
+    record = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())["distillation"]
+    assert record == {"alpha": 0.25, "temperature": 2.0, "hidden_weight": 0.0,
+                      "teacher": "the model at the pruning reference", "until_step": 12}
+    resumed.create_model_card()
+    assert ("It was distilled from the model at the pruning reference while pruned, until step 12, where the run "
+            "resumed without distillation (task loss weighted 0.25") in (tmp_path / "resumed" / "README.md").read_text()
+
+
 def test_the_recorded_teacher_path_is_absolute_under_a_relative_output_dir(tmp_path, monkeypatch):
     """A run resumed from another working directory finds the teacher its checkpoint names."""
     monkeypatch.chdir(tmp_path)

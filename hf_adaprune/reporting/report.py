@@ -313,8 +313,10 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     if summary.distillation:
         d = summary.distillation
         hidden = f", layer outputs weighted {d['hidden_weight']}" if d.get("hidden_weight") else ""
-        lines += ["", f"It was distilled from {d['teacher']} while pruned (task loss weighted {d['alpha']}, logit KL "
-                  f"{round(1 - d['alpha'], 6)} at temperature {d['temperature']}{hidden})."]
+        until = (f", until step {d['until_step']}, where the run resumed without distillation"
+                 if d.get("until_step") is not None else "")
+        lines += ["", f"It was distilled from {d['teacher']} while pruned{until} (task loss weighted {d['alpha']}, "
+                  f"logit KL {round(1 - d['alpha'], 6)} at temperature {d['temperature']}{hidden})."]
     if summary.start_pruned:
         lines += ["", "The run started from a model pruned before: the *start* column is that model, and the kept "
                   "structure below counts against the dense model before any pruning."]

@@ -99,7 +99,8 @@ class PruningSummary(_ReadsLikeADict):
     structures: str = "heads,ffn"  # what --prune named (heads, ffn, layers)
     removed_layers: list[str] = field(default_factory=list)  # named by their index in the dense model
     start_pruned: bool = False  # the run started from a model pruned before: "before" figures are of that model
-    # the run distilled from a teacher while pruning: alpha, temperature, hidden_weight, teacher (None: it did not)
+    # the run distilled from a teacher while pruning: alpha, temperature, hidden_weight, teacher, and until_step
+    # where a resume without distillation ended it (None: no teacher ran)
     distillation: dict | None = None
 
     @classmethod

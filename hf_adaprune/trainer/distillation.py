@@ -293,10 +293,17 @@ def layers_dropped(config) -> dict[str, float]:
     return {field: getattr(config, field) for field in LAYERDROP_FIELDS if getattr(config, field, 0)}
 
 
+def distillation_settings(alpha, temperature, hidden_weight, teacher) -> dict:
+    """What a report records of a distillation: its weights, temperature and teacher."""
+    return {"alpha": alpha, "temperature": temperature, "hidden_weight": hidden_weight,
+            "teacher": teacher or "the model at the pruning reference"}
+
+
 class DistillationMixin(EvalLossMixin):
     """The Trainer side of distillation, mixed into the pruning trainers (``self.pruned_model`` is the student)."""
 
     distillation_teacher = None
+    earlier_distillation = None  # a resumed checkpoint's distillation this run (without --distillation) ended
     _teacher_path = None
     _teacher_ran = False  # compute_loss ran the teacher in this training step
 
@@ -338,11 +345,31 @@ class DistillationMixin(EvalLossMixin):
                 "compute_loss_func=..., or set --distillation false")
         return loss
 
+    def distillation_record(self) -> dict | None:
+        """What the report says was distilled: the settings of a teacher that ran (None: none did, e.g. training
+        ended before the reference), or a resumed checkpoint's, with the step this run stopped it at."""
+        args = self.args
+        if args.distillation and self.distillation_teacher is not None:
+            return distillation_settings(args.distillation_alpha, args.distillation_temperature,
+                                         args.distillation_hidden_weight, args.teacher_model_name_or_path)
+        return self.earlier_distillation
+
     def teacher_state(self) -> str | None:
         """What ``pruning_state.pt`` records of the teacher: where its weights are (never the weights)."""
         return self._teacher_path if self.distillation_teacher is not None else None
 
-    def load_teacher_state(self, path: str | None) -> None:
+    def load_teacher_state(self, path: str | None, saved_args: dict | None = None) -> None:
+        """The checkpoint's teacher (``path``: where its weights are; None: it had none), loaded when this run
+        distils; one that this run, resumed without ``--distillation``, no longer uses is recorded
+        (``earlier_distillation``) with the checkpoint's settings (``saved_args``) and the step it stopped at."""
+        if path and not self.args.distillation and self.distillation_teacher is None:
+            saved_args = saved_args or {}
+            self.earlier_distillation = {
+                **distillation_settings(saved_args.get("distillation_alpha"),
+                                        saved_args.get("distillation_temperature"),
+                                        saved_args.get("distillation_hidden_weight"),
+                                        saved_args.get("teacher_model_name_or_path")),
+                "until_step": int(self.state.global_step)}
         if not (self.args.distillation and path) or self.distillation_teacher is not None:
             return
         if not os.path.isdir(path):  # the run's folder moved or was copied: its teacher travelled with it

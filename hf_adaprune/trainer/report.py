@@ -61,15 +61,6 @@ def card_path(output_dir: str) -> str:
     return path
 
 
-def distillation_record(args) -> dict | None:
-    """What the run distilled with (None: no distillation)."""
-    if not getattr(args, "distillation", False):
-        return None
-    return {"alpha": args.distillation_alpha, "temperature": args.distillation_temperature,
-            "hidden_weight": args.distillation_hidden_weight,
-            "teacher": args.teacher_model_name_or_path or "the model at the pruning reference"}
-
-
 class PruningReportMixin:
     """Trainer methods for the report and the card; expects the controller, the arguments and ``pruned_model``."""
 
@@ -102,7 +93,7 @@ class PruningReportMixin:
             comparison=self.pruned_comparison,
             removed_layers=removed,
             start_pruned=getattr(self, "start_pruned", False),
-            distillation=distillation_record(self.args),
+            distillation=self.distillation_record(),
         )
 
     def _write_report(self) -> None:

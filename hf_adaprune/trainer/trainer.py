@@ -956,7 +956,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.info("resuming under --pruning_target %s: the checkpoint had stopped at its own target (%.3f); "
                         "pruning goes on", self.args.pruning_target, self.controller.state.ratio)
         self._last_prune_step = state["last_prune_step"]
-        self.load_teacher_state(state.get("teacher"))
+        self.load_teacher_state(state.get("teacher"), saved_args)
         self.load_candidate_state_dict(state)
         saved, measured = state.get("latency_costs"), pruning_arguments(self.args)
         groups = {group.name for group in self.pruning_groups}
