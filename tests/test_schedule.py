@@ -180,6 +180,22 @@ def test_search_steps_leave_room_warning_names_the_right_option(tmp_path, caplog
     assert "leaves 2 steps, fewer than pruning_search_steps 5" in caplog.text
 
 
+def test_a_search_at_the_last_step_is_not_warned_of_as_no_pruning(tmp_path, caplog):
+    """search_then_recover with 0 search steps judges every candidate within the reference's step: a warm-up of
+    max_steps still prunes, where the warning said the model would not be pruned."""
+    trainer = make_trainer(tmp_path / "search", pruning_schedule="search_then_recover", pruning_tolerance=1.0,
+                           pruning_warmup_steps=6, max_steps=6)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert "no pruning decision fits this schedule" not in caplog.text
+    assert trainer.controller.state.ratio > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):  # gradual at the same schedule: not pruned
+        gradual = make_trainer(tmp_path / "gradual", pruning_warmup_steps=6, max_steps=6)
+        gradual.train()
+    assert "no pruning decision fits this schedule" in caplog.text and gradual.controller.state.ratio == 0
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(pruning_schedule="oneshot"), "--pruning_schedule must be one of gradual, search_then_recover"),
     (dict(pruning_search_steps=-1), "--pruning_search_steps must be >= 0"),

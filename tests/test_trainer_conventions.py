@@ -130,6 +130,50 @@ def test_unknown_metric_direction_is_asked_for(tmp_path):
                                train_dataset=data, eval_dataset=data, compute_metrics=lambda p: {"my_score": 0.0})
 
 
+@pytest.mark.parametrize("missing", [{}, {"accuracy": None}], ids=["absent", "none"])
+def test_a_metric_missing_at_one_decision_rolls_that_step_back(tmp_path, caplog, missing):
+    """A NaN was rolled back, but a missing key (KeyError) or None (TypeError) ended train() mid-run with no report."""
+    calls = []
+
+    def compute_metrics(p):
+        calls.append(1)
+        if len(calls) == 3:  # the set-up check, the reference, then the first decision
+            return missing
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
+                                     compute_metrics=compute_metrics, args=make_args(tmp_path, pruning_tolerance=1.0))
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    state = "None" if missing else "no value"
+    assert (f"--pruning_metric 'accuracy': this evaluation returned {state}; taken as NaN, beyond any tolerance") \
+        in caplog.text
+    judged = [h for h in trainer.controller.state.history if h["event"] in ("keep", "rollback")]
+    assert judged[0]["event"] == "rollback" and any(h["event"] == "keep" for h in judged[1:])
+    assert (tmp_path / "pruning_report.json").exists()
+
+
+def test_a_direction_transformers_guessed_from_the_name_is_warned_of(tmp_path, caplog):
+    """metric_for_best_model 'error' without --greater_is_better: transformers guesses True from the name (it does not
+    end in 'loss'), which then steered pruning unnoticed, every rise in error taken for an improvement."""
+    data = toy_dataset(32)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer = AdaptivePruningTrainer(model=tiny_model("bert"),
+                                         args=make_args(tmp_path, pruning_metric="error", metric_for_best_model="error"),
+                                         train_dataset=data, eval_dataset=data, compute_metrics=lambda p: {"error": 0.0})
+    assert trainer.controller.greater_is_better is True
+    assert ("--pruning_metric error: a higher value is taken as better from --greater_is_better true, which "
+            "transformers also guesses from --metric_for_best_model's name (higher unless it ends in 'loss'); if a "
+            "lower error is better, set --pruning_greater_is_better false") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):  # given against the guess: taken as said
+        AdaptivePruningTrainer(model=tiny_model("bert"), train_dataset=data, eval_dataset=data,
+                               args=make_args(tmp_path, pruning_metric="error", metric_for_best_model="error",
+                                              greater_is_better=False), compute_metrics=lambda p: {"error": 0.0})
+    assert "transformers also guesses" not in caplog.text
+
+
 def test_no_dense_checkpoint_reaches_the_hub_during_training(tmp_path, monkeypatch, caplog):
     uploads = []
 

@@ -445,6 +445,13 @@ def pruning_metric_direction(args) -> bool:
         and args.greater_is_better is not None
     direction = known_greater_is_better(args.pruning_metric)
     if direction is None and same_metric:
+        if not getattr(args, "greater_is_better_given", True):  # what transformers guesses from the name
+            logger.warning("--pruning_metric %s: a %s value is taken as better from --greater_is_better %s, which "
+                           "transformers also guesses from --metric_for_best_model's name (higher unless it ends in "
+                           "'loss'); if a %s %s is better, set --pruning_greater_is_better %s", args.pruning_metric,
+                           "higher" if args.greater_is_better else "lower", str(args.greater_is_better).lower(),
+                           "lower" if args.greater_is_better else "higher", args.pruning_metric,
+                           str(not args.greater_is_better).lower())
         return bool(args.greater_is_better)
     if direction is None:
         raise ValueError(f"cannot tell whether a higher --pruning_metric {args.pruning_metric!r} is better: "

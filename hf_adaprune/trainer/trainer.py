@@ -431,7 +431,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 self._search_at_once(state.global_step)
         if self.controller.state.reference is None and 0 < state.max_steps:
             room = state.max_steps - args.pruning_warmup_steps
-            if room < 1:
+            if room < 0 or (room == 0 and decision_interval(args) > 0):  # 0: a search judged within the step
                 logger.warning("no pruning decision fits this schedule: max_steps %d - pruning_warmup_steps %d "
                                "leaves no step after the reference; the model will not be pruned", state.max_steps,
                                args.pruning_warmup_steps)
@@ -514,7 +514,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         c = self.controller
         tried = c.state.pending
         self._end_ramp()
-        metric, evaluation = self._decision_metric()
+        metric, evaluation = self._decision_metric(after_reference=True)
         decision = c.decide(metric, selected=selected_fraction_by_kind(
             self.pruning_groups, get_masks(self.pruned_model).masks, self.pruned_kinds, self.costs))
         if decision == ROLLBACK:
@@ -610,8 +610,16 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 callback.on_predict(args, state, control, metrics=metrics)
         return control
 
-    def _decision_metric(self) -> tuple[float, dict]:
+    def _decision_metric(self, after_reference: bool = False) -> tuple[float, dict]:
+        """The decision rows' metric and the whole evaluation. ``after_reference``: a metric missing or None at this
+        evaluation (a compute_metrics that gives up on some predictions) is NaN, which no decision keeps, with a
+        warning, rather than an error that would end the run without its report; the reference must have one."""
         metrics = self._evaluate_rows(self.args.pruning_eval_samples)
+        if after_reference and metrics.get(self.decision_key) is None:
+            logger.warning("--pruning_metric %r: this evaluation returned %s; taken as NaN, beyond any tolerance "
+                           "(a step judged on it is rolled back)", self.pruning_metric,
+                           "None" if self.decision_key in metrics else "no value")
+            return math.nan, metrics
         if self.decision_key not in metrics:
             raise KeyError(
                 f"--pruning_metric {self.pruning_metric!r}: evaluation returned no {self.pruning_metric!r}; "
@@ -890,7 +898,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             # a keep at this very step measured these weights under these masks: not evaluated twice
             reuse = best is None and self._accepted_metric is not None and self._accepted_metric[0] == step \
                 and self._accepted_metric[1] is not None
-            metric = self._accepted_metric[1] if reuse else self._decision_metric()[0]
+            metric = self._accepted_metric[1] if reuse else self._decision_metric(after_reference=True)[0]
             self.final_check = final_check(c, metric, step, self.pruning_metric)
         if get_masks(self.pruned_model) is not None:
             # without compact_at_end, what save_model writes is measured: a compacted copy
