@@ -160,6 +160,9 @@ class Task:
     # whether the test scores also report --pruning_metric where it is not among test_metrics (text classification:
     # a run steered by f1 compares the models in f1 too, not in accuracy alone)
     reports_pruning_metric: bool = False
+    # card_lines(run): what the pruned model's card adds about this recipe's training (translation: trained on the
+    # model's own translations); [] or None: nothing
+    card_lines: Callable[[Run], list[str]] | None = None
 
     def reported_metrics(self, run: Run) -> tuple[str, ...]:
         """The test metrics of this run: ``test_metrics``, and --pruning_metric after them where the task reports it
@@ -562,6 +565,8 @@ def _train_test_and_save(task: Task, run: Run, trainer, resume_from, test_datase
         "wall_time_s": None,
     }
     deploy_and_save(task, run, trainer.model, results, results_table(results, task.format_value), started)
+    if task.card_lines is not None and training_args.should_save:
+        append_to_card(training_args.output_dir, task.card_lines(run) or [])
     if control is not None and results["test"] is not None and training_args.should_save:
         add_control_to_card(training_args.output_dir, results, task.format_value)
     return results
@@ -595,12 +600,20 @@ def results_header(task: Task, run: Run, **extra) -> dict:
             "samples": {k: len(v) for k, v in run.splits.items()}, "task": run.task_results}
 
 
+def append_to_card(folder: str, lines: list[str]) -> None:
+    """Append ``lines`` to the model card the trainer wrote in ``folder`` (``README.md``, or beside a README.md of the
+    user's own); nothing without lines or a card."""
+    path = card_path(folder)
+    if not lines or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        card = f.read()
+    write_text(path, card.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
 def add_control_to_card(folder: str, results: dict, format_value) -> None:
     """Append the test comparison with the dense control to the model card (``README.md``) in ``folder``: the
     card is written when the model is saved, before the control exists."""
-    path = card_path(folder)  # the card the trainer wrote: README.md, or beside a README.md of the user's own
-    if not os.path.isfile(path):
-        return
     test, steps = results["test"], results["dense_control"]["steps"]
     lines = ["", "## Compared with an equally trained dense model", "",
              f"The dense control is the same model fine-tuned for the same {steps} steps on the same data, in the "
@@ -611,9 +624,7 @@ def add_control_to_card(folder: str, results: dict, format_value) -> None:
         change = "" if control is None or pruned is None else \
             ("+" if pruned >= control else "") + format_value(name, pruned - control)
         lines.append(f"| {name} | {format_value(name, control)} | {format_value(name, pruned)} | {change} |")
-    with open(path, encoding="utf-8") as f:
-        card = f.read()
-    write_text(path, card.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    append_to_card(folder, lines)
 
 
 def _plain_trainer(run: Run, model, args):

@@ -824,6 +824,19 @@ def latency(dense, pruned, run: Run) -> dict:
     return {"label": f"generate latency b{result['batch_size']}, {result['timed_length']} tokens", **result}
 
 
+def card_lines(run) -> list[str]:
+    """The card's note on the training targets: with --sequence_distillation, the model's own translations."""
+    record = run.task_results.get("sequence_distillation")
+    if not record:
+        return []
+    beams = f"beam search of {record['num_beams']}" if record["num_beams"] > 1 else "greedy decoding"
+    return ["", "## Training targets", "",
+            f"Sequence distillation: the pruned model was trained on the translations the model as loaded wrote for "
+            f"the {record['rows']} training sources ({beams}, at most {record['max_length']} tokens; "
+            f"{record['rows_unlike_the_reference']} differ from the references; empty translations, replaced by their "
+            f"references: {record['empty_translations']}), not on the references themselves."]
+
+
 TASK = Task(
     name="translation",
     parse_args=parse_args,
@@ -840,6 +853,7 @@ TASK = Task(
     # (the lengths too: sources cut shorter, or references cut shorter, moved BLEU 70 points against the reference)
     metric_options=("source_prefix", "source_lang_code", "target_lang_code", "sequence_distillation",
                     "max_source_length", "max_target_length"),
+    card_lines=card_lines,
 )
 
 

@@ -487,3 +487,21 @@ def test_sequence_distillation_with_empty_teacher_translations(workspace, tmp_pa
     taught, references = run.datasets["pruning_train"]["labels"], run.datasets["train"]["labels"]
     assert taught[1] == references[1] and taught[4] == references[4] and all(taught)
     assert run.task_results["sequence_distillation"]["empty_translations"] == 2
+
+
+def test_the_card_says_the_model_trained_on_the_models_own_translations(tmp_path):
+    """--sequence_distillation was recorded in results.json only; the card said nothing of the training targets."""
+    from types import SimpleNamespace
+
+    skeleton = load_recipe("skeleton")
+    record = {"rows": 50, "num_beams": 4, "max_length": 32, "rows_unlike_the_reference": 47, "empty_translations": 1,
+              "minutes": 0.1}
+    assert recipe.card_lines(SimpleNamespace(task_results={})) == []
+    card = tmp_path / "README.md"
+    card.write_text("---\ntags:\n- hf_adaprune\n---\n\n# out\n\nPruned.\n")
+    skeleton.append_to_card(str(tmp_path), recipe.card_lines(SimpleNamespace(
+        task_results={"sequence_distillation": record})))
+    assert card.read_text().endswith(
+        "Pruned.\n\n## Training targets\n\nSequence distillation: the pruned model was trained on the translations the "
+        "model as loaded wrote for the 50 training sources (beam search of 4, at most 32 tokens; 47 differ from the "
+        "references; empty translations, replaced by their references: 1), not on the references themselves.\n")
