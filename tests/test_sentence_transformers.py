@@ -718,7 +718,8 @@ def test_refit_is_refused_when_the_arguments_are_parsed(tmp_path):
     ({}, False, "--pruning_metric evaluator needs an evaluator or an eval_dataset of sentences"),
     ({"pruning_warmup_steps": 0}, True, "taylor importance needs gradients: set --pruning_warmup_steps >= 1"),
     ({"pruning_seq_len": 128}, True, r"--pruning_seq_len 128 exceeds the model's max_position_embeddings \(64\)"),
-    ({"pruning_roles": "decoder"}, True, r"nothing to prune: no both groups with roles \['decoder'\]"),
+    ({"pruning_roles": "decoder"}, True,
+     r"nothing to prune: no heads or ffn groups \(--prune both\) with roles \['decoder'\]"),
 ])
 def test_setup_errors_come_before_any_dense_embedding(encoder_folder, tmp_path, monkeypatch, overrides, with_eval,
                                                       message):

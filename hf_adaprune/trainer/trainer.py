@@ -281,7 +281,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         roles = args.selected_roles()
         self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
         if not self.pruning_groups:
-            raise ValueError(f"nothing to prune: no {args.prune} groups with roles {sorted(roles)} in this model")
+            raise ValueError(f"nothing to prune: no {' or '.join(kinds)} groups (--prune {args.prune}) with roles "
+                             f"{sorted(roles)} in this model")
         # the kinds that have groups here: selection, report and card speak of these only
         self.pruned_kinds = tuple(kind for kind in kinds if any(g.kind == kind for g in self.pruning_groups))
         if self.pruned_kinds != tuple(kinds):
