@@ -331,13 +331,17 @@ def test_the_report_records_the_distillation_that_ran(tmp_path):
     first = make_trainer(tmp_path / "first", distillation=True, distillation_alpha=0.25, save_strategy="steps",
                          save_steps=12, max_steps=18)
     first.train()
-    resumed = make_trainer(tmp_path / "first", pruning_resume_with_new_arguments=True, max_steps=18)
+    resumed = make_trainer(tmp_path / "first", pruning_resume_with_new_arguments=True, max_steps=18,
+                           save_strategy="steps", save_steps=18)
     resumed.args.output_dir = str(tmp_path / "resumed")
     resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-12"))
     assert resumed.distillation_teacher is None
     record = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())["distillation"]
     assert record == {"alpha": 0.25, "temperature": 2.0, "hidden_weight": 0.0,
                       "teacher": "the model at the pruning reference", "until_step": 12}
+    again = make_trainer(tmp_path / "again", max_steps=20)  # resumed once more: the record travels in the state
+    again.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-18"))
+    assert json.loads((tmp_path / "again" / "pruning_report.json").read_text())["distillation"] == record
     resumed.create_model_card()
     assert ("It was distilled from the model at the pruning reference while pruned, until step 12, where the run "
             "resumed without distillation (task loss weighted 0.25") in (tmp_path / "resumed" / "README.md").read_text()
@@ -674,6 +678,10 @@ def test_teacher_checks_compare_what_sizes_the_outputs(tmp_path):
     marian.config.num_labels = 5
     marian.save_pretrained(tmp_path / "marian")
     assert load_teacher(str(tmp_path / "marian"), tiny_seq2seq("marian")) is not None
+    choice = tiny_model("bert", head="AutoModelForMultipleChoice")  # one output a choice, whatever num_labels says
+    choice.config.num_labels = 4
+    choice.save_pretrained(tmp_path / "choice")
+    assert load_teacher(str(tmp_path / "choice"), tiny_model("bert", head="AutoModelForMultipleChoice")) is not None
 
 
 def test_a_teacher_path_that_does_not_load_names_the_option(tmp_path):

@@ -302,6 +302,34 @@ def test_held_and_new_scores_stay_on_one_scale_through_a_candidate(ema):
         torch.testing.assert_close(rolled_back[name], score, rtol=0.25, atol=1e-4)
 
 
+def test_the_heads_and_neurons_of_a_layer_gated_off_keep_their_scores():
+    """A candidate that removes a whole layer leaves its heads' and neurons' own masks at 1: their scores, fed no
+    gradient, were averaged towards 0 (to under half after a roll-back) and came back ranked to be pruned first."""
+    from hf_adaprune import attach_masks
+
+    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    masks = attach_masks(model, layers=True)
+    groups = list(masks.groups.values())
+    importance = TaylorImportance(ema=0.9)
+
+    def steps(n):
+        for step in range(n):
+            batch = text_batch(batch=6, seq=11, seed=100 + step % 5)
+            model(**batch, labels=torch.tensor([0, 1, 2, 0, 1, 2])).loss.backward()
+            assert importance.update(model, groups)
+            model.zero_grad()
+
+    steps(10)
+    inside = ["encoder.layer.0.attention", "encoder.layer.0.ffn"]
+    before = {name: importance.scores(model, groups)[name].clone() for name in inside}
+    masks.set("encoder.layer", torch.tensor([0.0, 1.0, 1.0]))
+    steps(10)
+    for name in inside:
+        torch.testing.assert_close(importance.scores(model, groups)[name], before[name], rtol=0, atol=0)
+    widths = [name for name in importance.scores(model, groups) if not name.endswith("encoder.layer")]
+    assert sum(float(importance.scores(model, groups)[n].sum()) for n in widths) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_saved_scores_load_onto_the_device_of_the_gradients():
     """A checkpoint holds the scores on the CPU; a run resumed on an accelerator mixes them with its gradients, so
     the trainer loads them onto the model's device (``meta`` stands in for one here)."""

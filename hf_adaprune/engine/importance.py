@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..families import Group, LayerGroup, get_adapter
+from ..families import Group, LayerGroup, get_adapter, layer_of_group
 from ..layout import read_record
 from .masks import get_masks, structure_count
 from .selection import check_score_dict
@@ -317,15 +317,22 @@ class TaylorImportance(Importance):
 
     def _held(self, model: nn.Module, groups: list[Group], batch: dict) -> dict[str, torch.Tensor]:
         """Per head / FFN group with scores to hold: which structures' masks are below 1 (masked, or fading out
-        under a ramp) and keep their score this step. A layer's dL/dg is read at its gate whatever its mask."""
+        under a ramp), all of them in a layer whose gate is, and keep their score this step. A layer's dL/dg is
+        read at its gate whatever its mask."""
         masks = get_masks(model)
+        if masks is None:
+            return {}
+        stacks = [g for g in masks.groups.values() if isinstance(g, LayerGroup)]
         held = {}
         for group in groups:
             previous = self._scores.get(group.name)
-            if (masks is None or group.kind == "layers" or group.name not in masks.masks or previous is None
+            if (group.kind == "layers" or group.name not in masks.masks or previous is None
                     or previous.shape != batch[group.name].shape):
                 continue
             below = masks.masks[group.name].to(previous.device) < 1
+            where = layer_of_group(stacks, group.name)
+            if where is not None and float(masks.masks[where[0]][where[1]]) < 1:  # in a layer gated off or fading:
+                below = torch.ones_like(below)  # no gradient, or a scaled one, reaches any of its structures
             if bool(below.any()):
                 held[group.name] = below
         return held

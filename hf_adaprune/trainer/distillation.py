@@ -155,7 +155,7 @@ def check_teacher(teacher, student, hidden_weight: float) -> None:
 FRAME_FIELDS = ("conv_kernel", "conv_stride", "add_adapter", "adapter_kernel_size", "adapter_stride",
                 "num_adapter_layers")
 CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForAudioClassification",
-                       "ForAudioFrameClassification", "ForMultipleChoice")
+                       "ForAudioFrameClassification")  # a multiple-choice head scores each choice with one output
 
 
 def _plain(value):

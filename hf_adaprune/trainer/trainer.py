@@ -515,7 +515,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         c = self.controller
         tried = c.state.pending
         self._end_ramp()
-        metric, evaluation = self._decision_metric(after_reference=True)
+        metric, evaluation = self._decision_metric()
         decision = c.decide(metric, selected=selected_fraction_by_kind(
             self.pruning_groups, get_masks(self.pruned_model).masks, self.pruned_kinds, self.costs))
         if decision == ROLLBACK:
@@ -611,12 +611,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 callback.on_predict(args, state, control, metrics=metrics)
         return control
 
-    def _decision_metric(self, after_reference: bool = False) -> tuple[float, dict]:
-        """The decision rows' metric and the whole evaluation. ``after_reference``: a metric missing or None at this
-        evaluation (a compute_metrics that gives up on some predictions) is NaN, which no decision keeps, with a
-        warning, rather than an error that would end the run without its report; the reference must have one."""
+    def _decision_metric(self) -> tuple[float, dict]:
+        """The decision rows' metric and the whole evaluation. Once the reference is taken, a metric missing or None
+        at an evaluation (a compute_metrics that gives up on some predictions) is NaN, which no decision keeps, with
+        a warning, rather than an error that would end the run without its report; the reference must have one."""
         metrics = self._evaluate_rows(self.args.pruning_eval_samples)
-        if after_reference and metrics.get(self.decision_key) is None:
+        if self.controller.state.reference is not None and metrics.get(self.decision_key) is None:
             logger.warning("--pruning_metric %r: this evaluation returned %s; taken as NaN, beyond any tolerance "
                            "(a step judged on it is rolled back)", self.pruning_metric,
                            "None" if self.decision_key in metrics else "no value")
@@ -899,7 +899,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             # a keep at this very step measured these weights under these masks: not evaluated twice
             reuse = best is None and self._accepted_metric is not None and self._accepted_metric[0] == step \
                 and self._accepted_metric[1] is not None
-            metric = self._accepted_metric[1] if reuse else self._decision_metric(after_reference=True)[0]
+            metric = self._accepted_metric[1] if reuse else self._decision_metric()[0]
             self.final_check = final_check(c, metric, step, self.pruning_metric)
         if get_masks(self.pruned_model) is not None:
             # without compact_at_end, what save_model writes is measured: a compacted copy
@@ -929,6 +929,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "controller": self.controller.state_dict(),
             "last_prune_step": self._last_prune_step,
             "teacher": self.teacher_state(),
+            "earlier_distillation": self.earlier_distillation,  # a distillation an earlier resume ended
             # a measured table: a resumed run decides on the same costs instead of timing the model again
             "latency_costs": self.costs if self.args.pruning_target_type == "latency" else None,
             "world_size": self.args.world_size,
@@ -965,6 +966,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.info("resuming under --pruning_target %s: the checkpoint had stopped at its own target (%.3f); "
                         "pruning goes on", self.args.pruning_target, self.controller.state.ratio)
         self._last_prune_step = state["last_prune_step"]
+        self.earlier_distillation = state.get("earlier_distillation")
         self.load_teacher_state(state.get("teacher"), saved_args)
         self.load_candidate_state_dict(state)
         saved, measured = state.get("latency_costs"), pruning_arguments(self.args)
