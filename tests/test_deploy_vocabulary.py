@@ -238,6 +238,21 @@ def test_bpe_byte_fallback_keeps_the_byte_pieces():
         assert new_tokenizer.decode(new_tokenizer(text)["input_ids"]) == tokenizer.decode(tokenizer(text)["input_ids"])
 
 
+def test_bpe_with_several_merges_to_one_token_keeps_the_pieces_of_each():
+    """A SentencePiece BPE converted to tokenizer.json lists a merge for every split of a token ("ab cd" and
+    "abc d" make "abcd"); only the first listed one's parts were kept, so "c d" went and "abcd" came out as
+    "a bc d" on text made of kept tokens alone."""
+    vocab = {"<unk>": 0, "<pad>": 1, "a": 2, "b": 3, "c": 4, "d": 5, "cd": 6, "bc": 7, "ab": 8, "abc": 9, "abcd": 10}
+    merges = [("c", "d"), ("b", "c"), ("a", "b"), ("ab", "c"), ("abc", "d"), ("ab", "cd")]
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>")
+    texts = ["abcd", "bc"]
+    assert [tokenizer.tokenize(t) for t in texts] == [["abcd"], ["bc"]]  # "abcd" is made c+d, a+b, ab+cd
+    new_tokenizer = prune_vocabulary(tiny_bert(len(tokenizer)), copy.deepcopy(tokenizer), texts)
+    assert [new_tokenizer.tokenize(t) for t in texts] == [["abcd"], ["bc"]]
+
+
 def test_bpe_end_of_word_suffix_keeps_the_word_final_characters():
     """BPE with an end-of-word suffix (CLIP, OpenAI-GPT, XLM): 'é</w>' is the alphabet's word-final é; it was dropped
     where 'é' was kept, so 'café' ended in <unk>."""
@@ -388,6 +403,19 @@ def test_highest_min_count_leaves_out_the_tokens_kept_anyway():
     assert highest_min_count(counts, kept_anyway(model, tokenizer, keep_tokens=["a", "the", "noir"])) == 0
     with pytest.raises(ValueError, match=r"no token occurs in min_count=2 rows \(the most common in 1\)"):
         prune_vocabulary(model, tokenizer, texts, min_count=2)
+
+
+def test_label_padding_is_no_token_of_the_rows():
+    """-100 in tokenized rows (labels padded for the loss) was counted as a token: with it in every row a
+    min_count no token reaches passed its refusal (leaving the special tokens alone)."""
+    from hf_adaprune.deploy.vocabulary import token_row_counts
+
+    tokenizer = minilm_tokenizer()
+    rows = tokenizer(["a film", "the film", "film noir"], padding=True)["input_ids"]
+    labels = [[i if i != tokenizer.pad_token_id else -100 for i in row] + [-100] for row in rows]
+    assert -100 not in token_row_counts(tokenizer, tokenized=labels)
+    with pytest.raises(ValueError, match=r"no token occurs in min_count=4 rows \(the most common in 3\)"):
+        prune_vocabulary(tiny_bert(len(tokenizer)), tokenizer, tokenized=labels, min_count=4)
 
 
 def test_max_size_keeps_the_most_common_tokens_and_no_more():

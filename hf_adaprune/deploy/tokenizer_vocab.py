@@ -59,15 +59,17 @@ def _bpe_required(tokenizer, spec, kept):
 
     Without the intermediate tokens BPE could not reach the kept ones; with them, every merge
     the unpruned tokenizer applies to a text of kept tokens is still there and still the
-    lowest-ranked, so the segmentation is the same.
+    lowest-ranked, so the segmentation is the same. A token some merges list more than once (a SentencePiece BPE
+    converted to tokenizer.json has a merge for every split of a token: ``o ss`` and ``os s``) is reached by
+    whichever its text meets first, so the parts of every one of them are kept.
     """
     model = spec["model"]
     vocab = model["vocab"]
     prefix = model.get("continuing_subword_prefix")
     suffix = model.get("end_of_word_suffix")
-    made_from = {}
+    made_from: dict[str, set[str]] = {}
     for left, right in _bpe_merges(spec):
-        made_from.setdefault(_bpe_merge_result(left, right, prefix), (left, right))
+        made_from.setdefault(_bpe_merge_result(left, right, prefix), set()).update((left, right))
     id_to_token = {i: t for t, i in vocab.items()}
 
     def alphabet(token: str) -> bool:

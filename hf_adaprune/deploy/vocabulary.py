@@ -125,6 +125,7 @@ def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterabl
         if outside:
             raise ValueError(f"{name} holds ids outside the model's table of {table_size} rows ({outside[:5]}): "
                              "rows of another tokenizer? Count rows the model's own tokenizer made")
+        row.discard(-100)  # a label's padding, not a token: it counts towards no min_count or max_size
         counts.update(row)
     return counts
 
