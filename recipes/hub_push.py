@@ -21,6 +21,11 @@ from hf_adaprune.trainer.report import CARD_BESIDE_USER_README
 logger = logging.getLogger(__name__)
 
 NEVER_PUSHED = ("_*", "checkpoint-*")  # the distillation teacher's copy, the Trainer's checkpoints
+# what a recipe run writes into the repo: an earlier push's files of these names that this run did not write (its
+# deploy/int8 beside another structure, a weight shard of more files) are deleted in the same commit
+RUN_OUTPUTS = ("deploy/*", "*.safetensors", "*.safetensors.index.json", "modeling_adaprune.py", "results.json",
+               "results.md", "all_results.json", "*_results.json", "pruning_report.json", "post_training_report.json",
+               "pruning_curve.png", "pruning_layers.png", "training_args.bin")
 
 
 def folder_state(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
@@ -51,6 +56,26 @@ def reach_hub_repo(training_args) -> None:
     training_args.hub_model_id = repo.repo_id
 
 
+def stale_repo_files(repo_id: str, training_args, pushed: set[str]) -> list:
+    """Delete operations for the repo's files an earlier run wrote (``RUN_OUTPUTS``) that this push does not
+    replace; the repo's other files (a user's own uploads) stay. A repo that cannot be listed: none."""
+    from huggingface_hub import CommitOperationDelete
+
+    try:
+        present = transformers.trainer.hf_api().list_repo_files(repo_id, token=training_args.hub_token,
+                                                                revision=training_args.hub_revision)
+    except Exception as err:  # a repo just created, an older client: nothing to delete
+        logger.info("the files of %s could not be listed (%s: %s); no earlier run's outputs are deleted", repo_id,
+                    type(err).__name__, err)
+        return []
+    stale = sorted(path for path in present if path not in pushed
+                   and any(fnmatch.fnmatch(path, pattern) for pattern in RUN_OUTPUTS))
+    if stale:
+        logger.warning("deleted from %s, written by an earlier run and not by this one: %s", repo_id,
+                       ", ".join(stale[:10]) + (f" and {len(stale) - 10} more" if len(stale) > 10 else ""))
+    return [CommitOperationDelete(path_in_repo=path) for path in stale]
+
+
 def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str, ...] = ()) -> list[str]:
     """Upload, in one commit to the trainer's repo, the files of ``OUTPUT_DIR`` the run wrote (those not in
     ``before``, or changed since), except the checkpoints, ``_*`` folders and ``left_local`` patterns (baselines
@@ -68,6 +93,7 @@ def push_run_outputs(trainer, training_args, before: dict, left_local: tuple[str
     if CARD_BESIDE_USER_README in written and "README.md" in written:  # the user's, edited during the run
         kept_local.append("README.md")
     operations = card_as_readme_operations(folder, written)
+    operations += stale_repo_files(trainer.hub_model_id, training_args, {op.path_in_repo for op in operations})
     transformers.trainer.hf_api().create_commit(
         repo_id=trainer.hub_model_id, operations=operations, token=training_args.hub_token,
         commit_message="End of training: pruned model, card, results", revision=training_args.hub_revision)

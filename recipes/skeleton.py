@@ -506,6 +506,8 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
         trainer.add_callback(RecipeOptionsRecorder(metric_options(task, run)))
     # one push, at the end: the folder then holds the test scores, the card's control table and deploy/ as well
     push, training_args.push_to_hub = training_args.push_to_hub, False
+    if push and training_args.hub_model_id:  # the card is written before the push: named after the repo, as a
+        trainer.set_card_args(model_name=training_args.hub_model_id.split("/")[-1])  # trainer's push names it
     try:
         results = _train_test_and_save(task, run, trainer, resume_from, test_dataset, snapshot, control_model,
                                        dense_for_latency, repeats, started)

@@ -144,14 +144,22 @@ def fake_hub(monkeypatch):
     from huggingface_hub import constants
 
     commits = []
+    repos: dict[str, set] = {}  # what each repo holds after the commits
 
     class FakeApi:
         def create_repo(self, repo_id, **kwargs):
+            repos.setdefault(repo_id, set())
             return SimpleNamespace(repo_id=repo_id)
 
+        def list_repo_files(self, repo_id, **kwargs):
+            return sorted(repos.get(repo_id, ()))
+
         def create_commit(self, repo_id, operations, **kwargs):
-            files = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations}
-            commits.append({"repo_id": repo_id, "files": sorted(files),
+            files = {op.path_in_repo: Path(op.path_or_fileobj) for op in operations if hasattr(op, "path_or_fileobj")}
+            deleted = sorted(op.path_in_repo for op in operations if not hasattr(op, "path_or_fileobj"))
+            repos[repo_id] = (repos.get(repo_id, set()) - set(deleted)) | set(files)
+            commits.append({"repo_id": repo_id, "files": sorted(files), "deleted": deleted,
+                            "repo": sorted(repos[repo_id]),
                             "card": files["README.md"].read_text() if "README.md" in files else None})
             return SimpleNamespace(commit_url="local", oid="0")
 

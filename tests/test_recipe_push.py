@@ -26,6 +26,13 @@ def test_the_push_happens_once_at_the_end_with_results_card_and_deploy_but_not_t
     assert (out / "dense_control" / "model.safetensors").exists()  # the control stays local
     assert "adaprune" in json.loads((out / "config.json").read_text())
     assert "control" in commit["card"].lower() and commit["card"] == (out / "README.md").read_text()
+    # named after the repo, as the trainer's push names it (it was the local folder's name, "out")
+    assert "\n# pruned\n" in commit["card"] and "# out\n" not in commit["card"]
+    # --hub_token x is not in the training_args.bin that went up with the folder
+    assert "training_args.bin" in files and b"hub_token" in (out / "training_args.bin").read_bytes()
+    import torch
+
+    assert torch.load(out / "training_args.bin", weights_only=False).hub_token is None
 
 
 def test_files_the_user_had_in_the_output_folder_stay_local_and_the_card_is_the_repos_readme(workspace, tmp_path,
@@ -85,3 +92,23 @@ def test_a_users_readme_edited_during_the_run_stays_local_beside_the_card(tmp_pa
     assert push_run_outputs(trainer, args, before) == ["README.md", "config.json"]
     (commit,) = fake_hub
     assert commit["card"] == "---\ntags: [hf_adaprune]\n---\n# the card\n"
+
+
+def test_a_second_push_to_the_repo_deletes_the_earlier_runs_outputs_it_does_not_replace(workspace, tmp_path,
+                                                                                      fake_hub):  # noqa: F811
+    """Two runs to one --hub_model_id, the first with --quantize int8: the repo kept the first run's deploy/int8 (a
+    model of another structure) beside the second run's model. A file of the user's own in the repo stays."""
+    recipe.main(run_args(workspace, tmp_path / "first", "--quantize", "int8", "--push_to_hub", "true",
+                         "--hub_model_id", "me/pruned"))
+    first = fake_hub[0]
+    assert any(path.startswith("deploy/int8/") for path in first["files"])
+    import transformers.trainer
+    from huggingface_hub import CommitOperationAdd
+
+    (tmp_path / "notes.md").write_text("the user's own upload")
+    transformers.trainer.hf_api().create_commit("me/pruned", [CommitOperationAdd("notes.md", str(tmp_path / "notes.md"))])
+    recipe.main(run_args(workspace, tmp_path / "second", "--push_to_hub", "true", "--hub_model_id", "me/pruned"))
+    second = fake_hub[2]
+    assert second["deleted"] == sorted(path for path in first["files"] if path.startswith("deploy/"))
+    assert not any(path.startswith("deploy/") for path in second["repo"])
+    assert {"config.json", "model.safetensors", "README.md", "notes.md"} <= set(second["repo"])

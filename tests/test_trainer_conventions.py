@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,6 +266,29 @@ def test_the_pushed_card_is_the_pruned_models_beside_a_readme_in_the_output_dir(
         assert "hf_adaprune" in ModelCard.load(out / "README.md").data.tags
         assert "is a card transformers' create_model_card wrote (generated_from_trainer)" in caplog.text
         assert not (out / "README.hf_adaprune.md").exists()
+
+
+def test_the_saved_training_args_hold_no_hub_token(tmp_path, monkeypatch):
+    """training_args.bin held --hub_token, and a push uploads the folder with it: a write token in the repo."""
+    from hf_adaprune.trainer.hub_push import folder_files
+
+    commits = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Url", (), {"repo_id": f"user/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns=None, **kwargs):
+            commits.append({path: os.path.join(folder_path, path) for path in folder_files(folder_path, ignore_patterns)})
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    trainer = make_trainer(tmp_path, hub_model_id="pruned-tiny", hub_token="hf_SECRET123", max_steps=12)
+    trainer.train()
+    trainer.push_to_hub()
+    (commit,) = commits
+    assert b"hf_SECRET123" not in Path(commit["training_args.bin"]).read_bytes()
+    assert torch.load(commit["training_args.bin"], weights_only=False).hub_token is None
+    assert trainer.args.hub_token == "hf_SECRET123", "the run's own arguments keep it"
 
 
 def test_model_init_model_is_the_one_pruned(tmp_path):

@@ -20,6 +20,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from torch.utils.data import DataLoader
 
 from ..trainer.eval_order import first_rows
+from ..trainer.hub_push import without_hub_token
 from ..trainer.report import card_path
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
@@ -261,7 +262,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             card = self._card(**self.card_args())
             save_pruned_sentence_transformer(model, output_dir, card=card,
                                              card_file=os.path.basename(card_path(output_dir)))
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
             self.push_to_hub(commit_message="Model save")
 

@@ -10,10 +10,21 @@ written as ``CARD_BESIDE_USER_README``; a push uploads it as the repo's ``README
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from pathlib import Path
 
 from .report import CARD_BESIDE_USER_README, is_user_readme
+
+
+def without_hub_token(args):
+    """``args`` as ``training_args.bin`` of a saved folder holds them: without ``hub_token``, since the folder goes
+    up to the Hub on a push (a write token in a public repo's file)."""
+    if getattr(args, "hub_token", None) is None:
+        return args
+    safe = copy.copy(args)
+    safe.hub_token = None
+    return safe
 
 
 def folder_files(folder: str | os.PathLike, ignore_patterns) -> list[str]:

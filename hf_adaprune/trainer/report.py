@@ -108,12 +108,16 @@ class PruningReportMixin:
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
         """The pruned model's card, with what ``Trainer.create_model_card`` accepts passed through. The values given
         are kept (each until given again): the card a later ``save_model()`` or push writes keeps them."""
-        given = dict(language=language, license=license, tags=tags, model_name=model_name,
-                     finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
-                     dataset_args=dataset_args)
-        self._card_args = {**self.card_args(), **{k: v for k, v in given.items() if v is not None}}
+        self.set_card_args(language=language, license=license, tags=tags, model_name=model_name,
+                           finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags, dataset=dataset,
+                           dataset_args=dataset_args)
         if self.is_world_process_zero():
             self._write_card(self.args.output_dir, **self._card_args)
+
+    def set_card_args(self, **card_args) -> None:
+        """Keep ``create_model_card``'s values (those not None) for the cards later saves and pushes write, without
+        writing one now (the recipes name the card after the Hub repo they push to)."""
+        self._card_args = {**self.card_args(), **{k: v for k, v in card_args.items() if v is not None}}
 
     def card_args(self) -> dict:
         """What ``create_model_card`` was given so far (the card's license, language, tags, base model, dataset)."""

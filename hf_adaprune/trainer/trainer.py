@@ -35,7 +35,7 @@ from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArgumen
                         pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
-from .hub_push import card_as_repo_readme
+from .hub_push import card_as_repo_readme, without_hub_token
 from .candidate import CandidateMasksMixin
 from .report import PruningReportMixin
 from .search_refit import refit_collation_problem, refit_problem
@@ -1063,7 +1063,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 model = copy.deepcopy(model)
                 self._as_last_decided(model)
             save_pruned(model, output_dir, tokenizer=self.processing_class)
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
         elif not _internal_call and self.args.should_save:
