@@ -194,7 +194,8 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, pruning_target_type="latency", pruning_generation_tokens=4)  # an encoder
-    assert "--pruning_generation_tokens 4 not read: this model generates no tokens" in caplog.text
+    assert "--pruning_generation_tokens 4 not read: the table times per generated token only for encoder-decoder " \
+           "models" in caplog.text
     # an encoder-decoder without generate (a BART classifier) is timed by forward as well: said, and a count beyond its
     # decoder's positions is not refused
     import transformers
@@ -206,7 +207,32 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, model=classifier, pruning_target_type="latency", pruning_generation_tokens=1000)
-    assert "--pruning_generation_tokens 1000 not read: this model generates no tokens" in caplog.text
+    assert "--pruning_generation_tokens 1000 not read: the table times per generated token only for " \
+           "encoder-decoder models" in caplog.text
+
+
+@pytest.mark.parametrize("target_type", ["flops", "latency"])
+def test_a_decoder_alone_leaves_its_idle_cross_attention_out(tmp_path, target_type):
+    """BartForCausalLM has its family's cross-attention blocks, which never run without an encoder: they cost 0, got
+    no gradient, and the first pruning step failed with 'no importance scores yet'."""
+    import json
+
+    import transformers
+
+    from hf_adaprune import AdaptivePruningTrainer
+    from test_seq2seq_families import tiny_seq2seq_config
+    from test_trainer import toy_dataset
+
+    model = transformers.BartForCausalLM(tiny_seq2seq_config("bart"))
+    data = toy_dataset(64).map(lambda row: {"labels": row["input_ids"]})
+    trainer = AdaptivePruningTrainer(model=model, train_dataset=data, eval_dataset=data.select(range(16)),
+                                     args=make_args(tmp_path, pruning_metric="loss", pruning_target_type=target_type,
+                                                    max_steps=8, pruning_warmup_steps=2, pruning_interval=2))
+    assert trainer.pruning_groups and not any(g.role == "cross" for g in trainer.pruning_groups)
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["final_sparsity"] > 0
+    assert all(g["kept"] == g["original"] for name, g in report["groups"].items() if "encoder_attn" in name)
 
 
 def test_the_table_times_the_model_without_autograd():

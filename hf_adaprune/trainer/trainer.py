@@ -167,7 +167,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             features = getattr(model, "main_input_name", None) == "input_features"
             unread = [name for name in changed if (name == "pruning_generation_tokens" and not generates)
                       or (name == "pruning_latency_seq_len" and features)]
-            why = "this model generates no tokens" if "pruning_generation_tokens" in unread else ""
+            why = ("the table times per generated token only for encoder-decoder models; this one is timed by its "
+                   "forward at --pruning_latency_seq_len") if "pruning_generation_tokens" in unread else ""
             if "pruning_latency_seq_len" in unread:
                 why += ("; " if why else "") + f"a {model.config.model_type} encoder always reads its fixed window " \
                        f"of input features"
@@ -280,6 +281,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         args = self.args
         roles = args.selected_roles()
         self.pruning_groups = filter_groups(masks.groups.values(), roles, kinds)
+        if not getattr(model.config, "is_encoder_decoder", False):  # a decoder alone (BartForCausalLM) has the
+            # cross-attention blocks of its family, which never run without an encoder: nothing to score or time
+            idle = [g.name for g in self.pruning_groups if g.role == "cross"]
+            if idle:
+                logger.info("not pruned: %d cross-attention groups (%s, ...), which this model, having no encoder, "
+                            "never runs", len(idle), idle[0])
+                self.pruning_groups = [g for g in self.pruning_groups if g.role != "cross"]
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {' or '.join(kinds)} groups (--prune {args.prune}) with roles "
                              f"{sorted(roles)} in this model")
