@@ -245,3 +245,30 @@ def test_the_table_times_the_model_without_autograd():
     model.register_forward_hook(lambda *args: grad_enabled.append(torch.is_grad_enabled()))
     latency_costs(model, list(masks.groups.values()), seq_len=8, repeats=1, warmup=0)
     assert grad_enabled and not any(grad_enabled)
+
+
+def test_generation_tokens_beyond_what_whisper_can_generate_name_the_option(tmp_path):
+    """A multilingual Whisper's generate starts from 4 tokens (start, language, task, no timestamps): tokens in the
+    decoder's last positions passed the check and failed in generate() with a message naming max_new_tokens."""
+    import datasets
+    import torch
+    import transformers
+    from transformers import GenerationConfig
+
+    from hf_adaprune import AdaptivePruningSeq2SeqTrainer, Seq2SeqPruningArguments
+    from test_speech_families import WHISPER
+
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**WHISPER)).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=3, bos_token_id=1, eos_token_id=2, pad_token_id=0, is_multilingual=True,
+        lang_to_id={"<|en|>": 4}, task_to_id={"transcribe": 5, "translate": 6}, no_timestamps_token_id=7,
+        language="en", task="transcribe", max_length=WHISPER["max_target_positions"])
+    data = datasets.Dataset.from_dict({"input_features": torch.randn(4, 8, 32).tolist(), "labels": [[5, 6, 7, 2]] * 4})
+    tokens = WHISPER["max_target_positions"] - 2  # fits one start token, not four
+    args = Seq2SeqPruningArguments(str(tmp_path), max_steps=4, pruning_warmup_steps=2, pruning_interval=2,
+                                   pruning_seq_len=10, report_to="none", use_cpu=True, save_strategy="no",
+                                   pruning_target_type="latency", pruning_generation_tokens=tokens)
+    with pytest.raises(ValueError, match=rf"--pruning_generation_tokens {tokens}: generating that many tokens to time "
+                                         r"the decoder failed \(.*\); give a smaller --pruning_generation_tokens"):
+        AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)

@@ -223,6 +223,9 @@ def test_new_arguments_problem_names_what_a_resumed_state_cannot_follow():
         saved, dict(saved, pruning_target=0.4), state)
     assert "is trying a ratio of 0.700 of the FLOPs, beyond --pruning_target 0.6" in new_arguments_problem(
         saved, dict(saved, pruning_target=0.6), state)
+    counted = dict(saved, pruning_target_type="structures")  # a fraction of heads and neurons, not of FLOPs
+    assert "already kept a ratio of 0.500 of the heads and neurons, beyond --pruning_target 0.4" in \
+        new_arguments_problem(counted, dict(counted, pruning_target=0.4), state)
     assert "--pruning_metric: checkpoint 'accuracy', now 'f1'" in new_arguments_problem(
         saved, dict(saved, pruning_metric="f1"), state)
     # before the reference nothing was measured: another metric is simply used from the start

@@ -165,7 +165,8 @@ def new_arguments_problem(saved: dict, current: dict, controller: dict, teacher:
                     "task), resume with --distillation false, or start a new run from the dense model")
     target = current.get("pruning_target")
     kept, pending = controller.get("ratio") or 0.0, controller.get("pending")
-    unit = "of the measured time" if current.get("pruning_target_type") == "latency" else "of the FLOPs"
+    unit = {"latency": "of the measured time", "structures": "of the heads and neurons"}.get(
+        current.get("pruning_target_type"), "of the FLOPs")
     if target is not None and kept > target + 1e-9:
         return (f"the checkpoint already kept a ratio of {kept:.3f} {unit}, beyond --pruning_target {target}: "
                 "resume from an earlier checkpoint, or with a target of at least that")
