@@ -161,6 +161,17 @@ def test_the_card_of_a_model_trained_from_scratch_names_no_base_model():
     assert "Pruned from its base model" in model_card(_summary("/data/models/bert")).text  # a local path
 
 
+def test_a_data_file_named_as_the_dataset_is_no_hub_dataset_id():
+    """dataset='data/train.csv' (not found from here) read as a Hub repo id, so the card's metadata named a Hub
+    dataset that does not exist."""
+    from hf_adaprune.reporting.report import hub_id_or_none
+
+    assert hub_id_or_none("data/train.csv") is None and hub_id_or_none("corpus/sst2.jsonl.gz") is None
+    assert hub_id_or_none("stanfordnlp/sst2") == "stanfordnlp/sst2"
+    card = model_card(_summary("org/bert", dataset="data/train.csv"))
+    assert "data/train.csv" not in (card.data.to_dict().get("datasets") or [])
+
+
 def test_the_card_never_says_stopped_none():
     card = model_card(_summary("org/bert", stop_reason=None)).text
     assert "stopped: None" not in card and "(of the least pruned kind)." in card

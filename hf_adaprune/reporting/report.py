@@ -140,9 +140,14 @@ def plot_layer_structure(groups: dict[str, dict], path: str | os.PathLike, remov
     plt.close(fig)
 
 
+DATA_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt", ".parquet", ".arrow", ".gz", ".zip", ".bz2", ".xz")
+
+
 def hub_id_or_none(name: str | None) -> str | None:
-    """``name`` if it reads as a Hub repo id and is not a local path; None otherwise."""
-    if not name or os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")):
+    """``name`` if it reads as a Hub repo id and is not a local path (one that does not exist from here, such as
+    ``data/train.csv``, included: a name ending in a data file's suffix); None otherwise."""
+    if not name or os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")) \
+            or name.lower().endswith(DATA_FILE_SUFFIXES):
         return None
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
