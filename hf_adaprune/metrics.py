@@ -32,7 +32,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # evaluate.load() arguments that only concern fetching the module.
-_LOAD_ONLY_KWARGS = {"module_type", "download_config", "download_mode", "revision", "cache_dir", "keep_in_memory"}
+_LOAD_ONLY_KWARGS = {"module_type", "download_config", "download_mode", "revision", "cache_dir", "keep_in_memory",
+                     "experiment_id", "num_process", "process_id"}
+# rouge returns every variant: a variant's name loads it (evaluate has no module rouge1, ...)
+_ROUGE_VARIANTS = {"rouge1": "rouge1", "rouge2": "rouge2", "rougel": "rougeL", "rougelsum": "rougeLsum"}
 
 # Directions of the metrics people steer by; anything else must be told (--pruning_greater_is_better).
 LOWER_IS_BETTER = frozenset({"wer", "cer", "mer", "wil", "ter", "mse", "rmse", "mae", "mape", "smape", "perplexity"})
@@ -50,7 +53,7 @@ HIGHER_IS_BETTER = frozenset({
 _HEADLINE_KEYS: dict[str, str | None] = {
     "sacrebleu": "score", "chrf": "score", "ter": "score", "wer": None, "cer": None,
     "perplexity": "mean_perplexity", "comet": "mean_score", "squad": "f1", "squad_v2": "f1",
-    "rouge": "rougeL", "rougel": "rougeL", "rougelsum": "rougeLsum",
+    "rouge": "rougeL", **_ROUGE_VARIANTS,
 }
 
 
@@ -81,6 +84,7 @@ def load_metric(name: str, **kwargs: Any):
     """
     from .task_metrics import LOCAL_METRICS, local_metric
 
+    name = "rouge" if name.lower() in _ROUGE_VARIANTS else name
     try:
         import evaluate
     except ImportError as err:
@@ -96,14 +100,19 @@ def load_metric(name: str, **kwargs: Any):
             except Exception as err:  # evaluate raises FileNotFoundError, ConnectionError, ValueError, ...
                 evaluate_error = err
     base = name.removeprefix("evaluate-metric/")
+    base = base if base in LOCAL_METRICS else base.lower()  # "Accuracy", "WER": known names in another case
     if base not in LOCAL_METRICS:
         raise ValueError(
             f"Cannot load metric {name!r}: evaluate.load failed ({type(evaluate_error).__name__}: {evaluate_error}); "
             f"the Hugging Face Hub could not be reached or has no such metric, and it is not computed in-process. "
             f"In-process metrics: {', '.join(sorted(LOCAL_METRICS))}."
         ) from evaluate_error
+    if kwargs.get("config_name") is not None:  # e.g. f1's "multilabel": another computation, not one of ours
+        raise ValueError(f"Cannot load metric {name!r} with config_name={kwargs['config_name']!r}: evaluate.load "
+                         f"failed ({type(evaluate_error).__name__}: {evaluate_error}), and the in-process {base} has "
+                         "no configurations") from evaluate_error
     logger.info("evaluate.load(%r) failed (%s); computing %s in-process", name, type(evaluate_error).__name__, base)
-    return local_metric(base, **{k: v for k, v in kwargs.items() if k not in _LOAD_ONLY_KWARGS})
+    return local_metric(base, **{k: v for k, v in kwargs.items() if k not in _LOAD_ONLY_KWARGS | {"config_name"}})
 
 
 def _base_name(name: str) -> str:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import collections
 import importlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # metrics whose references are lists of strings (several references per prediction)
 _MULTI_REFERENCE = {"sacrebleu", "bleu", "chrf"}
@@ -292,6 +295,12 @@ def classification_metrics(name: str, config=None):
         problem = getattr(config, "problem_type", None)
         num_labels = getattr(config, "num_labels", None)
         class_ids = np.issubdtype(logits.dtype, np.integer) and logits.shape == labels.shape
+        if np.issubdtype(logits.dtype, np.floating) and not np.isfinite(logits).all():
+            # argmax takes a NaN for class 0 (a model broken by pruning scored the share of class 0 rows): NaN,
+            # which no pruning decision keeps
+            logger.warning("--pruning_metric %s: %d of the %d logits are not finite; the metric is NaN", name,
+                           int((~np.isfinite(logits)).sum()), logits.size)
+            return {name: float("nan")}
         if multi_label_rows(config, logits, labels):
             return {name: headline_value(name, _multi_label(name, logits, labels))}
         if not class_ids and _regression_head(problem, logits, labels):
@@ -329,7 +338,8 @@ def generation_metrics(name: str, tokenizer, normalize=None):
         raise ValueError(f"--pruning_metric {name} averages over classes, and generated text has none: use a text "
                          f"metric ({', '.join(TEXT_METRICS[:5])}, ...), accuracy (whole-sequence exact match) or loss, "
                          "or pass a compute_metrics")
-    metric = load_metric(name)
+    # accuracy of generated text is whole-sequence exact match, in-process: the Hub's accuracy takes class ids only
+    metric = local_metric("accuracy") if name.lower() == "accuracy" else load_metric(name)
 
     def compute_metrics(eval_pred):
         predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions

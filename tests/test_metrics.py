@@ -392,3 +392,62 @@ def test_row_labels_read_a_formatted_dataset(form):
     assert row_labels(rows.with_format(form)) == [0, 1, 0, 0]
     tokens = datasets.Dataset.from_dict({"labels": [[0, -100, 1], [1, 1, -100]]})
     assert row_labels(tokens.with_format(form)) == [0, 1, 1, 1]
+
+
+def test_nan_logits_score_nan_not_the_share_of_class_zero(caplog):
+    """argmax took a NaN for class 0: a model whose outputs were all NaN scored 0.9 accuracy on rows 90% class 0, and
+    pruning went on to the target within tolerance."""
+    import logging
+
+    logits = np.full((10, 2), np.nan, dtype=np.float32)
+    labels = np.array([0] * 9 + [1])
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        for name in ("accuracy", "f1", "matthews_correlation"):
+            assert math.isnan(classification_metrics(name)(EvalPrediction(logits, labels))[name])
+    assert "--pruning_metric accuracy: 20 of the 20 logits are not finite; the metric is NaN" in caplog.text
+    multi = np.full((4, 3), np.nan, dtype=np.float32)
+    assert math.isnan(classification_metrics("accuracy")(EvalPrediction(multi, np.zeros((4, 3))))["accuracy"])
+    logits[3, 1] = 0.0
+    assert math.isnan(classification_metrics("accuracy")(EvalPrediction(logits, labels))["accuracy"])
+
+
+def test_generated_text_accuracy_is_exact_match_in_process_whatever_evaluate_loads(monkeypatch):
+    """evaluate's Hub accuracy takes class ids: where it loads (online, or cached), decoded strings failed with
+    'invalid literal for int()'."""
+    from hf_adaprune.task_metrics import generation_metrics
+
+    class ClassIdsOnly:
+        def compute(self, predictions, references):
+            return {"accuracy": float(np.mean([int(p) == int(r) for p, r in zip(predictions, references)]))}
+
+    monkeypatch.setattr(evaluate, "load", lambda name, **kwargs: ClassIdsOnly())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    class Tokenizer:
+        pad_token_id, eos_token_id = 0, 1
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(f"w{i}" for i in row if i > 1) for row in ids]
+
+    metric = generation_metrics("accuracy", Tokenizer())
+    scores = metric(EvalPrediction(np.array([[2, 3, 1], [2, 4, 1]]), np.array([[2, 3, 1], [2, 3, 1]])))
+    assert scores == {"accuracy": 0.5}
+
+
+def test_load_metric_names_and_options(monkeypatch):
+    """Names in another case (Accuracy, WER) and evaluate.load's process options loaded in-process only at
+    compute() to fail; a configuration the in-process metric does not have is refused at load; rouge1 / rougeLsum
+    load rouge (evaluate has no module of those names)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert load_metric("Accuracy").compute(predictions=PREDS, references=REFS) == {"accuracy": pytest.approx(0.75)}
+    assert load_metric("WER").compute(predictions=["a b"], references=["a c"]) == pytest.approx(0.5)
+    assert load_metric("accuracy", experiment_id="x", num_process=2, process_id=0).compute(
+        predictions=PREDS, references=REFS) == {"accuracy": pytest.approx(0.75)}
+    with pytest.raises(ValueError, match="with config_name='multilabel'.*the in-process f1 has no configurations"):
+        load_metric("f1", config_name="multilabel")
+    seen = []
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(evaluate, "load", lambda name, **kwargs: seen.append(name) or "module")
+    assert load_metric("rouge1") == "module" and load_metric("rougeLsum") == "module" and seen == ["rouge", "rouge"]
+    assert headline_value("rouge1", {"rouge1": 0.4, "rougeL": 0.3}) == 0.4
+    assert headline_value("rougeLsum", {"rougeLsum": 0.2, "rougeL": 0.3}) == 0.2
