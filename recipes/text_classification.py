@@ -831,6 +831,10 @@ def build(run: Run) -> None:
         raise RecipeError(f"--max_seq_length {data_args.max_seq_length}: inputs of {length} tokens, but the model "
                           f"reads at most {positions} positions; pass --max_seq_length {positions} or less")
     run.max_input_length = length
+    # the saved tokenizer reads as the run did: tokenizer(text, truncation=True) and pipeline(..., truncation=True)
+    # cut at --max_seq_length (its own longer limit let a pipeline read whole texts the run had cut)
+    tokenizer.model_max_length = length
+    info["max_seq_length"] = length
     label2id = {value: i for i, value in enumerate(info["label_values"])}
     run.datasets = tokenize(run.splits, tokenizer, info["text_columns"], info["label_column"], label2id,
                             data_args.max_seq_length)

@@ -115,6 +115,10 @@ def test_smoke_run_from_yaml_config(workspace, tmp_path):
         predictions = model(**batch).logits.argmax(-1)
     accuracy = (predictions == torch.tensor([int(r[1]) for r in rows])).float().mean().item()
     assert accuracy == pytest.approx(results["test"]["pruned_accuracy"])
+    # the saved tokenizer cuts where the run did (it kept its own longer limit: a pipeline read whole texts)
+    assert tokenizer.model_max_length == 32 == results["task"]["max_seq_length"]
+    assert tokenizer([r[0] for r in rows], truncation=True)["input_ids"] == \
+        tokenizer([r[0] for r in rows], truncation=True, max_length=32)["input_ids"]
 
 
 @pytest.mark.parametrize(
