@@ -437,13 +437,30 @@ def _is_missing(value) -> bool:
                                                                                 and not value.strip())
 
 
-def clean_rows(raw: DatasetDict, text_columns: list[str], label_column: str, drop_labels: list[str]) -> DatasetDict:
-    """Remove rows whose label is in ``drop_labels`` or missing, and rows without text."""
+def dropped_label(drop_labels: list[str], feature=None):
+    """Whether a label value is one of ``drop_labels``: as written, as the same whole number written otherwise ('1'
+    for a row's 1.0: pandas writes an int column holding a blank as floats), or, for a ClassLabel column
+    (``feature``), by its class name as well as its id."""
     drop = set(drop_labels)
+    numbers = {number for number in map(_whole_number, drop) if number is not None}
+    names = list(feature.names) if isinstance(feature, ClassLabel) else []
+    ids = {str(i) for i, name in enumerate(names) if name in drop}
+
+    def matches(label) -> bool:
+        text = str(label)
+        return text in drop or text in ids or (numbers and _whole_number(label) in numbers)
+
+    return matches
+
+
+def clean_rows(raw: DatasetDict, text_columns: list[str], label_column: str, drop_labels: list[str]) -> DatasetDict:
+    """Remove rows whose label is in ``drop_labels`` (:func:`dropped_label`) or missing, and rows without text."""
+    drop = set(drop_labels)
+    dropped = dropped_label(drop_labels, raw["train"].features[label_column])
 
     def keep(row):
         label = row[label_column]
-        if _is_missing(label) or str(label) in drop:
+        if _is_missing(label) or dropped(label):
             return False
         texts = [row[c] for c in text_columns]
         return all(t is not None for t in texts) and not all(_is_missing(t) for t in texts)
@@ -472,10 +489,11 @@ def _where(dataset, label_column: str, value: str, source: str) -> str:
 
 
 def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None,
-                  sources: dict[str, str] | None = None) -> tuple[dict[str, int], list[str]]:
+                  sources: dict[str, str] | None = None, dropped=None) -> tuple[dict[str, int], list[str]]:
     """(label value as string -> class id, class names in id order).
 
-    The classes are the values of the training rows (or ``label_mapping``'s); a label
+    The classes are the values of the training rows (or ``label_mapping``'s; a ClassLabel column's classes, but
+    those ``dropped``, a :func:`dropped_label`, says --drop_labels removed); a label
     of another split that is not one of them, a class with one training row and a
     column mixing numbers and words are errors naming value, file and line.
     """
@@ -488,7 +506,8 @@ def label_mapping(raw: DatasetDict, label_column: str, label_mapping: str | None
                 raise RecipeError(f"label {outside[0]} of column {label_column!r} ({sources[split]}) is not one of "
                                   f"the {feature.num_classes} classes {feature.names} (-1 marks a row without a "
                                   f"label); drop those rows with --drop_labels {outside[0]}")
-        return {str(i): i for i in range(feature.num_classes)}, list(feature.names)
+        kept = [i for i in range(feature.num_classes) if dropped is None or not dropped(i)]
+        return {str(i): k for k, i in enumerate(kept)}, [feature.names[i] for i in kept]
     _refuse_scores_and_label_lists(raw["train"], label_column, sources["train"])
     counts: dict[str, int] = {}
     for value in raw["train"][label_column]:
@@ -614,7 +633,10 @@ def check_dropped_labels_occur(raw: DatasetDict, label_column: str, drop_labels:
     if not drop_labels:
         return
     values = _label_values(raw, label_column)
-    absent = [value for value in drop_labels if value not in values]
+    feature = next(iter(raw.values())).features[label_column]
+    absent = [value for value in drop_labels if not any(map(dropped_label([value], feature), values))]
+    if isinstance(feature, ClassLabel):  # named by id or class name
+        values = values | set(feature.names)
     if absent:
         raise RecipeError(f"--drop_labels {absent[0]!r}: no row of any split has that label (column "
                           f"{label_column!r} holds {_listing(values)}); a typo? give the label as the data writes it, "
@@ -750,7 +772,8 @@ def load_data(run: Run) -> None:
     raw = without_unlabelled_test(raw, label_column, from_dataset=bool(data_args.dataset_name))
     raw = clean_rows(raw, text_columns, label_column, _split_list(data_args.drop_labels))
     raw, mapping = whole_number_labels(raw, label_column, data_args.label_mapping)
-    label2id, names = label_mapping(raw, label_column, mapping, _sources(data_args))
+    dropped = dropped_label(_split_list(data_args.drop_labels), raw["train"].features[label_column])
+    label2id, names = label_mapping(raw, label_column, mapping, _sources(data_args), dropped)
     if mapping is not None:
         check_listed_labels_occur(raw, label_column, mapping, label2id, run.model_args)
     given = set(raw)

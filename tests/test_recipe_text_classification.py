@@ -397,3 +397,41 @@ def test_f1_on_validation_rows_without_the_positive_class_is_refused_before_trai
                                          rf"none of the {len(rows)} rows that pruning decisions read has it"):
         recipe.main([str(config), "--output_dir", str(tmp_path / "out"), "--pruning_metric", "f1"])
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def _run_for(tmp_path, *flags):
+    skeleton = load_recipe("skeleton")
+    run, _ = skeleton.prepare_run(recipe.TASK, ["--config_name", "x", "--tokenizer_name", "x", "--cache_dir",
+                                                str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), *flags])
+    return run
+
+
+def test_drop_labels_drops_a_class_written_as_floats_in_one_split(tmp_path):
+    """Training labels 0.0 / 1.0 / 2.0 (pandas' int column holding a blank), dev and test 0 / 1 / 2: --drop_labels 2
+    dropped the dev and test rows but kept the training rows, so class 2 was trained and never scored."""
+    for split, as_written in (("train", lambda c: f"{c}.0"), ("dev", str), ("test", str)):
+        rows = ["text,label"] + [f"review {i} of {split},{as_written(i % 3)}" for i in range(30)]
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows + (["no label,"] if split == "train" else [])) + "\n")
+    run = _run_for(tmp_path, "--train_file", str(tmp_path / "train.csv"), "--validation_file",
+                   str(tmp_path / "dev.csv"), "--test_file", str(tmp_path / "test.csv"), "--drop_labels", "2")
+    assert {split: len(rows) for split, rows in run.splits.items()} == {"train": 20, "validation": 20, "test": 20}
+    assert run.task_results["labels"] == ["0", "1"]
+
+
+def test_drop_labels_on_a_class_label_column_removes_the_class(tmp_path):
+    """A --dataset_name with a ClassLabel column lost the rows of a dropped class but kept the class in the head (a
+    class no row trains that the model can still predict), and its name was refused."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    names = ["sports", "world", "business", "science"]
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    (tmp_path / "ds").mkdir()
+    for split in ("train", "validation", "test"):
+        Dataset.from_dict({"text": [f"{split} story {i}" for i in range(24)], "label": [i % 4 for i in range(24)]},
+                          features=features).to_parquet(tmp_path / "ds" / f"{split}.parquet")
+    for dropped in ("2", "business"):
+        run = _run_for(tmp_path, "--dataset_name", str(tmp_path / "ds"), "--drop_labels", dropped,
+                       "--overwrite_output_dir", "true")
+        assert run.task_results["labels"] == ["sports", "world", "science"], dropped
+        assert run.task_results["label_values"] == ["0", "1", "3"]
+        assert len(run.splits["train"]) == 18 and 2 not in set(run.splits["train"]["label"])
