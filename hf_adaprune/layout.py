@@ -498,6 +498,16 @@ class PrunedModelMixin:
                         self._init_weights(part)
 
     @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """As the transformers class this one extends answers: transformers reads the source of a class's own
+        module, and this one's ``EmptyAttention`` (which calls no attention function) made it answer no, so
+        ``set_attn_implementation`` did nothing on a model the shipped loader built."""
+        for base in cls.__mro__[1:]:
+            if base.__module__.startswith("transformers.") and hasattr(base, "_can_set_attn_implementation"):
+                return base._can_set_attn_implementation()
+        return False
+
+    @classmethod
     def from_pretrained(cls, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
         int8_weights = getattr(kwargs.get("config"), "adaprune_int8_weights", None)

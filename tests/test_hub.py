@@ -142,6 +142,29 @@ def test_stock_transformers_loads_without_hf_adaprune(tmp_path):
     assert "maxdiff" in result.stdout
 
 
+def test_the_shipped_loader_switches_attention_implementation(tmp_path):
+    """transformers decides whether a class may switch attention by reading its module's source: the shipped
+    module's EmptyAttention (no attention function) made set_attn_implementation a no-op there (eager asked for,
+    sdpa kept: no attention weights). A fresh process: an earlier switch of the stock class would hide it."""
+    model = pruned_tiny("bert")
+    save_pruned(model, tmp_path / "model")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True,
+                                                                   attn_implementation="sdpa").eval()
+        model.set_attn_implementation("eager")
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([[5, 6, 7, 8]]), output_attentions=True)
+        print("implementation", model.config._attn_implementation, "attentions", len(out.attentions))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"implementation eager attentions {model.config.num_hidden_layers}" in result.stdout
+
+
 def test_pipeline_with_tokenizer(tmp_path):
     model = pruned_tiny("bert")
     tokenizer = tiny_tokenizer(tmp_path)
