@@ -677,8 +677,8 @@ def _refuse_scores_and_label_lists(train, label_column: str, source: str) -> Non
     if isinstance(train.features[label_column], LIST_FEATURES):  # Dataset.unique has no list kernel
         raise _multi_label_error(label_column, source)
     values = train.unique(label_column)
-    if any(isinstance(v, (list, tuple)) or isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]")
-           for v in values):  # a JSON list, read as a list or as its text
+    if any(isinstance(v, (list, tuple)) or isinstance(_json_container(v), list)
+           for v in values):  # a JSON list, read as a list or as its text (a class named "[pos]" is no list)
         raise _multi_label_error(label_column, source)
     numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
                or isinstance(v, str) and FLOAT.match(v.strip())]

@@ -536,6 +536,11 @@ def test_scores_label_lists_and_one_name_for_two_values_are_refused(tmp_path):
     train = write_csv(tmp_path / "train.csv", ROWS)
     with pytest.raises(RecipeError, match="--label_mapping gives two values one name: '0:neg,1:neg'"):
         prepare(data_args(tmp_path, train, validation, "--label_mapping", "0:neg,1:neg"))
+    # class names written in brackets are classes, not lists (they were refused as multi-label rows)
+    bracketed = [(text, "[pos]" if y else "[neg]") for text, y in ROWS]
+    run = prepare(data_args(tmp_path, write_csv(tmp_path / "brackets.csv", bracketed),
+                            write_csv(tmp_path / "brackets_dev.csv", bracketed[:2])))
+    assert run.task_results["labels"] == ["[neg]", "[pos]"]
 
 
 def _class_label_dataset(folder, test_labels):
