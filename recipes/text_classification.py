@@ -101,7 +101,7 @@ from hf_adaprune import PruningArguments
 from hf_adaprune.families import readable_positions
 from hf_adaprune.reporting.flops import example_inputs
 from hf_adaprune.reporting.latency import compare_latency, format_latency
-from hf_adaprune.task_metrics import classification_metrics
+from hf_adaprune.task_metrics import AVERAGED, classification_metrics
 from recipes.arguments import (
     DataArguments,
     ModelSourceArguments,
@@ -802,8 +802,15 @@ def follow_classifier_labels(run: Run, saved) -> None:
     if sorted(model_names) == sorted(names):
         values = dict(zip(names, info["label_values"]))
         info["labels"], info["label_values"] = model_names, [values[name] for name in model_names]
-        logger.info("labels numbered as %s's classifier: %s", model_args.model_name_or_path,
-                    dict(zip(model_names, range(len(model_names)))))
+        steering = run.training_args.pruning_metric
+        if run.data_args.label_mapping and len(names) == 2 and steering in AVERAGED:
+            # --label_mapping's order, which the README says picks class 1, gives way to the classifier's
+            logger.warning("--label_mapping orders the classes %s, but %s's classifier numbers them %s, which the "
+                           "run keeps: binary %s scores class 1, %r, not %r", names, model_args.model_name_or_path,
+                           model_names, steering, model_names[1], names[1])
+        else:
+            logger.info("labels numbered as %s's classifier: %s", model_args.model_name_or_path,
+                        dict(zip(model_names, range(len(model_names)))))
         return
     logger.warning("%s's classifier names its classes %s, the data %s: its rows are kept and stand for the data's "
                    "classes in the data's order (order them with --label_mapping if the names mean the same)",

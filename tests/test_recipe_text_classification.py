@@ -435,3 +435,34 @@ def test_drop_labels_on_a_class_label_column_removes_the_class(tmp_path):
         assert run.task_results["labels"] == ["sports", "world", "science"], dropped
         assert run.task_results["label_values"] == ["0", "1", "3"]
         assert len(run.splits["train"]) == 18 and 2 not in set(run.splits["train"]["label"])
+
+
+def test_a_label_mapping_overridden_by_the_classifiers_order_is_warned_of_where_f1_reads_class_one(caplog):
+    """Continuing a classifier ordered positive, negative with --label_mapping neg:negative,pos:positive and binary
+    f1: the data is numbered as the model's, so f1 scores 'negative', which the README's rule (the mapping picks
+    class 1) says it would not; logged at INFO only."""
+    import logging
+    from types import SimpleNamespace
+
+    from transformers import BertConfig
+
+    saved = BertConfig(id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1})
+
+    def run_with(metric, mapping="neg:negative,pos:positive"):
+        return SimpleNamespace(
+            model_args=SimpleNamespace(model_name_or_path="clf"),
+            data_args=SimpleNamespace(label_mapping=mapping),
+            training_args=SimpleNamespace(pruning_metric=metric),
+            task_results={"labels": ["negative", "positive"], "label_values": ["neg", "pos"]})
+
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        run = run_with("f1")
+        recipe.follow_classifier_labels(run, saved)
+    assert run.task_results["labels"] == ["positive", "negative"]
+    assert ("--label_mapping orders the classes ['negative', 'positive'], but clf's classifier numbers them "
+            "['positive', 'negative'], which the run keeps: binary f1 scores class 1, 'negative', not 'positive'") \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        recipe.follow_classifier_labels(run_with("accuracy"), saved)  # no class 1 to pick: no warning
+    assert "--label_mapping orders" not in caplog.text
