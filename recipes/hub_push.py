@@ -18,14 +18,17 @@ import transformers
 from hf_adaprune.trainer.hub_push import card_as_readme_operations
 from hf_adaprune.trainer.report import CARD_BESIDE_USER_README
 
+from .arguments import EARLIER_RUN_FILES
+
 logger = logging.getLogger(__name__)
 
 NEVER_PUSHED = ("_*", "checkpoint-*")  # the distillation teacher's copy, the Trainer's checkpoints
 # what a recipe run writes into the repo: an earlier push's files of these names that this run did not write (its
-# deploy/int8 beside another structure, a weight shard of more files) are deleted in the same commit
-RUN_OUTPUTS = ("deploy/*", "*.safetensors", "*.safetensors.index.json", "modeling_adaprune.py", "results.json",
-               "results.md", "all_results.json", "*_results.json", "pruning_report.json", "post_training_report.json",
-               "pruning_curve.png", "pruning_layers.png", "training_args.bin")
+# deploy/int8 beside another structure, a weight shard of more files) are deleted in the same commit. Top-level
+# files only (a user's adapters/ or onnx/ folder in the repo is theirs), and deploy/, which the recipes write whole
+RUN_OUTPUTS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+               "modeling_adaprune.py", *EARLIER_RUN_FILES)
+RUN_FOLDERS = ("deploy/",)
 
 
 def folder_state(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
@@ -68,10 +71,11 @@ def stale_repo_files(repo_id: str, training_args, pushed: set[str]) -> list:
         logger.info("the files of %s could not be listed (%s: %s); no earlier run's outputs are deleted", repo_id,
                     type(err).__name__, err)
         return []
-    stale = sorted(path for path in present if path not in pushed
-                   and any(fnmatch.fnmatch(path, pattern) for pattern in RUN_OUTPUTS))
+    stale = sorted(path for path in present if path not in pushed and (
+        path.startswith(RUN_FOLDERS) or "/" not in path and any(fnmatch.fnmatch(path, name) for name in RUN_OUTPUTS)))
     if stale:
-        logger.warning("deleted from %s, written by an earlier run and not by this one: %s", repo_id,
+        logger.warning("deleted from %s: files of the names a recipe run writes that this run did not write (an "
+                       "earlier run's): %s", repo_id,
                        ", ".join(stale[:10]) + (f" and {len(stale) - 10} more" if len(stale) > 10 else ""))
     return [CommitOperationDelete(path_in_repo=path) for path in stale]
 

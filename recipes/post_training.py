@@ -28,8 +28,8 @@ from . import deploy
 from .arguments import RecipeError, check_minimum
 from .loading import class_names, load_config
 from .results import results_table, test_results, without_layers
-from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, build_model, clear_earlier_run, deploy_and_save,
-                       load_error, prepare_run, results_header, subsample)
+from .skeleton import (DenseTrainer, Run, Task, _as_recipe_error, append_to_card, build_model, clear_earlier_run,
+                       deploy_and_save, load_error, prepare_run, results_header, subsample)
 
 logger = logging.getLogger("hf_adaprune.recipes.post_training")
 
@@ -230,6 +230,8 @@ def finish(task: Task, run: Run, result, started: float, calibration_samples: in
                             f"\nnote: --test_before_pruning false: the {start} model was not scored on the test set")
     if training_args.should_save:
         write_card(training_args.output_dir, results, task.format_value)
+        if task.card_lines is not None:
+            append_to_card(training_args.output_dir, task.card_lines(run) or [])
     deploy_and_save(task, run, result.model, results, table, started)
     return results
 

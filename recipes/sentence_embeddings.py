@@ -535,6 +535,8 @@ def main(argv=None):
             raise
         raise RecipeError(str(err).strip('"')) from err
     push, args.push_to_hub = args.push_to_hub, False  # one push, at the end: results.json too
+    if push and args.hub_model_id:  # the card is written before the push: named after the repo
+        trainer.set_card_args(model_name=args.hub_model_id.split("/")[-1])
     trainer.save_model()
     # after --bf16 / --fp16 training accelerate's autocast wrapper stays on the model: scored and timed as saved
     pruned = drop_autocast_forward(as_saved(trainer.model)).eval()

@@ -861,10 +861,7 @@ def build(run: Run) -> None:
         raise RecipeError(f"--max_seq_length {data_args.max_seq_length}: inputs of {length} tokens, but the model "
                           f"reads at most {positions} positions; pass --max_seq_length {positions} or less")
     run.max_input_length = length
-    # the saved tokenizer reads as the run did: tokenizer(text, truncation=True) and pipeline(..., truncation=True)
-    # cut at --max_seq_length (its own longer limit let a pipeline read whole texts the run had cut)
-    tokenizer.model_max_length = length
-    info["max_seq_length"] = length
+    info["max_seq_length"] = length  # the card says it: a pipeline reads texts as the run did with it
     label2id = {value: i for i, value in enumerate(info["label_values"])}
     run.datasets = tokenize(run.splits, tokenizer, info["text_columns"], info["label_column"], label2id,
                             data_args.max_seq_length)
@@ -908,6 +905,18 @@ def measure_latency(dense, pruned, run: Run) -> dict:
             "threads": timings["dense"]["threads"], "results": timings}
 
 
+def card_lines(run) -> list[str]:
+    """The card's note on the input length: texts were cut at --max_seq_length tokens (the saved tokenizer keeps its
+    own limit), so a pipeline reads them as the run did with ``truncation=True, max_length=N``."""
+    length = run.task_results.get("max_seq_length")
+    if not length:
+        return []
+    return ["", "## Input length", "",
+            f"Trained and scored on texts cut at {length} tokens (`--max_seq_length`). To read texts as the figures "
+            f"above did: `pipeline(\"text-classification\", model=..., truncation=True, max_length={length})`, or "
+            f"`tokenizer(texts, truncation=True, max_length={length})`."]
+
+
 TASK = Task(
     name="text_classification",
     parse_args=parse_args,
@@ -922,6 +931,7 @@ TASK = Task(
     # what each class id means (--label_mapping's order, the labels dropped, the columns read) and which validation
     # rows steer, read how: a resume under other values would follow decisions measured on other classes or rows
     metric_options=("label_mapping", "drop_labels", "label_column_name", "text_column_name", "max_seq_length"),
+    card_lines=card_lines,
 )
 
 

@@ -106,9 +106,11 @@ def test_a_second_push_to_the_repo_deletes_the_earlier_runs_outputs_it_does_not_
     from huggingface_hub import CommitOperationAdd
 
     (tmp_path / "notes.md").write_text("the user's own upload")
-    transformers.trainer.hf_api().create_commit("me/pruned", [CommitOperationAdd("notes.md", str(tmp_path / "notes.md"))])
+    own = ["notes.md", "adapters/lora/model.safetensors", "experiments/eval_results.json"]  # files of run names too
+    transformers.trainer.hf_api().create_commit("me/pruned", [CommitOperationAdd(path, str(tmp_path / "notes.md"))
+                                                              for path in own])
     recipe.main(run_args(workspace, tmp_path / "second", "--push_to_hub", "true", "--hub_model_id", "me/pruned"))
     second = fake_hub[2]
     assert second["deleted"] == sorted(path for path in first["files"] if path.startswith("deploy/"))
     assert not any(path.startswith("deploy/") for path in second["repo"])
-    assert {"config.json", "model.safetensors", "README.md", "notes.md"} <= set(second["repo"])
+    assert {"config.json", "model.safetensors", "README.md", *own} <= set(second["repo"])

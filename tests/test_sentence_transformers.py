@@ -598,6 +598,7 @@ def test_recipe_pushes_once_at_the_end_with_results_json(encoder_folder, tmp_pat
     (commit,) = fake_hub
     assert commit["repo_id"] == "me/embeddings"
     assert {"results.json", "modules.json", "README.md", "model.safetensors"} <= set(commit["files"]), commit["files"]
+    assert "\n# embeddings\n" in commit["card"] and "# out\n" not in commit["card"]  # named after the repo
 
 
 def test_recipe_layer_drop_baseline_of_a_distilbert(tmp_path):
