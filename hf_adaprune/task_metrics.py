@@ -295,11 +295,12 @@ def classification_metrics(name: str, config=None):
         problem = getattr(config, "problem_type", None)
         num_labels = getattr(config, "num_labels", None)
         class_ids = np.issubdtype(logits.dtype, np.integer) and logits.shape == labels.shape
-        if np.issubdtype(logits.dtype, np.floating) and not np.isfinite(logits).all():
+        scored = logits[labels != -100] if labels.shape == logits.shape[:-1] else logits  # tokens: labelled ones
+        if np.issubdtype(logits.dtype, np.floating) and not np.isfinite(scored).all():
             # argmax takes a NaN for class 0 (a model broken by pruning scored the share of class 0 rows): NaN,
             # which no pruning decision keeps
-            logger.warning("--pruning_metric %s: %d of the %d logits are not finite; the metric is NaN", name,
-                           int((~np.isfinite(logits)).sum()), logits.size)
+            logger.warning("--pruning_metric %s: %d of the %d logits scored are not finite; the metric is NaN", name,
+                           int((~np.isfinite(scored)).sum()), scored.size)
             return {name: float("nan")}
         if multi_label_rows(config, logits, labels):
             return {name: headline_value(name, _multi_label(name, logits, labels))}
@@ -339,7 +340,8 @@ def generation_metrics(name: str, tokenizer, normalize=None):
                          f"metric ({', '.join(TEXT_METRICS[:5])}, ...), accuracy (whole-sequence exact match) or loss, "
                          "or pass a compute_metrics")
     # accuracy of generated text is whole-sequence exact match, in-process: the Hub's accuracy takes class ids only
-    metric = local_metric("accuracy") if name.lower() == "accuracy" else load_metric(name)
+    exact_match = name.lower().rsplit("/", 1)[-1] == "accuracy"  # evaluate-metric/accuracy too
+    metric = local_metric("accuracy") if exact_match else load_metric(name)
 
     def compute_metrics(eval_pred):
         predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions

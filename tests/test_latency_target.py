@@ -233,6 +233,11 @@ def test_a_decoder_alone_leaves_its_idle_cross_attention_out(tmp_path, target_ty
     report = json.loads((tmp_path / "pruning_report.json").read_text())
     assert report["final_sparsity"] > 0
     assert all(g["kept"] == g["original"] for name, g in report["groups"].items() if "encoder_attn" in name)
+    with pytest.raises(ValueError, match=r"nothing to prune: the cross-attention this model has \(decoder\.layers\.0"
+                                         r"\.encoder_attn, \.\.\.\) never runs without an encoder"):
+        AdaptivePruningTrainer(model=transformers.BartForCausalLM(tiny_seq2seq_config("bart")), train_dataset=data,
+                               args=make_args(tmp_path / "cross", pruning_metric="loss", pruning_roles="cross"),
+                               eval_dataset=data.select(range(16)))
 
 
 def test_the_table_times_the_model_without_autograd():

@@ -404,7 +404,11 @@ def test_nan_logits_score_nan_not_the_share_of_class_zero(caplog):
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         for name in ("accuracy", "f1", "matthews_correlation"):
             assert math.isnan(classification_metrics(name)(EvalPrediction(logits, labels))[name])
-    assert "--pruning_metric accuracy: 20 of the 20 logits are not finite; the metric is NaN" in caplog.text
+    assert "--pruning_metric accuracy: 20 of the 20 logits scored are not finite; the metric is NaN" in caplog.text
+    tokens = np.zeros((2, 3, 2), dtype=np.float32)  # token classification: a NaN where the label is padding counts not
+    tokens[1, 2] = np.nan
+    assert classification_metrics("accuracy")(EvalPrediction(tokens, np.array([[0, 0, 0], [0, 0, -100]]))) == \
+        {"accuracy": 1.0}
     multi = np.full((4, 3), np.nan, dtype=np.float32)
     assert math.isnan(classification_metrics("accuracy")(EvalPrediction(multi, np.zeros((4, 3))))["accuracy"])
     logits[3, 1] = 0.0
@@ -429,9 +433,10 @@ def test_generated_text_accuracy_is_exact_match_in_process_whatever_evaluate_loa
         def batch_decode(self, ids, skip_special_tokens=True):
             return [" ".join(f"w{i}" for i in row if i > 1) for row in ids]
 
-    metric = generation_metrics("accuracy", Tokenizer())
-    scores = metric(EvalPrediction(np.array([[2, 3, 1], [2, 4, 1]]), np.array([[2, 3, 1], [2, 3, 1]])))
-    assert scores == {"accuracy": 0.5}
+    for name in ("accuracy", "evaluate-metric/accuracy"):
+        metric = generation_metrics(name, Tokenizer())
+        scores = metric(EvalPrediction(np.array([[2, 3, 1], [2, 4, 1]]), np.array([[2, 3, 1], [2, 3, 1]])))
+        assert list(scores.values()) == [0.5]
 
 
 def test_load_metric_names_and_options(monkeypatch):

@@ -288,6 +288,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 logger.info("not pruned: %d cross-attention groups (%s, ...), which this model, having no encoder, "
                             "never runs", len(idle), idle[0])
                 self.pruning_groups = [g for g in self.pruning_groups if g.role != "cross"]
+                if not self.pruning_groups:
+                    raise ValueError(f"nothing to prune: the cross-attention this model has ({idle[0]}, ...) never "
+                                     "runs without an encoder; prune its other roles (--pruning_roles "
+                                     "decoder_self,decoder)")
         if not self.pruning_groups:
             raise ValueError(f"nothing to prune: no {' or '.join(kinds)} groups (--prune {args.prune}) with roles "
                              f"{sorted(roles)} in this model")
