@@ -567,13 +567,17 @@ def check_metric(name: str, task: str, usable, refused=(), only_usable: bool = F
         raise RecipeError(str(err)) from err
 
 
+def flag_names(unknown: list[str]) -> list[str]:
+    """The option names (``post_training`` for ``--post-training=true``) among the strings a parser left over."""
+    return [item[2:].partition("=")[0].replace("-", "_") for item in unknown if item.startswith("--")]
+
+
 def check_unused_flags(unknown: list[str], recipe: str) -> None:
     """Refuse the flags no arguments class of ``recipe`` took (as ``HfArgumentParser`` would); the text-classification
     recipe's ``--post_training`` options with what this recipe does instead."""
     if not unknown:
         return
-    names = [item[2:].partition("=")[0].replace("-", "_") for item in unknown if item.startswith("--")]
-    post_training = [f"--{name}" for name in names if name in POST_TRAINING_FLAGS]
+    post_training = [f"--{name}" for name in flag_names(unknown) if name in POST_TRAINING_FLAGS]
     if post_training:
         raise RecipeError(
             f"{', '.join(post_training)}: pruning without training serves encoder classifiers of the BERT family and "

@@ -73,8 +73,8 @@ from hf_adaprune.sentence_transformers.trainer import training_prompt
 from hf_adaprune.surgery import check_layer_removal, remove_layers
 
 from recipes.arguments import (RecipeError, check_integrations, check_output_dir, check_unused_flags,
-                               check_written_subfolders, data_file_extension, recipe_argv, remove_earlier_run_outputs,
-                               resolve_package_path, resumes_run_in, warn_folders_left)
+                               check_written_subfolders, data_file_extension, flag_names, recipe_argv,
+                               remove_earlier_run_outputs, resolve_package_path, resumes_run_in, warn_folders_left)
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
 from recipes.loading import is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
@@ -382,8 +382,7 @@ def check_unknown_flags(unknown: list[str]) -> None:
     go instead."""
     if not unknown:
         return
-    names = [item[2:].partition("=")[0].replace("-", "_") for item in unknown if item.startswith("--")]
-    deploy = [f"--{name}" for name in names if name in DEPLOY_FLAGS]
+    deploy = [f"--{name}" for name in flag_names(unknown) if name in DEPLOY_FLAGS]
     if deploy:
         raise RecipeError(
             f"{', '.join(deploy)}: the sentence-embeddings recipe has no deploy step (no --prune_vocabulary, "
