@@ -238,6 +238,15 @@ def test_half_precision_products_are_formed_in_float32():
         torch.testing.assert_close(sums, reference, rtol=1e-6, atol=0)
 
 
+def train_steps(model, importance, groups, n):
+    """``n`` backward passes over five fixed batches (weights unchanged), each scored."""
+    for step in range(n):
+        batch = text_batch(batch=6, seq=11, seed=100 + step % 5)
+        model(**batch, labels=torch.tensor([0, 1, 2, 0, 1, 2])).loss.backward()
+        assert importance.update(model, groups)
+        model.zero_grad()
+
+
 @pytest.mark.parametrize("ema, masked", [(0.0, 0.0), (0.9, 0.0), (0.0, 0.5)])
 def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema, masked):
     """A masked head gets no gradient: its score is held while the candidate is tried (it was averaged towards 0,
@@ -250,11 +259,7 @@ def test_a_masked_structure_keeps_its_score_until_its_mask_comes_back(ema, maske
     importance = TaylorImportance(ema=ema)
 
     def steps(n):
-        for step in range(n):
-            batch = text_batch(batch=6, seq=11, seed=100 + step % 5)
-            model(**batch, labels=torch.tensor([0, 1, 2, 0, 1, 2])).loss.backward()
-            assert importance.update(model, groups)
-            model.zero_grad()
+        train_steps(model, importance, groups, n)
 
     steps(10)
     name = "encoder.layer.0.attention"
@@ -313,11 +318,7 @@ def test_the_heads_and_neurons_of_a_layer_gated_off_keep_their_scores():
     importance = TaylorImportance(ema=0.9)
 
     def steps(n):
-        for step in range(n):
-            batch = text_batch(batch=6, seq=11, seed=100 + step % 5)
-            model(**batch, labels=torch.tensor([0, 1, 2, 0, 1, 2])).loss.backward()
-            assert importance.update(model, groups)
-            model.zero_grad()
+        train_steps(model, importance, groups, n)
 
     steps(10)
     inside = ["encoder.layer.0.attention", "encoder.layer.0.ffn"]
