@@ -58,6 +58,9 @@ def test_best_model_at_end_comes_back_with_its_own_masks(tmp_path):
     assert sorted(h["training_step"] for h in later if "metric" in h) == logged
     report = json.loads((tmp_path / "pruning_report.json").read_text())
     assert any(h["event"] == "best_checkpoint" for h in report["decisions"])
+    # in step order: the judgement of the checkpoint's candidate (its weights, its step) before the restore entry
+    stamped = [h["training_step"] for h in report["decisions"]]
+    assert stamped == sorted(stamped), report["decisions"]
 
 
 def test_best_model_at_end_before_any_kept_step_says_the_kept_steps_were_discarded(tmp_path):
@@ -80,12 +83,38 @@ def test_best_model_at_end_before_any_kept_step_says_the_kept_steps_were_discard
     restored, = [h for h in trainer.controller.state.history if h["event"] == "best_checkpoint"]
     kept = [h["ratio"] for h in restored["discarded"] if h["event"] == "keep"]
     assert kept and trainer.controller.state.ratio == 0.0
-    reason = ("training ended; load_best_model_at_end restored checkpoint-6, discarding the steps kept after it, at "
-              f"sparsity {', '.join(f'{ratio:.3f}' for ratio in kept)}")
+    steps = [h["training_step"] for h in restored["discarded"] if h["event"] == "keep"]
+    reason = ("training ended; load_best_model_at_end restored checkpoint-6, discarding the steps kept after it "
+              f"(sparsity {', '.join(f'{ratio:.3f} at step {step}' for ratio, step in zip(kept, steps))})")
     assert trainer.controller.state.stop_reason == reason
     trainer.save_model()
     assert f"ran but kept no pruning step (stopped: {reason}): nothing was removed" in \
         (tmp_path / "README.md").read_text()
+
+
+def test_a_best_checkpoint_taken_mid_candidate_is_judged_and_reported_in_step_order(tmp_path):
+    """The best checkpoint (step 10) holds the candidate proposed at step 6, judged at the end on its weights: the
+    report listed that judgement (step 10) after the restore entry (step 30)."""
+    trainer = None
+
+    def compute_metrics(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean()),
+                "score": -abs(trainer.state.global_step - 10)}
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
+        compute_metrics=compute_metrics,
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=5, save_strategy="steps", save_steps=5,
+                       load_best_model_at_end=True, metric_for_best_model="score", pruning_tolerance=1.0))
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-10")
+    history = trainer.controller.state.history
+    judged = [h for h in history if h["event"] == "keep"]
+    assert judged[-1]["training_step"] == 10, "the checkpoint's candidate, judged on its weights"
+    stamped = [h["training_step"] for h in history]
+    assert stamped == sorted(stamped), history
+    assert [h["event"] for h in history][-2:] == ["best_checkpoint", "stop"]
 
 
 def test_decision_evaluations_stay_out_of_on_evaluate_and_eval_curves(tmp_path):

@@ -868,8 +868,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 live = list(c.state.history)
                 self.load_pruning_state_dict(read_pruning_state(best))
                 logger.info("pruning state of the best checkpoint %s restored with its weights", best)
-                discarded = live[len(c.state.history):]
-                self._record_best_restored(best, discarded, now)
+                discarded = live[len(c.state.history):]  # recorded after the judgement below, in step order
             else:
                 logger.warning("best checkpoint %s has no %s: its weights stay under the last masks", best,
                                PRUNING_STATE_FILE)
@@ -877,7 +876,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         weights_step = now if best is None else checkpoint_step(best, now)
         if c.state.pending is not None and weights_step > self._last_prune_step:
             # judge the last step so the final masks are within tolerance; no further step: no training is left
+            # (on the best checkpoint's weights: stamped with its step)
             self._decide(weights_step, propose=False)
+        if best is not None:
+            self._record_best_restored(best, discarded, now)
         if c.state.pending is not None:  # proposed, but no training is left to recover from it
             logger.info("pruning: sparsity %.3f discarded, no training steps left to judge it", c.state.pending)
             c.state.history.append({"event": "discard", "ratio": c.state.pending, "reason": "no training steps left"})
@@ -891,9 +893,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             reason = (f"the best checkpoint ({os.path.basename(best)}) {BEST_BEFORE_REFERENCE}; what was pruned after "
                       "it is discarded")
         elif kept_after_best:  # the card would otherwise say the run kept no step
-            ratios = ", ".join(f"{h['ratio']:.3f}" for h in kept_after_best)
+            kept = ", ".join(f"{h['ratio']:.3f} at step {h.get('training_step', '?')}" for h in kept_after_best)
             reason = (f"training ended; load_best_model_at_end restored {os.path.basename(best)}, discarding the "
-                      f"steps kept after it, at sparsity {ratios}")
+                      f"steps kept after it (sparsity {kept})")
         else:
             reason = "training ended"
         c.stop(reason)
