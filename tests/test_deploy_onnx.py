@@ -585,6 +585,14 @@ def test_seq2seq_generate_takes_torch_tensors_and_any_integer_ids_and_refuses_fl
     np.testing.assert_array_equal(runner.generate(inputs.numpy().astype(np.int32), mask.int(), **ids), expected)
     with pytest.raises(TypeError, match="input_ids: got an array of float32; give int64 values"):
         runner.generate(inputs.float(), mask, **ids)
+    # a tokenizer's output unpacked (**tokenizer(...)): input_ids= names the inputs (it was a TypeError)
+    np.testing.assert_array_equal(runner.generate(**batch_inputs(batch), **ids), expected)
+    with pytest.raises(TypeError, match=r"generate takes the inputs once \(inputs, input_ids= or input_features=\)"):
+        runner.generate(inputs, input_ids=inputs, **ids)
+
+
+def batch_inputs(batch):
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 def test_whisper_generate_takes_torch_and_half_precision_features(tmp_path):
@@ -595,6 +603,7 @@ def test_whisper_generate_takes_torch_and_half_precision_features(tmp_path):
     kwargs = dict(max_new_tokens=6, decoder_start_token_id=model.generation_config.decoder_start_token_id)
     expected = runner.generate(features.numpy(), **kwargs)
     np.testing.assert_array_equal(runner.generate(features, **kwargs), expected)
+    np.testing.assert_array_equal(runner.generate(input_features=features, **kwargs), expected)  # **processor(...)
     np.testing.assert_array_equal(runner.generate(features.numpy().astype(np.float16).astype(np.float32), **kwargs),
                                   runner.generate(features.half(), **kwargs))
 

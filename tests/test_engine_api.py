@@ -156,11 +156,14 @@ def test_a_wrapped_model_is_refused_with_unwrap_it_first(tmp_path, entry):
     assert model.bert.encoder.layer[0].intermediate.dense.out_features == 37  # nothing compacted
 
 
-@pytest.mark.parametrize("entry", ["attach_masks", "compact", "save_pruned", "post_training_prune"])
+@pytest.mark.parametrize("entry", ["attach_masks", "compact", "save_pruned", "post_training_prune", "quantize_int8",
+                                   "prune_positions", "export_onnx", "model_profile"])
 def test_a_torch_compile_wrapper_is_refused_before_anything_changes(tmp_path, entry):
     """torch.compile(model) returns an OptimizedModule that forwards config and base_model: it was accepted, then
     save_pruned compacted the model inside and failed on the wrapper with AttributeError, writing nothing."""
+    from hf_adaprune.deploy import export_onnx, prune_positions, quantize_int8
     from hf_adaprune.post_training import post_training_prune
+    from hf_adaprune.reporting.flops import model_profile
 
     model = tiny_model("bert")
     masks = attach_masks(model)
@@ -171,6 +174,10 @@ def test_a_torch_compile_wrapper_is_refused_before_anything_changes(tmp_path, en
         "compact": lambda: compact(compiled),
         "save_pruned": lambda: save_pruned(compiled, tmp_path / "out"),
         "post_training_prune": lambda: post_training_prune(compiled, [labelled(0)], 0.5, progress=False),
+        "quantize_int8": lambda: quantize_int8(compiled),
+        "prune_positions": lambda: prune_positions(compiled, 16),
+        "export_onnx": lambda: export_onnx(compiled, tmp_path / "out"),
+        "model_profile": lambda: model_profile(compiled, 16),
     }
     with pytest.raises(TypeError, match=r"OptimizedModule wraps a BertForSequenceClassification: torch.compile\(model\) "
                                         r"returns a wrapper, and hf_adaprune prunes the model itself. Pass "
@@ -178,6 +185,7 @@ def test_a_torch_compile_wrapper_is_refused_before_anything_changes(tmp_path, en
         calls[entry]()
     assert not (tmp_path / "out").exists()
     assert model.bert.encoder.layer[0].attention.self.query.out_features == 32 and get_masks(model) is masks
+    assert model.config.max_position_embeddings == 64  # prune_positions changed nothing
 
 
 def test_masks_attached_to_a_model_compiled_in_place_reach_its_outputs(caplog):

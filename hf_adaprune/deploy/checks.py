@@ -7,7 +7,11 @@ import os
 
 def check_transformers_model(model, function: str) -> None:
     """Refuse, before any work, anything but a transformers model given to ``function``, saying what to pass
-    instead: a folder is loaded first, a SentenceTransformer gives its transformer."""
+    instead: a folder is loaded first, a SentenceTransformer gives its transformer; a wrapper (``torch.compile``,
+    DDP) is refused naming the model it wraps."""
+    from ..families.registry import check_not_wrapped
+
+    check_not_wrapped(model)
     if hasattr(model, "main_input_name"):
         return
     hint = ""

@@ -366,12 +366,12 @@ class OnnxSeq2Seq:
         config = folder / "config.json"
         self.config = json.loads(config.read_text()) if config.is_file() else {}
 
-    def generate(self, inputs, attention_mask=None, *,
+    def generate(self, inputs=None, attention_mask=None, *,
                  decoder_start_token_id: int | None = None, eos_token_id: int | None = None,
                  pad_token_id: int | None = None, max_new_tokens: int | None = None,
                  forced_eos_token_id: int | None = None, use_cache: bool | None = None,
                  generation_config=None, language: str | list[str] | None = None,
-                 task: str | None = None) -> np.ndarray:
+                 task: str | None = None, input_ids=None, input_features=None) -> np.ndarray:
         """Greedy tokens; ``use_cache``: None uses the past key values when the folder has their graph.
         ``inputs`` / ``attention_mask``: numpy arrays or torch tensors (ids of any integer type; Whisper's features
         are run in float32).
@@ -391,7 +391,12 @@ class OnnxSeq2Seq:
         its ones. ``max_new_tokens`` None: the generation config's ``max_new_tokens``, else its ``max_length``
         (prompt included, at most ``max_target_positions``). ``language`` (one, or one per row) and ``task``
         (``"transcribe"`` / ``"translate"``): as ``generate`` takes them. Temperature fallback, no-speech
-        skipping and other logits processors of the generation config are not applied."""
+        skipping and other logits processors of the generation config are not applied. ``input_ids=`` /
+        ``input_features=`` name ``inputs`` as a tokenizer's or processor's output does (``**tokenizer(...)``)."""
+        given = [value for value in (inputs, input_ids, input_features) if value is not None]
+        if len(given) != 1:
+            raise TypeError(f"generate takes the inputs once (inputs, input_ids= or input_features=); got {len(given)}")
+        inputs = given[0]
         if use_cache and self.decoder_with_past is None:
             raise ValueError(f"use_cache=True needs {SEQ2SEQ_FILES[2]} next to the decoder: export again "
                              "with export_onnx")

@@ -129,7 +129,7 @@ def post_training_prune(
     earlier layers is corrected too), ``"dense_output"`` (the dense model's projection output) or
     ``"same_input"`` (the dense projection of the pruned model's own input); see :mod:`dense_targets`.
     ``normalize_scores``: divide each layer's scores by their L2 norm before the global ranking (the
-    trainer's default); False (default) ranks the raw per-example scores, which estimate the loss change on one
+    trainer's ``pruning_normalize_scores=True``); False (default, as the trainer's) ranks the raw per-example scores, which estimate the loss change on one
     scale. A group is re-fit only on at least 2 x (its kept input columns + 1) real tokens
     (:func:`~hf_adaprune.post_training.refit.refit_token_floor`); below that it keeps its weights, with a
     warning, and ``result.refit_skipped`` names it.
