@@ -364,6 +364,6 @@ def test_a_candidate_judged_on_the_best_checkpoint_carries_its_step(tmp_path):
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-18")
     report = json.loads((tmp_path / "pruning_report.json").read_text())
     assert report["final_check"]["step"] == 18
-    judged = report["decisions"][-2]  # then the stop, at the step training ended
+    judged = report["decisions"][-3]  # then the restore entry and the stop, at the step training ended
     assert (judged["event"], judged["ratio"], judged["training_step"]) == ("keep", 0.8, 18), report["decisions"]
-    assert report["decisions"][-1]["event"] == "stop"
+    assert [d["event"] for d in report["decisions"][-2:]] == ["best_checkpoint", "stop"]
