@@ -271,9 +271,8 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         """The pruned model's card, with the card arguments ``Trainer.create_model_card`` takes (a README.md of the
         user's own stays, the card goes beside it). The values given are kept (each until given again): the card a
         later ``save_model()`` writes keeps them."""
-        given = dict(language=language, license=license, tags=tags, model_name=model_name,
-                     finetuned_from=finetuned_from, dataset=dataset)
-        self._card_args = {**self.card_args(), **{k: v for k, v in given.items() if v is not None}}
+        self.set_card_args(language=language, license=license, tags=tags, model_name=model_name,
+                           finetuned_from=finetuned_from, dataset=dataset)
         if not self.is_world_process_zero():
             return
         with open(card_path(self.args.output_dir), "w") as f:
