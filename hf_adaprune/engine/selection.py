@@ -382,6 +382,11 @@ def structure_multiple(group, multiple_of: int) -> int:
     return 1
 
 
+def _floor_in_multiples(count: int, floor: int, multiple: int) -> int:
+    """The fewest of ``count`` structures a group rounded to ``multiple`` keeps: its floor, rounded up."""
+    return -(-_floor_for(count, floor) // multiple) * multiple
+
+
 def round_kept(score: torch.Tensor, current: torch.Tensor, selected: torch.Tensor, multiple: int,
                floor: int) -> torch.Tensor:
     """``selected`` with its kept count rounded to the nearest multiple of ``multiple`` that the structures alive
@@ -392,7 +397,7 @@ def round_kept(score: torch.Tensor, current: torch.Tensor, selected: torch.Tenso
     if kept == alive_count or alive_count < multiple:  # fewer alive than the multiple (masks pruned without
         return selected  # rounding, resumed with it): no multiple fits, and rounding down would empty the group
     rounded = min(int(math.floor(kept / multiple + 0.5)) * multiple, alive_count // multiple * multiple)
-    least = -(-_floor_for(selected.numel(), floor) // multiple) * multiple
+    least = _floor_in_multiples(selected.numel(), floor, multiple)
     rounded = max(rounded, min(least, alive_count // multiple * multiple))
     ranked = score.detach().float().cpu().clone()
     ranked[~alive.cpu()] = -math.inf
@@ -430,7 +435,7 @@ def rounding_limit(groups, sizes: dict[str, int], target: float, multiple_of: in
         example = None
         for group in named:
             width, unit = sizes[group.name], structure_multiple(group, multiple_of)
-            least = min(width, -(-_floor_for(width, (floors or {}).get(kind, 1)) // unit) * unit)
+            least = min(width, _floor_in_multiples(width, (floors or {}).get(kind, 1), unit))
             units = [structure_cost(costs, group.name, index) for index in range(width)]
             total += sum(units)
             prunable += _most_prunable(units, least)
