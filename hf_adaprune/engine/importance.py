@@ -287,20 +287,18 @@ class TaylorImportance(Importance):
         # values are divided by their sum over the structures it scores (not those held), and given the share of
         # the scores those structures hold (1 when none is held): held and new scores stay on one scale, so a
         # candidate rolled back returns its structures at the rank they had
-        totals, shares = {}, {}
+        totals, shares = {}, {}  # per scale: the step's sum, and what the scored structures hold (None: unknown)
         for group in groups:
-            key, value = group.kind == "layers", batch[group.name]
+            key, value, previous = group.kind == "layers", batch[group.name], self._scores.get(group.name)
             scored = ~held[group.name] if group.name in held else None
-            totals[key] = totals.get(key, 0.0) + float(value.sum() if scored is None else value[scored].sum())
-            if held:
-                previous = self._scores.get(group.name)
-                mine = None if previous is None or previous.shape != value.shape else \
-                    float(previous.sum() if scored is None else previous[scored].sum())
-                shares[key] = None if mine is None or shares.get(key, 0.0) is None else shares.get(key, 0.0) + mine
+            totals[key] = totals.get(key, 0.0) + _scored_sum(value, scored)
+            known = previous is not None and previous.shape == value.shape
+            shares.setdefault(key, []).append(_scored_sum(previous, scored) if known else None)
         # all gradients zero, or an overflow (fp16 loss scaling: the optimizer skips the step): nothing to learn
         if any(not math.isfinite(total) or total <= 0 for total in totals.values()):
             return False
-        scale = {key: (shares.get(key) or 1.0) / total for key, total in totals.items()}
+        scale = {key: ((sum(shares[key]) if held and None not in shares[key] else 0.0) or 1.0) / total
+                 for key, total in totals.items()}
         batch = {g.name: batch[g.name] * scale[g.kind == "layers"] for g in groups}
         self.num_updates += 1
         for group in groups:
@@ -336,6 +334,11 @@ class TaylorImportance(Importance):
             if bool(below.any()):
                 held[group.name] = below
         return held
+
+
+def _scored_sum(values: torch.Tensor, scored: torch.Tensor | None) -> float:
+    """The sum of ``values`` where ``scored`` holds (None: all of them)."""
+    return float(values.sum() if scored is None else values[scored].sum())
 
 
 class FisherImportance(TaylorImportance):
