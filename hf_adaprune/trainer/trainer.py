@@ -983,10 +983,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.earlier_distillation = state.get("earlier_distillation")
         self.load_teacher_state(state.get("teacher"), saved_args)
         self.load_candidate_state_dict(state)
-        saved, measured = state.get("latency_costs"), pruning_arguments(self.args)
+        saved = state.get("latency_costs")
         groups = {group.name for group in self.pruning_groups}
         if saved and self.args.pruning_target_type == "latency" and groups <= set(saved) and all(
-                (state.get("arguments") or {}).get(k) == measured.get(k) for k in LATENCY_TABLE_ARGUMENTS):
+                saved_args.get(k) == now.get(k) for k in LATENCY_TABLE_ARGUMENTS):
             # a table saved before layers had their own entries: its groups' (each layer then costs the average)
             self.costs = {name: saved[name] for name in self.costs if name in saved}
 
