@@ -410,6 +410,54 @@ def test_a_second_train_is_refused_instead_of_fine_tuning_without_pruning(tmp_pa
     assert trainer.state.global_step == steps
 
 
+def test_a_trainer_whose_model_another_trainer_compacted_refuses_before_training(tmp_path):
+    # two trainers on one model object (a notebook cell run twice): the first compacts the model at its end; the
+    # second trained its whole warm-up and then failed with an AttributeError at the reference
+    model = tiny_model("bert")
+    first = make_trainer(tmp_path / "a", model=model, max_steps=12)
+    second = make_trainer(tmp_path / "b", model=model, max_steps=12, pruning_target=0.3)
+    first.train()
+    with pytest.raises(RuntimeError, match="no longer carries the masks this trainer attached.*compacted since.*"
+                                           "Build a new AdaptivePruningTrainer"):
+        second.train()
+    assert second.state.global_step == 0
+
+
+def test_pruning_arguments_changed_after_the_trainer_was_built_are_refused(tmp_path):
+    # the controller keeps the values it was built with: the run pruned to 0.5 while its card said "Target: 0.8"
+    trainer = make_trainer(tmp_path, max_steps=12)
+    trainer.args.pruning_target = 0.8
+    with pytest.raises(ValueError, match=r"pruning arguments changed since this trainer was built \(pruning_target "
+                                         r"0.5 -> 0.8\)"):
+        trainer.train()
+
+
+def test_the_report_keeps_the_arguments_of_its_run_when_shared_arguments_change_later(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=12)
+    trainer.train()
+    trainer.args.pruning_target, trainer.args.pruning_tolerance = 0.6, 0.01  # reused for the next trainer
+    summary = trainer.pruning_summary()
+    assert (summary.target, summary.tolerance) == (0.5, 0.3)
+
+
+def test_a_model_an_earlier_run_left_masked_is_refused(tmp_path):
+    # with compact_at_end=False the second trainer started from the first one's masks and reported them as its own
+    first = make_trainer(tmp_path / "a", max_steps=12, compact_at_end=False)
+    first.train()
+    assert first.controller.state.selected > 0
+    with pytest.raises(ValueError, match="the model's pruning masks already remove [0-9]+ heads, neurons or layers "
+                                         r".*compact it first \(hf_adaprune.compact\(model\)"):
+        make_trainer(tmp_path / "b", model=first.model, pruning_target=0.3)
+
+
+def test_refusals_of_a_second_train_name_the_seq2seq_trainer(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=12)
+    trainer.train()
+    trainer.__class__ = type("AdaptivePruningSeq2SeqTrainer", (type(trainer),), {})
+    with pytest.raises(RuntimeError, match="an AdaptivePruningSeq2SeqTrainer with this model"):
+        trainer.train()
+
+
 def test_training_that_ends_before_the_reference_says_nothing_was_pruned(tmp_path, caplog):
     trainer = make_trainer(tmp_path, max_steps=4, pruning_warmup_steps=6)
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):

@@ -12,7 +12,7 @@ from ..reporting.report import (CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card
 from ..reporting.report import removed_layers as removed_layers_of
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure, removed_layers
-from .arguments import prune_kinds
+from .arguments import prune_kinds, pruning_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +69,24 @@ class PruningReportMixin:
         metrics = [h for h in history if "metric" in h and h["event"] in ("reference", "keep")]
         with self._last_decided_masks():  # a candidate not judged yet is not what a save writes
             groups, removed = kept_structure(self.pruned_model), removed_layers(self.pruned_model)
+        # the values the run was set up with: arguments shared with a later trainer may have been changed since
+        args = getattr(self, "setup_arguments", None) or pruning_arguments(self.args)
         return PruningSummary(
             base_model=getattr(self.pruned_model.config, "_name_or_path", None) or None,
             dataset=self.dataset_name,
             model_name=os.path.basename(os.path.abspath(self.args.output_dir)),
-            criterion=self.args.pruning_criterion,
+            criterion=args["pruning_criterion"],
             metric_name=self.pruning_metric,
             metric_key=self.metric_key,
             greater_is_better=self.controller.greater_is_better,
             metric_before=self.controller.state.reference,
             metric_after=metrics[-1]["metric"] if metrics else None,
-            tolerance=self.args.pruning_tolerance,
-            tolerance_type=self.args.pruning_tolerance_type,
-            target=self.args.pruning_target,
-            target_type=self.args.pruning_target_type,
-            schedule=self.args.pruning_schedule,
-            structures=",".join(getattr(self, "pruned_kinds", None) or prune_kinds(self.args.prune)),
+            tolerance=args["pruning_tolerance"],
+            tolerance_type=args["pruning_tolerance_type"],
+            target=args["pruning_target"],
+            target_type=args["pruning_target_type"],
+            schedule=args["pruning_schedule"],
+            structures=",".join(getattr(self, "pruned_kinds", None) or prune_kinds(args["prune"])),
             final_check=self.final_check,
             final_sparsity=self.controller.state.selected,
             stop_reason=self.controller.state.stop_reason,

@@ -119,6 +119,19 @@ def is_checkpoint_save(output_dir: str | None, internal_call: bool) -> bool:
         os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
 
 
+def check_not_masked(model) -> None:
+    """A model whose attached masks already zero structures (an earlier run with ``compact_at_end=False``, or a
+    ``train()`` that stopped) would start pruning from them, and the report would count them as this run's."""
+    masks = get_masks(model)
+    masked = 0 if masks is None else sum(int((mask < 1).sum()) for mask in masks.masks.values())
+    if masked:
+        raise ValueError(
+            f"the model's pruning masks already remove {masked} heads, neurons or layers (left by an earlier run with "
+            "compact_at_end=False, or by a train() that stopped): compact it first (hf_adaprune.compact(model), or "
+            "save_pruned and load the folder), then build the trainer on it; its report then counts that pruning as "
+            "where the run started")
+
+
 class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationMixin, DatasetOrderEvalMixin):
     """Everything pruning adds to a Trainer; mixed into ``Trainer`` and ``Seq2SeqTrainer``.
 
@@ -253,6 +266,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self._warn_unread_latency_options(model)
         kinds = prune_kinds(args.prune)
         had_masks = get_masks(model) is not None
+        check_not_masked(model)
         masks = attach_masks(model, layers="layers" in kinds)
         try:
             self._setup_with_masks(model, masks, kinds)
@@ -261,6 +275,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 detach_masks(model)
             raise
         self._frozen_unsaved = freeze_unsaved_parameters(model)  # before the optimizer is built
+        # what train() checks is still so: the controller, groups and costs were made from these
+        self.setup_masks, self.setup_arguments = masks, pruning_arguments(args)
         if self._frozen_unsaved:
             logger.info("frozen: %s, which saving leaves out (training them would change what no saved folder "
                         "keeps)", ", ".join(self._frozen_unsaved))
@@ -1010,11 +1026,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                         "its model is not pruned")
                 raise RuntimeError(
                     f"{what}; a second train() would fine-tune it without pruning. Build a new trainer to prune it: an "
-                    "AdaptivePruningTrainer with this model and more max_steps or a smaller pruning_warmup_steps")
+                    f"{type(self).__name__} with this model and more max_steps or a smaller pruning_warmup_steps")
             raise RuntimeError(
                 f"this trainer has already pruned its model (stopped: {c.state.stop_reason}); a second train() would "
-                "fine-tune it without pruning. Build a new trainer: an AdaptivePruningTrainer with this model to "
+                f"fine-tune it without pruning. Build a new trainer: an {type(self).__name__} with this model to "
                 "prune it further, or a plain Trainer to fine-tune it more")
+        if self.model_init is None:  # model_init: train() sets pruning up again, on a fresh model, from self.args
+            self._check_unchanged_since_setup()
         self.check_eval_dataset(self.eval_dataset)  # as when the trainer was built: it may have been assigned since
         if self.args.should_save:
             check_writable(self.args.output_dir)
@@ -1041,6 +1059,24 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                "checkpoint past its end the batches that follow differ from the uninterrupted run's")
         self._forget_evaluation_prepare()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _check_unchanged_since_setup(self) -> None:
+        """The model still carries the masks this trainer attached, and its pruning arguments are those it was built
+        with: the controller, the groups and their costs were made from both when the trainer was built."""
+        masks = get_masks(self.pruned_model)
+        if masks is not self.setup_masks or masks.detached:
+            raise RuntimeError(
+                "the model no longer carries the masks this trainer attached when it was built: it was compacted "
+                "since (save_pruned, compact(), another trainer's train()) or its masks were detached. Build a new "
+                f"{type(self).__name__} on the model as it is now")
+        changed = {name: value for name, value in pruning_arguments(self.args).items()
+                   if self.setup_arguments.get(name) != value}
+        if changed:
+            raise ValueError(
+                "pruning arguments changed since this trainer was built (" + ", ".join(
+                    f"{name} {self.setup_arguments.get(name)!r} -> {value!r}" for name, value in changed.items())
+                + "): the controller, the pruned groups and their costs were set up from the earlier values. Build a "
+                f"new {type(self).__name__} with the arguments as they are now")
 
     def _forget_evaluation_prepare(self) -> None:
         """On several processes, an ``evaluate()`` before ``train()`` prepares the bare model for evaluation, and
