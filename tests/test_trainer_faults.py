@@ -202,6 +202,23 @@ def test_resume_with_new_arguments_refuses_another_metric_once_the_reference_was
     assert trainer.state.global_step == 0
 
 
+@pytest.mark.parametrize("change", [dict(pruning_criterion="fisher"), dict(pruning_score_ema=0.5),
+                                    dict(prune="heads,ffn,layers")])
+def test_resume_from_a_decision_step_with_scores_that_start_again_waits_for_them(tmp_path, change):
+    # the checkpoint at step 12 was written right after a decision, the next candidate due at the next step: its
+    # scores, reset (another criterion, an EMA) or missing (a kind added), failed with "no importance scores yet"
+    base = dict(max_steps=18, pruning_target=0.6, pruning_tolerance=10.0, save_strategy="steps", save_steps=12)
+    make_trainer(tmp_path, **base).train()
+    assert read_pruning_state(tmp_path / "checkpoint-12")["controller"]["pending"] is None
+    resumed = make_trainer(tmp_path, **{**base, "save_strategy": "no", "max_steps": 30,
+                                        "pruning_resume_with_new_arguments": True, **change})
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-12"))
+    tried = [(d["event"], d["training_step"]) for d in resumed.controller.state.history if d["event"] != "reference"]
+    after = [entry for entry in tried if entry[1] is not None and entry[1] > 12]
+    assert after and after[0][0] in ("keep", "rollback"), tried
+    assert resumed.controller.state.selected > 0.2
+
+
 def test_resume_on_another_number_of_processes_warns(run_with_checkpoints, tmp_path, caplog):
     out = copy_run(run_with_checkpoints, tmp_path / "run")
     path = out / "checkpoint-24" / PRUNING_STATE_FILE

@@ -141,6 +141,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     arguments_class = PruningArguments
     check_eval_dataset = staticmethod(check_eval_dataset)  # the sentence-transformers trainer has its own rules
     _checkpoint_push_said = False  # the warning that checkpoints are not pushed was logged
+    _scored_this_run = False  # an optimizer step of the current train() has updated the scores
 
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
         # before Trainer.__init__, which may fail on what other arguments lack (Seq2SeqTrainer: generation_config)
@@ -440,12 +441,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self.accelerator.sync_gradients and not self.controller.state.done:
             reduce_layer_taylor(self.accelerator, get_masks(self.pruned_model))
             self.importance.update(self.pruned_model, self.pruning_groups)
+            self._scored_this_run = True
         return loss
 
     # -- schedule: the public steps PruningCallback calls ---------------------------------------------
     def begin_pruning(self) -> None:
         """At ``on_train_begin``: restore a resumed state, check the schedule and the metric, maybe start."""
         args, state = self.args, self.state
+        self._scored_this_run = False
         masks = get_masks(self.pruned_model)
         if masks is not None:  # the model may have been placed after the masks were made (fp16_full_eval, ...)
             masks.to(next(self.pruned_model.parameters()).device)
@@ -533,9 +536,19 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._propose_if_judgeable(step)
 
     def _propose_if_judgeable(self, step: int) -> None:
-        """Mask the controller's next candidate, unless nothing could judge it (see :meth:`_can_judge_after`)."""
-        if self._can_judge_after(step):
+        """Mask the controller's next candidate, unless nothing could judge it (see :meth:`_can_judge_after`) or
+        some pruned group has no score yet: a run resumed under another criterion or score EMA, or pruning a kind
+        more, starts scoring again; the candidate waits for the first optimizer step to score every group."""
+        if self._can_judge_after(step) and not self._waiting_for_scores():
             self._apply_ratio(self.controller.propose(), step)
+
+    def _waiting_for_scores(self) -> bool:
+        """Some pruned group has no score and no optimizer step of this ``train()`` has scored yet (after one has,
+        a group still without scores is an error, which selection raises)."""
+        if self._scored_this_run:
+            return False
+        scored = self.importance.scores(self.pruned_model, self.pruning_groups)
+        return not all(group.name in scored for group in self.pruning_groups)
 
     def _decide(self, step: int, propose: bool = True) -> None:
         """Judge the pending step; then, with ``propose``, unless the controller stopped or nothing could judge it,
@@ -972,7 +985,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         masks = get_masks(self.pruned_model)
         state = without_unpruned_groups(state, {group.name for group in self.pruning_groups}, masks.state_dict())
         get_masks(self.pruned_model).load_state_dict(state["masks"])
-        self._accepted_masks = state["accepted_masks"]
+        # a kind this run prunes more (--prune with layers added) has no accepted masks in the checkpoint: all kept
+        self._accepted_masks = {**get_masks(self.pruned_model).state_dict(), **state["accepted_masks"]}
         saved_args, now = state.get("arguments") or {}, pruning_arguments(self.args)
         other_scores = [k for k in ("pruning_criterion", "pruning_score_ema") if k in saved_args
                         and saved_args[k] != now.get(k)]
