@@ -213,3 +213,13 @@ def test_int8_embedding_rows_are_rounded_with_a_scale_of_their_own():
     assert ((got - reference).abs() <= bound).all()
     # the small rows keep their values (the padding row is zero in both)
     assert torch.equal(got.abs().amax(dim=1) > 0, reference.abs().amax(dim=1) > 0)
+
+
+def test_save_pruned_of_an_int8_model_is_refused_naming_save_int8(tmp_path):
+    # transformers failed with "'torch.dtype' object has no attribute 'data_ptr'" and left an empty folder
+    model = weighty_model()
+    quantized = save_int8(model, tmp_path / "int8")
+    with pytest.raises(ValueError, match=r"the model is int8 .*save_int8\(float_model, folder\) writes the int8 "
+                                         r"folder, load_int8\(folder\) reads it"):
+        save_pruned(quantized, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

@@ -753,3 +753,24 @@ def test_unigram_added_tokens_among_the_decoder_tokens_are_refused():
         prune_vocabulary(model, tokenizer, sst2_sentences(n=20), target_texts=["<product> is great"],
                          decoder_vocabulary=True)
     assert torch.equal(model.model.shared.weight, before)  # refused before the model was sliced
+
+
+def test_saving_or_factoring_with_the_tokenizer_a_vocabulary_was_pruned_from_is_refused(tmp_path):
+    # the folder held the 30,522-token tokenizer beside a smaller table: ids past its rows failed, others read
+    # other tokens' rows; factor_embeddings counted the old ids and factored the common tokens' rows
+    from hf_adaprune.deploy import factor_embeddings, save_int8
+
+    tokenizer = minilm_tokenizer()
+    model = pruned(tiny_bert(tokenizer.vocab_size))
+    smaller = prune_vocabulary(model, tokenizer, sst2_sentences(n=200))
+    rows = model.get_input_embeddings().num_embeddings
+    assert len(smaller) == rows < len(tokenizer)
+    refusal = f"the tokenizer has {len(tokenizer)} tokens but the model's input embedding only {rows} rows"
+    for call in (lambda: save_pruned(model, tmp_path / "a", tokenizer=tokenizer),
+                 lambda: save_int8(copy.deepcopy(model), tmp_path / "b", tokenizer=tokenizer),
+                 lambda: factor_embeddings(model, tokenizer, sst2_sentences(n=50), full_rows=rows // 2, rank=4)):
+        with pytest.raises(ValueError, match=refusal):
+            call()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    save_pruned(model, tmp_path / "c", tokenizer=smaller)
+    assert len(transformers.AutoTokenizer.from_pretrained(tmp_path / "c")) == rows

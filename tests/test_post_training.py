@@ -173,6 +173,29 @@ def test_post_training_prune_leaves_the_dense_model_alone_and_creates_no_optimiz
         "calibration_rows": 64}
 
 
+def test_a_save_into_the_folder_of_another_pruning_removes_that_run_s_report_and_card(tmp_path, caplog):
+    # post_training_prune(output_dir=) over a trainer's folder left its card and pruning_report.json describing the
+    # earlier model beside the new one (a push uploaded them); the trainer's save left post_training_report.json
+    from test_trainer import make_trainer
+
+    trainer = make_trainer(tmp_path, max_steps=12)
+    trainer.train()
+    trainer.save_model()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert {"README.md", "pruning_report.json", "pruning_curve.png", "training_args.bin"} <= {
+        p.name for p in tmp_path.iterdir()}
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        post_training_prune(tiny_model("bert"), labelled_examples(32), 0.5, data_collator=pad_collator, batch_size=8,
+                            seq_len=16, progress=False, output_dir=tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not names & {"README.md", "pruning_report.json", "pruning_curve.png", "pruning_layers.png",
+                        "training_args.bin"}
+    assert {"post_training_report.json", "notes.txt", "config.json"} <= names
+    assert "which described the model saved there before" in caplog.text
+    trainer.save_model()
+    assert "post_training_report.json" not in {p.name for p in tmp_path.iterdir()}
+
+
 def test_scores_of_an_earlier_call_give_the_same_selection_without_a_scoring_pass():
     model = tiny_model("bert")
     rows = labelled_examples(48)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..hub.save import check_tokenizer_fits
 from ..input_grad_hooks import without_input_grad_hooks
 from ..layout import FactoredEmbedding, empty_record, read_record, set_attribute, write_record
 from .checks import check_transformers_model
@@ -87,6 +88,8 @@ def factor_embeddings(model, tokenizer=None, texts: Iterable[str] = (), *, token
     texts = list(texts)
     if texts and tokenizer is None:
         raise ValueError("texts need the model's tokenizer: factor_embeddings(model, tokenizer, texts, ...)")
+    if tokenizer is not None:  # the tokenizer a vocabulary was pruned from would count other tokens' ids
+        check_tokenizer_fits(model, tokenizer)
     counts = token_row_counts(tokenizer, texts, tokenized=tokenized, table_size=tokens)
     if not counts:
         raise ValueError("no texts or rows to count: pass the texts the model will read (its training inputs)")

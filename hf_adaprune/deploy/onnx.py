@@ -32,7 +32,7 @@ from torch import nn
 from ..engine.masks import get_masks
 from ..families.registry import readable_positions
 from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
-from ..hub.save import check_save_request, move_into
+from ..hub.save import check_save_request, check_tokenizer_fits, move_into
 from ..modes import restore_modes, training_modes
 from ..plain_forward import plain_forward
 from ..surgery import compact
@@ -161,6 +161,7 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
         raise ValueError("ONNX export starts from a float32 model; call model.float() first "
                          "(quantize the exported graph with quantize_onnx)")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
+    check_tokenizer_fits(model, tokenizer, processor)
     _check_not_a_model_folder(Path(save_directory))
     with plain_forward(model):  # a model trained with --bf16 / --fp16: the graph computes in float32 as saved
         if not model.config.is_encoder_decoder:  # a head whose outputs it cannot export: refused before compact

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..engine.masks import get_masks
 from ..hub import AutoPrunedModel, save_pruned
-from ..hub.save import check_save_request, write_through_temporary
+from ..hub.save import check_save_request, check_tokenizer_fits, write_through_temporary
 from ..plain_forward import drop_autocast_forward
 from ..surgery import compact
 from .checks import check_transformers_model
@@ -112,6 +112,7 @@ def save_int8(model, save_directory, tokenizer=None, processor=None):
     A model with masks attached is compacted first, in place, as :func:`save_pruned` compacts it."""
     _check_backend(model, "save_int8")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
+    check_tokenizer_fits(model, tokenizer, processor)
     if get_masks(model) is not None:
         compact(model)
     quantized = quantize_int8(model)

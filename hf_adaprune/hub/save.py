@@ -148,6 +148,11 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
         raise ValueError("save_pruned writes safetensors only (transformers 5 saves no other format): leave "
                          "safe_serialization out")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
+    if any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules()):
+        raise ValueError("the model is int8 (quantize_int8 / save_int8 / load_int8 output), which transformers' "
+                         "save_pretrained cannot write: save_int8(float_model, folder) writes the int8 folder, "
+                         "load_int8(folder) reads it")
+    check_tokenizer_fits(model, tokenizer, processor)
     compact(model)  # also gives the model a class whose save_pretrained writes the remote code and auto_map
     if not kwargs.get("is_main_process", True):  # as transformers: only the main process writes (nor removes) files
         return Path(save_directory)
@@ -189,6 +194,24 @@ def check_save_request(save_directory, **extras) -> None:
                                                                                                None))):
             raise TypeError(f"{name}= got a {type(extra).__name__}: pass the model's tokenizer or processor (its "
                             "files are saved beside the model's)")
+
+
+def check_tokenizer_fits(model, tokenizer=None, processor=None) -> None:
+    """Refuse a tokenizer (or a processor's) with more tokens than ``model``'s input embedding has rows: the one a
+    vocabulary was pruned from (``prune_vocabulary`` returns the tokenizer of the smaller table), whose ids the
+    saved folder would read into rows it lacks or into other tokens' rows."""
+    text_tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+    if text_tokenizer is None or not hasattr(text_tokenizer, "__len__"):
+        return
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # a speech encoder (CTC): no token table
+        return
+    rows = getattr(embeddings, "num_embeddings", None)
+    if isinstance(rows, int) and len(text_tokenizer) > rows:
+        raise ValueError(f"the tokenizer has {len(text_tokenizer)} tokens but the model's input embedding only {rows} "
+                         "rows: it is not this model's tokenizer (after prune_vocabulary, pass the tokenizer it "
+                         "returned; a trainer saves its processing_class: trainer.processing_class = that tokenizer)")
 
 
 def save_beside_model(extra, folder) -> None:

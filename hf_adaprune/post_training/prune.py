@@ -30,11 +30,12 @@ from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, 
 from ..families import (UnsupportedModelError, check_sequence_length, find_groups, get_adapter, positions_note,
                         readable_positions)
 from ..hub import save_pruned
-from ..hub.save import check_save_request
+from ..hub.save import check_save_request, check_tokenizer_fits
 from ..metrics import metric_greater_is_better
 from ..modes import restore_modes, training_modes
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
-from ..reporting.report import write_json
+from ..reporting.report import (POST_TRAINING_REPORT_FILE, TRAINING_REPORT_FILES, remove_reports_of_another_model,
+                                write_json)
 from ..reporting.summary import ProfileComparison
 from ..surgery import compact
 from ..task_metrics import classification_metrics
@@ -153,6 +154,7 @@ def post_training_prune(
         _validate_equal_lengths(calibration_dataset=calibration_dataset, eval_dataset=eval_dataset)
     if output_dir is not None:  # before the work, and before an inplace model is changed
         check_save_request(output_dir, tokenizer=tokenizer)
+        check_tokenizer_fits(model, tokenizer)
     started = time.time()
     timings = {}
     model = model if inplace else copy.deepcopy(model)
@@ -253,7 +255,9 @@ def post_training_prune(
     timings["total"] = time.time() - started
     if output_dir is not None:
         result.output_dir = save_pruned(model, output_dir, tokenizer=tokenizer)
-        write_json(result.output_dir / "post_training_report.json", result.summary())
+        remove_reports_of_another_model(result.output_dir, TRAINING_REPORT_FILES, card=True,
+                                        why="a pruning trainer's report and card")
+        write_json(result.output_dir / POST_TRAINING_REPORT_FILE, result.summary())
     return result
 
 

@@ -17,8 +17,50 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "pruning_report.json"
 CURVE_FILE = "pruning_curve.png"
 LAYERS_FILE = "pruning_layers.png"
+POST_TRAINING_REPORT_FILE = "post_training_report.json"
+# what a pruning trainer writes beside its model besides the card
+TRAINING_REPORT_FILES = (REPORT_FILE, CURVE_FILE, LAYERS_FILE, "training_args.bin")
 # in the stop reason of a run whose load_best_model_at_end restored a checkpoint from before the pruning reference
 BEST_BEFORE_REFERENCE = "predates the pruning reference"
+
+
+def card_tags(path: str) -> set[str] | None:
+    """The tags of the card at ``path`` (None: no file, or not a model card)."""
+    if not os.path.isfile(path):
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        tags = ModelCard.load(path).data.to_dict().get("tags") or []
+    except Exception:  # not a card at all: the user's text
+        return None
+    return set(tags if isinstance(tags, list) else [tags])
+
+
+def is_user_readme(path: str) -> bool:
+    """Whether ``path`` is a README.md that is not a card a trainer wrote: neither hf_adaprune's (tagged hf_adaprune)
+    nor transformers' ``create_model_card`` of an earlier run in the folder (tagged generated_from_trainer, which
+    describes the dense fine-tuning and is replaced by the pruned model's card)."""
+    if not os.path.isfile(path):
+        return False
+    tags = card_tags(path)
+    return tags is None or not {"hf_adaprune", "generated_from_trainer"} & tags
+
+
+def remove_reports_of_another_model(folder: str | os.PathLike, names: Iterable[str], card: bool, why: str) -> list[str]:
+    """Remove from ``folder`` the files of ``names`` and, with ``card``, a README.md a trainer wrote (hf_adaprune's
+    card, or transformers' of the dense fine-tuning; never the user's own): they describe another model than the
+    one just saved there. Warns naming them; returns their names."""
+    folder = Path(folder)
+    removed = [name for name in names if (folder / name).is_file()]
+    if card and (folder / "README.md").is_file() and not is_user_readme(str(folder / "README.md")):
+        removed.append("README.md")
+    for name in removed:
+        (folder / name).unlink()
+    if removed:
+        logger.warning("removed from %s: %s, which described the model saved there before (%s)", folder,
+                       ", ".join(removed), why)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

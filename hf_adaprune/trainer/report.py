@@ -7,8 +7,8 @@ import os
 
 from transformers.modelcard import TrainingSummary
 
-from ..reporting.report import (CURVE_FILE, LAYERS_FILE, REPORT_FILE, model_card, plot_layer_structure,
-                                plot_pruning_curve, write_json)
+from ..reporting.report import (CURVE_FILE, LAYERS_FILE, REPORT_FILE, card_tags, is_user_readme, model_card,
+                                plot_layer_structure, plot_pruning_curve, write_json)
 from ..reporting.report import removed_layers as removed_layers_of
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure, removed_layers
@@ -17,29 +17,6 @@ from .arguments import prune_kinds, pruning_arguments
 logger = logging.getLogger(__name__)
 
 CARD_BESIDE_USER_README = "README.hf_adaprune.md"  # where the card goes when README.md is the user's own
-
-
-def _card_tags(path: str) -> set[str] | None:
-    """The tags of the card at ``path`` (None: no file, or not a model card)."""
-    if not os.path.isfile(path):
-        return None
-    from huggingface_hub import ModelCard
-
-    try:
-        tags = ModelCard.load(path).data.to_dict().get("tags") or []
-    except Exception:  # not a card at all: the user's text
-        return None
-    return set(tags if isinstance(tags, list) else [tags])
-
-
-def is_user_readme(path: str) -> bool:
-    """Whether ``path`` is a README.md that is not a card a trainer wrote: neither hf_adaprune's (tagged hf_adaprune)
-    nor transformers' ``create_model_card`` of an earlier run in the folder (tagged generated_from_trainer, which
-    describes the dense fine-tuning and is replaced by the pruned model's card)."""
-    if not os.path.isfile(path):
-        return False
-    tags = _card_tags(path)
-    return tags is None or not {"hf_adaprune", "generated_from_trainer"} & tags
 
 
 def card_path(output_dir: str) -> str:
@@ -51,12 +28,12 @@ def card_path(output_dir: str) -> str:
         logger.warning("%s is not a model card hf_adaprune wrote: it is left as it is, and the pruned model's card is "
                        "written to %s", path, CARD_BESIDE_USER_README)
         return os.path.join(output_dir, CARD_BESIDE_USER_README)
-    tags = _card_tags(path)
+    tags = card_tags(path)
     if tags is not None and "hf_adaprune" not in tags:  # then transformers' card (is_user_readme)
         logger.warning("%s is a card transformers' create_model_card wrote (generated_from_trainer), of the model "
                        "before pruning: the pruned model's card replaces it", path)
     stale = os.path.join(output_dir, CARD_BESIDE_USER_README)
-    if os.path.isfile(stale) and "hf_adaprune" in (_card_tags(stale) or set()):
+    if os.path.isfile(stale) and "hf_adaprune" in (card_tags(stale) or set()):
         os.remove(stale)
     return path
 

@@ -49,7 +49,7 @@ from .distributed import (check_masks_agree, failing_processes, from_main_proces
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import generates_tokens, latency_costs, timing_device_note
-from ..reporting.report import BEST_BEFORE_REFERENCE
+from ..reporting.report import BEST_BEFORE_REFERENCE, POST_TRAINING_REPORT_FILE, remove_reports_of_another_model
 from ..hub import save_pruned
 from ..hub.save import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
@@ -1127,6 +1127,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 model = copy.deepcopy(model)
                 self._as_last_decided(model)
             save_pruned(model, output_dir, tokenizer=self.processing_class)
+            remove_reports_of_another_model(output_dir, [POST_TRAINING_REPORT_FILE], card=False,
+                                            why="post_training_prune's report")
             torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
