@@ -180,36 +180,87 @@ def read_config_file(path: str) -> dict:
     return values
 
 
-def expand_config_file(argv: list[str] | None = None) -> list[str]:
+def expand_config_file(argv: list[str] | None = None, parser=None) -> list[str]:
     """Command-line arguments (default ``sys.argv[1:]``) with a leading config file replaced by its flags.
 
     The file's values go through the same argument parser as flags (so ``5e-5`` becomes
     a number, where ``HfArgumentParser.parse_yaml_file`` would keep PyYAML's string), and
     flags after the file override its values (argparse keeps the last of a repeated flag).
+    ``parser`` (the recipe's): read the flags after the file as it does, abbreviations and options that take
+    several values (``--sentence_files a.txt b.json``) included.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     late = next((item for i, item in enumerate(argv) if i > 0 and item.endswith(CONFIG_SUFFIXES)
-                 and not item.startswith("-") and not argv[i - 1].startswith("-")), None)
+                 and not item.startswith("-") and not argv[i - 1].startswith("-")
+                 and not _value_of_a_list_option(argv[:i], parser)), None)
     if late is not None:  # not a flag's value: a config file after the flags, which argparse would not read
         raise RecipeError(f"the config file {late} must come first: RECIPE.py {late} [--flag value ...] (the flags "
                           "after it override its values)")
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        argv = config_to_argv(without_overridden_aliases(read_config_file(argv[0]), argv[1:])) + argv[1:]
+        argv = config_to_argv(without_overridden_aliases(read_config_file(argv[0]), argv[1:], parser)) + argv[1:]
     return argv
+
+
+def _option(flag: str, parser):
+    """The argparse action ``flag`` (``--name`` or ``--name=value``) selects in ``parser``, abbreviations included;
+    None for an unknown or ambiguous one."""
+    name = flag.split("=", 1)[0]
+    actions = parser._option_string_actions
+    if name in actions:
+        return actions[name]
+    matches = {actions[option] for option in actions if option.startswith(name)}
+    return matches.pop() if len(matches) == 1 and getattr(parser, "allow_abbrev", True) else None
+
+
+def _value_of_a_list_option(before: list[str], parser) -> bool:
+    """Whether the item after ``before`` is one more value of the last flag there, an option of several values."""
+    if parser is None:
+        return False
+    flag = next((item for item in reversed(before) if item.startswith("-")), None)
+    action = None if flag is None or "=" in flag else _option(flag, parser)
+    return action is not None and action.nargs in ("*", "+")
+
+
+def given_options(flags: list[str], parser=None) -> set[str]:
+    """The option names (``num_beams``) the command line ``flags`` set; with ``parser``, as it reads them
+    (abbreviations, ``--no_X``), else as written."""
+    given = set()
+    for item in flags:
+        if not item.startswith("--"):
+            continue
+        action = _option(item, parser) if parser is not None else None
+        given.add(action.dest if action is not None else item[2:].split("=", 1)[0].replace("-", "_"))
+    return given
 
 
 # flags that set the same thing under two names (the translation recipe's --num_beams is --generation_num_beams)
 FLAG_ALIASES = ({"num_beams", "generation_num_beams"},)
 
 
-def without_overridden_aliases(values: dict, flags: list[str]) -> dict:
+def names_data(flag: str) -> bool:
+    """Whether ``flag`` chooses the data a recipe trains and is measured on."""
+    return flag in ("dataset_name", "dataset_config_name", "fsdd_dir") or flag.endswith(("_file", "_manifest"))
+
+
+# what a config file says of its own model and data for the model card and results.json: it gives way when the
+# command line names another model or other data (the card of a run on the user's model named the config's)
+CARD_FIELDS_FOLLOW = {"base_model_id": lambda flag: flag in ("model_name_or_path", "config_name"),
+                      "dataset_card_name": names_data}
+
+
+def without_overridden_aliases(values: dict, flags: list[str], parser=None) -> dict:
     """A config file's ``values`` without those whose alias the command line ``flags`` set: ``num_beams: 1`` in the
-    file gives way to ``--generation_num_beams 4`` after it, as it gives way to ``--num_beams 4``."""
-    given = {item[2:].split("=", 1)[0].replace("-", "_") for item in flags if item.startswith("--")}
+    file gives way to ``--generation_num_beams 4`` after it, as it gives way to ``--num_beams 4``; and without its
+    ``base_model_id`` / ``dataset_card_name`` when the command line names another model / other data (and not
+    these). ``parser``: the flags read as it reads them (see :func:`given_options`)."""
+    given = given_options(flags, parser)
     dropped = set()
     for group in FLAG_ALIASES:
         if group & given:
             dropped |= group - given
+    for field_name, follows in CARD_FIELDS_FOLLOW.items():
+        if field_name not in given and any(follows(flag) for flag in given):
+            dropped.add(field_name)
     return {key: value for key, value in values.items() if key.replace("-", "_") not in dropped}
 
 
@@ -229,7 +280,7 @@ def recipe_argv(argv: list[str] | None, parser) -> list[str]:
     is seen: ``--do-train``, ``--do_train=false``, an abbreviation (``--do_tr``), a config file's ``do-train``.
     """
     check_config_nulls(argv, parser)
-    argv = expand_config_file(argv)
+    argv = expand_config_file(argv, parser)
     for flag, value in run_mode_values(parser, argv).items():
         if value is False:
             raise RecipeError(f"--{flag} false: the recipes do not read it: {RUN_MODE_FLAGS[flag]}; leave it out")

@@ -76,6 +76,31 @@ def pretrained_kwargs(path: str, cache_dir: str | None = None) -> dict:
     return {"cache_dir": cache_dir}
 
 
+def load_tokenizer(path: str, cache_dir: str | None = None):
+    """``AutoTokenizer.from_pretrained(path)``, refusing as one ``error:`` line a folder without tokenizer files:
+    transformers builds an empty tokenizer there (BERT: its five special tokens, so every word is [UNK] and a run
+    would train on nothing) or fails inside the tokenizer class (Marian: a TypeError on the missing vocabulary)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs(path, cache_dir))
+    except (TypeError, AssertionError) as err:
+        raise RecipeError(f"no tokenizer could be loaded from {path} ({type(err).__name__}: {err}): save the "
+                          "tokenizer with the model (tokenizer.save_pretrained(folder)), or give --tokenizer_name"
+                          ) from err
+    check_tokenizer_has_vocabulary(tokenizer, path)
+    return tokenizer
+
+
+def check_tokenizer_has_vocabulary(tokenizer, path: str) -> None:
+    """RecipeError for a tokenizer that holds its special tokens only (no vocabulary files in ``path``)."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise RecipeError(f"the tokenizer loaded from {path} holds only its {len(tokenizer)} special tokens (no "
+                          "vocabulary file there, e.g. tokenizer.json or vocab.txt): every word would read as unknown. "
+                          "Save the tokenizer with the model (tokenizer.save_pretrained(folder)), or give "
+                          "--tokenizer_name")
+
+
 def align_vocabulary(config, tokenizer) -> list[str]:
     """For a model built from a config: its vocabulary size and pad / eos token ids as ``tokenizer`` has them (a
     smaller table would index outside itself, a larger one trains rows no input uses). Returns what changed."""

@@ -76,7 +76,7 @@ from recipes.arguments import (RecipeError, check_integrations, check_output_dir
                                check_written_subfolders, data_file_extension, flag_names, recipe_argv,
                                remove_earlier_run_outputs, resolve_package_path, resumes_run_in, warn_folders_left)
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
-from recipes.loading import is_pruned_source
+from recipes.loading import check_tokenizer_has_vocabulary, is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
                               load_error, resolve_resume, run_cli)
 from recipes.tables import FILE_TYPES, read_table, read_text
@@ -496,6 +496,8 @@ def main(argv=None):
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err
     check_model(model, opts, args)
+    if getattr(model, "tokenizer", None) is not None:
+        check_tokenizer_has_vocabulary(model.tokenizer, path)
     warn_if_new_modules(model, path)
     model.max_seq_length = opts.max_seq_length
     dense = copy.deepcopy(model).eval()

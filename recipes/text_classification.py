@@ -90,7 +90,6 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence
 from transformers import (
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     EvalPrediction,
     HfArgumentParser,
@@ -119,7 +118,7 @@ from recipes.arguments import (
 )
 from recipes import post_training
 from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, class_names, load_config, load_model,
-                             pretrained_kwargs)
+                             load_tokenizer)
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
@@ -839,7 +838,7 @@ def build(run: Run) -> None:
                           "which has no sequence-classification head in transformers; give a text encoder (BERT, "
                           "RoBERTa, ...): translation and speech models have recipes of their own")
     tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path, model_args.cache_dir))
+    tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir)
     check_tokenizer(tokenizer, tokenizer_path, data_args.max_seq_length, len(info["text_columns"]))
     if model_args.model_name_or_path:
         if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
@@ -938,8 +937,9 @@ TASK = Task(
 def main(argv: list[str] | None = None) -> dict:
     """Run the recipe (``--post_training``: prune without training); returns what it writes to results.json."""
     # a config file's nulls are checked against the parser's defaults before the file is expanded (which drops them)
-    check_config_nulls(argv, argument_parser())
-    argv = expand_config_file(argv)  # the config file read once; parse_args checks the flags
+    parser = argument_parser()
+    check_config_nulls(argv, parser)
+    argv = expand_config_file(argv, parser)  # the config file read once; parse_args checks the flags
     if _as_recipe_error(parse_args, argv)[1].post_training:
         return post_training.run_post_training(TASK, argv)
     return TASK.main(argv)

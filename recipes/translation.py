@@ -68,7 +68,6 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import (
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
 )
@@ -92,7 +91,7 @@ from recipes.arguments import (
     require_file,
 )
 from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
-                             load_model, pretrained_kwargs)
+                             load_model, load_tokenizer)
 from recipes.deploy import NotScored, runtime_of
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, scoring_every_row, subsample
@@ -463,7 +462,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTraining
     if warning:
         logger.warning(warning)
     tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs(tokenizer_path, model_args.cache_dir))
+    tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir)
     if tokenizer.pad_token_id is None:
         raise RecipeError(f"the tokenizer {model_args.tokenizer_name or model_args.model_name_or_path} has no pad "
                           f"token; seq2seq batches need one")

@@ -597,6 +597,33 @@ def test_an_output_dir_that_is_a_file_and_a_config_file_after_the_flags_are_refu
     assert expand_config_file(["--deepspeed", "ds.json"]) == ["--deepspeed", "ds.json"]  # a flag's value
 
 
+def test_options_of_several_values_and_abbreviations_are_read_as_the_parser_reads_them(tmp_path):
+    # --sentence_files a.txt b.json: the second file was taken for a misplaced config file; --num_beam 2 (argparse's
+    # abbreviation of --num_beams) did not replace the config's generation_num_beams, and the run refused both
+    from dataclasses import dataclass, field
+
+    from transformers import HfArgumentParser
+
+    from recipes.arguments import expand_config_file
+
+    @dataclass
+    class Options:
+        sentence_files: list[str] = field(default_factory=list)
+        num_beams: int | None = None
+        generation_num_beams: int | None = None
+
+    parser = HfArgumentParser(Options)
+    argv = ["--sentence_files", "a.txt", "b.json"]
+    assert expand_config_file(argv, parser) == argv
+    with pytest.raises(RecipeError, match="the config file b.json must come first"):
+        expand_config_file(argv)  # without the parser an item after a value cannot be told from a config file
+    with pytest.raises(RecipeError, match="the config file run.yaml must come first"):
+        expand_config_file(["--num_beams", "2", "run.yaml"], parser)
+    config = tmp_path / "run.yaml"
+    config.write_text("generation_num_beams: 1\n")
+    assert expand_config_file([str(config), "--num_beam", "2"], parser) == ["--num_beam", "2"]
+
+
 def test_a_reporting_integration_not_installed_and_a_push_offline_are_refused_before_the_data(tmp_path, monkeypatch):
     from huggingface_hub import constants
     from transformers.integrations import get_available_reporting_integrations

@@ -199,6 +199,22 @@ def test_config_file_values_are_typed_and_flags_override_them(tmp_path):
             entry([str(config)])
 
 
+def test_a_config_s_card_metadata_gives_way_to_another_model_or_data_on_the_command_line(tmp_path):
+    # sst2_minilm_post_training.yaml run with --model_name_or_path of the user's own model (as its header says) wrote
+    # a card naming all-MiniLM-L6-v2 as the base model and stanfordnlp/sst2 as the data
+    config = tmp_path / "c.yaml"
+    config.write_text("output_dir: a\nmodel_name_or_path: m\nbase_model_id: org/base\ndataset_card_name: org/data\n"
+                      "train_file: t.tsv\n")
+    for flags, base, data in (([], "org/base", "org/data"),
+                              (["--model_name_or_path", "mine"], None, "org/data"),
+                              (["--model_name", "mine"], None, "org/data"),  # an abbreviation, as argparse reads it
+                              (["--train_file=own.tsv"], "org/base", None),
+                              (["--model_name_or_path", "mine", "--base_model_id", "org/mine"], "org/mine",
+                               "org/data")):
+        model_args, data_args, _ = recipe.parse_args([str(config), *flags])
+        assert (model_args.base_model_id, data_args.dataset_card_name) == (base, data), flags
+
+
 def test_package_references():
     path = recipe.resolve_package_path("package:hf_adaprune/reporting/flops.py", "--train_file")
     assert Path(path) == ROOT / "hf_adaprune" / "reporting" / "flops.py"
@@ -323,6 +339,24 @@ def test_the_tokenizer_must_fit_the_models_embedding_table(workspace, tmp_path, 
                                                            f"tokens but the model's embedding table only 20 rows")):
         recipe.main(args + quick)
     assert not (tmp_path / "out2" / "results.json").exists()
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused_before_training(workspace, tmp_path):
+    # transformers builds a 5-token BertTokenizer for a folder holding config.json and weights only: every word
+    # was [UNK], and the run trained, pruned, scored and saved that tokenizer without a word
+    from transformers import BertForSequenceClassification
+
+    size = len(AutoTokenizer.from_pretrained(workspace / "tokenizer"))
+    BertForSequenceClassification(BertConfig(vocab_size=size, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=48, max_position_embeddings=128,
+                                             num_labels=2)).save_pretrained(tmp_path / "model")
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--config_name"):args.index("--tokenizer_name") + 2] = ["--model_name_or_path",
+                                                                           str(tmp_path / "model")]
+    with pytest.raises(recipe.RecipeError, match=re.escape(f"the tokenizer loaded from {tmp_path / 'model'} holds "
+                                                           "only its 5 special tokens")):
+        recipe.main(args + ["--max_steps", "2"])
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_a_tokenizer_without_a_pad_token_is_refused_before_training(workspace, tmp_path):

@@ -505,3 +505,14 @@ def test_the_card_says_the_model_trained_on_the_models_own_translations(tmp_path
         "Pruned.\n\n## Training targets\n\nSequence distillation: the pruned model was trained on the translations the "
         "model as loaded wrote for the 50 training sources (beam search of 4, at most 32 tokens; 47 differ from the "
         "references; empty translations, replaced by their references: 1), not on the references themselves.\n")
+
+
+def test_a_marian_folder_without_tokenizer_files_is_one_error_line(tmp_path):
+    # MarianTokenizer failed inside with "TypeError: expected str, bytes or os.PathLike object, not NoneType"
+    from recipes.loading import load_tokenizer
+    from test_deploy_vocabulary import tiny_marian
+
+    tiny_marian(40).save_pretrained(tmp_path)
+    with pytest.raises(recipe.RecipeError, match=re.escape(f"no tokenizer could be loaded from {tmp_path} (TypeError: ")
+                       + ".*save the tokenizer with the model .*or give --tokenizer_name"):
+        load_tokenizer(str(tmp_path))
