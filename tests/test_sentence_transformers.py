@@ -1347,3 +1347,52 @@ def test_a_sentence_transformer_with_a_factored_vocabulary_reloads_with_both_loa
                    SentenceTransformer(str(tmp_path / "st"), trust_remote_code=True, device="cpu")):
         assert type(loaded[0].auto_model.get_input_embeddings()).__name__ == "FactoredEmbedding"
         assert (loaded.encode(texts[:5], convert_to_tensor=True) - expected).abs().max() <= 1e-5
+
+
+def test_an_agreement_evaluator_given_without_a_teacher_gets_the_dense_model(encoder_folder, tmp_path):
+    # its docstring said the trainer sets the teacher; only the trainer's own got it, and a given one failed with
+    # "has no teacher embeddings" at the reference, after the whole warm-up
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    corpus = sentences(48)
+    given = TeacherAgreementEvaluator(sentences(12, seed=5), name="given")
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, max_steps=8),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), evaluator=SequentialEvaluator([given]))
+    assert given.teacher_embeddings is not None
+    assert given(trainer.model)["given_mean_cosine"] == pytest.approx(1.0, abs=1e-5)
+    trainer.train()
+    assert trainer.controller.state.reference is not None
+
+
+def test_train_refuses_a_model_another_trainer_masked_and_a_replaced_eval_dataset(encoder_folder, tmp_path):
+    model = tiny_sentence_transformer(encoder_folder)
+    corpus, dev = Dataset.from_dict({"sentence": sentences(48)}), Dataset.from_dict({"sentence": sentences(16, 5)})
+    first = AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path / "a", compact_at_end=False),
+                                                      train_dataset=corpus, eval_dataset=dev)
+    second = AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path / "b"),
+                                                       train_dataset=corpus, eval_dataset=dev)
+    third = AdaptivePruningSentenceTransformerTrainer(model=tiny_sentence_transformer(encoder_folder),
+                                                      args=make_args(tmp_path / "c"), train_dataset=corpus,
+                                                      eval_dataset=dev)
+    first.train()
+    assert first.controller.state.selected > 0
+    # its reference was measured on the first run's pruned model and reported as the dense one
+    with pytest.raises(ValueError, match="the model's pruning masks already remove [0-9]+ heads"):
+        second.train()
+    third.eval_dataset = Dataset.from_dict({"sentence": sentences(16, 9)})  # decisions kept reading the first
+    with pytest.raises(ValueError, match="trainer.eval_dataset was replaced after the trainer was built"):
+        third.train()
+
+
+def test_a_card_save_pruned_sentence_transformer_generated_is_replaced_by_a_later_run_s(encoder_folder, tmp_path):
+    # untagged, it was kept as the user's README.md and the pruned model's card went to README.hf_adaprune.md
+    save_pruned_sentence_transformer(tiny_sentence_transformer(encoder_folder), tmp_path)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, max_steps=8),
+        train_dataset=Dataset.from_dict({"sentence": sentences(48)}),
+        eval_dataset=Dataset.from_dict({"sentence": sentences(16, 5)}))
+    trainer.train()
+    trainer.save_model()
+    assert not (tmp_path / "README.hf_adaprune.md").exists()
+    assert "Pruned from its base model" in (tmp_path / "README.md").read_text()

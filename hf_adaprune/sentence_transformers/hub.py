@@ -64,6 +64,7 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
             model.save(str(folder), create_model_card=True)
         finally:
             model._model_card_text = loaded_card
+        tag_generated_card(folder / "README.md")
 
     saved = write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
     stock = stock_encoder_class(transformer.config)
@@ -75,6 +76,21 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
             "(the transformer alone: AutoModel.from_pretrained(folder, trust_remote_code=True))",
             saved, stock, transformer.config.model_type)
     return saved
+
+
+def tag_generated_card(path: Path) -> None:
+    """Tag the card sentence-transformers generated at ``path`` ``hf_adaprune``: a later save into the folder (a
+    pruning run's) replaces it, where an untagged README.md is kept as the user's own."""
+    if not path.is_file():
+        return
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(path)
+    tags = card.data.tags or []
+    tags = [tags] if isinstance(tags, str) else list(tags)
+    if "hf_adaprune" not in tags:
+        card.data.tags = tags + ["hf_adaprune"]
+        card.save(path)
 
 
 def stock_encoder_class(config) -> str | None:

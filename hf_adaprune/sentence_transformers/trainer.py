@@ -101,8 +101,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         self._agreement_steers = agreement is not None
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          loss=loss, evaluator=evaluator, **kwargs)
-        if agreement is not None:
-            agreement.set_teacher(model)
+        for each in _agreement_evaluators(self.evaluator):  # the trainer's own and one passed without a teacher
+            if each.teacher_embeddings is None:
+                each.set_teacher(model)
         if eval_rows is not None:
             rows = _distillation_rows(eval_rows, model, args.per_device_eval_batch_size, args.prompts, "eval")
             self.eval_dataset = self.preprocess_dataset(rows, dataset_name="eval")
@@ -111,6 +112,14 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             if isinstance(rows, dict) and not isinstance(rows, DatasetDict):
                 rows = DatasetDict(rows)  # as sentence-transformers turns a plain dict of datasets
             self.train_dataset = self.preprocess_dataset(rows, dataset_name="train")
+        self._built_eval_dataset = self.eval_dataset
+
+    def train(self, *args, **kwargs):
+        if self.eval_dataset is not self._built_eval_dataset:
+            raise ValueError(f"trainer.eval_dataset was replaced after the trainer was built: the sentences decisions "
+                             f"read and the dense model's embeddings of its rows were taken from the one given then. "
+                             f"Build a new {type(self).__name__} with this eval_dataset")
+        return super().train(*args, **kwargs)
 
     # -- what is pruned and what measures it --------------------------------------------------------------
     @property
@@ -383,19 +392,25 @@ def _string_columns(dataset: Dataset) -> list[str]:
             if getattr(feature, "dtype", None) in ("string", "large_string")]
 
 
+def _agreement_evaluators(evaluator) -> list[TeacherAgreementEvaluator]:
+    """The ``TeacherAgreementEvaluator``s of ``evaluator``: itself, or those inside a list or a
+    ``SequentialEvaluator``."""
+    inner = evaluator if isinstance(evaluator, (list, tuple)) else getattr(evaluator, "evaluators", None)
+    if isinstance(inner, (list, tuple)):
+        return [found for part in inner for found in _agreement_evaluators(part)]
+    return [evaluator] if isinstance(evaluator, TeacherAgreementEvaluator) else []
+
+
 def _check_teacher_width(evaluator, model: SentenceTransformer) -> None:
     """Given teacher embeddings must be as wide as the model's (compared in every decision after the warm-up); also
     those of an agreement evaluator inside a list or a ``SequentialEvaluator``."""
-    inner = evaluator if isinstance(evaluator, (list, tuple)) else getattr(evaluator, "evaluators", None)
-    if isinstance(inner, (list, tuple)):
-        for part in inner:
-            _check_teacher_width(part, model)
-        return
-    given = getattr(evaluator, "teacher_embeddings", None) if isinstance(evaluator, TeacherAgreementEvaluator) else None
     width = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()  # renamed in 5.x
-    if given is not None and width is not None and given.shape[-1] != width:
-        raise ValueError(f"the TeacherAgreementEvaluator's teacher_embeddings are {given.shape[-1]} wide, the model's "
-                         f"embeddings {width}: compute them with the model to prune (or a teacher of its width)")
+    for each in _agreement_evaluators(evaluator):
+        given = each.teacher_embeddings
+        if given is not None and width is not None and given.shape[-1] != width:
+            raise ValueError(f"the TeacherAgreementEvaluator's teacher_embeddings are {given.shape[-1]} wide, the "
+                             f"model's embeddings {width}: compute them with the model to prune (or a teacher of its "
+                             "width)")
 
 
 def _agreement_evaluator(eval_dataset, batch_size: int, samples: int | None) -> TeacherAgreementEvaluator:

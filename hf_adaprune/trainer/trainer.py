@@ -1051,6 +1051,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self.args.should_save:
             check_writable(self.args.output_dir)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if self.model_init is None and not resume_from_checkpoint and self._began_at is None:
+            check_not_masked(self.pruned_model)  # masked since the trainer was built (another trainer's run)
         if self._began_at is not None and not resume_from_checkpoint and self.model_init is None:
             raise RuntimeError(
                 "an earlier train() of this trainer stopped mid-pruning (interrupted, or an error): its reference, "
