@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from ..engine.masks import detach_masks
+from ..engine.masks import detach_masks, get_masks
 from ..hub.remote_code import transformers_class
 from .eval_loss import EvalLossMixin
 
@@ -251,15 +251,36 @@ def layer_outputs(outputs) -> list[tuple[torch.Tensor, str]]:
     return found
 
 
+def removed_layer_slots(student) -> dict[str, set[int]]:
+    """Per side (``encoder`` / ``decoder``), the indices of the layers ``student``'s masks gate off entirely (a
+    side with one layer stack): their output is their input, the output of the layer before."""
+    masks = get_masks(student)
+    if masks is None:
+        return {}
+    stacks = [masks.groups[name] for name in masks.of_kind("layers")]
+    removed = {}
+    for side in ("encoder", "decoder"):
+        of_side = [stack for stack in stacks if stack.role == side]
+        if len(of_side) == 1:
+            removed[side] = set(torch.nonzero(masks.masks[of_side[0].name] == 0).flatten().tolist())
+    return removed
+
+
 def hidden_loss(student, student_outputs, teacher_outputs, inputs: dict) -> torch.Tensor:
     """Mean over layers of the per-position MSE, over real (not padding) positions where that is known (an audio
-    encoder's frames from the samples' attention mask, as ``student`` turns samples into frames)."""
+    encoder's frames from the samples' attention mask, as ``student`` turns samples into frames). A layer the
+    student's masks remove is left out: its output is the layer before's, which would be pulled towards the
+    teacher's next layer against its own term."""
     student_layers, teacher_layers = layer_outputs(student_outputs), layer_outputs(teacher_outputs)
     if not student_layers or len(student_layers) != len(teacher_layers):
         raise ValueError(f"--distillation_hidden_weight needs every layer's output from both models; got "
                          f"{len(student_layers)} student and {len(teacher_layers)} teacher layers")
+    removed, position = removed_layer_slots(student), {}
     losses = []
     for (s, side), (t, _) in zip(student_layers, teacher_layers):
+        index = position[side] = position.get(side, -1) + 1
+        if index in removed.get(side, ()):
+            continue
         key = "attention_mask" if side == "encoder" else "decoder_attention_mask"
         mask = inputs.get(key)
         if side == "decoder" and mask is None and inputs.get("labels") is not None:
