@@ -298,6 +298,19 @@ def test_a_target_one_width_kind_cannot_reach_beside_the_layers_is_named_before_
     all_kinds = ("heads", "ffn", "layers")
     groups = filter_groups(masks.groups.values(), None, all_kinds)
     assert unreachable_target(groups, sizes, 0.6, all_kinds, floors, structure_costs(model, groups, 32)) is None
+    # every kind pruned (a latency table: each layer's norms, residual adds and call time no head or neuron holds):
+    # the advice was to prune the kinds already pruned
+    small = tiny_model("bert", num_hidden_layers=4)
+    masks = attach_masks(small, layers=True)
+    sizes = {name: mask.numel() for name, mask in masks.masks.items()}
+    groups = filter_groups(masks.groups.values(), None, all_kinds)
+    costs = {"encoder.layer": 250.0, **{f"encoder.layer.{i}": 250.0 for i in range(4)},
+             **{g.name: 20.0 if g.kind == "heads" else 0.5 for g in groups if g.kind != "layers"}}
+    for scope, advice in (("layer", "rank the structures of all layers together (--pruning_scope global) or lower "
+                                    "the target to <= "), ("global", "sparsity reached; lower the target to <= ")):
+        message = unreachable_target(groups, sizes, 0.6, all_kinds, {**floors, "ffn": 1}, costs, scope=scope)
+        assert "prune more kinds" not in message and advice in message, message
+        assert "what no head or neuron holds" in message
 
 
 @pytest.mark.parametrize("prune", ["layers,heads,ffn", "layers"])

@@ -219,6 +219,38 @@ def test_resume_from_a_decision_step_with_scores_that_start_again_waits_for_them
     assert resumed.controller.state.selected > 0.2
 
 
+def test_resume_on_other_decision_rows_or_another_eval_batch_size_for_a_loss_is_refused(tmp_path, caplog):
+    # a split drawn without a seed gave other rows: decisions were compared with a reference measured on others
+    # (a final check within tolerance on rows where the model had lost more); a loss depends on the batch size
+    base = dict(max_steps=18, pruning_metric="loss", pruning_tolerance=10.0, save_strategy="steps", save_steps=12)
+    make_trainer(tmp_path, **base).train()
+    checkpoint = str(tmp_path / "checkpoint-12")
+    assert read_pruning_state(checkpoint)["decision_rows"]["rows"] == 48
+    data = toy_dataset()
+    other = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, **base), train_dataset=data,
+                                   eval_dataset=data.select(range(48, 96)))
+    with pytest.raises(ValueError, match=r"the decision rows differ from those the checkpoint's reference was measured "
+                                         r"on \(48 rows now, 48 then, other values\)"):
+        other.train(resume_from_checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="the eval batch size is 8, the checkpoint's reference was measured at 32"):
+        make_trainer(tmp_path, **base, per_device_eval_batch_size=8).train(resume_from_checkpoint=checkpoint)
+    allowed = AdaptivePruningTrainer(model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48, 96)),
+                                     args=make_args(tmp_path, **base, pruning_resume_with_new_arguments=True))
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        allowed.train(resume_from_checkpoint=checkpoint)
+    assert "resuming all the same (--pruning_resume_with_new_arguments): the decision rows differ" in caplog.text
+    make_trainer(tmp_path, **base).train(resume_from_checkpoint=checkpoint)  # the same rows: resumes
+
+
+def test_resume_from_a_checkpoint_saved_without_the_optimizer_warns(tmp_path, caplog):
+    # save_only_model=True: the learning rate restarted at its peak and later decisions differed, without a word
+    base = dict(max_steps=18, save_strategy="steps", save_steps=12, save_only_model=True)
+    make_trainer(tmp_path, **base).train()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path, **base).train(resume_from_checkpoint=str(tmp_path / "checkpoint-12"))
+    assert "holds no optimizer.pt or scheduler.pt (saved with save_only_model=True?)" in caplog.text
+
+
 def test_resume_on_another_number_of_processes_warns(run_with_checkpoints, tmp_path, caplog):
     out = copy_run(run_with_checkpoints, tmp_path / "run")
     path = out / "checkpoint-24" / PRUNING_STATE_FILE

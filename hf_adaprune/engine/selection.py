@@ -646,12 +646,18 @@ def _layers_and_widths_limit(groups, sizes: dict[str, int], target: float, kinds
     removed_layers = layer_removed / layer_total if layer_total else 0.0
     count = f"{layers} of {sum(sizes[s.name] for s in stacks)} layers, removed whole"
     pruned = ",".join(k for k in KINDS if k in kinds)
+    missing = [k for k in KINDS if k not in kinds]
+    rest = ("the rest of each kept layer is of kinds not pruned" if missing else
+            "the rest of each kept layer is its floors and what no head or neuron holds: norms, residual adds, "
+            "per-call time")
+    advice = (f"prune more kinds (--prune {','.join(KINDS)}) or lower" if missing else
+              "rank the structures of all layers together (--pruning_scope global) or lower" if scope == "layer" else
+              "lower")
     return (f"pruning target {target} cannot be reached with --prune {pruned}: the layers take {removed_layers:.4f} of "
             f"the layer cost ({count}), and the {' and '.join(k for k in KINDS if k in kinds and k != 'layers')} "
             f"left in the others, at their floors, about {reachable - removed_layers:.4f} more, so about "
-            f"{reachable:.4f} can go (the rest of each kept layer is of kinds not pruned). Pruning stops there and the "
-            f"report gives the sparsity reached; prune more kinds (--prune heads,ffn,layers) or lower the target to "
-            f"<= {reachable:.4f}.")
+            f"{reachable:.4f} can go ({rest}). Pruning stops there and the report gives the sparsity reached; "
+            f"{advice} the target to <= {reachable:.4f}.")
 
 
 def nothing_prunable(groups, sizes: dict[str, int], kinds=("heads", "ffn"), floors: dict[str, int] | None = None,

@@ -126,6 +126,11 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     def pruned_model(self):
         return transformer_module(self.model).auto_model
 
+    def decision_rows(self) -> None:
+        """Not compared on resume: the eval rows carry the dense model's embeddings, which a resumed run computes
+        again (equal up to float rounding, not to the bit), and an evaluator reads data of its own."""
+        return None
+
     def _has_decision_data(self) -> bool:
         return self.eval_dataset is not None or self.evaluator is not None
 

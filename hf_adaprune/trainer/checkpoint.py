@@ -8,10 +8,12 @@ is incomplete and is not resumed from.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 
+import numpy as np
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -131,6 +133,52 @@ def check_resume_arguments(saved: dict, current: dict, allow_new: bool, what: st
         raise ValueError(f"the checkpoint was written with other {what} ({listed}). Resume with the "
                          "checkpoint's values, or set --pruning_resume_with_new_arguments to continue with these.")
     logger.warning("resuming with %s that differ from the checkpoint's: %s", what, listed)
+
+
+def decision_rows_record(rows, eval_batch_size: int | None) -> dict:
+    """What identifies the rows decisions are measured on: their count and a SHA-256 of their values (column
+    names, numbers, strings, arrays), and, where the metric is a loss averaged over batches, the eval batch size."""
+    digest = hashlib.sha256()
+    for index in range(len(rows)):
+        _feed(digest, rows[index])
+    return {"rows": len(rows), "sha256": digest.hexdigest(), "eval_batch_size": eval_batch_size}
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        digest.update(f"array{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=str):
+            digest.update(repr(key).encode())
+            _feed(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr(value).encode())
+
+
+def decision_rows_problem(saved: dict | None, current: dict | None) -> str | None:
+    """Why a checkpoint whose reference was measured on the rows ``saved`` describes cannot go on with ``current``
+    ones (other rows, or another eval batch size where a loss steers), or None."""
+    if not saved or not current:
+        return None
+    if saved["rows"] != current["rows"] or saved["sha256"] != current["sha256"]:
+        return (f"the decision rows differ from those the checkpoint's reference was measured on ({current['rows']} "
+                f"rows now, {saved['rows']} then, other values): the first pruning_eval_samples rows of eval_dataset "
+                "must be the same (a split drawn without a fixed seed, another file or order)")
+    if saved.get("eval_batch_size") != current.get("eval_batch_size"):
+        return (f"the eval batch size is {current.get('eval_batch_size')}, the checkpoint's reference was measured "
+                f"at {saved.get('eval_batch_size')}: a loss averaged over batches is another number at another batch "
+                "size; resume with the same per_device_eval_batch_size")
+    return None
 
 
 # what the checkpoint's reference and decisions were measured with (and the unit its ratios are in): a resumed run

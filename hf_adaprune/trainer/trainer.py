@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import torch
 from transformers import DefaultFlowCallback, Seq2SeqTrainer, Trainer
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_length
 
 from ..families import (check_sequence_length, decoder_positions, filter_groups, get_adapter, readable_positions,
@@ -41,7 +42,8 @@ from .report import PruningReportMixin
 from .search_refit import refit_collation_problem, refit_problem
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, checkpoint_step,
-                         new_arguments_problem, read_pruning_state, resolve_resume_checkpoint, write_pruning_state)
+                         decision_rows_problem, decision_rows_record, new_arguments_problem, read_pruning_state,
+                         resolve_resume_checkpoint, write_pruning_state)
 from .distillation import DistillationMixin, ctc_frame_lengths, layers_dropped
 from .decision_rng import decision_rng
 from .distributed import (check_masks_agree, failing_processes, from_main_process, reduce_layer_taylor,
@@ -142,6 +144,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     check_eval_dataset = staticmethod(check_eval_dataset)  # the sentence-transformers trainer has its own rules
     _checkpoint_push_said = False  # the warning that checkpoints are not pushed was logged
     _scored_this_run = False  # an optimizer step of the current train() has updated the scores
+    _decision_rows = None  # decision_rows() at the reference (or the resumed checkpoint's): what it was measured on
 
     def __init__(self, *args, dataset_name: str | None = None, **kwargs):
         # before Trainer.__init__, which may fail on what other arguments lack (Seq2SeqTrainer: generation_config)
@@ -500,6 +503,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if step < args.pruning_warmup_steps:
                 return
             reference, evaluation = self._decision_metric()
+            self._decision_rows = self.decision_rows()
             self._take_teacher()
             c.start(reference, propose=False)
             self._log_decision("reference", step, 0.0, reference, evaluation)
@@ -603,6 +607,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         (``reading_every_row``); random draws (a collator's masking) come from the decision RNG."""
         with self.reading_every_row(), decision_rng(self.args.seed, self.args.device, self.data_collator):
             yield
+
+    def decision_rows(self) -> dict | None:
+        """What identifies the rows decisions read (:func:`~.checkpoint.decision_rows_record`): a resume compares
+        it with the checkpoint's, whose reference was measured on them. None without one map-style eval set."""
+        if self.eval_dataset is None or isinstance(self.eval_dataset, dict):
+            return None
+        batch = self.args.per_device_eval_batch_size if self.pruning_metric == "loss" else None
+        return decision_rows_record(first_rows(self.eval_dataset, self.args.pruning_eval_samples), batch)
 
     def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``
@@ -976,6 +988,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             # a measured table: a resumed run decides on the same costs instead of timing the model again
             "latency_costs": self.costs if self.args.pruning_target_type == "latency" else None,
             "world_size": self.args.world_size,
+            "decision_rows": self._decision_rows,
             **self.candidate_state_dict(),
         }
 
@@ -1010,6 +1023,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.info("resuming under --pruning_target %s: the checkpoint had stopped at its own target (%.3f); "
                         "pruning goes on", self.args.pruning_target, self.controller.state.ratio)
         self._last_prune_step = state["last_prune_step"]
+        self._decision_rows = state.get("decision_rows")
         self.earlier_distillation = state.get("earlier_distillation")
         self.load_teacher_state(state.get("teacher"), saved_args)
         self.load_candidate_state_dict(state)
@@ -1068,7 +1082,21 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                             state.get("controller") or {}, teacher=state.get("teacher"))
             if problem:
                 raise ValueError(problem)
+            problem = decision_rows_problem(state.get("decision_rows"),
+                                            self.decision_rows() if state.get("decision_rows") else None)
+            if problem and not self.args.pruning_resume_with_new_arguments:
+                raise ValueError(f"{problem}. Resume with the rows and settings of the run that wrote the checkpoint, "
+                                 "or set --pruning_resume_with_new_arguments to compare decisions on these with its "
+                                 "reference all the same")
+            if problem:
+                logger.warning("resuming all the same (--pruning_resume_with_new_arguments): %s", problem)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
+            missing = [name for name in (OPTIMIZER_NAME, SCHEDULER_NAME)
+                       if not os.path.isfile(os.path.join(resume_from_checkpoint, name))]
+            if missing:
+                logger.warning("%s holds no %s (saved with save_only_model=True?): training goes on with a new "
+                               "optimizer and the learning-rate schedule from its start, so the scores, decisions and "
+                               "model differ from an uninterrupted run's", resume_from_checkpoint, " or ".join(missing))
             if self.train_dataset is not None and not has_length(self.train_dataset) and not self.args.ignore_data_skip:
                 logger.warning("resuming with a train dataset of unknown length (iterable): transformers skips the "
                                "batches the run had read, which continues exactly within its first pass only; from a "
