@@ -696,6 +696,21 @@ def test_save_pretrained_of_a_pruned_model_with_masks_attached_says_they_are_not
     assert "has pruning masks attached that remove structures, which save_pretrained does not save" in caplog.text
 
 
+def test_a_pruning_checkpoint_is_refused_naming_resume(tmp_path):
+    # a checkpoint of a run that started from a pruned model loaded silently as that starting model: the masks the
+    # run had applied since (in pruning_state.pt) were left out
+    from test_trainer import make_trainer
+
+    model = pruned_tiny()
+    compact(model)
+    trainer = make_trainer(tmp_path, model=model, max_steps=18, save_strategy="steps", save_steps=12)
+    trainer.train()
+    trainer.save_model()
+    with pytest.raises(ValueError, match="checkpoint-12 is a pruning run's checkpoint: .*Resume the run from it"):
+        AutoPrunedModel.from_pretrained(tmp_path / "checkpoint-12")
+    AutoPrunedModel.from_pretrained(tmp_path)  # the model the run saved
+
+
 @pytest.mark.parametrize("save", ["save_pretrained", "save_pruned"])
 def test_a_variant_saved_beside_the_default_weights_of_the_same_structure_keeps_them(tmp_path, save, caplog):
     """fp32 weights, then the fp16 variant of the same model into the same folder (a Hub repo with two variants, as

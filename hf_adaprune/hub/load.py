@@ -139,6 +139,11 @@ class AutoPrunedModel:
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
         folder = os.path.join(path, kwargs.get("subfolder") or "")  # the folder the weights are read from
+        if os.path.isfile(os.path.join(folder, "pruning_state.pt")):  # trainer.checkpoint.PRUNING_STATE_FILE
+            raise ValueError(f"{os.path.normpath(folder)} is a pruning run's checkpoint: its weights are those the "
+                             "run trains, under masks kept in pruning_state.pt, which no loader applies (the model "
+                             "would come back as it was before this run pruned it). Resume the run from it "
+                             "(trainer.train(resume_from_checkpoint=...)), or load the model the run saved")
         if os.path.isfile(os.path.join(folder, "int8.json")):
             raise ValueError(f"{folder} holds int8 weights written by hf_adaprune's save_int8, which no float loader "
                              "reads: load it with hf_adaprune.deploy.load_int8(folder)")
