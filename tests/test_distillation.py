@@ -720,3 +720,16 @@ def test_a_teacher_path_that_does_not_load_names_the_option(tmp_path):
                                                    "a model from it (a local folder with config.json, or a Hub id "
                                                    "that is reachable or cached)")):
         make_trainer(tmp_path / "out", distillation=True, teacher_model_name_or_path=str(tmp_path / "teachr"))
+
+
+def test_distillation_options_without_distillation_are_named_as_not_read(tmp_path, caplog):
+    # --distillation_alpha 0.3 alone trained without distilling, without a word
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path, distillation_alpha=0.3, distillation_temperature=4.0)
+    assert "--distillation_alpha 0.3, --distillation_temperature 4.0 not read: --distillation is off" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path)
+    assert "not read: --distillation is off" not in caplog.text

@@ -26,6 +26,7 @@ underscore keeps it out of Trainer's Hub pushes), and a resumed run loads it fro
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import logging
@@ -308,6 +309,11 @@ def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inpu
     return alpha * task_loss + kd_scale * extra
 
 
+# what only --distillation reads
+DISTILLATION_OPTIONS = ("distillation_alpha", "distillation_temperature", "distillation_hidden_weight",
+                        "teacher_model_name_or_path")
+
+
 def layers_dropped(config) -> dict[str, float]:
     """The config's non-zero layer-drop probabilities (``{"layerdrop": 0.1}``): layers skipped at random in
     training, which leave a step without their gradients or outputs."""
@@ -342,6 +348,12 @@ class DistillationMixin(EvalLossMixin):
         if args.distillation and args.teacher_model_name_or_path:
             self.distillation_teacher = load_teacher(args.teacher_model_name_or_path, student,
                                                      args.distillation_hidden_weight)
+        if not args.distillation:
+            defaults = {f.name: f.default for f in dataclasses.fields(args) if f.name in DISTILLATION_OPTIONS}
+            unread = [name for name in DISTILLATION_OPTIONS if getattr(args, name) != defaults[name]]
+            if unread:
+                logger.warning("%s not read: --distillation is off (set --distillation true to distil)",
+                               ", ".join(f"--{name} {getattr(args, name)}" for name in unread))
 
     def _take_teacher(self) -> None:
         """At the reference: the model as it stands becomes the teacher, saved once for a resumed run."""
