@@ -537,4 +537,17 @@ class PrunedModelMixin:
                 f"(missing: {sorted(missing)[:8]}, shape mismatches: {list(mismatched)[:8]}). "
                 "The folder is inconsistent; refusing to re-initialise those layers."
             )
+        freeze_unsaved_parameters(model)
         return (model, info) if wants_info else model
+
+
+def freeze_unsaved_parameters(model) -> list[str]:
+    """Freeze the trainable parameters that the model's own save leaves out (``_keys_to_ignore_on_save``: Marian's
+    sinusoidal position tables); returns their names. transformers 5's ``from_pretrained`` hands them back trainable
+    (a model built from its config has them frozen), so training would change what no saved folder keeps, and what
+    is measured in memory would not be the saved model."""
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    frozen = [name for name, parameter in model.named_parameters() if name in unsaved and parameter.requires_grad]
+    for name in frozen:
+        model.get_parameter(name).requires_grad_(False)
+    return frozen

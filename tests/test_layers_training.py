@@ -197,6 +197,12 @@ def test_a_loaded_marian_trains_only_what_its_folder_keeps(tmp_path):
     batch = {"input_ids": torch.tensor(data["input_ids"][:2]), "decoder_input_ids": torch.tensor([[0, 5, 6]] * 2)}
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, trainer.model.eval()(**batch).logits, rtol=0, atol=1e-6)
+    # the pruned folder, loaded by hf_adaprune or by the shipped code: trained further with a plain Trainer, the
+    # tables moved and the folder it saved reloaded with other outputs (0.13)
+    for load in (AutoPrunedModel.from_pretrained,
+                 lambda path: transformers.AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True)):
+        model = load(tmp_path / "run")
+        assert not any(model.get_parameter(name).requires_grad for name in model._keys_to_ignore_on_save)
 
 
 def test_a_checkpoint_that_trained_the_unsaved_tables_is_refused_with_why(tmp_path, monkeypatch):

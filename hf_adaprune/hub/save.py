@@ -123,18 +123,6 @@ def weight_file_states(folder: str | os.PathLike) -> dict[str, tuple[int, int, i
     return states
 
 
-def freeze_unsaved_parameters(model) -> list[str]:
-    """Freeze the trainable parameters that the model's own save leaves out (``_keys_to_ignore_on_save``: Marian's
-    sinusoidal position tables); returns their names. transformers 5's ``from_pretrained`` hands them back trainable
-    (a model built from its config has them frozen), so training would change what no saved folder keeps, and what
-    is measured in memory would not be the saved model."""
-    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
-    frozen = [name for name, parameter in model.named_parameters() if name in unsaved and parameter.requires_grad]
-    for name in frozen:
-        model.get_parameter(name).requires_grad_(False)
-    return frozen
-
-
 def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, processor=None, **kwargs) -> Path:
     """Compact ``model`` (if it still has masks) and save it in the Hub format.
 

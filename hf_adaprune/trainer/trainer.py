@@ -53,7 +53,7 @@ from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import generates_tokens, latency_costs, timing_device_note
 from ..reporting.report import BEST_BEFORE_REFERENCE, POST_TRAINING_REPORT_FILE, remove_reports_of_another_model
 from ..hub import save_pruned
-from ..hub.save import freeze_unsaved_parameters
+from ..layout import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, detach_masks, get_masks
 from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, rounding_limit,
