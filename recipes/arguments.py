@@ -237,9 +237,18 @@ def given_options(flags: list[str], parser=None) -> set[str]:
 FLAG_ALIASES = ({"num_beams", "generation_num_beams"},)
 
 
+def data_source(flag: str) -> str | None:
+    """Which way of giving the data ``flag`` belongs to (``dataset``, ``files``, ``fsdd``), or None."""
+    if flag in ("dataset_name", "dataset_config_name"):
+        return "dataset"
+    if flag in ("fsdd_dir", "fsdd_validation_takes"):
+        return "fsdd"
+    return "files" if flag.endswith(("_file", "_manifest")) else None
+
+
 def names_data(flag: str) -> bool:
     """Whether ``flag`` chooses the data a recipe trains and is measured on."""
-    return flag in ("dataset_name", "dataset_config_name", "fsdd_dir") or flag.endswith(("_file", "_manifest"))
+    return data_source(flag) is not None
 
 
 # what a config file says of its own model and data for the model card and results.json: it gives way when the
@@ -252,7 +261,9 @@ def without_overridden_aliases(values: dict, flags: list[str], parser=None) -> d
     """A config file's ``values`` without those whose alias the command line ``flags`` set: ``num_beams: 1`` in the
     file gives way to ``--generation_num_beams 4`` after it, as it gives way to ``--num_beams 4``; and without its
     ``base_model_id`` / ``dataset_card_name`` when the command line names another model / other data (and not
-    these). ``parser``: the flags read as it reads them (see :func:`given_options`)."""
+    these), and without its data options of another kind than those the command line gives (``--dataset_name``
+    replaces the file's ``train_file``, data files its ``dataset_name``). ``parser``: the flags read as it reads
+    them (see :func:`given_options`)."""
     given = given_options(flags, parser)
     dropped = set()
     for group in FLAG_ALIASES:
@@ -261,6 +272,11 @@ def without_overridden_aliases(values: dict, flags: list[str], parser=None) -> d
     for field_name, follows in CARD_FIELDS_FOLLOW.items():
         if field_name not in given and any(follows(flag) for flag in given):
             dropped.add(field_name)
+    # data given one way on the command line (--dataset_name, files, --fsdd_dir) replaces the file's of another way
+    sources = {data_source(flag) for flag in given} - {None}
+    if sources:
+        dropped |= {key.replace("-", "_") for key in values
+                    if data_source(key.replace("-", "_")) not in (None, *sources)}
     return {key: value for key, value in values.items() if key.replace("-", "_") not in dropped}
 
 
@@ -351,6 +367,20 @@ def check_model_source(model_args) -> None:
         raise RecipeError("a model built from --config_name needs --tokenizer_name")
     if model_args.base_model_id is None and model_args.model_name_or_path:
         model_args.base_model_id = model_args.model_name_or_path  # as given, before package: paths are resolved
+    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
+        check_local_path(getattr(model_args, name, None), f"--{name}")
+
+
+def check_local_path(value: str | None, what: str) -> None:
+    """RecipeError for a ``value`` that can only be a local path (absolute, ``./``, ``../``, ``~``, or more than
+    one ``/``: no Hub id) and does not exist, before any data is read (transformers said "Repo id must be in the
+    form 'repo_name' or 'namespace/repo_name'", once the data had loaded)."""
+    if not value or value.startswith(PACKAGE_PREFIX) or os.path.exists(os.path.expanduser(value)):
+        return
+    local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
+    if local or (os.sep != "/" and os.sep in value):
+        raise RecipeError(f"{what} {value}: no such folder (relative paths start at {os.getcwd()}; a Hub id is "
+                          "NAME or ORG/NAME)")
 
 
 def check_minimum(args, names, minimum: int) -> None:

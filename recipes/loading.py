@@ -18,8 +18,7 @@ from hf_adaprune import AutoPrunedModel
 from hf_adaprune.families import decoder_positions, decoder_positions_note
 from hf_adaprune.hub.config_marker import MODEL_TYPE_PREFIX
 from hf_adaprune.hub.load import load_pruned_config
-from hf_adaprune.hub.save import freeze_unsaved_parameters
-from hf_adaprune.layout import read_record
+from hf_adaprune.layout import freeze_unsaved_parameters, read_record
 
 from .arguments import RecipeError
 

@@ -259,7 +259,12 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
     return given
 
 
-def _no_validation_message(training_args) -> str:
+def _no_validation_message(training_args, dataset_name: str | None = None) -> str:
+    if dataset_name:  # --validation_file beside --dataset_name is refused: the dataset needs the split
+        return no_validation_message(training_args, f"--dataset_name {dataset_name} has no validation split: give "
+                                                    "one that has, data files (--train_file and --validation_file) "
+                                                    "instead, or --validation_split_percentage to hold out part of "
+                                                    "the training data")
     return no_validation_message(training_args, "give --validation_file, or --validation_split_percentage to hold "
                                                 "out part of the training data")
 
@@ -764,7 +769,7 @@ def load_data(run: Run) -> None:
     data_args, seed = run.data_args, run.training_args.seed
     raw = load_raw_datasets(data_args, run.model_args)
     if "validation" not in raw and not data_args.validation_split_percentage:
-        raise RecipeError(_no_validation_message(run.training_args))
+        raise RecipeError(_no_validation_message(run.training_args, data_args.dataset_name))
     text_columns, label_column = find_columns(raw, data_args)
     refuse_nested_columns(raw, text_columns, label_column, _sources(data_args), _json_splits(data_args))
     check_dropped_labels_occur(raw, label_column, _split_list(data_args.drop_labels))  # every split, unlabelled too

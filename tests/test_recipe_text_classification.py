@@ -213,6 +213,29 @@ def test_a_config_s_card_metadata_gives_way_to_another_model_or_data_on_the_comm
                                "org/data")):
         model_args, data_args, _ = recipe.parse_args([str(config), *flags])
         assert (model_args.base_model_id, data_args.dataset_card_name) == (base, data), flags
+    # data given another way on the command line replaces the file's (config + --dataset_name was "not both")
+    _, data_args, _ = recipe.parse_args([str(config), "--dataset_name", "org/other"])
+    assert (data_args.dataset_name, data_args.train_file, data_args.dataset_card_name) == ("org/other", None, None)
+    _, data_args, _ = recipe.parse_args([str(config), "--validation_file", "v.tsv"])
+    assert (data_args.train_file, data_args.validation_file) == ("t.tsv", "v.tsv")  # the same way: both kept
+
+
+def test_a_missing_local_model_folder_and_a_dataset_without_validation_name_what_to_give(workspace, tmp_path,
+                                                                                         monkeypatch):
+    # a typo'd folder got transformers' "Repo id must be in the form ..." once the data had loaded; a --dataset_name
+    # without a validation split was told to give --validation_file, which is refused beside --dataset_name
+    monkeypatch.chdir(tmp_path)
+    args = base_args(workspace, tmp_path / "out")
+    args[args.index("--config_name"):args.index("--tokenizer_name") + 2] = ["--model_name_or_path", "../nowhere/model"]
+    with pytest.raises(recipe.RecipeError, match=re.escape(f"--model_name_or_path ../nowhere/model: no such folder "
+                                                           f"(relative paths start at {tmp_path}")):
+        recipe.main(args)
+    args = base_args(workspace, tmp_path / "out")
+    start = args.index("--train_file")
+    args[start:start + 6] = ["--dataset_name", str(workspace / "train.tsv")]
+    with pytest.raises(recipe.RecipeError, match=re.escape(f"--dataset_name {workspace / 'train.tsv'} has no "
+                                                           "validation split: give one that has, data files")):
+        recipe.main(args + ["--max_steps", "2"])
 
 
 def test_package_references():
@@ -289,6 +312,9 @@ def test_a_model_path_that_does_not_load_is_one_error_line(workspace, tmp_path):
     args = base_args(workspace, tmp_path / "out")
     args[args.index("--config_name"):args.index("--config_name") + 2] = ["--model_name_or_path",
                                                                         str(tmp_path / "no_model")]
+    with pytest.raises(recipe.RecipeError, match="--model_name_or_path .*no_model: no such folder"):
+        recipe.main(args + ["--max_steps", "4"])
+    (tmp_path / "no_model").mkdir()  # a folder that holds no model
     with pytest.raises(recipe.RecipeError, match="cannot load the model / tokenizer from .*no_model"):
         recipe.main(args + ["--max_steps", "4"])
 

@@ -332,6 +332,9 @@ def test_shipped_config_parses(monkeypatch):
         assert (data_args.num_beams, training_args.generation_num_beams) == (4, None)
     if not MULTI30K.exists():
         pytest.skip(f"Multi30k data not found at {MULTI30K}")
+    # its model is the benchmark's dense Marian (outputs/marian_multi30k/dense), or one named on the command line
+    model_args, data_args, training_args = recipe.parse_args(["recipes/configs/translation_marian_multi30k.yaml",
+                                                              "--model_name_or_path", "Helsinki-NLP/opus-mt-en-de"])
     files = recipe.validate_args(model_args, data_args, training_args)
     assert len(files) == 6 and all(os.path.isfile(p) for p in files.values())
 
