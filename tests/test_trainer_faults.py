@@ -242,6 +242,24 @@ def test_resume_on_other_decision_rows_or_another_eval_batch_size_for_a_loss_is_
     make_trainer(tmp_path, **base).train(resume_from_checkpoint=checkpoint)  # the same rows: resumes
 
 
+def test_the_decision_rows_record_reads_values_whatever_the_format():
+    import datasets
+    import numpy as np
+
+    from hf_adaprune.trainer.checkpoint import decision_rows_record
+
+    features = [np.random.default_rng(i).random((4, 6), dtype=np.float32) for i in range(3)]
+    rows = datasets.Dataset.from_dict({"input_features": features, "labels": [[1, 2], [3], [4, 5, 6]],
+                                       "label": [0, 1, 1], "score": [0.5, 1.0, 0.25]})
+    record = decision_rows_record(rows, None)
+    for formatted in (rows.with_format("torch"), rows.with_format("numpy"), [rows[i] for i in range(3)]):
+        assert decision_rows_record(formatted, None) == record
+    features[1][2, 3] += 1e-3
+    other = datasets.Dataset.from_dict({"input_features": features, "labels": [[1, 2], [3], [4, 5, 6]],
+                                        "label": [0, 1, 1], "score": [0.5, 1.0, 0.25]})
+    assert decision_rows_record(other, None)["sha256"] != record["sha256"]
+
+
 def test_resume_from_a_checkpoint_saved_without_the_optimizer_warns(tmp_path, caplog):
     # save_only_model=True: the learning rate restarted at its peak and later decisions differed, without a word
     base = dict(max_steps=18, save_strategy="steps", save_steps=12, save_only_model=True)

@@ -147,7 +147,14 @@ def decision_rows_record(rows, eval_batch_size: int | None) -> dict:
 def _feed(digest, value) -> None:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
+    if isinstance(value, (bool, int, float, np.number, np.bool_)):  # as the 0-d tensor a torch-formatted row holds
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray) and value.dtype == object:  # ragged rows: their items, not their addresses
+        value = list(value)
     if isinstance(value, np.ndarray):
+        # one dtype per kind, so that a row read back as lists (float64) and as tensors (float32) is the same row
+        kind = {"f": np.float64, "i": np.int64, "u": np.int64}.get(value.dtype.kind)
+        value = value.astype(kind) if kind is not None else value
         digest.update(f"array{value.dtype}{value.shape}".encode())
         digest.update(np.ascontiguousarray(value).tobytes())
     elif isinstance(value, dict):
@@ -157,6 +164,13 @@ def _feed(digest, value) -> None:
             _feed(digest, value[key])
         digest.update(b"}")
     elif isinstance(value, (list, tuple)):
+        try:  # numbers (token ids, audio features read back as nested lists): as one array, not value by value
+            array = np.asarray(value)
+        except ValueError:  # ragged
+            array = None
+        if array is not None and array.dtype != object and array.size:
+            _feed(digest, array)
+            return
         digest.update(b"[")
         for item in value:
             _feed(digest, item)
