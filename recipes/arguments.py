@@ -132,18 +132,24 @@ class DataArguments:
     )
 
 
-def config_to_argv(values: dict) -> list[str]:
+def config_to_argv(values: dict, parser=None) -> list[str]:
     """A config file's mapping as command-line flags, so that argparse converts the types.
 
     ``None`` values are left out, booleans become ``true`` / ``false``, lists one flag
-    followed by their items, dicts JSON text.
+    followed by their items, dicts JSON text. With ``parser``, a flag that takes no value (``--no_X``) is
+    written alone for true and left out for false.
     """
     argv = []
     for key, value in values.items():
         if value is None:
             continue
         flag = f"--{key}"
-        if isinstance(value, bool):
+        action = _option(flag, parser) if parser is not None else None
+        if action is not None and action.nargs == 0:
+            if str(value).lower() not in ("true", "false"):
+                raise RecipeError(f"{key}: {value!r} in the config file; {flag} takes true or false there")
+            argv += [flag] if str(value).lower() == "true" else []
+        elif isinstance(value, bool):
             argv += [flag, str(value).lower()]
         elif isinstance(value, (list, tuple)):
             argv += [flag, *map(str, value)]
@@ -197,7 +203,8 @@ def expand_config_file(argv: list[str] | None = None, parser=None) -> list[str]:
         raise RecipeError(f"the config file {late} must come first: RECIPE.py {late} [--flag value ...] (the flags "
                           "after it override its values)")
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
-        argv = config_to_argv(without_overridden_aliases(read_config_file(argv[0]), argv[1:], parser)) + argv[1:]
+        argv = config_to_argv(without_overridden_aliases(read_config_file(argv[0]), argv[1:], parser),
+                              parser) + argv[1:]
     return argv
 
 

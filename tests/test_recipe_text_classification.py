@@ -218,6 +218,10 @@ def test_a_config_s_card_metadata_gives_way_to_another_model_or_data_on_the_comm
     assert (data_args.dataset_name, data_args.train_file, data_args.dataset_card_name) == ("org/other", None, None)
     _, data_args, _ = recipe.parse_args([str(config), "--validation_file", "v.tsv"])
     assert (data_args.train_file, data_args.validation_file) == ("t.tsv", "v.tsv")  # the same way: both kept
+    # a flag that takes no value, written as a key: "arguments not used: ['true']"
+    for value, expected in (("true", False), ("false", True)):
+        config.write_text(f"output_dir: a\nno_test_before_pruning: {value}\n")
+        assert recipe.parse_args([str(config)])[1].test_before_pruning is expected
 
 
 def test_a_missing_local_model_folder_and_a_dataset_without_validation_name_what_to_give(workspace, tmp_path,
