@@ -378,7 +378,9 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
             dataset = loaded[split]
             if "translation" not in dataset.column_names:
                 raise RecipeError(f"--dataset_name {data_args.dataset_name}: the {split} split has no 'translation' "
-                                  f"column; columns: {', '.join(dataset.column_names)}")
+                                  f"column; columns: {', '.join(dataset.column_names)}. Write the data as "
+                                  f"{TRANSLATION_LAYOUT}, or as parallel text files (--train_source_file, "
+                                  "--train_target_file, ...: one sentence a line)")
             check_translation_column(dataset, split, data_args.dataset_name)
             # every row's languages (a Json column's records may each lack one: those are empty sides)
             languages = sorted({lang for record in dataset["translation"] for lang in (record or {})})

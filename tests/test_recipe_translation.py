@@ -438,6 +438,17 @@ def test_translation_column_holding_text_or_lists_is_refused(workspace, tmp_path
                                                      rf"column holds {found}.*, not \{{lang: text\}} records: write "
                                                      r"the data as JSON lines, one \{\"translation\": \{\"en\""):
             recipe.load_raw_datasets(data_args, model_args)
+    # flat records ({"src": ..., "tgt": ...}): the error listed the columns without the layout to write
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"src": e, "tgt": d}) + "\n" for e, d in zip(en, de)),
+                                                encoding="utf-8")
+    data_args.dataset_name = str(folder)
+    with pytest.raises(recipe.RecipeError, match=r"the train split has no 'translation' column; columns: src, tgt\. "
+                                                 r"Write the data as JSON lines, one \{\"translation\".*or as parallel "
+                                                 r"text files"):
+        recipe.load_raw_datasets(data_args, model_args)
 
 
 def built_run(workspace, tmp_path, *extra):
