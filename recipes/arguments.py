@@ -198,7 +198,8 @@ def expand_config_file(argv: list[str] | None = None, parser=None) -> list[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     late = next((item for i, item in enumerate(argv) if i > 0 and item.endswith(CONFIG_SUFFIXES)
                  and not item.startswith("-") and not argv[i - 1].startswith("-")
-                 and not _value_of_a_list_option(argv[:i], parser)), None)
+                 # a JSON file among several values (--sentence_files a.txt b.json); YAML is only ever a config
+                 and not (item.endswith(".json") and _value_of_a_list_option(argv[:i], parser))), None)
     if late is not None:  # not a flag's value: a config file after the flags, which argparse would not read
         raise RecipeError(f"the config file {late} must come first: RECIPE.py {late} [--flag value ...] (the flags "
                           "after it override its values)")
@@ -253,15 +254,13 @@ def data_source(flag: str) -> str | None:
     return "files" if flag.endswith(("_file", "_manifest")) else None
 
 
-def names_data(flag: str) -> bool:
-    """Whether ``flag`` chooses the data a recipe trains and is measured on."""
-    return data_source(flag) is not None
-
-
 # what a config file says of its own model and data for the model card and results.json: it gives way when the
 # command line names another model or other data (the card of a run on the user's model named the config's)
 CARD_FIELDS_FOLLOW = {"base_model_id": lambda flag: flag in ("model_name_or_path", "config_name"),
-                      "dataset_card_name": names_data}
+                      "dataset_card_name": lambda flag: flag in TRAINING_DATA_FLAGS}
+# what chooses the training data (a --test_file of one's own leaves the dataset the model was trained on)
+TRAINING_DATA_FLAGS = ("dataset_name", "dataset_config_name", "train_file", "train_source_file", "train_target_file",
+                       "train_manifest", "fsdd_dir")
 
 
 def without_overridden_aliases(values: dict, flags: list[str], parser=None) -> dict:
@@ -375,7 +374,10 @@ def check_model_source(model_args) -> None:
     if model_args.base_model_id is None and model_args.model_name_or_path:
         model_args.base_model_id = model_args.model_name_or_path  # as given, before package: paths are resolved
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
-        check_local_path(getattr(model_args, name, None), f"--{name}")
+        value = getattr(model_args, name, None)
+        if value and value.startswith("~"):  # a config file's value, which no shell expanded
+            setattr(model_args, name, value := os.path.expanduser(value))
+        check_local_path(value, f"--{name}")
 
 
 def check_local_path(value: str | None, what: str) -> None:

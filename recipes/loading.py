@@ -91,13 +91,17 @@ def load_tokenizer(path: str, cache_dir: str | None = None):
     return tokenizer
 
 
-def check_tokenizer_has_vocabulary(tokenizer, path: str) -> None:
-    """RecipeError for a tokenizer that holds its special tokens only (no vocabulary files in ``path``)."""
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+TOKENIZER_ADVICE = "Save the tokenizer with the model (tokenizer.save_pretrained(folder)), or give --tokenizer_name"
+
+
+def check_tokenizer_has_vocabulary(tokenizer, path: str, advice: str = TOKENIZER_ADVICE) -> None:
+    """RecipeError for a tokenizer that holds its special tokens only, and perhaps a bare word-boundary marker (no
+    vocabulary files in ``path``: transformers builds BERT's five special tokens, T5's specials and ``▁``)."""
+    specials = set(tokenizer.all_special_ids)
+    if not any(i not in specials and token.strip("\u2581\u0120 ") for token, i in tokenizer.get_vocab().items()):
         raise RecipeError(f"the tokenizer loaded from {path} holds only its {len(tokenizer)} special tokens (no "
                           "vocabulary file there, e.g. tokenizer.json or vocab.txt): every word would read as unknown. "
-                          "Save the tokenizer with the model (tokenizer.save_pretrained(folder)), or give "
-                          "--tokenizer_name")
+                          f"{advice}")
 
 
 def align_vocabulary(config, tokenizer) -> list[str]:

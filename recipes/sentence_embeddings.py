@@ -497,7 +497,8 @@ def main(argv=None):
         raise load_error([path], err) from err
     check_model(model, opts, args)
     if getattr(model, "tokenizer", None) is not None:
-        check_tokenizer_has_vocabulary(model.tokenizer, path)
+        check_tokenizer_has_vocabulary(model.tokenizer, path, "Save the model with its tokenizer "
+                                                              "(SentenceTransformer.save(folder) writes both)")
     warn_if_new_modules(model, path)
     model.max_seq_length = opts.max_seq_length
     dense = copy.deepcopy(model).eval()

@@ -619,6 +619,8 @@ def test_options_of_several_values_and_abbreviations_are_read_as_the_parser_read
         expand_config_file(argv)  # without the parser an item after a value cannot be told from a config file
     with pytest.raises(RecipeError, match="the config file run.yaml must come first"):
         expand_config_file(["--num_beams", "2", "run.yaml"], parser)
+    with pytest.raises(RecipeError, match="the config file run.yaml must come first"):  # not read as a sentence file
+        expand_config_file(["--sentence_files", "a.txt", "run.yaml"], parser)
     config = tmp_path / "run.yaml"
     config.write_text("generation_num_beams: 1\n")
     assert expand_config_file([str(config), "--num_beam", "2"], parser) == ["--num_beam", "2"]

@@ -213,11 +213,25 @@ def test_a_config_s_card_metadata_gives_way_to_another_model_or_data_on_the_comm
                                "org/data")):
         model_args, data_args, _ = recipe.parse_args([str(config), *flags])
         assert (model_args.base_model_id, data_args.dataset_card_name) == (base, data), flags
+    # a test set of one's own leaves the dataset the model was trained on in the card
+    _, data_args, _ = recipe.parse_args([str(config), "--test_file", "mine.tsv"])
+    assert data_args.dataset_card_name == "org/data"
     # data given another way on the command line replaces the file's (config + --dataset_name was "not both")
     _, data_args, _ = recipe.parse_args([str(config), "--dataset_name", "org/other"])
     assert (data_args.dataset_name, data_args.train_file, data_args.dataset_card_name) == ("org/other", None, None)
     _, data_args, _ = recipe.parse_args([str(config), "--validation_file", "v.tsv"])
     assert (data_args.train_file, data_args.validation_file) == ("t.tsv", "v.tsv")  # the same way: both kept
+    # "~" in a config file, which no shell expands: the folder passed the check, then failed to load
+    home = tmp_path / "home"
+    (home / "models" / "x").mkdir(parents=True)
+    config.write_text("output_dir: a\nmodel_name_or_path: ~/models/x\ntrain_file: t.tsv\n")
+    from recipes.arguments import check_model_source
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        model_args = recipe.parse_args([str(config)])[0]
+        check_model_source(model_args)
+    assert model_args.model_name_or_path == str(home / "models" / "x")
     # a flag that takes no value, written as a key: "arguments not used: ['true']"
     for value, expected in (("true", False), ("false", True)):
         config.write_text(f"output_dir: a\nno_test_before_pruning: {value}\n")

@@ -530,3 +530,10 @@ def test_a_marian_folder_without_tokenizer_files_is_one_error_line(tmp_path):
     with pytest.raises(recipe.RecipeError, match=re.escape(f"no tokenizer could be loaded from {tmp_path} (TypeError: ")
                        + ".*save the tokenizer with the model .*or give --tokenizer_name"):
         load_tokenizer(str(tmp_path))
+    # T5 gets its special tokens and a bare "▁" there: every word read as "▁ <unk>", and the run trained on it
+    from test_seq2seq_families import tiny_seq2seq
+
+    tiny_seq2seq("t5").save_pretrained(tmp_path / "t5")
+    with pytest.raises(recipe.RecipeError, match=re.escape(f"the tokenizer loaded from {tmp_path / 't5'} holds only "
+                                                           "its ")):
+        load_tokenizer(str(tmp_path / "t5"))
