@@ -75,7 +75,7 @@ from transformers import (
 )
 
 from hf_adaprune import AdaptivePruningSeq2SeqTrainer, DatasetOrderEvalMixin, Seq2SeqPruningArguments
-from hf_adaprune.hub.save import freeze_unsaved_parameters
+from hf_adaprune.layout import freeze_unsaved_parameters
 from hf_adaprune.reporting.flops import compare_profiles, format_comparison, model_profile
 from hf_adaprune.reporting.latency import format_latency
 from hf_adaprune.sequence_distillation import sequence_distillation_targets

@@ -184,18 +184,21 @@ def test_layer_outputs_before_a_wav2vec2_adapter_are_matched_over_their_own_fram
     assert hidden_loss(student, s, t, batch).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("family", ["bert", "marian"])
+@pytest.mark.parametrize("family", ["bert", "bert_decoder", "marian"])
 def test_layers_the_masks_remove_are_left_out_of_the_layer_output_term(family):
     """A removed slot's output is the layer before's: matching it to the teacher's layer pulled the kept layer
     before towards the teacher's next layer, against its own term."""
     from hf_adaprune import attach_masks, get_masks
     from hf_adaprune.trainer.distillation import hidden_loss
 
-    student = (tiny_model("bert", num_hidden_layers=3) if family == "bert" else tiny_seq2seq("marian")).eval()
+    student = (tiny_model("bert", num_hidden_layers=3) if family == "bert" else
+               tiny_model("bert", head="AutoModelForCausalLM", num_hidden_layers=3, is_decoder=True)
+               if family == "bert_decoder" else tiny_seq2seq("marian")).eval()
     teacher = copy_teacher(perturbed(student))
     masks = attach_masks(student, layers=True)
     stacks = {masks.groups[name].role: name for name in masks.of_kind("layers")}
-    gated = {"encoder": 1, "decoder": 0}
+    gated = {"encoder": 1, "decoder": 1 if family == "bert_decoder" else 0}  # a decoder alone: its outputs are
+    # hidden_states, its stack's role "decoder"
     for side, name in stacks.items():
         mask = torch.ones_like(masks.masks[name])
         mask[gated[side]] = 0
@@ -206,12 +209,12 @@ def test_layers_the_masks_remove_are_left_out_of_the_layer_output_term(family):
         batch["labels"] = torch.randint(5, 60, (2, 5))
     with torch.no_grad():
         s, t = student(**batch, output_hidden_states=True), teacher(**batch, output_hidden_states=True)
-    pairs = ([(s.hidden_states, t.hidden_states, "encoder")] if family == "bert" else
+    pairs = ([(s.hidden_states, t.hidden_states, next(iter(stacks)))] if family.startswith("bert") else
              [(s.encoder_hidden_states, t.encoder_hidden_states, "encoder"),
               (s.decoder_hidden_states, t.decoder_hidden_states, "decoder")])
     kept = [((a - b) ** 2).mean() for states, teacher_states, side in pairs
             for index, (a, b) in enumerate(zip(states[1:], teacher_states[1:])) if index != gated[side]]
-    assert len(kept) == (2 if family == "bert" else 2 * len(get_masks(student).masks[stacks["encoder"]]) - 2)
+    assert len(kept) == (2 if family.startswith("bert") else 2 * len(get_masks(student).masks[stacks["encoder"]]) - 2)
     assert hidden_loss(student, s, t, batch).item() == pytest.approx(torch.stack(kept).mean().item(), rel=1e-5)
 
 
@@ -728,7 +731,8 @@ def test_distillation_options_without_distillation_are_named_as_not_read(tmp_pat
 
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         make_trainer(tmp_path, distillation_alpha=0.3, distillation_temperature=4.0)
-    assert "--distillation_alpha 0.3, --distillation_temperature 4.0 not read: --distillation is off" in caplog.text
+    assert ("--distillation_alpha 0.3, --distillation_temperature 4.0 not read: --distillation is off (set "
+            "--distillation true to distil)") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         make_trainer(tmp_path)

@@ -194,6 +194,13 @@ def test_a_save_into_the_folder_of_another_pruning_removes_that_run_s_report_and
     assert "which described the model saved there before" in caplog.text
     trainer.save_model()
     assert "post_training_report.json" not in {p.name for p in tmp_path.iterdir()}
+    # beside a README.md of the user's own the trainer's card is README.hf_adaprune.md: it stayed
+    (tmp_path / "README.md").write_text("# my notes\n")
+    trainer.save_model()
+    assert (tmp_path / "README.hf_adaprune.md").is_file()
+    post_training_prune(tiny_model("bert"), labelled_examples(32), 0.5, data_collator=pad_collator, batch_size=8,
+                        seq_len=16, progress=False, output_dir=tmp_path)
+    assert not (tmp_path / "README.hf_adaprune.md").exists() and (tmp_path / "README.md").read_text() == "# my notes\n"
 
 
 def test_scores_of_an_earlier_call_give_the_same_selection_without_a_scoring_pass():

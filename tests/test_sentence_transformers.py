@@ -1396,3 +1396,13 @@ def test_a_card_save_pruned_sentence_transformer_generated_is_replaced_by_a_late
     trainer.save_model()
     assert not (tmp_path / "README.hf_adaprune.md").exists()
     assert "Pruned from its base model" in (tmp_path / "README.md").read_text()
+
+
+def test_distillation_options_are_named_as_unused_by_this_trainer(encoder_folder, tmp_path, caplog):
+    # the warning advised --distillation true, which this trainer refuses
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        AdaptivePruningSentenceTransformerTrainer(
+            model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path, distillation_alpha=0.3),
+            train_dataset=Dataset.from_dict({"sentence": sentences(48)}),
+            eval_dataset=Dataset.from_dict({"sentence": sentences(16, 5)}))
+    assert "--distillation_alpha 0.3 not read: --distillation is off (this trainer takes no --distillation" in caplog.text

@@ -18,6 +18,7 @@ REPORT_FILE = "pruning_report.json"
 CURVE_FILE = "pruning_curve.png"
 LAYERS_FILE = "pruning_layers.png"
 POST_TRAINING_REPORT_FILE = "post_training_report.json"
+CARD_BESIDE_USER_README = "README.hf_adaprune.md"  # where the card goes when README.md is the user's own
 # what a pruning trainer writes beside its model besides the card
 TRAINING_REPORT_FILES = (REPORT_FILE, CURVE_FILE, LAYERS_FILE, "training_args.bin")
 # in the stop reason of a run whose load_best_model_at_end restored a checkpoint from before the pruning reference
@@ -55,6 +56,9 @@ def remove_reports_of_another_model(folder: str | os.PathLike, names: Iterable[s
     removed = [name for name in names if (folder / name).is_file()]
     if card and (folder / "README.md").is_file() and not is_user_readme(str(folder / "README.md")):
         removed.append("README.md")
+    beside = folder / CARD_BESIDE_USER_README  # the card written beside a README.md of the user's own
+    if card and "hf_adaprune" in (card_tags(str(beside)) or set()):
+        removed.append(CARD_BESIDE_USER_README)
     for name in removed:
         (folder / name).unlink()
     if removed:

@@ -126,6 +126,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     def pruned_model(self):
         return transformer_module(self.model).auto_model
 
+    distillation_off_note = ("this trainer takes no --distillation: without a loss of your own it distils the dense "
+                             "model's embeddings")
+
     def decision_rows(self) -> None:
         """Not compared on resume: the eval rows carry the dense model's embeddings, which a resumed run computes
         again (equal up to float rounding, not to the bit), and an evaluator reads data of its own."""

@@ -146,7 +146,8 @@ def decision_rows_record(rows, eval_batch_size: int | None) -> dict:
 
 def _feed(digest, value) -> None:
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.double() if value.is_floating_point() else value).numpy()  # bf16 has no numpy dtype
     if isinstance(value, (bool, int, float, np.number, np.bool_)):  # as the 0-d tensor a torch-formatted row holds
         value = np.asarray(value)
     if isinstance(value, np.ndarray) and value.dtype == object:  # ragged rows: their items, not their addresses
@@ -175,8 +176,10 @@ def _feed(digest, value) -> None:
         for item in value:
             _feed(digest, item)
         digest.update(b"]")
-    else:
+    elif value is None or isinstance(value, (str, bytes)):
         digest.update(repr(value).encode())
+    else:  # a decoded image or audio object: its repr holds its address, which differs between runs
+        digest.update(type(value).__qualname__.encode())
 
 
 def decision_rows_problem(saved: dict | None, current: dict | None) -> str | None:
@@ -185,9 +188,11 @@ def decision_rows_problem(saved: dict | None, current: dict | None) -> str | Non
     if not saved or not current:
         return None
     if saved["rows"] != current["rows"] or saved["sha256"] != current["sha256"]:
-        return (f"the decision rows differ from those the checkpoint's reference was measured on ({current['rows']} "
-                f"rows now, {saved['rows']} then, other values): the first pruning_eval_samples rows of eval_dataset "
-                "must be the same (a split drawn without a fixed seed, another file or order)")
+        what = (f"{current['rows']} rows now, {saved['rows']} then" if saved["rows"] != current["rows"] else
+                f"{current['rows']} rows, other values")
+        return (f"the decision rows differ from those the checkpoint's reference was measured on ({what}): the first "
+                "pruning_eval_samples rows of eval_dataset must be the same (a split drawn without a fixed seed, "
+                "another file or order)")
     if saved.get("eval_batch_size") != current.get("eval_batch_size"):
         return (f"the eval batch size is {current.get('eval_batch_size')}, the checkpoint's reference was measured "
                 f"at {saved.get('eval_batch_size')}: a loss averaged over batches is another number at another batch "

@@ -261,7 +261,9 @@ def removed_layer_slots(student) -> dict[str, set[int]]:
     stacks = [masks.groups[name] for name in masks.of_kind("layers")]
     removed = {}
     for side in ("encoder", "decoder"):
-        of_side = [stack for stack in stacks if stack.role == side]
+        # one stack alone (a BERT or BART decoder on its own: its role "decoder", its outputs hidden_states) is
+        # every layer output's
+        of_side = stacks if len(stacks) == 1 else [stack for stack in stacks if stack.role == side]
         if len(of_side) == 1:
             removed[side] = set(torch.nonzero(masks.masks[of_side[0].name] == 0).flatten().tolist())
     return removed
@@ -331,6 +333,7 @@ class DistillationMixin(EvalLossMixin):
 
     distillation_teacher = None
     earlier_distillation = None  # a resumed checkpoint's distillation this run (without --distillation) ended
+    distillation_off_note = "set --distillation true to distil"  # why options only --distillation reads are idle
     _teacher_path = None
     _teacher_ran = False  # compute_loss ran the teacher in this training step
 
@@ -352,8 +355,9 @@ class DistillationMixin(EvalLossMixin):
             defaults = {f.name: f.default for f in dataclasses.fields(args) if f.name in DISTILLATION_OPTIONS}
             unread = [name for name in DISTILLATION_OPTIONS if getattr(args, name) != defaults[name]]
             if unread:
-                logger.warning("%s not read: --distillation is off (set --distillation true to distil)",
-                               ", ".join(f"--{name} {getattr(args, name)}" for name in unread))
+                logger.warning("%s not read: --distillation is off (%s)",
+                               ", ".join(f"--{name} {getattr(args, name)}" for name in unread),
+                               self.distillation_off_note)
 
     def _take_teacher(self) -> None:
         """At the reference: the model as it stands becomes the teacher, saved once for a resumed run."""

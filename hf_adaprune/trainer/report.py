@@ -7,8 +7,8 @@ import os
 
 from transformers.modelcard import TrainingSummary
 
-from ..reporting.report import (CURVE_FILE, LAYERS_FILE, REPORT_FILE, card_tags, is_user_readme, model_card,
-                                plot_layer_structure, plot_pruning_curve, write_json)
+from ..reporting.report import (CARD_BESIDE_USER_README, CURVE_FILE, LAYERS_FILE, REPORT_FILE, card_tags,
+                                is_user_readme, model_card, plot_layer_structure, plot_pruning_curve, write_json)
 from ..reporting.report import removed_layers as removed_layers_of
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure, removed_layers
@@ -16,7 +16,6 @@ from .arguments import prune_kinds, pruning_arguments
 
 logger = logging.getLogger(__name__)
 
-CARD_BESIDE_USER_README = "README.hf_adaprune.md"  # where the card goes when README.md is the user's own
 
 
 def card_path(output_dir: str) -> str:

@@ -614,7 +614,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if self.eval_dataset is None or isinstance(self.eval_dataset, dict):
             return None
         batch = self.args.per_device_eval_batch_size if self.pruning_metric == "loss" else None
-        return decision_rows_record(first_rows(self.eval_dataset, self.args.pruning_eval_samples), batch)
+        rows = first_rows(self.eval_dataset, self.args.pruning_eval_samples)
+        if self.args.remove_unused_columns and callable(getattr(rows, "select_columns", None)):
+            self._set_signature_columns_if_needed()  # the columns the model reads, as evaluation keeps them
+            read = [name for name in rows.column_names if name in self._signature_columns]
+            rows = rows.select_columns(read) if read else rows  # (a decoded audio column is neither read nor hashed)
+        return decision_rows_record(rows, batch)
 
     def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``
