@@ -1406,3 +1406,37 @@ def test_distillation_options_are_named_as_unused_by_this_trainer(encoder_folder
             train_dataset=Dataset.from_dict({"sentence": sentences(48)}),
             eval_dataset=Dataset.from_dict({"sentence": sentences(16, 5)}))
     assert "--distillation_alpha 0.3 not read: --distillation is off (this trainer takes no --distillation" in caplog.text
+
+
+def test_a_model_pruned_before_resumes_and_restores_its_best_checkpoint(encoder_folder, tmp_path):
+    # its checkpoints need hf_adaprune's classes: sentence-transformers' reload failed the resume, and under
+    # load_best_model_at_end only logged the failure while the best checkpoint's masks went on the last weights
+    from hf_adaprune.hub.load import reading_checkpoint
+
+    corpus = Dataset.from_dict({"sentence": sentences(64)})
+    first = AdaptivePruningSentenceTransformerTrainer(model=tiny_sentence_transformer(encoder_folder),
+                                                      args=make_args(tmp_path / "first"), train_dataset=corpus,
+                                                      eval_dataset=corpus.select(range(16)))
+    first.train()
+    save_pruned_sentence_transformer(first.model, tmp_path / "pruned")
+
+    def trainer_for(out, **overrides):
+        return AdaptivePruningSentenceTransformerTrainer(
+            model=load_pruned_sentence_transformer(tmp_path / "pruned", device="cpu"), train_dataset=corpus,
+            eval_dataset=corpus.select(range(16)),
+            args=make_args(out, compact_at_end=False, train_sampling_strategy="sequential", **overrides))
+
+    full = trainer_for(tmp_path / "full", save_strategy="steps", save_steps=6)
+    full.train()
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
+    masks = (get_masks(full.pruned_model).state_dict(), get_masks(resumed.pruned_model).state_dict())
+    assert masks[0].keys() == masks[1].keys() and all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+
+    best = trainer_for(tmp_path / "best", eval_strategy="steps", eval_steps=3, save_strategy="steps", save_steps=3,
+                       load_best_model_at_end=True, metric_for_best_model="teacher_mean_cosine")
+    best.train()
+    assert not best.state.best_model_checkpoint.endswith(f"-{best.state.global_step}")  # not the last weights
+    with reading_checkpoint():
+        restored = load_pruned_sentence_transformer(best.state.best_model_checkpoint, device="cpu").state_dict()
+    assert all(torch.equal(value, restored[key]) for key, value in best.model.state_dict().items())

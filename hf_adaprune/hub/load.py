@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -132,6 +134,22 @@ def load_pruned_config(path, **kwargs):
     return pruned_config_class(CONFIG_MAPPING[model_type]).from_pretrained(path, **kwargs)
 
 
+# set while a trainer reads its own checkpoint's weights (the masks come from its pruning_state.pt): not refused
+_READING_CHECKPOINT = contextvars.ContextVar("adaprune_reading_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def reading_checkpoint():
+    """Within it, :meth:`AutoPrunedModel.from_pretrained` reads a pruning run's checkpoint folder (``pruning_state.pt``
+    beside the weights, trainer.checkpoint.PRUNING_STATE_FILE), which it otherwise refuses: for a trainer that puts
+    the checkpoint's masks back itself."""
+    token = _READING_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _READING_CHECKPOINT.reset(token)
+
+
 class AutoPrunedModel:
     """``AutoPrunedModel.from_pretrained(dir)`` loads the class the model was saved as;
     ``auto_class=AutoModel`` (or any ``AutoModelFor...``) picks another head."""
@@ -139,7 +157,7 @@ class AutoPrunedModel:
     @staticmethod
     def from_pretrained(path, auto_class=None, **kwargs):
         folder = os.path.join(path, kwargs.get("subfolder") or "")  # the folder the weights are read from
-        if os.path.isfile(os.path.join(folder, "pruning_state.pt")):  # trainer.checkpoint.PRUNING_STATE_FILE
+        if os.path.isfile(os.path.join(folder, "pruning_state.pt")) and not _READING_CHECKPOINT.get():
             raise ValueError(f"{os.path.normpath(folder)} is a pruning run's checkpoint: its weights are those the "
                              "run trains, under masks kept in pruning_state.pt, which no loader applies (the model "
                              "would come back as it was before this run pruned it). Resume the run from it "

@@ -19,13 +19,16 @@ from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from torch.utils.data import DataLoader
 
+from ..hub.load import reading_checkpoint
+from ..layout import read_record
 from ..trainer.eval_order import first_rows
 from ..trainer.hub_push import without_hub_token
 from ..trainer.report import card_path
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
 from .evaluation import TeacherAgreementEvaluator
-from .hub import save_pruned_sentence_transformer, sentence_transformer_card, stock_encoder_class
+from .hub import (load_pruned_sentence_transformer, save_pruned_sentence_transformer, sentence_transformer_card,
+                  stock_encoder_class)
 from .losses import EmbeddingDistillationLoss, embedding_distillation_loss, text_column, with_teacher_embeddings
 from .modules import transformer_module
 
@@ -128,6 +131,25 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
 
     distillation_off_note = ("this trainer takes no --distillation: without a loss of your own it distils the dense "
                              "model's embeddings")
+
+    def _load_from_checkpoint(self, checkpoint_path: str, *args, **kwargs) -> None:
+        """A checkpoint of a model pruned before this run (``load_pruned_sentence_transformer``) is read with
+        hf_adaprune's classes: sentence-transformers' own reload builds the stock transformer without remote code
+        and failed (resume, ``load_best_model_at_end``)."""
+        if not read_record(self.pruned_model.config):
+            return super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        model = getattr(self.model, "_orig_mod", self.model)
+        with reading_checkpoint():  # its masks come from its pruning_state.pt, which this trainer reads
+            loaded = load_pruned_sentence_transformer(checkpoint_path, device="cpu")
+        model.load_state_dict(loaded.state_dict())
+
+    def _load_best_model(self) -> None:
+        """As sentence-transformers loads the best checkpoint, but a failure stops the run: it only logged one, and
+        the best checkpoint's masks were then put on the last step's weights and reported as restored."""
+        checkpoint = self.state.best_model_checkpoint
+        with contextlib.suppress(Exception):  # the card's "best step", as sentence-transformers sets it
+            self.model.model_card_data.set_best_model_step(int(checkpoint.rsplit("-", 1)[-1]))
+        self._load_from_checkpoint(checkpoint)
 
     def decision_rows(self) -> None:
         """Not compared on resume: the eval rows carry the dense model's embeddings, which a resumed run computes
