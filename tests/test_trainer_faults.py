@@ -245,6 +245,18 @@ def test_resume_on_other_decision_rows_or_another_eval_batch_size_for_a_loss_is_
     trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, **base), train_dataset=data,
                                      eval_dataset=with_text)
     assert trainer.decision_rows() == read_pruning_state(checkpoint)["decision_rows"]
+    # a transform that draws random numbers (masking, noise) gives the rows decisions read under their seed: the
+    # record taken after training steps and the one at a resume's start differed, and every resume was refused
+    def noisy(batch):
+        ids = torch.tensor(batch["input_ids"])
+        return {"input_ids": torch.where(torch.rand(ids.shape) < 0.2, 1, ids), "labels": batch["labels"]}
+
+    trainer.eval_dataset = data.select(range(48)).with_transform(noisy)
+    records = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        records.append(trainer.decision_rows())
+    assert records[0] == records[1]
 
 
 def test_the_decision_rows_record_reads_values_whatever_the_format():
@@ -264,6 +276,10 @@ def test_the_decision_rows_record_reads_values_whatever_the_format():
     objects = [{"x": torch.ones(2, dtype=torch.bfloat16), "clip": object()} for _ in range(2)]
     assert decision_rows_record(objects, None) == decision_rows_record([dict(row, clip=object()) for row in objects],
                                                                        None)
+    # lists of tensors numpy cannot take (bf16, requiring grad): the reference step failed
+    nested = [{"extra": [torch.ones(2, dtype=torch.bfloat16), torch.zeros(3, requires_grad=True)]}]
+    assert decision_rows_record(nested, None) == decision_rows_record(
+        [{"extra": [torch.ones(2, dtype=torch.bfloat16), torch.zeros(3)]}], None)
     features[1][2, 3] += 1e-3
     other = datasets.Dataset.from_dict({"input_features": features, "labels": [[1, 2], [3], [4, 5, 6]],
                                         "label": [0, 1, 1], "score": [0.5, 1.0, 0.25]})

@@ -167,7 +167,7 @@ def _feed(digest, value) -> None:
     elif isinstance(value, (list, tuple)):
         try:  # numbers (token ids, audio features read back as nested lists): as one array, not value by value
             array = np.asarray(value)
-        except ValueError:  # ragged
+        except (ValueError, TypeError, RuntimeError):  # ragged; tensors numpy cannot take (bf16, requiring grad)
             array = None
         if array is not None and array.dtype != object and array.size:
             _feed(digest, array)

@@ -619,7 +619,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._set_signature_columns_if_needed()  # the columns the model reads, as evaluation keeps them
             read = [name for name in rows.column_names if name in self._signature_columns]
             rows = rows.select_columns(read) if read else rows  # (a decoded audio column is neither read nor hashed)
-        return decision_rows_record(rows, batch)
+        with self._reading_decision_rows():  # a transform's random draws as decisions see them: from the seed
+            return decision_rows_record(rows, batch)
 
     def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``
@@ -1090,9 +1091,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             problem = decision_rows_problem(state.get("decision_rows"),
                                             self.decision_rows() if state.get("decision_rows") else None)
             if problem and not self.args.pruning_resume_with_new_arguments:
-                raise ValueError(f"{problem}. Resume with the rows and settings of the run that wrote the checkpoint, "
-                                 "or set --pruning_resume_with_new_arguments to compare decisions on these with its "
-                                 "reference all the same")
+                raise ValueError(f"{problem}. Resume with the rows and settings the pruning reference was measured "
+                                 "with, or set --pruning_resume_with_new_arguments to compare decisions on these with "
+                                 "that reference all the same")
             if problem:
                 logger.warning("resuming all the same (--pruning_resume_with_new_arguments): %s", problem)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
