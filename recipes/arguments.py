@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET, DEFAULT_RIDGE
+from hf_adaprune.reporting.report import POST_TRAINING_REPORT_FILE, TRAINING_REPORT_FILES
 from hf_adaprune.trainer.checkpoint import checkpoints
 
 logger = logging.getLogger(__name__)
@@ -233,11 +234,9 @@ def given_options(flags: list[str], parser=None) -> set[str]:
     """The option names (``num_beams``) the command line ``flags`` set; with ``parser``, as it reads them
     (abbreviations, ``--no_X``), else as written."""
     given = set()
-    for item in flags:
-        if not item.startswith("--"):
-            continue
-        action = _option(item, parser) if parser is not None else None
-        given.add(action.dest if action is not None else item[2:].split("=", 1)[0].replace("-", "_"))
+    for name in flag_names(flags):
+        action = _option(f"--{name}", parser) if parser is not None else None
+        given.add(action.dest if action is not None else name)
     return given
 
 
@@ -254,13 +253,12 @@ def data_source(flag: str) -> str | None:
     return "files" if flag.endswith(("_file", "_manifest")) else None
 
 
-# what a config file says of its own model and data for the model card and results.json: it gives way when the
-# command line names another model or other data (the card of a run on the user's model named the config's)
-CARD_FIELDS_FOLLOW = {"base_model_id": lambda flag: flag in ("model_name_or_path", "config_name"),
-                      "dataset_card_name": lambda flag: flag in TRAINING_DATA_FLAGS}
 # what chooses the training data (a --test_file of one's own leaves the dataset the model was trained on)
 TRAINING_DATA_FLAGS = ("dataset_name", "dataset_config_name", "train_file", "train_source_file", "train_target_file",
                        "train_manifest", "fsdd_dir")
+# what a config file says of its own model and data for the model card and results.json: it gives way when the
+# command line names another model or other data (the card of a run on the user's model named the config's)
+CARD_FIELDS_FOLLOW = {"base_model_id": ("model_name_or_path", "config_name"), "dataset_card_name": TRAINING_DATA_FLAGS}
 
 
 def without_overridden_aliases(values: dict, flags: list[str], parser=None) -> dict:
@@ -276,7 +274,7 @@ def without_overridden_aliases(values: dict, flags: list[str], parser=None) -> d
         if group & given:
             dropped |= group - given
     for field_name, follows in CARD_FIELDS_FOLLOW.items():
-        if field_name not in given and any(follows(flag) for flag in given):
+        if field_name not in given and given & set(follows):
             dropped.add(field_name)
     # data given one way on the command line (--dataset_name, files, --fsdd_dir) replaces the file's of another way
     sources = {data_source(flag) for flag in given} - {None}
@@ -384,7 +382,7 @@ def check_local_path(value: str | None, what: str) -> None:
     """RecipeError for a ``value`` that can only be a local path (absolute, ``./``, ``../``, ``~``, or more than
     one ``/``: no Hub id) and does not exist, before any data is read (transformers said "Repo id must be in the
     form 'repo_name' or 'namespace/repo_name'", once the data had loaded)."""
-    if not value or value.startswith(PACKAGE_PREFIX) or os.path.exists(os.path.expanduser(value)):
+    if not value or value.startswith(PACKAGE_PREFIX) or os.path.exists(value):  # (~ expanded by the caller)
         return
     local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
     if local or (os.sep != "/" and os.sep in value):
@@ -529,8 +527,7 @@ def only_files(folder: str, names) -> bool:
 # the reports of the two modes (pruning while training, --post_training), which a run of the other mode, or one
 # that writes no plot of its layers, would leave beside its model as if they were its own
 EARLIER_RUN_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
-                     "predict_results.json", "trainer_state.json", "training_args.bin", "pruning_report.json",
-                     "pruning_curve.png", "pruning_layers.png", "post_training_report.json",
+                     "predict_results.json", "trainer_state.json", *TRAINING_REPORT_FILES, POST_TRAINING_REPORT_FILE,
                      "results.json", "results.md")  # a run stopped before its own would leave them beside its model
 
 

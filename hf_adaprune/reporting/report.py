@@ -38,6 +38,11 @@ def card_tags(path: str) -> set[str] | None:
     return set(tags if isinstance(tags, list) else [tags])
 
 
+def is_adaprune_card(path: str) -> bool:
+    """Whether ``path`` is a model card hf_adaprune wrote (tagged hf_adaprune)."""
+    return "hf_adaprune" in (card_tags(path) or set())
+
+
 def is_user_readme(path: str) -> bool:
     """Whether ``path`` is a README.md that is not a card a trainer wrote: neither hf_adaprune's (tagged hf_adaprune)
     nor transformers' ``create_model_card`` of an earlier run in the folder (tagged generated_from_trainer, which
@@ -57,7 +62,7 @@ def remove_reports_of_another_model(folder: str | os.PathLike, names: Iterable[s
     if card and (folder / "README.md").is_file() and not is_user_readme(str(folder / "README.md")):
         removed.append("README.md")
     beside = folder / CARD_BESIDE_USER_README  # the card written beside a README.md of the user's own
-    if card and "hf_adaprune" in (card_tags(str(beside)) or set()):
+    if card and is_adaprune_card(str(beside)):
         removed.append(CARD_BESIDE_USER_README)
     for name in removed:
         (folder / name).unlink()

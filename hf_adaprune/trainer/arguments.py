@@ -252,6 +252,12 @@ _NOT_COMPARED_ON_RESUME = {"compact_at_end", "pruning_resume_with_new_arguments"
 LATENCY_OPTIONS = ("pruning_latency_batch_size", "pruning_latency_seq_len", "pruning_generation_tokens")
 
 
+def changed_options(args, names) -> list[str]:
+    """Those of the options ``names`` that ``args`` sets away from their defaults, in the order given."""
+    defaults = {f.name: f.default for f in fields(PruningArguments) if f.name in names}
+    return [name for name in names if getattr(args, name) != defaults[name]]
+
+
 def pruning_fields() -> list:
     """The dataclass fields :class:`PruningArguments` adds to ``TrainingArguments``."""
     stock = {f.name for f in fields(TrainingArguments)}

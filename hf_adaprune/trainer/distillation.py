@@ -26,7 +26,6 @@ underscore keeps it out of Trainer's Hub pushes), and a resumed run loads it fro
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import inspect
 import logging
@@ -339,6 +338,8 @@ class DistillationMixin(EvalLossMixin):
 
     def _setup_teacher(self, student) -> None:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
+        from .arguments import changed_options  # (arguments imports this module)
+
         args = self.args
         self.distillation_teacher, self._teacher_path = None, args.teacher_model_name_or_path
         self._reset_item_count_probe()
@@ -351,13 +352,10 @@ class DistillationMixin(EvalLossMixin):
         if args.distillation and args.teacher_model_name_or_path:
             self.distillation_teacher = load_teacher(args.teacher_model_name_or_path, student,
                                                      args.distillation_hidden_weight)
-        if not args.distillation:
-            defaults = {f.name: f.default for f in dataclasses.fields(args) if f.name in DISTILLATION_OPTIONS}
-            unread = [name for name in DISTILLATION_OPTIONS if getattr(args, name) != defaults[name]]
-            if unread:
-                logger.warning("%s not read: --distillation is off (%s)",
-                               ", ".join(f"--{name} {getattr(args, name)}" for name in unread),
-                               self.distillation_off_note)
+        unread = [] if args.distillation else changed_options(args, DISTILLATION_OPTIONS)
+        if unread:
+            logger.warning("%s not read: --distillation is off (%s)",
+                           ", ".join(f"--{name} {getattr(args, name)}" for name in unread), self.distillation_off_note)
 
     def _take_teacher(self) -> None:
         """At the reference: the model as it stands becomes the teacher, saved once for a resumed run."""

@@ -8,7 +8,8 @@ import os
 from transformers.modelcard import TrainingSummary
 
 from ..reporting.report import (CARD_BESIDE_USER_README, CURVE_FILE, LAYERS_FILE, REPORT_FILE, card_tags,
-                                is_user_readme, model_card, plot_layer_structure, plot_pruning_curve, write_json)
+                                is_adaprune_card, is_user_readme, model_card, plot_layer_structure, plot_pruning_curve,
+                                write_json)
 from ..reporting.report import removed_layers as removed_layers_of
 from ..reporting.summary import PruningSummary
 from ..surgery import kept_structure, removed_layers
@@ -32,7 +33,7 @@ def card_path(output_dir: str) -> str:
         logger.warning("%s is a card transformers' create_model_card wrote (generated_from_trainer), of the model "
                        "before pruning: the pruned model's card replaces it", path)
     stale = os.path.join(output_dir, CARD_BESIDE_USER_README)
-    if os.path.isfile(stale) and "hf_adaprune" in (card_tags(stale) or set()):
+    if is_adaprune_card(stale):
         os.remove(stale)
     return path
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import inspect
 import logging
 import math
@@ -32,8 +31,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_l
 
 from ..families import (check_sequence_length, decoder_positions, filter_groups, get_adapter, readable_positions,
                         shortest_audio)
-from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, prune_kinds, pruning_arguments,
-                        pruning_metric_direction)
+from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, changed_options, prune_kinds,
+                        pruning_arguments, pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
 from .hub_push import card_as_repo_readme, without_hub_token
@@ -173,8 +172,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """Latency-table options set where nothing reads them: under another target type, the generated tokens of a
         model that does not generate, the length of a Whisper encoder (its 30 s window is fixed)."""
         args = self.args
-        defaults = {f.name: f.default for f in dataclasses.fields(PruningArguments) if f.name in LATENCY_OPTIONS}
-        changed = [name for name in LATENCY_OPTIONS if getattr(args, name) != defaults[name]]
+        changed = changed_options(args, LATENCY_OPTIONS)
         if args.pruning_target_type != "latency":
             unread = changed
             why = f"they set what --pruning_target_type latency measures, and the target type is " \
