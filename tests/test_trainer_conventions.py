@@ -63,22 +63,29 @@ def test_best_model_at_end_comes_back_with_its_own_masks(tmp_path):
     assert stamped == sorted(stamped), report["decisions"]
 
 
-def test_best_model_at_end_before_any_kept_step_says_the_kept_steps_were_discarded(tmp_path):
-    """The best checkpoint holds no kept step, later checkpoints do: the card said the run "kept no pruning step
-    (stopped: training ended)"; the stop reason names the restore and the ratios it discarded."""
+def trained_with_best_at(tmp_path, step: int, every: int):
+    """A trainer run with an evaluation and checkpoint every ``every`` steps whose best-model metric peaks at
+    ``step``, restored at the end (load_best_model_at_end)."""
     trainer = None
 
     def compute_metrics(p):
         return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean()),
-                "score": -abs(trainer.state.global_step - 6)}
+                "score": -abs(trainer.state.global_step - step)}
 
     data = toy_dataset()
     trainer = AdaptivePruningTrainer(
         model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
         compute_metrics=compute_metrics,
-        args=make_args(tmp_path, eval_strategy="steps", eval_steps=6, save_strategy="steps", save_steps=6,
+        args=make_args(tmp_path, eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
                        load_best_model_at_end=True, metric_for_best_model="score", pruning_tolerance=1.0))
     trainer.train()
+    return trainer
+
+
+def test_best_model_at_end_before_any_kept_step_says_the_kept_steps_were_discarded(tmp_path):
+    """The best checkpoint holds no kept step, later checkpoints do: the card said the run "kept no pruning step
+    (stopped: training ended)"; the stop reason names the restore and the ratios it discarded."""
+    trainer = trained_with_best_at(tmp_path, 6, every=6)
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-6")
     restored, = [h for h in trainer.controller.state.history if h["event"] == "best_checkpoint"]
     kept = [h["ratio"] for h in restored["discarded"] if h["event"] == "keep"]
@@ -95,19 +102,7 @@ def test_best_model_at_end_before_any_kept_step_says_the_kept_steps_were_discard
 def test_a_best_checkpoint_taken_mid_candidate_is_judged_and_reported_in_step_order(tmp_path):
     """The best checkpoint (step 10) holds the candidate proposed at step 6, judged at the end on its weights: the
     report listed that judgement (step 10) after the restore entry (step 30)."""
-    trainer = None
-
-    def compute_metrics(p):
-        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean()),
-                "score": -abs(trainer.state.global_step - 10)}
-
-    data = toy_dataset()
-    trainer = AdaptivePruningTrainer(
-        model=tiny_model("bert"), train_dataset=data, eval_dataset=data.select(range(48)),
-        compute_metrics=compute_metrics,
-        args=make_args(tmp_path, eval_strategy="steps", eval_steps=5, save_strategy="steps", save_steps=5,
-                       load_best_model_at_end=True, metric_for_best_model="score", pruning_tolerance=1.0))
-    trainer.train()
+    trainer = trained_with_best_at(tmp_path, 10, every=5)
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-10")
     history = trainer.controller.state.history
     judged = [h for h in history if h["event"] == "keep"]
