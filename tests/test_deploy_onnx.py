@@ -564,9 +564,12 @@ def test_a_failed_or_refused_export_leaves_the_earlier_export_as_it_was(tmp_path
 def test_seq2seq_generate_without_a_mask_reads_every_token(tmp_path):
     model = tiny_seq2seq("marian")
     export_onnx(model, tmp_path)
-    inputs = seq2seq_batch()["input_ids"][:1]
-    np.testing.assert_array_equal(greedy_onnx(tmp_path, model, inputs),
-                                  greedy_onnx(tmp_path, model, inputs, torch.ones_like(inputs)))
+    inputs = seq2seq_batch()["input_ids"][1:2]  # a row holding pad ids: a mask made from them would hide those
+    pad = model.generation_config.pad_token_id
+    assert (inputs == pad).any()
+    every_token = greedy_onnx(tmp_path, model, inputs, torch.ones_like(inputs))
+    np.testing.assert_array_equal(greedy_onnx(tmp_path, model, inputs), every_token)
+    assert not np.array_equal(greedy_onnx(tmp_path, model, inputs, (inputs != pad).long()), every_token)
 
 
 def test_seq2seq_generate_takes_torch_tensors_and_any_integer_ids_and_refuses_float_ids(tmp_path):

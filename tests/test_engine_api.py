@@ -309,7 +309,11 @@ def test_good_input_still_selects(selection_inputs):
     groups, scores, masks = selection_inputs
     selected = select_masks_by_kind(groups, scores, masks.masks, 0.4, floors={"heads": 0, "ffn": 1}, multiple_of=1)
     assert set(selected) == set(masks.masks)
-    assert select_masks(scores, masks.masks, 0.5, floor=0).keys() == masks.masks.keys()
+    kept, total = sum(int(m.sum()) for m in selected.values()), sum(m.numel() for m in selected.values())
+    assert 0 < kept < total, "some structures removed, not all"
+    halved = select_masks(scores, masks.masks, 0.5, floor=0)
+    assert halved.keys() == masks.masks.keys()
+    assert abs(sum(int(m.sum()) for m in halved.values()) - total / 2) <= len(halved), "half, each group rounded"
     # whole numbers given as floats and floors in any mapping select as before the checks came (8.0, 1.0)
     from types import MappingProxyType
 

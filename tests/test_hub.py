@@ -186,7 +186,7 @@ def test_mismatched_weights_fail_loudly(tmp_path):
     key = "bert.encoder.layer.2.attention.self.query.weight"
     weights[key] = torch.zeros(weights[key].shape[0] + 8, weights[key].shape[1])
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(Exception, match="(?i)mismatch|size"):
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         AutoPrunedModel.from_pretrained(tmp_path)
 
 
@@ -735,7 +735,7 @@ def test_a_variant_saved_beside_the_default_weights_of_the_same_structure_keeps_
                                    expected, rtol=0, atol=0)
         half = AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")
         assert half.dtype == torch.float16
-        torch.testing.assert_close(half.float()(**batch).logits, expected, rtol=0, atol=1e-2)
+        torch.testing.assert_close(half.float()(**batch).logits, expected, rtol=0, atol=1e-4)
     model.config.id2label = {0: "neg", 1: "pos", 2: "mixed"}  # config.json changes, the tensors' shapes do not
     write(model)
     assert (tmp_path / "model.fp16.safetensors").exists() and "removed" not in caplog.text
@@ -767,9 +767,11 @@ def test_sharded_variants_side_by_side_leave_no_index_without_its_shards(tmp_pat
         torch.testing.assert_close(AutoPrunedModel.from_pretrained(tmp_path, dtype=torch.float32)(**batch).logits,
                                    model(**batch).logits, rtol=0, atol=0)
     index = tmp_path / "model.safetensors.index.fp16.json"
-    if index.exists():  # kept only with its shards
+    # save_pretrained's clean-up removes the fp16 shards, and the index goes with them; save_pruned keeps both
+    assert index.exists() == (save == "save_pruned")
+    if index.exists():
         shards = set(json.loads(index.read_text())["weight_map"].values())
         assert all((tmp_path / shard).is_file() for shard in shards)
         with torch.no_grad():
             half = AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")
-            torch.testing.assert_close(half.float()(**batch).logits, model(**batch).logits, rtol=0, atol=1e-2)
+            torch.testing.assert_close(half.float()(**batch).logits, model(**batch).logits, rtol=0, atol=1e-4)

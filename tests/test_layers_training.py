@@ -233,8 +233,9 @@ def test_a_refused_set_up_leaves_the_tables_trainable(tmp_path):
     """The tables are frozen once the set-up is accepted: a refused one leaves the caller's model as it was given."""
     build_seq2seq("marian").save_pretrained(tmp_path / "dense")
     model = transformers.MarianMTModel.from_pretrained(tmp_path / "dense")
-    args = Seq2SeqPruningArguments(str(tmp_path / "run"), max_steps=4, report_to="none", use_cpu=True)
-    with pytest.raises(ValueError):
+    args = Seq2SeqPruningArguments(str(tmp_path / "run"), max_steps=4, report_to="none", use_cpu=True,
+                                   pruning_seq_len=16)
+    with pytest.raises(ValueError, match="needs an eval_dataset"):
         AdaptivePruningSeq2SeqTrainer(model=model, args=args, train_dataset=toy_dataset())  # no eval set
     assert model.model.encoder.embed_positions.weight.requires_grad
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -17,7 +19,7 @@ from hf_adaprune.reporting.summary import PruningSummary
 from hf_adaprune.trainer.trainer import PRUNING_STATE_FILE, PruningTrainerMixin
 from huggingface_hub import ModelCard
 
-from conftest import tiny_model
+from conftest import ROOT, one_thread_env, tiny_model
 
 
 def toy_dataset(n=192, seed=0):
@@ -57,7 +59,7 @@ def test_train_prunes_saves_and_reloads(tmp_path):
     events = [d["event"] for d in report["decisions"]]
     assert events[0] == "reference" and events[-1] == "stop"
     assert report["final_sparsity"] > 0
-    assert report["comparison"]["layer_flops_removed"] == pytest.approx(report["final_sparsity"], abs=0.12)
+    assert report["comparison"]["layer_flops_removed"] == pytest.approx(report["final_sparsity"], abs=0.02)
     assert (tmp_path / "pruning_curve.png").stat().st_size > 1000
     assert (tmp_path / "pruning_layers.png").stat().st_size > 1000
     assert any("pruning/metric" in entry for entry in logged), "decisions go through Trainer.log"
@@ -442,13 +444,33 @@ def test_gradient_accumulation_gives_same_scores(tmp_path):
         torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-7)
 
 
-def test_plain_trainer_unaffected(tmp_path):
-    # hf_adaprune must not change the stock Trainer: same loss for a plain run
-    data = toy_dataset(64)
-    args = transformers.TrainingArguments(str(tmp_path), max_steps=3, per_device_train_batch_size=16, report_to="none",
-                                          use_cpu=True, disable_tqdm=True, save_strategy="no")
-    out = Trainer(model=tiny_model("bert"), args=args, train_dataset=data).train()
-    assert out.training_loss > 0
+PLAIN_RUN_BEFORE_AND_AFTER_IMPORT = """
+import json, sys, tempfile, datasets, torch, transformers
+sys.path.insert(0, "tests")
+from conftest import tiny_model
+torch.set_num_threads(1)
+def plain_run():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 99, (64, 10), generator=generator)
+    data = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 1] > 52).long().tolist()})
+    args = transformers.TrainingArguments(tempfile.mkdtemp(), max_steps=3, per_device_train_batch_size=16, seed=0,
+                                          report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no")
+    return transformers.Trainer(model=tiny_model("bert"), args=args, train_dataset=data).train().training_loss
+assert "hf_adaprune" not in sys.modules
+before = plain_run()
+import hf_adaprune  # noqa: E402,F401
+print(json.dumps([before, plain_run()]))
+"""
+
+
+def test_plain_trainer_unaffected():
+    """Importing hf_adaprune changes nothing in the stock Trainer: a plain run gives the same loss before and after
+    the import, in one fresh process (this test module has imported it already)."""
+    result = subprocess.run([sys.executable, "-c", PLAIN_RUN_BEFORE_AND_AFTER_IMPORT], cwd=ROOT, env=one_thread_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert before > 0 and after == before
 
 
 def test_bf16_autocast_scores_accumulate_in_float32(tmp_path):
