@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model
 from test_post_training import batches_for, capture_inputs, labelled_examples, masked_at, pad_collator, relative_error
 
-from hf_adaprune import find_groups
+from hf_adaprune import attach_masks, find_groups
 from hf_adaprune.post_training import capture_dense_targets, post_training_prune, refit_groups
 from hf_adaprune.post_training.dense_targets import residual_norms
 
@@ -117,3 +117,42 @@ def test_refit_target_is_recorded_and_checked():
     assert largest_change("dense_residual", "dense_output") > 0.02
     assert largest_change("dense_residual", "same_input") > 0.02
     assert largest_change("dense_output", "same_input") > 1e-4
+
+
+@pytest.mark.parametrize("model_type, target, layers", [("bert", "dense_residual", False), ("distilbert", None, False),
+                                                        ("bert", "dense_output", True)])
+def test_replaying_finished_layers_changes_no_weight_and_runs_fewer_layers(monkeypatch, model_type, target, layers):
+    """The re-fit replays the layers below the group it measures from their kept outputs: the same weights, bit for
+    bit, as running every pass from the embeddings up (a removed layer's gate included), with at most three calls of
+    each layer per batch (two groups measured in it, one pass making its output) instead of one per group above
+    it."""
+    from contextlib import nullcontext
+
+    from hf_adaprune.post_training.layer_replay import FinishedLayers, layer_position
+
+    dense = tiny_model(model_type, num_hidden_layers=4)
+    rows = labelled_examples(64)
+    batches = batches_for(dense, rows)
+
+    def refit(replay: bool):
+        model = copy.deepcopy(dense)
+        targets = capture_dense_targets(model, find_groups(model), batches, kind=target) if target else None
+        masks, groups = masked_at(model, rows)
+        stack, _ = layer_position(model.base_model, groups[0].output)
+        if layers:  # the second layer removed by its gate: its kept output is its input
+            attach_masks(model, layers=True).set("encoder.layer", torch.tensor([1., 0, 1, 1]))
+        calls = []
+        handles = [layer.register_forward_pre_hook(lambda m, a: calls.append(1)) for layer in stack]
+        with monkeypatch.context() as patch:
+            if not replay:
+                patch.setattr(FinishedLayers, "replaying", lambda self, group, batch: nullcontext())
+            refit_groups(model, masks, groups, batches, progress=False, dense=targets)
+        for handle in handles:
+            handle.remove()
+        return model, len(calls)
+
+    replayed, replayed_calls = refit(True)
+    plain, plain_calls = refit(False)
+    for (name, a), b in zip(replayed.named_parameters(), plain.parameters()):
+        assert torch.equal(a, b), name
+    assert replayed_calls <= 3 * 4 * len(batches) < plain_calls

@@ -18,7 +18,8 @@ the bias. The removed columns stay behind the mask gate and compaction slices th
 so the compacted model equals the re-fitted masked one.
 
 Groups are re-fit in forward order, each on inputs produced by the already re-fitted
-earlier layers; each pass stops right after the group it measures. A group whose calibration
+earlier layers; each pass stops right after the group it measures, and the layers already finished are
+replayed from their kept outputs (:mod:`layer_replay`) rather than run again. A group whose calibration
 tokens are too few for its kept columns (:func:`refit_token_floor`) is not re-fit: it keeps its
 weights, with a warning.
 """
@@ -38,6 +39,7 @@ from ..families import Group, HeadGroup
 from ..modes import restore_modes, training_modes
 from .calibration import device_batch, token_mask, whole_feed_forward
 from .dense_targets import DenseTargets, real_tokens
+from .layer_replay import FinishedLayers
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +191,7 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
         model.eval()
         errors = {}
         pruned = [g for g in groups if bool((masks.masks[g.name] < 0.5).any())]
+        finished = FinishedLayers(base)
         try:
             for group in tqdm(pruned, desc="calibration: re-fit", disable=not progress):
                 projection = base.get_submodule(group.output)
@@ -204,7 +207,8 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
                     for number, batch in enumerate(batches):
                         batch = device_batch(batch, device)
                         statistics.valid, statistics.batch = token_mask(batch, group), number
-                        _run_until(model, batch)
+                        with finished.replaying(group, number):
+                            _run_until(model, batch)
                 finally:
                     for handle in handles:
                         handle.remove()
