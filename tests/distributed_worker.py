@@ -105,6 +105,9 @@ def main():
         trainer.add_callback(CrashAfter(opts.crash_after))
     if opts.evaluate_first:
         trainer.evaluate()
+    teacher = {}  # the run lets its teacher go once train() is over: read at on_train_end
+    trainer.add_callback(type("SeeTeacher", (transformers.TrainerCallback,), {
+        "on_train_end": lambda self, *a, **kw: teacher.update(model=trainer.distillation_teacher)}))
     trainer.train(resume_from_checkpoint=opts.resume)
     torch.save(get_masks(trainer.model).state_dict(), os.path.join(opts.output_dir, f"masks_rank{rank}.pt"))
     torch.save(trainer.controller.state_dict(), os.path.join(opts.output_dir, f"controller_rank{rank}.pt"))
@@ -114,8 +117,8 @@ def main():
         torch.save(trainer.model.state_dict(), os.path.join(opts.output_dir, f"weights_rank{rank}.pt"))
     if opts.latency:
         torch.save(trainer.costs, os.path.join(opts.output_dir, f"costs_rank{rank}.pt"))
-    if trainer.distillation_teacher is not None:
-        torch.save(trainer.distillation_teacher.state_dict(), os.path.join(opts.output_dir, f"teacher_rank{rank}.pt"))
+    if teacher.get("model") is not None:
+        torch.save(teacher["model"].state_dict(), os.path.join(opts.output_dir, f"teacher_rank{rank}.pt"))
 
 
 if __name__ == "__main__":

@@ -326,11 +326,20 @@ def test_ctc_distils_over_real_frames():
     assert mask.sum(-1).tolist() == frames.tolist() and mask[1].sum() < mask[0].sum()
 
 
+def teacher_during_training(trainer) -> dict:
+    """``{"teacher": ...}``: the trainer's teacher at its last training step (the run lets it go at the end)."""
+    seen = {"teacher": None}
+    trainer.add_callback(type("SeeTeacher", (transformers.TrainerCallback,), {
+        "on_step_end": lambda self, *a, **kw: seen.update(teacher=trainer.distillation_teacher)}))
+    return seen
+
+
 def test_training_keeps_the_teacher_out_of_optimizer_and_checkpoints(tmp_path):
     trainer = make_trainer(tmp_path, distillation=True, distillation_hidden_weight=0.5, save_strategy="steps",
                            save_steps=12, compact_at_end=False)
+    seen = teacher_during_training(trainer)
     trainer.train()
-    teacher = trainer.distillation_teacher
+    teacher = seen["teacher"]
     assert teacher is not None and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
     in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -398,8 +407,9 @@ def test_resume_with_distillation_continues_exactly(tmp_path):
     assert state["controller"]["reference"] is not None and state["teacher"], "mid-pruning, with a teacher"
     resumed = make_trainer(tmp_path / "full", distillation=True, save_strategy="no")
     resumed.args.output_dir = str(tmp_path / "resumed")
+    seen = teacher_during_training(resumed)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.distillation_teacher is not None
+    assert seen["teacher"] is not None
     a = json.loads((tmp_path / "full" / "pruning_report.json").read_text())
     b = json.loads((tmp_path / "resumed" / "pruning_report.json").read_text())
     assert a["groups"] == b["groups"]
@@ -737,3 +747,30 @@ def test_distillation_options_without_distillation_are_named_as_not_read(tmp_pat
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         make_trainer(tmp_path)
     assert "not read: --distillation is off" not in caplog.text
+
+
+def test_a_finished_run_lets_go_of_the_teacher_and_the_optimizer_of_the_dense_weights(tmp_path):
+    """After train() the teacher (a whole model) and, once compaction replaced the weights, the optimizer and
+    scheduler (Adam: 2x the dense weights) are no longer held; the report and card still say what distilled, and
+    the trainer still evaluates and saves."""
+    import gc
+    import weakref
+
+    trainer = make_trainer(tmp_path, model=tiny_model("bert"), distillation=True, distillation_alpha=0.3,
+                           pruning_target=0.5, pruning_tolerance=10.0)
+    held = {}
+    trainer.add_callback(type("Keep", (transformers.TrainerCallback,), {
+        "on_step_end": lambda self, args, state, control, optimizer=None, lr_scheduler=None, **kw: held.update(
+            optimizer=weakref.ref(optimizer), scheduler=weakref.ref(lr_scheduler),
+            teacher=weakref.ref(trainer.distillation_teacher) if trainer.distillation_teacher is not None
+            else None)}))
+    trainer.train()
+    gc.collect()
+    assert held["teacher"] is not None and held["teacher"]() is None, "the teacher is freed"
+    assert held["optimizer"]() is None and held["scheduler"]() is None, "the optimizer and scheduler are freed"
+    assert trainer.optimizer is None and trainer.lr_scheduler is None
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["distillation"]["alpha"] == 0.3
+    assert "eval_loss" in trainer.evaluate()
+    trainer.save_model()
+    assert "distil" in (tmp_path / "README.md").read_text().lower()

@@ -335,6 +335,7 @@ class DistillationMixin(EvalLossMixin):
     distillation_off_note = "set --distillation true to distil"  # why options only --distillation reads are idle
     _teacher_path = None
     _teacher_ran = False  # compute_loss ran the teacher in this training step
+    _teacher_released = False  # the run ended and let its teacher go (release_teacher): the report still names it
 
     def _setup_teacher(self, student) -> None:
         """A named teacher loads (and a bad one fails) here, before training; the default one comes later."""
@@ -380,18 +381,27 @@ class DistillationMixin(EvalLossMixin):
                 "compute_loss_func=..., or set --distillation false")
         return loss
 
+    def release_teacher(self) -> None:
+        """At the end of the run: the teacher (a whole model, on the student's device) is no longer read; its memory
+        goes, and the report and card still say what distilled."""
+        if self.distillation_teacher is not None:
+            self.distillation_teacher, self._teacher_released = None, True
+
+    def _has_teacher(self) -> bool:
+        return self.distillation_teacher is not None or self._teacher_released
+
     def distillation_record(self) -> dict | None:
         """What the report says was distilled: the settings of a teacher that ran (None: none did, e.g. training
         ended before the reference), or a resumed checkpoint's, with the step this run stopped it at."""
         args = self.args
-        if args.distillation and self.distillation_teacher is not None:
+        if args.distillation and self._has_teacher():
             return distillation_settings(args.distillation_alpha, args.distillation_temperature,
                                          args.distillation_hidden_weight, args.teacher_model_name_or_path)
         return self.earlier_distillation
 
     def teacher_state(self) -> str | None:
         """What ``pruning_state.pt`` records of the teacher: where its weights are (never the weights)."""
-        return self._teacher_path if self.distillation_teacher is not None else None
+        return self._teacher_path if self._has_teacher() else None
 
     def load_teacher_state(self, path: str | None, saved_args: dict | None = None) -> None:
         """The checkpoint's teacher (``path``: where its weights are; None: it had none), loaded when this run

@@ -976,6 +976,19 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._write_report()
         self._finished = True
 
+    def _release_training_state(self) -> None:
+        """What only training read goes once the run is over (a second train() is refused): the teacher, and, once
+        compaction has replaced the weights, the optimizer and scheduler, whose state (2x the dense weights for Adam)
+        belongs to tensors the model no longer has."""
+        self.release_teacher()
+        if not self.args.compact_at_end or get_masks(self.pruned_model) is not None:
+            return
+        optimizers = getattr(self.accelerator, "_optimizers", [])
+        optimizers[:] = [o for o in optimizers if o is not self.optimizer]
+        schedulers = getattr(self.accelerator, "_schedulers", [])
+        schedulers[:] = [s for s in schedulers if s is not self.lr_scheduler]
+        self.optimizer = self.lr_scheduler = self.callback_handler.optimizer = self.callback_handler.lr_scheduler = None
+
     # -- checkpoints, saving -------------------------------------------------------------
     def pruning_state_dict(self) -> dict:
         """Tensors, numbers, strings, lists and dicts only: read back with ``torch.load(weights_only=True)``."""
@@ -1106,7 +1119,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                "batches the run had read, which continues exactly within its first pass only; from a "
                                "checkpoint past its end the batches that follow differ from the uninterrupted run's")
         self._forget_evaluation_prepare()
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self._finished:  # after on_train_end: every callback has seen the optimizer
+            self._release_training_state()
+        return output
 
     def _check_unchanged_since_setup(self) -> None:
         """The model still carries the masks this trainer attached, and its pruning arguments are those it was built
