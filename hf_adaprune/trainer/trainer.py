@@ -976,6 +976,21 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._write_report()
         self._finished = True
 
+    def _back_to_last_decision(self) -> None:
+        """After ``train()`` stopped on an exception: the model back under the masks (and weights, for a re-fit) the
+        last decision kept, which is what ``save_model`` writes; the checkpoints hold the run's state to resume."""
+        pending = self.controller.state.pending
+        if pending is None or get_masks(self.pruned_model) is None or self._accepted_masks is None:
+            return
+        try:
+            self._drop_candidate()
+        except Exception:  # the exception on its way out says more than a failed roll-back would
+            logger.exception("pruning: could not put back the masks of the last decision after train() stopped")
+            return
+        logger.warning("pruning: train() stopped while the candidate at sparsity %.3f waited for its decision; the "
+                       "model is back at the last decision's sparsity %.3f (resume from a checkpoint to go on)",
+                       pending, self.controller.state.ratio)
+
     def _release_training_state(self) -> None:
         """What only training read goes once the run is over (a second train() is refused): the teacher, and, once
         compaction has replaced the weights, the optimizer and scheduler, whose state (2x the dense weights for Adam)
@@ -1119,7 +1134,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                "batches the run had read, which continues exactly within its first pass only; from a "
                                "checkpoint past its end the batches that follow differ from the uninterrupted run's")
         self._forget_evaluation_prepare()
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        try:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        except BaseException:  # an error, Ctrl-C: the model is not left running a candidate no decision judged
+            self._back_to_last_decision()
+            raise
         if self._finished:  # after on_train_end: every callback has seen the optimizer
             self._release_training_state()
         return output
