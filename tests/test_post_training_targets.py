@@ -156,3 +156,26 @@ def test_replaying_finished_layers_changes_no_weight_and_runs_fewer_layers(monke
     for (name, a), b in zip(replayed.named_parameters(), plain.parameters()):
         assert torch.equal(a, b), name
     assert replayed_calls <= 3 * 4 * len(batches) < plain_calls
+
+
+def test_the_memory_of_the_dense_targets_is_said_before_they_are_captured(monkeypatch, caplog):
+    """The dense model's activations are held for the whole call and grow with the tokens, the width and the layers
+    (gigabytes for a BERT-base on long rows): their size is logged up front, exactly what the capture then holds,
+    and named in a warning above the threshold."""
+    import logging
+
+    import hf_adaprune.post_training.prune as prune_module
+    from hf_adaprune.post_training.dense_targets import dense_target_bytes
+
+    model = tiny_model("bert")
+    rows = labelled_examples(40)
+    batches = batches_for(model, rows)
+    groups = find_groups(model)
+    held = capture_dense_targets(model, groups, batches)
+    expected = sum(value.numel() * value.element_size() for values in held.values.values() for value in values)
+    assert dense_target_bytes(model, groups, batches) == expected
+    monkeypatch.setattr(prune_module, "DENSE_TARGETS_WARNING_BYTES", expected - 1)
+    with caplog.at_level(logging.INFO, logger="hf_adaprune"):
+        post_training_prune(model, rows, 0.5, data_collator=pad_collator, seq_len=16, progress=False)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "re-fit target" in r.getMessage()]
+    assert len(warned) == 1 and f"take {expected / 1024 ** 2:.1f} MiB" in warned[0].getMessage()

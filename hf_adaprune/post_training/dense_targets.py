@@ -106,6 +106,18 @@ def real_tokens(value: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor
     return flat
 
 
+def dense_target_bytes(model: nn.Module, groups: Sequence[Group], batches: Sequence[dict]) -> int:
+    """The memory :func:`capture_dense_targets` will hold on ``batches``: 4 bytes per real token and output
+    feature of each group (a batch without a token mask counts every position of its ``input_ids``)."""
+    base, total = model.base_model, 0
+    for group in groups:
+        width = base.get_submodule(group.output).out_features
+        for batch in batches:
+            mask = token_mask(batch, group)
+            total += width * (int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+    return 4 * total
+
+
 @torch.no_grad()
 def capture_dense_targets(model: nn.Module, groups: Sequence[Group], batches: Sequence[dict],
                           kind: str = "dense_residual") -> DenseTargets:

@@ -42,10 +42,12 @@ from ..task_metrics import classification_metrics
 from ..trainer.eval_order import is_map_style
 from .calibration import (LABEL_KEYS, SCORE_KINDS, calibration_batches, dataset_rows, device_batch, label_key,
                           mask_gradient_scores, model_input_names)
-from .dense_targets import REFIT_TARGETS, capture_dense_targets
+from .dense_targets import REFIT_TARGETS, capture_dense_targets, dense_target_bytes
 from .refit import DEFAULT_RIDGE, refit_groups, refit_token_floor
 
 logger = logging.getLogger(__name__)
+
+DENSE_TARGETS_WARNING_BYTES = 2 * 1024 ** 3  # re-fit targets above this are named in a warning, not the info log
 
 # model types whose calibration batches and token masks this module knows (encoder-only families)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert")
@@ -190,6 +192,7 @@ def post_training_prune(
     )
     dense = None  # the dense model's activations, captured once for every ratio tried
     if refit and refit_target != "same_input":
+        _log_dense_target_size(model, groups, refit_batches, refit_target)
         dense = _timed(timings, "refit", capture_dense_targets, model, groups, refit_batches, refit_target)
     masks = attach_masks(model)
     dense_projections = _projection_state(model, groups)
@@ -701,3 +704,13 @@ def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_t
         if eval_dataset is not None and getattr(model.config, "num_labels", None) == 1:
             raise ValueError(f"metric {metric!r} needs classes, but the model has one output (regression): pass "
                              f"metric='loss'")
+
+
+def _log_dense_target_size(model, groups, batches, refit_target: str) -> None:
+    """Say up front how much memory the dense model's activations take for the whole call (a warning above
+    :data:`DENSE_TARGETS_WARNING_BYTES`): they grow with the re-fit tokens, the hidden size and the layers."""
+    size = dense_target_bytes(model, groups, batches)
+    log = logger.warning if size > DENSE_TARGETS_WARNING_BYTES else logger.info
+    log("re-fit target %r: the dense model's activations take %.1f MiB of memory for this call (4 bytes per real "
+        "token and hidden unit, %d groups); fewer refit_samples, or refit_target='same_input', hold less",
+        refit_target, size / 1024 ** 2, len(groups))
