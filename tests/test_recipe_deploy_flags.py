@@ -402,10 +402,10 @@ def test_onnx_int8_without_onnxruntime_fails_before_training(workspace, tmp_path
 
 # -- speech ---------------------------------------------------------------------------------------------------------
 
-from test_recipe_asr import FSDD, PRUNING, asr, data_flags, manifests, tiny_whisper_dir  # noqa: E402,F401
+from test_recipe_asr import FSDD, PRUNING, asr, data_flags, manifests  # noqa: E402,F401
 
 
-def test_whisper_ctranslate2_and_onnx(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811 - the fixtures
+def test_whisper_ctranslate2_and_onnx(tmp_path, manifests, tiny_whisper_dir):
     """A Whisper with its window cut to 1 s: the CTranslate2 copy transcribes what the pruned model does."""
     ctranslate2 = pytest.importorskip("ctranslate2", reason="--export_ctranslate2 needs ctranslate2")
     out = tmp_path / "whisper"
@@ -449,7 +449,7 @@ def test_ctc_bad_requests_fail_before_training(tmp_path, manifests, tiny_ctc_dir
     assert not (out / "model.safetensors").exists()
 
 
-def test_whisper_vocabulary_rows_hold_both_forms_of_a_transcript_in_its_one_row(tiny_whisper_dir):  # noqa: F811
+def test_whisper_vocabulary_rows_hold_both_forms_of_a_transcript_in_its_one_row(tiny_whisper_dir):
     """The spaced form (' kitchen') is kept beside the labels' form, in the transcript's own row: as a row of its
     own it counted every transcript twice (--vocabulary_min_count 2 kept words of one transcript)."""
     from types import SimpleNamespace
@@ -468,7 +468,7 @@ def test_whisper_vocabulary_rows_hold_both_forms_of_a_transcript_in_its_one_row(
         assert {counts[i] for i in tokenizer(word, add_special_tokens=False).input_ids} == {rows}, word
 
 
-def test_whisper_vocabulary_and_ctranslate2(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811 - the fixtures
+def test_whisper_vocabulary_and_ctranslate2(tmp_path, manifests, tiny_whisper_dir):
     """The vocabulary folder holds the processor with the smaller tokenizer; CTranslate2 converts that folder."""
     out = tmp_path / "whisper"
     flags = ["--prune_vocabulary", "true"]
@@ -607,7 +607,7 @@ def whisper_deploy_run(model_dir, manifests, out, *deploy_flags) -> dict:  # noq
                      "--pruning_seq_len", "8", "--test_before_pruning", "false", *deploy_flags])
 
 
-def test_whisper_vocabulary_and_int8_copies_are_scored_on_the_test_clips(tmp_path, manifests, tiny_whisper_dir):  # noqa: F811
+def test_whisper_vocabulary_and_int8_copies_are_scored_on_the_test_clips(tmp_path, manifests, tiny_whisper_dir):
     """Each copy reloaded from its folder transcribes the test clips with its own tokenizer; results.json holds its
     WER / CER and their change against the pruned model's."""
     out = tmp_path / "whisper"
@@ -639,7 +639,7 @@ def test_ctc_int8_copy_is_scored_on_the_test_clips(tmp_path, manifests, tiny_ctc
         {metric: value - results["test"][f"pruned_{metric}"] for metric, value in expected.items()})
 
 
-def test_whisper_copy_is_decoded_by_its_own_tokenizer_and_generates_as_the_test_set_did(tiny_whisper_dir):  # noqa: F811
+def test_whisper_copy_is_decoded_by_its_own_tokenizer_and_generates_as_the_test_set_did(tiny_whisper_dir):
     """score_deployed reads the copy's ids with the tokenizer it is given (a smaller vocabulary numbers tokens
     otherwise) and the references with the run's; it generates with --generation_max_length / --generation_num_beams."""
     from types import SimpleNamespace

@@ -22,7 +22,7 @@ from test_recipe_deploy_flags import (SHORT_RUN, classification, classification_
                                       translation_deploy_run, whisper_deploy_run)
 from test_recipe_text_classification import workspace  # noqa: F401 - the fixture
 from test_recipe_translation import workspace as translation_workspace  # noqa: F401 - the fixture
-from test_recipe_asr import asr, manifests, tiny_whisper_dir  # noqa: F401 - the fixtures
+from test_recipe_asr import asr, manifests  # noqa: F401 - the fixture
 
 pytest.importorskip("onnxruntime", reason="scoring the ONNX graphs runs them with onnxruntime")
 
