@@ -223,3 +223,27 @@ def test_save_pruned_of_an_int8_model_is_refused_naming_save_int8(tmp_path):
                                          r"folder, load_int8\(folder\) reads it"):
         save_pruned(quantized, tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_int8_rows_in_chunks_equal_the_whole_table_at_once(monkeypatch):
+    """Embedding rows are rounded a chunk at a time (float temporaries of a chunk, not of a 50,000-token table):
+    the same values and scales as the whole table at once, a last short chunk included."""
+    import hf_adaprune.deploy.quantize as quantize
+
+    weight = torch.randn(10, 6, generator=torch.Generator().manual_seed(0))
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    whole = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    monkeypatch.setattr(quantize, "ROWS_PER_CHUNK", 3)
+    values, scales = quantize._int8_rows(weight)
+    assert values.dtype == torch.int8 and torch.equal(values, whole) and torch.equal(scales, scale)
+    assert int(values.abs().max()) == 127
+
+
+def test_int8_embeddings_rounded_in_chunks_equal_those_rounded_at_once(monkeypatch):
+    import hf_adaprune.deploy.quantize as quantize
+
+    model = tiny_model("bert")  # 99-token table: 15 chunks of 7 rows, the last of 1
+    at_once = quantize.quantize_int8(model).bert.embeddings.word_embeddings.weight
+    monkeypatch.setattr(quantize, "ROWS_PER_CHUNK", 7)
+    chunked = quantize.quantize_int8(model).bert.embeddings.word_embeddings.weight
+    assert torch.equal(chunked, at_once) and not torch.equal(chunked, model.bert.embeddings.word_embeddings.weight)

@@ -74,10 +74,17 @@ def _embedding_names(model) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
 
 
+ROWS_PER_CHUNK = 4096  # rows rounded at a time: float temporaries of a chunk, not of a whole vocabulary's table
+
+
 def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8 values and scales of a 2-d float tensor."""
+    """Symmetric per-row int8 values and scales of a 2-d float tensor (rows are independent: rounded in chunks)."""
     scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    values = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
+        rows = slice(start, start + ROWS_PER_CHUNK)
+        values[rows] = torch.round(weight[rows] / scale[rows, None]).clamp(-127, 127)
+    return values, scale
 
 
 def _quantize_linears(model, names: list[str]):
@@ -97,7 +104,9 @@ def quantize_int8(model):
         for name in _embedding_names(model):
             weight = model.get_submodule(name).weight
             values, scale = _int8_rows(weight)
-            weight.copy_(values.float() * scale[:, None])
+            for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
+                rows = slice(start, start + ROWS_PER_CHUNK)
+                weight[rows] = values[rows].float() * scale[rows, None]
     return _quantize_linears(model, _linear_names(model))
 
 
