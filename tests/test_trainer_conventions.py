@@ -895,41 +895,47 @@ def test_a_metric_failing_on_the_decision_rows_says_where_it_was_called(tmp_path
 def test_a_save_after_an_interrupted_train_holds_the_last_decided_structure_not_the_unjudged_candidate(tmp_path,
                                                                                                       caplog):
     """save_model() after Ctrl-C compacted the candidate being trained (never judged) while the card described the
-    last kept decision; the saved folder now holds what that decision kept, and says why in the log."""
+    last kept decision; and the model in memory went on running that candidate. The interrupted train() puts the
+    model back under the last decision's masks (with a warning); a save holds that structure and says why."""
     from hf_adaprune import AutoPrunedModel
+
+    seen = {}
 
     class Interrupt(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 15:
+                seen["candidate"] = {name: mask.clone() for name, mask in get_masks(trainer.model).masks.items()}
                 raise KeyboardInterrupt("Ctrl-C")
 
     trainer = make_trainer(tmp_path / "run")
     trainer.add_callback(Interrupt())
-    with pytest.raises(KeyboardInterrupt):
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"), pytest.raises(KeyboardInterrupt):
         trainer.train()
     state = trainer.controller.state
-    assert state.pending is not None and state.pending > state.ratio, "a candidate is being trained"
-    candidate = {name: mask.clone() for name, mask in get_masks(trainer.model).state_dict().items()}
-    assert any(not torch.equal(candidate[name], mask) for name, mask in trainer._accepted_masks.items())
+    assert state.pending is not None and state.pending > state.ratio, "a candidate was being trained"
+    assert any(not torch.equal(seen["candidate"][name], mask) for name, mask in trainer._accepted_masks.items())
+    assert f"train() stopped while the candidate at sparsity {state.pending:.3f} waited for its decision; the model " \
+           f"is back at the last decision's sparsity {state.ratio:.3f}" in caplog.text
+    for name, mask in get_masks(trainer.model).state_dict().items():  # the model in memory: the last decision's
+        assert torch.equal(mask, trainer._accepted_masks[name])
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         trainer.save_model(str(tmp_path / "saved"))
     assert f"the candidate at sparsity {state.pending:.3f} has not been judged yet; the model is saved as the last " \
            f"decision left it (sparsity {state.ratio:.3f})" in caplog.text
-    decided = copy.deepcopy(trainer.model).eval()
-    get_masks(decided).load_state_dict(trainer._accepted_masks)
     saved = AutoPrunedModel.from_pretrained(tmp_path / "saved").eval()
     ids = torch.tensor(toy_dataset(8, seed=3)["input_ids"])
     with torch.no_grad():
-        assert (saved(input_ids=ids).logits - decided(input_ids=ids).logits).abs().max() <= 1e-5
-    # the card describes the saved structure, not the candidate's (it read the live masks)
+        assert (saved(input_ids=ids).logits - trainer.model.eval()(input_ids=ids).logits).abs().max() <= 1e-5
+    # the card describes the saved structure, not the candidate's
     card = (tmp_path / "saved" / "README.md").read_text()
     saved_groups = kept_structure(saved)
-    assert saved_groups != kept_structure(trainer.model)
+    candidate = copy.deepcopy(trainer.model)
+    get_masks(candidate).load_state_dict(seen["candidate"])
+    assert saved_groups == kept_structure(trainer.model) != kept_structure(candidate)
     for name, group in saved_groups.items():
         assert f"| {name} | {group['kind']} | {group['kept']} / {group['original']} |" in card
     assert trainer.pruning_summary().groups == saved_groups
-    for name, mask in get_masks(trainer.model).state_dict().items():  # the in-memory model is left as it was
-        assert torch.equal(mask, candidate[name])
 
 
 def test_gradient_checkpointing_on_a_bart_classifier_ends_with_its_report(tmp_path):

@@ -590,30 +590,3 @@ def test_resuming_with_an_iterable_train_dataset_says_it_is_exact_within_the_fir
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
     assert "resuming with a train dataset of unknown length (iterable)" in caplog.text
     assert trainer.state.global_step == 30
-
-
-def test_an_interrupted_train_leaves_the_model_at_the_last_decision(tmp_path, caplog):
-    """Ctrl-C (or an error) while a candidate waits for its decision: the model in memory ran the candidate's masks,
-    which no evaluation judged, while save_model wrote the last decision's. It is put back under the latter."""
-    import transformers
-
-    from hf_adaprune import get_masks
-
-    class Interrupt(transformers.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            masks = get_masks(trainer.model)
-            if trainer.controller.state.pending is not None and any(
-                    not torch.equal(mask, trainer._accepted_masks[name]) for name, mask in masks.masks.items()):
-                seen["candidate"] = {name: mask.clone() for name, mask in masks.masks.items()}
-                raise KeyboardInterrupt
-
-    seen = {}
-    trainer = make_trainer(tmp_path, pruning_tolerance=10.0, max_steps=30)
-    trainer.add_callback(Interrupt())
-    with caplog.at_level(logging.WARNING, logger="hf_adaprune"), pytest.raises(KeyboardInterrupt):
-        trainer.train()
-    masks = get_masks(trainer.model)
-    assert "candidate" in seen and trainer.controller.state.pending is not None
-    assert any(not torch.equal(masks.masks[name], seen["candidate"][name]) for name in masks.masks)
-    assert all(torch.equal(masks.masks[name], trainer._accepted_masks[name]) for name in masks.masks)
-    assert f"the model is back at the last decision's sparsity {trainer.controller.state.ratio:.3f}" in caplog.text
