@@ -5,6 +5,10 @@ Data flows gradients -> scores (:mod:`engine.importance`) -> masks (:mod:`engine
 layout codec :mod:`layout`) -> Hub-format save (:mod:`hub`) -> deployment (:mod:`deploy`).
 """
 
+from .verbosity import install_library_logger
+
+install_library_logger()  # first, before any module logs: hf_adaprune's lines follow transformers' verbosity
+
 from .trainer.arguments import PruningArguments, Seq2SeqPruningArguments
 from .engine.controller import AdaptiveController
 from .families import (UnsupportedModelError, filter_groups, find_groups, get_adapter, register_family,

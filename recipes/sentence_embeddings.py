@@ -78,7 +78,7 @@ from recipes.arguments import (RecipeError, check_integrations, check_output_dir
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
 from recipes.loading import check_tokenizer_has_vocabulary, is_pruned_source
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
-                              load_error, resolve_resume, run_cli)
+                              load_error, recipe_log_level, resolve_resume, run_cli)
 from recipes.tables import FILE_TYPES, read_table, read_text
 
 logger = logging.getLogger(__name__)
@@ -483,6 +483,7 @@ def main(argv=None):
     reach_hub_repo(args)  # --push_to_hub without network or write access: before any work
     files_before = folder_state(args.output_dir)  # --push_to_hub uploads what the run writes, not these
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hf_adaprune").setLevel(recipe_log_level(args))
     torch.manual_seed(args.seed)
     # a folder an earlier run saved (pruned): hf_adaprune's classes build it, without remote code or a prompt
     pruned = pruned_folder(path)

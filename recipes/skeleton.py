@@ -187,12 +187,21 @@ class Task:
 
 
 # -- small steps -------------------------------------------------------------------------------------
+def recipe_log_level(training_args) -> int:
+    """hf_adaprune's level in a recipe: ``--log_level`` (``--log_level_replica`` on the processes that do not log)
+    where given; otherwise INFO on the process that logs (the run's decisions, re-fits and deploy steps) and WARNING
+    on the others."""
+    given = training_args.log_level if training_args.should_log else training_args.log_level_replica
+    if given != "passive":
+        return training_args.get_process_log_level()
+    return logging.INFO if training_args.should_log else logging.WARNING
+
+
 def setup_logging(training_args, quiet_datasets: bool = True) -> None:
-    """Log lines to stdout: hf_adaprune at INFO (WARNING on processes that do not log), transformers as the
-    training arguments say, and ``datasets`` at WARNING unless ``quiet_datasets`` is False."""
+    """Log lines to stdout: hf_adaprune at :func:`recipe_log_level`, transformers as the training arguments say,
+    and ``datasets`` at WARNING unless ``quiet_datasets`` is False."""
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
-    level = logging.INFO if training_args.should_log else logging.WARNING
-    logging.getLogger("hf_adaprune").setLevel(level)
+    logging.getLogger("hf_adaprune").setLevel(recipe_log_level(training_args))
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     if quiet_datasets:
         import datasets

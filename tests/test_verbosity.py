@@ -1,0 +1,65 @@
+"""hf_adaprune's log lines follow transformers' verbosity (set_verbosity_*, a Trainer's log_level / log_level_replica)
+unless the library's logger is given a level of its own; without a logging set-up they go to stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT, one_thread_env
+
+SCRIPT = textwrap.dedent('''
+    import logging, sys, tempfile
+    sys.path.insert(0, "tests")
+    import transformers
+    from transformers.utils import logging as hf_logging
+    import hf_adaprune  # noqa: F401
+    log = logging.getLogger("hf_adaprune.trainer.trainer")
+    log.warning("one: a warning at the default verbosity")
+    log.info("hidden: an info line at the default verbosity")
+    hf_logging.set_verbosity_info()
+    log.info("two: an info line under set_verbosity_info")
+    hf_logging.set_verbosity_error()
+    log.warning("hidden: a warning under set_verbosity_error")
+    logging.getLogger("hf_adaprune").setLevel(logging.INFO)
+    log.info("three: the library's own level beats the verbosity")
+    logging.getLogger("hf_adaprune").setLevel(logging.NOTSET)
+    log.warning("hidden: following the verbosity again")
+    hf_logging.set_verbosity_warning()
+    from test_trainer import make_trainer
+    # a Trainer sets the verbosity from log_level: "error" silences the end-of-run warning of compact_at_end=False
+    make_trainer(tempfile.mkdtemp(), compact_at_end=False, log_level="error", disable_tqdm=True).train()
+    hf_logging.set_verbosity_warning()
+    log.warning("four: a warning again")
+    logging.basicConfig(format="root: %(levelname)s %(name)s %(message)s")
+    log.warning("five: through the program's own logging set-up")
+''')
+
+
+def test_log_lines_follow_transformers_verbosity():
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=one_thread_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "hf_adaprune" in line or line.startswith("root:")]
+    assert lines == [
+        "[hf_adaprune] one: a warning at the default verbosity",
+        "[hf_adaprune] two: an info line under set_verbosity_info",
+        "[hf_adaprune] three: the library's own level beats the verbosity",
+        "[hf_adaprune] four: a warning again",
+        "root: WARNING hf_adaprune.trainer.trainer five: through the program's own logging set-up",
+    ], result.stderr[-3000:]
+
+
+def test_the_recipes_log_at_info_unless_log_level_says_otherwise(tmp_path):
+    import logging
+
+    import transformers
+
+    from recipes.skeleton import recipe_log_level
+
+    def level(**kwargs):
+        return recipe_log_level(transformers.TrainingArguments(str(tmp_path), report_to="none", **kwargs))
+
+    assert level() == logging.INFO
+    assert level(log_level="error") == logging.ERROR and level(log_level="debug") == logging.DEBUG
