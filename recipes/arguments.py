@@ -338,12 +338,15 @@ def run_mode_values(parser, argv: list[str]) -> dict:
 
 
 def resolve_package_path(value: str | None, what: str) -> str | None:
-    """Turn ``package:NAME/sub/path`` into that path inside the installed package NAME; other values pass through.
+    """Turn ``package:NAME/sub/path`` into that path inside the installed package NAME, and ``~/...`` (a config
+    file's value, which no shell expanded) into the home folder's path; other values pass through.
 
     The package is found with ``importlib.util.find_spec`` without importing it. ``what``
     names the option in error messages (e.g. ``--train_file``); a missing package or
     path raises RecipeError with an install hint.
     """
+    if value is not None and value.startswith("~"):
+        return os.path.expanduser(value)
     if value is None or not value.startswith(PACKAGE_PREFIX):
         return value
     package, _, rest = value[len(PACKAGE_PREFIX):].partition("/")

@@ -89,6 +89,7 @@ from recipes.arguments import (
     no_validation_message,
     recipe_argv,
     require_file,
+    resolve_package_path,
 )
 from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
                              load_model, load_tokenizer)
@@ -224,6 +225,8 @@ def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, 
             raise RecipeError(f"--{given} needs --{missing}: parallel data comes as a line-aligned pair of files")
         for name, path in ((source, src), (target, tgt)):
             if path is not None:
+                path = resolve_package_path(path, f"--{name}")
+                setattr(data_args, name, path)
                 require_file(path, f"--{name}")
                 files[name] = path
     if data_args.dataset_name is None and data_args.train_source_file is None:

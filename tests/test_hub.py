@@ -775,3 +775,38 @@ def test_sharded_variants_side_by_side_leave_no_index_without_its_shards(tmp_pat
         with torch.no_grad():
             half = AutoPrunedModel.from_pretrained(tmp_path, variant="fp16")
             torch.testing.assert_close(half.float()(**batch).logits, model(**batch).logits, rtol=0, atol=1e-4)
+
+
+def test_weights_an_earlier_save_left_are_named_when_removed(tmp_path, caplog):
+    """A dense model's pytorch_model.bin in the folder a pruned model is saved to: removed (a loader could read it
+    instead of the pruned weights), never silently."""
+    import logging
+
+    torch.save(tiny_model("bert").state_dict(), tmp_path / "pytorch_model.bin")  # as transformers 4 saved it
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        save_pruned(pruned_tiny(), tmp_path)
+    assert not (tmp_path / "pytorch_model.bin").exists()
+    assert f"removed pytorch_model.bin from {tmp_path}: weights an earlier save left there" in caplog.text
+
+
+def test_a_save_removes_what_a_killed_save_left_and_keeps_what_a_running_one_writes(tmp_path, caplog):
+    """A save killed mid-way left its temporary folder (a whole model's weights) in the output folder, which a push
+    of the folder uploaded: the next save on this machine removes such folders whose process is gone."""
+    import logging
+    import os
+    import socket
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    host = socket.gethostname()
+    killed = tmp_path / f".adaprune-save-{host}-{int(gone.stdout)}-abc"
+    running = tmp_path / f".adaprune-onnx-{host}-{os.getpid()}-def"  # this process: alive
+    other_host = tmp_path / f".adaprune-save-elsewhere.example-{int(gone.stdout)}-ghi"
+    for folder in (killed, running, other_host):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        save_pruned(pruned_tiny(), tmp_path)
+    assert not killed.exists() and running.exists() and other_host.exists()
+    assert f"removed {killed.name} from {tmp_path}: what a save stopped mid-way" in caplog.text
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".adaprune") and p not in (running, other_host)]

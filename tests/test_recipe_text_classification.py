@@ -232,6 +232,22 @@ def test_a_config_s_card_metadata_gives_way_to_another_model_or_data_on_the_comm
         model_args = recipe.parse_args([str(config)])[0]
         check_model_source(model_args)
     assert model_args.model_name_or_path == str(home / "models" / "x")
+    # and in a data file's path (--train_file ~/...: "does not exist"), in every recipe that reads files
+    (home / "data").mkdir()
+    (home / "data" / "t.tsv").write_text("sentence\tlabel\na\t0\n")
+    (home / "data" / "t.en").write_text("a\n")
+    from recipes.arguments import resolve_package_path
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        assert resolve_package_path("~/data/t.tsv", "--train_file") == str(home / "data" / "t.tsv")
+        translation = load_recipe("translation")
+        model_args, data_args, training_args = translation.parse_args(
+            ["--model_name_or_path", str(home / "models" / "x"), "--output_dir", str(tmp_path / "out"),
+             "--train_source_file", "~/data/t.en", "--train_target_file", "~/data/t.en",
+             "--validation_source_file", "~/data/t.en", "--validation_target_file", "~/data/t.en"])
+        translation.validate_args(model_args, data_args, training_args)
+    assert data_args.train_source_file == data_args.validation_target_file == str(home / "data" / "t.en")
     # a flag that takes no value, written as a key: "arguments not used: ['true']"
     for value, expected in (("true", False), ("false", True)):
         config.write_text(f"output_dir: a\nno_test_before_pruning: {value}\n")

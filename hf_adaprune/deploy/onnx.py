@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from torch import nn
 from ..engine.masks import get_masks
 from ..families.registry import readable_positions
 from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
-from ..hub.save import check_save_request, check_tokenizer_fits, move_into
+from ..hub.save import check_save_request, check_tokenizer_fits, move_into, temporary_folder
 from ..modes import restore_modes, training_modes
 from ..plain_forward import plain_forward
 from ..surgery import compact
@@ -172,7 +171,7 @@ def export_onnx(model, save_directory, tokenizer=None, processor=None) -> list[P
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         try:  # into a temporary folder first: an export that fails leaves the folder (an earlier one too) as it was
-            with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-onnx-") as tmp:
+            with temporary_folder(save_directory, "onnx") as tmp:
                 paths = _export_all(model.eval().cpu(), Path(tmp), tokenizer, processor)
                 _remove_stale_graphs(save_directory, {item.name for item in Path(tmp).iterdir()})
                 move_into(Path(tmp), save_directory)

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -84,12 +85,17 @@ def remove_stale_weight_files(folder: Path, unwritten: set[str], written_folder:
     written = {name for name in written if WEIGHT_FILE.fullmatch(name)}
     variants = {weight_variant(name) for name in written}
     others: dict[str, list[str]] = {}
+    replaced = []
     for name in sorted(unwritten):
         variant = weight_variant(name)
         if written and None not in variants and variant is not None and variant not in variants:
             others.setdefault(variant, []).append(name)
         else:
             (folder / name).unlink()
+            replaced.append(name)
+    if replaced:  # the user's own earlier weights, perhaps (a dense model's pytorch_model.bin): never silently
+        logger.warning("removed %s from %s: weights an earlier save left there, which loaders would read instead of "
+                       "(or beside) the model saved now", ", ".join(replaced), folder)
     removed, new_shapes = [], None
     for names in others.values():
         dangling = [name for name in names if name.endswith(".json") and _dangling_index(folder, name)]
@@ -209,6 +215,42 @@ def save_beside_model(extra, folder) -> None:
         extra.feature_extractor.save_pretrained(folder)
 
 
+def temporary_folder(save_directory: Path, kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder inside ``save_directory`` for a save of ``kind`` (``save``, ``onnx``), named after this
+    machine and process so that a later save can tell one whose process was killed (:func:`remove_abandoned_saves`)
+    from one still being written."""
+    remove_abandoned_saves(save_directory)
+    return tempfile.TemporaryDirectory(dir=save_directory, prefix=f".adaprune-{kind}-{socket.gethostname()}-"
+                                                                  f"{os.getpid()}-")
+
+
+def remove_abandoned_saves(save_directory: Path) -> None:
+    """Remove the temporary folders saves on this machine left when their process was killed mid-way: a whole
+    model's copy that no loader reads, but that a push of the folder would upload."""
+    if os.name != "posix":  # the check below sends no signal on POSIX only
+        return
+    own = re.compile(rf"\.adaprune-(save|onnx)-{re.escape(socket.gethostname())}-(\d+)-")
+    removed = []
+    for item in save_directory.iterdir():
+        match = own.match(item.name)
+        if match and item.is_dir() and not _process_alive(int(match.group(2))):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item.name)
+    if removed:
+        logger.warning("removed %s from %s: what a save stopped mid-way (its process is gone) left there",
+                       ", ".join(sorted(removed)), save_directory)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the check that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """``write(folder)`` into a temporary folder inside ``save_directory``, then move what it wrote into place.
 
@@ -218,7 +260,7 @@ def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[
     """
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=save_directory, prefix=".adaprune-save-") as tmp:
+    with temporary_folder(save_directory, "save") as tmp:
         write(Path(tmp))
         written = {item.name for item in Path(tmp).iterdir()}
         remove_stale_weight_files(save_directory, _weight_files(save_directory) - written, Path(tmp), written)
