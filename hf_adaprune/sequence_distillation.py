@@ -17,7 +17,7 @@ import copy
 
 import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # off under disable_progress_bar()
 from .modes import restore_modes, training_modes
 from .token_ids import token_id_list
 

@@ -63,3 +63,47 @@ def test_the_recipes_log_at_info_unless_log_level_says_otherwise(tmp_path):
 
     assert level() == logging.INFO
     assert level(log_level="error") == logging.ERROR and level(log_level="debug") == logging.DEBUG
+
+
+def test_progress_bars_follow_transformers_switch(capsys):
+    """transformers.utils.logging.disable_progress_bar() turns off the library's bars too, as it does transformers'."""
+    from transformers.utils import logging as hf_logging
+
+    from conftest import tiny_model
+    from hf_adaprune import find_groups
+    from hf_adaprune.post_training.calibration import mask_gradient_scores
+    from test_post_training import batches_for, labelled_examples
+
+    model = tiny_model("bert")
+    batches = batches_for(model, labelled_examples(16))
+    mask_gradient_scores(model, find_groups(model), batches, progress=True)
+    assert "calibration: scores" in capsys.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        mask_gradient_scores(model, find_groups(model), batches, progress=True)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "calibration: scores" not in capsys.readouterr().err
+
+
+def test_what_reaches_the_integrations_matches_the_report(tmp_path):
+    """Each decision's logged step size is the step the report records for it (it was the next step, already grown
+    or halved), and the final check reaches Trainer.log (report_to integrations) as the report gives it."""
+    import json
+
+    import transformers
+
+    from test_trainer import make_trainer
+
+    trainer = make_trainer(tmp_path, pruning_tolerance=10.0, max_steps=30)
+    logged = []
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_log": lambda self, args, state, control, logs=None, **kw: logged.append(dict(logs or {}))}))
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    judged = [d for d in report["decisions"] if d["event"] in ("keep", "rollback")]
+    steps = [entry["pruning/step_size"] for entry in logged if "pruning/sparsity_tried" in entry][1:]  # after the reference
+    assert len(judged) >= 2 and steps == [d["step"] for d in judged]
+    final = [entry for entry in logged if "pruning/final_metric" in entry]
+    assert len(final) == 1 and final[0]["pruning/final_metric"] == report["final_check"]["metric"]
+    assert final[0]["pruning/final_within_tolerance"] == float(report["final_check"]["within_tolerance"])

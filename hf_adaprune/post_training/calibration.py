@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # off under disable_progress_bar()
 
 from ..families import Group, HeadGroup
 from ..engine.masks import structure_count

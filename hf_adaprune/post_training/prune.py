@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # off under disable_progress_bar()
 from transformers import (DataCollatorForMultipleChoice, DataCollatorForTokenClassification,
                           DataCollatorWithPadding, EvalPrediction, default_data_collator)
 

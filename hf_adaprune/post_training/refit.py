@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # off under disable_progress_bar()
 
 from ..engine.masks import PruningMasks
 from ..families import Group, HeadGroup

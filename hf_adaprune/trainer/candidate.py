@@ -64,9 +64,12 @@ class CandidateMasksMixin:
                     self.pruned_model, self.train_dataset, self.data_collator, self.args.pruning_refit_samples,
                     self.args.per_device_eval_batch_size, self.args.seed, self.args.pruning_refit_long_share,
                     self.args.remove_unused_columns, self.label_names)
+        logger.info("re-fitting the output projections the candidate cut (%d batches of training rows)",
+                    len(self._refit_batches))
         self._refit_change = refit_candidate(self.pruned_model, get_masks(self.pruned_model), self.pruning_groups,
                                              self._accepted_masks, self._refit_batches, self.accelerator,
-                                             DEFAULT_RIDGE, self.args.pruning_refit_target)
+                                             DEFAULT_RIDGE, self.args.pruning_refit_target,
+                                             progress=not self.args.disable_tqdm and self.is_local_process_zero())
         logger.info("re-fitted the output projections of %d groups", len(self._refit_change))
 
     def _accept_candidate(self) -> None:

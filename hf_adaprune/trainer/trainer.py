@@ -884,7 +884,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             "pruning/sparsity_selected": self.controller.state.selected,  # what the kept masks remove (floors)
             "pruning/metric": metric,
             "pruning/kept_decision": {"reference": 1.0, "keep": 1.0, ROLLBACK: 0.0}[event],
-            "pruning/step_size": self.controller.state.step,
+            # the step this decision judged (the report's "step"); the reference: the first step to be tried
+            "pruning/step_size": next((h["step"] for h in reversed(self.controller.state.history) if "step" in h),
+                                      self.controller.state.step),
             "pruning/heads_pruned": masks.pruned_fraction("heads"),
             "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
         }
@@ -960,6 +962,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 and self._accepted_metric[1] is not None
             metric = self._accepted_metric[1] if reuse else self._decision_metric()[0]
             self.final_check = final_check(c, metric, step, self.pruning_metric)
+            # to the report_to integrations as well: what the model handed back measures
+            self.log({"pruning/final_metric": metric, "pruning/final_drop": self.final_check["drop"],
+                      "pruning/final_within_tolerance": float(self.final_check["within_tolerance"])})
         if get_masks(self.pruned_model) is not None:
             # without compact_at_end, what save_model writes is measured: a compacted copy
             compacted = self.pruned_model if args.compact_at_end else copy.deepcopy(self.pruned_model)
