@@ -715,3 +715,24 @@ def test_export_refuses_a_head_it_cannot_export_before_compacting(tmp_path):
     assert get_masks(model) is not None  # the user's masked model as it was: not compacted
     assert model.bert.encoder.layer[1].attention.self.query.out_features == width
     assert not (tmp_path / "onnx").exists()
+
+
+def test_quantize_onnx_leaves_an_unconfigured_program_s_logging_unconfigured(tmp_path):
+    """onnxruntime's quantizer logs a hint with logging.warning(), which set up the root logger: the program's own
+    logging.basicConfig(...) afterwards did nothing."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, one_thread_env
+
+    script = (
+        "import logging, sys; sys.path.insert(0, 'tests')\n"
+        "from conftest import tiny_model\n"
+        "from hf_adaprune.deploy import export_onnx, quantize_onnx\n"
+        f"export_onnx(tiny_model('bert'), {str(tmp_path)!r}); quantize_onnx({str(tmp_path)!r})\n"
+        "print('root handlers:', len(logging.getLogger().handlers))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=one_thread_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "root handlers: 0"
+    assert (tmp_path / "model.int8.onnx").is_file()

@@ -17,6 +17,8 @@ and onnxruntime's per-channel quantizer fails on them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,6 +27,23 @@ import torch
 
 from .onnx import INT8_SUFFIX, _require, int8_graph
 from .quantize import _int8_rows
+
+
+@contextlib.contextmanager
+def _root_logging_left_alone():
+    """onnxruntime's quantizer calls ``logging.warning(...)`` (a pre-processing hint), which configures the root
+    logger (``basicConfig``) when the program has not: the program's own ``basicConfig`` then does nothing. A
+    handler that drops records stands on an unconfigured root meanwhile."""
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    placeholder = logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeHandler(placeholder)
 
 
 def _nodes_with_empty_weights(graph) -> list[str]:
@@ -117,8 +136,9 @@ def quantize_onnx(folder, files: list[str] | None = None, per_channel: bool = Tr
         source = _graph_path(folder, name)
         target = source.with_name(int8_graph(source.name))
         skipped = _nodes_with_empty_weights(onnx.load(str(source), load_external_data=False).graph)
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range, nodes_to_exclude=skipped, op_types_to_quantize=["MatMul"])
+        with _root_logging_left_alone():
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             reduce_range=reduce_range, nodes_to_exclude=skipped, op_types_to_quantize=["MatMul"])
         model = onnx.load(str(target))
         if int8_embedding_rows(model):
             onnx.save(model, str(target))
