@@ -1440,3 +1440,22 @@ def test_a_model_pruned_before_resumes_and_restores_its_best_checkpoint(encoder_
     with reading_checkpoint():
         restored = load_pruned_sentence_transformer(best.state.best_model_checkpoint, device="cpu").state_dict()
     assert all(torch.equal(value, restored[key]) for key, value in best.model.state_dict().items())
+
+
+def test_save_pruned_sentence_transformer_keeps_the_user_s_readme_and_files_in_module_folders(encoder_folder,
+                                                                                              tmp_path, caplog):
+    """Into a folder with a README.md of the user's own and notes inside a module folder: the generated card went
+    over their README.md and the module folder was replaced whole. As the trainers' saves do, the card is written
+    beside their README (README.hf_adaprune.md), and a module folder takes the new files beside theirs."""
+    model = tiny_sentence_transformer(encoder_folder)
+    save_pruned_sentence_transformer(model, tmp_path)
+    module_folders = [p for p in tmp_path.iterdir() if p.is_dir() and p.name[:1].isdigit()]
+    assert module_folders, "a module folder (1_Pooling)"
+    (tmp_path / "README.md").write_text("# my notes\n")
+    (module_folders[0] / "my_notes.txt").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        save_pruned_sentence_transformer(tiny_sentence_transformer(encoder_folder), tmp_path)
+    assert (tmp_path / "README.md").read_text() == "# my notes\n"
+    assert "sentence-transformers" in (tmp_path / "README.hf_adaprune.md").read_text()
+    assert (module_folders[0] / "my_notes.txt").read_text() == "mine"
+    assert load_pruned_sentence_transformer(str(tmp_path)).encode(["a test"]).shape[0] == 1

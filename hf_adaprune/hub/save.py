@@ -269,11 +269,18 @@ def write_through_temporary(save_directory: str | os.PathLike, write: Callable[[
 
 
 def move_into(written: Path, save_directory: Path) -> None:
-    """Move everything in ``written`` into ``save_directory``, replacing files and folders of the same names."""
+    """Move everything in ``written`` into ``save_directory``, replacing files of the same names; a folder merges
+    into the folder of its name (a sentence-transformers module's ``1_Pooling``: other files in it stay, as a stock
+    save keeps them), and replaces a file or link of its name."""
     for item in written.iterdir():
         target = save_directory / item.name
-        if item.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
+        if item.is_dir() and target.is_dir() and not target.is_symlink():
+            move_into(item, target)
+        elif item.is_dir():
+            if target.is_symlink() or target.is_file():
+                target.unlink()
             shutil.move(str(item), target)
         else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
             os.replace(item, target)

@@ -28,6 +28,7 @@ from ..layout import read_record
 from ..reporting.report import model_card
 from ..reporting.summary import PruningSummary
 from ..surgery import compact
+from ..trainer.report import card_path
 from .modules import transformer_module
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
     # which the Transformer module's save calls.
     transformer = transformer_module(model).auto_model
     compact(transformer)
+    if card_file == "README.md" and Path(path).is_dir():  # beside a README.md of the user's own: the card's own name
+        card_file = Path(card_path(str(path))).name
 
     def write(folder: Path) -> None:
         if card is not None:
@@ -65,6 +68,8 @@ def save_pruned_sentence_transformer(model: SentenceTransformer, path: str | os.
         finally:
             model._model_card_text = loaded_card
         tag_generated_card(folder / "README.md")
+        if card_file != "README.md":
+            (folder / "README.md").replace(folder / card_file)
 
     saved = write_through_temporary(path, write)  # an interrupted save leaves an earlier folder loadable
     stock = stock_encoder_class(transformer.config)
