@@ -444,3 +444,24 @@ def test_whisper_without_alignment_heads_gets_kept_heads_only(whisper_tiny_en, t
         whisper_tiny_en))
     config = json.loads((tmp_path / "whisper" / "config.json").read_text())
     assert config["alignment_heads"] == [[3, 0], [3, 1], [3, 2], [3, 3]]
+
+
+def test_force_replaces_an_earlier_export_naming_what_goes_and_keeps_a_link(marian_tokenizer, tmp_path, caplog):
+    """force=True deleted the whole folder silently (a .git, a README.md of the user's), and a link to an earlier
+    export failed after the conversion ("Cannot call rmtree on a symbolic link")."""
+    import logging
+
+    model = tiny_marian(len(marian_tokenizer))
+    out = tmp_path / "ct2"
+    export_ctranslate2(model, out, tokenizer=marian_tokenizer)
+    first = sorted(p.name for p in out.iterdir())
+    (out / "README.md").write_text("# mine\n")
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        export_ctranslate2(model, out, tokenizer=marian_tokenizer, force=True)
+    assert f"replacing {out} (force=True): README.md, which this export does not write, removed with it" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == first
+    link = tmp_path / "latest"
+    link.symlink_to(out, target_is_directory=True)
+    export_ctranslate2(model, link, tokenizer=marian_tokenizer, force=True)
+    assert link.is_symlink() and sorted(p.name for p in link.iterdir()) == first
+    assert not [p for p in tmp_path.iterdir() if "adaprune-ct2" in p.name], "no temporary folder left"

@@ -42,6 +42,8 @@ import copy
 import itertools
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -384,17 +386,33 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
     result = CTranslate2Export(path=str(output_dir), family=family, num_heads=padding["num_heads"],
                                kept_heads=padding["kept_heads"], zero_heads=padding["zero_heads"],
                                quantization=quantization, pad_kept=pad_kept)
-    _save(spec, output_dir, quantization, force)
-    (output_dir / EXPORT_RECORD).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    _save(spec, output_dir, quantization, json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 
-def _save(spec, output_dir: Path, quantization: str | None, force: bool) -> None:
-    """CTranslate2's own ``Converter.convert`` (validate, optimize/quantize, save) on the spec built here."""
+def _save(spec, output_dir: Path, quantization: str | None, record: str) -> None:
+    """CTranslate2's own ``Converter.convert`` (validate, optimize/quantize, save) on the spec built here, into a
+    temporary folder beside ``output_dir`` that then takes its place: a conversion that fails leaves an earlier
+    folder as it was, and what of a replaced folder the export does not write again is named in a warning
+    (CTranslate2's ``force`` deleted a whole folder silently)."""
     from ctranslate2.converters.converter import Converter
 
     class FromSpec(Converter):
         def _load(self):
             return spec
 
-    FromSpec().convert(str(output_dir), quantization=quantization, force=force)
+    target = output_dir.resolve()  # a link to an earlier export: replace what it points to, keep the link
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.adaprune-ct2-") as tmp:
+        written = Path(tmp) / "model"
+        FromSpec().convert(str(written), quantization=quantization)
+        (written / EXPORT_RECORD).write_text(record)
+        if target.exists() and not target.is_dir():
+            target.unlink()
+        if target.exists():
+            dropped = sorted(item.name for item in target.iterdir() if not (written / item.name).exists())
+            if dropped:
+                logger.warning("replacing %s (force=True): %s, which this export does not write, removed with it",
+                               output_dir, ", ".join(dropped))
+            shutil.rmtree(target)
+        written.rename(target)
