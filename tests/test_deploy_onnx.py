@@ -700,6 +700,15 @@ def test_export_refuses_a_saved_pruned_models_folder(tmp_path):
     assert (tmp_path / "pruned" / "config.json").read_text() == config
     assert not list((tmp_path / "pruned").glob("*.onnx"))
     assert [p.name for p in export_onnx(model, tmp_path / "pruned" / "onnx")] == ["model.onnx"]
+    # a dense model's folder: its config.json (labels, settings of its own) was replaced without a word
+    dense = tiny_model("bert")
+    dense.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
+    dense.save_pretrained(tmp_path / "dense")
+    config = (tmp_path / "dense" / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"holds a saved model \(model.safetensors\): export_onnx writes the config"):
+        export_onnx(model, tmp_path / "dense")
+    assert (tmp_path / "dense" / "config.json").read_text() == config
+    export_onnx(model, tmp_path / "pruned" / "onnx")  # an earlier export's folder (graphs, no weights): replaced
 
 
 def test_export_refuses_a_head_it_cannot_export_before_compacting(tmp_path):

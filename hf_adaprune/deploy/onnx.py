@@ -31,7 +31,7 @@ from torch import nn
 from ..engine.masks import get_masks
 from ..families.registry import readable_positions
 from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
-from ..hub.save import check_save_request, check_tokenizer_fits, move_into, temporary_folder
+from ..hub.save import WEIGHT_FILE, check_save_request, check_tokenizer_fits, move_into, temporary_folder
 from ..modes import restore_modes, training_modes
 from ..plain_forward import plain_forward
 from ..surgery import compact
@@ -195,6 +195,11 @@ def _check_not_a_model_folder(save_directory: Path) -> None:
         raise ValueError(f"{save_directory} holds a saved pruned model: export_onnx writes the stock config.json "
                          "beside its graphs, which would replace the one that loads the model with "
                          f"trust_remote_code; export into another folder (e.g. {save_directory / 'onnx'})")
+    weights = sorted(item.name for item in save_directory.iterdir() if WEIGHT_FILE.fullmatch(item.name))
+    if weights:  # a dense model's folder: its config (labels, settings of its own) would be replaced
+        raise ValueError(f"{save_directory} holds a saved model ({', '.join(weights)}): export_onnx writes the "
+                         "config.json of the model it exports beside its graphs, which would replace that model's; "
+                         f"export into another folder (e.g. {save_directory / 'onnx'})")
 
 
 def _encoder_inputs_and_outputs(model) -> tuple[dict, list[str], object]:
