@@ -247,3 +247,20 @@ def test_int8_embeddings_rounded_in_chunks_equal_those_rounded_at_once(monkeypat
     monkeypatch.setattr(quantize, "ROWS_PER_CHUNK", 7)
     chunked = quantize.quantize_int8(model).bert.embeddings.word_embeddings.weight
     assert torch.equal(chunked, at_once) and not torch.equal(chunked, model.bert.embeddings.word_embeddings.weight)
+
+
+def test_load_int8_names_the_temporary_folder_it_could_not_write(tmp_path, monkeypatch):
+    """load_int8 writes a float skeleton to a temporary folder; a full /tmp said only "No space left on device"."""
+    import errno
+
+    import safetensors.torch
+
+    save_int8(tiny_model("bert"), tmp_path / "int8")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match=r"load_int8 writes the model's float skeleton \(\d+ MiB\) to a temporary folder "
+                                      r"in .* No space left on device.*point TMPDIR at a folder with room"):
+        load_int8(tmp_path / "int8")

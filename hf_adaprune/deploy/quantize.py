@@ -213,11 +213,17 @@ def load_int8(path, auto_class=None):
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="adaprune-int8-") as folder:
-        for item in path.iterdir():  # config, remote code, generation config: everything but the weights
-            if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
-                shutil.copy(item, folder)
-        _set_int8_config_key(Path(folder), None)  # the float skeleton the int8 weights go into
-        save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
+        try:
+            for item in path.iterdir():  # config, remote code, generation config: everything but the weights
+                if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
+                    shutil.copy(item, folder)
+            _set_int8_config_key(Path(folder), None)  # the float skeleton the int8 weights go into
+            save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
+        except OSError as error:  # a small /tmp (containers, cluster nodes)
+            size = sum(v.numel() * v.element_size() for v in float_weights.values())
+            raise OSError(f"load_int8 writes the model's float skeleton ({size / 2 ** 20:.0f} MiB) to a temporary "
+                          f"folder in {tempfile.gettempdir()} and could not ({error}); point TMPDIR at a folder "
+                          "with room") from error
         model = AutoPrunedModel.from_pretrained(folder, auto_class=auto_class).eval()
     quantized = _quantize_linears(model, record["linears"])
     for name, weight in packed.items():
