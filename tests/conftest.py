@@ -83,6 +83,16 @@ def text_batch(vocab_size: int = 99, batch: int = 3, seq: int = 11, seed: int = 
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def free_port() -> int:
+    """A TCP port no process listens on now, for a multi-process run's rendezvous (tests run side by side under
+    pytest-xdist: a port derived from the process id could be another worker's)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def one_thread_env() -> dict[str, str]:
     """The environment for a test's subprocess: this one's, with one OpenMP thread."""
     return dict(os.environ, OMP_NUM_THREADS="1")

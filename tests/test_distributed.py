@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from conftest import free_port
+
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 TORCHRUN = shutil.which("torchrun")
 ACCELERATE = shutil.which("accelerate")
@@ -18,7 +20,7 @@ ACCELERATE = shutil.which("accelerate")
 
 def launch_command(launcher, nproc):
     """The command line a user types to start ``nproc`` processes."""
-    port = str(29500 + os.getpid() % 1000)
+    port = str(free_port())
     if launcher == "torchrun":
         return [TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", port]
     # accelerate's multi-process launcher (torch.distributed.run underneath); on a machine without

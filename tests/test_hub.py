@@ -799,14 +799,16 @@ def test_a_save_removes_what_a_killed_save_left_and_keeps_what_a_running_one_wri
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     host = socket.gethostname()
-    killed = tmp_path / f".adaprune-save-{host}-{int(gone.stdout)}-abc"
-    running = tmp_path / f".adaprune-onnx-{host}-{os.getpid()}-def"  # this process: alive
-    other_host = tmp_path / f".adaprune-save-elsewhere.example-{int(gone.stdout)}-ghi"
-    for folder in (killed, running, other_host):
+    killed = tmp_path / f".adaprune-save-{int(gone.stdout)}@{host}@abc"
+    running = tmp_path / f".adaprune-onnx-{os.getpid()}@{host}@def"  # this process: alive
+    other_host = tmp_path / f".adaprune-save-{int(gone.stdout)}@elsewhere.example@ghi"
+    longer_host = tmp_path / f".adaprune-save-{int(gone.stdout)}@{host}-12@jkl"  # host gpu-12's, seen from gpu
+    for folder in (killed, running, other_host, longer_host):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"weights")
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
         save_pruned(pruned_tiny(), tmp_path)
-    assert not killed.exists() and running.exists() and other_host.exists()
+    assert not killed.exists() and running.exists() and other_host.exists() and longer_host.exists()
     assert f"removed {killed.name} from {tmp_path}: what a save stopped mid-way" in caplog.text
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".adaprune") and p not in (running, other_host)]
+    assert not [p.name for p in tmp_path.iterdir()
+                if p.name.startswith(".adaprune") and p not in (running, other_host, longer_host)]

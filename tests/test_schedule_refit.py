@@ -77,6 +77,35 @@ def test_refit_changes_only_the_kept_columns_and_bias_of_cut_groups_and_undo_res
         assert torch.allclose(value, before[name], atol=1e-6), name
 
 
+def test_a_refit_stopped_mid_way_leaves_the_projections_as_they_were(monkeypatch):
+    """Ctrl-C after the first group was re-fitted: the trainer puts the accepted masks back, but the weights stayed
+    half re-fitted (the change to undo is known only at the end): they are put back as well."""
+    import hf_adaprune.post_training.refit as refit_module
+
+    model = tiny_model("bert")
+    masks = attach_masks(model)
+    groups = list(masks.groups.values())
+    accepted = masks.state_dict()
+    masks.update(cut_half(masks, groups[:2]))
+    batches = refit_calibration_batches(model, toy_dataset(64), _collate, 32, 16, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    solved = []
+    original = refit_module.solve_refit
+
+    def stop_at_the_second(*args, **kwargs):
+        if solved:
+            raise KeyboardInterrupt
+        solved.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(refit_module, "solve_refit", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        refit_candidate(model, masks, groups, accepted, batches, ONE_PROCESS, ridge=1e-3)
+    assert solved == [1], "the first group was re-fitted before the stop"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def refitted_half(target: str = "dense_residual"):
     """A tiny BERT with half of every group cut and re-fitted once: (model, masks, groups, calibration batches)."""
     model = tiny_model("bert")

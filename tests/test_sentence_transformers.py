@@ -33,6 +33,8 @@ from transformers import (  # noqa: E402
 )
 
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, get_masks  # noqa: E402
+
+from conftest import free_port  # noqa: E402
 from hf_adaprune.sentence_transformers import (  # noqa: E402
     AdaptivePruningSentenceTransformerTrainer,
     SentenceTransformerPruningArguments,
@@ -310,7 +312,7 @@ def test_unlabeled_corpus_needs_one_text_column(encoder_folder, tmp_path):
 @pytest.mark.parametrize("steer", ["agreement", "sts"])
 def test_two_processes_agree_on_masks(encoder_folder, tmp_path, steer):
     # sts: only rank 0 runs a sentence-transformers evaluator, whose primary metric is named once it has run
-    port = str(29600 + os.getpid() % 1000 + (steer == "sts"))
+    port = str(free_port())
     cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
            str(tmp_path), steer]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -324,7 +326,7 @@ def test_two_processes_agree_on_masks(encoder_folder, tmp_path, steer):
 
 def test_two_processes_count_each_of_an_odd_number_of_decision_rows_once(encoder_folder, tmp_path):
     """33 eval rows over 2 processes: the sampler repeats one; its share of a batch's mean loss was counted."""
-    port = str(29650 + os.getpid() % 1000)
+    port = str(free_port())
     cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
            str(tmp_path), "loss_rows"]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -1459,3 +1461,16 @@ def test_save_pruned_sentence_transformer_keeps_the_user_s_readme_and_files_in_m
     assert "sentence-transformers" in (tmp_path / "README.hf_adaprune.md").read_text()
     assert (module_folders[0] / "my_notes.txt").read_text() == "mine"
     assert load_pruned_sentence_transformer(str(tmp_path)).encode(["a test"]).shape[0] == 1
+
+
+def test_the_card_sentence_transformers_wrote_for_the_dense_model_is_replaced(encoder_folder, tmp_path, caplog):
+    """A folder the dense model was saved to with model.save(): its generated card (library_name
+    sentence-transformers) describes the dense model; the pruned model's card replaces it, named in a warning."""
+    model = tiny_sentence_transformer(encoder_folder)
+    model.save(str(tmp_path))
+    assert "sentence-transformers" in (tmp_path / "README.md").read_text()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        save_pruned_sentence_transformer(tiny_sentence_transformer(encoder_folder), tmp_path)
+    assert not (tmp_path / "README.hf_adaprune.md").exists()
+    assert "hf_adaprune" in (tmp_path / "README.md").read_text()
+    assert "is a card sentence-transformers' save wrote, of the model before pruning" in caplog.text

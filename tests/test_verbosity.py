@@ -32,6 +32,11 @@ SCRIPT = textwrap.dedent('''
     make_trainer(tempfile.mkdtemp(), compact_at_end=False, log_level="error", disable_tqdm=True).train()
     hf_logging.set_verbosity_warning()
     log.warning("four: a warning again")
+    mine = logging.StreamHandler(sys.stderr)
+    mine.setFormatter(logging.Formatter("mine: %(message)s"))
+    logging.getLogger("hf_adaprune").addHandler(mine)
+    log.warning("once: a handler of the program's own on the library's logger takes it, alone")
+    logging.getLogger("hf_adaprune").removeHandler(mine)
     logging.basicConfig(format="root: %(levelname)s %(name)s %(message)s")
     log.warning("five: through the program's own logging set-up")
 ''')
@@ -41,12 +46,14 @@ def test_log_lines_follow_transformers_verbosity():
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=one_thread_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if "hf_adaprune" in line or line.startswith("root:")]
+    lines = [line for line in result.stderr.splitlines()
+             if "hf_adaprune" in line or line.startswith(("root:", "mine:"))]
     assert lines == [
         "[hf_adaprune] one: a warning at the default verbosity",
         "[hf_adaprune] two: an info line under set_verbosity_info",
         "[hf_adaprune] three: the library's own level beats the verbosity",
         "[hf_adaprune] four: a warning again",
+        "mine: once: a handler of the program's own on the library's logger takes it, alone",
         "root: WARNING hf_adaprune.trainer.trainer five: through the program's own logging set-up",
     ], result.stderr[-3000:]
 
@@ -55,6 +62,7 @@ def test_the_recipes_log_at_info_unless_log_level_says_otherwise(tmp_path):
     import logging
 
     import transformers
+    from transformers.utils import logging as hf_logging
 
     from recipes.skeleton import recipe_log_level
 
@@ -63,6 +71,42 @@ def test_the_recipes_log_at_info_unless_log_level_says_otherwise(tmp_path):
 
     assert level() == logging.INFO
     assert level(log_level="error") == logging.ERROR and level(log_level="debug") == logging.DEBUG
+    # what setup_logging sets, end to end (it configures the root logger: put back afterwards)
+    from recipes.skeleton import setup_logging
+
+    library, root = logging.getLogger("hf_adaprune"), logging.getLogger()
+    saved = library.level, list(root.handlers), hf_logging.get_verbosity()
+    try:
+        for log_level, expected in (("passive", logging.INFO), ("error", logging.ERROR)):
+            setup_logging(transformers.TrainingArguments(str(tmp_path), report_to="none", log_level=log_level))
+            assert library.getEffectiveLevel() == expected, log_level
+    finally:
+        library.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        hf_logging.set_verbosity(saved[2])
+
+
+def test_a_level_set_and_given_back_follows_the_verbosity_again(caplog):
+    """pytest's caplog.at_level (and any code that saves a logger's level and sets it back) leaves the library's
+    logger following transformers' verbosity: its own level reads NOTSET."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    import hf_adaprune  # noqa: F401
+
+    library = logging.getLogger("hf_adaprune")
+    with caplog.at_level(logging.ERROR, logger="hf_adaprune"):
+        pass
+    assert library.level == logging.NOTSET
+    verbosity = hf_logging.get_verbosity()
+    try:
+        hf_logging.set_verbosity_info()
+        assert logging.getLogger("hf_adaprune.trainer.trainer").isEnabledFor(logging.INFO)
+        hf_logging.set_verbosity_error()
+        assert not logging.getLogger("hf_adaprune.trainer.trainer").isEnabledFor(logging.WARNING)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def test_progress_bars_follow_transformers_switch(capsys):
@@ -76,14 +120,16 @@ def test_progress_bars_follow_transformers_switch(capsys):
 
     model = tiny_model("bert")
     batches = batches_for(model, labelled_examples(16))
-    mask_gradient_scores(model, find_groups(model), batches, progress=True)
-    assert "calibration: scores" in capsys.readouterr().err
-    hf_logging.disable_progress_bar()
+    enabled = hf_logging.is_progress_bar_enabled()  # HF_HUB_DISABLE_PROGRESS_BARS=1 in the environment: off
     try:
-        mask_gradient_scores(model, find_groups(model), batches, progress=True)
-    finally:
         hf_logging.enable_progress_bar()
-    assert "calibration: scores" not in capsys.readouterr().err
+        mask_gradient_scores(model, find_groups(model), batches, progress=True)
+        assert "calibration: scores" in capsys.readouterr().err
+        hf_logging.disable_progress_bar()
+        mask_gradient_scores(model, find_groups(model), batches, progress=True)
+        assert "calibration: scores" not in capsys.readouterr().err
+    finally:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
 
 
 def test_what_reaches_the_integrations_matches_the_report(tmp_path):
@@ -107,3 +153,4 @@ def test_what_reaches_the_integrations_matches_the_report(tmp_path):
     final = [entry for entry in logged if "pruning/final_metric" in entry]
     assert len(final) == 1 and final[0]["pruning/final_metric"] == report["final_check"]["metric"]
     assert final[0]["pruning/final_within_tolerance"] == float(report["final_check"]["within_tolerance"])
+    assert final[0]["pruning/final_drop"] == report["final_check"]["drop"]

@@ -43,7 +43,6 @@ import itertools
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hub.save import move_into, temporary_folder
 from ..engine.masks import get_masks
 from ..layout import read_record
 from ..surgery import compact
@@ -392,27 +392,32 @@ def export_ctranslate2(model_or_folder, output_dir, tokenizer=None, quantization
 
 def _save(spec, output_dir: Path, quantization: str | None, record: str) -> None:
     """CTranslate2's own ``Converter.convert`` (validate, optimize/quantize, save) on the spec built here, into a
-    temporary folder beside ``output_dir`` that then takes its place: a conversion that fails leaves an earlier
-    folder as it was, and what of a replaced folder the export does not write again is named in a warning
-    (CTranslate2's ``force`` deleted a whole folder silently)."""
+    temporary folder inside ``output_dir`` whose files then replace the folder's: a conversion that fails leaves an
+    earlier export as it was, the folder itself stays (a mount point, a link), and what of it the export does not
+    write again is named in a warning (CTranslate2's ``force`` deleted a whole folder silently)."""
     from ctranslate2.converters.converter import Converter
 
     class FromSpec(Converter):
         def _load(self):
             return spec
 
-    target = output_dir.resolve()  # a link to an earlier export: replace what it points to, keep the link
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.adaprune-ct2-") as tmp:
-        written = Path(tmp) / "model"
-        FromSpec().convert(str(written), quantization=quantization)
-        (written / EXPORT_RECORD).write_text(record)
-        if target.exists() and not target.is_dir():
-            target.unlink()
-        if target.exists():
-            dropped = sorted(item.name for item in target.iterdir() if not (written / item.name).exists())
+    created = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with temporary_folder(output_dir, "ct2") as tmp:
+            written = Path(tmp) / "model"
+            FromSpec().convert(str(written), quantization=quantization)
+            (written / EXPORT_RECORD).write_text(record)
+            dropped = sorted(item.name for item in output_dir.iterdir()
+                             if item.name != Path(tmp).name and not (written / item.name).exists())
             if dropped:
-                logger.warning("replacing %s (force=True): %s, which this export does not write, removed with it",
-                               output_dir, ", ".join(dropped))
-            shutil.rmtree(target)
-        written.rename(target)
+                logger.warning("replacing %s (force=True): %s, which this export does not write, removed", output_dir,
+                               ", ".join(dropped))
+            for name in dropped:
+                item = output_dir / name
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            move_into(written, output_dir)
+    except BaseException:
+        if created:  # nothing was there: nothing stays
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise

@@ -18,6 +18,7 @@ same int8 values, so predictions equal the in-memory quantized model's.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import shutil
 import tempfile
@@ -220,6 +221,8 @@ def load_int8(path, auto_class=None):
             _set_int8_config_key(Path(folder), None)  # the float skeleton the int8 weights go into
             save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
         except OSError as error:  # a small /tmp (containers, cluster nodes)
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
             size = sum(v.numel() * v.element_size() for v in float_weights.values())
             raise OSError(f"load_int8 writes the model's float skeleton ({size / 2 ** 20:.0f} MiB) to a temporary "
                           f"folder in {tempfile.gettempdir()} and could not ({error}); point TMPDIR at a folder "

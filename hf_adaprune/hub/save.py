@@ -220,8 +220,9 @@ def temporary_folder(save_directory: Path, kind: str) -> tempfile.TemporaryDirec
     machine and process so that a later save can tell one whose process was killed (:func:`remove_abandoned_saves`)
     from one still being written."""
     remove_abandoned_saves(save_directory)
-    return tempfile.TemporaryDirectory(dir=save_directory, prefix=f".adaprune-{kind}-{socket.gethostname()}-"
-                                                                  f"{os.getpid()}-")
+    # "@" closes the host name (no host name holds one): host gpu never reads host gpu-12's folders as its own
+    return tempfile.TemporaryDirectory(dir=save_directory, prefix=f".adaprune-{kind}-{os.getpid()}@"
+                                                                  f"{socket.gethostname()}@")
 
 
 def remove_abandoned_saves(save_directory: Path) -> None:
@@ -229,11 +230,11 @@ def remove_abandoned_saves(save_directory: Path) -> None:
     model's copy that no loader reads, but that a push of the folder would upload."""
     if os.name != "posix":  # the check below sends no signal on POSIX only
         return
-    own = re.compile(rf"\.adaprune-(save|onnx)-{re.escape(socket.gethostname())}-(\d+)-")
+    own = re.compile(rf"\.adaprune-[a-z0-9]+-(\d+)@{re.escape(socket.gethostname())}@")
     removed = []
     for item in save_directory.iterdir():
         match = own.match(item.name)
-        if match and item.is_dir() and not _process_alive(int(match.group(2))):
+        if match and item.is_dir() and not _process_alive(int(match.group(1))):
             shutil.rmtree(item, ignore_errors=True)
             removed.append(item.name)
     if removed:

@@ -25,16 +25,24 @@ TRAINING_REPORT_FILES = (REPORT_FILE, CURVE_FILE, LAYERS_FILE, "training_args.bi
 BEST_BEFORE_REFERENCE = "predates the pruning reference"
 
 
-def card_tags(path: str) -> set[str] | None:
-    """The tags of the card at ``path`` (None: no file, or not a model card)."""
+def card_data(path: str) -> dict | None:
+    """The metadata of the card at ``path`` (None: no file, or not a model card)."""
     if not os.path.isfile(path):
         return None
     from huggingface_hub import ModelCard
 
     try:
-        tags = ModelCard.load(path).data.to_dict().get("tags") or []
+        return ModelCard.load(path).data.to_dict()
     except Exception:  # not a card at all: the user's text
         return None
+
+
+def card_tags(path: str) -> set[str] | None:
+    """The tags of the card at ``path`` (None: no file, or not a model card)."""
+    data = card_data(path)
+    if data is None:
+        return None
+    tags = data.get("tags") or []
     return set(tags if isinstance(tags, list) else [tags])
 
 
@@ -44,13 +52,18 @@ def is_adaprune_card(path: str) -> bool:
 
 
 def is_user_readme(path: str) -> bool:
-    """Whether ``path`` is a README.md that is not a card a trainer wrote: neither hf_adaprune's (tagged hf_adaprune)
-    nor transformers' ``create_model_card`` of an earlier run in the folder (tagged generated_from_trainer, which
-    describes the dense fine-tuning and is replaced by the pruned model's card)."""
+    """Whether ``path`` is a README.md that is not a card a library wrote for the model saved there: neither
+    hf_adaprune's (tagged hf_adaprune), nor transformers' ``create_model_card`` of an earlier run in the folder
+    (tagged generated_from_trainer, which describes the dense fine-tuning), nor the card sentence-transformers'
+    ``save`` writes (``library_name: sentence-transformers``: generated for the dense model, or the card of the
+    folder it was loaded from). Those are replaced by the pruned model's card."""
     if not os.path.isfile(path):
         return False
+    data = card_data(path)
+    if data is None:
+        return True
     tags = card_tags(path)
-    return tags is None or not {"hf_adaprune", "generated_from_trainer"} & tags
+    return not ({"hf_adaprune", "generated_from_trainer"} & tags or data.get("library_name") == "sentence-transformers")
 
 
 def remove_reports_of_another_model(folder: str | os.PathLike, names: Iterable[str], card: bool, why: str) -> list[str]:

@@ -29,9 +29,11 @@ def card_path(output_dir: str) -> str:
                        "written to %s", path, CARD_BESIDE_USER_README)
         return os.path.join(output_dir, CARD_BESIDE_USER_README)
     tags = card_tags(path)
-    if tags is not None and "hf_adaprune" not in tags:  # then transformers' card (is_user_readme)
-        logger.warning("%s is a card transformers' create_model_card wrote (generated_from_trainer), of the model "
-                       "before pruning: the pruned model's card replaces it", path)
+    if tags is not None and "hf_adaprune" not in tags:  # then transformers' or sentence-transformers' (is_user_readme)
+        writer = ("transformers' create_model_card wrote (generated_from_trainer)" if "generated_from_trainer" in tags
+                  else "sentence-transformers' save wrote")
+        logger.warning("%s is a card %s, of the model before pruning: the pruned model's card replaces it",
+                       path, writer)
     stale = os.path.join(output_dir, CARD_BESIDE_USER_README)
     if is_adaprune_card(stale):
         os.remove(stale)

@@ -131,24 +131,30 @@ def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], bat
            and bool((masks.masks[g.name].cpu() < accepted[g.name] - 0.5).any())]
     projections = {g.output: base.get_submodule(g.output) for g in cut}
     before = {name: _parameters(p) for name, p in projections.items()}
-    for group in cut:  # gated off already: zero, so the target is the accepted model's projection
-        weight = projections[group.output].weight
-        weight[:, column_mask(group, accepted[group.name]).to(weight.device) < 0.5] = 0
-    dense = None
-    if cut and target != "same_input":
-        candidate = masks.state_dict()
-        masks.load_state_dict(accepted)
-        try:
-            dense = capture_dense_targets(model, cut, batches, target)
-        finally:
-            masks.load_state_dict(candidate)
-    refit_groups(model, masks, cut, batches, ridge=ridge, progress=progress, dense=dense)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast
+    try:
+        for group in cut:  # gated off already: zero, so the target is the accepted model's projection
+            weight = projections[group.output].weight
+            weight[:, column_mask(group, accepted[group.name]).to(weight.device) < 0.5] = 0
+        dense = None
+        if cut and target != "same_input":
+            candidate = masks.state_dict()
+            masks.load_state_dict(accepted)
+            try:
+                dense = capture_dense_targets(model, cut, batches, target)
+            finally:
+                masks.load_state_dict(candidate)
+        refit_groups(model, masks, cut, batches, ridge=ridge, progress=progress, dense=dense)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
 
-        for projection in projections.values():
-            for tensor in _parameters(projection, clone=False).values():
-                broadcast(tensor.data, from_process=0)
+            for projection in projections.values():
+                for tensor in _parameters(projection, clone=False).values():
+                    broadcast(tensor.data, from_process=0)
+    except BaseException:  # an error, Ctrl-C mid-way: the projections as they were, not partly re-fitted
+        for name, projection in projections.items():
+            for key, tensor in _parameters(projection, clone=False).items():
+                tensor.copy_(before[name][key])
+        raise
     return {name: {key: (value - before[name][key]).cpu() for key, value in _parameters(p).items()}
             for name, p in projections.items()}
 
