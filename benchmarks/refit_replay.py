@@ -36,7 +36,7 @@ from hf_adaprune.post_training.layer_replay import FinishedLayers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from post_training import minilm_path  # noqa: E402
-from run_record import run_fields, run_footer, write_outputs  # noqa: E402
+from run_record import make_parent_folder, run_fields, run_footer, write_outputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,8 +49,9 @@ def train_phrases(data_dir: Path, count: int) -> list[str]:
     return rows[:count]
 
 
-def timed_refit(model, batches, targets, replay: bool) -> tuple[float, float, torch.Tensor]:
-    """Re-fit a copy of ``model`` (masked); its wall and CPU seconds and the re-fitted projections' weights."""
+def timed_refit(model, batches, targets, replay: bool) -> tuple[float, float, torch.Tensor, int]:
+    """Re-fit a copy of ``model`` (masked); its wall and CPU seconds, the projections' weights and biases, and the
+    number of groups re-fitted (a group with too few calibration tokens keeps its weights)."""
     model = copy.deepcopy(model)
     masks, groups = attach_masks(model), find_groups(model)
     original = FinishedLayers.replaying
@@ -58,12 +59,13 @@ def timed_refit(model, batches, targets, replay: bool) -> tuple[float, float, to
         FinishedLayers.replaying = lambda self, group, batch: nullcontext()
     try:
         wall, cpu = time.perf_counter(), time.process_time()
-        refit_groups(model, masks, groups, batches, progress=False, dense=targets)
+        errors = refit_groups(model, masks, groups, batches, progress=False, dense=targets)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         FinishedLayers.replaying = original
-    weights = torch.cat([model.base_model.get_submodule(g.output).weight.flatten() for g in groups])
-    return wall, cpu, weights
+    projections = [model.base_model.get_submodule(g.output) for g in groups]
+    weights = torch.cat([t.flatten() for p in projections for t in (p.weight, p.bias) if t is not None])
+    return wall, cpu, weights, len(errors)
 
 
 def main(argv=None):
@@ -75,6 +77,8 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
     parser.add_argument("--output", default=None, help="write the figures here as JSON (and .md beside it)")
     opts = parser.parse_args(argv)
+    if opts.output:
+        make_parent_folder(opts.output)  # a path that cannot be written fails now, not after the timed runs
     torch.set_num_threads(opts.threads)
     started, load_start = time.time(), os.getloadavg()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
@@ -95,12 +99,13 @@ def main(argv=None):
         weights = {}
         for _ in range(opts.rounds):
             for replay in (False, True):
-                wall, cpu, weights[replay] = timed_refit(model, batches, targets, replay)
+                wall, cpu, weights[replay], refitted = timed_refit(model, batches, targets, replay)
                 times[replay].append((wall, cpu))
                 print(f"rows {count}: {'replay' if replay else 'every layer'} {wall:.1f} s wall, {cpu:.1f} s CPU",
                       flush=True)
         median = {replay: [statistics.median(t[i] for t in times[replay]) for i in (0, 1)] for replay in times}
         rows.append({"rows": count, "tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+                     "groups_refitted": refitted,
                      "every_layer_wall_s": median[False][0], "every_layer_cpu_s": median[False][1],
                      "replay_wall_s": median[True][0], "replay_cpu_s": median[True][1],
                      "wall_speed_up": median[False][0] / median[True][0],
@@ -109,13 +114,15 @@ def main(argv=None):
                      "runs": {"every_layer": times[False], "replay": times[True]}})
     results = {"rows": rows, **run_fields(opts, started, load_start)}
     table = "\n".join([
-        "Re-fit of all-MiniLM-L6-v2 (12 groups, half of each kind's structures cut, dense_residual target), "
+        f"Re-fit of all-MiniLM-L6-v2 ({len(groups)} groups, half of each kind's structures cut, dense_residual "
+        "target), "
         f"{opts.threads} thread(s), medians of {opts.rounds} alternating rounds, {results['date']}:",
         "",
-        "| calibration rows (tokens) | every layer: wall / CPU | replay: wall / CPU | speed-up: wall / CPU | "
-        "weights equal |",
-        "|---|---:|---:|---:|---|",
-        *(f"| {r['rows']:,} ({r['tokens']:,}) | {r['every_layer_wall_s']:.1f} s / {r['every_layer_cpu_s']:.1f} s | "
+        "| calibration rows (tokens) | groups re-fitted | every layer: wall / CPU | replay: wall / CPU | "
+        "speed-up: wall / CPU | weights equal |",
+        "|---|---:|---:|---:|---:|---|",
+        *(f"| {r['rows']:,} ({r['tokens']:,}) | {r['groups_refitted']} of {len(groups)} | "
+          f"{r['every_layer_wall_s']:.1f} s / {r['every_layer_cpu_s']:.1f} s | "
           f"{r['replay_wall_s']:.1f} s / {r['replay_cpu_s']:.1f} s | {r['wall_speed_up']:.2f}x / "
           f"{r['cpu_speed_up']:.2f}x | {'yes' if r['weights_equal'] else 'NO'} |" for r in rows),
         "",
