@@ -31,6 +31,19 @@ def one_torch_thread():
     yield
     torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def logging_as_in_a_fresh_process():
+    """Every test starts at transformers' default verbosity, which hf_adaprune's log lines follow, and with the
+    library's logger at no level of its own: an example or recipe a test runs in-process sets both
+    (``set_verbosity_error()``, ``--log_level``), which would otherwise decide what a later test in the same process
+    (an xdist worker runs many) gets to capture."""
+    import logging
+
+    transformers.utils.logging.set_verbosity_warning()
+    logging.getLogger("hf_adaprune").setLevel(logging.NOTSET)
+    yield
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # real data sets, next to the repository
 
