@@ -413,9 +413,11 @@ def _save(spec, output_dir: Path, quantization: str | None, record: str) -> None
             if dropped:
                 logger.warning("replacing %s (force=True): %s, which this export does not write, removed", output_dir,
                                ", ".join(dropped))
-            for name in dropped:
-                item = output_dir / name
-                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            for item in (output_dir / name for name in dropped):
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
             move_into(written, output_dir)
     except BaseException:
         if created:  # nothing was there: nothing stays

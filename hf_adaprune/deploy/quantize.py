@@ -78,12 +78,16 @@ def _embedding_names(model) -> list[str]:
 ROWS_PER_CHUNK = 4096  # rows rounded at a time: float temporaries of a chunk, not of a whole vocabulary's table
 
 
+def _row_chunks(count: int):
+    """Slices of at most :data:`ROWS_PER_CHUNK` rows covering ``count`` rows."""
+    return (slice(start, start + ROWS_PER_CHUNK) for start in range(0, count, ROWS_PER_CHUNK))
+
+
 def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 values and scales of a 2-d float tensor (rows are independent: rounded in chunks)."""
     scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     values = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
-        rows = slice(start, start + ROWS_PER_CHUNK)
+    for rows in _row_chunks(weight.shape[0]):
         values[rows] = torch.round(weight[rows] / scale[rows, None]).clamp(-127, 127)
     return values, scale
 
@@ -105,8 +109,7 @@ def quantize_int8(model):
         for name in _embedding_names(model):
             weight = model.get_submodule(name).weight
             values, scale = _int8_rows(weight)
-            for start in range(0, weight.shape[0], ROWS_PER_CHUNK):
-                rows = slice(start, start + ROWS_PER_CHUNK)
+            for rows in _row_chunks(weight.shape[0]):
                 weight[rows] = values[rows].float() * scale[rows, None]
     return _quantize_linears(model, _linear_names(model))
 

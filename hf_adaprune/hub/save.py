@@ -216,9 +216,9 @@ def save_beside_model(extra, folder) -> None:
 
 
 def temporary_folder(save_directory: Path, kind: str) -> tempfile.TemporaryDirectory:
-    """A temporary folder inside ``save_directory`` for a save of ``kind`` (``save``, ``onnx``), named after this
-    machine and process so that a later save can tell one whose process was killed (:func:`remove_abandoned_saves`)
-    from one still being written."""
+    """A temporary folder inside ``save_directory`` for a save of ``kind`` (``save``, ``onnx``, ``ct2``), named
+    after this machine and process so that a later save can tell one whose process was killed
+    (:func:`remove_abandoned_saves`) from one still being written."""
     remove_abandoned_saves(save_directory)
     # "@" closes the host name (no host name holds one): host gpu never reads host gpu-12's folders as its own
     return tempfile.TemporaryDirectory(dir=save_directory, prefix=f".adaprune-{kind}-{os.getpid()}@"

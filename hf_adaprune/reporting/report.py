@@ -40,8 +40,10 @@ def card_data(path: str) -> dict | None:
 def card_tags(path: str) -> set[str] | None:
     """The tags of the card at ``path`` (None: no file, or not a model card)."""
     data = card_data(path)
-    if data is None:
-        return None
+    return None if data is None else _tags(data)
+
+
+def _tags(data: dict) -> set[str]:
     tags = data.get("tags") or []
     return set(tags if isinstance(tags, list) else [tags])
 
@@ -62,8 +64,8 @@ def is_user_readme(path: str) -> bool:
     data = card_data(path)
     if data is None:
         return True
-    tags = card_tags(path)
-    return not ({"hf_adaprune", "generated_from_trainer"} & tags or data.get("library_name") == "sentence-transformers")
+    generated = {"hf_adaprune", "generated_from_trainer"} & _tags(data)
+    return not (generated or data.get("library_name") == "sentence-transformers")
 
 
 def remove_reports_of_another_model(folder: str | os.PathLike, names: Iterable[str], card: bool, why: str) -> list[str]:
