@@ -565,6 +565,20 @@ def test_too_few_calibration_tokens_leave_the_groups_unfitted_with_a_warning(cap
     assert refitted.summary()["refit_skipped"] == skipped  # in post_training_report.json too
 
 
+def test_a_search_names_each_unfitted_group_once_not_once_per_ratio(caplog):
+    """A search re-fits once per ratio tried; a group short of tokens was warned about at every try."""
+    model = tiny_model("bert", initializer_range=0.3)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        result = post_training_prune(model, labelled_examples(1), None, metric="loss", tolerance=0.02,
+                                     eval_dataset=labelled_examples(32, seed=5), data_collator=pad_collator,
+                                     seq_len=16, progress=False)
+    tries = [h for h in result.history if h["event"] in ("keep", "rollback")]
+    assert len(tries) >= 2
+    named = [record.getMessage().split(":")[0] for record in caplog.records
+             if record.getMessage().startswith("re-fit of")]
+    assert named and len(named) == len(set(named)), named
+
+
 def test_enough_calibration_tokens_refit_every_pruned_group_without_a_warning(caplog):
     model = tiny_model("bert")
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from types import SimpleNamespace
 
 import datasets
@@ -232,6 +233,18 @@ def test_a_rolled_back_candidate_takes_its_refit_back(tmp_path):
     weights = plain.model.state_dict()
     for name, value in refit.model.state_dict().items():
         assert torch.allclose(value, weights[name], atol=1e-6), name
+
+
+def test_a_group_short_of_refit_tokens_is_named_once_a_run(tmp_path, caplog):
+    """One re-fit row cannot determine a group's re-fit: warned about at the first candidate, not at each."""
+    fails = [0.9] + [0.1] * 10 + [0.9]
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer = _refit_run(tmp_path, refit=True, metrics=fails, pruning_min_step=0.1, pruning_tolerance=0.05,
+                             pruning_refit_samples=1)
+    assert [h["event"] for h in trainer.controller.state.history].count("rollback") >= 2
+    named = [record.getMessage().split(":")[0] for record in caplog.records
+             if record.getMessage().startswith("re-fit of")]
+    assert named and len(named) == len(set(named)), named
 
 
 def test_a_candidate_rolled_back_after_a_resume_takes_its_refit_back(tmp_path):

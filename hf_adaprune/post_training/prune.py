@@ -197,6 +197,7 @@ def post_training_prune(
     masks = attach_masks(model)
     dense_projections = _projection_state(model, groups)
     skipped = {}  # the groups the latest re-fit left un-fitted: the last try is the model returned
+    warned = set()  # the groups named in a warning already: once per run, not once per ratio tried
 
     def prune_to(ratio: float) -> dict[str, float]:
         """Masks for ``ratio`` chosen from the dense model, then the re-fit; no training."""
@@ -209,7 +210,7 @@ def post_training_prune(
         if not refit:
             return {}
         return _timed(timings, "refit", refit_groups, model, masks, groups, refit_batches, ridge, progress, dense,
-                      skipped)
+                      skipped, warned)
 
     def check() -> float:
         return _timed(timings, "check", evaluate, model, eval_batches, metric, progress)

@@ -173,7 +173,8 @@ def _run_until(model: nn.Module, batch: dict) -> None:
 @torch.no_grad()
 def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group], batches: Sequence[dict],
                  ridge: float = DEFAULT_RIDGE, progress: bool = True, dense: DenseTargets | None = None,
-                 skipped: dict[str, dict[str, int]] | None = None) -> dict[str, float]:
+                 skipped: dict[str, dict[str, int]] | None = None,
+                 warned: set[str] | None = None) -> dict[str, float]:
     """Re-fit, in forward order, the output projection (weight and bias) of every group that lost structures.
 
     ``dense``: the dense model's values on ``batches`` (:func:`capture_dense_targets`) to aim at; None:
@@ -182,7 +183,8 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
     re-fitted group on the calibration tokens (the tokens it was fitted on: optimistic, see
     :func:`refit_token_floor`). A group with fewer real tokens than :func:`refit_token_floor` of its kept
     columns keeps its weights, is left out of the errors, is warned about and, given ``skipped``, recorded
-    there as ``{group: {"tokens", "kept_columns", "needed"}}``.
+    there as ``{group: {"tokens", "kept_columns", "needed"}}``. ``warned``: the groups a search has already warned
+    about (one set for all its re-fits, so each group is named once, not once per ratio tried); updated.
     """
     with whole_feed_forward(model):  # the hooks read one FFN call per batch
         base = model.base_model
@@ -216,9 +218,13 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
                 kept = kept_columns(masks, group)
                 tokens, needed = round(float(problem.gram[-1, -1])), refit_token_floor(kept.numel())  # sum of 1 * 1
                 if tokens < needed:
-                    logger.warning("re-fit of %s: %d calibration tokens for %d kept columns (plus the bias) are fewer "
-                                   "than the %d a fair fit needs; it keeps its weights (pass more calibration rows or "
-                                   "refit_samples, or refit=False)", group.name, tokens, kept.numel(), needed)
+                    if warned is None or group.name not in warned:
+                        logger.warning("re-fit of %s: %d calibration tokens for %d kept columns (plus the bias) "
+                                       "are fewer than the %d a fair fit needs; it keeps its weights (pass more "
+                                       "calibration rows or refit_samples, or refit=False)", group.name, tokens,
+                                       kept.numel(), needed)
+                    if warned is not None:
+                        warned.add(group.name)
                     if skipped is not None:
                         skipped[group.name] = {"tokens": tokens, "kept_columns": kept.numel(), "needed": needed}
                     continue

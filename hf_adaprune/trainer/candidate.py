@@ -27,6 +27,7 @@ class CandidateMasksMixin:
         self._ramp: MaskRamp | None = None
         self._refit_change: dict | None = None  # what the re-fit of the pending candidate changed
         self._refit_batches: list[dict] | None = None
+        self._refit_warned: set[str] = set()  # groups a re-fit warned about (too few tokens): named once a run
 
     def _set_candidate(self, selected: dict, step: int) -> None:
         """Put the selected masks in place (end of optimizer ``step``): at once, or the ramp's first values."""
@@ -69,7 +70,8 @@ class CandidateMasksMixin:
         self._refit_change = refit_candidate(self.pruned_model, get_masks(self.pruned_model), self.pruning_groups,
                                              self._accepted_masks, self._refit_batches, self.accelerator,
                                              DEFAULT_RIDGE, self.args.pruning_refit_target,
-                                             progress=not self.args.disable_tqdm and self.is_local_process_zero())
+                                             progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+                                             warned=self._refit_warned)
         logger.info("re-fitted the output projections of %d groups", len(self._refit_change))
 
     def _accept_candidate(self) -> None:

@@ -120,12 +120,13 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
 
 @torch.no_grad()
 def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], batches, accelerator,
-                    ridge: float, target: str = "dense_residual",
-                    progress: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+                    ridge: float, target: str = "dense_residual", progress: bool = False,
+                    warned: set[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Re-fit the groups whose masks lost structures against ``accepted``; returns each projection's change.
 
     ``target``: ``"same_input"``, ``"dense_output"`` or ``"dense_residual"``, where "dense" is the model under the
-    ``accepted`` masks. ``progress``: a progress bar over the groups re-fitted."""
+    ``accepted`` masks. ``progress``: a progress bar over the groups re-fitted. ``warned``: as in
+    :func:`~hf_adaprune.post_training.refit.refit_groups` (the trainer keeps one set for its run)."""
     base = model.base_model
     cut = [g for g in groups if g.kind in ("heads", "ffn")
            and bool((masks.masks[g.name].cpu() < accepted[g.name] - 0.5).any())]
@@ -143,7 +144,7 @@ def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], bat
                 dense = capture_dense_targets(model, cut, batches, target)
             finally:
                 masks.load_state_dict(candidate)
-        refit_groups(model, masks, cut, batches, ridge=ridge, progress=progress, dense=dense)
+        refit_groups(model, masks, cut, batches, ridge=ridge, progress=progress, dense=dense, warned=warned)
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast
 
