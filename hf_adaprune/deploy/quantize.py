@@ -18,18 +18,17 @@ same int8 values, so predictions equal the in-memory quantized model's.
 from __future__ import annotations
 
 import copy
-import errno
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from ..engine.masks import get_masks
-from ..hub import AutoPrunedModel, save_pruned
+from ..hub import save_pruned
+from ..hub.load import pruned_model_class
 from ..hub.save import check_save_request, check_tokenizer_fits, write_through_temporary
 from ..plain_forward import drop_autocast_forward
 from ..surgery import compact
@@ -214,23 +213,11 @@ def load_int8(path, auto_class=None):
         elif not key.endswith((".scale", ".zero_point")):
             float_weights[key] = value
     # tied weights (record["aliases"]) are left out, as save_pretrained leaves them out: loading ties them again
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory(prefix="adaprune-int8-") as folder:
-        try:
-            for item in path.iterdir():  # config, remote code, generation config: everything but the weights
-                if item.is_file() and item.suffix in (".json", ".py") and item.name != INT8_RECORD:
-                    shutil.copy(item, folder)
-            _set_int8_config_key(Path(folder), None)  # the float skeleton the int8 weights go into
-            save_file({k: v.contiguous() for k, v in float_weights.items()}, str(Path(folder) / "model.safetensors"))
-        except OSError as error:  # a small /tmp (containers, cluster nodes)
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            size = sum(v.numel() * v.element_size() for v in float_weights.values())
-            raise OSError(f"load_int8 writes the model's float skeleton ({size / 2 ** 20:.0f} MiB) to a temporary "
-                          f"folder in {tempfile.gettempdir()} and could not ({error}); point TMPDIR at a folder "
-                          "with room") from error
-        model = AutoPrunedModel.from_pretrained(folder, auto_class=auto_class).eval()
+    model_class, config, _ = pruned_model_class(str(path), auto_class)
+    delattr(config, INT8_CONFIG_KEY)  # the float skeleton the int8 weights go into, built from memory
+    model = model_class.from_pretrained(None, config=config, state_dict=float_weights).eval()
+    if model.can_generate() and (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
     quantized = _quantize_linears(model, record["linears"])
     for name, weight in packed.items():
         module = quantized.get_submodule(name)

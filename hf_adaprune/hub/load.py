@@ -165,43 +165,50 @@ class AutoPrunedModel:
         if os.path.isfile(os.path.join(folder, "int8.json")):
             raise ValueError(f"{folder} holds int8 weights written by hf_adaprune's save_int8, which no float loader "
                              "reads: load it with hf_adaprune.deploy.load_int8(folder)")
-        config = kwargs.pop("config", None)
-        config_given = config is not None
-        if config is None:  # as transformers' auto classes: config values among kwargs go into the config
-            hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-            given = dict(kwargs)
-            overrides = {k: v for k, v in kwargs.items() if k not in ("dtype", "torch_dtype", "quantization_config")}
-            config, kwargs = load_pruned_config(path, return_unused_kwargs=True, **hub, **overrides)
-            kwargs.update({k: given[k] for k in ("dtype", "torch_dtype", "quantization_config") if k in given}, **hub)
-        if not read_record(config, f"{path}/config.json"):
-            if config_given:
-                raise ValueError("the config passed has no hf_adaprune record (config.adaprune): leave config out, "
-                                 f"or pass AutoConfig.from_pretrained({str(path)!r}, trust_remote_code=True)")
-            raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
-        if auto_class is not None:
-            mapping = getattr(auto_class, "_model_mapping", None)
-            if mapping is None:
-                raise TypeError(f"auto_class must be a transformers auto class (transformers.AutoModel, "
-                                f"AutoModelForSequenceClassification, ...), got {auto_class!r}")
-            if type(config) not in mapping:
-                raise ValueError(f"{getattr(auto_class, '__name__', auto_class)} has no {config.model_type} model "
-                                 f"class: pass an AutoModel... class that maps {type(config).__name__}, or leave "
-                                 f"auto_class out for the saved class ({(config.architectures or ['?'])[0]})")
-            base_class = mapping[type(config)]
-            problem = short_cache_problem(config, base_class.__name__)
-            if problem:
-                raise ValueError(problem)
-            lacking = missing_stacks(config, base_class.__name__)
-            if lacking:  # as the stock loader, which fails on the sizes, instead of random dense layers
-                raise ValueError(f"{path} holds a pruned {config.architectures[0]}, which has no {', '.join(lacking)}: "
-                                 f"{base_class.__name__} would build {'it' if len(lacking) == 1 else 'them'} dense "
-                                 "with random weights. Load it with a head of the stacks it has, or leave auto_class "
-                                 "out for the saved class")
-        else:
-            architecture = (config.architectures or [""])[0] or ""
-            # folders saved before classes kept their names say PrunedBert...: build from the transformers class
-            base_class = getattr(transformers, architecture, None) or getattr(
-                transformers, architecture.removeprefix("Pruned"), None)
-            if base_class is None:
-                raise ValueError(f"cannot tell which model class to build from architectures={config.architectures}")
-        return pruned_class(base_class).from_pretrained(path, config=config, **kwargs)
+        model_class, config, kwargs = pruned_model_class(path, auto_class, **kwargs)
+        return model_class.from_pretrained(path, config=config, **kwargs)
+
+
+def pruned_model_class(path, auto_class=None, **kwargs) -> tuple[type, PretrainedConfig, dict]:
+    """The pruned class :meth:`AutoPrunedModel.from_pretrained` builds for the folder ``path``, its config, and the
+    ``kwargs`` left for the class's ``from_pretrained`` (config values among them go into the config)."""
+    config = kwargs.pop("config", None)
+    config_given = config is not None
+    if config is None:  # as transformers' auto classes: config values among kwargs go into the config
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        given = dict(kwargs)
+        overrides = {k: v for k, v in kwargs.items() if k not in ("dtype", "torch_dtype", "quantization_config")}
+        config, kwargs = load_pruned_config(path, return_unused_kwargs=True, **hub, **overrides)
+        kwargs.update({k: given[k] for k in ("dtype", "torch_dtype", "quantization_config") if k in given}, **hub)
+    if not read_record(config, f"{path}/config.json"):
+        if config_given:
+            raise ValueError("the config passed has no hf_adaprune record (config.adaprune): leave config out, "
+                             f"or pass AutoConfig.from_pretrained({str(path)!r}, trust_remote_code=True)")
+        raise ValueError(f"{path} holds no hf_adaprune record (config.adaprune); load it with transformers directly")
+    if auto_class is not None:
+        mapping = getattr(auto_class, "_model_mapping", None)
+        if mapping is None:
+            raise TypeError(f"auto_class must be a transformers auto class (transformers.AutoModel, "
+                            f"AutoModelForSequenceClassification, ...), got {auto_class!r}")
+        if type(config) not in mapping:
+            raise ValueError(f"{getattr(auto_class, '__name__', auto_class)} has no {config.model_type} model "
+                             f"class: pass an AutoModel... class that maps {type(config).__name__}, or leave "
+                             f"auto_class out for the saved class ({(config.architectures or ['?'])[0]})")
+        base_class = mapping[type(config)]
+        problem = short_cache_problem(config, base_class.__name__)
+        if problem:
+            raise ValueError(problem)
+        lacking = missing_stacks(config, base_class.__name__)
+        if lacking:  # as the stock loader, which fails on the sizes, instead of random dense layers
+            raise ValueError(f"{path} holds a pruned {config.architectures[0]}, which has no {', '.join(lacking)}: "
+                             f"{base_class.__name__} would build {'it' if len(lacking) == 1 else 'them'} dense "
+                             "with random weights. Load it with a head of the stacks it has, or leave auto_class "
+                             "out for the saved class")
+    else:
+        architecture = (config.architectures or [""])[0] or ""
+        # folders saved before classes kept their names say PrunedBert...: build from the transformers class
+        base_class = getattr(transformers, architecture, None) or getattr(
+            transformers, architecture.removeprefix("Pruned"), None)
+        if base_class is None:
+            raise ValueError(f"cannot tell which model class to build from architectures={config.architectures}")
+    return pruned_class(base_class), config, kwargs
