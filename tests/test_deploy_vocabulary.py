@@ -15,9 +15,9 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from hf_adaprune import AutoPrunedModel, compact, save_pruned
-from hf_adaprune.deploy import prune_vocabulary
+from hf_adaprune.deploy import prune_vocabulary, slice_vocabulary
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tiny_model
 from test_surgery import random_masks
 
 TOL = 0.0  # the same rows of the same weights: logits are bit-identical
@@ -774,3 +774,27 @@ def test_saving_or_factoring_with_the_tokenizer_a_vocabulary_was_pruned_from_is_
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     save_pruned(model, tmp_path / "c", tokenizer=smaller)
     assert len(transformers.AutoTokenizer.from_pretrained(tmp_path / "c")) == rows
+
+
+@pytest.mark.parametrize("kept_ids, error, message", [
+    ([1, 2, 3, 4], ValueError, r"leaves out the padding id \[0\]"),
+    ([], ValueError, "kept_ids is empty"),
+    ([0, 1, 500, -1], ValueError, r"outside the model's 99-token table: \[-1, 500\]"),
+    ([0, 1, 1, 2], ValueError, r"more than once: \[1\]"),
+    ([0, 1.0, 2], TypeError, "must be integer token ids"),
+])
+def test_slice_vocabulary_checks_the_ids_before_slicing_anything(kept_ids, error, message):
+    """Bad ids sliced the tied table (and left the output layer and its bias full size) before a KeyError, or
+    failed with a bare IndexError, or (repeated ids) were taken silently."""
+    model = tiny_model("bert", "AutoModelForMaskedLM")
+    before = {name: p.shape for name, p in model.named_parameters()}
+    with pytest.raises(error, match=message):
+        slice_vocabulary(model, kept_ids)
+    assert {name: p.shape for name, p in model.named_parameters()} == before
+    assert model.get_output_embeddings().out_features == 99
+
+
+def test_slice_vocabulary_takes_a_tensor_of_ids():
+    model = tiny_model("bert", "AutoModelForMaskedLM")
+    slice_vocabulary(model, torch.tensor([0, 5, 7]))
+    assert model.get_input_embeddings().weight.shape[0] == 3 and model.cls.predictions.bias.shape == (3,)

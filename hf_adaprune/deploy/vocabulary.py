@@ -31,6 +31,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
+from numbers import Integral
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -226,8 +227,9 @@ TOKEN_EMBEDDING_NAMES = ("word_embeddings", "embed_tokens", "shared")
 def slice_vocabulary(model, kept_ids: list[int]) -> None:
     """Keep rows ``kept_ids`` (old ids, in their new order: ascending when slicing, any permutation to reorder)
     of every vocabulary-sized token embedding, output projection and ``final_logits_bias`` of ``model``, in place;
-    tied weights stay tied."""
+    tied weights stay tied. ``kept_ids`` are checked before anything is sliced."""
     old_size = model.get_input_embeddings().num_embeddings
+    kept_ids = _checked_kept_ids(model, kept_ids, old_size)
     index = torch.tensor(kept_ids, dtype=torch.long)
     new_size = len(kept_ids)
     sliced: set[int] = set()
@@ -258,6 +260,29 @@ def slice_vocabulary(model, kept_ids: list[int]) -> None:
     for name, param in list(model.named_parameters()) + list(model.named_buffers()):
         if name.endswith(OUTPUT_BIAS_NAMES) and param.shape[-1] != new_size:
             raise RuntimeError(f"{name} was not sliced")
+
+
+def _checked_kept_ids(model, kept_ids, old_size: int) -> list[int]:
+    """``kept_ids`` as a list of ints: non-empty, unique, within the table, every token table's padding id among them."""
+    if isinstance(kept_ids, torch.Tensor):
+        kept_ids = kept_ids.tolist()
+    kept_ids = list(kept_ids)
+    if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in kept_ids):
+        raise TypeError(f"kept_ids must be integer token ids, got {kept_ids[:8]}")
+    kept_ids = [int(i) for i in kept_ids]
+    if not kept_ids:
+        raise ValueError("kept_ids is empty: a vocabulary keeps at least its special tokens")
+    outside = sorted({i for i in kept_ids if not 0 <= i < old_size})
+    if outside:
+        raise ValueError(f"kept_ids holds ids outside the model's {old_size}-token table: {outside[:8]}")
+    repeated = sorted(i for i, count in Counter(kept_ids).items() if count > 1)
+    if repeated:
+        raise ValueError(f"kept_ids holds ids more than once: {repeated[:8]}")
+    padding = {m.padding_idx for m in model.modules() if isinstance(m, nn.Embedding) and m.padding_idx is not None
+               and m.num_embeddings == old_size} - set(kept_ids)
+    if padding:
+        raise ValueError(f"kept_ids leaves out the padding id {sorted(padding)} of the token table(s): keep it")
+    return kept_ids
 
 
 # output biases kept apart from the output projection, over the vocabulary: BERT's MLM head's (a parameter of its
