@@ -99,6 +99,24 @@ def test_typed_values_from_python_the_command_line_and_yaml_are_accepted(tmp_pat
     assert (from_yaml.pruning_interval, from_yaml.pruning_target, from_yaml.pruning_tolerance) == (3, 0.4, 0)
 
 
+def test_numpy_numbers_become_plain_ones_that_checkpoints_read_back(tmp_path):
+    """np.linspace in a sweep gives np.float64 targets: accepted as they were, they went into pruning_state.pt,
+    which torch.load(weights_only=True) refuses, so no checkpoint of the run could be resumed (nor the best model
+    loaded at the end), and to_json_string failed."""
+    import numpy as np
+
+    args = make_args(tmp_path, pruning_target=np.linspace(0.3, 0.7, 5)[2], pruning_interval=np.int64(6),
+                     pruning_tolerance=np.float32(0.25))
+    assert type(args.pruning_target) is float and type(args.pruning_interval) is int
+    assert type(args.pruning_tolerance) is float and args.pruning_tolerance == 0.25
+    assert '"pruning_target": 0.5' in args.to_json_string()
+    first = make_trainer(tmp_path, pruning_target=np.float64(0.5), save_strategy="steps", save_steps=12, max_steps=12)
+    first.train()
+    resumed = make_trainer(tmp_path, pruning_target=np.float64(0.5), max_steps=18)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-12"))
+    assert resumed.state.global_step == 18
+
+
 @pytest.mark.parametrize("sharding", [{"fsdp": "full_shard"}, {"fsdp": True}, {"deepspeed": {"zero_optimization": {}}}])
 def test_fsdp_and_deepspeed_are_refused_pointing_to_ddp(tmp_path, sharding):
     with pytest.raises(ValueError, match="cannot prune under FSDP or DeepSpeed.*whole gradient.*DDP.*torchrun"):

@@ -328,6 +328,8 @@ def _check_types(args) -> None:
             raise TypeError(f"--{f.name} must be {_TYPE_NAMES[kind]}{' (or unset)' if optional else ''}; got {value!r}"
                             + (" (a string: write true or false unquoted in YAML, True or False in Python)"
                                if kind is bool and isinstance(value, str) else ""))
+        if kind in (int, float) and type(value) is not kind:  # numpy's numbers (np.linspace in a sweep): plain ones,
+            setattr(args, f.name, kind(value))  # which checkpoints (torch.load, weights_only) and JSON can read back
 
 
 def validate_pruning_arguments(args) -> None:
