@@ -10,6 +10,7 @@ the trainer would decide on, no optimizer step. The test set scores the model as
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
 from hf_adaprune.post_training.prune import SEARCH_INITIAL_STEP, SEARCH_MIN_STEP, SEARCH_STEP_GROWTH
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
-from hf_adaprune.trainer.arguments import prune_kinds
+from hf_adaprune.trainer.arguments import prune_kinds, pruning_fields
 from hf_adaprune.trainer.eval_order import first_rows
 from hf_adaprune.trainer.report import card_path
 
@@ -46,6 +47,13 @@ FIXED = (("pruning_target_type", "flops", "removes a fraction of the layer FLOPs
          ("pruning_initial_step", SEARCH_INITIAL_STEP, f"searches with a first step of {SEARCH_INITIAL_STEP}"),
          ("pruning_min_step", SEARCH_MIN_STEP, f"searches down to steps of {SEARCH_MIN_STEP}"),
          ("pruning_step_growth", SEARCH_STEP_GROWTH, f"grows its search steps by {SEARCH_STEP_GROWTH}"))
+# the training path's options --post_training reads; the others are refused away from their defaults
+READ = ("prune", "pruning_criterion", "pruning_target", "pruning_metric", "pruning_tolerance", "pruning_tolerance_type",
+        "min_heads_per_layer", "min_neurons_per_layer", "pruning_eval_samples", "pruning_normalize_scores",
+        "pruning_seq_len")
+# the training path's re-fit options and the --post_training ones that do their work
+TWINS = {"pruning_refit": "post_training_refit", "pruning_refit_target": "post_training_refit_target",
+         "pruning_refit_samples": "post_training_refit_samples", "pruning_refit_long_share": "post_training_long_share"}
 POOL_FACTOR = 5  # --post_training_long_share: training rows tokenized per calibration row
 
 
@@ -66,6 +74,17 @@ def check_arguments(model_args, data_args, training_args) -> None:
         if getattr(training_args, name) != only:
             raise RecipeError(f"--{name} {getattr(training_args, name)!r}: --post_training {instead}; leave --{name} "
                               f"at {only!r}")
+    checked = set(READ) | {name for name, _ in TRAINING_ONLY} | {name for name, _, _ in FIXED}
+    for option in pruning_fields():
+        default = option.default if option.default is not dataclasses.MISSING else option.default_factory()
+        value = getattr(training_args, option.name)
+        if option.name in checked or value == default:
+            continue
+        if option.name in TWINS:
+            raise RecipeError(f"--{option.name} {value!r} applies to the re-fit while training; --post_training's "
+                              f"re-fit takes --{TWINS[option.name]}")
+        raise RecipeError(f"--{option.name} {value!r} applies to pruning while training; --post_training does not "
+                          f"read it. Leave it out, or drop --post_training")
     if training_args.push_to_hub:
         raise RecipeError("--push_to_hub: --post_training writes its folder without a Trainer and pushes nothing; "
                           "leave --push_to_hub out and upload OUTPUT_DIR when the run is done (e.g. `hf upload "

@@ -224,6 +224,13 @@ def test_a_classifier_keeps_what_its_classes_mean_when_the_data_orders_them_othe
      "--pruning_initial_step 0.2: --post_training searches with a first step of 0.1"),
     (["--pruning_step_growth", "2"], "leave --pruning_step_growth at 1.5"),
     (["--resume_from_checkpoint", "true"], "no checkpoints to resume from"),
+    # read by nothing: the run went on with the --post_training_* defaults, rc 0
+    (["--pruning_refit", "true", "--pruning_refit_target", "same_input"],
+     "--pruning_refit True applies to the re-fit while training; --post_training's re-fit takes "
+     "--post_training_refit"),
+    (["--pruning_warmup_steps", "3"], "--pruning_warmup_steps 3 applies to pruning while training; --post_training "
+                                      "does not read it"),
+    (["--compact_at_end", "false"], "--compact_at_end False applies to pruning while training"),
     (["--pruning_target", "1.0"], "--pruning_target must be in"),
     (["--post_training_long_share", "1.5"], "--post_training_long_share .* must lie in \\[0, 1\\], got 1.5"),
     (["--label_mapping", "0:bad,1:good"], "the data's labels \\['bad', 'good'\\] are not the model's"),
