@@ -22,6 +22,7 @@ import yaml
 
 from hf_adaprune.post_training.prune import DEFAULT_REFIT_TARGET, DEFAULT_RIDGE
 from hf_adaprune.reporting.report import POST_TRAINING_REPORT_FILE, TRAINING_REPORT_FILES
+from hf_adaprune.trainer.arguments import COMMA_LIST_FIELDS
 from hf_adaprune.trainer.checkpoint import checkpoints
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def config_to_argv(values: dict, parser=None) -> list[str]:
     """A config file's mapping as command-line flags, so that argparse converts the types.
 
     ``None`` values are left out, booleans become ``true`` / ``false``, lists one flag
-    followed by their items, dicts JSON text. With ``parser``, a flag that takes no value (``--no_X``) is
+    followed by their items (with ``parser``, a comma list for a one-value option that takes one, e.g. ``prune``;
+    a one-item list's item for another one-value option, a longer list an error), dicts JSON text. With ``parser``, a flag that takes no value (``--no_X``) is
     written alone for true and left out for false.
     """
     argv = []
@@ -152,6 +154,10 @@ def config_to_argv(values: dict, parser=None) -> list[str]:
             argv += [flag] if str(value).lower() == "true" else []
         elif isinstance(value, bool):
             argv += [flag, str(value).lower()]
+        elif isinstance(value, (list, tuple)) and action is not None and action.nargs is None:
+            if key not in COMMA_LIST_FIELDS and len(value) != 1:  # the items after the first were left unread
+                raise RecipeError(f"{key}: {value!r} in the config file; {flag} takes one value")
+            argv += [flag, ",".join(map(str, value))]  # prune: [heads, ffn] as the library reads it
         elif isinstance(value, (list, tuple)):
             argv += [flag, *map(str, value)]
         elif isinstance(value, dict):

@@ -199,6 +199,18 @@ def test_config_file_values_are_typed_and_flags_override_them(tmp_path):
             entry([str(config)])
 
 
+def test_a_list_in_a_config_file_for_a_one_value_option(tmp_path):
+    """prune: [heads, ffn], the README's list form, stopped with "arguments are not used: ['ffn']"."""
+    config = tmp_path / "c.yaml"
+    config.write_text("output_dir: a\nprune: [heads, ffn]\npruning_roles: [encoder]\nreport_to: [none]\n")
+    _, _, training_args = recipe.parse_args([str(config)])
+    assert (training_args.prune, training_args.pruning_roles, training_args.report_to) == ("heads,ffn", "encoder", [])
+    config.write_text("output_dir: a\ntext_column_name: [a, b]\n")
+    with pytest.raises(recipe.RecipeError, match=r"text_column_name: \['a', 'b'\] in the config file; "
+                                                 r"--text_column_name takes one value"):
+        recipe.parse_args([str(config)])
+
+
 def test_a_config_s_card_metadata_gives_way_to_another_model_or_data_on_the_command_line(tmp_path):
     # sst2_minilm_post_training.yaml run with --model_name_or_path of the user's own model (as its header says) wrote
     # a card naming all-MiniLM-L6-v2 as the base model and stanfordnlp/sst2 as the data

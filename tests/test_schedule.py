@@ -172,6 +172,23 @@ def test_resume_mid_search_matches_the_uninterrupted_run(tmp_path):
     assert a["groups"] == b["groups"] and a["final_check"] == pytest.approx(b["final_check"])
 
 
+def test_search_then_recover_names_the_gradual_options_it_does_not_read_and_resumes_under_others(tmp_path, caplog):
+    """They were taken silently, and a resume under another (unread) value was refused."""
+    options = dict(pruning_schedule="search_then_recover", pruning_tolerance=1.0, max_steps=12)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        first = make_trainer(tmp_path, save_strategy="steps", save_steps=8, pruning_step_growth=2.0, **options)
+    assert ("--pruning_interval 6, --pruning_initial_step 0.2, --pruning_step_growth 2.0 not read: --pruning_schedule "
+            "search_then_recover tries the target first") in caplog.text
+    first.train()
+    resumed = make_trainer(tmp_path, pruning_interval=9, pruning_initial_step=0.3, **options)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    assert resumed.state.global_step == 12
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path / "gradual", pruning_step_growth=2.0)
+    assert "not read" not in caplog.text
+
+
 def test_search_steps_leave_room_warning_names_the_right_option(tmp_path, caplog):
     trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_search_steps=5, max_steps=8,
                            pruning_warmup_steps=6)

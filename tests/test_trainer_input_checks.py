@@ -99,6 +99,14 @@ def test_typed_values_from_python_the_command_line_and_yaml_are_accepted(tmp_pat
     assert (from_yaml.pruning_interval, from_yaml.pruning_target, from_yaml.pruning_tolerance) == (3, 0.4, 0)
 
 
+@pytest.mark.parametrize("criterion", ["taylor", "fisher"])
+def test_no_warmup_with_a_gradient_criterion_is_refused_when_parsed(tmp_path, criterion):
+    """Parsed, then refused only when the trainer was built (the README's table gave no minimum)."""
+    with pytest.raises(ValueError, match=f"^{criterion} importance needs gradients: set --pruning_warmup_steps >= 1"):
+        make_args(tmp_path, pruning_warmup_steps=0, pruning_criterion=criterion)
+    assert make_args(tmp_path, pruning_warmup_steps=0, pruning_criterion="magnitude").pruning_warmup_steps == 0
+
+
 def test_numpy_numbers_become_plain_ones_that_checkpoints_read_back(tmp_path):
     """np.linspace in a sweep gives np.float64 targets: accepted as they were, they went into pruning_state.pt,
     which torch.load(weights_only=True) refuses, so no checkpoint of the run could be resumed (nor the best model

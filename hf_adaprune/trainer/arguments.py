@@ -275,6 +275,8 @@ def pruning_arguments(args) -> dict:
     own = {f.name for f in pruning_fields()} - _NOT_COMPARED_ON_RESUME
     if args.pruning_target_type != "latency":  # they measure nothing then: a resume may change them
         own -= set(LATENCY_OPTIONS)
+    if args.pruning_schedule == "search_then_recover":  # read by nothing then: a resume may change them
+        own -= set(GRADUAL_ONLY)
     values = {name: getattr(args, name) for name in sorted(own)}
     # spelled one way: 'both', 'heads,ffn' and 'ffn,heads' prune the same, and a resume compares these
     values.update({name: normalised_comma_list(name, values[name]) for name in COMMA_LIST_FIELDS if name in values})
@@ -302,6 +304,8 @@ def sharded_training_problem(args) -> str | None:
 
 # text fields that hold a comma list: a list of strings (a YAML list, a Python list) is joined into one
 COMMA_LIST_FIELDS = ("prune", "pruning_roles")
+# the gradual schedule's own steps, which search_then_recover does not read (warned of when the trainer is built)
+GRADUAL_ONLY = ("pruning_interval", "pruning_initial_step", "pruning_step_growth")
 _TYPE_NAMES = {int: "an integer", float: "a real number", bool: "true or false", str: "a string"}
 
 
@@ -360,6 +364,9 @@ def validate_pruning_arguments(args) -> None:
         raise ValueError(f"--pruning_search_steps must be >= 0; got {args.pruning_search_steps}")
     if args.pruning_warmup_steps < 0 or args.pruning_interval < 1:
         raise ValueError("--pruning_warmup_steps must be >= 0 and --pruning_interval >= 1")
+    if args.pruning_warmup_steps < 1 and getattr(IMPORTANCE_CRITERIA[args.pruning_criterion], "needs_gradients", False):
+        raise ValueError(f"{args.pruning_criterion} importance needs gradients: set --pruning_warmup_steps >= 1 "
+                         "(0 serves the magnitude and random criteria)")
     if args.pruning_search_steps and args.pruning_schedule != "search_then_recover":
         raise ValueError(f"--pruning_search_steps {args.pruning_search_steps} sets how long search_then_recover trains a "
                          f"candidate before judging it; --pruning_schedule {args.pruning_schedule} does not read it "

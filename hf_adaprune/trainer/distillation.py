@@ -311,8 +311,8 @@ def distillation_loss(student, task_loss, student_outputs, teacher_outputs, inpu
 
 
 # what only --distillation reads
-DISTILLATION_OPTIONS = ("distillation_alpha", "distillation_temperature", "distillation_hidden_weight",
-                        "teacher_model_name_or_path")
+# set without --distillation: warned of as not read (a hidden weight or a teacher without it is refused when parsed)
+DISTILLATION_OPTIONS = ("distillation_alpha", "distillation_temperature")
 
 
 def layers_dropped(config) -> dict[str, float]:

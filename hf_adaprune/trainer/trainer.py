@@ -31,8 +31,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, has_l
 
 from ..families import (check_sequence_length, decoder_positions, filter_groups, get_adapter, readable_positions,
                         shortest_audio)
-from .arguments import (LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, changed_options, prune_kinds,
-                        pruning_arguments, pruning_metric_direction)
+from .arguments import (GRADUAL_ONLY, LATENCY_OPTIONS, PruningArguments, Seq2SeqPruningArguments, changed_options,
+                        prune_kinds, pruning_arguments, pruning_metric_direction)
 from ..engine.controller import ROLLBACK, AdaptiveController
 from .callback import PruningCallback
 from .hub_push import card_as_repo_readme, without_hub_token
@@ -367,6 +367,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             self._builtin_metric = True
         self.metric_key = "eval_loss" if self.pruning_metric == "loss" else f"eval_{self.pruning_metric}"
         self.decision_key = f"{DECISION_PREFIX}_{self.pruning_metric}"
+        unread = changed_options(args, GRADUAL_ONLY) if args.pruning_schedule == "search_then_recover" else []
+        if unread:
+            logger.warning("%s not read: --pruning_schedule search_then_recover tries the target first, then bisects "
+                           "(a candidate trains --pruning_search_steps steps)",
+                           ", ".join(f"--{name} {getattr(args, name)}" for name in unread))
         self.controller = AdaptiveController(
             target=args.pruning_target,
             initial_step=min(args.pruning_initial_step, args.pruning_target),
