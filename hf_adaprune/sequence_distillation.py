@@ -18,6 +18,7 @@ import copy
 import torch
 from datasets import Dataset
 from transformers.utils.logging import tqdm  # off under disable_progress_bar()
+from .families.registry import check_transformers_model
 from .modes import restore_modes, training_modes
 from .token_ids import token_id_list
 
@@ -91,6 +92,7 @@ def sequence_distillation_targets(teacher, dataset: Dataset, *, batch_size: int 
     ``attention_mask`` says, where it has one. Rows keep their order; the teacher is put
     back into the mode it was in.
     """
+    check_transformers_model(teacher, "sequence_distillation_targets")
     if not getattr(teacher.config, "is_encoder_decoder", False):
         raise ValueError(f"sequence distillation needs an encoder-decoder (text-to-text) teacher; "
                          f"{type(teacher).__name__} is not one")

@@ -24,6 +24,7 @@ from torch import nn
 
 from .engine.masks import detach_masks, get_masks, structure_count
 from .families import HeadGroup, LayerGroup, find_groups, get_adapter, layer_of_group
+from .families.registry import check_transformers_model
 from .families.whisper import renumber_alignment_heads
 from .layout import (TABLES, apply_layout, empty_record, layout_of_present_stacks, linear_spec, parent_and_name,
                      read_record, set_attribute, write_record)
@@ -403,6 +404,7 @@ def was_pruned(model: nn.Module) -> bool:
 def kept_structure(model: nn.Module) -> dict[str, dict]:
     """Per group: kind, original count and kept count (from the record, live masks or the shapes), named by the
     layers of the dense model (a group of a removed layer is absent)."""
+    check_transformers_model(model, "kept_structure")
     record = read_record(model.config) or empty_record()
     result = {name: {"kind": g["kind"], "original": g["original"], "kept": len(g["kept"])}
               for name, g in record["groups"].items()}

@@ -63,3 +63,44 @@ def test_real_minilm_prunes_exactly():
     with torch.no_grad():
         compacted = model(**batch).logits
     assert (masked - compacted).abs().max() <= 1e-5
+
+
+def test_register_family_takes_one_model_type_as_a_string(monkeypatch):
+    """register_family("mytype", ...) registered the families "m", "y", "t", "p", "e" and left mytype unsupported."""
+    from hf_adaprune import register_family
+    from hf_adaprune.families import registry
+
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))  # this test's registrations go with it
+    bert = registry._FAMILIES["bert"]
+    register_family("my-bert", bert.find_groups)
+    assert "my-bert" in supported_model_types() and "m" not in supported_model_types()
+    with pytest.raises(TypeError, match="find_groups must be a function of \\(base_model, config\\), got None"):
+        register_family("other", None)
+    with pytest.raises(TypeError, match="model_types must be a config.model_type"):
+        register_family([], bert.find_groups)
+    assert "other" not in supported_model_types()
+
+
+@pytest.mark.parametrize("function", ["save_pruned", "post_training_prune", "kept_structure", "detach_masks",
+                                      "model_profile", "count_flops", "sequence_distillation_targets",
+                                      "attach_masks", "compact", "find_groups"])
+def test_a_folder_path_given_for_a_model_is_named(tmp_path, function):
+    """Most said "'str' object has no attribute ..." or "cannot prune model_type None"."""
+    import hf_adaprune
+    from hf_adaprune.reporting.flops import count_flops, model_profile
+    from hf_adaprune.sequence_distillation import sequence_distillation_targets
+
+    calls = {"save_pruned": lambda p: hf_adaprune.save_pruned(p, tmp_path / "out"),
+             "post_training_prune": lambda p: hf_adaprune.post_training_prune(p, [], 0.5),
+             "model_profile": model_profile, "count_flops": lambda p: count_flops(p, {}),
+             "sequence_distillation_targets": lambda p: sequence_distillation_targets(p, None)}
+    call = calls.get(function) or getattr(hf_adaprune, function)
+    with pytest.raises(TypeError, match=r"takes a transformers model \(PreTrainedModel\); got str. Load the folder "
+                                        r"first: hf_adaprune.AutoPrunedModel.from_pretrained\(folder\)"):
+        call(str(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_given_to_find_groups_is_named():
+    with pytest.raises(TypeError, match=r"find_groups takes a transformers model \(PreTrainedModel\); got BertConfig"):
+        find_groups(tiny_model("bert").config)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..families import Group, HeadGroup, LayerGroup, find_groups, find_layer_groups, get_adapter
+from ..families.registry import check_transformers_model
 from ..layout import install_shared_bias
 from .selection import check_group_objects
 
@@ -287,6 +288,7 @@ def get_masks(model: nn.Module) -> PruningMasks | None:
 
 
 def detach_masks(model: nn.Module) -> None:
+    check_transformers_model(model, "detach_masks")
     masks = model.__dict__.pop(_ATTR, None)
     if masks is not None:
         masks.remove()

@@ -3,6 +3,7 @@ forward (if any) its pruned models need. The role and kind vocabularies are defi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from torch import nn
@@ -21,13 +22,20 @@ class UnsupportedModelError(ValueError):
     """Raised before any work when a model family has no adapter."""
 
 
-def register_family(model_types: Iterable[str], find_groups: Callable,
+def register_family(model_types: str | Iterable[str], find_groups: Callable,
                     attention_forward: type | None = None, layer_stacks: Callable | None = None) -> FamilyAdapter:
     """Register a family. ``find_groups(base_model, config)`` lists every group, including attentions emptied
     by an earlier compaction (they are skipped here). ``attention_forward``: the family's shared-bias forward
     (decorated with ``layout.register_shared_bias``), when its groups set ``shared_bias``. ``layer_stacks(base_model,
-    config)`` lists its :class:`~.base.LayerGroup` stacks, for removing whole layers."""
-    adapter = FamilyAdapter(model_types=tuple(model_types), find_groups=find_groups,
+    config)`` lists its :class:`~.base.LayerGroup` stacks, for removing whole layers. ``model_types``: one
+    ``config.model_type`` or several."""
+    model_types = (model_types,) if isinstance(model_types, str) else tuple(model_types)
+    if not model_types or not all(isinstance(name, str) and name for name in model_types):
+        raise TypeError(f"model_types must be a config.model_type (a string) or several, got {model_types!r}")
+    for name, function in (("find_groups", find_groups), ("layer_stacks", layer_stacks)):
+        if not callable(function) and (name == "find_groups" or function is not None):
+            raise TypeError(f"{name} must be a function of (base_model, config), got {function!r}")
+    adapter = FamilyAdapter(model_types=model_types, find_groups=find_groups,
                             attention_forward=attention_forward, layer_stacks=layer_stacks)
     for model_type in adapter.model_types:
         _FAMILIES[model_type] = adapter
@@ -92,6 +100,23 @@ def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def check_transformers_model(model, function: str) -> None:
+    """Refuse, before any work, anything but a transformers model given to ``function``, saying what to pass
+    instead: a folder is loaded first, a SentenceTransformer gives its transformer; a wrapper (``torch.compile``,
+    DDP) is refused naming the model it wraps."""
+    check_not_wrapped(model)
+    if hasattr(model, "main_input_name"):
+        return
+    hint = ""
+    if isinstance(model, (str, os.PathLike)):
+        hint = (" Load the folder first: hf_adaprune.AutoPrunedModel.from_pretrained(folder) for a pruned one, a "
+                "transformers AutoModelFor... class for a dense one.")
+    elif type(model).__name__ == "SentenceTransformer":
+        hint = (f" For a SentenceTransformer, pass its transformer: {function}(st[0].auto_model, ...) with "
+                "st.tokenizer; its pooling and normalisation then run outside it.")
+    raise TypeError(f"{function} takes a transformers model (PreTrainedModel); got {type(model).__name__}.{hint}")
+
+
 def check_not_wrapped(model) -> None:
     """Refuse a wrapper around a transformers model (``DistributedDataParallel``, what ``accelerator.prepare``
     returns on several processes, FSDP): it has none of the model's ``base_model`` or ``config``, so hf_adaprune
@@ -117,6 +142,8 @@ def get_adapter(model_or_config) -> FamilyAdapter:
     """The adapter of the model's family; a family it cannot prune, a PEFT model and a model wrapped for several
     processes (DDP, accelerate) are refused here, before any entry point (trainer, ``post_training_prune``,
     ``attach_masks``, ``save_pruned``, ...) touches the model."""
+    if isinstance(model_or_config, (str, os.PathLike)):
+        check_transformers_model(model_or_config, "hf_adaprune")
     check_not_wrapped(model_or_config)
     if hasattr(model_or_config, "get_base_model"):
         raise TypeError(
@@ -145,6 +172,7 @@ def find_groups(model) -> list[Group]:
 
     Attention groups whose heads were all removed by an earlier compaction are left out.
     """
+    check_transformers_model(model, "find_groups")  # a path, a config
     adapter = get_adapter(model)  # refuses a wrapper or another family before base_model is read
     base = model.base_model
     return [g for g in adapter.find_groups(base, model.config) if not _emptied(base, g)]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..families.registry import check_transformers_model
 from ..surgery import compact
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def save_pruned(model, save_directory: str | os.PathLike, tokenizer=None, proces
     if kwargs.pop("safe_serialization", True) is False:  # refused before compact, which changes the model
         raise ValueError("save_pruned writes safetensors only (transformers 5 saves no other format): leave "
                          "safe_serialization out")
+    check_transformers_model(model, "save_pruned")
     check_save_request(save_directory, tokenizer=tokenizer, processor=processor)
     if any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in model.modules()):
         raise ValueError("the model is int8 (quantize_int8 / save_int8 / load_int8 output), which transformers' "

@@ -29,6 +29,7 @@ from ..engine.masks import attach_masks, detach_masks, get_masks, structure_coun
 from ..engine.selection import select_masks_by_kind, selected_fraction_by_kind, unreachable_target
 from ..families import (UnsupportedModelError, check_sequence_length, find_groups, get_adapter, positions_note,
                         readable_positions)
+from ..families.registry import check_transformers_model
 from ..hub import save_pruned
 from ..hub.save import check_save_request, check_tokenizer_fits
 from ..metrics import metric_greater_is_better
@@ -634,6 +635,7 @@ def _validate_equal_lengths(**datasets) -> None:
 def _validate(model, calibration_dataset, target, metric, tolerance, tolerance_type, eval_dataset, scores,
               searching, refit_target) -> None:
     """Every bad input fails here, before any forward pass."""
+    check_transformers_model(model, "post_training_prune")
     model_type = getattr(model.config, "model_type", None)
     get_adapter(model)  # an unknown family raises with the list of supported ones
     if model_type not in SUPPORTED_MODEL_TYPES:

@@ -95,9 +95,9 @@ def _base_prefix(model: nn.Module) -> str:
 @torch.no_grad()
 def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[int, dict[str, int]]:
     """Total forward FLOPs and FLOPs per module path (relative to ``model.base_model``)."""
-    from ..families.registry import check_not_wrapped
+    from ..families.registry import check_transformers_model
 
-    check_not_wrapped(model)  # a wrapper (DDP, torch.compile): named, before its forward runs
+    check_transformers_model(model, "count_flops")  # a wrapper (DDP, torch.compile): named, before its forward runs
     modes = training_modes(model)
     model.eval()
     try:
@@ -168,9 +168,9 @@ def model_profile(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> 
     compact it first to see the saving.
     """
     from ..families import check_sequence_length, find_groups
-    from ..families.registry import check_not_wrapped
+    from ..families.registry import check_transformers_model
 
-    check_not_wrapped(model)
+    check_transformers_model(model, "model_profile")
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
