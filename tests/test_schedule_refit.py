@@ -247,6 +247,32 @@ def test_a_group_short_of_refit_tokens_is_named_once_a_run(tmp_path, caplog):
     assert named and len(named) == len(set(named)), named
 
 
+def test_the_refit_memory_is_named_when_the_trainer_is_built(tmp_path, caplog, monkeypatch):
+    """The trainer's re-fit holds every cut group's dense targets (4.5 GiB for BERT-base at the default 512 rows of
+    128 tokens) and said nothing; post_training_prune warns of the same."""
+    import hf_adaprune.trainer.trainer as trainer_module
+    from hf_adaprune.post_training.dense_targets import dense_target_bytes
+    from hf_adaprune.trainer.search_refit import refit_target_bytes_bound
+
+    monkeypatch.setattr(trainer_module, "DENSE_TARGETS_WARNING_BYTES", 1000)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_refit=True,
+                               pruning_refit_samples=10_000)
+    rows = len(trainer.train_dataset)
+    bound = refit_target_bytes_bound(trainer.model, trainer.pruning_groups, trainer.train_dataset, 10_000, 0)
+    assert (f"--pruning_refit_target dense_residual: a candidate's re-fit holds the accepted model's activations for "
+            f"every group it cut on {rows} training rows, up to {bound / 1024 ** 3:.1f} GiB") in caplog.text
+    # every row (under 1,000) and every group: the bound is what the capture of all groups takes
+    batches = refit_calibration_batches(trainer.model, trainer.train_dataset, trainer.data_collator, rows, 32, 0)
+    assert bound == dense_target_bytes(trainer.model, [g for g in trainer.pruning_groups if g.kind != "layers"],
+                                       batches)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_refit=True,
+                     pruning_refit_target="same_input")
+    assert "re-fit holds" not in caplog.text
+
+
 def test_a_candidate_rolled_back_after_a_resume_takes_its_refit_back(tmp_path):
     """The re-fit's change is saved with a pending candidate: resumed between masking and decision, a roll-back
     still subtracts it, so the weights equal the uninterrupted run's (atol 1e-6: the same steps from the same

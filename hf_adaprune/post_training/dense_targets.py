@@ -106,6 +106,9 @@ def real_tokens(value: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor
     return flat
 
 
+DENSE_TARGETS_WARNING_BYTES = 2 * 1024 ** 3  # re-fit targets above this are named in a warning, not the info log
+
+
 def dense_target_bytes(model: nn.Module, groups: Sequence[Group], batches: Sequence[dict]) -> int:
     """The memory :func:`capture_dense_targets` will hold on ``batches``: 4 bytes per real token and output
     feature of each group (a batch without a token mask counts every position of its ``input_ids``)."""

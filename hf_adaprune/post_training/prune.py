@@ -43,12 +43,11 @@ from ..task_metrics import classification_metrics
 from ..trainer.eval_order import is_map_style
 from .calibration import (LABEL_KEYS, SCORE_KINDS, calibration_batches, dataset_rows, device_batch, label_key,
                           mask_gradient_scores, model_input_names)
-from .dense_targets import REFIT_TARGETS, capture_dense_targets, dense_target_bytes
+from .dense_targets import DENSE_TARGETS_WARNING_BYTES, REFIT_TARGETS, capture_dense_targets, dense_target_bytes
 from .refit import DEFAULT_RIDGE, refit_groups, refit_token_floor
 
 logger = logging.getLogger(__name__)
 
-DENSE_TARGETS_WARNING_BYTES = 2 * 1024 ** 3  # re-fit targets above this are named in a warning, not the info log
 
 # model types whose calibration batches and token masks this module knows (encoder-only families)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert")

@@ -37,7 +37,7 @@ from transformers.utils import logging
 
 from ..post_training.calibration import calibration_batches, model_input_names
 from ..post_training.calibration_rows import length_mixed_rows, long_row_count, row_lengths
-from ..post_training.dense_targets import capture_dense_targets
+from ..post_training.dense_targets import capture_dense_targets, dense_target_bytes
 from ..post_training.prune import SUPPORTED_MODEL_TYPES
 from ..post_training.refit import column_mask, refit_groups
 from .eval_order import is_map_style
@@ -118,6 +118,19 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
     return calibration_batches(subset, collator, batch_size, refit_columns(model, remove_unused_columns, label_names))
 
 
+def refit_target_bytes_bound(model, groups, dataset, samples: int, seed: int) -> int:
+    """An upper bound on the memory the dense targets of one candidate's re-fit take (``pruning_refit_target``
+    other than ``same_input``): every head / FFN group cut, ``samples`` rows as long on average as up to 1,000
+    rows of ``dataset`` drawn by ``seed``; 4 bytes per real token and output feature of each group."""
+    samples = min(samples, len(dataset))
+    if not samples:
+        return 0
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:1000].tolist()
+    lengths = row_lengths(dataset.select(order) if hasattr(dataset, "select") else Subset(dataset, order))
+    widths = sum(model.base_model.get_submodule(g.output).out_features for g in groups if g.kind in ("heads", "ffn"))
+    return round(4 * widths * samples * sum(lengths) / len(lengths))
+
+
 @torch.no_grad()
 def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], batches, accelerator,
                     ridge: float, target: str = "dense_residual", progress: bool = False,
@@ -140,6 +153,8 @@ def refit_candidate(model, masks, groups, accepted: dict[str, torch.Tensor], bat
         if cut and target != "same_input":
             candidate = masks.state_dict()
             masks.load_state_dict(accepted)
+            logger.info("re-fit target %r: the accepted model's activations take %.1f MiB for %d groups", target,
+                        dense_target_bytes(model, cut, batches) / 1024 ** 2, len(cut))
             try:
                 dense = capture_dense_targets(model, cut, batches, target)
             finally:

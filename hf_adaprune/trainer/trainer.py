@@ -38,7 +38,8 @@ from .callback import PruningCallback
 from .hub_push import card_as_repo_readme, without_hub_token
 from .candidate import CandidateMasksMixin
 from .report import PruningReportMixin
-from .search_refit import refit_collation_problem, refit_problem
+from ..post_training.dense_targets import DENSE_TARGETS_WARNING_BYTES
+from .search_refit import refit_collation_problem, refit_problem, refit_target_bytes_bound
 from .schedule import controller_search, decision_interval, final_check, interval_option
 from .checkpoint import (PRUNING_STATE_FILE, check_resume_arguments, check_writable, checkpoint_step,
                          decision_rows_problem, decision_rows_record, new_arguments_problem, read_pruning_state,
@@ -246,6 +247,19 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """Whether decisions have data to be measured on (a sentence-transformers evaluator counts too)."""
         return self.eval_dataset is not None
 
+    def _warn_refit_memory(self, model) -> None:
+        """Say when the trainer is built that a candidate's re-fit may hold more than 2 GiB of the accepted model's
+        activations (every cut group's, for all re-fit rows), before a warm-up is spent."""
+        args = self.args
+        bound = refit_target_bytes_bound(model, self.pruning_groups, self.train_dataset,
+                                         args.pruning_refit_samples, args.seed)
+        if bound > DENSE_TARGETS_WARNING_BYTES:
+            logger.warning("--pruning_refit_target %s: a candidate's re-fit holds the accepted model's activations "
+                           "for every group it cut on %d training rows, up to %.1f GiB of memory (on each process); "
+                           "fewer --pruning_refit_samples or --pruning_refit_target same_input hold less",
+                           args.pruning_refit_target, min(args.pruning_refit_samples, len(self.train_dataset)),
+                           bound / 1024 ** 3)
+
     def _metric_direction(self) -> bool:
         """Whether a higher decision metric is better (a sentence-transformers evaluator declares its own)."""
         return pruning_metric_direction(self.args)
@@ -330,6 +344,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                                 args.remove_unused_columns, self.label_names)
         if unfit:
             raise ValueError(unfit)
+        if args.pruning_refit and args.pruning_refit_target != "same_input":
+            self._warn_refit_memory(model)
         self.importance = make_importance(args.pruning_criterion, **(
             {"ema": args.pruning_score_ema} if args.pruning_score_ema else {}))
         if self.importance.needs_gradients and args.pruning_warmup_steps < 1:
