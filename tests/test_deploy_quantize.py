@@ -3,6 +3,8 @@ and stays close to the float model; requests the backend cannot serve fail befor
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -272,3 +274,34 @@ def test_load_int8_writes_nothing(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids, decoder_input_ids=ids).logits,
                            quantized(input_ids=ids, decoder_input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("format 99", r"int8.json has format 99, written by a newer hf_adaprune than this one \(which reads format 1\)"),
+    ("record not json", r"int8.json is not valid JSON .*the folder is damaged"),
+    ("no linears", r"int8.json is not a save_int8 record"),
+    ("scale missing", r"model_int8.safetensors lacks \['classifier.weight.scale'\]"),
+    ("classifier missing", r"model_int8.safetensors lacks weights of the model its config.json describes: "
+                           r"\['classifier.bias', 'classifier.weight'\]"),
+])
+def test_a_damaged_int8_folder_is_named_not_loaded(tmp_path, damage, message):
+    """A newer record format loaded silently, missing classifier tensors gave a random classifier (transformers'
+    MISSING report only), a missing scale a bare KeyError."""
+    from safetensors.torch import load_file, save_file
+
+    save_int8(tiny_model("bert"), tmp_path)
+    record = json.loads((tmp_path / "int8.json").read_text())
+    tensors = load_file(str(tmp_path / "model_int8.safetensors"))
+    if damage == "format 99":
+        record["format"] = 99
+    elif damage == "no linears":
+        del record["linears"]
+    elif damage == "scale missing":
+        del tensors["classifier.weight.scale"]
+    elif damage == "classifier missing":
+        record["linears"].remove("classifier")
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
+    (tmp_path / "int8.json").write_text("{" if damage == "record not json" else json.dumps(record))
+    save_file(tensors, str(tmp_path / "model_int8.safetensors"))
+    with pytest.raises(ValueError, match=message):
+        load_int8(tmp_path)

@@ -191,6 +191,33 @@ def _set_int8_config_key(folder: Path, weights: str | None) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def _read_int8_record(path: Path) -> dict:
+    """``int8.json`` of the folder ``path``, checked: a record of a format this version reads."""
+    where = path / INT8_RECORD
+    try:
+        record = json.loads(where.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON ({error}): the folder is damaged; save it again with save_int8")
+    version = record.get("format") if isinstance(record, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT:
+        raise ValueError(f"{where} has format {version}, written by a newer hf_adaprune than this one (which reads "
+                         f"format {FORMAT}): upgrade hf_adaprune (pip install -U hf-adaprune)")
+    if version != FORMAT or not isinstance(record.get("linears"), list):
+        raise ValueError(f"{where} is not a save_int8 record (format {FORMAT} with its list of linears): the folder is "
+                         "damaged; save it again with save_int8")
+    return record
+
+
+def _check_int8_tensors(path: Path, record: dict, tensors: dict) -> None:
+    """Every int8 weight has its scale (a linear's its zero point too), every linear of the record its weight."""
+    needed = [f"{key[:-len('.int8')]}.scale" for key in tensors if key.endswith(".weight.int8")]
+    needed += [f"{name}.weight.{part}" for name in record["linears"] for part in ("int8", "scale", "zero_point")]
+    missing = sorted({key for key in needed if key not in tensors})
+    if missing:
+        raise ValueError(f"{path / INT8_WEIGHTS} lacks {missing[:8]}: the folder is damaged; save it again with "
+                         "save_int8")
+
+
 def load_int8(path, auto_class=None):
     """The quantized model saved by :func:`save_int8` (``auto_class`` as in ``AutoPrunedModel``)."""
     from safetensors.torch import load_file
@@ -198,8 +225,9 @@ def load_int8(path, auto_class=None):
     path = Path(path)
     if not (path / INT8_RECORD).exists():
         raise ValueError(f"{path} holds no {INT8_RECORD}: it was not saved with save_int8")
-    record = json.loads((path / INT8_RECORD).read_text())
+    record = _read_int8_record(path)
     tensors = load_file(str(path / INT8_WEIGHTS))
+    _check_int8_tensors(path, record, tensors)
     float_weights, packed = {}, {}
     for key, value in tensors.items():
         if key.endswith(".weight.int8"):
@@ -215,7 +243,12 @@ def load_int8(path, auto_class=None):
     # tied weights (record["aliases"]) are left out, as save_pretrained leaves them out: loading ties them again
     model_class, config, _ = pruned_model_class(str(path), auto_class)
     delattr(config, INT8_CONFIG_KEY)  # the float skeleton the int8 weights go into, built from memory
-    model = model_class.from_pretrained(None, config=config, state_dict=float_weights).eval()
+    model, info = model_class.from_pretrained(None, config=config, state_dict=float_weights,
+                                              output_loading_info=True)
+    if info.get("missing_keys"):  # transformers would initialise them at random
+        raise ValueError(f"{path / INT8_WEIGHTS} lacks weights of the model its config.json describes: "
+                         f"{sorted(info['missing_keys'])[:8]}; the folder is damaged, save it again with save_int8")
+    model.eval()
     if model.can_generate() and (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
     quantized = _quantize_linears(model, record["linears"])
