@@ -338,6 +338,8 @@ def decode_kept(group: dict) -> list[int]:
     if "kept_mask" not in group:
         return [int(i) for i in group["kept"]]
     bits = int(group["kept_mask"], 16)
+    if bits >> int(group["original"]):
+        raise ValueError(f"kept_mask {group['kept_mask']} keeps structures beyond the {group['original']} there were")
     return [i for i in range(int(group["original"])) if bits >> i & 1]
 
 
@@ -393,13 +395,38 @@ def read_record(config, where: str | None = None) -> dict | None:
             advice = "upgrade hf_adaprune, or load it with trust_remote_code=True (its own modeling_adaprune.py)"
         raise ValueError(f"pruned layout version {version} in {where} is newer than this loader ({FORMAT_VERSION}): "
                          + advice)
-    groups = {name: {"kind": "ffn" if g.get("kind") == "neurons" else g.get("kind"), "role": g.get("role"),
-                     "original": g["original"], "kept": decode_kept(g)}
-              for name, g in record["groups"].items()}
-    tables = {name: dict(layout.get(name, {})) for name in TABLES}
-    layers = {name: {"role": s["role"], "original": int(s["original"]), "kept": [int(i) for i in s["kept"]]}
-              for name, s in (record.get("layers") or {}).items()}
+    try:
+        groups = {name: {"kind": "ffn" if g.get("kind") == "neurons" else g.get("kind"), "role": g.get("role"),
+                         "original": _count(g["original"]), "kept": _indices(decode_kept(g), g["original"])}
+                  for name, g in record["groups"].items()}
+        tables = {name: dict(layout.get(name, {})) for name in TABLES}
+        layers = {name: {"role": s["role"], "original": _count(s["original"]),
+                         "kept": _indices(s["kept"], s["original"])}
+                  for name, s in (record.get("layers") or {}).items()}
+        for spec in tables["shared_bias"].values():
+            _indices(spec["kept_heads"], spec["num_heads"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"the hf_adaprune record (adaprune) in {where} is damaged ({_described(error)}): restore "
+                         "config.json from the saved folder or the Hub repository") from None
     return {"version": version, "groups": groups, "layers": layers, "layout": tables}
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return int(value)
+
+
+def _indices(values, original) -> list[int]:
+    """``values`` as original indices: whole numbers in ``[0, original)``, each once, in increasing order."""
+    original, values = _count(original), [int(i) for i in values]
+    if any(not 0 <= i < original for i in values) or values != sorted(set(values)):
+        raise ValueError(f"{values[:8]} are not increasing indices below {original}")
+    return values
+
+
+def _described(error: Exception) -> str:
+    return f"missing key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
 
 
 # -- applying a layout -------------------------------------------------------------------------------
@@ -437,14 +464,16 @@ def apply_layout(base_model: nn.Module, layout: dict) -> list[nn.Module]:
     model's own init is the caller's to apply). A reshaped parameter starts as the leading slice of the one it
     replaces (WavLM's per-head ``gru_rel_pos_const``: the model's init value), or uninitialised if it grew."""
     created = []
-    for path, spec in layout.get("modules", {}).items():
+
+    def replace_module(path, spec):
         parent, name = parent_and_name(base_model, path)
         old = getattr(parent, name, None)
         created.append(module_from_spec(spec, old, path))
         if getattr(created[-1], "is_empty_attention", False) and old is not None:
             created[-1].record_keys = recorded_as(base_model, path, old)
         setattr(parent, name, created[-1])
-    for path, shape in layout.get("parameters", {}).items():
+
+    def reshape_parameter(path, shape):
         parent, name = parent_and_name(base_model, path)
         old = getattr(parent, name)
         shape = tuple(shape)
@@ -453,11 +482,47 @@ def apply_layout(base_model: nn.Module, layout: dict) -> list[nn.Module]:
         else:
             value = torch.empty(shape, device=old.device, dtype=old.dtype)
         setattr(parent, name, nn.Parameter(value, requires_grad=old.requires_grad))
-    for path, value in layout.get("attributes", {}).items():
-        set_attribute(base_model, path, value)
-    for path, spec in layout.get("shared_bias", {}).items():
+
+    def shared_bias(path, spec):
         install_shared_bias(base_model.get_submodule(path), spec["kind"], spec["kept_heads"], spec["num_heads"])
+
+    for table, apply in (("modules", replace_module), ("parameters", reshape_parameter),
+                         ("attributes", lambda path, value: set_attribute(base_model, path, value)),
+                         ("shared_bias", shared_bias)):
+        for path, entry in layout.get(table, {}).items():
+            try:
+                apply(path, entry)
+            except (AttributeError, KeyError, TypeError, IndexError, RuntimeError) as error:
+                raise LayoutMismatch(f"adaprune.layout.{table}[{path!r}] does not fit the model its config builds "
+                                     f"({_described(error)})") from None
     return created
+
+
+class LayoutMismatch(ValueError):
+    """A layout entry the model built from the config cannot take (the caller names the config file)."""
+
+
+def check_layer_counts(base_model: nn.Module, record: dict) -> None:
+    """Refuse a model whose stacks (built from the config's layer counts) hold another number of layers than the
+    record keeps: a layer would be left at random, or a trained one dropped."""
+    for stack, entry in record["layers"].items():
+        try:
+            layers = base_model.get_submodule(stack)
+        except AttributeError:  # a one-stack head class of an encoder-decoder
+            continue
+        if len(layers) != len(entry["kept"]):
+            raise LayoutMismatch(f"{stack} is built with {len(layers)} layers but adaprune.layers keeps "
+                                 f"{len(entry['kept'])} of its {entry['original']}: the config's layer count "
+                                 "disagrees with its record")
+    for path, spec in record["layout"]["shared_bias"].items():
+        try:
+            module = base_model.get_submodule(path)
+        except AttributeError:
+            continue
+        heads = getattr(module, "n_heads", getattr(module, "num_heads", None))
+        if isinstance(heads, int) and heads != len(spec["kept_heads"]):
+            raise LayoutMismatch(f"adaprune.layout.shared_bias[{path!r}] keeps {len(spec['kept_heads'])} heads "
+                                 f"where the attention has {heads}")
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -489,7 +554,13 @@ class PrunedModelMixin:
         super().__init__(config, *args, **kwargs)
         record = read_record(config)
         if record:
-            created = apply_layout(self.base_model, layout_of_present_stacks(self.base_model, record["layout"]))
+            try:
+                created = apply_layout(self.base_model, layout_of_present_stacks(self.base_model, record["layout"]))
+                check_layer_counts(self.base_model, record)
+            except LayoutMismatch as error:
+                folder = getattr(config, "_name_or_path", "")
+                raise ValueError(f"{folder + '/' if folder else ''}config.json: {error}; restore config.json from "
+                                 "the saved folder or the Hub repository") from None
             # post_init ran before the layout: the new modules get the model's own init (from_config, training the
             # pruned shape anew); from_pretrained builds on the meta device and loads every weight instead
             for module in created:

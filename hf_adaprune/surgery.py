@@ -214,6 +214,11 @@ def check_record_fits(model: nn.Module, record: dict) -> None:
         layers = _submodule_or_none(base, stack)
         if layers is not None and len(layers) != len(entry["kept"]):
             problems.append(f"{stack} has {len(layers)} layers, the record says {len(entry['kept'])}")
+    for group in find_groups(model):  # compaction maps kept positions through the record's kept lists
+        entry = record["groups"].get(group.name)
+        if entry is not None and len(entry["kept"]) != structure_count(base, group):
+            problems.append(f"{group.name} has {structure_count(base, group)} {group.kind}, the record keeps "
+                            f"{len(entry['kept'])}")
     if problems:
         raise ValueError("model.config.adaprune records a pruned model whose shapes this model does not have ("
                          + "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
