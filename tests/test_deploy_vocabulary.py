@@ -798,3 +798,18 @@ def test_slice_vocabulary_takes_a_tensor_of_ids():
     model = tiny_model("bert", "AutoModelForMaskedLM")
     slice_vocabulary(model, torch.tensor([0, 5, 7]))
     assert model.get_input_embeddings().weight.shape[0] == 3 and model.cls.predictions.bias.shape == (3,)
+
+
+def test_token_ids_in_refuses_one_string_and_a_zero_batch_size(tmp_path):
+    """One string was read letter by letter (each letter a text), without a word; batch_size=0 failed in range()."""
+    from hf_adaprune.deploy import token_ids_in
+    from test_hub import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match=r"texts is one string; pass a list of texts \(\['w1 w2', \.\.\.\]\)"):
+        token_ids_in(tokenizer, "w1 w2")
+    with pytest.raises(ValueError, match=r"target_texts is one string"):
+        token_ids_in(tokenizer, ["w1"], target_texts="w2")
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
+        token_ids_in(tokenizer, ["w1"], batch_size=0)
+    assert token_ids_in(tokenizer, ["w1 w2"]) == token_ids_in(tokenizer, ["w1", "w2"])

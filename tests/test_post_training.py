@@ -731,3 +731,10 @@ def test_a_tokenizer_pads_token_classification_rows_with_their_per_token_labels(
     result = post_training_prune(model, rows, 0.5, metric="accuracy", eval_dataset=rows, tokenizer=tokenizer,
                                  seq_len=16, progress=False)
     assert result.comparison.layer_flops_removed > 0.3
+
+
+def test_a_model_given_as_the_tokenizer_is_refused_before_any_work():
+    """It failed in the padding collator: "'BertForSequenceClassification' object has no attribute 'pad'"."""
+    with pytest.raises(TypeError, match="tokenizer= got a BertForSequenceClassification: pass the model's tokenizer"):
+        post_training_prune(tiny_model("bert"), labelled_examples(8), 0.5, tokenizer=tiny_model("bert"), seq_len=16,
+                            progress=False)

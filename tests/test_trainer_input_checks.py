@@ -287,3 +287,12 @@ def test_binary_f1_on_rows_with_both_classes_names_the_positive_class(tmp_path, 
     with caplog.at_level(logging.INFO, logger="hf_adaprune"):
         trainer.train()
     assert "--pruning_metric f1 on two classes scores class 1 ('pos') as the positive class" in caplog.text
+
+
+def test_a_model_given_as_processing_class_is_refused(tmp_path):
+    """It trained without a word, and save_model would write that model's config and weights beside the pruned
+    model's (a model's save_pretrained)."""
+    with pytest.raises(TypeError, match="processing_class= got a BertForSequenceClassification: pass the model's "
+                                        "tokenizer or processor"):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset(),
+                               eval_dataset=toy_dataset(), processing_class=tiny_model("bert"))

@@ -185,6 +185,12 @@ def check_save_request(save_directory, **extras) -> None:
             if not folder.is_dir():
                 raise NotADirectoryError(f"cannot save into {save_directory}: {folder} is a file, not a folder")
             break
+    check_tokenizer_arguments(**extras)
+
+
+def check_tokenizer_arguments(**extras) -> None:
+    """Refuse a ``tokenizer=`` / ``processor=`` (any keyword) that is no tokenizer or processor: a model (whose
+    save_pretrained would write its config and weights over the folder's), or anything without save_pretrained."""
     for name, extra in extras.items():
         if extra is not None and (isinstance(extra, torch.nn.Module) or not callable(getattr(extra, "save_pretrained",
                                                                                                None))):

@@ -31,7 +31,7 @@ from ..families import (UnsupportedModelError, check_sequence_length, find_group
                         readable_positions)
 from ..families.registry import check_transformers_model
 from ..hub import save_pruned
-from ..hub.save import check_save_request, check_tokenizer_fits
+from ..hub.save import check_save_request, check_tokenizer_arguments, check_tokenizer_fits
 from ..metrics import metric_greater_is_better
 from ..modes import restore_modes, training_modes
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
@@ -152,6 +152,7 @@ def post_training_prune(
               refit_target)
     _validate_sizes(model, kinds=kinds, seq_len=seq_len, batch_size=batch_size, refit_samples=refit_samples,
                     ridge=ridge, floors=(min_heads_per_layer, min_neurons_per_layer))
+    check_tokenizer_arguments(tokenizer=tokenizer)  # a model there failed in the collator ('no attribute pad')
     if data_collator is None and tokenizer is None:
         _validate_equal_lengths(calibration_dataset=calibration_dataset, eval_dataset=eval_dataset)
     if output_dir is not None:  # before the work, and before an inplace model is changed

@@ -53,6 +53,7 @@ from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import generates_tokens, latency_costs, timing_device_note
 from ..reporting.report import BEST_BEFORE_REFERENCE, POST_TRAINING_REPORT_FILE, remove_reports_of_another_model
 from ..hub import save_pruned
+from ..hub.save import check_tokenizer_arguments
 from ..layout import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, detach_masks, get_masks
@@ -268,6 +269,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _setup_pruning(self, model) -> None:
         args = self.args
         get_adapter(model)  # unsupported families and PEFT models fail here, before any training
+        check_tokenizer_arguments(processing_class=self.processing_class)  # saved beside the model's files
         check_sequence_length(model, args.pruning_seq_len, "--pruning_seq_len")
         self._check_decoder_lengths(model)
         shortest = shortest_audio(model.config)
