@@ -104,3 +104,9 @@ def test_a_folder_path_given_for_a_model_is_named(tmp_path, function):
 def test_a_config_given_to_find_groups_is_named():
     with pytest.raises(TypeError, match=r"find_groups takes a transformers model \(PreTrainedModel\); got BertConfig"):
         find_groups(tiny_model("bert").config)
+
+
+def test_attach_masks_takes_layers_as_a_boolean():
+    """layers="no" gated the layers (a string is true)."""
+    with pytest.raises(TypeError, match="layers must be True or False, got 'no'"):
+        attach_masks(tiny_model("bert"), layers="no")

@@ -112,3 +112,13 @@ def test_compacting_a_model_whose_record_keeps_another_count_is_refused(tmp_path
     attach_masks(model).set("encoder.layer.1.attention", torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"encoder.layer.1.attention has 2 heads, the record keeps 1"):
         compact(model)
+
+
+@pytest.mark.parametrize("architecture", ["AutoTokenizer", "pipeline", "GPT2LMHeadModel"])
+def test_an_architecture_that_is_no_model_class_of_the_family_is_refused(tmp_path, architecture):
+    """AutoTokenizer was called ("cannot unpack non-iterable BertTokenizer"), pipeline failed in issubclass, GPT-2
+    was built from a BERT config ("no attribute embd_pdrop")."""
+    folder = pruned_folder(tmp_path)
+    edit_record(folder, lambda config: config.update(architectures=[architecture]))
+    with pytest.raises(ValueError, match=rf"config.json: architectures=\['{architecture}'\] names no bert model class"):
+        AutoPrunedModel.from_pretrained(folder)

@@ -258,6 +258,8 @@ def attach_masks(model: nn.Module, layers: bool = False, groups: list[Group] | N
     :func:`~hf_adaprune.families.filter_groups` picks); ``compact`` and ``save_pruned`` then remove what their
     masks prune."""
     get_adapter(model)  # refuses a wrapper (DDP, accelerate: pass the model it wraps) before anything is gated
+    if not isinstance(layers, bool):  # "no" would gate the layers
+        raise TypeError(f"layers must be True or False, got {layers!r}")
     masks = getattr(model, _ATTR, None)
     if masks is not None and groups is not None and {g.name for g in groups} != set(masks.groups):
         raise ValueError("the model already has masks on other groups: detach_masks(model) first")

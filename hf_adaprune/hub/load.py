@@ -211,4 +211,9 @@ def pruned_model_class(path, auto_class=None, **kwargs) -> tuple[type, Pretraine
             transformers, architecture.removeprefix("Pruned"), None)
         if base_class is None:
             raise ValueError(f"cannot tell which model class to build from architectures={config.architectures}")
+        if not (isinstance(base_class, type) and issubclass(base_class, transformers.PreTrainedModel)
+                and isinstance(config, base_class.config_class)):
+            raise ValueError(f"{path}/config.json: architectures={config.architectures} names no "
+                             f"{config.model_type} model class of transformers; restore config.json, or pass "
+                             "auto_class (e.g. AutoModelForSequenceClassification)")
     return pruned_class(base_class), config, kwargs
