@@ -296,3 +296,16 @@ def test_a_model_given_as_processing_class_is_refused(tmp_path):
                                         "tokenizer or processor"):
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset(),
                                eval_dataset=toy_dataset(), processing_class=tiny_model("bert"))
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("input_ids", [500] * 10, r"eval_dataset holds token id 500, but the model's embedding table has 99 rows"),
+    ("labels", 9, r"eval_dataset holds label 9 \(48 labels outside 0..2\), but the model's head has 3 classes"),
+])
+def test_evaluation_rows_the_model_cannot_read_are_named_when_the_trainer_is_built(tmp_path, column, value,
+                                                                                     message):
+    """A bare "IndexError: index out of range in self" / "Target 9 is out of bounds" came from the first evaluation."""
+    rows = toy_dataset(48).map(lambda row: {column: value})
+    with pytest.raises(ValueError, match=message):
+        AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset(),
+                               eval_dataset=rows)

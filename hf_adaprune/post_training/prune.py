@@ -464,6 +464,17 @@ def has_row_columns(dataset) -> bool:
     return hasattr(dataset, "column_names") and (getattr(dataset, "format", None) or {}).get("type") != "custom"
 
 
+def check_tokenized_rows(model, name: str, dataset) -> None:
+    """For a trainer's evaluation rows: when ``dataset`` is a ``datasets.Dataset`` of ``input_ids`` (the trainer may
+    take other rows, which its collator makes inputs of), refuse ids the model's table lacks, rows longer than its
+    positions, and class ids outside the head's labels, by name, instead of an index error in the forward or loss."""
+    if not has_row_columns(dataset) or "input_ids" not in dataset.column_names:
+        return
+    if getattr(model, "main_input_name", "input_ids") == "input_ids":
+        _check_ids_fit(model, name, dataset.with_format(None)["input_ids"])
+    _check_label_range(model, name, dataset)
+
+
 def _check_tokenized(model, name: str, dataset) -> None:
     """Raw text (rows without the model's main input, ``input_ids``) is refused with how to tokenize it: left to
     the collator, it would fail there with a message naming neither the argument nor the fix."""

@@ -54,6 +54,7 @@ from ..reporting.latency_costs import generates_tokens, latency_costs, timing_de
 from ..reporting.report import BEST_BEFORE_REFERENCE, POST_TRAINING_REPORT_FILE, remove_reports_of_another_model
 from ..hub import save_pruned
 from ..hub.save import check_tokenizer_arguments
+from ..post_training.prune import check_tokenized_rows
 from ..layout import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
 from ..engine.masks import attach_masks, detach_masks, get_masks
@@ -339,6 +340,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             raise ValueError("the pruning controller needs an eval_dataset to measure the metric on" + (
                 f" (on every process: this is process {args.process_index} of {args.world_size})"
                 if args.world_size > 1 else ""))
+        check_tokenized_rows(model, "eval_dataset", self.eval_dataset)  # an index error in the forward names nothing
         unfit = args.pruning_refit and refit_problem(model, self.train_dataset, self.pruned_kinds)
         if args.pruning_refit and not unfit:  # the re-fit collates at the first candidate: try 2 rows now
             with decision_rng(args.seed, args.device, self.data_collator):
