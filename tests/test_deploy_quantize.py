@@ -305,3 +305,14 @@ def test_a_damaged_int8_folder_is_named_not_loaded(tmp_path, damage, message):
     save_file(tensors, str(tmp_path / "model_int8.safetensors"))
     with pytest.raises(ValueError, match=message):
         load_int8(tmp_path)
+
+
+def test_an_int8_folder_saved_before_its_config_named_the_int8_weights_loads(tmp_path):
+    """Folders saved before 2026-12-05 lack adaprune_int8_weights in config.json: load_int8 failed on them."""
+    quantized = save_int8(tiny_model("bert"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["adaprune_int8_weights"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ids = torch.tensor([[5, 9, 11, 2]])
+    with torch.no_grad():
+        assert torch.equal(load_int8(tmp_path)(input_ids=ids).logits, quantized(input_ids=ids).logits)

@@ -122,3 +122,16 @@ def test_an_architecture_that_is_no_model_class_of_the_family_is_refused(tmp_pat
     edit_record(folder, lambda config: config.update(architectures=[architecture]))
     with pytest.raises(ValueError, match=rf"config.json: architectures=\['{architecture}'\] names no bert model class"):
         AutoPrunedModel.from_pretrained(folder)
+
+
+def test_a_family_class_on_a_sibling_config_of_the_family_loads(tmp_path):
+    """A T5EncoderModel built on an MT5Config names a class whose config class is T5Config: not a damaged record."""
+    config = transformers.MT5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+    torch.manual_seed(0)
+    model = transformers.T5EncoderModel(config).eval()
+    attach_masks(model).set("encoder.block.1.self_attn", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    save_pruned(model, tmp_path / "mt5")
+    ids = torch.tensor([[5, 9, 11, 2]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+        assert torch.equal(AutoPrunedModel.from_pretrained(tmp_path / "mt5")(input_ids=ids).last_hidden_state, expected)

@@ -202,7 +202,7 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
 
     from test_seq2seq_families import tiny_seq2seq_config
 
-    classifier = transformers.BartForSequenceClassification(tiny_seq2seq_config("bart", num_labels=2))
+    classifier = transformers.BartForSequenceClassification(tiny_seq2seq_config("bart", num_labels=3))
     assert not hasattr(classifier, "generate")
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):

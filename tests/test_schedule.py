@@ -265,3 +265,17 @@ def test_resume_with_a_higher_target_judges_a_search_without_steps_at_once(tmp_p
     first = spy.masks[21]
     assert all(same(first, spy.masks[s]) for s in range(21, 31))
     assert resumed.pruning_summary().final_sparsity == pytest.approx(0.6, abs=0.05)
+
+
+def test_a_search_checkpoint_that_recorded_the_gradual_options_resumes(tmp_path):
+    """Checkpoints written before the gradual schedule's options were left out of a search_then_recover record hold
+    them; compared with today's record they read as changed ("checkpoint 0.2, now None")."""
+    options = dict(pruning_schedule="search_then_recover", pruning_tolerance=1.0, max_steps=12)
+    make_trainer(tmp_path, save_strategy="steps", save_steps=8, **options).train()
+    state_file = tmp_path / "checkpoint-8" / PRUNING_STATE_FILE
+    state = torch.load(state_file, weights_only=True)
+    state["arguments"].update(pruning_interval=6, pruning_initial_step=0.2, pruning_step_growth=1.5)
+    torch.save(state, state_file)
+    resumed = make_trainer(tmp_path, **options)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    assert resumed.state.global_step == 12

@@ -309,3 +309,12 @@ def test_evaluation_rows_the_model_cannot_read_are_named_when_the_trainer_is_bui
     with pytest.raises(ValueError, match=message):
         AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset(),
                                eval_dataset=rows)
+
+
+def test_multi_label_evaluation_rows_are_not_taken_for_class_ids(tmp_path):
+    """Float multi-hot labels (transformers infers multi-label from them) were refused as 'one class id per row'."""
+    rows = toy_dataset(48).map(lambda row: {"labels": [1.0, 0.0, float(row["labels"] == 2)]})
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="loss"),
+                                     train_dataset=toy_dataset().map(lambda row: {"labels": [0.0, 1.0, 0.0]}),
+                                     eval_dataset=rows)
+    assert trainer.eval_dataset is rows

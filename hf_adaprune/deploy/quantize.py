@@ -242,7 +242,8 @@ def load_int8(path, auto_class=None):
             float_weights[key] = value
     # tied weights (record["aliases"]) are left out, as save_pretrained leaves them out: loading ties them again
     model_class, config, _ = pruned_model_class(str(path), auto_class)
-    delattr(config, INT8_CONFIG_KEY)  # the float skeleton the int8 weights go into, built from memory
+    if hasattr(config, INT8_CONFIG_KEY):  # (folders saved before 2026-12-05 lack it) the float skeleton the int8
+        delattr(config, INT8_CONFIG_KEY)  # weights go into, built from memory
     model, info = model_class.from_pretrained(None, config=config, state_dict=float_weights,
                                               output_loading_info=True)
     if info.get("missing_keys"):  # transformers would initialise them at random

@@ -138,6 +138,11 @@ def check_not_wrapped(model) -> None:
             "model.module (DistributedDataParallel); after compact(), wrap the unwrapped model again.")
 
 
+def family_of(model_type: str | None) -> FamilyAdapter | None:
+    """The registered family of ``model_type`` (``config.model_type``), or None."""
+    return _FAMILIES.get(model_type)
+
+
 def get_adapter(model_or_config) -> FamilyAdapter:
     """The adapter of the model's family; a family it cannot prune, a PEFT model and a model wrapped for several
     processes (DDP, accelerate) are refused here, before any entry point (trainer, ``post_training_prune``,

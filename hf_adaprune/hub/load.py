@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover
 
 from ..engine.masks import get_masks
 from ..families import get_adapter
+from ..families.registry import family_of
 from ..layout import PrunedModelMixin, read_record
 from .config_marker import base_model_type, mark_config, pruned_config_class, shipped_code_base
 from .remote_code import missing_stacks, set_auto_map, short_cache_problem, write_remote_code
@@ -169,6 +170,15 @@ class AutoPrunedModel:
         return model_class.from_pretrained(path, config=config, **kwargs)
 
 
+def same_family(config: PretrainedConfig, config_class: type) -> bool:
+    """Whether a model class taking ``config_class`` serves ``config``: its own class, or a config class of the
+    same hf_adaprune family (a T5EncoderModel built on an MT5Config, a RoBERTa class on an XLM-R config)."""
+    if isinstance(config, config_class):
+        return True
+    family = family_of(base_model_type(str(getattr(config, "model_type", ""))))
+    return family is not None and family is family_of(getattr(config_class, "model_type", None))
+
+
 def pruned_model_class(path, auto_class=None, **kwargs) -> tuple[type, PretrainedConfig, dict]:
     """The pruned class :meth:`AutoPrunedModel.from_pretrained` builds for the folder ``path``, its config, and the
     ``kwargs`` left for the class's ``from_pretrained`` (config values among them go into the config)."""
@@ -212,7 +222,7 @@ def pruned_model_class(path, auto_class=None, **kwargs) -> tuple[type, Pretraine
         if base_class is None:
             raise ValueError(f"cannot tell which model class to build from architectures={config.architectures}")
         if not (isinstance(base_class, type) and issubclass(base_class, transformers.PreTrainedModel)
-                and isinstance(config, base_class.config_class)):
+                and same_family(config, base_class.config_class)):
             raise ValueError(f"{path}/config.json: architectures={config.architectures} names no "
                              f"{config.model_type} model class of transformers; restore config.json, or pass "
                              "auto_class (e.g. AutoModelForSequenceClassification)")

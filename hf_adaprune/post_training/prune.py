@@ -472,7 +472,10 @@ def check_tokenized_rows(model, name: str, dataset) -> None:
         return
     if getattr(model, "main_input_name", "input_ids") == "input_ids":
         _check_ids_fit(model, name, dataset.with_format(None)["input_ids"])
-    _check_label_range(model, name, dataset)
+    key = label_key(dataset.column_names)
+    first = next((label for label in dataset.with_format(None)[key] if label is not None), None) if key else None
+    if isinstance(first, int):  # class ids (float rows of several values: multi-label, which the loss infers)
+        _check_label_range(model, name, dataset)
 
 
 def _check_tokenized(model, name: str, dataset) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .arguments import COMMA_LIST_FIELDS, GENERATION_FIELDS, LATENCY_OPTIONS, normalised_comma_list
+from .arguments import COMMA_LIST_FIELDS, GENERATION_FIELDS, GRADUAL_ONLY, LATENCY_OPTIONS, normalised_comma_list
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ def read_pruning_state(folder: str | os.PathLike) -> dict:
     if isinstance(arguments, dict) and arguments.get("pruning_target_type", "latency") != "latency":
         # written before 2026-12-05: the latency-table options were recorded under any target type, and compared
         state["arguments"] = {k: v for k, v in arguments.items() if k not in LATENCY_OPTIONS}
+    arguments = state.get("arguments")
+    if isinstance(arguments, dict) and arguments.get("pruning_schedule") == "search_then_recover":
+        # written before 2026-12-06: the gradual schedule's options were recorded (and compared) under this one too
+        state["arguments"] = {k: v for k, v in arguments.items() if k not in GRADUAL_ONLY}
     arguments = state.get("arguments")
     if isinstance(arguments, dict):
         # written before 2026-12-06: --prune / --pruning_roles as typed ('both'), compared with today's normalised record
