@@ -813,3 +813,4 @@ def test_token_ids_in_refuses_one_string_and_a_zero_batch_size(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
         token_ids_in(tokenizer, ["w1"], batch_size=0)
     assert token_ids_in(tokenizer, ["w1 w2"]) == token_ids_in(tokenizer, ["w1", "w2"])
+    assert token_ids_in(tokenizer, ["w1 w2"], batch_size=np.int64(1)) == token_ids_in(tokenizer, ["w1 w2"])

@@ -14,8 +14,15 @@ import torch
 from conftest import free_port
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
-TORCHRUN = shutil.which("torchrun")
-ACCELERATE = shutil.which("accelerate")
+
+
+def launcher(name: str) -> str | None:
+    """The launcher installed beside this interpreter (a venv's, not whichever one PATH finds first), else PATH's."""
+    return shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+
+
+TORCHRUN = launcher("torchrun")
+ACCELERATE = launcher("accelerate")
 
 
 def launch_command(launcher, nproc):

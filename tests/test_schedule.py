@@ -279,3 +279,12 @@ def test_a_search_checkpoint_that_recorded_the_gradual_options_resumes(tmp_path)
     resumed = make_trainer(tmp_path, **options)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
     assert resumed.state.global_step == 12
+
+
+def test_search_then_recover_takes_a_min_step_above_the_unread_initial_step(tmp_path):
+    """--pruning_min_step 0.2 needed --pruning_initial_step >= 0.2, an option the search does not read."""
+    trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_min_step=0.2,
+                           pruning_initial_step=0.1)
+    assert trainer.controller.min_step == 0.2 and trainer.controller.initial_step == 0.5
+    with pytest.raises(ValueError, match="need 0 < --pruning_min_step <= --pruning_initial_step <= 1"):
+        make_args(tmp_path, pruning_min_step=0.2, pruning_initial_step=0.1)  # gradual reads both

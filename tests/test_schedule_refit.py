@@ -247,23 +247,35 @@ def test_a_group_short_of_refit_tokens_is_named_once_a_run(tmp_path, caplog):
     assert named and len(named) == len(set(named)), named
 
 
-def test_the_refit_memory_is_named_when_the_trainer_is_built(tmp_path, caplog, monkeypatch):
+@pytest.mark.parametrize("long_share", [0.0, 1.0])
+def test_the_refit_memory_is_named_when_the_trainer_is_built(tmp_path, caplog, monkeypatch, long_share):
     """The trainer's re-fit holds every cut group's dense targets (4.5 GiB for BERT-base at the default 512 rows of
-    128 tokens) and said nothing; post_training_prune warns of the same."""
+    128 tokens) and said nothing; post_training_prune warns of the same. The figure is that of the rows the re-fit
+    draws (with a long share: the long ones, 4x the figure of a random draw before)."""
     import hf_adaprune.trainer.trainer as trainer_module
     from hf_adaprune.post_training.dense_targets import dense_target_bytes
     from hf_adaprune.trainer.search_refit import refit_target_bytes_bound
 
+    rows = toy_dataset().map(lambda row, i: {"input_ids": row["input_ids"][:3 + i % 8]}, with_indices=True)
     monkeypatch.setattr(trainer_module, "DENSE_TARGETS_WARNING_BYTES", 1000)
+    options = dict(pruning_schedule="search_then_recover", pruning_refit=True, pruning_refit_samples=32,
+                   pruning_refit_long_share=long_share)
+
+    def pad(batch):
+        width = max(len(row["input_ids"]) for row in batch)
+        return {"input_ids": torch.tensor([row["input_ids"] + [0] * (width - len(row["input_ids"])) for row in batch]),
+                "attention_mask": torch.tensor([[1] * len(row["input_ids"]) + [0] * (width - len(row["input_ids"]))
+                                                for row in batch]),
+                "labels": torch.tensor([row["labels"] for row in batch])}
+
     with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
-        trainer = make_trainer(tmp_path, pruning_schedule="search_then_recover", pruning_refit=True,
-                               pruning_refit_samples=10_000)
-    rows = len(trainer.train_dataset)
-    bound = refit_target_bytes_bound(trainer.model, trainer.pruning_groups, trainer.train_dataset, 10_000, 0)
+        trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, **options),
+                                         train_dataset=rows, eval_dataset=toy_dataset(48), data_collator=pad)
+    bound = refit_target_bytes_bound(trainer.model, trainer.pruning_groups, rows, 32, 0, long_share)
     assert (f"--pruning_refit_target dense_residual: a candidate's re-fit holds the accepted model's activations for "
-            f"every group it cut on {rows} training rows, up to {bound / 1024 ** 3:.1f} GiB") in caplog.text
-    # every row (under 1,000) and every group: the bound is what the capture of all groups takes
-    batches = refit_calibration_batches(trainer.model, trainer.train_dataset, trainer.data_collator, rows, 32, 0)
+            f"every group it cut on 32 training rows: up to {bound / 1024 ** 3:.1f} GiB") in caplog.text
+    # every group cut: the figure is what the capture of all groups takes on the re-fit's own rows
+    batches = refit_calibration_batches(trainer.model, rows, trainer.data_collator, 32, 32, 0, long_share)
     assert bound == dense_target_bytes(trainer.model, [g for g in trainer.pruning_groups if g.kind != "layers"],
                                        batches)
     caplog.clear()

@@ -35,6 +35,7 @@ from transformers import (  # noqa: E402
 from hf_adaprune import AutoPrunedModel, UnsupportedModelError, get_masks  # noqa: E402
 
 from conftest import free_port  # noqa: E402
+from test_distributed import TORCHRUN  # noqa: E402
 from hf_adaprune.sentence_transformers import (  # noqa: E402
     AdaptivePruningSentenceTransformerTrainer,
     SentenceTransformerPruningArguments,
@@ -308,12 +309,12 @@ def test_unlabeled_corpus_needs_one_text_column(encoder_folder, tmp_path):
                                                   train_dataset=Dataset.from_dict({"sentence": sentences(4)}))
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not on PATH")
 @pytest.mark.parametrize("steer", ["agreement", "sts"])
 def test_two_processes_agree_on_masks(encoder_folder, tmp_path, steer):
     # sts: only rank 0 runs a sentence-transformers evaluator, whose primary metric is named once it has run
     port = str(free_port())
-    cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
            str(tmp_path), steer]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
@@ -327,7 +328,7 @@ def test_two_processes_agree_on_masks(encoder_folder, tmp_path, steer):
 def test_two_processes_count_each_of_an_odd_number_of_decision_rows_once(encoder_folder, tmp_path):
     """33 eval rows over 2 processes: the sampler repeats one; its share of a batch's mean loss was counted."""
     port = str(free_port())
-    cmd = [shutil.which("torchrun"), "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", port, WORKER, encoder_folder,
            str(tmp_path), "loss_rows"]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)

@@ -118,6 +118,7 @@ def test_numpy_numbers_become_plain_ones_that_checkpoints_read_back(tmp_path):
     assert type(args.pruning_target) is float and type(args.pruning_interval) is int
     assert type(args.pruning_tolerance) is float and args.pruning_tolerance == 0.25
     assert '"pruning_target": 0.5' in args.to_json_string()
+    assert make_args(tmp_path, pruning_normalize_scores=np.array([True, False])[0]).pruning_normalize_scores is True
     first = make_trainer(tmp_path, pruning_target=np.float64(0.5), save_strategy="steps", save_steps=12, max_steps=12)
     first.train()
     resumed = make_trainer(tmp_path, pruning_target=np.float64(0.5), max_steps=18)
@@ -316,5 +317,13 @@ def test_multi_label_evaluation_rows_are_not_taken_for_class_ids(tmp_path):
     rows = toy_dataset(48).map(lambda row: {"labels": [1.0, 0.0, float(row["labels"] == 2)]})
     trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_metric="loss"),
                                      train_dataset=toy_dataset().map(lambda row: {"labels": [0.0, 1.0, 0.0]}),
+                                     eval_dataset=rows)
+    assert trainer.eval_dataset is rows
+
+
+def test_evaluation_rows_longer_than_the_positions_are_left_to_the_collator(tmp_path):
+    """A collator may truncate: rows of 100 ids for 64 positions were refused when the trainer was built."""
+    rows = toy_dataset(48).map(lambda row: {"input_ids": (row["input_ids"] * 10)[:100]})
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path), train_dataset=toy_dataset(),
                                      eval_dataset=rows)
     assert trainer.eval_dataset is rows

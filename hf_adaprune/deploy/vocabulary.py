@@ -103,8 +103,11 @@ def token_row_counts(tokenizer, texts: Iterable[str] = (), target_texts: Iterabl
     for label, value in (("texts", texts), ("target_texts", target_texts)):
         if isinstance(value, str):  # read letter by letter, each a text
             raise ValueError(f"{label} is one string; pass a list of texts ([{value[:20]!r}, ...])")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral):
+        raise TypeError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
     if isinstance(tokenized, Mapping):  # a tokenizer's BatchEncoding, a dict of columns
         raise ValueError(f"{name} is a mapping of columns ({', '.join(map(str, list(tokenized)[:3]))}); pass its "
                          f"rows of ids, e.g. {name}=encoding['input_ids']")

@@ -327,6 +327,9 @@ def _check_types(args) -> None:
         if kind is str and isinstance(value, os.PathLike):  # a teacher's folder as a pathlib.Path
             setattr(args, f.name, os.fspath(value))
             continue
+        if kind is bool and getattr(value, "dtype", None) == bool and getattr(value, "ndim", 1) == 0:  # numpy's
+            value = bool(value)
+            setattr(args, f.name, value)
         expected = {int: numbers.Integral, float: numbers.Real, bool: bool, str: str}[kind]
         if (kind is not bool and isinstance(value, bool)) or not isinstance(value, expected):
             raise TypeError(f"--{f.name} must be {_TYPE_NAMES[kind]}{' (or unset)' if optional else ''}; got {value!r}"
@@ -390,7 +393,9 @@ def validate_pruning_arguments(args) -> None:
         raise ValueError(f"--pruning_target must be in (0, 1); got {args.pruning_target}")
     if args.pruning_tolerance < 0:
         raise ValueError(f"--pruning_tolerance must be >= 0; got {args.pruning_tolerance}")
-    if not 0.0 < args.pruning_min_step <= args.pruning_initial_step <= 1.0:
+    # search_then_recover reads no initial step (it tries the target first): its min step is not held below it
+    initial = args.pruning_initial_step if args.pruning_schedule == "gradual" else 1.0
+    if not 0.0 < args.pruning_min_step <= initial or not 0.0 < args.pruning_initial_step <= 1.0:
         raise ValueError(
             "need 0 < --pruning_min_step <= --pruning_initial_step <= 1; "
             f"got {args.pruning_min_step} and {args.pruning_initial_step}"

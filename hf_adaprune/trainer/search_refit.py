@@ -100,35 +100,39 @@ def refit_calibration_batches(model, dataset, collator, samples: int, batch_size
     ``remove_unused_columns`` / ``label_names``: the training arguments'; which columns reach the collator
     (:func:`refit_columns`).
     """
-    samples = min(samples, len(dataset))
-    if not long_share:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        rows = sorted(order[:samples].tolist())
-    else:
-        lengths = row_lengths(dataset)
-        long_rows = long_row_count(len(lengths))
-        asked = round(long_share * samples)
-        wanted = min(max(asked, samples - (len(lengths) - long_rows)), long_rows)  # what the two parts can give
-        if wanted < asked:
-            logger.warning("--pruning_refit_long_share %s: the longest fifth of the training set holds %d rows, so "
-                           "%d of the %d re-fit rows come from it, not %d", long_share, long_rows, wanted, samples,
-                           asked)
-        rows = sorted(length_mixed_rows(lengths, samples, long_share=wanted / samples, seed=seed))
-    subset = dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
+    subset = _subset(dataset, refit_rows(dataset, samples, seed, long_share))
     return calibration_batches(subset, collator, batch_size, refit_columns(model, remove_unused_columns, label_names))
 
 
-def refit_target_bytes_bound(model, groups, dataset, samples: int, seed: int) -> int:
-    """An upper bound on the memory the dense targets of one candidate's re-fit take (``pruning_refit_target``
-    other than ``same_input``): every head / FFN group cut, ``samples`` rows as long on average as up to 1,000
-    rows of ``dataset`` drawn by ``seed``; 4 bytes per real token and output feature of each group."""
+def refit_rows(dataset, samples: int, seed: int, long_share: float = 0.0, warn: bool = True) -> list[int]:
+    """The indices of the ``samples`` rows :func:`refit_calibration_batches` draws (sorted)."""
     samples = min(samples, len(dataset))
-    if not samples:
+    if not long_share:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        return sorted(order[:samples].tolist())
+    lengths = row_lengths(dataset)
+    long_rows = long_row_count(len(lengths))
+    asked = round(long_share * samples)
+    wanted = min(max(asked, samples - (len(lengths) - long_rows)), long_rows)  # what the two parts can give
+    if wanted < asked and warn:
+        logger.warning("--pruning_refit_long_share %s: the longest fifth of the training set holds %d rows, so "
+                       "%d of the %d re-fit rows come from it, not %d", long_share, long_rows, wanted, samples, asked)
+    return sorted(length_mixed_rows(lengths, samples, long_share=wanted / samples, seed=seed))
+
+
+def _subset(dataset, rows: list[int]):
+    return dataset.select(rows) if hasattr(dataset, "select") else Subset(dataset, rows)
+
+
+def refit_target_bytes_bound(model, groups, dataset, samples: int, seed: int, long_share: float = 0.0) -> int:
+    """The most memory the dense targets of one candidate's re-fit take (``pruning_refit_target`` other than
+    ``same_input``): every head / FFN group cut, on the real tokens of the rows :func:`refit_rows` draws; 4 bytes
+    per token and output feature of each group."""
+    rows = refit_rows(dataset, samples, seed, long_share, warn=False)
+    if not rows:
         return 0
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:1000].tolist()
-    lengths = row_lengths(dataset.select(order) if hasattr(dataset, "select") else Subset(dataset, order))
     widths = sum(model.base_model.get_submodule(g.output).out_features for g in groups if g.kind in ("heads", "ffn"))
-    return round(4 * widths * samples * sum(lengths) / len(lengths))
+    return 4 * widths * sum(row_lengths(_subset(dataset, rows)))
 
 
 @torch.no_grad()

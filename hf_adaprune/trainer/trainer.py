@@ -254,10 +254,10 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         activations (every cut group's, for all re-fit rows), before a warm-up is spent."""
         args = self.args
         bound = refit_target_bytes_bound(model, self.pruning_groups, self.train_dataset,
-                                         args.pruning_refit_samples, args.seed)
+                                         args.pruning_refit_samples, args.seed, args.pruning_refit_long_share)
         if bound > DENSE_TARGETS_WARNING_BYTES:
             logger.warning("--pruning_refit_target %s: a candidate's re-fit holds the accepted model's activations "
-                           "for every group it cut on %d training rows, up to %.1f GiB of memory (on each process); "
+                           "for every group it cut on %d training rows: up to %.1f GiB of memory (on each process); "
                            "fewer --pruning_refit_samples or --pruning_refit_target same_input hold less",
                            args.pruning_refit_target, min(args.pruning_refit_samples, len(self.train_dataset)),
                            bound / 1024 ** 3)
@@ -392,10 +392,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.warning("%s not read: --pruning_schedule search_then_recover tries the target first, then bisects "
                            "(a candidate trains --pruning_search_steps steps)",
                            ", ".join(f"--{name} {getattr(args, name)}" for name in unread))
+        # search_then_recover reads no initial step: it tries the target first
+        initial_step = (min(args.pruning_initial_step, args.pruning_target) if args.pruning_schedule == "gradual"
+                        else args.pruning_target)
         self.controller = AdaptiveController(
             target=args.pruning_target,
-            initial_step=min(args.pruning_initial_step, args.pruning_target),
-            min_step=min(args.pruning_min_step, args.pruning_initial_step, args.pruning_target),
+            initial_step=initial_step,
+            min_step=min(args.pruning_min_step, initial_step),
             tolerance=args.pruning_tolerance,
             tolerance_type=args.pruning_tolerance_type,
             greater_is_better=self._metric_direction(),
