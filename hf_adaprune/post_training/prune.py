@@ -331,12 +331,9 @@ def _sequences(ids) -> list[np.ndarray]:
 def _check_label_range(model, name: str, dataset) -> None:
     """Class ids outside the head's ``num_labels`` (-100 aside, which the loss ignores) are refused by name: the loss
     would fail on them midway, after the scoring pass (a GLUE test split's labels are all -1)."""
-    config = model.config
-    classes = getattr(config, "num_labels", 0)
-    if classes < 2 or getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+    classes = _class_id_count(model)
+    if not classes:
         return
-    if not any(cls.__name__.endswith(CLASS_ID_HEADS) for cls in type(model).__mro__):
-        return  # a masked LM's labels are token ids, a multiple-choice head's the choice: not num_labels classes
     rows = None if has_row_columns(dataset) else dataset_rows(dataset)
     key = label_key(dataset.column_names if rows is None else rows[0])
     if key is None:
@@ -364,9 +361,28 @@ def _check_label_range(model, name: str, dataset) -> None:
     labels = labels.astype(np.int64)
     bad = labels[(labels != -100) & ((labels < 0) | (labels >= classes))]
     if bad.size:
-        raise ValueError(f"{name} holds label {int(bad[0])} ({bad.size} labels outside 0..{classes - 1}), but the "
-                         f"model's head has {classes} classes (-100 is ignored): an unlabelled split (GLUE's test "
-                         f"labels are -1) or another label mapping? Pass rows labelled for this head")
+        raise _labels_outside(name, int(bad[0]), bad.size, classes)
+
+
+def _class_id_count(model) -> int:
+    """How many classes the head reads class ids of (a single-label sequence or token classifier); 0 for others: a
+    masked LM's labels are token ids, a multiple-choice head's the choice, a multi-label head's rows of scores."""
+    config = model.config
+    classes = getattr(config, "num_labels", 0)
+    if classes < 2 or getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+        return 0
+    return classes if any(cls.__name__.endswith(CLASS_ID_HEADS) for cls in type(model).__mro__) else 0
+
+
+def _labels_outside(name: str, first: int, count: int, classes: int) -> ValueError:
+    return ValueError(f"{name} holds label {first} ({count} labels outside 0..{classes - 1}), but the model's head "
+                      f"has {classes} classes (-100 is ignored): an unlabelled split (GLUE's test labels are -1) or "
+                      "another label mapping? Pass rows labelled for this head")
+
+
+def _ids_beyond_table(name: str, largest: int, size: int) -> ValueError:
+    return ValueError(f"{name} holds token id {largest}, but the model's embedding table has {size} rows: the rows "
+                      "were tokenized with another model's tokenizer; tokenize them with this model's")
 
 
 def single_label_head(model) -> bool:
@@ -390,8 +406,7 @@ def _check_ids_fit(model, name: str, rows) -> None:
     sequences = [sequence for ids in rows if len(ids) for sequence in _sequences(ids)]
     largest = max((int(ids.max()) for ids in sequences), default=-1)
     if size is not None and largest >= size:
-        raise ValueError(f"{name} holds token id {largest}, but the model's embedding table has {size} rows: the "
-                         "rows were tokenized with another model's tokenizer; tokenize them with this model's")
+        raise _ids_beyond_table(name, largest, size)
     longest = max((ids.shape[-1] for ids in sequences), default=0)
     positions = readable_positions(model.config)
     if positions and longest > positions:
@@ -480,12 +495,9 @@ def check_tokenized_rows(model, name: str, dataset) -> None:
     largest = pc.max(ids).as_py() if len(ids) else None
     if getattr(model, "main_input_name", "input_ids") == "input_ids" and table_size and largest is not None \
             and largest >= table_size:
-        raise ValueError(f"{name} holds token id {largest}, but the model's embedding table has {table_size} rows: "
-                         "the rows were tokenized with another model's tokenizer; tokenize them with this model's")
-    key = label_key(dataset.column_names)
-    config, classes = model.config, getattr(model.config, "num_labels", 0)
-    if (key is None or classes < 2 or getattr(config, "problem_type", None) not in (None, "single_label_classification")
-            or not any(cls.__name__.endswith(CLASS_ID_HEADS) for cls in type(model).__mro__)):
+        raise _ids_beyond_table(name, largest, table_size)
+    key, classes = label_key(dataset.column_names), _class_id_count(model)
+    if key is None or not classes:
         return
     labels = _flat(table[key])
     if not pa.types.is_integer(labels.type):  # float rows: multi-label (the loss infers it), or scores
@@ -493,9 +505,7 @@ def check_tokenized_rows(model, name: str, dataset) -> None:
     outside = pc.filter(labels, pc.and_(pc.not_equal(labels, -100),
                                         pc.or_(pc.less(labels, 0), pc.greater_equal(labels, classes))))
     if len(outside):
-        raise ValueError(f"{name} holds label {outside[0].as_py()} ({len(outside)} labels outside 0..{classes - 1}), "
-                         f"but the model's head has {classes} classes (-100 is ignored): an unlabelled split (GLUE's "
-                         "test labels are -1) or another label mapping? Pass rows labelled for this head")
+        raise _labels_outside(name, outside[0].as_py(), len(outside), classes)
 
 
 def _flat(column):
