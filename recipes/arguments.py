@@ -137,10 +137,10 @@ class DataArguments:
 def config_to_argv(values: dict, parser=None) -> list[str]:
     """A config file's mapping as command-line flags, so that argparse converts the types.
 
-    ``None`` values are left out, booleans become ``true`` / ``false``, lists one flag
-    followed by their items (with ``parser``, a comma list for a one-value option that takes one, e.g. ``prune``;
-    a one-item list's item for another one-value option, a longer list an error), dicts JSON text. With ``parser``, a flag that takes no value (``--no_X``) is
-    written alone for true and left out for false.
+    ``None`` values are left out, booleans become ``true`` / ``false``, lists one flag followed by their items
+    (with ``parser``, a comma list for a one-value option that takes one, e.g. ``prune``; a one-item list's item
+    for another one-value option, a longer list an error), dicts JSON text. With ``parser``, a flag that takes no
+    value (``--no_X``) is written alone for true and left out for false.
     """
     argv = []
     for key, value in values.items():

@@ -10,7 +10,6 @@ the trainer would decide on, no optimizer step. The test set scores the model as
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ from hf_adaprune.post_training.calibration_rows import LONG_FRACTION
 from hf_adaprune.post_training.prune import SEARCH_INITIAL_STEP, SEARCH_MIN_STEP, SEARCH_STEP_GROWTH
 from hf_adaprune.reporting.report import STRUCTURE_NAMES, hub_id_or_none, write_text
 from hf_adaprune.surgery import was_pruned
-from hf_adaprune.trainer.arguments import prune_kinds, pruning_fields
+from hf_adaprune.trainer.arguments import changed_options, prune_kinds, pruning_fields
 from hf_adaprune.trainer.eval_order import first_rows
 from hf_adaprune.trainer.report import card_path
 
@@ -75,16 +74,13 @@ def check_arguments(model_args, data_args, training_args) -> None:
             raise RecipeError(f"--{name} {getattr(training_args, name)!r}: --post_training {instead}; leave --{name} "
                               f"at {only!r}")
     checked = set(READ) | {name for name, _ in TRAINING_ONLY} | {name for name, _, _ in FIXED}
-    for option in pruning_fields():
-        default = option.default if option.default is not dataclasses.MISSING else option.default_factory()
-        value = getattr(training_args, option.name)
-        if option.name in checked or value == default:
-            continue
-        if option.name in TWINS:
-            raise RecipeError(f"--{option.name} {value!r} applies to the re-fit while training; --post_training's "
-                              f"re-fit takes --{TWINS[option.name]}")
-        raise RecipeError(f"--{option.name} {value!r} applies to pruning while training; --post_training does not "
-                          f"read it. Leave it out, or drop --post_training")
+    for name in changed_options(training_args, [f.name for f in pruning_fields() if f.name not in checked]):
+        value = getattr(training_args, name)
+        if name in TWINS:
+            raise RecipeError(f"--{name} {value!r} applies to the re-fit while training; --post_training's re-fit "
+                              f"takes --{TWINS[name]}")
+        raise RecipeError(f"--{name} {value!r} applies to pruning while training; --post_training does not read it. "
+                          "Leave it out, or drop --post_training")
     if training_args.push_to_hub:
         raise RecipeError("--push_to_hub: --post_training writes its folder without a Trainer and pushes nothing; "
                           "leave --push_to_hub out and upload OUTPUT_DIR when the run is done (e.g. `hf upload "
