@@ -56,13 +56,17 @@ def tiny_config(model_type: str, **overrides):
         cfg = dict(vocab_size=99, dim=32, n_layers=3, n_heads=4, hidden_dim=37, max_position_embeddings=64)
     elif model_type == "electra":
         cfg = dict(TINY, embedding_size=24)
+    elif model_type == "deberta-v2":  # as DeBERTa-v3: relative positions only, shared position projections
+        cfg = dict(TINY, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+                   max_relative_positions=-1, share_att_key=True, norm_rel_ebd="layer_norm",
+                   position_biased_input=False)
     else:
         cfg = dict(TINY)
     cfg.update(overrides)
     return transformers.AutoConfig.for_model(model_type, **cfg)
 
 
-ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]
 
 
 def tiny_model(model_type: str, head: str = "AutoModelForSequenceClassification", seed: int = 0, **overrides):

@@ -24,6 +24,7 @@ KEYS = ("attentions", "encoder_attentions", "decoder_attentions", "cross_attenti
 BUILDERS = {
     "bert": lambda: (tiny_model("bert"), text_batch()),
     "distilbert": lambda: (tiny_model("distilbert"), text_batch()),
+    "deberta-v2": lambda: (tiny_model("deberta-v2"), text_batch()),
     "bart": lambda: (tiny_seq2seq("bart"), seq2seq_batch()),
     "marian": lambda: (tiny_seq2seq("marian"), seq2seq_batch()),
     "t5": lambda: (tiny_seq2seq("t5"), seq2seq_batch()),
@@ -35,6 +36,7 @@ BUILDERS = {
 
 STOCK_AUTO = {"BertForSequenceClassification": "AutoModelForSequenceClassification",
               "DistilBertForSequenceClassification": "AutoModelForSequenceClassification",
+              "DebertaV2ForSequenceClassification": "AutoModelForSequenceClassification",
               "BartForConditionalGeneration": "AutoModelForSeq2SeqLM", "MarianMTModel": "AutoModelForSeq2SeqLM",
               "T5ForConditionalGeneration": "AutoModelForSeq2SeqLM",
               "WhisperForConditionalGeneration": "AutoModelForSpeechSeq2Seq", "Wav2Vec2ForCTC": "AutoModelForCTC",

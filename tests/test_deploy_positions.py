@@ -23,7 +23,16 @@ def pruned_copy(model_type, head="AutoModelForSequenceClassification"):
     return model
 
 
-@pytest.mark.parametrize("model_type", ENCODER_FAMILIES)
+POSITION_TABLE_FAMILIES = [f for f in ENCODER_FAMILIES if f != "deberta-v2"]  # DeBERTa-v3 reads relative positions
+
+
+def test_a_model_without_a_position_table_is_refused():
+    with pytest.raises(ValueError, match="position pruning is for encoders with a learned position table .*; "
+                                         "'deberta-v2' is not one of them"):
+        prune_positions(pruned_copy("deberta-v2"), MAX_LENGTH)
+
+
+@pytest.mark.parametrize("model_type", POSITION_TABLE_FAMILIES)
 def test_outputs_identical_and_table_smaller(model_type):
     model = pruned_copy(model_type)
     batch = text_batch(seq=MAX_LENGTH)  # the longest input kept: reads the last kept row

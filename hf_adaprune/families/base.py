@@ -15,8 +15,8 @@ from dataclasses import dataclass
 class HeadGroup:
     """One multi-head attention block.
 
-    ``query``/``key``/``value`` are linears whose output rows are grouped by head,
-    ``output`` is the linear whose input columns are grouped by head. ``core`` is
+    ``query``/``key``/``value`` are linears whose output rows are grouped by head (``more_rows``: further such
+    linears, e.g. DeBERTa's position projections), ``output`` is the linear whose input columns are grouped by head. ``core`` is
     the module that is swapped for an :class:`EmptyAttention` when no head is
     left; ``output_in_core`` says whether ``output`` is a child of ``core``.
     """
@@ -39,12 +39,16 @@ class HeadGroup:
     # attention forward for that (a ``layout.SharedBiasMixin`` subclass in the family's file). Such a core
     # keeps its module when pruned (also with no head left) and slices the bias for its kept heads.
     shared_bias: type | None = None
+    more_rows: tuple[str, ...] = ()
+    # where the model collects attention weights from what ``core`` returns (not transformers' recording hooks):
+    # the position, after hidden_states, of core's output_attentions argument (see ``layout.EmptyAttention``)
+    weights_arg: int | None = None
 
     kind = "heads"
 
     @property
     def row_linears(self) -> tuple[str, ...]:
-        return (self.query, self.key, self.value)
+        return (self.query, self.key, self.value, *self.more_rows)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
 def readable_positions(config) -> int | None:
     """How many tokens the model's position embeddings can read (None: no such limit)."""
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v3: relative positions only, no table
+        return None
     positions = getattr(config, "max_position_embeddings", None)
     if positions and config.model_type in OFFSET_POSITIONS:
         positions -= (config.pad_token_id or 0) + 1
