@@ -590,3 +590,46 @@ def test_resuming_with_an_iterable_train_dataset_says_it_is_exact_within_the_fir
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
     assert "resuming with a train dataset of unknown length (iterable)" in caplog.text
     assert trainer.state.global_step == 30
+
+
+def test_a_save_before_the_run_ends_removes_an_earlier_runs_report(tmp_path, caplog):
+    """A second run in the same output_dir, saved before it ended (an interrupted run, a save before train()), kept
+    the first run's pruning_report.json and plots beside its own model, and a push uploaded them."""
+    first = make_trainer(tmp_path)
+    first.train()
+    assert json.loads((tmp_path / "pruning_report.json").read_text())["final_sparsity"] > 0
+    second = make_trainer(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        second.save_model()
+    for name in ("pruning_report.json", "pruning_curve.png", "pruning_layers.png"):
+        assert not (tmp_path / name).exists(), name
+    assert "a report of an earlier run; this run's is written when it ends" in caplog.text
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_a_finished_run_saved_into_another_folder_writes_its_report_there(tmp_path):
+    trainer = make_trainer(tmp_path / "run")
+    trainer.train()
+    trainer.save_model(str(tmp_path / "elsewhere"))
+    report = json.loads((tmp_path / "elsewhere" / "pruning_report.json").read_text())
+    assert report == json.loads((tmp_path / "run" / "pruning_report.json").read_text())
+    assert (tmp_path / "elsewhere" / "pruning_curve.png").is_file()
+
+
+@pytest.mark.parametrize("samples, label", [(8, "accuracy (first 8 of 48 eval rows)"), (None, "accuracy (eval)")])
+def test_the_card_says_which_rows_its_metric_was_measured_on(tmp_path, samples, label):
+    """With --pruning_eval_samples the card's table and model-index gave the first rows' metric as the eval set's."""
+    from huggingface_hub import ModelCard
+
+    trainer = make_trainer(tmp_path, pruning_eval_samples=samples)
+    trainer.train()
+    trainer.save_model()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert (report["eval_rows"], report["eval_set_rows"]) == (samples or 48, 48)
+    card = (tmp_path / "README.md").read_text()
+    assert f"| {label} |" in card
+    trainer.create_model_card(finetuned_from="google-bert/bert-base-uncased", dataset="glue")
+    results = ModelCard.load(tmp_path / "README.md").data.eval_results
+    names = {result.metric_name for result in results}
+    rows = "" if samples is None else ", first 8 of 48 eval rows"
+    assert names == {f"accuracy (dense{rows})", f"accuracy (pruned{rows})"}

@@ -75,10 +75,23 @@ class PruningReportMixin:
             removed_layers=removed,
             start_pruned=getattr(self, "start_pruned", False),
             distillation=self.distillation_record(),
+            **self._eval_rows(args["pruning_eval_samples"]),
         )
 
-    def _write_report(self) -> None:
-        out = self.args.output_dir
+    def _eval_rows(self, samples: int | None) -> dict:
+        """``eval_rows`` (the rows decisions read) and ``eval_set_rows`` (the eval set's), where both are known."""
+        data = getattr(self, "eval_dataset", None)
+        parts = list(data.values()) if isinstance(data, dict) else [data]
+        try:
+            sizes = [len(part) for part in parts]
+        except TypeError:  # no eval set, or a streaming one
+            return {}
+        return {"eval_rows": sum(size if samples is None else min(size, samples) for size in sizes),
+                "eval_set_rows": sum(sizes)}
+
+    def _write_report(self, out: str | None = None) -> None:
+        """``pruning_report.json`` and the two plots, into ``out`` (default: the output_dir)."""
+        out = out or self.args.output_dir
         os.makedirs(out, exist_ok=True)
         summary = self.pruning_summary()
         write_json(os.path.join(out, REPORT_FILE), summary.to_dict())

@@ -51,7 +51,8 @@ from .distributed import (check_masks_agree, failing_processes, from_main_proces
 from .eval_order import DatasetOrderEvalMixin, first_rows, is_map_style
 from ..reporting.flops import compare_profiles, model_profile, structure_costs
 from ..reporting.latency_costs import generates_tokens, latency_costs, timing_device_note
-from ..reporting.report import BEST_BEFORE_REFERENCE, POST_TRAINING_REPORT_FILE, remove_reports_of_another_model
+from ..reporting.report import (BEST_BEFORE_REFERENCE, CURVE_FILE, LAYERS_FILE, POST_TRAINING_REPORT_FILE,
+                                REPORT_FILE, remove_reports_of_another_model)
 from ..hub import save_pruned
 from ..hub.save import check_tokenizer_arguments
 from ..post_training.prune import check_tokenized_rows
@@ -692,7 +693,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         """Close the progress bars' prediction bar of a decision evaluation (on_predict alone closes it), without
         telling the user's other callbacks."""
         for callback in self.callback_handler.callbacks:
-            if type(callback).__name__ in ("ProgressCallback", "NotebookProgressCallback"):
+            # subclasses too; by name: transformers.utils.notebook imports IPython
+            if any(k.__name__ in ("ProgressCallback", "NotebookProgressCallback") for k in type(callback).__mro__):
                 callback.on_predict(args, state, control, metrics=metrics)
         return control
 
@@ -915,16 +917,22 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             # the step this decision judged (the report's "step"); the reference: the first step to be tried
             "pruning/step_size": next((h["step"] for h in reversed(self.controller.state.history) if "step" in h),
                                       self.controller.state.step),
-            "pruning/heads_pruned": masks.pruned_fraction("heads"),
-            "pruning/ffn_pruned": masks.pruned_fraction("ffn"),
+            **self._pruned_fractions(masks),
         }
-        if masks.of_kind("layers"):  # a removed layer's heads and neurons count here, not above
-            record["pruning/layers_pruned"] = masks.pruned_fraction("layers")
         logger.info("pruning %s at step %d: sparsity %.3f, %s %.4f", event, step, ratio, self.pruning_metric, metric)
         # Trainer.log() clears control.should_log, which the flow callback set for this step's training-loss log
         should_log = self.control.should_log
         self.log({**evaluation, **record})
         self.control.should_log = should_log
+
+    @staticmethod
+    def _pruned_fractions(masks, prefix: str = "pruning/") -> dict[str, float]:
+        """The fraction of the heads, neurons (and layers, where pruned) ``masks`` remove, as logged."""
+        record = {f"{prefix}heads_pruned": masks.pruned_fraction("heads"),
+                  f"{prefix}ffn_pruned": masks.pruned_fraction("ffn")}
+        if masks.of_kind("layers"):  # a removed layer's heads and neurons count here, not above
+            record[f"{prefix}layers_pruned"] = masks.pruned_fraction("layers")
+        return record
 
     def _steps_run(self) -> int:
         """The optimizer steps this run has made: transformers 5 ends a resume from the checkpoint taken at
@@ -983,6 +991,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             logger.warning("training ended at step %d, before the pruning reference (pruning_warmup_steps %d): "
                            "nothing was pruned; the model is the fine-tuned dense model", now,
                            args.pruning_warmup_steps)
+        # to the report_to integrations: what the model handed back removes (after a best checkpoint restored, not
+        # what the last decision logged)
+        masks = get_masks(self.pruned_model)
+        final = {"pruning/final_sparsity": c.state.selected,
+                 **({} if masks is None else self._pruned_fractions(masks, "pruning/final_"))}
+        if c.state.reference is None:
+            self.log(final)
         else:  # measured after all training (on the best checkpoint's weights, if loaded): what compaction keeps
             step = weights_step
             # a keep at this very step measured these weights under these masks: not evaluated twice
@@ -991,7 +1006,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             metric = self._accepted_metric[1] if reuse else self._decision_metric()[0]
             self.final_check = final_check(c, metric, step, self.pruning_metric)
             # to the report_to integrations as well: what the model handed back measures
-            self.log({"pruning/final_metric": metric, "pruning/final_drop": self.final_check["drop"],
+            self.log({**final, "pruning/final_metric": metric, "pruning/final_drop": self.final_check["drop"],
                       "pruning/final_within_tolerance": float(self.final_check["within_tolerance"])})
         if get_masks(self.pruned_model) is not None:
             # without compact_at_end, what save_model writes is measured: a compacted copy
@@ -1231,6 +1246,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             save_pruned(model, output_dir, tokenizer=self.processing_class)
             remove_reports_of_another_model(output_dir, [POST_TRAINING_REPORT_FILE], card=False,
                                             why="post_training_prune's report")
+            if not self._finished:  # this run's report comes when it ends: one there now is of another run
+                remove_reports_of_another_model(output_dir, [REPORT_FILE, CURVE_FILE, LAYERS_FILE], card=False,
+                                                why="a report of an earlier run; this run's is written when it ends")
+            elif os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+                self._write_report(output_dir)  # the folder gets the report of the model saved into it
             torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
