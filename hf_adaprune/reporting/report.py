@@ -243,6 +243,14 @@ def pruned_metric(summary: PruningSummary) -> float | None:
     return summary.final_check["metric"] if summary.final_check else summary.metric_after
 
 
+def metric_rows_note(summary: PruningSummary) -> str:
+    """``eval``, or ``first N of M eval rows`` where the decisions read a part of the eval set: what the card's
+    metric was measured on."""
+    if summary.eval_rows is None or summary.eval_set_rows is None or summary.eval_rows >= summary.eval_set_rows:
+        return "eval"
+    return f"first {summary.eval_rows:,} of {summary.eval_set_rows:,} eval rows"
+
+
 def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | None, dataset_name: str):
     """The model-index entries: the steering metric of the dense reference (the starting model's, "start", when it
     was already pruned, as the card's text says) and of the pruned model."""
@@ -252,12 +260,13 @@ def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | N
         return None
     results = []
     reference = "start" if summary.start_pruned else "dense"
+    rows = "" if metric_rows_note(summary) == "eval" else f", {metric_rows_note(summary)}"
     for label, value in ((reference, summary.metric_before), ("pruned", pruned_metric(summary))):
         if value is not None:
             results.append(EvalResult(
                 task_type=task, dataset_type=dataset_id or "custom", dataset_name=dataset_name,
                 metric_type=summary.metric_name, metric_value=float(value),
-                metric_name=f"{summary.metric_name} ({label})"))
+                metric_name=f"{summary.metric_name} ({label}{rows})"))
     return results or None
 
 
@@ -394,7 +403,7 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     rows = []
     if summary.metric_before is not None:
         after = pruned_metric(summary)
-        rows.append(f"| {summary.metric_name} (eval) | {summary.metric_before:.4f} | "
+        rows.append(f"| {summary.metric_name} ({metric_rows_note(summary)}) | {summary.metric_before:.4f} | "
                     f"{'n/a' if after is None else f'{after:.4f}'} |")
     profile = summary.comparison
     if profile:

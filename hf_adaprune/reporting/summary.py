@@ -102,6 +102,9 @@ class PruningSummary(_ReadsLikeADict):
     # the run distilled from a teacher while pruning: alpha, temperature, hidden_weight, teacher, and until_step
     # where a resume without distillation ended it (None: no teacher ran)
     distillation: dict | None = None
+    # the rows the decisions' metric was measured on (the first --pruning_eval_samples), and the eval set's rows
+    eval_rows: int | None = None
+    eval_set_rows: int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:
