@@ -129,6 +129,22 @@ def test_decision_prediction_bars_are_closed(tmp_path, monkeypatch, metric):
     assert opened.count(True) >= decisions + 1  # a new bar for the metric check and for every decision
 
 
+def test_a_progress_callback_of_its_own_gets_its_prediction_bars_closed(tmp_path):
+    """A ProgressCallback subclass in place of the stock one kept the metric check's bar open for the whole run,
+    every decision counting on in it."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class MyProgress(ProgressCallback):
+        pass
+
+    trainer = make_trainer(tmp_path, disable_tqdm=False)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(MyProgress)
+    trainer.train()
+    (progress,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, MyProgress)]
+    assert progress.prediction_bar is None
+
+
 def test_eval_on_start_sees_the_model_as_given_without_a_warm_up(tmp_path):
     """With pruning_warmup_steps 0 the reference and first candidate come before the first optimizer step, after
     eval_on_start's evaluation: that one describes the unpruned model."""

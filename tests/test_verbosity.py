@@ -154,3 +154,39 @@ def test_what_reaches_the_integrations_matches_the_report(tmp_path):
     assert len(final) == 1 and final[0]["pruning/final_metric"] == report["final_check"]["metric"]
     assert final[0]["pruning/final_within_tolerance"] == float(report["final_check"]["within_tolerance"])
     assert final[0]["pruning/final_drop"] == report["final_check"]["drop"]
+
+
+def test_the_final_log_entry_gives_what_the_model_handed_back_removes(tmp_path):
+    """load_best_model_at_end restored a checkpoint from before a later kept step: the logged stream ended at that
+    step's sparsity (0.5), with nothing saying the model handed back removes less."""
+    import json
+
+    import numpy as np
+    import transformers
+
+    from hf_adaprune import AdaptivePruningTrainer
+    from conftest import tiny_model
+    from test_trainer import make_args, toy_dataset
+
+    holder, logged = {}, []
+
+    def earliest_is_best(prediction):
+        accuracy = float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())
+        return {"accuracy": accuracy, "early": -float(holder["trainer"].state.global_step)}
+
+    data = toy_dataset()
+    args = make_args(tmp_path, max_steps=36, eval_strategy="steps", eval_steps=12, save_strategy="steps",
+                     save_steps=12, load_best_model_at_end=True, metric_for_best_model="early", greater_is_better=True)
+    trainer = holder["trainer"] = AdaptivePruningTrainer(
+        model=tiny_model("bert"), args=args, train_dataset=data, eval_dataset=data.select(range(48)),
+        compute_metrics=earliest_is_best)
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_log": lambda self, args, state, control, logs=None, **kw: logged.append(dict(logs or {}))}))
+    trainer.train()
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    decided = [entry["pruning/sparsity_selected"] for entry in logged if "pruning/sparsity_selected" in entry]
+    assert decided[-1] > report["final_sparsity"] > 0, "the case: a step kept after the restored checkpoint"
+    (final,) = [entry for entry in logged if "pruning/final_sparsity" in entry]
+    assert final["pruning/final_sparsity"] == report["final_sparsity"]
+    assert final["pruning/final_heads_pruned"] < [e for e in logged if "pruning/heads_pruned" in e][-1][
+        "pruning/heads_pruned"]
