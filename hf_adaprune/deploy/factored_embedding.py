@@ -26,7 +26,7 @@ from ..layout import FactoredEmbedding, empty_record, read_record, set_attribute
 from .checks import check_transformers_model
 from .vocabulary import ids_named_by_configs, kept_anyway, token_row_counts
 
-SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
 EMBEDDING_PATH = "embeddings.word_embeddings"  # under the base model, in every supported family
 
 
@@ -44,7 +44,7 @@ def check_factoring_model(model) -> None:
     check_transformers_model(model, "factor_embeddings")
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED:
-        raise ValueError(f"factor_embeddings serves encoders of the BERT family ({', '.join(SUPPORTED)}); "
+        raise ValueError(f"factor_embeddings serves encoders of the BERT and DeBERTa families ({', '.join(SUPPORTED)}); "
                          f"{model_type!r} is not one of them")
     table = model.get_input_embeddings()
     if not isinstance(table, nn.Embedding):
