@@ -130,6 +130,18 @@ def known_greater_is_better(name: str) -> bool | None:
     return None
 
 
+# higher-is-better metrics whose lowest value is 0: a model measuring 0 cannot measure worse
+ZERO_FLOOR = frozenset({
+    "accuracy", "f1", "precision", "recall", "sacrebleu", "bleu", "google_bleu", "chrf", "chrf++", "rouge", "rouge1",
+    "rouge2", "rougel", "rougelsum", "meteor", "exact_match", "exact", "squad", "squad_v2",
+})
+
+
+def at_floor(name: str, value: float) -> bool:
+    """Whether ``value`` is the lowest a known higher-is-better metric ``name`` can measure (0)."""
+    return _base_name(name) in ZERO_FLOOR and value <= 0
+
+
 def metric_greater_is_better(name: str) -> bool:
     """The direction of a known metric; ``ValueError`` naming the option to set for any other name."""
     direction = known_greater_is_better(name)

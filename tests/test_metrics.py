@@ -456,3 +456,12 @@ def test_load_metric_names_and_options(monkeypatch):
     assert load_metric("rouge1") == "module" and load_metric("rougeLsum") == "module" and seen == ["rouge", "rouge"]
     assert headline_value("rouge1", {"rouge1": 0.4, "rougeL": 0.3}) == 0.4
     assert headline_value("rougeLsum", {"rougeLsum": 0.2, "rougeL": 0.3}) == 0.2
+
+
+def test_at_floor_knows_the_higher_is_better_metrics_that_stop_at_0():
+    from hf_adaprune.metrics import at_floor
+
+    assert at_floor("accuracy", 0.0) and at_floor("evaluate-metric/sacrebleu", 0) and at_floor("eval_f1", 0.0)
+    assert not at_floor("accuracy", 0.2)
+    assert not at_floor("wer", 0.0) and not at_floor("loss", 0.0)  # lower is better: 0 is the best, not the worst
+    assert not at_floor("matthews_correlation", 0.0) and not at_floor("my_metric", 0.0)  # -1 floor; unknown

@@ -633,3 +633,30 @@ def test_the_card_says_which_rows_its_metric_was_measured_on(tmp_path, samples, 
     names = {result.metric_name for result in results}
     rows = "" if samples is None else ", first 8 of 48 eval rows"
     assert names == {f"accuracy (dense{rows})", f"accuracy (pruned{rows})"}
+
+
+def test_resume_with_another_number_of_dataloader_workers_warns(run_with_checkpoints, tmp_path, caplog):
+    """A collator drawing at random (masked-LM masking) draws in worker processes seeded by their count: decisions
+    after a resume under another dataloader_num_workers read other draws than the reference did, unannounced."""
+    out = copy_run(run_with_checkpoints, tmp_path / "run")
+    state = torch.load(out / "checkpoint-24" / PRUNING_STATE_FILE, weights_only=True)
+    assert state["decision_rows"]["workers"] == 0
+    trainer = make_trainer(out, dataloader_num_workers=1)
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-24"))
+    assert ("dataloader_num_workers is 1, the checkpoint's pruning reference was measured with 0: a collator or "
+            "transform that draws at random") in caplog.text
+
+
+def test_a_reference_at_the_metrics_floor_is_named(tmp_path, caplog):
+    """5 decision rows on which the model scores accuracy 0: no candidate can measure worse, so every step was kept
+    up to the target, silently."""
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_model("bert"), args=make_args(tmp_path, pruning_tolerance=0.05),
+                                     train_dataset=data, eval_dataset=data.select(range(5)))
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert trainer.controller.state.reference == 0.0, "the case: a reference of 0 on these rows"
+    assert ("the pruning reference accuracy is 0.0 at step 6, the lowest it can measure: no step can measure worse, "
+            "so every step is kept up to the target and the decisions protect nothing. Give the decisions more rows "
+            "(pruning_eval_samples; 5 now)") in caplog.text

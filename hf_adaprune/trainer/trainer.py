@@ -58,6 +58,7 @@ from ..hub.save import check_tokenizer_arguments
 from ..post_training.prune import check_tokenized_rows
 from ..layout import freeze_unsaved_parameters
 from ..engine.importance import frozen_groups, make_importance
+from ..metrics import at_floor
 from ..engine.masks import attach_masks, detach_masks, get_masks
 from ..engine.selection import (layer_target_problem, multiple_problem, nothing_prunable, rounding_limit,
                                  select_masks_by_kind, selected_fraction_by_kind, unreachable_target)
@@ -540,6 +541,12 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                self.pruning_metric, reference, step)
                 c.stop(f"the reference {self.pruning_metric} is {reference}: no step can be judged against it")
                 return
+            if c.greater_is_better and at_floor(self.pruning_metric, reference):
+                logger.warning("the pruning reference %s is %s at step %d, the lowest it can measure: no step can "
+                               "measure worse, so every step is kept up to the target and the decisions protect "
+                               "nothing. Give the decisions more rows (pruning_eval_samples; %s now) or train longer "
+                               "before the reference (pruning_warmup_steps)", self.pruning_metric, reference, step,
+                               (self._decision_rows or {}).get("rows", "?"))
             self._propose_next(step)
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
             self._decide(step)
@@ -647,7 +654,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             read = [name for name in rows.column_names if name in self._signature_columns]
             rows = rows.select_columns(read) if read else rows  # (a decoded audio column is neither read nor hashed)
         with self._reading_decision_rows():  # a transform's random draws as decisions see them: from the seed
-            return decision_rows_record(rows, batch)
+            record = decision_rows_record(rows, batch)
+        # a collator drawing at random (masked-LM masking) draws in worker processes seeded by their count
+        return {**record, "workers": self.args.dataloader_num_workers}
 
     def _evaluate_rows(self, rows: int | None, predictions: bool = False) -> dict:
         """Metrics (keys ``pruning_eval_*``) of the first ``rows`` eval examples, outside ``evaluate()``
@@ -1170,6 +1179,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                  "that reference all the same")
             if problem:
                 logger.warning("resuming all the same (--pruning_resume_with_new_arguments): %s", problem)
+            workers = (state.get("decision_rows") or {}).get("workers")
+            if workers is not None and workers != self.args.dataloader_num_workers:
+                logger.warning("dataloader_num_workers is %d, the checkpoint's pruning reference was measured with %d: "
+                               "a collator or transform that draws at random (masked-LM masking, augmentation) draws "
+                               "in worker processes seeded by their count, so decisions would read other draws than "
+                               "the reference did; resume with dataloader_num_workers=%d to compare them alike",
+                               self.args.dataloader_num_workers, workers, workers)
             self._resume_state = state  # loaded at on_train_begin, into the model train() trains
             missing = [name for name in (OPTIMIZER_NAME, SCHEDULER_NAME)
                        if not os.path.isfile(os.path.join(resume_from_checkpoint, name))]
