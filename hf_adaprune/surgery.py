@@ -36,6 +36,12 @@ def _expand_heads(kept: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (kept[:, None] * head_dim + torch.arange(head_dim, device=kept.device)[None, :]).flatten()
 
 
+def _in_every_part(rows: torch.Tensor, part: int, parts: int) -> torch.Tensor:
+    """``rows`` of the first of ``parts`` stacked blocks of ``part`` rows, and the same rows of the others (a fused
+    q/k/v or gated-FFN linear)."""
+    return torch.cat([rows + index * part for index in range(parts)]) if parts > 1 else rows
+
+
 class _Plan:
     """The layout changes of one compaction and the weights that go into the new shapes."""
 
@@ -129,8 +135,9 @@ def _plan_heads(plan: _Plan, group: HeadGroup, kept: torch.Tensor, original: dic
         plan.empty_attention(group)
         return
     rows = _expand_heads(kept, group.head_dim)
+    part = structure_count(plan.base, group) * group.head_dim
     for path in group.row_linears:
-        plan.linear(path, rows=rows)
+        plan.linear(path, rows=_in_every_part(rows, part, group.row_parts))
     plan.linear(group.output, cols=rows)
     for path, dim in group.per_head_params:
         plan.per_head_parameter(path, dim, kept)
@@ -153,8 +160,9 @@ def _plan_shared_bias(plan: _Plan, group: HeadGroup, original: dict) -> None:
 
 
 def _plan_neurons(plan: _Plan, group, kept: torch.Tensor) -> None:
+    part = structure_count(plan.base, group)
     for path in group.inputs:
-        plan.linear(path, rows=kept)
+        plan.linear(path, rows=_in_every_part(kept, part, group.row_parts))
     plan.linear(group.output, cols=kept)
     for path in group.width_attrs:
         plan.attribute(path, int(kept.numel()))

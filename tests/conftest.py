@@ -60,13 +60,17 @@ def tiny_config(model_type: str, **overrides):
         cfg = dict(TINY, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
                    max_relative_positions=-1, share_att_key=True, norm_rel_ebd="layer_norm",
                    position_biased_input=False)
+    elif model_type == "modernbert":  # fused Wqkv, gated FFN, rotary positions; every other layer sliding-window
+        cfg = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+                   max_position_embeddings=64, global_attn_every_n_layers=2, local_attention=4, attention_bias=True,
+                   mlp_bias=True, pad_token_id=1, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
     else:
         cfg = dict(TINY)
     cfg.update(overrides)
     return transformers.AutoConfig.for_model(model_type, **cfg)
 
 
-ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2"]
+ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
 
 
 def tiny_model(model_type: str, head: str = "AutoModelForSequenceClassification", seed: int = 0, **overrides):

@@ -23,13 +23,15 @@ def pruned_copy(model_type, head="AutoModelForSequenceClassification"):
     return model
 
 
-POSITION_TABLE_FAMILIES = [f for f in ENCODER_FAMILIES if f != "deberta-v2"]  # DeBERTa-v3 reads relative positions
+# DeBERTa-v3 reads relative positions, ModernBERT rotary ones
+POSITION_TABLE_FAMILIES = [f for f in ENCODER_FAMILIES if f not in ("deberta-v2", "modernbert")]
 
 
-def test_a_model_without_a_position_table_is_refused():
+@pytest.mark.parametrize("model_type", ["deberta-v2", "modernbert"])
+def test_a_model_without_a_position_table_is_refused(model_type):
     with pytest.raises(ValueError, match="position pruning is for encoders with a learned position table .*; "
-                                         "'deberta-v2' is not one of them"):
-        prune_positions(pruned_copy("deberta-v2"), MAX_LENGTH)
+                                         f"'{model_type}' is not one of them"):
+        prune_positions(pruned_copy(model_type), MAX_LENGTH)
 
 
 @pytest.mark.parametrize("model_type", POSITION_TABLE_FAMILIES)

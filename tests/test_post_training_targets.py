@@ -20,10 +20,12 @@ NORMS = {  # what residual_norms must find by running the model
                    "transformer.layer.2.ffn": "transformer.layer.2.output_layer_norm"},
     "deberta-v2": {"encoder.layer.0.attention": "encoder.layer.0.attention.output.LayerNorm",
                    "encoder.layer.2.ffn": "encoder.layer.2.output.LayerNorm"},
+    # pre-LN: the next sub-layer's LayerNorm reads the residual sum, the last FFN's is the final one
+    "modernbert": {"layers.0.attn": "layers.0.mlp_norm", "layers.2.ffn": "final_norm"},
 }
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert"])
 def test_residual_norms_are_the_layernorms_after_each_projection(model_type):
     model = tiny_model(model_type)
     groups = find_groups(model)
@@ -33,7 +35,7 @@ def test_residual_norms_are_the_layernorms_after_each_projection(model_type):
         assert norms[name] == norm
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert"])
 def test_dense_residual_refit_brings_the_last_layer_closer_to_the_dense_model(model_type):
     """Layer output error against the dense model (the last block's LayerNorm input): the re-fit towards the
     dense residual sum beats plain slicing, and the same-input re-fit, on calibration and held-out rows."""
@@ -41,7 +43,8 @@ def test_dense_residual_refit_brings_the_last_layer_closer_to_the_dense_model(mo
     rows, held_out = labelled_examples(96), labelled_examples(48, seed=11)
     batches = batches_for(dense, rows)
     splits = {"calibration": batches, "held out": batches_for(dense, held_out)}
-    last = NORMS[model_type][f"{'transformer' if model_type == 'distilbert' else 'encoder'}.layer.2.ffn"]
+    last = NORMS[model_type][{"distilbert": "transformer.layer.2.ffn", "modernbert": "layers.2.ffn"}.get(
+        model_type, "encoder.layer.2.ffn")]
     reference = {split: capture_inputs(dense, last, b) for split, b in splits.items()}
     errors = {}
     for variant in ("sliced", "same_input", "dense_residual"):

@@ -75,7 +75,7 @@ def structure_sums(base_model: nn.Module, group: Group, value: Callable[[torch.T
             v = value(param)
             if v is None:
                 return None
-            total += v.float().reshape(n, -1).sum(1)
+            total += v.float().reshape(group.row_parts, n, -1).sum((0, 2))  # fused blocks: a structure in each
     out = base_model.get_submodule(group.output).weight
     v = value(out)
     if v is None:

@@ -33,7 +33,7 @@ def structure_count(base_model: nn.Module, group: Group) -> int:
     """Number of heads (or neurons, or layers) the group has now."""
     if isinstance(group, LayerGroup):
         return len(base_model.get_submodule(group.name))
-    rows = base_model.get_submodule(group.row_linears[0]).out_features
+    rows = base_model.get_submodule(group.row_linears[0]).out_features // group.row_parts
     return rows // group.head_dim if isinstance(group, HeadGroup) else rows
 
 

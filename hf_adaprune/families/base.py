@@ -43,12 +43,15 @@ class HeadGroup:
     # where the model collects attention weights from what ``core`` returns (not transformers' recording hooks):
     # the position, after hidden_states, of core's output_attentions argument (see ``layout.EmptyAttention``)
     weights_arg: int | None = None
+    # each row linear stacks this many blocks of one slice per head (ModernBERT's fused Wqkv: q, k, v; query, key
+    # and value then name the same linear)
+    row_parts: int = 1
 
     kind = "heads"
 
     @property
     def row_linears(self) -> tuple[str, ...]:
-        return (self.query, self.key, self.value, *self.more_rows)
+        return tuple(dict.fromkeys((self.query, self.key, self.value, *self.more_rows)))  # a fused one once
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class NeuronGroup:
     output: str
     width_attrs: tuple[str, ...] = ()
     role: str = "encoder"  # encoder | decoder
+    # each input stacks this many blocks of one row per neuron (a gated FFN fused in one linear: input, gate)
+    row_parts: int = 1
 
     kind = "ffn"
 

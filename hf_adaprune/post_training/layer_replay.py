@@ -21,9 +21,17 @@ from ..families import Group
 class _Replay(nn.Module):
     """Stands in for finished layers for one pass: returns the last finished layer's output for the batch."""
 
-    def __init__(self, output):
+    def __init__(self, output, layer: nn.Module):
         super().__init__()
         self.output = output
+        object.__setattr__(self, "layer", layer)  # not a submodule: its parameters stay out of this one
+
+    def __getattr__(self, name: str):
+        """What the stack's loop reads of a layer besides calling it (ModernBERT's ``attention_type``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["layer"], name)
 
     def forward(self, *args, **kwargs):
         return self.output
@@ -76,7 +84,7 @@ class FinishedLayers:
         handles = [stack[index].register_forward_hook(keep(index)) for index in range(last + 1, layer)]
         originals = {index: stack[index] for index in range(last + 1)}
         for index in originals:
-            stack[index] = _Replay(output)
+            stack[index] = _Replay(output, originals[index])
         try:
             yield
         finally:

@@ -1,0 +1,159 @@
+"""ModernBERT: heads of the fused Wqkv (a q, a k and a v block) and neurons of the gated Wi (an input and a gate
+block) removed from every block, exactly; scores that sum a structure's rows in each block; whole layers refused
+before training; a trained, pruned classifier whose folder loads everywhere and serves a pipeline with a byte-level
+BPE tokenizer; post-training pruning (pre-LN: the re-fit matches the next LayerNorm's input); int8, ONNX and
+vocabulary. The broader family tests (``ENCODER_FAMILIES``) run it too."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from hf_adaprune import AdaptivePruningTrainer, AutoPrunedModel, compact, find_groups, save_pruned
+from hf_adaprune.engine.importance import structure_sums
+from hf_adaprune.engine.masks import structure_count
+
+from conftest import random_biases, text_batch, tiny_model
+from test_deberta import WORDS, logits, set_masks
+from test_post_training import labelled_examples, pad_collator
+from test_trainer import make_args, toy_dataset
+
+TOL = 1e-5
+HEAD_DIM = 8  # the tiny model's 32 / 4
+
+
+def modernbert(**overrides):
+    return random_biases(tiny_model("modernbert", **overrides))
+
+
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer (as ModernBERT's), trained on a few words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator([" ".join(WORDS)] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_fused_projections_lose_every_block_of_a_structure(implementation, tmp_path):
+    model = modernbert()
+    model.set_attn_implementation(implementation)
+    batch = text_batch()
+    masks = set_masks(model, empty="layers.1.attn")
+    expected = logits(model, batch)
+    heads, neurons = int(masks.masks["layers.0.attn"].sum()), int(masks.masks["layers.0.ffn"].sum())
+    compact(model)
+    layer = model.model.layers[0]
+    assert layer.attn.Wqkv.out_features == 3 * heads * HEAD_DIM and layer.attn.Wo.in_features == heads * HEAD_DIM
+    assert layer.mlp.Wi.out_features == 2 * neurons and layer.mlp.Wo.in_features == neurons
+    assert (logits(model, batch) - expected).abs().max() <= TOL
+    save_pruned(model, tmp_path)
+    for loaded in (AutoPrunedModel.from_pretrained(tmp_path),
+                   transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True)):
+        loaded.set_attn_implementation(implementation)
+        assert (logits(loaded.eval(), batch) - expected).abs().max() <= TOL
+
+
+def test_scores_sum_a_structures_rows_in_every_block():
+    """Read as one block of 3 x 4 heads (or 2 x 37 neurons), a fused linear's rows went to the wrong structures."""
+    model = modernbert()
+    base = model.base_model
+    attention, ffn = find_groups(model)[:2]
+    assert (structure_count(base, attention), structure_count(base, ffn)) == (4, 37)
+    magnitude = structure_sums(base, attention, lambda p: p.detach().abs())
+    qkv, wo = base.layers[0].attn.Wqkv, base.layers[0].attn.Wo
+    for head in range(4):
+        rows = [block * 32 + head * HEAD_DIM + i for block in range(3) for i in range(HEAD_DIM)]
+        cols = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+        expected = qkv.weight[rows].abs().sum() + qkv.bias[rows].abs().sum() + wo.weight[:, cols].abs().sum()
+        assert magnitude[head] == pytest.approx(float(expected.detach()), rel=1e-5)
+    magnitude = structure_sums(base, ffn, lambda p: p.detach().abs())
+    wi, wo = base.layers[0].mlp.Wi, base.layers[0].mlp.Wo
+    for neuron in (0, 20, 36):
+        rows = [neuron, 37 + neuron]
+        expected = wi.weight[rows].abs().sum() + wi.bias[rows].abs().sum() + wo.weight[:, neuron].abs().sum()
+        assert magnitude[neuron] == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_whole_layers_are_refused_before_training(tmp_path):
+    data = toy_dataset()
+    with pytest.raises(ValueError, match="ModernBERT's layers cannot be removed: transformers builds its first layer "
+                                         "without an attention LayerNorm"):
+        AdaptivePruningTrainer(model=modernbert(), args=make_args(tmp_path, prune="heads,ffn,layers"),
+                               train_dataset=data, eval_dataset=data.select(range(16)))
+
+
+@pytest.mark.parametrize("schedule", [dict(), dict(pruning_schedule="search_then_recover", pruning_search_steps=0,
+                                                   pruning_refit=True, pruning_refit_samples=32)])
+def test_trainer_prunes_and_the_folder_serves_a_pipeline(tmp_path, schedule):
+    tokenizer = bpe_tokenizer()
+    model = tiny_model("modernbert", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    data = toy_dataset().map(lambda row: {"input_ids": [i % len(tokenizer) for i in row["input_ids"]]})
+    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path, **schedule), train_dataset=data,
+                                     eval_dataset=data.select(range(48)), processing_class=tokenizer)
+    trainer.train()
+    pruned = trainer.model.eval()
+    assert sum(structure_count(pruned.base_model, g) for g in find_groups(pruned)) < 3 * (4 + 37)
+    trainer.save_model()
+    texts = ["a gripping film", "the plot is dull and boring", "great actor, awful story zzz"]
+    expected = logits(pruned, tokenizer(texts, padding=True, return_tensors="pt"))
+    classify = transformers.pipeline("text-classification", model=str(tmp_path), trust_remote_code=True, top_k=None)
+    for text, scores, row in zip(texts, classify(texts), expected.softmax(-1)):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert [by_label[pruned.config.id2label[i]] for i in range(3)] == pytest.approx(row.tolist(), abs=1e-5), text
+
+
+def test_post_training_prune_with_the_refit(tmp_path):
+    from hf_adaprune import post_training_prune
+
+    result = post_training_prune(modernbert(), labelled_examples(64), 0.5, eval_dataset=labelled_examples(24, seed=5),
+                                 data_collator=pad_collator, batch_size=8, seq_len=16, progress=False,
+                                 output_dir=tmp_path)
+    assert result.comparison["layer_flops_removed"] == pytest.approx(0.5, abs=0.1)
+    batch = pad_collator(labelled_examples(4, seed=8))
+    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
+    assert (logits(loaded, batch) - logits(result.model.eval(), batch)).abs().max() <= TOL
+
+
+def test_vocabulary_and_int8_of_a_pruned_model(tmp_path):
+    from hf_adaprune.deploy import load_int8, prune_vocabulary, save_int8
+
+    tokenizer = bpe_tokenizer()
+    model = modernbert(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    set_masks(model, seed=2)
+    compact(model)
+    texts = ["a good film", "the dull plot", "a great story"]
+    before = logits(model, tokenizer(texts, padding=True, return_tensors="pt"))
+    new_tokenizer = prune_vocabulary(model, tokenizer, texts)
+    assert model.get_input_embeddings().num_embeddings == len(new_tokenizer) < len(tokenizer)
+    batch = new_tokenizer(texts, padding=True, return_tensors="pt")
+    assert torch.equal(logits(model, batch), before), "texts whose tokens are all kept give the same logits"
+    quantized = save_int8(model, tmp_path / "int8")
+    assert torch.equal(logits(load_int8(tmp_path / "int8"), batch), logits(quantized, batch))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+                    reason="ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime")
+def test_onnx_export_parity(tmp_path):
+    from hf_adaprune.deploy import export_onnx, onnx_session
+
+    model = modernbert()
+    set_masks(model, seed=4, empty="layers.2.attn")
+    compact(model)
+    export_onnx(model, tmp_path)
+    session = onnx_session(tmp_path, "model.onnx")
+    wanted = [i.name for i in session.get_inputs()]
+    for batch in (text_batch(), text_batch(batch=4, seq=5, seed=3)):
+        got = session.run(None, {k: v.numpy() for k, v in batch.items() if k in wanted})[0]
+        assert np.abs(got - logits(model, batch).numpy()).max() <= 1e-4
