@@ -60,6 +60,9 @@ def tiny_config(model_type: str, **overrides):
         cfg = dict(TINY, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
                    max_relative_positions=-1, share_att_key=True, norm_rel_ebd="layer_norm",
                    position_biased_input=False)
+    elif model_type == "mpnet":  # a relative position bias the encoder hands to every layer
+        cfg = dict(TINY, pad_token_id=1)  # 32 buckets: compute_position_bias reads 32 whatever the config says
+        cfg.pop("type_vocab_size")
     elif model_type == "modernbert":  # fused Wqkv, gated FFN, rotary positions; every other layer sliding-window
         cfg = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
                    max_position_embeddings=64, global_attn_every_n_layers=2, local_attention=4, attention_bias=True,
@@ -70,7 +73,7 @@ def tiny_config(model_type: str, **overrides):
     return transformers.AutoConfig.for_model(model_type, **cfg)
 
 
-ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
+ENCODER_FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "modernbert", "mpnet"]
 
 
 def tiny_model(model_type: str, head: str = "AutoModelForSequenceClassification", seed: int = 0, **overrides):

@@ -57,7 +57,7 @@ def test_common_tokens_keep_their_rows_and_outputs_and_rare_ones_their_best_rank
     assert (logits(model, [[2, *COMMON[:10], 3], [2, *COMMON[10:20], 3]]) - before).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "distilbert", "deberta-v2", "mpnet"])
 def test_saved_folder_rebuilds_the_factored_table_with_both_loaders(tmp_path, model_type):
     model, _ = factored_bert(model_type=model_type)
     ids = [[2, *COMMON[:6], *RARE[:6], 3]]

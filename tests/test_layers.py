@@ -46,6 +46,7 @@ ENCODERS = {  # name -> (build, batch)
     "electra": (lambda: tiny_model("electra"), text_batch),
     "distilbert": (lambda: tiny_model("distilbert"), text_batch),
     "deberta-v2": (lambda: tiny_model("deberta-v2"), text_batch),
+    "mpnet": (lambda: tiny_model("mpnet"), text_batch),
     "wav2vec2": (lambda: tiny_ctc3("wav2vec2"), lambda: audio_batch()),
     "hubert": (lambda: tiny_ctc3("hubert"), lambda: audio_batch()),
     "wavlm": (lambda: tiny_wavlm(num_hidden_layers=3), wavlm_audio),

@@ -102,7 +102,7 @@ def test_solve_refit_recovers_a_removed_column_that_the_kept_ones_explain():
     torch.testing.assert_close(same_bias, bias, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert", "mpnet"])
 def test_refit_lowers_layer_output_error_against_plain_slicing(model_type):
     model = tiny_model(model_type)
     rows = labelled_examples(96)
@@ -128,7 +128,8 @@ def test_refit_lowers_layer_output_error_against_plain_slicing(model_type):
 
 @pytest.mark.parametrize("model_type, target", [("bert", "same_input"), ("bert", "dense_residual"),
                                                  ("distilbert", "dense_residual"), ("distilbert", "dense_output"),
-                                                 ("deberta-v2", "dense_residual"), ("modernbert", "dense_residual")])
+                                                 ("deberta-v2", "dense_residual"), ("modernbert", "dense_residual"),
+                                                 ("mpnet", "dense_residual")])
 def test_compaction_after_refit_equals_the_masked_model(model_type, target):
     model = tiny_model(model_type)
     rows = labelled_examples(64)

@@ -22,10 +22,12 @@ NORMS = {  # what residual_norms must find by running the model
                    "encoder.layer.2.ffn": "encoder.layer.2.output.LayerNorm"},
     # pre-LN: the next sub-layer's LayerNorm reads the residual sum, the last FFN's is the final one
     "modernbert": {"layers.0.attn": "layers.0.mlp_norm", "layers.2.ffn": "final_norm"},
+    "mpnet": {"encoder.layer.0.attention": "encoder.layer.0.attention.LayerNorm",
+              "encoder.layer.2.ffn": "encoder.layer.2.output.LayerNorm"},
 }
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert", "mpnet"])
 def test_residual_norms_are_the_layernorms_after_each_projection(model_type):
     model = tiny_model(model_type)
     groups = find_groups(model)
@@ -35,7 +37,7 @@ def test_residual_norms_are_the_layernorms_after_each_projection(model_type):
         assert norms[name] == norm
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "deberta-v2", "modernbert", "mpnet"])
 def test_dense_residual_refit_brings_the_last_layer_closer_to_the_dense_model(model_type):
     """Layer output error against the dense model (the last block's LayerNorm input): the re-fit towards the
     dense residual sum beats plain slicing, and the same-input re-fit, on calibration and held-out rows."""

@@ -26,7 +26,7 @@ from ..layout import FactoredEmbedding, empty_record, read_record, set_attribute
 from .checks import check_transformers_model
 from .vocabulary import ids_named_by_configs, kept_anyway, token_row_counts
 
-SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2", "mpnet")
 EMBEDDING_PATH = "embeddings.word_embeddings"  # under the base model, in every supported family
 
 

@@ -43,7 +43,7 @@ def register_family(model_types: str | Iterable[str], find_groups: Callable,
 
 
 # families whose position ids start after the padding index: they read max_position_embeddings - (pad + 1) tokens
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 
 
 def readable_positions(config) -> int | None:

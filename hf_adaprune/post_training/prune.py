@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 # model types whose calibration batches and token masks this module knows (encoder-only families)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert", "deberta-v2",
-                         "modernbert")
+                         "modernbert", "mpnet")
 DEFAULT_SCORES = "taylor"  # kept more accuracy than Fisher in benchmarks/post_training.py (README)
 DEFAULT_REFIT_TARGET = "dense_residual"  # see dense_targets; chosen in benchmarks/post_training.py (README)
 # raw per-example scores ranked globally kept more accuracy than per-layer L2-normalised ones on training phrases no
