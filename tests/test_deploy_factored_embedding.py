@@ -119,6 +119,11 @@ def test_refuses_masked_lms_masked_models_and_a_second_factoring():
     lm = tiny_model("bert", head="AutoModelForMaskedLM")
     with pytest.raises(ValueError, match="output projection shares the input table"):
         factor_embeddings(lm, tokenized=corpus(), full_rows=45, rank=8)
+    # DeBERTa-v2's non-legacy MLM head reads the table by reference (its output embeddings are another linear):
+    # factored, its logits over the whole vocabulary changed
+    deberta = tiny_model("deberta-v2", head="AutoModelForMaskedLM", legacy=False)
+    with pytest.raises(ValueError, match="output projection shares the input table"):
+        factor_embeddings(deberta, tokenized=corpus(), full_rows=45, rank=8)
     masked = tiny_model("bert")
     random_masks(masked)
     with pytest.raises(ValueError, match="compact it first"):

@@ -1475,3 +1475,42 @@ def test_the_card_sentence_transformers_wrote_for_the_dense_model_is_replaced(en
     assert not (tmp_path / "README.hf_adaprune.md").exists()
     assert "hf_adaprune" in (tmp_path / "README.md").read_text()
     assert "is a card sentence-transformers' save wrote, of the model before pruning" in caplog.text
+
+
+def test_the_card_names_the_rows_the_agreement_read_and_none_for_an_evaluator_of_ones_own(encoder_folder, tmp_path):
+    """The card labelled an evaluator's metric (read on its own data) with the eval loss rows' cut, and the
+    agreement's metric, read on 8 of 48 sentences, as the eval set's."""
+
+    class Constant(SentenceEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.greater_is_better, self.primary_metric, self.name = True, "score", "mine"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            return self.prefix_name_to_metrics({"score": 0.7}, self.name)
+
+    corpus = sentences(96)
+    agreement = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path / "a", pruning_eval_samples=8),
+        train_dataset=Dataset.from_dict({"sentence": corpus}),
+        eval_dataset=Dataset.from_dict({"sentence": list(dict.fromkeys(corpus))[:48]}))
+    agreement.train()
+    report = json.loads((tmp_path / "a" / "pruning_report.json").read_text())
+    assert (report["eval_rows"], report["eval_set_rows"]) == (8, 48)
+    model = tiny_sentence_transformer(encoder_folder)
+    scores = [random.Random(i).random() for i in range(48)]  # CoSENT learns nothing from equal scores
+    pairs = Dataset.from_dict({"sentence1": corpus[:48], "sentence2": corpus[48:], "score": scores})
+    own = AdaptivePruningSentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path / "b", pruning_eval_samples=8, max_steps=6), train_dataset=pairs,
+        eval_dataset=pairs, loss=CoSENTLoss(model), evaluator=Constant())
+    own.train()
+    own.save_model()
+    report = json.loads((tmp_path / "b" / "pruning_report.json").read_text())
+    assert report["eval_rows"] is None and "| mine_score (eval) |" in (tmp_path / "b" / "README.md").read_text()
+    own.save_model(str(tmp_path / "elsewhere"))  # a finished run's report goes with its model
+    assert json.loads((tmp_path / "elsewhere" / "pruning_report.json").read_text()) == report
+    again = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path / "b", pruning_eval_samples=8),
+        train_dataset=pairs, eval_dataset=pairs, loss=CoSENTLoss(model), evaluator=Constant())
+    again.save_model()  # before its run ended: the earlier run's report goes
+    assert not (tmp_path / "b" / "pruning_report.json").exists()

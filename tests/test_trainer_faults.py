@@ -658,5 +658,30 @@ def test_a_reference_at_the_metrics_floor_is_named(tmp_path, caplog):
         trainer.train()
     assert trainer.controller.state.reference == 0.0, "the case: a reference of 0 on these rows"
     assert ("the pruning reference accuracy is 0.0 at step 6, the lowest it can measure: no step can measure worse, "
-            "so every step is kept up to the target and the decisions protect nothing. Give the decisions more rows "
-            "(pruning_eval_samples; 5 now)") in caplog.text
+            "so every step is kept up to the target and the decisions protect nothing. "
+            "Decide on a larger eval set (all its 5 rows are read now)") in caplog.text
+
+
+def test_a_second_model_init_run_saved_before_it_ends_removes_the_first_runs_report(tmp_path):
+    """With model_init a second train() is a new run: interrupted and saved, the first run's report stayed beside
+    its model (and was written into another folder as if the interrupted run had ended)."""
+    import transformers
+
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(model_init=lambda: tiny_model("bert"), args=make_args(tmp_path / "run"),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    trainer.train()
+    assert (tmp_path / "run" / "pruning_report.json").is_file()
+
+    class Interrupt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 8:
+                raise KeyboardInterrupt
+
+    trainer.add_callback(Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.save_model()
+    trainer.save_model(str(tmp_path / "elsewhere"))
+    assert not (tmp_path / "run" / "pruning_report.json").exists()
+    assert not (tmp_path / "elsewhere" / "pruning_report.json").exists()

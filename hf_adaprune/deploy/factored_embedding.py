@@ -50,7 +50,9 @@ def check_factoring_model(model) -> None:
     if not isinstance(table, nn.Embedding):
         raise ValueError(f"the input embedding is a {type(table).__name__}, not a plain table: factor a model once")
     output = model.get_output_embeddings()
-    if output is not None and getattr(output, "weight", None) is table.weight:
+    # a language-model head reads the input table (tied, or by reference as DeBERTa-v2's non-legacy MLM head does)
+    language_model = any(tag in type(model).__name__ for tag in ("MaskedLM", "CausalLM", "PreTraining", "LMHead"))
+    if language_model or (output is not None and getattr(output, "weight", None) is table.weight):
         raise ValueError("the model's output projection shares the input table (a masked or causal LM): its rare "
                          "rows would change the predictions over the whole vocabulary; factor classifiers only")
     if get_masks(model) is not None:

@@ -289,6 +289,15 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
     def _missing_metric_hint(self) -> str:  # prediction_loss_only is sentence-transformers' default: no hint there
         return ""  # (--pruning_metric loss without an eval_dataset is refused when the trainer is built)
 
+    def _eval_rows(self, samples: int | None) -> dict:
+        """The rows the steering metric read: the agreement's distinct sentences of the eval set, the eval loss's
+        first rows; none for an evaluator of one's own, which reads its own data."""
+        if self._agreement_steers:
+            agreement = _agreement_evaluators(self.evaluator)[0]
+            return {"eval_rows": len(agreement.sentences),
+                    "eval_set_rows": getattr(agreement, "eval_set_sentences", len(agreement.sentences))}
+        return {} if self._steer_by_evaluator else super()._eval_rows(samples)
+
     # -- saving -----------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints keep dense weights (masks in pruning_state.pt); any other save is a pruned ST folder."""
@@ -301,6 +310,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             card = self._card(**self.card_args())
             save_pruned_sentence_transformer(model, output_dir, card=card,
                                              card_file=os.path.basename(card_path(output_dir)))
+            self._reports_of_this_save(output_dir)
             torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
             self.push_to_hub(commit_message="Model save")
@@ -453,5 +463,8 @@ def _agreement_evaluator(eval_dataset, batch_size: int, samples: int | None) -> 
         sentences += [s for s in eval_dataset[column] if isinstance(s, str)]
     if not sentences:
         text_column(eval_dataset)  # raises with what to pass
-    sentences = list(dict.fromkeys(sentences))[:min(AGREEMENT_SENTENCES, samples or AGREEMENT_SENTENCES)]
-    return TeacherAgreementEvaluator(sentences, batch_size=batch_size)
+    distinct = list(dict.fromkeys(sentences))
+    evaluator = TeacherAgreementEvaluator(distinct[:min(AGREEMENT_SENTENCES, samples or AGREEMENT_SENTENCES)],
+                                          batch_size=batch_size)
+    evaluator.eval_set_sentences = len(distinct)  # what the card says the agreement was measured on a part of
+    return evaluator

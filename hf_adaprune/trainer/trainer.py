@@ -544,9 +544,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if c.greater_is_better and at_floor(self.pruning_metric, reference):
                 logger.warning("the pruning reference %s is %s at step %d, the lowest it can measure: no step can "
                                "measure worse, so every step is kept up to the target and the decisions protect "
-                               "nothing. Give the decisions more rows (pruning_eval_samples; %s now) or train longer "
-                               "before the reference (pruning_warmup_steps)", self.pruning_metric, reference, step,
-                               (self._decision_rows or {}).get("rows", "?"))
+                               "nothing. Decide on %s, or train longer before the reference (pruning_warmup_steps)",
+                               self.pruning_metric, reference, step, self._more_decision_rows())
             self._propose_next(step)
         elif c.state.pending is not None and step - self._last_prune_step >= decision_interval(args):
             self._decide(step)
@@ -934,6 +933,24 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         self.log({**evaluation, **record})
         self.control.should_log = should_log
 
+    def _more_decision_rows(self) -> str:
+        """How the decisions could read more rows, in words, for the floor warning."""
+        rows = self._eval_rows(self.args.pruning_eval_samples)
+        if not rows:  # an evaluator of one's own reads its own data
+            return "more data (the evaluator's)"
+        if rows["eval_rows"] < rows["eval_set_rows"]:
+            return f"more rows (pruning_eval_samples; {rows['eval_rows']} of the eval set's {rows['eval_set_rows']} now)"
+        return f"a larger eval set (all its {rows['eval_set_rows']} rows are read now)"
+
+    def _reports_of_this_save(self, output_dir: str) -> None:
+        """The pruning report beside a model this trainer saves: before the run ended, none (one there is of an
+        earlier run: removed, warned); after, this run's (written into a folder other than the output_dir)."""
+        if not self._finished:
+            remove_reports_of_another_model(output_dir, [REPORT_FILE, CURVE_FILE, LAYERS_FILE], card=False,
+                                            why="a report of an earlier run; this run's is written when it ends")
+        elif os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
+            self._write_report(output_dir)
+
     @staticmethod
     def _pruned_fractions(masks, prefix: str = "pruning/") -> dict[str, float]:
         """The fraction of the heads, neurons (and layers, where pruned) ``masks`` remove, as logged."""
@@ -1198,6 +1215,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                                "batches the run had read, which continues exactly within its first pass only; from a "
                                "checkpoint past its end the batches that follow differ from the uninterrupted run's")
         self._forget_evaluation_prepare()
+        self._finished = False  # a new run (model_init's next one): its report comes when it ends
         try:
             output = super().train(resume_from_checkpoint, *args, **kwargs)
         except BaseException:  # an error, Ctrl-C: the model is not left running a candidate no decision judged
@@ -1262,11 +1280,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             save_pruned(model, output_dir, tokenizer=self.processing_class)
             remove_reports_of_another_model(output_dir, [POST_TRAINING_REPORT_FILE], card=False,
                                             why="post_training_prune's report")
-            if not self._finished:  # this run's report comes when it ends: one there now is of another run
-                remove_reports_of_another_model(output_dir, [REPORT_FILE, CURVE_FILE, LAYERS_FILE], card=False,
-                                                why="a report of an earlier run; this run's is written when it ends")
-            elif os.path.abspath(output_dir) != os.path.abspath(self.args.output_dir):
-                self._write_report(output_dir)  # the folder gets the report of the model saved into it
+            self._reports_of_this_save(output_dir)
             torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
