@@ -126,6 +126,36 @@ def test_post_training_prune_with_the_refit(tmp_path):
     assert (logits(loaded, batch) - logits(result.model.eval(), batch)).abs().max() <= TOL
 
 
+def test_projections_without_a_bias_are_refitted_without_the_constant_term(tmp_path):
+    """The released checkpoints have no attention or MLP biases: the re-fit stopped with "has no bias to take the
+    re-fit's constant term" (post_training_prune by default, the trainer at its first candidate)."""
+    from hf_adaprune import post_training_prune
+    from hf_adaprune.post_training.refit import solve_refit
+
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(500, 4, generator=generator).double(), torch.randn(3, 4, generator=generator).double()
+    kept = torch.tensor([0, 2])
+    new_weight, new_bias = solve_refit(weight, None, x.T @ x, kept, ridge=0.0, cross=x.T @ (x @ weight.T))
+    expected = torch.linalg.lstsq(x[:, kept], x @ weight.T).solution.T
+    torch.testing.assert_close(new_weight, expected)
+    assert torch.equal(new_bias, torch.zeros(3).double())
+
+    model = tiny_model("modernbert", attention_bias=False, mlp_bias=False)
+    result = post_training_prune(model, labelled_examples(64), 0.5, eval_dataset=labelled_examples(24, seed=5),
+                                 data_collator=pad_collator, batch_size=8, seq_len=16, progress=False,
+                                 output_dir=tmp_path / "post")
+    assert result.refit_errors and all(0 <= error < 1 for error in result.refit_errors.values())
+    assert result.model.model.layers[0].attn.Wo.bias is None
+    data = toy_dataset()
+    trainer = AdaptivePruningTrainer(
+        model=tiny_model("modernbert", attention_bias=False, mlp_bias=False),
+        args=make_args(tmp_path / "trained", pruning_schedule="search_then_recover", pruning_search_steps=0,
+                       pruning_refit=True, pruning_refit_samples=32),
+        train_dataset=data, eval_dataset=data.select(range(48)))
+    trainer.train()
+    assert trainer.controller.state.ratio > 0
+
+
 def test_vocabulary_and_int8_of_a_pruned_model(tmp_path):
     from hf_adaprune.deploy import load_int8, prune_vocabulary, save_int8
 

@@ -145,21 +145,27 @@ def solve_refit(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Ten
 
     ``cross``: ``sum [x,1]^T t``; None: the target is the full projection of the same input,
     ``t = W x + b``. ``ridge`` is relative: lambda = ridge x the mean of ``x_k^2`` over the kept
-    columns, so it does not depend on the activations' scale. The bias is not penalised.
+    columns, so it does not depend on the activations' scale. The bias is not penalised. A projection
+    without a bias (ModernBERT's) is fitted without the constant term, and gets a zero one back.
     """
     width = weight.shape[1]
     if cross is None:
         cross = gram @ _full(weight, bias).T
-    index = torch.cat([kept, torch.tensor([width])])
+    constant = bias is not None
+    index = torch.cat([kept, torch.tensor([width])]) if constant else kept
+    if index.numel() == 0:  # no kept column and no bias: nothing to fit
+        return weight[:, :0].clone(), torch.zeros(weight.shape[0], dtype=weight.dtype)
     lhs = gram[index][:, index].clone()
     if kept.numel():  # the Gram's diagonal is sum(x_k^2): its mean over the kept columns sets the scale
         diagonal = range(kept.numel())
-        lhs[diagonal, diagonal] += ridge * max(float(torch.diagonal(lhs)[:-1].mean()), 1e-12)
-    rhs = cross[index]  # (|K| + 1) x out
+        lhs[diagonal, diagonal] += ridge * max(float(torch.diagonal(lhs)[:kept.numel()].mean()), 1e-12)
+    rhs = cross[index]  # (|K| (+ 1)) x out
     try:
         theta = torch.linalg.solve(lhs, rhs)
     except RuntimeError:  # singular without ridge (e.g. a kept column that is always 0): least norm instead
         theta = torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
+    if not constant:
+        return theta.T.to(weight.dtype), torch.zeros(weight.shape[0], dtype=weight.dtype)
     return theta[:-1].T.to(weight.dtype), theta[-1].to(weight.dtype)
 
 
@@ -231,10 +237,8 @@ def refit_groups(model: nn.Module, masks: PruningMasks, groups: Sequence[Group],
                 weight, bias = solve_refit(projection.weight, projection.bias, problem.gram, kept, ridge, problem.cross)
                 errors[group.name] = refit_error(problem, kept, weight, bias)
                 projection.weight[:, kept.to(device)] = weight.to(device)
-                if projection.bias is not None:
+                if projection.bias is not None:  # (one without a bias was fitted without the constant term)
                     projection.bias.copy_(bias.to(device))
-                elif bias.abs().max() > 0:
-                    raise ValueError(f"{group.output} has no bias to take the re-fit's constant term")
         finally:
             restore_modes(modes)
         return errors
