@@ -97,7 +97,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from hf_adaprune import PruningArguments
-from hf_adaprune.families import readable_positions
+from hf_adaprune.families import UnsupportedModelError, get_adapter, readable_positions
 from hf_adaprune.reporting.flops import example_inputs
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import AVERAGED, classification_metrics
@@ -733,8 +733,25 @@ def build_compute_metrics(pruning_metric: str):
 
 
 # -- the task --------------------------------------------------------------------------------------
+def check_family(model_args) -> None:
+    """A model of a family hf_adaprune cannot prune, named before any data is read (the trainer and --post_training
+    would refuse it once the data is tokenized and the model built)."""
+    path = model_args.config_name or model_args.model_name_or_path
+    if not path:
+        return
+    try:
+        config = load_config(path, cache_dir=model_args.cache_dir)
+    except (OSError, ValueError):  # named when the model is loaded, with what to do
+        return
+    try:
+        get_adapter(config)
+    except UnsupportedModelError as err:
+        raise RecipeError(f"{path}: {err}") from None
+
+
 def validate(run: Run) -> None:
     run.data_files = validate_args(run.model_args, run.data_args, run.training_args)
+    check_family(run.model_args)
     if run.data_args.post_training:
         post_training.check_arguments(run.model_args, run.data_args, run.training_args)
     run.compute_metrics = build_compute_metrics(run.training_args.pruning_metric)  # unknown metrics fail here

@@ -356,6 +356,24 @@ def test_model_without_a_classification_head_is_one_error_line(tmp_path):
                                                     "recipes of their own")
 
 
+@pytest.mark.parametrize("post_training", [False, True])
+def test_a_family_it_cannot_prune_is_named_before_the_data_is_read(tmp_path, post_training):
+    """DeBERTa v1 was refused only once the data was tokenized and the model built; under --post_training the error
+    said to drop the flag, and the run without it then failed the same way."""
+    from transformers import DebertaConfig
+
+    folder = tmp_path / "deberta"
+    DebertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                  architectures=["DebertaForSequenceClassification"]).save_pretrained(folder)
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    argv = ["--model_name_or_path", str(folder), "--train_file", train, "--validation_file", train, "--output_dir",
+            str(tmp_path / "out")] + (["--post_training", "true"] if post_training else [])
+    with pytest.raises(RecipeError, match=r"hf_adaprune cannot prune model_type 'deberta' \(DeBERTa v1, "
+                                          r"microsoft/deberta-base / -large; DeBERTa-v2 and v3, model_type "
+                                          r"'deberta-v2', are\)"):
+        prepare(argv)
+
+
 # -- resuming ----------------------------------------------------------------------------------------
 def test_resume_true_takes_the_newest_complete_checkpoint(tmp_path):
     out = tmp_path / "out"

@@ -167,6 +167,8 @@ def get_adapter(model_or_config) -> FamilyAdapter:
         reason = ""
         if model_type == "albert":
             reason = " (ALBERT shares one set of weights across layers, so per-layer pruning does not apply)"
+        elif model_type == "deberta":
+            reason = " (DeBERTa v1, microsoft/deberta-base / -large; DeBERTa-v2 and v3, model_type 'deberta-v2', are)"
         raise UnsupportedModelError(
             f"hf_adaprune cannot prune model_type {model_type!r}{reason}. "
             f"Supported model types: {', '.join(supported_model_types())}."
