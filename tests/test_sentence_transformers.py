@@ -1514,3 +1514,26 @@ def test_the_card_names_the_rows_the_agreement_read_and_none_for_an_evaluator_of
         train_dataset=pairs, eval_dataset=pairs, loss=CoSENTLoss(model), evaluator=Constant())
     again.save_model()  # before its run ended: the earlier run's report goes
     assert not (tmp_path / "b" / "pruning_report.json").exists()
+
+
+def test_a_reference_at_the_floor_of_an_evaluators_metric_points_at_its_data(encoder_folder, tmp_path, caplog):
+    """The floor warning advised pruning_eval_samples, which an evaluator of one's own does not read."""
+
+    class Zero(SentenceEvaluator):
+        def __init__(self):
+            super().__init__()
+            self.greater_is_better, self.primary_metric, self.name = True, "accuracy", ""
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            return {"accuracy": 0.0}
+
+    model = tiny_sentence_transformer(encoder_folder)
+    pairs = sentences(48)
+    train = Dataset.from_dict({"sentence1": pairs[:24], "sentence2": pairs[24:],
+                               "score": [random.Random(i).random() for i in range(24)]})
+    trainer = AdaptivePruningSentenceTransformerTrainer(model=model, args=make_args(tmp_path, max_steps=6),
+                                                        train_dataset=train, loss=CoSENTLoss(model), evaluator=Zero())
+    with caplog.at_level(logging.WARNING, logger="hf_adaprune"):
+        trainer.train()
+    assert "the lowest it can measure" in caplog.text
+    assert "Decide on more data (the evaluator's), or train longer before the reference" in caplog.text

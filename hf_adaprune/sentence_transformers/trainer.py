@@ -298,6 +298,9 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
                     "eval_set_rows": getattr(agreement, "eval_set_sentences", len(agreement.sentences))}
         return {} if self._steer_by_evaluator else super()._eval_rows(samples)
 
+    def _more_decision_rows(self) -> str:
+        return "more data (the evaluator's)" if self._steer_by_evaluator else super()._more_decision_rows()
+
     # -- saving -----------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Checkpoints keep dense weights (masks in pruning_state.pt); any other save is a pruned ST folder."""

@@ -936,8 +936,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
     def _more_decision_rows(self) -> str:
         """How the decisions could read more rows, in words, for the floor warning."""
         rows = self._eval_rows(self.args.pruning_eval_samples)
-        if not rows:  # an evaluator of one's own reads its own data
-            return "more data (the evaluator's)"
+        if not rows:  # an eval set without a length
+            return "more rows"
         if rows["eval_rows"] < rows["eval_set_rows"]:
             return f"more rows (pruning_eval_samples; {rows['eval_rows']} of the eval set's {rows['eval_set_rows']} now)"
         return f"a larger eval set (all its {rows['eval_set_rows']} rows are read now)"
