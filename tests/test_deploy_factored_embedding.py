@@ -116,14 +116,26 @@ def test_rows_with_ids_outside_the_table_are_refused():
 
 
 def test_refuses_masked_lms_masked_models_and_a_second_factoring():
+    head = "the model has a vocabulary output head"
     lm = tiny_model("bert", head="AutoModelForMaskedLM")
-    with pytest.raises(ValueError, match="output projection shares the input table"):
+    with pytest.raises(ValueError, match=head):
         factor_embeddings(lm, tokenized=corpus(), full_rows=45, rank=8)
     # DeBERTa-v2's non-legacy MLM head reads the table by reference (its output embeddings are another linear):
-    # factored, its logits over the whole vocabulary changed
+    # factored, its logits over the whole vocabulary changed; so did those of a subclass under another name
     deberta = tiny_model("deberta-v2", head="AutoModelForMaskedLM", legacy=False)
-    with pytest.raises(ValueError, match="output projection shares the input table"):
+    with pytest.raises(ValueError, match=head):
         factor_embeddings(deberta, tokenized=corpus(), full_rows=45, rank=8)
+    renamed = type("Filler", (type(deberta),), {})(deberta.config)
+    with pytest.raises(ValueError, match=head):
+        factor_embeddings(renamed, tokenized=corpus(), full_rows=45, rank=8)
+    untied = tiny_model("bert", head="AutoModelForMaskedLM", tie_word_embeddings=False)
+    with pytest.raises(ValueError, match=head):
+        factor_embeddings(untied, tokenized=corpus(), full_rows=45, rank=8)
+    # ELECTRA's discriminator (ForPreTraining) classifies tokens: no vocabulary head, factored
+    discriminator = transformers.ElectraForPreTraining(tiny_model("electra").config).eval()
+    random_masks(discriminator)
+    compact(discriminator)
+    factor_embeddings(discriminator, tokenized=corpus(), full_rows=45, rank=8)
     masked = tiny_model("bert")
     random_masks(masked)
     with pytest.raises(ValueError, match="compact it first"):

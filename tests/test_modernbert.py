@@ -139,6 +139,11 @@ def test_projections_without_a_bias_are_refitted_without_the_constant_term(tmp_p
     expected = torch.linalg.lstsq(x[:, kept], x @ weight.T).solution.T
     torch.testing.assert_close(new_weight, expected)
     assert torch.equal(new_bias, torch.zeros(3).double())
+    # nothing kept: zero-width, on the CPU as every fit (a model on a GPU left the weight there, beside CPU stats)
+    on_device = torch.empty(3, 4, device="meta")
+    empty_weight, empty_bias = solve_refit(on_device, None, x.T @ x, torch.tensor([], dtype=torch.long),
+                                           cross=torch.zeros(4, 3).double())
+    assert empty_weight.shape == (3, 0) and empty_weight.device.type == empty_bias.device.type == "cpu"
 
     model = tiny_model("modernbert", attention_bias=False, mlp_bias=False)
     result = post_training_prune(model, labelled_examples(64), 0.5, eval_dataset=labelled_examples(24, seed=5),

@@ -69,3 +69,19 @@ def test_a_sentence_transformer_of_mpnet_prunes_and_reloads(tmp_path):
     expected = model.encode(probe, convert_to_tensor=True)
     stock = SentenceTransformer(str(tmp_path / "out"), trust_remote_code=True, device="cpu")
     assert torch.allclose(stock.encode(probe, convert_to_tensor=True), expected, atol=1e-5, rtol=0)
+
+
+def test_positions_count_from_mpnets_own_padding_index():
+    """MPNet's embeddings count positions from padding_idx 1 whatever pad_token_id says: with pad_token_id 0 the
+    last readable position was promised one too many (an IndexError in the forward)."""
+    from hf_adaprune.deploy import prune_positions
+    from hf_adaprune.families import check_sequence_length, readable_positions
+
+    model = tiny_model("mpnet", pad_token_id=0)
+    assert readable_positions(model.config) == 62  # 64 rows, positions from 2
+    with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings"):
+        check_sequence_length(model, 63)
+    batch = text_batch(seq=10)
+    expected = logits(model, batch)
+    assert prune_positions(model, 10) == 12
+    assert torch.equal(logits(model, batch), expected)

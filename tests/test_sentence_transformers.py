@@ -1496,7 +1496,9 @@ def test_the_card_names_the_rows_the_agreement_read_and_none_for_an_evaluator_of
         eval_dataset=Dataset.from_dict({"sentence": list(dict.fromkeys(corpus))[:48]}))
     agreement.train()
     report = json.loads((tmp_path / "a" / "pruning_report.json").read_text())
-    assert (report["eval_rows"], report["eval_set_rows"]) == (8, 48)
+    assert (report["eval_rows"], report["eval_set_rows"], report["eval_unit"]) == (8, 48, "sentences")
+    agreement.save_model()
+    assert "| teacher_mean_cosine (first 8 of 48 eval sentences) |" in (tmp_path / "a" / "README.md").read_text()
     model = tiny_sentence_transformer(encoder_folder)
     scores = [random.Random(i).random() for i in range(48)]  # CoSENT learns nothing from equal scores
     pairs = Dataset.from_dict({"sentence1": corpus[:48], "sentence2": corpus[48:], "score": scores})

@@ -10,7 +10,8 @@ made of common tokens embeds exactly as before; rare tokens move by their approx
 
 The model's layout records the :class:`~hf_adaprune.layout.FactoredEmbedding`, so ``save_pruned`` writes a folder
 both loaders rebuild (``AutoPrunedModel``, or stock ``from_pretrained`` with ``trust_remote_code=True``). Encoder
-classifiers of the BERT family; a model whose output projection shares the input table (a masked LM) is refused.
+classifiers of the BERT, DeBERTa-v2 / v3 and MPNet families; a model with a vocabulary output head (a masked LM) is
+refused.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def check_factoring_model(model) -> None:
     table = model.get_input_embeddings()
     if not isinstance(table, nn.Embedding):
         raise ValueError(f"the input embedding is a {type(table).__name__}, not a plain table: factor a model once")
-    output = model.get_output_embeddings()
-    # a language-model head reads the input table (tied, or by reference as DeBERTa-v2's non-legacy MLM head does)
-    language_model = any(tag in type(model).__name__ for tag in ("MaskedLM", "CausalLM", "PreTraining", "LMHead"))
-    if language_model or (output is not None and getattr(output, "weight", None) is table.weight):
-        raise ValueError("the model's output projection shares the input table (a masked or causal LM): its rare "
-                         "rows would change the predictions over the whole vocabulary; factor classifiers only")
+    # a vocabulary head (masked / causal LM) reads the input table: tied, or by reference as DeBERTa-v2's non-legacy
+    # MLM head does (its output embeddings are then another linear); classifiers have none
+    if model.get_output_embeddings() is not None:
+        raise ValueError("the model has a vocabulary output head (a masked or causal LM), which reads the input table: "
+                         "its rare rows would change the predictions over the whole vocabulary; factor classifiers "
+                         "only")
     if get_masks(model) is not None:
         raise ValueError("factor_embeddings replaces the input embedding of a compacted model: compact it first "
                          "(hf_adaprune.compact(model))")

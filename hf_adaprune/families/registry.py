@@ -52,7 +52,8 @@ def readable_positions(config) -> int | None:
         return None
     positions = getattr(config, "max_position_embeddings", None)
     if positions and config.model_type in OFFSET_POSITIONS:
-        positions -= (config.pad_token_id or 0) + 1
+        # MPNet's embeddings count from padding_idx 1 whatever the config's pad_token_id
+        positions -= 2 if config.model_type == "mpnet" else (config.pad_token_id or 0) + 1
     return positions
 
 

@@ -154,7 +154,8 @@ def solve_refit(weight: torch.Tensor, bias: torch.Tensor | None, gram: torch.Ten
     constant = bias is not None
     index = torch.cat([kept, torch.tensor([width])]) if constant else kept
     if index.numel() == 0:  # no kept column and no bias: nothing to fit
-        return weight[:, :0].clone(), torch.zeros(weight.shape[0], dtype=weight.dtype)
+        # on the CPU, where every other fit comes from (the Gram's device)
+        return torch.zeros(weight.shape[0], 0, dtype=weight.dtype), torch.zeros(weight.shape[0], dtype=weight.dtype)
     lhs = gram[index][:, index].clone()
     if kept.numel():  # the Gram's diagonal is sum(x_k^2): its mean over the kept columns sets the scale
         diagonal = range(kept.numel())

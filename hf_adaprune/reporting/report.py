@@ -248,7 +248,7 @@ def metric_rows_note(summary: PruningSummary) -> str:
     metric was measured on."""
     if summary.eval_rows is None or summary.eval_set_rows is None or summary.eval_rows >= summary.eval_set_rows:
         return "eval"
-    return f"first {summary.eval_rows:,} of {summary.eval_set_rows:,} eval rows"
+    return f"first {summary.eval_rows:,} of {summary.eval_set_rows:,} eval {summary.eval_unit}"
 
 
 def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | None, dataset_name: str):

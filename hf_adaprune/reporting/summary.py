@@ -105,6 +105,7 @@ class PruningSummary(_ReadsLikeADict):
     # the rows the decisions' metric was measured on (the first --pruning_eval_samples), and the eval set's rows
     eval_rows: int | None = None
     eval_set_rows: int | None = None
+    eval_unit: str = "rows"  # what they count: rows, or the distinct sentences a sentence-embedding agreement reads
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:

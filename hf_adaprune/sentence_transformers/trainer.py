@@ -294,7 +294,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
         first rows; none for an evaluator of one's own, which reads its own data."""
         if self._agreement_steers:
             agreement = _agreement_evaluators(self.evaluator)[0]
-            return {"eval_rows": len(agreement.sentences),
+            return {"eval_rows": len(agreement.sentences), "eval_unit": "sentences",
                     "eval_set_rows": getattr(agreement, "eval_set_sentences", len(agreement.sentences))}
         return {} if self._steer_by_evaluator else super()._eval_rows(samples)
 
