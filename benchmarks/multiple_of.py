@@ -79,6 +79,7 @@ def main(argv=None):
                         help="also: each target reached by keeping this many whole layers and pruning their widths "
                              "(the shape the trainer chose at 80%% with --prune heads,ffn,layers: 3 of 6)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default=None, help="the model's name in the report's title (default: MiniLM's)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multiple_of"),
                         help="file-name stem: writes STEM.json and STEM.md (their folder is made first)")
     opts = parser.parse_args(argv)
@@ -134,7 +135,7 @@ def main(argv=None):
     with open(opts.out + ".json", "w") as f:
         json.dump({"machine": machine, "rows": rows, "command": "python benchmarks/multiple_of.py"}, f, indent=1)
     lines = [
-        "# Speed-up / ideal with and without --pruning_multiple_of (all-MiniLM-L6-v2, seq 128)",
+        f"# Speed-up / ideal with and without --pruning_multiple_of ({opts.name or 'all-MiniLM-L6-v2'}, seq 128)",
         "",
         f"Machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']} with {opts.threads} "
         f"thread(s); load average at start {load_start[0]:.1f}, at end {machine['load_average_end'][0]:.1f}. "
