@@ -118,9 +118,10 @@ class DataArguments:
     )
     prune_positions: bool = field(
         default=False,
-        metadata={"help": "With --prune_vocabulary, for text classification with BERT-family encoders: the position "
-                          "table also keeps only the rows of --max_seq_length tokens (the saved tokenizer truncates "
-                          "to it; outputs of inputs that fit are unchanged)."},
+        metadata={"help": "With --prune_vocabulary, for text classification with encoders of a learned position "
+                          "table (BERT family, MPNet): the position table also keeps only the rows of "
+                          "--max_seq_length tokens (the saved tokenizer truncates to it; outputs of inputs that fit "
+                          "are unchanged)."},
     )
     quantize: str | None = field(
         default=None, metadata={"help": "int8: also save int8 weights (OUTPUT_DIR/deploy/int8; with --export_onnx "
