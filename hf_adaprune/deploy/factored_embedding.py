@@ -45,8 +45,8 @@ def check_factoring_model(model) -> None:
     check_transformers_model(model, "factor_embeddings")
     model_type = getattr(model.config, "model_type", None)
     if model_type not in SUPPORTED:
-        raise ValueError(f"factor_embeddings serves encoders of the BERT and DeBERTa families ({', '.join(SUPPORTED)}); "
-                         f"{model_type!r} is not one of them")
+        raise ValueError(f"factor_embeddings serves encoder classifiers of the BERT, DeBERTa-v2 / v3 and MPNet "
+                         f"families ({', '.join(SUPPORTED)}); {model_type!r} is not one of them")
     table = model.get_input_embeddings()
     if not isinstance(table, nn.Embedding):
         raise ValueError(f"the input embedding is a {type(table).__name__}, not a plain table: factor a model once")

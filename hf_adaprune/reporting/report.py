@@ -260,7 +260,8 @@ def _eval_results(summary: PruningSummary, task: str | None, dataset_id: str | N
         return None
     results = []
     reference = "start" if summary.start_pruned else "dense"
-    rows = "" if metric_rows_note(summary) == "eval" else f", {metric_rows_note(summary)}"
+    note = metric_rows_note(summary)
+    rows = "" if note == "eval" else f", {note}"
     for label, value in ((reference, summary.metric_before), ("pruned", pruned_metric(summary))):
         if value is not None:
             results.append(EvalResult(
