@@ -49,6 +49,7 @@ ENCODERS = {  # name -> (build, batch)
     "mpnet": (lambda: tiny_model("mpnet"), text_batch),
     "wav2vec2": (lambda: tiny_ctc3("wav2vec2"), lambda: audio_batch()),
     "hubert": (lambda: tiny_ctc3("hubert"), lambda: audio_batch()),
+    "data2vec-audio": (lambda: tiny_ctc3("data2vec-audio"), lambda: audio_batch()),
     "wavlm": (lambda: tiny_wavlm(num_hidden_layers=3), wavlm_audio),
 }
 SEQ2SEQ = ["marian", "bart", "mbart", "m2m_100", "t5", "mt5"]

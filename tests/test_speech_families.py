@@ -40,7 +40,7 @@ def tiny_ctc_model(model_type: str, head: str = "ForCTC", stable: bool = False, 
         feat_extract_norm="layer" if stable else "group", num_labels=3, classifier_proj_size=8,
         pad_token_id=0, initializer_range=0.2,
     )
-    prefix = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert"}[model_type]
+    prefix = {"wav2vec2": "Wav2Vec2", "hubert": "Hubert", "data2vec-audio": "Data2VecAudio"}[model_type]
     return getattr(transformers, prefix + head)(config).eval()
 
 
@@ -110,7 +110,7 @@ def set_masks(model, seed: int = 0, empty=(), full=()):
 # -- adapters --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert"])
+@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "data2vec-audio"])
 @pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "stable-ln"])
 def test_wav2vec2_groups(model_type, stable):
     model = tiny_ctc_model(model_type, stable=stable)
@@ -123,7 +123,7 @@ def test_wav2vec2_groups(model_type, stable):
     for group in groups:
         base.get_submodule(group.name.rpartition(".")[0])  # reports group by the layer path
         assert group.role == {"heads": "encoder_self", "ffn": "encoder"}[group.kind]
-    assert get_adapter(model).model_types == ("wav2vec2", "hubert")
+    assert get_adapter(model).model_types == ("wav2vec2", "hubert", "data2vec-audio")
 
 
 @pytest.mark.parametrize("head", ["WhisperForConditionalGeneration", "WhisperModel"])
@@ -161,7 +161,7 @@ def test_whisper_encoder_only_head():
 # -- exactness: Wav2Vec2 / HuBERT ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert"])
+@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "data2vec-audio"])
 @pytest.mark.parametrize("stable", [False, True], ids=["post-ln", "stable-ln"])
 @pytest.mark.parametrize("head", ["ForCTC", "ForSequenceClassification"])
 def test_ctc_and_classification_compaction_exact(model_type, stable, head):
@@ -441,3 +441,20 @@ def test_stock_transformers_loads_speech_folders(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(f"{name} maxdiff" in result.stdout for name in ("ctc", "cls", "whisper"))
+
+
+@pytest.mark.parametrize("head", ["ForCTC", "ForSequenceClassification"])
+def test_data2vec_audio_round_trip_with_both_loaders(head, tmp_path):
+    """Data2Vec-Audio shares Wav2Vec2's layout: a pruned one (first layer removed, an attention emptied) loads as it
+    was saved, with AutoPrunedModel and with stock transformers' remote code."""
+    model = tiny_ctc_model("data2vec-audio", head)
+    batch = audio_batch()
+    set_masks(model, seed=0, empty=["encoder.layers.1.attention"])
+    masks = attach_masks(model, layers=True)
+    masks.set("encoder.layers", torch.tensor([0.0, 1.0]))
+    expected = logits(model, batch)
+    save_pruned(model, tmp_path)
+    auto = getattr(transformers, "AutoModelForCTC" if head == "ForCTC" else "AutoModelForAudioClassification")
+    for loaded in (AutoPrunedModel.from_pretrained(tmp_path), auto.from_pretrained(tmp_path, trust_remote_code=True)):
+        assert len(loaded.base_model.encoder.layers) == 1
+        assert (logits(loaded.eval(), batch) - expected).abs().max() <= TOL

@@ -1,6 +1,6 @@
-"""Wav2Vec2 and HuBERT: encoder self-attention heads and feed-forward neurons.
+"""Wav2Vec2, HuBERT and Data2Vec-Audio: encoder self-attention heads and feed-forward neurons.
 
-Both families share one layout (``encoder.layers.<i>.attention`` with
+The three families share one layout (``encoder.layers.<i>.attention`` with
 ``q_proj``/``k_proj``/``v_proj``/``out_proj`` and ``encoder.layers.<i>.feed_forward``
 with ``intermediate_dense``/``output_dense``), with and without
 ``do_stable_layer_norm``; the layer classes differ only in where the layer norms
@@ -32,5 +32,5 @@ def wav2vec2_groups(base_model, config):
     return groups
 
 
-register_family(("wav2vec2", "hubert"), wav2vec2_groups,
+register_family(("wav2vec2", "hubert", "data2vec-audio"), wav2vec2_groups,
                 layer_stacks=lambda base, config: layer_stacks(base, [("encoder.layers", "num_hidden_layers", "encoder")]))
