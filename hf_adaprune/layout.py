@@ -121,15 +121,16 @@ class EmptyAttention(nn.Module):
     zero-head weight tensor ``(batch, 0, queries, keys)`` in its place. A model that
     collects the weights from what its attention returns (DeBERTa) gets them as the
     second output when its ``output_attentions`` argument, positional argument
-    ``weights_arg`` after ``hidden_states`` or keyword, is true.
+    ``output_attentions_arg`` after ``hidden_states`` or keyword, is true.
     """
 
     is_empty_attention = True
 
     def __init__(self, output_name: str | None = None, output: nn.Module | None = None, extra_outputs: int = 0,
-                 cache_layer: int | None = None, cross_attention: bool = False, weights_arg: int | None = None):
+                 cache_layer: int | None = None, cross_attention: bool = False,
+                 output_attentions_arg: int | None = None):
         super().__init__()
-        self.weights_arg = weights_arg
+        self.output_attentions_arg = output_attentions_arg
         self.output_name = output_name
         self.extra_outputs = extra_outputs
         self.cache_layer = cache_layer
@@ -152,9 +153,9 @@ class EmptyAttention(nn.Module):
             sources = kwargs.get("key_value_states") if self.cross_attention else keys
             key_length = hidden_states.shape[1] if sources is None else sources.shape[-2]
             record_empty_weights(self, self.record_keys, hidden_states, key_length)
-        weights = None
-        if self.weights_arg is not None:
-            wanted = args[self.weights_arg] if len(args) > self.weights_arg else kwargs.get("output_attentions")
+        weights, flag = None, self.output_attentions_arg
+        if flag is not None:
+            wanted = args[flag] if len(args) > flag else kwargs.get("output_attentions")
             weights = empty_attention_weights(self, hidden_states, hidden_states.shape[1]) if wanted else None
         out = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
         if self.output_name is not None:
@@ -456,7 +457,7 @@ def module_from_spec(spec: dict, old: nn.Module | None, path: str = "?") -> nn.M
             out = spec["output"]
             output = new_linear(0, out["out_features"], out["bias"], like=getattr(old, name, None))
         empty = EmptyAttention(name, output, spec.get("extra_outputs", 0), spec.get("cache_layer"),
-                               spec.get("cross_attention", False), spec.get("weights_arg"))
+                               spec.get("cross_attention", False), spec.get("output_attentions_arg"))
         empty.config = getattr(old, "config", None)
         return empty
     raise ValueError(f"unknown module type {kind!r} in pruned layout at {path!r}")

@@ -92,8 +92,8 @@ class _Plan:
     def empty_attention(self, group: HeadGroup) -> None:
         """Record ``group.core`` as an :class:`~hf_adaprune.layout.EmptyAttention` keeping its output bias."""
         spec = {"type": "EmptyAttention", "output_name": None}
-        if group.weights_arg is not None:
-            spec["weights_arg"] = group.weights_arg
+        if group.output_attentions_arg is not None:
+            spec["output_attentions_arg"] = group.output_attentions_arg
         # decoder attentions keep their KV cache entries consistent (see EmptyAttention)
         if group.role in ("decoder_self", "cross"):
             cache_layer = getattr(self.base.get_submodule(group.core), "layer_idx", None)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 class HeadGroup:
     """One multi-head attention block.
 
-    ``query``/``key``/``value`` are linears whose output rows are grouped by head (``more_rows``: further such
-    linears, e.g. DeBERTa's position projections), ``output`` is the linear whose input columns are grouped by head. ``core`` is
+    ``query``/``key``/``value`` are linears whose output rows are grouped by head (``more_rows``: further
+    such linears, e.g. DeBERTa's position projections), ``output`` is the linear whose input columns are grouped
+    by head. ``core`` is
     the module that is swapped for an :class:`EmptyAttention` when no head is
     left; ``output_in_core`` says whether ``output`` is a child of ``core``.
     """
@@ -42,7 +43,7 @@ class HeadGroup:
     more_rows: tuple[str, ...] = ()
     # where the model collects attention weights from what ``core`` returns (not transformers' recording hooks):
     # the position, after hidden_states, of core's output_attentions argument (see ``layout.EmptyAttention``)
-    weights_arg: int | None = None
+    output_attentions_arg: int | None = None
     # each row linear stacks this many blocks of one slice per head (ModernBERT's fused Wqkv: q, k, v; query, key
     # and value then name the same linear)
     row_parts: int = 1

@@ -34,7 +34,7 @@ def deberta_v2_groups(base_model, config):
                 head_count_attrs=(f"{attn}.self.num_attention_heads",),
                 width_attrs=(f"{attn}.self.all_head_size",),
                 more_rows=_position_projections(layer_module.attention.self, f"{attn}.self"),
-                weights_arg=1,  # self.self(hidden_states, attention_mask, output_attentions, ...)
+                output_attentions_arg=1,  # self.self(hidden_states, attention_mask, output_attentions, ...)
             )
         )
         groups.append(NeuronGroup(name=f"{layer}.ffn", inputs=(f"{layer}.intermediate.dense",),
@@ -43,10 +43,6 @@ def deberta_v2_groups(base_model, config):
 
 
 def deberta_v2_layers(base_model, config):
-    try:
-        base_model.get_submodule("encoder.layer")
-    except AttributeError:
-        return []
     refuse = ""
     if getattr(base_model.encoder, "conv", None) is not None:
         # the encoder convolves the embeddings with the first layer's output, wherever that layer went: a removed

@@ -16,7 +16,7 @@ from .registry import register_family
 def modernbert_groups(base_model, config):
     head_dim = config.hidden_size // config.num_attention_heads
     groups = []
-    for i, _ in enumerate(base_model.layers):
+    for i in range(len(base_model.layers)):
         attn = f"layers.{i}.attn"
         groups.append(HeadGroup(name=attn, query=f"{attn}.Wqkv", key=f"{attn}.Wqkv", value=f"{attn}.Wqkv",
                                 output=f"{attn}.Wo", head_dim=head_dim, core=attn, output_in_core=True,

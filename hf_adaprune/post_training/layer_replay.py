@@ -31,7 +31,10 @@ class _Replay(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["layer"], name)
+            layer = self.__dict__.get("layer")  # absent while unpickling: no attribute of its own to answer
+            if layer is None:
+                raise
+            return getattr(layer, name)
 
     def forward(self, *args, **kwargs):
         return self.output
