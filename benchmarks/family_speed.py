@@ -3,9 +3,10 @@
 No DeBERTa or ModernBERT checkpoint installs offline, so each model has its checkpoint's configuration and random
 weights: the timing depends on how many heads and neurons each layer keeps, not on their values. Magnitude scores of
 random weights keep nearly the same width in every layer (widest / narrowest at most 1.2), more even than a pruning
-run leaves them (MiniLM's: 1.7-2.3), so these figures are on the kind side of a run's. Shapes: microsoft/deberta-v3-small (6 layers of
-768, 12 heads, FFN 3,072, relative positions in 256 log buckets) and answerdotai/ModernBERT-base (22 layers of 768,
-12 heads, gated FFN 1,152, sliding-window attention of 128 in two layers of three).
+run leaves them (MiniLM's: 1.7-2.3), so these figures are on the kind side of a run's. Shapes:
+microsoft/deberta-v3-small (6 layers of 768, 12 heads, FFN 3,072, relative positions in 256 log buckets) and
+answerdotai/ModernBERT-base (22 layers of 768, 12 heads, gated FFN 1,152, sliding-window attention of 128 in two
+layers of three).
 
     python benchmarks/family_speed.py --family deberta   # -> benchmarks/results/deberta_v3_small_speed.{json,md}
     python benchmarks/family_speed.py --family modernbert  # -> benchmarks/results/modernbert_base_speed.{json,md}

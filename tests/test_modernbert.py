@@ -6,9 +6,6 @@ vocabulary. The broader family tests (``ENCODER_FAMILIES``) run it too."""
 
 from __future__ import annotations
 
-import importlib.util
-
-import numpy as np
 import pytest
 import torch
 import transformers
@@ -18,11 +15,10 @@ from hf_adaprune.engine.importance import structure_sums
 from hf_adaprune.engine.masks import structure_count
 
 from conftest import random_biases, text_batch, tiny_model
-from test_deberta import WORDS, logits, set_masks
+from encoder_routes import (REFIT_SEARCH, TOL, WORDS, logits, onnx_parity, post_training_round_trip, set_masks,
+                            train_prune_and_serve, vocabulary_and_int8_round_trip)
 from test_post_training import labelled_examples, pad_collator
 from test_trainer import make_args, toy_dataset
-
-TOL = 1e-5
 HEAD_DIM = 8  # the tiny model's 32 / 4
 
 
@@ -94,36 +90,13 @@ def test_whole_layers_are_refused_before_training(tmp_path):
                                train_dataset=data, eval_dataset=data.select(range(16)))
 
 
-@pytest.mark.parametrize("schedule", [dict(), dict(pruning_schedule="search_then_recover", pruning_search_steps=0,
-                                                   pruning_refit=True, pruning_refit_samples=32)])
+@pytest.mark.parametrize("schedule", [dict(), REFIT_SEARCH])
 def test_trainer_prunes_and_the_folder_serves_a_pipeline(tmp_path, schedule):
-    tokenizer = bpe_tokenizer()
-    model = tiny_model("modernbert", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    data = toy_dataset().map(lambda row: {"input_ids": [i % len(tokenizer) for i in row["input_ids"]]})
-    trainer = AdaptivePruningTrainer(model=model, args=make_args(tmp_path, **schedule), train_dataset=data,
-                                     eval_dataset=data.select(range(48)), processing_class=tokenizer)
-    trainer.train()
-    pruned = trainer.model.eval()
-    assert sum(structure_count(pruned.base_model, g) for g in find_groups(pruned)) < 3 * (4 + 37)
-    trainer.save_model()
-    texts = ["a gripping film", "the plot is dull and boring", "great actor, awful story zzz"]
-    expected = logits(pruned, tokenizer(texts, padding=True, return_tensors="pt"))
-    classify = transformers.pipeline("text-classification", model=str(tmp_path), trust_remote_code=True, top_k=None)
-    for text, scores, row in zip(texts, classify(texts), expected.softmax(-1)):
-        by_label = {s["label"]: s["score"] for s in scores}
-        assert [by_label[pruned.config.id2label[i]] for i in range(3)] == pytest.approx(row.tolist(), abs=1e-5), text
+    train_prune_and_serve(tmp_path, "modernbert", bpe_tokenizer(), **schedule)
 
 
 def test_post_training_prune_with_the_refit(tmp_path):
-    from hf_adaprune import post_training_prune
-
-    result = post_training_prune(modernbert(), labelled_examples(64), 0.5, eval_dataset=labelled_examples(24, seed=5),
-                                 data_collator=pad_collator, batch_size=8, seq_len=16, progress=False,
-                                 output_dir=tmp_path)
-    assert result.comparison["layer_flops_removed"] == pytest.approx(0.5, abs=0.1)
-    batch = pad_collator(labelled_examples(4, seed=8))
-    loaded = AutoPrunedModel.from_pretrained(tmp_path).eval()
-    assert (logits(loaded, batch) - logits(result.model.eval(), batch)).abs().max() <= TOL
+    post_training_round_trip(tmp_path, modernbert())
 
 
 def test_projections_without_a_bias_are_refitted_without_the_constant_term(tmp_path):
@@ -154,41 +127,21 @@ def test_projections_without_a_bias_are_refitted_without_the_constant_term(tmp_p
     data = toy_dataset()
     trainer = AdaptivePruningTrainer(
         model=tiny_model("modernbert", attention_bias=False, mlp_bias=False),
-        args=make_args(tmp_path / "trained", pruning_schedule="search_then_recover", pruning_search_steps=0,
-                       pruning_refit=True, pruning_refit_samples=32),
+        args=make_args(tmp_path / "trained", **REFIT_SEARCH),
         train_dataset=data, eval_dataset=data.select(range(48)))
     trainer.train()
     assert trainer.controller.state.ratio > 0
 
 
 def test_vocabulary_and_int8_of_a_pruned_model(tmp_path):
-    from hf_adaprune.deploy import load_int8, prune_vocabulary, save_int8
-
     tokenizer = bpe_tokenizer()
     model = modernbert(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     set_masks(model, seed=2)
     compact(model)
-    texts = ["a good film", "the dull plot", "a great story"]
-    before = logits(model, tokenizer(texts, padding=True, return_tensors="pt"))
-    new_tokenizer = prune_vocabulary(model, tokenizer, texts)
-    assert model.get_input_embeddings().num_embeddings == len(new_tokenizer) < len(tokenizer)
-    batch = new_tokenizer(texts, padding=True, return_tensors="pt")
-    assert torch.equal(logits(model, batch), before), "texts whose tokens are all kept give the same logits"
-    quantized = save_int8(model, tmp_path / "int8")
-    assert torch.equal(logits(load_int8(tmp_path / "int8"), batch), logits(quantized, batch))
+    vocabulary_and_int8_round_trip(tmp_path, model, tokenizer)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-                    reason="ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime")
 def test_onnx_export_parity(tmp_path):
-    from hf_adaprune.deploy import export_onnx, onnx_session
-
     model = modernbert()
     set_masks(model, seed=4, empty="layers.2.attn")
-    compact(model)
-    export_onnx(model, tmp_path)
-    session = onnx_session(tmp_path, "model.onnx")
-    wanted = [i.name for i in session.get_inputs()]
-    for batch in (text_batch(), text_batch(batch=4, seq=5, seed=3)):
-        got = session.run(None, {k: v.numpy() for k, v in batch.items() if k in wanted})[0]
-        assert np.abs(got - logits(model, batch).numpy()).max() <= 1e-4
+    onnx_parity(tmp_path, model)

@@ -17,9 +17,8 @@ class HeadGroup:
 
     ``query``/``key``/``value`` are linears whose output rows are grouped by head (``more_rows``: further
     such linears, e.g. DeBERTa's position projections), ``output`` is the linear whose input columns are grouped
-    by head. ``core`` is
-    the module that is swapped for an :class:`EmptyAttention` when no head is
-    left; ``output_in_core`` says whether ``output`` is a child of ``core``.
+    by head. ``core`` is the module that is swapped for an :class:`EmptyAttention` when no head is left;
+    ``output_in_core`` says whether ``output`` is a child of ``core``.
     """
 
     name: str
