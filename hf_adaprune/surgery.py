@@ -134,17 +134,17 @@ def _plan_heads(plan: _Plan, group: HeadGroup, kept: torch.Tensor, original: dic
     if kept.numel() == 0 and group.shared_bias is None:
         plan.empty_attention(group)
         return
-    rows = _expand_heads(kept, group.head_dim)
-    part = structure_count(plan.base, group) * group.head_dim
+    count = structure_count(plan.base, group)
     for path in group.row_linears:
-        plan.linear(path, rows=_in_every_part(rows, part, group.row_parts))
-    plan.linear(group.output, cols=rows)
+        unit = group.rows_per_structure(path)
+        plan.linear(path, rows=_in_every_part(_expand_heads(kept, unit), count * unit, group.row_parts))
+    plan.linear(group.output, cols=_expand_heads(kept, group.columns_per_structure))
     for path, dim in group.per_head_params:
         plan.per_head_parameter(path, dim, kept)
     for path in group.head_count_attrs:
         plan.attribute(path, int(kept.numel()))
     for path in group.width_attrs:
-        plan.attribute(path, int(kept.numel()) * group.head_dim)
+        plan.attribute(path, int(kept.numel()) * group.columns_per_structure)
     _plan_shared_bias(plan, group, original)
 
 
@@ -313,6 +313,10 @@ def remove_layers(model: nn.Module, stack: LayerGroup, kept: list[int], record: 
                 set_attribute(layers[kept[0]], module_path, module)
                 set_attribute(layers[kept[0]], flag, True)
     set_attribute(base, stack.name, nn.ModuleList([layers[i] for i in kept]))
+    for name in stack.config_lists:
+        entries = getattr(model.config, name, None)
+        if isinstance(entries, (list, tuple)) and len(entries) == len(layers):
+            setattr(model.config, name, [entries[i] for i in kept])
     for index, layer in enumerate(base.get_submodule(stack.name)):
         for module in layer.modules():  # the KV cache is indexed by position in the stack
             if isinstance(getattr(module, "layer_idx", None), int):

@@ -98,6 +98,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from hf_adaprune import PruningArguments
 from hf_adaprune.families import UnsupportedModelError, get_adapter, readable_positions
+from hf_adaprune.families.llama import LLAMA_TYPES as DECODER_CLASSIFIERS
 from hf_adaprune.reporting.flops import example_inputs
 from hf_adaprune.reporting.latency import compare_latency, format_latency
 from hf_adaprune.task_metrics import AVERAGED, classification_metrics
@@ -707,6 +708,20 @@ def check_tokenizer(tokenizer, path: str, max_seq_length: int, text_columns: int
                           f"--max_seq_length {special + 1} or more")
 
 
+def pad_a_decoder(config, tokenizer, path: str) -> None:
+    """A decoder-only classifier (Llama, Qwen2, Mistral) reads its last token that is not padding, so its config needs
+    the pad id its batches use: without one, transformers refuses every batch of more than one row. A tokenizer
+    without a pad token (Llama's) pads with its end-of-text token, as is usual for these models (warned of)."""
+    if config.model_type not in DECODER_CLASSIFIERS:
+        return
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.warning("the tokenizer %s has no pad token: batches are padded with its end-of-text token %r (saved "
+                       "with the model)", path, tokenizer.eos_token)
+    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
 def input_length(tokenizer, max_seq_length: int) -> int:
     """The longest input the recipe feeds: --max_seq_length, capped by the tokenizer's model_max_length."""
     return min(max_seq_length, tokenizer.model_max_length or max_seq_length)
@@ -861,6 +876,7 @@ def build(run: Run) -> None:
                           "RoBERTa, ...): translation and speech models have recipes of their own")
     tokenizer_path = model_args.tokenizer_name or model_args.model_name_or_path
     tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir)
+    pad_a_decoder(config, tokenizer, tokenizer_path)
     check_tokenizer(tokenizer, tokenizer_path, data_args.max_seq_length, len(info["text_columns"]))
     if model_args.model_name_or_path:
         if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:

@@ -181,6 +181,16 @@ def test_layers_generate_refuses_zero_repeats(capsys, monkeypatch):
                  "--repeats must be >= 1")
 
 
+def test_decoder_speed_refuses_bad_counts_before_building_the_model(capsys, monkeypatch):
+    speed = load_script("benchmarks", "decoder_speed")
+    monkeypatch.setattr(speed.transformers, "LlamaForCausalLM", work_started)
+    parser_error(capsys, lambda: speed.main(["--repeats", "0", "--out", "/nonexistent/x"]), "--repeats must be >= 1")
+    parser_error(capsys, lambda: speed.main(["--new_tokens", "0", "--out", "/nonexistent/x"]),
+                 "--new_tokens must be >= 1")
+    parser_error(capsys, lambda: speed.main(["--targets", "1.0", "--out", "/nonexistent/x"]),
+                 "--targets must lie in (0, 1); got [1.0]")
+
+
 def test_latency_target_refuses_zero_tables(capsys, monkeypatch):
     latency = load_script("benchmarks", "latency_target")
     monkeypatch.setattr(latency, "AutoTokenizer", type("Stub", (), {"from_pretrained": staticmethod(work_started)}))

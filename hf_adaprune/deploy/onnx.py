@@ -144,6 +144,12 @@ def check_onnx_request(model, int8: bool = False) -> None:
     if model.main_input_name not in ("input_ids", "input_features"):
         raise ValueError(f"ONNX export handles text models (input_ids) and Whisper (input_features); "
                          f"{type(model).__name__} takes {model.main_input_name}")
+    if not getattr(model.config, "is_encoder_decoder", False) and model.can_generate():
+        raise ValueError(f"ONNX export does not handle decoder-only language models ({type(model).__name__}): its "
+                         "graph would give logits without the KV cache, so every generated token would run the "
+                         "whole prefix again. It exports encoders, classification heads (a decoder's "
+                         "...ForSequenceClassification too) and encoder-decoder models with their past graphs; "
+                         "generate with the pruned model in transformers (or save_int8 it)")
     if getattr(model.config, "is_encoder_decoder", False) and not model.can_generate():
         raise ValueError(f"ONNX export handles encoder-decoder models that generate (encoder + decoder graphs, "
                          f"as optimum lays them out) and encoders; {type(model).__name__} is an encoder-decoder "

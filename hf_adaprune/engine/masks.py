@@ -33,8 +33,9 @@ def structure_count(base_model: nn.Module, group: Group) -> int:
     """Number of heads (or neurons, or layers) the group has now."""
     if isinstance(group, LayerGroup):
         return len(base_model.get_submodule(group.name))
-    rows = base_model.get_submodule(group.row_linears[0]).out_features // group.row_parts
-    return rows // group.head_dim if isinstance(group, HeadGroup) else rows
+    first = group.row_linears[0]
+    rows = base_model.get_submodule(first).out_features // group.row_parts
+    return rows // group.rows_per_structure(first) if isinstance(group, HeadGroup) else rows
 
 
 def _prepare_core(base_model: nn.Module, group: Group) -> None:
@@ -156,7 +157,7 @@ class PruningMasks:
                                                                   prepend=True))
             return
         _prepare_core(base, group)
-        repeat = group.head_dim if isinstance(group, HeadGroup) else 1
+        repeat = group.columns_per_structure if isinstance(group, HeadGroup) else 1
         out = base.get_submodule(group.output)
         self._handles.append(out.register_forward_pre_hook(_Gate(self, name, repeat)))
 

@@ -46,12 +46,24 @@ class HeadGroup:
     # each row linear stacks this many blocks of one slice per head (ModernBERT's fused Wqkv: q, k, v; query, key
     # and value then name the same linear)
     row_parts: int = 1
+    # grouped-query attention (Llama, Qwen2, Mistral): a structure is one key/value head with the query heads that
+    # read it, so the query's rows and the output's columns hold queries_per_key x head_dim per structure
+    queries_per_key: int = 1
 
     kind = "heads"
 
     @property
     def row_linears(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.query, self.key, self.value, *self.more_rows)))  # a fused one once
+
+    def rows_per_structure(self, linear: str) -> int:
+        """Output rows of the row linear ``linear`` (in each of its ``row_parts`` blocks) per structure."""
+        return self.head_dim * (self.queries_per_key if linear == self.query and linear != self.key else 1)
+
+    @property
+    def columns_per_structure(self) -> int:
+        """Input columns of ``output`` per structure (a head, or a key/value head's query heads)."""
+        return self.head_dim * self.queries_per_key
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,9 @@ class LayerGroup:
     refuse: str = ""
     # why this stack's last layer cannot be removed ("" when it can): selection keeps it, compaction refuses it
     keep_last: str = ""
+    # config attributes holding one entry per layer of this stack (``layer_types``: sliding or full attention),
+    # kept for the kept layers
+    config_lists: tuple[str, ...] = ()
 
     kind = "layers"
 

@@ -102,7 +102,8 @@ def register_pruned_auto_classes(config_class: type) -> None:
         names = table.get(config_class.model_type)
         name = names[0] if isinstance(names, (tuple, list)) else names
         auto, stock = getattr(transformers, auto_name, None), getattr(transformers, name or "", None)
-        if isinstance(auto, type) and isinstance(stock, type):
+        # a table may map the family's model_type to a class of another config (qwen2 -> JevForDecision)
+        if isinstance(auto, type) and isinstance(stock, type) and issubclass(config_class, stock.config_class):
             auto.register(config_class, pruned_class(stock), exist_ok=True)
 
 

@@ -154,7 +154,7 @@ def mask_gradient_scores(model: nn.Module, groups: list[Group], batches: Iterabl
     device = next(model.parameters()).device
     probes, handles = {}, []
     for group in groups:
-        repeat = group.head_dim if isinstance(group, HeadGroup) else 1
+        repeat = group.columns_per_structure if isinstance(group, HeadGroup) else 1
         probes[group.name] = _MaskProbe(structure_count(base, group), repeat)
         handles.append(base.get_submodule(group.output).register_forward_pre_hook(probes[group.name]))
     modes = training_modes(model)

@@ -130,7 +130,7 @@ class _Statistics:
 
 def column_mask(group: Group, mask: torch.Tensor) -> torch.Tensor:
     """A structure mask spread over the output projection's input columns (a head covers head_dim columns)."""
-    return mask.repeat_interleave(group.head_dim) if isinstance(group, HeadGroup) else mask
+    return mask.repeat_interleave(group.columns_per_structure) if isinstance(group, HeadGroup) else mask
 
 
 def kept_columns(masks: PruningMasks, group: Group) -> torch.Tensor:
