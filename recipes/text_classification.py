@@ -709,16 +709,23 @@ def check_tokenizer(tokenizer, path: str, max_seq_length: int, text_columns: int
 
 
 def pad_a_decoder(config, tokenizer, path: str) -> None:
-    """A decoder-only classifier (Llama, Qwen2, Mistral) reads its last token that is not padding, so its config needs
-    the pad id its batches use: without one, transformers refuses every batch of more than one row. A tokenizer
-    without a pad token (Llama's) pads with its end-of-text token, as is usual for these models (warned of)."""
+    """A decoder-only classifier (Llama, Qwen2, Gemma, ...) reads its last token that is not padding, so its config
+    needs the pad id its batches use: without one, transformers refuses every batch of more than one row, and with
+    another one it reads a padded row's last position. A tokenizer without a pad token (Llama's) pads with its
+    end-of-text token, as is usual for these models (warned of); the config takes the tokenizer's pad id (a different
+    one it named is warned of)."""
     if config.model_type not in DECODER_CLASSIFIERS:
         return
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
         logger.warning("the tokenizer %s has no pad token: batches are padded with its end-of-text token %r (saved "
                        "with the model)", path, tokenizer.eos_token)
-    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+    named = getattr(config, "pad_token_id", None)
+    if tokenizer.pad_token_id is not None and named != tokenizer.pad_token_id:
+        if named is not None:
+            logger.warning("the model's config names pad id %s, its tokenizer pads with %s: the classifier, which "
+                           "reads each row's last token before the padding, takes the tokenizer's", named,
+                           tokenizer.pad_token_id)
         config.pad_token_id = tokenizer.pad_token_id
 
 

@@ -194,8 +194,8 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, pruning_target_type="latency", pruning_generation_tokens=4)  # an encoder
-    assert "--pruning_generation_tokens 4 not read: the table times per generated token only for encoder-decoder " \
-           "models" in caplog.text
+    assert "--pruning_generation_tokens 4 not read: the table times per generated token only for models that " \
+           "generate (encoder-decoder models, decoder-only language models)" in caplog.text
     # an encoder-decoder without generate (a BART classifier) is timed by forward as well: said, and a count beyond its
     # decoder's positions is not refused
     import transformers
@@ -207,8 +207,8 @@ def test_latency_options_another_target_type_does_not_read_are_warned_of_and_not
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_adaprune.trainer.trainer"):
         make_trainer(tmp_path, model=classifier, pruning_target_type="latency", pruning_generation_tokens=1000)
-    assert "--pruning_generation_tokens 1000 not read: the table times per generated token only for " \
-           "encoder-decoder models" in caplog.text
+    assert "--pruning_generation_tokens 1000 not read: the table times per generated token only for models " \
+           "that generate" in caplog.text
 
 
 @pytest.mark.parametrize("target_type", ["flops", "latency"])

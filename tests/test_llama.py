@@ -7,6 +7,8 @@ ONNX and the routes that refuse these models."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import transformers
@@ -192,6 +194,10 @@ def test_routes_that_do_not_serve_decoder_models_refuse_them(tmp_path):
                                          r"\(LlamaForCausalLM\)"):
         export_onnx(tiny_decoder("llama", "AutoModelForCausalLM"), tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+    with pytest.raises(ValueError, match=r"LlamaForSequenceClassification reads each row's last token before the "
+                                         r"padding, and its config has no pad_token_id"):
+        export_onnx(tiny_decoder("llama", pad_token_id=None), tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
     with pytest.raises(ValueError, match="post-training pruning supports the encoder families .*; got 'qwen2'"):
         post_training_prune(tiny_decoder("qwen2"), [text_batch()], target=0.3)
 
@@ -222,3 +228,56 @@ def test_the_text_classification_recipe_pads_a_decoder_with_its_end_of_text_toke
     model = AutoPrunedModel.from_pretrained(out).eval()
     assert model.config.pad_token_id == transformers.AutoTokenizer.from_pretrained(out).pad_token_id == \
         tokenizer.convert_tokens_to_ids("[SEP]")
+
+
+def test_the_recipe_gives_a_decoder_classifier_the_pad_id_its_batches_use(caplog):
+    """A config naming pad id 0 kept it while the batches were padded with the end-of-text token: the classifier,
+    looking for 0, read a padded row's last position."""
+    recipe = load_recipe("text_classification")
+    tokenizer = bpe_tokenizer()
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"
+    config = tiny_decoder("llama", pad_token_id=0).config
+    recipe.pad_a_decoder(config, tokenizer, "tok")
+    sep = tokenizer.convert_tokens_to_ids("[SEP]")
+    assert config.pad_token_id == tokenizer.pad_token_id == sep != 0
+    assert f"the model's config names pad id 0, its tokenizer pads with {sep}" in caplog.text
+    bert = tiny_decoder("llama").config
+    bert.model_type = "bert"  # an encoder classifier reads its first token: its config is left alone
+    tokenizer.pad_token = None
+    recipe.pad_a_decoder(bert, tokenizer, "tok")
+    assert tokenizer.pad_token_id is None and bert.pad_token_id == 0
+
+
+def test_the_latency_table_of_a_language_model_times_generate_after_its_prompt(tmp_path):
+    """A causal LM was timed by one forward over the prompt, where its users wait on every generated token (which
+    favours fewer layers over narrower ones: benchmarks/decoder_speed.py)."""
+    model = tiny_decoder("llama", "AutoModelForCausalLM", num_hidden_layers=2)
+    calls = []
+    generate = model.generate
+    model.generate = lambda **kwargs: calls.append(kwargs) or generate(**kwargs)
+    data = lm_dataset(32)
+    args = make_args(tmp_path, pruning_metric="loss", pruning_target_type="latency", pruning_latency_seq_len=5,
+                     pruning_generation_tokens=3)
+    AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    assert calls and all(call["input_ids"].shape == (1, 5) and call["min_new_tokens"] == call["max_new_tokens"] == 3
+                         for call in calls)
+    with pytest.raises(ValueError, match=r"--pruning_generation_tokens 10 needs 70 positions of the decoder, which "
+                                         r"reads at most 64"):
+        AdaptivePruningTrainer(model=model, train_dataset=data, eval_dataset=data, args=make_args(
+            tmp_path, pruning_metric="loss", pruning_target_type="latency", pruning_latency_seq_len=60,
+            pruning_generation_tokens=10))
+
+
+def test_messages_about_heads_name_key_value_groups(tmp_path):
+    """With grouped-query attention a structure is a key/value group: a floor of 2 "heads" on a layer of 4 query heads
+    in 2 groups keeps both groups, and the refusal said "2 of the heads" as if they were query heads."""
+    model = tiny_decoder("llama", "AutoModelForCausalLM", num_hidden_layers=2)
+    data = lm_dataset(32)
+    for settings, message in (
+            (dict(min_heads_per_layer=2), "nothing to prune: keeping at least 2 of the heads (key/value groups here: "
+                                          "a key/value head with the 2 query heads that read it) in each layer"),
+            (dict(pruning_multiple_of=32), "it has 2 key/value groups (a key/value head of 8 dimensions with the 2 "
+                                           "query heads that read it), fewer than the 4 a multiple of 32 needs")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            AdaptivePruningTrainer(model=model, train_dataset=data, eval_dataset=data, args=make_args(
+                tmp_path, prune="heads", pruning_metric="loss", **settings))

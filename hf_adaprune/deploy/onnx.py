@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..engine.masks import get_masks
+from ..families.llama import LLAMA_TYPES
 from ..families.registry import readable_positions
 from ..hub.config_marker import MODEL_TYPE_PREFIX, transformers_base
 from ..hub.save import WEIGHT_FILE, check_save_request, check_tokenizer_fits, move_into, temporary_folder
@@ -150,6 +151,11 @@ def check_onnx_request(model, int8: bool = False) -> None:
                          "whole prefix again. It exports encoders, classification heads (a decoder's "
                          "...ForSequenceClassification too) and encoder-decoder models with their past graphs; "
                          "generate with the pruned model in transformers (or save_int8 it)")
+    if model.config.model_type in LLAMA_TYPES and getattr(model.config, "pad_token_id", None) is None:
+        raise ValueError(f"{type(model).__name__} reads each row's last token before the padding, and its config has no "
+                         "pad_token_id, so it cannot run a padded batch (the export runs one): set "
+                         "model.config.pad_token_id = tokenizer.pad_token_id first (a tokenizer without a pad token, "
+                         "as Llama's: tokenizer.pad_token = tokenizer.eos_token)")
     if getattr(model.config, "is_encoder_decoder", False) and not model.can_generate():
         raise ValueError(f"ONNX export handles encoder-decoder models that generate (encoder + decoder graphs, "
                          f"as optimum lays them out) and encoders; {type(model).__name__} is an encoder-decoder "

@@ -412,7 +412,9 @@ def multiple_problem(groups, sizes: dict[str, int], multiple_of: int) -> str | N
     for group in groups:
         multiple = structure_multiple(group, multiple_of)
         if multiple > 1 and 0 < sizes[group.name] < multiple:  # a group emptied before keeps 0, a multiple
-            unit = "neurons" if group.kind == "ffn" else f"heads of {group.head_dim} dimensions"
+            unit = "neurons" if group.kind == "ffn" else f"heads of {group.head_dim} dimensions" if \
+                group.queries_per_key == 1 else (f"key/value groups (a key/value head of {group.head_dim} dimensions "
+                                                 f"with the {group.queries_per_key} query heads that read it)")
             return (f"--pruning_multiple_of {multiple_of} cannot be honoured by {group.name}: it has "
                     f"{sizes[group.name]} {unit}, fewer than the {multiple} a multiple of {multiple_of} needs. "
                     "Use a smaller multiple (1 turns rounding off) or leave that group out of --pruning_roles.")
@@ -444,9 +446,9 @@ def rounding_limit(groups, sizes: dict[str, int], target: float, multiple_of: in
         if named:
             rows.append((kind, 0.0 if total == 0 else prunable / total, example))
     clauses = "; ".join(
-        f"a group of {width} {'neurons' if kind == 'ffn' else 'heads'} keeps a multiple of {unit} "
-        f"{'head' if kind == 'heads' else 'neuron'}{'s' if unit > 1 else ''} holding its floor, so at least {least}, "
-        f"and at most {reachable:.4f} of the {kind} can go" for kind, reachable, (width, unit, least) in rows)
+        f"a group of {width} {'neurons' if kind == 'ffn' else structures_named(groups, kind)} keeps a multiple of "
+        f"{unit} {'head' if kind == 'heads' else 'neuron'}{'s' if unit > 1 else ''} holding its floor, so at least "
+        f"{least}, and at most {reachable:.4f} of the {kind} can go" for kind, reachable, (width, unit, least) in rows)
     fix = "Use a smaller --pruning_multiple_of (1 turns rounding off)"
     if rows and all(reachable <= 1e-9 for _, reachable, _ in rows) and "layers" not in kinds:
         return (f"--pruning_multiple_of {multiple_of} leaves nothing to prune: {clauses}. {fix}, or lower "
@@ -532,9 +534,19 @@ def _reachable_by_kind(groups, sizes: dict[str, int], kinds, floors: dict[str, i
     return rows
 
 
-def _floor_clauses(blocked) -> str:
-    return "; ".join(f"keeping at least {floor} of the {kind} in each layer ({FLOOR_OPTIONS.get(kind, 'the floor')}="
-                     f"{floor}) leaves at most {reachable:.4f} of them prunable" for kind, floor, reachable in blocked)
+def structures_named(groups, kind: str) -> str:
+    """How messages name the structures of ``kind``: a grouped-query attention's "heads" are key/value groups."""
+    grouped = [g for g in groups if g.kind == kind and getattr(g, "queries_per_key", 1) > 1]
+    if not grouped:
+        return kind
+    return (f"{kind} (key/value groups here: a key/value head with the {grouped[0].queries_per_key} query heads that "
+            "read it)")
+
+
+def _floor_clauses(blocked, groups=()) -> str:
+    return "; ".join(f"keeping at least {floor} of the {structures_named(groups, kind)} in each layer "
+                     f"({FLOOR_OPTIONS.get(kind, 'the floor')}={floor}) leaves at most {reachable:.4f} of them "
+                     "prunable" for kind, floor, reachable in blocked)
 
 
 def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("heads", "ffn"),
@@ -552,8 +564,8 @@ def unreachable_target(groups, sizes: dict[str, int], target: float, kinds=("hea
     if not blocked:
         return None
     options = " / ".join(FLOOR_OPTIONS.get(kind, "the floor") for kind, _, _ in blocked)
-    return (f"pruning target {target} cannot be reached: {_floor_clauses(blocked)}. Pruning stops there and the "
-            f"report gives the sparsity reached; lower the target to <= {min(r for _, _, r in blocked):.4f} or "
+    return (f"pruning target {target} cannot be reached: {_floor_clauses(blocked, groups)}. Pruning stops there and "
+            f"the report gives the sparsity reached; lower the target to <= {min(r for _, _, r in blocked):.4f} or "
             f"lower {options} to reach it.")
 
 
@@ -667,8 +679,8 @@ def nothing_prunable(groups, sizes: dict[str, int], kinds=("heads", "ffn"), floo
     if not rows or any(reachable > 1e-9 for _, _, reachable in rows):
         return None
     options = " and ".join(f"--{FLOOR_OPTIONS.get(kind, 'the floor')}" for kind, _, _ in rows)
-    return (f"nothing to prune: {_floor_clauses(rows)}, so no structure can be removed. Give {options} below what "
-            "a layer has, or prune other kinds (--prune).")
+    return (f"nothing to prune: {_floor_clauses(rows, groups)}, so no structure can be removed. Give {options} below "
+            "what a layer has, or prune other kinds (--prune).")
 
 
 def _select_in_group(score: torch.Tensor, mask: torch.Tensor, ratio: float, floor: int) -> torch.Tensor:

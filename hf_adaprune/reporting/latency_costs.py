@@ -4,7 +4,8 @@ Before training, the model runs a few times on the current device with forward h
 group consists of (the attention block, the FFN linears, each whole layer). An encoder (or any model that does not
 generate) runs ``forward`` at ``pruning_latency_batch_size`` x ``pruning_latency_seq_len``; an encoder-decoder runs
 ``generate`` of exactly ``pruning_generation_tokens`` tokens, so the decoder's modules are timed over every token
-and the encoder's once, as a user waiting on ``generate`` pays them. A module's time is the median over the runs;
+and the encoder's once, as a user waiting on ``generate`` pays them; a decoder-only language model runs ``generate``
+of as many tokens after a prompt of ``pruning_latency_seq_len`` tokens (the prompt's pass, then every token). A module's time is the median over the runs;
 one structure costs its module's time divided by the structures it holds (a layer: its whole time, which includes
 the fixed per-layer overhead no width pruning removes). The target is then a fraction of the measured time of the
 prunable modules instead of their FLOPs.
@@ -82,8 +83,12 @@ def timing_device_note(model: nn.Module, training_device) -> str | None:
 
 
 def generates_tokens(model: nn.Module) -> bool:
-    """Whether the table times ``generate`` (an encoder-decoder that generates) rather than ``forward``."""
-    return getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "generate")
+    """Whether the table times ``generate`` (an encoder-decoder that generates, or a decoder-only language model:
+    ``...ForCausalLM``) rather than ``forward``."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return hasattr(model, "generate")
+    can_generate = getattr(model, "can_generate", None)
+    return callable(can_generate) and bool(can_generate())
 
 
 @torch.no_grad()

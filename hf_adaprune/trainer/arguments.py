@@ -146,7 +146,9 @@ class PruningArguments(TrainingArguments):
                           "estimates of the loss change on one scale, more accurate in every schedule measured "
                           "(README, Which scores to rank)."},
     )
-    min_heads_per_layer: int = field(default=1, metadata={"help": "Heads kept per attention block at least (0 allowed)."})
+    min_heads_per_layer: int = field(default=1, metadata={"help": (
+        "Heads kept per attention block at least (0 allowed); with grouped-query attention (Llama, Qwen2, ...) "
+        "key/value groups, each a key/value head with its query heads.")})
     min_neurons_per_layer: int = field(default=1, metadata={"help": "FFN neurons kept per layer at least (0 allowed)."})
     pruning_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate each pruning decision on the first N eval examples (default: all)."}
@@ -161,7 +163,8 @@ class PruningArguments(TrainingArguments):
     pruning_latency_seq_len: int | None = field(
         default=None, metadata={"help": "Sequence length for the latency table (default: --pruning_seq_len)."})
     pruning_generation_tokens: int = field(
-        default=16, metadata={"help": "Tokens generated per measurement of an encoder-decoder's latency table."})
+        default=16, metadata={"help": "Tokens generated per measurement of the latency table of a model that generates "
+                                      "(an encoder-decoder, or a decoder-only language model after its prompt)."})
     pruning_seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     compact_at_end: bool = field(default=True, metadata={"help": "Physically remove pruned structures after training."})
     distillation: bool = field(

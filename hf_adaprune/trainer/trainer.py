@@ -187,8 +187,8 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             features = getattr(model, "main_input_name", None) == "input_features"
             unread = [name for name in changed if (name == "pruning_generation_tokens" and not generates)
                       or (name == "pruning_latency_seq_len" and features)]
-            why = ("the table times per generated token only for encoder-decoder models; this one is timed by its "
-                   "forward at --pruning_latency_seq_len") if "pruning_generation_tokens" in unread else ""
+            why = ("the table times per generated token only for models that generate (encoder-decoder models, "
+                   "decoder-only language models); this one is timed by its forward at --pruning_latency_seq_len") if "pruning_generation_tokens" in unread else ""
             if "pruning_latency_seq_len" in unread:
                 why += ("; " if why else "") + f"a {model.config.model_type} encoder always reads its fixed window " \
                        f"of input features"
@@ -208,8 +208,11 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
         if args.pruning_target_type == "latency":
             checks.append(("pruning_latency_seq_len", args.pruning_latency_seq_len or args.pruning_seq_len, "encoder",
                            readable_positions(config) if text else None))
-            if generates_tokens(model):  # a model without generate is timed by forward: the tokens are not read
+            if generates_tokens(model) and decoder is not None:  # the decoder starts from its own prompt
                 checks.append(("pruning_generation_tokens", args.pruning_generation_tokens + 1, "decoder", decoder))
+            elif generates_tokens(model):  # a decoder-only model generates after the prompt, in the same positions
+                checks.append(("pruning_generation_tokens", (args.pruning_latency_seq_len or args.pruning_seq_len)
+                               + args.pruning_generation_tokens, "decoder", readable_positions(config)))
         for flag, length, side, limit in checks:
             if limit and length > limit:
                 raise ValueError(f"--{flag} {getattr(args, flag)} needs {length} positions of the {side}, which "
