@@ -176,6 +176,20 @@ class EvaluationRecorder(TrainerCallback):
         self.seen.append(dict(metrics))
 
 
+def test_a_save_removes_post_training_prunes_report_of_the_model_saved_there_before(encoder_folder, tmp_path):
+    """The sentence-transformers trainer's save left post_training_report.json (another model's) beside its model, as
+    the other trainer's no longer did."""
+    corpus = sentences(32)
+    trainer = AdaptivePruningSentenceTransformerTrainer(
+        model=tiny_sentence_transformer(encoder_folder), args=make_args(tmp_path / "out", max_steps=4),
+        train_dataset=Dataset.from_dict({"sentence": corpus}), eval_dataset=Dataset.from_dict({"sentence": corpus}))
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "post_training_report.json").write_text("{}")
+    trainer.save_model()
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "post_training_report.json" not in names and "training_args.bin" in names
+
+
 def test_loading_a_dense_folder_as_pruned_says_to_load_it_as_it_is(encoder_folder, tmp_path):
     tiny_sentence_transformer(encoder_folder).save(str(tmp_path / "dense"))
     # it blamed a config the caller never passed before

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import os
 
-import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, DatasetDict, List, Sequence
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
@@ -22,7 +21,6 @@ from torch.utils.data import DataLoader
 from ..hub.load import reading_checkpoint
 from ..layout import read_record
 from ..trainer.eval_order import first_rows
-from ..trainer.hub_push import without_hub_token
 from ..trainer.report import card_path
 from ..trainer.trainer import DECISION_PREFIX, PruningTrainerMixin, check_eval_rows, is_checkpoint_save
 from .arguments import EVALUATOR_METRIC, SentenceTransformerPruningArguments
@@ -313,8 +311,7 @@ class AdaptivePruningSentenceTransformerTrainer(PruningTrainerMixin, SentenceTra
             card = self._card(**self.card_args())
             save_pruned_sentence_transformer(model, output_dir, card=card,
                                              card_file=os.path.basename(card_path(output_dir)))
-            self._reports_of_this_save(output_dir)
-            torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
+            self._files_beside_a_saved_model(output_dir)
         if self.args.push_to_hub and not _internal_call:  # as Trainer.save_model does
             self.push_to_hub(commit_message="Model save")
 

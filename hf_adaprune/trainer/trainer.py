@@ -945,6 +945,14 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             return f"more rows (pruning_eval_samples; {rows['eval_rows']} of the eval set's {rows['eval_set_rows']} now)"
         return f"a larger eval set (all its {rows['eval_set_rows']} rows are read now)"
 
+    def _files_beside_a_saved_model(self, output_dir: str) -> None:
+        """What a pruned save (either trainer's) writes or removes beside the model: no report of
+        ``post_training_prune`` (another model's), this run's pruning report where due, and ``training_args.bin``."""
+        remove_reports_of_another_model(output_dir, [POST_TRAINING_REPORT_FILE], card=False,
+                                        why="post_training_prune's report")
+        self._reports_of_this_save(output_dir)
+        torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
+
     def _reports_of_this_save(self, output_dir: str) -> None:
         """The pruning report beside a model this trainer saves: before the run ended, none (one there is of an
         earlier run: removed, warned); after, this run's (written into a folder other than the output_dir)."""
@@ -1281,10 +1289,7 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
                 model = copy.deepcopy(model)
                 self._as_last_decided(model)
             save_pruned(model, output_dir, tokenizer=self.processing_class)
-            remove_reports_of_another_model(output_dir, [POST_TRAINING_REPORT_FILE], card=False,
-                                            why="post_training_prune's report")
-            self._reports_of_this_save(output_dir)
-            torch.save(without_hub_token(self.args), os.path.join(output_dir, "training_args.bin"))
+            self._files_beside_a_saved_model(output_dir)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save")  # writes the card with the push's arguments
         elif not _internal_call and self.args.should_save:
