@@ -269,7 +269,14 @@ def register_shared_bias(cls: type) -> type:
 
 
 def kept_heads_index(module: nn.Module, device) -> torch.Tensor:
-    return torch.tensor(module.adaprune_kept_heads, dtype=torch.long, device=device)
+    """``module.adaprune_kept_heads`` as an index tensor on ``device``, made once per device and kept list (a new
+    tensor in every forward is a blocking host-to-GPU copy per attention and generated token)."""
+    key = (str(device), tuple(module.adaprune_kept_heads))
+    cached = module.__dict__.get("_adaprune_kept_index")
+    if cached is None or cached[0] != key:
+        cached = (key, torch.tensor(module.adaprune_kept_heads, dtype=torch.long, device=device))
+        module.__dict__["_adaprune_kept_index"] = cached  # not a buffer: no state_dict entry, nothing to save
+    return cached[1]
 
 
 class SharedBiasMixin:

@@ -541,6 +541,30 @@ def test_ctc_frames_are_read_from_the_audio_even_when_the_labels_have_as_many_po
     assert mask.sum(-1).tolist() == frames.tolist()
 
 
+@pytest.mark.parametrize("named", [False, True])
+def test_under_bf16_the_teacher_computes_as_the_student_does(tmp_path, named):
+    """A loaded teacher (--teacher_model_name_or_path, and every resumed run's) ran in float32 under --bf16: only a
+    model accelerate prepared carries its autocast, as the default teacher, a copy of the student, does."""
+    if named:
+        perturbed(tiny_model("bert")).save_pretrained(tmp_path / "teacher")
+    trainer = make_trainer(tmp_path / "out", bf16=True, distillation=True, max_steps=6, pruning_warmup_steps=2,
+                           pruning_interval=2, **({"teacher_model_name_or_path": str(tmp_path / "teacher")}
+                                                  if named else {}))
+    seen = []
+
+    def watch(teacher):
+        teacher.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
+            lambda module, args, output: seen.append(output.dtype))
+
+    if named:
+        watch(trainer.distillation_teacher)
+    else:  # made at the reference
+        take = trainer._take_teacher
+        trainer._take_teacher = lambda: (take(), watch(trainer.distillation_teacher))
+    trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}
+
+
 def test_named_teacher_is_used_from_the_start(tmp_path):
     teacher = perturbed(tiny_model("bert"))
     teacher.save_pretrained(tmp_path / "teacher")

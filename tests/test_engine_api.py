@@ -38,6 +38,24 @@ def scored(model, groups, steps=3, seed=0):
 
 # -- 1. several processes: the scores are averaged before selection ------------------------------------------------
 
+def test_reduce_scores_sends_scores_held_on_the_cpu_through_the_gpu_under_nccl(monkeypatch):
+    """NCCL reduces CUDA tensors only: scores of a CPU criterion (random, restored without device=) were reduced
+    where they lay, which NCCL refuses."""
+    import hf_adaprune.engine.importance as importance
+    import hf_adaprune.trainer.distributed as distributed
+
+    seen = []
+    for name, value in (("is_initialized", lambda: True), ("get_world_size", lambda: 2),
+                        ("get_backend", lambda: "nccl")):
+        monkeypatch.setattr(importance.dist, name, value)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(distributed, "reduced_scores", lambda accelerator, scores, names, device: seen.append(device))
+    reduce_scores({"a": torch.ones(2)})
+    monkeypatch.setattr(importance.dist, "get_backend", lambda: "gloo")
+    reduce_scores({"a": torch.ones(2)})
+    assert seen == [torch.device("cuda", 0), torch.device("cpu")]
+
+
 def test_reduce_scores_leaves_the_scores_of_one_process_as_they_are():
     scores = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0])}
     assert reduce_scores(scores) is scores

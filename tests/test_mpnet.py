@@ -45,6 +45,27 @@ def test_each_attention_takes_its_kept_heads_columns_of_the_shared_bias(tmp_path
         assert (logits(loaded.eval(), batch) - expected).abs().max() <= TOL
 
 
+def test_the_kept_heads_index_is_made_once_per_device_and_kept_list(monkeypatch):
+    """Each forward built its kept heads' index anew: on a GPU a blocking host-to-device copy per attention and
+    generated token."""
+    from hf_adaprune.layout import install_shared_bias, kept_heads_index
+
+    model = tiny_model("mpnet")
+    attach_masks(model).set("encoder.layer.0.attention", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    compact(model)
+    attention = model.base_model.encoder.layer[0].attention.attn
+    made = []
+    tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: made.append(args) or tensor(*args, **kwargs))
+    for _ in range(3):
+        logits(model, text_batch())
+    index = kept_heads_index(attention, torch.device("cpu"))
+    assert index.tolist() == [1, 3] and len([a for a in made if a and a[0] == [1, 3]]) <= 1
+    assert kept_heads_index(attention, torch.device("cpu")) is index
+    install_shared_bias(attention, type(attention), [3], 4)  # another kept list: another index
+    assert kept_heads_index(attention, torch.device("cpu")).tolist() == [3]
+
+
 def test_a_sentence_transformer_of_mpnet_prunes_and_reloads(tmp_path):
     pytest.importorskip("sentence_transformers")
     from datasets import Dataset

@@ -145,7 +145,10 @@ def reduce_scores(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     from ..trainer.distributed import reduced_scores  # the trainer's reduction, on torch.distributed
 
     names = sorted(scores)  # one order on every process
-    return reduced_scores(_TorchDistributed(), scores, names, scores[names[0]].device)
+    device = scores[names[0]].device
+    if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only: scores held on the CPU go through the GPU
+        device = torch.device("cuda", torch.cuda.current_device())
+    return reduced_scores(_TorchDistributed(), scores, names, device)
 
 
 def _device(module: nn.Module) -> torch.device:

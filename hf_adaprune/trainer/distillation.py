@@ -444,7 +444,9 @@ class DistillationMixin(EvalLossMixin):
         task_loss, outputs = super().compute_loss(model, dict(inputs), return_outputs=True,
                                                   num_items_in_batch=num_items_in_batch if custom else None)
         follow(teacher, self.pruned_model)  # the student may have moved (Trainer places it at train())
-        with torch.no_grad():
+        # under --bf16 / --fp16 the student's forward runs in accelerate's autocast, which only a model it prepared
+        # carries (the default teacher, a copy of the prepared student): a loaded teacher gets it here
+        with torch.no_grad(), self.accelerator.autocast():
             teacher_outputs = teacher(**inputs)
         self._teacher_ran = True
         terms = dict(alpha=args.distillation_alpha, temperature=args.distillation_temperature,
