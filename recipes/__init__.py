@@ -1,6 +1,6 @@
 """Recipes: command-line fine-tune-and-prune runs built on hf_adaprune, in the shape of transformers' examples.
 
-Each recipe (``text_classification``, ``translation``, ``asr``) is one task definition
+Each recipe (``text_classification``, ``translation``, ``asr``, ``language_modeling``) is one task definition
 over the shared run skeleton in :mod:`recipes.skeleton` (``sentence_embeddings`` prunes a
 sentence-transformers model with its own trainer); run one as a script or a module::
 

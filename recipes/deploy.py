@@ -15,7 +15,8 @@ training, into ``OUTPUT_DIR/deploy/`` (the pruned model in ``OUTPUT_DIR`` itself
 With ``--prune_vocabulary`` the other three start from the smaller-vocabulary model. A subfolder an earlier
 run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``, with the test metrics of every copy
-where the recipe scores them (``Task.score_deployed``: text classification, translation, ASR; the ONNX int8 graphs
+where the recipe scores them (``Task.score_deployed``: text classification, translation, ASR, language modeling
+(int8; a smaller vocabulary's copy is not scored there); the ONNX int8 graphs
 under ``onnx`` -> ``int8``; why a copy is not scored under ``not_scored``, a scoring error under ``test_error``,
 :func:`score_entry`). A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX
