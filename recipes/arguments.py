@@ -414,6 +414,33 @@ def require_file(path: str, what: str) -> None:
         raise RecipeError(f"{what} {path!r} does not exist (relative paths start at {os.getcwd()})")
 
 
+def check_text_sources(model_args, data_args, file_type) -> dict[str, str | None]:
+    """What a recipe of text files checks of where its model and data come from, before reading any: one model
+    source, ``package:`` paths resolved in place, training data from ``--dataset_name`` or files (not both; the card
+    names the dataset unless ``--dataset_card_name`` says otherwise), and each of ``--train_file`` /
+    ``--validation_file`` / ``--test_file`` of a type ``file_type(path, what)`` reads (it raises RecipeError for
+    others) and existing. Returns the data files as given (before resolving)."""
+    check_model_source(model_args)
+    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
+        setattr(model_args, name, resolve_package_path(getattr(model_args, name), f"--{name}"))
+    if data_args.dataset_name is None and data_args.train_file is None:
+        raise RecipeError("no training data: give --dataset_name or --train_file")
+    files_given = data_args.train_file or data_args.validation_file or data_args.test_file
+    if data_args.dataset_name is not None and files_given:
+        raise RecipeError("give --dataset_name or data files (--train_file, --validation_file, --test_file), not both")
+    if data_args.dataset_card_name is None:
+        data_args.dataset_card_name = data_args.dataset_name
+    given = {}
+    for name in ("train_file", "validation_file", "test_file"):
+        given[name] = getattr(data_args, name)
+        path = resolve_package_path(getattr(data_args, name), f"--{name}")
+        if path is not None:
+            file_type(path, f"--{name}")
+            require_file(path, f"--{name}")
+        setattr(data_args, name, path)
+    return given
+
+
 def no_validation_message(training_args, remedy: str) -> str:
     """Why a run without validation data cannot prune, and ``remedy`` (which options to give)."""
     return (f"no validation data: the pruning controller measures --pruning_metric {training_args.pruning_metric} "

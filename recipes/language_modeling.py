@@ -78,17 +78,15 @@ from recipes.arguments import (
     ModelSourceArguments,
     RecipeError,
     check_minimum,
-    check_model_source,
+    check_text_sources,
     check_unused_flags,
     data_file_extension,
     load_named_dataset,
     no_validation_message,
     recipe_argv,
-    require_file,
-    resolve_package_path,
 )
 from recipes.deploy import NotScored
-from recipes.loading import align_vocabulary, check_embeddings_hold_tokenizer, load_config, load_model, load_tokenizer
+from recipes.loading import load_config, load_tokenizer, pretrained_or_new
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, scoring_every_row
 from recipes.tables import FILE_TYPES, LINE_COLUMN, OPENERS, read_table, read_text
@@ -180,25 +178,7 @@ def check_data_file(path: str, what: str) -> str:
 
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need neither data nor model. Resolves package: paths in place; returns the data files as given."""
-    check_model_source(model_args)
-    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
-        setattr(model_args, name, resolve_package_path(getattr(model_args, name), f"--{name}"))
-    if data_args.dataset_name is None and data_args.train_file is None:
-        raise RecipeError("no training data: give --dataset_name or --train_file")
-    files_given = data_args.train_file or data_args.validation_file or data_args.test_file
-    if data_args.dataset_name is not None and files_given:
-        raise RecipeError("give --dataset_name or data files (--train_file, --validation_file, --test_file), not both")
-    if data_args.dataset_card_name is None:
-        data_args.dataset_card_name = data_args.dataset_name
-    given = {}
-    for split in SPLITS:
-        name = f"{split}_file"
-        given[name] = getattr(data_args, name)
-        path = resolve_package_path(getattr(data_args, name), f"--{name}")
-        if path is not None:
-            check_data_file(path, f"--{name}")
-            require_file(path, f"--{name}")
-        setattr(data_args, name, path)
+    given = check_text_sources(model_args, data_args, check_data_file)
     percentage = data_args.validation_split_percentage
     if percentage is not None and not 0 < percentage < 100:
         raise RecipeError(f"--validation_split_percentage must be in (0, 100); got {percentage}")
@@ -438,14 +418,7 @@ def build(run: Run) -> None:
         datasets[split] = first_blocks(dataset, limits[split])
     logger.info("blocks of %d tokens: %s (tokens: %s)", block_size, {k: len(v) for k, v in datasets.items()}, tokens)
 
-    if model_args.model_name_or_path:
-        model = load_model(AutoModelForCausalLM, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir)
-        check_embeddings_hold_tokenizer(model, tokenizer, tokenizer_path)
-    else:
-        changes = align_vocabulary(config, tokenizer)
-        if changes:
-            logger.warning("model from --config_name: config set to match the tokenizer: %s", "; ".join(changes))
-        model = AutoModelForCausalLM.from_config(config)
+    model = pretrained_or_new(AutoModelForCausalLM, model_args, config, tokenizer, tokenizer_path)
     default_seq_len = PruningArguments.__dataclass_fields__["pruning_seq_len"].default
     if training_args.pruning_seq_len == default_seq_len and block_size != default_seq_len:
         training_args.pruning_seq_len = block_size

@@ -47,6 +47,20 @@ def class_names(config) -> list[str] | None:
     return None if names == [f"LABEL_{i}" for i in range(config.num_labels)] else names
 
 
+def pretrained_or_new(auto_class, model_args, config, tokenizer, tokenizer_path: str, align=None, **kwargs):
+    """The model of a recipe: ``--model_name_or_path`` loaded (:func:`load_model`, ``kwargs`` to it; its embedding
+    table must hold the tokenizer's ids), or a new one from ``--config_name``, its config first set to match the
+    tokenizer by ``align(config, tokenizer)`` (default :func:`align_vocabulary`; what changed is warned of)."""
+    if model_args.model_name_or_path:
+        model = load_model(auto_class, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir, **kwargs)
+        check_embeddings_hold_tokenizer(model, tokenizer, tokenizer_path)
+        return model
+    changes = (align or align_vocabulary)(config, tokenizer)
+    if changes:
+        logger.warning("model from --config_name: config set to match the tokenizer: %s", "; ".join(changes))
+    return auto_class.from_config(config)
+
+
 def load_model(auto_class, path: str, config, **kwargs):
     """``auto_class.from_pretrained(path, config=config, ...)``; a config with a pruned record (``config`` of a
     pruned folder, from :func:`load_config`) builds the pruned layers with ``AutoPrunedModel`` (no remote code)."""

@@ -109,17 +109,14 @@ from recipes.arguments import (
     RecipeError,
     check_config_nulls,
     check_minimum,
-    check_model_source,
+    check_text_sources,
     expand_config_file,
     load_named_dataset,
     no_validation_message,
     recipe_argv,
-    require_file,
-    resolve_package_path,
 )
 from recipes import post_training
-from recipes.loading import (align_vocabulary, check_embeddings_hold_tokenizer, class_names, load_config, load_model,
-                             load_tokenizer)
+from recipes.loading import class_names, load_config, load_tokenizer, pretrained_or_new
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
@@ -217,26 +214,8 @@ def _check_percentage(name: str, value: float | None) -> None:
 
 def validate_args(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, str]:
     """Checks that need neither data nor model. Resolves package: paths in place; returns the data files as given."""
-    given = {}
     data_args.label_mapping = canonical_label_mapping(data_args.label_mapping)
-    check_model_source(model_args)
-    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
-        setattr(model_args, name, resolve_package_path(getattr(model_args, name), f"--{name}"))
-
-    if data_args.dataset_name is None and data_args.train_file is None:
-        raise RecipeError("no training data: give --dataset_name or --train_file")
-    files_given = data_args.train_file or data_args.validation_file or data_args.test_file
-    if data_args.dataset_name is not None and files_given:
-        raise RecipeError("give --dataset_name or data files (--train_file, --validation_file, --test_file), not both")
-    if data_args.dataset_card_name is None:
-        data_args.dataset_card_name = data_args.dataset_name
-    for name in ("train_file", "validation_file", "test_file"):
-        given[name] = getattr(data_args, name)
-        path = resolve_package_path(getattr(data_args, name), f"--{name}")
-        if path is not None:
-            file_type(path, f"--{name}")
-            require_file(path, f"--{name}")
-        setattr(data_args, name, path)
+    given = check_text_sources(model_args, data_args, file_type)
     for split in ("validation", "test"):
         percentage = getattr(data_args, f"{split}_split_percentage")
         _check_percentage(f"{split}_split_percentage", percentage)
@@ -885,21 +864,12 @@ def build(run: Run) -> None:
     tokenizer = load_tokenizer(tokenizer_path, model_args.cache_dir)
     pad_a_decoder(config, tokenizer, tokenizer_path)
     check_tokenizer(tokenizer, tokenizer_path, data_args.max_seq_length, len(info["text_columns"]))
-    if model_args.model_name_or_path:
-        if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
-            raise RecipeError(f"{model_args.model_name_or_path} is a classifier of {saved.num_labels} classes and the "
-                              f"data has {len(names)} ({names}): pass --ignore_mismatched_sizes true to start a new "
-                              "classifier head, or map the labels onto the model's with --label_mapping")
-        run.model = load_model(
-            AutoModelForSequenceClassification, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )
-        check_embeddings_hold_tokenizer(run.model, tokenizer, tokenizer_path)
-    else:
-        changes = align_vocabulary(config, tokenizer)
-        if changes:
-            logger.warning("model from --config_name: config set to match the tokenizer: %s", "; ".join(changes))
-        run.model = AutoModelForSequenceClassification.from_config(config)
+    if classifier and saved.num_labels != len(names) and not model_args.ignore_mismatched_sizes:
+        raise RecipeError(f"{model_args.model_name_or_path} is a classifier of {saved.num_labels} classes and the "
+                          f"data has {len(names)} ({names}): pass --ignore_mismatched_sizes true to start a new "
+                          "classifier head, or map the labels onto the model's with --label_mapping")
+    run.model = pretrained_or_new(AutoModelForSequenceClassification, model_args, config, tokenizer, tokenizer_path,
+                                  ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
     length, positions = input_length(tokenizer, data_args.max_seq_length), readable_positions(run.model.config)
     if positions and length > positions:
         raise RecipeError(f"--max_seq_length {data_args.max_seq_length}: inputs of {length} tokens, but the model "

@@ -91,8 +91,8 @@ from recipes.arguments import (
     require_file,
     resolve_package_path,
 )
-from recipes.loading import (align_vocabulary, apply_generation_config, check_embeddings_hold_tokenizer, load_config,
-                             load_model, load_tokenizer)
+from recipes.loading import (align_vocabulary, apply_generation_config, load_config, load_tokenizer,
+                             pretrained_or_new)
 from recipes.deploy import NotScored, runtime_of
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, scoring_every_row, subsample
@@ -471,14 +471,8 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataTraining
     if tokenizer.pad_token_id is None:
         raise RecipeError(f"the tokenizer {model_args.tokenizer_name or model_args.model_name_or_path} has no pad "
                           f"token; seq2seq batches need one")
-    if model_args.model_name_or_path:
-        model = load_model(AutoModelForSeq2SeqLM, model_args.model_name_or_path, config, cache_dir=model_args.cache_dir)
-        check_embeddings_hold_tokenizer(model, tokenizer, tokenizer_path)
-    else:
-        changes = align_config_with_tokenizer(config, tokenizer)
-        if changes:
-            logger.warning("model from --config_name: config set to match the tokenizer: %s", "; ".join(changes))
-        model = AutoModelForSeq2SeqLM.from_config(config)
+    model = pretrained_or_new(AutoModelForSeq2SeqLM, model_args, config, tokenizer, tokenizer_path,
+                              align=align_config_with_tokenizer)
     generation = model.generation_config
     if getattr(generation, "decoder_start_token_id", None) is None:
         generation.decoder_start_token_id = config.decoder_start_token_id

