@@ -245,3 +245,29 @@ def test_convert_whisper_tiny_names_its_own_flag_to_replace_a_folder(tmp_path, m
     message = str(exit_info.value.code)
     assert "exists and is not empty" in message and "pass --force to replace it" in message
     assert "--overwrite" not in message and (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_train_llama_multi30k_writes_the_text_and_a_dense_model_the_recipe_reads(tmp_path, capsys):
+    """examples/train_llama_multi30k.py: the captions as the recipe's .txt files, a tokenizer that ends every caption
+    with </s> and has no pad token, and a trained LlamaForCausalLM that loads with it; bad counts refused."""
+    import transformers
+
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "multi30k" / "train.en.gz").exists():
+        pytest.skip("Multi30k data not found")
+    example = load_script("examples", "train_llama_multi30k")
+    with pytest.raises(SystemExit):
+        example.main(["--output_dir", str(tmp_path / "bad"), "--layers", "0"])
+    assert "--layers must be >= 1" in capsys.readouterr().err
+    example.main(["--output_dir", str(tmp_path), "--vocab_size", "400", "--hidden_size", "32", "--layers", "1",
+                  "--ffn", "48", "--max_steps", "3", "--block_size", "16", "--batch_size", "4"])
+    lines = (tmp_path / "text" / "val.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1014 and all(line.strip() for line in lines)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "dense")
+    ids = tokenizer(lines[0])["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id and tokenizer.pad_token is None
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "dense")
+    assert model.config.num_hidden_layers == 1 and model.config.vocab_size == len(tokenizer)
+    record = json.loads((tmp_path / "dense.json").read_text())
+    assert record["steps"] == 3 and record["parameters"] == sum(p.numel() for p in model.parameters())

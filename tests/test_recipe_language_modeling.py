@@ -260,7 +260,8 @@ def test_a_resume_under_another_block_size_is_refused(workspace, tmp_path):
 
 def test_the_shipped_config_reads_and_names_its_missing_data_first(tmp_path, monkeypatch):
     """recipes/configs/language_modeling_*.yaml parse (typed values, flags after the file override it); run from a
-    folder without the copied captions, the first thing refused is the missing training file (no model is read)."""
+    folder without the copied captions (or the model of examples/train_llama_multi30k.py), the first thing refused is
+    the missing training file or model folder (no model is read)."""
     from conftest import ROOT
 
     monkeypatch.chdir(tmp_path)
@@ -268,5 +269,6 @@ def test_the_shipped_config_reads_and_names_its_missing_data_first(tmp_path, mon
         model_args, data_args, training_args = recipe.parse_args([str(config), "--max_steps", "7"])
         assert training_args.pruning_metric == "loss" and training_args.max_steps == 7
         assert isinstance(training_args.learning_rate, float) and data_args.block_size >= 1
-        with pytest.raises(recipe.RecipeError, match=r"--train_file 'outputs/.*\.txt\.gz' does not exist"):
+        with pytest.raises(recipe.RecipeError, match=r"--train_file 'outputs/.*\.txt(\.gz)?' does not exist|"
+                                                     r"--model_name_or_path outputs/\S+: no such folder"):
             recipe.main([str(config), "--output_dir", str(tmp_path / "out")])
