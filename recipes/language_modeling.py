@@ -45,10 +45,10 @@ Refused before any data is read: a model that is not a causal language model of 
 encoder such as BERT, an encoder-decoder, a family it cannot prune), a ``--block_size`` beyond the model's
 positions, a ``--pruning_metric`` other than loss, ``--export_onnx`` (a graph without the KV cache) and
 ``--export_ctranslate2``. Refused before training: a split whose texts make less than one block (the message
-says how many tokens there are). ``--quantize int8`` writes ``OUTPUT_DIR/deploy/int8`` (``save_int8``), scored on
-the test blocks; ``--prune_vocabulary`` writes ``OUTPUT_DIR/deploy/vocabulary`` (a tied LM head is cut with the
-table: the model then writes only the kept tokens), not scored (its tokenizer splits the test text into other
-tokens, so its per-token loss does not compare).
+says how many tokens there are). ``--quantize int8`` writes ``OUTPUT_DIR/deploy/int8`` (``save_int8``) and
+``--prune_vocabulary`` ``OUTPUT_DIR/deploy/vocabulary`` (a tied LM head is cut with the table: the model then writes
+only the kept tokens); each is scored on the test blocks read through its own tokenizer where that reads the test
+text in the pruned model's tokens, else not scored, saying why (a per-token loss over other tokens does not compare).
 
 Outputs in ``--output_dir``: the pruned model (``model.safetensors``, ``config.json`` with the ``adaprune``
 record, tokenizer, model card), ``pruning_report.json`` and plots from the trainer, ``results.json`` with the
@@ -419,12 +419,15 @@ def build(run: Run) -> None:
     logger.info("blocks of %d tokens: %s (tokens: %s)", block_size, {k: len(v) for k, v in datasets.items()}, tokens)
 
     model = pretrained_or_new(AutoModelForCausalLM, model_args, config, tokenizer, tokenizer_path)
+    data_args.block_size = block_size  # what a checkpoint records and a resume compares: the size used
     default_seq_len = PruningArguments.__dataclass_fields__["pruning_seq_len"].default
     if training_args.pruning_seq_len == default_seq_len and block_size != default_seq_len:
         training_args.pruning_seq_len = block_size
         logger.info("--pruning_seq_len %d: FLOPs are counted at the block size", block_size)
+    time_latency_as_reported(training_args, prompt, data_args.latency_new_tokens)
 
     run.model, run.processing_class = model, tokenizer
+    run.texts = {split: list(rows["text"]) for split, rows in run.splits.items()}  # a deployed copy's tokenizer
     run.datasets = datasets
     run.splits = datasets  # results.json's "samples": blocks per split
     run.data_collator = default_data_collator
@@ -432,6 +435,21 @@ def build(run: Run) -> None:
     run.task_results.update({"block_size": block_size, "tokens": tokens,
                              "blocks": {split: len(rows) for split, rows in datasets.items()},
                              "latency": {"prompt_tokens": prompt, "new_tokens": data_args.latency_new_tokens}})
+
+
+def time_latency_as_reported(training_args, prompt: int, new_tokens: int) -> None:
+    """Under --pruning_target_type latency, the table that steers pruning times ``generate`` as the reported latency
+    does (--latency_prompt_tokens, --latency_new_tokens) where --pruning_latency_seq_len and
+    --pruning_generation_tokens are left at their defaults (a whole block as the prompt, 16 tokens)."""
+    if training_args.pruning_target_type != "latency":
+        return
+    fields = PruningArguments.__dataclass_fields__
+    if training_args.pruning_latency_seq_len == fields["pruning_latency_seq_len"].default:
+        training_args.pruning_latency_seq_len = prompt
+    if training_args.pruning_generation_tokens == fields["pruning_generation_tokens"].default:
+        training_args.pruning_generation_tokens = new_tokens
+    logger.info("latency table: generate of %d tokens after a prompt of %d, as the latency is reported",
+                training_args.pruning_generation_tokens, training_args.pruning_latency_seq_len)
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -467,13 +485,21 @@ def block_loss(model, dataset, batch_size: int) -> float:
 
 
 def score_deployed(run: Run, model, tokenizer) -> dict:
-    """Test loss and perplexity of a deployed copy (int8) on the test blocks; a copy with another tokenizer (a
-    smaller vocabulary) is not scored: it splits the test text into other tokens, whose per-token loss does not
-    compare with the pruned model's."""
+    """Test loss and perplexity of a deployed copy on the test blocks, read through its own tokenizer; a copy whose
+    smaller vocabulary splits the test text into other tokens is not scored (its loss per token does not compare
+    with the pruned model's)."""
+    dataset = run.datasets["test"]
     if tokenizer is not run.processing_class:
-        raise NotScored("its smaller vocabulary splits the test text into other tokens, so its loss per token does "
-                        "not compare with the pruned model's")
-    loss = block_loss(model, run.datasets["test"], run.training_args.per_device_eval_batch_size)
+        texts, original = run.texts["test"], run.processing_class
+        own = [tokenizer.convert_ids_to_tokens(int(i)) for i in token_stream(tokenizer, texts)]
+        read = [original.convert_ids_to_tokens(int(i)) for i in token_stream(original, texts)]
+        if own != read:
+            raise NotScored(f"its smaller vocabulary splits the test text into {len(own)} tokens where the pruned "
+                            f"model reads {len(read)} (or into other ones), so its loss per token does not compare "
+                            "with the pruned model's")
+        dataset, _ = blocks(tokenizer, texts, run.task_results["block_size"], "the test texts")
+        dataset = first_blocks(dataset, run.data_args.max_test_samples)
+    loss = block_loss(model, dataset, run.training_args.per_device_eval_batch_size)
     return {"loss": loss, "perplexity": perplexity(loss)}
 
 
@@ -536,8 +562,10 @@ TASK = Task(
     score_deployed=score_deployed,
     # how the validation blocks are cut (a resume under another block size compares losses of other blocks)
     metric_options=("block_size", "text_column_name"),
-    # FLOPs are counted at the block size where --pruning_seq_len is left at its default
-    arguments_set_in_build=("pruning_seq_len",),
+    metric_options_set_in_build=("block_size",),  # chosen from the tokenizer and model where not given
+    # FLOPs are counted at the block size where --pruning_seq_len is left at its default; the latency table times
+    # what the reported latency times
+    arguments_set_in_build=("pruning_seq_len", "pruning_latency_seq_len", "pruning_generation_tokens"),
     card_lines=card_lines,
 )
 

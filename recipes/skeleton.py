@@ -93,6 +93,7 @@ class Run:
     preprocess_logits_for_metrics: Any = None
     seq2seq: bool = False  # generation during evaluation: the Seq2Seq trainers
     task_results: dict = field(default_factory=dict)  # the "task" entry of results.json
+    texts: dict = field(default_factory=dict)  # raw texts per split, where a recipe reads them again after build
     max_input_length: int | None = None  # the longest input in tokens the task feeds the model, where it has one
 
     def trainer_kwargs(self, model, args, pruning: bool = False) -> dict:
@@ -154,6 +155,9 @@ class Task:
     # the recipe's own options that change the steering metric (ASR's --text_normalization): each checkpoint records
     # them (RECIPE_OPTIONS_FILE) and a resume under others is refused, as under other pruning arguments
     metric_options: tuple[str, ...] = ()
+    # those of ``metric_options`` that build() settles (the language-modeling recipe's --block_size, chosen from the
+    # tokenizer and model where not given): compared with a checkpoint's once the model is built
+    metric_options_set_in_build: tuple[str, ...] = ()
     # score_deployed(run, model, tokenizer): the test metrics {NAME: value} of a deployed copy (read through its own
     # tokenizer), on the saving process alone; None: the recipe's deployed copies are written, not scored
     score_deployed: Callable | None = None
@@ -322,12 +326,12 @@ def file_identity(value):
     return f"{os.path.basename(value)} ({os.path.getsize(value)} bytes, sha1 {digest})"
 
 
-def check_resume_options(task: "Task", run: "Run", resume_from: str | None) -> None:
+def check_resume_options(task: "Task", run: "Run", resume_from: str | None, compared=lambda name: True) -> None:
     """The checkpoint's recipe options (RECIPE_OPTIONS_FILE; checkpoints written before it was recorded have none)
-    against this run's: a resume under others compared decisions measured two ways. --pruning_resume_with_new_arguments
-    continues with a warning."""
-    check_recorded_options(metric_options(task, run), resume_from,
-                           run.training_args.pruning_resume_with_new_arguments)
+    against this run's (those for which ``compared(name)`` holds): a resume under others compared decisions measured
+    two ways. --pruning_resume_with_new_arguments continues with a warning."""
+    current = {name: value for name, value in metric_options(task, run).items() if compared(name)}
+    check_recorded_options(current, resume_from, run.training_args.pruning_resume_with_new_arguments)
 
 
 def check_recorded_options(current: dict, resume_from: str | None, allow_new: bool) -> None:
@@ -433,7 +437,7 @@ def prepare_run(task: Task, argv: list[str] | None = None) -> tuple[Run, str | N
     resume_from = resolve_resume(run.training_args)
     late = set(task.arguments_set_in_build)
     check_resume_arguments(run.training_args, resume_from, lambda name: name not in late)
-    check_resume_options(task, run, resume_from)
+    check_resume_options(task, run, resume_from, lambda name: name not in task.metric_options_set_in_build)
     check_output_dir(run.training_args.output_dir, run.model_paths, run.data_args.overwrite_output_dir,
                      resume_from=resume_from, own=run.own_outputs,
                      resumable=not getattr(run.data_args, "post_training", False))  # --post_training has no checkpoints
@@ -487,6 +491,8 @@ def run_task(task: Task, argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = run.model_args, run.data_args, run.training_args
     set_seed(training_args.seed)
     build_model(task, run)
+    if task.metric_options_set_in_build:  # first: what build set the late arguments from (a block size) is named
+        check_resume_options(task, run, resume_from, lambda name: name in task.metric_options_set_in_build)
     if task.arguments_set_in_build:
         check_resume_arguments(training_args, resume_from, lambda name: name in task.arguments_set_in_build)
     deploy.check_request(run)  # e.g. --export_ctranslate2 of a family it cannot convert: before training

@@ -158,6 +158,21 @@ def test_a_trained_pruned_language_model_generates_the_same_from_its_folder(tmp_
     assert torch.equal(stock.generate(prompt, max_new_tokens=6, do_sample=False), expected)
 
 
+def test_the_card_says_a_heads_row_counts_key_value_groups(tmp_path):
+    """A Qwen2 layer of 4 query heads read "heads 1 / 2" on the card, as if the layer had 2 heads."""
+    data = lm_dataset()
+    trainer = AdaptivePruningTrainer(model=tiny_decoder("qwen2", "AutoModelForCausalLM", num_hidden_layers=2),
+                                     args=make_args(tmp_path, pruning_metric="loss", pruning_tolerance=1.0),
+                                     train_dataset=data, eval_dataset=data.select(range(48)))
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    assert ("The attention is grouped-query: a *heads* row counts key/value groups, each one key/value head with the "
+            "2 query heads that read it.") in card
+    assert "| layers.0.self_attn | heads |" in card
+    assert trainer.pruning_summary().queries_per_key == 2
+
+
 def test_a_trained_pruned_classifier_serves_a_pipeline(tmp_path):
     tokenizer = bpe_tokenizer()
     model = tiny_decoder("qwen2", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_hidden_layers=3)
@@ -261,8 +276,9 @@ def test_the_latency_table_of_a_language_model_times_generate_after_its_prompt(t
     AdaptivePruningTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)
     assert calls and all(call["input_ids"].shape == (1, 5) and call["min_new_tokens"] == call["max_new_tokens"] == 3
                          for call in calls)
-    with pytest.raises(ValueError, match=r"--pruning_generation_tokens 10 needs 70 positions of the decoder, which "
-                                         r"reads at most 64"):
+    with pytest.raises(ValueError, match=r"the latency table generates --pruning_generation_tokens 10 after a prompt "
+                                         r"of 60 tokens \(--pruning_latency_seq_len, default --pruning_seq_len\): 70 "
+                                         r"positions, and the model reads at most 64"):
         AdaptivePruningTrainer(model=model, train_dataset=data, eval_dataset=data, args=make_args(
             tmp_path, pruning_metric="loss", pruning_target_type="latency", pruning_latency_seq_len=60,
             pruning_generation_tokens=10))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -175,6 +176,31 @@ def test_run_from_a_saved_causal_lm_without_a_pad_token(workspace, tmp_path):
     assert control_scored(results)
 
 
+@pytest.mark.parametrize("max_size", [None, 300])
+def test_copies_with_a_smaller_vocabulary_are_scored_where_they_read_the_test_text_alike(workspace, tmp_path,
+                                                                                         max_size):
+    """--prune_vocabulary with --quantize int8: both copies read the test text through the vocabulary kept. Every
+    token of the training text kept (the tokenizer was trained on it): the test text reads in the same tokens, both
+    copies are scored; 300 of the 400 tokens kept: the test text splits otherwise, not scored, saying into how many
+    tokens (the int8 copy was left unscored, with that reason, even where the vocabulary changed
+    nothing)."""
+    results = recipe.main(base_args(workspace, tmp_path / "out") + SMOKE + [
+        "--prune_vocabulary", "true", *(["--vocabulary_max_size", str(max_size)] if max_size else []), "--quantize",
+        "int8", "--latency_repeats", "0"])
+    written = results["deploy"]["written"]
+    for name in ("vocabulary", "int8"):
+        if max_size is None:
+            assert set(written[name]["test"]) == {"loss", "perplexity"}, written[name]
+        else:
+            assert re.match(r"its smaller vocabulary splits the test text into \d+ tokens where the pruned model "
+                            r"reads \d+", written[name].get("not_scored", "")), written[name]
+    if max_size is None:  # the vocabulary alone changes nothing the test text reads
+        assert written["vocabulary"]["vocab_size"] == written["vocabulary"]["vocab_size_before"]
+        assert written["vocabulary"]["test_change"]["loss"] == pytest.approx(0, abs=1e-5)
+    else:
+        assert written["vocabulary"]["vocab_size"] < written["vocabulary"]["vocab_size_before"]
+
+
 def control_scored(results) -> bool:
     """--dense_control: the control trained for as many steps, scored in loss and perplexity."""
     test = results["test"]
@@ -243,19 +269,35 @@ def test_deploy_and_argument_refusals(workspace, tmp_path):
 
 
 def test_a_resume_under_another_block_size_is_refused(workspace, tmp_path):
-    """The validation blocks the decisions were measured on are cut by --block_size: a resume under another one is
-    refused before any work; under the same one it resumes."""
+    """The validation blocks the decisions were measured on are cut by the block size: a resume under another one is
+    refused before training; under the same one it resumes, also where the first run left --block_size to its
+    default and the resume writes that size out (it was compared as typed: "checkpoint None, now 64")."""
     out = tmp_path / "out"
     args = base_args(workspace, out) + SMOKE + ["--save_strategy", "steps", "--save_steps", "6",
                                                 "--latency_repeats", "0"]
+    at = args.index("--block_size")
+    del args[at:at + 2]  # the default: the model's 64 positions
     recipe.main(args)
     checkpoint = out / "checkpoint-6"
-    assert json.loads((checkpoint / "recipe_options.json").read_text())["block_size"] == BLOCK
+    assert json.loads((checkpoint / "recipe_options.json").read_text())["block_size"] == 64
     with pytest.raises(recipe.RecipeError, match=r"options that change what is trained or measured \(--block_size: "
-                                                 r"checkpoint 32, now 16\)"):
+                                                 r"checkpoint 64, now 16\)"):
         recipe.main(args + ["--resume_from_checkpoint", str(checkpoint), "--block_size", "16"])
-    resumed = recipe.main(args + ["--resume_from_checkpoint", str(checkpoint)])
-    assert resumed["train"]["global_step"] == 12 and resumed["task"]["block_size"] == BLOCK
+    resumed = recipe.main(args + ["--resume_from_checkpoint", str(checkpoint), "--block_size", "64"])
+    assert resumed["train"]["global_step"] == 12 and resumed["task"]["block_size"] == 64
+
+
+def test_a_latency_target_times_generate_as_the_latency_is_reported(workspace, tmp_path, caplog):
+    """With the block size at its default (the model's 64 positions) the latency table's prompt was a whole block:
+    with 16 generated tokens beyond the positions, the run was refused naming --pruning_generation_tokens. The table
+    now times what the reported latency times (--latency_prompt_tokens, --latency_new_tokens)."""
+    args = base_args(workspace, tmp_path / "out") + SMOKE + ["--pruning_target_type", "latency"]
+    at = args.index("--block_size")
+    del args[at:at + 2]
+    with caplog.at_level(logging.INFO, logger="hf_adaprune"):
+        results = recipe.main(args)
+    assert "latency table: generate of 6 tokens after a prompt of 8, as the latency is reported" in caplog.text
+    assert results["task"]["block_size"] == 64 and results["pruning"]["final_sparsity"] > 0
 
 
 def test_the_shipped_config_reads_and_names_its_missing_data_first(tmp_path, monkeypatch):

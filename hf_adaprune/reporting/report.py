@@ -420,7 +420,11 @@ def _card_body(summary: PruningSummary, base: str | None, datasets: list[str], h
     lines += ["", f"Target: {summary.target} of the {summary.target_type}; reached sparsity "
               f"{summary.final_sparsity:.3f} ({sparsity_basis(summary.structures, summary.target_type)}){flops}"
               f"{stopped}.", ""]
-    lines += ["## Kept structure per layer", "", "| group | kind | kept / original |", "|---|---|---|"]
+    lines += ["## Kept structure per layer", ""]
+    if summary.queries_per_key > 1:
+        lines += [f"The attention is grouped-query: a *heads* row counts key/value groups, each one key/value head "
+                  f"with the {summary.queries_per_key} query heads that read it.", ""]
+    lines += ["| group | kind | kept / original |", "|---|---|---|"]
     gone = removed_layers(summary)
     for name, g in summary.groups.items():
         if not any(name.startswith(layer + ".") for layer in gone):  # listed below as removed whole

@@ -106,6 +106,9 @@ class PruningSummary(_ReadsLikeADict):
     eval_rows: int | None = None
     eval_set_rows: int | None = None
     eval_unit: str = "rows"  # what they count: rows, or the distinct sentences a sentence-embedding agreement reads
+    # grouped-query attention (Llama, Qwen2, ...): the query heads of each key/value group, the structure a heads row
+    # counts (1: a head)
+    queries_per_key: int = 1
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningSummary:

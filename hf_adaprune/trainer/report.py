@@ -75,6 +75,7 @@ class PruningReportMixin:
             removed_layers=removed,
             start_pruned=getattr(self, "start_pruned", False),
             distillation=self.distillation_record(),
+            queries_per_key=max((getattr(g, "queries_per_key", 1) for g in self.pruning_groups), default=1),
             **self._eval_rows(args["pruning_eval_samples"]),
         )
 

@@ -211,8 +211,13 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             if generates_tokens(model) and decoder is not None:  # the decoder starts from its own prompt
                 checks.append(("pruning_generation_tokens", args.pruning_generation_tokens + 1, "decoder", decoder))
             elif generates_tokens(model):  # a decoder-only model generates after the prompt, in the same positions
-                checks.append(("pruning_generation_tokens", (args.pruning_latency_seq_len or args.pruning_seq_len)
-                               + args.pruning_generation_tokens, "decoder", readable_positions(config)))
+                prompt, limit = args.pruning_latency_seq_len or args.pruning_seq_len, readable_positions(config)
+                if limit and prompt + args.pruning_generation_tokens > limit:
+                    raise ValueError(
+                        f"the latency table generates --pruning_generation_tokens {args.pruning_generation_tokens} "
+                        f"after a prompt of {prompt} tokens (--pruning_latency_seq_len, default --pruning_seq_len): "
+                        f"{prompt + args.pruning_generation_tokens} positions, and the model reads at most {limit} "
+                        "(its config's position limit): give a shorter --pruning_latency_seq_len or fewer tokens")
         for flag, length, side, limit in checks:
             if limit and length > limit:
                 raise ValueError(f"--{flag} {getattr(args, flag)} needs {length} positions of the {side}, which "
