@@ -115,10 +115,12 @@ def main(argv=None):
     trainer.train()
     model.save_pretrained(dense_dir)
     tokenizer.save_pretrained(dense_dir)
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {"parameters": sum(p.numel() for p in model.parameters()), "steps": trainer.state.global_step,
                "epochs": trainer.state.global_step * opts.batch_size / len(train), "training_tokens": tokens,
-               "blocks": len(train), "minutes": (time.time() - started) / 60, "final_loss": trainer.state.log_history[-1]
-               .get("train_loss"), "options": vars(opts)}
+               "blocks": len(train), "minutes": (time.time() - started) / 60,
+               "mean_train_loss": trainer.state.log_history[-1].get("train_loss"),  # over the whole run
+               "last_logged_loss": logged[-1] if logged else None, "options": vars(opts)}
     with open(os.path.join(opts.output_dir, "dense.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary, indent=1))

@@ -152,8 +152,8 @@ def check_onnx_request(model, int8: bool = False) -> None:
                          "...ForSequenceClassification too) and encoder-decoder models with their past graphs; "
                          "generate with the pruned model in transformers (or save_int8 it)")
     if model.config.model_type in LLAMA_TYPES and getattr(model.config, "pad_token_id", None) is None:
-        raise ValueError(f"{type(model).__name__} reads each row's last token before the padding, and its config has no "
-                         "pad_token_id, so it cannot run a padded batch (the export runs one): set "
+        raise ValueError(f"{type(model).__name__} reads each row's last token before the padding, and its config has "
+                         "no pad_token_id, so it cannot run a padded batch (the export runs one): set "
                          "model.config.pad_token_id = tokenizer.pad_token_id first (a tokenizer without a pad token, "
                          "as Llama's: tokenizer.pad_token = tokenizer.eos_token)")
     if getattr(model.config, "is_encoder_decoder", False) and not model.can_generate():

@@ -5,10 +5,10 @@ group consists of (the attention block, the FFN linears, each whole layer). An e
 generate) runs ``forward`` at ``pruning_latency_batch_size`` x ``pruning_latency_seq_len``; an encoder-decoder runs
 ``generate`` of exactly ``pruning_generation_tokens`` tokens, so the decoder's modules are timed over every token
 and the encoder's once, as a user waiting on ``generate`` pays them; a decoder-only language model runs ``generate``
-of as many tokens after a prompt of ``pruning_latency_seq_len`` tokens (the prompt's pass, then every token). A module's time is the median over the runs;
-one structure costs its module's time divided by the structures it holds (a layer: its whole time, which includes
-the fixed per-layer overhead no width pruning removes). The target is then a fraction of the measured time of the
-prunable modules instead of their FLOPs.
+of as many tokens after a prompt of ``pruning_latency_seq_len`` tokens (the prompt's pass, then every token). A
+module's time is the median over the runs; one structure costs its module's time divided by the structures it holds
+(a layer: its whole time, which includes the fixed per-layer overhead no width pruning removes). The target is then
+a fraction of the measured time of the prunable modules instead of their FLOPs.
 
 Noise: the times come from the machine as it is at start-up (other jobs, frequency scaling), so the table differs
 from run to run by a few percent on an idle machine and more on a busy one; :func:`latency_costs` logs the spread
