@@ -274,7 +274,8 @@ def kept_heads_index(module: nn.Module, device) -> torch.Tensor:
     key = (str(device), tuple(module.adaprune_kept_heads))
     cached = module.__dict__.get("_adaprune_kept_index")
     if cached is None or cached[0] != key:
-        cached = (key, torch.tensor(module.adaprune_kept_heads, dtype=torch.long, device=device))
+        with torch.inference_mode(False):  # made under inference mode it could not serve a later training forward
+            cached = (key, torch.tensor(module.adaprune_kept_heads, dtype=torch.long, device=device))
         module.__dict__["_adaprune_kept_index"] = cached  # not a buffer: no state_dict entry, nothing to save
     return cached[1]
 

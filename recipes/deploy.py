@@ -16,7 +16,7 @@ With ``--prune_vocabulary`` the other three start from the smaller-vocabulary mo
 run left that this run does not write is named in a warning (:func:`folders_not_written`). What was written
 (folders, bytes, vocabulary sizes) goes into results.json under ``deploy``, with the test metrics of every copy
 where the recipe scores them (``Task.score_deployed``: text classification, translation, ASR, language modeling
-(int8; a smaller vocabulary's copy is not scored there); the ONNX int8 graphs
+(a copy whose smaller vocabulary splits the test text otherwise is not scored there); the ONNX int8 graphs
 under ``onnx`` -> ``int8``; why a copy is not scored under ``not_scored``, a scoring error under ``test_error``,
 :func:`score_entry`). A request the backend cannot
 serve (vocabulary pruning of a model without token embeddings or of a tokenizer type it does not know, ONNX

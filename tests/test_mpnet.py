@@ -66,6 +66,23 @@ def test_the_kept_heads_index_is_made_once_per_device_and_kept_list(monkeypatch)
     assert kept_heads_index(attention, torch.device("cpu")).tolist() == [3]
 
 
+def test_a_forward_under_inference_mode_leaves_the_model_trainable(tmp_path):
+    """The kept heads' index made in a first forward under inference mode (an evaluator's encode, a latency timing)
+    is an inference tensor: every later training forward failed ('Inference tensors cannot be saved for
+    backward'), in memory and from a folder's remote code."""
+    model = tiny_model("mpnet")
+    attach_masks(model).set("encoder.layer.0.attention", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    compact(model)
+    save_pruned(model, tmp_path)
+    batch = text_batch()
+    for loaded in (model, transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path,
+                                                                                        trust_remote_code=True)):
+        with torch.inference_mode():
+            loaded.eval()(**batch)
+        loaded.train()(**batch, labels=torch.tensor([0, 1, 2])).loss.backward()
+        assert loaded.base_model.encoder.layer[0].attention.attn.q.weight.grad is not None
+
+
 def test_a_sentence_transformer_of_mpnet_prunes_and_reloads(tmp_path):
     pytest.importorskip("sentence_transformers")
     from datasets import Dataset

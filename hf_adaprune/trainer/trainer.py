@@ -187,8 +187,9 @@ class PruningTrainerMixin(CandidateMasksMixin, PruningReportMixin, DistillationM
             features = getattr(model, "main_input_name", None) == "input_features"
             unread = [name for name in changed if (name == "pruning_generation_tokens" and not generates)
                       or (name == "pruning_latency_seq_len" and features)]
-            why = ("the table times per generated token only for models that generate (encoder-decoder models, "
-                   "decoder-only language models); this one is timed by its forward at --pruning_latency_seq_len") if "pruning_generation_tokens" in unread else ""
+            why = "" if "pruning_generation_tokens" not in unread else (
+                "the table times per generated token only for models that generate (encoder-decoder models, "
+                "decoder-only language models); this one is timed by its forward at --pruning_latency_seq_len")
             if "pruning_latency_seq_len" in unread:
                 why += ("; " if why else "") + f"a {model.config.model_type} encoder always reads its fixed window " \
                        f"of input features"
