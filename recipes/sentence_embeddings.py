@@ -54,6 +54,7 @@ from transformers import HfArgumentParser
 
 from hf_adaprune import compact, get_masks
 from hf_adaprune.families import LayerGroup, check_sequence_length, find_layer_groups
+from hf_adaprune.families.llama import LLAMA_TYPES
 from hf_adaprune.layout import empty_record, read_record, write_record
 from hf_adaprune.plain_forward import drop_autocast_forward
 from hf_adaprune.reporting.flops import model_profile
@@ -413,6 +414,20 @@ def warn_if_new_modules(model: SentenceTransformer, path: str) -> None:
                    "pooling and normalization)", path, mode)
 
 
+def pad_with_end_of_text(model: SentenceTransformer, path: str) -> None:
+    """A decoder embedder (Llama, Qwen2, Mistral, ...: last-token pooling) whose tokenizer has no pad token pads its
+    batches with the end-of-text token, warned of, as the text-classification recipe pads a decoder (sentence-
+    transformers would refuse every batch of two sentences)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or tokenizer.pad_token_id is not None or tokenizer.eos_token is None:
+        return
+    if transformer_module(model).auto_model.config.model_type not in LLAMA_TYPES:
+        return
+    tokenizer.pad_token = tokenizer.eos_token
+    logger.warning("--model_name_or_path %s: its tokenizer has no pad token: batches are padded with its end-of-text "
+                   "token %r (saved with the model)", path, tokenizer.eos_token)
+
+
 def check_model(model: SentenceTransformer, opts, args) -> None:
     """What the loaded model tells is wrong, before any training."""
     try:  # a first module hf_adaprune cannot prune (a StaticEmbedding, an unsupported family): said before any work
@@ -497,6 +512,7 @@ def main(argv=None):
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err
     check_model(model, opts, args)
+    pad_with_end_of_text(model, path)
     if getattr(model, "tokenizer", None) is not None:
         check_tokenizer_has_vocabulary(model.tokenizer, path, "Save the model with its tokenizer "
                                                               "(SentenceTransformer.save(folder) writes both)")
