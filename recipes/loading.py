@@ -16,6 +16,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from hf_adaprune import AutoPrunedModel
 from hf_adaprune.families import decoder_positions, decoder_positions_note
+from hf_adaprune.families.llama import LLAMA_TYPES
 from hf_adaprune.hub.config_marker import MODEL_TYPE_PREFIX
 from hf_adaprune.hub.load import load_pruned_config
 from hf_adaprune.layout import freeze_unsaved_parameters, read_record
@@ -87,6 +88,18 @@ def pretrained_kwargs(path: str, cache_dir: str | None = None) -> dict:
     if pruned:
         return {"cache_dir": cache_dir, "config": load_pruned_config(path, cache_dir=cache_dir)}
     return {"cache_dir": cache_dir}
+
+
+def pad_with_end_of_text(tokenizer, model_type: str, source: str) -> None:
+    """A decoder-only model's tokenizer without a pad token (Llama's) pads with its end-of-text token, as is usual
+    for these models, warned of naming ``source`` (where the tokenizer came from); other tokenizers stay as they are.
+    A decoder-only classifier or embedder reads each row's last token that is not padding."""
+    if model_type not in LLAMA_TYPES or tokenizer is None or tokenizer.pad_token_id is not None \
+            or tokenizer.eos_token is None:
+        return
+    tokenizer.pad_token = tokenizer.eos_token
+    logger.warning("%s: its tokenizer has no pad token: batches are padded with its end-of-text token %r (saved with "
+                   "the model)", source, tokenizer.eos_token)
 
 
 def load_tokenizer(path: str, cache_dir: str | None = None):

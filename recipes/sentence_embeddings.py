@@ -54,7 +54,6 @@ from transformers import HfArgumentParser
 
 from hf_adaprune import compact, get_masks
 from hf_adaprune.families import LayerGroup, check_sequence_length, find_layer_groups
-from hf_adaprune.families.llama import LLAMA_TYPES
 from hf_adaprune.layout import empty_record, read_record, write_record
 from hf_adaprune.plain_forward import drop_autocast_forward
 from hf_adaprune.reporting.flops import model_profile
@@ -77,7 +76,7 @@ from recipes.arguments import (RecipeError, check_integrations, check_output_dir
                                check_written_subfolders, data_file_extension, flag_names, recipe_argv,
                                remove_earlier_run_outputs, resolve_package_path, resumes_run_in, warn_folders_left)
 from recipes.hub_push import folder_state, push_run_outputs, reach_hub_repo
-from recipes.loading import check_tokenizer_has_vocabulary, is_pruned_source
+from recipes.loading import check_tokenizer_has_vocabulary, is_pruned_source, pad_with_end_of_text
 from recipes.skeleton import (RecipeOptionsRecorder, check_recorded_options, check_resume_arguments, file_identity,
                               load_error, recipe_log_level, resolve_resume, run_cli)
 from recipes.tables import FILE_TYPES, read_table, read_text
@@ -414,20 +413,6 @@ def warn_if_new_modules(model: SentenceTransformer, path: str) -> None:
                    "pooling and normalization)", path, mode)
 
 
-def pad_with_end_of_text(model: SentenceTransformer, path: str) -> None:
-    """A decoder embedder (Llama, Qwen2, Mistral, ...: last-token pooling) whose tokenizer has no pad token pads its
-    batches with the end-of-text token, warned of, as the text-classification recipe pads a decoder (sentence-
-    transformers would refuse every batch of two sentences)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or tokenizer.pad_token_id is not None or tokenizer.eos_token is None:
-        return
-    if transformer_module(model).auto_model.config.model_type not in LLAMA_TYPES:
-        return
-    tokenizer.pad_token = tokenizer.eos_token
-    logger.warning("--model_name_or_path %s: its tokenizer has no pad token: batches are padded with its end-of-text "
-                   "token %r (saved with the model)", path, tokenizer.eos_token)
-
-
 def check_model(model: SentenceTransformer, opts, args) -> None:
     """What the loaded model tells is wrong, before any training."""
     try:  # a first module hf_adaprune cannot prune (a StaticEmbedding, an unsupported family): said before any work
@@ -512,7 +497,10 @@ def main(argv=None):
     except (OSError, ValueError) as err:
         raise load_error([path], err) from err
     check_model(model, opts, args)
-    pad_with_end_of_text(model, path)
+    # a decoder embedder (last-token pooling) whose tokenizer has no pad token: sentence-transformers would refuse
+    # every batch of two sentences
+    pad_with_end_of_text(getattr(model, "tokenizer", None), transformer_module(model).auto_model.config.model_type,
+                         f"--model_name_or_path {path}")
     if getattr(model, "tokenizer", None) is not None:
         check_tokenizer_has_vocabulary(model.tokenizer, path, "Save the model with its tokenizer "
                                                               "(SentenceTransformer.save(folder) writes both)")

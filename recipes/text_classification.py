@@ -116,7 +116,7 @@ from recipes.arguments import (
     recipe_argv,
 )
 from recipes import post_training
-from recipes.loading import class_names, load_config, load_tokenizer, pretrained_or_new
+from recipes.loading import class_names, load_config, load_tokenizer, pad_with_end_of_text, pretrained_or_new
 from recipes.results import format_metric
 from recipes.skeleton import Run, Task, combine_metrics, map_splits, run_cli, subsample, _as_recipe_error
 from recipes.tables import LINE_COLUMN, file_type, read_table
@@ -695,10 +695,7 @@ def pad_a_decoder(config, tokenizer, path: str) -> None:
     one it named is warned of)."""
     if config.model_type not in DECODER_CLASSIFIERS:
         return
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-        logger.warning("the tokenizer %s has no pad token: batches are padded with its end-of-text token %r (saved "
-                       "with the model)", path, tokenizer.eos_token)
+    pad_with_end_of_text(tokenizer, config.model_type, path)
     named = getattr(config, "pad_token_id", None)
     if tokenizer.pad_token_id is not None and named != tokenizer.pad_token_id:
         if named is not None:
