@@ -135,6 +135,17 @@ def load_script(folder: str, name: str):
     return module
 
 
+def multi30k_lines(name: str, n: int) -> list[str]:
+    """The first ``n`` lines of the Multi30k file ``name`` (``train.en.gz``, ...); the test skips without the data."""
+    import gzip
+
+    path = SHARED_DATA / "multi30k" / name
+    if not path.exists():
+        pytest.skip(f"Multi30k data not found at {path}")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(n)]
+
+
 def load_recipe(name: str):
     """The recipe module ``recipes.NAME`` (recipes are a package installed with the project)."""
     return importlib.import_module(f"recipes.{name}")

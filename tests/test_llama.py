@@ -300,13 +300,11 @@ def test_messages_about_heads_name_key_value_groups(tmp_path):
 def test_the_sentence_embeddings_recipe_pads_a_decoder_embedder_with_its_end_of_text_token(tmp_path, caplog):
     """A Llama sentence-transformer (last-token pooling) whose tokenizer has no pad token stopped at the dense
     evaluation with transformers' "Asking to pad but the tokenizer does not have a padding token"."""
-    import random
-
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     from hf_adaprune.sentence_transformers import load_pruned_sentence_transformer
-    from test_sentence_transformers import sentences
+    from test_sentence_transformers import write_stsb
 
     tokenizer = bpe_tokenizer()
     tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"
@@ -316,13 +314,7 @@ def test_the_sentence_embeddings_recipe_pads_a_decoder_embedder_with_its_end_of_
     module = Transformer(str(tmp_path / "hf"), max_seq_length=32)
     SentenceTransformer(modules=[module, Pooling(module.get_embedding_dimension(), "lasttoken"), Normalize()],
                         device="cpu").save(str(tmp_path / "st"))
-    stsb = tmp_path / "stsb"
-    stsb.mkdir()
-    rng = random.Random(0)
-    for split, n in (("train", 40), ("dev", 12), ("test", 12)):
-        pairs = sentences(2 * n, seed=len(split))
-        rows = [f"genre\tfile\t2012\t{i}\t{5 * rng.random():.2f}\t{pairs[i]}\t{pairs[n + i]}" for i in range(n)]
-        (stsb / f"sts-{split}.csv").write_text("\n".join(rows) + "\n")
+    stsb = write_stsb(tmp_path / "stsb")
     results = load_recipe("sentence_embeddings").main([
         "--model_name_or_path", str(tmp_path / "st"), "--stsb_dir", str(stsb), "--output_dir", str(tmp_path / "out"),
         "--objective", "cosent", "--max_steps", "6", "--per_device_train_batch_size", "8", "--pruning_warmup_steps",

@@ -3,7 +3,6 @@ saved causal LM whose tokenizer has no pad token, and the fail-fast errors."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -17,19 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from hf_adaprune import AutoPrunedModel
 
-from conftest import SHARED_DATA, load_recipe
+from conftest import load_recipe, multi30k_lines
 
-MULTI30K = SHARED_DATA / "multi30k"
 recipe = load_recipe("language_modeling")
 BLOCK = 32
-
-
-def _captions(name: str, n: int) -> list[str]:
-    path = MULTI30K / name
-    if not path.exists():
-        pytest.skip(f"Multi30k data not found at {path}")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [next(f).rstrip("\n") for _ in range(n)]
 
 
 def caption_tokenizer(texts: list[str]):
@@ -60,8 +50,8 @@ def workspace(tmp_path_factory):
     """Multi30k English captions as .txt files (train / val / test), a BPE tokenizer trained on the training ones
     and a tiny Llama config."""
     tmp = tmp_path_factory.mktemp("lm_recipe")
-    splits = {"train": _captions("train.en.gz", 300), "val": _captions("val.en.gz", 60),
-              "test": _captions("test_2016_flickr.en.gz", 60)}
+    splits = {"train": multi30k_lines("train.en.gz", 300), "val": multi30k_lines("val.en.gz", 60),
+              "test": multi30k_lines("test_2016_flickr.en.gz", 60)}
     for name, rows in splits.items():
         (tmp / f"{name}.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
     tokenizer = caption_tokenizer(splits["train"])

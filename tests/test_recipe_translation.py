@@ -16,19 +16,11 @@ from transformers import AutoTokenizer, MarianConfig, PreTrainedTokenizerFast, T
 
 from hf_adaprune import AutoPrunedModel
 
-from conftest import ROOT, SHARED_DATA, load_recipe
+from conftest import ROOT, SHARED_DATA, load_recipe, multi30k_lines
 
 MULTI30K = SHARED_DATA / "multi30k"
 SIZES = {"train": 50, "val": 16, "test_2016_flickr": 16}
 recipe = load_recipe("translation")
-
-
-def _head(name: str, n: int) -> list[str]:
-    path = MULTI30K / name
-    if not path.exists():
-        pytest.skip(f"Multi30k data not found at {path}")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [next(f).rstrip("\n") for _ in range(n)]
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -48,7 +40,7 @@ def workspace(tmp_path_factory):
     texts = []
     for split, n in SIZES.items():
         for lang in ("en", "de"):
-            lines = _head(f"{split}.{lang}.gz", n)
+            lines = multi30k_lines(f"{split}.{lang}.gz", n)
             texts += lines
             _write(tmp / (f"{split}.{lang}.gz" if split == "train" else f"{split}.{lang}"), lines)
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -163,14 +155,14 @@ def test_smoke_run_from_yaml_config(workspace, tmp_path):
 
 
 def _mismatched(ws: Path, tmp: Path) -> list[str]:
-    short = _write(tmp / "train_short.de.gz", _head("train.de.gz", 47))
+    short = _write(tmp / "train_short.de.gz", multi30k_lines("train.de.gz", 47))
     args = base_args(ws, tmp / "out")
     args[args.index("--train_target_file") + 1] = str(short)
     return args
 
 
 def _too_many_empty(ws: Path, tmp: Path) -> list[str]:
-    lines = _head("train.de.gz", 50)
+    lines = multi30k_lines("train.de.gz", 50)
     for i in (3, 10, 11):
         lines[i] = "   " if i == 10 else ""
     broken = _write(tmp / "train_holes.de", lines)
@@ -252,7 +244,7 @@ def test_few_empty_lines_are_dropped(workspace, tmp_path):
     raw = recipe.load_raw_datasets(data_args, model_args)
     assert len(raw["train"]) == 47 and len(raw["validation"]) == 16 and "test" not in raw
     assert all(t.strip() for t in raw["train"]["target"])
-    assert raw["train"]["source"][3] == _head("train.en.gz", 5)[4]  # pair 4 (line 4) is gone, alignment kept
+    assert raw["train"]["source"][3] == multi30k_lines("train.en.gz", 5)[4]  # pair 4 (line 4) is gone, alignment kept
 
 
 def test_dataset_with_translation_column(workspace, tmp_path):
@@ -260,7 +252,7 @@ def test_dataset_with_translation_column(workspace, tmp_path):
     folder = tmp_path / "wmt_like"
     folder.mkdir()
     for split, name in (("train", "train"), ("validation", "val"), ("test", "test_2016_flickr")):
-        en, de = _head(f"{name}.en.gz", 10), _head(f"{name}.de.gz", 10)
+        en, de = multi30k_lines(f"{name}.en.gz", 10), multi30k_lines(f"{name}.de.gz", 10)
         if split == "train":
             de[2] = ""
         rows = [json.dumps({"translation": {"de": d, "en": e}}) for e, d in zip(en, de)]
@@ -275,7 +267,7 @@ def test_dataset_with_translation_column(workspace, tmp_path):
 
     raw = load("--source_lang", "en", "--target_lang", "de", "--max_empty_fraction", "0.2")
     assert {k: len(v) for k, v in raw.items()} == {"train": 9, "validation": 10, "test": 10}
-    assert raw["validation"][0] == {"source": _head("val.en.gz", 1)[0], "target": _head("val.de.gz", 1)[0]}
+    assert raw["validation"][0] == {"source": multi30k_lines("val.en.gz", 1)[0], "target": multi30k_lines("val.de.gz", 1)[0]}
     with pytest.raises(recipe.RecipeError, match=r"train: 1 of 10 pairs \(10\.0%\) have an empty side .*first at "
                                                  r"row 3 of de"):
         load("--source_lang", "en", "--target_lang", "de")
@@ -418,7 +410,7 @@ def test_translation_column_holding_text_or_lists_is_refused(workspace, tmp_path
     import csv
     import io
 
-    en, de = _head("val.en.gz", 4), _head("val.de.gz", 4)
+    en, de = multi30k_lines("val.en.gz", 4), multi30k_lines("val.de.gz", 4)
     cells = io.StringIO()
     csv.writer(cells).writerows([["translation"]] + [[str({"en": e, "de": d})] for e, d in zip(en, de)])
     layouts = {

@@ -484,14 +484,18 @@ def recipe_workspace(encoder_folder, tmp_path):
     """A saved tiny sentence-transformer and an STS-B-shaped folder of random pairs."""
     model_dir = tmp_path / "st"
     tiny_sentence_transformer(encoder_folder).save(str(model_dir))
-    stsb = tmp_path / "stsb"
+    return model_dir, write_stsb(tmp_path / "stsb")
+
+
+def write_stsb(stsb):
+    """An STS-B-shaped folder of random pairs (40 train, 12 dev, 12 test), as the sentence-embeddings recipe reads."""
     stsb.mkdir()
     rng = random.Random(0)
     for split, n in (("train", 40), ("dev", 12), ("test", 12)):
         pairs = sentences(2 * n, seed=len(split))
         rows = [f"genre\tfile\t2012\t{i}\t{5 * rng.random():.2f}\t{pairs[i]}\t{pairs[n + i]}" for i in range(n)]
         (stsb / f"sts-{split}.csv").write_text("\n".join(rows) + "\n")
-    return model_dir, stsb
+    return stsb
 
 
 def test_recipe_on_a_tiny_model(encoder_folder, tmp_path, caplog):
